@@ -1,0 +1,129 @@
+// The versioned Backend interface: every op the engine runs, with typed inputs and attributes.
+import type { DeviceKind, DType } from './dtype.js';
+
+/** A tensor handle. Memory belongs to the backend; `dispose()` frees it. */
+export interface TensorHandle {
+  readonly id: number;
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  readonly device: DeviceKind;
+  /** Elements in the tensor. */
+  readonly size: number;
+  readonly disposed: boolean;
+  dispose(): void;
+  [Symbol.dispose](): void;
+}
+
+/** Host array matching a dtype: f32 → Float32Array, f16/bf16 → Uint16Array (raw bits), i32 → Int32Array. */
+export type HostArray = Float32Array | Uint16Array | Int32Array;
+
+/** Attributes of `rope`. */
+export interface RopeAttributes {
+  /** Heads packed along the last dimension of `x` (`x` is `[n, heads · headDim]`). */
+  readonly heads: number;
+  readonly headDim: number;
+  /** Channel pairing: see `RopeStyle`. */
+  readonly interleaved: boolean;
+}
+
+/** Attributes shared by the attention ops. Caches are `[kvHeads, capacity, headDim]`. */
+export interface AttentionAttributes {
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  /** Softmax scale, usually 1/√headDim. */
+  readonly scale: number;
+  /** Number of valid keys in the cache (positions 0 … keyLength − 1). */
+  readonly keyLength: number;
+}
+
+/** Attributes of `attentionPrefill`: query row r sits at absolute position `queryStart + r`. */
+export interface PrefillAttentionAttributes extends AttentionAttributes {
+  readonly queryStart: number;
+}
+
+/** Memory the backend holds, in bytes. */
+export interface BackendMemory {
+  readonly allocatedBytes: number;
+  readonly peakBytes: number;
+  /** Free device memory as the driver reports it (CUDA only). */
+  readonly deviceFreeBytes?: number;
+  readonly deviceTotalBytes?: number;
+}
+
+/**
+ * A compute backend. All ops are synchronous enqueues (CUDA) or synchronous runs on the backend's own
+ * thread pool (CPU); only `read` and `synchronize` wait, and they return promises.
+ * Shapes use row-major order; "rows" means the product of all but the last dimension.
+ */
+export interface Backend {
+  readonly specificationVersion: 'v1';
+  readonly device: DeviceKind;
+  /** Human-readable device name, e.g. the GPU's marketing name. */
+  readonly deviceName: string;
+
+  /** Allocates an uninitialised tensor. */
+  alloc(dtype: DType, shape: readonly number[]): TensorHandle;
+  /** Allocates a tensor and fills it from host memory (length must equal the element count). */
+  upload(dtype: DType, shape: readonly number[], data: HostArray): TensorHandle;
+  /** Overwrites `tensor` from host memory, starting at element `offset` (default 0). */
+  write(tensor: TensorHandle, data: HostArray, offset?: number): void;
+  /** Copies `tensor` (or `count` elements from `offset`) to the host once queued work is done. */
+  read(tensor: TensorHandle, offset?: number, count?: number): Promise<HostArray>;
+  /**
+   * Copies `rows` rows from `source` (starting at row `sourceRow`) into `target` (at row `targetRow`).
+   * Both must have the same dtype and row length. Defaults copy everything.
+   */
+  copyRows(source: TensorHandle, target: TensorHandle, sourceRow?: number, targetRow?: number, rows?: number): void;
+  /** Converts element values from one dtype to another (same element count). */
+  convert(source: TensorHandle, target: TensorHandle): void;
+  /** Waits for every queued op. */
+  synchronize(): Promise<void>;
+  memory(): BackendMemory;
+
+  /** `out[r] = table[ids[r]]`, converted to f32. `ids` is i32 `[n]`, `out` f32 `[n, dim]`. */
+  embedding(table: TensorHandle, ids: TensorHandle, out: TensorHandle): void;
+  /** `out = x / rms(x) · weight` row by row. */
+  rmsNorm(x: TensorHandle, weight: TensorHandle, out: TensorHandle, eps: number): void;
+  /**
+   * `out = x · weightᵀ (+ bias) (+ residual)`; `x` f32 `[n, k]`, `weight` `[m, k]` f32/f16/bf16,
+   * `out` f32 `[n, m]`. `residual` may be `out` itself (in-place residual add).
+   */
+  matmul(
+    x: TensorHandle,
+    weight: TensorHandle,
+    out: TensorHandle,
+    options?: { bias?: TensorHandle; residual?: TensorHandle },
+  ): void;
+  /** Rotates `x` (f32 `[n, heads · headDim]`) in place; `positions` i32 `[n]`, `inverseFrequencies` f32 `[headDim/2]`. */
+  rope(x: TensorHandle, positions: TensorHandle, inverseFrequencies: TensorHandle, attributes: RopeAttributes): void;
+  /** `out = silu(gate) · up`; `out` may alias `gate`. */
+  swiglu(gate: TensorHandle, up: TensorHandle, out: TensorHandle): void;
+  /** `out = a + b`; `out` may alias either input. */
+  add(a: TensorHandle, b: TensorHandle, out: TensorHandle): void;
+  /**
+   * Writes `source` (f32 `[n, kvHeads · headDim]`) into `cache` (`[kvHeads, capacity, headDim]`, f32/f16/bf16)
+   * at positions `start … start + n − 1`.
+   */
+  writeCache(source: TensorHandle, cache: TensorHandle, start: number): void;
+  /** Causal attention of a query chunk against the cache: key j is visible to query position p iff j ≤ p. */
+  attentionPrefill(
+    query: TensorHandle,
+    keyCache: TensorHandle,
+    valueCache: TensorHandle,
+    out: TensorHandle,
+    attributes: PrefillAttentionAttributes,
+  ): void;
+  /** One query row per sequence at position `keyLength − 1`, split over the keys so long contexts fill the device. */
+  attentionDecode(
+    query: TensorHandle,
+    keyCache: TensorHandle,
+    valueCache: TensorHandle,
+    out: TensorHandle,
+    attributes: AttentionAttributes,
+  ): void;
+  /** Index of the largest value in each row of `logits` (f32 `[n, vocab]`) into `out` (i32 `[n]`); ties → lowest index. */
+  argmax(logits: TensorHandle, out: TensorHandle): void;
+  /** Row-wise softmax of `logits / temperature` into `out` (f32). */
+  softmax(logits: TensorHandle, out: TensorHandle, temperature: number): void;
+}

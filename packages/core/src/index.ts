@@ -1,0 +1,29 @@
+// Public surface of @duoattn/core: types and errors only, no runtime dependencies.
+export type {
+  AttentionAttributes,
+  Backend,
+  BackendMemory,
+  HostArray,
+  PrefillAttentionAttributes,
+  RopeAttributes,
+  TensorHandle,
+} from './backend.js';
+export { DTYPES, type DeviceKind, type DType, dtypeBytes, isDType } from './dtype.js';
+export {
+  DuoArgumentError,
+  DuoBackendUnavailableError,
+  DuoCheckpointError,
+  DuoCudaError,
+  DuoDisposedError,
+  DuoError,
+  type DuoErrorCode,
+  DuoOutOfMemoryError,
+  DuoTokenizerError,
+} from './errors.js';
+export {
+  groupSize,
+  type ModelConfig,
+  type RopeScaling,
+  type RopeStyle,
+  validateModelConfig,
+} from './model-config.js';

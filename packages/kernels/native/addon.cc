@@ -1,0 +1,409 @@
+// N-API surface of the native addon: a tensor registry and one function per op, dispatched to the tensor's device.
+#include <napi.h>
+
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "common.h"
+#include "cpu/cpu-device.h"
+#include "cuda/cuda-device.h"
+
+namespace duo {
+namespace {
+
+std::vector<Tensor*> registry(1, nullptr);  // id 0 is never used: -1/0 mean "none" on the JS side
+std::unique_ptr<Device> cpuDevice;
+std::unique_ptr<Device> cudaDevice;
+std::string cudaReason;
+bool cudaProbed = false;
+
+[[noreturn]] void throwJs(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Error error = Napi::Error::New(env, message);
+  error.Set("code", Napi::String::New(env, code));
+  throw error;
+}
+
+// Runs `body`, turning native errors into JS errors that carry a stable `code`.
+template <typename F>
+auto guarded(const Napi::CallbackInfo& info, F body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const Error& error) {
+    throwJs(info.Env(), error.code, error.what());
+  } catch (const std::bad_alloc&) {
+    throwJs(info.Env(), "DUO_OOM", "host allocation failed");
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::exception& error) {
+    throwJs(info.Env(), "DUO_NATIVE", error.what());
+  }
+}
+
+Device* deviceOf(int index) {
+  if (index == 0) {
+    if (!cpuDevice) cpuDevice.reset(new CpuDevice(std::max(1u, std::thread::hardware_concurrency())));
+    return cpuDevice.get();
+  }
+  if (!cudaProbed) {
+    cudaProbed = true;
+    cudaDevice.reset(createCudaDevice(cudaReason));
+  }
+  if (!cudaDevice) throw Error("DUO_NO_BACKEND", "CUDA backend unavailable: " + cudaReason);
+  return cudaDevice.get();
+}
+
+Tensor& tensorAt(const Napi::Value& value) {
+  int64_t id = value.As<Napi::Number>().Int64Value();
+  if (id <= 0 || id >= static_cast<int64_t>(registry.size()) || registry[id] == nullptr)
+    throw Error("DUO_DISPOSED", "tensor #" + std::to_string(id) + " was disposed or never existed");
+  return *registry[id];
+}
+Tensor* optionalTensor(const Napi::Value& value) {
+  if (value.IsUndefined() || value.IsNull()) return nullptr;
+  if (value.As<Napi::Number>().Int64Value() <= 0) return nullptr;
+  return &tensorAt(value);
+}
+void sameDevice(std::initializer_list<const Tensor*> tensors) {
+  Device* device = nullptr;
+  for (const Tensor* t : tensors) {
+    if (!t) continue;
+    if (device && t->device != device) throw Error("DUO_ARG", "tensors of one op must live on the same device");
+    device = t->device;
+  }
+}
+int64_t integer(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Int64Value(); }
+double number(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().DoubleValue(); }
+
+Napi::Value Alloc(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Device* device = deviceOf(static_cast<int>(integer(info, 0)));
+    auto tensor = std::make_unique<Tensor>();
+    tensor->dtype = static_cast<DType>(integer(info, 1));
+    Napi::Array shape = info[2].As<Napi::Array>();
+    tensor->size = 1;
+    for (uint32_t i = 0; i < shape.Length(); i++) {
+      int64_t extent = shape.Get(i).As<Napi::Number>().Int64Value();
+      tensor->shape.push_back(extent);
+      tensor->size *= extent;
+    }
+    tensor->bytes = static_cast<size_t>(tensor->size) * dtypeBytes(tensor->dtype);
+    tensor->data = device->allocate(tensor->bytes);
+    tensor->device = device;
+    tensor->id = static_cast<uint32_t>(registry.size());
+    registry.push_back(tensor.release());
+    return Napi::Number::New(info.Env(), registry.back()->id);
+  });
+}
+
+Napi::Value Free(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor& tensor = tensorAt(info[0]);
+    tensor.device->release(tensor.data, tensor.bytes);
+    registry[tensor.id] = nullptr;
+    delete &tensor;
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Write(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor& tensor = tensorAt(info[0]);
+    Napi::TypedArray array = info[1].As<Napi::TypedArray>();
+    size_t elementBytes = dtypeBytes(tensor.dtype);
+    size_t byteOffset = static_cast<size_t>(integer(info, 2)) * elementBytes;
+    size_t bytes = array.ByteLength();
+    if (byteOffset + bytes > tensor.bytes) throw Error("DUO_ARG", "write past the end of the tensor");
+    const char* source = static_cast<const char*>(array.ArrayBuffer().Data()) + array.ByteOffset();
+    tensor.device->write(tensor, source, byteOffset, bytes);
+    return info.Env().Undefined();
+  });
+}
+
+class ReadWorker final : public Napi::AsyncWorker {
+ public:
+  ReadWorker(Napi::Env env, Device::PendingRead* pending, char* buffer, size_t bytes)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), pending_(pending), buffer_(buffer), bytes_(bytes) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      pending_->wait();
+    } catch (const Error& error) {
+      code_ = error.code;
+      SetError(error.what());
+    }
+  }
+  void OnOK() override {
+    char* buffer = buffer_;
+    buffer_ = nullptr;
+    auto arrayBuffer = Napi::ArrayBuffer::New(Env(), buffer, bytes_, [](Napi::Env, void* data) { delete[] static_cast<char*>(data); });
+    deferred_.Resolve(arrayBuffer);
+  }
+  void OnError(const Napi::Error& error) override {
+    error.Set("code", Napi::String::New(Env(), code_.empty() ? "DUO_NATIVE" : code_));
+    deferred_.Reject(error.Value());
+  }
+  ~ReadWorker() override { delete[] buffer_; }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::unique_ptr<Device::PendingRead> pending_;
+  char* buffer_;
+  size_t bytes_;
+  std::string code_;
+};
+
+Napi::Value Read(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor& tensor = tensorAt(info[0]);
+    size_t elementBytes = dtypeBytes(tensor.dtype);
+    size_t byteOffset = static_cast<size_t>(integer(info, 1)) * elementBytes;
+    size_t bytes = static_cast<size_t>(integer(info, 2)) * elementBytes;
+    if (byteOffset + bytes > tensor.bytes) throw Error("DUO_ARG", "read past the end of the tensor");
+    char* buffer = new char[std::max<size_t>(bytes, 1)];
+    Device::PendingRead* pending;
+    try {
+      pending = tensor.device->read(tensor, buffer, byteOffset, bytes);
+    } catch (...) {
+      delete[] buffer;
+      throw;
+    }
+    auto* worker = new ReadWorker(info.Env(), pending, buffer, bytes);
+    Napi::Promise promise = worker->promise();
+    worker->Queue();
+    return promise;
+  });
+}
+
+class SyncWorker final : public Napi::AsyncWorker {
+ public:
+  SyncWorker(Napi::Env env, Device* device) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), device_(device) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      device_->synchronize();
+    } catch (const Error& error) {
+      code_ = error.code;
+      SetError(error.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& error) override {
+    error.Set("code", Napi::String::New(Env(), code_.empty() ? "DUO_NATIVE" : code_));
+    deferred_.Reject(error.Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Device* device_;
+  std::string code_;
+};
+
+Napi::Value Synchronize(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto* worker = new SyncWorker(info.Env(), deviceOf(static_cast<int>(integer(info, 0))));
+    Napi::Promise promise = worker->promise();
+    worker->Queue();
+    return promise;
+  });
+}
+
+Napi::Value Memory(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    MemoryInfo memory = deviceOf(static_cast<int>(integer(info, 0)))->memory();
+    Napi::Object result = Napi::Object::New(info.Env());
+    result.Set("allocatedBytes", static_cast<double>(memory.allocated));
+    result.Set("peakBytes", static_cast<double>(memory.peak));
+    result.Set("deviceFreeBytes", static_cast<double>(memory.deviceFree));
+    result.Set("deviceTotalBytes", static_cast<double>(memory.deviceTotal));
+    return result;
+  });
+}
+
+// { available, name, reason } for a device index, without throwing.
+Napi::Value Probe(const Napi::CallbackInfo& info) {
+  Napi::Object result = Napi::Object::New(info.Env());
+  try {
+    Device* device = deviceOf(static_cast<int>(integer(info, 0)));
+    result.Set("available", true);
+    result.Set("name", device->name());
+  } catch (const Error& error) {
+    result.Set("available", false);
+    result.Set("reason", std::string(error.what()));
+  }
+  return result;
+}
+
+Napi::Value CopyRows(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor& source = tensorAt(info[0]);
+    Tensor& target = tensorAt(info[1]);
+    sameDevice({&source, &target});
+    source.device->copyRows(source, target, integer(info, 2), integer(info, 3), integer(info, 4));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Convert(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor& source = tensorAt(info[0]);
+    Tensor& target = tensorAt(info[1]);
+    sameDevice({&source, &target});
+    source.device->convert(source, target);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value FillRandom(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor& tensor = tensorAt(info[0]);
+    tensor.device->fillRandom(tensor, static_cast<uint64_t>(integer(info, 1)), static_cast<float>(number(info, 2)));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Embedding(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &table = tensorAt(info[0]), &ids = tensorAt(info[1]), &out = tensorAt(info[2]);
+    sameDevice({&table, &ids, &out});
+    table.device->embedding(table, ids, out);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &x = tensorAt(info[0]), &weight = tensorAt(info[1]), &out = tensorAt(info[2]);
+    sameDevice({&x, &weight, &out});
+    x.device->rmsNorm(x, weight, out, static_cast<float>(number(info, 3)));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &x = tensorAt(info[0]), &weight = tensorAt(info[1]), &out = tensorAt(info[2]);
+    Tensor* bias = optionalTensor(info[3]);
+    Tensor* residual = optionalTensor(info[4]);
+    sameDevice({&x, &weight, &out, bias, residual});
+    x.device->matmul(x, weight, out, bias, residual);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Rope(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &x = tensorAt(info[0]), &positions = tensorAt(info[1]), &frequencies = tensorAt(info[2]);
+    sameDevice({&x, &positions, &frequencies});
+    RopeArgs args{static_cast<int>(integer(info, 3)), static_cast<int>(integer(info, 4)), info[5].As<Napi::Boolean>().Value()};
+    x.device->rope(x, positions, frequencies, args);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Swiglu(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &gate = tensorAt(info[0]), &up = tensorAt(info[1]), &out = tensorAt(info[2]);
+    sameDevice({&gate, &up, &out});
+    gate.device->swiglu(gate, up, out);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Add(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &a = tensorAt(info[0]), &b = tensorAt(info[1]), &out = tensorAt(info[2]);
+    sameDevice({&a, &b, &out});
+    a.device->add(a, b, out);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value WriteCache(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &source = tensorAt(info[0]), &cache = tensorAt(info[1]);
+    sameDevice({&source, &cache});
+    source.device->writeCache(source, cache, integer(info, 2));
+    return info.Env().Undefined();
+  });
+}
+
+AttentionArgs attentionArgs(const Napi::CallbackInfo& info, size_t first) {
+  AttentionArgs args{};
+  args.heads = static_cast<int>(integer(info, first));
+  args.kvHeads = static_cast<int>(integer(info, first + 1));
+  args.headDim = static_cast<int>(integer(info, first + 2));
+  args.scale = static_cast<float>(number(info, first + 3));
+  args.keyLength = integer(info, first + 4);
+  args.queryStart = info.Length() > first + 5 ? integer(info, first + 5) : args.keyLength - 1;
+  return args;
+}
+
+Napi::Value AttentionPrefill(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &q = tensorAt(info[0]), &k = tensorAt(info[1]), &v = tensorAt(info[2]), &out = tensorAt(info[3]);
+    sameDevice({&q, &k, &v, &out});
+    q.device->attentionPrefill(q, k, v, out, attentionArgs(info, 4));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &q = tensorAt(info[0]), &k = tensorAt(info[1]), &v = tensorAt(info[2]), &out = tensorAt(info[3]);
+    sameDevice({&q, &k, &v, &out});
+    q.device->attentionDecode(q, k, v, out, attentionArgs(info, 4));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Argmax(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &logits = tensorAt(info[0]), &out = tensorAt(info[1]);
+    sameDevice({&logits, &out});
+    logits.device->argmax(logits, out);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Softmax(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &logits = tensorAt(info[0]), &out = tensorAt(info[1]);
+    sameDevice({&logits, &out});
+    logits.device->softmax(logits, out, static_cast<float>(number(info, 2)));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("cudaCompiled", Napi::Boolean::New(env, cudaCompiled()));
+  exports.Set("probe", Napi::Function::New(env, Probe));
+  exports.Set("alloc", Napi::Function::New(env, Alloc));
+  exports.Set("free", Napi::Function::New(env, Free));
+  exports.Set("write", Napi::Function::New(env, Write));
+  exports.Set("read", Napi::Function::New(env, Read));
+  exports.Set("synchronize", Napi::Function::New(env, Synchronize));
+  exports.Set("memory", Napi::Function::New(env, Memory));
+  exports.Set("copyRows", Napi::Function::New(env, CopyRows));
+  exports.Set("convert", Napi::Function::New(env, Convert));
+  exports.Set("fillRandom", Napi::Function::New(env, FillRandom));
+  exports.Set("embedding", Napi::Function::New(env, Embedding));
+  exports.Set("rmsNorm", Napi::Function::New(env, RmsNorm));
+  exports.Set("matmul", Napi::Function::New(env, Matmul));
+  exports.Set("rope", Napi::Function::New(env, Rope));
+  exports.Set("swiglu", Napi::Function::New(env, Swiglu));
+  exports.Set("add", Napi::Function::New(env, Add));
+  exports.Set("writeCache", Napi::Function::New(env, WriteCache));
+  exports.Set("attentionPrefill", Napi::Function::New(env, AttentionPrefill));
+  exports.Set("attentionDecode", Napi::Function::New(env, AttentionDecode));
+  exports.Set("argmax", Napi::Function::New(env, Argmax));
+  exports.Set("softmax", Napi::Function::New(env, Softmax));
+  return exports;
+}
+
+}  // namespace
+}  // namespace duo
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return duo::Init(env, exports); }
+
+NODE_API_MODULE(duoattn, InitAddon)

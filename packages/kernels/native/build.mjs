@@ -1,0 +1,31 @@
+// Builds the addon with node-gyp: configures when the CUDA toggle changed or nothing is configured, else builds
+// incrementally. Prints which backends the binary contains.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const packageRoot = dirname(dirname(fileURLToPath(import.meta.url)));
+const detect = (question) =>
+  spawnSync(process.execPath, [join(packageRoot, 'native', 'detect-cuda.mjs'), question], { encoding: 'utf8' }).stdout.trim();
+const settings = { cuda: detect('enabled'), gencode: detect('gencode'), node: process.version };
+const nativeRoot = join(packageRoot, 'native');
+const stamp = join(nativeRoot, 'build', 'duo-settings.json');
+const previous = existsSync(stamp) ? readFileSync(stamp, 'utf8') : '';
+const configured = existsSync(join(nativeRoot, 'build', 'Makefile')) && previous === JSON.stringify(settings);
+
+// Use the Node headers installed beside this Node (Debian puts them in /usr/include/node): nothing to download.
+const nodedirArgs = [];
+if (!process.env.npm_config_nodedir) {
+  const prefix = dirname(dirname(process.execPath));
+  if (existsSync(join(prefix, 'include', 'node', 'node_api.h'))) nodedirArgs.push(`--nodedir=${prefix}`);
+}
+const args = [configured ? 'build' : 'rebuild', '--jobs=max', ...nodedirArgs];
+console.log(`[duoattn] node-gyp ${args.join(' ')} (CUDA ${settings.cuda === '1' ? 'on' : 'off'})`);
+const result = spawnSync('node-gyp', args, { cwd: nativeRoot, stdio: 'inherit', shell: false });
+if (result.error) {
+  console.error(`[duoattn] could not run node-gyp: ${result.error.message}`);
+  process.exit(1);
+}
+if (result.status !== 0) process.exit(result.status ?? 1);
+writeFileSync(stamp, JSON.stringify(settings));

@@ -1,0 +1,173 @@
+// Shared native types: dtypes, the tensor record, the Device interface both backends implement, errors.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace duo {
+
+// Indices match DTYPES in @duoattn/core.
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3 };
+
+inline size_t dtypeBytes(DType dtype) { return (dtype == DType::F16 || dtype == DType::BF16) ? 2 : 4; }
+inline const char* dtypeName(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "f32";
+    case DType::F16: return "f16";
+    case DType::BF16: return "bf16";
+    case DType::I32: return "i32";
+  }
+  return "?";
+}
+
+// An error with a stable code (DUO_ARG, DUO_OOM, DUO_CUDA_<name>, ...); the addon turns it into a JS error.
+struct Error : std::runtime_error {
+  std::string code;
+  Error(std::string errorCode, const std::string& message) : std::runtime_error(message), code(std::move(errorCode)) {}
+};
+
+class Device;
+
+struct Tensor {
+  uint32_t id = 0;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  int64_t size = 0;   // elements
+  size_t bytes = 0;
+  void* data = nullptr;
+  Device* device = nullptr;
+
+  int64_t cols() const { return shape.empty() ? 1 : shape.back(); }
+  int64_t rows() const { return cols() == 0 ? 0 : size / cols(); }
+  template <typename T> T* as() const { return static_cast<T*>(data); }
+};
+
+struct RopeArgs { int heads, headDim; bool interleaved; };
+struct AttentionArgs {
+  int heads, kvHeads, headDim;
+  float scale;
+  int64_t keyLength;
+  int64_t queryStart;  // absolute position of query row 0 (prefill); keyLength - 1 for decode
+};
+
+struct MemoryInfo { size_t allocated, peak, deviceFree, deviceTotal; };
+
+// One backend. Ops are synchronous enqueues (CUDA) or synchronous runs (CPU).
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual const char* kind() const = 0;
+  virtual std::string name() const = 0;
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void release(void* pointer, size_t bytes) = 0;
+  virtual void write(Tensor& tensor, const void* host, size_t byteOffset, size_t bytes) = 0;
+  // Starts a copy to `host`; the returned waiter blocks until the bytes are there (called off the JS thread).
+  struct PendingRead { virtual ~PendingRead() = default; virtual void wait() = 0; };
+  virtual PendingRead* read(const Tensor& tensor, void* host, size_t byteOffset, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+  virtual MemoryInfo memory() const = 0;
+
+  virtual void copyRows(const Tensor& source, Tensor& target, int64_t sourceRow, int64_t targetRow, int64_t rows) = 0;
+  virtual void convert(const Tensor& source, Tensor& target) = 0;
+  virtual void fillRandom(Tensor& tensor, uint64_t seed, float standardDeviation) = 0;
+  virtual void embedding(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
+  virtual void rmsNorm(const Tensor& x, const Tensor& weight, Tensor& out, float eps) = 0;
+  virtual void matmul(const Tensor& x, const Tensor& weight, Tensor& out, const Tensor* bias, const Tensor* residual) = 0;
+  virtual void rope(Tensor& x, const Tensor& positions, const Tensor& inverseFrequencies, const RopeArgs& args) = 0;
+  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  virtual void writeCache(const Tensor& source, Tensor& cache, int64_t start) = 0;
+  virtual void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) = 0;
+  virtual void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) = 0;
+  virtual void argmax(const Tensor& logits, Tensor& out) = 0;
+  virtual void softmax(const Tensor& logits, Tensor& out, float temperature) = 0;
+};
+
+// Counter-based generator shared by both backends so fillRandom gives identical values everywhere.
+#if defined(__CUDACC__)
+#define DUO_HD __host__ __device__ inline
+#else
+#define DUO_HD inline
+#endif
+
+DUO_HD uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+// Approximately normal: sum of four uniforms, rescaled to unit variance (cheap, identical on CPU and GPU).
+DUO_HD float randomNormal(uint64_t seed, uint64_t index) {
+  uint64_t a = splitmix64(seed * 0x100000001B3ull + index * 2);
+  uint64_t b = splitmix64(a ^ (index * 2 + 1));
+  float sum = static_cast<float>(a & 0xFFFFFFFFu) + static_cast<float>(a >> 32) + static_cast<float>(b & 0xFFFFFFFFu) +
+              static_cast<float>(b >> 32);
+  const float mean = 2.0f * 4294967295.0f;
+  const float standard = 4294967296.0f * 0.57735026919f;  // sqrt(4/12) · 2^32
+  return (sum - mean) / standard;
+}
+
+DUO_HD float bf16ToFloat(uint16_t bits) {
+  uint32_t value = static_cast<uint32_t>(bits) << 16;
+  float result;
+  memcpy(&result, &value, 4);
+  return result;
+}
+DUO_HD uint16_t floatToBf16(float value) {
+  uint32_t bits;
+  memcpy(&bits, &value, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // quiet NaN
+  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest even
+  return static_cast<uint16_t>(bits >> 16);
+}
+DUO_HD float f16ToFloat(uint16_t half) {
+  uint32_t sign = static_cast<uint32_t>(half & 0x8000u) << 16;
+  uint32_t exponent = (half >> 10) & 0x1fu;
+  uint32_t mantissa = half & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0) {
+    if (mantissa == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exponent = 127 - 15 + 1;
+      while ((mantissa & 0x400u) == 0) { mantissa <<= 1; exponent--; }
+      mantissa &= 0x3ffu;
+      bits = sign | (exponent << 23) | (mantissa << 13);
+    }
+  } else if (exponent == 31) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else {
+    bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
+  }
+  float result;
+  memcpy(&result, &bits, 4);
+  return result;
+}
+DUO_HD uint16_t floatToF16(float value) {
+  uint32_t bits;
+  memcpy(&bits, &value, 4);
+  uint32_t sign = (bits >> 16) & 0x8000u;
+  int32_t exponent = static_cast<int32_t>((bits >> 23) & 0xffu) - 127 + 15;
+  uint32_t mantissa = bits & 0x7fffffu;
+  if (((bits >> 23) & 0xffu) == 0xffu) return static_cast<uint16_t>(sign | 0x7c00u | (mantissa ? 0x200u : 0));
+  if (exponent >= 31) return static_cast<uint16_t>(sign | 0x7c00u);
+  if (exponent <= 0) {
+    if (exponent < -10) return static_cast<uint16_t>(sign);
+    mantissa |= 0x800000u;
+    uint32_t shift = static_cast<uint32_t>(14 - exponent);
+    uint32_t half = mantissa >> shift;
+    uint32_t rest = mantissa & ((1u << shift) - 1);
+    uint32_t halfway = 1u << (shift - 1);
+    if (rest > halfway || (rest == halfway && (half & 1u))) half++;
+    return static_cast<uint16_t>(sign | half);
+  }
+  uint32_t half = sign | (static_cast<uint32_t>(exponent) << 10) | (mantissa >> 13);
+  uint32_t rest = mantissa & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) half++;
+  return static_cast<uint16_t>(half);
+}
+
+}  // namespace duo

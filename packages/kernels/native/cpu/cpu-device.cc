@@ -1,0 +1,194 @@
+// CPU backend: memory, conversions and the element-wise / normalisation ops.
+#include "cpu-device.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+
+namespace duo {
+
+namespace {
+struct ReadyRead final : Device::PendingRead {
+  void wait() override {}
+};
+std::string cpuModelName() {
+  std::ifstream info("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(info, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(colon + 2);
+    }
+  }
+  return "CPU";
+}
+}  // namespace
+
+CpuDevice::CpuDevice(unsigned threads) : pool_(threads) {}
+
+std::string CpuDevice::name() const { return cpuModelName() + " (" + std::to_string(pool_.size()) + " threads)"; }
+
+void* CpuDevice::allocate(size_t bytes) {
+  size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+  void* pointer = std::aligned_alloc(64, rounded);
+  if (!pointer) throw Error("DUO_OOM", "CPU allocation of " + std::to_string(bytes) + " bytes failed");
+  allocated_ += bytes;
+  peak_ = std::max(peak_, allocated_);
+  return pointer;
+}
+
+void CpuDevice::release(void* pointer, size_t bytes) {
+  std::free(pointer);
+  allocated_ -= bytes;
+}
+
+void CpuDevice::write(Tensor& tensor, const void* host, size_t byteOffset, size_t bytes) {
+  std::memcpy(static_cast<char*>(tensor.data) + byteOffset, host, bytes);
+}
+
+Device::PendingRead* CpuDevice::read(const Tensor& tensor, void* host, size_t byteOffset, size_t bytes) {
+  std::memcpy(host, static_cast<const char*>(tensor.data) + byteOffset, bytes);
+  return new ReadyRead();
+}
+
+void loadFloats(const void* base, DType dtype, int64_t offset, int64_t count, float* out) {
+  if (dtype == DType::F32) {
+    std::memcpy(out, static_cast<const float*>(base) + offset, count * sizeof(float));
+  } else if (dtype == DType::BF16) {
+    const uint16_t* source = static_cast<const uint16_t*>(base) + offset;
+    for (int64_t i = 0; i < count; i++) out[i] = bf16ToFloat(source[i]);
+  } else {
+    for (int64_t i = 0; i < count; i++) out[i] = loadFloat(base, dtype, offset + i);
+  }
+}
+
+void CpuDevice::copyRows(const Tensor& source, Tensor& target, int64_t sourceRow, int64_t targetRow, int64_t rows) {
+  size_t rowBytes = source.cols() * dtypeBytes(source.dtype);
+  std::memmove(static_cast<char*>(target.data) + targetRow * rowBytes,
+               static_cast<const char*>(source.data) + sourceRow * rowBytes, rows * rowBytes);
+}
+
+void CpuDevice::convert(const Tensor& source, Tensor& target) {
+  pool_.parallelFor(source.size, 1 << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) storeFloat(target.data, target.dtype, i, loadFloat(source.data, source.dtype, i));
+  });
+}
+
+void CpuDevice::fillRandom(Tensor& tensor, uint64_t seed, float standardDeviation) {
+  pool_.parallelFor(tensor.size, 1 << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++)
+      storeFloat(tensor.data, tensor.dtype, i, randomNormal(seed, static_cast<uint64_t>(i)) * standardDeviation);
+  });
+}
+
+void CpuDevice::embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
+  int64_t dim = table.cols();
+  const int32_t* index = ids.as<int32_t>();
+  pool_.parallelFor(ids.size, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; r++) loadFloats(table.data, table.dtype, index[r] * dim, dim, out.as<float>() + r * dim);
+  });
+}
+
+void CpuDevice::rmsNorm(const Tensor& x, const Tensor& weight, Tensor& out, float eps) {
+  int64_t dim = x.cols();
+  std::vector<float> scale(dim);
+  loadFloats(weight.data, weight.dtype, 0, dim, scale.data());
+  pool_.parallelFor(x.rows(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; r++) {
+      const float* row = x.as<float>() + r * dim;
+      float* target = out.as<float>() + r * dim;
+      double sumSquares = 0;
+      for (int64_t i = 0; i < dim; i++) sumSquares += static_cast<double>(row[i]) * row[i];
+      float inverse = 1.0f / std::sqrt(static_cast<float>(sumSquares / dim) + eps);
+      for (int64_t i = 0; i < dim; i++) target[i] = row[i] * inverse * scale[i];
+    }
+  });
+}
+
+void CpuDevice::matmul(const Tensor& x, const Tensor& weight, Tensor& out, const Tensor* bias, const Tensor* residual) {
+  cpuMatmul(pool_, x.as<float>(), x.rows(), x.cols(), weight.data, weight.dtype, weight.rows(), out.as<float>(),
+            bias ? bias->as<float>() : nullptr, residual ? residual->as<float>() : nullptr);
+}
+
+void CpuDevice::rope(Tensor& x, const Tensor& positions, const Tensor& inverseFrequencies, const RopeArgs& args) {
+  int64_t half = args.headDim / 2;
+  const float* frequency = inverseFrequencies.as<float>();
+  const int32_t* position = positions.as<int32_t>();
+  pool_.parallelFor(x.rows(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; r++) {
+      float* row = x.as<float>() + r * x.cols();
+      for (int64_t i = 0; i < half; i++) {
+        // Angles in double so long positions (1M+) keep their phase as the float64 reference does.
+        double angle = static_cast<double>(position[r]) * static_cast<double>(frequency[i]);
+        float cosine = static_cast<float>(std::cos(angle)), sine = static_cast<float>(std::sin(angle));
+        for (int h = 0; h < args.heads; h++) {
+          float* head = row + static_cast<int64_t>(h) * args.headDim;
+          int64_t a = args.interleaved ? 2 * i : i, b = args.interleaved ? 2 * i + 1 : i + half;
+          float first = head[a], second = head[b];
+          head[a] = first * cosine - second * sine;
+          head[b] = first * sine + second * cosine;
+        }
+      }
+    }
+  });
+}
+
+void CpuDevice::swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
+  pool_.parallelFor(gate.size, 1 << 14, [&](int64_t begin, int64_t end) {
+    const float* g = gate.as<float>();
+    const float* u = up.as<float>();
+    float* o = out.as<float>();
+    for (int64_t i = begin; i < end; i++) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  });
+}
+
+void CpuDevice::add(const Tensor& a, const Tensor& b, Tensor& out) {
+  pool_.parallelFor(a.size, 1 << 14, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) out.as<float>()[i] = a.as<float>()[i] + b.as<float>()[i];
+  });
+}
+
+void CpuDevice::writeCache(const Tensor& source, Tensor& cache, int64_t start) {
+  int64_t kvHeads = cache.shape[0], capacity = cache.shape[1], headDim = cache.shape[2];
+  int64_t rows = source.rows();
+  pool_.parallelFor(kvHeads * rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; t++) {
+      int64_t head = t / rows, r = t % rows;
+      const float* from = source.as<float>() + r * source.cols() + head * headDim;
+      int64_t base = (head * capacity + start + r) * headDim;
+      for (int64_t i = 0; i < headDim; i++) storeFloat(cache.data, cache.dtype, base + i, from[i]);
+    }
+  });
+}
+
+void CpuDevice::argmax(const Tensor& logits, Tensor& out) {
+  int64_t vocab = logits.cols();
+  for (int64_t r = 0; r < logits.rows(); r++) {
+    const float* row = logits.as<float>() + r * vocab;
+    int64_t best = 0;
+    for (int64_t i = 1; i < vocab; i++)
+      if (row[i] > row[best]) best = i;
+    out.as<int32_t>()[r] = static_cast<int32_t>(best);
+  }
+}
+
+void CpuDevice::softmax(const Tensor& logits, Tensor& out, float temperature) {
+  int64_t vocab = logits.cols();
+  pool_.parallelFor(logits.rows(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; r++) {
+      const float* row = logits.as<float>() + r * vocab;
+      float* target = out.as<float>() + r * vocab;
+      float maximum = *std::max_element(row, row + vocab);
+      double sum = 0;
+      for (int64_t i = 0; i < vocab; i++) {
+        target[i] = std::exp((row[i] - maximum) / temperature);
+        sum += target[i];
+      }
+      float inverse = static_cast<float>(1.0 / sum);
+      for (int64_t i = 0; i < vocab; i++) target[i] *= inverse;
+    }
+  });
+}
+
+}  // namespace duo

@@ -1,0 +1,69 @@
+// The CPU backend: f32 compute on a thread pool; reads f32 / f16 / bf16 weights and caches.
+#pragma once
+#include <memory>
+
+#include "../common.h"
+#include "thread-pool.h"
+
+namespace duo {
+
+class CpuDevice final : public Device {
+ public:
+  explicit CpuDevice(unsigned threads);
+  const char* kind() const override { return "cpu"; }
+  std::string name() const override;
+  void* allocate(size_t bytes) override;
+  void release(void* pointer, size_t bytes) override;
+  void write(Tensor& tensor, const void* host, size_t byteOffset, size_t bytes) override;
+  PendingRead* read(const Tensor& tensor, void* host, size_t byteOffset, size_t bytes) override;
+  void synchronize() override {}
+  MemoryInfo memory() const override { return {allocated_, peak_, 0, 0}; }
+
+  void copyRows(const Tensor& source, Tensor& target, int64_t sourceRow, int64_t targetRow, int64_t rows) override;
+  void convert(const Tensor& source, Tensor& target) override;
+  void fillRandom(Tensor& tensor, uint64_t seed, float standardDeviation) override;
+  void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override;
+  void rmsNorm(const Tensor& x, const Tensor& weight, Tensor& out, float eps) override;
+  void matmul(const Tensor& x, const Tensor& weight, Tensor& out, const Tensor* bias, const Tensor* residual) override;
+  void rope(Tensor& x, const Tensor& positions, const Tensor& inverseFrequencies, const RopeArgs& args) override;
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void add(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void writeCache(const Tensor& source, Tensor& cache, int64_t start) override;
+  void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
+  void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
+  void argmax(const Tensor& logits, Tensor& out) override;
+  void softmax(const Tensor& logits, Tensor& out, float temperature) override;
+
+  ThreadPool& pool() { return pool_; }
+
+ private:
+  ThreadPool pool_;
+  size_t allocated_ = 0, peak_ = 0;
+};
+
+// Element i of a tensor whose storage is `dtype`, as f32.
+inline float loadFloat(const void* base, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::F32: return static_cast<const float*>(base)[i];
+    case DType::BF16: return bf16ToFloat(static_cast<const uint16_t*>(base)[i]);
+    case DType::F16: return f16ToFloat(static_cast<const uint16_t*>(base)[i]);
+    case DType::I32: return static_cast<float>(static_cast<const int32_t*>(base)[i]);
+  }
+  return 0;
+}
+inline void storeFloat(void* base, DType dtype, int64_t i, float value) {
+  switch (dtype) {
+    case DType::F32: static_cast<float*>(base)[i] = value; break;
+    case DType::BF16: static_cast<uint16_t*>(base)[i] = floatToBf16(value); break;
+    case DType::F16: static_cast<uint16_t*>(base)[i] = floatToF16(value); break;
+    case DType::I32: static_cast<int32_t*>(base)[i] = static_cast<int32_t>(value); break;
+  }
+}
+// Converts `count` elements starting at element `offset` of `base` to f32.
+void loadFloats(const void* base, DType dtype, int64_t offset, int64_t count, float* out);
+
+// x · Wᵀ for f32 x [n, k] and W [m, k] (any float dtype) into out [n, m], plus optional bias and residual.
+void cpuMatmul(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType weightType, int64_t m,
+               float* out, const float* bias, const float* residual);
+
+}  // namespace duo

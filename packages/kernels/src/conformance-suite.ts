@@ -1,0 +1,269 @@
+// The one conformance suite: every op against the float64 reference, run once per backend present.
+import type { DType } from '@duoattn/core';
+import { DuoArgumentError, DuoDisposedError } from '@duoattn/core';
+import { describe, expect, it } from 'vitest';
+import type { NativeBackend } from './native-backend.js';
+import type { Tensor } from './tensor.js';
+import {
+  bf16ToNumber,
+  f16ToNumber,
+  type Matrix,
+  maxAbsDifference,
+  numberToBf16,
+  numberToF16,
+  randomArray,
+  referenceArgmax,
+  referenceAttention,
+  referenceEmbedding,
+  referenceMatmul,
+  referenceRmsNorm,
+  referenceRope,
+  referenceSoftmax,
+  referenceSwiglu,
+  relativeError,
+  toMatrix,
+} from './testing/reference.js';
+
+/** Relative-error tolerance of each op by the dtype of its weight or cache operand. */
+const TOLERANCE = {
+  elementwise: 1e-6,
+  rmsNorm: 1e-5,
+  rope: 1e-5,
+  // CUDA runs matmuls of many rows on tensor cores with x rounded to the weight dtype.
+  matmul: { f32: 1e-5, f16: 2e-3, bf16: 1e-2 } as Record<DType, number>,
+  attention: { f32: 1e-4, f16: 2e-3, bf16: 1e-2 } as Record<DType, number>,
+};
+
+/** Uploads f32 values as `dtype`, returning the tensor and the values it really holds (after rounding). */
+function uploadAs(backend: NativeBackend, dtype: DType, shape: number[], values: Float32Array): [Tensor, Float64Array] {
+  if (dtype === 'f32') return [backend.upload('f32', shape, values), Float64Array.from(values)];
+  const encode = dtype === 'bf16' ? numberToBf16 : numberToF16;
+  const decode = dtype === 'bf16' ? bf16ToNumber : f16ToNumber;
+  const bits = Uint16Array.from(values, (v) => encode(v));
+  return [backend.upload(dtype, shape, bits), Float64Array.from(bits, (b) => decode(b))];
+}
+
+async function readF32(backend: NativeBackend, tensor: Tensor): Promise<Float32Array> {
+  return (await backend.read(tensor)) as Float32Array;
+}
+
+function inverseFrequencies(headDim: number, theta: number): Float32Array {
+  return Float32Array.from({ length: headDim / 2 }, (_, i) => theta ** (-(2 * i) / headDim));
+}
+
+/** Registers the suite for one backend; `backend()` returns undefined when it is absent (tests then skip visibly). */
+export function conformanceSuite(label: string, backend: () => NativeBackend | undefined, skipReason?: string): void {
+  const suite = skipReason ? describe.skip : describe;
+  suite(`conformance: ${label}${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
+    const b = () => backend() as NativeBackend;
+
+    it('round-trips every dtype and copies rows', async () => {
+      const values = randomArray(24, 1);
+      for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+        const [tensor, held] = uploadAs(b(), dtype, [4, 6], values);
+        const back = await b().read(tensor);
+        const decoded = dtype === 'f32' ? back : Float64Array.from(back, (v) => (dtype === 'bf16' ? bf16ToNumber(v) : f16ToNumber(v)));
+        expect(maxAbsDifference(decoded, held)).toBe(0);
+        const target = b().alloc(dtype, [3, 6]);
+        b().copyRows(tensor, target, 1, 0, 3);
+        expect(Array.from(await b().read(target))).toEqual(Array.from(back.slice(6)));
+        tensor.dispose();
+        target.dispose();
+      }
+      const ints = b().upload('i32', [3], Int32Array.from([7, -2, 5]));
+      expect(Array.from(await b().read(ints))).toEqual([7, -2, 5]);
+      ints.dispose();
+    });
+
+    it('converts between dtypes with round-to-nearest-even', async () => {
+      const values = randomArray(1000, 2, 100);
+      const source = b().upload('f32', [1000], values);
+      for (const [dtype, encode] of [
+        ['bf16', numberToBf16],
+        ['f16', numberToF16],
+      ] as const) {
+        const target = b().alloc(dtype, [1000]);
+        b().convert(source, target);
+        expect(Array.from(await b().read(target))).toEqual(Array.from(values, (v) => encode(v)));
+        target.dispose();
+      }
+      source.dispose();
+    });
+
+    it('fills random values deterministically with unit variance', async () => {
+      const first = b().alloc('f32', [4096]);
+      const second = b().alloc('f32', [4096]);
+      b().fillRandom(first, 7, 2);
+      b().fillRandom(second, 7, 2);
+      const a = await readF32(b(), first);
+      expect(Array.from(await readF32(b(), second))).toEqual(Array.from(a));
+      const mean = a.reduce((s, v) => s + v, 0) / a.length;
+      const variance = a.reduce((s, v) => s + (v - mean) ** 2, 0) / a.length;
+      expect(Math.abs(mean)).toBeLessThan(0.1);
+      expect(Math.sqrt(variance)).toBeGreaterThan(1.9);
+      expect(Math.sqrt(variance)).toBeLessThan(2.1);
+      first.dispose();
+      second.dispose();
+    });
+
+    it.each(['f32', 'bf16', 'f16'] as const)('embedding reads a %s table', async (dtype) => {
+      const [table, held] = uploadAs(b(), dtype, [50, 24], randomArray(50 * 24, 3));
+      const ids = b().upload('i32', [5], Int32Array.from([0, 49, 3, 3, 17]));
+      const out = b().alloc('f32', [5, 24]);
+      b().embedding(table, ids, out);
+      const expected = referenceEmbedding(toMatrix(held, 50, 24), [0, 49, 3, 3, 17]);
+      expect(maxAbsDifference(await readF32(b(), out), expected)).toBe(0);
+      for (const t of [table, ids, out]) t.dispose();
+    });
+
+    it('rmsNorm matches the reference', async () => {
+      const x = randomArray(7 * 96, 4, 3);
+      const w = randomArray(96, 5);
+      const [xs, ws] = [b().upload('f32', [7, 96], x), b().upload('f32', [96], w)];
+      const out = b().alloc('f32', [7, 96]);
+      b().rmsNorm(xs, ws, out, 1e-5);
+      expect(relativeError(await readF32(b(), out), referenceRmsNorm(toMatrix(x, 7, 96), w, 1e-5))).toBeLessThan(
+        TOLERANCE.rmsNorm,
+      );
+      for (const t of [xs, ws, out]) t.dispose();
+    });
+
+    const matmulShapes: [number, number, number][] = [
+      [1, 64, 48],
+      [3, 100, 70],
+      [17, 300, 130],
+      [64, 256, 96],
+    ];
+    for (const dtype of ['f32', 'bf16', 'f16'] as const) {
+      it.each(matmulShapes)(`matmul ${dtype} weights: n=%i k=%i m=%i with bias and in-place residual`, async (n, k, m) => {
+        const x = randomArray(n * k, n + k, 1);
+        const [weight, held] = uploadAs(b(), dtype, [m, k], randomArray(m * k, m, 0.5));
+        const bias = randomArray(m, 9);
+        const residual = randomArray(n * m, 10);
+        const xs = b().upload('f32', [n, k], x);
+        const biasTensor = b().upload('f32', [m], bias);
+        const out = b().upload('f32', [n, m], residual);
+        b().matmul(xs, weight, out, { bias: biasTensor, residual: out });
+        const expected = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k), bias, toMatrix(residual, n, m));
+        expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
+        const plain = b().alloc('f32', [n, m]);
+        b().matmul(xs, weight, plain);
+        const expectedPlain = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k));
+        expect(relativeError(await readF32(b(), plain), expectedPlain)).toBeLessThan(TOLERANCE.matmul[dtype]);
+        for (const t of [xs, weight, biasTensor, out, plain]) t.dispose();
+      });
+    }
+
+    it.each([true, false])('rope (interleaved=%s) rotates at absolute positions', async (interleaved) => {
+      const heads = 3;
+      const headDim = 16;
+      const x = randomArray(5 * heads * headDim, 11);
+      const positions = Int32Array.from([0, 1, 7, 1000, 131071]);
+      const frequencies = inverseFrequencies(headDim, 10000);
+      const xs = b().upload('f32', [5, heads * headDim], x);
+      const ps = b().upload('i32', [5], positions);
+      const fs = b().upload('f32', [headDim / 2], frequencies);
+      b().rope(xs, ps, fs, { heads, headDim, interleaved });
+      const expected = referenceRope(toMatrix(x, 5, heads * headDim), positions, frequencies, heads, headDim, interleaved);
+      expect(relativeError(await readF32(b(), xs), expected)).toBeLessThan(TOLERANCE.rope);
+      for (const t of [xs, ps, fs]) t.dispose();
+    });
+
+    it('swiglu and add match the reference, in place too', async () => {
+      const gate = randomArray(6 * 40, 12, 4);
+      const up = randomArray(6 * 40, 13, 2);
+      const g = b().upload('f32', [6, 40], gate);
+      const u = b().upload('f32', [6, 40], up);
+      const sum = b().alloc('f32', [6, 40]);
+      b().add(g, u, sum);
+      expect(maxAbsDifference(await readF32(b(), sum), Array.from(gate, (v, i) => Math.fround(v + (up[i] ?? 0))))).toBe(0);
+      b().swiglu(g, u, g);
+      const expected = referenceSwiglu(toMatrix(gate, 6, 40), toMatrix(up, 6, 40));
+      expect(relativeError(await readF32(b(), g), expected)).toBeLessThan(TOLERANCE.elementwise * 10);
+      for (const t of [g, u, sum]) t.dispose();
+    });
+
+    const attentionCases: [DType, number, number, number][] = [
+      ['f32', 8, 2, 16],
+      ['bf16', 8, 2, 64],
+      ['f16', 4, 4, 32],
+      ['bf16', 32, 8, 128],
+    ];
+    it.each(attentionCases)('attention over a %s cache: %i heads, %i kv heads, head dim %i', async (dtype, heads, kvHeads, headDim) => {
+      const capacity = 700;
+      const filled = 650;
+      const scale = 1 / Math.sqrt(headDim);
+      const keyCache = b().alloc(dtype, [kvHeads, capacity, headDim]);
+      const valueCache = b().alloc(dtype, [kvHeads, capacity, headDim]);
+      // Write the cache in two chunks through writeCache, as the model does.
+      const keys = randomArray(filled * kvHeads * headDim, 21, 2);
+      const values = randomArray(filled * kvHeads * headDim, 22);
+      for (const [start, count] of [
+        [0, 600],
+        [600, 50],
+      ] as const) {
+        const width = kvHeads * headDim;
+        const k = b().upload('f32', [count, width], keys.slice(start * width, (start + count) * width));
+        const v = b().upload('f32', [count, width], values.slice(start * width, (start + count) * width));
+        b().writeCache(k, keyCache, start);
+        b().writeCache(v, valueCache, start);
+        k.dispose();
+        v.dispose();
+      }
+      const decode = dtype === 'f32' ? (v: number) => v : dtype === 'bf16' ? bf16ToNumber : f16ToNumber;
+      const heldKeys = new Float64Array(await b().read(keyCache)).map(decode);
+      const heldValues = new Float64Array(await b().read(valueCache)).map(decode);
+      const perHead = (held: Float64Array): Float64Array[][] =>
+        Array.from({ length: kvHeads }, (_, h) =>
+          Array.from({ length: capacity }, (_, j) => held.slice((h * capacity + j) * headDim, (h * capacity + j + 1) * headDim)),
+        );
+      expect(maxAbsDifference(heldKeys.slice(0, headDim), Array.from(keys.slice(0, headDim), (v) => decode(dtype === 'f32' ? v : dtype === 'bf16' ? numberToBf16(v) : numberToF16(v))))).toBe(0);
+      const rows = 37;
+      const queryStart = filled - rows;
+      const q = randomArray(rows * heads * headDim, 23, 2);
+      const queries = b().upload('f32', [rows, heads * headDim], q);
+      const out = b().alloc('f32', [rows, heads * headDim]);
+      const attributes = { heads, kvHeads, headDim, scale, keyLength: filled, queryStart };
+      b().attentionPrefill(queries, keyCache, valueCache, out, attributes);
+      const expected = referenceAttention(toMatrix(q, rows, heads * headDim), perHead(heldKeys), perHead(heldValues), attributes);
+      expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.attention[dtype]);
+
+      const single = b().upload('f32', [1, heads * headDim], q.slice(0, heads * headDim));
+      const singleOut = b().alloc('f32', [1, heads * headDim]);
+      b().attentionDecode(single, keyCache, valueCache, singleOut, { heads, kvHeads, headDim, scale, keyLength: filled });
+      const expectedDecode = referenceAttention(toMatrix(q, 1, heads * headDim), perHead(heldKeys), perHead(heldValues), {
+        ...attributes,
+        queryStart: filled - 1,
+      });
+      expect(relativeError(await readF32(b(), singleOut), expectedDecode)).toBeLessThan(TOLERANCE.attention[dtype]);
+      for (const t of [keyCache, valueCache, queries, out, single, singleOut]) t.dispose();
+    });
+
+    it('argmax and softmax match the reference', async () => {
+      const logits = randomArray(3 * 515, 31, 8);
+      logits[2 * 515 + 100] = 50;
+      const ls = b().upload('f32', [3, 515], logits);
+      const ids = b().alloc('i32', [3]);
+      const probabilities = b().alloc('f32', [3, 515]);
+      b().argmax(ls, ids);
+      b().softmax(ls, probabilities, 0.7);
+      const matrix: Matrix = toMatrix(logits, 3, 515);
+      expect(Array.from(await b().read(ids))).toEqual(referenceArgmax(matrix));
+      expect(relativeError(await readF32(b(), probabilities), referenceSoftmax(matrix, 0.7))).toBeLessThan(1e-5);
+      for (const t of [ls, ids, probabilities]) t.dispose();
+    });
+
+    it('rejects bad arguments with messages naming them, and disposed tensors', () => {
+      const x = b().alloc('f32', [2, 8]);
+      const w = b().alloc('bf16', [4, 7]);
+      const out = b().alloc('f32', [2, 4]);
+      expect(() => b().matmul(x, w, out)).toThrow(DuoArgumentError);
+      expect(() => b().matmul(x, w, out)).toThrow('Expected a f32 tensor of shape [n, 7] for `x` but received f32 [2, 8]');
+      expect(() => b().alloc('f64' as DType, [2])).toThrow('Expected `dtype` to be one of f32, f16, bf16, i32 but received "f64"');
+      w.dispose();
+      expect(() => b().matmul(x, w, out)).toThrow(DuoDisposedError);
+      x.dispose();
+      out.dispose();
+    });
+  });
+}

@@ -1,0 +1,6 @@
+// Runs the conformance suite on the CPU backend.
+import { conformanceSuite } from './conformance-suite.js';
+import { createBackend } from './resolve-backend.js';
+
+const cpu = createBackend('cpu');
+conformanceSuite('cpu', () => cpu);

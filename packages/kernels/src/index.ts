@@ -1,0 +1,13 @@
+// Public surface of @duoattn/kernels.
+export { callNative, mapNativeError } from './errors.js';
+export { loadNative, type NativeAddon } from './native.js';
+export { hostArrayFor, NativeBackend } from './native-backend.js';
+export {
+  type BackendRequest,
+  createBackend,
+  cudaUnavailableReason,
+  type ResolveOptions,
+  resolveBackend,
+} from './resolve-backend.js';
+export { Tensor } from './tensor.js';
+export { describeValue, expectInteger, expectPositive, expectTensor, type TensorExpectation } from './validate.js';

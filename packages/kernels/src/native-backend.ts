@@ -1,0 +1,263 @@
+// The Backend implementation over the native addon: validates in TypeScript, then makes one native call.
+import {
+  type AttentionAttributes,
+  type Backend,
+  type BackendMemory,
+  type DeviceKind,
+  DTYPES,
+  DuoArgumentError,
+  type DType,
+  type HostArray,
+  isDType,
+  type PrefillAttentionAttributes,
+  type RopeAttributes,
+} from '@duoattn/core';
+import { callNative, mapNativeError } from './errors.js';
+import type { NativeAddon } from './native.js';
+import { Tensor } from './tensor.js';
+import { describeValue, expectInteger, expectPositive, expectTensor } from './validate.js';
+
+const FLOAT_TYPES: readonly DType[] = ['f32', 'f16', 'bf16'];
+const F32: readonly DType[] = ['f32'];
+const I32: readonly DType[] = ['i32'];
+
+/** Host array type that holds a dtype's raw elements. */
+export function hostArrayFor(dtype: DType, buffer: ArrayBuffer): HostArray {
+  if (dtype === 'f32') return new Float32Array(buffer);
+  if (dtype === 'i32') return new Int32Array(buffer);
+  return new Uint16Array(buffer);
+}
+
+function expectHostArray(argument: string, dtype: DType, data: unknown): HostArray {
+  const ok =
+    (dtype === 'f32' && data instanceof Float32Array) ||
+    (dtype === 'i32' && data instanceof Int32Array) ||
+    ((dtype === 'f16' || dtype === 'bf16') && data instanceof Uint16Array);
+  if (!ok) {
+    const wanted = dtype === 'f32' ? 'Float32Array' : dtype === 'i32' ? 'Int32Array' : 'Uint16Array (raw bits)';
+    throw new DuoArgumentError(argument, `Expected a ${wanted} for \`${argument}\` (${dtype}) but received ${describeValue(data)}`);
+  }
+  return data as HostArray;
+}
+
+/** A CPU or CUDA backend backed by the native addon. Create it with `createBackend` or `resolveBackend`. */
+export class NativeBackend implements Backend {
+  readonly specificationVersion = 'v1' as const;
+  readonly device: DeviceKind;
+  readonly deviceName: string;
+  readonly #native: NativeAddon;
+  readonly #index: number;
+
+  /** @internal */
+  constructor(native: NativeAddon, device: DeviceKind, deviceName: string) {
+    this.#native = native;
+    this.device = device;
+    this.#index = device === 'cpu' ? 0 : 1;
+    this.deviceName = deviceName;
+  }
+
+  alloc(dtype: DType, shape: readonly number[]): Tensor {
+    if (!isDType(dtype)) {
+      throw new DuoArgumentError('dtype', `Expected \`dtype\` to be one of ${DTYPES.join(', ')} but received ${describeValue(dtype)}`);
+    }
+    if (!Array.isArray(shape) || shape.length === 0) {
+      throw new DuoArgumentError('shape', `Expected \`shape\` to be a non-empty array of sizes but received ${describeValue(shape)}`);
+    }
+    shape.forEach((extent, i) => expectInteger(`shape[${i}]`, extent, 0));
+    const id = callNative(() => this.#native.alloc(this.#index, DTYPES.indexOf(dtype), shape));
+    return new Tensor(this.#native, id, dtype, shape, this.device);
+  }
+
+  upload(dtype: DType, shape: readonly number[], data: HostArray): Tensor {
+    const tensor = this.alloc(dtype, shape);
+    try {
+      this.write(tensor, data);
+    } catch (error) {
+      tensor.dispose();
+      throw error;
+    }
+    return tensor;
+  }
+
+  write(tensor: Tensor, data: HostArray, offset = 0): void {
+    const id = expectTensor('tensor', tensor, this.device);
+    const array = expectHostArray('data', tensor.dtype, data);
+    expectInteger('offset', offset, 0, tensor.size - array.length);
+    callNative(() => this.#native.write(id, array, offset));
+  }
+
+  async read(tensor: Tensor, offset = 0, count?: number): Promise<HostArray> {
+    const id = expectTensor('tensor', tensor, this.device);
+    expectInteger('offset', offset, 0, tensor.size);
+    const length = count ?? tensor.size - offset;
+    expectInteger('count', length, 0, tensor.size - offset);
+    try {
+      return hostArrayFor(tensor.dtype, await callNative(() => this.#native.read(id, offset, length)));
+    } catch (error) {
+      throw mapNativeError(error);
+    }
+  }
+
+  copyRows(source: Tensor, target: Tensor, sourceRow = 0, targetRow = 0, rows?: number): void {
+    const sourceId = expectTensor('source', source, this.device);
+    const targetId = expectTensor('target', target, this.device, { dtypes: [source.dtype] });
+    if (target.cols !== source.cols) {
+      throw new DuoArgumentError('target', `Expected \`target\` rows of ${source.cols} elements like \`source\` but received ${target.describe()}`);
+    }
+    const count = rows ?? Math.min(source.rows - sourceRow, target.rows - targetRow);
+    expectInteger('sourceRow', sourceRow, 0, source.rows);
+    expectInteger('targetRow', targetRow, 0, target.rows);
+    expectInteger('rows', count, 0, Math.min(source.rows - sourceRow, target.rows - targetRow));
+    callNative(() => this.#native.copyRows(sourceId, targetId, sourceRow, targetRow, count));
+  }
+
+  convert(source: Tensor, target: Tensor): void {
+    const sourceId = expectTensor('source', source, this.device);
+    const targetId = expectTensor('target', target, this.device, { size: source.size });
+    callNative(() => this.#native.convert(sourceId, targetId));
+  }
+
+  /**
+   * Fills a float tensor with approximately normal values (mean 0, standard deviation `std`) from a counter-based
+   * generator: the same seed gives the same values on every backend. For benchmarks and tests.
+   */
+  fillRandom(tensor: Tensor, seed: number, std = 1): void {
+    const id = expectTensor('tensor', tensor, this.device, { dtypes: FLOAT_TYPES });
+    expectInteger('seed', seed, 0);
+    expectPositive('std', std, -1e-30);
+    callNative(() => this.#native.fillRandom(id, seed, std));
+  }
+
+  synchronize(): Promise<void> {
+    return this.#native.synchronize(this.#index).catch((error: unknown) => {
+      throw mapNativeError(error);
+    });
+  }
+
+  memory(): BackendMemory {
+    const memory = callNative(() => this.#native.memory(this.#index));
+    return this.device === 'cpu' ? { allocatedBytes: memory.allocatedBytes, peakBytes: memory.peakBytes } : memory;
+  }
+
+  embedding(table: Tensor, ids: Tensor, out: Tensor): void {
+    const tableId = expectTensor('table', table, this.device, { dtypes: FLOAT_TYPES, shape: [null, null] });
+    const idsId = expectTensor('ids', ids, this.device, { dtypes: I32, shape: [null] });
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: [ids.size, table.cols] });
+    callNative(() => this.#native.embedding(tableId, idsId, outId));
+  }
+
+  rmsNorm(x: Tensor, weight: Tensor, out: Tensor, eps: number): void {
+    const xId = expectTensor('x', x, this.device, { dtypes: F32 });
+    const weightId = expectTensor('weight', weight, this.device, { dtypes: FLOAT_TYPES, shape: [x.cols] });
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: x.shape });
+    expectPositive('eps', eps);
+    callNative(() => this.#native.rmsNorm(xId, weightId, outId, eps));
+  }
+
+  matmul(x: Tensor, weight: Tensor, out: Tensor, options: { bias?: Tensor; residual?: Tensor } = {}): void {
+    const weightId = expectTensor('weight', weight, this.device, { dtypes: FLOAT_TYPES, shape: [null, null] });
+    const [outputs = 0, inner = 0] = weight.shape;
+    const xId = expectTensor('x', x, this.device, { dtypes: F32, shape: [null, inner] });
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: [x.rows, outputs] });
+    const biasId = options.bias ? expectTensor('bias', options.bias, this.device, { dtypes: F32, shape: [outputs] }) : 0;
+    const residualId = options.residual
+      ? expectTensor('residual', options.residual, this.device, { dtypes: F32, shape: [x.rows, outputs] })
+      : 0;
+    if (out === x) throw new DuoArgumentError('out', '`out` must not alias `x` in matmul');
+    callNative(() => this.#native.matmul(xId, weightId, outId, biasId, residualId));
+  }
+
+  rope(x: Tensor, positions: Tensor, inverseFrequencies: Tensor, attributes: RopeAttributes): void {
+    const { heads, headDim, interleaved } = attributes;
+    expectInteger('heads', heads, 1);
+    expectInteger('headDim', headDim, 2);
+    if (headDim % 2 !== 0) throw new DuoArgumentError('headDim', `Expected an even \`headDim\` but received ${headDim}`);
+    const xId = expectTensor('x', x, this.device, { dtypes: F32, shape: [null, heads * headDim] });
+    const positionsId = expectTensor('positions', positions, this.device, { dtypes: I32, shape: [x.rows] });
+    const frequencyId = expectTensor('inverseFrequencies', inverseFrequencies, this.device, {
+      dtypes: F32,
+      shape: [headDim / 2],
+    });
+    callNative(() => this.#native.rope(xId, positionsId, frequencyId, heads, headDim, Boolean(interleaved)));
+  }
+
+  swiglu(gate: Tensor, up: Tensor, out: Tensor): void {
+    const gateId = expectTensor('gate', gate, this.device, { dtypes: F32 });
+    const upId = expectTensor('up', up, this.device, { dtypes: F32, shape: gate.shape });
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: gate.shape });
+    callNative(() => this.#native.swiglu(gateId, upId, outId));
+  }
+
+  add(a: Tensor, b: Tensor, out: Tensor): void {
+    const aId = expectTensor('a', a, this.device, { dtypes: F32 });
+    const bId = expectTensor('b', b, this.device, { dtypes: F32, shape: a.shape });
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: a.shape });
+    callNative(() => this.#native.add(aId, bId, outId));
+  }
+
+  writeCache(source: Tensor, cache: Tensor, start: number): void {
+    const cacheId = expectTensor('cache', cache, this.device, { dtypes: FLOAT_TYPES, shape: [null, null, null] });
+    const [kvHeads = 0, capacity = 0, headDim = 0] = cache.shape;
+    const sourceId = expectTensor('source', source, this.device, { dtypes: F32, shape: [null, kvHeads * headDim] });
+    expectInteger('start', start, 0, capacity - source.rows);
+    callNative(() => this.#native.writeCache(sourceId, cacheId, start));
+  }
+
+  #attentionIds(
+    query: Tensor,
+    keyCache: Tensor,
+    valueCache: Tensor,
+    out: Tensor,
+    attributes: AttentionAttributes,
+  ): [number, number, number, number] {
+    const { heads, kvHeads, headDim, scale, keyLength } = attributes;
+    expectInteger('heads', heads, 1);
+    expectInteger('kvHeads', kvHeads, 1, heads);
+    if (heads % kvHeads !== 0) {
+      throw new DuoArgumentError('kvHeads', `Expected \`heads\` (${heads}) to be a multiple of \`kvHeads\` but received ${kvHeads}`);
+    }
+    expectInteger('headDim', headDim, 1);
+    expectPositive('scale', scale);
+    const keyId = expectTensor('keyCache', keyCache, this.device, { dtypes: FLOAT_TYPES, shape: [kvHeads, null, headDim] });
+    const valueId = expectTensor('valueCache', valueCache, this.device, { dtypes: [keyCache.dtype], shape: keyCache.shape });
+    expectInteger('keyLength', keyLength, 0, keyCache.shape[1]);
+    const queryId = expectTensor('query', query, this.device, { dtypes: F32, shape: [null, heads * headDim] });
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: query.shape });
+    return [queryId, keyId, valueId, outId];
+  }
+
+  attentionPrefill(
+    query: Tensor,
+    keyCache: Tensor,
+    valueCache: Tensor,
+    out: Tensor,
+    attributes: PrefillAttentionAttributes,
+  ): void {
+    const ids = this.#attentionIds(query, keyCache, valueCache, out, attributes);
+    const { heads, kvHeads, headDim, scale, keyLength, queryStart } = attributes;
+    expectInteger('queryStart', queryStart, 0);
+    callNative(() =>
+      this.#native.attentionPrefill(...ids, heads, kvHeads, headDim, scale, keyLength, queryStart),
+    );
+  }
+
+  attentionDecode(query: Tensor, keyCache: Tensor, valueCache: Tensor, out: Tensor, attributes: AttentionAttributes): void {
+    const ids = this.#attentionIds(query, keyCache, valueCache, out, attributes);
+    const { heads, kvHeads, headDim, scale, keyLength } = attributes;
+    expectInteger('keyLength', keyLength, 1);
+    callNative(() => this.#native.attentionDecode(...ids, heads, kvHeads, headDim, scale, keyLength));
+  }
+
+  argmax(logits: Tensor, out: Tensor): void {
+    const logitsId = expectTensor('logits', logits, this.device, { dtypes: F32 });
+    const outId = expectTensor('out', out, this.device, { dtypes: I32, size: logits.rows });
+    callNative(() => this.#native.argmax(logitsId, outId));
+  }
+
+  softmax(logits: Tensor, out: Tensor, temperature: number): void {
+    const logitsId = expectTensor('logits', logits, this.device, { dtypes: F32 });
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: logits.shape });
+    expectPositive('temperature', temperature);
+    callNative(() => this.#native.softmax(logitsId, outId, temperature));
+  }
+}

@@ -1,0 +1,59 @@
+// Backend selection: an explicit request is honoured or throws; 'auto' walks a priority list and logs each skip.
+import { type DeviceKind, DuoArgumentError, DuoBackendUnavailableError } from '@duoattn/core';
+import { loadNative } from './native.js';
+import { NativeBackend } from './native-backend.js';
+import { describeValue } from './validate.js';
+
+/** What the caller asks for: a device, or 'auto' (CUDA when usable, else CPU). */
+export type BackendRequest = DeviceKind | 'auto';
+
+/** Options of `resolveBackend`. */
+export interface ResolveOptions {
+  /** Receives one line per skipped candidate and the final choice. Default: `console.error` when DUO_VERBOSE is set. */
+  log?: (message: string) => void;
+}
+
+const backends = new Map<DeviceKind, NativeBackend>();
+
+/** The backend for `device`, created once per process. Throws DuoBackendUnavailableError when it can't be used. */
+export function createBackend(device: DeviceKind): NativeBackend {
+  const existing = backends.get(device);
+  if (existing) return existing;
+  if (device !== 'cpu' && device !== 'cuda') {
+    throw new DuoArgumentError('device', `Expected \`device\` to be "cpu", "cuda" or "auto" but received ${describeValue(device)}`);
+  }
+  const native = loadNative();
+  const probe = native.probe(device === 'cpu' ? 0 : 1);
+  if (!probe.available) {
+    throw new DuoBackendUnavailableError(`The ${device} backend is unavailable: ${probe.reason}`, [probe.reason ?? 'unknown']);
+  }
+  const backend = new NativeBackend(native, device, probe.name ?? device);
+  backends.set(device, backend);
+  return backend;
+}
+
+/** Why CUDA can't be used here, or undefined when it can. */
+export function cudaUnavailableReason(): string | undefined {
+  try {
+    const probe = loadNative().probe(1);
+    return probe.available ? undefined : probe.reason;
+  } catch (error) {
+    return (error as Error).message;
+  }
+}
+
+/** Resolves a request to a backend. `cuda` where there is none throws: a benchmark never silently runs on the CPU. */
+export function resolveBackend(request: BackendRequest = 'auto', options: ResolveOptions = {}): NativeBackend {
+  const log = options.log ?? (process.env.DUO_VERBOSE ? (message: string) => console.error(message) : () => {});
+  if (request !== 'auto') return createBackend(request);
+  const reason = cudaUnavailableReason();
+  if (reason === undefined) {
+    const backend = createBackend('cuda');
+    log(`[duoattn] backend: cuda (${backend.deviceName})`);
+    return backend;
+  }
+  log(`[duoattn] skipped cuda: ${reason}`);
+  const backend = createBackend('cpu');
+  log(`[duoattn] backend: cpu (${backend.deviceName})`);
+  return backend;
+}

@@ -1,0 +1,2 @@
+// Test helpers shared by packages: float64 reference ops, dtype bit conversions, error measures.
+export * from './reference.js';

@@ -1,0 +1,225 @@
+// Float64 reference implementations of every backend op, for the conformance suite and model tests.
+
+/** bf16 bits → number. */
+export function bf16ToNumber(bits: number): number {
+  const view = new DataView(new ArrayBuffer(4));
+  view.setUint32(0, bits << 16);
+  return view.getFloat32(0);
+}
+
+/** number → bf16 bits, round to nearest even. */
+export function numberToBf16(value: number): number {
+  const view = new DataView(new ArrayBuffer(4));
+  view.setFloat32(0, value);
+  const bits = view.getUint32(0);
+  if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x40) & 0xffff;
+  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** f16 bits → number. */
+export function f16ToNumber(bits: number): number {
+  const sign = bits & 0x8000 ? -1 : 1;
+  const exponent = (bits >> 10) & 0x1f;
+  const mantissa = bits & 0x3ff;
+  if (exponent === 0) return sign * 2 ** -14 * (mantissa / 1024);
+  if (exponent === 31) return mantissa ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+  return sign * 2 ** (exponent - 15) * (1 + mantissa / 1024);
+}
+
+/** number → f16 bits (round to nearest even), via Math.fround-free arithmetic. */
+export function numberToF16(value: number): number {
+  const view = new DataView(new ArrayBuffer(4));
+  view.setFloat32(0, value);
+  const bits = view.getUint32(0);
+  const sign = (bits >>> 16) & 0x8000;
+  const exponent = ((bits >>> 23) & 0xff) - 127 + 15;
+  let mantissa = bits & 0x7fffff;
+  if (((bits >>> 23) & 0xff) === 0xff) return sign | 0x7c00 | (mantissa ? 0x200 : 0);
+  if (exponent >= 31) return sign | 0x7c00;
+  if (exponent <= 0) {
+    if (exponent < -10) return sign;
+    mantissa |= 0x800000;
+    const shift = 14 - exponent;
+    let half = mantissa >>> shift;
+    const rest = mantissa & ((1 << shift) - 1);
+    const halfway = 1 << (shift - 1);
+    if (rest > halfway || (rest === halfway && half & 1)) half++;
+    return sign | half;
+  }
+  let half = sign | (exponent << 10) | (mantissa >>> 13);
+  const rest = mantissa & 0x1fff;
+  if (rest > 0x1000 || (rest === 0x1000 && half & 1)) half++;
+  return half;
+}
+
+/** A matrix as float64 rows. */
+export type Matrix = Float64Array[];
+
+export function toMatrix(data: ArrayLike<number>, rows: number, cols: number): Matrix {
+  return Array.from({ length: rows }, (_, r) => Float64Array.from({ length: cols }, (_, c) => data[r * cols + c] ?? 0));
+}
+
+export function referenceEmbedding(table: Matrix, ids: ArrayLike<number>): Matrix {
+  return Array.from(ids, (id) => Float64Array.from(table[id] ?? []));
+}
+
+export function referenceRmsNorm(x: Matrix, weight: ArrayLike<number>, eps: number): Matrix {
+  return x.map((row) => {
+    const meanSquare = row.reduce((sum, v) => sum + v * v, 0) / row.length;
+    const inverse = 1 / Math.sqrt(meanSquare + eps);
+    return row.map((v, i) => v * inverse * (weight[i] ?? 0));
+  });
+}
+
+export function referenceMatmul(x: Matrix, weight: Matrix, bias?: ArrayLike<number>, residual?: Matrix): Matrix {
+  return x.map((row, r) =>
+    Float64Array.from(weight, (w, j) => {
+      let sum = 0;
+      for (let i = 0; i < row.length; i++) sum += (row[i] ?? 0) * (w[i] ?? 0);
+      return sum + (bias?.[j] ?? 0) + (residual?.[r]?.[j] ?? 0);
+    }),
+  );
+}
+
+/** Rotates each head of each row at its position; `interleaved` pairs (2i, 2i+1), else (i, i + d/2). */
+export function referenceRope(
+  x: Matrix,
+  positions: ArrayLike<number>,
+  inverseFrequencies: ArrayLike<number>,
+  heads: number,
+  headDim: number,
+  interleaved: boolean,
+): Matrix {
+  const half = headDim / 2;
+  return x.map((row, r) => {
+    const out = Float64Array.from(row);
+    for (let h = 0; h < heads; h++) {
+      for (let i = 0; i < half; i++) {
+        const angle = (positions[r] ?? 0) * (inverseFrequencies[i] ?? 0);
+        const a = h * headDim + (interleaved ? 2 * i : i);
+        const b = h * headDim + (interleaved ? 2 * i + 1 : i + half);
+        const first = row[a] ?? 0;
+        const second = row[b] ?? 0;
+        out[a] = first * Math.cos(angle) - second * Math.sin(angle);
+        out[b] = first * Math.sin(angle) + second * Math.cos(angle);
+      }
+    }
+    return out;
+  });
+}
+
+export function referenceSwiglu(gate: Matrix, up: Matrix): Matrix {
+  return gate.map((row, r) => row.map((g, i) => (g / (1 + Math.exp(-g))) * (up[r]?.[i] ?? 0)));
+}
+
+/**
+ * Attention of query rows (at absolute positions queryStart + r) over keys/values given per KV head as
+ * [kvHeads][position] vectors. `visible(position, key)` decides the mask; the default is causal.
+ */
+export function referenceAttention(
+  query: Matrix,
+  keys: Float64Array[][],
+  values: Float64Array[][],
+  options: {
+    heads: number;
+    kvHeads: number;
+    headDim: number;
+    scale: number;
+    keyLength: number;
+    queryStart: number;
+    visible?: (queryPosition: number, keyPosition: number, head: number) => boolean;
+  },
+): Matrix {
+  const { heads, kvHeads, headDim, scale, keyLength, queryStart } = options;
+  const visible = options.visible ?? ((p: number, j: number) => j <= p);
+  const group = heads / kvHeads;
+  return query.map((row, r) => {
+    const out = new Float64Array(heads * headDim);
+    const position = queryStart + r;
+    for (let h = 0; h < heads; h++) {
+      const kvHead = Math.floor(h / group);
+      const scores: number[] = [];
+      const indices: number[] = [];
+      for (let j = 0; j < keyLength; j++) {
+        if (!visible(position, j, h)) continue;
+        const key = keys[kvHead]?.[j] ?? new Float64Array(headDim);
+        let dot = 0;
+        for (let i = 0; i < headDim; i++) dot += (row[h * headDim + i] ?? 0) * (key[i] ?? 0);
+        scores.push(dot * scale);
+        indices.push(j);
+      }
+      if (scores.length === 0) continue;
+      const maximum = Math.max(...scores);
+      const weights = scores.map((s) => Math.exp(s - maximum));
+      const total = weights.reduce((a, b) => a + b, 0);
+      indices.forEach((j, n) => {
+        const value = values[kvHead]?.[j] ?? new Float64Array(headDim);
+        const weight = (weights[n] ?? 0) / total;
+        for (let i = 0; i < headDim; i++) out[h * headDim + i] = (out[h * headDim + i] ?? 0) + weight * (value[i] ?? 0);
+      });
+    }
+    return out;
+  });
+}
+
+export function referenceSoftmax(logits: Matrix, temperature: number): Matrix {
+  return logits.map((row) => {
+    const maximum = Math.max(...row);
+    const exps = row.map((v) => Math.exp((v - maximum) / temperature));
+    const total = exps.reduce((a, b) => a + b, 0);
+    return exps.map((v) => v / total);
+  });
+}
+
+export function referenceArgmax(logits: Matrix): number[] {
+  return logits.map((row) => row.reduce((best, v, i) => (v > (row[best] ?? -Infinity) ? i : best), 0));
+}
+
+function flatten(values: Matrix | ArrayLike<number>): ArrayLike<number> {
+  const first = (values as ArrayLike<unknown>)[0];
+  return typeof first === 'object' && first !== null
+    ? Float64Array.from((values as Matrix).flatMap((row) => Array.from(row)))
+    : (values as ArrayLike<number>);
+}
+
+/** Largest |a − b| over all elements. */
+export function maxAbsDifference(actual: ArrayLike<number>, expected: Matrix | ArrayLike<number>): number {
+  const flat = flatten(expected);
+  if (flat.length !== actual.length) return Number.POSITIVE_INFINITY;
+  let worst = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const diff = Math.abs((actual[i] ?? 0) - (flat[i] ?? 0));
+    if (Number.isNaN(diff)) return Number.POSITIVE_INFINITY;
+    worst = Math.max(worst, diff);
+  }
+  return worst;
+}
+
+/** ‖a − b‖ / ‖b‖ over all elements (NaN counts as infinite error). */
+export function relativeError(actual: ArrayLike<number>, expected: Matrix | ArrayLike<number>): number {
+  const flat = flatten(expected);
+  if (flat.length !== actual.length) return Number.POSITIVE_INFINITY;
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const d = (actual[i] ?? 0) - (flat[i] ?? 0);
+    num += d * d;
+    den += (flat[i] ?? 0) ** 2;
+  }
+  const error = Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-30);
+  return Number.isNaN(error) ? Number.POSITIVE_INFINITY : error;
+}
+
+/** Deterministic pseudo-random numbers in [-1, 1) (mulberry32), for test inputs. */
+export function randomArray(length: number, seed: number, scale = 1): Float32Array {
+  let state = seed >>> 0;
+  const out = new Float32Array(length);
+  for (let i = 0; i < length; i++) {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
+  }
+  return out;
+}
