@@ -77,6 +77,11 @@ export interface Backend {
   copyRows(source: TensorHandle, target: TensorHandle, sourceRow?: number, targetRow?: number, rows?: number): void;
   /** Converts element values from one dtype to another (same element count). */
   convert(source: TensorHandle, target: TensorHandle): void;
+  /**
+   * Fills a float tensor with approximately normal values (mean 0, standard deviation `std`, default 1) from a
+   * counter-based generator: the same seed gives the same values on every backend.
+   */
+  fillRandom(tensor: TensorHandle, seed: number, std?: number): void;
   /** Waits for every queued op. */
   synchronize(): Promise<void>;
   memory(): BackendMemory;

@@ -1,0 +1,229 @@
+// LlamaModel: weights on a backend, sessions over them, and generate() as an async iterator of tokens.
+import { type Backend, DuoArgumentError, type DType, type ModelConfig, type TensorHandle, validateModelConfig } from '@duoattn/core';
+import { type BackendRequest, resolveBackend } from '@duoattn/kernels';
+import type { Checkpoint } from './loaders/checkpoint.js';
+import { openCheckpoint } from './loaders/open-checkpoint.js';
+import { ropeInverseFrequencies } from './rope.js';
+import { checkSampling, type SamplingOptions, sampleToken, seededRandom } from './sampling.js';
+import { Session, type SessionOptions } from './session.js';
+import type { Tokenizer } from './tokenizers/tokenizer.js';
+import { disposeWeights, loadWeights, type ModelWeights, randomWeights, type WeightDtypeOption } from './weights.js';
+
+/** Options of `LlamaModel.load`. */
+export interface LoadModelOptions {
+  /** Where to run: 'auto' (default: CUDA when usable, else CPU), 'cpu', 'cuda', or a backend. */
+  device?: BackendRequest | Backend;
+  /** Weight dtype on the device. Default 'auto' (the checkpoint's; Q8_0 becomes f32). */
+  weightDtype?: WeightDtypeOption;
+  /** llama2.c tokenizer file, when it is not beside the checkpoint. */
+  tokenizerPath?: string;
+  /** Called after each weight tensor is loaded. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Options of `generate`. */
+export interface GenerateOptions extends SessionOptions {
+  /** Most tokens to produce. Default 128. */
+  maxTokens?: number;
+  sampling?: SamplingOptions;
+  /** Stop after any of these strings appears in the output (it is included). */
+  stopStrings?: readonly string[];
+  /** Stop tokens; default the tokenizer's / config's EOS ids. */
+  stopTokens?: readonly number[];
+  /** Cancels generation between tokens. */
+  signal?: AbortSignal;
+  /** Receives the timings when generation ends. */
+  onStats?: (stats: GenerationStats) => void;
+  /** An existing session to continue (its cache is used and extended); default a fresh one, disposed at the end. */
+  session?: Session;
+}
+
+/** One generated token and the text it completed. */
+export interface GeneratedToken {
+  id: number;
+  text: string;
+}
+
+export interface GenerationStats {
+  promptTokens: number;
+  generatedTokens: number;
+  prefillSeconds: number;
+  decodeSeconds: number;
+  prefillTokensPerSecond: number;
+  decodeTokensPerSecond: number;
+  finishReason: 'stop' | 'length' | 'context' | 'abort';
+}
+
+function resolveDevice(device: LoadModelOptions['device']): Backend {
+  if (device === undefined || typeof device === 'string') return resolveBackend(device ?? 'auto');
+  return device;
+}
+
+/** A Llama-family model on one backend. */
+export class LlamaModel {
+  readonly config: ModelConfig;
+  readonly backend: Backend;
+  readonly tokenizer: Tokenizer | undefined;
+  readonly chatTemplate: string | undefined;
+  readonly weights: ModelWeights;
+  /** Where the weights came from (a path, or "random"). */
+  readonly source: string;
+  readonly #inverseFrequencies: TensorHandle;
+  #disposed = false;
+
+  private constructor(
+    config: ModelConfig,
+    backend: Backend,
+    weights: ModelWeights,
+    source: string,
+    tokenizer?: Tokenizer,
+    chatTemplate?: string,
+  ) {
+    this.config = config;
+    this.backend = backend;
+    this.weights = weights;
+    this.source = source;
+    this.tokenizer = tokenizer;
+    this.chatTemplate = chatTemplate;
+    this.#inverseFrequencies = backend.upload('f32', [config.headDim / 2], ropeInverseFrequencies(config));
+  }
+
+  /** Loads a HF directory, a .gguf or a llama2.c .bin. */
+  static async load(path: string, options: LoadModelOptions = {}): Promise<LlamaModel> {
+    const checkpoint = await openCheckpoint(path, { tokenizerPath: options.tokenizerPath });
+    return LlamaModel.fromCheckpoint(checkpoint, options);
+  }
+
+  /** Loads the weights of an opened checkpoint. */
+  static fromCheckpoint(checkpoint: Checkpoint, options: LoadModelOptions = {}): LlamaModel {
+    const backend = resolveDevice(options.device);
+    const dtype = options.weightDtype ?? 'auto';
+    if (!['auto', 'f32', 'f16', 'bf16'].includes(dtype)) {
+      throw new DuoArgumentError('weightDtype', `Expected \`weightDtype\` to be auto, f32, f16 or bf16 but received ${String(dtype)}`);
+    }
+    const weights = loadWeights(checkpoint, backend, dtype, options.onProgress);
+    return new LlamaModel(checkpoint.config, backend, weights, checkpoint.source, checkpoint.tokenizer, checkpoint.chatTemplate);
+  }
+
+  /** A model with random weights generated on the device, for benchmarks at real shapes. */
+  static random(config: ModelConfig, options: { device?: LoadModelOptions['device']; dtype?: DType; seed?: number } = {}): LlamaModel {
+    const backend = resolveDevice(options.device);
+    const weights = randomWeights(validateModelConfig(config), backend, { dtype: options.dtype ?? 'bf16', seed: options.seed });
+    return new LlamaModel(config, backend, weights, 'random');
+  }
+
+  /** The KV-cache dtype sessions use by default. */
+  get defaultCacheDtype(): DType {
+    if (this.backend.device === 'cpu') return 'f32';
+    return this.weights.embedding.dtype === 'f32' ? 'f32' : 'bf16';
+  }
+
+  /** A new sequence with its own KV cache. Dispose it when done. */
+  createSession(options: SessionOptions = {}): Session {
+    this.#checkLive();
+    return new Session(this.backend, this.config, this.weights, this.#inverseFrequencies, options, this.defaultCacheDtype);
+  }
+
+  /** Encodes text with the model's tokenizer (BOS added). */
+  encode(text: string): number[] {
+    if (!this.tokenizer) throw new DuoArgumentError('prompt', 'This model has no tokenizer: pass token ids instead of text');
+    return this.tokenizer.encode(text);
+  }
+
+  /**
+   * Generates tokens after `prompt` (text, or token ids). Yields each token with the text it completed.
+   * Greedy sampling runs the argmax on the device and reads back one integer per token.
+   */
+  async *generate(prompt: string | readonly number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken, GenerationStats> {
+    this.#checkLive();
+    const promptIds = typeof prompt === 'string' ? this.encode(prompt) : [...prompt];
+    if (promptIds.length === 0) throw new DuoArgumentError('prompt', 'Expected a non-empty prompt');
+    const maxTokens = options.maxTokens ?? 128;
+    if (!Number.isInteger(maxTokens) || maxTokens < 0) {
+      throw new DuoArgumentError('maxTokens', `Expected \`maxTokens\` to be an integer ≥ 0 but received ${maxTokens}`);
+    }
+    const sampling = checkSampling(options.sampling ?? {});
+    const random = seededRandom(sampling.seed);
+    const stopTokens = new Set(options.stopTokens ?? this.tokenizer?.eosTokenIds ?? this.config.eosTokenIds);
+    const ownSession = !options.session;
+    const session =
+      options.session ??
+      this.createSession({ ...options, maxTokens: options.maxTokens === undefined ? undefined : Math.max(promptIds.length + maxTokens, 1) });
+    const decoder = this.tokenizer?.createStreamDecoder();
+    const greedy = sampling.temperature === 0;
+    let text = '';
+    let generated = 0;
+    let finishReason: GenerationStats['finishReason'] = 'length';
+    const started = performance.now();
+    let prefillEnd = started;
+    try {
+      let next: number;
+      if (greedy) {
+        // Prefill all but the last prompt token, then let the device pick the argmax after the last one.
+        if (promptIds.length > 1) await session.forward(promptIds.slice(0, -1), { logits: 'none' });
+        next = await session.greedyStep(promptIds[promptIds.length - 1] ?? 0);
+      } else {
+        const { logits } = await session.forward(promptIds);
+        next = sampleToken(logits ?? [], sampling, random);
+      }
+      prefillEnd = performance.now();
+      while (generated < maxTokens) {
+        if (options.signal?.aborted) {
+          finishReason = 'abort';
+          break;
+        }
+        generated++;
+        const piece = decoder ? decoder.push(next) : '';
+        text += piece;
+        yield { id: next, text: piece };
+        if (stopTokens.has(next) || options.stopStrings?.some((stop) => text.includes(stop))) {
+          finishReason = 'stop';
+          break;
+        }
+        if (generated >= maxTokens) break;
+        if (session.position >= session.capacity) {
+          finishReason = 'context';
+          break;
+        }
+        if (greedy) {
+          next = await session.greedyStep(next);
+        } else {
+          const { logits } = await session.forward([next]);
+          next = sampleToken(logits ?? [], sampling, random);
+        }
+      }
+    } finally {
+      if (ownSession) session.dispose();
+    }
+    const end = performance.now();
+    const prefillSeconds = (prefillEnd - started) / 1000;
+    const decodeSeconds = (end - prefillEnd) / 1000;
+    const stats: GenerationStats = {
+      promptTokens: promptIds.length,
+      generatedTokens: generated,
+      prefillSeconds,
+      decodeSeconds,
+      prefillTokensPerSecond: promptIds.length / Math.max(prefillSeconds, 1e-9),
+      decodeTokensPerSecond: Math.max(generated - 1, 0) / Math.max(decodeSeconds, 1e-9),
+      finishReason,
+    };
+    options.onStats?.(stats);
+    return stats;
+  }
+
+  /** Frees the weights. Sessions created from this model must be disposed first. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    disposeWeights(this.weights);
+    this.#inverseFrequencies.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  #checkLive(): void {
+    if (this.#disposed) throw new DuoArgumentError('model', 'The model was disposed');
+  }
+}

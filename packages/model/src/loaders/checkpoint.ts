@@ -1,0 +1,158 @@
+// The checkpoint abstraction every loader produces: a config, tensors stored somewhere on disk, and a tokenizer.
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { type Backend, DuoCheckpointError, type DType, type ModelConfig, type TensorHandle } from '@duoattn/core';
+import { f16ToNumber, numberToBf16, numberToF16 } from '@duoattn/kernels';
+import type { Tokenizer } from '../tokenizers/tokenizer.js';
+
+/** How a tensor's bytes are laid out on disk. `q8_0` is GGUF's 32-value blocks of an f16 scale and 32 int8. */
+export type StoredEncoding = 'f32' | 'f16' | 'bf16' | 'q8_0';
+
+/** One tensor in a checkpoint file: where it is and how it is stored. Shapes are row-major. */
+export interface StoredTensor {
+  readonly name: string;
+  readonly file: string;
+  readonly offset: number;
+  readonly encoding: StoredEncoding;
+  readonly shape: readonly number[];
+}
+
+/** A checkpoint ready to load: canonical (HF Llama) tensor names → stored tensors. */
+export interface Checkpoint {
+  readonly format: 'hf' | 'gguf' | 'llama2c';
+  /** The path the user gave. */
+  readonly source: string;
+  readonly config: ModelConfig;
+  readonly tensors: ReadonlyMap<string, StoredTensor>;
+  readonly tokenizer: Tokenizer | undefined;
+  /** A HF chat template, when the checkpoint carries one. */
+  readonly chatTemplate: string | undefined;
+}
+
+/** Bytes a stored tensor occupies. */
+export function storedBytes(encoding: StoredEncoding, elements: number): number {
+  if (encoding === 'q8_0') return (elements / 32) * 34;
+  return elements * (encoding === 'f32' ? 4 : 2);
+}
+
+/** The dtype a stored tensor keeps on the backend when the caller asks for 'auto'. */
+export function nativeDtype(encoding: StoredEncoding): DType {
+  return encoding === 'q8_0' ? 'f32' : encoding;
+}
+
+function elementCount(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/** Throws a DuoCheckpointError unless every tensor lies inside its file (catches truncated checkpoints early). */
+export function checkTensorBounds(tensors: Iterable<StoredTensor>): void {
+  const sizes = new Map<string, number>();
+  for (const tensor of tensors) {
+    let size = sizes.get(tensor.file);
+    if (size === undefined) {
+      const fd = openSync(tensor.file, 'r');
+      size = fstatSync(fd).size;
+      closeSync(fd);
+      sizes.set(tensor.file, size);
+    }
+    const end = tensor.offset + storedBytes(tensor.encoding, elementCount(tensor.shape));
+    if (end > size) {
+      throw new DuoCheckpointError(
+        tensor.file,
+        tensor.name,
+        `the file is truncated: the tensor needs bytes up to ${end} but the file has ${size}`,
+      );
+    }
+  }
+}
+
+/** Looks a tensor up and checks its shape; the error names the file and the tensor. */
+export function requireTensor(checkpoint: Checkpoint, name: string, shape: readonly number[]): StoredTensor {
+  const tensor = checkpoint.tensors.get(name);
+  if (!tensor) {
+    throw new DuoCheckpointError(checkpoint.source, name, 'the tensor is missing from the checkpoint');
+  }
+  if (tensor.shape.length !== shape.length || tensor.shape.some((extent, i) => extent !== shape[i])) {
+    throw new DuoCheckpointError(
+      tensor.file,
+      name,
+      `expected shape [${shape.join(', ')}] but the checkpoint has [${tensor.shape.join(', ')}]`,
+    );
+  }
+  return tensor;
+}
+
+const CHUNK_BYTES = 64 << 20;
+
+/** Converts stored bytes to the raw elements of `dtype` (f16/bf16 as bit patterns). */
+function decodeChunk(bytes: Buffer, encoding: StoredEncoding, dtype: DType): Float32Array | Uint16Array {
+  const aligned = new Uint8Array(bytes).buffer;
+  if (encoding === dtype) return dtype === 'f32' ? new Float32Array(aligned) : new Uint16Array(aligned);
+  const values = toFloat32(aligned, encoding);
+  if (dtype === 'f32') return values;
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = dtype === 'bf16' ? numberToBf16(values[i] ?? 0) : numberToF16(values[i] ?? 0);
+  return out;
+}
+
+function toFloat32(buffer: ArrayBuffer, encoding: StoredEncoding): Float32Array {
+  if (encoding === 'f32') return new Float32Array(buffer);
+  if (encoding === 'bf16') {
+    const bits = new Uint16Array(buffer);
+    const out = new Uint32Array(bits.length);
+    for (let i = 0; i < bits.length; i++) out[i] = (bits[i] ?? 0) << 16;
+    return new Float32Array(out.buffer);
+  }
+  if (encoding === 'f16') return Float32Array.from(new Uint16Array(buffer), f16ToNumber);
+  // q8_0: blocks of [f16 scale][32 × int8]
+  const view = new DataView(buffer);
+  const blocks = buffer.byteLength / 34;
+  const out = new Float32Array(blocks * 32);
+  for (let b = 0; b < blocks; b++) {
+    const scale = f16ToNumber(view.getUint16(b * 34, true));
+    for (let i = 0; i < 32; i++) out[b * 32 + i] = scale * view.getInt8(b * 34 + 2 + i);
+  }
+  return out;
+}
+
+/**
+ * Reads a stored tensor by offset, in pieces of at most 64 MiB, and uploads it to `backend` as `dtype`.
+ * Never holds the whole file in memory.
+ */
+export function loadTensor(backend: Backend, stored: StoredTensor, dtype: DType): TensorHandle {
+  const elements = elementCount(stored.shape);
+  const blockElements = stored.encoding === 'q8_0' ? 32 : 1;
+  const bytesPerBlock = storedBytes(stored.encoding, blockElements);
+  const blocksPerChunk = Math.max(1, Math.floor(CHUNK_BYTES / bytesPerBlock));
+  const tensor = backend.alloc(dtype, stored.shape);
+  let fd: number | undefined;
+  try {
+    fd = openSync(stored.file, 'r');
+    for (let block = 0; block * blockElements < elements; block += blocksPerChunk) {
+      const blocks = Math.min(blocksPerChunk, elements / blockElements - block);
+      const bytes = Buffer.alloc(blocks * bytesPerBlock);
+      const got = readSync(fd, bytes, 0, bytes.length, stored.offset + block * bytesPerBlock);
+      if (got !== bytes.length) {
+        throw new DuoCheckpointError(stored.file, stored.name, `short read: wanted ${bytes.length} bytes, got ${got}`);
+      }
+      backend.write(tensor, decodeChunk(bytes, stored.encoding, dtype), block * blockElements);
+    }
+    return tensor;
+  } catch (error) {
+    tensor.dispose();
+    throw error;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/** Reads a stored tensor into host f32 (for small tensors such as norms and biases). */
+export function readTensorF32(stored: StoredTensor): Float32Array {
+  const bytes = Buffer.alloc(storedBytes(stored.encoding, elementCount(stored.shape)));
+  const fd = openSync(stored.file, 'r');
+  try {
+    readSync(fd, bytes, 0, bytes.length, stored.offset);
+  } finally {
+    closeSync(fd);
+  }
+  return toFloat32(new Uint8Array(bytes).buffer, stored.encoding);
+}

@@ -1,0 +1,366 @@
+// A sequence being run through the model: its KV cache, position, and the chunked forward pass.
+import { type Backend, DuoArgumentError, type DType, type ModelConfig, type TensorHandle } from '@duoattn/core';
+import type { ModelWeights } from './weights.js';
+
+/** Which hidden states to return: layer 0 is the embedding output, layer l the residual stream after layer l. */
+export interface CaptureRequest {
+  layers: readonly number[];
+  /** Absolute positions, in any order; each must fall inside the tokens of this forward call. */
+  positions: readonly number[];
+}
+
+/** Options of `forward`. */
+export interface ForwardOptions {
+  /** Which logits to return. Default 'last'. */
+  logits?: 'last' | 'all' | 'none';
+  capture?: CaptureRequest;
+}
+
+export interface ForwardResult {
+  /** Row-major logits: one row ('last') or one per token ('all'). */
+  logits?: Float32Array;
+  /** Per captured layer, `positions.length × hiddenSize` states in the order of `capture.positions`. */
+  captured?: Map<number, Float32Array>;
+}
+
+/** Options of `createSession`. */
+export interface SessionOptions {
+  /** Tokens the KV cache holds. Default: the model's max position embeddings, at most 4096. */
+  maxTokens?: number;
+  /** KV cache dtype. Default 'auto': f32 on the CPU, bf16 on CUDA with 16-bit weights, else f32. */
+  cacheDtype?: 'auto' | 'f32' | 'f16' | 'bf16';
+  /** Tokens per prefill chunk. Default 512. */
+  prefillChunk?: number;
+}
+
+interface Workspace {
+  rows: number;
+  ids: TensorHandle;
+  positions: TensorHandle;
+  hidden: TensorHandle;
+  normed: TensorHandle;
+  query: TensorHandle;
+  key: TensorHandle;
+  value: TensorHandle;
+  attention: TensorHandle;
+  gate: TensorHandle;
+  up: TensorHandle;
+}
+
+/** Holds one sequence's cache. Not safe for concurrent use; create one session per sequence. */
+export class Session {
+  readonly capacity: number;
+  readonly cacheDtype: DType;
+  readonly prefillChunk: number;
+  readonly #backend: Backend;
+  readonly #config: ModelConfig;
+  readonly #weights: ModelWeights;
+  readonly #inverseFrequencies: TensorHandle;
+  readonly #keyCaches: TensorHandle[];
+  readonly #valueCaches: TensorHandle[];
+  readonly #workspaces = new Map<number, Workspace>();
+  readonly #lastRow: TensorHandle;
+  readonly #lastNormed: TensorHandle;
+  readonly #lastLogits: TensorHandle;
+  readonly #nextToken: TensorHandle;
+  #position = 0;
+  #disposed = false;
+
+  /** @internal Use `LlamaModel.createSession`. */
+  constructor(
+    backend: Backend,
+    config: ModelConfig,
+    weights: ModelWeights,
+    inverseFrequencies: TensorHandle,
+    options: SessionOptions,
+    defaultCacheDtype: DType,
+  ) {
+    this.#backend = backend;
+    this.#config = config;
+    this.#weights = weights;
+    this.#inverseFrequencies = inverseFrequencies;
+    const capacity = options.maxTokens ?? Math.min(config.maxPositionEmbeddings, 4096);
+    if (!Number.isInteger(capacity) || capacity < 1) {
+      throw new DuoArgumentError('maxTokens', `Expected \`maxTokens\` to be a positive integer but received ${capacity}`);
+    }
+    const chunk = options.prefillChunk ?? 512;
+    if (!Number.isInteger(chunk) || chunk < 1) {
+      throw new DuoArgumentError('prefillChunk', `Expected \`prefillChunk\` to be a positive integer but received ${chunk}`);
+    }
+    const cacheDtype = options.cacheDtype === undefined || options.cacheDtype === 'auto' ? defaultCacheDtype : options.cacheDtype;
+    if (!['f32', 'f16', 'bf16'].includes(cacheDtype)) {
+      throw new DuoArgumentError('cacheDtype', `Expected \`cacheDtype\` to be auto, f32, f16 or bf16 but received ${String(cacheDtype)}`);
+    }
+    this.capacity = capacity;
+    this.prefillChunk = chunk;
+    this.cacheDtype = cacheDtype;
+    const shape = [config.numKvHeads, capacity, config.headDim];
+    this.#keyCaches = [];
+    this.#valueCaches = [];
+    try {
+      for (let layer = 0; layer < config.numLayers; layer++) {
+        this.#keyCaches.push(backend.alloc(cacheDtype, shape));
+        this.#valueCaches.push(backend.alloc(cacheDtype, shape));
+      }
+    } catch (error) {
+      for (const tensor of [...this.#keyCaches, ...this.#valueCaches]) tensor.dispose();
+      throw error;
+    }
+    this.#lastRow = backend.alloc('f32', [1, config.hiddenSize]);
+    this.#lastNormed = backend.alloc('f32', [1, config.hiddenSize]);
+    this.#lastLogits = backend.alloc('f32', [1, config.vocabSize]);
+    this.#nextToken = backend.alloc('i32', [1]);
+  }
+
+  /** Tokens already in the cache (the absolute position of the next token). */
+  get position(): number {
+    return this.#position;
+  }
+
+  /** Forgets the sequence (the cache is reused). */
+  reset(): void {
+    this.#position = 0;
+  }
+
+  /**
+   * Runs `tokens` at positions `position … position + n − 1`, in chunks of `prefillChunk`, appending to the cache.
+   */
+  async forward(tokens: readonly number[] | Int32Array, options: ForwardOptions = {}): Promise<ForwardResult> {
+    this.#checkTokens(tokens);
+    const mode = options.logits ?? 'last';
+    const start = this.#position;
+    const capture = options.capture ? this.#prepareCapture(options.capture, start, tokens.length) : undefined;
+    const logitRows: Promise<Float32Array>[] = [];
+    try {
+      for (let offset = 0; offset < tokens.length; offset += this.prefillChunk) {
+        const count = Math.min(this.prefillChunk, tokens.length - offset);
+        const chunk = Int32Array.from(tokens.slice(offset, offset + count) as ArrayLike<number>);
+        const isLast = offset + count === tokens.length;
+        const workspace = this.#runChunk(chunk, start + offset, capture);
+        if (mode === 'all') logitRows.push(this.#allLogits(workspace));
+        if (mode === 'last' && isLast) logitRows.push(this.#lastLogitsOf(workspace));
+      }
+      const result: ForwardResult = {};
+      if (logitRows.length > 0) result.logits = concat(await Promise.all(logitRows));
+      if (capture) result.captured = await this.#readCapture(capture);
+      return result;
+    } finally {
+      if (capture) for (const tensor of capture.tensors.values()) tensor.dispose();
+    }
+  }
+
+  /** Feeds one token and returns the argmax of the next-token logits (computed on the device). */
+  async greedyStep(token: number): Promise<number> {
+    this.#checkTokens([token]);
+    const workspace = this.#runChunk(Int32Array.of(token), this.#position, undefined);
+    this.#lastLogitTensor(workspace);
+    this.#backend.argmax(this.#lastLogits, this.#nextToken);
+    const [next] = (await this.#backend.read(this.#nextToken)) as Int32Array;
+    return next ?? 0;
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const tensor of [...this.#keyCaches, ...this.#valueCaches, this.#lastRow, this.#lastNormed, this.#lastLogits, this.#nextToken]) {
+      tensor.dispose();
+    }
+    for (const workspace of this.#workspaces.values()) disposeWorkspace(workspace);
+    this.#workspaces.clear();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  #checkTokens(tokens: readonly number[] | Int32Array): void {
+    if (this.#disposed) throw new DuoArgumentError('session', 'The session was disposed');
+    if (tokens.length === 0) throw new DuoArgumentError('tokens', 'Expected at least one token but received none');
+    if (this.#position + tokens.length > this.capacity) {
+      throw new DuoArgumentError(
+        'tokens',
+        `The sequence would reach ${this.#position + tokens.length} tokens but the session holds ${this.capacity} (maxTokens)`,
+      );
+    }
+    for (const token of tokens) {
+      if (!Number.isInteger(token) || token < 0 || token >= this.#config.vocabSize) {
+        throw new DuoArgumentError('tokens', `Expected token ids in [0, ${this.#config.vocabSize}) but received ${token}`);
+      }
+    }
+  }
+
+  #workspace(rows: number): Workspace {
+    const existing = this.#workspaces.get(rows);
+    if (existing) return existing;
+    if (this.#workspaces.size >= 3) {
+      // Keep the decode workspace (1 row) and the newest chunk size.
+      for (const [size, workspace] of this.#workspaces) {
+        if (size !== 1) {
+          disposeWorkspace(workspace);
+          this.#workspaces.delete(size);
+          break;
+        }
+      }
+    }
+    const b = this.#backend;
+    const c = this.#config;
+    const made: TensorHandle[] = [];
+    const alloc = (dtype: 'f32' | 'i32', shape: number[]) => {
+      const tensor = b.alloc(dtype, shape);
+      made.push(tensor);
+      return tensor;
+    };
+    try {
+      const workspace: Workspace = {
+        rows,
+        ids: alloc('i32', [rows]),
+        positions: alloc('i32', [rows]),
+        hidden: alloc('f32', [rows, c.hiddenSize]),
+        normed: alloc('f32', [rows, c.hiddenSize]),
+        query: alloc('f32', [rows, c.numHeads * c.headDim]),
+        key: alloc('f32', [rows, c.numKvHeads * c.headDim]),
+        value: alloc('f32', [rows, c.numKvHeads * c.headDim]),
+        attention: alloc('f32', [rows, c.numHeads * c.headDim]),
+        gate: alloc('f32', [rows, c.intermediateSize]),
+        up: alloc('f32', [rows, c.intermediateSize]),
+      };
+      this.#workspaces.set(rows, workspace);
+      return workspace;
+    } catch (error) {
+      for (const tensor of made) tensor.dispose();
+      throw error;
+    }
+  }
+
+  /** Enqueues the whole network for one chunk and advances the position. */
+  #runChunk(ids: Int32Array, start: number, capture: PreparedCapture | undefined): Workspace {
+    const b = this.#backend;
+    const c = this.#config;
+    const w = this.#weights;
+    const n = ids.length;
+    const s = this.#workspace(n);
+    b.write(s.ids, ids);
+    b.write(s.positions, Int32Array.from({ length: n }, (_, i) => start + i));
+    b.embedding(w.embedding, s.ids, s.hidden);
+    capture?.take(0, s.hidden, start, n);
+    const scale = 1 / Math.sqrt(c.headDim);
+    const interleaved = c.ropeStyle === 'interleaved';
+    const attention = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim, scale, keyLength: start + n };
+    for (let layer = 0; layer < c.numLayers; layer++) {
+      const lw = w.layers[layer];
+      const keyCache = this.#keyCaches[layer];
+      const valueCache = this.#valueCaches[layer];
+      if (!lw || !keyCache || !valueCache) throw new Error(`layer ${layer} is missing`);
+      b.rmsNorm(s.hidden, lw.attentionNorm, s.normed, c.rmsNormEps);
+      b.matmul(s.normed, lw.query, s.query, { bias: lw.queryBias });
+      b.matmul(s.normed, lw.key, s.key, { bias: lw.keyBias });
+      b.matmul(s.normed, lw.value, s.value, { bias: lw.valueBias });
+      b.rope(s.query, s.positions, this.#inverseFrequencies, { heads: c.numHeads, headDim: c.headDim, interleaved });
+      b.rope(s.key, s.positions, this.#inverseFrequencies, { heads: c.numKvHeads, headDim: c.headDim, interleaved });
+      b.writeCache(s.key, keyCache, start);
+      b.writeCache(s.value, valueCache, start);
+      if (n === 1) b.attentionDecode(s.query, keyCache, valueCache, s.attention, attention);
+      else b.attentionPrefill(s.query, keyCache, valueCache, s.attention, { ...attention, queryStart: start });
+      b.matmul(s.attention, lw.output, s.hidden, { residual: s.hidden });
+      b.rmsNorm(s.hidden, lw.mlpNorm, s.normed, c.rmsNormEps);
+      b.matmul(s.normed, lw.gate, s.gate);
+      b.matmul(s.normed, lw.up, s.up);
+      b.swiglu(s.gate, s.up, s.gate);
+      b.matmul(s.gate, lw.down, s.hidden, { residual: s.hidden });
+      capture?.take(layer + 1, s.hidden, start, n);
+    }
+    this.#position = start + n;
+    return s;
+  }
+
+  #lastLogitTensor(workspace: Workspace): void {
+    const b = this.#backend;
+    b.copyRows(workspace.hidden, this.#lastRow, workspace.rows - 1, 0, 1);
+    b.rmsNorm(this.#lastRow, this.#weights.finalNorm, this.#lastNormed, this.#config.rmsNormEps);
+    b.matmul(this.#lastNormed, this.#weights.lmHead, this.#lastLogits);
+  }
+
+  async #lastLogitsOf(workspace: Workspace): Promise<Float32Array> {
+    this.#lastLogitTensor(workspace);
+    return (await this.#backend.read(this.#lastLogits)) as Float32Array;
+  }
+
+  async #allLogits(workspace: Workspace): Promise<Float32Array> {
+    const b = this.#backend;
+    const logits = b.alloc('f32', [workspace.rows, this.#config.vocabSize]);
+    try {
+      b.rmsNorm(workspace.hidden, this.#weights.finalNorm, workspace.normed, this.#config.rmsNormEps);
+      b.matmul(workspace.normed, this.#weights.lmHead, logits);
+      return (await b.read(logits)) as Float32Array;
+    } finally {
+      logits.dispose();
+    }
+  }
+
+  #prepareCapture(request: CaptureRequest, start: number, count: number): PreparedCapture {
+    const layers = [...new Set(request.layers)];
+    for (const layer of layers) {
+      if (!Number.isInteger(layer) || layer < 0 || layer > this.#config.numLayers) {
+        throw new DuoArgumentError('capture.layers', `Expected layers in [0, ${this.#config.numLayers}] but received ${layer}`);
+      }
+    }
+    for (const position of request.positions) {
+      if (!Number.isInteger(position) || position < start || position >= start + count) {
+        throw new DuoArgumentError(
+          'capture.positions',
+          `Expected positions in [${start}, ${start + count}) (the tokens of this call) but received ${position}`,
+        );
+      }
+    }
+    return new PreparedCapture(this.#backend, layers, request.positions, this.#config.hiddenSize);
+  }
+
+  async #readCapture(capture: PreparedCapture): Promise<Map<number, Float32Array>> {
+    const out = new Map<number, Float32Array>();
+    for (const [layer, tensor] of capture.tensors) out.set(layer, (await this.#backend.read(tensor)) as Float32Array);
+    return out;
+  }
+}
+
+/** Capture buffers and the copy plan: runs of consecutive positions become one row copy. */
+class PreparedCapture {
+  readonly tensors = new Map<number, TensorHandle>();
+  readonly #backend: Backend;
+  readonly #runs: { position: number; index: number; length: number }[] = [];
+
+  constructor(backend: Backend, layers: number[], positions: readonly number[], width: number) {
+    this.#backend = backend;
+    for (const layer of layers) this.tensors.set(layer, backend.alloc('f32', [Math.max(positions.length, 1), width]));
+    positions.forEach((position, index) => {
+      const last = this.#runs[this.#runs.length - 1];
+      if (last && last.position + last.length === position && last.index + last.length === index) last.length++;
+      else this.#runs.push({ position, index, length: 1 });
+    });
+  }
+
+  /** Copies the requested rows of `hidden` (positions start … start + n − 1) for `layer`. */
+  take(layer: number, hidden: TensorHandle, start: number, n: number): void {
+    const target = this.tensors.get(layer);
+    if (!target) return;
+    for (const run of this.#runs) {
+      const from = Math.max(run.position, start);
+      const to = Math.min(run.position + run.length, start + n);
+      if (from < to) this.#backend.copyRows(hidden, target, from - start, run.index + (from - run.position), to - from);
+    }
+  }
+}
+
+function disposeWorkspace(workspace: Workspace): void {
+  for (const value of Object.values(workspace)) if (typeof value === 'object') value.dispose();
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  if (parts.length === 1) return parts[0] as Float32Array;
+  const out = new Float32Array(parts.reduce((sum, part) => sum + part.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}

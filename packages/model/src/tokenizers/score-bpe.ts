@@ -1,0 +1,179 @@
+// Score-ranked BPE with byte fallback: llama2.c's tokenizer (tok*.bin) and SentencePiece-style GGUF vocabularies.
+import { readFileSync } from 'node:fs';
+import { DuoTokenizerError } from '@duoattn/core';
+import type { StreamDecoder, Tokenizer } from './tokenizer.js';
+
+/** Options of `ScoreBpeTokenizer`. */
+export interface ScoreBpeOptions {
+  /** Token strings, with spaces as ' ' (SentencePiece's '▁' already replaced). */
+  pieces: readonly string[];
+  scores: readonly number[];
+  /** id of the token for each byte value 0–255 (byte fallback), where the vocabulary has them. */
+  byteTokens: ReadonlyMap<number, number>;
+  bosTokenId?: number;
+  eosTokenIds?: readonly number[];
+  /** Ids never printed by decode (BOS, EOS, UNK, …). */
+  specialTokenIds?: readonly number[];
+}
+
+/**
+ * The merge rule of llama2.c `encode()`: prefix a space, split into UTF-8 characters (unknown ones into byte tokens),
+ * then repeatedly merge the adjacent pair whose concatenation is in the vocabulary with the highest score
+ * (the leftmost on ties).
+ */
+export class ScoreBpeTokenizer implements Tokenizer {
+  readonly vocabSize: number;
+  readonly bosTokenId: number | undefined;
+  readonly eosTokenIds: readonly number[];
+  readonly #pieces: readonly string[];
+  readonly #scores: readonly number[];
+  readonly #lookup = new Map<string, number>();
+  readonly #byteTokens: ReadonlyMap<number, number>;
+  readonly #tokenBytes: (Uint8Array | undefined)[];
+  readonly #special: Set<number>;
+
+  constructor(options: ScoreBpeOptions) {
+    this.#pieces = options.pieces;
+    this.#scores = options.scores;
+    this.vocabSize = options.pieces.length;
+    this.bosTokenId = options.bosTokenId;
+    this.eosTokenIds = options.eosTokenIds ?? [];
+    this.#byteTokens = options.byteTokens;
+    this.#special = new Set(options.specialTokenIds ?? []);
+    options.pieces.forEach((piece, id) => {
+      if (!this.#lookup.has(piece)) this.#lookup.set(piece, id);
+    });
+    const encoder = new TextEncoder();
+    const byteOf = new Map<number, number>();
+    for (const [byte, id] of options.byteTokens) byteOf.set(id, byte);
+    this.#tokenBytes = options.pieces.map((piece, id) => {
+      const byte = byteOf.get(id);
+      if (byte !== undefined) return Uint8Array.of(byte);
+      return this.#special.has(id) ? undefined : encoder.encode(piece);
+    });
+  }
+
+  encode(text: string, options: { addBos?: boolean } = {}): number[] {
+    const tokens: number[] = [];
+    if ((options.addBos ?? true) && this.bosTokenId !== undefined) tokens.push(this.bosTokenId);
+    if (text.length === 0) return tokens;
+    const work: number[] = [];
+    for (const character of ` ${text}`) {
+      const id = this.#lookup.get(character);
+      if (id !== undefined) {
+        work.push(id);
+        continue;
+      }
+      for (const byte of new TextEncoder().encode(character)) {
+        const byteId = this.#byteTokens.get(byte);
+        if (byteId === undefined) {
+          throw new DuoTokenizerError(`cannot encode byte 0x${byte.toString(16)}: the vocabulary has no byte tokens`);
+        }
+        work.push(byteId);
+      }
+    }
+    for (;;) {
+      let bestScore = Number.NEGATIVE_INFINITY;
+      let bestId = -1;
+      let bestIndex = -1;
+      for (let i = 0; i + 1 < work.length; i++) {
+        const merged = this.#lookup.get((this.#pieces[work[i] ?? 0] ?? '') + (this.#pieces[work[i + 1] ?? 0] ?? ''));
+        if (merged !== undefined && (this.#scores[merged] ?? 0) > bestScore) {
+          bestScore = this.#scores[merged] ?? 0;
+          bestId = merged;
+          bestIndex = i;
+        }
+      }
+      if (bestIndex < 0) break;
+      work.splice(bestIndex, 2, bestId);
+    }
+    tokens.push(...work);
+    return tokens;
+  }
+
+  decode(ids: readonly number[]): string {
+    const decoder = this.createStreamDecoder();
+    return ids.map((id) => decoder.push(id)).join('') + decoder.flush();
+  }
+
+  createStreamDecoder(): StreamDecoder {
+    const textDecoder = new TextDecoder('utf-8');
+    let atStart = true;
+    return {
+      push: (id: number) => {
+        const bytes = this.#tokenBytes[id];
+        if (!bytes) return '';
+        // Like llama2.c, drop the space the encoder prefixed to the first piece.
+        const trimmed = atStart && bytes[0] === 0x20 ? bytes.subarray(1) : bytes;
+        atStart = false;
+        return textDecoder.decode(trimmed, { stream: true });
+      },
+      flush: () => textDecoder.decode(),
+    };
+  }
+}
+
+/** Reads llama2.c's `tok*.bin`: int32 max length, then per token a float32 score, an int32 length and the bytes. */
+export function loadLlama2cTokenizer(path: string, vocabSize: number): ScoreBpeTokenizer {
+  let data: Buffer;
+  try {
+    data = readFileSync(path);
+  } catch (error) {
+    throw new DuoTokenizerError(`cannot read tokenizer ${path}: ${(error as Error).message}`, { cause: error });
+  }
+  const pieces: string[] = [];
+  const scores: number[] = [];
+  const byteTokens = new Map<number, number>();
+  let offset = 4;
+  const decoder = new TextDecoder('utf-8');
+  for (let id = 0; id < vocabSize; id++) {
+    if (offset + 8 > data.length) {
+      throw new DuoTokenizerError(`${path}: truncated at token ${id} of ${vocabSize}`);
+    }
+    scores.push(data.readFloatLE(offset));
+    const length = data.readInt32LE(offset + 4);
+    offset += 8;
+    if (length < 0 || offset + length > data.length) {
+      throw new DuoTokenizerError(`${path}: token ${id} has an invalid length ${length}`);
+    }
+    const piece = decoder.decode(data.subarray(offset, offset + length));
+    offset += length;
+    pieces.push(piece);
+    const byteMatch = /^<0x([0-9A-Fa-f]{2})>$/.exec(piece);
+    if (byteMatch?.[1]) byteTokens.set(Number.parseInt(byteMatch[1], 16), id);
+  }
+  return new ScoreBpeTokenizer({ pieces, scores, byteTokens, bosTokenId: 1, eosTokenIds: [2], specialTokenIds: [0, 1, 2] });
+}
+
+/** Builds the tokenizer of a GGUF file's `tokenizer.ggml.*` metadata (model "llama"). */
+export function ggufVocabularyTokenizer(metadata: Record<string, unknown>): ScoreBpeTokenizer {
+  const tokens = metadata['tokenizer.ggml.tokens'];
+  const model = metadata['tokenizer.ggml.model'];
+  if (!Array.isArray(tokens)) throw new DuoTokenizerError('GGUF file has no tokenizer.ggml.tokens');
+  if (model !== 'llama') {
+    throw new DuoTokenizerError(`GGUF tokenizer model "${String(model)}" is not supported (expected "llama"); use a HF tokenizer.json`);
+  }
+  const scores = (metadata['tokenizer.ggml.scores'] as number[] | undefined) ?? tokens.map(() => 0);
+  const types = (metadata['tokenizer.ggml.token_type'] as number[] | undefined) ?? [];
+  const byteTokens = new Map<number, number>();
+  const special: number[] = [];
+  const pieces = (tokens as string[]).map((token, id) => {
+    const type = types[id];
+    if (type === 6) {
+      const match = /^<0x([0-9A-Fa-f]{2})>$/.exec(token);
+      if (match?.[1]) byteTokens.set(Number.parseInt(match[1], 16), id);
+    }
+    if (type === 2 || type === 3) special.push(id);
+    return token.replaceAll('\u2581', ' ');
+  });
+  const bos = metadata['tokenizer.ggml.bos_token_id'];
+  const eos = metadata['tokenizer.ggml.eos_token_id'];
+  return new ScoreBpeTokenizer({
+    pieces,
+    scores,
+    byteTokens,
+    bosTokenId: typeof bos === 'number' ? bos : undefined,
+    eosTokenIds: typeof eos === 'number' ? [eos] : [],
+    specialTokenIds: special,
+  });
+}

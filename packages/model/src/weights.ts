@@ -1,0 +1,179 @@
+// The model's weights on a backend: loaded from a checkpoint, or random (made on the device) for benchmarks.
+import type { Backend, DType, ModelConfig, TensorHandle } from '@duoattn/core';
+import { type Checkpoint, loadTensor, nativeDtype, readTensorF32, requireTensor } from './loaders/checkpoint.js';
+import { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames } from './loaders/names.js';
+
+/** One decoder layer's tensors. Norms and biases are f32; matrices keep the chosen weight dtype. */
+export interface LayerWeights {
+  attentionNorm: TensorHandle;
+  query: TensorHandle;
+  key: TensorHandle;
+  value: TensorHandle;
+  queryBias?: TensorHandle;
+  keyBias?: TensorHandle;
+  valueBias?: TensorHandle;
+  output: TensorHandle;
+  mlpNorm: TensorHandle;
+  gate: TensorHandle;
+  up: TensorHandle;
+  down: TensorHandle;
+}
+
+export interface ModelWeights {
+  embedding: TensorHandle;
+  layers: LayerWeights[];
+  finalNorm: TensorHandle;
+  /** The output projection; the same tensor as `embedding` when tied. */
+  lmHead: TensorHandle;
+}
+
+/** Weight dtype: keep the checkpoint's ('auto') or convert to one. */
+export type WeightDtypeOption = 'auto' | 'f32' | 'f16' | 'bf16';
+
+function shapes(config: ModelConfig) {
+  const { hiddenSize: d, numHeads, numKvHeads, headDim, intermediateSize: f, vocabSize } = config;
+  return {
+    embedding: [vocabSize, d],
+    query: [numHeads * headDim, d],
+    key: [numKvHeads * headDim, d],
+    value: [numKvHeads * headDim, d],
+    output: [d, numHeads * headDim],
+    gate: [f, d],
+    up: [f, d],
+    down: [d, f],
+    norm: [d],
+  };
+}
+
+/** Frees every tensor of a weights object (the tied head once). */
+export function disposeWeights(weights: ModelWeights): void {
+  const seen = new Set<TensorHandle>();
+  const all = [weights.embedding, weights.finalNorm, weights.lmHead, ...weights.layers.flatMap((l) => Object.values(l))];
+  for (const tensor of all) {
+    if (tensor && !seen.has(tensor)) {
+      seen.add(tensor);
+      tensor.dispose();
+    }
+  }
+}
+
+/** Loads every weight of `checkpoint` onto `backend`, checking names and shapes; frees what it made on failure. */
+export function loadWeights(
+  checkpoint: Checkpoint,
+  backend: Backend,
+  dtype: WeightDtypeOption,
+  onProgress?: (done: number, total: number) => void,
+): ModelWeights {
+  const { config } = checkpoint;
+  const shape = shapes(config);
+  const made: TensorHandle[] = [];
+  const total = 3 + config.numLayers * 9;
+  let done = 0;
+  const matrix = (name: string, expected: number[]): TensorHandle => {
+    const stored = requireTensor(checkpoint, name, expected);
+    const tensor = loadTensor(backend, stored, dtype === 'auto' ? nativeDtype(stored.encoding) : dtype);
+    made.push(tensor);
+    onProgress?.(++done, total);
+    return tensor;
+  };
+  const vector = (name: string, length: number): TensorHandle => {
+    const stored = requireTensor(checkpoint, name, [length]);
+    const tensor = backend.upload('f32', [length], readTensorF32(stored));
+    made.push(tensor);
+    return tensor;
+  };
+  try {
+    const embedding = matrix(EMBEDDING, shape.embedding);
+    const layers = Array.from({ length: config.numLayers }, (_, layer): LayerWeights => {
+      const names = layerNames(layer);
+      const biases = config.attentionBias
+        ? {
+            queryBias: vector(names.queryBias, shape.query[0] ?? 0),
+            keyBias: vector(names.keyBias, shape.key[0] ?? 0),
+            valueBias: vector(names.valueBias, shape.value[0] ?? 0),
+          }
+        : {};
+      const attentionNorm = vector(names.attentionNorm, config.hiddenSize);
+      onProgress?.(++done, total);
+      return {
+        attentionNorm,
+        query: matrix(names.query, shape.query),
+        key: matrix(names.key, shape.key),
+        value: matrix(names.value, shape.value),
+        ...biases,
+        output: matrix(names.output, shape.output),
+        mlpNorm: vector(names.mlpNorm, config.hiddenSize),
+        gate: matrix(names.gate, shape.gate),
+        up: matrix(names.up, shape.up),
+        down: matrix(names.down, shape.down),
+      };
+    });
+    const finalNorm = vector(FINAL_NORM, config.hiddenSize);
+    onProgress?.(++done, total);
+    const lmHead =
+      config.tieWordEmbeddings && !checkpoint.tensors.has(LM_HEAD) ? embedding : matrix(LM_HEAD, shape.embedding);
+    return { embedding, layers, finalNorm, lmHead };
+  } catch (error) {
+    for (const tensor of made) tensor.dispose();
+    throw error;
+  }
+}
+
+/** Options of `randomWeights`. */
+export interface RandomWeightOptions {
+  dtype: DType;
+  seed?: number;
+  /** Standard deviation of matrix entries. Default 0.02, like HF's initializer_range. */
+  std?: number;
+}
+
+/**
+ * Random weights generated on the backend itself (no host copy), for benchmarks at real shapes.
+ * Norms are ones; biases small random values.
+ */
+export function randomWeights(config: ModelConfig, backend: Backend, options: RandomWeightOptions): ModelWeights {
+  const shape = shapes(config);
+  let seed = options.seed ?? 1;
+  const std = options.std ?? 0.02;
+  const made: TensorHandle[] = [];
+  const matrix = (dims: number[]): TensorHandle => {
+    const tensor = backend.alloc(options.dtype, dims);
+    made.push(tensor);
+    backend.fillRandom(tensor, seed++, std);
+    return tensor;
+  };
+  const ones = (length: number): TensorHandle => {
+    const tensor = backend.upload('f32', [length], new Float32Array(length).fill(1));
+    made.push(tensor);
+    return tensor;
+  };
+  const bias = (length: number): TensorHandle => {
+    const tensor = backend.alloc('f32', [length]);
+    made.push(tensor);
+    backend.fillRandom(tensor, seed++, std);
+    return tensor;
+  };
+  try {
+    const embedding = matrix(shape.embedding);
+    const layers = Array.from({ length: config.numLayers }, (): LayerWeights => ({
+      attentionNorm: ones(config.hiddenSize),
+      query: matrix(shape.query),
+      key: matrix(shape.key),
+      value: matrix(shape.value),
+      ...(config.attentionBias
+        ? { queryBias: bias(shape.query[0] ?? 0), keyBias: bias(shape.key[0] ?? 0), valueBias: bias(shape.value[0] ?? 0) }
+        : {}),
+      output: matrix(shape.output),
+      mlpNorm: ones(config.hiddenSize),
+      gate: matrix(shape.gate),
+      up: matrix(shape.up),
+      down: matrix(shape.down),
+    }));
+    const finalNorm = ones(config.hiddenSize);
+    const lmHead = config.tieWordEmbeddings ? embedding : matrix(shape.embedding);
+    return { embedding, layers, finalNorm, lmHead };
+  } catch (error) {
+    for (const tensor of made) tensor.dispose();
+    throw error;
+  }
+}
