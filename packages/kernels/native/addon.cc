@@ -161,6 +161,13 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
     size_t bytes = static_cast<size_t>(integer(info, 2)) * elementBytes;
     if (byteOffset + bytes > tensor.bytes) throw Error("DUO_ARG", "read past the end of the tensor");
     char* buffer = new char[std::max<size_t>(bytes, 1)];
+    if (std::string(tensor.device->kind()) == "cpu") {
+      // CPU ops have already run: copy now and resolve without a trip through the libuv thread pool.
+      std::unique_ptr<Device::PendingRead>(tensor.device->read(tensor, buffer, byteOffset, bytes))->wait();
+      auto deferred = Napi::Promise::Deferred::New(info.Env());
+      deferred.Resolve(Napi::ArrayBuffer::New(info.Env(), buffer, bytes, [](Napi::Env, void* data) { delete[] static_cast<char*>(data); }));
+      return deferred.Promise();
+    }
     Device::PendingRead* pending;
     try {
       pending = tensor.device->read(tensor, buffer, byteOffset, bytes);

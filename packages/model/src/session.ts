@@ -117,6 +117,18 @@ export class Session {
     return this.#position;
   }
 
+  /**
+   * For benchmarks: fills every KV cache with random values (seeded, on the device) as if `tokens` tokens had been
+   * run, and moves the position there. Results computed after this are not meaningful text; timings are.
+   */
+  syntheticFill(tokens: number, seed = 0): void {
+    if (!Number.isInteger(tokens) || tokens < 0 || tokens > this.capacity) {
+      throw new DuoArgumentError('tokens', `Expected \`tokens\` in [0, ${this.capacity}] but received ${tokens}`);
+    }
+    [...this.#keyCaches, ...this.#valueCaches].forEach((cache, i) => this.#backend.fillRandom(cache, seed * 1000 + i, 1));
+    this.#position = tokens;
+  }
+
   /** Forgets the sequence (the cache is reused). */
   reset(): void {
     this.#position = 0;

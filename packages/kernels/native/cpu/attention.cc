@@ -8,16 +8,25 @@ namespace duo {
 
 namespace {
 
-void attend(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) {
-  int64_t rows = q.rows();
-  int64_t capacity = k.shape[1];
-  int64_t headDim = args.headDim;
-  int64_t group = args.heads / args.kvHeads;
-  pool.parallelFor(rows * args.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores, key(headDim), value(headDim), accumulator(headDim);
+inline float widen(float v) { return v; }
+struct Bf16 { uint16_t bits; };
+struct F16 { uint16_t bits; };
+inline float widen(Bf16 v) { return bf16ToFloat(v.bits); }
+inline float widen(F16 v) { return f16ToFloat(v.bits); }
+
+template <typename T>
+void attendTyped(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) {
+  const int64_t rows = q.rows(), capacity = k.shape[1], headDim = args.headDim;
+  const int64_t group = args.heads / args.kvHeads;
+  const T* keys = static_cast<const T*>(k.data);
+  const T* values = static_cast<const T*>(v.data);
+  // Work per task is proportional to the visible keys; small problems run on the calling thread.
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, args.keyLength * headDim));
+  pool.parallelFor(rows * args.heads, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores, accumulator(headDim);
     for (int64_t task = begin; task < end; task++) {
-      int64_t r = task / args.heads, head = task % args.heads, kvHead = head / group;
-      int64_t visible = std::min(args.keyLength, args.queryStart + r + 1);
+      const int64_t r = task / args.heads, head = task % args.heads, kvHead = head / group;
+      const int64_t visible = std::min(args.keyLength, args.queryStart + r + 1);
       const float* query = q.as<float>() + r * q.cols() + head * headDim;
       float* target = out.as<float>() + r * out.cols() + head * headDim;
       if (visible <= 0) {
@@ -25,11 +34,13 @@ void attend(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v,
         continue;
       }
       scores.resize(visible);
+      const T* headKeys = keys + kvHead * capacity * headDim;
+      const T* headValues = values + kvHead * capacity * headDim;
       float maximum = -INFINITY;
       for (int64_t j = 0; j < visible; j++) {
-        loadFloats(k.data, k.dtype, (kvHead * capacity + j) * headDim, headDim, key.data());
+        const T* key = headKeys + j * headDim;
         float dot = 0;
-        for (int64_t i = 0; i < headDim; i++) dot += query[i] * key[i];
+        for (int64_t i = 0; i < headDim; i++) dot += query[i] * widen(key[i]);
         scores[j] = dot * args.scale;
         maximum = std::max(maximum, scores[j]);
       }
@@ -38,12 +49,22 @@ void attend(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v,
       for (int64_t j = 0; j < visible; j++) {
         float weight = std::exp(scores[j] - maximum);
         sum += weight;
-        loadFloats(v.data, v.dtype, (kvHead * capacity + j) * headDim, headDim, value.data());
-        for (int64_t i = 0; i < headDim; i++) accumulator[i] += weight * value[i];
+        const T* value = headValues + j * headDim;
+        for (int64_t i = 0; i < headDim; i++) accumulator[i] += weight * widen(value[i]);
       }
-      for (int64_t i = 0; i < headDim; i++) target[i] = accumulator[i] / sum;
+      float inverse = 1.0f / sum;
+      for (int64_t i = 0; i < headDim; i++) target[i] = accumulator[i] * inverse;
     }
   });
+}
+
+void attend(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) {
+  switch (k.dtype) {
+    case DType::F32: attendTyped<float>(pool, q, k, v, out, args); break;
+    case DType::BF16: attendTyped<Bf16>(pool, q, k, v, out, args); break;
+    case DType::F16: attendTyped<F16>(pool, q, k, v, out, args); break;
+    default: throw Error("DUO_ARG", "attention caches must be f32, f16 or bf16");
+  }
 }
 
 }  // namespace

@@ -139,7 +139,8 @@ float dotBf16(const float* a, const uint16_t* b, int64_t count) {
 
 void gemv(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType type, int64_t m, float* out,
           const float* bias, const float* residual) {
-  pool.parallelFor(m, 64, [&](int64_t begin, int64_t end) {
+  // Small matrices are not worth waking the pool for.
+  pool.parallelFor(m, std::max<int64_t>(16, 65536 / std::max<int64_t>(1, k * n)), [&](int64_t begin, int64_t end) {
     std::vector<float> converted(type == DType::F16 ? k : 0);
     for (int64_t j = begin; j < end; j++) {
       const float* rowF32 = nullptr;

@@ -23,7 +23,9 @@ void ThreadPool::runPieces() {
   for (;;) {
     int64_t begin = next_.fetch_add(piece_);
     if (begin >= count_) break;
-    (*body_)(begin, std::min(count_, begin + piece_));
+    int64_t end = std::min(count_, begin + piece_);
+    (*body_)(begin, end);
+    remaining_.fetch_sub(end - begin);
   }
 }
 
@@ -32,15 +34,13 @@ void ThreadPool::workerLoop() {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      wake_.wait(lock, [&] { return stop_ || (open_ && generation_ != seen); });
       if (stop_) return;
       seen = generation_;
+      inside_.fetch_add(1);
     }
     runPieces();
-    if (busy_.fetch_sub(1) == 1) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      done_.notify_all();
-    }
+    inside_.fetch_sub(1);
   }
 }
 
@@ -61,13 +61,19 @@ void ThreadPool::parallelFor(int64_t count, int64_t grain, const std::function<v
     count_ = count;
     piece_ = piece;
     next_.store(0);
-    busy_.store(static_cast<int>(workers_.size()));
+    remaining_.store(count);
+    open_ = true;
     generation_++;
   }
   wake_.notify_all();
   runPieces();
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] { return busy_.load() == 0; });
+  // Wait only for pieces already taken; a worker that has not woken yet will find the job closed.
+  while (remaining_.load() > 0) std::this_thread::yield();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    open_ = false;
+  }
+  while (inside_.load() > 0) std::this_thread::yield();
 }
 
 }  // namespace duo

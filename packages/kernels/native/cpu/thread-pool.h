@@ -24,12 +24,14 @@ class ThreadPool {
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
-  std::condition_variable wake_, done_;
+  std::condition_variable wake_;
   const std::function<void(int64_t, int64_t)>* body_ = nullptr;
   int64_t count_ = 0, piece_ = 1;
   std::atomic<int64_t> next_{0};
-  std::atomic<int> busy_{0};
+  std::atomic<int64_t> remaining_{0};  // elements not yet processed in the open job
+  std::atomic<int> inside_{0};         // workers currently inside the open job
   uint64_t generation_ = 0;
+  bool open_ = false;                  // a job is accepting workers
   bool stop_ = false;
   std::mutex callMutex_;  // one parallelFor at a time
 };

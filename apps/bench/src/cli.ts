@@ -1,0 +1,49 @@
+// duo-bench: the command-line entry point.
+import { DuoError } from '@duoattn/core';
+import { UsageError } from './args.js';
+import { generateCommand, generateHelp } from './commands/generate.js';
+import { speedCommand, speedHelp } from './commands/speed.js';
+
+const commands: Record<string, { help: string; run: (argv: string[]) => Promise<unknown> }> = {
+  generate: { help: generateHelp, run: (argv) => generateCommand(argv, (text) => process.stdout.write(text)) },
+  speed: { help: speedHelp, run: (argv) => speedCommand(argv, (line) => console.log(line)) },
+};
+
+function usage(): string {
+  return `usage: duo-bench <command> [options]\n\n${Object.values(commands)
+    .map((command) => command.help)
+    .join('\n\n')}\n`;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h') {
+    process.stdout.write(usage());
+    return name ? 0 : 2;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`duo-bench: unknown command "${name}"\n\n${usage()}`);
+    return 2;
+  }
+  if (rest.includes('--help')) {
+    process.stdout.write(`${command.help}\n`);
+    return 0;
+  }
+  try {
+    await command.run(rest);
+    return 0;
+  } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`duo-bench ${name}: ${error.message}\n`);
+      return 2;
+    }
+    if (DuoError.isInstance(error)) {
+      process.stderr.write(`duo-bench ${name}: ${error.message} [${error.code}]\n`);
+      return 1;
+    }
+    throw error;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

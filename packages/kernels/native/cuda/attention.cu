@@ -1,0 +1,321 @@
+// CUDA attention: split-K decode (flash-decoding) and a tiled causal prefill kernel, both GQA-aware, reading
+// f32 / f16 / bf16 caches laid out [kvHeads, capacity, headDim] and accumulating in f32.
+#include <algorithm>
+#include <cfloat>
+
+#include "cuda-common.cuh"
+
+namespace duo {
+namespace cuda {
+
+namespace {
+
+constexpr int kDecodeThreads = 128;
+constexpr int kUnroll = 2;
+
+// Online-softmax update of one (max, sum, accumulator) state with score `s` and value vector `value`.
+template <int N>
+__device__ __forceinline__ void absorb(float s, const float* value, float& maximum, float& sum, float* acc) {
+  if (s == -INFINITY) return;
+  float updated = fmaxf(maximum, s);
+  float correction = __expf(maximum - updated);
+  float p = __expf(s - updated);
+  sum = sum * correction + p;
+#pragma unroll
+  for (int i = 0; i < N; i++) acc[i] = acc[i] * correction + p * value[i];
+  maximum = updated;
+}
+
+// grid (kvHeads, splits); each group of D/VEC threads handles one key at a time for all G query heads of its KV head.
+template <typename T, int D, int MAXG>
+__global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __restrict__ q, const T* __restrict__ k,
+                                                               const T* __restrict__ v, int64_t capacity, int64_t keyLength,
+                                                               int group, float scale, int64_t chunk, int splits,
+                                                               float* __restrict__ partialAcc, float* __restrict__ partialMax,
+                                                               float* __restrict__ partialSum) {
+  constexpr int kVec = Vec16<T>::kCount;
+  constexpr int kThreadsPerKey = D / kVec;
+  constexpr int kGroups = kDecodeThreads / kThreadsPerKey;
+  extern __shared__ float shared[];
+  const int kvHead = blockIdx.x, split = blockIdx.y;
+  const int lane = threadIdx.x % kThreadsPerKey, subgroup = threadIdx.x / kThreadsPerKey;
+  const int64_t begin = static_cast<int64_t>(split) * chunk;
+  const int64_t end = lesser(keyLength, begin + chunk);
+  const T* keys = k + static_cast<int64_t>(kvHead) * capacity * D;
+  const T* values = v + static_cast<int64_t>(kvHead) * capacity * D;
+
+  float query[MAXG][kVec], acc[MAXG][kVec], maximum[MAXG], sum[MAXG];
+#pragma unroll
+  for (int g = 0; g < MAXG; g++) {
+    maximum[g] = -INFINITY;
+    sum[g] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kVec; i++) {
+      acc[g][i] = 0.0f;
+      query[g][i] = g < group ? q[(static_cast<int64_t>(kvHead) * group + g) * D + lane * kVec + i] * scale : 0.0f;
+    }
+  }
+  // Every thread of a warp runs the same number of iterations so the shuffles stay converged.
+  const int warpFirstGroup = (threadIdx.x / 32) * (32 / kThreadsPerKey);
+  for (int64_t base = begin; base + warpFirstGroup < end; base += static_cast<int64_t>(kGroups) * kUnroll) {
+    float keyVec[kUnroll][kVec], valueVec[kUnroll][kVec];
+    bool valid[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+      int64_t j = base + static_cast<int64_t>(u) * kGroups + subgroup;
+      valid[u] = j < end;
+      if (valid[u]) {
+        Vec16<T>::load(keys + j * D + lane * kVec, keyVec[u]);
+        Vec16<T>::load(values + j * D + lane * kVec, valueVec[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+#pragma unroll
+      for (int g = 0; g < MAXG; g++) {
+        if (g >= group) break;
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kVec; i++) dot += query[g][i] * (valid[u] ? keyVec[u][i] : 0.0f);
+#pragma unroll
+        for (int offset = kThreadsPerKey / 2; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+        absorb<kVec>(valid[u] ? dot : -INFINITY, valueVec[u], maximum[g], sum[g], acc[g]);
+      }
+    }
+  }
+  // Merge the subgroups of the block through shared memory: [group][subgroup] (max, sum, acc[D]).
+  float* stateMax = shared;
+  float* stateSum = stateMax + MAXG * kGroups;
+  float* stateAcc = stateSum + MAXG * kGroups;
+#pragma unroll
+  for (int g = 0; g < MAXG; g++) {
+    if (g >= group) break;
+    if (lane == 0) {
+      stateMax[g * kGroups + subgroup] = maximum[g];
+      stateSum[g * kGroups + subgroup] = sum[g];
+    }
+#pragma unroll
+    for (int i = 0; i < kVec; i++) stateAcc[(g * kGroups + subgroup) * D + lane * kVec + i] = acc[g][i];
+  }
+  __syncthreads();
+  for (int t = threadIdx.x; t < group * D; t += blockDim.x) {
+    int g = t / D, channel = t % D;
+    float overall = -INFINITY;
+    for (int s = 0; s < kGroups; s++) overall = fmaxf(overall, stateMax[g * kGroups + s]);
+    float total = 0.0f, value = 0.0f;
+    if (overall != -INFINITY) {
+      for (int s = 0; s < kGroups; s++) {
+        float weight = __expf(stateMax[g * kGroups + s] - overall);
+        total += stateSum[g * kGroups + s] * weight;
+        value += stateAcc[(g * kGroups + s) * D + channel] * weight;
+      }
+    }
+    int64_t head = static_cast<int64_t>(kvHead) * group + g;
+    partialAcc[(head * splits + split) * D + channel] = value;
+    if (channel == 0) {
+      partialMax[head * splits + split] = overall;
+      partialSum[head * splits + split] = total;
+    }
+  }
+}
+
+// grid (heads); combines the splits of one head.
+__global__ void decodeCombineKernel(const float* partialAcc, const float* partialMax, const float* partialSum, int splits, int headDim,
+                                    float* out) {
+  const int head = blockIdx.x;
+  float overall = -INFINITY;
+  for (int s = 0; s < splits; s++) overall = fmaxf(overall, partialMax[head * splits + s]);
+  for (int channel = threadIdx.x; channel < headDim; channel += blockDim.x) {
+    float total = 0.0f, value = 0.0f;
+    for (int s = 0; s < splits; s++) {
+      float m = partialMax[head * splits + s];
+      if (m == -INFINITY) continue;
+      float weight = __expf(m - overall);
+      total += partialSum[head * splits + s] * weight;
+      value += partialAcc[(static_cast<int64_t>(head) * splits + s) * headDim + channel] * weight;
+    }
+    out[static_cast<int64_t>(head) * headDim + channel] = total > 0.0f ? value / total : 0.0f;
+  }
+}
+
+constexpr int kPrefillThreads = 128;
+
+// grid (row tiles, heads). Each query row is served by TPR threads that own interleaved groups of 4 channels.
+template <typename T, int D>
+__global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __restrict__ q, int64_t qStride, const T* __restrict__ k,
+                                                                 const T* __restrict__ v, int64_t capacity, float* __restrict__ out,
+                                                                 int64_t rows, int64_t keyLength, int64_t queryStart, int group,
+                                                                 float scale) {
+  constexpr int kThreadsPerRow = D / 4 < 8 ? D / 4 : 8;
+  constexpr int kRowsPerBlock = kPrefillThreads / kThreadsPerRow;
+  constexpr int kChunks = D / (4 * kThreadsPerRow);  // float4 chunks per thread
+  constexpr int kKeyTile = D >= 256 ? 16 : 32;       // keeps both tiles within 48 KB of static shared memory
+  __shared__ float keyTile[kKeyTile][D];
+  __shared__ float valueTile[kKeyTile][D];
+  const int head = blockIdx.y, kvHead = head / group;
+  const int lane = threadIdx.x % kThreadsPerRow;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kThreadsPerRow;
+  const bool active = row < rows;
+  const int64_t position = queryStart + row;
+  const int64_t lastRow = lesser(rows, static_cast<int64_t>(blockIdx.x + 1) * kRowsPerBlock) - 1;
+  const int64_t keyEnd = lesser(keyLength, queryStart + lastRow + 1);
+  const T* keys = k + static_cast<int64_t>(kvHead) * capacity * D;
+  const T* values = v + static_cast<int64_t>(kvHead) * capacity * D;
+
+  float query[kChunks][4], acc[kChunks][4];
+#pragma unroll
+  for (int c = 0; c < kChunks; c++)
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      int channel = (c * kThreadsPerRow + lane) * 4 + i;
+      query[c][i] = active ? q[row * qStride + static_cast<int64_t>(head) * D + channel] * scale : 0.0f;
+      acc[c][i] = 0.0f;
+    }
+  float maximum = -INFINITY, sum = 0.0f;
+  for (int64_t tile = 0; tile < keyEnd; tile += kKeyTile) {
+    __syncthreads();
+    for (int t = threadIdx.x; t < kKeyTile * D; t += kPrefillThreads) {
+      int key = t / D, channel = t % D;
+      int64_t j = tile + key;
+      keyTile[key][channel] = j < keyEnd ? toFloat(keys[j * D + channel]) : 0.0f;
+      valueTile[key][channel] = j < keyEnd ? toFloat(values[j * D + channel]) : 0.0f;
+    }
+    __syncthreads();
+    float scores[kKeyTile];
+    float tileMax = -INFINITY;
+#pragma unroll
+    for (int key = 0; key < kKeyTile; key++) {
+      float dot = 0.0f;
+#pragma unroll
+      for (int c = 0; c < kChunks; c++) {
+        float4 kv = *reinterpret_cast<const float4*>(&keyTile[key][(c * kThreadsPerRow + lane) * 4]);
+        dot += query[c][0] * kv.x + query[c][1] * kv.y + query[c][2] * kv.z + query[c][3] * kv.w;
+      }
+#pragma unroll
+      for (int offset = kThreadsPerRow / 2; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      int64_t j = tile + key;
+      scores[key] = (active && j < keyEnd && j <= position) ? dot : -INFINITY;
+      tileMax = fmaxf(tileMax, scores[key]);
+    }
+    float updated = fmaxf(maximum, tileMax);
+    if (updated == -INFINITY) continue;
+    float correction = __expf(maximum - updated);
+    sum *= correction;
+#pragma unroll
+    for (int c = 0; c < kChunks; c++)
+#pragma unroll
+      for (int i = 0; i < 4; i++) acc[c][i] *= correction;
+#pragma unroll
+    for (int key = 0; key < kKeyTile; key++) {
+      float p = __expf(scores[key] - updated);
+      sum += p;
+#pragma unroll
+      for (int c = 0; c < kChunks; c++) {
+        float4 vv = *reinterpret_cast<const float4*>(&valueTile[key][(c * kThreadsPerRow + lane) * 4]);
+        acc[c][0] += p * vv.x;
+        acc[c][1] += p * vv.y;
+        acc[c][2] += p * vv.z;
+        acc[c][3] += p * vv.w;
+      }
+    }
+    maximum = updated;
+  }
+  if (!active) return;
+  float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+  for (int c = 0; c < kChunks; c++)
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+      out[row * qStride + static_cast<int64_t>(head) * D + (c * kThreadsPerRow + lane) * 4 + i] = acc[c][i] * inverse;
+}
+
+template <typename F>
+void dispatchHeadDim(int headDim, F body) {
+  switch (headDim) {
+    case 8: body(std::integral_constant<int, 8>{}); break;
+    case 16: body(std::integral_constant<int, 16>{}); break;
+    case 32: body(std::integral_constant<int, 32>{}); break;
+    case 64: body(std::integral_constant<int, 64>{}); break;
+    case 128: body(std::integral_constant<int, 128>{}); break;
+    case 256: body(std::integral_constant<int, 256>{}); break;
+    default: throw Error("DUO_ARG", "CUDA attention supports head dims 8, 16, 32, 64, 128 and 256, not " + std::to_string(headDim));
+  }
+}
+
+int maxGroupFor(int group) {
+  if (group == 1) return 1;
+  if (group <= 4) return 4;
+  if (group <= 8) return 8;
+  throw Error("DUO_ARG", "CUDA attention supports up to 8 query heads per KV head, not " + std::to_string(group));
+}
+
+}  // namespace
+
+int attentionDecodeSplits(const AttentionArgs& args, int multiprocessors) {
+  // About four blocks per multiprocessor, and no split shorter than 64 keys.
+  int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * 4 / args.kvHeads);
+  int64_t most = std::max<int64_t>(1, (args.keyLength + 63) / 64);
+  int64_t splits = std::min(wanted, most);
+  int64_t chunk = (args.keyLength + splits - 1) / splits;
+  return static_cast<int>((args.keyLength + chunk - 1) / chunk);
+}
+
+size_t attentionDecodeScratch(const AttentionArgs& args, int splits) {
+  return static_cast<size_t>(args.heads) * splits * (args.headDim + 2) * sizeof(float);
+}
+
+void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
+                           const AttentionArgs& args, int splits, float* scratch, cudaStream_t stream) {
+  int group = args.heads / args.kvHeads;
+  int64_t chunk = (args.keyLength + splits - 1) / splits;
+  float* partialAcc = scratch;
+  float* partialMax = partialAcc + static_cast<int64_t>(args.heads) * splits * args.headDim;
+  float* partialSum = partialMax + static_cast<int64_t>(args.heads) * splits;
+  int maxGroup = maxGroupFor(group);
+  dispatchFloat(cacheType, [&](auto t) {
+    using T = decltype(t);
+    dispatchHeadDim(args.headDim, [&](auto dim) {
+      constexpr int D = decltype(dim)::value;
+      constexpr int kThreadsPerKey = D / Vec16<T>::kCount;
+      if constexpr (kThreadsPerKey >= 1 && kThreadsPerKey <= 32) {
+        auto run = [&](auto kernel, int maxG) {
+          size_t shared = static_cast<size_t>(maxG) * (kDecodeThreads / kThreadsPerKey) * (D + 2) * sizeof(float);
+          if (shared > 48 * 1024)
+            check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
+          kernel<<<dim3(args.kvHeads, splits), kDecodeThreads, shared, stream>>>(
+              q, static_cast<const T*>(k), static_cast<const T*>(v), capacity, args.keyLength, group, args.scale, chunk, splits,
+              partialAcc, partialMax, partialSum);
+        };
+        if (maxGroup == 1) run(decodeKernel<T, D, 1>, 1);
+        else if (maxGroup == 4) run(decodeKernel<T, D, 4>, 4);
+        else run(decodeKernel<T, D, 8>, 8);
+      } else {
+        throw Error("DUO_ARG", "head dim too small for this cache dtype in CUDA decode attention");
+      }
+    });
+  });
+  checkLaunch("attentionDecode");
+  decodeCombineKernel<<<args.heads, std::min(args.headDim, 256), 0, stream>>>(partialAcc, partialMax, partialSum, splits, args.headDim, out);
+  checkLaunch("attentionDecodeCombine");
+}
+
+void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
+                            float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream) {
+  if (rows == 0) return;
+  int group = args.heads / args.kvHeads;
+  dispatchFloat(cacheType, [&](auto t) {
+    using T = decltype(t);
+    dispatchHeadDim(args.headDim, [&](auto dim) {
+      constexpr int D = decltype(dim)::value;
+      constexpr int kThreadsPerRow = D / 4 < 8 ? D / 4 : 8;
+      constexpr int kRowsPerBlock = kPrefillThreads / kThreadsPerRow;
+      dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), args.heads);
+      prefillKernel<T, D><<<grid, kPrefillThreads, 0, stream>>>(q, qStride, static_cast<const T*>(k), static_cast<const T*>(v), capacity,
+                                                                out, rows, args.keyLength, args.queryStart, group, args.scale);
+    });
+  });
+  checkLaunch("attentionPrefill");
+}
+
+}  // namespace cuda
+}  // namespace duo

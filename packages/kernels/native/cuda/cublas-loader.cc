@@ -1,0 +1,86 @@
+// Loads cuBLAS with dlopen and declares the few entry points we call (values from cublas_api.h).
+#include "cublas-loader.h"
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <vector>
+
+#include "../common.h"
+
+namespace duo {
+namespace cuda {
+
+namespace {
+constexpr int kOpN = 0;               // CUBLAS_OP_N
+constexpr int kOpT = 1;               // CUBLAS_OP_T
+constexpr int kCompute32F = 68;       // CUBLAS_COMPUTE_32F: f32 accumulation, no TF32 down-conversion
+constexpr int kGemmDefault = -1;      // CUBLAS_GEMM_DEFAULT
+
+std::vector<std::string> candidates(const char* name) {
+  std::vector<std::string> out;
+  for (const char* variable : {"CUDA_PATH", "CUDA_HOME"}) {
+    if (const char* root = std::getenv(variable)) out.push_back(std::string(root) + "/lib64/" + name);
+  }
+  out.push_back(std::string("/usr/local/cuda/lib64/") + name);
+  out.push_back(name);  // the dynamic loader's own search (LD_LIBRARY_PATH, ldconfig)
+  return out;
+}
+
+void* openFirst(const std::vector<const char*>& names, std::string& tried) {
+  for (const char* name : names) {
+    for (const std::string& path : candidates(name)) {
+      void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL);
+      if (library) return library;
+      tried += "\n    " + path + ": " + dlerror();
+    }
+  }
+  return nullptr;
+}
+}  // namespace
+
+CublasLibrary& CublasLibrary::instance() {
+  static CublasLibrary library;
+  return library;
+}
+
+CublasLibrary::CublasLibrary() {
+  std::string tried;
+  // cublasLt first, with RTLD_GLOBAL, so libcublas finds it even without an rpath.
+  openFirst({"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"}, tried);
+  library_ = openFirst({"libcublas.so.13", "libcublas.so.12", "libcublas.so"}, tried);
+  if (!library_) {
+    reason_ = "libcublas could not be loaded:" + tried;
+    return;
+  }
+  auto create = reinterpret_cast<int (*)(void**)>(dlsym(library_, "cublasCreate_v2"));
+  setStream_ = reinterpret_cast<SetStream>(dlsym(library_, "cublasSetStream_v2"));
+  gemmEx_ = reinterpret_cast<GemmEx>(dlsym(library_, "cublasGemmEx"));
+  if (!create || !setStream_ || !gemmEx_) {
+    reason_ = "libcublas lacks cublasCreate_v2 / cublasSetStream_v2 / cublasGemmEx";
+    return;
+  }
+  void* handle = nullptr;
+  int status = create(&handle);
+  if (status != 0) {
+    reason_ = "cublasCreate_v2 failed with status " + std::to_string(status);
+    return;
+  }
+  handle_ = handle;
+}
+
+void CublasLibrary::gemm(cudaStream_t stream, int m, int n, int k, const void* weight, const void* x, cudaDataType type,
+                         float* out, float beta) {
+  if (!handle_) throw Error("DUO_CUDA_CUBLAS_UNAVAILABLE", reason_);
+  int status = setStream_(handle_, stream);
+  const float alpha = 1.0f;
+  // Column-major view: outᵀ[m, n] = W[m, k] · xᵀ[k, n]; W is stored row-major [m, k], i.e. column-major [k, m].
+  if (status == 0) {
+    status = gemmEx_(handle_, kOpT, kOpN, m, n, k, &alpha, weight, type, k, x, type, k, &beta, out, CUDA_R_32F, m,
+                     kCompute32F, kGemmDefault);
+  }
+  if (status != 0) throw Error("DUO_CUDA_CUBLAS_STATUS_" + std::to_string(status), "cublasGemmEx failed with status " + std::to_string(status));
+}
+
+}  // namespace cuda
+}  // namespace duo

@@ -1,0 +1,123 @@
+// Shared CUDA helpers: checked calls, dtype loads/stores in registers, warp reductions, launch declarations.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "../common.h"
+
+namespace duo {
+namespace cuda {
+
+// Throws duo::Error with code DUO_CUDA_<name> (e.g. DUO_CUDA_cudaErrorMemoryAllocation) when `status` is an error.
+inline void check(cudaError_t status, const char* what) {
+  if (status == cudaSuccess) return;
+  std::string name = cudaGetErrorName(status);
+  std::string code = status == cudaErrorMemoryAllocation ? "DUO_OOM" : "DUO_CUDA_" + name;
+  throw Error(code, std::string(what) + ": " + name + " (" + cudaGetErrorString(status) + ")");
+}
+// Checks the launch that just happened.
+inline void checkLaunch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+inline unsigned blocksFor(int64_t work, unsigned threads) {
+  int64_t blocks = (work + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 2147483647 ? 2147483647 : blocks));
+}
+
+__host__ __device__ __forceinline__ int64_t lesser(int64_t a, int64_t b) { return a < b ? a : b; }
+
+__device__ __forceinline__ float toFloat(float v) { return v; }
+__device__ __forceinline__ float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float toFloat(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T fromFloat(float v);
+template <> __device__ __forceinline__ float fromFloat<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 fromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half fromFloat<__half>(float v) { return __float2half_rn(v); }
+
+// Loads 16 bytes (8 half-width or 4 f32 values) and widens them to f32.
+template <typename T> struct Vec16;
+template <> struct Vec16<float> {
+  static constexpr int kCount = 4;
+  __device__ __forceinline__ static void load(const float* p, float* out) {
+    float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+  }
+};
+template <> struct Vec16<__nv_bfloat16> {
+  static constexpr int kCount = 8;
+  __device__ __forceinline__ static void load(const __nv_bfloat16* p, float* out) {
+    uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      out[2 * i] = __uint_as_float(words[i] << 16);
+      out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+  }
+};
+template <> struct Vec16<__half> {
+  static constexpr int kCount = 8;
+  __device__ __forceinline__ static void load(const __half* p, float* out) {
+    uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const __half2* pairs = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      float2 f = __half22float2(pairs[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+};
+
+__device__ __forceinline__ float warpSum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+__device__ __forceinline__ float warpMax(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// Calls `body` with the C++ element type of a float dtype.
+template <typename F>
+void dispatchFloat(DType dtype, F body) {
+  switch (dtype) {
+    case DType::F32: body(float{}); break;
+    case DType::BF16: body(__nv_bfloat16{}); break;
+    case DType::F16: body(__half{}); break;
+    default: throw Error("DUO_ARG", std::string("expected a float dtype but received ") + dtypeName(dtype));
+  }
+}
+
+// Launchers (one file per kernel family).
+void launchConvert(const void* source, DType sourceType, void* target, DType targetType, int64_t count, cudaStream_t stream);
+void launchFillRandom(void* data, DType dtype, int64_t count, uint64_t seed, float std, cudaStream_t stream);
+void launchEmbedding(const void* table, DType dtype, const int32_t* ids, float* out, int64_t rows, int64_t dim, cudaStream_t stream);
+void launchRmsNorm(const float* x, const void* weight, DType weightType, float* out, int64_t rows, int64_t dim, float eps,
+                   cudaStream_t stream);
+void launchRope(float* x, const int32_t* positions, const float* frequencies, int64_t rows, int64_t stride, int heads,
+                int headDim, bool interleaved, cudaStream_t stream);
+void launchSwiglu(const float* gate, const float* up, float* out, int64_t count, cudaStream_t stream);
+void launchAdd(const float* a, const float* b, float* out, int64_t count, cudaStream_t stream);
+void launchBiasResidual(float* out, const float* bias, const float* residual, int64_t rows, int64_t cols, cudaStream_t stream);
+void launchWriteCache(const float* source, int64_t rows, int64_t sourceStride, void* cache, DType cacheType, int64_t kvHeads,
+                      int64_t capacity, int64_t headDim, int64_t start, cudaStream_t stream);
+void launchArgmax(const float* logits, int32_t* out, int64_t rows, int64_t vocab, cudaStream_t stream);
+void launchSoftmax(const float* logits, float* out, int64_t rows, int64_t vocab, float temperature, cudaStream_t stream);
+// out[r, j] = x[r] · W[j] (+ bias[j]) (+ residual[r, j]) for any r count; weight-streaming kernel for few rows.
+void launchGemv(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,
+                const float* bias, const float* residual, cudaStream_t stream);
+void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
+                            float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
+// Needs scratch of attentionDecodeScratch(...) bytes.
+size_t attentionDecodeScratch(const AttentionArgs& args, int splits);
+int attentionDecodeSplits(const AttentionArgs& args, int multiprocessors);
+void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
+                           const AttentionArgs& args, int splits, float* scratch, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace duo

@@ -1,0 +1,276 @@
+// The CUDA backend: one stream, stream-ordered allocations, pinned staging for reads, ops enqueued without waiting.
+#include <algorithm>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "cublas-loader.h"
+#include "cuda-common.cuh"
+#include "cuda-device.h"
+
+namespace duo {
+namespace cuda {
+namespace {
+
+// Reusable page-locked host buffers, so device-to-host copies are truly asynchronous.
+class PinnedPool {
+ public:
+  struct Buffer { char* data; size_t bytes; };
+  Buffer take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < free_.size(); i++) {
+      if (free_[i].bytes >= bytes) {
+        Buffer buffer = free_[i];
+        free_.erase(free_.begin() + static_cast<long>(i));
+        return buffer;
+      }
+    }
+    void* data = nullptr;
+    size_t size = std::max<size_t>(bytes, 1 << 16);
+    check(cudaMallocHost(&data, size), "cudaMallocHost");
+    return {static_cast<char*>(data), size};
+  }
+  void give(Buffer buffer) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(buffer);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<Buffer> free_;
+};
+
+class CudaRead final : public Device::PendingRead {
+ public:
+  CudaRead(PinnedPool& pool, PinnedPool::Buffer buffer, cudaEvent_t event, void* host, size_t bytes)
+      : pool_(pool), buffer_(buffer), event_(event), host_(host), bytes_(bytes) {}
+  ~CudaRead() override {
+    cudaEventDestroy(event_);
+    pool_.give(buffer_);
+  }
+  void wait() override {
+    check(cudaEventSynchronize(event_), "reading a tensor (an earlier kernel may have failed)");
+    std::memcpy(host_, buffer_.data, bytes_);
+  }
+
+ private:
+  PinnedPool& pool_;
+  PinnedPool::Buffer buffer_;
+  cudaEvent_t event_;
+  void* host_;
+  size_t bytes_;
+};
+
+class CudaDevice final : public Device {
+ public:
+  CudaDevice() {
+    check(cudaGetDevice(&device_), "cudaGetDevice");
+    check(cudaGetDeviceProperties(&properties_, device_), "cudaGetDeviceProperties");
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    // Keep freed blocks in the pool instead of returning them to the driver at each synchronisation.
+    cudaMemPool_t pool;
+    check(cudaDeviceGetDefaultMemPool(&pool, device_), "cudaDeviceGetDefaultMemPool");
+    uint64_t threshold = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "cudaMemPoolSetAttribute");
+  }
+  ~CudaDevice() override {
+    if (scratch_) cudaFreeAsync(scratch_, stream_);
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
+
+  const char* kind() const override { return "cuda"; }
+  std::string name() const override {
+    return std::string(properties_.name) + " (sm_" + std::to_string(properties_.major) + std::to_string(properties_.minor) + ", " +
+           std::to_string(properties_.multiProcessorCount) + " SMs)";
+  }
+
+  void* allocate(size_t bytes) override {
+    void* pointer = nullptr;
+    cudaError_t status = cudaMallocAsync(&pointer, std::max<size_t>(bytes, 256), stream_);
+    if (status == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      size_t freeBytes = 0, totalBytes = 0;
+      cudaMemGetInfo(&freeBytes, &totalBytes);
+      throw Error("DUO_OOM", "CUDA allocation of " + std::to_string(bytes) + " bytes failed (" + std::to_string(freeBytes) +
+                                 " of " + std::to_string(totalBytes) + " bytes free; this backend holds " +
+                                 std::to_string(allocated_) + ")");
+    }
+    check(status, "cudaMallocAsync");
+    allocated_ += bytes;
+    peak_ = std::max(peak_, allocated_);
+    return pointer;
+  }
+  void release(void* pointer, size_t bytes) override {
+    check(cudaFreeAsync(pointer, stream_), "cudaFreeAsync");
+    allocated_ -= bytes;
+  }
+  void write(Tensor& tensor, const void* host, size_t byteOffset, size_t bytes) override {
+    // Through pinned staging in pieces, ordered on the stream after earlier ops.
+    const size_t piece = 64 << 20;
+    for (size_t done = 0; done < bytes; done += piece) {
+      size_t size = std::min(piece, bytes - done);
+      PinnedPool::Buffer buffer = pinned_.take(size);
+      std::memcpy(buffer.data, static_cast<const char*>(host) + done, size);
+      cudaError_t status = cudaMemcpyAsync(static_cast<char*>(tensor.data) + byteOffset + done, buffer.data, size,
+                                           cudaMemcpyHostToDevice, stream_);
+      if (status == cudaSuccess) status = cudaStreamSynchronize(stream_);
+      pinned_.give(buffer);
+      check(status, "uploading a tensor");
+    }
+  }
+  PendingRead* read(const Tensor& tensor, void* host, size_t byteOffset, size_t bytes) override {
+    PinnedPool::Buffer buffer = pinned_.take(bytes);
+    cudaEvent_t event;
+    cudaError_t status = cudaEventCreateWithFlags(&event, cudaEventDisableTiming);
+    if (status != cudaSuccess) {
+      pinned_.give(buffer);
+      check(status, "cudaEventCreate");
+    }
+    auto* pending = new CudaRead(pinned_, buffer, event, host, bytes);
+    status = cudaMemcpyAsync(buffer.data, static_cast<const char*>(tensor.data) + byteOffset, bytes, cudaMemcpyDeviceToHost, stream_);
+    if (status == cudaSuccess) status = cudaEventRecord(event, stream_);
+    if (status != cudaSuccess) {
+      delete pending;
+      check(status, "reading a tensor");
+    }
+    return pending;
+  }
+  void synchronize() override { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+  MemoryInfo memory() const override {
+    size_t freeBytes = 0, totalBytes = 0;
+    check(cudaMemGetInfo(&freeBytes, &totalBytes), "cudaMemGetInfo");
+    return {allocated_, peak_, freeBytes, totalBytes};
+  }
+
+  void copyRows(const Tensor& source, Tensor& target, int64_t sourceRow, int64_t targetRow, int64_t rows) override {
+    size_t rowBytes = source.cols() * dtypeBytes(source.dtype);
+    check(cudaMemcpyAsync(static_cast<char*>(target.data) + targetRow * rowBytes, static_cast<const char*>(source.data) + sourceRow * rowBytes,
+                          rows * rowBytes, cudaMemcpyDeviceToDevice, stream_),
+          "copyRows");
+  }
+  void convert(const Tensor& source, Tensor& target) override {
+    launchConvert(source.data, source.dtype, target.data, target.dtype, source.size, stream_);
+  }
+  void fillRandom(Tensor& tensor, uint64_t seed, float std) override {
+    launchFillRandom(tensor.data, tensor.dtype, tensor.size, seed, std, stream_);
+  }
+  void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    launchEmbedding(table.data, table.dtype, ids.as<int32_t>(), out.as<float>(), ids.size, table.cols(), stream_);
+  }
+  void rmsNorm(const Tensor& x, const Tensor& weight, Tensor& out, float eps) override {
+    launchRmsNorm(x.as<float>(), weight.data, weight.dtype, out.as<float>(), x.rows(), x.cols(), eps, stream_);
+  }
+  void matmul(const Tensor& x, const Tensor& weight, Tensor& out, const Tensor* bias, const Tensor* residual) override {
+    int64_t n = x.rows(), k = x.cols(), m = weight.rows();
+    const float* biasData = bias ? bias->as<float>() : nullptr;
+    const float* residualData = residual ? residual->as<float>() : nullptr;
+    CublasLibrary& blas = CublasLibrary::instance();
+    if (n <= kGemvRows || !blas.available()) {
+      launchGemv(x.as<float>(), n, k, weight.data, weight.dtype, m, out.as<float>(), biasData, residualData, stream_);
+      return;
+    }
+    // Many rows: tensor-core GEMM through cuBLAS, x rounded to the weight dtype; residual via beta = 1.
+    float beta = 0.0f;
+    if (residualData) {
+      if (residualData != out.as<float>())
+        check(cudaMemcpyAsync(out.data, residualData, out.bytes, cudaMemcpyDeviceToDevice, stream_), "matmul residual copy");
+      beta = 1.0f;
+    }
+    const void* operand = x.data;
+    cudaDataType type = CUDA_R_32F;
+    if (weight.dtype != DType::F32) {
+      type = weight.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F;
+      void* converted = scratch(static_cast<size_t>(n * k) * 2);
+      launchConvert(x.data, DType::F32, converted, weight.dtype, n * k, stream_);
+      operand = converted;
+    }
+    blas.gemm(stream_, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), weight.data, operand, type, out.as<float>(), beta);
+    launchBiasResidual(out.as<float>(), biasData, nullptr, n, m, stream_);
+  }
+  void rope(Tensor& x, const Tensor& positions, const Tensor& frequencies, const RopeArgs& args) override {
+    launchRope(x.as<float>(), positions.as<int32_t>(), frequencies.as<float>(), x.rows(), x.cols(), args.heads, args.headDim,
+               args.interleaved, stream_);
+  }
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    launchSwiglu(gate.as<float>(), up.as<float>(), out.as<float>(), gate.size, stream_);
+  }
+  void add(const Tensor& a, const Tensor& b, Tensor& out) override {
+    launchAdd(a.as<float>(), b.as<float>(), out.as<float>(), a.size, stream_);
+  }
+  void writeCache(const Tensor& source, Tensor& cache, int64_t start) override {
+    launchWriteCache(source.as<float>(), source.rows(), source.cols(), cache.data, cache.dtype, cache.shape[0], cache.shape[1],
+                     cache.shape[2], start, stream_);
+  }
+  void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
+    launchAttentionPrefill(q.as<float>(), q.cols(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), q.rows(), args, stream_);
+  }
+  void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
+    if (q.rows() != 1) {
+      // Several query rows at the last position: the prefill kernel computes the same thing.
+      AttentionArgs prefill = args;
+      prefill.queryStart = args.keyLength - 1;
+      attentionPrefill(q, k, v, out, prefill);
+      return;
+    }
+    int splits = attentionDecodeSplits(args, properties_.multiProcessorCount);
+    float* partial = static_cast<float*>(scratch(attentionDecodeScratch(args, splits)));
+    launchAttentionDecode(q.as<float>(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), args, splits, partial, stream_);
+  }
+  void argmax(const Tensor& logits, Tensor& out) override {
+    launchArgmax(logits.as<float>(), out.as<int32_t>(), logits.rows(), logits.cols(), stream_);
+  }
+  void softmax(const Tensor& logits, Tensor& out, float temperature) override {
+    launchSoftmax(logits.as<float>(), out.as<float>(), logits.rows(), logits.cols(), temperature, stream_);
+  }
+
+ private:
+  static constexpr int64_t kGemvRows = 8;
+
+  // A growing scratch buffer; stream order makes reuse by consecutive ops safe.
+  void* scratch(size_t bytes) {
+    if (bytes > scratchBytes_) {
+      if (scratch_) check(cudaFreeAsync(scratch_, stream_), "cudaFreeAsync");
+      scratch_ = nullptr;
+      size_t size = std::max(bytes, scratchBytes_ * 2);
+      check(cudaMallocAsync(&scratch_, size, stream_), "cudaMallocAsync (scratch)");
+      scratchBytes_ = size;
+    }
+    return scratch_;
+  }
+
+  int device_ = 0;
+  cudaDeviceProp properties_{};
+  cudaStream_t stream_ = nullptr;
+  size_t allocated_ = 0, peak_ = 0;
+  void* scratch_ = nullptr;
+  size_t scratchBytes_ = 0;
+  PinnedPool pinned_;
+};
+
+}  // namespace
+}  // namespace cuda
+
+Device* createCudaDevice(std::string& reason) {
+  int count = 0;
+  cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) {
+    reason = std::string("no usable CUDA driver or GPU (") + cudaGetErrorName(status) + ": " + cudaGetErrorString(status) + ")";
+    cudaGetLastError();
+    return nullptr;
+  }
+  if (count == 0) {
+    reason = "no CUDA GPU found";
+    return nullptr;
+  }
+  try {
+    return new cuda::CudaDevice();
+  } catch (const Error& error) {
+    reason = error.what();
+    return nullptr;
+  }
+}
+
+bool cudaCompiled() { return true; }
+
+}  // namespace duo

@@ -1,0 +1,255 @@
+// Element-wise, normalisation and reduction kernels of the CUDA backend.
+#include <cfloat>
+
+#include "cuda-common.cuh"
+
+namespace duo {
+namespace cuda {
+
+namespace {
+
+template <typename S, typename T>
+__global__ void convertKernel(const S* source, T* target, int64_t count) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    target[i] = fromFloat<T>(toFloat(source[i]));
+}
+
+template <typename T>
+__global__ void fillRandomKernel(T* data, int64_t count, uint64_t seed, float std) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    data[i] = fromFloat<T>(randomNormal(seed, static_cast<uint64_t>(i)) * std);
+}
+
+template <typename T>
+__global__ void embeddingKernel(const T* table, const int32_t* ids, float* out, int64_t dim) {
+  int64_t row = blockIdx.y;
+  const T* source = table + static_cast<int64_t>(ids[row]) * dim;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < dim; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[row * dim + i] = toFloat(source[i]);
+}
+
+// One block per row: sum of squares in f32 with a block reduction.
+template <typename T>
+__global__ void rmsNormKernel(const float* x, const T* weight, float* out, int64_t dim, float eps) {
+  __shared__ float partial[32];
+  const float* row = x + blockIdx.x * dim;
+  float sum = 0;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) sum += row[i] * row[i];
+  sum = warpSum(sum);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = sum;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.0f;
+    v = warpSum(v);
+    if (threadIdx.x == 0) partial[0] = rsqrtf(v / static_cast<float>(dim) + eps);
+  }
+  __syncthreads();
+  float inverse = partial[0];
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) out[blockIdx.x * dim + i] = row[i] * inverse * toFloat(weight[i]);
+}
+
+// One thread per (row, channel pair); the angle in double so positions in the millions keep their phase.
+__global__ void ropeKernel(float* x, const int32_t* positions, const float* frequencies, int64_t rows, int64_t stride, int heads,
+                           int headDim, bool interleaved) {
+  int half = headDim / 2;
+  int64_t total = rows * half;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total; t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t row = t / half;
+    int i = static_cast<int>(t % half);
+    double sine, cosine;
+    sincos(static_cast<double>(positions[row]) * static_cast<double>(frequencies[i]), &sine, &cosine);
+    float s = static_cast<float>(sine), c = static_cast<float>(cosine);
+    for (int h = 0; h < heads; h++) {
+      float* head = x + row * stride + static_cast<int64_t>(h) * headDim;
+      int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+      float first = head[a], second = head[b];
+      head[a] = first * c - second * s;
+      head[b] = first * s + second * c;
+    }
+  }
+}
+
+__global__ void swigluKernel(const float* gate, const float* up, float* out, int64_t count) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void addKernel(const float* a, const float* b, float* out, int64_t count) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = a[i] + b[i];
+}
+
+__global__ void biasResidualKernel(float* out, const float* bias, const float* residual, int64_t rows, int64_t cols) {
+  int64_t count = rows * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] += (bias ? bias[i % cols] : 0.0f) + (residual ? residual[i] : 0.0f);
+}
+
+template <typename T>
+__global__ void writeCacheKernel(const float* source, int64_t rows, int64_t sourceStride, T* cache, int64_t kvHeads, int64_t capacity,
+                                 int64_t headDim, int64_t start) {
+  int64_t total = rows * kvHeads * headDim;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total; t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t row = t / (kvHeads * headDim);
+    int64_t rest = t % (kvHeads * headDim);
+    int64_t head = rest / headDim, channel = rest % headDim;
+    cache[(head * capacity + start + row) * headDim + channel] = fromFloat<T>(source[row * sourceStride + rest]);
+  }
+}
+
+// One block per row; ties resolve to the lowest index, like the CPU backend.
+__global__ void argmaxKernel(const float* logits, int32_t* out, int64_t vocab) {
+  __shared__ float bestValues[32];
+  __shared__ int64_t bestIndices[32];
+  const float* row = logits + blockIdx.x * vocab;
+  float best = -FLT_MAX;
+  int64_t index = 0;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    if (row[i] > best) { best = row[i]; index = i; }
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    float otherValue = __shfl_xor_sync(0xffffffffu, best, offset);
+    int64_t otherIndex = __shfl_xor_sync(0xffffffffu, index, offset);
+    if (otherValue > best || (otherValue == best && otherIndex < index)) { best = otherValue; index = otherIndex; }
+  }
+  if ((threadIdx.x & 31) == 0) { bestValues[threadIdx.x >> 5] = best; bestIndices[threadIdx.x >> 5] = index; }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (unsigned w = 1; w < (blockDim.x >> 5); w++) {
+      if (bestValues[w] > best || (bestValues[w] == best && bestIndices[w] < index)) { best = bestValues[w]; index = bestIndices[w]; }
+    }
+    out[blockIdx.x] = static_cast<int32_t>(index);
+  }
+}
+
+__device__ float blockReduce(float value, bool isMax, float* shared) {
+  value = isMax ? warpMax(value) : warpSum(value);
+  if ((threadIdx.x & 31) == 0) shared[threadIdx.x >> 5] = value;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < (blockDim.x >> 5) ? shared[threadIdx.x] : (isMax ? -FLT_MAX : 0.0f);
+    v = isMax ? warpMax(v) : warpSum(v);
+    if (threadIdx.x == 0) shared[0] = v;
+  }
+  __syncthreads();
+  float result = shared[0];
+  __syncthreads();
+  return result;
+}
+
+__global__ void softmaxKernel(const float* logits, float* out, int64_t vocab, float temperature) {
+  __shared__ float shared[32];
+  const float* row = logits + blockIdx.x * vocab;
+  float* target = out + blockIdx.x * vocab;
+  float maximum = -FLT_MAX;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) maximum = fmaxf(maximum, row[i]);
+  maximum = blockReduce(maximum, true, shared);
+  float sum = 0;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    float e = expf((row[i] - maximum) / temperature);
+    target[i] = e;
+    sum += e;
+  }
+  sum = blockReduce(sum, false, shared);
+  float inverse = 1.0f / sum;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) target[i] *= inverse;
+}
+
+constexpr unsigned kThreads = 256;
+unsigned gridFor(int64_t count) { return blocksFor(count, kThreads) > 65535u * 8 ? 65535u * 8 : blocksFor(count, kThreads); }
+
+}  // namespace
+
+void launchConvert(const void* source, DType sourceType, void* target, DType targetType, int64_t count, cudaStream_t stream) {
+  dispatchFloat(sourceType, [&](auto s) {
+    dispatchFloat(targetType, [&](auto t) {
+      using S = decltype(s);
+      using T = decltype(t);
+      convertKernel<S, T><<<gridFor(count), kThreads, 0, stream>>>(static_cast<const S*>(source), static_cast<T*>(target), count);
+    });
+  });
+  checkLaunch("convert");
+}
+
+void launchFillRandom(void* data, DType dtype, int64_t count, uint64_t seed, float std, cudaStream_t stream) {
+  dispatchFloat(dtype, [&](auto t) {
+    using T = decltype(t);
+    fillRandomKernel<T><<<gridFor(count), kThreads, 0, stream>>>(static_cast<T*>(data), count, seed, std);
+  });
+  checkLaunch("fillRandom");
+}
+
+void launchEmbedding(const void* table, DType dtype, const int32_t* ids, float* out, int64_t rows, int64_t dim, cudaStream_t stream) {
+  if (rows == 0) return;
+  dispatchFloat(dtype, [&](auto t) {
+    using T = decltype(t);
+    dim3 grid(blocksFor(dim, kThreads), static_cast<unsigned>(rows));
+    embeddingKernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(table), ids, out, dim);
+  });
+  checkLaunch("embedding");
+}
+
+void launchRmsNorm(const float* x, const void* weight, DType weightType, float* out, int64_t rows, int64_t dim, float eps,
+                   cudaStream_t stream) {
+  if (rows == 0) return;
+  dispatchFloat(weightType, [&](auto t) {
+    using T = decltype(t);
+    rmsNormKernel<T><<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, static_cast<const T*>(weight), out, dim, eps);
+  });
+  checkLaunch("rmsNorm");
+}
+
+void launchRope(float* x, const int32_t* positions, const float* frequencies, int64_t rows, int64_t stride, int heads, int headDim,
+                bool interleaved, cudaStream_t stream) {
+  int64_t work = rows * (headDim / 2);
+  if (work == 0) return;
+  ropeKernel<<<gridFor(work), kThreads, 0, stream>>>(x, positions, frequencies, rows, stride, heads, headDim, interleaved);
+  checkLaunch("rope");
+}
+
+void launchSwiglu(const float* gate, const float* up, float* out, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  swigluKernel<<<gridFor(count), kThreads, 0, stream>>>(gate, up, out, count);
+  checkLaunch("swiglu");
+}
+
+void launchAdd(const float* a, const float* b, float* out, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  addKernel<<<gridFor(count), kThreads, 0, stream>>>(a, b, out, count);
+  checkLaunch("add");
+}
+
+void launchBiasResidual(float* out, const float* bias, const float* residual, int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (rows * cols == 0 || (!bias && !residual)) return;
+  biasResidualKernel<<<gridFor(rows * cols), kThreads, 0, stream>>>(out, bias, residual, rows, cols);
+  checkLaunch("biasResidual");
+}
+
+void launchWriteCache(const float* source, int64_t rows, int64_t sourceStride, void* cache, DType cacheType, int64_t kvHeads,
+                      int64_t capacity, int64_t headDim, int64_t start, cudaStream_t stream) {
+  int64_t work = rows * kvHeads * headDim;
+  if (work == 0) return;
+  dispatchFloat(cacheType, [&](auto t) {
+    using T = decltype(t);
+    writeCacheKernel<T><<<gridFor(work), kThreads, 0, stream>>>(source, rows, sourceStride, static_cast<T*>(cache), kvHeads, capacity,
+                                                                headDim, start);
+  });
+  checkLaunch("writeCache");
+}
+
+void launchArgmax(const float* logits, int32_t* out, int64_t rows, int64_t vocab, cudaStream_t stream) {
+  if (rows == 0) return;
+  argmaxKernel<<<static_cast<unsigned>(rows), 1024, 0, stream>>>(logits, out, vocab);
+  checkLaunch("argmax");
+}
+
+void launchSoftmax(const float* logits, float* out, int64_t rows, int64_t vocab, float temperature, cudaStream_t stream) {
+  if (rows == 0) return;
+  softmaxKernel<<<static_cast<unsigned>(rows), 1024, 0, stream>>>(logits, out, vocab, temperature);
+  checkLaunch("softmax");
+}
+
+}  // namespace cuda
+}  // namespace duo

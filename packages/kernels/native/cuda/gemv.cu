@@ -1,0 +1,128 @@
+// Weight-streaming matmul for few rows (decode): each warp owns output columns and reads its weight row once with
+// 16-byte loads; x is staged in shared memory when it fits. Also the fallback for any row count without cuBLAS.
+#include <algorithm>
+
+#include "cuda-common.cuh"
+
+namespace duo {
+namespace cuda {
+
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kUnroll = 4;
+constexpr size_t kSharedLimit = 64 * 1024;
+
+template <typename T, int ROWS, bool VECTOR, bool SHARED>
+__global__ void __launch_bounds__(kWarps * 32) gemvKernel(const float* __restrict__ x, int64_t totalRows, int64_t k,
+                                                          const T* __restrict__ weight, int64_t m, float* out,
+                                                          const float* __restrict__ bias, const float* residual) {
+  extern __shared__ float staged[];
+  const int64_t rowBase = static_cast<int64_t>(blockIdx.y) * ROWS;
+  const int rows = static_cast<int>(lesser(ROWS, totalRows - rowBase));
+  const float* xs = x + rowBase * k;
+  if (SHARED) {
+    for (int64_t i = threadIdx.x; i < rows * k; i += blockDim.x) staged[i] = xs[i];
+    __syncthreads();
+    xs = staged;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * kWarps + warp; j < m; j += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const T* w = weight + j * k;
+    float acc[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) acc[r] = 0.0f;
+    if (VECTOR) {
+      constexpr int kVec = Vec16<T>::kCount;
+      for (int64_t base = static_cast<int64_t>(lane) * kVec; base < k; base += 32 * kVec * kUnroll) {
+        float wv[kUnroll][kVec];
+#pragma unroll
+        for (int u = 0; u < kUnroll; u++) {
+          int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
+          if (kk < k) Vec16<T>::load(w + kk, wv[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; u++) {
+          int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
+          if (kk >= k) break;
+#pragma unroll
+          for (int r = 0; r < ROWS; r++) {
+            if (r >= rows) break;
+            const float* xr = xs + r * k + kk;
+#pragma unroll
+            for (int v = 0; v < kVec; v += 4) {
+              float4 xv = *reinterpret_cast<const float4*>(xr + v);
+              acc[r] += wv[u][v] * xv.x + wv[u][v + 1] * xv.y + wv[u][v + 2] * xv.z + wv[u][v + 3] * xv.w;
+            }
+          }
+        }
+      }
+    } else {
+      for (int64_t kk = lane; kk < k; kk += 32) {
+        float wk = toFloat(w[kk]);
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+          if (r < rows) acc[r] += wk * xs[r * k + kk];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+      if (r >= rows) break;
+      float sum = warpSum(acc[r]);
+      if (lane == 0) {
+        int64_t index = (rowBase + r) * m + j;
+        out[index] = sum + (bias ? bias[j] : 0.0f) + (residual ? residual[index] : 0.0f);
+      }
+    }
+  }
+}
+
+int multiprocessorCount() {
+  static int count = [] {
+    int device = 0, value = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&value, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    return value;
+  }();
+  return count;
+}
+
+template <typename T, int ROWS>
+void launchTyped(const float* x, int64_t totalRows, int64_t k, const T* weight, int64_t m, float* out, const float* bias,
+                 const float* residual, cudaStream_t stream) {
+  constexpr int kVec = Vec16<T>::kCount;
+  bool vector = k % kVec == 0 && reinterpret_cast<uintptr_t>(weight) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  size_t shared = static_cast<size_t>(std::min<int64_t>(ROWS, totalRows)) * k * sizeof(float);
+  bool useShared = shared <= kSharedLimit;
+  unsigned rowTiles = static_cast<unsigned>((totalRows + ROWS - 1) / ROWS);
+  // Enough warps to keep every multiprocessor streaming weights; each warp then loops over its columns.
+  int64_t columnBlocks = std::min<int64_t>((m + kWarps - 1) / kWarps, static_cast<int64_t>(multiprocessorCount()) * 8);
+  dim3 grid(static_cast<unsigned>(std::max<int64_t>(columnBlocks, 1)), rowTiles);
+  auto launch = [&](auto kernel, size_t bytes) {
+    if (bytes > 48 * 1024) check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "cudaFuncSetAttribute");
+    kernel<<<grid, kWarps * 32, bytes, stream>>>(x, totalRows, k, weight, m, out, bias, residual);
+  };
+  if (vector && useShared) launch(gemvKernel<T, ROWS, true, true>, shared);
+  else if (vector) launch(gemvKernel<T, ROWS, true, false>, 0);
+  else if (useShared) launch(gemvKernel<T, ROWS, false, true>, shared);
+  else launch(gemvKernel<T, ROWS, false, false>, 0);
+  checkLaunch("gemv");
+}
+
+}  // namespace
+
+void launchGemv(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,
+                const float* bias, const float* residual, cudaStream_t stream) {
+  if (rows == 0 || m == 0) return;
+  dispatchFloat(weightType, [&](auto t) {
+    using T = decltype(t);
+    const T* w = static_cast<const T*>(weight);
+    if (rows == 1) launchTyped<T, 1>(x, rows, k, w, m, out, bias, residual, stream);
+    else if (rows == 2) launchTyped<T, 2>(x, rows, k, w, m, out, bias, residual, stream);
+    else if (rows <= 4) launchTyped<T, 4>(x, rows, k, w, m, out, bias, residual, stream);
+    else launchTyped<T, 8>(x, rows, k, w, m, out, bias, residual, stream);
+  });
+}
+
+}  // namespace cuda
+}  // namespace duo

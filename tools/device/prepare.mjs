@@ -1,0 +1,64 @@
+// Fills the git-ignored .device/ folder that travels to the GPU machine (name it in the device tool's `carry`):
+// a Node binary, the CUDA-enabled addon, esbuild bundles of the device tests and duo-bench, the ../shared files the
+// runs read, the peer PyTorch script, and the commit. Run from the repository root: `pnpm device:prepare`.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { copyFileSync, cpSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const out = join(root, '.device');
+const shared = join(root, '..', 'shared');
+mkdirSync(out, { recursive: true });
+
+function run(command, args, env = {}) {
+  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } });
+  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed`);
+}
+
+// 1. The addon with the CUDA path compiled (sm_90a + sm_80 + PTX unless DUO_CUDA_ARCHS narrows it).
+run('pnpm', ['--filter', '@duoattn/kernels', 'build:native'], { DUO_CUDA: '1' });
+copyFileSync(join(root, 'packages/kernels/native/build/Release/duoattn.node'), join(out, 'duoattn.node'));
+
+// 2. Bundles: no node_modules travel, so tests run through a vitest shim.
+const common = {
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  sourcemap: 'inline',
+  logLevel: 'warning',
+  // The test files are imported for their side effects (they register suites) in packages marked sideEffects: false.
+  ignoreAnnotations: true,
+  banner: { js: "import { createRequire as __duoRequire } from 'node:module'; const require = __duoRequire(import.meta.url);" },
+  alias: {
+    vitest: join(root, 'tools/device/vitest-shim.ts'),
+    '@duoattn/core': join(root, 'packages/core/src/index.ts'),
+    '@duoattn/kernels/testing': join(root, 'packages/kernels/src/testing/index.ts'),
+    '@duoattn/kernels': join(root, 'packages/kernels/src/index.ts'),
+    '@duoattn/model': join(root, 'packages/model/src/index.ts'),
+  },
+};
+await build({ ...common, entryPoints: [join(root, 'tools/device/device-tests.ts')], outfile: join(out, 'device-tests.mjs') });
+await build({ ...common, entryPoints: [join(root, 'apps/bench/src/cli.ts')], outfile: join(out, 'duo-bench.mjs') });
+
+// 3. Node itself (the GPU machine has none).
+const nodeArchive = join(out, 'node.xz');
+if (!existsSync(nodeArchive) || statSync(nodeArchive).mtimeMs < statSync(process.execPath).mtimeMs) {
+  execFileSync('sh', ['-c', `xz -T2 -6 -c "${process.execPath}" > "${nodeArchive}"`]);
+}
+
+// 4. What the runs read from ../shared (it does not travel by itself).
+for (const part of ['models/stories260K', 'golden/stories260K', 'peer']) {
+  if (existsSync(join(shared, part))) cpSync(join(shared, part), join(out, 'shared', part), { recursive: true });
+}
+
+// 5. Provenance.
+let commit = 'unknown';
+try {
+  commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
+  if (execFileSync('git', ['status', '--porcelain'], { cwd: root, encoding: 'utf8' }).trim()) commit += '-dirty';
+} catch {}
+writeFileSync(join(out, 'commit.txt'), `${commit}\n`);
+console.log(`[device] .device ready for commit ${commit}: ${execFileSync('du', ['-sh', out], { encoding: 'utf8' }).trim()}`);

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repository root, after `pnpm device:prepare` here and with `.device` carried.
+# Usage: bash tools/device/run.sh STEP...   (steps: tests, engine, torch, peer; default: all)
+# Everything lands in $OUT (the device tool brings it back).
+set -uo pipefail
+OUT=${OUT:-/tmp/duo-out}
+mkdir -p "$OUT" /tmp/duo-node
+xz -dc .device/node.xz > /tmp/duo-node/node && chmod +x /tmp/duo-node/node
+export PATH=/tmp/duo-node:$PATH
+export DUO_NATIVE_PATH=$PWD/.device/duoattn.node DUO_SHARED_DIR=$PWD/.device/shared
+export DUO_COMMIT=$(cat .device/commit.txt) PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(tests engine torch peer)
+status=0
+for step in "${steps[@]}"; do
+  echo "=== $step"
+  case "$step" in
+    tests) DUO_TEST_JSON=$OUT/device-tests.json node .device/device-tests.mjs 2>&1 | tee "$OUT/device-tests.log" || status=1 ;;
+    engine) node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --dtype bf16 --prefill 4096 \
+              --contexts 4096,32768 --steps 64 --warmup 8 --out "$OUT/engine-llama-3-8b.json" || status=1 ;;
+    torch) python3 tools/device/torch_llama_bench.py --prefill 4096 --contexts 4096,32768 --steps 64 --warmup 8 \
+              --out "$OUT/torch-llama-3-8b.json" || status=1 ;;
+    peer) python3 .device/shared/peer/torch_baseline.py > "$OUT/peer-baseline.json" || status=1 ;;
+    *) echo "unknown step $step"; status=2 ;;
+  esac
+done
+exit $status

@@ -1,0 +1,103 @@
+// The subset of vitest's API our suites use, so the same suites run on the GPU machine (which has no node_modules)
+// from one esbuild bundle. Collects results and prints a summary line like "N passed, N failed, N skipped".
+import { isDeepStrictEqual } from 'node:util';
+
+type Body = () => unknown | Promise<unknown>;
+interface TestCase {
+  name: string;
+  body: Body;
+  skip: boolean;
+}
+
+const tests: TestCase[] = [];
+const prefix: string[] = [];
+let skipDepth = 0;
+
+function format(name: string, args: unknown[]): string {
+  let index = 0;
+  return name.replace(/%[sid]/g, () => String(args[index++]));
+}
+
+function describeImpl(name: string, body: () => void, skip: boolean): void {
+  prefix.push(name);
+  if (skip) skipDepth++;
+  body();
+  if (skip) skipDepth--;
+  prefix.pop();
+}
+
+export const describe = Object.assign((name: string, body: () => void) => describeImpl(name, body, false), {
+  skip: (name: string, body: () => void) => describeImpl(name, body, true),
+});
+
+function register(name: string, body: Body): void {
+  tests.push({ name: [...prefix, name].join(' > '), body, skip: skipDepth > 0 });
+}
+
+export const it = Object.assign(register, {
+  each:
+    (table: readonly unknown[]) =>
+    (name: string, body: (...args: never[]) => unknown) => {
+      for (const row of table) {
+        const args = Array.isArray(row) ? row : [row];
+        register(format(name, args), () => (body as (...a: unknown[]) => unknown)(...args));
+      }
+    },
+  skip: (name: string, _body: Body) => tests.push({ name: [...prefix, name].join(' > '), body: () => {}, skip: true }),
+});
+export const test = it;
+
+class AssertionError extends Error {}
+
+export function expect(actual: unknown) {
+  const fail = (message: string) => {
+    throw new AssertionError(message);
+  };
+  return {
+    toBe: (expected: unknown) => Object.is(actual, expected) || fail(`expected ${String(actual)} to be ${String(expected)}`),
+    toEqual: (expected: unknown) =>
+      isDeepStrictEqual(actual, expected) ||
+      fail(`expected ${JSON.stringify(actual)?.slice(0, 400)} to equal ${JSON.stringify(expected)?.slice(0, 400)}`),
+    toBeLessThan: (limit: number) => (actual as number) < limit || fail(`expected ${String(actual)} < ${limit}`),
+    toBeGreaterThan: (limit: number) => (actual as number) > limit || fail(`expected ${String(actual)} > ${limit}`),
+    toBeDefined: () => actual !== undefined || fail('expected a defined value'),
+    toThrow: (expected?: unknown) => {
+      try {
+        (actual as () => unknown)();
+      } catch (error) {
+        if (typeof expected === 'string' && !String((error as Error).message).includes(expected)) {
+          fail(`expected the error message to contain "${expected}" but it was "${(error as Error).message}"`);
+        }
+        if (typeof expected === 'function' && !(error instanceof (expected as new () => unknown))) {
+          fail(`expected a ${(expected as { name: string }).name} but got ${(error as Error).name}`);
+        }
+        return true;
+      }
+      return fail('expected a throw');
+    },
+  };
+}
+
+/** Runs every registered test in order; returns the per-test outcomes. */
+export async function runRegistered(log: (line: string) => void) {
+  const outcomes: { name: string; status: 'passed' | 'failed' | 'skipped'; ms: number; error?: string }[] = [];
+  for (const test of tests) {
+    if (test.skip) {
+      outcomes.push({ name: test.name, status: 'skipped', ms: 0 });
+      log(`  - ${test.name} (skipped)`);
+      continue;
+    }
+    const start = performance.now();
+    try {
+      await test.body();
+      const ms = performance.now() - start;
+      outcomes.push({ name: test.name, status: 'passed', ms });
+      log(`  ✓ ${test.name} (${ms.toFixed(0)} ms)`);
+    } catch (error) {
+      const ms = performance.now() - start;
+      outcomes.push({ name: test.name, status: 'failed', ms, error: String((error as Error).stack ?? error) });
+      log(`  ✗ ${test.name}\n    ${String((error as Error).message)}`);
+    }
+  }
+  return outcomes;
+}
