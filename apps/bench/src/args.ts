@@ -10,7 +10,7 @@ export type OptionSpec = Record<string, { type: 'string' | 'boolean'; short?: st
 export function parseOptions<S extends OptionSpec>(argv: string[], spec: S): Record<keyof S, string | boolean | undefined> {
   try {
     const { values } = parseArgs({ args: argv, options: spec, strict: true, allowPositionals: false });
-    return values as Record<keyof S, string | boolean | undefined>;
+    return values as unknown as Record<keyof S, string | boolean | undefined>;
   } catch (error) {
     throw new UsageError((error as Error).message);
   }

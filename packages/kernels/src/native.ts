@@ -1,7 +1,7 @@
 // Loads the compiled addon once, collecting every reason it could not be loaded into one message.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DuoBackendUnavailableError } from '@duoattn/core';
 
@@ -64,7 +64,7 @@ export function loadNative(): NativeAddon {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
   const candidates = [
-    process.env.DUO_NATIVE_PATH,
+    process.env.DUO_NATIVE_PATH ? resolve(process.env.DUO_NATIVE_PATH) : undefined,
     join(packageDirectory(), 'native', 'build', 'Release', 'duoattn.node'),
     join(packageDirectory(), 'native', 'build', 'Debug', 'duoattn.node'),
   ].filter((path): path is string => Boolean(path));

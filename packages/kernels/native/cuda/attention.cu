@@ -252,8 +252,8 @@ int maxGroupFor(int group) {
 }  // namespace
 
 int attentionDecodeSplits(const AttentionArgs& args, int multiprocessors) {
-  // About four blocks per multiprocessor, and no split shorter than 64 keys.
-  int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * 4 / args.kvHeads);
+  // About sixteen blocks (64 warps) per multiprocessor to keep enough loads in flight, and no split under 64 keys.
+  int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * 16 / args.kvHeads);
   int64_t most = std::max<int64_t>(1, (args.keyLength + 63) / 64);
   int64_t splits = std::min(wanted, most);
   int64_t chunk = (args.keyLength + splits - 1) / splits;

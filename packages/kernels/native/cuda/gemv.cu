@@ -12,6 +12,64 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kUnroll = 4;
 constexpr size_t kSharedLimit = 64 * 1024;
+constexpr int kColumnsPerWarp = 2;
+
+// Decode path (1–2 rows of x): each warp streams kColumnsPerWarp weight rows with 16-byte loads, several in flight;
+// x is read through L1 (it is small and shared by every warp), so no block-wide staging or barrier.
+template <typename T, int ROWS>
+__global__ void __launch_bounds__(kWarps * 32) gemvStreamKernel(const float* __restrict__ x, int64_t k, const T* __restrict__ weight,
+                                                                int64_t m, float* out, const float* __restrict__ bias,
+                                                                const float* residual) {
+  constexpr int kVec = Vec16<T>::kCount;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t column0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kColumnsPerWarp;
+  if (column0 >= m) return;
+  float acc[ROWS][kColumnsPerWarp];
+#pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int c = 0; c < kColumnsPerWarp; c++) acc[r][c] = 0.0f;
+  for (int64_t base = static_cast<int64_t>(lane) * kVec; base < k; base += 32 * kVec * kUnroll) {
+    float wv[kUnroll][kColumnsPerWarp][kVec];
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+      int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
+#pragma unroll
+      for (int c = 0; c < kColumnsPerWarp; c++)
+        if (kk < k && column0 + c < m) Vec16<T>::load(weight + (column0 + c) * k + kk, wv[u][c]);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+      int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
+      if (kk >= k) break;
+#pragma unroll
+      for (int r = 0; r < ROWS; r++) {
+        float xv[kVec];
+#pragma unroll
+        for (int v = 0; v < kVec; v += 4) {
+          float4 chunk = __ldg(reinterpret_cast<const float4*>(x + r * k + kk + v));
+          xv[v] = chunk.x; xv[v + 1] = chunk.y; xv[v + 2] = chunk.z; xv[v + 3] = chunk.w;
+        }
+#pragma unroll
+        for (int c = 0; c < kColumnsPerWarp; c++)
+#pragma unroll
+          for (int v = 0; v < kVec; v++) acc[r][c] += wv[u][c][v] * xv[v];
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int c = 0; c < kColumnsPerWarp; c++) {
+      float sum = warpSum(acc[r][c]);
+      int64_t column = column0 + c;
+      if (lane == 0 && column < m) {
+        int64_t index = r * m + column;
+        out[index] = sum + (bias ? bias[column] : 0.0f) + (residual ? residual[index] : 0.0f);
+      }
+    }
+}
+
 
 template <typename T, int ROWS, bool VECTOR, bool SHARED>
 __global__ void __launch_bounds__(kWarps * 32) gemvKernel(const float* __restrict__ x, int64_t totalRows, int64_t k,
@@ -102,7 +160,10 @@ void launchTyped(const float* x, int64_t totalRows, int64_t k, const T* weight, 
     if (bytes > 48 * 1024) check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "cudaFuncSetAttribute");
     kernel<<<grid, kWarps * 32, bytes, stream>>>(x, totalRows, k, weight, m, out, bias, residual);
   };
-  if (vector && useShared) launch(gemvKernel<T, ROWS, true, true>, shared);
+  if (vector && ROWS <= 2 && totalRows <= 2) {
+    unsigned blocks = static_cast<unsigned>((m + kWarps * kColumnsPerWarp - 1) / (kWarps * kColumnsPerWarp));
+    gemvStreamKernel<T, ROWS <= 2 ? ROWS : 2><<<blocks, kWarps * 32, 0, stream>>>(x, k, weight, m, out, bias, residual);
+  } else if (vector && useShared) launch(gemvKernel<T, ROWS, true, true>, shared);
   else if (vector) launch(gemvKernel<T, ROWS, true, false>, 0);
   else if (useShared) launch(gemvKernel<T, ROWS, false, true>, shared);
   else launch(gemvKernel<T, ROWS, false, false>, 0);
