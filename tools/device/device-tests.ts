@@ -8,5 +8,6 @@ const outcomes = await runRegistered((line) => console.log(line));
 const count = (status: string) => outcomes.filter((o) => o.status === status).length;
 const summary = `${count('passed')} passed, ${count('failed')} failed, ${count('skipped')} skipped`;
 console.log(summary);
-if (process.env.DUO_TEST_JSON) writeFileSync(process.env.DUO_TEST_JSON, `${JSON.stringify({ summary, outcomes }, null, 1)}\n`);
+if (process.env.DUO_TEST_JSON)
+  writeFileSync(process.env.DUO_TEST_JSON, `${JSON.stringify({ summary, outcomes }, null, 1)}\n`);
 process.exitCode = count('failed') > 0 ? 1 : 0;

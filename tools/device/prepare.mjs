@@ -31,7 +31,9 @@ const common = {
   logLevel: 'warning',
   // The test files are imported for their side effects (they register suites) in packages marked sideEffects: false.
   ignoreAnnotations: true,
-  banner: { js: "import { createRequire as __duoRequire } from 'node:module'; const require = __duoRequire(import.meta.url);" },
+  banner: {
+    js: "import { createRequire as __duoRequire } from 'node:module'; const require = __duoRequire(import.meta.url);",
+  },
   alias: {
     vitest: join(root, 'tools/device/vitest-shim.ts'),
     '@duoattn/core': join(root, 'packages/core/src/index.ts'),
@@ -40,7 +42,11 @@ const common = {
     '@duoattn/model': join(root, 'packages/model/src/index.ts'),
   },
 };
-await build({ ...common, entryPoints: [join(root, 'tools/device/device-tests.ts')], outfile: join(out, 'device-tests.mjs') });
+await build({
+  ...common,
+  entryPoints: [join(root, 'tools/device/device-tests.ts')],
+  outfile: join(out, 'device-tests.mjs'),
+});
 await build({ ...common, entryPoints: [join(root, 'apps/bench/src/cli.ts')], outfile: join(out, 'duo-bench.mjs') });
 
 // 3. Node itself (the GPU machine has none).
@@ -61,4 +67,6 @@ try {
   if (execFileSync('git', ['status', '--porcelain'], { cwd: root, encoding: 'utf8' }).trim()) commit += '-dirty';
 } catch {}
 writeFileSync(join(out, 'commit.txt'), `${commit}\n`);
-console.log(`[device] .device ready for commit ${commit}: ${execFileSync('du', ['-sh', out], { encoding: 'utf8' }).trim()}`);
+console.log(
+  `[device] .device ready for commit ${commit}: ${execFileSync('du', ['-sh', out], { encoding: 'utf8' }).trim()}`,
+);

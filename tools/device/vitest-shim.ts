@@ -35,14 +35,12 @@ function register(name: string, body: Body): void {
 }
 
 export const it = Object.assign(register, {
-  each:
-    (table: readonly unknown[]) =>
-    (name: string, body: (...args: never[]) => unknown) => {
-      for (const row of table) {
-        const args = Array.isArray(row) ? row : [row];
-        register(format(name, args), () => (body as (...a: unknown[]) => unknown)(...args));
-      }
-    },
+  each: (table: readonly unknown[]) => (name: string, body: (...args: never[]) => unknown) => {
+    for (const row of table) {
+      const args = Array.isArray(row) ? row : [row];
+      register(format(name, args), () => (body as (...a: unknown[]) => unknown)(...args));
+    }
+  },
   skip: (name: string, _body: Body) => tests.push({ name: [...prefix, name].join(' > '), body: () => {}, skip: true }),
 });
 export const test = it;
@@ -54,7 +52,8 @@ export function expect(actual: unknown) {
     throw new AssertionError(message);
   };
   return {
-    toBe: (expected: unknown) => Object.is(actual, expected) || fail(`expected ${String(actual)} to be ${String(expected)}`),
+    toBe: (expected: unknown) =>
+      Object.is(actual, expected) || fail(`expected ${String(actual)} to be ${String(expected)}`),
     toEqual: (expected: unknown) =>
       isDeepStrictEqual(actual, expected) ||
       fail(`expected ${JSON.stringify(actual)?.slice(0, 400)} to equal ${JSON.stringify(expected)?.slice(0, 400)}`),

@@ -7,7 +7,10 @@ export class UsageError extends Error {}
 export type OptionSpec = Record<string, { type: 'string' | 'boolean'; short?: string; default?: string | boolean }>;
 
 /** Parses `argv` against `spec`; unknown options and stray arguments are usage errors. */
-export function parseOptions<S extends OptionSpec>(argv: string[], spec: S): Record<keyof S, string | boolean | undefined> {
+export function parseOptions<S extends OptionSpec>(
+  argv: string[],
+  spec: S,
+): Record<keyof S, string | boolean | undefined> {
   try {
     const { values } = parseArgs({ args: argv, options: spec, strict: true, allowPositionals: false });
     return values as unknown as Record<keyof S, string | boolean | undefined>;
@@ -17,7 +20,13 @@ export function parseOptions<S extends OptionSpec>(argv: string[], spec: S): Rec
 }
 
 /** An integer option in [min, max]. */
-export function integerOption(name: string, value: unknown, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+export function integerOption(
+  name: string,
+  value: unknown,
+  fallback: number,
+  min = 0,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   if (value === undefined) return fallback;
   const parsed = Number(value);
   if (!Number.isInteger(parsed) || parsed < min || parsed > max) {
@@ -52,7 +61,10 @@ export function integerListOption(name: string, value: unknown, fallback: number
     .split(',')
     .map((item) => {
       const match = /^\s*(\d+)\s*([kK]?)\s*$/.exec(item);
-      if (!match) throw new UsageError(`--${name}: expected comma-separated integers (e.g. 4k,32k) but received "${String(value)}"`);
+      if (!match)
+        throw new UsageError(
+          `--${name}: expected comma-separated integers (e.g. 4k,32k) but received "${String(value)}"`,
+        );
       return Number(match[1]) * (match[2] ? 1024 : 1);
     });
 }

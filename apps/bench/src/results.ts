@@ -7,7 +7,10 @@ import { dirname } from 'node:path';
 export function currentCommit(): string {
   if (process.env.DUO_COMMIT) return process.env.DUO_COMMIT;
   try {
-    return execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
   } catch {
     return 'unknown';
   }
@@ -15,7 +18,14 @@ export function currentCommit(): string {
 
 /** Writes `result` with provenance fields first; creates the directory. */
 export function writeResult(path: string, card: string, settings: object, figures: object): object {
-  const document = { card, commit: currentCommit(), date: new Date().toISOString(), node: process.version, settings, ...figures };
+  const document = {
+    card,
+    commit: currentCommit(),
+    date: new Date().toISOString(),
+    node: process.version,
+    settings,
+    ...figures,
+  };
   mkdirSync(dirname(path), { recursive: true });
   writeFileSync(path, `${JSON.stringify(document, null, 2)}\n`);
   return document;

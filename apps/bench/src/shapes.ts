@@ -54,7 +54,12 @@ export function parameterCount(config: ModelConfig): number {
 }
 
 /** Bytes one decode step must read from device memory: every weight matrix once (one embedding row), and the KV cache. */
-export function decodeBytesFloor(config: ModelConfig, weightBytes: number, context: number, cacheBytes: number): number {
+export function decodeBytesFloor(
+  config: ModelConfig,
+  weightBytes: number,
+  context: number,
+  cacheBytes: number,
+): number {
   const embeddingRows = config.tieWordEmbeddings ? 0 : config.vocabSize * config.hiddenSize;
   const weights = (parameterCount(config) - embeddingRows) * weightBytes;
   const kv = 2 * config.numLayers * config.numKvHeads * config.headDim * context * cacheBytes;

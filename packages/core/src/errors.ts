@@ -15,13 +15,14 @@ export type DuoErrorCode =
 
 /** Base class of every duoattn error; `DuoError.isInstance` works across package copies. */
 export class DuoError extends Error {
-  private readonly [marker] = true;
   readonly code: DuoErrorCode;
 
   constructor(code: DuoErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'DuoError';
     this.code = code;
+    // A symbol-keyed marker rather than instanceof, so errors from another copy of this package are recognised.
+    Object.defineProperty(this, marker, { value: true });
   }
 
   /** True for any duoattn error, even one created by another copy of this package. */

@@ -8,7 +8,7 @@ export type {
   RopeAttributes,
   TensorHandle,
 } from './backend.js';
-export { DTYPES, type DeviceKind, type DType, dtypeBytes, isDType } from './dtype.js';
+export { type DeviceKind, DTYPES, type DType, dtypeBytes, isDType } from './dtype.js';
 export {
   DuoArgumentError,
   DuoBackendUnavailableError,

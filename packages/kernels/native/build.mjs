@@ -7,7 +7,9 @@ import { fileURLToPath } from 'node:url';
 
 const packageRoot = dirname(dirname(fileURLToPath(import.meta.url)));
 const detect = (question) =>
-  spawnSync(process.execPath, [join(packageRoot, 'native', 'detect-cuda.mjs'), question], { encoding: 'utf8' }).stdout.trim();
+  spawnSync(process.execPath, [join(packageRoot, 'native', 'detect-cuda.mjs'), question], {
+    encoding: 'utf8',
+  }).stdout.trim();
 const settings = { cuda: detect('enabled'), gencode: detect('gencode'), node: process.version };
 const nativeRoot = join(packageRoot, 'native');
 const stamp = join(nativeRoot, 'build', 'duo-settings.json');

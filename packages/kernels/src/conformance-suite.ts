@@ -62,7 +62,10 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       for (const dtype of ['f32', 'f16', 'bf16'] as const) {
         const [tensor, held] = uploadAs(b(), dtype, [4, 6], values);
         const back = await b().read(tensor);
-        const decoded = dtype === 'f32' ? back : Float64Array.from(back, (v) => (dtype === 'bf16' ? bf16ToNumber(v) : f16ToNumber(v)));
+        const decoded =
+          dtype === 'f32'
+            ? back
+            : Float64Array.from(back, (v) => (dtype === 'bf16' ? bf16ToNumber(v) : f16ToNumber(v)));
         expect(maxAbsDifference(decoded, held)).toBe(0);
         const target = b().alloc(dtype, [3, 6]);
         b().copyRows(tensor, target, 1, 0, 3);
@@ -135,23 +138,26 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       [64, 256, 96],
     ];
     for (const dtype of ['f32', 'bf16', 'f16'] as const) {
-      it.each(matmulShapes)(`matmul ${dtype} weights: n=%i k=%i m=%i with bias and in-place residual`, async (n, k, m) => {
-        const x = randomArray(n * k, n + k, 1);
-        const [weight, held] = uploadAs(b(), dtype, [m, k], randomArray(m * k, m, 0.5));
-        const bias = randomArray(m, 9);
-        const residual = randomArray(n * m, 10);
-        const xs = b().upload('f32', [n, k], x);
-        const biasTensor = b().upload('f32', [m], bias);
-        const out = b().upload('f32', [n, m], residual);
-        b().matmul(xs, weight, out, { bias: biasTensor, residual: out });
-        const expected = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k), bias, toMatrix(residual, n, m));
-        expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
-        const plain = b().alloc('f32', [n, m]);
-        b().matmul(xs, weight, plain);
-        const expectedPlain = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k));
-        expect(relativeError(await readF32(b(), plain), expectedPlain)).toBeLessThan(TOLERANCE.matmul[dtype]);
-        for (const t of [xs, weight, biasTensor, out, plain]) t.dispose();
-      });
+      it.each(matmulShapes)(
+        `matmul ${dtype} weights: n=%i k=%i m=%i with bias and in-place residual`,
+        async (n, k, m) => {
+          const x = randomArray(n * k, n + k, 1);
+          const [weight, held] = uploadAs(b(), dtype, [m, k], randomArray(m * k, m, 0.5));
+          const bias = randomArray(m, 9);
+          const residual = randomArray(n * m, 10);
+          const xs = b().upload('f32', [n, k], x);
+          const biasTensor = b().upload('f32', [m], bias);
+          const out = b().upload('f32', [n, m], residual);
+          b().matmul(xs, weight, out, { bias: biasTensor, residual: out });
+          const expected = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k), bias, toMatrix(residual, n, m));
+          expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
+          const plain = b().alloc('f32', [n, m]);
+          b().matmul(xs, weight, plain);
+          const expectedPlain = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k));
+          expect(relativeError(await readF32(b(), plain), expectedPlain)).toBeLessThan(TOLERANCE.matmul[dtype]);
+          for (const t of [xs, weight, biasTensor, out, plain]) t.dispose();
+        },
+      );
     }
 
     it.each([true, false])('rope (interleaved=%s) rotates at absolute positions', async (interleaved) => {
@@ -164,7 +170,14 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       const ps = b().upload('i32', [5], positions);
       const fs = b().upload('f32', [headDim / 2], frequencies);
       b().rope(xs, ps, fs, { heads, headDim, interleaved });
-      const expected = referenceRope(toMatrix(x, 5, heads * headDim), positions, frequencies, heads, headDim, interleaved);
+      const expected = referenceRope(
+        toMatrix(x, 5, heads * headDim),
+        positions,
+        frequencies,
+        heads,
+        headDim,
+        interleaved,
+      );
       expect(relativeError(await readF32(b(), xs), expected)).toBeLessThan(TOLERANCE.rope);
       for (const t of [xs, ps, fs]) t.dispose();
     });
@@ -176,7 +189,12 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       const u = b().upload('f32', [6, 40], up);
       const sum = b().alloc('f32', [6, 40]);
       b().add(g, u, sum);
-      expect(maxAbsDifference(await readF32(b(), sum), Array.from(gate, (v, i) => Math.fround(v + (up[i] ?? 0))))).toBe(0);
+      expect(
+        maxAbsDifference(
+          await readF32(b(), sum),
+          Array.from(gate, (v, i) => Math.fround(v + (up[i] ?? 0))),
+        ),
+      ).toBe(0);
       b().swiglu(g, u, g);
       const expected = referenceSwiglu(toMatrix(gate, 6, 40), toMatrix(up, 6, 40));
       expect(relativeError(await readF32(b(), g), expected)).toBeLessThan(TOLERANCE.elementwise * 10);
@@ -189,55 +207,83 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       ['f16', 4, 4, 32],
       ['bf16', 32, 8, 128],
     ];
-    it.each(attentionCases)('attention over a %s cache: %i heads, %i kv heads, head dim %i', async (dtype, heads, kvHeads, headDim) => {
-      const capacity = 700;
-      const filled = 650;
-      const scale = 1 / Math.sqrt(headDim);
-      const keyCache = b().alloc(dtype, [kvHeads, capacity, headDim]);
-      const valueCache = b().alloc(dtype, [kvHeads, capacity, headDim]);
-      // Write the cache in two chunks through writeCache, as the model does.
-      const keys = randomArray(filled * kvHeads * headDim, 21, 2);
-      const values = randomArray(filled * kvHeads * headDim, 22);
-      for (const [start, count] of [
-        [0, 600],
-        [600, 50],
-      ] as const) {
-        const width = kvHeads * headDim;
-        const k = b().upload('f32', [count, width], keys.slice(start * width, (start + count) * width));
-        const v = b().upload('f32', [count, width], values.slice(start * width, (start + count) * width));
-        b().writeCache(k, keyCache, start);
-        b().writeCache(v, valueCache, start);
-        k.dispose();
-        v.dispose();
-      }
-      const decode = dtype === 'f32' ? (v: number) => v : dtype === 'bf16' ? bf16ToNumber : f16ToNumber;
-      const heldKeys = new Float64Array(await b().read(keyCache)).map(decode);
-      const heldValues = new Float64Array(await b().read(valueCache)).map(decode);
-      const perHead = (held: Float64Array): Float64Array[][] =>
-        Array.from({ length: kvHeads }, (_, h) =>
-          Array.from({ length: capacity }, (_, j) => held.slice((h * capacity + j) * headDim, (h * capacity + j + 1) * headDim)),
+    it.each(attentionCases)(
+      'attention over a %s cache: %i heads, %i kv heads, head dim %i',
+      async (dtype, heads, kvHeads, headDim) => {
+        const capacity = 700;
+        const filled = 650;
+        const scale = 1 / Math.sqrt(headDim);
+        const keyCache = b().alloc(dtype, [kvHeads, capacity, headDim]);
+        const valueCache = b().alloc(dtype, [kvHeads, capacity, headDim]);
+        // Write the cache in two chunks through writeCache, as the model does.
+        const keys = randomArray(filled * kvHeads * headDim, 21, 2);
+        const values = randomArray(filled * kvHeads * headDim, 22);
+        for (const [start, count] of [
+          [0, 600],
+          [600, 50],
+        ] as const) {
+          const width = kvHeads * headDim;
+          const k = b().upload('f32', [count, width], keys.slice(start * width, (start + count) * width));
+          const v = b().upload('f32', [count, width], values.slice(start * width, (start + count) * width));
+          b().writeCache(k, keyCache, start);
+          b().writeCache(v, valueCache, start);
+          k.dispose();
+          v.dispose();
+        }
+        const decode = dtype === 'f32' ? (v: number) => v : dtype === 'bf16' ? bf16ToNumber : f16ToNumber;
+        const heldKeys = new Float64Array(await b().read(keyCache)).map(decode);
+        const heldValues = new Float64Array(await b().read(valueCache)).map(decode);
+        const perHead = (held: Float64Array): Float64Array[][] =>
+          Array.from({ length: kvHeads }, (_, h) =>
+            Array.from({ length: capacity }, (_, j) =>
+              held.slice((h * capacity + j) * headDim, (h * capacity + j + 1) * headDim),
+            ),
+          );
+        expect(
+          maxAbsDifference(
+            heldKeys.slice(0, headDim),
+            Array.from(keys.slice(0, headDim), (v) =>
+              decode(dtype === 'f32' ? v : dtype === 'bf16' ? numberToBf16(v) : numberToF16(v)),
+            ),
+          ),
+        ).toBe(0);
+        const rows = 37;
+        const queryStart = filled - rows;
+        const q = randomArray(rows * heads * headDim, 23, 2);
+        const queries = b().upload('f32', [rows, heads * headDim], q);
+        const out = b().alloc('f32', [rows, heads * headDim]);
+        const attributes = { heads, kvHeads, headDim, scale, keyLength: filled, queryStart };
+        b().attentionPrefill(queries, keyCache, valueCache, out, attributes);
+        const expected = referenceAttention(
+          toMatrix(q, rows, heads * headDim),
+          perHead(heldKeys),
+          perHead(heldValues),
+          attributes,
         );
-      expect(maxAbsDifference(heldKeys.slice(0, headDim), Array.from(keys.slice(0, headDim), (v) => decode(dtype === 'f32' ? v : dtype === 'bf16' ? numberToBf16(v) : numberToF16(v))))).toBe(0);
-      const rows = 37;
-      const queryStart = filled - rows;
-      const q = randomArray(rows * heads * headDim, 23, 2);
-      const queries = b().upload('f32', [rows, heads * headDim], q);
-      const out = b().alloc('f32', [rows, heads * headDim]);
-      const attributes = { heads, kvHeads, headDim, scale, keyLength: filled, queryStart };
-      b().attentionPrefill(queries, keyCache, valueCache, out, attributes);
-      const expected = referenceAttention(toMatrix(q, rows, heads * headDim), perHead(heldKeys), perHead(heldValues), attributes);
-      expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.attention[dtype]);
+        expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.attention[dtype]);
 
-      const single = b().upload('f32', [1, heads * headDim], q.slice(0, heads * headDim));
-      const singleOut = b().alloc('f32', [1, heads * headDim]);
-      b().attentionDecode(single, keyCache, valueCache, singleOut, { heads, kvHeads, headDim, scale, keyLength: filled });
-      const expectedDecode = referenceAttention(toMatrix(q, 1, heads * headDim), perHead(heldKeys), perHead(heldValues), {
-        ...attributes,
-        queryStart: filled - 1,
-      });
-      expect(relativeError(await readF32(b(), singleOut), expectedDecode)).toBeLessThan(TOLERANCE.attention[dtype]);
-      for (const t of [keyCache, valueCache, queries, out, single, singleOut]) t.dispose();
-    });
+        const single = b().upload('f32', [1, heads * headDim], q.slice(0, heads * headDim));
+        const singleOut = b().alloc('f32', [1, heads * headDim]);
+        b().attentionDecode(single, keyCache, valueCache, singleOut, {
+          heads,
+          kvHeads,
+          headDim,
+          scale,
+          keyLength: filled,
+        });
+        const expectedDecode = referenceAttention(
+          toMatrix(q, 1, heads * headDim),
+          perHead(heldKeys),
+          perHead(heldValues),
+          {
+            ...attributes,
+            queryStart: filled - 1,
+          },
+        );
+        expect(relativeError(await readF32(b(), singleOut), expectedDecode)).toBeLessThan(TOLERANCE.attention[dtype]);
+        for (const t of [keyCache, valueCache, queries, out, single, singleOut]) t.dispose();
+      },
+    );
 
     it('argmax and softmax match the reference', async () => {
       const logits = randomArray(3 * 515, 31, 8);
@@ -258,8 +304,12 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       const w = b().alloc('bf16', [4, 7]);
       const out = b().alloc('f32', [2, 4]);
       expect(() => b().matmul(x, w, out)).toThrow(DuoArgumentError);
-      expect(() => b().matmul(x, w, out)).toThrow('Expected a f32 tensor of shape [n, 7] for `x` but received f32 [2, 8]');
-      expect(() => b().alloc('f64' as DType, [2])).toThrow('Expected `dtype` to be one of f32, f16, bf16, i32 but received "f64"');
+      expect(() => b().matmul(x, w, out)).toThrow(
+        'Expected a f32 tensor of shape [n, 7] for `x` but received f32 [2, 8]',
+      );
+      expect(() => b().alloc('f64' as DType, [2])).toThrow(
+        'Expected `dtype` to be one of f32, f16, bf16, i32 but received "f64"',
+      );
       w.dispose();
       expect(() => b().matmul(x, w, out)).toThrow(DuoDisposedError);
       x.dispose();

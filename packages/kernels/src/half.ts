@@ -51,4 +51,3 @@ export function numberToF16(value: number): number {
   if (rest > 0x1000 || (rest === 0x1000 && half & 1)) half++;
   return half;
 }
-

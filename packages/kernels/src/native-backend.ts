@@ -5,8 +5,8 @@ import {
   type BackendMemory,
   type DeviceKind,
   DTYPES,
-  DuoArgumentError,
   type DType,
+  DuoArgumentError,
   type HostArray,
   isDType,
   type PrefillAttentionAttributes,
@@ -35,7 +35,10 @@ function expectHostArray(argument: string, dtype: DType, data: unknown): HostArr
     ((dtype === 'f16' || dtype === 'bf16') && data instanceof Uint16Array);
   if (!ok) {
     const wanted = dtype === 'f32' ? 'Float32Array' : dtype === 'i32' ? 'Int32Array' : 'Uint16Array (raw bits)';
-    throw new DuoArgumentError(argument, `Expected a ${wanted} for \`${argument}\` (${dtype}) but received ${describeValue(data)}`);
+    throw new DuoArgumentError(
+      argument,
+      `Expected a ${wanted} for \`${argument}\` (${dtype}) but received ${describeValue(data)}`,
+    );
   }
   return data as HostArray;
 }
@@ -58,12 +61,18 @@ export class NativeBackend implements Backend {
 
   alloc(dtype: DType, shape: readonly number[]): Tensor {
     if (!isDType(dtype)) {
-      throw new DuoArgumentError('dtype', `Expected \`dtype\` to be one of ${DTYPES.join(', ')} but received ${describeValue(dtype)}`);
+      throw new DuoArgumentError(
+        'dtype',
+        `Expected \`dtype\` to be one of ${DTYPES.join(', ')} but received ${describeValue(dtype)}`,
+      );
     }
     if (!Array.isArray(shape) || shape.length === 0) {
-      throw new DuoArgumentError('shape', `Expected \`shape\` to be a non-empty array of sizes but received ${describeValue(shape)}`);
+      throw new DuoArgumentError(
+        'shape',
+        `Expected \`shape\` to be a non-empty array of sizes but received ${describeValue(shape)}`,
+      );
     }
-    shape.forEach((extent, i) => expectInteger(`shape[${i}]`, extent, 0));
+    for (const [i, extent] of shape.entries()) expectInteger(`shape[${i}]`, extent, 0);
     const id = callNative(() => this.#native.alloc(this.#index, DTYPES.indexOf(dtype), shape));
     return new Tensor(this.#native, id, dtype, shape, this.device);
   }
@@ -102,7 +111,10 @@ export class NativeBackend implements Backend {
     const sourceId = expectTensor('source', source, this.device);
     const targetId = expectTensor('target', target, this.device, { dtypes: [source.dtype] });
     if (target.cols !== source.cols) {
-      throw new DuoArgumentError('target', `Expected \`target\` rows of ${source.cols} elements like \`source\` but received ${target.describe()}`);
+      throw new DuoArgumentError(
+        'target',
+        `Expected \`target\` rows of ${source.cols} elements like \`source\` but received ${target.describe()}`,
+      );
     }
     const count = rows ?? Math.min(source.rows - sourceRow, target.rows - targetRow);
     expectInteger('sourceRow', sourceRow, 0, source.rows);
@@ -159,7 +171,9 @@ export class NativeBackend implements Backend {
     const [outputs = 0, inner = 0] = weight.shape;
     const xId = expectTensor('x', x, this.device, { dtypes: F32, shape: [null, inner] });
     const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: [x.rows, outputs] });
-    const biasId = options.bias ? expectTensor('bias', options.bias, this.device, { dtypes: F32, shape: [outputs] }) : 0;
+    const biasId = options.bias
+      ? expectTensor('bias', options.bias, this.device, { dtypes: F32, shape: [outputs] })
+      : 0;
     const residualId = options.residual
       ? expectTensor('residual', options.residual, this.device, { dtypes: F32, shape: [x.rows, outputs] })
       : 0;
@@ -171,7 +185,8 @@ export class NativeBackend implements Backend {
     const { heads, headDim, interleaved } = attributes;
     expectInteger('heads', heads, 1);
     expectInteger('headDim', headDim, 2);
-    if (headDim % 2 !== 0) throw new DuoArgumentError('headDim', `Expected an even \`headDim\` but received ${headDim}`);
+    if (headDim % 2 !== 0)
+      throw new DuoArgumentError('headDim', `Expected an even \`headDim\` but received ${headDim}`);
     const xId = expectTensor('x', x, this.device, { dtypes: F32, shape: [null, heads * headDim] });
     const positionsId = expectTensor('positions', positions, this.device, { dtypes: I32, shape: [x.rows] });
     const frequencyId = expectTensor('inverseFrequencies', inverseFrequencies, this.device, {
@@ -214,12 +229,21 @@ export class NativeBackend implements Backend {
     expectInteger('heads', heads, 1);
     expectInteger('kvHeads', kvHeads, 1, heads);
     if (heads % kvHeads !== 0) {
-      throw new DuoArgumentError('kvHeads', `Expected \`heads\` (${heads}) to be a multiple of \`kvHeads\` but received ${kvHeads}`);
+      throw new DuoArgumentError(
+        'kvHeads',
+        `Expected \`heads\` (${heads}) to be a multiple of \`kvHeads\` but received ${kvHeads}`,
+      );
     }
     expectInteger('headDim', headDim, 1);
     expectPositive('scale', scale);
-    const keyId = expectTensor('keyCache', keyCache, this.device, { dtypes: FLOAT_TYPES, shape: [kvHeads, null, headDim] });
-    const valueId = expectTensor('valueCache', valueCache, this.device, { dtypes: [keyCache.dtype], shape: keyCache.shape });
+    const keyId = expectTensor('keyCache', keyCache, this.device, {
+      dtypes: FLOAT_TYPES,
+      shape: [kvHeads, null, headDim],
+    });
+    const valueId = expectTensor('valueCache', valueCache, this.device, {
+      dtypes: [keyCache.dtype],
+      shape: keyCache.shape,
+    });
     expectInteger('keyLength', keyLength, 0, keyCache.shape[1]);
     const queryId = expectTensor('query', query, this.device, { dtypes: F32, shape: [null, heads * headDim] });
     const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: query.shape });
@@ -236,12 +260,16 @@ export class NativeBackend implements Backend {
     const ids = this.#attentionIds(query, keyCache, valueCache, out, attributes);
     const { heads, kvHeads, headDim, scale, keyLength, queryStart } = attributes;
     expectInteger('queryStart', queryStart, 0);
-    callNative(() =>
-      this.#native.attentionPrefill(...ids, heads, kvHeads, headDim, scale, keyLength, queryStart),
-    );
+    callNative(() => this.#native.attentionPrefill(...ids, heads, kvHeads, headDim, scale, keyLength, queryStart));
   }
 
-  attentionDecode(query: Tensor, keyCache: Tensor, valueCache: Tensor, out: Tensor, attributes: AttentionAttributes): void {
+  attentionDecode(
+    query: Tensor,
+    keyCache: Tensor,
+    valueCache: Tensor,
+    out: Tensor,
+    attributes: AttentionAttributes,
+  ): void {
     const ids = this.#attentionIds(query, keyCache, valueCache, out, attributes);
     const { heads, kvHeads, headDim, scale, keyLength } = attributes;
     expectInteger('keyLength', keyLength, 1);

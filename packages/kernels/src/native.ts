@@ -14,7 +14,12 @@ export interface NativeAddon {
   write(id: number, data: ArrayBufferView, elementOffset: number): void;
   read(id: number, elementOffset: number, count: number): Promise<ArrayBuffer>;
   synchronize(device: number): Promise<void>;
-  memory(device: number): { allocatedBytes: number; peakBytes: number; deviceFreeBytes: number; deviceTotalBytes: number };
+  memory(device: number): {
+    allocatedBytes: number;
+    peakBytes: number;
+    deviceFreeBytes: number;
+    deviceTotalBytes: number;
+  };
   copyRows(source: number, target: number, sourceRow: number, targetRow: number, rows: number): void;
   convert(source: number, target: number): void;
   fillRandom(id: number, seed: number, standardDeviation: number): void;

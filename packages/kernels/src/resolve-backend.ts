@@ -20,12 +20,17 @@ export function createBackend(device: DeviceKind): NativeBackend {
   const existing = backends.get(device);
   if (existing) return existing;
   if (device !== 'cpu' && device !== 'cuda') {
-    throw new DuoArgumentError('device', `Expected \`device\` to be "cpu", "cuda" or "auto" but received ${describeValue(device)}`);
+    throw new DuoArgumentError(
+      'device',
+      `Expected \`device\` to be "cpu", "cuda" or "auto" but received ${describeValue(device)}`,
+    );
   }
   const native = loadNative();
   const probe = native.probe(device === 'cpu' ? 0 : 1);
   if (!probe.available) {
-    throw new DuoBackendUnavailableError(`The ${device} backend is unavailable: ${probe.reason}`, [probe.reason ?? 'unknown']);
+    throw new DuoBackendUnavailableError(`The ${device} backend is unavailable: ${probe.reason}`, [
+      probe.reason ?? 'unknown',
+    ]);
   }
   const backend = new NativeBackend(native, device, probe.name ?? device);
   backends.set(device, backend);

@@ -1,5 +1,5 @@
 // Tensor handles: JS holds ids; the backend owns the memory until dispose().
-import { type DeviceKind, DuoDisposedError, type DType, type TensorHandle } from '@duoattn/core';
+import { type DeviceKind, type DType, DuoDisposedError, type TensorHandle } from '@duoattn/core';
 import type { NativeAddon } from './native.js';
 
 let leakWarnings = 0;

@@ -1,5 +1,5 @@
 // Argument checks that run in TypeScript before a native call, with messages that name the argument.
-import { DuoArgumentError, type DType } from '@duoattn/core';
+import { type DType, DuoArgumentError } from '@duoattn/core';
 import { Tensor } from './tensor.js';
 
 /** What an op expects of one tensor argument; a `null` extent matches any size. */

@@ -17,13 +17,16 @@ suite('stories260K tokenizers', () => {
       ids: number[];
     }[];
 
-  it.each(['stories260K.bin', 'stories260K.gguf'])('%s tokenizer reproduces every llama2.c case and decodes back', async (file) => {
-    const checkpoint = await openCheckpoint(sharedPath('models', 'stories260K', file) as string);
-    const tokenizer = checkpoint.tokenizer;
-    expect(tokenizer).toBeDefined();
-    for (const { text, ids } of cases()) {
-      expect(tokenizer?.encode(text)).toEqual(ids);
-      expect(tokenizer?.decode(ids)).toBe(text);
-    }
-  });
+  it.each(['stories260K.bin', 'stories260K.gguf'])(
+    '%s tokenizer reproduces every llama2.c case and decodes back',
+    async (file) => {
+      const checkpoint = await openCheckpoint(sharedPath('models', 'stories260K', file) as string);
+      const tokenizer = checkpoint.tokenizer;
+      expect(tokenizer).toBeDefined();
+      for (const { text, ids } of cases()) {
+        expect(tokenizer?.encode(text)).toEqual(ids);
+        expect(tokenizer?.decode(ids)).toBe(text);
+      }
+    },
+  );
 });

@@ -1,6 +1,13 @@
 // Public surface of @duoattn/model.
 export { applyChatTemplate, type ChatMessage } from './chat-template.js';
 export {
+  type GeneratedToken,
+  type GenerateOptions,
+  type GenerationStats,
+  LlamaModel,
+  type LoadModelOptions,
+} from './llama-model.js';
+export {
   type Checkpoint,
   loadTensor,
   readTensorF32,
@@ -13,17 +20,22 @@ export { configFromHf, openHf, readSafetensorsHeader } from './loaders/hf.js';
 export { type Llama2cOptions, openLlama2c } from './loaders/llama2c.js';
 export { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames } from './loaders/names.js';
 export { openCheckpoint } from './loaders/open-checkpoint.js';
-export {
-  type GeneratedToken,
-  type GenerateOptions,
-  type GenerationStats,
-  LlamaModel,
-  type LoadModelOptions,
-} from './llama-model.js';
 export { ropeInverseFrequencies } from './rope.js';
 export { argmax, checkSampling, type SamplingOptions, sampleToken, seededRandom } from './sampling.js';
-export { type CaptureRequest, type ForwardOptions, type ForwardResult, Session, type SessionOptions } from './session.js';
+export {
+  type CaptureRequest,
+  type ForwardOptions,
+  type ForwardResult,
+  Session,
+  type SessionOptions,
+} from './session.js';
 export { HfTokenizer } from './tokenizers/hf-tokenizer.js';
 export { ggufVocabularyTokenizer, loadLlama2cTokenizer, ScoreBpeTokenizer } from './tokenizers/score-bpe.js';
 export type { StreamDecoder, Tokenizer } from './tokenizers/tokenizer.js';
-export { disposeWeights, type LayerWeights, type ModelWeights, randomWeights, type WeightDtypeOption } from './weights.js';
+export {
+  disposeWeights,
+  type LayerWeights,
+  type ModelWeights,
+  randomWeights,
+  type WeightDtypeOption,
+} from './weights.js';

@@ -1,5 +1,12 @@
 // LlamaModel: weights on a backend, sessions over them, and generate() as an async iterator of tokens.
-import { type Backend, DuoArgumentError, type DType, type ModelConfig, type TensorHandle, validateModelConfig } from '@duoattn/core';
+import {
+  type Backend,
+  type DType,
+  DuoArgumentError,
+  type ModelConfig,
+  type TensorHandle,
+  validateModelConfig,
+} from '@duoattn/core';
 import { type BackendRequest, resolveBackend } from '@duoattn/kernels';
 import type { Checkpoint } from './loaders/checkpoint.js';
 import { openCheckpoint } from './loaders/open-checkpoint.js';
@@ -99,16 +106,32 @@ export class LlamaModel {
     const backend = resolveDevice(options.device);
     const dtype = options.weightDtype ?? 'auto';
     if (!['auto', 'f32', 'f16', 'bf16'].includes(dtype)) {
-      throw new DuoArgumentError('weightDtype', `Expected \`weightDtype\` to be auto, f32, f16 or bf16 but received ${String(dtype)}`);
+      throw new DuoArgumentError(
+        'weightDtype',
+        `Expected \`weightDtype\` to be auto, f32, f16 or bf16 but received ${String(dtype)}`,
+      );
     }
     const weights = loadWeights(checkpoint, backend, dtype, options.onProgress);
-    return new LlamaModel(checkpoint.config, backend, weights, checkpoint.source, checkpoint.tokenizer, checkpoint.chatTemplate);
+    return new LlamaModel(
+      checkpoint.config,
+      backend,
+      weights,
+      checkpoint.source,
+      checkpoint.tokenizer,
+      checkpoint.chatTemplate,
+    );
   }
 
   /** A model with random weights generated on the device, for benchmarks at real shapes. */
-  static random(config: ModelConfig, options: { device?: LoadModelOptions['device']; dtype?: DType; seed?: number } = {}): LlamaModel {
+  static random(
+    config: ModelConfig,
+    options: { device?: LoadModelOptions['device']; dtype?: DType; seed?: number } = {},
+  ): LlamaModel {
     const backend = resolveDevice(options.device);
-    const weights = randomWeights(validateModelConfig(config), backend, { dtype: options.dtype ?? 'bf16', seed: options.seed });
+    const weights = randomWeights(validateModelConfig(config), backend, {
+      dtype: options.dtype ?? 'bf16',
+      seed: options.seed,
+    });
     return new LlamaModel(config, backend, weights, 'random');
   }
 
@@ -121,12 +144,20 @@ export class LlamaModel {
   /** A new sequence with its own KV cache. Dispose it when done. */
   createSession(options: SessionOptions = {}): Session {
     this.#checkLive();
-    return new Session(this.backend, this.config, this.weights, this.#inverseFrequencies, options, this.defaultCacheDtype);
+    return new Session(
+      this.backend,
+      this.config,
+      this.weights,
+      this.#inverseFrequencies,
+      options,
+      this.defaultCacheDtype,
+    );
   }
 
   /** Encodes text with the model's tokenizer (BOS added). */
   encode(text: string): number[] {
-    if (!this.tokenizer) throw new DuoArgumentError('prompt', 'This model has no tokenizer: pass token ids instead of text');
+    if (!this.tokenizer)
+      throw new DuoArgumentError('prompt', 'This model has no tokenizer: pass token ids instead of text');
     return this.tokenizer.encode(text);
   }
 
@@ -134,7 +165,10 @@ export class LlamaModel {
    * Generates tokens after `prompt` (text, or token ids). Yields each token with the text it completed.
    * Greedy sampling runs the argmax on the device and reads back one integer per token.
    */
-  async *generate(prompt: string | readonly number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken, GenerationStats> {
+  async *generate(
+    prompt: string | readonly number[],
+    options: GenerateOptions = {},
+  ): AsyncGenerator<GeneratedToken, GenerationStats> {
     this.#checkLive();
     const promptIds = typeof prompt === 'string' ? this.encode(prompt) : [...prompt];
     if (promptIds.length === 0) throw new DuoArgumentError('prompt', 'Expected a non-empty prompt');
@@ -148,7 +182,10 @@ export class LlamaModel {
     const ownSession = !options.session;
     const session =
       options.session ??
-      this.createSession({ ...options, maxTokens: options.maxTokens === undefined ? undefined : Math.max(promptIds.length + maxTokens, 1) });
+      this.createSession({
+        ...options,
+        maxTokens: options.maxTokens === undefined ? undefined : Math.max(promptIds.length + maxTokens, 1),
+      });
     const decoder = this.tokenizer?.createStreamDecoder();
     const greedy = sampling.temperature === 0;
     let text = '';

@@ -2,7 +2,9 @@
 import type { ModelConfig } from '@duoattn/core';
 
 /** inverse frequency of each channel pair: θ^(−2i/d), then scaled per `config.ropeScaling`. */
-export function ropeInverseFrequencies(config: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeScaling'>): Float32Array {
+export function ropeInverseFrequencies(
+  config: Pick<ModelConfig, 'headDim' | 'ropeTheta' | 'ropeScaling'>,
+): Float32Array {
   const { headDim, ropeTheta, ropeScaling } = config;
   const base = Array.from({ length: headDim / 2 }, (_, i) => 1 / ropeTheta ** ((2 * i) / headDim));
   if (ropeScaling.type === 'none') return Float32Array.from(base);

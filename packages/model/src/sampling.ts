@@ -17,7 +17,10 @@ export interface SamplingOptions {
 export function checkSampling(options: SamplingOptions): Required<SamplingOptions> {
   const { temperature = 0, topK = 0, topP = 1, seed = 0 } = options;
   if (!(Number.isFinite(temperature) && temperature >= 0)) {
-    throw new DuoArgumentError('temperature', `Expected \`temperature\` to be a number ≥ 0 but received ${temperature}`);
+    throw new DuoArgumentError(
+      'temperature',
+      `Expected \`temperature\` to be a number ≥ 0 but received ${temperature}`,
+    );
   }
   if (!(Number.isInteger(topK) && topK >= 0)) {
     throw new DuoArgumentError('topK', `Expected \`topK\` to be an integer ≥ 0 but received ${topK}`);
@@ -25,7 +28,8 @@ export function checkSampling(options: SamplingOptions): Required<SamplingOption
   if (!(topP > 0 && topP <= 1)) {
     throw new DuoArgumentError('topP', `Expected \`topP\` to be in (0, 1] but received ${topP}`);
   }
-  if (!Number.isInteger(seed)) throw new DuoArgumentError('seed', `Expected \`seed\` to be an integer but received ${seed}`);
+  if (!Number.isInteger(seed))
+    throw new DuoArgumentError('seed', `Expected \`seed\` to be an integer but received ${seed}`);
   return { temperature, topK, topP, seed };
 }
 
@@ -49,7 +53,11 @@ export function argmax(logits: ArrayLike<number>): number {
 }
 
 /** Samples one token id from `logits` with temperature, top-k and top-p. */
-export function sampleToken(logits: ArrayLike<number>, options: Required<SamplingOptions>, random: () => number): number {
+export function sampleToken(
+  logits: ArrayLike<number>,
+  options: Required<SamplingOptions>,
+  random: () => number,
+): number {
   if (options.temperature === 0) return argmax(logits);
   let candidates = Array.from({ length: logits.length }, (_, id) => id);
   candidates.sort((a, b) => (logits[b] ?? 0) - (logits[a] ?? 0));

@@ -1,5 +1,5 @@
 // A sequence being run through the model: its KV cache, position, and the chunked forward pass.
-import { type Backend, DuoArgumentError, type DType, type ModelConfig, type TensorHandle } from '@duoattn/core';
+import { type Backend, type DType, DuoArgumentError, type ModelConfig, type TensorHandle } from '@duoattn/core';
 import type { ModelWeights } from './weights.js';
 
 /** Which hidden states to return: layer 0 is the embedding output, layer l the residual stream after layer l. */
@@ -81,15 +81,25 @@ export class Session {
     this.#inverseFrequencies = inverseFrequencies;
     const capacity = options.maxTokens ?? Math.min(config.maxPositionEmbeddings, 4096);
     if (!Number.isInteger(capacity) || capacity < 1) {
-      throw new DuoArgumentError('maxTokens', `Expected \`maxTokens\` to be a positive integer but received ${capacity}`);
+      throw new DuoArgumentError(
+        'maxTokens',
+        `Expected \`maxTokens\` to be a positive integer but received ${capacity}`,
+      );
     }
     const chunk = options.prefillChunk ?? 512;
     if (!Number.isInteger(chunk) || chunk < 1) {
-      throw new DuoArgumentError('prefillChunk', `Expected \`prefillChunk\` to be a positive integer but received ${chunk}`);
+      throw new DuoArgumentError(
+        'prefillChunk',
+        `Expected \`prefillChunk\` to be a positive integer but received ${chunk}`,
+      );
     }
-    const cacheDtype = options.cacheDtype === undefined || options.cacheDtype === 'auto' ? defaultCacheDtype : options.cacheDtype;
+    const cacheDtype =
+      options.cacheDtype === undefined || options.cacheDtype === 'auto' ? defaultCacheDtype : options.cacheDtype;
     if (!['f32', 'f16', 'bf16'].includes(cacheDtype)) {
-      throw new DuoArgumentError('cacheDtype', `Expected \`cacheDtype\` to be auto, f32, f16 or bf16 but received ${String(cacheDtype)}`);
+      throw new DuoArgumentError(
+        'cacheDtype',
+        `Expected \`cacheDtype\` to be auto, f32, f16 or bf16 but received ${String(cacheDtype)}`,
+      );
     }
     this.capacity = capacity;
     this.prefillChunk = chunk;
@@ -125,7 +135,9 @@ export class Session {
     if (!Number.isInteger(tokens) || tokens < 0 || tokens > this.capacity) {
       throw new DuoArgumentError('tokens', `Expected \`tokens\` in [0, ${this.capacity}] but received ${tokens}`);
     }
-    [...this.#keyCaches, ...this.#valueCaches].forEach((cache, i) => this.#backend.fillRandom(cache, seed * 1000 + i, 1));
+    for (const [i, cache] of [...this.#keyCaches, ...this.#valueCaches].entries()) {
+      this.#backend.fillRandom(cache, seed * 1000 + i, 1);
+    }
     this.#position = tokens;
   }
 
@@ -174,7 +186,14 @@ export class Session {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    for (const tensor of [...this.#keyCaches, ...this.#valueCaches, this.#lastRow, this.#lastNormed, this.#lastLogits, this.#nextToken]) {
+    for (const tensor of [
+      ...this.#keyCaches,
+      ...this.#valueCaches,
+      this.#lastRow,
+      this.#lastNormed,
+      this.#lastLogits,
+      this.#nextToken,
+    ]) {
       tensor.dispose();
     }
     for (const workspace of this.#workspaces.values()) disposeWorkspace(workspace);
@@ -196,7 +215,10 @@ export class Session {
     }
     for (const token of tokens) {
       if (!Number.isInteger(token) || token < 0 || token >= this.#config.vocabSize) {
-        throw new DuoArgumentError('tokens', `Expected token ids in [0, ${this.#config.vocabSize}) but received ${token}`);
+        throw new DuoArgumentError(
+          'tokens',
+          `Expected token ids in [0, ${this.#config.vocabSize}) but received ${token}`,
+        );
       }
     }
   }
@@ -252,7 +274,10 @@ export class Session {
     const n = ids.length;
     const s = this.#workspace(n);
     b.write(s.ids, ids);
-    b.write(s.positions, Int32Array.from({ length: n }, (_, i) => start + i));
+    b.write(
+      s.positions,
+      Int32Array.from({ length: n }, (_, i) => start + i),
+    );
     b.embedding(w.embedding, s.ids, s.hidden);
     capture?.take(0, s.hidden, start, n);
     const scale = 1 / Math.sqrt(c.headDim);
@@ -313,7 +338,10 @@ export class Session {
     const layers = [...new Set(request.layers)];
     for (const layer of layers) {
       if (!Number.isInteger(layer) || layer < 0 || layer > this.#config.numLayers) {
-        throw new DuoArgumentError('capture.layers', `Expected layers in [0, ${this.#config.numLayers}] but received ${layer}`);
+        throw new DuoArgumentError(
+          'capture.layers',
+          `Expected layers in [0, ${this.#config.numLayers}] but received ${layer}`,
+        );
       }
     }
     for (const position of request.positions) {

@@ -48,7 +48,12 @@ function shapes(config: ModelConfig) {
 /** Frees every tensor of a weights object (the tied head once). */
 export function disposeWeights(weights: ModelWeights): void {
   const seen = new Set<TensorHandle>();
-  const all = [weights.embedding, weights.finalNorm, weights.lmHead, ...weights.layers.flatMap((l) => Object.values(l))];
+  const all = [
+    weights.embedding,
+    weights.finalNorm,
+    weights.lmHead,
+    ...weights.layers.flatMap((l) => Object.values(l)),
+  ];
   for (const tensor of all) {
     if (tensor && !seen.has(tensor)) {
       seen.add(tensor);
@@ -155,20 +160,27 @@ export function randomWeights(config: ModelConfig, backend: Backend, options: Ra
   };
   try {
     const embedding = matrix(shape.embedding);
-    const layers = Array.from({ length: config.numLayers }, (): LayerWeights => ({
-      attentionNorm: ones(config.hiddenSize),
-      query: matrix(shape.query),
-      key: matrix(shape.key),
-      value: matrix(shape.value),
-      ...(config.attentionBias
-        ? { queryBias: bias(shape.query[0] ?? 0), keyBias: bias(shape.key[0] ?? 0), valueBias: bias(shape.value[0] ?? 0) }
-        : {}),
-      output: matrix(shape.output),
-      mlpNorm: ones(config.hiddenSize),
-      gate: matrix(shape.gate),
-      up: matrix(shape.up),
-      down: matrix(shape.down),
-    }));
+    const layers = Array.from(
+      { length: config.numLayers },
+      (): LayerWeights => ({
+        attentionNorm: ones(config.hiddenSize),
+        query: matrix(shape.query),
+        key: matrix(shape.key),
+        value: matrix(shape.value),
+        ...(config.attentionBias
+          ? {
+              queryBias: bias(shape.query[0] ?? 0),
+              keyBias: bias(shape.key[0] ?? 0),
+              valueBias: bias(shape.value[0] ?? 0),
+            }
+          : {}),
+        output: matrix(shape.output),
+        mlpNorm: ones(config.hiddenSize),
+        gate: matrix(shape.gate),
+        up: matrix(shape.up),
+        down: matrix(shape.down),
+      }),
+    );
     const finalNorm = ones(config.hiddenSize);
     const lmHead = config.tieWordEmbeddings ? embedding : matrix(shape.embedding);
     return { embedding, layers, finalNorm, lmHead };

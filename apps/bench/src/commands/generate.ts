@@ -25,7 +25,12 @@ export async function generateCommand(argv: string[], write: (text: string) => v
   });
   const path = (options.model as string | undefined) ?? defaultModelPath();
   const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
-  const weightDtype = choiceOption('weight-dtype', options['weight-dtype'], ['auto', 'f32', 'f16', 'bf16'] as const, 'auto');
+  const weightDtype = choiceOption(
+    'weight-dtype',
+    options['weight-dtype'],
+    ['auto', 'f32', 'f16', 'bf16'] as const,
+    'auto',
+  );
   const maxTokens = integerOption('max-tokens', options['max-tokens'], 128, 1);
   const sampling = {
     temperature: numberOption('temperature', options.temperature, 0, 0),

@@ -23,7 +23,11 @@ async function timeOps(backend: Backend, repeats: number, op: () => void): Promi
 }
 
 export async function kernelsCommand(argv: string[], log: (line: string) => void): Promise<object> {
-  const options = parseOptions(argv, { device: { type: 'string' }, repeats: { type: 'string' }, out: { type: 'string' } });
+  const options = parseOptions(argv, {
+    device: { type: 'string' },
+    repeats: { type: 'string' },
+    out: { type: 'string' },
+  });
   const backend = resolveBackend(choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto'));
   const repeats = integerOption('repeats', options.repeats, backend.device === 'cuda' ? 200 : 5, 1);
   const made: TensorHandle[] = [];
@@ -74,7 +78,9 @@ export async function kernelsCommand(argv: string[], log: (line: string) => void
     for (let i = 0; i < enqueueCount; i++) backend.rmsNorm(x, w, out, 1e-5);
     const enqueueUs = ((performance.now() - enqueueStart) / enqueueCount) * 1000;
     await backend.synchronize();
-    log(`small op (rmsNorm 1×4096): ${(smallOpMs * 1000).toFixed(2)} µs device, ${enqueueUs.toFixed(2)} µs host enqueue`);
+    log(
+      `small op (rmsNorm 1×4096): ${(smallOpMs * 1000).toFixed(2)} µs device, ${enqueueUs.toFixed(2)} µs host enqueue`,
+    );
     const figures = { gemv, attention, smallOp: { deviceUs: smallOpMs * 1000, hostEnqueueUs: enqueueUs } };
     const settings = { repeats, timing: 'back-to-back ops between synchronisations, host clock, median of 5 trials' };
     return options.out ? writeResult(String(options.out), backend.deviceName, settings, figures) : figures;

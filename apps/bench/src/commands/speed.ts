@@ -36,7 +36,10 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
   let model: LlamaModel;
   if (options.shape !== undefined) {
     const config = SHAPES[String(options.shape)];
-    if (!config) throw new UsageError(`--shape: expected one of ${Object.keys(SHAPES).join(', ')} but received "${String(options.shape)}"`);
+    if (!config)
+      throw new UsageError(
+        `--shape: expected one of ${Object.keys(SHAPES).join(', ')} but received "${String(options.shape)}"`,
+      );
     model = LlamaModel.random(config, { device: backend, dtype, seed: 1 });
   } else if (options.model !== undefined) {
     model = await LlamaModel.load(String(options.model), { device: backend });
@@ -82,8 +85,18 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
       const enqueueMs = median(enqueue);
       const floorBytes = decodeBytesFloor(config, weightBytes, context + warmup + steps / 2, cacheBytes);
       const floorMs = (floorBytes / (bandwidthTBps * 1e12)) * 1000;
-      decode.push({ context, msPerToken: ms, hostEnqueueMs: enqueueMs, p10: quantile(times, 0.1), p90: quantile(times, 0.9), floorMs, ratioToFloor: ms / floorMs });
-      log(`decode @${context}: ${ms.toFixed(3)} ms/token (floor ${floorMs.toFixed(3)} ms, ${(ms / floorMs).toFixed(2)}×; host enqueue ${enqueueMs.toFixed(3)} ms)`);
+      decode.push({
+        context,
+        msPerToken: ms,
+        hostEnqueueMs: enqueueMs,
+        p10: quantile(times, 0.1),
+        p90: quantile(times, 0.9),
+        floorMs,
+        ratioToFloor: ms / floorMs,
+      });
+      log(
+        `decode @${context}: ${ms.toFixed(3)} ms/token (floor ${floorMs.toFixed(3)} ms, ${(ms / floorMs).toFixed(2)}×; host enqueue ${enqueueMs.toFixed(3)} ms)`,
+      );
     }
     const settings = {
       model: model.source === 'random' ? `${String(options.shape)} (random weights made on the device)` : model.source,

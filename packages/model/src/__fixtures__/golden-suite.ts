@@ -40,7 +40,10 @@ export function goldenSuite(device: 'cpu' | 'cuda', tolerance: number, skipReaso
       const prompt = run.tokens.slice(0, run.prompt_tokens);
       const ids: number[] = [];
       let text = '';
-      for await (const token of model.generate(prompt, { maxTokens: run.positions - run.prompt_tokens, stopTokens: [] })) {
+      for await (const token of model.generate(prompt, {
+        maxTokens: run.positions - run.prompt_tokens,
+        stopTokens: [],
+      })) {
         ids.push(token.id);
         text += token.text;
       }
@@ -50,4 +53,3 @@ export function goldenSuite(device: 'cpu' | 'cuda', tolerance: number, skipReaso
     });
   });
 }
-

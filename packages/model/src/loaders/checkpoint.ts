@@ -1,6 +1,6 @@
 // The checkpoint abstraction every loader produces: a config, tensors stored somewhere on disk, and a tokenizer.
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { type Backend, DuoCheckpointError, type DType, type ModelConfig, type TensorHandle } from '@duoattn/core';
+import { type Backend, type DType, DuoCheckpointError, type ModelConfig, type TensorHandle } from '@duoattn/core';
 import { f16ToNumber, numberToBf16, numberToF16 } from '@duoattn/kernels';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 
@@ -90,7 +90,8 @@ function decodeChunk(bytes: Buffer, encoding: StoredEncoding, dtype: DType): Flo
   const values = toFloat32(aligned, encoding);
   if (dtype === 'f32') return values;
   const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) out[i] = dtype === 'bf16' ? numberToBf16(values[i] ?? 0) : numberToF16(values[i] ?? 0);
+  for (let i = 0; i < values.length; i++)
+    out[i] = dtype === 'bf16' ? numberToBf16(values[i] ?? 0) : numberToF16(values[i] ?? 0);
   return out;
 }
 

@@ -7,7 +7,17 @@ import { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames } from './names.js';
 
 // GGML type ids (ggml.h) for the encodings we read.
 const GGML_TYPES: Record<number, StoredEncoding> = { 0: 'f32', 1: 'f16', 8: 'q8_0', 30: 'bf16' };
-const GGML_TYPE_NAMES: Record<number, string> = { 2: 'Q4_0', 3: 'Q4_1', 6: 'Q5_0', 7: 'Q5_1', 10: 'Q2_K', 11: 'Q3_K', 12: 'Q4_K', 13: 'Q5_K', 14: 'Q6_K' };
+const GGML_TYPE_NAMES: Record<number, string> = {
+  2: 'Q4_0',
+  3: 'Q4_1',
+  6: 'Q5_0',
+  7: 'Q5_1',
+  10: 'Q2_K',
+  11: 'Q3_K',
+  12: 'Q4_K',
+  13: 'Q5_K',
+  14: 'Q6_K',
+};
 
 const LAYER_FIELDS: Record<string, keyof ReturnType<typeof layerNames>> = {
   attn_norm: 'attentionNorm',
@@ -51,7 +61,9 @@ export async function openGguf(path: string): Promise<Checkpoint> {
   try {
     parsed = await gguf(path, { allowLocalFile: true });
   } catch (error) {
-    throw new DuoCheckpointError(path, undefined, `not a readable GGUF file: ${(error as Error).message}`, { cause: error });
+    throw new DuoCheckpointError(path, undefined, `not a readable GGUF file: ${(error as Error).message}`, {
+      cause: error,
+    });
   }
   const metadata = parsed.metadata as unknown as Record<string, unknown>;
   const arch = String(metadata['general.architecture']);
@@ -60,6 +72,8 @@ export async function openGguf(path: string): Promise<Checkpoint> {
   }
   let config: ModelConfig;
   try {
+    const names = new Set(parsed.tensorInfos.map((t) => t.name));
+    const embedding = parsed.tensorInfos.find((t) => t.name === 'token_embd.weight');
     const heads = metadataNumber(metadata, `${arch}.attention.head_count`);
     const hidden = metadataNumber(metadata, `${arch}.embedding_length`);
     const tokens = metadata['tokenizer.ggml.tokens'];
@@ -68,12 +82,13 @@ export async function openGguf(path: string): Promise<Checkpoint> {
       scalingType === 'linear'
         ? { type: 'linear', factor: metadataNumber(metadata, `${arch}.rope.scaling.factor`) }
         : { type: 'none' };
-    const names = new Set(parsed.tensorInfos.map((t) => t.name));
     const eos = metadata['tokenizer.ggml.eos_token_id'];
     const bos = metadata['tokenizer.ggml.bos_token_id'];
     config = validateModelConfig({
       architecture: arch,
-      vocabSize: Array.isArray(tokens) ? tokens.length : metadataNumber(metadata, `${arch}.vocab_size`),
+      vocabSize: Array.isArray(tokens)
+        ? tokens.length
+        : metadataNumber(metadata, `${arch}.vocab_size`, Number(embedding?.shape[1] ?? Number.NaN)),
       hiddenSize: hidden,
       intermediateSize: metadataNumber(metadata, `${arch}.feed_forward_length`),
       numLayers: metadataNumber(metadata, `${arch}.block_count`),
@@ -92,7 +107,9 @@ export async function openGguf(path: string): Promise<Checkpoint> {
       eosTokenIds: typeof eos === 'number' ? [eos] : [],
     });
   } catch (error) {
-    throw new DuoCheckpointError(path, undefined, `invalid GGUF metadata: ${(error as Error).message}`, { cause: error });
+    throw new DuoCheckpointError(path, undefined, `invalid GGUF metadata: ${(error as Error).message}`, {
+      cause: error,
+    });
   }
   const base = Number(parsed.tensorDataOffset);
   const tensors = new Map<string, StoredTensor>();
@@ -102,7 +119,11 @@ export async function openGguf(path: string): Promise<Checkpoint> {
     const encoding = GGML_TYPES[info.dtype as number];
     if (!encoding) {
       const typeName = GGML_TYPE_NAMES[info.dtype as number] ?? `ggml type ${info.dtype}`;
-      throw new DuoCheckpointError(path, info.name, `unsupported tensor type ${typeName} (supported: F32, F16, BF16, Q8_0)`);
+      throw new DuoCheckpointError(
+        path,
+        info.name,
+        `unsupported tensor type ${typeName} (supported: F32, F16, BF16, Q8_0)`,
+      );
     }
     // GGUF lists dimensions fastest first; our shapes are row-major.
     const shape = info.shape.map(Number).reverse();

@@ -13,10 +13,15 @@ export function readSafetensorsHeader(file: string): StoredTensor[] {
   try {
     const size = fstatSync(fd).size;
     const prefix = Buffer.alloc(8);
-    if (readSync(fd, prefix, 0, 8, 0) !== 8) throw new DuoCheckpointError(file, undefined, 'file too short for a safetensors header');
+    if (readSync(fd, prefix, 0, 8, 0) !== 8)
+      throw new DuoCheckpointError(file, undefined, 'file too short for a safetensors header');
     const headerLength = Number(prefix.readBigUInt64LE(0));
     if (headerLength <= 0 || 8 + headerLength > size || headerLength > 100 << 20) {
-      throw new DuoCheckpointError(file, undefined, `corrupt safetensors header length ${headerLength} (file has ${size} bytes)`);
+      throw new DuoCheckpointError(
+        file,
+        undefined,
+        `corrupt safetensors header length ${headerLength} (file has ${size} bytes)`,
+      );
     }
     const headerBytes = Buffer.alloc(headerLength);
     readSync(fd, headerBytes, 0, headerLength, 8);
@@ -24,7 +29,9 @@ export function readSafetensorsHeader(file: string): StoredTensor[] {
     try {
       header = JSON.parse(headerBytes.toString('utf8'));
     } catch (error) {
-      throw new DuoCheckpointError(file, undefined, `corrupt safetensors header: ${(error as Error).message}`, { cause: error });
+      throw new DuoCheckpointError(file, undefined, `corrupt safetensors header: ${(error as Error).message}`, {
+        cause: error,
+      });
     }
     const base = 8 + headerLength;
     return Object.entries(header)
@@ -37,7 +44,11 @@ export function readSafetensorsHeader(file: string): StoredTensor[] {
         const [begin, end] = entry.data_offsets;
         const expected = entry.shape.reduce((a, b) => a * b, 1) * (encoding === 'f32' ? 4 : 2);
         if (end - begin !== expected) {
-          throw new DuoCheckpointError(file, name, `data_offsets span ${end - begin} bytes but shape [${entry.shape}] needs ${expected}`);
+          throw new DuoCheckpointError(
+            file,
+            name,
+            `data_offsets span ${end - begin} bytes but shape [${entry.shape}] needs ${expected}`,
+          );
         }
         return { name, file, offset: base + begin, encoding, shape: entry.shape };
       });

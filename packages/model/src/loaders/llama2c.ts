@@ -51,7 +51,9 @@ export function openLlama2c(path: string, options: Llama2cOptions = {}): Checkpo
       eosTokenIds: [2],
     });
   } catch (error) {
-    throw new DuoCheckpointError(path, undefined, `invalid llama2.c header: ${(error as Error).message}`, { cause: error });
+    throw new DuoCheckpointError(path, undefined, `invalid llama2.c header: ${(error as Error).message}`, {
+      cause: error,
+    });
   }
   const tensors = new Map<string, StoredTensor>();
   let offset = 28;

@@ -142,7 +142,14 @@ export function loadLlama2cTokenizer(path: string, vocabSize: number): ScoreBpeT
     const byteMatch = /^<0x([0-9A-Fa-f]{2})>$/.exec(piece);
     if (byteMatch?.[1]) byteTokens.set(Number.parseInt(byteMatch[1], 16), id);
   }
-  return new ScoreBpeTokenizer({ pieces, scores, byteTokens, bosTokenId: 1, eosTokenIds: [2], specialTokenIds: [0, 1, 2] });
+  return new ScoreBpeTokenizer({
+    pieces,
+    scores,
+    byteTokens,
+    bosTokenId: 1,
+    eosTokenIds: [2],
+    specialTokenIds: [0, 1, 2],
+  });
 }
 
 /** Builds the tokenizer of a GGUF file's `tokenizer.ggml.*` metadata (model "llama"). */
@@ -151,7 +158,9 @@ export function ggufVocabularyTokenizer(metadata: Record<string, unknown>): Scor
   const model = metadata['tokenizer.ggml.model'];
   if (!Array.isArray(tokens)) throw new DuoTokenizerError('GGUF file has no tokenizer.ggml.tokens');
   if (model !== 'llama') {
-    throw new DuoTokenizerError(`GGUF tokenizer model "${String(model)}" is not supported (expected "llama"); use a HF tokenizer.json`);
+    throw new DuoTokenizerError(
+      `GGUF tokenizer model "${String(model)}" is not supported (expected "llama"); use a HF tokenizer.json`,
+    );
   }
   const scores = (metadata['tokenizer.ggml.scores'] as number[] | undefined) ?? tokens.map(() => 0);
   const types = (metadata['tokenizer.ggml.token_type'] as number[] | undefined) ?? [];

@@ -1,0 +1,78 @@
+// duo-bench end to end on the CPU: generate on stories260K, speed on a tiny shape, and usage errors.
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+
+const run = promisify(execFile);
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const cli = join(root, 'apps/bench/dist/cli.js');
+const stories = resolve(root, '..', 'shared', 'models', 'stories260K', 'stories260K.bin');
+const out = mkdtempSync(join(tmpdir(), 'duo-bench-'));
+afterAll(() => rmSync(out, { recursive: true, force: true }));
+
+async function bench(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, [cli, ...args], { cwd: root });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const e = error as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+describe('duo-bench', () => {
+  (existsSync(stories) ? it : it.skip)('generate streams the golden story and reports tokens per second', async () => {
+    const result = await bench(['generate', '--model', stories, '--max-tokens', '30', '--device', 'cpu']);
+    expect(result.code).toBe(0);
+    expect(result.stdout.startsWith('Once upon a time, there was a little girl named Lily.')).toBe(true);
+    expect(result.stderr).toMatch(/prefill [\d.]+ tok\/s; generated 30 tokens: decode [\d.]+ tok\/s/);
+  });
+
+  it('rejects bad input with a message naming the option and exits 2', async () => {
+    const unknown = await bench(['speed', '--shape', 'llama-9', '--device', 'cpu']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('--shape: expected one of llama-3-8b');
+    const badNumber = await bench(['generate', '--max-tokens', 'many']);
+    expect(badNumber.code).toBe(2);
+    expect(badNumber.stderr).toContain('--max-tokens: expected an integer in [1,');
+    const command = await bench(['fly']);
+    expect(command.code).toBe(2);
+    expect(command.stderr).toContain('unknown command "fly"');
+  });
+
+  (existsSync(stories) ? it : it.skip)(
+    'speed on a real model writes JSON with the floor of each decode figure',
+    async () => {
+      const file = join(out, 'stories.json');
+      const result = await bench([
+        'speed',
+        '--model',
+        stories,
+        '--device',
+        'cpu',
+        '--prefill',
+        '64',
+        '--contexts',
+        '128',
+        '--steps',
+        '4',
+        '--warmup',
+        '1',
+        '--out',
+        file,
+      ]);
+      expect(result.code).toBe(0);
+      const document = JSON.parse(readFileSync(file, 'utf8'));
+      expect(document.card).toContain('threads');
+      expect(typeof document.commit).toBe('string');
+      expect(document.prefill.tokens).toBe(64);
+      expect(document.decode[0].context).toBe(128);
+      expect(document.decode[0].msPerToken).toBeGreaterThan(0);
+      expect(document.decode[0].floorMs).toBeGreaterThan(0);
+    },
+  );
+});

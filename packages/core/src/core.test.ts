@@ -1,0 +1,60 @@
+// Error classes and config validation of the spec package.
+import { describe, expect, it } from 'vitest';
+import {
+  DuoArgumentError,
+  DuoCheckpointError,
+  DuoError,
+  dtypeBytes,
+  isDType,
+  type ModelConfig,
+  validateModelConfig,
+} from './index.js';
+
+describe('errors', () => {
+  it('carry stable codes and are recognised across copies by the marker', () => {
+    const error = new DuoArgumentError('weight', 'Expected …');
+    expect(error.code).toBe('DUO_ARG');
+    expect(error.argument).toBe('weight');
+    expect(DuoError.isInstance(error)).toBe(true);
+    expect(DuoError.isInstance(new Error('plain'))).toBe(false);
+    const foreign = Object.assign(new Error('x'), { [Symbol.for('duoattn.error')]: true });
+    expect(DuoError.isInstance(foreign)).toBe(true);
+    const checkpoint = new DuoCheckpointError('/m/model.safetensors', 'lm_head.weight', 'truncated');
+    expect(checkpoint.message).toBe('/m/model.safetensors (tensor lm_head.weight): truncated');
+  });
+});
+
+describe('dtypes and configs', () => {
+  it('knows dtype sizes', () => {
+    expect([dtypeBytes('f32'), dtypeBytes('bf16'), dtypeBytes('f16'), dtypeBytes('i32')]).toEqual([4, 2, 2, 4]);
+    expect(isDType('bf16')).toBe(true);
+    expect(isDType('f64')).toBe(false);
+  });
+
+  it('names the first inconsistent field', () => {
+    const config = {
+      architecture: 'llama',
+      vocabSize: 10,
+      hiddenSize: 8,
+      intermediateSize: 16,
+      numLayers: 1,
+      numHeads: 4,
+      numKvHeads: 3,
+      headDim: 2,
+      rmsNormEps: 1e-5,
+      ropeTheta: 10000,
+      ropeScaling: { type: 'none' },
+      ropeStyle: 'half',
+      maxPositionEmbeddings: 64,
+      attentionBias: false,
+      tieWordEmbeddings: false,
+      bosTokenId: undefined,
+      eosTokenIds: [],
+    } satisfies ModelConfig;
+    expect(() => validateModelConfig(config)).toThrow('Expected `numHeads` (4) to be a multiple of `numKvHeads` (3)');
+    expect(() => validateModelConfig({ ...config, numKvHeads: 2, vocabSize: 0 })).toThrow(
+      '`vocabSize` to be a positive integer',
+    );
+    expect(validateModelConfig({ ...config, numKvHeads: 2 }).numKvHeads).toBe(2);
+  });
+});

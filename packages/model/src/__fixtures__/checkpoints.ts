@@ -1,0 +1,230 @@
+// Writes small random checkpoints for tests: HF safetensors (single or sharded, f32 / bf16 / f16) and GGUF.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { numberToBf16, numberToF16 } from '@duoattn/kernels';
+import { randomArray } from '@duoattn/kernels/testing';
+
+export interface FixtureTensor {
+  shape: number[];
+  data: Float32Array;
+}
+
+/** HF-style config of a tiny model; `family` picks Llama (GQA, untied) or Qwen2 (q/k/v bias, tied). */
+export function tinyConfig(family: 'llama' | 'qwen2', overrides: Partial<Record<string, number>> = {}) {
+  return {
+    model_type: family,
+    vocab_size: 97,
+    hidden_size: 48,
+    intermediate_size: 80,
+    num_hidden_layers: 2,
+    num_attention_heads: 6,
+    num_key_value_heads: 2,
+    head_dim: 8,
+    rms_norm_eps: 1e-5,
+    rope_theta: family === 'qwen2' ? 1000000 : 10000,
+    max_position_embeddings: 256,
+    tie_word_embeddings: family === 'qwen2',
+    bos_token_id: 1,
+    eos_token_id: 2,
+    ...overrides,
+  };
+}
+
+/** Random weights with HF names for a config from `tinyConfig`. */
+export function randomWeights(config: ReturnType<typeof tinyConfig>, seed: number): Map<string, FixtureTensor> {
+  const d = config.hidden_size;
+  const q = config.num_attention_heads * config.head_dim;
+  const kv = config.num_key_value_heads * config.head_dim;
+  const f = config.intermediate_size;
+  const tensors = new Map<string, FixtureTensor>();
+  let next = seed;
+  const add = (name: string, shape: number[], scale = 0.2, offset = 0) => {
+    const data = randomArray(
+      shape.reduce((a, b) => a * b, 1),
+      next++,
+      scale,
+    ).map((v) => v + offset);
+    tensors.set(name, { shape, data });
+  };
+  add('model.embed_tokens.weight', [config.vocab_size, d], 1);
+  for (let layer = 0; layer < config.num_hidden_layers; layer++) {
+    const p = `model.layers.${layer}`;
+    add(`${p}.input_layernorm.weight`, [d], 0.1, 1);
+    add(`${p}.self_attn.q_proj.weight`, [q, d]);
+    add(`${p}.self_attn.k_proj.weight`, [kv, d]);
+    add(`${p}.self_attn.v_proj.weight`, [kv, d]);
+    if (config.model_type === 'qwen2') {
+      add(`${p}.self_attn.q_proj.bias`, [q], 0.5);
+      add(`${p}.self_attn.k_proj.bias`, [kv], 0.5);
+      add(`${p}.self_attn.v_proj.bias`, [kv], 0.5);
+    }
+    add(`${p}.self_attn.o_proj.weight`, [d, q]);
+    add(`${p}.post_attention_layernorm.weight`, [d], 0.1, 1);
+    add(`${p}.mlp.gate_proj.weight`, [f, d]);
+    add(`${p}.mlp.up_proj.weight`, [f, d]);
+    add(`${p}.mlp.down_proj.weight`, [d, f]);
+  }
+  add('model.norm.weight', [d], 0.1, 1);
+  if (!config.tie_word_embeddings) add('lm_head.weight', [config.vocab_size, d], 0.5);
+  return tensors;
+}
+
+/** The values a tensor holds once stored as `dtype` (rounded), as f32. */
+export function rounded(data: Float32Array, dtype: 'F32' | 'BF16' | 'F16'): Float32Array {
+  if (dtype === 'F32') return data;
+  const view = new DataView(new ArrayBuffer(4));
+  return Float32Array.from(data, (v) => {
+    if (dtype === 'BF16') {
+      view.setUint32(0, numberToBf16(v) << 16);
+      return view.getFloat32(0);
+    }
+    const bits = numberToF16(v);
+    const sign = bits & 0x8000 ? -1 : 1;
+    const exponent = (bits >> 10) & 0x1f;
+    const mantissa = bits & 0x3ff;
+    return exponent === 0 ? sign * 2 ** -14 * (mantissa / 1024) : sign * 2 ** (exponent - 15) * (1 + mantissa / 1024);
+  });
+}
+
+function encode(data: Float32Array, dtype: 'F32' | 'BF16' | 'F16'): Buffer {
+  if (dtype === 'F32') return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const bits = Uint16Array.from(data, (v) => (dtype === 'BF16' ? numberToBf16(v) : numberToF16(v)));
+  return Buffer.from(bits.buffer);
+}
+
+/** Writes one .safetensors file. `override` lets a test corrupt a header entry. */
+export function writeSafetensors(
+  path: string,
+  tensors: Map<string, FixtureTensor>,
+  dtype: 'F32' | 'BF16' | 'F16',
+  override: Record<string, object> = {},
+): void {
+  const header: Record<string, object> = { __metadata__: { format: 'pt' } };
+  const parts: Buffer[] = [];
+  let offset = 0;
+  for (const [name, tensor] of tensors) {
+    const bytes = encode(tensor.data, dtype);
+    header[name] = { dtype, shape: tensor.shape, data_offsets: [offset, offset + bytes.length], ...override[name] };
+    parts.push(bytes);
+    offset += bytes.length;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(json.length));
+  writeFileSync(path, Buffer.concat([prefix, Buffer.from(json), ...parts]));
+}
+
+/** Writes a HF directory: config.json and one safetensors file, or `shards` files with an index. */
+export function writeHfModel(
+  directory: string,
+  config: object,
+  tensors: Map<string, FixtureTensor>,
+  options: { dtype?: 'F32' | 'BF16' | 'F16'; shards?: number } = {},
+): void {
+  mkdirSync(directory, { recursive: true });
+  writeFileSync(join(directory, 'config.json'), JSON.stringify(config));
+  const dtype = options.dtype ?? 'F32';
+  const shards = options.shards ?? 1;
+  if (shards === 1) {
+    writeSafetensors(join(directory, 'model.safetensors'), tensors, dtype);
+    return;
+  }
+  const names = [...tensors.keys()];
+  const weightMap: Record<string, string> = {};
+  for (let shard = 0; shard < shards; shard++) {
+    const file = `model-${String(shard + 1).padStart(5, '0')}-of-${String(shards).padStart(5, '0')}.safetensors`;
+    const part = new Map(
+      names.filter((_, i) => i % shards === shard).map((name) => [name, tensors.get(name) as FixtureTensor]),
+    );
+    for (const name of part.keys()) weightMap[name] = file;
+    writeSafetensors(join(directory, file), part, dtype);
+  }
+  writeFileSync(
+    join(directory, 'model.safetensors.index.json'),
+    JSON.stringify({ metadata: {}, weight_map: weightMap }),
+  );
+}
+
+/** GGUF tensor encodings this writer supports (ggml type ids). */
+const GGML = { F32: 0, F16: 1, Q8_0: 8, BF16: 30 } as const;
+
+/** The values a Q8_0 round trip gives (blocks of 32 with an f16 scale). */
+export function q8Rounded(data: Float32Array): Float32Array {
+  const out = new Float32Array(data.length);
+  for (let block = 0; block < data.length; block += 32) {
+    const values = data.subarray(block, block + 32);
+    const amax = values.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const scale = rounded(Float32Array.of(amax / 127), 'F16')[0] ?? 0;
+    for (let i = 0; i < values.length; i++)
+      out[block + i] = scale === 0 ? 0 : Math.round((values[i] ?? 0) / scale) * scale;
+  }
+  return out;
+}
+
+function encodeGguf(data: Float32Array, type: keyof typeof GGML): Buffer {
+  if (type !== 'Q8_0') return encode(data, type === 'F16' ? 'F16' : type === 'BF16' ? 'BF16' : 'F32');
+  const out = Buffer.alloc((data.length / 32) * 34);
+  for (let block = 0; block < data.length / 32; block++) {
+    const values = data.subarray(block * 32, block * 32 + 32);
+    const amax = values.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const scaleBits = numberToF16(amax / 127);
+    const scale = rounded(Float32Array.of(amax / 127), 'F16')[0] ?? 0;
+    out.writeUInt16LE(scaleBits, block * 34);
+    for (let i = 0; i < 32; i++)
+      out.writeInt8(scale === 0 ? 0 : Math.round((values[i] ?? 0) / scale), block * 34 + 2 + i);
+  }
+  return out;
+}
+
+/** Writes a GGUF v3 file with llama metadata for `config` and the given tensors (GGUF names). */
+export function writeGguf(
+  path: string,
+  config: ReturnType<typeof tinyConfig>,
+  tensors: { name: string; shape: number[]; data: Float32Array; type: keyof typeof GGML }[],
+): void {
+  const chunks: Buffer[] = [];
+  const u32 = (v: number) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(v);
+    return b;
+  };
+  const u64 = (v: number) => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(v));
+    return b;
+  };
+  const f32 = (v: number) => {
+    const b = Buffer.alloc(4);
+    b.writeFloatLE(v);
+    return b;
+  };
+  const str = (s: string) => Buffer.concat([u64(Buffer.byteLength(s)), Buffer.from(s)]);
+  const metadata: [string, number, Buffer][] = [
+    ['general.architecture', 8, str('llama')],
+    ['llama.context_length', 4, u32(config.max_position_embeddings)],
+    ['llama.embedding_length', 4, u32(config.hidden_size)],
+    ['llama.feed_forward_length', 4, u32(config.intermediate_size)],
+    ['llama.block_count', 4, u32(config.num_hidden_layers)],
+    ['llama.attention.head_count', 4, u32(config.num_attention_heads)],
+    ['llama.attention.head_count_kv', 4, u32(config.num_key_value_heads)],
+    ['llama.attention.layer_norm_rms_epsilon', 6, f32(config.rms_norm_eps)],
+    ['llama.rope.freq_base', 6, f32(config.rope_theta)],
+  ];
+  chunks.push(Buffer.from('GGUF'), u32(3), u64(tensors.length), u64(metadata.length));
+  for (const [key, type, value] of metadata) chunks.push(str(key), u32(type), value);
+  const alignment = 32;
+  let offset = 0;
+  const data: Buffer[] = [];
+  for (const tensor of tensors) {
+    const dims = [...tensor.shape].reverse();
+    chunks.push(str(tensor.name), u32(dims.length), ...dims.map((d) => u64(d)), u32(GGML[tensor.type]), u64(offset));
+    const bytes = encodeGguf(tensor.data, tensor.type);
+    const padded = Buffer.concat([bytes, Buffer.alloc((alignment - (bytes.length % alignment)) % alignment)]);
+    data.push(padded);
+    offset += padded.length;
+  }
+  let head = Buffer.concat(chunks);
+  head = Buffer.concat([head, Buffer.alloc((alignment - (head.length % alignment)) % alignment)]);
+  writeFileSync(path, Buffer.concat([head, ...data]));
+}

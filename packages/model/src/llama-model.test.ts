@@ -1,0 +1,151 @@
+// LlamaModel and Session behaviour: capture, sampling, stop conditions, limits and argument errors.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DuoArgumentError } from '@duoattn/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomWeights, tinyConfig, writeHfModel } from './__fixtures__/checkpoints.js';
+import { LlamaModel } from './llama-model.js';
+import { argmax, checkSampling, sampleToken, seededRandom } from './sampling.js';
+
+const directory = mkdtempSync(join(tmpdir(), 'duoattn-model-'));
+let model: LlamaModel;
+const config = tinyConfig('llama');
+const weights = randomWeights(config, 700);
+beforeAll(async () => {
+  writeHfModel(directory, config, weights);
+  model = await LlamaModel.load(directory, { device: 'cpu' });
+});
+afterAll(() => {
+  model.dispose();
+  rmSync(directory, { recursive: true, force: true });
+});
+const prompt = [1, 9, 30, 31, 50, 12, 5, 77];
+
+async function collect(generation: AsyncGenerator<{ id: number; text: string }, unknown>): Promise<number[]> {
+  const ids: number[] = [];
+  for await (const token of generation) ids.push(token.id);
+  return ids;
+}
+
+describe('capture', () => {
+  it('returns embedding rows at layer 0 and the same states whatever the chunking', async () => {
+    const session = model.createSession({ maxTokens: 32, prefillChunk: 3 });
+    const positions = [7, 0, 2, 3, 4];
+    const { captured } = await session.forward(prompt, { logits: 'none', capture: { layers: [0, 1, 2], positions } });
+    const embedding = weights.get('model.embed_tokens.weight')?.data as Float32Array;
+    const layer0 = captured?.get(0) as Float32Array;
+    positions.forEach((position, i) => {
+      const id = prompt[position] as number;
+      expect(Array.from(layer0.subarray(i * 48, (i + 1) * 48))).toEqual(
+        Array.from(embedding.subarray(id * 48, (id + 1) * 48)),
+      );
+    });
+    const whole = model.createSession({ maxTokens: 32, prefillChunk: 64 });
+    const again = await whole.forward(prompt, { logits: 'none', capture: { layers: [2], positions } });
+    const a = captured?.get(2) as Float32Array;
+    const b = again.captured?.get(2) as Float32Array;
+    expect(a.length).toBe(positions.length * 48);
+    for (let i = 0; i < a.length; i++) expect(Math.abs((a[i] ?? 0) - (b[i] ?? 0))).toBeLessThan(1e-5);
+    session.dispose();
+    whole.dispose();
+  });
+
+  it('rejects layers and positions outside the call', async () => {
+    const session = model.createSession({ maxTokens: 32 });
+    await expect(session.forward(prompt, { capture: { layers: [3], positions: [0] } })).rejects.toThrow(
+      'Expected layers in [0, 2]',
+    );
+    await expect(session.forward(prompt, { capture: { layers: [1], positions: [8] } })).rejects.toThrow(
+      'Expected positions in [0, 8)',
+    );
+    session.dispose();
+  });
+});
+
+describe('generate', () => {
+  it('greedy generation equals argmax of full forward passes', async () => {
+    const ids = await collect(model.generate(prompt, { maxTokens: 6, stopTokens: [] }));
+    const session = model.createSession({ maxTokens: 32 });
+    const sequence = [...prompt];
+    for (let i = 0; i < 6; i++) {
+      session.reset();
+      const { logits } = await session.forward(sequence);
+      sequence.push(argmax(logits as Float32Array));
+    }
+    expect(ids).toEqual(sequence.slice(prompt.length));
+    session.dispose();
+  });
+
+  it('sampling is reproducible by seed, and top-k 1 is greedy', async () => {
+    const sampling = { temperature: 1.5, seed: 7 };
+    const first = await collect(model.generate(prompt, { maxTokens: 8, sampling, stopTokens: [] }));
+    expect(await collect(model.generate(prompt, { maxTokens: 8, sampling, stopTokens: [] }))).toEqual(first);
+    const greedy = await collect(model.generate(prompt, { maxTokens: 8, stopTokens: [] }));
+    expect(
+      await collect(model.generate(prompt, { maxTokens: 8, sampling: { temperature: 3, topK: 1 }, stopTokens: [] })),
+    ).toEqual(greedy);
+  });
+
+  it('stops at a stop token, at maxTokens, on abort, and reports why', async () => {
+    const greedy = await collect(model.generate(prompt, { maxTokens: 5, stopTokens: [] }));
+    let stats: { finishReason: string; generatedTokens: number } | undefined;
+    const stopped = await collect(
+      model.generate(prompt, { maxTokens: 5, stopTokens: [greedy[1] as number], onStats: (s) => (stats = s) }),
+    );
+    expect(stopped).toEqual(greedy.slice(0, 2));
+    expect(stats?.finishReason).toBe('stop');
+    const controller = new AbortController();
+    const aborted: number[] = [];
+    for await (const token of model.generate(prompt, {
+      maxTokens: 5,
+      stopTokens: [],
+      signal: controller.signal,
+      onStats: (s) => (stats = s),
+    })) {
+      aborted.push(token.id);
+      controller.abort();
+    }
+    expect(aborted.length).toBe(1);
+    expect(stats?.finishReason).toBe('abort');
+  });
+
+  it('rejects bad options with messages naming them', async () => {
+    await expect(collect(model.generate(prompt, { maxTokens: -1 }))).rejects.toThrow(
+      'Expected `maxTokens` to be an integer ≥ 0',
+    );
+    await expect(collect(model.generate(prompt, { sampling: { topP: 0 } }))).rejects.toThrow(DuoArgumentError);
+    await expect(collect(model.generate([1, 500]))).rejects.toThrow('Expected token ids in [0, 97) but received 500');
+    await expect(collect(model.generate('text'))).rejects.toThrow('This model has no tokenizer');
+    const session = model.createSession({ maxTokens: 4 });
+    await expect(session.forward(prompt)).rejects.toThrow('would reach 8 tokens but the session holds 4');
+    session.dispose();
+  });
+});
+
+describe('sampling', () => {
+  it('top-p keeps the smallest set reaching p and validates options', () => {
+    const logits = Float32Array.from([0, 5, 1, 4.9]);
+    const random = seededRandom(1);
+    const options = checkSampling({ temperature: 1, topP: 0.3 });
+    for (let i = 0; i < 50; i++) expect(sampleToken(logits, options, random)).toBe(1);
+    const wide = checkSampling({ temperature: 1, topK: 2 });
+    const seen = new Set(Array.from({ length: 200 }, () => sampleToken(logits, wide, random)));
+    expect([...seen].sort()).toEqual([1, 3]);
+    expect(() => checkSampling({ temperature: -1 })).toThrow('Expected `temperature` to be a number ≥ 0');
+  });
+});
+
+describe('random models', () => {
+  it('builds a model with random weights on the backend and runs it', async () => {
+    const random = LlamaModel.random({ ...model.config, numLayers: 1 }, { device: 'cpu', dtype: 'bf16', seed: 3 });
+    const session = random.createSession({ maxTokens: 16 });
+    session.syntheticFill(5);
+    expect(session.position).toBe(5);
+    const next = await session.greedyStep(3);
+    expect(next).toBeGreaterThan(-1);
+    expect(next).toBeLessThan(97);
+    session.dispose();
+    random.dispose();
+  });
+});

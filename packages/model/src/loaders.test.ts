@@ -1,0 +1,181 @@
+// Checkpoints the tests write themselves: HF safetensors (f32, bf16, sharded; GQA Llama and Qwen2 with q/k/v bias and
+// tied embeddings) and GGUF (F16, BF16, Q8_0), checked against a float64 forward pass; and every broken-file error.
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DuoCheckpointError } from '@duoattn/core';
+import { relativeError } from '@duoattn/kernels/testing';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  type FixtureTensor,
+  q8Rounded,
+  randomWeights,
+  rounded,
+  tinyConfig,
+  writeGguf,
+  writeHfModel,
+  writeSafetensors,
+} from './__fixtures__/checkpoints.js';
+import { referenceLogits } from './__fixtures__/reference-forward.js';
+import { LlamaModel } from './llama-model.js';
+import { openCheckpoint } from './loaders/open-checkpoint.js';
+
+const root = mkdtempSync(join(tmpdir(), 'duoattn-loaders-'));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+const tokens = [1, 5, 17, 42, 96, 3, 3, 60, 7, 11, 80, 2];
+
+async function logitsOf(path: string, options: { prefillChunk?: number } = {}): Promise<Float32Array> {
+  const model = await LlamaModel.load(path, { device: 'cpu' });
+  const session = model.createSession({ maxTokens: 64, prefillChunk: options.prefillChunk ?? 5 });
+  const { logits } = await session.forward(tokens, { logits: 'all' });
+  session.dispose();
+  model.dispose();
+  return logits as Float32Array;
+}
+
+function roundAll(weights: Map<string, FixtureTensor>, dtype: 'BF16' | 'F16' | 'F32'): Map<string, FixtureTensor> {
+  return new Map([...weights].map(([name, t]) => [name, { shape: t.shape, data: rounded(t.data, dtype) }]));
+}
+
+describe('HF safetensors checkpoints', () => {
+  for (const family of ['llama', 'qwen2'] as const) {
+    it(`${family}: f32 logits match a float64 forward pass; bf16 agrees within bf16 tolerance`, async () => {
+      const config = tinyConfig(family);
+      const weights = randomWeights(config, family === 'llama' ? 100 : 200);
+      writeHfModel(join(root, `${family}-f32`), config, weights);
+      writeHfModel(join(root, `${family}-bf16`), config, weights, { dtype: 'BF16' });
+      const checkpoint = await openCheckpoint(join(root, `${family}-f32`));
+      expect(checkpoint.config.attentionBias).toBe(family === 'qwen2');
+      expect(checkpoint.config.tieWordEmbeddings).toBe(family === 'qwen2');
+      const expected = referenceLogits(checkpoint.config, weights, tokens);
+      const f32 = await logitsOf(join(root, `${family}-f32`));
+      expect(relativeError(f32, expected)).toBeLessThan(1e-5);
+      const bf16 = await logitsOf(join(root, `${family}-bf16`));
+      // The bf16 model computes exactly the float64 forward of its rounded weights…
+      expect(relativeError(bf16, referenceLogits(checkpoint.config, roundAll(weights, 'BF16'), tokens))).toBeLessThan(
+        1e-5,
+      );
+      // …and differs from the f32 model only by that rounding.
+      expect(relativeError(bf16, f32)).toBeLessThan(3e-2);
+    });
+  }
+
+  it('a sharded checkpoint loads like the single file, and chunk size does not change the logits', async () => {
+    const config = tinyConfig('llama');
+    const weights = randomWeights(config, 300);
+    writeHfModel(join(root, 'single'), config, weights);
+    writeHfModel(join(root, 'sharded'), config, weights, { shards: 3 });
+    const single = await logitsOf(join(root, 'single'), { prefillChunk: 64 });
+    expect(Array.from(await logitsOf(join(root, 'sharded'), { prefillChunk: 64 }))).toEqual(Array.from(single));
+    expect(relativeError(await logitsOf(join(root, 'single'), { prefillChunk: 1 }), single)).toBeLessThan(1e-6);
+  });
+});
+
+describe('GGUF checkpoints', () => {
+  it.each(['F32', 'F16', 'BF16', 'Q8_0'] as const)(
+    '%s tensors load and run against the float64 forward pass',
+    async (type) => {
+      // Rows of 64 and 96 values: Q8_0 needs whole 32-value blocks per row.
+      const config = tinyConfig('llama', { hidden_size: 64, intermediate_size: 96, num_attention_heads: 8 });
+      const weights = randomWeights(config, 400);
+      const layerFields: Record<string, string> = {
+        input_layernorm: 'attn_norm',
+        'self_attn.q_proj': 'attn_q',
+        'self_attn.k_proj': 'attn_k',
+        'self_attn.v_proj': 'attn_v',
+        'self_attn.o_proj': 'attn_output',
+        post_attention_layernorm: 'ffn_norm',
+        'mlp.gate_proj': 'ffn_gate',
+        'mlp.up_proj': 'ffn_up',
+        'mlp.down_proj': 'ffn_down',
+      };
+      const held = new Map<string, FixtureTensor>();
+      const tensors = [...weights].map(([name, tensor]) => {
+        const isVector = tensor.shape.length === 1;
+        const tensorType = isVector ? 'F32' : type;
+        const data =
+          tensorType === 'Q8_0'
+            ? q8Rounded(tensor.data)
+            : rounded(tensor.data, tensorType === 'F32' ? 'F32' : tensorType);
+        held.set(name, { shape: tensor.shape, data });
+        let ggufName =
+          name === 'model.embed_tokens.weight'
+            ? 'token_embd.weight'
+            : name === 'model.norm.weight'
+              ? 'output_norm.weight'
+              : 'output.weight';
+        const match = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(name);
+        if (match) ggufName = `blk.${match[1]}.${layerFields[match[2] ?? '']}.weight`;
+        return { name: ggufName, shape: tensor.shape, data: tensor.data, type: tensorType };
+      });
+      const path = join(root, `tiny-${type}.gguf`);
+      writeGguf(path, config, tensors);
+      const checkpoint = await openCheckpoint(path);
+      expect(checkpoint.config.ropeStyle).toBe('interleaved');
+      const expected = referenceLogits(checkpoint.config, held, tokens);
+      expect(relativeError(await logitsOf(path), expected)).toBeLessThan(1e-5);
+    },
+  );
+});
+
+describe('broken checkpoints give errors naming the file and the tensor', () => {
+  const config = tinyConfig('llama');
+  const weights = randomWeights(config, 500);
+  const expectCheckpointError = async (path: string, pieces: string[]) => {
+    const error = await LlamaModel.load(path, { device: 'cpu' }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error instanceof DuoCheckpointError).toBe(true);
+    for (const piece of pieces) expect(String((error as Error).message)).toContain(piece);
+  };
+
+  it('a truncated safetensors file', async () => {
+    const directory = join(root, 'truncated');
+    writeHfModel(directory, config, weights);
+    const file = join(directory, 'model.safetensors');
+    truncateSync(file, readFileSync(file).length - 100);
+    await expectCheckpointError(directory, [file, 'lm_head.weight', 'truncated']);
+  });
+
+  it('a corrupt header', async () => {
+    const directory = join(root, 'corrupt');
+    writeHfModel(directory, config, weights);
+    const file = join(directory, 'model.safetensors');
+    const bytes = readFileSync(file);
+    bytes.writeBigUInt64LE(BigInt(bytes.length * 4), 0);
+    writeFileSync(file, bytes);
+    await expectCheckpointError(directory, [file, 'corrupt safetensors header length']);
+  });
+
+  it('a missing tensor', async () => {
+    const directory = join(root, 'missing');
+    const partial = new Map(weights);
+    partial.delete('model.layers.1.mlp.up_proj.weight');
+    writeHfModel(directory, config, partial);
+    await expectCheckpointError(directory, [directory, 'model.layers.1.mlp.up_proj.weight', 'missing']);
+  });
+
+  it('a wrong shape', async () => {
+    const directory = join(root, 'shape');
+    writeHfModel(directory, { ...config, intermediate_size: 81 }, weights);
+    await expectCheckpointError(directory, [
+      'model.safetensors',
+      'model.layers.0.mlp.gate_proj.weight',
+      'expected shape [81, 48]',
+    ]);
+  });
+
+  it('an unsupported dtype', async () => {
+    const directory = join(root, 'dtype');
+    writeHfModel(directory, config, new Map());
+    writeSafetensors(join(directory, 'model.safetensors'), weights, 'F32', { 'model.norm.weight': { dtype: 'I8' } });
+    await expectCheckpointError(directory, ['model.safetensors', 'model.norm.weight', 'unsupported dtype I8']);
+  });
+
+  it('a file that is not a checkpoint at all', async () => {
+    const path = join(root, 'garbage.gguf');
+    writeFileSync(path, 'this is not a gguf file');
+    await expectCheckpointError(path, [path, 'not a readable GGUF file']);
+  });
+});
