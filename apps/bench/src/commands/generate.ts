@@ -23,7 +23,6 @@ export async function generateCommand(argv: string[], write: (text: string) => v
     seed: { type: 'string' },
     'weight-dtype': { type: 'string' },
   });
-  const path = (options.model as string | undefined) ?? defaultModelPath();
   const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
   const weightDtype = choiceOption(
     'weight-dtype',
@@ -39,6 +38,7 @@ export async function generateCommand(argv: string[], write: (text: string) => v
     seed: integerOption('seed', options.seed, 0),
   };
   const prompt = (options.prompt as string | undefined) ?? 'Once upon a time';
+  const path = (options.model as string | undefined) ?? defaultModelPath();
   const model = await LlamaModel.load(path, { device, weightDtype });
   try {
     process.stderr.write(`[duo-bench] ${path} on ${model.backend.device} (${model.backend.deviceName})\n`);
