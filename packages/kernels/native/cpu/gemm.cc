@@ -26,13 +26,13 @@ inline Vec16 loadVec(const float* p) {
 }
 inline void storeVec(float* p, Vec16 v) { std::memcpy(p, &v, sizeof v); }
 
-// Packs W[rows col0.., k in kb..kb+depth) transposed into panel[kk][c], converting to f32, zero-padding.
-void packPanel(const void* weight, DType type, int64_t k, int64_t m, int64_t col0, int64_t kb, int depth, float* panel) {
+// Packs W[col0 … col0+31, kb … kb+depth) transposed into panel[kk][c], converting to f32, zero-padding past m.
+void packPanel(const void* weight, DType type, int64_t k, int64_t m, int64_t col0, int64_t kb, int depth, float* panel,
+               float* row) {
   int width = static_cast<int>(std::min<int64_t>(kPanelWidth, m - col0));
-  std::vector<float> row(depth);
   for (int c = 0; c < kPanelWidth; c++) {
     if (c < width) {
-      loadFloats(weight, type, (col0 + c) * k + kb, depth, row.data());
+      loadFloats(weight, type, (col0 + c) * k + kb, depth, row);
       for (int kk = 0; kk < depth; kk++) panel[kk * kPanelWidth + c] = row[kk];
     } else {
       for (int kk = 0; kk < depth; kk++) panel[kk * kPanelWidth + c] = 0.0f;
@@ -60,40 +60,53 @@ void microTile(const float* const* rowPointers, int depth, const float* panel, f
   }
 }
 
+constexpr int64_t kRowBlock = 144;  // rows of x per block: 144 × 256 floats stay in L2 while every panel passes
+
+// Each thread owns a contiguous range of output panels. Per k block it packs its panels once, then sweeps x in
+// row blocks that stay cache-resident, so x is read from memory about once per k block rather than once per panel.
 void gemm(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType type, int64_t m, float* out,
           const float* bias, const float* residual) {
   int64_t panels = (m + kPanelWidth - 1) / kPanelWidth;
+  int64_t threads = pool.size();
+  int64_t perThread = (panels + threads - 1) / threads;
   static const float zeros[kDepth] = {};
-  pool.parallelFor(panels, 1, [&](int64_t begin, int64_t end) {
-    float* panel = static_cast<float*>(std::aligned_alloc(64, kDepth * kPanelWidth * sizeof(float)));
+  pool.parallelFor(panels, perThread, [&](int64_t begin, int64_t end) {
+    int64_t owned = end - begin;
+    float* packed = static_cast<float*>(std::aligned_alloc(64, owned * kDepth * kPanelWidth * sizeof(float)));
+    std::vector<float> row(kDepth);
     float tile[kTileRows * kPanelWidth];
-    for (int64_t p = begin; p < end; p++) {
-      int64_t col0 = p * kPanelWidth;
-      int width = static_cast<int>(std::min<int64_t>(kPanelWidth, m - col0));
-      for (int64_t kb = 0; kb < k; kb += kDepth) {
-        int depth = static_cast<int>(std::min<int64_t>(kDepth, k - kb));
-        packPanel(weight, type, k, m, col0, kb, depth, panel);
-        for (int64_t i0 = 0; i0 < n; i0 += kTileRows) {
-          int rows = static_cast<int>(std::min<int64_t>(kTileRows, n - i0));
-          const float* rowPointers[kTileRows];
-          for (int r = 0; r < kTileRows; r++) rowPointers[r] = r < rows ? x + (i0 + r) * k + kb : zeros;
-          microTile(rowPointers, depth, panel, tile);
-          for (int r = 0; r < rows; r++) {
-            float* target = out + (i0 + r) * m + col0;
-            const float* add = tile + r * kPanelWidth;
-            if (kb == 0) {
-              // First block: the residual is read before this tile of `out` is written, so out may alias it.
-              const float* res = residual ? residual + (i0 + r) * m + col0 : nullptr;
-              for (int c = 0; c < width; c++)
-                target[c] = add[c] + (res ? res[c] : 0.0f) + (bias ? bias[col0 + c] : 0.0f);
-            } else {
-              for (int c = 0; c < width; c++) target[c] += add[c];
+    for (int64_t kb = 0; kb < k; kb += kDepth) {
+      int depth = static_cast<int>(std::min<int64_t>(kDepth, k - kb));
+      for (int64_t p = begin; p < end; p++)
+        packPanel(weight, type, k, m, p * kPanelWidth, kb, depth, packed + (p - begin) * kDepth * kPanelWidth, row.data());
+      for (int64_t ib = 0; ib < n; ib += kRowBlock) {
+        int64_t rowEnd = std::min(n, ib + kRowBlock);
+        for (int64_t p = begin; p < end; p++) {
+          const float* panel = packed + (p - begin) * kDepth * kPanelWidth;
+          int64_t col0 = p * kPanelWidth;
+          int width = static_cast<int>(std::min<int64_t>(kPanelWidth, m - col0));
+          for (int64_t i0 = ib; i0 < rowEnd; i0 += kTileRows) {
+            int rows = static_cast<int>(std::min<int64_t>(kTileRows, rowEnd - i0));
+            const float* rowPointers[kTileRows];
+            for (int r = 0; r < kTileRows; r++) rowPointers[r] = r < rows ? x + (i0 + r) * k + kb : zeros;
+            microTile(rowPointers, depth, panel, tile);
+            for (int r = 0; r < rows; r++) {
+              float* target = out + (i0 + r) * m + col0;
+              const float* add = tile + r * kPanelWidth;
+              if (kb == 0) {
+                // First block: the residual is read before this tile of `out` is written, so out may alias it.
+                const float* res = residual ? residual + (i0 + r) * m + col0 : nullptr;
+                for (int c = 0; c < width; c++)
+                  target[c] = add[c] + (res ? res[c] : 0.0f) + (bias ? bias[col0 + c] : 0.0f);
+              } else {
+                for (int c = 0; c < width; c++) target[c] += add[c];
+              }
             }
           }
         }
       }
     }
-    std::free(panel);
+    std::free(packed);
   });
 }
 
