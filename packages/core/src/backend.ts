@@ -127,6 +127,29 @@ export interface Backend {
     out: TensorHandle,
     attributes: AttentionAttributes,
   ): void;
+  /** `outs[i] = x · weights[i]ᵀ (+ biases[i])` for one to three matrices sharing `x` (q/k/v), in one launch where possible. */
+  matmulGroup(
+    x: TensorHandle,
+    weights: readonly TensorHandle[],
+    outs: readonly TensorHandle[],
+    biases?: readonly (TensorHandle | undefined)[],
+  ): void;
+  /** `out = silu(x · gateᵀ) ⊙ (x · upᵀ)`, the MLP's first half, in one weight pass where possible. */
+  matmulSwiglu(x: TensorHandle, gate: TensorHandle, up: TensorHandle, out: TensorHandle): void;
+  /**
+   * Rotates `query` (`[n, heads · headDim]`) and `key` (`[n, kvHeads · headDim]`) in place at `positions`, then writes
+   * `key` and `value` into the caches at positions `start …` — `rope` twice and `writeCache` twice, fused.
+   */
+  ropeWriteCache(
+    query: TensorHandle,
+    key: TensorHandle,
+    value: TensorHandle,
+    positions: TensorHandle,
+    inverseFrequencies: TensorHandle,
+    keyCache: TensorHandle,
+    valueCache: TensorHandle,
+    attributes: RopeAttributes & { kvHeads: number; start: number },
+  ): void;
   /** Index of the largest value in each row of `logits` (f32 `[n, vocab]`) into `out` (i32 `[n]`); ties → lowest index. */
   argmax(logits: TensorHandle, out: TensorHandle): void;
   /** Row-wise softmax of `logits / temperature` into `out` (f32). */

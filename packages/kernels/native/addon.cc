@@ -382,6 +382,47 @@ Napi::Value Softmax(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value MatmulGroup(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor& x = tensorAt(info[0]);
+    Napi::Array weightIds = info[1].As<Napi::Array>(), outIds = info[2].As<Napi::Array>(), biasIds = info[3].As<Napi::Array>();
+    int count = static_cast<int>(weightIds.Length());
+    if (count < 1 || count > 3) throw Error("DUO_ARG", "matmulGroup takes one to three matrices");
+    const Tensor* weights[3];
+    Tensor* outs[3];
+    const Tensor* biases[3];
+    for (int i = 0; i < count; i++) {
+      weights[i] = &tensorAt(weightIds.Get(i));
+      outs[i] = &tensorAt(outIds.Get(i));
+      biases[i] = optionalTensor(biasIds.Get(i));
+      sameDevice({&x, weights[i], outs[i], biases[i]});
+    }
+    x.device->matmulGroup(x, weights, outs, biases, count);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value MatmulSwiglu(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &x = tensorAt(info[0]), &gate = tensorAt(info[1]), &up = tensorAt(info[2]), &out = tensorAt(info[3]);
+    sameDevice({&x, &gate, &up, &out});
+    x.device->matmulSwiglu(x, gate, up, out);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value RopeWriteCache(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &q = tensorAt(info[0]), &k = tensorAt(info[1]), &v = tensorAt(info[2]), &positions = tensorAt(info[3]);
+    Tensor &frequencies = tensorAt(info[4]), &keyCache = tensorAt(info[5]), &valueCache = tensorAt(info[6]);
+    sameDevice({&q, &k, &v, &positions, &frequencies, &keyCache, &valueCache});
+    RopeArgs args{static_cast<int>(integer(info, 7)), static_cast<int>(integer(info, 9)), info[10].As<Napi::Boolean>().Value()};
+    q.device->ropeWriteCache(q, k, v, positions, frequencies, args, static_cast<int>(integer(info, 8)), keyCache, valueCache,
+                             integer(info, 11));
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaCompiled", Napi::Boolean::New(env, cudaCompiled()));
   exports.Set("probe", Napi::Function::New(env, Probe));
@@ -405,6 +446,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionDecode", Napi::Function::New(env, AttentionDecode));
   exports.Set("argmax", Napi::Function::New(env, Argmax));
   exports.Set("softmax", Napi::Function::New(env, Softmax));
+  exports.Set("matmulGroup", Napi::Function::New(env, MatmulGroup));
+  exports.Set("matmulSwiglu", Napi::Function::New(env, MatmulSwiglu));
+  exports.Set("ropeWriteCache", Napi::Function::New(env, RopeWriteCache));
   return exports;
 }
 

@@ -84,6 +84,35 @@ class Device {
   virtual void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) = 0;
   virtual void argmax(const Tensor& logits, Tensor& out) = 0;
   virtual void softmax(const Tensor& logits, Tensor& out, float temperature) = 0;
+
+  // Fused ops. The defaults compose the primitives above; a backend overrides them where one launch is cheaper.
+  // out[i] = x · weights[i]ᵀ (+ biases[i]) for up to three matrices sharing x (q/k/v).
+  virtual void matmulGroup(const Tensor& x, const Tensor* const* weights, Tensor* const* outs, const Tensor* const* biases,
+                           int count) {
+    for (int i = 0; i < count; i++) matmul(x, *weights[i], *outs[i], biases[i], nullptr);
+  }
+  // out = silu(x · gateᵀ) ⊙ (x · upᵀ)
+  virtual void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) {
+    Tensor product = out;
+    product.data = allocate(out.bytes);
+    try {
+      matmul(x, gate, out, nullptr, nullptr);
+      matmul(x, up, product, nullptr, nullptr);
+      swiglu(out, product, out);
+    } catch (...) {
+      release(product.data, product.bytes);
+      throw;
+    }
+    release(product.data, product.bytes);
+  }
+  // Rotates q ([n, heads·d]) and k ([n, kvHeads·d]) in place, then writes k and v into the caches at `start`.
+  virtual void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
+                              const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache, int64_t start) {
+    rope(q, positions, frequencies, args);
+    rope(k, positions, frequencies, RopeArgs{kvHeads, args.headDim, args.interleaved});
+    writeCache(k, keyCache, start);
+    writeCache(v, valueCache, start);
+  }
 };
 
 // Counter-based generator shared by both backends so fillRandom gives identical values everywhere.

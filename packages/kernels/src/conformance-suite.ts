@@ -160,6 +160,118 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       );
     }
 
+    it.each([
+      ['f32', 1],
+      ['bf16', 2],
+      ['bf16', 5],
+      ['f16', 1],
+    ] as const)('matmulGroup over %s q/k/v weights, %i rows, biases on two', async (dtype, n) => {
+      const k = 64;
+      const x = randomArray(n * k, 40 + n, 1);
+      const xs = b().upload('f32', [n, k], x);
+      const shapes = [48, 16, 16];
+      const uploaded = shapes.map((m, i) => uploadAs(b(), dtype, [m, k], randomArray(m * k, 50 + i, 0.5)));
+      const biases = shapes.map((m, i) => (i < 2 ? randomArray(m, 60 + i) : undefined));
+      const biasTensors = biases.map((bias, i) => (bias ? b().upload('f32', [shapes[i] ?? 0], bias) : undefined));
+      const outs = shapes.map((m) => b().alloc('f32', [n, m]));
+      b().matmulGroup(
+        xs,
+        uploaded.map(([w]) => w),
+        outs,
+        biasTensors,
+      );
+      for (const [i, m] of shapes.entries()) {
+        const expected = referenceMatmul(toMatrix(x, n, k), toMatrix(uploaded[i]?.[1] ?? [], m, k), biases[i]);
+        expect(relativeError(await readF32(b(), outs[i] as Tensor), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
+      }
+      for (const t of [xs, ...uploaded.map(([w]) => w), ...outs, ...biasTensors]) t?.dispose();
+    });
+
+    it.each([
+      ['f32', 1],
+      ['bf16', 1],
+      ['bf16', 2],
+      ['bf16', 7],
+    ] as const)('matmulSwiglu with %s weights, %i rows', async (dtype, n) => {
+      const k = 96;
+      const m = 40;
+      const x = randomArray(n * k, 70 + n, 1);
+      const xs = b().upload('f32', [n, k], x);
+      const [gate, gateHeld] = uploadAs(b(), dtype, [m, k], randomArray(m * k, 71, 0.5));
+      const [up, upHeld] = uploadAs(b(), dtype, [m, k], randomArray(m * k, 72, 0.5));
+      const out = b().alloc('f32', [n, m]);
+      b().matmulSwiglu(xs, gate, up, out);
+      const xm = toMatrix(x, n, k);
+      const expected = referenceSwiglu(
+        referenceMatmul(xm, toMatrix(gateHeld, m, k)),
+        referenceMatmul(xm, toMatrix(upHeld, m, k)),
+      );
+      expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
+      for (const t of [xs, gate, up, out]) t.dispose();
+    });
+
+    it.each([
+      [true, 'f32'],
+      [false, 'bf16'],
+    ] as const)(
+      'ropeWriteCache (interleaved=%s, %s cache) rotates q and k and fills the caches',
+      async (interleaved, dtype) => {
+        const heads = 4;
+        const kvHeads = 2;
+        const headDim = 16;
+        const rows = 3;
+        const start = 5;
+        const capacity = 12;
+        const q = randomArray(rows * heads * headDim, 80);
+        const k = randomArray(rows * kvHeads * headDim, 81);
+        const v = randomArray(rows * kvHeads * headDim, 82);
+        const positions = Int32Array.from([5, 6, 7]);
+        const frequencies = inverseFrequencies(headDim, 500000);
+        const qs = b().upload('f32', [rows, heads * headDim], q);
+        const ks = b().upload('f32', [rows, kvHeads * headDim], k);
+        const vs = b().upload('f32', [rows, kvHeads * headDim], v);
+        const ps = b().upload('i32', [rows], positions);
+        const fs = b().upload('f32', [headDim / 2], frequencies);
+        const keyCache = b().alloc(dtype, [kvHeads, capacity, headDim]);
+        const valueCache = b().alloc(dtype, [kvHeads, capacity, headDim]);
+        b().ropeWriteCache(qs, ks, vs, ps, fs, keyCache, valueCache, { heads, kvHeads, headDim, interleaved, start });
+        const rotatedQ = referenceRope(
+          toMatrix(q, rows, heads * headDim),
+          positions,
+          frequencies,
+          heads,
+          headDim,
+          interleaved,
+        );
+        const rotatedK = referenceRope(
+          toMatrix(k, rows, kvHeads * headDim),
+          positions,
+          frequencies,
+          kvHeads,
+          headDim,
+          interleaved,
+        );
+        expect(relativeError(await readF32(b(), qs), rotatedQ)).toBeLessThan(TOLERANCE.rope);
+        expect(relativeError(await readF32(b(), ks), rotatedK)).toBeLessThan(TOLERANCE.rope);
+        const decode = dtype === 'f32' ? (x: number) => x : bf16ToNumber;
+        const keysHeld = Array.from(await b().read(keyCache), decode);
+        const valuesHeld = Array.from(await b().read(valueCache), decode);
+        const tolerance = dtype === 'f32' ? 1e-5 : 1e-2;
+        for (let r = 0; r < rows; r++) {
+          for (let h = 0; h < kvHeads; h++) {
+            const slot = (h * capacity + start + r) * headDim;
+            const cachedKey = keysHeld.slice(slot, slot + headDim);
+            const cachedValue = valuesHeld.slice(slot, slot + headDim);
+            const wantKey = Array.from(rotatedK[r] ?? []).slice(h * headDim, (h + 1) * headDim);
+            const wantValue = Array.from(v.slice((r * kvHeads + h) * headDim, (r * kvHeads + h + 1) * headDim));
+            expect(relativeError(cachedKey, wantKey)).toBeLessThan(tolerance);
+            expect(relativeError(cachedValue, wantValue)).toBeLessThan(tolerance);
+          }
+        }
+        for (const t of [qs, ks, vs, ps, fs, keyCache, valueCache]) t.dispose();
+      },
+    );
+
     it.each([true, false])('rope (interleaved=%s) rotates at absolute positions', async (interleaved) => {
       const heads = 3;
       const headDim = 16;

@@ -181,6 +181,92 @@ export class NativeBackend implements Backend {
     callNative(() => this.#native.matmul(xId, weightId, outId, biasId, residualId));
   }
 
+  matmulGroup(
+    x: Tensor,
+    weights: readonly Tensor[],
+    outs: readonly Tensor[],
+    biases: readonly (Tensor | undefined)[] = [],
+  ): void {
+    if (!Array.isArray(weights) || weights.length < 1 || weights.length > 3 || outs.length !== weights.length) {
+      throw new DuoArgumentError(
+        'weights',
+        `Expected one to three \`weights\` and as many \`outs\` but received ${describeValue(weights)} and ${describeValue(outs)}`,
+      );
+    }
+    const inner = weights[0]?.shape[1] ?? 0;
+    const xId = expectTensor('x', x, this.device, { dtypes: F32, shape: [null, inner] });
+    const weightIds: number[] = [];
+    const outIds: number[] = [];
+    const biasIds: number[] = [];
+    weights.forEach((weight, i) => {
+      weightIds.push(expectTensor(`weights[${i}]`, weight, this.device, { dtypes: FLOAT_TYPES, shape: [null, inner] }));
+      const outputs = weight.shape[0] ?? 0;
+      outIds.push(expectTensor(`outs[${i}]`, outs[i], this.device, { dtypes: F32, shape: [x.rows, outputs] }));
+      const bias = biases[i];
+      biasIds.push(bias ? expectTensor(`biases[${i}]`, bias, this.device, { dtypes: F32, shape: [outputs] }) : 0);
+    });
+    callNative(() => this.#native.matmulGroup(xId, weightIds, outIds, biasIds));
+  }
+
+  matmulSwiglu(x: Tensor, gate: Tensor, up: Tensor, out: Tensor): void {
+    const gateId = expectTensor('gate', gate, this.device, { dtypes: FLOAT_TYPES, shape: [null, null] });
+    const upId = expectTensor('up', up, this.device, { dtypes: [gate.dtype], shape: gate.shape });
+    const xId = expectTensor('x', x, this.device, { dtypes: F32, shape: [null, gate.shape[1] ?? 0] });
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: [x.rows, gate.shape[0] ?? 0] });
+    callNative(() => this.#native.matmulSwiglu(xId, gateId, upId, outId));
+  }
+
+  ropeWriteCache(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    positions: Tensor,
+    inverseFrequencies: Tensor,
+    keyCache: Tensor,
+    valueCache: Tensor,
+    attributes: RopeAttributes & { kvHeads: number; start: number },
+  ): void {
+    const { heads, kvHeads, headDim, interleaved, start } = attributes;
+    expectInteger('heads', heads, 1);
+    expectInteger('kvHeads', kvHeads, 1, heads);
+    expectInteger('headDim', headDim, 2);
+    if (headDim % 2 !== 0)
+      throw new DuoArgumentError('headDim', `Expected an even \`headDim\` but received ${headDim}`);
+    const queryId = expectTensor('query', query, this.device, { dtypes: F32, shape: [null, heads * headDim] });
+    const keyId = expectTensor('key', key, this.device, { dtypes: F32, shape: [query.rows, kvHeads * headDim] });
+    const valueId = expectTensor('value', value, this.device, { dtypes: F32, shape: key.shape });
+    const positionsId = expectTensor('positions', positions, this.device, { dtypes: I32, shape: [query.rows] });
+    const frequencyId = expectTensor('inverseFrequencies', inverseFrequencies, this.device, {
+      dtypes: F32,
+      shape: [headDim / 2],
+    });
+    const keyCacheId = expectTensor('keyCache', keyCache, this.device, {
+      dtypes: FLOAT_TYPES,
+      shape: [kvHeads, null, headDim],
+    });
+    const valueCacheId = expectTensor('valueCache', valueCache, this.device, {
+      dtypes: [keyCache.dtype],
+      shape: keyCache.shape,
+    });
+    expectInteger('start', start, 0, (keyCache.shape[1] ?? 0) - query.rows);
+    callNative(() =>
+      this.#native.ropeWriteCache(
+        queryId,
+        keyId,
+        valueId,
+        positionsId,
+        frequencyId,
+        keyCacheId,
+        valueCacheId,
+        heads,
+        kvHeads,
+        headDim,
+        Boolean(interleaved),
+        start,
+      ),
+    );
+  }
+
   rope(x: Tensor, positions: Tensor, inverseFrequencies: Tensor, attributes: RopeAttributes): void {
     const { heads, headDim, interleaved } = attributes;
     expectInteger('heads', heads, 1);

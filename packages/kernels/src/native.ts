@@ -53,6 +53,22 @@ export interface NativeAddon {
     scale: number,
     keyLength: number,
   ): void;
+  matmulGroup(x: number, weights: number[], outs: number[], biases: number[]): void;
+  matmulSwiglu(x: number, gate: number, up: number, out: number): void;
+  ropeWriteCache(
+    q: number,
+    k: number,
+    v: number,
+    positions: number,
+    frequencies: number,
+    keyCache: number,
+    valueCache: number,
+    heads: number,
+    kvHeads: number,
+    headDim: number,
+    interleaved: boolean,
+    start: number,
+  ): void;
   argmax(logits: number, out: number): void;
   softmax(logits: number, out: number, temperature: number): void;
 }

@@ -44,7 +44,6 @@ interface Workspace {
   value: TensorHandle;
   attention: TensorHandle;
   gate: TensorHandle;
-  up: TensorHandle;
 }
 
 /** Holds one sequence's cache. Not safe for concurrent use; create one session per sequence. */
@@ -256,7 +255,6 @@ export class Session {
         value: alloc('f32', [rows, c.numKvHeads * c.headDim]),
         attention: alloc('f32', [rows, c.numHeads * c.headDim]),
         gate: alloc('f32', [rows, c.intermediateSize]),
-        up: alloc('f32', [rows, c.intermediateSize]),
       };
       this.#workspaces.set(rows, workspace);
       return workspace;
@@ -289,20 +287,24 @@ export class Session {
       const valueCache = this.#valueCaches[layer];
       if (!lw || !keyCache || !valueCache) throw new Error(`layer ${layer} is missing`);
       b.rmsNorm(s.hidden, lw.attentionNorm, s.normed, c.rmsNormEps);
-      b.matmul(s.normed, lw.query, s.query, { bias: lw.queryBias });
-      b.matmul(s.normed, lw.key, s.key, { bias: lw.keyBias });
-      b.matmul(s.normed, lw.value, s.value, { bias: lw.valueBias });
-      b.rope(s.query, s.positions, this.#inverseFrequencies, { heads: c.numHeads, headDim: c.headDim, interleaved });
-      b.rope(s.key, s.positions, this.#inverseFrequencies, { heads: c.numKvHeads, headDim: c.headDim, interleaved });
-      b.writeCache(s.key, keyCache, start);
-      b.writeCache(s.value, valueCache, start);
+      b.matmulGroup(
+        s.normed,
+        [lw.query, lw.key, lw.value],
+        [s.query, s.key, s.value],
+        [lw.queryBias, lw.keyBias, lw.valueBias],
+      );
+      b.ropeWriteCache(s.query, s.key, s.value, s.positions, this.#inverseFrequencies, keyCache, valueCache, {
+        heads: c.numHeads,
+        kvHeads: c.numKvHeads,
+        headDim: c.headDim,
+        interleaved,
+        start,
+      });
       if (n === 1) b.attentionDecode(s.query, keyCache, valueCache, s.attention, attention);
       else b.attentionPrefill(s.query, keyCache, valueCache, s.attention, { ...attention, queryStart: start });
       b.matmul(s.attention, lw.output, s.hidden, { residual: s.hidden });
       b.rmsNorm(s.hidden, lw.mlpNorm, s.normed, c.rmsNormEps);
-      b.matmul(s.normed, lw.gate, s.gate);
-      b.matmul(s.normed, lw.up, s.up);
-      b.swiglu(s.gate, s.up, s.gate);
+      b.matmulSwiglu(s.normed, lw.gate, lw.up, s.gate);
       b.matmul(s.gate, lw.down, s.hidden, { residual: s.hidden });
       capture?.take(layer + 1, s.hidden, start, n);
     }

@@ -29,9 +29,14 @@ for n in sizes:
 print(json.dumps(out))
 `;
 
-function numpyFigures(sizes: number[], repeats: number): { numpy?: string; blas?: string; gflops: Record<string, number> } | { error: string } {
+function numpyFigures(
+  sizes: number[],
+  repeats: number,
+): { numpy?: string; blas?: string; gflops: Record<string, number> } | { error: string } {
   try {
-    return JSON.parse(execFileSync('python3', ['-c', NUMPY, JSON.stringify(sizes), String(repeats)], { encoding: 'utf8' }));
+    return JSON.parse(
+      execFileSync('python3', ['-c', NUMPY, JSON.stringify(sizes), String(repeats)], { encoding: 'utf8' }),
+    );
   } catch (error) {
     return { error: `numpy unavailable: ${(error as Error).message.split('\n')[0]}` };
   }
@@ -76,7 +81,11 @@ export async function gemmCommand(argv: string[], log: (line: string) => void): 
     );
     return { n, gflops, numpyGflops: reference, ratio: reference ? gflops / reference : undefined };
   });
-  const settings = { repeats, layout: 'out = x · Wᵀ, x and W f32 n×n, median', numpy: 'numpy' in numpy ? numpy : numpy };
+  const settings = {
+    repeats,
+    layout: 'out = x · Wᵀ, x and W f32 n×n, median',
+    numpy: 'numpy' in numpy ? numpy : numpy,
+  };
   const figures = { gemm: rows };
   return options.out ? writeResult(String(options.out), backend.deviceName, settings, figures) : figures;
 }

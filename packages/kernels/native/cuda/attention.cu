@@ -11,22 +11,8 @@ namespace cuda {
 namespace {
 
 constexpr int kDecodeThreads = 128;
-constexpr int kUnroll = 2;
+constexpr int kDecodeWarps = kDecodeThreads / 32;
 
-// Online-softmax update of one (max, sum, accumulator) state with score `s` and value vector `value`.
-template <int N>
-__device__ __forceinline__ void absorb(float s, const float* value, float& maximum, float& sum, float* acc) {
-  if (s == -INFINITY) return;
-  float updated = fmaxf(maximum, s);
-  float correction = __expf(maximum - updated);
-  float p = __expf(s - updated);
-  sum = sum * correction + p;
-#pragma unroll
-  for (int i = 0; i < N; i++) acc[i] = acc[i] * correction + p * value[i];
-  maximum = updated;
-}
-
-// grid (kvHeads, splits); each group of D/VEC threads handles one key at a time for all G query heads of its KV head.
 template <typename T, int D, int MAXG>
 __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __restrict__ q, const T* __restrict__ k,
                                                                const T* __restrict__ v, int64_t capacity, int64_t keyLength,
@@ -34,80 +20,100 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
                                                                float* __restrict__ partialAcc, float* __restrict__ partialMax,
                                                                float* __restrict__ partialSum) {
   constexpr int kVec = Vec16<T>::kCount;
-  constexpr int kThreadsPerKey = D / kVec;
-  constexpr int kGroups = kDecodeThreads / kThreadsPerKey;
-  extern __shared__ float shared[];
+  constexpr int kChannels = D >= 32 ? D / 32 : 1;
+  __shared__ __align__(16) float queries[MAXG][D];
+  __shared__ float stateMax[kDecodeWarps][MAXG];
+  __shared__ float stateSum[kDecodeWarps][MAXG];
+  __shared__ float stateAcc[kDecodeWarps][MAXG][D];
   const int kvHead = blockIdx.x, split = blockIdx.y;
-  const int lane = threadIdx.x % kThreadsPerKey, subgroup = threadIdx.x / kThreadsPerKey;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int t = threadIdx.x; t < MAXG * D; t += blockDim.x) {
+    int g = t / D;
+    queries[g][t % D] = g < group ? q[(static_cast<int64_t>(kvHead) * group + g) * D + t % D] * scale : 0.0f;
+  }
+  __syncthreads();
   const int64_t begin = static_cast<int64_t>(split) * chunk;
   const int64_t end = lesser(keyLength, begin + chunk);
   const T* keys = k + static_cast<int64_t>(kvHead) * capacity * D;
   const T* values = v + static_cast<int64_t>(kvHead) * capacity * D;
+  const bool channelLane = lane * kChannels < D;
 
-  float query[MAXG][kVec], acc[MAXG][kVec], maximum[MAXG], sum[MAXG];
+  float maximum[MAXG], sum[MAXG], acc[MAXG][kChannels];
 #pragma unroll
   for (int g = 0; g < MAXG; g++) {
     maximum[g] = -INFINITY;
     sum[g] = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kVec; i++) {
-      acc[g][i] = 0.0f;
-      query[g][i] = g < group ? q[(static_cast<int64_t>(kvHead) * group + g) * D + lane * kVec + i] * scale : 0.0f;
-    }
+    for (int c = 0; c < kChannels; c++) acc[g][c] = 0.0f;
   }
-  // Every thread of a warp runs the same number of iterations so the shuffles stay converged.
-  const int warpFirstGroup = (threadIdx.x / 32) * (32 / kThreadsPerKey);
-  for (int64_t base = begin; base + warpFirstGroup < end; base += static_cast<int64_t>(kGroups) * kUnroll) {
-    float keyVec[kUnroll][kVec], valueVec[kUnroll][kVec];
-    bool valid[kUnroll];
+  for (int64_t tile = begin + static_cast<int64_t>(warp) * 32; tile < end; tile += kDecodeWarps * 32) {
+    const int64_t j = tile + lane;
+    const bool valid = j < end;
+    float score[MAXG];
 #pragma unroll
-    for (int u = 0; u < kUnroll; u++) {
-      int64_t j = base + static_cast<int64_t>(u) * kGroups + subgroup;
-      valid[u] = j < end;
-      if (valid[u]) {
-        Vec16<T>::load(keys + j * D + lane * kVec, keyVec[u]);
-        Vec16<T>::load(values + j * D + lane * kVec, valueVec[u]);
+    for (int g = 0; g < MAXG; g++) score[g] = 0.0f;
+    if (valid) {
+      const T* key = keys + j * D;
+#pragma unroll
+      for (int c = 0; c < D; c += kVec) {
+        float kv[kVec];
+        Vec16<T>::load(key + c, kv);
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+          if (g >= group) break;
+#pragma unroll
+          for (int i = 0; i < kVec; i++) score[g] += queries[g][c + i] * kv[i];
+        }
       }
     }
+    const int count = static_cast<int>(lesser(32, end - tile));
+    float p[MAXG];
 #pragma unroll
-    for (int u = 0; u < kUnroll; u++) {
+    for (int g = 0; g < MAXG; g++) {
+      if (g >= group) break;
+      float s = valid ? score[g] : -INFINITY;
+      float updated = fmaxf(maximum[g], warpMax(s));
+      float correction = __expf(maximum[g] - updated);
+      p[g] = valid ? __expf(s - updated) : 0.0f;
+      sum[g] = sum[g] * correction + warpSum(p[g]);
+#pragma unroll
+      for (int c = 0; c < kChannels; c++) acc[g][c] *= correction;
+      maximum[g] = updated;
+    }
+#pragma unroll 4
+    for (int kk = 0; kk < count; kk++) {
+      float value[kChannels];
+      if (channelLane) {
+        loadChannels<T, kChannels>(values + (tile + kk) * D + lane * kChannels, value);
+      }
 #pragma unroll
       for (int g = 0; g < MAXG; g++) {
         if (g >= group) break;
-        float dot = 0.0f;
+        float pk = __shfl_sync(0xffffffffu, p[g], kk);
 #pragma unroll
-        for (int i = 0; i < kVec; i++) dot += query[g][i] * (valid[u] ? keyVec[u][i] : 0.0f);
-#pragma unroll
-        for (int offset = kThreadsPerKey / 2; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-        absorb<kVec>(valid[u] ? dot : -INFINITY, valueVec[u], maximum[g], sum[g], acc[g]);
+        for (int c = 0; c < kChannels; c++) acc[g][c] += pk * (channelLane ? value[c] : 0.0f);
       }
     }
   }
-  // Merge the subgroups of the block through shared memory: [group][subgroup] (max, sum, acc[D]).
-  float* stateMax = shared;
-  float* stateSum = stateMax + MAXG * kGroups;
-  float* stateAcc = stateSum + MAXG * kGroups;
-#pragma unroll
-  for (int g = 0; g < MAXG; g++) {
-    if (g >= group) break;
+  for (int g = 0; g < group; g++) {
     if (lane == 0) {
-      stateMax[g * kGroups + subgroup] = maximum[g];
-      stateSum[g * kGroups + subgroup] = sum[g];
+      stateMax[warp][g] = maximum[g];
+      stateSum[warp][g] = sum[g];
     }
-#pragma unroll
-    for (int i = 0; i < kVec; i++) stateAcc[(g * kGroups + subgroup) * D + lane * kVec + i] = acc[g][i];
+    if (channelLane)
+      for (int c = 0; c < kChannels; c++) stateAcc[warp][g][lane * kChannels + c] = acc[g][c];
   }
   __syncthreads();
   for (int t = threadIdx.x; t < group * D; t += blockDim.x) {
     int g = t / D, channel = t % D;
     float overall = -INFINITY;
-    for (int s = 0; s < kGroups; s++) overall = fmaxf(overall, stateMax[g * kGroups + s]);
+    for (int w = 0; w < kDecodeWarps; w++) overall = fmaxf(overall, stateMax[w][g]);
     float total = 0.0f, value = 0.0f;
     if (overall != -INFINITY) {
-      for (int s = 0; s < kGroups; s++) {
-        float weight = __expf(stateMax[g * kGroups + s] - overall);
-        total += stateSum[g * kGroups + s] * weight;
-        value += stateAcc[(g * kGroups + s) * D + channel] * weight;
+      for (int w = 0; w < kDecodeWarps; w++) {
+        float weight = __expf(stateMax[w][g] - overall);
+        total += stateSum[w][g] * weight;
+        value += stateAcc[w][g][channel] * weight;
       }
     }
     int64_t head = static_cast<int64_t>(kvHead) * group + g;
@@ -252,9 +258,9 @@ int maxGroupFor(int group) {
 }  // namespace
 
 int attentionDecodeSplits(const AttentionArgs& args, int multiprocessors) {
-  // About sixteen blocks (64 warps) per multiprocessor to keep enough loads in flight, and no split under 64 keys.
-  int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * 16 / args.kvHeads);
-  int64_t most = std::max<int64_t>(1, (args.keyLength + 63) / 64);
+  // About eight blocks (32 warps) per multiprocessor, and at least one 32-key tile per warp in each split.
+  int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * 8 / args.kvHeads);
+  int64_t most = std::max<int64_t>(1, (args.keyLength + 127) / 128);
   int64_t splits = std::min(wanted, most);
   int64_t chunk = (args.keyLength + splits - 1) / splits;
   return static_cast<int>((args.keyLength + chunk - 1) / chunk);
@@ -276,25 +282,26 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
     using T = decltype(t);
     dispatchHeadDim(args.headDim, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      constexpr int kThreadsPerKey = D / Vec16<T>::kCount;
-      if constexpr (kThreadsPerKey >= 1 && kThreadsPerKey <= 32) {
-        auto run = [&](auto kernel, int maxG) {
-          size_t shared = static_cast<size_t>(maxG) * (kDecodeThreads / kThreadsPerKey) * (D + 2) * sizeof(float);
-          if (shared > 48 * 1024)
-            check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
-          kernel<<<dim3(args.kvHeads, splits), kDecodeThreads, shared, stream>>>(
-              q, static_cast<const T*>(k), static_cast<const T*>(v), capacity, args.keyLength, group, args.scale, chunk, splits,
-              partialAcc, partialMax, partialSum);
+      if constexpr (D >= Vec16<T>::kCount && D <= 128) {
+        auto run = [&](auto kernel) {
+          kernel<<<dim3(args.kvHeads, splits), kDecodeThreads, 0, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v),
+                                                                          capacity, args.keyLength, group, args.scale, chunk,
+                                                                          splits, partialAcc, partialMax, partialSum);
         };
-        if (maxGroup == 1) run(decodeKernel<T, D, 1>, 1);
-        else if (maxGroup == 4) run(decodeKernel<T, D, 4>, 4);
-        else run(decodeKernel<T, D, 8>, 8);
+        if (maxGroup == 1) run(decodeKernel<T, D, 1>);
+        else if (maxGroup == 4) run(decodeKernel<T, D, 4>);
+        else run(decodeKernel<T, D, 8>);
       } else {
-        throw Error("DUO_ARG", "head dim too small for this cache dtype in CUDA decode attention");
+        // Head dims past 128 (or too small for 16-byte rows) take the tiled prefill kernel with one query row.
+        AttentionArgs single = args;
+        single.queryStart = args.keyLength - 1;
+        launchAttentionPrefill(q, static_cast<int64_t>(args.heads) * args.headDim, k, v, cacheType, capacity, out, 1, single, stream);
+        splits = 0;
       }
     });
   });
   checkLaunch("attentionDecode");
+  if (splits == 0) return;
   decodeCombineKernel<<<args.heads, std::min(args.headDim, 256), 0, stream>>>(partialAcc, partialMax, partialSum, splits, args.headDim, out);
   checkLaunch("attentionDecodeCombine");
 }

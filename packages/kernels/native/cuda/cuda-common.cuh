@@ -40,6 +40,10 @@ template <> __device__ __forceinline__ __half fromFloat<__half>(float v) { retur
 template <typename T> struct Vec16;
 template <> struct Vec16<float> {
   static constexpr int kCount = 4;
+  __device__ __forceinline__ static uint4 raw(const float* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+  __device__ __forceinline__ static void widen(uint4 v, float* out) {
+    out[0] = __uint_as_float(v.x); out[1] = __uint_as_float(v.y); out[2] = __uint_as_float(v.z); out[3] = __uint_as_float(v.w);
+  }
   __device__ __forceinline__ static void load(const float* p, float* out) {
     float4 v = *reinterpret_cast<const float4*>(p);
     out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
@@ -47,6 +51,15 @@ template <> struct Vec16<float> {
 };
 template <> struct Vec16<__nv_bfloat16> {
   static constexpr int kCount = 8;
+  __device__ __forceinline__ static uint4 raw(const __nv_bfloat16* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+  __device__ __forceinline__ static void widen(uint4 v, float* out) {
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      out[2 * i] = __uint_as_float(words[i] << 16);
+      out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+  }
   __device__ __forceinline__ static void load(const __nv_bfloat16* p, float* out) {
     uint4 raw = *reinterpret_cast<const uint4*>(p);
     const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
@@ -59,6 +72,16 @@ template <> struct Vec16<__nv_bfloat16> {
 };
 template <> struct Vec16<__half> {
   static constexpr int kCount = 8;
+  __device__ __forceinline__ static uint4 raw(const __half* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+  __device__ __forceinline__ static void widen(uint4 v, float* out) {
+    const __half2* pairs = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      float2 f = __half22float2(pairs[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
   __device__ __forceinline__ static void load(const __half* p, float* out) {
     uint4 raw = *reinterpret_cast<const uint4*>(p);
     const __half2* pairs = reinterpret_cast<const __half2*>(&raw);
@@ -70,6 +93,24 @@ template <> struct Vec16<__half> {
     }
   }
 };
+
+// Loads N consecutive elements (N = 1, 2, 4 or 8) with one vector load where the width allows, widened to f32.
+template <typename T, int N>
+__device__ __forceinline__ void loadChannels(const T* p, float* out) {
+  if constexpr (sizeof(T) == 2 && N == 4) {
+    uint2 raw = *reinterpret_cast<const uint2*>(p);
+    const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; i++) out[i] = toFloat(h[i]);
+  } else if constexpr (sizeof(T) == 2 && N == 8) {
+    Vec16<T>::load(p, out);
+  } else if constexpr (sizeof(T) == 4 && N == 4) {
+    Vec16<float>::load(reinterpret_cast<const float*>(p), out);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; i++) out[i] = toFloat(p[i]);
+  }
+}
 
 __device__ __forceinline__ float warpSum(float v) {
 #pragma unroll
@@ -111,6 +152,17 @@ void launchSoftmax(const float* logits, float* out, int64_t rows, int64_t vocab,
 // out[r, j] = x[r] · W[j] (+ bias[j]) (+ residual[r, j]) for any r count; weight-streaming kernel for few rows.
 void launchGemv(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,
                 const float* bias, const float* residual, cudaStream_t stream);
+// Up to three matmuls of the same x (decode q/k/v) in one launch; falls back to one launch each.
+struct GemvTarget { const void* weight; float* out; const float* bias; int64_t m; };
+void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, int count,
+                     cudaStream_t stream);
+// out = silu(x · gateᵀ) ⊙ (x · upᵀ) for 1–2 rows in one weight-streaming pass.
+void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
+                      float* out, cudaStream_t stream);
+bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x);
+void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int64_t rows,
+                          int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,
+                          int64_t capacity, int64_t start, cudaStream_t stream);
 void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
 // Needs scratch of attentionDecodeScratch(...) bytes.

@@ -217,6 +217,33 @@ class CudaDevice final : public Device {
     float* partial = static_cast<float*>(scratch(attentionDecodeScratch(args, splits)));
     launchAttentionDecode(q.as<float>(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), args, splits, partial, stream_);
   }
+  void matmulGroup(const Tensor& x, const Tensor* const* weights, Tensor* const* outs, const Tensor* const* biases,
+                   int count) override {
+    bool sameType = true;
+    for (int i = 0; i < count; i++) sameType = sameType && weights[i]->dtype == weights[0]->dtype;
+    if (count > 3 || !sameType || !gemvFusable(x.rows(), x.cols(), weights[0]->dtype, x.data)) {
+      Device::matmulGroup(x, weights, outs, biases, count);
+      return;
+    }
+    GemvTarget targets[3];
+    for (int i = 0; i < count; i++)
+      targets[i] = GemvTarget{weights[i]->data, outs[i]->as<float>(), biases[i] ? biases[i]->as<float>() : nullptr, weights[i]->rows()};
+    launchGemvGroup(x.as<float>(), x.rows(), x.cols(), weights[0]->dtype, targets, count, stream_);
+  }
+  void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) override {
+    bool aligned = reinterpret_cast<uintptr_t>(gate.data) % 16 == 0 && reinterpret_cast<uintptr_t>(up.data) % 16 == 0;
+    if (gate.dtype != up.dtype || !aligned || !gemvFusable(x.rows(), x.cols(), gate.dtype, x.data)) {
+      Device::matmulSwiglu(x, gate, up, out);
+      return;
+    }
+    launchGemvSwiglu(x.as<float>(), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(), out.as<float>(), stream_);
+  }
+  void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
+                      const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache, int64_t start) override {
+    launchRopeWriteCache(q.as<float>(), k.as<float>(), v.as<float>(), positions.as<int32_t>(), frequencies.as<float>(), q.rows(),
+                         args.heads, kvHeads, args.headDim, args.interleaved, keyCache.data, valueCache.data, keyCache.dtype,
+                         keyCache.shape[1], start, stream_);
+  }
   void argmax(const Tensor& logits, Tensor& out) override {
     launchArgmax(logits.as<float>(), out.as<int32_t>(), logits.rows(), logits.cols(), stream_);
   }

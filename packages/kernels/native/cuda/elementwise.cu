@@ -1,4 +1,5 @@
 // Element-wise, normalisation and reduction kernels of the CUDA backend.
+#include <algorithm>
 #include <cfloat>
 
 #include "cuda-common.cuh"
@@ -65,6 +66,45 @@ __global__ void ropeKernel(float* x, const int32_t* positions, const float* freq
       float first = head[a], second = head[b];
       head[a] = first * c - second * s;
       head[b] = first * s + second * c;
+    }
+  }
+}
+
+// One thread per (row, channel pair): rotates that pair in every query and key head, then writes the rotated key pair
+// and the value pair of every KV head into the caches (keys stored after RoPE, at absolute positions).
+template <typename T>
+__global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies,
+                                     int64_t rows, int heads, int kvHeads, int headDim, bool interleaved, T* keyCache,
+                                     T* valueCache, int64_t capacity, int64_t start) {
+  const int half = headDim / 2;
+  const int64_t total = rows * half;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total; t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = t / half;
+    const int i = static_cast<int>(t % half);
+    double sine, cosine;
+    sincos(static_cast<double>(positions[row]) * static_cast<double>(frequencies[i]), &sine, &cosine);
+    const float s = static_cast<float>(sine), c = static_cast<float>(cosine);
+    const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+    float* queryRow = q + row * static_cast<int64_t>(heads) * headDim;
+    for (int h = 0; h < heads; h++) {
+      float* head = queryRow + static_cast<int64_t>(h) * headDim;
+      const float first = head[a], second = head[b];
+      head[a] = first * c - second * s;
+      head[b] = first * s + second * c;
+    }
+    const int64_t kvStride = static_cast<int64_t>(kvHeads) * headDim;
+    for (int h = 0; h < kvHeads; h++) {
+      float* head = k + row * kvStride + static_cast<int64_t>(h) * headDim;
+      const float first = head[a], second = head[b];
+      const float rotatedA = first * c - second * s, rotatedB = first * s + second * c;
+      head[a] = rotatedA;
+      head[b] = rotatedB;
+      const int64_t slot = (static_cast<int64_t>(h) * capacity + start + row) * headDim;
+      keyCache[slot + a] = fromFloat<T>(rotatedA);
+      keyCache[slot + b] = fromFloat<T>(rotatedB);
+      const float* value = v + row * kvStride + static_cast<int64_t>(h) * headDim;
+      valueCache[slot + a] = fromFloat<T>(value[a]);
+      valueCache[slot + b] = fromFloat<T>(value[b]);
     }
   }
 }
@@ -196,7 +236,9 @@ void launchRmsNorm(const float* x, const void* weight, DType weightType, float* 
   if (rows == 0) return;
   dispatchFloat(weightType, [&](auto t) {
     using T = decltype(t);
-    rmsNormKernel<T><<<static_cast<unsigned>(rows), 256, 0, stream>>>(x, static_cast<const T*>(weight), out, dim, eps);
+    // One block per row, wide enough that a 4096-wide row takes a single pass (a lone row is latency-bound).
+    unsigned threads = static_cast<unsigned>(std::min<int64_t>(1024, std::max<int64_t>(32, (dim + 3) / 4 / 32 * 32)));
+    rmsNormKernel<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, static_cast<const T*>(weight), out, dim, eps);
   });
   checkLaunch("rmsNorm");
 }
@@ -237,6 +279,20 @@ void launchWriteCache(const float* source, int64_t rows, int64_t sourceStride, v
                                                                 headDim, start);
   });
   checkLaunch("writeCache");
+}
+
+void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int64_t rows,
+                          int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,
+                          int64_t capacity, int64_t start, cudaStream_t stream) {
+  const int64_t work = rows * (headDim / 2);
+  if (work == 0) return;
+  dispatchFloat(cacheType, [&](auto t) {
+    using T = decltype(t);
+    ropeWriteCacheKernel<T><<<gridFor(work), kThreads, 0, stream>>>(q, k, v, positions, frequencies, rows, heads, kvHeads, headDim,
+                                                                    interleaved, static_cast<T*>(keyCache), static_cast<T*>(valueCache),
+                                                                    capacity, start);
+  });
+  checkLaunch("ropeWriteCache");
 }
 
 void launchArgmax(const float* logits, int32_t* out, int64_t rows, int64_t vocab, cudaStream_t stream) {

@@ -14,33 +14,54 @@ constexpr int kUnroll = 4;
 constexpr size_t kSharedLimit = 64 * 1024;
 constexpr int kColumnsPerWarp = 2;
 
-// Decode path (1–2 rows of x): each warp streams kColumnsPerWarp weight rows with 16-byte loads, several in flight;
-// x is read through L1 (it is small and shared by every warp), so no block-wide staging or barrier.
-template <typename T, int ROWS>
-__global__ void __launch_bounds__(kWarps * 32) gemvStreamKernel(const float* __restrict__ x, int64_t k, const T* __restrict__ weight,
-                                                                int64_t m, float* out, const float* __restrict__ bias,
-                                                                const float* residual) {
+// The weight rows one warp streams: up to three matrices share x (q/k/v), each cut into groups of kColumnsPerWarp
+// rows; in SwiGLU mode slot 0 reads gate row j and slot 1 up row j, and the warp writes silu(gate)·up.
+template <typename T>
+struct StreamJob {
+  const T* weight[3];
+  float* out[3];
+  const float* bias[3];
+  const float* residual[3];
+  int64_t m[3];
+  int64_t firstWarp[4];
+  int count;
+};
+
+template <typename T, int ROWS, bool SWIGLU>
+__global__ void __launch_bounds__(kWarps * 32) gemvStreamKernel(const float* __restrict__ x, int64_t k, StreamJob<T> job) {
   constexpr int kVec = Vec16<T>::kCount;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t column0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kColumnsPerWarp;
-  if (column0 >= m) return;
+  const int64_t global = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  int which = 0;
+  while (which + 1 < job.count && global >= job.firstWarp[which + 1]) which++;
+  if (global >= job.firstWarp[job.count]) return;
+  const int64_t m = job.m[which];
+  const int64_t column0 = SWIGLU ? global - job.firstWarp[which] : (global - job.firstWarp[which]) * kColumnsPerWarp;
+  const T* rows[kColumnsPerWarp];
+  bool live[kColumnsPerWarp];
+#pragma unroll
+  for (int c = 0; c < kColumnsPerWarp; c++) {
+    const int64_t column = SWIGLU ? column0 : column0 + c;
+    live[c] = column < m;
+    rows[c] = (SWIGLU ? job.weight[c] : job.weight[which]) + (live[c] ? column : 0) * k;
+  }
   float acc[ROWS][kColumnsPerWarp];
 #pragma unroll
   for (int r = 0; r < ROWS; r++)
 #pragma unroll
     for (int c = 0; c < kColumnsPerWarp; c++) acc[r][c] = 0.0f;
   for (int64_t base = static_cast<int64_t>(lane) * kVec; base < k; base += 32 * kVec * kUnroll) {
-    float wv[kUnroll][kColumnsPerWarp][kVec];
+    uint4 raw[kUnroll][kColumnsPerWarp];
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
-      int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
+      const int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
 #pragma unroll
       for (int c = 0; c < kColumnsPerWarp; c++)
-        if (kk < k && column0 + c < m) Vec16<T>::load(weight + (column0 + c) * k + kk, wv[u][c]);
+        if (kk < k && live[c]) raw[u][c] = Vec16<T>::raw(rows[c] + kk);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
-      int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
+      const int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
       if (kk >= k) break;
 #pragma unroll
       for (int r = 0; r < ROWS; r++) {
@@ -51,25 +72,56 @@ __global__ void __launch_bounds__(kWarps * 32) gemvStreamKernel(const float* __r
           xv[v] = chunk.x; xv[v + 1] = chunk.y; xv[v + 2] = chunk.z; xv[v + 3] = chunk.w;
         }
 #pragma unroll
-        for (int c = 0; c < kColumnsPerWarp; c++)
+        for (int c = 0; c < kColumnsPerWarp; c++) {
+          if (!live[c]) continue;
+          float wv[kVec];
+          Vec16<T>::widen(raw[u][c], wv);
 #pragma unroll
-          for (int v = 0; v < kVec; v++) acc[r][c] += wv[u][c][v] * xv[v];
+          for (int v = 0; v < kVec; v++) acc[r][c] += wv[v] * xv[v];
+        }
       }
     }
   }
 #pragma unroll
-  for (int r = 0; r < ROWS; r++)
+  for (int r = 0; r < ROWS; r++) {
+    float sums[kColumnsPerWarp];
 #pragma unroll
-    for (int c = 0; c < kColumnsPerWarp; c++) {
-      float sum = warpSum(acc[r][c]);
-      int64_t column = column0 + c;
-      if (lane == 0 && column < m) {
-        int64_t index = r * m + column;
-        out[index] = sum + (bias ? bias[column] : 0.0f) + (residual ? residual[index] : 0.0f);
+    for (int c = 0; c < kColumnsPerWarp; c++) sums[c] = warpSum(acc[r][c]);
+    if (lane != 0) continue;
+    if (SWIGLU) {
+      if (live[0]) {
+        const float g = sums[0];
+        job.out[0][r * m + column0] = g / (1.0f + __expf(-g)) * sums[1];
+      }
+    } else {
+#pragma unroll
+      for (int c = 0; c < kColumnsPerWarp; c++) {
+        const int64_t column = column0 + c;
+        if (!live[c]) continue;
+        const int64_t index = r * m + column;
+        job.out[which][index] = sums[c] + (job.bias[which] ? job.bias[which][column] : 0.0f) +
+                                (job.residual[which] ? job.residual[which][index] : 0.0f);
       }
     }
+  }
 }
 
+template <typename T>
+void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bool swiglu, cudaStream_t stream) {
+  job.firstWarp[0] = 0;
+  for (int i = 0; i < job.count; i++)
+    job.firstWarp[i + 1] = job.firstWarp[i] + (swiglu ? job.m[i] : (job.m[i] + kColumnsPerWarp - 1) / kColumnsPerWarp);
+  unsigned blocks = static_cast<unsigned>((job.firstWarp[job.count] + kWarps - 1) / kWarps);
+  if (blocks == 0) return;
+  if (swiglu) {
+    if (rows == 1) gemvStreamKernel<T, 1, true><<<blocks, kWarps * 32, 0, stream>>>(x, k, job);
+    else gemvStreamKernel<T, 2, true><<<blocks, kWarps * 32, 0, stream>>>(x, k, job);
+  } else {
+    if (rows == 1) gemvStreamKernel<T, 1, false><<<blocks, kWarps * 32, 0, stream>>>(x, k, job);
+    else gemvStreamKernel<T, 2, false><<<blocks, kWarps * 32, 0, stream>>>(x, k, job);
+  }
+  checkLaunch("gemvStream");
+}
 
 template <typename T, int ROWS, bool VECTOR, bool SHARED>
 __global__ void __launch_bounds__(kWarps * 32) gemvKernel(const float* __restrict__ x, int64_t totalRows, int64_t k,
@@ -160,9 +212,16 @@ void launchTyped(const float* x, int64_t totalRows, int64_t k, const T* weight, 
     if (bytes > 48 * 1024) check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "cudaFuncSetAttribute");
     kernel<<<grid, kWarps * 32, bytes, stream>>>(x, totalRows, k, weight, m, out, bias, residual);
   };
-  if (vector && ROWS <= 2 && totalRows <= 2) {
-    unsigned blocks = static_cast<unsigned>((m + kWarps * kColumnsPerWarp - 1) / (kWarps * kColumnsPerWarp));
-    gemvStreamKernel<T, ROWS <= 2 ? ROWS : 2><<<blocks, kWarps * 32, 0, stream>>>(x, k, weight, m, out, bias, residual);
+  if (vector && totalRows <= 2) {
+    StreamJob<T> job{};
+    job.weight[0] = weight;
+    job.out[0] = out;
+    job.bias[0] = bias;
+    job.residual[0] = residual;
+    job.m[0] = m;
+    job.count = 1;
+    launchStream(x, totalRows, k, job, false, stream);
+    return;
   } else if (vector && useShared) launch(gemvKernel<T, ROWS, true, true>, shared);
   else if (vector) launch(gemvKernel<T, ROWS, true, false>, 0);
   else if (useShared) launch(gemvKernel<T, ROWS, false, true>, shared);
@@ -182,6 +241,48 @@ void launchGemv(const float* x, int64_t rows, int64_t k, const void* weight, DTy
     else if (rows == 2) launchTyped<T, 2>(x, rows, k, w, m, out, bias, residual, stream);
     else if (rows <= 4) launchTyped<T, 4>(x, rows, k, w, m, out, bias, residual, stream);
     else launchTyped<T, 8>(x, rows, k, w, m, out, bias, residual, stream);
+  });
+}
+
+bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x) {
+  int vec = weightType == DType::F32 ? 4 : 8;
+  return rows >= 1 && rows <= 2 && k % vec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+}
+
+void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, int count,
+                     cudaStream_t stream) {
+  bool aligned = gemvFusable(rows, k, weightType, x) && count <= 3;
+  for (int i = 0; i < count; i++) aligned = aligned && reinterpret_cast<uintptr_t>(targets[i].weight) % 16 == 0;
+  if (!aligned) {
+    for (int i = 0; i < count; i++)
+      launchGemv(x, rows, k, targets[i].weight, weightType, targets[i].m, targets[i].out, targets[i].bias, nullptr, stream);
+    return;
+  }
+  dispatchFloat(weightType, [&](auto t) {
+    using T = decltype(t);
+    StreamJob<T> job{};
+    job.count = count;
+    for (int i = 0; i < count; i++) {
+      job.weight[i] = static_cast<const T*>(targets[i].weight);
+      job.out[i] = targets[i].out;
+      job.bias[i] = targets[i].bias;
+      job.m[i] = targets[i].m;
+    }
+    launchStream(x, rows, k, job, false, stream);
+  });
+}
+
+void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
+                      float* out, cudaStream_t stream) {
+  dispatchFloat(weightType, [&](auto t) {
+    using T = decltype(t);
+    StreamJob<T> job{};
+    job.count = 1;
+    job.weight[0] = static_cast<const T*>(gate);
+    job.weight[1] = static_cast<const T*>(up);
+    job.out[0] = out;
+    job.m[0] = m;
+    launchStream(x, rows, k, job, true, stream);
   });
 }
 
