@@ -54,6 +54,23 @@ export async function kernelsCommand(argv: string[], log: (line: string) => void
       gemv.push({ m, k, ms, TBps });
       log(`gemv bf16 ${m}×${k}: ${(ms * 1000).toFixed(1)} µs, ${TBps.toFixed(2)} TB/s`);
     }
+    {
+      // The fused decode launches: q/k/v in one pass, gate/up with SwiGLU in one pass.
+      const x = alloc('f32', [1, 4096], 11);
+      const weights = [4096, 1024, 1024].map((m, i) => alloc('bf16', [m, 4096], 12 + i));
+      const outs = [4096, 1024, 1024].map((m, i) => alloc('f32', [1, m], 15 + i));
+      const qkvMs = await timeOps(backend, repeats, () => backend.matmulGroup(x, weights, outs));
+      const qkvTBps = (6144 * 4096 * 2) / (qkvMs / 1000) / 1e12;
+      gemv.push({ m: 6144, k: 4096, ms: qkvMs, TBps: qkvTBps, op: 'matmulGroup q/k/v' });
+      log(`matmulGroup q/k/v 6144×4096: ${(qkvMs * 1000).toFixed(1)} µs, ${qkvTBps.toFixed(2)} TB/s`);
+      const gate = alloc('bf16', [14336, 4096], 18);
+      const up = alloc('bf16', [14336, 4096], 19);
+      const out = alloc('f32', [1, 14336], 20);
+      const swigluMs = await timeOps(backend, repeats, () => backend.matmulSwiglu(x, gate, up, out));
+      const swigluTBps = (2 * 14336 * 4096 * 2) / (swigluMs / 1000) / 1e12;
+      gemv.push({ m: 2 * 14336, k: 4096, ms: swigluMs, TBps: swigluTBps, op: 'matmulSwiglu gate/up' });
+      log(`matmulSwiglu 2×14336×4096: ${(swigluMs * 1000).toFixed(1)} µs, ${swigluTBps.toFixed(2)} TB/s`);
+    }
     const attention = [];
     for (const keys of backend.device === 'cuda' ? [4096, 32768, 131072] : [4096]) {
       const q = alloc('f32', [1, 32 * 128], 4);

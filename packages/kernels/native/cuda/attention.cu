@@ -25,8 +25,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
   __shared__ float stateMax[kDecodeWarps][MAXG];
   __shared__ float stateSum[kDecodeWarps][MAXG];
   __shared__ float stateAcc[kDecodeWarps][MAXG][D];
+  extern __shared__ __align__(16) unsigned char valueTiles[];  // per warp: 32 value rows, filled by cp.async
   const int kvHead = blockIdx.x, split = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  T* valueTile = reinterpret_cast<T*>(valueTiles) + static_cast<int64_t>(warp) * 32 * D;
   for (int t = threadIdx.x; t < MAXG * D; t += blockDim.x) {
     int g = t / D;
     queries[g][t % D] = g < group ? q[(static_cast<int64_t>(kvHead) * group + g) * D + t % D] * scale : 0.0f;
@@ -49,6 +51,17 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
   for (int64_t tile = begin + static_cast<int64_t>(warp) * 32; tile < end; tile += kDecodeWarps * 32) {
     const int64_t j = tile + lane;
     const bool valid = j < end;
+    const int count = static_cast<int>(lesser(32, end - tile));
+    // Start copying this tile's values into shared memory; the copy overlaps the score computation below.
+    {
+      constexpr int kChunksPerRow = D * static_cast<int>(sizeof(T)) / 16;
+      const T* source = values + tile * D;
+      for (int chunk = lane; chunk < count * kChunksPerRow; chunk += 32) {
+        unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(valueTile + chunk * (16 / sizeof(T))));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(source + chunk * (16 / sizeof(T))));
+      }
+      asm volatile("cp.async.commit_group;\n" ::);
+    }
     float score[MAXG];
 #pragma unroll
     for (int g = 0; g < MAXG; g++) score[g] = 0.0f;
@@ -60,17 +73,16 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
         Vec16<T>::load(key + c, kv);
 #pragma unroll
         for (int g = 0; g < MAXG; g++) {
-          if (g >= group) break;
+          if (g >= group) continue;
 #pragma unroll
           for (int i = 0; i < kVec; i++) score[g] += queries[g][c + i] * kv[i];
         }
       }
     }
-    const int count = static_cast<int>(lesser(32, end - tile));
     float p[MAXG];
 #pragma unroll
     for (int g = 0; g < MAXG; g++) {
-      if (g >= group) break;
+      if (g >= group) continue;
       float s = valid ? score[g] : -INFINITY;
       float updated = fmaxf(maximum[g], warpMax(s));
       float correction = __expf(maximum[g] - updated);
@@ -80,28 +92,36 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
       for (int c = 0; c < kChannels; c++) acc[g][c] *= correction;
       maximum[g] = updated;
     }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncwarp();
 #pragma unroll 4
     for (int kk = 0; kk < count; kk++) {
       float value[kChannels];
       if (channelLane) {
-        loadChannels<T, kChannels>(values + (tile + kk) * D + lane * kChannels, value);
+        loadChannels<T, kChannels>(valueTile + kk * D + lane * kChannels, value);
       }
 #pragma unroll
       for (int g = 0; g < MAXG; g++) {
-        if (g >= group) break;
+        if (g >= group) continue;
         float pk = __shfl_sync(0xffffffffu, p[g], kk);
 #pragma unroll
         for (int c = 0; c < kChannels; c++) acc[g][c] += pk * (channelLane ? value[c] : 0.0f);
       }
     }
+    __syncwarp();  // every lane is done with this tile's values before the next copy overwrites them
   }
-  for (int g = 0; g < group; g++) {
-    if (lane == 0) {
-      stateMax[warp][g] = maximum[g];
-      stateSum[warp][g] = sum[g];
+#pragma unroll
+  for (int g = 0; g < MAXG; g++) {
+    if (g < group) {
+      if (lane == 0) {
+        stateMax[warp][g] = maximum[g];
+        stateSum[warp][g] = sum[g];
+      }
+      if (channelLane) {
+#pragma unroll
+        for (int c = 0; c < kChannels; c++) stateAcc[warp][g][lane * kChannels + c] = acc[g][c];
+      }
     }
-    if (channelLane)
-      for (int c = 0; c < kChannels; c++) stateAcc[warp][g][lane * kChannels + c] = acc[g][c];
   }
   __syncthreads();
   for (int t = threadIdx.x; t < group * D; t += blockDim.x) {
@@ -284,7 +304,10 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
       constexpr int D = decltype(dim)::value;
       if constexpr (D >= Vec16<T>::kCount && D <= 128) {
         auto run = [&](auto kernel) {
-          kernel<<<dim3(args.kvHeads, splits), kDecodeThreads, 0, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v),
+          const size_t shared = static_cast<size_t>(kDecodeWarps) * 32 * D * sizeof(T);
+          if (shared > 16 * 1024)
+            check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
+          kernel<<<dim3(args.kvHeads, splits), kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v),
                                                                           capacity, args.keyLength, group, args.scale, chunk,
                                                                           splits, partialAcc, partialMax, partialSum);
         };

@@ -13,9 +13,10 @@ constexpr int kWarps = 8;
 constexpr int kUnroll = 4;
 constexpr size_t kSharedLimit = 64 * 1024;
 constexpr int kColumnsPerWarp = 2;
+int multiprocessorCount();
 
-// The weight rows one warp streams: up to three matrices share x (q/k/v), each cut into groups of kColumnsPerWarp
-// rows; in SwiGLU mode slot 0 reads gate row j and slot 1 up row j, and the warp writes silu(gate)·up.
+// The weight rows one column group streams: up to three matrices share x (q/k/v), each cut into groups of
+// kColumnsPerWarp rows; in SwiGLU mode slot 0 reads gate row j and slot 1 up row j, and the group writes silu(gate)·up.
 template <typename T>
 struct StreamJob {
   const T* weight[3];
@@ -23,76 +24,99 @@ struct StreamJob {
   const float* bias[3];
   const float* residual[3];
   int64_t m[3];
-  int64_t firstWarp[4];
+  int64_t firstGroup[4];
   int count;
 };
 
-template <typename T, int ROWS, bool SWIGLU>
+// A block of 8 warps serves 8/SPLIT column groups; the SPLIT warps of a group each stream one slice of k (16-byte
+// loads, kUnroll in flight per column) and are summed through shared memory, so tall-k matrices still fill the GPU.
+template <typename T, int ROWS, bool SWIGLU, int SPLIT>
 __global__ void __launch_bounds__(kWarps * 32) gemvStreamKernel(const float* __restrict__ x, int64_t k, StreamJob<T> job) {
   constexpr int kVec = Vec16<T>::kCount;
+  constexpr int kGroups = kWarps / SPLIT;
+  __shared__ float partial[kWarps][ROWS][kColumnsPerWarp];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t global = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  const int group = warp / SPLIT, slice = warp % SPLIT;
+  const int64_t global = static_cast<int64_t>(blockIdx.x) * kGroups + group;
   int which = 0;
-  while (which + 1 < job.count && global >= job.firstWarp[which + 1]) which++;
-  if (global >= job.firstWarp[job.count]) return;
+  while (which + 1 < job.count && global >= job.firstGroup[which + 1]) which++;
+  const bool active = global < job.firstGroup[job.count];
   const int64_t m = job.m[which];
-  const int64_t column0 = SWIGLU ? global - job.firstWarp[which] : (global - job.firstWarp[which]) * kColumnsPerWarp;
+  const int64_t column0 = SWIGLU ? global - job.firstGroup[which] : (global - job.firstGroup[which]) * kColumnsPerWarp;
   const T* rows[kColumnsPerWarp];
   bool live[kColumnsPerWarp];
 #pragma unroll
   for (int c = 0; c < kColumnsPerWarp; c++) {
     const int64_t column = SWIGLU ? column0 : column0 + c;
-    live[c] = column < m;
+    live[c] = active && column < m;
     rows[c] = (SWIGLU ? job.weight[c] : job.weight[which]) + (live[c] ? column : 0) * k;
   }
+  // This warp's slice of k, in whole 16-byte vectors.
+  const int64_t vectors = k / kVec;
+  const int64_t sliceBegin = (vectors * slice / SPLIT) * kVec, sliceEnd = (vectors * (slice + 1) / SPLIT) * kVec;
   float acc[ROWS][kColumnsPerWarp];
 #pragma unroll
   for (int r = 0; r < ROWS; r++)
 #pragma unroll
     for (int c = 0; c < kColumnsPerWarp; c++) acc[r][c] = 0.0f;
-  for (int64_t base = static_cast<int64_t>(lane) * kVec; base < k; base += 32 * kVec * kUnroll) {
+  for (int64_t base = sliceBegin + static_cast<int64_t>(lane) * kVec; base < sliceEnd; base += 32 * kVec * kUnroll) {
     uint4 raw[kUnroll][kColumnsPerWarp];
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
       const int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
 #pragma unroll
       for (int c = 0; c < kColumnsPerWarp; c++)
-        if (kk < k && live[c]) raw[u][c] = Vec16<T>::raw(rows[c] + kk);
+        if (kk < sliceEnd && live[c]) raw[u][c] = Vec16<T>::raw(rows[c] + kk);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
       const int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
-      if (kk >= k) break;
+      if (kk < sliceEnd) {
 #pragma unroll
-      for (int r = 0; r < ROWS; r++) {
-        float xv[kVec];
+        for (int r = 0; r < ROWS; r++) {
+          float xv[kVec];
 #pragma unroll
-        for (int v = 0; v < kVec; v += 4) {
-          float4 chunk = __ldg(reinterpret_cast<const float4*>(x + r * k + kk + v));
-          xv[v] = chunk.x; xv[v + 1] = chunk.y; xv[v + 2] = chunk.z; xv[v + 3] = chunk.w;
-        }
+          for (int v = 0; v < kVec; v += 4) {
+            float4 chunk = __ldg(reinterpret_cast<const float4*>(x + r * k + kk + v));
+            xv[v] = chunk.x; xv[v + 1] = chunk.y; xv[v + 2] = chunk.z; xv[v + 3] = chunk.w;
+          }
 #pragma unroll
-        for (int c = 0; c < kColumnsPerWarp; c++) {
-          if (!live[c]) continue;
-          float wv[kVec];
-          Vec16<T>::widen(raw[u][c], wv);
+          for (int c = 0; c < kColumnsPerWarp; c++) {
+            if (live[c]) {
+              float wv[kVec];
+              Vec16<T>::widen(raw[u][c], wv);
 #pragma unroll
-          for (int v = 0; v < kVec; v++) acc[r][c] += wv[v] * xv[v];
+              for (int v = 0; v < kVec; v++) acc[r][c] += wv[v] * xv[v];
+            }
+          }
         }
       }
     }
   }
 #pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int c = 0; c < kColumnsPerWarp; c++) {
+      float total = warpSum(acc[r][c]);
+      if (SPLIT > 1 && lane == 0) partial[warp][r][c] = total;
+      acc[r][c] = total;
+    }
+  if (SPLIT > 1) __syncthreads();
+  if (!active || slice != 0 || lane != 0) return;
+#pragma unroll
   for (int r = 0; r < ROWS; r++) {
     float sums[kColumnsPerWarp];
 #pragma unroll
-    for (int c = 0; c < kColumnsPerWarp; c++) sums[c] = warpSum(acc[r][c]);
-    if (lane != 0) continue;
-    if (SWIGLU) {
-      if (live[0]) {
-        const float g = sums[0];
-        job.out[0][r * m + column0] = g / (1.0f + __expf(-g)) * sums[1];
+    for (int c = 0; c < kColumnsPerWarp; c++) {
+      sums[c] = acc[r][c];
+      if (SPLIT > 1) {
+        sums[c] = 0.0f;
+#pragma unroll
+        for (int w = 0; w < SPLIT; w++) sums[c] += partial[group * SPLIT + w][r][c];
       }
+    }
+    if (SWIGLU) {
+      if (live[0]) job.out[0][r * m + column0] = sums[0] / (1.0f + __expf(-sums[0])) * sums[1];
     } else {
 #pragma unroll
       for (int c = 0; c < kColumnsPerWarp; c++) {
@@ -106,19 +130,32 @@ __global__ void __launch_bounds__(kWarps * 32) gemvStreamKernel(const float* __r
   }
 }
 
+template <typename T, int ROWS, bool SWIGLU>
+void launchSplit(const float* x, int64_t k, const StreamJob<T>& job, int split, cudaStream_t stream) {
+  const int64_t groups = job.firstGroup[job.count];
+  auto blocks = [&](int groupsPerBlock) { return static_cast<unsigned>((groups + groupsPerBlock - 1) / groupsPerBlock); };
+  if (split == 8) gemvStreamKernel<T, ROWS, SWIGLU, 8><<<blocks(1), kWarps * 32, 0, stream>>>(x, k, job);
+  else if (split == 4) gemvStreamKernel<T, ROWS, SWIGLU, 4><<<blocks(2), kWarps * 32, 0, stream>>>(x, k, job);
+  else if (split == 2) gemvStreamKernel<T, ROWS, SWIGLU, 2><<<blocks(4), kWarps * 32, 0, stream>>>(x, k, job);
+  else gemvStreamKernel<T, ROWS, SWIGLU, 1><<<blocks(8), kWarps * 32, 0, stream>>>(x, k, job);
+}
+
 template <typename T>
 void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bool swiglu, cudaStream_t stream) {
-  job.firstWarp[0] = 0;
+  job.firstGroup[0] = 0;
   for (int i = 0; i < job.count; i++)
-    job.firstWarp[i + 1] = job.firstWarp[i] + (swiglu ? job.m[i] : (job.m[i] + kColumnsPerWarp - 1) / kColumnsPerWarp);
-  unsigned blocks = static_cast<unsigned>((job.firstWarp[job.count] + kWarps - 1) / kWarps);
-  if (blocks == 0) return;
+    job.firstGroup[i + 1] = job.firstGroup[i] + (swiglu ? job.m[i] : (job.m[i] + kColumnsPerWarp - 1) / kColumnsPerWarp);
+  if (job.firstGroup[job.count] == 0) return;
+  // Split k so each warp streams at least ~1K elements per column, and only while columns alone leave SMs idle.
+  const int64_t groups = job.firstGroup[job.count];
+  int split = 1;
+  while (split < 8 && k / (split * 2) >= 1024 && groups * split < static_cast<int64_t>(multiprocessorCount()) * 64) split *= 2;
   if (swiglu) {
-    if (rows == 1) gemvStreamKernel<T, 1, true><<<blocks, kWarps * 32, 0, stream>>>(x, k, job);
-    else gemvStreamKernel<T, 2, true><<<blocks, kWarps * 32, 0, stream>>>(x, k, job);
+    if (rows == 1) launchSplit<T, 1, true>(x, k, job, split, stream);
+    else launchSplit<T, 2, true>(x, k, job, split, stream);
   } else {
-    if (rows == 1) gemvStreamKernel<T, 1, false><<<blocks, kWarps * 32, 0, stream>>>(x, k, job);
-    else gemvStreamKernel<T, 2, false><<<blocks, kWarps * 32, 0, stream>>>(x, k, job);
+    if (rows == 1) launchSplit<T, 1, false>(x, k, job, split, stream);
+    else launchSplit<T, 2, false>(x, k, job, split, stream);
   }
   checkLaunch("gemvStream");
 }
