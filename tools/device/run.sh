@@ -22,6 +22,11 @@ for step in "${steps[@]}"; do
               --contexts 4096,32768 --steps 64 --warmup 8 --out "$OUT/engine-llama-3-8b.json" || status=1 ;;
     torch) python3 tools/device/torch_llama_bench.py --prefill 4096 --contexts 4096,32768 --steps 64 --warmup 8 \
               --out "$OUT/torch-llama-3-8b.json" || status=1 ;;
+    profile) NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+             "$NCU" --target-processes all -k "regex:${DUO_PROFILE_KERNEL:-decodeKernel|gemvStream|Combine}" -c "${DUO_PROFILE_COUNT:-6}" \
+               --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+               --section WarpStateStats node .device/duo-bench.mjs kernels --device cuda --repeats 1 > "$OUT/ncu.txt" 2>&1 || status=1
+             grep -E "decodeKernel|gemvStream|Combine|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.txt" | head -80 ;;
     peer) python3 .device/shared/peer/torch_baseline.py > "$OUT/peer-baseline.json" || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac

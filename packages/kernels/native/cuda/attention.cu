@@ -75,7 +75,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
         for (int g = 0; g < MAXG; g++) {
           if (g >= group) continue;
 #pragma unroll
-          for (int i = 0; i < kVec; i++) score[g] += queries[g][c + i] * kv[i];
+          for (int i = 0; i < kVec; i += 4) {
+            const float4 qv = *reinterpret_cast<const float4*>(&queries[g][c + i]);
+            score[g] += qv.x * kv[i] + qv.y * kv[i + 1] + qv.z * kv[i + 2] + qv.w * kv[i + 3];
+          }
         }
       }
     }
@@ -145,21 +148,49 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
   }
 }
 
-// grid (heads); combines the splits of one head.
-__global__ void decodeCombineKernel(const float* partialAcc, const float* partialMax, const float* partialSum, int splits, int headDim,
-                                    float* out) {
-  const int head = blockIdx.x;
+// grid (heads), 256 threads: the split weights exp(m_s − M) are computed once into shared memory, then the 8 warps
+// each sum a strided subset of the splits (lanes over channels) and the block adds the 8 partial sums.
+constexpr int kCombineThreads = 256;
+constexpr int kMaxSplits = 1024;
+
+__global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const float* partialAcc, const float* partialMax,
+                                                                        const float* partialSum, int splits, int headDim,
+                                                                        float* out) {
+  __shared__ float weights[kMaxSplits];
+  __shared__ float reduce[kCombineThreads / 32];
+  __shared__ float partial[kCombineThreads / 32][256];
+  const int head = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float localMax = -INFINITY;
+  for (int s = threadIdx.x; s < splits; s += blockDim.x) localMax = fmaxf(localMax, partialMax[head * splits + s]);
+  localMax = warpMax(localMax);
+  if (lane == 0) reduce[warp] = localMax;
+  __syncthreads();
   float overall = -INFINITY;
-  for (int s = 0; s < splits; s++) overall = fmaxf(overall, partialMax[head * splits + s]);
+  for (int w = 0; w < kCombineThreads / 32; w++) overall = fmaxf(overall, reduce[w]);
+  __syncthreads();
+  float localSum = 0.0f;
+  for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+    const float m = partialMax[head * splits + s];
+    const float weight = m == -INFINITY ? 0.0f : __expf(m - overall);
+    weights[s] = weight;
+    localSum += weight * partialSum[head * splits + s];
+  }
+  localSum = warpSum(localSum);
+  if (lane == 0) reduce[warp] = localSum;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < kCombineThreads / 32; w++) total += reduce[w];
+  for (int channel = lane; channel < headDim; channel += 32) {
+    float value = 0.0f;
+#pragma unroll 8
+    for (int s = warp; s < splits; s += kCombineThreads / 32)
+      value += partialAcc[(static_cast<int64_t>(head) * splits + s) * headDim + channel] * weights[s];
+    partial[warp][channel] = value;
+  }
+  __syncthreads();
   for (int channel = threadIdx.x; channel < headDim; channel += blockDim.x) {
-    float total = 0.0f, value = 0.0f;
-    for (int s = 0; s < splits; s++) {
-      float m = partialMax[head * splits + s];
-      if (m == -INFINITY) continue;
-      float weight = __expf(m - overall);
-      total += partialSum[head * splits + s] * weight;
-      value += partialAcc[(static_cast<int64_t>(head) * splits + s) * headDim + channel] * weight;
-    }
+    float value = 0.0f;
+    for (int w = 0; w < kCombineThreads / 32; w++) value += partial[w][channel];
     out[static_cast<int64_t>(head) * headDim + channel] = total > 0.0f ? value / total : 0.0f;
   }
 }
@@ -281,7 +312,7 @@ int attentionDecodeSplits(const AttentionArgs& args, int multiprocessors) {
   // About eight blocks (32 warps) per multiprocessor, and at least one 32-key tile per warp in each split.
   int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * 8 / args.kvHeads);
   int64_t most = std::max<int64_t>(1, (args.keyLength + 127) / 128);
-  int64_t splits = std::min(wanted, most);
+  int64_t splits = std::min({wanted, most, static_cast<int64_t>(kMaxSplits)});
   int64_t chunk = (args.keyLength + splits - 1) / splits;
   return static_cast<int>((args.keyLength + chunk - 1) / chunk);
 }
@@ -325,7 +356,7 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
   });
   checkLaunch("attentionDecode");
   if (splits == 0) return;
-  decodeCombineKernel<<<args.heads, std::min(args.headDim, 256), 0, stream>>>(partialAcc, partialMax, partialSum, splits, args.headDim, out);
+  decodeCombineKernel<<<args.heads, kCombineThreads, 0, stream>>>(partialAcc, partialMax, partialSum, splits, args.headDim, out);
   checkLaunch("attentionDecodeCombine");
 }
 
