@@ -23,7 +23,7 @@ for step in "${steps[@]}"; do
     torch) python3 tools/device/torch_llama_bench.py --prefill 4096 --contexts 4096,32768 --steps 64 --warmup 8 \
               --out "$OUT/torch-llama-3-8b.json" || status=1 ;;
     profile) NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-             "$NCU" --target-processes all -k "regex:${DUO_PROFILE_KERNEL:-decodeKernel|gemvStream|Combine}" -c "${DUO_PROFILE_COUNT:-6}" \
+             "$NCU" --target-processes all -s "${DUO_PROFILE_SKIP:-0}" -k "regex:${DUO_PROFILE_KERNEL:-decodeKernel|gemvStream|Combine}" -c "${DUO_PROFILE_COUNT:-6}" \
                --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
                --section WarpStateStats node .device/duo-bench.mjs kernels --device cuda --repeats 1 > "$OUT/ncu.txt" 2>&1 || status=1
              grep -E "decodeKernel|gemvStream|Combine|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.txt" | head -80 ;;

@@ -31,7 +31,7 @@ struct StreamJob {
 // A block of 8 warps serves 8/SPLIT column groups; the SPLIT warps of a group each stream one slice of k (16-byte
 // loads, kUnroll in flight per column) and are summed through shared memory, so tall-k matrices still fill the GPU.
 template <typename T, int ROWS, bool SWIGLU, int SPLIT>
-__global__ void __launch_bounds__(kWarps * 32) gemvStreamKernel(const float* __restrict__ x, int64_t k, StreamJob<T> job) {
+__global__ void __launch_bounds__(kWarps * 32, 4) gemvStreamKernel(const float* __restrict__ x, int64_t k, StreamJob<T> job) {
   constexpr int kVec = Vec16<T>::kCount;
   constexpr int kGroups = kWarps / SPLIT;
   __shared__ float partial[kWarps][ROWS][kColumnsPerWarp];
