@@ -11,7 +11,23 @@ namespace cuda {
 namespace {
 
 constexpr int kDecodeThreads = 128;
+// grid (kvHeads, splits), 4 warps. Each warp walks 32-key tiles of its block's split: the tile's keys and values
+// are copied into shared memory with coalesced cp.async (key rows padded by 16 bytes so per-lane row reads are
+// conflict-free); then each lane scores one key against all G query heads of the KV head, the warp does one
+// online-softmax update per tile, and lanes that own D/32 value channels accumulate with the probabilities broadcast.
 constexpr int kDecodeWarps = kDecodeThreads / 32;
+
+template <typename T, int D>
+struct DecodeTile {
+  static constexpr int kPad = 16 / static_cast<int>(sizeof(T));
+  static constexpr int kKeyStride = D + kPad;
+  static constexpr size_t kBytesPerWarp = 32 * (kKeyStride + D) * sizeof(T);
+};
+
+__device__ __forceinline__ void copyAsync16(void* shared, const void* global) {
+  unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(global));
+}
 
 template <typename T, int D, int MAXG>
 __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __restrict__ q, const T* __restrict__ k,
@@ -19,16 +35,19 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
                                                                int group, float scale, int64_t chunk, int splits,
                                                                float* __restrict__ partialAcc, float* __restrict__ partialMax,
                                                                float* __restrict__ partialSum) {
+  using Tile = DecodeTile<T, D>;
   constexpr int kVec = Vec16<T>::kCount;
   constexpr int kChannels = D >= 32 ? D / 32 : 1;
+  constexpr int kElementsPerCopy = 16 / static_cast<int>(sizeof(T));
+  constexpr int kChunksPerRow = D / kElementsPerCopy;
   __shared__ __align__(16) float queries[MAXG][D];
   __shared__ float stateMax[kDecodeWarps][MAXG];
   __shared__ float stateSum[kDecodeWarps][MAXG];
-  __shared__ float stateAcc[kDecodeWarps][MAXG][D];
-  extern __shared__ __align__(16) unsigned char valueTiles[];  // per warp: 32 value rows, filled by cp.async
+  extern __shared__ __align__(16) unsigned char tiles[];
   const int kvHead = blockIdx.x, split = blockIdx.y;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  T* valueTile = reinterpret_cast<T*>(valueTiles) + static_cast<int64_t>(warp) * 32 * D;
+  T* keyTile = reinterpret_cast<T*>(tiles + warp * Tile::kBytesPerWarp);
+  T* valueTile = keyTile + 32 * Tile::kKeyStride;
   for (int t = threadIdx.x; t < MAXG * D; t += blockDim.x) {
     int g = t / D;
     queries[g][t % D] = g < group ? q[(static_cast<int64_t>(kvHead) * group + g) * D + t % D] * scale : 0.0f;
@@ -49,35 +68,33 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
     for (int c = 0; c < kChannels; c++) acc[g][c] = 0.0f;
   }
   for (int64_t tile = begin + static_cast<int64_t>(warp) * 32; tile < end; tile += kDecodeWarps * 32) {
-    const int64_t j = tile + lane;
-    const bool valid = j < end;
     const int count = static_cast<int>(lesser(32, end - tile));
-    // Start copying this tile's values into shared memory; the copy overlaps the score computation below.
-    {
-      constexpr int kChunksPerRow = D * static_cast<int>(sizeof(T)) / 16;
-      const T* source = values + tile * D;
-      for (int chunk = lane; chunk < count * kChunksPerRow; chunk += 32) {
-        unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(valueTile + chunk * (16 / sizeof(T))));
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(source + chunk * (16 / sizeof(T))));
-      }
-      asm volatile("cp.async.commit_group;\n" ::);
+    for (int piece = lane; piece < count * kChunksPerRow; piece += 32) {
+      const int row = piece / kChunksPerRow, column = (piece % kChunksPerRow) * kElementsPerCopy;
+      copyAsync16(keyTile + row * Tile::kKeyStride + column, keys + (tile + row) * D + column);
+      copyAsync16(valueTile + row * D + column, values + (tile + row) * D + column);
     }
+    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncwarp();
+    const bool valid = lane < count;
     float score[MAXG];
 #pragma unroll
     for (int g = 0; g < MAXG; g++) score[g] = 0.0f;
     if (valid) {
-      const T* key = keys + j * D;
+      const T* key = keyTile + lane * Tile::kKeyStride;
 #pragma unroll
       for (int c = 0; c < D; c += kVec) {
         float kv[kVec];
         Vec16<T>::load(key + c, kv);
 #pragma unroll
         for (int g = 0; g < MAXG; g++) {
-          if (g >= group) continue;
+          if (g < group) {
 #pragma unroll
-          for (int i = 0; i < kVec; i += 4) {
-            const float4 qv = *reinterpret_cast<const float4*>(&queries[g][c + i]);
-            score[g] += qv.x * kv[i] + qv.y * kv[i + 1] + qv.z * kv[i + 2] + qv.w * kv[i + 3];
+            for (int i = 0; i < kVec; i += 4) {
+              const float4 qv = *reinterpret_cast<const float4*>(&queries[g][c + i]);
+              score[g] += qv.x * kv[i] + qv.y * kv[i + 1] + qv.z * kv[i + 2] + qv.w * kv[i + 3];
+            }
           }
         }
       }
@@ -85,34 +102,38 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
     float p[MAXG];
 #pragma unroll
     for (int g = 0; g < MAXG; g++) {
-      if (g >= group) continue;
-      float s = valid ? score[g] : -INFINITY;
-      float updated = fmaxf(maximum[g], warpMax(s));
-      float correction = __expf(maximum[g] - updated);
-      p[g] = valid ? __expf(s - updated) : 0.0f;
-      sum[g] = sum[g] * correction + warpSum(p[g]);
+      p[g] = 0.0f;
+      if (g < group) {
+        const float s = valid ? score[g] : -INFINITY;
+        const float updated = fmaxf(maximum[g], warpMax(s));
+        const float correction = __expf(maximum[g] - updated);
+        p[g] = valid ? __expf(s - updated) : 0.0f;
+        sum[g] = sum[g] * correction + warpSum(p[g]);
 #pragma unroll
-      for (int c = 0; c < kChannels; c++) acc[g][c] *= correction;
-      maximum[g] = updated;
+        for (int c = 0; c < kChannels; c++) acc[g][c] *= correction;
+        maximum[g] = updated;
+      }
     }
-    asm volatile("cp.async.wait_group 0;\n" ::);
-    __syncwarp();
 #pragma unroll 4
     for (int kk = 0; kk < count; kk++) {
       float value[kChannels];
-      if (channelLane) {
-        loadChannels<T, kChannels>(valueTile + kk * D + lane * kChannels, value);
-      }
+#pragma unroll
+      for (int c = 0; c < kChannels; c++) value[c] = 0.0f;
+      if (channelLane) loadChannels<T, kChannels>(valueTile + kk * D + lane * kChannels, value);
 #pragma unroll
       for (int g = 0; g < MAXG; g++) {
-        if (g >= group) continue;
-        float pk = __shfl_sync(0xffffffffu, p[g], kk);
+        if (g < group) {
+          const float pk = __shfl_sync(0xffffffffu, p[g], kk);
 #pragma unroll
-        for (int c = 0; c < kChannels; c++) acc[g][c] += pk * (channelLane ? value[c] : 0.0f);
+          for (int c = 0; c < kChannels; c++) acc[g][c] += pk * value[c];
+        }
       }
     }
-    __syncwarp();  // every lane is done with this tile's values before the next copy overwrites them
+    __syncwarp();  // every lane is done with this tile before the next copy overwrites it
   }
+  // The tiles are no longer needed: their space holds each warp's accumulators for the block merge.
+  __syncthreads();
+  float* stateAcc = reinterpret_cast<float*>(tiles);  // [warp][g][channel]
 #pragma unroll
   for (int g = 0; g < MAXG; g++) {
     if (g < group) {
@@ -122,7 +143,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
       }
       if (channelLane) {
 #pragma unroll
-        for (int c = 0; c < kChannels; c++) stateAcc[warp][g][lane * kChannels + c] = acc[g][c];
+        for (int c = 0; c < kChannels; c++) stateAcc[(warp * MAXG + g) * D + lane * kChannels + c] = acc[g][c];
       }
     }
   }
@@ -136,7 +157,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
       for (int w = 0; w < kDecodeWarps; w++) {
         float weight = __expf(stateMax[w][g] - overall);
         total += stateSum[w][g] * weight;
-        value += stateAcc[w][g][channel] * weight;
+        value += stateAcc[(w * MAXG + g) * D + channel] * weight;
       }
     }
     int64_t head = static_cast<int64_t>(kvHead) * group + g;
@@ -309,11 +330,13 @@ int maxGroupFor(int group) {
 }  // namespace
 
 int attentionDecodeSplits(const AttentionArgs& args, int multiprocessors) {
-  // About eight blocks (32 warps) per multiprocessor, and at least one 32-key tile per warp in each split.
-  int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * 8 / args.kvHeads);
+  // One wave: the decode kernel keeps about three 4-warp blocks per multiprocessor resident (shared memory bound for
+  // 16-bit caches at head dim 128), and each block loops over its split, so more splits would only add a tail.
+  int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * 3 / args.kvHeads);
   int64_t most = std::max<int64_t>(1, (args.keyLength + 127) / 128);
   int64_t splits = std::min({wanted, most, static_cast<int64_t>(kMaxSplits)});
   int64_t chunk = (args.keyLength + splits - 1) / splits;
+  chunk = (chunk + 31) / 32 * 32;  // whole tiles per split
   return static_cast<int>((args.keyLength + chunk - 1) / chunk);
 }
 
@@ -324,7 +347,7 @@ size_t attentionDecodeScratch(const AttentionArgs& args, int splits) {
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
                            const AttentionArgs& args, int splits, float* scratch, cudaStream_t stream) {
   int group = args.heads / args.kvHeads;
-  int64_t chunk = (args.keyLength + splits - 1) / splits;
+  const int64_t chunk = ((args.keyLength + splits - 1) / splits + 31) / 32 * 32;
   float* partialAcc = scratch;
   float* partialMax = partialAcc + static_cast<int64_t>(args.heads) * splits * args.headDim;
   float* partialSum = partialMax + static_cast<int64_t>(args.heads) * splits;
@@ -335,12 +358,12 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
       constexpr int D = decltype(dim)::value;
       if constexpr (D >= Vec16<T>::kCount && D <= 128) {
         auto run = [&](auto kernel) {
-          const size_t shared = static_cast<size_t>(kDecodeWarps) * 32 * D * sizeof(T);
-          if (shared > 16 * 1024)
+          const size_t shared = kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
+          if (shared > 48 * 1024)
             check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
           kernel<<<dim3(args.kvHeads, splits), kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v),
-                                                                          capacity, args.keyLength, group, args.scale, chunk,
-                                                                          splits, partialAcc, partialMax, partialSum);
+                                                                               capacity, args.keyLength, group, args.scale, chunk,
+                                                                               splits, partialAcc, partialMax, partialSum);
         };
         if (maxGroup == 1) run(decodeKernel<T, D, 1>);
         else if (maxGroup == 4) run(decodeKernel<T, D, 4>);
