@@ -227,6 +227,22 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
   });
 }
 
+// Per-op device times collected since the last call, as [{ name, count, milliseconds }] (CUDA with DUO_CUDA_PROFILE=1).
+Napi::Value TakeProfile(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto times = deviceOf(static_cast<int>(integer(info, 0)))->takeProfile();
+    Napi::Array result = Napi::Array::New(info.Env(), times.size());
+    for (size_t i = 0; i < times.size(); i++) {
+      Napi::Object entry = Napi::Object::New(info.Env());
+      entry.Set("name", times[i].name);
+      entry.Set("count", times[i].count);
+      entry.Set("milliseconds", times[i].milliseconds);
+      result.Set(static_cast<uint32_t>(i), entry);
+    }
+    return result;
+  });
+}
+
 // { available, name, reason } for a device index, without throwing.
 Napi::Value Probe(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(info.Env());
@@ -432,6 +448,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("read", Napi::Function::New(env, Read));
   exports.Set("synchronize", Napi::Function::New(env, Synchronize));
   exports.Set("memory", Napi::Function::New(env, Memory));
+  exports.Set("takeProfile", Napi::Function::New(env, TakeProfile));
   exports.Set("copyRows", Napi::Function::New(env, CopyRows));
   exports.Set("convert", Napi::Function::New(env, Convert));
   exports.Set("fillRandom", Napi::Function::New(env, FillRandom));

@@ -69,6 +69,9 @@ class Device {
   virtual PendingRead* read(const Tensor& tensor, void* host, size_t byteOffset, size_t bytes) = 0;
   virtual void synchronize() = 0;
   virtual MemoryInfo memory() const = 0;
+  // Per-op device time since the last call (op name → {count, milliseconds}); empty unless the backend profiles.
+  struct OpTime { std::string name; int count; double milliseconds; };
+  virtual std::vector<OpTime> takeProfile() { return {}; }
 
   virtual void copyRows(const Tensor& source, Tensor& target, int64_t sourceRow, int64_t targetRow, int64_t rows) = 0;
   virtual void convert(const Tensor& source, Tensor& target) = 0;

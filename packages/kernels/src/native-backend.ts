@@ -146,6 +146,14 @@ export class NativeBackend implements Backend {
     });
   }
 
+  /**
+   * Device time per op name since the last call (launch gaps included), when the CUDA backend runs with
+   * DUO_CUDA_PROFILE=1; an empty list otherwise. Synchronises.
+   */
+  takeProfile(): { name: string; count: number; milliseconds: number }[] {
+    return callNative(() => this.#native.takeProfile(this.#index));
+  }
+
   memory(): BackendMemory {
     const memory = callNative(() => this.#native.memory(this.#index));
     return this.device === 'cpu' ? { allocatedBytes: memory.allocatedBytes, peakBytes: memory.peakBytes } : memory;

@@ -14,6 +14,7 @@ export interface NativeAddon {
   write(id: number, data: ArrayBufferView, elementOffset: number): void;
   read(id: number, elementOffset: number, count: number): Promise<ArrayBuffer>;
   synchronize(device: number): Promise<void>;
+  takeProfile(device: number): { name: string; count: number; milliseconds: number }[];
   memory(device: number): {
     allocatedBytes: number;
     peakBytes: number;

@@ -8,7 +8,7 @@ import { median, quantile, writeResult } from '../results.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
 export const speedHelp = `duo-bench speed (--shape NAME | --model PATH) [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
-                [--prefill N] [--contexts 4k,32k] [--steps N] [--warmup N] [--bandwidth TBps] [--out FILE]
+                [--prefill N] [--contexts 4k,32k] [--steps N] [--warmup N] [--bandwidth TBps] [--out FILE] [--profile]
   Prefill time for N tokens, then decode ms/token at each context (the cache filled with synthetic K/V
   so long contexts need no long prefill; the JSON says so). Shapes: ${Object.keys(SHAPES).join(', ')}.`;
 
@@ -24,6 +24,7 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
     warmup: { type: 'string' },
     bandwidth: { type: 'string' },
     out: { type: 'string' },
+    profile: { type: 'boolean' },
   });
   const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
   const dtype = choiceOption('dtype', options.dtype, ['bf16', 'f16', 'f32'] as const, 'bf16');
@@ -72,6 +73,7 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
       session.syntheticFill(context, context);
       let token = 1;
       for (let i = 0; i < warmup; i++) token = await session.greedyStep(token);
+      if (options.profile) backend.takeProfile();
       const times: number[] = [];
       const enqueue: number[] = [];
       for (let i = 0; i < steps; i++) {
@@ -83,6 +85,12 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
       }
       const ms = median(times);
       const enqueueMs = median(enqueue);
+      const profile = options.profile ? backend.takeProfile() : [];
+      for (const entry of profile.sort((a, b) => b.milliseconds - a.milliseconds)) {
+        log(
+          `  ${entry.name.padEnd(18)} ${(entry.milliseconds / steps).toFixed(3)} ms/token over ${entry.count / steps} launches`,
+        );
+      }
       const floorBytes = decodeBytesFloor(config, weightBytes, context + warmup + steps / 2, cacheBytes);
       const floorMs = (floorBytes / (bandwidthTBps * 1e12)) * 1000;
       decode.push({

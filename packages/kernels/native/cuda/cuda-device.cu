@@ -1,5 +1,6 @@
 // The CUDA backend: one stream, stream-ordered allocations, pinned staging for reads, ops enqueued without waiting.
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -59,6 +60,39 @@ class CudaRead final : public Device::PendingRead {
   cudaEvent_t event_;
   void* host_;
   size_t bytes_;
+};
+
+// With DUO_CUDA_PROFILE=1 every op records an event after it; the gap between consecutive events is that op's
+// device time, launch gaps included. takeProfile() sums them per op name.
+class OpProfiler {
+ public:
+  bool enabled() const { return enabled_; }
+  void mark(const char* name, cudaStream_t stream) {
+    if (!enabled_) return;
+    cudaEvent_t event;
+    check(cudaEventCreate(&event), "cudaEventCreate");
+    check(cudaEventRecord(event, stream), "cudaEventRecord");
+    marks_.push_back({name, event});
+  }
+  std::vector<Device::OpTime> take(cudaStream_t stream) {
+    std::vector<Device::OpTime> out;
+    if (!enabled_) return out;
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    for (size_t i = 1; i < marks_.size(); i++) {
+      float ms = 0;
+      check(cudaEventElapsedTime(&ms, marks_[i - 1].second, marks_[i].second), "cudaEventElapsedTime");
+      auto found = std::find_if(out.begin(), out.end(), [&](const Device::OpTime& t) { return t.name == marks_[i].first; });
+      if (found == out.end()) out.push_back({marks_[i].first, 1, ms});
+      else { found->count++; found->milliseconds += ms; }
+    }
+    for (auto& mark : marks_) cudaEventDestroy(mark.second);
+    marks_.clear();
+    return out;
+  }
+
+ private:
+  bool enabled_ = std::getenv("DUO_CUDA_PROFILE") != nullptr && std::string(std::getenv("DUO_CUDA_PROFILE")) == "1";
+  std::vector<std::pair<const char*, cudaEvent_t>> marks_;
 };
 
 class CudaDevice final : public Device {
@@ -148,18 +182,23 @@ class CudaDevice final : public Device {
     check(cudaMemcpyAsync(static_cast<char*>(target.data) + targetRow * rowBytes, static_cast<const char*>(source.data) + sourceRow * rowBytes,
                           rows * rowBytes, cudaMemcpyDeviceToDevice, stream_),
           "copyRows");
+    profiler_.mark("copyRows", stream_);
   }
   void convert(const Tensor& source, Tensor& target) override {
     launchConvert(source.data, source.dtype, target.data, target.dtype, source.size, stream_);
+    profiler_.mark("convert", stream_);
   }
   void fillRandom(Tensor& tensor, uint64_t seed, float std) override {
     launchFillRandom(tensor.data, tensor.dtype, tensor.size, seed, std, stream_);
+    profiler_.mark("fillRandom", stream_);
   }
   void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
     launchEmbedding(table.data, table.dtype, ids.as<int32_t>(), out.as<float>(), ids.size, table.cols(), stream_);
+    profiler_.mark("embedding", stream_);
   }
   void rmsNorm(const Tensor& x, const Tensor& weight, Tensor& out, float eps) override {
     launchRmsNorm(x.as<float>(), weight.data, weight.dtype, out.as<float>(), x.rows(), x.cols(), eps, stream_);
+    profiler_.mark("rmsNorm", stream_);
   }
   void matmul(const Tensor& x, const Tensor& weight, Tensor& out, const Tensor* bias, const Tensor* residual) override {
     int64_t n = x.rows(), k = x.cols(), m = weight.rows();
@@ -168,6 +207,7 @@ class CudaDevice final : public Device {
     CublasLibrary& blas = CublasLibrary::instance();
     if (n <= kGemvRows || !blas.available()) {
       launchGemv(x.as<float>(), n, k, weight.data, weight.dtype, m, out.as<float>(), biasData, residualData, stream_);
+      profiler_.mark("matmul", stream_);
       return;
     }
     // Many rows: tensor-core GEMM through cuBLAS, x rounded to the weight dtype; residual via beta = 1.
@@ -187,23 +227,29 @@ class CudaDevice final : public Device {
     }
     blas.gemm(stream_, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), weight.data, operand, type, out.as<float>(), beta);
     launchBiasResidual(out.as<float>(), biasData, nullptr, n, m, stream_);
+    profiler_.mark("matmul", stream_);
   }
   void rope(Tensor& x, const Tensor& positions, const Tensor& frequencies, const RopeArgs& args) override {
     launchRope(x.as<float>(), positions.as<int32_t>(), frequencies.as<float>(), x.rows(), x.cols(), args.heads, args.headDim,
                args.interleaved, stream_);
+    profiler_.mark("rope", stream_);
   }
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
     launchSwiglu(gate.as<float>(), up.as<float>(), out.as<float>(), gate.size, stream_);
+    profiler_.mark("swiglu", stream_);
   }
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {
     launchAdd(a.as<float>(), b.as<float>(), out.as<float>(), a.size, stream_);
+    profiler_.mark("add", stream_);
   }
   void writeCache(const Tensor& source, Tensor& cache, int64_t start) override {
     launchWriteCache(source.as<float>(), source.rows(), source.cols(), cache.data, cache.dtype, cache.shape[0], cache.shape[1],
                      cache.shape[2], start, stream_);
+    profiler_.mark("writeCache", stream_);
   }
   void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
     launchAttentionPrefill(q.as<float>(), q.cols(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), q.rows(), args, stream_);
+    profiler_.mark("attentionPrefill", stream_);
   }
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
     if (q.rows() != 1) {
@@ -211,11 +257,13 @@ class CudaDevice final : public Device {
       AttentionArgs prefill = args;
       prefill.queryStart = args.keyLength - 1;
       attentionPrefill(q, k, v, out, prefill);
+      profiler_.mark("attentionDecode", stream_);
       return;
     }
     int splits = attentionDecodeSplits(args, properties_.multiProcessorCount);
     float* partial = static_cast<float*>(scratch(attentionDecodeScratch(args, splits)));
     launchAttentionDecode(q.as<float>(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), args, splits, partial, stream_);
+    profiler_.mark("attentionDecode", stream_);
   }
   void matmulGroup(const Tensor& x, const Tensor* const* weights, Tensor* const* outs, const Tensor* const* biases,
                    int count) override {
@@ -223,32 +271,39 @@ class CudaDevice final : public Device {
     for (int i = 0; i < count; i++) sameType = sameType && weights[i]->dtype == weights[0]->dtype;
     if (count > 3 || !sameType || !gemvFusable(x.rows(), x.cols(), weights[0]->dtype, x.data)) {
       Device::matmulGroup(x, weights, outs, biases, count);
+      profiler_.mark("matmulGroup", stream_);
       return;
     }
     GemvTarget targets[3];
     for (int i = 0; i < count; i++)
       targets[i] = GemvTarget{weights[i]->data, outs[i]->as<float>(), biases[i] ? biases[i]->as<float>() : nullptr, weights[i]->rows()};
     launchGemvGroup(x.as<float>(), x.rows(), x.cols(), weights[0]->dtype, targets, count, stream_);
+    profiler_.mark("matmulGroup", stream_);
   }
   void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) override {
     bool aligned = reinterpret_cast<uintptr_t>(gate.data) % 16 == 0 && reinterpret_cast<uintptr_t>(up.data) % 16 == 0;
     if (gate.dtype != up.dtype || !aligned || !gemvFusable(x.rows(), x.cols(), gate.dtype, x.data)) {
       Device::matmulSwiglu(x, gate, up, out);
+      profiler_.mark("matmulSwiglu", stream_);
       return;
     }
     launchGemvSwiglu(x.as<float>(), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(), out.as<float>(), stream_);
+    profiler_.mark("matmulSwiglu", stream_);
   }
   void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
                       const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache, int64_t start) override {
     launchRopeWriteCache(q.as<float>(), k.as<float>(), v.as<float>(), positions.as<int32_t>(), frequencies.as<float>(), q.rows(),
                          args.heads, kvHeads, args.headDim, args.interleaved, keyCache.data, valueCache.data, keyCache.dtype,
                          keyCache.shape[1], start, stream_);
+    profiler_.mark("ropeWriteCache", stream_);
   }
   void argmax(const Tensor& logits, Tensor& out) override {
     launchArgmax(logits.as<float>(), out.as<int32_t>(), logits.rows(), logits.cols(), stream_);
+    profiler_.mark("argmax", stream_);
   }
   void softmax(const Tensor& logits, Tensor& out, float temperature) override {
     launchSoftmax(logits.as<float>(), out.as<float>(), logits.rows(), logits.cols(), temperature, stream_);
+    profiler_.mark("softmax", stream_);
   }
 
  private:
@@ -273,6 +328,10 @@ class CudaDevice final : public Device {
   void* scratch_ = nullptr;
   size_t scratchBytes_ = 0;
   PinnedPool pinned_;
+  OpProfiler profiler_;
+
+ public:
+  std::vector<OpTime> takeProfile() override { return profiler_.take(stream_); }
 };
 
 }  // namespace
