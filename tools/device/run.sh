@@ -17,6 +17,7 @@ for step in "${steps[@]}"; do
   echo "=== $step"
   case "$step" in
     tests) DUO_TEST_JSON=$OUT/device-tests.json node .device/device-tests.mjs 2>&1 | tee "$OUT/device-tests.log" || status=1 ;;
+    kernels-profile) DUO_CUDA_PROFILE=1 node .device/duo-bench.mjs kernels --device cuda --out "$OUT/kernels-profile.json" || status=1 ;;
     kernels) node .device/duo-bench.mjs kernels --device cuda --out "$OUT/kernels.json" || status=1 ;;
     engine) node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --dtype bf16 --prefill 4096 \
               --contexts 4096,32768 --steps 64 --warmup 8 --out "$OUT/engine-llama-3-8b.json" || status=1 ;;

@@ -9,9 +9,17 @@ export const kernelsHelp = `duo-bench kernels [--device auto|cpu|cuda] [--repeat
   GEMV bandwidth at Llama-3-8B shapes (bf16 weights), decode attention bandwidth at 4K-128K keys (bf16 cache),
   the GPU time of a small op, and the host time to enqueue one.`;
 
+/** Device ms per op from the CUDA profiler (DUO_CUDA_PROFILE=1), or undefined when it is off. */
+function profiledMs(backend: Backend, calls: number): number | undefined {
+  const entries = (backend as Backend & { takeProfile?: () => { milliseconds: number }[] }).takeProfile?.() ?? [];
+  if (entries.length === 0) return undefined;
+  return entries.reduce((sum, entry) => sum + entry.milliseconds, 0) / calls;
+}
+
 async function timeOps(backend: Backend, repeats: number, op: () => void): Promise<number> {
   op();
   await backend.synchronize();
+  profiledMs(backend, 1);
   const samples: number[] = [];
   for (let trial = 0; trial < 5; trial++) {
     const start = performance.now();
@@ -19,7 +27,8 @@ async function timeOps(backend: Backend, repeats: number, op: () => void): Promi
     await backend.synchronize();
     samples.push((performance.now() - start) / repeats);
   }
-  return median(samples);
+  // With the profiler on, report device time (events between ops) rather than host-bound wall time.
+  return profiledMs(backend, 5 * repeats) ?? median(samples);
 }
 
 export async function kernelsCommand(argv: string[], log: (line: string) => void): Promise<object> {

@@ -147,7 +147,8 @@ void launchAdd(const float* a, const float* b, float* out, int64_t count, cudaSt
 void launchBiasResidual(float* out, const float* bias, const float* residual, int64_t rows, int64_t cols, cudaStream_t stream);
 void launchWriteCache(const float* source, int64_t rows, int64_t sourceStride, void* cache, DType cacheType, int64_t kvHeads,
                       int64_t capacity, int64_t headDim, int64_t start, cudaStream_t stream);
-void launchArgmax(const float* logits, int32_t* out, int64_t rows, int64_t vocab, cudaStream_t stream);
+size_t argmaxScratch(int64_t rows);
+void launchArgmax(const float* logits, int32_t* out, int64_t rows, int64_t vocab, void* scratch, cudaStream_t stream);
 void launchSoftmax(const float* logits, float* out, int64_t rows, int64_t vocab, float temperature, cudaStream_t stream);
 // out[r, j] = x[r] · W[j] (+ bias[j]) (+ residual[r, j]) for any r count; weight-streaming kernel for few rows.
 void launchGemv(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,

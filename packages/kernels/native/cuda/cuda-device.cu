@@ -66,7 +66,6 @@ class CudaRead final : public Device::PendingRead {
 // device time, launch gaps included. takeProfile() sums them per op name.
 class OpProfiler {
  public:
-  bool enabled() const { return enabled_; }
   void mark(const char* name, cudaStream_t stream) {
     if (!enabled_) return;
     cudaEvent_t event;
@@ -140,6 +139,22 @@ class CudaDevice final : public Device {
     allocated_ -= bytes;
   }
   void write(Tensor& tensor, const void* host, size_t byteOffset, size_t bytes) override {
+    if (bytes <= kSmallWrite) {
+      // Small writes (token ids, positions) go through a ring of pinned slots without waiting for the stream, so
+      // the GPU never idles between decode steps; a slot is reused only after its previous copy has run.
+      SmallSlot& slot = smallSlots_[nextSmallSlot_++ % kSmallSlots];
+      if (!slot.data) {
+        check(cudaMallocHost(&slot.data, kSmallWrite), "cudaMallocHost");
+        check(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming), "cudaEventCreate");
+      } else {
+        check(cudaEventSynchronize(slot.done), "waiting for a staging slot");
+      }
+      std::memcpy(slot.data, host, bytes);
+      check(cudaMemcpyAsync(static_cast<char*>(tensor.data) + byteOffset, slot.data, bytes, cudaMemcpyHostToDevice, stream_),
+            "uploading a tensor");
+      check(cudaEventRecord(slot.done, stream_), "cudaEventRecord");
+      return;
+    }
     // Through pinned staging in pieces, ordered on the stream after earlier ops.
     const size_t piece = 64 << 20;
     for (size_t done = 0; done < bytes; done += piece) {
@@ -298,7 +313,7 @@ class CudaDevice final : public Device {
     profiler_.mark("ropeWriteCache", stream_);
   }
   void argmax(const Tensor& logits, Tensor& out) override {
-    launchArgmax(logits.as<float>(), out.as<int32_t>(), logits.rows(), logits.cols(), stream_);
+    launchArgmax(logits.as<float>(), out.as<int32_t>(), logits.rows(), logits.cols(), scratch(argmaxScratch(logits.rows())), stream_);
     profiler_.mark("argmax", stream_);
   }
   void softmax(const Tensor& logits, Tensor& out, float temperature) override {
@@ -308,6 +323,11 @@ class CudaDevice final : public Device {
 
  private:
   static constexpr int64_t kGemvRows = 8;
+  static constexpr size_t kSmallWrite = 64 * 1024;
+  static constexpr int kSmallSlots = 16;
+  struct SmallSlot { void* data = nullptr; cudaEvent_t done = nullptr; };
+  SmallSlot smallSlots_[kSmallSlots];
+  unsigned nextSmallSlot_ = 0;
 
   // A growing scratch buffer; stream order makes reuse by consecutive ops safe.
   void* scratch(size_t bytes) {

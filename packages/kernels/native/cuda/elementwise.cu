@@ -1,6 +1,7 @@
 // Element-wise, normalisation and reduction kernels of the CUDA backend.
 #include <algorithm>
 #include <cfloat>
+#include <cstdint>
 
 #include "cuda-common.cuh"
 
@@ -29,24 +30,37 @@ __global__ void embeddingKernel(const T* table, const int32_t* ids, float* out, 
     out[row * dim + i] = toFloat(source[i]);
 }
 
-// One block per row: sum of squares in f32 with a block reduction.
+// One block per row: sum of squares in f32 with a block reduction; 16-byte loads when the row allows.
 template <typename T>
 __global__ void rmsNormKernel(const float* x, const T* weight, float* out, int64_t dim, float eps) {
   __shared__ float partial[32];
   const float* row = x + blockIdx.x * dim;
+  float* target = out + blockIdx.x * dim;
+  const bool vector = (dim & 3) == 0;
   float sum = 0;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) sum += row[i] * row[i];
+  if (vector) {
+    for (int64_t i = threadIdx.x * 4; i < dim; i += blockDim.x * 4) {
+      const float4 value = *reinterpret_cast<const float4*>(row + i);
+      sum += value.x * value.x + value.y * value.y + value.z * value.z + value.w * value.w;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) sum += row[i] * row[i];
+  }
   sum = warpSum(sum);
   if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = sum;
   __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.0f;
-    v = warpSum(v);
-    if (threadIdx.x == 0) partial[0] = rsqrtf(v / static_cast<float>(dim) + eps);
+  float total = 0;
+  for (unsigned w = 0; w < (blockDim.x >> 5); w++) total += partial[w];
+  const float inverse = rsqrtf(total / static_cast<float>(dim) + eps);
+  if (vector) {
+    for (int64_t i = threadIdx.x * 4; i < dim; i += blockDim.x * 4) {
+      const float4 value = *reinterpret_cast<const float4*>(row + i);
+      *reinterpret_cast<float4*>(target + i) = make_float4(value.x * inverse * toFloat(weight[i]), value.y * inverse * toFloat(weight[i + 1]),
+                                                           value.z * inverse * toFloat(weight[i + 2]), value.w * inverse * toFloat(weight[i + 3]));
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) target[i] = row[i] * inverse * toFloat(weight[i]);
   }
-  __syncthreads();
-  float inverse = partial[0];
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) out[blockIdx.x * dim + i] = row[i] * inverse * toFloat(weight[i]);
 }
 
 // One thread per (row, channel pair); the angle in double so positions in the millions keep their phase.
@@ -70,39 +84,43 @@ __global__ void ropeKernel(float* x, const int32_t* positions, const float* freq
   }
 }
 
-// One thread per (row, channel pair): rotates that pair in every query and key head, then writes the rotated key pair
-// and the value pair of every KV head into the caches (keys stored after RoPE, at absolute positions).
+// One block per row: the row's cos/sin pairs are computed once (angles in double) into shared memory, then the
+// block's threads rotate every (head, pair) of q and k in parallel and write the rotated key and the value pairs of
+// every KV head into the caches (keys stored after RoPE, at absolute positions).
 template <typename T>
 __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies,
-                                     int64_t rows, int heads, int kvHeads, int headDim, bool interleaved, T* keyCache,
-                                     T* valueCache, int64_t capacity, int64_t start) {
+                                     int heads, int kvHeads, int headDim, bool interleaved, T* keyCache, T* valueCache,
+                                     int64_t capacity, int64_t start) {
+  extern __shared__ float angles[];  // [half] cos, then [half] sin
   const int half = headDim / 2;
-  const int64_t total = rows * half;
-  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total; t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = t / half;
-    const int i = static_cast<int>(t % half);
+  const int64_t row = blockIdx.x;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
     double sine, cosine;
     sincos(static_cast<double>(positions[row]) * static_cast<double>(frequencies[i]), &sine, &cosine);
-    const float s = static_cast<float>(sine), c = static_cast<float>(cosine);
+    angles[i] = static_cast<float>(cosine);
+    angles[half + i] = static_cast<float>(sine);
+  }
+  __syncthreads();
+  const int queryPairs = heads * half, total = (heads + kvHeads) * half;
+  float* queryRow = q + row * static_cast<int64_t>(heads) * headDim;
+  float* keyRow = k + row * static_cast<int64_t>(kvHeads) * headDim;
+  const float* valueRow = v + row * static_cast<int64_t>(kvHeads) * headDim;
+  for (int t = threadIdx.x; t < total; t += blockDim.x) {
+    const bool isQuery = t < queryPairs;
+    const int local = isQuery ? t : t - queryPairs;
+    const int h = local / half, i = local % half;
     const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-    float* queryRow = q + row * static_cast<int64_t>(heads) * headDim;
-    for (int h = 0; h < heads; h++) {
-      float* head = queryRow + static_cast<int64_t>(h) * headDim;
-      const float first = head[a], second = head[b];
-      head[a] = first * c - second * s;
-      head[b] = first * s + second * c;
-    }
-    const int64_t kvStride = static_cast<int64_t>(kvHeads) * headDim;
-    for (int h = 0; h < kvHeads; h++) {
-      float* head = k + row * kvStride + static_cast<int64_t>(h) * headDim;
-      const float first = head[a], second = head[b];
-      const float rotatedA = first * c - second * s, rotatedB = first * s + second * c;
-      head[a] = rotatedA;
-      head[b] = rotatedB;
+    const float c = angles[i], s = angles[half + i];
+    float* head = (isQuery ? queryRow : keyRow) + static_cast<int64_t>(h) * headDim;
+    const float first = head[a], second = head[b];
+    const float rotatedA = first * c - second * s, rotatedB = first * s + second * c;
+    head[a] = rotatedA;
+    head[b] = rotatedB;
+    if (!isQuery) {
       const int64_t slot = (static_cast<int64_t>(h) * capacity + start + row) * headDim;
       keyCache[slot + a] = fromFloat<T>(rotatedA);
       keyCache[slot + b] = fromFloat<T>(rotatedB);
-      const float* value = v + row * kvStride + static_cast<int64_t>(h) * headDim;
+      const float* value = valueRow + static_cast<int64_t>(h) * headDim;
       valueCache[slot + a] = fromFloat<T>(value[a]);
       valueCache[slot + b] = fromFloat<T>(value[b]);
     }
@@ -139,29 +157,55 @@ __global__ void writeCacheKernel(const float* source, int64_t rows, int64_t sour
   }
 }
 
-// One block per row; ties resolve to the lowest index, like the CPU backend.
-__global__ void argmaxKernel(const float* logits, int32_t* out, int64_t vocab) {
-  __shared__ float bestValues[32];
-  __shared__ int64_t bestIndices[32];
-  const float* row = logits + blockIdx.x * vocab;
-  float best = -FLT_MAX;
-  int64_t index = 0;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-    if (row[i] > best) { best = row[i]; index = i; }
+// Stage one: each block reduces one slice of one row to (value, index); stage two: one block per row reduces the
+// slices. Ties resolve to the lowest index, like the CPU backend.
+constexpr int kArgmaxSlices = 64;
+
+__device__ __forceinline__ void argmaxMerge(float& best, int64_t& index, float otherValue, int64_t otherIndex) {
+  if (otherValue > best || (otherValue == best && otherIndex < index)) {
+    best = otherValue;
+    index = otherIndex;
   }
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    float otherValue = __shfl_xor_sync(0xffffffffu, best, offset);
-    int64_t otherIndex = __shfl_xor_sync(0xffffffffu, index, offset);
-    if (otherValue > best || (otherValue == best && otherIndex < index)) { best = otherValue; index = otherIndex; }
+}
+
+__device__ void blockArgmax(float& best, int64_t& index) {
+  __shared__ float values[32];
+  __shared__ int64_t indices[32];
+  for (int offset = 16; offset > 0; offset >>= 1)
+    argmaxMerge(best, index, __shfl_xor_sync(0xffffffffu, best, offset), __shfl_xor_sync(0xffffffffu, index, offset));
+  if ((threadIdx.x & 31) == 0) {
+    values[threadIdx.x >> 5] = best;
+    indices[threadIdx.x >> 5] = index;
   }
-  if ((threadIdx.x & 31) == 0) { bestValues[threadIdx.x >> 5] = best; bestIndices[threadIdx.x >> 5] = index; }
   __syncthreads();
+  if (threadIdx.x == 0)
+    for (unsigned w = 1; w < (blockDim.x >> 5); w++) argmaxMerge(best, index, values[w], indices[w]);
+}
+
+__global__ void argmaxSliceKernel(const float* logits, int64_t vocab, float* sliceValues, int64_t* sliceIndices) {
+  const int64_t row = blockIdx.y, slice = blockIdx.x;
+  const int64_t length = (vocab + kArgmaxSlices - 1) / kArgmaxSlices;
+  const int64_t begin = slice * length, end = lesser(vocab, begin + length);
+  const float* values = logits + row * vocab;
+  float best = -FLT_MAX;
+  int64_t index = vocab;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) argmaxMerge(best, index, values[i], i);
+  blockArgmax(best, index);
   if (threadIdx.x == 0) {
-    for (unsigned w = 1; w < (blockDim.x >> 5); w++) {
-      if (bestValues[w] > best || (bestValues[w] == best && bestIndices[w] < index)) { best = bestValues[w]; index = bestIndices[w]; }
-    }
-    out[blockIdx.x] = static_cast<int32_t>(index);
+    sliceValues[row * kArgmaxSlices + slice] = best;
+    sliceIndices[row * kArgmaxSlices + slice] = index;
   }
+}
+
+__global__ void argmaxFinalKernel(const float* sliceValues, const int64_t* sliceIndices, int32_t* out) {
+  float best = -FLT_MAX;
+  int64_t index = INT64_MAX;
+  if (threadIdx.x < kArgmaxSlices) {
+    best = sliceValues[blockIdx.x * kArgmaxSlices + threadIdx.x];
+    index = sliceIndices[blockIdx.x * kArgmaxSlices + threadIdx.x];
+  }
+  blockArgmax(best, index);
+  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<int32_t>(index);
 }
 
 __device__ float blockReduce(float value, bool isMax, float* shared) {
@@ -237,7 +281,7 @@ void launchRmsNorm(const float* x, const void* weight, DType weightType, float* 
   dispatchFloat(weightType, [&](auto t) {
     using T = decltype(t);
     // One block per row, wide enough that a 4096-wide row takes a single pass (a lone row is latency-bound).
-    unsigned threads = static_cast<unsigned>(std::min<int64_t>(1024, std::max<int64_t>(32, (dim + 3) / 4 / 32 * 32)));
+    unsigned threads = static_cast<unsigned>(std::min<int64_t>(1024, std::max<int64_t>(32, ((dim + 3) / 4 + 31) / 32 * 32)));
     rmsNormKernel<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, static_cast<const T*>(weight), out, dim, eps);
   });
   checkLaunch("rmsNorm");
@@ -284,21 +328,26 @@ void launchWriteCache(const float* source, int64_t rows, int64_t sourceStride, v
 void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int64_t rows,
                           int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,
                           int64_t capacity, int64_t start, cudaStream_t stream) {
-  const int64_t work = rows * (headDim / 2);
-  if (work == 0) return;
+  if (rows == 0) return;
   dispatchFloat(cacheType, [&](auto t) {
     using T = decltype(t);
-    ropeWriteCacheKernel<T><<<gridFor(work), kThreads, 0, stream>>>(q, k, v, positions, frequencies, rows, heads, kvHeads, headDim,
-                                                                    interleaved, static_cast<T*>(keyCache), static_cast<T*>(valueCache),
-                                                                    capacity, start);
+    ropeWriteCacheKernel<T><<<static_cast<unsigned>(rows), 256, headDim * sizeof(float), stream>>>(
+        q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, static_cast<T*>(keyCache),
+        static_cast<T*>(valueCache), capacity, start);
   });
   checkLaunch("ropeWriteCache");
 }
 
-void launchArgmax(const float* logits, int32_t* out, int64_t rows, int64_t vocab, cudaStream_t stream) {
+size_t argmaxScratch(int64_t rows) { return static_cast<size_t>(rows) * kArgmaxSlices * (sizeof(float) + sizeof(int64_t)); }
+
+void launchArgmax(const float* logits, int32_t* out, int64_t rows, int64_t vocab, void* scratch, cudaStream_t stream) {
   if (rows == 0) return;
-  argmaxKernel<<<static_cast<unsigned>(rows), 1024, 0, stream>>>(logits, out, vocab);
+  float* sliceValues = static_cast<float*>(scratch);
+  int64_t* sliceIndices = reinterpret_cast<int64_t*>(sliceValues + rows * kArgmaxSlices);
+  argmaxSliceKernel<<<dim3(kArgmaxSlices, static_cast<unsigned>(rows)), 256, 0, stream>>>(logits, vocab, sliceValues, sliceIndices);
   checkLaunch("argmax");
+  argmaxFinalKernel<<<static_cast<unsigned>(rows), kArgmaxSlices, 0, stream>>>(sliceValues, sliceIndices, out);
+  checkLaunch("argmaxFinal");
 }
 
 void launchSoftmax(const float* logits, float* out, int64_t rows, int64_t vocab, float temperature, cudaStream_t stream) {
