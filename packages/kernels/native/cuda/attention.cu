@@ -2,6 +2,7 @@
 // f32 / f16 / bf16 caches laid out [kvHeads, capacity, headDim] and accumulating in f32.
 #include <algorithm>
 #include <cfloat>
+#include <type_traits>
 
 #include "cuda-common.cuh"
 
@@ -161,6 +162,192 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
       }
     }
     int64_t head = static_cast<int64_t>(kvHead) * group + g;
+    partialAcc[(head * splits + split) * D + channel] = value;
+    if (channel == 0) {
+      partialMax[head * splits + split] = overall;
+      partialSum[head * splits + split] = total;
+    }
+  }
+}
+
+// Tensor-core decode for 16-bit caches, head dim 64 or 128, up to 8 query heads per KV head (GQA). Same grid, tiles
+// and merge as decodeKernel, but per 32-key tile the scores Q·Kᵀ and the update P·V are mma.sync m16n8k16 products:
+// the G query heads are the rows of A (rows G…15 are zero); q is split into a 16-bit high part and a 16-bit
+// remainder so the scores keep about 16 mantissa bits; P is rounded to 16 bits for P·V, as FlashAttention does.
+template <typename T>
+__device__ __forceinline__ uint32_t packPair(float low, float high) {
+  const T a = fromFloat<T>(low), b = fromFloat<T>(high);
+  uint16_t bitsA, bitsB;
+  memcpy(&bitsA, &a, 2);
+  memcpy(&bitsB, &b, 2);
+  return static_cast<uint32_t>(bitsA) | (static_cast<uint32_t>(bitsB) << 16);
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+  const uint32_t zero = 0;
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(zero), "r"(a2), "r"(zero), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(zero), "r"(a2), "r"(zero), "r"(b0), "r"(b1));
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* __restrict__ q, const T* __restrict__ k,
+                                                                  const T* __restrict__ v, int64_t capacity, int64_t keyLength,
+                                                                  int group, float scale, int64_t chunk, int splits,
+                                                                  float* __restrict__ partialAcc, float* __restrict__ partialMax,
+                                                                  float* __restrict__ partialSum) {
+  constexpr int kStride = D + 8;       // padded rows: conflict-free fragment loads and ldmatrix
+  constexpr int kSteps = D / 16;       // k-steps of Q·Kᵀ
+  constexpr int kOutTiles = D / 8;     // n-tiles of P·V
+  constexpr int kChunksPerRow = D / 8; // 16-byte copies per row
+  constexpr int kMaxHeads = 8;
+  __shared__ float stateMax[kDecodeWarps][kMaxHeads];
+  __shared__ float stateSum[kDecodeWarps][kMaxHeads];
+  extern __shared__ __align__(16) unsigned char tiles[];
+  const int kvHead = blockIdx.x, split = blockIdx.y;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
+  T* keyTile = reinterpret_cast<T*>(tiles) + static_cast<int64_t>(warp) * 2 * 32 * kStride;
+  T* valueTile = keyTile + 32 * kStride;
+  // A fragments of Q for this lane: row `row` (a query head), columns 16s + 2·pair (+1) and 16s + 8 + 2·pair (+1).
+  uint32_t qHigh[kSteps][2], qLow[kSteps][2];
+#pragma unroll
+  for (int step = 0; step < kSteps; step++)
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+      const int column = 16 * step + 8 * half + 2 * pair;
+      float x0 = 0.0f, x1 = 0.0f;
+      if (row < group) {
+        const float* source = q + (static_cast<int64_t>(kvHead) * group + row) * D + column;
+        x0 = source[0] * scale;
+        x1 = source[1] * scale;
+      }
+      qHigh[step][half] = packPair<T>(x0, x1);
+      qLow[step][half] = packPair<T>(x0 - toFloat(fromFloat<T>(x0)), x1 - toFloat(fromFloat<T>(x1)));
+    }
+  const int64_t begin = static_cast<int64_t>(split) * chunk;
+  const int64_t end = lesser(keyLength, begin + chunk);
+  const T* keys = k + static_cast<int64_t>(kvHead) * capacity * D;
+  const T* values = v + static_cast<int64_t>(kvHead) * capacity * D;
+  float maximum = -INFINITY, sum = 0.0f;
+  float out[kOutTiles][4];
+#pragma unroll
+  for (int t = 0; t < kOutTiles; t++) out[t][0] = out[t][1] = out[t][2] = out[t][3] = 0.0f;
+
+  for (int64_t tile = begin + static_cast<int64_t>(warp) * 32; tile < end; tile += kDecodeWarps * 32) {
+    const int count = static_cast<int>(lesser(32, end - tile));
+    for (int piece = lane; piece < count * kChunksPerRow; piece += 32) {
+      const int r = piece / kChunksPerRow, column = (piece % kChunksPerRow) * 8;
+      copyAsync16(keyTile + r * kStride + column, keys + (tile + r) * D + column);
+      copyAsync16(valueTile + r * kStride + column, values + (tile + r) * D + column);
+    }
+    // Rows past the sequence must hold finite values: their probability is 0, and 0 · NaN would poison P·V.
+    for (int piece = count * kChunksPerRow + lane; piece < 32 * kChunksPerRow; piece += 32) {
+      const int r = piece / kChunksPerRow, column = (piece % kChunksPerRow) * 8;
+      *reinterpret_cast<uint4*>(keyTile + r * kStride + column) = make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(valueTile + r * kStride + column) = make_uint4(0, 0, 0, 0);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncwarp();
+    // Scores of 32 keys: n-tile t holds keys 8t + 2·pair (+1) for query head `row`.
+    float score[4][4];
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+      score[t][0] = score[t][1] = score[t][2] = score[t][3] = 0.0f;
+#pragma unroll
+      for (int step = 0; step < kSteps; step++) {
+        const T* key = keyTile + (8 * t + row) * kStride + 16 * step + 2 * pair;
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + 8);
+        mma16816<T>(score[t], qHigh[step][0], qHigh[step][1], b0, b1);
+        mma16816<T>(score[t], qLow[step][0], qLow[step][1], b0, b1);
+      }
+    }
+    float tileMax = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const bool valid = 8 * t + 2 * pair + j < count;
+        score[t][j] = valid ? score[t][j] : -INFINITY;
+        tileMax = fmaxf(tileMax, score[t][j]);
+      }
+    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
+    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 2));
+    const float updated = fmaxf(maximum, tileMax);
+    const float correction = __expf(maximum - updated);
+    float probability[4][2];
+    float rowSum = 0.0f;
+#pragma unroll
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        probability[t][j] = score[t][j] == -INFINITY ? 0.0f : __expf(score[t][j] - updated);
+        rowSum += probability[t][j];
+      }
+    rowSum += __shfl_xor_sync(0xffffffffu, rowSum, 1);
+    rowSum += __shfl_xor_sync(0xffffffffu, rowSum, 2);
+    sum = sum * correction + rowSum;
+    maximum = updated;
+#pragma unroll
+    for (int t = 0; t < kOutTiles; t++) {
+      out[t][0] *= correction;
+      out[t][1] *= correction;
+    }
+    // P·V over two 16-key steps; V fragments through ldmatrix.trans (rows are keys, columns channels).
+#pragma unroll
+    for (int step = 0; step < 2; step++) {
+      const uint32_t a0 = packPair<T>(probability[2 * step][0], probability[2 * step][1]);
+      const uint32_t a2 = packPair<T>(probability[2 * step + 1][0], probability[2 * step + 1][1]);
+      const int matrix = lane >> 3, matrixRow = lane & 7;
+#pragma unroll
+      for (int t = 0; t < kOutTiles; t += 2) {
+        const T* address = valueTile + (16 * step + (matrix & 1) * 8 + matrixRow) * kStride + 8 * (t + (matrix >> 1));
+        const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(address));
+        uint32_t b0, b1, b2, b3;
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
+                     : "r"(shared));
+        mma16816<T>(out[t], a0, a2, b0, b1);
+        mma16816<T>(out[t + 1], a0, a2, b2, b3);
+      }
+    }
+    __syncwarp();
+  }
+  __syncthreads();
+  float* stateAcc = reinterpret_cast<float*>(tiles);  // [warp][head][channel], over the finished tiles
+  if (row < group) {
+    if (pair == 0) {
+      stateMax[warp][row] = maximum;
+      stateSum[warp][row] = sum;
+    }
+#pragma unroll
+    for (int t = 0; t < kOutTiles; t++) {
+      stateAcc[(warp * kMaxHeads + row) * D + 8 * t + 2 * pair] = out[t][0];
+      stateAcc[(warp * kMaxHeads + row) * D + 8 * t + 2 * pair + 1] = out[t][1];
+    }
+  }
+  __syncthreads();
+  for (int t = threadIdx.x; t < group * D; t += blockDim.x) {
+    const int g = t / D, channel = t % D;
+    float overall = -INFINITY;
+    for (int w = 0; w < kDecodeWarps; w++) overall = fmaxf(overall, stateMax[w][g]);
+    float total = 0.0f, value = 0.0f;
+    if (overall != -INFINITY) {
+      for (int w = 0; w < kDecodeWarps; w++) {
+        const float weight = __expf(stateMax[w][g] - overall);
+        total += stateSum[w][g] * weight;
+        value += stateAcc[(w * kMaxHeads + g) * D + channel] * weight;
+      }
+    }
+    const int64_t head = static_cast<int64_t>(kvHead) * group + g;
     partialAcc[(head * splits + split) * D + channel] = value;
     if (channel == 0) {
       partialMax[head * splits + split] = overall;
@@ -329,10 +516,12 @@ int maxGroupFor(int group) {
 
 }  // namespace
 
-int attentionDecodeSplits(const AttentionArgs& args, int multiprocessors) {
-  // One wave: the decode kernel keeps about three 4-warp blocks per multiprocessor resident (shared memory bound for
-  // 16-bit caches at head dim 128), and each block loops over its split, so more splits would only add a tail.
-  int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * 3 / args.kvHeads);
+int attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors) {
+  // One wave: each block loops over its split, so more splits than resident blocks would only add a tail. The
+  // tensor-core kernel keeps two 4-warp blocks per multiprocessor (registers), the CUDA-core one three (shared memory).
+  const bool tensorCores = cacheType != DType::F32 && (args.headDim == 64 || args.headDim == 128);
+  const int64_t resident = tensorCores ? 2 : 3;
+  int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * resident / args.kvHeads);
   int64_t most = std::max<int64_t>(1, (args.keyLength + 127) / 128);
   int64_t splits = std::min({wanted, most, static_cast<int64_t>(kMaxSplits)});
   int64_t chunk = (args.keyLength + splits - 1) / splits;
@@ -356,7 +545,16 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
     using T = decltype(t);
     dispatchHeadDim(args.headDim, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      if constexpr (D >= Vec16<T>::kCount && D <= 128) {
+      if constexpr (sizeof(T) == 2 && (D == 64 || D == 128)) {
+        // Tensor cores: any G ≤ 8 shares one kernel (rows past G are zero).
+        auto kernel = decodeMmaKernel<T, D>;
+        const size_t shared = static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T);
+        if (shared > 48 * 1024)
+          check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
+        kernel<<<dim3(args.kvHeads, splits), kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v),
+                                                                             capacity, args.keyLength, group, args.scale, chunk, splits,
+                                                                             partialAcc, partialMax, partialSum);
+      } else if constexpr (D >= Vec16<T>::kCount && D <= 128) {
         auto run = [&](auto kernel) {
           const size_t shared = kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
           if (shared > 48 * 1024)

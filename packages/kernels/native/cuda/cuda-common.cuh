@@ -168,7 +168,7 @@ void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, cons
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
 // Needs scratch of attentionDecodeScratch(...) bytes.
 size_t attentionDecodeScratch(const AttentionArgs& args, int splits);
-int attentionDecodeSplits(const AttentionArgs& args, int multiprocessors);
+int attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors);
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
                            const AttentionArgs& args, int splits, float* scratch, cudaStream_t stream);
 

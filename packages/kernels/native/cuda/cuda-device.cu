@@ -275,7 +275,7 @@ class CudaDevice final : public Device {
       profiler_.mark("attentionDecode", stream_);
       return;
     }
-    int splits = attentionDecodeSplits(args, properties_.multiProcessorCount);
+    int splits = attentionDecodeSplits(args, k.dtype, properties_.multiProcessorCount);
     float* partial = static_cast<float*>(scratch(attentionDecodeScratch(args, splits)));
     launchAttentionDecode(q.as<float>(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), args, splits, partial, stream_);
     profiler_.mark("attentionDecode", stream_);
