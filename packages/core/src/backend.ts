@@ -37,6 +37,15 @@ export interface AttentionAttributes {
   readonly keyLength: number;
 }
 
+/** Attributes of `attentionDecode`. */
+export interface DecodeAttentionAttributes extends AttentionAttributes {
+  /**
+   * An i32 `[1]` tensor holding the query's position: the key count is then read on the device as its value + 1 when
+   * the op runs (a captured graph serves every step), and `keyLength` only has to be a valid length at capture time.
+   */
+  readonly lengthFrom?: TensorHandle;
+}
+
 /** Attributes of `attentionPrefill`: query row r sits at absolute position `queryStart + r`. */
 export interface PrefillAttentionAttributes extends AttentionAttributes {
   readonly queryStart: number;
@@ -125,7 +134,7 @@ export interface Backend {
     keyCache: TensorHandle,
     valueCache: TensorHandle,
     out: TensorHandle,
-    attributes: AttentionAttributes,
+    attributes: DecodeAttentionAttributes,
   ): void;
   /** `outs[i] = x · weights[i]ᵀ (+ biases[i])` for one to three matrices sharing `x` (q/k/v), in one launch where possible. */
   matmulGroup(
@@ -138,7 +147,8 @@ export interface Backend {
   matmulSwiglu(x: TensorHandle, gate: TensorHandle, up: TensorHandle, out: TensorHandle): void;
   /**
    * Rotates `query` (`[n, heads · headDim]`) and `key` (`[n, kvHeads · headDim]`) in place at `positions`, then writes
-   * `key` and `value` into the caches at positions `start …` — `rope` twice and `writeCache` twice, fused.
+   * row r of `key` and `value` into the caches at slot `positions[r]` — `rope` twice and `writeCache` twice, fused.
+   * Positions must be consecutive, as a chunk of one sequence is.
    */
   ropeWriteCache(
     query: TensorHandle,
@@ -148,8 +158,18 @@ export interface Backend {
     inverseFrequencies: TensorHandle,
     keyCache: TensorHandle,
     valueCache: TensorHandle,
-    attributes: RopeAttributes & { kvHeads: number; start: number },
+    attributes: RopeAttributes & { kvHeads: number },
   ): void;
+  /** `ids[0] = next[0]; positions[0] += 1` (i32 `[1]` tensors): ends a decode step on the device. */
+  decodeAdvance(next: TensorHandle, ids: TensorHandle, positions: TensorHandle): void;
+  /**
+   * Records the ops `record` enqueues into a graph (CUDA graphs) and returns its handle; `launchGraph` replays it.
+   * Present only where the backend supports it: callers fall back to enqueuing the ops each time.
+   */
+  readonly supportsGraphs?: boolean;
+  captureGraph?(record: () => void): number;
+  launchGraph?(graph: number): void;
+  disposeGraph?(graph: number): void;
   /** Index of the largest value in each row of `logits` (f32 `[n, vocab]`) into `out` (i32 `[n]`); ties → lowest index. */
   argmax(logits: TensorHandle, out: TensorHandle): void;
   /** Row-wise softmax of `logits / temperature` into `out` (f32). */

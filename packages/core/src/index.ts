@@ -3,6 +3,7 @@ export type {
   AttentionAttributes,
   Backend,
   BackendMemory,
+  DecodeAttentionAttributes,
   HostArray,
   PrefillAttentionAttributes,
   RopeAttributes,

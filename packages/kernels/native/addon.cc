@@ -358,7 +358,7 @@ AttentionArgs attentionArgs(const Napi::CallbackInfo& info, size_t first) {
   args.headDim = static_cast<int>(integer(info, first + 2));
   args.scale = static_cast<float>(number(info, first + 3));
   args.keyLength = integer(info, first + 4);
-  args.queryStart = info.Length() > first + 5 ? integer(info, first + 5) : args.keyLength - 1;
+  args.queryStart = args.keyLength - 1;
   return args;
 }
 
@@ -366,7 +366,9 @@ Napi::Value AttentionPrefill(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &q = tensorAt(info[0]), &k = tensorAt(info[1]), &v = tensorAt(info[2]), &out = tensorAt(info[3]);
     sameDevice({&q, &k, &v, &out});
-    q.device->attentionPrefill(q, k, v, out, attentionArgs(info, 4));
+    AttentionArgs args = attentionArgs(info, 4);
+    args.queryStart = integer(info, 9);
+    q.device->attentionPrefill(q, k, v, out, args);
     return info.Env().Undefined();
   });
 }
@@ -374,8 +376,12 @@ Napi::Value AttentionPrefill(const Napi::CallbackInfo& info) {
 Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &q = tensorAt(info[0]), &k = tensorAt(info[1]), &v = tensorAt(info[2]), &out = tensorAt(info[3]);
-    sameDevice({&q, &k, &v, &out});
-    q.device->attentionDecode(q, k, v, out, attentionArgs(info, 4));
+    Tensor* lengthFrom = info.Length() > 9 ? optionalTensor(info[9]) : nullptr;
+    sameDevice({&q, &k, &v, &out, lengthFrom});
+    AttentionArgs args = attentionArgs(info, 4);
+    args.queryStart = args.keyLength - 1;
+    args.lengthFrom = lengthFrom ? lengthFrom->as<int32_t>() : nullptr;
+    q.device->attentionDecode(q, k, v, out, args);
     return info.Env().Undefined();
   });
 }
@@ -433,8 +439,43 @@ Napi::Value RopeWriteCache(const Napi::CallbackInfo& info) {
     Tensor &frequencies = tensorAt(info[4]), &keyCache = tensorAt(info[5]), &valueCache = tensorAt(info[6]);
     sameDevice({&q, &k, &v, &positions, &frequencies, &keyCache, &valueCache});
     RopeArgs args{static_cast<int>(integer(info, 7)), static_cast<int>(integer(info, 9)), info[10].As<Napi::Boolean>().Value()};
-    q.device->ropeWriteCache(q, k, v, positions, frequencies, args, static_cast<int>(integer(info, 8)), keyCache, valueCache,
-                             integer(info, 11));
+    q.device->ropeWriteCache(q, k, v, positions, frequencies, args, static_cast<int>(integer(info, 8)), keyCache, valueCache);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value DecodeAdvance(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &next = tensorAt(info[0]), &ids = tensorAt(info[1]), &positions = tensorAt(info[2]);
+    sameDevice({&next, &ids, &positions});
+    next.device->decodeAdvance(next, ids, positions);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value GraphBegin(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    deviceOf(static_cast<int>(integer(info, 0)))->beginCapture();
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value GraphEnd(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    return Napi::Number::New(info.Env(), deviceOf(static_cast<int>(integer(info, 0)))->endCapture());
+  });
+}
+
+Napi::Value GraphLaunch(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    deviceOf(static_cast<int>(integer(info, 0)))->launchGraph(static_cast<int>(integer(info, 1)));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value GraphFree(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    deviceOf(static_cast<int>(integer(info, 0)))->freeGraph(static_cast<int>(integer(info, 1)));
     return info.Env().Undefined();
   });
 }
@@ -466,6 +507,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("matmulGroup", Napi::Function::New(env, MatmulGroup));
   exports.Set("matmulSwiglu", Napi::Function::New(env, MatmulSwiglu));
   exports.Set("ropeWriteCache", Napi::Function::New(env, RopeWriteCache));
+  exports.Set("decodeAdvance", Napi::Function::New(env, DecodeAdvance));
+  exports.Set("graphBegin", Napi::Function::New(env, GraphBegin));
+  exports.Set("graphEnd", Napi::Function::New(env, GraphEnd));
+  exports.Set("graphLaunch", Napi::Function::New(env, GraphLaunch));
+  exports.Set("graphFree", Napi::Function::New(env, GraphFree));
   return exports;
 }
 

@@ -51,6 +51,9 @@ struct AttentionArgs {
   float scale;
   int64_t keyLength;
   int64_t queryStart;  // absolute position of query row 0 (prefill); keyLength - 1 for decode
+  // Decode only: when set, the key count is lengthFrom[0] + 1, read on the device when the kernel runs (so a
+  // captured graph serves every step); keyLength then only sizes the launch.
+  const int32_t* lengthFrom = nullptr;
 };
 
 struct MemoryInfo { size_t allocated, peak, deviceFree, deviceTotal; };
@@ -108,14 +111,25 @@ class Device {
     }
     release(product.data, product.bytes);
   }
-  // Rotates q ([n, heads·d]) and k ([n, kvHeads·d]) in place, then writes k and v into the caches at `start`.
+  // Rotates q ([n, heads·d]) and k ([n, kvHeads·d]) in place, then writes row r of k and v into the caches at slot
+  // positions[r]. (This default reads positions on the host: only host-memory backends use it.)
   virtual void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
-                              const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache, int64_t start) {
+                              const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache) {
     rope(q, positions, frequencies, args);
     rope(k, positions, frequencies, RopeArgs{kvHeads, args.headDim, args.interleaved});
-    writeCache(k, keyCache, start);
-    writeCache(v, valueCache, start);
+    writeCache(k, keyCache, positions.as<int32_t>()[0]);
+    writeCache(v, valueCache, positions.as<int32_t>()[0]);
   }
+  // ids[0] = next[0]; positions[0] += 1 — closes a decode step on the device so the next one can start at once.
+  virtual void decodeAdvance(const Tensor& next, Tensor& ids, Tensor& positions) {
+    ids.as<int32_t>()[0] = next.as<int32_t>()[0];
+    positions.as<int32_t>()[0] += 1;
+  }
+  // Graph capture of queued ops (CUDA graphs); backends without it throw.
+  virtual void beginCapture() { throw Error("DUO_ARG", std::string("the ") + kind() + " backend cannot capture graphs"); }
+  virtual int endCapture() { throw Error("DUO_ARG", std::string("the ") + kind() + " backend cannot capture graphs"); }
+  virtual void launchGraph(int) { throw Error("DUO_ARG", std::string("the ") + kind() + " backend cannot capture graphs"); }
+  virtual void freeGraph(int) {}
 };
 
 // Counter-based generator shared by both backends so fillRandom gives identical values everywhere.

@@ -234,7 +234,7 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         const fs = b().upload('f32', [headDim / 2], frequencies);
         const keyCache = b().alloc(dtype, [kvHeads, capacity, headDim]);
         const valueCache = b().alloc(dtype, [kvHeads, capacity, headDim]);
-        b().ropeWriteCache(qs, ks, vs, ps, fs, keyCache, valueCache, { heads, kvHeads, headDim, interleaved, start });
+        b().ropeWriteCache(qs, ks, vs, ps, fs, keyCache, valueCache, { heads, kvHeads, headDim, interleaved });
         const rotatedQ = referenceRope(
           toMatrix(q, rows, heads * headDim),
           positions,
@@ -396,6 +396,54 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         for (const t of [keyCache, valueCache, queries, out, single, singleOut]) t.dispose();
       },
     );
+
+    it('decode attention can read its length from the device, and decodeAdvance steps ids and positions', async () => {
+      const [heads, kvHeads, headDim, capacity] = [8, 2, 64, 300];
+      const keyCache = b().alloc('bf16', [kvHeads, capacity, headDim]);
+      const valueCache = b().alloc('bf16', [kvHeads, capacity, headDim]);
+      b().fillRandom(keyCache, 90);
+      b().fillRandom(valueCache, 91);
+      const query = b().upload('f32', [1, heads * headDim], randomArray(heads * headDim, 92));
+      const explicit = b().alloc('f32', [1, heads * headDim]);
+      const fromDevice = b().alloc('f32', [1, heads * headDim]);
+      const attributes = { heads, kvHeads, headDim, scale: 0.125, keyLength: 201 };
+      b().attentionDecode(query, keyCache, valueCache, explicit, attributes);
+      const position = b().upload('i32', [1], Int32Array.of(199));
+      const next = b().upload('i32', [1], Int32Array.of(42));
+      const ids = b().upload('i32', [1], Int32Array.of(7));
+      b().decodeAdvance(next, ids, position);
+      expect(Array.from(await b().read(position))).toEqual([200]);
+      expect(Array.from(await b().read(ids))).toEqual([42]);
+      // keyLength only sizes the launch here: the 201 keys come from position 200 on the device.
+      b().attentionDecode(query, keyCache, valueCache, fromDevice, {
+        ...attributes,
+        keyLength: 1,
+        lengthFrom: position,
+      });
+      expect(maxAbsDifference(await readF32(b(), fromDevice), await readF32(b(), explicit))).toBe(0);
+      for (const t of [keyCache, valueCache, query, explicit, fromDevice, position, next, ids]) t.dispose();
+    });
+
+    it('captured graphs replay the recorded ops (where the backend supports them)', async () => {
+      if (!b().supportsGraphs) {
+        expect(() => b().captureGraph(() => {})).toThrow('cannot capture graphs');
+        return;
+      }
+      const next = b().upload('i32', [1], Int32Array.of(5));
+      const ids = b().upload('i32', [1], Int32Array.of(0));
+      const position = b().upload('i32', [1], Int32Array.of(10));
+      const a = b().upload('f32', [4], Float32Array.of(1, 2, 3, 4));
+      const sum = b().upload('f32', [4], new Float32Array(4));
+      const graph = b().captureGraph(() => {
+        b().decodeAdvance(next, ids, position);
+        b().add(sum, a, sum);
+      });
+      for (let i = 0; i < 3; i++) b().launchGraph(graph);
+      expect(Array.from(await b().read(position))).toEqual([13]);
+      expect(Array.from(await b().read(sum))).toEqual([3, 6, 9, 12]);
+      b().disposeGraph(graph);
+      for (const t of [next, ids, position, a, sum]) t.dispose();
+    });
 
     it('argmax and softmax match the reference', async () => {
       const logits = randomArray(3 * 515, 31, 8);

@@ -3,6 +3,7 @@ import {
   type AttentionAttributes,
   type Backend,
   type BackendMemory,
+  type DecodeAttentionAttributes,
   type DeviceKind,
   DTYPES,
   type DType,
@@ -232,9 +233,9 @@ export class NativeBackend implements Backend {
     inverseFrequencies: Tensor,
     keyCache: Tensor,
     valueCache: Tensor,
-    attributes: RopeAttributes & { kvHeads: number; start: number },
+    attributes: RopeAttributes & { kvHeads: number },
   ): void {
-    const { heads, kvHeads, headDim, interleaved, start } = attributes;
+    const { heads, kvHeads, headDim, interleaved } = attributes;
     expectInteger('heads', heads, 1);
     expectInteger('kvHeads', kvHeads, 1, heads);
     expectInteger('headDim', headDim, 2);
@@ -256,7 +257,6 @@ export class NativeBackend implements Backend {
       dtypes: [keyCache.dtype],
       shape: keyCache.shape,
     });
-    expectInteger('start', start, 0, (keyCache.shape[1] ?? 0) - query.rows);
     callNative(() =>
       this.#native.ropeWriteCache(
         queryId,
@@ -270,7 +270,6 @@ export class NativeBackend implements Backend {
         kvHeads,
         headDim,
         Boolean(interleaved),
-        start,
       ),
     );
   }
@@ -362,12 +361,50 @@ export class NativeBackend implements Backend {
     keyCache: Tensor,
     valueCache: Tensor,
     out: Tensor,
-    attributes: AttentionAttributes,
+    attributes: DecodeAttentionAttributes,
   ): void {
     const ids = this.#attentionIds(query, keyCache, valueCache, out, attributes);
-    const { heads, kvHeads, headDim, scale, keyLength } = attributes;
+    const { heads, kvHeads, headDim, scale, keyLength, lengthFrom } = attributes;
     expectInteger('keyLength', keyLength, 1);
-    callNative(() => this.#native.attentionDecode(...ids, heads, kvHeads, headDim, scale, keyLength));
+    const lengthId = lengthFrom ? expectTensor('lengthFrom', lengthFrom, this.device, { dtypes: I32, shape: [1] }) : 0;
+    callNative(() => this.#native.attentionDecode(...ids, heads, kvHeads, headDim, scale, keyLength, lengthId));
+  }
+
+  decodeAdvance(next: Tensor, ids: Tensor, positions: Tensor): void {
+    const nextId = expectTensor('next', next, this.device, { dtypes: I32, shape: [1] });
+    const idsId = expectTensor('ids', ids, this.device, { dtypes: I32, shape: [1] });
+    const positionsId = expectTensor('positions', positions, this.device, { dtypes: I32, shape: [1] });
+    callNative(() => this.#native.decodeAdvance(nextId, idsId, positionsId));
+  }
+
+  /** Whether `captureGraph` works here (CUDA). */
+  get supportsGraphs(): boolean {
+    return this.device === 'cuda';
+  }
+
+  captureGraph(record: () => void): number {
+    if (!this.supportsGraphs) throw new DuoArgumentError('backend', `The ${this.device} backend cannot capture graphs`);
+    callNative(() => this.#native.graphBegin(this.#index));
+    try {
+      record();
+    } catch (error) {
+      try {
+        this.#native.graphEnd(this.#index);
+      } catch {
+        // The capture is already broken; the original error says why.
+      }
+      throw error;
+    }
+    return callNative(() => this.#native.graphEnd(this.#index));
+  }
+
+  launchGraph(graph: number): void {
+    expectInteger('graph', graph, 1);
+    callNative(() => this.#native.graphLaunch(this.#index, graph));
+  }
+
+  disposeGraph(graph: number): void {
+    callNative(() => this.#native.graphFree(this.#index, graph));
   }
 
   argmax(logits: Tensor, out: Tensor): void {

@@ -53,6 +53,7 @@ export interface NativeAddon {
     headDim: number,
     scale: number,
     keyLength: number,
+    lengthFrom: number,
   ): void;
   matmulGroup(x: number, weights: number[], outs: number[], biases: number[]): void;
   matmulSwiglu(x: number, gate: number, up: number, out: number): void;
@@ -68,8 +69,12 @@ export interface NativeAddon {
     kvHeads: number,
     headDim: number,
     interleaved: boolean,
-    start: number,
   ): void;
+  decodeAdvance(next: number, ids: number, positions: number): void;
+  graphBegin(device: number): void;
+  graphEnd(device: number): number;
+  graphLaunch(device: number, graph: number): void;
+  graphFree(device: number, graph: number): void;
   argmax(logits: number, out: number): void;
   softmax(logits: number, out: number, temperature: number): void;
 }

@@ -195,38 +195,59 @@ export class LlamaModel {
     let prefillEnd = started;
     try {
       let next: number;
+      const stop = (id: number) =>
+        stopTokens.has(id) || (options.stopStrings?.some((needle) => text.includes(needle)) ?? false);
       if (greedy) {
-        // Prefill all but the last prompt token, then let the device pick the argmax after the last one.
+        // Prefill all but the last prompt token, then decode with the device choosing each argmax; on CUDA the steps
+        // run as one replayed graph with a step kept in flight.
         if (promptIds.length > 1) await session.forward(promptIds.slice(0, -1), { logits: 'none' });
-        next = await session.greedyStep(promptIds[promptIds.length - 1] ?? 0);
+        const room = session.capacity - session.position;
+        const steps = Math.min(maxTokens, room);
+        let first = true;
+        for await (const id of session.greedyTokens(promptIds[promptIds.length - 1] ?? 0, steps)) {
+          if (first) {
+            prefillEnd = performance.now();
+            first = false;
+          }
+          if (options.signal?.aborted) {
+            finishReason = 'abort';
+            break;
+          }
+          generated++;
+          const piece = decoder ? decoder.push(id) : '';
+          text += piece;
+          yield { id, text: piece };
+          if (stop(id)) {
+            finishReason = 'stop';
+            break;
+          }
+        }
+        if (finishReason === 'length' && generated < maxTokens && session.position >= session.capacity)
+          finishReason = 'context';
       } else {
         const { logits } = await session.forward(promptIds);
         next = sampleToken(logits ?? [], sampling, random);
-      }
-      prefillEnd = performance.now();
-      while (generated < maxTokens) {
-        if (options.signal?.aborted) {
-          finishReason = 'abort';
-          break;
-        }
-        generated++;
-        const piece = decoder ? decoder.push(next) : '';
-        text += piece;
-        yield { id: next, text: piece };
-        if (stopTokens.has(next) || options.stopStrings?.some((stop) => text.includes(stop))) {
-          finishReason = 'stop';
-          break;
-        }
-        if (generated >= maxTokens) break;
-        if (session.position >= session.capacity) {
-          finishReason = 'context';
-          break;
-        }
-        if (greedy) {
-          next = await session.greedyStep(next);
-        } else {
-          const { logits } = await session.forward([next]);
-          next = sampleToken(logits ?? [], sampling, random);
+        prefillEnd = performance.now();
+        while (generated < maxTokens) {
+          if (options.signal?.aborted) {
+            finishReason = 'abort';
+            break;
+          }
+          generated++;
+          const piece = decoder ? decoder.push(next) : '';
+          text += piece;
+          yield { id: next, text: piece };
+          if (stop(next)) {
+            finishReason = 'stop';
+            break;
+          }
+          if (generated >= maxTokens) break;
+          if (session.position >= session.capacity) {
+            finishReason = 'context';
+            break;
+          }
+          const step = await session.forward([next]);
+          next = sampleToken(step.logits ?? [], sampling, random);
         }
       }
     } finally {

@@ -1,5 +1,12 @@
 // A sequence being run through the model: its KV cache, position, and the chunked forward pass.
-import { type Backend, type DType, DuoArgumentError, type ModelConfig, type TensorHandle } from '@duoattn/core';
+import {
+  type Backend,
+  type DType,
+  DuoArgumentError,
+  type HostArray,
+  type ModelConfig,
+  type TensorHandle,
+} from '@duoattn/core';
 import type { ModelWeights } from './weights.js';
 
 /** Which hidden states to return: layer 0 is the embedding output, layer l the residual stream after layer l. */
@@ -64,6 +71,7 @@ export class Session {
   readonly #nextToken: TensorHandle;
   #position = 0;
   #disposed = false;
+  #decodeGraph: number | undefined;
 
   /** @internal Use `LlamaModel.createSession`. */
   constructor(
@@ -182,9 +190,70 @@ export class Session {
     return next ?? 0;
   }
 
+  /**
+   * Greedy decoding after `first`: yields the next `steps` tokens. On a backend with graphs (CUDA) the decode step is
+   * captured once and replayed, the chosen token is fed back on the device, and one step is kept in flight while the
+   * host reads the previous token, so the GPU does not wait for the host between tokens. If the consumer stops early,
+   * the position is set back to the last token it received.
+   */
+  async *greedyTokens(first: number, steps: number): AsyncGenerator<number> {
+    this.#checkTokens([first]);
+    if (!Number.isInteger(steps) || steps < 0 || this.#position + steps > this.capacity) {
+      throw new DuoArgumentError(
+        'steps',
+        `Expected \`steps\` in [0, ${this.capacity - this.#position}] (the room left in the session) but received ${steps}`,
+      );
+    }
+    if (steps === 0) return;
+    const b = this.#backend;
+    // The first step runs as usual: it also sizes the workspace and any scratch the captured ops will reuse.
+    let token = await this.greedyStep(first);
+    yield token;
+    if (steps === 1) return;
+    if (!b.supportsGraphs || !b.captureGraph || !b.launchGraph || process.env.DUO_NO_GRAPHS === '1') {
+      for (let i = 1; i < steps; i++) {
+        token = await this.greedyStep(token);
+        yield token;
+      }
+      return;
+    }
+    const s = this.#workspace(1);
+    b.write(s.ids, Int32Array.of(token));
+    b.write(s.positions, Int32Array.of(this.#position));
+    this.#decodeGraph ??= b.captureGraph(() => {
+      this.#layers(s, this.#position, undefined, true);
+      this.#lastLogitTensor(s);
+      b.argmax(this.#lastLogits, this.#nextToken);
+      b.decodeAdvance(this.#nextToken, s.ids, s.positions);
+    });
+    const start = this.#position;
+    let received = 0;
+    const inFlight: Promise<HostArray>[] = [];
+    try {
+      for (let i = 1; i < steps; i++) {
+        b.launchGraph(this.#decodeGraph);
+        this.#position++;
+        inFlight.push(b.read(this.#nextToken));
+        if (inFlight.length > 1) {
+          const [next] = (await inFlight.shift()) as Int32Array;
+          received++;
+          yield next ?? 0;
+        }
+      }
+      while (inFlight.length > 0) {
+        const [next] = (await inFlight.shift()) as Int32Array;
+        received++;
+        yield next ?? 0;
+      }
+    } finally {
+      this.#position = start + received;
+    }
+  }
+
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    if (this.#decodeGraph !== undefined) this.#backend.disposeGraph?.(this.#decodeGraph);
     for (const tensor of [
       ...this.#keyCaches,
       ...this.#valueCaches,
@@ -266,16 +335,27 @@ export class Session {
 
   /** Enqueues the whole network for one chunk and advances the position. */
   #runChunk(ids: Int32Array, start: number, capture: PreparedCapture | undefined): Workspace {
-    const b = this.#backend;
-    const c = this.#config;
-    const w = this.#weights;
     const n = ids.length;
     const s = this.#workspace(n);
-    b.write(s.ids, ids);
-    b.write(
+    this.#backend.write(s.ids, ids);
+    this.#backend.write(
       s.positions,
       Int32Array.from({ length: n }, (_, i) => start + i),
     );
+    this.#layers(s, start, capture, false);
+    this.#position = start + n;
+    return s;
+  }
+
+  /**
+   * Enqueues embedding and every layer for the tokens already in `s.ids` / `s.positions`. With `deviceLength` (one row,
+   * graph capture) the attention reads its key count from `s.positions` on the device, so the ops serve any step.
+   */
+  #layers(s: Workspace, start: number, capture: PreparedCapture | undefined, deviceLength: boolean): void {
+    const b = this.#backend;
+    const c = this.#config;
+    const w = this.#weights;
+    const n = s.rows;
     b.embedding(w.embedding, s.ids, s.hidden);
     capture?.take(0, s.hidden, start, n);
     const scale = 1 / Math.sqrt(c.headDim);
@@ -298,18 +378,21 @@ export class Session {
         kvHeads: c.numKvHeads,
         headDim: c.headDim,
         interleaved,
-        start,
       });
-      if (n === 1) b.attentionDecode(s.query, keyCache, valueCache, s.attention, attention);
-      else b.attentionPrefill(s.query, keyCache, valueCache, s.attention, { ...attention, queryStart: start });
+      if (n === 1) {
+        b.attentionDecode(s.query, keyCache, valueCache, s.attention, {
+          ...attention,
+          lengthFrom: deviceLength ? s.positions : undefined,
+        });
+      } else {
+        b.attentionPrefill(s.query, keyCache, valueCache, s.attention, { ...attention, queryStart: start });
+      }
       b.matmul(s.attention, lw.output, s.hidden, { residual: s.hidden });
       b.rmsNorm(s.hidden, lw.mlpNorm, s.normed, c.rmsNormEps);
       b.matmulSwiglu(s.normed, lw.gate, lw.up, s.gate);
       b.matmul(s.gate, lw.down, s.hidden, { residual: s.hidden });
       capture?.take(layer + 1, s.hidden, start, n);
     }
-    this.#position = start + n;
-    return s;
   }
 
   #lastLogitTensor(workspace: Workspace): void {

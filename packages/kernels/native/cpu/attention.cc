@@ -75,7 +75,8 @@ void CpuDevice::attentionPrefill(const Tensor& q, const Tensor& k, const Tensor&
 
 void CpuDevice::attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) {
   AttentionArgs decode = args;
-  decode.queryStart = args.keyLength - 1;
+  if (args.lengthFrom) decode.keyLength = static_cast<int64_t>(args.lengthFrom[0]) + 1;
+  decode.queryStart = decode.keyLength - 1;
   attend(pool_, q, k, v, out, decode);
 }
 

@@ -33,7 +33,8 @@ __device__ __forceinline__ void copyAsync16(void* shared, const void* global) {
 template <typename T, int D, int MAXG>
 __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __restrict__ q, const T* __restrict__ k,
                                                                const T* __restrict__ v, int64_t capacity, int64_t keyLength,
-                                                               int group, float scale, int64_t chunk, int splits,
+                                                               int group, float scale, const int32_t* __restrict__ lengthFrom,
+                                                               int splits,
                                                                float* __restrict__ partialAcc, float* __restrict__ partialMax,
                                                                float* __restrict__ partialSum) {
   using Tile = DecodeTile<T, D>;
@@ -54,6 +55,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
     queries[g][t % D] = g < group ? q[(static_cast<int64_t>(kvHead) * group + g) * D + t % D] * scale : 0.0f;
   }
   __syncthreads();
+  if (lengthFrom) keyLength = static_cast<int64_t>(lengthFrom[0]) + 1;
+  const int64_t chunk = ((keyLength + splits - 1) / splits + 31) / 32 * 32;
   const int64_t begin = static_cast<int64_t>(split) * chunk;
   const int64_t end = lesser(keyLength, begin + chunk);
   const T* keys = k + static_cast<int64_t>(kvHead) * capacity * D;
@@ -200,7 +203,8 @@ __device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a2, uin
 template <typename T, int D>
 __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* __restrict__ q, const T* __restrict__ k,
                                                                   const T* __restrict__ v, int64_t capacity, int64_t keyLength,
-                                                                  int group, float scale, int64_t chunk, int splits,
+                                                                  int group, float scale, const int32_t* __restrict__ lengthFrom,
+                                                               int splits,
                                                                   float* __restrict__ partialAcc, float* __restrict__ partialMax,
                                                                   float* __restrict__ partialSum) {
   constexpr int kStride = D + 8;       // padded rows: conflict-free fragment loads and ldmatrix
@@ -231,6 +235,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
       qHigh[step][half] = packPair<T>(x0, x1);
       qLow[step][half] = packPair<T>(x0 - toFloat(fromFloat<T>(x0)), x1 - toFloat(fromFloat<T>(x1)));
     }
+  if (lengthFrom) keyLength = static_cast<int64_t>(lengthFrom[0]) + 1;
+  const int64_t chunk = ((keyLength + splits - 1) / splits + 31) / 32 * 32;
   const int64_t begin = static_cast<int64_t>(split) * chunk;
   const int64_t end = lesser(keyLength, begin + chunk);
   const T* keys = k + static_cast<int64_t>(kvHead) * capacity * D;
@@ -536,7 +542,6 @@ size_t attentionDecodeScratch(const AttentionArgs& args, int splits) {
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
                            const AttentionArgs& args, int splits, float* scratch, cudaStream_t stream) {
   int group = args.heads / args.kvHeads;
-  const int64_t chunk = ((args.keyLength + splits - 1) / splits + 31) / 32 * 32;
   float* partialAcc = scratch;
   float* partialMax = partialAcc + static_cast<int64_t>(args.heads) * splits * args.headDim;
   float* partialSum = partialMax + static_cast<int64_t>(args.heads) * splits;
@@ -552,7 +557,7 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
         if (shared > 48 * 1024)
           check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
         kernel<<<dim3(args.kvHeads, splits), kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v),
-                                                                             capacity, args.keyLength, group, args.scale, chunk, splits,
+                                                                             capacity, args.keyLength, group, args.scale, args.lengthFrom, splits,
                                                                              partialAcc, partialMax, partialSum);
       } else if constexpr (D >= Vec16<T>::kCount && D <= 128) {
         auto run = [&](auto kernel) {
@@ -560,7 +565,7 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
           if (shared > 48 * 1024)
             check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
           kernel<<<dim3(args.kvHeads, splits), kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v),
-                                                                               capacity, args.keyLength, group, args.scale, chunk,
+                                                                               capacity, args.keyLength, group, args.scale, args.lengthFrom,
                                                                                splits, partialAcc, partialMax, partialSum);
         };
         if (maxGroup == 1) run(decodeKernel<T, D, 1>);
@@ -568,6 +573,7 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
         else run(decodeKernel<T, D, 8>);
       } else {
         // Head dims past 128 (or too small for 16-byte rows) take the tiled prefill kernel with one query row.
+        if (args.lengthFrom) throw Error("DUO_ARG", "graph-captured decode needs head dim 8-128");
         AttentionArgs single = args;
         single.queryStart = args.keyLength - 1;
         launchAttentionPrefill(q, static_cast<int64_t>(args.heads) * args.headDim, k, v, cacheType, capacity, out, 1, single, stream);

@@ -163,7 +163,8 @@ void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate,
 bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x);
 void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int64_t rows,
                           int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,
-                          int64_t capacity, int64_t start, cudaStream_t stream);
+                          int64_t capacity, cudaStream_t stream);
+void launchDecodeAdvance(const int32_t* next, int32_t* ids, int32_t* positions, cudaStream_t stream);
 void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
 // Needs scratch of attentionDecodeScratch(...) bytes.

@@ -66,8 +66,9 @@ class CudaRead final : public Device::PendingRead {
 // device time, launch gaps included. takeProfile() sums them per op name.
 class OpProfiler {
  public:
+  void pause(bool paused) { paused_ = paused; }
   void mark(const char* name, cudaStream_t stream) {
-    if (!enabled_) return;
+    if (!enabled_ || paused_) return;
     cudaEvent_t event;
     check(cudaEventCreate(&event), "cudaEventCreate");
     check(cudaEventRecord(event, stream), "cudaEventRecord");
@@ -91,6 +92,7 @@ class OpProfiler {
 
  private:
   bool enabled_ = std::getenv("DUO_CUDA_PROFILE") != nullptr && std::string(std::getenv("DUO_CUDA_PROFILE")) == "1";
+  bool paused_ = false;
   std::vector<std::pair<const char*, cudaEvent_t>> marks_;
 };
 
@@ -275,8 +277,13 @@ class CudaDevice final : public Device {
       profiler_.mark("attentionDecode", stream_);
       return;
     }
-    int splits = attentionDecodeSplits(args, k.dtype, properties_.multiProcessorCount);
-    float* partial = static_cast<float*>(scratch(attentionDecodeScratch(args, splits)));
+    // A device-side length (graph capture) sizes the launch for the whole cache: later steps are longer.
+    // Scratch is always sized for the whole cache, so a later graph capture never has to grow it.
+    AttentionArgs sizing = args;
+    sizing.keyLength = k.shape[1];
+    const int mostSplits = attentionDecodeSplits(sizing, k.dtype, properties_.multiProcessorCount);
+    const int splits = args.lengthFrom ? mostSplits : attentionDecodeSplits(args, k.dtype, properties_.multiProcessorCount);
+    float* partial = static_cast<float*>(scratch(attentionDecodeScratch(args, mostSplits)));
     launchAttentionDecode(q.as<float>(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), args, splits, partial, stream_);
     profiler_.mark("attentionDecode", stream_);
   }
@@ -306,11 +313,42 @@ class CudaDevice final : public Device {
     profiler_.mark("matmulSwiglu", stream_);
   }
   void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
-                      const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache, int64_t start) override {
+                      const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache) override {
     launchRopeWriteCache(q.as<float>(), k.as<float>(), v.as<float>(), positions.as<int32_t>(), frequencies.as<float>(), q.rows(),
                          args.heads, kvHeads, args.headDim, args.interleaved, keyCache.data, valueCache.data, keyCache.dtype,
-                         keyCache.shape[1], start, stream_);
+                         keyCache.shape[1], stream_);
     profiler_.mark("ropeWriteCache", stream_);
+  }
+  void decodeAdvance(const Tensor& next, Tensor& ids, Tensor& positions) override {
+    launchDecodeAdvance(next.as<int32_t>(), ids.as<int32_t>(), positions.as<int32_t>(), stream_);
+    profiler_.mark("decodeAdvance", stream_);
+  }
+  void beginCapture() override {
+    profiler_.pause(true);
+    check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  }
+  int endCapture() override {
+    cudaGraph_t graph = nullptr;
+    cudaError_t status = cudaStreamEndCapture(stream_, &graph);
+    profiler_.pause(false);
+    check(status, "cudaStreamEndCapture (an op in the captured region may have synchronised or failed)");
+    cudaGraphExec_t exec = nullptr;
+    status = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    check(status, "cudaGraphInstantiate");
+    graphs_.push_back(exec);
+    return static_cast<int>(graphs_.size());
+  }
+  void launchGraph(int id) override {
+    if (id < 1 || id > static_cast<int>(graphs_.size()) || !graphs_[id - 1]) throw Error("DUO_ARG", "unknown or freed graph");
+    check(cudaGraphLaunch(graphs_[id - 1], stream_), "cudaGraphLaunch");
+    profiler_.mark("graph", stream_);
+  }
+  void freeGraph(int id) override {
+    if (id < 1 || id > static_cast<int>(graphs_.size()) || !graphs_[id - 1]) return;
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    cudaGraphExecDestroy(graphs_[id - 1]);
+    graphs_[id - 1] = nullptr;
   }
   void argmax(const Tensor& logits, Tensor& out) override {
     launchArgmax(logits.as<float>(), out.as<int32_t>(), logits.rows(), logits.cols(), scratch(argmaxScratch(logits.rows())), stream_);
@@ -349,6 +387,7 @@ class CudaDevice final : public Device {
   size_t scratchBytes_ = 0;
   PinnedPool pinned_;
   OpProfiler profiler_;
+  std::vector<cudaGraphExec_t> graphs_;
 
  public:
   std::vector<OpTime> takeProfile() override { return profiler_.take(stream_); }

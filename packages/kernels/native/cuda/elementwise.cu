@@ -84,13 +84,18 @@ __global__ void ropeKernel(float* x, const int32_t* positions, const float* freq
   }
 }
 
+__global__ void decodeAdvanceKernel(const int32_t* next, int32_t* ids, int32_t* positions) {
+  ids[0] = next[0];
+  positions[0] += 1;
+}
+
 // One block per row: the row's cos/sin pairs are computed once (angles in double) into shared memory, then the
 // block's threads rotate every (head, pair) of q and k in parallel and write the rotated key and the value pairs of
 // every KV head into the caches (keys stored after RoPE, at absolute positions).
 template <typename T>
 __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies,
                                      int heads, int kvHeads, int headDim, bool interleaved, T* keyCache, T* valueCache,
-                                     int64_t capacity, int64_t start) {
+                                     int64_t capacity) {
   extern __shared__ float angles[];  // [half] cos, then [half] sin
   const int half = headDim / 2;
   const int64_t row = blockIdx.x;
@@ -117,7 +122,7 @@ __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const i
     head[a] = rotatedA;
     head[b] = rotatedB;
     if (!isQuery) {
-      const int64_t slot = (static_cast<int64_t>(h) * capacity + start + row) * headDim;
+      const int64_t slot = (static_cast<int64_t>(h) * capacity + positions[row]) * headDim;
       keyCache[slot + a] = fromFloat<T>(rotatedA);
       keyCache[slot + b] = fromFloat<T>(rotatedB);
       const float* value = valueRow + static_cast<int64_t>(h) * headDim;
@@ -327,18 +332,23 @@ void launchWriteCache(const float* source, int64_t rows, int64_t sourceStride, v
 
 void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int64_t rows,
                           int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,
-                          int64_t capacity, int64_t start, cudaStream_t stream) {
+                          int64_t capacity, cudaStream_t stream) {
   if (rows == 0) return;
   dispatchFloat(cacheType, [&](auto t) {
     using T = decltype(t);
     ropeWriteCacheKernel<T><<<static_cast<unsigned>(rows), 256, headDim * sizeof(float), stream>>>(
         q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, static_cast<T*>(keyCache),
-        static_cast<T*>(valueCache), capacity, start);
+        static_cast<T*>(valueCache), capacity);
   });
   checkLaunch("ropeWriteCache");
 }
 
 size_t argmaxScratch(int64_t rows) { return static_cast<size_t>(rows) * kArgmaxSlices * (sizeof(float) + sizeof(int64_t)); }
+
+void launchDecodeAdvance(const int32_t* next, int32_t* ids, int32_t* positions, cudaStream_t stream) {
+  decodeAdvanceKernel<<<1, 1, 0, stream>>>(next, ids, positions);
+  checkLaunch("decodeAdvance");
+}
 
 void launchArgmax(const float* logits, int32_t* out, int64_t rows, int64_t vocab, void* scratch, cudaStream_t stream) {
   if (rows == 0) return;
