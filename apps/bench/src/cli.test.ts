@@ -61,7 +61,7 @@ describe('duo-bench', () => {
         '--steps',
         '4',
         '--warmup',
-        '1',
+        '2',
         '--out',
         file,
       ]);
