@@ -4,6 +4,7 @@ export type {
   Backend,
   BackendMemory,
   DecodeAttentionAttributes,
+  FusedNorm,
   HostArray,
   PrefillAttentionAttributes,
   RopeAttributes,
