@@ -51,12 +51,6 @@ export interface PrefillAttentionAttributes extends AttentionAttributes {
   readonly queryStart: number;
 }
 
-/** An RMSNorm applied to `x` inside a fused matmul: `x` is replaced by `x / rms(x) · weight` (f32 `[k]`). */
-export interface FusedNorm {
-  readonly weight: TensorHandle;
-  readonly eps: number;
-}
-
 /** Memory the backend holds, in bytes. */
 export interface BackendMemory {
   readonly allocatedBytes: number;
@@ -148,10 +142,9 @@ export interface Backend {
     weights: readonly TensorHandle[],
     outs: readonly TensorHandle[],
     biases?: readonly (TensorHandle | undefined)[],
-    norm?: FusedNorm,
   ): void;
   /** `out = silu(x · gateᵀ) ⊙ (x · upᵀ)`, the MLP's first half, in one weight pass where possible. */
-  matmulSwiglu(x: TensorHandle, gate: TensorHandle, up: TensorHandle, out: TensorHandle, norm?: FusedNorm): void;
+  matmulSwiglu(x: TensorHandle, gate: TensorHandle, up: TensorHandle, out: TensorHandle): void;
   /**
    * Rotates `query` (`[n, heads · headDim]`) and `key` (`[n, kvHeads · headDim]`) in place at `positions`, then writes
    * row r of `key` and `value` into the caches at slot `positions[r]` — `rope` twice and `writeCache` twice, fused.

@@ -4,7 +4,6 @@ export type {
   Backend,
   BackendMemory,
   DecodeAttentionAttributes,
-  FusedNorm,
   HostArray,
   PrefillAttentionAttributes,
   RopeAttributes,

@@ -419,9 +419,7 @@ Napi::Value MatmulGroup(const Napi::CallbackInfo& info) {
       biases[i] = optionalTensor(biasIds.Get(i));
       sameDevice({&x, weights[i], outs[i], biases[i]});
     }
-    Device::Norm norm{optionalTensor(info[4]), static_cast<float>(number(info, 5))};
-    if (norm.weight) sameDevice({&x, norm.weight});
-    x.device->matmulGroup(x, weights, outs, biases, count, norm);
+    x.device->matmulGroup(x, weights, outs, biases, count);
     return info.Env().Undefined();
   });
 }
@@ -429,9 +427,8 @@ Napi::Value MatmulGroup(const Napi::CallbackInfo& info) {
 Napi::Value MatmulSwiglu(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &x = tensorAt(info[0]), &gate = tensorAt(info[1]), &up = tensorAt(info[2]), &out = tensorAt(info[3]);
-    Device::Norm norm{optionalTensor(info[4]), static_cast<float>(number(info, 5))};
-    sameDevice({&x, &gate, &up, &out, norm.weight});
-    x.device->matmulSwiglu(x, gate, up, out, norm);
+    sameDevice({&x, &gate, &up, &out});
+    x.device->matmulSwiglu(x, gate, up, out);
     return info.Env().Undefined();
   });
 }

@@ -92,24 +92,24 @@ class Device {
   virtual void softmax(const Tensor& logits, Tensor& out, float temperature) = 0;
 
   // Fused ops. The defaults compose the primitives above; a backend overrides them where one launch is cheaper.
-  // A pre-normalisation fused into the fused matmuls: x is replaced by rmsNorm(x) · weight (eps) before the product.
-  struct Norm { const Tensor* weight; float eps; };
-
-  // out[i] = norm(x) · weights[i]ᵀ (+ biases[i]) for up to three matrices sharing x (q/k/v).
+  // out[i] = x · weights[i]ᵀ (+ biases[i]) for up to three matrices sharing x (q/k/v).
   virtual void matmulGroup(const Tensor& x, const Tensor* const* weights, Tensor* const* outs, const Tensor* const* biases,
-                           int count, Norm norm) {
-    withNorm(x, norm, [&](const Tensor& input) {
-      for (int i = 0; i < count; i++) matmul(input, *weights[i], *outs[i], biases[i], nullptr);
-    });
+                           int count) {
+    for (int i = 0; i < count; i++) matmul(x, *weights[i], *outs[i], biases[i], nullptr);
   }
-  // out = silu(norm(x) · gateᵀ) ⊙ (norm(x) · upᵀ)
-  virtual void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out, Norm norm) {
-    withNorm(x, norm, [&](const Tensor& input) {
-      Temporary product(*this, out);
-      matmul(input, gate, out, nullptr, nullptr);
-      matmul(input, up, product.tensor, nullptr, nullptr);
-      swiglu(out, product.tensor, out);
-    });
+  // out = silu(x · gateᵀ) ⊙ (x · upᵀ)
+  virtual void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) {
+    Tensor product = out;
+    product.data = allocate(out.bytes);
+    try {
+      matmul(x, gate, out, nullptr, nullptr);
+      matmul(x, up, product, nullptr, nullptr);
+      swiglu(out, product, out);
+    } catch (...) {
+      release(product.data, product.bytes);
+      throw;
+    }
+    release(product.data, product.bytes);
   }
   // Rotates q ([n, heads·d]) and k ([n, kvHeads·d]) in place, then writes row r of k and v into the caches at slot
   // positions[r]. (This default reads positions on the host: only host-memory backends use it.)
@@ -130,30 +130,6 @@ class Device {
   virtual int endCapture() { throw Error("DUO_ARG", std::string("the ") + kind() + " backend cannot capture graphs"); }
   virtual void launchGraph(int) { throw Error("DUO_ARG", std::string("the ") + kind() + " backend cannot capture graphs"); }
   virtual void freeGraph(int) {}
-
- protected:
-  // A scratch tensor shaped like `like`, freed when it goes out of scope.
-  struct Temporary {
-    Device& device;
-    Tensor tensor;
-    Temporary(Device& owner, const Tensor& like) : device(owner), tensor(like) {
-      tensor.dtype = DType::F32;
-      tensor.bytes = static_cast<size_t>(like.size) * 4;
-      tensor.data = device.allocate(tensor.bytes);
-    }
-    ~Temporary() { device.release(tensor.data, tensor.bytes); }
-  };
-  // Calls body with x itself, or with rmsNorm(x) in a temporary when `norm` has a weight.
-  template <typename F>
-  void withNorm(const Tensor& x, Norm norm, F body) {
-    if (!norm.weight) {
-      body(x);
-      return;
-    }
-    Temporary normed(*this, x);
-    rmsNorm(x, *norm.weight, normed.tensor, norm.eps);
-    body(normed.tensor);
-  }
 };
 
 // Counter-based generator shared by both backends so fillRandom gives identical values everywhere.

@@ -210,35 +210,6 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       for (const t of [xs, gate, up, out]) t.dispose();
     });
 
-    it.each([1, 2, 5])('matmulGroup and matmulSwiglu fold an RMSNorm of x in (%i rows)', async (n) => {
-      const k = 128;
-      const x = randomArray(n * k, 140 + n, 3);
-      const normWeight = Float32Array.from(randomArray(k, 141, 0.3), (v) => v + 1);
-      const xs = b().upload('f32', [n, k], x);
-      const ws = b().upload('f32', [k], normWeight);
-      const normed = referenceRmsNorm(toMatrix(x, n, k), normWeight, 1e-5);
-      const [q, qHeld] = uploadAs(b(), 'bf16', [64, k], randomArray(64 * k, 142, 0.5));
-      const [kv, kvHeld] = uploadAs(b(), 'bf16', [32, k], randomArray(32 * k, 143, 0.5));
-      const qOut = b().alloc('f32', [n, 64]);
-      const kvOut = b().alloc('f32', [n, 32]);
-      b().matmulGroup(xs, [q, kv], [qOut, kvOut], [], { weight: ws, eps: 1e-5 });
-      expect(relativeError(await readF32(b(), qOut), referenceMatmul(normed, toMatrix(qHeld, 64, k)))).toBeLessThan(
-        1e-2,
-      );
-      expect(relativeError(await readF32(b(), kvOut), referenceMatmul(normed, toMatrix(kvHeld, 32, k)))).toBeLessThan(
-        1e-2,
-      );
-      const [gate, gateHeld] = uploadAs(b(), 'bf16', [48, k], randomArray(48 * k, 144, 0.5));
-      const [up, upHeld] = uploadAs(b(), 'bf16', [48, k], randomArray(48 * k, 145, 0.5));
-      const out = b().alloc('f32', [n, 48]);
-      b().matmulSwiglu(xs, gate, up, out, { weight: ws, eps: 1e-5 });
-      const gateProduct = referenceMatmul(normed, toMatrix(gateHeld, 48, k));
-      const expected = referenceSwiglu(gateProduct, referenceMatmul(normed, toMatrix(upHeld, 48, k)));
-      expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(1e-2);
-      expect(Array.from(await readF32(b(), xs))).toEqual(Array.from(x));
-      for (const t of [xs, ws, q, kv, qOut, kvOut, gate, up, out]) t.dispose();
-    });
-
     it.each([
       [true, 'f32'],
       [false, 'bf16'],
@@ -449,8 +420,7 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         keyLength: 1,
         lengthFrom: position,
       });
-      // The launch is split for the whole cache, so sums may associate differently: equal to f32 rounding.
-      expect(relativeError(await readF32(b(), fromDevice), await readF32(b(), explicit))).toBeLessThan(1e-6);
+      expect(maxAbsDifference(await readF32(b(), fromDevice), await readF32(b(), explicit))).toBe(0);
       for (const t of [keyCache, valueCache, query, explicit, fromDevice, position, next, ids]) t.dispose();
     });
 

@@ -195,7 +195,6 @@ export class NativeBackend implements Backend {
     weights: readonly Tensor[],
     outs: readonly Tensor[],
     biases: readonly (Tensor | undefined)[] = [],
-    norm?: { weight: Tensor; eps: number },
   ): void {
     if (!Array.isArray(weights) || weights.length < 1 || weights.length > 3 || outs.length !== weights.length) {
       throw new DuoArgumentError(
@@ -215,23 +214,15 @@ export class NativeBackend implements Backend {
       const bias = biases[i];
       biasIds.push(bias ? expectTensor(`biases[${i}]`, bias, this.device, { dtypes: F32, shape: [outputs] }) : 0);
     });
-    const [normId, eps] = this.#normIds(norm, inner);
-    callNative(() => this.#native.matmulGroup(xId, weightIds, outIds, biasIds, normId, eps));
+    callNative(() => this.#native.matmulGroup(xId, weightIds, outIds, biasIds));
   }
 
-  matmulSwiglu(x: Tensor, gate: Tensor, up: Tensor, out: Tensor, norm?: { weight: Tensor; eps: number }): void {
+  matmulSwiglu(x: Tensor, gate: Tensor, up: Tensor, out: Tensor): void {
     const gateId = expectTensor('gate', gate, this.device, { dtypes: FLOAT_TYPES, shape: [null, null] });
     const upId = expectTensor('up', up, this.device, { dtypes: [gate.dtype], shape: gate.shape });
     const xId = expectTensor('x', x, this.device, { dtypes: F32, shape: [null, gate.shape[1] ?? 0] });
     const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: [x.rows, gate.shape[0] ?? 0] });
-    const [normId, eps] = this.#normIds(norm, gate.shape[1] ?? 0);
-    callNative(() => this.#native.matmulSwiglu(xId, gateId, upId, outId, normId, eps));
-  }
-
-  #normIds(norm: { weight: Tensor; eps: number } | undefined, width: number): [number, number] {
-    if (!norm) return [0, 0];
-    const id = expectTensor('norm.weight', norm.weight, this.device, { dtypes: FLOAT_TYPES, shape: [width] });
-    return [id, expectPositive('norm.eps', norm.eps)];
+    callNative(() => this.#native.matmulSwiglu(xId, gateId, upId, outId));
   }
 
   ropeWriteCache(

@@ -55,8 +55,8 @@ export interface NativeAddon {
     keyLength: number,
     lengthFrom: number,
   ): void;
-  matmulGroup(x: number, weights: number[], outs: number[], biases: number[], normWeight: number, eps: number): void;
-  matmulSwiglu(x: number, gate: number, up: number, out: number, normWeight: number, eps: number): void;
+  matmulGroup(x: number, weights: number[], outs: number[], biases: number[]): void;
+  matmulSwiglu(x: number, gate: number, up: number, out: number): void;
   ropeWriteCache(
     q: number,
     k: number,

@@ -366,15 +366,12 @@ export class Session {
       const keyCache = this.#keyCaches[layer];
       const valueCache = this.#valueCaches[layer];
       if (!lw || !keyCache || !valueCache) throw new Error(`layer ${layer} is missing`);
-      // One row: the RMSNorm rides inside the fused matmul (one launch fewer); more rows: a separate pass.
-      const attentionNorm = n === 1 ? { weight: lw.attentionNorm, eps: c.rmsNormEps } : undefined;
-      if (!attentionNorm) b.rmsNorm(s.hidden, lw.attentionNorm, s.normed, c.rmsNormEps);
+      b.rmsNorm(s.hidden, lw.attentionNorm, s.normed, c.rmsNormEps);
       b.matmulGroup(
-        attentionNorm ? s.hidden : s.normed,
+        s.normed,
         [lw.query, lw.key, lw.value],
         [s.query, s.key, s.value],
         [lw.queryBias, lw.keyBias, lw.valueBias],
-        attentionNorm,
       );
       b.ropeWriteCache(s.query, s.key, s.value, s.positions, this.#inverseFrequencies, keyCache, valueCache, {
         heads: c.numHeads,
@@ -391,12 +388,8 @@ export class Session {
         b.attentionPrefill(s.query, keyCache, valueCache, s.attention, { ...attention, queryStart: start });
       }
       b.matmul(s.attention, lw.output, s.hidden, { residual: s.hidden });
-      if (n === 1) {
-        b.matmulSwiglu(s.hidden, lw.gate, lw.up, s.gate, { weight: lw.mlpNorm, eps: c.rmsNormEps });
-      } else {
-        b.rmsNorm(s.hidden, lw.mlpNorm, s.normed, c.rmsNormEps);
-        b.matmulSwiglu(s.normed, lw.gate, lw.up, s.gate);
-      }
+      b.rmsNorm(s.hidden, lw.mlpNorm, s.normed, c.rmsNormEps);
+      b.matmulSwiglu(s.normed, lw.gate, lw.up, s.gate);
       b.matmul(s.gate, lw.down, s.hidden, { residual: s.hidden });
       capture?.take(layer + 1, s.hidden, start, n);
     }

@@ -156,10 +156,10 @@ void launchGemv(const float* x, int64_t rows, int64_t k, const void* weight, DTy
 // Up to three matmuls of the same x (decode q/k/v) in one launch; falls back to one launch each.
 struct GemvTarget { const void* weight; float* out; const float* bias; int64_t m; };
 void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, int count,
-                     const float* normWeight, float eps, cudaStream_t stream);
+                     cudaStream_t stream);
 // out = silu(x · gateᵀ) ⊙ (x · upᵀ) for 1–2 rows in one weight-streaming pass.
 void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
-                      float* out, const float* normWeight, float eps, cudaStream_t stream);
+                      float* out, cudaStream_t stream);
 bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x);
 void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int64_t rows,
                           int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,

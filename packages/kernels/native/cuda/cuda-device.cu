@@ -288,29 +288,28 @@ class CudaDevice final : public Device {
     profiler_.mark("attentionDecode", stream_);
   }
   void matmulGroup(const Tensor& x, const Tensor* const* weights, Tensor* const* outs, const Tensor* const* biases,
-                   int count, Norm norm) override {
+                   int count) override {
     bool sameType = true;
     for (int i = 0; i < count; i++) sameType = sameType && weights[i]->dtype == weights[0]->dtype;
-    if (count > 3 || !sameType || !gemvFusable(x.rows(), x.cols(), weights[0]->dtype, x.data) || !normFusable(norm)) {
-      Device::matmulGroup(x, weights, outs, biases, count, norm);
+    if (count > 3 || !sameType || !gemvFusable(x.rows(), x.cols(), weights[0]->dtype, x.data)) {
+      Device::matmulGroup(x, weights, outs, biases, count);
       profiler_.mark("matmulGroup", stream_);
       return;
     }
     GemvTarget targets[3];
     for (int i = 0; i < count; i++)
       targets[i] = GemvTarget{weights[i]->data, outs[i]->as<float>(), biases[i] ? biases[i]->as<float>() : nullptr, weights[i]->rows()};
-    launchGemvGroup(x.as<float>(), x.rows(), x.cols(), weights[0]->dtype, targets, count, normWeight(norm), norm.eps, stream_);
+    launchGemvGroup(x.as<float>(), x.rows(), x.cols(), weights[0]->dtype, targets, count, stream_);
     profiler_.mark("matmulGroup", stream_);
   }
-  void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out, Norm norm) override {
+  void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) override {
     bool aligned = reinterpret_cast<uintptr_t>(gate.data) % 16 == 0 && reinterpret_cast<uintptr_t>(up.data) % 16 == 0;
-    if (gate.dtype != up.dtype || !aligned || !gemvFusable(x.rows(), x.cols(), gate.dtype, x.data) || !normFusable(norm)) {
-      Device::matmulSwiglu(x, gate, up, out, norm);
+    if (gate.dtype != up.dtype || !aligned || !gemvFusable(x.rows(), x.cols(), gate.dtype, x.data)) {
+      Device::matmulSwiglu(x, gate, up, out);
       profiler_.mark("matmulSwiglu", stream_);
       return;
     }
-    launchGemvSwiglu(x.as<float>(), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(), out.as<float>(),
-                     normWeight(norm), norm.eps, stream_);
+    launchGemvSwiglu(x.as<float>(), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(), out.as<float>(), stream_);
     profiler_.mark("matmulSwiglu", stream_);
   }
   void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
@@ -362,9 +361,6 @@ class CudaDevice final : public Device {
 
  private:
   static constexpr int64_t kGemvRows = 8;
-  // The streaming GEMV folds RMSNorm in for f32 norm weights.
-  static bool normFusable(Norm norm) { return !norm.weight || norm.weight->dtype == DType::F32; }
-  static const float* normWeight(Norm norm) { return norm.weight ? norm.weight->as<float>() : nullptr; }
   static constexpr size_t kSmallWrite = 64 * 1024;
   static constexpr int kSmallSlots = 16;
   struct SmallSlot { void* data = nullptr; cudaEvent_t done = nullptr; };

@@ -26,8 +26,6 @@ struct StreamJob {
   int64_t m[3];
   int64_t firstGroup[4];
   int count;
-  const float* normWeight;  // when set, x is rmsNorm(x) · normWeight (eps) — computed per block
-  float eps;
 };
 
 // A block of 8 warps serves 8/SPLIT column groups; the SPLIT warps of a group each stream one slice of k (16-byte
@@ -37,30 +35,8 @@ __global__ void __launch_bounds__(kWarps * 32, 4) gemvStreamKernel(const float* 
   constexpr int kVec = Vec16<T>::kCount;
   constexpr int kGroups = kWarps / SPLIT;
   __shared__ float partial[kWarps][ROWS][kColumnsPerWarp];
-  __shared__ float inverseRms[ROWS];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp / SPLIT, slice = warp % SPLIT;
-  if (job.normWeight) {
-    // Each block recomputes the rows' inverse RMS (x is small and L2-resident): cheaper than a separate launch.
-    __shared__ float squares[kWarps][ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-      float sum = 0.0f;
-      for (int64_t i = threadIdx.x * 4; i < k; i += blockDim.x * 4) {
-        const float4 value = __ldg(reinterpret_cast<const float4*>(x + r * k + i));
-        sum += value.x * value.x + value.y * value.y + value.z * value.z + value.w * value.w;
-      }
-      sum = warpSum(sum);
-      if (lane == 0) squares[warp][r] = sum;
-    }
-    __syncthreads();
-    if (threadIdx.x < ROWS) {
-      float total = 0.0f;
-      for (int w = 0; w < kWarps; w++) total += squares[w][threadIdx.x];
-      inverseRms[threadIdx.x] = rsqrtf(total / static_cast<float>(k) + job.eps);
-    }
-    __syncthreads();
-  }
   const int64_t global = static_cast<int64_t>(blockIdx.x) * kGroups + group;
   int which = 0;
   while (which + 1 < job.count && global >= job.firstGroup[which + 1]) which++;
@@ -102,12 +78,6 @@ __global__ void __launch_bounds__(kWarps * 32, 4) gemvStreamKernel(const float* 
 #pragma unroll
           for (int v = 0; v < kVec; v += 4) {
             float4 chunk = __ldg(reinterpret_cast<const float4*>(x + r * k + kk + v));
-            if (job.normWeight) {
-              const float4 scale = __ldg(reinterpret_cast<const float4*>(job.normWeight + kk + v));
-              const float inverse = inverseRms[r];
-              chunk = make_float4(chunk.x * inverse * scale.x, chunk.y * inverse * scale.y, chunk.z * inverse * scale.z,
-                                  chunk.w * inverse * scale.w);
-            }
             xv[v] = chunk.x; xv[v + 1] = chunk.y; xv[v + 2] = chunk.z; xv[v + 3] = chunk.w;
           }
 #pragma unroll
@@ -317,11 +287,10 @@ bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x) {
 }
 
 void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, int count,
-                     const float* normWeight, float eps, cudaStream_t stream) {
+                     cudaStream_t stream) {
   bool aligned = gemvFusable(rows, k, weightType, x) && count <= 3;
   for (int i = 0; i < count; i++) aligned = aligned && reinterpret_cast<uintptr_t>(targets[i].weight) % 16 == 0;
   if (!aligned) {
-    if (normWeight) throw Error("DUO_ARG", "a normalised matmul group needs 16-byte aligned rows");
     for (int i = 0; i < count; i++)
       launchGemv(x, rows, k, targets[i].weight, weightType, targets[i].m, targets[i].out, targets[i].bias, nullptr, stream);
     return;
@@ -330,8 +299,6 @@ void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, 
     using T = decltype(t);
     StreamJob<T> job{};
     job.count = count;
-    job.normWeight = normWeight;
-    job.eps = eps;
     for (int i = 0; i < count; i++) {
       job.weight[i] = static_cast<const T*>(targets[i].weight);
       job.out[i] = targets[i].out;
@@ -343,7 +310,7 @@ void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, 
 }
 
 void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
-                      float* out, const float* normWeight, float eps, cudaStream_t stream) {
+                      float* out, cudaStream_t stream) {
   dispatchFloat(weightType, [&](auto t) {
     using T = decltype(t);
     StreamJob<T> job{};
@@ -352,8 +319,6 @@ void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate,
     job.weight[1] = static_cast<const T*>(up);
     job.out[0] = out;
     job.m[0] = m;
-    job.normWeight = normWeight;
-    job.eps = eps;
     launchStream(x, rows, k, job, true, stream);
   });
 }
