@@ -420,7 +420,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         keyLength: 1,
         lengthFrom: position,
       });
-      expect(maxAbsDifference(await readF32(b(), fromDevice), await readF32(b(), explicit))).toBe(0);
+      // The launch is split for the whole cache, so sums may associate differently: equal to f32 rounding.
+      expect(relativeError(await readF32(b(), fromDevice), await readF32(b(), explicit))).toBeLessThan(1e-6);
       for (const t of [keyCache, valueCache, query, explicit, fromDevice, position, next, ids]) t.dispose();
     });
 

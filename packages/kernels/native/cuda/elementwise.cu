@@ -89,43 +89,33 @@ __global__ void decodeAdvanceKernel(const int32_t* next, int32_t* ids, int32_t* 
   positions[0] += 1;
 }
 
-// One block per row: the row's cos/sin pairs are computed once (angles in double) into shared memory, then the
-// block's threads rotate every (head, pair) of q and k in parallel and write the rotated key and the value pairs of
-// every KV head into the caches (keys stored after RoPE, at absolute positions).
+// grid (rows, heads + kvHeads), one thread per channel pair: each block rotates one query or key head of one row
+// (angle in double, so positions in the millions keep their phase); key blocks also write the rotated key pair and
+// the value pair into the caches at slot positions[row].
 template <typename T>
 __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies,
                                      int heads, int kvHeads, int headDim, bool interleaved, T* keyCache, T* valueCache,
                                      int64_t capacity) {
-  extern __shared__ float angles[];  // [half] cos, then [half] sin
   const int half = headDim / 2;
   const int64_t row = blockIdx.x;
+  const int head = blockIdx.y;
+  const bool isQuery = head < heads;
+  const int h = isQuery ? head : head - heads;
+  float* base = isQuery ? q + (row * heads + h) * static_cast<int64_t>(headDim) : k + (row * kvHeads + h) * static_cast<int64_t>(headDim);
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     double sine, cosine;
     sincos(static_cast<double>(positions[row]) * static_cast<double>(frequencies[i]), &sine, &cosine);
-    angles[i] = static_cast<float>(cosine);
-    angles[half + i] = static_cast<float>(sine);
-  }
-  __syncthreads();
-  const int queryPairs = heads * half, total = (heads + kvHeads) * half;
-  float* queryRow = q + row * static_cast<int64_t>(heads) * headDim;
-  float* keyRow = k + row * static_cast<int64_t>(kvHeads) * headDim;
-  const float* valueRow = v + row * static_cast<int64_t>(kvHeads) * headDim;
-  for (int t = threadIdx.x; t < total; t += blockDim.x) {
-    const bool isQuery = t < queryPairs;
-    const int local = isQuery ? t : t - queryPairs;
-    const int h = local / half, i = local % half;
+    const float c = static_cast<float>(cosine), s = static_cast<float>(sine);
     const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-    const float c = angles[i], s = angles[half + i];
-    float* head = (isQuery ? queryRow : keyRow) + static_cast<int64_t>(h) * headDim;
-    const float first = head[a], second = head[b];
+    const float first = base[a], second = base[b];
     const float rotatedA = first * c - second * s, rotatedB = first * s + second * c;
-    head[a] = rotatedA;
-    head[b] = rotatedB;
+    base[a] = rotatedA;
+    base[b] = rotatedB;
     if (!isQuery) {
       const int64_t slot = (static_cast<int64_t>(h) * capacity + positions[row]) * headDim;
       keyCache[slot + a] = fromFloat<T>(rotatedA);
       keyCache[slot + b] = fromFloat<T>(rotatedB);
-      const float* value = valueRow + static_cast<int64_t>(h) * headDim;
+      const float* value = v + (row * kvHeads + h) * static_cast<int64_t>(headDim);
       valueCache[slot + a] = fromFloat<T>(value[a]);
       valueCache[slot + b] = fromFloat<T>(value[b]);
     }
@@ -336,7 +326,8 @@ void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* pos
   if (rows == 0) return;
   dispatchFloat(cacheType, [&](auto t) {
     using T = decltype(t);
-    ropeWriteCacheKernel<T><<<static_cast<unsigned>(rows), 256, headDim * sizeof(float), stream>>>(
+    const unsigned threads = static_cast<unsigned>(std::min(256, std::max(32, (headDim / 2 + 31) / 32 * 32)));
+    ropeWriteCacheKernel<T><<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(heads + kvHeads)), threads, 0, stream>>>(
         q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, static_cast<T*>(keyCache),
         static_cast<T*>(valueCache), capacity);
   });
