@@ -1,6 +1,7 @@
 // Weight-streaming matmul for few rows (decode): each warp owns output columns and reads its weight row once with
 // 16-byte loads; x is staged in shared memory when it fits. Also the fallback for any row count without cuBLAS.
 #include <algorithm>
+#include <cstdlib>
 
 #include "cuda-common.cuh"
 
@@ -148,8 +149,12 @@ void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bo
   if (job.firstGroup[job.count] == 0) return;
   // Split k so each warp streams at least ~1K elements per column, and only while columns alone leave SMs idle.
   const int64_t groups = job.firstGroup[job.count];
+  static const int64_t minimumSlice = [] {
+    const char* value = std::getenv("DUO_GEMV_MIN_SLICE");  // a tuning knob for benchmarks; 1024 by default
+    return value ? std::max<int64_t>(64, std::atoll(value)) : 1024;
+  }();
   int split = 1;
-  while (split < 8 && k / (split * 2) >= 1024 && groups * split < static_cast<int64_t>(multiprocessorCount()) * 64) split *= 2;
+  while (split < 8 && k / (split * 2) >= minimumSlice && groups * split < static_cast<int64_t>(multiprocessorCount()) * 64) split *= 2;
   if (swiglu) {
     if (rows == 1) launchSplit<T, 1, true>(x, k, job, split, stream);
     else launchSplit<T, 2, true>(x, k, job, split, stream);
