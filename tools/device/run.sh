@@ -17,6 +17,10 @@ for step in "${steps[@]}"; do
   echo "=== $step"
   case "$step" in
     tests) DUO_TEST_JSON=$OUT/device-tests.json node .device/device-tests.mjs 2>&1 | tee "$OUT/device-tests.log" || status=1 ;;
+    tune-unroll) for variant in .device/duoattn.node .device/duoattn-variant.node; do echo "binary $variant"; \
+                 DUO_NATIVE_PATH=$PWD/$variant DUO_CUDA_PROFILE=1 node .device/duo-bench.mjs kernels --device cuda | grep -E "gemv|matmul"; \
+                 DUO_NATIVE_PATH=$PWD/$variant node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --prefill 0 \
+                   --contexts 4096,32768 --steps 64 | grep decode; done ;;
     tune-gemv) for slice in 512 1024 2048; do echo "min slice $slice"; DUO_GEMV_MIN_SLICE=$slice DUO_CUDA_PROFILE=1 \
                  node .device/duo-bench.mjs kernels --device cuda | grep -E "gemv|matmul"; DUO_GEMV_MIN_SLICE=$slice \
                  node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --prefill 0 --contexts 4096 --steps 64 | grep decode; done ;;

@@ -23,12 +23,15 @@ function enabled(root) {
 
 function gencode() {
   const archs = (process.env.DUO_CUDA_ARCHS ?? '90a,80,ptx90').split(',').map((a) => a.trim());
+  // DUO_NVCC_FLAGS adds flags (e.g. -DDUO_GEMV_UNROLL=8) for tuning builds.
+  const extra = (process.env.DUO_NVCC_FLAGS ?? '').split(/\s+/).filter(Boolean);
   return archs
     .map((arch) =>
       arch.startsWith('ptx')
         ? `-gencode=arch=compute_${arch.slice(3)},code=compute_${arch.slice(3)}`
         : `-gencode=arch=compute_${arch},code=sm_${arch}`,
     )
+    .concat(extra)
     .join(' ');
 }
 

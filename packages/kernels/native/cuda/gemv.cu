@@ -11,7 +11,14 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kUnroll = 4;
+#ifndef DUO_GEMV_UNROLL
+#define DUO_GEMV_UNROLL 4
+#endif
+#ifndef DUO_GEMV_BLOCKS_PER_SM
+#define DUO_GEMV_BLOCKS_PER_SM 4
+#endif
+// 16-byte loads in flight per weight row and lane, and the residency the register budget is set for (tuning knobs).
+constexpr int kUnroll = DUO_GEMV_UNROLL;
 constexpr size_t kSharedLimit = 64 * 1024;
 constexpr int kColumnsPerWarp = 2;
 int multiprocessorCount();
@@ -32,7 +39,7 @@ struct StreamJob {
 // A block of 8 warps serves 8/SPLIT column groups; the SPLIT warps of a group each stream one slice of k (16-byte
 // loads, kUnroll in flight per column) and are summed through shared memory, so tall-k matrices still fill the GPU.
 template <typename T, int ROWS, bool SWIGLU, int SPLIT>
-__global__ void __launch_bounds__(kWarps * 32, 4) gemvStreamKernel(const float* __restrict__ x, int64_t k, StreamJob<T> job) {
+__global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStreamKernel(const float* __restrict__ x, int64_t k, StreamJob<T> job) {
   constexpr int kVec = Vec16<T>::kCount;
   constexpr int kGroups = kWarps / SPLIT;
   __shared__ float partial[kWarps][ROWS][kColumnsPerWarp];
