@@ -500,6 +500,171 @@ __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __
       out[row * qStride + static_cast<int64_t>(head) * D + (c * kThreadsPerRow + lane) * 4 + i] = acc[c][i] * inverse;
 }
 
+// Tensor-core causal prefill for 16-bit caches at head dim 64 or 128 (FlashAttention-2 style). grid (row tiles of
+// 64, heads), 4 warps of 16 query rows; 64-key tiles of K and V are copied into padded shared memory by the block;
+// each warp computes S = Q·Kᵀ (q split into high and low 16-bit parts), an online softmax per row and O += P·V with
+// mma.sync m16n8k16, then divides by the row sums.
+template <typename T>
+__device__ __forceinline__ void mma16816Full(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                             uint32_t b1) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+constexpr int kPrefillMmaWarps = 4;
+constexpr int kPrefillMmaRows = 16 * kPrefillMmaWarps;
+constexpr int kPrefillKeys = 64;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const float* __restrict__ q, int64_t qStride,
+                                                                          const T* __restrict__ k, const T* __restrict__ v,
+                                                                          int64_t capacity, float* __restrict__ out,
+                                                                          int64_t rows, int64_t keyLength,
+                                                                          int64_t queryStart, int group, float scale) {
+  constexpr int kStride = D + 8;
+  constexpr int kSteps = D / 16;
+  constexpr int kOutTiles = D / 8;
+  constexpr int kChunksPerRow = D / 8;
+  extern __shared__ __align__(16) unsigned char tiles[];
+  T* keyTile = reinterpret_cast<T*>(tiles);
+  T* valueTile = keyTile + kPrefillKeys * kStride;
+  const int head = blockIdx.y, kvHead = head / group;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
+  const int64_t warpRow0 = static_cast<int64_t>(blockIdx.x) * kPrefillMmaRows + warp * 16;
+  const int64_t blockLastRow = lesser(rows, static_cast<int64_t>(blockIdx.x + 1) * kPrefillMmaRows) - 1;
+  const int64_t keyEnd = lesser(keyLength, queryStart + blockLastRow + 1);
+  const T* keys = k + static_cast<int64_t>(kvHead) * capacity * D;
+  const T* values = v + static_cast<int64_t>(kvHead) * capacity * D;
+  // A fragments of this warp's 16 query rows: rows `row` and `row + 8`, columns 16s + 2·pair (+1) and + 8.
+  uint32_t qHigh[kSteps][4], qLow[kSteps][4];
+#pragma unroll
+  for (int step = 0; step < kSteps; step++)
+#pragma unroll
+    for (int part = 0; part < 4; part++) {
+      const int64_t r = warpRow0 + row + (part & 1) * 8;
+      const int column = 16 * step + (part >> 1) * 8 + 2 * pair;
+      float x0 = 0.0f, x1 = 0.0f;
+      if (r < rows) {
+        const float* source = q + r * qStride + static_cast<int64_t>(head) * D + column;
+        x0 = source[0] * scale;
+        x1 = source[1] * scale;
+      }
+      qHigh[step][part] = packPair<T>(x0, x1);
+      qLow[step][part] = packPair<T>(x0 - toFloat(fromFloat<T>(x0)), x1 - toFloat(fromFloat<T>(x1)));
+    }
+  float maximum[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};
+  float acc[kOutTiles][4];
+#pragma unroll
+  for (int t = 0; t < kOutTiles; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+  const int64_t position[2] = {queryStart + warpRow0 + row, queryStart + warpRow0 + row + 8};
+
+  for (int64_t tile = 0; tile < keyEnd; tile += kPrefillKeys) {
+    const int count = static_cast<int>(lesser(kPrefillKeys, keyEnd - tile));
+    __syncthreads();  // every warp is done with the previous tile
+    for (int piece = threadIdx.x; piece < kPrefillKeys * kChunksPerRow; piece += blockDim.x) {
+      const int r = piece / kChunksPerRow, column = (piece % kChunksPerRow) * 8;
+      if (r < count) {
+        copyAsync16(keyTile + r * kStride + column, keys + (tile + r) * D + column);
+        copyAsync16(valueTile + r * kStride + column, values + (tile + r) * D + column);
+      } else {
+        *reinterpret_cast<uint4*>(keyTile + r * kStride + column) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(valueTile + r * kStride + column) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();
+    if (warpRow0 >= rows || tile > position[1]) continue;  // rows past the chunk, or a tile entirely in this warp's future
+    float score[kPrefillKeys / 8][4];
+#pragma unroll
+    for (int t = 0; t < kPrefillKeys / 8; t++) {
+      score[t][0] = score[t][1] = score[t][2] = score[t][3] = 0.0f;
+#pragma unroll
+      for (int step = 0; step < kSteps; step++) {
+        const T* key = keyTile + (8 * t + row) * kStride + 16 * step + 2 * pair;
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + 8);
+        mma16816Full<T>(score[t], qHigh[step][0], qHigh[step][1], qHigh[step][2], qHigh[step][3], b0, b1);
+        mma16816Full<T>(score[t], qLow[step][0], qLow[step][1], qLow[step][2], qLow[step][3], b0, b1);
+      }
+    }
+    float probability[kPrefillKeys / 8][4];
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+      float tileMax = -INFINITY;
+#pragma unroll
+      for (int t = 0; t < kPrefillKeys / 8; t++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const int64_t key = tile + 8 * t + 2 * pair + j;
+          float& value = score[t][2 * half + j];
+          value = (key < keyEnd && key <= position[half]) ? value : -INFINITY;
+          tileMax = fmaxf(tileMax, value);
+        }
+      tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
+      tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 2));
+      const float updated = fmaxf(maximum[half], tileMax);
+      const float correction = updated == -INFINITY ? 1.0f : __expf(maximum[half] - updated);
+      float rowSum = 0.0f;
+#pragma unroll
+      for (int t = 0; t < kPrefillKeys / 8; t++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const float value = score[t][2 * half + j];
+          probability[t][2 * half + j] = value == -INFINITY ? 0.0f : __expf(value - updated);
+          rowSum += probability[t][2 * half + j];
+        }
+      rowSum += __shfl_xor_sync(0xffffffffu, rowSum, 1);
+      rowSum += __shfl_xor_sync(0xffffffffu, rowSum, 2);
+      sum[half] = sum[half] * correction + rowSum;
+      maximum[half] = updated;
+#pragma unroll
+      for (int t = 0; t < kOutTiles; t++) {
+        acc[t][2 * half] *= correction;
+        acc[t][2 * half + 1] *= correction;
+      }
+    }
+#pragma unroll
+    for (int step = 0; step < kPrefillKeys / 16; step++) {
+      const uint32_t a0 = packPair<T>(probability[2 * step][0], probability[2 * step][1]);
+      const uint32_t a1 = packPair<T>(probability[2 * step][2], probability[2 * step][3]);
+      const uint32_t a2 = packPair<T>(probability[2 * step + 1][0], probability[2 * step + 1][1]);
+      const uint32_t a3 = packPair<T>(probability[2 * step + 1][2], probability[2 * step + 1][3]);
+      const int matrix = lane >> 3, matrixRow = lane & 7;
+#pragma unroll
+      for (int t = 0; t < kOutTiles; t += 2) {
+        const T* address = valueTile + (16 * step + (matrix & 1) * 8 + matrixRow) * kStride + 8 * (t + (matrix >> 1));
+        const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(address));
+        uint32_t b0, b1, b2, b3;
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
+                     : "r"(shared));
+        mma16816Full<T>(acc[t], a0, a1, a2, a3, b0, b1);
+        mma16816Full<T>(acc[t + 1], a0, a1, a2, a3, b2, b3);
+      }
+    }
+  }
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int64_t r = warpRow0 + row + half * 8;
+    if (r >= rows) continue;
+    const float inverse = sum[half] > 0.0f ? 1.0f / sum[half] : 0.0f;
+    float* target = out + r * qStride + static_cast<int64_t>(head) * D;
+#pragma unroll
+    for (int t = 0; t < kOutTiles; t++) {
+      target[8 * t + 2 * pair] = acc[t][2 * half] * inverse;
+      target[8 * t + 2 * pair + 1] = acc[t][2 * half + 1] * inverse;
+    }
+  }
+}
+
 template <typename F>
 void dispatchHeadDim(int headDim, F body) {
   switch (headDim) {
@@ -595,6 +760,18 @@ void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, cons
     using T = decltype(t);
     dispatchHeadDim(args.headDim, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
+      if constexpr (sizeof(T) == 2 && (D == 64 || D == 128)) {
+        // Tensor cores for 16-bit caches.
+        auto kernel = prefillMmaKernel<T, D>;
+        const size_t shared = static_cast<size_t>(2) * kPrefillKeys * (D + 8) * sizeof(T);
+        if (shared > 48 * 1024)
+          check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
+        dim3 grid(static_cast<unsigned>((rows + kPrefillMmaRows - 1) / kPrefillMmaRows), args.heads);
+        kernel<<<grid, kPrefillMmaWarps * 32, shared, stream>>>(q, qStride, static_cast<const T*>(k), static_cast<const T*>(v),
+                                                                capacity, out, rows, args.keyLength, args.queryStart, group,
+                                                                args.scale);
+        return;
+      }
       constexpr int kThreadsPerRow = D / 4 < 8 ? D / 4 : 8;
       constexpr int kRowsPerBlock = kPrefillThreads / kThreadsPerRow;
       dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), args.heads);
