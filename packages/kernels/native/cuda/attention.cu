@@ -581,7 +581,8 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
     asm volatile("cp.async.commit_group;\n" ::);
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncthreads();
-    if (warpRow0 >= rows || tile > position[1]) continue;  // rows past the chunk, or a tile entirely in this warp's future
+    // Warp-uniform skips (mma.sync needs every lane): rows past the chunk, or a tile after the warp's last position.
+    if (warpRow0 >= rows || tile > queryStart + warpRow0 + 15) continue;
     float score[kPrefillKeys / 8][4];
 #pragma unroll
     for (int t = 0; t < kPrefillKeys / 8; t++) {
