@@ -28,7 +28,7 @@ for step in "${steps[@]}"; do
     kernels) node .device/duo-bench.mjs kernels --device cuda --out "$OUT/kernels.json" || status=1 ;;
     engine) node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --dtype bf16 --prefill 4096 \
               --contexts 4096,32768 --steps 64 --warmup 8 --out "$OUT/engine-llama-3-8b.json" || status=1 ;;
-    engine-profile) DUO_NO_GRAPHS=1 DUO_CUDA_PROFILE=1 node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --dtype bf16 --prefill 0 \
+    engine-profile) DUO_NO_GRAPHS=1 DUO_CUDA_PROFILE=1 node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --dtype bf16 --prefill 4096 \
               --contexts 4096,32768 --steps 16 --warmup 4 --profile --out "$OUT/engine-profile.json" || status=1 ;;
     torch) python3 tools/device/torch_llama_bench.py --prefill 4096 --contexts 4096,32768 --steps 64 --warmup 8 \
               --out "$OUT/torch-llama-3-8b.json" || status=1 ;;

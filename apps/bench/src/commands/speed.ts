@@ -65,6 +65,13 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
         times.push((performance.now() - start) / 1000);
       }
       const seconds = median(times.slice(1));
+      if (options.profile) {
+        for (const entry of backend.takeProfile().sort((a, b) => b.milliseconds - a.milliseconds)) {
+          log(
+            `  ${entry.name.padEnd(18)} ${(entry.milliseconds / 3).toFixed(2)} ms per prefill over ${entry.count / 3} launches`,
+          );
+        }
+      }
       prefill = { tokens: prefillTokens, seconds, tokensPerSecond: prefillTokens / seconds, runs: times };
       log(`prefill ${prefillTokens} tokens: ${seconds.toFixed(3)} s, ${(prefillTokens / seconds).toFixed(0)} tok/s`);
     }
