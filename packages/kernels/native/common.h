@@ -99,17 +99,10 @@ class Device {
   }
   // out = silu(x · gateᵀ) ⊙ (x · upᵀ)
   virtual void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) {
-    Tensor product = out;
-    product.data = allocate(out.bytes);
-    try {
-      matmul(x, gate, out, nullptr, nullptr);
-      matmul(x, up, product, nullptr, nullptr);
-      swiglu(out, product, out);
-    } catch (...) {
-      release(product.data, product.bytes);
-      throw;
-    }
-    release(product.data, product.bytes);
+    Temporary product(*this, out);
+    matmul(x, gate, out, nullptr, nullptr);
+    matmul(x, up, product.tensor, nullptr, nullptr);
+    swiglu(out, product.tensor, out);
   }
   // Rotates q ([n, heads·d]) and k ([n, kvHeads·d]) in place, then writes row r of k and v into the caches at slot
   // positions[r]. (This default reads positions on the host: only host-memory backends use it.)
@@ -130,6 +123,21 @@ class Device {
   virtual int endCapture() { throw Error("DUO_ARG", std::string("the ") + kind() + " backend cannot capture graphs"); }
   virtual void launchGraph(int) { throw Error("DUO_ARG", std::string("the ") + kind() + " backend cannot capture graphs"); }
   virtual void freeGraph(int) {}
+
+ protected:
+  // An f32 scratch tensor shaped like `like`, freed (stream-ordered on CUDA) when it goes out of scope.
+  struct Temporary {
+    Device& device;
+    Tensor tensor;
+    Temporary(Device& owner, const Tensor& like) : device(owner), tensor(like) {
+      tensor.dtype = DType::F32;
+      tensor.bytes = static_cast<size_t>(like.size) * 4;
+      tensor.data = device.allocate(tensor.bytes);
+    }
+    ~Temporary() { device.release(tensor.data, tensor.bytes); }
+    Temporary(const Temporary&) = delete;
+    Temporary& operator=(const Temporary&) = delete;
+  };
 };
 
 // Counter-based generator shared by both backends so fillRandom gives identical values everywhere.

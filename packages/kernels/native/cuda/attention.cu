@@ -534,7 +534,6 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
   constexpr int kChunksPerRow = D / 8;
   extern __shared__ __align__(16) unsigned char tiles[];
   T* keyTile = reinterpret_cast<T*>(tiles);
-  T* valueTile = keyTile + kPrefillKeys * kStride;
   const int head = blockIdx.y, kvHead = head / group;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
   const int64_t warpRow0 = static_cast<int64_t>(blockIdx.x) * kPrefillMmaRows + warp * 16;
@@ -565,31 +564,45 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
   for (int t = 0; t < kOutTiles; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
   const int64_t position[2] = {queryStart + warpRow0 + row, queryStart + warpRow0 + row + 8};
 
-  for (int64_t tile = 0; tile < keyEnd; tile += kPrefillKeys) {
+  // Two stages: the copy of tile i + 1 is in flight while the warps multiply tile i.
+  auto stage = [&](int64_t tile, int buffer) {
+    T* keyStage = keyTile + buffer * 2 * kPrefillKeys * kStride;
+    T* valueStage = keyStage + kPrefillKeys * kStride;
     const int count = static_cast<int>(lesser(kPrefillKeys, keyEnd - tile));
-    __syncthreads();  // every warp is done with the previous tile
     for (int piece = threadIdx.x; piece < kPrefillKeys * kChunksPerRow; piece += blockDim.x) {
       const int r = piece / kChunksPerRow, column = (piece % kChunksPerRow) * 8;
       if (r < count) {
-        copyAsync16(keyTile + r * kStride + column, keys + (tile + r) * D + column);
-        copyAsync16(valueTile + r * kStride + column, values + (tile + r) * D + column);
+        copyAsync16(keyStage + r * kStride + column, keys + (tile + r) * D + column);
+        copyAsync16(valueStage + r * kStride + column, values + (tile + r) * D + column);
       } else {
-        *reinterpret_cast<uint4*>(keyTile + r * kStride + column) = make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4*>(valueTile + r * kStride + column) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(keyStage + r * kStride + column) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(valueStage + r * kStride + column) = make_uint4(0, 0, 0, 0);
       }
     }
     asm volatile("cp.async.commit_group;\n" ::);
-    asm volatile("cp.async.wait_group 0;\n" ::);
+  };
+  if (keyEnd > 0) stage(0, 0);
+  int buffer = 0;
+  for (int64_t tile = 0; tile < keyEnd; tile += kPrefillKeys, buffer ^= 1) {
+    if (tile + kPrefillKeys < keyEnd) {
+      stage(tile + kPrefillKeys, buffer ^ 1);
+      asm volatile("cp.async.wait_group 1;\n" ::);
+    } else {
+      asm volatile("cp.async.wait_group 0;\n" ::);
+    }
     __syncthreads();
+    const T* keyTileNow = keyTile + buffer * 2 * kPrefillKeys * kStride;
+    const T* valueTileNow = keyTileNow + kPrefillKeys * kStride;
     // Warp-uniform skips (mma.sync needs every lane): rows past the chunk, or a tile after the warp's last position.
-    if (warpRow0 >= rows || tile > queryStart + warpRow0 + 15) continue;
+    const bool active = warpRow0 < rows && tile <= queryStart + warpRow0 + 15;
+    if (active) {
     float score[kPrefillKeys / 8][4];
 #pragma unroll
     for (int t = 0; t < kPrefillKeys / 8; t++) {
       score[t][0] = score[t][1] = score[t][2] = score[t][3] = 0.0f;
 #pragma unroll
       for (int step = 0; step < kSteps; step++) {
-        const T* key = keyTile + (8 * t + row) * kStride + 16 * step + 2 * pair;
+        const T* key = keyTileNow + (8 * t + row) * kStride + 16 * step + 2 * pair;
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key);
         const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + 8);
         mma16816Full<T>(score[t], qHigh[step][0], qHigh[step][1], qHigh[step][2], qHigh[step][3], b0, b1);
@@ -641,7 +654,7 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
       const int matrix = lane >> 3, matrixRow = lane & 7;
 #pragma unroll
       for (int t = 0; t < kOutTiles; t += 2) {
-        const T* address = valueTile + (16 * step + (matrix & 1) * 8 + matrixRow) * kStride + 8 * (t + (matrix >> 1));
+        const T* address = valueTileNow + (16 * step + (matrix & 1) * 8 + matrixRow) * kStride + 8 * (t + (matrix >> 1));
         const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(address));
         uint32_t b0, b1, b2, b3;
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -651,6 +664,8 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
         mma16816Full<T>(acc[t + 1], a0, a1, a2, a3, b2, b3);
       }
     }
+    }
+    __syncthreads();  // the buffer is refilled two tiles later
   }
 #pragma unroll
   for (int half = 0; half < 2; half++) {
@@ -764,7 +779,7 @@ void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, cons
       if constexpr (sizeof(T) == 2 && (D == 64 || D == 128)) {
         // Tensor cores for 16-bit caches.
         auto kernel = prefillMmaKernel<T, D>;
-        const size_t shared = static_cast<size_t>(2) * kPrefillKeys * (D + 8) * sizeof(T);
+        const size_t shared = static_cast<size_t>(4) * kPrefillKeys * (D + 8) * sizeof(T);
         if (shared > 48 * 1024)
           check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
         dim3 grid(static_cast<unsigned>((rows + kPrefillMmaRows - 1) / kPrefillMmaRows), args.heads);

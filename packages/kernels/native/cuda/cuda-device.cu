@@ -234,15 +234,8 @@ class CudaDevice final : public Device {
         check(cudaMemcpyAsync(out.data, residualData, out.bytes, cudaMemcpyDeviceToDevice, stream_), "matmul residual copy");
       beta = 1.0f;
     }
-    const void* operand = x.data;
-    cudaDataType type = CUDA_R_32F;
-    if (weight.dtype != DType::F32) {
-      type = weight.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F;
-      void* converted = scratch(static_cast<size_t>(n * k) * 2);
-      launchConvert(x.data, DType::F32, converted, weight.dtype, n * k, stream_);
-      operand = converted;
-    }
-    blas.gemm(stream_, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), weight.data, operand, type, out.as<float>(), beta);
+    const void* operand = weight.dtype == DType::F32 ? x.data : convertedInput(x, weight.dtype);
+    gemm(operand, n, k, weight, out.as<float>(), beta);
     launchBiasResidual(out.as<float>(), biasData, nullptr, n, m, stream_);
     profiler_.mark("matmul", stream_);
   }
@@ -291,6 +284,16 @@ class CudaDevice final : public Device {
                    int count) override {
     bool sameType = true;
     for (int i = 0; i < count; i++) sameType = sameType && weights[i]->dtype == weights[0]->dtype;
+    if (sameType && x.rows() > kGemvRows && weights[0]->dtype != DType::F32 && CublasLibrary::instance().available()) {
+      // Many rows: round x to the weight dtype once for the whole group, then one GEMM per matrix.
+      const void* operand = convertedInput(x, weights[0]->dtype);
+      for (int i = 0; i < count; i++) {
+        gemm(operand, x.rows(), x.cols(), *weights[i], outs[i]->as<float>(), 0.0f);
+        launchBiasResidual(outs[i]->as<float>(), biases[i] ? biases[i]->as<float>() : nullptr, nullptr, x.rows(), weights[i]->rows(), stream_);
+      }
+      profiler_.mark("matmulGroup", stream_);
+      return;
+    }
     if (count > 3 || !sameType || !gemvFusable(x.rows(), x.cols(), weights[0]->dtype, x.data)) {
       Device::matmulGroup(x, weights, outs, biases, count);
       profiler_.mark("matmulGroup", stream_);
@@ -304,6 +307,16 @@ class CudaDevice final : public Device {
   }
   void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) override {
     bool aligned = reinterpret_cast<uintptr_t>(gate.data) % 16 == 0 && reinterpret_cast<uintptr_t>(up.data) % 16 == 0;
+    if (gate.dtype == up.dtype && x.rows() > kGemvRows && gate.dtype != DType::F32 && CublasLibrary::instance().available()) {
+      // Many rows: x rounded once, two GEMMs, then silu(gate) · up in place.
+      const void* operand = convertedInput(x, gate.dtype);
+      Temporary product(*this, out);
+      gemm(operand, x.rows(), x.cols(), gate, out.as<float>(), 0.0f);
+      gemm(operand, x.rows(), x.cols(), up, product.tensor.as<float>(), 0.0f);
+      launchSwiglu(out.as<float>(), product.tensor.as<float>(), out.as<float>(), out.size, stream_);
+      profiler_.mark("matmulSwiglu", stream_);
+      return;
+    }
     if (gate.dtype != up.dtype || !aligned || !gemvFusable(x.rows(), x.cols(), gate.dtype, x.data)) {
       Device::matmulSwiglu(x, gate, up, out);
       profiler_.mark("matmulSwiglu", stream_);
@@ -366,6 +379,20 @@ class CudaDevice final : public Device {
   struct SmallSlot { void* data = nullptr; cudaEvent_t done = nullptr; };
   SmallSlot smallSlots_[kSmallSlots];
   unsigned nextSmallSlot_ = 0;
+
+  // x rounded to a 16-bit weight dtype in the scratch buffer (valid until the next op that uses scratch).
+  const void* convertedInput(const Tensor& x, DType dtype) {
+    void* converted = scratch(static_cast<size_t>(x.size) * 2);
+    launchConvert(x.data, DType::F32, converted, dtype, x.size, stream_);
+    return converted;
+  }
+  // out[n, m] = beta · out + operand[n, k] · weightᵀ through cuBLAS (operand already in the weight's dtype).
+  void gemm(const void* operand, int64_t n, int64_t k, const Tensor& weight, float* out, float beta) {
+    const cudaDataType type =
+        weight.dtype == DType::F32 ? CUDA_R_32F : (weight.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F);
+    CublasLibrary::instance().gemm(stream_, static_cast<int>(weight.rows()), static_cast<int>(n), static_cast<int>(k), weight.data,
+                                   operand, type, out, beta);
+  }
 
   // A growing scratch buffer; stream order makes reuse by consecutive ops safe.
   void* scratch(size_t bytes) {
