@@ -164,6 +164,7 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       ['f32', 1],
       ['bf16', 2],
       ['bf16', 5],
+      ['bf16', 17],
       ['f16', 1],
     ] as const)('matmulGroup over %s q/k/v weights, %i rows, biases on two', async (dtype, n) => {
       const k = 64;
@@ -192,6 +193,7 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       ['bf16', 1],
       ['bf16', 2],
       ['bf16', 7],
+      ['f16', 17],
     ] as const)('matmulSwiglu with %s weights, %i rows', async (dtype, n) => {
       const k = 96;
       const m = 40;
