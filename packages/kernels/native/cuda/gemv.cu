@@ -15,7 +15,7 @@ constexpr int kWarps = 8;
 #define DUO_GEMV_UNROLL 4
 #endif
 #ifndef DUO_GEMV_BLOCKS_PER_SM
-#define DUO_GEMV_BLOCKS_PER_SM 3
+#define DUO_GEMV_BLOCKS_PER_SM 4
 #endif
 // 16-byte loads in flight per weight row and lane, and the residency the register budget is set for (tuning knobs).
 constexpr int kUnroll = DUO_GEMV_UNROLL;
@@ -68,17 +68,28 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
 #pragma unroll
     for (int c = 0; c < kColumnsPerWarp; c++) acc[r][c] = 0.0f;
   allowDependents();
-  uint4 raw[kUnroll][kColumnsPerWarp];
-  auto load = [&](int64_t base) {
+  // Weights are never written by the kernel before: the first batch is fetched before waiting for it (x).
+  const int64_t firstBase = sliceBegin + static_cast<int64_t>(lane) * kVec;
+  uint4 first[kUnroll][kColumnsPerWarp];
+#pragma unroll
+  for (int u = 0; u < kUnroll; u++) {
+    const int64_t kk = firstBase + static_cast<int64_t>(u) * 32 * kVec;
+#pragma unroll
+    for (int c = 0; c < kColumnsPerWarp; c++)
+      if (kk < sliceEnd && live[c]) first[u][c] = Vec16<T>::raw(rows[c] + kk);
+  }
+  gridDependencyWait();
+  for (int64_t base = firstBase; base < sliceEnd; base += 32 * kVec * kUnroll) {
+    uint4 raw[kUnroll][kColumnsPerWarp];
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
       const int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
 #pragma unroll
-      for (int c = 0; c < kColumnsPerWarp; c++)
-        if (kk < sliceEnd && live[c]) raw[u][c] = Vec16<T>::raw(rows[c] + kk);
+      for (int c = 0; c < kColumnsPerWarp; c++) {
+        if (base == firstBase) raw[u][c] = first[u][c];
+        else if (kk < sliceEnd && live[c]) raw[u][c] = Vec16<T>::raw(rows[c] + kk);
+      }
     }
-  };
-  auto consume = [&](int64_t base) {
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
       const int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
@@ -103,14 +114,6 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
         }
       }
     }
-  };
-  // Weights are never written by the kernel before: the first batch is in flight before waiting for x.
-  const int64_t firstBase = sliceBegin + static_cast<int64_t>(lane) * kVec;
-  load(firstBase);
-  gridDependencyWait();
-  for (int64_t base = firstBase; base < sliceEnd; base += 32 * kVec * kUnroll) {
-    if (base != firstBase) load(base);
-    consume(base);
   }
 #pragma unroll
   for (int r = 0; r < ROWS; r++)
