@@ -21,8 +21,6 @@ for step in "${steps[@]}"; do
                  DUO_NATIVE_PATH=$PWD/$variant DUO_CUDA_PROFILE=1 node .device/duo-bench.mjs kernels --device cuda | grep -E "gemv|matmul"; \
                  DUO_NATIVE_PATH=$PWD/$variant node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --prefill 0 \
                    --contexts 4096,32768 --steps 64 | grep decode; done ;;
-    pdl) for off in 1 0; do echo "DUO_NO_PDL=$off"; DUO_NO_PDL=$off node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda \
-           --prefill 0 --contexts 4096,32768 --steps 64 | grep decode; done ;;
     tune-gemv) for slice in 512 1024 2048; do echo "min slice $slice"; DUO_GEMV_MIN_SLICE=$slice DUO_CUDA_PROFILE=1 \
                  node .device/duo-bench.mjs kernels --device cuda | grep -E "gemv|matmul"; DUO_GEMV_MIN_SLICE=$slice \
                  node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --prefill 0 --contexts 4096 --steps 64 | grep decode; done ;;
