@@ -373,7 +373,6 @@ __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const flo
   __shared__ float weights[kMaxSplits];
   __shared__ float reduce[kCombineThreads / 32];
   __shared__ float partial[kCombineThreads / 32][256];
-  allowDependents();
   const int head = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float localMax = -INFINITY;
   for (int s = threadIdx.x; s < splits; s += blockDim.x) localMax = fmaxf(localMax, partialMax[head * splits + s]);

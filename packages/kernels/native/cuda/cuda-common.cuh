@@ -112,38 +112,6 @@ __device__ __forceinline__ void loadChannels(const T* p, float* out) {
   }
 }
 
-// Programmatic dependent launch (Hopper): a kernel launched with launchDependent may start while the previous kernel
-// drains; it must call gridDependencyWait() before touching anything that kernel writes. Kernels that precede one
-// call allowDependents() early so it can be scheduled. Both are no-ops before sm_90.
-__device__ __forceinline__ void gridDependencyWait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void allowDependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::);
-#endif
-}
-
-// Whether dependent launches are used: compute capability 9.0+, unless DUO_NO_PDL=1.
-bool dependentLaunchEnabled();
-
-template <typename... KernelArgs, typename... Args>
-void launchDependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream, Args... args) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = shared;
-  config.stream = stream;
-  cudaLaunchAttribute attribute = {};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = dependentLaunchEnabled() ? 1 : 0;
-  check(cudaLaunchKernelEx(&config, kernel, static_cast<KernelArgs>(args)...), "cudaLaunchKernelEx");
-}
-
 __device__ __forceinline__ float warpSum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

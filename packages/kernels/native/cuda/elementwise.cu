@@ -34,7 +34,6 @@ __global__ void embeddingKernel(const T* table, const int32_t* ids, float* out, 
 template <typename T>
 __global__ void rmsNormKernel(const float* x, const T* weight, float* out, int64_t dim, float eps) {
   __shared__ float partial[32];
-  allowDependents();
   const float* row = x + blockIdx.x * dim;
   float* target = out + blockIdx.x * dim;
   const bool vector = (dim & 3) == 0;

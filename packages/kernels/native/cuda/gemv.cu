@@ -67,28 +67,14 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
   for (int r = 0; r < ROWS; r++)
 #pragma unroll
     for (int c = 0; c < kColumnsPerWarp; c++) acc[r][c] = 0.0f;
-  allowDependents();
-  // Weights are never written by the kernel before: the first batch is fetched before waiting for it (x).
-  const int64_t firstBase = sliceBegin + static_cast<int64_t>(lane) * kVec;
-  uint4 first[kUnroll][kColumnsPerWarp];
-#pragma unroll
-  for (int u = 0; u < kUnroll; u++) {
-    const int64_t kk = firstBase + static_cast<int64_t>(u) * 32 * kVec;
-#pragma unroll
-    for (int c = 0; c < kColumnsPerWarp; c++)
-      if (kk < sliceEnd && live[c]) first[u][c] = Vec16<T>::raw(rows[c] + kk);
-  }
-  gridDependencyWait();
-  for (int64_t base = firstBase; base < sliceEnd; base += 32 * kVec * kUnroll) {
+  for (int64_t base = sliceBegin + static_cast<int64_t>(lane) * kVec; base < sliceEnd; base += 32 * kVec * kUnroll) {
     uint4 raw[kUnroll][kColumnsPerWarp];
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
       const int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
 #pragma unroll
-      for (int c = 0; c < kColumnsPerWarp; c++) {
-        if (base == firstBase) raw[u][c] = first[u][c];
-        else if (kk < sliceEnd && live[c]) raw[u][c] = Vec16<T>::raw(rows[c] + kk);
-      }
+      for (int c = 0; c < kColumnsPerWarp; c++)
+        if (kk < sliceEnd && live[c]) raw[u][c] = Vec16<T>::raw(rows[c] + kk);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
@@ -156,11 +142,10 @@ template <typename T, int ROWS, bool SWIGLU>
 void launchSplit(const float* x, int64_t k, const StreamJob<T>& job, int split, cudaStream_t stream) {
   const int64_t groups = job.firstGroup[job.count];
   auto blocks = [&](int groupsPerBlock) { return static_cast<unsigned>((groups + groupsPerBlock - 1) / groupsPerBlock); };
-  const dim3 block(kWarps * 32);
-  if (split == 8) launchDependent(gemvStreamKernel<T, ROWS, SWIGLU, 8>, dim3(blocks(1)), block, 0, stream, x, k, job);
-  else if (split == 4) launchDependent(gemvStreamKernel<T, ROWS, SWIGLU, 4>, dim3(blocks(2)), block, 0, stream, x, k, job);
-  else if (split == 2) launchDependent(gemvStreamKernel<T, ROWS, SWIGLU, 2>, dim3(blocks(4)), block, 0, stream, x, k, job);
-  else launchDependent(gemvStreamKernel<T, ROWS, SWIGLU, 1>, dim3(blocks(8)), block, 0, stream, x, k, job);
+  if (split == 8) gemvStreamKernel<T, ROWS, SWIGLU, 8><<<blocks(1), kWarps * 32, 0, stream>>>(x, k, job);
+  else if (split == 4) gemvStreamKernel<T, ROWS, SWIGLU, 4><<<blocks(2), kWarps * 32, 0, stream>>>(x, k, job);
+  else if (split == 2) gemvStreamKernel<T, ROWS, SWIGLU, 2><<<blocks(4), kWarps * 32, 0, stream>>>(x, k, job);
+  else gemvStreamKernel<T, ROWS, SWIGLU, 1><<<blocks(8), kWarps * 32, 0, stream>>>(x, k, job);
 }
 
 template <typename T>
@@ -251,17 +236,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemvKernel(const float* __restric
   }
 }
 
-bool dependentLaunchPossible() {
-  static bool possible = [] {
-    int device = 0, major = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    const char* off = std::getenv("DUO_NO_PDL");
-    return major >= 9 && !(off && std::string(off) == "1");
-  }();
-  return possible;
-}
-
 int multiprocessorCount() {
   static int count = [] {
     int device = 0, value = 0;
@@ -305,8 +279,6 @@ void launchTyped(const float* x, int64_t totalRows, int64_t k, const T* weight, 
 }
 
 }  // namespace
-
-bool dependentLaunchEnabled() { return dependentLaunchPossible(); }
 
 void launchGemv(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,
                 const float* bias, const float* residual, cudaStream_t stream) {
