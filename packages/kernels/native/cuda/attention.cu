@@ -186,17 +186,62 @@ __device__ __forceinline__ uint32_t packPair(float low, float high) {
   return static_cast<uint32_t>(bitsA) | (static_cast<uint32_t>(bitsB) << 16);
 }
 
+// One m16n8k16 product with f32 accumulation: A fragments a0–a3 (rows g and g + 8, two column halves), B b0–b1.
 template <typename T>
-__device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
-  const uint32_t zero = 0;
+__device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
   if constexpr (std::is_same<T, __nv_bfloat16>::value) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(zero), "r"(a2), "r"(zero), "r"(b0), "r"(b1));
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
   } else {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(zero), "r"(a2), "r"(zero), "r"(b0), "r"(b1));
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+// A pair of scaled query values as a 16-bit high part and the 16-bit remainder (about 16 mantissa bits together).
+template <typename T>
+__device__ __forceinline__ void splitQuery(float x0, float x1, uint32_t& high, uint32_t& low) {
+  high = packPair<T>(x0, x1);
+  low = packPair<T>(x0 - toFloat(fromFloat<T>(x0)), x1 - toFloat(fromFloat<T>(x1)));
+}
+
+// Stages `rows` key and value rows of a tile (from `tile`, `count` of them valid) into padded shared rows with
+// cp.async; rows past `count` are zeroed (probability 0 · NaN would poison P·V). Threads `thread` of `threads`.
+template <typename T, int D>
+__device__ __forceinline__ void stageTile(T* keyStage, T* valueStage, const T* keys, const T* values, int64_t tile, int count,
+                                          int rows, int thread, int threads) {
+  constexpr int kStride = D + 8, kChunksPerRow = D / 8;
+  for (int piece = thread; piece < rows * kChunksPerRow; piece += threads) {
+    const int r = piece / kChunksPerRow, column = (piece % kChunksPerRow) * 8;
+    if (r < count) {
+      copyAsync16(keyStage + r * kStride + column, keys + (tile + r) * D + column);
+      copyAsync16(valueStage + r * kStride + column, values + (tile + r) * D + column);
+    } else {
+      *reinterpret_cast<uint4*>(keyStage + r * kStride + column) = make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(valueStage + r * kStride + column) = make_uint4(0, 0, 0, 0);
+    }
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+
+// acc += P · V for one 16-key step of a staged value tile; V fragments through ldmatrix.trans.
+template <typename T, int D>
+__device__ __forceinline__ void accumulateValues(float (&acc)[D / 8][4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                 const T* valueTile, int step, int lane) {
+  constexpr int kStride = D + 8;
+  const int matrix = lane >> 3, matrixRow = lane & 7;
+#pragma unroll
+  for (int t = 0; t < D / 8; t += 2) {
+    const T* address = valueTile + (16 * step + (matrix & 1) * 8 + matrixRow) * kStride + 8 * (t + (matrix >> 1));
+    const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(address));
+    uint32_t b0, b1, b2, b3;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
+                 : "r"(shared));
+    mma16816<T>(acc[t], a0, a1, a2, a3, b0, b1);
+    mma16816<T>(acc[t + 1], a0, a1, a2, a3, b2, b3);
   }
 }
 
@@ -210,7 +255,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   constexpr int kStride = D + 8;       // padded rows: conflict-free fragment loads and ldmatrix
   constexpr int kSteps = D / 16;       // k-steps of Q·Kᵀ
   constexpr int kOutTiles = D / 8;     // n-tiles of P·V
-  constexpr int kChunksPerRow = D / 8; // 16-byte copies per row
   constexpr int kMaxHeads = 8;
   __shared__ float stateMax[kDecodeWarps][kMaxHeads];
   __shared__ float stateSum[kDecodeWarps][kMaxHeads];
@@ -232,8 +276,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
         x0 = source[0] * scale;
         x1 = source[1] * scale;
       }
-      qHigh[step][half] = packPair<T>(x0, x1);
-      qLow[step][half] = packPair<T>(x0 - toFloat(fromFloat<T>(x0)), x1 - toFloat(fromFloat<T>(x1)));
+      splitQuery<T>(x0, x1, qHigh[step][half], qLow[step][half]);
     }
   if (lengthFrom) keyLength = static_cast<int64_t>(lengthFrom[0]) + 1;
   const int64_t chunk = ((keyLength + splits - 1) / splits + 31) / 32 * 32;
@@ -248,18 +291,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
 
   for (int64_t tile = begin + static_cast<int64_t>(warp) * 32; tile < end; tile += kDecodeWarps * 32) {
     const int count = static_cast<int>(lesser(32, end - tile));
-    for (int piece = lane; piece < count * kChunksPerRow; piece += 32) {
-      const int r = piece / kChunksPerRow, column = (piece % kChunksPerRow) * 8;
-      copyAsync16(keyTile + r * kStride + column, keys + (tile + r) * D + column);
-      copyAsync16(valueTile + r * kStride + column, values + (tile + r) * D + column);
-    }
-    // Rows past the sequence must hold finite values: their probability is 0, and 0 · NaN would poison P·V.
-    for (int piece = count * kChunksPerRow + lane; piece < 32 * kChunksPerRow; piece += 32) {
-      const int r = piece / kChunksPerRow, column = (piece % kChunksPerRow) * 8;
-      *reinterpret_cast<uint4*>(keyTile + r * kStride + column) = make_uint4(0, 0, 0, 0);
-      *reinterpret_cast<uint4*>(valueTile + r * kStride + column) = make_uint4(0, 0, 0, 0);
-    }
-    asm volatile("cp.async.commit_group;\n" ::);
+    stageTile<T, D>(keyTile, valueTile, keys, values, tile, count, 32, lane, 32);
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncwarp();
     // Scores of 32 keys: n-tile t holds keys 8t + 2·pair (+1) for query head `row`.
@@ -272,8 +304,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
         const T* key = keyTile + (8 * t + row) * kStride + 16 * step + 2 * pair;
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key);
         const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + 8);
-        mma16816<T>(score[t], qHigh[step][0], qHigh[step][1], b0, b1);
-        mma16816<T>(score[t], qLow[step][0], qLow[step][1], b0, b1);
+        mma16816<T>(score[t], qHigh[step][0], 0u, qHigh[step][1], 0u, b0, b1);
+        mma16816<T>(score[t], qLow[step][0], 0u, qLow[step][1], 0u, b0, b1);
       }
     }
     float tileMax = -INFINITY;
@@ -307,23 +339,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
       out[t][0] *= correction;
       out[t][1] *= correction;
     }
-    // P·V over two 16-key steps; V fragments through ldmatrix.trans (rows are keys, columns channels).
+    // P·V over two 16-key steps (rows 8–15 of P are zero).
 #pragma unroll
     for (int step = 0; step < 2; step++) {
-      const uint32_t a0 = packPair<T>(probability[2 * step][0], probability[2 * step][1]);
-      const uint32_t a2 = packPair<T>(probability[2 * step + 1][0], probability[2 * step + 1][1]);
-      const int matrix = lane >> 3, matrixRow = lane & 7;
-#pragma unroll
-      for (int t = 0; t < kOutTiles; t += 2) {
-        const T* address = valueTile + (16 * step + (matrix & 1) * 8 + matrixRow) * kStride + 8 * (t + (matrix >> 1));
-        const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(address));
-        uint32_t b0, b1, b2, b3;
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
-                     : "r"(shared));
-        mma16816<T>(out[t], a0, a2, b0, b1);
-        mma16816<T>(out[t + 1], a0, a2, b2, b3);
-      }
+      accumulateValues<T, D>(out, packPair<T>(probability[2 * step][0], probability[2 * step][1]), 0u,
+                             packPair<T>(probability[2 * step + 1][0], probability[2 * step + 1][1]), 0u, valueTile, step, lane);
     }
     __syncwarp();
   }
@@ -504,20 +524,6 @@ __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __
 // 64, heads), 4 warps of 16 query rows; 64-key tiles of K and V are copied into padded shared memory by the block;
 // each warp computes S = Q·Kᵀ (q split into high and low 16-bit parts), an online softmax per row and O += P·V with
 // mma.sync m16n8k16, then divides by the row sums.
-template <typename T>
-__device__ __forceinline__ void mma16816Full(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                             uint32_t b1) {
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  } else {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-}
-
 constexpr int kPrefillMmaWarps = 4;
 constexpr int kPrefillMmaRows = 16 * kPrefillMmaWarps;
 constexpr int kPrefillKeys = 64;
@@ -531,7 +537,6 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
   constexpr int kStride = D + 8;
   constexpr int kSteps = D / 16;
   constexpr int kOutTiles = D / 8;
-  constexpr int kChunksPerRow = D / 8;
   extern __shared__ __align__(16) unsigned char tiles[];
   T* keyTile = reinterpret_cast<T*>(tiles);
   const int head = blockIdx.y, kvHead = head / group;
@@ -555,8 +560,7 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
         x0 = source[0] * scale;
         x1 = source[1] * scale;
       }
-      qHigh[step][part] = packPair<T>(x0, x1);
-      qLow[step][part] = packPair<T>(x0 - toFloat(fromFloat<T>(x0)), x1 - toFloat(fromFloat<T>(x1)));
+      splitQuery<T>(x0, x1, qHigh[step][part], qLow[step][part]);
     }
   float maximum[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};
   float acc[kOutTiles][4];
@@ -567,19 +571,8 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
   // Two stages: the copy of tile i + 1 is in flight while the warps multiply tile i.
   auto stage = [&](int64_t tile, int buffer) {
     T* keyStage = keyTile + buffer * 2 * kPrefillKeys * kStride;
-    T* valueStage = keyStage + kPrefillKeys * kStride;
-    const int count = static_cast<int>(lesser(kPrefillKeys, keyEnd - tile));
-    for (int piece = threadIdx.x; piece < kPrefillKeys * kChunksPerRow; piece += blockDim.x) {
-      const int r = piece / kChunksPerRow, column = (piece % kChunksPerRow) * 8;
-      if (r < count) {
-        copyAsync16(keyStage + r * kStride + column, keys + (tile + r) * D + column);
-        copyAsync16(valueStage + r * kStride + column, values + (tile + r) * D + column);
-      } else {
-        *reinterpret_cast<uint4*>(keyStage + r * kStride + column) = make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4*>(valueStage + r * kStride + column) = make_uint4(0, 0, 0, 0);
-      }
-    }
-    asm volatile("cp.async.commit_group;\n" ::);
+    stageTile<T, D>(keyStage, keyStage + kPrefillKeys * kStride, keys, values, tile,
+                    static_cast<int>(lesser(kPrefillKeys, keyEnd - tile)), kPrefillKeys, threadIdx.x, blockDim.x);
   };
   if (keyEnd > 0) stage(0, 0);
   int buffer = 0;
@@ -605,8 +598,8 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
         const T* key = keyTileNow + (8 * t + row) * kStride + 16 * step + 2 * pair;
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key);
         const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + 8);
-        mma16816Full<T>(score[t], qHigh[step][0], qHigh[step][1], qHigh[step][2], qHigh[step][3], b0, b1);
-        mma16816Full<T>(score[t], qLow[step][0], qLow[step][1], qLow[step][2], qLow[step][3], b0, b1);
+        mma16816<T>(score[t], qHigh[step][0], qHigh[step][1], qHigh[step][2], qHigh[step][3], b0, b1);
+        mma16816<T>(score[t], qLow[step][0], qLow[step][1], qLow[step][2], qLow[step][3], b0, b1);
       }
     }
     float probability[kPrefillKeys / 8][4];
@@ -647,22 +640,10 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
     }
 #pragma unroll
     for (int step = 0; step < kPrefillKeys / 16; step++) {
-      const uint32_t a0 = packPair<T>(probability[2 * step][0], probability[2 * step][1]);
-      const uint32_t a1 = packPair<T>(probability[2 * step][2], probability[2 * step][3]);
-      const uint32_t a2 = packPair<T>(probability[2 * step + 1][0], probability[2 * step + 1][1]);
-      const uint32_t a3 = packPair<T>(probability[2 * step + 1][2], probability[2 * step + 1][3]);
-      const int matrix = lane >> 3, matrixRow = lane & 7;
-#pragma unroll
-      for (int t = 0; t < kOutTiles; t += 2) {
-        const T* address = valueTileNow + (16 * step + (matrix & 1) * 8 + matrixRow) * kStride + 8 * (t + (matrix >> 1));
-        const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(address));
-        uint32_t b0, b1, b2, b3;
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
-                     : "r"(shared));
-        mma16816Full<T>(acc[t], a0, a1, a2, a3, b0, b1);
-        mma16816Full<T>(acc[t + 1], a0, a1, a2, a3, b2, b3);
-      }
+      accumulateValues<T, D>(acc, packPair<T>(probability[2 * step][0], probability[2 * step][1]),
+                             packPair<T>(probability[2 * step][2], probability[2 * step][3]),
+                             packPair<T>(probability[2 * step + 1][0], probability[2 * step + 1][1]),
+                             packPair<T>(probability[2 * step + 1][2], probability[2 * step + 1][3]), valueTileNow, step, lane);
     }
     }
     __syncthreads();  // the buffer is refilled two tiles later
