@@ -35,6 +35,14 @@ describe('HF byte-level tokenizer', () => {
     expect(decoder.flush()).toBe('');
   });
 
+  it('streams across lines: the window restarts after each newline and the text is kept whole', () => {
+    const text = 'first line\nsecond 🍰 line\n\nthird';
+    const decoder = tokenizer.createStreamDecoder();
+    const pieces = Array.from(new TextEncoder().encode(text)).map((id) => decoder.push(id));
+    expect(pieces.join('') + decoder.flush()).toBe(text);
+    expect(pieces.filter((piece) => piece === '').length).toBe(3);
+  });
+
   it('renders a chat template and carries it from tokenizer_config.json', () => {
     expect(tokenizer.chatTemplate).toBe(template);
     const prompt = applyChatTemplate(template, [{ role: 'user', content: 'What is the passkey?' }], {

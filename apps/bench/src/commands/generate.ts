@@ -2,6 +2,7 @@
 import { type GenerationStats, LlamaModel } from '@duoattn/model';
 import { choiceOption, integerOption, numberOption, parseOptions } from '../args.js';
 import { defaultModelPath } from '../default-model.js';
+import { loadingProgress } from '../progress.js';
 
 export const generateHelp = `duo-bench generate [--model PATH] [--prompt TEXT] [--max-tokens N] [--device auto|cpu|cuda]
                    [--temperature T] [--top-k K] [--top-p P] [--seed S] [--weight-dtype auto|f32|f16|bf16]
@@ -39,7 +40,7 @@ export async function generateCommand(argv: string[], write: (text: string) => v
   };
   const prompt = (options.prompt as string | undefined) ?? 'Once upon a time';
   const path = (options.model as string | undefined) ?? defaultModelPath();
-  const model = await LlamaModel.load(path, { device, weightDtype });
+  const model = await LlamaModel.load(path, { device, weightDtype, onProgress: loadingProgress(path) });
   try {
     process.stderr.write(`[duo-bench] ${path} on ${model.backend.device} (${model.backend.deviceName})\n`);
     write(prompt);

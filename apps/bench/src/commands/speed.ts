@@ -4,6 +4,7 @@ import { writeFileSync } from 'node:fs';
 import { resolveBackend } from '@duoattn/kernels';
 import { LlamaModel } from '@duoattn/model';
 import { choiceOption, integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
+import { loadingProgress } from '../progress.js';
 import { median, quantile, writeResult } from '../results.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
@@ -43,7 +44,10 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
       );
     model = LlamaModel.random(config, { device: backend, dtype, seed: 1 });
   } else if (options.model !== undefined) {
-    model = await LlamaModel.load(String(options.model), { device: backend });
+    model = await LlamaModel.load(String(options.model), {
+      device: backend,
+      onProgress: loadingProgress(String(options.model)),
+    });
   } else {
     throw new UsageError('speed needs --shape NAME or --model PATH');
   }

@@ -52,24 +52,27 @@ export class HfTokenizer implements Tokenizer {
   }
 
   createStreamDecoder(): StreamDecoder {
-    // Decode the whole run each time and emit the new suffix, holding back an incomplete character (U+FFFD).
-    const ids: number[] = [];
+    // Decode the tokens since the last completed line and emit the new suffix, holding back an incomplete character
+    // (U+FFFD); after a newline the window restarts, so each token costs a line's decode, not the whole output's.
+    let window: number[] = [];
     let emitted = '';
+    const advance = (final: boolean): string => {
+      const text = this.decode(window);
+      if ((!final && text.endsWith('\uFFFD')) || !text.startsWith(emitted)) return '';
+      const fresh = text.slice(emitted.length);
+      emitted = text;
+      if (text.endsWith('\n')) {
+        window = [];
+        emitted = '';
+      }
+      return fresh;
+    };
     return {
       push: (id: number) => {
-        ids.push(id);
-        const text = this.decode(ids);
-        if (text.endsWith('\uFFFD') || !text.startsWith(emitted)) return '';
-        const fresh = text.slice(emitted.length);
-        emitted = text;
-        return fresh;
+        window.push(id);
+        return advance(false);
       },
-      flush: () => {
-        const text = this.decode(ids);
-        const fresh = text.startsWith(emitted) ? text.slice(emitted.length) : '';
-        emitted = text;
-        return fresh;
-      },
+      flush: () => advance(true),
     };
   }
 }
