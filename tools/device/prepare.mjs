@@ -60,7 +60,12 @@ for (const part of ['models/stories260K', 'golden/stories260K', 'peer']) {
   if (existsSync(join(shared, part))) cpSync(join(shared, part), join(out, 'shared', part), { recursive: true });
 }
 
-// 5. Provenance.
+// 5. Compress what is large (the tree that travels, repository included, must stay under 64 MiB); run.sh unpacks.
+for (const file of ['duoattn.node', 'device-tests.mjs', 'duo-bench.mjs']) {
+  execFileSync('sh', ['-c', `xz -T2 -6 -f "${join(out, file)}"`]);
+}
+
+// 6. Provenance.
 let commit = 'unknown';
 try {
   commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();

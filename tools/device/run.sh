@@ -6,8 +6,9 @@ set -uo pipefail
 OUT=${OUT:-/tmp/duo-out}
 mkdir -p "$OUT" /tmp/duo-node
 xz -dc .device/node.xz > /tmp/duo-node/node && chmod +x /tmp/duo-node/node
+for file in duoattn.node device-tests.mjs duo-bench.mjs; do xz -dc ".device/$file.xz" > "/tmp/duo-node/$file"; done
 export PATH=/tmp/duo-node:$PATH
-export DUO_NATIVE_PATH=$PWD/.device/duoattn.node DUO_SHARED_DIR=$PWD/.device/shared
+export DUO_NATIVE_PATH=/tmp/duo-node/duoattn.node DUO_SHARED_DIR=$PWD/.device/shared
 export DUO_COMMIT=$(cat .device/commit.txt) PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 steps=("$@")
@@ -16,26 +17,26 @@ status=0
 for step in "${steps[@]}"; do
   echo "=== $step"
   case "$step" in
-    tests) DUO_TEST_JSON=$OUT/device-tests.json node .device/device-tests.mjs 2>&1 | tee "$OUT/device-tests.log" || status=1 ;;
-    tune-unroll) for variant in .device/duoattn.node .device/duoattn-variant.node; do echo "binary $variant"; \
-                 DUO_NATIVE_PATH=$PWD/$variant DUO_CUDA_PROFILE=1 node .device/duo-bench.mjs kernels --device cuda | grep -E "gemv|matmul"; \
-                 DUO_NATIVE_PATH=$PWD/$variant node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --prefill 0 \
+    tests) DUO_TEST_JSON=$OUT/device-tests.json node /tmp/duo-node/device-tests.mjs 2>&1 | tee "$OUT/device-tests.log" || status=1 ;;
+    tune-unroll) for variant in /tmp/duo-node/duoattn.node $PWD/.device/duoattn-variant.node; do echo "binary $variant"; \
+                 DUO_NATIVE_PATH=$variant DUO_CUDA_PROFILE=1 node /tmp/duo-node/duo-bench.mjs kernels --device cuda | grep -E "gemv|matmul"; \
+                 DUO_NATIVE_PATH=$variant node /tmp/duo-node/duo-bench.mjs speed --shape llama-3-8b --device cuda --prefill 0 \
                    --contexts 4096,32768 --steps 64 | grep decode; done ;;
     tune-gemv) for slice in 512 1024 2048; do echo "min slice $slice"; DUO_GEMV_MIN_SLICE=$slice DUO_CUDA_PROFILE=1 \
-                 node .device/duo-bench.mjs kernels --device cuda | grep -E "gemv|matmul"; DUO_GEMV_MIN_SLICE=$slice \
-                 node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --prefill 0 --contexts 4096 --steps 64 | grep decode; done ;;
-    kernels-profile) DUO_CUDA_PROFILE=1 node .device/duo-bench.mjs kernels --device cuda --out "$OUT/kernels-profile.json" || status=1 ;;
-    kernels) node .device/duo-bench.mjs kernels --device cuda --out "$OUT/kernels.json" || status=1 ;;
-    engine) node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --dtype bf16 --prefill 4096 \
+                 node /tmp/duo-node/duo-bench.mjs kernels --device cuda | grep -E "gemv|matmul"; DUO_GEMV_MIN_SLICE=$slice \
+                 node /tmp/duo-node/duo-bench.mjs speed --shape llama-3-8b --device cuda --prefill 0 --contexts 4096 --steps 64 | grep decode; done ;;
+    kernels-profile) DUO_CUDA_PROFILE=1 node /tmp/duo-node/duo-bench.mjs kernels --device cuda --out "$OUT/kernels-profile.json" || status=1 ;;
+    kernels) node /tmp/duo-node/duo-bench.mjs kernels --device cuda --out "$OUT/kernels.json" || status=1 ;;
+    engine) node /tmp/duo-node/duo-bench.mjs speed --shape llama-3-8b --device cuda --dtype bf16 --prefill 4096 \
               --contexts 4096,32768 --steps 64 --warmup 8 --out "$OUT/engine-llama-3-8b.json" || status=1 ;;
-    engine-profile) DUO_NO_GRAPHS=1 DUO_CUDA_PROFILE=1 node .device/duo-bench.mjs speed --shape llama-3-8b --device cuda --dtype bf16 --prefill 4096 \
+    engine-profile) DUO_NO_GRAPHS=1 DUO_CUDA_PROFILE=1 node /tmp/duo-node/duo-bench.mjs speed --shape llama-3-8b --device cuda --dtype bf16 --prefill 4096 \
               --contexts 4096,32768 --steps 16 --warmup 4 --profile --out "$OUT/engine-profile.json" || status=1 ;;
     torch) python3 tools/device/torch_llama_bench.py --prefill 4096 --contexts 4096,32768 --steps 64 --warmup 8 \
               --out "$OUT/torch-llama-3-8b.json" || status=1 ;;
     profile) NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
              "$NCU" --target-processes all -s "${DUO_PROFILE_SKIP:-0}" -k "regex:${DUO_PROFILE_KERNEL:-decodeKernel|gemvStream|Combine}" -c "${DUO_PROFILE_COUNT:-6}" \
                --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-               --section WarpStateStats node .device/duo-bench.mjs kernels --device cuda --repeats 1 > "$OUT/ncu.txt" 2>&1 || status=1
+               --section WarpStateStats node /tmp/duo-node/duo-bench.mjs kernels --device cuda --repeats 1 > "$OUT/ncu.txt" 2>&1 || status=1
              grep -E "decodeKernel|gemvStream|Combine|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.txt" | head -80 ;;
     peer) python3 .device/shared/peer/torch_baseline.py > "$OUT/peer-baseline.json" || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
