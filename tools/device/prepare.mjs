@@ -56,7 +56,7 @@ if (!existsSync(nodeArchive) || statSync(nodeArchive).mtimeMs < statSync(process
 }
 
 // 4. What the runs read from ../shared (it does not travel by itself).
-for (const part of ['models/stories260K', 'golden/stories260K', 'peer']) {
+for (const part of ['models/stories260K', 'golden/stories260K', 'peer', 'data/gutenberg/1342.txt']) {
   if (existsSync(join(shared, part))) cpSync(join(shared, part), join(out, 'shared', part), { recursive: true });
 }
 

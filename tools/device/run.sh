@@ -31,6 +31,8 @@ for step in "${steps[@]}"; do
               --contexts 4096,32768 --steps 64 --warmup 8 --out "$OUT/engine-llama-3-8b.json" || status=1 ;;
     engine-profile) DUO_NO_GRAPHS=1 DUO_CUDA_PROFILE=1 node /tmp/duo-node/duo-bench.mjs speed --shape llama-3-8b --device cuda --dtype bf16 --prefill 4096 \
               --contexts 4096,32768 --steps 16 --warmup 4 --profile --out "$OUT/engine-profile.json" || status=1 ;;
+    passkey) node /tmp/duo-node/duo-bench.mjs passkey --model models/duo-demo --haystack .device/shared/data/gutenberg/1342.txt \
+              --device cuda --lengths 2k,4k,8k,16k --depths 10 --trials 20 --out "$OUT/passkey-duo-demo.json" || status=1 ;;
     torch) python3 tools/device/torch_llama_bench.py --prefill 4096 --contexts 4096,32768 --steps 64 --warmup 8 \
               --out "$OUT/torch-llama-3-8b.json" || status=1 ;;
     profile) NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

@@ -32,6 +32,32 @@ describe('duo-bench', () => {
     expect(result.stderr).toMatch(/prefill [\d.]+ tok\/s; generated 30 tokens: decode [\d.]+ tok\/s/);
   });
 
+  (existsSync(join(root, 'models/duo-demo/config.json')) &&
+    existsSync(resolve(root, '..', 'shared', 'data', 'gutenberg', '1342.txt'))
+    ? it
+    : it.skip)('passkey scores the demo model over lengths × depths and writes JSON', async () => {
+    const file = join(out, 'passkey.json');
+    const result = await bench([
+      'passkey',
+      '--device',
+      'cpu',
+      '--lengths',
+      '512',
+      '--depths',
+      '2',
+      '--trials',
+      '2',
+      '--out',
+      file,
+    ]);
+    expect(result.code).toBe(0);
+    const document = JSON.parse(readFileSync(file, 'utf8'));
+    expect(document.passkey[0].length).toBe(512);
+    expect(document.passkey[0].trials).toBe(2);
+    expect(document.passkey[0].depths.map((cell: { depth: number }) => cell.depth)).toEqual([0.25, 0.75]);
+    expect(document.passkey[0].accuracy).toBe(1);
+  });
+
   it('rejects bad input with a message naming the option and exits 2', async () => {
     const unknown = await bench(['speed', '--shape', 'llama-9', '--device', 'cpu']);
     expect(unknown.code).toBe(2);

@@ -4,12 +4,14 @@ import { UsageError } from './args.js';
 import { gemmCommand, gemmHelp } from './commands/gemm.js';
 import { generateCommand, generateHelp } from './commands/generate.js';
 import { kernelsCommand, kernelsHelp } from './commands/kernels.js';
+import { passkeyCommand, passkeyHelp } from './commands/passkey.js';
 import { speedCommand, speedHelp } from './commands/speed.js';
 
 const commands: Record<string, { help: string; run: (argv: string[]) => Promise<unknown> }> = {
   generate: { help: generateHelp, run: (argv) => generateCommand(argv, (text) => process.stdout.write(text)) },
   gemm: { help: gemmHelp, run: (argv) => gemmCommand(argv, (line) => console.log(line)) },
   kernels: { help: kernelsHelp, run: (argv) => kernelsCommand(argv, (line) => console.log(line)) },
+  passkey: { help: passkeyHelp, run: (argv) => passkeyCommand(argv, (line) => console.log(line)) },
   speed: { help: speedHelp, run: (argv) => speedCommand(argv, (line) => console.log(line)) },
 };
 
