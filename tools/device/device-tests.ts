@@ -2,6 +2,7 @@
 import { writeFileSync } from 'node:fs';
 import '../../packages/kernels/src/conformance.cuda.test.ts';
 import '../../packages/model/src/golden.cuda.test.ts';
+import '../../packages/model/src/demo-model.cuda.test.ts';
 import { runRegistered } from './vitest-shim.ts';
 
 const outcomes = await runRegistered((line) => console.log(line));

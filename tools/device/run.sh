@@ -8,7 +8,7 @@ mkdir -p "$OUT" /tmp/duo-node
 xz -dc .device/node.xz > /tmp/duo-node/node && chmod +x /tmp/duo-node/node
 for file in duoattn.node device-tests.mjs duo-bench.mjs; do xz -dc ".device/$file.xz" > "/tmp/duo-node/$file"; done
 export PATH=/tmp/duo-node:$PATH
-export DUO_NATIVE_PATH=/tmp/duo-node/duoattn.node DUO_SHARED_DIR=$PWD/.device/shared
+export DUO_NATIVE_PATH=/tmp/duo-node/duoattn.node DUO_SHARED_DIR=$PWD/.device/shared DUO_REPO_DIR=$PWD
 export DUO_COMMIT=$(cat .device/commit.txt) PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 steps=("$@")

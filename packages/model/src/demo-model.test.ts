@@ -1,33 +1,4 @@
-// The embedded demo model (models/duo-demo) against the logits PyTorch computed at export, on the CPU backend.
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
-import { LlamaModel } from './llama-model.js';
+// The embedded demo model against its PyTorch golden logits on the CPU backend.
+import { demoModelSuite } from './__fixtures__/demo-suite.js';
 
-const directory = resolve(dirname(fileURLToPath(import.meta.url)), '../../../models/duo-demo');
-const present = existsSync(join(directory, 'config.json'));
-
-(present ? describe : describe.skip)('models/duo-demo', () => {
-  it('matches the PyTorch golden logits within 1e-3 (CPU, f32) and round-trips text through its tokenizer', async () => {
-    const golden = JSON.parse(readFileSync(join(directory, 'golden.json'), 'utf8')) as {
-      tokens: number[];
-      vocab_size: number;
-    };
-    const expected = new Float32Array(new Uint8Array(readFileSync(join(directory, 'golden.logits.f32'))).buffer);
-    const model = await LlamaModel.load(directory, { device: 'cpu', weightDtype: 'f32' });
-    expect(model.config.numHeads / model.config.numKvHeads).toBeGreaterThan(3);
-    expect(model.config.maxPositionEmbeddings).toBe(16384);
-    const session = model.createSession({ maxTokens: golden.tokens.length, prefillChunk: 512 });
-    const { logits } = await session.forward(golden.tokens, { logits: 'all' });
-    let worst = 0;
-    for (let i = 0; i < expected.length; i++)
-      worst = Math.max(worst, Math.abs((logits?.[i] ?? 0) - (expected[i] ?? 0)));
-    expect(logits?.length).toBe(expected.length);
-    expect(worst).toBeLessThan(1e-3);
-    const text = 'The passkey is 48213. Émile 🍰';
-    expect(model.tokenizer?.decode(model.tokenizer.encode(text))).toBe(text);
-    session.dispose();
-    model.dispose();
-  });
-});
+demoModelSuite('cpu');
