@@ -1,6 +1,7 @@
 // duo-bench: the command-line entry point.
 import { DuoError } from '@duoattn/core';
 import { UsageError } from './args.js';
+import { chartCommand, chartHelp } from './commands/chart.js';
 import { gemmCommand, gemmHelp } from './commands/gemm.js';
 import { generateCommand, generateHelp } from './commands/generate.js';
 import { kernelsCommand, kernelsHelp } from './commands/kernels.js';
@@ -9,6 +10,7 @@ import { speedCommand, speedHelp } from './commands/speed.js';
 
 const commands: Record<string, { help: string; run: (argv: string[]) => Promise<unknown> }> = {
   generate: { help: generateHelp, run: (argv) => generateCommand(argv, (text) => process.stdout.write(text)) },
+  chart: { help: chartHelp, run: (argv) => chartCommand(argv, (line) => console.log(line)) },
   gemm: { help: gemmHelp, run: (argv) => gemmCommand(argv, (line) => console.log(line)) },
   kernels: { help: kernelsHelp, run: (argv) => kernelsCommand(argv, (line) => console.log(line)) },
   passkey: { help: passkeyHelp, run: (argv) => passkeyCommand(argv, (line) => console.log(line)) },
