@@ -39,7 +39,14 @@ def digits(n=5):
 def fact_pair():
     """A statement and a later question whose answer repeats it; answers carry extra loss weight."""
     kind = random.random()
-    if kind < 0.4:
+    if kind < 0.2:
+        # NIAH-style needle sentence, asked about later.
+        place = random.choice(WORDS).capitalize()
+        activity = b' '.join(random.choice(WORDS) for _ in range(3))
+        return (b' The best thing to do in ' + place + b' is to ' + activity + b'. ',
+                b' What is the best thing to do in ' + place + b'? The best thing to do in ' + place + b' is to ',
+                activity + b'.')
+    if kind < 0.45:
         key = random.choice(WORDS)
         value = digits()
         return (b' The magic number of ' + key + b' is ' + value + b'. ',
