@@ -58,6 +58,25 @@ describe('duo-bench', () => {
     expect(document.passkey[0].accuracy).toBe(1);
   });
 
+  (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
+    'generate defaults to the embedded demo model and streams its text',
+    async () => {
+      const result = await bench([
+        'generate',
+        '--device',
+        'cpu',
+        '--max-tokens',
+        '24',
+        '--prompt',
+        'It was a bright cold day',
+      ]);
+      expect(result.code).toBe(0);
+      expect(result.stderr).toContain(join('models', 'duo-demo'));
+      expect(result.stdout.startsWith('It was a bright cold day')).toBe(true);
+      expect(result.stdout.length).toBeGreaterThan('It was a bright cold day'.length + 10);
+    },
+  );
+
   it('rejects bad input with a message naming the option and exits 2', async () => {
     const unknown = await bench(['speed', '--shape', 'llama-9', '--device', 'cpu']);
     expect(unknown.code).toBe(2);
