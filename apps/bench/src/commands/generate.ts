@@ -1,8 +1,7 @@
 // duo-bench generate: streams a continuation and ends with prefill and decode tokens per second.
-import { type GenerationStats, LlamaModel } from '@duoattn/model';
-import { choiceOption, integerOption, numberOption, parseOptions } from '../args.js';
-import { defaultModelPath } from '../default-model.js';
-import { loadingProgress } from '../progress.js';
+import type { GenerationStats } from '@duoattn/model';
+import { integerOption, numberOption, parseOptions } from '../args.js';
+import { loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
 
 export const generateHelp = `duo-bench generate [--model PATH] [--prompt TEXT] [--max-tokens N] [--device auto|cpu|cuda]
                    [--temperature T] [--top-k K] [--top-p P] [--seed S] [--weight-dtype auto|f32|f16|bf16]
@@ -14,23 +13,15 @@ export const generateHelp = `duo-bench generate [--model PATH] [--prompt TEXT] [
 
 export async function generateCommand(argv: string[], write: (text: string) => void): Promise<void> {
   const options = parseOptions(argv, {
-    model: { type: 'string' },
+    ...MODEL_OPTIONS,
     prompt: { type: 'string' },
     'max-tokens': { type: 'string' },
-    device: { type: 'string' },
     temperature: { type: 'string' },
     'top-k': { type: 'string' },
     'top-p': { type: 'string' },
     seed: { type: 'string' },
-    'weight-dtype': { type: 'string' },
   });
-  const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
-  const weightDtype = choiceOption(
-    'weight-dtype',
-    options['weight-dtype'],
-    ['auto', 'f32', 'f16', 'bf16'] as const,
-    'auto',
-  );
+  modelChoices(options);
   const maxTokens = integerOption('max-tokens', options['max-tokens'], 128, 1);
   const sampling = {
     temperature: numberOption('temperature', options.temperature, 0, 0),
@@ -39,8 +30,7 @@ export async function generateCommand(argv: string[], write: (text: string) => v
     seed: integerOption('seed', options.seed, 0),
   };
   const prompt = (options.prompt as string | undefined) ?? 'Once upon a time';
-  const path = (options.model as string | undefined) ?? defaultModelPath();
-  const model = await LlamaModel.load(path, { device, weightDtype, onProgress: loadingProgress(path) });
+  const { model, path } = await loadModel(options);
   try {
     process.stderr.write(`[duo-bench] ${path} on ${model.backend.device} (${model.backend.deviceName})\n`);
     write(prompt);

@@ -2,10 +2,10 @@
 // and haystacks drawn from a (held-out) book, greedy decoding through duoattn's own runtime.
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { LlamaModel, seededRandom } from '@duoattn/model';
-import { choiceOption, integerListOption, integerOption, parseOptions, UsageError } from '../args.js';
+import { seededRandom } from '@duoattn/model';
+import { integerListOption, integerOption, parseOptions, UsageError } from '../args.js';
 import { defaultModelPath } from '../default-model.js';
-import { loadingProgress } from '../progress.js';
+import { loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
 import { writeResult } from '../results.js';
 
 export const passkeyHelp = `duo-bench passkey [--model PATH] [--haystack FILE] [--lengths 2k,4k,8k,16k] [--depths 10]
@@ -19,13 +19,11 @@ const QUESTION = ' What is the passkey? The passkey is ';
 
 export async function passkeyCommand(argv: string[], log: (line: string) => void): Promise<object> {
   const options = parseOptions(argv, {
-    model: { type: 'string' },
+    ...MODEL_OPTIONS,
     haystack: { type: 'string' },
     lengths: { type: 'string' },
     depths: { type: 'string' },
     trials: { type: 'string' },
-    device: { type: 'string' },
-    'weight-dtype': { type: 'string' },
     seed: { type: 'string' },
     out: { type: 'string' },
   });
@@ -33,19 +31,12 @@ export async function passkeyCommand(argv: string[], log: (line: string) => void
   const depths = integerOption('depths', options.depths, 10, 1, 100);
   const trials = integerOption('trials', options.trials, 20, 1);
   const seed = integerOption('seed', options.seed, 0);
-  const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
-  const weightDtype = choiceOption(
-    'weight-dtype',
-    options['weight-dtype'],
-    ['auto', 'f32', 'f16', 'bf16'] as const,
-    'auto',
-  );
+  const { weightDtype } = modelChoices(options);
   const haystackPath =
     (options.haystack as string | undefined) ??
     resolve(defaultModelPath(), '..', '..', '..', 'shared', 'data', 'gutenberg', '1342.txt');
   if (!existsSync(haystackPath)) throw new UsageError(`--haystack: "${haystackPath}" does not exist`);
-  const path = (options.model as string | undefined) ?? defaultModelPath();
-  const model = await LlamaModel.load(path, { device, weightDtype, onProgress: loadingProgress(path) });
+  const { model, path } = await loadModel(options);
   const tokenizer = model.tokenizer;
   if (!tokenizer) throw new UsageError(`--model: ${path} has no tokenizer`);
   const haystack = tokenizer.encode(readFileSync(haystackPath, 'utf8'), { addBos: false });
