@@ -194,61 +194,32 @@ export class LlamaModel {
     const started = performance.now();
     let prefillEnd = started;
     try {
-      let next: number;
       const stop = (id: number) =>
         stopTokens.has(id) || (options.stopStrings?.some((needle) => text.includes(needle)) ?? false);
-      if (greedy) {
-        // Prefill all but the last prompt token, then decode with the device choosing each argmax; on CUDA the steps
-        // run as one replayed graph with a step kept in flight.
-        if (promptIds.length > 1) await session.forward(promptIds.slice(0, -1), { logits: 'none' });
-        const room = session.capacity - session.position;
-        const steps = Math.min(maxTokens, room);
-        let first = true;
-        for await (const id of session.greedyTokens(promptIds[promptIds.length - 1] ?? 0, steps)) {
-          if (first) {
-            prefillEnd = performance.now();
-            first = false;
-          }
-          if (options.signal?.aborted) {
-            finishReason = 'abort';
-            break;
-          }
-          generated++;
-          const piece = decoder ? decoder.push(id) : '';
-          text += piece;
-          yield { id, text: piece };
-          if (stop(id)) {
-            finishReason = 'stop';
-            break;
-          }
+      const tokens = greedy
+        ? greedyTokens(session, promptIds, maxTokens)
+        : sampledTokens(session, promptIds, maxTokens, sampling, random);
+      let first = true;
+      for await (const id of tokens) {
+        if (first) {
+          prefillEnd = performance.now();
+          first = false;
         }
-        if (finishReason === 'length' && generated < maxTokens && session.position >= session.capacity)
-          finishReason = 'context';
-      } else {
-        const { logits } = await session.forward(promptIds);
-        next = sampleToken(logits ?? [], sampling, random);
-        prefillEnd = performance.now();
-        while (generated < maxTokens) {
-          if (options.signal?.aborted) {
-            finishReason = 'abort';
-            break;
-          }
-          generated++;
-          const piece = decoder ? decoder.push(next) : '';
-          text += piece;
-          yield { id: next, text: piece };
-          if (stop(next)) {
-            finishReason = 'stop';
-            break;
-          }
-          if (generated >= maxTokens) break;
-          if (session.position >= session.capacity) {
-            finishReason = 'context';
-            break;
-          }
-          const step = await session.forward([next]);
-          next = sampleToken(step.logits ?? [], sampling, random);
+        if (options.signal?.aborted) {
+          finishReason = 'abort';
+          break;
         }
+        generated++;
+        const piece = decoder ? decoder.push(id) : '';
+        text += piece;
+        yield { id, text: piece };
+        if (stop(id)) {
+          finishReason = 'stop';
+          break;
+        }
+      }
+      if (finishReason === 'length' && generated < maxTokens && session.position >= session.capacity) {
+        finishReason = 'context';
       }
     } finally {
       if (ownSession) session.dispose();
@@ -283,5 +254,33 @@ export class LlamaModel {
 
   #checkLive(): void {
     if (this.#disposed) throw new DuoArgumentError('model', 'The model was disposed');
+  }
+}
+
+/**
+ * Greedy tokens after `prompt`: all but the last prompt token are prefilled, then the device picks each argmax (on
+ * CUDA one replayed graph per token with a step in flight).
+ */
+async function* greedyTokens(session: Session, prompt: readonly number[], maxTokens: number): AsyncGenerator<number> {
+  if (prompt.length > 1) await session.forward(prompt.slice(0, -1), { logits: 'none' });
+  const steps = Math.min(maxTokens, session.capacity - session.position);
+  yield* session.greedyTokens(prompt[prompt.length - 1] ?? 0, steps);
+}
+
+/** Sampled tokens after `prompt`, each drawn on the host from the last logits; stops when the session is full. */
+async function* sampledTokens(
+  session: Session,
+  prompt: readonly number[],
+  maxTokens: number,
+  sampling: Required<SamplingOptions>,
+  random: () => number,
+): AsyncGenerator<number> {
+  if (maxTokens === 0) return;
+  let { logits } = await session.forward(prompt);
+  for (let produced = 0; ; ) {
+    const next = sampleToken(logits ?? [], sampling, random);
+    yield next;
+    if (++produced >= maxTokens || session.position >= session.capacity) return;
+    ({ logits } = await session.forward([next]));
   }
 }
