@@ -26,6 +26,30 @@ export interface RopeAttributes {
   readonly interleaved: boolean;
 }
 
+/**
+ * DuoAttention's streaming heads in one layer. KV heads `[0, retrievalKvHeads)` keep every key in the op's main
+ * caches (`[retrievalKvHeads, capacity, headDim]`, slot = position); the others keep theirs here: `sink` slots for
+ * positions `0 … sink − 1`, then a ring (position p ≥ sink at slot `sink + (p − sink) mod ring`), so the region
+ * never grows. Keys are stored after RoPE, so the slot order never matters.
+ */
+export interface StreamingHeads {
+  /** KV heads served by the main caches; the rest stream. 0 … kvHeads. */
+  readonly retrievalKvHeads: number;
+  /** `[kvHeads − retrievalKvHeads, sink + ring, headDim]`, the main caches' dtype. */
+  readonly keyCache: TensorHandle;
+  readonly valueCache: TensorHandle;
+  /** Attention sinks: the first `sink` positions stay visible to every query. */
+  readonly sink: number;
+  /** Window: a query at position i sees keys i − recent + 1 … i (besides the sinks). */
+  readonly recent: number;
+  /**
+   * `'exact'` (default): key j is visible to query i iff j ≤ i and (j < sink or i − j < recent) — the Λ mask.
+   * `'chunked'`: the reference's chunk-wise approximation: the window starts `recent` keys before the op's first query
+   * (so a chunk sees the whole streaming cache before it plus itself, causally).
+   */
+  readonly mask?: 'exact' | 'chunked';
+}
+
 /** Attributes shared by the attention ops. Caches are `[kvHeads, capacity, headDim]`. */
 export interface AttentionAttributes {
   readonly heads: number;
@@ -35,6 +59,11 @@ export interface AttentionAttributes {
   readonly scale: number;
   /** Number of valid keys in the cache (positions 0 … keyLength − 1). */
   readonly keyLength: number;
+  /**
+   * Streaming heads (DuoAttention): the main caches then hold only the first `retrievalKvHeads` KV heads. Query head h
+   * belongs to KV head ⌊h / (heads / kvHeads)⌋. The ring must hold `recent + rows` slots for a call of `rows` queries.
+   */
+  readonly streaming?: StreamingHeads;
 }
 
 /** Attributes of `attentionDecode`. */
@@ -148,7 +177,8 @@ export interface Backend {
   /**
    * Rotates `query` (`[n, heads · headDim]`) and `key` (`[n, kvHeads · headDim]`) in place at `positions`, then writes
    * row r of `key` and `value` into the caches at slot `positions[r]` — `rope` twice and `writeCache` twice, fused.
-   * Positions must be consecutive, as a chunk of one sequence is.
+   * Positions must be consecutive, as a chunk of one sequence is. With `streaming`, the streaming KV heads are written
+   * to their region instead (see `StreamingHeads`).
    */
   ropeWriteCache(
     query: TensorHandle,
@@ -158,7 +188,7 @@ export interface Backend {
     inverseFrequencies: TensorHandle,
     keyCache: TensorHandle,
     valueCache: TensorHandle,
-    attributes: RopeAttributes & { kvHeads: number },
+    attributes: RopeAttributes & { kvHeads: number; streaming?: StreamingHeads },
   ): void;
   /** `ids[0] = next[0]; positions[0] += 1` (i32 `[1]` tensors): ends a decode step on the device. */
   decodeAdvance(next: TensorHandle, ids: TensorHandle, positions: TensorHandle): void;

@@ -7,6 +7,7 @@ export type {
   HostArray,
   PrefillAttentionAttributes,
   RopeAttributes,
+  StreamingHeads,
   TensorHandle,
 } from './backend.js';
 export { type DeviceKind, DTYPES, type DType, dtypeBytes, isDType } from './dtype.js';

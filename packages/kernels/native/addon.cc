@@ -351,6 +351,26 @@ Napi::Value WriteCache(const Napi::CallbackInfo& info) {
   });
 }
 
+// The streaming heads of a DuoAttention layer, passed as [keyId, valueId, retrievalKvHeads, sink, recent, chunked]
+// (undefined: every head is full). `alongside` is the main cache: the region must share its device and dtype.
+StreamingLayout streamingLayout(const Napi::Value& value, const Tensor& alongside) {
+  StreamingLayout layout;
+  if (!value.IsArray()) return layout;
+  Napi::Array fields = value.As<Napi::Array>();
+  Tensor &key = tensorAt(fields.Get(0u)), &values = tensorAt(fields.Get(1u));
+  sameDevice({&alongside, &key, &values});
+  if (key.dtype != alongside.dtype || values.dtype != alongside.dtype) throw Error("DUO_ARG", "the streaming region must have the cache's dtype");
+  layout.key = layout.writableKey = key.data;
+  layout.value = layout.writableValue = values.data;
+  layout.retrievalKvHeads = fields.Get(2u).As<Napi::Number>().Int32Value();
+  layout.sink = fields.Get(3u).As<Napi::Number>().Int64Value();
+  layout.recent = fields.Get(4u).As<Napi::Number>().Int64Value();
+  layout.chunked = fields.Get(5u).As<Napi::Boolean>().Value();
+  layout.ring = key.shape[1] - layout.sink;
+  if (layout.ring < 1) throw Error("DUO_ARG", "the streaming region needs at least one ring slot after the sinks");
+  return layout;
+}
+
 AttentionArgs attentionArgs(const Napi::CallbackInfo& info, size_t first) {
   AttentionArgs args{};
   args.heads = static_cast<int>(integer(info, first));
@@ -368,6 +388,7 @@ Napi::Value AttentionPrefill(const Napi::CallbackInfo& info) {
     sameDevice({&q, &k, &v, &out});
     AttentionArgs args = attentionArgs(info, 4);
     args.queryStart = integer(info, 9);
+    args.streaming = streamingLayout(info[10], k);
     q.device->attentionPrefill(q, k, v, out, args);
     return info.Env().Undefined();
   });
@@ -381,6 +402,7 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
     AttentionArgs args = attentionArgs(info, 4);
     args.queryStart = args.keyLength - 1;
     args.lengthFrom = lengthFrom ? lengthFrom->as<int32_t>() : nullptr;
+    args.streaming = streamingLayout(info[10], k);
     q.device->attentionDecode(q, k, v, out, args);
     return info.Env().Undefined();
   });
@@ -439,7 +461,9 @@ Napi::Value RopeWriteCache(const Napi::CallbackInfo& info) {
     Tensor &frequencies = tensorAt(info[4]), &keyCache = tensorAt(info[5]), &valueCache = tensorAt(info[6]);
     sameDevice({&q, &k, &v, &positions, &frequencies, &keyCache, &valueCache});
     RopeArgs args{static_cast<int>(integer(info, 7)), static_cast<int>(integer(info, 9)), info[10].As<Napi::Boolean>().Value()};
-    q.device->ropeWriteCache(q, k, v, positions, frequencies, args, static_cast<int>(integer(info, 8)), keyCache, valueCache);
+    const StreamingLayout streaming = streamingLayout(info[11], keyCache);
+    q.device->ropeWriteCache(q, k, v, positions, frequencies, args, static_cast<int>(integer(info, 8)), keyCache, valueCache,
+                             streaming);
     return info.Env().Undefined();
   });
 }

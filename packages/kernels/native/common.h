@@ -46,6 +46,57 @@ struct Tensor {
 };
 
 struct RopeArgs { int heads, headDim; bool interleaved; };
+
+#if defined(__CUDACC__)
+#define DUO_HD __host__ __device__ inline
+#else
+#define DUO_HD inline
+#endif
+
+// DuoAttention's streaming heads. KV heads [0, retrievalKvHeads) keep every key in the op's main caches at
+// slot = position; the rest keep `sink` slots (positions 0 … sink − 1) and then a ring of `ring` slots in the
+// region `key`/`value` ([kvHeads − retrievalKvHeads, sink + ring, headDim]), so the region never grows. A query at
+// position i sees key j iff j ≤ i and (j < sink or j ≥ windowStart(i)). `key == nullptr`: every head is full.
+struct StreamingLayout {
+  const void* key = nullptr;
+  const void* value = nullptr;
+  void* writableKey = nullptr;  // the same region, for cache writes
+  void* writableValue = nullptr;
+  int retrievalKvHeads = 0;
+  int64_t sink = 0, recent = 0, ring = 1;
+  bool chunked = false;  // the reference's chunk-wise mask: the window starts `recent` keys before the call's first query
+
+  DUO_HD bool active() const { return key != nullptr || writableKey != nullptr; }
+  DUO_HD bool streams(int kvHead) const { return active() && kvHead >= retrievalKvHeads; }
+  DUO_HD int64_t slot(int64_t position) const { return position < sink ? position : sink + (position - sink) % ring; }
+  DUO_HD int64_t slots() const { return sink + ring; }
+  // The oldest non-sink key a query at `position` sees; `firstQuery` is the position of the call's first query.
+  DUO_HD int64_t windowStart(int64_t position, int64_t firstQuery) const {
+    return chunked ? firstQuery - recent : position - recent + 1;
+  }
+};
+
+// The keys one query block visits, as logical indices 0 … count − 1 in increasing position: the sinks, then the
+// window of the block's first query at `firstQuery` (a full head: every position below keyEnd). `callFirstQuery` is
+// the position of the op's first query row (the chunked mask anchors the window there).
+struct KeyRange {
+  int64_t sinkCount, windowFirst, count;
+  DUO_HD int64_t position(int64_t index) const { return index < sinkCount ? index : windowFirst + (index - sinkCount); }
+};
+DUO_HD KeyRange keyRangeFor(const StreamingLayout& layout, bool streaming, int64_t keyEnd, int64_t firstQuery,
+                            int64_t callFirstQuery) {
+  if (!streaming) return KeyRange{keyEnd, keyEnd, keyEnd};
+  const int64_t sinkCount = keyEnd < layout.sink ? keyEnd : layout.sink;
+  int64_t windowFirst = layout.windowStart(firstQuery, callFirstQuery);
+  if (windowFirst < layout.sink) windowFirst = layout.sink;
+  const int64_t windowCount = keyEnd > windowFirst ? keyEnd - windowFirst : 0;
+  return KeyRange{sinkCount, windowFirst, sinkCount + windowCount};
+}
+// Whether the query at `position` sees the key at `key` (both absolute positions).
+DUO_HD bool keyVisible(const StreamingLayout& layout, bool streaming, int64_t position, int64_t key, int64_t firstQuery) {
+  return key <= position && (!streaming || key < layout.sink || key >= layout.windowStart(position, firstQuery));
+}
+
 struct AttentionArgs {
   int heads, kvHeads, headDim;
   float scale;
@@ -54,6 +105,7 @@ struct AttentionArgs {
   // Decode only: when set, the key count is lengthFrom[0] + 1, read on the device when the kernel runs (so a
   // captured graph serves every step); keyLength then only sizes the launch.
   const int32_t* lengthFrom = nullptr;
+  StreamingLayout streaming;
 };
 
 struct MemoryInfo { size_t allocated, peak, deviceFree, deviceTotal; };
@@ -105,14 +157,10 @@ class Device {
     swiglu(out, product.tensor, out);
   }
   // Rotates q ([n, heads·d]) and k ([n, kvHeads·d]) in place, then writes row r of k and v into the caches at slot
-  // positions[r]. (This default reads positions on the host: only host-memory backends use it.)
+  // positions[r]; KV heads that stream (see StreamingLayout) go to their region at layout.slot(positions[r]).
   virtual void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
-                              const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache) {
-    rope(q, positions, frequencies, args);
-    rope(k, positions, frequencies, RopeArgs{kvHeads, args.headDim, args.interleaved});
-    writeCache(k, keyCache, positions.as<int32_t>()[0]);
-    writeCache(v, valueCache, positions.as<int32_t>()[0]);
-  }
+                              const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache,
+                              const StreamingLayout& streaming) = 0;
   // ids[0] = next[0]; positions[0] += 1 — closes a decode step on the device so the next one can start at once.
   virtual void decodeAdvance(const Tensor& next, Tensor& ids, Tensor& positions) {
     ids.as<int32_t>()[0] = next.as<int32_t>()[0];
@@ -141,11 +189,6 @@ class Device {
 };
 
 // Counter-based generator shared by both backends so fillRandom gives identical values everywhere.
-#if defined(__CUDACC__)
-#define DUO_HD __host__ __device__ inline
-#else
-#define DUO_HD inline
-#endif
 
 DUO_HD uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;

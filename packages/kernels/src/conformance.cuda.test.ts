@@ -1,6 +1,8 @@
 // Runs the conformance suite on the CUDA backend; skips visibly, with the reason, where there is no usable GPU.
 import { conformanceSuite } from './conformance-suite.js';
+import { streamingConformanceSuite } from './streaming-conformance-suite.js';
 import { createBackend, cudaUnavailableReason } from './resolve-backend.js';
 
 const reason = cudaUnavailableReason();
 conformanceSuite('cuda', () => (reason === undefined ? createBackend('cuda') : undefined), reason);
+streamingConformanceSuite('cuda', () => (reason === undefined ? createBackend('cuda') : undefined), reason);

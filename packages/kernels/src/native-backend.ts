@@ -12,6 +12,7 @@ import {
   isDType,
   type PrefillAttentionAttributes,
   type RopeAttributes,
+  type StreamingHeads,
 } from '@duoattn/core';
 import { callNative, mapNativeError } from './errors.js';
 import type { NativeAddon } from './native.js';
@@ -233,7 +234,7 @@ export class NativeBackend implements Backend {
     inverseFrequencies: Tensor,
     keyCache: Tensor,
     valueCache: Tensor,
-    attributes: RopeAttributes & { kvHeads: number },
+    attributes: RopeAttributes & { kvHeads: number; streaming?: StreamingHeads },
   ): void {
     const { heads, kvHeads, headDim, interleaved } = attributes;
     expectInteger('heads', heads, 1);
@@ -251,12 +252,13 @@ export class NativeBackend implements Backend {
     });
     const keyCacheId = expectTensor('keyCache', keyCache, this.device, {
       dtypes: FLOAT_TYPES,
-      shape: [kvHeads, null, headDim],
+      shape: [retrievalKvHeads(attributes.streaming, kvHeads), null, headDim],
     });
     const valueCacheId = expectTensor('valueCache', valueCache, this.device, {
       dtypes: [keyCache.dtype],
       shape: keyCache.shape,
     });
+    const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, 0);
     callNative(() =>
       this.#native.ropeWriteCache(
         queryId,
@@ -270,6 +272,7 @@ export class NativeBackend implements Backend {
         kvHeads,
         headDim,
         Boolean(interleaved),
+        streaming,
       ),
     );
   }
@@ -311,6 +314,45 @@ export class NativeBackend implements Backend {
     callNative(() => this.#native.writeCache(sourceId, cacheId, start));
   }
 
+  /**
+   * Checks `streaming` against the main caches and returns what the addon takes:
+   * `[keyId, valueId, retrievalKvHeads, sink, recent, chunked]`, or undefined when every head is full.
+   */
+  #streamingFields(
+    streaming: StreamingHeads | undefined,
+    kvHeads: number,
+    keyCache: Tensor,
+    rows: number,
+  ): [number, number, number, number, number, boolean] | undefined {
+    if (streaming === undefined) return undefined;
+    const { retrievalKvHeads, sink, recent, mask = 'exact' } = streaming;
+    expectInteger('streaming.retrievalKvHeads', retrievalKvHeads, 0, kvHeads);
+    expectInteger('streaming.sink', sink, 0);
+    expectInteger('streaming.recent', recent, 1);
+    if (mask !== 'exact' && mask !== 'chunked') {
+      throw new DuoArgumentError(
+        'streaming.mask',
+        `Expected \`streaming.mask\` to be 'exact' or 'chunked' but received ${describeValue(mask)}`,
+      );
+    }
+    const keyId = expectTensor('streaming.keyCache', streaming.keyCache, this.device, {
+      dtypes: [keyCache.dtype],
+      shape: [kvHeads - retrievalKvHeads, null, keyCache.shape[2] ?? 0],
+    });
+    const valueId = expectTensor('streaming.valueCache', streaming.valueCache, this.device, {
+      dtypes: [keyCache.dtype],
+      shape: streaming.keyCache.shape,
+    });
+    const slots = streaming.keyCache.shape[1] ?? 0;
+    if (slots < sink + recent + rows) {
+      throw new DuoArgumentError(
+        'streaming.keyCache',
+        `Expected a streaming region of at least sink + recent + rows = ${sink + recent + rows} slots but received ${slots}`,
+      );
+    }
+    return [keyId, valueId, retrievalKvHeads, sink, recent, mask === 'chunked'];
+  }
+
   #attentionIds(
     query: Tensor,
     keyCache: Tensor,
@@ -331,7 +373,7 @@ export class NativeBackend implements Backend {
     expectPositive('scale', scale);
     const keyId = expectTensor('keyCache', keyCache, this.device, {
       dtypes: FLOAT_TYPES,
-      shape: [kvHeads, null, headDim],
+      shape: [retrievalKvHeads(attributes.streaming, kvHeads), null, headDim],
     });
     const valueId = expectTensor('valueCache', valueCache, this.device, {
       dtypes: [keyCache.dtype],
@@ -353,7 +395,10 @@ export class NativeBackend implements Backend {
     const ids = this.#attentionIds(query, keyCache, valueCache, out, attributes);
     const { heads, kvHeads, headDim, scale, keyLength, queryStart } = attributes;
     expectInteger('queryStart', queryStart, 0);
-    callNative(() => this.#native.attentionPrefill(...ids, heads, kvHeads, headDim, scale, keyLength, queryStart));
+    const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, query.rows);
+    callNative(() =>
+      this.#native.attentionPrefill(...ids, heads, kvHeads, headDim, scale, keyLength, queryStart, streaming),
+    );
   }
 
   attentionDecode(
@@ -367,7 +412,10 @@ export class NativeBackend implements Backend {
     const { heads, kvHeads, headDim, scale, keyLength, lengthFrom } = attributes;
     expectInteger('keyLength', keyLength, 1);
     const lengthId = lengthFrom ? expectTensor('lengthFrom', lengthFrom, this.device, { dtypes: I32, shape: [1] }) : 0;
-    callNative(() => this.#native.attentionDecode(...ids, heads, kvHeads, headDim, scale, keyLength, lengthId));
+    const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, 1);
+    callNative(() =>
+      this.#native.attentionDecode(...ids, heads, kvHeads, headDim, scale, keyLength, lengthId, streaming),
+    );
   }
 
   decodeAdvance(next: Tensor, ids: Tensor, positions: Tensor): void {
@@ -419,4 +467,10 @@ export class NativeBackend implements Backend {
     expectPositive('temperature', temperature);
     callNative(() => this.#native.softmax(logitsId, outId, temperature));
   }
+}
+
+/** KV heads the main caches hold: all of them, or `streaming.retrievalKvHeads` (checked) when some stream. */
+function retrievalKvHeads(streaming: StreamingHeads | undefined, kvHeads: number): number {
+  if (streaming === undefined) return kvHeads;
+  return expectInteger('streaming.retrievalKvHeads', streaming.retrievalKvHeads, 0, kvHeads);
 }

@@ -42,6 +42,7 @@ export interface NativeAddon {
     scale: number,
     keyLength: number,
     queryStart: number,
+    streaming?: StreamingFields,
   ): void;
   attentionDecode(
     q: number,
@@ -54,6 +55,7 @@ export interface NativeAddon {
     scale: number,
     keyLength: number,
     lengthFrom: number,
+    streaming?: StreamingFields,
   ): void;
   matmulGroup(x: number, weights: number[], outs: number[], biases: number[]): void;
   matmulSwiglu(x: number, gate: number, up: number, out: number): void;
@@ -69,6 +71,7 @@ export interface NativeAddon {
     kvHeads: number,
     headDim: number,
     interleaved: boolean,
+    streaming?: StreamingFields,
   ): void;
   decodeAdvance(next: number, ids: number, positions: number): void;
   graphBegin(device: number): void;
@@ -115,3 +118,6 @@ export function loadNative(): NativeAddon {
     reasons,
   );
 }
+
+/** A layer's streaming heads as the addon takes them: region key and value ids, retrievalKvHeads, sink, recent, chunked. */
+export type StreamingFields = [number, number, number, number, number, boolean];

@@ -1,4 +1,5 @@
-// CPU attention: causal (prefill and decode) with GQA over [kvHeads, capacity, headDim] caches of any float dtype.
+// CPU attention: causal (prefill and decode) with GQA over [kvHeads, capacity, headDim] caches of any float dtype,
+// with DuoAttention's streaming heads (sinks + a ring, Λ mask) where the layout asks for them.
 #include <algorithm>
 #include <cmath>
 
@@ -18,38 +19,48 @@ template <typename T>
 void attendTyped(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) {
   const int64_t rows = q.rows(), capacity = k.shape[1], headDim = args.headDim;
   const int64_t group = args.heads / args.kvHeads;
-  const T* keys = static_cast<const T*>(k.data);
-  const T* values = static_cast<const T*>(v.data);
+  const StreamingLayout& layout = args.streaming;
   // Work per task is proportional to the visible keys; small problems run on the calling thread.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, args.keyLength * headDim));
   pool.parallelFor(rows * args.heads, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores, accumulator(headDim);
+    std::vector<float> scores;
+    std::vector<int64_t> slots;
+    std::vector<float> accumulator(headDim);
     for (int64_t task = begin; task < end; task++) {
       const int64_t r = task / args.heads, head = task % args.heads, kvHead = head / group;
-      const int64_t visible = std::min(args.keyLength, args.queryStart + r + 1);
+      const int64_t position = args.queryStart + r;
+      const int64_t keyEnd = std::min(args.keyLength, position + 1);
+      const bool streams = layout.streams(static_cast<int>(kvHead));
+      const KeyRange range = keyRangeFor(layout, streams, keyEnd, position, args.queryStart);
       const float* query = q.as<float>() + r * q.cols() + head * headDim;
       float* target = out.as<float>() + r * out.cols() + head * headDim;
-      if (visible <= 0) {
+      if (range.count <= 0) {
         std::fill(target, target + headDim, 0.0f);
         continue;
       }
-      scores.resize(visible);
-      const T* headKeys = keys + kvHead * capacity * headDim;
-      const T* headValues = values + kvHead * capacity * headDim;
+      const T* headKeys = streams ? static_cast<const T*>(layout.key) + (kvHead - layout.retrievalKvHeads) * layout.slots() * headDim
+                                  : static_cast<const T*>(k.data) + kvHead * capacity * headDim;
+      const T* headValues = streams ? static_cast<const T*>(layout.value) + (kvHead - layout.retrievalKvHeads) * layout.slots() * headDim
+                                    : static_cast<const T*>(v.data) + kvHead * capacity * headDim;
+      scores.resize(range.count);
+      slots.resize(range.count);
       float maximum = -INFINITY;
-      for (int64_t j = 0; j < visible; j++) {
-        const T* key = headKeys + j * headDim;
+      for (int64_t index = 0; index < range.count; index++) {
+        const int64_t key = range.position(index);
+        slots[index] = streams ? layout.slot(key) : key;
+        const T* keyRow = headKeys + slots[index] * headDim;
         float dot = 0;
-        for (int64_t i = 0; i < headDim; i++) dot += query[i] * widen(key[i]);
-        scores[j] = dot * args.scale;
-        maximum = std::max(maximum, scores[j]);
+        for (int64_t i = 0; i < headDim; i++) dot += query[i] * widen(keyRow[i]);
+        scores[index] = keyVisible(layout, streams, position, key, args.queryStart) ? dot * args.scale : -INFINITY;
+        maximum = std::max(maximum, scores[index]);
       }
       std::fill(accumulator.begin(), accumulator.end(), 0.0f);
       float sum = 0;
-      for (int64_t j = 0; j < visible; j++) {
-        float weight = std::exp(scores[j] - maximum);
+      for (int64_t index = 0; index < range.count; index++) {
+        if (scores[index] == -INFINITY) continue;
+        float weight = std::exp(scores[index] - maximum);
         sum += weight;
-        const T* value = headValues + j * headDim;
+        const T* value = headValues + slots[index] * headDim;
         for (int64_t i = 0; i < headDim; i++) accumulator[i] += weight * widen(value[i]);
       }
       float inverse = 1.0f / sum;

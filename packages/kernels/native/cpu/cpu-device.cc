@@ -162,6 +162,31 @@ void CpuDevice::writeCache(const Tensor& source, Tensor& cache, int64_t start) {
   });
 }
 
+void CpuDevice::ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
+                               const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache,
+                               const StreamingLayout& streaming) {
+  rope(q, positions, frequencies, args);
+  rope(k, positions, frequencies, RopeArgs{kvHeads, args.headDim, args.interleaved});
+  const int64_t rows = q.rows(), headDim = args.headDim, capacity = keyCache.shape[1];
+  const int32_t* position = positions.as<int32_t>();
+  pool_.parallelFor(kvHeads * rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; t++) {
+      const int64_t head = t / rows, r = t % rows;
+      const bool streams = streaming.streams(static_cast<int>(head));
+      void* keys = streams ? streaming.writableKey : keyCache.data;
+      void* values = streams ? streaming.writableValue : valueCache.data;
+      const int64_t base = streams ? ((head - streaming.retrievalKvHeads) * streaming.slots() + streaming.slot(position[r])) * headDim
+                                   : (head * capacity + position[r]) * headDim;
+      const float* key = k.as<float>() + r * k.cols() + head * headDim;
+      const float* value = v.as<float>() + r * v.cols() + head * headDim;
+      for (int64_t i = 0; i < headDim; i++) {
+        storeFloat(keys, keyCache.dtype, base + i, key[i]);
+        storeFloat(values, keyCache.dtype, base + i, value[i]);
+      }
+    }
+  });
+}
+
 void CpuDevice::argmax(const Tensor& logits, Tensor& out) {
   int64_t vocab = logits.cols();
   for (int64_t r = 0; r < logits.rows(); r++) {

@@ -29,6 +29,9 @@ class CpuDevice final : public Device {
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void add(const Tensor& a, const Tensor& b, Tensor& out) override;
   void writeCache(const Tensor& source, Tensor& cache, int64_t start) override;
+  void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
+                      const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache,
+                      const StreamingLayout& streaming) override;
   void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
   void argmax(const Tensor& logits, Tensor& out) override;

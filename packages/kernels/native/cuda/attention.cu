@@ -30,11 +30,51 @@ __device__ __forceinline__ void copyAsync16(void* shared, const void* global) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(global));
 }
 
+// Where KV head `kvHead`'s rows start: its full cache, or (streaming) its part of the streaming region.
+template <typename T>
+__device__ __forceinline__ const T* headRows(const T* cache, const void* region, int64_t capacity, const StreamingLayout& layout,
+                                             bool streams, int kvHead, int headDim) {
+  return streams ? static_cast<const T*>(region) + static_cast<int64_t>(kvHead - layout.retrievalKvHeads) * layout.slots() * headDim
+                 : cache + static_cast<int64_t>(kvHead) * capacity * headDim;
+}
+
+// What one decode block works on: its KV head, its split of that head's keys (logical indices begin … end − 1 of the
+// head's KeyRange) and where the head's keys live. Full heads read the main caches, streaming heads their region.
+template <typename T>
+struct DecodeWork {
+  const T* keys;
+  const T* values;
+  StreamingLayout layout;
+  KeyRange range;
+  bool streams;
+  int kvHead, split, splits;
+  int64_t begin, end;
+  __device__ __forceinline__ int64_t slot(int64_t index) const { return streams ? layout.slot(range.position(index)) : index; }
+};
+
+template <typename T>
+__device__ __forceinline__ DecodeWork<T> decodeWork(const T* k, const T* v, int64_t capacity, int64_t keyLength, int headDim,
+                                                    const int32_t* lengthFrom, const StreamingLayout& layout,
+                                                    const DecodeSplits& splits) {
+  DecodeWork<T> work;
+  work.layout = layout;
+  splits.locate(static_cast<int>(blockIdx.x), work.kvHead, work.split, work.splits);
+  if (lengthFrom) keyLength = static_cast<int64_t>(lengthFrom[0]) + 1;
+  work.streams = layout.streams(work.kvHead);
+  work.range = keyRangeFor(layout, work.streams, keyLength, keyLength - 1, keyLength - 1);
+  const int64_t chunk = ((work.range.count + work.splits - 1) / work.splits + 31) / 32 * 32;
+  work.begin = static_cast<int64_t>(work.split) * chunk;
+  work.end = lesser(work.range.count, work.begin + chunk);
+  work.keys = headRows(k, layout.key, capacity, layout, work.streams, work.kvHead, headDim);
+  work.values = headRows(v, layout.value, capacity, layout, work.streams, work.kvHead, headDim);
+  return work;
+}
+
 template <typename T, int D, int MAXG>
 __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __restrict__ q, const T* __restrict__ k,
                                                                const T* __restrict__ v, int64_t capacity, int64_t keyLength,
                                                                int group, float scale, const int32_t* __restrict__ lengthFrom,
-                                                               int splits,
+                                                               StreamingLayout layout, DecodeSplits splits,
                                                                float* __restrict__ partialAcc, float* __restrict__ partialMax,
                                                                float* __restrict__ partialSum) {
   using Tile = DecodeTile<T, D>;
@@ -46,7 +86,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
   __shared__ float stateMax[kDecodeWarps][MAXG];
   __shared__ float stateSum[kDecodeWarps][MAXG];
   extern __shared__ __align__(16) unsigned char tiles[];
-  const int kvHead = blockIdx.x, split = blockIdx.y;
+  const DecodeWork<T> work = decodeWork(k, v, capacity, keyLength, D, lengthFrom, layout, splits);
+  const int kvHead = work.kvHead;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   T* keyTile = reinterpret_cast<T*>(tiles + warp * Tile::kBytesPerWarp);
   T* valueTile = keyTile + 32 * Tile::kKeyStride;
@@ -55,12 +96,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
     queries[g][t % D] = g < group ? q[(static_cast<int64_t>(kvHead) * group + g) * D + t % D] * scale : 0.0f;
   }
   __syncthreads();
-  if (lengthFrom) keyLength = static_cast<int64_t>(lengthFrom[0]) + 1;
-  const int64_t chunk = ((keyLength + splits - 1) / splits + 31) / 32 * 32;
-  const int64_t begin = static_cast<int64_t>(split) * chunk;
-  const int64_t end = lesser(keyLength, begin + chunk);
-  const T* keys = k + static_cast<int64_t>(kvHead) * capacity * D;
-  const T* values = v + static_cast<int64_t>(kvHead) * capacity * D;
+  const int64_t begin = work.begin, end = work.end;
   const bool channelLane = lane * kChannels < D;
 
   float maximum[MAXG], sum[MAXG], acc[MAXG][kChannels];
@@ -75,8 +111,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
     const int count = static_cast<int>(lesser(32, end - tile));
     for (int piece = lane; piece < count * kChunksPerRow; piece += 32) {
       const int row = piece / kChunksPerRow, column = (piece % kChunksPerRow) * kElementsPerCopy;
-      copyAsync16(keyTile + row * Tile::kKeyStride + column, keys + (tile + row) * D + column);
-      copyAsync16(valueTile + row * D + column, values + (tile + row) * D + column);
+      const int64_t slot = work.slot(tile + row) * D + column;
+      copyAsync16(keyTile + row * Tile::kKeyStride + column, work.keys + slot);
+      copyAsync16(valueTile + row * D + column, work.values + slot);
     }
     asm volatile("cp.async.commit_group;\n" ::);
     asm volatile("cp.async.wait_group 0;\n" ::);
@@ -165,10 +202,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
       }
     }
     int64_t head = static_cast<int64_t>(kvHead) * group + g;
-    partialAcc[(head * splits + split) * D + channel] = value;
+    const int64_t index = head * splits.stride + work.split;
+    partialAcc[index * D + channel] = value;
     if (channel == 0) {
-      partialMax[head * splits + split] = overall;
-      partialSum[head * splits + split] = total;
+      partialMax[index] = overall;
+      partialSum[index] = total;
     }
   }
 }
@@ -207,17 +245,18 @@ __device__ __forceinline__ void splitQuery(float x0, float x1, uint32_t& high, u
   low = packPair<T>(x0 - toFloat(fromFloat<T>(x0)), x1 - toFloat(fromFloat<T>(x1)));
 }
 
-// Stages `rows` key and value rows of a tile (from `tile`, `count` of them valid) into padded shared rows with
-// cp.async; rows past `count` are zeroed (probability 0 · NaN would poison P·V). Threads `thread` of `threads`.
-template <typename T, int D>
+// Stages `rows` key and value rows of a tile (logical keys from `tile`, `count` of them valid, row r at cache slot
+// slotOf(tile + r)) into padded shared rows with cp.async; rows past `count` are zeroed (probability 0 · NaN would poison P·V). Threads `thread` of `threads`.
+template <typename T, int D, typename Slot>
 __device__ __forceinline__ void stageTile(T* keyStage, T* valueStage, const T* keys, const T* values, int64_t tile, int count,
-                                          int rows, int thread, int threads) {
+                                          int rows, int thread, int threads, const Slot& slotOf) {
   constexpr int kStride = D + 8, kChunksPerRow = D / 8;
   for (int piece = thread; piece < rows * kChunksPerRow; piece += threads) {
     const int r = piece / kChunksPerRow, column = (piece % kChunksPerRow) * 8;
     if (r < count) {
-      copyAsync16(keyStage + r * kStride + column, keys + (tile + r) * D + column);
-      copyAsync16(valueStage + r * kStride + column, values + (tile + r) * D + column);
+      const int64_t slot = slotOf(tile + r) * D + column;
+      copyAsync16(keyStage + r * kStride + column, keys + slot);
+      copyAsync16(valueStage + r * kStride + column, values + slot);
     } else {
       *reinterpret_cast<uint4*>(keyStage + r * kStride + column) = make_uint4(0, 0, 0, 0);
       *reinterpret_cast<uint4*>(valueStage + r * kStride + column) = make_uint4(0, 0, 0, 0);
@@ -249,7 +288,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* __restrict__ q, const T* __restrict__ k,
                                                                   const T* __restrict__ v, int64_t capacity, int64_t keyLength,
                                                                   int group, float scale, const int32_t* __restrict__ lengthFrom,
-                                                               int splits,
+                                                                  StreamingLayout layout, DecodeSplits splits,
                                                                   float* __restrict__ partialAcc, float* __restrict__ partialMax,
                                                                   float* __restrict__ partialSum) {
   constexpr int kStride = D + 8;       // padded rows: conflict-free fragment loads and ldmatrix
@@ -259,7 +298,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   __shared__ float stateMax[kDecodeWarps][kMaxHeads];
   __shared__ float stateSum[kDecodeWarps][kMaxHeads];
   extern __shared__ __align__(16) unsigned char tiles[];
-  const int kvHead = blockIdx.x, split = blockIdx.y;
+  const DecodeWork<T> work = decodeWork(k, v, capacity, keyLength, D, lengthFrom, layout, splits);
+  const int kvHead = work.kvHead;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
   T* keyTile = reinterpret_cast<T*>(tiles) + static_cast<int64_t>(warp) * 2 * 32 * kStride;
   T* valueTile = keyTile + 32 * kStride;
@@ -278,12 +318,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
       }
       splitQuery<T>(x0, x1, qHigh[step][half], qLow[step][half]);
     }
-  if (lengthFrom) keyLength = static_cast<int64_t>(lengthFrom[0]) + 1;
-  const int64_t chunk = ((keyLength + splits - 1) / splits + 31) / 32 * 32;
-  const int64_t begin = static_cast<int64_t>(split) * chunk;
-  const int64_t end = lesser(keyLength, begin + chunk);
-  const T* keys = k + static_cast<int64_t>(kvHead) * capacity * D;
-  const T* values = v + static_cast<int64_t>(kvHead) * capacity * D;
+  const int64_t begin = work.begin, end = work.end;
   float maximum = -INFINITY, sum = 0.0f;
   float out[kOutTiles][4];
 #pragma unroll
@@ -291,7 +326,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
 
   for (int64_t tile = begin + static_cast<int64_t>(warp) * 32; tile < end; tile += kDecodeWarps * 32) {
     const int count = static_cast<int>(lesser(32, end - tile));
-    stageTile<T, D>(keyTile, valueTile, keys, values, tile, count, 32, lane, 32);
+    stageTile<T, D>(keyTile, valueTile, work.keys, work.values, tile, count, 32, lane, 32,
+                    [&](int64_t index) { return work.slot(index); });
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncwarp();
     // Scores of 32 keys: n-tile t holds keys 8t + 2·pair (+1) for query head `row`.
@@ -374,10 +410,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
       }
     }
     const int64_t head = static_cast<int64_t>(kvHead) * group + g;
-    partialAcc[(head * splits + split) * D + channel] = value;
+    const int64_t index = head * splits.stride + work.split;
+    partialAcc[index * D + channel] = value;
     if (channel == 0) {
-      partialMax[head * splits + split] = overall;
-      partialSum[head * splits + split] = total;
+      partialMax[index] = overall;
+      partialSum[index] = total;
     }
   }
 }
@@ -388,14 +425,18 @@ constexpr int kCombineThreads = 256;
 constexpr int kMaxSplits = 1024;
 
 __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const float* partialAcc, const float* partialMax,
-                                                                        const float* partialSum, int splits, int headDim,
-                                                                        float* out) {
+                                                                        const float* partialSum, DecodeSplits layout, int group,
+                                                                        int headDim, float* out) {
   __shared__ float weights[kMaxSplits];
   __shared__ float reduce[kCombineThreads / 32];
   __shared__ float partial[kCombineThreads / 32][256];
   const int head = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int splits = layout.of(head / group);
+  partialAcc += static_cast<int64_t>(head) * layout.stride * headDim;
+  partialMax += static_cast<int64_t>(head) * layout.stride;
+  partialSum += static_cast<int64_t>(head) * layout.stride;
   float localMax = -INFINITY;
-  for (int s = threadIdx.x; s < splits; s += blockDim.x) localMax = fmaxf(localMax, partialMax[head * splits + s]);
+  for (int s = threadIdx.x; s < splits; s += blockDim.x) localMax = fmaxf(localMax, partialMax[s]);
   localMax = warpMax(localMax);
   if (lane == 0) reduce[warp] = localMax;
   __syncthreads();
@@ -404,10 +445,10 @@ __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const flo
   __syncthreads();
   float localSum = 0.0f;
   for (int s = threadIdx.x; s < splits; s += blockDim.x) {
-    const float m = partialMax[head * splits + s];
+    const float m = partialMax[s];
     const float weight = m == -INFINITY ? 0.0f : __expf(m - overall);
     weights[s] = weight;
-    localSum += weight * partialSum[head * splits + s];
+    localSum += weight * partialSum[s];
   }
   localSum = warpSum(localSum);
   if (lane == 0) reduce[warp] = localSum;
@@ -418,7 +459,7 @@ __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const flo
     float value = 0.0f;
 #pragma unroll 8
     for (int s = warp; s < splits; s += kCombineThreads / 32)
-      value += partialAcc[(static_cast<int64_t>(head) * splits + s) * headDim + channel] * weights[s];
+      value += partialAcc[static_cast<int64_t>(s) * headDim + channel] * weights[s];
     partial[warp][channel] = value;
   }
   __syncthreads();
@@ -436,7 +477,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __restrict__ q, int64_t qStride, const T* __restrict__ k,
                                                                  const T* __restrict__ v, int64_t capacity, float* __restrict__ out,
                                                                  int64_t rows, int64_t keyLength, int64_t queryStart, int group,
-                                                                 float scale) {
+                                                                 float scale, StreamingLayout layout) {
   constexpr int kThreadsPerRow = D / 4 < 8 ? D / 4 : 8;
   constexpr int kRowsPerBlock = kPrefillThreads / kThreadsPerRow;
   constexpr int kChunks = D / (4 * kThreadsPerRow);  // float4 chunks per thread
@@ -450,8 +491,10 @@ __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __
   const int64_t position = queryStart + row;
   const int64_t lastRow = lesser(rows, static_cast<int64_t>(blockIdx.x + 1) * kRowsPerBlock) - 1;
   const int64_t keyEnd = lesser(keyLength, queryStart + lastRow + 1);
-  const T* keys = k + static_cast<int64_t>(kvHead) * capacity * D;
-  const T* values = v + static_cast<int64_t>(kvHead) * capacity * D;
+  const bool streams = layout.streams(kvHead);
+  const KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + static_cast<int64_t>(blockIdx.x) * kRowsPerBlock, queryStart);
+  const T* keys = headRows(k, layout.key, capacity, layout, streams, kvHead, D);
+  const T* values = headRows(v, layout.value, capacity, layout, streams, kvHead, D);
 
   float query[kChunks][4], acc[kChunks][4];
 #pragma unroll
@@ -463,13 +506,14 @@ __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __
       acc[c][i] = 0.0f;
     }
   float maximum = -INFINITY, sum = 0.0f;
-  for (int64_t tile = 0; tile < keyEnd; tile += kKeyTile) {
+  for (int64_t tile = 0; tile < range.count; tile += kKeyTile) {
     __syncthreads();
     for (int t = threadIdx.x; t < kKeyTile * D; t += kPrefillThreads) {
       int key = t / D, channel = t % D;
       int64_t j = tile + key;
-      keyTile[key][channel] = j < keyEnd ? toFloat(keys[j * D + channel]) : 0.0f;
-      valueTile[key][channel] = j < keyEnd ? toFloat(values[j * D + channel]) : 0.0f;
+      const int64_t slot = j < range.count ? (streams ? layout.slot(range.position(j)) : j) * D + channel : 0;
+      keyTile[key][channel] = j < range.count ? toFloat(keys[slot]) : 0.0f;
+      valueTile[key][channel] = j < range.count ? toFloat(values[slot]) : 0.0f;
     }
     __syncthreads();
     float scores[kKeyTile];
@@ -485,7 +529,7 @@ __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __
 #pragma unroll
       for (int offset = kThreadsPerRow / 2; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
       int64_t j = tile + key;
-      scores[key] = (active && j < keyEnd && j <= position) ? dot : -INFINITY;
+      scores[key] = (active && j < range.count && keyVisible(layout, streams, position, range.position(j), queryStart)) ? dot : -INFINITY;
       tileMax = fmaxf(tileMax, scores[key]);
     }
     float updated = fmaxf(maximum, tileMax);
@@ -533,7 +577,8 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
                                                                           const T* __restrict__ k, const T* __restrict__ v,
                                                                           int64_t capacity, float* __restrict__ out,
                                                                           int64_t rows, int64_t keyLength,
-                                                                          int64_t queryStart, int group, float scale) {
+                                                                          int64_t queryStart, int group, float scale,
+                                                                          StreamingLayout layout) {
   constexpr int kStride = D + 8;
   constexpr int kSteps = D / 16;
   constexpr int kOutTiles = D / 8;
@@ -544,8 +589,11 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
   const int64_t warpRow0 = static_cast<int64_t>(blockIdx.x) * kPrefillMmaRows + warp * 16;
   const int64_t blockLastRow = lesser(rows, static_cast<int64_t>(blockIdx.x + 1) * kPrefillMmaRows) - 1;
   const int64_t keyEnd = lesser(keyLength, queryStart + blockLastRow + 1);
-  const T* keys = k + static_cast<int64_t>(kvHead) * capacity * D;
-  const T* values = v + static_cast<int64_t>(kvHead) * capacity * D;
+  const bool streams = layout.streams(kvHead);
+  const KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + static_cast<int64_t>(blockIdx.x) * kPrefillMmaRows, queryStart);
+  const T* keys = headRows(k, layout.key, capacity, layout, streams, kvHead, D);
+  const T* values = headRows(v, layout.value, capacity, layout, streams, kvHead, D);
+  auto slotOf = [&](int64_t index) { return streams ? layout.slot(range.position(index)) : index; };
   // A fragments of this warp's 16 query rows: rows `row` and `row + 8`, columns 16s + 2·pair (+1) and + 8.
   uint32_t qHigh[kSteps][4], qLow[kSteps][4];
 #pragma unroll
@@ -572,12 +620,12 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
   auto stage = [&](int64_t tile, int buffer) {
     T* keyStage = keyTile + buffer * 2 * kPrefillKeys * kStride;
     stageTile<T, D>(keyStage, keyStage + kPrefillKeys * kStride, keys, values, tile,
-                    static_cast<int>(lesser(kPrefillKeys, keyEnd - tile)), kPrefillKeys, threadIdx.x, blockDim.x);
+                    static_cast<int>(lesser(kPrefillKeys, range.count - tile)), kPrefillKeys, threadIdx.x, blockDim.x, slotOf);
   };
-  if (keyEnd > 0) stage(0, 0);
+  if (range.count > 0) stage(0, 0);
   int buffer = 0;
-  for (int64_t tile = 0; tile < keyEnd; tile += kPrefillKeys, buffer ^= 1) {
-    if (tile + kPrefillKeys < keyEnd) {
+  for (int64_t tile = 0; tile < range.count; tile += kPrefillKeys, buffer ^= 1) {
+    if (tile + kPrefillKeys < range.count) {
       stage(tile + kPrefillKeys, buffer ^ 1);
       asm volatile("cp.async.wait_group 1;\n" ::);
     } else {
@@ -587,7 +635,7 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
     const T* keyTileNow = keyTile + buffer * 2 * kPrefillKeys * kStride;
     const T* valueTileNow = keyTileNow + kPrefillKeys * kStride;
     // Warp-uniform skips (mma.sync needs every lane): rows past the chunk, or a tile after the warp's last position.
-    const bool active = warpRow0 < rows && tile <= queryStart + warpRow0 + 15;
+    const bool active = warpRow0 < rows && range.position(tile) <= queryStart + warpRow0 + 15;
     if (active) {
     float score[kPrefillKeys / 8][4];
 #pragma unroll
@@ -612,7 +660,8 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
         for (int j = 0; j < 2; j++) {
           const int64_t key = tile + 8 * t + 2 * pair + j;
           float& value = score[t][2 * half + j];
-          value = (key < keyEnd && key <= position[half]) ? value : -INFINITY;
+          const bool visible = key < range.count && keyVisible(layout, streams, position[half], range.position(key), queryStart);
+          value = visible ? value : -INFINITY;
           tileMax = fmaxf(tileMax, value);
         }
       tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
@@ -684,29 +733,49 @@ int maxGroupFor(int group) {
 
 }  // namespace
 
-int attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors) {
-  // One wave: each block loops over its split, so more splits than resident blocks would only add a tail. The
-  // tensor-core kernel keeps two 4-warp blocks per multiprocessor (registers), the CUDA-core one three (shared memory).
+namespace {
+// Splits of `keyCount` keys for `heads` heads: enough blocks for one wave (each block loops over its split, so more
+// would only add a tail), at least 128 keys each, in whole 32-key tiles.
+int splitsFor(int64_t keyCount, int heads, int64_t resident, int multiprocessors) {
+  const int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * resident / std::max(1, heads));
+  const int64_t most = std::max<int64_t>(1, (keyCount + 127) / 128);
+  const int64_t splits = std::min({wanted, most, static_cast<int64_t>(kMaxSplits)});
+  int64_t chunk = (keyCount + splits - 1) / splits;
+  chunk = std::max<int64_t>(32, (chunk + 31) / 32 * 32);
+  return static_cast<int>(std::max<int64_t>(1, (keyCount + chunk - 1) / chunk));
+}
+}  // namespace
+
+DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors) {
+  // The tensor-core kernel keeps two 4-warp blocks per multiprocessor (registers), the CUDA-core one three (shared memory).
   const bool tensorCores = cacheType != DType::F32 && (args.headDim == 64 || args.headDim == 128);
   const int64_t resident = tensorCores ? 2 : 3;
-  int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * resident / args.kvHeads);
-  int64_t most = std::max<int64_t>(1, (args.keyLength + 127) / 128);
-  int64_t splits = std::min({wanted, most, static_cast<int64_t>(kMaxSplits)});
-  int64_t chunk = (args.keyLength + splits - 1) / splits;
-  chunk = (chunk + 31) / 32 * 32;  // whole tiles per split
-  return static_cast<int>((args.keyLength + chunk - 1) / chunk);
+  const StreamingLayout& layout = args.streaming;
+  DecodeSplits splits;
+  splits.retrievalKvHeads = layout.active() ? layout.retrievalKvHeads : args.kvHeads;
+  const int streamingHeads = args.kvHeads - splits.retrievalKvHeads;
+  if (splits.retrievalKvHeads > 0) splits.full = splitsFor(args.keyLength, splits.retrievalKvHeads, resident, multiprocessors);
+  if (streamingHeads > 0) {
+    // A streaming head sees its sinks and at most recent + 1 window keys (the chunked mask's extra one included).
+    const int64_t window = std::min<int64_t>(args.keyLength, layout.sink + layout.recent + 1);
+    splits.stream = splitsFor(window, args.kvHeads, resident, multiprocessors);
+  }
+  splits.stride = std::max(splits.full, splits.stream);
+  return splits;
 }
 
-size_t attentionDecodeScratch(const AttentionArgs& args, int splits) {
-  return static_cast<size_t>(args.heads) * splits * (args.headDim + 2) * sizeof(float);
+size_t attentionDecodeScratch(const AttentionArgs& args, const DecodeSplits& splits) {
+  return static_cast<size_t>(args.heads) * splits.stride * (args.headDim + 2) * sizeof(float);
 }
 
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
-                           const AttentionArgs& args, int splits, float* scratch, cudaStream_t stream) {
+                           const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream) {
   int group = args.heads / args.kvHeads;
   float* partialAcc = scratch;
-  float* partialMax = partialAcc + static_cast<int64_t>(args.heads) * splits * args.headDim;
-  float* partialSum = partialMax + static_cast<int64_t>(args.heads) * splits;
+  float* partialMax = partialAcc + static_cast<int64_t>(args.heads) * splits.stride * args.headDim;
+  float* partialSum = partialMax + static_cast<int64_t>(args.heads) * splits.stride;
+  const unsigned blocks = static_cast<unsigned>(splits.blocks(args.kvHeads));
+  bool combine = true;
   int maxGroup = maxGroupFor(group);
   dispatchFloat(cacheType, [&](auto t) {
     using T = decltype(t);
@@ -718,17 +787,17 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
         const size_t shared = static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T);
         if (shared > 48 * 1024)
           check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
-        kernel<<<dim3(args.kvHeads, splits), kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v),
-                                                                             capacity, args.keyLength, group, args.scale, args.lengthFrom, splits,
-                                                                             partialAcc, partialMax, partialSum);
+        kernel<<<blocks, kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v), capacity,
+                                                           args.keyLength, group, args.scale, args.lengthFrom, args.streaming,
+                                                           splits, partialAcc, partialMax, partialSum);
       } else if constexpr (D >= Vec16<T>::kCount && D <= 128) {
         auto run = [&](auto kernel) {
           const size_t shared = kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
           if (shared > 48 * 1024)
             check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
-          kernel<<<dim3(args.kvHeads, splits), kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v),
-                                                                               capacity, args.keyLength, group, args.scale, args.lengthFrom,
-                                                                               splits, partialAcc, partialMax, partialSum);
+          kernel<<<blocks, kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v), capacity,
+                                                             args.keyLength, group, args.scale, args.lengthFrom, args.streaming,
+                                                             splits, partialAcc, partialMax, partialSum);
         };
         if (maxGroup == 1) run(decodeKernel<T, D, 1>);
         else if (maxGroup == 4) run(decodeKernel<T, D, 4>);
@@ -739,13 +808,14 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
         AttentionArgs single = args;
         single.queryStart = args.keyLength - 1;
         launchAttentionPrefill(q, static_cast<int64_t>(args.heads) * args.headDim, k, v, cacheType, capacity, out, 1, single, stream);
-        splits = 0;
+        combine = false;
       }
     });
   });
   checkLaunch("attentionDecode");
-  if (splits == 0) return;
-  decodeCombineKernel<<<args.heads, kCombineThreads, 0, stream>>>(partialAcc, partialMax, partialSum, splits, args.headDim, out);
+  if (!combine) return;
+  decodeCombineKernel<<<args.heads, kCombineThreads, 0, stream>>>(partialAcc, partialMax, partialSum, splits, group, args.headDim,
+                                                                  out);
   checkLaunch("attentionDecodeCombine");
 }
 
@@ -766,14 +836,15 @@ void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, cons
         dim3 grid(static_cast<unsigned>((rows + kPrefillMmaRows - 1) / kPrefillMmaRows), args.heads);
         kernel<<<grid, kPrefillMmaWarps * 32, shared, stream>>>(q, qStride, static_cast<const T*>(k), static_cast<const T*>(v),
                                                                 capacity, out, rows, args.keyLength, args.queryStart, group,
-                                                                args.scale);
+                                                                args.scale, args.streaming);
         return;
       }
       constexpr int kThreadsPerRow = D / 4 < 8 ? D / 4 : 8;
       constexpr int kRowsPerBlock = kPrefillThreads / kThreadsPerRow;
       dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), args.heads);
       prefillKernel<T, D><<<grid, kPrefillThreads, 0, stream>>>(q, qStride, static_cast<const T*>(k), static_cast<const T*>(v), capacity,
-                                                                out, rows, args.keyLength, args.queryStart, group, args.scale);
+                                                                out, rows, args.keyLength, args.queryStart, group, args.scale,
+                                                                args.streaming);
     });
   });
   checkLaunch("attentionPrefill");

@@ -163,15 +163,34 @@ void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate,
 bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x);
 void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int64_t rows,
                           int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,
-                          int64_t capacity, cudaStream_t stream);
+                          int64_t capacity, const StreamingLayout& streaming, cudaStream_t stream);
 void launchDecodeAdvance(const int32_t* next, int32_t* ids, int32_t* positions, cudaStream_t stream);
 void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
+// How one decode launch spreads over the KV heads: full heads [0, retrievalKvHeads) get `full` splits of their keys
+// each, streaming heads (a short window) `stream` each; one block per (head, split), partials laid out [head][stride].
+struct DecodeSplits {
+  int retrievalKvHeads = 0, full = 1, stream = 1, stride = 1;
+  int blocks(int kvHeads) const { return retrievalKvHeads * full + (kvHeads - retrievalKvHeads) * stream; }
+  __host__ __device__ int of(int kvHead) const { return kvHead < retrievalKvHeads ? full : stream; }
+  __device__ void locate(int block, int& kvHead, int& split, int& splits) const {
+    if (block < retrievalKvHeads * full) {
+      kvHead = block / full;
+      split = block % full;
+      splits = full;
+      return;
+    }
+    block -= retrievalKvHeads * full;
+    kvHead = retrievalKvHeads + block / stream;
+    split = block % stream;
+    splits = stream;
+  }
+};
 // Needs scratch of attentionDecodeScratch(...) bytes.
-size_t attentionDecodeScratch(const AttentionArgs& args, int splits);
-int attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors);
+size_t attentionDecodeScratch(const AttentionArgs& args, const DecodeSplits& splits);
+DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors);
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
-                           const AttentionArgs& args, int splits, float* scratch, cudaStream_t stream);
+                           const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace duo

@@ -273,9 +273,9 @@ class CudaDevice final : public Device {
     // A device-side length (graph capture) sizes the launch for the whole cache: later steps are longer.
     // Scratch is always sized for the whole cache, so a later graph capture never has to grow it.
     AttentionArgs sizing = args;
-    sizing.keyLength = k.shape[1];
-    const int mostSplits = attentionDecodeSplits(sizing, k.dtype, properties_.multiProcessorCount);
-    const int splits = args.lengthFrom ? mostSplits : attentionDecodeSplits(args, k.dtype, properties_.multiProcessorCount);
+    sizing.keyLength = std::max<int64_t>(k.shape[1], args.keyLength);
+    const DecodeSplits mostSplits = attentionDecodeSplits(sizing, k.dtype, properties_.multiProcessorCount);
+    const DecodeSplits splits = args.lengthFrom ? mostSplits : attentionDecodeSplits(args, k.dtype, properties_.multiProcessorCount);
     float* partial = static_cast<float*>(scratch(attentionDecodeScratch(args, mostSplits)));
     launchAttentionDecode(q.as<float>(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), args, splits, partial, stream_);
     profiler_.mark("attentionDecode", stream_);
@@ -326,10 +326,11 @@ class CudaDevice final : public Device {
     profiler_.mark("matmulSwiglu", stream_);
   }
   void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
-                      const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache) override {
+                      const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache,
+                      const StreamingLayout& streaming) override {
     launchRopeWriteCache(q.as<float>(), k.as<float>(), v.as<float>(), positions.as<int32_t>(), frequencies.as<float>(), q.rows(),
                          args.heads, kvHeads, args.headDim, args.interleaved, keyCache.data, valueCache.data, keyCache.dtype,
-                         keyCache.shape[1], stream_);
+                         keyCache.shape[1], streaming, stream_);
     profiler_.mark("ropeWriteCache", stream_);
   }
   void decodeAdvance(const Tensor& next, Tensor& ids, Tensor& positions) override {

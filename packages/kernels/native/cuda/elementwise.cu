@@ -95,7 +95,7 @@ __global__ void decodeAdvanceKernel(const int32_t* next, int32_t* ids, int32_t* 
 template <typename T>
 __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies,
                                      int heads, int kvHeads, int headDim, bool interleaved, T* keyCache, T* valueCache,
-                                     int64_t capacity) {
+                                     int64_t capacity, StreamingLayout streaming) {
   const int half = headDim / 2;
   const int64_t row = blockIdx.x;
   const int head = blockIdx.y;
@@ -112,12 +112,17 @@ __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const i
     base[a] = rotatedA;
     base[b] = rotatedB;
     if (!isQuery) {
-      const int64_t slot = (static_cast<int64_t>(h) * capacity + positions[row]) * headDim;
-      keyCache[slot + a] = fromFloat<T>(rotatedA);
-      keyCache[slot + b] = fromFloat<T>(rotatedB);
+      const bool streams = streaming.streams(h);
+      T* keys = streams ? static_cast<T*>(streaming.writableKey) : keyCache;
+      T* values = streams ? static_cast<T*>(streaming.writableValue) : valueCache;
+      const int64_t slot = streams ? (static_cast<int64_t>(h - streaming.retrievalKvHeads) * streaming.slots() +
+                                      streaming.slot(positions[row])) * headDim
+                                   : (static_cast<int64_t>(h) * capacity + positions[row]) * headDim;
+      keys[slot + a] = fromFloat<T>(rotatedA);
+      keys[slot + b] = fromFloat<T>(rotatedB);
       const float* value = v + (row * kvHeads + h) * static_cast<int64_t>(headDim);
-      valueCache[slot + a] = fromFloat<T>(value[a]);
-      valueCache[slot + b] = fromFloat<T>(value[b]);
+      values[slot + a] = fromFloat<T>(value[a]);
+      values[slot + b] = fromFloat<T>(value[b]);
     }
   }
 }
@@ -322,14 +327,14 @@ void launchWriteCache(const float* source, int64_t rows, int64_t sourceStride, v
 
 void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int64_t rows,
                           int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,
-                          int64_t capacity, cudaStream_t stream) {
+                          int64_t capacity, const StreamingLayout& streaming, cudaStream_t stream) {
   if (rows == 0) return;
   dispatchFloat(cacheType, [&](auto t) {
     using T = decltype(t);
     const unsigned threads = static_cast<unsigned>(std::min(256, std::max(32, (headDim / 2 + 31) / 32 * 32)));
     ropeWriteCacheKernel<T><<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(heads + kvHeads)), threads, 0, stream>>>(
         q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, static_cast<T*>(keyCache),
-        static_cast<T*>(valueCache), capacity);
+        static_cast<T*>(valueCache), capacity, streaming);
   });
   checkLaunch("ropeWriteCache");
 }

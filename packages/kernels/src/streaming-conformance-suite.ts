@@ -1,0 +1,161 @@
+// Conformance of DuoAttention's streaming heads: cache writes into sinks + ring and attention under the Λ mask (or
+// the reference's chunk-wise mask), on every backend, against the float64 reference with the mask applied per head.
+import type { DType, StreamingHeads } from '@duoattn/core';
+import { DuoArgumentError } from '@duoattn/core';
+import { describe, expect, it } from 'vitest';
+import type { NativeBackend } from './native-backend.js';
+import {
+  bf16ToNumber,
+  f16ToNumber,
+  numberToBf16,
+  numberToF16,
+  randomArray,
+  referenceAttention,
+  relativeError,
+  toMatrix,
+} from './testing/reference.js';
+
+const TOLERANCE: Record<DType, number> = { f32: 1e-4, f16: 2e-3, bf16: 1e-2, i32: 0 };
+
+interface StreamingCase {
+  dtype: DType;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  retrievalKvHeads: number;
+  sink: number;
+  recent: number;
+  mask: 'exact' | 'chunked';
+  /** Chunk sizes run one after the other; a chunk of 1 goes through attentionDecode with a device-side length. */
+  chunks: number[];
+}
+
+const CASES: StreamingCase[] = [
+  { dtype: 'f32', heads: 8, kvHeads: 2, headDim: 16, retrievalKvHeads: 1, sink: 4, recent: 16, mask: 'exact', chunks: [37, 1, 1, 64, 7, 1, 40, 1] },
+  { dtype: 'bf16', heads: 8, kvHeads: 2, headDim: 64, retrievalKvHeads: 1, sink: 4, recent: 16, mask: 'chunked', chunks: [37, 1, 64, 7, 1, 70, 1] },
+  { dtype: 'f16', heads: 4, kvHeads: 4, headDim: 32, retrievalKvHeads: 2, sink: 3, recent: 20, mask: 'exact', chunks: [50, 1, 33, 1, 1, 65] },
+  { dtype: 'bf16', heads: 32, kvHeads: 8, headDim: 128, retrievalKvHeads: 4, sink: 16, recent: 40, mask: 'exact', chunks: [130, 1, 64, 1, 99, 1] },
+  { dtype: 'f16', heads: 8, kvHeads: 2, headDim: 64, retrievalKvHeads: 0, sink: 8, recent: 24, mask: 'exact', chunks: [80, 1, 1, 45, 1] },
+];
+
+function rounder(dtype: DType): (value: number) => number {
+  if (dtype === 'bf16') return (v) => bf16ToNumber(numberToBf16(v));
+  if (dtype === 'f16') return (v) => f16ToNumber(numberToF16(v));
+  return (v) => Math.fround(v);
+}
+
+/** Registers the streaming-heads suite for one backend (skips visibly when it is absent). */
+export function streamingConformanceSuite(
+  label: string,
+  backend: () => NativeBackend | undefined,
+  skipReason?: string,
+): void {
+  const suite = skipReason ? describe.skip : describe;
+  suite(`streaming heads: ${label}${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
+    const b = () => backend() as NativeBackend;
+
+    it.each(CASES.map((c) => [`${c.dtype} ${c.heads}/${c.kvHeads}×${c.headDim}, ${c.retrievalKvHeads} full, ${c.mask}`, c]))(
+      'chunked prefill and decode: %s',
+      async (_name, testCase) => {
+        const { dtype, heads, kvHeads, headDim, retrievalKvHeads, sink, recent, mask, chunks } = testCase as StreamingCase;
+        const total = chunks.reduce((a, n) => a + n, 0);
+        const ring = recent + Math.max(...chunks);
+        const group = heads / kvHeads;
+        const streamingHeads = kvHeads - retrievalKvHeads;
+        const keyCache = b().alloc(dtype, [retrievalKvHeads, total, headDim]);
+        const valueCache = b().alloc(dtype, [retrievalKvHeads, total, headDim]);
+        const streaming: StreamingHeads = {
+          retrievalKvHeads,
+          keyCache: b().alloc(dtype, [streamingHeads, sink + ring, headDim]),
+          valueCache: b().alloc(dtype, [streamingHeads, sink + ring, headDim]),
+          sink,
+          recent,
+          mask,
+        };
+        const frequencies = b().upload(
+          'f32',
+          [headDim / 2],
+          Float32Array.from({ length: headDim / 2 }, (_, i) => 10000 ** (-(2 * i) / headDim)),
+        );
+        const round = rounder(dtype);
+        // Every key and value of the sequence as the caches hold them (rounded), per KV head and position.
+        const keys = Array.from({ length: kvHeads }, () => [] as Float64Array[]);
+        const values = Array.from({ length: kvHeads }, () => [] as Float64Array[]);
+        const scale = 1 / Math.sqrt(headDim);
+        let start = 0;
+        for (const [index, rows] of chunks.entries()) {
+          const width = kvHeads * headDim;
+          const query = b().upload('f32', [rows, heads * headDim], randomArray(rows * heads * headDim, 100 + index, 2));
+          const key = b().upload('f32', [rows, width], randomArray(rows * width, 200 + index, 2));
+          const valueData = randomArray(rows * width, 300 + index);
+          const value = b().upload('f32', [rows, width], valueData);
+          const positions = b().upload(
+            'i32',
+            [rows],
+            Int32Array.from({ length: rows }, (_, r) => start + r),
+          );
+          const attributes = { heads, kvHeads, headDim, interleaved: false };
+          b().ropeWriteCache(query, key, value, positions, frequencies, keyCache, valueCache, { ...attributes, streaming });
+          const rotatedKeys = (await b().read(key)) as Float32Array;
+          for (let r = 0; r < rows; r++) {
+            for (let h = 0; h < kvHeads; h++) {
+              const offset = (r * kvHeads + h) * headDim;
+              keys[h]?.push(Float64Array.from(rotatedKeys.subarray(offset, offset + headDim), round));
+              values[h]?.push(Float64Array.from(valueData.subarray(offset, offset + headDim), round));
+            }
+          }
+          const out = b().alloc('f32', [rows, heads * headDim]);
+          const common = { heads, kvHeads, headDim, scale, keyLength: start + rows, streaming };
+          if (rows === 1) {
+            b().attentionDecode(query, keyCache, valueCache, out, { ...common, keyLength: 1, lengthFrom: positions });
+          } else {
+            b().attentionPrefill(query, keyCache, valueCache, out, { ...common, queryStart: start });
+          }
+          const chunkStart = start;
+          const windowStart = (position: number) => (mask === 'chunked' ? chunkStart - recent : position - recent + 1);
+          const expected = referenceAttention(
+            toMatrix((await b().read(query)) as Float32Array, rows, heads * headDim),
+            keys,
+            values,
+            {
+              heads,
+              kvHeads,
+              headDim,
+              scale,
+              keyLength: start + rows,
+              queryStart: start,
+              visible: (position, j, head) =>
+                j <= position && (Math.floor(head / group) < retrievalKvHeads || j < sink || j >= windowStart(position)),
+            },
+          );
+          const error = relativeError((await b().read(out)) as Float32Array, expected);
+          expect(error, `chunk ${index} (${rows} rows from ${start})`).toBeLessThan(TOLERANCE[dtype]);
+          for (const t of [query, key, value, positions, out]) t.dispose();
+          start += rows;
+        }
+        for (const t of [keyCache, valueCache, streaming.keyCache, streaming.valueCache, frequencies]) t.dispose();
+      },
+    );
+
+    it('rejects a streaming region too small for the call, naming the argument', () => {
+      const keyCache = b().alloc('f32', [1, 64, 16]);
+      const valueCache = b().alloc('f32', [1, 64, 16]);
+      const region = b().alloc('f32', [1, 4 + 16 + 8, 16]);
+      const query = b().alloc('f32', [10, 4 * 16]);
+      const out = b().alloc('f32', [10, 4 * 16]);
+      const streaming = { retrievalKvHeads: 1, keyCache: region, valueCache: region, sink: 4, recent: 16 };
+      const attributes = { heads: 4, kvHeads: 2, headDim: 16, scale: 0.25, keyLength: 30, queryStart: 20, streaming };
+      expect(() => b().attentionPrefill(query, keyCache, valueCache, out, attributes)).toThrow(DuoArgumentError);
+      expect(() => b().attentionPrefill(query, keyCache, valueCache, out, attributes)).toThrow(
+        'Expected a streaming region of at least sink + recent + rows = 30 slots but received 28',
+      );
+      expect(() =>
+        b().attentionPrefill(query, keyCache, valueCache, out, {
+          ...attributes,
+          streaming: { ...streaming, retrievalKvHeads: 3 },
+        }),
+      ).toThrow('Expected `streaming.retrievalKvHeads` to be an integer in [0, 2] but received 3');
+      for (const t of [keyCache, valueCache, region, query, out]) t.dispose();
+    });
+  });
+}
