@@ -7,6 +7,7 @@ const alias = {
   '@duoattn/core': source('core'),
   '@duoattn/kernels/testing': fileURLToPath(new URL('./packages/kernels/src/testing/index.ts', import.meta.url)),
   '@duoattn/kernels': source('kernels'),
+  '@duoattn/dual-cache': source('dual-cache'),
   '@duoattn/model': source('model'),
 };
 const project = (name: string, root: string) => ({
@@ -19,6 +20,7 @@ export default defineConfig({
     projects: [
       project('core', 'packages/core'),
       project('kernels', 'packages/kernels'),
+      project('dual-cache', 'packages/dual-cache'),
       project('model', 'packages/model'),
       project('bench', 'apps/bench'),
     ],

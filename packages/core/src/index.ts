@@ -23,6 +23,13 @@ export {
   DuoTokenizerError,
 } from './errors.js';
 export {
+  type AttentionPolicyName,
+  type HeadPattern,
+  type HeadPlan,
+  type PrefillMask,
+  retrievalHeadCount,
+} from './head-pattern.js';
+export {
   groupSize,
   type ModelConfig,
   type RopeScaling,

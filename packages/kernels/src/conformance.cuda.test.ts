@@ -1,7 +1,7 @@
 // Runs the conformance suite on the CUDA backend; skips visibly, with the reason, where there is no usable GPU.
 import { conformanceSuite } from './conformance-suite.js';
-import { streamingConformanceSuite } from './streaming-conformance-suite.js';
 import { createBackend, cudaUnavailableReason } from './resolve-backend.js';
+import { streamingConformanceSuite } from './streaming-conformance-suite.js';
 
 const reason = cudaUnavailableReason();
 conformanceSuite('cuda', () => (reason === undefined ? createBackend('cuda') : undefined), reason);

@@ -1,7 +1,7 @@
 // Runs the conformance suite on the CPU backend.
 import { conformanceSuite } from './conformance-suite.js';
-import { streamingConformanceSuite } from './streaming-conformance-suite.js';
 import { createBackend } from './resolve-backend.js';
+import { streamingConformanceSuite } from './streaming-conformance-suite.js';
 
 const cpu = createBackend('cpu');
 conformanceSuite('cpu', () => cpu);

@@ -31,11 +31,61 @@ interface StreamingCase {
 }
 
 const CASES: StreamingCase[] = [
-  { dtype: 'f32', heads: 8, kvHeads: 2, headDim: 16, retrievalKvHeads: 1, sink: 4, recent: 16, mask: 'exact', chunks: [37, 1, 1, 64, 7, 1, 40, 1] },
-  { dtype: 'bf16', heads: 8, kvHeads: 2, headDim: 64, retrievalKvHeads: 1, sink: 4, recent: 16, mask: 'chunked', chunks: [37, 1, 64, 7, 1, 70, 1] },
-  { dtype: 'f16', heads: 4, kvHeads: 4, headDim: 32, retrievalKvHeads: 2, sink: 3, recent: 20, mask: 'exact', chunks: [50, 1, 33, 1, 1, 65] },
-  { dtype: 'bf16', heads: 32, kvHeads: 8, headDim: 128, retrievalKvHeads: 4, sink: 16, recent: 40, mask: 'exact', chunks: [130, 1, 64, 1, 99, 1] },
-  { dtype: 'f16', heads: 8, kvHeads: 2, headDim: 64, retrievalKvHeads: 0, sink: 8, recent: 24, mask: 'exact', chunks: [80, 1, 1, 45, 1] },
+  {
+    dtype: 'f32',
+    heads: 8,
+    kvHeads: 2,
+    headDim: 16,
+    retrievalKvHeads: 1,
+    sink: 4,
+    recent: 16,
+    mask: 'exact',
+    chunks: [37, 1, 1, 64, 7, 1, 40, 1],
+  },
+  {
+    dtype: 'bf16',
+    heads: 8,
+    kvHeads: 2,
+    headDim: 64,
+    retrievalKvHeads: 1,
+    sink: 4,
+    recent: 16,
+    mask: 'chunked',
+    chunks: [37, 1, 64, 7, 1, 70, 1],
+  },
+  {
+    dtype: 'f16',
+    heads: 4,
+    kvHeads: 4,
+    headDim: 32,
+    retrievalKvHeads: 2,
+    sink: 3,
+    recent: 20,
+    mask: 'exact',
+    chunks: [50, 1, 33, 1, 1, 65],
+  },
+  {
+    dtype: 'bf16',
+    heads: 32,
+    kvHeads: 8,
+    headDim: 128,
+    retrievalKvHeads: 4,
+    sink: 16,
+    recent: 40,
+    mask: 'exact',
+    chunks: [130, 1, 64, 1, 99, 1],
+  },
+  {
+    dtype: 'f16',
+    heads: 8,
+    kvHeads: 2,
+    headDim: 64,
+    retrievalKvHeads: 0,
+    sink: 8,
+    recent: 24,
+    mask: 'exact',
+    chunks: [80, 1, 1, 45, 1],
+  },
 ];
 
 function rounder(dtype: DType): (value: number) => number {
@@ -54,88 +104,91 @@ export function streamingConformanceSuite(
   suite(`streaming heads: ${label}${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
     const b = () => backend() as NativeBackend;
 
-    it.each(CASES.map((c) => [`${c.dtype} ${c.heads}/${c.kvHeads}×${c.headDim}, ${c.retrievalKvHeads} full, ${c.mask}`, c]))(
-      'chunked prefill and decode: %s',
-      async (_name, testCase) => {
-        const { dtype, heads, kvHeads, headDim, retrievalKvHeads, sink, recent, mask, chunks } = testCase as StreamingCase;
-        const total = chunks.reduce((a, n) => a + n, 0);
-        const ring = recent + Math.max(...chunks);
-        const group = heads / kvHeads;
-        const streamingHeads = kvHeads - retrievalKvHeads;
-        const keyCache = b().alloc(dtype, [retrievalKvHeads, total, headDim]);
-        const valueCache = b().alloc(dtype, [retrievalKvHeads, total, headDim]);
-        const streaming: StreamingHeads = {
-          retrievalKvHeads,
-          keyCache: b().alloc(dtype, [streamingHeads, sink + ring, headDim]),
-          valueCache: b().alloc(dtype, [streamingHeads, sink + ring, headDim]),
-          sink,
-          recent,
-          mask,
-        };
-        const frequencies = b().upload(
-          'f32',
-          [headDim / 2],
-          Float32Array.from({ length: headDim / 2 }, (_, i) => 10000 ** (-(2 * i) / headDim)),
+    it.each(
+      CASES.map((c) => [`${c.dtype} ${c.heads}/${c.kvHeads}×${c.headDim}, ${c.retrievalKvHeads} full, ${c.mask}`, c]),
+    )('chunked prefill and decode: %s', async (_name, testCase) => {
+      const { dtype, heads, kvHeads, headDim, retrievalKvHeads, sink, recent, mask, chunks } =
+        testCase as StreamingCase;
+      const total = chunks.reduce((a, n) => a + n, 0);
+      const ring = recent + Math.max(...chunks);
+      const group = heads / kvHeads;
+      const streamingHeads = kvHeads - retrievalKvHeads;
+      const keyCache = b().alloc(dtype, [retrievalKvHeads, total, headDim]);
+      const valueCache = b().alloc(dtype, [retrievalKvHeads, total, headDim]);
+      const streaming: StreamingHeads = {
+        retrievalKvHeads,
+        keyCache: b().alloc(dtype, [streamingHeads, sink + ring, headDim]),
+        valueCache: b().alloc(dtype, [streamingHeads, sink + ring, headDim]),
+        sink,
+        recent,
+        mask,
+      };
+      const frequencies = b().upload(
+        'f32',
+        [headDim / 2],
+        Float32Array.from({ length: headDim / 2 }, (_, i) => 10000 ** (-(2 * i) / headDim)),
+      );
+      const round = rounder(dtype);
+      // Every key and value of the sequence as the caches hold them (rounded), per KV head and position.
+      const keys = Array.from({ length: kvHeads }, () => [] as Float64Array[]);
+      const values = Array.from({ length: kvHeads }, () => [] as Float64Array[]);
+      const scale = 1 / Math.sqrt(headDim);
+      let start = 0;
+      for (const [index, rows] of chunks.entries()) {
+        const width = kvHeads * headDim;
+        const query = b().upload('f32', [rows, heads * headDim], randomArray(rows * heads * headDim, 100 + index, 2));
+        const key = b().upload('f32', [rows, width], randomArray(rows * width, 200 + index, 2));
+        const valueData = randomArray(rows * width, 300 + index);
+        const value = b().upload('f32', [rows, width], valueData);
+        const positions = b().upload(
+          'i32',
+          [rows],
+          Int32Array.from({ length: rows }, (_, r) => start + r),
         );
-        const round = rounder(dtype);
-        // Every key and value of the sequence as the caches hold them (rounded), per KV head and position.
-        const keys = Array.from({ length: kvHeads }, () => [] as Float64Array[]);
-        const values = Array.from({ length: kvHeads }, () => [] as Float64Array[]);
-        const scale = 1 / Math.sqrt(headDim);
-        let start = 0;
-        for (const [index, rows] of chunks.entries()) {
-          const width = kvHeads * headDim;
-          const query = b().upload('f32', [rows, heads * headDim], randomArray(rows * heads * headDim, 100 + index, 2));
-          const key = b().upload('f32', [rows, width], randomArray(rows * width, 200 + index, 2));
-          const valueData = randomArray(rows * width, 300 + index);
-          const value = b().upload('f32', [rows, width], valueData);
-          const positions = b().upload(
-            'i32',
-            [rows],
-            Int32Array.from({ length: rows }, (_, r) => start + r),
-          );
-          const attributes = { heads, kvHeads, headDim, interleaved: false };
-          b().ropeWriteCache(query, key, value, positions, frequencies, keyCache, valueCache, { ...attributes, streaming });
-          const rotatedKeys = (await b().read(key)) as Float32Array;
-          for (let r = 0; r < rows; r++) {
-            for (let h = 0; h < kvHeads; h++) {
-              const offset = (r * kvHeads + h) * headDim;
-              keys[h]?.push(Float64Array.from(rotatedKeys.subarray(offset, offset + headDim), round));
-              values[h]?.push(Float64Array.from(valueData.subarray(offset, offset + headDim), round));
-            }
+        const attributes = { heads, kvHeads, headDim, interleaved: false };
+        b().ropeWriteCache(query, key, value, positions, frequencies, keyCache, valueCache, {
+          ...attributes,
+          streaming,
+        });
+        const rotatedKeys = (await b().read(key)) as Float32Array;
+        for (let r = 0; r < rows; r++) {
+          for (let h = 0; h < kvHeads; h++) {
+            const offset = (r * kvHeads + h) * headDim;
+            keys[h]?.push(Float64Array.from(rotatedKeys.subarray(offset, offset + headDim), round));
+            values[h]?.push(Float64Array.from(valueData.subarray(offset, offset + headDim), round));
           }
-          const out = b().alloc('f32', [rows, heads * headDim]);
-          const common = { heads, kvHeads, headDim, scale, keyLength: start + rows, streaming };
-          if (rows === 1) {
-            b().attentionDecode(query, keyCache, valueCache, out, { ...common, keyLength: 1, lengthFrom: positions });
-          } else {
-            b().attentionPrefill(query, keyCache, valueCache, out, { ...common, queryStart: start });
-          }
-          const chunkStart = start;
-          const windowStart = (position: number) => (mask === 'chunked' ? chunkStart - recent : position - recent + 1);
-          const expected = referenceAttention(
-            toMatrix((await b().read(query)) as Float32Array, rows, heads * headDim),
-            keys,
-            values,
-            {
-              heads,
-              kvHeads,
-              headDim,
-              scale,
-              keyLength: start + rows,
-              queryStart: start,
-              visible: (position, j, head) =>
-                j <= position && (Math.floor(head / group) < retrievalKvHeads || j < sink || j >= windowStart(position)),
-            },
-          );
-          const error = relativeError((await b().read(out)) as Float32Array, expected);
-          expect(error, `chunk ${index} (${rows} rows from ${start})`).toBeLessThan(TOLERANCE[dtype]);
-          for (const t of [query, key, value, positions, out]) t.dispose();
-          start += rows;
         }
-        for (const t of [keyCache, valueCache, streaming.keyCache, streaming.valueCache, frequencies]) t.dispose();
-      },
-    );
+        const out = b().alloc('f32', [rows, heads * headDim]);
+        const common = { heads, kvHeads, headDim, scale, keyLength: start + rows, streaming };
+        if (rows === 1) {
+          b().attentionDecode(query, keyCache, valueCache, out, { ...common, keyLength: 1, lengthFrom: positions });
+        } else {
+          b().attentionPrefill(query, keyCache, valueCache, out, { ...common, queryStart: start });
+        }
+        const chunkStart = start;
+        const windowStart = (position: number) => (mask === 'chunked' ? chunkStart - recent : position - recent + 1);
+        const expected = referenceAttention(
+          toMatrix((await b().read(query)) as Float32Array, rows, heads * headDim),
+          keys,
+          values,
+          {
+            heads,
+            kvHeads,
+            headDim,
+            scale,
+            keyLength: start + rows,
+            queryStart: start,
+            visible: (position, j, head) =>
+              j <= position && (Math.floor(head / group) < retrievalKvHeads || j < sink || j >= windowStart(position)),
+          },
+        );
+        const error = relativeError((await b().read(out)) as Float32Array, expected);
+        expect(error, `chunk ${index} (${rows} rows from ${start})`).toBeLessThan(TOLERANCE[dtype]);
+        for (const t of [query, key, value, positions, out]) t.dispose();
+        start += rows;
+      }
+      for (const t of [keyCache, valueCache, streaming.keyCache, streaming.valueCache, frequencies]) t.dispose();
+    });
 
     it('rejects a streaming region too small for the call, naming the argument', () => {
       const keyCache = b().alloc('f32', [1, 64, 16]);

@@ -1,21 +1,9 @@
-// Locates ../shared (beside the repository) for tests; tests skip with a clear message when it is absent.
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// The golden run of stories260K from ../shared (the locating helpers live in @duoattn/kernels/testing).
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { sharedPath } from '@duoattn/kernels/testing';
 
-const repositoryRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
-
-/** Absolute path of `../shared/<relative>`, or undefined when ../shared is missing. */
-export function sharedPath(...relative: string[]): string | undefined {
-  const base = process.env.DUO_SHARED_DIR ?? join(repositoryRoot, '..', 'shared');
-  const path = join(base, ...relative);
-  return existsSync(path) ? path : undefined;
-}
-
-/** The reason shared-data tests skip, or undefined when the data is there. */
-export function sharedSkipReason(...relative: string[]): string | undefined {
-  return sharedPath(...relative) ? undefined : `../shared/${relative.join('/')} not found (set DUO_SHARED_DIR)`;
-}
+export { sharedPath, sharedSkipReason } from '@duoattn/kernels/testing';
 
 export interface GoldenRun {
   prompt: string;

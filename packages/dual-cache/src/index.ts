@@ -1,0 +1,31 @@
+// Public surface of @duoattn/dual-cache: head patterns, plans, the dual KV cache and the memory planner.
+export { type BinarizeOptions, checkPlan, invertPlan, kvHeadOrder, planHeads, uniformPlan } from './binarize.js';
+export {
+  type CacheLayer,
+  type DualCacheBytes,
+  DualKvCache,
+  type DualKvCacheOptions,
+  dualCacheBytes,
+  streamingSlots,
+} from './dual-kv-cache.js';
+export {
+  formatGateTable,
+  loadPattern,
+  PATTERN_FORMAT,
+  parseGateTable,
+  patternFromJson,
+  patternToJson,
+  REFERENCE_CONFIG_FILE,
+  REFERENCE_GATES_FILE,
+  readReferencePattern,
+  savePattern,
+  writeReferencePattern,
+} from './pattern-io.js';
+export {
+  type MemoryPlan,
+  type MemoryPlanInput,
+  maxContext,
+  planMemory,
+  sessionScratchBytes,
+  weightBytes,
+} from './planner.js';

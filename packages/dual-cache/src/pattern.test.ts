@@ -1,0 +1,136 @@
+// Head patterns: the reference's six trained patterns load; binarization is exact and deterministic; formats round-trip.
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DuoArgumentError, DuoCheckpointError, retrievalHeadCount } from '@duoattn/core';
+import { sharedPath, sharedSkipReason } from '@duoattn/kernels/testing';
+import { describe, expect, it } from 'vitest';
+import { invertPlan, kvHeadOrder, planHeads, uniformPlan } from './binarize.js';
+import {
+  formatGateTable,
+  loadPattern,
+  patternFromJson,
+  patternToJson,
+  readReferencePattern,
+  savePattern,
+  writeReferencePattern,
+} from './pattern-io.js';
+
+const patternsSkip = sharedSkipReason('reference-patterns');
+const patternDirectories = () => {
+  const root = sharedPath('reference-patterns') as string;
+  return readdirSync(root, { withFileTypes: true })
+    .filter((entry) => entry.isDirectory())
+    .map((entry) => join(root, entry.name));
+};
+
+describe.skipIf(patternsSkip !== undefined)(
+  `reference patterns${patternsSkip ? ` (skipped: ${patternsSkip})` : ''}`,
+  () => {
+    it('loads all six, with the window of their config.json', () => {
+      const directories = patternDirectories();
+      expect(directories).toHaveLength(6);
+      for (const directory of directories) {
+        const pattern = readReferencePattern(directory);
+        expect(pattern.gates.length, directory).toBe(32);
+        expect([8, 32], directory).toContain(pattern.gates[0]?.length);
+        expect(pattern.sink).toBe(128);
+        expect(pattern.recent).toBe(256);
+        expect(pattern.modelId).toMatch(/^models\//);
+      }
+    });
+
+    it.each([0.5, 0.75])(
+      'binarizes at sparsity %f to exactly round(sparsity × total) streaming heads, the same every run',
+      (sparsity) => {
+        for (const directory of patternDirectories()) {
+          const pattern = loadPattern(directory);
+          const total = pattern.gates.length * (pattern.gates[0]?.length ?? 0);
+          const plan = planHeads(pattern, { sparsity });
+          expect(total - retrievalHeadCount(plan), directory).toBe(Math.round(sparsity * total));
+          expect(planHeads(loadPattern(directory), { sparsity }).retrievalHeads).toEqual(plan.retrievalHeads);
+          // Every retrieval head's gate is ≥ every streaming head's gate.
+          const gate = (layer: number, head: number) => Math.min(1, Math.max(0, pattern.gates[layer]?.[head] ?? 0));
+          let lowestKept = 1;
+          let highestDropped = 0;
+          pattern.gates.forEach((row, layer) =>
+            row.forEach((_, head) => {
+              if (plan.retrievalHeads[layer]?.includes(head)) lowestKept = Math.min(lowestKept, gate(layer, head));
+              else highestDropped = Math.max(highestDropped, gate(layer, head));
+            }),
+          );
+          expect(lowestKept).toBeGreaterThanOrEqual(highestDropped);
+        }
+      },
+    );
+
+    it('writes the reference format back byte for byte in numpy style', () => {
+      const directory = patternDirectories()[0] as string;
+      const original = readFileSync(join(directory, 'full_attention_heads.tsv'), 'utf8');
+      const pattern = readReferencePattern(directory);
+      expect(formatGateTable(pattern.gates)).toBe(original);
+      const out = mkdtempSync(join(tmpdir(), 'duo-pattern-'));
+      writeReferencePattern(out, pattern);
+      const again = readReferencePattern(out);
+      expect(again.gates).toEqual(pattern.gates);
+      expect([again.sink, again.recent]).toEqual([128, 256]);
+    });
+  },
+);
+
+describe('patterns and plans', () => {
+  const pattern = {
+    gates: [
+      [0.9, 0.1, 1, 1],
+      [1, 1, 0.2, -0.0001],
+    ],
+    sink: 4,
+    recent: 16,
+    modelId: 'fixture',
+    provenance: { steps: 3 },
+  };
+
+  it('round-trips our JSON form and rejects malformed files with the file named', () => {
+    expect(patternFromJson(patternToJson(pattern))).toEqual(pattern);
+    const file = join(mkdtempSync(join(tmpdir(), 'duo-pattern-')), 'pattern.json');
+    savePattern(file, pattern);
+    expect(loadPattern(file)).toEqual(pattern);
+    writeFileSync(file, JSON.stringify({ format: 'duoattn-head-pattern', gates: [[1, 2], [3]], sink: 1, recent: 2 }));
+    expect(() => loadPattern(file)).toThrow(DuoCheckpointError);
+    expect(() => loadPattern(file)).toThrow(`${file}: layer 1 has 1 gates but layer 0 has 2`);
+    expect(() => patternFromJson('{"format":"other"}', 'x.json')).toThrow(
+      'x.json: expected "format": "duoattn-head-pattern"',
+    );
+  });
+
+  it('ties among equal gates break the same way every time, and sparsity 0 and 1 are all-full and all-streaming', () => {
+    const half = planHeads(pattern, { sparsity: 0.5 });
+    expect(retrievalHeadCount(half)).toBe(4);
+    // The four 1.0 gates tie for the last retrieval places: two of them must go, by the fixed tie order.
+    expect(half.retrievalHeads.flat().length).toBe(4);
+    expect(planHeads(pattern, { sparsity: 0.5 }).retrievalHeads).toEqual(half.retrievalHeads);
+    expect(planHeads(pattern, { sparsity: 0 }).retrievalHeads).toEqual([
+      [0, 1, 2, 3],
+      [0, 1, 2, 3],
+    ]);
+    expect(retrievalHeadCount(planHeads(pattern, { sparsity: 1 }))).toBe(0);
+    expect(planHeads(pattern, { threshold: 0.5 }).retrievalHeads).toEqual([
+      [0, 2, 3],
+      [0, 1],
+    ]);
+    expect(planHeads(pattern, { sparsity: 0.5, sink: 64 }).sink).toBe(64);
+  });
+
+  it('orders retrieval heads first, inverts plans, and names bad options', () => {
+    const plan = planHeads(pattern, { threshold: 0.5 });
+    expect(kvHeadOrder(plan, 0)).toEqual([0, 2, 3, 1]);
+    expect(kvHeadOrder(plan, 1)).toEqual([0, 1, 2, 3]);
+    expect(invertPlan(plan).retrievalHeads).toEqual([[1], [2, 3]]);
+    expect(uniformPlan('streaming', 3, 2).retrievalHeads).toEqual([[], [], []]);
+    expect(() => planHeads(pattern, { sparsity: 1.5 })).toThrow(DuoArgumentError);
+    expect(() => planHeads(pattern, { sparsity: 1.5 })).toThrow('Expected `sparsity` in [0, 1] but received 1.5');
+    expect(() => planHeads(pattern, { sparsity: 0.5, recent: 0 })).toThrow(
+      'Expected `recent` to be a positive integer',
+    );
+  });
+});

@@ -1,0 +1,62 @@
+// The memory planner: the paper's bytes per token for Llama-3-8B, and the inverse (longest context in a budget).
+import type { ModelConfig } from '@duoattn/core';
+import { describe, expect, it } from 'vitest';
+import { uniformPlan } from './binarize.js';
+import { maxContext, planMemory, weightBytes } from './planner.js';
+
+const llama3: ModelConfig = {
+  architecture: 'llama',
+  vocabSize: 128256,
+  hiddenSize: 4096,
+  intermediateSize: 14336,
+  numLayers: 32,
+  numHeads: 32,
+  numKvHeads: 8,
+  headDim: 128,
+  rmsNormEps: 1e-5,
+  ropeTheta: 500000,
+  ropeScaling: { type: 'none' },
+  ropeStyle: 'half',
+  maxPositionEmbeddings: 8192,
+  attentionBias: false,
+  tieWordEmbeddings: false,
+  bosTokenId: 128000,
+  eosTokenIds: [128001],
+};
+
+/** Half the KV heads of every layer as retrieval heads. */
+const halfPlan = {
+  ...uniformPlan('full', 32, 8, 128, 256),
+  retrievalHeads: Array.from({ length: 32 }, () => [0, 1, 2, 3]),
+  sparsity: 0.5,
+};
+
+describe('memory planner', () => {
+  it('gives 128 KiB per token for full attention and 64 KiB at 50 % retrieval (Llama-3-8B, bf16)', () => {
+    const base = { config: llama3, weightDtype: 'bf16', kvDtype: 'bf16', tokens: 1 << 20 } as const;
+    const full = planMemory({ ...base, plan: uniformPlan('full', 32, 8) });
+    const duo = planMemory({ ...base, plan: halfPlan });
+    expect(full.bytesPerToken).toBe(128 * 1024);
+    expect(duo.bytesPerToken).toBe(64 * 1024);
+    expect(full.streamingRegion).toBe(0);
+    // Streaming heads: (sink 128 + recent 256 + chunk 512) slots × 4 heads × 32 layers × 128 × 2 (K, V) × 2 bytes.
+    expect(duo.streamingRegion).toBe(896 * 4 * 32 * 128 * 2 * 2);
+    expect(full.fullRegion).toBe(128 * 1024 * (1 << 20));
+    // 8.03 B parameters: the matrices in bf16, the 65 norms in f32, and the RoPE frequencies.
+    const norms = 65 * 4096;
+    expect(weightBytes(llama3, 'bf16')).toBe(2 * (8_030_261_248 - norms) + 4 * norms + 4 * 64);
+  });
+
+  it('inverts: the longest context fits the budget and one more token does not', () => {
+    const input = { config: llama3, plan: halfPlan, weightDtype: 'bf16', kvDtype: 'bf16' } as const;
+    const budget = 80e9;
+    const tokens = maxContext(input, budget);
+    expect(planMemory({ ...input, tokens }).total).toBeLessThanOrEqual(budget);
+    expect(planMemory({ ...input, tokens: tokens + 1 }).total).toBeGreaterThan(budget);
+    // Half the bytes per token, less the streaming regions' constant share: just under twice full attention's context.
+    const full = maxContext({ ...input, plan: uniformPlan('full', 32, 8) }, budget);
+    expect(tokens / full).toBeGreaterThan(1.99);
+    expect(tokens / full).toBeLessThan(2);
+    expect(maxContext(input, 1e9)).toBe(0);
+  });
+});

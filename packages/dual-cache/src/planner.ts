@@ -1,0 +1,93 @@
+// The memory planner: exact bytes of weights, cache regions and session scratch for a model, plan and context; and the
+// inverse, the longest context that fits a byte budget.
+import { type DType, DuoArgumentError, dtypeBytes, type HeadPlan, type ModelConfig } from '@duoattn/core';
+import { dualCacheBytes } from './dual-kv-cache.js';
+
+/** What a plan is computed for. */
+export interface MemoryPlanInput {
+  readonly config: ModelConfig;
+  /** Retrieval heads per layer (`uniformPlan('full', …)` for full attention). */
+  readonly plan: HeadPlan;
+  /** Dtype of the matrices (norms and biases are always f32). */
+  readonly weightDtype: DType;
+  /** Dtype of the KV cache. */
+  readonly kvDtype: DType;
+  /** Tokens the full regions hold. */
+  readonly tokens: number;
+  /** Prefill chunk: sizes the streaming ring and the session's chunk workspace. Default 512. */
+  readonly prefillChunk?: number;
+}
+
+/** Bytes of each part. `total` is what a session of `tokens` tokens holds beside the backend's own scratch. */
+export interface MemoryPlan {
+  readonly weights: number;
+  readonly fullRegion: number;
+  readonly streamingRegion: number;
+  /** The session's workspaces (one chunk, one decode row) and logits. */
+  readonly scratch: number;
+  readonly total: number;
+  /** Full-region bytes added by each token (the slope of memory in context length). */
+  readonly bytesPerToken: number;
+}
+
+/** Bytes of the model's tensors as the loaders and `randomWeights` allocate them. */
+export function weightBytes(config: ModelConfig, dtype: DType): number {
+  const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: f, vocabSize, numLayers } = config;
+  const element = dtypeBytes(dtype);
+  const queryRows = numHeads * headDim;
+  const keyRows = numKvHeads * headDim;
+  const perLayer =
+    (queryRows * h + 2 * keyRows * h + h * queryRows + 3 * f * h) * element +
+    2 * h * 4 +
+    (config.attentionBias ? (queryRows + 2 * keyRows) * 4 : 0);
+  const embedding = vocabSize * h * element;
+  const head = config.tieWordEmbeddings ? 0 : embedding;
+  const frequencies = (headDim / 2) * 4;
+  return embedding + head + numLayers * perLayer + h * 4 + frequencies;
+}
+
+/** Bytes of a session's own scratch: a workspace of `rows` rows, the decode workspace and the last-row logits. */
+export function sessionScratchBytes(config: ModelConfig, chunkRows: number): number {
+  const workspace = (rows: number) =>
+    rows *
+    4 *
+    (2 +
+      2 * config.hiddenSize +
+      2 * config.numHeads * config.headDim +
+      2 * config.numKvHeads * config.headDim +
+      config.intermediateSize);
+  const last = 4 * (2 * config.hiddenSize + config.vocabSize + 1);
+  return workspace(chunkRows) + (chunkRows === 1 ? 0 : workspace(1)) + last;
+}
+
+/** Exact bytes for `input`. */
+export function planMemory(input: MemoryPlanInput): MemoryPlan {
+  const { config, plan, weightDtype, kvDtype, tokens } = input;
+  const chunk = input.prefillChunk ?? 512;
+  if (!Number.isInteger(tokens) || tokens < 1) {
+    throw new DuoArgumentError('tokens', `Expected \`tokens\` to be a positive integer but received ${String(tokens)}`);
+  }
+  const cache = dualCacheBytes(config, plan, kvDtype, tokens, chunk);
+  const perToken = dualCacheBytes(config, plan, kvDtype, 1, chunk).full;
+  const weights = weightBytes(config, weightDtype);
+  const scratch = sessionScratchBytes(config, chunk);
+  return {
+    weights,
+    fullRegion: cache.full,
+    streamingRegion: cache.streaming,
+    scratch,
+    total: weights + cache.full + cache.streaming + scratch,
+    bytesPerToken: perToken,
+  };
+}
+
+/**
+ * The longest context whose plan fits `budgetBytes` (all of weights, caches and scratch), or 0 when not even one
+ * token does. `reserveBytes` is kept free for the backend's own scratch and the allocator (default 0).
+ */
+export function maxContext(input: Omit<MemoryPlanInput, 'tokens'>, budgetBytes: number, reserveBytes = 0): number {
+  const fixed = planMemory({ ...input, tokens: 1 });
+  const available = budgetBytes - reserveBytes - (fixed.total - fixed.fullRegion);
+  if (fixed.bytesPerToken === 0) return available >= 0 ? Number.POSITIVE_INFINITY : 0;
+  return Math.max(0, Math.floor(available / fixed.bytesPerToken));
+}
