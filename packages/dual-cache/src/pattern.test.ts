@@ -53,12 +53,12 @@ describe.skipIf(patternsSkip !== undefined)(
           const gate = (layer: number, head: number) => Math.min(1, Math.max(0, pattern.gates[layer]?.[head] ?? 0));
           let lowestKept = 1;
           let highestDropped = 0;
-          pattern.gates.forEach((row, layer) =>
-            row.forEach((_, head) => {
+          for (const [layer, row] of pattern.gates.entries()) {
+            for (const head of row.keys()) {
               if (plan.retrievalHeads[layer]?.includes(head)) lowestKept = Math.min(lowestKept, gate(layer, head));
               else highestDropped = Math.max(highestDropped, gate(layer, head));
-            }),
-          );
+            }
+          }
           expect(lowestKept).toBeGreaterThanOrEqual(highestDropped);
         }
       },
