@@ -3,11 +3,14 @@ import {
   type Backend,
   type DType,
   DuoArgumentError,
+  type HeadPlan,
   type ModelConfig,
   type TensorHandle,
   validateModelConfig,
 } from '@duoattn/core';
+import { checkPlan, kvHeadOrder } from '@duoattn/dual-cache';
 import { type BackendRequest, resolveBackend } from '@duoattn/kernels';
+import { reorderKvHeads } from './head-order.js';
 import type { Checkpoint } from './loaders/checkpoint.js';
 import { openCheckpoint } from './loaders/open-checkpoint.js';
 import { ropeInverseFrequencies } from './rope.js';
@@ -77,6 +80,9 @@ export class LlamaModel {
   readonly source: string;
   readonly #inverseFrequencies: TensorHandle;
   #disposed = false;
+  #headPlan: HeadPlan | undefined;
+  /** Per layer, the checkpoint KV head at each position of the weights as they are now ordered. */
+  #kvOrder: number[][];
 
   private constructor(
     config: ModelConfig,
@@ -93,6 +99,28 @@ export class LlamaModel {
     this.tokenizer = tokenizer;
     this.chatTemplate = chatTemplate;
     this.#inverseFrequencies = backend.upload('f32', [config.headDim / 2], ropeInverseFrequencies(config));
+    this.#kvOrder = Array.from({ length: config.numLayers }, () =>
+      Array.from({ length: config.numKvHeads }, (_, h) => h),
+    );
+  }
+
+  /** The head plan the weights are ordered for: what `attention: 'duo'` sessions run. */
+  get headPlan(): HeadPlan | undefined {
+    return this.#headPlan;
+  }
+
+  /**
+   * Makes `plan` the model's DuoAttention plan: reorders each layer's KV heads (q/k/v rows and biases, o_proj columns)
+   * so its retrieval heads come first. Full and streaming attention are unaffected by the order. Dispose sessions
+   * created before: their caches follow the old order.
+   */
+  async applyHeadPlan(plan: HeadPlan): Promise<void> {
+    this.#checkLive();
+    checkPlan(plan, this.config.numLayers, this.config.numKvHeads);
+    const target = plan.retrievalHeads.map((_, layer) => kvHeadOrder(plan, layer));
+    await reorderKvHeads(this.backend, this.config, this.weights, this.#kvOrder, target);
+    this.#kvOrder = target;
+    this.#headPlan = plan;
   }
 
   /** Loads a HF directory, a .gguf or a llama2.c .bin. */
@@ -151,6 +179,7 @@ export class LlamaModel {
       this.#inverseFrequencies,
       options,
       this.defaultCacheDtype,
+      this.#headPlan,
     );
   }
 

@@ -1,12 +1,16 @@
 // A sequence being run through the model: its KV cache, position, and the chunked forward pass.
 import {
+  type AttentionPolicyName,
   type Backend,
   type DType,
   DuoArgumentError,
+  type HeadPlan,
   type HostArray,
   type ModelConfig,
+  type PrefillMask,
   type TensorHandle,
 } from '@duoattn/core';
+import { DualKvCache, uniformPlan } from '@duoattn/dual-cache';
 import type { ModelWeights } from './weights.js';
 
 /** Which hidden states to return: layer 0 is the embedding output, layer l the residual stream after layer l. */
@@ -38,6 +42,46 @@ export interface SessionOptions {
   cacheDtype?: 'auto' | 'f32' | 'f16' | 'bf16';
   /** Tokens per prefill chunk. Default 512. */
   prefillChunk?: number;
+  /**
+   * 'full' (default): every head keeps every key. 'streaming': every head keeps `sink` + `recent` keys (the
+   * StreamingLLM-style baseline). 'duo': the model's head plan (`LlamaModel.applyHeadPlan`) — retrieval heads full,
+   * the rest streaming.
+   */
+  attention?: AttentionPolicyName;
+  /** Attention sinks of streaming heads. Default: the plan's for 'duo', 64 for 'streaming'. */
+  sink?: number;
+  /** Recent window of streaming heads. Default: the plan's for 'duo', 256 for 'streaming'. */
+  recent?: number;
+  /** Streaming heads' mask during prefill: 'exact' (default, the Λ mask) or the reference's 'chunked'. */
+  prefillMask?: PrefillMask;
+  /** The full cache grows in steps of this many tokens. Default 4096. */
+  cacheBlockTokens?: number;
+}
+
+/** The head plan a session's policy stands for. */
+export function sessionPlan(
+  config: ModelConfig,
+  options: Pick<SessionOptions, 'attention' | 'sink' | 'recent'>,
+  modelPlan: HeadPlan | undefined,
+): HeadPlan {
+  const attention = options.attention ?? 'full';
+  if (attention === 'full') return uniformPlan('full', config.numLayers, config.numKvHeads);
+  if (attention === 'streaming') {
+    return uniformPlan('streaming', config.numLayers, config.numKvHeads, options.sink ?? 64, options.recent ?? 256);
+  }
+  if (attention !== 'duo') {
+    throw new DuoArgumentError(
+      'attention',
+      `Expected \`attention\` to be 'full', 'streaming' or 'duo' but received ${String(attention)}`,
+    );
+  }
+  if (!modelPlan) {
+    throw new DuoArgumentError(
+      'attention',
+      "attention 'duo' needs a head plan: call model.applyHeadPlan(plan) (or load with `headPlan`) first",
+    );
+  }
+  return { ...modelPlan, sink: options.sink ?? modelPlan.sink, recent: options.recent ?? modelPlan.recent };
 }
 
 interface Workspace {
@@ -58,12 +102,14 @@ export class Session {
   readonly capacity: number;
   readonly cacheDtype: DType;
   readonly prefillChunk: number;
+  /** The attention policy and the head plan it runs (every head full for 'full', none for 'streaming'). */
+  readonly attention: AttentionPolicyName;
+  readonly plan: HeadPlan;
   readonly #backend: Backend;
   readonly #config: ModelConfig;
   readonly #weights: ModelWeights;
   readonly #inverseFrequencies: TensorHandle;
-  readonly #keyCaches: TensorHandle[];
-  readonly #valueCaches: TensorHandle[];
+  readonly #cache: DualKvCache;
   readonly #workspaces = new Map<number, Workspace>();
   readonly #lastRow: TensorHandle;
   readonly #lastNormed: TensorHandle;
@@ -72,6 +118,7 @@ export class Session {
   #position = 0;
   #disposed = false;
   #decodeGraph: number | undefined;
+  #graphGeneration = -1;
 
   /** @internal Use `LlamaModel.createSession`. */
   constructor(
@@ -81,6 +128,7 @@ export class Session {
     inverseFrequencies: TensorHandle,
     options: SessionOptions,
     defaultCacheDtype: DType,
+    modelPlan?: HeadPlan,
   ) {
     this.#backend = backend;
     this.#config = config;
@@ -111,22 +159,26 @@ export class Session {
     this.capacity = capacity;
     this.prefillChunk = chunk;
     this.cacheDtype = cacheDtype;
-    const shape = [config.numKvHeads, capacity, config.headDim];
-    this.#keyCaches = [];
-    this.#valueCaches = [];
-    try {
-      for (let layer = 0; layer < config.numLayers; layer++) {
-        this.#keyCaches.push(backend.alloc(cacheDtype, shape));
-        this.#valueCaches.push(backend.alloc(cacheDtype, shape));
-      }
-    } catch (error) {
-      for (const tensor of [...this.#keyCaches, ...this.#valueCaches]) tensor.dispose();
-      throw error;
-    }
+    this.plan = sessionPlan(config, options, modelPlan);
+    this.attention = options.attention ?? 'full';
+    this.#cache = new DualKvCache(backend, {
+      config,
+      plan: this.plan,
+      dtype: cacheDtype,
+      maxTokens: capacity,
+      chunkTokens: chunk,
+      blockTokens: options.cacheBlockTokens,
+      prefillMask: options.prefillMask,
+    });
     this.#lastRow = backend.alloc('f32', [1, config.hiddenSize]);
     this.#lastNormed = backend.alloc('f32', [1, config.hiddenSize]);
     this.#lastLogits = backend.alloc('f32', [1, config.vocabSize]);
     this.#nextToken = backend.alloc('i32', [1]);
+  }
+
+  /** Bytes the KV cache holds now: the full regions (they grow with the sequence) and the streaming regions (constant). */
+  cacheBytes(): { full: number; streaming: number } {
+    return this.#cache.bytes();
   }
 
   /** Tokens already in the cache (the absolute position of the next token). */
@@ -142,9 +194,8 @@ export class Session {
     if (!Number.isInteger(tokens) || tokens < 0 || tokens > this.capacity) {
       throw new DuoArgumentError('tokens', `Expected \`tokens\` in [0, ${this.capacity}] but received ${tokens}`);
     }
-    for (const [i, cache] of [...this.#keyCaches, ...this.#valueCaches].entries()) {
-      this.#backend.fillRandom(cache, seed * 1000 + i, 1);
-    }
+    this.#cache.reserve(tokens);
+    this.#cache.fillRandom(seed);
     this.#position = tokens;
   }
 
@@ -220,6 +271,13 @@ export class Session {
     const s = this.#workspace(1);
     b.write(s.ids, Int32Array.of(token));
     b.write(s.positions, Int32Array.of(this.#position));
+    // The graph holds the cache's buffers: grow the cache for every step first, and recapture after it moved.
+    this.#cache.reserve(this.#position + steps - 1);
+    if (this.#decodeGraph !== undefined && this.#graphGeneration !== this.#cache.generation) {
+      b.disposeGraph?.(this.#decodeGraph);
+      this.#decodeGraph = undefined;
+    }
+    this.#graphGeneration = this.#cache.generation;
     this.#decodeGraph ??= b.captureGraph(() => {
       this.#layers(s, this.#position, undefined, true);
       this.#lastLogitTensor(s);
@@ -254,14 +312,8 @@ export class Session {
     if (this.#disposed) return;
     this.#disposed = true;
     if (this.#decodeGraph !== undefined) this.#backend.disposeGraph?.(this.#decodeGraph);
-    for (const tensor of [
-      ...this.#keyCaches,
-      ...this.#valueCaches,
-      this.#lastRow,
-      this.#lastNormed,
-      this.#lastLogits,
-      this.#nextToken,
-    ]) {
+    this.#cache.dispose();
+    for (const tensor of [this.#lastRow, this.#lastNormed, this.#lastLogits, this.#nextToken]) {
       tensor.dispose();
     }
     for (const workspace of this.#workspaces.values()) disposeWorkspace(workspace);
@@ -336,6 +388,7 @@ export class Session {
   /** Enqueues the whole network for one chunk and advances the position. */
   #runChunk(ids: Int32Array, start: number, capture: PreparedCapture | undefined): Workspace {
     const n = ids.length;
+    this.#cache.reserve(start + n);
     const s = this.#workspace(n);
     this.#backend.write(s.ids, ids);
     this.#backend.write(
@@ -363,9 +416,9 @@ export class Session {
     const attention = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim, scale, keyLength: start + n };
     for (let layer = 0; layer < c.numLayers; layer++) {
       const lw = w.layers[layer];
-      const keyCache = this.#keyCaches[layer];
-      const valueCache = this.#valueCaches[layer];
-      if (!lw || !keyCache || !valueCache) throw new Error(`layer ${layer} is missing`);
+      const cache = this.#cache.layers[layer];
+      if (!lw || !cache) throw new Error(`layer ${layer} is missing`);
+      const { keyCache, valueCache, streaming } = cache;
       b.rmsNorm(s.hidden, lw.attentionNorm, s.normed, c.rmsNormEps);
       b.matmulGroup(
         s.normed,
@@ -378,14 +431,16 @@ export class Session {
         kvHeads: c.numKvHeads,
         headDim: c.headDim,
         interleaved,
+        streaming,
       });
       if (n === 1) {
         b.attentionDecode(s.query, keyCache, valueCache, s.attention, {
           ...attention,
+          streaming,
           lengthFrom: deviceLength ? s.positions : undefined,
         });
       } else {
-        b.attentionPrefill(s.query, keyCache, valueCache, s.attention, { ...attention, queryStart: start });
+        b.attentionPrefill(s.query, keyCache, valueCache, s.attention, { ...attention, streaming, queryStart: start });
       }
       b.matmul(s.attention, lw.output, s.hidden, { residual: s.hidden });
       b.rmsNorm(s.hidden, lw.mlpNorm, s.normed, c.rmsNormEps);

@@ -14,11 +14,18 @@ import {
 import { ropeInverseFrequencies } from '../rope.js';
 import type { FixtureTensor } from './checkpoints.js';
 
-/** Logits (tokens × vocab, row-major) of `tokens` at positions 0…n−1 under full causal attention. */
+/** Which keys a query sees in a layer's KV head (checkpoint order); the default is causal. */
+export type ReferenceMask = (layer: number, kvHead: number, position: number, key: number) => boolean;
+
+/**
+ * Logits (tokens × vocab, row-major) of `tokens` at positions 0…n−1, run densely: every query row at once, with
+ * `mask` deciding per layer and KV head which keys each position sees (default: full causal attention).
+ */
 export function referenceLogits(
   config: ModelConfig,
   weights: Map<string, FixtureTensor>,
   tokens: number[],
+  mask?: ReferenceMask,
 ): Float64Array {
   const matrix = (name: string): Matrix => {
     const tensor = weights.get(name);
@@ -62,6 +69,9 @@ export function referenceLogits(
       scale: 1 / Math.sqrt(config.headDim),
       keyLength: tokens.length,
       queryStart: 0,
+      visible: (position, key, head) =>
+        key <= position &&
+        (mask?.(layer, Math.floor(head / (config.numHeads / config.numKvHeads)), position, key) ?? true),
     });
     x = add(x, referenceMatmul(attention, matrix(`${p}.self_attn.o_proj.weight`)));
     const h2 = referenceRmsNorm(x, vector(`${p}.post_attention_layernorm.weight`) ?? [], config.rmsNormEps);
