@@ -56,6 +56,33 @@ describe('duo-bench', () => {
     expect(document.passkey[0].trials).toBe(2);
     expect(document.passkey[0].depths.map((cell: { depth: number }) => cell.depth)).toEqual([0.25, 0.75]);
     expect(document.passkey[0].accuracy).toBe(1);
+    const heatmap = join(out, 'passkey.svg');
+    const streaming = await bench([
+      'passkey',
+      '--device',
+      'cpu',
+      '--lengths',
+      '512',
+      '--depths',
+      '2',
+      '--trials',
+      '2',
+      '--attention',
+      'streaming',
+      '--sink',
+      '16',
+      '--recent',
+      '64',
+      '--out',
+      file,
+      '--heatmap',
+      heatmap,
+    ]);
+    expect(streaming.code).toBe(0);
+    const window = JSON.parse(readFileSync(file, 'utf8'));
+    expect(window.settings).toMatchObject({ attention: 'streaming', sink: 16, recent: 64 });
+    expect(window.passkey[0].window.inside.trials + window.passkey[0].window.outside.trials).toBe(2);
+    expect(readFileSync(heatmap, 'utf8')).toContain('Passkey accuracy (%), streaming');
   });
 
   (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
@@ -77,6 +104,53 @@ describe('duo-bench', () => {
     },
   );
 
+  it('plan reports 128 KiB per token for full attention and 64 KiB at 50 % retrieval (Llama-3-8B, bf16)', async () => {
+    const file = join(out, 'plan.json');
+    const result = await bench(['plan', '--shape', 'llama-3-8b', '--sparsity', '0.5', '--out', file]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(/full\s+0\.000\s+128\.0/);
+    expect(result.stdout).toMatch(/duo\s+0\.500\s+64\.0/);
+    const document = JSON.parse(readFileSync(file, 'utf8'));
+    const perToken = document.settings.policies.map(
+      (row: { memory: { bytesPerToken: number } }) => row.memory.bytesPerToken,
+    );
+    expect(perToken).toEqual([131072, 65536, 0]);
+    expect(document.settings.policies[1].maxContext).toBeGreaterThan(1.99 * document.settings.policies[0].maxContext);
+  });
+
+  (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
+    'efficiency measures full, duo and streaming on the demo model, with the planner exact, JSON and an SVG plot',
+    async () => {
+      const file = join(out, 'efficiency.json');
+      const plot = join(out, 'efficiency.svg');
+      const args = ['efficiency', '--device', 'cpu', '--contexts', '512,1024', '--prefill', '512', '--steps', '2'];
+      const result = await bench([...args, '--warmup', '2', '--out', file, '--plot', plot]);
+      expect(result.code).toBe(0);
+      const document = JSON.parse(readFileSync(file, 'utf8'));
+      expect(document.decode.map((row: { policy: string }) => row.policy)).toEqual([
+        'full',
+        'full',
+        'duo',
+        'duo',
+        'streaming',
+        'streaming',
+      ]);
+      for (const row of document.decode) {
+        expect(row.msPerToken).toBeGreaterThan(0);
+        expect(Math.abs(row.plannedToAllocated - 1)).toBeLessThan(0.01);
+      }
+      // Streaming memory does not depend on the context; full attention's grows.
+      const peak = (policy: string) =>
+        document.decode
+          .filter((row: { policy: string }) => row.policy === policy)
+          .map((row: { peakBytes: number }) => row.peakBytes);
+      expect(new Set(peak('streaming')).size).toBe(1);
+      expect(peak('full')[1]).toBeGreaterThan(peak('full')[0]);
+      expect(document.prefill).toHaveLength(3);
+      expect(readFileSync(plot, 'utf8')).toMatch(/^<svg[^>]*>[\s\S]*Decode latency[\s\S]*<\/svg>\n$/);
+    },
+  );
+
   it('rejects bad input with a message naming the option and exits 2', async () => {
     const unknown = await bench(['speed', '--shape', 'llama-9', '--device', 'cpu']);
     expect(unknown.code).toBe(2);
@@ -84,6 +158,14 @@ describe('duo-bench', () => {
     const badNumber = await bench(['generate', '--max-tokens', 'many']);
     expect(badNumber.code).toBe(2);
     expect(badNumber.stderr).toContain('--max-tokens: expected an integer in [1,');
+    const sparsity = await bench(['plan', '--shape', 'llama-3-8b', '--sparsity', '2']);
+    expect(sparsity.code).toBe(2);
+    expect(sparsity.stderr).toContain('--sparsity: expected a number in [0, 1] but received "2"');
+    const pattern = await bench(['plan', '--shape', 'llama-3-8b', '--attention', 'duo', '--pattern', '/nowhere']);
+    expect(pattern.code).toBe(2);
+    expect(pattern.stderr).toContain(
+      '--pattern: Expected a pattern directory or JSON file but /nowhere does not exist',
+    );
     const command = await bench(['fly']);
     expect(command.code).toBe(2);
     expect(command.stderr).toContain('unknown command "fly"');

@@ -2,14 +2,18 @@
 import { DuoError } from '@duoattn/core';
 import { UsageError } from './args.js';
 import { chartCommand, chartHelp } from './commands/chart.js';
+import { efficiencyCommand, efficiencyHelp } from './commands/efficiency.js';
 import { gemmCommand, gemmHelp } from './commands/gemm.js';
 import { generateCommand, generateHelp } from './commands/generate.js';
 import { kernelsCommand, kernelsHelp } from './commands/kernels.js';
 import { passkeyCommand, passkeyHelp } from './commands/passkey.js';
+import { planCommand, planHelp } from './commands/plan.js';
 import { speedCommand, speedHelp } from './commands/speed.js';
 
 const commands: Record<string, { help: string; run: (argv: string[]) => Promise<unknown> }> = {
   generate: { help: generateHelp, run: (argv) => generateCommand(argv, (text) => process.stdout.write(text)) },
+  efficiency: { help: efficiencyHelp, run: (argv) => efficiencyCommand(argv, (line) => console.log(line)) },
+  plan: { help: planHelp, run: (argv) => planCommand(argv, (line) => console.log(line)) },
   chart: { help: chartHelp, run: (argv) => chartCommand(argv, (line) => console.log(line)) },
   gemm: { help: gemmHelp, run: (argv) => gemmCommand(argv, (line) => console.log(line)) },
   kernels: { help: kernelsHelp, run: (argv) => kernelsCommand(argv, (line) => console.log(line)) },

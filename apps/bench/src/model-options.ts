@@ -1,8 +1,10 @@
 // The options every model-running command shares: --model, --device and --weight-dtype, and loading the model.
+import type { Backend, ModelConfig } from '@duoattn/core';
 import { LlamaModel } from '@duoattn/model';
-import { choiceOption } from './args.js';
+import { choiceOption, UsageError } from './args.js';
 import { defaultModelPath } from './default-model.js';
 import { loadingProgress } from './progress.js';
+import { SHAPES } from './shapes.js';
 
 /** Option specs to spread into a command's parseOptions call. */
 export const MODEL_OPTIONS = {
@@ -24,4 +26,32 @@ export async function loadModel(options: Record<string, unknown>): Promise<{ mod
   const { device, weightDtype } = modelChoices(options);
   const path = (options.model as string | undefined) ?? defaultModelPath();
   return { model: await LlamaModel.load(path, { device, weightDtype, onProgress: loadingProgress(path) }), path };
+}
+
+/** The config of --shape NAME, with a message listing the names when it is unknown. */
+export function namedShape(name: string): ModelConfig {
+  const config = SHAPES[name];
+  if (!config)
+    throw new UsageError(`--shape: expected one of ${Object.keys(SHAPES).join(', ')} but received "${name}"`);
+  return config;
+}
+
+/**
+ * For benchmarks: --shape NAME (random weights of `dtype` made on the device) or --model PATH (default: the demo
+ * model). Returns the model and how to name it in a report.
+ */
+export async function benchmarkModel(
+  options: Record<string, unknown>,
+  backend: Backend,
+  dtype: 'bf16' | 'f16' | 'f32',
+): Promise<{ model: LlamaModel; label: string }> {
+  if (options.shape !== undefined) {
+    const name = String(options.shape);
+    return {
+      model: LlamaModel.random(namedShape(name), { device: backend, dtype, seed: 1 }),
+      label: `${name} (random ${dtype} weights made on the device)`,
+    };
+  }
+  const path = (options.model as string | undefined) ?? defaultModelPath();
+  return { model: await LlamaModel.load(path, { device: backend, onProgress: loadingProgress(path) }), label: path };
 }

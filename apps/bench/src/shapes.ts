@@ -1,5 +1,5 @@
 // Named model shapes for benchmarks and the planner (configs only; weights are made on the device).
-import type { ModelConfig } from '@duoattn/core';
+import type { HeadPlan, ModelConfig } from '@duoattn/core';
 
 const llama3Base = {
   architecture: 'llama',
@@ -53,15 +53,25 @@ export function parameterCount(config: ModelConfig): number {
   return numLayers * perLayer + vocabSize * d * (config.tieWordEmbeddings ? 1 : 2) + d;
 }
 
-/** Bytes one decode step must read from device memory: every weight matrix once (one embedding row), and the KV cache. */
+/**
+ * Bytes one decode step must read from device memory: every weight matrix once (one embedding row), and the KV cache —
+ * all of it, or under a head plan the retrieval heads' keys and values plus each streaming head's sinks and window.
+ */
 export function decodeBytesFloor(
   config: ModelConfig,
   weightBytes: number,
   context: number,
   cacheBytes: number,
+  plan?: HeadPlan,
 ): number {
   const embeddingRows = config.tieWordEmbeddings ? 0 : config.vocabSize * config.hiddenSize;
   const weights = (parameterCount(config) - embeddingRows) * weightBytes;
-  const kv = 2 * config.numLayers * config.numKvHeads * config.headDim * context * cacheBytes;
+  const row = 2 * config.headDim * cacheBytes;
+  if (!plan) return weights + config.numLayers * config.numKvHeads * context * row;
+  const window = Math.min(context, plan.sink + plan.recent);
+  const kv = plan.retrievalHeads.reduce(
+    (sum, heads) => sum + (heads.length * context + (config.numKvHeads - heads.length) * window) * row,
+    0,
+  );
   return weights + kv;
 }

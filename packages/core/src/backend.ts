@@ -123,6 +123,8 @@ export interface Backend {
   /** Waits for every queued op. */
   synchronize(): Promise<void>;
   memory(): BackendMemory;
+  /** Starts a new peak: `memory().peakBytes` then counts from what is allocated now. */
+  resetPeakMemory(): void;
 
   /** `out[r] = table[ids[r]]`, converted to f32. `ids` is i32 `[n]`, `out` f32 `[n, dim]`. */
   embedding(table: TensorHandle, ids: TensorHandle, out: TensorHandle): void;

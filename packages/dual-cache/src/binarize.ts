@@ -80,6 +80,24 @@ export function uniformPlan(
   };
 }
 
+/**
+ * A plan without trained gates, for shapes and benchmarks: round(sparsity × total) streaming heads spread as evenly
+ * as the layers allow (earlier layers take the remainder), the first heads of each layer kept as retrieval heads.
+ */
+export function evenPlan(layers: number, kvHeads: number, sparsity: number, sink = 64, recent = 256): HeadPlan {
+  if (typeof sparsity !== 'number' || !(sparsity >= 0 && sparsity <= 1)) {
+    throw new DuoArgumentError('sparsity', `Expected \`sparsity\` in [0, 1] but received ${String(sparsity)}`);
+  }
+  checkWindow(sink, recent);
+  const streaming = Math.round(sparsity * layers * kvHeads);
+  const base = Math.floor(streaming / layers);
+  const retrievalHeads = Array.from({ length: layers }, (_, layer) => {
+    const streamingHere = base + (layer < streaming - base * layers ? 1 : 0);
+    return Array.from({ length: kvHeads - streamingHere }, (_, h) => h);
+  });
+  return { retrievalHeads, kvHeads, sink, recent, sparsity: streaming / (layers * kvHeads) };
+}
+
 /** The plan that keeps the *other* heads: the lowest-gate heads as retrieval (a control for accuracy studies). */
 export function invertPlan(plan: HeadPlan): HeadPlan {
   const retrievalHeads = plan.retrievalHeads.map((heads) =>

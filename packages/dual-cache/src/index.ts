@@ -1,5 +1,13 @@
 // Public surface of @duoattn/dual-cache: head patterns, plans, the dual KV cache and the memory planner.
-export { type BinarizeOptions, checkPlan, invertPlan, kvHeadOrder, planHeads, uniformPlan } from './binarize.js';
+export {
+  type BinarizeOptions,
+  checkPlan,
+  evenPlan,
+  invertPlan,
+  kvHeadOrder,
+  planHeads,
+  uniformPlan,
+} from './binarize.js';
 export {
   type CacheLayer,
   type DualCacheBytes,

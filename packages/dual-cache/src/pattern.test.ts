@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { DuoArgumentError, DuoCheckpointError, retrievalHeadCount } from '@duoattn/core';
 import { sharedPath, sharedSkipReason } from '@duoattn/kernels/testing';
 import { describe, expect, it } from 'vitest';
-import { invertPlan, kvHeadOrder, planHeads, uniformPlan } from './binarize.js';
+import { evenPlan, invertPlan, kvHeadOrder, planHeads, uniformPlan } from './binarize.js';
 import {
   formatGateTable,
   loadPattern,
@@ -127,6 +127,10 @@ describe('patterns and plans', () => {
     expect(kvHeadOrder(plan, 1)).toEqual([0, 1, 2, 3]);
     expect(invertPlan(plan).retrievalHeads).toEqual([[1], [2, 3]]);
     expect(uniformPlan('streaming', 3, 2).retrievalHeads).toEqual([[], [], []]);
+    const even = evenPlan(3, 4, 0.6);
+    expect(even.retrievalHeads.map((heads) => heads.length)).toEqual([1, 2, 2]);
+    expect(even.sparsity).toBe(7 / 12);
+    expect(evenPlan(32, 8, 0.5).retrievalHeads.every((heads) => heads.length === 4)).toBe(true);
     expect(() => planHeads(pattern, { sparsity: 1.5 })).toThrow(DuoArgumentError);
     expect(() => planHeads(pattern, { sparsity: 1.5 })).toThrow('Expected `sparsity` in [0, 1] but received 1.5');
     expect(() => planHeads(pattern, { sparsity: 0.5, recent: 0 })).toThrow(

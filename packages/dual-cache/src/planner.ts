@@ -16,6 +16,8 @@ export interface MemoryPlanInput {
   readonly tokens: number;
   /** Prefill chunk: sizes the streaming ring and the session's chunk workspace. Default 512. */
   readonly prefillChunk?: number;
+  /** A session that only decodes (a synthetic cache, no prefill) holds no chunk workspace. Default false. */
+  readonly decodeOnly?: boolean;
 }
 
 /** Bytes of each part. `total` is what a session of `tokens` tokens holds beside the backend's own scratch. */
@@ -70,7 +72,7 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   const cache = dualCacheBytes(config, plan, kvDtype, tokens, chunk);
   const perToken = dualCacheBytes(config, plan, kvDtype, 1, chunk).full;
   const weights = weightBytes(config, weightDtype);
-  const scratch = sessionScratchBytes(config, chunk);
+  const scratch = sessionScratchBytes(config, input.decodeOnly ? 1 : chunk);
   return {
     weights,
     fullRegion: cache.full,

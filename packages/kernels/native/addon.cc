@@ -227,6 +227,13 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value ResetPeak(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    deviceOf(static_cast<int>(integer(info, 0)))->resetPeak();
+    return info.Env().Undefined();
+  });
+}
+
 // Per-op device times collected since the last call, as [{ name, count, milliseconds }] (CUDA with DUO_CUDA_PROFILE=1).
 Napi::Value TakeProfile(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
@@ -513,6 +520,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("read", Napi::Function::New(env, Read));
   exports.Set("synchronize", Napi::Function::New(env, Synchronize));
   exports.Set("memory", Napi::Function::New(env, Memory));
+  exports.Set("resetPeak", Napi::Function::New(env, ResetPeak));
   exports.Set("takeProfile", Napi::Function::New(env, TakeProfile));
   exports.Set("copyRows", Napi::Function::New(env, CopyRows));
   exports.Set("convert", Napi::Function::New(env, Convert));

@@ -124,6 +124,8 @@ class Device {
   virtual PendingRead* read(const Tensor& tensor, void* host, size_t byteOffset, size_t bytes) = 0;
   virtual void synchronize() = 0;
   virtual MemoryInfo memory() const = 0;
+  // Starts a new peak: the peak becomes what is allocated now.
+  virtual void resetPeak() = 0;
   // Per-op device time since the last call (op name → {count, milliseconds}); empty unless the backend profiles.
   struct OpTime { std::string name; int count; double milliseconds; };
   virtual std::vector<OpTime> takeProfile() { return {}; }

@@ -156,6 +156,10 @@ export class NativeBackend implements Backend {
     return callNative(() => this.#native.takeProfile(this.#index));
   }
 
+  resetPeakMemory(): void {
+    callNative(() => this.#native.resetPeak(this.#index));
+  }
+
   memory(): BackendMemory {
     const memory = callNative(() => this.#native.memory(this.#index));
     return this.device === 'cpu' ? { allocatedBytes: memory.allocatedBytes, peakBytes: memory.peakBytes } : memory;

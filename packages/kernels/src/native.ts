@@ -15,6 +15,7 @@ export interface NativeAddon {
   read(id: number, elementOffset: number, count: number): Promise<ArrayBuffer>;
   synchronize(device: number): Promise<void>;
   takeProfile(device: number): { name: string; count: number; milliseconds: number }[];
+  resetPeak(device: number): void;
   memory(device: number): {
     allocatedBytes: number;
     peakBytes: number;

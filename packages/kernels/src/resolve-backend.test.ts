@@ -40,5 +40,9 @@ describe('resolveBackend', () => {
     expect(cpu.memory().peakBytes).toBeGreaterThan(before + 19999);
     tensor.dispose();
     expect(cpu.memory().allocatedBytes).toBe(before);
+    cpu.resetPeakMemory();
+    expect(cpu.memory().peakBytes).toBe(before);
+    cpu.alloc('f32', [10]).dispose();
+    expect(cpu.memory().peakBytes).toBe(before + 40);
   });
 });

@@ -2,10 +2,10 @@
 // device) or a real model, with the bytes-moved floor of each decode figure.
 import { writeFileSync } from 'node:fs';
 import { resolveBackend } from '@duoattn/kernels';
-import { LlamaModel } from '@duoattn/model';
 import { choiceOption, integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
-import { loadingProgress } from '../progress.js';
-import { median, quantile, writeResult } from '../results.js';
+import { benchmarkTokens, decodeLatency, prefillSeconds } from '../measure.js';
+import { benchmarkModel } from '../model-options.js';
+import { writeResult } from '../results.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
 export const speedHelp = `duo-bench speed (--shape NAME | --model PATH) [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
@@ -35,40 +35,19 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
   const warmup = integerOption('warmup', options.warmup, 8, 2);
   const bandwidthTBps = numberOption('bandwidth', options.bandwidth, 3.0, 0.001);
   const backend = resolveBackend(device);
-  let model: LlamaModel;
-  if (options.shape !== undefined) {
-    const config = SHAPES[String(options.shape)];
-    if (!config)
-      throw new UsageError(
-        `--shape: expected one of ${Object.keys(SHAPES).join(', ')} but received "${String(options.shape)}"`,
-      );
-    model = LlamaModel.random(config, { device: backend, dtype, seed: 1 });
-  } else if (options.model !== undefined) {
-    model = await LlamaModel.load(String(options.model), {
-      device: backend,
-      onProgress: loadingProgress(String(options.model)),
-    });
-  } else {
+  if (options.shape === undefined && options.model === undefined)
     throw new UsageError('speed needs --shape NAME or --model PATH');
-  }
+  const { model, label } = await benchmarkModel(options, backend, dtype);
   const config = model.config;
   const weightBytes = model.weights.lmHead.dtype === 'f32' ? 4 : 2;
   const capacity = Math.max(prefillTokens, ...contexts) + warmup + steps + 2;
   const session = model.createSession({ maxTokens: capacity, prefillChunk: Math.max(prefillTokens, 1) });
   const cacheBytes = session.cacheDtype === 'f32' ? 4 : 2;
-  const tokens = Int32Array.from({ length: prefillTokens }, (_, i) => (i * 7919 + 13) % config.vocabSize);
+  const tokens = benchmarkTokens(prefillTokens, config.vocabSize);
   try {
     let prefill: object | undefined;
     if (prefillTokens > 0) {
-      const times: number[] = [];
-      for (let run = 0; run < 3; run++) {
-        session.reset();
-        await backend.synchronize();
-        const start = performance.now();
-        await session.forward(tokens, { logits: 'last' });
-        times.push((performance.now() - start) / 1000);
-      }
-      const seconds = median(times.slice(1));
+      const { seconds, runs: times } = await prefillSeconds(backend, session, tokens);
       if (options.profile) {
         for (const entry of backend.takeProfile().sort((a, b) => b.milliseconds - a.milliseconds)) {
           log(
@@ -83,18 +62,8 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
     for (const context of contexts) {
       session.syntheticFill(context, context);
       if (options.profile) backend.takeProfile();
-      // Per-token latency in the steady state: the time between consecutive tokens of one greedy run (on CUDA a
-      // replayed graph with one step in flight, as generate() runs).
-      const times: number[] = [];
-      let last = performance.now();
-      let count = 0;
-      for await (const _token of session.greedyTokens(1, warmup + steps)) {
-        const now = performance.now();
-        if (count >= warmup) times.push(now - last);
-        last = now;
-        count++;
-      }
-      const ms = median(times);
+      const timing = await decodeLatency(session, warmup, steps);
+      const ms = timing.msPerToken;
       const profile = options.profile ? backend.takeProfile() : [];
       for (const entry of profile.sort((a, b) => b.milliseconds - a.milliseconds)) {
         log(
@@ -107,8 +76,8 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
         context,
         msPerToken: ms,
         profile,
-        p10: quantile(times, 0.1),
-        p90: quantile(times, 0.9),
+        p10: timing.p10,
+        p90: timing.p90,
         floorMs,
         ratioToFloor: ms / floorMs,
       });
@@ -117,7 +86,7 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
       );
     }
     const settings = {
-      model: model.source === 'random' ? `${String(options.shape)} (random weights made on the device)` : model.source,
+      model: label,
       device: backend.device,
       weightDtype: model.weights.lmHead.dtype,
       cacheDtype: session.cacheDtype,

@@ -18,6 +18,7 @@ class CpuDevice final : public Device {
   PendingRead* read(const Tensor& tensor, void* host, size_t byteOffset, size_t bytes) override;
   void synchronize() override {}
   MemoryInfo memory() const override { return {allocated_, peak_, 0, 0}; }
+  void resetPeak() override { peak_ = allocated_; }
 
   void copyRows(const Tensor& source, Tensor& target, int64_t sourceRow, int64_t targetRow, int64_t rows) override;
   void convert(const Tensor& source, Tensor& target) override;

@@ -188,6 +188,7 @@ class CudaDevice final : public Device {
     return pending;
   }
   void synchronize() override { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+  void resetPeak() override { peak_ = allocated_; }
   MemoryInfo memory() const override {
     size_t freeBytes = 0, totalBytes = 0;
     check(cudaMemGetInfo(&freeBytes, &totalBytes), "cudaMemGetInfo");

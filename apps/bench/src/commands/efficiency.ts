@@ -1,0 +1,360 @@
+// duo-bench efficiency: decode latency, prefill time and peak memory versus context length for full, duo and
+// streaming attention, with the bytes-moved floor of each decode figure, the planner's bytes beside the measured ones,
+// and an SVG plot; a PyTorch peer's JSON (tools/device/torch_duo_bench.py) can be drawn in the same figure.
+import { readFileSync, writeFileSync } from 'node:fs';
+import type { AttentionPolicyName, HeadPlan } from '@duoattn/core';
+import { DuoOutOfMemoryError, dtypeBytes } from '@duoattn/core';
+import { maxContext, planMemory, uniformPlan } from '@duoattn/dual-cache';
+import { resolveBackend } from '@duoattn/kernels';
+import type { LlamaModel } from '@duoattn/model';
+import { choiceOption, integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
+import { benchmarkTokens, decodeLatency, prefillSeconds } from '../measure.js';
+import { benchmarkModel } from '../model-options.js';
+import {
+  applyDuoPlan,
+  attentionPolicies,
+  POLICY_HELP,
+  POLICY_OPTIONS,
+  type PolicySettings,
+  policySettings,
+  sessionPolicy,
+} from '../policy-options.js';
+import { writeResult } from '../results.js';
+import { decodeBytesFloor, SHAPES } from '../shapes.js';
+import { lineChartsSvg, type Panel } from '../svg.js';
+
+export const efficiencyHelp = `duo-bench efficiency [--shape NAME | --model PATH] [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
+                     [--attention full,duo,streaming] [--contexts 1k,2k,4k,8k] [--max-context] [--prefill 1k,4k]
+                     [--steps N] [--warmup N] [--bandwidth TBps] [--reserve GB] [--peer FILE] [--out FILE] [--plot FILE.svg]
+  For each policy: decode ms/token at each context (cache filled with synthetic K/V, the JSON says so) with the
+  bytes-moved floor, peak memory and the planner's bytes; prefill seconds for each --prefill length (a real prefill in
+  --prefill-chunk chunks); with --max-context also decode at the longest context the planner fits on the device.
+  Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
+${POLICY_HELP}`;
+
+const GB = 1e9;
+
+interface Row {
+  policy: AttentionPolicyName;
+  context: number;
+  [key: string]: unknown;
+}
+
+export async function efficiencyCommand(argv: string[], log: (line: string) => void): Promise<object> {
+  const options = parseOptions(argv, {
+    ...POLICY_OPTIONS,
+    shape: { type: 'string' },
+    model: { type: 'string' },
+    device: { type: 'string' },
+    dtype: { type: 'string' },
+    contexts: { type: 'string' },
+    'max-context': { type: 'boolean' },
+    prefill: { type: 'string' },
+    steps: { type: 'string' },
+    warmup: { type: 'string' },
+    bandwidth: { type: 'string' },
+    reserve: { type: 'string' },
+    peer: { type: 'string' },
+    out: { type: 'string' },
+    plot: { type: 'string' },
+  });
+  const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
+  const dtype = choiceOption('dtype', options.dtype, ['bf16', 'f16', 'f32'] as const, 'bf16');
+  const policies = attentionPolicies(options.attention, ['full', 'duo', 'streaming'], true);
+  const contexts = integerListOption('contexts', options.contexts, [1024, 2048, 4096, 8192]);
+  const prefillLengths = integerListOption('prefill', options.prefill, [1024, 4096]);
+  const steps = integerOption('steps', options.steps, 16, 1);
+  const warmup = integerOption('warmup', options.warmup, 4, 2);
+  // The floor is a GPU figure (HBM bandwidth); on the CPU it is reported only when --bandwidth is given.
+  const bandwidthTBps = numberOption('bandwidth', options.bandwidth, 3.0, 0.001);
+  const reserve = numberOption('reserve', options.reserve, 2.5, 0) * GB;
+  const settings = policySettings(options);
+  const peer = options.peer === undefined ? undefined : readPeer(String(options.peer));
+  const backend = resolveBackend(device);
+  const { model, label } = await benchmarkModel(options, backend, dtype);
+  try {
+    const duo = await applyDuoPlan(model, policies, settings);
+    const weightBytes = dtypeBytes(model.weights.lmHead.dtype);
+    const kvDtype = model.defaultCacheDtype;
+    const kvBytes = dtypeBytes(kvDtype);
+    const budget = backend.memory().deviceTotalBytes;
+    const decode: Row[] = [];
+    const prefill: Row[] = [];
+    const total = policies.length * (contexts.length + (options['max-context'] ? 1 : 0) + prefillLengths.length);
+    let done = 0;
+    const progress = (what: string) => {
+      done++;
+      if (process.stderr.isTTY) process.stderr.write(`\r[duo-bench] efficiency ${done}/${total}: ${what}        `);
+    };
+    for (const policy of policies) {
+      const plan = policyPlan(policy, model, duo, settings);
+      const plannerInput = {
+        config: model.config,
+        plan,
+        weightDtype: model.weights.lmHead.dtype,
+        kvDtype,
+        prefillChunk: settings.prefillChunk,
+      };
+      const lengths = [...contexts];
+      let longest: number | undefined;
+      if (options['max-context']) {
+        if (budget === undefined) throw new UsageError('--max-context needs a device that reports its memory (CUDA)');
+        longest = Math.min(maxContext(plannerInput, budget, reserve) - warmup - steps - 2, 1 << 24);
+        lengths.push(longest);
+      }
+      for (const context of lengths) {
+        const row = await measureDecode(model, policy, settings, context, warmup, steps);
+        const floorMs =
+          (decodeBytesFloor(model.config, weightBytes, context + warmup + steps / 2, kvBytes, plan) /
+            (bandwidthTBps * 1e12)) *
+          1000;
+        if (typeof row.msPerToken === 'number') {
+          if (backend.device === 'cuda' || options.bandwidth !== undefined) {
+            row.floorMs = floorMs;
+            row.ratioToFloor = row.msPerToken / floorMs;
+          }
+          const planned = planMemory({ ...plannerInput, tokens: row.capacity as number, decodeOnly: true });
+          row.plannedSessionBytes = planned.total - planned.weights;
+          row.plannedToAllocated = (row.plannedSessionBytes as number) / (row.sessionBytes as number);
+          const floor =
+            row.floorMs === undefined
+              ? ''
+              : ` (floor ${floorMs.toFixed(3)}, ${(row.ratioToFloor as number).toFixed(3)}×)`;
+          log(
+            `${policy.padEnd(9)} decode @${context}: ${(row.msPerToken as number).toFixed(3)} ms/token${floor}, peak ${((row.peakBytes as number) / GB).toFixed(3)} GB, planned/allocated ${(row.plannedToAllocated as number).toFixed(3)}`,
+          );
+        } else {
+          log(`${policy.padEnd(9)} decode @${context}: ${String(row.error)}`);
+        }
+        row.maxContext = context === longest;
+        decode.push(row);
+        progress(`${policy} decode @${context}`);
+      }
+      for (const length of prefillLengths) {
+        const row = await measurePrefill(model, policy, settings, length);
+        if (typeof row.seconds === 'number')
+          log(`${policy.padEnd(9)} prefill ${length}: ${(row.seconds as number).toFixed(3)} s`);
+        else log(`${policy.padEnd(9)} prefill ${length}: ${String(row.error)}`);
+        prefill.push(row);
+        progress(`${policy} prefill ${length}`);
+      }
+    }
+    if (process.stderr.isTTY) process.stderr.write('\n');
+    const comparisons = compare(decode, prefill, peer);
+    for (const line of comparisons.lines) log(line);
+    const runSettings = {
+      model: label,
+      device: backend.device,
+      weightDtype: model.weights.lmHead.dtype,
+      kvDtype,
+      policies,
+      headPlan: duo
+        ? {
+            sparsity: duo.sparsity,
+            sink: duo.sink,
+            recent: duo.recent,
+            retrievalHeads: duo.retrievalHeads.map((h) => h.length),
+          }
+        : undefined,
+      streaming: { sink: settings.window.sink ?? 64, recent: settings.window.recent ?? 256 },
+      prefillChunk: settings.prefillChunk,
+      prefillMask: settings.prefillMask,
+      steps,
+      warmup,
+      bandwidthTBps,
+      reserveBytes: reserve,
+      decodeCache: 'synthetic K/V written directly to reach each context',
+      timing:
+        'decode: host wall clock between consecutive greedy tokens (CUDA: replayed graph, one step in flight), median; prefill: wall clock of a whole chunked prefill, median of 2 after a warm-up',
+      peer: options.peer,
+    };
+    const figures = { decode, prefill, comparisons: comparisons.table };
+    if (options.plot) {
+      writeFileSync(String(options.plot), lineChartsSvg(panels(decode, prefill, peer)));
+      log(`wrote ${String(options.plot)}`);
+    }
+    if (options.out) return writeResult(String(options.out), backend.deviceName, runSettings, figures);
+    return { card: backend.deviceName, settings: runSettings, ...figures };
+  } finally {
+    model.dispose();
+  }
+}
+
+function policyPlan(
+  policy: AttentionPolicyName,
+  model: LlamaModel,
+  duo: HeadPlan | undefined,
+  settings: PolicySettings,
+): HeadPlan {
+  const { numLayers, numKvHeads } = model.config;
+  if (policy === 'duo') return duo as HeadPlan;
+  return policy === 'full'
+    ? uniformPlan('full', numLayers, numKvHeads)
+    : uniformPlan('streaming', numLayers, numKvHeads, settings.window.sink ?? 64, settings.window.recent ?? 256);
+}
+
+/** Decode at `context`: a fresh session sized for the run, synthetic K/V, timed greedy steps, memory. */
+async function measureDecode(
+  model: LlamaModel,
+  policy: AttentionPolicyName,
+  settings: PolicySettings,
+  context: number,
+  warmup: number,
+  steps: number,
+): Promise<Row> {
+  const backend = model.backend;
+  const capacity = context + warmup + steps + 2;
+  const before = backend.memory().allocatedBytes;
+  backend.resetPeakMemory();
+  let session: ReturnType<LlamaModel['createSession']> | undefined;
+  try {
+    session = model.createSession({
+      ...sessionPolicy(policy, settings),
+      maxTokens: capacity,
+      cacheBlockTokens: capacity,
+    });
+    session.syntheticFill(context, context);
+    const timing = await decodeLatency(session, warmup, steps);
+    const memory = backend.memory();
+    return {
+      policy,
+      context,
+      capacity,
+      ...timing,
+      peakBytes: memory.peakBytes,
+      sessionBytes: memory.allocatedBytes - before,
+      cacheBytes: session.cacheBytes(),
+    };
+  } catch (error) {
+    if (error instanceof DuoOutOfMemoryError) return { policy, context, error: 'out of memory' };
+    throw error;
+  } finally {
+    session?.dispose();
+  }
+}
+
+async function measurePrefill(
+  model: LlamaModel,
+  policy: AttentionPolicyName,
+  settings: PolicySettings,
+  length: number,
+): Promise<Row> {
+  const backend = model.backend;
+  backend.resetPeakMemory();
+  let session: ReturnType<LlamaModel['createSession']> | undefined;
+  try {
+    session = model.createSession({ ...sessionPolicy(policy, settings), maxTokens: length, cacheBlockTokens: length });
+    const { seconds, runs } = await prefillSeconds(
+      backend,
+      session,
+      benchmarkTokens(length, model.config.vocabSize),
+      1,
+    );
+    return {
+      policy,
+      context: length,
+      chunk: settings.prefillChunk,
+      seconds,
+      runs,
+      tokensPerSecond: length / seconds,
+      peakBytes: backend.memory().peakBytes,
+    };
+  } catch (error) {
+    if (error instanceof DuoOutOfMemoryError) return { policy, context: length, error: 'out of memory' };
+    throw error;
+  } finally {
+    session?.dispose();
+  }
+}
+
+interface PeerDocument {
+  card?: string;
+  decode?: { policy: string; context: number; msPerToken?: number; peakBytes?: number }[];
+  prefill?: { policy: string; tokens: number; seconds?: number }[];
+}
+
+function readPeer(path: string): PeerDocument {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as PeerDocument;
+  } catch (error) {
+    throw new UsageError(`--peer: cannot read "${path}": ${(error as Error).message}`);
+  }
+}
+
+/** Duo/full speed-ups and, with a peer, our time against the peer's at each shared point. */
+function compare(decode: Row[], prefill: Row[], peer: PeerDocument | undefined): { lines: string[]; table: object[] } {
+  const lines: string[] = [];
+  const table: object[] = [];
+  const ms = (policy: string, context: number) =>
+    decode.find((row) => row.policy === policy && row.context === context)?.msPerToken as number | undefined;
+  for (const row of decode.filter((r) => r.policy === 'duo')) {
+    const full = ms('full', row.context);
+    const duo = row.msPerToken as number | undefined;
+    if (full && duo) {
+      table.push({ kind: 'duo/full decode speed-up', context: row.context, value: full / duo });
+      lines.push(`duo/full decode speed-up @${row.context}: ${(full / duo).toFixed(3)}×`);
+    }
+  }
+  for (const row of peer?.decode ?? []) {
+    const ours = ms(row.policy, row.context);
+    if (ours && row.msPerToken) {
+      table.push({ kind: `peer/ours decode (${row.policy})`, context: row.context, value: row.msPerToken / ours });
+      lines.push(
+        `${row.policy} decode @${row.context}: peer ${row.msPerToken.toFixed(2)} ms vs ours ${ours.toFixed(2)} ms (${(row.msPerToken / ours).toFixed(2)}× faster)`,
+      );
+    }
+  }
+  for (const row of peer?.prefill ?? []) {
+    const ours = prefill.find((p) => p.policy === row.policy && p.context === row.tokens)?.seconds as
+      | number
+      | undefined;
+    if (ours && row.seconds) {
+      table.push({ kind: `peer/ours prefill (${row.policy})`, context: row.tokens, value: row.seconds / ours });
+      lines.push(`${row.policy} prefill ${row.tokens}: peer ${row.seconds.toFixed(2)} s vs ours ${ours.toFixed(2)} s`);
+    }
+  }
+  return { lines, table };
+}
+
+function panels(decode: Row[], prefill: Row[], peer: PeerDocument | undefined): Panel[] {
+  const policies = [...new Set(decode.map((row) => row.policy))];
+  const series = (rows: readonly Row[], field: string, scale = 1, suffix = '') =>
+    policies.map((policy) => ({
+      label: `${policy}${suffix}`,
+      points: rows
+        .filter((row) => row.policy === policy && typeof row[field] === 'number')
+        .map((row) => ({ x: row.context, y: (row[field] as number) * scale })),
+    }));
+  const peerDecode = [...new Set((peer?.decode ?? []).map((row) => row.policy))].map((policy) => ({
+    label: `${policy} (PyTorch reference method)`,
+    points: (peer?.decode ?? [])
+      .filter((row) => row.policy === policy && typeof row.msPerToken === 'number')
+      .map((row) => ({ x: row.context, y: row.msPerToken as number })),
+  }));
+  const result: Panel[] = [
+    {
+      title: 'Decode latency',
+      xLabel: 'context (tokens)',
+      yLabel: 'ms / token',
+      series: [...series(decode, 'msPerToken'), ...peerDecode],
+      logX: true,
+    },
+    {
+      title: 'Peak memory during decode',
+      xLabel: 'context (tokens)',
+      yLabel: 'GB',
+      series: series(decode, 'peakBytes', 1 / GB),
+      logX: true,
+    },
+  ];
+  if (prefill.some((row) => typeof row.seconds === 'number')) {
+    result.push({
+      title: 'Prefill time',
+      xLabel: 'prompt (tokens)',
+      yLabel: 'seconds',
+      series: series(prefill, 'seconds'),
+      logX: true,
+    });
+  }
+  return result;
+}

@@ -1,0 +1,94 @@
+// duo-bench plan: memory of a model under full, duo and streaming attention, and the longest context that fits.
+import type { DType } from '@duoattn/core';
+import { maxContext, planMemory, uniformPlan } from '@duoattn/dual-cache';
+import { openCheckpoint } from '@duoattn/model';
+import { choiceOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
+import { defaultModelPath } from '../default-model.js';
+import { namedShape } from '../model-options.js';
+import { duoPlan, POLICY_HELP, POLICY_OPTIONS, policySettings } from '../policy-options.js';
+import { writeResult } from '../results.js';
+import { SHAPES } from '../shapes.js';
+
+export const planHelp = `duo-bench plan [--shape NAME | --model PATH] [--kv-dtype bf16|f16|f32] [--weight-dtype bf16|f16|f32]
+               [--gpu-memory GB] [--reserve GB] [--tokens N] [--pattern DIR|FILE] [--sparsity S] [--out FILE]
+  Exact bytes of weights, full and streaming cache regions and scratch for full, duo and streaming attention, the
+  bytes each token adds, and the longest context that fits --gpu-memory (default 80 GB, less --reserve, default 1.5 GB,
+  for the backend's scratch). Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
+${POLICY_HELP}`;
+
+const GB = 1e9;
+
+export async function planCommand(argv: string[], log: (line: string) => void): Promise<object> {
+  const options = parseOptions(argv, {
+    ...POLICY_OPTIONS,
+    shape: { type: 'string' },
+    model: { type: 'string' },
+    'kv-dtype': { type: 'string' },
+    'weight-dtype': { type: 'string' },
+    'gpu-memory': { type: 'string' },
+    reserve: { type: 'string' },
+    tokens: { type: 'string' },
+    out: { type: 'string' },
+  });
+  const dtypes = ['bf16', 'f16', 'f32'] as const;
+  const kvDtype: DType = choiceOption('kv-dtype', options['kv-dtype'], dtypes, 'bf16');
+  const weightDtype: DType = choiceOption('weight-dtype', options['weight-dtype'], dtypes, 'bf16');
+  const budget = numberOption('gpu-memory', options['gpu-memory'], 80, 0.001) * GB;
+  const reserve = numberOption('reserve', options.reserve, 1.5, 0) * GB;
+  const settings = policySettings(options);
+  let config: ReturnType<typeof namedShape>;
+  let label: string;
+  if (options.shape !== undefined) {
+    config = namedShape(String(options.shape));
+    label = String(options.shape);
+  } else {
+    label = (options.model as string | undefined) ?? defaultModelPath();
+    try {
+      config = (await openCheckpoint(label)).config;
+    } catch (error) {
+      throw new UsageError(`--model: ${(error as Error).message}`);
+    }
+  }
+  const tokens = integerOption('tokens', options.tokens, Math.min(config.maxPositionEmbeddings, 131072), 1);
+  const plans = {
+    full: uniformPlan('full', config.numLayers, config.numKvHeads),
+    duo: duoPlan(settings, config),
+    streaming: uniformPlan(
+      'streaming',
+      config.numLayers,
+      config.numKvHeads,
+      settings.window.sink ?? 64,
+      settings.window.recent ?? 256,
+    ),
+  };
+  const rows = Object.entries(plans).map(([policy, plan]) => {
+    const input = { config, plan, weightDtype, kvDtype, prefillChunk: settings.prefillChunk };
+    const memory = planMemory({ ...input, tokens });
+    const longest = maxContext(input, budget, reserve);
+    return { policy, sparsity: plan.sparsity, sink: plan.sink, recent: plan.recent, memory, maxContext: longest };
+  });
+  log(`${label}: weights ${(rows[0]?.memory.weights ?? 0) / GB} GB (${weightDtype}), KV cache ${kvDtype}`);
+  log(
+    'policy     sparsity  KiB/token  streaming GB  total @%s GB  max context in %s GB'
+      .replace('%s', String(tokens))
+      .replace('%s', String(budget / GB)),
+  );
+  for (const row of rows) {
+    const max = Number.isFinite(row.maxContext) ? String(row.maxContext) : 'unbounded';
+    log(
+      `${row.policy.padEnd(10)} ${row.sparsity.toFixed(3).padStart(8)}  ${(row.memory.bytesPerToken / 1024).toFixed(1).padStart(9)}  ${(row.memory.streamingRegion / GB).toFixed(3).padStart(12)}  ${(row.memory.total / GB).toFixed(2).padStart(14)}  ${max.padStart(20)}`,
+    );
+  }
+  const document = {
+    model: label,
+    weightDtype,
+    kvDtype,
+    tokens,
+    budgetBytes: budget,
+    reserveBytes: reserve,
+    policies: rows,
+  };
+  return options.out
+    ? writeResult(String(options.out), 'planner (no device)', { ...settings, ...document }, {})
+    : document;
+}
