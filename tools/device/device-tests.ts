@@ -1,8 +1,10 @@
-// Entry of the device test bundle: the CUDA conformance suite and the CUDA golden check, run with the vitest shim.
+// Entry of the device test bundle: the CUDA conformance suites, the golden and demo-model checks and DuoAttention
+// through the model on CUDA, run with the vitest shim.
 import { writeFileSync } from 'node:fs';
 import '../../packages/kernels/src/conformance.cuda.test.ts';
 import '../../packages/model/src/golden.cuda.test.ts';
 import '../../packages/model/src/demo-model.cuda.test.ts';
+import '../../packages/model/src/duo.cuda.test.ts';
 import { runRegistered } from './vitest-shim.ts';
 
 const outcomes = await runRegistered((line) => console.log(line));

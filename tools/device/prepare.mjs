@@ -39,6 +39,7 @@ const common = {
     '@duoattn/core': join(root, 'packages/core/src/index.ts'),
     '@duoattn/kernels/testing': join(root, 'packages/kernels/src/testing/index.ts'),
     '@duoattn/kernels': join(root, 'packages/kernels/src/index.ts'),
+    '@duoattn/dual-cache': join(root, 'packages/dual-cache/src/index.ts'),
     '@duoattn/model': join(root, 'packages/model/src/index.ts'),
   },
 };
@@ -56,7 +57,7 @@ if (!existsSync(nodeArchive) || statSync(nodeArchive).mtimeMs < statSync(process
 }
 
 // 4. What the runs read from ../shared (it does not travel by itself).
-for (const part of ['models/stories260K', 'golden/stories260K', 'peer', 'data/gutenberg/1342.txt']) {
+for (const part of ['models/stories260K', 'golden/stories260K', 'peer', 'reference-patterns', 'data/gutenberg/1342.txt']) {
   if (existsSync(join(shared, part))) cpSync(join(shared, part), join(out, 'shared', part), { recursive: true });
 }
 

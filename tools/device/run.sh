@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, after `pnpm device:prepare` here and with `.device` carried.
-# Usage: bash tools/device/run.sh STEP...   (steps: tests, engine, torch, peer; default: all)
+# Usage: bash tools/device/run.sh STEP...   (steps below; default: tests engine torch peer)
 # Everything lands in $OUT (the device tool brings it back).
 set -uo pipefail
 OUT=${OUT:-/tmp/duo-out}
@@ -41,6 +41,25 @@ for step in "${steps[@]}"; do
                --section WarpStateStats node /tmp/duo-node/duo-bench.mjs kernels --device cuda --repeats 1 > "$OUT/ncu.txt" 2>&1 || status=1
              grep -E "decodeKernel|gemvStream|Combine|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.txt" | head -80 ;;
     peer) python3 .device/shared/peer/torch_baseline.py > "$OUT/peer-baseline.json" || status=1 ;;
+    # DuoAttention at Llama-3-8B shapes (issue 4): decode (synthetic caches) and prefill runs, the PyTorch reference
+    # method at the same contexts, then one merged report with the plot.
+    duo-decode) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
+              --sink 128 --recent 256 --contexts 32k,128k,256k --max-context --prefill none --steps 32 --warmup 8 \
+              --out "$OUT/efficiency-decode.json" || status=1 ;;
+    duo-prefill) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
+              --sink 128 --recent 256 --contexts none --prefill 128k --prefill-chunk 32768 --out "$OUT/efficiency-prefill.json" || status=1 ;;
+    duo-torch) maxima=$(node -e "const d = require('$OUT/efficiency-decode.json'); \
+                 console.log(d.decode.filter((r) => r.maxContext).map((r) => r.policy + '=' + r.context).join(','))")
+              python3 tools/device/torch_duo_bench.py --contexts 32768,131072,262144 --max-context "$maxima" --prefill 131072 \
+                --chunk 32768 --sink 128 --recent 256 --retrieval 4 --out "$OUT/torch-duo.json" || status=1 ;;
+    duo-report) node /tmp/duo-node/duo-bench.mjs efficiency --from "$OUT/efficiency-decode.json,$OUT/efficiency-prefill.json" \
+              --peer "$OUT/torch-duo.json" --out "$OUT/efficiency-llama-3-8b.json" --plot "$OUT/efficiency-llama-3-8b.svg" || status=1 ;;
+    duo-passkey) for policy in full streaming duo; do
+                   extra=(); [ "$policy" = streaming ] && extra=(--sink 64 --recent 256); [ "$policy" = duo ] && extra=(--sparsity 0)
+                   node /tmp/duo-node/duo-bench.mjs passkey --model models/duo-demo --haystack .device/shared/data/gutenberg/1342.txt \
+                     --device cuda --lengths 1k,2k,4k,8k,16k --depths 10 --trials 20 --attention "$policy" "${extra[@]}" \
+                     --out "$OUT/passkey-$policy.json" --heatmap "$OUT/passkey-$policy.svg" || status=1
+                 done ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done

@@ -24,12 +24,14 @@ import { decodeBytesFloor, SHAPES } from '../shapes.js';
 import { lineChartsSvg, type Panel } from '../svg.js';
 
 export const efficiencyHelp = `duo-bench efficiency [--shape NAME | --model PATH] [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
-                     [--attention full,duo,streaming] [--contexts 1k,2k,4k,8k] [--max-context] [--prefill 1k,4k]
+                     [--attention full,duo,streaming] [--contexts 1k,2k,4k,8k|none] [--max-context] [--prefill 1k,4k|none]
                      [--steps N] [--warmup N] [--bandwidth TBps] [--reserve GB] [--peer FILE] [--out FILE] [--plot FILE.svg]
+       duo-bench efficiency --from FILE[,FILE] [--peer FILE] [--out FILE] [--plot FILE.svg]
   For each policy: decode ms/token at each context (cache filled with synthetic K/V, the JSON says so) with the
   bytes-moved floor, peak memory and the planner's bytes; prefill seconds for each --prefill length (a real prefill in
   --prefill-chunk chunks); with --max-context also decode at the longest context the planner fits on the device.
-  Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
+  --peer: a PyTorch run (tools/device/torch_duo_bench.py) to compare with and draw beside ours; --from: merge and
+  redraw earlier runs without measuring. Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
 ${POLICY_HELP}`;
 
 const GB = 1e9;
@@ -55,21 +57,24 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
     bandwidth: { type: 'string' },
     reserve: { type: 'string' },
     peer: { type: 'string' },
+    from: { type: 'string' },
     out: { type: 'string' },
     plot: { type: 'string' },
   });
+  const peer = options.peer === undefined ? undefined : readPeer(String(options.peer));
+  if (options.from !== undefined) return redraw(String(options.from), peer, options, log);
   const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
   const dtype = choiceOption('dtype', options.dtype, ['bf16', 'f16', 'f32'] as const, 'bf16');
   const policies = attentionPolicies(options.attention, ['full', 'duo', 'streaming'], true);
-  const contexts = integerListOption('contexts', options.contexts, [1024, 2048, 4096, 8192]);
-  const prefillLengths = integerListOption('prefill', options.prefill, [1024, 4096]);
+  // 'none' skips a phase (a decode-only or prefill-only run).
+  const contexts = options.contexts === 'none' ? [] : integerListOption('contexts', options.contexts, [1024, 2048, 4096, 8192]);
+  const prefillLengths = options.prefill === 'none' ? [] : integerListOption('prefill', options.prefill, [1024, 4096]);
   const steps = integerOption('steps', options.steps, 16, 1);
   const warmup = integerOption('warmup', options.warmup, 4, 2);
   // The floor is a GPU figure (HBM bandwidth); on the CPU it is reported only when --bandwidth is given.
   const bandwidthTBps = numberOption('bandwidth', options.bandwidth, 3.0, 0.001);
   const reserve = numberOption('reserve', options.reserve, 2.5, 0) * GB;
   const settings = policySettings(options);
-  const peer = options.peer === undefined ? undefined : readPeer(String(options.peer));
   const backend = resolveBackend(device);
   const { model, label } = await benchmarkModel(options, backend, dtype);
   try {
@@ -140,8 +145,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
       }
     }
     if (process.stderr.isTTY) process.stderr.write('\n');
-    const comparisons = compare(decode, prefill, peer);
-    for (const line of comparisons.lines) log(line);
+    const comparisons = report(decode, prefill, peer, options, log);
     const runSettings = {
       model: label,
       device: backend.device,
@@ -168,16 +172,60 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
         'decode: host wall clock between consecutive greedy tokens (CUDA: replayed graph, one step in flight), median; prefill: wall clock of a whole chunked prefill, median of 2 after a warm-up',
       peer: options.peer,
     };
-    const figures = { decode, prefill, comparisons: comparisons.table };
-    if (options.plot) {
-      writeFileSync(String(options.plot), lineChartsSvg(panels(decode, prefill, peer)));
-      log(`wrote ${String(options.plot)}`);
-    }
+    const figures = { decode, prefill, comparisons };
     if (options.out) return writeResult(String(options.out), backend.deviceName, runSettings, figures);
     return { card: backend.deviceName, settings: runSettings, ...figures };
   } finally {
     model.dispose();
   }
+}
+
+/** Comparisons (logged) and the plot, from measured or reloaded rows. */
+function report(
+  decode: Row[],
+  prefill: Row[],
+  peer: PeerDocument | undefined,
+  options: Record<string, unknown>,
+  log: (line: string) => void,
+): object[] {
+  const comparisons = compare(decode, prefill, peer);
+  for (const line of comparisons.lines) log(line);
+  if (options.plot) {
+    writeFileSync(String(options.plot), lineChartsSvg(panels(decode, prefill, peer)));
+    log(`wrote ${String(options.plot)}`);
+  }
+  return comparisons.table;
+}
+
+/** --from FILE[,FILE…]: merges earlier runs (e.g. a decode run and a prefill run), compares with --peer, redraws. */
+function redraw(
+  files: string,
+  peer: PeerDocument | undefined,
+  options: Record<string, unknown>,
+  log: (line: string) => void,
+): object {
+  const runs = files.split(',').map((file) => {
+    try {
+      return {
+        file,
+        ...(JSON.parse(readFileSync(file, 'utf8')) as {
+          card?: string;
+          decode?: Row[];
+          prefill?: Row[];
+          settings?: object;
+        }),
+      };
+    } catch (error) {
+      throw new UsageError(`--from: cannot read "${file}": ${(error as Error).message}`);
+    }
+  });
+  const decode = runs.flatMap((run) => run.decode ?? []);
+  const prefill = runs.flatMap((run) => run.prefill ?? []);
+  const comparisons = report(decode, prefill, peer, options, log);
+  const card = runs[0]?.card ?? 'unknown';
+  const settings = { mergedFrom: runs.map((run) => ({ file: run.file, settings: run.settings })), peer: options.peer };
+  const figures = { decode, prefill, comparisons, ...(peer ? { peer } : {}) };
+  return options.out ? writeResult(String(options.out), card, settings, figures) : { card, settings, ...figures };
 }
 
 function policyPlan(
