@@ -57,7 +57,13 @@ if (!existsSync(nodeArchive) || statSync(nodeArchive).mtimeMs < statSync(process
 }
 
 // 4. What the runs read from ../shared (it does not travel by itself).
-for (const part of ['models/stories260K', 'golden/stories260K', 'peer', 'reference-patterns', 'data/gutenberg/1342.txt']) {
+for (const part of [
+  'models/stories260K',
+  'golden/stories260K',
+  'peer',
+  'reference-patterns',
+  'data/gutenberg/1342.txt',
+]) {
   if (existsSync(join(shared, part))) cpSync(join(shared, part), join(out, 'shared', part), { recursive: true });
 }
 

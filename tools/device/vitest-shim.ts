@@ -7,11 +7,15 @@ interface TestCase {
   name: string;
   body: Body;
   skip: boolean;
+  /** beforeAll / afterAll: run in order like a test, not counted unless they fail. */
+  hook?: boolean;
 }
 
 const tests: TestCase[] = [];
 const prefix: string[] = [];
 let skipDepth = 0;
+// afterAll hooks of each open describe, appended when its body has registered everything.
+const pendingAfter: TestCase[][] = [[]];
 
 function format(name: string, args: unknown[]): string {
   let index = 0;
@@ -21,13 +25,28 @@ function format(name: string, args: unknown[]): string {
 function describeImpl(name: string, body: () => void, skip: boolean): void {
   prefix.push(name);
   if (skip) skipDepth++;
+  pendingAfter.push([]);
   body();
+  tests.push(...(pendingAfter.pop() ?? []));
   if (skip) skipDepth--;
   prefix.pop();
 }
 
+function hook(name: string, body: Body): TestCase {
+  return { name: [...prefix, name].join(' > '), body, skip: skipDepth > 0, hook: true };
+}
+
+export function beforeAll(body: Body): void {
+  tests.push(hook('beforeAll', body));
+}
+
+export function afterAll(body: Body): void {
+  pendingAfter[pendingAfter.length - 1]?.push(hook('afterAll', body));
+}
+
 export const describe = Object.assign((name: string, body: () => void) => describeImpl(name, body, false), {
   skip: (name: string, body: () => void) => describeImpl(name, body, true),
+  skipIf: (condition: boolean) => (name: string, body: () => void) => describeImpl(name, body, condition),
 });
 
 function register(name: string, body: Body): void {
@@ -47,9 +66,9 @@ export const test = it;
 
 class AssertionError extends Error {}
 
-export function expect(actual: unknown) {
+export function expect(actual: unknown, label?: string) {
   const fail = (message: string) => {
-    throw new AssertionError(message);
+    throw new AssertionError(label ? `${label}: ${message}` : message);
   };
   return {
     toBe: (expected: unknown) =>
@@ -59,6 +78,10 @@ export function expect(actual: unknown) {
       fail(`expected ${JSON.stringify(actual)?.slice(0, 400)} to equal ${JSON.stringify(expected)?.slice(0, 400)}`),
     toBeLessThan: (limit: number) => (actual as number) < limit || fail(`expected ${String(actual)} < ${limit}`),
     toBeGreaterThan: (limit: number) => (actual as number) > limit || fail(`expected ${String(actual)} > ${limit}`),
+    toBeLessThanOrEqual: (limit: number) =>
+      (actual as number) <= limit || fail(`expected ${String(actual)} ≤ ${limit}`),
+    toBeGreaterThanOrEqual: (limit: number) =>
+      (actual as number) >= limit || fail(`expected ${String(actual)} ≥ ${limit}`),
     toBeDefined: () => actual !== undefined || fail('expected a defined value'),
     toThrow: (expected?: unknown) => {
       try {
@@ -81,6 +104,16 @@ export function expect(actual: unknown) {
 export async function runRegistered(log: (line: string) => void) {
   const outcomes: { name: string; status: 'passed' | 'failed' | 'skipped'; ms: number; error?: string }[] = [];
   for (const test of tests) {
+    if (test.hook) {
+      if (test.skip) continue;
+      try {
+        await test.body();
+      } catch (error) {
+        outcomes.push({ name: test.name, status: 'failed', ms: 0, error: String((error as Error).stack ?? error) });
+        log(`  ✗ ${test.name}\n    ${String((error as Error).message)}`);
+      }
+      continue;
+    }
     if (test.skip) {
       outcomes.push({ name: test.name, status: 'skipped', ms: 0 });
       log(`  - ${test.name} (skipped)`);
