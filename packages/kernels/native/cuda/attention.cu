@@ -427,7 +427,6 @@ constexpr int kMaxSplits = 1024;
 __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const float* partialAcc, const float* partialMax,
                                                                         const float* partialSum, DecodeSplits layout, int group,
                                                                         int headDim, float* out) {
-  allowDependentLaunch();  // the output projection may launch and prefetch its weights
   __shared__ float weights[kMaxSplits];
   __shared__ float reduce[kCombineThreads / 32];
   __shared__ float partial[kCombineThreads / 32][256];

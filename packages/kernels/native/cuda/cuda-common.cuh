@@ -28,43 +28,6 @@ inline unsigned blocksFor(int64_t work, unsigned threads) {
 
 __host__ __device__ __forceinline__ int64_t lesser(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Programmatic dependent launch (Hopper): a kernel launched with `launchOverlapped` may start while the previous kernel
-// in the stream finishes, once every block of that kernel has called allowDependentLaunch() (or exited). Before
-// waitForPrevious() it may only read what no kernel writes (weights); after it, the previous kernel's writes are
-// visible. On older GPUs both are no-ops and launches are ordinary.
-__device__ __forceinline__ void allowDependentLaunch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
-}
-__device__ __forceinline__ void waitForPrevious() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-// Whether launches overlap their predecessor: compute capability 9.0 or later, unless DUO_NO_PDL=1.
-bool overlapLaunches();
-
-// Launches `kernel` allowed to overlap the previous kernel in `stream` (see allowDependentLaunch), or as usual.
-template <typename... Params, typename... Args>
-void launchOverlapped(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream, Args... args) {
-  if (!overlapLaunches()) {
-    kernel<<<grid, block, shared, stream>>>(args...);
-    return;
-  }
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = shared;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  check(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), "cudaLaunchKernelEx");
-}
-
 __device__ __forceinline__ float toFloat(float v) { return v; }
 __device__ __forceinline__ float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float toFloat(__half v) { return __half2float(v); }

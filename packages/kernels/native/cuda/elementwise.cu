@@ -33,7 +33,6 @@ __global__ void embeddingKernel(const T* table, const int32_t* ids, float* out, 
 // One block per row: sum of squares in f32 with a block reduction; 16-byte loads when the row allows.
 template <typename T>
 __global__ void rmsNormKernel(const float* x, const T* weight, float* out, int64_t dim, float eps) {
-  allowDependentLaunch();  // the matmul that reads `out` may launch and prefetch its weights
   __shared__ float partial[32];
   const float* row = x + blockIdx.x * dim;
   float* target = out + blockIdx.x * dim;

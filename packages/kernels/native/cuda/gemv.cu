@@ -43,7 +43,6 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
   constexpr int kVec = Vec16<T>::kCount;
   constexpr int kGroups = kWarps / SPLIT;
   __shared__ float partial[kWarps][ROWS][kColumnsPerWarp];
-  allowDependentLaunch();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp / SPLIT, slice = warp % SPLIT;
   const int64_t global = static_cast<int64_t>(blockIdx.x) * kGroups + group;
@@ -63,15 +62,6 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
   // This warp's slice of k, in whole 16-byte vectors.
   const int64_t vectors = k / kVec;
   const int64_t sliceBegin = (vectors * slice / SPLIT) * kVec, sliceEnd = (vectors * (slice + 1) / SPLIT) * kVec;
-  // Weights never change: fetch this warp's first loads into L2 while the previous kernel finishes, then wait for x.
-#pragma unroll
-  for (int u = 0; u < kUnroll; u++) {
-    const int64_t kk = sliceBegin + static_cast<int64_t>(lane) * kVec + static_cast<int64_t>(u) * 32 * kVec;
-#pragma unroll
-    for (int c = 0; c < kColumnsPerWarp; c++)
-      if (kk < sliceEnd && live[c]) asm volatile("prefetch.global.L2 [%0];" ::"l"(rows[c] + kk));
-  }
-  waitForPrevious();
   float acc[ROWS][kColumnsPerWarp];
 #pragma unroll
   for (int r = 0; r < ROWS; r++)
@@ -152,11 +142,10 @@ template <typename T, int ROWS, bool SWIGLU>
 void launchSplit(const float* x, int64_t k, const StreamJob<T>& job, int split, cudaStream_t stream) {
   const int64_t groups = job.firstGroup[job.count];
   auto blocks = [&](int groupsPerBlock) { return static_cast<unsigned>((groups + groupsPerBlock - 1) / groupsPerBlock); };
-  const dim3 threads(kWarps * 32);
-  if (split == 8) launchOverlapped(gemvStreamKernel<T, ROWS, SWIGLU, 8>, blocks(1), threads, 0, stream, x, k, job);
-  else if (split == 4) launchOverlapped(gemvStreamKernel<T, ROWS, SWIGLU, 4>, blocks(2), threads, 0, stream, x, k, job);
-  else if (split == 2) launchOverlapped(gemvStreamKernel<T, ROWS, SWIGLU, 2>, blocks(4), threads, 0, stream, x, k, job);
-  else launchOverlapped(gemvStreamKernel<T, ROWS, SWIGLU, 1>, blocks(8), threads, 0, stream, x, k, job);
+  if (split == 8) gemvStreamKernel<T, ROWS, SWIGLU, 8><<<blocks(1), kWarps * 32, 0, stream>>>(x, k, job);
+  else if (split == 4) gemvStreamKernel<T, ROWS, SWIGLU, 4><<<blocks(2), kWarps * 32, 0, stream>>>(x, k, job);
+  else if (split == 2) gemvStreamKernel<T, ROWS, SWIGLU, 2><<<blocks(4), kWarps * 32, 0, stream>>>(x, k, job);
+  else gemvStreamKernel<T, ROWS, SWIGLU, 1><<<blocks(8), kWarps * 32, 0, stream>>>(x, k, job);
 }
 
 template <typename T>
@@ -246,22 +235,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemvKernel(const float* __restric
     }
   }
 }
-
-}  // namespace
-
-bool overlapLaunches() {
-  static const bool enabled = [] {
-    const char* off = std::getenv("DUO_NO_PDL");
-    if (off && off[0] == '1') return false;
-    int device = 0, major = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    return major >= 9;
-  }();
-  return enabled;
-}
-
-namespace {
 
 int multiprocessorCount() {
   static int count = [] {
