@@ -566,7 +566,7 @@ __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __
 
 // Tensor-core causal prefill for 16-bit caches at head dim 64 or 128 (FlashAttention-2 style). grid (row tiles of
 // 64, heads), 4 warps of 16 query rows; 64-key tiles of K and V are copied into padded shared memory by the block;
-// each warp computes S = Q·Kᵀ (q split into high and low 16-bit parts), an online softmax per row and O += P·V with
+// each warp computes S = Q·Kᵀ (q rounded to 16 bits), an online softmax per row and O += P·V with
 // mma.sync m16n8k16, then divides by the row sums.
 constexpr int kPrefillMmaWarps = 4;
 constexpr int kPrefillMmaRows = 16 * kPrefillMmaWarps;
@@ -595,7 +595,9 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
   const T* values = headRows(v, layout.value, capacity, layout, streams, kvHead, D);
   auto slotOf = [&](int64_t index) { return streams ? layout.slot(range.position(index)) : index; };
   // A fragments of this warp's 16 query rows: rows `row` and `row + 8`, columns 16s + 2·pair (+1) and + 8.
-  uint32_t qHigh[kSteps][4], qLow[kSteps][4];
+  // Rounded once to 16 bits, as FlashAttention does: prefill is bound by the tensor cores, and the second (low) product
+  // that decode uses to keep ~16 mantissa bits in the scores would cost a third of the multiplies here.
+  uint32_t qHigh[kSteps][4];
 #pragma unroll
   for (int step = 0; step < kSteps; step++)
 #pragma unroll
@@ -608,7 +610,7 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
         x0 = source[0] * scale;
         x1 = source[1] * scale;
       }
-      splitQuery<T>(x0, x1, qHigh[step][part], qLow[step][part]);
+      qHigh[step][part] = packPair<T>(x0, x1);
     }
   float maximum[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};
   float acc[kOutTiles][4];
@@ -647,7 +649,6 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key);
         const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + 8);
         mma16816<T>(score[t], qHigh[step][0], qHigh[step][1], qHigh[step][2], qHigh[step][3], b0, b1);
-        mma16816<T>(score[t], qLow[step][0], qLow[step][1], qLow[step][2], qLow[step][3], b0, b1);
       }
     }
     float probability[kPrefillKeys / 8][4];
