@@ -26,6 +26,7 @@ import { lineChartsSvg, type Panel } from '../svg.js';
 export const efficiencyHelp = `duo-bench efficiency [--shape NAME | --model PATH] [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
                      [--attention full,duo,streaming] [--contexts 1k,2k,4k,8k|none] [--max-context] [--prefill 1k,4k|none]
                      [--steps N] [--warmup N] [--bandwidth TBps] [--reserve GB] [--peer FILE] [--out FILE] [--plot FILE.svg]
+                     [--profile]
        duo-bench efficiency --from FILE[,FILE] [--peer FILE] [--out FILE] [--plot FILE.svg]
   For each policy: decode ms/token at each context (cache filled with synthetic K/V, the JSON says so) with the
   bytes-moved floor, peak memory and the planner's bytes; prefill seconds for each --prefill length (a real prefill in
@@ -58,6 +59,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
     reserve: { type: 'string' },
     peer: { type: 'string' },
     from: { type: 'string' },
+    profile: { type: 'boolean' },
     out: { type: 'string' },
     plot: { type: 'string' },
   });
@@ -67,7 +69,8 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
   const dtype = choiceOption('dtype', options.dtype, ['bf16', 'f16', 'f32'] as const, 'bf16');
   const policies = attentionPolicies(options.attention, ['full', 'duo', 'streaming'], true);
   // 'none' skips a phase (a decode-only or prefill-only run).
-  const contexts = options.contexts === 'none' ? [] : integerListOption('contexts', options.contexts, [1024, 2048, 4096, 8192]);
+  const contexts =
+    options.contexts === 'none' ? [] : integerListOption('contexts', options.contexts, [1024, 2048, 4096, 8192]);
   const prefillLengths = options.prefill === 'none' ? [] : integerListOption('prefill', options.prefill, [1024, 4096]);
   const steps = integerOption('steps', options.steps, 16, 1);
   const warmup = integerOption('warmup', options.warmup, 4, 2);
@@ -108,7 +111,19 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
         lengths.push(longest);
       }
       for (const context of lengths) {
+        if (options.profile) backend.takeProfile();
         const row = await measureDecode(model, policy, settings, context, warmup, steps);
+        if (options.profile) {
+          // Device time per op (CUDA with DUO_CUDA_PROFILE=1; DUO_NO_GRAPHS=1 so each op is timed on its own).
+          const profile = backend.takeProfile().sort((a, b) => b.milliseconds - a.milliseconds);
+          const tokens = warmup + steps;
+          row.profile = profile.map((entry) => ({ ...entry, msPerToken: entry.milliseconds / tokens }));
+          for (const entry of profile) {
+            log(
+              `  ${entry.name.padEnd(18)} ${(entry.milliseconds / tokens).toFixed(4)} ms/token over ${entry.count / tokens} launches`,
+            );
+          }
+        }
         const floorMs =
           (decodeBytesFloor(model.config, weightBytes, context + warmup + steps / 2, kvBytes, plan) /
             (bandwidthTBps * 1e12)) *
