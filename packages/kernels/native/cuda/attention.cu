@@ -735,10 +735,10 @@ int maxGroupFor(int group) {
 }  // namespace
 
 namespace {
-// Splits of `keyCount` keys for each of `heads` heads within `blocks` blocks (one wave: each block loops over its
-// split, so more would only add a tail), at least 128 keys each, in whole 32-key tiles.
-int splitsFor(int64_t keyCount, int heads, int64_t blocks) {
-  const int64_t wanted = std::max<int64_t>(1, blocks / std::max(1, heads));
+// Splits of `keyCount` keys for `heads` heads: enough blocks for one wave (each block loops over its split, so more
+// would only add a tail), at least 128 keys each, in whole 32-key tiles.
+int splitsFor(int64_t keyCount, int heads, int64_t resident, int multiprocessors) {
+  const int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * resident / std::max(1, heads));
   const int64_t most = std::max<int64_t>(1, (keyCount + 127) / 128);
   const int64_t splits = std::min({wanted, most, static_cast<int64_t>(kMaxSplits)});
   int64_t chunk = (keyCount + splits - 1) / splits;
@@ -752,21 +752,14 @@ DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, i
   const bool tensorCores = cacheType != DType::F32 && (args.headDim == 64 || args.headDim == 128);
   const int64_t resident = tensorCores ? 2 : 3;
   const StreamingLayout& layout = args.streaming;
-  const int64_t wave = static_cast<int64_t>(multiprocessors) * resident;
   DecodeSplits splits;
   splits.retrievalKvHeads = layout.active() ? layout.retrievalKvHeads : args.kvHeads;
   const int streamingHeads = args.kvHeads - splits.retrievalKvHeads;
-  int streamingBlocks = 0;
+  if (splits.retrievalKvHeads > 0) splits.full = splitsFor(args.keyLength, splits.retrievalKvHeads, resident, multiprocessors);
   if (streamingHeads > 0) {
     // A streaming head sees its sinks and at most recent + 1 window keys (the chunked mask's extra one included).
     const int64_t window = std::min<int64_t>(args.keyLength, layout.sink + layout.recent + 1);
-    splits.stream = splitsFor(window, args.kvHeads, wave);
-    streamingBlocks = streamingHeads * splits.stream;
-  }
-  if (splits.retrievalKvHeads > 0) {
-    // The full heads take what the streaming heads leave of one wave: a block past the wave would run after the
-    // long full-head blocks and add its time to every layer.
-    splits.full = splitsFor(args.keyLength, splits.retrievalKvHeads, std::max<int64_t>(wave - streamingBlocks, 1));
+    splits.stream = splitsFor(window, args.kvHeads, resident, multiprocessors);
   }
   splits.stride = std::max(splits.full, splits.stream);
   return splits;
