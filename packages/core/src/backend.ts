@@ -102,6 +102,16 @@ export interface Backend {
 
   /** Allocates an uninitialised tensor. */
   alloc(dtype: DType, shape: readonly number[]): TensorHandle;
+  /** Bytes paged tensors grow by: the driver's mapping granularity on CUDA (2 MiB on an H100), the OS page on the CPU. */
+  readonly pageBytes: number;
+  /**
+   * A `[spans, length, width]` tensor with address space for all of it and memory for none yet: `commitPaged` maps
+   * memory for the first rows of every span (a KV cache's heads), in place, so addresses never change. Each span must
+   * be a whole number of pages. Only committed rows may be touched by ops; reads and writes need it fully committed.
+   */
+  allocPaged(dtype: DType, shape: readonly [number, number, number]): TensorHandle;
+  /** Maps memory for rows `0 … rows − 1` of every span of a paged tensor (whole pages; never shrinks); returns the rows now backed. */
+  commitPaged(tensor: TensorHandle, rows: number): number;
   /** Allocates a tensor and fills it from host memory (length must equal the element count). */
   upload(dtype: DType, shape: readonly number[], data: HostArray): TensorHandle;
   /** Overwrites `tensor` from host memory, starting at element `offset` (default 0). */

@@ -31,7 +31,7 @@ export interface DualKvCacheOptions {
   readonly maxTokens: number;
   /** Most tokens one call writes (the prefill chunk): the ring holds `recent + chunkTokens` slots. */
   readonly chunkTokens: number;
-  /** The full regions grow in steps of this many tokens. Default 4096 (at most `maxTokens`). */
+  /** The full regions grow in steps of at least this many tokens (then whole pages). Default 4096. */
   readonly blockTokens?: number;
   /** Tokens the full regions hold from the start. Default one block. */
   readonly initialTokens?: number;
@@ -50,28 +50,42 @@ export function streamingSlots(plan: HeadPlan, chunkTokens: number): number {
   return plan.sink + plan.recent + chunkTokens;
 }
 
-/** Exact bytes of the dual cache's regions (keys and values) for `capacity` tokens in the full regions. */
+/** Tokens of one full-region span that fill whole pages: rows of `rowBytes` in pages of `pageBytes`. */
+export function pageTokens(rowBytes: number, pageBytes: number): number {
+  const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+  return pageBytes / gcd(pageBytes, rowBytes);
+}
+
+/**
+ * Exact bytes of the dual cache's regions (keys and values) when the full regions back `tokens` positions: a full
+ * region maps whole pages of `pageBytes` (1: no rounding), a streaming region is `sink + recent + chunkTokens` slots.
+ */
 export function dualCacheBytes(
   config: Pick<ModelConfig, 'numKvHeads' | 'headDim'>,
   plan: HeadPlan,
   dtype: DType,
-  capacity: number,
+  tokens: number,
   chunkTokens: number,
+  pageBytes = 1,
 ): DualCacheBytes {
-  const row = config.headDim * dtypeBytes(dtype) * 2;
+  const rowBytes = config.headDim * dtypeBytes(dtype);
+  const unit = pageTokens(rowBytes, pageBytes);
+  const backed = Math.ceil(tokens / unit) * unit;
   let full = 0;
   let streaming = 0;
   for (const heads of plan.retrievalHeads) {
-    full += heads.length * capacity * row;
-    streaming += (config.numKvHeads - heads.length) * streamingSlots(plan, chunkTokens) * row;
+    full += heads.length * backed * rowBytes * 2;
+    streaming += (config.numKvHeads - heads.length) * streamingSlots(plan, chunkTokens) * rowBytes * 2;
   }
   return { full, streaming };
 }
 
 /**
- * One sequence's DuoAttention cache. Per layer, retrieval heads keep every key (post-RoPE) in a full region that grows
- * in blocks as the sequence does; streaming heads keep `sink` slots and a ring of `recent + chunkTokens` slots, so
- * their memory is constant however long the sequence gets. Layers with 0 or all retrieval heads work.
+ * One sequence's DuoAttention cache. Per layer, retrieval heads keep every key (post-RoPE) in a full region: address
+ * space for `maxTokens` positions, memory mapped page by page as the sequence grows (a paged tensor: nothing moves, so
+ * kernels and captured graphs keep their addresses). Streaming heads keep `sink` slots and a ring of
+ * `recent + chunkTokens` slots, so their memory is constant however long the sequence gets. Layers with 0 or all
+ * retrieval heads work.
  */
 export class DualKvCache {
   readonly plan: HeadPlan;
@@ -82,9 +96,8 @@ export class DualKvCache {
   readonly #backend: Backend;
   readonly #headDim: number;
   readonly #mask: PrefillMask;
-  #layers: CacheLayer[] = [];
+  readonly #layers: CacheLayer[] = [];
   #capacity = 0;
-  #generation = 0;
   #disposed = false;
 
   constructor(backend: Backend, options: DualKvCacheOptions) {
@@ -113,70 +126,64 @@ export class DualKvCache {
       );
     }
     const slots = streamingSlots(plan, chunkTokens);
+    const unit = pageTokens(config.headDim * dtypeBytes(dtype), backend.pageBytes);
+    const span = Math.ceil(maxTokens / unit) * unit;
     const made: TensorHandle[] = [];
-    const alloc = (heads: number, length: number) => {
-      const tensor = backend.alloc(dtype, [heads, length, config.headDim]);
+    const keep = (tensor: TensorHandle) => {
       made.push(tensor);
       return tensor;
     };
-    const capacity = this.#roundCapacity(options.initialTokens ?? this.blockTokens);
     try {
-      this.#layers = plan.retrievalHeads.map((heads) => {
+      for (const heads of plan.retrievalHeads) {
         const retrievalKvHeads = heads.length;
         const streamingHeads = config.numKvHeads - retrievalKvHeads;
-        return {
-          keyCache: alloc(retrievalKvHeads, capacity),
-          valueCache: alloc(retrievalKvHeads, capacity),
+        const full = () => keep(backend.allocPaged(dtype, [retrievalKvHeads, span, config.headDim]));
+        const ring = () => keep(backend.alloc(dtype, [streamingHeads, slots, config.headDim]));
+        const keyCache = full();
+        const valueCache = full();
+        this.#layers.push({
+          keyCache,
+          valueCache,
           retrievalKvHeads,
           streaming:
             streamingHeads === 0
               ? undefined
               : {
                   retrievalKvHeads,
-                  keyCache: alloc(streamingHeads, slots),
-                  valueCache: alloc(streamingHeads, slots),
+                  keyCache: ring(),
+                  valueCache: ring(),
                   sink: plan.sink,
                   recent: plan.recent,
                   mask: this.#mask,
                 },
-        };
-      });
+        });
+      }
+      this.reserve(Math.min(maxTokens, options.initialTokens ?? this.blockTokens));
     } catch (error) {
       for (const tensor of made) tensor.dispose();
       throw error;
     }
-    this.#capacity = capacity;
   }
 
-  /** Per layer: what the attention ops take. Changes when the cache grows (see `generation`). */
+  /** Per layer: what the attention ops take (the same tensors for the cache's whole life). */
   get layers(): readonly CacheLayer[] {
     return this.#layers;
   }
 
-  /** Tokens the full regions hold now (they grow up to `maxTokens`). */
+  /** Positions the full regions have memory for now (whole pages; they grow up to `maxTokens`). */
   get capacity(): number {
     return this.#capacity;
   }
 
-  /** Counts reallocations: anything that captured the tensors (a CUDA graph) must be rebuilt when it changes. */
-  get generation(): number {
-    return this.#generation;
-  }
-
   /** Bytes held now. */
   bytes(): DualCacheBytes {
-    return dualCacheBytes(
-      { numKvHeads: this.plan.kvHeads, headDim: this.#headDim },
-      this.plan,
-      this.dtype,
-      this.#capacity,
-      this.chunkTokens,
-    );
+    const config = { numKvHeads: this.plan.kvHeads, headDim: this.#headDim };
+    return dualCacheBytes(config, this.plan, this.dtype, this.#capacity, this.chunkTokens, this.#backend.pageBytes);
   }
 
   /**
-   * Makes the full regions hold at least `tokens` positions, growing them by whole blocks (each layer's region is
-   * reallocated and copied, one layer at a time). Returns whether anything moved.
+   * Gives the full regions memory for at least `tokens` positions, growing by at least `blockTokens` at a time (then
+   * whole pages). Nothing is copied: pages are mapped after the ones in use. Returns whether memory was added.
    */
   reserve(tokens: number): boolean {
     this.#checkLive();
@@ -187,14 +194,16 @@ export class DualKvCache {
       );
     }
     if (tokens <= this.#capacity) return false;
-    const capacity = this.#roundCapacity(Math.max(tokens, Math.ceil(this.#capacity * 1.5)));
-    this.#layers = this.#layers.map((layer) => ({
-      ...layer,
-      keyCache: this.#grown(layer.keyCache, capacity),
-      valueCache: this.#grown(layer.valueCache, capacity),
-    }));
-    this.#capacity = capacity;
-    this.#generation++;
+    const wanted = Math.min(this.maxTokens, Math.max(tokens, this.#capacity + this.blockTokens));
+    let backed = Number.POSITIVE_INFINITY;
+    for (const layer of this.#layers) {
+      backed = Math.min(
+        backed,
+        this.#backend.commitPaged(layer.keyCache, wanted),
+        this.#backend.commitPaged(layer.valueCache, wanted),
+      );
+    }
+    this.#capacity = Math.min(backed, this.maxTokens);
     return true;
   }
 
@@ -223,23 +232,6 @@ export class DualKvCache {
 
   [Symbol.dispose](): void {
     this.dispose();
-  }
-
-  #roundCapacity(tokens: number): number {
-    return Math.min(
-      this.maxTokens,
-      Math.max(this.blockTokens, Math.ceil(tokens / this.blockTokens) * this.blockTokens),
-    );
-  }
-
-  #grown(old: TensorHandle, capacity: number): TensorHandle {
-    const [heads = 0, oldCapacity = 0] = old.shape;
-    const grown = this.#backend.alloc(this.dtype, [heads, capacity, this.#headDim]);
-    for (let head = 0; head < heads; head++) {
-      this.#backend.copyRows(old, grown, head * oldCapacity, head * capacity, oldCapacity);
-    }
-    old.dispose();
-    return grown;
   }
 
   #checkLive(): void {

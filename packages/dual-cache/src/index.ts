@@ -14,6 +14,7 @@ export {
   DualKvCache,
   type DualKvCacheOptions,
   dualCacheBytes,
+  pageTokens,
   streamingSlots,
 } from './dual-kv-cache.js';
 export {

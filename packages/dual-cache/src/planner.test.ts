@@ -58,5 +58,11 @@ describe('memory planner', () => {
     expect(tokens / full).toBeGreaterThan(1.99);
     expect(tokens / full).toBeLessThan(2);
     expect(maxContext(input, 1e9)).toBe(0);
+    // With 2 MiB pages (an H100's mapping unit): 8192-token pages of a 256-byte row, and still the exact boundary.
+    const paged = { ...input, pageBytes: 2 << 20 };
+    const longest = maxContext(paged, budget);
+    expect(longest % 8192).toBe(0);
+    expect(planMemory({ ...paged, tokens: longest }).total).toBeLessThanOrEqual(budget);
+    expect(planMemory({ ...paged, tokens: longest + 1 }).total).toBeGreaterThan(budget);
   });
 });

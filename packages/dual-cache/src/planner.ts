@@ -1,7 +1,7 @@
 // The memory planner: exact bytes of weights, cache regions and session scratch for a model, plan and context; and the
 // inverse, the longest context that fits a byte budget.
 import { type DType, DuoArgumentError, dtypeBytes, type HeadPlan, type ModelConfig } from '@duoattn/core';
-import { dualCacheBytes } from './dual-kv-cache.js';
+import { dualCacheBytes, pageTokens } from './dual-kv-cache.js';
 
 /** What a plan is computed for. */
 export interface MemoryPlanInput {
@@ -18,6 +18,8 @@ export interface MemoryPlanInput {
   readonly prefillChunk?: number;
   /** A session that only decodes (a synthetic cache, no prefill) holds no chunk workspace. Default false. */
   readonly decodeOnly?: boolean;
+  /** The backend's page (`Backend.pageBytes`): full regions map whole pages. Default 1 (bytes exactly per token). */
+  readonly pageBytes?: number;
 }
 
 /** Bytes of each part. `total` is what a session of `tokens` tokens holds beside the backend's own scratch. */
@@ -69,8 +71,8 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   if (!Number.isInteger(tokens) || tokens < 1) {
     throw new DuoArgumentError('tokens', `Expected \`tokens\` to be a positive integer but received ${String(tokens)}`);
   }
-  const cache = dualCacheBytes(config, plan, kvDtype, tokens, chunk);
-  const perToken = dualCacheBytes(config, plan, kvDtype, 1, chunk).full;
+  const cache = dualCacheBytes(config, plan, kvDtype, tokens, chunk, input.pageBytes);
+  const perToken = dualCacheBytes(config, plan, kvDtype, 1, chunk).full; // before rounding to pages
   const weights = weightBytes(config, weightDtype);
   const scratch = sessionScratchBytes(config, input.decodeOnly ? 1 : chunk);
   return {
@@ -88,8 +90,10 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
  * token does. `reserveBytes` is kept free for the backend's own scratch and the allocator (default 0).
  */
 export function maxContext(input: Omit<MemoryPlanInput, 'tokens'>, budgetBytes: number, reserveBytes = 0): number {
-  const fixed = planMemory({ ...input, tokens: 1 });
+  const fixed = planMemory({ ...input, tokens: 1, pageBytes: 1 });
   const available = budgetBytes - reserveBytes - (fixed.total - fixed.fullRegion);
   if (fixed.bytesPerToken === 0) return available >= 0 ? Number.POSITIVE_INFINITY : 0;
-  return Math.max(0, Math.floor(available / fixed.bytesPerToken));
+  // Full regions map whole pages: the longest context is the last page boundary that fits.
+  const unit = pageTokens(input.config.headDim * dtypeBytes(input.kvDtype), input.pageBytes ?? 1);
+  return Math.max(0, Math.floor(Math.floor(available / fixed.bytesPerToken) / unit) * unit);
 }

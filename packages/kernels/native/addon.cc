@@ -96,10 +96,58 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
   });
 }
 
+// A paged tensor [spans, length, width]: address space for all of it, memory committed per span by CommitPaged.
+Napi::Value AllocPaged(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Device* device = deviceOf(static_cast<int>(integer(info, 0)));
+    auto tensor = std::make_unique<Tensor>();
+    tensor->dtype = static_cast<DType>(integer(info, 1));
+    Napi::Array shape = info[2].As<Napi::Array>();
+    if (shape.Length() != 3) throw Error("DUO_ARG", "a paged tensor is [spans, length, width]");
+    for (uint32_t i = 0; i < 3; i++) tensor->shape.push_back(shape.Get(i).As<Napi::Number>().Int64Value());
+    tensor->size = tensor->shape[0] * tensor->shape[1] * tensor->shape[2];
+    tensor->bytes = static_cast<size_t>(tensor->size) * dtypeBytes(tensor->dtype);
+    tensor->paged = true;
+    tensor->spans = tensor->shape[0];
+    tensor->spanBytes = static_cast<size_t>(tensor->shape[1] * tensor->shape[2]) * dtypeBytes(tensor->dtype);
+    if (tensor->spanBytes % device->pageBytes() != 0)
+      throw Error("DUO_ARG", "a paged tensor's span (" + std::to_string(tensor->spanBytes) + " bytes) must be a whole number of " +
+                                 std::to_string(device->pageBytes()) + "-byte pages");
+    device->reservePaged(*tensor);
+    tensor->device = device;
+    tensor->id = static_cast<uint32_t>(registry.size());
+    registry.push_back(tensor.release());
+    return Napi::Number::New(info.Env(), registry.back()->id);
+  });
+}
+
+Napi::Value CommitPaged(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor& tensor = tensorAt(info[0]);
+    if (!tensor.paged) throw Error("DUO_ARG", "commitPaged needs a paged tensor");
+    const int64_t rows = integer(info, 1);
+    tensor.device->commitPaged(tensor, static_cast<size_t>(rows * tensor.shape[2]) * dtypeBytes(tensor.dtype));
+    return Napi::Number::New(info.Env(), static_cast<double>(tensor.committedPerSpan / (tensor.shape[2] * dtypeBytes(tensor.dtype))));
+  });
+}
+
+Napi::Value PageBytes(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    return Napi::Number::New(info.Env(), static_cast<double>(deviceOf(static_cast<int>(integer(info, 0)))->pageBytes()));
+  });
+}
+
+// Paged tensors may be read and written only where memory is committed: the whole tensor, once fully committed.
+void checkCommitted(const Tensor& tensor, const char* what) {
+  if (tensor.paged && tensor.committedPerSpan < tensor.spanBytes)
+    throw Error("DUO_ARG", std::string(what) + " of a paged tensor needs all of it committed");
+}
+
 Napi::Value Free(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor& tensor = tensorAt(info[0]);
-    tensor.device->release(tensor.data, tensor.bytes);
+    if (tensor.paged) tensor.device->releasePaged(tensor);
+    else tensor.device->release(tensor.data, tensor.bytes);
     registry[tensor.id] = nullptr;
     delete &tensor;
     return info.Env().Undefined();
@@ -114,6 +162,7 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
     size_t byteOffset = static_cast<size_t>(integer(info, 2)) * elementBytes;
     size_t bytes = array.ByteLength();
     if (byteOffset + bytes > tensor.bytes) throw Error("DUO_ARG", "write past the end of the tensor");
+    checkCommitted(tensor, "a write");
     const char* source = static_cast<const char*>(array.ArrayBuffer().Data()) + array.ByteOffset();
     tensor.device->write(tensor, source, byteOffset, bytes);
     return info.Env().Undefined();
@@ -160,6 +209,7 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
     size_t byteOffset = static_cast<size_t>(integer(info, 1)) * elementBytes;
     size_t bytes = static_cast<size_t>(integer(info, 2)) * elementBytes;
     if (byteOffset + bytes > tensor.bytes) throw Error("DUO_ARG", "read past the end of the tensor");
+    checkCommitted(tensor, "a read");
     char* buffer = new char[std::max<size_t>(bytes, 1)];
     if (std::string(tensor.device->kind()) == "cpu") {
       // CPU ops have already run: copy now and resolve without a trip through the libuv thread pool.
@@ -269,6 +319,8 @@ Napi::Value CopyRows(const Napi::CallbackInfo& info) {
     Tensor& source = tensorAt(info[0]);
     Tensor& target = tensorAt(info[1]);
     sameDevice({&source, &target});
+    checkCommitted(source, "copyRows");
+    checkCommitted(target, "copyRows");
     source.device->copyRows(source, target, integer(info, 2), integer(info, 3), integer(info, 4));
     return info.Env().Undefined();
   });
@@ -287,7 +339,23 @@ Napi::Value Convert(const Napi::CallbackInfo& info) {
 Napi::Value FillRandom(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor& tensor = tensorAt(info[0]);
-    tensor.device->fillRandom(tensor, static_cast<uint64_t>(integer(info, 1)), static_cast<float>(number(info, 2)));
+    const uint64_t seed = static_cast<uint64_t>(integer(info, 1));
+    const float deviation = static_cast<float>(number(info, 2));
+    if (!tensor.paged) {
+      tensor.device->fillRandom(tensor, seed, deviation);
+      return info.Env().Undefined();
+    }
+    // A paged tensor: the committed part of each span, each span from its own seed.
+    for (int64_t span = 0; span < tensor.spans && tensor.committedPerSpan > 0; span++) {
+      Tensor view;
+      view.dtype = tensor.dtype;
+      view.device = tensor.device;
+      view.size = static_cast<int64_t>(tensor.committedPerSpan / dtypeBytes(tensor.dtype));
+      view.shape = {view.size};
+      view.bytes = tensor.committedPerSpan;
+      view.data = static_cast<char*>(tensor.data) + span * tensor.spanBytes;
+      tensor.device->fillRandom(view, seed * 1000003ull + static_cast<uint64_t>(span), deviation);
+    }
     return info.Env().Undefined();
   });
 }
@@ -521,6 +589,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("synchronize", Napi::Function::New(env, Synchronize));
   exports.Set("memory", Napi::Function::New(env, Memory));
   exports.Set("resetPeak", Napi::Function::New(env, ResetPeak));
+  exports.Set("allocPaged", Napi::Function::New(env, AllocPaged));
+  exports.Set("commitPaged", Napi::Function::New(env, CommitPaged));
+  exports.Set("pageBytes", Napi::Function::New(env, PageBytes));
   exports.Set("takeProfile", Napi::Function::New(env, TakeProfile));
   exports.Set("copyRows", Napi::Function::New(env, CopyRows));
   exports.Set("convert", Napi::Function::New(env, Convert));

@@ -39,6 +39,11 @@ struct Tensor {
   size_t bytes = 0;
   void* data = nullptr;
   Device* device = nullptr;
+  // Paged tensors ([spans, length, width]): address space for all of it, memory mapped per span as commitPaged asks.
+  bool paged = false;
+  int64_t spans = 0;
+  size_t spanBytes = 0, committedPerSpan = 0;
+  std::vector<unsigned long long> pageHandles;  // the backend's handles of the mapped pieces
 
   int64_t cols() const { return shape.empty() ? 1 : shape.back(); }
   int64_t rows() const { return cols() == 0 ? 0 : size / cols(); }
@@ -126,6 +131,13 @@ class Device {
   virtual MemoryInfo memory() const = 0;
   // Starts a new peak: the peak becomes what is allocated now.
   virtual void resetPeak() = 0;
+  // Paged tensors. pageBytes: the unit memory is mapped in. reservePaged sets tensor.data to address space for
+  // tensor.bytes (spans × spanBytes, spanBytes a multiple of pageBytes) with nothing mapped; commitPaged maps each
+  // span's first `bytesPerSpan` (rounded up to pages; never shrinks); releasePaged unmaps and frees everything.
+  virtual size_t pageBytes() const = 0;
+  virtual void reservePaged(Tensor& tensor) = 0;
+  virtual void commitPaged(Tensor& tensor, size_t bytesPerSpan) = 0;
+  virtual void releasePaged(Tensor& tensor) = 0;
   // Per-op device time since the last call (op name → {count, milliseconds}); empty unless the backend profiles.
   struct OpTime { std::string name; int count; double milliseconds; };
   virtual std::vector<OpTime> takeProfile() { return {}; }

@@ -8,6 +8,7 @@ import {
   DTYPES,
   type DType,
   DuoArgumentError,
+  dtypeBytes,
   type HostArray,
   isDType,
   type PrefillAttentionAttributes,
@@ -52,6 +53,7 @@ export class NativeBackend implements Backend {
   readonly deviceName: string;
   readonly #native: NativeAddon;
   readonly #index: number;
+  #pageBytes: number | undefined;
 
   /** @internal */
   constructor(native: NativeAddon, device: DeviceKind, deviceName: string) {
@@ -59,6 +61,51 @@ export class NativeBackend implements Backend {
     this.device = device;
     this.#index = device === 'cpu' ? 0 : 1;
     this.deviceName = deviceName;
+  }
+
+  get pageBytes(): number {
+    this.#pageBytes ??= callNative(() => this.#native.pageBytes(this.#index));
+    return this.#pageBytes;
+  }
+
+  allocPaged(dtype: DType, shape: readonly [number, number, number]): Tensor {
+    if (!isDType(dtype)) {
+      throw new DuoArgumentError(
+        'dtype',
+        `Expected \`dtype\` to be one of ${DTYPES.join(', ')} but received ${describeValue(dtype)}`,
+      );
+    }
+    if (!Array.isArray(shape) || shape.length !== 3) {
+      throw new DuoArgumentError(
+        'shape',
+        `Expected \`shape\` to be [spans, length, width] but received ${describeValue(shape)}`,
+      );
+    }
+    for (const [i, extent] of shape.entries()) expectInteger(`shape[${i}]`, extent, 0);
+    const spanBytes = shape[1] * shape[2] * dtypeBytes(dtype);
+    if (spanBytes % this.pageBytes !== 0) {
+      throw new DuoArgumentError(
+        'shape',
+        `Expected each span of a paged tensor (shape[1] × shape[2] × ${dtypeBytes(dtype)} bytes = ${spanBytes}) to be a multiple of the ${this.pageBytes}-byte page`,
+      );
+    }
+    const id = callNative(() => this.#native.allocPaged(this.#index, DTYPES.indexOf(dtype), shape));
+    const tensor = new Tensor(this.#native, id, dtype, shape, this.device);
+    tensor.committedRows = 0;
+    return tensor;
+  }
+
+  commitPaged(tensor: Tensor, rows: number): number {
+    const id = expectTensor('tensor', tensor, this.device);
+    if (tensor.committedRows === undefined) {
+      throw new DuoArgumentError(
+        'tensor',
+        `Expected a paged tensor (from allocPaged) but received ${tensor.describe()}`,
+      );
+    }
+    expectInteger('rows', rows, 0, tensor.shape[1]);
+    tensor.committedRows = callNative(() => this.#native.commitPaged(id, rows));
+    return tensor.committedRows;
   }
 
   alloc(dtype: DType, shape: readonly number[]): Tensor {
@@ -383,7 +430,7 @@ export class NativeBackend implements Backend {
       dtypes: [keyCache.dtype],
       shape: keyCache.shape,
     });
-    expectInteger('keyLength', keyLength, 0, keyCache.shape[1]);
+    expectInteger('keyLength', keyLength, 0, keyCache.committedRows ?? keyCache.shape[1]);
     const queryId = expectTensor('query', query, this.device, { dtypes: F32, shape: [null, heads * headDim] });
     const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: query.shape });
     return [queryId, keyId, valueId, outId];

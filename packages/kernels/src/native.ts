@@ -16,6 +16,9 @@ export interface NativeAddon {
   synchronize(device: number): Promise<void>;
   takeProfile(device: number): { name: string; count: number; milliseconds: number }[];
   resetPeak(device: number): void;
+  allocPaged(device: number, dtype: number, shape: readonly number[]): number;
+  commitPaged(tensor: number, rows: number): number;
+  pageBytes(device: number): number;
   memory(device: number): {
     allocatedBytes: number;
     peakBytes: number;

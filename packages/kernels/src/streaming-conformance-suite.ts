@@ -113,8 +113,12 @@ export function streamingConformanceSuite(
       const ring = recent + Math.max(...chunks);
       const group = heads / kvHeads;
       const streamingHeads = kvHeads - retrievalKvHeads;
-      const keyCache = b().alloc(dtype, [retrievalKvHeads, total, headDim]);
-      const valueCache = b().alloc(dtype, [retrievalKvHeads, total, headDim]);
+      // The full heads' caches are paged, as the dual cache makes them: memory is committed chunk by chunk.
+      const rowBytes = headDim * (dtype === 'f32' ? 4 : 2);
+      const pageRows = b().pageBytes / gcd(b().pageBytes, rowBytes);
+      const span = Math.ceil(total / pageRows) * pageRows;
+      const keyCache = b().allocPaged(dtype, [retrievalKvHeads, span, headDim]);
+      const valueCache = b().allocPaged(dtype, [retrievalKvHeads, span, headDim]);
       const streaming: StreamingHeads = {
         retrievalKvHeads,
         keyCache: b().alloc(dtype, [streamingHeads, sink + ring, headDim]),
@@ -146,6 +150,9 @@ export function streamingConformanceSuite(
           Int32Array.from({ length: rows }, (_, r) => start + r),
         );
         const attributes = { heads, kvHeads, headDim, interleaved: false };
+        for (const cache of [keyCache, valueCache]) {
+          expect(b().commitPaged(cache, start + rows)).toBeGreaterThan(start + rows - 1);
+        }
         b().ropeWriteCache(query, key, value, positions, frequencies, keyCache, valueCache, {
           ...attributes,
           streaming,
@@ -190,6 +197,37 @@ export function streamingConformanceSuite(
       for (const t of [keyCache, valueCache, streaming.keyCache, streaming.valueCache, frequencies]) t.dispose();
     });
 
+    it('paged tensors reserve address space, map memory in whole pages as asked, and free it', async () => {
+      const page = b().pageBytes;
+      const rowBytes = 64 * 2;
+      const pageRows = page / gcd(page, rowBytes);
+      const before = b().memory().allocatedBytes;
+      const tensor = b().allocPaged('bf16', [3, 4 * pageRows, 64]);
+      expect(b().memory().allocatedBytes).toBe(before);
+      expect(b().commitPaged(tensor, 1)).toBe(pageRows);
+      expect(b().memory().allocatedBytes - before).toBe(3 * pageRows * rowBytes);
+      expect(b().commitPaged(tensor, pageRows + 1)).toBe(2 * pageRows);
+      expect(b().commitPaged(tensor, 5)).toBe(2 * pageRows);
+      expect(b().memory().allocatedBytes - before).toBe(3 * 2 * pageRows * rowBytes);
+      b().fillRandom(tensor, 7);
+      let refused = '';
+      await b()
+        .read(tensor)
+        .catch((error: Error) => {
+          refused = error.message;
+        });
+      expect(refused.includes('needs all of it committed')).toBe(true);
+      b().commitPaged(tensor, 4 * pageRows);
+      const values = (await b().read(tensor)) as Uint16Array;
+      expect(values.length).toBe(3 * 4 * pageRows * 64);
+      tensor.dispose();
+      expect(b().memory().allocatedBytes).toBe(before);
+      expect(() => b().allocPaged('bf16', [1, pageRows + 1, 64])).toThrow(DuoArgumentError);
+      const plain = b().alloc('f32', [1, 1, 1]);
+      expect(() => b().commitPaged(plain, 1)).toThrow('Expected a paged tensor');
+      plain.dispose();
+    });
+
     it('rejects a streaming region too small for the call, naming the argument', () => {
       const keyCache = b().alloc('f32', [1, 64, 16]);
       const valueCache = b().alloc('f32', [1, 64, 16]);
@@ -211,4 +249,8 @@ export function streamingConformanceSuite(
       for (const t of [keyCache, valueCache, region, query, out]) t.dispose();
     });
   });
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
 }

@@ -19,6 +19,8 @@ export class Tensor implements TensorHandle {
   readonly shape: readonly number[];
   readonly device: DeviceKind;
   readonly size: number;
+  /** For paged tensors (`allocPaged`): rows of each span backed by memory; undefined for ordinary tensors. */
+  committedRows: number | undefined;
   #disposed = false;
   readonly #native: NativeAddon;
 

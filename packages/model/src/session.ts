@@ -54,7 +54,7 @@ export interface SessionOptions {
   recent?: number;
   /** Streaming heads' mask during prefill: 'exact' (default, the Λ mask) or the reference's 'chunked'. */
   prefillMask?: PrefillMask;
-  /** The full cache grows in steps of this many tokens. Default 4096. */
+  /** The full cache grows in steps of at least this many tokens (then whole pages). Default 4096. */
   cacheBlockTokens?: number;
 }
 
@@ -118,7 +118,6 @@ export class Session {
   #position = 0;
   #disposed = false;
   #decodeGraph: number | undefined;
-  #graphGeneration = -1;
 
   /** @internal Use `LlamaModel.createSession`. */
   constructor(
@@ -271,13 +270,8 @@ export class Session {
     const s = this.#workspace(1);
     b.write(s.ids, Int32Array.of(token));
     b.write(s.positions, Int32Array.of(this.#position));
-    // The graph holds the cache's buffers: grow the cache for every step first, and recapture after it moved.
+    // The cache grows in place (paged), so one graph serves the session; memory for every step is mapped first.
     this.#cache.reserve(this.#position + steps - 1);
-    if (this.#decodeGraph !== undefined && this.#graphGeneration !== this.#cache.generation) {
-      b.disposeGraph?.(this.#decodeGraph);
-      this.#decodeGraph = undefined;
-    }
-    this.#graphGeneration = this.#cache.generation;
     this.#decodeGraph ??= b.captureGraph(() => {
       this.#layers(s, this.#position, undefined, true);
       this.#lastLogitTensor(s);

@@ -102,6 +102,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
         weightDtype: model.weights.lmHead.dtype,
         kvDtype,
         prefillChunk: settings.prefillChunk,
+        pageBytes: backend.pageBytes,
       };
       const lengths = [...contexts];
       let longest: number | undefined;

@@ -1,6 +1,9 @@
 // CPU backend: memory, conversions and the element-wise / normalisation ops.
 #include "cpu-device.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -41,6 +44,33 @@ void* CpuDevice::allocate(size_t bytes) {
 void CpuDevice::release(void* pointer, size_t bytes) {
   std::free(pointer);
   allocated_ -= bytes;
+}
+
+// Paged tensors on the CPU: one anonymous mapping the OS backs page by page on first touch, so memory that was never
+// committed costs nothing; commits are accounted here.
+size_t CpuDevice::pageBytes() const { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+void CpuDevice::reservePaged(Tensor& tensor) {
+  void* pointer = tensor.bytes == 0 ? nullptr
+                                    : mmap(nullptr, tensor.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (pointer == MAP_FAILED) throw Error("DUO_OOM", "CPU reservation of " + std::to_string(tensor.bytes) + " bytes failed");
+  tensor.data = pointer;
+}
+
+void CpuDevice::commitPaged(Tensor& tensor, size_t bytesPerSpan) {
+  const size_t page = pageBytes();
+  const size_t wanted = std::min(tensor.spanBytes, (bytesPerSpan + page - 1) / page * page);
+  if (wanted <= tensor.committedPerSpan) return;
+  allocated_ += static_cast<size_t>(tensor.spans) * (wanted - tensor.committedPerSpan);
+  peak_ = std::max(peak_, allocated_);
+  tensor.committedPerSpan = wanted;
+}
+
+void CpuDevice::releasePaged(Tensor& tensor) {
+  if (tensor.data) munmap(tensor.data, tensor.bytes);
+  allocated_ -= static_cast<size_t>(tensor.spans) * tensor.committedPerSpan;
+  tensor.data = nullptr;
+  tensor.committedPerSpan = 0;
 }
 
 void CpuDevice::write(Tensor& tensor, const void* host, size_t byteOffset, size_t bytes) {

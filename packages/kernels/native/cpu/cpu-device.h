@@ -19,6 +19,10 @@ class CpuDevice final : public Device {
   void synchronize() override {}
   MemoryInfo memory() const override { return {allocated_, peak_, 0, 0}; }
   void resetPeak() override { peak_ = allocated_; }
+  size_t pageBytes() const override;
+  void reservePaged(Tensor& tensor) override;
+  void commitPaged(Tensor& tensor, size_t bytesPerSpan) override;
+  void releasePaged(Tensor& tensor) override;
 
   void copyRows(const Tensor& source, Tensor& target, int64_t sourceRow, int64_t targetRow, int64_t rows) override;
   void convert(const Tensor& source, Tensor& target) override;

@@ -5,6 +5,10 @@
 #include <mutex>
 #include <vector>
 
+#include <cuda.h>
+
+#include <type_traits>
+
 #include "cublas-loader.h"
 #include "cuda-common.cuh"
 #include "cuda-device.h"
@@ -96,6 +100,48 @@ class OpProfiler {
   std::vector<std::pair<const char*, cudaEvent_t>> marks_;
 };
 
+// The driver's virtual-memory calls, reached through cudart's entry-point query (cudart is linked statically and
+// libcuda is not linked at all, so one binary still loads where there is no driver).
+struct DriverMemory {
+  decltype(&cuMemAddressReserve) addressReserve = nullptr;
+  decltype(&cuMemAddressFree) addressFree = nullptr;
+  decltype(&cuMemCreate) create = nullptr;
+  decltype(&cuMemRelease) release = nullptr;
+  decltype(&cuMemMap) map = nullptr;
+  decltype(&cuMemUnmap) unmap = nullptr;
+  decltype(&cuMemSetAccess) setAccess = nullptr;
+  decltype(&cuMemGetAllocationGranularity) granularity = nullptr;
+
+  static const DriverMemory& get() {
+    static const DriverMemory functions = [] {
+      DriverMemory f;
+      auto load = [](const char* name, auto& target) {
+        void* pointer = nullptr;
+        cudaDriverEntryPointQueryResult status;
+        check(cudaGetDriverEntryPointByVersion(name, &pointer, 12000, cudaEnableDefault, &status), name);
+        if (!pointer || status != cudaDriverEntryPointSuccess) throw Error("DUO_CUDA_NO_VMM", std::string("the driver lacks ") + name);
+        target = reinterpret_cast<std::remove_reference_t<decltype(target)>>(pointer);
+      };
+      load("cuMemAddressReserve", f.addressReserve);
+      load("cuMemAddressFree", f.addressFree);
+      load("cuMemCreate", f.create);
+      load("cuMemRelease", f.release);
+      load("cuMemMap", f.map);
+      load("cuMemUnmap", f.unmap);
+      load("cuMemSetAccess", f.setAccess);
+      load("cuMemGetAllocationGranularity", f.granularity);
+      return f;
+    }();
+    return functions;
+  }
+};
+
+void checkDriver(CUresult status, const char* what) {
+  if (status == CUDA_SUCCESS) return;
+  const std::string code = status == CUDA_ERROR_OUT_OF_MEMORY ? "DUO_OOM" : "DUO_CUDA_DRIVER_" + std::to_string(static_cast<int>(status));
+  throw Error(code, std::string(what) + " failed with driver error " + std::to_string(static_cast<int>(status)));
+}
+
 class CudaDevice final : public Device {
  public:
   CudaDevice() {
@@ -136,6 +182,78 @@ class CudaDevice final : public Device {
     peak_ = std::max(peak_, allocated_);
     return pointer;
   }
+  // Paged tensors: address space from cuMemAddressReserve; each commit maps one new piece of physical memory per span
+  // (cuMemCreate + cuMemMap), so a cache grows in place and kernels and captured graphs keep their addresses.
+  size_t pageBytes() const override {
+    size_t granularity = 0;
+    const CUmemAllocationProp prop = allocationProp();
+    checkDriver(DriverMemory::get().granularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM), "cuMemGetAllocationGranularity");
+    return granularity;
+  }
+  void reservePaged(Tensor& tensor) override {
+    CUdeviceptr pointer = 0;
+    if (tensor.bytes > 0) checkDriver(DriverMemory::get().addressReserve(&pointer, tensor.bytes, 0, 0, 0), "cuMemAddressReserve");
+    tensor.data = reinterpret_cast<void*>(pointer);
+  }
+  void commitPaged(Tensor& tensor, size_t bytesPerSpan) override {
+    const DriverMemory& driver = DriverMemory::get();
+    const size_t page = pageBytes();
+    const size_t wanted = std::min(tensor.spanBytes, (bytesPerSpan + page - 1) / page * page);
+    if (wanted <= tensor.committedPerSpan) return;
+    if (tensor.spans == 0) {  // nothing to back (a layer whose heads all stream)
+      tensor.committedPerSpan = wanted;
+      return;
+    }
+    const size_t piece = wanted - tensor.committedPerSpan;
+    const CUmemAllocationProp prop = allocationProp();
+    CUmemAccessDesc access = {};
+    access.location = prop.location;
+    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    for (int64_t span = 0; span < tensor.spans; span++) {
+      CUmemGenericAllocationHandle handle = 0;
+      CUresult status = driver.create(&handle, piece, &prop, 0);
+      if (status == CUDA_ERROR_OUT_OF_MEMORY) {
+        // Memory the stream-ordered pool keeps for reuse is memory the driver cannot map: hand it back and retry.
+        cudaMemPool_t pool;
+        check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+        check(cudaDeviceGetDefaultMemPool(&pool, device_), "cudaDeviceGetDefaultMemPool");
+        check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
+        status = driver.create(&handle, piece, &prop, 0);
+      }
+      checkDriver(status, "cuMemCreate (paged tensor)");
+      const CUdeviceptr at = reinterpret_cast<CUdeviceptr>(tensor.data) + span * tensor.spanBytes + tensor.committedPerSpan;
+      checkDriver(driver.map(at, piece, 0, handle, 0), "cuMemMap");
+      checkDriver(driver.setAccess(at, piece, &access, 1), "cuMemSetAccess");
+      tensor.pageHandles.push_back(handle);
+      allocated_ += piece;
+    }
+    peak_ = std::max(peak_, allocated_);
+    tensor.committedPerSpan = wanted;
+  }
+  void releasePaged(Tensor& tensor) override {
+    if (!tensor.data) return;
+    const DriverMemory& driver = DriverMemory::get();
+    // Kernels still queued may read the pages: unmap only once the stream is done.
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    for (int64_t span = 0; span < tensor.spans; span++) {
+      if (tensor.committedPerSpan > 0)
+        checkDriver(driver.unmap(reinterpret_cast<CUdeviceptr>(tensor.data) + span * tensor.spanBytes, tensor.committedPerSpan), "cuMemUnmap");
+    }
+    for (unsigned long long handle : tensor.pageHandles) checkDriver(driver.release(handle), "cuMemRelease");
+    checkDriver(driver.addressFree(reinterpret_cast<CUdeviceptr>(tensor.data), tensor.bytes), "cuMemAddressFree");
+    allocated_ -= static_cast<size_t>(tensor.spans) * tensor.committedPerSpan;
+    tensor.pageHandles.clear();
+    tensor.committedPerSpan = 0;
+    tensor.data = nullptr;
+  }
+  CUmemAllocationProp allocationProp() const {
+    CUmemAllocationProp prop = {};
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = device_;
+    return prop;
+  }
+
   void release(void* pointer, size_t bytes) override {
     check(cudaFreeAsync(pointer, stream_), "cudaFreeAsync");
     allocated_ -= bytes;
