@@ -33,8 +33,12 @@ function niceTicks(min: number, max: number, count = 5): number[] {
   const step = 10 ** Math.floor(Math.log10(span / count));
   const factor = [1, 2, 5, 10].find((f) => span / (f * step) <= count) ?? 10;
   const unit = factor * step;
+  // From the first tick at or below `min` to the first at or above `max`, so every point lies inside the axis.
   const ticks: number[] = [];
-  for (let t = Math.ceil(min / unit) * unit; t <= max + unit * 1e-9; t += unit) ticks.push(Number(t.toPrecision(12)));
+  for (let t = Math.floor(min / unit) * unit; ; t += unit) {
+    ticks.push(Number(t.toPrecision(12)));
+    if (t >= max - unit * 1e-9) break;
+  }
   return ticks;
 }
 
