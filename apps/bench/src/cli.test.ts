@@ -37,19 +37,8 @@ describe('duo-bench', () => {
     ? it
     : it.skip)('passkey scores the demo model over lengths × depths and writes JSON', async () => {
     const file = join(out, 'passkey.json');
-    const result = await bench([
-      'passkey',
-      '--device',
-      'cpu',
-      '--lengths',
-      '512',
-      '--depths',
-      '2',
-      '--trials',
-      '2',
-      '--out',
-      file,
-    ]);
+    const passkey = ['passkey', '--device', 'cpu', '--lengths', '512', '--depths', '2', '--trials', '2'];
+    const result = await bench([...passkey, '--out', file]);
     expect(result.code).toBe(0);
     const document = JSON.parse(readFileSync(file, 'utf8'));
     expect(document.passkey[0].length).toBe(512);
@@ -58,15 +47,7 @@ describe('duo-bench', () => {
     expect(document.passkey[0].accuracy).toBe(1);
     const heatmap = join(out, 'passkey.svg');
     const streaming = await bench([
-      'passkey',
-      '--device',
-      'cpu',
-      '--lengths',
-      '512',
-      '--depths',
-      '2',
-      '--trials',
-      '2',
+      ...passkey,
       '--attention',
       'streaming',
       '--sink',

@@ -1,50 +1,8 @@
-// Named model shapes for benchmarks and the planner (configs only; weights are made on the device).
-import type { HeadPlan, ModelConfig } from '@duoattn/core';
+// Named model shapes (from @duoattn/core) and the byte counts benchmarks compare against.
+import { type HeadPlan, type ModelConfig, SHAPES } from '@duoattn/core';
 
-const llama3Base = {
-  architecture: 'llama',
-  vocabSize: 128256,
-  hiddenSize: 4096,
-  intermediateSize: 14336,
-  numLayers: 32,
-  numHeads: 32,
-  numKvHeads: 8,
-  headDim: 128,
-  rmsNormEps: 1e-5,
-  ropeTheta: 500000,
-  ropeScaling: { type: 'none' },
-  ropeStyle: 'half',
-  maxPositionEmbeddings: 8192,
-  attentionBias: false,
-  tieWordEmbeddings: false,
-  bosTokenId: 128000,
-  eosTokenIds: [128001, 128009],
-} as const satisfies ModelConfig;
-
-/** Shapes by name, as in the DuoAttention paper's models. */
-export const SHAPES: Record<string, ModelConfig> = {
-  'llama-3-8b': llama3Base,
-  'llama-3-8b-1048k': { ...llama3Base, ropeTheta: 3580165449, maxPositionEmbeddings: 1048576 },
-  'llama-2-7b': {
-    ...llama3Base,
-    vocabSize: 32000,
-    intermediateSize: 11008,
-    numKvHeads: 32,
-    ropeTheta: 10000,
-    maxPositionEmbeddings: 32768,
-    bosTokenId: 1,
-    eosTokenIds: [2],
-  },
-  'mistral-7b': {
-    ...llama3Base,
-    architecture: 'mistral',
-    vocabSize: 32768,
-    ropeTheta: 1000000,
-    maxPositionEmbeddings: 32768,
-    bosTokenId: 1,
-    eosTokenIds: [2],
-  },
-};
+/** Shapes by name (they live in @duoattn/core so the planner's tests share them). */
+export { SHAPES };
 
 /** Parameters a config's matrices hold (embedding and output head included). */
 export function parameterCount(config: ModelConfig): number {

@@ -36,3 +36,4 @@ export {
   type RopeStyle,
   validateModelConfig,
 } from './model-config.js';
+export { SHAPES } from './shapes.js';

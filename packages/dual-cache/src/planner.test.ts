@@ -1,28 +1,10 @@
 // The memory planner: the paper's bytes per token for Llama-3-8B, and the inverse (longest context in a budget).
-import type { ModelConfig } from '@duoattn/core';
+import { type ModelConfig, SHAPES } from '@duoattn/core';
 import { describe, expect, it } from 'vitest';
 import { uniformPlan } from './binarize.js';
 import { maxContext, planMemory, weightBytes } from './planner.js';
 
-const llama3: ModelConfig = {
-  architecture: 'llama',
-  vocabSize: 128256,
-  hiddenSize: 4096,
-  intermediateSize: 14336,
-  numLayers: 32,
-  numHeads: 32,
-  numKvHeads: 8,
-  headDim: 128,
-  rmsNormEps: 1e-5,
-  ropeTheta: 500000,
-  ropeScaling: { type: 'none' },
-  ropeStyle: 'half',
-  maxPositionEmbeddings: 8192,
-  attentionBias: false,
-  tieWordEmbeddings: false,
-  bosTokenId: 128000,
-  eosTokenIds: [128001],
-};
+const llama3 = SHAPES['llama-3-8b'] as ModelConfig;
 
 /** Half the KV heads of every layer as retrieval heads. */
 const halfPlan = {

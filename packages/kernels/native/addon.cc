@@ -75,6 +75,14 @@ void sameDevice(std::initializer_list<const Tensor*> tensors) {
 int64_t integer(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Int64Value(); }
 double number(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().DoubleValue(); }
 
+// Gives an allocated tensor its id (its index in the registry) and returns the id to JS.
+Napi::Value registerTensor(Napi::Env env, std::unique_ptr<Tensor> tensor, Device* device) {
+  tensor->device = device;
+  tensor->id = static_cast<uint32_t>(registry.size());
+  registry.push_back(tensor.release());
+  return Napi::Number::New(env, registry.back()->id);
+}
+
 Napi::Value Alloc(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Device* device = deviceOf(static_cast<int>(integer(info, 0)));
@@ -89,10 +97,7 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
     }
     tensor->bytes = static_cast<size_t>(tensor->size) * dtypeBytes(tensor->dtype);
     tensor->data = device->allocate(tensor->bytes);
-    tensor->device = device;
-    tensor->id = static_cast<uint32_t>(registry.size());
-    registry.push_back(tensor.release());
-    return Napi::Number::New(info.Env(), registry.back()->id);
+    return registerTensor(info.Env(), std::move(tensor), device);
   });
 }
 
@@ -114,10 +119,7 @@ Napi::Value AllocPaged(const Napi::CallbackInfo& info) {
       throw Error("DUO_ARG", "a paged tensor's span (" + std::to_string(tensor->spanBytes) + " bytes) must be a whole number of " +
                                  std::to_string(device->pageBytes()) + "-byte pages");
     device->reservePaged(*tensor);
-    tensor->device = device;
-    tensor->id = static_cast<uint32_t>(registry.size());
-    registry.push_back(tensor.release());
-    return Napi::Number::New(info.Env(), registry.back()->id);
+    return registerTensor(info.Env(), std::move(tensor), device);
   });
 }
 

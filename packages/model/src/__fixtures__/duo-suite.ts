@@ -52,13 +52,7 @@ async function sessionLogits(model: LlamaModel, tokens: number[], options: Sessi
     const prefill = await session.forward(tokens.slice(0, PREFILL), { logits: 'all' });
     rows.push(prefill.logits as Float32Array);
     for (const token of tokens.slice(PREFILL)) rows.push((await session.forward([token])).logits as Float32Array);
-    const out = new Float32Array(rows.reduce((n, row) => n + row.length, 0));
-    let offset = 0;
-    for (const row of rows) {
-      out.set(row, offset);
-      offset += row.length;
-    }
-    return out;
+    return Float32Array.from(rows.flatMap((row) => Array.from(row)));
   } finally {
     session.dispose();
   }
