@@ -202,12 +202,6 @@ export interface Backend {
     valueCache: TensorHandle,
     attributes: RopeAttributes & { kvHeads: number; streaming?: StreamingHeads },
   ): void;
-  /**
-   * A hint: the op after the next RMSNorm or decode attention reads `tensors` (up to four). The backend may start moving
-   * up to `bytes` of them into its cache while that small op runs (CUDA: bulk L2 prefetches from the kernel). Results
-   * never change; the CPU backend ignores it.
-   */
-  prefetchNext?(tensors: readonly TensorHandle[], bytes: number): void;
   /** `ids[0] = next[0]; positions[0] += 1` (i32 `[1]` tensors): ends a decode step on the device. */
   decodeAdvance(next: TensorHandle, ids: TensorHandle, positions: TensorHandle): void;
   /**

@@ -133,17 +133,6 @@ Napi::Value CommitPaged(const Napi::CallbackInfo& info) {
   });
 }
 
-Napi::Value PrefetchNext(const Napi::CallbackInfo& info) {
-  return guarded(info, [&]() -> Napi::Value {
-    Napi::Array ids = info[0].As<Napi::Array>();
-    const Tensor* tensors[4];
-    const int count = static_cast<int>(std::min<uint32_t>(ids.Length(), 4));
-    for (int i = 0; i < count; i++) tensors[i] = &tensorAt(ids.Get(static_cast<uint32_t>(i)));
-    if (count > 0) tensors[0]->device->prefetchNext(tensors, count, static_cast<size_t>(integer(info, 1)));
-    return info.Env().Undefined();
-  });
-}
-
 Napi::Value PageBytes(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     return Napi::Number::New(info.Env(), static_cast<double>(deviceOf(static_cast<int>(integer(info, 0)))->pageBytes()));
@@ -605,7 +594,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("allocPaged", Napi::Function::New(env, AllocPaged));
   exports.Set("commitPaged", Napi::Function::New(env, CommitPaged));
   exports.Set("pageBytes", Napi::Function::New(env, PageBytes));
-  exports.Set("prefetchNext", Napi::Function::New(env, PrefetchNext));
   exports.Set("takeProfile", Napi::Function::New(env, TakeProfile));
   exports.Set("copyRows", Napi::Function::New(env, CopyRows));
   exports.Set("convert", Napi::Function::New(env, Convert));

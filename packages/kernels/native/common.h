@@ -175,9 +175,6 @@ class Device {
   virtual void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
                               const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache,
                               const StreamingLayout& streaming) = 0;
-  // A hint that the op after the next small op (RMSNorm, decode attention) reads `tensors`: the backend may start moving
-  // up to `bytes` of them (split evenly, from their start) into its cache while that small op runs. Default: nothing.
-  virtual void prefetchNext(const Tensor* const* tensors, int count, size_t bytes) {}
   // ids[0] = next[0]; positions[0] += 1 — closes a decode step on the device so the next one can start at once.
   virtual void decodeAdvance(const Tensor& next, Tensor& ids, Tensor& positions) {
     ids.as<int32_t>()[0] = next.as<int32_t>()[0];

@@ -95,12 +95,6 @@ export class NativeBackend implements Backend {
     return tensor;
   }
 
-  prefetchNext(tensors: readonly Tensor[], bytes: number): void {
-    const ids = tensors.map((tensor, i) => expectTensor(`tensors[${i}]`, tensor, this.device));
-    expectInteger('bytes', bytes, 0);
-    if (ids.length > 0) callNative(() => this.#native.prefetchNext(ids, bytes));
-  }
-
   commitPaged(tensor: Tensor, rows: number): number {
     const id = expectTensor('tensor', tensor, this.device);
     if (tensor.committedRows === undefined) {

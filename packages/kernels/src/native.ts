@@ -19,7 +19,6 @@ export interface NativeAddon {
   allocPaged(device: number, dtype: number, shape: readonly number[]): number;
   commitPaged(tensor: number, rows: number): number;
   pageBytes(device: number): number;
-  prefetchNext(tensors: number[], bytes: number): void;
   memory(device: number): {
     allocatedBytes: number;
     peakBytes: number;

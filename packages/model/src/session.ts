@@ -84,9 +84,6 @@ export function sessionPlan(
   return { ...modelPlan, sink: options.sink ?? modelPlan.sink, recent: options.recent ?? modelPlan.recent };
 }
 
-/** Bytes of the next matmul's weights to fetch ahead during a small op (about what DRAM moves in a few µs). */
-const PREFETCH_BYTES = 16 << 20;
-
 interface Workspace {
   rows: number;
   ids: TensorHandle;
@@ -411,15 +408,11 @@ export class Session {
     const scale = 1 / Math.sqrt(c.headDim);
     const interleaved = c.ropeStyle === 'interleaved';
     const attention = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim, scale, keyLength: start + n };
-    // Decode reads every weight once: while each small op runs, the first bytes of the next matmul's weights are
-    // fetched ahead (a no-op where the backend has no use for the hint).
-    const ahead = n === 1 ? (tensors: TensorHandle[]) => b.prefetchNext?.(tensors, PREFETCH_BYTES) : () => {};
     for (let layer = 0; layer < c.numLayers; layer++) {
       const lw = w.layers[layer];
       const cache = this.#cache.layers[layer];
       if (!lw || !cache) throw new Error(`layer ${layer} is missing`);
       const { keyCache, valueCache, streaming } = cache;
-      ahead([lw.query]);
       b.rmsNorm(s.hidden, lw.attentionNorm, s.normed, c.rmsNormEps);
       b.matmulGroup(
         s.normed,
@@ -435,7 +428,6 @@ export class Session {
         streaming,
       });
       if (n === 1) {
-        ahead([lw.output]);
         b.attentionDecode(s.query, keyCache, valueCache, s.attention, {
           ...attention,
           streaming,
@@ -445,7 +437,6 @@ export class Session {
         b.attentionPrefill(s.query, keyCache, valueCache, s.attention, { ...attention, streaming, queryStart: start });
       }
       b.matmul(s.attention, lw.output, s.hidden, { residual: s.hidden });
-      ahead([lw.gate, lw.up]);
       b.rmsNorm(s.hidden, lw.mlpNorm, s.normed, c.rmsNormEps);
       b.matmulSwiglu(s.normed, lw.gate, lw.up, s.gate);
       b.matmul(s.gate, lw.down, s.hidden, { residual: s.hidden });
@@ -456,7 +447,6 @@ export class Session {
   #lastLogitTensor(workspace: Workspace): void {
     const b = this.#backend;
     b.copyRows(workspace.hidden, this.#lastRow, workspace.rows - 1, 0, 1);
-    b.prefetchNext?.([this.#weights.lmHead], PREFETCH_BYTES);
     b.rmsNorm(this.#lastRow, this.#weights.finalNorm, this.#lastNormed, this.#config.rmsNormEps);
     b.matmul(this.#lastNormed, this.#weights.lmHead, this.#lastLogits);
   }

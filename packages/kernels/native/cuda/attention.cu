@@ -426,8 +426,7 @@ constexpr int kMaxSplits = 1024;
 
 __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const float* partialAcc, const float* partialMax,
                                                                         const float* partialSum, DecodeSplits layout, int group,
-                                                                        int headDim, float* out, PrefetchHint prefetch) {
-  issuePrefetch(prefetch);
+                                                                        int headDim, float* out) {
   __shared__ float weights[kMaxSplits];
   __shared__ float reduce[kCombineThreads / 32];
   __shared__ float partial[kCombineThreads / 32][256];
@@ -771,8 +770,7 @@ size_t attentionDecodeScratch(const AttentionArgs& args, const DecodeSplits& spl
 }
 
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
-                           const AttentionArgs& args, const DecodeSplits& splits, float* scratch, const PrefetchHint& prefetch,
-                           cudaStream_t stream) {
+                           const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream) {
   int group = args.heads / args.kvHeads;
   float* partialAcc = scratch;
   float* partialMax = partialAcc + static_cast<int64_t>(args.heads) * splits.stride * args.headDim;
@@ -818,7 +816,7 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
   checkLaunch("attentionDecode");
   if (!combine) return;
   decodeCombineKernel<<<args.heads, kCombineThreads, 0, stream>>>(partialAcc, partialMax, partialSum, splits, group, args.headDim,
-                                                                  out, prefetch);
+                                                                  out);
   checkLaunch("attentionDecodeCombine");
 }
 

@@ -28,28 +28,6 @@ inline unsigned blocksFor(int64_t work, unsigned threads) {
 
 __host__ __device__ __forceinline__ int64_t lesser(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Bulk L2 prefetches a small, latency-bound kernel issues for the op after it (Device::prefetchNext), so DRAM streams
-// the next matmul's first weights while the GPU would otherwise wait on launches and reductions.
-struct PrefetchHint {
-  const char* pointer[4] = {};
-  unsigned bytes[4] = {};
-};
-__device__ __forceinline__ void issuePrefetch(const PrefetchHint& hint) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr unsigned kChunk = 32768;
-  const unsigned thread = blockIdx.x * blockDim.x + threadIdx.x, threads = gridDim.x * blockDim.x;
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    const unsigned chunks = (hint.bytes[i] + kChunk - 1) / kChunk;
-    for (unsigned c = thread; c < chunks; c += threads) {
-      const unsigned size = (hint.bytes[i] - c * kChunk < kChunk ? hint.bytes[i] - c * kChunk : kChunk) & ~15u;
-      if (size > 0)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(hint.pointer[i] + static_cast<size_t>(c) * kChunk), "r"(size) : "memory");
-    }
-  }
-#endif
-}
-
 __device__ __forceinline__ float toFloat(float v) { return v; }
 __device__ __forceinline__ float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float toFloat(__half v) { return __half2float(v); }
@@ -161,7 +139,6 @@ void launchConvert(const void* source, DType sourceType, void* target, DType tar
 void launchFillRandom(void* data, DType dtype, int64_t count, uint64_t seed, float std, cudaStream_t stream);
 void launchEmbedding(const void* table, DType dtype, const int32_t* ids, float* out, int64_t rows, int64_t dim, cudaStream_t stream);
 void launchRmsNorm(const float* x, const void* weight, DType weightType, float* out, int64_t rows, int64_t dim, float eps,
-                   const PrefetchHint& prefetch,
                    cudaStream_t stream);
 void launchRope(float* x, const int32_t* positions, const float* frequencies, int64_t rows, int64_t stride, int heads,
                 int headDim, bool interleaved, cudaStream_t stream);
@@ -213,8 +190,7 @@ struct DecodeSplits {
 size_t attentionDecodeScratch(const AttentionArgs& args, const DecodeSplits& splits);
 DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors);
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
-                           const AttentionArgs& args, const DecodeSplits& splits, float* scratch, const PrefetchHint& prefetch,
-                           cudaStream_t stream);
+                           const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace duo

@@ -254,26 +254,6 @@ class CudaDevice final : public Device {
     return prop;
   }
 
-  void prefetchNext(const Tensor* const* tensors, int count, size_t bytes) override {
-    // DUO_PREFETCH_BYTES overrides the budget (0 turns prefetching off), for measurements.
-    static const long long override = [] {
-      const char* value = std::getenv("DUO_PREFETCH_BYTES");
-      return value ? std::atoll(value) : -1ll;
-    }();
-    if (override >= 0) bytes = static_cast<size_t>(override);
-    prefetch_ = PrefetchHint{};
-    if (properties_.major < 9) return;
-    for (int i = 0; i < count && i < 4; i++) {
-      prefetch_.pointer[i] = static_cast<const char*>(tensors[i]->data);
-      prefetch_.bytes[i] = static_cast<unsigned>(std::min<size_t>(tensors[i]->bytes, bytes / count) / 16 * 16);
-    }
-  }
-  PrefetchHint takePrefetch() {
-    PrefetchHint hint = prefetch_;
-    prefetch_ = PrefetchHint{};
-    return hint;
-  }
-
   void release(void* pointer, size_t bytes) override {
     check(cudaFreeAsync(pointer, stream_), "cudaFreeAsync");
     allocated_ -= bytes;
@@ -353,7 +333,7 @@ class CudaDevice final : public Device {
     profiler_.mark("embedding", stream_);
   }
   void rmsNorm(const Tensor& x, const Tensor& weight, Tensor& out, float eps) override {
-    launchRmsNorm(x.as<float>(), weight.data, weight.dtype, out.as<float>(), x.rows(), x.cols(), eps, takePrefetch(), stream_);
+    launchRmsNorm(x.as<float>(), weight.data, weight.dtype, out.as<float>(), x.rows(), x.cols(), eps, stream_);
     profiler_.mark("rmsNorm", stream_);
   }
   void matmul(const Tensor& x, const Tensor& weight, Tensor& out, const Tensor* bias, const Tensor* residual) override {
@@ -416,8 +396,7 @@ class CudaDevice final : public Device {
     const DecodeSplits mostSplits = attentionDecodeSplits(sizing, k.dtype, properties_.multiProcessorCount);
     const DecodeSplits splits = args.lengthFrom ? mostSplits : attentionDecodeSplits(args, k.dtype, properties_.multiProcessorCount);
     float* partial = static_cast<float*>(scratch(attentionDecodeScratch(args, mostSplits)));
-    launchAttentionDecode(q.as<float>(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), args, splits, partial, takePrefetch(),
-                          stream_);
+    launchAttentionDecode(q.as<float>(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), args, splits, partial, stream_);
     profiler_.mark("attentionDecode", stream_);
   }
   void matmulGroup(const Tensor& x, const Tensor* const* weights, Tensor* const* outs, const Tensor* const* biases,
@@ -553,7 +532,6 @@ class CudaDevice final : public Device {
   size_t allocated_ = 0, peak_ = 0;
   void* scratch_ = nullptr;
   size_t scratchBytes_ = 0;
-  PrefetchHint prefetch_;
   PinnedPool pinned_;
   OpProfiler profiler_;
   std::vector<cudaGraphExec_t> graphs_;

@@ -32,8 +32,7 @@ __global__ void embeddingKernel(const T* table, const int32_t* ids, float* out, 
 
 // One block per row: sum of squares in f32 with a block reduction; 16-byte loads when the row allows.
 template <typename T>
-__global__ void rmsNormKernel(const float* x, const T* weight, float* out, int64_t dim, float eps, PrefetchHint prefetch) {
-  issuePrefetch(prefetch);
+__global__ void rmsNormKernel(const float* x, const T* weight, float* out, int64_t dim, float eps) {
   __shared__ float partial[32];
   const float* row = x + blockIdx.x * dim;
   float* target = out + blockIdx.x * dim;
@@ -276,14 +275,14 @@ void launchEmbedding(const void* table, DType dtype, const int32_t* ids, float* 
   checkLaunch("embedding");
 }
 
-void launchRmsNorm(const float* x, const void* weight, DType weightType, float* out, int64_t rows, int64_t dim, float eps, const PrefetchHint& prefetch,
+void launchRmsNorm(const float* x, const void* weight, DType weightType, float* out, int64_t rows, int64_t dim, float eps,
                    cudaStream_t stream) {
   if (rows == 0) return;
   dispatchFloat(weightType, [&](auto t) {
     using T = decltype(t);
     // One block per row, wide enough that a 4096-wide row takes a single pass (a lone row is latency-bound).
     unsigned threads = static_cast<unsigned>(std::min<int64_t>(1024, std::max<int64_t>(32, ((dim + 3) / 4 + 31) / 32 * 32)));
-    rmsNormKernel<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, static_cast<const T*>(weight), out, dim, eps, prefetch);
+    rmsNormKernel<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, static_cast<const T*>(weight), out, dim, eps);
   });
   checkLaunch("rmsNorm");
 }
