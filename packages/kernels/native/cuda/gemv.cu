@@ -20,9 +20,6 @@ constexpr int kWarps = 8;
 // 16-byte loads in flight per weight row and lane, and the residency the register budget is set for (tuning knobs).
 constexpr int kUnroll = DUO_GEMV_UNROLL;
 constexpr size_t kSharedLimit = 64 * 1024;
-#ifndef DUO_GEMV_PERSISTENT
-#define DUO_GEMV_PERSISTENT 0
-#endif
 #ifndef DUO_GEMV_COLUMNS
 #define DUO_GEMV_COLUMNS 2
 #endif
@@ -54,11 +51,7 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
   __shared__ float partial[kWarps][ROWS][kColumns];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp / SPLIT, slice = warp % SPLIT;
-  // With DUO_GEMV_PERSISTENT the grid is one wave and each block walks the groups grid-stride, so no block retires
-  // and relaunches; otherwise there is one block per kGroups groups.
-  const int64_t blockGroups = (job.firstGroup[job.count] + kGroups - 1) / kGroups;
-  for (int64_t blockGroup = blockIdx.x; blockGroup < blockGroups; blockGroup += gridDim.x) {
-  const int64_t global = blockGroup * kGroups + group;
+  const int64_t global = static_cast<int64_t>(blockIdx.x) * kGroups + group;
   int which = 0;
   while (which + 1 < job.count && global >= job.firstGroup[which + 1]) which++;
   const bool active = global < job.firstGroup[job.count];
@@ -123,7 +116,7 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
       acc[r][c] = total;
     }
   if (SPLIT > 1) __syncthreads();
-  if (active && slice == 0 && lane == 0) {
+  if (!active || slice != 0 || lane != 0) return;
 #pragma unroll
   for (int r = 0; r < ROWS; r++) {
     float sums[kColumns];
@@ -149,19 +142,12 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
       }
     }
   }
-  }
-  if (SPLIT > 1) __syncthreads();  // `partial` is rewritten by the next group
-  }
 }
 
 template <typename T, int ROWS, bool SWIGLU>
 void launchSplit(const float* x, int64_t k, const StreamJob<T>& job, int split, cudaStream_t stream) {
   const int64_t groups = job.firstGroup[job.count];
-  auto blocks = [&](int groupsPerBlock) {
-    const int64_t needed = (groups + groupsPerBlock - 1) / groupsPerBlock;
-    return static_cast<unsigned>(DUO_GEMV_PERSISTENT ? std::min<int64_t>(needed, static_cast<int64_t>(multiprocessorCount()) * DUO_GEMV_BLOCKS_PER_SM)
-                                                     : needed);
-  };
+  auto blocks = [&](int groupsPerBlock) { return static_cast<unsigned>((groups + groupsPerBlock - 1) / groupsPerBlock); };
   if (split == 8) gemvStreamKernel<T, ROWS, SWIGLU, 8><<<blocks(1), kWarps * 32, 0, stream>>>(x, k, job);
   else if (split == 4) gemvStreamKernel<T, ROWS, SWIGLU, 4><<<blocks(2), kWarps * 32, 0, stream>>>(x, k, job);
   else if (split == 2) gemvStreamKernel<T, ROWS, SWIGLU, 2><<<blocks(4), kWarps * 32, 0, stream>>>(x, k, job);
