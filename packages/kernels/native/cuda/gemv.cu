@@ -20,12 +20,7 @@ constexpr int kWarps = 8;
 // 16-byte loads in flight per weight row and lane, and the residency the register budget is set for (tuning knobs).
 constexpr int kUnroll = DUO_GEMV_UNROLL;
 constexpr size_t kSharedLimit = 64 * 1024;
-#ifndef DUO_GEMV_COLUMNS
-#define DUO_GEMV_COLUMNS 2
-#endif
-// Weight rows (output columns) one warp streams together, sharing its loads of x; SwiGLU pairs gate and up row j.
-constexpr int kColumnsPerWarp = DUO_GEMV_COLUMNS;
-template <bool SWIGLU> constexpr int columnsOf() { return SWIGLU ? 2 : kColumnsPerWarp; }
+constexpr int kColumnsPerWarp = 2;
 int multiprocessorCount();
 
 // The weight rows one column group streams: up to three matrices share x (q/k/v), each cut into groups of
@@ -46,9 +41,8 @@ struct StreamJob {
 template <typename T, int ROWS, bool SWIGLU, int SPLIT>
 __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStreamKernel(const float* __restrict__ x, int64_t k, StreamJob<T> job) {
   constexpr int kVec = Vec16<T>::kCount;
-  constexpr int kColumns = columnsOf<SWIGLU>();
   constexpr int kGroups = kWarps / SPLIT;
-  __shared__ float partial[kWarps][ROWS][kColumns];
+  __shared__ float partial[kWarps][ROWS][kColumnsPerWarp];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp / SPLIT, slice = warp % SPLIT;
   const int64_t global = static_cast<int64_t>(blockIdx.x) * kGroups + group;
@@ -56,11 +50,11 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
   while (which + 1 < job.count && global >= job.firstGroup[which + 1]) which++;
   const bool active = global < job.firstGroup[job.count];
   const int64_t m = job.m[which];
-  const int64_t column0 = SWIGLU ? global - job.firstGroup[which] : (global - job.firstGroup[which]) * kColumns;
-  const T* rows[kColumns];
-  bool live[kColumns];
+  const int64_t column0 = SWIGLU ? global - job.firstGroup[which] : (global - job.firstGroup[which]) * kColumnsPerWarp;
+  const T* rows[kColumnsPerWarp];
+  bool live[kColumnsPerWarp];
 #pragma unroll
-  for (int c = 0; c < kColumns; c++) {
+  for (int c = 0; c < kColumnsPerWarp; c++) {
     const int64_t column = SWIGLU ? column0 : column0 + c;
     live[c] = active && column < m;
     rows[c] = (SWIGLU ? job.weight[c] : job.weight[which]) + (live[c] ? column : 0) * k;
@@ -68,18 +62,18 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
   // This warp's slice of k, in whole 16-byte vectors.
   const int64_t vectors = k / kVec;
   const int64_t sliceBegin = (vectors * slice / SPLIT) * kVec, sliceEnd = (vectors * (slice + 1) / SPLIT) * kVec;
-  float acc[ROWS][kColumns];
+  float acc[ROWS][kColumnsPerWarp];
 #pragma unroll
   for (int r = 0; r < ROWS; r++)
 #pragma unroll
-    for (int c = 0; c < kColumns; c++) acc[r][c] = 0.0f;
+    for (int c = 0; c < kColumnsPerWarp; c++) acc[r][c] = 0.0f;
   for (int64_t base = sliceBegin + static_cast<int64_t>(lane) * kVec; base < sliceEnd; base += 32 * kVec * kUnroll) {
-    uint4 raw[kUnroll][kColumns];
+    uint4 raw[kUnroll][kColumnsPerWarp];
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
       const int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
 #pragma unroll
-      for (int c = 0; c < kColumns; c++)
+      for (int c = 0; c < kColumnsPerWarp; c++)
         if (kk < sliceEnd && live[c]) raw[u][c] = Vec16<T>::raw(rows[c] + kk);
     }
 #pragma unroll
@@ -95,7 +89,7 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
             xv[v] = chunk.x; xv[v + 1] = chunk.y; xv[v + 2] = chunk.z; xv[v + 3] = chunk.w;
           }
 #pragma unroll
-          for (int c = 0; c < kColumns; c++) {
+          for (int c = 0; c < kColumnsPerWarp; c++) {
             if (live[c]) {
               float wv[kVec];
               Vec16<T>::widen(raw[u][c], wv);
@@ -110,7 +104,7 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
 #pragma unroll
   for (int r = 0; r < ROWS; r++)
 #pragma unroll
-    for (int c = 0; c < kColumns; c++) {
+    for (int c = 0; c < kColumnsPerWarp; c++) {
       float total = warpSum(acc[r][c]);
       if (SPLIT > 1 && lane == 0) partial[warp][r][c] = total;
       acc[r][c] = total;
@@ -119,9 +113,9 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
   if (!active || slice != 0 || lane != 0) return;
 #pragma unroll
   for (int r = 0; r < ROWS; r++) {
-    float sums[kColumns];
+    float sums[kColumnsPerWarp];
 #pragma unroll
-    for (int c = 0; c < kColumns; c++) {
+    for (int c = 0; c < kColumnsPerWarp; c++) {
       sums[c] = acc[r][c];
       if (SPLIT > 1) {
         sums[c] = 0.0f;
@@ -133,7 +127,7 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
       if (live[0]) job.out[0][r * m + column0] = sums[0] / (1.0f + __expf(-sums[0])) * sums[1];
     } else {
 #pragma unroll
-      for (int c = 0; c < kColumns; c++) {
+      for (int c = 0; c < kColumnsPerWarp; c++) {
         const int64_t column = column0 + c;
         if (!live[c]) continue;
         const int64_t index = r * m + column;
