@@ -1,0 +1,78 @@
+// DualKvCache on the CPU backend: region shapes per layer, growth by whole pages in place, byte accounting, errors.
+import { DuoArgumentError } from '@duoattn/core';
+import { createBackend } from '@duoattn/kernels';
+import { describe, expect, it } from 'vitest';
+import { DualKvCache, dualCacheBytes, pageTokens } from './dual-kv-cache.js';
+
+const backend = createBackend('cpu');
+const config = { numLayers: 3, numKvHeads: 4, headDim: 16 };
+// Layer 0: two retrieval heads; layer 1: none (every head streams); layer 2: all four.
+const plan = { retrievalHeads: [[0, 2], [], [0, 1, 2, 3]], kvHeads: 4, sink: 4, recent: 32, sparsity: 0.5 };
+
+describe('DualKvCache', () => {
+  it('gives each layer a full region for its retrieval heads and a ring for the rest', () => {
+    const before = backend.memory().allocatedBytes;
+    const cache = new DualKvCache(backend, {
+      config,
+      plan,
+      dtype: 'f32',
+      maxTokens: 10_000,
+      chunkTokens: 64,
+      blockTokens: 100,
+    });
+    const [first, second, third] = cache.layers;
+    expect(first?.keyCache.shape).toEqual([2, expect.any(Number), 16]);
+    expect(first?.streaming?.keyCache.shape).toEqual([2, 4 + 32 + 64, 16]);
+    expect(second?.retrievalKvHeads).toBe(0);
+    expect(second?.streaming?.keyCache.shape).toEqual([4, 100, 16]);
+    expect(third?.streaming).toBeUndefined();
+    // Whole pages of one head's 64-byte rows, at least the 100-token block.
+    const unit = pageTokens(16 * 4, backend.pageBytes);
+    expect(cache.capacity).toBe(Math.ceil(100 / unit) * unit);
+    expect(backend.memory().allocatedBytes - before).toBe(cache.bytes().full + cache.bytes().streaming);
+    expect(cache.bytes()).toEqual(dualCacheBytes(config, plan, 'f32', cache.capacity, 64, backend.pageBytes));
+    cache.dispose();
+    expect(backend.memory().allocatedBytes).toBe(before);
+  });
+
+  it('grows the full regions in place, by whole pages, while the streaming regions stay put', () => {
+    const cache = new DualKvCache(backend, {
+      config,
+      plan,
+      dtype: 'f32',
+      maxTokens: 10_000,
+      chunkTokens: 64,
+      blockTokens: 1,
+    });
+    const keys = cache.layers[0]?.keyCache;
+    const streaming = cache.bytes().streaming;
+    const unit = pageTokens(16 * 4, backend.pageBytes);
+    expect(cache.reserve(unit + 1)).toBe(true);
+    expect(cache.capacity).toBe(2 * unit);
+    expect(cache.reserve(unit)).toBe(false);
+    expect(cache.layers[0]?.keyCache).toBe(keys);
+    expect(cache.bytes().streaming).toBe(streaming);
+    expect(cache.bytes().full).toBe((2 + 4) * 2 * unit * 16 * 4 * 2);
+    cache.reserve(10_000);
+    expect(cache.capacity).toBe(10_000);
+    expect(() => cache.reserve(10_001)).toThrow('Expected `tokens` in [0, 10000] (maxTokens) but received 10001');
+    cache.dispose();
+    expect(() => cache.reserve(1)).toThrow('The cache was disposed');
+  });
+
+  it('names what is wrong with its options', () => {
+    const options = { config, plan, dtype: 'f32', maxTokens: 100, chunkTokens: 8 } as const;
+    expect(() => new DualKvCache(backend, { ...options, config: { ...config, numLayers: 2 } })).toThrow(
+      DuoArgumentError,
+    );
+    expect(() => new DualKvCache(backend, { ...options, config: { ...config, numLayers: 2 } })).toThrow(
+      'Expected a head plan for 2 layers × 4 KV heads but received 3 × 4',
+    );
+    expect(() => new DualKvCache(backend, { ...options, maxTokens: 0 })).toThrow(
+      'Expected `maxTokens` to be a positive integer',
+    );
+    expect(() => new DualKvCache(backend, { ...options, prefillMask: 'blocky' as 'exact' })).toThrow(
+      "Expected `prefillMask` to be 'exact' or 'chunked' but received blocky",
+    );
+  });
+});
