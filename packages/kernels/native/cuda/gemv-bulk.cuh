@@ -95,20 +95,13 @@ __global__ void __launch_bounds__(kBulkWarps * 32, 1) gemvBulkKernel(const float
     }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(sharedAddress(&full[stage])), "r"(total) : "memory");
-    // Rows that follow each other in memory and in the stage (whole rows: k == kBulkChunk) go as one larger copy.
-    for (int r = 0; r < kBulkRows;) {
-      if (!sources[r]) {
-        r++;
-        continue;
-      }
-      int run = 1;
-      while (k == kBulkChunk && r + run < kBulkRows && sources[r + run] == sources[r] + run * k) run++;
+    for (int r = 0; r < kBulkRows; r++) {
+      if (!sources[r]) continue;
       T* target = stages + (static_cast<int64_t>(stage) * kBulkRows + r) * kBulkChunk;
       asm volatile(
           "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(sharedAddress(target)),
-          "l"(sources[r]), "r"(bytes * run), "r"(sharedAddress(&full[stage]))
+          "l"(sources[r]), "r"(bytes), "r"(sharedAddress(&full[stage]))
           : "memory");
-      r += run;
     }
   };
 
