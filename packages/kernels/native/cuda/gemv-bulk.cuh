@@ -9,14 +9,8 @@ namespace duo {
 namespace cuda {
 
 constexpr int kBulkRows = 4;         // weight rows per tile (SwiGLU: gate j, j+1 and up j, j+1)
-#ifndef DUO_BULK_CHUNK
-#define DUO_BULK_CHUNK 2048
-#endif
-#ifndef DUO_BULK_STAGES
-#define DUO_BULK_STAGES 6
-#endif
-constexpr int kBulkChunk = DUO_BULK_CHUNK;     // k elements per stage and row
-constexpr int kBulkStages = DUO_BULK_STAGES;
+constexpr int kBulkChunk = 2048;     // k elements per stage and row
+constexpr int kBulkStages = 6;
 constexpr int kBulkWarps = 8;
 
 template <typename T>
