@@ -4,7 +4,6 @@
 #include <cstdlib>
 
 #include "cuda-common.cuh"
-#include "gemv-bulk.cuh"
 
 namespace duo {
 namespace cuda {
@@ -149,56 +148,8 @@ void launchSplit(const float* x, int64_t k, const StreamJob<T>& job, int split, 
   else gemvStreamKernel<T, ROWS, SWIGLU, 1><<<blocks(8), kWarps * 32, 0, stream>>>(x, k, job);
 }
 
-// The bulk-copy GEMV (gemv-bulk.cuh) serves one row of x with 16-bit weights on Hopper when DUO_GEMV_BULK=1.
-bool bulkEnabled() {
-  static const bool enabled = [] {
-    const char* value = std::getenv("DUO_GEMV_BULK");
-    if (!value || value[0] != '1') return false;
-    int device = 0, major = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    return major >= 9;
-  }();
-  return enabled;
-}
-
-template <typename T>
-bool launchBulk(const float* x, int64_t k, const StreamJob<T>& stream, bool swiglu, cudaStream_t cudaStream) {
-  if constexpr (sizeof(T) != 2) {
-    return false;
-  } else {
-    if (k % 8 != 0 || k > 16384) return false;
-    BulkJob<T> job{};
-    job.count = stream.count;
-    job.swiglu = swiglu;
-    job.firstTile[0] = 0;
-    for (int i = 0; i < stream.count; i++) {
-      job.weight[i] = stream.weight[i];
-      job.out[i] = stream.out[i];
-      job.bias[i] = stream.bias[i];
-      job.residual[i] = stream.residual[i];
-      job.m[i] = stream.m[i];
-      job.firstTile[i + 1] = job.firstTile[i] + (swiglu ? (stream.m[i] + 1) / 2 : (stream.m[i] + kBulkRows - 1) / kBulkRows);
-    }
-    if (swiglu) {
-      job.weight[1] = stream.weight[1];
-      job.firstTile[1] = (stream.m[0] + 1) / 2;
-    }
-    const int64_t tiles = job.firstTile[job.count];
-    if (tiles == 0) return true;
-    const size_t shared = sizeof(T) * kBulkStages * kBulkRows * kBulkChunk + static_cast<size_t>(k) * sizeof(float);
-    auto kernel = gemvBulkKernel<T>;
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
-    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(tiles, multiprocessorCount()));
-    kernel<<<grid, kBulkWarps * 32, shared, cudaStream>>>(x, k, job);
-    checkLaunch("gemvBulk");
-    return true;
-  }
-}
-
 template <typename T>
 void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bool swiglu, cudaStream_t stream) {
-  if (rows == 1 && bulkEnabled() && launchBulk(x, k, job, swiglu, stream)) return;
   job.firstGroup[0] = 0;
   for (int i = 0; i < job.count; i++)
     job.firstGroup[i + 1] = job.firstGroup[i] + (swiglu ? job.m[i] : (job.m[i] + kColumnsPerWarp - 1) / kColumnsPerWarp);
