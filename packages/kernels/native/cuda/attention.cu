@@ -712,6 +712,13 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
   }
 }
 
+// Kernels with more than 48 KB of dynamic shared memory must say so before their launch.
+template <typename Kernel>
+void allowSharedMemory(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "cudaFuncSetAttribute");
+}
+
 template <typename F>
 void dispatchHeadDim(int headDim, F body) {
   switch (headDim) {
@@ -786,16 +793,14 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
         // Tensor cores: any G ≤ 8 shares one kernel (rows past G are zero).
         auto kernel = decodeMmaKernel<T, D>;
         const size_t shared = static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T);
-        if (shared > 48 * 1024)
-          check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
+        allowSharedMemory(kernel, shared);
         kernel<<<blocks, kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v), capacity,
                                                            args.keyLength, group, args.scale, args.lengthFrom, args.streaming,
                                                            splits, partialAcc, partialMax, partialSum);
       } else if constexpr (D >= Vec16<T>::kCount && D <= 128) {
         auto run = [&](auto kernel) {
           const size_t shared = kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
-          if (shared > 48 * 1024)
-            check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
+          allowSharedMemory(kernel, shared);
           kernel<<<blocks, kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v), capacity,
                                                              args.keyLength, group, args.scale, args.lengthFrom, args.streaming,
                                                              splits, partialAcc, partialMax, partialSum);
@@ -832,8 +837,7 @@ void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, cons
         // Tensor cores for 16-bit caches.
         auto kernel = prefillMmaKernel<T, D>;
         const size_t shared = static_cast<size_t>(4) * kPrefillKeys * (D + 8) * sizeof(T);
-        if (shared > 48 * 1024)
-          check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
+        allowSharedMemory(kernel, shared);
         dim3 grid(static_cast<unsigned>((rows + kPrefillMmaRows - 1) / kPrefillMmaRows), args.heads);
         kernel<<<grid, kPrefillMmaWarps * 32, shared, stream>>>(q, qStride, static_cast<const T*>(k), static_cast<const T*>(v),
                                                                 capacity, out, rows, args.keyLength, args.queryStart, group,
