@@ -2,7 +2,7 @@
 // turning them into session options and a head plan.
 import type { AttentionPolicyName, HeadPlan, ModelConfig, PrefillMask } from '@duoattn/core';
 import { evenPlan, loadPattern, planHeads } from '@duoattn/dual-cache';
-import type { LlamaModel, SessionOptions } from '@duoattn/model';
+import { type LlamaModel, type SessionOptions, sessionPlan } from '@duoattn/model';
 import { choiceOption, integerOption, numberOption, UsageError } from './args.js';
 
 /** Option specs to spread into a command's parseOptions call. */
@@ -81,10 +81,19 @@ export function sessionPolicy(attention: AttentionPolicyName, settings: PolicySe
   return {
     attention,
     ...settings.window,
-    ...(attention === 'streaming' ? { sink: settings.window.sink ?? 64, recent: settings.window.recent ?? 256 } : {}),
     prefillMask: settings.prefillMask,
     prefillChunk: settings.prefillChunk,
   };
+}
+
+/** The head plan `attention` runs under `settings`: the session's own reading of them (`duo`: the given plan). */
+export function policyPlan(
+  attention: AttentionPolicyName,
+  settings: PolicySettings,
+  config: ModelConfig,
+  duo?: HeadPlan,
+): HeadPlan {
+  return sessionPlan(config, sessionPolicy(attention, settings), duo);
 }
 
 /** Applies the duo plan to `model` when any of `policies` is duo; returns it for the report. */

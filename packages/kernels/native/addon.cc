@@ -437,8 +437,8 @@ StreamingLayout streamingLayout(const Napi::Value& value, const Tensor& alongsid
   Tensor &key = tensorAt(fields.Get(0u)), &values = tensorAt(fields.Get(1u));
   sameDevice({&alongside, &key, &values});
   if (key.dtype != alongside.dtype || values.dtype != alongside.dtype) throw Error("DUO_ARG", "the streaming region must have the cache's dtype");
-  layout.key = layout.writableKey = key.data;
-  layout.value = layout.writableValue = values.data;
+  layout.key = key.data;
+  layout.value = values.data;
   layout.retrievalKvHeads = fields.Get(2u).As<Napi::Number>().Int32Value();
   layout.sink = fields.Get(3u).As<Napi::Number>().Int64Value();
   layout.recent = fields.Get(4u).As<Napi::Number>().Int64Value();

@@ -63,18 +63,23 @@ struct RopeArgs { int heads, headDim; bool interleaved; };
 // region `key`/`value` ([kvHeads − retrievalKvHeads, sink + ring, headDim]), so the region never grows. A query at
 // position i sees key j iff j ≤ i and (j < sink or j ≥ windowStart(i)). `key == nullptr`: every head is full.
 struct StreamingLayout {
-  const void* key = nullptr;
-  const void* value = nullptr;
-  void* writableKey = nullptr;  // the same region, for cache writes
-  void* writableValue = nullptr;
+  void* key = nullptr;  // attention reads the region, the RoPE + cache write fills it
+  void* value = nullptr;
   int retrievalKvHeads = 0;
   int64_t sink = 0, recent = 0, ring = 1;
   bool chunked = false;  // the reference's chunk-wise mask: the window starts `recent` keys before the call's first query
 
-  DUO_HD bool active() const { return key != nullptr || writableKey != nullptr; }
+  DUO_HD bool active() const { return key != nullptr; }
   DUO_HD bool streams(int kvHead) const { return active() && kvHead >= retrievalKvHeads; }
   DUO_HD int64_t slot(int64_t position) const { return position < sink ? position : sink + (position - sink) % ring; }
   DUO_HD int64_t slots() const { return sink + ring; }
+  // Element offset in the region of streaming KV head `kvHead`'s first slot, and of `position`'s row.
+  DUO_HD int64_t headStart(int kvHead, int64_t headDim) const {
+    return static_cast<int64_t>(kvHead - retrievalKvHeads) * slots() * headDim;
+  }
+  DUO_HD int64_t element(int kvHead, int64_t position, int64_t headDim) const {
+    return headStart(kvHead, headDim) + slot(position) * headDim;
+  }
   // The oldest non-sink key a query at `position` sees; `firstQuery` is the position of the call's first query.
   DUO_HD int64_t windowStart(int64_t position, int64_t firstQuery) const {
     return chunked ? firstQuery - recent : position - recent + 1;

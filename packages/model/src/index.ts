@@ -28,6 +28,7 @@ export {
   type ForwardResult,
   Session,
   type SessionOptions,
+  sessionPlan,
 } from './session.js';
 export { HfTokenizer } from './tokenizers/hf-tokenizer.js';
 export { ggufVocabularyTokenizer, loadLlama2cTokenizer, ScoreBpeTokenizer } from './tokenizers/score-bpe.js';

@@ -2,9 +2,9 @@
 // streaming attention, with the bytes-moved floor of each decode figure, the planner's bytes beside the measured ones,
 // and an SVG plot; a PyTorch peer's JSON (tools/device/torch_duo_bench.py) can be drawn in the same figure.
 import { readFileSync, writeFileSync } from 'node:fs';
-import type { AttentionPolicyName, HeadPlan } from '@duoattn/core';
+import type { AttentionPolicyName } from '@duoattn/core';
 import { DuoOutOfMemoryError, dtypeBytes } from '@duoattn/core';
-import { maxContext, planMemory, uniformPlan } from '@duoattn/dual-cache';
+import { maxContext, planMemory } from '@duoattn/dual-cache';
 import { resolveBackend } from '@duoattn/kernels';
 import type { LlamaModel } from '@duoattn/model';
 import { choiceOption, integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
@@ -16,6 +16,7 @@ import {
   POLICY_HELP,
   POLICY_OPTIONS,
   type PolicySettings,
+  policyPlan,
   policySettings,
   sessionPolicy,
 } from '../policy-options.js';
@@ -95,7 +96,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
       if (process.stderr.isTTY) process.stderr.write(`\r[duo-bench] efficiency ${done}/${total}: ${what}        `);
     };
     for (const policy of policies) {
-      const plan = policyPlan(policy, model, duo, settings);
+      const plan = policyPlan(policy, settings, model.config, duo);
       const plannerInput = {
         config: model.config,
         plan,
@@ -176,7 +177,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
             retrievalHeads: duo.retrievalHeads.map((h) => h.length),
           }
         : undefined,
-      streaming: { sink: settings.window.sink ?? 64, recent: settings.window.recent ?? 256 },
+      streaming: (({ sink, recent }) => ({ sink, recent }))(policyPlan('streaming', settings, model.config)),
       prefillChunk: settings.prefillChunk,
       prefillMask: settings.prefillMask,
       steps,
@@ -242,19 +243,6 @@ function redraw(
   const settings = { mergedFrom: runs.map((run) => ({ file: run.file, settings: run.settings })), peer: options.peer };
   const figures = { decode, prefill, comparisons, ...(peer ? { peer } : {}) };
   return options.out ? writeResult(String(options.out), card, settings, figures) : { card, settings, ...figures };
-}
-
-function policyPlan(
-  policy: AttentionPolicyName,
-  model: LlamaModel,
-  duo: HeadPlan | undefined,
-  settings: PolicySettings,
-): HeadPlan {
-  const { numLayers, numKvHeads } = model.config;
-  if (policy === 'duo') return duo as HeadPlan;
-  return policy === 'full'
-    ? uniformPlan('full', numLayers, numKvHeads)
-    : uniformPlan('streaming', numLayers, numKvHeads, settings.window.sink ?? 64, settings.window.recent ?? 256);
 }
 
 /** Decode at `context`: a fresh session sized for the run, synthetic K/V, timed greedy steps, memory. */

@@ -11,6 +11,7 @@ import {
   attentionPolicies,
   POLICY_HELP,
   POLICY_OPTIONS,
+  policyPlan,
   policySettings,
   sessionPolicy,
 } from '../policy-options.js';
@@ -55,7 +56,8 @@ export async function passkeyCommand(argv: string[], log: (line: string) => void
   const { model, path } = await loadModel(options);
   const plan = await applyDuoPlan(model, [attention], policy);
   const sessionOptions = sessionPolicy(attention, policy);
-  const window = attention === 'full' ? undefined : (sessionOptions.recent ?? plan?.recent ?? 256);
+  const running = policyPlan(attention, policy, model.config, plan);
+  const window = attention === 'full' ? undefined : running.recent;
   const tokenizer = model.tokenizer;
   if (!tokenizer) throw new UsageError(`--model: ${path} has no tokenizer`);
   const haystack = tokenizer.encode(readFileSync(haystackPath, 'utf8'), { addBos: false });
@@ -129,7 +131,7 @@ export async function passkeyCommand(argv: string[], log: (line: string) => void
     model: path,
     haystack: haystackPath,
     attention,
-    ...(attention === 'full' ? {} : { sink: sessionOptions.sink ?? plan?.sink, recent: window }),
+    ...(attention === 'full' ? {} : { sink: running.sink, recent: running.recent }),
     ...(plan
       ? {
           headPlan: {

@@ -1,11 +1,11 @@
 // duo-bench plan: memory of a model under full, duo and streaming attention, and the longest context that fits.
 import type { DType } from '@duoattn/core';
-import { maxContext, planMemory, uniformPlan } from '@duoattn/dual-cache';
+import { maxContext, planMemory } from '@duoattn/dual-cache';
 import { openCheckpoint } from '@duoattn/model';
 import { choiceOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
 import { defaultModelPath } from '../default-model.js';
 import { namedShape } from '../model-options.js';
-import { duoPlan, POLICY_HELP, POLICY_OPTIONS, policySettings } from '../policy-options.js';
+import { duoPlan, POLICY_HELP, POLICY_OPTIONS, policyPlan, policySettings } from '../policy-options.js';
 import { writeResult } from '../results.js';
 import { SHAPES } from '../shapes.js';
 
@@ -50,17 +50,10 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     }
   }
   const tokens = integerOption('tokens', options.tokens, Math.min(config.maxPositionEmbeddings, 131072), 1);
-  const plans = {
-    full: uniformPlan('full', config.numLayers, config.numKvHeads),
-    duo: duoPlan(settings, config),
-    streaming: uniformPlan(
-      'streaming',
-      config.numLayers,
-      config.numKvHeads,
-      settings.window.sink ?? 64,
-      settings.window.recent ?? 256,
-    ),
-  };
+  const duo = duoPlan(settings, config);
+  const plans = Object.fromEntries(
+    (['full', 'duo', 'streaming'] as const).map((policy) => [policy, policyPlan(policy, settings, config, duo)]),
+  );
   const rows = Object.entries(plans).map(([policy, plan]) => {
     const input = { config, plan, weightDtype, kvDtype, prefillChunk: settings.prefillChunk };
     const memory = planMemory({ ...input, tokens });

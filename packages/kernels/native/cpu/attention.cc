@@ -38,10 +38,9 @@ void attendTyped(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tenso
         std::fill(target, target + headDim, 0.0f);
         continue;
       }
-      const T* headKeys = streams ? static_cast<const T*>(layout.key) + (kvHead - layout.retrievalKvHeads) * layout.slots() * headDim
-                                  : static_cast<const T*>(k.data) + kvHead * capacity * headDim;
-      const T* headValues = streams ? static_cast<const T*>(layout.value) + (kvHead - layout.retrievalKvHeads) * layout.slots() * headDim
-                                    : static_cast<const T*>(v.data) + kvHead * capacity * headDim;
+      const int64_t start = streams ? layout.headStart(static_cast<int>(kvHead), headDim) : kvHead * capacity * headDim;
+      const T* headKeys = static_cast<const T*>(streams ? layout.key : k.data) + start;
+      const T* headValues = static_cast<const T*>(streams ? layout.value : v.data) + start;
       scores.resize(range.count);
       slots.resize(range.count);
       float maximum = -INFINITY;

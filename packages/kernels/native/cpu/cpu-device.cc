@@ -203,9 +203,9 @@ void CpuDevice::ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tens
     for (int64_t t = begin; t < end; t++) {
       const int64_t head = t / rows, r = t % rows;
       const bool streams = streaming.streams(static_cast<int>(head));
-      void* keys = streams ? streaming.writableKey : keyCache.data;
-      void* values = streams ? streaming.writableValue : valueCache.data;
-      const int64_t base = streams ? ((head - streaming.retrievalKvHeads) * streaming.slots() + streaming.slot(position[r])) * headDim
+      void* keys = streams ? streaming.key : keyCache.data;
+      void* values = streams ? streaming.value : valueCache.data;
+      const int64_t base = streams ? streaming.element(static_cast<int>(head), position[r], headDim)
                                    : (head * capacity + position[r]) * headDim;
       const float* key = k.as<float>() + r * k.cols() + head * headDim;
       const float* value = v.as<float>() + r * v.cols() + head * headDim;

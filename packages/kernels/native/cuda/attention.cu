@@ -34,7 +34,7 @@ __device__ __forceinline__ void copyAsync16(void* shared, const void* global) {
 template <typename T>
 __device__ __forceinline__ const T* headRows(const T* cache, const void* region, int64_t capacity, const StreamingLayout& layout,
                                              bool streams, int kvHead, int headDim) {
-  return streams ? static_cast<const T*>(region) + static_cast<int64_t>(kvHead - layout.retrievalKvHeads) * layout.slots() * headDim
+  return streams ? static_cast<const T*>(region) + layout.headStart(kvHead, headDim)
                  : cache + static_cast<int64_t>(kvHead) * capacity * headDim;
 }
 

@@ -113,10 +113,9 @@ __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const i
     base[b] = rotatedB;
     if (!isQuery) {
       const bool streams = streaming.streams(h);
-      T* keys = streams ? static_cast<T*>(streaming.writableKey) : keyCache;
-      T* values = streams ? static_cast<T*>(streaming.writableValue) : valueCache;
-      const int64_t slot = streams ? (static_cast<int64_t>(h - streaming.retrievalKvHeads) * streaming.slots() +
-                                      streaming.slot(positions[row])) * headDim
+      T* keys = streams ? static_cast<T*>(streaming.key) : keyCache;
+      T* values = streams ? static_cast<T*>(streaming.value) : valueCache;
+      const int64_t slot = streams ? streaming.element(h, positions[row], headDim)
                                    : (static_cast<int64_t>(h) * capacity + positions[row]) * headDim;
       keys[slot + a] = fromFloat<T>(rotatedA);
       keys[slot + b] = fromFloat<T>(rotatedB);
