@@ -136,6 +136,10 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       [3, 100, 70],
       [17, 300, 130],
       [64, 256, 96],
+      // Deep rows: the CUDA weight-streaming kernel splits k over 2, 4 and 8 warps per output.
+      [1, 2048, 48],
+      [2, 4096, 24],
+      [1, 8192, 16],
     ];
     for (const dtype of ['f32', 'bf16', 'f16'] as const) {
       it.each(matmulShapes)(
@@ -189,13 +193,16 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
     });
 
     it.each([
-      ['f32', 1],
-      ['bf16', 1],
-      ['bf16', 2],
-      ['bf16', 7],
-      ['f16', 17],
-    ] as const)('matmulSwiglu with %s weights, %i rows', async (dtype, n) => {
-      const k = 96;
+      ['f32', 1, 96],
+      ['bf16', 1, 96],
+      ['bf16', 2, 96],
+      ['bf16', 7, 96],
+      ['f16', 17, 96],
+      // Deep enough that the CUDA weight-streaming kernel splits k over 2, 4 and 8 warps per output.
+      ['bf16', 1, 2048],
+      ['bf16', 2, 4096],
+      ['f16', 1, 8192],
+    ] as const)('matmulSwiglu with %s weights, %i rows, k=%i', async (dtype, n, k) => {
       const m = 40;
       const x = randomArray(n * k, 70 + n, 1);
       const xs = b().upload('f32', [n, k], x);

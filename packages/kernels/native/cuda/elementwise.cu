@@ -47,10 +47,11 @@ __global__ void rmsNormKernel(const float* x, const T* weight, float* out, int64
     for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) sum += row[i] * row[i];
   }
   sum = warpSum(sum);
-  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = sum;
+  const unsigned lane = threadIdx.x & 31;
+  if (lane == 0) partial[threadIdx.x >> 5] = sum;
   __syncthreads();
-  float total = 0;
-  for (unsigned w = 0; w < (blockDim.x >> 5); w++) total += partial[w];
+  // Every warp adds the warps' sums with shuffles (one shared read per lane, not one per warp in sequence).
+  const float total = warpSum(lane < (blockDim.x >> 5) ? partial[lane] : 0.0f);
   const float inverse = rsqrtf(total / static_cast<float>(dim) + eps);
   if (vector) {
     for (int64_t i = threadIdx.x * 4; i < dim; i += blockDim.x * 4) {

@@ -1,7 +1,12 @@
 // Weight-streaming matmul for few rows (decode): each warp owns output columns and reads its weight row once with
 // 16-byte loads; x is staged in shared memory when it fits. Also the fallback for any row count without cuBLAS.
 #include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "cuda-common.cuh"
 
@@ -10,7 +15,11 @@ namespace cuda {
 
 namespace {
 
-constexpr int kWarps = 8;
+#ifndef DUO_GEMV_WARPS
+#define DUO_GEMV_WARPS 8
+#endif
+constexpr int kWarps = DUO_GEMV_WARPS;
+constexpr int kMaxSplit = kWarps < 8 ? kWarps : 8;  // warps of one column group (kernels exist for 1, 2, 4, 8)
 #ifndef DUO_GEMV_UNROLL
 #define DUO_GEMV_UNROLL 4
 #endif
@@ -142,10 +151,16 @@ template <typename T, int ROWS, bool SWIGLU>
 void launchSplit(const float* x, int64_t k, const StreamJob<T>& job, int split, cudaStream_t stream) {
   const int64_t groups = job.firstGroup[job.count];
   auto blocks = [&](int groupsPerBlock) { return static_cast<unsigned>((groups + groupsPerBlock - 1) / groupsPerBlock); };
-  if (split == 8) gemvStreamKernel<T, ROWS, SWIGLU, 8><<<blocks(1), kWarps * 32, 0, stream>>>(x, k, job);
-  else if (split == 4) gemvStreamKernel<T, ROWS, SWIGLU, 4><<<blocks(2), kWarps * 32, 0, stream>>>(x, k, job);
-  else if (split == 2) gemvStreamKernel<T, ROWS, SWIGLU, 2><<<blocks(4), kWarps * 32, 0, stream>>>(x, k, job);
-  else gemvStreamKernel<T, ROWS, SWIGLU, 1><<<blocks(8), kWarps * 32, 0, stream>>>(x, k, job);
+  // SPLIT warps per column group, so a block serves kWarps / SPLIT groups.
+  if constexpr (kWarps >= 8) {
+    if (split == 8) {
+      gemvStreamKernel<T, ROWS, SWIGLU, 8><<<blocks(kWarps / 8), kWarps * 32, 0, stream>>>(x, k, job);
+      return;
+    }
+  }
+  if (split >= 4) gemvStreamKernel<T, ROWS, SWIGLU, 4><<<blocks(kWarps / 4), kWarps * 32, 0, stream>>>(x, k, job);
+  else if (split == 2) gemvStreamKernel<T, ROWS, SWIGLU, 2><<<blocks(kWarps / 2), kWarps * 32, 0, stream>>>(x, k, job);
+  else gemvStreamKernel<T, ROWS, SWIGLU, 1><<<blocks(kWarps), kWarps * 32, 0, stream>>>(x, k, job);
 }
 
 template <typename T>
@@ -161,7 +176,43 @@ void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bo
     return value ? std::max<int64_t>(64, std::atoll(value)) : 1024;
   }();
   int split = 1;
-  while (split < 8 && k / (split * 2) >= minimumSlice && groups * split < static_cast<int64_t>(multiprocessorCount()) * 64) split *= 2;
+  while (split < kMaxSplit && k / (split * 2) >= minimumSlice && groups * split < static_cast<int64_t>(multiprocessorCount()) * 64) split *= 2;
+  // A last wave of blocks that is mostly empty leaves bandwidth unused (gate+up of Llama-3-8B: 3.4 waves at split 1,
+  // 6.8 at split 2): take another split where it fills the waves clearly better.
+  static const bool waveAware = [] {
+    const char* value = std::getenv("DUO_GEMV_WAVES");  // 0: the fill rule alone (for A/B runs)
+    return !value || std::string(value) != "0";
+  }();
+  if (waveAware) {
+    const double slots = static_cast<double>(multiprocessorCount()) * DUO_GEMV_BLOCKS_PER_SM;
+    auto filled = [&](int s) {
+      const double waves = std::ceil(static_cast<double>(groups) / (kWarps / s)) / slots;
+      return waves / std::ceil(waves);
+    };
+    int best = split;
+    for (int s = 1; s <= kMaxSplit; s *= 2)
+      if ((s == 1 || k / s >= minimumSlice) && filled(s) > filled(best) + 0.05) best = s;
+    split = best;
+  }
+  // DUO_GEMV_SPLIT="6144x4096:4,4096x14336:2" pins the split of a shape (rows over all matrices × k): a tuning knob.
+  static const std::vector<std::array<int64_t, 3>> pinned = [] {
+    std::vector<std::array<int64_t, 3>> list;
+    const char* value = std::getenv("DUO_GEMV_SPLIT");
+    for (const char* p = value; p && *p;) {
+      long long rows = 0, depth = 0, count = 0;
+      int used = 0;
+      if (std::sscanf(p, "%lldx%lld:%lld%n", &rows, &depth, &count, &used) != 3) break;
+      list.push_back({rows, depth, count});
+      p += used;
+      if (*p == ',') p++;
+    }
+    return list;
+  }();
+  int64_t totalRows = 0;
+  for (int i = 0; i < job.count; i++) totalRows += job.m[i] * (swiglu ? 2 : 1);
+  for (const auto& pin : pinned)
+    if (pin[0] == totalRows && pin[1] == k && (pin[2] & (pin[2] - 1)) == 0 && pin[2] >= 1 && pin[2] <= kMaxSplit)
+      split = static_cast<int>(pin[2]);
   if (swiglu) {
     if (rows == 1) launchSplit<T, 1, true>(x, k, job, split, stream);
     else launchSplit<T, 2, true>(x, k, job, split, stream);
