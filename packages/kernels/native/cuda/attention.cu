@@ -77,6 +77,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
                                                                StreamingLayout layout, DecodeSplits splits,
                                                                float* __restrict__ partialAcc, float* __restrict__ partialMax,
                                                                float* __restrict__ partialSum) {
+  dependOnPrevious();
   using Tile = DecodeTile<T, D>;
   constexpr int kVec = Vec16<T>::kCount;
   constexpr int kChannels = D >= 32 ? D / 32 : 1;
@@ -291,6 +292,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
                                                                   StreamingLayout layout, DecodeSplits splits,
                                                                   float* __restrict__ partialAcc, float* __restrict__ partialMax,
                                                                   float* __restrict__ partialSum) {
+  dependOnPrevious();
   constexpr int kStride = D + 8;       // padded rows: conflict-free fragment loads and ldmatrix
   constexpr int kSteps = D / 16;       // k-steps of Q·Kᵀ
   constexpr int kOutTiles = D / 8;     // n-tiles of P·V
@@ -427,6 +429,7 @@ constexpr int kMaxSplits = 1024;
 __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const float* partialAcc, const float* partialMax,
                                                                         const float* partialSum, DecodeSplits layout, int group,
                                                                         int headDim, float* out) {
+  dependOnPrevious();
   __shared__ float weights[kMaxSplits];
   __shared__ float reduce[kCombineThreads / 32];
   __shared__ float partial[kCombineThreads / 32][256];
@@ -794,16 +797,16 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
         auto kernel = decodeMmaKernel<T, D>;
         const size_t shared = static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T);
         allowSharedMemory(kernel, shared);
-        kernel<<<blocks, kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v), capacity,
-                                                           args.keyLength, group, args.scale, args.lengthFrom, args.streaming,
-                                                           splits, partialAcc, partialMax, partialSum);
+        launchChained(kernel, dim3(blocks), dim3(kDecodeThreads), shared, stream, q, static_cast<const T*>(k),
+                      static_cast<const T*>(v), capacity, args.keyLength, group, args.scale, args.lengthFrom, args.streaming, splits,
+                      partialAcc, partialMax, partialSum);
       } else if constexpr (D >= Vec16<T>::kCount && D <= 128) {
         auto run = [&](auto kernel) {
           const size_t shared = kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
           allowSharedMemory(kernel, shared);
-          kernel<<<blocks, kDecodeThreads, shared, stream>>>(q, static_cast<const T*>(k), static_cast<const T*>(v), capacity,
-                                                             args.keyLength, group, args.scale, args.lengthFrom, args.streaming,
-                                                             splits, partialAcc, partialMax, partialSum);
+          launchChained(kernel, dim3(blocks), dim3(kDecodeThreads), shared, stream, q, static_cast<const T*>(k),
+                        static_cast<const T*>(v), capacity, args.keyLength, group, args.scale, args.lengthFrom, args.streaming, splits,
+                        partialAcc, partialMax, partialSum);
         };
         if (maxGroup == 1) run(decodeKernel<T, D, 1>);
         else if (maxGroup == 4) run(decodeKernel<T, D, 4>);
@@ -820,8 +823,8 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
   });
   checkLaunch("attentionDecode");
   if (!combine) return;
-  decodeCombineKernel<<<args.heads, kCombineThreads, 0, stream>>>(partialAcc, partialMax, partialSum, splits, group, args.headDim,
-                                                                  out);
+  launchChained(decodeCombineKernel, dim3(args.heads), dim3(kCombineThreads), 0, stream, partialAcc, partialMax, partialSum, splits,
+                group, args.headDim, out);
   checkLaunch("attentionDecodeCombine");
 }
 

@@ -28,6 +28,39 @@ inline unsigned blocksFor(int64_t work, unsigned threads) {
 
 __host__ __device__ __forceinline__ int64_t lesser(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// Programmatic dependent launch (Hopper): the kernels of a decode step are launched with launchChained, so the next
+// kernel's blocks can be scheduled (and its launch latency hidden) while the current one finishes. Every chained kernel
+// calls dependOnPrevious() first: it waits until the previous kernel has completed and its writes are visible, then
+// lets the next kernel launch. Waiting before any global access keeps every read-after-write and write-after-read
+// order of the stream; on GPUs before sm_90 both are no-ops.
+__device__ __forceinline__ void dependOnPrevious() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Whether chained launches may overlap: compute capability 9.0 or later, unless DUO_NO_PDL=1 (for A/B runs).
+bool chainLaunches();
+
+template <typename... Params, typename... Args>
+void launchChained(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream, Args... args) {
+  if (!chainLaunches()) {
+    kernel<<<grid, block, shared, stream>>>(static_cast<Params>(args)...);
+    return;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  check(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), "cudaLaunchKernelEx");
+}
+
 __device__ __forceinline__ float toFloat(float v) { return v; }
 __device__ __forceinline__ float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float toFloat(__half v) { return __half2float(v); }

@@ -1,5 +1,7 @@
 // Element-wise, normalisation and reduction kernels of the CUDA backend.
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <cfloat>
 #include <cstdint>
 
@@ -24,6 +26,7 @@ __global__ void fillRandomKernel(T* data, int64_t count, uint64_t seed, float st
 
 template <typename T>
 __global__ void embeddingKernel(const T* table, const int32_t* ids, float* out, int64_t dim) {
+  dependOnPrevious();
   int64_t row = blockIdx.y;
   const T* source = table + static_cast<int64_t>(ids[row]) * dim;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < dim; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -33,6 +36,7 @@ __global__ void embeddingKernel(const T* table, const int32_t* ids, float* out, 
 // One block per row: sum of squares in f32 with a block reduction; 16-byte loads when the row allows.
 template <typename T>
 __global__ void rmsNormKernel(const float* x, const T* weight, float* out, int64_t dim, float eps) {
+  dependOnPrevious();
   __shared__ float partial[32];
   const float* row = x + blockIdx.x * dim;
   float* target = out + blockIdx.x * dim;
@@ -86,6 +90,7 @@ __global__ void ropeKernel(float* x, const int32_t* positions, const float* freq
 }
 
 __global__ void decodeAdvanceKernel(const int32_t* next, int32_t* ids, int32_t* positions) {
+  dependOnPrevious();
   ids[0] = next[0];
   positions[0] += 1;
 }
@@ -97,6 +102,7 @@ template <typename T>
 __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies,
                                      int heads, int kvHeads, int headDim, bool interleaved, T* keyCache, T* valueCache,
                                      int64_t capacity, StreamingLayout streaming) {
+  dependOnPrevious();
   const int half = headDim / 2;
   const int64_t row = blockIdx.x;
   const int head = blockIdx.y;
@@ -183,6 +189,7 @@ __device__ void blockArgmax(float& best, int64_t& index) {
 }
 
 __global__ void argmaxSliceKernel(const float* logits, int64_t vocab, float* sliceValues, int64_t* sliceIndices) {
+  dependOnPrevious();
   const int64_t row = blockIdx.y, slice = blockIdx.x;
   const int64_t length = (vocab + kArgmaxSlices - 1) / kArgmaxSlices;
   const int64_t begin = slice * length, end = lesser(vocab, begin + length);
@@ -198,6 +205,7 @@ __global__ void argmaxSliceKernel(const float* logits, int64_t vocab, float* sli
 }
 
 __global__ void argmaxFinalKernel(const float* sliceValues, const int64_t* sliceIndices, int32_t* out) {
+  dependOnPrevious();
   float best = -FLT_MAX;
   int64_t index = INT64_MAX;
   if (threadIdx.x < kArgmaxSlices) {
@@ -270,9 +278,21 @@ void launchEmbedding(const void* table, DType dtype, const int32_t* ids, float* 
   dispatchFloat(dtype, [&](auto t) {
     using T = decltype(t);
     dim3 grid(blocksFor(dim, kThreads), static_cast<unsigned>(rows));
-    embeddingKernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(table), ids, out, dim);
+    launchChained(embeddingKernel<T>, grid, dim3(kThreads), 0, stream, static_cast<const T*>(table), ids, out, dim);
   });
   checkLaunch("embedding");
+}
+
+bool chainLaunches() {
+  static const bool enabled = [] {
+    const char* off = std::getenv("DUO_NO_PDL");  // 1: ordinary launches (for A/B runs)
+    if (off && std::string(off) == "1") return false;
+    int device = 0, major = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    return major >= 9;
+  }();
+  return enabled;
 }
 
 void launchRmsNorm(const float* x, const void* weight, DType weightType, float* out, int64_t rows, int64_t dim, float eps,
@@ -282,7 +302,8 @@ void launchRmsNorm(const float* x, const void* weight, DType weightType, float* 
     using T = decltype(t);
     // One block per row, wide enough that a 4096-wide row takes a single pass (a lone row is latency-bound).
     unsigned threads = static_cast<unsigned>(std::min<int64_t>(1024, std::max<int64_t>(32, ((dim + 3) / 4 + 31) / 32 * 32)));
-    rmsNormKernel<T><<<static_cast<unsigned>(rows), threads, 0, stream>>>(x, static_cast<const T*>(weight), out, dim, eps);
+    launchChained(rmsNormKernel<T>, dim3(static_cast<unsigned>(rows)), dim3(threads), 0, stream, x, static_cast<const T*>(weight), out,
+                  dim, eps);
   });
   checkLaunch("rmsNorm");
 }
@@ -332,9 +353,9 @@ void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* pos
   dispatchFloat(cacheType, [&](auto t) {
     using T = decltype(t);
     const unsigned threads = static_cast<unsigned>(std::min(256, std::max(32, (headDim / 2 + 31) / 32 * 32)));
-    ropeWriteCacheKernel<T><<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(heads + kvHeads)), threads, 0, stream>>>(
-        q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, static_cast<T*>(keyCache),
-        static_cast<T*>(valueCache), capacity, streaming);
+    launchChained(ropeWriteCacheKernel<T>, dim3(static_cast<unsigned>(rows), static_cast<unsigned>(heads + kvHeads)), dim3(threads), 0,
+                  stream, q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, static_cast<T*>(keyCache),
+                  static_cast<T*>(valueCache), capacity, streaming);
   });
   checkLaunch("ropeWriteCache");
 }
@@ -342,7 +363,7 @@ void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* pos
 size_t argmaxScratch(int64_t rows) { return static_cast<size_t>(rows) * kArgmaxSlices * (sizeof(float) + sizeof(int64_t)); }
 
 void launchDecodeAdvance(const int32_t* next, int32_t* ids, int32_t* positions, cudaStream_t stream) {
-  decodeAdvanceKernel<<<1, 1, 0, stream>>>(next, ids, positions);
+  launchChained(decodeAdvanceKernel, dim3(1), dim3(1), 0, stream, next, ids, positions);
   checkLaunch("decodeAdvance");
 }
 
@@ -350,9 +371,10 @@ void launchArgmax(const float* logits, int32_t* out, int64_t rows, int64_t vocab
   if (rows == 0) return;
   float* sliceValues = static_cast<float*>(scratch);
   int64_t* sliceIndices = reinterpret_cast<int64_t*>(sliceValues + rows * kArgmaxSlices);
-  argmaxSliceKernel<<<dim3(kArgmaxSlices, static_cast<unsigned>(rows)), 256, 0, stream>>>(logits, vocab, sliceValues, sliceIndices);
+  launchChained(argmaxSliceKernel, dim3(kArgmaxSlices, static_cast<unsigned>(rows)), dim3(256), 0, stream, logits, vocab, sliceValues,
+                sliceIndices);
   checkLaunch("argmax");
-  argmaxFinalKernel<<<static_cast<unsigned>(rows), kArgmaxSlices, 0, stream>>>(sliceValues, sliceIndices, out);
+  launchChained(argmaxFinalKernel, dim3(static_cast<unsigned>(rows)), dim3(kArgmaxSlices), 0, stream, sliceValues, sliceIndices, out);
   checkLaunch("argmaxFinal");
 }
 

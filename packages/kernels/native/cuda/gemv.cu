@@ -49,6 +49,7 @@ struct StreamJob {
 // loads, kUnroll in flight per column) and are summed through shared memory, so tall-k matrices still fill the GPU.
 template <typename T, int ROWS, bool SWIGLU, int SPLIT>
 __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStreamKernel(const float* __restrict__ x, int64_t k, StreamJob<T> job) {
+  dependOnPrevious();
   constexpr int kVec = Vec16<T>::kCount;
   constexpr int kGroups = kWarps / SPLIT;
   __shared__ float partial[kWarps][ROWS][kColumnsPerWarp];
@@ -152,15 +153,16 @@ void launchSplit(const float* x, int64_t k, const StreamJob<T>& job, int split, 
   const int64_t groups = job.firstGroup[job.count];
   auto blocks = [&](int groupsPerBlock) { return static_cast<unsigned>((groups + groupsPerBlock - 1) / groupsPerBlock); };
   // SPLIT warps per column group, so a block serves kWarps / SPLIT groups.
+  const dim3 threads(kWarps * 32);
   if constexpr (kWarps >= 8) {
     if (split == 8) {
-      gemvStreamKernel<T, ROWS, SWIGLU, 8><<<blocks(kWarps / 8), kWarps * 32, 0, stream>>>(x, k, job);
+      launchChained(gemvStreamKernel<T, ROWS, SWIGLU, 8>, blocks(kWarps / 8), threads, 0, stream, x, k, job);
       return;
     }
   }
-  if (split >= 4) gemvStreamKernel<T, ROWS, SWIGLU, 4><<<blocks(kWarps / 4), kWarps * 32, 0, stream>>>(x, k, job);
-  else if (split == 2) gemvStreamKernel<T, ROWS, SWIGLU, 2><<<blocks(kWarps / 2), kWarps * 32, 0, stream>>>(x, k, job);
-  else gemvStreamKernel<T, ROWS, SWIGLU, 1><<<blocks(kWarps), kWarps * 32, 0, stream>>>(x, k, job);
+  if (split >= 4) launchChained(gemvStreamKernel<T, ROWS, SWIGLU, 4>, blocks(kWarps / 4), threads, 0, stream, x, k, job);
+  else if (split == 2) launchChained(gemvStreamKernel<T, ROWS, SWIGLU, 2>, blocks(kWarps / 2), threads, 0, stream, x, k, job);
+  else launchChained(gemvStreamKernel<T, ROWS, SWIGLU, 1>, blocks(kWarps), threads, 0, stream, x, k, job);
 }
 
 template <typename T>
