@@ -33,17 +33,28 @@ __global__ void embeddingKernel(const T* table, const int32_t* ids, float* out, 
     out[row * dim + i] = toFloat(source[i]);
 }
 
-// One block per row: sum of squares in f32 with a block reduction; 16-byte loads when the row allows.
+// One block per row: sum of squares in f32 with a block reduction; 16-byte loads when the row allows. When each thread
+// holds one 16-byte chunk (a decode row), its gain is loaded before waiting for the previous kernel (gains are constant).
 template <typename T>
 __global__ void rmsNormKernel(const float* x, const T* weight, float* out, int64_t dim, float eps) {
-  dependOnPrevious();
   __shared__ float partial[32];
+  const bool vector = (dim & 3) == 0;
+  const bool single = vector && dim <= static_cast<int64_t>(blockDim.x) * 4;
+  const int64_t mine = static_cast<int64_t>(threadIdx.x) * 4;
+  float gain[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (single && mine < dim)
+#pragma unroll
+    for (int j = 0; j < 4; j++) gain[j] = toFloat(weight[mine + j]);
+  dependOnPrevious();
   const float* row = x + blockIdx.x * dim;
   float* target = out + blockIdx.x * dim;
-  const bool vector = (dim & 3) == 0;
   float sum = 0;
-  if (vector) {
-    for (int64_t i = threadIdx.x * 4; i < dim; i += blockDim.x * 4) {
+  float4 held = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (single) {
+    if (mine < dim) held = *reinterpret_cast<const float4*>(row + mine);
+    sum = held.x * held.x + held.y * held.y + held.z * held.z + held.w * held.w;
+  } else if (vector) {
+    for (int64_t i = mine; i < dim; i += blockDim.x * 4) {
       const float4 value = *reinterpret_cast<const float4*>(row + i);
       sum += value.x * value.x + value.y * value.y + value.z * value.z + value.w * value.w;
     }
@@ -57,8 +68,12 @@ __global__ void rmsNormKernel(const float* x, const T* weight, float* out, int64
   // Every warp adds the warps' sums with shuffles (one shared read per lane, not one per warp in sequence).
   const float total = warpSum(lane < (blockDim.x >> 5) ? partial[lane] : 0.0f);
   const float inverse = rsqrtf(total / static_cast<float>(dim) + eps);
-  if (vector) {
-    for (int64_t i = threadIdx.x * 4; i < dim; i += blockDim.x * 4) {
+  if (single) {
+    if (mine < dim)
+      *reinterpret_cast<float4*>(target + mine) =
+          make_float4(held.x * inverse * gain[0], held.y * inverse * gain[1], held.z * inverse * gain[2], held.w * inverse * gain[3]);
+  } else if (vector) {
+    for (int64_t i = mine; i < dim; i += blockDim.x * 4) {
       const float4 value = *reinterpret_cast<const float4*>(row + i);
       *reinterpret_cast<float4*>(target + i) = make_float4(value.x * inverse * toFloat(weight[i]), value.y * inverse * toFloat(weight[i + 1]),
                                                            value.z * inverse * toFloat(weight[i + 2]), value.w * inverse * toFloat(weight[i + 3]));

@@ -47,9 +47,10 @@ struct StreamJob {
 
 // A block of 8 warps serves 8/SPLIT column groups; the SPLIT warps of a group each stream one slice of k (16-byte
 // loads, kUnroll in flight per column) and are summed through shared memory, so tall-k matrices still fill the GPU.
+// Chained launch: the block issues its first weight loads (weights are never written during a step) before it waits
+// for the previous kernel, so a step's weight streaming continues while the small kernels between matmuls run.
 template <typename T, int ROWS, bool SWIGLU, int SPLIT>
 __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStreamKernel(const float* __restrict__ x, int64_t k, StreamJob<T> job) {
-  dependOnPrevious();
   constexpr int kVec = Vec16<T>::kCount;
   constexpr int kGroups = kWarps / SPLIT;
   __shared__ float partial[kWarps][ROWS][kColumnsPerWarp];
@@ -77,15 +78,21 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
   for (int r = 0; r < ROWS; r++)
 #pragma unroll
     for (int c = 0; c < kColumnsPerWarp; c++) acc[r][c] = 0.0f;
-  for (int64_t base = sliceBegin + static_cast<int64_t>(lane) * kVec; base < sliceEnd; base += 32 * kVec * kUnroll) {
-    uint4 raw[kUnroll][kColumnsPerWarp];
+  constexpr int64_t kStep = 32 * kVec * kUnroll;
+  uint4 raw[kUnroll][kColumnsPerWarp];
+  auto fetch = [&](int64_t from) {
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
-      const int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
+      const int64_t kk = from + static_cast<int64_t>(u) * 32 * kVec;
 #pragma unroll
       for (int c = 0; c < kColumnsPerWarp; c++)
         if (kk < sliceEnd && live[c]) raw[u][c] = Vec16<T>::raw(rows[c] + kk);
     }
+  };
+  int64_t base = sliceBegin + static_cast<int64_t>(lane) * kVec;
+  fetch(base);
+  dependOnPrevious();
+  for (; base < sliceEnd; base += kStep) {
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
       const int64_t kk = base + static_cast<int64_t>(u) * 32 * kVec;
@@ -110,6 +117,7 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
         }
       }
     }
+    fetch(base + kStep);
   }
 #pragma unroll
   for (int r = 0; r < ROWS; r++)
