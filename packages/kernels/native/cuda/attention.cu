@@ -292,7 +292,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
                                                                   StreamingLayout layout, DecodeSplits splits,
                                                                   float* __restrict__ partialAcc, float* __restrict__ partialMax,
                                                                   float* __restrict__ partialSum) {
-  dependOnPrevious();
   constexpr int kStride = D + 8;       // padded rows: conflict-free fragment loads and ldmatrix
   constexpr int kSteps = D / 16;       // k-steps of Q·Kᵀ
   constexpr int kOutTiles = D / 8;     // n-tiles of P·V
@@ -300,11 +299,19 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   __shared__ float stateMax[kDecodeWarps][kMaxHeads];
   __shared__ float stateSum[kDecodeWarps][kMaxHeads];
   extern __shared__ __align__(16) unsigned char tiles[];
+  // The key count (positions) is only written between steps, and the cached keys other than the newest one are not
+  // written by the kernel before this one (RoPE + cache write): a warp whose first tile ends before the newest key
+  // stages it before waiting for that kernel, so its first cache read overlaps it (chained launches).
   const DecodeWork<T> work = decodeWork(k, v, capacity, keyLength, D, lengthFrom, layout, splits);
   const int kvHead = work.kvHead;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
   T* keyTile = reinterpret_cast<T*>(tiles) + static_cast<int64_t>(warp) * 2 * 32 * kStride;
   T* valueTile = keyTile + 32 * kStride;
+  const int64_t firstTile = work.begin + static_cast<int64_t>(warp) * 32;
+  const bool early = firstTile + 32 < work.range.count && firstTile < work.end;
+  auto slotOf = [&](int64_t index) { return work.slot(index); };
+  if (early) stageTile<T, D>(keyTile, valueTile, work.keys, work.values, firstTile, static_cast<int>(lesser(32, work.end - firstTile)), 32, lane, 32, slotOf);
+  dependOnPrevious();
   // A fragments of Q for this lane: row `row` (a query head), columns 16s + 2·pair (+1) and 16s + 8 + 2·pair (+1).
   uint32_t qHigh[kSteps][2], qLow[kSteps][2];
 #pragma unroll
@@ -326,10 +333,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
 #pragma unroll
   for (int t = 0; t < kOutTiles; t++) out[t][0] = out[t][1] = out[t][2] = out[t][3] = 0.0f;
 
-  for (int64_t tile = begin + static_cast<int64_t>(warp) * 32; tile < end; tile += kDecodeWarps * 32) {
+  for (int64_t tile = firstTile; tile < end; tile += kDecodeWarps * 32) {
     const int count = static_cast<int>(lesser(32, end - tile));
-    stageTile<T, D>(keyTile, valueTile, work.keys, work.values, tile, count, 32, lane, 32,
-                    [&](int64_t index) { return work.slot(index); });
+    if (tile != firstTile || !early) stageTile<T, D>(keyTile, valueTile, work.keys, work.values, tile, count, 32, lane, 32, slotOf);
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncwarp();
     // Scores of 32 keys: n-tile t holds keys 8t + 2·pair (+1) for query head `row`.

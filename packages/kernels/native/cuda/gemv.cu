@@ -189,11 +189,26 @@ void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bo
   while (split < kMaxSplit && k / (split * 2) >= minimumSlice && groups * split < static_cast<int64_t>(multiprocessorCount()) * 64) split *= 2;
   // A last wave of blocks that is mostly empty leaves bandwidth unused (gate+up of Llama-3-8B: 3.4 waves at split 1,
   // 6.8 at split 2): take another split where it fills the waves clearly better.
-  static const bool waveAware = [] {
-    const char* value = std::getenv("DUO_GEMV_WAVES");  // 0: the fill rule alone (for A/B runs)
-    return !value || std::string(value) != "0";
+  // DUO_GEMV_WAVES (A/B runs): 0 the fill rule alone, 1 the wave rule below, 2 (default) the chained-launch rule when
+  // launches are chained, else the wave rule.
+  static const int waveRule = [] {
+    const char* value = std::getenv("DUO_GEMV_WAVES");
+    return value ? std::atoi(value) : 2;
   }();
-  if (waveAware) {
+  if (waveRule == 2 && chainLaunches()) {
+    // Chained launches: small blocks (slices down to half the minimum), so one matmul's tail is fine-grained and the
+    // next one's blocks move in early — unless a split with short slices makes exactly one nearly full wave (Llama-3-8B
+    // on an H100: o_proj split 2, q/k/v, gate+up and down split 8; docs/performance-notes.md).
+    const double slots = static_cast<double>(multiprocessorCount()) * DUO_GEMV_BLOCKS_PER_SM;
+    int largest = 1, oneWave = 0;
+    for (int s = 1; s <= kMaxSplit; s *= 2) {
+      if (s > 1 && k / s < minimumSlice / 2) break;
+      largest = s;
+      const double waves = std::ceil(static_cast<double>(groups) / (kWarps / s)) / slots;
+      if (waves >= 0.9 && waves <= 1.0 && k / s <= 2 * minimumSlice) oneWave = s;
+    }
+    split = oneWave ? oneWave : largest;
+  } else if (waveRule != 0) {
     const double slots = static_cast<double>(multiprocessorCount()) * DUO_GEMV_BLOCKS_PER_SM;
     auto filled = [&](int s) {
       const double waves = std::ceil(static_cast<double>(groups) / (kWarps / s)) / slots;
