@@ -406,6 +406,41 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       },
     );
 
+    it.each(['bf16', 'f32'] as const)(
+      'decode attention over 16 384 keys of a %s cache: many splits per head, combined',
+      async (dtype) => {
+        // One KV head over 16K keys: the CUDA decode splits it into ~128 parts, more than the combine holds in registers.
+        const heads = 4;
+        const kvHeads = 1;
+        const headDim = 128;
+        const length = 16384;
+        const scale = 1 / Math.sqrt(headDim);
+        const keyCache = b().alloc(dtype, [kvHeads, length, headDim]);
+        const valueCache = b().alloc(dtype, [kvHeads, length, headDim]);
+        const k = b().upload('f32', [length, headDim], randomArray(length * headDim, 31, 2));
+        const v = b().upload('f32', [length, headDim], randomArray(length * headDim, 32));
+        b().writeCache(k, keyCache, 0);
+        b().writeCache(v, valueCache, 0);
+        const decode = dtype === 'f32' ? (x: number) => x : bf16ToNumber;
+        const rows = (held: Float64Array): Float64Array[][] => [
+          Array.from({ length }, (_, j) => held.subarray(j * headDim, (j + 1) * headDim)),
+        ];
+        const heldKeys = new Float64Array(await b().read(keyCache)).map(decode);
+        const heldValues = new Float64Array(await b().read(valueCache)).map(decode);
+        const q = randomArray(heads * headDim, 33, 2);
+        const query = b().upload('f32', [1, heads * headDim], q);
+        const out = b().alloc('f32', [1, heads * headDim]);
+        const attributes = { heads, kvHeads, headDim, scale, keyLength: length };
+        b().attentionDecode(query, keyCache, valueCache, out, attributes);
+        const expected = referenceAttention(toMatrix(q, 1, heads * headDim), rows(heldKeys), rows(heldValues), {
+          ...attributes,
+          queryStart: length - 1,
+        });
+        expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.attention[dtype]);
+        for (const t of [keyCache, valueCache, k, v, query, out]) t.dispose();
+      },
+    );
+
     it('decode attention can read its length from the device, and decodeAdvance steps ids and positions', async () => {
       const [heads, kvHeads, headDim, capacity] = [8, 2, 64, 300];
       const keyCache = b().alloc('bf16', [kvHeads, capacity, headDim]);

@@ -428,53 +428,95 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
 }
 
 // grid (heads), 256 threads: the split weights exp(m_s − M) are computed once into shared memory, then the 8 warps
-// each sum a strided subset of the splits (lanes over channels) and the block adds the 8 partial sums.
+// each sum a strided subset of the splits (lanes over channels) and the block adds the 8 partial sums. Every load of
+// the first kHeldSplits splits per warp is issued at once at the start (one round trip to L2 instead of three).
 constexpr int kCombineThreads = 256;
 constexpr int kMaxSplits = 1024;
+constexpr int kCombineWarps = kCombineThreads / 32;
+constexpr int kHeldSplits = 12;           // per warp, values held in registers (96 splits per head)
+constexpr int kHeldChannels = 4;          // per lane: head dims up to 128
+constexpr int kSplitsPerThread = kMaxSplits / kCombineThreads;
 
 __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const float* partialAcc, const float* partialMax,
                                                                         const float* partialSum, DecodeSplits layout, int group,
                                                                         int headDim, float* out) {
   dependOnPrevious();
   __shared__ float weights[kMaxSplits];
-  __shared__ float reduce[kCombineThreads / 32];
-  __shared__ float partial[kCombineThreads / 32][256];
+  __shared__ float reduce[kCombineWarps];
+  __shared__ float partial[kCombineWarps][256];
   const int head = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int splits = layout.of(head / group);
   partialAcc += static_cast<int64_t>(head) * layout.stride * headDim;
   partialMax += static_cast<int64_t>(head) * layout.stride;
   partialSum += static_cast<int64_t>(head) * layout.stride;
+  // Every split's max and sum (thread t holds splits t, t + 256, ...) and this warp's first accumulators.
+  float maxima[kSplitsPerThread], sums[kSplitsPerThread];
+#pragma unroll
+  for (int j = 0; j < kSplitsPerThread; j++) {
+    const int split = threadIdx.x + j * kCombineThreads;
+    maxima[j] = split < splits ? partialMax[split] : -INFINITY;
+    sums[j] = split < splits ? partialSum[split] : 0.0f;
+  }
+  const bool holds = headDim <= 32 * kHeldChannels;
+  float held[kHeldSplits][kHeldChannels];
+#pragma unroll
+  for (int j = 0; j < kHeldSplits; j++)
+#pragma unroll
+    for (int c = 0; c < kHeldChannels; c++) {
+      const int split = warp + j * kCombineWarps, channel = lane + 32 * c;
+      held[j][c] = holds && split < splits && channel < headDim ? partialAcc[static_cast<int64_t>(split) * headDim + channel] : 0.0f;
+    }
   float localMax = -INFINITY;
-  for (int s = threadIdx.x; s < splits; s += blockDim.x) localMax = fmaxf(localMax, partialMax[s]);
+#pragma unroll
+  for (int j = 0; j < kSplitsPerThread; j++) localMax = fmaxf(localMax, maxima[j]);
   localMax = warpMax(localMax);
   if (lane == 0) reduce[warp] = localMax;
   __syncthreads();
   float overall = -INFINITY;
-  for (int w = 0; w < kCombineThreads / 32; w++) overall = fmaxf(overall, reduce[w]);
+  for (int w = 0; w < kCombineWarps; w++) overall = fmaxf(overall, reduce[w]);
   __syncthreads();
   float localSum = 0.0f;
-  for (int s = threadIdx.x; s < splits; s += blockDim.x) {
-    const float m = partialMax[s];
-    const float weight = m == -INFINITY ? 0.0f : __expf(m - overall);
-    weights[s] = weight;
-    localSum += weight * partialSum[s];
+#pragma unroll
+  for (int j = 0; j < kSplitsPerThread; j++) {
+    const int split = threadIdx.x + j * kCombineThreads;
+    const float weight = maxima[j] == -INFINITY ? 0.0f : __expf(maxima[j] - overall);
+    if (split < splits) weights[split] = weight;
+    localSum += weight * sums[j];
   }
   localSum = warpSum(localSum);
   if (lane == 0) reduce[warp] = localSum;
   __syncthreads();
   float total = 0.0f;
-  for (int w = 0; w < kCombineThreads / 32; w++) total += reduce[w];
-  for (int channel = lane; channel < headDim; channel += 32) {
-    float value = 0.0f;
+  for (int w = 0; w < kCombineWarps; w++) total += reduce[w];
+  if (holds) {
+#pragma unroll
+    for (int c = 0; c < kHeldChannels; c++) {
+      const int channel = lane + 32 * c;
+      if (channel >= headDim) break;
+      float value = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kHeldSplits; j++) {
+        const int split = warp + j * kCombineWarps;
+        if (split < splits) value += held[j][c] * weights[split];
+      }
 #pragma unroll 8
-    for (int s = warp; s < splits; s += kCombineThreads / 32)
-      value += partialAcc[static_cast<int64_t>(s) * headDim + channel] * weights[s];
-    partial[warp][channel] = value;
+      for (int split = warp + kHeldSplits * kCombineWarps; split < splits; split += kCombineWarps)
+        value += partialAcc[static_cast<int64_t>(split) * headDim + channel] * weights[split];
+      partial[warp][channel] = value;
+    }
+  } else {
+    for (int channel = lane; channel < headDim; channel += 32) {
+      float value = 0.0f;
+#pragma unroll 8
+      for (int split = warp; split < splits; split += kCombineWarps)
+        value += partialAcc[static_cast<int64_t>(split) * headDim + channel] * weights[split];
+      partial[warp][channel] = value;
+    }
   }
   __syncthreads();
   for (int channel = threadIdx.x; channel < headDim; channel += blockDim.x) {
     float value = 0.0f;
-    for (int w = 0; w < kCombineThreads / 32; w++) value += partial[w][channel];
+    for (int w = 0; w < kCombineWarps; w++) value += partial[w][channel];
     out[static_cast<int64_t>(head) * headDim + channel] = total > 0.0f ? value / total : 0.0f;
   }
 }

@@ -117,17 +117,26 @@ template <typename T>
 __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies,
                                      int heads, int kvHeads, int headDim, bool interleaved, T* keyCache, T* valueCache,
                                      int64_t capacity, StreamingLayout streaming) {
-  dependOnPrevious();
   const int half = headDim / 2;
   const int64_t row = blockIdx.x;
   const int head = blockIdx.y;
   const bool isQuery = head < heads;
   const int h = isQuery ? head : head - heads;
   float* base = isQuery ? q + (row * heads + h) * static_cast<int64_t>(headDim) : k + (row * kvHeads + h) * static_cast<int64_t>(headDim);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+  // Positions are written only between steps (or by the host before the chunk) and frequencies never: the first angle
+  // is computed before waiting for the matmul that writes q/k/v (chained launches).
+  auto angle = [&](int i, float& c, float& s) {
     double sine, cosine;
     sincos(static_cast<double>(positions[row]) * static_cast<double>(frequencies[i]), &sine, &cosine);
-    const float c = static_cast<float>(cosine), s = static_cast<float>(sine);
+    c = static_cast<float>(cosine);
+    s = static_cast<float>(sine);
+  };
+  float firstCosine = 1.0f, firstSine = 0.0f;
+  if (static_cast<int>(threadIdx.x) < half) angle(threadIdx.x, firstCosine, firstSine);
+  dependOnPrevious();
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float c = firstCosine, s = firstSine;
+    if (i != static_cast<int>(threadIdx.x)) angle(i, c, s);
     const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
     const float first = base[a], second = base[b];
     const float rotatedA = first * c - second * s, rotatedB = first * s + second * c;
