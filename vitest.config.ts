@@ -9,6 +9,7 @@ const alias = {
   '@duoattn/kernels': source('kernels'),
   '@duoattn/dual-cache': source('dual-cache'),
   '@duoattn/model': source('model'),
+  '@duoattn/gate-trainer': source('gate-trainer'),
 };
 const project = (name: string, root: string) => ({
   resolve: { alias },
@@ -22,6 +23,7 @@ export default defineConfig({
       project('kernels', 'packages/kernels'),
       project('dual-cache', 'packages/dual-cache'),
       project('model', 'packages/model'),
+      project('gate-trainer', 'packages/gate-trainer'),
       project('bench', 'apps/bench'),
     ],
     reporters: ['default'],

@@ -1,0 +1,13 @@
+// Public surface of @duoattn/gate-trainer: retrieval-head identification by optimizing one gate per KV head.
+export {
+  linspace,
+  NATO_ALPHABET,
+  needleText,
+  ORDINALS,
+  PasskeyData,
+  type PasskeyDataOptions,
+  type PasskeySample,
+  questionText,
+  readHaystack,
+} from './dataset.js';
+export { learningRateMultiplier } from './schedule.js';
