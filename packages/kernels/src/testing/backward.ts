@@ -173,12 +173,12 @@ export function referenceGatedAttention(
     weighted((h) => 1 - gateOf(h)),
   );
   const gateGradients = new Float64Array(kvHeads);
-  gradOut.forEach((row, r) =>
+  gradOut.forEach((row, r) => {
     row.forEach((g, i) => {
       const kvHead = Math.floor(Math.floor(i / headDim) / group);
       gateGradients[kvHead] = (gateGradients[kvHead] ?? 0) + g * ((full[r]?.[i] ?? 0) - (stream[r]?.[i] ?? 0));
-    }),
-  );
+    });
+  });
   if (options.fullIsConstant) return { out, gradients: { ...streamGradients, gates: gateGradients } };
   const fullGradients = referenceAttentionBackward(query, keys, values, options, weighted(gateOf));
   const add = (a: Float64Array[], b: Float64Array[]) => a.map((row, n) => row.map((v, i) => v + (b[n]?.[i] ?? 0)));
