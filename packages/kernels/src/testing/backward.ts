@@ -1,6 +1,6 @@
 // Float64 reference input gradients (vector-Jacobian products) of the ops the gate trainer backpropagates through,
 // and a central finite-difference check. Weights are frozen, so only inputs (and the attention gates) get gradients.
-import { type Matrix, referenceAttention } from './reference.js';
+import { type Matrix, referenceAttention, referenceRope } from './reference.js';
 
 /** d(x · Wᵀ)/dx applied to `gradOut` ([n, m]) for weight [m, k]: gradOut · W ([n, k]). */
 export function referenceMatmulBackward(gradOut: Matrix, weight: Matrix): Matrix {
@@ -35,22 +35,7 @@ export function referenceRopeBackward(
   headDim: number,
   interleaved: boolean,
 ): Matrix {
-  const half = headDim / 2;
-  return gradOut.map((row, r) => {
-    const out = Float64Array.from(row);
-    for (let h = 0; h < heads; h++) {
-      for (let i = 0; i < half; i++) {
-        const angle = (positions[r] ?? 0) * (inverseFrequencies[i] ?? 0);
-        const a = h * headDim + (interleaved ? 2 * i : i);
-        const b = h * headDim + (interleaved ? 2 * i + 1 : i + half);
-        const first = row[a] ?? 0;
-        const second = row[b] ?? 0;
-        out[a] = first * Math.cos(angle) + second * Math.sin(angle);
-        out[b] = -first * Math.sin(angle) + second * Math.cos(angle);
-      }
-    }
-    return out;
-  });
+  return referenceRope(gradOut, positions, inverseFrequencies, heads, headDim, interleaved, -1);
 }
 
 /** out = silu(gate) · up: dGate = dOut · up · silu′(gate), dUp = dOut · silu(gate). */

@@ -31,7 +31,10 @@ export function referenceMatmul(x: Matrix, weight: Matrix, bias?: ArrayLike<numb
   );
 }
 
-/** Rotates each head of each row at its position; `interleaved` pairs (2i, 2i+1), else (i, i + d/2). */
+/**
+ * Rotates each head of each row at its position; `interleaved` pairs (2i, 2i+1), else (i, i + d/2). `direction` −1
+ * rotates back (RoPE's gradient).
+ */
 export function referenceRope(
   x: Matrix,
   positions: ArrayLike<number>,
@@ -39,13 +42,14 @@ export function referenceRope(
   heads: number,
   headDim: number,
   interleaved: boolean,
+  direction: 1 | -1 = 1,
 ): Matrix {
   const half = headDim / 2;
   return x.map((row, r) => {
     const out = Float64Array.from(row);
     for (let h = 0; h < heads; h++) {
       for (let i = 0; i < half; i++) {
-        const angle = (positions[r] ?? 0) * (inverseFrequencies[i] ?? 0);
+        const angle = direction * (positions[r] ?? 0) * (inverseFrequencies[i] ?? 0);
         const a = h * headDim + (interleaved ? 2 * i : i);
         const b = h * headDim + (interleaved ? 2 * i + 1 : i + half);
         const first = row[a] ?? 0;
