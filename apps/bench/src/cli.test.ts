@@ -35,6 +35,30 @@ describe('duo-bench', () => {
   (existsSync(join(root, 'models/duo-demo/config.json')) &&
     existsSync(resolve(root, '..', 'shared', 'data', 'gutenberg', '1342.txt'))
     ? it
+    : it.skip)('niah scores the demo model with ROUGE-1 over lengths × depths, JSON and a PNG heatmap', async () => {
+    const file = join(out, 'niah.json');
+    const heatmap = join(out, 'niah.png');
+    const args = ['niah', '--device', 'cpu', '--lengths', '512,768', '--depths', '2', '--trials', '2'];
+    const result = await bench([...args, '--out', file, '--heatmap', heatmap]);
+    expect(result.code).toBe(0);
+    const document = JSON.parse(readFileSync(file, 'utf8'));
+    expect(document.niah.map((row: { length: number }) => row.length)).toEqual([512, 768]);
+    for (const row of document.niah) {
+      expect(row.trials).toBe(2);
+      expect(row.accuracy).toBeGreaterThanOrEqual(0);
+      expect(row.accuracy).toBeLessThanOrEqual(1);
+    }
+    expect(document.settings.decoding).toMatch(/ROUGE-1/);
+    const png = readFileSync(heatmap);
+    expect(Array.from(png.subarray(1, 4))).toEqual([0x50, 0x4e, 0x47]);
+    // Two depths × two lengths of 48 × 24-pixel cells.
+    expect(png.readUInt32BE(16)).toBe(96);
+    expect(png.readUInt32BE(20)).toBe(48);
+  });
+
+  (existsSync(join(root, 'models/duo-demo/config.json')) &&
+    existsSync(resolve(root, '..', 'shared', 'data', 'gutenberg', '1342.txt'))
+    ? it
     : it.skip)('passkey scores the demo model over lengths × depths and writes JSON', async () => {
     const file = join(out, 'passkey.json');
     const passkey = ['passkey', '--device', 'cpu', '--lengths', '512', '--depths', '2', '--trials', '2'];

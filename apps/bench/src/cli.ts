@@ -6,6 +6,7 @@ import { efficiencyCommand, efficiencyHelp } from './commands/efficiency.js';
 import { gemmCommand, gemmHelp } from './commands/gemm.js';
 import { generateCommand, generateHelp } from './commands/generate.js';
 import { kernelsCommand, kernelsHelp } from './commands/kernels.js';
+import { niahCommand, niahHelp } from './commands/niah.js';
 import { passkeyCommand, passkeyHelp } from './commands/passkey.js';
 import { planCommand, planHelp } from './commands/plan.js';
 import { speedCommand, speedHelp } from './commands/speed.js';
@@ -18,6 +19,7 @@ const commands: Record<string, { help: string; run: (argv: string[]) => Promise<
   gemm: { help: gemmHelp, run: (argv) => gemmCommand(argv, (line) => console.log(line)) },
   kernels: { help: kernelsHelp, run: (argv) => kernelsCommand(argv, (line) => console.log(line)) },
   passkey: { help: passkeyHelp, run: (argv) => passkeyCommand(argv, (line) => console.log(line)) },
+  niah: { help: niahHelp, run: (argv) => niahCommand(argv, (line) => console.log(line)) },
   speed: { help: speedHelp, run: (argv) => speedCommand(argv, (line) => console.log(line)) },
 };
 

@@ -1,7 +1,7 @@
 // The PNG writer produces a valid file (signature, chunk CRCs, pixels that inflate back) and the chart draws its line.
 import { inflateSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { Canvas, lineChart } from './png.js';
+import { Canvas, heatColor, heatmapPng, lineChart } from './png.js';
 
 function chunks(png: Buffer): { type: string; data: Buffer }[] {
   const out = [];
@@ -45,5 +45,28 @@ describe('png', () => {
     expect(blueAt(50, 50)).toBe(true);
     expect(blueAt(60, 60)).toBe(true);
     expect(blueAt(50, 35)).toBe(false);
+  });
+
+  it('draws a heatmap: one coloured cell per value, grey where there is none, white grid lines', () => {
+    const png = heatmapPng(
+      [
+        [0, 1],
+        [Number.NaN, 0.5],
+      ],
+      10,
+      8,
+    );
+    const parts = chunks(png);
+    expect(parts[0]?.data.readUInt32BE(0)).toBe(20);
+    expect(parts[0]?.data.readUInt32BE(4)).toBe(16);
+    const raw = inflateSync(parts[1]?.data as Buffer);
+    const pixel = (x: number, y: number) => Array.from(raw.subarray(y * 61 + 1 + x * 3, y * 61 + 1 + x * 3 + 3));
+    expect(pixel(5, 4)).toEqual(heatColor(0));
+    expect(pixel(15, 4)).toEqual(heatColor(1));
+    expect(pixel(5, 12)).toEqual([200, 200, 200]);
+    expect(pixel(15, 12)).toEqual(heatColor(0.5));
+    expect(pixel(10, 4)).toEqual([255, 255, 255]);
+    expect(heatColor(0)[0]).toBeGreaterThan(heatColor(0)[1]);
+    expect(heatColor(1)[1]).toBeGreaterThan(heatColor(1)[0]);
   });
 });

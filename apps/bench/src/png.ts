@@ -99,3 +99,30 @@ export function lineChart(points: readonly { x: number; y: number }[], width = 7
   }
   return canvas.toPng();
 }
+
+/**
+ * A heatmap of `values` (rows × columns, each in [0, 1]; NaN for an empty cell): red at 0 through yellow to green at
+ * 1, empty cells grey, one-pixel white grid lines. Row 0 is drawn at the top; labels belong in the caption.
+ */
+export function heatmapPng(values: readonly (readonly number[])[], cellWidth = 48, cellHeight = 24): Buffer {
+  const rows = values.length;
+  const columns = Math.max(0, ...values.map((row) => row.length));
+  const canvas = new Canvas(Math.max(1, columns * cellWidth), Math.max(1, rows * cellHeight));
+  values.forEach((row, r) => {
+    for (let c = 0; c < columns; c++) {
+      const color = heatColor(row[c] ?? Number.NaN);
+      for (let y = 1; y < cellHeight; y++)
+        for (let x = 1; x < cellWidth; x++) canvas.set(c * cellWidth + x, r * cellHeight + y, color);
+    }
+  });
+  return canvas.toPng();
+}
+
+/** Red (0) → yellow (0.5) → green (1); grey for NaN. */
+export function heatColor(value: number): [number, number, number] {
+  if (Number.isNaN(value)) return [200, 200, 200];
+  const v = Math.min(1, Math.max(0, value));
+  return v < 0.5
+    ? [215, Math.round(48 + (v / 0.5) * (200 - 48)), 39]
+    : [Math.round(215 - ((v - 0.5) / 0.5) * (215 - 26)), 200, Math.round(39 + ((v - 0.5) / 0.5) * (150 - 39))];
+}
