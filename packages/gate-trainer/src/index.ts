@@ -10,4 +10,10 @@ export {
   questionText,
   readHaystack,
 } from './dataset.js';
+export {
+  GateOptimizer,
+  type GateOptimizerSettings,
+  type GateOptimizerState,
+  REFERENCE_OPTIMIZER,
+} from './optimizer.js';
 export { learningRateMultiplier } from './schedule.js';
