@@ -10,6 +10,7 @@ export {
   questionText,
   readHaystack,
 } from './dataset.js';
+export { exportPattern, modelHash, type TrainedGates } from './export.js';
 export {
   GateOptimizer,
   type GateOptimizerSettings,
