@@ -150,8 +150,16 @@ export interface Backend {
     out: TensorHandle,
     options?: { bias?: TensorHandle; residual?: TensorHandle },
   ): void;
-  /** Rotates `x` (f32 `[n, heads · headDim]`) in place; `positions` i32 `[n]`, `inverseFrequencies` f32 `[headDim/2]`. */
-  rope(x: TensorHandle, positions: TensorHandle, inverseFrequencies: TensorHandle, attributes: RopeAttributes): void;
+  /**
+   * Rotates `x` (f32 `[n, heads · headDim]`) in place; `positions` i32 `[n]`, `inverseFrequencies` f32 `[headDim/2]`.
+   * With `inverse`, rotates back by the same angles: applied to ∂L/∂(rotated x) it gives ∂L/∂x.
+   */
+  rope(
+    x: TensorHandle,
+    positions: TensorHandle,
+    inverseFrequencies: TensorHandle,
+    attributes: RopeAttributes & { readonly inverse?: boolean },
+  ): void;
   /** `out = silu(gate) · up`; `out` may alias `gate`. */
   swiglu(gate: TensorHandle, up: TensorHandle, out: TensorHandle): void;
   /** `out = a + b`; `out` may alias either input. */

@@ -396,6 +396,7 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
     Tensor &x = tensorAt(info[0]), &positions = tensorAt(info[1]), &frequencies = tensorAt(info[2]);
     sameDevice({&x, &positions, &frequencies});
     RopeArgs args{static_cast<int>(integer(info, 3)), static_cast<int>(integer(info, 4)), info[5].As<Napi::Boolean>().Value()};
+    args.inverse = info.Length() > 6 && info[6].IsBoolean() && info[6].As<Napi::Boolean>().Value();
     x.device->rope(x, positions, frequencies, args);
     return info.Env().Undefined();
   });

@@ -50,7 +50,8 @@ struct Tensor {
   template <typename T> T* as() const { return static_cast<T*>(data); }
 };
 
-struct RopeArgs { int heads, headDim; bool interleaved; };
+// `inverse` rotates back by the same angles: RoPE's gradient (the rotation's transpose).
+struct RopeArgs { int heads, headDim; bool interleaved; bool inverse = false; };
 
 #if defined(__CUDACC__)
 #define DUO_HD __host__ __device__ inline

@@ -4,6 +4,7 @@ import { DuoArgumentError, DuoDisposedError } from '@duoattn/core';
 import { describe, expect, it } from 'vitest';
 import type { NativeBackend } from './native-backend.js';
 import type { Tensor } from './tensor.js';
+import { referenceRopeBackward } from './testing/backward.js';
 import {
   bf16ToNumber,
   f16ToNumber,
@@ -300,7 +301,23 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         interleaved,
       );
       expect(relativeError(await readF32(b(), xs), expected)).toBeLessThan(TOLERANCE.rope);
-      for (const t of [xs, ps, fs]) t.dispose();
+      // The inverse rotation is RoPE's gradient (the float64 reference, itself checked by finite differences), and it
+      // brings the rotated rows back.
+      const gradient = randomArray(5 * heads * headDim, 12);
+      const gs = b().upload('f32', [5, heads * headDim], gradient);
+      b().rope(gs, ps, fs, { heads, headDim, interleaved, inverse: true });
+      const expectedGradient = referenceRopeBackward(
+        toMatrix(gradient, 5, heads * headDim),
+        positions,
+        frequencies,
+        heads,
+        headDim,
+        interleaved,
+      );
+      expect(relativeError(await readF32(b(), gs), expectedGradient)).toBeLessThan(TOLERANCE.rope);
+      b().rope(xs, ps, fs, { heads, headDim, interleaved, inverse: true });
+      expect(relativeError(await readF32(b(), xs), x)).toBeLessThan(TOLERANCE.rope);
+      for (const t of [xs, ps, fs, gs]) t.dispose();
     });
 
     it('swiglu and add match the reference, in place too', async () => {

@@ -328,7 +328,12 @@ export class NativeBackend implements Backend {
     );
   }
 
-  rope(x: Tensor, positions: Tensor, inverseFrequencies: Tensor, attributes: RopeAttributes): void {
+  rope(
+    x: Tensor,
+    positions: Tensor,
+    inverseFrequencies: Tensor,
+    attributes: RopeAttributes & { inverse?: boolean },
+  ): void {
     const { heads, headDim, interleaved } = attributes;
     expectInteger('heads', heads, 1);
     expectInteger('headDim', headDim, 2);
@@ -340,7 +345,8 @@ export class NativeBackend implements Backend {
       dtypes: F32,
       shape: [headDim / 2],
     });
-    callNative(() => this.#native.rope(xId, positionsId, frequencyId, heads, headDim, Boolean(interleaved)));
+    const inverse = Boolean(attributes.inverse);
+    callNative(() => this.#native.rope(xId, positionsId, frequencyId, heads, headDim, Boolean(interleaved), inverse));
   }
 
   swiglu(gate: Tensor, up: Tensor, out: Tensor): void {

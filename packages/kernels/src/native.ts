@@ -31,7 +31,15 @@ export interface NativeAddon {
   embedding(table: number, ids: number, out: number): void;
   rmsNorm(x: number, weight: number, out: number, eps: number): void;
   matmul(x: number, weight: number, out: number, bias: number, residual: number): void;
-  rope(x: number, positions: number, frequencies: number, heads: number, headDim: number, interleaved: boolean): void;
+  rope(
+    x: number,
+    positions: number,
+    frequencies: number,
+    heads: number,
+    headDim: number,
+    interleaved: boolean,
+    inverse?: boolean,
+  ): void;
   swiglu(gate: number, up: number, out: number): void;
   add(a: number, b: number, out: number): void;
   writeCache(source: number, cache: number, start: number): void;

@@ -150,7 +150,7 @@ void CpuDevice::rope(Tensor& x, const Tensor& positions, const Tensor& inverseFr
       float* row = x.as<float>() + r * x.cols();
       for (int64_t i = 0; i < half; i++) {
         // Angles in double so long positions (1M+) keep their phase as the float64 reference does.
-        double angle = static_cast<double>(position[r]) * static_cast<double>(frequency[i]);
+        double angle = (args.inverse ? -1.0 : 1.0) * static_cast<double>(position[r]) * static_cast<double>(frequency[i]);
         float cosine = static_cast<float>(std::cos(angle)), sine = static_cast<float>(std::sin(angle));
         for (int h = 0; h < args.heads; h++) {
           float* head = row + static_cast<int64_t>(h) * args.headDim;

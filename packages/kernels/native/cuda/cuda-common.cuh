@@ -174,7 +174,7 @@ void launchEmbedding(const void* table, DType dtype, const int32_t* ids, float* 
 void launchRmsNorm(const float* x, const void* weight, DType weightType, float* out, int64_t rows, int64_t dim, float eps,
                    cudaStream_t stream);
 void launchRope(float* x, const int32_t* positions, const float* frequencies, int64_t rows, int64_t stride, int heads,
-                int headDim, bool interleaved, cudaStream_t stream);
+                int headDim, bool interleaved, bool inverse, cudaStream_t stream);
 void launchSwiglu(const float* gate, const float* up, float* out, int64_t count, cudaStream_t stream);
 void launchAdd(const float* a, const float* b, float* out, int64_t count, cudaStream_t stream);
 void launchBiasResidual(float* out, const float* bias, const float* residual, int64_t rows, int64_t cols, cudaStream_t stream);

@@ -360,7 +360,7 @@ class CudaDevice final : public Device {
   }
   void rope(Tensor& x, const Tensor& positions, const Tensor& frequencies, const RopeArgs& args) override {
     launchRope(x.as<float>(), positions.as<int32_t>(), frequencies.as<float>(), x.rows(), x.cols(), args.heads, args.headDim,
-               args.interleaved, stream_);
+               args.interleaved, args.inverse, stream_);
     profiler_.mark("rope", stream_);
   }
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {

@@ -85,14 +85,14 @@ __global__ void rmsNormKernel(const float* x, const T* weight, float* out, int64
 
 // One thread per (row, channel pair); the angle in double so positions in the millions keep their phase.
 __global__ void ropeKernel(float* x, const int32_t* positions, const float* frequencies, int64_t rows, int64_t stride, int heads,
-                           int headDim, bool interleaved) {
+                           int headDim, bool interleaved, double direction) {
   int half = headDim / 2;
   int64_t total = rows * half;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total; t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t row = t / half;
     int i = static_cast<int>(t % half);
     double sine, cosine;
-    sincos(static_cast<double>(positions[row]) * static_cast<double>(frequencies[i]), &sine, &cosine);
+    sincos(direction * static_cast<double>(positions[row]) * static_cast<double>(frequencies[i]), &sine, &cosine);
     float s = static_cast<float>(sine), c = static_cast<float>(cosine);
     for (int h = 0; h < heads; h++) {
       float* head = x + row * stride + static_cast<int64_t>(h) * headDim;
@@ -333,10 +333,11 @@ void launchRmsNorm(const float* x, const void* weight, DType weightType, float* 
 }
 
 void launchRope(float* x, const int32_t* positions, const float* frequencies, int64_t rows, int64_t stride, int heads, int headDim,
-                bool interleaved, cudaStream_t stream) {
+                bool interleaved, bool inverse, cudaStream_t stream) {
   int64_t work = rows * (headDim / 2);
   if (work == 0) return;
-  ropeKernel<<<gridFor(work), kThreads, 0, stream>>>(x, positions, frequencies, rows, stride, heads, headDim, interleaved);
+  ropeKernel<<<gridFor(work), kThreads, 0, stream>>>(x, positions, frequencies, rows, stride, heads, headDim, interleaved,
+                                                     inverse ? -1.0 : 1.0);
   checkLaunch("rope");
 }
 
