@@ -110,9 +110,11 @@ export async function runRetrieval(
         correct += score;
         cell.correct += score;
         cell.trials++;
-        // Inside: the whole needle is still in the window when the last answer token is chosen.
+        // Inside: the whole needle is still in the window when the last answer token is chosen (the answer counted
+        // as at most maxTokens − 1 tokens: for passkeys, their digits).
         const needleStart = bos.length + at;
-        const side = window !== undefined && prompt.length + ids.length - needleStart <= window ? 'inside' : 'outside';
+        const answered = Math.min(ids.length, protocol.maxTokens(expected) - 1);
+        const side = window !== undefined && prompt.length + answered - needleStart <= window ? 'inside' : 'outside';
         byWindow[side].trials++;
         byWindow[side].correct += score;
         if (process.stderr.isTTY)
