@@ -8,18 +8,13 @@ const backend = createBackend('cpu');
 const config = { numLayers: 3, numKvHeads: 4, headDim: 16 };
 // Layer 0: two retrieval heads; layer 1: none (every head streams); layer 2: all four.
 const plan = { retrievalHeads: [[0, 2], [], [0, 1, 2, 3]], kvHeads: 4, sink: 4, recent: 32, sparsity: 0.5 };
+const openCache = (blockTokens: number) =>
+  new DualKvCache(backend, { config, plan, dtype: 'f32', maxTokens: 10_000, chunkTokens: 64, blockTokens });
 
 describe('DualKvCache', () => {
   it('gives each layer a full region for its retrieval heads and a ring for the rest', () => {
     const before = backend.memory().allocatedBytes;
-    const cache = new DualKvCache(backend, {
-      config,
-      plan,
-      dtype: 'f32',
-      maxTokens: 10_000,
-      chunkTokens: 64,
-      blockTokens: 100,
-    });
+    const cache = openCache(100);
     const [first, second, third] = cache.layers;
     expect(first?.keyCache.shape).toEqual([2, expect.any(Number), 16]);
     expect(first?.streaming?.keyCache.shape).toEqual([2, 4 + 32 + 64, 16]);
@@ -36,14 +31,7 @@ describe('DualKvCache', () => {
   });
 
   it('grows the full regions in place, by whole pages, while the streaming regions stay put', () => {
-    const cache = new DualKvCache(backend, {
-      config,
-      plan,
-      dtype: 'f32',
-      maxTokens: 10_000,
-      chunkTokens: 64,
-      blockTokens: 1,
-    });
+    const cache = openCache(1);
     const keys = cache.layers[0]?.keyCache;
     const streaming = cache.bytes().streaming;
     const unit = pageTokens(16 * 4, backend.pageBytes);

@@ -2,7 +2,7 @@
 // in one directory, both carrying the provenance (model hash, data, steps, settings).
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { DuoArgumentError, type HeadPattern } from '@duoattn/core';
 import { savePattern, writeReferencePattern } from '@duoattn/dual-cache';
 import { expectInteger } from '@duoattn/kernels';
@@ -25,7 +25,7 @@ export function modelHash(path: string): string {
   if (files.length === 0) throw new DuoArgumentError('model', `Expected model files in "${path}" but found none`);
   const buffer = Buffer.alloc(1 << 22);
   for (const file of files) {
-    hash.update(`${file.slice(file.lastIndexOf('/') + 1)}\0`);
+    hash.update(`${basename(file)}\0`);
     const descriptor = openSync(file, 'r');
     try {
       for (let read = readSync(descriptor, buffer); read > 0; read = readSync(descriptor, buffer)) {

@@ -83,19 +83,25 @@ Napi::Value registerTensor(Napi::Env env, std::unique_ptr<Tensor> tensor, Device
   return Napi::Number::New(env, registry.back()->id);
 }
 
+// A tensor described by (device, dtype, shape) arguments: shape, element count and bytes filled in, nothing allocated.
+std::unique_ptr<Tensor> describedTensor(const Napi::CallbackInfo& info) {
+  auto tensor = std::make_unique<Tensor>();
+  tensor->dtype = static_cast<DType>(integer(info, 1));
+  Napi::Array shape = info[2].As<Napi::Array>();
+  tensor->size = 1;
+  for (uint32_t i = 0; i < shape.Length(); i++) {
+    int64_t extent = shape.Get(i).As<Napi::Number>().Int64Value();
+    tensor->shape.push_back(extent);
+    tensor->size *= extent;
+  }
+  tensor->bytes = static_cast<size_t>(tensor->size) * dtypeBytes(tensor->dtype);
+  return tensor;
+}
+
 Napi::Value Alloc(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Device* device = deviceOf(static_cast<int>(integer(info, 0)));
-    auto tensor = std::make_unique<Tensor>();
-    tensor->dtype = static_cast<DType>(integer(info, 1));
-    Napi::Array shape = info[2].As<Napi::Array>();
-    tensor->size = 1;
-    for (uint32_t i = 0; i < shape.Length(); i++) {
-      int64_t extent = shape.Get(i).As<Napi::Number>().Int64Value();
-      tensor->shape.push_back(extent);
-      tensor->size *= extent;
-    }
-    tensor->bytes = static_cast<size_t>(tensor->size) * dtypeBytes(tensor->dtype);
+    auto tensor = describedTensor(info);
     tensor->data = device->allocate(tensor->bytes);
     return registerTensor(info.Env(), std::move(tensor), device);
   });
@@ -105,13 +111,8 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
 Napi::Value AllocPaged(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Device* device = deviceOf(static_cast<int>(integer(info, 0)));
-    auto tensor = std::make_unique<Tensor>();
-    tensor->dtype = static_cast<DType>(integer(info, 1));
-    Napi::Array shape = info[2].As<Napi::Array>();
-    if (shape.Length() != 3) throw Error("DUO_ARG", "a paged tensor is [spans, length, width]");
-    for (uint32_t i = 0; i < 3; i++) tensor->shape.push_back(shape.Get(i).As<Napi::Number>().Int64Value());
-    tensor->size = tensor->shape[0] * tensor->shape[1] * tensor->shape[2];
-    tensor->bytes = static_cast<size_t>(tensor->size) * dtypeBytes(tensor->dtype);
+    auto tensor = describedTensor(info);
+    if (tensor->shape.size() != 3) throw Error("DUO_ARG", "a paged tensor is [spans, length, width]");
     tensor->paged = true;
     tensor->spans = tensor->shape[0];
     tensor->spanBytes = static_cast<size_t>(tensor->shape[1] * tensor->shape[2]) * dtypeBytes(tensor->dtype);

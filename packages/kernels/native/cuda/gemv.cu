@@ -195,25 +195,22 @@ void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bo
     const char* value = std::getenv("DUO_GEMV_WAVES");
     return value ? std::atoi(value) : 2;
   }();
+  // Waves of resident blocks that split s makes.
+  const double slots = static_cast<double>(multiprocessorCount()) * DUO_GEMV_BLOCKS_PER_SM;
+  auto waves = [&](int s) { return std::ceil(static_cast<double>(groups) / (kWarps / s)) / slots; };
   if (waveRule == 2 && chainLaunches()) {
     // Chained launches: small blocks (slices down to half the minimum), so one matmul's tail is fine-grained and the
     // next one's blocks move in early — unless a split with short slices makes exactly one nearly full wave (Llama-3-8B
     // on an H100: o_proj split 2, q/k/v, gate+up and down split 8; docs/performance-notes.md).
-    const double slots = static_cast<double>(multiprocessorCount()) * DUO_GEMV_BLOCKS_PER_SM;
     int largest = 1, oneWave = 0;
     for (int s = 1; s <= kMaxSplit; s *= 2) {
       if (s > 1 && k / s < minimumSlice / 2) break;
       largest = s;
-      const double waves = std::ceil(static_cast<double>(groups) / (kWarps / s)) / slots;
-      if (waves >= 0.9 && waves <= 1.0 && k / s <= 2 * minimumSlice) oneWave = s;
+      if (waves(s) >= 0.9 && waves(s) <= 1.0 && k / s <= 2 * minimumSlice) oneWave = s;
     }
     split = oneWave ? oneWave : largest;
   } else if (waveRule != 0) {
-    const double slots = static_cast<double>(multiprocessorCount()) * DUO_GEMV_BLOCKS_PER_SM;
-    auto filled = [&](int s) {
-      const double waves = std::ceil(static_cast<double>(groups) / (kWarps / s)) / slots;
-      return waves / std::ceil(waves);
-    };
+    auto filled = [&](int s) { return waves(s) / std::ceil(waves(s)); };
     int best = split;
     for (int s = 1; s <= kMaxSplit; s *= 2)
       if ((s == 1 || k / s >= minimumSlice) && filled(s) > filled(best) + 0.05) best = s;

@@ -1,6 +1,6 @@
 // Float64 reference input gradients (vector-Jacobian products) of the ops the gate trainer backpropagates through,
 // and a central finite-difference check. Weights are frozen, so only inputs (and the attention gates) get gradients.
-import { type Matrix, referenceAttention, referenceRope } from './reference.js';
+import { type AttentionShape, attentionWeights, type Matrix, referenceAttention, referenceRope } from './reference.js';
 
 /** d(x · Wᵀ)/dx applied to `gradOut` ([n, m]) for weight [m, k]: gradOut · W ([n, k]). */
 export function referenceMatmulBackward(gradOut: Matrix, weight: Matrix): Matrix {
@@ -59,8 +59,6 @@ export interface AttentionGradients {
   values: Float64Array[][];
 }
 
-export type AttentionShape = Parameters<typeof referenceAttention>[3];
-
 /** Gradients of `referenceAttention(query, keys, values, options)` for `gradOut` (same shape as its output). */
 export function referenceAttentionBackward(
   query: Matrix,
@@ -70,7 +68,6 @@ export function referenceAttentionBackward(
   gradOut: Matrix,
 ): AttentionGradients {
   const { heads, kvHeads, headDim, scale, keyLength, queryStart } = options;
-  const visible = options.visible ?? ((p: number, j: number) => j <= p);
   const group = heads / kvHeads;
   const zeros = () =>
     Array.from({ length: kvHeads }, () => Array.from({ length: keyLength }, () => new Float64Array(headDim)));
@@ -80,11 +77,9 @@ export function referenceAttentionBackward(
     values: zeros(),
   };
   query.forEach((row, r) => {
-    const position = queryStart + r;
     for (let h = 0; h < heads; h++) {
       const kvHead = Math.floor(h / group);
-      const indices = Array.from({ length: keyLength }, (_, j) => j).filter((j) => visible(position, j, h));
-      if (indices.length === 0) continue;
+      const { indices, weights: p } = attentionWeights(row, h, queryStart + r, keys, options);
       const dot = (a: Float64Array, offset: number, b: Float64Array) => {
         let sum = 0;
         for (let i = 0; i < headDim; i++) sum += (a[offset + i] ?? 0) * (b[i] ?? 0);
@@ -92,11 +87,6 @@ export function referenceAttentionBackward(
       };
       const key = (j: number) => keys[kvHead]?.[j] ?? new Float64Array(headDim);
       const value = (j: number) => values[kvHead]?.[j] ?? new Float64Array(headDim);
-      const scores = indices.map((j) => scale * dot(row, h * headDim, key(j)));
-      const maximum = Math.max(...scores);
-      const exps = scores.map((s) => Math.exp(s - maximum));
-      const total = exps.reduce((a, b) => a + b, 0);
-      const p = exps.map((e) => e / total);
       const gradRow = gradOut[r] ?? new Float64Array(heads * headDim);
       // dP_j = dO · v_j; dS_j = P_j (dP_j − Σ_l P_l dP_l).
       const dp = indices.map((j) => dot(gradRow, h * headDim, value(j)));

@@ -66,6 +66,46 @@ export function referenceSwiglu(gate: Matrix, up: Matrix): Matrix {
   return gate.map((row, r) => row.map((g, i) => (g / (1 + Math.exp(-g))) * (up[r]?.[i] ?? 0)));
 }
 
+export interface AttentionShape {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  scale: number;
+  keyLength: number;
+  queryStart: number;
+  visible?: (queryPosition: number, keyPosition: number, head: number) => boolean;
+}
+
+/**
+ * The softmax weights of query head `head` of `row` (at absolute position `position`) over the keys it sees: the key
+ * positions and their probabilities (empty when no key is visible). Keys are given per KV head as [position] vectors.
+ */
+export function attentionWeights(
+  row: Float64Array,
+  head: number,
+  position: number,
+  keys: Float64Array[][],
+  options: AttentionShape,
+): { indices: number[]; weights: number[] } {
+  const { heads, kvHeads, headDim, scale, keyLength } = options;
+  const visible = options.visible ?? ((p: number, j: number) => j <= p);
+  const kvHead = Math.floor(head / (heads / kvHeads));
+  const indices: number[] = [];
+  const scores: number[] = [];
+  for (let j = 0; j < keyLength; j++) {
+    if (!visible(position, j, head)) continue;
+    const key = keys[kvHead]?.[j] ?? new Float64Array(headDim);
+    let dot = 0;
+    for (let i = 0; i < headDim; i++) dot += (row[head * headDim + i] ?? 0) * (key[i] ?? 0);
+    scores.push(dot * scale);
+    indices.push(j);
+  }
+  const maximum = Math.max(...scores);
+  const exps = scores.map((s) => Math.exp(s - maximum));
+  const total = exps.reduce((a, b) => a + b, 0);
+  return { indices, weights: exps.map((e) => e / total) };
+}
+
 /**
  * Attention of query rows (at absolute positions queryStart + r) over keys/values given per KV head as
  * [kvHeads][position] vectors. `visible(position, key)` decides the mask; the default is causal.
@@ -74,41 +114,18 @@ export function referenceAttention(
   query: Matrix,
   keys: Float64Array[][],
   values: Float64Array[][],
-  options: {
-    heads: number;
-    kvHeads: number;
-    headDim: number;
-    scale: number;
-    keyLength: number;
-    queryStart: number;
-    visible?: (queryPosition: number, keyPosition: number, head: number) => boolean;
-  },
+  options: AttentionShape,
 ): Matrix {
-  const { heads, kvHeads, headDim, scale, keyLength, queryStart } = options;
-  const visible = options.visible ?? ((p: number, j: number) => j <= p);
+  const { heads, kvHeads, headDim, queryStart } = options;
   const group = heads / kvHeads;
   return query.map((row, r) => {
     const out = new Float64Array(heads * headDim);
-    const position = queryStart + r;
     for (let h = 0; h < heads; h++) {
       const kvHead = Math.floor(h / group);
-      const scores: number[] = [];
-      const indices: number[] = [];
-      for (let j = 0; j < keyLength; j++) {
-        if (!visible(position, j, h)) continue;
-        const key = keys[kvHead]?.[j] ?? new Float64Array(headDim);
-        let dot = 0;
-        for (let i = 0; i < headDim; i++) dot += (row[h * headDim + i] ?? 0) * (key[i] ?? 0);
-        scores.push(dot * scale);
-        indices.push(j);
-      }
-      if (scores.length === 0) continue;
-      const maximum = Math.max(...scores);
-      const weights = scores.map((s) => Math.exp(s - maximum));
-      const total = weights.reduce((a, b) => a + b, 0);
+      const { indices, weights } = attentionWeights(row, h, queryStart + r, keys, options);
       indices.forEach((j, n) => {
         const value = values[kvHead]?.[j] ?? new Float64Array(headDim);
-        const weight = (weights[n] ?? 0) / total;
+        const weight = weights[n] ?? 0;
         for (let i = 0; i < headDim; i++) out[h * headDim + i] = (out[h * headDim + i] ?? 0) + weight * (value[i] ?? 0);
       });
     }
