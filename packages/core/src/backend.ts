@@ -80,6 +80,25 @@ export interface PrefillAttentionAttributes extends AttentionAttributes {
   readonly queryStart: number;
 }
 
+/** Attributes of `attentionBackward`: one whole sequence, query row i at position i, keys 0 … length − 1. */
+export interface AttentionBackwardAttributes {
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly scale: number;
+  /** Query rows and keys (positions 0 … length − 1; the caches hold key j at slot j). */
+  readonly length: number;
+  /** The Λ mask of streaming heads (key j visible to query i iff j ≤ i and (j < sink or i − j < recent)); absent: causal. */
+  readonly window?: { readonly sink: number; readonly recent: number };
+}
+
+/** Attributes of `gateMix` / `gateMixBackward`: rows are `[heads · headDim]`, one gate per KV head. */
+export interface GateMixAttributes {
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+}
+
 /** Memory the backend holds, in bytes. */
 export interface BackendMemory {
   readonly allocatedBytes: number;
@@ -224,4 +243,64 @@ export interface Backend {
   argmax(logits: TensorHandle, out: TensorHandle): void;
   /** Row-wise softmax of `logits / temperature` into `out` (f32). */
   softmax(logits: TensorHandle, out: TensorHandle, temperature: number): void;
+
+  // Input gradients for the gate trainer (weights are frozen). Deterministic: no atomics, fixed summation order.
+  /** `gradInput (+)= gradOut · weight`: `matmul`'s input gradient (`gradOut` f32 `[n, m]`, `weight` `[m, k]`). */
+  matmulBackward(
+    gradOut: TensorHandle,
+    weight: TensorHandle,
+    gradInput: TensorHandle,
+    options?: { readonly accumulate?: boolean },
+  ): void;
+  /** `rmsNorm`'s input gradient for `gradOut`, written (or with `accumulate` added) to `gradInput`. */
+  rmsNormBackward(
+    x: TensorHandle,
+    weight: TensorHandle,
+    gradOut: TensorHandle,
+    gradInput: TensorHandle,
+    eps: number,
+    options?: { readonly accumulate?: boolean },
+  ): void;
+  /** `swiglu`'s input gradients: `gradGate = gradOut · up · silu′(gate)`, `gradUp = gradOut · silu(gate)`. */
+  swigluBackward(
+    gate: TensorHandle,
+    up: TensorHandle,
+    gradOut: TensorHandle,
+    gradGate: TensorHandle,
+    gradUp: TensorHandle,
+  ): void;
+  /**
+   * Attention's input gradients for a whole sequence. `query`, `out` (the forward's output), `gradOut`, `gradQuery`:
+   * f32 `[length, heads · headDim]`; caches `[kvHeads, capacity ≥ length, headDim]` as the forward read them (key j at
+   * slot j); `gradKey`, `gradValue`: f32 `[length, kvHeads · headDim]`, the projections' layout.
+   */
+  attentionBackward(
+    query: TensorHandle,
+    keyCache: TensorHandle,
+    valueCache: TensorHandle,
+    out: TensorHandle,
+    gradOut: TensorHandle,
+    gradQuery: TensorHandle,
+    gradKey: TensorHandle,
+    gradValue: TensorHandle,
+    attributes: AttentionBackwardAttributes,
+  ): void;
+  /** DuoAttention's training mix: `out_h = (1 − α_g) · streaming_h + α_g · full_h`, α (f32 `[kvHeads]`) clamped to [0, 1]. */
+  gateMix(
+    streaming: TensorHandle,
+    full: TensorHandle,
+    gates: TensorHandle,
+    out: TensorHandle,
+    attributes: GateMixAttributes,
+  ): void;
+  /** `gradStreaming = (1 − α) · gradOut`; `gradGates[g] = Σ_{rows, h ∈ g} ⟨gradOut_h, full_h − streaming_h⟩`. */
+  gateMixBackward(
+    gradOut: TensorHandle,
+    streaming: TensorHandle,
+    full: TensorHandle,
+    gates: TensorHandle,
+    gradStreaming: TensorHandle,
+    gradGates: TensorHandle,
+    attributes: GateMixAttributes,
+  ): void;
 }

@@ -1,9 +1,11 @@
 // Public surface of @duoattn/core: types and errors only, no runtime dependencies.
 export type {
   AttentionAttributes,
+  AttentionBackwardAttributes,
   Backend,
   BackendMemory,
   DecodeAttentionAttributes,
+  GateMixAttributes,
   HostArray,
   PrefillAttentionAttributes,
   RopeAttributes,

@@ -487,6 +487,80 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value MatmulBackward(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &gradOut = tensorAt(info[0]), &weight = tensorAt(info[1]), &gradInput = tensorAt(info[2]);
+    sameDevice({&gradOut, &weight, &gradInput});
+    gradOut.device->matmulBackward(gradOut, weight, gradInput, info[3].As<Napi::Boolean>().Value());
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &x = tensorAt(info[0]), &weight = tensorAt(info[1]), &gradOut = tensorAt(info[2]), &gradInput = tensorAt(info[3]);
+    sameDevice({&x, &weight, &gradOut, &gradInput});
+    x.device->rmsNormBackward(x, weight, gradOut, gradInput, static_cast<float>(number(info, 4)), info[5].As<Napi::Boolean>().Value());
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &gate = tensorAt(info[0]), &up = tensorAt(info[1]), &gradOut = tensorAt(info[2]);
+    Tensor &gradGate = tensorAt(info[3]), &gradUp = tensorAt(info[4]);
+    sameDevice({&gate, &up, &gradOut, &gradGate, &gradUp});
+    gate.device->swigluBackward(gate, up, gradOut, gradGate, gradUp);
+    return info.Env().Undefined();
+  });
+}
+
+// [heads, kvHeads, headDim] starting at argument `first`.
+GateMixArgs gateMixArgs(const Napi::CallbackInfo& info, size_t first) {
+  return GateMixArgs{static_cast<int>(integer(info, first)), static_cast<int>(integer(info, first + 1)),
+                     static_cast<int>(integer(info, first + 2))};
+}
+
+Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &q = tensorAt(info[0]), &k = tensorAt(info[1]), &v = tensorAt(info[2]), &out = tensorAt(info[3]);
+    Tensor &gradOut = tensorAt(info[4]), &gradQuery = tensorAt(info[5]), &gradKey = tensorAt(info[6]), &gradValue = tensorAt(info[7]);
+    sameDevice({&q, &k, &v, &out, &gradOut, &gradQuery, &gradKey, &gradValue});
+    AttentionBackwardArgs args{};
+    args.heads = static_cast<int>(integer(info, 8));
+    args.kvHeads = static_cast<int>(integer(info, 9));
+    args.headDim = static_cast<int>(integer(info, 10));
+    args.scale = static_cast<float>(number(info, 11));
+    args.length = integer(info, 12);
+    args.capacity = k.shape[1];
+    const int64_t sink = integer(info, 13);  // −1: causal
+    args.window = sink >= 0;
+    args.sink = args.window ? sink : 0;
+    args.recent = args.window ? integer(info, 14) : 0;
+    q.device->attentionBackward(q, k, v, out, gradOut, gradQuery, gradKey, gradValue, args);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value GateMix(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &streaming = tensorAt(info[0]), &full = tensorAt(info[1]), &gates = tensorAt(info[2]), &out = tensorAt(info[3]);
+    sameDevice({&streaming, &full, &gates, &out});
+    streaming.device->gateMix(streaming, full, gates, out, gateMixArgs(info, 4));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value GateMixBackward(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &gradOut = tensorAt(info[0]), &streaming = tensorAt(info[1]), &full = tensorAt(info[2]), &gates = tensorAt(info[3]);
+    Tensor &gradStreaming = tensorAt(info[4]), &gradGates = tensorAt(info[5]);
+    sameDevice({&gradOut, &streaming, &full, &gates, &gradStreaming, &gradGates});
+    gradOut.device->gateMixBackward(gradOut, streaming, full, gates, gradStreaming, gradGates, gateMixArgs(info, 6));
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value Argmax(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &logits = tensorAt(info[0]), &out = tensorAt(info[1]);
@@ -610,6 +684,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionPrefill", Napi::Function::New(env, AttentionPrefill));
   exports.Set("attentionDecode", Napi::Function::New(env, AttentionDecode));
   exports.Set("argmax", Napi::Function::New(env, Argmax));
+  exports.Set("matmulBackward", Napi::Function::New(env, MatmulBackward));
+  exports.Set("rmsNormBackward", Napi::Function::New(env, RmsNormBackward));
+  exports.Set("swigluBackward", Napi::Function::New(env, SwigluBackward));
+  exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
+  exports.Set("gateMix", Napi::Function::New(env, GateMix));
+  exports.Set("gateMixBackward", Napi::Function::New(env, GateMixBackward));
   exports.Set("softmax", Napi::Function::New(env, Softmax));
   exports.Set("matmulGroup", Napi::Function::New(env, MatmulGroup));
   exports.Set("matmulSwiglu", Napi::Function::New(env, MatmulSwiglu));

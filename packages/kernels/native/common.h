@@ -119,6 +119,44 @@ struct AttentionArgs {
   StreamingLayout streaming;
 };
 
+// Attention's input gradients over one whole sequence (training): query rows at positions 0 … length − 1 against keys
+// 0 … length − 1 held in caches [kvHeads, capacity, headDim] at slot = position. `window` selects the Λ mask (key j
+// visible to query i iff j ≤ i and (j < sink or i − j < recent)); otherwise causal.
+struct AttentionBackwardArgs {
+  int heads, kvHeads, headDim;
+  float scale;
+  int64_t length, capacity;
+  bool window = false;
+  int64_t sink = 0, recent = 0;
+  // Queries that see key j: j … queryEnd(j) − 1.
+  DUO_HD int64_t queryEnd(int64_t key) const {
+    if (!window || key < sink) return length;
+    return key + recent < length ? key + recent : length;
+  }
+  // Keys query i sees, as logical indices 0 … keyCount(i) − 1 in increasing position: the sinks, then the window.
+  DUO_HD int64_t sinkCount(int64_t query) const {
+    if (!window) return 0;
+    return query + 1 < sink ? query + 1 : sink;
+  }
+  DUO_HD int64_t windowFirst(int64_t query) const {
+    if (!window) return 0;
+    const int64_t first = query - recent + 1;
+    return first > sink ? first : sink;
+  }
+  DUO_HD int64_t keyCount(int64_t query) const {
+    const int64_t first = windowFirst(query);
+    return sinkCount(query) + (query + 1 > first ? query + 1 - first : 0);
+  }
+  DUO_HD int64_t keyAt(int64_t query, int64_t index) const {
+    const int64_t sinks = sinkCount(query);
+    return index < sinks ? index : windowFirst(query) + (index - sinks);
+  }
+};
+
+// The gate mix of DuoAttention's training: head h of query group g outputs (1 − α_g)·streaming + α_g·full, α clamped to
+// [0, 1]; rows are [heads · headDim].
+struct GateMixArgs { int heads, kvHeads, headDim; };
+
 struct MemoryInfo { size_t allocated, peak, deviceFree, deviceTotal; };
 
 // One backend. Ops are synchronous enqueues (CUDA) or synchronous runs (CPU).
@@ -162,6 +200,22 @@ class Device {
   virtual void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) = 0;
   virtual void argmax(const Tensor& logits, Tensor& out) = 0;
   virtual void softmax(const Tensor& logits, Tensor& out, float temperature) = 0;
+
+  // Input gradients (weights are frozen). With `accumulate` the result is added to what `gradInput` holds.
+  // gradInput[n, k] (+)= gradOut[n, m] · weight[m, k]
+  virtual void matmulBackward(const Tensor& gradOut, const Tensor& weight, Tensor& gradInput, bool accumulate) = 0;
+  virtual void rmsNormBackward(const Tensor& x, const Tensor& weight, const Tensor& gradOut, Tensor& gradInput, float eps,
+                               bool accumulate) = 0;
+  virtual void swigluBackward(const Tensor& gate, const Tensor& up, const Tensor& gradOut, Tensor& gradGate, Tensor& gradUp) = 0;
+  // q, out, gradOut, gradQuery: [length, heads · headDim]; gradKey, gradValue: [length, kvHeads · headDim] (the
+  // projections' layout). Deterministic: every gradient element is summed by one thread in a fixed order.
+  virtual void attentionBackward(const Tensor& q, const Tensor& keyCache, const Tensor& valueCache, const Tensor& out,
+                                 const Tensor& gradOut, Tensor& gradQuery, Tensor& gradKey, Tensor& gradValue,
+                                 const AttentionBackwardArgs& args) = 0;
+  virtual void gateMix(const Tensor& streaming, const Tensor& full, const Tensor& gates, Tensor& out, const GateMixArgs& args) = 0;
+  // gradStreaming = (1 − α)·gradOut; gradGates[g] = Σ_{rows, h ∈ g} ⟨gradOut_h, full_h − streaming_h⟩ (fixed order).
+  virtual void gateMixBackward(const Tensor& gradOut, const Tensor& streaming, const Tensor& full, const Tensor& gates,
+                               Tensor& gradStreaming, Tensor& gradGates, const GateMixArgs& args) = 0;
 
   // Fused ops. The defaults compose the primitives above; a backend overrides them where one launch is cheaper.
   // out[i] = x · weights[i]ᵀ (+ biases[i]) for up to three matrices sharing x (q/k/v).

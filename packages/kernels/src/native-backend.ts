@@ -1,6 +1,7 @@
 // The Backend implementation over the native addon: validates in TypeScript, then makes one native call.
 import {
   type AttentionAttributes,
+  type AttentionBackwardAttributes,
   type Backend,
   type BackendMemory,
   type DecodeAttentionAttributes,
@@ -9,6 +10,7 @@ import {
   type DType,
   DuoArgumentError,
   dtypeBytes,
+  type GateMixAttributes,
   type HostArray,
   isDType,
   type PrefillAttentionAttributes,
@@ -418,14 +420,7 @@ export class NativeBackend implements Backend {
     attributes: AttentionAttributes,
   ): [number, number, number, number] {
     const { heads, kvHeads, headDim, scale, keyLength } = attributes;
-    expectInteger('heads', heads, 1);
-    expectInteger('kvHeads', kvHeads, 1, heads);
-    if (heads % kvHeads !== 0) {
-      throw new DuoArgumentError(
-        'kvHeads',
-        `Expected \`heads\` (${heads}) to be a multiple of \`kvHeads\` but received ${kvHeads}`,
-      );
-    }
+    expectHeads(heads, kvHeads);
     expectInteger('headDim', headDim, 1);
     expectPositive('scale', scale);
     const keyId = expectTensor('keyCache', keyCache, this.device, {
@@ -523,6 +518,190 @@ export class NativeBackend implements Backend {
     const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: logits.shape });
     expectPositive('temperature', temperature);
     callNative(() => this.#native.softmax(logitsId, outId, temperature));
+  }
+
+  matmulBackward(gradOut: Tensor, weight: Tensor, gradInput: Tensor, options: { accumulate?: boolean } = {}): void {
+    const weightId = expectTensor('weight', weight, this.device, { dtypes: FLOAT_TYPES, shape: [null, null] });
+    const gradOutId = expectTensor('gradOut', gradOut, this.device, {
+      dtypes: F32,
+      shape: [null, weight.shape[0] ?? 0],
+    });
+    const gradInputId = expectTensor('gradInput', gradInput, this.device, {
+      dtypes: F32,
+      shape: [gradOut.rows, weight.shape[1] ?? 0],
+    });
+    expectDistinct({ gradOut, gradInput });
+    callNative(() => this.#native.matmulBackward(gradOutId, weightId, gradInputId, Boolean(options.accumulate)));
+  }
+
+  rmsNormBackward(
+    x: Tensor,
+    weight: Tensor,
+    gradOut: Tensor,
+    gradInput: Tensor,
+    eps: number,
+    options: { accumulate?: boolean } = {},
+  ): void {
+    const xId = expectTensor('x', x, this.device, { dtypes: F32 });
+    const weightId = expectTensor('weight', weight, this.device, { dtypes: FLOAT_TYPES, shape: [x.cols] });
+    const gradOutId = expectTensor('gradOut', gradOut, this.device, { dtypes: F32, shape: x.shape });
+    const gradInputId = expectTensor('gradInput', gradInput, this.device, { dtypes: F32, shape: x.shape });
+    expectPositive('eps', eps);
+    expectDistinct({ x, gradInput });
+    callNative(() =>
+      this.#native.rmsNormBackward(xId, weightId, gradOutId, gradInputId, eps, Boolean(options.accumulate)),
+    );
+  }
+
+  swigluBackward(gate: Tensor, up: Tensor, gradOut: Tensor, gradGate: Tensor, gradUp: Tensor): void {
+    const gateId = expectTensor('gate', gate, this.device, { dtypes: F32 });
+    const ids = (Object.entries({ up, gradOut, gradGate, gradUp }) as [string, Tensor][]).map(([name, tensor]) =>
+      expectTensor(name, tensor, this.device, { dtypes: F32, shape: gate.shape }),
+    );
+    expectDistinct({ gradGate, gradUp, gate, up });
+    const [upId = 0, gradOutId = 0, gradGateId = 0, gradUpId = 0] = ids;
+    callNative(() => this.#native.swigluBackward(gateId, upId, gradOutId, gradGateId, gradUpId));
+  }
+
+  attentionBackward(
+    query: Tensor,
+    keyCache: Tensor,
+    valueCache: Tensor,
+    out: Tensor,
+    gradOut: Tensor,
+    gradQuery: Tensor,
+    gradKey: Tensor,
+    gradValue: Tensor,
+    attributes: AttentionBackwardAttributes,
+  ): void {
+    const { heads, kvHeads, headDim, scale, length, window } = attributes;
+    expectHeads(heads, kvHeads);
+    expectInteger('headDim', headDim, 1, this.device === 'cuda' ? 256 : Number.MAX_SAFE_INTEGER);
+    expectPositive('scale', scale);
+    expectInteger('length', length, 0);
+    if (window) {
+      expectInteger('window.sink', window.sink, 0);
+      expectInteger('window.recent', window.recent, 1);
+    }
+    const keyId = expectTensor('keyCache', keyCache, this.device, {
+      dtypes: FLOAT_TYPES,
+      shape: [kvHeads, null, headDim],
+    });
+    const valueId = expectTensor('valueCache', valueCache, this.device, {
+      dtypes: [keyCache.dtype],
+      shape: keyCache.shape,
+    });
+    expectInteger('length', length, 0, keyCache.shape[1] ?? 0);
+    const rows = [length, heads * headDim];
+    const queryId = expectTensor('query', query, this.device, { dtypes: F32, shape: rows });
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: rows });
+    const gradOutId = expectTensor('gradOut', gradOut, this.device, { dtypes: F32, shape: rows });
+    const gradQueryId = expectTensor('gradQuery', gradQuery, this.device, { dtypes: F32, shape: rows });
+    const keyRows = [length, kvHeads * headDim];
+    const gradKeyId = expectTensor('gradKey', gradKey, this.device, { dtypes: F32, shape: keyRows });
+    const gradValueId = expectTensor('gradValue', gradValue, this.device, { dtypes: F32, shape: keyRows });
+    expectDistinct({ gradQuery, gradKey, gradValue, query, gradOut });
+    callNative(() =>
+      this.#native.attentionBackward(
+        queryId,
+        keyId,
+        valueId,
+        outId,
+        gradOutId,
+        gradQueryId,
+        gradKeyId,
+        gradValueId,
+        heads,
+        kvHeads,
+        headDim,
+        scale,
+        length,
+        window ? window.sink : -1,
+        window ? window.recent : 0,
+      ),
+    );
+  }
+
+  gateMix(streaming: Tensor, full: Tensor, gates: Tensor, out: Tensor, attributes: GateMixAttributes): void {
+    const [streamingId, fullId, gatesId] = this.#gateMixIds(streaming, full, gates, attributes);
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: streaming.shape });
+    const { heads, kvHeads, headDim } = attributes;
+    callNative(() => this.#native.gateMix(streamingId, fullId, gatesId, outId, heads, kvHeads, headDim));
+  }
+
+  gateMixBackward(
+    gradOut: Tensor,
+    streaming: Tensor,
+    full: Tensor,
+    gates: Tensor,
+    gradStreaming: Tensor,
+    gradGates: Tensor,
+    attributes: GateMixAttributes,
+  ): void {
+    const [streamingId, fullId, gatesId] = this.#gateMixIds(streaming, full, gates, attributes);
+    const gradOutId = expectTensor('gradOut', gradOut, this.device, { dtypes: F32, shape: streaming.shape });
+    const gradStreamingId = expectTensor('gradStreaming', gradStreaming, this.device, {
+      dtypes: F32,
+      shape: streaming.shape,
+    });
+    const gradGatesId = expectTensor('gradGates', gradGates, this.device, {
+      dtypes: F32,
+      shape: [attributes.kvHeads],
+    });
+    expectDistinct({ gradStreaming, streaming, full });
+    const { heads, kvHeads, headDim } = attributes;
+    callNative(() =>
+      this.#native.gateMixBackward(
+        gradOutId,
+        streamingId,
+        fullId,
+        gatesId,
+        gradStreamingId,
+        gradGatesId,
+        heads,
+        kvHeads,
+        headDim,
+      ),
+    );
+  }
+
+  #gateMixIds(streaming: Tensor, full: Tensor, gates: Tensor, attributes: GateMixAttributes): [number, number, number] {
+    const { heads, kvHeads, headDim } = attributes;
+    expectHeads(heads, kvHeads);
+    expectInteger('headDim', headDim, 1);
+    const streamingId = expectTensor('streaming', streaming, this.device, {
+      dtypes: F32,
+      shape: [null, heads * headDim],
+    });
+    const fullId = expectTensor('full', full, this.device, { dtypes: F32, shape: streaming.shape });
+    const gatesId = expectTensor('gates', gates, this.device, { dtypes: F32, shape: [kvHeads] });
+    return [streamingId, fullId, gatesId];
+  }
+}
+
+/** Heads and KV heads: positive, KV heads dividing heads (GQA groups). */
+function expectHeads(heads: number, kvHeads: number): void {
+  expectInteger('heads', heads, 1);
+  expectInteger('kvHeads', kvHeads, 1, heads);
+  if (heads % kvHeads !== 0) {
+    throw new DuoArgumentError(
+      'kvHeads',
+      `Expected \`heads\` (${heads}) to be a multiple of \`kvHeads\` but received ${kvHeads}`,
+    );
+  }
+}
+
+/** Outputs of a backward op must not share memory with the inputs it still reads. */
+function expectDistinct(tensors: Record<string, Tensor>): void {
+  const entries = Object.entries(tensors);
+  for (let a = 0; a < entries.length; a++) {
+    for (let b = a + 1; b < entries.length; b++) {
+      const [nameA, tensorA] = entries[a] as [string, Tensor];
+      const [nameB, tensorB] = entries[b] as [string, Tensor];
+      if (tensorA === tensorB) {
+        throw new DuoArgumentError(nameB, `Expected \`${nameB}\` and \`${nameA}\` to be different tensors`);
+      }
+    }
   }
 }
 

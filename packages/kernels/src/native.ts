@@ -41,6 +41,53 @@ export interface NativeAddon {
     inverse?: boolean,
   ): void;
   swiglu(gate: number, up: number, out: number): void;
+  matmulBackward(gradOut: number, weight: number, gradInput: number, accumulate: boolean): void;
+  rmsNormBackward(
+    x: number,
+    weight: number,
+    gradOut: number,
+    gradInput: number,
+    eps: number,
+    accumulate: boolean,
+  ): void;
+  swigluBackward(gate: number, up: number, gradOut: number, gradGate: number, gradUp: number): void;
+  attentionBackward(
+    query: number,
+    keyCache: number,
+    valueCache: number,
+    out: number,
+    gradOut: number,
+    gradQuery: number,
+    gradKey: number,
+    gradValue: number,
+    heads: number,
+    kvHeads: number,
+    headDim: number,
+    scale: number,
+    length: number,
+    sink: number,
+    recent: number,
+  ): void;
+  gateMix(
+    streaming: number,
+    full: number,
+    gates: number,
+    out: number,
+    heads: number,
+    kvHeads: number,
+    headDim: number,
+  ): void;
+  gateMixBackward(
+    gradOut: number,
+    streaming: number,
+    full: number,
+    gates: number,
+    gradStreaming: number,
+    gradGates: number,
+    heads: number,
+    kvHeads: number,
+    headDim: number,
+  ): void;
   add(a: number, b: number, out: number): void;
   writeCache(source: number, cache: number, start: number): void;
   attentionPrefill(

@@ -41,6 +41,16 @@ class CpuDevice final : public Device {
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
   void argmax(const Tensor& logits, Tensor& out) override;
   void softmax(const Tensor& logits, Tensor& out, float temperature) override;
+  void matmulBackward(const Tensor& gradOut, const Tensor& weight, Tensor& gradInput, bool accumulate) override;
+  void rmsNormBackward(const Tensor& x, const Tensor& weight, const Tensor& gradOut, Tensor& gradInput, float eps,
+                       bool accumulate) override;
+  void swigluBackward(const Tensor& gate, const Tensor& up, const Tensor& gradOut, Tensor& gradGate, Tensor& gradUp) override;
+  void attentionBackward(const Tensor& q, const Tensor& keyCache, const Tensor& valueCache, const Tensor& out,
+                         const Tensor& gradOut, Tensor& gradQuery, Tensor& gradKey, Tensor& gradValue,
+                         const AttentionBackwardArgs& args) override;
+  void gateMix(const Tensor& streaming, const Tensor& full, const Tensor& gates, Tensor& out, const GateMixArgs& args) override;
+  void gateMixBackward(const Tensor& gradOut, const Tensor& streaming, const Tensor& full, const Tensor& gates,
+                       Tensor& gradStreaming, Tensor& gradGates, const GateMixArgs& args) override;
 
   ThreadPool& pool() { return pool_; }
 

@@ -71,13 +71,25 @@ CublasLibrary::CublasLibrary() {
 
 void CublasLibrary::gemm(cudaStream_t stream, int m, int n, int k, const void* weight, const void* x, cudaDataType type,
                          float* out, float beta) {
+  // Column-major view: outᵀ[m, n] = W[m, k] · xᵀ[k, n]; W is stored row-major [m, k], i.e. column-major [k, m].
+  run(stream, kOpT, m, n, k, weight, k, x, k, type, out, m, beta);
+}
+
+void CublasLibrary::gemmBackward(cudaStream_t stream, int m, int n, int k, const void* weight, const void* gradOut,
+                                 cudaDataType type, float* out, float beta) {
+  // Column-major view: outᵀ[k, n] = Wᵀ[k, m] · gradOutᵀ[m, n]; row-major W [m, k] is column-major [k, m] as it stands.
+  run(stream, kOpN, k, n, m, weight, k, gradOut, m, type, out, k, beta);
+}
+
+void CublasLibrary::run(cudaStream_t stream, int weightOp, int rows, int columns, int inner, const void* weight,
+                        int weightLead, const void* operand, int operandLead, cudaDataType type, float* out, int outLead,
+                        float beta) {
   if (!handle_) throw Error("DUO_CUDA_CUBLAS_UNAVAILABLE", reason_);
   int status = setStream_(handle_, stream);
   const float alpha = 1.0f;
-  // Column-major view: outᵀ[m, n] = W[m, k] · xᵀ[k, n]; W is stored row-major [m, k], i.e. column-major [k, m].
   if (status == 0) {
-    status = gemmEx_(handle_, kOpT, kOpN, m, n, k, &alpha, weight, type, k, x, type, k, &beta, out, CUDA_R_32F, m,
-                     kCompute32F, kGemmDefault);
+    status = gemmEx_(handle_, weightOp, kOpN, rows, columns, inner, &alpha, weight, type, weightLead, operand, type,
+                     operandLead, &beta, out, CUDA_R_32F, outLead, kCompute32F, kGemmDefault);
   }
   if (status != 0) throw Error("DUO_CUDA_CUBLAS_STATUS_" + std::to_string(status), "cublasGemmEx failed with status " + std::to_string(status));
 }

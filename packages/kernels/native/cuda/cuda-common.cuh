@@ -225,5 +225,24 @@ DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, i
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
                            const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream);
 
+// Input gradients (backward.cu).
+void launchRmsNormBackward(const float* x, const void* weight, DType weightType, const float* gradOut, float* gradInput,
+                           int64_t rows, int64_t dim, float eps, bool accumulate, cudaStream_t stream);
+void launchSwigluBackward(const float* gate, const float* up, const float* gradOut, float* gradGate, float* gradUp, int64_t count,
+                          cudaStream_t stream);
+// gradOut [rows, m] · weight [m, k] into out [rows, k]: the fallback when cuBLAS is not there.
+void launchMatmulBackward(const float* gradOut, int64_t rows, int64_t m, const void* weight, DType weightType, int64_t k,
+                          float* out, bool accumulate, cudaStream_t stream);
+void launchGateMix(const float* streaming, const float* full, const float* gates, float* out, int64_t count,
+                   const GateMixArgs& args, cudaStream_t stream);
+size_t gateMixBackwardScratch(int64_t rows, int kvHeads);
+void launchGateMixBackward(const float* gradOut, const float* streaming, const float* full, const float* gates,
+                           float* gradStreaming, float* gradGates, int64_t rows, const GateMixArgs& args, float* scratch,
+                           cudaStream_t stream);
+size_t attentionBackwardScratch(const AttentionBackwardArgs& args);
+void launchAttentionBackward(const float* query, const void* keys, const void* values, DType cacheType, const float* out,
+                             const float* gradOut, float* gradQuery, float* gradKey, float* gradValue,
+                             const AttentionBackwardArgs& args, float* scratch, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace duo

@@ -492,6 +492,52 @@ class CudaDevice final : public Device {
     profiler_.mark("softmax", stream_);
   }
 
+  void matmulBackward(const Tensor& gradOut, const Tensor& weight, Tensor& gradInput, bool accumulate) override {
+    const int64_t n = gradOut.rows(), m = weight.rows(), k = weight.cols();
+    if (!CublasLibrary::instance().available()) {
+      launchMatmulBackward(gradOut.as<float>(), n, m, weight.data, weight.dtype, k, gradInput.as<float>(), accumulate, stream_);
+      profiler_.mark("matmulBackward", stream_);
+      return;
+    }
+    // gradOut rounded to a 16-bit weight's dtype, as the forward rounds x: tensor-core GEMM with f32 accumulation.
+    const void* operand = weight.dtype == DType::F32 ? gradOut.data : convertedInput(gradOut, weight.dtype);
+    const cudaDataType type =
+        weight.dtype == DType::F32 ? CUDA_R_32F : (weight.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F);
+    CublasLibrary::instance().gemmBackward(stream_, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), weight.data,
+                                           operand, type, gradInput.as<float>(), accumulate ? 1.0f : 0.0f);
+    profiler_.mark("matmulBackward", stream_);
+  }
+  void rmsNormBackward(const Tensor& x, const Tensor& weight, const Tensor& gradOut, Tensor& gradInput, float eps,
+                       bool accumulate) override {
+    launchRmsNormBackward(x.as<float>(), weight.data, weight.dtype, gradOut.as<float>(), gradInput.as<float>(), x.rows(), x.cols(),
+                          eps, accumulate, stream_);
+    profiler_.mark("rmsNormBackward", stream_);
+  }
+  void swigluBackward(const Tensor& gate, const Tensor& up, const Tensor& gradOut, Tensor& gradGate, Tensor& gradUp) override {
+    launchSwigluBackward(gate.as<float>(), up.as<float>(), gradOut.as<float>(), gradGate.as<float>(), gradUp.as<float>(), gate.size,
+                         stream_);
+    profiler_.mark("swigluBackward", stream_);
+  }
+  void attentionBackward(const Tensor& q, const Tensor& keyCache, const Tensor& valueCache, const Tensor& out,
+                         const Tensor& gradOut, Tensor& gradQuery, Tensor& gradKey, Tensor& gradValue,
+                         const AttentionBackwardArgs& args) override {
+    float* statistics = static_cast<float*>(scratch(attentionBackwardScratch(args)));
+    launchAttentionBackward(q.as<float>(), keyCache.data, valueCache.data, keyCache.dtype, out.as<float>(), gradOut.as<float>(),
+                            gradQuery.as<float>(), gradKey.as<float>(), gradValue.as<float>(), args, statistics, stream_);
+    profiler_.mark("attentionBackward", stream_);
+  }
+  void gateMix(const Tensor& streaming, const Tensor& full, const Tensor& gates, Tensor& out, const GateMixArgs& args) override {
+    launchGateMix(streaming.as<float>(), full.as<float>(), gates.as<float>(), out.as<float>(), streaming.size, args, stream_);
+    profiler_.mark("gateMix", stream_);
+  }
+  void gateMixBackward(const Tensor& gradOut, const Tensor& streaming, const Tensor& full, const Tensor& gates,
+                       Tensor& gradStreaming, Tensor& gradGates, const GateMixArgs& args) override {
+    float* partial = static_cast<float*>(scratch(gateMixBackwardScratch(streaming.rows(), args.kvHeads)));
+    launchGateMixBackward(gradOut.as<float>(), streaming.as<float>(), full.as<float>(), gates.as<float>(), gradStreaming.as<float>(),
+                          gradGates.as<float>(), streaming.rows(), args, partial, stream_);
+    profiler_.mark("gateMixBackward", stream_);
+  }
+
  private:
   static constexpr int64_t kGemvRows = 8;
   static constexpr size_t kSmallWrite = 64 * 1024;
