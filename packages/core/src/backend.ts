@@ -261,7 +261,10 @@ export interface Backend {
     eps: number,
     options?: { readonly accumulate?: boolean },
   ): void;
-  /** `swiglu`'s input gradients: `gradGate = gradOut · up · silu′(gate)`, `gradUp = gradOut · silu(gate)`. */
+  /**
+   * `swiglu`'s input gradients: `gradGate = gradOut · up · silu′(gate)`, `gradUp = gradOut · silu(gate)`. `gradUp` may
+   * alias `gradOut` (each element is read before it is written).
+   */
   swigluBackward(
     gate: TensorHandle,
     up: TensorHandle,

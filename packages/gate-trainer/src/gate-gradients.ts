@@ -1,0 +1,404 @@
+// One training step's forward and backward through the frozen model: the teacher (full attention) and the student
+// (per KV head (1 − α)·streaming + α·full, the full term from the teacher's Q/K/V as in the reference), the
+// distillation loss on the answer rows' final normed hidden states, and ∂loss/∂α by per-layer recomputation (only each
+// layer's input and the teacher's attention output are kept across layers).
+import { type Backend, type DType, DuoArgumentError, type ModelConfig, type TensorHandle } from '@duoattn/core';
+import type { LayerWeights, ModelWeights } from '@duoattn/model';
+
+/** What one step needs of a model: its config, frozen weights on a backend, RoPE frequencies. */
+export interface FrozenModel {
+  readonly config: ModelConfig;
+  readonly backend: Backend;
+  readonly weights: ModelWeights;
+  /** f32 `[headDim / 2]` on the backend. */
+  readonly inverseFrequencies: TensorHandle;
+  /** KV-cache dtype for the attention ops (f32 on the CPU, the weights' 16-bit type on CUDA). */
+  readonly cacheDtype: DType;
+}
+
+/** The streaming heads' window in training (reference: sink 128, recent 256). */
+export interface StreamingWindow {
+  readonly sink: number;
+  readonly recent: number;
+}
+
+export interface GateGradients {
+  /** Mean over answer rows and channels of (teacher − student)² of the final normed hidden states. */
+  distillation: number;
+  /** ∂distillation/∂α in layer-major order; absent for a forward-only evaluation. */
+  gradients?: Float64Array;
+}
+
+/** Tensors of one step, freed together. */
+class Scope {
+  readonly #backend: Backend;
+  readonly #tensors: TensorHandle[] = [];
+  constructor(backend: Backend) {
+    this.#backend = backend;
+  }
+  alloc(shape: readonly number[], dtype: DType = 'f32'): TensorHandle {
+    const tensor = this.#backend.alloc(dtype, shape);
+    this.#tensors.push(tensor);
+    return tensor;
+  }
+  upload(dtype: DType, shape: readonly number[], data: Float32Array | Int32Array): TensorHandle {
+    const tensor = this.#backend.upload(dtype, shape, data);
+    this.#tensors.push(tensor);
+    return tensor;
+  }
+  dispose(): void {
+    for (const tensor of this.#tensors) if (!tensor.disposed) tensor.dispose();
+  }
+}
+
+/**
+ * Runs teacher and student over `ids` and returns the distillation loss on rows `answerStart …`, and with
+ * `withGradients` its gradient with respect to the gates (`gates`: layer-major, clamped to [0, 1] on the device).
+ */
+export async function gateGradients(
+  model: FrozenModel,
+  ids: Int32Array,
+  answerStart: number,
+  gates: ArrayLike<number>,
+  window: StreamingWindow,
+  withGradients = true,
+): Promise<GateGradients> {
+  const { config, backend, weights } = model;
+  const length = ids.length;
+  const answers = length - answerStart;
+  if (!Number.isInteger(answerStart) || answerStart < 1 || answers < 1) {
+    throw new DuoArgumentError(
+      'answerStart',
+      `Expected \`answerStart\` in [1, ${length - 1}] (at least one context and one answer token) but received ${answerStart}`,
+    );
+  }
+  const gateCount = config.numLayers * config.numKvHeads;
+  if (gates.length !== gateCount) {
+    throw new DuoArgumentError('gates', `Expected ${gateCount} gates but received ${gates.length}`);
+  }
+  const scope = new Scope(backend);
+  try {
+    const layout = new StepLayout(model, scope, ids, window);
+    const full = layout.teacherAttention();
+    const teacherHidden = await layout.finalRows(layout.teacherOutput, answerStart);
+    const gateTensors = Array.from({ length: config.numLayers }, (_, layer) =>
+      scope.upload(
+        'f32',
+        [config.numKvHeads],
+        Float32Array.from({ length: config.numKvHeads }, (_, head) => gates[layer * config.numKvHeads + head] ?? 0),
+      ),
+    );
+    // Student: keep each layer's input for the backward pass.
+    const inputs: TensorHandle[] = [layout.embedded];
+    for (let layer = 0; layer < config.numLayers; layer++) {
+      const next = scope.alloc([length, config.hiddenSize]);
+      layout.studentLayer(
+        layer,
+        inputs[layer] as TensorHandle,
+        next,
+        full[layer] as TensorHandle,
+        gateTensors[layer] as TensorHandle,
+      );
+      inputs.push(next);
+    }
+    const last = inputs[config.numLayers] as TensorHandle;
+    const studentHidden = await layout.finalRows(last, answerStart);
+    const count = answers * config.hiddenSize;
+    let distillation = 0;
+    const gradHidden = new Float32Array(count);
+    for (let i = 0; i < count; i++) {
+      const difference = (studentHidden[i] ?? 0) - (teacherHidden[i] ?? 0);
+      distillation += difference * difference;
+      gradHidden[i] = (2 * difference) / count;
+    }
+    distillation /= count;
+    if (!withGradients) return { distillation };
+
+    // ∂loss/∂(last layer's output): the final norm's backward on the answer rows, zero elsewhere.
+    const gradient = scope.alloc([length, config.hiddenSize]);
+    backend.fillRandom(gradient, 0, 0); // standard deviation 0: zeros
+    const answerRows = scope.alloc([answers, config.hiddenSize]);
+    const answerGradient = scope.alloc([answers, config.hiddenSize]);
+    backend.copyRows(last, answerRows, answerStart, 0, answers);
+    backend.rmsNormBackward(
+      answerRows,
+      weights.finalNorm,
+      scope.upload('f32', [answers, config.hiddenSize], gradHidden),
+      answerGradient,
+      config.rmsNormEps,
+    );
+    backend.copyRows(answerGradient, gradient, 0, answerStart, answers);
+    const gateGradient = Array.from({ length: config.numLayers }, () => scope.alloc([config.numKvHeads]));
+    for (let layer = config.numLayers - 1; layer >= 0; layer--) {
+      layout.studentLayerBackward(
+        layer,
+        inputs[layer] as TensorHandle,
+        full[layer] as TensorHandle,
+        gateTensors[layer] as TensorHandle,
+        gradient,
+        gateGradient[layer] as TensorHandle,
+      );
+    }
+    const gradients = new Float64Array(gateCount);
+    for (let layer = 0; layer < config.numLayers; layer++) {
+      const values = (await backend.read(gateGradient[layer] as TensorHandle)) as Float32Array;
+      gradients.set(values, layer * config.numKvHeads);
+    }
+    return { distillation, gradients };
+  } finally {
+    scope.dispose();
+  }
+}
+
+/** Buffers and the per-layer forward/backward of one step over a sequence of `length` tokens. */
+class StepLayout {
+  readonly #model: FrozenModel;
+  readonly #scope: Scope;
+  readonly #window: StreamingWindow;
+  readonly length: number;
+  readonly positions: TensorHandle;
+  readonly embedded: TensorHandle;
+  /** The teacher's last hidden state (before the final norm), set by `teacherAttention`. */
+  teacherOutput!: TensorHandle;
+  // Work buffers, reused by every layer.
+  readonly #normed: TensorHandle;
+  readonly #query: TensorHandle;
+  readonly #key: TensorHandle;
+  readonly #value: TensorHandle;
+  readonly #attention: TensorHandle;
+  readonly #mixed: TensorHandle;
+  readonly #hidden: TensorHandle;
+  readonly #mlp: TensorHandle;
+  readonly #streamKeys: TensorHandle;
+  readonly #streamValues: TensorHandle;
+  readonly #noFullHeads: TensorHandle;
+
+  constructor(model: FrozenModel, scope: Scope, ids: Int32Array, window: StreamingWindow) {
+    const { config, backend, weights, cacheDtype } = model;
+    const length = ids.length;
+    const { hiddenSize, numHeads, numKvHeads, headDim, intermediateSize } = config;
+    this.#model = model;
+    this.#scope = scope;
+    this.#window = window;
+    this.length = length;
+    this.positions = scope.upload(
+      'i32',
+      [length],
+      Int32Array.from({ length }, (_, i) => i),
+    );
+    this.embedded = scope.alloc([length, hiddenSize]);
+    backend.embedding(weights.embedding, scope.upload('i32', [length], ids), this.embedded);
+    this.#normed = scope.alloc([length, hiddenSize]);
+    this.#query = scope.alloc([length, numHeads * headDim]);
+    this.#key = scope.alloc([length, numKvHeads * headDim]);
+    this.#value = scope.alloc([length, numKvHeads * headDim]);
+    this.#attention = scope.alloc([length, numHeads * headDim]);
+    this.#mixed = scope.alloc([length, numHeads * headDim]);
+    this.#hidden = scope.alloc([length, hiddenSize]);
+    this.#mlp = scope.alloc([length, intermediateSize]);
+    // Streaming heads' keys at slot = position: sinks, then a ring long enough never to wrap within the sequence.
+    const slots = window.sink + window.recent + length;
+    this.#streamKeys = scope.alloc([numKvHeads, slots, headDim], cacheDtype);
+    this.#streamValues = scope.alloc([numKvHeads, slots, headDim], cacheDtype);
+    this.#noFullHeads = scope.alloc([0, length, headDim], cacheDtype);
+  }
+
+  get #attributes() {
+    const { numHeads, numKvHeads, headDim, ropeStyle } = this.#model.config;
+    return {
+      heads: numHeads,
+      kvHeads: numKvHeads,
+      headDim,
+      interleaved: ropeStyle === 'interleaved',
+      scale: 1 / Math.sqrt(headDim),
+    };
+  }
+
+  get #streaming() {
+    return {
+      retrievalKvHeads: 0,
+      keyCache: this.#streamKeys,
+      valueCache: this.#streamValues,
+      sink: this.#window.sink,
+      recent: this.#window.recent,
+    };
+  }
+
+  /** The teacher's pass with full attention; returns each layer's attention output (the student's full term). */
+  teacherAttention(): TensorHandle[] {
+    const { config, backend, weights, cacheDtype, inverseFrequencies } = this.#model;
+    const { numKvHeads, headDim, numHeads } = config;
+    const attributes = this.#attributes;
+    const keys = this.#scope.alloc([numKvHeads, this.length, headDim], cacheDtype);
+    const values = this.#scope.alloc([numKvHeads, this.length, headDim], cacheDtype);
+    const hidden = this.#scope.alloc([this.length, config.hiddenSize]);
+    backend.copyRows(this.embedded, hidden);
+    const outputs = weights.layers.map((layer) => {
+      const out = this.#scope.alloc([this.length, numHeads * headDim]);
+      this.#projectQkv(layer, hidden);
+      backend.ropeWriteCache(
+        this.#query,
+        this.#key,
+        this.#value,
+        this.positions,
+        inverseFrequencies,
+        keys,
+        values,
+        attributes,
+      );
+      backend.attentionPrefill(this.#query, keys, values, out, {
+        ...attributes,
+        keyLength: this.length,
+        queryStart: 0,
+      });
+      backend.matmul(out, layer.output, hidden, { residual: hidden });
+      this.#mlpForward(layer, hidden);
+      return out;
+    });
+    keys.dispose();
+    values.dispose();
+    this.teacherOutput = hidden;
+    return outputs;
+  }
+
+  /** The final norm of rows `first …` of `hidden`, read to the host. */
+  async finalRows(hidden: TensorHandle, first: number): Promise<Float32Array> {
+    const { backend, weights, config } = this.#model;
+    const rows = this.length - first;
+    const picked = this.#scope.alloc([rows, config.hiddenSize]);
+    const normed = this.#scope.alloc([rows, config.hiddenSize]);
+    backend.copyRows(hidden, picked, first, 0, rows);
+    backend.rmsNorm(picked, weights.finalNorm, normed, config.rmsNormEps);
+    const values = (await backend.read(normed)) as Float32Array;
+    picked.dispose();
+    normed.dispose();
+    return values;
+  }
+
+  /** One student layer from `input` into `output` (gated attention, then the MLP). */
+  studentLayer(
+    layer: number,
+    input: TensorHandle,
+    output: TensorHandle,
+    full: TensorHandle,
+    gates: TensorHandle,
+  ): void {
+    const weights = this.#model.weights.layers[layer] as LayerWeights;
+    this.#studentAttention(weights, input, full, gates, output);
+    this.#mlpForward(weights, output);
+  }
+
+  /**
+   * Recomputes student layer `layer` from its input, then turns `gradient` (∂loss/∂output, in place) into
+   * ∂loss/∂input and writes ∂loss/∂α of the layer's KV heads into `gateGradient`.
+   */
+  studentLayerBackward(
+    layer: number,
+    input: TensorHandle,
+    full: TensorHandle,
+    gates: TensorHandle,
+    gradient: TensorHandle,
+    gateGradient: TensorHandle,
+  ): void {
+    const { config, backend, inverseFrequencies } = this.#model;
+    const weights = this.#model.weights.layers[layer] as LayerWeights;
+    const { hiddenSize, intermediateSize, numHeads, numKvHeads, headDim, rmsNormEps } = config;
+    const attributes = this.#attributes;
+    const scope = this.#scope;
+    const hidden = this.#hidden;
+    this.#studentAttention(weights, input, full, gates, hidden);
+    // MLP pre-activations, then its backward: down, SwiGLU, gate/up, norm (+ the residual: gradient passes through).
+    backend.rmsNorm(hidden, weights.mlpNorm, this.#normed, rmsNormEps);
+    const gate = this.#mlp;
+    const up = scope.alloc([this.length, intermediateSize]);
+    backend.matmul(this.#normed, weights.gate, gate);
+    backend.matmul(this.#normed, weights.up, up);
+    const gradActivation = scope.alloc([this.length, intermediateSize]);
+    const gradGate = scope.alloc([this.length, intermediateSize]);
+    backend.matmulBackward(gradient, weights.down, gradActivation);
+    // ∂/∂up overwrites the upstream gradient in place (element by element, each read before it is written).
+    backend.swigluBackward(gate, up, gradActivation, gradGate, gradActivation);
+    const gradNormed = scope.alloc([this.length, hiddenSize]);
+    backend.matmulBackward(gradGate, weights.gate, gradNormed);
+    backend.matmulBackward(gradActivation, weights.up, gradNormed, { accumulate: true });
+    for (const t of [up, gradActivation, gradGate]) t.dispose();
+    backend.rmsNormBackward(hidden, weights.mlpNorm, gradNormed, gradient, rmsNormEps, { accumulate: true });
+    // Attention: o_proj, the gate mix (∂α), streaming attention under the Λ mask, RoPE, q/k/v, norm.
+    const gradMixed = scope.alloc([this.length, numHeads * headDim]);
+    backend.matmulBackward(gradient, weights.output, gradMixed);
+    const gradStreaming = this.#mixed;
+    backend.gateMixBackward(gradMixed, this.#attention, full, gates, gradStreaming, gateGradient, attributes);
+    const gradQuery = gradMixed; // ∂/∂(mixed) is spent: reuse it
+    const gradKey = scope.alloc([this.length, numKvHeads * headDim]);
+    const gradValue = scope.alloc([this.length, numKvHeads * headDim]);
+    backend.attentionBackward(
+      this.#query,
+      this.#streamKeys,
+      this.#streamValues,
+      this.#attention,
+      gradStreaming,
+      gradQuery,
+      gradKey,
+      gradValue,
+      { ...attributes, length: this.length, window: this.#window },
+    );
+    backend.rope(gradQuery, this.positions, inverseFrequencies, { ...attributes, inverse: true });
+    backend.rope(gradKey, this.positions, inverseFrequencies, { ...attributes, heads: numKvHeads, inverse: true });
+    backend.matmulBackward(gradQuery, weights.query, gradNormed);
+    backend.matmulBackward(gradKey, weights.key, gradNormed, { accumulate: true });
+    backend.matmulBackward(gradValue, weights.value, gradNormed, { accumulate: true });
+    backend.rmsNormBackward(input, weights.attentionNorm, gradNormed, gradient, rmsNormEps, { accumulate: true });
+    for (const t of [gradQuery, gradKey, gradValue, gradNormed]) t.dispose();
+  }
+
+  /** Gated attention of `input` plus the residual, into `output`. Leaves q (rotated), S and the stream caches set. */
+  #studentAttention(
+    weights: LayerWeights,
+    input: TensorHandle,
+    full: TensorHandle,
+    gates: TensorHandle,
+    output: TensorHandle,
+  ) {
+    const { backend, inverseFrequencies } = this.#model;
+    const attributes = this.#attributes;
+    const streaming = this.#streaming;
+    this.#projectQkv(weights, input);
+    backend.ropeWriteCache(
+      this.#query,
+      this.#key,
+      this.#value,
+      this.positions,
+      inverseFrequencies,
+      this.#noFullHeads,
+      this.#noFullHeads,
+      { ...attributes, streaming },
+    );
+    backend.attentionPrefill(this.#query, this.#noFullHeads, this.#noFullHeads, this.#attention, {
+      ...attributes,
+      keyLength: this.length,
+      queryStart: 0,
+      streaming,
+    });
+    backend.gateMix(this.#attention, full, gates, this.#mixed, attributes);
+    backend.matmul(this.#mixed, weights.output, output, { residual: input });
+  }
+
+  #projectQkv(weights: LayerWeights, input: TensorHandle): void {
+    const { backend, config } = this.#model;
+    backend.rmsNorm(input, weights.attentionNorm, this.#normed, config.rmsNormEps);
+    backend.matmulGroup(
+      this.#normed,
+      [weights.query, weights.key, weights.value],
+      [this.#query, this.#key, this.#value],
+      [weights.queryBias, weights.keyBias, weights.valueBias],
+    );
+  }
+
+  /** hidden += down(silu(gate(norm(hidden))) ⊙ up(norm(hidden))). */
+  #mlpForward(weights: LayerWeights, hidden: TensorHandle): void {
+    const { backend, config } = this.#model;
+    backend.rmsNorm(hidden, weights.mlpNorm, this.#normed, config.rmsNormEps);
+    backend.matmulSwiglu(this.#normed, weights.gate, weights.up, this.#mlp);
+    backend.matmul(this.#mlp, weights.down, hidden, { residual: hidden });
+  }
+}

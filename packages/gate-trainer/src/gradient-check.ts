@@ -1,0 +1,193 @@
+// Test support: the gate trainer's loss computed in float64 from the same weights (teacher and student streams, the
+// gate mix with the teacher's full attention, the Λ mask), its finite-difference gradient, and a check that runs
+// `gateGradients` on a backend against it. Used by the CPU and CUDA tests.
+import type { Backend, ModelConfig, TensorHandle } from '@duoattn/core';
+import {
+  finiteDifferences,
+  type Matrix,
+  referenceAttention,
+  referenceMatmul,
+  referenceRmsNorm,
+  referenceRope,
+  referenceSwiglu,
+  relativeError,
+  toMatrix,
+} from '@duoattn/kernels/testing';
+import { disposeWeights, type ModelWeights, randomWeights, ropeInverseFrequencies } from '@duoattn/model';
+import { type FrozenModel, gateGradients, type StreamingWindow } from './gate-gradients.js';
+
+/** A small Llama shape (GQA 4/2) for gradient checks. */
+export const CHECK_CONFIG: ModelConfig = {
+  architecture: 'llama',
+  vocabSize: 61,
+  hiddenSize: 32,
+  intermediateSize: 48,
+  numLayers: 2,
+  numHeads: 4,
+  numKvHeads: 2,
+  headDim: 8,
+  rmsNormEps: 1e-5,
+  ropeTheta: 10_000,
+  ropeScaling: { type: 'none' },
+  ropeStyle: 'half',
+  maxPositionEmbeddings: 512,
+  attentionBias: false,
+  tieWordEmbeddings: false,
+  bosTokenId: 1,
+  eosTokenIds: [2],
+};
+
+interface HostLayer {
+  attentionNorm: Float64Array;
+  query: Matrix;
+  key: Matrix;
+  value: Matrix;
+  output: Matrix;
+  mlpNorm: Float64Array;
+  gate: Matrix;
+  up: Matrix;
+  down: Matrix;
+}
+
+interface HostModel {
+  embedding: Matrix;
+  layers: HostLayer[];
+  finalNorm: Float64Array;
+}
+
+async function readMatrix(backend: Backend, tensor: TensorHandle): Promise<Matrix> {
+  const values = (await backend.read(tensor)) as Float32Array;
+  return toMatrix(values, tensor.shape[0] ?? 0, tensor.shape[1] ?? 0);
+}
+
+async function readVector(backend: Backend, tensor: TensorHandle): Promise<Float64Array> {
+  return Float64Array.from((await backend.read(tensor)) as Float32Array);
+}
+
+async function hostModel(backend: Backend, weights: ModelWeights): Promise<HostModel> {
+  const layers: HostLayer[] = [];
+  for (const layer of weights.layers) {
+    layers.push({
+      attentionNorm: await readVector(backend, layer.attentionNorm),
+      query: await readMatrix(backend, layer.query),
+      key: await readMatrix(backend, layer.key),
+      value: await readMatrix(backend, layer.value),
+      output: await readMatrix(backend, layer.output),
+      mlpNorm: await readVector(backend, layer.mlpNorm),
+      gate: await readMatrix(backend, layer.gate),
+      up: await readMatrix(backend, layer.up),
+      down: await readMatrix(backend, layer.down),
+    });
+  }
+  return {
+    embedding: await readMatrix(backend, weights.embedding),
+    layers,
+    finalNorm: await readVector(backend, weights.finalNorm),
+  };
+}
+
+/** Keys of one projection output laid out per KV head: [kvHeads][position] vectors. */
+function perHead(rows: Matrix, kvHeads: number, headDim: number): Float64Array[][] {
+  return Array.from({ length: kvHeads }, (_, g) => rows.map((row) => row.slice(g * headDim, (g + 1) * headDim)));
+}
+
+/** The distillation loss in float64 (the reference's definition; gates used as given). */
+export function referenceDistillation(
+  model: HostModel,
+  config: ModelConfig,
+  ids: ArrayLike<number>,
+  answerStart: number,
+  gates: ArrayLike<number>,
+  window: StreamingWindow,
+): number {
+  const { numHeads: heads, numKvHeads: kvHeads, headDim, rmsNormEps: eps } = config;
+  const length = ids.length;
+  const positions = Array.from({ length }, (_, i) => i);
+  const frequencies = ropeInverseFrequencies(config);
+  const interleaved = config.ropeStyle === 'interleaved';
+  const shape = { heads, kvHeads, headDim, scale: 1 / Math.sqrt(headDim), keyLength: length, queryStart: 0 };
+  const lambda = (i: number, j: number) => j <= i && (j < window.sink || i - j < window.recent);
+  const attention = (layer: HostLayer, x: Matrix, visible?: (i: number, j: number) => boolean) => {
+    const normed = referenceRmsNorm(x, layer.attentionNorm, eps);
+    const q = referenceRope(referenceMatmul(normed, layer.query), positions, frequencies, heads, headDim, interleaved);
+    const k = referenceRope(referenceMatmul(normed, layer.key), positions, frequencies, kvHeads, headDim, interleaved);
+    const v = referenceMatmul(normed, layer.value);
+    return referenceAttention(q, perHead(k, kvHeads, headDim), perHead(v, kvHeads, headDim), {
+      ...shape,
+      ...(visible ? { visible } : {}),
+    });
+  };
+  const mlp = (layer: HostLayer, x: Matrix) => {
+    const normed = referenceRmsNorm(x, layer.mlpNorm, eps);
+    const activation = referenceSwiglu(referenceMatmul(normed, layer.gate), referenceMatmul(normed, layer.up));
+    return referenceMatmul(activation, layer.down, undefined, x);
+  };
+  const embedded = Array.from(ids, (id) => Float64Array.from(model.embedding[id] ?? []));
+  let teacher = embedded;
+  let student = embedded;
+  model.layers.forEach((layer, l) => {
+    const full = attention(layer, teacher);
+    teacher = mlp(layer, referenceMatmul(full, layer.output, undefined, teacher));
+    const stream = attention(layer, student, lambda);
+    const mixed = stream.map((row, r) =>
+      row.map((s, c) => {
+        const gate = gates[l * kvHeads + Math.floor(Math.floor(c / headDim) / (heads / kvHeads))] ?? 0;
+        return (1 - gate) * s + gate * (full[r]?.[c] ?? 0);
+      }),
+    );
+    student = mlp(layer, referenceMatmul(mixed, layer.output, undefined, student));
+  });
+  const finalTeacher = referenceRmsNorm(teacher.slice(answerStart), model.finalNorm, eps);
+  const finalStudent = referenceRmsNorm(student.slice(answerStart), model.finalNorm, eps);
+  let sum = 0;
+  let count = 0;
+  finalStudent.forEach((row, r) => {
+    row.forEach((value, c) => {
+      sum += (value - (finalTeacher[r]?.[c] ?? 0)) ** 2;
+      count++;
+    });
+  });
+  return sum / count;
+}
+
+export interface GradientCheck {
+  /** ‖backend − finite differences‖ / ‖finite differences‖ over all gates. */
+  relativeError: number;
+  /** |backend loss − float64 loss| / float64 loss. */
+  lossError: number;
+  gradients: Float64Array;
+  expected: Float64Array;
+}
+
+/**
+ * Builds a random f32 model on `backend` (matrix entries with standard deviation 0.3, so attention is far from
+ * uniform), runs `gateGradients`, and compares with central finite differences of the float64 loss.
+ */
+export async function checkGateGradients(backend: Backend, seed = 7): Promise<GradientCheck> {
+  const config = CHECK_CONFIG;
+  const weights = randomWeights(config, backend, { dtype: 'f32', seed, std: 0.3 });
+  const inverseFrequencies = backend.upload('f32', [config.headDim / 2], ropeInverseFrequencies(config));
+  try {
+    const model: FrozenModel = { config, backend, weights, inverseFrequencies, cacheDtype: 'f32' };
+    const ids = Int32Array.from({ length: 29 }, (_, i) => (i * 17 + seed) % config.vocabSize);
+    const answerStart = 21;
+    const window = { sink: 2, recent: 5 };
+    const gates = [0.35, 0.8, 0.55, 0.2];
+    const result = await gateGradients(model, ids, answerStart, gates, window);
+    const host = await hostModel(backend, weights);
+    const point = Float64Array.from(gates);
+    const loss = () => referenceDistillation(host, config, ids, answerStart, point, window);
+    const reference = loss();
+    const expected = finiteDifferences(point, loss, 1e-5);
+    const gradients = result.gradients ?? new Float64Array(0);
+    return {
+      relativeError: relativeError(gradients, expected),
+      lossError: Math.abs(result.distillation - reference) / reference,
+      gradients,
+      expected,
+    };
+  } finally {
+    disposeWeights(weights);
+    inverseFrequencies.dispose();
+  }
+}
