@@ -123,8 +123,8 @@ export function referenceDistillation(
     return referenceMatmul(activation, layer.down, undefined, x);
   };
   const embedded = Array.from(ids, (id) => Float64Array.from(model.embedding[id] ?? []));
-  let teacher = embedded;
-  let student = embedded;
+  let teacher: Matrix = embedded;
+  let student: Matrix = embedded;
   model.layers.forEach((layer, l) => {
     const full = attention(layer, teacher);
     teacher = mlp(layer, referenceMatmul(full, layer.output, undefined, teacher));
