@@ -11,6 +11,7 @@ export type DuoErrorCode =
   | 'DUO_CHECKPOINT'
   | 'DUO_TOKENIZER'
   | 'DUO_NATIVE'
+  | 'DUO_NUMERIC'
   | `DUO_CUDA_${string}`;
 
 /** Base class of every duoattn error; `DuoError.isInstance` works across package copies. */

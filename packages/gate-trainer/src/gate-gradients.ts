@@ -3,7 +3,7 @@
 // distillation loss on the answer rows' final normed hidden states, and ∂loss/∂α by per-layer recomputation (only each
 // layer's input and the teacher's attention output are kept across layers).
 import { type Backend, type DType, DuoArgumentError, type ModelConfig, type TensorHandle } from '@duoattn/core';
-import type { LayerWeights, ModelWeights } from '@duoattn/model';
+import { type LayerWeights, type LlamaModel, type ModelWeights, ropeInverseFrequencies } from '@duoattn/model';
 
 /** What one step needs of a model: its config, frozen weights on a backend, RoPE frequencies. */
 export interface FrozenModel {
@@ -14,6 +14,32 @@ export interface FrozenModel {
   readonly inverseFrequencies: TensorHandle;
   /** KV-cache dtype for the attention ops (f32 on the CPU, the weights' 16-bit type on CUDA). */
   readonly cacheDtype: DType;
+}
+
+/**
+ * The frozen view of a loaded model that training uses (dispose it to free its RoPE table). The model must not carry a
+ * head plan: its KV heads must be in checkpoint order, so the gates line up with the pattern files.
+ */
+export function freezeModel(model: LlamaModel): FrozenModel & { dispose(): void } {
+  if (model.headPlan) {
+    throw new DuoArgumentError(
+      'model',
+      'Expected a model without a head plan (train on the checkpoint order of KV heads)',
+    );
+  }
+  const inverseFrequencies = model.backend.upload(
+    'f32',
+    [model.config.headDim / 2],
+    ropeInverseFrequencies(model.config),
+  );
+  return {
+    config: model.config,
+    backend: model.backend,
+    weights: model.weights,
+    inverseFrequencies,
+    cacheDtype: model.defaultCacheDtype,
+    dispose: () => inverseFrequencies.dispose(),
+  };
 }
 
 /** The streaming heads' window in training (reference: sink 128, recent 256). */

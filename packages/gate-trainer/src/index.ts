@@ -12,9 +12,24 @@ export {
 } from './dataset.js';
 export { exportPattern, modelHash, type TrainedGates } from './export.js';
 export {
+  type FrozenModel,
+  freezeModel,
+  type GateGradients,
+  gateGradients,
+  type StreamingWindow,
+} from './gate-gradients.js';
+export {
   GateOptimizer,
   type GateOptimizerSettings,
   type GateOptimizerState,
   REFERENCE_OPTIMIZER,
 } from './optimizer.js';
 export { learningRateMultiplier } from './schedule.js';
+export {
+  type GateTrainingSettings,
+  type StepReport,
+  type TrainGatesOptions,
+  type TrainGatesResult,
+  type TrainingHistory,
+  trainGates,
+} from './trainer.js';

@@ -1,0 +1,69 @@
+// The training loop on the CPU: gates move, checkpoints resume exactly, settings and data problems are reported.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createBackend } from '@duoattn/kernels';
+import { disposeWeights, randomWeights, ropeInverseFrequencies } from '@duoattn/model';
+import { afterAll, describe, expect, it } from 'vitest';
+import { PasskeyData } from './dataset.js';
+import type { FrozenModel } from './gate-gradients.js';
+import { CHECK_CONFIG } from './gradient-check.js';
+import { trainGates } from './trainer.js';
+
+const backend = createBackend('cpu');
+const config = { ...CHECK_CONFIG, vocabSize: 257 };
+const weights = randomWeights(config, backend, { dtype: 'f32', seed: 3, std: 0.3 });
+const inverseFrequencies = backend.upload('f32', [config.headDim / 2], ropeInverseFrequencies(config));
+const model: FrozenModel = { config, backend, weights, inverseFrequencies, cacheDtype: 'f32' };
+const bytes = {
+  encode: (text: string) => Array.from(new TextEncoder().encode(text)),
+  bosTokenId: 256,
+};
+const haystack = bytes.encode('The quick brown fox jumps over the lazy dog while the river runs to the sea. ');
+const data = new PasskeyData({
+  haystack,
+  tokenizer: bytes,
+  contextMin: 200,
+  contextMax: 320,
+  passkeys: 2,
+  wordsPerPasskey: 2,
+  seed: 5,
+});
+const directory = mkdtempSync(join(tmpdir(), 'duo-train-'));
+const settings = { model, data, steps: 6, learningRate: 0.05, window: { sink: 4, recent: 16 } };
+
+afterAll(() => {
+  disposeWeights(weights);
+  inverseFrequencies.dispose();
+  rmSync(directory, { recursive: true, force: true });
+});
+
+describe('trainGates (cpu)', () => {
+  it('moves the gates, reports every step and resumes a stopped run exactly', async () => {
+    const reports: number[] = [];
+    const whole = await trainGates({ ...settings, onStep: (report) => reports.push(report.step) });
+    expect(whole.finished).toBe(true);
+    expect(reports).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(
+      whole.history.reports.every((r) => Number.isFinite(r.loss) && r.distillation >= 0 && r.answerTokens > 0),
+    ).toBe(true);
+    expect(Array.from(whole.gates).some((gate) => gate < 1)).toBe(true);
+
+    const checkpointPath = join(directory, 'run.json');
+    const first = await trainGates({ ...settings, checkpointPath, checkpointEvery: 2, stopAfter: 3 });
+    expect(first.finished).toBe(false);
+    expect(first.stepsDone).toBe(3);
+    const resumed = await trainGates({ ...settings, checkpointPath, resume: true });
+    expect(resumed.stepsDone).toBe(6);
+    expect(resumed.history.reports.map((r) => r.step)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(Array.from(resumed.gates)).toEqual(Array.from(whole.gates));
+  });
+
+  it('refuses to resume a checkpoint made with other settings', async () => {
+    const checkpointPath = join(directory, 'other.json');
+    await trainGates({ ...settings, checkpointPath, stopAfter: 1 });
+    await expect(trainGates({ ...settings, learningRate: 0.01, checkpointPath, resume: true })).rejects.toThrow(
+      /made with other settings/,
+    );
+  });
+});
