@@ -1,10 +1,11 @@
 // Entry of the device test bundle: the CUDA conformance suites, the golden and demo-model checks and DuoAttention
-// through the model on CUDA, run with the vitest shim.
+// through the model on CUDA, the gate trainer's gradients on CUDA, run with the vitest shim.
 import { writeFileSync } from 'node:fs';
 import '../../packages/kernels/src/conformance.cuda.test.ts';
 import '../../packages/model/src/golden.cuda.test.ts';
 import '../../packages/model/src/demo-model.cuda.test.ts';
 import '../../packages/model/src/duo.cuda.test.ts';
+import '../../packages/gate-trainer/src/gate-gradients.cuda.test.ts';
 import { runRegistered } from './vitest-shim.ts';
 
 const outcomes = await runRegistered((line) => console.log(line));

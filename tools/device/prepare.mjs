@@ -41,6 +41,7 @@ const common = {
     '@duoattn/kernels': join(root, 'packages/kernels/src/index.ts'),
     '@duoattn/dual-cache': join(root, 'packages/dual-cache/src/index.ts'),
     '@duoattn/model': join(root, 'packages/model/src/index.ts'),
+    '@duoattn/gate-trainer': join(root, 'packages/gate-trainer/src/index.ts'),
   },
 };
 await build({
@@ -65,6 +66,14 @@ for (const part of [
   'data/gutenberg/1342.txt',
 ]) {
   if (existsSync(join(shared, part))) cpSync(join(shared, part), join(out, 'shared', part), { recursive: true });
+}
+
+// The gate trainer's haystack: every Gutenberg book, as one xz archive (run.sh unpacks it).
+if (existsSync(join(shared, 'data/gutenberg'))) {
+  execFileSync('sh', [
+    '-c',
+    `tar -C "${join(shared, 'data')}" -cf - gutenberg | xz -T2 -6 > "${join(out, 'gutenberg.tar.xz')}"`,
+  ]);
 }
 
 // 5. Compress what is large (the tree that travels, repository included, must stay under 64 MiB); run.sh unpacks.

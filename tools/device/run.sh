@@ -7,6 +7,7 @@ OUT=${OUT:-/tmp/duo-out}
 mkdir -p "$OUT" /tmp/duo-node
 xz -dc .device/node.xz > /tmp/duo-node/node && chmod +x /tmp/duo-node/node
 for file in duoattn.node device-tests.mjs duo-bench.mjs; do xz -dc ".device/$file.xz" > "/tmp/duo-node/$file"; done
+[ -f .device/gutenberg.tar.xz ] && mkdir -p .device/shared/data && tar -xJf .device/gutenberg.tar.xz -C .device/shared/data
 export PATH=/tmp/duo-node:$PATH
 export DUO_NATIVE_PATH=/tmp/duo-node/duoattn.node DUO_SHARED_DIR=$PWD/.device/shared DUO_REPO_DIR=$PWD
 export DUO_COMMIT=$(cat .device/commit.txt) PYTHONUNBUFFERED=1
@@ -75,6 +76,26 @@ for step in "${steps[@]}"; do
                      --device cuda --lengths 1k,2k,4k,8k,16k --depths 10 --trials 20 --attention "$policy" "${extra[@]}" \
                      --out "$OUT/passkey-$policy.json" --heatmap "$OUT/passkey-$policy.svg" || status=1
                  done ;;
+    # Gate training (issue 5): a short run on the demo model (step time), one step of a Llama-3-8B shape at 1K–32K
+    # (time, memory, projection of the 2000-step schedule), the demo pattern, and passkey accuracy with it.
+    gates-smoke) node /tmp/duo-node/duo-bench.mjs train-gates --model models/duo-demo --device cuda \
+                   --haystack .device/shared/data/gutenberg --steps ${DUO_GATE_SMOKE_STEPS:-20} --ctx-min 2000 --ctx-max 16000 \
+                   --out "$OUT/gates-smoke" || status=1 ;;
+    gates-8b) node /tmp/duo-node/duo-bench.mjs train-gates --shape llama-3-8b --device cuda --haystack .device/shared/data/gutenberg \
+                --ctx-min 1000 --ctx-max 32000 --measure-steps ${DUO_GATE_LENGTHS:-1000,8750,16500,32000} --out "$OUT/gates-8b" || status=1 ;;
+    gates-demo) node /tmp/duo-node/duo-bench.mjs train-gates --model models/duo-demo --device cuda \
+                  --haystack .device/shared/data/gutenberg --steps ${DUO_GATE_STEPS:-600} --ctx-min 2000 --ctx-max 16000 \
+                  --out "$OUT/duo-demo-pattern" || status=1 ;;
+    gates-eval) pattern=${DUO_PATTERN:-$OUT/duo-demo-pattern}; mkdir -p "$OUT/gates-eval"
+                for run in "full|--attention full" "streaming|--attention streaming --sink 128 --recent 256" \
+                           "duo-50|--attention duo --pattern $pattern --sparsity 0.5" "duo-25|--attention duo --pattern $pattern --sparsity 0.75" \
+                           "inverted-50|--attention duo --pattern $pattern --sparsity 0.5 --invert"; do
+                  name=${run%%|*}; read -ra flags <<< "${run#*|}"
+                  node /tmp/duo-node/duo-bench.mjs passkey --model models/duo-demo --haystack .device/shared/data/gutenberg/1342.txt \
+                    --device cuda --lengths ${DUO_EVAL_LENGTHS:-4k,8k,16k} --depths 10 --trials ${DUO_EVAL_TRIALS:-10} "${flags[@]}" \
+                    --out "$OUT/gates-eval/passkey-$name.json" --heatmap "$OUT/gates-eval/passkey-$name.svg,$OUT/gates-eval/passkey-$name.png" \
+                    | grep -E "passkey @|wrote" || status=1
+                done ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done

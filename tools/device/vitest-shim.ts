@@ -19,7 +19,12 @@ const pendingAfter: TestCase[][] = [[]];
 
 function format(name: string, args: unknown[]): string {
   let index = 0;
-  return name.replace(/%[sid]/g, () => String(args[index++]));
+  const row = args[0];
+  const named = (key: string) =>
+    typeof row === 'object' && row !== null && key in row ? String((row as Record<string, unknown>)[key]) : `$${key}`;
+  return name
+    .replace(/%[sid]/g, () => String(args[index++]))
+    .replace(/\$([A-Za-z_]\w*)/g, (_, key: string) => named(key));
 }
 
 function describeImpl(name: string, body: () => void, skip: boolean): void {
@@ -87,6 +92,9 @@ export function expect(actual: unknown, label?: string) {
       try {
         (actual as () => unknown)();
       } catch (error) {
+        if (expected instanceof RegExp && !expected.test(String((error as Error).message))) {
+          fail(`expected the error message to match ${String(expected)} but it was "${(error as Error).message}"`);
+        }
         if (typeof expected === 'string' && !String((error as Error).message).includes(expected)) {
           fail(`expected the error message to contain "${expected}" but it was "${(error as Error).message}"`);
         }

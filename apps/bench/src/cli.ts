@@ -10,6 +10,7 @@ import { niahCommand, niahHelp } from './commands/niah.js';
 import { passkeyCommand, passkeyHelp } from './commands/passkey.js';
 import { planCommand, planHelp } from './commands/plan.js';
 import { speedCommand, speedHelp } from './commands/speed.js';
+import { trainGatesCommand, trainGatesHelp } from './commands/train-gates.js';
 
 const commands: Record<string, { help: string; run: (argv: string[]) => Promise<unknown> }> = {
   generate: { help: generateHelp, run: (argv) => generateCommand(argv, (text) => process.stdout.write(text)) },
@@ -21,6 +22,7 @@ const commands: Record<string, { help: string; run: (argv: string[]) => Promise<
   passkey: { help: passkeyHelp, run: (argv) => passkeyCommand(argv, (line) => console.log(line)) },
   niah: { help: niahHelp, run: (argv) => niahCommand(argv, (line) => console.log(line)) },
   speed: { help: speedHelp, run: (argv) => speedCommand(argv, (line) => console.log(line)) },
+  'train-gates': { help: trainGatesHelp, run: (argv) => trainGatesCommand(argv, (line) => console.log(line)) },
 };
 
 function usage(): string {

@@ -9,6 +9,7 @@ import { choiceOption, integerOption, numberOption, UsageError } from './args.js
 export const POLICY_OPTIONS = {
   attention: { type: 'string' },
   pattern: { type: 'string' },
+  invert: { type: 'boolean' },
   sparsity: { type: 'string' },
   sink: { type: 'string' },
   recent: { type: 'string' },
@@ -17,13 +18,16 @@ export const POLICY_OPTIONS = {
 } as const;
 
 export const POLICY_HELP = `  Policies: --attention full|streaming|duo; duo takes --pattern DIR|FILE (reference or JSON format) and/or
-  --sparsity S (fraction of streaming KV heads; without a pattern, spread evenly over the layers); --sink N and
+  --sparsity S (fraction of streaming KV heads; without a pattern, spread evenly over the layers); --invert keeps the
+  pattern's lowest-gate heads as retrieval heads instead (the control experiment); --sink N and
   --recent N (default: the pattern's, or 64 and 256); --prefill-mask exact|chunked; --prefill-chunk N (default 512).`;
 
 /** The validated policy settings, before a model is known. */
 export interface PolicySettings {
   readonly window: { sink?: number; recent?: number };
   readonly pattern?: string;
+  /** Rank the pattern's heads from the lowest gate up (retrieval = the heads the pattern would stream). */
+  readonly invert: boolean;
   readonly sparsity?: number;
   readonly prefillMask: PrefillMask;
   readonly prefillChunk: number;
@@ -37,6 +41,7 @@ export function policySettings(options: Record<string, unknown>): PolicySettings
   return {
     window: { sink, recent },
     pattern: options.pattern as string | undefined,
+    invert: Boolean(options.invert),
     sparsity,
     prefillMask: choiceOption('prefill-mask', options['prefill-mask'], ['exact', 'chunked'] as const, 'exact'),
     prefillChunk: integerOption('prefill-chunk', options['prefill-chunk'], 512, 1),
@@ -59,6 +64,8 @@ export function attentionPolicies(
 /** The head plan for `duo` on a model of `config`: binarized pattern, or an even split at --sparsity (default 0.5). */
 export function duoPlan(settings: PolicySettings, config: ModelConfig): HeadPlan {
   const { sink, recent } = settings.window;
+  if (settings.invert && settings.pattern === undefined)
+    throw new UsageError('--invert: expected a --pattern to invert');
   if (settings.pattern !== undefined) {
     let pattern: ReturnType<typeof loadPattern>;
     try {
@@ -71,7 +78,10 @@ export function duoPlan(settings: PolicySettings, config: ModelConfig): HeadPlan
         `--pattern: expected gates for ${config.numLayers} layers × ${config.numKvHeads} KV heads but "${settings.pattern}" has ${pattern.gates.length} × ${pattern.gates[0]?.length ?? 0}`,
       );
     }
-    return planHeads(pattern, { sparsity: settings.sparsity ?? 0.5, sink, recent });
+    const ranked = settings.invert
+      ? { ...pattern, gates: pattern.gates.map((row) => row.map((gate) => 1 - gate)) }
+      : pattern;
+    return planHeads(ranked, { sparsity: settings.sparsity ?? 0.5, sink, recent });
   }
   return evenPlan(config.numLayers, config.numKvHeads, settings.sparsity ?? 0.5, sink ?? 64, recent ?? 256);
 }

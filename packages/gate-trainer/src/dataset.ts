@@ -129,7 +129,7 @@ export class PasskeyData {
     this.#tokenizer = options.tokenizer;
     this.lengths = [...new Set(linspace(contextMin, contextMax, choices).map((value) => Math.round(value)))];
     // The longest needles must leave room for haystack at the shortest length.
-    const longest = this.#encode(needleText(this.passkeys - 1, longestPasskey(this.wordsPerPasskey))).length;
+    const longest = longestNeedleTokens(this.#tokenizer, this.passkeys, this.wordsPerPasskey);
     if (longest * this.passkeys >= contextMin) {
       throw new DuoArgumentError(
         'contextMin',
@@ -174,6 +174,37 @@ export class PasskeyData {
   #encode(text: string): number[] {
     return this.#tokenizer.encode(text, { addBos: false });
   }
+}
+
+/** Tokens the longest needle of `passkeys` needles of `words` NATO words can take (the longest word every time). */
+export function longestNeedleTokens(tokenizer: Pick<Tokenizer, 'encode'>, passkeys: number, words: number): number {
+  return tokenizer.encode(needleText(passkeys - 1, longestPasskey(words)), { addBos: false }).length;
+}
+
+/**
+ * The reference's 10 passkeys of 32 words when their needles fill at most `share` of `contextMin` tokens, else the
+ * largest smaller setting that does (byte-level models need fewer words for short contexts).
+ */
+export function fittingPasskeys(
+  tokenizer: Pick<Tokenizer, 'encode'>,
+  contextMin: number,
+  share = 1 / 3,
+): { passkeys: number; words: number } {
+  const ladder = [
+    [10, 32],
+    [10, 16],
+    [10, 8],
+    [8, 6],
+    [6, 4],
+    [4, 4],
+    [3, 3],
+    [2, 2],
+    [1, 1],
+  ] as const;
+  for (const [passkeys, words] of ladder) {
+    if (longestNeedleTokens(tokenizer, passkeys, words) * passkeys <= contextMin * share) return { passkeys, words };
+  }
+  return { passkeys: 1, words: 1 };
 }
 
 /** The text of a haystack: one file, or every `.txt` file of a directory in name order, separated by blank lines. */

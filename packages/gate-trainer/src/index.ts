@@ -1,6 +1,8 @@
 // Public surface of @duoattn/gate-trainer: retrieval-head identification by optimizing one gate per KV head.
 export {
+  fittingPasskeys,
   linspace,
+  longestNeedleTokens,
   NATO_ALPHABET,
   needleText,
   ORDINALS,

@@ -5,7 +5,7 @@ import { type RetrievalProtocol, runRetrieval } from './retrieval.js';
 
 export const niahHelp = `duo-bench niah [--model PATH] [--haystack FILE] [--lengths 2k,4k,8k,16k] [--depths 10] [--trials 20]
                [--device auto|cpu|cuda] [--weight-dtype auto|f32|bf16] [--seed S] [--out FILE]
-               [--heatmap FILE.svg|FILE.png] [--attention full|streaming|duo …]
+               [--heatmap FILE.svg,FILE.png] [--attention full|streaming|duo …]
   Hides "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day." in the
   haystack, asks what the best thing to do in San Francisco is, decodes up to 50 tokens greedily and scores the answer
   by ROUGE-1 F (unigram overlap) against the needle's fact; the heatmap shows the mean score by depth × length.

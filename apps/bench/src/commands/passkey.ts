@@ -5,7 +5,7 @@ import { type RetrievalProtocol, runRetrieval } from './retrieval.js';
 
 export const passkeyHelp = `duo-bench passkey [--model PATH] [--haystack FILE] [--lengths 2k,4k,8k,16k] [--depths 10]
                   [--trials 20] [--device auto|cpu|cuda] [--weight-dtype auto|f32|bf16] [--seed S] [--out FILE]
-                  [--heatmap FILE.svg|FILE.png] [--attention full|streaming|duo …]
+                  [--heatmap FILE.svg,FILE.png] [--attention full|streaming|duo …]
   Inserts " The passkey is NNNNN. Remember it. " at evenly spread depths of a haystack of each length, asks
   " What is the passkey? The passkey is " and checks the greedy answer. Default haystack: Pride and Prejudice from
   ../shared (held out of the demo model's training). With streaming heads, trials are also split by whether the

@@ -154,6 +154,7 @@ export async function runRetrieval(
           headPlan: {
             sparsity: plan.sparsity,
             pattern: policy.pattern ?? 'even split',
+            inverted: policy.invert,
             retrievalHeads: plan.retrievalHeads,
           },
         }
@@ -167,8 +168,8 @@ export async function runRetrieval(
     ...protocol.settings,
   };
   const figures = { [protocol.name]: rows };
-  if (options.heatmap) {
-    const file = String(options.heatmap);
+  // --heatmap FILE[,FILE…]: .png (cells only) and/or .svg (titled, labelled axes, values in %).
+  for (const file of options.heatmap ? String(options.heatmap).split(',') : []) {
     // Rows: depths (top = nearest the start); columns: lengths; each cell the mean score.
     const grid = Array.from({ length: depths }, (_, d) =>
       rows.map((row) => {
@@ -181,7 +182,7 @@ export async function runRetrieval(
       file.endsWith('.png')
         ? heatmapPng(grid)
         : heatmapSvg({
-            title: `${protocol.title}, ${attention}${plan ? ` at sparsity ${plan.sparsity}` : ''}`,
+            title: `${protocol.title}, ${attention}${plan ? `${policy.invert ? ' (inverted pattern)' : ''} at sparsity ${plan.sparsity}` : ''}`,
             rowLabel: 'needle depth',
             columnLabel: 'context (tokens)',
             rows: Array.from({ length: depths }, (_, d) => `${Math.round(((d + 0.5) / depths) * 100)} %`),
@@ -189,7 +190,7 @@ export async function runRetrieval(
             values: grid,
           }),
     );
-    log(`wrote ${String(options.heatmap)}`);
+    log(`wrote ${file}`);
   }
   return options.out
     ? writeResult(String(options.out), model.backend.deviceName, settings, figures)

@@ -2,6 +2,7 @@
 // with DuoAttention's streaming heads (sinks + a ring, Λ mask) where the layout asks for them.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "cpu-device.h"
 
@@ -49,7 +50,11 @@ void attendTyped(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tenso
         slots[index] = streams ? layout.slot(key) : key;
         const T* keyRow = headKeys + slots[index] * headDim;
         float dot = 0;
-        for (int64_t i = 0; i < headDim; i++) dot += query[i] * widen(keyRow[i]);
+        if constexpr (std::is_same_v<T, float>) {
+          dot = dotProduct(query, keyRow, headDim);
+        } else {
+          for (int64_t i = 0; i < headDim; i++) dot += query[i] * widen(keyRow[i]);
+        }
         scores[index] = keyVisible(layout, streams, position, key, args.queryStart) ? dot * args.scale : -INFINITY;
         maximum = std::max(maximum, scores[index]);
       }
@@ -60,7 +65,11 @@ void attendTyped(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tenso
         float weight = std::exp(scores[index] - maximum);
         sum += weight;
         const T* value = headValues + slots[index] * headDim;
-        for (int64_t i = 0; i < headDim; i++) accumulator[i] += weight * widen(value[i]);
+        if constexpr (std::is_same_v<T, float>) {
+          addScaled(weight, value, accumulator.data(), headDim);
+        } else {
+          for (int64_t i = 0; i < headDim; i++) accumulator[i] += weight * widen(value[i]);
+        }
       }
       float inverse = 1.0f / sum;
       for (int64_t i = 0; i < headDim; i++) target[i] = accumulator[i] * inverse;

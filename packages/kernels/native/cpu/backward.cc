@@ -71,11 +71,7 @@ struct HeadRows {
   const float* row(int64_t position) const { return data.data() + position * headDim; }
 };
 
-float dot(const float* a, const float* b, int64_t count) {
-  float sum = 0;
-  for (int64_t i = 0; i < count; i++) sum += a[i] * b[i];
-  return sum;
-}
+float dot(const float* a, const float* b, int64_t count) { return dotProduct(a, b, count); }
 
 }  // namespace
 
@@ -117,8 +113,7 @@ void CpuDevice::attentionBackward(const Tensor& q, const Tensor& keyCache, const
         const int64_t j = args.keyAt(i, n);
         const float p = std::exp(scores[n] - normaliser);
         const float ds = p * (dot(gradRow, values[kvHead].row(j), headDim) - d);
-        const float* key = keys[kvHead].row(j);
-        for (int64_t t = 0; t < headDim; t++) accumulator[t] += ds * key[t];
+        addScaled(ds, keys[kvHead].row(j), accumulator.data(), headDim);
       }
       float* target = gradQuery.as<float>() + i * queryStride + head * headDim;
       for (int64_t t = 0; t < headDim; t++) target[t] = accumulator[t] * args.scale;
@@ -139,10 +134,8 @@ void CpuDevice::attentionBackward(const Tensor& q, const Tensor& keyCache, const
           const float* gradRow = gradient + i * queryStride + head * headDim;
           const float p = std::exp(dot(row, key, headDim) * args.scale - logNormaliser[head * length + i]);
           const float ds = p * (dot(gradRow, value, headDim) - outputDot[head * length + i]);
-          for (int64_t t = 0; t < headDim; t++) {
-            valueAccumulator[t] += p * gradRow[t];
-            keyAccumulator[t] += ds * row[t];
-          }
+          addScaled(p, gradRow, valueAccumulator.data(), headDim);
+          addScaled(ds, row, keyAccumulator.data(), headDim);
         }
       }
       float* keyTarget = gradKey.as<float>() + j * keyStride + kvHead * headDim;

@@ -80,6 +80,10 @@ inline void storeFloat(void* base, DType dtype, int64_t i, float value) {
 // Converts `count` elements starting at element `offset` of `base` to f32.
 void loadFloats(const void* base, DType dtype, int64_t offset, int64_t count, float* out);
 
+// Σ a[i]·b[i] with 16 partial sums (vectorised; a fixed order, so repeatable), and y += scale · x.
+float dotProduct(const float* a, const float* b, int64_t count);
+void addScaled(float scale, const float* x, float* y, int64_t count);
+
 // x · Wᵀ for f32 x [n, k] and W [m, k] (any float dtype) into out [n, m], plus optional bias and residual.
 void cpuMatmul(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType weightType, int64_t m,
                float* out, const float* bias, const float* residual);

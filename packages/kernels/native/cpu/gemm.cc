@@ -174,6 +174,24 @@ void gemv(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* we
 
 }  // namespace
 
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+float dotProduct(const float* a, const float* b, int64_t count) {
+  Vec16 sums = {};
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) sums += loadVec(a + i) * loadVec(b + i);
+  float sum = 0;
+  for (int lane = 0; lane < 16; lane++) sum += sums[lane];
+  for (; i < count; i++) sum += a[i] * b[i];
+  return sum;
+}
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void addScaled(float scale, const float* x, float* y, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) storeVec(y + i, loadVec(y + i) + scale * loadVec(x + i));
+  for (; i < count; i++) y[i] += scale * x[i];
+}
+
 void cpuMatmul(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType weightType, int64_t m,
                float* out, const float* bias, const float* residual) {
   if (n <= kGemvRows) {

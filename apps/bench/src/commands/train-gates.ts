@@ -1,0 +1,224 @@
+// duo-bench train-gates: learns one DuoAttention gate per KV head on synthetic multi-passkey data, with a progress
+// line, checkpoints (--resume), loss and gate plots, and the pattern written in the reference format and ours.
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import {
+  exportPattern,
+  fittingPasskeys,
+  freezeModel,
+  modelHash,
+  PasskeyData,
+  readHaystack,
+  type StepReport,
+  trainGates,
+} from '@duoattn/gate-trainer';
+import { LlamaModel } from '@duoattn/model';
+import { integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
+import { defaultModelPath } from '../default-model.js';
+import { gateHistoryPng, trainingSvg } from '../gate-plots.js';
+import { loadModel, MODEL_OPTIONS, modelChoices, namedShape } from '../model-options.js';
+import { trainingProgress } from '../progress.js';
+import { writeResult } from '../results.js';
+import { measureStepTimes } from './step-times.js';
+
+export const trainGatesHelp = `duo-bench train-gates [--model DIR | --shape NAME] [--haystack PATH] [--out DIR] [--steps 2000]
+                  [--lr 0.02] [--reg 0.05] [--sink 128] [--recent 256] [--ctx-min 1000] [--ctx-max 32000]
+                  [--passkeys P] [--words W] [--seed 42] [--device auto|cpu|cuda] [--weight-dtype …]
+                  [--checkpoint-every 10] [--resume] [--measure-steps 1000,8750,16500,32000]
+                  [--haystack-chars 2000000]
+  Trains one gate per KV head (DuoAttention): teacher = full attention, student = (1 − α)·streaming + α·full per KV
+  head; P passkeys of W NATO words per sample (default 10 × 32, fewer where they would fill more than a third
+  of --ctx-min); loss = MSE of the final normed hidden states on the answer tokens + reg·mean|α|; AdamW, warm-up/decay
+  schedule, gates clamped to [0, 1]. The haystack is a text file or a directory of .txt files (default: the
+  Gutenberg books in ../shared; its first --haystack-chars characters are used). Writes into --out (default ./gate-training): full_attention_heads.tsv +
+  config.json (the reference's format), pattern.json (ours, with provenance), checkpoint.json, history.json,
+  training.svg (loss, distillation, mean gate) and gates.png (every gate over the steps). --resume continues a
+  stopped run from checkpoint.json exactly. --shape NAME trains random weights (a byte-level stand-in tokenizer) for
+  timing; --measure-steps times one step at each length instead of training and projects the reference's
+  2000-step schedule (lengths linspace(ctx-min, ctx-max, 50)).`;
+
+export async function trainGatesCommand(argv: string[], log: (line: string) => void): Promise<object> {
+  const options = parseOptions(argv, {
+    ...MODEL_OPTIONS,
+    shape: { type: 'string' },
+    haystack: { type: 'string' },
+    out: { type: 'string' },
+    steps: { type: 'string' },
+    lr: { type: 'string' },
+    reg: { type: 'string' },
+    sink: { type: 'string' },
+    recent: { type: 'string' },
+    'ctx-min': { type: 'string' },
+    'ctx-max': { type: 'string' },
+    passkeys: { type: 'string' },
+    words: { type: 'string' },
+    seed: { type: 'string' },
+    'checkpoint-every': { type: 'string' },
+    resume: { type: 'boolean' },
+    'measure-steps': { type: 'string' },
+    'haystack-chars': { type: 'string' },
+  });
+  const steps = integerOption('steps', options.steps, 2000, 1);
+  const learningRate = numberOption('lr', options.lr, 0.02, 1e-12);
+  const regularization = numberOption('reg', options.reg, 0.05, 0);
+  const window = {
+    sink: integerOption('sink', options.sink, 128, 0),
+    recent: integerOption('recent', options.recent, 256, 1),
+  };
+  const contextMin = integerOption('ctx-min', options['ctx-min'], 1000, 1);
+  const contextMax = integerOption('ctx-max', options['ctx-max'], 32000, contextMin);
+  if (contextMax < contextMin)
+    throw new UsageError(`--ctx-max: expected at least --ctx-min (${contextMin}) but received ${contextMax}`);
+  const seed = integerOption('seed', options.seed, 42, 0);
+  const checkpointEvery = integerOption('checkpoint-every', options['checkpoint-every'], 10, 1);
+  const measureLengths =
+    options['measure-steps'] === undefined
+      ? undefined
+      : integerListOption('measure-steps', options['measure-steps'], []);
+  const haystackChars = integerOption('haystack-chars', options['haystack-chars'], 2_000_000, 1000);
+  const out = resolve((options.out as string | undefined) ?? 'gate-training');
+  const haystackPath = resolve(
+    (options.haystack as string | undefined) ??
+      join(defaultModelPath(), '..', '..', '..', 'shared', 'data', 'gutenberg'),
+  );
+  if (!existsSync(haystackPath)) throw new UsageError(`--haystack: "${haystackPath}" does not exist`);
+  modelChoices(options);
+
+  const { model, label, hash } = await trainingModel(options);
+  const frozen = freezeModel(model);
+  try {
+    const tokenizer = model.tokenizer ?? byteTokenizer();
+    log(`[train-gates] ${label} on ${model.backend.deviceName}; tokenizing ${haystackPath}`);
+    const haystack = tokenizer.encode(readHaystack(haystackPath).slice(0, haystackChars), { addBos: false });
+    // Default: the reference's 10 × 32 words where the needles fit a third of the shortest context, else fewer.
+    const fitting = fittingPasskeys(tokenizer, contextMin);
+    const passkeys = integerOption('passkeys', options.passkeys, fitting.passkeys, 1);
+    const words = integerOption('words', options.words, fitting.words, 1);
+    log(`[train-gates] ${passkeys} passkeys of ${words} words per sample, contexts ${contextMin}–${contextMax} tokens`);
+    const data = new PasskeyData({
+      haystack,
+      tokenizer,
+      contextMin,
+      contextMax,
+      passkeys,
+      wordsPerPasskey: words,
+      seed,
+    });
+    const provenance = {
+      model: label,
+      modelHash: hash,
+      device: model.backend.deviceName,
+      data: {
+        haystack: haystackPath,
+        haystackChars,
+        haystackTokens: haystack.length,
+        passkeys,
+        wordsPerPasskey: words,
+        contextMin,
+        contextMax,
+        seed,
+      },
+      window,
+    };
+    if (measureLengths) {
+      const sampleAt = (length: number) =>
+        new PasskeyData({
+          haystack,
+          tokenizer,
+          contextMin: length,
+          contextMax: length,
+          passkeys,
+          wordsPerPasskey: words,
+          seed,
+        }).sample(0);
+      return await measureStepTimes(frozen, sampleAt, measureLengths, {
+        contextMin,
+        contextMax,
+        steps,
+        window,
+        out,
+        provenance,
+        log,
+      });
+    }
+    mkdirSync(out, { recursive: true });
+    const progress = trainingProgress(steps);
+    const started = performance.now();
+    const result = await trainGates({
+      model: frozen,
+      data,
+      steps,
+      learningRate,
+      regularization,
+      window,
+      checkpointPath: join(out, 'checkpoint.json'),
+      checkpointEvery,
+      resume: Boolean(options.resume),
+      onStep: (report: StepReport) => progress(report),
+    });
+    const seconds = (performance.now() - started) / 1000;
+    const pattern = exportPattern(out, {
+      gates: result.gates,
+      layers: model.config.numLayers,
+      kvHeads: model.config.numKvHeads,
+      sink: window.sink,
+      recent: window.recent,
+      modelId: label,
+      provenance: {
+        ...provenance,
+        steps: result.stepsDone,
+        settings: result.settings,
+        trainer: 'duoattn gate-trainer',
+      },
+    });
+    const { reports, gates } = result.history;
+    writeFileSync(join(out, 'training.svg'), trainingSvg(reports));
+    writeFileSync(join(out, 'gates.png'), gateHistoryPng(gates));
+    const figures = {
+      stepsDone: result.stepsDone,
+      finished: result.finished,
+      secondsThisRun: seconds,
+      secondsPerStep: reports.reduce((sum, report) => sum + report.seconds, 0) / Math.max(reports.length, 1),
+      finalLoss: reports.at(-1)?.loss,
+      finalDistillation: reports.at(-1)?.distillation,
+      meanGate: reports.at(-1)?.meanGate,
+      gates: pattern.gates,
+      reports,
+    };
+    const document = writeResult(
+      join(out, 'history.json'),
+      model.backend.deviceName,
+      { ...provenance, steps, learningRate, regularization },
+      figures,
+    );
+    log(
+      `[train-gates] ${result.stepsDone}/${steps} steps in ${seconds.toFixed(1)} s; pattern in ${out} (full_attention_heads.tsv, pattern.json)`,
+    );
+    return document;
+  } finally {
+    frozen.dispose();
+    model.dispose();
+  }
+}
+
+/** --shape (random bf16 weights) or --model (default: the demo model), with the hash that goes into the provenance. */
+async function trainingModel(
+  options: Record<string, unknown>,
+): Promise<{ model: LlamaModel; label: string; hash: string }> {
+  if (options.shape !== undefined) {
+    const name = String(options.shape);
+    const { device } = modelChoices(options);
+    const model = LlamaModel.random(namedShape(name), { device, dtype: 'bf16', seed: 1 });
+    return { model, label: `${name} (random bf16 weights, seed 1)`, hash: `random:${name}:1` };
+  }
+  const { model, path } = await loadModel(options);
+  return { model, label: path, hash: modelHash(path) };
+}
+
+/** Bytes as tokens, for shapes without a tokenizer (timing runs on random weights). */
+function byteTokenizer(): {
+  encode(text: string, options?: { addBos?: boolean }): number[];
+  bosTokenId: number | undefined;
+} {
+  return { encode: (text) => Array.from(new TextEncoder().encode(text)), bosTokenId: undefined };
+}
