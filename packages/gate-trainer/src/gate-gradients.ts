@@ -48,6 +48,22 @@ export interface StreamingWindow {
   readonly recent: number;
 }
 
+/**
+ * Where the full-attention term of the student's mix comes from. `'student'` (the paper): Full(Q_s, K_s, V_s) on the
+ * student's own inputs, differentiated like the streaming term. `'teacher'` (the reference code): Full(Q_t, K_t, V_t)
+ * from the teacher's pass, a constant — cheaper, but it lets later layers re-inject the teacher's retrieved
+ * information (see docs/decisions/0005-gate-trainer.md for what that did to the demo model's ranking).
+ */
+export type FullTerm = 'student' | 'teacher';
+
+/** How the loss is defined. */
+export interface GateLossOptions {
+  /** Streaming heads' window (reference: sink 128, recent 256). */
+  readonly window: StreamingWindow;
+  /** Default `'student'`. */
+  readonly fullTerm?: FullTerm;
+}
+
 export interface GateGradients {
   /** Mean over answer rows and channels of (teacher − student)² of the final normed hidden states. */
   distillation: number;
@@ -86,9 +102,16 @@ export async function gateGradients(
   ids: Int32Array,
   answerStart: number,
   gates: ArrayLike<number>,
-  window: StreamingWindow,
+  options: GateLossOptions,
   withGradients = true,
 ): Promise<GateGradients> {
+  const fullTerm = options.fullTerm ?? 'student';
+  if (fullTerm !== 'student' && fullTerm !== 'teacher') {
+    throw new DuoArgumentError(
+      'fullTerm',
+      `Expected \`fullTerm\` to be student or teacher but received ${String(fullTerm)}`,
+    );
+  }
   const { config, backend, weights } = model;
   const length = ids.length;
   const answers = length - answerStart;
@@ -104,8 +127,9 @@ export async function gateGradients(
   }
   const scope = new Scope(backend);
   try {
-    const layout = new StepLayout(model, scope, ids, window);
-    const full = layout.teacherAttention();
+    const layout = new StepLayout(model, scope, ids, options.window);
+    // The teacher's per-layer attention outputs are kept only when they are the student's full term.
+    const full = layout.teacherPass(fullTerm === 'teacher');
     const teacherHidden = await layout.finalRows(layout.teacherOutput, answerStart);
     const gateTensors = Array.from({ length: config.numLayers }, (_, layer) =>
       scope.upload(
@@ -118,13 +142,7 @@ export async function gateGradients(
     const inputs: TensorHandle[] = [layout.embedded];
     for (let layer = 0; layer < config.numLayers; layer++) {
       const next = scope.alloc([length, config.hiddenSize]);
-      layout.studentLayer(
-        layer,
-        inputs[layer] as TensorHandle,
-        next,
-        full[layer] as TensorHandle,
-        gateTensors[layer] as TensorHandle,
-      );
+      layout.studentLayer(layer, inputs[layer] as TensorHandle, next, full[layer], gateTensors[layer] as TensorHandle);
       inputs.push(next);
     }
     const last = inputs[config.numLayers] as TensorHandle;
@@ -159,7 +177,7 @@ export async function gateGradients(
       layout.studentLayerBackward(
         layer,
         inputs[layer] as TensorHandle,
-        full[layer] as TensorHandle,
+        full[layer],
         gateTensors[layer] as TensorHandle,
         gradient,
         gateGradient[layer] as TensorHandle,
@@ -195,6 +213,9 @@ class StepLayout {
   readonly #mixed: TensorHandle;
   readonly #hidden: TensorHandle;
   readonly #mlp: TensorHandle;
+  /** The student's own full attention (fullTerm 'student'). */
+  readonly #full: TensorHandle;
+  #zeros: TensorHandle | undefined;
   readonly #streamKeys: TensorHandle;
   readonly #streamValues: TensorHandle;
   readonly #noFullHeads: TensorHandle;
@@ -222,7 +243,9 @@ class StepLayout {
     this.#mixed = scope.alloc([length, numHeads * headDim]);
     this.#hidden = scope.alloc([length, hiddenSize]);
     this.#mlp = scope.alloc([length, intermediateSize]);
-    // Streaming heads' keys at slot = position: sinks, then a ring long enough never to wrap within the sequence.
+    this.#full = scope.alloc([length, numHeads * headDim]);
+    // The student's keys at slot = position. Read as a plain cache they serve full attention; read as a streaming
+    // region (sinks, then a ring long enough never to wrap within the sequence) they serve the Λ mask.
     const slots = window.sink + window.recent + length;
     this.#streamKeys = scope.alloc([numKvHeads, slots, headDim], cacheDtype);
     this.#streamValues = scope.alloc([numKvHeads, slots, headDim], cacheDtype);
@@ -250,8 +273,8 @@ class StepLayout {
     };
   }
 
-  /** The teacher's pass with full attention; returns each layer's attention output (the student's full term). */
-  teacherAttention(): TensorHandle[] {
+  /** The teacher's pass with full attention; with `keep`, returns each layer's attention output (the full term). */
+  teacherPass(keep: boolean): (TensorHandle | undefined)[] {
     const { config, backend, weights, cacheDtype, inverseFrequencies } = this.#model;
     const { numKvHeads, headDim, numHeads } = config;
     const attributes = this.#attributes;
@@ -260,7 +283,7 @@ class StepLayout {
     const hidden = this.#scope.alloc([this.length, config.hiddenSize]);
     backend.copyRows(this.embedded, hidden);
     const outputs = weights.layers.map((layer) => {
-      const out = this.#scope.alloc([this.length, numHeads * headDim]);
+      const out = keep ? this.#scope.alloc([this.length, numHeads * headDim]) : this.#full;
       this.#projectQkv(layer, hidden);
       backend.ropeWriteCache(
         this.#query,
@@ -279,7 +302,7 @@ class StepLayout {
       });
       backend.matmul(out, layer.output, hidden, { residual: hidden });
       this.#mlpForward(layer, hidden);
-      return out;
+      return keep ? out : undefined;
     });
     keys.dispose();
     values.dispose();
@@ -306,11 +329,11 @@ class StepLayout {
     layer: number,
     input: TensorHandle,
     output: TensorHandle,
-    full: TensorHandle,
+    teacherFull: TensorHandle | undefined,
     gates: TensorHandle,
   ): void {
     const weights = this.#model.weights.layers[layer] as LayerWeights;
-    this.#studentAttention(weights, input, full, gates, output);
+    this.#studentAttention(weights, input, teacherFull, gates, output);
     this.#mlpForward(weights, output);
   }
 
@@ -321,7 +344,7 @@ class StepLayout {
   studentLayerBackward(
     layer: number,
     input: TensorHandle,
-    full: TensorHandle,
+    teacherFull: TensorHandle | undefined,
     gates: TensorHandle,
     gradient: TensorHandle,
     gateGradient: TensorHandle,
@@ -332,7 +355,7 @@ class StepLayout {
     const attributes = this.#attributes;
     const scope = this.#scope;
     const hidden = this.#hidden;
-    this.#studentAttention(weights, input, full, gates, hidden);
+    const full = this.#studentAttention(weights, input, teacherFull, gates, hidden);
     // MLP pre-activations, then its backward: down, SwiGLU, gate/up, norm (+ the residual: gradient passes through).
     backend.rmsNorm(hidden, weights.mlpNorm, this.#normed, rmsNormEps);
     const gate = this.#mlp;
@@ -354,20 +377,38 @@ class StepLayout {
     backend.matmulBackward(gradient, weights.output, gradMixed);
     const gradStreaming = this.#mixed;
     backend.gateMixBackward(gradMixed, this.#attention, full, gates, gradStreaming, gateGradient, attributes);
+    // The student's own full term gets α · ∂/∂mixed (the mix of zeros and the gradient).
+    const gradFull = teacherFull ? undefined : scope.alloc([this.length, numHeads * headDim]);
+    if (gradFull) backend.gateMix(this.#zerosLike(), gradMixed, gates, gradFull, attributes);
     const gradQuery = gradMixed; // ∂/∂(mixed) is spent: reuse it
     const gradKey = scope.alloc([this.length, numKvHeads * headDim]);
     const gradValue = scope.alloc([this.length, numKvHeads * headDim]);
-    backend.attentionBackward(
-      this.#query,
-      this.#streamKeys,
-      this.#streamValues,
-      this.#attention,
-      gradStreaming,
-      gradQuery,
-      gradKey,
-      gradValue,
-      { ...attributes, length: this.length, window: this.#window },
-    );
+    const attentionGradients = (
+      out: TensorHandle,
+      gradOut: TensorHandle,
+      targets: [TensorHandle, TensorHandle, TensorHandle],
+      window?: StreamingWindow,
+    ) =>
+      backend.attentionBackward(this.#query, this.#streamKeys, this.#streamValues, out, gradOut, ...targets, {
+        ...attributes,
+        length: this.length,
+        ...(window ? { window } : {}),
+      });
+    attentionGradients(this.#attention, gradStreaming, [gradQuery, gradKey, gradValue], this.#window);
+    if (gradFull) {
+      const fullTargets: [TensorHandle, TensorHandle, TensorHandle] = [
+        this.#mixed, // ∂/∂streaming is spent too
+        scope.alloc([this.length, numKvHeads * headDim]),
+        scope.alloc([this.length, numKvHeads * headDim]),
+      ];
+      attentionGradients(full, gradFull, fullTargets);
+      [gradQuery, gradKey, gradValue].forEach((target, i) =>
+        backend.add(target, fullTargets[i] as TensorHandle, target),
+      );
+      fullTargets[1].dispose();
+      fullTargets[2].dispose();
+      gradFull.dispose();
+    }
     backend.rope(gradQuery, this.positions, inverseFrequencies, { ...attributes, inverse: true });
     backend.rope(gradKey, this.positions, inverseFrequencies, { ...attributes, heads: numKvHeads, inverse: true });
     backend.matmulBackward(gradQuery, weights.query, gradNormed);
@@ -377,17 +418,19 @@ class StepLayout {
     for (const t of [gradQuery, gradKey, gradValue, gradNormed]) t.dispose();
   }
 
-  /** Gated attention of `input` plus the residual, into `output`. Leaves q (rotated), S and the stream caches set. */
+  /**
+   * Gated attention of `input` plus the residual, into `output`; returns the full term it mixed in. Leaves q (rotated),
+   * the streaming output, the student's keys/values and (fullTerm 'student') its full attention set for the backward.
+   */
   #studentAttention(
     weights: LayerWeights,
     input: TensorHandle,
-    full: TensorHandle,
+    teacherFull: TensorHandle | undefined,
     gates: TensorHandle,
     output: TensorHandle,
-  ) {
+  ): TensorHandle {
     const { backend, inverseFrequencies } = this.#model;
     const attributes = this.#attributes;
-    const streaming = this.#streaming;
     this.#projectQkv(weights, input);
     backend.ropeWriteCache(
       this.#query,
@@ -395,18 +438,29 @@ class StepLayout {
       this.#value,
       this.positions,
       inverseFrequencies,
-      this.#noFullHeads,
-      this.#noFullHeads,
-      { ...attributes, streaming },
+      this.#streamKeys,
+      this.#streamValues,
+      attributes,
     );
+    const whole = { ...attributes, keyLength: this.length, queryStart: 0 };
     backend.attentionPrefill(this.#query, this.#noFullHeads, this.#noFullHeads, this.#attention, {
-      ...attributes,
-      keyLength: this.length,
-      queryStart: 0,
-      streaming,
+      ...whole,
+      streaming: this.#streaming,
     });
+    const full = teacherFull ?? this.#full;
+    if (!teacherFull) backend.attentionPrefill(this.#query, this.#streamKeys, this.#streamValues, full, whole);
     backend.gateMix(this.#attention, full, gates, this.#mixed, attributes);
     backend.matmul(this.#mixed, weights.output, output, { residual: input });
+    return full;
+  }
+
+  /** A zero tensor shaped like the attention rows (made once per step). */
+  #zerosLike(): TensorHandle {
+    if (!this.#zeros) {
+      this.#zeros = this.#scope.alloc([this.length, this.#model.config.numHeads * this.#model.config.headDim]);
+      this.#model.backend.fillRandom(this.#zeros, 0, 0); // standard deviation 0: zeros
+    }
+    return this.#zeros;
   }
 
   #projectQkv(weights: LayerWeights, input: TensorHandle): void {

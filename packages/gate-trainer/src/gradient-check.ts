@@ -14,7 +14,7 @@ import {
   toMatrix,
 } from '@duoattn/kernels/testing';
 import { disposeWeights, type ModelWeights, randomWeights, ropeInverseFrequencies } from '@duoattn/model';
-import { type FrozenModel, gateGradients, type StreamingWindow } from './gate-gradients.js';
+import { type FrozenModel, type FullTerm, gateGradients, type StreamingWindow } from './gate-gradients.js';
 
 /** A small Llama shape (GQA 4/2) for gradient checks. */
 export const CHECK_CONFIG: ModelConfig = {
@@ -91,7 +91,7 @@ function perHead(rows: Matrix, kvHeads: number, headDim: number): Float64Array[]
   return Array.from({ length: kvHeads }, (_, g) => rows.map((row) => row.slice(g * headDim, (g + 1) * headDim)));
 }
 
-/** The distillation loss in float64 (the reference's definition; gates used as given). */
+/** The distillation loss in float64 for either full term (gates used as given). */
 export function referenceDistillation(
   model: HostModel,
   config: ModelConfig,
@@ -99,6 +99,7 @@ export function referenceDistillation(
   answerStart: number,
   gates: ArrayLike<number>,
   window: StreamingWindow,
+  fullTerm: FullTerm,
 ): number {
   const { numHeads: heads, numKvHeads: kvHeads, headDim, rmsNormEps: eps } = config;
   const length = ids.length;
@@ -126,8 +127,9 @@ export function referenceDistillation(
   let teacher: Matrix = embedded;
   let student: Matrix = embedded;
   model.layers.forEach((layer, l) => {
-    const full = attention(layer, teacher);
-    teacher = mlp(layer, referenceMatmul(full, layer.output, undefined, teacher));
+    const teacherFull = attention(layer, teacher);
+    teacher = mlp(layer, referenceMatmul(teacherFull, layer.output, undefined, teacher));
+    const full = fullTerm === 'teacher' ? teacherFull : attention(layer, student);
     const stream = attention(layer, student, lambda);
     const mixed = stream.map((row, r) =>
       row.map((s, c) => {
@@ -163,7 +165,7 @@ export interface GradientCheck {
  * Builds a random f32 model on `backend` (matrix entries with standard deviation 0.3, so attention is far from
  * uniform), runs `gateGradients`, and compares with central finite differences of the float64 loss.
  */
-export async function checkGateGradients(backend: Backend, seed = 7): Promise<GradientCheck> {
+export async function checkGateGradients(backend: Backend, fullTerm: FullTerm, seed = 7): Promise<GradientCheck> {
   const config = CHECK_CONFIG;
   const weights = randomWeights(config, backend, { dtype: 'f32', seed, std: 0.3 });
   const inverseFrequencies = backend.upload('f32', [config.headDim / 2], ropeInverseFrequencies(config));
@@ -173,10 +175,10 @@ export async function checkGateGradients(backend: Backend, seed = 7): Promise<Gr
     const answerStart = 21;
     const window = { sink: 2, recent: 5 };
     const gates = [0.35, 0.8, 0.55, 0.2];
-    const result = await gateGradients(model, ids, answerStart, gates, window);
+    const result = await gateGradients(model, ids, answerStart, gates, { window, fullTerm });
     const host = await hostModel(backend, weights);
     const point = Float64Array.from(gates);
-    const loss = () => referenceDistillation(host, config, ids, answerStart, point, window);
+    const loss = () => referenceDistillation(host, config, ids, answerStart, point, window, fullTerm);
     const reference = loss();
     const expected = finiteDifferences(point, loss, 1e-5);
     const gradients = result.gradients ?? new Float64Array(0);

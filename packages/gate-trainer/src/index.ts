@@ -15,8 +15,10 @@ export {
 export { exportPattern, modelHash, type TrainedGates } from './export.js';
 export {
   type FrozenModel,
+  type FullTerm,
   freezeModel,
   type GateGradients,
+  type GateLossOptions,
   gateGradients,
   type StreamingWindow,
 } from './gate-gradients.js';

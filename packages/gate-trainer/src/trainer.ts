@@ -6,7 +6,7 @@ import { dirname } from 'node:path';
 import { DuoArgumentError, DuoError } from '@duoattn/core';
 import { expectInteger, expectPositive } from '@duoattn/kernels';
 import type { PasskeyData } from './dataset.js';
-import { type FrozenModel, gateGradients, type StreamingWindow } from './gate-gradients.js';
+import { type FrozenModel, type FullTerm, gateGradients, type StreamingWindow } from './gate-gradients.js';
 import { GateOptimizer, type GateOptimizerState } from './optimizer.js';
 
 /** Settings of a run; a checkpoint only resumes a run with the same settings. */
@@ -17,6 +17,7 @@ export interface GateTrainingSettings {
   regularization: number;
   sink: number;
   recent: number;
+  fullTerm: FullTerm;
   /** The data's seed and context lengths, so a resumed run is known to see the same samples. */
   dataSeed: number;
   contextLengths: readonly number[];
@@ -53,6 +54,8 @@ export interface TrainGatesOptions {
   regularization?: number;
   /** Streaming window in training (reference: sink 128, recent 256). */
   window?: StreamingWindow;
+  /** Where the mix's full term comes from (default 'student', the paper's formulation). */
+  fullTerm?: FullTerm;
   /** JSON checkpoint written every `checkpointEvery` steps and at the end (atomically: a temp file, then rename). */
   checkpointPath?: string;
   /** Default 10. */
@@ -94,6 +97,7 @@ export async function trainGates(options: TrainGatesOptions): Promise<TrainGates
     regularization: expectPositive('regularization', options.regularization ?? 0.05, -1e-300),
     sink: expectInteger('sink', window.sink, 0),
     recent: expectInteger('recent', window.recent, 1),
+    fullTerm: options.fullTerm ?? 'student',
     dataSeed: data.seed,
     contextLengths: [...data.lengths],
   };
@@ -129,7 +133,10 @@ export async function trainGates(options: TrainGatesOptions): Promise<TrainGates
     const started = performance.now();
     const sample = data.sample(step);
     const gates = optimizer.clamped();
-    const { distillation, gradients } = await gateGradients(model, sample.ids, sample.answerStart, gates, window);
+    const { distillation, gradients } = await gateGradients(model, sample.ids, sample.answerStart, gates, {
+      window,
+      fullTerm: settings.fullTerm,
+    });
     if (!Number.isFinite(distillation) || !gradients) {
       throw new DuoError(
         'DUO_NUMERIC',

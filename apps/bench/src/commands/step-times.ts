@@ -3,6 +3,7 @@
 import { join } from 'node:path';
 import {
   type FrozenModel,
+  type FullTerm,
   gateGradients,
   linspace,
   type PasskeySample,
@@ -16,6 +17,7 @@ export interface StepTimeSettings {
   /** Steps of the schedule to project (reference: 2000). */
   steps: number;
   window: StreamingWindow;
+  fullTerm: FullTerm;
   out: string;
   provenance: object;
   log: (line: string) => void;
@@ -64,7 +66,11 @@ export async function measureStepTimes(
   const rows: { length: number; tokens: number; seconds: number; samples: number[]; peakBytes: number }[] = [];
   for (const length of lengths) {
     const sample = sampleAt(length);
-    const step = () => gateGradients(model, sample.ids, sample.answerStart, gates, settings.window);
+    const step = () =>
+      gateGradients(model, sample.ids, sample.answerStart, gates, {
+        window: settings.window,
+        fullTerm: settings.fullTerm,
+      });
     backend.resetPeakMemory();
     await step(); // warm-up: first-use allocations, cuBLAS heuristics
     const samples: number[] = [];
@@ -92,7 +98,7 @@ export async function measureStepTimes(
   return writeResult(
     join(settings.out, 'step-times.json'),
     backend.deviceName,
-    { ...settings.provenance, steps: settings.steps, window: settings.window, repeats },
+    { ...settings.provenance, steps: settings.steps, window: settings.window, fullTerm: settings.fullTerm, repeats },
     {
       rows,
       fit: 't(L) = a + b·L + c·L², least squares over the rows',

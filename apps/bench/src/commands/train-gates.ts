@@ -13,7 +13,7 @@ import {
   trainGates,
 } from '@duoattn/gate-trainer';
 import { LlamaModel } from '@duoattn/model';
-import { integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
+import { choiceOption, integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
 import { defaultModelPath } from '../default-model.js';
 import { gateHistoryPng, trainingSvg } from '../gate-plots.js';
 import { loadModel, MODEL_OPTIONS, modelChoices, namedShape } from '../model-options.js';
@@ -25,9 +25,10 @@ export const trainGatesHelp = `duo-bench train-gates [--model DIR | --shape NAME
                   [--lr 0.02] [--reg 0.05] [--sink 128] [--recent 256] [--ctx-min 1000] [--ctx-max 32000]
                   [--passkeys P] [--words W] [--seed 42] [--device auto|cpu|cuda] [--weight-dtype …]
                   [--checkpoint-every 10] [--resume] [--measure-steps 1000,8750,16500,32000]
-                  [--haystack-chars 2000000]
+                  [--haystack-chars 2000000] [--full-term student|teacher]
   Trains one gate per KV head (DuoAttention): teacher = full attention, student = (1 − α)·streaming + α·full per KV
-  head; P passkeys of W NATO words per sample (default 10 × 32, fewer where they would fill more than a third
+  head (--full-term student: the paper's mix on the student's own Q/K/V, differentiated; teacher: the reference
+  code's shortcut, the teacher's full attention as a constant); P passkeys of W NATO words per sample (default 10 × 32, fewer where they would fill more than a third
   of --ctx-min); loss = MSE of the final normed hidden states on the answer tokens + reg·mean|α|; AdamW, warm-up/decay
   schedule, gates clamped to [0, 1]. The haystack is a text file or a directory of .txt files (default: the
   Gutenberg books in ../shared; its first --haystack-chars characters are used). Writes into --out (default ./gate-training): full_attention_heads.tsv +
@@ -57,6 +58,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
     resume: { type: 'boolean' },
     'measure-steps': { type: 'string' },
     'haystack-chars': { type: 'string' },
+    'full-term': { type: 'string' },
   });
   const steps = integerOption('steps', options.steps, 2000, 1);
   const learningRate = numberOption('lr', options.lr, 0.02, 1e-12);
@@ -65,6 +67,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
     sink: integerOption('sink', options.sink, 128, 0),
     recent: integerOption('recent', options.recent, 256, 1),
   };
+  const fullTerm = choiceOption('full-term', options['full-term'], ['student', 'teacher'] as const, 'student');
   const contextMin = integerOption('ctx-min', options['ctx-min'], 1000, 1);
   const contextMax = integerOption('ctx-max', options['ctx-max'], 32000, contextMin);
   if (contextMax < contextMin)
@@ -119,6 +122,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
         seed,
       },
       window,
+      fullTerm,
     };
     if (measureLengths) {
       const sampleAt = (length: number) =>
@@ -136,6 +140,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
         contextMax,
         steps,
         window,
+        fullTerm,
         out,
         provenance,
         log,
@@ -151,6 +156,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
       learningRate,
       regularization,
       window,
+      fullTerm,
       checkpointPath: join(out, 'checkpoint.json'),
       checkpointEvery,
       resume: Boolean(options.resume),
