@@ -84,16 +84,17 @@ for step in "${steps[@]}"; do
     gates-8b) node /tmp/duo-node/duo-bench.mjs train-gates --shape llama-3-8b --device cuda --haystack .device/shared/data/gutenberg \
                 --ctx-min 1000 --ctx-max 32000 --measure-steps ${DUO_GATE_LENGTHS:-1000,8750,16500,32000} --out "$OUT/gates-8b" || status=1 ;;
     gates-demo) node /tmp/duo-node/duo-bench.mjs train-gates --model models/duo-demo --device cuda \
-                  --haystack .device/shared/data/gutenberg --steps ${DUO_GATE_STEPS:-600} --ctx-min 2000 --ctx-max 16000 \
-                  --out "$OUT/duo-demo-pattern" || status=1 ;;
-    gates-eval) pattern=${DUO_PATTERN:-$OUT/duo-demo-pattern}; mkdir -p "$OUT/gates-eval"
+                  --haystack .device/shared/data/gutenberg --steps ${DUO_GATE_STEPS:-300} --ctx-min 2000 --ctx-max 16000 \
+                  --format ${DUO_GATE_FORMAT:-magic-number} --passkeys 10 --words 5 --full-term ${DUO_FULL_TERM:-student} \
+                  --out "$OUT/${DUO_GATE_NAME:-duo-demo-pattern}" || status=1 ;;
+    gates-eval) pattern=${DUO_PATTERN:-$OUT/duo-demo-pattern}; DUO_EVAL_NAME=${DUO_EVAL_NAME:-passkey-}; mkdir -p "$OUT/gates-eval"
                 for run in "full|--attention full" "streaming|--attention streaming --sink 128 --recent 256" \
                            "duo-50|--attention duo --pattern $pattern --sparsity 0.5" "duo-25|--attention duo --pattern $pattern --sparsity 0.75" \
                            "inverted-50|--attention duo --pattern $pattern --sparsity 0.5 --invert"; do
                   name=${run%%|*}; read -ra flags <<< "${run#*|}"
                   node /tmp/duo-node/duo-bench.mjs passkey --model models/duo-demo --haystack .device/shared/data/gutenberg/1342.txt \
                     --device cuda --lengths ${DUO_EVAL_LENGTHS:-4k,8k,16k} --depths 10 --trials ${DUO_EVAL_TRIALS:-10} "${flags[@]}" \
-                    --out "$OUT/gates-eval/passkey-$name.json" --heatmap "$OUT/gates-eval/passkey-$name.svg,$OUT/gates-eval/passkey-$name.png" \
+                    --out "$OUT/gates-eval/$DUO_EVAL_NAME$name.json" --heatmap "$OUT/gates-eval/$DUO_EVAL_NAME$name.svg,$OUT/gates-eval/$DUO_EVAL_NAME$name.png" \
                     | grep -E "passkey @|wrote" || status=1
                 done ;;
     *) echo "unknown step $step"; status=2 ;;

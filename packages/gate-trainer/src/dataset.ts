@@ -70,6 +70,70 @@ export function questionText(index: number, passkey: string): string {
   return `Based on the content of the book, what is the ${ordinal(index)} passkey to the vault?\nPasskey: ${passkey}\n\n`;
 }
 
+/** How a sample's needles, questions and answers read. */
+export interface PasskeyFormat {
+  readonly name: string;
+  /** `count` needles and their questions (each question followed by its answer), each passkey of `size` units. */
+  draw(
+    random: () => number,
+    count: number,
+    size: number,
+  ): { passkeys: string[]; needles: string[]; questions: string[] };
+  /** The longest needle text a passkey of `size` units can make at index `count − 1` (for sizing checks). */
+  longestNeedle(count: number, size: number): string;
+}
+
+/** The reference's format (METHOD.md): passkeys of `size` NATO words, asked for by ordinal. */
+export const REFERENCE_FORMAT: PasskeyFormat = {
+  name: 'reference',
+  draw(random, count, size) {
+    const passkeys = Array.from({ length: count }, () =>
+      Array.from({ length: size }, () => pick(NATO_ALPHABET, random)).join(' '),
+    );
+    return {
+      passkeys,
+      needles: passkeys.map((passkey, i) => needleText(i, passkey)),
+      questions: passkeys.map((passkey, i) => questionText(i, passkey)),
+    };
+  },
+  longestNeedle: (count, size) => needleText(count - 1, longestPasskey(size)),
+};
+
+/**
+ * Keyed facts, as the demo model was trained on: " The magic number of KEY is DIGITS. " hidden in the haystack, then
+ * " What is the magic number of KEY? The magic number of KEY is DIGITS." for each, in order. Keys are distinct NATO
+ * words, values `size` random digits.
+ */
+export const MAGIC_NUMBER_FORMAT: PasskeyFormat = {
+  name: 'magic-number',
+  draw(random, count, size) {
+    const keys: string[] = [];
+    while (keys.length < count) {
+      const key = pick(NATO_ALPHABET, random);
+      if (!keys.includes(key)) keys.push(key);
+    }
+    const passkeys = keys.map(() => Array.from({ length: size }, () => String(Math.floor(random() * 10))).join(''));
+    return {
+      passkeys,
+      needles: keys.map((key, i) => ` The magic number of ${key} is ${passkeys[i]}. `),
+      questions: keys.map(
+        (key, i) => ` What is the magic number of ${key}? The magic number of ${key} is ${passkeys[i]}.`,
+      ),
+    };
+  },
+  longestNeedle: (_count, size) => ` The magic number of ${longestPasskey(1)} is ${'0'.repeat(size)}. `,
+};
+
+/** The formats by name. */
+export const PASSKEY_FORMATS: Readonly<Record<string, PasskeyFormat>> = {
+  reference: REFERENCE_FORMAT,
+  'magic-number': MAGIC_NUMBER_FORMAT,
+};
+
+function pick<T>(items: readonly T[], random: () => number): T {
+  return items[Math.floor(random() * items.length)] as T;
+}
+
 /** `count` evenly spaced values from `first` to `last` inclusive (numpy's linspace). */
 export function linspace(first: number, last: number, count: number): number[] {
   if (count === 1) return [first];
@@ -88,6 +152,8 @@ export interface PasskeyDataOptions {
   passkeys?: number;
   wordsPerPasskey?: number;
   seed?: number;
+  /** Default the reference's (NATO-word passkeys to a vault). */
+  format?: PasskeyFormat;
 }
 
 export interface PasskeySample {
@@ -110,6 +176,7 @@ export class PasskeyData {
   readonly passkeys: number;
   readonly wordsPerPasskey: number;
   readonly seed: number;
+  readonly format: PasskeyFormat;
   readonly #haystack: readonly number[];
   readonly #tokenizer: Pick<Tokenizer, 'encode' | 'bosTokenId'>;
   static readonly #depthChoices = linspace(0.05, 0.95, 1000);
@@ -119,6 +186,13 @@ export class PasskeyData {
     this.passkeys = expectInteger('passkeys', options.passkeys ?? 10, 1, ORDINALS.length);
     this.wordsPerPasskey = expectInteger('wordsPerPasskey', options.wordsPerPasskey ?? 32, 1, 4096);
     this.seed = expectInteger('seed', options.seed ?? 42, 0, 2 ** 32 - 1);
+    this.format = options.format ?? REFERENCE_FORMAT;
+    if (this.format.name === 'magic-number' && this.passkeys > NATO_ALPHABET.length) {
+      throw new DuoArgumentError(
+        'passkeys',
+        `Expected at most ${NATO_ALPHABET.length} keyed passkeys but received ${this.passkeys}`,
+      );
+    }
     const choices = expectInteger('lengthChoices', options.lengthChoices ?? 50, 1, 100_000);
     expectInteger('contextMin', contextMin, 1);
     expectInteger('contextMax', contextMax, contextMin);
@@ -129,7 +203,7 @@ export class PasskeyData {
     this.#tokenizer = options.tokenizer;
     this.lengths = [...new Set(linspace(contextMin, contextMax, choices).map((value) => Math.round(value)))];
     // The longest needles must leave room for haystack at the shortest length.
-    const longest = longestNeedleTokens(this.#tokenizer, this.passkeys, this.wordsPerPasskey);
+    const longest = longestNeedleTokens(this.#tokenizer, this.passkeys, this.wordsPerPasskey, this.format);
     if (longest * this.passkeys >= contextMin) {
       throw new DuoArgumentError(
         'contextMin',
@@ -143,14 +217,10 @@ export class PasskeyData {
     expectInteger('step', step, 0);
     const random = seededRandom(mix(this.seed, step));
     const contextTokens = this.lengths[Math.floor(random() * this.lengths.length)] as number;
-    const passkeys = Array.from({ length: this.passkeys }, () =>
-      Array.from(
-        { length: this.wordsPerPasskey },
-        () => NATO_ALPHABET[Math.floor(random() * NATO_ALPHABET.length)],
-      ).join(' '),
-    );
+    const drawn = this.format.draw(random, this.passkeys, this.wordsPerPasskey);
+    const passkeys = drawn.passkeys;
     const depths = pickSorted(PasskeyData.#depthChoices, this.passkeys, random);
-    const needles = passkeys.map((passkey, i) => this.#encode(needleText(i, passkey)));
+    const needles = drawn.needles.map((needle) => this.#encode(needle));
     const fill = contextTokens - needles.reduce((sum, needle) => sum + needle.length, 0);
     const offset = Math.floor(random() * this.#haystack.length);
     const ids: number[] = [];
@@ -165,9 +235,7 @@ export class PasskeyData {
     });
     for (; taken < fill; taken++) ids.push(this.#haystack[(offset + taken) % this.#haystack.length] as number);
     const answerStart = ids.length;
-    passkeys.forEach((passkey, i) => {
-      ids.push(...this.#encode(questionText(i, passkey)));
-    });
+    for (const question of drawn.questions) ids.push(...this.#encode(question));
     return { ids: Int32Array.from(ids), answerStart, contextTokens, passkeys, depths, needleStarts };
   }
 
@@ -177,8 +245,13 @@ export class PasskeyData {
 }
 
 /** Tokens the longest needle of `passkeys` needles of `words` NATO words can take (the longest word every time). */
-export function longestNeedleTokens(tokenizer: Pick<Tokenizer, 'encode'>, passkeys: number, words: number): number {
-  return tokenizer.encode(needleText(passkeys - 1, longestPasskey(words)), { addBos: false }).length;
+export function longestNeedleTokens(
+  tokenizer: Pick<Tokenizer, 'encode'>,
+  passkeys: number,
+  words: number,
+  format: PasskeyFormat = REFERENCE_FORMAT,
+): number {
+  return tokenizer.encode(format.longestNeedle(passkeys, words), { addBos: false }).length;
 }
 
 /**
@@ -188,6 +261,7 @@ export function longestNeedleTokens(tokenizer: Pick<Tokenizer, 'encode'>, passke
 export function fittingPasskeys(
   tokenizer: Pick<Tokenizer, 'encode'>,
   contextMin: number,
+  format: PasskeyFormat = REFERENCE_FORMAT,
   share = 1 / 3,
 ): { passkeys: number; words: number } {
   const ladder = [
@@ -202,7 +276,8 @@ export function fittingPasskeys(
     [1, 1],
   ] as const;
   for (const [passkeys, words] of ladder) {
-    if (longestNeedleTokens(tokenizer, passkeys, words) * passkeys <= contextMin * share) return { passkeys, words };
+    if (longestNeedleTokens(tokenizer, passkeys, words, format) * passkeys <= contextMin * share)
+      return { passkeys, words };
   }
   return { passkeys: 1, words: 1 };
 }

@@ -3,13 +3,17 @@ export {
   fittingPasskeys,
   linspace,
   longestNeedleTokens,
+  MAGIC_NUMBER_FORMAT,
   NATO_ALPHABET,
   needleText,
   ORDINALS,
+  PASSKEY_FORMATS,
   PasskeyData,
   type PasskeyDataOptions,
+  type PasskeyFormat,
   type PasskeySample,
   questionText,
+  REFERENCE_FORMAT,
   readHaystack,
 } from './dataset.js';
 export { exportPattern, modelHash, type TrainedGates } from './export.js';

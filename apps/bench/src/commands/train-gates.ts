@@ -7,7 +7,9 @@ import {
   fittingPasskeys,
   freezeModel,
   modelHash,
+  PASSKEY_FORMATS,
   PasskeyData,
+  type PasskeyFormat,
   readHaystack,
   type StepReport,
   trainGates,
@@ -25,11 +27,12 @@ export const trainGatesHelp = `duo-bench train-gates [--model DIR | --shape NAME
                   [--lr 0.02] [--reg 0.05] [--sink 128] [--recent 256] [--ctx-min 1000] [--ctx-max 32000]
                   [--passkeys P] [--words W] [--seed 42] [--device auto|cpu|cuda] [--weight-dtype …]
                   [--checkpoint-every 10] [--resume] [--measure-steps 1000,8750,16500,32000]
-                  [--haystack-chars 2000000] [--full-term student|teacher]
+                  [--haystack-chars 2000000] [--full-term student|teacher] [--format reference|magic-number]
   Trains one gate per KV head (DuoAttention): teacher = full attention, student = (1 − α)·streaming + α·full per KV
   head (--full-term student: the paper's mix on the student's own Q/K/V, differentiated; teacher: the reference
   code's shortcut, the teacher's full attention as a constant); P passkeys of W NATO words per sample (default 10 × 32, fewer where they would fill more than a third
-  of --ctx-min); loss = MSE of the final normed hidden states on the answer tokens + reg·mean|α|; AdamW, warm-up/decay
+  of --ctx-min; --format magic-number: keyed facts " The magic number of KEY is DIGITS. ", W digits, for models
+  that cannot do the reference's task — a model must solve the task for its retrieval heads to show); loss = MSE of the final normed hidden states on the answer tokens + reg·mean|α|; AdamW, warm-up/decay
   schedule, gates clamped to [0, 1]. The haystack is a text file or a directory of .txt files (default: the
   Gutenberg books in ../shared; its first --haystack-chars characters are used). Writes into --out (default ./gate-training): full_attention_heads.tsv +
   config.json (the reference's format), pattern.json (ours, with provenance), checkpoint.json, history.json,
@@ -59,6 +62,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
     'measure-steps': { type: 'string' },
     'haystack-chars': { type: 'string' },
     'full-term': { type: 'string' },
+    format: { type: 'string' },
   });
   const steps = integerOption('steps', options.steps, 2000, 1);
   const learningRate = numberOption('lr', options.lr, 0.02, 1e-12);
@@ -67,6 +71,8 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
     sink: integerOption('sink', options.sink, 128, 0),
     recent: integerOption('recent', options.recent, 256, 1),
   };
+  const formatName = choiceOption('format', options.format, ['reference', 'magic-number'] as const, 'reference');
+  const format = PASSKEY_FORMATS[formatName] as PasskeyFormat;
   const fullTerm = choiceOption('full-term', options['full-term'], ['student', 'teacher'] as const, 'student');
   const contextMin = integerOption('ctx-min', options['ctx-min'], 1000, 1);
   const contextMax = integerOption('ctx-max', options['ctx-max'], 32000, contextMin);
@@ -94,7 +100,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
     log(`[train-gates] ${label} on ${model.backend.deviceName}; tokenizing ${haystackPath}`);
     const haystack = tokenizer.encode(readHaystack(haystackPath).slice(0, haystackChars), { addBos: false });
     // Default: the reference's 10 × 32 words where the needles fit a third of the shortest context, else fewer.
-    const fitting = fittingPasskeys(tokenizer, contextMin);
+    const fitting = fittingPasskeys(tokenizer, contextMin, format);
     const passkeys = integerOption('passkeys', options.passkeys, fitting.passkeys, 1);
     const words = integerOption('words', options.words, fitting.words, 1);
     log(`[train-gates] ${passkeys} passkeys of ${words} words per sample, contexts ${contextMin}–${contextMax} tokens`);
@@ -115,6 +121,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
         haystack: haystackPath,
         haystackChars,
         haystackTokens: haystack.length,
+        format: formatName,
         passkeys,
         wordsPerPasskey: words,
         contextMin,
@@ -134,6 +141,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
           passkeys,
           wordsPerPasskey: words,
           seed,
+          format,
         }).sample(0);
       return await measureStepTimes(frozen, sampleAt, measureLengths, {
         contextMin,
