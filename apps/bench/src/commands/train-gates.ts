@@ -103,7 +103,10 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
     const fitting = fittingPasskeys(tokenizer, contextMin, format);
     const passkeys = integerOption('passkeys', options.passkeys, fitting.passkeys, 1);
     const words = integerOption('words', options.words, fitting.words, 1);
-    log(`[train-gates] ${passkeys} passkeys of ${words} words per sample, contexts ${contextMin}–${contextMax} tokens`);
+    const unit = formatName === 'reference' ? 'words' : 'digits';
+    log(
+      `[train-gates] ${passkeys} ${formatName} passkeys of ${words} ${unit} per sample, contexts ${contextMin}–${contextMax}`,
+    );
     const data = new PasskeyData({
       haystack,
       tokenizer,
@@ -112,6 +115,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
       passkeys,
       wordsPerPasskey: words,
       seed,
+      format,
     });
     const provenance = {
       model: label,
