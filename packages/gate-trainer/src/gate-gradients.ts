@@ -49,10 +49,10 @@ export interface StreamingWindow {
 }
 
 /**
- * Where the full-attention term of the student's mix comes from. `'student'` (the paper): Full(Q_s, K_s, V_s) on the
- * student's own inputs, differentiated like the streaming term. `'teacher'` (the reference code): Full(Q_t, K_t, V_t)
- * from the teacher's pass, a constant — cheaper, but it lets later layers re-inject the teacher's retrieved
- * information (see docs/decisions/0005-gate-trainer.md for what that did to the demo model's ranking).
+ * Where the full-attention term of the student's mix comes from. `'teacher'` (the reference code, the default):
+ * Full(Q_t, K_t, V_t) from the teacher's pass, a constant. `'student'` (the paper's wording): Full(Q_s, K_s, V_s) on the
+ * student's own inputs, differentiated like the streaming term — a causal attention backward per layer, several times
+ * slower here. Both found the same retrieval heads on the demo model (docs/decisions/0005-gate-trainer.md).
  */
 export type FullTerm = 'student' | 'teacher';
 
@@ -60,7 +60,7 @@ export type FullTerm = 'student' | 'teacher';
 export interface GateLossOptions {
   /** Streaming heads' window (reference: sink 128, recent 256). */
   readonly window: StreamingWindow;
-  /** Default `'student'`. */
+  /** Default `'teacher'`. */
   readonly fullTerm?: FullTerm;
 }
 
@@ -105,7 +105,7 @@ export async function gateGradients(
   options: GateLossOptions,
   withGradients = true,
 ): Promise<GateGradients> {
-  const fullTerm = options.fullTerm ?? 'student';
+  const fullTerm = options.fullTerm ?? 'teacher';
   if (fullTerm !== 'student' && fullTerm !== 'teacher') {
     throw new DuoArgumentError(
       'fullTerm',

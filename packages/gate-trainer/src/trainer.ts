@@ -54,7 +54,7 @@ export interface TrainGatesOptions {
   regularization?: number;
   /** Streaming window in training (reference: sink 128, recent 256). */
   window?: StreamingWindow;
-  /** Where the mix's full term comes from (default 'student', the paper's formulation). */
+  /** Where the mix's full term comes from (default 'teacher', the reference code's). */
   fullTerm?: FullTerm;
   /** JSON checkpoint written every `checkpointEvery` steps and at the end (atomically: a temp file, then rename). */
   checkpointPath?: string;
@@ -97,7 +97,7 @@ export async function trainGates(options: TrainGatesOptions): Promise<TrainGates
     regularization: expectPositive('regularization', options.regularization ?? 0.05, -1e-300),
     sink: expectInteger('sink', window.sink, 0),
     recent: expectInteger('recent', window.recent, 1),
-    fullTerm: options.fullTerm ?? 'student',
+    fullTerm: options.fullTerm ?? 'teacher',
     dataSeed: data.seed,
     contextLengths: [...data.lengths],
   };

@@ -25,21 +25,24 @@ import { measureStepTimes } from './step-times.js';
 
 export const trainGatesHelp = `duo-bench train-gates [--model DIR | --shape NAME] [--haystack PATH] [--out DIR] [--steps 2000]
                   [--lr 0.02] [--reg 0.05] [--sink 128] [--recent 256] [--ctx-min 1000] [--ctx-max 32000]
-                  [--passkeys P] [--words W] [--seed 42] [--device auto|cpu|cuda] [--weight-dtype …]
-                  [--checkpoint-every 10] [--resume] [--measure-steps 1000,8750,16500,32000]
-                  [--haystack-chars 2000000] [--full-term student|teacher] [--format reference|magic-number]
+                  [--format reference|magic-number] [--passkeys P] [--words W] [--seed 42] [--device auto|cpu|cuda]
+                  [--weight-dtype …] [--full-term teacher|student] [--checkpoint-every 10] [--resume]
+                  [--haystack-chars 2000000] [--measure-steps 1000,8750,16500,32000]
   Trains one gate per KV head (DuoAttention): teacher = full attention, student = (1 − α)·streaming + α·full per KV
-  head (--full-term student: the paper's mix on the student's own Q/K/V, differentiated; teacher: the reference
-  code's shortcut, the teacher's full attention as a constant); P passkeys of W NATO words per sample (default 10 × 32, fewer where they would fill more than a third
-  of --ctx-min; --format magic-number: keyed facts " The magic number of KEY is DIGITS. ", W digits, for models
-  that cannot do the reference's task — a model must solve the task for its retrieval heads to show); loss = MSE of the final normed hidden states on the answer tokens + reg·mean|α|; AdamW, warm-up/decay
-  schedule, gates clamped to [0, 1]. The haystack is a text file or a directory of .txt files (default: the
-  Gutenberg books in ../shared; its first --haystack-chars characters are used). Writes into --out (default ./gate-training): full_attention_heads.tsv +
-  config.json (the reference's format), pattern.json (ours, with provenance), checkpoint.json, history.json,
-  training.svg (loss, distillation, mean gate) and gates.png (every gate over the steps). --resume continues a
-  stopped run from checkpoint.json exactly. --shape NAME trains random weights (a byte-level stand-in tokenizer) for
-  timing; --measure-steps times one step at each length instead of training and projects the reference's
-  2000-step schedule (lengths linspace(ctx-min, ctx-max, 50)).`;
+  head; loss = MSE of the final normed hidden states on the answer tokens + reg·mean|α|; AdamW with the reference's
+  warm-up/decay schedule, gates clamped to [0, 1]. --full-term teacher (default, the reference code): the full term
+  is the teacher's attention output, a constant; student (the paper's wording): the student's own, differentiated
+  (several times slower). Data: P passkeys hidden at sorted random depths of the haystack (a text file or a directory
+  of .txt files; default the Gutenberg books in ../shared, first --haystack-chars characters), then every question
+  with its answer. --format reference: W NATO words "to the vault" (default 10 × 32, fewer where the needles would
+  fill more than a third of --ctx-min); magic-number: keyed facts " The magic number of KEY is DIGITS. " with W
+  digits, for models that cannot do the reference's task (the demo model) — a model must solve the task for its
+  retrieval heads to show. Writes into --out (default ./gate-training): full_attention_heads.tsv + config.json (the
+  reference's format), pattern.json (ours, with provenance), checkpoint.json, history.json, training.svg (loss,
+  distillation, mean gate) and gates.png (every gate over the steps, one row per gate). Ctrl-C stops after the
+  current step and saves the checkpoint; --resume continues exactly. --shape NAME trains random weights (bytes as
+  tokens) for timing; --measure-steps times one step at each length instead of training and projects a schedule
+  of --steps steps over linspace(ctx-min, ctx-max, 50).`;
 
 export async function trainGatesCommand(argv: string[], log: (line: string) => void): Promise<object> {
   const options = parseOptions(argv, {
@@ -73,7 +76,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
   };
   const formatName = choiceOption('format', options.format, ['reference', 'magic-number'] as const, 'reference');
   const format = PASSKEY_FORMATS[formatName] as PasskeyFormat;
-  const fullTerm = choiceOption('full-term', options['full-term'], ['student', 'teacher'] as const, 'student');
+  const fullTerm = choiceOption('full-term', options['full-term'], ['teacher', 'student'] as const, 'teacher');
   const contextMin = integerOption('ctx-min', options['ctx-min'], 1000, 1);
   const contextMax = integerOption('ctx-max', options['ctx-max'], 32000, contextMin);
   if (contextMax < contextMin)
@@ -161,6 +164,13 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
     mkdirSync(out, { recursive: true });
     const progress = trainingProgress(steps);
     const started = performance.now();
+    // Ctrl-C: finish the step in flight, save the checkpoint, write the pattern so far.
+    const interrupt = new AbortController();
+    const stop = () => {
+      log('[train-gates] stopping after this step (the checkpoint keeps everything; --resume continues)');
+      interrupt.abort();
+    };
+    process.once('SIGINT', stop);
     const result = await trainGates({
       model: frozen,
       data,
@@ -172,8 +182,9 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
       checkpointPath: join(out, 'checkpoint.json'),
       checkpointEvery,
       resume: Boolean(options.resume),
+      signal: interrupt.signal,
       onStep: (report: StepReport) => progress(report),
-    });
+    }).finally(() => process.off('SIGINT', stop));
     const seconds = (performance.now() - started) / 1000;
     const pattern = exportPattern(out, {
       gates: result.gates,
