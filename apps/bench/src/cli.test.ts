@@ -1,10 +1,12 @@
-// duo-bench end to end on the CPU: generate on stories260K, speed on a tiny shape, and usage errors.
+// duo-bench end to end on the CPU: generate on stories260K, speed on a tiny shape, retrieval and gate training on the
+// demo model, and usage errors.
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { loadPattern } from '@duoattn/dual-cache';
 import { afterAll, describe, expect, it } from 'vitest';
 
 const run = promisify(execFile);
@@ -205,6 +207,65 @@ describe('duo-bench', () => {
       expect(document.decode[0].context).toBe(128);
       expect(document.decode[0].msPerToken).toBeGreaterThan(0);
       expect(document.decode[0].floorMs).toBeGreaterThan(0);
+    },
+  );
+
+  (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
+    'train-gates writes a loadable pattern in both formats, plots and a checkpoint, and resumes to the same gates',
+    async () => {
+      const haystack = join(root, 'models/duo-demo/MODEL_CARD.md');
+      const base = ['train-gates', '--device', 'cpu', '--haystack', haystack, '--ctx-min', '500', '--ctx-max', '600'];
+      const data = [
+        ...base,
+        '--format',
+        'magic-number',
+        '--passkeys',
+        '3',
+        '--words',
+        '4',
+        '--sink',
+        '16',
+        '--recent',
+        '32',
+      ];
+      const whole = join(out, 'gates-whole');
+      const first = await bench([...data, '--steps', '3', '--out', whole]);
+      expect(first.code).toBe(0);
+      expect(first.stdout).toMatch(/3 magic-number passkeys of 4 digits per sample/);
+      expect(first.stderr).toMatch(/step 3\/3 .* loss [\d.e+-]+ distill [\d.e+-]+ gate [\d.]+ \d+ tok\/s ETA 0s/);
+      for (const file of [
+        'full_attention_heads.tsv',
+        'config.json',
+        'pattern.json',
+        'checkpoint.json',
+        'history.json',
+        'training.svg',
+        'gates.png',
+      ]) {
+        expect(existsSync(join(whole, file))).toBe(true);
+      }
+      const pattern = loadPattern(whole);
+      expect(pattern.gates.length).toBe(6);
+      expect(pattern.gates.every((row) => row.length === 2)).toBe(true);
+      expect(pattern.sink).toBe(16);
+      const provenance = JSON.parse(readFileSync(join(whole, 'pattern.json'), 'utf8')).provenance;
+      expect(provenance.modelHash).toMatch(/^sha256:[0-9a-f]{64}$/);
+      expect(provenance.steps).toBe(3);
+      // Two steps, then --resume to three: the same gates as the uninterrupted run.
+      const split = join(out, 'gates-split');
+      const stopped = await bench([...data, '--steps', '3', '--out', split, '--stop-after', '2']);
+      expect(stopped.code).toBe(0);
+      expect(stopped.stdout).toMatch(/stopped after 2\/3 steps/);
+      const resumed = await bench([...data, '--steps', '3', '--out', split, '--resume']);
+      expect(resumed.code).toBe(0);
+      expect(resumed.stderr).not.toMatch(/step [12]\/3/); // only the third step ran
+      expect(resumed.stderr).toMatch(/step 3\/3/);
+      expect(readFileSync(join(split, 'full_attention_heads.tsv'), 'utf8')).toBe(
+        readFileSync(join(whole, 'full_attention_heads.tsv'), 'utf8'),
+      );
+      const usage = await bench([...base, '--format', 'nato']);
+      expect(usage.code).toBe(2);
+      expect(usage.stderr).toMatch(/--format: expected one of reference, magic-number but received "nato"/);
     },
   );
 });

@@ -53,7 +53,14 @@ describe('trainGates (cpu)', () => {
     const first = await trainGates({ ...settings, checkpointPath, checkpointEvery: 2, stopAfter: 3 });
     expect(first.finished).toBe(false);
     expect(first.stepsDone).toBe(3);
-    const resumed = await trainGates({ ...settings, checkpointPath, resume: true });
+    const resumedSteps: number[] = [];
+    const resumed = await trainGates({
+      ...settings,
+      checkpointPath,
+      resume: true,
+      onStep: (report) => resumedSteps.push(report.step),
+    });
+    expect(resumedSteps).toEqual([3, 4, 5]); // only the steps the first run did not take
     expect(resumed.stepsDone).toBe(6);
     expect(resumed.history.reports.map((r) => r.step)).toEqual([0, 1, 2, 3, 4, 5]);
     expect(Array.from(resumed.gates)).toEqual(Array.from(whole.gates));

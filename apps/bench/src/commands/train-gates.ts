@@ -26,7 +26,7 @@ import { measureStepTimes } from './step-times.js';
 export const trainGatesHelp = `duo-bench train-gates [--model DIR | --shape NAME] [--haystack PATH] [--out DIR] [--steps 2000]
                   [--lr 0.02] [--reg 0.05] [--sink 128] [--recent 256] [--ctx-min 1000] [--ctx-max 32000]
                   [--format reference|magic-number] [--passkeys P] [--words W] [--seed 42] [--device auto|cpu|cuda]
-                  [--weight-dtype …] [--full-term teacher|student] [--checkpoint-every 10] [--resume]
+                  [--weight-dtype …] [--full-term teacher|student] [--checkpoint-every 10] [--resume] [--stop-after N]
                   [--haystack-chars 2000000] [--measure-steps 1000,8750,16500,32000]
   Trains one gate per KV head (DuoAttention): teacher = full attention, student = (1 − α)·streaming + α·full per KV
   head; loss = MSE of the final normed hidden states on the answer tokens + reg·mean|α|; AdamW with the reference's
@@ -40,7 +40,8 @@ export const trainGatesHelp = `duo-bench train-gates [--model DIR | --shape NAME
   retrieval heads to show. Writes into --out (default ./gate-training): full_attention_heads.tsv + config.json (the
   reference's format), pattern.json (ours, with provenance), checkpoint.json, history.json, training.svg (loss,
   distillation, mean gate) and gates.png (every gate over the steps, one row per gate). Ctrl-C stops after the
-  current step and saves the checkpoint; --resume continues exactly. --shape NAME trains random weights (bytes as
+  current step and saves the checkpoint, as does --stop-after N (N steps in all, e.g. to split a run across time-limited
+  sessions); --resume continues exactly. --shape NAME trains random weights (bytes as
   tokens) for timing; --measure-steps times one step at each length instead of training and projects a schedule
   of --steps steps over linspace(ctx-min, ctx-max, 50).`;
 
@@ -66,6 +67,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
     'haystack-chars': { type: 'string' },
     'full-term': { type: 'string' },
     format: { type: 'string' },
+    'stop-after': { type: 'string' },
   });
   const steps = integerOption('steps', options.steps, 2000, 1);
   const learningRate = numberOption('lr', options.lr, 0.02, 1e-12);
@@ -82,6 +84,8 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
   if (contextMax < contextMin)
     throw new UsageError(`--ctx-max: expected at least --ctx-min (${contextMin}) but received ${contextMax}`);
   const seed = integerOption('seed', options.seed, 42, 0);
+  const stopAfter =
+    options['stop-after'] === undefined ? undefined : integerOption('stop-after', options['stop-after'], 1, 1);
   const checkpointEvery = integerOption('checkpoint-every', options['checkpoint-every'], 10, 1);
   const measureLengths =
     options['measure-steps'] === undefined
@@ -182,6 +186,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
       checkpointPath: join(out, 'checkpoint.json'),
       checkpointEvery,
       resume: Boolean(options.resume),
+      stopAfter,
       signal: interrupt.signal,
       onStep: (report: StepReport) => progress(report),
     }).finally(() => process.off('SIGINT', stop));
@@ -221,7 +226,9 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
       figures,
     );
     log(
-      `[train-gates] ${result.stepsDone}/${steps} steps in ${seconds.toFixed(1)} s; pattern in ${out} (full_attention_heads.tsv, pattern.json)`,
+      result.finished
+        ? `[train-gates] ${result.stepsDone}/${steps} steps in ${seconds.toFixed(1)} s; pattern in ${out} (full_attention_heads.tsv, pattern.json)`
+        : `[train-gates] stopped after ${result.stepsDone}/${steps} steps (${seconds.toFixed(1)} s); the pattern so far is in ${out}, --resume continues`,
     );
     return document;
   } finally {
