@@ -402,9 +402,10 @@ class StepLayout {
         scope.alloc([this.length, numKvHeads * headDim]),
       ];
       attentionGradients(full, gradFull, fullTargets);
-      [gradQuery, gradKey, gradValue].forEach((target, i) =>
-        backend.add(target, fullTargets[i] as TensorHandle, target),
-      );
+      const targets = [gradQuery, gradKey, gradValue];
+      for (let i = 0; i < targets.length; i++) {
+        backend.add(targets[i] as TensorHandle, fullTargets[i] as TensorHandle, targets[i] as TensorHandle);
+      }
       fullTargets[1].dispose();
       fullTargets[2].dispose();
       gradFull.dispose();
