@@ -7,6 +7,7 @@ const alias = {
   '@duoattn/core': source('core'),
   '@duoattn/kernels/testing': fileURLToPath(new URL('./packages/kernels/src/testing/index.ts', import.meta.url)),
   '@duoattn/kernels': source('kernels'),
+  '@duoattn/kv-quant': source('kv-quant'),
   '@duoattn/dual-cache': source('dual-cache'),
   '@duoattn/model': source('model'),
   '@duoattn/gate-trainer': source('gate-trainer'),
@@ -21,6 +22,7 @@ export default defineConfig({
     projects: [
       project('core', 'packages/core'),
       project('kernels', 'packages/kernels'),
+      project('kv-quant', 'packages/kv-quant'),
       project('dual-cache', 'packages/dual-cache'),
       project('model', 'packages/model'),
       project('gate-trainer', 'packages/gate-trainer'),

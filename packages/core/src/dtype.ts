@@ -18,3 +18,13 @@ export function isDType(value: unknown): value is DType {
 
 /** Where a tensor lives. */
 export type DeviceKind = 'cpu' | 'cuda';
+
+/**
+ * How a KV cache stores keys and values: `none` in the cache dtype; `int8` symmetric per (token, KV head) with an fp16
+ * scale; `int4` asymmetric per (token, KV head, group of ≤ 128 channels) with fp16 scale and zero, two codes per byte
+ * (the DuoAttention reference's layout); `fp8` e4m3 per (token, KV head) with an fp16 scale.
+ */
+export type KvQuantScheme = 'none' | 'int8' | 'int4' | 'fp8';
+
+/** Every KV quantization scheme. */
+export const KV_QUANT_SCHEMES: readonly KvQuantScheme[] = ['none', 'int8', 'int4', 'fp8'];

@@ -12,7 +12,15 @@ export type {
   StreamingHeads,
   TensorHandle,
 } from './backend.js';
-export { type DeviceKind, DTYPES, type DType, dtypeBytes, isDType } from './dtype.js';
+export {
+  type DeviceKind,
+  DTYPES,
+  type DType,
+  dtypeBytes,
+  isDType,
+  KV_QUANT_SCHEMES,
+  type KvQuantScheme,
+} from './dtype.js';
 export {
   DuoArgumentError,
   DuoBackendUnavailableError,
