@@ -39,6 +39,7 @@ const common = {
     '@duoattn/core': join(root, 'packages/core/src/index.ts'),
     '@duoattn/kernels/testing': join(root, 'packages/kernels/src/testing/index.ts'),
     '@duoattn/kernels': join(root, 'packages/kernels/src/index.ts'),
+    '@duoattn/kv-quant': join(root, 'packages/kv-quant/src/index.ts'),
     '@duoattn/dual-cache': join(root, 'packages/dual-cache/src/index.ts'),
     '@duoattn/model': join(root, 'packages/model/src/index.ts'),
     '@duoattn/gate-trainer': join(root, 'packages/gate-trainer/src/index.ts'),

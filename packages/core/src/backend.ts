@@ -1,5 +1,5 @@
 // The versioned Backend interface: every op the engine runs, with typed inputs and attributes.
-import type { DeviceKind, DType } from './dtype.js';
+import type { DeviceKind, DType, KvQuantScheme } from './dtype.js';
 
 /** A tensor handle. Memory belongs to the backend; `dispose()` frees it. */
 export interface TensorHandle {
@@ -14,8 +14,8 @@ export interface TensorHandle {
   [Symbol.dispose](): void;
 }
 
-/** Host array matching a dtype: f32 → Float32Array, f16/bf16 → Uint16Array (raw bits), i32 → Int32Array. */
-export type HostArray = Float32Array | Uint16Array | Int32Array;
+/** Host array matching a dtype: f32 → Float32Array, f16/bf16 → Uint16Array (raw bits), i32 → Int32Array, u8 → Uint8Array. */
+export type HostArray = Float32Array | Uint16Array | Int32Array | Uint8Array;
 
 /** Attributes of `rope`. */
 export interface RopeAttributes {
@@ -188,6 +188,18 @@ export interface Backend {
    * at positions `start … start + n − 1`.
    */
   writeCache(source: TensorHandle, cache: TensorHandle, start: number): void;
+  /**
+   * Quantizes `source` (f32 `[n, kvHeads · headDim]`) into a quantized cache at positions `start … start + n − 1`:
+   * `codes` u8 `[kvHeads, capacity, codeBytes]` and `scales` f16 `[kvHeads, capacity, scaleHalves]` (`kvQuantLayout`).
+   * Every backend writes the same codes.
+   */
+  writeCacheQuantized(
+    source: TensorHandle,
+    codes: TensorHandle,
+    scales: TensorHandle,
+    start: number,
+    scheme: Exclude<KvQuantScheme, 'none'>,
+  ): void;
   /** Causal attention of a query chunk against the cache: key j is visible to query position p iff j ≤ p. */
   attentionPrefill(
     query: TensorHandle,

@@ -1,13 +1,14 @@
 // Element types the backends store, with their sizes and the tolerances the conformance suite uses.
 
-/** Element type of a tensor. Weights keep their checkpoint dtype; activations are f32. */
-export type DType = 'f32' | 'f16' | 'bf16' | 'i32';
+/** Element type of a tensor. Weights keep their checkpoint dtype; activations are f32; u8 holds quantized KV codes. */
+export type DType = 'f32' | 'f16' | 'bf16' | 'i32' | 'u8';
 
 /** Every dtype, in a stable order (the native addon uses these indices). */
-export const DTYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'i32'];
+export const DTYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'i32', 'u8'];
 
 /** Bytes per element of `dtype`. */
 export function dtypeBytes(dtype: DType): number {
+  if (dtype === 'u8') return 1;
   return dtype === 'f16' || dtype === 'bf16' ? 2 : 4;
 }
 
@@ -28,3 +29,22 @@ export type KvQuantScheme = 'none' | 'int8' | 'int4' | 'fp8';
 
 /** Every KV quantization scheme. */
 export const KV_QUANT_SCHEMES: readonly KvQuantScheme[] = ['none', 'int8', 'int4', 'fp8'];
+
+/** Channels per int4 group: the reference's 128, or the whole head when it is narrower. */
+export const INT4_GROUP = 128;
+
+/**
+ * How one token's keys (or values) of one KV head are stored under a quantizing scheme: `codeBytes` bytes of codes
+ * (one per channel; int4 two per byte) and `scaleHalves` fp16 values (one scale; int4 a scale and a zero per group of
+ * `groupWidth` channels). The cache keeps them as two planes (docs/decisions/0006-kv-quantization.md).
+ */
+export function kvQuantLayout(
+  scheme: Exclude<KvQuantScheme, 'none'>,
+  headDim: number,
+): { codeBytes: number; scaleHalves: number; groupWidth: number } {
+  if (scheme === 'int4') {
+    const groupWidth = Math.min(INT4_GROUP, headDim);
+    return { codeBytes: headDim / 2, scaleHalves: 2 * Math.ceil(headDim / groupWidth), groupWidth };
+  }
+  return { codeBytes: headDim, scaleHalves: 1, groupWidth: headDim };
+}

@@ -17,9 +17,11 @@ export {
   DTYPES,
   type DType,
   dtypeBytes,
+  INT4_GROUP,
   isDType,
   KV_QUANT_SCHEMES,
   type KvQuantScheme,
+  kvQuantLayout,
 } from './dtype.js';
 export {
   DuoArgumentError,

@@ -487,6 +487,15 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value WriteCacheQuantized(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Tensor &source = tensorAt(info[0]), &codes = tensorAt(info[1]), &scales = tensorAt(info[2]);
+    sameDevice({&source, &codes, &scales});
+    source.device->writeCacheQuantized(source, codes, scales, integer(info, 3), static_cast<int>(integer(info, 4)));
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value MatmulBackward(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &gradOut = tensorAt(info[0]), &weight = tensorAt(info[1]), &gradInput = tensorAt(info[2]);
@@ -684,6 +693,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionPrefill", Napi::Function::New(env, AttentionPrefill));
   exports.Set("attentionDecode", Napi::Function::New(env, AttentionDecode));
   exports.Set("argmax", Napi::Function::New(env, Argmax));
+  exports.Set("writeCacheQuantized", Napi::Function::New(env, WriteCacheQuantized));
   exports.Set("matmulBackward", Napi::Function::New(env, MatmulBackward));
   exports.Set("rmsNormBackward", Napi::Function::New(env, RmsNormBackward));
   exports.Set("swigluBackward", Napi::Function::New(env, SwigluBackward));

@@ -10,15 +10,19 @@
 namespace duo {
 
 // Indices match DTYPES in @duoattn/core.
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3 };
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3, U8 = 4 };
 
-inline size_t dtypeBytes(DType dtype) { return (dtype == DType::F16 || dtype == DType::BF16) ? 2 : 4; }
+inline size_t dtypeBytes(DType dtype) {
+  if (dtype == DType::U8) return 1;
+  return (dtype == DType::F16 || dtype == DType::BF16) ? 2 : 4;
+}
 inline const char* dtypeName(DType dtype) {
   switch (dtype) {
     case DType::F32: return "f32";
     case DType::F16: return "f16";
     case DType::BF16: return "bf16";
     case DType::I32: return "i32";
+    case DType::U8: return "u8";
   }
   return "?";
 }
@@ -200,6 +204,10 @@ class Device {
   virtual void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) = 0;
   virtual void argmax(const Tensor& logits, Tensor& out) = 0;
   virtual void softmax(const Tensor& logits, Tensor& out, float temperature) = 0;
+
+  // Quantizes rows of `source` ([n, kvHeads · headDim] f32) into a quantized cache at positions start … start + n − 1:
+  // codes [kvHeads, capacity, codeBytes] u8, scales [kvHeads, capacity, scaleHalves] f16 (quant.h; scheme: KvQuant).
+  virtual void writeCacheQuantized(const Tensor& source, Tensor& codes, Tensor& scales, int64_t start, int scheme) = 0;
 
   // Input gradients (weights are frozen). With `accumulate` the result is added to what `gradInput` holds.
   // gradInput[n, k] (+)= gradOut[n, m] · weight[m, k]

@@ -77,6 +77,15 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       const ints = b().upload('i32', [3], Int32Array.from([7, -2, 5]));
       expect(Array.from(await b().read(ints))).toEqual([7, -2, 5]);
       ints.dispose();
+      // u8: quantized KV codes, raw bytes.
+      const bytes = b().upload('u8', [2, 3], Uint8Array.from([0, 1, 127, 128, 200, 255]));
+      const moved = b().alloc('u8', [1, 3]);
+      b().copyRows(bytes, moved, 1, 0, 1);
+      expect(Array.from(await b().read(bytes))).toEqual([0, 1, 127, 128, 200, 255]);
+      expect(Array.from(await b().read(moved))).toEqual([128, 200, 255]);
+      expect(() => b().upload('u8', [2], Float32Array.from([1, 2]))).toThrow(/Expected a Uint8Array for `data` \(u8\)/);
+      bytes.dispose();
+      moved.dispose();
     });
 
     it('converts between dtypes with round-to-nearest-even', async () => {

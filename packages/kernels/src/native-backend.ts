@@ -13,6 +13,9 @@ import {
   type GateMixAttributes,
   type HostArray,
   isDType,
+  KV_QUANT_SCHEMES,
+  type KvQuantScheme,
+  kvQuantLayout,
   type PrefillAttentionAttributes,
   type RopeAttributes,
   type StreamingHeads,
@@ -30,6 +33,7 @@ const I32: readonly DType[] = ['i32'];
 export function hostArrayFor(dtype: DType, buffer: ArrayBuffer): HostArray {
   if (dtype === 'f32') return new Float32Array(buffer);
   if (dtype === 'i32') return new Int32Array(buffer);
+  if (dtype === 'u8') return new Uint8Array(buffer);
   return new Uint16Array(buffer);
 }
 
@@ -37,9 +41,17 @@ function expectHostArray(argument: string, dtype: DType, data: unknown): HostArr
   const ok =
     (dtype === 'f32' && data instanceof Float32Array) ||
     (dtype === 'i32' && data instanceof Int32Array) ||
+    (dtype === 'u8' && data instanceof Uint8Array) ||
     ((dtype === 'f16' || dtype === 'bf16') && data instanceof Uint16Array);
   if (!ok) {
-    const wanted = dtype === 'f32' ? 'Float32Array' : dtype === 'i32' ? 'Int32Array' : 'Uint16Array (raw bits)';
+    const wanted =
+      dtype === 'f32'
+        ? 'Float32Array'
+        : dtype === 'i32'
+          ? 'Int32Array'
+          : dtype === 'u8'
+            ? 'Uint8Array'
+            : 'Uint16Array (raw bits)';
     throw new DuoArgumentError(
       argument,
       `Expected a ${wanted} for \`${argument}\` (${dtype}) but received ${describeValue(data)}`,
@@ -518,6 +530,41 @@ export class NativeBackend implements Backend {
     const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: logits.shape });
     expectPositive('temperature', temperature);
     callNative(() => this.#native.softmax(logitsId, outId, temperature));
+  }
+
+  writeCacheQuantized(
+    source: Tensor,
+    codes: Tensor,
+    scales: Tensor,
+    start: number,
+    scheme: Exclude<KvQuantScheme, 'none'>,
+  ): void {
+    if (!(['int8', 'int4', 'fp8'] as const).includes(scheme)) {
+      throw new DuoArgumentError(
+        'scheme',
+        `Expected \`scheme\` to be int8, int4 or fp8 but received ${describeValue(scheme)}`,
+      );
+    }
+    const codesId = expectTensor('codes', codes, this.device, { dtypes: ['u8'], shape: [null, null, null] });
+    const [kvHeads = 0, capacity = 0] = codes.shape;
+    const sourceId = expectTensor('source', source, this.device, { dtypes: F32, shape: [null, null] });
+    const headDim = source.cols / Math.max(kvHeads, 1);
+    if (!Number.isInteger(headDim) || headDim < 2 || headDim % 2 !== 0) {
+      throw new DuoArgumentError(
+        'source',
+        `Expected \`source\` rows of kvHeads (${kvHeads}) × an even head size but received ${source.describe()}`,
+      );
+    }
+    const layout = kvQuantLayout(scheme, headDim);
+    expectTensor('codes', codes, this.device, { dtypes: ['u8'], shape: [kvHeads, capacity, layout.codeBytes] });
+    const scalesId = expectTensor('scales', scales, this.device, {
+      dtypes: ['f16'],
+      shape: [kvHeads, capacity, layout.scaleHalves],
+    });
+    expectInteger('start', start, 0, capacity - source.rows);
+    callNative(() =>
+      this.#native.writeCacheQuantized(sourceId, codesId, scalesId, start, KV_QUANT_SCHEMES.indexOf(scheme)),
+    );
   }
 
   matmulBackward(gradOut: Tensor, weight: Tensor, gradInput: Tensor, options: { accumulate?: boolean } = {}): void {

@@ -41,6 +41,7 @@ export interface NativeAddon {
     inverse?: boolean,
   ): void;
   swiglu(gate: number, up: number, out: number): void;
+  writeCacheQuantized(source: number, codes: number, scales: number, start: number, scheme: number): void;
   matmulBackward(gradOut: number, weight: number, gradInput: number, accumulate: boolean): void;
   rmsNormBackward(
     x: number,

@@ -15,7 +15,7 @@ import {
   toMatrix,
 } from './testing/reference.js';
 
-const TOLERANCE: Record<DType, number> = { f32: 1e-4, f16: 2e-3, bf16: 1e-2, i32: 0 };
+const TOLERANCE: Record<DType, number> = { f32: 1e-4, f16: 2e-3, bf16: 1e-2, i32: 0, u8: 0 };
 
 interface StreamingCase {
   dtype: DType;

@@ -93,7 +93,7 @@ export function quantizeRow(scheme: Exclude<KvQuantScheme, 'none'>, row: ArrayLi
         const group = values.subarray(g * width, Math.min(values.length, (g + 1) * width));
         const minimum = group.reduce((a, b) => Math.min(a, b), Number.POSITIVE_INFINITY);
         const maximum = group.reduce((a, b) => Math.max(a, b), Number.NEGATIVE_INFINITY);
-        const scale = half(f32(f32(f32(maximum - minimum) / 15) + 1e-8));
+        const scale = half(f32(f32(f32(maximum - minimum) / 15) + f32(1e-8)));
         const zero = half(minimum);
         scales[g] = scale.bits;
         zeros[g] = zero.bits;

@@ -1,12 +1,16 @@
 // The KV quantization schemes' storage: bytes per token per KV head for keys (values take the same again), and the
 // int4 group layout. The memory planner and the kernels both read these, so the byte counts are the one definition.
-import { type DType, DuoArgumentError, dtypeBytes, KV_QUANT_SCHEMES, type KvQuantScheme } from '@duoattn/core';
+import {
+  type DType,
+  DuoArgumentError,
+  dtypeBytes,
+  INT4_GROUP,
+  KV_QUANT_SCHEMES,
+  type KvQuantScheme,
+  kvQuantLayout,
+} from '@duoattn/core';
 
-/** Channels per int4 group: the reference's 128, or the whole head when it is narrower. */
-export const INT4_GROUP = 128;
-
-/** Bytes of one fp16 scale or zero. */
-const HALF = 2;
+export { INT4_GROUP };
 
 /** Checks that `value` names a scheme. */
 export function expectKvQuantScheme(value: unknown): KvQuantScheme {
@@ -21,8 +25,8 @@ export function expectKvQuantScheme(value: unknown): KvQuantScheme {
 
 /** int4 groups of one head: ⌈headDim / 128⌉ groups of equal width (the last may be narrower). */
 export function int4Groups(headDim: number): { count: number; width: number } {
-  const width = Math.min(INT4_GROUP, headDim);
-  return { count: Math.ceil(headDim / width), width };
+  const { scaleHalves, groupWidth } = kvQuantLayout('int4', headDim);
+  return { count: scaleHalves / 2, width: groupWidth };
 }
 
 /**
@@ -34,13 +38,8 @@ export function kvBytesPerTokenHead(scheme: KvQuantScheme, headDim: number, cach
   if (!Number.isInteger(headDim) || headDim < 2 || headDim % 2 !== 0) {
     throw new DuoArgumentError('headDim', `Expected an even \`headDim\` ≥ 2 but received ${String(headDim)}`);
   }
-  switch (expectKvQuantScheme(scheme)) {
-    case 'none':
-      return headDim * dtypeBytes(cacheDtype);
-    case 'int8':
-    case 'fp8':
-      return headDim + HALF;
-    case 'int4':
-      return headDim / 2 + int4Groups(headDim).count * 2 * HALF;
-  }
+  const checked = expectKvQuantScheme(scheme);
+  if (checked === 'none') return headDim * dtypeBytes(cacheDtype);
+  const { codeBytes, scaleHalves } = kvQuantLayout(checked, headDim);
+  return codeBytes + 2 * scaleHalves;
 }

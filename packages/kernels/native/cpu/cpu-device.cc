@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "../quant.h"
+
 namespace duo {
 
 namespace {
@@ -242,6 +244,21 @@ void CpuDevice::softmax(const Tensor& logits, Tensor& out, float temperature) {
       }
       float inverse = static_cast<float>(1.0 / sum);
       for (int64_t i = 0; i < vocab; i++) target[i] *= inverse;
+    }
+  });
+}
+
+void CpuDevice::writeCacheQuantized(const Tensor& source, Tensor& codes, Tensor& scales, int64_t start, int scheme) {
+  const int64_t kvHeads = codes.shape[0], capacity = codes.shape[1];
+  const int headDim = static_cast<int>(source.cols() / kvHeads);
+  const KvQuant quant = static_cast<KvQuant>(scheme);
+  const int64_t codeBytes = codes.shape[2], scaleHalves = scales.shape[2];
+  pool_.parallelFor(kvHeads * source.rows(), 64, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; task++) {
+      const int64_t row = task / kvHeads, head = task % kvHeads, slot = start + row;
+      quantizeKvRow(quant, source.as<float>() + row * source.cols() + head * headDim, headDim,
+                    codes.as<uint8_t>() + (head * capacity + slot) * codeBytes,
+                    scales.as<uint16_t>() + (head * capacity + slot) * scaleHalves);
     }
   });
 }

@@ -41,6 +41,7 @@ class CpuDevice final : public Device {
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
   void argmax(const Tensor& logits, Tensor& out) override;
   void softmax(const Tensor& logits, Tensor& out, float temperature) override;
+  void writeCacheQuantized(const Tensor& source, Tensor& codes, Tensor& scales, int64_t start, int scheme) override;
   void matmulBackward(const Tensor& gradOut, const Tensor& weight, Tensor& gradInput, bool accumulate) override;
   void rmsNormBackward(const Tensor& x, const Tensor& weight, const Tensor& gradOut, Tensor& gradInput, float eps,
                        bool accumulate) override;
@@ -66,6 +67,7 @@ inline float loadFloat(const void* base, DType dtype, int64_t i) {
     case DType::BF16: return bf16ToFloat(static_cast<const uint16_t*>(base)[i]);
     case DType::F16: return f16ToFloat(static_cast<const uint16_t*>(base)[i]);
     case DType::I32: return static_cast<float>(static_cast<const int32_t*>(base)[i]);
+    case DType::U8: return static_cast<float>(static_cast<const uint8_t*>(base)[i]);
   }
   return 0;
 }
@@ -75,6 +77,7 @@ inline void storeFloat(void* base, DType dtype, int64_t i, float value) {
     case DType::BF16: static_cast<uint16_t*>(base)[i] = floatToBf16(value); break;
     case DType::F16: static_cast<uint16_t*>(base)[i] = floatToF16(value); break;
     case DType::I32: static_cast<int32_t*>(base)[i] = static_cast<int32_t>(value); break;
+    case DType::U8: static_cast<uint8_t*>(base)[i] = static_cast<uint8_t>(value); break;
   }
 }
 // Converts `count` elements starting at element `offset` of `base` to f32.

@@ -225,6 +225,11 @@ DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, i
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
                            const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream);
 
+// Quantized KV-cache writes (elementwise.cu; the row quantizer is quant.h's).
+void launchWriteCacheQuantized(const float* source, int64_t rows, int64_t stride, int64_t kvHeads, int headDim, uint8_t* codes,
+                               uint16_t* scales, int64_t capacity, int64_t codeBytes, int64_t scaleHalves, int64_t start,
+                               int scheme, cudaStream_t stream);
+
 // Input gradients (backward.cu).
 void launchRmsNormBackward(const float* x, const void* weight, DType weightType, const float* gradOut, float* gradInput,
                            int64_t rows, int64_t dim, float eps, bool accumulate, cudaStream_t stream);

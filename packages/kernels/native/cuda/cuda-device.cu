@@ -492,6 +492,13 @@ class CudaDevice final : public Device {
     profiler_.mark("softmax", stream_);
   }
 
+  void writeCacheQuantized(const Tensor& source, Tensor& codes, Tensor& scales, int64_t start, int scheme) override {
+    const int64_t kvHeads = codes.shape[0];
+    launchWriteCacheQuantized(source.as<float>(), source.rows(), source.cols(), kvHeads, static_cast<int>(source.cols() / kvHeads),
+                              codes.as<uint8_t>(), scales.as<uint16_t>(), codes.shape[1], codes.shape[2], scales.shape[2], start,
+                              scheme, stream_);
+    profiler_.mark("writeCacheQuantized", stream_);
+  }
   void matmulBackward(const Tensor& gradOut, const Tensor& weight, Tensor& gradInput, bool accumulate) override {
     const int64_t n = gradOut.rows(), m = weight.rows(), k = weight.cols();
     if (!CublasLibrary::instance().available()) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda-common.cuh"
+#include "../quant.h"
 
 namespace duo {
 namespace cuda {
@@ -407,6 +408,28 @@ void launchSoftmax(const float* logits, float* out, int64_t rows, int64_t vocab,
   if (rows == 0) return;
   softmaxKernel<<<static_cast<unsigned>(rows), 1024, 0, stream>>>(logits, out, vocab, temperature);
   checkLaunch("softmax");
+}
+
+namespace {
+// One thread per (row, KV head): the shared row quantizer, so the codes equal the CPU backend's.
+__global__ void writeCacheQuantizedKernel(const float* source, int64_t rows, int64_t stride, int64_t kvHeads, int headDim,
+                                          uint8_t* codes, uint16_t* scales, int64_t capacity, int64_t codeBytes,
+                                          int64_t scaleHalves, int64_t start, KvQuant scheme) {
+  const int64_t task = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (task >= rows * kvHeads) return;
+  const int64_t row = task / kvHeads, head = task % kvHeads, slot = start + row;
+  quantizeKvRow(scheme, source + row * stride + head * headDim, headDim, codes + (head * capacity + slot) * codeBytes,
+                scales + (head * capacity + slot) * scaleHalves);
+}
+}  // namespace
+
+void launchWriteCacheQuantized(const float* source, int64_t rows, int64_t stride, int64_t kvHeads, int headDim, uint8_t* codes,
+                               uint16_t* scales, int64_t capacity, int64_t codeBytes, int64_t scaleHalves, int64_t start,
+                               int scheme, cudaStream_t stream) {
+  if (rows == 0) return;
+  writeCacheQuantizedKernel<<<blocksFor(rows * kvHeads, 128), 128, 0, stream>>>(
+      source, rows, stride, kvHeads, headDim, codes, scales, capacity, codeBytes, scaleHalves, start, static_cast<KvQuant>(scheme));
+  checkLaunch("writeCacheQuantizedKernel");
 }
 
 }  // namespace cuda
