@@ -527,7 +527,7 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         'Expected a f32 tensor of shape [n, 7] for `x` but received f32 [2, 8]',
       );
       expect(() => b().alloc('f64' as DType, [2])).toThrow(
-        'Expected `dtype` to be one of f32, f16, bf16, i32 but received "f64"',
+        'Expected `dtype` to be one of f32, f16, bf16, i32, u8 but received "f64"',
       );
       w.dispose();
       expect(() => b().matmul(x, w, out)).toThrow(DuoDisposedError);

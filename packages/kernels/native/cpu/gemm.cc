@@ -179,8 +179,13 @@ float dotProduct(const float* a, const float* b, int64_t count) {
   Vec16 sums = {};
   int64_t i = 0;
   for (; i + 16 <= count; i += 16) sums += loadVec(a + i) * loadVec(b + i);
-  float sum = 0;
-  for (int lane = 0; lane < 16; lane++) sum += sums[lane];
+  // Fold the lanes in halves (four dependent adds, not fifteen).
+  typedef float Vec8 __attribute__((vector_size(32)));
+  typedef float Vec4 __attribute__((vector_size(16)));
+  const Vec8 eight = __builtin_shufflevector(sums, sums, 0, 1, 2, 3, 4, 5, 6, 7) +
+                     __builtin_shufflevector(sums, sums, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Vec4 four = __builtin_shufflevector(eight, eight, 0, 1, 2, 3) + __builtin_shufflevector(eight, eight, 4, 5, 6, 7);
+  float sum = (four[0] + four[2]) + (four[1] + four[3]);
   for (; i < count; i++) sum += a[i] * b[i];
   return sum;
 }
