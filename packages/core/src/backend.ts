@@ -50,7 +50,21 @@ export interface StreamingHeads {
   readonly mask?: 'exact' | 'chunked';
 }
 
-/** Attributes shared by the attention ops. Caches are `[kvHeads, capacity, headDim]`. */
+/**
+ * A quantized KV cache (docs/decisions/0006-kv-quantization.md): the op's key and value caches (and the streaming
+ * region's) are u8 code planes `[heads, capacity, codeBytes]`; these are the f16 scale planes
+ * `[heads, capacity, scaleHalves]` beside them (`kvQuantLayout`). Attention dequantizes in registers.
+ */
+export interface QuantizedKv {
+  readonly scheme: Exclude<KvQuantScheme, 'none'>;
+  readonly keyScales: TensorHandle;
+  readonly valueScales: TensorHandle;
+  /** The streaming region's scale planes, when the op has streaming heads. */
+  readonly streamKeyScales?: TensorHandle;
+  readonly streamValueScales?: TensorHandle;
+}
+
+/** Attributes shared by the attention ops. Caches are `[kvHeads, capacity, headDim]` (or quantized: see `quant`). */
 export interface AttentionAttributes {
   readonly heads: number;
   readonly kvHeads: number;
@@ -64,6 +78,8 @@ export interface AttentionAttributes {
    * belongs to KV head ⌊h / (heads / kvHeads)⌋. The ring must hold `recent + rows` slots for a call of `rows` queries.
    */
   readonly streaming?: StreamingHeads;
+  /** The caches are quantized: their scale planes and scheme (the CPU backend reads them; CUDA follows). */
+  readonly quant?: QuantizedKv;
 }
 
 /** Attributes of `attentionDecode`. */

@@ -8,6 +8,7 @@ export type {
   GateMixAttributes,
   HostArray,
   PrefillAttentionAttributes,
+  QuantizedKv,
   RopeAttributes,
   StreamingHeads,
   TensorHandle,

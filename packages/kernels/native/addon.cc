@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "common.h"
+#include "quant.h"
 #include "cpu/cpu-device.h"
 #include "cuda/cuda-device.h"
 
@@ -450,6 +451,30 @@ StreamingLayout streamingLayout(const Napi::Value& value, const Tensor& alongsid
   return layout;
 }
 
+// A quantized cache's scale planes, passed as [scheme, keyScalesId, valueScalesId, streamKeyScalesId, streamValueScalesId]
+// (0 for a region that is not there; undefined: the caches are not quantized).
+KvQuantPlanes quantPlanes(const Napi::Value& value, const AttentionArgs& args, const Tensor& cache) {
+  KvQuantPlanes planes;
+  if (!value.IsArray()) return planes;
+  Napi::Array fields = value.As<Napi::Array>();
+  planes.scheme = fields.Get(0u).As<Napi::Number>().Int32Value();
+  const auto scalesAt = [&](uint32_t index) -> const uint16_t* {
+    Tensor* tensor = optionalTensor(fields.Get(index));
+    if (!tensor) return nullptr;
+    sameDevice({&cache, tensor});
+    if (tensor->dtype != DType::F16) throw Error("DUO_ARG", "KV scale planes must be f16");
+    return tensor->as<uint16_t>();
+  };
+  planes.keyScales = scalesAt(1);
+  planes.valueScales = scalesAt(2);
+  planes.streamKeyScales = scalesAt(3);
+  planes.streamValueScales = scalesAt(4);
+  const KvQuant scheme = static_cast<KvQuant>(planes.scheme);
+  planes.codeBytes = kvCodeBytes(scheme, args.headDim);
+  planes.scaleHalves = kvScaleHalves(scheme, args.headDim);
+  return planes;
+}
+
 AttentionArgs attentionArgs(const Napi::CallbackInfo& info, size_t first) {
   AttentionArgs args{};
   args.heads = static_cast<int>(integer(info, first));
@@ -468,6 +493,7 @@ Napi::Value AttentionPrefill(const Napi::CallbackInfo& info) {
     AttentionArgs args = attentionArgs(info, 4);
     args.queryStart = integer(info, 9);
     args.streaming = streamingLayout(info[10], k);
+    args.quant = quantPlanes(info[11], args, k);
     q.device->attentionPrefill(q, k, v, out, args);
     return info.Env().Undefined();
   });
@@ -482,6 +508,7 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
     args.queryStart = args.keyLength - 1;
     args.lengthFrom = lengthFrom ? lengthFrom->as<int32_t>() : nullptr;
     args.streaming = streamingLayout(info[10], k);
+    args.quant = quantPlanes(info[11], args, k);
     q.device->attentionDecode(q, k, v, out, args);
     return info.Env().Undefined();
   });

@@ -112,6 +112,17 @@ DUO_HD bool keyVisible(const StreamingLayout& layout, bool streaming, int64_t po
   return key <= position && (!streaming || key < layout.sink || key >= layout.windowStart(position, firstQuery));
 }
 
+// A quantized cache (docs/decisions/0006-kv-quantization.md): the op's key/value tensors (and the streaming region's)
+// are u8 code planes; these are the fp16 scale planes beside them. scheme 0: not quantized.
+struct KvQuantPlanes {
+  int scheme = 0;  // KvQuant (quant.h)
+  const uint16_t* keyScales = nullptr;
+  const uint16_t* valueScales = nullptr;
+  const uint16_t* streamKeyScales = nullptr;
+  const uint16_t* streamValueScales = nullptr;
+  int64_t codeBytes = 0, scaleHalves = 0;
+};
+
 struct AttentionArgs {
   int heads, kvHeads, headDim;
   float scale;
@@ -121,6 +132,7 @@ struct AttentionArgs {
   // captured graph serves every step); keyLength then only sizes the launch.
   const int32_t* lengthFrom = nullptr;
   StreamingLayout streaming;
+  KvQuantPlanes quant;
 };
 
 // Attention's input gradients over one whole sequence (training): query rows at positions 0 … length − 1 against keys

@@ -48,6 +48,32 @@ DUO_HD uint8_t encodeE4m3(float value) {
   return sign | static_cast<uint8_t>((biased << 3) | bits);
 }
 
+// The value of an e4m3 code.
+DUO_HD float decodeE4m3(uint8_t code) {
+  const float sign = (code & 0x80) ? -1.0f : 1.0f;
+  const int exponent = (code >> 3) & 0x0f, mantissa = code & 0x07;
+  if (exponent == 0) return sign * ldexpf(static_cast<float>(mantissa), -9);
+  return sign * ldexpf(static_cast<float>(8 + mantissa), exponent - 10);
+}
+
+// The f32 values of one quantized row (what attention sees), into `out` (headDim values).
+DUO_HD void dequantizeKvRow(KvQuant scheme, const uint8_t* codes, const uint16_t* scales, int headDim, float* out) {
+  if (scheme == KvQuant::Int4) {
+    const int width = int4GroupWidth(headDim);
+    for (int c = 0; c < headDim; c++) {
+      const int group = c / width;
+      const int code = (codes[c / 2] >> (4 * (c & 1))) & 0x0f;
+      out[c] = static_cast<float>(code) * f16ToFloat(scales[2 * group]) + f16ToFloat(scales[2 * group + 1]);
+    }
+    return;
+  }
+  const float scale = f16ToFloat(scales[0]);
+  for (int c = 0; c < headDim; c++) {
+    const float value = scheme == KvQuant::Int8 ? static_cast<float>(static_cast<int8_t>(codes[c])) : decodeE4m3(codes[c]);
+    out[c] = value * scale;
+  }
+}
+
 // Quantizes `row` (headDim f32 values) into `codes` (kvCodeBytes) and `scales` (kvScaleHalves fp16 bits).
 DUO_HD void quantizeKvRow(KvQuant scheme, const float* row, int headDim, uint8_t* codes, uint16_t* scales) {
   if (scheme == KvQuant::Int4) {

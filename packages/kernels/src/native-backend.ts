@@ -21,7 +21,7 @@ import {
   type StreamingHeads,
 } from '@duoattn/core';
 import { callNative, mapNativeError } from './errors.js';
-import type { NativeAddon } from './native.js';
+import type { NativeAddon, QuantFields } from './native.js';
 import { Tensor } from './tensor.js';
 import { describeValue, expectInteger, expectPositive, expectTensor } from './validate.js';
 
@@ -424,6 +424,33 @@ export class NativeBackend implements Backend {
     return [keyId, valueId, retrievalKvHeads, sink, recent, mask === 'chunked'];
   }
 
+  /** The scale planes of a quantized cache (checked against the code planes), or undefined. */
+  #quantFields(attributes: AttentionAttributes, keyCache: Tensor): QuantFields | undefined {
+    const { quant, streaming, headDim } = attributes;
+    if (!quant) return undefined;
+    if (this.device === 'cuda') {
+      throw new DuoArgumentError(
+        'quant',
+        'Quantized KV caches are read by the CPU backend only so far; the CUDA attention kernels follow (issue 6)',
+      );
+    }
+    const { scaleHalves } = kvQuantLayout(expectScheme(quant.scheme), headDim);
+    const planes = (name: string, tensor: Tensor | undefined, codes: Tensor) =>
+      expectTensor(name, tensor, this.device, {
+        dtypes: ['f16'],
+        shape: [codes.shape[0] ?? 0, codes.shape[1] ?? 0, scaleHalves],
+      });
+    const keyScales = planes('quant.keyScales', quant.keyScales as Tensor, keyCache);
+    const valueScales = planes('quant.valueScales', quant.valueScales as Tensor, keyCache);
+    const streamKeys = streaming
+      ? planes('quant.streamKeyScales', quant.streamKeyScales as Tensor, streaming.keyCache as Tensor)
+      : 0;
+    const streamValues = streaming
+      ? planes('quant.streamValueScales', quant.streamValueScales as Tensor, streaming.keyCache as Tensor)
+      : 0;
+    return [KV_QUANT_SCHEMES.indexOf(quant.scheme), keyScales, valueScales, streamKeys, streamValues];
+  }
+
   #attentionIds(
     query: Tensor,
     keyCache: Tensor,
@@ -431,13 +458,14 @@ export class NativeBackend implements Backend {
     out: Tensor,
     attributes: AttentionAttributes,
   ): [number, number, number, number] {
-    const { heads, kvHeads, headDim, scale, keyLength } = attributes;
+    const { heads, kvHeads, headDim, scale, keyLength, quant } = attributes;
     expectHeads(heads, kvHeads);
     expectInteger('headDim', headDim, 1);
     expectPositive('scale', scale);
+    const rowWidth = quant ? kvQuantLayout(expectScheme(quant.scheme), headDim).codeBytes : headDim;
     const keyId = expectTensor('keyCache', keyCache, this.device, {
-      dtypes: FLOAT_TYPES,
-      shape: [retrievalKvHeads(attributes.streaming, kvHeads), null, headDim],
+      dtypes: quant ? ['u8'] : FLOAT_TYPES,
+      shape: [retrievalKvHeads(attributes.streaming, kvHeads), null, rowWidth],
     });
     const valueId = expectTensor('valueCache', valueCache, this.device, {
       dtypes: [keyCache.dtype],
@@ -460,8 +488,9 @@ export class NativeBackend implements Backend {
     const { heads, kvHeads, headDim, scale, keyLength, queryStart } = attributes;
     expectInteger('queryStart', queryStart, 0);
     const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, query.rows);
+    const quant = this.#quantFields(attributes, keyCache);
     callNative(() =>
-      this.#native.attentionPrefill(...ids, heads, kvHeads, headDim, scale, keyLength, queryStart, streaming),
+      this.#native.attentionPrefill(...ids, heads, kvHeads, headDim, scale, keyLength, queryStart, streaming, quant),
     );
   }
 
@@ -477,8 +506,9 @@ export class NativeBackend implements Backend {
     expectInteger('keyLength', keyLength, 1);
     const lengthId = lengthFrom ? expectTensor('lengthFrom', lengthFrom, this.device, { dtypes: I32, shape: [1] }) : 0;
     const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, 1);
+    const quant = this.#quantFields(attributes, keyCache);
     callNative(() =>
-      this.#native.attentionDecode(...ids, heads, kvHeads, headDim, scale, keyLength, lengthId, streaming),
+      this.#native.attentionDecode(...ids, heads, kvHeads, headDim, scale, keyLength, lengthId, streaming, quant),
     );
   }
 
@@ -724,6 +754,17 @@ export class NativeBackend implements Backend {
     const gatesId = expectTensor('gates', gates, this.device, { dtypes: F32, shape: [kvHeads] });
     return [streamingId, fullId, gatesId];
   }
+}
+
+/** A quantizing scheme's name (int8, int4 or fp8). */
+function expectScheme(scheme: unknown): Exclude<KvQuantScheme, 'none'> {
+  if (scheme !== 'int8' && scheme !== 'int4' && scheme !== 'fp8') {
+    throw new DuoArgumentError(
+      'scheme',
+      `Expected \`scheme\` to be int8, int4 or fp8 but received ${describeValue(scheme)}`,
+    );
+  }
+  return scheme;
 }
 
 /** Heads and KV heads: positive, KV heads dividing heads (GQA groups). */

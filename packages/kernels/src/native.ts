@@ -103,6 +103,7 @@ export interface NativeAddon {
     keyLength: number,
     queryStart: number,
     streaming?: StreamingFields,
+    quant?: QuantFields,
   ): void;
   attentionDecode(
     q: number,
@@ -116,6 +117,7 @@ export interface NativeAddon {
     keyLength: number,
     lengthFrom: number,
     streaming?: StreamingFields,
+    quant?: QuantFields,
   ): void;
   matmulGroup(x: number, weights: number[], outs: number[], biases: number[]): void;
   matmulSwiglu(x: number, gate: number, up: number, out: number): void;
@@ -181,3 +183,5 @@ export function loadNative(): NativeAddon {
 
 /** A layer's streaming heads as the addon takes them: region key and value ids, retrievalKvHeads, sink, recent, chunked. */
 export type StreamingFields = [number, number, number, number, number, boolean];
+/** A quantized cache as the addon takes it: [scheme index, keyScales, valueScales, streamKeyScales, streamValueScales] (0: none). */
+export type QuantFields = [number, number, number, number, number];

@@ -1,37 +1,74 @@
-// CPU attention: causal (prefill and decode) with GQA over [kvHeads, capacity, headDim] caches of any float dtype,
-// with DuoAttention's streaming heads (sinks + a ring, Λ mask) where the layout asks for them.
+// CPU attention: causal (prefill and decode) with GQA over [kvHeads, capacity, headDim] caches of any float dtype or
+// quantized (u8 code planes with fp16 scales), with DuoAttention's streaming heads (sinks + a ring, Λ mask) where the
+// layout asks for them.
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 
+#include "../quant.h"
 #include "cpu-device.h"
 
 namespace duo {
 
 namespace {
 
-inline float widen(float v) { return v; }
-struct Bf16 { uint16_t bits; };
-struct F16 { uint16_t bits; };
-inline float widen(Bf16 v) { return bf16ToFloat(v.bits); }
-inline float widen(F16 v) { return f16ToFloat(v.bits); }
+// One cached key or value row as f32: a pointer into an f32 cache, or the row widened / dequantized into `buffer`.
+class RowReader {
+ public:
+  RowReader(const Tensor& cache, const void* streamData, const uint16_t* scales, const uint16_t* streamScales,
+            const AttentionArgs& args)
+      : main_(cache.data), stream_(streamData), scales_(scales), streamScales_(streamScales), dtype_(cache.dtype),
+        capacity_(cache.shape[1]), headDim_(args.headDim), quant_(static_cast<KvQuant>(args.quant.scheme)),
+        codeBytes_(args.quant.codeBytes), scaleHalves_(args.quant.scaleHalves), layout_(args.streaming) {}
 
-template <typename T>
-void attendTyped(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) {
-  const int64_t rows = q.rows(), capacity = k.shape[1], headDim = args.headDim;
+  // Row `slot` of KV head `kvHead` (in the streaming region when `streams`).
+  const float* row(bool streams, int kvHead, int64_t slot, float* buffer) const {
+    const int64_t index = streams ? (kvHead - layout_.retrievalKvHeads) * layout_.slots() + slot
+                                  : static_cast<int64_t>(kvHead) * capacity_ + slot;
+    const void* base = streams ? stream_ : main_;
+    if (quant_ != KvQuant::None) {
+      dequantizeKvRow(quant_, static_cast<const uint8_t*>(base) + index * codeBytes_,
+                      (streams ? streamScales_ : scales_) + index * scaleHalves_, static_cast<int>(headDim_), buffer);
+      return buffer;
+    }
+    if (dtype_ == DType::F32) return static_cast<const float*>(base) + index * headDim_;
+    loadFloats(base, dtype_, index * headDim_, headDim_, buffer);
+    return buffer;
+  }
+
+ private:
+  const void* main_;
+  const void* stream_;
+  const uint16_t* scales_;
+  const uint16_t* streamScales_;
+  DType dtype_;
+  int64_t capacity_, headDim_;
+  KvQuant quant_;
+  int64_t codeBytes_, scaleHalves_;
+  StreamingLayout layout_;
+};
+
+void attend(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) {
+  const bool quantized = args.quant.scheme != 0;
+  if (quantized ? k.dtype != DType::U8 : !(k.dtype == DType::F32 || k.dtype == DType::BF16 || k.dtype == DType::F16)) {
+    throw Error("DUO_ARG", quantized ? "quantized attention caches must be u8 code planes"
+                                     : "attention caches must be f32, f16 or bf16");
+  }
+  const int64_t rows = q.rows(), headDim = args.headDim;
   const int64_t group = args.heads / args.kvHeads;
   const StreamingLayout& layout = args.streaming;
+  const RowReader keys(k, layout.key, args.quant.keyScales, args.quant.streamKeyScales, args);
+  const RowReader values(v, layout.value, args.quant.valueScales, args.quant.streamValueScales, args);
   // Work per task is proportional to the visible keys; small problems run on the calling thread.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, args.keyLength * headDim));
   pool.parallelFor(rows * args.heads, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
+    std::vector<float> scores, accumulator(headDim), buffer(headDim);
     std::vector<int64_t> slots;
-    std::vector<float> accumulator(headDim);
     for (int64_t task = begin; task < end; task++) {
-      const int64_t r = task / args.heads, head = task % args.heads, kvHead = head / group;
+      const int64_t r = task / args.heads, head = task % args.heads;
+      const int kvHead = static_cast<int>(head / group);
       const int64_t position = args.queryStart + r;
       const int64_t keyEnd = std::min(args.keyLength, position + 1);
-      const bool streams = layout.streams(static_cast<int>(kvHead));
+      const bool streams = layout.streams(kvHead);
       const KeyRange range = keyRangeFor(layout, streams, keyEnd, position, args.queryStart);
       const float* query = q.as<float>() + r * q.cols() + head * headDim;
       float* target = out.as<float>() + r * out.cols() + head * headDim;
@@ -39,22 +76,13 @@ void attendTyped(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tenso
         std::fill(target, target + headDim, 0.0f);
         continue;
       }
-      const int64_t start = streams ? layout.headStart(static_cast<int>(kvHead), headDim) : kvHead * capacity * headDim;
-      const T* headKeys = static_cast<const T*>(streams ? layout.key : k.data) + start;
-      const T* headValues = static_cast<const T*>(streams ? layout.value : v.data) + start;
       scores.resize(range.count);
       slots.resize(range.count);
       float maximum = -INFINITY;
       for (int64_t index = 0; index < range.count; index++) {
         const int64_t key = range.position(index);
         slots[index] = streams ? layout.slot(key) : key;
-        const T* keyRow = headKeys + slots[index] * headDim;
-        float dot = 0;
-        if constexpr (std::is_same_v<T, float>) {
-          dot = dotProduct(query, keyRow, headDim);
-        } else {
-          for (int64_t i = 0; i < headDim; i++) dot += query[i] * widen(keyRow[i]);
-        }
+        const float dot = dotProduct(query, keys.row(streams, kvHead, slots[index], buffer.data()), headDim);
         scores[index] = keyVisible(layout, streams, position, key, args.queryStart) ? dot * args.scale : -INFINITY;
         maximum = std::max(maximum, scores[index]);
       }
@@ -62,28 +90,14 @@ void attendTyped(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tenso
       float sum = 0;
       for (int64_t index = 0; index < range.count; index++) {
         if (scores[index] == -INFINITY) continue;
-        float weight = std::exp(scores[index] - maximum);
+        const float weight = std::exp(scores[index] - maximum);
         sum += weight;
-        const T* value = headValues + slots[index] * headDim;
-        if constexpr (std::is_same_v<T, float>) {
-          addScaled(weight, value, accumulator.data(), headDim);
-        } else {
-          for (int64_t i = 0; i < headDim; i++) accumulator[i] += weight * widen(value[i]);
-        }
+        addScaled(weight, values.row(streams, kvHead, slots[index], buffer.data()), accumulator.data(), headDim);
       }
-      float inverse = 1.0f / sum;
+      const float inverse = 1.0f / sum;
       for (int64_t i = 0; i < headDim; i++) target[i] = accumulator[i] * inverse;
     }
   });
-}
-
-void attend(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) {
-  switch (k.dtype) {
-    case DType::F32: attendTyped<float>(pool, q, k, v, out, args); break;
-    case DType::BF16: attendTyped<Bf16>(pool, q, k, v, out, args); break;
-    case DType::F16: attendTyped<F16>(pool, q, k, v, out, args); break;
-    default: throw Error("DUO_ARG", "attention caches must be f32, f16 or bf16");
-  }
 }
 
 }  // namespace
