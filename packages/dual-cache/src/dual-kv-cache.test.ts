@@ -63,4 +63,37 @@ describe('DualKvCache', () => {
       "Expected `prefillMask` to be 'exact' or 'chunked' but received blocky",
     );
   });
+
+  it.each(['int8', 'int4', 'fp8'] as const)(
+    'quantized (%s): code and scale planes per region, paged together, every byte as dualCacheBytes counts it',
+    (kvQuant) => {
+      const before = backend.memory().allocatedBytes;
+      const wide = { ...config, headDim: 128 };
+      const cache = new DualKvCache(backend, {
+        config: wide,
+        plan,
+        dtype: 'bf16',
+        maxTokens: 10_000,
+        chunkTokens: 64,
+        blockTokens: 100,
+        kvQuant,
+      });
+      const [first, second] = cache.layers;
+      const codeBytes = kvQuant === 'int4' ? 64 : 128;
+      const scaleHalves = kvQuant === 'int4' ? 2 : 1;
+      expect(first?.keyCache.dtype).toBe('u8');
+      expect(first?.keyCache.shape).toEqual([2, expect.any(Number), codeBytes]);
+      expect(first?.quant?.keyScales.shape).toEqual([2, first?.keyCache.shape[1], scaleHalves]);
+      expect(first?.quant?.streamKeyScales?.shape).toEqual([2, 4 + 32 + 64, scaleHalves]);
+      expect(second?.quant?.scheme).toBe(kvQuant);
+      expect(backend.memory().allocatedBytes - before).toBe(cache.bytes().full + cache.bytes().streaming);
+      expect(cache.bytes()).toEqual(dualCacheBytes(wide, plan, 'bf16', cache.capacity, 64, backend.pageBytes, kvQuant));
+      // Growing commits the scales with the codes.
+      cache.reserve(5000);
+      expect(backend.memory().allocatedBytes - before).toBe(cache.bytes().full + cache.bytes().streaming);
+      expect(() => cache.fillRandom(1)).toThrow(/writeCacheQuantized/);
+      cache.dispose();
+      expect(backend.memory().allocatedBytes).toBe(before);
+    },
+  );
 });

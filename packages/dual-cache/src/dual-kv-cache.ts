@@ -5,8 +5,12 @@ import {
   DuoArgumentError,
   dtypeBytes,
   type HeadPlan,
+  KV_QUANT_SCHEMES,
+  type KvQuantScheme,
+  kvQuantLayout,
   type ModelConfig,
   type PrefillMask,
+  type QuantizedKv,
   type StreamingHeads,
   type TensorHandle,
 } from '@duoattn/core';
@@ -19,6 +23,8 @@ export interface CacheLayer {
   readonly retrievalKvHeads: number;
   /** Sinks + ring of the streaming heads; absent when every head of the layer is a retrieval head. */
   readonly streaming?: StreamingHeads;
+  /** A quantized cache: the caches above are u8 code planes and these their f16 scale planes. */
+  readonly quant?: QuantizedKv;
 }
 
 /** Options of `DualKvCache`. */
@@ -37,6 +43,44 @@ export interface DualKvCacheOptions {
   readonly initialTokens?: number;
   /** Streaming mask: 'exact' (default) or the reference's 'chunked'. */
   readonly prefillMask?: PrefillMask;
+  /** Quantized storage (ADR 0006): codes and fp16 scales instead of `dtype` rows. Default 'none'. */
+  readonly kvQuant?: KvQuantScheme;
+}
+
+/** One plane of a cache: its element dtype and elements per token and head. */
+export interface KvPlane {
+  readonly dtype: DType;
+  readonly width: number;
+}
+
+/** The planes that hold one token's keys (or values) in one KV head: one row of `dtype`, or codes then fp16 scales. */
+export function kvPlanes(headDim: number, dtype: DType, kvQuant: KvQuantScheme = 'none'): KvPlane[] {
+  if (!(KV_QUANT_SCHEMES as readonly string[]).includes(kvQuant)) {
+    throw new DuoArgumentError(
+      'kvQuant',
+      `Expected \`kvQuant\` to be one of ${KV_QUANT_SCHEMES.join(', ')} but received ${String(kvQuant)}`,
+    );
+  }
+  if (kvQuant === 'none') return [{ dtype, width: headDim }];
+  const { codeBytes, scaleHalves } = kvQuantLayout(kvQuant, headDim);
+  return [
+    { dtype: 'u8', width: codeBytes },
+    { dtype: 'f16', width: scaleHalves },
+  ];
+}
+
+/** Bytes of one token in one KV head over all planes. */
+export function kvRowBytes(planes: readonly KvPlane[]): number {
+  return planes.reduce((sum, plane) => sum + plane.width * dtypeBytes(plane.dtype), 0);
+}
+
+/** Tokens the full regions grow by so that every plane maps whole pages. */
+export function kvPageTokens(planes: readonly KvPlane[], pageBytes: number): number {
+  const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+  return planes.reduce((unit, plane) => {
+    const tokens = pageTokens(plane.width * dtypeBytes(plane.dtype), pageBytes);
+    return (unit / gcd(unit, tokens)) * tokens;
+  }, 1);
 }
 
 /** Bytes of each region for a plan, with full regions of `capacity` tokens. */
@@ -57,8 +101,9 @@ export function pageTokens(rowBytes: number, pageBytes: number): number {
 }
 
 /**
- * Exact bytes of the dual cache's regions (keys and values) when the full regions back `tokens` positions: a full
- * region maps whole pages of `pageBytes` (1: no rounding), a streaming region is `sink + recent + chunkTokens` slots.
+ * Exact bytes of the dual cache's regions (keys and values) when the full regions back `tokens` positions: each plane
+ * of a full region maps whole pages of `pageBytes` (1: no rounding), a streaming region is `sink + recent +
+ * chunkTokens` slots. `kvQuant` stores codes and fp16 scales as two planes (ADR 0006).
  */
 export function dualCacheBytes(
   config: Pick<ModelConfig, 'numKvHeads' | 'headDim'>,
@@ -67,14 +112,20 @@ export function dualCacheBytes(
   tokens: number,
   chunkTokens: number,
   pageBytes = 1,
+  kvQuant: KvQuantScheme = 'none',
 ): DualCacheBytes {
-  const rowBytes = config.headDim * dtypeBytes(dtype);
-  const unit = pageTokens(rowBytes, pageBytes);
-  const backed = Math.ceil(tokens / unit) * unit;
+  const planes = kvPlanes(config.headDim, dtype, kvQuant);
+  const rowBytes = kvRowBytes(planes);
+  // Each plane maps whole pages of its own rows: codes and scales round up separately.
+  const headBytes = planes.reduce((sum, plane) => {
+    const planeRow = plane.width * dtypeBytes(plane.dtype);
+    const unit = pageTokens(planeRow, pageBytes);
+    return sum + Math.ceil(tokens / unit) * unit * planeRow;
+  }, 0);
   let full = 0;
   let streaming = 0;
   for (const heads of plan.retrievalHeads) {
-    full += heads.length * backed * rowBytes * 2;
+    full += heads.length * headBytes * 2;
     streaming += (config.numKvHeads - heads.length) * streamingSlots(plan, chunkTokens) * rowBytes * 2;
   }
   return { full, streaming };
@@ -90,6 +141,7 @@ export function dualCacheBytes(
 export class DualKvCache {
   readonly plan: HeadPlan;
   readonly dtype: DType;
+  readonly kvQuant: KvQuantScheme;
   readonly maxTokens: number;
   readonly blockTokens: number;
   readonly chunkTokens: number;
@@ -114,6 +166,8 @@ export class DualKvCache {
     this.#headDim = config.headDim;
     this.plan = plan;
     this.dtype = dtype;
+    this.kvQuant = options.kvQuant ?? 'none';
+    const planes = kvPlanes(config.headDim, dtype, this.kvQuant);
     this.maxTokens = maxTokens;
     this.chunkTokens = chunkTokens;
     this.blockTokens = Math.min(maxTokens, options.blockTokens ?? 4096);
@@ -126,7 +180,7 @@ export class DualKvCache {
       );
     }
     const slots = streamingSlots(plan, chunkTokens);
-    const unit = pageTokens(config.headDim * dtypeBytes(dtype), backend.pageBytes);
+    const unit = kvPageTokens(planes, backend.pageBytes);
     const span = Math.ceil(maxTokens / unit) * unit;
     const made: TensorHandle[] = [];
     const keep = (tensor: TensorHandle) => {
@@ -137,26 +191,38 @@ export class DualKvCache {
       for (const heads of plan.retrievalHeads) {
         const retrievalKvHeads = heads.length;
         const streamingHeads = config.numKvHeads - retrievalKvHeads;
-        const full = () => keep(backend.allocPaged(dtype, [retrievalKvHeads, span, config.headDim]));
-        const ring = () => keep(backend.alloc(dtype, [streamingHeads, slots, config.headDim]));
-        const keyCache = full();
-        const valueCache = full();
-        this.#layers.push({
-          keyCache,
-          valueCache,
-          retrievalKvHeads,
-          streaming:
-            streamingHeads === 0
-              ? undefined
-              : {
-                  retrievalKvHeads,
-                  keyCache: ring(),
-                  valueCache: ring(),
-                  sink: plan.sink,
-                  recent: plan.recent,
-                  mask: this.#mask,
-                },
-        });
+        // Per plane (one, or codes then scales): a paged full region and a streaming ring, for keys and for values.
+        const full = planes.map(
+          (plane) => () => keep(backend.allocPaged(plane.dtype, [retrievalKvHeads, span, plane.width])),
+        );
+        const ring = planes.map(
+          (plane) => () => keep(backend.alloc(plane.dtype, [streamingHeads, slots, plane.width])),
+        );
+        const [fullCodes, fullScales] = full;
+        const [ringCodes, ringScales] = ring;
+        const keyCache = (fullCodes as () => TensorHandle)();
+        const valueCache = (fullCodes as () => TensorHandle)();
+        const streaming =
+          streamingHeads === 0
+            ? undefined
+            : {
+                retrievalKvHeads,
+                keyCache: (ringCodes as () => TensorHandle)(),
+                valueCache: (ringCodes as () => TensorHandle)(),
+                sink: plan.sink,
+                recent: plan.recent,
+                mask: this.#mask,
+              };
+        const quant: QuantizedKv | undefined =
+          this.kvQuant === 'none' || !fullScales || !ringScales
+            ? undefined
+            : {
+                scheme: this.kvQuant,
+                keyScales: fullScales(),
+                valueScales: fullScales(),
+                ...(streaming ? { streamKeyScales: ringScales(), streamValueScales: ringScales() } : {}),
+              };
+        this.#layers.push({ keyCache, valueCache, retrievalKvHeads, streaming, ...(quant ? { quant } : {}) });
       }
       this.reserve(Math.min(maxTokens, options.initialTokens ?? this.blockTokens));
     } catch (error) {
@@ -178,7 +244,15 @@ export class DualKvCache {
   /** Bytes held now. */
   bytes(): DualCacheBytes {
     const config = { numKvHeads: this.plan.kvHeads, headDim: this.#headDim };
-    return dualCacheBytes(config, this.plan, this.dtype, this.#capacity, this.chunkTokens, this.#backend.pageBytes);
+    return dualCacheBytes(
+      config,
+      this.plan,
+      this.dtype,
+      this.#capacity,
+      this.chunkTokens,
+      this.#backend.pageBytes,
+      this.kvQuant,
+    );
   }
 
   /**
@@ -197,11 +271,8 @@ export class DualKvCache {
     const wanted = Math.min(this.maxTokens, Math.max(tokens, this.#capacity + this.blockTokens));
     let backed = Number.POSITIVE_INFINITY;
     for (const layer of this.#layers) {
-      backed = Math.min(
-        backed,
-        this.#backend.commitPaged(layer.keyCache, wanted),
-        this.#backend.commitPaged(layer.valueCache, wanted),
-      );
+      const planes = [layer.keyCache, layer.valueCache, layer.quant?.keyScales, layer.quant?.valueScales];
+      for (const plane of planes) if (plane) backed = Math.min(backed, this.#backend.commitPaged(plane, wanted));
     }
     this.#capacity = Math.min(backed, this.maxTokens);
     return true;
@@ -210,6 +281,12 @@ export class DualKvCache {
   /** For benchmarks: random keys and values everywhere (seeded, on the device). */
   fillRandom(seed: number): void {
     this.#checkLive();
+    if (this.kvQuant !== 'none') {
+      throw new DuoArgumentError(
+        'cache',
+        'fillRandom fills float caches; write synthetic keys and values into a quantized cache with writeCacheQuantized',
+      );
+    }
     let index = 0;
     for (const layer of this.#layers) {
       const tensors = [layer.keyCache, layer.valueCache, layer.streaming?.keyCache, layer.streaming?.valueCache];
@@ -224,7 +301,9 @@ export class DualKvCache {
     if (this.#disposed) return;
     this.#disposed = true;
     for (const layer of this.#layers) {
-      for (const tensor of [layer.keyCache, layer.valueCache, layer.streaming?.keyCache, layer.streaming?.valueCache]) {
+      const { keyCache, valueCache, streaming, quant } = layer;
+      for (const tensor of [keyCache, valueCache, streaming?.keyCache, streaming?.valueCache]) tensor?.dispose();
+      for (const tensor of [quant?.keyScales, quant?.valueScales, quant?.streamKeyScales, quant?.streamValueScales]) {
         tensor?.dispose();
       }
     }

@@ -14,6 +14,10 @@ export {
   DualKvCache,
   type DualKvCacheOptions,
   dualCacheBytes,
+  type KvPlane,
+  kvPageTokens,
+  kvPlanes,
+  kvRowBytes,
   pageTokens,
   streamingSlots,
 } from './dual-kv-cache.js';

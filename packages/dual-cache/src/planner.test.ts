@@ -47,4 +47,21 @@ describe('memory planner', () => {
     expect(planMemory({ ...paged, tokens: longest }).total).toBeLessThanOrEqual(budget);
     expect(planMemory({ ...paged, tokens: longest + 1 }).total).toBeGreaterThan(budget);
   });
+
+  it('counts quantized KV bytes per token exactly for every scheme and policy (Llama-3-8B: int4 68 B per head)', () => {
+    const base = { config: llama3, weightDtype: 'bf16', kvDtype: 'bf16', tokens: 1 << 20 } as const;
+    const perHead = { none: 256, int8: 130, fp8: 130, int4: 68 } as const;
+    for (const kvQuant of ['none', 'int8', 'int4', 'fp8'] as const) {
+      const full = planMemory({ ...base, plan: uniformPlan('full', 32, 8), kvQuant });
+      const duo = planMemory({ ...base, plan: halfPlan, kvQuant });
+      expect(full.bytesPerToken).toBe(32 * 8 * 2 * perHead[kvQuant]);
+      expect(duo.bytesPerToken).toBe(32 * 4 * 2 * perHead[kvQuant]);
+      expect(duo.streamingRegion).toBe(896 * 4 * 32 * 2 * perHead[kvQuant]);
+    }
+    // int4 + duo 50 % holds about 3.8× the tokens of bf16 full attention in the same budget.
+    const input = { config: llama3, weightDtype: 'bf16', kvDtype: 'bf16' } as const;
+    const bf16Full = maxContext({ ...input, plan: uniformPlan('full', 32, 8) }, 80e9);
+    const int4Duo = maxContext({ ...input, plan: halfPlan, kvQuant: 'int4' }, 80e9);
+    expect(int4Duo / bf16Full).toBeGreaterThan(3.7);
+  });
 });

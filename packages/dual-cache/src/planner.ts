@@ -1,7 +1,14 @@
 // The memory planner: exact bytes of weights, cache regions and session scratch for a model, plan and context; and the
 // inverse, the longest context that fits a byte budget.
-import { type DType, DuoArgumentError, dtypeBytes, type HeadPlan, type ModelConfig } from '@duoattn/core';
-import { dualCacheBytes, pageTokens } from './dual-kv-cache.js';
+import {
+  type DType,
+  DuoArgumentError,
+  dtypeBytes,
+  type HeadPlan,
+  type KvQuantScheme,
+  type ModelConfig,
+} from '@duoattn/core';
+import { dualCacheBytes, kvPageTokens, kvPlanes } from './dual-kv-cache.js';
 
 /** What a plan is computed for. */
 export interface MemoryPlanInput {
@@ -12,6 +19,8 @@ export interface MemoryPlanInput {
   readonly weightDtype: DType;
   /** Dtype of the KV cache. */
   readonly kvDtype: DType;
+  /** Quantized KV storage (codes + fp16 scales, ADR 0006); `kvDtype` then only names the model's dtype. Default 'none'. */
+  readonly kvQuant?: KvQuantScheme;
   /** Tokens the full regions hold. */
   readonly tokens: number;
   /** Prefill chunk: sizes the streaming ring and the session's chunk workspace. Default 512. */
@@ -71,8 +80,8 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   if (!Number.isInteger(tokens) || tokens < 1) {
     throw new DuoArgumentError('tokens', `Expected \`tokens\` to be a positive integer but received ${String(tokens)}`);
   }
-  const cache = dualCacheBytes(config, plan, kvDtype, tokens, chunk, input.pageBytes);
-  const perToken = dualCacheBytes(config, plan, kvDtype, 1, chunk).full; // before rounding to pages
+  const cache = dualCacheBytes(config, plan, kvDtype, tokens, chunk, input.pageBytes, input.kvQuant);
+  const perToken = dualCacheBytes(config, plan, kvDtype, 1, chunk, 1, input.kvQuant).full; // before rounding to pages
   const weights = weightBytes(config, weightDtype);
   const scratch = sessionScratchBytes(config, input.decodeOnly ? 1 : chunk);
   return {
@@ -94,6 +103,6 @@ export function maxContext(input: Omit<MemoryPlanInput, 'tokens'>, budgetBytes: 
   const available = budgetBytes - reserveBytes - (fixed.total - fixed.fullRegion);
   if (fixed.bytesPerToken === 0) return available >= 0 ? Number.POSITIVE_INFINITY : 0;
   // Full regions map whole pages: the longest context is the last page boundary that fits.
-  const unit = pageTokens(input.config.headDim * dtypeBytes(input.kvDtype), input.pageBytes ?? 1);
+  const unit = kvPageTokens(kvPlanes(input.config.headDim, input.kvDtype, input.kvQuant), input.pageBytes ?? 1);
   return Math.max(0, Math.floor(Math.floor(available / fixed.bytesPerToken) / unit) * unit);
 }
