@@ -123,6 +123,15 @@ describe('duo-bench', () => {
     );
     expect(perToken).toEqual([131072, 65536, 0]);
     expect(document.settings.policies[1].maxContext).toBeGreaterThan(1.99 * document.settings.policies[0].maxContext);
+    // int4 codes with fp16 scales: 68 B per token and head (the reference's layout).
+    const int4 = await bench(['plan', '--shape', 'llama-3-8b', '--sparsity', '0.5', '--kv-quant', 'int4']);
+    expect(int4.code).toBe(0);
+    expect(int4.stdout).toContain('KV cache int4 codes with fp16 scales');
+    expect(int4.stdout).toMatch(/full\s+0\.000\s+34\.0/);
+    expect(int4.stdout).toMatch(/duo\s+0\.500\s+17\.0/);
+    const bad = await bench(['plan', '--shape', 'llama-3-8b', '--kv-quant', 'int3']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--kv-quant');
   });
 
   (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(

@@ -1,5 +1,5 @@
 // duo-bench plan: memory of a model under full, duo and streaming attention, and the longest context that fits.
-import type { DType } from '@duoattn/core';
+import { type DType, KV_QUANT_SCHEMES } from '@duoattn/core';
 import { maxContext, planMemory } from '@duoattn/dual-cache';
 import { openCheckpoint } from '@duoattn/model';
 import { choiceOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
@@ -9,11 +9,13 @@ import { duoPlan, POLICY_HELP, POLICY_OPTIONS, policyPlan, policySettings } from
 import { writeResult } from '../results.js';
 import { SHAPES } from '../shapes.js';
 
-export const planHelp = `duo-bench plan [--shape NAME | --model PATH] [--kv-dtype bf16|f16|f32] [--weight-dtype bf16|f16|f32]
-               [--gpu-memory GB] [--reserve GB] [--tokens N] [--pattern DIR|FILE] [--sparsity S] [--out FILE]
+export const planHelp = `duo-bench plan [--shape NAME | --model PATH] [--kv-dtype bf16|f16|f32] [--kv-quant none|int8|int4|fp8]
+               [--weight-dtype bf16|f16|f32] [--gpu-memory GB] [--reserve GB] [--tokens N] [--pattern DIR|FILE]
+               [--sparsity S] [--out FILE]
   Exact bytes of weights, full and streaming cache regions and scratch for full, duo and streaming attention, the
   bytes each token adds, and the longest context that fits --gpu-memory (default 80 GB, less --reserve, default 1.5 GB,
-  for the backend's scratch). Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
+  for the backend's scratch). --kv-quant stores the cache as codes with fp16 scales (int8, fp8: head dim + 2 bytes per
+  token and head; int4: head dim / 2 + 4 per group of 128 channels). Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
 ${POLICY_HELP}`;
 
 const GB = 1e9;
@@ -24,6 +26,7 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     shape: { type: 'string' },
     model: { type: 'string' },
     'kv-dtype': { type: 'string' },
+    'kv-quant': { type: 'string' },
     'weight-dtype': { type: 'string' },
     'gpu-memory': { type: 'string' },
     reserve: { type: 'string' },
@@ -33,6 +36,7 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
   const dtypes = ['bf16', 'f16', 'f32'] as const;
   const kvDtype: DType = choiceOption('kv-dtype', options['kv-dtype'], dtypes, 'bf16');
   const weightDtype: DType = choiceOption('weight-dtype', options['weight-dtype'], dtypes, 'bf16');
+  const kvQuant = choiceOption('kv-quant', options['kv-quant'], KV_QUANT_SCHEMES, 'none');
   const budget = numberOption('gpu-memory', options['gpu-memory'], 80, 0.001) * GB;
   const reserve = numberOption('reserve', options.reserve, 1.5, 0) * GB;
   const settings = policySettings(options);
@@ -55,12 +59,13 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     (['full', 'duo', 'streaming'] as const).map((policy) => [policy, policyPlan(policy, settings, config, duo)]),
   );
   const rows = Object.entries(plans).map(([policy, plan]) => {
-    const input = { config, plan, weightDtype, kvDtype, prefillChunk: settings.prefillChunk };
+    const input = { config, plan, weightDtype, kvDtype, kvQuant, prefillChunk: settings.prefillChunk };
     const memory = planMemory({ ...input, tokens });
     const longest = maxContext(input, budget, reserve);
     return { policy, sparsity: plan.sparsity, sink: plan.sink, recent: plan.recent, memory, maxContext: longest };
   });
-  log(`${label}: weights ${(rows[0]?.memory.weights ?? 0) / GB} GB (${weightDtype}), KV cache ${kvDtype}`);
+  const cacheLabel = kvQuant === 'none' ? kvDtype : `${kvQuant} codes with fp16 scales`;
+  log(`${label}: weights ${(rows[0]?.memory.weights ?? 0) / GB} GB (${weightDtype}), KV cache ${cacheLabel}`);
   log(
     'policy     sparsity  KiB/token  streaming GB  total @%s GB  max context in %s GB'
       .replace('%s', String(tokens))
@@ -76,6 +81,7 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     model: label,
     weightDtype,
     kvDtype,
+    kvQuant,
     tokens,
     budgetBytes: budget,
     reserveBytes: reserve,
