@@ -76,7 +76,6 @@ export function kvRowBytes(planes: readonly KvPlane[]): number {
 
 /** Tokens the full regions grow by so that every plane maps whole pages. */
 export function kvPageTokens(planes: readonly KvPlane[], pageBytes: number): number {
-  const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
   return planes.reduce((unit, plane) => {
     const tokens = pageTokens(plane.width * dtypeBytes(plane.dtype), pageBytes);
     return (unit / gcd(unit, tokens)) * tokens;
@@ -96,8 +95,11 @@ export function streamingSlots(plan: HeadPlan, chunkTokens: number): number {
 
 /** Tokens of one full-region span that fill whole pages: rows of `rowBytes` in pages of `pageBytes`. */
 export function pageTokens(rowBytes: number, pageBytes: number): number {
-  const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
   return pageBytes / gcd(pageBytes, rowBytes);
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
 }
 
 /**

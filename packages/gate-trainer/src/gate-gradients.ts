@@ -83,6 +83,12 @@ class Scope {
     this.#tensors.push(tensor);
     return tensor;
   }
+  /** An f32 tensor of zeros (a fill with standard deviation 0). */
+  zeros(shape: readonly number[]): TensorHandle {
+    const tensor = this.alloc(shape);
+    this.#backend.fillRandom(tensor, 0, 0);
+    return tensor;
+  }
   upload(dtype: DType, shape: readonly number[], data: Float32Array | Int32Array): TensorHandle {
     const tensor = this.#backend.upload(dtype, shape, data);
     this.#tensors.push(tensor);
@@ -129,8 +135,9 @@ export async function gateGradients(
   try {
     const layout = new StepLayout(model, scope, ids, options.window);
     // The teacher's per-layer attention outputs are kept only when they are the student's full term.
-    const full = layout.teacherPass(fullTerm === 'teacher');
-    const teacherHidden = await layout.finalRows(layout.teacherOutput, answerStart);
+    const teacher = layout.teacherPass(fullTerm === 'teacher');
+    const full = teacher.attention;
+    const teacherHidden = await layout.finalRows(teacher.hidden, answerStart);
     const gateTensors = Array.from({ length: config.numLayers }, (_, layer) =>
       scope.upload(
         'f32',
@@ -159,8 +166,7 @@ export async function gateGradients(
     if (!withGradients) return { distillation };
 
     // ∂loss/∂(last layer's output): the final norm's backward on the answer rows, zero elsewhere.
-    const gradient = scope.alloc([length, config.hiddenSize]);
-    backend.fillRandom(gradient, 0, 0); // standard deviation 0: zeros
+    const gradient = scope.zeros([length, config.hiddenSize]);
     const answerRows = scope.alloc([answers, config.hiddenSize]);
     const answerGradient = scope.alloc([answers, config.hiddenSize]);
     backend.copyRows(last, answerRows, answerStart, 0, answers);
@@ -202,8 +208,6 @@ class StepLayout {
   readonly length: number;
   readonly positions: TensorHandle;
   readonly embedded: TensorHandle;
-  /** The teacher's last hidden state (before the final norm), set by `teacherAttention`. */
-  teacherOutput!: TensorHandle;
   // Work buffers, reused by every layer.
   readonly #normed: TensorHandle;
   readonly #query: TensorHandle;
@@ -273,9 +277,12 @@ class StepLayout {
     };
   }
 
-  /** The teacher's pass with full attention; with `keep`, returns each layer's attention output (the full term). */
-  teacherPass(keep: boolean): (TensorHandle | undefined)[] {
-    const { config, backend, weights, cacheDtype, inverseFrequencies } = this.#model;
+  /**
+   * The teacher's pass with full attention: its last hidden state (before the final norm) and, with `keep`, each
+   * layer's attention output (the full term).
+   */
+  teacherPass(keep: boolean): { attention: (TensorHandle | undefined)[]; hidden: TensorHandle } {
+    const { config, backend, weights, cacheDtype } = this.#model;
     const { numKvHeads, headDim, numHeads } = config;
     const attributes = this.#attributes;
     const keys = this.#scope.alloc([numKvHeads, this.length, headDim], cacheDtype);
@@ -284,17 +291,7 @@ class StepLayout {
     backend.copyRows(this.embedded, hidden);
     const outputs = weights.layers.map((layer) => {
       const out = keep ? this.#scope.alloc([this.length, numHeads * headDim]) : this.#full;
-      this.#projectQkv(layer, hidden);
-      backend.ropeWriteCache(
-        this.#query,
-        this.#key,
-        this.#value,
-        this.positions,
-        inverseFrequencies,
-        keys,
-        values,
-        attributes,
-      );
+      this.#projectQkv(layer, hidden, keys, values);
       backend.attentionPrefill(this.#query, keys, values, out, {
         ...attributes,
         keyLength: this.length,
@@ -306,8 +303,7 @@ class StepLayout {
     });
     keys.dispose();
     values.dispose();
-    this.teacherOutput = hidden;
-    return outputs;
+    return { attention: outputs, hidden };
   }
 
   /** The final norm of rows `first …` of `hidden`, read to the host. */
@@ -430,19 +426,9 @@ class StepLayout {
     gates: TensorHandle,
     output: TensorHandle,
   ): TensorHandle {
-    const { backend, inverseFrequencies } = this.#model;
+    const { backend } = this.#model;
     const attributes = this.#attributes;
-    this.#projectQkv(weights, input);
-    backend.ropeWriteCache(
-      this.#query,
-      this.#key,
-      this.#value,
-      this.positions,
-      inverseFrequencies,
-      this.#streamKeys,
-      this.#streamValues,
-      attributes,
-    );
+    this.#projectQkv(weights, input, this.#streamKeys, this.#streamValues);
     const whole = { ...attributes, keyLength: this.length, queryStart: 0 };
     backend.attentionPrefill(this.#query, this.#noFullHeads, this.#noFullHeads, this.#attention, {
       ...whole,
@@ -457,21 +443,29 @@ class StepLayout {
 
   /** A zero tensor shaped like the attention rows (made once per step). */
   #zerosLike(): TensorHandle {
-    if (!this.#zeros) {
-      this.#zeros = this.#scope.alloc([this.length, this.#model.config.numHeads * this.#model.config.headDim]);
-      this.#model.backend.fillRandom(this.#zeros, 0, 0); // standard deviation 0: zeros
-    }
+    this.#zeros ??= this.#scope.zeros([this.length, this.#model.config.numHeads * this.#model.config.headDim]);
     return this.#zeros;
   }
 
-  #projectQkv(weights: LayerWeights, input: TensorHandle): void {
-    const { backend, config } = this.#model;
+  /** q, k, v of `input`; q and k rotated in place, k and v written into `keys` / `values` at slot = position. */
+  #projectQkv(weights: LayerWeights, input: TensorHandle, keys: TensorHandle, values: TensorHandle): void {
+    const { backend, config, inverseFrequencies } = this.#model;
     backend.rmsNorm(input, weights.attentionNorm, this.#normed, config.rmsNormEps);
     backend.matmulGroup(
       this.#normed,
       [weights.query, weights.key, weights.value],
       [this.#query, this.#key, this.#value],
       [weights.queryBias, weights.keyBias, weights.valueBias],
+    );
+    backend.ropeWriteCache(
+      this.#query,
+      this.#key,
+      this.#value,
+      this.positions,
+      inverseFrequencies,
+      keys,
+      values,
+      this.#attributes,
     );
   }
 

@@ -1,6 +1,6 @@
 // Test support: the gate trainer's loss computed in float64 from the same weights (teacher and student streams, the
 // gate mix with the teacher's full attention, the Λ mask), its finite-difference gradient, and a check that runs
-// `gateGradients` on a backend against it. Used by the CPU and CUDA tests.
+// `gateGradients` on a backend against it, registered as a suite by the CPU and CUDA tests.
 import type { Backend, ModelConfig, TensorHandle } from '@duoattn/core';
 import {
   finiteDifferences,
@@ -14,6 +14,7 @@ import {
   toMatrix,
 } from '@duoattn/kernels/testing';
 import { disposeWeights, type ModelWeights, randomWeights, ropeInverseFrequencies } from '@duoattn/model';
+import { describe, expect, it } from 'vitest';
 import { type FrozenModel, type FullTerm, gateGradients, type StreamingWindow } from './gate-gradients.js';
 
 /** A small Llama shape (GQA 4/2) for gradient checks. */
@@ -192,4 +193,25 @@ export async function checkGateGradients(backend: Backend, fullTerm: FullTerm, s
     disposeWeights(weights);
     inverseFrequencies.dispose();
   }
+}
+
+/** Registers the gradient check for one backend; `backend()` returns undefined when it is absent (skips visibly). */
+export function gateGradientSuite(label: string, backend: () => Backend | undefined, skipReason?: string): void {
+  const suite = skipReason ? describe.skip : describe;
+  suite(`gate gradients (${label})${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
+    it.each([
+      ['student', 7],
+      ['student', 8],
+      ['teacher', 7],
+    ] as const)(
+      'match finite differences of the float64 loss within 1e-3 (full term from the %s, seed %i)',
+      async (fullTerm, seed) => {
+        const check = await checkGateGradients(backend() as Backend, fullTerm, seed);
+        expect(check.lossError).toBeLessThan(1e-4);
+        expect(check.relativeError).toBeLessThan(1e-3);
+        // Not a vacuous match: every gate moves the loss.
+        for (const value of check.expected) expect(Math.abs(value)).toBeGreaterThan(1e-6);
+      },
+    );
+  });
 }

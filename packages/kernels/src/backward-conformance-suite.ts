@@ -2,6 +2,7 @@
 // backward.test.ts checks by finite differences): matmul, RMSNorm, SwiGLU, attention (causal and Λ), the gate mix.
 import { DuoArgumentError } from '@duoattn/core';
 import { describe, expect, it } from 'vitest';
+import { perHead, readF32, uploadAs } from './conformance-helpers.js';
 import type { NativeBackend } from './native-backend.js';
 import type { Tensor } from './tensor.js';
 import {
@@ -10,14 +11,7 @@ import {
   referenceRmsNormBackward,
   referenceSwigluBackward,
 } from './testing/backward.js';
-import {
-  bf16ToNumber,
-  numberToBf16,
-  randomArray,
-  referenceAttention,
-  relativeError,
-  toMatrix,
-} from './testing/reference.js';
+import { randomArray, referenceAttention, relativeError, toMatrix } from './testing/reference.js';
 
 /** Relative error allowed per op; a bf16 weight rounds `gradOut` to bf16 on CUDA's tensor cores, as the forward does. */
 const TOLERANCE = {
@@ -27,26 +21,6 @@ const TOLERANCE = {
   attention: 1e-4,
   gateMix: 1e-5,
 };
-
-async function readF32(backend: NativeBackend, tensor: Tensor): Promise<Float32Array> {
-  return (await backend.read(tensor)) as Float32Array;
-}
-
-/** f32 values uploaded as `dtype`, with the values the tensor really holds. */
-function uploadHeld(backend: NativeBackend, dtype: 'f32' | 'bf16', shape: number[], values: Float32Array) {
-  if (dtype === 'f32') return { tensor: backend.upload('f32', shape, values), held: Float64Array.from(values) };
-  const bits = Uint16Array.from(values, (v) => numberToBf16(v));
-  return { tensor: backend.upload('bf16', shape, bits), held: Float64Array.from(bits, (v) => bf16ToNumber(v)) };
-}
-
-/** A cache `[kvHeads, capacity, headDim]` flattened, as per-head lists of position vectors. */
-function perHead(held: Float64Array, kvHeads: number, capacity: number, headDim: number): Float64Array[][] {
-  return Array.from({ length: kvHeads }, (_, h) =>
-    Array.from({ length: capacity }, (_, j) =>
-      held.slice((h * capacity + j) * headDim, (h * capacity + j + 1) * headDim),
-    ),
-  );
-}
 
 /** Per-head key gradients `[kvHeads][length]` laid out as the projections' rows `[length, kvHeads · headDim]`. */
 function projectionLayout(gradients: Float64Array[][], length: number): Float64Array {
@@ -115,22 +89,22 @@ export function backwardConformanceSuite(
       async (dtype) => {
         const m = 48;
         const k = 40;
-        const weight = uploadHeld(b(), dtype, [m, k], randomArray(m * k, 31, 0.5));
+        const [weight, weightHeld] = uploadAs(b(), dtype, [m, k], randomArray(m * k, 31, 0.5));
         for (const rows of [1, 3, 29]) {
           const gradient = randomArray(rows * m, 32 + rows);
           const gradOut = b().upload('f32', [rows, m], gradient);
           const start = randomArray(rows * k, 33 + rows);
           const gradInput = b().upload('f32', [rows, k], start);
-          const expected = referenceMatmulBackward(toMatrix(gradient, rows, m), toMatrix(weight.held, m, k));
-          b().matmulBackward(gradOut, weight.tensor, gradInput, { accumulate: true });
+          const expected = referenceMatmulBackward(toMatrix(gradient, rows, m), toMatrix(weightHeld, m, k));
+          b().matmulBackward(gradOut, weight, gradInput, { accumulate: true });
           const accumulated = expected.map((row, r) => row.map((v, i) => v + (start[r * k + i] ?? 0)));
           expect(relativeError(await readF32(b(), gradInput), accumulated)).toBeLessThan(TOLERANCE.matmul[dtype] ?? 0);
-          b().matmulBackward(gradOut, weight.tensor, gradInput);
+          b().matmulBackward(gradOut, weight, gradInput);
           expect(relativeError(await readF32(b(), gradInput), expected)).toBeLessThan(TOLERANCE.matmul[dtype] ?? 0);
           gradOut.dispose();
           gradInput.dispose();
         }
-        weight.tensor.dispose();
+        weight.dispose();
       },
     );
 
@@ -179,13 +153,13 @@ export function backwardConformanceSuite(
       const { heads, kvHeads, headDim, length, window } = c;
       const capacity = length + 3;
       const scale = 1 / Math.sqrt(headDim);
-      const keys = uploadHeld(
+      const [keys, keysHeld] = uploadAs(
         b(),
         c.dtype,
         [kvHeads, capacity, headDim],
         randomArray(kvHeads * capacity * headDim, 61, 2),
       );
-      const values = uploadHeld(
+      const [values, valuesHeld] = uploadAs(
         b(),
         c.dtype,
         [kvHeads, capacity, headDim],
@@ -197,8 +171,8 @@ export function backwardConformanceSuite(
         ? (i: number, j: number) => j <= i && (j < window.sink || i - j < window.recent)
         : (i: number, j: number) => j <= i;
       const shape = { heads, kvHeads, headDim, scale, keyLength: length, queryStart: 0, visible };
-      const keyRows = perHead(keys.held, kvHeads, capacity, headDim);
-      const valueRows = perHead(values.held, kvHeads, capacity, headDim);
+      const keyRows = perHead(keysHeld, kvHeads, capacity, headDim);
+      const valueRows = perHead(valuesHeld, kvHeads, capacity, headDim);
       const queryMatrix = toMatrix(query, length, heads * headDim);
       const forward = referenceAttention(queryMatrix, keyRows, valueRows, shape);
       const expected = referenceAttentionBackward(
@@ -216,7 +190,7 @@ export function backwardConformanceSuite(
       const gradKey = b().alloc('f32', [length, kvHeads * headDim]);
       const gradValue = b().alloc('f32', [length, kvHeads * headDim]);
       const run = async () => {
-        b().attentionBackward(qs, keys.tensor, values.tensor, out, gs, gradQuery, gradKey, gradValue, {
+        b().attentionBackward(qs, keys, values, out, gs, gradQuery, gradKey, gradValue, {
           heads,
           kvHeads,
           headDim,
@@ -234,7 +208,7 @@ export function backwardConformanceSuite(
       const again = await run();
       expect(Array.from(again[1])).toEqual(Array.from(dk));
       expect(Array.from(again[2])).toEqual(Array.from(dv));
-      for (const t of [keys.tensor, values.tensor, qs, out, gs, gradQuery, gradKey, gradValue]) t.dispose();
+      for (const t of [keys, values, qs, out, gs, gradQuery, gradKey, gradValue]) t.dispose();
     });
 
     it('gateMix and gateMixBackward: the mix, (1 − α)·gradOut and ∂L/∂α per KV head, gates clamped to [0, 1]', async () => {

@@ -2,6 +2,7 @@
 import type { DType } from '@duoattn/core';
 import { DuoArgumentError, DuoDisposedError } from '@duoattn/core';
 import { describe, expect, it } from 'vitest';
+import { perHead, readF32, uploadAs } from './conformance-helpers.js';
 import type { NativeBackend } from './native-backend.js';
 import type { Tensor } from './tensor.js';
 import { referenceRopeBackward } from './testing/backward.js';
@@ -34,19 +35,6 @@ const TOLERANCE = {
   matmul: { f32: 1e-5, f16: 2e-3, bf16: 1e-2 } as Record<DType, number>,
   attention: { f32: 1e-4, f16: 2e-3, bf16: 1e-2 } as Record<DType, number>,
 };
-
-/** Uploads f32 values as `dtype`, returning the tensor and the values it really holds (after rounding). */
-function uploadAs(backend: NativeBackend, dtype: DType, shape: number[], values: Float32Array): [Tensor, Float64Array] {
-  if (dtype === 'f32') return [backend.upload('f32', shape, values), Float64Array.from(values)];
-  const encode = dtype === 'bf16' ? numberToBf16 : numberToF16;
-  const decode = dtype === 'bf16' ? bf16ToNumber : f16ToNumber;
-  const bits = Uint16Array.from(values, (v) => encode(v));
-  return [backend.upload(dtype, shape, bits), Float64Array.from(bits, (b) => decode(b))];
-}
-
-async function readF32(backend: NativeBackend, tensor: Tensor): Promise<Float32Array> {
-  return (await backend.read(tensor)) as Float32Array;
-}
 
 function inverseFrequencies(headDim: number, theta: number): Float32Array {
   return Float32Array.from({ length: headDim / 2 }, (_, i) => theta ** (-(2 * i) / headDim));
@@ -368,12 +356,6 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         const decode = dtype === 'f32' ? (v: number) => v : dtype === 'bf16' ? bf16ToNumber : f16ToNumber;
         const heldKeys = new Float64Array(await b().read(keyCache)).map(decode);
         const heldValues = new Float64Array(await b().read(valueCache)).map(decode);
-        const perHead = (held: Float64Array): Float64Array[][] =>
-          Array.from({ length: kvHeads }, (_, h) =>
-            Array.from({ length: capacity }, (_, j) =>
-              held.slice((h * capacity + j) * headDim, (h * capacity + j + 1) * headDim),
-            ),
-          );
         expect(
           maxAbsDifference(
             heldKeys.slice(0, headDim),
@@ -391,8 +373,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         b().attentionPrefill(queries, keyCache, valueCache, out, attributes);
         const expected = referenceAttention(
           toMatrix(q, rows, heads * headDim),
-          perHead(heldKeys),
-          perHead(heldValues),
+          perHead(heldKeys, kvHeads, capacity, headDim),
+          perHead(heldValues, kvHeads, capacity, headDim),
           attributes,
         );
         expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.attention[dtype]);
@@ -408,8 +390,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         });
         const expectedDecode = referenceAttention(
           toMatrix(q, 1, heads * headDim),
-          perHead(heldKeys),
-          perHead(heldValues),
+          perHead(heldKeys, kvHeads, capacity, headDim),
+          perHead(heldValues, kvHeads, capacity, headDim),
           {
             ...attributes,
             queryStart: filled - 1,

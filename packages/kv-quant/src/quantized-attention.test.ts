@@ -15,29 +15,19 @@ const sink = 4;
 const recent = 9;
 const scale = 1 / Math.sqrt(headDim);
 
-/** One KV head's rows quantized into fresh planes of `capacity` slots (slot = position). */
-function quantizedPlanes(scheme: Exclude<KvQuantScheme, 'none'>, rows: Float32Array, capacity: number) {
+/** KV heads' rows (one array per head, `length` rows each) quantized into fresh planes of `capacity` slots. */
+function quantizedPlanes(scheme: Exclude<KvQuantScheme, 'none'>, perHead: Float32Array[], capacity: number) {
   const { codeBytes, scaleHalves } = kvQuantLayout(scheme, headDim);
-  const source = backend.upload('f32', [length, headDim], rows);
-  const codes = backend.alloc('u8', [1, capacity, codeBytes]);
-  const scales = backend.alloc('f16', [1, capacity, scaleHalves]);
-  backend.writeCacheQuantized(source, codes, scales, 0, scheme);
-  source.dispose();
-  return { codes, scales };
-}
-
-/** Both KV heads' codes in one pair of planes. */
-function stacked(scheme: Exclude<KvQuantScheme, 'none'>, perHead: Float32Array[], capacity: number) {
-  const { codeBytes, scaleHalves } = kvQuantLayout(scheme, headDim);
-  const interleaved = new Float32Array(length * kvHeads * headDim);
+  const heads = perHead.length;
+  const interleaved = new Float32Array(length * heads * headDim);
   for (let p = 0; p < length; p++) {
     for (const [g, rows] of perHead.entries()) {
-      interleaved.set(rows.subarray(p * headDim, (p + 1) * headDim), (p * kvHeads + g) * headDim);
+      interleaved.set(rows.subarray(p * headDim, (p + 1) * headDim), (p * heads + g) * headDim);
     }
   }
-  const source = backend.upload('f32', [length, kvHeads * headDim], interleaved);
-  const codes = backend.alloc('u8', [kvHeads, capacity, codeBytes]);
-  const scales = backend.alloc('f16', [kvHeads, capacity, scaleHalves]);
+  const source = backend.upload('f32', [length, heads * headDim], interleaved);
+  const codes = backend.alloc('u8', [heads, capacity, codeBytes]);
+  const scales = backend.alloc('f16', [heads, capacity, scaleHalves]);
   backend.writeCacheQuantized(source, codes, scales, 0, scheme);
   source.dispose();
   return { codes, scales };
@@ -61,8 +51,8 @@ describe('attention over quantized caches (cpu)', () => {
       const shape = { heads, kvHeads, headDim, scale, keyLength: length, queryStart };
 
       // Every head full: one pair of planes holds both KV heads.
-      const k = stacked(scheme, keys, 64);
-      const v = stacked(scheme, values, 64);
+      const k = quantizedPlanes(scheme, keys, 64);
+      const v = quantizedPlanes(scheme, values, 64);
       const quant = { scheme, keyScales: k.scales, valueScales: v.scales };
       backend.attentionPrefill(query, k.codes, v.codes, out, { ...shape, quant });
       const full = referenceAttention(queryMatrix, heldKeys, heldValues, shape);
@@ -75,10 +65,10 @@ describe('attention over quantized caches (cpu)', () => {
       expect(relativeError((await backend.read(lastOut)) as Float32Array, full.slice(5))).toBeLessThan(1e-4);
 
       // KV head 0 full, KV head 1 streaming: main planes for head 0, a region (slot = position here) for head 1.
-      const mainKeys = quantizedPlanes(scheme, keys[0] as Float32Array, 64);
-      const mainValues = quantizedPlanes(scheme, values[0] as Float32Array, 64);
-      const regionKeys = quantizedPlanes(scheme, keys[1] as Float32Array, sink + recent + length);
-      const regionValues = quantizedPlanes(scheme, values[1] as Float32Array, sink + recent + length);
+      const mainKeys = quantizedPlanes(scheme, keys.slice(0, 1), 64);
+      const mainValues = quantizedPlanes(scheme, values.slice(0, 1), 64);
+      const regionKeys = quantizedPlanes(scheme, keys.slice(1), sink + recent + length);
+      const regionValues = quantizedPlanes(scheme, values.slice(1), sink + recent + length);
       backend.attentionPrefill(query, mainKeys.codes, mainValues.codes, out, {
         ...shape,
         streaming: { retrievalKvHeads: 1, keyCache: regionKeys.codes, valueCache: regionValues.codes, sink, recent },

@@ -169,14 +169,14 @@ export async function runRetrieval(
   };
   const figures = { [protocol.name]: rows };
   // --heatmap FILE[,FILE…]: .png (cells only) and/or .svg (titled, labelled axes, values in %).
+  // Rows: depths (top = nearest the start); columns: lengths; each cell the mean score.
+  const grid = Array.from({ length: depths }, (_, d) =>
+    rows.map((row) => {
+      const cell = row.depths[d];
+      return cell && cell.trials > 0 ? cell.correct / cell.trials : Number.NaN;
+    }),
+  );
   for (const file of options.heatmap ? String(options.heatmap).split(',') : []) {
-    // Rows: depths (top = nearest the start); columns: lengths; each cell the mean score.
-    const grid = Array.from({ length: depths }, (_, d) =>
-      rows.map((row) => {
-        const cell = row.depths[d];
-        return cell && cell.trials > 0 ? cell.correct / cell.trials : Number.NaN;
-      }),
-    );
     writeFileSync(
       file,
       file.endsWith('.png')

@@ -71,7 +71,6 @@ struct HeadRows {
   const float* row(int64_t position) const { return data.data() + position * headDim; }
 };
 
-float dot(const float* a, const float* b, int64_t count) { return dotProduct(a, b, count); }
 
 }  // namespace
 
@@ -99,20 +98,20 @@ void CpuDevice::attentionBackward(const Tensor& q, const Tensor& keyCache, const
       scores.resize(count);
       float maximum = -INFINITY;
       for (int64_t n = 0; n < count; n++) {
-        scores[n] = dot(row, keys[kvHead].row(args.keyAt(i, n)), headDim) * args.scale;
+        scores[n] = dotProduct(row, keys[kvHead].row(args.keyAt(i, n)), headDim) * args.scale;
         maximum = std::max(maximum, scores[n]);
       }
       float sum = 0;
       for (int64_t n = 0; n < count; n++) sum += std::exp(scores[n] - maximum);
       const float normaliser = maximum + std::log(sum);
-      const float d = dot(gradRow, out.as<float>() + i * queryStride + head * headDim, headDim);
+      const float d = dotProduct(gradRow, out.as<float>() + i * queryStride + head * headDim, headDim);
       logNormaliser[head * length + i] = normaliser;
       outputDot[head * length + i] = d;
       std::fill(accumulator.begin(), accumulator.end(), 0.0f);
       for (int64_t n = 0; n < count; n++) {
         const int64_t j = args.keyAt(i, n);
         const float p = std::exp(scores[n] - normaliser);
-        const float ds = p * (dot(gradRow, values[kvHead].row(j), headDim) - d);
+        const float ds = p * (dotProduct(gradRow, values[kvHead].row(j), headDim) - d);
         addScaled(ds, keys[kvHead].row(j), accumulator.data(), headDim);
       }
       float* target = gradQuery.as<float>() + i * queryStride + head * headDim;
@@ -132,8 +131,8 @@ void CpuDevice::attentionBackward(const Tensor& q, const Tensor& keyCache, const
         for (int64_t i = j; i < args.queryEnd(j); i++) {
           const float* row = query + i * queryStride + head * headDim;
           const float* gradRow = gradient + i * queryStride + head * headDim;
-          const float p = std::exp(dot(row, key, headDim) * args.scale - logNormaliser[head * length + i]);
-          const float ds = p * (dot(gradRow, value, headDim) - outputDot[head * length + i]);
+          const float p = std::exp(dotProduct(row, key, headDim) * args.scale - logNormaliser[head * length + i]);
+          const float ds = p * (dotProduct(gradRow, value, headDim) - outputDot[head * length + i]);
           addScaled(p, gradRow, valueAccumulator.data(), headDim);
           addScaled(ds, row, keyAccumulator.data(), headDim);
         }
