@@ -7,6 +7,7 @@ import '../../packages/model/src/demo-model.cuda.test.ts';
 import '../../packages/model/src/duo.cuda.test.ts';
 import '../../packages/gate-trainer/src/gate-gradients.cuda.test.ts';
 import '../../packages/kv-quant/src/quantizer.cuda.test.ts';
+import '../../packages/kv-quant/src/quantized-attention.cuda.test.ts';
 import { runRegistered } from './vitest-shim.ts';
 
 const outcomes = await runRegistered((line) => console.log(line));

@@ -245,7 +245,8 @@ export interface Backend {
    * Rotates `query` (`[n, heads · headDim]`) and `key` (`[n, kvHeads · headDim]`) in place at `positions`, then writes
    * row r of `key` and `value` into the caches at slot `positions[r]` — `rope` twice and `writeCache` twice, fused.
    * Positions must be consecutive, as a chunk of one sequence is. With `streaming`, the streaming KV heads are written
-   * to their region instead (see `StreamingHeads`).
+   * to their region instead (see `StreamingHeads`). With `quant`, the caches (and the streaming region) are code planes
+   * and each rotated key and value row is quantized into them (codes equal to `writeCacheQuantized`'s).
    */
   ropeWriteCache(
     query: TensorHandle,
@@ -255,7 +256,7 @@ export interface Backend {
     inverseFrequencies: TensorHandle,
     keyCache: TensorHandle,
     valueCache: TensorHandle,
-    attributes: RopeAttributes & { kvHeads: number; streaming?: StreamingHeads },
+    attributes: RopeAttributes & { kvHeads: number; streaming?: StreamingHeads; quant?: QuantizedKv },
   ): void;
   /** `ids[0] = next[0]; positions[0] += 1` (i32 `[1]` tensors): ends a decode step on the device. */
   decodeAdvance(next: TensorHandle, ids: TensorHandle, positions: TensorHandle): void;

@@ -453,7 +453,7 @@ StreamingLayout streamingLayout(const Napi::Value& value, const Tensor& alongsid
 
 // A quantized cache's scale planes, passed as [scheme, keyScalesId, valueScalesId, streamKeyScalesId, streamValueScalesId]
 // (0 for a region that is not there; undefined: the caches are not quantized).
-KvQuantPlanes quantPlanes(const Napi::Value& value, const AttentionArgs& args, const Tensor& cache) {
+KvQuantPlanes quantPlanes(const Napi::Value& value, int headDim, const Tensor& cache) {
   KvQuantPlanes planes;
   if (!value.IsArray()) return planes;
   Napi::Array fields = value.As<Napi::Array>();
@@ -470,8 +470,8 @@ KvQuantPlanes quantPlanes(const Napi::Value& value, const AttentionArgs& args, c
   planes.streamKeyScales = scalesAt(3);
   planes.streamValueScales = scalesAt(4);
   const KvQuant scheme = static_cast<KvQuant>(planes.scheme);
-  planes.codeBytes = kvCodeBytes(scheme, args.headDim);
-  planes.scaleHalves = kvScaleHalves(scheme, args.headDim);
+  planes.codeBytes = kvCodeBytes(scheme, headDim);
+  planes.scaleHalves = kvScaleHalves(scheme, headDim);
   return planes;
 }
 
@@ -493,7 +493,7 @@ Napi::Value AttentionPrefill(const Napi::CallbackInfo& info) {
     AttentionArgs args = attentionArgs(info, 4);
     args.queryStart = integer(info, 9);
     args.streaming = streamingLayout(info[10], k);
-    args.quant = quantPlanes(info[11], args, k);
+    args.quant = quantPlanes(info[11], args.headDim, k);
     q.device->attentionPrefill(q, k, v, out, args);
     return info.Env().Undefined();
   });
@@ -508,7 +508,7 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
     args.queryStart = args.keyLength - 1;
     args.lengthFrom = lengthFrom ? lengthFrom->as<int32_t>() : nullptr;
     args.streaming = streamingLayout(info[10], k);
-    args.quant = quantPlanes(info[11], args, k);
+    args.quant = quantPlanes(info[11], args.headDim, k);
     q.device->attentionDecode(q, k, v, out, args);
     return info.Env().Undefined();
   });
@@ -651,8 +651,9 @@ Napi::Value RopeWriteCache(const Napi::CallbackInfo& info) {
     sameDevice({&q, &k, &v, &positions, &frequencies, &keyCache, &valueCache});
     RopeArgs args{static_cast<int>(integer(info, 7)), static_cast<int>(integer(info, 9)), info[10].As<Napi::Boolean>().Value()};
     const StreamingLayout streaming = streamingLayout(info[11], keyCache);
+    const KvQuantPlanes quant = quantPlanes(info[12], args.headDim, keyCache);
     q.device->ropeWriteCache(q, k, v, positions, frequencies, args, static_cast<int>(integer(info, 8)), keyCache, valueCache,
-                             streaming);
+                             streaming, quant);
     return info.Env().Undefined();
   });
 }

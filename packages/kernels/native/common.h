@@ -254,7 +254,7 @@ class Device {
   // positions[r]; KV heads that stream (see StreamingLayout) go to their region at layout.slot(positions[r]).
   virtual void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
                               const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache,
-                              const StreamingLayout& streaming) = 0;
+                              const StreamingLayout& streaming, const KvQuantPlanes& quant) = 0;
   // ids[0] = next[0]; positions[0] += 1 — closes a decode step on the device so the next one can start at once.
   virtual void decodeAdvance(const Tensor& next, Tensor& ids, Tensor& positions) {
     ids.as<int32_t>()[0] = next.as<int32_t>()[0];

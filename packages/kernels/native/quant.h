@@ -86,7 +86,7 @@ DUO_HD void quantizeKvRow(KvQuant scheme, const float* row, int headDim, uint8_t
         maximum = row[c] > maximum ? row[c] : maximum;
       }
       const uint16_t scaleBits = floatToF16((maximum - minimum) / 15.0f + 1e-8f);
-      const uint16_t zeroBits = floatToF16(minimum);
+      const uint16_t zeroBits = floatToF16(minimum + 0.0f);  // + 0: a −0 minimum stores +0 whichever order found it
       const float scale = f16ToFloat(scaleBits), zero = f16ToFloat(zeroBits);
       scales[2 * group] = scaleBits;
       scales[2 * group + 1] = zeroBits;

@@ -17,6 +17,7 @@ import {
   type KvQuantScheme,
   kvQuantLayout,
   type PrefillAttentionAttributes,
+  type QuantizedKv,
   type RopeAttributes,
   type StreamingHeads,
 } from '@duoattn/core';
@@ -299,9 +300,9 @@ export class NativeBackend implements Backend {
     inverseFrequencies: Tensor,
     keyCache: Tensor,
     valueCache: Tensor,
-    attributes: RopeAttributes & { kvHeads: number; streaming?: StreamingHeads },
+    attributes: RopeAttributes & { kvHeads: number; streaming?: StreamingHeads; quant?: QuantizedKv },
   ): void {
-    const { heads, kvHeads, headDim, interleaved } = attributes;
+    const { heads, kvHeads, headDim, interleaved, quant } = attributes;
     expectInteger('heads', heads, 1);
     expectInteger('kvHeads', kvHeads, 1, heads);
     expectInteger('headDim', headDim, 2);
@@ -316,14 +317,15 @@ export class NativeBackend implements Backend {
       shape: [headDim / 2],
     });
     const keyCacheId = expectTensor('keyCache', keyCache, this.device, {
-      dtypes: FLOAT_TYPES,
-      shape: [retrievalKvHeads(attributes.streaming, kvHeads), null, headDim],
+      dtypes: quant ? ['u8'] : FLOAT_TYPES,
+      shape: [retrievalKvHeads(attributes.streaming, kvHeads), null, this.#rowWidth(quant, headDim)],
     });
     const valueCacheId = expectTensor('valueCache', valueCache, this.device, {
       dtypes: [keyCache.dtype],
       shape: keyCache.shape,
     });
     const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, 0);
+    const quantFields = this.#quantFields(attributes, keyCache);
     callNative(() =>
       this.#native.ropeWriteCache(
         queryId,
@@ -338,6 +340,7 @@ export class NativeBackend implements Backend {
         headDim,
         Boolean(interleaved),
         streaming,
+        quantFields,
       ),
     );
   }
@@ -424,14 +427,22 @@ export class NativeBackend implements Backend {
     return [keyId, valueId, retrievalKvHeads, sink, recent, mask === 'chunked'];
   }
 
+  /** Elements per cache row: headDim, or a quantized cache's code bytes. */
+  #rowWidth(quant: QuantizedKv | undefined, headDim: number): number {
+    return quant ? kvQuantLayout(expectScheme(quant.scheme), headDim).codeBytes : headDim;
+  }
+
   /** The scale planes of a quantized cache (checked against the code planes), or undefined. */
-  #quantFields(attributes: AttentionAttributes, keyCache: Tensor): QuantFields | undefined {
+  #quantFields(
+    attributes: Pick<AttentionAttributes, 'quant' | 'streaming' | 'headDim'>,
+    keyCache: Tensor,
+  ): QuantFields | undefined {
     const { quant, streaming, headDim } = attributes;
     if (!quant) return undefined;
-    if (this.device === 'cuda') {
+    if (this.device === 'cuda' && (headDim % 8 !== 0 || headDim > 256)) {
       throw new DuoArgumentError(
         'quant',
-        'Quantized KV caches are read by the CPU backend only so far; the CUDA attention kernels follow (issue 6)',
+        `The CUDA kernels read quantized KV caches at head dims that are multiples of 8 up to 256, not ${headDim}`,
       );
     }
     const { scaleHalves } = kvQuantLayout(expectScheme(quant.scheme), headDim);
@@ -462,7 +473,7 @@ export class NativeBackend implements Backend {
     expectHeads(heads, kvHeads);
     expectInteger('headDim', headDim, 1);
     expectPositive('scale', scale);
-    const rowWidth = quant ? kvQuantLayout(expectScheme(quant.scheme), headDim).codeBytes : headDim;
+    const rowWidth = this.#rowWidth(quant, headDim);
     const keyId = expectTensor('keyCache', keyCache, this.device, {
       dtypes: quant ? ['u8'] : FLOAT_TYPES,
       shape: [retrievalKvHeads(attributes.streaming, kvHeads), null, rowWidth],

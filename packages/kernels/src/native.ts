@@ -134,6 +134,7 @@ export interface NativeAddon {
     headDim: number,
     interleaved: boolean,
     streaming?: StreamingFields,
+    quant?: QuantFields,
   ): void;
   decodeAdvance(next: number, ids: number, positions: number): void;
   graphBegin(device: number): void;

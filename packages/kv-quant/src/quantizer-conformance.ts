@@ -92,8 +92,140 @@ export function quantizerConformanceSuite(
         for (const tensor of [source, codes, scales]) tensor.dispose();
       },
     );
+
+    it.each(SCHEMES)(
+      '%s: ropeWriteCache quantizes the rotated keys and the values into both regions, ring wrap included',
+      async (scheme) => {
+        const b = backend() as NativeBackend;
+        const heads = 6;
+        const kvHeads = 3;
+        const headDim = 64;
+        const rows = 10;
+        const sink = 2;
+        const recent = 4;
+        const capacity = 24;
+        const slots = sink + recent + rows; // positions 16 … 19 wrap onto ring slots 2 … 5
+        const { codeBytes, scaleHalves } = kvQuantLayout(scheme, headDim);
+        const frequencies = b.upload(
+          'f32',
+          [headDim / 2],
+          Float32Array.from({ length: headDim / 2 }, (_, i) => 10000 ** (-(2 * i) / headDim)),
+        );
+        const plane = (heads: number, slotCount: number, width: number, dtype: 'u8' | 'f16') =>
+          dtype === 'u8'
+            ? b.upload('u8', [heads, slotCount, width], new Uint8Array(heads * slotCount * width))
+            : b.upload('f16', [heads, slotCount, width], new Uint16Array(heads * slotCount * width));
+        const keyCodes = plane(1, capacity, codeBytes, 'u8');
+        const valueCodes = plane(1, capacity, codeBytes, 'u8');
+        const keyScales = plane(1, capacity, scaleHalves, 'f16');
+        const valueScales = plane(1, capacity, scaleHalves, 'f16');
+        const streamKeyCodes = plane(2, slots, codeBytes, 'u8');
+        const streamValueCodes = plane(2, slots, codeBytes, 'u8');
+        const streamKeyScales = plane(2, slots, scaleHalves, 'f16');
+        const streamValueScales = plane(2, slots, scaleHalves, 'f16');
+        const streaming = { retrievalKvHeads: 1, keyCache: streamKeyCodes, valueCache: streamValueCodes, sink, recent };
+        const quant = { scheme, keyScales, valueScales, streamKeyScales, streamValueScales };
+        // What each (plane, head, slot) should hold: the last row written there, quantized by the reference.
+        const expected = new Map<string, { codes: Uint8Array; scales: Uint16Array }>();
+        const transient: NativeBackendTensor[] = [];
+        for (const start of [0, rows]) {
+          const query = b.upload('f32', [rows, heads * headDim], randomArray(rows * heads * headDim, 50 + start));
+          const key = b.upload('f32', [rows, kvHeads * headDim], randomArray(rows * kvHeads * headDim, 60 + start, 2));
+          const value = b.upload('f32', [rows, kvHeads * headDim], randomArray(rows * kvHeads * headDim, 70 + start));
+          const positions = b.upload(
+            'i32',
+            [rows],
+            Int32Array.from({ length: rows }, (_, r) => start + r),
+          );
+          transient.push(query, key, value, positions);
+          b.ropeWriteCache(query, key, value, positions, frequencies, keyCodes, valueCodes, {
+            heads,
+            kvHeads,
+            headDim,
+            streaming,
+            quant,
+          });
+          const rotated = (await b.read(key)) as Float32Array;
+          const values = (await b.read(value)) as Float32Array;
+          for (let r = 0; r < rows; r++) {
+            const position = start + r;
+            for (let head = 0; head < kvHeads; head++) {
+              const streams = head >= 1;
+              const slot = !streams
+                ? position
+                : position < sink
+                  ? position
+                  : sink + ((position - sink) % (slots - sink));
+              for (const [kind, data] of [
+                ['key', rotated],
+                ['value', values],
+              ] as const) {
+                const row = data.subarray((r * kvHeads + head) * headDim, (r * kvHeads + head + 1) * headDim);
+                const reference = quantizeRow(scheme, row);
+                const scales = scheme === 'int4' ? interleave(reference.scales, reference.zeros) : reference.scales;
+                expected.set(`${kind} ${head} ${slot}`, { codes: reference.codes, scales });
+              }
+            }
+          }
+        }
+        let mismatches = 0;
+        let checked = 0;
+        for (const [kind, mainCodes, mainScales, regionCodes, regionScales] of [
+          ['key', keyCodes, keyScales, streamKeyCodes, streamKeyScales],
+          ['value', valueCodes, valueScales, streamValueCodes, streamValueScales],
+        ] as const) {
+          const held = {
+            mainCodes: (await b.read(mainCodes)) as Uint8Array,
+            mainScales: (await b.read(mainScales)) as Uint16Array,
+            regionCodes: (await b.read(regionCodes)) as Uint8Array,
+            regionScales: (await b.read(regionScales)) as Uint16Array,
+          };
+          for (const [key, want] of expected) {
+            const [wantKind, headText, slotText] = key.split(' ');
+            if (wantKind !== kind) continue;
+            const head = Number(headText);
+            const slot = Number(slotText);
+            const streams = head >= 1;
+            const row = streams ? (head - 1) * slots + slot : slot;
+            const codes = (streams ? held.regionCodes : held.mainCodes).subarray(
+              row * codeBytes,
+              (row + 1) * codeBytes,
+            );
+            const scales = (streams ? held.regionScales : held.mainScales).subarray(
+              row * scaleHalves,
+              (row + 1) * scaleHalves,
+            );
+            codes.forEach((code, i) => {
+              if (code !== want.codes[i]) mismatches++;
+            });
+            scales.forEach((bits, i) => {
+              if (bits !== want.scales[i]) mismatches++;
+            });
+            checked++;
+          }
+        }
+        // 20 positions of the full head, 2 sinks + 14 ring slots of each streaming head, keys and values.
+        expect(checked).toBe(2 * (2 * rows + 2 * slots));
+        expect(mismatches).toBe(0);
+        for (const tensor of [
+          ...transient,
+          frequencies,
+          keyCodes,
+          valueCodes,
+          keyScales,
+          valueScales,
+          streamKeyCodes,
+          streamValueCodes,
+          streamKeyScales,
+          streamValueScales,
+        ])
+          tensor.dispose();
+      },
+    );
   });
 }
+
+type NativeBackendTensor = ReturnType<NativeBackend['alloc']>;
 
 /** int4's scales plane holds each group's scale then its zero. */
 function interleave(scales: Uint16Array, zeros: Uint16Array): Uint16Array {

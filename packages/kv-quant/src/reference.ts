@@ -94,7 +94,7 @@ export function quantizeRow(scheme: Exclude<KvQuantScheme, 'none'>, row: ArrayLi
         const minimum = group.reduce((a, b) => Math.min(a, b), Number.POSITIVE_INFINITY);
         const maximum = group.reduce((a, b) => Math.max(a, b), Number.NEGATIVE_INFINITY);
         const scale = half(f32(f32(f32(maximum - minimum) / 15) + f32(1e-8)));
-        const zero = half(minimum);
+        const zero = half(minimum + 0); // + 0: a −0 minimum stores +0, as the native quantizers do
         scales[g] = scale.bits;
         zeros[g] = zero.bits;
         group.forEach((v, i) => {

@@ -6,6 +6,7 @@ import {
   DuoArgumentError,
   type HeadPlan,
   type HostArray,
+  type KvQuantScheme,
   type ModelConfig,
   type PrefillMask,
   type TensorHandle,
@@ -40,6 +41,11 @@ export interface SessionOptions {
   maxTokens?: number;
   /** KV cache dtype. Default 'auto': f32 on the CPU, bf16 on CUDA with 16-bit weights, else f32. */
   cacheDtype?: 'auto' | 'f32' | 'f16' | 'bf16';
+  /**
+   * KV-cache quantization (ADR 0006): 'none' (default: rows in `cacheDtype`), 'int8', 'int4' or 'fp8'. Keys and values
+   * are quantized as they are written, into both regions of the dual cache, and dequantized inside attention.
+   */
+  kvQuant?: KvQuantScheme;
   /** Tokens per prefill chunk. Default 512. */
   prefillChunk?: number;
   /**
@@ -101,6 +107,8 @@ interface Workspace {
 export class Session {
   readonly capacity: number;
   readonly cacheDtype: DType;
+  /** The cache's quantization ('none': rows in `cacheDtype`). */
+  readonly kvQuant: KvQuantScheme;
   readonly prefillChunk: number;
   /** The attention policy and the head plan it runs (every head full for 'full', none for 'streaming'). */
   readonly attention: AttentionPolicyName;
@@ -168,7 +176,9 @@ export class Session {
       chunkTokens: chunk,
       blockTokens: options.cacheBlockTokens,
       prefillMask: options.prefillMask,
+      kvQuant: options.kvQuant,
     });
+    this.kvQuant = this.#cache.kvQuant;
     this.#lastRow = backend.alloc('f32', [1, config.hiddenSize]);
     this.#lastNormed = backend.alloc('f32', [1, config.hiddenSize]);
     this.#lastLogits = backend.alloc('f32', [1, config.vocabSize]);
@@ -412,7 +422,7 @@ export class Session {
       const lw = w.layers[layer];
       const cache = this.#cache.layers[layer];
       if (!lw || !cache) throw new Error(`layer ${layer} is missing`);
-      const { keyCache, valueCache, streaming } = cache;
+      const { keyCache, valueCache, streaming, quant } = cache;
       b.rmsNorm(s.hidden, lw.attentionNorm, s.normed, c.rmsNormEps);
       b.matmulGroup(
         s.normed,
@@ -426,15 +436,22 @@ export class Session {
         headDim: c.headDim,
         interleaved,
         streaming,
+        quant,
       });
       if (n === 1) {
         b.attentionDecode(s.query, keyCache, valueCache, s.attention, {
           ...attention,
           streaming,
+          quant,
           lengthFrom: deviceLength ? s.positions : undefined,
         });
       } else {
-        b.attentionPrefill(s.query, keyCache, valueCache, s.attention, { ...attention, streaming, queryStart: start });
+        b.attentionPrefill(s.query, keyCache, valueCache, s.attention, {
+          ...attention,
+          streaming,
+          quant,
+          queryStart: start,
+        });
       }
       b.matmul(s.attention, lw.output, s.hidden, { residual: s.hidden });
       b.rmsNorm(s.hidden, lw.mlpNorm, s.normed, c.rmsNormEps);

@@ -196,11 +196,15 @@ void CpuDevice::writeCache(const Tensor& source, Tensor& cache, int64_t start) {
 
 void CpuDevice::ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
                                const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache,
-                               const StreamingLayout& streaming) {
+                               const StreamingLayout& streaming, const KvQuantPlanes& quant) {
   rope(q, positions, frequencies, args);
   rope(k, positions, frequencies, RopeArgs{kvHeads, args.headDim, args.interleaved});
   const int64_t rows = q.rows(), headDim = args.headDim, capacity = keyCache.shape[1];
   const int32_t* position = positions.as<int32_t>();
+  if (quant.scheme != 0) {
+    writeQuantizedRows(k, v, position, kvHeads, static_cast<int>(headDim), keyCache, valueCache, streaming, quant);
+    return;
+  }
   pool_.parallelFor(kvHeads * rows, 8, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; t++) {
       const int64_t head = t / rows, r = t % rows;
@@ -259,6 +263,30 @@ void CpuDevice::writeCacheQuantized(const Tensor& source, Tensor& codes, Tensor&
       quantizeKvRow(quant, source.as<float>() + row * source.cols() + head * headDim, headDim,
                     codes.as<uint8_t>() + (head * capacity + slot) * codeBytes,
                     scales.as<uint16_t>() + (head * capacity + slot) * scaleHalves);
+    }
+  });
+}
+
+void CpuDevice::writeQuantizedRows(const Tensor& k, const Tensor& v, const int32_t* positions, int kvHeads, int headDim,
+                                   Tensor& keyCodes, Tensor& valueCodes, const StreamingLayout& streaming,
+                                   const KvQuantPlanes& quant) {
+  const KvQuant scheme = static_cast<KvQuant>(quant.scheme);
+  const int64_t rows = k.rows(), capacity = keyCodes.shape[1], codeBytes = quant.codeBytes, scaleHalves = quant.scaleHalves;
+  pool_.parallelFor(kvHeads * rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; task++) {
+      const int head = static_cast<int>(task / rows);
+      const int64_t r = task % rows, position = positions[r];
+      const bool streams = streaming.streams(head);
+      const int64_t codeAt = streams ? streaming.element(head, position, codeBytes) : (head * capacity + position) * codeBytes;
+      const int64_t scaleAt = streams ? streaming.element(head, position, scaleHalves) : (head * capacity + position) * scaleHalves;
+      const auto write = [&](const Tensor& source, void* mainCodes, void* streamCodes, const uint16_t* mainScales,
+                             const uint16_t* streamScales) {
+        uint8_t* codes = static_cast<uint8_t*>(streams ? streamCodes : mainCodes) + codeAt;
+        uint16_t* scales = const_cast<uint16_t*>(streams ? streamScales : mainScales) + scaleAt;
+        quantizeKvRow(scheme, source.as<float>() + r * source.cols() + head * headDim, headDim, codes, scales);
+      };
+      write(k, keyCodes.data, streaming.key, quant.keyScales, quant.streamKeyScales);
+      write(v, valueCodes.data, streaming.value, quant.valueScales, quant.streamValueScales);
     }
   });
 }

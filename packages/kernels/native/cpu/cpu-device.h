@@ -36,7 +36,7 @@ class CpuDevice final : public Device {
   void writeCache(const Tensor& source, Tensor& cache, int64_t start) override;
   void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
                       const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache,
-                      const StreamingLayout& streaming) override;
+                      const StreamingLayout& streaming, const KvQuantPlanes& quant) override;
   void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
   void argmax(const Tensor& logits, Tensor& out) override;
@@ -56,6 +56,9 @@ class CpuDevice final : public Device {
   ThreadPool& pool() { return pool_; }
 
  private:
+  // Quantizes rows of k and v (after RoPE) into the code / scale planes at `positions`; streaming heads to their region.
+  void writeQuantizedRows(const Tensor& k, const Tensor& v, const int32_t* positions, int kvHeads, int headDim, Tensor& keyCodes,
+                          Tensor& valueCodes, const StreamingLayout& streaming, const KvQuantPlanes& quant);
   ThreadPool pool_;
   size_t allocated_ = 0, peak_ = 0;
 };

@@ -1,10 +1,13 @@
 // CUDA attention: split-K decode (flash-decoding) and a tiled causal prefill kernel, both GQA-aware, reading
-// f32 / f16 / bf16 caches laid out [kvHeads, capacity, headDim] and accumulating in f32.
+// f32 / f16 / bf16 caches laid out [kvHeads, capacity, headDim] and accumulating in f32. Quantized caches (kQuant: u8
+// code planes + fp16 scales) are dequantized in registers while a tile is staged into shared memory (quant-rows.cuh);
+// their tiles are bf16 for the tensor-core kernels and f32 for the others.
 #include <algorithm>
 #include <cfloat>
 #include <type_traits>
 
 #include "cuda-common.cuh"
+#include "quant-rows.cuh"
 
 namespace duo {
 namespace cuda {
@@ -32,10 +35,10 @@ __device__ __forceinline__ void copyAsync16(void* shared, const void* global) {
 
 // Where KV head `kvHead`'s rows start: its full cache, or (streaming) its part of the streaming region.
 template <typename T>
-__device__ __forceinline__ const T* headRows(const T* cache, const void* region, int64_t capacity, const StreamingLayout& layout,
+__device__ __forceinline__ const T* headRows(const void* cache, const void* region, int64_t capacity, const StreamingLayout& layout,
                                              bool streams, int kvHead, int headDim) {
   return streams ? static_cast<const T*>(region) + layout.headStart(kvHead, headDim)
-                 : cache + static_cast<int64_t>(kvHead) * capacity * headDim;
+                 : static_cast<const T*>(cache) + static_cast<int64_t>(kvHead) * capacity * headDim;
 }
 
 // What one decode block works on: its KV head, its split of that head's keys (logical indices begin … end − 1 of the
@@ -44,6 +47,7 @@ template <typename T>
 struct DecodeWork {
   const T* keys;
   const T* values;
+  QuantHead quant;  // quantized caches: the head's code and scale rows instead of keys / values
   StreamingLayout layout;
   KeyRange range;
   bool streams;
@@ -52,10 +56,10 @@ struct DecodeWork {
   __device__ __forceinline__ int64_t slot(int64_t index) const { return streams ? layout.slot(range.position(index)) : index; }
 };
 
-template <typename T>
-__device__ __forceinline__ DecodeWork<T> decodeWork(const T* k, const T* v, int64_t capacity, int64_t keyLength, int headDim,
+template <typename T, bool kQuant>
+__device__ __forceinline__ DecodeWork<T> decodeWork(const void* k, const void* v, int64_t capacity, int64_t keyLength, int headDim,
                                                     const int32_t* lengthFrom, const StreamingLayout& layout,
-                                                    const DecodeSplits& splits) {
+                                                    const KvQuantPlanes& planes, const DecodeSplits& splits) {
   DecodeWork<T> work;
   work.layout = layout;
   splits.locate(static_cast<int>(blockIdx.x), work.kvHead, work.split, work.splits);
@@ -65,16 +69,20 @@ __device__ __forceinline__ DecodeWork<T> decodeWork(const T* k, const T* v, int6
   const int64_t chunk = ((work.range.count + work.splits - 1) / work.splits + 31) / 32 * 32;
   work.begin = static_cast<int64_t>(work.split) * chunk;
   work.end = lesser(work.range.count, work.begin + chunk);
-  work.keys = headRows(k, layout.key, capacity, layout, work.streams, work.kvHead, headDim);
-  work.values = headRows(v, layout.value, capacity, layout, work.streams, work.kvHead, headDim);
+  if constexpr (kQuant) {
+    work.quant = quantHead(k, v, capacity, layout, planes, work.streams, work.kvHead, headDim);
+  } else {
+    work.keys = headRows<T>(k, layout.key, capacity, layout, work.streams, work.kvHead, headDim);
+    work.values = headRows<T>(v, layout.value, capacity, layout, work.streams, work.kvHead, headDim);
+  }
   return work;
 }
 
-template <typename T, int D, int MAXG>
-__global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __restrict__ q, const T* __restrict__ k,
-                                                               const T* __restrict__ v, int64_t capacity, int64_t keyLength,
+template <typename T, int D, int MAXG, bool kQuant>
+__global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __restrict__ q, const void* __restrict__ k,
+                                                               const void* __restrict__ v, int64_t capacity, int64_t keyLength,
                                                                int group, float scale, const int32_t* __restrict__ lengthFrom,
-                                                               StreamingLayout layout, DecodeSplits splits,
+                                                               StreamingLayout layout, KvQuantPlanes quant, DecodeSplits splits,
                                                                float* __restrict__ partialAcc, float* __restrict__ partialMax,
                                                                float* __restrict__ partialSum) {
   dependOnPrevious();
@@ -87,7 +95,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
   __shared__ float stateMax[kDecodeWarps][MAXG];
   __shared__ float stateSum[kDecodeWarps][MAXG];
   extern __shared__ __align__(16) unsigned char tiles[];
-  const DecodeWork<T> work = decodeWork(k, v, capacity, keyLength, D, lengthFrom, layout, splits);
+  const DecodeWork<T> work = decodeWork<T, kQuant>(k, v, capacity, keyLength, D, lengthFrom, layout, quant, splits);
   const int kvHead = work.kvHead;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   T* keyTile = reinterpret_cast<T*>(tiles + warp * Tile::kBytesPerWarp);
@@ -110,11 +118,16 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
   }
   for (int64_t tile = begin + static_cast<int64_t>(warp) * 32; tile < end; tile += kDecodeWarps * 32) {
     const int count = static_cast<int>(lesser(32, end - tile));
-    for (int piece = lane; piece < count * kChunksPerRow; piece += 32) {
-      const int row = piece / kChunksPerRow, column = (piece % kChunksPerRow) * kElementsPerCopy;
-      const int64_t slot = work.slot(tile + row) * D + column;
-      copyAsync16(keyTile + row * Tile::kKeyStride + column, work.keys + slot);
-      copyAsync16(valueTile + row * D + column, work.values + slot);
+    if constexpr (kQuant) {
+      stageQuantTile<T, D, 32, 32>(keyTile, Tile::kKeyStride, valueTile, D, work.quant, tile, count, lane,
+                                   [&](int64_t index) { return work.slot(index); });
+    } else {
+      for (int piece = lane; piece < count * kChunksPerRow; piece += 32) {
+        const int row = piece / kChunksPerRow, column = (piece % kChunksPerRow) * kElementsPerCopy;
+        const int64_t slot = work.slot(tile + row) * D + column;
+        copyAsync16(keyTile + row * Tile::kKeyStride + column, work.keys + slot);
+        copyAsync16(valueTile + row * D + column, work.values + slot);
+      }
     }
     asm volatile("cp.async.commit_group;\n" ::);
     asm volatile("cp.async.wait_group 0;\n" ::);
@@ -285,11 +298,11 @@ __device__ __forceinline__ void accumulateValues(float (&acc)[D / 8][4], uint32_
   }
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* __restrict__ q, const T* __restrict__ k,
-                                                                  const T* __restrict__ v, int64_t capacity, int64_t keyLength,
+template <typename T, int D, bool kQuant>
+__global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* __restrict__ q, const void* __restrict__ k,
+                                                                  const void* __restrict__ v, int64_t capacity, int64_t keyLength,
                                                                   int group, float scale, const int32_t* __restrict__ lengthFrom,
-                                                                  StreamingLayout layout, DecodeSplits splits,
+                                                                  StreamingLayout layout, KvQuantPlanes quant, DecodeSplits splits,
                                                                   float* __restrict__ partialAcc, float* __restrict__ partialMax,
                                                                   float* __restrict__ partialSum) {
   constexpr int kStride = D + 8;       // padded rows: conflict-free fragment loads and ldmatrix
@@ -302,7 +315,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   // The key count (positions) is only written between steps, and the cached keys other than the newest one are not
   // written by the kernel before this one (RoPE + cache write): a warp whose first tile ends before the newest key
   // stages it before waiting for that kernel, so its first cache read overlaps it (chained launches).
-  const DecodeWork<T> work = decodeWork(k, v, capacity, keyLength, D, lengthFrom, layout, splits);
+  const DecodeWork<T> work = decodeWork<T, kQuant>(k, v, capacity, keyLength, D, lengthFrom, layout, quant, splits);
   const int kvHead = work.kvHead;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
   T* keyTile = reinterpret_cast<T*>(tiles) + static_cast<int64_t>(warp) * 2 * 32 * kStride;
@@ -310,7 +323,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   const int64_t firstTile = work.begin + static_cast<int64_t>(warp) * 32;
   const bool early = firstTile + 32 < work.range.count && firstTile < work.end;
   auto slotOf = [&](int64_t index) { return work.slot(index); };
-  if (early) stageTile<T, D>(keyTile, valueTile, work.keys, work.values, firstTile, static_cast<int>(lesser(32, work.end - firstTile)), 32, lane, 32, slotOf);
+  auto stage = [&](int64_t tile, int count) {
+    if constexpr (kQuant) stageQuantTile<T, D, 32, 32>(keyTile, kStride, valueTile, kStride, work.quant, tile, count, lane, slotOf);
+    else stageTile<T, D>(keyTile, valueTile, work.keys, work.values, tile, count, 32, lane, 32, slotOf);
+  };
+  if (early) stage(firstTile, static_cast<int>(lesser(32, work.end - firstTile)));
   dependOnPrevious();
   // A fragments of Q for this lane: row `row` (a query head), columns 16s + 2·pair (+1) and 16s + 8 + 2·pair (+1).
   uint32_t qHigh[kSteps][2], qLow[kSteps][2];
@@ -335,7 +352,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
 
   for (int64_t tile = firstTile; tile < end; tile += kDecodeWarps * 32) {
     const int count = static_cast<int>(lesser(32, end - tile));
-    if (tile != firstTile || !early) stageTile<T, D>(keyTile, valueTile, work.keys, work.values, tile, count, 32, lane, 32, slotOf);
+    if (tile != firstTile || !early) stage(tile, count);
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncwarp();
     // Scores of 32 keys: n-tile t holds keys 8t + 2·pair (+1) for query head `row`.
@@ -524,11 +541,11 @@ __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const flo
 constexpr int kPrefillThreads = 128;
 
 // grid (row tiles, heads). Each query row is served by TPR threads that own interleaved groups of 4 channels.
-template <typename T, int D>
-__global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __restrict__ q, int64_t qStride, const T* __restrict__ k,
-                                                                 const T* __restrict__ v, int64_t capacity, float* __restrict__ out,
+template <typename T, int D, bool kQuant>
+__global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __restrict__ q, int64_t qStride, const void* __restrict__ k,
+                                                                 const void* __restrict__ v, int64_t capacity, float* __restrict__ out,
                                                                  int64_t rows, int64_t keyLength, int64_t queryStart, int group,
-                                                                 float scale, StreamingLayout layout) {
+                                                                 float scale, StreamingLayout layout, KvQuantPlanes quant) {
   constexpr int kThreadsPerRow = D / 4 < 8 ? D / 4 : 8;
   constexpr int kRowsPerBlock = kPrefillThreads / kThreadsPerRow;
   constexpr int kChunks = D / (4 * kThreadsPerRow);  // float4 chunks per thread
@@ -544,8 +561,10 @@ __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __
   const int64_t keyEnd = lesser(keyLength, queryStart + lastRow + 1);
   const bool streams = layout.streams(kvHead);
   const KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + static_cast<int64_t>(blockIdx.x) * kRowsPerBlock, queryStart);
-  const T* keys = headRows(k, layout.key, capacity, layout, streams, kvHead, D);
-  const T* values = headRows(v, layout.value, capacity, layout, streams, kvHead, D);
+  const T* keys = kQuant ? nullptr : headRows<T>(k, layout.key, capacity, layout, streams, kvHead, D);
+  const T* values = kQuant ? nullptr : headRows<T>(v, layout.value, capacity, layout, streams, kvHead, D);
+  QuantHead quantRows{};
+  if constexpr (kQuant) quantRows = quantHead(k, v, capacity, layout, quant, streams, kvHead, D);
 
   float query[kChunks][4], acc[kChunks][4];
 #pragma unroll
@@ -559,12 +578,18 @@ __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __
   float maximum = -INFINITY, sum = 0.0f;
   for (int64_t tile = 0; tile < range.count; tile += kKeyTile) {
     __syncthreads();
-    for (int t = threadIdx.x; t < kKeyTile * D; t += kPrefillThreads) {
-      int key = t / D, channel = t % D;
-      int64_t j = tile + key;
-      const int64_t slot = j < range.count ? (streams ? layout.slot(range.position(j)) : j) * D + channel : 0;
-      keyTile[key][channel] = j < range.count ? toFloat(keys[slot]) : 0.0f;
-      valueTile[key][channel] = j < range.count ? toFloat(values[slot]) : 0.0f;
+    if constexpr (kQuant) {
+      stageQuantTile<float, D, kKeyTile, kPrefillThreads>(
+          &keyTile[0][0], D, &valueTile[0][0], D, quantRows, tile, static_cast<int>(lesser(kKeyTile, range.count - tile)),
+          threadIdx.x, [&](int64_t j) { return streams ? layout.slot(range.position(j)) : j; });
+    } else {
+      for (int t = threadIdx.x; t < kKeyTile * D; t += kPrefillThreads) {
+        int key = t / D, channel = t % D;
+        int64_t j = tile + key;
+        const int64_t slot = j < range.count ? (streams ? layout.slot(range.position(j)) : j) * D + channel : 0;
+        keyTile[key][channel] = j < range.count ? toFloat(keys[slot]) : 0.0f;
+        valueTile[key][channel] = j < range.count ? toFloat(values[slot]) : 0.0f;
+      }
     }
     __syncthreads();
     float scores[kKeyTile];
@@ -623,13 +648,13 @@ constexpr int kPrefillMmaWarps = 4;
 constexpr int kPrefillMmaRows = 16 * kPrefillMmaWarps;
 constexpr int kPrefillKeys = 64;
 
-template <typename T, int D>
+template <typename T, int D, bool kQuant>
 __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const float* __restrict__ q, int64_t qStride,
-                                                                          const T* __restrict__ k, const T* __restrict__ v,
+                                                                          const void* __restrict__ k, const void* __restrict__ v,
                                                                           int64_t capacity, float* __restrict__ out,
                                                                           int64_t rows, int64_t keyLength,
                                                                           int64_t queryStart, int group, float scale,
-                                                                          StreamingLayout layout) {
+                                                                          StreamingLayout layout, KvQuantPlanes quant) {
   constexpr int kStride = D + 8;
   constexpr int kSteps = D / 16;
   constexpr int kOutTiles = D / 8;
@@ -642,8 +667,10 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
   const int64_t keyEnd = lesser(keyLength, queryStart + blockLastRow + 1);
   const bool streams = layout.streams(kvHead);
   const KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + static_cast<int64_t>(blockIdx.x) * kPrefillMmaRows, queryStart);
-  const T* keys = headRows(k, layout.key, capacity, layout, streams, kvHead, D);
-  const T* values = headRows(v, layout.value, capacity, layout, streams, kvHead, D);
+  const T* keys = kQuant ? nullptr : headRows<T>(k, layout.key, capacity, layout, streams, kvHead, D);
+  const T* values = kQuant ? nullptr : headRows<T>(v, layout.value, capacity, layout, streams, kvHead, D);
+  QuantHead quantRows{};
+  if constexpr (kQuant) quantRows = quantHead(k, v, capacity, layout, quant, streams, kvHead, D);
   auto slotOf = [&](int64_t index) { return streams ? layout.slot(range.position(index)) : index; };
   // A fragments of this warp's 16 query rows: rows `row` and `row + 8`, columns 16s + 2·pair (+1) and + 8.
   // Rounded once to 16 bits, as FlashAttention does: prefill is bound by the tensor cores, and the second (low) product
@@ -672,8 +699,16 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
   // Two stages: the copy of tile i + 1 is in flight while the warps multiply tile i.
   auto stage = [&](int64_t tile, int buffer) {
     T* keyStage = keyTile + buffer * 2 * kPrefillKeys * kStride;
-    stageTile<T, D>(keyStage, keyStage + kPrefillKeys * kStride, keys, values, tile,
-                    static_cast<int>(lesser(kPrefillKeys, range.count - tile)), kPrefillKeys, threadIdx.x, blockDim.x, slotOf);
+    const int count = static_cast<int>(lesser(kPrefillKeys, range.count - tile));
+    if constexpr (kQuant) {
+      // Synchronous loads, so this tile is only overlapped with other blocks' work; an empty group keeps the waits' counts.
+      stageQuantTile<T, D, kPrefillKeys, kPrefillMmaWarps * 32>(keyStage, kStride, keyStage + kPrefillKeys * kStride, kStride,
+                                                                quantRows, tile, count, threadIdx.x, slotOf);
+      asm volatile("cp.async.commit_group;\n" ::);
+    } else {
+      stageTile<T, D>(keyStage, keyStage + kPrefillKeys * kStride, keys, values, tile, count, kPrefillKeys, threadIdx.x, blockDim.x,
+                      slotOf);
+    }
   };
   if (range.count > 0) stage(0, 0);
   int buffer = 0;
@@ -836,29 +871,28 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
   const unsigned blocks = static_cast<unsigned>(splits.blocks(args.kvHeads));
   bool combine = true;
   int maxGroup = maxGroupFor(group);
-  dispatchFloat(cacheType, [&](auto t) {
+  auto launch = [&](auto kernel, size_t shared) {
+    allowSharedMemory(kernel, shared);
+    launchChained(kernel, dim3(blocks), dim3(kDecodeThreads), shared, stream, q, k, v, capacity, args.keyLength, group, args.scale,
+                  args.lengthFrom, args.streaming, args.quant, splits, partialAcc, partialMax, partialSum);
+  };
+  // T: the cache's element type, or for a quantized cache (kQuant) the type of its staged tiles.
+  auto body = [&](auto t, auto quantized) {
     using T = decltype(t);
+    constexpr bool kQuant = decltype(quantized)::value;
     dispatchHeadDim(args.headDim, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      if constexpr (sizeof(T) == 2 && (D == 64 || D == 128)) {
+      constexpr bool kTensorCores = sizeof(T) == 2 && (D == 64 || D == 128);
+      if constexpr (kQuant && sizeof(T) == 2 && !kTensorCores) {
+        throw Error("DUO_ARG", "internal: quantized decode stages 16-bit tiles only for the tensor-core kernel");
+      } else if constexpr (kTensorCores) {
         // Tensor cores: any G ≤ 8 shares one kernel (rows past G are zero).
-        auto kernel = decodeMmaKernel<T, D>;
-        const size_t shared = static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T);
-        allowSharedMemory(kernel, shared);
-        launchChained(kernel, dim3(blocks), dim3(kDecodeThreads), shared, stream, q, static_cast<const T*>(k),
-                      static_cast<const T*>(v), capacity, args.keyLength, group, args.scale, args.lengthFrom, args.streaming, splits,
-                      partialAcc, partialMax, partialSum);
-      } else if constexpr (D >= Vec16<T>::kCount && D <= 128) {
-        auto run = [&](auto kernel) {
-          const size_t shared = kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
-          allowSharedMemory(kernel, shared);
-          launchChained(kernel, dim3(blocks), dim3(kDecodeThreads), shared, stream, q, static_cast<const T*>(k),
-                        static_cast<const T*>(v), capacity, args.keyLength, group, args.scale, args.lengthFrom, args.streaming, splits,
-                        partialAcc, partialMax, partialSum);
-        };
-        if (maxGroup == 1) run(decodeKernel<T, D, 1>);
-        else if (maxGroup == 4) run(decodeKernel<T, D, 4>);
-        else run(decodeKernel<T, D, 8>);
+        launch(decodeMmaKernel<T, D, kQuant>, static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T));
+      } else if constexpr (D >= Vec16<T>::kCount && D <= 128 && !(kQuant && D > 32)) {
+        const size_t shared = kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
+        if (maxGroup == 1) launch(decodeKernel<T, D, 1, kQuant>, shared);
+        else if (maxGroup == 4) launch(decodeKernel<T, D, 4, kQuant>, shared);
+        else launch(decodeKernel<T, D, 8, kQuant>, shared);
       } else {
         // Head dims past 128 (or too small for 16-byte rows) take the tiled prefill kernel with one query row.
         if (args.lengthFrom) throw Error("DUO_ARG", "graph-captured decode needs head dim 8-128");
@@ -868,7 +902,13 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
         combine = false;
       }
     });
-  });
+  };
+  if (args.quant.scheme != 0) {
+    if (args.headDim == 64 || args.headDim == 128) body(__nv_bfloat16{}, std::true_type{});
+    else body(float{}, std::true_type{});
+  } else {
+    dispatchFloat(cacheType, [&](auto t) { body(t, std::false_type{}); });
+  }
   checkLaunch("attentionDecode");
   if (!combine) return;
   launchChained(decodeCombineKernel, dim3(args.heads), dim3(kCombineThreads), 0, stream, partialAcc, partialMax, partialSum, splits,
@@ -880,29 +920,38 @@ void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, cons
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream) {
   if (rows == 0) return;
   int group = args.heads / args.kvHeads;
-  dispatchFloat(cacheType, [&](auto t) {
+  auto body = [&](auto t, auto quantized) {
     using T = decltype(t);
+    constexpr bool kQuant = decltype(quantized)::value;
     dispatchHeadDim(args.headDim, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      if constexpr (sizeof(T) == 2 && (D == 64 || D == 128)) {
-        // Tensor cores for 16-bit caches.
-        auto kernel = prefillMmaKernel<T, D>;
+      constexpr bool kTensorCores = sizeof(T) == 2 && (D == 64 || D == 128);
+      if constexpr (kQuant && (sizeof(T) == 2) != (D == 64 || D == 128)) {
+        throw Error("DUO_ARG", "internal: quantized prefill stages bf16 tiles exactly for head dims 64 and 128");
+      } else if constexpr (kTensorCores) {
+        // Tensor cores for 16-bit (and quantized) caches.
+        auto kernel = prefillMmaKernel<T, D, kQuant>;
         const size_t shared = static_cast<size_t>(4) * kPrefillKeys * (D + 8) * sizeof(T);
         allowSharedMemory(kernel, shared);
         dim3 grid(static_cast<unsigned>((rows + kPrefillMmaRows - 1) / kPrefillMmaRows), args.heads);
-        kernel<<<grid, kPrefillMmaWarps * 32, shared, stream>>>(q, qStride, static_cast<const T*>(k), static_cast<const T*>(v),
-                                                                capacity, out, rows, args.keyLength, args.queryStart, group,
-                                                                args.scale, args.streaming);
-        return;
+        kernel<<<grid, kPrefillMmaWarps * 32, shared, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength, args.queryStart,
+                                                                group, args.scale, args.streaming, args.quant);
+      } else {
+        constexpr int kThreadsPerRow = D / 4 < 8 ? D / 4 : 8;
+        constexpr int kRowsPerBlock = kPrefillThreads / kThreadsPerRow;
+        dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), args.heads);
+        prefillKernel<T, D, kQuant><<<grid, kPrefillThreads, 0, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength,
+                                                                           args.queryStart, group, args.scale, args.streaming,
+                                                                           args.quant);
       }
-      constexpr int kThreadsPerRow = D / 4 < 8 ? D / 4 : 8;
-      constexpr int kRowsPerBlock = kPrefillThreads / kThreadsPerRow;
-      dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), args.heads);
-      prefillKernel<T, D><<<grid, kPrefillThreads, 0, stream>>>(q, qStride, static_cast<const T*>(k), static_cast<const T*>(v), capacity,
-                                                                out, rows, args.keyLength, args.queryStart, group, args.scale,
-                                                                args.streaming);
     });
-  });
+  };
+  if (args.quant.scheme != 0) {
+    if (args.headDim == 64 || args.headDim == 128) body(__nv_bfloat16{}, std::true_type{});
+    else body(float{}, std::true_type{});
+  } else {
+    dispatchFloat(cacheType, [&](auto t) { body(t, std::false_type{}); });
+  }
   checkLaunch("attentionPrefill");
 }
 

@@ -377,12 +377,10 @@ class CudaDevice final : public Device {
     profiler_.mark("writeCache", stream_);
   }
   void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
-    requireUnquantized(args);
     launchAttentionPrefill(q.as<float>(), q.cols(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), q.rows(), args, stream_);
     profiler_.mark("attentionPrefill", stream_);
   }
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
-    requireUnquantized(args);
     if (q.rows() != 1) {
       // Several query rows at the last position: the prefill kernel computes the same thing.
       AttentionArgs prefill = args;
@@ -448,7 +446,14 @@ class CudaDevice final : public Device {
   }
   void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
                       const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache,
-                      const StreamingLayout& streaming) override {
+                      const StreamingLayout& streaming, const KvQuantPlanes& quant) override {
+    if (quant.scheme != 0) {
+      launchRopeWriteCacheQuantized(q.as<float>(), k.as<float>(), v.as<float>(), positions.as<int32_t>(), frequencies.as<float>(),
+                                    q.rows(), args.heads, kvHeads, args.headDim, args.interleaved, keyCache.data, valueCache.data,
+                                    keyCache.shape[1], streaming, quant, stream_);
+      profiler_.mark("ropeWriteCache", stream_);
+      return;
+    }
     launchRopeWriteCache(q.as<float>(), k.as<float>(), v.as<float>(), positions.as<int32_t>(), frequencies.as<float>(), q.rows(),
                          args.heads, kvHeads, args.headDim, args.interleaved, keyCache.data, valueCache.data, keyCache.dtype,
                          keyCache.shape[1], streaming, stream_);
@@ -497,8 +502,7 @@ class CudaDevice final : public Device {
   void writeCacheQuantized(const Tensor& source, Tensor& codes, Tensor& scales, int64_t start, int scheme) override {
     const int64_t kvHeads = codes.shape[0];
     launchWriteCacheQuantized(source.as<float>(), source.rows(), source.cols(), kvHeads, static_cast<int>(source.cols() / kvHeads),
-                              codes.as<uint8_t>(), scales.as<uint16_t>(), codes.shape[1], codes.shape[2], scales.shape[2], start,
-                              scheme, stream_);
+                              codes.as<uint8_t>(), scales.as<uint16_t>(), codes.shape[1], start, scheme, stream_);
     profiler_.mark("writeCacheQuantized", stream_);
   }
   void matmulBackward(const Tensor& gradOut, const Tensor& weight, Tensor& gradInput, bool accumulate) override {
@@ -555,11 +559,6 @@ class CudaDevice final : public Device {
   SmallSlot smallSlots_[kSmallSlots];
   unsigned nextSmallSlot_ = 0;
 
-  // The CUDA attention kernels do not read quantized caches yet (issue 6): a clear error rather than wrong reads.
-  static void requireUnquantized(const AttentionArgs& args) {
-    if (args.quant.scheme != 0)
-      throw Error("DUO_ARG", "quantized KV caches are read by the CPU backend only so far; the CUDA attention kernels follow");
-  }
 
   // x rounded to a 16-bit weight dtype in the scratch buffer (valid until the next op that uses scratch).
   const void* convertedInput(const Tensor& x, DType dtype) {

@@ -411,25 +411,144 @@ void launchSoftmax(const float* logits, float* out, int64_t rows, int64_t vocab,
 }
 
 namespace {
-// One thread per (row, KV head): the shared row quantizer, so the codes equal the CPU backend's.
-__global__ void writeCacheQuantizedKernel(const float* source, int64_t rows, int64_t stride, int64_t kvHeads, int headDim,
-                                          uint8_t* codes, uint16_t* scales, int64_t capacity, int64_t codeBytes,
-                                          int64_t scaleHalves, int64_t start, KvQuant scheme) {
-  const int64_t task = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (task >= rows * kvHeads) return;
-  const int64_t row = task / kvHeads, head = task % kvHeads, slot = start + row;
-  quantizeKvRow(scheme, source + row * stride + head * headDim, headDim, codes + (head * capacity + slot) * codeBytes,
-                scales + (head * capacity + slot) * scaleHalves);
+// One warp quantizes one row of one KV head: lanes hold channel pairs 2j, 2j + 1 (j = lane, lane + 32, …; head dims up
+// to 256), the warp reduces the row's (the int4 group's) range, and each lane writes its codes. Element for element
+// this is quant.h's quantizeKvRow (max and min are exact in any order), so the codes equal the CPU backend's.
+constexpr int kQuantPairs = 4;
+
+__device__ void quantizeRowWarp(KvQuant scheme, const float* row, int headDim, uint8_t* codes, uint16_t* scales, int lane) {
+  const int pairs = headDim / 2;
+  float2 x[kQuantPairs];
+#pragma unroll
+  for (int p = 0; p < kQuantPairs; p++) {
+    const int j = lane + 32 * p;
+    x[p] = j < pairs ? make_float2(row[2 * j], row[2 * j + 1]) : make_float2(0.0f, 0.0f);
+  }
+  if (scheme == KvQuant::Int4) {
+    const int width = int4GroupWidth(headDim);
+    for (int group = 0; group * width < headDim; group++) {
+      float minimum = INFINITY, maximum = -INFINITY;
+#pragma unroll
+      for (int p = 0; p < kQuantPairs; p++) {
+        const int j = lane + 32 * p;
+        if (j < pairs && 2 * j / width == group) {
+          minimum = fminf(minimum, fminf(x[p].x, x[p].y));
+          maximum = fmaxf(maximum, fmaxf(x[p].x, x[p].y));
+        }
+      }
+#pragma unroll
+      for (int offset = 16; offset > 0; offset >>= 1) {
+        minimum = fminf(minimum, __shfl_xor_sync(0xffffffffu, minimum, offset));
+        maximum = fmaxf(maximum, __shfl_xor_sync(0xffffffffu, maximum, offset));
+      }
+      const uint16_t scaleBits = floatToF16((maximum - minimum) / 15.0f + 1e-8f);
+      const uint16_t zeroBits = floatToF16(minimum + 0.0f);
+      const float scale = f16ToFloat(scaleBits), zero = f16ToFloat(zeroBits);
+      if (lane == 0) {
+        scales[2 * group] = scaleBits;
+        scales[2 * group + 1] = zeroBits;
+      }
+      auto code = [&](float value) {
+        const float rounded = scale > 0.0f ? rintf((value - zero) / scale) : 0.0f;
+        return static_cast<uint32_t>(rounded < 0.0f ? 0.0f : (rounded > 15.0f ? 15.0f : rounded));
+      };
+#pragma unroll
+      for (int p = 0; p < kQuantPairs; p++) {
+        const int j = lane + 32 * p;
+        if (j < pairs && 2 * j / width == group) codes[j] = static_cast<uint8_t>(code(x[p].x) | (code(x[p].y) << 4));
+      }
+    }
+    return;
+  }
+  float largest = 0.0f;
+#pragma unroll
+  for (int p = 0; p < kQuantPairs; p++)
+    if (lane + 32 * p < pairs) largest = fmaxf(largest, fmaxf(fabsf(x[p].x), fabsf(x[p].y)));
+  largest = warpMax(largest);
+  const bool int8 = scheme == KvQuant::Int8;
+  const uint16_t scaleBits = floatToF16(largest / (int8 ? 127.0f : 448.0f));
+  const float scale = f16ToFloat(scaleBits);
+  if (lane == 0) scales[0] = scaleBits;
+  auto code = [&](float value) -> uint8_t {
+    if (!(scale > 0.0f)) return 0;
+    if (!int8) return encodeE4m3(value / scale);
+    float rounded = rintf(value / scale);
+    rounded = rounded < -127.0f ? -127.0f : (rounded > 127.0f ? 127.0f : rounded);
+    return static_cast<uint8_t>(static_cast<int8_t>(rounded));
+  };
+#pragma unroll
+  for (int p = 0; p < kQuantPairs; p++) {
+    const int j = lane + 32 * p;
+    if (j < pairs) {
+      codes[2 * j] = code(x[p].x);
+      codes[2 * j + 1] = code(x[p].y);
+    }
+  }
+}
+
+// Where quantized rows go: the main planes [kvHeads, capacity, ·]; streaming heads (layout) the region's planes.
+struct QuantTarget {
+  uint8_t* codes;
+  uint16_t* scales;
+  uint8_t* streamCodes;
+  uint16_t* streamScales;
+};
+
+// One warp per (row, KV head, keys | values): row r of `keys` (and `values`) goes to position positions[r], or start + r.
+__global__ void quantizeRowsKernel(const float* keys, const float* values, int64_t rows, int64_t stride, int kvHeads, int headDim,
+                                   const int32_t* positions, int64_t start, QuantTarget keyTarget, QuantTarget valueTarget,
+                                   int64_t capacity, int64_t codeBytes, int64_t scaleHalves, StreamingLayout layout, KvQuant scheme) {
+  dependOnPrevious();
+  const int jobs = values ? 2 : 1;
+  const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  if (warp >= rows * kvHeads * jobs) return;
+  const int job = static_cast<int>(warp % jobs);
+  const int64_t task = warp / jobs, row = task / kvHeads;
+  const int head = static_cast<int>(task % kvHeads);
+  const int64_t position = positions ? positions[row] : start + row;
+  const QuantTarget& target = job == 0 ? keyTarget : valueTarget;
+  const bool streams = layout.streams(head);
+  uint8_t* codes = streams ? target.streamCodes + layout.element(head, position, codeBytes)
+                           : target.codes + (head * capacity + position) * codeBytes;
+  uint16_t* scales = streams ? target.streamScales + layout.element(head, position, scaleHalves)
+                             : target.scales + (head * capacity + position) * scaleHalves;
+  quantizeRowWarp(scheme, (job == 0 ? keys : values) + row * stride + static_cast<int64_t>(head) * headDim, headDim, codes, scales,
+                  threadIdx.x & 31);
+}
+
+void launchQuantizeRows(const float* keys, const float* values, int64_t rows, int64_t stride, int kvHeads, int headDim,
+                        const int32_t* positions, int64_t start, const QuantTarget& keyTarget, const QuantTarget& valueTarget,
+                        int64_t capacity, const StreamingLayout& layout, int scheme, cudaStream_t stream) {
+  if (rows == 0) return;
+  if (headDim > 2 * 32 * kQuantPairs) throw Error("DUO_ARG", "quantized KV caches support head dims up to 256");
+  const KvQuant quant = static_cast<KvQuant>(scheme);
+  const int64_t warps = rows * kvHeads * (values ? 2 : 1);
+  launchChained(quantizeRowsKernel, dim3(blocksFor(warps * 32, 128)), dim3(128), 0, stream, keys, values, rows, stride, kvHeads,
+                headDim, positions, start, keyTarget, valueTarget, capacity, static_cast<int64_t>(kvCodeBytes(quant, headDim)),
+                static_cast<int64_t>(kvScaleHalves(quant, headDim)), layout, quant);
+  checkLaunch("quantizeRows");
 }
 }  // namespace
 
 void launchWriteCacheQuantized(const float* source, int64_t rows, int64_t stride, int64_t kvHeads, int headDim, uint8_t* codes,
-                               uint16_t* scales, int64_t capacity, int64_t codeBytes, int64_t scaleHalves, int64_t start,
-                               int scheme, cudaStream_t stream) {
-  if (rows == 0) return;
-  writeCacheQuantizedKernel<<<blocksFor(rows * kvHeads, 128), 128, 0, stream>>>(
-      source, rows, stride, kvHeads, headDim, codes, scales, capacity, codeBytes, scaleHalves, start, static_cast<KvQuant>(scheme));
-  checkLaunch("writeCacheQuantizedKernel");
+                               uint16_t* scales, int64_t capacity, int64_t start, int scheme, cudaStream_t stream) {
+  const QuantTarget target{codes, scales, nullptr, nullptr};
+  launchQuantizeRows(source, nullptr, rows, stride, static_cast<int>(kvHeads), headDim, nullptr, start, target, target, capacity,
+                     StreamingLayout{}, scheme, stream);
+}
+
+void launchRopeWriteCacheQuantized(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies,
+                                   int64_t rows, int heads, int kvHeads, int headDim, bool interleaved, void* keyCodes,
+                                   void* valueCodes, int64_t capacity, const StreamingLayout& streaming, const KvQuantPlanes& quant,
+                                   cudaStream_t stream) {
+  launchRope(q, positions, frequencies, rows, static_cast<int64_t>(heads) * headDim, heads, headDim, interleaved, false, stream);
+  launchRope(k, positions, frequencies, rows, static_cast<int64_t>(kvHeads) * headDim, kvHeads, headDim, interleaved, false, stream);
+  const QuantTarget keys{static_cast<uint8_t*>(keyCodes), const_cast<uint16_t*>(quant.keyScales), static_cast<uint8_t*>(streaming.key),
+                         const_cast<uint16_t*>(quant.streamKeyScales)};
+  const QuantTarget values{static_cast<uint8_t*>(valueCodes), const_cast<uint16_t*>(quant.valueScales),
+                           static_cast<uint8_t*>(streaming.value), const_cast<uint16_t*>(quant.streamValueScales)};
+  launchQuantizeRows(k, v, rows, static_cast<int64_t>(kvHeads) * headDim, kvHeads, headDim, positions, 0, keys, values, capacity,
+                     streaming, quant.scheme, stream);
 }
 
 }  // namespace cuda

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { HeadPlan, PrefillMask } from '@duoattn/core';
 import { randomArray, relativeError } from '@duoattn/kernels/testing';
+import { roundTrip } from '@duoattn/kv-quant';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LlamaModel } from '../llama-model.js';
 import type { SessionOptions } from '../session.js';
@@ -99,6 +100,26 @@ export function duoSuite(device: 'cpu' | 'cuda', tolerance: number, skipReason?:
               // The streaming heads matter here: full attention gives other logits.
               const full = referenceLogits(model.config, weights, tokens);
               expect(relativeError(actual, full)).toBeGreaterThan(100 * tolerance);
+            },
+          );
+
+          it.each(['int8', 'int4', 'fp8'] as const)(
+            'duo over a %s-quantized cache matches the reference that attends over the round-tripped K/V',
+            async (scheme) => {
+              const cached = (row: Float64Array) =>
+                Float64Array.from(roundTrip(scheme, Float32Array.from(row), config.head_dim));
+              const expected = referenceLogits(model.config, weights, tokens, planMask(plan), cached);
+              const actual = await sessionLogits(model, tokens, {
+                attention: 'duo',
+                prefillChunk: 7,
+                cacheDtype: 'f32',
+                kvQuant: scheme,
+              });
+              const error = relativeError(actual, expected);
+              expect(error).toBeLessThan(tolerance);
+              // The quantization shows: the unquantized reference is much further away.
+              const unquantized = referenceLogits(model.config, weights, tokens, planMask(plan));
+              expect(relativeError(actual, unquantized)).toBeGreaterThan(10 * error);
             },
           );
 

@@ -26,6 +26,8 @@ export function referenceLogits(
   weights: Map<string, FixtureTensor>,
   tokens: number[],
   mask?: ReferenceMask,
+  /** What the cache holds of a key (after RoPE) or value row of one KV head — a quantizer's round trip, say. */
+  cached?: (row: Float64Array) => Float64Array,
 ): Float64Array {
   const matrix = (name: string): Matrix => {
     const tensor = weights.get(name);
@@ -60,7 +62,10 @@ export function referenceLogits(
     const v = referenceMatmul(h, matrix(`${p}.self_attn.v_proj.weight`), vector(`${p}.self_attn.v_proj.bias`));
     const perHead = (m: Matrix) =>
       Array.from({ length: config.numKvHeads }, (_, head) =>
-        m.map((row) => row.slice(head * config.headDim, (head + 1) * config.headDim)),
+        m.map((row) => {
+          const slice = row.slice(head * config.headDim, (head + 1) * config.headDim);
+          return cached ? cached(slice) : slice;
+        }),
       );
     const attention = referenceAttention(q, perHead(k), perHead(v), {
       heads: config.numHeads,

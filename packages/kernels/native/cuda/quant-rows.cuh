@@ -1,0 +1,118 @@
+// Quantized KV rows as the CUDA attention kernels read them (docs/decisions/0006-kv-quantization.md): eight channels at
+// a time from the u8 code plane and the fp16 scale plane, dequantized in registers and stored into the kernel's shared
+// tile as it would store a plain row. No copy of the cache is ever made; a tile of 32 or 64 rows is all that exists.
+#pragma once
+#include "../quant.h"
+#include "cuda-common.cuh"
+
+namespace duo {
+namespace cuda {
+
+__device__ __forceinline__ float halfBits(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
+
+// The value of an e4m3 code, built from its bits (quant.h's decodeE4m3 without ldexpf).
+__device__ __forceinline__ float e4m3Value(uint32_t code) {
+  const uint32_t exponent = (code >> 3) & 0x0f, mantissa = code & 0x07;
+  const float magnitude = exponent ? __uint_as_float(((exponent + 120) << 23) | (mantissa << 20)) : mantissa * 0.001953125f;
+  return (code & 0x80) ? -magnitude : magnitude;
+}
+
+// One KV head's quantized rows: codes [slots, codeBytes] and scales [slots, scaleHalves] of keys and of values.
+struct QuantHead {
+  const uint8_t* keyCodes;
+  const uint8_t* valueCodes;
+  const uint16_t* keyScales;
+  const uint16_t* valueScales;
+  KvQuant scheme;
+  int codeBytes, scaleHalves, groupWidth;
+};
+
+// KV head `kvHead`'s rows: its full cache (k, v are the main code planes), or, for a streaming head, its part of the
+// streaming region.
+__device__ __forceinline__ QuantHead quantHead(const void* k, const void* v, int64_t capacity, const StreamingLayout& layout,
+                                               const KvQuantPlanes& planes, bool streams, int kvHead, int headDim) {
+  QuantHead head;
+  head.scheme = static_cast<KvQuant>(planes.scheme);
+  head.codeBytes = static_cast<int>(planes.codeBytes);
+  head.scaleHalves = static_cast<int>(planes.scaleHalves);
+  head.groupWidth = int4GroupWidth(headDim);
+  const int64_t codeStart = streams ? layout.headStart(kvHead, planes.codeBytes) : kvHead * capacity * planes.codeBytes;
+  const int64_t scaleStart = streams ? layout.headStart(kvHead, planes.scaleHalves) : kvHead * capacity * planes.scaleHalves;
+  head.keyCodes = static_cast<const uint8_t*>(streams ? layout.key : k) + codeStart;
+  head.valueCodes = static_cast<const uint8_t*>(streams ? layout.value : v) + codeStart;
+  head.keyScales = (streams ? planes.streamKeyScales : planes.keyScales) + scaleStart;
+  head.valueScales = (streams ? planes.streamValueScales : planes.valueScales) + scaleStart;
+  return head;
+}
+
+// Channels column … column + 7 of row `slot` (column a multiple of 8; an int4 group never splits them).
+__device__ __forceinline__ void dequantize8(const QuantHead& head, const uint8_t* codes, const uint16_t* scales, int64_t slot,
+                                            int column, float (&out)[8]) {
+  const uint16_t* rowScales = scales + slot * head.scaleHalves;
+  if (head.scheme == KvQuant::Int4) {
+    const uint32_t packed = __ldg(reinterpret_cast<const uint32_t*>(codes + slot * head.codeBytes + column / 2));
+    const int group = column / head.groupWidth;
+    const float scale = halfBits(__ldg(rowScales + 2 * group)), zero = halfBits(__ldg(rowScales + 2 * group + 1));
+#pragma unroll
+    for (int i = 0; i < 8; i++) out[i] = static_cast<float>((packed >> (4 * i)) & 0x0f) * scale + zero;
+    return;
+  }
+  const uint2 packed = __ldg(reinterpret_cast<const uint2*>(codes + slot * head.codeBytes + column));
+  const float scale = halfBits(__ldg(rowScales));
+  const bool fp8 = head.scheme == KvQuant::Fp8;
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    const uint32_t code = ((i < 4 ? packed.x : packed.y) >> (8 * (i & 3))) & 0xff;
+    const float value = fp8 ? e4m3Value(code) : static_cast<float>(static_cast<int8_t>(code));
+    out[i] = value * scale;
+  }
+}
+
+// Eight values as T at a 16-byte aligned `target`.
+template <typename T>
+__device__ __forceinline__ void store8(T* target, const float (&x)[8]) {
+  if constexpr (sizeof(T) == 4) {
+    reinterpret_cast<float4*>(target)[0] = make_float4(x[0], x[1], x[2], x[3]);
+    reinterpret_cast<float4*>(target)[1] = make_float4(x[4], x[5], x[6], x[7]);
+  } else {
+    uint32_t words[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const T low = fromFloat<T>(x[2 * i]), high = fromFloat<T>(x[2 * i + 1]);
+      uint16_t a, b;
+      memcpy(&a, &low, 2);
+      memcpy(&b, &high, 2);
+      words[i] = static_cast<uint32_t>(a) | (static_cast<uint32_t>(b) << 16);
+    }
+    *reinterpret_cast<uint4*>(target) = make_uint4(words[0], words[1], words[2], words[3]);
+  }
+}
+
+// Dequantizes rows r < count of a tile (row r is cache slot slotOf(tile + r)) into shared rows of T: keys `keyStride`
+// elements apart, values `valueStride` apart; rows count … ROWS − 1 become zeros (probability 0 · NaN would poison
+// P·V). Threads `thread` of THREADS share the work.
+template <typename T, int D, int ROWS, int THREADS, typename Slot>
+__device__ __forceinline__ void stageQuantTile(T* keyStage, int keyStride, T* valueStage, int valueStride, const QuantHead& head,
+                                               int64_t tile, int count, int thread, const Slot& slotOf) {
+  constexpr int kChunks = D / 8, kPieces = ROWS * kChunks;
+#pragma unroll
+  for (int i = 0; i < (kPieces + THREADS - 1) / THREADS; i++) {
+    const int piece = thread + i * THREADS;
+    if (kPieces % THREADS != 0 && piece >= kPieces) break;
+    const int r = piece / kChunks, column = (piece % kChunks) * 8;
+    float key[8], value[8];
+    if (r < count) {
+      const int64_t slot = slotOf(tile + r);
+      dequantize8(head, head.keyCodes, head.keyScales, slot, column, key);
+      dequantize8(head, head.valueCodes, head.valueScales, slot, column, value);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; i++) key[i] = value[i] = 0.0f;
+    }
+    store8(keyStage + r * keyStride + column, key);
+    store8(valueStage + r * valueStride + column, value);
+  }
+}
+
+}  // namespace cuda
+}  // namespace duo
