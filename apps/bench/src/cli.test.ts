@@ -167,6 +167,92 @@ describe('duo-bench', () => {
     },
   );
 
+  (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
+    'efficiency --kv-quant runs each policy per scheme: planner exact, a lower floor and a speed-up line per scheme',
+    async () => {
+      const file = join(out, 'efficiency-quant.json');
+      const args = ['efficiency', '--device', 'cpu', '--contexts', '512', '--prefill', 'none', '--steps', '2'];
+      const result = await bench([
+        ...args,
+        '--warmup',
+        '2',
+        '--attention',
+        'duo',
+        '--kv-quant',
+        'none,int8,int4',
+        '--bandwidth',
+        '0.05',
+        '--out',
+        file,
+      ]);
+      expect(result.code).toBe(0);
+      const document = JSON.parse(readFileSync(file, 'utf8'));
+      const rows = document.decode as { kvQuant: string; floorMs: number; plannedToAllocated: number }[];
+      expect(rows.map((row) => row.kvQuant)).toEqual(['none', 'int8', 'int4']);
+      for (const row of rows) expect(Math.abs(row.plannedToAllocated - 1)).toBeLessThan(0.01);
+      const [none, int8, int4] = rows.map((row) => row.floorMs) as [number, number, number];
+      expect(int8).toBeLessThan(none);
+      expect(int4).toBeLessThan(int8);
+      expect(result.stdout).toContain('duo: int4/unquantized decode speed-up @512');
+      expect(document.settings.kvQuant).toEqual(['none', 'int8', 'int4']);
+    },
+  );
+
+  (existsSync(join(root, 'models/duo-demo/config.json')) &&
+    existsSync(resolve(root, '..', 'shared', 'data', 'gutenberg', '1342.txt'))
+    ? it
+    : it.skip)('perplexity compares KV schemes on a held-out book; passkey takes --kv-quant', async () => {
+    const file = join(out, 'perplexity.json');
+    const result = await bench([
+      'perplexity',
+      '--device',
+      'cpu',
+      '--length',
+      '1024',
+      '--windows',
+      '1',
+      '--kv-quant',
+      'none,int8,int4',
+      '--out',
+      file,
+    ]);
+    expect(result.code).toBe(0);
+    const rows = JSON.parse(readFileSync(file, 'utf8')).perplexity as {
+      kvQuant: string;
+      tokens: number;
+      perplexity: number;
+      changeVsUnquantized?: number;
+    }[];
+    expect(rows.map((row) => row.kvQuant)).toEqual(['none', 'int8', 'int4']);
+    expect(rows[0]?.tokens).toBe(1023); // every token after the first of the 1024
+    for (const row of rows) expect(row.perplexity).toBeGreaterThan(1);
+    expect(rows[0]?.changeVsUnquantized).toBeUndefined();
+    expect(Math.abs(rows[1]?.changeVsUnquantized ?? 1)).toBeLessThan(0.01);
+    expect(Number.isFinite(rows[2]?.changeVsUnquantized)).toBe(true);
+    expect(result.stdout).toMatch(
+      /perplexity full \+ int4\s+\d+\.\d+ over \d+ tokens \([+-]\d+\.\d+ % vs unquantized\)/,
+    );
+    const passkey = join(out, 'passkey-int4.json');
+    const quantized = await bench([
+      'passkey',
+      '--device',
+      'cpu',
+      '--lengths',
+      '512',
+      '--depths',
+      '2',
+      '--trials',
+      '2',
+      '--kv-quant',
+      'int4',
+      '--out',
+      passkey,
+    ]);
+    expect(quantized.code).toBe(0);
+    expect(JSON.parse(readFileSync(passkey, 'utf8')).settings.kvQuant).toBe('int4');
+    expect(quantized.stdout).toContain('passkey @512 (full + int4)');
+  });
+
   it('rejects bad input with a message naming the option and exits 2', async () => {
     const unknown = await bench(['speed', '--shape', 'llama-9', '--device', 'cpu']);
     expect(unknown.code).toBe(2);

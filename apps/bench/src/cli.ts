@@ -8,6 +8,7 @@ import { generateCommand, generateHelp } from './commands/generate.js';
 import { kernelsCommand, kernelsHelp } from './commands/kernels.js';
 import { niahCommand, niahHelp } from './commands/niah.js';
 import { passkeyCommand, passkeyHelp } from './commands/passkey.js';
+import { perplexityCommand, perplexityHelp } from './commands/perplexity.js';
 import { planCommand, planHelp } from './commands/plan.js';
 import { speedCommand, speedHelp } from './commands/speed.js';
 import { trainGatesCommand, trainGatesHelp } from './commands/train-gates.js';
@@ -21,6 +22,7 @@ const commands: Record<string, { help: string; run: (argv: string[]) => Promise<
   kernels: { help: kernelsHelp, run: (argv) => kernelsCommand(argv, (line) => console.log(line)) },
   passkey: { help: passkeyHelp, run: (argv) => passkeyCommand(argv, (line) => console.log(line)) },
   niah: { help: niahHelp, run: (argv) => niahCommand(argv, (line) => console.log(line)) },
+  perplexity: { help: perplexityHelp, run: (argv) => perplexityCommand(argv, (line) => console.log(line)) },
   speed: { help: speedHelp, run: (argv) => speedCommand(argv, (line) => console.log(line)) },
   'train-gates': { help: trainGatesHelp, run: (argv) => trainGatesCommand(argv, (line) => console.log(line)) },
 };

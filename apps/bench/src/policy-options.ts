@@ -1,6 +1,13 @@
 // The attention-policy options every benchmark shares (--attention, --pattern, --sparsity, --sink, --recent, …) and
 // turning them into session options and a head plan.
-import type { AttentionPolicyName, HeadPlan, ModelConfig, PrefillMask } from '@duoattn/core';
+import {
+  type AttentionPolicyName,
+  type HeadPlan,
+  KV_QUANT_SCHEMES,
+  type KvQuantScheme,
+  type ModelConfig,
+  type PrefillMask,
+} from '@duoattn/core';
 import { evenPlan, loadPattern, planHeads } from '@duoattn/dual-cache';
 import { type LlamaModel, type SessionOptions, sessionPlan } from '@duoattn/model';
 import { choiceOption, integerOption, numberOption, UsageError } from './args.js';
@@ -15,12 +22,14 @@ export const POLICY_OPTIONS = {
   recent: { type: 'string' },
   'prefill-mask': { type: 'string' },
   'prefill-chunk': { type: 'string' },
+  'kv-quant': { type: 'string' },
 } as const;
 
 export const POLICY_HELP = `  Policies: --attention full|streaming|duo; duo takes --pattern DIR|FILE (reference or JSON format) and/or
   --sparsity S (fraction of streaming KV heads; without a pattern, spread evenly over the layers); --invert keeps the
   pattern's lowest-gate heads as retrieval heads instead (the control experiment); --sink N and
-  --recent N (default: the pattern's, or 64 and 256); --prefill-mask exact|chunked; --prefill-chunk N (default 512).`;
+  --recent N (default: the pattern's, or 64 and 256); --prefill-mask exact|chunked; --prefill-chunk N (default 512);
+  --kv-quant none|int8|int4|fp8 stores the KV cache quantized (codes + fp16 scales, both regions; default none).`;
 
 /** The validated policy settings, before a model is known. */
 export interface PolicySettings {
@@ -31,6 +40,7 @@ export interface PolicySettings {
   readonly sparsity?: number;
   readonly prefillMask: PrefillMask;
   readonly prefillChunk: number;
+  readonly kvQuant: KvQuantScheme;
 }
 
 /** Validates the shared options (call before loading a model, so typos fail fast). */
@@ -45,7 +55,21 @@ export function policySettings(options: Record<string, unknown>): PolicySettings
     sparsity,
     prefillMask: choiceOption('prefill-mask', options['prefill-mask'], ['exact', 'chunked'] as const, 'exact'),
     prefillChunk: integerOption('prefill-chunk', options['prefill-chunk'], 512, 1),
+    kvQuant: choiceOption('kv-quant', options['kv-quant'], KV_QUANT_SCHEMES, 'none'),
   };
+}
+
+/** --kv-quant as a comma-separated list (the commands that compare schemes in one run). */
+export function kvQuantList(value: unknown, fallback: KvQuantScheme[] = ['none']): KvQuantScheme[] {
+  if (value === undefined) return fallback;
+  return String(value)
+    .split(',')
+    .map((name) => choiceOption('kv-quant', name.trim(), KV_QUANT_SCHEMES, 'none'));
+}
+
+/** How a policy and a quantization scheme are labelled in reports: "duo", "duo + int4". */
+export function runLabel(attention: AttentionPolicyName, kvQuant: KvQuantScheme): string {
+  return kvQuant === 'none' ? attention : `${attention} + ${kvQuant}`;
 }
 
 /** The attention policies named by --attention (a comma-separated list where `many`). */
@@ -93,6 +117,7 @@ export function sessionPolicy(attention: AttentionPolicyName, settings: PolicySe
     ...settings.window,
     prefillMask: settings.prefillMask,
     prefillChunk: settings.prefillChunk,
+    kvQuant: settings.kvQuant,
   };
 }
 

@@ -280,22 +280,57 @@ export class DualKvCache {
     return true;
   }
 
-  /** For benchmarks: random keys and values everywhere (seeded, on the device). */
+  /**
+   * For benchmarks: random keys and values everywhere (seeded, on the device). A quantized cache gets random normal
+   * rows quantized into it (`writeCacheQuantized`, through a scratch of at most `QUANT_FILL_FLOATS` f32 values), so its
+   * codes and scales look like real ones; the full regions are filled up to `capacity`.
+   */
   fillRandom(seed: number): void {
     this.#checkLive();
-    if (this.kvQuant !== 'none') {
-      throw new DuoArgumentError(
-        'cache',
-        'fillRandom fills float caches; write synthetic keys and values into a quantized cache with writeCacheQuantized',
-      );
-    }
     let index = 0;
     for (const layer of this.#layers) {
-      const tensors = [layer.keyCache, layer.valueCache, layer.streaming?.keyCache, layer.streaming?.valueCache];
-      for (const tensor of tensors) {
-        if (tensor && tensor.size > 0) this.#backend.fillRandom(tensor, seed * 1000 + index);
-        index++;
+      const { quant, streaming } = layer;
+      // Planes, their scales and how many positions hold data: the full regions up to capacity, every ring slot.
+      const pairs = [
+        [layer.keyCache, quant?.keyScales, this.#capacity],
+        [layer.valueCache, quant?.valueScales, this.#capacity],
+        [streaming?.keyCache, quant?.streamKeyScales, streaming?.keyCache.shape[1] ?? 0],
+        [streaming?.valueCache, quant?.streamValueScales, streaming?.keyCache.shape[1] ?? 0],
+      ] as const;
+      for (const [tensor, scales, rows] of pairs) {
+        const tensorSeed = seed * 1000 + index++;
+        if (!tensor || tensor.size === 0) continue;
+        if (quant && scales) this.#fillQuantized(tensor, scales, quant.scheme, tensorSeed, rows);
+        else this.#backend.fillRandom(tensor, tensorSeed);
       }
+    }
+  }
+
+  /** Random rows quantized into one code / scale plane pair, a scratch-sized block of positions at a time. */
+  #fillQuantized(
+    codes: TensorHandle,
+    scales: TensorHandle,
+    scheme: QuantizedKv['scheme'],
+    seed: number,
+    rows: number,
+  ): void {
+    const [heads = 0] = codes.shape;
+    const width = heads * this.#headDim;
+    const block = Math.max(1, Math.min(rows, Math.floor(QUANT_FILL_FLOATS / width)));
+    const source = this.#backend.alloc('f32', [block, width]);
+    try {
+      for (let start = 0, part = 0; start < rows; start += block, part++) {
+        const count = Math.min(block, rows - start);
+        const view = count === block ? source : this.#backend.alloc('f32', [count, width]);
+        try {
+          this.#backend.fillRandom(view, seed * 4096 + part);
+          this.#backend.writeCacheQuantized(view, codes, scales, start, scheme);
+        } finally {
+          if (view !== source) view.dispose();
+        }
+      }
+    } finally {
+      source.dispose();
     }
   }
 
@@ -319,6 +354,9 @@ export class DualKvCache {
     if (this.#disposed) throw new DuoArgumentError('cache', 'The cache was disposed');
   }
 }
+
+/** f32 values in the scratch a quantized `fillRandom` quantizes from (16 MiB). */
+const QUANT_FILL_FLOATS = 4 * 1024 * 1024;
 
 function positiveInteger(name: string, value: number): void {
   if (!Number.isInteger(value) || value < 1) {

@@ -2,7 +2,7 @@
 // streaming attention, with the bytes-moved floor of each decode figure, the planner's bytes beside the measured ones,
 // and an SVG plot; a PyTorch peer's JSON (tools/device/torch_duo_bench.py) can be drawn in the same figure.
 import { readFileSync, writeFileSync } from 'node:fs';
-import type { AttentionPolicyName } from '@duoattn/core';
+import type { AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
 import { DuoOutOfMemoryError, dtypeBytes } from '@duoattn/core';
 import { maxContext, planMemory } from '@duoattn/dual-cache';
 import { resolveBackend } from '@duoattn/kernels';
@@ -13,25 +13,28 @@ import { benchmarkModel } from '../model-options.js';
 import {
   applyDuoPlan,
   attentionPolicies,
+  kvQuantList,
   POLICY_HELP,
   POLICY_OPTIONS,
   type PolicySettings,
   policyPlan,
   policySettings,
+  runLabel,
   sessionPolicy,
 } from '../policy-options.js';
 import { writeResult } from '../results.js';
-import { decodeBytesFloor, SHAPES } from '../shapes.js';
+import { decodeBytesFloor, kvRowBytes, SHAPES } from '../shapes.js';
 import { lineChartsSvg, type Panel } from '../svg.js';
 
 export const efficiencyHelp = `duo-bench efficiency [--shape NAME | --model PATH] [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
                      [--attention full,duo,streaming] [--contexts 1k,2k,4k,8k|none] [--max-context] [--prefill 1k,4k|none]
                      [--steps N] [--warmup N] [--bandwidth TBps] [--reserve GB] [--peer FILE] [--out FILE] [--plot FILE.svg]
-                     [--profile]
+                     [--profile] [--kv-quant none,int8,int4]
        duo-bench efficiency --from FILE[,FILE] [--peer FILE] [--out FILE] [--plot FILE.svg]
   For each policy: decode ms/token at each context (cache filled with synthetic K/V, the JSON says so) with the
   bytes-moved floor, peak memory and the planner's bytes; prefill seconds for each --prefill length (a real prefill in
   --prefill-chunk chunks); with --max-context also decode at the longest context the planner fits on the device.
+  --kv-quant takes a list here: every policy runs with each scheme (the floor counts the codes and scales moved).
   --peer: a PyTorch run (tools/device/torch_duo_bench.py) to compare with and draw beside ours; --from: merge and
   redraw earlier runs without measuring. Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
 ${POLICY_HELP}`;
@@ -40,6 +43,8 @@ const GB = 1e9;
 
 interface Row {
   policy: AttentionPolicyName;
+  /** 'none' (or absent, in runs from before KV quantization): rows in the cache dtype. */
+  kvQuant?: KvQuantScheme;
   context: number;
   [key: string]: unknown;
 }
@@ -78,30 +83,34 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
   // The floor is a GPU figure (HBM bandwidth); on the CPU it is reported only when --bandwidth is given.
   const bandwidthTBps = numberOption('bandwidth', options.bandwidth, 3.0, 0.001);
   const reserve = numberOption('reserve', options.reserve, 2.5, 0) * GB;
-  const settings = policySettings(options);
+  const quants = kvQuantList(options['kv-quant']);
+  const settings = policySettings({ ...options, 'kv-quant': undefined });
   const backend = resolveBackend(device);
   const { model, label } = await benchmarkModel(options, backend, dtype);
   try {
     const duo = await applyDuoPlan(model, policies, settings);
     const weightBytes = dtypeBytes(model.weights.lmHead.dtype);
     const kvDtype = model.defaultCacheDtype;
-    const kvBytes = dtypeBytes(kvDtype);
     const budget = backend.memory().deviceTotalBytes;
     const decode: Row[] = [];
     const prefill: Row[] = [];
-    const total = policies.length * (contexts.length + (options['max-context'] ? 1 : 0) + prefillLengths.length);
+    const total =
+      policies.length * quants.length * (contexts.length + (options['max-context'] ? 1 : 0) + prefillLengths.length);
     let done = 0;
     const progress = (what: string) => {
       done++;
       if (process.stderr.isTTY) process.stderr.write(`\r[duo-bench] efficiency ${done}/${total}: ${what}        `);
     };
-    for (const policy of policies) {
-      const plan = policyPlan(policy, settings, model.config, duo);
+    for (const [policy, kvQuant] of policies.flatMap((p) => quants.map((q) => [p, q] as const))) {
+      const quantSettings = { ...settings, kvQuant };
+      const run = runLabel(policy, kvQuant);
+      const plan = policyPlan(policy, quantSettings, model.config, duo);
       const plannerInput = {
         config: model.config,
         plan,
         weightDtype: model.weights.lmHead.dtype,
         kvDtype,
+        kvQuant,
         prefillChunk: settings.prefillChunk,
         pageBytes: backend.pageBytes,
       };
@@ -114,7 +123,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
       }
       for (const context of lengths) {
         if (options.profile) backend.takeProfile();
-        const row = await measureDecode(model, policy, settings, context, warmup, steps);
+        const row = await measureDecode(model, policy, quantSettings, context, warmup, steps);
         if (options.profile) {
           // Device time per op (CUDA with DUO_CUDA_PROFILE=1; DUO_NO_GRAPHS=1 so each op is timed on its own).
           const profile = backend.takeProfile().sort((a, b) => b.milliseconds - a.milliseconds);
@@ -127,7 +136,13 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
           }
         }
         const floorMs =
-          (decodeBytesFloor(model.config, weightBytes, context + warmup + steps / 2, kvBytes, plan) /
+          (decodeBytesFloor(
+            model.config,
+            weightBytes,
+            context + warmup + steps / 2,
+            kvRowBytes(model.config.headDim, kvDtype, kvQuant),
+            plan,
+          ) /
             (bandwidthTBps * 1e12)) *
           1000;
         if (typeof row.msPerToken === 'number') {
@@ -143,22 +158,22 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
               ? ''
               : ` (floor ${floorMs.toFixed(3)}, ${(row.ratioToFloor as number).toFixed(3)}×)`;
           log(
-            `${policy.padEnd(9)} decode @${context}: ${(row.msPerToken as number).toFixed(3)} ms/token${floor}, peak ${((row.peakBytes as number) / GB).toFixed(3)} GB, planned/allocated ${(row.plannedToAllocated as number).toFixed(3)}`,
+            `${run.padEnd(16)} decode @${context}: ${(row.msPerToken as number).toFixed(3)} ms/token${floor}, peak ${((row.peakBytes as number) / GB).toFixed(3)} GB, planned/allocated ${(row.plannedToAllocated as number).toFixed(3)}`,
           );
         } else {
-          log(`${policy.padEnd(9)} decode @${context}: ${String(row.error)}`);
+          log(`${run.padEnd(16)} decode @${context}: ${String(row.error)}`);
         }
         row.maxContext = context === longest;
         decode.push(row);
-        progress(`${policy} decode @${context}`);
+        progress(`${run} decode @${context}`);
       }
       for (const length of prefillLengths) {
-        const row = await measurePrefill(model, policy, settings, length);
+        const row = await measurePrefill(model, policy, quantSettings, length);
         if (typeof row.seconds === 'number')
-          log(`${policy.padEnd(9)} prefill ${length}: ${(row.seconds as number).toFixed(3)} s`);
-        else log(`${policy.padEnd(9)} prefill ${length}: ${String(row.error)}`);
+          log(`${run.padEnd(16)} prefill ${length}: ${(row.seconds as number).toFixed(3)} s`);
+        else log(`${run.padEnd(16)} prefill ${length}: ${String(row.error)}`);
         prefill.push(row);
-        progress(`${policy} prefill ${length}`);
+        progress(`${run} prefill ${length}`);
       }
     }
     if (process.stderr.isTTY) process.stderr.write('\n');
@@ -168,6 +183,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
       device: backend.device,
       weightDtype: model.weights.lmHead.dtype,
       kvDtype,
+      kvQuant: quants,
       policies,
       headPlan: duo
         ? {
@@ -184,7 +200,8 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
       warmup,
       bandwidthTBps,
       reserveBytes: reserve,
-      decodeCache: 'synthetic K/V written directly to reach each context',
+      decodeCache:
+        'synthetic K/V written directly to reach each context (quantized caches: random normal rows quantized into them)',
       timing:
         'decode: host wall clock between consecutive greedy tokens (CUDA: replayed graph, one step in flight), median; prefill: wall clock of a whole chunked prefill, median of 2 after a warm-up',
       peer: options.peer,
@@ -270,6 +287,7 @@ async function measureDecode(
     const memory = backend.memory();
     return {
       policy,
+      kvQuant: settings.kvQuant,
       context,
       capacity,
       ...timing,
@@ -278,7 +296,8 @@ async function measureDecode(
       cacheBytes: session.cacheBytes(),
     };
   } catch (error) {
-    if (error instanceof DuoOutOfMemoryError) return { policy, context, error: 'out of memory' };
+    if (error instanceof DuoOutOfMemoryError)
+      return { policy, kvQuant: settings.kvQuant, context, error: 'out of memory' };
     throw error;
   } finally {
     session?.dispose();
@@ -304,6 +323,7 @@ async function measurePrefill(
     );
     return {
       policy,
+      kvQuant: settings.kvQuant,
       context: length,
       chunk: settings.prefillChunk,
       seconds,
@@ -312,7 +332,8 @@ async function measurePrefill(
       peakBytes: backend.memory().peakBytes,
     };
   } catch (error) {
-    if (error instanceof DuoOutOfMemoryError) return { policy, context: length, error: 'out of memory' };
+    if (error instanceof DuoOutOfMemoryError)
+      return { policy, kvQuant: settings.kvQuant, context: length, error: 'out of memory' };
     throw error;
   } finally {
     session?.dispose();
@@ -337,14 +358,28 @@ function readPeer(path: string): PeerDocument {
 function compare(decode: Row[], prefill: Row[], peer: PeerDocument | undefined): { lines: string[]; table: object[] } {
   const lines: string[] = [];
   const table: object[] = [];
-  const ms = (policy: string, context: number) =>
-    decode.find((row) => row.policy === policy && row.context === context)?.msPerToken as number | undefined;
+  const quantOf = (row: Row) => row.kvQuant ?? 'none';
+  const ms = (policy: string, context: number, kvQuant: KvQuantScheme = 'none') =>
+    decode.find((row) => row.policy === policy && row.context === context && quantOf(row) === kvQuant)?.msPerToken as
+      | number
+      | undefined;
   for (const row of decode.filter((r) => r.policy === 'duo')) {
-    const full = ms('full', row.context);
+    const full = ms('full', row.context, quantOf(row));
     const duo = row.msPerToken as number | undefined;
     if (full && duo) {
-      table.push({ kind: 'duo/full decode speed-up', context: row.context, value: full / duo });
-      lines.push(`duo/full decode speed-up @${row.context}: ${(full / duo).toFixed(3)}×`);
+      const suffix = quantOf(row) === 'none' ? '' : ` (both ${quantOf(row)})`;
+      table.push({ kind: `duo/full decode speed-up${suffix}`, context: row.context, value: full / duo });
+      lines.push(`duo/full decode speed-up${suffix} @${row.context}: ${(full / duo).toFixed(3)}×`);
+    }
+  }
+  // Quantized against the cache dtype, same policy and context: fewer bytes moved should show as less time.
+  for (const row of decode.filter((r) => quantOf(r) !== 'none')) {
+    const plain = ms(row.policy, row.context);
+    const quantized = row.msPerToken as number | undefined;
+    if (plain && quantized) {
+      const kind = `${row.policy}: ${quantOf(row)}/unquantized decode speed-up`;
+      table.push({ kind, context: row.context, value: plain / quantized });
+      lines.push(`${kind} @${row.context}: ${(plain / quantized).toFixed(3)}×`);
     }
   }
   for (const row of peer?.decode ?? []) {
@@ -369,12 +404,13 @@ function compare(decode: Row[], prefill: Row[], peer: PeerDocument | undefined):
 }
 
 function panels(decode: Row[], prefill: Row[], peer: PeerDocument | undefined): Panel[] {
-  const policies = [...new Set(decode.map((row) => row.policy))];
+  const labelOf = (row: Row) => runLabel(row.policy, row.kvQuant ?? 'none');
+  const runs = [...new Set(decode.map(labelOf))];
   const series = (rows: readonly Row[], field: string, scale = 1, suffix = '') =>
-    policies.map((policy) => ({
-      label: `${policy}${suffix}`,
+    runs.map((run) => ({
+      label: `${run}${suffix}`,
       points: rows
-        .filter((row) => row.policy === policy && typeof row[field] === 'number')
+        .filter((row) => labelOf(row) === run && typeof row[field] === 'number')
         .map((row) => ({ x: row.context, y: (row[field] as number) * scale })),
     }));
   const peerDecode = [...new Set((peer?.decode ?? []).map((row) => row.policy))].map((policy) => ({

@@ -13,6 +13,7 @@ import {
   POLICY_OPTIONS,
   policyPlan,
   policySettings,
+  runLabel,
   sessionPolicy,
 } from '../policy-options.js';
 import { writeResult } from '../results.js';
@@ -138,7 +139,7 @@ export async function runRetrieval(
           ? ''
           : `; needle inside the ${window}-token window ${round(byWindow.inside.correct)}/${byWindow.inside.trials}, outside ${round(byWindow.outside.correct)}/${byWindow.outside.trials}`;
       log(
-        `${protocol.name} @${length} (${attention}): ${(accuracy * 100).toFixed(1)} % (${round(correct)}/${trials})${split}`,
+        `${protocol.name} @${length} (${runLabel(attention, policy.kvQuant)}): ${(accuracy * 100).toFixed(1)} % (${round(correct)}/${trials})${split}`,
       );
     }
   } finally {
@@ -161,6 +162,7 @@ export async function runRetrieval(
       : {}),
     prefillChunk: policy.prefillChunk,
     prefillMask: policy.prefillMask,
+    kvQuant: policy.kvQuant,
     depths,
     trials,
     seed,
@@ -182,7 +184,7 @@ export async function runRetrieval(
       file.endsWith('.png')
         ? heatmapPng(grid)
         : heatmapSvg({
-            title: `${protocol.title}, ${attention}${plan ? `${policy.invert ? ' (inverted pattern)' : ''} at sparsity ${plan.sparsity}` : ''}`,
+            title: `${protocol.title}, ${runLabel(attention, policy.kvQuant)}${plan ? `${policy.invert ? ' (inverted pattern)' : ''} at sparsity ${plan.sparsity}` : ''}`,
             rowLabel: 'needle depth',
             columnLabel: 'context (tokens)',
             rows: Array.from({ length: depths }, (_, d) => `${Math.round(((d + 0.5) / depths) * 100)} %`),

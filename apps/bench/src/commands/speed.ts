@@ -70,7 +70,12 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
           `  ${entry.name.padEnd(18)} ${(entry.milliseconds / steps).toFixed(3)} ms/token over ${entry.count / steps} launches`,
         );
       }
-      const floorBytes = decodeBytesFloor(config, weightBytes, context + warmup + steps / 2, cacheBytes);
+      const floorBytes = decodeBytesFloor(
+        config,
+        weightBytes,
+        context + warmup + steps / 2,
+        config.headDim * cacheBytes,
+      );
       const floorMs = (floorBytes / (bandwidthTBps * 1e12)) * 1000;
       decode.push({
         context,
