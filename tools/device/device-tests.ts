@@ -5,6 +5,7 @@ import '../../packages/kernels/src/conformance.cuda.test.ts';
 import '../../packages/model/src/golden.cuda.test.ts';
 import '../../packages/model/src/demo-model.cuda.test.ts';
 import '../../packages/model/src/duo.cuda.test.ts';
+import '../../packages/model/src/kv-quant-real.cuda.test.ts';
 import '../../packages/gate-trainer/src/gate-gradients.cuda.test.ts';
 import '../../packages/kv-quant/src/quantizer.cuda.test.ts';
 import '../../packages/kv-quant/src/quantized-attention.cuda.test.ts';

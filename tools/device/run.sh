@@ -97,6 +97,24 @@ for step in "${steps[@]}"; do
                     --out "$OUT/gates-eval/$DUO_EVAL_NAME$name.json" --heatmap "$OUT/gates-eval/$DUO_EVAL_NAME$name.svg,$OUT/gates-eval/$DUO_EVAL_NAME$name.png" \
                     | grep -E "passkey @|wrote" || status=1
                 done ;;
+    # KV quantization (issue 6): decode at 128K / 512K for {full, duo 50 %} × {bf16, int8, int4} with floors; the
+    # capacity run (duo 50 % + int4 at the longest context the planner fits beside bf16 weights, 32 decode steps);
+    # passkey at 16K and perplexity on the held-out book on the demo model with its trained pattern.
+    quant-decode) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
+              --sink 128 --recent 256 --kv-quant none,int8,int4 --contexts ${DUO_QUANT_CONTEXTS:-128k,512k} --prefill none \
+              --steps 32 --warmup 8 --out "$OUT/quant-decode.json" --plot "$OUT/quant-decode.svg" || status=1 ;;
+    quant-capacity) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
+              --sink 128 --recent 256 --kv-quant int4 --contexts none --max-context --prefill none --steps 32 --warmup 4 \
+              --out "$OUT/quant-capacity.json" || status=1 ;;
+    quant-passkey) for scheme in none int8 int4; do
+                     node /tmp/duo-node/duo-bench.mjs passkey --model models/duo-demo --haystack .device/shared/data/gutenberg/1342.txt \
+                       --device cuda --lengths ${DUO_QUANT_LENGTHS:-16k} --depths 10 --trials ${DUO_QUANT_TRIALS:-100} --attention duo \
+                       --pattern models/duo-demo/pattern --sparsity 0.5 --kv-quant $scheme --out "$OUT/quant-passkey-duo50-$scheme.json" \
+                       --heatmap "$OUT/quant-passkey-duo50-$scheme.svg" | grep -E "passkey @|wrote" || status=1
+                   done ;;
+    quant-ppl) node /tmp/duo-node/duo-bench.mjs perplexity --model models/duo-demo --text .device/shared/data/gutenberg/1342.txt \
+              --device cuda --length 16k --windows ${DUO_PPL_WINDOWS:-4} --attention full,duo --pattern models/duo-demo/pattern \
+              --sparsity 0.5 --kv-quant none,int8,int4,fp8 --out "$OUT/quant-perplexity.json" || status=1 ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done

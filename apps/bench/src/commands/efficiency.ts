@@ -153,12 +153,15 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
           const planned = planMemory({ ...plannerInput, tokens: row.capacity as number, decodeOnly: true });
           row.plannedSessionBytes = planned.total - planned.weights;
           row.plannedToAllocated = (row.plannedSessionBytes as number) / (row.sessionBytes as number);
+          // The planner's whole figure (weights, cache, scratch) against the peak the device allocator saw.
+          row.plannedTotalBytes = planned.total;
+          row.peakToPlanned = (row.peakBytes as number) / planned.total;
           const floor =
             row.floorMs === undefined
               ? ''
               : ` (floor ${floorMs.toFixed(3)}, ${(row.ratioToFloor as number).toFixed(3)}×)`;
           log(
-            `${run.padEnd(16)} decode @${context}: ${(row.msPerToken as number).toFixed(3)} ms/token${floor}, peak ${((row.peakBytes as number) / GB).toFixed(3)} GB, planned/allocated ${(row.plannedToAllocated as number).toFixed(3)}`,
+            `${run.padEnd(16)} decode @${context}: ${(row.msPerToken as number).toFixed(3)} ms/token${floor}, peak ${((row.peakBytes as number) / GB).toFixed(3)} GB, planned/allocated ${(row.plannedToAllocated as number).toFixed(3)}, peak/planned ${(row.peakToPlanned as number).toFixed(4)}`,
           );
         } else {
           log(`${run.padEnd(16)} decode @${context}: ${String(row.error)}`);
