@@ -1,7 +1,7 @@
 // Conformance of DuoAttention's streaming heads: cache writes into sinks + ring and attention under the Λ mask (or
 // the reference's chunk-wise mask), on every backend, against the float64 reference with the mask applied per head.
 import type { DType, StreamingHeads } from '@duoattn/core';
-import { DuoArgumentError } from '@duoattn/core';
+import { DuoArgumentError, DuoOutOfMemoryError } from '@duoattn/core';
 import { describe, expect, it } from 'vitest';
 import type { NativeBackend } from './native-backend.js';
 import {
@@ -227,6 +227,25 @@ export function streamingConformanceSuite(
       expect(() => b().commitPaged(plain, 1)).toThrow('Expected a paged tensor');
       plain.dispose();
     });
+
+    // The CPU maps lazily (no out-of-memory point to reach), so this runs on CUDA only.
+    (label === 'cuda' ? it : it.skip)(
+      'a commit the device cannot back fails as out of memory and leaves the tensor as it was',
+      () => {
+        const free = b().memory().deviceFreeBytes ?? 0;
+        const page = b().pageBytes;
+        // Three spans of 40 % of free memory each: the first two map, the third cannot; the first two must be undone.
+        const spanRows = Math.floor((0.4 * free) / page) * (page / 2);
+        const before = b().memory().allocatedBytes;
+        const tensor = b().allocPaged('bf16', [3, spanRows, 1]);
+        expect(() => b().commitPaged(tensor, spanRows)).toThrow(DuoOutOfMemoryError);
+        expect(b().memory().allocatedBytes).toBe(before);
+        // Still usable, and freed cleanly.
+        expect(b().commitPaged(tensor, 1)).toBeGreaterThan(0);
+        tensor.dispose();
+        expect(b().memory().allocatedBytes).toBe(before);
+      },
+    );
 
     it('rejects a streaming region too small for the call, naming the argument', () => {
       const keyCache = b().alloc('f32', [1, 64, 16]);

@@ -164,7 +164,13 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
             `${run.padEnd(16)} decode @${context}: ${(row.msPerToken as number).toFixed(3)} ms/token${floor}, peak ${((row.peakBytes as number) / GB).toFixed(3)} GB, planned/allocated ${(row.plannedToAllocated as number).toFixed(3)}, peak/planned ${(row.peakToPlanned as number).toFixed(4)}`,
           );
         } else {
-          log(`${run.padEnd(16)} decode @${context}: ${String(row.error)}`);
+          // What it would have needed, beside what the device has.
+          const capacity = context + warmup + steps + 2;
+          row.plannedTotalBytes = planMemory({ ...plannerInput, tokens: capacity, decodeOnly: true }).total;
+          row.deviceBytes = budget;
+          const needed = `planned ${((row.plannedTotalBytes as number) / GB).toFixed(2)} GB`;
+          const device = budget === undefined ? '' : ` of ${(budget / GB).toFixed(2)} GB on the device`;
+          log(`${run.padEnd(16)} decode @${context}: ${String(row.error)} (${needed}${device})`);
         }
         row.maxContext = context === longest;
         decode.push(row);

@@ -209,24 +209,38 @@ class CudaDevice final : public Device {
     CUmemAccessDesc access = {};
     access.location = prop.location;
     access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    for (int64_t span = 0; span < tensor.spans; span++) {
-      CUmemGenericAllocationHandle handle = 0;
-      CUresult status = driver.create(&handle, piece, &prop, 0);
-      if (status == CUDA_ERROR_OUT_OF_MEMORY) {
-        // Memory the stream-ordered pool keeps for reuse is memory the driver cannot map: hand it back and retry.
-        cudaMemPool_t pool;
-        check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
-        check(cudaDeviceGetDefaultMemPool(&pool, device_), "cudaDeviceGetDefaultMemPool");
-        check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
-        status = driver.create(&handle, piece, &prop, 0);
+    // What this call maps, so a failure part way (out of memory at span k) can be undone: the tensor then stays as it
+    // was, and releasing it later unmaps exactly what its committedPerSpan says.
+    std::vector<CUmemGenericAllocationHandle> added;
+    int64_t mapped = 0;
+    const auto at = [&](int64_t span) {
+      return reinterpret_cast<CUdeviceptr>(tensor.data) + span * tensor.spanBytes + tensor.committedPerSpan;
+    };
+    try {
+      for (int64_t span = 0; span < tensor.spans; span++) {
+        CUmemGenericAllocationHandle handle = 0;
+        CUresult status = driver.create(&handle, piece, &prop, 0);
+        if (status == CUDA_ERROR_OUT_OF_MEMORY) {
+          // Memory the stream-ordered pool keeps for reuse is memory the driver cannot map: hand it back and retry.
+          cudaMemPool_t pool;
+          check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+          check(cudaDeviceGetDefaultMemPool(&pool, device_), "cudaDeviceGetDefaultMemPool");
+          check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
+          status = driver.create(&handle, piece, &prop, 0);
+        }
+        checkDriver(status, "cuMemCreate (paged tensor)");
+        added.push_back(handle);
+        checkDriver(driver.map(at(span), piece, 0, handle, 0), "cuMemMap");
+        mapped++;
+        checkDriver(driver.setAccess(at(span), piece, &access, 1), "cuMemSetAccess");
       }
-      checkDriver(status, "cuMemCreate (paged tensor)");
-      const CUdeviceptr at = reinterpret_cast<CUdeviceptr>(tensor.data) + span * tensor.spanBytes + tensor.committedPerSpan;
-      checkDriver(driver.map(at, piece, 0, handle, 0), "cuMemMap");
-      checkDriver(driver.setAccess(at, piece, &access, 1), "cuMemSetAccess");
-      tensor.pageHandles.push_back(handle);
-      allocated_ += piece;
+    } catch (...) {
+      for (int64_t span = 0; span < mapped; span++) driver.unmap(at(span), piece);
+      for (CUmemGenericAllocationHandle handle : added) driver.release(handle);
+      throw;
     }
+    for (CUmemGenericAllocationHandle handle : added) tensor.pageHandles.push_back(handle);
+    allocated_ += piece * static_cast<size_t>(tensor.spans);
     peak_ = std::max(peak_, allocated_);
     tensor.committedPerSpan = wanted;
   }
