@@ -28,11 +28,6 @@ struct DecodeTile {
   static constexpr size_t kBytesPerWarp = 32 * (kKeyStride + D) * sizeof(T);
 };
 
-__device__ __forceinline__ void copyAsync16(void* shared, const void* global) {
-  unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(global));
-}
-
 // Where KV head `kvHead`'s rows start: its full cache, or (streaming) its part of the streaming region.
 template <typename T>
 __device__ __forceinline__ const T* headRows(const void* cache, const void* region, int64_t capacity, const StreamingLayout& layout,
@@ -323,8 +318,14 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   const int64_t firstTile = work.begin + static_cast<int64_t>(warp) * 32;
   const bool early = firstTile + 32 < work.range.count && firstTile < work.end;
   auto slotOf = [&](int64_t index) { return work.slot(index); };
+  // Quantized caches: the codes of the warp's next tile are fetched raw (after the 16-bit tiles of all warps) while it
+  // multiplies the current one, then dequantized into the 16-bit tiles (fetchRawTile / convertRawTile).
+  uint8_t* rawKeys = tiles + static_cast<size_t>(kDecodeWarps) * 2 * 32 * kStride * sizeof(T) +
+                     static_cast<size_t>(warp) * 2 * 32 * (kQuant ? work.quant.codeBytes : 0);
+  uint8_t* rawValues = rawKeys + 32 * (kQuant ? work.quant.codeBytes : 0);
+  RawScales rawScales;
   auto stage = [&](int64_t tile, int count) {
-    if constexpr (kQuant) stageQuantTile<T, D, 32, 32>(keyTile, kStride, valueTile, kStride, work.quant, tile, count, lane, slotOf);
+    if constexpr (kQuant) fetchRawTile(rawKeys, rawValues, work.quant, tile, count, lane, slotOf, rawScales);
     else stageTile<T, D>(keyTile, valueTile, work.keys, work.values, tile, count, 32, lane, 32, slotOf);
   };
   if (early) stage(firstTile, static_cast<int>(lesser(32, work.end - firstTile)));
@@ -352,9 +353,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
 
   for (int64_t tile = firstTile; tile < end; tile += kDecodeWarps * 32) {
     const int count = static_cast<int>(lesser(32, end - tile));
-    if (tile != firstTile || !early) stage(tile, count);
+    if (kQuant ? tile == firstTile && !early : tile != firstTile || !early) stage(tile, count);
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncwarp();
+    if constexpr (kQuant) {
+      convertRawTile<T, D>(keyTile, valueTile, kStride, rawKeys, rawValues, work.quant, count, rawScales, lane);
+      __syncwarp();  // the raw buffer is free and the 16-bit tiles are written
+      const int64_t next = tile + kDecodeWarps * 32;
+      if (next < end) stage(next, static_cast<int>(lesser(32, end - next)));
+    }
     // Scores of 32 keys: n-tile t holds keys 8t + 2·pair (+1) for query head `row`.
     float score[4][4];
 #pragma unroll
@@ -887,7 +894,9 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
         throw Error("DUO_ARG", "internal: quantized decode stages 16-bit tiles only for the tensor-core kernel");
       } else if constexpr (kTensorCores) {
         // Tensor cores: any G ≤ 8 shares one kernel (rows past G are zero).
-        launch(decodeMmaKernel<T, D, kQuant>, static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T));
+        // Quantized: each warp's raw code buffer (keys and values of 32 rows) after the 16-bit tiles.
+        const size_t raw = kQuant ? static_cast<size_t>(kDecodeWarps) * 2 * 32 * args.quant.codeBytes : 0;
+        launch(decodeMmaKernel<T, D, kQuant>, static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T) + raw);
       } else if constexpr (D >= Vec16<T>::kCount && D <= 128 && !(kQuant && D > 32)) {
         const size_t shared = kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
         if (maxGroup == 1) launch(decodeKernel<T, D, 1, kQuant>, shared);

@@ -61,6 +61,12 @@ void launchChained(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shar
   check(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), "cudaLaunchKernelEx");
 }
 
+// Starts a 16-byte copy from global to shared memory (cp.async; completes at the next wait_group).
+__device__ __forceinline__ void copyAsync16(void* shared, const void* global) {
+  unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(global));
+}
+
 __device__ __forceinline__ float toFloat(float v) { return v; }
 __device__ __forceinline__ float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float toFloat(__half v) { return __half2float(v); }

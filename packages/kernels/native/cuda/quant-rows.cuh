@@ -114,5 +114,80 @@ __device__ __forceinline__ void stageQuantTile(T* keyStage, int keyStride, T* va
   }
 }
 
+// The tensor-core decode's staging of one 32-key tile, in two steps so the loads are all in flight at once and can
+// overlap the previous tile's products: fetchRawTile starts cp.async copies of the rows' codes into a per-warp shared
+// buffer (16 bytes a piece) and loads each lane's own row's scale bits (lane r: row r) into `scales`; after the wait,
+// convertRawTile dequantizes the buffer into the tile's 16-bit rows, each lane taking a row's scale with a shuffle.
+// One int4 group per row (head dims up to 128): the scale bits hold scale | zero << 16.
+struct RawScales {
+  uint32_t key = 0, value = 0;
+};
+
+template <typename Slot>
+__device__ __forceinline__ void fetchRawTile(uint8_t* rawKeys, uint8_t* rawValues, const QuantHead& head, int64_t tile, int count,
+                                             int lane, const Slot& slotOf, RawScales& scales) {
+  const int chunks = head.codeBytes / 16;
+  for (int piece = lane; piece < 32 * chunks; piece += 32) {
+    const int r = piece / chunks, column = (piece % chunks) * 16;
+    if (r < count) {
+      const int64_t at = slotOf(tile + r) * head.codeBytes + column;
+      copyAsync16(rawKeys + r * head.codeBytes + column, head.keyCodes + at);
+      copyAsync16(rawValues + r * head.codeBytes + column, head.valueCodes + at);
+    }
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
+  if (lane < count) {
+    const int64_t slot = slotOf(tile + lane);
+    if (head.scheme == KvQuant::Int4) {
+      scales.key = __ldg(reinterpret_cast<const uint32_t*>(head.keyScales + slot * 2));
+      scales.value = __ldg(reinterpret_cast<const uint32_t*>(head.valueScales + slot * 2));
+    } else {
+      scales.key = __ldg(head.keyScales + slot);
+      scales.value = __ldg(head.valueScales + slot);
+    }
+  }
+}
+
+// Eight codes of a raw shared row (from channel `column`) with the row's scale bits, dequantized.
+__device__ __forceinline__ void decodeRaw8(KvQuant scheme, const uint8_t* row, int column, uint32_t scaleBits, float (&out)[8]) {
+  const float scale = halfBits(static_cast<uint16_t>(scaleBits & 0xffff));
+  if (scheme == KvQuant::Int4) {
+    const uint32_t packed = *reinterpret_cast<const uint32_t*>(row + column / 2);
+    const float zero = halfBits(static_cast<uint16_t>(scaleBits >> 16));
+#pragma unroll
+    for (int i = 0; i < 8; i++) out[i] = static_cast<float>((packed >> (4 * i)) & 0x0f) * scale + zero;
+    return;
+  }
+  const uint2 packed = *reinterpret_cast<const uint2*>(row + column);
+  const bool fp8 = scheme == KvQuant::Fp8;
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    const uint32_t code = ((i < 4 ? packed.x : packed.y) >> (8 * (i & 3))) & 0xff;
+    out[i] = (fp8 ? e4m3Value(code) : static_cast<float>(static_cast<int8_t>(code))) * scale;
+  }
+}
+
+template <typename T, int D>
+__device__ __forceinline__ void convertRawTile(T* keyTile, T* valueTile, int stride, const uint8_t* rawKeys, const uint8_t* rawValues,
+                                               const QuantHead& head, int count, const RawScales& scales, int lane) {
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int i = 0; i < kChunks; i++) {
+    const int piece = lane + 32 * i, r = piece / kChunks, column = (piece % kChunks) * 8;
+    const uint32_t keyBits = __shfl_sync(0xffffffffu, scales.key, r);
+    const uint32_t valueBits = __shfl_sync(0xffffffffu, scales.value, r);
+    float key[8], value[8];
+    if (r < count) {
+      decodeRaw8(head.scheme, rawKeys + r * head.codeBytes, column, keyBits, key);
+      decodeRaw8(head.scheme, rawValues + r * head.codeBytes, column, valueBits, value);
+    } else {
+#pragma unroll
+      for (int c = 0; c < 8; c++) key[c] = value[c] = 0.0f;
+    }
+    store8(keyTile + r * stride + column, key);
+    store8(valueTile + r * stride + column, value);
+  }
+}
+
 }  // namespace cuda
 }  // namespace duo
