@@ -293,7 +293,9 @@ __device__ __forceinline__ void accumulateValues(float (&acc)[D / 8][4], uint32_
   }
 }
 
-template <typename T, int D, bool kQuant>
+// kScheme: 0 for a plain cache, else the quantized cache's KvQuant. int8 and int4 tiles hold exact codes (kExact:
+// scales applied around the products); fp8 tiles hold dequantized values.
+template <typename T, int D, int kScheme>
 __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* __restrict__ q, const void* __restrict__ k,
                                                                   const void* __restrict__ v, int64_t capacity, int64_t keyLength,
                                                                   int group, float scale, const int32_t* __restrict__ lengthFrom,
@@ -304,6 +306,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   constexpr int kSteps = D / 16;       // k-steps of Q·Kᵀ
   constexpr int kOutTiles = D / 8;     // n-tiles of P·V
   constexpr int kMaxHeads = 8;
+  constexpr bool kQuant = kScheme != 0;
+  constexpr bool kInt4 = kScheme == static_cast<int>(KvQuant::Int4);
+  constexpr bool kExact = kInt4 || kScheme == static_cast<int>(KvQuant::Int8);
   __shared__ float stateMax[kDecodeWarps][kMaxHeads];
   __shared__ float stateSum[kDecodeWarps][kMaxHeads];
   extern __shared__ __align__(16) unsigned char tiles[];
@@ -331,7 +336,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   if (early) stage(firstTile, static_cast<int>(lesser(32, work.end - firstTile)));
   dependOnPrevious();
   // A fragments of Q for this lane: row `row` (a query head), columns 16s + 2·pair (+1) and 16s + 8 + 2·pair (+1).
+  // int4 tiles hold 128 + code: the scores then need the sum of the query as the products see it (high + low parts).
   uint32_t qHigh[kSteps][2], qLow[kSteps][2];
+  float querySum = 0.0f;
 #pragma unroll
   for (int step = 0; step < kSteps; step++)
 #pragma unroll
@@ -344,9 +351,17 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
         x1 = source[1] * scale;
       }
       splitQuery<T>(x0, x1, qHigh[step][half], qLow[step][half]);
+      if constexpr (kInt4) {
+        const T high0 = fromFloat<T>(x0), high1 = fromFloat<T>(x1);
+        querySum += toFloat(high0) + toFloat(fromFloat<T>(x0 - toFloat(high0))) + toFloat(high1) +
+                    toFloat(fromFloat<T>(x1 - toFloat(high1)));
+      }
     }
+  querySum += __shfl_xor_sync(0xffffffffu, querySum, 1);
+  querySum += __shfl_xor_sync(0xffffffffu, querySum, 2);
   const int64_t begin = work.begin, end = work.end;
   float maximum = -INFINITY, sum = 0.0f;
+  float zeroTerm = 0.0f;  // int4: Σ p · (value zero − 128 · value scale) of this lane's keys, as `sum` is kept
   float out[kOutTiles][4];
 #pragma unroll
   for (int t = 0; t < kOutTiles; t++) out[t][0] = out[t][1] = out[t][2] = out[t][3] = 0.0f;
@@ -356,8 +371,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
     if (kQuant ? tile == firstTile && !early : tile != firstTile || !early) stage(tile, count);
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncwarp();
+    RawScales tileScales;
     if constexpr (kQuant) {
-      convertRawTile<T, D>(keyTile, valueTile, kStride, rawKeys, rawValues, work.quant, count, rawScales, lane);
+      if constexpr (kExact) {
+        convertExactTile<D, kScheme>(reinterpret_cast<__nv_bfloat16*>(keyTile), reinterpret_cast<__nv_bfloat16*>(valueTile), kStride,
+                                     rawKeys, rawValues, work.quant.codeBytes, count, lane);
+      } else {
+        convertRawTile<T, D>(keyTile, valueTile, kStride, rawKeys, rawValues, work.quant, count, rawScales, lane);
+      }
+      tileScales = rawScales;
       __syncwarp();  // the raw buffer is free and the 16-bit tiles are written
       const int64_t next = tile + kDecodeWarps * 32;
       if (next < end) stage(next, static_cast<int>(lesser(32, end - next)));
@@ -375,6 +397,22 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
         mma16816<T>(score[t], qHigh[step][0], 0u, qHigh[step][1], 0u, b0, b1);
         mma16816<T>(score[t], qLow[step][0], 0u, qLow[step][1], 0u, b0, b1);
       }
+    }
+    if constexpr (kExact) {
+      // Key k's scale (and int4 zero) from lane k: score = scale · (q · codes) (+ zero · Σq, − 128 · scale · Σq for int4).
+#pragma unroll
+      for (int t = 0; t < 4; t++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const uint32_t bits = __shfl_sync(0xffffffffu, tileScales.key, 8 * t + 2 * pair + j);
+          const float keyScale = halfBits(static_cast<uint16_t>(bits & 0xffff));
+          if constexpr (kInt4) {
+            const float zero = halfBits(static_cast<uint16_t>(bits >> 16));
+            score[t][j] = keyScale * (score[t][j] - 128.0f * querySum) + zero * querySum;
+          } else {
+            score[t][j] *= keyScale;
+          }
+        }
     }
     float tileMax = -INFINITY;
 #pragma unroll
@@ -402,6 +440,23 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
     rowSum += __shfl_xor_sync(0xffffffffu, rowSum, 2);
     sum = sum * correction + rowSum;
     maximum = updated;
+    if constexpr (kExact) {
+      // P · value scale goes into the products (rounded to bf16 as P is); int4 keeps the zero and −128 terms aside.
+      float tileZeroTerm = 0.0f;
+#pragma unroll
+      for (int t = 0; t < 4; t++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const uint32_t bits = __shfl_sync(0xffffffffu, tileScales.value, 8 * t + 2 * pair + j);
+          const float scaled = probability[t][j] * halfBits(static_cast<uint16_t>(bits & 0xffff));
+          if constexpr (kInt4) {
+            const float rounded = toFloat(fromFloat<T>(scaled));
+            tileZeroTerm += probability[t][j] * halfBits(static_cast<uint16_t>(bits >> 16)) - 128.0f * rounded;
+          }
+          probability[t][j] = scaled;
+        }
+      zeroTerm = zeroTerm * correction + tileZeroTerm;
+    }
 #pragma unroll
     for (int t = 0; t < kOutTiles; t++) {
       out[t][0] *= correction;
@@ -414,6 +469,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
                              packPair<T>(probability[2 * step + 1][0], probability[2 * step + 1][1]), 0u, valueTile, step, lane);
     }
     __syncwarp();
+  }
+  if constexpr (kInt4) {
+    zeroTerm += __shfl_xor_sync(0xffffffffu, zeroTerm, 1);
+    zeroTerm += __shfl_xor_sync(0xffffffffu, zeroTerm, 2);
+#pragma unroll
+    for (int t = 0; t < kOutTiles; t++) {
+      out[t][0] += zeroTerm;
+      out[t][1] += zeroTerm;
+    }
   }
   __syncthreads();
   float* stateAcc = reinterpret_cast<float*>(tiles);  // [warp][head][channel], over the finished tiles
@@ -896,7 +960,16 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
         // Tensor cores: any G ≤ 8 shares one kernel (rows past G are zero).
         // Quantized: each warp's raw code buffer (keys and values of 32 rows) after the 16-bit tiles.
         const size_t raw = kQuant ? static_cast<size_t>(kDecodeWarps) * 2 * 32 * args.quant.codeBytes : 0;
-        launch(decodeMmaKernel<T, D, kQuant>, static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T) + raw);
+        const size_t shared = static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T) + raw;
+        if constexpr (!kQuant) {
+          launch(decodeMmaKernel<T, D, 0>, shared);
+        } else {
+          switch (static_cast<KvQuant>(args.quant.scheme)) {
+            case KvQuant::Int8: launch(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Int8)>, shared); break;
+            case KvQuant::Int4: launch(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Int4)>, shared); break;
+            default: launch(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Fp8)>, shared); break;
+          }
+        }
       } else if constexpr (D >= Vec16<T>::kCount && D <= 128 && !(kQuant && D > 32)) {
         const size_t shared = kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
         if (maxGroup == 1) launch(decodeKernel<T, D, 1, kQuant>, shared);
