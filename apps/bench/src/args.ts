@@ -19,7 +19,7 @@ export function parseOptions<S extends OptionSpec>(
   }
 }
 
-/** An integer option in [min, max]. */
+/** An integer option in [min, max] ("16k" = 16384, as in lists). */
 export function integerOption(
   name: string,
   value: unknown,
@@ -28,7 +28,8 @@ export function integerOption(
   max = Number.MAX_SAFE_INTEGER,
 ): number {
   if (value === undefined) return fallback;
-  const parsed = Number(value);
+  const kilo = /^\s*(\d+)\s*[kK]\s*$/.exec(String(value));
+  const parsed = kilo ? Number(kilo[1]) * 1024 : Number(value);
   if (!Number.isInteger(parsed) || parsed < min || parsed > max) {
     throw new UsageError(`--${name}: expected an integer in [${min}, ${max}] but received "${String(value)}"`);
   }

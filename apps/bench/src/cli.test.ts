@@ -208,7 +208,7 @@ describe('duo-bench', () => {
       '--device',
       'cpu',
       '--length',
-      '1024',
+      '1k',
       '--windows',
       '1',
       '--kv-quant',

@@ -308,7 +308,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   constexpr int kMaxHeads = 8;
   constexpr bool kQuant = kScheme != 0;
   constexpr bool kInt4 = kScheme == static_cast<int>(KvQuant::Int4);
-  constexpr bool kExact = kInt4 || kScheme == static_cast<int>(KvQuant::Int8);
+  constexpr bool kInt8 = kScheme == static_cast<int>(KvQuant::Int8);
+  constexpr bool kExact = kInt4 || kInt8;
+  // int8 keys are f16 in the tile (see exactCodes8); everything else is T.
+  using KeyT = std::conditional_t<kInt8, __half, T>;
+  constexpr float kKeyOffset = kInt4 ? kInt4Offset : kInt8KeyOffset;
   __shared__ float stateMax[kDecodeWarps][kMaxHeads];
   __shared__ float stateSum[kDecodeWarps][kMaxHeads];
   extern __shared__ __align__(16) unsigned char tiles[];
@@ -318,8 +322,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   const DecodeWork<T> work = decodeWork<T, kQuant>(k, v, capacity, keyLength, D, lengthFrom, layout, quant, splits);
   const int kvHead = work.kvHead;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
-  T* keyTile = reinterpret_cast<T*>(tiles) + static_cast<int64_t>(warp) * 2 * 32 * kStride;
-  T* valueTile = keyTile + 32 * kStride;
+  KeyT* keyTile = reinterpret_cast<KeyT*>(tiles) + static_cast<int64_t>(warp) * 2 * 32 * kStride;
+  T* valueTile = reinterpret_cast<T*>(keyTile + 32 * kStride);
   const int64_t firstTile = work.begin + static_cast<int64_t>(warp) * 32;
   const bool early = firstTile + 32 < work.range.count && firstTile < work.end;
   auto slotOf = [&](int64_t index) { return work.slot(index); };
@@ -336,7 +340,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   if (early) stage(firstTile, static_cast<int>(lesser(32, work.end - firstTile)));
   dependOnPrevious();
   // A fragments of Q for this lane: row `row` (a query head), columns 16s + 2·pair (+1) and 16s + 8 + 2·pair (+1).
-  // int4 tiles hold 128 + code: the scores then need the sum of the query as the products see it (high + low parts).
+  // int8 / int4 tiles hold offset codes: the scores then need the sum of the query as the products see it (high +
+  // low parts).
   uint32_t qHigh[kSteps][2], qLow[kSteps][2];
   float querySum = 0.0f;
 #pragma unroll
@@ -350,11 +355,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
         x0 = source[0] * scale;
         x1 = source[1] * scale;
       }
-      splitQuery<T>(x0, x1, qHigh[step][half], qLow[step][half]);
-      if constexpr (kInt4) {
-        const T high0 = fromFloat<T>(x0), high1 = fromFloat<T>(x1);
-        querySum += toFloat(high0) + toFloat(fromFloat<T>(x0 - toFloat(high0))) + toFloat(high1) +
-                    toFloat(fromFloat<T>(x1 - toFloat(high1)));
+      splitQuery<KeyT>(x0, x1, qHigh[step][half], qLow[step][half]);
+      if constexpr (kExact) {
+        const KeyT high0 = fromFloat<KeyT>(x0), high1 = fromFloat<KeyT>(x1);
+        querySum += toFloat(high0) + toFloat(fromFloat<KeyT>(x0 - toFloat(high0))) + toFloat(high1) +
+                    toFloat(fromFloat<KeyT>(x1 - toFloat(high1)));
       }
     }
   querySum += __shfl_xor_sync(0xffffffffu, querySum, 1);
@@ -374,8 +379,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
     RawScales tileScales;
     if constexpr (kQuant) {
       if constexpr (kExact) {
-        convertExactTile<D, kScheme>(reinterpret_cast<__nv_bfloat16*>(keyTile), reinterpret_cast<__nv_bfloat16*>(valueTile), kStride,
-                                     rawKeys, rawValues, work.quant.codeBytes, count, lane);
+        convertExactTile<D, kScheme>(keyTile, valueTile, kStride, rawKeys, rawValues, work.quant.codeBytes, count, lane);
       } else {
         convertRawTile<T, D>(keyTile, valueTile, kStride, rawKeys, rawValues, work.quant, count, rawScales, lane);
       }
@@ -391,27 +395,23 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
       score[t][0] = score[t][1] = score[t][2] = score[t][3] = 0.0f;
 #pragma unroll
       for (int step = 0; step < kSteps; step++) {
-        const T* key = keyTile + (8 * t + row) * kStride + 16 * step + 2 * pair;
+        const KeyT* key = keyTile + (8 * t + row) * kStride + 16 * step + 2 * pair;
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key);
         const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + 8);
-        mma16816<T>(score[t], qHigh[step][0], 0u, qHigh[step][1], 0u, b0, b1);
-        mma16816<T>(score[t], qLow[step][0], 0u, qLow[step][1], 0u, b0, b1);
+        mma16816<KeyT>(score[t], qHigh[step][0], 0u, qHigh[step][1], 0u, b0, b1);
+        mma16816<KeyT>(score[t], qLow[step][0], 0u, qLow[step][1], 0u, b0, b1);
       }
     }
     if constexpr (kExact) {
-      // Key k's scale (and int4 zero) from lane k: score = scale · (q · codes) (+ zero · Σq, − 128 · scale · Σq for int4).
+      // Key k's scale (and int4 zero) from lane k: score = scale · (q · tile − offset · Σq) (+ zero · Σq for int4).
 #pragma unroll
       for (int t = 0; t < 4; t++)
 #pragma unroll
         for (int j = 0; j < 2; j++) {
           const uint32_t bits = __shfl_sync(0xffffffffu, tileScales.key, 8 * t + 2 * pair + j);
           const float keyScale = halfBits(static_cast<uint16_t>(bits & 0xffff));
-          if constexpr (kInt4) {
-            const float zero = halfBits(static_cast<uint16_t>(bits >> 16));
-            score[t][j] = keyScale * (score[t][j] - 128.0f * querySum) + zero * querySum;
-          } else {
-            score[t][j] *= keyScale;
-          }
+          score[t][j] = keyScale * (score[t][j] - kKeyOffset * querySum);
+          if constexpr (kInt4) score[t][j] += halfBits(static_cast<uint16_t>(bits >> 16)) * querySum;
         }
     }
     float tileMax = -INFINITY;
@@ -451,7 +451,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
           const float scaled = probability[t][j] * halfBits(static_cast<uint16_t>(bits & 0xffff));
           if constexpr (kInt4) {
             const float rounded = toFloat(fromFloat<T>(scaled));
-            tileZeroTerm += probability[t][j] * halfBits(static_cast<uint16_t>(bits >> 16)) - 128.0f * rounded;
+            tileZeroTerm += probability[t][j] * halfBits(static_cast<uint16_t>(bits >> 16)) - kInt4Offset * rounded;
           }
           probability[t][j] = scaled;
         }

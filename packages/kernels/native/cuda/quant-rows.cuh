@@ -190,42 +190,55 @@ __device__ __forceinline__ void convertRawTile(T* keyTile, T* valueTile, int str
   }
 }
 
-// int8 and int4 rows for the tensor cores without converting through the float units: the tile holds the codes
-// themselves as bf16, exactly, and the kernel applies the scales around its products (scores × key scale, P × value
-// scale). int8: byte b becomes the f32 2²³ + 128 + b by a byte permute, minus 2²³ + 128 is b, whose upper half is its
-// bf16. int4: nibble n becomes bf16 0x4300 | n = 128 + n by byte permutes alone; the kernel removes the 128 with the
-// query's (and the probabilities') sums.
+// int8 and int4 rows for the tensor cores without converting through the float units: the tiles hold the codes
+// themselves, offset by a constant, exactly, and the kernel applies the scales around its products (scores × key
+// scale, P × value scale) and removes the offset with the query's and the probabilities' sums. Byte permutes build the
+// 16-bit patterns: int4 nibble n → bf16 0x4300 | n = 128 + n (keys and values); int8 key byte b → f16 0x6400 | (b + 128)
+// = 1152 + b (one permute per two codes); int8 value byte b → the f32 2²³ + 128 + b, minus 2²³ + 128, whose upper half
+// is b in bf16 (values stay bf16 because P · scale would underflow f16).
+constexpr float kInt4Offset = 128.0f, kInt8KeyOffset = 1152.0f;
+
 __device__ __forceinline__ uint32_t int8PairBf16(uint32_t biased, int first) {
   const float low = __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7540 + first)) - 8388736.0f;
   const float high = __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7540 + first + 1)) - 8388736.0f;
   return __byte_perm(__float_as_uint(low), __float_as_uint(high), 0x7632);
 }
 
-template <int D, int kScheme>
-__device__ __forceinline__ void convertExactTile(__nv_bfloat16* keyTile, __nv_bfloat16* valueTile, int stride, const uint8_t* rawKeys,
-                                                 const uint8_t* rawValues, int codeBytes, int count, int lane) {
-  constexpr int kChunks = D / 8;
-  auto convert = [&](const uint8_t* row, int column) -> uint4 {
-    if constexpr (kScheme == static_cast<int>(KvQuant::Int4)) {
-      const uint32_t packed = *reinterpret_cast<const uint32_t*>(row + column / 2);
-      const uint32_t even = packed & 0x0f0f0f0fu, odd = (packed >> 4) & 0x0f0f0f0fu;  // channels 2i and 2i + 1
-      uint32_t words[4];
+template <int kScheme, bool kKeys>
+__device__ __forceinline__ uint4 exactCodes8(const uint8_t* row, int column) {
+  if constexpr (kScheme == static_cast<int>(KvQuant::Int4)) {
+    const uint32_t packed = *reinterpret_cast<const uint32_t*>(row + column / 2);
+    const uint32_t even = packed & 0x0f0f0f0fu, odd = (packed >> 4) & 0x0f0f0f0fu;  // channels 2i and 2i + 1
+    uint32_t words[4];
 #pragma unroll
-      for (int i = 0; i < 4; i++) words[i] = __byte_perm(__byte_perm(even, odd, i | ((4 + i) << 4)), 0x4343u, 0x5140);
-      return make_uint4(words[0], words[1], words[2], words[3]);
+    for (int i = 0; i < 4; i++) words[i] = __byte_perm(__byte_perm(even, odd, i | ((4 + i) << 4)), 0x4343u, 0x5140);
+    return make_uint4(words[0], words[1], words[2], words[3]);
+  } else {
+    const uint2 packed = *reinterpret_cast<const uint2*>(row + column);
+    const uint32_t low = packed.x ^ 0x80808080u, high = packed.y ^ 0x80808080u;  // b + 128, unsigned
+    if constexpr (kKeys) {
+      return make_uint4(__byte_perm(low, 0x6464u, 0x5140), __byte_perm(low, 0x6464u, 0x5342), __byte_perm(high, 0x6464u, 0x5140),
+                        __byte_perm(high, 0x6464u, 0x5342));
     } else {
-      const uint2 packed = *reinterpret_cast<const uint2*>(row + column);
-      const uint32_t low = packed.x ^ 0x80808080u, high = packed.y ^ 0x80808080u;  // b + 128, unsigned
       return make_uint4(int8PairBf16(low, 0), int8PairBf16(low, 2), int8PairBf16(high, 0), int8PairBf16(high, 2));
     }
-  };
+  }
+}
+
+template <int D, int kScheme>
+__device__ __forceinline__ void convertExactTile(void* keyTile, void* valueTile, int stride, const uint8_t* rawKeys,
+                                                 const uint8_t* rawValues, int codeBytes, int count, int lane) {
+  constexpr int kChunks = D / 8;
+  uint16_t* keys = static_cast<uint16_t*>(keyTile);
+  uint16_t* values = static_cast<uint16_t*>(valueTile);
 #pragma unroll
   for (int i = 0; i < kChunks; i++) {
     const int piece = lane + 32 * i, r = piece / kChunks, column = (piece % kChunks) * 8;
     const bool valid = r < count;
-    *reinterpret_cast<uint4*>(keyTile + r * stride + column) = valid ? convert(rawKeys + r * codeBytes, column) : make_uint4(0, 0, 0, 0);
-    *reinterpret_cast<uint4*>(valueTile + r * stride + column) =
-        valid ? convert(rawValues + r * codeBytes, column) : make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(keys + r * stride + column) =
+        valid ? exactCodes8<kScheme, true>(rawKeys + r * codeBytes, column) : make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(values + r * stride + column) =
+        valid ? exactCodes8<kScheme, false>(rawValues + r * codeBytes, column) : make_uint4(0, 0, 0, 0);
   }
 }
 
