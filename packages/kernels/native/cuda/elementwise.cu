@@ -516,6 +516,47 @@ __global__ void quantizeRowsKernel(const float* keys, const float* values, int64
                   threadIdx.x & 31);
 }
 
+// RoPE and the quantized cache write in one launch (decode runs it once per layer and step): one warp per (row, head);
+// query heads are rotated in place; key heads are rotated in place, then the rotated key and the value row are
+// quantized into their slot (main planes, or the streaming region's). The angles are ropeKernel's (double precision).
+__global__ void ropeQuantizeKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int64_t rows,
+                                   int heads, int kvHeads, int headDim, bool interleaved, QuantTarget keyTarget,
+                                   QuantTarget valueTarget, int64_t capacity, int64_t codeBytes, int64_t scaleHalves,
+                                   StreamingLayout layout, KvQuant scheme) {
+  dependOnPrevious();
+  const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (warp >= rows * (heads + kvHeads)) return;
+  const int64_t row = warp / (heads + kvHeads);
+  const int h = static_cast<int>(warp % (heads + kvHeads));
+  const bool isQuery = h < heads;
+  const int head = isQuery ? h : h - heads;
+  float* base = isQuery ? q + (row * heads + head) * static_cast<int64_t>(headDim) : k + (row * kvHeads + head) * static_cast<int64_t>(headDim);
+  const int half = headDim / 2;
+  const int64_t position = positions[row];
+  for (int i = lane; i < half; i += 32) {
+    double sine, cosine;
+    sincos(static_cast<double>(position) * static_cast<double>(frequencies[i]), &sine, &cosine);
+    const float s = static_cast<float>(sine), c = static_cast<float>(cosine);
+    const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+    const float first = base[a], second = base[b];
+    base[a] = first * c - second * s;
+    base[b] = first * s + second * c;
+  }
+  if (isQuery) return;
+  __syncwarp();  // the rotated key row, written by every lane, is read back whole by the quantizer
+  const bool streams = layout.streams(head);
+  const auto quantize = [&](const QuantTarget& target, const float* source) {
+    uint8_t* codes = streams ? target.streamCodes + layout.element(head, position, codeBytes)
+                             : target.codes + (head * capacity + position) * codeBytes;
+    uint16_t* scales = streams ? target.streamScales + layout.element(head, position, scaleHalves)
+                               : target.scales + (head * capacity + position) * scaleHalves;
+    quantizeRowWarp(scheme, source, headDim, codes, scales, lane);
+  };
+  quantize(keyTarget, base);
+  quantize(valueTarget, v + (row * kvHeads + head) * static_cast<int64_t>(headDim));
+}
+
 void launchQuantizeRows(const float* keys, const float* values, int64_t rows, int64_t stride, int kvHeads, int headDim,
                         const int32_t* positions, int64_t start, const QuantTarget& keyTarget, const QuantTarget& valueTarget,
                         int64_t capacity, const StreamingLayout& layout, int scheme, cudaStream_t stream) {
@@ -541,14 +582,18 @@ void launchRopeWriteCacheQuantized(float* q, float* k, const float* v, const int
                                    int64_t rows, int heads, int kvHeads, int headDim, bool interleaved, void* keyCodes,
                                    void* valueCodes, int64_t capacity, const StreamingLayout& streaming, const KvQuantPlanes& quant,
                                    cudaStream_t stream) {
-  launchRope(q, positions, frequencies, rows, static_cast<int64_t>(heads) * headDim, heads, headDim, interleaved, false, stream);
-  launchRope(k, positions, frequencies, rows, static_cast<int64_t>(kvHeads) * headDim, kvHeads, headDim, interleaved, false, stream);
+  if (rows == 0) return;
+  if (headDim > 2 * 32 * kQuantPairs) throw Error("DUO_ARG", "quantized KV caches support head dims up to 256");
   const QuantTarget keys{static_cast<uint8_t*>(keyCodes), const_cast<uint16_t*>(quant.keyScales), static_cast<uint8_t*>(streaming.key),
                          const_cast<uint16_t*>(quant.streamKeyScales)};
   const QuantTarget values{static_cast<uint8_t*>(valueCodes), const_cast<uint16_t*>(quant.valueScales),
                            static_cast<uint8_t*>(streaming.value), const_cast<uint16_t*>(quant.streamValueScales)};
-  launchQuantizeRows(k, v, rows, static_cast<int64_t>(kvHeads) * headDim, kvHeads, headDim, positions, 0, keys, values, capacity,
-                     streaming, quant.scheme, stream);
+  const KvQuant scheme = static_cast<KvQuant>(quant.scheme);
+  const int64_t warps = rows * (heads + kvHeads);
+  launchChained(ropeQuantizeKernel, dim3(blocksFor(warps * 32, 128)), dim3(128), 0, stream, q, k, v, positions, frequencies, rows,
+                heads, kvHeads, headDim, interleaved, keys, values, capacity, static_cast<int64_t>(kvCodeBytes(scheme, headDim)),
+                static_cast<int64_t>(kvScaleHalves(scheme, headDim)), streaming, scheme);
+  checkLaunch("ropeQuantize");
 }
 
 }  // namespace cuda
