@@ -93,21 +93,70 @@ export function quantizeRow(scheme: Exclude<KvQuantScheme, 'none'>, row: ArrayLi
         const group = values.subarray(g * width, Math.min(values.length, (g + 1) * width));
         const minimum = group.reduce((a, b) => Math.min(a, b), Number.POSITIVE_INFINITY);
         const maximum = group.reduce((a, b) => Math.max(a, b), Number.NEGATIVE_INFINITY);
-        const scale = half(f32(f32(f32(maximum - minimum) / 15) + f32(1e-8)));
-        const zero = half(minimum + 0); // + 0: a −0 minimum stores +0, as the native quantizers do
+        const { scale, zero } = int4Range(values, g * width, g * width + group.length, minimum, maximum);
         scales[g] = scale.bits;
         zeros[g] = zero.bits;
         group.forEach((v, i) => {
           const channel = g * width + i;
           // A scale that rounds to 0 in fp16 (a constant group): every code 0, the value is the zero.
-          const code =
-            scale.value > 0 ? Math.min(15, Math.max(0, roundHalfEven(f32(f32(v - zero.value) / scale.value)))) : 0;
+          const code = int4Code(v, scale.value, zero.value);
           codes[channel >> 1] = (codes[channel >> 1] as number) | (code << ((channel & 1) * 4));
         });
       }
       return { scheme, codes, scales, zeros };
     }
   }
+}
+
+/** Shrink factors of int4's range search (quant.h): each side of [min, max] about its middle; 1 is min / max. */
+export const INT4_SHRINKS = [1, 0.96, 0.92, 0.88, 0.84].map(Math.fround);
+
+function int4Code(value: number, scale: number, zero: number): number {
+  // A scale that rounds to 0 in fp16 (a constant group): every code 0, the value is the zero.
+  return scale > 0 ? Math.min(15, Math.max(0, roundHalfEven(f32(f32(value - zero) / scale)))) : 0;
+}
+
+/**
+ * int4's scale and zero for channels [first, last) of `row`: among [min, max] shrunk about its middle by each pair of
+ * INT4_SHRINKS, the one with the smallest squared error after fp16 rounding (ties: the earlier, min / max first). The
+ * errors are summed in the order of the CUDA warp quantizer (lane l sums channel pairs l + 32p, then a butterfly over
+ * the 32 lanes), every step rounded to f32, so the choice is the native quantizers' bit for bit.
+ */
+function int4Range(row: Float32Array, first: number, last: number, minimum: number, maximum: number) {
+  const squaredError = (value: number, scale: number, zero: number) => {
+    const difference = f32(f32(f32(int4Code(value, scale, zero) * scale) + zero) - value);
+    return f32(difference * difference);
+  };
+  let best: { scale: ReturnType<typeof half>; zero: ReturnType<typeof half> } | undefined;
+  let bestError = 0;
+  const middle = f32(f32(minimum + maximum) * 0.5);
+  for (let low = 0; low < INT4_SHRINKS.length; low++) {
+    for (let high = 0; high < INT4_SHRINKS.length; high++) {
+      const from = low === 0 ? minimum : f32(middle - f32(f32(middle - minimum) * (INT4_SHRINKS[low] as number)));
+      const to = high === 0 ? maximum : f32(middle + f32(f32(maximum - middle) * (INT4_SHRINKS[high] as number)));
+      const scale = half(f32(f32(f32(to - from) / 15) + f32(1e-8)));
+      const zero = half(from + 0); // + 0: a −0 minimum stores +0, as the native quantizers do
+      const lanes = Array.from({ length: 32 }, (_, lane) => {
+        let partial = 0;
+        for (let pair = lane; pair < row.length / 2; pair += 32) {
+          if (2 * pair < first || 2 * pair >= last) continue;
+          partial = f32(partial + squaredError(row[2 * pair] as number, scale.value, zero.value));
+          partial = f32(partial + squaredError(row[2 * pair + 1] as number, scale.value, zero.value));
+        }
+        return partial;
+      });
+      for (let offset = 16; offset > 0; offset >>= 1) {
+        const next = lanes.map((value, lane) => f32(value + (lanes[lane ^ offset] as number)));
+        lanes.splice(0, 32, ...next);
+      }
+      const error = lanes[0] as number;
+      if (best === undefined || error < bestError) {
+        best = { scale, zero };
+        bestError = error;
+      }
+    }
+  }
+  return best as NonNullable<typeof best>;
 }
 
 /** The f32 values a quantized row stands for. */

@@ -441,21 +441,40 @@ __device__ void quantizeRowWarp(KvQuant scheme, const float* row, int headDim, u
         minimum = fminf(minimum, __shfl_xor_sync(0xffffffffu, minimum, offset));
         maximum = fmaxf(maximum, __shfl_xor_sync(0xffffffffu, maximum, offset));
       }
-      const uint16_t scaleBits = floatToF16((maximum - minimum) / 15.0f + 1e-8f);
-      const uint16_t zeroBits = floatToF16(minimum + 0.0f);
+      // quant.h's range search, each candidate's error summed in the order int4GroupError emulates.
+      uint16_t scaleBits = 0, zeroBits = 0;
+      float best = 0.0f;
+      for (int candidate = 0; candidate < kInt4Shrinks * kInt4Shrinks; candidate++) {
+        uint16_t candidateScale, candidateZero;
+        int4Candidate(minimum, maximum, candidate / kInt4Shrinks, candidate % kInt4Shrinks, candidateScale, candidateZero);
+        const float candidateScaleValue = f16ToFloat(candidateScale), candidateZeroValue = f16ToFloat(candidateZero);
+        float error = 0.0f;
+#pragma unroll
+        for (int p = 0; p < kQuantPairs; p++) {
+          const int j = lane + 32 * p;
+          if (j < pairs && 2 * j / width == group) {
+            error = plainAdd(error, int4SquaredError(x[p].x, candidateScaleValue, candidateZeroValue));
+            error = plainAdd(error, int4SquaredError(x[p].y, candidateScaleValue, candidateZeroValue));
+          }
+        }
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1) error = plainAdd(error, __shfl_xor_sync(0xffffffffu, error, offset));
+        if (candidate == 0 || error < best) {
+          best = error;
+          scaleBits = candidateScale;
+          zeroBits = candidateZero;
+        }
+      }
       const float scale = f16ToFloat(scaleBits), zero = f16ToFloat(zeroBits);
       if (lane == 0) {
         scales[2 * group] = scaleBits;
         scales[2 * group + 1] = zeroBits;
       }
-      auto code = [&](float value) {
-        const float rounded = scale > 0.0f ? rintf((value - zero) / scale) : 0.0f;
-        return static_cast<uint32_t>(rounded < 0.0f ? 0.0f : (rounded > 15.0f ? 15.0f : rounded));
-      };
 #pragma unroll
       for (int p = 0; p < kQuantPairs; p++) {
         const int j = lane + 32 * p;
-        if (j < pairs && 2 * j / width == group) codes[j] = static_cast<uint8_t>(code(x[p].x) | (code(x[p].y) << 4));
+        if (j < pairs && 2 * j / width == group)
+          codes[j] = static_cast<uint8_t>(int4Code(x[p].x, scale, zero) | (int4Code(x[p].y, scale, zero) << 4));
       }
     }
     return;
