@@ -441,30 +441,41 @@ __device__ void quantizeRowWarp(KvQuant scheme, const float* row, int headDim, u
         minimum = fminf(minimum, __shfl_xor_sync(0xffffffffu, minimum, offset));
         maximum = fmaxf(maximum, __shfl_xor_sync(0xffffffffu, maximum, offset));
       }
-      // quant.h's range search, each candidate's error summed in the order int4GroupError emulates.
-      uint16_t scaleBits = 0, zeroBits = 0;
-      float best = 0.0f;
-      for (int candidate = 0; candidate < kInt4Shrinks * kInt4Shrinks; candidate++) {
+      // quant.h's range search, each candidate's error summed in the order int4GroupError emulates. Every candidate's
+      // partial sum first, then the butterflies side by side, so the 25 reductions overlap instead of queueing.
+      constexpr int kCandidates = kInt4Shrinks * kInt4Shrinks;
+      float error[kCandidates];
+#pragma unroll
+      for (int candidate = 0; candidate < kCandidates; candidate++) {
         uint16_t candidateScale, candidateZero;
         int4Candidate(minimum, maximum, candidate / kInt4Shrinks, candidate % kInt4Shrinks, candidateScale, candidateZero);
         const float candidateScaleValue = f16ToFloat(candidateScale), candidateZeroValue = f16ToFloat(candidateZero);
-        float error = 0.0f;
+        error[candidate] = 0.0f;
 #pragma unroll
         for (int p = 0; p < kQuantPairs; p++) {
           const int j = lane + 32 * p;
           if (j < pairs && 2 * j / width == group) {
-            error = plainAdd(error, int4SquaredError(x[p].x, candidateScaleValue, candidateZeroValue));
-            error = plainAdd(error, int4SquaredError(x[p].y, candidateScaleValue, candidateZeroValue));
+            error[candidate] = plainAdd(error[candidate], int4SquaredError(x[p].x, candidateScaleValue, candidateZeroValue));
+            error[candidate] = plainAdd(error[candidate], int4SquaredError(x[p].y, candidateScaleValue, candidateZeroValue));
           }
         }
+      }
 #pragma unroll
-        for (int offset = 16; offset > 0; offset >>= 1) error = plainAdd(error, __shfl_xor_sync(0xffffffffu, error, offset));
-        if (candidate == 0 || error < best) {
-          best = error;
-          scaleBits = candidateScale;
-          zeroBits = candidateZero;
+      for (int offset = 16; offset > 0; offset >>= 1)
+#pragma unroll
+        for (int candidate = 0; candidate < kCandidates; candidate++)
+          error[candidate] = plainAdd(error[candidate], __shfl_xor_sync(0xffffffffu, error[candidate], offset));
+      int chosen = 0;
+      float best = error[0];
+#pragma unroll
+      for (int candidate = 1; candidate < kCandidates; candidate++) {
+        if (error[candidate] < best) {
+          best = error[candidate];
+          chosen = candidate;
         }
       }
+      uint16_t scaleBits, zeroBits;
+      int4Candidate(minimum, maximum, chosen / kInt4Shrinks, chosen % kInt4Shrinks, scaleBits, zeroBits);
       const float scale = f16ToFloat(scaleBits), zero = f16ToFloat(zeroBits);
       if (lane == 0) {
         scales[2 * group] = scaleBits;
