@@ -109,11 +109,12 @@ export function quantizeRow(scheme: Exclude<KvQuantScheme, 'none'>, row: ArrayLi
 }
 
 /** Shrink factors of int4's range search (quant.h): each side of [min, max] about its middle; 1 is min / max. */
-export const INT4_SHRINKS = [1, 0.96, 0.92, 0.88, 0.84].map(Math.fround);
+export const INT4_SHRINKS = [1, 0.95, 0.9, 0.85].map(Math.fround);
 
+/** rint((value − zero) · (1 / scale)) in [0, 15], the native quantizers' arithmetic. */
 function int4Code(value: number, scale: number, zero: number): number {
   // A scale that rounds to 0 in fp16 (a constant group): every code 0, the value is the zero.
-  return scale > 0 ? Math.min(15, Math.max(0, roundHalfEven(f32(f32(value - zero) / scale)))) : 0;
+  return scale > 0 ? Math.min(15, Math.max(0, roundHalfEven(f32(f32(value - zero) * f32(1 / scale))))) : 0;
 }
 
 /**

@@ -450,13 +450,16 @@ __device__ void quantizeRowWarp(KvQuant scheme, const float* row, int headDim, u
         uint16_t candidateScale, candidateZero;
         int4Candidate(minimum, maximum, candidate / kInt4Shrinks, candidate % kInt4Shrinks, candidateScale, candidateZero);
         const float candidateScaleValue = f16ToFloat(candidateScale), candidateZeroValue = f16ToFloat(candidateZero);
+        const float candidateInverse = 1.0f / candidateScaleValue;
         error[candidate] = 0.0f;
 #pragma unroll
         for (int p = 0; p < kQuantPairs; p++) {
           const int j = lane + 32 * p;
           if (j < pairs && 2 * j / width == group) {
-            error[candidate] = plainAdd(error[candidate], int4SquaredError(x[p].x, candidateScaleValue, candidateZeroValue));
-            error[candidate] = plainAdd(error[candidate], int4SquaredError(x[p].y, candidateScaleValue, candidateZeroValue));
+            error[candidate] =
+                plainAdd(error[candidate], int4SquaredError(x[p].x, candidateScaleValue, candidateInverse, candidateZeroValue));
+            error[candidate] =
+                plainAdd(error[candidate], int4SquaredError(x[p].y, candidateScaleValue, candidateInverse, candidateZeroValue));
           }
         }
       }
@@ -476,7 +479,7 @@ __device__ void quantizeRowWarp(KvQuant scheme, const float* row, int headDim, u
       }
       uint16_t scaleBits, zeroBits;
       int4Candidate(minimum, maximum, chosen / kInt4Shrinks, chosen % kInt4Shrinks, scaleBits, zeroBits);
-      const float scale = f16ToFloat(scaleBits), zero = f16ToFloat(zeroBits);
+      const float scale = f16ToFloat(scaleBits), zero = f16ToFloat(zeroBits), inverse = 1.0f / scale;
       if (lane == 0) {
         scales[2 * group] = scaleBits;
         scales[2 * group + 1] = zeroBits;
@@ -485,7 +488,7 @@ __device__ void quantizeRowWarp(KvQuant scheme, const float* row, int headDim, u
       for (int p = 0; p < kQuantPairs; p++) {
         const int j = lane + 32 * p;
         if (j < pairs && 2 * j / width == group)
-          codes[j] = static_cast<uint8_t>(int4Code(x[p].x, scale, zero) | (int4Code(x[p].y, scale, zero) << 4));
+          codes[j] = static_cast<uint8_t>(int4Code(x[p].x, scale, inverse, zero) | (int4Code(x[p].y, scale, inverse, zero) << 4));
       }
     }
     return;
