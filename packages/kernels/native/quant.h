@@ -85,6 +85,14 @@ DUO_HD float plainAdd(float a, float b) {
 #endif
 }
 DUO_HD float plainSub(float a, float b) { return plainAdd(a, -b); }
+// 1 / x, correctly rounded (on CUDA the rcp.rn instruction rather than a whole division).
+DUO_HD float reciprocal(float x) {
+#ifdef __CUDA_ARCH__
+  return __frcp_rn(x);
+#else
+  return 1.0f / x;
+#endif
+}
 DUO_HD float plainMul(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fmul_rn(a, b);
@@ -134,7 +142,7 @@ DUO_HD float int4SquaredError(float value, float scale, float inverse, float zer
 // The summed squared error of channels [first, last) of `row` in the warp quantizer's order: lane l holds channel pairs
 // j = l + 32p (p = 0, 1, …) and sums them in that order, then a butterfly over the 32 lanes adds the partial sums.
 DUO_HD float int4GroupError(const float* row, int headDim, int first, int last, float scale, float zero) {
-  const float inverse = 1.0f / scale;
+  const float inverse = reciprocal(scale);
   float lanes[32];
   for (int lane = 0; lane < 32; lane++) {
     float partial = 0.0f;
@@ -178,7 +186,7 @@ DUO_HD void quantizeKvRow(KvQuant scheme, const float* row, int headDim, uint8_t
           zeroBits = candidateZero;
         }
       }
-      const float scale = f16ToFloat(scaleBits), zero = f16ToFloat(zeroBits), inverse = 1.0f / scale;
+      const float scale = f16ToFloat(scaleBits), zero = f16ToFloat(zeroBits), inverse = reciprocal(scale);
       scales[2 * group] = scaleBits;
       scales[2 * group + 1] = zeroBits;
       for (int c = first; c < last; c += 2) {

@@ -441,45 +441,34 @@ __device__ void quantizeRowWarp(KvQuant scheme, const float* row, int headDim, u
         minimum = fminf(minimum, __shfl_xor_sync(0xffffffffu, minimum, offset));
         maximum = fmaxf(maximum, __shfl_xor_sync(0xffffffffu, maximum, offset));
       }
-      // quant.h's range search, each candidate's error summed in the order int4GroupError emulates. Every candidate's
-      // partial sum first, then the butterflies side by side, so the 25 reductions overlap instead of queueing.
-      constexpr int kCandidates = kInt4Shrinks * kInt4Shrinks;
-      float error[kCandidates];
-#pragma unroll
-      for (int candidate = 0; candidate < kCandidates; candidate++) {
+      // quant.h's range search, each candidate's error summed in the order int4GroupError emulates. The candidate loop
+      // stays rolled: unrolled, the kernel's code outgrew the instruction cache and decode paid for it every layer.
+      uint16_t scaleBits = 0, zeroBits = 0;
+      float best = 0.0f;
+#pragma unroll 1
+      for (int candidate = 0; candidate < kInt4Shrinks * kInt4Shrinks; candidate++) {
         uint16_t candidateScale, candidateZero;
         int4Candidate(minimum, maximum, candidate / kInt4Shrinks, candidate % kInt4Shrinks, candidateScale, candidateZero);
         const float candidateScaleValue = f16ToFloat(candidateScale), candidateZeroValue = f16ToFloat(candidateZero);
-        const float candidateInverse = 1.0f / candidateScaleValue;
-        error[candidate] = 0.0f;
+        const float candidateInverse = reciprocal(candidateScaleValue);
+        float error = 0.0f;
 #pragma unroll
         for (int p = 0; p < kQuantPairs; p++) {
           const int j = lane + 32 * p;
           if (j < pairs && 2 * j / width == group) {
-            error[candidate] =
-                plainAdd(error[candidate], int4SquaredError(x[p].x, candidateScaleValue, candidateInverse, candidateZeroValue));
-            error[candidate] =
-                plainAdd(error[candidate], int4SquaredError(x[p].y, candidateScaleValue, candidateInverse, candidateZeroValue));
+            error = plainAdd(error, int4SquaredError(x[p].x, candidateScaleValue, candidateInverse, candidateZeroValue));
+            error = plainAdd(error, int4SquaredError(x[p].y, candidateScaleValue, candidateInverse, candidateZeroValue));
           }
         }
-      }
 #pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1)
-#pragma unroll
-        for (int candidate = 0; candidate < kCandidates; candidate++)
-          error[candidate] = plainAdd(error[candidate], __shfl_xor_sync(0xffffffffu, error[candidate], offset));
-      int chosen = 0;
-      float best = error[0];
-#pragma unroll
-      for (int candidate = 1; candidate < kCandidates; candidate++) {
-        if (error[candidate] < best) {
-          best = error[candidate];
-          chosen = candidate;
+        for (int offset = 16; offset > 0; offset >>= 1) error = plainAdd(error, __shfl_xor_sync(0xffffffffu, error, offset));
+        if (candidate == 0 || error < best) {
+          best = error;
+          scaleBits = candidateScale;
+          zeroBits = candidateZero;
         }
       }
-      uint16_t scaleBits, zeroBits;
-      int4Candidate(minimum, maximum, chosen / kInt4Shrinks, chosen % kInt4Shrinks, scaleBits, zeroBits);
-      const float scale = f16ToFloat(scaleBits), zero = f16ToFloat(zeroBits), inverse = 1.0f / scale;
+      const float scale = f16ToFloat(scaleBits), zero = f16ToFloat(zeroBits), inverse = reciprocal(scale);
       if (lane == 0) {
         scales[2 * group] = scaleBits;
         scales[2 * group + 1] = zeroBits;
