@@ -102,7 +102,7 @@ for step in "${steps[@]}"; do
     # passkey at 16K and perplexity on the held-out book on the demo model with its trained pattern.
     quant-decode) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
               --sink 128 --recent 256 --kv-quant none,int8,int4 --contexts ${DUO_QUANT_CONTEXTS:-128k,512k} --prefill none \
-              --steps 32 --warmup 8 --out "$OUT/quant-decode.json" --plot "$OUT/quant-decode.svg" || status=1 ;;
+              --steps 32 --warmup 8 --bandwidth ${DUO_BANDWIDTH:-3.0} --out "$OUT/quant-decode.json" --plot "$OUT/quant-decode.svg" || status=1 ;;
     quant-capacity) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
               --sink 128 --recent 256 --kv-quant int4 --contexts none --max-context --prefill none --steps 32 --warmup 4 \
               --out "$OUT/quant-capacity.json" || status=1 ;;
