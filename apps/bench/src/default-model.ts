@@ -18,3 +18,15 @@ export function defaultModelPath(): string {
   if (!found) throw new UsageError(`--model: no model given and none of the defaults exist (${candidates.join(', ')})`);
   return found;
 }
+
+/**
+ * The text a long-context benchmark reads: --NAME FILE, or by default Pride and Prejudice from ../shared (held out of
+ * the demo model's training). A usage error when it does not exist.
+ */
+export function heldOutText(name: string, value: unknown): string {
+  const path =
+    (value as string | undefined) ??
+    resolve(defaultModelPath(), '..', '..', '..', 'shared', 'data', 'gutenberg', '1342.txt');
+  if (!existsSync(path)) throw new UsageError(`--${name}: "${path}" does not exist`);
+  return path;
+}

@@ -1,6 +1,6 @@
 // DualKvCache on the CPU backend: region shapes per layer, growth by whole pages in place, byte accounting, errors.
-import { DuoArgumentError, type TensorHandle } from '@duoattn/core';
-import { createBackend, f16ToNumber } from '@duoattn/kernels';
+import { DuoArgumentError } from '@duoattn/core';
+import { createBackend, f16ToNumber, type Tensor } from '@duoattn/kernels';
 import { describe, expect, it } from 'vitest';
 import { DualKvCache, dualCacheBytes, pageTokens } from './dual-kv-cache.js';
 
@@ -95,13 +95,13 @@ describe('DualKvCache', () => {
       const held = backend.memory().allocatedBytes;
       cache.fillRandom(1);
       expect(backend.memory().allocatedBytes).toBe(held);
-      const ringScales = (await backend.read(first?.quant?.streamKeyScales as TensorHandle)) as Uint16Array;
+      const ringScales = (await backend.read(first?.quant?.streamKeyScales as Tensor)) as Uint16Array;
       const scaleValues = Array.from(
         ringScales.filter((_, i) => i % scaleHalves === 0),
         f16ToNumber,
       );
       expect(scaleValues.every((value) => value > 0)).toBe(true);
-      const ringCodes = (await backend.read(first?.streaming?.valueCache as TensorHandle)) as Uint8Array;
+      const ringCodes = (await backend.read(first?.streaming?.valueCache as Tensor)) as Uint8Array;
       expect(new Set(ringCodes).size).toBeGreaterThan(100);
       // The full region (paged, so not read back whole here) through attention: finite, non-zero outputs.
       const layer = first as NonNullable<typeof first>;
@@ -109,7 +109,7 @@ describe('DualKvCache', () => {
       const query = backend.alloc('f32', [1, heads * 128]);
       backend.fillRandom(query, 7);
       const out = backend.alloc('f32', [1, heads * 128]);
-      backend.attentionDecode(query, layer.keyCache, layer.valueCache, out, {
+      backend.attentionDecode(query, layer.keyCache as Tensor, layer.valueCache as Tensor, out, {
         heads,
         kvHeads: wide.numKvHeads,
         headDim: 128,

@@ -142,6 +142,7 @@ export function quantizerConformanceSuite(
             heads,
             kvHeads,
             headDim,
+            interleaved: false,
             streaming,
             quant,
           });

@@ -1,11 +1,10 @@
 // duo-bench perplexity: next-token perplexity of a (held-out) book over long windows, for each attention policy and KV
 // quantization scheme in one run, with each quantized run's change against the same policy unquantized.
-import { existsSync, readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
 import type { AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
 import type { LlamaModel } from '@duoattn/model';
 import { integerOption, parseOptions, UsageError } from '../args.js';
-import { defaultModelPath } from '../default-model.js';
+import { heldOutText } from '../default-model.js';
 import { loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
 import {
   applyDuoPlan,
@@ -54,10 +53,7 @@ export async function perplexityCommand(argv: string[], log: (line: string) => v
   const length = integerOption('length', options.length, 16384, 2);
   const windows = integerOption('windows', options.windows, 2, 1);
   const { weightDtype } = modelChoices(options);
-  const textPath =
-    (options.text as string | undefined) ??
-    resolve(defaultModelPath(), '..', '..', '..', 'shared', 'data', 'gutenberg', '1342.txt');
-  if (!existsSync(textPath)) throw new UsageError(`--text: "${textPath}" does not exist`);
+  const textPath = heldOutText('text', options.text);
   const { model, path } = await loadModel(options);
   const rows: PerplexityRow[] = [];
   try {

@@ -1,10 +1,9 @@
 // The retrieval protocols of duo-bench (passkey, niah): a needle hidden at evenly spread depths of a haystack of each
 // length, a question after it, the greedy answer scored — through duoattn's own runtime, under one attention policy.
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { seededRandom } from '@duoattn/model';
 import { integerListOption, integerOption, parseOptions, UsageError } from '../args.js';
-import { defaultModelPath } from '../default-model.js';
+import { heldOutText } from '../default-model.js';
 import { loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
 import { heatmapPng } from '../png.js';
 import {
@@ -63,10 +62,7 @@ export async function runRetrieval(
   const trials = integerOption('trials', options.trials, 20, 1);
   const seed = integerOption('seed', options.seed, 0);
   const { weightDtype } = modelChoices(options);
-  const haystackPath =
-    (options.haystack as string | undefined) ??
-    resolve(defaultModelPath(), '..', '..', '..', 'shared', 'data', 'gutenberg', '1342.txt');
-  if (!existsSync(haystackPath)) throw new UsageError(`--haystack: "${haystackPath}" does not exist`);
+  const haystackPath = heldOutText('haystack', options.haystack);
   const { model, path } = await loadModel(options);
   const plan = await applyDuoPlan(model, [attention], policy);
   const sessionOptions = sessionPolicy(attention, policy);
