@@ -11,6 +11,7 @@ const alias = {
   '@duoattn/dual-cache': source('dual-cache'),
   '@duoattn/model': source('model'),
   '@duoattn/gate-trainer': source('gate-trainer'),
+  '@duoattn/accs': source('accs'),
 };
 const project = (name: string, root: string) => ({
   resolve: { alias },
@@ -26,6 +27,7 @@ export default defineConfig({
       project('dual-cache', 'packages/dual-cache'),
       project('model', 'packages/model'),
       project('gate-trainer', 'packages/gate-trainer'),
+      project('accs', 'packages/accs'),
       project('bench', 'apps/bench'),
     ],
     reporters: ['default'],

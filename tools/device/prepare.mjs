@@ -43,6 +43,7 @@ const common = {
     '@duoattn/dual-cache': join(root, 'packages/dual-cache/src/index.ts'),
     '@duoattn/model': join(root, 'packages/model/src/index.ts'),
     '@duoattn/gate-trainer': join(root, 'packages/gate-trainer/src/index.ts'),
+    '@duoattn/accs': join(root, 'packages/accs/src/index.ts'),
   },
 };
 await build({

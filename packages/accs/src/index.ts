@@ -1,0 +1,23 @@
+// @duoattn/accs: the ACCS analyzer (Sun & Hsieh, arXiv 2410.12292): how much long-range context a model's hidden
+// states encode, under any attention policy.
+export {
+  AccsAccumulator,
+  type AccsBin,
+  type AccsEstimates,
+  type AccsLayer,
+  type AccumulatorOptions,
+  doublingBins,
+  type Estimate,
+} from './accumulator.js';
+export {
+  type AnisotropyGroup,
+  accsOf,
+  anisotropyGroup,
+  bootstrapSamples,
+  groupedAnisotropy,
+  pairwiseAnisotropy,
+  percentileInterval,
+  rowCosine,
+  type StateRows,
+  seededUniform,
+} from './estimators.js';
