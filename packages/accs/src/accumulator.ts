@@ -53,14 +53,17 @@ export interface AccumulatorOptions {
   readonly layers: readonly number[];
   /** Values per state (the hidden size). */
   readonly dimension: number;
-  /** Lower edges of the distance bins, increasing from 0; the last bin is open-ended. */
+  /** Lower edges of the distance bins, increasing (the first ≤ every distance added); the last bin is open-ended. */
   readonly binEdges: readonly number[];
 }
 
-/** Distance-bin edges 0, 1, 2, 4, 8, … below `suffix` (doubling widths, as distance effects are roughly logarithmic). */
-export function doublingBins(suffix: number): number[] {
-  const edges = [0];
-  for (let edge = 1; edge < suffix; edge *= 2) edges.push(edge);
+/**
+ * Distance-bin edges start, start + 1, start + 2, start + 4, … below start + `suffix` (doubling widths, as distance
+ * effects are roughly logarithmic).
+ */
+export function doublingBins(suffix: number, start = 0): number[] {
+  const edges = [start];
+  for (let edge = 1; edge < suffix; edge *= 2) edges.push(start + edge);
   return edges;
 }
 
@@ -77,10 +80,14 @@ export class AccsAccumulator {
   constructor(options: AccumulatorOptions) {
     const { layers, dimension, binEdges } = options;
     if (layers.length === 0) throw new DuoArgumentError('layers', 'Expected at least one layer to accumulate');
-    if (binEdges[0] !== 0 || binEdges.some((edge, i) => i > 0 && edge <= (binEdges[i - 1] as number))) {
+    if (
+      binEdges.length === 0 ||
+      (binEdges[0] as number) < 0 ||
+      binEdges.some((edge, i) => i > 0 && edge <= (binEdges[i - 1] as number))
+    ) {
       throw new DuoArgumentError(
         'binEdges',
-        `Expected distance-bin edges increasing from 0 but received [${binEdges.join(', ')}]`,
+        `Expected increasing distance-bin edges from 0 up but received [${binEdges.join(', ')}]`,
       );
     }
     this.layers = [...layers];
@@ -94,6 +101,12 @@ export class AccsAccumulator {
   }
 
   #bin(distance: number): number {
+    if (!(distance >= (this.binEdges[0] as number))) {
+      throw new DuoArgumentError(
+        'distances',
+        `Expected distances from ${this.binEdges[0]} (the first bin edge) up but received ${distance}`,
+      );
+    }
     let bin = 0;
     while (bin + 1 < this.binEdges.length && distance >= (this.binEdges[bin + 1] as number)) bin++;
     return bin;

@@ -118,7 +118,9 @@ describe('AccsAccumulator', () => {
 
   it('names what is wrong with its input', () => {
     expect(() => new AccsAccumulator({ layers: [], dimension, binEdges: [0] })).toThrow(/at least one layer/);
-    expect(() => new AccsAccumulator({ layers, dimension, binEdges: [1, 4] })).toThrow(/increasing from 0/);
+    expect(() => new AccsAccumulator({ layers, dimension, binEdges: [4, 1] })).toThrow(/increasing distance-bin edges/);
+    const late = new AccsAccumulator({ layers, dimension, binEdges: [8] });
+    expect(() => late.addDocument(states(1, 0), states(2, 0), distances)).toThrow(/distances from 8/);
     const accumulator = new AccsAccumulator({ layers, dimension, binEdges: [0] });
     expect(() => accumulator.addDocument(states(1, 0), new Map(), distances)).toThrow(/layer 0 in both runs/);
     accumulator.addDocument(states(1, 0), states(2, 0), distances);

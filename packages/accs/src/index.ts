@@ -9,6 +9,9 @@ export {
   doublingBins,
   type Estimate,
 } from './accumulator.js';
+export { type AccsAnalysis, type AccsDocument, type AccsOptions, analyzeAccs } from './analyze.js';
+export { type CollapseDiagnostics, collapseDiagnostics, unigramPrior } from './collapse.js';
+export { type Compressibility, compressibility, lzmaRatio, tokenBytes } from './compress.js';
 export {
   type AnisotropyGroup,
   accsOf,
@@ -21,3 +24,10 @@ export {
   type StateRows,
   seededUniform,
 } from './estimators.js';
+export {
+  expectPerturbation,
+  PERTURBATIONS,
+  type PerturbationContext,
+  type PerturbationName,
+  perturbPrefix,
+} from './perturb.js';
