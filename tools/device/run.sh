@@ -124,6 +124,23 @@ for step in "${steps[@]}"; do
                  --recent 256 --kv-quant $scheme --contexts 128k --prefill none --steps 2 --warmup 2 > "$OUT/ncu-$scheme.txt" 2>&1 || status=1
                echo "--- $scheme"; grep -E "decodeMmaKernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|Issued Ipc|No Eligible|Stall|Warp Cycles Per Issued|Dynamic Shared" "$OUT/ncu-$scheme.txt" | head -30
              done ;;
+    # ACCS (issue 7): the demo model on the held-out book for full, duo (its pattern at 50 % and 25 %) and streaming;
+    # stories260K (512-token context) the same way with an even duo split; the demo model on synthetic sequences whose
+    # noise dials compressibility; and the speed case (100 documents, 4K prefixes, 512-token suffixes, full attention).
+    accs-demo) node /tmp/duo-node/duo-bench.mjs accs --model models/duo-demo --device cuda --data .device/shared/data/gutenberg/1342.txt \
+              --prefix 4k --suffix 512 --samples ${DUO_ACCS_SAMPLES:-100} --attention full,duo,streaming --pattern models/duo-demo/pattern \
+              --sparsity 0.5,0.75 --sink 128 --recent 256 --out "$OUT/accs/demo-book.json" --csv "$OUT/accs/demo-book.csv" \
+              --plots "$OUT/accs/demo-book" || status=1 ;;
+    accs-stories) node /tmp/duo-node/duo-bench.mjs accs --model .device/shared/models/stories260K/stories260K.bin --device cuda \
+              --data .device/shared/data/gutenberg/1342.txt --prefix 384 --suffix 127 --samples ${DUO_ACCS_SAMPLES:-100} \
+              --attention full,duo,streaming --sparsity 0.5,0.75 --sink 16 --recent 64 --out "$OUT/accs/stories-book.json" \
+              --csv "$OUT/accs/stories-book.csv" --plots "$OUT/accs/stories-book" || status=1 ;;
+    accs-synthetic) node /tmp/duo-node/duo-bench.mjs accs --model models/duo-demo --device cuda --data synthetic --period 64 \
+              --noise 0,0.05,0.2,0.5,1 --prefix 1k --suffix 256 --samples 50 --attention full,streaming --sink 128 --recent 256 \
+              --out "$OUT/accs/demo-synthetic.json" --csv "$OUT/accs/demo-synthetic.csv" --plots "$OUT/accs/demo-synthetic" || status=1 ;;
+    accs-speed) start=$SECONDS; node /tmp/duo-node/duo-bench.mjs accs --model models/duo-demo --device cuda \
+              --data .device/shared/data/gutenberg/1342.txt --prefix 4k --suffix 512 --samples 100 --attention full \
+              --out "$OUT/accs/speed-h100.json" || status=1; echo "accs-speed wall $((SECONDS - start)) s (model load included)" ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done

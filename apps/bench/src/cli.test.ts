@@ -253,6 +253,92 @@ describe('duo-bench', () => {
     expect(quantized.stdout).toContain('passkey @512 (full + int4)');
   });
 
+  (existsSync(join(root, 'models/duo-demo/config.json')) &&
+    existsSync(resolve(root, '..', 'shared', 'data', 'gutenberg', '1342.txt'))
+    ? it
+    : it.skip)('accs reports ACCS per layer and distance for each policy: JSON, CSV and three figures', async () => {
+    const prefix = join(out, 'accs');
+    const common = [
+      'accs',
+      '--device',
+      'cpu',
+      '--prefix',
+      '128',
+      '--suffix',
+      '32',
+      '--samples',
+      '3',
+      '--resamples',
+      '50',
+    ];
+    const result = await bench([
+      ...common,
+      '--attention',
+      'full,duo,streaming',
+      '--pattern',
+      'models/duo-demo/pattern',
+      '--sparsity',
+      '0.5',
+      '--sink',
+      '4',
+      '--recent',
+      '16',
+      '--out',
+      `${prefix}.json`,
+      '--csv',
+      `${prefix}.csv`,
+      '--plots',
+      prefix,
+    ]);
+    expect(result.code).toBe(0);
+    const document = JSON.parse(readFileSync(`${prefix}.json`, 'utf8'));
+    expect(document.runs.map((run: { label: string }) => run.label)).toEqual(['full', 'duo 50 %', 'streaming']);
+    for (const run of document.runs) {
+      expect(run.analysis.layers).toHaveLength(7); // embeddings + 6 layers
+      expect(run.analysis.layers[0].selfSimilarity.value).toBeCloseTo(1, 6);
+      expect(run.analysis.perDocument).toHaveLength(3);
+    }
+    expect(document.settings).toMatchObject({ prefix: 128, suffix: 32, perturbation: 'shuffle', samples: 3 });
+    const csv = readFileSync(`${prefix}.csv`, 'utf8').trim().split('\n');
+    expect(csv[0]).toContain('run,kind,layer,from,to,pairs,selfSim');
+    expect(csv.filter((line) => line.includes('",layer,'))).toHaveLength(3 * 7);
+    for (const [figure, title] of [
+      ['layers', 'Anisotropy'],
+      ['distance', 'ACCS by distance: full'],
+      ['compressibility', 'KL to the unigram prior'],
+    ]) {
+      expect(readFileSync(`${prefix}-${figure}.svg`, 'utf8')).toContain(title);
+    }
+    // Synthetic data: one run per noise rate, and noise makes the prefixes less compressible.
+    const synthetic = await bench([
+      ...common,
+      '--attention',
+      'full',
+      '--data',
+      'synthetic',
+      '--period',
+      '16',
+      '--noise',
+      '0,1',
+      '--out',
+      `${prefix}-synthetic.json`,
+    ]);
+    expect(synthetic.code).toBe(0);
+    const runs = JSON.parse(readFileSync(`${prefix}-synthetic.json`, 'utf8')).runs as {
+      noise: number;
+      analysis: { perDocument: { compressibility: { tokens: number } }[] };
+    }[];
+    expect(runs.map((run) => run.noise)).toEqual([0, 1]);
+    const ratio = (run: (typeof runs)[number]) => run.analysis.perDocument[0]?.compressibility.tokens ?? 0;
+    expect(ratio(runs[0] as never)).toBeLessThan(ratio(runs[1] as never));
+    const bad = await bench([...common, '--perturb', 'reverse']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--perturb: expected one of shuffle, random, document, truncate');
+    const long = await bench([...common, '--prefix', '20000']);
+    expect(long.code).toBe(2);
+    expect(long.stderr).toContain("exceed the model's 16384-token context");
+  });
+
   it('rejects bad input with a message naming the option and exits 2', async () => {
     const unknown = await bench(['speed', '--shape', 'llama-9', '--device', 'cpu']);
     expect(unknown.code).toBe(2);

@@ -1,6 +1,7 @@
 // duo-bench: the command-line entry point.
 import { DuoError } from '@duoattn/core';
 import { UsageError } from './args.js';
+import { accsCommand, accsHelp } from './commands/accs.js';
 import { chartCommand, chartHelp } from './commands/chart.js';
 import { efficiencyCommand, efficiencyHelp } from './commands/efficiency.js';
 import { gemmCommand, gemmHelp } from './commands/gemm.js';
@@ -22,6 +23,7 @@ const commands: Record<string, { help: string; run: (argv: string[]) => Promise<
   kernels: { help: kernelsHelp, run: (argv) => kernelsCommand(argv, (line) => console.log(line)) },
   passkey: { help: passkeyHelp, run: (argv) => passkeyCommand(argv, (line) => console.log(line)) },
   niah: { help: niahHelp, run: (argv) => niahCommand(argv, (line) => console.log(line)) },
+  accs: { help: accsHelp, run: (argv) => accsCommand(argv, (line) => console.log(line)) },
   perplexity: { help: perplexityHelp, run: (argv) => perplexityCommand(argv, (line) => console.log(line)) },
   speed: { help: speedHelp, run: (argv) => speedCommand(argv, (line) => console.log(line)) },
   'train-gates': { help: trainGatesHelp, run: (argv) => trainGatesCommand(argv, (line) => console.log(line)) },

@@ -2,10 +2,14 @@
 
 const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b'];
 
-/** One line of a chart. Points with a non-finite y are left out (e.g. a context that did not fit). */
+/**
+ * One line of a chart. Points with a non-finite y are left out (e.g. a context that did not fit); `low` / `high` draw
+ * an error bar (a confidence interval); `line: false` draws the points alone (a scatter).
+ */
 export interface Series {
   label: string;
-  points: readonly { x: number; y: number }[];
+  points: readonly { x: number; y: number; low?: number; high?: number }[];
+  line?: boolean;
 }
 
 /** One panel: its title, axis labels and lines. */
@@ -46,7 +50,7 @@ function panelSvg(panel: Panel, left: number, width: number, height: number): st
   const margin = { top: 36, right: 16, bottom: 46, left: 62 };
   const points = panel.series.flatMap((s) => s.points.filter((p) => Number.isFinite(p.y)));
   const xs = points.map((p) => (panel.logX ? Math.log2(p.x) : p.x));
-  const ys = points.map((p) => p.y);
+  const ys = points.flatMap((p) => [p.y, p.low ?? p.y, p.high ?? p.y]).filter(Number.isFinite);
   const [xMin, xMax] = [Math.min(...xs), Math.max(...xs)];
   const yTicks = niceTicks(Math.min(0, ...ys), Math.max(...ys) * 1.05);
   const [yMin, yMax] = [yTicks[0] ?? 0, yTicks.at(-1) ?? 1];
@@ -55,7 +59,10 @@ function panelSvg(panel: Panel, left: number, width: number, height: number): st
   const px = (x: number) =>
     left + margin.left + (((panel.logX ? Math.log2(x) : x) - xMin) / Math.max(xMax - xMin, 1e-12)) * plotWidth;
   const py = (y: number) => margin.top + plotHeight - ((y - yMin) / Math.max(yMax - yMin, 1e-12)) * plotHeight;
-  const xTickValues = [...new Set(points.map((p) => p.x))].sort((a, b) => a - b);
+  // Every x that occurs, unless there are many (a scatter): then round ticks over the range.
+  const distinct = [...new Set(points.map((p) => p.x))].sort((a, b) => a - b);
+  const xTickValues =
+    distinct.length > 12 && !panel.logX ? niceTicks(xMin, xMax).filter((t) => t >= xMin && t <= xMax) : distinct;
   const parts: string[] = [];
   parts.push(
     `<text x="${left + width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">${escapeXml(panel.title)}</text>`,
@@ -88,7 +95,14 @@ function panelSvg(panel: Panel, left: number, width: number, height: number): st
   panel.series.forEach((series, i) => {
     const color = PALETTE[i % PALETTE.length];
     const visible = series.points.filter((p) => Number.isFinite(p.y));
-    if (visible.length > 1) {
+    for (const p of visible) {
+      if (p.low === undefined || p.high === undefined || !Number.isFinite(p.low) || !Number.isFinite(p.high)) continue;
+      const x = px(p.x).toFixed(1);
+      parts.push(
+        `<path d="M${x},${py(p.low).toFixed(1)} V${py(p.high).toFixed(1)} M${(px(p.x) - 3).toFixed(1)},${py(p.low).toFixed(1)} h6 M${(px(p.x) - 3).toFixed(1)},${py(p.high).toFixed(1)} h6" stroke="${color}" stroke-width="1"/>`,
+      );
+    }
+    if (visible.length > 1 && series.line !== false) {
       const path = visible.map((p, j) => `${j === 0 ? 'M' : 'L'}${px(p.x).toFixed(1)},${py(p.y).toFixed(1)}`).join(' ');
       parts.push(`<path d="${path}" fill="none" stroke="${color}" stroke-width="2"/>`);
     }

@@ -55,6 +55,25 @@ export interface AccsAnalysis extends AccsEstimates {
   readonly perDocument: readonly AccsDocument[];
 }
 
+/** Compressibility per document and prefix length: the same documents analysed under several policies pay once. */
+const measured = new WeakMap<readonly number[], Map<number, Compressibility>>();
+
+function prefixCompressibility(
+  document: readonly number[],
+  prefix: number,
+  decode: ((tokens: readonly number[]) => string) | undefined,
+): Compressibility {
+  const byLength = measured.get(document) ?? new Map<number, Compressibility>();
+  measured.set(document, byLength);
+  const key = decode ? prefix : -prefix; // with and without text
+  const known = byLength.get(key);
+  if (known) return known;
+  const head = document.slice(0, prefix);
+  const value = compressibility(head, decode?.(head));
+  byLength.set(key, value);
+  return value;
+}
+
 function positiveInteger(name: string, value: number, minimum = 1): void {
   if (!Number.isInteger(value) || value < minimum) {
     throw new DuoArgumentError(
@@ -131,7 +150,7 @@ export async function analyzeAccs(model: LlamaModel, options: AccsOptions): Prom
       );
       perDocument.push({
         index: d,
-        compressibility: compressibility(head, options.decode?.(head)),
+        compressibility: prefixCompressibility(document, prefix, options.decode),
         ...(prior && clean.logits && perturbed.logits
           ? {
               collapse: {

@@ -15,7 +15,9 @@ export function lzmaRatio(bytes: Uint8Array): number {
 export function tokenBytes(tokens: readonly number[]): Uint8Array {
   const bytes = new Uint8Array(tokens.length * 4);
   const view = new DataView(bytes.buffer);
-  tokens.forEach((token, i) => view.setUint32(i * 4, token, true));
+  tokens.forEach((token, i) => {
+    view.setUint32(i * 4, token, true);
+  });
   return bytes;
 }
 

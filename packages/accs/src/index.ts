@@ -31,3 +31,4 @@ export {
   type PerturbationName,
   perturbPrefix,
 } from './perturb.js';
+export { type SyntheticOptions, syntheticDocuments } from './synthetic.js';

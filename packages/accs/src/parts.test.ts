@@ -4,6 +4,7 @@ import { collapseDiagnostics, unigramPrior } from './collapse.js';
 import { compressibility, lzmaRatio, tokenBytes } from './compress.js';
 import { seededUniform } from './estimators.js';
 import { perturbPrefix } from './perturb.js';
+import { syntheticDocuments } from './synthetic.js';
 
 describe('perturbPrefix', () => {
   const prefix = Array.from({ length: 50 }, (_, i) => (i * 7) % 40);
@@ -69,5 +70,37 @@ describe('collapse diagnostics', () => {
     expect(peaked.entropy).toBeLessThan(1e-6);
     expect(peaked.klUnigram).toBeCloseTo(-Math.log(prior[3] as number), 5);
     expect(() => collapseDiagnostics(new Float32Array(5), vocab, prior)).toThrow(/rows of 8 logits/);
+  });
+});
+
+describe('syntheticDocuments', () => {
+  it('repeats a random segment of the period, with noise as the compressibility dial', () => {
+    const special = new Set([0, 1, 2]);
+    const [clean] = syntheticDocuments({
+      documents: 1,
+      length: 400,
+      period: 7,
+      noise: 0,
+      vocabSize: 50,
+      special,
+      seed: 1,
+    });
+    expect(clean?.slice(0, 7)).toEqual(clean?.slice(7, 14));
+    expect(clean?.every((id) => id > 2 && id < 50)).toBe(true);
+    const ratio = (noise: number) =>
+      compressibility(
+        syntheticDocuments({ documents: 1, length: 4000, period: 16, noise, vocabSize: 256, seed: 2 })[0] ?? [],
+      ).tokens;
+    expect(ratio(0)).toBeLessThan(ratio(0.2));
+    expect(ratio(0.2)).toBeLessThan(ratio(1));
+    const documents = syntheticDocuments({ documents: 3, length: 10, period: 4, noise: 0.5, vocabSize: 9, seed: 3 });
+    expect(documents).toHaveLength(3);
+    expect(documents[0]).not.toEqual(documents[1]);
+    expect(() => syntheticDocuments({ documents: 1, length: 10, period: 0, noise: 0, vocabSize: 9 })).toThrow(
+      /`period`/,
+    );
+    expect(() => syntheticDocuments({ documents: 1, length: 10, period: 2, noise: 2, vocabSize: 9 })).toThrow(
+      /`noise` in \[0, 1\]/,
+    );
   });
 });
