@@ -1,6 +1,8 @@
 // Compressibility of a prefix: the LZMA ratio (compressed / original bytes) of its text and of its token ids, the
 // paper's measure of how regular a sequence is (lower = more compressible).
-import { compress } from 'lzma';
+import lzmaWorker from 'lzma/src/lzma_worker.js';
+
+const { compress } = lzmaWorker.LZMA_WORKER;
 
 /** LZMA-JS at preset 6 (Python's lzma default); .lzma framing adds 13 bytes of header against xz's ~60. */
 const PRESET = 6;
