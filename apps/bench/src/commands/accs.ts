@@ -55,7 +55,11 @@ function numberList(name: string, value: unknown, fallback: number[], min: numbe
     .map((item) => numberOption(name, item.trim(), 0, min, max));
 }
 
-/** Text files of --data, as token windows of `length` (one per document, non-overlapping, in file order). */
+/**
+ * Text files of --data, as token windows of `length` (one per document, non-overlapping, in file order). The text is
+ * encoded a few kilobytes at a time (split at line or word ends), and only as far as the windows need: a score-BPE
+ * tokenizer's cost grows with the square of what it is given at once.
+ */
 function textDocuments(model: LlamaModel, path: string, length: number, samples: number): number[][] {
   const tokenizer = model.tokenizer;
   if (!tokenizer) throw new UsageError('--model: this model has no tokenizer; use --data synthetic');
@@ -66,10 +70,22 @@ function textDocuments(model: LlamaModel, path: string, length: number, samples:
         .map((name) => join(path, name))
     : [path];
   const documents: number[][] = [];
+  const piece = 4096;
   for (const file of files) {
-    const ids = tokenizer.encode(readFileSync(file, 'utf8'), { addBos: false });
-    for (let start = 0; start + length <= ids.length && documents.length < samples; start += length) {
-      documents.push(ids.slice(start, start + length));
+    const text = readFileSync(file, 'utf8');
+    let ids: number[] = [];
+    for (let start = 0; start < text.length && documents.length < samples; ) {
+      let end = Math.min(text.length, start + piece);
+      if (end < text.length) {
+        const cut = Math.max(text.lastIndexOf('\n', end), text.lastIndexOf(' ', end));
+        if (cut > start) end = cut + 1;
+      }
+      ids = ids.concat(tokenizer.encode(text.slice(start, end), { addBos: false }));
+      start = end;
+      while (ids.length >= length && documents.length < samples) {
+        documents.push(ids.slice(0, length));
+        ids = ids.slice(length);
+      }
     }
     if (documents.length >= samples) break;
   }
