@@ -3,11 +3,10 @@
 // compared, and only running sums are kept. Any attention policy works (the session options pass through), so the
 // same analysis measures what DuoAttention's streaming heads give up.
 import { DuoArgumentError } from '@duoattn/core';
-import type { LlamaModel, SessionOptions } from '@duoattn/model';
+import { type LlamaModel, type SessionOptions, seededRandom } from '@duoattn/model';
 import { AccsAccumulator, type AccsEstimates, doublingBins } from './accumulator.js';
 import { type CollapseDiagnostics, collapseDiagnostics, unigramPrior } from './collapse.js';
 import { type Compressibility, compressibility } from './compress.js';
-import { seededUniform } from './estimators.js';
 import { expectPerturbation, type PerturbationName, perturbPrefix } from './perturb.js';
 
 export interface AccsOptions {
@@ -108,7 +107,7 @@ export async function analyzeAccs(model: LlamaModel, options: AccsOptions): Prom
   });
   const bos = config.bosTokenId === undefined ? [] : [config.bosTokenId];
   const special = new Set([...bos, ...config.eosTokenIds]);
-  const random = seededUniform((options.seed ?? 0) + 1);
+  const random = seededRandom((options.seed ?? 0) + 1);
   const accumulator = new AccsAccumulator({
     layers,
     dimension: config.hiddenSize,

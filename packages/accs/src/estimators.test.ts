@@ -1,17 +1,12 @@
 // The ACCS estimators against brute force and known cases.
+import { seededRandom } from '@duoattn/model';
 import { describe, expect, it } from 'vitest';
 import { AccsAccumulator, doublingBins, gramAnisotropy, gramMatrix } from './accumulator.js';
-import {
-  anisotropyGroup,
-  bootstrapSamples,
-  groupedAnisotropy,
-  pairwiseAnisotropy,
-  seededUniform,
-} from './estimators.js';
+import { anisotropyGroup, bootstrapSamples, groupedAnisotropy, pairwiseAnisotropy } from './estimators.js';
 
 /** Gaussian-ish rows (sum of uniforms) around an optional shared direction. */
 function randomRows(rows: number, dimension: number, seed: number, shared = 0): Float64Array {
-  const random = seededUniform(seed);
+  const random = seededRandom(seed);
   const out = new Float64Array(rows * dimension);
   for (let i = 0; i < out.length; i++)
     out[i] = random() + random() + random() - 1.5 + (i % dimension === 0 ? shared : 0);

@@ -3,6 +3,7 @@
 // different sequences, from per-sequence sums — the exact grouped estimator) and ACCS = SelfSim − A, with bootstrap
 // intervals over documents.
 import { DuoArgumentError } from '@duoattn/core';
+import { seededRandom } from '@duoattn/model';
 
 /** Rows of `dimension` values, concatenated (f32 or f64). */
 export type StateRows = Float32Array | Float64Array;
@@ -125,18 +126,6 @@ export function accsOf(selfSimilarity: number, anisotropy: number): { accs: numb
   return { accs: selfSimilarity - anisotropy, normalized: (selfSimilarity - anisotropy) / (1 - anisotropy) };
 }
 
-/** A seeded generator of uniform [0, 1) numbers (mulberry32): the same seed resamples the same documents. */
-export function seededUniform(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** The `lower` and `upper` quantiles (linear interpolation) of `values`, NaNs left out. */
 export function percentileInterval(values: readonly number[], lower = 0.025, upper = 0.975): [number, number] {
   const sorted = values.filter((value) => !Number.isNaN(value)).sort((a, b) => a - b);
@@ -152,7 +141,7 @@ export function percentileInterval(values: readonly number[], lower = 0.025, upp
 
 /** `resamples` bootstrap draws of `documents` indices with replacement. */
 export function bootstrapSamples(documents: number, resamples: number, seed: number): number[][] {
-  const random = seededUniform(seed);
+  const random = seededRandom(seed);
   return Array.from({ length: resamples }, () =>
     Array.from({ length: documents }, () => Math.floor(random() * documents)),
   );

@@ -22,7 +22,6 @@ export {
   percentileInterval,
   rowCosine,
   type StateRows,
-  seededUniform,
 } from './estimators.js';
 export {
   expectPerturbation,

@@ -1,14 +1,14 @@
 // Perturbations, compressibility and collapse diagnostics.
+import { seededRandom } from '@duoattn/model';
 import { describe, expect, it } from 'vitest';
 import { collapseDiagnostics, unigramPrior } from './collapse.js';
 import { compressibility, lzmaRatio, tokenBytes } from './compress.js';
-import { seededUniform } from './estimators.js';
 import { perturbPrefix } from './perturb.js';
 import { syntheticDocuments } from './synthetic.js';
 
 describe('perturbPrefix', () => {
   const prefix = Array.from({ length: 50 }, (_, i) => (i * 7) % 40);
-  const context = (seed: number) => ({ random: seededUniform(seed), vocabSize: 40, special: new Set([0, 1]) });
+  const context = (seed: number) => ({ random: seededRandom(seed), vocabSize: 40, special: new Set([0, 1]) });
 
   it('shuffle permutes the prefix: same tokens, another order, the same for the same seed', () => {
     const shuffled = perturbPrefix('shuffle', prefix, context(3));
@@ -39,7 +39,7 @@ describe('perturbPrefix', () => {
 
 describe('compressibility', () => {
   it('repetitive sequences compress far better than random ones; ids are packed as u32', () => {
-    const random = seededUniform(9);
+    const random = seededRandom(9);
     const periodic = Array.from({ length: 2000 }, (_, i) => [5, 17, 3, 99][i % 4] as number);
     const noisy = Array.from({ length: 2000 }, () => Math.floor(random() * 50000));
     const regular = compressibility(periodic, 'abcd'.repeat(500));

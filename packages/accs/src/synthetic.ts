@@ -2,7 +2,7 @@
 // random one with probability `noise` — so compressibility is a dial (P small and no noise: very compressible; noise
 // 1: incompressible).
 import { DuoArgumentError } from '@duoattn/core';
-import { seededUniform } from './estimators.js';
+import { seededRandom } from '@duoattn/model';
 
 export interface SyntheticOptions {
   readonly documents: number;
@@ -35,7 +35,7 @@ export function syntheticDocuments(options: SyntheticOptions): number[][] {
   const special = options.special ?? new Set<number>();
   const ordinary = Array.from({ length: vocabSize }, (_, id) => id).filter((id) => !special.has(id));
   if (ordinary.length === 0) throw new DuoArgumentError('vocabSize', `No ordinary token below ${vocabSize}`);
-  const random = seededUniform(options.seed ?? 0);
+  const random = seededRandom(options.seed ?? 0);
   const draw = () => ordinary[Math.floor(random() * ordinary.length)] as number;
   return Array.from({ length: documents }, () => {
     const segment = Array.from({ length: period }, draw);
