@@ -82,6 +82,22 @@ function positiveInteger(name: string, value: number, minimum = 1): void {
   }
 }
 
+/** Logits of `rows` final-layer states: the model's final norm, then its output head. */
+async function suffixLogits(model: LlamaModel, states: Float32Array, rows: number): Promise<Float32Array> {
+  const backend = model.backend;
+  const config = model.config;
+  const hidden = backend.upload('f32', [rows, config.hiddenSize], states);
+  const normed = backend.alloc('f32', [rows, config.hiddenSize]);
+  const logits = backend.alloc('f32', [rows, config.vocabSize]);
+  try {
+    backend.rmsNorm(hidden, model.weights.finalNorm, normed, config.rmsNormEps);
+    backend.matmul(normed, model.weights.lmHead, logits);
+    return (await backend.read(logits)) as Float32Array;
+  } finally {
+    for (const tensor of [hidden, normed, logits]) tensor.dispose();
+  }
+}
+
 /** Runs the analysis; the model is left as it was (sessions are made and disposed here). */
 export async function analyzeAccs(model: LlamaModel, options: AccsOptions): Promise<AccsAnalysis> {
   const { documents, prefix, suffix } = options;
@@ -114,6 +130,9 @@ export async function analyzeAccs(model: LlamaModel, options: AccsOptions): Prom
     binEdges: options.binEdges ?? doublingBins(suffix, gap),
   });
   const prior = options.collapse ? unigramPrior(documents, config.vocabSize) : undefined;
+  // The collapse diagnostics need the logits at the suffix only: the last layer's states there (captured anyway, or
+  // added to the capture) go through the final norm and the output head, rather than the head running on every row.
+  const captureLayers = prior && !layers.includes(config.numLayers) ? [...layers, config.numLayers] : layers;
   const perDocument: AccsDocument[] = [];
   const session = model.createSession({ ...options.session, maxTokens: bos.length + needed });
   try {
@@ -132,13 +151,12 @@ export async function analyzeAccs(model: LlamaModel, options: AccsOptions): Prom
         const first = bos.length + prefixTokens.length + gap;
         const positions = Array.from({ length: suffix }, (_, i) => first + i);
         session.reset();
-        const result = await session.forward(tokens, {
-          logits: prior ? 'all' : 'none',
-          capture: { layers, positions },
-        });
+        const result = await session.forward(tokens, { logits: 'none', capture: { layers: captureLayers, positions } });
+        const states = result.captured ?? new Map<number, Float32Array>();
+        const last = states.get(config.numLayers);
         // The next-token distributions the model gives at the suffix positions.
-        const logits = result.logits?.subarray(first * config.vocabSize, (first + suffix) * config.vocabSize);
-        return { states: result.captured ?? new Map<number, Float32Array>(), logits };
+        const logits = prior && last ? await suffixLogits(model, last, suffix) : undefined;
+        return { states, logits };
       };
       const clean = await run(head);
       const perturbed = await run(changed);

@@ -13,12 +13,14 @@ export function lzmaRatio(bytes: Uint8Array): number {
   return compress(bytes, PRESET).length / bytes.length;
 }
 
-/** The token ids as little-endian u32s (so the ratio does not depend on how ids print). */
+/** The token ids as little-endian u16s when they all fit, else u32s (so the ratio does not depend on how ids print). */
 export function tokenBytes(tokens: readonly number[]): Uint8Array {
-  const bytes = new Uint8Array(tokens.length * 4);
+  const width = tokens.every((token) => token < 65536) ? 2 : 4;
+  const bytes = new Uint8Array(tokens.length * width);
   const view = new DataView(bytes.buffer);
   tokens.forEach((token, i) => {
-    view.setUint32(i * 4, token, true);
+    if (width === 2) view.setUint16(i * 2, token, true);
+    else view.setUint32(i * 4, token, true);
   });
   return bytes;
 }
@@ -26,7 +28,7 @@ export function tokenBytes(tokens: readonly number[]): Uint8Array {
 export interface Compressibility {
   /** LZMA ratio of the UTF-8 text (when a tokenizer can decode the tokens). */
   readonly text?: number;
-  /** LZMA ratio of the token ids as u32s. */
+  /** LZMA ratio of the token ids (u16s, or u32s for ids past 65535). */
   readonly tokens: number;
 }
 

@@ -38,7 +38,7 @@ describe('perturbPrefix', () => {
 });
 
 describe('compressibility', () => {
-  it('repetitive sequences compress far better than random ones; ids are packed as u32', () => {
+  it('repetitive sequences compress far better than random ones; ids are packed as u16 (u32 past 65535)', () => {
     const random = seededRandom(9);
     const periodic = Array.from({ length: 2000 }, (_, i) => [5, 17, 3, 99][i % 4] as number);
     const noisy = Array.from({ length: 2000 }, () => Math.floor(random() * 50000));
@@ -47,7 +47,8 @@ describe('compressibility', () => {
     expect(regular.text).toBeLessThan(0.05);
     expect(compressibility(noisy).tokens).toBeGreaterThan(0.4);
     expect(compressibility(noisy).text).toBeUndefined();
-    expect(Array.from(tokenBytes([1, 258]))).toEqual([1, 0, 0, 0, 2, 1, 0, 0]);
+    expect(Array.from(tokenBytes([1, 258]))).toEqual([1, 0, 2, 1]);
+    expect(Array.from(tokenBytes([1, 70000]))).toEqual([1, 0, 0, 0, 0x70, 0x11, 1, 0]);
     expect(lzmaRatio(new Uint8Array(0))).toBeNaN();
   });
 });
