@@ -151,7 +151,12 @@ export async function analyzeAccs(model: LlamaModel, options: AccsOptions): Prom
         const first = bos.length + prefixTokens.length + gap;
         const positions = Array.from({ length: suffix }, (_, i) => first + i);
         session.reset();
-        const result = await session.forward(tokens, { logits: 'none', capture: { layers: captureLayers, positions } });
+        // Only the suffix needs the last layer's output: earlier prefill chunks skip its attention and MLP.
+        const result = await session.forward(tokens, {
+          logits: 'none',
+          capture: { layers: captureLayers, positions },
+          outputsFrom: first,
+        });
         const states = result.captured ?? new Map<number, Float32Array>();
         const last = states.get(config.numLayers);
         // The next-token distributions the model gives at the suffix positions.

@@ -51,6 +51,33 @@ describe('capture', () => {
     whole.dispose();
   });
 
+  it('outputsFrom skips the last layer for chunks before it, with the same states, logits and cache after it', async () => {
+    const run = async (outputsFrom?: number) => {
+      const session = model.createSession({ maxTokens: 32, prefillChunk: 3 });
+      const { captured, logits } = await session.forward(prompt, {
+        logits: 'last',
+        capture: { layers: [1, 2], positions: [6, 7] },
+        ...(outputsFrom === undefined ? {} : { outputsFrom }),
+      });
+      // The cache is whole: a token fed afterwards sees the same keys and values.
+      const next = (await session.forward([5])).logits as Float32Array;
+      session.dispose();
+      return { one: captured?.get(1), two: captured?.get(2), logits, next };
+    };
+    const full = await run();
+    const skipped = await run(6); // chunks [0, 3) and [3, 6) skip layer 2's attention and MLP
+    for (const key of ['one', 'two', 'logits', 'next'] as const) {
+      expect(Array.from(skipped[key] as Float32Array)).toEqual(Array.from(full[key] as Float32Array));
+    }
+    const session = model.createSession({ maxTokens: 32, prefillChunk: 3 });
+    await expect(session.forward(prompt, { logits: 'all', outputsFrom: 4 })).rejects.toThrow(/logits: 'all'/);
+    await expect(session.forward(prompt, { outputsFrom: 8 })).rejects.toThrow(/`outputsFrom` in \[0, 8\)/);
+    await expect(
+      session.forward(prompt, { logits: 'none', outputsFrom: 5, capture: { layers: [2], positions: [4] } }),
+    ).rejects.toThrow(/layer 2 \(the last\) must be at positions ≥ outputsFrom/);
+    session.dispose();
+  });
+
   it('rejects layers and positions outside the call', async () => {
     const session = model.createSession({ maxTokens: 32 });
     await expect(session.forward(prompt, { capture: { layers: [3], positions: [0] } })).rejects.toThrow(

@@ -26,6 +26,12 @@ export interface ForwardOptions {
   /** Which logits to return. Default 'last'. */
   logits?: 'last' | 'all' | 'none';
   capture?: CaptureRequest;
+  /**
+   * Only positions from here on need the last layer's output (its captured states, the logits): prefill chunks that
+   * end before it skip the last layer's attention and MLP (their keys and values are still cached). For analyses that
+   * read a suffix only; not with `logits: 'all'`.
+   */
+  outputsFrom?: number;
 }
 
 export interface ForwardResult {
@@ -220,6 +226,7 @@ export class Session {
     this.#checkTokens(tokens);
     const mode = options.logits ?? 'last';
     const start = this.#position;
+    const outputsFrom = this.#checkOutputsFrom(options, start, tokens.length);
     const capture = options.capture ? this.#prepareCapture(options.capture, start, tokens.length) : undefined;
     const logitRows: Promise<Float32Array>[] = [];
     try {
@@ -227,7 +234,8 @@ export class Session {
         const count = Math.min(this.prefillChunk, tokens.length - offset);
         const chunk = Int32Array.from(tokens.slice(offset, offset + count) as ArrayLike<number>);
         const isLast = offset + count === tokens.length;
-        const workspace = this.#runChunk(chunk, start + offset, capture);
+        const skipFinal = start + offset + count <= outputsFrom;
+        const workspace = this.#runChunk(chunk, start + offset, capture, skipFinal);
         if (mode === 'all') logitRows.push(this.#allLogits(workspace));
         if (mode === 'last' && isLast) logitRows.push(this.#lastLogitsOf(workspace));
       }
@@ -390,7 +398,7 @@ export class Session {
   }
 
   /** Enqueues the whole network for one chunk and advances the position. */
-  #runChunk(ids: Int32Array, start: number, capture: PreparedCapture | undefined): Workspace {
+  #runChunk(ids: Int32Array, start: number, capture: PreparedCapture | undefined, skipFinal = false): Workspace {
     const n = ids.length;
     this.#cache.reserve(start + n);
     const s = this.#workspace(n);
@@ -399,7 +407,7 @@ export class Session {
       s.positions,
       Int32Array.from({ length: n }, (_, i) => start + i),
     );
-    this.#layers(s, start, capture, false);
+    this.#layers(s, start, capture, false, skipFinal);
     this.#position = start + n;
     return s;
   }
@@ -408,7 +416,13 @@ export class Session {
    * Enqueues embedding and every layer for the tokens already in `s.ids` / `s.positions`. With `deviceLength` (one row,
    * graph capture) the attention reads its key count from `s.positions` on the device, so the ops serve any step.
    */
-  #layers(s: Workspace, start: number, capture: PreparedCapture | undefined, deviceLength: boolean): void {
+  #layers(
+    s: Workspace,
+    start: number,
+    capture: PreparedCapture | undefined,
+    deviceLength: boolean,
+    skipFinal = false,
+  ): void {
     const b = this.#backend;
     const c = this.#config;
     const w = this.#weights;
@@ -438,6 +452,8 @@ export class Session {
         streaming,
         quant,
       });
+      // Nothing reads the last layer's output for these rows (outputsFrom): their keys and values are cached above.
+      if (skipFinal && layer === c.numLayers - 1) break;
       if (n === 1) {
         b.attentionDecode(s.query, keyCache, valueCache, s.attention, {
           ...attention,
@@ -483,6 +499,29 @@ export class Session {
     } finally {
       logits.dispose();
     }
+  }
+
+  /** outputsFrom as an absolute position (Infinity-free: past the call when absent), checked against the options. */
+  #checkOutputsFrom(options: ForwardOptions, start: number, count: number): number {
+    const from = options.outputsFrom;
+    if (from === undefined) return start;
+    if (!Number.isInteger(from) || from < start || from >= start + count) {
+      throw new DuoArgumentError(
+        'outputsFrom',
+        `Expected \`outputsFrom\` in [${start}, ${start + count}) (a position of this call) but received ${String(from)}`,
+      );
+    }
+    if (options.logits === 'all') {
+      throw new DuoArgumentError('outputsFrom', "`outputsFrom` skips rows that logits: 'all' would need");
+    }
+    const last = this.#config.numLayers;
+    if (options.capture?.layers.includes(last) && options.capture.positions.some((position) => position < from)) {
+      throw new DuoArgumentError(
+        'outputsFrom',
+        `Captures of layer ${last} (the last) must be at positions ≥ outputsFrom (${from})`,
+      );
+    }
+    return from;
   }
 
   #prepareCapture(request: CaptureRequest, start: number, count: number): PreparedCapture {
