@@ -133,7 +133,7 @@ for step in "${steps[@]}"; do
               --plots "$OUT/accs/demo-book" || status=1 ;;
     accs-stories) node /tmp/duo-node/duo-bench.mjs accs --model .device/shared/models/stories260K/stories260K.bin --device cuda \
               --data .device/shared/data/gutenberg/1342.txt --prefix 384 --suffix 127 --samples ${DUO_ACCS_SAMPLES:-100} \
-              --attention full,duo,streaming --sparsity 0.5,0.75 --sink 16 --recent 64 --out "$OUT/accs/stories-book.json" \
+              --attention full,duo,streaming --pattern bench/results/accs/stories260K-pattern --sparsity 0.5,0.75 --sink 16 --recent 64 --out "$OUT/accs/stories-book.json" \
               --csv "$OUT/accs/stories-book.csv" --plots "$OUT/accs/stories-book" || status=1 ;;
     accs-synthetic) node /tmp/duo-node/duo-bench.mjs accs --model models/duo-demo --device cuda --data synthetic --period 64 \
               --noise 0,0.05,0.2,0.5,1 --prefix 1k --suffix 256 --samples 50 --attention full,streaming --sink 128 --recent 256 \

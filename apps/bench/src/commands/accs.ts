@@ -8,6 +8,7 @@ import type { AttentionPolicyName } from '@duoattn/core';
 import type { LlamaModel } from '@duoattn/model';
 import { integerOption, numberOption, parseOptions, UsageError } from '../args.js';
 import { heldOutText } from '../default-model.js';
+import { encodeInPieces } from '../encode.js';
 import { loadModel, MODEL_OPTIONS } from '../model-options.js';
 import {
   attentionPolicies,
@@ -55,11 +56,7 @@ function numberList(name: string, value: unknown, fallback: number[], min: numbe
     .map((item) => numberOption(name, item.trim(), 0, min, max));
 }
 
-/**
- * Text files of --data, as token windows of `length` (one per document, non-overlapping, in file order). The text is
- * encoded a few kilobytes at a time (split at line or word ends), and only as far as the windows need: a score-BPE
- * tokenizer's cost grows with the square of what it is given at once.
- */
+/** Text files of --data, as token windows of `length` (one per document, non-overlapping, in file order). */
 function textDocuments(model: LlamaModel, path: string, length: number, samples: number): number[][] {
   const tokenizer = model.tokenizer;
   if (!tokenizer) throw new UsageError('--model: this model has no tokenizer; use --data synthetic');
@@ -70,22 +67,10 @@ function textDocuments(model: LlamaModel, path: string, length: number, samples:
         .map((name) => join(path, name))
     : [path];
   const documents: number[][] = [];
-  const piece = 4096;
   for (const file of files) {
-    const text = readFileSync(file, 'utf8');
-    let ids: number[] = [];
-    for (let start = 0; start < text.length && documents.length < samples; ) {
-      let end = Math.min(text.length, start + piece);
-      if (end < text.length) {
-        const cut = Math.max(text.lastIndexOf('\n', end), text.lastIndexOf(' ', end));
-        if (cut > start) end = cut + 1;
-      }
-      ids = ids.concat(tokenizer.encode(text.slice(start, end), { addBos: false }));
-      start = end;
-      while (ids.length >= length && documents.length < samples) {
-        documents.push(ids.slice(0, length));
-        ids = ids.slice(length);
-      }
+    const ids = encodeInPieces(tokenizer, readFileSync(file, 'utf8'), (samples - documents.length) * length);
+    for (let start = 0; start + length <= ids.length && documents.length < samples; start += length) {
+      documents.push(ids.slice(start, start + length));
     }
     if (documents.length >= samples) break;
   }

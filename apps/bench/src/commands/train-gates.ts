@@ -17,6 +17,7 @@ import {
 import { LlamaModel } from '@duoattn/model';
 import { choiceOption, integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
 import { defaultModelPath } from '../default-model.js';
+import { encodeInPieces } from '../encode.js';
 import { gateHistoryPng, trainingSvg } from '../gate-plots.js';
 import { loadModel, MODEL_OPTIONS, modelChoices, namedShape } from '../model-options.js';
 import { trainingProgress } from '../progress.js';
@@ -105,7 +106,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
   try {
     const tokenizer = model.tokenizer ?? byteTokenizer();
     log(`[train-gates] ${label} on ${model.backend.deviceName}; tokenizing ${haystackPath}`);
-    const haystack = tokenizer.encode(readHaystack(haystackPath).slice(0, haystackChars), { addBos: false });
+    const haystack = encodeInPieces(tokenizer, readHaystack(haystackPath).slice(0, haystackChars));
     // Default: the reference's 10 × 32 words where the needles fit a third of the shortest context, else fewer.
     const fitting = fittingPasskeys(tokenizer, contextMin, format);
     const passkeys = integerOption('passkeys', options.passkeys, fitting.passkeys, 1);
