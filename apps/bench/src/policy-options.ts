@@ -67,9 +67,9 @@ export function kvQuantList(value: unknown, fallback: KvQuantScheme[] = ['none']
     .map((name) => choiceOption('kv-quant', name.trim(), KV_QUANT_SCHEMES, 'none'));
 }
 
-/** How a policy and a quantization scheme are labelled in reports: "duo", "duo + int4". */
-export function runLabel(attention: AttentionPolicyName, kvQuant: KvQuantScheme): string {
-  return kvQuant === 'none' ? attention : `${attention} + ${kvQuant}`;
+/** How a policy (its name, or e.g. "duo 50 %") and a quantization scheme are labelled in reports: "duo + int4". */
+export function runLabel(policy: string, kvQuant: KvQuantScheme): string {
+  return kvQuant === 'none' ? policy : `${policy} + ${kvQuant}`;
 }
 
 /** The attention policies named by --attention (a comma-separated list where `many`). */

@@ -1,13 +1,5 @@
 // Named model shapes (from @duoattn/core) and the byte counts benchmarks compare against.
-import {
-  type DType,
-  dtypeBytes,
-  type HeadPlan,
-  type KvQuantScheme,
-  kvQuantLayout,
-  type ModelConfig,
-  SHAPES,
-} from '@duoattn/core';
+import { type HeadPlan, type ModelConfig, SHAPES } from '@duoattn/core';
 
 /** Shapes by name (they live in @duoattn/core so the planner's tests share them). */
 export { SHAPES };
@@ -22,7 +14,7 @@ export function parameterCount(config: ModelConfig): number {
 /**
  * Bytes one decode step must read from device memory: every weight matrix once (one embedding row), and the KV cache —
  * all of it, or under a head plan the retrieval heads' keys and values plus each streaming head's sinks and window.
- * `kvRowBytes`: bytes of one cached key (or value) row of one KV head (`kvRowBytes()`).
+ * `kvRowBytes`: bytes of one cached key (or value) row of one KV head (dual-cache's `kvRowBytes` of its planes).
  */
 export function decodeBytesFloor(
   config: ModelConfig,
@@ -41,11 +33,4 @@ export function decodeBytesFloor(
     0,
   );
   return weights + kv;
-}
-
-/** Bytes of one cached key (or value) row of one KV head: headDim elements of `dtype`, or a quantized row's codes and fp16 scales. */
-export function kvRowBytes(headDim: number, dtype: DType, kvQuant: KvQuantScheme = 'none'): number {
-  if (kvQuant === 'none') return headDim * dtypeBytes(dtype);
-  const { codeBytes, scaleHalves } = kvQuantLayout(kvQuant, headDim);
-  return codeBytes + 2 * scaleHalves;
 }

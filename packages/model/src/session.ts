@@ -501,7 +501,7 @@ export class Session {
     }
   }
 
-  /** outputsFrom as an absolute position (Infinity-free: past the call when absent), checked against the options. */
+  /** outputsFrom, checked against the options; when absent, the call's first position (so no chunk skips anything). */
   #checkOutputsFrom(options: ForwardOptions, start: number, count: number): number {
     const from = options.outputsFrom;
     if (from === undefined) return start;

@@ -160,10 +160,10 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
     for (const { attention, sparsity } of variants) {
       const runSettings: PolicySettings = { ...settings, ...(sparsity === undefined ? {} : { sparsity }) };
       if (attention === 'duo') await model.applyHeadPlan(duoPlan(runSettings, config));
-      const policyLabel =
-        attention === 'duo'
-          ? `duo ${Math.round((1 - (sparsity ?? 0.5)) * 100)} %${runSettings.kvQuant === 'none' ? '' : ` + ${runSettings.kvQuant}`}`
-          : runLabel(attention, runSettings.kvQuant);
+      const policyLabel = runLabel(
+        attention === 'duo' ? `duo ${Math.round((1 - (sparsity ?? 0.5)) * 100)} %` : attention,
+        runSettings.kvQuant,
+      );
       for (const set of dataSets) {
         const label = dataSets.length > 1 ? `${policyLabel}, ${set.label}` : policyLabel;
         const runStarted = performance.now();

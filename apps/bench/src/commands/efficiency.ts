@@ -4,7 +4,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
 import { DuoOutOfMemoryError, dtypeBytes } from '@duoattn/core';
-import { maxContext, planMemory } from '@duoattn/dual-cache';
+import { kvPlanes, kvRowBytes, maxContext, planMemory } from '@duoattn/dual-cache';
 import { resolveBackend } from '@duoattn/kernels';
 import type { LlamaModel } from '@duoattn/model';
 import { choiceOption, integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
@@ -23,7 +23,7 @@ import {
   sessionPolicy,
 } from '../policy-options.js';
 import { writeResult } from '../results.js';
-import { decodeBytesFloor, kvRowBytes, SHAPES } from '../shapes.js';
+import { decodeBytesFloor, SHAPES } from '../shapes.js';
 import { lineChartsSvg, type Panel } from '../svg.js';
 
 export const efficiencyHelp = `duo-bench efficiency [--shape NAME | --model PATH] [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
@@ -140,7 +140,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
             model.config,
             weightBytes,
             context + warmup + steps / 2,
-            kvRowBytes(model.config.headDim, kvDtype, kvQuant),
+            kvRowBytes(kvPlanes(model.config.headDim, kvDtype, kvQuant)),
             plan,
           ) /
             (bandwidthTBps * 1e12)) *

@@ -362,8 +362,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
                     toFloat(fromFloat<KeyT>(x1 - toFloat(high1)));
       }
     }
-  querySum += __shfl_xor_sync(0xffffffffu, querySum, 1);
-  querySum += __shfl_xor_sync(0xffffffffu, querySum, 2);
+  if constexpr (kExact) {
+    querySum += __shfl_xor_sync(0xffffffffu, querySum, 1);
+    querySum += __shfl_xor_sync(0xffffffffu, querySum, 2);
+  }
   const int64_t begin = work.begin, end = work.end;
   float maximum = -INFINITY, sum = 0.0f;
   float zeroTerm = 0.0f;  // int4: Σ p · (value zero − 128 · value scale) of this lane's keys, as `sum` is kept

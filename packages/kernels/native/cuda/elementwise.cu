@@ -556,25 +556,16 @@ struct QuantTarget {
   uint16_t* streamScales;
 };
 
-// One warp per (row, KV head, keys | values): row r of `keys` (and `values`) goes to position positions[r], or start + r.
-__global__ void quantizeRowsKernel(const float* keys, const float* values, int64_t rows, int64_t stride, int kvHeads, int headDim,
-                                   const int32_t* positions, int64_t start, QuantTarget keyTarget, QuantTarget valueTarget,
-                                   int64_t capacity, int64_t codeBytes, int64_t scaleHalves, StreamingLayout layout, KvQuant scheme) {
+// The bulk writer (writeCacheQuantized, synthetic fills): one warp per (row, KV head), row r to slot start + r of the
+// planes [kvHeads, capacity, ·].
+__global__ void quantizeRowsKernel(const float* source, int64_t rows, int64_t stride, int kvHeads, int headDim, int64_t start,
+                                   uint8_t* codes, uint16_t* scales, int64_t capacity, int64_t codeBytes, int64_t scaleHalves,
+                                   KvQuant scheme) {
   dependOnPrevious();
-  const int jobs = values ? 2 : 1;
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
-  if (warp >= rows * kvHeads * jobs) return;
-  const int job = static_cast<int>(warp % jobs);
-  const int64_t task = warp / jobs, row = task / kvHeads;
-  const int head = static_cast<int>(task % kvHeads);
-  const int64_t position = positions ? positions[row] : start + row;
-  const QuantTarget& target = job == 0 ? keyTarget : valueTarget;
-  const bool streams = layout.streams(head);
-  uint8_t* codes = streams ? target.streamCodes + layout.element(head, position, codeBytes)
-                           : target.codes + (head * capacity + position) * codeBytes;
-  uint16_t* scales = streams ? target.streamScales + layout.element(head, position, scaleHalves)
-                             : target.scales + (head * capacity + position) * scaleHalves;
-  quantizeRowWarp(scheme, (job == 0 ? keys : values) + row * stride + static_cast<int64_t>(head) * headDim, headDim, codes, scales,
+  if (warp >= rows * kvHeads) return;
+  const int64_t row = warp / kvHeads, head = warp % kvHeads, slot = head * capacity + start + row;
+  quantizeRowWarp(scheme, source + row * stride + head * headDim, headDim, codes + slot * codeBytes, scales + slot * scaleHalves,
                   threadIdx.x & 31);
 }
 
@@ -664,25 +655,20 @@ __global__ void __launch_bounds__(kInt4Candidates * 32)
   }
 }
 
-void launchQuantizeRows(const float* keys, const float* values, int64_t rows, int64_t stride, int kvHeads, int headDim,
-                        const int32_t* positions, int64_t start, const QuantTarget& keyTarget, const QuantTarget& valueTarget,
-                        int64_t capacity, const StreamingLayout& layout, int scheme, cudaStream_t stream) {
-  if (rows == 0) return;
+void requireQuantHeadDim(int headDim) {
   if (headDim > 2 * 32 * kQuantPairs) throw Error("DUO_ARG", "quantized KV caches support head dims up to 256");
-  const KvQuant quant = static_cast<KvQuant>(scheme);
-  const int64_t warps = rows * kvHeads * (values ? 2 : 1);
-  launchChained(quantizeRowsKernel, dim3(blocksFor(warps * 32, 128)), dim3(128), 0, stream, keys, values, rows, stride, kvHeads,
-                headDim, positions, start, keyTarget, valueTarget, capacity, static_cast<int64_t>(kvCodeBytes(quant, headDim)),
-                static_cast<int64_t>(kvScaleHalves(quant, headDim)), layout, quant);
-  checkLaunch("quantizeRows");
 }
 }  // namespace
 
 void launchWriteCacheQuantized(const float* source, int64_t rows, int64_t stride, int64_t kvHeads, int headDim, uint8_t* codes,
                                uint16_t* scales, int64_t capacity, int64_t start, int scheme, cudaStream_t stream) {
-  const QuantTarget target{codes, scales, nullptr, nullptr};
-  launchQuantizeRows(source, nullptr, rows, stride, static_cast<int>(kvHeads), headDim, nullptr, start, target, target, capacity,
-                     StreamingLayout{}, scheme, stream);
+  if (rows == 0) return;
+  requireQuantHeadDim(headDim);
+  const KvQuant quant = static_cast<KvQuant>(scheme);
+  launchChained(quantizeRowsKernel, dim3(blocksFor(rows * kvHeads * 32, 128)), dim3(128), 0, stream, source, rows, stride,
+                static_cast<int>(kvHeads), headDim, start, codes, scales, capacity,
+                static_cast<int64_t>(kvCodeBytes(quant, headDim)), static_cast<int64_t>(kvScaleHalves(quant, headDim)), quant);
+  checkLaunch("quantizeRows");
 }
 
 void launchRopeWriteCacheQuantized(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies,
@@ -690,7 +676,7 @@ void launchRopeWriteCacheQuantized(float* q, float* k, const float* v, const int
                                    void* valueCodes, int64_t capacity, const StreamingLayout& streaming, const KvQuantPlanes& quant,
                                    cudaStream_t stream) {
   if (rows == 0) return;
-  if (headDim > 2 * 32 * kQuantPairs) throw Error("DUO_ARG", "quantized KV caches support head dims up to 256");
+  requireQuantHeadDim(headDim);
   const QuantTarget keys{static_cast<uint8_t*>(keyCodes), const_cast<uint16_t*>(quant.keyScales), static_cast<uint8_t*>(streaming.key),
                          const_cast<uint16_t*>(quant.streamKeyScales)};
   const QuantTarget values{static_cast<uint8_t*>(valueCodes), const_cast<uint16_t*>(quant.valueScales),
