@@ -49,4 +49,20 @@ export {
   type RopeStyle,
   validateModelConfig,
 } from './model-config.js';
+export {
+  DEFAULT_CACHE_BLOCK_TOKENS,
+  DEFAULT_MAX_NEW_TOKENS,
+  DEFAULT_PREFILL_CHUNK,
+  DEFAULT_RECENT,
+  DEFAULT_SESSION_TOKENS,
+  DEFAULT_SINK,
+  DEFAULT_SPARSITY,
+} from './defaults.js';
+export {
+  type AttentionPolicy,
+  type DuoAttentionPolicy,
+  FULL_ATTENTION,
+  type FullAttentionPolicy,
+  type StreamingAttentionPolicy,
+} from './policy.js';
 export { SHAPES } from './shapes.js';
