@@ -1,0 +1,68 @@
+// Command-line options: parsing against a spec and the validators whose errors name the option, the value and what
+// was expected.
+import { parseArgs } from 'node:util';
+import { UsageError } from './usage-error.js';
+
+/** A `node:util` parseArgs option spec. */
+export type OptionSpec = Record<string, { type: 'string' | 'boolean'; short?: string; default?: string | boolean }>;
+
+/** Parses `argv` against `spec`; unknown options and stray arguments are usage errors. */
+export function parseOptions<S extends OptionSpec>(
+  argv: string[],
+  spec: S,
+): Record<keyof S, string | boolean | undefined> {
+  try {
+    const { values } = parseArgs({ args: argv, options: spec, strict: true, allowPositionals: false });
+    return values as unknown as Record<keyof S, string | boolean | undefined>;
+  } catch (error) {
+    throw new UsageError((error as Error).message, {}, { cause: error });
+  }
+}
+
+/** An integer option in [min, max] (`fallback` when absent; "16k" = 16384, as in lists). */
+export function integerOption(
+  name: string,
+  value: unknown,
+  fallback: number,
+  min = 0,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
+  if (value === undefined) return fallback;
+  const kilo = /^\s*(\d+)\s*[kK]\s*$/.exec(String(value));
+  const parsed = kilo ? Number(kilo[1]) * 1024 : Number(value);
+  // Number('') is 0: an empty value is not a number.
+  if (String(value).trim() === '' || !Number.isInteger(parsed) || parsed < min || parsed > max) {
+    throw UsageError.invalid(name, `an integer in [${min}, ${max}]`, value);
+  }
+  return parsed;
+}
+
+/** A number option in [min, max] (`fallback` when absent). */
+export function numberOption(name: string, value: unknown, fallback: number, min = -Infinity, max = Infinity): number {
+  if (value === undefined) return fallback;
+  const parsed = Number(value);
+  // Number('') is 0: an empty value is not a number.
+  if (String(value).trim() === '' || !Number.isFinite(parsed) || parsed < min || parsed > max) {
+    throw UsageError.invalid(name, `a number in [${min}, ${max}]`, value);
+  }
+  return parsed;
+}
+
+/** One of `choices` (`fallback` when absent). */
+export function choiceOption<T extends string>(name: string, value: unknown, choices: readonly T[], fallback: T): T {
+  if (value === undefined) return fallback;
+  if (!choices.includes(value as T)) throw UsageError.invalid(name, `one of ${choices.join(', ')}`, value);
+  return value as T;
+}
+
+/** A comma-separated list of integers, e.g. "4096,32768" (k and K suffixes allowed: "4k", "32K"). */
+export function integerListOption(name: string, value: unknown, fallback: number[]): number[] {
+  if (value === undefined) return fallback;
+  return String(value)
+    .split(',')
+    .map((item) => {
+      const match = /^\s*(\d+)\s*([kK]?)\s*$/.exec(item);
+      if (!match) throw UsageError.invalid(name, 'comma-separated integers (e.g. 4k,32k)', value);
+      return Number(match[1]) * (match[2] ? 1024 : 1);
+    });
+}

@@ -1,0 +1,27 @@
+// Public surface of @duoattn/app-kit: what duoattn's apps share — command-line options and usage errors, the attention
+// policy options and the policy they build, result records and their writer.
+export {
+  choiceOption,
+  integerListOption,
+  integerOption,
+  numberOption,
+  type OptionSpec,
+  parseOptions,
+} from './command-options.js';
+export {
+  attentionPolicies,
+  buildPolicy,
+  describePolicy,
+  duoPlan,
+  duoPlanFor,
+  kvQuantList,
+  type PlanSource,
+  POLICY_HELP,
+  POLICY_OPTIONS,
+  type PolicySettings,
+  policySettings,
+  runLabel,
+} from './policy-options.js';
+export { currentCommit, type ResultRecord, resultRecord, writeResult, writeText } from './result-records.js';
+export { median, quantile } from './statistics.js';
+export { UsageError, type UsageErrorDetails } from './usage-error.js';
