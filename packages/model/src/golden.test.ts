@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { goldenSuite } from './__fixtures__/golden-suite.js';
 import { sharedPath, sharedSkipReason } from './__fixtures__/shared.js';
+import { LlamaModel } from './llama-model.js';
 import { openCheckpoint } from './loaders/open-checkpoint.js';
 
 const skip = sharedSkipReason('golden', 'stories260K');
@@ -27,6 +28,23 @@ suite('stories260K tokenizers', () => {
         expect(tokenizer?.encode(text)).toEqual(ids);
         expect(tokenizer?.decode(ids)).toBe(text);
       }
+    },
+  );
+});
+
+(skip ? describe.skip : describe)(`stories260K streamed text${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  // llama2.c prints "…They saw a big dog named Max…": the first generated token continues the prompt, so its
+  // SentencePiece space stays (it is dropped only after BOS).
+  it.each(['stories260K.bin', 'stories260K.gguf'])(
+    '%s: greedy generation after a prompt keeps the first token’s leading space',
+    async (file) => {
+      const model = await LlamaModel.load(sharedPath('models', 'stories260K', file) as string, { device: 'cpu' });
+      let text = '';
+      for await (const token of model.generate('Lily and Tom went to the park. They saw a big dog', { maxTokens: 4 })) {
+        text += token.text;
+      }
+      model.dispose();
+      expect(text).toBe(' named Max');
     },
   );
 });

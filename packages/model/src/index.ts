@@ -30,7 +30,7 @@ export {
   type SessionOptions,
   sessionPlan,
 } from './session.js';
-export { HfTokenizer } from './tokenizers/hf-tokenizer.js';
+export { HfTokenizer, type HfTokenizerOptions } from './tokenizers/hf-tokenizer.js';
 export { ggufVocabularyTokenizer, loadLlama2cTokenizer, ScoreBpeTokenizer } from './tokenizers/score-bpe.js';
 export type { StreamDecoder, Tokenizer } from './tokenizers/tokenizer.js';
 export {

@@ -215,7 +215,7 @@ export class LlamaModel {
         ...options,
         maxTokens: options.maxTokens === undefined ? undefined : Math.max(promptIds.length + maxTokens, 1),
       });
-    const decoder = this.tokenizer?.createStreamDecoder();
+    const decoder = this.tokenizer?.createStreamDecoder(promptIds);
     const greedy = sampling.temperature === 0;
     let text = '';
     let generated = 0;

@@ -17,6 +17,7 @@ import {
   writeSafetensors,
 } from './__fixtures__/checkpoints.js';
 import { referenceLogits } from './__fixtures__/reference-forward.js';
+import { SENTENCEPIECE_SPECIAL, writeSentencePieceTokenizer } from './__fixtures__/sentencepiece-tokenizer.js';
 import { LlamaModel } from './llama-model.js';
 import { openCheckpoint } from './loaders/open-checkpoint.js';
 
@@ -116,6 +117,39 @@ describe('GGUF checkpoints', () => {
       expect(relativeError(await logitsOf(path), expected)).toBeLessThan(1e-5);
     },
   );
+});
+
+describe('HF checkpoints whose BOS only config.json names', () => {
+  /** A Llama checkpoint with config.json's bos_token_id and a SentencePiece tokenizer.json, no tokenizer_config.json. */
+  function writeCheckpoint(name: string, prependsBos: boolean): string {
+    const directory = join(root, name);
+    const vocabSize = writeSentencePieceTokenizer(directory, { withConfig: false, prependsBos });
+    const config = tinyConfig('llama', { vocab_size: vocabSize, bos_token_id: SENTENCEPIECE_SPECIAL.bos });
+    writeHfModel(directory, config, randomWeights(config, 400));
+    return directory;
+  }
+
+  it('a post-processor that prepends BOS: encode, generate and bosTokenId (perplexity) all get it', async () => {
+    const model = await LlamaModel.load(writeCheckpoint('bos-from-config', true), { device: 'cpu' });
+    const { bos } = SENTENCEPIECE_SPECIAL;
+    expect(model.tokenizer?.bosTokenId).toBe(bos);
+    const text = 'They saw a big dog';
+    const ids = model.encode(text);
+    expect(ids[0]).toBe(bos);
+    expect(ids.slice(1)).toEqual(model.tokenizer?.encode(text, { addBos: false }));
+    const generation = model.generate(text, { maxTokens: 1 });
+    let step = await generation.next();
+    while (!step.done) step = await generation.next();
+    expect(step.value.promptTokens).toBe(ids.length);
+    model.dispose();
+  });
+
+  it('no post-processor: config.json alone does not make a BOS (Qwen2 names one it was never trained with)', async () => {
+    const checkpoint = await openCheckpoint(writeCheckpoint('bos-not-prepended', false));
+    expect(checkpoint.config.bosTokenId).toBe(SENTENCEPIECE_SPECIAL.bos);
+    expect(checkpoint.tokenizer?.bosTokenId).toBeUndefined();
+    expect(checkpoint.tokenizer?.encode('They saw a big dog')[0]).not.toBe(SENTENCEPIECE_SPECIAL.bos);
+  });
 });
 
 describe('broken checkpoints give errors naming the file and the tensor', () => {

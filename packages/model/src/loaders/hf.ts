@@ -143,6 +143,7 @@ export function openHf(directory: string): Checkpoint {
   for (const file of files) for (const tensor of readSafetensorsHeader(file)) tensors.set(tensor.name, tensor);
   checkTensorBounds(tensors.values());
   let tokenizer: HfTokenizer | undefined;
-  if (existsSync(join(directory, 'tokenizer.json'))) tokenizer = new HfTokenizer(directory, config.eosTokenIds);
+  if (existsSync(join(directory, 'tokenizer.json')))
+    tokenizer = new HfTokenizer(directory, { eosTokenIds: config.eosTokenIds, bosTokenId: config.bosTokenId });
   return { format: 'hf', source: directory, config, tensors, tokenizer, chatTemplate: tokenizer?.chatTemplate };
 }

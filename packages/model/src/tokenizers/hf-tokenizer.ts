@@ -5,6 +5,20 @@ import { DuoTokenizerError } from '@duoattn/core';
 import { Tokenizer as HfTokenizerImpl } from '@huggingface/tokenizers';
 import type { StreamDecoder, Tokenizer } from './tokenizer.js';
 
+/** Context tokens a stream decoder decodes before the first pushed one: a UTF-8 character has at most 4 bytes. */
+const CONTEXT_TOKENS = 4;
+
+/** What a model's config.json says about its special tokens: `HfTokenizer` uses it where the tokenizer files are silent. */
+export interface HfTokenizerOptions {
+  /** config.json's `eos_token_id`(s): generation stops on them as well as on tokenizer_config.json's. Default none. */
+  eosTokenIds?: readonly number[];
+  /**
+   * config.json's `bos_token_id`: the BOS when tokenizer_config.json names none (or is absent) and tokenizer.json's
+   * post-processor prepends this token. Default none.
+   */
+  bosTokenId?: number | undefined;
+}
+
 /** A HF tokenizer directory (tokenizer.json and, if present, tokenizer_config.json). */
 export class HfTokenizer implements Tokenizer {
   readonly vocabSize: number;
@@ -15,7 +29,9 @@ export class HfTokenizer implements Tokenizer {
   readonly #impl: HfTokenizerImpl;
   readonly #addsBos: boolean;
 
-  constructor(directory: string, eosTokenIds: readonly number[] = []) {
+  /** `options` may also be the list of config.json's EOS ids (the former second argument). */
+  constructor(directory: string, options: HfTokenizerOptions | readonly number[] = {}) {
+    const { eosTokenIds = [], bosTokenId: configBos } = isIdList(options) ? { eosTokenIds: options } : options;
     const path = join(directory, 'tokenizer.json');
     let json: Record<string, unknown>;
     let config: Record<string, unknown> = {};
@@ -32,13 +48,16 @@ export class HfTokenizer implements Tokenizer {
       const text = typeof value === 'string' ? value : (value as { content?: string } | undefined)?.content;
       return text === undefined ? undefined : this.#impl.token_to_id(text);
     };
-    this.bosTokenId = tokenId(config.bos_token);
+    // What the post-processor puts first (BOS, where it prepends one).
+    const first = this.#impl.encode('a').ids[0];
+    // A bos_token of null in tokenizer_config.json says there is none. config.json's id alone is not enough: models
+    // trained without BOS set it too (Qwen2: <|endoftext|>), so it counts only where the post-processor prepends it.
+    this.bosTokenId = 'bos_token' in config ? tokenId(config.bos_token) : first === configBos ? configBos : undefined;
     const eos = tokenId(config.eos_token);
     this.eosTokenIds = [...new Set([...eosTokenIds, ...(eos === undefined ? [] : [eos])])];
     this.chatTemplate = typeof config.chat_template === 'string' ? config.chat_template : undefined;
     // Whether the post-processor already inserts BOS (then encode must not add a second one).
-    const probe = this.#impl.encode('a').ids;
-    this.#addsBos = this.bosTokenId !== undefined && probe[0] === this.bosTokenId;
+    this.#addsBos = this.bosTokenId !== undefined && first === this.bosTokenId;
   }
 
   encode(text: string, options: { addBos?: boolean } = {}): number[] {
@@ -51,22 +70,28 @@ export class HfTokenizer implements Tokenizer {
     return this.#impl.decode([...ids], { skip_special_tokens: true });
   }
 
-  createStreamDecoder(): StreamDecoder {
-    // Decode the tokens since the last completed line and emit the new suffix, holding back an incomplete character
-    // (U+FFFD); after a newline the window restarts, so each token costs a line's decode, not the whole output's.
+  createStreamDecoder(context: readonly number[] = []): StreamDecoder {
+    // Decode a window of tokens and emit what it adds to the text already emitted, holding back an incomplete character
+    // (U+FFFD). The window opens with tokens whose text is not emitted (the context's last few, enough for a character
+    // split across byte tokens; after a newline, the newline's token): decoders that strip a leading space (Llama's
+    // Strip, Metaspace) then see the next token as the continuation it is. Restarting at each newline keeps the cost of
+    // a token at a line's decode, not the whole output's.
     let window: number[] = [];
     let emitted = '';
+    const restart = (opening: readonly number[]) => {
+      window = [...opening];
+      emitted = opening.length === 0 ? '' : this.decode(opening).replace(/\uFFFD+$/, '');
+    };
     const advance = (final: boolean): string => {
+      if (window.length === 0) return '';
       const text = this.decode(window);
       if ((!final && text.endsWith('\uFFFD')) || !text.startsWith(emitted)) return '';
       const fresh = text.slice(emitted.length);
       emitted = text;
-      if (text.endsWith('\n')) {
-        window = [];
-        emitted = '';
-      }
+      if (text.endsWith('\n')) restart(window.slice(-1));
       return fresh;
     };
+    restart(context.slice(-CONTEXT_TOKENS));
     return {
       push: (id: number) => {
         window.push(id);
@@ -75,4 +100,8 @@ export class HfTokenizer implements Tokenizer {
       flush: () => advance(true),
     };
   }
+}
+
+function isIdList(options: HfTokenizerOptions | readonly number[]): options is readonly number[] {
+  return Array.isArray(options);
 }

@@ -96,14 +96,17 @@ export class ScoreBpeTokenizer implements Tokenizer {
     return ids.map((id) => decoder.push(id)).join('') + decoder.flush();
   }
 
-  createStreamDecoder(): StreamDecoder {
+  createStreamDecoder(context: readonly number[] = []): StreamDecoder {
     const textDecoder = new TextDecoder('utf-8');
-    let atStart = true;
+    // Like llama2.c, drop the space the encoder prefixed to the first piece of the text (after BOS, if any); a piece
+    // that continues a prompt keeps it.
+    let atStart = context.every((id) => this.#tokenBytes[id] === undefined);
+    // A prompt given as ids may end inside a multi-byte character (at most 3 of its bytes): they wait for the rest.
+    for (const id of context.slice(-3)) textDecoder.decode(this.#tokenBytes[id], { stream: true });
     return {
       push: (id: number) => {
         const bytes = this.#tokenBytes[id];
         if (!bytes) return '';
-        // Like llama2.c, drop the space the encoder prefixed to the first piece.
         const trimmed = atStart && bytes[0] === 0x20 ? bytes.subarray(1) : bytes;
         atStart = false;
         return textDecoder.decode(trimmed, { stream: true });
