@@ -71,7 +71,7 @@ const reason = !existsSync(join(demo, 'config.json'))
           suffix,
           perturbation,
           resamples: 50,
-          session: { attention: 'streaming', sink: 0, recent: 16, prefillChunk: 64 },
+          session: { policy: { attention: 'streaming', sink: 0, recent: 16, prefillChunk: 64 } },
         });
         for (const layer of result.layers) expect(layer.selfSimilarity.value).toBeGreaterThan(1 - 1e-6);
       }

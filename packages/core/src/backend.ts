@@ -27,15 +27,16 @@ export interface RopeAttributes {
 }
 
 /**
- * DuoAttention's streaming heads in one layer. KV heads `[0, retrievalKvHeads)` keep every key in the op's main
- * caches (`[retrievalKvHeads, capacity, headDim]`, slot = position); the others keep theirs here: `sink` slots for
- * positions `0 … sink − 1`, then a ring (position p ≥ sink at slot `sink + (p − sink) mod ring`), so the region
- * never grows. Keys are stored after RoPE, so the slot order never matters.
+ * DuoAttention's streaming heads in one layer. The KV heads in `retrievalHeads` keep every key in the op's main caches
+ * (`[retrievalHeads.length, capacity, headDim]`, in ascending head order, slot = position); the others keep theirs
+ * here, also in ascending head order: `sink` slots for positions `0 … sink − 1`, then a ring (position p ≥ sink at
+ * slot `sink + (p − sink) mod ring`), so the region never grows. Keys are stored after RoPE, so the slot order never
+ * matters. The weights keep the checkpoint's head order: a session's plan is this map, not a reordering.
  */
 export interface StreamingHeads {
-  /** KV heads served by the main caches; the rest stream. 0 … kvHeads. */
-  readonly retrievalKvHeads: number;
-  /** `[kvHeads − retrievalKvHeads, sink + ring, headDim]`, the main caches' dtype. */
+  /** KV heads (checkpoint indices, ascending, distinct) served by the main caches; the rest stream. At most 128 heads. */
+  readonly retrievalHeads: readonly number[];
+  /** `[kvHeads − retrievalHeads.length, sink + ring, headDim]`, the main caches' dtype. */
   readonly keyCache: TensorHandle;
   readonly valueCache: TensorHandle;
   /** Attention sinks: the first `sink` positions stay visible to every query. */

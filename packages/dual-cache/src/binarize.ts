@@ -1,5 +1,5 @@
 // From trained gates to a HeadPlan: the global quantile at a sparsity (deterministic ties), or a fixed threshold.
-import { DuoArgumentError, type HeadPattern, type HeadPlan } from '@duoattn/core';
+import { DEFAULT_RECENT, DEFAULT_SINK, DuoArgumentError, type HeadPattern, type HeadPlan } from '@duoattn/core';
 
 /** How to binarize: a fraction of streaming heads (global quantile), or a gate threshold. */
 export type BinarizeOptions = (
@@ -66,8 +66,8 @@ export function uniformPlan(
   kind: 'full' | 'streaming',
   layers: number,
   kvHeads: number,
-  sink = 64,
-  recent = 256,
+  sink = DEFAULT_SINK,
+  recent = DEFAULT_RECENT,
 ): HeadPlan {
   checkWindow(sink, recent);
   const heads = kind === 'full' ? Array.from({ length: kvHeads }, (_, h) => h) : [];
@@ -84,7 +84,13 @@ export function uniformPlan(
  * A plan without trained gates, for shapes and benchmarks: round(sparsity × total) streaming heads spread as evenly
  * as the layers allow (earlier layers take the remainder), the first heads of each layer kept as retrieval heads.
  */
-export function evenPlan(layers: number, kvHeads: number, sparsity: number, sink = 64, recent = 256): HeadPlan {
+export function evenPlan(
+  layers: number,
+  kvHeads: number,
+  sparsity: number,
+  sink = DEFAULT_SINK,
+  recent = DEFAULT_RECENT,
+): HeadPlan {
   if (typeof sparsity !== 'number' || !(sparsity >= 0 && sparsity <= 1)) {
     throw new DuoArgumentError('sparsity', `Expected \`sparsity\` in [0, 1] but received ${String(sparsity)}`);
   }
@@ -104,16 +110,6 @@ export function invertPlan(plan: HeadPlan): HeadPlan {
     Array.from({ length: plan.kvHeads }, (_, h) => h).filter((h) => !heads.includes(h)),
   );
   return { ...plan, retrievalHeads, sparsity: 1 - plan.sparsity };
-}
-
-/**
- * KV heads of `layer` in cache order: retrieval heads first (ascending), then streaming heads (ascending). Position i of
- * the reordered layer holds checkpoint head `order[i]`.
- */
-export function kvHeadOrder(plan: HeadPlan, layer: number): number[] {
-  const retrieval = plan.retrievalHeads[layer] ?? [];
-  const streaming = Array.from({ length: plan.kvHeads }, (_, h) => h).filter((h) => !retrieval.includes(h));
-  return [...retrieval, ...streaming];
 }
 
 /** Checks that `plan` fits a model of `layers` × `kvHeads` KV heads; names what does not. */

@@ -18,7 +18,9 @@ describe('DualKvCache', () => {
     const [first, second, third] = cache.layers;
     expect(first?.keyCache.shape).toEqual([2, expect.any(Number), 16]);
     expect(first?.streaming?.keyCache.shape).toEqual([2, 4 + 32 + 64, 16]);
-    expect(second?.retrievalKvHeads).toBe(0);
+    expect(first?.retrievalHeads).toEqual([0, 2]);
+    expect(first?.streaming?.retrievalHeads).toEqual([0, 2]);
+    expect(second?.retrievalHeads).toEqual([]);
     expect(second?.streaming?.keyCache.shape).toEqual([4, 100, 16]);
     expect(third?.streaming).toBeUndefined();
     // Whole pages of one head's 64-byte rows, at least the 100-token block.

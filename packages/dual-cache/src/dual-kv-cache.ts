@@ -17,10 +17,11 @@ import {
 
 /** The attention inputs of one layer: the full region and, when some heads stream, the streaming region. */
 export interface CacheLayer {
-  /** `[retrievalKvHeads, capacity, headDim]`: every key of the retrieval heads at slot = position. */
+  /** `[retrievalHeads.length, capacity, headDim]`: every key of the retrieval heads (ascending) at slot = position. */
   readonly keyCache: TensorHandle;
   readonly valueCache: TensorHandle;
-  readonly retrievalKvHeads: number;
+  /** The layer's retrieval KV heads (checkpoint indices, ascending): the rows of the main caches. */
+  readonly retrievalHeads: readonly number[];
   /** Sinks + ring of the streaming heads; absent when every head of the layer is a retrieval head. */
   readonly streaming?: StreamingHeads;
   /** A quantized cache: the caches above are u8 code planes and these their f16 scale planes. */
@@ -30,7 +31,7 @@ export interface CacheLayer {
 /** Options of `DualKvCache`. */
 export interface DualKvCacheOptions {
   readonly config: Pick<ModelConfig, 'numLayers' | 'numKvHeads' | 'headDim'>;
-  /** Retrieval heads per layer. The model's weights must be ordered so that they are heads [0, r) of each layer. */
+  /** Retrieval heads per layer (any KV heads: the kernels map each head to its region; the weights are never reordered). */
   readonly plan: HeadPlan;
   readonly dtype: DType;
   /** Most tokens the sequence may reach. */
@@ -190,8 +191,9 @@ export class DualKvCache {
       return tensor;
     };
     try {
-      for (const heads of plan.retrievalHeads) {
-        const retrievalKvHeads = heads.length;
+      for (const layerHeads of plan.retrievalHeads) {
+        const retrievalHeads = [...layerHeads].sort((a, b) => a - b);
+        const retrievalKvHeads = retrievalHeads.length;
         const streamingHeads = config.numKvHeads - retrievalKvHeads;
         // Per plane (one, or codes then scales): a paged full region and a streaming ring, for keys and for values.
         const full = planes.map(
@@ -208,7 +210,7 @@ export class DualKvCache {
           streamingHeads === 0
             ? undefined
             : {
-                retrievalKvHeads,
+                retrievalHeads,
                 keyCache: (ringCodes as () => TensorHandle)(),
                 valueCache: (ringCodes as () => TensorHandle)(),
                 sink: plan.sink,
@@ -224,7 +226,7 @@ export class DualKvCache {
                 valueScales: fullScales(),
                 ...(streaming ? { streamKeyScales: ringScales(), streamValueScales: ringScales() } : {}),
               };
-        this.#layers.push({ keyCache, valueCache, retrievalKvHeads, streaming, ...(quant ? { quant } : {}) });
+        this.#layers.push({ keyCache, valueCache, retrievalHeads, streaming, ...(quant ? { quant } : {}) });
       }
       this.reserve(Math.min(maxTokens, options.initialTokens ?? this.blockTokens));
     } catch (error) {

@@ -4,7 +4,6 @@ export {
   checkPlan,
   evenPlan,
   invertPlan,
-  kvHeadOrder,
   planHeads,
   uniformPlan,
 } from './binarize.js';
@@ -42,3 +41,4 @@ export {
   sessionScratchBytes,
   weightBytes,
 } from './planner.js';
+export { policyPlan } from './policy-plan.js';

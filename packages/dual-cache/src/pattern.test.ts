@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { DuoArgumentError, DuoCheckpointError, retrievalHeadCount } from '@duoattn/core';
 import { sharedPath, sharedSkipReason } from '@duoattn/kernels/testing';
 import { describe, expect, it } from 'vitest';
-import { evenPlan, invertPlan, kvHeadOrder, planHeads, uniformPlan } from './binarize.js';
+import { evenPlan, invertPlan, planHeads, uniformPlan } from './binarize.js';
 import {
   formatGateTable,
   loadPattern,
@@ -121,10 +121,8 @@ describe('patterns and plans', () => {
     expect(planHeads(pattern, { sparsity: 0.5, sink: 64 }).sink).toBe(64);
   });
 
-  it('orders retrieval heads first, inverts plans, and names bad options', () => {
+  it('inverts plans, and names bad options', () => {
     const plan = planHeads(pattern, { threshold: 0.5 });
-    expect(kvHeadOrder(plan, 0)).toEqual([0, 2, 3, 1]);
-    expect(kvHeadOrder(plan, 1)).toEqual([0, 1, 2, 3]);
     expect(invertPlan(plan).retrievalHeads).toEqual([[1], [2, 3]]);
     expect(uniformPlan('streaming', 3, 2).retrievalHeads).toEqual([[], [], []]);
     const even = evenPlan(3, 4, 0.6);

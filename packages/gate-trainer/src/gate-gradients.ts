@@ -17,16 +17,10 @@ export interface FrozenModel {
 }
 
 /**
- * The frozen view of a loaded model that training uses (dispose it to free its RoPE table). The model must not carry a
- * head plan: its KV heads must be in checkpoint order, so the gates line up with the pattern files.
+ * The frozen view of a loaded model that training uses (dispose it to free its RoPE table). Its KV heads are in
+ * checkpoint order (a model's weights are never reordered), so the gates line up with the pattern files.
  */
 export function freezeModel(model: LlamaModel): FrozenModel & { dispose(): void } {
-  if (model.headPlan) {
-    throw new DuoArgumentError(
-      'model',
-      'Expected a model without a head plan (train on the checkpoint order of KV heads)',
-    );
-  }
   const inverseFrequencies = model.backend.upload(
     'f32',
     [model.config.headDim / 2],
@@ -269,7 +263,7 @@ class StepLayout {
 
   get #streaming() {
     return {
-      retrievalKvHeads: 0,
+      retrievalHeads: [],
       keyCache: this.#streamKeys,
       valueCache: this.#streamValues,
       sink: this.#window.sink,

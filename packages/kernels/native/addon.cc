@@ -431,8 +431,9 @@ Napi::Value WriteCache(const Napi::CallbackInfo& info) {
   });
 }
 
-// The streaming heads of a DuoAttention layer, passed as [keyId, valueId, retrievalKvHeads, sink, recent, chunked]
-// (undefined: every head is full). `alongside` is the main cache: the region must share its device and dtype.
+// The streaming heads of a DuoAttention layer, passed as [keyId, valueId, streamingHeads, sink, recent, chunked] with
+// `streamingHeads` the KV heads (checkpoint indices) that keep their keys in the region (undefined: every head is full).
+// `alongside` is the main cache: the region must share its device and dtype; its rows are the other heads.
 StreamingLayout streamingLayout(const Napi::Value& value, const Tensor& alongside) {
   StreamingLayout layout;
   if (!value.IsArray()) return layout;
@@ -442,7 +443,14 @@ StreamingLayout streamingLayout(const Napi::Value& value, const Tensor& alongsid
   if (key.dtype != alongside.dtype || values.dtype != alongside.dtype) throw Error("DUO_ARG", "the streaming region must have the cache's dtype");
   layout.key = key.data;
   layout.value = values.data;
-  layout.retrievalKvHeads = fields.Get(2u).As<Napi::Number>().Int32Value();
+  layout.retrievalKvHeads = static_cast<int>(alongside.shape[0]);
+  Napi::Array heads = fields.Get(2u).As<Napi::Array>();
+  if (static_cast<int64_t>(heads.Length()) != key.shape[0]) throw Error("DUO_ARG", "the streaming region must hold one row per streaming head");
+  for (uint32_t i = 0; i < heads.Length(); i++) {
+    const int head = heads.Get(i).As<Napi::Number>().Int32Value();
+    if (head < 0 || head >= kMaxKvHeads) throw Error("DUO_ARG", "streaming heads must lie in [0, 128)");
+    layout.streamingMask[head >> 6] |= 1ull << (head & 63);
+  }
   layout.sink = fields.Get(3u).As<Napi::Number>().Int64Value();
   layout.recent = fields.Get(4u).As<Napi::Number>().Int64Value();
   layout.chunked = fields.Get(5u).As<Napi::Boolean>().Value();

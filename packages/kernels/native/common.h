@@ -63,27 +63,63 @@ struct RopeArgs { int heads, headDim; bool interleaved; bool inverse = false; };
 #define DUO_HD inline
 #endif
 
-// DuoAttention's streaming heads. KV heads [0, retrievalKvHeads) keep every key in the op's main caches at
-// slot = position; the rest keep `sink` slots (positions 0 … sink − 1) and then a ring of `ring` slots in the
-// region `key`/`value` ([kvHeads − retrievalKvHeads, sink + ring, headDim]), so the region never grows. A query at
-// position i sees key j iff j ≤ i and (j < sink or j ≥ windowStart(i)). `key == nullptr`: every head is full.
+// Population count of a 64-bit word, on the host and on the device.
+DUO_HD int popcount64(uint64_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __popcll(bits);
+#else
+  return __builtin_popcountll(bits);
+#endif
+}
+
+// Most KV heads a layer with streaming heads may have: the head map is a 128-bit mask.
+constexpr int kMaxKvHeads = 128;
+
+// DuoAttention's streaming heads. The weights keep the checkpoint's KV head order; a session's plan is a map instead:
+// bit h of `streamingMask` says KV head h streams. The other (retrieval) heads keep every key in the op's main caches
+// at slot = position, in ascending head order; the streaming heads keep `sink` slots (positions 0 … sink − 1) and then
+// a ring of `ring` slots in the region `key`/`value` ([streamingHeads, sink + ring, headDim], ascending head order), so
+// the region never grows. A query at position i sees key j iff j ≤ i and (j < sink or j ≥ windowStart(i)).
+// `key == nullptr`: every head is full and KV head h is row h of the main caches.
 struct StreamingLayout {
   void* key = nullptr;  // attention reads the region, the RoPE + cache write fills it
   void* value = nullptr;
-  int retrievalKvHeads = 0;
+  int retrievalKvHeads = 0;            // rows of the main caches
+  uint64_t streamingMask[2] = {0, 0};  // bit h: KV head h streams (heads 0 … 127)
   int64_t sink = 0, recent = 0, ring = 1;
   bool chunked = false;  // the reference's chunk-wise mask: the window starts `recent` keys before the call's first query
 
   DUO_HD bool active() const { return key != nullptr; }
-  DUO_HD bool streams(int kvHead) const { return active() && kvHead >= retrievalKvHeads; }
+  DUO_HD bool streams(int kvHead) const { return active() && ((streamingMask[kvHead >> 6] >> (kvHead & 63)) & 1u); }
+  // Streaming heads below `kvHead`: a streaming head's row in the region; the rest give a retrieval head's row.
+  DUO_HD int streamingBelow(int kvHead) const {
+    const int word = kvHead >> 6, bit = kvHead & 63;
+    const uint64_t below = bit == 0 ? 0 : (streamingMask[word] & (~0ull >> (64 - bit)));
+    return (word > 0 ? popcount64(streamingMask[0]) : 0) + popcount64(below);
+  }
+  // Row of retrieval head `kvHead` in the main caches (every head's own index when none streams).
+  DUO_HD int64_t fullRow(int kvHead) const { return active() ? kvHead - streamingBelow(kvHead) : kvHead; }
+  // The KV head at `index` of region order (the main caches' rows, then the region's): decode lays its blocks out so.
+  DUO_HD int headAt(int index, int kvHeads) const {
+    if (!active()) return index;
+    const bool streaming = index >= retrievalKvHeads;
+    int rank = streaming ? index - retrievalKvHeads : index;
+    for (int head = 0; head < kvHeads; head++)
+      if (streams(head) == streaming && rank-- == 0) return head;
+    return kvHeads - 1;
+  }
   DUO_HD int64_t slot(int64_t position) const { return position < sink ? position : sink + (position - sink) % ring; }
   DUO_HD int64_t slots() const { return sink + ring; }
   // Element offset in the region of streaming KV head `kvHead`'s first slot, and of `position`'s row.
   DUO_HD int64_t headStart(int kvHead, int64_t headDim) const {
-    return static_cast<int64_t>(kvHead - retrievalKvHeads) * slots() * headDim;
+    return static_cast<int64_t>(streamingBelow(kvHead)) * slots() * headDim;
   }
   DUO_HD int64_t element(int kvHead, int64_t position, int64_t headDim) const {
     return headStart(kvHead, headDim) + slot(position) * headDim;
+  }
+  // Element offset of `position`'s row of KV head `kvHead` in a main cache of `capacity` slots.
+  DUO_HD int64_t fullElement(int kvHead, int64_t position, int64_t capacity, int64_t headDim) const {
+    return (fullRow(kvHead) * capacity + position) * headDim;
   }
   // The oldest non-sink key a query at `position` sees; `firstQuery` is the position of the call's first query.
   DUO_HD int64_t windowStart(int64_t position, int64_t firstQuery) const {

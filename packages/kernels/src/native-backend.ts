@@ -22,7 +22,7 @@ import {
   type StreamingHeads,
 } from '@duoattn/core';
 import { callNative, mapNativeError } from './errors.js';
-import type { NativeAddon, QuantFields } from './native.js';
+import type { NativeAddon, QuantFields, StreamingFields } from './native.js';
 import { Tensor } from './tensor.js';
 import { describeValue, expectInteger, expectPositive, expectTensor } from './validate.js';
 
@@ -318,7 +318,7 @@ export class NativeBackend implements Backend {
     });
     const keyCacheId = expectTensor('keyCache', keyCache, this.device, {
       dtypes: quant ? ['u8'] : FLOAT_TYPES,
-      shape: [retrievalKvHeads(attributes.streaming, kvHeads), null, this.#rowWidth(quant, headDim)],
+      shape: [retrievalHeads(attributes.streaming, kvHeads).length, null, this.#rowWidth(quant, headDim)],
     });
     const valueCacheId = expectTensor('valueCache', valueCache, this.device, {
       dtypes: [keyCache.dtype],
@@ -390,17 +390,17 @@ export class NativeBackend implements Backend {
 
   /**
    * Checks `streaming` against the main caches and returns what the addon takes:
-   * `[keyId, valueId, retrievalKvHeads, sink, recent, chunked]`, or undefined when every head is full.
+   * `[keyId, valueId, streamingHeads, sink, recent, chunked]`, or undefined when every head is full.
    */
   #streamingFields(
     streaming: StreamingHeads | undefined,
     kvHeads: number,
     keyCache: Tensor,
     rows: number,
-  ): [number, number, number, number, number, boolean] | undefined {
+  ): StreamingFields | undefined {
     if (streaming === undefined) return undefined;
-    const { retrievalKvHeads, sink, recent, mask = 'exact' } = streaming;
-    expectInteger('streaming.retrievalKvHeads', retrievalKvHeads, 0, kvHeads);
+    const { sink, recent, mask = 'exact' } = streaming;
+    const retrieval = retrievalHeads(streaming, kvHeads);
     expectInteger('streaming.sink', sink, 0);
     expectInteger('streaming.recent', recent, 1);
     if (mask !== 'exact' && mask !== 'chunked') {
@@ -411,7 +411,7 @@ export class NativeBackend implements Backend {
     }
     const keyId = expectTensor('streaming.keyCache', streaming.keyCache, this.device, {
       dtypes: [keyCache.dtype],
-      shape: [kvHeads - retrievalKvHeads, null, keyCache.shape[2] ?? 0],
+      shape: [kvHeads - retrieval.length, null, keyCache.shape[2] ?? 0],
     });
     const valueId = expectTensor('streaming.valueCache', streaming.valueCache, this.device, {
       dtypes: [keyCache.dtype],
@@ -424,7 +424,10 @@ export class NativeBackend implements Backend {
         `Expected a streaming region of at least sink + recent + rows = ${sink + recent + rows} slots but received ${slots}`,
       );
     }
-    return [keyId, valueId, retrievalKvHeads, sink, recent, mask === 'chunked'];
+    const streamingHeads = Array.from({ length: kvHeads }, (_, head) => head).filter(
+      (head) => !retrieval.includes(head),
+    );
+    return [keyId, valueId, streamingHeads, sink, recent, mask === 'chunked'];
   }
 
   /** Elements per cache row: headDim, or a quantized cache's code bytes. */
@@ -476,7 +479,7 @@ export class NativeBackend implements Backend {
     const rowWidth = this.#rowWidth(quant, headDim);
     const keyId = expectTensor('keyCache', keyCache, this.device, {
       dtypes: quant ? ['u8'] : FLOAT_TYPES,
-      shape: [retrievalKvHeads(attributes.streaming, kvHeads), null, rowWidth],
+      shape: [retrievalHeads(attributes.streaming, kvHeads).length, null, rowWidth],
     });
     const valueId = expectTensor('valueCache', valueCache, this.device, {
       dtypes: [keyCache.dtype],
@@ -804,8 +807,33 @@ function expectDistinct(tensors: Record<string, Tensor>): void {
   }
 }
 
-/** KV heads the main caches hold: all of them, or `streaming.retrievalKvHeads` (checked) when some stream. */
-function retrievalKvHeads(streaming: StreamingHeads | undefined, kvHeads: number): number {
-  if (streaming === undefined) return kvHeads;
-  return expectInteger('streaming.retrievalKvHeads', streaming.retrievalKvHeads, 0, kvHeads);
+/** Most KV heads a layer with streaming heads may have (the addon's head map is a 128-bit mask). */
+const MAX_STREAMING_LAYER_KV_HEADS = 128;
+
+/**
+ * The KV heads the main caches hold, in row order: every head, or `streaming.retrievalHeads` (checked: ascending,
+ * distinct, in [0, kvHeads)) when some stream.
+ */
+function retrievalHeads(streaming: StreamingHeads | undefined, kvHeads: number): readonly number[] {
+  if (streaming === undefined) return Array.from({ length: kvHeads }, (_, head) => head);
+  const heads = streaming.retrievalHeads;
+  if (kvHeads > MAX_STREAMING_LAYER_KV_HEADS) {
+    throw new DuoArgumentError(
+      'streaming',
+      `Streaming heads need at most ${MAX_STREAMING_LAYER_KV_HEADS} KV heads per layer but the layer has ${kvHeads}`,
+    );
+  }
+  const valid =
+    Array.isArray(heads) &&
+    heads.every(
+      (head, index) =>
+        Number.isInteger(head) && head >= 0 && head < kvHeads && (index === 0 || head > (heads[index - 1] ?? -1)),
+    );
+  if (!valid) {
+    throw new DuoArgumentError(
+      'streaming.retrievalHeads',
+      `Expected \`streaming.retrievalHeads\` to be ascending distinct KV heads in [0, ${kvHeads}) but received ${Array.isArray(heads) ? `[${heads.join(', ')}]` : describeValue(heads)}`,
+    );
+  }
+  return heads;
 }

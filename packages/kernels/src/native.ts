@@ -182,7 +182,7 @@ export function loadNative(): NativeAddon {
   );
 }
 
-/** A layer's streaming heads as the addon takes them: region key and value ids, retrievalKvHeads, sink, recent, chunked. */
-export type StreamingFields = [number, number, number, number, number, boolean];
+/** A layer's streaming heads as the addon takes them: region key and value ids, the streaming KV heads, sink, recent, chunked. */
+export type StreamingFields = [number, number, number[], number, number, boolean];
 /** A quantized cache as the addon takes it: [scheme index, keyScales, valueScales, streamKeyScales, streamValueScales] (0: none). */
 export type QuantFields = [number, number, number, number, number];

@@ -22,7 +22,8 @@ interface StreamingCase {
   heads: number;
   kvHeads: number;
   headDim: number;
-  retrievalKvHeads: number;
+  /** The KV heads that keep every key (the others stream): not only a prefix, as a session's plan maps them. */
+  retrievalHeads: number[];
   sink: number;
   recent: number;
   mask: 'exact' | 'chunked';
@@ -36,7 +37,7 @@ const CASES: StreamingCase[] = [
     heads: 8,
     kvHeads: 2,
     headDim: 16,
-    retrievalKvHeads: 1,
+    retrievalHeads: [1],
     sink: 4,
     recent: 16,
     mask: 'exact',
@@ -47,7 +48,7 @@ const CASES: StreamingCase[] = [
     heads: 8,
     kvHeads: 2,
     headDim: 64,
-    retrievalKvHeads: 1,
+    retrievalHeads: [0],
     sink: 4,
     recent: 16,
     mask: 'chunked',
@@ -58,7 +59,7 @@ const CASES: StreamingCase[] = [
     heads: 4,
     kvHeads: 4,
     headDim: 32,
-    retrievalKvHeads: 2,
+    retrievalHeads: [1, 3],
     sink: 3,
     recent: 20,
     mask: 'exact',
@@ -69,7 +70,7 @@ const CASES: StreamingCase[] = [
     heads: 32,
     kvHeads: 8,
     headDim: 128,
-    retrievalKvHeads: 4,
+    retrievalHeads: [0, 2, 5, 7],
     sink: 16,
     recent: 40,
     mask: 'exact',
@@ -80,7 +81,7 @@ const CASES: StreamingCase[] = [
     heads: 8,
     kvHeads: 2,
     headDim: 64,
-    retrievalKvHeads: 0,
+    retrievalHeads: [],
     sink: 8,
     recent: 24,
     mask: 'exact',
@@ -105,13 +106,16 @@ export function streamingConformanceSuite(
     const b = () => backend() as NativeBackend;
 
     it.each(
-      CASES.map((c) => [`${c.dtype} ${c.heads}/${c.kvHeads}×${c.headDim}, ${c.retrievalKvHeads} full, ${c.mask}`, c]),
+      CASES.map((c) => [
+        `${c.dtype} ${c.heads}/${c.kvHeads}×${c.headDim}, full [${c.retrievalHeads.join(',')}], ${c.mask}`,
+        c,
+      ]),
     )('chunked prefill and decode: %s', async (_name, testCase) => {
-      const { dtype, heads, kvHeads, headDim, retrievalKvHeads, sink, recent, mask, chunks } =
-        testCase as StreamingCase;
+      const { dtype, heads, kvHeads, headDim, retrievalHeads, sink, recent, mask, chunks } = testCase as StreamingCase;
       const total = chunks.reduce((a, n) => a + n, 0);
       const ring = recent + Math.max(...chunks);
       const group = heads / kvHeads;
+      const retrievalKvHeads = retrievalHeads.length;
       const streamingHeads = kvHeads - retrievalKvHeads;
       // The full heads' caches are paged, as the dual cache makes them: memory is committed chunk by chunk.
       const rowBytes = headDim * (dtype === 'f32' ? 4 : 2);
@@ -120,7 +124,7 @@ export function streamingConformanceSuite(
       const keyCache = b().allocPaged(dtype, [retrievalKvHeads, span, headDim]);
       const valueCache = b().allocPaged(dtype, [retrievalKvHeads, span, headDim]);
       const streaming: StreamingHeads = {
-        retrievalKvHeads,
+        retrievalHeads,
         keyCache: b().alloc(dtype, [streamingHeads, sink + ring, headDim]),
         valueCache: b().alloc(dtype, [streamingHeads, sink + ring, headDim]),
         sink,
@@ -186,7 +190,8 @@ export function streamingConformanceSuite(
             keyLength: start + rows,
             queryStart: start,
             visible: (position, j, head) =>
-              j <= position && (Math.floor(head / group) < retrievalKvHeads || j < sink || j >= windowStart(position)),
+              j <= position &&
+              (retrievalHeads.includes(Math.floor(head / group)) || j < sink || j >= windowStart(position)),
           },
         );
         const error = relativeError((await b().read(out)) as Float32Array, expected);
@@ -253,7 +258,7 @@ export function streamingConformanceSuite(
       const region = b().alloc('f32', [1, 4 + 16 + 8, 16]);
       const query = b().alloc('f32', [10, 4 * 16]);
       const out = b().alloc('f32', [10, 4 * 16]);
-      const streaming = { retrievalKvHeads: 1, keyCache: region, valueCache: region, sink: 4, recent: 16 };
+      const streaming = { retrievalHeads: [1], keyCache: region, valueCache: region, sink: 4, recent: 16 };
       const attributes = { heads: 4, kvHeads: 2, headDim: 16, scale: 0.25, keyLength: 30, queryStart: 20, streaming };
       expect(() => b().attentionPrefill(query, keyCache, valueCache, out, attributes)).toThrow(DuoArgumentError);
       expect(() => b().attentionPrefill(query, keyCache, valueCache, out, attributes)).toThrow(
@@ -262,9 +267,15 @@ export function streamingConformanceSuite(
       expect(() =>
         b().attentionPrefill(query, keyCache, valueCache, out, {
           ...attributes,
-          streaming: { ...streaming, retrievalKvHeads: 3 },
+          streaming: { ...streaming, retrievalHeads: [3] },
         }),
-      ).toThrow('Expected `streaming.retrievalKvHeads` to be an integer in [0, 2] but received 3');
+      ).toThrow('Expected `streaming.retrievalHeads` to be ascending distinct KV heads in [0, 2) but received [3]');
+      expect(() =>
+        b().attentionPrefill(query, keyCache, valueCache, out, {
+          ...attributes,
+          streaming: { ...streaming, retrievalHeads: [1, 1] },
+        }),
+      ).toThrow('ascending distinct KV heads');
       for (const t of [keyCache, valueCache, region, query, out]) t.dispose();
     });
   });

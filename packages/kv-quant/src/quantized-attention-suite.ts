@@ -75,13 +75,13 @@ export function quantizedAttentionSuite(
         b.attentionDecode(last, k.codes, v.codes, lastOut, { ...shape, quant });
         expect(relativeError((await b.read(lastOut)) as Float32Array, full.slice(-1))).toBeLessThan(limit);
 
-        // KV head 0 full, KV head 1 streaming: main planes for head 0, a region (slot = position here) for head 1.
-        const mainKeys = planes(keys.slice(0, 1), length + 16);
-        const mainValues = planes(values.slice(0, 1), length + 16);
-        const regionKeys = planes(keys.slice(1), sink + recent + length);
-        const regionValues = planes(values.slice(1), sink + recent + length);
+        // KV head 1 full, KV head 0 streaming: main planes for head 1, a region (slot = position here) for head 0.
+        const mainKeys = planes(keys.slice(1), length + 16);
+        const mainValues = planes(values.slice(1), length + 16);
+        const regionKeys = planes(keys.slice(0, 1), sink + recent + length);
+        const regionValues = planes(values.slice(0, 1), sink + recent + length);
         const streaming = {
-          retrievalKvHeads: 1,
+          retrievalHeads: [1],
           keyCache: regionKeys.codes,
           valueCache: regionValues.codes,
           sink,
@@ -96,7 +96,7 @@ export function quantizedAttentionSuite(
         };
         b.attentionPrefill(query, mainKeys.codes, mainValues.codes, out, { ...shape, streaming, quant: mixedQuant });
         const visible = (i: number, j: number, head: number) =>
-          j <= i && (Math.floor(head / (heads / kvHeads)) === 0 || j < sink || i - j < recent);
+          j <= i && (Math.floor(head / (heads / kvHeads)) === 1 || j < sink || i - j < recent);
         const mixed = referenceAttention(queryMatrix, heldKeys, heldValues, { ...shape, visible });
         expect(relativeError((await b.read(out)) as Float32Array, mixed)).toBeLessThan(limit);
         b.attentionDecode(last, mainKeys.codes, mainValues.codes, lastOut, { ...shape, streaming, quant: mixedQuant });

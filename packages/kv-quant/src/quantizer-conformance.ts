@@ -123,7 +123,8 @@ export function quantizerConformanceSuite(
         const streamValueCodes = plane(2, slots, codeBytes, 'u8');
         const streamKeyScales = plane(2, slots, scaleHalves, 'f16');
         const streamValueScales = plane(2, slots, scaleHalves, 'f16');
-        const streaming = { retrievalKvHeads: 1, keyCache: streamKeyCodes, valueCache: streamValueCodes, sink, recent };
+        // KV head 1 keeps every key; heads 0 and 2 stream (region rows 0 and 1): the map, not a prefix.
+        const streaming = { retrievalHeads: [1], keyCache: streamKeyCodes, valueCache: streamValueCodes, sink, recent };
         const quant = { scheme, keyScales, valueScales, streamKeyScales, streamValueScales };
         // What each (plane, head, slot) should hold: the last row written there, quantized by the reference.
         const expected = new Map<string, { codes: Uint8Array; scales: Uint16Array }>();
@@ -151,7 +152,7 @@ export function quantizerConformanceSuite(
           for (let r = 0; r < rows; r++) {
             const position = start + r;
             for (let head = 0; head < kvHeads; head++) {
-              const streams = head >= 1;
+              const streams = head !== 1;
               const slot = !streams
                 ? position
                 : position < sink
@@ -186,8 +187,8 @@ export function quantizerConformanceSuite(
             if (wantKind !== kind) continue;
             const head = Number(headText);
             const slot = Number(slotText);
-            const streams = head >= 1;
-            const row = streams ? (head - 1) * slots + slot : slot;
+            const streams = head !== 1;
+            const row = streams ? (head > 1 ? head - 1 : head) * slots + slot : slot;
             const codes = (streams ? held.regionCodes : held.mainCodes).subarray(
               row * codeBytes,
               (row + 1) * codeBytes,

@@ -26,9 +26,10 @@ export {
   type CaptureRequest,
   type ForwardOptions,
   type ForwardResult,
+  type ResolvedPolicy,
+  resolvePolicy,
   Session,
   type SessionOptions,
-  sessionPlan,
 } from './session.js';
 export { HfTokenizer, type HfTokenizerOptions } from './tokenizers/hf-tokenizer.js';
 export { ggufVocabularyTokenizer, loadLlama2cTokenizer, ScoreBpeTokenizer } from './tokenizers/score-bpe.js';

@@ -30,7 +30,7 @@ async function collect(generation: AsyncGenerator<{ id: number; text: string }, 
 
 describe('capture', () => {
   it('returns embedding rows at layer 0 and the same states whatever the chunking', async () => {
-    const session = model.createSession({ maxTokens: 32, prefillChunk: 3 });
+    const session = model.createSession({ maxTokens: 32, policy: { attention: 'full', prefillChunk: 3 } });
     const positions = [7, 0, 2, 3, 4];
     const { captured } = await session.forward(prompt, { logits: 'none', capture: { layers: [0, 1, 2], positions } });
     const embedding = weights.get('model.embed_tokens.weight')?.data as Float32Array;
@@ -41,7 +41,7 @@ describe('capture', () => {
         Array.from(embedding.subarray(id * 48, (id + 1) * 48)),
       );
     });
-    const whole = model.createSession({ maxTokens: 32, prefillChunk: 64 });
+    const whole = model.createSession({ maxTokens: 32, policy: { attention: 'full', prefillChunk: 64 } });
     const again = await whole.forward(prompt, { logits: 'none', capture: { layers: [2], positions } });
     const a = captured?.get(2) as Float32Array;
     const b = again.captured?.get(2) as Float32Array;
@@ -53,7 +53,7 @@ describe('capture', () => {
 
   it('outputsFrom skips the last layer for chunks before it, with the same states, logits and cache after it', async () => {
     const run = async (outputsFrom?: number) => {
-      const session = model.createSession({ maxTokens: 32, prefillChunk: 3 });
+      const session = model.createSession({ maxTokens: 32, policy: { attention: 'full', prefillChunk: 3 } });
       const { captured, logits } = await session.forward(prompt, {
         logits: 'last',
         capture: { layers: [1, 2], positions: [6, 7] },
@@ -69,7 +69,7 @@ describe('capture', () => {
     for (const key of ['one', 'two', 'logits', 'next'] as const) {
       expect(Array.from(skipped[key] as Float32Array)).toEqual(Array.from(full[key] as Float32Array));
     }
-    const session = model.createSession({ maxTokens: 32, prefillChunk: 3 });
+    const session = model.createSession({ maxTokens: 32, policy: { attention: 'full', prefillChunk: 3 } });
     await expect(session.forward(prompt, { logits: 'all', outputsFrom: 4 })).rejects.toThrow(/logits: 'all'/);
     await expect(session.forward(prompt, { outputsFrom: 8 })).rejects.toThrow(/`outputsFrom` in \[0, 8\)/);
     await expect(

@@ -1,16 +1,15 @@
 // LlamaModel: weights on a backend, sessions over them, and generate() as an async iterator of tokens.
 import {
   type Backend,
+  DEFAULT_MAX_NEW_TOKENS,
   type DType,
   DuoArgumentError,
-  type HeadPlan,
+  DuoDisposedError,
   type ModelConfig,
   type TensorHandle,
   validateModelConfig,
 } from '@duoattn/core';
-import { checkPlan, kvHeadOrder } from '@duoattn/dual-cache';
 import { type BackendRequest, resolveBackend } from '@duoattn/kernels';
-import { reorderKvHeads } from './head-order.js';
 import type { Checkpoint } from './loaders/checkpoint.js';
 import { openCheckpoint } from './loaders/open-checkpoint.js';
 import { ropeInverseFrequencies } from './rope.js';
@@ -33,7 +32,7 @@ export interface LoadModelOptions {
 
 /** Options of `generate`. */
 export interface GenerateOptions extends SessionOptions {
-  /** Most tokens to produce. Default 128. */
+  /** Most tokens to produce. Default `DEFAULT_MAX_NEW_TOKENS` (128). */
   maxTokens?: number;
   sampling?: SamplingOptions;
   /** Stop after any of these strings appears in the output (it is included). */
@@ -69,7 +68,10 @@ function resolveDevice(device: LoadModelOptions['device']): Backend {
   return device;
 }
 
-/** A Llama-family model on one backend. */
+/**
+ * A Llama-family model on one backend. Immutable after load: every session brings its own attention policy, so one
+ * model serves full, streaming and DuoAttention sessions (any plans, any KV quantization) side by side.
+ */
 export class LlamaModel {
   readonly config: ModelConfig;
   readonly backend: Backend;
@@ -80,9 +82,6 @@ export class LlamaModel {
   readonly source: string;
   readonly #inverseFrequencies: TensorHandle;
   #disposed = false;
-  #headPlan: HeadPlan | undefined;
-  /** Per layer, the checkpoint KV head at each position of the weights as they are now ordered. */
-  #kvOrder: number[][];
 
   private constructor(
     config: ModelConfig,
@@ -99,28 +98,11 @@ export class LlamaModel {
     this.tokenizer = tokenizer;
     this.chatTemplate = chatTemplate;
     this.#inverseFrequencies = backend.upload('f32', [config.headDim / 2], ropeInverseFrequencies(config));
-    this.#kvOrder = Array.from({ length: config.numLayers }, () =>
-      Array.from({ length: config.numKvHeads }, (_, h) => h),
-    );
   }
 
-  /** The head plan the weights are ordered for: what `attention: 'duo'` sessions run. */
-  get headPlan(): HeadPlan | undefined {
-    return this.#headPlan;
-  }
-
-  /**
-   * Makes `plan` the model's DuoAttention plan: reorders each layer's KV heads (q/k/v rows and biases, o_proj columns)
-   * so its retrieval heads come first. Full and streaming attention are unaffected by the order. Dispose sessions
-   * created before: their caches follow the old order.
-   */
-  async applyHeadPlan(plan: HeadPlan): Promise<void> {
-    this.#checkLive();
-    checkPlan(plan, this.config.numLayers, this.config.numKvHeads);
-    const target = plan.retrievalHeads.map((_, layer) => kvHeadOrder(plan, layer));
-    await reorderKvHeads(this.backend, this.config, this.weights, this.#kvOrder, target);
-    this.#kvOrder = target;
-    this.#headPlan = plan;
+  /** The dtype the weights are stored in on the device (the checkpoint's, or the `weightDtype` asked for at load). */
+  get weightDtype(): DType {
+    return this.weights.lmHead.dtype;
   }
 
   /** Loads a HF directory, a .gguf or a llama2.c .bin. */
@@ -169,7 +151,7 @@ export class LlamaModel {
     return this.weights.embedding.dtype === 'f32' ? 'f32' : 'bf16';
   }
 
-  /** A new sequence with its own KV cache. Dispose it when done. */
+  /** A new sequence with its own KV cache, attending as `options.policy` says (default full). Dispose it when done. */
   createSession(options: SessionOptions = {}): Session {
     this.#checkLive();
     return new Session(
@@ -179,7 +161,6 @@ export class LlamaModel {
       this.#inverseFrequencies,
       options,
       this.defaultCacheDtype,
-      this.#headPlan,
     );
   }
 
@@ -201,7 +182,7 @@ export class LlamaModel {
     this.#checkLive();
     const promptIds = typeof prompt === 'string' ? this.encode(prompt) : [...prompt];
     if (promptIds.length === 0) throw new DuoArgumentError('prompt', 'Expected a non-empty prompt');
-    const maxTokens = options.maxTokens ?? 128;
+    const maxTokens = options.maxTokens ?? DEFAULT_MAX_NEW_TOKENS;
     if (!Number.isInteger(maxTokens) || maxTokens < 0) {
       throw new DuoArgumentError('maxTokens', `Expected \`maxTokens\` to be an integer ≥ 0 but received ${maxTokens}`);
     }
@@ -282,7 +263,7 @@ export class LlamaModel {
   }
 
   #checkLive(): void {
-    if (this.#disposed) throw new DuoArgumentError('model', 'The model was disposed');
+    if (this.#disposed) throw new DuoDisposedError('The model was disposed: load it again');
   }
 }
 

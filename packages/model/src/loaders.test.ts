@@ -27,7 +27,10 @@ const tokens = [1, 5, 17, 42, 96, 3, 3, 60, 7, 11, 80, 2];
 
 async function logitsOf(path: string, options: { prefillChunk?: number } = {}): Promise<Float32Array> {
   const model = await LlamaModel.load(path, { device: 'cpu' });
-  const session = model.createSession({ maxTokens: 64, prefillChunk: options.prefillChunk ?? 5 });
+  const session = model.createSession({
+    maxTokens: 64,
+    policy: { attention: 'full', prefillChunk: options.prefillChunk ?? 5 },
+  });
   const { logits } = await session.forward(tokens, { logits: 'all' });
   session.dispose();
   model.dispose();

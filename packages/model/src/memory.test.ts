@@ -18,9 +18,13 @@ beforeAll(() => {
 describe('memory', () => {
   it('keeps streaming-region memory constant while a sequence grows to 10 × recent', async () => {
     const model = await LlamaModel.load(directory, { device: backend, weightDtype: 'f32' });
-    await model.applyHeadPlan({ retrievalHeads: [[0], [1]], kvHeads: 2, sink: 4, recent: 16, sparsity: 0.5 });
+    const plan = { retrievalHeads: [[0], [1]], kvHeads: 2, sink: 4, recent: 16, sparsity: 0.5 };
     for (const attention of ['streaming', 'duo'] as const) {
-      const session = model.createSession({ attention, maxTokens: 400, prefillChunk: 8, cacheBlockTokens: 64 });
+      const policy =
+        attention === 'duo'
+          ? { attention, plan, prefillChunk: 8 }
+          : { attention, sink: 4, recent: 16, prefillChunk: 8 };
+      const session = model.createSession({ policy, maxTokens: 400, cacheBlockTokens: 64 });
       await session.forward([1, 2, 3, 4, 5, 6, 7, 8]);
       await session.forward([9]);
       const streaming = session.cacheBytes().streaming;
@@ -54,10 +58,10 @@ describe('memory', () => {
       const before = backend.memory().allocatedBytes;
       const model = await LlamaModel.load(directory, { device: backend, weightDtype: 'f32' });
       const plan = { retrievalHeads: [[0], []], kvHeads: 2, sink: 4, recent: 16, sparsity: 0.75 };
-      await model.applyHeadPlan(plan);
       expect(backend.memory().allocatedBytes - before).toBe(weightBytes(model.config, 'f32'));
       const tokens = 1000;
-      const session = model.createSession({ attention, maxTokens: tokens, prefillChunk: 64, cacheBlockTokens: tokens });
+      const policy = attention === 'duo' ? { attention, plan, prefillChunk: 64 } : { attention, prefillChunk: 64 };
+      const session = model.createSession({ policy, maxTokens: tokens, cacheBlockTokens: tokens });
       // Whole chunks, then decode: the session holds one chunk workspace and the decode one, as the planner counts.
       await session.forward(Array.from({ length: 192 }, (_, i) => i % 97));
       await session.forward([5]);

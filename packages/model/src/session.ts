@@ -1,9 +1,14 @@
 // A sequence being run through the model: its KV cache, position, and the chunked forward pass.
 import {
+  type AttentionPolicy,
   type AttentionPolicyName,
   type Backend,
+  DEFAULT_PREFILL_CHUNK,
+  DEFAULT_SESSION_TOKENS,
   type DType,
   DuoArgumentError,
+  DuoDisposedError,
+  FULL_ATTENTION,
   type HeadPlan,
   type HostArray,
   type KvQuantScheme,
@@ -11,7 +16,7 @@ import {
   type PrefillMask,
   type TensorHandle,
 } from '@duoattn/core';
-import { DualKvCache, uniformPlan } from '@duoattn/dual-cache';
+import { DualKvCache, policyPlan } from '@duoattn/dual-cache';
 import type { ModelWeights } from './weights.js';
 
 /** Which hidden states to return: layer 0 is the embedding output, layer l the residual stream after layer l. */
@@ -43,57 +48,38 @@ export interface ForwardResult {
 
 /** Options of `createSession`. */
 export interface SessionOptions {
-  /** Tokens the KV cache holds. Default: the model's max position embeddings, at most 4096. */
+  /**
+   * How the session attends and stores its KV cache (`AttentionPolicy`): 'full' (default), 'streaming' (every head
+   * keeps sink + recent keys), or 'duo' with a head plan; plus kvQuant, the prefill mask and chunk. A value the
+   * session owns: sessions with different policies run side by side on one model, whose weights never change.
+   */
+  policy?: AttentionPolicy;
+  /** Tokens the KV cache holds. Default: the model's max position embeddings, at most `DEFAULT_SESSION_TOKENS` (4096). */
   maxTokens?: number;
   /** KV cache dtype. Default 'auto': f32 on the CPU, bf16 on CUDA with 16-bit weights, else f32. */
   cacheDtype?: 'auto' | 'f32' | 'f16' | 'bf16';
-  /**
-   * KV-cache quantization (ADR 0006): 'none' (default: rows in `cacheDtype`), 'int8', 'int4' or 'fp8'. Keys and values
-   * are quantized as they are written, into both regions of the dual cache, and dequantized inside attention.
-   */
-  kvQuant?: KvQuantScheme;
-  /** Tokens per prefill chunk. Default 512. */
-  prefillChunk?: number;
-  /**
-   * 'full' (default): every head keeps every key. 'streaming': every head keeps `sink` + `recent` keys (the
-   * StreamingLLM-style baseline). 'duo': the model's head plan (`LlamaModel.applyHeadPlan`) — retrieval heads full,
-   * the rest streaming.
-   */
-  attention?: AttentionPolicyName;
-  /** Attention sinks of streaming heads. Default: the plan's for 'duo', 64 for 'streaming'. */
-  sink?: number;
-  /** Recent window of streaming heads. Default: the plan's for 'duo', 256 for 'streaming'. */
-  recent?: number;
-  /** Streaming heads' mask during prefill: 'exact' (default, the Λ mask) or the reference's 'chunked'. */
-  prefillMask?: PrefillMask;
   /** The full cache grows in steps of at least this many tokens (then whole pages). Default 4096. */
   cacheBlockTokens?: number;
 }
 
-/** The head plan a session's policy stands for. */
-export function sessionPlan(
-  config: ModelConfig,
-  options: Pick<SessionOptions, 'attention' | 'sink' | 'recent'>,
-  modelPlan: HeadPlan | undefined,
-): HeadPlan {
-  const attention = options.attention ?? 'full';
-  if (attention === 'full') return uniformPlan('full', config.numLayers, config.numKvHeads);
-  if (attention === 'streaming') {
-    return uniformPlan('streaming', config.numLayers, config.numKvHeads, options.sink ?? 64, options.recent ?? 256);
-  }
-  if (attention !== 'duo') {
-    throw new DuoArgumentError(
-      'attention',
-      `Expected \`attention\` to be 'full', 'streaming' or 'duo' but received ${String(attention)}`,
-    );
-  }
-  if (!modelPlan) {
-    throw new DuoArgumentError(
-      'attention',
-      "attention 'duo' needs a head plan: call model.applyHeadPlan(plan) (or load with `headPlan`) first",
-    );
-  }
-  return { ...modelPlan, sink: options.sink ?? modelPlan.sink, recent: options.recent ?? modelPlan.recent };
+/** A policy with every default filled in, as a session runs it. */
+export type ResolvedPolicy = AttentionPolicy & {
+  readonly kvQuant: KvQuantScheme;
+  readonly prefillMask: PrefillMask;
+  readonly prefillChunk: number;
+};
+
+/** `policy` (default full attention) with its defaults filled in and its window taken from the plan it runs. */
+export function resolvePolicy(policy: AttentionPolicy | undefined, plan: HeadPlan): ResolvedPolicy {
+  const given = policy ?? FULL_ATTENTION;
+  const common = {
+    kvQuant: given.kvQuant ?? 'none',
+    prefillMask: given.prefillMask ?? 'exact',
+    prefillChunk: given.prefillChunk ?? DEFAULT_PREFILL_CHUNK,
+  } as const;
+  if (given.attention === 'full') return { ...given, ...common };
+  if (given.attention === 'streaming') return { ...given, ...common, sink: plan.sink, recent: plan.recent };
+  return { ...given, ...common, plan, sink: plan.sink, recent: plan.recent };
 }
 
 interface Workspace {
@@ -113,11 +99,9 @@ interface Workspace {
 export class Session {
   readonly capacity: number;
   readonly cacheDtype: DType;
-  /** The cache's quantization ('none': rows in `cacheDtype`). */
-  readonly kvQuant: KvQuantScheme;
-  readonly prefillChunk: number;
-  /** The attention policy and the head plan it runs (every head full for 'full', none for 'streaming'). */
-  readonly attention: AttentionPolicyName;
+  /** The policy the session runs, defaults filled in. */
+  readonly policy: ResolvedPolicy;
+  /** The head plan the policy runs (every head full for 'full', none for 'streaming'). */
   readonly plan: HeadPlan;
   readonly #backend: Backend;
   readonly #config: ModelConfig;
@@ -141,24 +125,26 @@ export class Session {
     inverseFrequencies: TensorHandle,
     options: SessionOptions,
     defaultCacheDtype: DType,
-    modelPlan?: HeadPlan,
   ) {
     this.#backend = backend;
     this.#config = config;
     this.#weights = weights;
     this.#inverseFrequencies = inverseFrequencies;
-    const capacity = options.maxTokens ?? Math.min(config.maxPositionEmbeddings, 4096);
+    const capacity = options.maxTokens ?? Math.min(config.maxPositionEmbeddings, DEFAULT_SESSION_TOKENS);
     if (!Number.isInteger(capacity) || capacity < 1) {
       throw new DuoArgumentError(
         'maxTokens',
         `Expected \`maxTokens\` to be a positive integer but received ${capacity}`,
       );
     }
-    const chunk = options.prefillChunk ?? 512;
+    checkPolicyShape(options.policy);
+    this.plan = policyPlan(config, options.policy ?? FULL_ATTENTION);
+    this.policy = resolvePolicy(options.policy, this.plan);
+    const chunk = this.policy.prefillChunk;
     if (!Number.isInteger(chunk) || chunk < 1) {
       throw new DuoArgumentError(
-        'prefillChunk',
-        `Expected \`prefillChunk\` to be a positive integer but received ${chunk}`,
+        'policy.prefillChunk',
+        `Expected \`policy.prefillChunk\` to be a positive integer but received ${String(chunk)}`,
       );
     }
     const cacheDtype =
@@ -170,10 +156,7 @@ export class Session {
       );
     }
     this.capacity = capacity;
-    this.prefillChunk = chunk;
     this.cacheDtype = cacheDtype;
-    this.plan = sessionPlan(config, options, modelPlan);
-    this.attention = options.attention ?? 'full';
     this.#cache = new DualKvCache(backend, {
       config,
       plan: this.plan,
@@ -181,14 +164,28 @@ export class Session {
       maxTokens: capacity,
       chunkTokens: chunk,
       blockTokens: options.cacheBlockTokens,
-      prefillMask: options.prefillMask,
-      kvQuant: options.kvQuant,
+      prefillMask: this.policy.prefillMask,
+      kvQuant: this.policy.kvQuant,
     });
-    this.kvQuant = this.#cache.kvQuant;
     this.#lastRow = backend.alloc('f32', [1, config.hiddenSize]);
     this.#lastNormed = backend.alloc('f32', [1, config.hiddenSize]);
     this.#lastLogits = backend.alloc('f32', [1, config.vocabSize]);
     this.#nextToken = backend.alloc('i32', [1]);
+  }
+
+  /** The policy's attention: 'full', 'streaming' or 'duo'. */
+  get attention(): AttentionPolicyName {
+    return this.policy.attention;
+  }
+
+  /** The cache's quantization ('none': rows in `cacheDtype`). */
+  get kvQuant(): KvQuantScheme {
+    return this.policy.kvQuant;
+  }
+
+  /** Tokens per prefill chunk. */
+  get prefillChunk(): number {
+    return this.policy.prefillChunk;
   }
 
   /** Bytes the KV cache holds now: the full regions (they grow with the sequence) and the streaming regions (constant). */
@@ -337,7 +334,7 @@ export class Session {
   }
 
   #checkTokens(tokens: readonly number[] | Int32Array): void {
-    if (this.#disposed) throw new DuoArgumentError('session', 'The session was disposed');
+    if (this.#disposed) throw new DuoDisposedError('The session was disposed: create a new one');
     if (tokens.length === 0) throw new DuoArgumentError('tokens', 'Expected at least one token but received none');
     if (this.#position + tokens.length > this.capacity) {
       throw new DuoArgumentError(
@@ -593,4 +590,15 @@ function concat(parts: Float32Array[]): Float32Array {
     offset += part.length;
   }
   return out;
+}
+
+/** A policy must be an object naming its attention; catches the flat options sessions took before policies. */
+function checkPolicyShape(policy: unknown): void {
+  if (policy === undefined) return;
+  if (typeof policy !== 'object' || policy === null || !('attention' in policy)) {
+    throw new DuoArgumentError(
+      'policy',
+      `Expected \`policy\` to be an AttentionPolicy ({ attention: 'full' | 'streaming' | 'duo', … }) but received ${JSON.stringify(policy)}`,
+    );
+  }
 }

@@ -25,8 +25,8 @@ class RowReader {
 
   // Row `slot` of KV head `kvHead` (in the streaming region when `streams`).
   const float* row(bool streams, int kvHead, int64_t slot, float* buffer) const {
-    const int64_t index = streams ? (kvHead - layout_.retrievalKvHeads) * layout_.slots() + slot
-                                  : static_cast<int64_t>(kvHead) * capacity_ + slot;
+    const int64_t index = streams ? layout_.streamingBelow(kvHead) * layout_.slots() + slot
+                                  : layout_.fullRow(kvHead) * capacity_ + slot;
     const void* base = streams ? stream_ : main_;
     if (quant_ != KvQuant::None) {
       dequantizeKvRow(quant_, static_cast<const uint8_t*>(base) + index * codeBytes_,

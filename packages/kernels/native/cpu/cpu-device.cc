@@ -212,7 +212,7 @@ void CpuDevice::ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tens
       void* keys = streams ? streaming.key : keyCache.data;
       void* values = streams ? streaming.value : valueCache.data;
       const int64_t base = streams ? streaming.element(static_cast<int>(head), position[r], headDim)
-                                   : (head * capacity + position[r]) * headDim;
+                                   : streaming.fullElement(static_cast<int>(head), position[r], capacity, headDim);
       const float* key = k.as<float>() + r * k.cols() + head * headDim;
       const float* value = v.as<float>() + r * v.cols() + head * headDim;
       for (int64_t i = 0; i < headDim; i++) {
@@ -277,8 +277,10 @@ void CpuDevice::writeQuantizedRows(const Tensor& k, const Tensor& v, const int32
       const int head = static_cast<int>(task / rows);
       const int64_t r = task % rows, position = positions[r];
       const bool streams = streaming.streams(head);
-      const int64_t codeAt = streams ? streaming.element(head, position, codeBytes) : (head * capacity + position) * codeBytes;
-      const int64_t scaleAt = streams ? streaming.element(head, position, scaleHalves) : (head * capacity + position) * scaleHalves;
+      const int64_t codeAt = streams ? streaming.element(head, position, codeBytes)
+                                     : streaming.fullElement(head, position, capacity, codeBytes);
+      const int64_t scaleAt = streams ? streaming.element(head, position, scaleHalves)
+                                      : streaming.fullElement(head, position, capacity, scaleHalves);
       const auto write = [&](const Tensor& source, void* mainCodes, void* streamCodes, const uint16_t* mainScales,
                              const uint16_t* streamScales) {
         uint8_t* codes = static_cast<uint8_t*>(streams ? streamCodes : mainCodes) + codeAt;

@@ -33,7 +33,7 @@ template <typename T>
 __device__ __forceinline__ const T* headRows(const void* cache, const void* region, int64_t capacity, const StreamingLayout& layout,
                                              bool streams, int kvHead, int headDim) {
   return streams ? static_cast<const T*>(region) + layout.headStart(kvHead, headDim)
-                 : static_cast<const T*>(cache) + static_cast<int64_t>(kvHead) * capacity * headDim;
+                 : static_cast<const T*>(cache) + layout.fullRow(kvHead) * capacity * headDim;
 }
 
 // What one decode block works on: its KV head, its split of that head's keys (logical indices begin … end − 1 of the
@@ -57,7 +57,7 @@ __device__ __forceinline__ DecodeWork<T> decodeWork(const void* k, const void* v
                                                     const KvQuantPlanes& planes, const DecodeSplits& splits) {
   DecodeWork<T> work;
   work.layout = layout;
-  splits.locate(static_cast<int>(blockIdx.x), work.kvHead, work.split, work.splits);
+  splits.locate(static_cast<int>(blockIdx.x), layout, work.kvHead, work.split, work.splits);
   if (lengthFrom) keyLength = static_cast<int64_t>(lengthFrom[0]) + 1;
   work.streams = layout.streams(work.kvHead);
   work.range = keyRangeFor(layout, work.streams, keyLength, keyLength - 1, keyLength - 1);
@@ -920,6 +920,11 @@ DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, i
   const StreamingLayout& layout = args.streaming;
   DecodeSplits splits;
   splits.retrievalKvHeads = layout.active() ? layout.retrievalKvHeads : args.kvHeads;
+  splits.kvHeads = args.kvHeads;
+  if (layout.active()) {
+    splits.streamingMask[0] = layout.streamingMask[0];
+    splits.streamingMask[1] = layout.streamingMask[1];
+  }
   const int streamingHeads = args.kvHeads - splits.retrievalKvHeads;
   if (splits.retrievalKvHeads > 0) splits.full = splitsFor(args.keyLength, splits.retrievalKvHeads, resident, multiprocessors);
   if (streamingHeads > 0) {

@@ -206,21 +206,24 @@ void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* pos
 void launchDecodeAdvance(const int32_t* next, int32_t* ids, int32_t* positions, cudaStream_t stream);
 void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
-// How one decode launch spreads over the KV heads: full heads [0, retrievalKvHeads) get `full` splits of their keys
-// each, streaming heads (a short window) `stream` each; one block per (head, split), partials laid out [head][stride].
+// How one decode launch spreads over the KV heads: full heads get `full` splits of their keys each, streaming heads (a
+// short window) `stream` each; one block per (head, split), the full heads' blocks first (region order, see
+// StreamingLayout::headAt); partials laid out [query head][stride]. `streamingMask` is the layout's head map.
 struct DecodeSplits {
-  int retrievalKvHeads = 0, full = 1, stream = 1, stride = 1;
-  int blocks(int kvHeads) const { return retrievalKvHeads * full + (kvHeads - retrievalKvHeads) * stream; }
-  __host__ __device__ int of(int kvHead) const { return kvHead < retrievalKvHeads ? full : stream; }
-  __device__ void locate(int block, int& kvHead, int& split, int& splits) const {
+  int retrievalKvHeads = 0, kvHeads = 0, full = 1, stream = 1, stride = 1;
+  uint64_t streamingMask[2] = {0, 0};
+  int blocks(int heads) const { return retrievalKvHeads * full + (heads - retrievalKvHeads) * stream; }
+  __host__ __device__ bool streams(int kvHead) const { return (streamingMask[kvHead >> 6] >> (kvHead & 63)) & 1u; }
+  __host__ __device__ int of(int kvHead) const { return streams(kvHead) ? stream : full; }
+  __device__ void locate(int block, const StreamingLayout& layout, int& kvHead, int& split, int& splits) const {
     if (block < retrievalKvHeads * full) {
-      kvHead = block / full;
+      kvHead = layout.headAt(block / full, kvHeads);
       split = block % full;
       splits = full;
       return;
     }
     block -= retrievalKvHeads * full;
-    kvHead = retrievalKvHeads + block / stream;
+    kvHead = layout.headAt(retrievalKvHeads + block / stream, kvHeads);
     split = block % stream;
     splits = stream;
   }

@@ -148,7 +148,7 @@ __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const i
       T* keys = streams ? static_cast<T*>(streaming.key) : keyCache;
       T* values = streams ? static_cast<T*>(streaming.value) : valueCache;
       const int64_t slot = streams ? streaming.element(h, positions[row], headDim)
-                                   : (static_cast<int64_t>(h) * capacity + positions[row]) * headDim;
+                                   : streaming.fullElement(h, positions[row], capacity, headDim);
       keys[slot + a] = fromFloat<T>(rotatedA);
       keys[slot + b] = fromFloat<T>(rotatedB);
       const float* value = v + (row * kvHeads + h) * static_cast<int64_t>(headDim);
@@ -613,9 +613,10 @@ __global__ void __launch_bounds__(kInt4Candidates * 32)
   __syncthreads();  // the rotated key is in memory for every warp
   const bool streams = layout.streams(head);
   const auto target = [&](const QuantTarget& planes, uint8_t*& codes, uint16_t*& scales) {
-    codes = streams ? planes.streamCodes + layout.element(head, position, codeBytes) : planes.codes + (head * capacity + position) * codeBytes;
+    codes = streams ? planes.streamCodes + layout.element(head, position, codeBytes)
+                    : planes.codes + layout.fullElement(head, position, capacity, codeBytes);
     scales = streams ? planes.streamScales + layout.element(head, position, scaleHalves)
-                     : planes.scales + (head * capacity + position) * scaleHalves;
+                     : planes.scales + layout.fullElement(head, position, capacity, scaleHalves);
   };
   if (scheme != KvQuant::Int4) {
     if (warp > 1) return;

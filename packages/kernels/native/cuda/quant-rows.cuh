@@ -36,8 +36,8 @@ __device__ __forceinline__ QuantHead quantHead(const void* k, const void* v, int
   head.codeBytes = static_cast<int>(planes.codeBytes);
   head.scaleHalves = static_cast<int>(planes.scaleHalves);
   head.groupWidth = int4GroupWidth(headDim);
-  const int64_t codeStart = streams ? layout.headStart(kvHead, planes.codeBytes) : kvHead * capacity * planes.codeBytes;
-  const int64_t scaleStart = streams ? layout.headStart(kvHead, planes.scaleHalves) : kvHead * capacity * planes.scaleHalves;
+  const int64_t codeStart = streams ? layout.headStart(kvHead, planes.codeBytes) : layout.fullRow(kvHead) * capacity * planes.codeBytes;
+  const int64_t scaleStart = streams ? layout.headStart(kvHead, planes.scaleHalves) : layout.fullRow(kvHead) * capacity * planes.scaleHalves;
   head.keyCodes = static_cast<const uint8_t*>(streams ? layout.key : k) + codeStart;
   head.valueCodes = static_cast<const uint8_t*>(streams ? layout.value : v) + codeStart;
   head.keyScales = (streams ? planes.streamKeyScales : planes.keyScales) + scaleStart;

@@ -21,7 +21,7 @@ export function demoModelSuite(device: 'cpu' | 'cuda', skipReason?: string): voi
       const model = await LlamaModel.load(directory, { device, weightDtype: 'f32' });
       expect(model.config.numHeads / model.config.numKvHeads).toBeGreaterThan(3);
       expect(model.config.maxPositionEmbeddings).toBe(16384);
-      const session = model.createSession({ maxTokens: golden.tokens.length, prefillChunk: 512, cacheDtype: 'f32' });
+      const session = model.createSession({ maxTokens: golden.tokens.length, cacheDtype: 'f32' });
       const { logits } = await session.forward(golden.tokens, { logits: 'all' });
       let worst = 0;
       for (let i = 0; i < expected.length; i++)

@@ -18,7 +18,10 @@ export function goldenSuite(device: 'cpu' | 'cuda', tolerance: number, skipReaso
       it(`${file}: logits match at every position (prefill and token-by-token)`, async () => {
         const { run, logits } = loadGolden();
         const model = await LlamaModel.load(sharedPath('models', 'stories260K', file) as string, { device });
-        const session = model.createSession({ maxTokens: run.positions, prefillChunk: 64 });
+        const session = model.createSession({
+          maxTokens: run.positions,
+          policy: { attention: 'full', prefillChunk: 64 },
+        });
         const result = await session.forward(run.tokens, { logits: 'all' });
         expect(maxAbs(result.logits as Float32Array, logits)).toBeLessThan(tolerance);
         // Token by token exercises the decode attention path.
