@@ -111,6 +111,32 @@ describe('duo-bench', () => {
     },
   );
 
+  (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
+    'generate runs DuoAttention from the command line and says which policy ran',
+    async () => {
+      const result = await bench([
+        'generate',
+        '--attention',
+        'duo',
+        '--pattern',
+        'models/duo-demo/pattern',
+        '--sparsity',
+        '0.75',
+        '--max-tokens',
+        '8',
+        '--device',
+        'cpu',
+      ]);
+      expect(result.code).toBe(0);
+      expect(result.stdout.startsWith('Once upon a time')).toBe(true);
+      expect(result.stdout.trim().length).toBeGreaterThan('Once upon a time'.length);
+      expect(result.stderr).toContain(
+        'policy: duo 25 % retrieval heads (3 of 12; sparsity 0.75, pattern models/duo-demo/pattern), sink 128, recent 256',
+      );
+      expect(result.stderr).toMatch(/generated \d+ tokens: decode [\d.]+ tok\/s/);
+    },
+  );
+
   it('plan reports 128 KiB per token for full attention and 64 KiB at 50 % retrieval (Llama-3-8B, bf16)', async () => {
     const file = join(out, 'plan.json');
     const result = await bench(['plan', '--shape', 'llama-3-8b', '--sparsity', '0.5', '--out', file]);
@@ -343,6 +369,12 @@ describe('duo-bench', () => {
     const unknown = await bench(['speed', '--shape', 'llama-9', '--device', 'cpu']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain('--shape: expected one of llama-3-8b');
+    const attention = await bench(['generate', '--attention', 'foo']);
+    expect(attention.code).toBe(2);
+    expect(attention.stderr).toContain('--attention: expected one of full, streaming, duo but received "foo"');
+    const unread = await bench(['generate', '--pattern', 'models/duo-demo/pattern']);
+    expect(unread.code).toBe(2);
+    expect(unread.stderr).toContain('--pattern: applies to --attention duo but this run uses full');
     const badNumber = await bench(['generate', '--max-tokens', 'many']);
     expect(badNumber.code).toBe(2);
     expect(badNumber.stderr).toContain('--max-tokens: expected an integer in [1,');

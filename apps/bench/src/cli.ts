@@ -1,6 +1,6 @@
 // duo-bench: the command-line entry point.
+import { UsageError } from '@duoattn/app-kit';
 import { DuoError } from '@duoattn/core';
-import { UsageError } from './args.js';
 import { accsCommand, accsHelp } from './commands/accs.js';
 import { chartCommand, chartHelp } from './commands/chart.js';
 import { efficiencyCommand, efficiencyHelp } from './commands/efficiency.js';
@@ -54,7 +54,7 @@ async function main(argv: string[]): Promise<number> {
     await command.run(rest);
     return 0;
   } catch (error) {
-    if (error instanceof UsageError) {
+    if (UsageError.isInstance(error)) {
       process.stderr.write(`duo-bench ${name}: ${error.message}\n`);
       return 2;
     }

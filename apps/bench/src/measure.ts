@@ -1,7 +1,7 @@
 // Timing helpers shared by the benchmarks: steady-state decode latency and prefill time of a session.
+import { median, quantile } from '@duoattn/app-kit';
 import type { Backend } from '@duoattn/core';
 import type { Session } from '@duoattn/model';
-import { median, quantile } from './results.js';
 
 /** Decode latency in the steady state: ms between consecutive tokens of one greedy run after `warmup` tokens. */
 export interface DecodeTiming {

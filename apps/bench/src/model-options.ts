@@ -1,7 +1,7 @@
 // The options every model-running command shares: --model, --device and --weight-dtype, and loading the model.
+import { choiceOption, UsageError } from '@duoattn/app-kit';
 import type { Backend, ModelConfig } from '@duoattn/core';
 import { LlamaModel } from '@duoattn/model';
-import { choiceOption, UsageError } from './args.js';
 import { defaultModelPath } from './default-model.js';
 import { loadingProgress } from './progress.js';
 import { SHAPES } from './shapes.js';

@@ -4,23 +4,26 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { type AccsAnalysis, analyzeAccs, expectPerturbation, PERTURBATIONS, syntheticDocuments } from '@duoattn/accs';
-import type { AttentionPolicyName } from '@duoattn/core';
-import type { LlamaModel } from '@duoattn/model';
-import { integerOption, numberOption, parseOptions, UsageError } from '../args.js';
-import { heldOutText } from '../default-model.js';
-import { encodeInPieces } from '../encode.js';
-import { loadModel, MODEL_OPTIONS } from '../model-options.js';
 import {
   attentionPolicies,
-  duoPlan,
+  buildPolicy,
+  integerOption,
+  numberOption,
   POLICY_HELP,
   POLICY_OPTIONS,
   type PolicySettings,
+  parseOptions,
   policySettings,
   runLabel,
-  sessionPolicy,
-} from '../policy-options.js';
-import { writeResult, writeText } from '../results.js';
+  UsageError,
+  writeResult,
+  writeText,
+} from '@duoattn/app-kit';
+import { type AttentionPolicyName, DEFAULT_SPARSITY } from '@duoattn/core';
+import type { LlamaModel } from '@duoattn/model';
+import { heldOutText } from '../default-model.js';
+import { encodeInPieces } from '../encode.js';
+import { loadModel, MODEL_OPTIONS } from '../model-options.js';
 import { lineChartsSvg, type Panel } from '../svg.js';
 
 export const accsHelp = `duo-bench accs [--model PATH] [--data FILE|DIR|synthetic] [--prefix 4k] [--suffix 512] [--gap 0]
@@ -119,7 +122,8 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
   const policies = attentionPolicies(options.attention, ['full', 'duo', 'streaming'], true);
   const sparsities = numberList('sparsity', options.sparsity, [0.5, 0.75], 0, 1);
   const noises = numberList('noise', options.noise, [0, 0.1, 0.5, 1], 0, 1);
-  const settings = policySettings({ ...options, sparsity: undefined });
+  // --sparsity is a list here (one duo run each), read above.
+  const settings = policySettings({ ...options, sparsity: undefined }, policies);
   const synthetic = options.data === 'synthetic';
   const dataPath = synthetic ? 'synthetic' : heldOutText('data', options.data);
   const { model, path } = await loadModel(options);
@@ -149,7 +153,7 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
           }),
         }))
       : [{ label: dataPath, noise: undefined, documents: textDocuments(model, dataPath, length, samples) }];
-    // Every policy; duo once per sparsity (its plan applied before its runs).
+    // Every policy; duo once per sparsity, each run with its own policy (the model is shared, never changed).
     const variants = policies.flatMap((attention): { attention: AttentionPolicyName; sparsity?: number }[] =>
       attention === 'duo' ? sparsities.map((sparsity) => ({ attention, sparsity })) : [{ attention }],
     );
@@ -159,9 +163,9 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
     let lastLog = 0;
     for (const { attention, sparsity } of variants) {
       const runSettings: PolicySettings = { ...settings, ...(sparsity === undefined ? {} : { sparsity }) };
-      if (attention === 'duo') await model.applyHeadPlan(duoPlan(runSettings, config));
+      const policy = buildPolicy(attention, runSettings, config);
       const policyLabel = runLabel(
-        attention === 'duo' ? `duo ${Math.round((1 - (sparsity ?? 0.5)) * 100)} %` : attention,
+        attention === 'duo' ? `duo ${Math.round((1 - (sparsity ?? DEFAULT_SPARSITY)) * 100)} %` : attention,
         runSettings.kvQuant,
       );
       for (const set of dataSets) {
@@ -173,7 +177,7 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
           gap,
           suffix,
           perturbation,
-          session: sessionPolicy(attention, runSettings),
+          session: { policy },
           resamples,
           seed,
           collapse: !options['no-collapse'],

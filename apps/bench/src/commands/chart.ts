@@ -1,6 +1,6 @@
 // duo-bench chart: a line chart (PNG) of two fields of a list in a JSON file, e.g. a training loss curve.
 import { readFileSync, writeFileSync } from 'node:fs';
-import { parseOptions, UsageError } from '../args.js';
+import { parseOptions, UsageError } from '@duoattn/app-kit';
 import { lineChart } from '../png.js';
 
 export const chartHelp = `duo-bench chart --json FILE --list KEY --x FIELD --y FIELD --out FILE.png

@@ -2,27 +2,30 @@
 // streaming attention, with the bytes-moved floor of each decode figure, the planner's bytes beside the measured ones,
 // and an SVG plot; a PyTorch peer's JSON (tools/device/torch_duo_bench.py) can be drawn in the same figure.
 import { readFileSync, writeFileSync } from 'node:fs';
-import type { AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
-import { DuoOutOfMemoryError, dtypeBytes } from '@duoattn/core';
-import { kvPlanes, kvRowBytes, maxContext, planMemory } from '@duoattn/dual-cache';
-import { resolveBackend } from '@duoattn/kernels';
-import type { LlamaModel } from '@duoattn/model';
-import { choiceOption, integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
-import { benchmarkTokens, decodeLatency, prefillSeconds } from '../measure.js';
-import { benchmarkModel } from '../model-options.js';
 import {
-  applyDuoPlan,
   attentionPolicies,
+  buildPolicy,
+  choiceOption,
+  duoPlanFor,
+  integerListOption,
+  integerOption,
   kvQuantList,
+  numberOption,
   POLICY_HELP,
   POLICY_OPTIONS,
-  type PolicySettings,
-  policyPlan,
+  parseOptions,
   policySettings,
   runLabel,
-  sessionPolicy,
-} from '../policy-options.js';
-import { writeResult } from '../results.js';
+  UsageError,
+  writeResult,
+} from '@duoattn/app-kit';
+import type { AttentionPolicy, AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
+import { DuoOutOfMemoryError, dtypeBytes } from '@duoattn/core';
+import { kvPlanes, kvRowBytes, maxContext, planMemory, policyPlan } from '@duoattn/dual-cache';
+import { resolveBackend } from '@duoattn/kernels';
+import type { LlamaModel } from '@duoattn/model';
+import { benchmarkTokens, decodeLatency, prefillSeconds } from '../measure.js';
+import { benchmarkModel } from '../model-options.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 import { lineChartsSvg, type Panel } from '../svg.js';
 
@@ -40,6 +43,13 @@ export const efficiencyHelp = `duo-bench efficiency [--shape NAME | --model PATH
 ${POLICY_HELP}`;
 
 const GB = 1e9;
+
+/** One measured configuration: the policy's name and KV scheme label the rows, the policy runs the sessions. */
+interface Run {
+  readonly attention: AttentionPolicyName;
+  readonly kvQuant: KvQuantScheme;
+  readonly policy: AttentionPolicy;
+}
 
 interface Row {
   policy: AttentionPolicyName;
@@ -84,12 +94,12 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
   const bandwidthTBps = numberOption('bandwidth', options.bandwidth, 3.0, 0.001);
   const reserve = numberOption('reserve', options.reserve, 2.5, 0) * GB;
   const quants = kvQuantList(options['kv-quant']);
-  const settings = policySettings({ ...options, 'kv-quant': undefined });
+  const settings = policySettings({ ...options, 'kv-quant': undefined }, policies);
   const backend = resolveBackend(device);
   const { model, label } = await benchmarkModel(options, backend, dtype);
   try {
-    const duo = await applyDuoPlan(model, policies, settings);
-    const weightBytes = dtypeBytes(model.weights.lmHead.dtype);
+    const duo = duoPlanFor(policies, settings, model.config);
+    const weightBytes = dtypeBytes(model.weightDtype);
     const kvDtype = model.defaultCacheDtype;
     const budget = backend.memory().deviceTotalBytes;
     const decode: Row[] = [];
@@ -101,14 +111,15 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
       done++;
       if (process.stderr.isTTY) process.stderr.write(`\r[duo-bench] efficiency ${done}/${total}: ${what}        `);
     };
-    for (const [policy, kvQuant] of policies.flatMap((p) => quants.map((q) => [p, q] as const))) {
-      const quantSettings = { ...settings, kvQuant };
-      const run = runLabel(policy, kvQuant);
-      const plan = policyPlan(policy, quantSettings, model.config, duo);
+    for (const [attention, kvQuant] of policies.flatMap((p) => quants.map((q) => [p, q] as const))) {
+      const policy = buildPolicy(attention, { ...settings, kvQuant }, model.config, duo);
+      const measured: Run = { attention, kvQuant, policy };
+      const run = runLabel(attention, kvQuant);
+      const plan = policyPlan(model.config, policy);
       const plannerInput = {
         config: model.config,
         plan,
-        weightDtype: model.weights.lmHead.dtype,
+        weightDtype: model.weightDtype,
         kvDtype,
         kvQuant,
         prefillChunk: settings.prefillChunk,
@@ -123,7 +134,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
       }
       for (const context of lengths) {
         if (options.profile) backend.takeProfile();
-        const row = await measureDecode(model, policy, quantSettings, context, warmup, steps);
+        const row = await measureDecode(model, measured, context, warmup, steps);
         if (options.profile) {
           // Device time per op (CUDA with DUO_CUDA_PROFILE=1; DUO_NO_GRAPHS=1 so each op is timed on its own).
           const profile = backend.takeProfile().sort((a, b) => b.milliseconds - a.milliseconds);
@@ -177,7 +188,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
         progress(`${run} decode @${context}`);
       }
       for (const length of prefillLengths) {
-        const row = await measurePrefill(model, policy, quantSettings, length);
+        const row = await measurePrefill(model, measured, length);
         if (typeof row.seconds === 'number')
           log(`${run.padEnd(16)} prefill ${length}: ${(row.seconds as number).toFixed(3)} s`);
         else log(`${run.padEnd(16)} prefill ${length}: ${String(row.error)}`);
@@ -190,7 +201,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
     const runSettings = {
       model: label,
       device: backend.device,
-      weightDtype: model.weights.lmHead.dtype,
+      weightDtype: model.weightDtype,
       kvDtype,
       kvQuant: quants,
       policies,
@@ -202,7 +213,9 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
             retrievalHeads: duo.retrievalHeads.map((h) => h.length),
           }
         : undefined,
-      streaming: (({ sink, recent }) => ({ sink, recent }))(policyPlan('streaming', settings, model.config)),
+      streaming: (({ sink, recent }) => ({ sink, recent }))(
+        policyPlan(model.config, buildPolicy('streaming', settings, model.config)),
+      ),
       prefillChunk: settings.prefillChunk,
       prefillMask: settings.prefillMask,
       steps,
@@ -274,8 +287,7 @@ function redraw(
 /** Decode at `context`: a fresh session sized for the run, synthetic K/V, timed greedy steps, memory. */
 async function measureDecode(
   model: LlamaModel,
-  policy: AttentionPolicyName,
-  settings: PolicySettings,
+  { attention, kvQuant, policy }: Run,
   context: number,
   warmup: number,
   steps: number,
@@ -286,17 +298,13 @@ async function measureDecode(
   backend.resetPeakMemory();
   let session: ReturnType<LlamaModel['createSession']> | undefined;
   try {
-    session = model.createSession({
-      ...sessionPolicy(policy, settings),
-      maxTokens: capacity,
-      cacheBlockTokens: capacity,
-    });
+    session = model.createSession({ policy, maxTokens: capacity, cacheBlockTokens: capacity });
     session.syntheticFill(context, context);
     const timing = await decodeLatency(session, warmup, steps);
     const memory = backend.memory();
     return {
-      policy,
-      kvQuant: settings.kvQuant,
+      policy: attention,
+      kvQuant,
       context,
       capacity,
       ...timing,
@@ -305,25 +313,19 @@ async function measureDecode(
       cacheBytes: session.cacheBytes(),
     };
   } catch (error) {
-    if (error instanceof DuoOutOfMemoryError)
-      return { policy, kvQuant: settings.kvQuant, context, error: 'out of memory' };
+    if (error instanceof DuoOutOfMemoryError) return { policy: attention, kvQuant, context, error: 'out of memory' };
     throw error;
   } finally {
     session?.dispose();
   }
 }
 
-async function measurePrefill(
-  model: LlamaModel,
-  policy: AttentionPolicyName,
-  settings: PolicySettings,
-  length: number,
-): Promise<Row> {
+async function measurePrefill(model: LlamaModel, { attention, kvQuant, policy }: Run, length: number): Promise<Row> {
   const backend = model.backend;
   backend.resetPeakMemory();
   let session: ReturnType<LlamaModel['createSession']> | undefined;
   try {
-    session = model.createSession({ ...sessionPolicy(policy, settings), maxTokens: length, cacheBlockTokens: length });
+    session = model.createSession({ policy, maxTokens: length, cacheBlockTokens: length });
     const { seconds, runs } = await prefillSeconds(
       backend,
       session,
@@ -331,10 +333,10 @@ async function measurePrefill(
       1,
     );
     return {
-      policy,
-      kvQuant: settings.kvQuant,
+      policy: attention,
+      kvQuant,
       context: length,
-      chunk: settings.prefillChunk,
+      chunk: session.policy.prefillChunk,
       seconds,
       runs,
       tokensPerSecond: length / seconds,
@@ -342,7 +344,7 @@ async function measurePrefill(
     };
   } catch (error) {
     if (error instanceof DuoOutOfMemoryError)
-      return { policy, kvQuant: settings.kvQuant, context: length, error: 'out of memory' };
+      return { policy: attention, kvQuant, context: length, error: 'out of memory' };
     throw error;
   } finally {
     session?.dispose();

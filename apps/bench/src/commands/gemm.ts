@@ -1,8 +1,7 @@
 // duo-bench gemm: f32 matmul GFLOP/s of a backend next to numpy (OpenBLAS) on the same machine, same shapes.
 import { execFileSync } from 'node:child_process';
+import { choiceOption, integerListOption, integerOption, median, parseOptions, writeResult } from '@duoattn/app-kit';
 import { resolveBackend } from '@duoattn/kernels';
-import { choiceOption, integerListOption, integerOption, parseOptions } from '../args.js';
-import { median, writeResult } from '../results.js';
 
 export const gemmHelp = `duo-bench gemm [--device cpu|cuda] [--sizes 256,512,1024,2048] [--repeats N] [--out FILE]
   Square f32 x·Wᵀ GFLOP/s on the backend, and numpy's (python3 -c, same sizes) when numpy is installed.`;

@@ -1,19 +1,36 @@
-// duo-bench generate: streams a continuation and ends with prefill and decode tokens per second.
+// duo-bench generate: streams a continuation under any attention policy and ends with prefill and decode tokens per
+// second.
+import {
+  attentionPolicies,
+  buildPolicy,
+  describePolicy,
+  integerOption,
+  numberOption,
+  POLICY_HELP,
+  POLICY_OPTIONS,
+  parseOptions,
+  policySettings,
+} from '@duoattn/app-kit';
+import { DEFAULT_MAX_NEW_TOKENS } from '@duoattn/core';
 import type { GenerationStats } from '@duoattn/model';
-import { integerOption, numberOption, parseOptions } from '../args.js';
 import { loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
 
 export const generateHelp = `duo-bench generate [--model PATH] [--prompt TEXT] [--max-tokens N] [--device auto|cpu|cuda]
                    [--temperature T] [--top-k K] [--top-p P] [--seed S] [--weight-dtype auto|f32|f16|bf16]
-  Streams text as it is produced, then prints prefill and decode tokens per second.
+                   [--attention full|streaming|duo] [--pattern DIR|FILE] [--invert] [--sparsity S] [--sink N]
+                   [--recent N] [--prefill-mask exact|chunked] [--prefill-chunk N] [--kv-quant none|int8|int4|fp8]
+  Streams text as it is produced under one attention policy (default full; which one ran is printed on stderr), then
+  prints prefill and decode tokens per second.
   --model         HF directory, .gguf or llama2.c .bin (default: the embedded demo model)
   --prompt        default "Once upon a time"
-  --max-tokens    default 128
-  --temperature   0 (default) is greedy`;
+  --max-tokens    default ${DEFAULT_MAX_NEW_TOKENS}
+  --temperature   0 (default) is greedy
+${POLICY_HELP}`;
 
 export async function generateCommand(argv: string[], write: (text: string) => void): Promise<void> {
   const options = parseOptions(argv, {
     ...MODEL_OPTIONS,
+    ...POLICY_OPTIONS,
     prompt: { type: 'string' },
     'max-tokens': { type: 'string' },
     temperature: { type: 'string' },
@@ -22,7 +39,9 @@ export async function generateCommand(argv: string[], write: (text: string) => v
     seed: { type: 'string' },
   });
   modelChoices(options);
-  const maxTokens = integerOption('max-tokens', options['max-tokens'], 128, 1);
+  const [attention = 'full'] = attentionPolicies(options.attention, ['full']);
+  const settings = policySettings(options, [attention]);
+  const maxTokens = integerOption('max-tokens', options['max-tokens'], DEFAULT_MAX_NEW_TOKENS, 1);
   const sampling = {
     temperature: numberOption('temperature', options.temperature, 0, 0),
     topK: integerOption('top-k', options['top-k'], 0, 0),
@@ -32,10 +51,12 @@ export async function generateCommand(argv: string[], write: (text: string) => v
   const prompt = (options.prompt as string | undefined) ?? 'Once upon a time';
   const { model, path } = await loadModel(options);
   try {
+    const policy = buildPolicy(attention, settings, model.config);
     process.stderr.write(`[duo-bench] ${path} on ${model.backend.device} (${model.backend.deviceName})\n`);
+    process.stderr.write(`[duo-bench] policy: ${describePolicy(policy, model.config, settings)}\n`);
     write(prompt);
     let stats: GenerationStats | undefined;
-    const generation = model.generate(prompt, { maxTokens, sampling });
+    const generation = model.generate(prompt, { policy, maxTokens, sampling });
     for (;;) {
       const step = await generation.next();
       if (step.done) {

@@ -1,9 +1,9 @@
 // duo-bench kernels: throughput of the hot kernels on a backend (GEMV at Llama-3-8B shapes, decode attention) and
 // the cost of a small op, measured as many back-to-back ops between two synchronisations.
+
+import { choiceOption, integerOption, median, parseOptions, writeResult } from '@duoattn/app-kit';
 import type { Backend, TensorHandle } from '@duoattn/core';
 import { resolveBackend } from '@duoattn/kernels';
-import { choiceOption, integerOption, parseOptions } from '../args.js';
-import { median, writeResult } from '../results.js';
 
 export const kernelsHelp = `duo-bench kernels [--device auto|cpu|cuda] [--repeats N] [--out FILE]
   GEMV bandwidth at Llama-3-8B shapes (bf16 weights), decode attention bandwidth at 4K-128K keys (bf16 cache),

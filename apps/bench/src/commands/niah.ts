@@ -1,6 +1,6 @@
 // duo-bench niah: the reference's needle-in-a-haystack evaluation (METHOD.md) — the San Francisco needle at evenly
 // spread depths of a haystack of each length, up to 50 greedy tokens, scored by ROUGE-1 F against the needle's fact.
-import { POLICY_HELP } from '../policy-options.js';
+import { POLICY_HELP } from '@duoattn/app-kit';
 import { type RetrievalProtocol, runRetrieval } from './retrieval.js';
 
 export const niahHelp = `duo-bench niah [--model PATH] [--haystack FILE] [--lengths 2k,4k,8k,16k] [--depths 10] [--trials 20]

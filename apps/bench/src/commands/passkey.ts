@@ -1,6 +1,6 @@
 // duo-bench passkey: passkey retrieval accuracy over a grid of context lengths × depths, with fresh random passkeys
 // and haystacks drawn from a (held-out) book, greedy decoding through duoattn's own runtime.
-import { POLICY_HELP } from '../policy-options.js';
+import { POLICY_HELP } from '@duoattn/app-kit';
 import { type RetrievalProtocol, runRetrieval } from './retrieval.js';
 
 export const passkeyHelp = `duo-bench passkey [--model PATH] [--haystack FILE] [--lengths 2k,4k,8k,16k] [--depths 10]

@@ -1,23 +1,24 @@
 // duo-bench perplexity: next-token perplexity of a (held-out) book over long windows, for each attention policy and KV
 // quantization scheme in one run, with each quantized run's change against the same policy unquantized.
 import { readFileSync } from 'node:fs';
-import type { AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
-import type { LlamaModel } from '@duoattn/model';
-import { integerOption, parseOptions, UsageError } from '../args.js';
-import { heldOutText } from '../default-model.js';
-import { loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
 import {
-  applyDuoPlan,
   attentionPolicies,
+  buildPolicy,
+  duoPlanFor,
+  integerOption,
   kvQuantList,
   POLICY_HELP,
   POLICY_OPTIONS,
-  type PolicySettings,
+  parseOptions,
   policySettings,
   runLabel,
-  sessionPolicy,
-} from '../policy-options.js';
-import { writeResult } from '../results.js';
+  UsageError,
+  writeResult,
+} from '@duoattn/app-kit';
+import type { AttentionPolicy, AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
+import type { LlamaModel } from '@duoattn/model';
+import { heldOutText } from '../default-model.js';
+import { loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
 
 export const perplexityHelp = `duo-bench perplexity [--model PATH] [--text FILE] [--length 16k] [--windows 2] [--device auto|cpu|cuda]
                      [--weight-dtype auto|f32|bf16] [--attention full,duo] [--kv-quant none,int8,int4] [--out FILE]
@@ -49,7 +50,7 @@ export async function perplexityCommand(argv: string[], log: (line: string) => v
   });
   const policies = attentionPolicies(options.attention, ['full'], true);
   const quants = kvQuantList(options['kv-quant']);
-  const settings = policySettings({ ...options, 'kv-quant': undefined });
+  const settings = policySettings({ ...options, 'kv-quant': undefined }, policies);
   const length = integerOption('length', options.length, 16384, 2);
   const windows = integerOption('windows', options.windows, 2, 1);
   const { weightDtype } = modelChoices(options);
@@ -70,14 +71,18 @@ export async function perplexityCommand(argv: string[], log: (line: string) => v
     // Evenly spaced, non-overlapping windows.
     const stride = Math.floor(text.length / windows);
     const sequences = Array.from({ length: windows }, (_, w) => [...bos, ...text.slice(w * stride, w * stride + body)]);
-    const plan = await applyDuoPlan(model, policies, settings);
+    const plan = duoPlanFor(policies, settings, model.config);
     const runs = policies.flatMap((policy) => quants.map((kvQuant) => ({ policy, kvQuant })));
     for (const [index, { policy, kvQuant }] of runs.entries()) {
       const started = performance.now();
       let nll = 0;
       let count = 0;
       for (const [w, sequence] of sequences.entries()) {
-        const window = await sequenceNll(model, sequence, { ...settings, kvQuant }, policy);
+        const window = await sequenceNll(
+          model,
+          sequence,
+          buildPolicy(policy, { ...settings, kvQuant }, model.config, plan),
+        );
         nll += window.nll;
         count += window.count;
         if (process.stderr.isTTY)
@@ -143,16 +148,16 @@ export async function perplexityCommand(argv: string[], log: (line: string) => v
 async function sequenceNll(
   model: LlamaModel,
   sequence: number[],
-  settings: PolicySettings,
-  policy: AttentionPolicyName,
+  policy: AttentionPolicy,
 ): Promise<{ nll: number; count: number }> {
-  const session = model.createSession({ ...sessionPolicy(policy, settings), maxTokens: sequence.length });
+  const session = model.createSession({ policy, maxTokens: sequence.length });
+  const chunk = session.policy.prefillChunk;
   const vocab = model.config.vocabSize;
   let nll = 0;
   let count = 0;
   try {
-    for (let start = 0; start < sequence.length; start += settings.prefillChunk) {
-      const piece = sequence.slice(start, start + settings.prefillChunk);
+    for (let start = 0; start < sequence.length; start += chunk) {
+      const piece = sequence.slice(start, start + chunk);
       const { logits } = await session.forward(piece, { logits: 'all' });
       const all = logits as Float32Array;
       for (let r = 0; r < piece.length; r++) {

@@ -1,18 +1,29 @@
 // duo-bench plan: memory of a model under full, duo and streaming attention, and the longest context that fits.
-import { type DType, KV_QUANT_SCHEMES } from '@duoattn/core';
-import { maxContext, planMemory } from '@duoattn/dual-cache';
+import {
+  attentionPolicies,
+  buildPolicy,
+  choiceOption,
+  duoPlanFor,
+  integerOption,
+  numberOption,
+  POLICY_HELP,
+  POLICY_OPTIONS,
+  parseOptions,
+  policySettings,
+  UsageError,
+  writeResult,
+} from '@duoattn/app-kit';
+import type { DType } from '@duoattn/core';
+import { maxContext, planMemory, policyPlan } from '@duoattn/dual-cache';
 import { openCheckpoint } from '@duoattn/model';
-import { choiceOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
 import { defaultModelPath } from '../default-model.js';
 import { namedShape } from '../model-options.js';
-import { duoPlan, POLICY_HELP, POLICY_OPTIONS, policyPlan, policySettings } from '../policy-options.js';
-import { writeResult } from '../results.js';
 import { SHAPES } from '../shapes.js';
 
 export const planHelp = `duo-bench plan [--shape NAME | --model PATH] [--kv-dtype bf16|f16|f32] [--kv-quant none|int8|int4|fp8]
                [--weight-dtype bf16|f16|f32] [--gpu-memory GB] [--reserve GB] [--tokens N] [--pattern DIR|FILE]
-               [--sparsity S] [--out FILE]
-  Exact bytes of weights, full and streaming cache regions and scratch for full, duo and streaming attention, the
+               [--sparsity S] [--attention full,duo,streaming] [--out FILE]
+  Exact bytes of weights, full and streaming cache regions and scratch for each policy (default all three), the
   bytes each token adds, and the longest context that fits --gpu-memory (default 80 GB, less --reserve, default 1.5 GB,
   for the backend's scratch). --kv-quant stores the cache as codes with fp16 scales (int8, fp8: head dim + 2 bytes per
   token and head; int4: head dim / 2 + 4 per group of 128 channels). Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
@@ -26,7 +37,6 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     shape: { type: 'string' },
     model: { type: 'string' },
     'kv-dtype': { type: 'string' },
-    'kv-quant': { type: 'string' },
     'weight-dtype': { type: 'string' },
     'gpu-memory': { type: 'string' },
     reserve: { type: 'string' },
@@ -36,10 +46,11 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
   const dtypes = ['bf16', 'f16', 'f32'] as const;
   const kvDtype: DType = choiceOption('kv-dtype', options['kv-dtype'], dtypes, 'bf16');
   const weightDtype: DType = choiceOption('weight-dtype', options['weight-dtype'], dtypes, 'bf16');
-  const kvQuant = choiceOption('kv-quant', options['kv-quant'], KV_QUANT_SCHEMES, 'none');
   const budget = numberOption('gpu-memory', options['gpu-memory'], 80, 0.001) * GB;
   const reserve = numberOption('reserve', options.reserve, 1.5, 0) * GB;
-  const settings = policySettings(options);
+  const policies = attentionPolicies(options.attention, ['full', 'duo', 'streaming'], true);
+  const settings = policySettings(options, policies);
+  const { kvQuant } = settings;
   let config: ReturnType<typeof namedShape>;
   let label: string;
   if (options.shape !== undefined) {
@@ -50,13 +61,17 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     try {
       config = (await openCheckpoint(label)).config;
     } catch (error) {
-      throw new UsageError(`--model: ${(error as Error).message}`);
+      throw new UsageError(
+        `--model: ${(error as Error).message}`,
+        { option: 'model', received: label },
+        { cause: error },
+      );
     }
   }
   const tokens = integerOption('tokens', options.tokens, Math.min(config.maxPositionEmbeddings, 131072), 1);
-  const duo = duoPlan(settings, config);
+  const duo = duoPlanFor(policies, settings, config);
   const plans = Object.fromEntries(
-    (['full', 'duo', 'streaming'] as const).map((policy) => [policy, policyPlan(policy, settings, config, duo)]),
+    policies.map((policy) => [policy, policyPlan(config, buildPolicy(policy, settings, config, duo))]),
   );
   const rows = Object.entries(plans).map(([policy, plan]) => {
     const input = { config, plan, weightDtype, kvDtype, kvQuant, prefillChunk: settings.prefillChunk };

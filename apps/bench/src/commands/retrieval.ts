@@ -1,21 +1,24 @@
 // The retrieval protocols of duo-bench (passkey, niah): a needle hidden at evenly spread depths of a haystack of each
 // length, a question after it, the greedy answer scored — through duoattn's own runtime, under one attention policy.
 import { readFileSync, writeFileSync } from 'node:fs';
+import {
+  attentionPolicies,
+  buildPolicy,
+  duoPlanFor,
+  integerListOption,
+  integerOption,
+  POLICY_OPTIONS,
+  parseOptions,
+  policySettings,
+  runLabel,
+  UsageError,
+  writeResult,
+} from '@duoattn/app-kit';
+import { policyPlan } from '@duoattn/dual-cache';
 import { seededRandom } from '@duoattn/model';
-import { integerListOption, integerOption, parseOptions, UsageError } from '../args.js';
 import { heldOutText } from '../default-model.js';
 import { loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
 import { heatmapPng } from '../png.js';
-import {
-  applyDuoPlan,
-  attentionPolicies,
-  POLICY_OPTIONS,
-  policyPlan,
-  policySettings,
-  runLabel,
-  sessionPolicy,
-} from '../policy-options.js';
-import { writeResult } from '../results.js';
 import { heatmapSvg, tickLabel } from '../svg.js';
 
 /** What a retrieval benchmark hides, asks and counts as right. */
@@ -56,7 +59,7 @@ export async function runRetrieval(
     ...POLICY_OPTIONS,
   });
   const [attention = 'full'] = attentionPolicies(options.attention, ['full']);
-  const policy = policySettings(options);
+  const chosen = policySettings(options, [attention]);
   const lengths = integerListOption('lengths', options.lengths, [2048, 4096, 8192, 16384]);
   const depths = integerOption('depths', options.depths, 10, 1, 100);
   const trials = integerOption('trials', options.trials, 20, 1);
@@ -64,9 +67,9 @@ export async function runRetrieval(
   const { weightDtype } = modelChoices(options);
   const haystackPath = heldOutText('haystack', options.haystack);
   const { model, path } = await loadModel(options);
-  const plan = await applyDuoPlan(model, [attention], policy);
-  const sessionOptions = sessionPolicy(attention, policy);
-  const running = policyPlan(attention, policy, model.config, plan);
+  const plan = duoPlanFor([attention], chosen, model.config);
+  const policy = buildPolicy(attention, chosen, model.config, plan);
+  const running = policyPlan(model.config, policy);
   const window = attention === 'full' ? undefined : running.recent;
   const tokenizer = model.tokenizer;
   if (!tokenizer) throw new UsageError(`--model: ${path} has no tokenizer`);
@@ -98,7 +101,7 @@ export async function runRetrieval(
         const prompt = [...bos, ...hay.slice(0, at), ...needle, ...hay.slice(at), ...question];
         const ids: number[] = [];
         for await (const token of model.generate(prompt, {
-          ...sessionOptions,
+          policy,
           maxTokens: protocol.maxTokens(expected),
           stopTokens: [],
         }))
@@ -135,7 +138,7 @@ export async function runRetrieval(
           ? ''
           : `; needle inside the ${window}-token window ${round(byWindow.inside.correct)}/${byWindow.inside.trials}, outside ${round(byWindow.outside.correct)}/${byWindow.outside.trials}`;
       log(
-        `${protocol.name} @${length} (${runLabel(attention, policy.kvQuant)}): ${(accuracy * 100).toFixed(1)} % (${round(correct)}/${trials})${split}`,
+        `${protocol.name} @${length} (${runLabel(attention, chosen.kvQuant)}): ${(accuracy * 100).toFixed(1)} % (${round(correct)}/${trials})${split}`,
       );
     }
   } finally {
@@ -150,15 +153,15 @@ export async function runRetrieval(
       ? {
           headPlan: {
             sparsity: plan.sparsity,
-            pattern: policy.pattern ?? 'even split',
-            inverted: policy.invert,
+            pattern: chosen.pattern ?? 'even split',
+            inverted: chosen.invert,
             retrievalHeads: plan.retrievalHeads,
           },
         }
       : {}),
-    prefillChunk: policy.prefillChunk,
-    prefillMask: policy.prefillMask,
-    kvQuant: policy.kvQuant,
+    prefillChunk: chosen.prefillChunk,
+    prefillMask: chosen.prefillMask,
+    kvQuant: chosen.kvQuant,
     depths,
     trials,
     seed,
@@ -180,7 +183,7 @@ export async function runRetrieval(
       file.endsWith('.png')
         ? heatmapPng(grid)
         : heatmapSvg({
-            title: `${protocol.title}, ${runLabel(attention, policy.kvQuant)}${plan ? `${policy.invert ? ' (inverted pattern)' : ''} at sparsity ${plan.sparsity}` : ''}`,
+            title: `${protocol.title}, ${runLabel(attention, chosen.kvQuant)}${plan ? `${chosen.invert ? ' (inverted pattern)' : ''} at sparsity ${plan.sparsity}` : ''}`,
             rowLabel: 'needle depth',
             columnLabel: 'context (tokens)',
             rows: Array.from({ length: depths }, (_, d) => `${Math.round(((d + 0.5) / depths) * 100)} %`),

@@ -1,11 +1,19 @@
 // duo-bench speed: prefill tokens/s and decode ms/token of the engine, on a named shape (random weights made on the
 // device) or a real model, with the bytes-moved floor of each decode figure.
 import { writeFileSync } from 'node:fs';
+import {
+  choiceOption,
+  integerListOption,
+  integerOption,
+  numberOption,
+  parseOptions,
+  UsageError,
+  writeResult,
+} from '@duoattn/app-kit';
+import { dtypeBytes } from '@duoattn/core';
 import { resolveBackend } from '@duoattn/kernels';
-import { choiceOption, integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
 import { benchmarkTokens, decodeLatency, prefillSeconds } from '../measure.js';
 import { benchmarkModel } from '../model-options.js';
-import { writeResult } from '../results.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
 export const speedHelp = `duo-bench speed (--shape NAME | --model PATH) [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
@@ -39,10 +47,14 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
     throw new UsageError('speed needs --shape NAME or --model PATH');
   const { model, label } = await benchmarkModel(options, backend, dtype);
   const config = model.config;
-  const weightBytes = model.weights.lmHead.dtype === 'f32' ? 4 : 2;
+  const weightBytes = dtypeBytes(model.weightDtype);
   const capacity = Math.max(prefillTokens, ...contexts) + warmup + steps + 2;
-  const session = model.createSession({ maxTokens: capacity, prefillChunk: Math.max(prefillTokens, 1) });
-  const cacheBytes = session.cacheDtype === 'f32' ? 4 : 2;
+  // Full attention, the whole prompt in one prefill chunk.
+  const session = model.createSession({
+    policy: { attention: 'full', prefillChunk: Math.max(prefillTokens, 1) },
+    maxTokens: capacity,
+  });
+  const cacheBytes = dtypeBytes(session.cacheDtype);
   const tokens = benchmarkTokens(prefillTokens, config.vocabSize);
   try {
     let prefill: object | undefined;
@@ -93,7 +105,7 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
     const settings = {
       model: label,
       device: backend.device,
-      weightDtype: model.weights.lmHead.dtype,
+      weightDtype: model.weightDtype,
       cacheDtype: session.cacheDtype,
       prefillTokens,
       contexts,

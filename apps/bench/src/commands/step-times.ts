@@ -1,6 +1,7 @@
 // Timing of gate-training steps at chosen context lengths (one warm-up step, then the median of timed steps), peak
 // memory, and the projected time of a whole schedule whose lengths are linspace(ctx-min, ctx-max, 50).
 import { join } from 'node:path';
+import { median, writeResult } from '@duoattn/app-kit';
 import {
   type FrozenModel,
   type FullTerm,
@@ -9,7 +10,6 @@ import {
   type PasskeySample,
   type StreamingWindow,
 } from '@duoattn/gate-trainer';
-import { median, writeResult } from '../results.js';
 
 export interface StepTimeSettings {
   contextMin: number;

@@ -3,6 +3,15 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
+  choiceOption,
+  integerListOption,
+  integerOption,
+  numberOption,
+  parseOptions,
+  UsageError,
+  writeResult,
+} from '@duoattn/app-kit';
+import {
   exportPattern,
   fittingPasskeys,
   freezeModel,
@@ -15,13 +24,11 @@ import {
   trainGates,
 } from '@duoattn/gate-trainer';
 import { LlamaModel } from '@duoattn/model';
-import { choiceOption, integerListOption, integerOption, numberOption, parseOptions, UsageError } from '../args.js';
 import { defaultModelPath } from '../default-model.js';
 import { encodeInPieces } from '../encode.js';
 import { gateHistoryPng, trainingSvg } from '../gate-plots.js';
 import { loadModel, MODEL_OPTIONS, modelChoices, namedShape } from '../model-options.js';
 import { trainingProgress } from '../progress.js';
-import { writeResult } from '../results.js';
 import { measureStepTimes } from './step-times.js';
 
 export const trainGatesHelp = `duo-bench train-gates [--model DIR | --shape NAME] [--haystack PATH] [--out DIR] [--steps 2000]
