@@ -2,6 +2,7 @@
 // incrementally. Prints which backends the binary contains.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -22,9 +23,19 @@ if (!process.env.npm_config_nodedir) {
   const prefix = dirname(dirname(process.execPath));
   if (existsSync(join(prefix, 'include', 'node', 'node_api.h'))) nodedirArgs.push(`--nodedir=${prefix}`);
 }
+// node-gyp is a dependency of this package, so an installed copy builds with the version it was tested with rather than
+// whichever node-gyp is on PATH (npm's bundled one, then PATH, are the fallbacks when it cannot be resolved).
+function nodeGyp() {
+  try {
+    return [process.execPath, createRequire(import.meta.url).resolve('node-gyp/bin/node-gyp.js')];
+  } catch {
+    return process.env.npm_config_node_gyp ? [process.execPath, process.env.npm_config_node_gyp] : ['node-gyp'];
+  }
+}
 const args = [configured ? 'build' : 'rebuild', '--jobs=max', ...nodedirArgs];
 console.log(`[duoattn] node-gyp ${args.join(' ')} (CUDA ${settings.cuda === '1' ? 'on' : 'off'})`);
-const result = spawnSync('node-gyp', args, { cwd: nativeRoot, stdio: 'inherit', shell: false });
+const [command, ...gypArgs] = nodeGyp();
+const result = spawnSync(command, [...gypArgs, ...args], { cwd: nativeRoot, stdio: 'inherit' });
 if (result.error) {
   console.error(`[duoattn] could not run node-gyp: ${result.error.message}`);
   process.exit(1);
