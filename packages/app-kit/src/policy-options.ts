@@ -8,13 +8,13 @@ import {
   DEFAULT_SINK,
   DEFAULT_SPARSITY,
   type HeadPlan,
-  KV_QUANT_SCHEMES,
   type KvQuantScheme,
   type ModelConfig,
   type PrefillMask,
   retrievalHeadCount,
 } from '@duoattn/core';
 import { evenPlan, loadPattern, planHeads, policyPlan } from '@duoattn/dual-cache';
+import { KV_QUANT_SCHEMES } from '@duoattn/kv-quant';
 import { choiceOption, integerOption, numberOption, type OptionSpec } from './command-options.js';
 import { UsageError } from './usage-error.js';
 

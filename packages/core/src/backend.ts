@@ -54,7 +54,7 @@ export interface StreamingHeads {
 /**
  * A quantized KV cache (docs/decisions/0006-kv-quantization.md): the op's key and value caches (and the streaming
  * region's) are u8 code planes `[heads, capacity, codeBytes]`; these are the f16 scale planes
- * `[heads, capacity, scaleHalves]` beside them (`kvQuantLayout`). Attention dequantizes in registers.
+ * `[heads, capacity, scaleHalves]` beside them (`kvQuantLayout` in @duoattn/kv-quant). Attention dequantizes in registers.
  */
 export interface QuantizedKv {
   readonly scheme: Exclude<KvQuantScheme, 'none'>;
@@ -207,7 +207,8 @@ export interface Backend {
   writeCache(source: TensorHandle, cache: TensorHandle, start: number): void;
   /**
    * Quantizes `source` (f32 `[n, kvHeads · headDim]`) into a quantized cache at positions `start … start + n − 1`:
-   * `codes` u8 `[kvHeads, capacity, codeBytes]` and `scales` f16 `[kvHeads, capacity, scaleHalves]` (`kvQuantLayout`).
+   * `codes` u8 `[kvHeads, capacity, codeBytes]` and `scales` f16 `[kvHeads, capacity, scaleHalves]` (`kvQuantLayout` in
+   * @duoattn/kv-quant).
    * Every backend writes the same codes.
    */
   writeCacheQuantized(

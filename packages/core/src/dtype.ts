@@ -26,25 +26,3 @@ export type DeviceKind = 'cpu' | 'cuda';
  * (the DuoAttention reference's layout); `fp8` e4m3 per (token, KV head) with an fp16 scale.
  */
 export type KvQuantScheme = 'none' | 'int8' | 'int4' | 'fp8';
-
-/** Every KV quantization scheme. */
-export const KV_QUANT_SCHEMES: readonly KvQuantScheme[] = ['none', 'int8', 'int4', 'fp8'];
-
-/** Channels per int4 group: the reference's 128, or the whole head when it is narrower. */
-export const INT4_GROUP = 128;
-
-/**
- * How one token's keys (or values) of one KV head are stored under a quantizing scheme: `codeBytes` bytes of codes
- * (one per channel; int4 two per byte) and `scaleHalves` fp16 values (one scale; int4 a scale and a zero per group of
- * `groupWidth` channels). The cache keeps them as two planes (docs/decisions/0006-kv-quantization.md).
- */
-export function kvQuantLayout(
-  scheme: Exclude<KvQuantScheme, 'none'>,
-  headDim: number,
-): { codeBytes: number; scaleHalves: number; groupWidth: number } {
-  if (scheme === 'int4') {
-    const groupWidth = Math.min(INT4_GROUP, headDim);
-    return { codeBytes: headDim / 2, scaleHalves: 2 * Math.ceil(headDim / groupWidth), groupWidth };
-  }
-  return { codeBytes: headDim, scaleHalves: 1, groupWidth: headDim };
-}

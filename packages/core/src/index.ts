@@ -1,4 +1,4 @@
-// Public surface of @duoattn/core: types and errors only, no runtime dependencies.
+// Public surface of @duoattn/core: the spec (types, the Backend interface), errors, defaults and tiny pure helpers; no dependencies.
 export type {
   AttentionAttributes,
   AttentionBackwardAttributes,
@@ -14,15 +14,21 @@ export type {
   TensorHandle,
 } from './backend.js';
 export {
+  DEFAULT_CACHE_BLOCK_TOKENS,
+  DEFAULT_MAX_NEW_TOKENS,
+  DEFAULT_PREFILL_CHUNK,
+  DEFAULT_RECENT,
+  DEFAULT_SESSION_TOKENS,
+  DEFAULT_SINK,
+  DEFAULT_SPARSITY,
+} from './defaults.js';
+export {
   type DeviceKind,
   DTYPES,
   type DType,
   dtypeBytes,
-  INT4_GROUP,
   isDType,
-  KV_QUANT_SCHEMES,
   type KvQuantScheme,
-  kvQuantLayout,
 } from './dtype.js';
 export {
   DuoArgumentError,
@@ -35,6 +41,7 @@ export {
   DuoOutOfMemoryError,
   DuoTokenizerError,
 } from './errors.js';
+export { bf16ToNumber, f16ToNumber, numberToBf16, numberToF16 } from './half.js';
 export {
   type AttentionPolicyName,
   type HeadPattern,
@@ -50,19 +57,11 @@ export {
   validateModelConfig,
 } from './model-config.js';
 export {
-  DEFAULT_CACHE_BLOCK_TOKENS,
-  DEFAULT_MAX_NEW_TOKENS,
-  DEFAULT_PREFILL_CHUNK,
-  DEFAULT_RECENT,
-  DEFAULT_SESSION_TOKENS,
-  DEFAULT_SINK,
-  DEFAULT_SPARSITY,
-} from './defaults.js';
-export {
   type AttentionPolicy,
   type DuoAttentionPolicy,
   FULL_ATTENTION,
   type FullAttentionPolicy,
   type StreamingAttentionPolicy,
 } from './policy.js';
+export { randomArray } from './random.js';
 export { SHAPES } from './shapes.js';

@@ -5,15 +5,14 @@ import {
   DuoArgumentError,
   dtypeBytes,
   type HeadPlan,
-  KV_QUANT_SCHEMES,
   type KvQuantScheme,
-  kvQuantLayout,
   type ModelConfig,
   type PrefillMask,
   type QuantizedKv,
   type StreamingHeads,
   type TensorHandle,
 } from '@duoattn/core';
+import { type KvPlane, kvPlanes, kvRowBytes } from '@duoattn/kv-quant';
 
 /** The attention inputs of one layer: the full region and, when some heads stream, the streaming region. */
 export interface CacheLayer {
@@ -46,33 +45,6 @@ export interface DualKvCacheOptions {
   readonly prefillMask?: PrefillMask;
   /** Quantized storage (ADR 0006): codes and fp16 scales instead of `dtype` rows. Default 'none'. */
   readonly kvQuant?: KvQuantScheme;
-}
-
-/** One plane of a cache: its element dtype and elements per token and head. */
-export interface KvPlane {
-  readonly dtype: DType;
-  readonly width: number;
-}
-
-/** The planes that hold one token's keys (or values) in one KV head: one row of `dtype`, or codes then fp16 scales. */
-export function kvPlanes(headDim: number, dtype: DType, kvQuant: KvQuantScheme = 'none'): KvPlane[] {
-  if (!(KV_QUANT_SCHEMES as readonly string[]).includes(kvQuant)) {
-    throw new DuoArgumentError(
-      'kvQuant',
-      `Expected \`kvQuant\` to be one of ${KV_QUANT_SCHEMES.join(', ')} but received ${String(kvQuant)}`,
-    );
-  }
-  if (kvQuant === 'none') return [{ dtype, width: headDim }];
-  const { codeBytes, scaleHalves } = kvQuantLayout(kvQuant, headDim);
-  return [
-    { dtype: 'u8', width: codeBytes },
-    { dtype: 'f16', width: scaleHalves },
-  ];
-}
-
-/** Bytes of one token in one KV head over all planes. */
-export function kvRowBytes(planes: readonly KvPlane[]): number {
-  return planes.reduce((sum, plane) => sum + plane.width * dtypeBytes(plane.dtype), 0);
 }
 
 /** Tokens the full regions grow by so that every plane maps whole pages. */

@@ -13,10 +13,7 @@ export {
   DualKvCache,
   type DualKvCacheOptions,
   dualCacheBytes,
-  type KvPlane,
   kvPageTokens,
-  kvPlanes,
-  kvRowBytes,
   pageTokens,
   streamingSlots,
 } from './dual-kv-cache.js';

@@ -8,7 +8,8 @@ import {
   type KvQuantScheme,
   type ModelConfig,
 } from '@duoattn/core';
-import { dualCacheBytes, kvPageTokens, kvPlanes } from './dual-kv-cache.js';
+import { kvPlanes } from '@duoattn/kv-quant';
+import { dualCacheBytes, kvPageTokens } from './dual-kv-cache.js';
 
 /** What a plan is computed for. */
 export interface MemoryPlanInput {

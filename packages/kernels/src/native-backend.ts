@@ -13,14 +13,13 @@ import {
   type GateMixAttributes,
   type HostArray,
   isDType,
-  KV_QUANT_SCHEMES,
   type KvQuantScheme,
-  kvQuantLayout,
   type PrefillAttentionAttributes,
   type QuantizedKv,
   type RopeAttributes,
   type StreamingHeads,
 } from '@duoattn/core';
+import { KV_QUANT_SCHEMES, kvQuantLayout } from '@duoattn/kv-quant';
 import { callNative, mapNativeError } from './errors.js';
 import type { NativeAddon, QuantFields, StreamingFields } from './native.js';
 import { Tensor } from './tensor.js';

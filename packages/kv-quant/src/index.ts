@@ -1,4 +1,5 @@
-// Public surface of @duoattn/kv-quant: KV-cache quantization schemes, their bytes, a reference quantizer, metrics.
+// Public surface of @duoattn/kv-quant: the KV-cache quantization schemes' descriptors (planes, bytes, validation), a
+// reference quantizer, error metrics.
 export {
   attendOne,
   attentionOutputError,
@@ -15,4 +16,14 @@ export {
   roundHalfEven,
   roundTrip,
 } from './reference.js';
-export { expectKvQuantScheme, INT4_GROUP, int4Groups, kvBytesPerTokenHead } from './scheme.js';
+export {
+  expectKvQuantScheme,
+  INT4_GROUP,
+  int4Groups,
+  KV_QUANT_SCHEMES,
+  type KvPlane,
+  kvBytesPerTokenHead,
+  kvPlanes,
+  kvQuantLayout,
+  kvRowBytes,
+} from './scheme.js';

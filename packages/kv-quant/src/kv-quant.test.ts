@@ -1,6 +1,5 @@
 // The schemes' bytes, the reference quantizer's codes and round-trip bounds, e4m3, and the error metrics.
-import { f16ToNumber, numberToF16 } from '@duoattn/kernels';
-import { randomArray } from '@duoattn/kernels/testing';
+import { f16ToNumber, numberToF16, randomArray } from '@duoattn/core';
 import { describe, expect, it } from 'vitest';
 import { attentionOutputError, meanSquaredError, signalToNoiseDb } from './metrics.js';
 import { decodeE4m3, dequantizeRow, encodeE4m3, quantizeRow, roundHalfEven, roundTrip } from './reference.js';

@@ -1,7 +1,7 @@
 // The CPU reference quantizer: one token's keys (or values) of one KV head at a time, with f32 arithmetic and
 // round-half-to-even as the kernels do (so the CUDA and CPU quantizers can be checked code for code against it).
 import type { KvQuantScheme } from '@duoattn/core';
-import { f16ToNumber, numberToF16 } from '@duoattn/kernels';
+import { f16ToNumber, numberToF16 } from '@duoattn/core';
 import { expectKvQuantScheme, int4Groups } from './scheme.js';
 
 /** One quantized row: codes (int8 two's complement, fp8 e4m3 bits, or two int4 codes per byte, low nibble first). */

@@ -1,26 +1,67 @@
-// The KV quantization schemes' storage: bytes per token per KV head for keys (values take the same again), and the
-// int4 group layout. The memory planner and the kernels both read these, so the byte counts are the one definition.
-import {
-  type DType,
-  DuoArgumentError,
-  dtypeBytes,
-  INT4_GROUP,
-  KV_QUANT_SCHEMES,
-  type KvQuantScheme,
-  kvQuantLayout,
-} from '@duoattn/core';
+// The KV quantization schemes' descriptors — the one definition every layer imports: which schemes exist, how one
+// token's keys (or values) of one KV head are laid out in planes, their bytes, and the check of a scheme's name. The
+// memory planner, the dual cache and the kernels' argument checks all read these (docs/decisions/0006-kv-quantization.md).
+import { type DType, DuoArgumentError, dtypeBytes, type KvQuantScheme } from '@duoattn/core';
 
-export { INT4_GROUP };
+/** Every KV quantization scheme. */
+export const KV_QUANT_SCHEMES: readonly KvQuantScheme[] = ['none', 'int8', 'int4', 'fp8'];
 
-/** Checks that `value` names a scheme. */
-export function expectKvQuantScheme(value: unknown): KvQuantScheme {
-  if (typeof value !== 'string' || !(KV_QUANT_SCHEMES as readonly string[]).includes(value)) {
+/** Channels per int4 group: the reference's 128, or the whole head when it is narrower. */
+export const INT4_GROUP = 128;
+
+/**
+ * Checks that `value` names a scheme (`argument` names the option in the message); with `quantizing`, 'none' is
+ * refused too (the caller needs codes and scales).
+ */
+export function expectKvQuantScheme(value: unknown, argument?: string): KvQuantScheme;
+export function expectKvQuantScheme(value: unknown, argument: string, quantizing: true): Exclude<KvQuantScheme, 'none'>;
+export function expectKvQuantScheme(value: unknown, argument = 'kvQuant', quantizing = false): KvQuantScheme {
+  const allowed = quantizing ? KV_QUANT_SCHEMES.filter((scheme) => scheme !== 'none') : KV_QUANT_SCHEMES;
+  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
     throw new DuoArgumentError(
-      'kvQuant',
-      `Expected \`kvQuant\` to be one of ${KV_QUANT_SCHEMES.join(', ')} but received ${String(value)}`,
+      argument,
+      `Expected \`${argument}\` to be one of ${allowed.join(', ')} but received ${String(value)}`,
     );
   }
   return value as KvQuantScheme;
+}
+
+/**
+ * How one token's keys (or values) of one KV head are stored under a quantizing scheme: `codeBytes` bytes of codes
+ * (one per channel; int4 two per byte) and `scaleHalves` fp16 values (one scale; int4 a scale and a zero per group of
+ * `groupWidth` channels). The cache keeps them as two planes.
+ */
+export function kvQuantLayout(
+  scheme: Exclude<KvQuantScheme, 'none'>,
+  headDim: number,
+): { codeBytes: number; scaleHalves: number; groupWidth: number } {
+  if (scheme === 'int4') {
+    const groupWidth = Math.min(INT4_GROUP, headDim);
+    return { codeBytes: headDim / 2, scaleHalves: 2 * Math.ceil(headDim / groupWidth), groupWidth };
+  }
+  return { codeBytes: headDim, scaleHalves: 1, groupWidth: headDim };
+}
+
+/** One plane of a cache: its element dtype and elements per token and head. */
+export interface KvPlane {
+  readonly dtype: DType;
+  readonly width: number;
+}
+
+/** The planes that hold one token's keys (or values) in one KV head: one row of `dtype`, or codes then fp16 scales. */
+export function kvPlanes(headDim: number, dtype: DType, kvQuant: KvQuantScheme = 'none'): KvPlane[] {
+  const scheme = expectKvQuantScheme(kvQuant);
+  if (scheme === 'none') return [{ dtype, width: headDim }];
+  const { codeBytes, scaleHalves } = kvQuantLayout(scheme, headDim);
+  return [
+    { dtype: 'u8', width: codeBytes },
+    { dtype: 'f16', width: scaleHalves },
+  ];
+}
+
+/** Bytes of one token in one KV head over all planes. */
+export function kvRowBytes(planes: readonly KvPlane[]): number {
+  return planes.reduce((sum, plane) => sum + plane.width * dtypeBytes(plane.dtype), 0);
 }
 
 /** int4 groups of one head: ⌈headDim / 128⌉ groups of equal width (the last may be narrower). */
@@ -38,8 +79,5 @@ export function kvBytesPerTokenHead(scheme: KvQuantScheme, headDim: number, cach
   if (!Number.isInteger(headDim) || headDim < 2 || headDim % 2 !== 0) {
     throw new DuoArgumentError('headDim', `Expected an even \`headDim\` ≥ 2 but received ${String(headDim)}`);
   }
-  const checked = expectKvQuantScheme(scheme);
-  if (checked === 'none') return headDim * dtypeBytes(cacheDtype);
-  const { codeBytes, scaleHalves } = kvQuantLayout(checked, headDim);
-  return codeBytes + 2 * scaleHalves;
+  return kvRowBytes(kvPlanes(headDim, cacheDtype, scheme));
 }

@@ -21,8 +21,9 @@ import {
 } from '@duoattn/app-kit';
 import type { AttentionPolicy, AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
 import { DuoOutOfMemoryError, dtypeBytes } from '@duoattn/core';
-import { kvPlanes, kvRowBytes, maxContext, planMemory, policyPlan } from '@duoattn/dual-cache';
+import { maxContext, planMemory, policyPlan } from '@duoattn/dual-cache';
 import { resolveBackend } from '@duoattn/kernels';
+import { kvPlanes, kvRowBytes } from '@duoattn/kv-quant';
 import type { LlamaModel } from '@duoattn/model';
 import { benchmarkTokens, decodeLatency, prefillSeconds } from '../measure.js';
 import { benchmarkModel } from '../model-options.js';

@@ -1,6 +1,6 @@
 // Float64 reference implementations of every backend op, for the conformance suite and model tests.
 
-export { bf16ToNumber, f16ToNumber, numberToBf16, numberToF16 } from '../half.js';
+export { bf16ToNumber, f16ToNumber, numberToBf16, numberToF16, randomArray } from '@duoattn/core';
 
 /** A matrix as float64 rows. */
 export type Matrix = Float64Array[];
@@ -179,18 +179,4 @@ export function relativeError(actual: ArrayLike<number>, expected: Matrix | Arra
   }
   const error = Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-30);
   return Number.isNaN(error) ? Number.POSITIVE_INFINITY : error;
-}
-
-/** Deterministic pseudo-random numbers in [-1, 1) (mulberry32), for test inputs. */
-export function randomArray(length: number, seed: number, scale = 1): Float32Array {
-  let state = seed >>> 0;
-  const out = new Float32Array(length);
-  for (let i = 0; i < length; i++) {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out[i] = ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
-  }
-  return out;
 }

@@ -1,6 +1,7 @@
 // Quantized cache writes on the CPU backend against the reference quantizer.
-import { createBackend } from '@duoattn/kernels';
-import { quantizerConformanceSuite } from './quantizer-conformance.js';
+
+import { quantizerConformanceSuite } from './quantizer-conformance-suite.js';
+import { createBackend } from './resolve-backend.js';
 
 const cpu = createBackend('cpu');
 quantizerConformanceSuite('cpu', () => cpu);

@@ -2,11 +2,11 @@
 // attention over the reference quantizer's round trip — full heads, a streaming head under the Λ mask, prefill and
 // decode (long enough to split over the keys), every scheme, head dims that take each kernel family. Used by the CPU
 // and CUDA tests.
-import { type KvQuantScheme, kvQuantLayout, type TensorHandle } from '@duoattn/core';
-import type { NativeBackend } from '@duoattn/kernels';
-import { randomArray, referenceAttention, relativeError, toMatrix } from '@duoattn/kernels/testing';
+import type { KvQuantScheme, TensorHandle } from '@duoattn/core';
+import { kvQuantLayout, roundTrip } from '@duoattn/kv-quant';
 import { describe, expect, it } from 'vitest';
-import { roundTrip } from './reference.js';
+import type { NativeBackend } from './native-backend.js';
+import { randomArray, referenceAttention, relativeError, toMatrix } from './testing/reference.js';
 
 const SCHEMES: Exclude<KvQuantScheme, 'none'>[] = ['int8', 'int4', 'fp8'];
 // Head dim 16 takes the CUDA-core kernels (f32 tiles), 64 and 128 the tensor-core ones (bf16 tiles); 600 keys split.

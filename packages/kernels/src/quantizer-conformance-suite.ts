@@ -2,11 +2,10 @@
 // for every scheme, several head sizes and awkward rows (zeros, a constant row, a wide range, ties). Used by the CPU
 // and CUDA tests.
 import type { KvQuantScheme } from '@duoattn/core';
-import { kvQuantLayout } from '@duoattn/core';
-import type { NativeBackend } from '@duoattn/kernels';
-import { randomArray } from '@duoattn/kernels/testing';
+import { randomArray } from '@duoattn/core';
+import { kvQuantLayout, quantizeRow } from '@duoattn/kv-quant';
 import { describe, expect, it } from 'vitest';
-import { quantizeRow } from './reference.js';
+import type { NativeBackend } from './native-backend.js';
 
 const SCHEMES: Exclude<KvQuantScheme, 'none'>[] = ['int8', 'int4', 'fp8'];
 const CASES = SCHEMES.flatMap((scheme) => [64, 128, 256].map((headDim) => ({ scheme, headDim })));
