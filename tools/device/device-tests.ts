@@ -1,14 +1,6 @@
-// Entry of the device test bundle: the CUDA conformance suites, the golden and demo-model checks and DuoAttention
-// through the model on CUDA, the gate trainer's gradients on CUDA, run with the vitest shim.
+// Runner of the device test bundle: runs every suite registered before it with the vitest shim. `pnpm device:prepare`
+// bundles an entry that imports every packages/*/src/**/*.cuda.test.ts first (so none can be forgotten), then this.
 import { writeFileSync } from 'node:fs';
-import '../../packages/kernels/src/conformance.cuda.test.ts';
-import '../../packages/model/src/golden.cuda.test.ts';
-import '../../packages/model/src/demo-model.cuda.test.ts';
-import '../../packages/model/src/duo.cuda.test.ts';
-import '../../packages/model/src/kv-quant-real.cuda.test.ts';
-import '../../packages/gate-trainer/src/gate-gradients.cuda.test.ts';
-import '../../packages/kv-quant/src/quantizer.cuda.test.ts';
-import '../../packages/kv-quant/src/quantized-attention.cuda.test.ts';
 import { runRegistered } from './vitest-shim.ts';
 
 const outcomes = await runRegistered((line) => console.log(line));

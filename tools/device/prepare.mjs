@@ -2,7 +2,7 @@
 // a Node binary, the CUDA-enabled addon, esbuild bundles of the device tests and duo-bench, the ../shared files the
 // runs read, the peer PyTorch script, and the commit. Run from the repository root: `pnpm device:prepare`.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, cpSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -44,13 +44,23 @@ const common = {
     '@duoattn/model': join(root, 'packages/model/src/index.ts'),
     '@duoattn/gate-trainer': join(root, 'packages/gate-trainer/src/index.ts'),
     '@duoattn/accs': join(root, 'packages/accs/src/index.ts'),
+    '@duoattn/app-kit': join(root, 'packages/app-kit/src/index.ts'),
   },
 };
-await build({
-  ...common,
-  entryPoints: [join(root, 'tools/device/device-tests.ts')],
-  outfile: join(out, 'device-tests.mjs'),
-});
+// Every CUDA test file of every package, then the runner: a new *.cuda.test.ts runs on the GPU without a list to edit.
+const cudaTests = readdirSync(join(root, 'packages'), { recursive: true })
+  .map(String)
+  .filter((file) => file.endsWith('.cuda.test.ts') && !file.includes('node_modules'))
+  .sort();
+const entry = join(out, 'device-tests-entry.ts');
+writeFileSync(
+  entry,
+  [...cudaTests, '../tools/device/device-tests.ts']
+    .map((file) => `import ${JSON.stringify(file.startsWith('..') ? file : `../packages/${file}`)};`)
+    .join('\n'),
+);
+console.log(`[device] ${cudaTests.length} CUDA test files: ${cudaTests.join(', ')}`);
+await build({ ...common, entryPoints: [entry], outfile: join(out, 'device-tests.mjs') });
 await build({ ...common, entryPoints: [join(root, 'apps/bench/src/cli.ts')], outfile: join(out, 'duo-bench.mjs') });
 
 // 3. Node itself (the GPU machine has none).
