@@ -3,6 +3,7 @@ import {
   type Backend,
   type DType,
   DuoArgumentError,
+  DuoDisposedError,
   dtypeBytes,
   type HeadPlan,
   type KvQuantScheme,
@@ -325,7 +326,7 @@ export class DualKvCache {
   }
 
   #checkLive(): void {
-    if (this.#disposed) throw new DuoArgumentError('cache', 'The cache was disposed');
+    if (this.#disposed) throw new DuoDisposedError('The cache was disposed: create a new one');
   }
 }
 
