@@ -13,11 +13,36 @@
 namespace duo {
 namespace {
 
-std::vector<Tensor*> registry(1, nullptr);  // id 0 is never used: -1/0 mean "none" on the JS side
-std::unique_ptr<Device> cpuDevice;
-std::unique_ptr<Device> cudaDevice;
-std::string cudaReason;
-bool cudaProbed = false;
+// Everything the addon holds for one JS environment (the main thread, each worker thread): its tensor registry and its
+// devices. Node keeps one per environment (napi_set_instance_data) and deletes it when the environment is torn down (a
+// worker exits), which frees the tensors still registered there. Nothing is shared between environments but cuBLAS,
+// whose library and per-stream handles are process-wide and guarded (cuda/cublas-loader.cc).
+struct AddonState {
+  std::vector<Tensor*> registry{nullptr};  // id 0 is never used: -1/0 mean "none" on the JS side
+  // Shared so that a read or synchronisation still running on the libuv pool keeps its device alive.
+  std::shared_ptr<Device> cpuDevice;
+  std::shared_ptr<Device> cudaDevice;
+  std::string cudaReason;
+  bool cudaProbed = false;
+
+  AddonState() = default;
+  AddonState(const AddonState&) = delete;
+  AddonState& operator=(const AddonState&) = delete;
+  ~AddonState() {
+    for (Tensor* tensor : registry) {
+      if (!tensor) continue;
+      try {
+        if (tensor->paged) tensor->device->releasePaged(*tensor);
+        else tensor->device->release(tensor->data, tensor->bytes);
+      } catch (...) {
+        // Tearing down: a device error here has nobody left to report to.
+      }
+      delete tensor;
+    }
+  }
+};
+
+AddonState& stateOf(Napi::Env env) { return *env.GetInstanceData<AddonState>(); }
 
 [[noreturn]] void throwJs(Napi::Env env, const std::string& code, const std::string& message) {
   Napi::Error error = Napi::Error::New(env, message);
@@ -41,20 +66,30 @@ auto guarded(const Napi::CallbackInfo& info, F body) -> decltype(body()) {
   }
 }
 
-Device* deviceOf(int index) {
+// The environment's device `index` (0: CPU, 1: CUDA), created on first use.
+const std::shared_ptr<Device>& sharedDeviceOf(Napi::Env env, int index) {
+  AddonState& state = stateOf(env);
   if (index == 0) {
-    if (!cpuDevice) cpuDevice.reset(new CpuDevice(std::max(1u, std::thread::hardware_concurrency())));
-    return cpuDevice.get();
+    if (!state.cpuDevice) state.cpuDevice = std::make_shared<CpuDevice>(std::max(1u, std::thread::hardware_concurrency()));
+    return state.cpuDevice;
   }
-  if (!cudaProbed) {
-    cudaProbed = true;
-    cudaDevice.reset(createCudaDevice(cudaReason));
+  if (!state.cudaProbed) {
+    state.cudaProbed = true;
+    state.cudaDevice.reset(createCudaDevice(state.cudaReason));
   }
-  if (!cudaDevice) throw Error("DUO_NO_BACKEND", "CUDA backend unavailable: " + cudaReason);
-  return cudaDevice.get();
+  if (!state.cudaDevice) throw Error("DUO_NO_BACKEND", "CUDA backend unavailable: " + state.cudaReason);
+  return state.cudaDevice;
+}
+Device* deviceOf(Napi::Env env, int index) { return sharedDeviceOf(env, index).get(); }
+
+// The shared handle of a tensor's device (for work that outlives the call).
+std::shared_ptr<Device> sharedDeviceOf(Napi::Env env, const Tensor& tensor) {
+  AddonState& state = stateOf(env);
+  return tensor.device == state.cpuDevice.get() ? state.cpuDevice : state.cudaDevice;
 }
 
 Tensor& tensorAt(const Napi::Value& value) {
+  const std::vector<Tensor*>& registry = stateOf(value.Env()).registry;
   int64_t id = value.As<Napi::Number>().Int64Value();
   if (id <= 0 || id >= static_cast<int64_t>(registry.size()) || registry[id] == nullptr)
     throw Error("DUO_DISPOSED", "tensor #" + std::to_string(id) + " was disposed or never existed");
@@ -78,6 +113,7 @@ double number(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi
 
 // Gives an allocated tensor its id (its index in the registry) and returns the id to JS.
 Napi::Value registerTensor(Napi::Env env, std::unique_ptr<Tensor> tensor, Device* device) {
+  std::vector<Tensor*>& registry = stateOf(env).registry;
   tensor->device = device;
   tensor->id = static_cast<uint32_t>(registry.size());
   registry.push_back(tensor.release());
@@ -101,7 +137,7 @@ std::unique_ptr<Tensor> describedTensor(const Napi::CallbackInfo& info) {
 
 Napi::Value Alloc(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    Device* device = deviceOf(static_cast<int>(integer(info, 0)));
+    Device* device = deviceOf(info.Env(), static_cast<int>(integer(info, 0)));
     auto tensor = describedTensor(info);
     tensor->data = device->allocate(tensor->bytes);
     return registerTensor(info.Env(), std::move(tensor), device);
@@ -111,7 +147,7 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
 // A paged tensor [spans, length, width]: address space for all of it, memory committed per span by CommitPaged.
 Napi::Value AllocPaged(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    Device* device = deviceOf(static_cast<int>(integer(info, 0)));
+    Device* device = deviceOf(info.Env(), static_cast<int>(integer(info, 0)));
     auto tensor = describedTensor(info);
     if (tensor->shape.size() != 3) throw Error("DUO_ARG", "a paged tensor is [spans, length, width]");
     tensor->paged = true;
@@ -137,7 +173,7 @@ Napi::Value CommitPaged(const Napi::CallbackInfo& info) {
 
 Napi::Value PageBytes(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    return Napi::Number::New(info.Env(), static_cast<double>(deviceOf(static_cast<int>(integer(info, 0)))->pageBytes()));
+    return Napi::Number::New(info.Env(), static_cast<double>(deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->pageBytes()));
   });
 }
 
@@ -152,7 +188,7 @@ Napi::Value Free(const Napi::CallbackInfo& info) {
     Tensor& tensor = tensorAt(info[0]);
     if (tensor.paged) tensor.device->releasePaged(tensor);
     else tensor.device->release(tensor.data, tensor.bytes);
-    registry[tensor.id] = nullptr;
+    stateOf(info.Env()).registry[tensor.id] = nullptr;
     delete &tensor;
     return info.Env().Undefined();
   });
@@ -175,8 +211,13 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
 
 class ReadWorker final : public Napi::AsyncWorker {
  public:
-  ReadWorker(Napi::Env env, Device::PendingRead* pending, char* buffer, size_t bytes)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), pending_(pending), buffer_(buffer), bytes_(bytes) {}
+  ReadWorker(Napi::Env env, std::shared_ptr<Device> device, Device::PendingRead* pending, char* buffer, size_t bytes)
+      : Napi::AsyncWorker(env),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        device_(std::move(device)),
+        pending_(pending),
+        buffer_(buffer),
+        bytes_(bytes) {}
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
     try {
@@ -200,6 +241,7 @@ class ReadWorker final : public Napi::AsyncWorker {
 
  private:
   Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Device> device_;  // declared before pending_: the pending read (its staging buffer) goes first
   std::unique_ptr<Device::PendingRead> pending_;
   char* buffer_;
   size_t bytes_;
@@ -229,7 +271,7 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
       delete[] buffer;
       throw;
     }
-    auto* worker = new ReadWorker(info.Env(), pending, buffer, bytes);
+    auto* worker = new ReadWorker(info.Env(), sharedDeviceOf(info.Env(), tensor), pending, buffer, bytes);
     Napi::Promise promise = worker->promise();
     worker->Queue();
     return promise;
@@ -238,7 +280,8 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
 
 class SyncWorker final : public Napi::AsyncWorker {
  public:
-  SyncWorker(Napi::Env env, Device* device) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), device_(device) {}
+  SyncWorker(Napi::Env env, std::shared_ptr<Device> device)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), device_(std::move(device)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
     try {
@@ -256,13 +299,13 @@ class SyncWorker final : public Napi::AsyncWorker {
 
  private:
   Napi::Promise::Deferred deferred_;
-  Device* device_;
+  std::shared_ptr<Device> device_;
   std::string code_;
 };
 
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    auto* worker = new SyncWorker(info.Env(), deviceOf(static_cast<int>(integer(info, 0))));
+    auto* worker = new SyncWorker(info.Env(), sharedDeviceOf(info.Env(), static_cast<int>(integer(info, 0))));
     Napi::Promise promise = worker->promise();
     worker->Queue();
     return promise;
@@ -271,7 +314,7 @@ Napi::Value Synchronize(const Napi::CallbackInfo& info) {
 
 Napi::Value Memory(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    MemoryInfo memory = deviceOf(static_cast<int>(integer(info, 0)))->memory();
+    MemoryInfo memory = deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->memory();
     Napi::Object result = Napi::Object::New(info.Env());
     result.Set("allocatedBytes", static_cast<double>(memory.allocated));
     result.Set("peakBytes", static_cast<double>(memory.peak));
@@ -283,7 +326,7 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
 
 Napi::Value ResetPeak(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    deviceOf(static_cast<int>(integer(info, 0)))->resetPeak();
+    deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->resetPeak();
     return info.Env().Undefined();
   });
 }
@@ -291,7 +334,7 @@ Napi::Value ResetPeak(const Napi::CallbackInfo& info) {
 // Per-op device times collected since the last call, as [{ name, count, milliseconds }] (CUDA with DUO_CUDA_PROFILE=1).
 Napi::Value TakeProfile(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    auto times = deviceOf(static_cast<int>(integer(info, 0)))->takeProfile();
+    auto times = deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->takeProfile();
     Napi::Array result = Napi::Array::New(info.Env(), times.size());
     for (size_t i = 0; i < times.size(); i++) {
       Napi::Object entry = Napi::Object::New(info.Env());
@@ -308,7 +351,7 @@ Napi::Value TakeProfile(const Napi::CallbackInfo& info) {
 Napi::Value Probe(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(info.Env());
   try {
-    Device* device = deviceOf(static_cast<int>(integer(info, 0)));
+    Device* device = deviceOf(info.Env(), static_cast<int>(integer(info, 0)));
     result.Set("available", true);
     result.Set("name", device->name());
   } catch (const Error& error) {
@@ -677,32 +720,33 @@ Napi::Value DecodeAdvance(const Napi::CallbackInfo& info) {
 
 Napi::Value GraphBegin(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    deviceOf(static_cast<int>(integer(info, 0)))->beginCapture();
+    deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->beginCapture();
     return info.Env().Undefined();
   });
 }
 
 Napi::Value GraphEnd(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    return Napi::Number::New(info.Env(), deviceOf(static_cast<int>(integer(info, 0)))->endCapture());
+    return Napi::Number::New(info.Env(), deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->endCapture());
   });
 }
 
 Napi::Value GraphLaunch(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    deviceOf(static_cast<int>(integer(info, 0)))->launchGraph(static_cast<int>(integer(info, 1)));
+    deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->launchGraph(static_cast<int>(integer(info, 1)));
     return info.Env().Undefined();
   });
 }
 
 Napi::Value GraphFree(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    deviceOf(static_cast<int>(integer(info, 0)))->freeGraph(static_cast<int>(integer(info, 1)));
+    deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->freeGraph(static_cast<int>(integer(info, 1)));
     return info.Env().Undefined();
   });
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  env.SetInstanceData(new AddonState());  // deleted by Node when this environment is torn down
   exports.Set("cudaCompiled", Napi::Boolean::New(env, cudaCompiled()));
   exports.Set("probe", Napi::Function::New(env, Probe));
   exports.Set("alloc", Napi::Function::New(env, Alloc));

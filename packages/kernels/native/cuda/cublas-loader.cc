@@ -53,20 +53,48 @@ CublasLibrary::CublasLibrary() {
     reason_ = "libcublas could not be loaded:" + tried;
     return;
   }
-  auto create = reinterpret_cast<int (*)(void**)>(dlsym(library_, "cublasCreate_v2"));
+  create_ = reinterpret_cast<Create>(dlsym(library_, "cublasCreate_v2"));
+  destroy_ = reinterpret_cast<Destroy>(dlsym(library_, "cublasDestroy_v2"));
   setStream_ = reinterpret_cast<SetStream>(dlsym(library_, "cublasSetStream_v2"));
   gemmEx_ = reinterpret_cast<GemmEx>(dlsym(library_, "cublasGemmEx"));
-  if (!create || !setStream_ || !gemmEx_) {
-    reason_ = "libcublas lacks cublasCreate_v2 / cublasSetStream_v2 / cublasGemmEx";
+  if (!create_ || !destroy_ || !setStream_ || !gemmEx_) {
+    reason_ = "libcublas lacks cublasCreate_v2 / cublasDestroy_v2 / cublasSetStream_v2 / cublasGemmEx";
     return;
   }
   void* handle = nullptr;
-  int status = create(&handle);
+  int status = create_(&handle);
   if (status != 0) {
     reason_ = "cublasCreate_v2 failed with status " + std::to_string(status);
     return;
   }
-  handle_ = handle;
+  spare_ = handle;
+  available_ = true;
+}
+
+void* CublasLibrary::handleFor(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& entry : handles_)
+    if (entry.first == stream) return entry.second;
+  void* handle = spare_;
+  spare_ = nullptr;
+  int status = handle ? 0 : create_(&handle);
+  if (status == 0) status = setStream_(handle, stream);
+  if (status != 0) {
+    if (handle) destroy_(handle);
+    throw Error("DUO_CUDA_CUBLAS_STATUS_" + std::to_string(status), "creating a cuBLAS handle failed with status " + std::to_string(status));
+  }
+  handles_.emplace_back(stream, handle);
+  return handle;
+}
+
+void CublasLibrary::forget(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (size_t i = 0; i < handles_.size(); i++) {
+    if (handles_[i].first != stream) continue;
+    destroy_(handles_[i].second);
+    handles_.erase(handles_.begin() + static_cast<long>(i));
+    return;
+  }
 }
 
 void CublasLibrary::gemm(cudaStream_t stream, int m, int n, int k, const void* weight, const void* x, cudaDataType type,
@@ -84,13 +112,11 @@ void CublasLibrary::gemmBackward(cudaStream_t stream, int m, int n, int k, const
 void CublasLibrary::run(cudaStream_t stream, int weightOp, int rows, int columns, int inner, const void* weight,
                         int weightLead, const void* operand, int operandLead, cudaDataType type, float* out, int outLead,
                         float beta) {
-  if (!handle_) throw Error("DUO_CUDA_CUBLAS_UNAVAILABLE", reason_);
-  int status = setStream_(handle_, stream);
+  if (!available_) throw Error("DUO_CUDA_CUBLAS_UNAVAILABLE", reason_);
+  void* handle = handleFor(stream);  // bound to `stream` when it was created
   const float alpha = 1.0f;
-  if (status == 0) {
-    status = gemmEx_(handle_, weightOp, kOpN, rows, columns, inner, &alpha, weight, type, weightLead, operand, type,
-                     operandLead, &beta, out, CUDA_R_32F, outLead, kCompute32F, kGemmDefault);
-  }
+  const int status = gemmEx_(handle, weightOp, kOpN, rows, columns, inner, &alpha, weight, type, weightLead, operand, type,
+                             operandLead, &beta, out, CUDA_R_32F, outLead, kCompute32F, kGemmDefault);
   if (status != 0) throw Error("DUO_CUDA_CUBLAS_STATUS_" + std::to_string(status), "cublasGemmEx failed with status " + std::to_string(status));
 }
 

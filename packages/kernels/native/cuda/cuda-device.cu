@@ -21,6 +21,12 @@ namespace {
 class PinnedPool {
  public:
   struct Buffer { char* data; size_t bytes; };
+  PinnedPool() = default;
+  PinnedPool(const PinnedPool&) = delete;
+  PinnedPool& operator=(const PinnedPool&) = delete;
+  ~PinnedPool() {
+    for (const Buffer& buffer : free_) cudaFreeHost(buffer.data);
+  }
   Buffer take(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
     for (size_t i = 0; i < free_.size(); i++) {
@@ -157,6 +163,13 @@ class CudaDevice final : public Device {
   ~CudaDevice() override {
     if (scratch_) cudaFreeAsync(scratch_, stream_);
     cudaStreamSynchronize(stream_);
+    if (CublasLibrary::instance().available()) CublasLibrary::instance().forget(stream_);
+    for (cudaGraphExec_t graph : graphs_)
+      if (graph) cudaGraphExecDestroy(graph);
+    for (SmallSlot& slot : smallSlots_) {
+      if (slot.data) cudaFreeHost(slot.data);
+      if (slot.done) cudaEventDestroy(slot.done);
+    }
     cudaStreamDestroy(stream_);
   }
 
