@@ -4,9 +4,16 @@
 // quantizer writing exactly the reference's codes.
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Backend, type KvQuantScheme, kvQuantLayout } from '@duoattn/core';
+import type { Backend, KvQuantScheme } from '@duoattn/core';
 import { sharedPath } from '@duoattn/kernels/testing';
-import { attentionOutputError, type HeadCache, quantizeRow, roundTrip, signalToNoiseDb } from '@duoattn/kv-quant';
+import {
+  attentionOutputError,
+  type HeadCache,
+  kvQuantLayout,
+  quantizeRow,
+  roundTrip,
+  signalToNoiseDb,
+} from '@duoattn/kv-quant';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LlamaModel } from '../llama-model.js';
 import { ropeInverseFrequencies } from '../rope.js';
