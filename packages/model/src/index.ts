@@ -1,5 +1,6 @@
 // Public surface of @duoattn/model.
 export { applyChatTemplate, type ChatMessage } from './chat-template.js';
+export { LlamaBlocks } from './llama-blocks.js';
 export {
   type GeneratedToken,
   type GenerateOptions,

@@ -10,6 +10,7 @@ import {
   validateModelConfig,
 } from '@duoattn/core';
 import { type BackendRequest, resolveBackend } from '@duoattn/kernels';
+import { LlamaBlocks } from './llama-blocks.js';
 import type { Checkpoint } from './loaders/checkpoint.js';
 import { openCheckpoint } from './loaders/open-checkpoint.js';
 import { ropeInverseFrequencies } from './rope.js';
@@ -78,6 +79,11 @@ export class LlamaModel {
   readonly tokenizer: Tokenizer | undefined;
   readonly chatTemplate: string | undefined;
   readonly weights: ModelWeights;
+  /**
+   * The Llama block's steps over this model's weights, for code that runs its own attention around them (the gate
+   * trainer, analyses). `createSession` is how to run the model.
+   */
+  readonly blocks: LlamaBlocks;
   /** Where the weights came from (a path, or "random"). */
   readonly source: string;
   readonly #inverseFrequencies: TensorHandle;
@@ -94,6 +100,7 @@ export class LlamaModel {
     this.config = config;
     this.backend = backend;
     this.weights = weights;
+    this.blocks = new LlamaBlocks(backend, config, weights);
     this.source = source;
     this.tokenizer = tokenizer;
     this.chatTemplate = chatTemplate;
@@ -154,14 +161,7 @@ export class LlamaModel {
   /** A new sequence with its own KV cache, attending as `options.policy` says (default full). Dispose it when done. */
   createSession(options: SessionOptions = {}): Session {
     this.#checkLive();
-    return new Session(
-      this.backend,
-      this.config,
-      this.weights,
-      this.#inverseFrequencies,
-      options,
-      this.defaultCacheDtype,
-    );
+    return new Session(this.blocks, this.#inverseFrequencies, options, this.defaultCacheDtype);
   }
 
   /** Encodes text with the model's tokenizer (BOS added). */

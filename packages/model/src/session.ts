@@ -17,7 +17,7 @@ import {
   type TensorHandle,
 } from '@duoattn/core';
 import { DualKvCache, policyPlan } from '@duoattn/dual-cache';
-import type { ModelWeights } from './weights.js';
+import type { LlamaBlocks } from './llama-blocks.js';
 
 /** Which hidden states to return: layer 0 is the embedding output, layer l the residual stream after layer l. */
 export interface CaptureRequest {
@@ -105,7 +105,7 @@ export class Session {
   readonly plan: HeadPlan;
   readonly #backend: Backend;
   readonly #config: ModelConfig;
-  readonly #weights: ModelWeights;
+  readonly #blocks: LlamaBlocks;
   readonly #inverseFrequencies: TensorHandle;
   readonly #cache: DualKvCache;
   readonly #workspaces = new Map<number, Workspace>();
@@ -119,16 +119,15 @@ export class Session {
 
   /** @internal Use `LlamaModel.createSession`. */
   constructor(
-    backend: Backend,
-    config: ModelConfig,
-    weights: ModelWeights,
+    blocks: LlamaBlocks,
     inverseFrequencies: TensorHandle,
     options: SessionOptions,
     defaultCacheDtype: DType,
   ) {
+    const { backend, config } = blocks;
     this.#backend = backend;
     this.#config = config;
-    this.#weights = weights;
+    this.#blocks = blocks;
     this.#inverseFrequencies = inverseFrequencies;
     const capacity = options.maxTokens ?? Math.min(config.maxPositionEmbeddings, DEFAULT_SESSION_TOKENS);
     if (!Number.isInteger(capacity) || capacity < 1) {
@@ -422,25 +421,18 @@ export class Session {
   ): void {
     const b = this.#backend;
     const c = this.#config;
-    const w = this.#weights;
+    const blocks = this.#blocks;
     const n = s.rows;
-    b.embedding(w.embedding, s.ids, s.hidden);
+    blocks.embed(s.ids, s.hidden);
     capture?.take(0, s.hidden, start, n);
     const scale = 1 / Math.sqrt(c.headDim);
     const interleaved = c.ropeStyle === 'interleaved';
     const attention = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim, scale, keyLength: start + n };
     for (let layer = 0; layer < c.numLayers; layer++) {
-      const lw = w.layers[layer];
       const cache = this.#cache.layers[layer];
-      if (!lw || !cache) throw new Error(`layer ${layer} is missing`);
+      if (!cache) throw new Error(`layer ${layer} is missing`);
       const { keyCache, valueCache, streaming, quant } = cache;
-      b.rmsNorm(s.hidden, lw.attentionNorm, s.normed, c.rmsNormEps);
-      b.matmulGroup(
-        s.normed,
-        [lw.query, lw.key, lw.value],
-        [s.query, s.key, s.value],
-        [lw.queryBias, lw.keyBias, lw.valueBias],
-      );
+      blocks.attentionInput(layer, s.hidden, s.normed, s.query, s.key, s.value);
       b.ropeWriteCache(s.query, s.key, s.value, s.positions, this.#inverseFrequencies, keyCache, valueCache, {
         heads: c.numHeads,
         kvHeads: c.numKvHeads,
@@ -466,19 +458,15 @@ export class Session {
           queryStart: start,
         });
       }
-      b.matmul(s.attention, lw.output, s.hidden, { residual: s.hidden });
-      b.rmsNorm(s.hidden, lw.mlpNorm, s.normed, c.rmsNormEps);
-      b.matmulSwiglu(s.normed, lw.gate, lw.up, s.gate);
-      b.matmul(s.gate, lw.down, s.hidden, { residual: s.hidden });
+      blocks.attentionOutput(layer, s.attention, s.hidden);
+      blocks.mlp(layer, s.hidden, s.normed, s.gate);
       capture?.take(layer + 1, s.hidden, start, n);
     }
   }
 
   #lastLogitTensor(workspace: Workspace): void {
-    const b = this.#backend;
-    b.copyRows(workspace.hidden, this.#lastRow, workspace.rows - 1, 0, 1);
-    b.rmsNorm(this.#lastRow, this.#weights.finalNorm, this.#lastNormed, this.#config.rmsNormEps);
-    b.matmul(this.#lastNormed, this.#weights.lmHead, this.#lastLogits);
+    this.#backend.copyRows(workspace.hidden, this.#lastRow, workspace.rows - 1, 0, 1);
+    this.#blocks.logits(this.#lastRow, this.#lastNormed, this.#lastLogits);
   }
 
   async #lastLogitsOf(workspace: Workspace): Promise<Float32Array> {
@@ -490,8 +478,7 @@ export class Session {
     const b = this.#backend;
     const logits = b.alloc('f32', [workspace.rows, this.#config.vocabSize]);
     try {
-      b.rmsNorm(workspace.hidden, this.#weights.finalNorm, workspace.normed, this.#config.rmsNormEps);
-      b.matmul(workspace.normed, this.#weights.lmHead, logits);
+      this.#blocks.logits(workspace.hidden, workspace.normed, logits);
       return (await b.read(logits)) as Float32Array;
     } finally {
       logits.dispose();

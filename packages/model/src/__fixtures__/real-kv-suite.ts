@@ -52,16 +52,14 @@ async function layerActivations(model: LlamaModel, tokens: number[]): Promise<La
   const positionTensor = b.upload('i32', [tokens.length], Int32Array.from(positions));
   const out: LayerActivations[] = [];
   for (const layer of layers) {
-    const weights = model.weights.layers[layer];
     const hidden = captured?.get(layer);
-    if (!weights || !hidden) throw new Error(`layer ${layer} was not captured`);
+    if (!hidden) throw new Error(`layer ${layer} was not captured`);
     const x = b.upload('f32', [tokens.length, c.hiddenSize], hidden);
     const normed = b.alloc('f32', [tokens.length, c.hiddenSize]);
     const key = b.alloc('f32', [tokens.length, c.numKvHeads * c.headDim]);
     const value = b.alloc('f32', [tokens.length, c.numKvHeads * c.headDim]);
     const query = b.alloc('f32', [tokens.length, c.numHeads * c.headDim]);
-    b.rmsNorm(x, weights.attentionNorm, normed, c.rmsNormEps);
-    b.matmulGroup(normed, [weights.query, weights.key, weights.value], [query, key, value]);
+    model.blocks.attentionInput(layer, x, normed, query, key, value);
     const interleaved = c.ropeStyle === 'interleaved';
     b.rope(key, positionTensor, frequencies, { heads: c.numKvHeads, headDim: c.headDim, interleaved });
     b.rope(query, positionTensor, frequencies, { heads: c.numHeads, headDim: c.headDim, interleaved });
