@@ -82,7 +82,7 @@ function positiveInteger(name: string, value: number, minimum = 1): void {
   }
 }
 
-/** Logits of `rows` final-layer states: the model's final norm, then its output head. */
+/** Logits of `rows` final-layer states: the model's final norm, then its output head (`model.blocks.logits`). */
 async function suffixLogits(model: LlamaModel, states: Float32Array, rows: number): Promise<Float32Array> {
   const backend = model.backend;
   const config = model.config;
@@ -90,8 +90,7 @@ async function suffixLogits(model: LlamaModel, states: Float32Array, rows: numbe
   const normed = backend.alloc('f32', [rows, config.hiddenSize]);
   const logits = backend.alloc('f32', [rows, config.vocabSize]);
   try {
-    backend.rmsNorm(hidden, model.weights.finalNorm, normed, config.rmsNormEps);
-    backend.matmul(normed, model.weights.lmHead, logits);
+    model.blocks.logits(hidden, normed, logits);
     return (await backend.read(logits)) as Float32Array;
   } finally {
     for (const tensor of [hidden, normed, logits]) tensor.dispose();

@@ -3,13 +3,14 @@
 // distillation loss on the answer rows' final normed hidden states, and ∂loss/∂α by per-layer recomputation (only each
 // layer's input and the teacher's attention output are kept across layers).
 import { type Backend, type DType, DuoArgumentError, type ModelConfig, type TensorHandle } from '@duoattn/core';
-import { type LayerWeights, type LlamaModel, type ModelWeights, ropeInverseFrequencies } from '@duoattn/model';
+import { type LlamaBlocks, type LlamaModel, ropeInverseFrequencies } from '@duoattn/model';
 
-/** What one step needs of a model: its config, frozen weights on a backend, RoPE frequencies. */
+/** What one step needs of a model: its config, its block steps over the frozen weights on a backend, RoPE frequencies. */
 export interface FrozenModel {
   readonly config: ModelConfig;
   readonly backend: Backend;
-  readonly weights: ModelWeights;
+  /** The model's `blocks`: every step that reads a weight, forward and backward. */
+  readonly blocks: LlamaBlocks;
   /** f32 `[headDim / 2]` on the backend. */
   readonly inverseFrequencies: TensorHandle;
   /** KV-cache dtype for the attention ops (f32 on the CPU, the weights' 16-bit type on CUDA). */
@@ -29,7 +30,7 @@ export function freezeModel(model: LlamaModel): FrozenModel & { dispose(): void 
   return {
     config: model.config,
     backend: model.backend,
-    weights: model.weights,
+    blocks: model.blocks,
     inverseFrequencies,
     cacheDtype: model.defaultCacheDtype,
     dispose: () => inverseFrequencies.dispose(),
@@ -112,7 +113,7 @@ export async function gateGradients(
       `Expected \`fullTerm\` to be student or teacher but received ${String(fullTerm)}`,
     );
   }
-  const { config, backend, weights } = model;
+  const { config, backend, blocks } = model;
   const length = ids.length;
   const answers = length - answerStart;
   if (!Number.isInteger(answerStart) || answerStart < 1 || answers < 1) {
@@ -164,13 +165,7 @@ export async function gateGradients(
     const answerRows = scope.alloc([answers, config.hiddenSize]);
     const answerGradient = scope.alloc([answers, config.hiddenSize]);
     backend.copyRows(last, answerRows, answerStart, 0, answers);
-    backend.rmsNormBackward(
-      answerRows,
-      weights.finalNorm,
-      scope.upload('f32', [answers, config.hiddenSize], gradHidden),
-      answerGradient,
-      config.rmsNormEps,
-    );
+    blocks.finalNormBackward(answerRows, scope.upload('f32', [answers, config.hiddenSize], gradHidden), answerGradient);
     backend.copyRows(answerGradient, gradient, 0, answerStart, answers);
     const gateGradient = Array.from({ length: config.numLayers }, () => scope.alloc([config.numKvHeads]));
     for (let layer = config.numLayers - 1; layer >= 0; layer--) {
@@ -219,7 +214,7 @@ class StepLayout {
   readonly #noFullHeads: TensorHandle;
 
   constructor(model: FrozenModel, scope: Scope, ids: Int32Array, window: StreamingWindow) {
-    const { config, backend, weights, cacheDtype } = model;
+    const { config, blocks, cacheDtype } = model;
     const length = ids.length;
     const { hiddenSize, numHeads, numKvHeads, headDim, intermediateSize } = config;
     this.#model = model;
@@ -232,7 +227,7 @@ class StepLayout {
       Int32Array.from({ length }, (_, i) => i),
     );
     this.embedded = scope.alloc([length, hiddenSize]);
-    backend.embedding(weights.embedding, scope.upload('i32', [length], ids), this.embedded);
+    blocks.embed(scope.upload('i32', [length], ids), this.embedded);
     this.#normed = scope.alloc([length, hiddenSize]);
     this.#query = scope.alloc([length, numHeads * headDim]);
     this.#key = scope.alloc([length, numKvHeads * headDim]);
@@ -276,14 +271,14 @@ class StepLayout {
    * layer's attention output (the full term).
    */
   teacherPass(keep: boolean): { attention: (TensorHandle | undefined)[]; hidden: TensorHandle } {
-    const { config, backend, weights, cacheDtype } = this.#model;
+    const { config, backend, blocks, cacheDtype } = this.#model;
     const { numKvHeads, headDim, numHeads } = config;
     const attributes = this.#attributes;
     const keys = this.#scope.alloc([numKvHeads, this.length, headDim], cacheDtype);
     const values = this.#scope.alloc([numKvHeads, this.length, headDim], cacheDtype);
     const hidden = this.#scope.alloc([this.length, config.hiddenSize]);
     backend.copyRows(this.embedded, hidden);
-    const outputs = weights.layers.map((layer) => {
+    const outputs = Array.from({ length: config.numLayers }, (_, layer) => {
       const out = keep ? this.#scope.alloc([this.length, numHeads * headDim]) : this.#full;
       this.#projectQkv(layer, hidden, keys, values);
       backend.attentionPrefill(this.#query, keys, values, out, {
@@ -291,8 +286,8 @@ class StepLayout {
         keyLength: this.length,
         queryStart: 0,
       });
-      backend.matmul(out, layer.output, hidden, { residual: hidden });
-      this.#mlpForward(layer, hidden);
+      blocks.attentionOutput(layer, out, hidden);
+      blocks.mlp(layer, hidden, this.#normed, this.#mlp);
       return keep ? out : undefined;
     });
     keys.dispose();
@@ -302,12 +297,12 @@ class StepLayout {
 
   /** The final norm of rows `first …` of `hidden`, read to the host. */
   async finalRows(hidden: TensorHandle, first: number): Promise<Float32Array> {
-    const { backend, weights, config } = this.#model;
+    const { backend, blocks, config } = this.#model;
     const rows = this.length - first;
     const picked = this.#scope.alloc([rows, config.hiddenSize]);
     const normed = this.#scope.alloc([rows, config.hiddenSize]);
     backend.copyRows(hidden, picked, first, 0, rows);
-    backend.rmsNorm(picked, weights.finalNorm, normed, config.rmsNormEps);
+    blocks.finalNorm(picked, normed);
     const values = (await backend.read(normed)) as Float32Array;
     picked.dispose();
     normed.dispose();
@@ -322,9 +317,8 @@ class StepLayout {
     teacherFull: TensorHandle | undefined,
     gates: TensorHandle,
   ): void {
-    const weights = this.#model.weights.layers[layer] as LayerWeights;
-    this.#studentAttention(weights, input, teacherFull, gates, output);
-    this.#mlpForward(weights, output);
+    this.#studentAttention(layer, input, teacherFull, gates, output);
+    this.#model.blocks.mlp(layer, output, this.#normed, this.#mlp);
   }
 
   /**
@@ -339,32 +333,17 @@ class StepLayout {
     gradient: TensorHandle,
     gateGradient: TensorHandle,
   ): void {
-    const { config, backend, inverseFrequencies } = this.#model;
-    const weights = this.#model.weights.layers[layer] as LayerWeights;
-    const { hiddenSize, intermediateSize, numHeads, numKvHeads, headDim, rmsNormEps } = config;
+    const { config, backend, blocks, inverseFrequencies } = this.#model;
+    const { numHeads, numKvHeads, headDim } = config;
     const attributes = this.#attributes;
     const scope = this.#scope;
     const hidden = this.#hidden;
-    const full = this.#studentAttention(weights, input, teacherFull, gates, hidden);
-    // MLP pre-activations, then its backward: down, SwiGLU, gate/up, norm (+ the residual: gradient passes through).
-    backend.rmsNorm(hidden, weights.mlpNorm, this.#normed, rmsNormEps);
-    const gate = this.#mlp;
-    const up = scope.alloc([this.length, intermediateSize]);
-    backend.matmul(this.#normed, weights.gate, gate);
-    backend.matmul(this.#normed, weights.up, up);
-    const gradActivation = scope.alloc([this.length, intermediateSize]);
-    const gradGate = scope.alloc([this.length, intermediateSize]);
-    backend.matmulBackward(gradient, weights.down, gradActivation);
-    // ∂/∂up overwrites the upstream gradient in place (element by element, each read before it is written).
-    backend.swigluBackward(gate, up, gradActivation, gradGate, gradActivation);
-    const gradNormed = scope.alloc([this.length, hiddenSize]);
-    backend.matmulBackward(gradGate, weights.gate, gradNormed);
-    backend.matmulBackward(gradActivation, weights.up, gradNormed, { accumulate: true });
-    for (const t of [up, gradActivation, gradGate]) t.dispose();
-    backend.rmsNormBackward(hidden, weights.mlpNorm, gradNormed, gradient, rmsNormEps, { accumulate: true });
+    const full = this.#studentAttention(layer, input, teacherFull, gates, hidden);
+    // The MLP's backward (the residual passes the gradient through).
+    blocks.mlpBackward(layer, hidden, gradient, this.#normed, this.#mlp);
     // Attention: o_proj, the gate mix (∂α), streaming attention under the Λ mask, RoPE, q/k/v, norm.
     const gradMixed = scope.alloc([this.length, numHeads * headDim]);
-    backend.matmulBackward(gradient, weights.output, gradMixed);
+    blocks.attentionOutputBackward(layer, gradient, gradMixed);
     const gradStreaming = this.#mixed;
     backend.gateMixBackward(gradMixed, this.#attention, full, gates, gradStreaming, gateGradient, attributes);
     // The student's own full term gets α · ∂/∂mixed (the mix of zeros and the gradient).
@@ -402,11 +381,8 @@ class StepLayout {
     }
     backend.rope(gradQuery, this.positions, inverseFrequencies, { ...attributes, inverse: true });
     backend.rope(gradKey, this.positions, inverseFrequencies, { ...attributes, heads: numKvHeads, inverse: true });
-    backend.matmulBackward(gradQuery, weights.query, gradNormed);
-    backend.matmulBackward(gradKey, weights.key, gradNormed, { accumulate: true });
-    backend.matmulBackward(gradValue, weights.value, gradNormed, { accumulate: true });
-    backend.rmsNormBackward(input, weights.attentionNorm, gradNormed, gradient, rmsNormEps, { accumulate: true });
-    for (const t of [gradQuery, gradKey, gradValue, gradNormed]) t.dispose();
+    blocks.attentionInputBackward(layer, input, gradQuery, gradKey, gradValue, gradient);
+    for (const t of [gradQuery, gradKey, gradValue]) t.dispose();
   }
 
   /**
@@ -414,15 +390,15 @@ class StepLayout {
    * the streaming output, the student's keys/values and (fullTerm 'student') its full attention set for the backward.
    */
   #studentAttention(
-    weights: LayerWeights,
+    layer: number,
     input: TensorHandle,
     teacherFull: TensorHandle | undefined,
     gates: TensorHandle,
     output: TensorHandle,
   ): TensorHandle {
-    const { backend } = this.#model;
+    const { backend, blocks } = this.#model;
     const attributes = this.#attributes;
-    this.#projectQkv(weights, input, this.#streamKeys, this.#streamValues);
+    this.#projectQkv(layer, input, this.#streamKeys, this.#streamValues);
     const whole = { ...attributes, keyLength: this.length, queryStart: 0 };
     backend.attentionPrefill(this.#query, this.#noFullHeads, this.#noFullHeads, this.#attention, {
       ...whole,
@@ -431,7 +407,7 @@ class StepLayout {
     const full = teacherFull ?? this.#full;
     if (!teacherFull) backend.attentionPrefill(this.#query, this.#streamKeys, this.#streamValues, full, whole);
     backend.gateMix(this.#attention, full, gates, this.#mixed, attributes);
-    backend.matmul(this.#mixed, weights.output, output, { residual: input });
+    blocks.attentionOutput(layer, this.#mixed, input, output);
     return full;
   }
 
@@ -442,15 +418,9 @@ class StepLayout {
   }
 
   /** q, k, v of `input`; q and k rotated in place, k and v written into `keys` / `values` at slot = position. */
-  #projectQkv(weights: LayerWeights, input: TensorHandle, keys: TensorHandle, values: TensorHandle): void {
-    const { backend, config, inverseFrequencies } = this.#model;
-    backend.rmsNorm(input, weights.attentionNorm, this.#normed, config.rmsNormEps);
-    backend.matmulGroup(
-      this.#normed,
-      [weights.query, weights.key, weights.value],
-      [this.#query, this.#key, this.#value],
-      [weights.queryBias, weights.keyBias, weights.valueBias],
-    );
+  #projectQkv(layer: number, input: TensorHandle, keys: TensorHandle, values: TensorHandle): void {
+    const { backend, blocks, inverseFrequencies } = this.#model;
+    blocks.attentionInput(layer, input, this.#normed, this.#query, this.#key, this.#value);
     backend.ropeWriteCache(
       this.#query,
       this.#key,
@@ -461,13 +431,5 @@ class StepLayout {
       values,
       this.#attributes,
     );
-  }
-
-  /** hidden += down(silu(gate(norm(hidden))) ⊙ up(norm(hidden))). */
-  #mlpForward(weights: LayerWeights, hidden: TensorHandle): void {
-    const { backend, config } = this.#model;
-    backend.rmsNorm(hidden, weights.mlpNorm, this.#normed, config.rmsNormEps);
-    backend.matmulSwiglu(this.#normed, weights.gate, weights.up, this.#mlp);
-    backend.matmul(this.#mlp, weights.down, hidden, { residual: hidden });
   }
 }

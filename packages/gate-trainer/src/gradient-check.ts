@@ -1,7 +1,7 @@
 // Test support: the gate trainer's loss computed in float64 from the same weights (teacher and student streams, the
 // gate mix with the teacher's full attention, the Λ mask), its finite-difference gradient, and a check that runs
 // `gateGradients` on a backend against it, registered as a suite by the CPU and CUDA tests.
-import type { Backend, ModelConfig, TensorHandle } from '@duoattn/core';
+import type { Backend, ModelConfig } from '@duoattn/core';
 import {
   finiteDifferences,
   type Matrix,
@@ -13,9 +13,9 @@ import {
   relativeError,
   toMatrix,
 } from '@duoattn/kernels/testing';
-import { disposeWeights, type ModelWeights, randomWeights, ropeInverseFrequencies } from '@duoattn/model';
+import { EMBEDDING, FINAL_NORM, LlamaModel, layerNames, ropeInverseFrequencies } from '@duoattn/model';
 import { describe, expect, it } from 'vitest';
-import { type FrozenModel, type FullTerm, gateGradients, type StreamingWindow } from './gate-gradients.js';
+import { type FullTerm, freezeModel, gateGradients, type StreamingWindow } from './gate-gradients.js';
 
 /** A small Llama shape (GQA 4/2) for gradient checks. */
 export const CHECK_CONFIG: ModelConfig = {
@@ -56,35 +56,30 @@ interface HostModel {
   finalNorm: Float64Array;
 }
 
-async function readMatrix(backend: Backend, tensor: TensorHandle): Promise<Matrix> {
-  const values = (await backend.read(tensor)) as Float32Array;
-  return toMatrix(values, tensor.shape[0] ?? 0, tensor.shape[1] ?? 0);
-}
-
-async function readVector(backend: Backend, tensor: TensorHandle): Promise<Float64Array> {
-  return Float64Array.from((await backend.read(tensor)) as Float32Array);
-}
-
-async function hostModel(backend: Backend, weights: ModelWeights): Promise<HostModel> {
+/** The model's weights in float64 on the host (matrices `[out, in]`, as stored). */
+async function hostModel(model: LlamaModel): Promise<HostModel> {
+  const { hiddenSize, intermediateSize, numHeads, numKvHeads, headDim, vocabSize } = model.config;
+  const matrix = async (name: string, rows: number) => {
+    const values = await model.readWeight(name);
+    return toMatrix(values, rows, values.length / rows);
+  };
+  const vector = async (name: string) => Float64Array.from(await model.readWeight(name));
   const layers: HostLayer[] = [];
-  for (const layer of weights.layers) {
+  for (let layer = 0; layer < model.config.numLayers; layer++) {
+    const names = layerNames(layer);
     layers.push({
-      attentionNorm: await readVector(backend, layer.attentionNorm),
-      query: await readMatrix(backend, layer.query),
-      key: await readMatrix(backend, layer.key),
-      value: await readMatrix(backend, layer.value),
-      output: await readMatrix(backend, layer.output),
-      mlpNorm: await readVector(backend, layer.mlpNorm),
-      gate: await readMatrix(backend, layer.gate),
-      up: await readMatrix(backend, layer.up),
-      down: await readMatrix(backend, layer.down),
+      attentionNorm: await vector(names.attentionNorm),
+      query: await matrix(names.query, numHeads * headDim),
+      key: await matrix(names.key, numKvHeads * headDim),
+      value: await matrix(names.value, numKvHeads * headDim),
+      output: await matrix(names.output, hiddenSize),
+      mlpNorm: await vector(names.mlpNorm),
+      gate: await matrix(names.gate, intermediateSize),
+      up: await matrix(names.up, intermediateSize),
+      down: await matrix(names.down, hiddenSize),
     });
   }
-  return {
-    embedding: await readMatrix(backend, weights.embedding),
-    layers,
-    finalNorm: await readVector(backend, weights.finalNorm),
-  };
+  return { embedding: await matrix(EMBEDDING, vocabSize), layers, finalNorm: await vector(FINAL_NORM) };
 }
 
 /** Keys of one projection output laid out per KV head: [kvHeads][position] vectors. */
@@ -168,16 +163,15 @@ export interface GradientCheck {
  */
 export async function checkGateGradients(backend: Backend, fullTerm: FullTerm, seed = 7): Promise<GradientCheck> {
   const config = CHECK_CONFIG;
-  const weights = randomWeights(config, backend, { dtype: 'f32', seed, std: 0.3 });
-  const inverseFrequencies = backend.upload('f32', [config.headDim / 2], ropeInverseFrequencies(config));
+  const model = LlamaModel.random(config, { device: backend, dtype: 'f32', seed, std: 0.3 });
+  const frozen = freezeModel(model);
   try {
-    const model: FrozenModel = { config, backend, weights, inverseFrequencies, cacheDtype: 'f32' };
     const ids = Int32Array.from({ length: 29 }, (_, i) => (i * 17 + seed) % config.vocabSize);
     const answerStart = 21;
     const window = { sink: 2, recent: 5 };
     const gates = [0.35, 0.8, 0.55, 0.2];
-    const result = await gateGradients(model, ids, answerStart, gates, { window, fullTerm });
-    const host = await hostModel(backend, weights);
+    const result = await gateGradients(frozen, ids, answerStart, gates, { window, fullTerm });
+    const host = await hostModel(model);
     const point = Float64Array.from(gates);
     const loss = () => referenceDistillation(host, config, ids, answerStart, point, window, fullTerm);
     const reference = loss();
@@ -190,8 +184,8 @@ export async function checkGateGradients(backend: Backend, fullTerm: FullTerm, s
       expected,
     };
   } finally {
-    disposeWeights(weights);
-    inverseFrequencies.dispose();
+    frozen.dispose();
+    model.dispose();
   }
 }
 

@@ -3,18 +3,17 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createBackend } from '@duoattn/kernels';
-import { disposeWeights, randomWeights, ropeInverseFrequencies } from '@duoattn/model';
+import { LlamaModel } from '@duoattn/model';
 import { afterAll, describe, expect, it } from 'vitest';
 import { PasskeyData } from './dataset.js';
-import type { FrozenModel } from './gate-gradients.js';
+import { freezeModel } from './gate-gradients.js';
 import { CHECK_CONFIG } from './gradient-check.js';
 import { trainGates } from './trainer.js';
 
 const backend = createBackend('cpu');
 const config = { ...CHECK_CONFIG, vocabSize: 257 };
-const weights = randomWeights(config, backend, { dtype: 'f32', seed: 3, std: 0.3 });
-const inverseFrequencies = backend.upload('f32', [config.headDim / 2], ropeInverseFrequencies(config));
-const model: FrozenModel = { config, backend, weights, inverseFrequencies, cacheDtype: 'f32' };
+const random = LlamaModel.random(config, { device: backend, dtype: 'f32', seed: 3, std: 0.3 });
+const model = freezeModel(random);
 const bytes = {
   encode: (text: string) => Array.from(new TextEncoder().encode(text)),
   bosTokenId: 256,
@@ -33,8 +32,8 @@ const directory = mkdtempSync(join(tmpdir(), 'duo-train-'));
 const settings = { model, data, steps: 6, learningRate: 0.05, window: { sink: 4, recent: 16 } };
 
 afterAll(() => {
-  disposeWeights(weights);
-  inverseFrequencies.dispose();
+  model.dispose();
+  random.dispose();
   rmSync(directory, { recursive: true, force: true });
 });
 

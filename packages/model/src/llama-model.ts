@@ -17,7 +17,15 @@ import { ropeInverseFrequencies } from './rope.js';
 import { checkSampling, type SamplingOptions, sampleToken, seededRandom } from './sampling.js';
 import { Session, type SessionOptions } from './session.js';
 import type { Tokenizer } from './tokenizers/tokenizer.js';
-import { disposeWeights, loadWeights, type ModelWeights, randomWeights, type WeightDtypeOption } from './weights.js';
+import {
+  disposeWeights,
+  loadWeights,
+  type ModelWeights,
+  type RandomWeightOptions,
+  randomWeights,
+  type WeightDtypeOption,
+  weightByName,
+} from './weights.js';
 
 /** Options of `LlamaModel.load`. */
 export interface LoadModelOptions {
@@ -29,6 +37,18 @@ export interface LoadModelOptions {
   tokenizerPath?: string;
   /** Called after each weight tensor is loaded. */
   onProgress?: (done: number, total: number) => void;
+}
+
+/** Options of `LlamaModel.random`. */
+export interface RandomModelOptions {
+  /** Where to run, as for `load`. Default 'auto'. */
+  device?: BackendRequest | Backend;
+  /** Weight dtype. Default 'bf16'. */
+  dtype?: DType;
+  /** Seeds the generator (the same seed gives the same weights on every backend). Default 1. */
+  seed?: number;
+  /** Standard deviation of the matrices' entries. Default 0.02, like HF's initializer_range. */
+  std?: number;
 }
 
 /** Options of `generate`. */
@@ -139,16 +159,11 @@ export class LlamaModel {
     );
   }
 
-  /** A model with random weights generated on the device, for benchmarks at real shapes. */
-  static random(
-    config: ModelConfig,
-    options: { device?: LoadModelOptions['device']; dtype?: DType; seed?: number } = {},
-  ): LlamaModel {
+  /** A model with random weights generated on the device (norms are ones), for benchmarks at real shapes and tests. */
+  static random(config: ModelConfig, options: RandomModelOptions = {}): LlamaModel {
     const backend = resolveDevice(options.device);
-    const weights = randomWeights(validateModelConfig(config), backend, {
-      dtype: options.dtype ?? 'bf16',
-      seed: options.seed,
-    });
+    const random: RandomWeightOptions = { dtype: options.dtype ?? 'bf16', seed: options.seed, std: options.std };
+    const weights = randomWeights(validateModelConfig(config), backend, random);
     return new LlamaModel(config, backend, weights, 'random');
   }
 
@@ -162,6 +177,29 @@ export class LlamaModel {
   createSession(options: SessionOptions = {}): Session {
     this.#checkLive();
     return new Session(this.blocks, this.#inverseFrequencies, options, this.defaultCacheDtype);
+  }
+
+  /**
+   * A host copy (f32) of one weight by its canonical HF Llama name (`EMBEDDING`, `layerNames(l).query`, …), for
+   * float64 references and inspection: the model's own tensors never leave it, so nothing can change them.
+   */
+  async readWeight(name: string): Promise<Float32Array> {
+    this.#checkLive();
+    const tensor = weightByName(this.weights, name);
+    if (!tensor) {
+      throw new DuoArgumentError(
+        'name',
+        `Expected \`name\` to name one of this model's weights (EMBEDDING, FINAL_NORM, LM_HEAD or a layerNames(l) entry) but received ${JSON.stringify(name)}`,
+      );
+    }
+    if (tensor.dtype === 'f32') return (await this.backend.read(tensor)) as Float32Array;
+    const converted = this.backend.alloc('f32', tensor.shape);
+    try {
+      this.backend.convert(tensor, converted);
+      return (await this.backend.read(converted)) as Float32Array;
+    } finally {
+      converted.dispose();
+    }
   }
 
   /** Encodes text with the model's tokenizer (BOS added). */

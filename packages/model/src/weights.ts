@@ -62,6 +62,19 @@ export function disposeWeights(weights: ModelWeights): void {
   }
 }
 
+/** The tensor a canonical (HF Llama) name refers to, or undefined when the model has none by that name. */
+export function weightByName(weights: ModelWeights, name: string): TensorHandle | undefined {
+  if (name === EMBEDDING) return weights.embedding;
+  if (name === FINAL_NORM) return weights.finalNorm;
+  if (name === LM_HEAD) return weights.lmHead;
+  const layer = /^model\.layers\.(\d+)\./.exec(name)?.[1];
+  const layerWeights = layer === undefined ? undefined : weights.layers[Number(layer)];
+  if (!layerWeights) return undefined;
+  const names = layerNames(Number(layer));
+  const field = (Object.keys(names) as (keyof typeof names)[]).find((key) => names[key] === name);
+  return field === undefined ? undefined : layerWeights[field];
+}
+
 /** Loads every weight of `checkpoint` onto `backend`, checking names and shapes; frees what it made on failure. */
 export function loadWeights(
   checkpoint: Checkpoint,
