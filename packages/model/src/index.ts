@@ -36,10 +36,4 @@ export {
 export { HfTokenizer, type HfTokenizerOptions } from './tokenizers/hf-tokenizer.js';
 export { ggufVocabularyTokenizer, loadLlama2cTokenizer, ScoreBpeTokenizer } from './tokenizers/score-bpe.js';
 export type { StreamDecoder, Tokenizer } from './tokenizers/tokenizer.js';
-export {
-  disposeWeights,
-  type LayerWeights,
-  type ModelWeights,
-  randomWeights,
-  type WeightDtypeOption,
-} from './weights.js';
+export type { WeightDtypeOption } from './weights.js';

@@ -98,7 +98,6 @@ export class LlamaModel {
   readonly backend: Backend;
   readonly tokenizer: Tokenizer | undefined;
   readonly chatTemplate: string | undefined;
-  readonly weights: ModelWeights;
   /**
    * The Llama block's steps over this model's weights, for code that runs its own attention around them (the gate
    * trainer, analyses). `createSession` is how to run the model.
@@ -106,6 +105,8 @@ export class LlamaModel {
   readonly blocks: LlamaBlocks;
   /** Where the weights came from (a path, or "random"). */
   readonly source: string;
+  /** Never handed out: sessions and `blocks` use them, so the model stays as loaded. */
+  readonly #weights: ModelWeights;
   readonly #inverseFrequencies: TensorHandle;
   #disposed = false;
 
@@ -119,7 +120,7 @@ export class LlamaModel {
   ) {
     this.config = config;
     this.backend = backend;
-    this.weights = weights;
+    this.#weights = weights;
     this.blocks = new LlamaBlocks(backend, config, weights);
     this.source = source;
     this.tokenizer = tokenizer;
@@ -129,7 +130,7 @@ export class LlamaModel {
 
   /** The dtype the weights are stored in on the device (the checkpoint's, or the `weightDtype` asked for at load). */
   get weightDtype(): DType {
-    return this.weights.lmHead.dtype;
+    return this.#weights.lmHead.dtype;
   }
 
   /** Loads a HF directory, a .gguf or a llama2.c .bin. */
@@ -170,7 +171,7 @@ export class LlamaModel {
   /** The KV-cache dtype sessions use by default. */
   get defaultCacheDtype(): DType {
     if (this.backend.device === 'cpu') return 'f32';
-    return this.weights.embedding.dtype === 'f32' ? 'f32' : 'bf16';
+    return this.#weights.embedding.dtype === 'f32' ? 'f32' : 'bf16';
   }
 
   /** A new sequence with its own KV cache, attending as `options.policy` says (default full). Dispose it when done. */
@@ -185,7 +186,7 @@ export class LlamaModel {
    */
   async readWeight(name: string): Promise<Float32Array> {
     this.#checkLive();
-    const tensor = weightByName(this.weights, name);
+    const tensor = weightByName(this.#weights, name);
     if (!tensor) {
       throw new DuoArgumentError(
         'name',
@@ -292,7 +293,7 @@ export class LlamaModel {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    disposeWeights(this.weights);
+    disposeWeights(this.#weights);
     this.#inverseFrequencies.dispose();
   }
 
