@@ -66,10 +66,12 @@ auto guarded(const Napi::CallbackInfo& info, F body) -> decltype(body()) {
   }
 }
 
-// The environment's device `index` (0: CPU, 1: CUDA), created on first use.
-const std::shared_ptr<Device>& sharedDeviceOf(Napi::Env env, int index) {
-  AddonState& state = stateOf(env);
-  if (index == 0) {
+// The environment's device named by `value` ('cpu' or 'cuda', a DeviceKind), created on first use.
+const std::shared_ptr<Device>& sharedDeviceOf(const Napi::Value& value) {
+  AddonState& state = stateOf(value.Env());
+  const std::string name = value.IsString() ? value.As<Napi::String>().Utf8Value() : std::string();
+  if (name != "cpu" && name != "cuda") throw Error("DUO_ARG", "expected a device kind, 'cpu' or 'cuda'");
+  if (name == "cpu") {
     if (!state.cpuDevice) state.cpuDevice = std::make_shared<CpuDevice>(std::max(1u, std::thread::hardware_concurrency()));
     return state.cpuDevice;
   }
@@ -80,7 +82,7 @@ const std::shared_ptr<Device>& sharedDeviceOf(Napi::Env env, int index) {
   if (!state.cudaDevice) throw Error("DUO_NO_BACKEND", "CUDA backend unavailable: " + state.cudaReason);
   return state.cudaDevice;
 }
-Device* deviceOf(Napi::Env env, int index) { return sharedDeviceOf(env, index).get(); }
+Device* deviceOf(const Napi::Value& value) { return sharedDeviceOf(value).get(); }
 
 // The shared handle of a tensor's device (for work that outlives the call).
 std::shared_ptr<Device> sharedDeviceOf(Napi::Env env, const Tensor& tensor) {
@@ -111,6 +113,57 @@ void sameDevice(std::initializer_list<const Tensor*> tensors) {
 int64_t integer(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().Int64Value(); }
 double number(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().DoubleValue(); }
 
+// An op's attributes as the spec names them (a "baton"): one object whose fields are read by name, tensors as ids.
+// Missing or mistyped fields throw DUO_ARG naming the field (TypeScript validates first; this guards the boundary).
+class Attributes {
+ public:
+  Attributes(const Napi::Value& value, const char* what) : what_(what) {
+    if (!value.IsObject()) throw Error("DUO_ARG", std::string("expected an object of ") + what);
+    object_ = value.As<Napi::Object>();
+  }
+  // The field, undefined when absent.
+  Napi::Value optional(const char* name) const { return object_.Get(name); }
+  Napi::Value at(const char* name) const {
+    Napi::Value value = optional(name);
+    if (value.IsUndefined() || value.IsNull()) throw missing(name, "present");
+    return value;
+  }
+  double number(const char* name) const {
+    const Napi::Value value = at(name);
+    if (!value.IsNumber()) throw missing(name, "a number");
+    return value.As<Napi::Number>().DoubleValue();
+  }
+  int64_t integer(const char* name) const { return static_cast<int64_t>(number(name)); }
+  // An optional boolean: absent is false.
+  bool flag(const char* name) const {
+    const Napi::Value value = optional(name);
+    if (value.IsUndefined() || value.IsNull()) return false;
+    if (!value.IsBoolean()) throw missing(name, "a boolean");
+    return value.As<Napi::Boolean>().Value();
+  }
+  std::string text(const char* name) const {
+    const Napi::Value value = at(name);
+    if (!value.IsString()) throw missing(name, "a string");
+    return value.As<Napi::String>().Utf8Value();
+  }
+
+ private:
+  Error missing(const char* name, const char* wanted) const {
+    return Error("DUO_ARG", std::string("`") + name + "` of " + what_ + " must be " + wanted);
+  }
+  Napi::Object object_;
+  const char* what_;
+};
+
+// Absent (undefined or null) attributes: an optional field of the spec left out.
+bool absent(const Napi::Value& value) { return value.IsUndefined() || value.IsNull(); }
+
+// `rope`'s and `ropeWriteCache`'s RopeAttributes: heads, headDim, interleaved.
+RopeArgs ropeArgs(const Attributes& attributes) {
+  return RopeArgs{static_cast<int>(attributes.integer("heads")), static_cast<int>(attributes.integer("headDim")),
+                  attributes.flag("interleaved")};
+}
+
 // Gives an allocated tensor its id (its index in the registry) and returns the id to JS.
 Napi::Value registerTensor(Napi::Env env, std::unique_ptr<Tensor> tensor, Device* device) {
   std::vector<Tensor*>& registry = stateOf(env).registry;
@@ -123,7 +176,7 @@ Napi::Value registerTensor(Napi::Env env, std::unique_ptr<Tensor> tensor, Device
 // A tensor described by (device, dtype, shape) arguments: shape, element count and bytes filled in, nothing allocated.
 std::unique_ptr<Tensor> describedTensor(const Napi::CallbackInfo& info) {
   auto tensor = std::make_unique<Tensor>();
-  tensor->dtype = static_cast<DType>(integer(info, 1));
+  tensor->dtype = dtypeNamed(info[1].As<Napi::String>().Utf8Value());
   Napi::Array shape = info[2].As<Napi::Array>();
   tensor->size = 1;
   for (uint32_t i = 0; i < shape.Length(); i++) {
@@ -137,7 +190,7 @@ std::unique_ptr<Tensor> describedTensor(const Napi::CallbackInfo& info) {
 
 Napi::Value Alloc(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    Device* device = deviceOf(info.Env(), static_cast<int>(integer(info, 0)));
+    Device* device = deviceOf(info[0]);
     auto tensor = describedTensor(info);
     tensor->data = device->allocate(tensor->bytes);
     return registerTensor(info.Env(), std::move(tensor), device);
@@ -147,7 +200,7 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
 // A paged tensor [spans, length, width]: address space for all of it, memory committed per span by CommitPaged.
 Napi::Value AllocPaged(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    Device* device = deviceOf(info.Env(), static_cast<int>(integer(info, 0)));
+    Device* device = deviceOf(info[0]);
     auto tensor = describedTensor(info);
     if (tensor->shape.size() != 3) throw Error("DUO_ARG", "a paged tensor is [spans, length, width]");
     tensor->paged = true;
@@ -173,7 +226,7 @@ Napi::Value CommitPaged(const Napi::CallbackInfo& info) {
 
 Napi::Value PageBytes(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    return Napi::Number::New(info.Env(), static_cast<double>(deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->pageBytes()));
+    return Napi::Number::New(info.Env(), static_cast<double>(deviceOf(info[0])->pageBytes()));
   });
 }
 
@@ -305,7 +358,7 @@ class SyncWorker final : public Napi::AsyncWorker {
 
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    auto* worker = new SyncWorker(info.Env(), sharedDeviceOf(info.Env(), static_cast<int>(integer(info, 0))));
+    auto* worker = new SyncWorker(info.Env(), sharedDeviceOf(info[0]));
     Napi::Promise promise = worker->promise();
     worker->Queue();
     return promise;
@@ -314,7 +367,7 @@ Napi::Value Synchronize(const Napi::CallbackInfo& info) {
 
 Napi::Value Memory(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    MemoryInfo memory = deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->memory();
+    MemoryInfo memory = deviceOf(info[0])->memory();
     Napi::Object result = Napi::Object::New(info.Env());
     result.Set("allocatedBytes", static_cast<double>(memory.allocated));
     result.Set("peakBytes", static_cast<double>(memory.peak));
@@ -326,7 +379,7 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
 
 Napi::Value ResetPeak(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->resetPeak();
+    deviceOf(info[0])->resetPeak();
     return info.Env().Undefined();
   });
 }
@@ -334,7 +387,7 @@ Napi::Value ResetPeak(const Napi::CallbackInfo& info) {
 // Per-op device times collected since the last call, as [{ name, count, milliseconds }] (CUDA with DUO_CUDA_PROFILE=1).
 Napi::Value TakeProfile(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    auto times = deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->takeProfile();
+    auto times = deviceOf(info[0])->takeProfile();
     Napi::Array result = Napi::Array::New(info.Env(), times.size());
     for (size_t i = 0; i < times.size(); i++) {
       Napi::Object entry = Napi::Object::New(info.Env());
@@ -351,7 +404,7 @@ Napi::Value TakeProfile(const Napi::CallbackInfo& info) {
 Napi::Value Probe(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(info.Env());
   try {
-    Device* device = deviceOf(info.Env(), static_cast<int>(integer(info, 0)));
+    Device* device = deviceOf(info[0]);
     result.Set("available", true);
     result.Set("name", device->name());
   } catch (const Error& error) {
@@ -428,8 +481,9 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &x = tensorAt(info[0]), &weight = tensorAt(info[1]), &out = tensorAt(info[2]);
-    Tensor* bias = optionalTensor(info[3]);
-    Tensor* residual = optionalTensor(info[4]);
+    const Attributes options(info[3], "matmul's options");
+    Tensor* bias = optionalTensor(options.optional("bias"));
+    Tensor* residual = optionalTensor(options.optional("residual"));
     sameDevice({&x, &weight, &out, bias, residual});
     x.device->matmul(x, weight, out, bias, residual);
     return info.Env().Undefined();
@@ -440,8 +494,9 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &x = tensorAt(info[0]), &positions = tensorAt(info[1]), &frequencies = tensorAt(info[2]);
     sameDevice({&x, &positions, &frequencies});
-    RopeArgs args{static_cast<int>(integer(info, 3)), static_cast<int>(integer(info, 4)), info[5].As<Napi::Boolean>().Value()};
-    args.inverse = info.Length() > 6 && info[6].IsBoolean() && info[6].As<Napi::Boolean>().Value();
+    const Attributes attributes(info[3], "rope's attributes");
+    RopeArgs args = ropeArgs(attributes);
+    args.inverse = attributes.flag("inverse");
     x.device->rope(x, positions, frequencies, args);
     return info.Env().Undefined();
   });
@@ -474,66 +529,83 @@ Napi::Value WriteCache(const Napi::CallbackInfo& info) {
   });
 }
 
-// The streaming heads of a DuoAttention layer, passed as [keyId, valueId, streamingHeads, sink, recent, chunked] with
-// `streamingHeads` the KV heads (checkpoint indices) that keep their keys in the region (undefined: every head is full).
-// `alongside` is the main cache: the region must share its device and dtype; its rows are the other heads.
-StreamingLayout streamingLayout(const Napi::Value& value, const Tensor& alongside) {
+// The streaming heads of a DuoAttention layer, the spec's StreamingHeads: { retrievalHeads, keyCache, valueCache, sink,
+// recent, mask } with the caches as ids (absent: every head is full). `alongside` is the main cache: the region must
+// share its device and dtype; the main cache's rows are the retrieval heads, the region's the other `kvHeads`.
+StreamingLayout streamingLayout(const Napi::Value& value, const Tensor& alongside, int kvHeads) {
   StreamingLayout layout;
-  if (!value.IsArray()) return layout;
-  Napi::Array fields = value.As<Napi::Array>();
-  Tensor &key = tensorAt(fields.Get(0u)), &values = tensorAt(fields.Get(1u));
+  if (absent(value)) return layout;
+  const Attributes fields(value, "streaming");
+  Tensor &key = tensorAt(fields.at("keyCache")), &values = tensorAt(fields.at("valueCache"));
   sameDevice({&alongside, &key, &values});
   if (key.dtype != alongside.dtype || values.dtype != alongside.dtype) throw Error("DUO_ARG", "the streaming region must have the cache's dtype");
+  if (kvHeads < 1 || kvHeads > kMaxKvHeads) throw Error("DUO_ARG", "a layer with streaming heads has 1 to 128 KV heads");
   layout.key = key.data;
   layout.value = values.data;
   layout.retrievalKvHeads = static_cast<int>(alongside.shape[0]);
-  Napi::Array heads = fields.Get(2u).As<Napi::Array>();
-  if (static_cast<int64_t>(heads.Length()) != key.shape[0]) throw Error("DUO_ARG", "the streaming region must hold one row per streaming head");
-  for (uint32_t i = 0; i < heads.Length(); i++) {
-    const int head = heads.Get(i).As<Napi::Number>().Int32Value();
-    if (head < 0 || head >= kMaxKvHeads) throw Error("DUO_ARG", "streaming heads must lie in [0, 128)");
-    layout.streamingMask[head >> 6] |= 1ull << (head & 63);
+  const Napi::Value retrievalValue = fields.at("retrievalHeads");
+  if (!retrievalValue.IsArray()) throw Error("DUO_ARG", "`retrievalHeads` of streaming must be an array");
+  const Napi::Array retrieval = retrievalValue.As<Napi::Array>();
+  if (static_cast<int64_t>(retrieval.Length()) != alongside.shape[0])
+    throw Error("DUO_ARG", "the main caches must hold one row per retrieval head");
+  uint64_t retrievalMask[2] = {0, 0};
+  for (uint32_t i = 0; i < retrieval.Length(); i++) {
+    const int head = retrieval.Get(i).As<Napi::Number>().Int32Value();
+    if (head < 0 || head >= kvHeads || ((retrievalMask[head >> 6] >> (head & 63)) & 1u))
+      throw Error("DUO_ARG", "retrieval heads must be distinct KV heads of the layer");
+    retrievalMask[head >> 6] |= 1ull << (head & 63);
   }
-  layout.sink = fields.Get(3u).As<Napi::Number>().Int64Value();
-  layout.recent = fields.Get(4u).As<Napi::Number>().Int64Value();
-  layout.chunked = fields.Get(5u).As<Napi::Boolean>().Value();
+  for (int head = 0; head < kvHeads; head++)
+    if (!((retrievalMask[head >> 6] >> (head & 63)) & 1u)) layout.streamingMask[head >> 6] |= 1ull << (head & 63);
+  if (kvHeads - static_cast<int64_t>(retrieval.Length()) != key.shape[0])
+    throw Error("DUO_ARG", "the streaming region must hold one row per streaming head");
+  layout.sink = fields.integer("sink");
+  layout.recent = fields.integer("recent");
+  const Napi::Value mask = fields.optional("mask");
+  const std::string maskName = absent(mask) ? "exact" : fields.text("mask");
+  if (maskName != "exact" && maskName != "chunked") throw Error("DUO_ARG", "`mask` of streaming must be 'exact' or 'chunked'");
+  layout.chunked = maskName == "chunked";
   layout.ring = key.shape[1] - layout.sink;
   if (layout.ring < 1) throw Error("DUO_ARG", "the streaming region needs at least one ring slot after the sinks");
   return layout;
 }
 
-// A quantized cache's scale planes, passed as [scheme, keyScalesId, valueScalesId, streamKeyScalesId, streamValueScalesId]
-// (0 for a region that is not there; undefined: the caches are not quantized).
+// A quantized cache's scale planes, the spec's QuantizedKv: { scheme, keyScales, valueScales, streamKeyScales?,
+// streamValueScales? } with the planes as ids (absent: the caches are not quantized).
 KvQuantPlanes quantPlanes(const Napi::Value& value, int headDim, const Tensor& cache) {
   KvQuantPlanes planes;
-  if (!value.IsArray()) return planes;
-  Napi::Array fields = value.As<Napi::Array>();
-  planes.scheme = fields.Get(0u).As<Napi::Number>().Int32Value();
-  const auto scalesAt = [&](uint32_t index) -> const uint16_t* {
-    Tensor* tensor = optionalTensor(fields.Get(index));
+  if (absent(value)) return planes;
+  const Attributes fields(value, "quant");
+  const KvQuant scheme = kvQuantNamed(fields.text("scheme"));
+  if (scheme == KvQuant::None) throw Error("DUO_ARG", "`scheme` of quant must name a quantizing scheme");
+  planes.scheme = static_cast<int>(scheme);
+  const auto scalesAt = [&](const char* name) -> const uint16_t* {
+    Tensor* tensor = optionalTensor(fields.optional(name));
     if (!tensor) return nullptr;
     sameDevice({&cache, tensor});
     if (tensor->dtype != DType::F16) throw Error("DUO_ARG", "KV scale planes must be f16");
     return tensor->as<uint16_t>();
   };
-  planes.keyScales = scalesAt(1);
-  planes.valueScales = scalesAt(2);
-  planes.streamKeyScales = scalesAt(3);
-  planes.streamValueScales = scalesAt(4);
-  const KvQuant scheme = static_cast<KvQuant>(planes.scheme);
+  planes.keyScales = scalesAt("keyScales");
+  planes.valueScales = scalesAt("valueScales");
+  planes.streamKeyScales = scalesAt("streamKeyScales");
+  planes.streamValueScales = scalesAt("streamValueScales");
   planes.codeBytes = kvCodeBytes(scheme, headDim);
   planes.scaleHalves = kvScaleHalves(scheme, headDim);
   return planes;
 }
 
-AttentionArgs attentionArgs(const Napi::CallbackInfo& info, size_t first) {
+// The spec's AttentionAttributes (heads, kvHeads, headDim, scale, keyLength, streaming?, quant?) for caches k.
+AttentionArgs attentionArgs(const Attributes& attributes, const Tensor& k) {
   AttentionArgs args{};
-  args.heads = static_cast<int>(integer(info, first));
-  args.kvHeads = static_cast<int>(integer(info, first + 1));
-  args.headDim = static_cast<int>(integer(info, first + 2));
-  args.scale = static_cast<float>(number(info, first + 3));
-  args.keyLength = integer(info, first + 4);
+  args.heads = static_cast<int>(attributes.integer("heads"));
+  args.kvHeads = static_cast<int>(attributes.integer("kvHeads"));
+  args.headDim = static_cast<int>(attributes.integer("headDim"));
+  args.scale = static_cast<float>(attributes.number("scale"));
+  args.keyLength = attributes.integer("keyLength");
   args.queryStart = args.keyLength - 1;
+  args.streaming = streamingLayout(attributes.optional("streaming"), k, args.kvHeads);
+  args.quant = quantPlanes(attributes.optional("quant"), args.headDim, k);
   return args;
 }
 
@@ -541,10 +613,9 @@ Napi::Value AttentionPrefill(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &q = tensorAt(info[0]), &k = tensorAt(info[1]), &v = tensorAt(info[2]), &out = tensorAt(info[3]);
     sameDevice({&q, &k, &v, &out});
-    AttentionArgs args = attentionArgs(info, 4);
-    args.queryStart = integer(info, 9);
-    args.streaming = streamingLayout(info[10], k);
-    args.quant = quantPlanes(info[11], args.headDim, k);
+    const Attributes attributes(info[4], "attentionPrefill's attributes");
+    AttentionArgs args = attentionArgs(attributes, k);
+    args.queryStart = attributes.integer("queryStart");
     q.device->attentionPrefill(q, k, v, out, args);
     return info.Env().Undefined();
   });
@@ -553,13 +624,11 @@ Napi::Value AttentionPrefill(const Napi::CallbackInfo& info) {
 Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &q = tensorAt(info[0]), &k = tensorAt(info[1]), &v = tensorAt(info[2]), &out = tensorAt(info[3]);
-    Tensor* lengthFrom = info.Length() > 9 ? optionalTensor(info[9]) : nullptr;
+    const Attributes attributes(info[4], "attentionDecode's attributes");
+    Tensor* lengthFrom = optionalTensor(attributes.optional("lengthFrom"));
     sameDevice({&q, &k, &v, &out, lengthFrom});
-    AttentionArgs args = attentionArgs(info, 4);
-    args.queryStart = args.keyLength - 1;
+    AttentionArgs args = attentionArgs(attributes, k);
     args.lengthFrom = lengthFrom ? lengthFrom->as<int32_t>() : nullptr;
-    args.streaming = streamingLayout(info[10], k);
-    args.quant = quantPlanes(info[11], args.headDim, k);
     q.device->attentionDecode(q, k, v, out, args);
     return info.Env().Undefined();
   });
@@ -569,7 +638,9 @@ Napi::Value WriteCacheQuantized(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &source = tensorAt(info[0]), &codes = tensorAt(info[1]), &scales = tensorAt(info[2]);
     sameDevice({&source, &codes, &scales});
-    source.device->writeCacheQuantized(source, codes, scales, integer(info, 3), static_cast<int>(integer(info, 4)));
+    const KvQuant scheme = kvQuantNamed(info[4].As<Napi::String>().Utf8Value());
+    if (scheme == KvQuant::None) throw Error("DUO_ARG", "writeCacheQuantized needs a quantizing scheme");
+    source.device->writeCacheQuantized(source, codes, scales, integer(info, 3), static_cast<int>(scheme));
     return info.Env().Undefined();
   });
 }
@@ -578,7 +649,7 @@ Napi::Value MatmulBackward(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &gradOut = tensorAt(info[0]), &weight = tensorAt(info[1]), &gradInput = tensorAt(info[2]);
     sameDevice({&gradOut, &weight, &gradInput});
-    gradOut.device->matmulBackward(gradOut, weight, gradInput, info[3].As<Napi::Boolean>().Value());
+    gradOut.device->matmulBackward(gradOut, weight, gradInput, Attributes(info[3], "matmulBackward's options").flag("accumulate"));
     return info.Env().Undefined();
   });
 }
@@ -587,7 +658,8 @@ Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &x = tensorAt(info[0]), &weight = tensorAt(info[1]), &gradOut = tensorAt(info[2]), &gradInput = tensorAt(info[3]);
     sameDevice({&x, &weight, &gradOut, &gradInput});
-    x.device->rmsNormBackward(x, weight, gradOut, gradInput, static_cast<float>(number(info, 4)), info[5].As<Napi::Boolean>().Value());
+    const bool accumulate = Attributes(info[5], "rmsNormBackward's options").flag("accumulate");
+    x.device->rmsNormBackward(x, weight, gradOut, gradInput, static_cast<float>(number(info, 4)), accumulate);
     return info.Env().Undefined();
   });
 }
@@ -602,10 +674,11 @@ Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
   });
 }
 
-// [heads, kvHeads, headDim] starting at argument `first`.
-GateMixArgs gateMixArgs(const Napi::CallbackInfo& info, size_t first) {
-  return GateMixArgs{static_cast<int>(integer(info, first)), static_cast<int>(integer(info, first + 1)),
-                     static_cast<int>(integer(info, first + 2))};
+// The spec's GateMixAttributes: heads, kvHeads, headDim.
+GateMixArgs gateMixArgs(const Napi::Value& value) {
+  const Attributes attributes(value, "the gate mix's attributes");
+  return GateMixArgs{static_cast<int>(attributes.integer("heads")), static_cast<int>(attributes.integer("kvHeads")),
+                     static_cast<int>(attributes.integer("headDim"))};
 }
 
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
@@ -613,17 +686,22 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
     Tensor &q = tensorAt(info[0]), &k = tensorAt(info[1]), &v = tensorAt(info[2]), &out = tensorAt(info[3]);
     Tensor &gradOut = tensorAt(info[4]), &gradQuery = tensorAt(info[5]), &gradKey = tensorAt(info[6]), &gradValue = tensorAt(info[7]);
     sameDevice({&q, &k, &v, &out, &gradOut, &gradQuery, &gradKey, &gradValue});
+    // The spec's AttentionBackwardAttributes: heads, kvHeads, headDim, scale, length, window? { sink, recent }.
+    const Attributes attributes(info[8], "attentionBackward's attributes");
     AttentionBackwardArgs args{};
-    args.heads = static_cast<int>(integer(info, 8));
-    args.kvHeads = static_cast<int>(integer(info, 9));
-    args.headDim = static_cast<int>(integer(info, 10));
-    args.scale = static_cast<float>(number(info, 11));
-    args.length = integer(info, 12);
+    args.heads = static_cast<int>(attributes.integer("heads"));
+    args.kvHeads = static_cast<int>(attributes.integer("kvHeads"));
+    args.headDim = static_cast<int>(attributes.integer("headDim"));
+    args.scale = static_cast<float>(attributes.number("scale"));
+    args.length = attributes.integer("length");
     args.capacity = k.shape[1];
-    const int64_t sink = integer(info, 13);  // −1: causal
-    args.window = sink >= 0;
-    args.sink = args.window ? sink : 0;
-    args.recent = args.window ? integer(info, 14) : 0;
+    const Napi::Value window = attributes.optional("window");
+    args.window = !absent(window);  // absent: causal
+    if (args.window) {
+      const Attributes fields(window, "window");
+      args.sink = fields.integer("sink");
+      args.recent = fields.integer("recent");
+    }
     q.device->attentionBackward(q, k, v, out, gradOut, gradQuery, gradKey, gradValue, args);
     return info.Env().Undefined();
   });
@@ -633,7 +711,7 @@ Napi::Value GateMix(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Tensor &streaming = tensorAt(info[0]), &full = tensorAt(info[1]), &gates = tensorAt(info[2]), &out = tensorAt(info[3]);
     sameDevice({&streaming, &full, &gates, &out});
-    streaming.device->gateMix(streaming, full, gates, out, gateMixArgs(info, 4));
+    streaming.device->gateMix(streaming, full, gates, out, gateMixArgs(info[4]));
     return info.Env().Undefined();
   });
 }
@@ -643,7 +721,7 @@ Napi::Value GateMixBackward(const Napi::CallbackInfo& info) {
     Tensor &gradOut = tensorAt(info[0]), &streaming = tensorAt(info[1]), &full = tensorAt(info[2]), &gates = tensorAt(info[3]);
     Tensor &gradStreaming = tensorAt(info[4]), &gradGates = tensorAt(info[5]);
     sameDevice({&gradOut, &streaming, &full, &gates, &gradStreaming, &gradGates});
-    gradOut.device->gateMixBackward(gradOut, streaming, full, gates, gradStreaming, gradGates, gateMixArgs(info, 6));
+    gradOut.device->gateMixBackward(gradOut, streaming, full, gates, gradStreaming, gradGates, gateMixArgs(info[6]));
     return info.Env().Undefined();
   });
 }
@@ -700,11 +778,13 @@ Napi::Value RopeWriteCache(const Napi::CallbackInfo& info) {
     Tensor &q = tensorAt(info[0]), &k = tensorAt(info[1]), &v = tensorAt(info[2]), &positions = tensorAt(info[3]);
     Tensor &frequencies = tensorAt(info[4]), &keyCache = tensorAt(info[5]), &valueCache = tensorAt(info[6]);
     sameDevice({&q, &k, &v, &positions, &frequencies, &keyCache, &valueCache});
-    RopeArgs args{static_cast<int>(integer(info, 7)), static_cast<int>(integer(info, 9)), info[10].As<Napi::Boolean>().Value()};
-    const StreamingLayout streaming = streamingLayout(info[11], keyCache);
-    const KvQuantPlanes quant = quantPlanes(info[12], args.headDim, keyCache);
-    q.device->ropeWriteCache(q, k, v, positions, frequencies, args, static_cast<int>(integer(info, 8)), keyCache, valueCache,
-                             streaming, quant);
+    // RopeAttributes and kvHeads, streaming?, quant?
+    const Attributes attributes(info[7], "ropeWriteCache's attributes");
+    const RopeArgs args = ropeArgs(attributes);
+    const int kvHeads = static_cast<int>(attributes.integer("kvHeads"));
+    const StreamingLayout streaming = streamingLayout(attributes.optional("streaming"), keyCache, kvHeads);
+    const KvQuantPlanes quant = quantPlanes(attributes.optional("quant"), args.headDim, keyCache);
+    q.device->ropeWriteCache(q, k, v, positions, frequencies, args, kvHeads, keyCache, valueCache, streaming, quant);
     return info.Env().Undefined();
   });
 }
@@ -720,27 +800,27 @@ Napi::Value DecodeAdvance(const Napi::CallbackInfo& info) {
 
 Napi::Value GraphBegin(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->beginCapture();
+    deviceOf(info[0])->beginCapture();
     return info.Env().Undefined();
   });
 }
 
 Napi::Value GraphEnd(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    return Napi::Number::New(info.Env(), deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->endCapture());
+    return Napi::Number::New(info.Env(), deviceOf(info[0])->endCapture());
   });
 }
 
 Napi::Value GraphLaunch(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->launchGraph(static_cast<int>(integer(info, 1)));
+    deviceOf(info[0])->launchGraph(static_cast<int>(integer(info, 1)));
     return info.Env().Undefined();
   });
 }
 
 Napi::Value GraphFree(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    deviceOf(info.Env(), static_cast<int>(integer(info, 0)))->freeGraph(static_cast<int>(integer(info, 1)));
+    deviceOf(info[0])->freeGraph(static_cast<int>(integer(info, 1)));
     return info.Env().Undefined();
   });
 }

@@ -9,7 +9,7 @@
 
 namespace duo {
 
-// Indices match DTYPES in @duoattn/core.
+// The dtypes of @duoattn/core; they cross the native boundary by name (dtypeName / dtypeNamed).
 enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3, U8 = 4 };
 
 inline size_t dtypeBytes(DType dtype) {
@@ -32,6 +32,13 @@ struct Error : std::runtime_error {
   std::string code;
   Error(std::string errorCode, const std::string& message) : std::runtime_error(message), code(std::move(errorCode)) {}
 };
+
+// The dtype TypeScript calls `name` ('f32', 'bf16', …).
+inline DType dtypeNamed(const std::string& name) {
+  for (DType dtype : {DType::F32, DType::F16, DType::BF16, DType::I32, DType::U8})
+    if (name == dtypeName(dtype)) return dtype;
+  throw Error("DUO_ARG", "unknown dtype '" + name + "'");
+}
 
 class Device;
 

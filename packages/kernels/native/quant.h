@@ -10,8 +10,17 @@
 
 namespace duo {
 
-// Indices match the scheme names' order in TypeScript: none, int8, int4, fp8.
+// The schemes of KvQuantScheme in TypeScript; they cross the native boundary by name (kvQuantNamed).
 enum class KvQuant : int { None = 0, Int8 = 1, Int4 = 2, Fp8 = 3 };
+
+// The scheme TypeScript calls `name` ('none', 'int8', 'int4', 'fp8').
+inline KvQuant kvQuantNamed(const std::string& name) {
+  if (name == "none") return KvQuant::None;
+  if (name == "int8") return KvQuant::Int8;
+  if (name == "int4") return KvQuant::Int4;
+  if (name == "fp8") return KvQuant::Fp8;
+  throw Error("DUO_ARG", "unknown KV quantization scheme '" + name + "'");
+}
 
 constexpr int kInt4Group = 128;
 

@@ -19,9 +19,9 @@ import {
   type RopeAttributes,
   type StreamingHeads,
 } from '@duoattn/core';
-import { KV_QUANT_SCHEMES, kvQuantLayout } from '@duoattn/kv-quant';
+import { kvQuantLayout } from '@duoattn/kv-quant';
 import { callNative, mapNativeError } from './errors.js';
-import type { NativeAddon, QuantFields, StreamingFields } from './native.js';
+import type { NativeAddon, NativeFields } from './native.js';
 import { Tensor } from './tensor.js';
 import { describeValue, expectInteger, expectPositive, expectTensor } from './validate.js';
 
@@ -66,19 +66,17 @@ export class NativeBackend implements Backend {
   readonly device: DeviceKind;
   readonly deviceName: string;
   readonly #native: NativeAddon;
-  readonly #index: number;
   #pageBytes: number | undefined;
 
   /** @internal */
   constructor(native: NativeAddon, device: DeviceKind, deviceName: string) {
     this.#native = native;
     this.device = device;
-    this.#index = device === 'cpu' ? 0 : 1;
     this.deviceName = deviceName;
   }
 
   get pageBytes(): number {
-    this.#pageBytes ??= callNative(() => this.#native.pageBytes(this.#index));
+    this.#pageBytes ??= callNative(() => this.#native.pageBytes(this.device));
     return this.#pageBytes;
   }
 
@@ -103,7 +101,7 @@ export class NativeBackend implements Backend {
         `Expected each span of a paged tensor (shape[1] × shape[2] × ${dtypeBytes(dtype)} bytes = ${spanBytes}) to be a multiple of the ${this.pageBytes}-byte page`,
       );
     }
-    const id = callNative(() => this.#native.allocPaged(this.#index, DTYPES.indexOf(dtype), shape));
+    const id = callNative(() => this.#native.allocPaged(this.device, dtype, shape));
     const tensor = new Tensor(this.#native, id, dtype, shape, this.device);
     tensor.committedRows = 0;
     return tensor;
@@ -136,7 +134,7 @@ export class NativeBackend implements Backend {
       );
     }
     for (const [i, extent] of shape.entries()) expectInteger(`shape[${i}]`, extent, 0);
-    const id = callNative(() => this.#native.alloc(this.#index, DTYPES.indexOf(dtype), shape));
+    const id = callNative(() => this.#native.alloc(this.device, dtype, shape));
     return new Tensor(this.#native, id, dtype, shape, this.device);
   }
 
@@ -204,7 +202,7 @@ export class NativeBackend implements Backend {
   }
 
   synchronize(): Promise<void> {
-    return this.#native.synchronize(this.#index).catch((error: unknown) => {
+    return this.#native.synchronize(this.device).catch((error: unknown) => {
       throw mapNativeError(error);
     });
   }
@@ -214,15 +212,15 @@ export class NativeBackend implements Backend {
    * DUO_CUDA_PROFILE=1; an empty list otherwise. Synchronises.
    */
   takeProfile(): { name: string; count: number; milliseconds: number }[] {
-    return callNative(() => this.#native.takeProfile(this.#index));
+    return callNative(() => this.#native.takeProfile(this.device));
   }
 
   resetPeakMemory(): void {
-    callNative(() => this.#native.resetPeak(this.#index));
+    callNative(() => this.#native.resetPeak(this.device));
   }
 
   memory(): BackendMemory {
-    const memory = callNative(() => this.#native.memory(this.#index));
+    const memory = callNative(() => this.#native.memory(this.device));
     return this.device === 'cpu' ? { allocatedBytes: memory.allocatedBytes, peakBytes: memory.peakBytes } : memory;
   }
 
@@ -246,14 +244,14 @@ export class NativeBackend implements Backend {
     const [outputs = 0, inner = 0] = weight.shape;
     const xId = expectTensor('x', x, this.device, { dtypes: F32, shape: [null, inner] });
     const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: [x.rows, outputs] });
-    const biasId = options.bias
+    const bias = options.bias
       ? expectTensor('bias', options.bias, this.device, { dtypes: F32, shape: [outputs] })
-      : 0;
-    const residualId = options.residual
+      : undefined;
+    const residual = options.residual
       ? expectTensor('residual', options.residual, this.device, { dtypes: F32, shape: [x.rows, outputs] })
-      : 0;
+      : undefined;
     if (out === x) throw new DuoArgumentError('out', '`out` must not alias `x` in matmul');
-    callNative(() => this.#native.matmul(xId, weightId, outId, biasId, residualId));
+    callNative(() => this.#native.matmul(xId, weightId, outId, { bias, residual }));
   }
 
   matmulGroup(
@@ -326,21 +324,14 @@ export class NativeBackend implements Backend {
     const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, 0);
     const quantFields = this.#quantFields(attributes, keyCache);
     callNative(() =>
-      this.#native.ropeWriteCache(
-        queryId,
-        keyId,
-        valueId,
-        positionsId,
-        frequencyId,
-        keyCacheId,
-        valueCacheId,
+      this.#native.ropeWriteCache(queryId, keyId, valueId, positionsId, frequencyId, keyCacheId, valueCacheId, {
         heads,
         kvHeads,
         headDim,
-        Boolean(interleaved),
+        interleaved: Boolean(interleaved),
         streaming,
-        quantFields,
-      ),
+        quant: quantFields,
+      }),
     );
   }
 
@@ -362,7 +353,9 @@ export class NativeBackend implements Backend {
       shape: [headDim / 2],
     });
     const inverse = Boolean(attributes.inverse);
-    callNative(() => this.#native.rope(xId, positionsId, frequencyId, heads, headDim, Boolean(interleaved), inverse));
+    callNative(() =>
+      this.#native.rope(xId, positionsId, frequencyId, { heads, headDim, interleaved: Boolean(interleaved), inverse }),
+    );
   }
 
   swiglu(gate: Tensor, up: Tensor, out: Tensor): void {
@@ -388,15 +381,15 @@ export class NativeBackend implements Backend {
   }
 
   /**
-   * Checks `streaming` against the main caches and returns what the addon takes:
-   * `[keyId, valueId, streamingHeads, sink, recent, chunked]`, or undefined when every head is full.
+   * Checks `streaming` against the main caches and returns it as the addon takes it (the same fields, the caches as
+   * ids), or undefined when every head is full.
    */
   #streamingFields(
     streaming: StreamingHeads | undefined,
     kvHeads: number,
     keyCache: Tensor,
     rows: number,
-  ): StreamingFields | undefined {
+  ): NativeFields<StreamingHeads> | undefined {
     if (streaming === undefined) return undefined;
     const { sink, recent, mask = 'exact' } = streaming;
     const retrieval = retrievalHeads(streaming, kvHeads);
@@ -423,10 +416,7 @@ export class NativeBackend implements Backend {
         `Expected a streaming region of at least sink + recent + rows = ${sink + recent + rows} slots but received ${slots}`,
       );
     }
-    const streamingHeads = Array.from({ length: kvHeads }, (_, head) => head).filter(
-      (head) => !retrieval.includes(head),
-    );
-    return [keyId, valueId, streamingHeads, sink, recent, mask === 'chunked'];
+    return { retrievalHeads: retrieval, keyCache: keyId, valueCache: valueId, sink, recent, mask };
   }
 
   /** Elements per cache row: headDim, or a quantized cache's code bytes. */
@@ -438,7 +428,7 @@ export class NativeBackend implements Backend {
   #quantFields(
     attributes: Pick<AttentionAttributes, 'quant' | 'streaming' | 'headDim'>,
     keyCache: Tensor,
-  ): QuantFields | undefined {
+  ): NativeFields<QuantizedKv> | undefined {
     const { quant, streaming, headDim } = attributes;
     if (!quant) return undefined;
     if (this.device === 'cuda' && (headDim % 8 !== 0 || headDim > 256)) {
@@ -457,11 +447,17 @@ export class NativeBackend implements Backend {
     const valueScales = planes('quant.valueScales', quant.valueScales as Tensor, keyCache);
     const streamKeys = streaming
       ? planes('quant.streamKeyScales', quant.streamKeyScales as Tensor, streaming.keyCache as Tensor)
-      : 0;
+      : undefined;
     const streamValues = streaming
       ? planes('quant.streamValueScales', quant.streamValueScales as Tensor, streaming.keyCache as Tensor)
-      : 0;
-    return [KV_QUANT_SCHEMES.indexOf(quant.scheme), keyScales, valueScales, streamKeys, streamValues];
+      : undefined;
+    return {
+      scheme: quant.scheme,
+      keyScales,
+      valueScales,
+      streamKeyScales: streamKeys,
+      streamValueScales: streamValues,
+    };
   }
 
   #attentionIds(
@@ -503,7 +499,16 @@ export class NativeBackend implements Backend {
     const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, query.rows);
     const quant = this.#quantFields(attributes, keyCache);
     callNative(() =>
-      this.#native.attentionPrefill(...ids, heads, kvHeads, headDim, scale, keyLength, queryStart, streaming, quant),
+      this.#native.attentionPrefill(...ids, {
+        heads,
+        kvHeads,
+        headDim,
+        scale,
+        keyLength,
+        queryStart,
+        streaming,
+        quant,
+      }),
     );
   }
 
@@ -517,11 +522,22 @@ export class NativeBackend implements Backend {
     const ids = this.#attentionIds(query, keyCache, valueCache, out, attributes);
     const { heads, kvHeads, headDim, scale, keyLength, lengthFrom } = attributes;
     expectInteger('keyLength', keyLength, 1);
-    const lengthId = lengthFrom ? expectTensor('lengthFrom', lengthFrom, this.device, { dtypes: I32, shape: [1] }) : 0;
+    const lengthId = lengthFrom
+      ? expectTensor('lengthFrom', lengthFrom, this.device, { dtypes: I32, shape: [1] })
+      : undefined;
     const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, 1);
     const quant = this.#quantFields(attributes, keyCache);
     callNative(() =>
-      this.#native.attentionDecode(...ids, heads, kvHeads, headDim, scale, keyLength, lengthId, streaming, quant),
+      this.#native.attentionDecode(...ids, {
+        heads,
+        kvHeads,
+        headDim,
+        scale,
+        keyLength,
+        lengthFrom: lengthId,
+        streaming,
+        quant,
+      }),
     );
   }
 
@@ -539,27 +555,27 @@ export class NativeBackend implements Backend {
 
   captureGraph(record: () => void): number {
     if (!this.supportsGraphs) throw new DuoArgumentError('backend', `The ${this.device} backend cannot capture graphs`);
-    callNative(() => this.#native.graphBegin(this.#index));
+    callNative(() => this.#native.graphBegin(this.device));
     try {
       record();
     } catch (error) {
       try {
-        this.#native.graphEnd(this.#index);
+        this.#native.graphEnd(this.device);
       } catch {
         // The capture is already broken; the original error says why.
       }
       throw error;
     }
-    return callNative(() => this.#native.graphEnd(this.#index));
+    return callNative(() => this.#native.graphEnd(this.device));
   }
 
   launchGraph(graph: number): void {
     expectInteger('graph', graph, 1);
-    callNative(() => this.#native.graphLaunch(this.#index, graph));
+    callNative(() => this.#native.graphLaunch(this.device, graph));
   }
 
   disposeGraph(graph: number): void {
-    callNative(() => this.#native.graphFree(this.#index, graph));
+    callNative(() => this.#native.graphFree(this.device, graph));
   }
 
   argmax(logits: Tensor, out: Tensor): void {
@@ -605,9 +621,7 @@ export class NativeBackend implements Backend {
       shape: [kvHeads, capacity, layout.scaleHalves],
     });
     expectInteger('start', start, 0, capacity - source.rows);
-    callNative(() =>
-      this.#native.writeCacheQuantized(sourceId, codesId, scalesId, start, KV_QUANT_SCHEMES.indexOf(scheme)),
-    );
+    callNative(() => this.#native.writeCacheQuantized(sourceId, codesId, scalesId, start, scheme));
   }
 
   matmulBackward(gradOut: Tensor, weight: Tensor, gradInput: Tensor, options: { accumulate?: boolean } = {}): void {
@@ -621,7 +635,8 @@ export class NativeBackend implements Backend {
       shape: [gradOut.rows, weight.shape[1] ?? 0],
     });
     expectDistinct({ gradOut, gradInput });
-    callNative(() => this.#native.matmulBackward(gradOutId, weightId, gradInputId, Boolean(options.accumulate)));
+    const accumulate = Boolean(options.accumulate);
+    callNative(() => this.#native.matmulBackward(gradOutId, weightId, gradInputId, { accumulate }));
   }
 
   rmsNormBackward(
@@ -638,9 +653,8 @@ export class NativeBackend implements Backend {
     const gradInputId = expectTensor('gradInput', gradInput, this.device, { dtypes: F32, shape: x.shape });
     expectPositive('eps', eps);
     expectDistinct({ x, gradInput });
-    callNative(() =>
-      this.#native.rmsNormBackward(xId, weightId, gradOutId, gradInputId, eps, Boolean(options.accumulate)),
-    );
+    const accumulate = Boolean(options.accumulate);
+    callNative(() => this.#native.rmsNormBackward(xId, weightId, gradOutId, gradInputId, eps, { accumulate }));
   }
 
   swigluBackward(gate: Tensor, up: Tensor, gradOut: Tensor, gradGate: Tensor, gradUp: Tensor): void {
@@ -692,23 +706,14 @@ export class NativeBackend implements Backend {
     const gradValueId = expectTensor('gradValue', gradValue, this.device, { dtypes: F32, shape: keyRows });
     expectDistinct({ gradQuery, gradKey, gradValue, query, gradOut });
     callNative(() =>
-      this.#native.attentionBackward(
-        queryId,
-        keyId,
-        valueId,
-        outId,
-        gradOutId,
-        gradQueryId,
-        gradKeyId,
-        gradValueId,
+      this.#native.attentionBackward(queryId, keyId, valueId, outId, gradOutId, gradQueryId, gradKeyId, gradValueId, {
         heads,
         kvHeads,
         headDim,
         scale,
         length,
-        window ? window.sink : -1,
-        window ? window.recent : 0,
-      ),
+        window: window ? { sink: window.sink, recent: window.recent } : undefined,
+      }),
     );
   }
 
@@ -716,7 +721,7 @@ export class NativeBackend implements Backend {
     const [streamingId, fullId, gatesId] = this.#gateMixIds(streaming, full, gates, attributes);
     const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: streaming.shape });
     const { heads, kvHeads, headDim } = attributes;
-    callNative(() => this.#native.gateMix(streamingId, fullId, gatesId, outId, heads, kvHeads, headDim));
+    callNative(() => this.#native.gateMix(streamingId, fullId, gatesId, outId, { heads, kvHeads, headDim }));
   }
 
   gateMixBackward(
@@ -741,17 +746,11 @@ export class NativeBackend implements Backend {
     expectDistinct({ gradStreaming, streaming, full });
     const { heads, kvHeads, headDim } = attributes;
     callNative(() =>
-      this.#native.gateMixBackward(
-        gradOutId,
-        streamingId,
-        fullId,
-        gatesId,
-        gradStreamingId,
-        gradGatesId,
+      this.#native.gateMixBackward(gradOutId, streamingId, fullId, gatesId, gradStreamingId, gradGatesId, {
         heads,
         kvHeads,
         headDim,
-      ),
+      }),
     );
   }
 

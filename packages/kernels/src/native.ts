@@ -3,23 +3,55 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DuoBackendUnavailableError } from '@duoattn/core';
+import {
+  type AttentionBackwardAttributes,
+  type Backend,
+  type DecodeAttentionAttributes,
+  type DeviceKind,
+  type DType,
+  DuoBackendUnavailableError,
+  type GateMixAttributes,
+  type KvQuantScheme,
+  type PrefillAttentionAttributes,
+  type RopeAttributes,
+  type TensorHandle,
+} from '@duoattn/core';
 
-/** The raw functions the addon exports. Arguments are tensor ids and plain numbers; see native/addon.cc. */
+/**
+ * A spec type as it crosses the native boundary: every tensor becomes its id, everything else (numbers, flags, scheme
+ * and mask names, nested attributes) keeps its name and value. Attributes cross as these named fields ("batons"),
+ * never as positional tuples or enum indices.
+ */
+export type NativeFields<T> = T extends TensorHandle
+  ? number
+  : T extends readonly (infer Element)[]
+    ? readonly NativeFields<Element>[]
+    : T extends object
+      ? { readonly [K in keyof T]: NativeFields<T[K]> }
+      : T;
+
+/** `ropeWriteCache`'s attributes (the spec's inline type). */
+export type RopeWriteCacheAttributes = Parameters<Backend['ropeWriteCache']>[7];
+
+/**
+ * The raw functions the addon exports (native/ops.def lists them). Each mirrors its spec op: tensors become ids, an
+ * attributes object stays an object with the spec's field names (`NativeFields`), devices, dtypes and KV schemes
+ * cross by name.
+ */
 export interface NativeAddon {
   readonly cudaCompiled: boolean;
-  probe(device: number): { available: boolean; name?: string; reason?: string };
-  alloc(device: number, dtype: number, shape: readonly number[]): number;
+  probe(device: DeviceKind): { available: boolean; name?: string; reason?: string };
+  alloc(device: DeviceKind, dtype: DType, shape: readonly number[]): number;
   free(id: number): void;
   write(id: number, data: ArrayBufferView, elementOffset: number): void;
   read(id: number, elementOffset: number, count: number): Promise<ArrayBuffer>;
-  synchronize(device: number): Promise<void>;
-  takeProfile(device: number): { name: string; count: number; milliseconds: number }[];
-  resetPeak(device: number): void;
-  allocPaged(device: number, dtype: number, shape: readonly number[]): number;
+  synchronize(device: DeviceKind): Promise<void>;
+  takeProfile(device: DeviceKind): { name: string; count: number; milliseconds: number }[];
+  resetPeak(device: DeviceKind): void;
+  allocPaged(device: DeviceKind, dtype: DType, shape: readonly number[]): number;
   commitPaged(tensor: number, rows: number): number;
-  pageBytes(device: number): number;
-  memory(device: number): {
+  pageBytes(device: DeviceKind): number;
+  memory(device: DeviceKind): {
     allocatedBytes: number;
     peakBytes: number;
     deviceFreeBytes: number;
@@ -30,26 +62,64 @@ export interface NativeAddon {
   fillRandom(id: number, seed: number, standardDeviation: number): void;
   embedding(table: number, ids: number, out: number): void;
   rmsNorm(x: number, weight: number, out: number, eps: number): void;
-  matmul(x: number, weight: number, out: number, bias: number, residual: number): void;
+  matmul(x: number, weight: number, out: number, options: NativeFields<MatmulOptions>): void;
   rope(
     x: number,
     positions: number,
     frequencies: number,
-    heads: number,
-    headDim: number,
-    interleaved: boolean,
-    inverse?: boolean,
+    attributes: NativeFields<RopeAttributes & { readonly inverse?: boolean }>,
   ): void;
   swiglu(gate: number, up: number, out: number): void;
-  writeCacheQuantized(source: number, codes: number, scales: number, start: number, scheme: number): void;
-  matmulBackward(gradOut: number, weight: number, gradInput: number, accumulate: boolean): void;
+  add(a: number, b: number, out: number): void;
+  writeCache(source: number, cache: number, start: number): void;
+  writeCacheQuantized(
+    source: number,
+    codes: number,
+    scales: number,
+    start: number,
+    scheme: Exclude<KvQuantScheme, 'none'>,
+  ): void;
+  attentionPrefill(
+    query: number,
+    keyCache: number,
+    valueCache: number,
+    out: number,
+    attributes: NativeFields<PrefillAttentionAttributes>,
+  ): void;
+  attentionDecode(
+    query: number,
+    keyCache: number,
+    valueCache: number,
+    out: number,
+    attributes: NativeFields<DecodeAttentionAttributes>,
+  ): void;
+  matmulGroup(x: number, weights: readonly number[], outs: readonly number[], biases: readonly number[]): void;
+  matmulSwiglu(x: number, gate: number, up: number, out: number): void;
+  ropeWriteCache(
+    query: number,
+    key: number,
+    value: number,
+    positions: number,
+    frequencies: number,
+    keyCache: number,
+    valueCache: number,
+    attributes: NativeFields<RopeWriteCacheAttributes>,
+  ): void;
+  decodeAdvance(next: number, ids: number, positions: number): void;
+  graphBegin(device: DeviceKind): void;
+  graphEnd(device: DeviceKind): number;
+  graphLaunch(device: DeviceKind, graph: number): void;
+  graphFree(device: DeviceKind, graph: number): void;
+  argmax(logits: number, out: number): void;
+  softmax(logits: number, out: number, temperature: number): void;
+  matmulBackward(gradOut: number, weight: number, gradInput: number, options: BackwardOptions): void;
   rmsNormBackward(
     x: number,
     weight: number,
     gradOut: number,
     gradInput: number,
     eps: number,
-    accumulate: boolean,
+    options: BackwardOptions,
   ): void;
   swigluBackward(gate: number, up: number, gradOut: number, gradGate: number, gradUp: number): void;
   attentionBackward(
@@ -61,22 +131,14 @@ export interface NativeAddon {
     gradQuery: number,
     gradKey: number,
     gradValue: number,
-    heads: number,
-    kvHeads: number,
-    headDim: number,
-    scale: number,
-    length: number,
-    sink: number,
-    recent: number,
+    attributes: NativeFields<AttentionBackwardAttributes>,
   ): void;
   gateMix(
     streaming: number,
     full: number,
     gates: number,
     out: number,
-    heads: number,
-    kvHeads: number,
-    headDim: number,
+    attributes: NativeFields<GateMixAttributes>,
   ): void;
   gateMixBackward(
     gradOut: number,
@@ -85,65 +147,14 @@ export interface NativeAddon {
     gates: number,
     gradStreaming: number,
     gradGates: number,
-    heads: number,
-    kvHeads: number,
-    headDim: number,
+    attributes: NativeFields<GateMixAttributes>,
   ): void;
-  add(a: number, b: number, out: number): void;
-  writeCache(source: number, cache: number, start: number): void;
-  attentionPrefill(
-    q: number,
-    k: number,
-    v: number,
-    out: number,
-    heads: number,
-    kvHeads: number,
-    headDim: number,
-    scale: number,
-    keyLength: number,
-    queryStart: number,
-    streaming?: StreamingFields,
-    quant?: QuantFields,
-  ): void;
-  attentionDecode(
-    q: number,
-    k: number,
-    v: number,
-    out: number,
-    heads: number,
-    kvHeads: number,
-    headDim: number,
-    scale: number,
-    keyLength: number,
-    lengthFrom: number,
-    streaming?: StreamingFields,
-    quant?: QuantFields,
-  ): void;
-  matmulGroup(x: number, weights: number[], outs: number[], biases: number[]): void;
-  matmulSwiglu(x: number, gate: number, up: number, out: number): void;
-  ropeWriteCache(
-    q: number,
-    k: number,
-    v: number,
-    positions: number,
-    frequencies: number,
-    keyCache: number,
-    valueCache: number,
-    heads: number,
-    kvHeads: number,
-    headDim: number,
-    interleaved: boolean,
-    streaming?: StreamingFields,
-    quant?: QuantFields,
-  ): void;
-  decodeAdvance(next: number, ids: number, positions: number): void;
-  graphBegin(device: number): void;
-  graphEnd(device: number): number;
-  graphLaunch(device: number, graph: number): void;
-  graphFree(device: number, graph: number): void;
-  argmax(logits: number, out: number): void;
-  softmax(logits: number, out: number, temperature: number): void;
 }
+
+/** `matmul`'s options (the spec's inline type). */
+type MatmulOptions = NonNullable<Parameters<Backend['matmul']>[3]>;
+/** The backward ops' options (the spec's inline type). */
+type BackwardOptions = NonNullable<Parameters<Backend['matmulBackward']>[3]>;
 
 let cached: NativeAddon | undefined;
 
@@ -181,8 +192,3 @@ export function loadNative(): NativeAddon {
     reasons,
   );
 }
-
-/** A layer's streaming heads as the addon takes them: region key and value ids, the streaming KV heads, sink, recent, chunked. */
-export type StreamingFields = [number, number, number[], number, number, boolean];
-/** A quantized cache as the addon takes it: [scheme index, keyScales, valueScales, streamKeyScales, streamValueScales] (0: none). */
-export type QuantFields = [number, number, number, number, number];

@@ -26,7 +26,7 @@ export function createBackend(device: DeviceKind): NativeBackend {
     );
   }
   const native = loadNative();
-  const probe = native.probe(device === 'cpu' ? 0 : 1);
+  const probe = native.probe(device);
   if (!probe.available) {
     throw new DuoBackendUnavailableError(`The ${device} backend is unavailable: ${probe.reason}`, [
       probe.reason ?? 'unknown',
@@ -40,7 +40,7 @@ export function createBackend(device: DeviceKind): NativeBackend {
 /** Why CUDA can't be used here, or undefined when it can. */
 export function cudaUnavailableReason(): string | undefined {
   try {
-    const probe = loadNative().probe(1);
+    const probe = loadNative().probe('cuda');
     return probe.available ? undefined : probe.reason;
   } catch (error) {
     return (error as Error).message;
