@@ -1,7 +1,8 @@
 // The options every model-running command shares: --model, --device and --weight-dtype, and loading the model.
 import { choiceOption, UsageError } from '@duoattn/app-kit';
-import type { Backend, ModelConfig } from '@duoattn/core';
-import { LlamaModel } from '@duoattn/model';
+import { type Backend, type ModelConfig, readEnvironment } from '@duoattn/core';
+import { type BackendRequest, type NativeBackend, resolveBackend } from '@duoattn/kernels';
+import { LlamaModel, type ModelRuntimeOptions } from '@duoattn/model';
 import { defaultModelPath } from './default-model.js';
 import { loadingProgress } from './progress.js';
 import { SHAPES } from './shapes.js';
@@ -21,11 +22,28 @@ export function modelChoices(options: Record<string, unknown>) {
   };
 }
 
+/** The backend for --device; with DUO_VERBOSE set, says on stderr which one was chosen and why not CUDA. */
+export function benchBackend(device: BackendRequest): NativeBackend {
+  const log = readEnvironment().verbose ? (message: string) => process.stderr.write(`${message}\n`) : undefined;
+  return resolveBackend(device, log ? { log } : {});
+}
+
+/** What the environment asks of every model the commands make (DUO_NO_GRAPHS: no CUDA graphs, for profiling). */
+export function runtimeOptions(): ModelRuntimeOptions {
+  return { graphs: !readEnvironment().noGraphs };
+}
+
 /** Loads --model (default: the embedded demo model) with a progress line; call after validating the other options. */
 export async function loadModel(options: Record<string, unknown>): Promise<{ model: LlamaModel; path: string }> {
   const { device, weightDtype } = modelChoices(options);
   const path = (options.model as string | undefined) ?? defaultModelPath();
-  return { model: await LlamaModel.load(path, { device, weightDtype, onProgress: loadingProgress(path) }), path };
+  const model = await LlamaModel.load(path, {
+    ...runtimeOptions(),
+    device: benchBackend(device),
+    weightDtype,
+    onProgress: loadingProgress(path),
+  });
+  return { model, path };
 }
 
 /** The config of --shape NAME, with a message listing the names when it is unknown. */
@@ -48,10 +66,15 @@ export async function benchmarkModel(
   if (options.shape !== undefined) {
     const name = String(options.shape);
     return {
-      model: LlamaModel.random(namedShape(name), { device: backend, dtype, seed: 1 }),
+      model: LlamaModel.random(namedShape(name), { ...runtimeOptions(), device: backend, dtype, seed: 1 }),
       label: `${name} (random ${dtype} weights made on the device)`,
     };
   }
   const path = (options.model as string | undefined) ?? defaultModelPath();
-  return { model: await LlamaModel.load(path, { device: backend, onProgress: loadingProgress(path) }), label: path };
+  const model = await LlamaModel.load(path, {
+    ...runtimeOptions(),
+    device: backend,
+    onProgress: loadingProgress(path),
+  });
+  return { model, label: path };
 }

@@ -2,6 +2,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { readEnvironment } from '@duoattn/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { currentCommit, type ResultRecord, writeResult, writeText } from './result-records.js';
 import { median, quantile } from './statistics.js';
@@ -28,7 +29,8 @@ describe('result records', () => {
   });
 
   it('takes the commit from DUO_COMMIT when set, else git or "unknown"', () => {
-    expect(currentCommit({ DUO_COMMIT: 'abc123' })).toBe('abc123');
+    expect(currentCommit({ commit: 'abc123' })).toBe('abc123');
+    expect(currentCommit(readEnvironment({ DUO_COMMIT: 'def456' }))).toBe('def456');
     expect(currentCommit({})).toMatch(/^([0-9a-f]{12}|unknown)$/);
   });
 

@@ -3,6 +3,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { type DuoEnvironment, readEnvironment } from '@duoattn/core';
 
 /**
  * A result document. The figures sit beside the provenance at the top level (`document.decode`,
@@ -22,11 +23,11 @@ export type ResultRecord<Settings extends object = object, Figures extends objec
 } & Figures;
 
 /**
- * The commit being measured: DUO_COMMIT of `environment` (the device bundle sets it: the checkout there
- * has no .git), else git's short hash, else "unknown".
+ * The commit being measured: DUO_COMMIT (`readEnvironment`; the device bundle sets it: the checkout there has no .git),
+ * else git's short hash, else "unknown".
  */
-export function currentCommit(environment: { readonly DUO_COMMIT?: string } = process.env): string {
-  if (environment.DUO_COMMIT) return environment.DUO_COMMIT;
+export function currentCommit(environment: Pick<DuoEnvironment, 'commit'> = readEnvironment()): string {
+  if (environment.commit) return environment.commit;
   try {
     return execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], {
       encoding: 'utf8',

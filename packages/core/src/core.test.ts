@@ -1,12 +1,14 @@
-// Error classes and config validation of the spec package.
+// Error classes, config validation and the environment reader of the spec package.
 import { describe, expect, it } from 'vitest';
 import {
   DuoArgumentError,
   DuoCheckpointError,
   DuoError,
   dtypeBytes,
+  ENVIRONMENT_VARIABLES,
   isDType,
   type ModelConfig,
+  readEnvironment,
   validateModelConfig,
 } from './index.js';
 
@@ -56,5 +58,34 @@ describe('dtypes and configs', () => {
       '`vocabSize` to be a positive integer',
     );
     expect(validateModelConfig({ ...config, numKvHeads: 2 }).numKvHeads).toBe(2);
+  });
+});
+
+describe('readEnvironment', () => {
+  it('parses flags and integers, and names a variable whose value is not an integer', () => {
+    const environment = readEnvironment({
+      DUO_VERBOSE: '1',
+      DUO_NO_GRAPHS: 'false',
+      DUO_CUDA_PROFILE: '0',
+      DUO_NO_PDL: 'yes',
+      DUO_GEMV_WAVES: '3',
+      DUO_COMMIT: 'abc',
+      DUO_NATIVE_PATH: '',
+    });
+    expect(environment).toMatchObject({ verbose: true, noGraphs: false, cudaProfile: false, noPdl: true });
+    expect(environment.gemvWaves).toBe(3);
+    expect(environment.commit).toBe('abc');
+    expect(environment.nativePath).toBeUndefined();
+    expect(readEnvironment({}).verbose).toBe(false);
+    expect(() => readEnvironment({ DUO_GEMV_SPLIT: 'four' })).toThrow(DuoArgumentError);
+    expect(() => readEnvironment({ DUO_GEMV_SPLIT: 'four' })).toThrow(
+      'Expected DUO_GEMV_SPLIT to be a positive integer but it is "four"',
+    );
+  });
+
+  it('documents every variable it reads', () => {
+    const names = ENVIRONMENT_VARIABLES.map((variable) => variable.name);
+    expect(new Set(names).size).toBe(names.length);
+    for (const variable of ENVIRONMENT_VARIABLES) expect(variable.meaning.length).toBeGreaterThan(10);
   });
 });

@@ -31,6 +31,13 @@ export {
   type KvQuantScheme,
 } from './dtype.js';
 export {
+  type DuoEnvironment,
+  ENVIRONMENT_VARIABLES,
+  type EnvironmentVariable,
+  type EnvironmentVariableName,
+  readEnvironment,
+} from './environment.js';
+export {
   DuoArgumentError,
   DuoBackendUnavailableError,
   DuoCheckpointError,

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { readEnvironment } from '@duoattn/core';
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type EnvironmentResult, environmentWork } from './__fixtures__/environment-work.js';
@@ -55,7 +56,7 @@ afterAll(() => {
 
 /** Runs environmentWork(seed) in a new worker thread; resolves with its result once the worker has exited cleanly. */
 function inWorker(seed: number): Promise<EnvironmentResult> {
-  const addon = process.env.DUO_NATIVE_PATH ?? join(packageDirectory(), 'native', 'build', 'Release', 'duoattn.node');
+  const addon = readEnvironment().nativePath ?? join(packageDirectory(), 'native', 'build', 'Release', 'duoattn.node');
   const worker = new Worker(pathToFileURL(workerFile), {
     workerData: { seed },
     env: { ...process.env, DUO_NATIVE_PATH: addon },

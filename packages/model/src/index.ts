@@ -7,6 +7,7 @@ export {
   type GenerationStats,
   LlamaModel,
   type LoadModelOptions,
+  type ModelRuntimeOptions,
   type RandomModelOptions,
 } from './llama-model.js';
 export {

@@ -27,8 +27,14 @@ import {
   weightByName,
 } from './weights.js';
 
+/** What every way of making a model takes besides its weights. */
+export interface ModelRuntimeOptions {
+  /** Sessions replay a captured CUDA graph per greedy decode step where the backend can (`SessionOptions.graphs`). Default true. */
+  graphs?: boolean;
+}
+
 /** Options of `LlamaModel.load`. */
-export interface LoadModelOptions {
+export interface LoadModelOptions extends ModelRuntimeOptions {
   /** Where to run: 'auto' (default: CUDA when usable, else CPU), 'cpu', 'cuda', or a backend. */
   device?: BackendRequest | Backend;
   /** Weight dtype on the device. Default 'auto' (the checkpoint's; Q8_0 becomes f32). */
@@ -40,7 +46,7 @@ export interface LoadModelOptions {
 }
 
 /** Options of `LlamaModel.random`. */
-export interface RandomModelOptions {
+export interface RandomModelOptions extends ModelRuntimeOptions {
   /** Where to run, as for `load`. Default 'auto'. */
   device?: BackendRequest | Backend;
   /** Weight dtype. Default 'bf16'. */
@@ -108,6 +114,7 @@ export class LlamaModel {
   /** Never handed out: sessions and `blocks` use them, so the model stays as loaded. */
   readonly #weights: ModelWeights;
   readonly #inverseFrequencies: TensorHandle;
+  readonly #runtime: ModelRuntimeOptions;
   #disposed = false;
 
   private constructor(
@@ -115,9 +122,11 @@ export class LlamaModel {
     backend: Backend,
     weights: ModelWeights,
     source: string,
+    runtime: ModelRuntimeOptions,
     tokenizer?: Tokenizer,
     chatTemplate?: string,
   ) {
+    this.#runtime = { graphs: runtime.graphs ?? true };
     this.config = config;
     this.backend = backend;
     this.#weights = weights;
@@ -155,6 +164,7 @@ export class LlamaModel {
       backend,
       weights,
       checkpoint.source,
+      options,
       checkpoint.tokenizer,
       checkpoint.chatTemplate,
     );
@@ -165,7 +175,7 @@ export class LlamaModel {
     const backend = resolveDevice(options.device);
     const random: RandomWeightOptions = { dtype: options.dtype ?? 'bf16', seed: options.seed, std: options.std };
     const weights = randomWeights(validateModelConfig(config), backend, random);
-    return new LlamaModel(config, backend, weights, 'random');
+    return new LlamaModel(config, backend, weights, 'random', options);
   }
 
   /** The KV-cache dtype sessions use by default. */
@@ -177,7 +187,7 @@ export class LlamaModel {
   /** A new sequence with its own KV cache, attending as `options.policy` says (default full). Dispose it when done. */
   createSession(options: SessionOptions = {}): Session {
     this.#checkLive();
-    return new Session(this.blocks, this.#inverseFrequencies, options, this.defaultCacheDtype);
+    return new Session(this.blocks, this.#inverseFrequencies, { ...this.#runtime, ...options }, this.defaultCacheDtype);
   }
 
   /**

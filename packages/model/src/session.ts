@@ -60,6 +60,11 @@ export interface SessionOptions {
   cacheDtype?: 'auto' | 'f32' | 'f16' | 'bf16';
   /** The full cache grows in steps of at least this many tokens (then whole pages). Default 4096. */
   cacheBlockTokens?: number;
+  /**
+   * Greedy decoding replays one captured CUDA graph per step where the backend supports graphs. Default: the model's
+   * (`LoadModelOptions.graphs`, true). False enqueues every step's ops (profiling, A/B runs).
+   */
+  graphs?: boolean;
 }
 
 /** A policy with every default filled in, as a session runs it. */
@@ -107,6 +112,7 @@ export class Session {
   readonly #config: ModelConfig;
   readonly #blocks: LlamaBlocks;
   readonly #inverseFrequencies: TensorHandle;
+  readonly #graphs: boolean;
   readonly #cache: DualKvCache;
   readonly #workspaces = new Map<number, Workspace>();
   readonly #lastRow: TensorHandle;
@@ -129,6 +135,7 @@ export class Session {
     this.#config = config;
     this.#blocks = blocks;
     this.#inverseFrequencies = inverseFrequencies;
+    this.#graphs = options.graphs ?? true;
     const capacity = options.maxTokens ?? Math.min(config.maxPositionEmbeddings, DEFAULT_SESSION_TOKENS);
     if (!Number.isInteger(capacity) || capacity < 1) {
       throw new DuoArgumentError(
@@ -274,7 +281,7 @@ export class Session {
     let token = await this.greedyStep(first);
     yield token;
     if (steps === 1) return;
-    if (!b.supportsGraphs || !b.captureGraph || !b.launchGraph || process.env.DUO_NO_GRAPHS === '1') {
+    if (!this.#graphs || !b.supportsGraphs || !b.captureGraph || !b.launchGraph) {
       for (let i = 1; i < steps; i++) {
         token = await this.greedyStep(token);
         yield token;

@@ -22,11 +22,10 @@ import {
 import type { AttentionPolicy, AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
 import { DuoOutOfMemoryError, dtypeBytes } from '@duoattn/core';
 import { maxContext, planMemory, policyPlan } from '@duoattn/dual-cache';
-import { resolveBackend } from '@duoattn/kernels';
 import { kvPlanes, kvRowBytes } from '@duoattn/kv-quant';
 import type { LlamaModel } from '@duoattn/model';
 import { benchmarkTokens, decodeLatency, prefillSeconds } from '../measure.js';
-import { benchmarkModel } from '../model-options.js';
+import { benchBackend, benchmarkModel } from '../model-options.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 import { lineChartsSvg, type Panel } from '../svg.js';
 
@@ -96,7 +95,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
   const reserve = numberOption('reserve', options.reserve, 2.5, 0) * GB;
   const quants = kvQuantList(options['kv-quant']);
   const settings = policySettings({ ...options, 'kv-quant': undefined }, policies);
-  const backend = resolveBackend(device);
+  const backend = benchBackend(device);
   const { model, label } = await benchmarkModel(options, backend, dtype);
   try {
     const duo = duoPlanFor(policies, settings, model.config);

@@ -3,7 +3,7 @@
 
 import { choiceOption, integerOption, median, parseOptions, writeResult } from '@duoattn/app-kit';
 import type { Backend, TensorHandle } from '@duoattn/core';
-import { resolveBackend } from '@duoattn/kernels';
+import { benchBackend } from '../model-options.js';
 
 export const kernelsHelp = `duo-bench kernels [--device auto|cpu|cuda] [--repeats N] [--out FILE]
   GEMV bandwidth at Llama-3-8B shapes (bf16 weights), decode attention bandwidth at 4K-128K keys (bf16 cache),
@@ -37,7 +37,7 @@ export async function kernelsCommand(argv: string[], log: (line: string) => void
     repeats: { type: 'string' },
     out: { type: 'string' },
   });
-  const backend = resolveBackend(choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto'));
+  const backend = benchBackend(choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto'));
   const repeats = integerOption('repeats', options.repeats, backend.device === 'cuda' ? 200 : 5, 1);
   const made: TensorHandle[] = [];
   const alloc = (dtype: 'f32' | 'bf16', shape: number[], seed: number) => {

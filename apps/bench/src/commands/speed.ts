@@ -10,10 +10,9 @@ import {
   UsageError,
   writeResult,
 } from '@duoattn/app-kit';
-import { dtypeBytes } from '@duoattn/core';
-import { resolveBackend } from '@duoattn/kernels';
+import { dtypeBytes, readEnvironment } from '@duoattn/core';
 import { benchmarkTokens, decodeLatency, prefillSeconds } from '../measure.js';
-import { benchmarkModel } from '../model-options.js';
+import { benchBackend, benchmarkModel } from '../model-options.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
 export const speedHelp = `duo-bench speed (--shape NAME | --model PATH) [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
@@ -42,7 +41,7 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
   const steps = integerOption('steps', options.steps, 64, 1);
   const warmup = integerOption('warmup', options.warmup, 8, 2);
   const bandwidthTBps = numberOption('bandwidth', options.bandwidth, 3.0, 0.001);
-  const backend = resolveBackend(device);
+  const backend = benchBackend(device);
   if (options.shape === undefined && options.model === undefined)
     throw new UsageError('speed needs --shape NAME or --model PATH');
   const { model, label } = await benchmarkModel(options, backend, dtype);
@@ -120,7 +119,7 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
     const out = options.out as string | undefined;
     if (out) return writeResult(out, backend.deviceName, settings, figures);
     const document = { card: backend.deviceName, settings, ...figures };
-    if (process.env.DUO_PRINT_JSON) writeFileSync(1, `${JSON.stringify(document)}\n`);
+    if (readEnvironment().printJson) writeFileSync(1, `${JSON.stringify(document)}\n`);
     return document;
   } finally {
     session.dispose();

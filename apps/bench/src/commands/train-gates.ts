@@ -27,7 +27,7 @@ import { LlamaModel } from '@duoattn/model';
 import { defaultModelPath } from '../default-model.js';
 import { encodeInPieces } from '../encode.js';
 import { gateHistoryPng, trainingSvg } from '../gate-plots.js';
-import { loadModel, MODEL_OPTIONS, modelChoices, namedShape } from '../model-options.js';
+import { benchBackend, loadModel, MODEL_OPTIONS, modelChoices, namedShape } from '../model-options.js';
 import { trainingProgress } from '../progress.js';
 import { measureStepTimes } from './step-times.js';
 
@@ -252,7 +252,7 @@ async function trainingModel(
   if (options.shape !== undefined) {
     const name = String(options.shape);
     const { device } = modelChoices(options);
-    const model = LlamaModel.random(namedShape(name), { device, dtype: 'bf16', seed: 1 });
+    const model = LlamaModel.random(namedShape(name), { device: benchBackend(device), dtype: 'bf16', seed: 1 });
     return { model, label: `${name} (random bf16 weights, seed 1)`, hash: `random:${name}:1` };
   }
   const { model, path } = await loadModel(options);

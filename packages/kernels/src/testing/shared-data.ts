@@ -2,12 +2,13 @@
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { readEnvironment } from '@duoattn/core';
 
 const repositoryRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
 
 /** Absolute path of `../shared/<relative>` (or under `DUO_SHARED_DIR`), or undefined when it is missing. */
 export function sharedPath(...relative: string[]): string | undefined {
-  const base = process.env.DUO_SHARED_DIR ?? join(repositoryRoot, '..', 'shared');
+  const base = readEnvironment().sharedDir ?? join(repositoryRoot, '..', 'shared');
   const path = join(base, ...relative);
   return existsSync(path) ? path : undefined;
 }

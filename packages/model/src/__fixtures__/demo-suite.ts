@@ -2,12 +2,13 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { readEnvironment } from '@duoattn/core';
 import { describe, expect, it } from 'vitest';
 import { LlamaModel } from '../llama-model.js';
 
 /** models/duo-demo of this checkout (DUO_REPO_DIR overrides, for bundles that run elsewhere). */
 export function demoModelDirectory(): string {
-  const root = process.env.DUO_REPO_DIR ?? resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
+  const root = readEnvironment().repoDir ?? resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
   return join(root, 'models', 'duo-demo');
 }
 

@@ -1,0 +1,147 @@
+// The one module that reads duoattn's DUO_* environment variables at run time. Library entry points take options;
+// the apps, the loader's override and the test tools read the environment here and pass what they found on.
+import { DuoArgumentError } from './errors.js';
+
+/** A run-time DUO_* variable: its name, what it sets and which code passes it on (docs/architecture.md lists them). */
+export interface EnvironmentVariable {
+  readonly name: string;
+  readonly kind: 'flag' | 'integer' | 'path' | 'text';
+  readonly meaning: string;
+  readonly usedBy: string;
+}
+
+/** Every run-time DUO_* variable (build switches such as DUO_CUDA are read by the kernels' build scripts). */
+export const ENVIRONMENT_VARIABLES = [
+  {
+    name: 'DUO_NATIVE_PATH',
+    kind: 'path',
+    meaning: 'load the addon from this file instead of the package build (device bundles, prebuilt binaries)',
+    usedBy: '@duoattn/kernels loader',
+  },
+  {
+    name: 'DUO_VERBOSE',
+    kind: 'flag',
+    meaning: 'log why a backend was or was not chosen',
+    usedBy: 'duo-bench → resolveBackend({ log })',
+  },
+  {
+    name: 'DUO_NO_GRAPHS',
+    kind: 'flag',
+    meaning: 'enqueue every greedy decode step instead of replaying a captured CUDA graph (profiling)',
+    usedBy: 'duo-bench → LlamaModel.load({ graphs: false })',
+  },
+  {
+    name: 'DUO_CUDA_PROFILE',
+    kind: 'flag',
+    meaning: 'time every CUDA op with events and print a per-op table (slows decode)',
+    usedBy: 'duo-bench → CUDA backend options',
+  },
+  {
+    name: 'DUO_NO_PDL',
+    kind: 'flag',
+    meaning: 'launch CUDA kernels without programmatic dependent launch (A/B runs)',
+    usedBy: 'duo-bench → CUDA backend options',
+  },
+  {
+    name: 'DUO_GEMV_MIN_SLICE',
+    kind: 'integer',
+    meaning: 'smallest split-K slice of the decode GEMV (default 1024; a tuning knob)',
+    usedBy: 'duo-bench → CUDA backend options',
+  },
+  {
+    name: 'DUO_GEMV_WAVES',
+    kind: 'integer',
+    meaning: 'waves of blocks the decode GEMV aims for (a tuning knob)',
+    usedBy: 'duo-bench → CUDA backend options',
+  },
+  {
+    name: 'DUO_GEMV_SPLIT',
+    kind: 'integer',
+    meaning: 'force the decode GEMV split-K factor (a tuning knob)',
+    usedBy: 'duo-bench → CUDA backend options',
+  },
+  {
+    name: 'DUO_COMMIT',
+    kind: 'text',
+    meaning: 'the commit written into result records (set by the device bundle, which has no git)',
+    usedBy: '@duoattn/app-kit currentCommit',
+  },
+  {
+    name: 'DUO_PRINT_JSON',
+    kind: 'flag',
+    meaning: 'duo-bench speed also prints its result record on stdout',
+    usedBy: 'duo-bench speed',
+  },
+  {
+    name: 'DUO_SHARED_DIR',
+    kind: 'path',
+    meaning: 'where tests and benchmarks find ../shared (models, golden outputs, books)',
+    usedBy: 'tests (kernels/testing sharedPath)',
+  },
+  {
+    name: 'DUO_REPO_DIR',
+    kind: 'path',
+    meaning: 'the checkout whose models/ tests read (bundles that run elsewhere)',
+    usedBy: 'tests (demo-model fixtures)',
+  },
+] as const satisfies readonly EnvironmentVariable[];
+
+/** The names of the run-time variables. */
+export type EnvironmentVariableName = (typeof ENVIRONMENT_VARIABLES)[number]['name'];
+
+/** The run-time DUO_* settings, parsed. Absent variables are undefined (flags false). */
+export interface DuoEnvironment {
+  readonly nativePath?: string;
+  readonly verbose: boolean;
+  readonly noGraphs: boolean;
+  readonly cudaProfile: boolean;
+  readonly noPdl: boolean;
+  readonly gemvMinSlice?: number;
+  readonly gemvWaves?: number;
+  readonly gemvSplit?: number;
+  readonly commit?: string;
+  readonly printJson: boolean;
+  readonly sharedDir?: string;
+  readonly repoDir?: string;
+}
+
+type Environment = Readonly<Record<string, string | undefined>>;
+
+/**
+ * Reads the DUO_* variables of `environment` (default `process.env`). A flag is on for any value but '', '0' and
+ * 'false'; an integer that does not parse is a `DuoArgumentError` naming the variable (a typo must not silently
+ * tune nothing).
+ */
+export function readEnvironment(environment: Environment = process.env): DuoEnvironment {
+  const text = (name: EnvironmentVariableName) => {
+    const value = environment[name];
+    return value === undefined || value === '' ? undefined : value;
+  };
+  const flag = (name: EnvironmentVariableName) => {
+    const value = text(name);
+    return value !== undefined && value !== '0' && value.toLowerCase() !== 'false';
+  };
+  const integer = (name: EnvironmentVariableName) => {
+    const value = text(name);
+    if (value === undefined) return undefined;
+    const parsed = Number(value);
+    if (!Number.isInteger(parsed) || parsed < 1) {
+      throw new DuoArgumentError(name, `Expected ${name} to be a positive integer but it is "${value}"`);
+    }
+    return parsed;
+  };
+  return {
+    nativePath: text('DUO_NATIVE_PATH'),
+    verbose: flag('DUO_VERBOSE'),
+    noGraphs: flag('DUO_NO_GRAPHS'),
+    cudaProfile: flag('DUO_CUDA_PROFILE'),
+    noPdl: flag('DUO_NO_PDL'),
+    gemvMinSlice: integer('DUO_GEMV_MIN_SLICE'),
+    gemvWaves: integer('DUO_GEMV_WAVES'),
+    gemvSplit: integer('DUO_GEMV_SPLIT'),
+    commit: text('DUO_COMMIT'),
+    printJson: flag('DUO_PRINT_JSON'),
+    sharedDir: text('DUO_SHARED_DIR'),
+    repoDir: text('DUO_REPO_DIR'),
+  };
+}
