@@ -1,6 +1,7 @@
 // The memory planner: exact bytes of weights, cache regions and session scratch for a model, plan and context; and the
 // inverse, the longest context that fits a byte budget.
 import {
+  DEFAULT_PREFILL_CHUNK,
   type DType,
   DuoArgumentError,
   dtypeBytes,
@@ -24,7 +25,7 @@ export interface MemoryPlanInput {
   readonly kvQuant?: KvQuantScheme;
   /** Tokens the full regions hold. */
   readonly tokens: number;
-  /** Prefill chunk: sizes the streaming ring and the session's chunk workspace. Default 512. */
+  /** Prefill chunk: sizes the streaming ring and the session's chunk workspace. Default `DEFAULT_PREFILL_CHUNK` (512). */
   readonly prefillChunk?: number;
   /** A session that only decodes (a synthetic cache, no prefill) holds no chunk workspace. Default false. */
   readonly decodeOnly?: boolean;
@@ -77,7 +78,7 @@ export function sessionScratchBytes(config: ModelConfig, chunkRows: number): num
 /** Exact bytes for `input`. */
 export function planMemory(input: MemoryPlanInput): MemoryPlan {
   const { config, plan, weightDtype, kvDtype, tokens } = input;
-  const chunk = input.prefillChunk ?? 512;
+  const chunk = input.prefillChunk ?? DEFAULT_PREFILL_CHUNK;
   if (!Number.isInteger(tokens) || tokens < 1) {
     throw new DuoArgumentError('tokens', `Expected \`tokens\` to be a positive integer but received ${String(tokens)}`);
   }

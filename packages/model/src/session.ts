@@ -16,7 +16,7 @@ import {
   type PrefillMask,
   type TensorHandle,
 } from '@duoattn/core';
-import { DualKvCache, policyPlan } from '@duoattn/dual-cache';
+import { type CacheLayer, DualKvCache, policyPlan } from '@duoattn/dual-cache';
 import type { LlamaBlocks } from './llama-blocks.js';
 
 /** Which hidden states to return: layer 0 is the embedding output, layer l the residual stream after layer l. */
@@ -436,9 +436,8 @@ export class Session {
     const interleaved = c.ropeStyle === 'interleaved';
     const attention = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim, scale, keyLength: start + n };
     for (let layer = 0; layer < c.numLayers; layer++) {
-      const cache = this.#cache.layers[layer];
-      if (!cache) throw new Error(`layer ${layer} is missing`);
-      const { keyCache, valueCache, streaming, quant } = cache;
+      // The cache has one entry per layer by construction (DualKvCache checks the plan against the config).
+      const { keyCache, valueCache, streaming, quant } = this.#cache.layers[layer] as CacheLayer;
       blocks.attentionInput(layer, s.hidden, s.normed, s.query, s.key, s.value);
       b.ropeWriteCache(s.query, s.key, s.value, s.positions, this.#inverseFrequencies, keyCache, valueCache, {
         heads: c.numHeads,
