@@ -7,6 +7,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>  // f16ToFloat / floatToF16 below use its intrinsics in device code
+#endif
+
 namespace duo {
 
 // The dtypes of @duoattn/core; they cross the native boundary by name (dtypeName / dtypeNamed).
@@ -218,6 +222,12 @@ struct GateMixArgs { int heads, kvHeads, headDim; };
 
 struct MemoryInfo { size_t allocated, peak, deviceFree, deviceTotal; };
 
+// The element-wise ops of ops.def (elementwise.h has their functors: the formula each backend runs).
+enum class ElementwiseOp : int {
+#define DUO_ELEMENTWISE(name, parameters, formula) name,
+#include "ops.def"
+};
+
 // One backend. Ops are synchronous enqueues (CUDA) or synchronous runs (CPU).
 class Device {
  public:
@@ -252,8 +262,8 @@ class Device {
   virtual void rmsNorm(const Tensor& x, const Tensor& weight, Tensor& out, float eps) = 0;
   virtual void matmul(const Tensor& x, const Tensor& weight, Tensor& out, const Tensor* bias, const Tensor* residual) = 0;
   virtual void rope(Tensor& x, const Tensor& positions, const Tensor& inverseFrequencies, const RopeArgs& args) = 0;
-  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
-  virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  // out[i] = op(inputs[0][i], …) for f32 tensors of out's size (elementwiseInputs(op) of them; out may alias one).
+  virtual void elementwise(ElementwiseOp op, const Tensor* const* inputs, Tensor& out) = 0;
   virtual void writeCache(const Tensor& source, Tensor& cache, int64_t start) = 0;
   virtual void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) = 0;
   virtual void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) = 0;
@@ -291,7 +301,8 @@ class Device {
     Temporary product(*this, out);
     matmul(x, gate, out, nullptr, nullptr);
     matmul(x, up, product.tensor, nullptr, nullptr);
-    swiglu(out, product.tensor, out);
+    const Tensor* inputs[] = {&out, &product.tensor};
+    elementwise(ElementwiseOp::swiglu, inputs, out);
   }
   // Rotates q ([n, heads·d]) and k ([n, kvHeads·d]) in place, then writes row r of k and v into the caches at slot
   // positions[r]; KV heads that stream (see StreamingLayout) go to their region at layout.slot(positions[r]).

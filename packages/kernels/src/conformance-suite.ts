@@ -3,6 +3,7 @@ import type { DType } from '@duoattn/core';
 import { DuoArgumentError, DuoDisposedError } from '@duoattn/core';
 import { describe, expect, it } from 'vitest';
 import { perHead, readF32, uploadAs } from './conformance-helpers.js';
+import { ELEMENTWISE_NAMES, ELEMENTWISE_OPS, type ElementwiseOp } from './elementwise-ops.js';
 import type { NativeBackend } from './native-backend.js';
 import type { Tensor } from './tensor.js';
 import { referenceRopeBackward } from './testing/backward.js';
@@ -28,7 +29,6 @@ import {
 
 /** Relative-error tolerance of each op by the dtype of its weight or cache operand. */
 const TOLERANCE = {
-  elementwise: 1e-6,
   rmsNorm: 1e-5,
   rope: 1e-5,
   // CUDA runs matmuls of many rows on tensor cores with x rounded to the weight dtype.
@@ -305,23 +305,24 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       for (const t of [xs, ps, fs, gs]) t.dispose();
     });
 
-    it('swiglu and add match the reference, in place too', async () => {
-      const gate = randomArray(6 * 40, 12, 4);
-      const up = randomArray(6 * 40, 13, 2);
-      const g = b().upload('f32', [6, 40], gate);
-      const u = b().upload('f32', [6, 40], up);
-      const sum = b().alloc('f32', [6, 40]);
-      b().add(g, u, sum);
-      expect(
-        maxAbsDifference(
-          await readF32(b(), sum),
-          Array.from(gate, (v, i) => Math.fround(v + (up[i] ?? 0))),
-        ),
-      ).toBe(0);
-      b().swiglu(g, u, g);
-      const expected = referenceSwiglu(toMatrix(gate, 6, 40), toMatrix(up, 6, 40));
-      expect(relativeError(await readF32(b(), g), expected)).toBeLessThan(TOLERANCE.elementwise * 10);
-      for (const t of [g, u, sum]) t.dispose();
+    // One case per element-wise op, from its table entry: into a new tensor, then in place over its first input.
+    it.each(ELEMENTWISE_NAMES)('%s matches the reference, in place too', async (name) => {
+      const { inputs, reference, tolerance }: ElementwiseOp = ELEMENTWISE_OPS[name];
+      const values = inputs.map((_, i) => randomArray(6 * 40, 12 + i, 4 / (i + 1)));
+      const expected = Array.from({ length: 6 * 40 }, (_, e) => reference(...values.map((input) => input[e] ?? 0)));
+      const matches = (actual: Float32Array) =>
+        tolerance === 0
+          ? expect(maxAbsDifference(actual, expected.map(Math.fround))).toBe(0)
+          : expect(relativeError(actual, expected)).toBeLessThan(tolerance);
+      const tensors = values.map((input) => b().upload('f32', [6, 40], input));
+      const [first] = tensors as [Tensor];
+      const out = b().alloc('f32', [6, 40]);
+      const op = b()[name].bind(b()) as (...operands: Tensor[]) => void;
+      op(...tensors, out);
+      matches(await readF32(b(), out));
+      op(...tensors, first);
+      matches(await readF32(b(), first));
+      for (const t of [...tensors, out]) t.dispose();
     });
 
     const attentionCases: [DType, number, number, number][] = [

@@ -20,6 +20,7 @@ import {
   type StreamingHeads,
 } from '@duoattn/core';
 import { kvQuantLayout } from '@duoattn/kv-quant';
+import { ELEMENTWISE_NAMES, ELEMENTWISE_OPS, type ElementwiseName } from './elementwise-ops.js';
 import { callNative, mapNativeError } from './errors.js';
 import type { NativeAddon, NativeFields } from './native.js';
 import { Tensor } from './tensor.js';
@@ -60,7 +61,14 @@ function expectHostArray(argument: string, dtype: DType, data: unknown): HostArr
   return data as HostArray;
 }
 
+/**
+ * The element-wise ops of the spec, one per ELEMENTWISE_OPS entry: NativeBackend installs them from the table (a
+ * new op needs no method written here), and this declaration gives them their spec signatures.
+ */
+export interface NativeBackend extends Pick<Backend, ElementwiseName> {}
+
 /** A CPU or CUDA backend backed by the native addon. Create it with `createBackend` or `resolveBackend`. */
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: the element-wise methods are declared above.
 export class NativeBackend implements Backend {
   readonly specificationVersion = 'v1' as const;
   readonly device: DeviceKind;
@@ -358,18 +366,26 @@ export class NativeBackend implements Backend {
     );
   }
 
-  swiglu(gate: Tensor, up: Tensor, out: Tensor): void {
-    const gateId = expectTensor('gate', gate, this.device, { dtypes: F32 });
-    const upId = expectTensor('up', up, this.device, { dtypes: F32, shape: gate.shape });
-    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: gate.shape });
-    callNative(() => this.#native.swiglu(gateId, upId, outId));
+  // The element-wise ops (ELEMENTWISE_OPS): one method per entry, installed on the prototype here. Each checks its
+  // inputs (f32, the first input's shape) and `out`, then calls the addon's export of the same name.
+  static {
+    for (const name of ELEMENTWISE_NAMES) {
+      const method = function (this: NativeBackend, ...tensors: unknown[]): void {
+        this.#elementwise(name, tensors);
+      };
+      Object.defineProperty(NativeBackend.prototype, name, { value: method, writable: true, configurable: true });
+    }
   }
 
-  add(a: Tensor, b: Tensor, out: Tensor): void {
-    const aId = expectTensor('a', a, this.device, { dtypes: F32 });
-    const bId = expectTensor('b', b, this.device, { dtypes: F32, shape: a.shape });
-    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: a.shape });
-    callNative(() => this.#native.add(aId, bId, outId));
+  #elementwise(name: ElementwiseName, tensors: readonly unknown[]): void {
+    const { inputs } = ELEMENTWISE_OPS[name];
+    const [first] = tensors;
+    expectTensor(inputs[0] ?? 'input', first, this.device, { dtypes: F32 });
+    const shape = (first as Tensor).shape;
+    const ids = [...inputs, 'out'].map((input, i) =>
+      expectTensor(input, tensors[i], this.device, { dtypes: F32, shape }),
+    );
+    callNative(() => this.#native[name](...ids));
   }
 
   writeCache(source: Tensor, cache: Tensor, start: number): void {

@@ -16,6 +16,7 @@ import {
   type RopeAttributes,
   type TensorHandle,
 } from '@duoattn/core';
+import type { ElementwiseName } from './elementwise-ops.js';
 
 /**
  * A spec type as it crosses the native boundary: every tensor becomes its id, everything else (numbers, flags, scheme
@@ -33,12 +34,15 @@ export type NativeFields<T> = T extends TensorHandle
 /** `ropeWriteCache`'s attributes (the spec's inline type). */
 export type RopeWriteCacheAttributes = Parameters<Backend['ropeWriteCache']>[7];
 
+/** The element-wise ops' exports (ELEMENTWISE_OPS): the input ids, then out's. */
+export type ElementwiseNatives = { readonly [Name in ElementwiseName]: (...ids: number[]) => void };
+
 /**
- * The raw functions the addon exports (native/ops.def lists them). Each mirrors its spec op: tensors become ids, an
- * attributes object stays an object with the spec's field names (`NativeFields`), devices, dtypes and KV schemes
- * cross by name.
+ * The raw functions the addon exports (native/ops.def lists them; ops-table.test.ts checks this against it). Each
+ * mirrors its spec op: tensors become ids, an attributes object stays an object with the spec's field names
+ * (`NativeFields`), devices, dtypes and KV schemes cross by name.
  */
-export interface NativeAddon {
+export interface NativeAddon extends ElementwiseNatives {
   readonly cudaCompiled: boolean;
   probe(device: DeviceKind): { available: boolean; name?: string; reason?: string };
   alloc(device: DeviceKind, dtype: DType, shape: readonly number[]): number;
@@ -69,8 +73,6 @@ export interface NativeAddon {
     frequencies: number,
     attributes: NativeFields<RopeAttributes & { readonly inverse?: boolean }>,
   ): void;
-  swiglu(gate: number, up: number, out: number): void;
-  add(a: number, b: number, out: number): void;
   writeCache(source: number, cache: number, start: number): void;
   writeCacheQuantized(
     source: number,

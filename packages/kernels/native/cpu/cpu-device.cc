@@ -1,4 +1,4 @@
-// CPU backend: memory, conversions and the element-wise / normalisation ops.
+// CPU backend: memory, conversions, normalisation, RoPE and the cache writes.
 #include "cpu-device.h"
 
 #include <sys/mman.h>
@@ -163,21 +163,6 @@ void CpuDevice::rope(Tensor& x, const Tensor& positions, const Tensor& inverseFr
         }
       }
     }
-  });
-}
-
-void CpuDevice::swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
-  pool_.parallelFor(gate.size, 1 << 14, [&](int64_t begin, int64_t end) {
-    const float* g = gate.as<float>();
-    const float* u = up.as<float>();
-    float* o = out.as<float>();
-    for (int64_t i = begin; i < end; i++) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-  });
-}
-
-void CpuDevice::add(const Tensor& a, const Tensor& b, Tensor& out) {
-  pool_.parallelFor(a.size, 1 << 14, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; i++) out.as<float>()[i] = a.as<float>()[i] + b.as<float>()[i];
   });
 }
 

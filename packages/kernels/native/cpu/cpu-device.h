@@ -31,8 +31,7 @@ class CpuDevice final : public Device {
   void rmsNorm(const Tensor& x, const Tensor& weight, Tensor& out, float eps) override;
   void matmul(const Tensor& x, const Tensor& weight, Tensor& out, const Tensor* bias, const Tensor* residual) override;
   void rope(Tensor& x, const Tensor& positions, const Tensor& inverseFrequencies, const RopeArgs& args) override;
-  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override;
-  void add(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void elementwise(ElementwiseOp op, const Tensor* const* inputs, Tensor& out) override;  // cpu/elementwise.cc
   void writeCache(const Tensor& source, Tensor& cache, int64_t start) override;
   void ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
                       const RopeArgs& args, int kvHeads, Tensor& keyCache, Tensor& valueCache,

@@ -181,8 +181,8 @@ void launchRmsNorm(const float* x, const void* weight, DType weightType, float* 
                    cudaStream_t stream);
 void launchRope(float* x, const int32_t* positions, const float* frequencies, int64_t rows, int64_t stride, int heads,
                 int headDim, bool interleaved, bool inverse, cudaStream_t stream);
-void launchSwiglu(const float* gate, const float* up, float* out, int64_t count, cudaStream_t stream);
-void launchAdd(const float* a, const float* b, float* out, int64_t count, cudaStream_t stream);
+// out[i] = op(inputs[0][i], …) for the element-wise ops of ops.def (elementwiseInputs(op) inputs).
+void launchElementwise(ElementwiseOp op, const float* const* inputs, float* out, int64_t count, cudaStream_t stream);
 void launchBiasResidual(float* out, const float* bias, const float* residual, int64_t rows, int64_t cols, cudaStream_t stream);
 void launchWriteCache(const float* source, int64_t rows, int64_t sourceStride, void* cache, DType cacheType, int64_t kvHeads,
                       int64_t capacity, int64_t headDim, int64_t start, cudaStream_t stream);

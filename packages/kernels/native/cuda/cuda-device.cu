@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "cublas-loader.h"
+#include "../elementwise.h"
 #include "cuda-common.cuh"
 #include "cuda-device.h"
 
@@ -390,13 +391,11 @@ class CudaDevice final : public Device {
                args.interleaved, args.inverse, stream_);
     profiler_.mark("rope", stream_);
   }
-  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
-    launchSwiglu(gate.as<float>(), up.as<float>(), out.as<float>(), gate.size, stream_);
-    profiler_.mark("swiglu", stream_);
-  }
-  void add(const Tensor& a, const Tensor& b, Tensor& out) override {
-    launchAdd(a.as<float>(), b.as<float>(), out.as<float>(), a.size, stream_);
-    profiler_.mark("add", stream_);
+  void elementwise(ElementwiseOp op, const Tensor* const* inputs, Tensor& out) override {
+    const float* data[kMaxElementwiseInputs] = {};
+    for (int i = 0; i < elementwiseInputs(op); i++) data[i] = inputs[i]->as<float>();
+    launchElementwise(op, data, out.as<float>(), out.size, stream_);
+    profiler_.mark(elementwiseName(op), stream_);
   }
   void writeCache(const Tensor& source, Tensor& cache, int64_t start) override {
     launchWriteCache(source.as<float>(), source.rows(), source.cols(), cache.data, cache.dtype, cache.shape[0], cache.shape[1],
@@ -459,7 +458,8 @@ class CudaDevice final : public Device {
       Temporary product(*this, out);
       gemm(operand, x.rows(), x.cols(), gate, out.as<float>(), 0.0f);
       gemm(operand, x.rows(), x.cols(), up, product.tensor.as<float>(), 0.0f);
-      launchSwiglu(out.as<float>(), product.tensor.as<float>(), out.as<float>(), out.size, stream_);
+      const float* inputs[] = {out.as<float>(), product.tensor.as<float>()};
+      launchElementwise(ElementwiseOp::swiglu, inputs, out.as<float>(), out.size, stream_);
       profiler_.mark("matmulSwiglu", stream_);
       return;
     }

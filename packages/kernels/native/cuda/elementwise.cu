@@ -5,7 +5,10 @@
 #include <cfloat>
 #include <cstdint>
 
+#include <utility>
+
 #include "cuda-common.cuh"
+#include "../elementwise.h"
 #include "../quant.h"
 
 namespace duo {
@@ -158,16 +161,13 @@ __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const i
   }
 }
 
-__global__ void swigluKernel(const float* gate, const float* up, float* out, int64_t count) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
-  }
-}
+// Any DUO_ELEMENTWISE op of ops.def: out[i] = Op{}(inputs[0][i], …), grid-stride.
+struct ElementwiseInputs { const float* data[kMaxElementwiseInputs]; };
 
-__global__ void addKernel(const float* a, const float* b, float* out, int64_t count) {
+template <typename Op, size_t... I>
+__global__ void elementwiseKernel(ElementwiseInputs inputs, float* out, int64_t count) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = a[i] + b[i];
+    out[i] = Op{}(inputs.data[I][i]...);
 }
 
 __global__ void biasResidualKernel(float* out, const float* bias, const float* residual, int64_t rows, int64_t cols) {
@@ -342,16 +342,22 @@ void launchRope(float* x, const int32_t* positions, const float* frequencies, in
   checkLaunch("rope");
 }
 
-void launchSwiglu(const float* gate, const float* up, float* out, int64_t count, cudaStream_t stream) {
-  if (count == 0) return;
-  swigluKernel<<<gridFor(count), kThreads, 0, stream>>>(gate, up, out, count);
-  checkLaunch("swiglu");
+namespace {
+template <typename Op, size_t... I>
+void launchElementwiseOf(const ElementwiseInputs& inputs, float* out, int64_t count, cudaStream_t stream, std::index_sequence<I...>) {
+  elementwiseKernel<Op, I...><<<gridFor(count), kThreads, 0, stream>>>(inputs, out, count);
 }
+}  // namespace
 
-void launchAdd(const float* a, const float* b, float* out, int64_t count, cudaStream_t stream) {
+void launchElementwise(ElementwiseOp op, const float* const* inputs, float* out, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
-  addKernel<<<gridFor(count), kThreads, 0, stream>>>(a, b, out, count);
-  checkLaunch("add");
+  ElementwiseInputs packed{};
+  for (int i = 0; i < elementwiseInputs(op); i++) packed.data[i] = inputs[i];
+  dispatchElementwise(op, [&](auto functor) {
+    using Op = decltype(functor);
+    launchElementwiseOf<Op>(packed, out, count, stream, std::make_index_sequence<elementwise::kInputs<Op>>{});
+  });
+  checkLaunch(elementwiseName(op));
 }
 
 void launchBiasResidual(float* out, const float* bias, const float* residual, int64_t rows, int64_t cols, cudaStream_t stream) {
