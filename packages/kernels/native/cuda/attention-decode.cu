@@ -1,0 +1,651 @@
+// CUDA decode attention, split-K (flash-decoding): each block takes one split of one KV head's keys for all of its
+// query heads (GQA) — decodeKernel on the CUDA cores, decodeMmaKernel on the tensor cores — and decodeCombineKernel
+// merges the splits. Reads f32 / f16 / bf16 caches [kvHeads, capacity, headDim], or quantized ones dequantized in
+// registers while a tile is staged (quant-rows.cuh), and accumulates in f32. The kernel for an op is
+// decodeKernelFor's (attention-common.cuh).
+#include <algorithm>
+#include <cfloat>
+#include <type_traits>
+
+#include "attention-common.cuh"
+#include "mma.cuh"
+#include "quant-rows.cuh"
+
+namespace duo {
+namespace cuda {
+
+namespace {
+
+constexpr int kDecodeThreads = 128;
+// grid (kvHeads, splits), 4 warps. Each warp walks 32-key tiles of its block's split: the tile's keys and values
+// are copied into shared memory with coalesced cp.async (key rows padded by 16 bytes so per-lane row reads are
+// conflict-free); then each lane scores one key against all G query heads of the KV head, the warp does one
+// online-softmax update per tile, and lanes that own D/32 value channels accumulate with the probabilities broadcast.
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+
+template <typename T, int D>
+struct DecodeTile {
+  static constexpr int kPad = 16 / static_cast<int>(sizeof(T));
+  static constexpr int kKeyStride = D + kPad;
+  static constexpr size_t kBytesPerWarp = 32 * (kKeyStride + D) * sizeof(T);
+};
+
+// What one decode block works on: its KV head, its split of that head's keys (logical indices begin … end − 1 of the
+// head's KeyRange) and where the head's keys live. Full heads read the main caches, streaming heads their region.
+template <typename T>
+struct DecodeWork {
+  const T* keys;
+  const T* values;
+  QuantHead quant;  // quantized caches: the head's code and scale rows instead of keys / values
+  StreamingLayout layout;
+  KeyRange range;
+  bool streams;
+  int kvHead, split, splits;
+  int64_t begin, end;
+  __device__ __forceinline__ int64_t slot(int64_t index) const { return streams ? layout.slot(range.position(index)) : index; }
+};
+
+template <typename T, bool kQuant>
+__device__ __forceinline__ DecodeWork<T> decodeWork(const void* k, const void* v, int64_t capacity, int64_t keyLength, int headDim,
+                                                    const int32_t* lengthFrom, const StreamingLayout& layout,
+                                                    const KvQuantPlanes& planes, const DecodeSplits& splits) {
+  DecodeWork<T> work;
+  work.layout = layout;
+  splits.locate(static_cast<int>(blockIdx.x), layout, work.kvHead, work.split, work.splits);
+  if (lengthFrom) keyLength = static_cast<int64_t>(lengthFrom[0]) + 1;
+  work.streams = layout.streams(work.kvHead);
+  work.range = keyRangeFor(layout, work.streams, keyLength, keyLength - 1, keyLength - 1);
+  const int64_t chunk = ((work.range.count + work.splits - 1) / work.splits + 31) / 32 * 32;
+  work.begin = static_cast<int64_t>(work.split) * chunk;
+  work.end = lesser(work.range.count, work.begin + chunk);
+  if constexpr (kQuant) {
+    work.quant = quantHead(k, v, capacity, layout, planes, work.streams, work.kvHead, headDim);
+  } else {
+    work.keys = headRows<T>(k, layout.key, capacity, layout, work.streams, work.kvHead, headDim);
+    work.values = headRows<T>(v, layout.value, capacity, layout, work.streams, work.kvHead, headDim);
+  }
+  return work;
+}
+
+template <typename T, int D, int MAXG, bool kQuant>
+__global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __restrict__ q, const void* __restrict__ k,
+                                                               const void* __restrict__ v, int64_t capacity, int64_t keyLength,
+                                                               int group, float scale, const int32_t* __restrict__ lengthFrom,
+                                                               StreamingLayout layout, KvQuantPlanes quant, DecodeSplits splits,
+                                                               float* __restrict__ partialAcc, float* __restrict__ partialMax,
+                                                               float* __restrict__ partialSum) {
+  dependOnPrevious();
+  using Tile = DecodeTile<T, D>;
+  constexpr int kVec = Vec16<T>::kCount;
+  constexpr int kChannels = D >= 32 ? D / 32 : 1;
+  constexpr int kElementsPerCopy = 16 / static_cast<int>(sizeof(T));
+  constexpr int kChunksPerRow = D / kElementsPerCopy;
+  __shared__ __align__(16) float queries[MAXG][D];
+  __shared__ float stateMax[kDecodeWarps][MAXG];
+  __shared__ float stateSum[kDecodeWarps][MAXG];
+  extern __shared__ __align__(16) unsigned char tiles[];
+  const DecodeWork<T> work = decodeWork<T, kQuant>(k, v, capacity, keyLength, D, lengthFrom, layout, quant, splits);
+  const int kvHead = work.kvHead;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  T* keyTile = reinterpret_cast<T*>(tiles + warp * Tile::kBytesPerWarp);
+  T* valueTile = keyTile + 32 * Tile::kKeyStride;
+  for (int t = threadIdx.x; t < MAXG * D; t += blockDim.x) {
+    int g = t / D;
+    queries[g][t % D] = g < group ? q[(static_cast<int64_t>(kvHead) * group + g) * D + t % D] * scale : 0.0f;
+  }
+  __syncthreads();
+  const int64_t begin = work.begin, end = work.end;
+  const bool channelLane = lane * kChannels < D;
+
+  float maximum[MAXG], sum[MAXG], acc[MAXG][kChannels];
+#pragma unroll
+  for (int g = 0; g < MAXG; g++) {
+    maximum[g] = -INFINITY;
+    sum[g] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kChannels; c++) acc[g][c] = 0.0f;
+  }
+  for (int64_t tile = begin + static_cast<int64_t>(warp) * 32; tile < end; tile += kDecodeWarps * 32) {
+    const int count = static_cast<int>(lesser(32, end - tile));
+    if constexpr (kQuant) {
+      stageQuantTile<T, D, 32, 32>(keyTile, Tile::kKeyStride, valueTile, D, work.quant, tile, count, lane,
+                                   [&](int64_t index) { return work.slot(index); });
+    } else {
+      for (int piece = lane; piece < count * kChunksPerRow; piece += 32) {
+        const int row = piece / kChunksPerRow, column = (piece % kChunksPerRow) * kElementsPerCopy;
+        const int64_t slot = work.slot(tile + row) * D + column;
+        copyAsync16(keyTile + row * Tile::kKeyStride + column, work.keys + slot);
+        copyAsync16(valueTile + row * D + column, work.values + slot);
+      }
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncwarp();
+    const bool valid = lane < count;
+    float score[MAXG];
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) score[g] = 0.0f;
+    if (valid) {
+      const T* key = keyTile + lane * Tile::kKeyStride;
+#pragma unroll
+      for (int c = 0; c < D; c += kVec) {
+        float kv[kVec];
+        Vec16<T>::load(key + c, kv);
+#pragma unroll
+        for (int g = 0; g < MAXG; g++) {
+          if (g < group) {
+#pragma unroll
+            for (int i = 0; i < kVec; i += 4) {
+              const float4 qv = *reinterpret_cast<const float4*>(&queries[g][c + i]);
+              score[g] += qv.x * kv[i] + qv.y * kv[i + 1] + qv.z * kv[i + 2] + qv.w * kv[i + 3];
+            }
+          }
+        }
+      }
+    }
+    float p[MAXG];
+#pragma unroll
+    for (int g = 0; g < MAXG; g++) {
+      p[g] = 0.0f;
+      if (g < group) {
+        const float s = valid ? score[g] : -INFINITY;
+        const float updated = fmaxf(maximum[g], warpMax(s));
+        const float correction = __expf(maximum[g] - updated);
+        p[g] = valid ? __expf(s - updated) : 0.0f;
+        sum[g] = sum[g] * correction + warpSum(p[g]);
+#pragma unroll
+        for (int c = 0; c < kChannels; c++) acc[g][c] *= correction;
+        maximum[g] = updated;
+      }
+    }
+#pragma unroll 4
+    for (int kk = 0; kk < count; kk++) {
+      float value[kChannels];
+#pragma unroll
+      for (int c = 0; c < kChannels; c++) value[c] = 0.0f;
+      if (channelLane) loadChannels<T, kChannels>(valueTile + kk * D + lane * kChannels, value);
+#pragma unroll
+      for (int g = 0; g < MAXG; g++) {
+        if (g < group) {
+          const float pk = __shfl_sync(0xffffffffu, p[g], kk);
+#pragma unroll
+          for (int c = 0; c < kChannels; c++) acc[g][c] += pk * value[c];
+        }
+      }
+    }
+    __syncwarp();  // every lane is done with this tile before the next copy overwrites it
+  }
+  // The tiles are no longer needed: their space holds each warp's accumulators for the block merge.
+  __syncthreads();
+  float* stateAcc = reinterpret_cast<float*>(tiles);  // [warp][g][channel]
+#pragma unroll
+  for (int g = 0; g < MAXG; g++) {
+    if (g < group) {
+      if (lane == 0) {
+        stateMax[warp][g] = maximum[g];
+        stateSum[warp][g] = sum[g];
+      }
+      if (channelLane) {
+#pragma unroll
+        for (int c = 0; c < kChannels; c++) stateAcc[(warp * MAXG + g) * D + lane * kChannels + c] = acc[g][c];
+      }
+    }
+  }
+  __syncthreads();
+  for (int t = threadIdx.x; t < group * D; t += blockDim.x) {
+    int g = t / D, channel = t % D;
+    float overall = -INFINITY;
+    for (int w = 0; w < kDecodeWarps; w++) overall = fmaxf(overall, stateMax[w][g]);
+    float total = 0.0f, value = 0.0f;
+    if (overall != -INFINITY) {
+      for (int w = 0; w < kDecodeWarps; w++) {
+        float weight = __expf(stateMax[w][g] - overall);
+        total += stateSum[w][g] * weight;
+        value += stateAcc[(w * MAXG + g) * D + channel] * weight;
+      }
+    }
+    int64_t head = static_cast<int64_t>(kvHead) * group + g;
+    const int64_t index = head * splits.stride + work.split;
+    partialAcc[index * D + channel] = value;
+    if (channel == 0) {
+      partialMax[index] = overall;
+      partialSum[index] = total;
+    }
+  }
+}
+
+// Tensor-core decode for 16-bit caches, head dim 64 or 128, up to 8 query heads per KV head (GQA). Same grid, tiles
+// and merge as decodeKernel, but per 32-key tile the scores Q·Kᵀ and the update P·V are mma.sync m16n8k16 products:
+// the G query heads are the rows of A (rows G…15 are zero); q is split into a 16-bit high part and a 16-bit
+// remainder so the scores keep about 16 mantissa bits; P is rounded to 16 bits for P·V, as FlashAttention does.
+// kScheme: 0 for a plain cache, else the quantized cache's KvQuant. int8 and int4 tiles hold exact codes (kExact:
+// scales applied around the products); fp8 tiles hold dequantized values.
+template <typename T, int D, int kScheme>
+__global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* __restrict__ q, const void* __restrict__ k,
+                                                                  const void* __restrict__ v, int64_t capacity, int64_t keyLength,
+                                                                  int group, float scale, const int32_t* __restrict__ lengthFrom,
+                                                                  StreamingLayout layout, KvQuantPlanes quant, DecodeSplits splits,
+                                                                  float* __restrict__ partialAcc, float* __restrict__ partialMax,
+                                                                  float* __restrict__ partialSum) {
+  constexpr int kStride = D + 8;       // padded rows: conflict-free fragment loads and ldmatrix
+  constexpr int kSteps = D / 16;       // k-steps of Q·Kᵀ
+  constexpr int kOutTiles = D / 8;     // n-tiles of P·V
+  constexpr int kMaxHeads = 8;
+  constexpr bool kQuant = kScheme != 0;
+  constexpr bool kInt4 = kScheme == static_cast<int>(KvQuant::Int4);
+  constexpr bool kInt8 = kScheme == static_cast<int>(KvQuant::Int8);
+  constexpr bool kExact = kInt4 || kInt8;
+  // int8 keys are f16 in the tile (see exactCodes8); everything else is T.
+  using KeyT = std::conditional_t<kInt8, __half, T>;
+  constexpr float kKeyOffset = kInt4 ? kInt4Offset : kInt8KeyOffset;
+  __shared__ float stateMax[kDecodeWarps][kMaxHeads];
+  __shared__ float stateSum[kDecodeWarps][kMaxHeads];
+  extern __shared__ __align__(16) unsigned char tiles[];
+  // The key count (positions) is only written between steps, and the cached keys other than the newest one are not
+  // written by the kernel before this one (RoPE + cache write): a warp whose first tile ends before the newest key
+  // stages it before waiting for that kernel, so its first cache read overlaps it (chained launches).
+  const DecodeWork<T> work = decodeWork<T, kQuant>(k, v, capacity, keyLength, D, lengthFrom, layout, quant, splits);
+  const int kvHead = work.kvHead;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
+  KeyT* keyTile = reinterpret_cast<KeyT*>(tiles) + static_cast<int64_t>(warp) * 2 * 32 * kStride;
+  T* valueTile = reinterpret_cast<T*>(keyTile + 32 * kStride);
+  const int64_t firstTile = work.begin + static_cast<int64_t>(warp) * 32;
+  const bool early = firstTile + 32 < work.range.count && firstTile < work.end;
+  auto slotOf = [&](int64_t index) { return work.slot(index); };
+  // Quantized caches: the codes of the warp's next tile are fetched raw (after the 16-bit tiles of all warps) while it
+  // multiplies the current one, then dequantized into the 16-bit tiles (fetchRawTile / convertRawTile).
+  uint8_t* rawKeys = tiles + static_cast<size_t>(kDecodeWarps) * 2 * 32 * kStride * sizeof(T) +
+                     static_cast<size_t>(warp) * 2 * 32 * (kQuant ? work.quant.codeBytes : 0);
+  uint8_t* rawValues = rawKeys + 32 * (kQuant ? work.quant.codeBytes : 0);
+  RawScales rawScales;
+  auto stage = [&](int64_t tile, int count) {
+    if constexpr (kQuant) fetchRawTile(rawKeys, rawValues, work.quant, tile, count, lane, slotOf, rawScales);
+    else stageTile<T, D>(keyTile, valueTile, work.keys, work.values, tile, count, 32, lane, 32, slotOf);
+  };
+  if (early) stage(firstTile, static_cast<int>(lesser(32, work.end - firstTile)));
+  dependOnPrevious();
+  // A fragments of Q for this lane: row `row` (a query head), columns 16s + 2·pair (+1) and 16s + 8 + 2·pair (+1).
+  // int8 / int4 tiles hold offset codes: the scores then need the sum of the query as the products see it (high +
+  // low parts).
+  uint32_t qHigh[kSteps][2], qLow[kSteps][2];
+  float querySum = 0.0f;
+#pragma unroll
+  for (int step = 0; step < kSteps; step++)
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+      const int column = 16 * step + 8 * half + 2 * pair;
+      float x0 = 0.0f, x1 = 0.0f;
+      if (row < group) {
+        const float* source = q + (static_cast<int64_t>(kvHead) * group + row) * D + column;
+        x0 = source[0] * scale;
+        x1 = source[1] * scale;
+      }
+      splitQuery<KeyT>(x0, x1, qHigh[step][half], qLow[step][half]);
+      if constexpr (kExact) {
+        const KeyT high0 = fromFloat<KeyT>(x0), high1 = fromFloat<KeyT>(x1);
+        querySum += toFloat(high0) + toFloat(fromFloat<KeyT>(x0 - toFloat(high0))) + toFloat(high1) +
+                    toFloat(fromFloat<KeyT>(x1 - toFloat(high1)));
+      }
+    }
+  if constexpr (kExact) {
+    querySum += __shfl_xor_sync(0xffffffffu, querySum, 1);
+    querySum += __shfl_xor_sync(0xffffffffu, querySum, 2);
+  }
+  const int64_t begin = work.begin, end = work.end;
+  float maximum = -INFINITY, sum = 0.0f;
+  float zeroTerm = 0.0f;  // int4: Σ p · (value zero − 128 · value scale) of this lane's keys, as `sum` is kept
+  float out[kOutTiles][4];
+#pragma unroll
+  for (int t = 0; t < kOutTiles; t++) out[t][0] = out[t][1] = out[t][2] = out[t][3] = 0.0f;
+
+  for (int64_t tile = firstTile; tile < end; tile += kDecodeWarps * 32) {
+    const int count = static_cast<int>(lesser(32, end - tile));
+    if (kQuant ? tile == firstTile && !early : tile != firstTile || !early) stage(tile, count);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncwarp();
+    RawScales tileScales;
+    if constexpr (kQuant) {
+      if constexpr (kExact) {
+        convertExactTile<D, kScheme>(keyTile, valueTile, kStride, rawKeys, rawValues, work.quant.codeBytes, count, lane);
+      } else {
+        convertRawTile<T, D>(keyTile, valueTile, kStride, rawKeys, rawValues, work.quant, count, rawScales, lane);
+      }
+      tileScales = rawScales;
+      __syncwarp();  // the raw buffer is free and the 16-bit tiles are written
+      const int64_t next = tile + kDecodeWarps * 32;
+      if (next < end) stage(next, static_cast<int>(lesser(32, end - next)));
+    }
+    // Scores of 32 keys: n-tile t holds keys 8t + 2·pair (+1) for query head `row`.
+    float score[4][4];
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+      score[t][0] = score[t][1] = score[t][2] = score[t][3] = 0.0f;
+#pragma unroll
+      for (int step = 0; step < kSteps; step++) {
+        const KeyT* key = keyTile + (8 * t + row) * kStride + 16 * step + 2 * pair;
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + 8);
+        mma16816<KeyT>(score[t], qHigh[step][0], 0u, qHigh[step][1], 0u, b0, b1);
+        mma16816<KeyT>(score[t], qLow[step][0], 0u, qLow[step][1], 0u, b0, b1);
+      }
+    }
+    if constexpr (kExact) {
+      // Key k's scale (and int4 zero) from lane k: score = scale · (q · tile − offset · Σq) (+ zero · Σq for int4).
+#pragma unroll
+      for (int t = 0; t < 4; t++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const uint32_t bits = __shfl_sync(0xffffffffu, tileScales.key, 8 * t + 2 * pair + j);
+          const float keyScale = halfBits(static_cast<uint16_t>(bits & 0xffff));
+          score[t][j] = keyScale * (score[t][j] - kKeyOffset * querySum);
+          if constexpr (kInt4) score[t][j] += halfBits(static_cast<uint16_t>(bits >> 16)) * querySum;
+        }
+    }
+    float tileMax = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const bool valid = 8 * t + 2 * pair + j < count;
+        score[t][j] = valid ? score[t][j] : -INFINITY;
+        tileMax = fmaxf(tileMax, score[t][j]);
+      }
+    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
+    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 2));
+    const float updated = fmaxf(maximum, tileMax);
+    const float correction = __expf(maximum - updated);
+    float probability[4][2];
+    float rowSum = 0.0f;
+#pragma unroll
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        probability[t][j] = score[t][j] == -INFINITY ? 0.0f : __expf(score[t][j] - updated);
+        rowSum += probability[t][j];
+      }
+    rowSum += __shfl_xor_sync(0xffffffffu, rowSum, 1);
+    rowSum += __shfl_xor_sync(0xffffffffu, rowSum, 2);
+    sum = sum * correction + rowSum;
+    maximum = updated;
+    if constexpr (kExact) {
+      // P · value scale goes into the products (rounded to bf16 as P is); int4 keeps the zero and −128 terms aside.
+      float tileZeroTerm = 0.0f;
+#pragma unroll
+      for (int t = 0; t < 4; t++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const uint32_t bits = __shfl_sync(0xffffffffu, tileScales.value, 8 * t + 2 * pair + j);
+          const float scaled = probability[t][j] * halfBits(static_cast<uint16_t>(bits & 0xffff));
+          if constexpr (kInt4) {
+            const float rounded = toFloat(fromFloat<T>(scaled));
+            tileZeroTerm += probability[t][j] * halfBits(static_cast<uint16_t>(bits >> 16)) - kInt4Offset * rounded;
+          }
+          probability[t][j] = scaled;
+        }
+      zeroTerm = zeroTerm * correction + tileZeroTerm;
+    }
+#pragma unroll
+    for (int t = 0; t < kOutTiles; t++) {
+      out[t][0] *= correction;
+      out[t][1] *= correction;
+    }
+    // P·V over two 16-key steps (rows 8–15 of P are zero).
+#pragma unroll
+    for (int step = 0; step < 2; step++) {
+      accumulateValues<T, D>(out, packPair<T>(probability[2 * step][0], probability[2 * step][1]), 0u,
+                             packPair<T>(probability[2 * step + 1][0], probability[2 * step + 1][1]), 0u, valueTile, step, lane);
+    }
+    __syncwarp();
+  }
+  if constexpr (kInt4) {
+    zeroTerm += __shfl_xor_sync(0xffffffffu, zeroTerm, 1);
+    zeroTerm += __shfl_xor_sync(0xffffffffu, zeroTerm, 2);
+#pragma unroll
+    for (int t = 0; t < kOutTiles; t++) {
+      out[t][0] += zeroTerm;
+      out[t][1] += zeroTerm;
+    }
+  }
+  __syncthreads();
+  float* stateAcc = reinterpret_cast<float*>(tiles);  // [warp][head][channel], over the finished tiles
+  if (row < group) {
+    if (pair == 0) {
+      stateMax[warp][row] = maximum;
+      stateSum[warp][row] = sum;
+    }
+#pragma unroll
+    for (int t = 0; t < kOutTiles; t++) {
+      stateAcc[(warp * kMaxHeads + row) * D + 8 * t + 2 * pair] = out[t][0];
+      stateAcc[(warp * kMaxHeads + row) * D + 8 * t + 2 * pair + 1] = out[t][1];
+    }
+  }
+  __syncthreads();
+  for (int t = threadIdx.x; t < group * D; t += blockDim.x) {
+    const int g = t / D, channel = t % D;
+    float overall = -INFINITY;
+    for (int w = 0; w < kDecodeWarps; w++) overall = fmaxf(overall, stateMax[w][g]);
+    float total = 0.0f, value = 0.0f;
+    if (overall != -INFINITY) {
+      for (int w = 0; w < kDecodeWarps; w++) {
+        const float weight = __expf(stateMax[w][g] - overall);
+        total += stateSum[w][g] * weight;
+        value += stateAcc[(w * kMaxHeads + g) * D + channel] * weight;
+      }
+    }
+    const int64_t head = static_cast<int64_t>(kvHead) * group + g;
+    const int64_t index = head * splits.stride + work.split;
+    partialAcc[index * D + channel] = value;
+    if (channel == 0) {
+      partialMax[index] = overall;
+      partialSum[index] = total;
+    }
+  }
+}
+
+// grid (heads), 256 threads: the split weights exp(m_s − M) are computed once into shared memory, then the 8 warps
+// each sum a strided subset of the splits (lanes over channels) and the block adds the 8 partial sums. Every load of
+// the first kHeldSplits splits per warp is issued at once at the start (one round trip to L2 instead of three).
+constexpr int kCombineThreads = 256;
+constexpr int kMaxSplits = 1024;
+constexpr int kCombineWarps = kCombineThreads / 32;
+constexpr int kHeldSplits = 12;           // per warp, values held in registers (96 splits per head)
+constexpr int kHeldChannels = 4;          // per lane: head dims up to 128
+constexpr int kSplitsPerThread = kMaxSplits / kCombineThreads;
+
+__global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const float* partialAcc, const float* partialMax,
+                                                                        const float* partialSum, DecodeSplits layout, int group,
+                                                                        int headDim, float* out) {
+  dependOnPrevious();
+  __shared__ float weights[kMaxSplits];
+  __shared__ float reduce[kCombineWarps];
+  __shared__ float partial[kCombineWarps][256];
+  const int head = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int splits = layout.of(head / group);
+  partialAcc += static_cast<int64_t>(head) * layout.stride * headDim;
+  partialMax += static_cast<int64_t>(head) * layout.stride;
+  partialSum += static_cast<int64_t>(head) * layout.stride;
+  // Every split's max and sum (thread t holds splits t, t + 256, ...) and this warp's first accumulators.
+  float maxima[kSplitsPerThread], sums[kSplitsPerThread];
+#pragma unroll
+  for (int j = 0; j < kSplitsPerThread; j++) {
+    const int split = threadIdx.x + j * kCombineThreads;
+    maxima[j] = split < splits ? partialMax[split] : -INFINITY;
+    sums[j] = split < splits ? partialSum[split] : 0.0f;
+  }
+  const bool holds = headDim <= 32 * kHeldChannels;
+  float held[kHeldSplits][kHeldChannels];
+#pragma unroll
+  for (int j = 0; j < kHeldSplits; j++)
+#pragma unroll
+    for (int c = 0; c < kHeldChannels; c++) {
+      const int split = warp + j * kCombineWarps, channel = lane + 32 * c;
+      held[j][c] = holds && split < splits && channel < headDim ? partialAcc[static_cast<int64_t>(split) * headDim + channel] : 0.0f;
+    }
+  float localMax = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kSplitsPerThread; j++) localMax = fmaxf(localMax, maxima[j]);
+  localMax = warpMax(localMax);
+  if (lane == 0) reduce[warp] = localMax;
+  __syncthreads();
+  float overall = -INFINITY;
+  for (int w = 0; w < kCombineWarps; w++) overall = fmaxf(overall, reduce[w]);
+  __syncthreads();
+  float localSum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kSplitsPerThread; j++) {
+    const int split = threadIdx.x + j * kCombineThreads;
+    const float weight = maxima[j] == -INFINITY ? 0.0f : __expf(maxima[j] - overall);
+    if (split < splits) weights[split] = weight;
+    localSum += weight * sums[j];
+  }
+  localSum = warpSum(localSum);
+  if (lane == 0) reduce[warp] = localSum;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < kCombineWarps; w++) total += reduce[w];
+  if (holds) {
+#pragma unroll
+    for (int c = 0; c < kHeldChannels; c++) {
+      const int channel = lane + 32 * c;
+      if (channel >= headDim) break;
+      float value = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kHeldSplits; j++) {
+        const int split = warp + j * kCombineWarps;
+        if (split < splits) value += held[j][c] * weights[split];
+      }
+#pragma unroll 8
+      for (int split = warp + kHeldSplits * kCombineWarps; split < splits; split += kCombineWarps)
+        value += partialAcc[static_cast<int64_t>(split) * headDim + channel] * weights[split];
+      partial[warp][channel] = value;
+    }
+  } else {
+    for (int channel = lane; channel < headDim; channel += 32) {
+      float value = 0.0f;
+#pragma unroll 8
+      for (int split = warp; split < splits; split += kCombineWarps)
+        value += partialAcc[static_cast<int64_t>(split) * headDim + channel] * weights[split];
+      partial[warp][channel] = value;
+    }
+  }
+  __syncthreads();
+  for (int channel = threadIdx.x; channel < headDim; channel += blockDim.x) {
+    float value = 0.0f;
+    for (int w = 0; w < kCombineWarps; w++) value += partial[w][channel];
+    out[static_cast<int64_t>(head) * headDim + channel] = total > 0.0f ? value / total : 0.0f;
+  }
+}
+
+int maxGroupFor(int group) {
+  if (group == 1) return 1;
+  if (group <= 4) return 4;
+  if (group <= 8) return 8;
+  throw Error("DUO_ARG", "CUDA attention supports up to 8 query heads per KV head, not " + std::to_string(group));
+}
+
+
+}  // namespace
+
+namespace {
+// Splits of `keyCount` keys for `heads` heads: enough blocks for one wave (each block loops over its split, so more
+// would only add a tail), at least 128 keys each, in whole 32-key tiles.
+int splitsFor(int64_t keyCount, int heads, int64_t resident, int multiprocessors) {
+  const int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * resident / std::max(1, heads));
+  const int64_t most = std::max<int64_t>(1, (keyCount + 127) / 128);
+  const int64_t splits = std::min({wanted, most, static_cast<int64_t>(kMaxSplits)});
+  int64_t chunk = (keyCount + splits - 1) / splits;
+  chunk = std::max<int64_t>(32, (chunk + 31) / 32 * 32);
+  return static_cast<int>(std::max<int64_t>(1, (keyCount + chunk - 1) / chunk));
+}
+}  // namespace
+
+DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors) {
+  // The tensor-core kernel keeps two 4-warp blocks per multiprocessor (registers), the CUDA-core one three (shared memory).
+  const bool tensorCores = decodeKernelFor(args, cacheType) == AttentionKernel::TensorCores;
+  const int64_t resident = tensorCores ? 2 : 3;
+  const StreamingLayout& layout = args.streaming;
+  DecodeSplits splits;
+  splits.retrievalKvHeads = layout.active() ? layout.retrievalKvHeads : args.kvHeads;
+  splits.kvHeads = args.kvHeads;
+  if (layout.active()) {
+    splits.streamingMask[0] = layout.streamingMask[0];
+    splits.streamingMask[1] = layout.streamingMask[1];
+  }
+  const int streamingHeads = args.kvHeads - splits.retrievalKvHeads;
+  if (splits.retrievalKvHeads > 0) splits.full = splitsFor(args.keyLength, splits.retrievalKvHeads, resident, multiprocessors);
+  if (streamingHeads > 0) {
+    // A streaming head sees its sinks and at most recent + 1 window keys (the chunked mask's extra one included).
+    const int64_t window = std::min<int64_t>(args.keyLength, layout.sink + layout.recent + 1);
+    splits.stream = splitsFor(window, args.kvHeads, resident, multiprocessors);
+  }
+  splits.stride = std::max(splits.full, splits.stream);
+  return splits;
+}
+
+size_t attentionDecodeScratch(const AttentionArgs& args, const DecodeSplits& splits) {
+  return static_cast<size_t>(args.heads) * splits.stride * (args.headDim + 2) * sizeof(float);
+}
+
+void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
+                           const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream) {
+  int group = args.heads / args.kvHeads;
+  float* partialAcc = scratch;
+  float* partialMax = partialAcc + static_cast<int64_t>(args.heads) * splits.stride * args.headDim;
+  float* partialSum = partialMax + static_cast<int64_t>(args.heads) * splits.stride;
+  const unsigned blocks = static_cast<unsigned>(splits.blocks(args.kvHeads));
+  bool combine = true;
+  int maxGroup = maxGroupFor(group);
+  auto launch = [&](auto kernel, size_t shared) {
+    allowSharedMemory(kernel, shared);
+    launchChained(kernel, dim3(blocks), dim3(kDecodeThreads), shared, stream, q, k, v, capacity, args.keyLength, group, args.scale,
+                  args.lengthFrom, args.streaming, args.quant, splits, partialAcc, partialMax, partialSum);
+  };
+  // T: the cache's element type, or for a quantized cache (kQuant) the type of its staged tiles.
+  auto body = [&](auto t, auto quantized) {
+    using T = decltype(t);
+    constexpr bool kQuant = decltype(quantized)::value;
+    dispatchHeadDim(args.headDim, [&](auto dim) {
+      constexpr int D = decltype(dim)::value;
+      constexpr AttentionKernel kKernel = decodeKernelFor(static_cast<int>(sizeof(T)), D, kQuant);
+      if constexpr (kQuant && tileBytes(true, D, 0) != static_cast<int>(sizeof(T))) {
+        throw Error("DUO_ARG", "internal: quantized decode stages 16-bit tiles only for the tensor-core kernel");
+      } else if constexpr (kKernel == AttentionKernel::TensorCores) {
+        // Tensor cores: any G ≤ 8 shares one kernel (rows past G are zero).
+        // Quantized: each warp's raw code buffer (keys and values of 32 rows) after the 16-bit tiles.
+        const size_t raw = kQuant ? static_cast<size_t>(kDecodeWarps) * 2 * 32 * args.quant.codeBytes : 0;
+        const size_t shared = static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T) + raw;
+        if constexpr (!kQuant) {
+          launch(decodeMmaKernel<T, D, 0>, shared);
+        } else {
+          switch (static_cast<KvQuant>(args.quant.scheme)) {
+            case KvQuant::Int8: launch(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Int8)>, shared); break;
+            case KvQuant::Int4: launch(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Int4)>, shared); break;
+            default: launch(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Fp8)>, shared); break;
+          }
+        }
+      } else if constexpr (kKernel == AttentionKernel::CudaCores) {
+        static_assert(Vec16<T>::kCount == 16 / static_cast<int>(sizeof(T)), "decodeKernelFor assumes 16-byte rows");
+        const size_t shared = kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
+        if (maxGroup == 1) launch(decodeKernel<T, D, 1, kQuant>, shared);
+        else if (maxGroup == 4) launch(decodeKernel<T, D, 4, kQuant>, shared);
+        else launch(decodeKernel<T, D, 8, kQuant>, shared);
+      } else {
+        // Head dims past 128 (or too small for 16-byte rows) take the tiled prefill kernel with one query row.
+        if (args.lengthFrom) throw Error("DUO_ARG", "graph-captured decode needs head dim 8-128");
+        AttentionArgs single = args;
+        single.queryStart = args.keyLength - 1;
+        launchAttentionPrefill(q, static_cast<int64_t>(args.heads) * args.headDim, k, v, cacheType, capacity, out, 1, single, stream);
+        combine = false;
+      }
+    });
+  };
+  dispatchTile(args, cacheType, body);
+  checkLaunch("attentionDecode");
+  if (!combine) return;
+  launchChained(decodeCombineKernel, dim3(args.heads), dim3(kCombineThreads), 0, stream, partialAcc, partialMax, partialSum, splits,
+                group, args.headDim, out);
+  checkLaunch("attentionDecodeCombine");
+}
+
+}  // namespace cuda
+}  // namespace duo
