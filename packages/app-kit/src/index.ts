@@ -1,5 +1,5 @@
 // Public surface of @duoattn/app-kit: what duoattn's apps share — command-line options and usage errors, the attention
-// policy options and the policy they build, result records and their writer.
+// policy options and the policy they build, result records and their writer, figures (SVG or PNG).
 export {
   choiceOption,
   integerListOption,
@@ -8,6 +8,21 @@ export {
   type OptionSpec,
   parseOptions,
 } from './command-options.js';
+export { FIGURE_EXTENSIONS, figurePath, svgToPng, toPng, toSvg, writeFigure } from './figure-files.js';
+export {
+  type ChartOptions,
+  FIGURE_FONT,
+  type FigurePanel,
+  type FigurePoint,
+  type FigureSeries,
+  type FigureSpec,
+  type HeatmapOptions,
+  heatmap,
+  lineChart,
+  scatter,
+  tokenCountLabel,
+  wrapTitle,
+} from './figures.js';
 export {
   attentionPolicies,
   buildPolicy,

@@ -66,8 +66,8 @@ export function writeResult<Settings extends object, Figures extends object>(
   return record;
 }
 
-/** Writes `text` to `path`, making its folder first. */
-export function writeText(path: string, text: string): void {
+/** Writes `text` (or bytes) to `path`, making its folder first. */
+export function writeText(path: string, text: string | Uint8Array): void {
   mkdirSync(dirname(path), { recursive: true });
   writeFileSync(path, text);
 }

@@ -1,0 +1,313 @@
+// Figures for duoattn's apps as vega-lite specs: line charts and scatter plots in panels, and heatmaps with a colour
+// legend — every one with axis titles, a title that wraps rather than clips, and legends beside the data, not on it.
+import type { TopLevelSpec } from 'vega-lite';
+
+/** A vega-lite spec, ready for `toSvg` / `toPng` (or any vega-lite tool). */
+export type FigureSpec = TopLevelSpec;
+
+/** One point of a series; `low` / `high` draw an error bar (e.g. a bootstrap interval). Non-finite `y` is left out. */
+export interface FigurePoint {
+  x: number;
+  y: number;
+  low?: number | undefined;
+  high?: number | undefined;
+}
+
+/** One line (or, with `line: false`, a cloud of points) of a panel; its label is its legend entry. */
+export interface FigureSeries {
+  label: string;
+  points: readonly FigurePoint[];
+  /** Join the points with a line. Default: true. */
+  line?: boolean;
+}
+
+/** One chart of a figure: its title, axis titles and series. */
+export interface FigurePanel {
+  title: string;
+  xTitle: string;
+  yTitle: string;
+  series: readonly FigureSeries[];
+  /**
+   * 'log2' for context lengths: a base-2 log axis ticked at the lengths that occur, labelled 512, 4K, 1M.
+   * Default: 'linear'.
+   */
+  xScale?: 'linear' | 'log2';
+  /** Start the y axis at zero. Default: true. */
+  yZero?: boolean;
+}
+
+/** A figure of one or more panels. */
+export interface ChartOptions {
+  /** A title above every panel. Default: none (each panel has its own). */
+  title?: string;
+  panels: readonly FigurePanel[];
+  /** Panels per row; more wrap onto the next row. Default: 3. */
+  columns?: number;
+  /** Width of each panel's plot area in pixels. Default: 340. */
+  panelWidth?: number;
+  /** Height of each panel's plot area in pixels. Default: 220. */
+  panelHeight?: number;
+  /** The legend's title. Default: none. */
+  legendTitle?: string;
+}
+
+/** A heatmap of `values[row][column]`; NaN marks a cell without data (drawn grey). */
+export interface HeatmapOptions {
+  title: string;
+  xTitle: string;
+  yTitle: string;
+  /** Column labels, left to right. */
+  columns: readonly string[];
+  /** Row labels, top to bottom. */
+  rows: readonly string[];
+  values: readonly (readonly number[])[];
+  /** The legend's title, e.g. "accuracy (%)". */
+  legendTitle: string;
+  /** The colour scale's range of values. Default: [0, 1]. */
+  domain?: readonly [number, number];
+  /** 'redyellowgreen' for scores (red is bad), 'viridis' for a neutral quantity. Default: 'redyellowgreen'. */
+  scheme?: 'redyellowgreen' | 'viridis';
+  /** Write each cell's value in it (d3-format `labelFormat`, default '.0f'). Default: when there are ≤ 400 cells. */
+  cellLabels?: boolean;
+  labelFormat?: string;
+}
+
+/** The fonts the SVG names; `toPng` renders them with DejaVu Sans shipped in an npm package, not system fonts. */
+export const FIGURE_FONT = 'DejaVu Sans';
+
+const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json';
+
+const CONFIG = {
+  font: FIGURE_FONT,
+  background: 'white',
+  padding: 8,
+  title: { fontSize: 14, anchor: 'middle', offset: 10 },
+  axis: { labelFontSize: 11, titleFontSize: 12, titleFontWeight: 'normal', gridColor: '#e6e6e6' },
+  legend: { orient: 'right', labelFontSize: 11, titleFontSize: 12, labelLimit: 360, symbolStrokeWidth: 2 },
+  concat: { spacing: 36 },
+  view: { stroke: '#999' },
+} as const;
+
+/** Vega expression for tick labels of token counts: 512, 4K, 32K, 1M; other values with thousands separators. */
+const TOKEN_LABEL =
+  "datum.value >= 1048576 && datum.value % 1048576 === 0 ? (datum.value / 1048576) + 'M' : " +
+  "datum.value >= 1024 && datum.value % 1024 === 0 ? (datum.value / 1024) + 'K' : format(datum.value, ',')";
+
+/** A token count as the axes label it: 512, 4K, 32K, 1M; other counts with thousands separators (499,670). */
+export function tokenCountLabel(count: number): string {
+  if (count >= 1 << 20 && count % (1 << 20) === 0) return `${count / (1 << 20)}M`;
+  if (count >= 1024 && count % 1024 === 0) return `${count / 1024}K`;
+  return count.toLocaleString('en-US');
+}
+
+/** `text` as lines of at most about `width` pixels of bold 13–14 px text, so vega never has to clip a title. */
+export function wrapTitle(text: string, width: number): string | string[] {
+  const perLine = Math.max(16, Math.floor(width / 8.5));
+  if (text.length <= perLine) return text;
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    if (line && line.length + 1 + word.length > perLine) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines;
+}
+
+const isFinitePoint = (point: FigurePoint) => Number.isFinite(point.x) && Number.isFinite(point.y);
+
+/** The layers of one panel: lines (with point marks where there are few points), lone points, error bars. */
+function panelSpec(
+  panel: FigurePanel,
+  domain: readonly string[],
+  legendTitle: string | null,
+  width: number,
+  height: number,
+): object {
+  const rows = (series: FigureSeries) =>
+    series.points.filter(isFinitePoint).map((point) => ({
+      series: series.label,
+      x: point.x,
+      y: point.y,
+      ...(Number.isFinite(point.low) && Number.isFinite(point.high) ? { low: point.low, high: point.high } : {}),
+    }));
+  const lines = panel.series.filter((series) => series.line !== false).flatMap(rows);
+  const points = panel.series.filter((series) => series.line === false).flatMap(rows);
+  const intervals = [...lines, ...points].filter((row) => 'low' in row);
+  const all = [...lines, ...points];
+  const distinctX = [...new Set(all.map((row) => row.x))].sort((a, b) => a - b);
+  const log2 = panel.xScale === 'log2';
+  const x = {
+    field: 'x',
+    type: 'quantitative',
+    title: panel.xTitle,
+    scale: log2 ? { type: 'log', base: 2 } : { zero: false },
+    axis: {
+      ...(log2 ? { labelExpr: TOKEN_LABEL, ...(distinctX.length <= 12 ? { values: distinctX } : {}) } : {}),
+      ...(distinctX.every(Number.isInteger) ? { tickMinStep: 1 } : {}),
+    },
+  };
+  const y = { type: 'quantitative', title: panel.yTitle, scale: { zero: panel.yZero ?? true } };
+  const color = { field: 'series', type: 'nominal', scale: { domain: [...domain] }, legend: { title: legendTitle } };
+  const mostPoints = Math.max(
+    0,
+    ...panel.series.filter((series) => series.line !== false).map((series) => series.points.length),
+  );
+  const layers: object[] = [];
+  if (intervals.length > 0) {
+    layers.push({
+      data: { values: intervals },
+      mark: { type: 'errorbar', ticks: true },
+      encoding: { x, y: { ...y, field: 'low' }, y2: { field: 'high' }, color },
+    });
+  }
+  if (lines.length > 0) {
+    layers.push({
+      data: { values: lines },
+      mark: { type: 'line', strokeWidth: 2, point: mostPoints <= 30 },
+      encoding: { x, y: { ...y, field: 'y' }, color },
+    });
+  }
+  if (points.length > 0) {
+    layers.push({
+      data: { values: points },
+      mark: { type: 'point', filled: true, size: 28, opacity: 0.75 },
+      encoding: { x, y: { ...y, field: 'y' }, color },
+    });
+  }
+  // A panel without data still gets its axes and title, so a missing series shows as missing, not as a crash.
+  if (layers.length === 0)
+    layers.push({ data: { values: [] }, mark: 'point', encoding: { x, y: { ...y, field: 'y' } } });
+  return { title: wrapTitle(panel.title, width), width, height, layer: layers };
+}
+
+/**
+ * Line charts, one panel per `options.panels` entry (`columns` to a row), one colour per series label across all the
+ * panels and one legend for them, at the right; error bars where a point has `low` and `high`.
+ */
+export function lineChart(options: ChartOptions): FigureSpec {
+  const width = options.panelWidth ?? 340;
+  const height = options.panelHeight ?? 220;
+  const columns = Math.max(1, Math.min(options.columns ?? 3, options.panels.length));
+  const domain = [
+    ...new Set(
+      options.panels.flatMap((panel) =>
+        panel.series.filter((series) => series.points.some(isFinitePoint)).map((series) => series.label),
+      ),
+    ),
+  ];
+  const panels = options.panels.map((panel) => panelSpec(panel, domain, options.legendTitle ?? null, width, height));
+  const title = options.title === undefined ? {} : { title: wrapTitle(options.title, columns * (width + 80)) };
+  const layout =
+    panels.length === 1
+      ? panels[0]
+      : { columns, concat: panels, resolve: { scale: { color: 'shared' }, legend: { color: 'shared' } } };
+  return { $schema: SCHEMA, ...layout, ...title, config: CONFIG } as FigureSpec;
+}
+
+/** Scatter plots: `lineChart` with every series drawn as points. */
+export function scatter(options: ChartOptions): FigureSpec {
+  return lineChart({
+    ...options,
+    panels: options.panels.map((panel) => ({
+      ...panel,
+      series: panel.series.map((series) => ({ ...series, line: false })),
+    })),
+  });
+}
+
+/** At most `count` of `labels`, evenly spread and always the first and the last: the axis labels of a wide map. */
+function thinned(labels: readonly string[], count: number): string[] {
+  if (labels.length <= count) return [...labels];
+  const step = Math.ceil((labels.length - 1) / (count - 1));
+  return labels.filter((_, i) => i % step === 0 || i === labels.length - 1);
+}
+
+/**
+ * A heatmap: one cell per row × column, coloured on `domain` with a colour legend at the right, each cell's value
+ * written in it (white on dark cells) while there are few enough cells to read, grey cells where there is no value.
+ */
+export function heatmap(options: HeatmapOptions): FigureSpec {
+  const [low, high] = options.domain ?? [0, 1];
+  const scheme = options.scheme ?? 'redyellowgreen';
+  const cellWidth = Math.max(2, Math.min(60, Math.floor(900 / Math.max(options.columns.length, 1))));
+  const cellHeight = Math.max(3, Math.min(32, Math.floor(480 / Math.max(options.rows.length, 1))));
+  const values = options.rows.flatMap((row, r) =>
+    options.columns.map((column, c) => {
+      const value = options.values[r]?.[c] ?? Number.NaN;
+      return { row, column, value: Number.isFinite(value) ? value : null };
+    }),
+  );
+  const labelled = options.cellLabels ?? values.length <= 400;
+  const scale = { domain: [low, high], scheme };
+  // Dark ends of the scheme (both ends of red-yellow-green, the low end of viridis) take white text.
+  const t = `(datum.value - ${low}) / ${high - low || 1}`;
+  const dark = scheme === 'viridis' ? `${t} < 0.45` : `${t} < 0.2 || ${t} > 0.8`;
+  const encoding = {
+    x: {
+      field: 'column',
+      type: 'ordinal',
+      sort: [...options.columns],
+      title: options.xTitle,
+      axis: { labelAngle: 0, values: thinned(options.columns, 12), labelOverlap: true },
+    },
+    y: {
+      field: 'row',
+      type: 'ordinal',
+      sort: [...options.rows],
+      title: options.yTitle,
+      axis: { values: thinned(options.rows, 24) },
+    },
+  };
+  const valid = { filter: 'isValid(datum.value)' };
+  // White gaps between cells while cells are large enough to spare a pixel.
+  const gaps = cellWidth >= 8 && cellHeight >= 8 ? { stroke: 'white', strokeWidth: 1 } : {};
+  const layer: object[] = [
+    {
+      transform: [{ filter: '!isValid(datum.value)' }],
+      mark: {
+        type: 'rect',
+        fill: '#d0d0d0',
+        ...gaps,
+      },
+    },
+    {
+      transform: [valid],
+      mark: { type: 'rect', ...gaps },
+      encoding: {
+        color: {
+          field: 'value',
+          type: 'quantitative',
+          scale,
+          legend: {
+            title: options.legendTitle,
+            gradientLength: Math.max(80, Math.min(200, cellHeight * options.rows.length)),
+          },
+        },
+      },
+    },
+  ];
+  if (labelled) {
+    layer.push({
+      transform: [valid],
+      mark: { type: 'text', fontSize: 11 },
+      encoding: {
+        text: { field: 'value', type: 'quantitative', format: options.labelFormat ?? '.0f' },
+        color: { condition: { test: dark, value: 'white' }, value: 'black' },
+      },
+    });
+  }
+  const width = cellWidth * options.columns.length;
+  return {
+    $schema: SCHEMA,
+    title: wrapTitle(options.title, Math.max(width + 120, 320)),
+    data: { values },
+    width,
+    height: cellHeight * options.rows.length,
+    encoding,
+    layer,
+    config: { ...CONFIG, view: { stroke: null } },
+  } as FigureSpec;
+}
