@@ -28,6 +28,7 @@
         'cpu/thread-pool.cc',
         'cpu/cpu-device.cc',
         'cpu/elementwise.cc',
+        'cpu/quantize.cc',
         'cpu/gemm.cc',
         'cpu/attention.cc',
         'cpu/backward.cc',
@@ -41,7 +42,9 @@
         ['duo_cuda==1', {
           'sources': [
             'cuda/cuda-device.cu',
+            'cuda/paged-memory.cu',
             'cuda/elementwise.cu',
+            'cuda/quantize.cu',
             'cuda/gemv.cu',
             'cuda/attention-decode.cu',
             'cuda/attention-prefill.cu',

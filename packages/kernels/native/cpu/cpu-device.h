@@ -40,7 +40,7 @@ class CpuDevice final : public Device {
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
   void argmax(const Tensor& logits, Tensor& out) override;
   void softmax(const Tensor& logits, Tensor& out, float temperature) override;
-  void writeCacheQuantized(const Tensor& source, Tensor& codes, Tensor& scales, int64_t start, int scheme) override;
+  void writeCacheQuantized(const Tensor& source, Tensor& codes, Tensor& scales, int64_t start, int scheme) override;  // cpu/quantize.cc
   void matmulBackward(const Tensor& gradOut, const Tensor& weight, Tensor& gradInput, bool accumulate) override;
   void rmsNormBackward(const Tensor& x, const Tensor& weight, const Tensor& gradOut, Tensor& gradInput, float eps,
                        bool accumulate) override;
@@ -55,7 +55,8 @@ class CpuDevice final : public Device {
   ThreadPool& pool() { return pool_; }
 
  private:
-  // Quantizes rows of k and v (after RoPE) into the code / scale planes at `positions`; streaming heads to their region.
+  // Quantizes rows of k and v (after RoPE) into the code / scale planes at `positions`; streaming heads to their region
+  // (cpu/quantize.cc).
   void writeQuantizedRows(const Tensor& k, const Tensor& v, const int32_t* positions, int kvHeads, int headDim, Tensor& keyCodes,
                           Tensor& valueCodes, const StreamingLayout& streaming, const KvQuantPlanes& quant);
   ThreadPool pool_;

@@ -234,7 +234,7 @@ DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, i
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
                            const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream);
 
-// Quantized KV-cache writes (elementwise.cu; one warp per row and KV head, codes equal to quant.h's quantizeKvRow).
+// Quantized KV-cache writes (quantize.cu; one warp per row and KV head, codes equal to quant.h's quantizeKvRow).
 void launchWriteCacheQuantized(const float* source, int64_t rows, int64_t stride, int64_t kvHeads, int headDim, uint8_t* codes,
                                uint16_t* scales, int64_t capacity, int64_t start, int scheme, cudaStream_t stream);
 // RoPE on q and k, then k and v quantized into the code / scale planes at positions[r] (streaming heads: their region).

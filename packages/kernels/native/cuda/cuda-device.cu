@@ -1,158 +1,28 @@
-// The CUDA backend: one stream, stream-ordered allocations, pinned staging for reads, ops enqueued without waiting.
+// The CUDA backend: one stream, stream-ordered allocations, pinned staging for transfers (pinned-pool.cuh), paged
+// tensors (paged-memory.cu), per-op profiles (op-profiler.cuh), and every op enqueued without waiting.
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <vector>
 
-#include <cuda.h>
-
-#include <type_traits>
-
-#include "cublas-loader.h"
 #include "../elementwise.h"
+#include "cublas-loader.h"
 #include "cuda-common.cuh"
 #include "cuda-device.h"
+#include "op-profiler.cuh"
+#include "paged-memory.cuh"
+#include "pinned-pool.cuh"
 
 namespace duo {
 namespace cuda {
 namespace {
 
-// Reusable page-locked host buffers, so device-to-host copies are truly asynchronous.
-class PinnedPool {
- public:
-  struct Buffer { char* data; size_t bytes; };
-  PinnedPool() = default;
-  PinnedPool(const PinnedPool&) = delete;
-  PinnedPool& operator=(const PinnedPool&) = delete;
-  ~PinnedPool() {
-    for (const Buffer& buffer : free_) cudaFreeHost(buffer.data);
-  }
-  Buffer take(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (size_t i = 0; i < free_.size(); i++) {
-      if (free_[i].bytes >= bytes) {
-        Buffer buffer = free_[i];
-        free_.erase(free_.begin() + static_cast<long>(i));
-        return buffer;
-      }
-    }
-    void* data = nullptr;
-    size_t size = std::max<size_t>(bytes, 1 << 16);
-    check(cudaMallocHost(&data, size), "cudaMallocHost");
-    return {static_cast<char*>(data), size};
-  }
-  void give(Buffer buffer) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    free_.push_back(buffer);
-  }
-
- private:
-  std::mutex mutex_;
-  std::vector<Buffer> free_;
-};
-
-class CudaRead final : public Device::PendingRead {
- public:
-  CudaRead(PinnedPool& pool, PinnedPool::Buffer buffer, cudaEvent_t event, void* host, size_t bytes)
-      : pool_(pool), buffer_(buffer), event_(event), host_(host), bytes_(bytes) {}
-  ~CudaRead() override {
-    cudaEventDestroy(event_);
-    pool_.give(buffer_);
-  }
-  void wait() override {
-    check(cudaEventSynchronize(event_), "reading a tensor (an earlier kernel may have failed)");
-    std::memcpy(host_, buffer_.data, bytes_);
-  }
-
- private:
-  PinnedPool& pool_;
-  PinnedPool::Buffer buffer_;
-  cudaEvent_t event_;
-  void* host_;
-  size_t bytes_;
-};
-
-// With DUO_CUDA_PROFILE=1 every op records an event after it; the gap between consecutive events is that op's
-// device time, launch gaps included. takeProfile() sums them per op name.
-class OpProfiler {
- public:
-  void pause(bool paused) { paused_ = paused; }
-  void mark(const char* name, cudaStream_t stream) {
-    if (!enabled_ || paused_) return;
-    cudaEvent_t event;
-    check(cudaEventCreate(&event), "cudaEventCreate");
-    check(cudaEventRecord(event, stream), "cudaEventRecord");
-    marks_.push_back({name, event});
-  }
-  std::vector<Device::OpTime> take(cudaStream_t stream) {
-    std::vector<Device::OpTime> out;
-    if (!enabled_) return out;
-    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    for (size_t i = 1; i < marks_.size(); i++) {
-      float ms = 0;
-      check(cudaEventElapsedTime(&ms, marks_[i - 1].second, marks_[i].second), "cudaEventElapsedTime");
-      auto found = std::find_if(out.begin(), out.end(), [&](const Device::OpTime& t) { return t.name == marks_[i].first; });
-      if (found == out.end()) out.push_back({marks_[i].first, 1, ms});
-      else { found->count++; found->milliseconds += ms; }
-    }
-    for (auto& mark : marks_) cudaEventDestroy(mark.second);
-    marks_.clear();
-    return out;
-  }
-
- private:
-  bool enabled_ = std::getenv("DUO_CUDA_PROFILE") != nullptr && std::string(std::getenv("DUO_CUDA_PROFILE")) == "1";
-  bool paused_ = false;
-  std::vector<std::pair<const char*, cudaEvent_t>> marks_;
-};
-
-// The driver's virtual-memory calls, reached through cudart's entry-point query (cudart is linked statically and
-// libcuda is not linked at all, so one binary still loads where there is no driver).
-struct DriverMemory {
-  decltype(&cuMemAddressReserve) addressReserve = nullptr;
-  decltype(&cuMemAddressFree) addressFree = nullptr;
-  decltype(&cuMemCreate) create = nullptr;
-  decltype(&cuMemRelease) release = nullptr;
-  decltype(&cuMemMap) map = nullptr;
-  decltype(&cuMemUnmap) unmap = nullptr;
-  decltype(&cuMemSetAccess) setAccess = nullptr;
-  decltype(&cuMemGetAllocationGranularity) granularity = nullptr;
-
-  static const DriverMemory& get() {
-    static const DriverMemory functions = [] {
-      DriverMemory f;
-      auto load = [](const char* name, auto& target) {
-        void* pointer = nullptr;
-        cudaDriverEntryPointQueryResult status;
-        check(cudaGetDriverEntryPointByVersion(name, &pointer, 12000, cudaEnableDefault, &status), name);
-        if (!pointer || status != cudaDriverEntryPointSuccess) throw Error("DUO_CUDA_NO_VMM", std::string("the driver lacks ") + name);
-        target = reinterpret_cast<std::remove_reference_t<decltype(target)>>(pointer);
-      };
-      load("cuMemAddressReserve", f.addressReserve);
-      load("cuMemAddressFree", f.addressFree);
-      load("cuMemCreate", f.create);
-      load("cuMemRelease", f.release);
-      load("cuMemMap", f.map);
-      load("cuMemUnmap", f.unmap);
-      load("cuMemSetAccess", f.setAccess);
-      load("cuMemGetAllocationGranularity", f.granularity);
-      return f;
-    }();
-    return functions;
-  }
-};
-
-void checkDriver(CUresult status, const char* what) {
-  if (status == CUDA_SUCCESS) return;
-  const std::string code = status == CUDA_ERROR_OUT_OF_MEMORY ? "DUO_OOM" : "DUO_CUDA_DRIVER_" + std::to_string(static_cast<int>(status));
-  throw Error(code, std::string(what) + " failed with driver error " + std::to_string(static_cast<int>(status)));
-}
-
 class CudaDevice final : public Device {
  public:
   CudaDevice() {
     check(cudaGetDevice(&device_), "cudaGetDevice");
+    paged_ = PagedMemory(device_);
     check(cudaGetDeviceProperties(&properties_, device_), "cudaGetDeviceProperties");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     // Keep freed blocks in the pool instead of returning them to the driver at each synchronisation.
@@ -196,91 +66,14 @@ class CudaDevice final : public Device {
     peak_ = std::max(peak_, allocated_);
     return pointer;
   }
-  // Paged tensors: address space from cuMemAddressReserve; each commit maps one new piece of physical memory per span
-  // (cuMemCreate + cuMemMap), so a cache grows in place and kernels and captured graphs keep their addresses.
-  size_t pageBytes() const override {
-    size_t granularity = 0;
-    const CUmemAllocationProp prop = allocationProp();
-    checkDriver(DriverMemory::get().granularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM), "cuMemGetAllocationGranularity");
-    return granularity;
-  }
-  void reservePaged(Tensor& tensor) override {
-    CUdeviceptr pointer = 0;
-    if (tensor.bytes > 0) checkDriver(DriverMemory::get().addressReserve(&pointer, tensor.bytes, 0, 0, 0), "cuMemAddressReserve");
-    tensor.data = reinterpret_cast<void*>(pointer);
-  }
+  // Paged tensors (paged-memory.cu); this device accounts for what they map.
+  size_t pageBytes() const override { return paged_.pageBytes(); }
+  void reservePaged(Tensor& tensor) override { paged_.reserve(tensor); }
   void commitPaged(Tensor& tensor, size_t bytesPerSpan) override {
-    const DriverMemory& driver = DriverMemory::get();
-    const size_t page = pageBytes();
-    const size_t wanted = std::min(tensor.spanBytes, (bytesPerSpan + page - 1) / page * page);
-    if (wanted <= tensor.committedPerSpan) return;
-    if (tensor.spans == 0) {  // nothing to back (a layer whose heads all stream)
-      tensor.committedPerSpan = wanted;
-      return;
-    }
-    const size_t piece = wanted - tensor.committedPerSpan;
-    const CUmemAllocationProp prop = allocationProp();
-    CUmemAccessDesc access = {};
-    access.location = prop.location;
-    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    // What this call maps, so a failure part way (out of memory at span k) can be undone: the tensor then stays as it
-    // was, and releasing it later unmaps exactly what its committedPerSpan says.
-    std::vector<CUmemGenericAllocationHandle> added;
-    int64_t mapped = 0;
-    const auto at = [&](int64_t span) {
-      return reinterpret_cast<CUdeviceptr>(tensor.data) + span * tensor.spanBytes + tensor.committedPerSpan;
-    };
-    try {
-      for (int64_t span = 0; span < tensor.spans; span++) {
-        CUmemGenericAllocationHandle handle = 0;
-        CUresult status = driver.create(&handle, piece, &prop, 0);
-        if (status == CUDA_ERROR_OUT_OF_MEMORY) {
-          // Memory the stream-ordered pool keeps for reuse is memory the driver cannot map: hand it back and retry.
-          cudaMemPool_t pool;
-          check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
-          check(cudaDeviceGetDefaultMemPool(&pool, device_), "cudaDeviceGetDefaultMemPool");
-          check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
-          status = driver.create(&handle, piece, &prop, 0);
-        }
-        checkDriver(status, "cuMemCreate (paged tensor)");
-        added.push_back(handle);
-        checkDriver(driver.map(at(span), piece, 0, handle, 0), "cuMemMap");
-        mapped++;
-        checkDriver(driver.setAccess(at(span), piece, &access, 1), "cuMemSetAccess");
-      }
-    } catch (...) {
-      for (int64_t span = 0; span < mapped; span++) driver.unmap(at(span), piece);
-      for (CUmemGenericAllocationHandle handle : added) driver.release(handle);
-      throw;
-    }
-    for (CUmemGenericAllocationHandle handle : added) tensor.pageHandles.push_back(handle);
-    allocated_ += piece * static_cast<size_t>(tensor.spans);
+    allocated_ += paged_.commit(tensor, bytesPerSpan, stream_);
     peak_ = std::max(peak_, allocated_);
-    tensor.committedPerSpan = wanted;
   }
-  void releasePaged(Tensor& tensor) override {
-    if (!tensor.data) return;
-    const DriverMemory& driver = DriverMemory::get();
-    // Kernels still queued may read the pages: unmap only once the stream is done.
-    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
-    for (int64_t span = 0; span < tensor.spans; span++) {
-      if (tensor.committedPerSpan > 0)
-        checkDriver(driver.unmap(reinterpret_cast<CUdeviceptr>(tensor.data) + span * tensor.spanBytes, tensor.committedPerSpan), "cuMemUnmap");
-    }
-    for (unsigned long long handle : tensor.pageHandles) checkDriver(driver.release(handle), "cuMemRelease");
-    checkDriver(driver.addressFree(reinterpret_cast<CUdeviceptr>(tensor.data), tensor.bytes), "cuMemAddressFree");
-    allocated_ -= static_cast<size_t>(tensor.spans) * tensor.committedPerSpan;
-    tensor.pageHandles.clear();
-    tensor.committedPerSpan = 0;
-    tensor.data = nullptr;
-  }
-  CUmemAllocationProp allocationProp() const {
-    CUmemAllocationProp prop = {};
-    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    prop.location.id = device_;
-    return prop;
-  }
+  void releasePaged(Tensor& tensor) override { allocated_ -= paged_.release(tensor, stream_); }
 
   void release(void* pointer, size_t bytes) override {
     check(cudaFreeAsync(pointer, stream_), "cudaFreeAsync");
@@ -619,6 +412,7 @@ class CudaDevice final : public Device {
   size_t allocated_ = 0, peak_ = 0;
   void* scratch_ = nullptr;
   size_t scratchBytes_ = 0;
+  PagedMemory paged_;
   PinnedPool pinned_;
   OpProfiler profiler_;
   std::vector<cudaGraphExec_t> graphs_;
