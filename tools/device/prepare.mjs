@@ -31,6 +31,8 @@ const common = {
   logLevel: 'warning',
   // The test files are imported for their side effects (they register suites) in packages marked sideEffects: false.
   ignoreAnnotations: true,
+  // resvg is a native module the GPU machine does not have; figures there are SVG (PNG imports it only when asked).
+  external: ['@resvg/resvg-js'],
   banner: {
     js: "import { createRequire as __duoRequire } from 'node:module'; const require = __duoRequire(import.meta.url);",
   },
