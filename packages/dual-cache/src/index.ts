@@ -19,6 +19,7 @@ export {
 } from './dual-kv-cache.js';
 export {
   formatGateTable,
+  GATE_TOLERANCE,
   loadPattern,
   PATTERN_FORMAT,
   parseGateTable,

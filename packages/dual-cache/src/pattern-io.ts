@@ -8,6 +8,13 @@ export const REFERENCE_GATES_FILE = 'full_attention_heads.tsv';
 export const REFERENCE_CONFIG_FILE = 'config.json';
 /** The `format` tag of our JSON files. */
 export const PATTERN_FORMAT = 'duoattn-head-pattern';
+/**
+ * How far outside [0, 1] a stored gate may lie. Trained gates overshoot slightly (the reference's Llama-2-7B-32K pattern
+ * holds −1.4e-3), and binarization clips them; a gate further out is a corrupt file, not an overshoot.
+ */
+export const GATE_TOLERANCE = 0.01;
+/** The largest sink or recent window a pattern file may declare (tokens); far above any real window. */
+export const MAX_PATTERN_WINDOW = 2 ** 24;
 
 /** Parses the reference's gate table: one row per layer, one tab-separated float per KV head. */
 export function parseGateTable(text: string, source = 'gates'): number[][] {
@@ -70,13 +77,8 @@ export function readReferencePattern(directory: string): HeadPattern {
       );
     }
   }
-  const gates = parseGateTable(readFileSync(gatesFile, 'utf8'), gatesFile);
-  let config: Record<string, unknown>;
-  try {
-    config = JSON.parse(readFileSync(configFile, 'utf8')) as Record<string, unknown>;
-  } catch (error) {
-    throw new DuoCheckpointError(configFile, undefined, `not valid JSON: ${(error as Error).message}`);
-  }
+  const gates = parseGateTable(readText(gatesFile), gatesFile);
+  const config = parseJsonObject(readText(configFile), configFile);
   const sink = windowField(config, 'sink_size', configFile);
   const recent = windowField(config, 'recent_size', configFile);
   const modelId = typeof config.model_name === 'string' ? config.model_name : undefined;
@@ -103,12 +105,7 @@ export function patternToJson(pattern: HeadPattern): string {
 
 /** Parses our JSON form, checking every field. */
 export function patternFromJson(text: string, source = 'pattern'): HeadPattern {
-  let data: Record<string, unknown>;
-  try {
-    data = JSON.parse(text) as Record<string, unknown>;
-  } catch (error) {
-    throw new DuoCheckpointError(source, undefined, `not valid JSON: ${(error as Error).message}`);
-  }
+  const data = parseJsonObject(text, source);
   if (data.format !== PATTERN_FORMAT) {
     throw new DuoCheckpointError(
       source,
@@ -143,13 +140,40 @@ export function loadPattern(path: string): HeadPattern {
   if (statSync(path).isDirectory()) {
     if (existsSync(join(path, REFERENCE_GATES_FILE))) return readReferencePattern(path);
     const json = join(path, 'pattern.json');
-    if (existsSync(json)) return patternFromJson(readFileSync(json, 'utf8'), json);
+    if (existsSync(json)) return patternFromJson(readText(json), json);
     throw new DuoArgumentError(
       'pattern',
       `Expected ${path} to hold ${REFERENCE_GATES_FILE} (reference format) or pattern.json`,
     );
   }
-  return patternFromJson(readFileSync(path, 'utf8'), path);
+  return patternFromJson(readText(path), path);
+}
+
+/** A pattern file's text; anything but a readable regular file (a directory, a FIFO) is a checkpoint error. */
+function readText(file: string): string {
+  try {
+    if (!statSync(file).isFile()) throw new Error('not a regular file');
+    return readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new DuoCheckpointError(file, undefined, `cannot read: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+function parseJsonObject(text: string, source: string): Record<string, unknown> {
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (error) {
+    throw new DuoCheckpointError(source, undefined, `not valid JSON: ${(error as Error).message}`, { cause: error });
+  }
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+    throw new DuoCheckpointError(
+      source,
+      undefined,
+      `expected a JSON object but found ${String(JSON.stringify(data)).slice(0, 60)}`,
+    );
+  }
+  return data as Record<string, unknown>;
 }
 
 /** Writes our JSON form to `file`. */
@@ -169,15 +193,27 @@ function checkGates(gates: readonly (readonly number[])[], source: string): void
       );
     }
   });
+  gates.forEach((row, layer) => {
+    row.forEach((gate, head) => {
+      if (!(gate >= -GATE_TOLERANCE && gate <= 1 + GATE_TOLERANCE)) {
+        throw new DuoCheckpointError(
+          source,
+          undefined,
+          `layer ${layer}, head ${head} has gate ${gate}, outside [0, 1] by more than ${GATE_TOLERANCE} ` +
+            `(gates within ${GATE_TOLERANCE} of [0, 1] are kept and clipped when binarized; further out, the file is corrupt)`,
+        );
+      }
+    });
+  });
 }
 
 function windowField(data: Record<string, unknown>, key: string, source: string): number {
   const value = data[key];
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > MAX_PATTERN_WINDOW) {
     throw new DuoCheckpointError(
       source,
       undefined,
-      `expected "${key}" to be a non-negative integer but found ${JSON.stringify(value)}`,
+      `expected "${key}" to be an integer in [0, ${MAX_PATTERN_WINDOW}] but found ${JSON.stringify(value)}`,
     );
   }
   return value;

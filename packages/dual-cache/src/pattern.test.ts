@@ -1,5 +1,5 @@
 // Head patterns: the reference's six trained patterns load; binarization is exact and deterministic; formats round-trip.
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DuoArgumentError, DuoCheckpointError, retrievalHeadCount } from '@duoattn/core';
@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { evenPlan, invertPlan, planHeads, uniformPlan } from './binarize.js';
 import {
   formatGateTable,
+  GATE_TOLERANCE,
   loadPattern,
   patternFromJson,
   patternToJson,
@@ -134,5 +135,75 @@ describe('patterns and plans', () => {
     expect(() => planHeads(pattern, { sparsity: 0.5, recent: 0 })).toThrow(
       'Expected `recent` to be a positive integer',
     );
+  });
+});
+
+describe('hostile pattern files', () => {
+  const directory = () => mkdtempSync(join(tmpdir(), 'duo-pattern-hostile-'));
+  /** A reference-format directory holding `table` and a valid config.json. */
+  const referenceDirectory = (table: string, config: object = { sink_size: 4, recent_size: 16 }) => {
+    const path = directory();
+    writeFileSync(join(path, 'full_attention_heads.tsv'), table);
+    writeFileSync(join(path, 'config.json'), JSON.stringify(config));
+    return path;
+  };
+  const json = (gates: number[][], extra: object = {}) =>
+    JSON.stringify({ format: 'duoattn-head-pattern', gates, sink: 4, recent: 16, ...extra });
+
+  it.each([
+    [-0.5, 'layer 1, head 0 has gate -0.5'],
+    [1.5, 'layer 1, head 0 has gate 1.5'],
+    [1.02, 'layer 1, head 0 has gate 1.02'],
+  ])('a gate of %d is refused, in the reference format and in JSON', (gate, message) => {
+    const path = referenceDirectory(`0.5\t1\n${gate}\t0\n`);
+    expect(() => loadPattern(path)).toThrow(DuoCheckpointError);
+    expect(() => loadPattern(path)).toThrow(message);
+    expect(() => loadPattern(path)).toThrow(`outside [0, 1] by more than ${GATE_TOLERANCE}`);
+    expect(() =>
+      patternFromJson(
+        json([
+          [0.5, 1],
+          [gate, 0],
+        ]),
+        'p.json',
+      ),
+    ).toThrow(`p.json: ${message}`);
+  });
+
+  it(`gates within ${GATE_TOLERANCE} of [0, 1] load as stored and binarize clipped`, () => {
+    const pattern = loadPattern(referenceDirectory('-0.005\t1.004\n0.5\t-0.0014\n'));
+    expect(pattern.gates).toEqual([
+      [-0.005, 1.004],
+      [0.5, -0.0014],
+    ]);
+    expect(planHeads(pattern, { threshold: 0.5 }).retrievalHeads).toEqual([[1], [0]]);
+  });
+
+  it('gates that JSON reads as Infinity (1e999) are refused', () => {
+    expect(() => patternFromJson('{"format":"duoattn-head-pattern","gates":[[1e999]],"sink":1,"recent":2}')).toThrow(
+      'has gate Infinity',
+    );
+  });
+
+  it.each(['null', '[]', '"pattern"', '7'])('a JSON pattern that is %s is a checkpoint error', (text) => {
+    expect(() => patternFromJson(text, 'p.json')).toThrow(DuoCheckpointError);
+    expect(() => patternFromJson(text, 'p.json')).toThrow('p.json: expected a JSON object');
+  });
+
+  it('a reference config.json that is null, and windows too large to be real, are refused', () => {
+    expect(() => loadPattern(referenceDirectory('1\t0\n', null as unknown as object))).toThrow(
+      'expected a JSON object but found null',
+    );
+    expect(() => loadPattern(referenceDirectory('1\t0\n', { sink_size: 1e15, recent_size: 16 }))).toThrow(
+      'expected "sink_size" to be an integer in [0, 16777216] but found 1000000000000000',
+    );
+  });
+
+  it('a pattern.json that is a directory is a checkpoint error, not EISDIR', () => {
+    const path = directory();
+    mkdirSync(join(path, 'pattern.json'));
+    expect(() => loadPattern(path)).toThrow(DuoCheckpointError);
+    // Named itself, it is a directory that holds no pattern: an argument error.
+    expect(() => loadPattern(join(path, 'pattern.json'))).toThrow(DuoArgumentError);
   });
 });

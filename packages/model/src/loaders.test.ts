@@ -8,6 +8,7 @@ import { relativeError } from '@duoattn/kernels/testing';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   type FixtureTensor,
+  ggufName,
   q8Rounded,
   randomWeights,
   rounded,
@@ -82,17 +83,6 @@ describe('GGUF checkpoints', () => {
       // Rows of 64 and 96 values: Q8_0 needs whole 32-value blocks per row.
       const config = tinyConfig('llama', { hidden_size: 64, intermediate_size: 96, num_attention_heads: 8 });
       const weights = randomWeights(config, 400);
-      const layerFields: Record<string, string> = {
-        input_layernorm: 'attn_norm',
-        'self_attn.q_proj': 'attn_q',
-        'self_attn.k_proj': 'attn_k',
-        'self_attn.v_proj': 'attn_v',
-        'self_attn.o_proj': 'attn_output',
-        post_attention_layernorm: 'ffn_norm',
-        'mlp.gate_proj': 'ffn_gate',
-        'mlp.up_proj': 'ffn_up',
-        'mlp.down_proj': 'ffn_down',
-      };
       const held = new Map<string, FixtureTensor>();
       const tensors = [...weights].map(([name, tensor]) => {
         const isVector = tensor.shape.length === 1;
@@ -102,15 +92,7 @@ describe('GGUF checkpoints', () => {
             ? q8Rounded(tensor.data)
             : rounded(tensor.data, tensorType === 'F32' ? 'F32' : tensorType);
         held.set(name, { shape: tensor.shape, data });
-        let ggufName =
-          name === 'model.embed_tokens.weight'
-            ? 'token_embd.weight'
-            : name === 'model.norm.weight'
-              ? 'output_norm.weight'
-              : 'output.weight';
-        const match = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(name);
-        if (match) ggufName = `blk.${match[1]}.${layerFields[match[2] ?? '']}.weight`;
-        return { name: ggufName, shape: tensor.shape, data: tensor.data, type: tensorType };
+        return { name: ggufName(name), shape: tensor.shape, data: tensor.data, type: tensorType };
       });
       const path = join(root, `tiny-${type}.gguf`);
       writeGguf(path, config, tensors);
@@ -172,7 +154,7 @@ describe('broken checkpoints give errors naming the file and the tensor', () => 
     writeHfModel(directory, config, weights);
     const file = join(directory, 'model.safetensors');
     truncateSync(file, readFileSync(file).length - 100);
-    await expectCheckpointError(directory, [file, 'lm_head.weight', 'truncated']);
+    await expectCheckpointError(directory, [file, 'lm_head.weight', 'the file is truncated']);
   });
 
   it('a corrupt header', async () => {

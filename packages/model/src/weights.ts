@@ -1,7 +1,7 @@
 // The model's weights on a backend: loaded from a checkpoint, or random (made on the device) for benchmarks.
 import type { Backend, DType, ModelConfig, TensorHandle } from '@duoattn/core';
 import { type Checkpoint, loadTensor, nativeDtype, readTensorF32, requireTensor } from './loaders/checkpoint.js';
-import { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames } from './loaders/names.js';
+import { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames, weightShapes } from './loaders/names.js';
 
 /** One decoder layer's tensors. Norms and biases are f32; matrices keep the chosen weight dtype. */
 export interface LayerWeights {
@@ -29,21 +29,6 @@ export interface ModelWeights {
 
 /** Weight dtype: keep the checkpoint's ('auto') or convert to one. */
 export type WeightDtypeOption = 'auto' | 'f32' | 'f16' | 'bf16';
-
-function shapes(config: ModelConfig) {
-  const { hiddenSize: d, numHeads, numKvHeads, headDim, intermediateSize: f, vocabSize } = config;
-  return {
-    embedding: [vocabSize, d],
-    query: [numHeads * headDim, d],
-    key: [numKvHeads * headDim, d],
-    value: [numKvHeads * headDim, d],
-    output: [d, numHeads * headDim],
-    gate: [f, d],
-    up: [f, d],
-    down: [d, f],
-    norm: [d],
-  };
-}
 
 /** Frees every tensor of a weights object (the tied head once). */
 export function disposeWeights(weights: ModelWeights): void {
@@ -83,7 +68,7 @@ export function loadWeights(
   onProgress?: (done: number, total: number) => void,
 ): ModelWeights {
   const { config } = checkpoint;
-  const shape = shapes(config);
+  const shape = weightShapes(config);
   const made: TensorHandle[] = [];
   const total = 3 + config.numLayers * 9;
   let done = 0;
@@ -150,7 +135,7 @@ export interface RandomWeightOptions {
  * Norms are ones; biases small random values.
  */
 export function randomWeights(config: ModelConfig, backend: Backend, options: RandomWeightOptions): ModelWeights {
-  const shape = shapes(config);
+  const shape = weightShapes(config);
   let seed = options.seed ?? 1;
   const std = options.std ?? 0.02;
   const made: TensorHandle[] = [];

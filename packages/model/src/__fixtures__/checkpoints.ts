@@ -1,8 +1,19 @@
-// Writes small random checkpoints for tests: HF safetensors (single or sharded, f32 / bf16 / f16) and GGUF.
-import { mkdirSync, writeFileSync } from 'node:fs';
+// Writes small random checkpoints for tests: HF safetensors (single or sharded, f32 / bf16 / f16), GGUF and llama2.c;
+// and rewrites the headers of real ones, for the hostile-file tests.
+import {
+  closeSync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { numberToBf16, numberToF16 } from '@duoattn/kernels';
 import { randomArray } from '@duoattn/kernels/testing';
+import { LLAMA2C_HEADER_FIELDS } from '../loaders/llama2c.js';
 
 export interface FixtureTensor {
   shape: number[];
@@ -177,11 +188,24 @@ function encodeGguf(data: Float32Array, type: keyof typeof GGML): Buffer {
   return out;
 }
 
-/** Writes a GGUF v3 file with llama metadata for `config` and the given tensors (GGUF names). */
+/** A tensor `writeGguf` writes; `offset` overrides the data offset its info declares (the data stays in place). */
+export interface GgufFixtureTensor {
+  name: string;
+  shape: number[];
+  data: Float32Array;
+  type: keyof typeof GGML;
+  offset?: number;
+}
+
+/**
+ * Writes a GGUF v3 file with llama metadata for `config` and the given tensors (GGUF names). `metadata` adds or
+ * replaces entries (key → [GGUF value type, encoded value]), or drops one (null).
+ */
 export function writeGguf(
   path: string,
   config: ReturnType<typeof tinyConfig>,
-  tensors: { name: string; shape: number[]; data: Float32Array; type: keyof typeof GGML }[],
+  tensors: GgufFixtureTensor[],
+  metadataOverrides: Record<string, [number, Buffer] | null> = {},
 ): void {
   const chunks: Buffer[] = [];
   const u32 = (v: number) => {
@@ -211,6 +235,11 @@ export function writeGguf(
     ['llama.attention.layer_norm_rms_epsilon', 6, f32(config.rms_norm_eps)],
     ['llama.rope.freq_base', 6, f32(config.rope_theta)],
   ];
+  for (const [key, override] of Object.entries(metadataOverrides)) {
+    const index = metadata.findIndex(([name]) => name === key);
+    if (index >= 0) metadata.splice(index, 1);
+    if (override) metadata.push([key, ...override]);
+  }
   chunks.push(Buffer.from('GGUF'), u32(3), u64(tensors.length), u64(metadata.length));
   for (const [key, type, value] of metadata) chunks.push(str(key), u32(type), value);
   const alignment = 32;
@@ -218,7 +247,8 @@ export function writeGguf(
   const data: Buffer[] = [];
   for (const tensor of tensors) {
     const dims = [...tensor.shape].reverse();
-    chunks.push(str(tensor.name), u32(dims.length), ...dims.map((d) => u64(d)), u32(GGML[tensor.type]), u64(offset));
+    const declared = u64(tensor.offset ?? offset);
+    chunks.push(str(tensor.name), u32(dims.length), ...dims.map((d) => u64(d)), u32(GGML[tensor.type]), declared);
     const bytes = encodeGguf(tensor.data, tensor.type);
     const padded = Buffer.concat([bytes, Buffer.alloc((alignment - (bytes.length % alignment)) % alignment)]);
     data.push(padded);
@@ -227,4 +257,143 @@ export function writeGguf(
   let head = Buffer.concat(chunks);
   head = Buffer.concat([head, Buffer.alloc((alignment - (head.length % alignment)) % alignment)]);
   writeFileSync(path, Buffer.concat([head, ...data]));
+}
+
+/** GGUF names of the HF-named weights of `randomWeights`. */
+const GGUF_LAYER_FIELDS: Record<string, string> = {
+  input_layernorm: 'attn_norm',
+  'self_attn.q_proj': 'attn_q',
+  'self_attn.k_proj': 'attn_k',
+  'self_attn.v_proj': 'attn_v',
+  'self_attn.o_proj': 'attn_output',
+  post_attention_layernorm: 'ffn_norm',
+  'mlp.gate_proj': 'ffn_gate',
+  'mlp.up_proj': 'ffn_up',
+  'mlp.down_proj': 'ffn_down',
+};
+
+/** The GGUF name of a HF (canonical) tensor name. */
+export function ggufName(name: string): string {
+  if (name === 'model.embed_tokens.weight') return 'token_embd.weight';
+  if (name === 'model.norm.weight') return 'output_norm.weight';
+  if (name === 'lm_head.weight') return 'output.weight';
+  const match = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(name);
+  return match ? `blk.${match[1]}.${GGUF_LAYER_FIELDS[match[2] ?? '']}.weight` : name;
+}
+
+/** The weights of `randomWeights` as GGUF tensors: matrices as `type`, vectors as F32. */
+export function ggufTensors(weights: Map<string, FixtureTensor>, type: keyof typeof GGML): GgufFixtureTensor[] {
+  return [...weights].map(([name, tensor]) => ({
+    name: ggufName(name),
+    shape: tensor.shape,
+    data: tensor.data,
+    type: tensor.shape.length === 1 ? 'F32' : type,
+  }));
+}
+
+/** The two parts of a .safetensors file: its JSON header text and its data bytes. */
+export function readSafetensorsParts(file: string): { header: string; data: Buffer } {
+  const bytes = readFileSync(file);
+  const length = Number(bytes.readBigUInt64LE(0));
+  return { header: bytes.subarray(8, 8 + length).toString('utf8'), data: bytes.subarray(8 + length) };
+}
+
+/**
+ * Writes a .safetensors file from a header text (space-padded to 8 bytes) and its data: bytes, or a byte count left as
+ * a sparse run of zeros (header-only tests need no real weights). `lengthPrefix` overrides the 8-byte header length.
+ */
+export function writeSafetensorsParts(
+  path: string,
+  header: string,
+  data: Buffer | number,
+  lengthPrefix?: bigint,
+): void {
+  let text = Buffer.from(header);
+  text = Buffer.concat([text, Buffer.alloc((8 - (text.length % 8)) % 8, ' ')]);
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(lengthPrefix ?? BigInt(text.length));
+  const head = Buffer.concat([prefix, text]);
+  if (typeof data !== 'number') {
+    writeFileSync(path, Buffer.concat([head, data]));
+    return;
+  }
+  const fd = openSync(path, 'w');
+  try {
+    writeSync(fd, head);
+    ftruncateSync(fd, head.length + data);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The seven int32 of a llama2.c header (a negative `vocab_size` means an unshared classifier). */
+export type Llama2cHeader = Record<(typeof LLAMA2C_HEADER_FIELDS)[number], number>;
+
+/** A small llama2.c header (the shape of stories260K). */
+export function tinyLlama2cHeader(overrides: Partial<Llama2cHeader> = {}): Llama2cHeader {
+  return {
+    dim: 64,
+    hidden_dim: 172,
+    n_layers: 5,
+    n_heads: 8,
+    n_kv_heads: 4,
+    vocab_size: 512,
+    seq_len: 512,
+    ...overrides,
+  };
+}
+
+/** The 28 bytes of a llama2.c header. */
+export function llama2cHeaderBytes(header: Llama2cHeader): Buffer {
+  const bytes = Buffer.alloc(28);
+  LLAMA2C_HEADER_FIELDS.forEach((field, i) => {
+    bytes.writeInt32LE(header[field], i * 4);
+  });
+  return bytes;
+}
+
+/** Bytes of the float32 weights (and RoPE tables) a well-formed llama2.c file with `header` holds after the header. */
+export function llama2cWeightBytes(header: Llama2cHeader): number {
+  const { dim, hidden_dim: hidden, n_layers: layers, n_heads: heads, n_kv_heads: kvHeads, seq_len: seqLen } = header;
+  const vocab = Math.abs(header.vocab_size);
+  const kvDim = (kvHeads * dim) / heads;
+  const perLayer = 2 * dim + 2 * dim * dim + 2 * kvDim * dim + 3 * hidden * dim;
+  const classifiers = header.vocab_size > 0 ? 1 : 2;
+  return 4 * (classifiers * vocab * dim + layers * perLayer + dim + seqLen * (dim / heads));
+}
+
+/** Writes a llama2.c checkpoint with `header` and all-zero weights (a sparse file); `bytes` overrides its length. */
+export function writeLlama2c(path: string, header: Llama2cHeader, bytes?: number): void {
+  const fd = openSync(path, 'w');
+  try {
+    writeSync(fd, llama2cHeaderBytes(header));
+    ftruncateSync(fd, bytes ?? 28 + llama2cWeightBytes(header));
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Writes a llama2.c tokenizer (`tok*.bin`): pieces with scores, byte tokens `<0x00>`… where `pieces` has them. */
+export function writeLlama2cTokenizer(path: string, pieces: readonly string[]): void {
+  const parts = [Buffer.alloc(4)];
+  parts[0]?.writeInt32LE(Math.max(...pieces.map((piece) => Buffer.byteLength(piece))));
+  pieces.forEach((piece, id) => {
+    const record = Buffer.alloc(8);
+    record.writeFloatLE(-id, 0);
+    record.writeInt32LE(Buffer.byteLength(piece), 4);
+    parts.push(record, Buffer.from(piece));
+  });
+  writeFileSync(path, Buffer.concat(parts));
+}
+
+/** Reads `length` bytes at `position` of a file (for tests that patch a header in place). */
+export function readBytes(path: string, position: number, length: number): Buffer {
+  const fd = openSync(path, 'r');
+  try {
+    const bytes = Buffer.alloc(length);
+    readSync(fd, bytes, 0, length, position);
+    return bytes;
+  } finally {
+    closeSync(fd);
+  }
 }

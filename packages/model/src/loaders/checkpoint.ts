@@ -1,8 +1,9 @@
 // The checkpoint abstraction every loader produces: a config, tensors stored somewhere on disk, and a tokenizer.
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { type Backend, type DType, DuoCheckpointError, type ModelConfig, type TensorHandle } from '@duoattn/core';
 import { f16ToNumber, numberToBf16, numberToF16 } from '@duoattn/kernels';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
+import { expectedTensors } from './names.js';
 
 /** How a tensor's bytes are laid out on disk. `q8_0` is GGUF's 32-value blocks of an f16 scale and 32 int8. */
 export type StoredEncoding = 'f32' | 'f16' | 'bf16' | 'q8_0';
@@ -39,30 +40,9 @@ export function nativeDtype(encoding: StoredEncoding): DType {
   return encoding === 'q8_0' ? 'f32' : encoding;
 }
 
-function elementCount(shape: readonly number[]): number {
+/** Elements of a tensor of `shape`. */
+export function elementCount(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
-}
-
-/** Throws a DuoCheckpointError unless every tensor lies inside its file (catches truncated checkpoints early). */
-export function checkTensorBounds(tensors: Iterable<StoredTensor>): void {
-  const sizes = new Map<string, number>();
-  for (const tensor of tensors) {
-    let size = sizes.get(tensor.file);
-    if (size === undefined) {
-      const fd = openSync(tensor.file, 'r');
-      size = fstatSync(fd).size;
-      closeSync(fd);
-      sizes.set(tensor.file, size);
-    }
-    const end = tensor.offset + storedBytes(tensor.encoding, elementCount(tensor.shape));
-    if (end > size) {
-      throw new DuoCheckpointError(
-        tensor.file,
-        tensor.name,
-        `the file is truncated: the tensor needs bytes up to ${end} but the file has ${size}`,
-      );
-    }
-  }
 }
 
 /** Looks a tensor up and checks its shape; the error names the file and the tensor. */
@@ -79,6 +59,17 @@ export function requireTensor(checkpoint: Checkpoint, name: string, shape: reado
     );
   }
   return tensor;
+}
+
+/**
+ * Returns `checkpoint` once every tensor its config implies is there with its shape, so that nothing is allocated for
+ * a checkpoint that cannot load. The walk stops at the first missing layer, however many the config claims.
+ */
+export function checkCheckpointTensors(checkpoint: Checkpoint): Checkpoint {
+  for (const { name, shape, required } of expectedTensors(checkpoint.config)) {
+    if (required || checkpoint.tensors.has(name)) requireTensor(checkpoint, name, shape);
+  }
+  return checkpoint;
 }
 
 const CHUNK_BYTES = 64 << 20;
@@ -151,7 +142,10 @@ export function readTensorF32(stored: StoredTensor): Float32Array {
   const bytes = Buffer.alloc(storedBytes(stored.encoding, elementCount(stored.shape)));
   const fd = openSync(stored.file, 'r');
   try {
-    readSync(fd, bytes, 0, bytes.length, stored.offset);
+    const got = readSync(fd, bytes, 0, bytes.length, stored.offset);
+    if (got !== bytes.length) {
+      throw new DuoCheckpointError(stored.file, stored.name, `short read: wanted ${bytes.length} bytes, got ${got}`);
+    }
   } finally {
     closeSync(fd);
   }

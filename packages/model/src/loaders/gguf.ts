@@ -1,9 +1,22 @@
 // GGUF checkpoints: metadata → config, tensor infos → stored tensors, embedded vocabulary → tokenizer.
-import { DuoCheckpointError, type ModelConfig, type RopeScaling, validateModelConfig } from '@duoattn/core';
+import { DuoCheckpointError, type ModelConfig } from '@duoattn/core';
 import { gguf } from '@huggingface/gguf';
 import { ggufVocabularyTokenizer } from '../tokenizers/score-bpe.js';
-import { type Checkpoint, checkTensorBounds, type StoredEncoding, type StoredTensor } from './checkpoint.js';
+import { type Checkpoint, checkCheckpointTensors, type StoredEncoding, type StoredTensor } from './checkpoint.js';
+import { walkGgufHeader } from './gguf-header.js';
 import { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames } from './names.js';
+import {
+  CONFIG_LIMITS,
+  checkModelConfig,
+  checkNumber,
+  checkShape,
+  checkTensorLayout,
+  type DataArea,
+  describeValue,
+  FieldReader,
+  tensorBytes,
+  withFile,
+} from './validate.js';
 
 // GGML type ids (ggml.h) for the encodings we read.
 const GGML_TYPES: Record<number, StoredEncoding> = { 0: 'f32', 1: 'f16', 8: 'q8_0', 30: 'bf16' };
@@ -47,16 +60,9 @@ function canonicalName(name: string): string | undefined {
   return names[field];
 }
 
-function metadataNumber(metadata: Record<string, unknown>, key: string, fallback?: number): number {
-  const value = metadata[key];
-  if (typeof value === 'number') return value;
-  if (typeof value === 'bigint') return Number(value);
-  if (fallback !== undefined) return fallback;
-  throw new Error(`metadata key ${key} is missing`);
-}
-
-/** Opens a GGUF file (architectures llama, mistral, qwen2; tensors F32, F16, BF16, Q8_0). */
+/** Opens a GGUF file (architectures llama, mistral, qwen2; tensors F32, F16, BF16, Q8_0), checking it throughout. */
 export async function openGguf(path: string): Promise<Checkpoint> {
+  const { size, headerEnd } = withFile(path, (fd, size) => ({ size, headerEnd: walkGgufHeader(path, fd, size) }));
   let parsed: Awaited<ReturnType<typeof gguf>>;
   try {
     parsed = await gguf(path, { allowLocalFile: true });
@@ -66,58 +72,108 @@ export async function openGguf(path: string): Promise<Checkpoint> {
     });
   }
   const metadata = parsed.metadata as unknown as Record<string, unknown>;
-  const arch = String(metadata['general.architecture']);
+  const root = new FieldReader(path, metadata);
+  const alignment = root.number('general.alignment', { integer: true, min: 1, max: 2 ** 30 }, 32);
+  if ((alignment & (alignment - 1)) !== 0) {
+    throw new DuoCheckpointError(
+      path,
+      undefined,
+      `expected \`general.alignment\` to be a power of two but found ${alignment}`,
+    );
+  }
+  const arch = root.string('general.architecture');
   if (arch !== 'llama' && arch !== 'mistral' && arch !== 'qwen2') {
     throw new DuoCheckpointError(path, undefined, `architecture "${arch}" is not supported (llama, mistral, qwen2)`);
   }
-  let config: ModelConfig;
-  try {
-    const names = new Set(parsed.tensorInfos.map((t) => t.name));
-    const embedding = parsed.tensorInfos.find((t) => t.name === 'token_embd.weight');
-    const heads = metadataNumber(metadata, `${arch}.attention.head_count`);
-    const hidden = metadataNumber(metadata, `${arch}.embedding_length`);
-    const tokens = metadata['tokenizer.ggml.tokens'];
-    const scalingType = metadata[`${arch}.rope.scaling.type`];
-    const ropeScaling: RopeScaling =
-      scalingType === 'linear'
-        ? { type: 'linear', factor: metadataNumber(metadata, `${arch}.rope.scaling.factor`) }
-        : { type: 'none' };
-    const eos = metadata['tokenizer.ggml.eos_token_id'];
-    const bos = metadata['tokenizer.ggml.bos_token_id'];
-    config = validateModelConfig({
-      architecture: arch,
-      vocabSize: Array.isArray(tokens)
-        ? tokens.length
-        : metadataNumber(metadata, `${arch}.vocab_size`, Number(embedding?.shape[1] ?? Number.NaN)),
-      hiddenSize: hidden,
-      intermediateSize: metadataNumber(metadata, `${arch}.feed_forward_length`),
-      numLayers: metadataNumber(metadata, `${arch}.block_count`),
-      numHeads: heads,
-      numKvHeads: metadataNumber(metadata, `${arch}.attention.head_count_kv`, heads),
-      headDim: metadataNumber(metadata, `${arch}.attention.key_length`, hidden / heads),
-      rmsNormEps: metadataNumber(metadata, `${arch}.attention.layer_norm_rms_epsilon`, 1e-5),
-      ropeTheta: metadataNumber(metadata, `${arch}.rope.freq_base`, 10000),
-      ropeScaling,
-      // llama.cpp stores llama/mistral q/k rows permuted for adjacent-pair rotation; qwen2 keeps HF's halves.
-      ropeStyle: arch === 'qwen2' ? 'half' : 'interleaved',
-      maxPositionEmbeddings: metadataNumber(metadata, `${arch}.context_length`, 2048),
-      attentionBias: names.has('blk.0.attn_q.bias'),
-      tieWordEmbeddings: !names.has('output.weight'),
-      bosTokenId: typeof bos === 'number' ? bos : undefined,
-      eosTokenIds: typeof eos === 'number' ? [eos] : [],
-    });
-  } catch (error) {
-    throw new DuoCheckpointError(path, undefined, `invalid GGUF metadata: ${(error as Error).message}`, {
-      cause: error,
-    });
+  const config = ggufConfig(path, metadata, arch, parsed.tensorInfos);
+  const tensors = ggufTensors(path, parsed.tensorInfos, {
+    start: Math.ceil(headerEnd / alignment) * alignment,
+    end: size,
+    alignment,
+  });
+  const tokenizer = metadata['tokenizer.ggml.model'] === 'llama' ? ggufVocabularyTokenizer(metadata, path) : undefined;
+  const template = metadata['tokenizer.chat_template'];
+  return checkCheckpointTensors({
+    format: 'gguf',
+    source: path,
+    config,
+    tensors,
+    tokenizer,
+    chatTemplate: typeof template === 'string' ? template : undefined,
+  });
+}
+
+type TensorInfo = Awaited<ReturnType<typeof gguf>>['tensorInfos'][number];
+
+/** The model's config from `<arch>.*` metadata, each value range-checked and named by its key. */
+function ggufConfig(
+  path: string,
+  metadata: Record<string, unknown>,
+  arch: ModelConfig['architecture'],
+  infos: TensorInfo[],
+) {
+  const fields = new FieldReader(path, metadata, `${arch}.`);
+  const root = new FieldReader(path, metadata);
+  const names = new Set(infos.map((t) => t.name));
+  const embedding = infos.find((t) => t.name === 'token_embd.weight');
+  const heads = fields.number('attention.head_count', CONFIG_LIMITS.numHeads);
+  const hidden = fields.number('embedding_length', CONFIG_LIMITS.hiddenSize);
+  const tokens = metadata['tokenizer.ggml.tokens'];
+  const scalingType = fields.raw('rope.scaling.type') ?? 'none';
+  if (scalingType !== 'none' && scalingType !== 'linear') {
+    throw new DuoCheckpointError(
+      path,
+      undefined,
+      `${arch}.rope.scaling.type ${describeValue(scalingType)} is not supported (none, linear)`,
+    );
   }
-  const base = Number(parsed.tensorDataOffset);
+  const config: ModelConfig = {
+    architecture: arch,
+    vocabSize: Array.isArray(tokens)
+      ? checkNumber(path, 'tokenizer.ggml.tokens (its length)', tokens.length, CONFIG_LIMITS.vocabSize)
+      : fields.number('vocab_size', CONFIG_LIMITS.vocabSize, embedding ? Number(embedding.shape[1]) : undefined),
+    hiddenSize: hidden,
+    intermediateSize: fields.number('feed_forward_length', CONFIG_LIMITS.intermediateSize),
+    numLayers: fields.number('block_count', CONFIG_LIMITS.numLayers),
+    numHeads: heads,
+    numKvHeads: fields.number('attention.head_count_kv', CONFIG_LIMITS.numKvHeads, heads),
+    headDim: fields.number('attention.key_length', CONFIG_LIMITS.headDim, hidden / heads),
+    rmsNormEps: fields.number('attention.layer_norm_rms_epsilon', CONFIG_LIMITS.rmsNormEps, 1e-5),
+    ropeTheta: fields.number('rope.freq_base', CONFIG_LIMITS.ropeTheta, 10000),
+    ropeScaling:
+      scalingType === 'linear'
+        ? { type: 'linear', factor: fields.number('rope.scaling.factor', CONFIG_LIMITS.ropeScalingFactor) }
+        : { type: 'none' },
+    // llama.cpp stores llama/mistral q/k rows permuted for adjacent-pair rotation; qwen2 keeps HF's halves.
+    ropeStyle: arch === 'qwen2' ? 'half' : 'interleaved',
+    maxPositionEmbeddings: fields.number('context_length', CONFIG_LIMITS.maxPositionEmbeddings, 2048),
+    attentionBias: names.has('blk.0.attn_q.bias'),
+    tieWordEmbeddings: !names.has('output.weight'),
+    bosTokenId: root.optionalNumber('tokenizer.ggml.bos_token_id', CONFIG_LIMITS.tokenId),
+    eosTokenIds: root.tokenIds('tokenizer.ggml.eos_token_id'),
+  };
+  return checkModelConfig(path, config, {
+    vocabSize: 'tokenizer.ggml.tokens',
+    numHeads: `${arch}.attention.head_count`,
+    numKvHeads: `${arch}.attention.head_count_kv`,
+    headDim: `${arch}.attention.key_length`,
+    bosTokenId: 'tokenizer.ggml.bos_token_id',
+    eosTokenIds: 'tokenizer.ggml.eos_token_id',
+  });
+}
+
+/** Stored tensors by canonical name; every tensor of a known type is checked to lie, aligned and alone, in `area`. */
+function ggufTensors(path: string, infos: TensorInfo[], area: DataArea): Map<string, StoredTensor> {
   const tensors = new Map<string, StoredTensor>();
-  for (const info of parsed.tensorInfos) {
+  const known: StoredTensor[] = [];
+  const seen = new Set<string>();
+  for (const info of infos) {
+    if (seen.has(info.name)) throw new DuoCheckpointError(path, info.name, 'the tensor is listed twice');
+    seen.add(info.name);
     const name = canonicalName(info.name);
-    if (!name) continue;
     const encoding = GGML_TYPES[info.dtype as number];
     if (!encoding) {
+      if (!name) continue;
       const typeName = GGML_TYPE_NAMES[info.dtype as number] ?? `ggml type ${info.dtype}`;
       throw new DuoCheckpointError(
         path,
@@ -126,23 +182,13 @@ export async function openGguf(path: string): Promise<Checkpoint> {
       );
     }
     // GGUF lists dimensions fastest first; our shapes are row-major.
-    const shape = info.shape.map(Number).reverse();
-    tensors.set(name, { name: info.name, file: path, offset: base + Number(info.offset), encoding, shape });
+    const shape = checkShape(path, info.name, info.shape).reverse();
+    tensorBytes(path, info.name, encoding, shape, area.end);
+    const offset = checkNumber(path, 'offset', info.offset, { integer: true, min: 0, max: area.end }, info.name);
+    const stored = { name: info.name, file: path, offset: area.start + offset, encoding, shape };
+    known.push(stored);
+    if (name) tensors.set(name, stored);
   }
-  checkTensorBounds(tensors.values());
-  let tokenizer: Checkpoint['tokenizer'];
-  try {
-    tokenizer = ggufVocabularyTokenizer(metadata);
-  } catch {
-    tokenizer = undefined;
-  }
-  const template = metadata['tokenizer.chat_template'];
-  return {
-    format: 'gguf',
-    source: path,
-    config,
-    tensors,
-    tokenizer,
-    chatTemplate: typeof template === 'string' ? template : undefined,
-  };
+  checkTensorLayout(path, known, area);
+  return tensors;
 }

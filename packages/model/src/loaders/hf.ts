@@ -1,111 +1,197 @@
 // HF checkpoint directories: config.json plus model.safetensors or a sharded model.safetensors.index.json.
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
-import { join } from 'node:path';
-import { DuoCheckpointError, type ModelConfig, type RopeScaling, validateModelConfig } from '@duoattn/core';
+import { existsSync, readFileSync } from 'node:fs';
+import { DuoCheckpointError, DuoTokenizerError, type ModelConfig, type RopeScaling } from '@duoattn/core';
 import { HfTokenizer } from '../tokenizers/hf-tokenizer.js';
-import { type Checkpoint, checkTensorBounds, type StoredEncoding, type StoredTensor } from './checkpoint.js';
+import { type Checkpoint, checkCheckpointTensors, type StoredEncoding, type StoredTensor } from './checkpoint.js';
+import {
+  CONFIG_LIMITS,
+  type ConfigFieldNames,
+  checkModelConfig,
+  checkNumber,
+  checkShape,
+  checkTensorLayout,
+  type DataArea,
+  describeValue,
+  FieldReader,
+  fileInsideDirectory,
+  isRecord,
+  readExactly,
+  tensorBytes,
+  withFile,
+} from './validate.js';
 
 const SAFETENSORS_TYPES: Record<string, StoredEncoding> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+/** The largest header accepted, as in the reference implementation (huggingface/safetensors). */
+const MAX_HEADER_BYTES = 100 << 20;
 
-/** Reads one .safetensors header: tensor name → stored tensor. */
+/** HF config.json names of the ModelConfig fields, for messages. */
+const HF_FIELDS: ConfigFieldNames = {
+  vocabSize: 'vocab_size',
+  hiddenSize: 'hidden_size',
+  numHeads: 'num_attention_heads',
+  numKvHeads: 'num_key_value_heads',
+  headDim: 'head_dim',
+  bosTokenId: 'bos_token_id',
+  eosTokenIds: 'eos_token_id',
+};
+
+/**
+ * Reads one .safetensors header: tensor name → stored tensor. The header must be a JSON object of entries with a
+ * supported dtype, a shape and data_offsets that cover the data area back to back, as the format requires.
+ */
 export function readSafetensorsHeader(file: string): StoredTensor[] {
-  const fd = openSync(file, 'r');
-  try {
-    const size = fstatSync(fd).size;
-    const prefix = Buffer.alloc(8);
-    if (readSync(fd, prefix, 0, 8, 0) !== 8)
-      throw new DuoCheckpointError(file, undefined, 'file too short for a safetensors header');
-    const headerLength = Number(prefix.readBigUInt64LE(0));
-    if (headerLength <= 0 || 8 + headerLength > size || headerLength > 100 << 20) {
+  return withFile(file, (fd, size) => {
+    if (size < 8) throw new DuoCheckpointError(file, undefined, 'file too short for a safetensors header');
+    const length = readExactly(fd, file, 8, 0).readBigUInt64LE(0);
+    if (length === 0n || length > BigInt(Math.min(size - 8, MAX_HEADER_BYTES))) {
       throw new DuoCheckpointError(
         file,
         undefined,
-        `corrupt safetensors header length ${headerLength} (file has ${size} bytes)`,
+        `corrupt safetensors header length ${length} (the file has ${size} bytes; a header has at most 100 MiB)`,
       );
     }
-    const headerBytes = Buffer.alloc(headerLength);
-    readSync(fd, headerBytes, 0, headerLength, 8);
-    let header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
-    try {
-      header = JSON.parse(headerBytes.toString('utf8'));
-    } catch (error) {
-      throw new DuoCheckpointError(file, undefined, `corrupt safetensors header: ${(error as Error).message}`, {
-        cause: error,
-      });
-    }
-    const base = 8 + headerLength;
-    return Object.entries(header)
+    const header = parseHeader(file, readExactly(fd, file, Number(length), 8));
+    const area = { start: 8 + Number(length), end: size, contiguous: true };
+    const tensors = Object.entries(header)
       .filter(([name]) => name !== '__metadata__')
-      .map(([name, entry]) => {
-        const encoding = SAFETENSORS_TYPES[entry.dtype];
-        if (!encoding) {
-          throw new DuoCheckpointError(file, name, `unsupported dtype ${entry.dtype} (supported: F32, F16, BF16)`);
-        }
-        const [begin, end] = entry.data_offsets;
-        const expected = entry.shape.reduce((a, b) => a * b, 1) * (encoding === 'f32' ? 4 : 2);
-        if (end - begin !== expected) {
-          throw new DuoCheckpointError(
-            file,
-            name,
-            `data_offsets span ${end - begin} bytes but shape [${entry.shape}] needs ${expected}`,
-          );
-        }
-        return { name, file, offset: base + begin, encoding, shape: entry.shape };
-      });
-  } finally {
-    closeSync(fd);
-  }
+      .map(([name, entry]) => headerEntry(file, name, entry, area));
+    checkTensorLayout(file, tensors, area);
+    return tensors;
+  });
 }
 
-function ropeScaling(raw: Record<string, unknown> | null | undefined): RopeScaling {
-  if (!raw) return { type: 'none' };
-  const type = (raw.rope_type ?? raw.type) as string | undefined;
-  const factor = Number(raw.factor ?? 1);
+function parseHeader(file: string, bytes: Buffer): Record<string, unknown> {
+  let header: unknown;
+  try {
+    header = JSON.parse(bytes.toString('utf8'));
+  } catch (error) {
+    throw new DuoCheckpointError(file, undefined, `corrupt safetensors header: ${(error as Error).message}`, {
+      cause: error,
+    });
+  }
+  if (!isRecord(header)) {
+    throw new DuoCheckpointError(
+      file,
+      undefined,
+      `corrupt safetensors header: expected a JSON object of tensors but found ${describeValue(header)}`,
+    );
+  }
+  if (header.__metadata__ !== undefined && !isRecord(header.__metadata__)) {
+    throw new DuoCheckpointError(
+      file,
+      undefined,
+      `expected \`__metadata__\` to be an object but found ${describeValue(header.__metadata__)}`,
+    );
+  }
+  return header;
+}
+
+function headerEntry(file: string, name: string, entry: unknown, area: DataArea): StoredTensor {
+  if (!isRecord(entry)) {
+    throw new DuoCheckpointError(
+      file,
+      name,
+      `expected an object with dtype, shape and data_offsets but found ${describeValue(entry)}`,
+    );
+  }
+  const encoding = typeof entry.dtype === 'string' ? SAFETENSORS_TYPES[entry.dtype] : undefined;
+  if (!encoding) {
+    const dtype = typeof entry.dtype === 'string' ? entry.dtype : describeValue(entry.dtype);
+    throw new DuoCheckpointError(file, name, `unsupported dtype ${dtype} (supported: F32, F16, BF16)`);
+  }
+  const shape = checkShape(file, name, entry.shape);
+  const offsets = entry.data_offsets;
+  if (!Array.isArray(offsets) || offsets.length !== 2) {
+    throw new DuoCheckpointError(
+      file,
+      name,
+      `expected \`data_offsets\` to be [begin, end] but found ${describeValue(offsets)}`,
+    );
+  }
+  const dataBytes = area.end - area.start;
+  const [begin, end] = offsets.map((offset, i) =>
+    checkNumber(file, `data_offsets[${i}]`, offset, { integer: true, min: 0, max: Number.MAX_SAFE_INTEGER }, name),
+  ) as [number, number];
+  const bytes = tensorBytes(file, name, encoding, shape, dataBytes);
+  if (end - begin !== bytes) {
+    throw new DuoCheckpointError(
+      file,
+      name,
+      `data_offsets span ${end - begin} bytes but shape [${shape.join(', ')}] needs ${bytes}`,
+    );
+  }
+  return { name, file, offset: area.start + begin, encoding, shape };
+}
+
+function ropeScaling(file: string, raw: unknown): RopeScaling {
+  if (raw === undefined || raw === null) return { type: 'none' };
+  if (!isRecord(raw)) {
+    throw new DuoCheckpointError(
+      file,
+      undefined,
+      `expected \`rope_scaling\` to be an object but found ${describeValue(raw)}`,
+    );
+  }
+  const fields = new FieldReader(file, raw, '', 'rope_scaling.');
+  const type = fields.raw('rope_type') ?? fields.raw('type');
+  if (type === 'default' || type === undefined) return { type: 'none' };
+  const factor = fields.number('factor', CONFIG_LIMITS.ropeScalingFactor, 1);
   if (type === 'linear') return { type: 'linear', factor };
   if (type === 'llama3') {
     return {
       type: 'llama3',
       factor,
-      lowFreqFactor: Number(raw.low_freq_factor ?? 1),
-      highFreqFactor: Number(raw.high_freq_factor ?? 4),
-      originalMaxPositionEmbeddings: Number(raw.original_max_position_embeddings ?? 8192),
+      lowFreqFactor: fields.number('low_freq_factor', CONFIG_LIMITS.ropeScalingFactor, 1),
+      highFreqFactor: fields.number('high_freq_factor', CONFIG_LIMITS.ropeScalingFactor, 4),
+      originalMaxPositionEmbeddings: fields.number(
+        'original_max_position_embeddings',
+        CONFIG_LIMITS.maxPositionEmbeddings,
+        8192,
+      ),
     };
   }
-  if (type === 'default' || type === undefined) return { type: 'none' };
-  throw new Error(`rope_scaling type "${type}" is not supported (linear, llama3)`);
+  throw new DuoCheckpointError(
+    file,
+    undefined,
+    `rope_scaling type ${describeValue(type)} is not supported (linear, llama3)`,
+  );
 }
 
-/** Maps a HF config.json onto ModelConfig (llama, mistral, qwen2). */
-export function configFromHf(raw: Record<string, unknown>): ModelConfig {
-  const modelType = String(raw.model_type ?? 'llama');
-  if (modelType !== 'llama' && modelType !== 'mistral' && modelType !== 'qwen2') {
-    throw new Error(`model_type "${modelType}" is not supported (llama, mistral, qwen2)`);
+/** Maps a HF config.json (llama, mistral, qwen2) onto ModelConfig, checking every field; `file` names it in errors. */
+export function configFromHf(raw: unknown, file = 'config.json'): ModelConfig {
+  if (!isRecord(raw)) {
+    throw new DuoCheckpointError(file, undefined, `expected a JSON object but found ${describeValue(raw)}`);
   }
-  const heads = Number(raw.num_attention_heads);
-  const hidden = Number(raw.hidden_size);
-  const eos = raw.eos_token_id;
-  return validateModelConfig({
+  const fields = new FieldReader(file, raw);
+  const modelType = fields.string('model_type', 'llama');
+  if (modelType !== 'llama' && modelType !== 'mistral' && modelType !== 'qwen2') {
+    throw new DuoCheckpointError(file, undefined, `model_type "${modelType}" is not supported (llama, mistral, qwen2)`);
+  }
+  const heads = fields.number('num_attention_heads', CONFIG_LIMITS.numHeads);
+  const hidden = fields.number('hidden_size', CONFIG_LIMITS.hiddenSize);
+  const config: ModelConfig = {
     architecture: modelType,
-    vocabSize: Number(raw.vocab_size),
+    vocabSize: fields.number('vocab_size', CONFIG_LIMITS.vocabSize),
     hiddenSize: hidden,
-    intermediateSize: Number(raw.intermediate_size),
-    numLayers: Number(raw.num_hidden_layers),
+    intermediateSize: fields.number('intermediate_size', CONFIG_LIMITS.intermediateSize),
+    numLayers: fields.number('num_hidden_layers', CONFIG_LIMITS.numLayers),
     numHeads: heads,
-    numKvHeads: Number(raw.num_key_value_heads ?? heads),
-    headDim: Number(raw.head_dim ?? hidden / heads),
-    rmsNormEps: Number(raw.rms_norm_eps ?? 1e-6),
-    ropeTheta: Number(raw.rope_theta ?? 10000),
-    ropeScaling: ropeScaling(raw.rope_scaling as Record<string, unknown> | undefined),
+    numKvHeads: fields.number('num_key_value_heads', CONFIG_LIMITS.numKvHeads, heads),
+    headDim: fields.number('head_dim', CONFIG_LIMITS.headDim, hidden / heads),
+    rmsNormEps: fields.number('rms_norm_eps', CONFIG_LIMITS.rmsNormEps, 1e-6),
+    ropeTheta: fields.number('rope_theta', CONFIG_LIMITS.ropeTheta, 10000),
+    ropeScaling: ropeScaling(file, raw.rope_scaling),
     ropeStyle: 'half',
-    maxPositionEmbeddings: Number(raw.max_position_embeddings ?? 2048),
-    attentionBias: modelType === 'qwen2' ? true : Boolean(raw.attention_bias),
-    tieWordEmbeddings: Boolean(raw.tie_word_embeddings ?? false),
-    bosTokenId: typeof raw.bos_token_id === 'number' ? raw.bos_token_id : undefined,
-    eosTokenIds: Array.isArray(eos) ? eos.map(Number) : typeof eos === 'number' ? [eos] : [],
-  });
+    maxPositionEmbeddings: fields.number('max_position_embeddings', CONFIG_LIMITS.maxPositionEmbeddings, 2048),
+    attentionBias: modelType === 'qwen2' ? true : fields.boolean('attention_bias', false),
+    tieWordEmbeddings: fields.boolean('tie_word_embeddings', false),
+    bosTokenId: fields.optionalNumber('bos_token_id', CONFIG_LIMITS.tokenId),
+    eosTokenIds: fields.tokenIds('eos_token_id'),
+  };
+  return checkModelConfig(file, config, HF_FIELDS);
 }
 
-function readJson(path: string): Record<string, unknown> {
+function readJson(path: string): unknown {
   try {
     return JSON.parse(readFileSync(path, 'utf8'));
   } catch (error) {
@@ -113,37 +199,64 @@ function readJson(path: string): Record<string, unknown> {
   }
 }
 
-/** Opens a HF model directory. */
-export function openHf(directory: string): Checkpoint {
-  const configPath = join(directory, 'config.json');
-  if (!existsSync(configPath)) throw new DuoCheckpointError(directory, undefined, 'no config.json in the directory');
-  let config: ModelConfig;
-  try {
-    config = configFromHf(readJson(configPath));
-  } catch (error) {
-    if (error instanceof DuoCheckpointError) throw error;
-    throw new DuoCheckpointError(configPath, undefined, (error as Error).message, { cause: error });
-  }
-  const single = join(directory, 'model.safetensors');
-  const indexPath = join(directory, 'model.safetensors.index.json');
-  let files: string[];
-  if (existsSync(single)) {
-    files = [single];
-  } else if (existsSync(indexPath)) {
-    const weightMap = readJson(indexPath).weight_map as Record<string, string> | undefined;
-    if (!weightMap) throw new DuoCheckpointError(indexPath, undefined, 'no weight_map in the index');
-    files = [...new Set(Object.values(weightMap))].map((file) => join(directory, file));
-    for (const file of files) {
-      if (!existsSync(file)) throw new DuoCheckpointError(file, undefined, 'shard listed in the index is missing');
-    }
-  } else {
+/** The safetensors files of a model directory: model.safetensors, or the shards its index lists (all inside it). */
+function safetensorsFiles(directory: string): string[] {
+  const single = fileInsideDirectory(directory, 'model.safetensors', directory);
+  if (existsSync(single)) return [single];
+  const indexPath = fileInsideDirectory(directory, 'model.safetensors.index.json', directory);
+  if (!existsSync(indexPath)) {
     throw new DuoCheckpointError(directory, undefined, 'no model.safetensors or model.safetensors.index.json');
   }
+  const index = readJson(indexPath);
+  const weightMap = isRecord(index) ? index.weight_map : undefined;
+  if (!isRecord(weightMap) || Object.keys(weightMap).length === 0) {
+    throw new DuoCheckpointError(
+      indexPath,
+      undefined,
+      `expected \`weight_map\` to map tensor names to shard files but found ${describeValue(weightMap)}`,
+    );
+  }
+  const files = [...new Set(Object.values(weightMap))].map((file) => fileInsideDirectory(directory, file, indexPath));
+  for (const file of files) {
+    if (!existsSync(file)) throw new DuoCheckpointError(file, undefined, 'shard listed in the index is missing');
+  }
+  return files;
+}
+
+/** Opens a HF model directory: every file it reads must lie inside it, every header and field is checked. */
+export function openHf(directory: string): Checkpoint {
+  const configPath = fileInsideDirectory(directory, 'config.json', directory);
+  if (!existsSync(configPath)) throw new DuoCheckpointError(directory, undefined, 'no config.json in the directory');
+  const config = configFromHf(readJson(configPath), configPath);
   const tensors = new Map<string, StoredTensor>();
-  for (const file of files) for (const tensor of readSafetensorsHeader(file)) tensors.set(tensor.name, tensor);
-  checkTensorBounds(tensors.values());
-  let tokenizer: HfTokenizer | undefined;
-  if (existsSync(join(directory, 'tokenizer.json')))
-    tokenizer = new HfTokenizer(directory, { eosTokenIds: config.eosTokenIds, bosTokenId: config.bosTokenId });
-  return { format: 'hf', source: directory, config, tensors, tokenizer, chatTemplate: tokenizer?.chatTemplate };
+  for (const file of safetensorsFiles(directory)) {
+    for (const tensor of readSafetensorsHeader(file)) {
+      const earlier = tensors.get(tensor.name);
+      if (earlier) throw new DuoCheckpointError(file, tensor.name, `the tensor is also in ${earlier.file}`);
+      tensors.set(tensor.name, tensor);
+    }
+  }
+  const tokenizer = hfTokenizer(directory, config);
+  return checkCheckpointTensors({
+    format: 'hf',
+    source: directory,
+    config,
+    tensors,
+    tokenizer,
+    chatTemplate: tokenizer?.chatTemplate,
+  });
+}
+
+/** The directory's tokenizer, if it has a tokenizer.json; one with more tokens than the model's vocabulary is refused. */
+function hfTokenizer(directory: string, config: ModelConfig): HfTokenizer | undefined {
+  const path = fileInsideDirectory(directory, 'tokenizer.json', directory);
+  fileInsideDirectory(directory, 'tokenizer_config.json', directory);
+  if (!existsSync(path)) return undefined;
+  const tokenizer = new HfTokenizer(directory, { eosTokenIds: config.eosTokenIds, bosTokenId: config.bosTokenId });
+  if (tokenizer.vocabSize > config.vocabSize) {
+    throw new DuoTokenizerError(
+      `${path}: the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${config.vocabSize}`,
+    );
+  }
+  return tokenizer;
 }

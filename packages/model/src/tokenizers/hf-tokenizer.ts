@@ -33,23 +33,23 @@ export class HfTokenizer implements Tokenizer {
   constructor(directory: string, options: HfTokenizerOptions | readonly number[] = {}) {
     const { eosTokenIds = [], bosTokenId: configBos } = isIdList(options) ? { eosTokenIds: options } : options;
     const path = join(directory, 'tokenizer.json');
-    let json: Record<string, unknown>;
-    let config: Record<string, unknown> = {};
+    const configPath = join(directory, 'tokenizer_config.json');
+    const json = readJsonObject(path, 'model');
+    const config = existsSync(configPath) ? readJsonObject(configPath) : {};
+    let first: number | undefined;
     try {
-      json = JSON.parse(readFileSync(path, 'utf8'));
-      const configPath = join(directory, 'tokenizer_config.json');
-      if (existsSync(configPath)) config = JSON.parse(readFileSync(configPath, 'utf8'));
+      this.#impl = new HfTokenizerImpl(json, config);
+      this.vocabSize = this.#impl.get_vocab(true).size;
+      // What the post-processor puts first (BOS, where it prepends one).
+      first = this.#impl.encode('a').ids[0];
     } catch (error) {
-      throw new DuoTokenizerError(`cannot read ${path}: ${(error as Error).message}`, { cause: error });
+      // @huggingface/tokenizers checks little: a file that is JSON but not a tokenizer fails inside it.
+      throw new DuoTokenizerError(`${path} is not a usable tokenizer: ${(error as Error).message}`, { cause: error });
     }
-    this.#impl = new HfTokenizerImpl(json, config);
-    this.vocabSize = this.#impl.get_vocab(true).size;
     const tokenId = (value: unknown): number | undefined => {
-      const text = typeof value === 'string' ? value : (value as { content?: string } | undefined)?.content;
-      return text === undefined ? undefined : this.#impl.token_to_id(text);
+      const text = typeof value === 'string' ? value : (value as { content?: unknown } | undefined)?.content;
+      return typeof text === 'string' ? this.#impl.token_to_id(text) : undefined;
     };
-    // What the post-processor puts first (BOS, where it prepends one).
-    const first = this.#impl.encode('a').ids[0];
     // A bos_token of null in tokenizer_config.json says there is none. config.json's id alone is not enough: models
     // trained without BOS set it too (Qwen2: <|endoftext|>), so it counts only where the post-processor prepends it.
     this.bosTokenId = 'bos_token' in config ? tokenId(config.bos_token) : first === configBos ? configBos : undefined;
@@ -100,6 +100,25 @@ export class HfTokenizer implements Tokenizer {
       flush: () => advance(true),
     };
   }
+}
+
+/** Reads a JSON file that must hold an object (with an object under `requiredKey`, where given). */
+function readJsonObject(path: string, requiredKey?: string): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (error) {
+    throw new DuoTokenizerError(`cannot read ${path}: ${(error as Error).message}`, { cause: error });
+  }
+  const isObject = (candidate: unknown): candidate is Record<string, unknown> =>
+    typeof candidate === 'object' && candidate !== null && !Array.isArray(candidate);
+  if (!isObject(value) || (requiredKey !== undefined && !isObject(value[requiredKey]))) {
+    const expected = requiredKey === undefined ? 'an object' : `an object with a \`${requiredKey}\` object`;
+    throw new DuoTokenizerError(
+      `${path}: expected ${expected} but found ${String(JSON.stringify(value)).slice(0, 60)}`,
+    );
+  }
+  return value;
 }
 
 function isIdList(options: HfTokenizerOptions | readonly number[]): options is readonly number[] {

@@ -1,5 +1,5 @@
 // Score-ranked BPE with byte fallback: llama2.c's tokenizer (tok*.bin) and SentencePiece-style GGUF vocabularies.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { DuoTokenizerError } from '@duoattn/core';
 import type { StreamDecoder, Tokenizer } from './tokenizer.js';
 
@@ -118,11 +118,22 @@ export class ScoreBpeTokenizer implements Tokenizer {
 
 /** Reads llama2.c's `tok*.bin`: int32 max length, then per token a float32 score, an int32 length and the bytes. */
 export function loadLlama2cTokenizer(path: string, vocabSize: number): ScoreBpeTokenizer {
+  if (!Number.isInteger(vocabSize) || vocabSize < 1) {
+    throw new DuoTokenizerError(`${path}: expected a positive vocabulary size but received ${vocabSize}`);
+  }
   let data: Buffer;
   try {
+    // A FIFO or device would block or never end: only a regular file is read.
+    if (!statSync(path).isFile()) throw new Error('not a regular file');
     data = readFileSync(path);
   } catch (error) {
     throw new DuoTokenizerError(`cannot read tokenizer ${path}: ${(error as Error).message}`, { cause: error });
+  }
+  // Each token takes at least its score and its length: 8 bytes.
+  if (4 + 8 * vocabSize > data.length) {
+    throw new DuoTokenizerError(
+      `${path}: ${data.length} bytes cannot hold ${vocabSize} tokens (at least 8 bytes each)`,
+    );
   }
   const pieces: string[] = [];
   const scores: number[] = [];
@@ -133,7 +144,9 @@ export function loadLlama2cTokenizer(path: string, vocabSize: number): ScoreBpeT
     if (offset + 8 > data.length) {
       throw new DuoTokenizerError(`${path}: truncated at token ${id} of ${vocabSize}`);
     }
-    scores.push(data.readFloatLE(offset));
+    const score = data.readFloatLE(offset);
+    if (!Number.isFinite(score)) throw new DuoTokenizerError(`${path}: token ${id} has a score of ${score}`);
+    scores.push(score);
     const length = data.readInt32LE(offset + 4);
     offset += 8;
     if (length < 0 || offset + length > data.length) {
@@ -145,31 +158,66 @@ export function loadLlama2cTokenizer(path: string, vocabSize: number): ScoreBpeT
     const byteMatch = /^<0x([0-9A-Fa-f]{2})>$/.exec(piece);
     if (byteMatch?.[1]) byteTokens.set(Number.parseInt(byteMatch[1], 16), id);
   }
+  const special = [0, 1, 2].filter((id) => id < vocabSize);
   return new ScoreBpeTokenizer({
     pieces,
     scores,
     byteTokens,
-    bosTokenId: 1,
-    eosTokenIds: [2],
-    specialTokenIds: [0, 1, 2],
+    bosTokenId: vocabSize > 1 ? 1 : undefined,
+    eosTokenIds: vocabSize > 2 ? [2] : [],
+    specialTokenIds: special,
   });
 }
 
-/** Builds the tokenizer of a GGUF file's `tokenizer.ggml.*` metadata (model "llama"). */
-export function ggufVocabularyTokenizer(metadata: Record<string, unknown>): ScoreBpeTokenizer {
-  const tokens = metadata['tokenizer.ggml.tokens'];
+/** A list in GGUF metadata of `length` values that each pass `valid`, or undefined where the key is absent. */
+function metadataList<T>(
+  metadata: Record<string, unknown>,
+  key: string,
+  length: number,
+  valid: (value: unknown) => value is T,
+  source: string,
+): T[] | undefined {
+  const list = metadata[key];
+  if (list === undefined) return undefined;
+  if (!Array.isArray(list) || list.length !== length || !list.every(valid)) {
+    throw new DuoTokenizerError(`${source}: expected ${key} to be a list of ${length} valid values`);
+  }
+  return list;
+}
+
+/** A token id in GGUF metadata (a number or a u64 bigint) inside [0, vocabSize), or undefined where absent. */
+function metadataTokenId(metadata: Record<string, unknown>, key: string, vocabSize: number, source: string) {
+  const value = metadata[key];
+  if (value === undefined) return undefined;
+  const id = typeof value === 'bigint' && value < BigInt(vocabSize) ? Number(value) : value;
+  if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= vocabSize) {
+    throw new DuoTokenizerError(`${source}: expected ${key} to be a token id in [0, ${vocabSize}) but found ${id}`);
+  }
+  return id;
+}
+
+const isString = (value: unknown): value is string => typeof value === 'string';
+const isFiniteNumber = (value: unknown): value is number => typeof value === 'number' && Number.isFinite(value);
+const isInteger = (value: unknown): value is number => Number.isInteger(value);
+
+/** Builds the tokenizer of a GGUF file's `tokenizer.ggml.*` metadata (model "llama"); `source` names the file. */
+export function ggufVocabularyTokenizer(metadata: Record<string, unknown>, source = 'GGUF file'): ScoreBpeTokenizer {
   const model = metadata['tokenizer.ggml.model'];
-  if (!Array.isArray(tokens)) throw new DuoTokenizerError('GGUF file has no tokenizer.ggml.tokens');
   if (model !== 'llama') {
     throw new DuoTokenizerError(
-      `GGUF tokenizer model "${String(model)}" is not supported (expected "llama"); use a HF tokenizer.json`,
+      `${source}: GGUF tokenizer model "${String(model)}" is not supported (expected "llama"); use a HF tokenizer.json`,
     );
   }
-  const scores = (metadata['tokenizer.ggml.scores'] as number[] | undefined) ?? tokens.map(() => 0);
-  const types = (metadata['tokenizer.ggml.token_type'] as number[] | undefined) ?? [];
+  const tokens = metadata['tokenizer.ggml.tokens'];
+  if (!Array.isArray(tokens) || tokens.length === 0 || !tokens.every(isString)) {
+    throw new DuoTokenizerError(`${source}: expected tokenizer.ggml.tokens to be a non-empty list of strings`);
+  }
+  const scores =
+    metadataList(metadata, 'tokenizer.ggml.scores', tokens.length, isFiniteNumber, source) ?? tokens.map(() => 0);
+  const types = metadataList(metadata, 'tokenizer.ggml.token_type', tokens.length, isInteger, source) ?? [];
   const byteTokens = new Map<number, number>();
   const special: number[] = [];
-  const pieces = (tokens as string[]).map((token, id) => {
+  const pieces = tokens.map((token, id) => {
     const type = types[id];
     if (type === 6) {
       const match = /^<0x([0-9A-Fa-f]{2})>$/.exec(token);
@@ -178,14 +226,14 @@ export function ggufVocabularyTokenizer(metadata: Record<string, unknown>): Scor
     if (type === 2 || type === 3) special.push(id);
     return token.replaceAll('\u2581', ' ');
   });
-  const bos = metadata['tokenizer.ggml.bos_token_id'];
-  const eos = metadata['tokenizer.ggml.eos_token_id'];
+  const bos = metadataTokenId(metadata, 'tokenizer.ggml.bos_token_id', tokens.length, source);
+  const eos = metadataTokenId(metadata, 'tokenizer.ggml.eos_token_id', tokens.length, source);
   return new ScoreBpeTokenizer({
     pieces,
     scores,
     byteTokens,
-    bosTokenId: typeof bos === 'number' ? bos : undefined,
-    eosTokenIds: typeof eos === 'number' ? [eos] : [],
+    bosTokenId: bos,
+    eosTokenIds: eos === undefined ? [] : [eos],
     specialTokenIds: special,
   });
 }
