@@ -1,4 +1,5 @@
-// Work one JS environment does on its own CPU backend (worker-threads.test.ts runs it in workers and on the main thread).
+// Work one JS environment does on its own backend (worker-threads.test.ts runs it in workers and on the main thread).
+import type { DeviceKind } from '@duoattn/core';
 import { createBackend } from '../resolve-backend.js';
 
 /** What one environment saw: its backend's memory before it allocated, its first tensor id, and the final values. */
@@ -13,8 +14,12 @@ export interface EnvironmentResult {
  * A few hundred ops of a small MLP-like loop on `seed`'s random data: matmul, swiglu, add, rmsNorm, copyRows, then
  * softmax and argmax, read back. Frees everything it allocates.
  */
-export async function environmentWork(seed: number, rounds = 200): Promise<EnvironmentResult> {
-  const backend = createBackend('cpu');
+export async function environmentWork(
+  seed: number,
+  rounds = 200,
+  device: DeviceKind = 'cpu',
+): Promise<EnvironmentResult> {
+  const backend = createBackend(device);
   const allocatedBefore = backend.memory().allocatedBytes;
   const x = backend.alloc('f32', [16, 64]);
   const weight = backend.alloc('f32', [64, 64]);
