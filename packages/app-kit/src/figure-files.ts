@@ -1,13 +1,27 @@
 // Figures out of specs: SVG compiled by vega-lite and drawn by vega headlessly, PNG rasterized from it by resvg with
 // the DejaVu fonts of an npm package (the same pixels on every machine, fonts installed or not); files by extension.
-import { createRequire } from 'node:module';
 import { extname } from 'node:path';
 import type { FigureSpec } from './figures.js';
+import { FIGURE_FONT, figureFontFiles, textWidthEm } from './font-metrics.js';
 import { writeText } from './result-records.js';
 import { UsageError } from './usage-error.js';
 
 /** The file formats a figure path may name, by extension. */
 export const FIGURE_EXTENSIONS = ['.svg', '.png'] as const;
+
+/** What vega's text metrics read of a text mark. */
+interface TextItem {
+  fontSize?: number | string | null;
+  fontWeight?: number | string | null;
+  limit?: number;
+}
+
+/** vega's text-measuring hook, which its type declarations leave out. */
+interface VegaTextMetrics {
+  textMetrics: { width: (item: TextItem, text: unknown) => number };
+}
+
+const isBold = (weight: TextItem['fontWeight']) => weight === 'bold' || Number(weight) >= 600;
 
 /**
  * The figure's SVG document. vega and vega-lite are loaded on first use, so commands that draw nothing do not pay
@@ -16,6 +30,12 @@ export const FIGURE_EXTENSIONS = ['.svg', '.png'] as const;
  */
 export async function toSvg(spec: FigureSpec): Promise<string> {
   const [vega, vegaLite] = await Promise.all([import('vega'), import('vega-lite')]);
+  // Lay text out with the advance widths of the font the PNG is drawn in (vl-convert replaces this hook the same way).
+  (vega as unknown as VegaTextMetrics).textMetrics.width = (item, text) => {
+    const line = text == null ? '' : String(text).trim();
+    const width = textWidthEm(line, isBold(item.fontWeight)) * (item.fontSize == null ? 11 : Number(item.fontSize));
+    return item.limit !== undefined && item.limit > 0 ? Math.min(width, item.limit) : width;
+  };
   const problems: string[] = [];
   const logger = vega.logger(vega.Warn);
   logger.warn = (...messages: unknown[]) => {
@@ -32,17 +52,6 @@ export async function toSvg(spec: FigureSpec): Promise<string> {
   }
 }
 
-let fontFiles: string[] | undefined;
-
-/** DejaVu Sans (regular and bold) from the `dejavu-fonts-ttf` package. */
-function figureFonts(): string[] {
-  const require = createRequire(import.meta.url);
-  fontFiles ??= ['DejaVuSans.ttf', 'DejaVuSans-Bold.ttf'].map((file) =>
-    require.resolve(`dejavu-fonts-ttf/ttf/${file}`),
-  );
-  return fontFiles;
-}
-
 /** `svg` as PNG bytes, `scale` device pixels per SVG pixel (2: sharp on high-density screens), on white. */
 export async function svgToPng(svg: string, scale = 2): Promise<Buffer> {
   const { Resvg } = await import('@resvg/resvg-js');
@@ -51,9 +60,9 @@ export async function svgToPng(svg: string, scale = 2): Promise<Buffer> {
     fitTo: { mode: 'zoom', value: scale },
     font: {
       loadSystemFonts: false,
-      fontFiles: figureFonts(),
-      defaultFontFamily: 'DejaVu Sans',
-      sansSerifFamily: 'DejaVu Sans',
+      fontFiles: figureFontFiles(),
+      defaultFontFamily: FIGURE_FONT,
+      sansSerifFamily: FIGURE_FONT,
     },
   });
   return renderer.render().asPng();

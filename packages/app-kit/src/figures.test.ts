@@ -6,6 +6,7 @@ import { inflateSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
 import { figurePath, svgToPng, toPng, toSvg, writeFigure } from './figure-files.js';
 import { heatmap, lineChart, tokenCountLabel, wrapTitle } from './figures.js';
+import { textWidthEm } from './font-metrics.js';
 import { UsageError } from './usage-error.js';
 
 const out = mkdtempSync(join(tmpdir(), 'figures-'));
@@ -156,8 +157,25 @@ describe('figures', () => {
     await expect(writeFigure(join(out, 'map.gif'), accuracy)).rejects.toSatisfy(UsageError.isInstance);
   });
 
+  it('measures text with the advance widths of the packaged font', () => {
+    // DejaVu Sans: digits are 1303 of 2048 units wide, a space 651; bold is wider; unknown characters count 0.6 em.
+    expect(textWidthEm('0123456789')).toBeCloseTo((10 * 1303) / 2048, 9);
+    expect(textWidthEm(' ')).toBeCloseTo(651 / 2048, 9);
+    expect(textWidthEm('Decode latency', true)).toBeGreaterThan(textWidthEm('Decode latency'));
+    expect(textWidthEm('W')).toBeGreaterThan(2 * textWidthEm('i'));
+    expect(textWidthEm('\u{1F600}')).toBe(0.6);
+  });
+
   it('labels token counts and wraps long titles instead of clipping them', () => {
-    expect([512, 4096, 32768, 1 << 20, 499670].map(tokenCountLabel)).toEqual(['512', '4K', '32K', '1M', '499,670']);
+    expect([512, 4096, 32768, 1 << 20, 499670, 1007574, 3669978].map(tokenCountLabel)).toEqual([
+      '512',
+      '4K',
+      '32K',
+      '1M',
+      '488K',
+      '984K',
+      '3.5M',
+    ]);
     const lines = wrapTitle('ACCS by distance: duo 50 %, synthetic P=64 noise 0.1, a title longer than its panel', 200);
     expect(Array.isArray(lines) && lines.length).toBeGreaterThan(1);
     expect(wrapTitle('Short', 200)).toBe('Short');

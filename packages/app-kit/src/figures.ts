@@ -1,6 +1,7 @@
 // Figures for duoattn's apps as vega-lite specs: line charts and scatter plots in panels, and heatmaps with a colour
 // legend — every one with axis titles, a title that wraps rather than clips, and legends beside the data, not on it.
 import type { TopLevelSpec } from 'vega-lite';
+import { FIGURE_FONT, textWidthEm } from './font-metrics.js';
 
 /** A vega-lite spec, ready for `toSvg` / `toPng` (or any vega-lite tool). */
 export type FigureSpec = TopLevelSpec;
@@ -72,9 +73,6 @@ export interface HeatmapOptions {
   labelFormat?: string;
 }
 
-/** The fonts the SVG names; `toPng` renders them with DejaVu Sans shipped in an npm package, not system fonts. */
-export const FIGURE_FONT = 'DejaVu Sans';
-
 const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json';
 
 const CONFIG = {
@@ -82,35 +80,47 @@ const CONFIG = {
   background: 'white',
   padding: 8,
   title: { fontSize: 14, anchor: 'middle', offset: 10 },
-  axis: { labelFontSize: 11, titleFontSize: 12, titleFontWeight: 'normal', gridColor: '#e6e6e6' },
+  // Labels keep a gap between them (overlapping ones are dropped) and the end ones are centred on their ticks: flush
+  // end labels run into their neighbours.
+  axis: {
+    labelFontSize: 11,
+    titleFontSize: 12,
+    titleFontWeight: 'normal',
+    gridColor: '#e6e6e6',
+    labelSeparation: 6,
+    labelFlush: false,
+  },
   legend: { orient: 'right', labelFontSize: 11, titleFontSize: 12, labelLimit: 360, symbolStrokeWidth: 2 },
   concat: { spacing: 36 },
   view: { stroke: '#999' },
 } as const;
 
-/** Vega expression for tick labels of token counts: 512, 4K, 32K, 1M; other values with thousands separators. */
-const TOKEN_LABEL =
-  "datum.value >= 1048576 && datum.value % 1048576 === 0 ? (datum.value / 1048576) + 'M' : " +
-  "datum.value >= 1024 && datum.value % 1024 === 0 ? (datum.value / 1024) + 'K' : format(datum.value, ',')";
-
-/** A token count as the axes label it: 512, 4K, 32K, 1M; other counts with thousands separators (499,670). */
+/**
+ * A token count as an axis labels it: 512, 4K, 32K, 1M exactly; other counts past 1K to three digits (499 670 → 488K,
+ * 1 007 574 → 984K), so a label fits beside its neighbours.
+ */
 export function tokenCountLabel(count: number): string {
-  if (count >= 1 << 20 && count % (1 << 20) === 0) return `${count / (1 << 20)}M`;
-  if (count >= 1024 && count % 1024 === 0) return `${count / 1024}K`;
-  return count.toLocaleString('en-US');
+  const [unit, suffix] = count >= 1 << 20 ? [1 << 20, 'M'] : count >= 1024 ? [1024, 'K'] : [1, ''];
+  return `${Number((count / unit).toPrecision(3))}${suffix}`;
 }
 
-/** `text` as lines of at most about `width` pixels of bold 13–14 px text, so vega never has to clip a title. */
-export function wrapTitle(text: string, width: number): string | string[] {
-  const perLine = Math.max(16, Math.floor(width / 8.5));
-  if (text.length <= perLine) return text;
+/** `tokenCountLabel` as a vega expression, for the ticks of a log-2 axis. */
+const TOKEN_LABEL =
+  "datum.value >= 1048576 ? format(datum.value / 1048576, '.3~r') + 'M' : " +
+  "datum.value >= 1024 ? format(datum.value / 1024, '.3~r') + 'K' : format(datum.value, '.3~r')";
+
+/** `text` as lines at most `width` pixels wide in bold 14 px (one word longer than that keeps its own line). */
+export function wrapTitle(text: string, width: number, fontSize = 14): string | string[] {
+  const fits = (line: string) => textWidthEm(line, true) * fontSize <= width;
+  if (fits(text)) return text;
   const lines: string[] = [];
   let line = '';
   for (const word of text.split(' ')) {
-    if (line && line.length + 1 + word.length > perLine) {
+    const longer = line ? `${line} ${word}` : word;
+    if (line && !fits(longer)) {
       lines.push(line);
       line = word;
-    } else line = line ? `${line} ${word}` : word;
+    } else line = longer;
   }
   if (line) lines.push(line);
   return lines;
@@ -143,14 +153,17 @@ function panelSpec(
     field: 'x',
     type: 'quantitative',
     title: panel.xTitle,
-    scale: log2 ? { type: 'log', base: 2 } : { zero: false },
+    // Log axes end at the data: nice round powers of 2 past the last length would only leave empty space.
+    scale: log2 ? { type: 'log', base: 2, nice: false } : { zero: false },
     axis: {
       ...(log2 ? { labelExpr: TOKEN_LABEL, ...(distinctX.length <= 12 ? { values: distinctX } : {}) } : {}),
       ...(distinctX.every(Number.isInteger) ? { tickMinStep: 1 } : {}),
     },
   };
   const y = { type: 'quantitative', title: panel.yTitle, scale: { zero: panel.yZero ?? true } };
-  const color = { field: 'series', type: 'nominal', scale: { domain: [...domain] }, legend: { title: legendTitle } };
+  // One series needs no legend: the panel's title and axis name it.
+  const legend = domain.length > 1 ? { title: legendTitle } : null;
+  const color = { field: 'series', type: 'nominal', scale: { domain: [...domain] }, legend };
   const mostPoints = Math.max(
     0,
     ...panel.series.filter((series) => series.line !== false).map((series) => series.points.length),
@@ -199,7 +212,10 @@ export function lineChart(options: ChartOptions): FigureSpec {
     ),
   ];
   const panels = options.panels.map((panel) => panelSpec(panel, domain, options.legendTitle ?? null, width, height));
-  const title = options.title === undefined ? {} : { title: wrapTitle(options.title, columns * (width + 80)) };
+  const title =
+    options.title === undefined
+      ? {}
+      : { title: { text: wrapTitle(options.title, columns * (width + 80), 16), fontSize: 16 } };
   const layout =
     panels.length === 1
       ? panels[0]

@@ -11,7 +11,6 @@ export {
 export { FIGURE_EXTENSIONS, figurePath, svgToPng, toPng, toSvg, writeFigure } from './figure-files.js';
 export {
   type ChartOptions,
-  FIGURE_FONT,
   type FigurePanel,
   type FigurePoint,
   type FigureSeries,
@@ -23,6 +22,7 @@ export {
   tokenCountLabel,
   wrapTitle,
 } from './figures.js';
+export { FIGURE_FONT, textWidthEm } from './font-metrics.js';
 export {
   attentionPolicies,
   buildPolicy,
