@@ -1,7 +1,7 @@
 // duo-bench end to end on the CPU: generate on stories260K, speed on a tiny shape, retrieval and gate training on the
 // demo model, and usage errors.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,9 +53,10 @@ describe('duo-bench', () => {
     expect(document.settings.decoding).toMatch(/ROUGE-1/);
     const png = readFileSync(heatmap);
     expect(Array.from(png.subarray(1, 4))).toEqual([0x50, 0x4e, 0x47]);
-    // Two depths × two lengths of 48 × 24-pixel cells.
-    expect(png.readUInt32BE(16)).toBe(96);
-    expect(png.readUInt32BE(20)).toBe(48);
+    // Two lengths × two depths of cells, with a title, axes and a colour legend around them, at twice the SVG's size.
+    expect(png.readUInt32BE(16)).toBeGreaterThan(2 * 240);
+    expect(png.readUInt32BE(20)).toBeGreaterThan(2 * 120);
+    expect(result.stdout).toContain(`wrote ${heatmap}`);
   });
 
   (existsSync(join(root, 'models/duo-demo/config.json')) &&
@@ -89,7 +90,19 @@ describe('duo-bench', () => {
     const window = JSON.parse(readFileSync(file, 'utf8'));
     expect(window.settings).toMatchObject({ attention: 'streaming', sink: 16, recent: 64 });
     expect(window.passkey[0].window.inside.trials + window.passkey[0].window.outside.trials).toBe(2);
-    expect(readFileSync(heatmap, 'utf8')).toContain('Passkey accuracy (%), streaming');
+    const svg = readFileSync(heatmap, 'utf8');
+    for (const text of [
+      'Passkey accuracy (%), streaming',
+      'needle depth',
+      'context (tokens)',
+      'accuracy (%)',
+      '>512<',
+    ]) {
+      expect(svg).toContain(text);
+    }
+    const badFigure = await bench([...passkey, '--heatmap', join(out, 'passkey.jpg')]);
+    expect(badFigure.code).toBe(2);
+    expect(badFigure.stderr).toContain('--heatmap: expected a figure file ending in .svg or .png');
   });
 
   (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
@@ -330,7 +343,7 @@ describe('duo-bench', () => {
     expect(csv.filter((line) => line.includes('",layer,'))).toHaveLength(3 * 7);
     for (const [figure, title] of [
       ['layers', 'Anisotropy'],
-      ['distance', 'ACCS by distance: full'],
+      ['distance', 'ACCS by distance from the prefix'],
       ['compressibility', 'KL to the unigram prior'],
     ]) {
       expect(readFileSync(`${prefix}-${figure}.svg`, 'utf8')).toContain(title);
@@ -363,6 +376,23 @@ describe('duo-bench', () => {
     const long = await bench([...common, '--prefix', '20000']);
     expect(long.code).toBe(2);
     expect(long.stderr).toContain("exceed the model's 16384-token context");
+  });
+
+  it('chart draws two fields of a JSON list with titled axes, as SVG or PNG by the extension', async () => {
+    const json = join(out, 'history.json');
+    writeFileSync(json, JSON.stringify({ history: [1, 2, 3, 4].map((step) => ({ step, loss: 4 / step })) }));
+    const fields = ['chart', '--json', json, '--list', 'history', '--x', 'step', '--y', 'loss'];
+    const svg = await bench([...fields, '--out', join(out, 'loss.svg')]);
+    expect(svg.code).toBe(0);
+    expect(svg.stdout).toContain('4 points, loss from 4 to 1');
+    const text = readFileSync(join(out, 'loss.svg'), 'utf8');
+    for (const label of ['loss by step (history.json)', '>step<', '>loss<']) expect(text).toContain(label);
+    const png = await bench([...fields, '--out', join(out, 'loss.png'), '--title', 'Loss']);
+    expect(png.code).toBe(0);
+    expect(readFileSync(join(out, 'loss.png')).subarray(1, 4).toString()).toBe('PNG');
+    const gif = await bench([...fields, '--out', join(out, 'loss.gif')]);
+    expect(gif.code).toBe(2);
+    expect(gif.stderr).toContain('--out: expected a figure file ending in .svg or .png but received');
   });
 
   it('rejects bad input with a message naming the option and exits 2', async () => {

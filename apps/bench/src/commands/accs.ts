@@ -7,7 +7,10 @@ import { type AccsAnalysis, analyzeAccs, expectPerturbation, PERTURBATIONS, synt
 import {
   attentionPolicies,
   buildPolicy,
+  type FigurePanel,
+  type FigureSpec,
   integerOption,
+  lineChart,
   numberOption,
   POLICY_HELP,
   POLICY_OPTIONS,
@@ -16,6 +19,7 @@ import {
   policySettings,
   runLabel,
   UsageError,
+  writeFigure,
   writeResult,
   writeText,
 } from '@duoattn/app-kit';
@@ -24,12 +28,11 @@ import type { LlamaModel } from '@duoattn/model';
 import { heldOutText } from '../default-model.js';
 import { encodeInPieces } from '../encode.js';
 import { loadModel, MODEL_OPTIONS } from '../model-options.js';
-import { lineChartsSvg, type Panel } from '../svg.js';
 
 export const accsHelp = `duo-bench accs [--model PATH] [--data FILE|DIR|synthetic] [--prefix 4k] [--suffix 512] [--gap 0]
                [--perturb shuffle|random|document|truncate] [--samples 100] [--resamples 1000] [--seed S]
                [--attention full,duo,streaming] [--sparsity 0.5,0.75] [--period 64] [--noise 0,0.1,0.5,1]
-               [--no-collapse] [--device …] [--out FILE.json] [--csv FILE.csv] [--plots PREFIX]
+               [--no-collapse] [--device …] [--out FILE.json] [--csv FILE.csv] [--plots PREFIX[.png]]
   For each policy (duo once per --sparsity), runs --samples documents as BOS ⊕ prefix ⊕ gap ⊕ suffix and again with
   the prefix perturbed, and compares the hidden states at the suffix (every layer; 0 is the embedding output):
   self-similarity, anisotropy (exact grouped estimator), ACCS = SelfSim − A and (SelfSim − A)/(1 − A), per layer and
@@ -37,7 +40,8 @@ export const accsHelp = `duo-bench accs [--model PATH] [--data FILE|DIR|syntheti
   the entropy and KL (to uniform, to the unigram prior) of the next-token distributions at the suffix. --data: a text
   file or a directory of them (cut into windows; default Pride and Prejudice from ../shared), or "synthetic": a random
   segment of --period tokens repeated with each --noise rate (one data set per rate: compressibility as a dial).
-  --plots PREFIX writes PREFIX-layers.svg, PREFIX-distance.svg and PREFIX-compressibility.svg.
+  --plots PREFIX writes PREFIX-layers.svg, PREFIX-distance.svg and PREFIX-compressibility.svg (PREFIX.png: the same
+  three as PNG).
 ${POLICY_HELP}`;
 
 interface AccsRun {
@@ -212,9 +216,10 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
     log(`wrote ${String(options.csv)}`);
   }
   if (options.plots) {
-    for (const [name, panels] of Object.entries(accsPanels(runs))) {
-      const file = `${String(options.plots)}-${name}.svg`;
-      writeText(file, lineChartsSvg(panels));
+    const [, prefix, extension = '.svg'] = /^(.*?)(\.png|\.svg)?$/i.exec(String(options.plots)) ?? [];
+    for (const [name, figure] of Object.entries(accsFigures(runs))) {
+      const file = `${prefix}-${name}${extension.toLowerCase()}`;
+      await writeFigure(file, figure);
       log(`wrote ${file}`);
     }
   }
@@ -297,15 +302,16 @@ export function accsCsv(runs: readonly AccsRun[]): string {
   return `${lines.join('\n')}\n`;
 }
 
-/** The three figures: by layer; by distance; against compressibility. */
-export function accsPanels(runs: readonly AccsRun[]): Record<string, Panel[]> {
+/** The three figures: by layer; by distance (one panel per run, three to a row); against compressibility. */
+export function accsFigures(runs: readonly AccsRun[]): Record<string, FigureSpec> {
   const byLayer = (
     title: string,
     pick: (row: AccsAnalysis['layers'][number]) => { value: number; interval: readonly [number, number] },
-  ): Panel => ({
+  ): FigurePanel => ({
     title,
-    xLabel: 'layer (0 = embeddings)',
-    yLabel: title,
+    xTitle: 'layer (0 = embeddings)',
+    yTitle: title,
+    yZero: false,
     series: runs.map((run) => ({
       label: run.label,
       points: run.analysis.layers.map((row) => {
@@ -316,11 +322,11 @@ export function accsPanels(runs: readonly AccsRun[]): Record<string, Panel[]> {
   });
   const layerCount = runs[0]?.analysis.layers.length ?? 0;
   const shown = [...new Set([1, Math.floor(layerCount / 2), layerCount - 1])].filter((layer) => layer >= 0);
-  const distance: Panel[] = runs.map((run) => ({
-    title: `ACCS by distance: ${run.label}`,
-    xLabel: 'distance from the prefix (tokens, bin start + 1)',
-    yLabel: 'ACCS',
-    logX: true,
+  const distance: FigurePanel[] = runs.map((run) => ({
+    title: run.label,
+    xTitle: 'tokens from the prefix (bin start + 1)',
+    yTitle: 'ACCS',
+    xScale: 'log2',
     series: shown.map((layer) => ({
       label: `layer ${layer}`,
       points: run.analysis.bins
@@ -333,11 +339,12 @@ export function accsPanels(runs: readonly AccsRun[]): Record<string, Panel[]> {
     return ratios.reduce((a, b) => a + b, 0) / Math.max(ratios.length, 1);
   };
   const policies = [...new Set(runs.map((run) => run.label.split(',')[0] as string))];
-  const compressibility: Panel[] = [
+  const compressibility: FigurePanel[] = [
     {
       title: 'Anisotropy vs compressibility (last layer)',
-      xLabel: 'LZMA ratio of the prefix ids',
-      yLabel: 'anisotropy',
+      xTitle: 'LZMA ratio of the prefix ids',
+      yTitle: 'anisotropy',
+      yZero: false,
       series: policies.map((policy) => ({
         label: policy,
         points: runs
@@ -356,8 +363,9 @@ export function accsPanels(runs: readonly AccsRun[]): Record<string, Panel[]> {
     },
     ...(['entropy', 'klUniform', 'klUnigram'] as const).map((field) => ({
       title: { entropy: 'Entropy', klUniform: 'KL to uniform', klUnigram: 'KL to the unigram prior' }[field],
-      xLabel: 'LZMA ratio of the prefix ids',
-      yLabel: `${field === 'entropy' ? 'entropy' : 'KL'} (nats), clean run`,
+      xTitle: 'LZMA ratio of the prefix ids',
+      yTitle: `${field === 'entropy' ? 'entropy' : 'KL'} (nats), clean run`,
+      yZero: false,
       series: policies.map((policy) => ({
         label: policy,
         line: false,
@@ -373,12 +381,19 @@ export function accsPanels(runs: readonly AccsRun[]): Record<string, Panel[]> {
     })),
   ];
   return {
-    layers: [
-      byLayer('Self-similarity', (row) => row.selfSimilarity),
-      byLayer('Anisotropy', (row) => row.anisotropy),
-      byLayer('ACCS', (row) => row.accs),
-    ],
-    distance,
-    compressibility,
+    layers: lineChart({
+      panels: [
+        byLayer('Self-similarity', (row) => row.selfSimilarity),
+        byLayer('Anisotropy', (row) => row.anisotropy),
+        byLayer('ACCS', (row) => row.accs),
+      ],
+    }),
+    distance: lineChart({
+      title: 'ACCS by distance from the prefix',
+      panels: distance,
+      panelWidth: 300,
+      panelHeight: 180,
+    }),
+    compressibility: lineChart({ panels: compressibility, columns: 2 }),
   };
 }

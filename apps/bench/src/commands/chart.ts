@@ -1,10 +1,11 @@
-// duo-bench chart: a line chart (PNG) of two fields of a list in a JSON file, e.g. a training loss curve.
-import { readFileSync, writeFileSync } from 'node:fs';
-import { parseOptions, UsageError } from '@duoattn/app-kit';
-import { lineChart } from '../png.js';
+// duo-bench chart: a line chart (PNG or SVG) of two fields of a list in a JSON file, e.g. a training loss curve.
+import { readFileSync } from 'node:fs';
+import { basename } from 'node:path';
+import { figurePath, lineChart, parseOptions, UsageError, writeFigure } from '@duoattn/app-kit';
 
-export const chartHelp = `duo-bench chart --json FILE --list KEY --x FIELD --y FIELD --out FILE.png
-  Plots y against x for every entry of the list under KEY (e.g. --list history --x step --y loss).`;
+export const chartHelp = `duo-bench chart --json FILE --list KEY --x FIELD --y FIELD --out FILE.png|FILE.svg [--title TEXT]
+  Plots y against x for every entry of the list under KEY (e.g. --list history --x step --y loss), the axes titled
+  with the field names; the default title is "Y by X (FILE)".`;
 
 export async function chartCommand(argv: string[], log: (line: string) => void): Promise<void> {
   const options = parseOptions(argv, {
@@ -13,10 +14,12 @@ export async function chartCommand(argv: string[], log: (line: string) => void):
     x: { type: 'string' },
     y: { type: 'string' },
     out: { type: 'string' },
+    title: { type: 'string' },
   });
   for (const name of ['json', 'list', 'x', 'y', 'out'] as const) {
     if (options[name] === undefined) throw new UsageError(`--${name} is required`);
   }
+  const out = figurePath('out', String(options.out));
   let document: Record<string, unknown>;
   try {
     document = JSON.parse(readFileSync(String(options.json), 'utf8'));
@@ -37,8 +40,12 @@ export async function chartCommand(argv: string[], log: (line: string) => void):
     }
     return { x, y };
   });
-  writeFileSync(String(options.out), lineChart(points));
-  log(
-    `wrote ${String(options.out)}: ${points.length} points, ${String(options.y)} from ${points[0]?.y} to ${points.at(-1)?.y}`,
+  const [x, y] = [String(options.x), String(options.y)];
+  const title =
+    options.title === undefined ? `${y} by ${x} (${basename(String(options.json))})` : String(options.title);
+  await writeFigure(
+    out,
+    lineChart({ panels: [{ title, xTitle: x, yTitle: y, series: [{ label: y, points }] }], panelWidth: 640 }),
   );
+  log(`wrote ${out}: ${points.length} points, ${String(options.y)} from ${points[0]?.y} to ${points.at(-1)?.y}`);
 }

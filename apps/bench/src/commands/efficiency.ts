@@ -1,15 +1,18 @@
 // duo-bench efficiency: decode latency, prefill time and peak memory versus context length for full, duo and
 // streaming attention, with the bytes-moved floor of each decode figure, the planner's bytes beside the measured ones,
 // and an SVG plot; a PyTorch peer's JSON (tools/device/torch_duo_bench.py) can be drawn in the same figure.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import {
   attentionPolicies,
   buildPolicy,
   choiceOption,
   duoPlanFor,
+  type FigurePanel,
+  figurePath,
   integerListOption,
   integerOption,
   kvQuantList,
+  lineChart,
   numberOption,
   POLICY_HELP,
   POLICY_OPTIONS,
@@ -17,6 +20,7 @@ import {
   policySettings,
   runLabel,
   UsageError,
+  writeFigure,
   writeResult,
 } from '@duoattn/app-kit';
 import type { AttentionPolicy, AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
@@ -27,13 +31,12 @@ import type { LlamaModel } from '@duoattn/model';
 import { benchmarkTokens, decodeLatency, prefillSeconds } from '../measure.js';
 import { benchBackend, benchmarkModel } from '../model-options.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
-import { lineChartsSvg, type Panel } from '../svg.js';
 
 export const efficiencyHelp = `duo-bench efficiency [--shape NAME | --model PATH] [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
                      [--attention full,duo,streaming] [--contexts 1k,2k,4k,8k|none] [--max-context] [--prefill 1k,4k|none]
-                     [--steps N] [--warmup N] [--bandwidth TBps] [--reserve GB] [--peer FILE] [--out FILE] [--plot FILE.svg]
-                     [--profile] [--kv-quant none,int8,int4]
-       duo-bench efficiency --from FILE[,FILE] [--peer FILE] [--out FILE] [--plot FILE.svg]
+                     [--steps N] [--warmup N] [--bandwidth TBps] [--reserve GB] [--peer FILE] [--out FILE]
+                     [--plot FILE.svg|FILE.png] [--profile] [--kv-quant none,int8,int4]
+       duo-bench efficiency --from FILE[,FILE] [--peer FILE] [--out FILE] [--plot FILE.svg|FILE.png]
   For each policy: decode ms/token at each context (cache filled with synthetic K/V, the JSON says so) with the
   bytes-moved floor, peak memory and the planner's bytes; prefill seconds for each --prefill length (a real prefill in
   --prefill-chunk chunks); with --max-context also decode at the longest context the planner fits on the device.
@@ -79,6 +82,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
     out: { type: 'string' },
     plot: { type: 'string' },
   });
+  if (options.plot !== undefined) figurePath('plot', String(options.plot));
   const peer = options.peer === undefined ? undefined : readPeer(String(options.peer));
   if (options.from !== undefined) return redraw(String(options.from), peer, options, log);
   const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
@@ -197,7 +201,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
       }
     }
     if (process.stderr.isTTY) process.stderr.write('\n');
-    const comparisons = report(decode, prefill, peer, options, log);
+    const comparisons = await report(decode, prefill, peer, options, log);
     const runSettings = {
       model: label,
       device: backend.device,
@@ -237,29 +241,29 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
 }
 
 /** Comparisons (logged) and the plot, from measured or reloaded rows. */
-function report(
+async function report(
   decode: Row[],
   prefill: Row[],
   peer: PeerDocument | undefined,
   options: Record<string, unknown>,
   log: (line: string) => void,
-): object[] {
+): Promise<object[]> {
   const comparisons = compare(decode, prefill, peer);
   for (const line of comparisons.lines) log(line);
   if (options.plot) {
-    writeFileSync(String(options.plot), lineChartsSvg(panels(decode, prefill, peer)));
+    await writeFigure(String(options.plot), lineChart({ panels: panels(decode, prefill, peer) }));
     log(`wrote ${String(options.plot)}`);
   }
   return comparisons.table;
 }
 
 /** --from FILE[,FILE…]: merges earlier runs (e.g. a decode run and a prefill run), compares with --peer, redraws. */
-function redraw(
+async function redraw(
   files: string,
   peer: PeerDocument | undefined,
   options: Record<string, unknown>,
   log: (line: string) => void,
-): object {
+): Promise<object> {
   const runs = files.split(',').map((file) => {
     try {
       return {
@@ -277,7 +281,7 @@ function redraw(
   });
   const decode = runs.flatMap((run) => run.decode ?? []);
   const prefill = runs.flatMap((run) => run.prefill ?? []);
-  const comparisons = report(decode, prefill, peer, options, log);
+  const comparisons = await report(decode, prefill, peer, options, log);
   const card = runs[0]?.card ?? 'unknown';
   const settings = { mergedFrom: runs.map((run) => ({ file: run.file, settings: run.settings })), peer: options.peer };
   const figures = { decode, prefill, comparisons, ...(peer ? { peer } : {}) };
@@ -414,7 +418,7 @@ function compare(decode: Row[], prefill: Row[], peer: PeerDocument | undefined):
   return { lines, table };
 }
 
-function panels(decode: Row[], prefill: Row[], peer: PeerDocument | undefined): Panel[] {
+function panels(decode: Row[], prefill: Row[], peer: PeerDocument | undefined): FigurePanel[] {
   const labelOf = (row: Row) => runLabel(row.policy, row.kvQuant ?? 'none');
   const runs = [...new Set(decode.map(labelOf))];
   const series = (rows: readonly Row[], field: string, scale = 1, suffix = '') =>
@@ -430,29 +434,29 @@ function panels(decode: Row[], prefill: Row[], peer: PeerDocument | undefined): 
       .filter((row) => row.policy === policy && typeof row.msPerToken === 'number')
       .map((row) => ({ x: row.context, y: row.msPerToken as number })),
   }));
-  const result: Panel[] = [
+  const result: FigurePanel[] = [
     {
       title: 'Decode latency',
-      xLabel: 'context (tokens)',
-      yLabel: 'ms / token',
+      xTitle: 'context (tokens)',
+      yTitle: 'ms / token',
       series: [...series(decode, 'msPerToken'), ...peerDecode],
-      logX: true,
+      xScale: 'log2',
     },
     {
       title: 'Peak memory during decode',
-      xLabel: 'context (tokens)',
-      yLabel: 'GB',
+      xTitle: 'context (tokens)',
+      yTitle: 'GB',
       series: series(decode, 'peakBytes', 1 / GB),
-      logX: true,
+      xScale: 'log2',
     },
   ];
   if (prefill.some((row) => typeof row.seconds === 'number')) {
     result.push({
       title: 'Prefill time',
-      xLabel: 'prompt (tokens)',
-      yLabel: 'seconds',
+      xTitle: 'prompt (tokens)',
+      yTitle: 'seconds',
       series: series(prefill, 'seconds'),
-      logX: true,
+      xScale: 'log2',
     });
   }
   return result;

@@ -32,6 +32,7 @@ export function rouge1F(candidate: string, reference: string): number {
 export const NIAH: RetrievalProtocol = {
   name: 'niah',
   title: 'NIAH score (ROUGE-1 F, %)',
+  scoreTitle: 'ROUGE-1 F (%)',
   trial: () => ({ needle: ` The best thing to do in San Francisco is ${FACT} `, expected: FACT }),
   question: ' What is the best thing to do in San Francisco? The best thing to do in San Francisco is',
   maxTokens: () => 50,

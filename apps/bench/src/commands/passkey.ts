@@ -17,6 +17,7 @@ const NEEDLE = (value: string) => ` The passkey is ${value}. Remember it. `;
 export const PASSKEY: RetrievalProtocol = {
   name: 'passkey',
   title: 'Passkey accuracy (%)',
+  scoreTitle: 'accuracy (%)',
   trial: (random) => {
     const value = String(10000 + Math.floor(random() * 90000));
     return { needle: NEEDLE(value), expected: value };

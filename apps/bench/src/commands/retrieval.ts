@@ -1,25 +1,28 @@
 // The retrieval protocols of duo-bench (passkey, niah): a needle hidden at evenly spread depths of a haystack of each
 // length, a question after it, the greedy answer scored — through duoattn's own runtime, under one attention policy.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import {
   attentionPolicies,
   buildPolicy,
   duoPlanFor,
+  type FigureSpec,
+  figurePath,
+  heatmap,
   integerListOption,
   integerOption,
   POLICY_OPTIONS,
   parseOptions,
   policySettings,
   runLabel,
+  tokenCountLabel,
   UsageError,
+  writeFigure,
   writeResult,
 } from '@duoattn/app-kit';
 import { policyPlan } from '@duoattn/dual-cache';
 import { seededRandom } from '@duoattn/model';
 import { heldOutText } from '../default-model.js';
 import { loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
-import { heatmapPng } from '../png.js';
-import { heatmapSvg, tickLabel } from '../svg.js';
 
 /** What a retrieval benchmark hides, asks and counts as right. */
 export interface RetrievalProtocol {
@@ -27,6 +30,8 @@ export interface RetrievalProtocol {
   name: 'passkey' | 'niah';
   /** The heatmap's title. */
   title: string;
+  /** The heatmap's legend: what its cells show, e.g. "accuracy (%)". */
+  scoreTitle: string;
   /** One trial's needle text and the answer it expects. */
   trial(random: () => number): { needle: string; expected: string };
   /** The text after the haystack; the model continues it. */
@@ -64,6 +69,12 @@ export async function runRetrieval(
   const depths = integerOption('depths', options.depths, 10, 1, 100);
   const trials = integerOption('trials', options.trials, 20, 1);
   const seed = integerOption('seed', options.seed, 0);
+  // --heatmap FILE[,FILE…]: each .svg or .png, checked before the run.
+  const heatmaps = options.heatmap
+    ? String(options.heatmap)
+        .split(',')
+        .map((file) => figurePath('heatmap', file))
+    : [];
   const { weightDtype } = modelChoices(options);
   const haystackPath = heldOutText('haystack', options.haystack);
   const { model, path } = await loadModel(options);
@@ -169,31 +180,48 @@ export async function runRetrieval(
     ...protocol.settings,
   };
   const figures = { [protocol.name]: rows };
-  // --heatmap FILE[,FILE…]: .png (cells only) and/or .svg (titled, labelled axes, values in %).
-  // Rows: depths (top = nearest the start); columns: lengths; each cell the mean score.
-  const grid = Array.from({ length: depths }, (_, d) =>
-    rows.map((row) => {
-      const cell = row.depths[d];
-      return cell && cell.trials > 0 ? cell.correct / cell.trials : Number.NaN;
-    }),
-  );
-  for (const file of options.heatmap ? String(options.heatmap).split(',') : []) {
-    writeFileSync(
-      file,
-      file.endsWith('.png')
-        ? heatmapPng(grid)
-        : heatmapSvg({
-            title: `${protocol.title}, ${runLabel(attention, chosen.kvQuant)}${plan ? `${chosen.invert ? ' (inverted pattern)' : ''} at sparsity ${plan.sparsity}` : ''}`,
-            rowLabel: 'needle depth',
-            columnLabel: 'context (tokens)',
-            rows: Array.from({ length: depths }, (_, d) => `${Math.round(((d + 0.5) / depths) * 100)} %`),
-            columns: rows.map((row) => tickLabel(row.length)),
-            values: grid,
-          }),
-    );
-    log(`wrote ${file}`);
+  if (heatmaps.length > 0) {
+    const run = `${runLabel(attention, chosen.kvQuant)}${plan ? `${chosen.invert ? ' (inverted pattern)' : ''} at sparsity ${plan.sparsity}` : ''}`;
+    const figure = retrievalHeatmap(protocol, run, rows);
+    for (const file of heatmaps) {
+      await writeFigure(file, figure);
+      log(`wrote ${file}`);
+    }
   }
   return options.out
     ? writeResult(String(options.out), model.backend.deviceName, settings, figures)
     : { settings, ...figures };
+}
+
+/** One length of a retrieval result: its cells in depth order (as the JSON holds them). */
+interface RetrievalRow {
+  length: number;
+  depths: readonly { correct: number; trials: number }[];
+}
+
+/**
+ * The heatmap of a retrieval run (`run` names the policy): the mean score in % per needle depth (rows, nearest the
+ * start on top) and context length (columns); grey where a cell had no trial.
+ */
+export function retrievalHeatmap(
+  protocol: Pick<RetrievalProtocol, 'title' | 'scoreTitle'>,
+  run: string,
+  rows: readonly RetrievalRow[],
+): FigureSpec {
+  const depths = Math.max(0, ...rows.map((row) => row.depths.length));
+  return heatmap({
+    title: `${protocol.title}, ${run}`,
+    xTitle: 'context (tokens)',
+    yTitle: 'needle depth',
+    columns: rows.map((row) => tokenCountLabel(row.length)),
+    rows: Array.from({ length: depths }, (_, d) => `${Math.round(((d + 0.5) / depths) * 100)} %`),
+    values: Array.from({ length: depths }, (_, d) =>
+      rows.map((row) => {
+        const cell = row.depths[d];
+        return cell && cell.trials > 0 ? (100 * cell.correct) / cell.trials : Number.NaN;
+      }),
+    ),
+    domain: [0, 100],
+    legendTitle: protocol.scoreTitle,
+  });
 }

@@ -1,6 +1,6 @@
 // duo-bench train-gates: learns one DuoAttention gate per KV head on synthetic multi-passkey data, with a progress
 // line, checkpoints (--resume), loss and gate plots, and the pattern written in the reference format and ours.
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
   choiceOption,
@@ -9,6 +9,7 @@ import {
   numberOption,
   parseOptions,
   UsageError,
+  writeFigure,
   writeResult,
 } from '@duoattn/app-kit';
 import {
@@ -26,7 +27,7 @@ import {
 import { LlamaModel } from '@duoattn/model';
 import { defaultModelPath } from '../default-model.js';
 import { encodeInPieces } from '../encode.js';
-import { gateHistoryPng, trainingSvg } from '../gate-plots.js';
+import { gateHistoryFigure, trainingFigure } from '../gate-plots.js';
 import { benchBackend, loadModel, MODEL_OPTIONS, modelChoices, namedShape } from '../model-options.js';
 import { trainingProgress } from '../progress.js';
 import { measureStepTimes } from './step-times.js';
@@ -214,8 +215,8 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
       },
     });
     const { reports, gates } = result.history;
-    writeFileSync(join(out, 'training.svg'), trainingSvg(reports));
-    writeFileSync(join(out, 'gates.png'), gateHistoryPng(gates));
+    await writeFigure(join(out, 'training.svg'), trainingFigure(reports));
+    await writeFigure(join(out, 'gates.png'), gateHistoryFigure(gates, model.config.numKvHeads));
     const figures = {
       stepsDone: result.stepsDone,
       finished: result.finished,
