@@ -1,6 +1,5 @@
 // The Backend implementation over the native addon: validates in TypeScript, then makes one native call.
 import {
-  type AttentionAttributes,
   type AttentionBackwardAttributes,
   type Backend,
   type BackendMemory,
@@ -20,15 +19,29 @@ import {
   type StreamingHeads,
 } from '@duoattn/core';
 import { kvQuantLayout } from '@duoattn/kv-quant';
+import {
+  attentionIds,
+  cacheRowWidth,
+  expectHeads,
+  expectScheme,
+  quantFields,
+  retrievalHeads,
+  streamingFields,
+} from './attention-arguments.js';
 import { ELEMENTWISE_NAMES, ELEMENTWISE_OPS, type ElementwiseName } from './elementwise-ops.js';
 import { callNative, mapNativeError } from './errors.js';
-import type { NativeAddon, NativeFields } from './native.js';
+import type { NativeAddon } from './native.js';
 import { Tensor } from './tensor.js';
-import { describeValue, expectInteger, expectPositive, expectTensor } from './validate.js';
-
-const FLOAT_TYPES: readonly DType[] = ['f32', 'f16', 'bf16'];
-const F32: readonly DType[] = ['f32'];
-const I32: readonly DType[] = ['i32'];
+import {
+  describeValue,
+  expectDistinct,
+  expectInteger,
+  expectPositive,
+  expectTensor,
+  F32,
+  FLOAT_TYPES,
+  I32,
+} from './validate.js';
 
 /** Host array type that holds a dtype's raw elements. */
 export function hostArrayFor(dtype: DType, buffer: ArrayBuffer): HostArray {
@@ -323,14 +336,14 @@ export class NativeBackend implements Backend {
     });
     const keyCacheId = expectTensor('keyCache', keyCache, this.device, {
       dtypes: quant ? ['u8'] : FLOAT_TYPES,
-      shape: [retrievalHeads(attributes.streaming, kvHeads).length, null, this.#rowWidth(quant, headDim)],
+      shape: [retrievalHeads(attributes.streaming, kvHeads).length, null, cacheRowWidth(quant, headDim)],
     });
     const valueCacheId = expectTensor('valueCache', valueCache, this.device, {
       dtypes: [keyCache.dtype],
       shape: keyCache.shape,
     });
-    const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, 0);
-    const quantFields = this.#quantFields(attributes, keyCache);
+    const streaming = streamingFields(this.device, attributes.streaming, kvHeads, keyCache, 0);
+    const nativeQuant = quantFields(this.device, attributes, keyCache);
     callNative(() =>
       this.#native.ropeWriteCache(queryId, keyId, valueId, positionsId, frequencyId, keyCacheId, valueCacheId, {
         heads,
@@ -338,7 +351,7 @@ export class NativeBackend implements Backend {
         headDim,
         interleaved: Boolean(interleaved),
         streaming,
-        quant: quantFields,
+        quant: nativeQuant,
       }),
     );
   }
@@ -396,112 +409,6 @@ export class NativeBackend implements Backend {
     callNative(() => this.#native.writeCache(sourceId, cacheId, start));
   }
 
-  /**
-   * Checks `streaming` against the main caches and returns it as the addon takes it (the same fields, the caches as
-   * ids), or undefined when every head is full.
-   */
-  #streamingFields(
-    streaming: StreamingHeads | undefined,
-    kvHeads: number,
-    keyCache: Tensor,
-    rows: number,
-  ): NativeFields<StreamingHeads> | undefined {
-    if (streaming === undefined) return undefined;
-    const { sink, recent, mask = 'exact' } = streaming;
-    const retrieval = retrievalHeads(streaming, kvHeads);
-    expectInteger('streaming.sink', sink, 0);
-    expectInteger('streaming.recent', recent, 1);
-    if (mask !== 'exact' && mask !== 'chunked') {
-      throw new DuoArgumentError(
-        'streaming.mask',
-        `Expected \`streaming.mask\` to be 'exact' or 'chunked' but received ${describeValue(mask)}`,
-      );
-    }
-    const keyId = expectTensor('streaming.keyCache', streaming.keyCache, this.device, {
-      dtypes: [keyCache.dtype],
-      shape: [kvHeads - retrieval.length, null, keyCache.shape[2] ?? 0],
-    });
-    const valueId = expectTensor('streaming.valueCache', streaming.valueCache, this.device, {
-      dtypes: [keyCache.dtype],
-      shape: streaming.keyCache.shape,
-    });
-    const slots = streaming.keyCache.shape[1] ?? 0;
-    if (slots < sink + recent + rows) {
-      throw new DuoArgumentError(
-        'streaming.keyCache',
-        `Expected a streaming region of at least sink + recent + rows = ${sink + recent + rows} slots but received ${slots}`,
-      );
-    }
-    return { retrievalHeads: retrieval, keyCache: keyId, valueCache: valueId, sink, recent, mask };
-  }
-
-  /** Elements per cache row: headDim, or a quantized cache's code bytes. */
-  #rowWidth(quant: QuantizedKv | undefined, headDim: number): number {
-    return quant ? kvQuantLayout(expectScheme(quant.scheme), headDim).codeBytes : headDim;
-  }
-
-  /** The scale planes of a quantized cache (checked against the code planes), or undefined. */
-  #quantFields(
-    attributes: Pick<AttentionAttributes, 'quant' | 'streaming' | 'headDim'>,
-    keyCache: Tensor,
-  ): NativeFields<QuantizedKv> | undefined {
-    const { quant, streaming, headDim } = attributes;
-    if (!quant) return undefined;
-    if (this.device === 'cuda' && (headDim % 8 !== 0 || headDim > 256)) {
-      throw new DuoArgumentError(
-        'quant',
-        `The CUDA kernels read quantized KV caches at head dims that are multiples of 8 up to 256, not ${headDim}`,
-      );
-    }
-    const { scaleHalves } = kvQuantLayout(expectScheme(quant.scheme), headDim);
-    const planes = (name: string, tensor: Tensor | undefined, codes: Tensor) =>
-      expectTensor(name, tensor, this.device, {
-        dtypes: ['f16'],
-        shape: [codes.shape[0] ?? 0, codes.shape[1] ?? 0, scaleHalves],
-      });
-    const keyScales = planes('quant.keyScales', quant.keyScales as Tensor, keyCache);
-    const valueScales = planes('quant.valueScales', quant.valueScales as Tensor, keyCache);
-    const streamKeys = streaming
-      ? planes('quant.streamKeyScales', quant.streamKeyScales as Tensor, streaming.keyCache as Tensor)
-      : undefined;
-    const streamValues = streaming
-      ? planes('quant.streamValueScales', quant.streamValueScales as Tensor, streaming.keyCache as Tensor)
-      : undefined;
-    return {
-      scheme: quant.scheme,
-      keyScales,
-      valueScales,
-      streamKeyScales: streamKeys,
-      streamValueScales: streamValues,
-    };
-  }
-
-  #attentionIds(
-    query: Tensor,
-    keyCache: Tensor,
-    valueCache: Tensor,
-    out: Tensor,
-    attributes: AttentionAttributes,
-  ): [number, number, number, number] {
-    const { heads, kvHeads, headDim, scale, keyLength, quant } = attributes;
-    expectHeads(heads, kvHeads);
-    expectInteger('headDim', headDim, 1);
-    expectPositive('scale', scale);
-    const rowWidth = this.#rowWidth(quant, headDim);
-    const keyId = expectTensor('keyCache', keyCache, this.device, {
-      dtypes: quant ? ['u8'] : FLOAT_TYPES,
-      shape: [retrievalHeads(attributes.streaming, kvHeads).length, null, rowWidth],
-    });
-    const valueId = expectTensor('valueCache', valueCache, this.device, {
-      dtypes: [keyCache.dtype],
-      shape: keyCache.shape,
-    });
-    expectInteger('keyLength', keyLength, 0, keyCache.committedRows ?? keyCache.shape[1]);
-    const queryId = expectTensor('query', query, this.device, { dtypes: F32, shape: [null, heads * headDim] });
-    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: query.shape });
-    return [queryId, keyId, valueId, outId];
-  }
-
   attentionPrefill(
     query: Tensor,
     keyCache: Tensor,
@@ -509,11 +416,11 @@ export class NativeBackend implements Backend {
     out: Tensor,
     attributes: PrefillAttentionAttributes,
   ): void {
-    const ids = this.#attentionIds(query, keyCache, valueCache, out, attributes);
+    const ids = attentionIds(this.device, query, keyCache, valueCache, out, attributes);
     const { heads, kvHeads, headDim, scale, keyLength, queryStart } = attributes;
     expectInteger('queryStart', queryStart, 0);
-    const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, query.rows);
-    const quant = this.#quantFields(attributes, keyCache);
+    const streaming = streamingFields(this.device, attributes.streaming, kvHeads, keyCache, query.rows);
+    const quant = quantFields(this.device, attributes, keyCache);
     callNative(() =>
       this.#native.attentionPrefill(...ids, {
         heads,
@@ -535,14 +442,14 @@ export class NativeBackend implements Backend {
     out: Tensor,
     attributes: DecodeAttentionAttributes,
   ): void {
-    const ids = this.#attentionIds(query, keyCache, valueCache, out, attributes);
+    const ids = attentionIds(this.device, query, keyCache, valueCache, out, attributes);
     const { heads, kvHeads, headDim, scale, keyLength, lengthFrom } = attributes;
     expectInteger('keyLength', keyLength, 1);
     const lengthId = lengthFrom
       ? expectTensor('lengthFrom', lengthFrom, this.device, { dtypes: I32, shape: [1] })
       : undefined;
-    const streaming = this.#streamingFields(attributes.streaming, kvHeads, keyCache, 1);
-    const quant = this.#quantFields(attributes, keyCache);
+    const streaming = streamingFields(this.device, attributes.streaming, kvHeads, keyCache, 1);
+    const quant = quantFields(this.device, attributes, keyCache);
     callNative(() =>
       this.#native.attentionDecode(...ids, {
         heads,
@@ -614,12 +521,7 @@ export class NativeBackend implements Backend {
     start: number,
     scheme: Exclude<KvQuantScheme, 'none'>,
   ): void {
-    if (!(['int8', 'int4', 'fp8'] as const).includes(scheme)) {
-      throw new DuoArgumentError(
-        'scheme',
-        `Expected \`scheme\` to be int8, int4 or fp8 but received ${describeValue(scheme)}`,
-      );
-    }
+    expectScheme(scheme);
     const codesId = expectTensor('codes', codes, this.device, { dtypes: ['u8'], shape: [null, null, null] });
     const [kvHeads = 0, capacity = 0] = codes.shape;
     const sourceId = expectTensor('source', source, this.device, { dtypes: F32, shape: [null, null] });
@@ -782,72 +684,4 @@ export class NativeBackend implements Backend {
     const gatesId = expectTensor('gates', gates, this.device, { dtypes: F32, shape: [kvHeads] });
     return [streamingId, fullId, gatesId];
   }
-}
-
-/** A quantizing scheme's name (int8, int4 or fp8). */
-function expectScheme(scheme: unknown): Exclude<KvQuantScheme, 'none'> {
-  if (scheme !== 'int8' && scheme !== 'int4' && scheme !== 'fp8') {
-    throw new DuoArgumentError(
-      'scheme',
-      `Expected \`scheme\` to be int8, int4 or fp8 but received ${describeValue(scheme)}`,
-    );
-  }
-  return scheme;
-}
-
-/** Heads and KV heads: positive, KV heads dividing heads (GQA groups). */
-function expectHeads(heads: number, kvHeads: number): void {
-  expectInteger('heads', heads, 1);
-  expectInteger('kvHeads', kvHeads, 1, heads);
-  if (heads % kvHeads !== 0) {
-    throw new DuoArgumentError(
-      'kvHeads',
-      `Expected \`heads\` (${heads}) to be a multiple of \`kvHeads\` but received ${kvHeads}`,
-    );
-  }
-}
-
-/** Outputs of a backward op must not share memory with the inputs it still reads. */
-function expectDistinct(tensors: Record<string, Tensor>): void {
-  const entries = Object.entries(tensors);
-  for (let a = 0; a < entries.length; a++) {
-    for (let b = a + 1; b < entries.length; b++) {
-      const [nameA, tensorA] = entries[a] as [string, Tensor];
-      const [nameB, tensorB] = entries[b] as [string, Tensor];
-      if (tensorA === tensorB) {
-        throw new DuoArgumentError(nameB, `Expected \`${nameB}\` and \`${nameA}\` to be different tensors`);
-      }
-    }
-  }
-}
-
-/** Most KV heads a layer with streaming heads may have (the addon's head map is a 128-bit mask). */
-const MAX_STREAMING_LAYER_KV_HEADS = 128;
-
-/**
- * The KV heads the main caches hold, in row order: every head, or `streaming.retrievalHeads` (checked: ascending,
- * distinct, in [0, kvHeads)) when some stream.
- */
-function retrievalHeads(streaming: StreamingHeads | undefined, kvHeads: number): readonly number[] {
-  if (streaming === undefined) return Array.from({ length: kvHeads }, (_, head) => head);
-  const heads = streaming.retrievalHeads;
-  if (kvHeads > MAX_STREAMING_LAYER_KV_HEADS) {
-    throw new DuoArgumentError(
-      'streaming',
-      `Streaming heads need at most ${MAX_STREAMING_LAYER_KV_HEADS} KV heads per layer but the layer has ${kvHeads}`,
-    );
-  }
-  const valid =
-    Array.isArray(heads) &&
-    heads.every(
-      (head, index) =>
-        Number.isInteger(head) && head >= 0 && head < kvHeads && (index === 0 || head > (heads[index - 1] ?? -1)),
-    );
-  if (!valid) {
-    throw new DuoArgumentError(
-      'streaming.retrievalHeads',
-      `Expected \`streaming.retrievalHeads\` to be ascending distinct KV heads in [0, ${kvHeads}) but received ${Array.isArray(heads) ? `[${heads.join(', ')}]` : describeValue(heads)}`,
-    );
-  }
-  return heads;
 }

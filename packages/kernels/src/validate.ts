@@ -2,6 +2,11 @@
 import { type DType, DuoArgumentError } from '@duoattn/core';
 import { Tensor } from './tensor.js';
 
+/** The float dtypes weights and caches may have. */
+export const FLOAT_TYPES: readonly DType[] = ['f32', 'f16', 'bf16'];
+export const F32: readonly DType[] = ['f32'];
+export const I32: readonly DType[] = ['i32'];
+
 /** What an op expects of one tensor argument; a `null` extent matches any size. */
 export interface TensorExpectation {
   dtypes?: readonly DType[];
@@ -78,4 +83,18 @@ export function describeValue(value: unknown): string {
   if (typeof value === 'object') return `an object (${value.constructor?.name ?? 'Object'})`;
   if (typeof value === 'string') return `"${value.length > 40 ? `${value.slice(0, 40)}…` : value}"`;
   return String(value);
+}
+
+/** Outputs of a backward op must not share memory with the inputs it still reads. */
+export function expectDistinct(tensors: Record<string, Tensor>): void {
+  const entries = Object.entries(tensors);
+  for (let a = 0; a < entries.length; a++) {
+    for (let b = a + 1; b < entries.length; b++) {
+      const [nameA, tensorA] = entries[a] as [string, Tensor];
+      const [nameB, tensorB] = entries[b] as [string, Tensor];
+      if (tensorA === tensorB) {
+        throw new DuoArgumentError(nameB, `Expected \`${nameB}\` and \`${nameA}\` to be different tensors`);
+      }
+    }
+  }
 }
