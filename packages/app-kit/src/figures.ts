@@ -79,7 +79,8 @@ const CONFIG = {
   font: FIGURE_FONT,
   background: 'white',
   padding: 8,
-  title: { fontSize: 14, anchor: 'middle', offset: 10 },
+  // Titles centre over the whole figure, axes and legend included, not over the plot area alone.
+  title: { fontSize: 14, anchor: 'middle', offset: 10, frame: 'bounds' },
   // Labels keep a gap between them (overlapping ones are dropped) and the end ones are centred on their ticks: flush
   // end labels run into their neighbours.
   axis: {
@@ -109,15 +110,20 @@ const TOKEN_LABEL =
   "datum.value >= 1048576 ? format(datum.value / 1048576, '.3~r') + 'M' : " +
   "datum.value >= 1024 ? format(datum.value / 1024, '.3~r') + 'K' : format(datum.value, '.3~r')";
 
-/** `text` as lines at most `width` pixels wide in bold 14 px (one word longer than that keeps its own line). */
+/**
+ * `text` as lines at most `width` pixels wide in bold `fontSize` px, of about equal length (no lone last word); one
+ * word longer than that keeps its own line.
+ */
 export function wrapTitle(text: string, width: number, fontSize = 14): string | string[] {
-  const fits = (line: string) => textWidthEm(line, true) * fontSize <= width;
-  if (fits(text)) return text;
+  const measure = (line: string) => textWidthEm(line, true) * fontSize;
+  const total = measure(text);
+  if (total <= width) return text;
+  const target = Math.min(width, (total / Math.ceil(total / width)) * 1.15);
   const lines: string[] = [];
   let line = '';
   for (const word of text.split(' ')) {
     const longer = line ? `${line} ${word}` : word;
-    if (line && !fits(longer)) {
+    if (line && measure(longer) > target) {
       lines.push(line);
       line = word;
     } else line = longer;
@@ -318,7 +324,8 @@ export function heatmap(options: HeatmapOptions): FigureSpec {
   const width = cellWidth * options.columns.length;
   return {
     $schema: SCHEMA,
-    title: wrapTitle(options.title, Math.max(width + 120, 320)),
+    // The title may span the map, its row labels and its legend.
+    title: wrapTitle(options.title, Math.max(width + 200, 360)),
     data: { values },
     width,
     height: cellHeight * options.rows.length,
