@@ -111,6 +111,14 @@ describe('figures', () => {
     expect(svg).not.toContain('did not fit');
   });
 
+  it('a panel without a finite point still draws its title and axes', async () => {
+    const empty = { title: 'Out of memory everywhere', xTitle: 'context (tokens)', yTitle: 'ms / token' };
+    const svg = await toSvg(
+      lineChart({ panels: [{ ...empty, series: [{ label: 'full', points: [{ x: 1, y: Number.NaN }] }] }] }),
+    );
+    for (const text of ['Out of memory everywhere', 'context (tokens)', 'ms / token']) expect(svg).toContain(text);
+  });
+
   it('heatmaps have a colour legend, labelled cells and grey cells where there is no value', async () => {
     const svg = await toSvg(accuracy);
     for (const text of ['Passkey accuracy (%), streaming', 'accuracy (%)', 'needle depth', '>25 %<', '>2K<']) {

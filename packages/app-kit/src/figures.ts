@@ -134,7 +134,34 @@ export function wrapTitle(text: string, width: number, fontSize = 14): string | 
 
 const isFinitePoint = (point: FigurePoint) => Number.isFinite(point.x) && Number.isFinite(point.y);
 
-/** The layers of one panel: lines (with point marks where there are few points), lone points, error bars. */
+/** A panel's points as data rows: finite points only, with `low` / `high` where both are finite. */
+function panelRows(series: FigureSeries): { series: string; x: number; y: number; low?: number; high?: number }[] {
+  return series.points.filter(isFinitePoint).map((point) => ({
+    series: series.label,
+    x: point.x,
+    y: point.y,
+    ...(Number.isFinite(point.low) && Number.isFinite(point.high) ? { low: point.low, high: point.high } : {}),
+  }));
+}
+
+/** The x encoding: a log-2 token axis ticked at the lengths that occur, or a linear one (whole steps for integers). */
+function xEncoding(panel: FigurePanel, xs: readonly number[]): object {
+  const distinct = [...new Set(xs)].sort((a, b) => a - b);
+  const log2 = panel.xScale === 'log2';
+  return {
+    field: 'x',
+    type: 'quantitative',
+    title: panel.xTitle,
+    // Log axes end at the data: nice round powers of 2 past the last length would only leave empty space.
+    scale: log2 ? { type: 'log', base: 2, nice: false } : { zero: false },
+    axis: {
+      ...(log2 ? { labelExpr: TOKEN_LABEL, ...(distinct.length <= 12 ? { values: distinct } : {}) } : {}),
+      ...(distinct.every(Number.isInteger) ? { tickMinStep: 1 } : {}),
+    },
+  };
+}
+
+/** One panel: error bars, lines (with point marks while there are few points), lone points; one colour per series. */
 function panelSpec(
   panel: FigurePanel,
   domain: readonly string[],
@@ -142,31 +169,14 @@ function panelSpec(
   width: number,
   height: number,
 ): object {
-  const rows = (series: FigureSeries) =>
-    series.points.filter(isFinitePoint).map((point) => ({
-      series: series.label,
-      x: point.x,
-      y: point.y,
-      ...(Number.isFinite(point.low) && Number.isFinite(point.high) ? { low: point.low, high: point.high } : {}),
-    }));
-  const lines = panel.series.filter((series) => series.line !== false).flatMap(rows);
-  const points = panel.series.filter((series) => series.line === false).flatMap(rows);
+  const lines = panel.series.filter((series) => series.line !== false).flatMap(panelRows);
+  const points = panel.series.filter((series) => series.line === false).flatMap(panelRows);
   const intervals = [...lines, ...points].filter((row) => 'low' in row);
-  const all = [...lines, ...points];
-  const distinctX = [...new Set(all.map((row) => row.x))].sort((a, b) => a - b);
-  const log2 = panel.xScale === 'log2';
-  const x = {
-    field: 'x',
-    type: 'quantitative',
-    title: panel.xTitle,
-    // Log axes end at the data: nice round powers of 2 past the last length would only leave empty space.
-    scale: log2 ? { type: 'log', base: 2, nice: false } : { zero: false },
-    axis: {
-      ...(log2 ? { labelExpr: TOKEN_LABEL, ...(distinctX.length <= 12 ? { values: distinctX } : {}) } : {}),
-      ...(distinctX.every(Number.isInteger) ? { tickMinStep: 1 } : {}),
-    },
-  };
-  const y = { type: 'quantitative', title: panel.yTitle, scale: { zero: panel.yZero ?? true } };
+  const x = xEncoding(
+    panel,
+    [...lines, ...points].map((row) => row.x),
+  );
+  const y = { type: 'quantitative', title: panel.yTitle, scale: { zero: panel.yZero ?? true }, field: 'y' };
   // One series needs no legend: the panel's title and axis name it.
   const legend = domain.length > 1 ? { title: legendTitle } : null;
   const color = { field: 'series', type: 'nominal', scale: { domain: [...domain] }, legend };
@@ -174,32 +184,16 @@ function panelSpec(
     0,
     ...panel.series.filter((series) => series.line !== false).map((series) => series.points.length),
   );
-  const layers: object[] = [];
-  if (intervals.length > 0) {
-    layers.push({
-      data: { values: intervals },
-      mark: { type: 'errorbar', ticks: true },
-      encoding: { x, y: { ...y, field: 'low' }, y2: { field: 'high' }, color },
-    });
-  }
-  if (lines.length > 0) {
-    layers.push({
-      data: { values: lines },
-      mark: { type: 'line', strokeWidth: 2, point: mostPoints <= 30 },
-      encoding: { x, y: { ...y, field: 'y' }, color },
-    });
-  }
-  if (points.length > 0) {
-    layers.push({
-      data: { values: points },
-      mark: { type: 'point', filled: true, size: 28, opacity: 0.75 },
-      encoding: { x, y: { ...y, field: 'y' }, color },
-    });
-  }
+  const layers = [
+    { values: intervals, mark: { type: 'errorbar', ticks: true }, y: { ...y, field: 'low' }, y2: { field: 'high' } },
+    { values: lines, mark: { type: 'line', strokeWidth: 2, point: mostPoints <= 30 }, y },
+    { values: points, mark: { type: 'point', filled: true, size: 28, opacity: 0.75 }, y },
+  ]
+    .filter((layer) => layer.values.length > 0)
+    .map(({ values, mark, ...encoding }) => ({ data: { values }, mark, encoding: { x, color, ...encoding } }));
   // A panel without data still gets its axes and title, so a missing series shows as missing, not as a crash.
-  if (layers.length === 0)
-    layers.push({ data: { values: [] }, mark: 'point', encoding: { x, y: { ...y, field: 'y' } } });
-  return { title: wrapTitle(panel.title, width), width, height, layer: layers };
+  const layer = layers.length > 0 ? layers : [{ data: { values: [] }, mark: 'point', encoding: { x, y } }];
+  return { title: wrapTitle(panel.title, width), width, height, layer };
 }
 
 /**
@@ -247,6 +241,21 @@ function thinned(labels: readonly string[], count: number): string[] {
   return labels.filter((_, i) => i % step === 0 || i === labels.length - 1);
 }
 
+/** The heatmap's axes: columns left to right, rows top to bottom, thinned labels where there are many. */
+function heatmapAxes(options: HeatmapOptions): object {
+  const axis = (field: string, labels: readonly string[], title: string, shown: number, extra: object) => ({
+    field,
+    type: 'ordinal',
+    sort: [...labels],
+    title,
+    axis: { values: thinned(labels, shown), ...extra },
+  });
+  return {
+    x: axis('column', options.columns, options.xTitle, 12, { labelAngle: 0, labelOverlap: true }),
+    y: axis('row', options.rows, options.yTitle, 24, {}),
+  };
+}
+
 /**
  * A heatmap: one cell per row × column, coloured on `domain` with a colour legend at the right, each cell's value
  * written in it (white on dark cells) while there are few enough cells to read, grey cells where there is no value.
@@ -262,56 +271,25 @@ export function heatmap(options: HeatmapOptions): FigureSpec {
       return { row, column, value: Number.isFinite(value) ? value : null };
     }),
   );
-  const labelled = options.cellLabels ?? values.length <= 400;
-  const scale = { domain: [low, high], scheme };
   // Dark ends of the scheme (both ends of red-yellow-green, the low end of viridis) take white text.
   const t = `(datum.value - ${low}) / ${high - low || 1}`;
   const dark = scheme === 'viridis' ? `${t} < 0.45` : `${t} < 0.2 || ${t} > 0.8`;
-  const encoding = {
-    x: {
-      field: 'column',
-      type: 'ordinal',
-      sort: [...options.columns],
-      title: options.xTitle,
-      axis: { labelAngle: 0, values: thinned(options.columns, 12), labelOverlap: true },
-    },
-    y: {
-      field: 'row',
-      type: 'ordinal',
-      sort: [...options.rows],
-      title: options.yTitle,
-      axis: { values: thinned(options.rows, 24) },
-    },
-  };
   const valid = { filter: 'isValid(datum.value)' };
   // White gaps between cells while cells are large enough to spare a pixel.
   const gaps = cellWidth >= 8 && cellHeight >= 8 ? { stroke: 'white', strokeWidth: 1 } : {};
+  const legend = {
+    title: options.legendTitle,
+    gradientLength: Math.max(80, Math.min(200, cellHeight * options.rows.length)),
+  };
   const layer: object[] = [
-    {
-      transform: [{ filter: '!isValid(datum.value)' }],
-      mark: {
-        type: 'rect',
-        fill: '#d0d0d0',
-        ...gaps,
-      },
-    },
+    { transform: [{ filter: '!isValid(datum.value)' }], mark: { type: 'rect', fill: '#d0d0d0', ...gaps } },
     {
       transform: [valid],
       mark: { type: 'rect', ...gaps },
-      encoding: {
-        color: {
-          field: 'value',
-          type: 'quantitative',
-          scale,
-          legend: {
-            title: options.legendTitle,
-            gradientLength: Math.max(80, Math.min(200, cellHeight * options.rows.length)),
-          },
-        },
-      },
+      encoding: { color: { field: 'value', type: 'quantitative', scale: { domain: [low, high], scheme }, legend } },
     },
   ];
-  if (labelled) {
+  if (options.cellLabels ?? values.length <= 400) {
     layer.push({
       transform: [valid],
       mark: { type: 'text', fontSize: 11 },
@@ -329,7 +307,7 @@ export function heatmap(options: HeatmapOptions): FigureSpec {
     data: { values },
     width,
     height: cellHeight * options.rows.length,
-    encoding,
+    encoding: heatmapAxes(options),
     layer,
     config: { ...CONFIG, view: { stroke: null } },
   } as FigureSpec;
