@@ -47,16 +47,18 @@ for step in "${steps[@]}"; do
     duo-decode) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
               --sink 128 --recent 256 --contexts 32k,128k,256k --max-context --prefill none --steps 32 --warmup 8 \
               --out "$OUT/efficiency-decode.json" || status=1 ;;
-    # A/B of decode variants in one call: "label|knobs" in DUO_AB (knobs are env settings; DUO_BASE=1 runs the binary and
-    # bundle of .device/base-*.xz, an earlier build; DUO_VARIANT=name the addon .device/variant-name.node.xz), decode only.
+    # A/B of decode variants in one call: "label|knobs" in DUO_AB (knobs are env settings). DUO_BUNDLE=name runs the
+    # bundle .device/name-duo-bench.mjs.xz with its addon .device/name-duoattn.node.xz (an earlier build; DUO_BASE=1 is
+    # DUO_BUNDLE=base); DUO_VARIANT=name the addon .device/variant-name.node.xz with this bundle; decode only.
     duo-ab) IFS=';' read -ra variants <<< "${DUO_AB:-base|DUO_BASE=1;new|;base again|DUO_BASE=1}"
-            for file in .device/base-*.xz .device/variant-*.node.xz; do
+            for file in .device/*-duo-bench.mjs.xz .device/*-duoattn.node.xz .device/variant-*.node.xz; do
               [ -f "$file" ] && name=$(basename "$file" .xz) && xz -dc "$file" > "/tmp/duo-node/$name"
             done
             for variant in "${variants[@]}"; do
               label=${variant%%|*}; knobs=${variant#*|}; echo "--- $label: $knobs"
               bench=/tmp/duo-node/duo-bench.mjs native=/tmp/duo-node/duoattn.node
-              case " $knobs " in *" DUO_BASE=1 "*) bench=/tmp/duo-node/base-duo-bench.mjs native=/tmp/duo-node/base-duoattn.node ;; esac
+              bundle=; case " $knobs " in *" DUO_BASE=1 "*) bundle=base ;; *" DUO_BUNDLE="*) bundle=${knobs##*DUO_BUNDLE=}; bundle=${bundle%% *} ;; esac
+              [ -n "$bundle" ] && bench=/tmp/duo-node/$bundle-duo-bench.mjs native=/tmp/duo-node/$bundle-duoattn.node
               case " $knobs " in *" DUO_VARIANT="*) variant=${knobs##*DUO_VARIANT=}; native=/tmp/duo-node/variant-${variant%% *}.node ;; esac
               env $knobs DUO_NATIVE_PATH=$native node $bench efficiency --shape llama-3-8b --device cuda --attention full,duo \
                 --sparsity 0.5 --sink 128 --recent 256 --contexts ${DUO_AB_CONTEXTS:-32k,256k} --prefill none --steps 48 --warmup 8 \

@@ -1,7 +1,7 @@
 // The options every model-running command shares: --model, --device and --weight-dtype, and loading the model.
 import { choiceOption, UsageError } from '@duoattn/app-kit';
 import { type Backend, type ModelConfig, readEnvironment } from '@duoattn/core';
-import { type BackendRequest, type NativeBackend, resolveBackend } from '@duoattn/kernels';
+import { type BackendRequest, type BackendTuning, type NativeBackend, resolveBackend } from '@duoattn/kernels';
 import { LlamaModel, type ModelRuntimeOptions } from '@duoattn/model';
 import { defaultModelPath } from './default-model.js';
 import { loadingProgress } from './progress.js';
@@ -22,10 +22,21 @@ export function modelChoices(options: Record<string, unknown>) {
   };
 }
 
-/** The backend for --device; with DUO_VERBOSE set, says on stderr which one was chosen and why not CUDA. */
+/**
+ * The backend for --device; with DUO_VERBOSE set, says on stderr which one was chosen and why not CUDA; the
+ * DUO_CUDA_PROFILE, DUO_NO_PDL and DUO_GEMV_* knobs become its tuning (docs/architecture.md lists them).
+ */
 export function benchBackend(device: BackendRequest): NativeBackend {
-  const log = readEnvironment().verbose ? (message: string) => process.stderr.write(`${message}\n`) : undefined;
-  return resolveBackend(device, log ? { log } : {});
+  const environment = readEnvironment();
+  const log = environment.verbose ? (message: string) => process.stderr.write(`${message}\n`) : undefined;
+  const tuning: BackendTuning = {
+    profile: environment.cudaProfile,
+    chainLaunches: !environment.noPdl,
+    ...(environment.gemvMinSlice === undefined ? {} : { gemvMinSlice: environment.gemvMinSlice }),
+    ...(environment.gemvWaves === undefined ? {} : { gemvWaveRule: environment.gemvWaves }),
+    ...(environment.gemvSplit === undefined ? {} : { gemvPinnedSplits: environment.gemvSplit }),
+  };
+  return resolveBackend(device, { ...(log ? { log } : {}), tuning });
 }
 
 /** What the environment asks of every model the commands make (DUO_NO_GRAPHS: no CUDA graphs, for profiling). */

@@ -68,19 +68,21 @@ describe('readEnvironment', () => {
       DUO_NO_GRAPHS: 'false',
       DUO_CUDA_PROFILE: '0',
       DUO_NO_PDL: 'yes',
-      DUO_GEMV_WAVES: '3',
+      DUO_GEMV_WAVES: '1',
       DUO_COMMIT: 'abc',
       DUO_NATIVE_PATH: '',
     });
     expect(environment).toMatchObject({ verbose: true, noGraphs: false, cudaProfile: false, noPdl: true });
-    expect(environment.gemvWaves).toBe(3);
+    expect(environment.gemvWaves).toBe(1);
     expect(environment.commit).toBe('abc');
     expect(environment.nativePath).toBeUndefined();
     expect(readEnvironment({}).verbose).toBe(false);
-    expect(() => readEnvironment({ DUO_GEMV_SPLIT: 'four' })).toThrow(DuoArgumentError);
-    expect(() => readEnvironment({ DUO_GEMV_SPLIT: 'four' })).toThrow(
-      'Expected DUO_GEMV_SPLIT to be a positive integer but it is "four"',
+    expect(readEnvironment({ DUO_GEMV_WAVES: '0' }).gemvWaves).toBe(0);
+    expect(() => readEnvironment({ DUO_GEMV_WAVES: 'two' })).toThrow(DuoArgumentError);
+    expect(() => readEnvironment({ DUO_GEMV_WAVES: '3' })).toThrow(
+      'Expected DUO_GEMV_WAVES to be an integer in [0, 2] but it is "3"',
     );
+    expect(() => readEnvironment({ DUO_GEMV_MIN_SLICE: '0' })).toThrow('to be an integer ≥ 1');
   });
 
   it('documents every variable it reads', () => {

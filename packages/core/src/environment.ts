@@ -34,31 +34,31 @@ export const ENVIRONMENT_VARIABLES = [
     name: 'DUO_CUDA_PROFILE',
     kind: 'flag',
     meaning: 'time every CUDA op with events and print a per-op table (slows decode)',
-    usedBy: 'duo-bench → CUDA backend options',
+    usedBy: 'duo-bench → BackendTuning.profile',
   },
   {
     name: 'DUO_NO_PDL',
     kind: 'flag',
     meaning: 'launch CUDA kernels without programmatic dependent launch (A/B runs)',
-    usedBy: 'duo-bench → CUDA backend options',
+    usedBy: 'duo-bench → BackendTuning.chainLaunches',
   },
   {
     name: 'DUO_GEMV_MIN_SLICE',
     kind: 'integer',
-    meaning: 'smallest split-K slice of the decode GEMV (default 1024; a tuning knob)',
-    usedBy: 'duo-bench → CUDA backend options',
+    meaning: 'smallest split-K slice of the decode GEMV, in elements (default 1024; a tuning knob)',
+    usedBy: 'duo-bench → BackendTuning.gemvMinSlice',
   },
   {
     name: 'DUO_GEMV_WAVES',
     kind: 'integer',
-    meaning: 'waves of blocks the decode GEMV aims for (a tuning knob)',
-    usedBy: 'duo-bench → CUDA backend options',
+    meaning: "the decode GEMV's split rule: 0 fill, 1 waves, 2 (default) the chained-launch rule (a tuning knob)",
+    usedBy: 'duo-bench → BackendTuning.gemvWaveRule',
   },
   {
     name: 'DUO_GEMV_SPLIT',
-    kind: 'integer',
-    meaning: 'force the decode GEMV split-K factor (a tuning knob)',
-    usedBy: 'duo-bench → CUDA backend options',
+    kind: 'text',
+    meaning: 'pins the decode GEMV split-K factor per shape, "rowsxk:split,…" e.g. "6144x4096:4" (a tuning knob)',
+    usedBy: 'duo-bench → BackendTuning.gemvPinnedSplits',
   },
   {
     name: 'DUO_COMMIT',
@@ -98,7 +98,7 @@ export interface DuoEnvironment {
   readonly noPdl: boolean;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
-  readonly gemvSplit?: number;
+  readonly gemvSplit?: string;
   readonly commit?: string;
   readonly printJson: boolean;
   readonly sharedDir?: string;
@@ -121,12 +121,13 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     const value = text(name);
     return value !== undefined && value !== '0' && value.toLowerCase() !== 'false';
   };
-  const integer = (name: EnvironmentVariableName) => {
+  const integer = (name: EnvironmentVariableName, least: number, most = Number.MAX_SAFE_INTEGER) => {
     const value = text(name);
     if (value === undefined) return undefined;
     const parsed = Number(value);
-    if (!Number.isInteger(parsed) || parsed < 1) {
-      throw new DuoArgumentError(name, `Expected ${name} to be a positive integer but it is "${value}"`);
+    if (!Number.isInteger(parsed) || parsed < least || parsed > most) {
+      const range = most === Number.MAX_SAFE_INTEGER ? `an integer ≥ ${least}` : `an integer in [${least}, ${most}]`;
+      throw new DuoArgumentError(name, `Expected ${name} to be ${range} but it is "${value}"`);
     }
     return parsed;
   };
@@ -136,9 +137,9 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     noGraphs: flag('DUO_NO_GRAPHS'),
     cudaProfile: flag('DUO_CUDA_PROFILE'),
     noPdl: flag('DUO_NO_PDL'),
-    gemvMinSlice: integer('DUO_GEMV_MIN_SLICE'),
-    gemvWaves: integer('DUO_GEMV_WAVES'),
-    gemvSplit: integer('DUO_GEMV_SPLIT'),
+    gemvMinSlice: integer('DUO_GEMV_MIN_SLICE', 1),
+    gemvWaves: integer('DUO_GEMV_WAVES', 0, 2),
+    gemvSplit: text('DUO_GEMV_SPLIT'),
     commit: text('DUO_COMMIT'),
     printJson: flag('DUO_PRINT_JSON'),
     sharedDir: text('DUO_SHARED_DIR'),

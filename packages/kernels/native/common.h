@@ -254,6 +254,16 @@ class Device {
   // Per-op device time since the last call (op name → {count, milliseconds}); empty unless the backend profiles.
   struct OpTime { std::string name; int count; double milliseconds; };
   virtual std::vector<OpTime> takeProfile() { return {}; }
+  // Knobs for benchmarks and A/B runs, passed from TypeScript (the backend's options); the defaults are the shipped
+  // behaviour. Devices without such knobs ignore them.
+  struct Tuning {
+    bool profile = false;          // time every op with events (takeProfile)
+    bool chainLaunches = true;     // programmatic dependent launch where the GPU has it
+    int64_t gemvMinSlice = 1024;   // smallest split-K slice of the decode GEMV
+    int gemvWaveRule = 2;          // 0: fill rule alone, 1: wave rule, 2: chained-launch rule when chaining
+    std::string gemvPinnedSplits;  // "rowsxk:split,…" pins the split of a shape
+  };
+  virtual void tune(const Tuning&) {}
 
   virtual void copyRows(const Tensor& source, Tensor& target, int64_t sourceRow, int64_t targetRow, int64_t rows) = 0;
   virtual void convert(const Tensor& source, Tensor& target) = 0;

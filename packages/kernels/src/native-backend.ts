@@ -30,7 +30,7 @@ import {
 } from './attention-arguments.js';
 import { ELEMENTWISE_NAMES, ELEMENTWISE_OPS, type ElementwiseName } from './elementwise-ops.js';
 import { callNative, mapNativeError } from './errors.js';
-import type { NativeAddon } from './native.js';
+import type { BackendTuning, NativeAddon } from './native.js';
 import { Tensor } from './tensor.js';
 import {
   describeValue,
@@ -232,6 +232,21 @@ export class NativeBackend implements Backend {
    * Device time per op name since the last call (launch gaps included), when the CUDA backend runs with
    * DUO_CUDA_PROFILE=1; an empty list otherwise. Synchronises.
    */
+  /** Sets the backend's benchmark knobs (`BackendTuning`); the CPU backend has none and ignores them. */
+  tune(tuning: BackendTuning): void {
+    const { profile, chainLaunches, gemvMinSlice, gemvWaveRule, gemvPinnedSplits } = tuning;
+    if (gemvMinSlice !== undefined) expectInteger('tuning.gemvMinSlice', gemvMinSlice, 1);
+    if (gemvWaveRule !== undefined) expectInteger('tuning.gemvWaveRule', gemvWaveRule, 0, 2);
+    if (gemvPinnedSplits !== undefined && !/^(\d+x\d+:\d+)(,\d+x\d+:\d+)*$/.test(gemvPinnedSplits)) {
+      throw new DuoArgumentError(
+        'tuning.gemvPinnedSplits',
+        `Expected \`tuning.gemvPinnedSplits\` like "6144x4096:4,4096x14336:2" but received ${JSON.stringify(gemvPinnedSplits)}`,
+      );
+    }
+    const fields = { profile, chainLaunches, gemvMinSlice, gemvWaveRule, gemvPinnedSplits };
+    callNative(() => this.#native.tune(this.device, fields));
+  }
+
   takeProfile(): { name: string; count: number; milliseconds: number }[] {
     return callNative(() => this.#native.takeProfile(this.device));
   }

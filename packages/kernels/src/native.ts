@@ -14,6 +14,7 @@ import {
   type KvQuantScheme,
   type PrefillAttentionAttributes,
   type RopeAttributes,
+  readEnvironment,
   type TensorHandle,
 } from '@duoattn/core';
 import type { ElementwiseName } from './elementwise-ops.js';
@@ -38,6 +39,24 @@ export type RopeWriteCacheAttributes = Parameters<Backend['ropeWriteCache']>[7];
 export type ElementwiseNatives = { readonly [Name in ElementwiseName]: (...ids: number[]) => void };
 
 /**
+ * Knobs of a backend for benchmarks and A/B runs; every field is optional and the defaults are the shipped behaviour.
+ * The CPU backend has none of them. On CUDA the launch rules' knobs are process-wide (the launchers are shared by every
+ * environment), the profiler belongs to the backend.
+ */
+export interface BackendTuning {
+  /** Time every op with CUDA events; `NativeBackend.takeProfile()` returns the table. Default false. */
+  readonly profile?: boolean;
+  /** Programmatic dependent launch (each kernel's prologue overlaps the previous one's tail) on Hopper. Default true. */
+  readonly chainLaunches?: boolean;
+  /** Smallest split-K slice of the decode GEMV, in elements. Default 1024. */
+  readonly gemvMinSlice?: number;
+  /** The decode GEMV's split rule: 0 fill, 1 waves, 2 (default) the chained-launch rule when launches chain. */
+  readonly gemvWaveRule?: number;
+  /** Pins the decode GEMV's split for shapes: "rowsxk:split,…", e.g. "6144x4096:4". Default none. */
+  readonly gemvPinnedSplits?: string;
+}
+
+/**
  * The raw functions the addon exports (native/ops.def lists them; ops-table.test.ts checks this against it). Each
  * mirrors its spec op: tensors become ids, an attributes object stays an object with the spec's field names
  * (`NativeFields`), devices, dtypes and KV schemes cross by name.
@@ -51,6 +70,7 @@ export interface NativeAddon extends ElementwiseNatives {
   read(id: number, elementOffset: number, count: number): Promise<ArrayBuffer>;
   synchronize(device: DeviceKind): Promise<void>;
   takeProfile(device: DeviceKind): { name: string; count: number; milliseconds: number }[];
+  tune(device: DeviceKind, tuning: BackendTuning): void;
   resetPeak(device: DeviceKind): void;
   allocPaged(device: DeviceKind, dtype: DType, shape: readonly number[]): number;
   commitPaged(tensor: number, rows: number): number;
@@ -169,8 +189,9 @@ export function packageDirectory(): string {
 export function loadNative(): NativeAddon {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
+  const override = readEnvironment().nativePath;
   const candidates = [
-    process.env.DUO_NATIVE_PATH ? resolve(process.env.DUO_NATIVE_PATH) : undefined,
+    override ? resolve(override) : undefined,
     join(packageDirectory(), 'native', 'build', 'Release', 'duoattn.node'),
     join(packageDirectory(), 'native', 'build', 'Debug', 'duoattn.node'),
   ].filter((path): path is string => Boolean(path));
@@ -189,8 +210,9 @@ export function loadNative(): NativeAddon {
   }
   throw new DuoBackendUnavailableError(
     `The duoattn native addon could not be loaded.\n${reasons.map((r) => `  - ${r}`).join('\n')}\n` +
-      'Fixes: run `pnpm build` (needs a C++ compiler and Python for node-gyp), or set DUO_NATIVE_PATH to a built ' +
-      'duoattn.node. Build without CUDA with DUO_CUDA=0.',
+      'Fixes: in a checkout run `pnpm build`; where the package was installed, `npm rebuild @duoattn/kernels` (both need ' +
+      'a C++ compiler and Python for node-gyp); or set DUO_NATIVE_PATH to a built duoattn.node. Build without CUDA ' +
+      'with DUO_CUDA=0.',
     reasons,
   );
 }

@@ -45,4 +45,14 @@ describe('resolveBackend', () => {
     cpu.alloc('f32', [10]).dispose();
     expect(cpu.memory().peakBytes).toBe(before + 40);
   });
+
+  it('takes tuning as options, checked by name before the addon sees it', () => {
+    const cpu = resolveBackend('cpu', {
+      tuning: { profile: false, chainLaunches: true, gemvPinnedSplits: '6144x4096:4' },
+    });
+    expect(cpu.device).toBe('cpu');
+    expect(() => cpu.tune({ gemvPinnedSplits: '6144x4096' })).toThrow(DuoArgumentError);
+    expect(() => cpu.tune({ gemvPinnedSplits: '6144x4096' })).toThrow('`tuning.gemvPinnedSplits` like "6144x4096:4');
+    expect(() => cpu.tune({ gemvWaveRule: 3 })).toThrow('`tuning.gemvWaveRule`');
+  });
 });

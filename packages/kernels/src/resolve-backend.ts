@@ -1,6 +1,6 @@
 // Backend selection: an explicit request is honoured or throws; 'auto' walks a priority list and logs each skip.
 import { type DeviceKind, DuoArgumentError, DuoBackendUnavailableError } from '@duoattn/core';
-import { loadNative } from './native.js';
+import { type BackendTuning, loadNative } from './native.js';
 import { NativeBackend } from './native-backend.js';
 import { describeValue } from './validate.js';
 
@@ -9,8 +9,10 @@ export type BackendRequest = DeviceKind | 'auto';
 
 /** Options of `resolveBackend`. */
 export interface ResolveOptions {
-  /** Receives one line per skipped candidate and the final choice. Default: `console.error` when DUO_VERBOSE is set. */
+  /** Receives one line per skipped candidate and the final choice. Default: nothing is logged. */
   log?: (message: string) => void;
+  /** Benchmark knobs for the chosen backend (`BackendTuning`); default the shipped behaviour. */
+  tuning?: BackendTuning;
 }
 
 const backends = new Map<DeviceKind, NativeBackend>();
@@ -49,16 +51,20 @@ export function cudaUnavailableReason(): string | undefined {
 
 /** Resolves a request to a backend. `cuda` where there is none throws: a benchmark never silently runs on the CPU. */
 export function resolveBackend(request: BackendRequest = 'auto', options: ResolveOptions = {}): NativeBackend {
-  const log = options.log ?? (process.env.DUO_VERBOSE ? (message: string) => console.error(message) : () => {});
-  if (request !== 'auto') return createBackend(request);
+  const log = options.log ?? (() => {});
+  const tuned = (backend: NativeBackend) => {
+    if (options.tuning) backend.tune(options.tuning);
+    return backend;
+  };
+  if (request !== 'auto') return tuned(createBackend(request));
   const reason = cudaUnavailableReason();
   if (reason === undefined) {
     const backend = createBackend('cuda');
     log(`[duoattn] backend: cuda (${backend.deviceName})`);
-    return backend;
+    return tuned(backend);
   }
   log(`[duoattn] skipped cuda: ${reason}`);
   const backend = createBackend('cpu');
   log(`[duoattn] backend: cpu (${backend.deviceName})`);
-  return backend;
+  return tuned(backend);
 }

@@ -39,7 +39,11 @@ __device__ __forceinline__ void dependOnPrevious() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-// Whether chained launches may overlap: compute capability 9.0 or later, unless DUO_NO_PDL=1 (for A/B runs).
+// The launch rules' knobs (Device::Tuning without `profile`): process-wide, because the launchers are free functions
+// that every environment's device shares; set by CudaDevice::tune, read by the GEMV split rule and launchChained.
+void setLaunchTuning(const Device::Tuning& tuning);
+Device::Tuning launchTuning();
+// Whether chained launches may overlap: compute capability 9.0 or later, unless the tuning turns it off (A/B runs).
 bool chainLaunches();
 
 template <typename... Params, typename... Args>

@@ -419,6 +419,10 @@ class CudaDevice final : public Device {
 
  public:
   std::vector<OpTime> takeProfile() override { return profiler_.take(stream_); }
+  void tune(const Tuning& tuning) override {
+    profiler_.enable(tuning.profile);
+    setLaunchTuning(tuning);
+  }
 };
 
 }  // namespace

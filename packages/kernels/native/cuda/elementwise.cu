@@ -1,7 +1,9 @@
 // Element-wise (every DUO_ELEMENTWISE of ops.def), normalisation, RoPE, cache-write and reduction kernels of the CUDA
 // backend.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <cfloat>
 #include <cstdint>
@@ -308,16 +310,31 @@ void launchEmbedding(const void* table, DType dtype, const int32_t* ids, float* 
   checkLaunch("embedding");
 }
 
+namespace {
+std::mutex tuningMutex;
+Device::Tuning tuning;                       // guarded by tuningMutex
+std::atomic<bool> chainingAllowed{true};     // tuning.chainLaunches, read on every launch
+}  // namespace
+
+void setLaunchTuning(const Device::Tuning& next) {
+  std::lock_guard<std::mutex> lock(tuningMutex);
+  tuning = next;
+  chainingAllowed.store(next.chainLaunches);
+}
+
+Device::Tuning launchTuning() {
+  std::lock_guard<std::mutex> lock(tuningMutex);
+  return tuning;
+}
+
 bool chainLaunches() {
-  static const bool enabled = [] {
-    const char* off = std::getenv("DUO_NO_PDL");  // 1: ordinary launches (for A/B runs)
-    if (off && std::string(off) == "1") return false;
+  static const bool hopper = [] {
     int device = 0, major = 0;
     check(cudaGetDevice(&device), "cudaGetDevice");
     check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
     return major >= 9;
   }();
-  return enabled;
+  return hopper && chainingAllowed.load(std::memory_order_relaxed);
 }
 
 void launchRmsNorm(const float* x, const void* weight, DType weightType, float* out, int64_t rows, int64_t dim, float eps,

@@ -181,20 +181,15 @@ void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bo
   if (job.firstGroup[job.count] == 0) return;
   // Split k so each warp streams at least ~1K elements per column, and only while columns alone leave SMs idle.
   const int64_t groups = job.firstGroup[job.count];
-  static const int64_t minimumSlice = [] {
-    const char* value = std::getenv("DUO_GEMV_MIN_SLICE");  // a tuning knob for benchmarks; 1024 by default
-    return value ? std::max<int64_t>(64, std::atoll(value)) : 1024;
-  }();
+  const Device::Tuning tuning = launchTuning();
+  const int64_t minimumSlice = std::max<int64_t>(64, tuning.gemvMinSlice);  // a tuning knob for benchmarks
   int split = 1;
   while (split < kMaxSplit && k / (split * 2) >= minimumSlice && groups * split < static_cast<int64_t>(multiprocessorCount()) * 64) split *= 2;
   // A last wave of blocks that is mostly empty leaves bandwidth unused (gate+up of Llama-3-8B: 3.4 waves at split 1,
   // 6.8 at split 2): take another split where it fills the waves clearly better.
-  // DUO_GEMV_WAVES (A/B runs): 0 the fill rule alone, 1 the wave rule below, 2 (default) the chained-launch rule when
-  // launches are chained, else the wave rule.
-  static const int waveRule = [] {
-    const char* value = std::getenv("DUO_GEMV_WAVES");
-    return value ? std::atoi(value) : 2;
-  }();
+  // The wave rule (Tuning::gemvWaveRule, A/B runs): 0 the fill rule alone, 1 the wave rule below, 2 (default) the
+  // chained-launch rule when launches are chained, else the wave rule.
+  const int waveRule = tuning.gemvWaveRule;
   // Waves of resident blocks that split s makes.
   const double slots = static_cast<double>(multiprocessorCount()) * DUO_GEMV_BLOCKS_PER_SM;
   auto waves = [&](int s) { return std::ceil(static_cast<double>(groups) / (kWarps / s)) / slots; };
@@ -216,10 +211,10 @@ void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bo
       if ((s == 1 || k / s >= minimumSlice) && filled(s) > filled(best) + 0.05) best = s;
     split = best;
   }
-  // DUO_GEMV_SPLIT="6144x4096:4,4096x14336:2" pins the split of a shape (rows over all matrices × k): a tuning knob.
-  static const std::vector<std::array<int64_t, 3>> pinned = [] {
+  // Tuning::gemvPinnedSplits = "6144x4096:4,4096x14336:2" pins the split of a shape (rows over all matrices × k).
+  const std::vector<std::array<int64_t, 3>> pinned = [&] {
     std::vector<std::array<int64_t, 3>> list;
-    const char* value = std::getenv("DUO_GEMV_SPLIT");
+    const char* value = tuning.gemvPinnedSplits.c_str();
     for (const char* p = value; p && *p;) {
       long long rows = 0, depth = 0, count = 0;
       int used = 0;

@@ -16,6 +16,7 @@ namespace cuda {
 class OpProfiler {
  public:
   void pause(bool paused) { paused_ = paused; }
+  void enable(bool enabled) { enabled_ = enabled; }
   void mark(const char* name, cudaStream_t stream) {
     if (!enabled_ || paused_) return;
     cudaEvent_t event;
@@ -40,7 +41,7 @@ class OpProfiler {
   }
 
  private:
-  bool enabled_ = std::getenv("DUO_CUDA_PROFILE") != nullptr && std::string(std::getenv("DUO_CUDA_PROFILE")) == "1";
+  bool enabled_ = false;  // Device::Tuning::profile
   bool paused_ = false;
   std::vector<std::pair<const char*, cudaEvent_t>> marks_;
 };

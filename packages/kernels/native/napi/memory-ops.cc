@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "attributes.h"
 #include "ops.h"
 #include "state.h"
 
@@ -222,6 +223,19 @@ Napi::Value takeProfile(const Napi::CallbackInfo& info) {
     result.Set(static_cast<uint32_t>(i), entry);
   }
   return result;
+}
+
+// Device::Tuning from { profile, chainLaunches, gemvMinSlice, gemvWaveRule, gemvPinnedSplits } (all optional).
+Napi::Value tune(const Napi::CallbackInfo& info) {
+  const Attributes attributes(info[1], "the backend's tuning");
+  Device::Tuning tuning;
+  tuning.profile = attributes.flag("profile");
+  if (!absent(attributes.optional("chainLaunches"))) tuning.chainLaunches = attributes.flag("chainLaunches");
+  if (!absent(attributes.optional("gemvMinSlice"))) tuning.gemvMinSlice = attributes.integer("gemvMinSlice");
+  if (!absent(attributes.optional("gemvWaveRule"))) tuning.gemvWaveRule = static_cast<int>(attributes.integer("gemvWaveRule"));
+  if (!absent(attributes.optional("gemvPinnedSplits"))) tuning.gemvPinnedSplits = attributes.text("gemvPinnedSplits");
+  deviceOf(info[0])->tune(tuning);
+  return info.Env().Undefined();
 }
 
 Napi::Value graphBegin(const Napi::CallbackInfo& info) {
