@@ -19,7 +19,7 @@ import {
 import { demoModelDirectory } from './__fixtures__/demo-suite.js';
 import { LlamaModel } from './llama-model.js';
 import { openCheckpoint } from './loaders/open-checkpoint.js';
-import { HfTokenizer } from './tokenizers/hf-tokenizer.js';
+import { HfTokenizer, hasNestedQuantifier } from './tokenizers/hf-tokenizer.js';
 
 const root = mkdtempSync(join(tmpdir(), 'duoattn-hostile-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -274,5 +274,68 @@ describe('llama2.c', () => {
     await expect(LlamaModel.load(path, { device: 'cpu', tokenizerPath: join(root, 'nope.bin') })).rejects.toThrow(
       /nope\.bin/,
     );
+  });
+});
+
+describe('cases the fuzz suite found (hostile-files.fuzz.test.ts)', () => {
+  it('a tokenizer.json token id of 2^31 is refused at once (@huggingface/tokenizers spent 80 s sizing tables by it)', async () => {
+    const directory = demoCopy('tokenizer-huge-id', (d) => {
+      const file = join(d, 'tokenizer.json');
+      const json = JSON.parse(readFileSync(file, 'utf8')) as { model: { vocab: Record<string, number> } };
+      const piece = Object.keys(json.model.vocab)[5] as string;
+      json.model.vocab[piece] = 2 ** 31 + 5;
+      writeFileSync(file, JSON.stringify(json));
+    });
+    const { error, milliseconds } = await openError(directory);
+    expect(error).toBeInstanceOf(DuoTokenizerError);
+    expect((error as Error).message).toMatch(/id 2147483653, not an integer in \[0, \d+\)/);
+    expect(milliseconds).toBeLessThan(1000);
+  });
+
+  it('decoding no tokens is the empty text, and library errors come back as tokenizer errors', () => {
+    const tokenizer = new HfTokenizer(demo);
+    expect(tokenizer.decode([])).toBe('');
+    expect(() => tokenizer.decode([1.5])).toThrow(DuoTokenizerError);
+  });
+
+  it('a BPE vocab that is a list (whose values would be ids up to 2^31) is refused', async () => {
+    const directory = demoCopy('tokenizer-vocab-list', (d) => {
+      const file = join(d, 'tokenizer.json');
+      const json = JSON.parse(readFileSync(file, 'utf8')) as { model: { vocab: unknown } };
+      json.model.vocab = [197372, 813919, 2147528991];
+      writeFileSync(file, JSON.stringify(json));
+    });
+    await expectRefused(directory, [/model\.vocab.*an object of piece → id/], DuoTokenizerError);
+  });
+});
+
+describe('tokenizer.json regular expressions', () => {
+  it('a Split pattern with a repeated group that repeats is refused (it took 60 s on a 30-character prompt)', async () => {
+    const directory = demoCopy('tokenizer-redos', (d) => {
+      const file = join(d, 'tokenizer.json');
+      const json = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+      json.pre_tokenizer = { type: 'Split', pattern: { Regex: '(a+)+$' }, behavior: 'Isolated', invert: false };
+      writeFileSync(file, JSON.stringify(json));
+    });
+    await expectRefused(directory, [/\(a\+\)\+\$.*exponential/], DuoTokenizerError);
+  });
+
+  it.each([
+    ["'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", false],
+    [
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      false,
+    ],
+    ['(ab)+', false],
+    ['\\(a+\\)+', false],
+    ['[(+]+(x)', false],
+    ['\\p{', false],
+    ['(a+)+$', true],
+    ['(?:\\s*x)*', true],
+    ['((ab)*c)+', true],
+    ['(\\p{L}+)*', true],
+    ['(a{1,5}){2,}', true],
+  ])('hasNestedQuantifier(%j) is %s', (pattern, nested) => {
+    expect(hasNestedQuantifier(pattern)).toBe(nested);
   });
 });

@@ -28,13 +28,18 @@ export class HfTokenizer implements Tokenizer {
   readonly chatTemplate: string | undefined;
   readonly #impl: HfTokenizerImpl;
   readonly #addsBos: boolean;
+  /** tokenizer.json's path, for messages. */
+  readonly #path: string;
 
   /** `options` may also be the list of config.json's EOS ids (the former second argument). */
   constructor(directory: string, options: HfTokenizerOptions | readonly number[] = {}) {
     const { eosTokenIds = [], bosTokenId: configBos } = isIdList(options) ? { eosTokenIds: options } : options;
     const path = join(directory, 'tokenizer.json');
+    this.#path = path;
     const configPath = join(directory, 'tokenizer_config.json');
     const json = readJsonObject(path, 'model');
+    checkTokenIds(json, path);
+    checkPatterns(json, path);
     const config = existsSync(configPath) ? readJsonObject(configPath) : {};
     let first: number | undefined;
     try {
@@ -61,13 +66,26 @@ export class HfTokenizer implements Tokenizer {
   }
 
   encode(text: string, options: { addBos?: boolean } = {}): number[] {
-    const ids = Array.from(this.#impl.encode(text, { add_special_tokens: false }).ids, Number);
+    const ids = this.#guarded('encode', () =>
+      Array.from(this.#impl.encode(text, { add_special_tokens: false }).ids, Number),
+    );
     const addBos = (options.addBos ?? true) && this.#addsBos && this.bosTokenId !== undefined;
     return addBos ? [this.bosTokenId as number, ...ids] : ids;
   }
 
   decode(ids: readonly number[]): string {
-    return this.#impl.decode([...ids], { skip_special_tokens: true });
+    // The library refuses an empty list; decoding no tokens is the empty text.
+    if (ids.length === 0) return '';
+    return this.#guarded('decode', () => this.#impl.decode([...ids], { skip_special_tokens: true }));
+  }
+
+  /** Runs a call into @huggingface/tokenizers, whose errors are plain ones, as a DuoTokenizerError. */
+  #guarded<T>(what: string, call: () => T): T {
+    try {
+      return call();
+    } catch (error) {
+      throw new DuoTokenizerError(`cannot ${what} with ${this.#path}: ${(error as Error).message}`, { cause: error });
+    }
   }
 
   createStreamDecoder(context: readonly number[] = []): StreamDecoder {
@@ -102,6 +120,95 @@ export class HfTokenizer implements Tokenizer {
   }
 }
 
+/**
+ * Refuses token ids that are not whole, are negative, or lie far beyond the tokens the file lists (twice their number,
+ * plus 1 024): @huggingface/tokenizers sizes its tables by the largest id, so a single id of 2^31 costs a minute and
+ * gigabytes before anything fails.
+ */
+function checkTokenIds(json: Record<string, unknown>, path: string): void {
+  const model = json.model as Record<string, unknown>;
+  const added = json.added_tokens ?? [];
+  if (!Array.isArray(added)) {
+    throw new DuoTokenizerError(`${path}: expected \`added_tokens\` to be a list but found ${describe(added)}`);
+  }
+  // Unigram lists [piece, score] pairs whose ids are their positions; BPE, WordPiece and WordLevel map pieces to ids.
+  const unigram = model.type === 'Unigram';
+  const vocab = model.vocab ?? (unigram ? [] : {});
+  const isMap = typeof vocab === 'object' && vocab !== null && !Array.isArray(vocab);
+  const pairs = Array.isArray(vocab) && vocab.every((entry) => Array.isArray(entry) && typeof entry[0] === 'string');
+  if (unigram ? !pairs : !isMap) {
+    const expected = unigram ? 'a list of [piece, score] pairs' : 'an object of piece → id';
+    throw new DuoTokenizerError(`${path}: expected \`model.vocab\` to be ${expected} but found ${describe(vocab)}`);
+  }
+  const ids: [string, unknown][] = isMap ? Object.entries(vocab) : [];
+  for (const token of added) {
+    const entry = token as { content?: unknown; id?: unknown } | null;
+    if (typeof entry?.content !== 'string') {
+      throw new DuoTokenizerError(`${path}: an added token has no \`content\` string: ${describe(token)}`);
+    }
+    ids.push([entry.content, entry.id]);
+  }
+  const listed = (Array.isArray(vocab) ? vocab.length : 0) + ids.length;
+  const limit = 2 * listed + 1024;
+  for (const [piece, id] of ids) {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= limit) {
+      throw new DuoTokenizerError(
+        `${path}: token ${describe(piece)} has id ${describe(id)}, not an integer in [0, ${limit}) (the file lists ${listed} tokens)`,
+      );
+    }
+  }
+}
+
+/**
+ * Refuses a regular expression in tokenizer.json (a Split pre-tokenizer's or a Replace normalizer's `Regex`) with a
+ * quantified group that itself holds a quantifier, such as `(a+)+`: JavaScript's engine backtracks through them in
+ * exponential time, so one such pattern would let a short prompt hold the process for minutes. Real tokenizers' patterns
+ * (GPT-2's, Llama 3's, Qwen2's) have none.
+ */
+function checkPatterns(value: unknown, path: string): void {
+  if (typeof value !== 'object' || value === null) return;
+  for (const [key, item] of Object.entries(value)) {
+    if (key === 'Regex' && typeof item === 'string' && hasNestedQuantifier(item)) {
+      throw new DuoTokenizerError(
+        `${path}: the pattern ${describe(item)} repeats a group that repeats (like (a+)+), which can take exponential time`,
+      );
+    }
+    checkPatterns(item, path);
+  }
+}
+
+/** Whether `pattern` has a group repeated by *, + or {…} whose body holds such a repetition too. */
+export function hasNestedQuantifier(pattern: string): boolean {
+  // One flag per open group: whether its body repeats something. The outermost entry is the pattern itself.
+  const groups: boolean[] = [false];
+  const repeatsAt = (i: number) => pattern[i] === '*' || pattern[i] === '+' || /^\{\d*,?\d*\}/.test(pattern.slice(i));
+  for (let i = 0; i < pattern.length; i++) {
+    const character = pattern[i];
+    if (character === '\\') {
+      // \p{L}, \u{…}: the braces belong to the escape.
+      const close = /^[pPu]\{/.test(pattern.slice(i + 1, i + 3)) ? pattern.indexOf('}', i) : i + 1;
+      i = close < 0 ? pattern.length : close;
+    } else if (character === '[') {
+      for (i++; i < pattern.length && pattern[i] !== ']'; i++) if (pattern[i] === '\\') i++;
+    } else if (character === '(') {
+      groups.push(false);
+    } else if (character === ')') {
+      const repeatsInside = groups.pop() ?? false;
+      if (repeatsInside && repeatsAt(i + 1)) return true;
+      if (groups.length === 0) groups.push(false);
+      groups[groups.length - 1] ||= repeatsInside;
+    } else if (repeatsAt(i)) {
+      groups[groups.length - 1] = true;
+    }
+  }
+  return false;
+}
+
+/** A value as a message shows it: (shortened) JSON. */
+function describe(value: unknown): string {
+  return String(JSON.stringify(value)).slice(0, 60);
+}
+
 /** Reads a JSON file that must hold an object (with an object under `requiredKey`, where given). */
 function readJsonObject(path: string, requiredKey?: string): Record<string, unknown> {
   let value: unknown;
@@ -114,9 +221,7 @@ function readJsonObject(path: string, requiredKey?: string): Record<string, unkn
     typeof candidate === 'object' && candidate !== null && !Array.isArray(candidate);
   if (!isObject(value) || (requiredKey !== undefined && !isObject(value[requiredKey]))) {
     const expected = requiredKey === undefined ? 'an object' : `an object with a \`${requiredKey}\` object`;
-    throw new DuoTokenizerError(
-      `${path}: expected ${expected} but found ${String(JSON.stringify(value)).slice(0, 60)}`,
-    );
+    throw new DuoTokenizerError(`${path}: expected ${expected} but found ${describe(value)}`);
   }
   return value;
 }
