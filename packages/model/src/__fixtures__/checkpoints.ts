@@ -1,15 +1,6 @@
 // Writes small random checkpoints for tests: HF safetensors (single or sharded, f32 / bf16 / f16), GGUF and llama2.c;
 // and rewrites the headers of real ones, for the hostile-file tests.
-import {
-  closeSync,
-  ftruncateSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  readSync,
-  writeFileSync,
-  writeSync,
-} from 'node:fs';
+import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { numberToBf16, numberToF16 } from '@duoattn/kernels';
 import { randomArray } from '@duoattn/kernels/testing';
@@ -173,7 +164,18 @@ export function q8Rounded(data: Float32Array): Float32Array {
   return out;
 }
 
+/** Encoded tensors by data and type: the fuzz suite rewrites one GGUF's metadata a thousand times. */
+const ggufEncodings = new WeakMap<Float32Array, Map<keyof typeof GGML, Buffer>>();
+
 function encodeGguf(data: Float32Array, type: keyof typeof GGML): Buffer {
+  const cached = ggufEncodings.get(data) ?? new Map<keyof typeof GGML, Buffer>();
+  ggufEncodings.set(data, cached);
+  const bytes = cached.get(type) ?? encodeGgufData(data, type);
+  cached.set(type, bytes);
+  return bytes;
+}
+
+function encodeGgufData(data: Float32Array, type: keyof typeof GGML): Buffer {
   if (type !== 'Q8_0') return encode(data, type === 'F16' ? 'F16' : type === 'BF16' ? 'BF16' : 'F32');
   const out = Buffer.alloc((data.length / 32) * 34);
   for (let block = 0; block < data.length / 32; block++) {
@@ -186,6 +188,57 @@ function encodeGguf(data: Float32Array, type: keyof typeof GGML): Buffer {
       out.writeInt8(scale === 0 ? 0 : Math.round((values[i] ?? 0) / scale), block * 34 + 2 + i);
   }
   return out;
+}
+
+/** Encoders of GGUF metadata values (little-endian, v3), for fixtures that add or corrupt entries. */
+export const GGUF_VALUE = {
+  u32(value: number): Buffer {
+    const bytes = Buffer.alloc(4);
+    bytes.writeUInt32LE(value);
+    return bytes;
+  },
+  u64(value: number | bigint): Buffer {
+    const bytes = Buffer.alloc(8);
+    bytes.writeBigUInt64LE(BigInt(value));
+    return bytes;
+  },
+  f32(value: number): Buffer {
+    const bytes = Buffer.alloc(4);
+    bytes.writeFloatLE(value);
+    return bytes;
+  },
+  string(text: string): Buffer {
+    return Buffer.concat([GGUF_VALUE.u64(Buffer.byteLength(text)), Buffer.from(text)]);
+  },
+  /** An array (type 9) of values of `elementType`, each already encoded. */
+  array(elementType: number, values: readonly Buffer[]): Buffer {
+    return Buffer.concat([GGUF_VALUE.u32(elementType), GGUF_VALUE.u64(values.length), ...values]);
+  },
+};
+
+/** GGUF metadata of a llama-model vocabulary: `pieces` with descending scores, `<0xNN>` pieces typed as bytes. */
+export function ggufVocabularyMetadata(pieces: readonly string[]): Record<string, [number, Buffer]> {
+  const { array, f32, string, u32 } = GGUF_VALUE;
+  return {
+    'tokenizer.ggml.model': [8, string('llama')],
+    'tokenizer.ggml.tokens': [9, array(8, pieces.map(string))],
+    'tokenizer.ggml.scores': [
+      9,
+      array(
+        6,
+        pieces.map((_, id) => f32(-id)),
+      ),
+    ],
+    'tokenizer.ggml.token_type': [
+      9,
+      array(
+        5,
+        pieces.map((piece) => u32(/^<0x[0-9A-F]{2}>$/.test(piece) ? 6 : 1)),
+      ),
+    ],
+    'tokenizer.ggml.bos_token_id': [4, u32(1)],
+    'tokenizer.ggml.eos_token_id': [4, u32(2)],
+  };
 }
 
 /** A tensor `writeGguf` writes; `offset` overrides the data offset its info declares (the data stays in place). */
@@ -208,22 +261,7 @@ export function writeGguf(
   metadataOverrides: Record<string, [number, Buffer] | null> = {},
 ): void {
   const chunks: Buffer[] = [];
-  const u32 = (v: number) => {
-    const b = Buffer.alloc(4);
-    b.writeUInt32LE(v);
-    return b;
-  };
-  const u64 = (v: number) => {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64LE(BigInt(v));
-    return b;
-  };
-  const f32 = (v: number) => {
-    const b = Buffer.alloc(4);
-    b.writeFloatLE(v);
-    return b;
-  };
-  const str = (s: string) => Buffer.concat([u64(Buffer.byteLength(s)), Buffer.from(s)]);
+  const { u32, u64, f32, string: str } = GGUF_VALUE;
   const metadata: [string, number, Buffer][] = [
     ['general.architecture', 8, str('llama')],
     ['llama.context_length', 4, u32(config.max_position_embeddings)],
@@ -298,6 +336,17 @@ export function readSafetensorsParts(file: string): { header: string; data: Buff
   return { header: bytes.subarray(8, 8 + length).toString('utf8'), data: bytes.subarray(8 + length) };
 }
 
+/** Writes `head`, then zeros up to `length` bytes as a sparse hole (header-only tests need no real data). */
+export function writeSparseFile(path: string, head: Buffer, length: number): void {
+  const fd = openSync(path, 'w');
+  try {
+    writeSync(fd, head);
+    ftruncateSync(fd, length);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /**
  * Writes a .safetensors file from a header text (space-padded to 8 bytes) and its data: bytes, or a byte count left as
  * a sparse run of zeros (header-only tests need no real weights). `lengthPrefix` overrides the 8-byte header length.
@@ -313,17 +362,8 @@ export function writeSafetensorsParts(
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(lengthPrefix ?? BigInt(text.length));
   const head = Buffer.concat([prefix, text]);
-  if (typeof data !== 'number') {
-    writeFileSync(path, Buffer.concat([head, data]));
-    return;
-  }
-  const fd = openSync(path, 'w');
-  try {
-    writeSync(fd, head);
-    ftruncateSync(fd, head.length + data);
-  } finally {
-    closeSync(fd);
-  }
+  if (typeof data === 'number') writeSparseFile(path, head, head.length + data);
+  else writeFileSync(path, Buffer.concat([head, data]));
 }
 
 /** The seven int32 of a llama2.c header (a negative `vocab_size` means an unshared classifier). */
@@ -364,13 +404,7 @@ export function llama2cWeightBytes(header: Llama2cHeader): number {
 
 /** Writes a llama2.c checkpoint with `header` and all-zero weights (a sparse file); `bytes` overrides its length. */
 export function writeLlama2c(path: string, header: Llama2cHeader, bytes?: number): void {
-  const fd = openSync(path, 'w');
-  try {
-    writeSync(fd, llama2cHeaderBytes(header));
-    ftruncateSync(fd, bytes ?? 28 + llama2cWeightBytes(header));
-  } finally {
-    closeSync(fd);
-  }
+  writeSparseFile(path, llama2cHeaderBytes(header), bytes ?? 28 + llama2cWeightBytes(header));
 }
 
 /** Writes a llama2.c tokenizer (`tok*.bin`): pieces with scores, byte tokens `<0x00>`… where `pieces` has them. */
@@ -384,16 +418,4 @@ export function writeLlama2cTokenizer(path: string, pieces: readonly string[]): 
     parts.push(record, Buffer.from(piece));
   });
   writeFileSync(path, Buffer.concat(parts));
-}
-
-/** Reads `length` bytes at `position` of a file (for tests that patch a header in place). */
-export function readBytes(path: string, position: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const bytes = Buffer.alloc(length);
-    readSync(fd, bytes, 0, length, position);
-    return bytes;
-  } finally {
-    closeSync(fd);
-  }
 }
