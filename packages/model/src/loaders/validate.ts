@@ -114,10 +114,10 @@ export class FieldReader {
       throw new DuoCheckpointError(
         this.file,
         undefined,
-        `\`${this.name(key)}\` is missing: expected ${expectation(rule)}`,
+        `\`${this.#name(key)}\` is missing: expected ${expectation(rule)}`,
       );
     }
-    const field = value === undefined ? `${this.name(key)} (absent; its default)` : this.name(key);
+    const field = value === undefined ? `${this.#name(key)} (absent; its default)` : this.#name(key);
     return checkNumber(this.file, field, value ?? fallback, rule);
   }
 
@@ -128,25 +128,21 @@ export class FieldReader {
 
   /** A boolean; `fallback` where absent. */
   boolean(key: string, fallback: boolean): boolean {
-    const value = this.raw(key) ?? fallback;
-    if (typeof value !== 'boolean') {
-      throw new DuoCheckpointError(
-        this.file,
-        undefined,
-        `expected \`${this.name(key)}\` to be true or false but found ${describeValue(value)}`,
-      );
-    }
-    return value;
+    return this.#typed(key, fallback, (value): value is boolean => typeof value === 'boolean', 'true or false');
   }
 
   /** A string; `fallback` where absent. */
   string(key: string, fallback?: string): string {
+    return this.#typed(key, fallback, (value): value is string => typeof value === 'string', 'a string');
+  }
+
+  #typed<T>(key: string, fallback: T | undefined, valid: (value: unknown) => value is T, expected: string): T {
     const value = this.raw(key) ?? fallback;
-    if (typeof value !== 'string') {
+    if (!valid(value)) {
       throw new DuoCheckpointError(
         this.file,
         undefined,
-        `expected \`${this.name(key)}\` to be a string but found ${describeValue(value)}`,
+        `expected \`${this.#name(key)}\` to be ${expected} but found ${describeValue(value)}`,
       );
     }
     return value;
@@ -160,14 +156,14 @@ export class FieldReader {
     return list.map((id, i) =>
       checkNumber(
         this.file,
-        Array.isArray(value) ? `${this.name(key)}[${i}]` : this.name(key),
+        Array.isArray(value) ? `${this.#name(key)}[${i}]` : this.#name(key),
         id,
         CONFIG_LIMITS.tokenId,
       ),
     );
   }
 
-  private name(key: string): string {
+  #name(key: string): string {
     return this.label + this.prefix + key;
   }
 }
