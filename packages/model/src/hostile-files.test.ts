@@ -1,5 +1,6 @@
 // Hostile checkpoints and tokenizers (issue 15): each is models/duo-demo or a fixture with one field changed, and each
 // must end in a typed error naming the file, the field and the value, before anything is allocated.
+import { execFileSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -155,6 +156,20 @@ describe('model directories', () => {
   ])('config.json %s = %j is refused, naming the field and the value', async (field, value, pattern) => {
     const directory = demoWithConfig(`config-${field}-${String(value)}`, { [field]: value });
     await expectRefused(directory, [join(directory, 'config.json'), pattern]);
+  });
+
+  it('a FIFO where a file belongs is refused, not read (reading one blocks until a writer comes)', async () => {
+    const fifo = (path: string) => {
+      rmSync(path);
+      execFileSync('mkfifo', [path]);
+    };
+    const config = demoCopy('fifo-config', (d) => fifo(join(d, 'config.json')));
+    await expectRefused(config, [join(config, 'config.json'), 'not a regular file']);
+    const tokenizer = demoCopy('fifo-tokenizer', (d) => fifo(join(d, 'tokenizer.json')));
+    await expectRefused(tokenizer, [join(tokenizer, 'tokenizer.json'), 'not a regular file'], DuoTokenizerError);
+    const bin = join(root, 'fifo.bin');
+    execFileSync('mkfifo', [bin]);
+    await expectRefused(bin, [bin, 'not a regular file']);
   });
 
   it('tokenizer.json that is {} gives a tokenizer error naming the file', async () => {

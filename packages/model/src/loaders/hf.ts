@@ -16,6 +16,7 @@ import {
   fileInsideDirectory,
   isRecord,
   readExactly,
+  regularFileSize,
   tensorBytes,
   withFile,
 } from './validate.js';
@@ -192,6 +193,7 @@ export function configFromHf(raw: unknown, file = 'config.json'): ModelConfig {
 }
 
 function readJson(path: string): unknown {
+  regularFileSize(path);
   try {
     return JSON.parse(readFileSync(path, 'utf8'));
   } catch (error) {

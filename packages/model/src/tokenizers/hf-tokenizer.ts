@@ -1,5 +1,5 @@
 // HF `tokenizer.json` through @huggingface/tokenizers.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DuoTokenizerError } from '@duoattn/core';
 import { Tokenizer as HfTokenizerImpl } from '@huggingface/tokenizers';
@@ -213,6 +213,8 @@ function describe(value: unknown): string {
 function readJsonObject(path: string, requiredKey?: string): Record<string, unknown> {
   let value: unknown;
   try {
+    // A FIFO or a device would block the read or never end it: only a regular file is read.
+    if (!statSync(path).isFile()) throw new Error('not a regular file');
     value = JSON.parse(readFileSync(path, 'utf8'));
   } catch (error) {
     throw new DuoTokenizerError(`cannot read ${path}: ${(error as Error).message}`, { cause: error });
