@@ -64,6 +64,19 @@ for step in "${steps[@]}"; do
                 --sparsity 0.5 --sink 128 --recent 256 --contexts ${DUO_AB_CONTEXTS:-32k,256k} --prefill none --steps 48 --warmup 8 \
                 --out "$OUT/ab-${label// /-}.json" | grep -E "decode @|speed" || status=1
             done ;;
+    # Per-op device time of the decode step (no graphs, CUDA events between ops) for several bundles side by side:
+    # DUO_PROFILE_BUNDLES="base new" (new: this bundle), at DUO_AB_CONTEXTS (default 32k), full and duo 50 %.
+    profile-ab) for file in .device/*-duo-bench.mjs.xz .device/*-duoattn.node.xz; do
+                  [ -f "$file" ] && name=$(basename "$file" .xz) && xz -dc "$file" > "/tmp/duo-node/$name"
+                done
+                for bundle in ${DUO_PROFILE_BUNDLES:-base new}; do
+                  bench=/tmp/duo-node/duo-bench.mjs native=/tmp/duo-node/duoattn.node
+                  [ "$bundle" != new ] && bench=/tmp/duo-node/$bundle-duo-bench.mjs native=/tmp/duo-node/$bundle-duoattn.node
+                  echo "--- $bundle"
+                  DUO_NO_GRAPHS=1 DUO_CUDA_PROFILE=1 DUO_NATIVE_PATH=$native node $bench efficiency --shape llama-3-8b --device cuda \
+                    --attention full,duo --sparsity 0.5 --sink 128 --recent 256 --contexts ${DUO_AB_CONTEXTS:-32k} --prefill none \
+                    --steps 16 --warmup 4 --profile --out "$OUT/profile-$bundle.json" | grep -E "decode @|ms/token over" || status=1
+                done ;;
     duo-prefill) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
               --sink 128 --recent 256 --contexts none --prefill 128k --prefill-chunk 32768 --out "$OUT/efficiency-prefill.json" || status=1 ;;
     duo-torch) maxima=$(node -e "const d = require('$OUT/efficiency-decode.json'); \

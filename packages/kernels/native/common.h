@@ -86,8 +86,23 @@ DUO_HD int popcount64(uint64_t bits) {
 // Most KV heads a layer with streaming heads may have: the head map is a 128-bit mask.
 constexpr int kMaxKvHeads = 128;
 
+// A 128-bit set of KV heads as two words. Scalars, not an array: kernels take it inside their parameters, and indexing
+// a parameter array with a run-time value makes the compiler copy the whole parameter struct to local memory first.
+struct HeadMask {
+  uint64_t low = 0, high = 0;  // heads 0 … 63, 64 … 127
+  DUO_HD uint64_t word(int head) const { return head < 64 ? low : high; }
+  DUO_HD bool has(int head) const { return (word(head) >> (head & 63)) & 1u; }
+  DUO_HD void add(int head) { (head < 64 ? low : high) |= 1ull << (head & 63); }
+  // Members below `head`.
+  DUO_HD int below(int head) const {
+    const int bit = head & 63;
+    const uint64_t under = bit == 0 ? 0 : (word(head) & (~0ull >> (64 - bit)));
+    return (head < 64 ? 0 : popcount64(low)) + popcount64(under);
+  }
+};
+
 // DuoAttention's streaming heads. The weights keep the checkpoint's KV head order; a session's plan is a map instead:
-// bit h of `streamingMask` says KV head h streams. The other (retrieval) heads keep every key in the op's main caches
+// `streamingHeads` holds the KV heads that stream. The other (retrieval) heads keep every key in the op's main caches
 // at slot = position, in ascending head order; the streaming heads keep `sink` slots (positions 0 … sink − 1) and then
 // a ring of `ring` slots in the region `key`/`value` ([streamingHeads, sink + ring, headDim], ascending head order), so
 // the region never grows. A query at position i sees key j iff j ≤ i and (j < sink or j ≥ windowStart(i)).
@@ -96,18 +111,14 @@ struct StreamingLayout {
   void* key = nullptr;  // attention reads the region, the RoPE + cache write fills it
   void* value = nullptr;
   int retrievalKvHeads = 0;            // rows of the main caches
-  uint64_t streamingMask[2] = {0, 0};  // bit h: KV head h streams (heads 0 … 127)
+  HeadMask streamingHeads;   // KV heads 0 … 127 that stream
   int64_t sink = 0, recent = 0, ring = 1;
   bool chunked = false;  // the reference's chunk-wise mask: the window starts `recent` keys before the call's first query
 
   DUO_HD bool active() const { return key != nullptr; }
-  DUO_HD bool streams(int kvHead) const { return active() && ((streamingMask[kvHead >> 6] >> (kvHead & 63)) & 1u); }
+  DUO_HD bool streams(int kvHead) const { return active() && streamingHeads.has(kvHead); }
   // Streaming heads below `kvHead`: a streaming head's row in the region; the rest give a retrieval head's row.
-  DUO_HD int streamingBelow(int kvHead) const {
-    const int word = kvHead >> 6, bit = kvHead & 63;
-    const uint64_t below = bit == 0 ? 0 : (streamingMask[word] & (~0ull >> (64 - bit)));
-    return (word > 0 ? popcount64(streamingMask[0]) : 0) + popcount64(below);
-  }
+  DUO_HD int streamingBelow(int kvHead) const { return streamingHeads.below(kvHead); }
   // Row of retrieval head `kvHead` in the main caches (every head's own index when none streams).
   DUO_HD int64_t fullRow(int kvHead) const { return active() ? kvHead - streamingBelow(kvHead) : kvHead; }
   // The KV head at `index` of region order (the main caches' rows, then the region's): decode lays its blocks out so.

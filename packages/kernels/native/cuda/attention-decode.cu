@@ -568,8 +568,7 @@ DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, i
   splits.retrievalKvHeads = layout.active() ? layout.retrievalKvHeads : args.kvHeads;
   splits.kvHeads = args.kvHeads;
   if (layout.active()) {
-    splits.streamingMask[0] = layout.streamingMask[0];
-    splits.streamingMask[1] = layout.streamingMask[1];
+    splits.streamingHeads = layout.streamingHeads;
   }
   const int streamingHeads = args.kvHeads - splits.retrievalKvHeads;
   if (splits.retrievalKvHeads > 0) splits.full = splitsFor(args.keyLength, splits.retrievalKvHeads, resident, multiprocessors);

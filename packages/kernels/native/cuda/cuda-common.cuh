@@ -212,12 +212,12 @@ void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, cons
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
 // How one decode launch spreads over the KV heads: full heads get `full` splits of their keys each, streaming heads (a
 // short window) `stream` each; one block per (head, split), the full heads' blocks first (region order, see
-// StreamingLayout::headAt); partials laid out [query head][stride]. `streamingMask` is the layout's head map.
+// StreamingLayout::headAt); partials laid out [query head][stride]. `streamingHeads` is the layout's head map.
 struct DecodeSplits {
   int retrievalKvHeads = 0, kvHeads = 0, full = 1, stream = 1, stride = 1;
-  uint64_t streamingMask[2] = {0, 0};
+  HeadMask streamingHeads;
   int blocks(int heads) const { return retrievalKvHeads * full + (heads - retrievalKvHeads) * stream; }
-  __host__ __device__ bool streams(int kvHead) const { return (streamingMask[kvHead >> 6] >> (kvHead & 63)) & 1u; }
+  __host__ __device__ bool streams(int kvHead) const { return streamingHeads.has(kvHead); }
   __host__ __device__ int of(int kvHead) const { return streams(kvHead) ? stream : full; }
   __device__ void locate(int block, const StreamingLayout& layout, int& kvHead, int& split, int& splits) const {
     if (block < retrievalKvHeads * full) {

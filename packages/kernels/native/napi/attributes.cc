@@ -31,15 +31,15 @@ StreamingLayout streamingLayout(const Napi::Value& value, const Tensor& alongsid
   const Napi::Array retrieval = retrievalValue.As<Napi::Array>();
   if (static_cast<int64_t>(retrieval.Length()) != alongside.shape[0])
     throw Error("DUO_ARG", "the main caches must hold one row per retrieval head");
-  uint64_t retrievalMask[2] = {0, 0};
+  HeadMask retrievalHeads;
   for (uint32_t i = 0; i < retrieval.Length(); i++) {
     const int head = retrieval.Get(i).As<Napi::Number>().Int32Value();
-    if (head < 0 || head >= kvHeads || ((retrievalMask[head >> 6] >> (head & 63)) & 1u))
+    if (head < 0 || head >= kvHeads || retrievalHeads.has(head))
       throw Error("DUO_ARG", "retrieval heads must be distinct KV heads of the layer");
-    retrievalMask[head >> 6] |= 1ull << (head & 63);
+    retrievalHeads.add(head);
   }
   for (int head = 0; head < kvHeads; head++)
-    if (!((retrievalMask[head >> 6] >> (head & 63)) & 1u)) layout.streamingMask[head >> 6] |= 1ull << (head & 63);
+    if (!retrievalHeads.has(head)) layout.streamingHeads.add(head);
   if (kvHeads - static_cast<int64_t>(retrieval.Length()) != key.shape[0])
     throw Error("DUO_ARG", "the streaming region must hold one row per streaming head");
   layout.sink = fields.integer("sink");
