@@ -1,7 +1,7 @@
 // Builds the addon with node-gyp: configures when the CUDA toggle changed or nothing is configured, else builds
 // incrementally. Prints which backends the binary contains.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,7 +33,15 @@ function nodeGyp() {
   }
 }
 const args = [configured ? 'build' : 'rebuild', '--jobs=max', ...nodedirArgs];
-console.log(`[duoattn] node-gyp ${args.join(' ')} (CUDA ${settings.cuda === '1' ? 'on' : 'off'})`);
+console.log(`[duoattn] CUDA backend ${settings.cuda === '1' ? 'on' : 'off'}: ${detect('why')}`);
+if (settings.cuda === '1') {
+  const files = readdirSync(join(nativeRoot, 'cuda')).filter((file) => file.endsWith('.cu')).length;
+  console.log(
+    `[duoattn] compiling ${files} CUDA files (${settings.gencode.match(/sm_\w+|compute_\w+/g)?.join(', ')}): minutes on a small ` +
+      'machine; each is named as nvcc starts it. DUO_CUDA_ARCHS=90a narrows the targets, DUO_CUDA=0 skips CUDA.',
+  );
+}
+console.log(`[duoattn] node-gyp ${args.join(' ')}`);
 const [command, ...gypArgs] = nodeGyp();
 const result = spawnSync(command, [...gypArgs, ...args], { cwd: nativeRoot, stdio: 'inherit' });
 if (result.error) {

@@ -1,5 +1,7 @@
-// Answers binding.gyp's questions about CUDA: `enabled` (1|0), `path` (toolkit root), `gencode` (nvcc flags).
-// env DUO_CUDA=0|1 wins; otherwise CUDA is enabled when nvcc and cuda_runtime.h are both found.
+// Answers binding.gyp's questions about CUDA: `enabled` (1|0), `why` (one line: the reason for that answer), `path`
+// (toolkit root), `gencode` (nvcc flags). env DUO_CUDA=0|1 wins; otherwise CUDA is enabled when nvcc, cuda_runtime.h
+// and a CUDA driver are all found — a machine with the toolkit but no GPU builds the CPU backend in a minute instead
+// of compiling kernels it cannot run for several (CI and the GPU bundle force DUO_CUDA=1).
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -15,10 +17,26 @@ function toolkitRoot() {
   return candidates.find((root) => root && existsSync(join(root, 'bin', 'nvcc'))) ?? '';
 }
 
-function enabled(root) {
+/** A CUDA driver is present when the kernel module answers or libcuda is known to the dynamic loader. */
+function cudaDriverFound() {
+  if (existsSync('/proc/driver/nvidia/version') || existsSync('/usr/lib/wsl/lib/libcuda.so.1')) return true;
+  try {
+    return /\blibcuda\.so\.1\b/.test(execFileSync('ldconfig', ['-p'], { encoding: 'utf8', stdio: 'pipe' }));
+  } catch {
+    return false;
+  }
+}
+
+/** Whether to compile the CUDA backend, and why. */
+function decide(root) {
   const forced = process.env.DUO_CUDA;
-  if (forced === '0' || forced === '1') return forced;
-  return root && existsSync(join(root, 'include', 'cuda_runtime.h')) ? '1' : '0';
+  if (forced === '0' || forced === '1') return { enabled: forced, why: `DUO_CUDA=${forced}` };
+  if (!root) return { enabled: '0', why: 'no nvcc found (set CUDA_PATH, or DUO_CUDA=1)' };
+  if (!existsSync(join(root, 'include', 'cuda_runtime.h'))) {
+    return { enabled: '0', why: `no cuda_runtime.h under ${root}/include` };
+  }
+  if (!cudaDriverFound()) return { enabled: '0', why: 'nvcc found but no CUDA driver (DUO_CUDA=1 compiles CUDA anyway)' };
+  return { enabled: '1', why: `nvcc, headers and a CUDA driver found (${root})` };
 }
 
 function gencode() {
@@ -37,10 +55,11 @@ function gencode() {
 
 const root = toolkitRoot();
 const question = process.argv[2];
-if (question === 'enabled') console.log(enabled(root));
+if (question === 'enabled') console.log(decide(root).enabled);
+else if (question === 'why') console.log(decide(root).why);
 else if (question === 'path') console.log(root || '/usr/local/cuda');
 else if (question === 'gencode') console.log(gencode());
 else {
-  console.error('usage: detect-cuda.mjs enabled|path|gencode');
+  console.error('usage: detect-cuda.mjs enabled|why|path|gencode');
   process.exit(2);
 }

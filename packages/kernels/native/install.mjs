@@ -1,7 +1,7 @@
 // The package's `install` script: builds the addon where @duoattn/kernels is installed — the CUDA backend when nvcc,
 // its headers and a CUDA driver are found, else the CPU one — and on failure prints why and the loader's fixes instead
 // of node-gyp's log. Inside the duoattn workspace it does nothing: `pnpm build` builds the addon there (turbo-cached).
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -21,27 +21,13 @@ if (process.env.DUO_NATIVE_PATH) {
   process.exit(0);
 }
 
-/** A CUDA driver is present when the kernel module answers or libcuda is known to the dynamic loader. */
-function cudaDriverFound() {
-  if (existsSync('/proc/driver/nvidia/version') || existsSync('/usr/lib/wsl/lib/libcuda.so.1')) return true;
-  try {
-    return /\blibcuda\.so\.1\b/.test(execFileSync('ldconfig', ['-p'], { encoding: 'utf8', stdio: 'pipe' }));
-  } catch {
-    return false;
-  }
-}
-
-/** The build's own answer (env DUO_CUDA=0|1 wins, else nvcc and cuda_runtime.h), narrowed by the driver check. */
+/** The build's answer (detect-cuda.mjs: env DUO_CUDA=0|1 wins, else nvcc, its headers and a CUDA driver). */
 function cudaChoice() {
   const forced = process.env.DUO_CUDA;
-  if (forced === '0' || forced === '1') return { cuda: forced, forced: true };
-  const toolkit = spawnSync(process.execPath, [join(nativeRoot, 'detect-cuda.mjs'), 'enabled'], { encoding: 'utf8' });
-  if (toolkit.stdout.trim() !== '1') return { cuda: '0', forced: false };
-  if (!cudaDriverFound()) {
-    say('nvcc found but no CUDA driver: building the CPU backend (DUO_CUDA=1 compiles CUDA anyway)');
-    return { cuda: '0', forced: false };
-  }
-  return { cuda: '1', forced: false };
+  const ask = (question) =>
+    spawnSync(process.execPath, [join(nativeRoot, 'detect-cuda.mjs'), question], { encoding: 'utf8' }).stdout.trim();
+  say(`CUDA backend: ${ask('enabled') === '1' ? 'on' : 'off'} (${ask('why')})`);
+  return { cuda: ask('enabled') === '1' ? '1' : '0', forced: forced === '0' || forced === '1' };
 }
 
 /** Runs native/build.mjs with its output in a log file; returns the exit status and the log's path. */
