@@ -37,7 +37,7 @@ console.log(`[duoattn] CUDA backend ${settings.cuda === '1' ? 'on' : 'off'}: ${d
 if (settings.cuda === '1') {
   const files = readdirSync(join(nativeRoot, 'cuda')).filter((file) => file.endsWith('.cu')).length;
   console.log(
-    `[duoattn] compiling ${files} CUDA files (${settings.gencode.match(/sm_\w+|compute_\w+/g)?.join(', ')}): minutes on a small ` +
+    `[duoattn] compiling ${files} CUDA files (${[...new Set(settings.gencode.match(/sm_\w+|compute_\w+/g))].join(', ')}): minutes on a small ` +
       'machine; each is named as nvcc starts it. DUO_CUDA_ARCHS=90a narrows the targets, DUO_CUDA=0 skips CUDA.',
   );
 }

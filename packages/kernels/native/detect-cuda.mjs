@@ -35,7 +35,8 @@ function decide(root) {
   if (!existsSync(join(root, 'include', 'cuda_runtime.h'))) {
     return { enabled: '0', why: `no cuda_runtime.h under ${root}/include` };
   }
-  if (!cudaDriverFound()) return { enabled: '0', why: 'nvcc found but no CUDA driver (DUO_CUDA=1 compiles CUDA anyway)' };
+  if (!cudaDriverFound())
+    return { enabled: '0', why: 'nvcc found but no CUDA driver (DUO_CUDA=1 compiles CUDA anyway)' };
   return { enabled: '1', why: `nvcc, headers and a CUDA driver found (${root})` };
 }
 
