@@ -3,6 +3,13 @@ import { median, quantile } from '@duoattn/app-kit';
 import type { Backend } from '@duoattn/core';
 import type { Session } from '@duoattn/model';
 
+/**
+ * Session options of the timing benchmarks (speed, efficiency): their caches are synthetic K/V or random tokens and
+ * only the time counts, so they run at any context, past the model's trained positions too (a shape's real model,
+ * e.g. Llama-3-8B-1048k, has a longer context than the config the shape copies).
+ */
+export const TIMING_ONLY = { allowBeyondContext: true } as const;
+
 /** Decode latency in the steady state: ms between consecutive tokens of one greedy run after `warmup` tokens. */
 export interface DecodeTiming {
   msPerToken: number;

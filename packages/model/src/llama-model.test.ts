@@ -148,6 +148,37 @@ describe('generate', () => {
     await expect(session.forward(prompt)).rejects.toThrow('would reach 8 tokens but the session holds 4');
     session.dispose();
   });
+
+  it('refuses a prompt and maxTokens beyond the context or the session before any work', async () => {
+    // The tiny model's context is 256 tokens.
+    const long = Array.from({ length: 300 }, (_, i) => (i % 90) + 1);
+    await expect(collect(model.generate(long, { maxTokens: 1 }))).rejects.toThrow(
+      "The prompt has 300 tokens, more than the model's 256-token context (max_position_embeddings)",
+    );
+    const refusal = collect(model.generate(prompt, { maxTokens: 99_999_999_999 }));
+    await expect(refusal).rejects.toThrow(DuoArgumentError);
+    await expect(refusal).rejects.toThrow(
+      "The prompt's 8 tokens + `maxTokens` 99999999999 = 100000000007 tokens exceed the model's 256-token context (max_position_embeddings); at most 248 new tokens fit",
+    );
+    expect(await collect(model.generate(prompt, { maxTokens: 248, stopTokens: [] }))).toHaveLength(248);
+    const session = model.createSession({ maxTokens: 12 });
+    await session.forward(prompt.slice(0, 4));
+    await expect(collect(model.generate(prompt, { session, maxTokens: 1 }))).rejects.toThrow(
+      "The prompt's 8 tokens + `maxTokens` 1 = 9 tokens exceed the session's room (8 of its 12 tokens are free); at most 0 new tokens fit",
+    );
+    expect(session.position).toBe(4); // nothing ran
+    session.dispose();
+  });
+
+  it('refuses a session beyond the context unless allowBeyondContext (synthetic caches for benchmarks)', () => {
+    expect(() => model.createSession({ maxTokens: 257 })).toThrow(
+      "Expected `maxTokens` of at most the model's context, 256 tokens (max_position_embeddings), but received 257",
+    );
+    const beyond = model.createSession({ maxTokens: 512, allowBeyondContext: true });
+    beyond.syntheticFill(400);
+    expect(beyond.position).toBe(400);
+    beyond.dispose();
+  });
 });
 
 describe('sampling', () => {

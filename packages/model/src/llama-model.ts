@@ -59,7 +59,11 @@ export interface RandomModelOptions extends ModelRuntimeOptions {
 
 /** Options of `generate`. */
 export interface GenerateOptions extends SessionOptions {
-  /** Most tokens to produce. Default `DEFAULT_MAX_NEW_TOKENS` (128). */
+  /**
+   * Most tokens to produce. Default `DEFAULT_MAX_NEW_TOKENS` (128). The prompt and these must fit the model's context
+   * (`config.maxPositionEmbeddings`, unless `allowBeyondContext`) or the room left in `session`: a
+   * `DuoArgumentError` with the numbers otherwise, before any work.
+   */
   maxTokens?: number;
   sampling?: SamplingOptions;
   /** Stop after any of these strings appears in the output (it is included). */
@@ -235,16 +239,12 @@ export class LlamaModel {
     if (!Number.isInteger(maxTokens) || maxTokens < 0) {
       throw new DuoArgumentError('maxTokens', `Expected \`maxTokens\` to be an integer ≥ 0 but received ${maxTokens}`);
     }
+    this.#checkRoom(promptIds.length, maxTokens, options);
     const sampling = checkSampling(options.sampling ?? {});
     const random = seededRandom(sampling.seed);
     const stopTokens = new Set(options.stopTokens ?? this.tokenizer?.eosTokenIds ?? this.config.eosTokenIds);
     const ownSession = !options.session;
-    const session =
-      options.session ??
-      this.createSession({
-        ...options,
-        maxTokens: options.maxTokens === undefined ? undefined : Math.max(promptIds.length + maxTokens, 1),
-      });
+    const session = options.session ?? this.createSession({ ...options, maxTokens: promptIds.length + maxTokens });
     const decoder = this.tokenizer?.createStreamDecoder(promptIds);
     const greedy = sampling.temperature === 0;
     let text = '';
@@ -309,6 +309,27 @@ export class LlamaModel {
 
   [Symbol.dispose](): void {
     this.dispose();
+  }
+
+  /**
+   * Refuses a generation that would not fit before any work: the prompt and `maxTokens` new tokens must fit the
+   * model's context (unless `allowBeyondContext`), or the room left in the session it continues.
+   */
+  #checkRoom(promptTokens: number, maxTokens: number, options: GenerateOptions): void {
+    const session = options.session;
+    if (!session && options.allowBeyondContext) return;
+    const room = session ? session.capacity - session.position : this.config.maxPositionEmbeddings;
+    if (promptTokens + maxTokens <= room) return;
+    const limit = session
+      ? `the session's room (${room} of its ${session.capacity} tokens are free)`
+      : `the model's ${room}-token context (max_position_embeddings)`;
+    if (promptTokens > room) {
+      throw new DuoArgumentError('prompt', `The prompt has ${promptTokens} tokens, more than ${limit}`);
+    }
+    throw new DuoArgumentError(
+      'maxTokens',
+      `The prompt's ${promptTokens} tokens + \`maxTokens\` ${maxTokens} = ${promptTokens + maxTokens} tokens exceed ${limit}; at most ${room - promptTokens} new tokens fit`,
+    );
   }
 
   #checkLive(): void {

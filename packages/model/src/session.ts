@@ -54,8 +54,17 @@ export interface SessionOptions {
    * session owns: sessions with different policies run side by side on one model, whose weights never change.
    */
   policy?: AttentionPolicy;
-  /** Tokens the KV cache holds. Default: the model's max position embeddings, at most `DEFAULT_SESSION_TOKENS` (4096). */
+  /**
+   * Tokens the KV cache holds. Default: the model's max position embeddings, at most `DEFAULT_SESSION_TOKENS` (4096).
+   * More than the model's context (`config.maxPositionEmbeddings`) is refused unless `allowBeyondContext` is set.
+   */
   maxTokens?: number;
+  /**
+   * Lets `maxTokens` exceed the model's context. Positions past `maxPositionEmbeddings` were never trained, so what
+   * the model computes there is not meaningful text; timing benchmarks on synthetic caches at long contexts (random
+   * weights at a real model's shape) are what this is for. Default false.
+   */
+  allowBeyondContext?: boolean;
   /** KV cache dtype. Default 'auto': f32 on the CPU, bf16 on CUDA with 16-bit weights, else f32. */
   cacheDtype?: 'auto' | 'f32' | 'f16' | 'bf16';
   /** The full cache grows in steps of at least this many tokens (then whole pages). Default 4096. */
@@ -141,6 +150,12 @@ export class Session {
       throw new DuoArgumentError(
         'maxTokens',
         `Expected \`maxTokens\` to be a positive integer but received ${capacity}`,
+      );
+    }
+    if (capacity > config.maxPositionEmbeddings && !options.allowBeyondContext) {
+      throw new DuoArgumentError(
+        'maxTokens',
+        `Expected \`maxTokens\` of at most the model's context, ${config.maxPositionEmbeddings} tokens (max_position_embeddings), but received ${capacity}; benchmarks on synthetic caches may pass \`allowBeyondContext: true\``,
       );
     }
     checkPolicyShape(options.policy);

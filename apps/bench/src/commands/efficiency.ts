@@ -28,7 +28,7 @@ import { DuoOutOfMemoryError, dtypeBytes } from '@duoattn/core';
 import { maxContext, planMemory, policyPlan } from '@duoattn/dual-cache';
 import { kvPlanes, kvRowBytes } from '@duoattn/kv-quant';
 import type { LlamaModel } from '@duoattn/model';
-import { benchmarkTokens, decodeLatency, prefillSeconds } from '../measure.js';
+import { benchmarkTokens, decodeLatency, prefillSeconds, TIMING_ONLY } from '../measure.js';
 import { benchBackend, benchmarkModel } from '../model-options.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
@@ -302,7 +302,7 @@ async function measureDecode(
   backend.resetPeakMemory();
   let session: ReturnType<LlamaModel['createSession']> | undefined;
   try {
-    session = model.createSession({ policy, maxTokens: capacity, cacheBlockTokens: capacity });
+    session = model.createSession({ policy, maxTokens: capacity, cacheBlockTokens: capacity, ...TIMING_ONLY });
     session.syntheticFill(context, context);
     const timing = await decodeLatency(session, warmup, steps);
     const memory = backend.memory();
@@ -329,7 +329,7 @@ async function measurePrefill(model: LlamaModel, { attention, kvQuant, policy }:
   backend.resetPeakMemory();
   let session: ReturnType<LlamaModel['createSession']> | undefined;
   try {
-    session = model.createSession({ policy, maxTokens: length, cacheBlockTokens: length });
+    session = model.createSession({ policy, maxTokens: length, cacheBlockTokens: length, ...TIMING_ONLY });
     const { seconds, runs } = await prefillSeconds(
       backend,
       session,

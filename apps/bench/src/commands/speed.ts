@@ -11,7 +11,7 @@ import {
   writeResult,
 } from '@duoattn/app-kit';
 import { dtypeBytes, readEnvironment } from '@duoattn/core';
-import { benchmarkTokens, decodeLatency, prefillSeconds } from '../measure.js';
+import { benchmarkTokens, decodeLatency, prefillSeconds, TIMING_ONLY } from '../measure.js';
 import { benchBackend, benchmarkModel } from '../model-options.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
@@ -48,14 +48,16 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
   const config = model.config;
   const weightBytes = dtypeBytes(model.weightDtype);
   const capacity = Math.max(prefillTokens, ...contexts) + warmup + steps + 2;
-  // Full attention, the whole prompt in one prefill chunk.
-  const session = model.createSession({
-    policy: { attention: 'full', prefillChunk: Math.max(prefillTokens, 1) },
-    maxTokens: capacity,
-  });
-  const cacheBytes = dtypeBytes(session.cacheDtype);
-  const tokens = benchmarkTokens(prefillTokens, config.vocabSize);
+  let session: ReturnType<typeof model.createSession> | undefined;
   try {
+    // Full attention, the whole prompt in one prefill chunk.
+    session = model.createSession({
+      policy: { attention: 'full', prefillChunk: Math.max(prefillTokens, 1) },
+      maxTokens: capacity,
+      ...TIMING_ONLY,
+    });
+    const cacheBytes = dtypeBytes(session.cacheDtype);
+    const tokens = benchmarkTokens(prefillTokens, config.vocabSize);
     let prefill: object | undefined;
     if (prefillTokens > 0) {
       const { seconds, runs: times } = await prefillSeconds(backend, session, tokens);
@@ -122,7 +124,7 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
     if (readEnvironment().printJson) writeFileSync(1, `${JSON.stringify(document)}\n`);
     return document;
   } finally {
-    session.dispose();
+    session?.dispose();
     model.dispose();
   }
 }
