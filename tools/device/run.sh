@@ -59,8 +59,10 @@ for step in "${steps[@]}"; do
               bench=/tmp/duo-node/duo-bench.mjs native=/tmp/duo-node/duoattn.node
               bundle=; case " $knobs " in *" DUO_BASE=1 "*) bundle=base ;; *" DUO_BUNDLE="*) bundle=${knobs##*DUO_BUNDLE=}; bundle=${bundle%% *} ;; esac
               [ -n "$bundle" ] && bench=/tmp/duo-node/$bundle-duo-bench.mjs native=/tmp/duo-node/$bundle-duoattn.node
+              # The bundle's own commit (.device/NAME-commit.txt) goes into its records, not this bundle's.
+              commit=$DUO_COMMIT; [ -n "$bundle" ] && [ -f ".device/$bundle-commit.txt" ] && commit=$(cat ".device/$bundle-commit.txt")
               case " $knobs " in *" DUO_VARIANT="*) variant=${knobs##*DUO_VARIANT=}; native=/tmp/duo-node/variant-${variant%% *}.node ;; esac
-              env $knobs DUO_NATIVE_PATH=$native node $bench efficiency --shape llama-3-8b --device cuda --attention full,duo \
+              env $knobs DUO_COMMIT=$commit DUO_NATIVE_PATH=$native node $bench efficiency --shape llama-3-8b --device cuda --attention full,duo \
                 --sparsity 0.5 --sink 128 --recent 256 --contexts ${DUO_AB_CONTEXTS:-32k,256k} --prefill none --steps 48 --warmup 8 \
                 --out "$OUT/ab-${label// /-}.json" | grep -E "decode @|speed" || status=1
             done ;;
