@@ -1,7 +1,18 @@
 // Command-line parsing and validators: accepted values, and errors that name the option, the value and what was
 // expected.
-import { describe, expect, it } from 'vitest';
-import { choiceOption, integerListOption, integerOption, numberOption, parseOptions } from './command-options.js';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import {
+  checkContext,
+  choiceOption,
+  integerListOption,
+  integerOption,
+  numberOption,
+  outputOption,
+  parseOptions,
+} from './command-options.js';
 import { UsageError } from './usage-error.js';
 
 function usageError(run: () => unknown): UsageError {
@@ -52,6 +63,40 @@ describe('command options', () => {
     const error = usageError(run);
     expect(error).toMatchObject({ option, received, expected });
     expect(error.message).toBe(`--${option}: expected ${expected} but received "${received}"`);
+  });
+
+  it('checks an output path before any work: folders to make under a writable directory, never under a file', () => {
+    const directory = mkdtempSync(join(tmpdir(), 'duoattn-options-'));
+    onTestFinished(() => rmSync(directory, { recursive: true, force: true }));
+    const file = join(directory, 'a-file');
+    writeFileSync(file, 'x');
+    mkdirSync(join(directory, 'folder'));
+    expect(outputOption('out', undefined)).toBeUndefined();
+    expect(outputOption('out', join(directory, 'new', 'deeper', 'result.json'))).toBe(
+      join(directory, 'new', 'deeper', 'result.json'),
+    );
+    expect(outputOption('out', file)).toBe(file);
+    expect(outputOption('out', join(directory, 'folder'), 'directory')).toBe(join(directory, 'folder'));
+    const below = usageError(() => outputOption('out', join(file, 'sub', 'result.json')));
+    expect(below.message).toBe(
+      `--out: cannot write "${join(file, 'sub', 'result.json')}": "${file}" is not a directory`,
+    );
+    expect(below).toMatchObject({ option: 'out', expected: 'a file in a writable directory' });
+    expect(usageError(() => outputOption('out', join(directory, 'folder'))).message).toContain('it is a directory');
+    expect(usageError(() => outputOption('out', file, 'directory')).message).toContain('it is a file, not a directory');
+    expect(usageError(() => outputOption('csv', '')).message).toBe('--csv: cannot write "": the path is empty');
+  });
+
+  it("names the option, what needs the tokens and the model's context when they do not fit", () => {
+    expect(() => checkContext('length', '16k', 16384, 16384, '16384 tokens per window')).not.toThrow();
+    const error = usageError(() => checkContext('length', '20k', 20480, 16384, '20480 tokens per window'));
+    expect(error.message).toBe(
+      "--length: 20480 tokens per window but the model's context holds 16384 tokens (max_position_embeddings)",
+    );
+    expect(error).toMatchObject({ option: 'length', received: '20k', expected: 'at most 16384 tokens in all' });
+    expect(usageError(() => checkContext('max-tokens', 9, 20, 16, '20 tokens', 'at most 5 fit')).message).toBe(
+      "--max-tokens: 20 tokens but the model's context holds 16 tokens (max_position_embeddings); at most 5 fit",
+    );
   });
 
   it('recognises usage errors by marker, not by class identity', () => {

@@ -1,5 +1,7 @@
 // Command-line options: parsing against a spec and the validators whose errors name the option, the value and what
 // was expected.
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { UsageError } from './usage-error.js';
 
@@ -65,4 +67,64 @@ export function integerListOption(name: string, value: unknown, fallback: number
       if (!match) throw UsageError.invalid(name, 'comma-separated integers (e.g. 4k,32k)', value);
       return Number(match[1]) * (match[2] ? 1024 : 1);
     });
+}
+
+/**
+ * An output path, checked before any work so a long run does not fail at its end: a path that exists must be a file
+ * (`kind` 'file', the default) or a directory ('directory') and writable; otherwise its nearest existing ancestor must
+ * be a writable directory (the folders in between are made when the output is written). Returns the path as given,
+ * undefined when absent.
+ */
+export function outputOption(name: string, value: unknown, kind: 'file' | 'directory' = 'file'): string | undefined {
+  if (value === undefined) return undefined;
+  const path = String(value);
+  const cannot = (why: string) =>
+    new UsageError(`--${name}: cannot write "${path}": ${why}`, {
+      option: name,
+      received: path,
+      expected: kind === 'file' ? 'a file in a writable directory' : 'a writable directory',
+    });
+  if (path.trim() === '') throw cannot('the path is empty');
+  const target = resolve(path);
+  if (existsSync(target)) {
+    const isDirectory = statSync(target).isDirectory();
+    if (kind === 'file' && isDirectory) throw cannot('it is a directory');
+    if (kind === 'directory' && !isDirectory) throw cannot('it is a file, not a directory');
+    if (!writable(target)) throw cannot('it is not writable');
+    return path;
+  }
+  // existsSync is false below a regular file too (ENOTDIR): walk up to what does exist and look at it.
+  let ancestor = dirname(target);
+  while (!existsSync(ancestor)) ancestor = dirname(ancestor);
+  if (!statSync(ancestor).isDirectory()) throw cannot(`"${ancestor}" is not a directory`);
+  if (!writable(ancestor)) throw cannot(`the directory "${ancestor}" is not writable`);
+  return path;
+}
+
+function writable(path: string): boolean {
+  try {
+    accessSync(path, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A usage error unless `tokens` fit a model's context of `context` tokens (its max_position_embeddings): the message
+ * names the option, what needs the tokens (`what`, e.g. "20480 tokens per window"), the context and `hint` (what fits).
+ */
+export function checkContext(
+  option: string,
+  value: unknown,
+  tokens: number,
+  context: number,
+  what: string,
+  hint?: string,
+): void {
+  if (tokens <= context) return;
+  throw new UsageError(
+    `--${option}: ${what} but the model's context holds ${context} tokens (max_position_embeddings)${hint ? `; ${hint}` : ''}`,
+    { option, received: String(value), expected: `at most ${context} tokens in all` },
+  );
 }

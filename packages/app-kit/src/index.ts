@@ -1,11 +1,13 @@
 // Public surface of @duoattn/app-kit: what duoattn's apps share — command-line options and usage errors, the attention
 // policy options and the policy they build, result records and their writer, figures (SVG or PNG).
 export {
+  checkContext,
   choiceOption,
   integerListOption,
   integerOption,
   numberOption,
   type OptionSpec,
+  outputOption,
   parseOptions,
 } from './command-options.js';
 export { FIGURE_EXTENSIONS, figurePath, svgToPng, toPng, toSvg, writeFigure } from './figure-files.js';
