@@ -86,5 +86,23 @@ const reason = !existsSync(join(demo, 'config.json'))
         /`suffix` to be an integer ≥ 1/,
       );
     });
+
+    it('stops before the next document once its signal is aborted from the event loop (a SIGINT handler)', async () => {
+      const controller = new AbortController();
+      const reason = new Error('interrupted');
+      let done = 0;
+      setImmediate(() => controller.abort(reason));
+      await expect(
+        analyzeAccs(model, {
+          documents,
+          prefix,
+          gap,
+          suffix,
+          signal: controller.signal,
+          onDocument: (n) => (done = n),
+        }),
+      ).rejects.toBe(reason);
+      expect(done).toBeLessThan(documents.length);
+    });
   },
 );

@@ -35,6 +35,7 @@ export interface AccsOptions {
   /** Decodes a prefix for its text compressibility (a tokenizer's decode). */
   readonly decode?: (tokens: readonly number[]) => string;
   readonly onDocument?: (done: number, total: number) => void;
+  /** Stops the analysis before the next document once aborted, throwing the signal's reason. */
   readonly signal?: AbortSignal;
 }
 
@@ -136,7 +137,11 @@ export async function analyzeAccs(model: LlamaModel, options: AccsOptions): Prom
   const session = model.createSession({ ...options.session, maxTokens: bos.length + needed });
   try {
     for (const [d, document] of documents.entries()) {
-      options.signal?.throwIfAborted();
+      if (options.signal) {
+        // The event loop turns first, so an abort from a handler (a SIGINT's) is seen: CPU work never waits.
+        await new Promise((resolve) => setImmediate(resolve));
+        options.signal.throwIfAborted();
+      }
       const head = document.slice(0, prefix);
       const tail = document.slice(prefix, needed);
       const changed = perturbPrefix(perturbation, head, {

@@ -1,5 +1,5 @@
 // The training loop on the CPU: gates move, checkpoints resume exactly, settings and data problems are reported.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createBackend } from '@duoattn/kernels';
@@ -71,5 +71,33 @@ describe('trainGates (cpu)', () => {
     await expect(trainGates({ ...settings, learningRate: 0.01, checkpointPath, resume: true })).rejects.toThrow(
       /made with other settings/,
     );
+  });
+
+  it('refuses a corrupt or incomplete checkpoint with a DuoArgumentError naming the file', async () => {
+    const checkpointPath = join(directory, 'broken.json');
+    await trainGates({ ...settings, checkpointPath, stopAfter: 1 });
+    const saved = JSON.parse(readFileSync(checkpointPath, 'utf8'));
+    for (const [text, message] of [
+      ['{"format": "duoattn-gate-ch', /Could not read the checkpoint/],
+      ['null', /Expected a duoattn gate checkpoint \(version 1\)/],
+      [JSON.stringify({ ...saved, optimizer: null }), /is incomplete/],
+      [JSON.stringify({ ...saved, optimizer: { ...saved.optimizer, gates: 'x' } }), /is incomplete/],
+      [JSON.stringify({ ...saved, history: {} }), /is incomplete/],
+    ] as const) {
+      writeFileSync(checkpointPath, text);
+      await expect(trainGates({ ...settings, checkpointPath, resume: true })).rejects.toMatchObject({
+        code: 'DUO_ARG',
+        message: expect.stringMatching(message),
+      });
+    }
+  });
+
+  it('stops after the step in flight once its signal is aborted, even when every step resolves at once', async () => {
+    const controller = new AbortController();
+    // An abort that can only arrive from the event loop, as a SIGINT handler's does.
+    setImmediate(() => controller.abort());
+    const stopped = await trainGates({ ...settings, signal: controller.signal });
+    expect(stopped.finished).toBe(false);
+    expect(stopped.stepsDone).toBeLessThan(settings.steps);
   });
 });

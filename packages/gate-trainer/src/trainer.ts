@@ -128,7 +128,7 @@ export async function trainGates(options: TrainGatesOptions): Promise<TrainGates
     renameSync(`${path}.tmp`, path);
   };
   const stopAt = Math.min(settings.steps, options.stopAfter ?? settings.steps);
-  while (optimizer.steps < stopAt && !options.signal?.aborted) {
+  while (optimizer.steps < stopAt && !(await aborted(options.signal))) {
     const step = optimizer.steps;
     const started = performance.now();
     const sample = data.sample(step);
@@ -175,6 +175,16 @@ export async function trainGates(options: TrainGatesOptions): Promise<TrainGates
   };
 }
 
+/**
+ * Whether `signal` was aborted, after letting the event loop turn: a step on the CPU resolves its promises at once, so
+ * without the turn a SIGINT handler that aborts the signal would never run before the last step.
+ */
+async function aborted(signal: AbortSignal | undefined): Promise<boolean> {
+  if (!signal) return false;
+  await new Promise((resolve) => setImmediate(resolve));
+  return signal.aborted;
+}
+
 function readCheckpoint(path: string, settings: GateTrainingSettings, gateCount: number): Checkpoint {
   let checkpoint: Checkpoint;
   try {
@@ -185,7 +195,12 @@ function readCheckpoint(path: string, settings: GateTrainingSettings, gateCount:
       `Could not read the checkpoint "${path}": ${(error as Error).message}`,
     );
   }
-  if (checkpoint.format !== 'duoattn-gate-checkpoint' || checkpoint.version !== 1) {
+  if (
+    typeof checkpoint !== 'object' ||
+    checkpoint === null ||
+    checkpoint.format !== 'duoattn-gate-checkpoint' ||
+    checkpoint.version !== 1
+  ) {
     throw new DuoArgumentError('checkpointPath', `Expected a duoattn gate checkpoint (version 1) in "${path}"`);
   }
   const saved = JSON.stringify(checkpoint.settings);
@@ -193,6 +208,26 @@ function readCheckpoint(path: string, settings: GateTrainingSettings, gateCount:
     throw new DuoArgumentError(
       'resume',
       `The checkpoint "${path}" was made with other settings (${saved}); this run has ${JSON.stringify(settings)}`,
+    );
+  }
+  const { optimizer, history } = checkpoint;
+  const numbers = (value: unknown) => Array.isArray(value) && value.every((item) => typeof item === 'number');
+  if (
+    typeof optimizer !== 'object' ||
+    optimizer === null ||
+    typeof optimizer.settings !== 'object' ||
+    optimizer.settings === null ||
+    !numbers(optimizer.gates) ||
+    !numbers(optimizer.firstMoment) ||
+    !numbers(optimizer.secondMoment) ||
+    typeof history !== 'object' ||
+    history === null ||
+    !Array.isArray(history.reports) ||
+    !Array.isArray(history.gates)
+  ) {
+    throw new DuoArgumentError(
+      'checkpointPath',
+      `The checkpoint "${path}" is incomplete: expected its optimizer's gates and moments and its history`,
     );
   }
   if (checkpoint.optimizer.gates.length !== gateCount) {
