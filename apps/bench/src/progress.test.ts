@@ -1,6 +1,6 @@
 // The progress lines: weight loading (drawn in place on a terminal, silent otherwise) and gate training.
 import { describe, expect, it } from 'vitest';
-import { duration, loadingProgress, trainingProgress } from './progress.js';
+import { duration, loadingProgress, runProgress, trainingProgress } from './progress.js';
 
 describe('loadingProgress', () => {
   it('redraws one line on a terminal and ends it when done', () => {
@@ -54,5 +54,18 @@ describe('trainingProgress', () => {
 
   it('formats durations', () => {
     expect([duration(5), duration(75), duration(4000)]).toEqual(['5s', '1m15s', '1h06m']);
+  });
+});
+
+describe('runProgress', () => {
+  it('shows the work done, what was just done, the rate and an ETA; in a log the first, every tenth and the last', async () => {
+    const written: string[] = [];
+    const stream = { isTTY: false, write: (text: string) => written.push(text) } as unknown as NodeJS.WriteStream;
+    const progress = runProgress('passkey', stream);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    for (let trial = 1; trial <= 12; trial++) progress(trial * 100, 1200, `@100 trial ${trial}/12`);
+    expect(written.map((line) => /trial (\d+)\//.exec(line)?.[1])).toEqual(['1', '10', '12']);
+    expect(written[0]).toMatch(/^\[duo-bench\] passkey \[#{2}-{18}\] @100 trial 1\/12; [\d.]+k? tok\/s, ETA \S+\n$/);
+    expect(written.at(-1)).toMatch(/\[#{20}\] @100 trial 12\/12; .* ETA 0s\n$/);
   });
 });
