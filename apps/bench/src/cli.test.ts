@@ -1,7 +1,7 @@
 // duo-bench end to end on the CPU: generate on stories260K, speed on a tiny shape, retrieval and gate training on the
 // demo model, and usage errors.
-import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,9 +16,10 @@ const stories = resolve(root, '..', 'shared', 'models', 'stories260K', 'stories2
 const out = mkdtempSync(join(tmpdir(), 'duo-bench-'));
 afterAll(() => rmSync(out, { recursive: true, force: true }));
 
-async function bench(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+/** Runs the CLI to its end (killed after `timeout` ms, if given: `code` is then null). */
+async function bench(args: string[], timeout?: number): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [cli, ...args], { cwd: root });
+    const { stdout, stderr } = await run(process.execPath, [cli, ...args], { cwd: root, timeout });
     return { code: 0, stdout, stderr };
   } catch (error) {
     const e = error as { code: number; stdout: string; stderr: string };
@@ -263,6 +264,9 @@ describe('duo-bench', () => {
       changeVsUnquantized?: number;
     }[];
     expect(rows.map((row) => row.kvQuant)).toEqual(['none', 'int8', 'int4']);
+    // A progress line per window, with an ETA, on stderr (a log: the first and the last here).
+    expect(result.stderr).toMatch(/\[duo-bench\] perplexity \[#+-*\] run 1\/3 full, window 1\/1, .* tok\/s, ETA /);
+    expect(result.stderr).toMatch(/run 3\/3 full \+ int4, window 1\/1, .* ETA 0s/);
     expect(rows[0]?.tokens).toBe(1023); // every token after the first of the 1024
     for (const row of rows) expect(row.perplexity).toBeGreaterThan(1);
     expect(rows[0]?.changeVsUnquantized).toBeUndefined();
@@ -375,7 +379,9 @@ describe('duo-bench', () => {
     expect(bad.stderr).toContain('--perturb: expected one of shuffle, random, document, truncate');
     const long = await bench([...common, '--prefix', '20000']);
     expect(long.code).toBe(2);
-    expect(long.stderr).toContain("exceed the model's 16384-token context");
+    expect(long.stderr).toContain(
+      "--prefix: 20000 + --gap 0 + --suffix 32 + BOS make 20033 tokens but the model's context holds 16384 tokens",
+    );
   });
 
   it('chart draws two fields of a JSON list with titled axes, as SVG or PNG by the extension', async () => {
@@ -509,6 +515,220 @@ describe('duo-bench', () => {
       const usage = await bench([...base, '--format', 'nato']);
       expect(usage.code).toBe(2);
       expect(usage.stderr).toMatch(/--format: expected one of reference, magic-number but received "nato"/);
+    },
+  );
+});
+
+const demo = existsSync(join(root, 'models/duo-demo/config.json'));
+const book = existsSync(resolve(root, '..', 'shared', 'data', 'gutenberg', '1342.txt'));
+const demoHaystack = join(root, 'models/duo-demo/MODEL_CARD.md');
+/** A run refused up front would end in seconds; one that got past its checks runs for minutes and is killed. */
+const REFUSED_WITHIN = 60_000;
+
+/** Exit status 2, a message naming the problem, and no stack trace. */
+function expectRefused(result: { code: number; stderr: string }, ...parts: string[]): void {
+  expect(result.stderr).not.toMatch(/^ {4}at /m);
+  expect(result.code).toBe(2);
+  for (const part of parts) expect(result.stderr).toContain(part);
+}
+
+/** Starts the CLI; `waitFor` resolves once stderr matches; `exit` resolves with the status and the output. */
+function startBench(args: string[]) {
+  const child = spawn(process.execPath, [cli, ...args], { cwd: root });
+  let stdout = '';
+  let stderr = '';
+  const watchers: { pattern: RegExp; resolve: () => void }[] = [];
+  child.stdout.on('data', (chunk) => {
+    stdout += chunk;
+  });
+  child.stderr.on('data', (chunk) => {
+    stderr += chunk;
+    for (const watcher of watchers.filter((w) => w.pattern.test(stderr))) {
+      watchers.splice(watchers.indexOf(watcher), 1);
+      watcher.resolve();
+    }
+  });
+  const exit = new Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal, stdout, stderr })),
+  );
+  const waitFor = (pattern: RegExp) =>
+    new Promise<void>((resolve) => {
+      if (pattern.test(stderr)) resolve();
+      else watchers.push({ pattern, resolve });
+    });
+  return { child, exit, waitFor };
+}
+
+describe('duo-bench refuses bad input with exit status 2 and a message, never a stack trace', () => {
+  it('plan --attention foo', async () => {
+    expectRefused(
+      await bench(['plan', '--attention', 'foo']),
+      '--attention: expected one of full, streaming, duo but received "foo"',
+    );
+  });
+
+  it('--haystack or --text: a directory without text files, an empty directory, an empty file', async () => {
+    const empty = join(out, 'empty-directory');
+    const noText = join(out, 'no-text');
+    mkdirSync(empty, { recursive: true });
+    mkdirSync(noText, { recursive: true });
+    writeFileSync(join(noText, 'notes.md'), 'not a .txt file');
+    writeFileSync(join(out, 'empty.txt'), '');
+    const retrieval = ['--device', 'cpu', '--lengths', '512', '--trials', '1', '--depths', '1'];
+    expectRefused(await bench(['passkey', ...retrieval, '--haystack', empty]), `--haystack: "${empty}" holds no .txt`);
+    expectRefused(await bench(['niah', ...retrieval, '--haystack', noText]), `--haystack: "${noText}" holds no .txt`);
+    expectRefused(
+      await bench(['perplexity', '--device', 'cpu', '--length', '512', '--text', join(out, 'empty.txt')]),
+      `--text: "${join(out, 'empty.txt')}" is empty`,
+    );
+    expectRefused(
+      await bench([
+        'train-gates',
+        '--device',
+        'cpu',
+        '--steps',
+        '1',
+        '--ctx-min',
+        '500',
+        '--ctx-max',
+        '600',
+        '--haystack',
+        empty,
+      ]),
+      `--haystack: "${empty}" holds no .txt`,
+    );
+  });
+
+  it('--out into a path that cannot be created, before any work', async () => {
+    const file = join(out, 'a-file');
+    writeFileSync(file, 'a regular file');
+    expectRefused(
+      await bench(['plan', '--shape', 'llama-3-8b', '--out', join(file, 'sub', 'plan.json')]),
+      `--out: cannot write "${join(file, 'sub', 'plan.json')}"`,
+      'not a directory',
+    );
+    // Refused before the model loads and the run starts.
+    expectRefused(
+      await bench(
+        ['passkey', '--device', 'cpu', '--lengths', '512', '--out', join(file, 'passkey.json')],
+        REFUSED_WITHIN,
+      ),
+      `--out: cannot write "${join(file, 'passkey.json')}"`,
+    );
+    expectRefused(
+      await bench(['train-gates', '--device', 'cpu', '--haystack', demoHaystack, '--out', join(file, 'gates')]),
+      `--out: cannot write "${join(file, 'gates')}"`,
+    );
+  });
+
+  (demo ? it : it.skip)('generate: --max-tokens 99999999999, and a prompt longer than the context', async () => {
+    const huge = await bench(['generate', '--device', 'cpu', '--max-tokens', '99999999999']);
+    expectRefused(huge, '--max-tokens: the prompt', '99999999999', 'context holds 16384 tokens');
+    expect(huge.stdout).toBe(''); // no output before the refusal
+    const long = await bench([
+      'generate',
+      '--device',
+      'cpu',
+      '--model',
+      'models/duo-demo',
+      '--prompt',
+      'a'.repeat(20_000),
+    ]);
+    expectRefused(long, '--prompt: the prompt is 20001 tokens', 'context holds 16384 tokens');
+    expect(long.stdout).toBe('');
+  });
+
+  (demo && book ? it : it.skip)('perplexity --length 20k, passkey --lengths 32k, niah --lengths 2k,20k', async () => {
+    const perplexity = await bench(
+      ['perplexity', '--device', 'cpu', '--length', '20k', '--windows', '1'],
+      REFUSED_WITHIN,
+    );
+    expectRefused(perplexity, '--length: 20480', 'context holds 16384 tokens');
+    const passkey = await bench(['passkey', '--device', 'cpu', '--lengths', '32k', '--trials', '1'], REFUSED_WITHIN);
+    expectRefused(passkey, '--lengths: 32768', 'context holds 16384 tokens');
+    const niah = await bench(['niah', '--device', 'cpu', '--lengths', '2k,20k', '--trials', '1'], REFUSED_WITHIN);
+    expectRefused(niah, '--lengths: 20480', 'context holds 16384 tokens');
+    expect(niah.stdout).toBe(''); // not even the 2k row ran
+  });
+
+  (demo ? it : it.skip)('train-gates --ctx-max beyond the context', async () => {
+    const args = ['train-gates', '--device', 'cpu', '--haystack', demoHaystack, '--steps', '1'];
+    const result = await bench(
+      [...args, '--ctx-min', '500', '--ctx-max', '20000', '--out', join(out, 'too-long')],
+      REFUSED_WITHIN,
+    );
+    expectRefused(result, '--ctx-max: 20000', 'context holds 16384 tokens');
+  });
+});
+
+describe('duo-bench on Ctrl-C (SIGINT)', () => {
+  const data = [
+    'train-gates',
+    '--device',
+    'cpu',
+    '--haystack',
+    demoHaystack,
+    '--ctx-min',
+    '500',
+    '--ctx-max',
+    '600',
+    '--format',
+    'magic-number',
+    '--passkeys',
+    '3',
+    '--words',
+    '4',
+    '--sink',
+    '16',
+    '--recent',
+    '32',
+    '--steps',
+    '6',
+  ];
+
+  (demo ? it : it.skip)(
+    'train-gates saves its checkpoint and exits 130; --resume ends with the gates of an uninterrupted run',
+    async () => {
+      const whole = join(out, 'sigint-whole');
+      expect((await bench([...data, '--out', whole])).code).toBe(0);
+      const split = join(out, 'sigint-split');
+      const run = startBench([...data, '--out', split]);
+      await run.waitFor(/step 1\/6/);
+      run.child.kill('SIGINT');
+      const stopped = await run.exit;
+      expect(stopped.stderr).not.toMatch(/^ {4}at /m);
+      expect(stopped.code).toBe(130);
+      expect(stopped.stdout).toMatch(/stopped after [1-5]\/6 steps/);
+      expect(existsSync(join(split, 'checkpoint.json'))).toBe(true);
+      const resumed = await bench([...data, '--out', split, '--resume']);
+      expect(resumed.code).toBe(0);
+      expect(resumed.stderr).not.toMatch(/step 1\/6/); // the steps before the interruption did not run again
+      expect(resumed.stderr).toMatch(/step 6\/6/);
+      expect(readFileSync(join(split, 'full_attention_heads.tsv'), 'utf8')).toBe(
+        readFileSync(join(whole, 'full_attention_heads.tsv'), 'utf8'),
+      );
+      // A corrupt checkpoint, or one made with other settings, is bad input: exit 2.
+      expectRefused(await bench([...data, '--out', split, '--resume', '--lr', '0.01']), 'was made with other settings');
+      writeFileSync(join(split, 'checkpoint.json'), '{"format": "duoattn-gate-checkpoint", "vers');
+      expectRefused(await bench([...data, '--out', split, '--resume']), 'Could not read the checkpoint');
+      writeFileSync(join(split, 'checkpoint.json'), 'null');
+      expectRefused(await bench([...data, '--out', split, '--resume']), 'Expected a duoattn gate checkpoint');
+    },
+  );
+
+  (demo && book ? it : it.skip)(
+    'passkey shows a progress line per trial with an ETA, stops at the next trial and exits 130',
+    async () => {
+      const file = join(out, 'interrupted.json');
+      const run = startBench(['passkey', '--device', 'cpu', '--lengths', '1k', '--trials', '50', '--out', file]);
+      await run.waitFor(/passkey .*trial 1\/50.*ETA/);
+      run.child.kill('SIGINT');
+      const stopped = await run.exit;
+      expect(stopped.stderr).not.toMatch(/^ {4}at /m);
+      expect(stopped.code).toBe(130);
+      expect(stopped.stderr).toMatch(/duo-bench passkey: interrupted .*trial \d+\/50/);
+      expect(stopped.stderr).not.toMatch(/trial 50\/50/);
+      expect(existsSync(file)).toBe(false);
     },
   );
 });

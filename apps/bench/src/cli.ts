@@ -1,6 +1,6 @@
-// duo-bench: the command-line entry point.
-import { UsageError } from '@duoattn/app-kit';
-import { DuoError } from '@duoattn/core';
+// duo-bench: the command-line entry point. Exit status: 0 done, 1 a failure at run time, 2 bad input (options, files),
+// 130 stopped by Ctrl-C.
+import { readEnvironment } from '@duoattn/core';
 import { accsCommand, accsHelp } from './commands/accs.js';
 import { chartCommand, chartHelp } from './commands/chart.js';
 import { efficiencyCommand, efficiencyHelp } from './commands/efficiency.js';
@@ -13,20 +13,43 @@ import { perplexityCommand, perplexityHelp } from './commands/perplexity.js';
 import { planCommand, planHelp } from './commands/plan.js';
 import { speedCommand, speedHelp } from './commands/speed.js';
 import { trainGatesCommand, trainGatesHelp } from './commands/train-gates.js';
+import { describeFailure } from './failure.js';
+import { catchInterrupts, INTERRUPTED_STATUS } from './interrupt.js';
 
-const commands: Record<string, { help: string; run: (argv: string[]) => Promise<unknown> }> = {
+interface Command {
+  help: string;
+  /** Long commands: when Ctrl-C stops them (they poll `signal`); the others die on Ctrl-C as usual. */
+  stops?: string;
+  run: (argv: string[], signal: AbortSignal | undefined) => Promise<unknown>;
+}
+
+const log = (line: string) => console.log(line);
+
+const commands: Record<string, Command> = {
   generate: { help: generateHelp, run: (argv) => generateCommand(argv, (text) => process.stdout.write(text)) },
-  efficiency: { help: efficiencyHelp, run: (argv) => efficiencyCommand(argv, (line) => console.log(line)) },
-  plan: { help: planHelp, run: (argv) => planCommand(argv, (line) => console.log(line)) },
-  chart: { help: chartHelp, run: (argv) => chartCommand(argv, (line) => console.log(line)) },
-  gemm: { help: gemmHelp, run: (argv) => gemmCommand(argv, (line) => console.log(line)) },
-  kernels: { help: kernelsHelp, run: (argv) => kernelsCommand(argv, (line) => console.log(line)) },
-  passkey: { help: passkeyHelp, run: (argv) => passkeyCommand(argv, (line) => console.log(line)) },
-  niah: { help: niahHelp, run: (argv) => niahCommand(argv, (line) => console.log(line)) },
-  accs: { help: accsHelp, run: (argv) => accsCommand(argv, (line) => console.log(line)) },
-  perplexity: { help: perplexityHelp, run: (argv) => perplexityCommand(argv, (line) => console.log(line)) },
-  speed: { help: speedHelp, run: (argv) => speedCommand(argv, (line) => console.log(line)) },
-  'train-gates': { help: trainGatesHelp, run: (argv) => trainGatesCommand(argv, (line) => console.log(line)) },
+  efficiency: {
+    help: efficiencyHelp,
+    stops: 'after this measurement',
+    run: (argv, signal) => efficiencyCommand(argv, log, signal),
+  },
+  plan: { help: planHelp, run: (argv) => planCommand(argv, log) },
+  chart: { help: chartHelp, run: (argv) => chartCommand(argv, log) },
+  gemm: { help: gemmHelp, run: (argv) => gemmCommand(argv, log) },
+  kernels: { help: kernelsHelp, run: (argv) => kernelsCommand(argv, log) },
+  passkey: { help: passkeyHelp, stops: 'at the next trial', run: (argv, signal) => passkeyCommand(argv, log, signal) },
+  niah: { help: niahHelp, stops: 'at the next trial', run: (argv, signal) => niahCommand(argv, log, signal) },
+  accs: { help: accsHelp, stops: 'at the next document', run: (argv, signal) => accsCommand(argv, log, signal) },
+  perplexity: {
+    help: perplexityHelp,
+    stops: 'at the next prefill chunk',
+    run: (argv, signal) => perplexityCommand(argv, log, signal),
+  },
+  speed: { help: speedHelp, run: (argv) => speedCommand(argv, log) },
+  'train-gates': {
+    help: trainGatesHelp,
+    stops: 'after this step, saving the checkpoint; --resume continues',
+    run: (argv, signal) => trainGatesCommand(argv, log, signal),
+  },
 };
 
 function usage(): string {
@@ -50,20 +73,35 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${command.help}\n`);
     return 0;
   }
+  const interrupts = command.stops === undefined ? undefined : catchInterrupts(name, command.stops);
   try {
-    await command.run(rest);
-    return 0;
+    await command.run(rest, interrupts?.signal);
+    // A command that stops by itself on Ctrl-C (train-gates) has written what it did and said so.
+    return interrupts?.signal.aborted ? INTERRUPTED_STATUS : 0;
   } catch (error) {
-    if (UsageError.isInstance(error)) {
-      process.stderr.write(`duo-bench ${name}: ${error.message}\n`);
-      return 2;
-    }
-    if (DuoError.isInstance(error)) {
-      process.stderr.write(`duo-bench ${name}: ${error.message} [${error.code}]\n`);
-      return 1;
-    }
-    throw error;
+    const failure = describeFailure(name, error, verbose());
+    process.stderr.write(failure.text);
+    return failure.status;
+  } finally {
+    interrupts?.dispose();
   }
 }
 
+/** DUO_VERBOSE: stacks with failures (false when the environment itself is what failed). */
+function verbose(): boolean {
+  try {
+    return readEnvironment().verbose;
+  } catch {
+    return false;
+  }
+}
+
+// Anything that escapes main (a rejection nobody awaited) is an internal error too, reported the same way.
+const fail = (error: unknown) => {
+  const failure = describeFailure(process.argv[2] ?? '', error, verbose());
+  process.stderr.write(failure.text);
+  process.exit(failure.status);
+};
+process.on('uncaughtException', fail);
+process.on('unhandledRejection', fail);
 process.exitCode = await main(process.argv.slice(2));

@@ -1,17 +1,18 @@
 // duo-bench accs: the ACCS analysis (how much long-range context the hidden states encode) for each attention policy,
 // on a book or on synthetic sequences whose compressibility is a dial; JSON, CSV and SVG figures with bootstrap
 // intervals.
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { type AccsAnalysis, analyzeAccs, expectPerturbation, PERTURBATIONS, syntheticDocuments } from '@duoattn/accs';
 import {
   attentionPolicies,
   buildPolicy,
+  checkContext,
   type FigurePanel,
   type FigureSpec,
   integerOption,
   lineChart,
   numberOption,
+  outputOption,
   POLICY_HELP,
   POLICY_OPTIONS,
   type PolicySettings,
@@ -25,9 +26,10 @@ import {
 } from '@duoattn/app-kit';
 import { type AttentionPolicyName, DEFAULT_SPARSITY } from '@duoattn/core';
 import type { LlamaModel } from '@duoattn/model';
-import { heldOutText } from '../default-model.js';
+import { heldOutText, textFiles } from '../default-model.js';
 import { encodeInPieces } from '../encode.js';
 import { loadModel, MODEL_OPTIONS } from '../model-options.js';
+import { runProgress } from '../progress.js';
 
 export const accsHelp = `duo-bench accs [--model PATH] [--data FILE|DIR|synthetic] [--prefix 4k] [--suffix 512] [--gap 0]
                [--perturb shuffle|random|document|truncate] [--samples 100] [--resamples 1000] [--seed S]
@@ -41,7 +43,8 @@ export const accsHelp = `duo-bench accs [--model PATH] [--data FILE|DIR|syntheti
   file or a directory of them (cut into windows; default Pride and Prejudice from ../shared), or "synthetic": a random
   segment of --period tokens repeated with each --noise rate (one data set per rate: compressibility as a dial).
   --plots PREFIX writes PREFIX-layers.svg, PREFIX-distance.svg and PREFIX-compressibility.svg (PREFIX.png: the same
-  three as PNG).
+  three as PNG). A progress line per document (with an ETA) goes to stderr; Ctrl-C stops at the next document with
+  exit status 130 and writes nothing.
 ${POLICY_HELP}`;
 
 interface AccsRun {
@@ -67,12 +70,7 @@ function numberList(name: string, value: unknown, fallback: number[], min: numbe
 function textDocuments(model: LlamaModel, path: string, length: number, samples: number): number[][] {
   const tokenizer = model.tokenizer;
   if (!tokenizer) throw new UsageError('--model: this model has no tokenizer; use --data synthetic');
-  const files = statSync(path).isDirectory()
-    ? readdirSync(path)
-        .filter((name) => name.endsWith('.txt'))
-        .sort()
-        .map((name) => join(path, name))
-    : [path];
+  const files = textFiles('data', path);
   const documents: number[][] = [];
   for (const file of files) {
     const ids = encodeInPieces(tokenizer, readFileSync(file, 'utf8'), (samples - documents.length) * length);
@@ -89,7 +87,7 @@ function textDocuments(model: LlamaModel, path: string, length: number, samples:
   return documents;
 }
 
-export async function accsCommand(argv: string[], log: (line: string) => void): Promise<object> {
+export async function accsCommand(argv: string[], log: (line: string) => void, signal?: AbortSignal): Promise<object> {
   const options = parseOptions(argv, {
     ...MODEL_OPTIONS,
     ...POLICY_OPTIONS,
@@ -128,6 +126,9 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
   const noises = numberList('noise', options.noise, [0, 0.1, 0.5, 1], 0, 1);
   // --sparsity is a list here (one duo run each), read above.
   const settings = policySettings({ ...options, sparsity: undefined }, policies);
+  const out = outputOption('out', options.out);
+  const csv = outputOption('csv', options.csv);
+  const plots = options.plots === undefined ? undefined : plotFiles(String(options.plots));
   const synthetic = options.data === 'synthetic';
   const dataPath = synthetic ? 'synthetic' : heldOutText('data', options.data);
   const { model, path } = await loadModel(options);
@@ -136,11 +137,13 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
   try {
     const config = model.config;
     const length = prefix + gap + suffix;
-    if (length + 1 > config.maxPositionEmbeddings) {
-      throw new UsageError(
-        `--prefix + --gap + --suffix: ${length} tokens (+ BOS) exceed the model's ${config.maxPositionEmbeddings}-token context`,
-      );
-    }
+    checkContext(
+      'prefix',
+      options.prefix,
+      length + 1,
+      config.maxPositionEmbeddings,
+      `${prefix} + --gap ${gap} + --suffix ${suffix} + BOS make ${length + 1} tokens`,
+    );
     const special = new Set([...(config.bosTokenId === undefined ? [] : [config.bosTokenId]), ...config.eosTokenIds]);
     const dataSets = synthetic
       ? noises.map((noise) => ({
@@ -163,8 +166,7 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
     );
     const total = variants.length * dataSets.reduce((sum, set) => sum + set.documents.length, 0);
     let done = 0;
-    const started = performance.now();
-    let lastLog = 0;
+    const progress = runProgress('accs');
     for (const { attention, sparsity } of variants) {
       const runSettings: PolicySettings = { ...settings, ...(sparsity === undefined ? {} : { sparsity }) };
       const policy = buildPolicy(attention, runSettings, config);
@@ -186,16 +188,11 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
           seed,
           collapse: !options['no-collapse'],
           decode: synthetic ? undefined : (tokens) => model.tokenizer?.decode(tokens) ?? '',
-          onDocument: () => {
+          signal,
+          // Two runs of every document (clean and perturbed): the work in tokens.
+          onDocument: (document, documents) => {
             done++;
-            const elapsed = (performance.now() - started) / 1000;
-            const eta = (elapsed / done) * (total - done);
-            const line = `accs ${label}: ${done}/${total} documents, ${elapsed.toFixed(0)} s, ETA ${eta.toFixed(0)} s`;
-            if (process.stderr.isTTY) process.stderr.write(`\r[duo-bench] ${line}   `);
-            else if (elapsed - lastLog >= 15 || done === total) {
-              lastLog = elapsed;
-              log(line);
-            }
+            progress(2 * (length + 1) * done, 2 * (length + 1) * total, `${label}: document ${document}/${documents}`);
           },
         });
         const seconds = (performance.now() - runStarted) / 1000;
@@ -207,19 +204,17 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
         );
       }
     }
-    if (process.stderr.isTTY) process.stderr.write('\n');
   } finally {
     model.dispose();
   }
-  if (options.csv) {
-    writeText(String(options.csv), accsCsv(runs));
-    log(`wrote ${String(options.csv)}`);
+  if (csv) {
+    writeText(csv, accsCsv(runs));
+    log(`wrote ${csv}`);
   }
-  if (options.plots) {
-    const [, prefix, extension = '.svg'] = /^(.*?)(\.png|\.svg)?$/i.exec(String(options.plots)) ?? [];
-    for (const [name, figure] of Object.entries(accsFigures(runs))) {
-      const file = `${prefix}-${name}${extension.toLowerCase()}`;
-      await writeFigure(file, figure);
+  if (plots) {
+    const figures = accsFigures(runs);
+    for (const [name, file] of Object.entries(plots)) {
+      await writeFigure(file, figures[name] as FigureSpec);
       log(`wrote ${file}`);
     }
   }
@@ -245,9 +240,14 @@ export async function accsCommand(argv: string[], log: (line: string) => void): 
       'SelfSim: mean cosine at matching suffix positions; anisotropy: exact grouped estimator over the clean runs (float64); intervals: 2.5–97.5 % bootstrap over documents',
   };
   const figures = { runs };
-  return options.out
-    ? writeResult(String(options.out), card, runSettings, figures)
-    : { card, settings: runSettings, ...figures };
+  return out ? writeResult(out, card, runSettings, figures) : { card, settings: runSettings, ...figures };
+}
+
+/** --plots PREFIX[.svg|.png]: the file of each figure, checked before the run. */
+function plotFiles(plots: string): Record<'layers' | 'distance' | 'compressibility', string> {
+  const [, prefix, extension = '.svg'] = /^(.*?)(\.png|\.svg)?$/i.exec(plots) ?? [];
+  const file = (name: string) => outputOption('plots', `${prefix}-${name}${extension.toLowerCase()}`) as string;
+  return { layers: file('layers'), distance: file('distance'), compressibility: file('compressibility') };
 }
 
 /** One row per run and layer, then per run, layer and distance bin. */

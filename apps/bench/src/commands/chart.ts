@@ -1,7 +1,7 @@
 // duo-bench chart: a line chart (PNG or SVG) of two fields of a list in a JSON file, e.g. a training loss curve.
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import { figurePath, lineChart, parseOptions, UsageError, writeFigure } from '@duoattn/app-kit';
+import { figurePath, lineChart, outputOption, parseOptions, UsageError, writeFigure } from '@duoattn/app-kit';
 
 export const chartHelp = `duo-bench chart --json FILE --list KEY --x FIELD --y FIELD --out FILE.png|FILE.svg [--title TEXT]
   Plots y against x for every entry of the list under KEY (e.g. --list history --x step --y loss), the axes titled
@@ -19,7 +19,7 @@ export async function chartCommand(argv: string[], log: (line: string) => void):
   for (const name of ['json', 'list', 'x', 'y', 'out'] as const) {
     if (options[name] === undefined) throw new UsageError(`--${name} is required`);
   }
-  const out = figurePath('out', String(options.out));
+  const out = outputOption('out', figurePath('out', String(options.out))) as string;
   let document: Record<string, unknown>;
   try {
     document = JSON.parse(readFileSync(String(options.json), 'utf8'));

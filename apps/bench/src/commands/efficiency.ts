@@ -14,6 +14,7 @@ import {
   kvQuantList,
   lineChart,
   numberOption,
+  outputOption,
   POLICY_HELP,
   POLICY_OPTIONS,
   parseOptions,
@@ -28,6 +29,7 @@ import { DuoOutOfMemoryError, dtypeBytes } from '@duoattn/core';
 import { maxContext, planMemory, policyPlan } from '@duoattn/dual-cache';
 import { kvPlanes, kvRowBytes } from '@duoattn/kv-quant';
 import type { LlamaModel } from '@duoattn/model';
+import { interruptionPoint } from '../interrupt.js';
 import { benchmarkTokens, decodeLatency, prefillSeconds, TIMING_ONLY } from '../measure.js';
 import { benchBackend, benchmarkModel } from '../model-options.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
@@ -43,6 +45,8 @@ export const efficiencyHelp = `duo-bench efficiency [--shape NAME | --model PATH
   --kv-quant takes a list here: every policy runs with each scheme (the floor counts the codes and scales moved).
   --peer: a PyTorch run (tools/device/torch_duo_bench.py) to compare with and draw beside ours; --from: merge and
   redraw earlier runs without measuring. Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
+  Contexts may exceed the model's (the caches are synthetic; only the time counts). Ctrl-C stops after the
+  measurement in flight with exit status 130 and writes nothing.
 ${POLICY_HELP}`;
 
 const GB = 1e9;
@@ -62,7 +66,11 @@ interface Row {
   [key: string]: unknown;
 }
 
-export async function efficiencyCommand(argv: string[], log: (line: string) => void): Promise<object> {
+export async function efficiencyCommand(
+  argv: string[],
+  log: (line: string) => void,
+  signal?: AbortSignal,
+): Promise<object> {
   const options = parseOptions(argv, {
     ...POLICY_OPTIONS,
     shape: { type: 'string' },
@@ -82,7 +90,8 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
     out: { type: 'string' },
     plot: { type: 'string' },
   });
-  if (options.plot !== undefined) figurePath('plot', String(options.plot));
+  if (options.plot !== undefined) outputOption('plot', figurePath('plot', String(options.plot)));
+  outputOption('out', options.out);
   const peer = options.peer === undefined ? undefined : readPeer(String(options.peer));
   if (options.from !== undefined) return redraw(String(options.from), peer, options, log);
   const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
@@ -137,6 +146,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
         lengths.push(longest);
       }
       for (const context of lengths) {
+        await interruptionPoint(signal, `${run} decode @${context}`);
         if (options.profile) backend.takeProfile();
         const row = await measureDecode(model, measured, context, warmup, steps);
         if (options.profile) {
@@ -192,6 +202,7 @@ export async function efficiencyCommand(argv: string[], log: (line: string) => v
         progress(`${run} decode @${context}`);
       }
       for (const length of prefillLengths) {
+        await interruptionPoint(signal, `${run} prefill ${length}`);
         const row = await measurePrefill(model, measured, length);
         if (typeof row.seconds === 'number')
           log(`${run.padEnd(16)} prefill ${length}: ${(row.seconds as number).toFixed(3)} s`);

@@ -1,6 +1,14 @@
 // duo-bench gemm: f32 matmul GFLOP/s of a backend next to numpy (OpenBLAS) on the same machine, same shapes.
 import { execFileSync } from 'node:child_process';
-import { choiceOption, integerListOption, integerOption, median, parseOptions, writeResult } from '@duoattn/app-kit';
+import {
+  choiceOption,
+  integerListOption,
+  integerOption,
+  median,
+  outputOption,
+  parseOptions,
+  writeResult,
+} from '@duoattn/app-kit';
 import { benchBackend } from '../model-options.js';
 
 export const gemmHelp = `duo-bench gemm [--device cpu|cuda] [--sizes 256,512,1024,2048] [--repeats N] [--out FILE]
@@ -48,6 +56,7 @@ export async function gemmCommand(argv: string[], log: (line: string) => void): 
     repeats: { type: 'string' },
     out: { type: 'string' },
   });
+  outputOption('out', options.out);
   const backend = benchBackend(choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'cpu'));
   const sizes = integerListOption('sizes', options.sizes, [256, 512, 1024, 2048]);
   const repeats = integerOption('repeats', options.repeats, 7, 1);

@@ -3,6 +3,7 @@
 import {
   attentionPolicies,
   buildPolicy,
+  checkContext,
   describePolicy,
   integerOption,
   numberOption,
@@ -23,7 +24,7 @@ export const generateHelp = `duo-bench generate [--model PATH] [--prompt TEXT] [
   prints prefill and decode tokens per second.
   --model         HF directory, .gguf or llama2.c .bin (default: the embedded demo model)
   --prompt        default "Once upon a time"
-  --max-tokens    default ${DEFAULT_MAX_NEW_TOKENS}
+  --max-tokens    default ${DEFAULT_MAX_NEW_TOKENS}; the prompt and these must fit the model's context (checked first)
   --temperature   0 (default) is greedy
 ${POLICY_HELP}`;
 
@@ -51,12 +52,23 @@ export async function generateCommand(argv: string[], write: (text: string) => v
   const prompt = (options.prompt as string | undefined) ?? 'Once upon a time';
   const { model, path } = await loadModel(options);
   try {
+    const ids = model.encode(prompt);
+    const context = model.config.maxPositionEmbeddings;
+    checkContext('prompt', `${prompt.length} characters`, ids.length, context, `the prompt is ${ids.length} tokens`);
+    checkContext(
+      'max-tokens',
+      maxTokens,
+      ids.length + maxTokens,
+      context,
+      `the prompt's ${ids.length} tokens + ${maxTokens} new ones make ${ids.length + maxTokens}`,
+      `at most ${context - ids.length} new tokens fit after this prompt`,
+    );
     const policy = buildPolicy(attention, settings, model.config);
     process.stderr.write(`[duo-bench] ${path} on ${model.backend.device} (${model.backend.deviceName})\n`);
     process.stderr.write(`[duo-bench] policy: ${describePolicy(policy, model.config, settings)}\n`);
     write(prompt);
     let stats: GenerationStats | undefined;
-    const generation = model.generate(prompt, { policy, maxTokens, sampling });
+    const generation = model.generate(ids, { policy, maxTokens, sampling });
     for (;;) {
       const step = await generation.next();
       if (step.done) {

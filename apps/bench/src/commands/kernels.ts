@@ -1,7 +1,7 @@
 // duo-bench kernels: throughput of the hot kernels on a backend (GEMV at Llama-3-8B shapes, decode attention) and
 // the cost of a small op, measured as many back-to-back ops between two synchronisations.
 
-import { choiceOption, integerOption, median, parseOptions, writeResult } from '@duoattn/app-kit';
+import { choiceOption, integerOption, median, outputOption, parseOptions, writeResult } from '@duoattn/app-kit';
 import type { Backend, TensorHandle } from '@duoattn/core';
 import { benchBackend } from '../model-options.js';
 
@@ -37,6 +37,7 @@ export async function kernelsCommand(argv: string[], log: (line: string) => void
     repeats: { type: 'string' },
     out: { type: 'string' },
   });
+  outputOption('out', options.out);
   const backend = benchBackend(choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto'));
   const repeats = integerOption('repeats', options.repeats, backend.device === 'cuda' ? 200 : 5, 1);
   const made: TensorHandle[] = [];

@@ -1,14 +1,15 @@
 // duo-bench niah: the reference's needle-in-a-haystack evaluation (METHOD.md) — the San Francisco needle at evenly
 // spread depths of a haystack of each length, up to 50 greedy tokens, scored by ROUGE-1 F against the needle's fact.
 import { POLICY_HELP } from '@duoattn/app-kit';
-import { type RetrievalProtocol, runRetrieval } from './retrieval.js';
+import { GRID_HELP, type RetrievalProtocol, runRetrieval } from './retrieval.js';
 
-export const niahHelp = `duo-bench niah [--model PATH] [--haystack FILE] [--lengths 2k,4k,8k,16k] [--depths 10] [--trials 20]
+export const niahHelp = `duo-bench niah [--model PATH] [--haystack FILE|DIR] [--lengths 2k,4k,8k,16k] [--depths 10] [--trials 20]
                [--device auto|cpu|cuda] [--weight-dtype auto|f32|bf16] [--seed S] [--out FILE]
                [--heatmap FILE.svg,FILE.png] [--attention full|streaming|duo …]
   Hides "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day." in the
   haystack, asks what the best thing to do in San Francisco is, decodes up to 50 tokens greedily and scores the answer
   by ROUGE-1 F (unigram overlap) against the needle's fact; the heatmap shows the mean score by depth × length.
+${GRID_HELP}
 ${POLICY_HELP}`;
 
 const FACT = 'eat a sandwich and sit in Dolores Park on a sunny day.';
@@ -45,6 +46,6 @@ export const NIAH: RetrievalProtocol = {
   },
 };
 
-export function niahCommand(argv: string[], log: (line: string) => void): Promise<object> {
-  return runRetrieval(NIAH, argv, log);
+export function niahCommand(argv: string[], log: (line: string) => void, signal?: AbortSignal): Promise<object> {
+  return runRetrieval(NIAH, argv, log, signal);
 }

@@ -1,15 +1,16 @@
 // duo-bench passkey: passkey retrieval accuracy over a grid of context lengths × depths, with fresh random passkeys
 // and haystacks drawn from a (held-out) book, greedy decoding through duoattn's own runtime.
 import { POLICY_HELP } from '@duoattn/app-kit';
-import { type RetrievalProtocol, runRetrieval } from './retrieval.js';
+import { GRID_HELP, type RetrievalProtocol, runRetrieval } from './retrieval.js';
 
-export const passkeyHelp = `duo-bench passkey [--model PATH] [--haystack FILE] [--lengths 2k,4k,8k,16k] [--depths 10]
+export const passkeyHelp = `duo-bench passkey [--model PATH] [--haystack FILE|DIR] [--lengths 2k,4k,8k,16k] [--depths 10]
                   [--trials 20] [--device auto|cpu|cuda] [--weight-dtype auto|f32|bf16] [--seed S] [--out FILE]
                   [--heatmap FILE.svg,FILE.png] [--attention full|streaming|duo …]
   Inserts " The passkey is NNNNN. Remember it. " at evenly spread depths of a haystack of each length, asks
   " What is the passkey? The passkey is " and checks the greedy answer. Default haystack: Pride and Prejudice from
   ../shared (held out of the demo model's training). With streaming heads, trials are also split by whether the
   needle lies inside the recent window of the answer.
+${GRID_HELP}
 ${POLICY_HELP}`;
 
 const NEEDLE = (value: string) => ` The passkey is ${value}. Remember it. `;
@@ -32,6 +33,6 @@ export const PASSKEY: RetrievalProtocol = {
   },
 };
 
-export function passkeyCommand(argv: string[], log: (line: string) => void): Promise<object> {
-  return runRetrieval(PASSKEY, argv, log);
+export function passkeyCommand(argv: string[], log: (line: string) => void, signal?: AbortSignal): Promise<object> {
+  return runRetrieval(PASSKEY, argv, log, signal);
 }

@@ -1,12 +1,13 @@
 // duo-bench perplexity: next-token perplexity of a (held-out) book over long windows, for each attention policy and KV
 // quantization scheme in one run, with each quantized run's change against the same policy unquantized.
-import { readFileSync } from 'node:fs';
 import {
   attentionPolicies,
   buildPolicy,
+  checkContext,
   duoPlanFor,
   integerOption,
   kvQuantList,
+  outputOption,
   POLICY_HELP,
   POLICY_OPTIONS,
   parseOptions,
@@ -17,15 +18,19 @@ import {
 } from '@duoattn/app-kit';
 import type { AttentionPolicy, AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
 import type { LlamaModel } from '@duoattn/model';
-import { heldOutText } from '../default-model.js';
+import { heldOutText, readTexts } from '../default-model.js';
+import { interruptionPoint } from '../interrupt.js';
 import { loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
+import { runProgress } from '../progress.js';
 
-export const perplexityHelp = `duo-bench perplexity [--model PATH] [--text FILE] [--length 16k] [--windows 2] [--device auto|cpu|cuda]
+export const perplexityHelp = `duo-bench perplexity [--model PATH] [--text FILE|DIR] [--length 16k] [--windows 2] [--device auto|cpu|cuda]
                      [--weight-dtype auto|f32|bf16] [--attention full,duo] [--kv-quant none,int8,int4] [--out FILE]
   Perplexity of every next token in --windows evenly spaced windows of --length tokens of --text (default: Pride and
   Prejudice from ../shared, held out of the demo model's training), each window a fresh sequence fed in
   --prefill-chunk chunks, for every --attention policy × --kv-quant scheme; quantized runs are reported against the
-  same policy unquantized.
+  same policy unquantized. --length: default 16k or the model's context if shorter; more than the context is refused
+  before the text is read. A progress line per window (with an ETA) goes to stderr; Ctrl-C stops at the next prefill
+  chunk with exit status 130 and writes nothing.
 ${POLICY_HELP}`;
 
 interface PerplexityRow {
@@ -39,7 +44,11 @@ interface PerplexityRow {
   changeVsUnquantized?: number;
 }
 
-export async function perplexityCommand(argv: string[], log: (line: string) => void): Promise<object> {
+export async function perplexityCommand(
+  argv: string[],
+  log: (line: string) => void,
+  signal?: AbortSignal,
+): Promise<object> {
   const options = parseOptions(argv, {
     ...MODEL_OPTIONS,
     ...POLICY_OPTIONS,
@@ -51,16 +60,20 @@ export async function perplexityCommand(argv: string[], log: (line: string) => v
   const policies = attentionPolicies(options.attention, ['full'], true);
   const quants = kvQuantList(options['kv-quant']);
   const settings = policySettings({ ...options, 'kv-quant': undefined }, policies);
-  const length = integerOption('length', options.length, 16384, 2);
+  const askedLength = options.length === undefined ? undefined : integerOption('length', options.length, 0, 2);
   const windows = integerOption('windows', options.windows, 2, 1);
+  const out = outputOption('out', options.out);
   const { weightDtype } = modelChoices(options);
   const textPath = heldOutText('text', options.text);
   const { model, path } = await loadModel(options);
   const rows: PerplexityRow[] = [];
   try {
+    const context = model.config.maxPositionEmbeddings;
+    const length = askedLength ?? Math.min(16384, context);
+    checkContext('length', options.length, length, context, `${length} tokens per window`);
     const tokenizer = model.tokenizer;
     if (!tokenizer) throw new UsageError(`--model: ${path} has no tokenizer`);
-    const text = tokenizer.encode(readFileSync(textPath, 'utf8'), { addBos: false });
+    const text = tokenizer.encode(readTexts('text', textPath), { addBos: false });
     const bos = tokenizer.bosTokenId === undefined ? [] : [tokenizer.bosTokenId];
     const body = length - bos.length;
     if (body * windows > text.length) {
@@ -73,22 +86,30 @@ export async function perplexityCommand(argv: string[], log: (line: string) => v
     const sequences = Array.from({ length: windows }, (_, w) => [...bos, ...text.slice(w * stride, w * stride + body)]);
     const plan = duoPlanFor(policies, settings, model.config);
     const runs = policies.flatMap((policy) => quants.map((kvQuant) => ({ policy, kvQuant })));
+    const progress = runProgress('perplexity');
+    const work = runs.length * sequences.reduce((sum, sequence) => sum + sequence.length, 0);
+    let done = 0;
     for (const [index, { policy, kvQuant }] of runs.entries()) {
       const started = performance.now();
       let nll = 0;
       let count = 0;
+      const label = `run ${index + 1}/${runs.length} ${runLabel(policy, kvQuant)}`;
       for (const [w, sequence] of sequences.entries()) {
         const window = await sequenceNll(
           model,
           sequence,
           buildPolicy(policy, { ...settings, kvQuant }, model.config, plan),
+          signal,
+          `${label}, window ${w + 1}/${windows}`,
         );
         nll += window.nll;
         count += window.count;
-        if (process.stderr.isTTY)
-          process.stderr.write(
-            `\r[duo-bench] perplexity ${index + 1}/${runs.length} ${runLabel(policy, kvQuant)}: window ${w + 1}/${windows}   `,
-          );
+        done += sequence.length;
+        progress(
+          done,
+          work,
+          `${label}, window ${w + 1}/${windows}, perplexity so far ${Math.exp(nll / count).toFixed(3)}`,
+        );
       }
       const row: PerplexityRow = {
         policy,
@@ -100,7 +121,6 @@ export async function perplexityCommand(argv: string[], log: (line: string) => v
       };
       rows.push(row);
     }
-    if (process.stderr.isTTY) process.stderr.write('\n');
     for (const row of rows) {
       const plain = rows.find((other) => other.policy === row.policy && other.kvQuant === 'none');
       if (row.kvQuant !== 'none' && plain) row.changeVsUnquantized = row.perplexity / plain.perplexity - 1;
@@ -136,19 +156,24 @@ export async function perplexityCommand(argv: string[], log: (line: string) => v
         'mean negative log-likelihood of every token after the first of each window, natural log; perplexity = exp',
     };
     const figures = { perplexity: rows };
-    return options.out
-      ? writeResult(String(options.out), model.backend.deviceName, runSettings, figures)
+    return out
+      ? writeResult(out, model.backend.deviceName, runSettings, figures)
       : { settings: runSettings, ...figures };
   } finally {
     model.dispose();
   }
 }
 
-/** Summed negative log-likelihood of tokens 1 … n − 1 of `sequence`, fed one prefill chunk of logits at a time. */
+/**
+ * Summed negative log-likelihood of tokens 1 … n − 1 of `sequence`, fed one prefill chunk of logits at a time; stops
+ * at a chunk's start once `signal` is aborted (`where` names the window).
+ */
 async function sequenceNll(
   model: LlamaModel,
   sequence: number[],
   policy: AttentionPolicy,
+  signal: AbortSignal | undefined,
+  where: string,
 ): Promise<{ nll: number; count: number }> {
   const session = model.createSession({ policy, maxTokens: sequence.length });
   const chunk = session.policy.prefillChunk;
@@ -157,6 +182,7 @@ async function sequenceNll(
   let count = 0;
   try {
     for (let start = 0; start < sequence.length; start += chunk) {
+      await interruptionPoint(signal, `${where}, token ${start}`);
       const piece = sequence.slice(start, start + chunk);
       const { logits } = await session.forward(piece, { logits: 'all' });
       const all = logits as Float32Array;

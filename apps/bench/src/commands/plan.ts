@@ -6,6 +6,7 @@ import {
   duoPlanFor,
   integerOption,
   numberOption,
+  outputOption,
   POLICY_HELP,
   POLICY_OPTIONS,
   parseOptions,
@@ -43,6 +44,7 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     tokens: { type: 'string' },
     out: { type: 'string' },
   });
+  outputOption('out', options.out);
   const dtypes = ['bf16', 'f16', 'f32'] as const;
   const kvDtype: DType = choiceOption('kv-dtype', options['kv-dtype'], dtypes, 'bf16');
   const weightDtype: DType = choiceOption('weight-dtype', options['weight-dtype'], dtypes, 'bf16');

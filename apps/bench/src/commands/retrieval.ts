@@ -1,15 +1,16 @@
 // The retrieval protocols of duo-bench (passkey, niah): a needle hidden at evenly spread depths of a haystack of each
 // length, a question after it, the greedy answer scored — through duoattn's own runtime, under one attention policy.
-import { readFileSync } from 'node:fs';
 import {
   attentionPolicies,
   buildPolicy,
+  checkContext,
   duoPlanFor,
   type FigureSpec,
   figurePath,
   heatmap,
   integerListOption,
   integerOption,
+  outputOption,
   POLICY_OPTIONS,
   parseOptions,
   policySettings,
@@ -21,8 +22,10 @@ import {
 } from '@duoattn/app-kit';
 import { policyPlan } from '@duoattn/dual-cache';
 import { seededRandom } from '@duoattn/model';
-import { heldOutText } from '../default-model.js';
+import { heldOutText, readTexts } from '../default-model.js';
+import { interruptionPoint } from '../interrupt.js';
 import { loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
+import { runProgress } from '../progress.js';
 
 /** What a retrieval benchmark hides, asks and counts as right. */
 export interface RetrievalProtocol {
@@ -36,7 +39,7 @@ export interface RetrievalProtocol {
   trial(random: () => number): { needle: string; expected: string };
   /** The text after the haystack; the model continues it. */
   question: string;
-  /** Tokens to generate for `expected`. */
+  /** Tokens to generate for `expected` (the same for every trial: a length counts them). */
   maxTokens(expected: string): number;
   /** The answer's score in [0, 1]. */
   score(answer: string, expected: string): number;
@@ -46,11 +49,31 @@ export interface RetrievalProtocol {
 
 const round = (value: number) => Math.round(value * 100) / 100;
 
-/** Runs `protocol` over lengths × depths for one policy: JSON (and a heatmap) of the mean score per cell. */
+/** The default grid: 2K, 4K, 8K and 16K tokens, those the model's context holds (or the context alone). */
+export function defaultLengths(context: number): number[] {
+  const lengths = [2048, 4096, 8192, 16384].filter((length) => length <= context);
+  return lengths.length > 0 ? lengths : [context];
+}
+
+/** What passkey and niah say of their grid in --help. */
+export const GRID_HELP = `  A length counts every position the model attends over (prompt and answer), so it may be the model's whole context
+  and no more; the lengths are checked against the context and the haystack before any trial runs. Default lengths:
+  2k,4k,8k,16k, those the context holds. --haystack: a text file or a directory of .txt files. A progress line per trial
+  (with an ETA) goes to stderr; Ctrl-C stops at the next trial with exit status 130 and writes nothing.`;
+
+/** What a length counts: every position the model attends over, so a length equal to the model's context fits. */
+export const LENGTH_COUNTS = 'prompt + answer tokens: BOS, haystack, needle, question and the tokens generated';
+
+/**
+ * Runs `protocol` over lengths × depths for one policy: JSON (and a heatmap) of the mean score per cell, a progress
+ * line per trial; the lengths are checked against the model's context and the haystack before any trial runs, and an
+ * aborted `signal` (Ctrl-C) stops the run at the next trial.
+ */
 export async function runRetrieval(
   protocol: RetrievalProtocol,
   argv: string[],
   log: (line: string) => void,
+  signal?: AbortSignal,
 ): Promise<object> {
   const options = parseOptions(argv, {
     ...MODEL_OPTIONS,
@@ -65,29 +88,51 @@ export async function runRetrieval(
   });
   const [attention = 'full'] = attentionPolicies(options.attention, ['full']);
   const chosen = policySettings(options, [attention]);
-  const lengths = integerListOption('lengths', options.lengths, [2048, 4096, 8192, 16384]);
+  const askedLengths = options.lengths === undefined ? undefined : integerListOption('lengths', options.lengths, []);
   const depths = integerOption('depths', options.depths, 10, 1, 100);
   const trials = integerOption('trials', options.trials, 20, 1);
   const seed = integerOption('seed', options.seed, 0);
-  // --heatmap FILE[,FILE…]: each .svg or .png, checked before the run.
+  // --out and --heatmap FILE[,FILE…] (each .svg or .png) are checked before the run.
+  const out = outputOption('out', options.out);
   const heatmaps = options.heatmap
     ? String(options.heatmap)
         .split(',')
-        .map((file) => figurePath('heatmap', file))
+        .map((file) => outputOption('heatmap', figurePath('heatmap', file)) as string)
     : [];
   const { weightDtype } = modelChoices(options);
   const haystackPath = heldOutText('haystack', options.haystack);
   const { model, path } = await loadModel(options);
+  const context = model.config.maxPositionEmbeddings;
+  const lengths = askedLengths ?? defaultLengths(context);
+  for (const length of lengths) checkContext('lengths', options.lengths, length, context, `${length} tokens`);
   const plan = duoPlanFor([attention], chosen, model.config);
   const policy = buildPolicy(attention, chosen, model.config, plan);
   const running = policyPlan(model.config, policy);
   const window = attention === 'full' ? undefined : running.recent;
-  const tokenizer = model.tokenizer;
-  if (!tokenizer) throw new UsageError(`--model: ${path} has no tokenizer`);
-  const haystack = tokenizer.encode(readFileSync(haystackPath, 'utf8'), { addBos: false });
-  const random = seededRandom(seed);
   const rows: { length: number; depths: { correct: number; trials: number }[]; [key: string]: unknown }[] = [];
   try {
+    const tokenizer = model.tokenizer;
+    if (!tokenizer) throw new UsageError(`--model: ${path} has no tokenizer`);
+    const haystack = tokenizer.encode(readTexts('haystack', haystackPath), { addBos: false });
+    const bos = tokenizer.bosTokenId === undefined ? [] : [tokenizer.bosTokenId];
+    const question = tokenizer.encode(protocol.question, { addBos: false });
+    const sample = protocol.trial(() => 0);
+    const answer = protocol.maxTokens(sample.expected);
+    const fixed = bos.length + tokenizer.encode(sample.needle, { addBos: false }).length + question.length + answer;
+    for (const length of lengths) {
+      if (length <= fixed)
+        throw new UsageError(
+          `--lengths: ${length} tokens leave no room for a haystack beside the needle, question and answer (${fixed} tokens)`,
+        );
+      if (length - fixed > haystack.length)
+        throw new UsageError(
+          `--haystack: "${haystackPath}" holds ${haystack.length} tokens but --lengths ${length} needs ${length - fixed}`,
+        );
+    }
+    const random = seededRandom(seed);
+    const progress = runProgress(protocol.name);
+    const work = lengths.reduce((sum, length) => sum + length, 0) * trials;
+    let done = 0;
     for (const length of lengths) {
       let correct = 0;
       const cells: { depth: number; correct: number; trials: number }[] = Array.from({ length: depths }, (_, d) => ({
@@ -98,12 +143,12 @@ export async function runRetrieval(
       const byWindow = { inside: { correct: 0, trials: 0 }, outside: { correct: 0, trials: 0 } };
       const started = performance.now();
       for (let trial = 0; trial < trials; trial++) {
+        await interruptionPoint(signal, `length ${length}, trial ${trial + 1}/${trials}`);
         const cell = cells[trial % depths] as (typeof cells)[number];
         const { needle: needleText, expected } = protocol.trial(random);
         const needle = tokenizer.encode(needleText, { addBos: false });
-        const question = tokenizer.encode(protocol.question, { addBos: false });
-        const bos = tokenizer.bosTokenId === undefined ? [] : [tokenizer.bosTokenId];
-        const room = length - bos.length - needle.length - question.length;
+        // The answer's tokens count in the length, so the whole sequence fits the model's context.
+        const room = length - bos.length - needle.length - question.length - protocol.maxTokens(expected);
         if (room <= 0 || room > haystack.length)
           throw new UsageError(`--lengths: ${length} does not fit this haystack`);
         const offset = Math.floor(random() * (haystack.length - room));
@@ -128,12 +173,9 @@ export async function runRetrieval(
         const side = window !== undefined && prompt.length + answered - needleStart <= window ? 'inside' : 'outside';
         byWindow[side].trials++;
         byWindow[side].correct += score;
-        if (process.stderr.isTTY)
-          process.stderr.write(
-            `\r[duo-bench] ${protocol.name} ${length}: ${trial + 1}/${trials}, score ${correct.toFixed(1)}`,
-          );
+        done += length;
+        progress(done, work, `@${length} trial ${trial + 1}/${trials}, score ${round(correct)}/${trial + 1}`);
       }
-      if (process.stderr.isTTY) process.stderr.write('\n');
       const accuracy = correct / trials;
       rows.push({
         length,
@@ -173,6 +215,7 @@ export async function runRetrieval(
     prefillChunk: chosen.prefillChunk,
     prefillMask: chosen.prefillMask,
     kvQuant: chosen.kvQuant,
+    lengthCounts: LENGTH_COUNTS,
     depths,
     trials,
     seed,
@@ -188,9 +231,7 @@ export async function runRetrieval(
       log(`wrote ${file}`);
     }
   }
-  return options.out
-    ? writeResult(String(options.out), model.backend.deviceName, settings, figures)
-    : { settings, ...figures };
+  return out ? writeResult(out, model.backend.deviceName, settings, figures) : { settings, ...figures };
 }
 
 /** One length of a retrieval result: its cells in depth order (as the JSON holds them). */

@@ -6,6 +6,7 @@ import {
   integerListOption,
   integerOption,
   numberOption,
+  outputOption,
   parseOptions,
   UsageError,
   writeResult,
@@ -34,6 +35,7 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
     out: { type: 'string' },
     profile: { type: 'boolean' },
   });
+  outputOption('out', options.out);
   const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
   const dtype = choiceOption('dtype', options.dtype, ['bf16', 'f16', 'f32'] as const, 'bf16');
   const prefillTokens = integerOption('prefill', options.prefill, 4096, 0);

@@ -1,14 +1,15 @@
 // duo-bench train-gates: learns one DuoAttention gate per KV head on synthetic multi-passkey data, with a progress
 // line, checkpoints (--resume), loss and gate plots, and the pattern written in the reference format and ours.
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
+  checkContext,
   choiceOption,
   integerListOption,
   integerOption,
   numberOption,
+  outputOption,
   parseOptions,
-  UsageError,
   writeFigure,
   writeResult,
 } from '@duoattn/app-kit';
@@ -20,20 +21,20 @@ import {
   PASSKEY_FORMATS,
   PasskeyData,
   type PasskeyFormat,
-  readHaystack,
   type StepReport,
   trainGates,
 } from '@duoattn/gate-trainer';
 import { LlamaModel } from '@duoattn/model';
-import { defaultModelPath } from '../default-model.js';
+import { readTexts, sharedBooks, textFiles } from '../default-model.js';
 import { encodeInPieces } from '../encode.js';
 import { gateHistoryFigure, trainingFigure } from '../gate-plots.js';
 import { benchBackend, loadModel, MODEL_OPTIONS, modelChoices, namedShape } from '../model-options.js';
 import { trainingProgress } from '../progress.js';
+import { checkSamplesFit, contextMaxFor, sampleOverhead } from '../training-contexts.js';
 import { measureStepTimes } from './step-times.js';
 
 export const trainGatesHelp = `duo-bench train-gates [--model DIR | --shape NAME] [--haystack PATH] [--out DIR] [--steps 2000]
-                  [--lr 0.02] [--reg 0.05] [--sink 128] [--recent 256] [--ctx-min 1000] [--ctx-max 32000]
+                  [--lr 0.02] [--reg 0.05] [--sink 128] [--recent 256] [--ctx-min 1000] [--ctx-max 32000 or the context]
                   [--format reference|magic-number] [--passkeys P] [--words W] [--seed 42] [--device auto|cpu|cuda]
                   [--weight-dtype …] [--full-term teacher|student] [--checkpoint-every 10] [--resume] [--stop-after N]
                   [--haystack-chars 2000000] [--measure-steps 1000,8750,16500,32000]
@@ -49,12 +50,18 @@ export const trainGatesHelp = `duo-bench train-gates [--model DIR | --shape NAME
   retrieval heads to show. Writes into --out (default ./gate-training): full_attention_heads.tsv + config.json (the
   reference's format), pattern.json (ours, with provenance), checkpoint.json, history.json, training.svg (loss,
   distillation, mean gate) and gates.png (every gate over the steps, one row per gate). Ctrl-C stops after the
-  current step and saves the checkpoint, as does --stop-after N (N steps in all, e.g. to split a run across time-limited
-  sessions); --resume continues exactly. --shape NAME trains random weights (bytes as
+  current step, saves the checkpoint and the pattern so far and exits with status 130, as --stop-after N stops (N steps
+  in all, e.g. to split a run across time-limited sessions) with status 0; --resume continues exactly. With --model,
+  the samples must fit the model's context: --ctx-max defaults to 32000 or the context if shorter, and more is
+  refused before any work. --shape NAME trains random weights (bytes as
   tokens) for timing; --measure-steps times one step at each length instead of training and projects a schedule
   of --steps steps over linspace(ctx-min, ctx-max, 50).`;
 
-export async function trainGatesCommand(argv: string[], log: (line: string) => void): Promise<object> {
+export async function trainGatesCommand(
+  argv: string[],
+  log: (line: string) => void,
+  signal?: AbortSignal,
+): Promise<object> {
   const options = parseOptions(argv, {
     ...MODEL_OPTIONS,
     shape: { type: 'string' },
@@ -89,9 +96,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
   const format = PASSKEY_FORMATS[formatName] as PasskeyFormat;
   const fullTerm = choiceOption('full-term', options['full-term'], ['teacher', 'student'] as const, 'teacher');
   const contextMin = integerOption('ctx-min', options['ctx-min'], 1000, 1);
-  const contextMax = integerOption('ctx-max', options['ctx-max'], 32000, contextMin);
-  if (contextMax < contextMin)
-    throw new UsageError(`--ctx-max: expected at least --ctx-min (${contextMin}) but received ${contextMax}`);
+  const askedMax = options['ctx-max'] === undefined ? undefined : integerOption('ctx-max', options['ctx-max'], 0, 1);
   const seed = integerOption('seed', options.seed, 42, 0);
   const stopAfter =
     options['stop-after'] === undefined ? undefined : integerOption('stop-after', options['stop-after'], 1, 1);
@@ -101,25 +106,28 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
       ? undefined
       : integerListOption('measure-steps', options['measure-steps'], []);
   const haystackChars = integerOption('haystack-chars', options['haystack-chars'], 2_000_000, 1000);
-  const out = resolve((options.out as string | undefined) ?? 'gate-training');
-  const haystackPath = resolve(
-    (options.haystack as string | undefined) ??
-      join(defaultModelPath(), '..', '..', '..', 'shared', 'data', 'gutenberg'),
-  );
-  if (!existsSync(haystackPath)) throw new UsageError(`--haystack: "${haystackPath}" does not exist`);
+  const out = resolve(outputOption('out', options.out, 'directory') ?? 'gate-training');
+  const haystackPath = resolve((options.haystack as string | undefined) ?? sharedBooks());
+  textFiles('haystack', haystackPath);
   modelChoices(options);
 
   const { model, label, hash } = await trainingModel(options);
   const frozen = freezeModel(model);
   try {
+    // Random weights (--shape) are for timing and take any length; a real model's samples must fit its context.
+    const context = options.shape === undefined ? model.config.maxPositionEmbeddings : undefined;
+    if (context !== undefined)
+      checkContext('ctx-min', options['ctx-min'], contextMin, context, `samples of at least ${contextMin} tokens`);
     const tokenizer = model.tokenizer ?? byteTokenizer();
     log(`[train-gates] ${label} on ${model.backend.deviceName}; tokenizing ${haystackPath}`);
-    const haystack = encodeInPieces(tokenizer, readHaystack(haystackPath).slice(0, haystackChars));
+    const haystack = encodeInPieces(tokenizer, readTexts('haystack', haystackPath).slice(0, haystackChars));
     // Default: the reference's 10 × 32 words where the needles fit a third of the shortest context, else fewer.
     const fitting = fittingPasskeys(tokenizer, contextMin, format);
     const passkeys = integerOption('passkeys', options.passkeys, fitting.passkeys, 1);
     const words = integerOption('words', options.words, fitting.words, 1);
     const unit = formatName === 'reference' ? 'words' : 'digits';
+    const overhead = sampleOverhead({ tokenizer, passkeys, words, format });
+    const contextMax = contextMaxFor(askedMax, contextMin, context, overhead);
     log(
       `[train-gates] ${passkeys} ${formatName} passkeys of ${words} ${unit} per sample, contexts ${contextMin}–${contextMax}`,
     );
@@ -133,6 +141,11 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
       seed,
       format,
     });
+    if (context !== undefined && !measureLengths) {
+      checkSamplesFit('ctx-max', contextMax, context, contextMax, overhead, function* () {
+        for (let step = 0; step < steps; step++) yield data.sample(step);
+      });
+    }
     const provenance = {
       model: label,
       modelHash: hash,
@@ -163,6 +176,11 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
           seed,
           format,
         }).sample(0);
+      if (context !== undefined) {
+        checkSamplesFit('measure-steps', options['measure-steps'], context, Math.max(...measureLengths), overhead, () =>
+          measureLengths.map(sampleAt),
+        );
+      }
       return await measureStepTimes(frozen, sampleAt, measureLengths, {
         contextMin,
         contextMax,
@@ -177,13 +195,7 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
     mkdirSync(out, { recursive: true });
     const progress = trainingProgress(steps);
     const started = performance.now();
-    // Ctrl-C: finish the step in flight, save the checkpoint, write the pattern so far.
-    const interrupt = new AbortController();
-    const stop = () => {
-      log('[train-gates] stopping after this step (the checkpoint keeps everything; --resume continues)');
-      interrupt.abort();
-    };
-    process.once('SIGINT', stop);
+    // Ctrl-C (the CLI aborts `signal`): finish the step in flight, save the checkpoint, write the pattern so far.
     const result = await trainGates({
       model: frozen,
       data,
@@ -196,9 +208,9 @@ export async function trainGatesCommand(argv: string[], log: (line: string) => v
       checkpointEvery,
       resume: Boolean(options.resume),
       stopAfter,
-      signal: interrupt.signal,
+      signal,
       onStep: (report: StepReport) => progress(report),
-    }).finally(() => process.off('SIGINT', stop));
+    });
     const seconds = (performance.now() - started) / 1000;
     const pattern = exportPattern(out, {
       gates: result.gates,
