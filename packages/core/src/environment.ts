@@ -21,8 +21,8 @@ export const ENVIRONMENT_VARIABLES = [
   {
     name: 'DUO_VERBOSE',
     kind: 'flag',
-    meaning: 'log why a backend was or was not chosen',
-    usedBy: 'duo-bench → resolveBackend({ log })',
+    meaning: 'log why a backend was or was not chosen; print the stack of a failure',
+    usedBy: 'duo-bench → resolveBackend({ log }), its failure report',
   },
   {
     name: 'DUO_NO_GRAPHS',
