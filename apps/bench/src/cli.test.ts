@@ -15,6 +15,29 @@ const cli = join(root, 'apps/bench/dist/cli.js');
 const stories = resolve(root, '..', 'shared', 'models', 'stories260K', 'stories260K.bin');
 const out = mkdtempSync(join(tmpdir(), 'duo-bench-'));
 afterAll(() => rmSync(out, { recursive: true, force: true }));
+const demoHaystack = join(root, 'models/duo-demo/MODEL_CARD.md');
+/** A train-gates run small enough for the CPU: the demo model on short samples of keyed facts it can retrieve. */
+const SMALL_TRAINING = [
+  'train-gates',
+  '--device',
+  'cpu',
+  '--haystack',
+  demoHaystack,
+  '--ctx-min',
+  '500',
+  '--ctx-max',
+  '600',
+  '--format',
+  'magic-number',
+  '--passkeys',
+  '3',
+  '--words',
+  '4',
+  '--sink',
+  '16',
+  '--recent',
+  '32',
+];
 
 /** Runs the CLI to its end (killed after `timeout` ms, if given: `code` is then null). */
 async function bench(args: string[], timeout?: number): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -462,21 +485,7 @@ describe('duo-bench', () => {
   (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
     'train-gates writes a loadable pattern in both formats, plots and a checkpoint, and resumes to the same gates',
     async () => {
-      const haystack = join(root, 'models/duo-demo/MODEL_CARD.md');
-      const base = ['train-gates', '--device', 'cpu', '--haystack', haystack, '--ctx-min', '500', '--ctx-max', '600'];
-      const data = [
-        ...base,
-        '--format',
-        'magic-number',
-        '--passkeys',
-        '3',
-        '--words',
-        '4',
-        '--sink',
-        '16',
-        '--recent',
-        '32',
-      ];
+      const data = SMALL_TRAINING;
       const whole = join(out, 'gates-whole');
       const first = await bench([...data, '--steps', '3', '--out', whole]);
       expect(first.code).toBe(0);
@@ -512,7 +521,7 @@ describe('duo-bench', () => {
       expect(readFileSync(join(split, 'full_attention_heads.tsv'), 'utf8')).toBe(
         readFileSync(join(whole, 'full_attention_heads.tsv'), 'utf8'),
       );
-      const usage = await bench([...base, '--format', 'nato']);
+      const usage = await bench(['train-gates', '--format', 'nato']);
       expect(usage.code).toBe(2);
       expect(usage.stderr).toMatch(/--format: expected one of reference, magic-number but received "nato"/);
     },
@@ -521,7 +530,6 @@ describe('duo-bench', () => {
 
 const demo = existsSync(join(root, 'models/duo-demo/config.json'));
 const book = existsSync(resolve(root, '..', 'shared', 'data', 'gutenberg', '1342.txt'));
-const demoHaystack = join(root, 'models/duo-demo/MODEL_CARD.md');
 /** A run refused up front would end in seconds; one that got past its checks runs for minutes and is killed. */
 const REFUSED_WITHIN = 60_000;
 
@@ -662,29 +670,7 @@ describe('duo-bench refuses bad input with exit status 2 and a message, never a 
 });
 
 describe('duo-bench on Ctrl-C (SIGINT)', () => {
-  const data = [
-    'train-gates',
-    '--device',
-    'cpu',
-    '--haystack',
-    demoHaystack,
-    '--ctx-min',
-    '500',
-    '--ctx-max',
-    '600',
-    '--format',
-    'magic-number',
-    '--passkeys',
-    '3',
-    '--words',
-    '4',
-    '--sink',
-    '16',
-    '--recent',
-    '32',
-    '--steps',
-    '6',
-  ];
+  const data = [...SMALL_TRAINING, '--steps', '6'];
 
   (demo ? it : it.skip)(
     'train-gates saves its checkpoint and exits 130; --resume ends with the gates of an uninterrupted run',
