@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, after `pnpm device:prepare` here and with `.device` carried.
 # Usage: bash tools/device/run.sh STEP...   (steps below; default: tests engine torch peer)
-# Everything lands in $OUT (the device tool brings it back).
+# Everything lands in $OUT (the device tool brings it back). A/B against an earlier build: `bash
+# tools/device/base-bundle.sh REV` here first (e.g. issue 14's decode check against c027df3:
+# `DUO_AB="base|DUO_BASE=1;new|;base2|DUO_BASE=1;new2|" bash tools/device/run.sh tests duo-ab`). The tree that travels
+# must stay under 64 MiB: leave .device/shared and gutenberg.tar.xz out when two bundles travel.
 set -uo pipefail
 OUT=${OUT:-/tmp/duo-out}
 mkdir -p "$OUT" /tmp/duo-node
