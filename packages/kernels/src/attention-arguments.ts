@@ -111,7 +111,7 @@ export function attentionIds(
   const rowWidth = cacheRowWidth(quant, headDim);
   const keyId = expectTensor('keyCache', keyCache, device, {
     dtypes: quant ? ['u8'] : FLOAT_TYPES,
-    shape: [retrievalHeads(attributes.streaming, kvHeads).length, null, rowWidth],
+    shape: [mainCacheHeads(attributes.streaming, kvHeads), null, rowWidth],
   });
   const valueId = expectTensor('valueCache', valueCache, device, {
     dtypes: [keyCache.dtype],
@@ -149,12 +149,13 @@ export function expectHeads(heads: number, kvHeads: number): void {
 /** Most KV heads a layer with streaming heads may have (the addon's head map is a 128-bit mask). */
 const MAX_STREAMING_LAYER_KV_HEADS = 128;
 
-/**
- * The KV heads the main caches hold, in row order: every head, or `streaming.retrievalHeads` (checked: ascending,
- * distinct, in [0, kvHeads)) when some stream.
- */
-export function retrievalHeads(streaming: StreamingHeads | undefined, kvHeads: number): readonly number[] {
-  if (streaming === undefined) return Array.from({ length: kvHeads }, (_, head) => head);
+/** Rows of the main caches: every KV head, or (checked) the retrieval heads when some stream. */
+export function mainCacheHeads(streaming: StreamingHeads | undefined, kvHeads: number): number {
+  return streaming === undefined ? kvHeads : retrievalHeads(streaming, kvHeads).length;
+}
+
+/** The retrieval heads of a layer with streaming heads, in row order (checked: ascending, distinct, in [0, kvHeads)). */
+function retrievalHeads(streaming: StreamingHeads, kvHeads: number): readonly number[] {
   const heads = streaming.retrievalHeads;
   if (kvHeads > MAX_STREAMING_LAYER_KV_HEADS) {
     throw new DuoArgumentError(

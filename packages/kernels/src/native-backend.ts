@@ -24,8 +24,8 @@ import {
   cacheRowWidth,
   expectHeads,
   expectScheme,
+  mainCacheHeads,
   quantFields,
-  retrievalHeads,
   streamingFields,
 } from './attention-arguments.js';
 import { ELEMENTWISE_NAMES, ELEMENTWISE_OPS, type ElementwiseName } from './elementwise-ops.js';
@@ -351,7 +351,7 @@ export class NativeBackend implements Backend {
     });
     const keyCacheId = expectTensor('keyCache', keyCache, this.device, {
       dtypes: quant ? ['u8'] : FLOAT_TYPES,
-      shape: [retrievalHeads(attributes.streaming, kvHeads).length, null, cacheRowWidth(quant, headDim)],
+      shape: [mainCacheHeads(attributes.streaming, kvHeads), null, cacheRowWidth(quant, headDim)],
     });
     const valueCacheId = expectTensor('valueCache', valueCache, this.device, {
       dtypes: [keyCache.dtype],

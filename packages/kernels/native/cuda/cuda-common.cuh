@@ -39,10 +39,10 @@ __device__ __forceinline__ void dependOnPrevious() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-// The launch rules' knobs (Device::Tuning without `profile`): process-wide, because the launchers are free functions
-// that every environment's device shares; set by CudaDevice::tune, read by the GEMV split rule and launchChained.
-void setLaunchTuning(const Device::Tuning& tuning);
-Device::Tuning launchTuning();
+// The launch rules' knobs from Device::Tuning, set by CudaDevice::tune. Process-wide, because the launchers are free
+// functions that every environment's device shares; parsed once here, read without locks on every launch.
+void setChainLaunches(bool allowed);
+void setGemvTuning(const Device::Tuning& tuning);
 // Whether chained launches may overlap: compute capability 9.0 or later, unless the tuning turns it off (A/B runs).
 bool chainLaunches();
 

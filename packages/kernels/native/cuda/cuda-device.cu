@@ -421,7 +421,8 @@ class CudaDevice final : public Device {
   std::vector<OpTime> takeProfile() override { return profiler_.take(stream_); }
   void tune(const Tuning& tuning) override {
     profiler_.enable(tuning.profile);
-    setLaunchTuning(tuning);
+    setChainLaunches(tuning.chainLaunches);
+    setGemvTuning(tuning);
   }
 };
 

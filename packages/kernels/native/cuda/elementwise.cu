@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <mutex>
 #include <string>
 #include <cfloat>
 #include <cstdint>
@@ -311,21 +310,10 @@ void launchEmbedding(const void* table, DType dtype, const int32_t* ids, float* 
 }
 
 namespace {
-std::mutex tuningMutex;
-Device::Tuning tuning;                       // guarded by tuningMutex
-std::atomic<bool> chainingAllowed{true};     // tuning.chainLaunches, read on every launch
+std::atomic<bool> chainingAllowed{true};  // Device::Tuning::chainLaunches
 }  // namespace
 
-void setLaunchTuning(const Device::Tuning& next) {
-  std::lock_guard<std::mutex> lock(tuningMutex);
-  tuning = next;
-  chainingAllowed.store(next.chainLaunches);
-}
-
-Device::Tuning launchTuning() {
-  std::lock_guard<std::mutex> lock(tuningMutex);
-  return tuning;
-}
+void setChainLaunches(bool allowed) { chainingAllowed.store(allowed, std::memory_order_relaxed); }
 
 bool chainLaunches() {
   static const bool hopper = [] {

@@ -2,10 +2,13 @@
 // 16-byte loads; x is staged in shared memory when it fits. Also the fallback for any row count without cuBLAS.
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda-common.cuh"
@@ -173,6 +176,12 @@ void launchSplit(const float* x, int64_t k, const StreamJob<T>& job, int split, 
   else launchChained(gemvStreamKernel<T, ROWS, SWIGLU, 1>, blocks(kWarps), threads, 0, stream, x, k, job);
 }
 
+// The split rule's knobs (Device::Tuning), for benchmarks and A/B runs: set by setGemvTuning, read on every launch.
+using PinnedSplits = std::vector<std::array<int64_t, 3>>;
+std::atomic<int64_t> minimumSliceKnob{1024};
+std::atomic<int> waveRuleKnob{2};
+std::shared_ptr<const PinnedSplits> pinnedSplits = std::make_shared<const PinnedSplits>();
+
 template <typename T>
 void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bool swiglu, cudaStream_t stream) {
   job.firstGroup[0] = 0;
@@ -181,15 +190,14 @@ void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bo
   if (job.firstGroup[job.count] == 0) return;
   // Split k so each warp streams at least ~1K elements per column, and only while columns alone leave SMs idle.
   const int64_t groups = job.firstGroup[job.count];
-  const Device::Tuning tuning = launchTuning();
-  const int64_t minimumSlice = std::max<int64_t>(64, tuning.gemvMinSlice);  // a tuning knob for benchmarks
+  const int64_t minimumSlice = std::max<int64_t>(64, minimumSliceKnob.load(std::memory_order_relaxed));
   int split = 1;
   while (split < kMaxSplit && k / (split * 2) >= minimumSlice && groups * split < static_cast<int64_t>(multiprocessorCount()) * 64) split *= 2;
   // A last wave of blocks that is mostly empty leaves bandwidth unused (gate+up of Llama-3-8B: 3.4 waves at split 1,
   // 6.8 at split 2): take another split where it fills the waves clearly better.
   // The wave rule (Tuning::gemvWaveRule, A/B runs): 0 the fill rule alone, 1 the wave rule below, 2 (default) the
   // chained-launch rule when launches are chained, else the wave rule.
-  const int waveRule = tuning.gemvWaveRule;
+  const int waveRule = waveRuleKnob.load(std::memory_order_relaxed);
   // Waves of resident blocks that split s makes.
   const double slots = static_cast<double>(multiprocessorCount()) * DUO_GEMV_BLOCKS_PER_SM;
   auto waves = [&](int s) { return std::ceil(static_cast<double>(groups) / (kWarps / s)) / slots; };
@@ -211,23 +219,11 @@ void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bo
       if ((s == 1 || k / s >= minimumSlice) && filled(s) > filled(best) + 0.05) best = s;
     split = best;
   }
-  // Tuning::gemvPinnedSplits = "6144x4096:4,4096x14336:2" pins the split of a shape (rows over all matrices × k).
-  const std::vector<std::array<int64_t, 3>> pinned = [&] {
-    std::vector<std::array<int64_t, 3>> list;
-    const char* value = tuning.gemvPinnedSplits.c_str();
-    for (const char* p = value; p && *p;) {
-      long long rows = 0, depth = 0, count = 0;
-      int used = 0;
-      if (std::sscanf(p, "%lldx%lld:%lld%n", &rows, &depth, &count, &used) != 3) break;
-      list.push_back({rows, depth, count});
-      p += used;
-      if (*p == ',') p++;
-    }
-    return list;
-  }();
+  // Pinned splits (Tuning::gemvPinnedSplits): {rows over all matrices, k, split}.
+  const std::shared_ptr<const PinnedSplits> pinned = std::atomic_load(&pinnedSplits);
   int64_t totalRows = 0;
   for (int i = 0; i < job.count; i++) totalRows += job.m[i] * (swiglu ? 2 : 1);
-  for (const auto& pin : pinned)
+  for (const auto& pin : *pinned)
     if (pin[0] == totalRows && pin[1] == k && (pin[2] & (pin[2] - 1)) == 0 && pin[2] >= 1 && pin[2] <= kMaxSplit)
       split = static_cast<int>(pin[2]);
   if (swiglu) {
@@ -347,6 +343,22 @@ void launchTyped(const float* x, int64_t totalRows, int64_t k, const T* weight, 
 }
 
 }  // namespace
+
+void setGemvTuning(const Device::Tuning& tuning) {
+  minimumSliceKnob.store(tuning.gemvMinSlice, std::memory_order_relaxed);
+  waveRuleKnob.store(tuning.gemvWaveRule, std::memory_order_relaxed);
+  // "6144x4096:4,4096x14336:2": rows over all matrices × k, then the split (TypeScript checked the form).
+  auto pinned = std::make_shared<PinnedSplits>();
+  for (const char* p = tuning.gemvPinnedSplits.c_str(); *p;) {
+    long long rows = 0, depth = 0, count = 0;
+    int used = 0;
+    if (std::sscanf(p, "%lldx%lld:%lld%n", &rows, &depth, &count, &used) != 3) break;
+    pinned->push_back({rows, depth, count});
+    p += used;
+    if (*p == ',') p++;
+  }
+  std::atomic_store(&pinnedSplits, std::shared_ptr<const PinnedSplits>(std::move(pinned)));
+}
 
 void launchGemv(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,
                 const float* bias, const float* residual, cudaStream_t stream) {
