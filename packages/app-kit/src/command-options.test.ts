@@ -4,6 +4,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { usageError } from './__fixtures__/usage-error.js';
 import {
   checkContext,
   choiceOption,
@@ -14,16 +15,6 @@ import {
   parseOptions,
 } from './command-options.js';
 import { UsageError } from './usage-error.js';
-
-function usageError(run: () => unknown): UsageError {
-  try {
-    run();
-  } catch (error) {
-    expect(UsageError.isInstance(error)).toBe(true);
-    return error as UsageError;
-  }
-  throw new Error('expected a UsageError');
-}
 
 describe('command options', () => {
   it('parses a spec and rejects unknown options and stray arguments', () => {

@@ -11,6 +11,7 @@ import {
   SHAPES,
 } from '@duoattn/core';
 import { describe, expect, it } from 'vitest';
+import { usageError } from './__fixtures__/usage-error.js';
 import {
   attentionPolicies,
   buildPolicy,
@@ -23,7 +24,6 @@ import {
   policySettings,
   runLabel,
 } from './policy-options.js';
-import { UsageError } from './usage-error.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const demoPattern = resolve(root, 'models/duo-demo/pattern');
@@ -37,16 +37,6 @@ const demo: ModelConfig = {
   numKvHeads: 2,
   headDim: 64,
 };
-
-function usageError(run: () => unknown): UsageError {
-  try {
-    run();
-  } catch (error) {
-    expect(UsageError.isInstance(error)).toBe(true);
-    return error as UsageError;
-  }
-  throw new Error('expected a UsageError');
-}
 
 describe('policySettings', () => {
   it('defaults every option', () => {
