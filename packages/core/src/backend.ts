@@ -97,6 +97,49 @@ export interface PrefillAttentionAttributes extends AttentionAttributes {
   readonly queryStart: number;
 }
 
+/** One layer of one sequence of a `CacheBatch`: the caches its attention reads and its cache write fills. */
+export interface BatchCacheLayer {
+  readonly keyCache: TensorHandle;
+  readonly valueCache: TensorHandle;
+  readonly streaming?: StreamingHeads;
+  readonly quant?: QuantizedKv;
+}
+
+/** This step's rows of one sequence of a `CacheBatch`: `rows` query rows (0: it sits out) from position `start`. */
+export interface BatchSpan {
+  readonly rows: number;
+  readonly start: number;
+}
+
+/**
+ * The caches of the sequences one batched step runs (continuous batching), made by `createCacheBatch`: per sequence,
+ * per layer, its own caches, streaming layout and quantization. Each step sets every sequence's rows (`setSpans`); the
+ * step's q / k / v rows are the sequences' rows in order. Dispose it before the caches it names (a use after a cache
+ * was disposed throws).
+ */
+export interface CacheBatch {
+  readonly id: number;
+  readonly sequences: number;
+  readonly layers: number;
+  /** The spans set last. */
+  readonly spans: readonly BatchSpan[];
+  /** This step's rows of each sequence, one span per sequence in order; checked against each sequence's caches. */
+  setSpans(spans: readonly BatchSpan[]): void;
+  /** Rows of the step: the sum of the spans' rows. */
+  readonly rows: number;
+  readonly disposed: boolean;
+  dispose(): void;
+  [Symbol.dispose](): void;
+}
+
+/** Attributes of `attentionBatch`: the shape every sequence shares; each brings its caches, layout and positions. */
+export interface BatchAttentionAttributes {
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly scale: number;
+}
+
 /** Attributes of `attentionBackward`: one whole sequence, query row i at position i, keys 0 … length − 1. */
 export interface AttentionBackwardAttributes {
   readonly heads: number;
@@ -274,6 +317,46 @@ export interface Backend {
   argmax(logits: TensorHandle, out: TensorHandle): void;
   /** Row-wise softmax of `logits / temperature` into `out` (f32). */
   softmax(logits: TensorHandle, out: TensorHandle, temperature: number): void;
+
+  // Continuous batching: many sequences, each with its own caches, policy and position, in one step.
+  /** The caches of a batched step's sequences: `sequences[s][layer]` (see `CacheBatch`). */
+  createCacheBatch(
+    sequences: readonly (readonly BatchCacheLayer[])[],
+    attributes: { readonly kvHeads: number; readonly headDim: number },
+  ): CacheBatch;
+  /**
+   * `ropeWriteCache` for every sequence of `batch` at layer `layer`: each sequence's rows of `query` / `key` / `value`
+   * (its span) are rotated at their `positions` and written into its own caches.
+   */
+  ropeWriteCacheBatch(
+    query: TensorHandle,
+    key: TensorHandle,
+    value: TensorHandle,
+    positions: TensorHandle,
+    inverseFrequencies: TensorHandle,
+    batch: CacheBatch,
+    layer: number,
+    attributes: RopeAttributes & { readonly kvHeads: number },
+  ): void;
+  /**
+   * Attention of every sequence of `batch` at layer `layer` into its rows of `out`: a span of one row decodes, a
+   * longer one runs as a prefill chunk, each over its own caches (keys 0 … start + rows − 1, its mask and scheme).
+   */
+  attentionBatch(
+    query: TensorHandle,
+    out: TensorHandle,
+    batch: CacheBatch,
+    layer: number,
+    attributes: BatchAttentionAttributes,
+  ): void;
+  /**
+   * One token per row of `logits` (f32 `[n, vocab]`) into `out` (i32 `[n]`), by `settings` (f32 `[n, 4]`: temperature,
+   * topK, topP, u ∈ [0, 1)): temperature 0 takes the argmax (the lowest index on ties); otherwise the tokens in order of
+   * falling logit (lower index first on ties), the first topK (0: all), weights exp((logit − max) / temperature), the
+   * shortest prefix whose weight reaches topP of their total (1: all), and the first token whose cumulative weight
+   * reaches u × the prefix's weight.
+   */
+  sample(logits: TensorHandle, settings: TensorHandle, out: TensorHandle): void;
 
   // Input gradients for the gate trainer (weights are frozen). Deterministic: no atomics, fixed summation order.
   /** `gradInput (+)= gradOut · weight`: `matmul`'s input gradient (`gradOut` f32 `[n, m]`, `weight` `[m, k]`). */

@@ -25,6 +25,7 @@
         'napi/memory-ops.cc',
         'napi/forward-ops.cc',
         'napi/backward-ops.cc',
+        'napi/batch-ops.cc',
         'cpu/thread-pool.cc',
         'cpu/cpu-device.cc',
         'cpu/elementwise.cc',

@@ -193,6 +193,31 @@ struct AttentionArgs {
   KvQuantPlanes quant;
 };
 
+// One sequence of a batched step (continuous batching), for the layer an op runs: its rows of the step's q / k / v /
+// out (rowStart … rowStart + rows − 1, at positions queryStart … queryStart + rows − 1; keys 0 … queryStart + rows − 1)
+// and its own caches, layout and quantization. rows 0: the sequence sits this step out. Rows of one slice are a decode
+// token (rows 1) or a prefill chunk; slices follow each other in row order.
+struct BatchSlice {
+  Tensor* keyCache = nullptr;
+  Tensor* valueCache = nullptr;
+  StreamingLayout streaming;
+  KvQuantPlanes quant;
+  int64_t rowStart = 0, rows = 0, queryStart = 0;
+};
+
+// Rows first … first + count − 1 of a row-major tensor, as a tensor sharing its memory (never paged).
+inline Tensor rowView(const Tensor& tensor, int64_t first, int64_t count) {
+  Tensor view;
+  view.id = tensor.id;
+  view.dtype = tensor.dtype;
+  view.shape = {count, tensor.cols()};
+  view.size = count * tensor.cols();
+  view.bytes = static_cast<size_t>(view.size) * dtypeBytes(tensor.dtype);
+  view.data = static_cast<char*>(tensor.data) + static_cast<size_t>(first * tensor.cols()) * dtypeBytes(tensor.dtype);
+  view.device = tensor.device;
+  return view;
+}
+
 // Attention's input gradients over one whole sequence (training): query rows at positions 0 … length − 1 against keys
 // 0 … length − 1 held in caches [kvHeads, capacity, headDim] at slot = position. `window` selects the Λ mask (key j
 // visible to query i iff j ≤ i and (j < sink or i − j < recent)); otherwise causal.
@@ -334,6 +359,43 @@ class Device {
   virtual void decodeAdvance(const Tensor& next, Tensor& ids, Tensor& positions) {
     ids.as<int32_t>()[0] = next.as<int32_t>()[0];
     positions.as<int32_t>()[0] += 1;
+  }
+  // Continuous batching: ropeWriteCache and attention for every slice of a step, each sequence with its own caches.
+  // The defaults run the single-sequence ops slice by slice; a backend overrides them where one launch serves all.
+  virtual void ropeWriteCacheBatch(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
+                                   const RopeArgs& args, int kvHeads, const std::vector<BatchSlice>& slices) {
+    for (const BatchSlice& slice : slices) {
+      if (slice.rows == 0) continue;
+      Tensor qRows = rowView(q, slice.rowStart, slice.rows), kRows = rowView(k, slice.rowStart, slice.rows);
+      const Tensor vRows = rowView(v, slice.rowStart, slice.rows), at = rowView(positions, slice.rowStart, slice.rows);
+      ropeWriteCache(qRows, kRows, vRows, at, frequencies, args, kvHeads, *slice.keyCache, *slice.valueCache, slice.streaming,
+                     slice.quant);
+    }
+  }
+  // `shape`: heads, kvHeads, headDim and scale; each slice brings its caches, layout, quantization and positions.
+  virtual void attentionBatch(const Tensor& q, Tensor& out, const AttentionArgs& shape, const std::vector<BatchSlice>& slices) {
+    for (const BatchSlice& slice : slices) {
+      if (slice.rows == 0) continue;
+      AttentionArgs args = shape;
+      args.keyLength = slice.queryStart + slice.rows;
+      args.queryStart = slice.queryStart;
+      args.lengthFrom = nullptr;
+      args.streaming = slice.streaming;
+      args.quant = slice.quant;
+      const Tensor qRows = rowView(q, slice.rowStart, slice.rows);
+      Tensor outRows = rowView(out, slice.rowStart, slice.rows);
+      if (slice.rows == 1) attentionDecode(qRows, *slice.keyCache, *slice.valueCache, outRows, args);
+      else attentionPrefill(qRows, *slice.keyCache, *slice.valueCache, outRows, args);
+    }
+  }
+  // Samples one token per row of `logits` (f32 [n, vocab]) into `out` (i32 [n]) by `settings` (f32 [n, 4]: temperature,
+  // topK, topP, u). Temperature 0: the argmax (lowest index on ties). Otherwise tokens in order of falling logit (lower
+  // index first on ties), the first topK of them (0: all), weights exp((logit − max) / temperature), the shortest prefix
+  // whose weight reaches topP of the total (1: all), then the first token whose cumulative weight reaches u · (the
+  // prefix's weight).
+  virtual void sample(const Tensor& logits, const Tensor& settings, Tensor& out) {
+    (void)logits, (void)settings, (void)out;
+    throw Error("DUO_ARG", std::string("the ") + kind() + " backend cannot sample on the device");
   }
   // Graph capture of queued ops (CUDA graphs); backends without it throw.
   virtual void beginCapture() { throw Error("DUO_ARG", std::string("the ") + kind() + " backend cannot capture graphs"); }

@@ -104,23 +104,35 @@ export function attentionIds(
   out: Tensor,
   attributes: AttentionAttributes,
 ): [number, number, number, number] {
-  const { heads, kvHeads, headDim, scale, keyLength, quant } = attributes;
+  const { heads, kvHeads, headDim, scale, keyLength } = attributes;
   expectHeads(heads, kvHeads);
   expectInteger('headDim', headDim, 1);
   expectPositive('scale', scale);
-  const rowWidth = cacheRowWidth(quant, headDim);
-  const keyId = expectTensor('keyCache', keyCache, device, {
-    dtypes: quant ? ['u8'] : FLOAT_TYPES,
-    shape: [mainCacheHeads(attributes.streaming, kvHeads), null, rowWidth],
-  });
-  const valueId = expectTensor('valueCache', valueCache, device, {
-    dtypes: [keyCache.dtype],
-    shape: keyCache.shape,
-  });
+  const [keyId, valueId] = cacheIds(device, keyCache, valueCache, attributes);
   expectInteger('keyLength', keyLength, 0, keyCache.committedRows ?? keyCache.shape[1]);
   const queryId = expectTensor('query', query, device, { dtypes: F32, shape: [null, heads * headDim] });
   const outId = expectTensor('out', out, device, { dtypes: F32, shape: query.shape });
   return [queryId, keyId, valueId, outId];
+}
+
+/** Checks a layer's main caches against its streaming heads and scheme; returns the key and value caches' ids. */
+export function cacheIds(
+  device: DeviceKind,
+  keyCache: Tensor,
+  valueCache: Tensor,
+  attributes: Pick<AttentionAttributes, 'kvHeads' | 'headDim' | 'streaming' | 'quant'>,
+  argument = '',
+): [number, number] {
+  const { kvHeads, headDim, quant } = attributes;
+  const keyId = expectTensor(`${argument}keyCache`, keyCache, device, {
+    dtypes: quant ? ['u8'] : FLOAT_TYPES,
+    shape: [mainCacheHeads(attributes.streaming, kvHeads), null, cacheRowWidth(quant, headDim)],
+  });
+  const valueId = expectTensor(`${argument}valueCache`, valueCache, device, {
+    dtypes: [keyCache.dtype],
+    shape: keyCache.shape,
+  });
+  return [keyId, valueId];
 }
 
 /** A quantizing scheme's name (int8, int4 or fp8). */

@@ -3,6 +3,9 @@ import {
   type AttentionBackwardAttributes,
   type Backend,
   type BackendMemory,
+  type BatchAttentionAttributes,
+  type BatchCacheLayer,
+  type CacheBatch,
   type DecodeAttentionAttributes,
   type DeviceKind,
   DTYPES,
@@ -28,6 +31,7 @@ import {
   quantFields,
   streamingFields,
 } from './attention-arguments.js';
+import { expectCacheBatch, NativeCacheBatch } from './cache-batch.js';
 import { ELEMENTWISE_NAMES, ELEMENTWISE_OPS, type ElementwiseName } from './elementwise-ops.js';
 import { callNative, mapNativeError } from './errors.js';
 import type { BackendTuning, NativeAddon } from './native.js';
@@ -520,6 +524,77 @@ export class NativeBackend implements Backend {
     const logitsId = expectTensor('logits', logits, this.device, { dtypes: F32 });
     const outId = expectTensor('out', out, this.device, { dtypes: I32, size: logits.rows });
     callNative(() => this.#native.argmax(logitsId, outId));
+  }
+
+  createCacheBatch(
+    sequences: readonly (readonly BatchCacheLayer[])[],
+    attributes: { readonly kvHeads: number; readonly headDim: number },
+  ): NativeCacheBatch {
+    return new NativeCacheBatch(this.#native, this.device, sequences, attributes);
+  }
+
+  ropeWriteCacheBatch(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    positions: Tensor,
+    inverseFrequencies: Tensor,
+    batch: CacheBatch,
+    layer: number,
+    attributes: RopeAttributes & { readonly kvHeads: number },
+  ): void {
+    const { heads, kvHeads, headDim, interleaved } = attributes;
+    expectHeads(heads, kvHeads);
+    expectInteger('headDim', headDim, 2);
+    if (headDim % 2 !== 0)
+      throw new DuoArgumentError('headDim', `Expected an even \`headDim\` but received ${headDim}`);
+    const cacheBatch = expectCacheBatch(batch, layer, kvHeads, headDim);
+    const rows = cacheBatch.rows;
+    const queryId = expectTensor('query', query, this.device, { dtypes: F32, shape: [rows, heads * headDim] });
+    const keyId = expectTensor('key', key, this.device, { dtypes: F32, shape: [rows, kvHeads * headDim] });
+    const valueId = expectTensor('value', value, this.device, { dtypes: F32, shape: key.shape });
+    const positionsId = expectTensor('positions', positions, this.device, { dtypes: I32, shape: [rows] });
+    const frequencyId = expectTensor('inverseFrequencies', inverseFrequencies, this.device, {
+      dtypes: F32,
+      shape: [headDim / 2],
+    });
+    callNative(() =>
+      this.#native.ropeWriteCacheBatch(queryId, keyId, valueId, positionsId, frequencyId, cacheBatch.id, layer, {
+        heads,
+        kvHeads,
+        headDim,
+        interleaved: Boolean(interleaved),
+      }),
+    );
+  }
+
+  attentionBatch(
+    query: Tensor,
+    out: Tensor,
+    batch: CacheBatch,
+    layer: number,
+    attributes: BatchAttentionAttributes,
+  ): void {
+    const { heads, kvHeads, headDim, scale } = attributes;
+    expectHeads(heads, kvHeads);
+    expectInteger('headDim', headDim, 1);
+    expectPositive('scale', scale);
+    const cacheBatch = expectCacheBatch(batch, layer, kvHeads, headDim);
+    const queryId = expectTensor('query', query, this.device, {
+      dtypes: F32,
+      shape: [cacheBatch.rows, heads * headDim],
+    });
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: query.shape });
+    callNative(() =>
+      this.#native.attentionBatch(queryId, outId, cacheBatch.id, layer, { heads, kvHeads, headDim, scale }),
+    );
+  }
+
+  sample(logits: Tensor, settings: Tensor, out: Tensor): void {
+    const logitsId = expectTensor('logits', logits, this.device, { dtypes: F32, shape: [null, null] });
+    const settingsId = expectTensor('settings', settings, this.device, { dtypes: F32, shape: [logits.rows, 4] });
+    const outId = expectTensor('out', out, this.device, { dtypes: I32, shape: [logits.rows] });
+    callNative(() => this.#native.sample(logitsId, settingsId, outId));
   }
 
   softmax(logits: Tensor, out: Tensor, temperature: number): void {

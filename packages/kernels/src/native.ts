@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 import {
   type AttentionBackwardAttributes,
   type Backend,
+  type BatchAttentionAttributes,
+  type BatchCacheLayer,
   type DecodeAttentionAttributes,
   type DeviceKind,
   type DType,
@@ -133,6 +135,25 @@ export interface NativeAddon extends ElementwiseNatives {
   graphLaunch(device: DeviceKind, graph: number): void;
   graphFree(device: DeviceKind, graph: number): void;
   argmax(logits: number, out: number): void;
+  cacheBatchCreate(
+    device: DeviceKind,
+    sequences: readonly (readonly NativeFields<BatchCacheLayer>[])[],
+    attributes: { layers: number; kvHeads: number; headDim: number },
+  ): number;
+  cacheBatchSpans(batch: number, spans: Int32Array): void;
+  cacheBatchFree(batch: number): void;
+  ropeWriteCacheBatch(
+    query: number,
+    key: number,
+    value: number,
+    positions: number,
+    frequencies: number,
+    batch: number,
+    layer: number,
+    attributes: NativeFields<RopeAttributes & { kvHeads: number }>,
+  ): void;
+  attentionBatch(query: number, out: number, batch: number, layer: number, attributes: BatchAttentionAttributes): void;
+  sample(logits: number, settings: number, out: number): void;
   softmax(logits: number, out: number, temperature: number): void;
   matmulBackward(gradOut: number, weight: number, gradInput: number, options: BackwardOptions): void;
   rmsNormBackward(

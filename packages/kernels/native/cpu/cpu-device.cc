@@ -218,6 +218,51 @@ void CpuDevice::argmax(const Tensor& logits, Tensor& out) {
   }
 }
 
+void CpuDevice::sample(const Tensor& logits, const Tensor& settings, Tensor& out) {
+  const int64_t vocab = logits.cols();
+  pool_.parallelFor(logits.rows(), 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> order;
+    std::vector<double> weights;
+    for (int64_t r = begin; r < end; r++) {
+      const float* row = logits.as<float>() + r * vocab;
+      const float* setting = settings.as<float>() + r * 4;
+      const double temperature = setting[0], topP = setting[2], u = setting[3];
+      const int64_t topK = static_cast<int64_t>(setting[1]);
+      int32_t& chosen = out.as<int32_t>()[r];
+      if (temperature <= 0) {
+        chosen = static_cast<int32_t>(std::max_element(row, row + vocab) - row);  // the first maximum
+        continue;
+      }
+      // Falling logit, the lower index first on ties; only the first `keep` need ordering.
+      const int64_t keep = topK > 0 && topK < vocab ? topK : vocab;
+      order.resize(static_cast<size_t>(vocab));
+      for (int64_t i = 0; i < vocab; i++) order[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+      const auto before = [row](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
+      std::partial_sort(order.begin(), order.begin() + keep, order.end(), before);
+      const double maximum = row[order[0]];
+      weights.resize(static_cast<size_t>(keep));
+      double total = 0;
+      for (int64_t i = 0; i < keep; i++) total += weights[static_cast<size_t>(i)] = std::exp((row[order[static_cast<size_t>(i)]] - maximum) / temperature);
+      int64_t kept = keep;
+      if (topP < 1) {
+        double cumulative = 0;
+        kept = 0;
+        while (kept < keep && cumulative < topP * total) cumulative += weights[static_cast<size_t>(kept++)];
+        total = cumulative;
+      }
+      double threshold = u * total;
+      chosen = order[static_cast<size_t>(kept - 1)];
+      for (int64_t i = 0; i < kept; i++) {
+        threshold -= weights[static_cast<size_t>(i)];
+        if (threshold <= 0) {
+          chosen = order[static_cast<size_t>(i)];
+          break;
+        }
+      }
+    }
+  });
+}
+
 void CpuDevice::softmax(const Tensor& logits, Tensor& out, float temperature) {
   int64_t vocab = logits.cols();
   pool_.parallelFor(logits.rows(), 1, [&](int64_t begin, int64_t end) {

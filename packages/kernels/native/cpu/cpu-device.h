@@ -40,6 +40,7 @@ class CpuDevice final : public Device {
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
   void argmax(const Tensor& logits, Tensor& out) override;
   void softmax(const Tensor& logits, Tensor& out, float temperature) override;
+  void sample(const Tensor& logits, const Tensor& settings, Tensor& out) override;
   void writeCacheQuantized(const Tensor& source, Tensor& codes, Tensor& scales, int64_t start, int scheme) override;  // cpu/quantize.cc
   void matmulBackward(const Tensor& gradOut, const Tensor& weight, Tensor& gradInput, bool accumulate) override;
   void rmsNormBackward(const Tensor& x, const Tensor& weight, const Tensor& gradOut, Tensor& gradInput, float eps,

@@ -17,8 +17,22 @@ namespace binding {
 // Node keeps one per environment (napi_set_instance_data, addon.cc) and deletes it when the environment is torn down (a
 // worker exits), which frees the tensors still registered there. Shared between environments: only cuBLAS (its library
 // and one handle per stream, guarded: cuda/cublas-loader.cc) and the CUDA primary context.
+// The caches of the sequences of a batched step (cacheBatchCreate): per sequence, per layer, the slice template (its
+// caches, layout and quantization) and the tensors it points into, checked alive at every use; the step's rows and
+// positions are set per step (cacheBatchSpans).
+struct CacheBatch {
+  struct Entry {
+    BatchSlice slice;
+    std::vector<std::pair<uint32_t, void*>> tensors;  // id and data pointer of every tensor the slice reads
+  };
+  int layers = 0;
+  std::vector<std::vector<Entry>> sequences;  // [sequence][layer]
+  std::vector<int64_t> rows, queryStarts;     // per sequence, this step
+};
+
 struct AddonState {
   std::vector<Tensor*> registry{nullptr};  // id 0 is never used: -1/0 mean "none" on the JS side
+  std::vector<std::unique_ptr<CacheBatch>> batches;  // cacheBatchCreate's, by id − 1 (null once freed)
   // Shared so that a read or synchronisation still running on the libuv pool keeps its device alive.
   std::shared_ptr<Device> cpuDevice;
   std::shared_ptr<Device> cudaDevice;
