@@ -205,15 +205,18 @@ struct BatchSlice {
   int64_t rowStart = 0, rows = 0, queryStart = 0;
 };
 
-// Rows first … first + count − 1 of a row-major tensor, as a tensor sharing its memory (never paged).
+// Rows first … first + count − 1 of a row-major tensor, as a tensor sharing its memory (never paged). The rows of a
+// one-dimensional tensor (positions [n]) are its elements.
 inline Tensor rowView(const Tensor& tensor, int64_t first, int64_t count) {
+  const bool vector = tensor.shape.size() == 1;
+  const int64_t cols = vector ? 1 : tensor.cols();
   Tensor view;
   view.id = tensor.id;
   view.dtype = tensor.dtype;
-  view.shape = {count, tensor.cols()};
-  view.size = count * tensor.cols();
+  view.shape = vector ? std::vector<int64_t>{count} : std::vector<int64_t>{count, cols};
+  view.size = count * cols;
   view.bytes = static_cast<size_t>(view.size) * dtypeBytes(tensor.dtype);
-  view.data = static_cast<char*>(tensor.data) + static_cast<size_t>(first * tensor.cols()) * dtypeBytes(tensor.dtype);
+  view.data = static_cast<char*>(tensor.data) + static_cast<size_t>(first * cols) * dtypeBytes(tensor.dtype);
   view.device = tensor.device;
   return view;
 }
