@@ -12,6 +12,7 @@ export type DuoErrorCode =
   | 'DUO_TOKENIZER'
   | 'DUO_NATIVE'
   | 'DUO_NUMERIC'
+  | 'DUO_CAPACITY'
   | `DUO_CUDA_${string}`;
 
 /** Base class of every duoattn error; `DuoError.isInstance` works across package copies. */
@@ -93,5 +94,18 @@ export class DuoTokenizerError extends DuoError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('DUO_TOKENIZER', message, options);
     this.name = 'DuoTokenizerError';
+  }
+}
+
+/**
+ * An engine cannot take a request: its queue is full (`retryable`: try again later) or the request needs more KV
+ * memory than the engine's whole budget (not retryable). The message has the numbers.
+ */
+export class DuoCapacityError extends DuoError {
+  readonly retryable: boolean;
+  constructor(message: string, retryable: boolean, options?: { cause?: unknown }) {
+    super('DUO_CAPACITY', message, options);
+    this.name = 'DuoCapacityError';
+    this.retryable = retryable;
   }
 }

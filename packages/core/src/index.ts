@@ -44,6 +44,7 @@ export {
 export {
   DuoArgumentError,
   DuoBackendUnavailableError,
+  DuoCapacityError,
   DuoCheckpointError,
   DuoCudaError,
   DuoDisposedError,

@@ -14,6 +14,7 @@ import {
   type TensorHandle,
 } from '@duoattn/core';
 import { type KvPlane, kvPlanes, kvRowBytes } from '@duoattn/kv-quant';
+import type { KvPagePool } from './page-pool.js';
 
 /** The attention inputs of one layer: the full region and, when some heads stream, the streaming region. */
 export interface CacheLayer {
@@ -46,6 +47,12 @@ export interface DualKvCacheOptions {
   readonly prefillMask?: PrefillMask;
   /** Quantized storage (ADR 0006): codes and fp16 scales instead of `dtype` rows. Default 'none'. */
   readonly kvQuant?: KvQuantScheme;
+  /**
+   * The page pool shared with other sequences: the cache takes its pages before mapping memory (the streaming regions
+   * when made, the full regions as they grow) and gives them back when disposed. A growth the pool cannot give throws
+   * DuoOutOfMemoryError with nothing mapped. Default none: only the device's memory limits the cache.
+   */
+  readonly pool?: KvPagePool;
 }
 
 /** Tokens the full regions grow by so that every plane maps whole pages. */
@@ -125,6 +132,8 @@ export class DualKvCache {
   readonly #headDim: number;
   readonly #mask: PrefillMask;
   readonly #layers: CacheLayer[] = [];
+  readonly #pool: KvPagePool | undefined;
+  readonly #pages = { full: 0, streaming: 0 };
   #capacity = 0;
   #disposed = false;
 
@@ -157,6 +166,12 @@ export class DualKvCache {
     }
     const slots = streamingSlots(plan, chunkTokens);
     const unit = kvPageTokens(planes, backend.pageBytes);
+    this.#pool = options.pool;
+    if (this.#pool) {
+      const streamingBytes = this.#regionBytes(0).streaming;
+      this.#pool.take(this.#pool.pagesFor(streamingBytes), 'streaming');
+      this.#pages.streaming = this.#pool.pagesFor(streamingBytes);
+    }
     const span = Math.ceil(maxTokens / unit) * unit;
     const made: TensorHandle[] = [];
     const keep = (tensor: TensorHandle) => {
@@ -204,6 +219,7 @@ export class DualKvCache {
       this.reserve(Math.min(maxTokens, options.initialTokens ?? this.blockTokens));
     } catch (error) {
       for (const tensor of made) tensor.dispose();
+      this.#givePages();
       throw error;
     }
   }
@@ -220,16 +236,18 @@ export class DualKvCache {
 
   /** Bytes held now. */
   bytes(): DualCacheBytes {
+    return this.#regionBytes(this.#capacity);
+  }
+
+  /** Pages taken from the pool (0 without one). */
+  get poolPages(): { readonly full: number; readonly streaming: number } {
+    return { ...this.#pages };
+  }
+
+  /** Bytes of the regions when the full regions back `tokens` positions. */
+  #regionBytes(tokens: number): DualCacheBytes {
     const config = { numKvHeads: this.plan.kvHeads, headDim: this.#headDim };
-    return dualCacheBytes(
-      config,
-      this.plan,
-      this.dtype,
-      this.#capacity,
-      this.chunkTokens,
-      this.#backend.pageBytes,
-      this.kvQuant,
-    );
+    return dualCacheBytes(config, this.plan, this.dtype, tokens, this.chunkTokens, this.#backend.pageBytes, this.kvQuant);
   }
 
   /**
@@ -246,6 +264,14 @@ export class DualKvCache {
     }
     if (tokens <= this.#capacity) return false;
     const wanted = Math.min(this.maxTokens, Math.max(tokens, this.#capacity + this.blockTokens));
+    if (this.#pool) {
+      // The pages first: a pool that cannot give them leaves the cache as it was.
+      const pages = this.#pool.pagesFor(this.#regionBytes(wanted).full) - this.#pages.full;
+      if (pages > 0) {
+        this.#pool.take(pages, 'full');
+        this.#pages.full += pages;
+      }
+    }
     let backed = Number.POSITIVE_INFINITY;
     for (const layer of this.#layers) {
       const planes = [layer.keyCache, layer.valueCache, layer.quant?.keyScales, layer.quant?.valueScales];
@@ -312,6 +338,7 @@ export class DualKvCache {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    this.#givePages();
     for (const layer of this.#layers) {
       const { keyCache, valueCache, streaming, quant } = layer;
       for (const tensor of [keyCache, valueCache, streaming?.keyCache, streaming?.valueCache]) tensor?.dispose();
@@ -323,6 +350,14 @@ export class DualKvCache {
 
   [Symbol.dispose](): void {
     this.dispose();
+  }
+
+  #givePages(): void {
+    if (!this.#pool) return;
+    this.#pool.give(this.#pages.full, 'full');
+    this.#pool.give(this.#pages.streaming, 'streaming');
+    this.#pages.full = 0;
+    this.#pages.streaming = 0;
   }
 
   #checkLive(): void {

@@ -31,6 +31,7 @@ export {
   savePattern,
   writeReferencePattern,
 } from './pattern-io.js';
+export { KvPagePool, type KvPoolUsage, type KvRegion } from './page-pool.js';
 export {
   type MemoryPlan,
   type MemoryPlanInput,
