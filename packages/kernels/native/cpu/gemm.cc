@@ -1,4 +1,5 @@
-// CPU matmul: x · Wᵀ. A packed-panel GEMM (6 × 32 register tile) for many rows, a streaming GEMV for few.
+// CPU matmul: x · Wᵀ, a packed-panel GEMM (6 × 32 register tiles) for any number of rows. Batch-invariant: each row's
+// result is bitwise the same whatever rows share the call (decode alone or in a batch).
 // The vector code uses GCC vector extensions and target_clones, so one binary runs AVX-512, AVX2 or SSE.
 #include <algorithm>
 #include <cstdlib>
@@ -11,13 +12,10 @@ namespace duo {
 namespace {
 
 typedef float Vec16 __attribute__((vector_size(64)));
-typedef uint32_t UVec16 __attribute__((vector_size(64)));
-typedef uint16_t HVec16 __attribute__((vector_size(32)));
 
 constexpr int kTileRows = 6;     // rows of x per micro-tile
 constexpr int kPanelWidth = 32;  // output columns per packed weight panel (two vectors)
 constexpr int kDepth = 256;      // k per packed block
-constexpr int64_t kGemvRows = 4; // at most this many rows use the GEMV path
 
 inline Vec16 loadVec(const float* p) {
   Vec16 v;
@@ -40,23 +38,50 @@ void packPanel(const void* weight, DType type, int64_t k, int64_t m, int64_t col
   }
 }
 
-// acc[6][32] = Σ_kk x[r][kk] · panel[kk][:]; rows past `rows` read a zero row.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void microTile(const float* const* rowPointers, int depth, const float* panel, float* tile) {
-  Vec16 acc[kTileRows][2] = {};
+// acc[kRows][32] = Σ_kk x[r][kk] · panel[kk][:]. Each row is its own chain of FMAs in kk order, so a row's result does
+// not depend on how many rows share the tile (kernels for 1 … 6 rows give bitwise the same row).
+template <int kRows>
+__attribute__((always_inline)) inline void microTileBody(const float* const* rowPointers, int depth, const float* panel,
+                                                         float* tile) {
+  Vec16 acc[kRows][2] = {};
   for (int kk = 0; kk < depth; kk++) {
     Vec16 b0 = loadVec(panel + kk * kPanelWidth);
     Vec16 b1 = loadVec(panel + kk * kPanelWidth + 16);
 #pragma GCC unroll 6
-    for (int r = 0; r < kTileRows; r++) {
+    for (int r = 0; r < kRows; r++) {
       float a = rowPointers[r][kk];
       acc[r][0] += a * b0;
       acc[r][1] += a * b1;
     }
   }
-  for (int r = 0; r < kTileRows; r++) {
+  for (int r = 0; r < kRows; r++) {
     storeVec(tile + r * kPanelWidth, acc[r][0]);
     storeVec(tile + r * kPanelWidth + 16, acc[r][1]);
+  }
+}
+
+#define DUO_MICRO_TILE(rows)                                                                                   \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void microTile##rows(        \
+      const float* const* rowPointers, int depth, const float* panel, float* tile) {                          \
+    microTileBody<rows>(rowPointers, depth, panel, tile);                                                      \
+  }
+DUO_MICRO_TILE(1)
+DUO_MICRO_TILE(2)
+DUO_MICRO_TILE(3)
+DUO_MICRO_TILE(4)
+DUO_MICRO_TILE(5)
+DUO_MICRO_TILE(6)
+#undef DUO_MICRO_TILE
+
+// The tile of `rows` (1 … 6) rows.
+void microTile(int rows, const float* const* rowPointers, int depth, const float* panel, float* tile) {
+  switch (rows) {
+    case 1: microTile1(rowPointers, depth, panel, tile); break;
+    case 2: microTile2(rowPointers, depth, panel, tile); break;
+    case 3: microTile3(rowPointers, depth, panel, tile); break;
+    case 4: microTile4(rowPointers, depth, panel, tile); break;
+    case 5: microTile5(rowPointers, depth, panel, tile); break;
+    default: microTile6(rowPointers, depth, panel, tile); break;
   }
 }
 
@@ -69,7 +94,6 @@ void gemm(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* we
   int64_t panels = (m + kPanelWidth - 1) / kPanelWidth;
   int64_t threads = pool.size();
   int64_t perThread = (panels + threads - 1) / threads;
-  static const float zeros[kDepth] = {};
   pool.parallelFor(panels, perThread, [&](int64_t begin, int64_t end) {
     int64_t owned = end - begin;
     float* packed = static_cast<float*>(std::aligned_alloc(64, owned * kDepth * kPanelWidth * sizeof(float)));
@@ -88,8 +112,8 @@ void gemm(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* we
           for (int64_t i0 = ib; i0 < rowEnd; i0 += kTileRows) {
             int rows = static_cast<int>(std::min<int64_t>(kTileRows, rowEnd - i0));
             const float* rowPointers[kTileRows];
-            for (int r = 0; r < kTileRows; r++) rowPointers[r] = r < rows ? x + (i0 + r) * k + kb : zeros;
-            microTile(rowPointers, depth, panel, tile);
+            for (int r = 0; r < rows; r++) rowPointers[r] = x + (i0 + r) * k + kb;
+            microTile(rows, rowPointers, depth, panel, tile);
             for (int r = 0; r < rows; r++) {
               float* target = out + (i0 + r) * m + col0;
               const float* add = tile + r * kPanelWidth;
@@ -107,68 +131,6 @@ void gemm(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* we
       }
     }
     std::free(packed);
-  });
-}
-
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-float dotF32(const float* a, const float* b, int64_t count) {
-  Vec16 acc0 = {}, acc1 = {};
-  int64_t i = 0;
-  for (; i + 32 <= count; i += 32) {
-    acc0 += loadVec(a + i) * loadVec(b + i);
-    acc1 += loadVec(a + i + 16) * loadVec(b + i + 16);
-  }
-  for (; i + 16 <= count; i += 16) acc0 += loadVec(a + i) * loadVec(b + i);
-  Vec16 acc = acc0 + acc1;
-  float sum = 0;
-  for (int j = 0; j < 16; j++) sum += acc[j];
-  for (; i < count; i++) sum += a[i] * b[i];
-  return sum;
-}
-
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-float dotBf16(const float* a, const uint16_t* b, int64_t count) {
-  Vec16 acc0 = {}, acc1 = {};
-  int64_t i = 0;
-  auto widen = [](const uint16_t* p) {
-    HVec16 h;
-    std::memcpy(&h, p, sizeof h);
-    UVec16 bits = __builtin_convertvector(h, UVec16) << 16;
-    Vec16 v;
-    std::memcpy(&v, &bits, sizeof v);
-    return v;
-  };
-  for (; i + 32 <= count; i += 32) {
-    acc0 += loadVec(a + i) * widen(b + i);
-    acc1 += loadVec(a + i + 16) * widen(b + i + 16);
-  }
-  for (; i + 16 <= count; i += 16) acc0 += loadVec(a + i) * widen(b + i);
-  Vec16 acc = acc0 + acc1;
-  float sum = 0;
-  for (int j = 0; j < 16; j++) sum += acc[j];
-  for (; i < count; i++) sum += a[i] * bf16ToFloat(b[i]);
-  return sum;
-}
-
-void gemv(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType type, int64_t m, float* out,
-          const float* bias, const float* residual) {
-  // Small matrices are not worth waking the pool for.
-  pool.parallelFor(m, std::max<int64_t>(16, 65536 / std::max<int64_t>(1, k * n)), [&](int64_t begin, int64_t end) {
-    std::vector<float> converted(type == DType::F16 ? k : 0);
-    for (int64_t j = begin; j < end; j++) {
-      const float* rowF32 = nullptr;
-      if (type == DType::F32) rowF32 = static_cast<const float*>(weight) + j * k;
-      if (type == DType::F16) {
-        loadFloats(weight, type, j * k, k, converted.data());
-        rowF32 = converted.data();
-      }
-      for (int64_t i = 0; i < n; i++) {
-        float dot = type == DType::BF16 ? dotBf16(x + i * k, static_cast<const uint16_t*>(weight) + j * k, k)
-                                        : dotF32(x + i * k, rowF32, k);
-        float value = dot + (bias ? bias[j] : 0.0f) + (residual ? residual[i * m + j] : 0.0f);
-        out[i * m + j] = value;
-      }
-    }
   });
 }
 
@@ -199,11 +161,8 @@ void addScaled(float scale, const float* x, float* y, int64_t count) {
 
 void cpuMatmul(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType weightType, int64_t m,
                float* out, const float* bias, const float* residual) {
-  if (n <= kGemvRows) {
-    gemv(pool, x, n, k, weight, weightType, m, out, bias, residual);
-  } else {
-    gemm(pool, x, n, k, weight, weightType, m, out, bias, residual);
-  }
+  // One path for every row count: a row's result is the same whether it runs alone (decode) or in a batch.
+  gemm(pool, x, n, k, weight, weightType, m, out, bias, residual);
 }
 
 }  // namespace duo
