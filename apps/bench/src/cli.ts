@@ -2,6 +2,7 @@
 // 130 stopped by Ctrl-C.
 import { readEnvironment } from '@duoattn/core';
 import { accsCommand, accsHelp } from './commands/accs.js';
+import { batchCommand, batchHelp } from './commands/batch.js';
 import { chartCommand, chartHelp } from './commands/chart.js';
 import { efficiencyCommand, efficiencyHelp } from './commands/efficiency.js';
 import { gemmCommand, gemmHelp } from './commands/gemm.js';
@@ -31,6 +32,11 @@ const commands: Record<string, Command> = {
     help: efficiencyHelp,
     stops: 'after this measurement',
     run: (argv, signal) => efficiencyCommand(argv, log, signal),
+  },
+  batch: {
+    help: batchHelp,
+    stops: 'after this measurement',
+    run: (argv, signal) => batchCommand(argv, log, signal),
   },
   plan: { help: planHelp, run: (argv) => planCommand(argv, log) },
   chart: { help: chartHelp, run: (argv) => chartCommand(argv, log) },

@@ -1,4 +1,23 @@
 // Public surface of @duoattn/model.
+export {
+  type AdmissionPolicy,
+  BatchEngine,
+  type BatchEngineOptions,
+  type BatchEngineStats,
+  type BatchRequest,
+  type BatchResult,
+  type BatchStream,
+  type BatchToken,
+  type BatchUsage,
+  type FinishReason,
+} from './batch/batch-engine.js';
+export {
+  EngineWorker,
+  type EngineWorkerInfo,
+  type EngineWorkerOptions,
+  startEngineWorker,
+  type WorkerModel,
+} from './batch/engine-worker.js';
 export { applyChatTemplate, type ChatMessage } from './chat-template.js';
 export { LlamaBlocks } from './llama-blocks.js';
 export {

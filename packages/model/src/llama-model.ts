@@ -10,6 +10,7 @@ import {
   validateModelConfig,
 } from '@duoattn/core';
 import { type BackendRequest, resolveBackend } from '@duoattn/kernels';
+import { BatchEngine, type BatchEngineOptions } from './batch/batch-engine.js';
 import { LlamaBlocks } from './llama-blocks.js';
 import type { Checkpoint } from './loaders/checkpoint.js';
 import { openCheckpoint } from './loaders/open-checkpoint.js';
@@ -186,6 +187,25 @@ export class LlamaModel {
   get defaultCacheDtype(): DType {
     if (this.backend.device === 'cpu') return 'f32';
     return this.#weights.embedding.dtype === 'f32' ? 'f32' : 'bf16';
+  }
+
+  /**
+   * An engine that runs many requests at once over this model (continuous batching): each with its own policy, KV
+   * cache, sampling and position, from one shared page pool. Close it before disposing the model.
+   */
+  createBatchEngine(options: BatchEngineOptions = {}): BatchEngine {
+    this.#checkLive();
+    return new BatchEngine(
+      {
+        config: this.config,
+        backend: this.backend,
+        blocks: this.blocks,
+        inverseFrequencies: this.#inverseFrequencies,
+        tokenizer: this.tokenizer,
+        defaultCacheDtype: this.defaultCacheDtype,
+      },
+      options,
+    );
   }
 
   /** A new sequence with its own KV cache, attending as `options.policy` says (default full). Dispose it when done. */

@@ -601,7 +601,7 @@ function concat(parts: Float32Array[]): Float32Array {
 }
 
 /** A policy must be an object naming its attention; catches the flat options sessions took before policies. */
-function checkPolicyShape(policy: unknown): void {
+export function checkPolicyShape(policy: unknown): void {
   if (policy === undefined) return;
   if (typeof policy !== 'object' || policy === null || !('attention' in policy)) {
     throw new DuoArgumentError(

@@ -1,0 +1,730 @@
+// The batch engine: many sequences, each with its own policy, KV cache, sampling and position, advanced together one
+// step at a time (continuous batching with chunked prefill), over one model's weights and one shared page pool.
+import {
+  type AttentionPolicy,
+  type Backend,
+  type CacheBatch,
+  DEFAULT_MAX_NEW_TOKENS,
+  type DType,
+  DuoArgumentError,
+  DuoCapacityError,
+  DuoDisposedError,
+  DuoError,
+  DuoOutOfMemoryError,
+  FULL_ATTENTION,
+  type ModelConfig,
+  type TensorHandle,
+} from '@duoattn/core';
+import { DualKvCache, dualCacheBytes, KvPagePool, type KvPoolUsage, policyPlan } from '@duoattn/dual-cache';
+import type { LlamaBlocks } from '../llama-blocks.js';
+import { checkSampling, type SamplingOptions, seededRandom } from '../sampling.js';
+import { checkPolicyShape, type ResolvedPolicy, resolvePolicy } from '../session.js';
+import type { StreamDecoder, Tokenizer } from '../tokenizers/tokenizer.js';
+import { TokenQueue } from './token-stream.js';
+import { StepWorkspaces } from './workspaces.js';
+
+/** One request to the engine. */
+export interface BatchRequest {
+  /** Token ids, or text for a model with a tokenizer (BOS added). */
+  readonly prompt: readonly number[] | string;
+  /** How the sequence attends and stores its KV cache (default full attention); any policy, side by side with others. */
+  readonly policy?: AttentionPolicy;
+  /** Most new tokens. Default `DEFAULT_MAX_NEW_TOKENS` (128). */
+  readonly maxTokens?: number;
+  /** Temperature, top-k, top-p and seed; default greedy. Sampling runs on the device. */
+  readonly sampling?: SamplingOptions;
+  /** Tokens that end the answer (included in it). Default the tokenizer's / config's EOS ids. */
+  readonly stopTokens?: readonly number[];
+  /** Strings that end the answer once its text contains one (needs a tokenizer). */
+  readonly stopStrings?: readonly string[];
+  /** Cancels the request: its pages are freed at the next step boundary and it finishes with 'abort'. */
+  readonly signal?: AbortSignal;
+  /** Return each token's logits row (for tests and analyses; reads the vocabulary's logits per token). Default false. */
+  readonly logits?: boolean;
+  /**
+   * For benchmarks: this many synthetic positions come before the prompt. When the sequence starts, its cache is
+   * filled with random keys and values (seeded, on the device) as if they had run, so decode at long contexts is timed
+   * without prefilling them. What such a sequence generates is not text. Default 0.
+   */
+  readonly syntheticContext?: number;
+}
+
+/** Why a sequence ended: a stop token or string, its token limit, or cancellation. */
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+/** One generated token. */
+export interface BatchToken {
+  readonly id: number;
+  /** The text it completed (empty without a tokenizer, or while a character is incomplete). */
+  readonly text: string;
+  /** The logits it was sampled from, when the request asked for them. */
+  readonly logits?: Float32Array;
+}
+
+/** Tokens a request used. */
+export interface BatchUsage {
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+  readonly totalTokens: number;
+  /** Tokens prefilled again after the sequence was preempted (0 unless it was). */
+  readonly recomputedTokens: number;
+}
+
+/** How a request ended. */
+export interface BatchResult {
+  readonly tokens: readonly number[];
+  readonly text: string;
+  readonly finishReason: FinishReason;
+  readonly usage: BatchUsage;
+  /** Times since submission, in milliseconds: admission (first step with the sequence) and first token. */
+  readonly timings: { readonly admittedMs: number; readonly firstTokenMs: number; readonly totalMs: number };
+  /** Times the sequence was preempted (evicted and requeued to be recomputed). */
+  readonly preemptions: number;
+}
+
+/** A submitted request: iterate it for its tokens; `result` resolves when it ends. */
+export interface BatchStream extends AsyncIterable<BatchToken> {
+  readonly id: number;
+  readonly result: Promise<BatchResult>;
+  /** Cancels it (as its signal would). */
+  cancel(): void;
+}
+
+/**
+ * How sequences are admitted. 'reserve' (default): a sequence starts only when the pages its request can grow to
+ * (prompt + maxTokens) are free, and takes them at once, so no sequence ever runs out mid-answer. 'optimistic': a
+ * sequence starts when its next chunk fits; when a running sequence cannot grow, the newest sequence is preempted (its
+ * pages freed, itself requeued first and recomputed from its tokens so far).
+ */
+export type AdmissionPolicy = 'reserve' | 'optimistic';
+
+/** Options of `createBatchEngine`. */
+export interface BatchEngineOptions {
+  /** Most sequences running at once. Default 64. */
+  maxSequences?: number;
+  /** Most tokens one step runs: every running sequence's decode token, then prefill chunks. Default 1024. */
+  stepTokens?: number;
+  /** Bytes of KV cache all sequences share (the page pool). Default: 85 % of the device's free memory (CUDA), 2 GiB (CPU). */
+  kvBudgetBytes?: number;
+  /** Default 'reserve'. */
+  admission?: AdmissionPolicy;
+  /** Most requests waiting for admission; more are refused with a retryable DuoCapacityError. Default 1024. */
+  maxWaiting?: number;
+  /** Lets prompt + maxTokens exceed the model's context (benchmarks at synthetic lengths). Default false. */
+  allowBeyondContext?: boolean;
+  /** KV cache dtype. Default the model's (f32 on the CPU, bf16 on CUDA with 16-bit weights). */
+  cacheDtype?: 'auto' | 'f32' | 'f16' | 'bf16';
+  /** With 'optimistic' admission: the full regions grow by at least this many tokens. Default 1024. */
+  cacheBlockTokens?: number;
+}
+
+/** Live counters of an engine. */
+export interface BatchEngineStats {
+  readonly running: number;
+  readonly waiting: number;
+  readonly pool: KvPoolUsage;
+  readonly steps: number;
+  readonly preemptions: number;
+  /** Tokens the last step ran (decode rows + prefill rows). */
+  readonly lastStepRows: number;
+  /** Why the engine stopped, when a step failed (it then takes no requests). */
+  readonly failure?: string;
+}
+
+/** @internal What the engine needs of a model. */
+export interface EngineModel {
+  readonly config: ModelConfig;
+  readonly backend: Backend;
+  readonly blocks: LlamaBlocks;
+  readonly inverseFrequencies: TensorHandle;
+  readonly tokenizer: Tokenizer | undefined;
+  readonly defaultCacheDtype: DType;
+}
+
+const DEFAULT_MAX_SEQUENCES = 64;
+const DEFAULT_STEP_TOKENS = 1024;
+const DEFAULT_MAX_WAITING = 1024;
+const DEFAULT_CPU_KV_BUDGET = 2 * 1024 ** 3;
+
+/** One request as the engine runs it. */
+class Sequence {
+  readonly queue = new TokenQueue<BatchToken, BatchResult>();
+  /** Prompt, then every generated token: what the cache must hold before the next token is drawn. */
+  readonly tokens: number[];
+  readonly generated: number[] = [];
+  readonly submitted = performance.now();
+  readonly random: () => number;
+  readonly stopTokens: ReadonlySet<number>;
+  readonly decoder: StreamDecoder | undefined;
+  cache: DualKvCache | undefined;
+  /** Tokens in the cache. */
+  cached = 0;
+  text = '';
+  admittedAt = 0;
+  firstTokenAt = 0;
+  cancelled = false;
+  preemptions = 0;
+  recomputed = 0;
+  /** Admission order: the highest is the newest (preempted first). */
+  order = 0;
+
+  constructor(
+    readonly id: number,
+    readonly request: BatchRequest,
+    readonly prompt: readonly number[],
+    readonly policy: ResolvedPolicy,
+    readonly maxNew: number,
+    readonly sampling: Required<SamplingOptions>,
+    stopTokens: readonly number[],
+    tokenizer: Tokenizer | undefined,
+  ) {
+    this.tokens = [...prompt];
+    this.random = seededRandom(sampling.seed);
+    this.stopTokens = new Set(stopTokens);
+    this.decoder = tokenizer?.createStreamDecoder(prompt);
+  }
+
+  /** Tokens the cache may reach: the prompt and every new token but the last (which is never fed back). */
+  get capacity(): number {
+    return this.prompt.length + Math.max(this.maxNew - 1, 0);
+  }
+
+  /** Tokens not yet in the cache: 1 when decoding, more while (re)filling. */
+  get pending(): number {
+    return this.tokens.length - this.cached;
+  }
+}
+
+/**
+ * Runs many requests at once on one model. `submit` returns at once with a stream of the request's tokens; the engine
+ * steps while any request is running or waiting: each step runs every running sequence's next token plus prefill
+ * chunks of those still filling, up to `stepTokens` rows, so the weights are read once per step for all of them and a
+ * long prompt prefills a chunk at a time between decode steps. Each sequence has its own policy, KV cache (its pages
+ * from one shared pool), sampling settings and position. Ops are enqueued on the model's backend from the caller's
+ * thread; on the CPU a step runs there too, so a server runs the engine in a worker thread (`startEngineWorker`).
+ */
+export class BatchEngine {
+  readonly maxSequences: number;
+  readonly stepTokens: number;
+  readonly admission: AdmissionPolicy;
+  readonly pool: KvPagePool;
+  readonly cacheDtype: DType;
+  readonly #model: EngineModel;
+  readonly #options: BatchEngineOptions;
+  readonly #waiting: Sequence[] = [];
+  readonly #running: Sequence[] = [];
+  readonly #workspaces: StepWorkspaces;
+  #batch: { cache: CacheBatch; members: Sequence[] } | undefined;
+  #nextId = 1;
+  #nextOrder = 1;
+  #loop: Promise<void> | undefined;
+  #steps = 0;
+  #preemptions = 0;
+  #lastStepRows = 0;
+  #failure: unknown;
+  #closed = false;
+
+  /** @internal Use `LlamaModel.createBatchEngine`. */
+  constructor(model: EngineModel, options: BatchEngineOptions = {}) {
+    this.#model = model;
+    this.#options = options;
+    this.maxSequences = positiveInteger('maxSequences', options.maxSequences ?? DEFAULT_MAX_SEQUENCES);
+    this.stepTokens = positiveInteger('stepTokens', options.stepTokens ?? DEFAULT_STEP_TOKENS);
+    if (this.stepTokens < this.maxSequences) {
+      throw new DuoArgumentError(
+        'stepTokens',
+        `Expected \`stepTokens\` (${this.stepTokens}) to be at least \`maxSequences\` (${this.maxSequences}): every running sequence decodes one token per step`,
+      );
+    }
+    this.admission = options.admission ?? 'reserve';
+    if (this.admission !== 'reserve' && this.admission !== 'optimistic') {
+      throw new DuoArgumentError(
+        'admission',
+        `Expected \`admission\` to be 'reserve' or 'optimistic' but received ${String(this.admission)}`,
+      );
+    }
+    positiveInteger('maxWaiting', options.maxWaiting ?? DEFAULT_MAX_WAITING);
+    positiveInteger('cacheBlockTokens', options.cacheBlockTokens ?? 1024);
+    const dtype = options.cacheDtype ?? 'auto';
+    if (!['auto', 'f32', 'f16', 'bf16'].includes(dtype)) {
+      throw new DuoArgumentError(
+        'cacheDtype',
+        `Expected \`cacheDtype\` to be auto, f32, f16 or bf16 but received ${String(dtype)}`,
+      );
+    }
+    this.cacheDtype = dtype === 'auto' ? model.defaultCacheDtype : dtype;
+    const backend = model.backend;
+    const budget = options.kvBudgetBytes ?? defaultBudget(backend);
+    this.pool = new KvPagePool({ budgetBytes: budget, pageBytes: backend.pageBytes });
+    this.#workspaces = new StepWorkspaces(backend, model.config);
+  }
+
+  /** The failure that stopped the engine, if one did (every request then fails with it). */
+  get failure(): unknown {
+    return this.#failure;
+  }
+
+  stats(): BatchEngineStats {
+    return {
+      running: this.#running.length,
+      waiting: this.#waiting.length,
+      pool: this.pool.usage(),
+      steps: this.#steps,
+      preemptions: this.#preemptions,
+      lastStepRows: this.#lastStepRows,
+      ...(this.#failure === undefined ? {} : { failure: describe(this.#failure) }),
+    };
+  }
+
+  /**
+   * Queues a request and returns its stream at once. Refuses, before any work, what can never run (bad arguments; a
+   * prompt + maxTokens past the context; more KV memory than the whole pool: DuoCapacityError, not retryable) and what
+   * cannot be queued now (the queue is full: DuoCapacityError, retryable).
+   */
+  submit(request: BatchRequest): BatchStream {
+    if (this.#closed) throw new DuoDisposedError('The batch engine was closed: create a new one');
+    if (this.#failure !== undefined) {
+      throw new DuoError(
+        'DUO_NATIVE',
+        `The batch engine failed and takes no more requests: ${describe(this.#failure)}`,
+      );
+    }
+    const sequence = this.#prepare(request);
+    const maxWaiting = this.#options.maxWaiting ?? DEFAULT_MAX_WAITING;
+    if (this.#waiting.length >= maxWaiting) {
+      throw new DuoCapacityError(
+        `The engine's queue is full (${this.#waiting.length} requests waiting, at most ${maxWaiting}): try again later`,
+        true,
+      );
+    }
+    this.#waiting.push(sequence);
+    const cancel = () => {
+      sequence.cancelled = true;
+      const index = this.#waiting.indexOf(sequence);
+      if (index >= 0 && !sequence.cache) {
+        this.#waiting.splice(index, 1);
+        this.#finish(sequence, 'abort');
+      }
+    };
+    if (request.signal?.aborted) cancel();
+    else request.signal?.addEventListener('abort', cancel, { once: true });
+    this.#loop ??= this.#run();
+    return {
+      id: sequence.id,
+      result: sequence.queue.result,
+      cancel,
+      [Symbol.asyncIterator]: () => sequence.queue[Symbol.asyncIterator](),
+    };
+  }
+
+  /** Cancels every request, waits for the step in flight, and frees the engine's memory. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const sequence of [...this.#waiting, ...this.#running]) sequence.cancelled = true;
+    await this.#loop;
+    for (const sequence of this.#waiting.splice(0)) this.#finish(sequence, 'abort');
+    this.#batch?.cache.dispose();
+    this.#batch = undefined;
+    this.#workspaces.dispose();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  /** Checks a request and makes its sequence (nothing allocated yet). */
+  #prepare(request: BatchRequest): Sequence {
+    const { config, tokenizer } = this.#model;
+    if (typeof request !== 'object' || request === null) {
+      throw new DuoArgumentError('request', `Expected a request object but received ${String(request)}`);
+    }
+    const given = typeof request.prompt === 'string' ? encode(tokenizer, request.prompt) : request.prompt;
+    if (!Array.isArray(given) || given.length === 0) {
+      throw new DuoArgumentError('prompt', 'Expected a non-empty prompt (token ids or text)');
+    }
+    const synthetic = request.syntheticContext ?? 0;
+    if (!Number.isInteger(synthetic) || synthetic < 0) {
+      throw new DuoArgumentError(
+        'syntheticContext',
+        `Expected \`syntheticContext\` to be an integer ≥ 0 but received ${String(synthetic)}`,
+      );
+    }
+    // Synthetic positions stand before the prompt as token 0; their keys and values are filled at admission.
+    const prompt = synthetic === 0 ? given : [...new Array<number>(synthetic).fill(0), ...given];
+    for (const token of given) {
+      if (!Number.isInteger(token) || token < 0 || token >= config.vocabSize) {
+        throw new DuoArgumentError('prompt', `Expected token ids in [0, ${config.vocabSize}) but received ${token}`);
+      }
+    }
+    const maxNew = request.maxTokens ?? DEFAULT_MAX_NEW_TOKENS;
+    if (!Number.isInteger(maxNew) || maxNew < 1) {
+      throw new DuoArgumentError('maxTokens', `Expected \`maxTokens\` to be an integer ≥ 1 but received ${maxNew}`);
+    }
+    const context = config.maxPositionEmbeddings;
+    if (!this.#options.allowBeyondContext && prompt.length + maxNew > context) {
+      throw new DuoArgumentError(
+        prompt.length > context ? 'prompt' : 'maxTokens',
+        `The prompt's ${prompt.length} tokens + \`maxTokens\` ${maxNew} = ${prompt.length + maxNew} tokens exceed the model's ${context}-token context (max_position_embeddings)`,
+      );
+    }
+    checkPolicyShape(request.policy);
+    const plan = policyPlan(config, request.policy ?? FULL_ATTENTION);
+    const policy = resolvePolicy(request.policy, plan);
+    positiveInteger('policy.prefillChunk', policy.prefillChunk);
+    const sampling = checkSampling(request.sampling ?? {});
+    if (request.stopStrings !== undefined && !Array.isArray(request.stopStrings)) {
+      throw new DuoArgumentError('stopStrings', 'Expected `stopStrings` to be an array of strings');
+    }
+    const stopTokens = request.stopTokens ?? tokenizer?.eosTokenIds ?? config.eosTokenIds;
+    const sequence = new Sequence(
+      this.#nextId++,
+      request,
+      [...prompt],
+      policy,
+      maxNew,
+      sampling,
+      stopTokens,
+      tokenizer,
+    );
+    const pages = this.#pagesToAdmit(sequence, sequence.capacity);
+    if (pages > this.pool.totalPages) {
+      throw new DuoCapacityError(
+        `The request needs ${pages} KV pages of ${this.pool.pageBytes} bytes for ${sequence.capacity} tokens (${request.policy?.attention ?? 'full'} attention, ${policy.kvQuant} KV) but the engine's whole pool has ${this.pool.totalPages}`,
+        false,
+      );
+    }
+    return sequence;
+  }
+
+  /**
+   * Pages of the pool a request takes: to start (its prompt; what 'optimistic' admission asks) and at most (prompt +
+   * maxTokens; what 'reserve' admission takes at once). Checks the request as `submit` does.
+   */
+  pagesFor(request: BatchRequest): { readonly start: number; readonly most: number } {
+    const sequence = this.#prepare(request);
+    return {
+      start: this.#pagesToAdmit(sequence, sequence.prompt.length),
+      most: this.#pagesToAdmit(sequence, sequence.capacity),
+    };
+  }
+
+  /** Pages a sequence holds when its full regions back `tokens` positions (streaming regions included). */
+  #pagesToAdmit(sequence: Sequence, tokens: number): number {
+    const { config, backend } = this.#model;
+    const plan = policyPlan(config, sequence.request.policy ?? FULL_ATTENTION);
+    const bytes = dualCacheBytes(
+      config,
+      plan,
+      this.cacheDtype,
+      tokens,
+      sequence.policy.prefillChunk,
+      backend.pageBytes,
+      sequence.policy.kvQuant,
+    );
+    return this.pool.pagesFor(bytes.full) + this.pool.pagesFor(bytes.streaming);
+  }
+
+  /** Steps while anything runs or waits; a step's failure fails every request and stops the engine. */
+  async #run(): Promise<void> {
+    try {
+      // submit() returns before the first step runs.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      while (this.#running.length > 0 || this.#waiting.length > 0) {
+        await this.#step();
+        // Let the caller's event loop run between steps (new requests, cancellations, stream consumers).
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+    } catch (error) {
+      this.#failure = error;
+      for (const sequence of [...this.#running.splice(0), ...this.#waiting.splice(0)]) {
+        sequence.cache?.dispose();
+        sequence.cache = undefined;
+        sequence.queue.fail(error);
+      }
+    } finally {
+      this.#loop = undefined;
+    }
+  }
+
+  async #step(): Promise<void> {
+    this.#retireCancelled();
+    this.#admit();
+    const spans = this.#schedule();
+    if (spans.size === 0) return;
+    const members = this.#running;
+    const rows = members.map((sequence) => spans.get(sequence) ?? 0);
+    const total = rows.reduce((sum, count) => sum + count, 0);
+    const batch = this.#cacheBatch();
+    batch.setSpans(members.map((sequence, s) => ({ rows: rows[s] ?? 0, start: sequence.cached })));
+    const { backend: b, config: c, blocks } = this.#model;
+    const w = this.#workspaces.rows(total);
+    const ids = new Int32Array(total);
+    const positions = new Int32Array(total);
+    // Which rows give a next token: the last row of each sequence whose span reaches the end of its tokens.
+    const samplers: { sequence: Sequence; row: number }[] = [];
+    let row = 0;
+    members.forEach((sequence, s) => {
+      const count = rows[s] ?? 0;
+      for (let i = 0; i < count; i++) {
+        ids[row + i] = sequence.tokens[sequence.cached + i] ?? 0;
+        positions[row + i] = sequence.cached + i;
+      }
+      if (count > 0 && sequence.cached + count === sequence.tokens.length) {
+        samplers.push({ sequence, row: row + count - 1 });
+      }
+      row += count;
+    });
+    b.write(w.ids, ids);
+    b.write(w.positions, positions);
+    blocks.embed(w.ids, w.hidden);
+    const attention = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim };
+    const scale = 1 / Math.sqrt(c.headDim);
+    const interleaved = c.ropeStyle === 'interleaved';
+    for (let layer = 0; layer < c.numLayers; layer++) {
+      blocks.attentionInput(layer, w.hidden, w.normed, w.query, w.key, w.value);
+      b.ropeWriteCacheBatch(w.query, w.key, w.value, w.positions, this.#model.inverseFrequencies, batch, layer, {
+        ...attention,
+        interleaved,
+      });
+      b.attentionBatch(w.query, w.attention, batch, layer, { ...attention, scale });
+      blocks.attentionOutput(layer, w.attention, w.hidden);
+      blocks.mlp(layer, w.hidden, w.normed, w.gate);
+    }
+    members.forEach((sequence, s) => {
+      sequence.cached += rows[s] ?? 0;
+    });
+    this.#steps++;
+    this.#lastStepRows = total;
+    if (samplers.length > 0) await this.#sample(w.hidden, samplers);
+  }
+
+  /** Draws the next token of every sequence in `samplers` on the device, then emits it and ends finished sequences. */
+  async #sample(hidden: TensorHandle, samplers: readonly { sequence: Sequence; row: number }[]): Promise<void> {
+    const { backend: b, blocks } = this.#model;
+    const s = this.#workspaces.samples(samplers.length);
+    samplers.forEach(({ row }, index) => {
+      b.copyRows(hidden, s.hidden, row, index, 1);
+    });
+    blocks.logits(s.hidden, s.normed, s.logits);
+    const settings = new Float32Array(4 * samplers.length);
+    samplers.forEach(({ sequence }, index) => {
+      const { temperature, topK, topP } = sequence.sampling;
+      settings.set([temperature, topK, topP, temperature > 0 ? sequence.random() : 0], 4 * index);
+    });
+    b.write(s.settings, settings);
+    b.sample(s.logits, s.settings, s.tokens);
+    const wantsLogits = samplers.some(({ sequence }) => sequence.request.logits);
+    const [tokens, logits] = await Promise.all([
+      b.read(s.tokens) as Promise<Int32Array>,
+      wantsLogits ? (b.read(s.logits) as Promise<Float32Array>) : undefined,
+    ]);
+    const vocab = this.#model.config.vocabSize;
+    samplers.forEach(({ sequence }, index) => {
+      const token = tokens[index] ?? 0;
+      const row = sequence.request.logits && logits ? logits.slice(index * vocab, (index + 1) * vocab) : undefined;
+      this.#emit(sequence, token, row);
+    });
+  }
+
+  #emit(sequence: Sequence, token: number, logits: Float32Array | undefined): void {
+    if (sequence.firstTokenAt === 0) sequence.firstTokenAt = performance.now();
+    sequence.generated.push(token);
+    sequence.tokens.push(token);
+    const text = sequence.decoder ? sequence.decoder.push(token) : '';
+    sequence.text += text;
+    sequence.queue.push(logits ? { id: token, text, logits } : { id: token, text });
+    const stopped =
+      sequence.stopTokens.has(token) ||
+      (sequence.request.stopStrings?.some((needle) => sequence.text.includes(needle)) ?? false);
+    if (stopped) this.#retire(sequence, 'stop');
+    else if (sequence.generated.length >= sequence.maxNew) this.#retire(sequence, 'length');
+  }
+
+  /** Ends cancelled sequences at the step boundary: their pages go back to the pool. */
+  #retireCancelled(): void {
+    for (const sequence of [...this.#running]) if (sequence.cancelled) this.#retire(sequence, 'abort');
+    for (const sequence of [...this.#waiting]) {
+      if (!sequence.cancelled) continue;
+      this.#waiting.splice(this.#waiting.indexOf(sequence), 1);
+      this.#finish(sequence, 'abort');
+    }
+  }
+
+  /** Starts waiting sequences, first come first served, while there is room and (by the admission policy) pages. */
+  #admit(): void {
+    while (this.#waiting.length > 0 && this.#running.length < this.maxSequences) {
+      const sequence = this.#waiting[0] as Sequence;
+      const reserve = this.admission === 'reserve';
+      const tokens = reserve ? sequence.capacity : Math.min(sequence.capacity, sequence.tokens.length);
+      if (!this.pool.fits(this.#pagesToAdmit(sequence, tokens))) {
+        // Nothing running will free pages: only a lone sequence that cannot fit would wait forever, and submit refuses those.
+        break;
+      }
+      this.#waiting.shift();
+      const { config, backend } = this.#model;
+      const plan = policyPlan(config, sequence.request.policy ?? FULL_ATTENTION);
+      sequence.cache = new DualKvCache(backend, {
+        config,
+        plan,
+        dtype: this.cacheDtype,
+        maxTokens: sequence.capacity,
+        chunkTokens: sequence.policy.prefillChunk,
+        blockTokens: reserve ? sequence.capacity : (this.#options.cacheBlockTokens ?? 1024),
+        initialTokens: tokens,
+        prefillMask: sequence.policy.prefillMask,
+        kvQuant: sequence.policy.kvQuant,
+        pool: this.pool,
+      });
+      sequence.cached = 0;
+      const synthetic = sequence.request.syntheticContext ?? 0;
+      if (synthetic > 0) {
+        sequence.cache.reserve(synthetic);
+        sequence.cache.fillRandom(sequence.id);
+        sequence.cached = synthetic;
+      }
+      sequence.order = this.#nextOrder++;
+      if (sequence.admittedAt === 0) sequence.admittedAt = performance.now();
+      this.#running.push(sequence);
+      this.#batch?.cache.dispose();
+      this.#batch = undefined;
+    }
+  }
+
+  /**
+   * This step's rows per running sequence. A sequence runs its tokens in the shapes it would run alone, so its results
+   * do not depend on what shares its steps: the prompt in chunks of its policy's `prefillChunk` from position 0, every
+   * later token (its answer, or the answer replayed after a preemption) one row per step. Single rows come first;
+   * then whole chunks in admission order while the step's token budget lasts (a step always makes progress). With
+   * optimistic admission, memory for every span is mapped first, preempting the newest sequences if needed.
+   */
+  #schedule(): Map<Sequence, number> {
+    for (;;) {
+      const spans = new Map<Sequence, number>();
+      let budget = this.stepTokens;
+      for (const sequence of this.#running) {
+        if (sequence.pending > 0 && sequence.cached >= sequence.prompt.length) {
+          spans.set(sequence, 1);
+          budget--;
+        }
+      }
+      for (const sequence of this.#running) {
+        if (sequence.pending === 0 || sequence.cached >= sequence.prompt.length) continue;
+        const rows = Math.min(sequence.policy.prefillChunk, sequence.prompt.length - sequence.cached);
+        if (rows > budget && spans.size > 0) continue;
+        spans.set(sequence, rows);
+        budget -= rows;
+      }
+      const starved = this.#reserve(spans);
+      if (starved === undefined) return spans;
+      this.#preempt(starved);
+    }
+  }
+
+  /** Maps memory for every span; returns the sequence to preempt when the pool runs out, else undefined. */
+  #reserve(spans: Map<Sequence, number>): Sequence | undefined {
+    for (const [sequence, rows] of spans) {
+      try {
+        sequence.cache?.reserve(sequence.cached + rows);
+      } catch (error) {
+        if (!(error instanceof DuoOutOfMemoryError) || this.admission !== 'optimistic') throw error;
+        return this.#running.reduce((newest, other) => (other.order > newest.order ? other : newest));
+      }
+    }
+    return undefined;
+  }
+
+  /** Evicts `sequence`: its pages go back to the pool and it waits first in line, to be recomputed from its tokens. */
+  #preempt(sequence: Sequence): void {
+    this.#running.splice(this.#running.indexOf(sequence), 1);
+    sequence.cache?.dispose();
+    sequence.cache = undefined;
+    sequence.recomputed += sequence.cached;
+    sequence.cached = 0;
+    sequence.preemptions++;
+    this.#preemptions++;
+    this.#waiting.unshift(sequence);
+    this.#batch?.cache.dispose();
+    this.#batch = undefined;
+  }
+
+  /** The cache batch of the running sequences, made again when they change. */
+  #cacheBatch(): CacheBatch {
+    const members = this.#running;
+    const current = this.#batch;
+    if (current && current.members.length === members.length && current.members.every((m, i) => m === members[i])) {
+      return current.cache;
+    }
+    current?.cache.dispose();
+    const { config, backend } = this.#model;
+    const cache = backend.createCacheBatch(
+      members.map((sequence) =>
+        (sequence.cache as DualKvCache).layers.map(({ keyCache, valueCache, streaming, quant }) => ({
+          keyCache,
+          valueCache,
+          streaming,
+          quant,
+        })),
+      ),
+      { kvHeads: config.numKvHeads, headDim: config.headDim },
+    );
+    this.#batch = { cache, members: [...members] };
+    return cache;
+  }
+
+  /** Ends a running sequence: its cache is freed and its stream closed. */
+  #retire(sequence: Sequence, reason: FinishReason): void {
+    const index = this.#running.indexOf(sequence);
+    if (index >= 0) this.#running.splice(index, 1);
+    // The cache batch names this sequence's caches: it goes first.
+    this.#batch?.cache.dispose();
+    this.#batch = undefined;
+    sequence.cache?.dispose();
+    sequence.cache = undefined;
+    this.#finish(sequence, reason);
+  }
+
+  #finish(sequence: Sequence, reason: FinishReason): void {
+    const now = performance.now();
+    const since = (time: number) => (time === 0 ? 0 : time - sequence.submitted);
+    sequence.queue.end({
+      tokens: [...sequence.generated],
+      text: sequence.text,
+      finishReason: reason,
+      usage: {
+        promptTokens: sequence.prompt.length,
+        completionTokens: sequence.generated.length,
+        totalTokens: sequence.prompt.length + sequence.generated.length,
+        recomputedTokens: sequence.recomputed,
+      },
+      timings: {
+        admittedMs: since(sequence.admittedAt),
+        firstTokenMs: since(sequence.firstTokenAt),
+        totalMs: now - sequence.submitted,
+      },
+      preemptions: sequence.preemptions,
+    });
+  }
+}
+
+function defaultBudget(backend: Backend): number {
+  if (backend.device === 'cpu') return DEFAULT_CPU_KV_BUDGET;
+  const free = backend.memory().deviceFreeBytes ?? 0;
+  return Math.floor(free * 0.85);
+}
+
+function encode(tokenizer: Tokenizer | undefined, text: string): number[] {
+  if (!tokenizer) throw new DuoArgumentError('prompt', 'This model has no tokenizer: pass token ids instead of text');
+  return tokenizer.encode(text);
+}
+
+function positiveInteger(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1) {
+    throw new DuoArgumentError(name, `Expected \`${name}\` to be a positive integer but received ${String(value)}`);
+  }
+  return value;
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
