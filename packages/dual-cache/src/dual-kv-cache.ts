@@ -247,7 +247,15 @@ export class DualKvCache {
   /** Bytes of the regions when the full regions back `tokens` positions. */
   #regionBytes(tokens: number): DualCacheBytes {
     const config = { numKvHeads: this.plan.kvHeads, headDim: this.#headDim };
-    return dualCacheBytes(config, this.plan, this.dtype, tokens, this.chunkTokens, this.#backend.pageBytes, this.kvQuant);
+    return dualCacheBytes(
+      config,
+      this.plan,
+      this.dtype,
+      tokens,
+      this.chunkTokens,
+      this.#backend.pageBytes,
+      this.kvQuant,
+    );
   }
 
   /**

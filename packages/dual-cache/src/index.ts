@@ -17,6 +17,7 @@ export {
   pageTokens,
   streamingSlots,
 } from './dual-kv-cache.js';
+export { KvPagePool, type KvPoolUsage, type KvRegion } from './page-pool.js';
 export {
   formatGateTable,
   GATE_TOLERANCE,
@@ -31,7 +32,6 @@ export {
   savePattern,
   writeReferencePattern,
 } from './pattern-io.js';
-export { KvPagePool, type KvPoolUsage, type KvRegion } from './page-pool.js';
 export {
   type MemoryPlan,
   type MemoryPlanInput,

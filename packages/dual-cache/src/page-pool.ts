@@ -28,7 +28,10 @@ export class KvPagePool {
   constructor(options: { readonly budgetBytes: number; readonly pageBytes: number }) {
     const { budgetBytes, pageBytes } = options;
     if (!Number.isInteger(pageBytes) || pageBytes < 1) {
-      throw new DuoArgumentError('pageBytes', `Expected \`pageBytes\` to be a positive integer but received ${pageBytes}`);
+      throw new DuoArgumentError(
+        'pageBytes',
+        `Expected \`pageBytes\` to be a positive integer but received ${pageBytes}`,
+      );
     }
     if (!(Number.isFinite(budgetBytes) && budgetBytes >= 0)) {
       throw new DuoArgumentError(
