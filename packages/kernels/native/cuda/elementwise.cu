@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "cuda-common.cuh"
+#include "rope-write.cuh"
 #include "../elementwise.h"
 
 namespace duo {
@@ -115,51 +116,13 @@ __global__ void decodeAdvanceKernel(const int32_t* next, int32_t* ids, int32_t* 
   positions[0] += 1;
 }
 
-// grid (rows, heads + kvHeads), one thread per channel pair: each block rotates one query or key head of one row
-// (angle in double, so positions in the millions keep their phase); key blocks also write the rotated key pair and
-// the value pair into the caches at slot positions[row].
+// grid (rows, heads + kvHeads), one thread per channel pair (rope-write.cuh).
 template <typename T>
 __global__ void ropeWriteCacheKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies,
                                      int heads, int kvHeads, int headDim, bool interleaved, T* keyCache, T* valueCache,
                                      int64_t capacity, StreamingLayout streaming) {
-  const int half = headDim / 2;
-  const int64_t row = blockIdx.x;
-  const int head = blockIdx.y;
-  const bool isQuery = head < heads;
-  const int h = isQuery ? head : head - heads;
-  float* base = isQuery ? q + (row * heads + h) * static_cast<int64_t>(headDim) : k + (row * kvHeads + h) * static_cast<int64_t>(headDim);
-  // Positions are written only between steps (or by the host before the chunk) and frequencies never: the first angle
-  // is computed before waiting for the matmul that writes q/k/v (chained launches).
-  auto angle = [&](int i, float& c, float& s) {
-    double sine, cosine;
-    sincos(static_cast<double>(positions[row]) * static_cast<double>(frequencies[i]), &sine, &cosine);
-    c = static_cast<float>(cosine);
-    s = static_cast<float>(sine);
-  };
-  float firstCosine = 1.0f, firstSine = 0.0f;
-  if (static_cast<int>(threadIdx.x) < half) angle(threadIdx.x, firstCosine, firstSine);
-  dependOnPrevious();
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float c = firstCosine, s = firstSine;
-    if (i != static_cast<int>(threadIdx.x)) angle(i, c, s);
-    const int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-    const float first = base[a], second = base[b];
-    const float rotatedA = first * c - second * s, rotatedB = first * s + second * c;
-    base[a] = rotatedA;
-    base[b] = rotatedB;
-    if (!isQuery) {
-      const bool streams = streaming.streams(h);
-      T* keys = streams ? static_cast<T*>(streaming.key) : keyCache;
-      T* values = streams ? static_cast<T*>(streaming.value) : valueCache;
-      const int64_t slot = streams ? streaming.element(h, positions[row], headDim)
-                                   : streaming.fullElement(h, positions[row], capacity, headDim);
-      keys[slot + a] = fromFloat<T>(rotatedA);
-      keys[slot + b] = fromFloat<T>(rotatedB);
-      const float* value = v + (row * kvHeads + h) * static_cast<int64_t>(headDim);
-      values[slot + a] = fromFloat<T>(value[a]);
-      values[slot + b] = fromFloat<T>(value[b]);
-    }
-  }
+  ropeWriteCacheBlock<T>(q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, keyCache, valueCache, capacity,
+                         streaming, blockIdx.x, static_cast<int>(blockIdx.y));
 }
 
 // Any DUO_ELEMENTWISE op of ops.def: out[i] = Op{}(inputs[0][i], …), grid-stride.

@@ -1,9 +1,13 @@
-// KV-cache quantization on CUDA: a warp per row writes the codes of quant.h's quantizeKvRow (bulk writes), and the
-// decode step's fused RoPE + quantized cache write (docs/decisions/0006-kv-quantization.md).
+// KV-cache quantization on CUDA: a warp per row writes the codes of quant.h's quantizeKvRow (bulk writes), the
+// decode step's fused RoPE + quantized cache write (docs/decisions/0006-kv-quantization.md), and the batched RoPE +
+// cache write of continuous batching, whose sequences each bring a plain or quantized cache.
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "../quant.h"
 #include "cuda-common.cuh"
+#include "rope-write.cuh"
 
 namespace duo {
 namespace cuda {
@@ -188,16 +192,15 @@ __device__ __forceinline__ void rotatePairs(float* base, int64_t position, const
   }
 }
 
-__global__ void __launch_bounds__(kInt4Candidates * 32)
-    ropeQuantizeKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int heads, int kvHeads,
-                       int headDim, bool interleaved, QuantTarget keyTarget, QuantTarget valueTarget, int64_t capacity,
-                       int64_t codeBytes, int64_t scaleHalves, StreamingLayout layout, KvQuant scheme) {
+// Block `item` of row `row` (KV heads first, then the query blocks); blockDim is kInt4Candidates warps.
+__device__ __forceinline__ void ropeQuantizeBlock(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies,
+                                                  int heads, int kvHeads, int headDim, bool interleaved, const QuantTarget& keyTarget,
+                                                  const QuantTarget& valueTarget, int64_t capacity, int64_t codeBytes,
+                                                  int64_t scaleHalves, const StreamingLayout& layout, KvQuant scheme, int64_t row,
+                                                  int item) {
   __shared__ float errors[2][kMaxInt4Groups][kInt4Candidates];
   dependOnPrevious();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int queryBlocks = (heads + kInt4Candidates - 1) / kInt4Candidates;
-  const int64_t row = blockIdx.x / (kvHeads + queryBlocks);
-  const int item = static_cast<int>(blockIdx.x % (kvHeads + queryBlocks));
   const int64_t position = positions[row];
   if (item >= kvHeads) {
     const int head = (item - kvHeads) * kInt4Candidates + warp;
@@ -254,6 +257,88 @@ __global__ void __launch_bounds__(kInt4Candidates * 32)
   }
 }
 
+__global__ void __launch_bounds__(kInt4Candidates * 32)
+    ropeQuantizeKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int heads, int kvHeads,
+                       int headDim, bool interleaved, QuantTarget keyTarget, QuantTarget valueTarget, int64_t capacity,
+                       int64_t codeBytes, int64_t scaleHalves, StreamingLayout layout, KvQuant scheme) {
+  const int queryBlocks = (heads + kInt4Candidates - 1) / kInt4Candidates;
+  ropeQuantizeBlock(q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, keyTarget, valueTarget, capacity, codeBytes,
+                    scaleHalves, layout, scheme, blockIdx.x / (kvHeads + queryBlocks), static_cast<int>(blockIdx.x % (kvHeads + queryBlocks)));
+}
+
+// The planes a quantized cache write fills.
+QuantTarget keyTargetOf(void* keyCodes, const StreamingLayout& streaming, const KvQuantPlanes& quant) {
+  return QuantTarget{static_cast<uint8_t*>(keyCodes), const_cast<uint16_t*>(quant.keyScales), static_cast<uint8_t*>(streaming.key),
+                     const_cast<uint16_t*>(quant.streamKeyScales)};
+}
+QuantTarget valueTargetOf(void* valueCodes, const StreamingLayout& streaming, const KvQuantPlanes& quant) {
+  return QuantTarget{static_cast<uint8_t*>(valueCodes), const_cast<uint16_t*>(quant.valueScales), static_cast<uint8_t*>(streaming.value),
+                     const_cast<uint16_t*>(quant.streamValueScales)};
+}
+
+// One sequence of a batched RoPE + cache write: its rows of the step and its caches (plain: `cacheType`; quantized:
+// the targets and the scheme).
+struct RopeSequence {
+  int64_t rowStart, rows;
+  void* keyCache;
+  void* valueCache;
+  DType cacheType;
+  int64_t capacity;
+  StreamingLayout layout;
+  KvQuant scheme;  // KvQuant::None: a plain cache
+  QuantTarget keyTarget, valueTarget;
+  int64_t codeBytes, scaleHalves;
+};
+// Up to kRopeSequences sequences per launch, passed by value (__grid_constant__, read in place: capture-safe).
+constexpr int kRopeSequences = 64;
+struct RopeBatch {
+  int count;
+  RopeSequence sequences[kRopeSequences];
+  // The sequence that holds `row` (rows follow the sequences in order; sequences without rows are left out).
+  __device__ __forceinline__ const RopeSequence& holding(int64_t row) const {
+    int low = 0, high = count - 1;
+    while (low < high) {
+      const int middle = (low + high + 1) / 2;
+      if (sequences[middle].rowStart <= row) low = middle;
+      else high = middle - 1;
+    }
+    return sequences[low];
+  }
+};
+static_assert(sizeof(RopeBatch) <= 32764, "a batched RoPE launch's parameters must fit 32 KB");
+
+// grid (rows of the launch, heads + kvHeads): block (r, y) runs ropeWriteCacheKernel's block y of row `firstRow + r`
+// for a plain cache, or ropeQuantizeKernel's item y (KV heads, then query blocks; the rest exit) for a quantized one,
+// each with its row's own caches, layout and scheme. A launch with quantized rows has kInt4Candidates warps a block.
+__global__ void __launch_bounds__(kInt4Candidates * 32)
+    ropeWriteCacheBatchKernel(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int heads,
+                              int kvHeads, int headDim, bool interleaved, int64_t firstRow, const __grid_constant__ RopeBatch batch) {
+  const int64_t row = firstRow + blockIdx.x;
+  const int item = static_cast<int>(blockIdx.y);
+  const RopeSequence& sequence = batch.holding(row);
+  if (sequence.scheme != KvQuant::None) {
+    if (item >= kvHeads + (heads + kInt4Candidates - 1) / kInt4Candidates) return;
+    ropeQuantizeBlock(q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, sequence.keyTarget, sequence.valueTarget,
+                      sequence.capacity, sequence.codeBytes, sequence.scaleHalves, sequence.layout, sequence.scheme, row, item);
+    return;
+  }
+  switch (sequence.cacheType) {
+    case DType::BF16:
+      ropeWriteCacheBlock(q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved,
+                          static_cast<__nv_bfloat16*>(sequence.keyCache), static_cast<__nv_bfloat16*>(sequence.valueCache),
+                          sequence.capacity, sequence.layout, row, item);
+      break;
+    case DType::F16:
+      ropeWriteCacheBlock(q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, static_cast<__half*>(sequence.keyCache),
+                          static_cast<__half*>(sequence.valueCache), sequence.capacity, sequence.layout, row, item);
+      break;
+    default:
+      ropeWriteCacheBlock(q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, static_cast<float*>(sequence.keyCache),
+                          static_cast<float*>(sequence.valueCache), sequence.capacity, sequence.layout, row, item);
+      break;
+  }
+}
+
 void requireQuantHeadDim(int headDim) {
   if (headDim > 2 * 32 * kQuantPairs) throw Error("DUO_ARG", "quantized KV caches support head dims up to 256");
 }
@@ -276,10 +361,8 @@ void launchRopeWriteCacheQuantized(float* q, float* k, const float* v, const int
                                    cudaStream_t stream) {
   if (rows == 0) return;
   requireQuantHeadDim(headDim);
-  const QuantTarget keys{static_cast<uint8_t*>(keyCodes), const_cast<uint16_t*>(quant.keyScales), static_cast<uint8_t*>(streaming.key),
-                         const_cast<uint16_t*>(quant.streamKeyScales)};
-  const QuantTarget values{static_cast<uint8_t*>(valueCodes), const_cast<uint16_t*>(quant.valueScales),
-                           static_cast<uint8_t*>(streaming.value), const_cast<uint16_t*>(quant.streamValueScales)};
+  const QuantTarget keys = keyTargetOf(keyCodes, streaming, quant);
+  const QuantTarget values = valueTargetOf(valueCodes, streaming, quant);
   const KvQuant scheme = static_cast<KvQuant>(quant.scheme);
   const int64_t blocks = rows * (kvHeads + (heads + kInt4Candidates - 1) / kInt4Candidates);
   launchChained(ropeQuantizeKernel, dim3(static_cast<unsigned>(blocks)), dim3(kInt4Candidates * 32), 0, stream, q, k, v, positions,
@@ -287,6 +370,47 @@ void launchRopeWriteCacheQuantized(float* q, float* k, const float* v, const int
                 static_cast<int64_t>(kvCodeBytes(scheme, headDim)), static_cast<int64_t>(kvScaleHalves(scheme, headDim)), streaming,
                 scheme);
   checkLaunch("ropeQuantize");
+}
+
+void launchRopeWriteCacheBatch(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int heads,
+                               int kvHeads, int headDim, bool interleaved, const std::vector<BatchSlice>& slices, cudaStream_t stream) {
+  RopeBatch batch{};
+  bool quantized = false;
+  const auto launch = [&]() {
+    if (batch.count == 0) return;
+    const RopeSequence& last = batch.sequences[batch.count - 1];
+    const int64_t firstRow = batch.sequences[0].rowStart, rows = last.rowStart + last.rows - firstRow;
+    const unsigned threads = quantized ? kInt4Candidates * 32
+                                       : static_cast<unsigned>(std::min(256, std::max(32, (headDim / 2 + 31) / 32 * 32)));
+    launchChained(ropeWriteCacheBatchKernel, dim3(static_cast<unsigned>(rows), static_cast<unsigned>(heads + kvHeads)), dim3(threads),
+                  0, stream, q, k, v, positions, frequencies, heads, kvHeads, headDim, interleaved, firstRow, batch);
+    checkLaunch("ropeWriteCacheBatch");
+    batch.count = 0;
+    quantized = false;
+  };
+  for (const BatchSlice& slice : slices) {
+    if (slice.rows == 0) continue;
+    RopeSequence& sequence = batch.sequences[batch.count++];
+    sequence = RopeSequence{};
+    sequence.rowStart = slice.rowStart;
+    sequence.rows = slice.rows;
+    sequence.keyCache = slice.keyCache->data;
+    sequence.valueCache = slice.valueCache->data;
+    sequence.cacheType = slice.keyCache->dtype;
+    sequence.capacity = slice.keyCache->shape[1];
+    sequence.layout = slice.streaming;
+    sequence.scheme = static_cast<KvQuant>(slice.quant.scheme);
+    if (sequence.scheme != KvQuant::None) {
+      requireQuantHeadDim(headDim);
+      quantized = true;
+      sequence.keyTarget = keyTargetOf(slice.keyCache->data, slice.streaming, slice.quant);
+      sequence.valueTarget = valueTargetOf(slice.valueCache->data, slice.streaming, slice.quant);
+      sequence.codeBytes = static_cast<int64_t>(kvCodeBytes(sequence.scheme, headDim));
+      sequence.scaleHalves = static_cast<int64_t>(kvScaleHalves(sequence.scheme, headDim));
+    }
+    if (batch.count == kRopeSequences) launch();
+  }
+  launch();
 }
 
 }  // namespace cuda
