@@ -46,6 +46,7 @@
             'cuda/paged-memory.cu',
             'cuda/elementwise.cu',
             'cuda/quantize.cu',
+            'cuda/sample.cu',
             'cuda/gemv.cu',
             'cuda/attention-decode.cu',
             'cuda/attention-prefill.cu',

@@ -2,9 +2,11 @@
 // query heads (GQA) — decodeKernel on the CUDA cores, decodeMmaKernel on the tensor cores — and decodeCombineKernel
 // merges the splits. Reads f32 / f16 / bf16 caches [kvHeads, capacity, headDim], or quantized ones dequantized in
 // registers while a tile is staged (quant-rows.cuh), and accumulates in f32. The kernel for an op is
-// decodeKernelFor's (attention-common.cuh).
+// decodeKernelFor's (attention-common.cuh). One launch serves one sequence (attentionDecode) or many, each with its
+// own caches, layout, quantization and length (attentionBatch's decode rows): blockIdx.y picks the sequence.
 #include <algorithm>
 #include <cfloat>
+#include <memory>
 #include <type_traits>
 
 #include "attention-common.cuh"
@@ -22,6 +24,41 @@ constexpr int kDecodeThreads = 128;
 // conflict-free); then each lane scores one key against all G query heads of the KV head, the warp does one
 // online-softmax update per tile, and lanes that own D/32 value channels accumulate with the probabilities broadcast.
 constexpr int kDecodeWarps = kDecodeThreads / 32;
+
+// One sequence of a decode launch, as its blocks read it: its query row, caches, layout, key count, splits and the
+// partials (and, for the combine, the output row) of its heads.
+struct DecodeSequence {
+  const float* q;
+  const void* k;
+  const void* v;
+  int64_t capacity, keyLength;
+  const int32_t* lengthFrom;  // see AttentionArgs
+  StreamingLayout layout;
+  KvQuantPlanes quant;
+  DecodeSplits splits;
+  float* partialAcc;
+  float* partialMax;
+  float* partialSum;
+  float* out;
+  int blocks;  // splits.blocks(kvHeads): the blocks of a launch's row past them exit
+};
+
+// What a decode launch and its combine take: up to N sequences (blockIdx.y: which one), passed by value as one
+// __grid_constant__ parameter, so a block reads its sequence's descriptor where it lies (no copy to local memory, no
+// upload: launches stay capture-safe). N = 1 is the single-sequence op.
+template <int N>
+struct DecodeLaunch {
+  int group, headDim;
+  float scale;
+  DecodeSequence sequences[N];
+  __device__ __forceinline__ const DecodeSequence& sequence() const { return sequences[N == 1 ? 0 : blockIdx.y]; }
+  // Blocks past the sequence's splits (a batch's grid is as wide as its widest sequence) have nothing to do.
+  __device__ __forceinline__ bool idle() const { return N > 1 && static_cast<int>(blockIdx.x) >= sequence().blocks; }
+};
+// Sequences per batched launch: 64 descriptors are about 17 KB, within the 32 KB of kernel parameters CUDA 12.1
+// allows from Volta on; a larger batch takes several launches.
+constexpr int kBatchSequences = 64;
+static_assert(sizeof(DecodeLaunch<kBatchSequences>) <= 32764, "a batched decode launch's parameters must fit 32 KB");
 
 template <typename T, int D>
 struct DecodeTile {
@@ -46,20 +83,23 @@ struct DecodeWork {
 };
 
 template <typename T, bool kQuant>
-__device__ __forceinline__ DecodeWork<T> decodeWork(const void* k, const void* v, int64_t capacity, int64_t keyLength, int headDim,
-                                                    const int32_t* lengthFrom, const StreamingLayout& layout,
-                                                    const KvQuantPlanes& planes, const DecodeSplits& splits) {
+__device__ __forceinline__ DecodeWork<T> decodeWork(const DecodeSequence& sequence, int headDim) {
+  const void* k = sequence.k;
+  const void* v = sequence.v;
+  const int64_t capacity = sequence.capacity;
+  int64_t keyLength = sequence.keyLength;
+  const StreamingLayout& layout = sequence.layout;
   DecodeWork<T> work;
   work.layout = layout;
-  splits.locate(static_cast<int>(blockIdx.x), layout, work.kvHead, work.split, work.splits);
-  if (lengthFrom) keyLength = static_cast<int64_t>(lengthFrom[0]) + 1;
+  sequence.splits.locate(static_cast<int>(blockIdx.x), layout, work.kvHead, work.split, work.splits);
+  if (sequence.lengthFrom) keyLength = static_cast<int64_t>(sequence.lengthFrom[0]) + 1;
   work.streams = layout.streams(work.kvHead);
   work.range = keyRangeFor(layout, work.streams, keyLength, keyLength - 1, keyLength - 1);
   const int64_t chunk = ((work.range.count + work.splits - 1) / work.splits + 31) / 32 * 32;
   work.begin = static_cast<int64_t>(work.split) * chunk;
   work.end = lesser(work.range.count, work.begin + chunk);
   if constexpr (kQuant) {
-    work.quant = quantHead(k, v, capacity, layout, planes, work.streams, work.kvHead, headDim);
+    work.quant = quantHead(k, v, capacity, layout, sequence.quant, work.streams, work.kvHead, headDim);
   } else {
     work.keys = headRows<T>(k, layout.key, capacity, layout, work.streams, work.kvHead, headDim);
     work.values = headRows<T>(v, layout.value, capacity, layout, work.streams, work.kvHead, headDim);
@@ -67,14 +107,18 @@ __device__ __forceinline__ DecodeWork<T> decodeWork(const void* k, const void* v
   return work;
 }
 
-template <typename T, int D, int MAXG, bool kQuant>
-__global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __restrict__ q, const void* __restrict__ k,
-                                                               const void* __restrict__ v, int64_t capacity, int64_t keyLength,
-                                                               int group, float scale, const int32_t* __restrict__ lengthFrom,
-                                                               StreamingLayout layout, KvQuantPlanes quant, DecodeSplits splits,
-                                                               float* __restrict__ partialAcc, float* __restrict__ partialMax,
-                                                               float* __restrict__ partialSum) {
+template <typename T, int D, int MAXG, bool kQuant, int N>
+__global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const __grid_constant__ DecodeLaunch<N> launch) {
+  if (launch.idle()) return;
   dependOnPrevious();
+  const DecodeSequence& sequence = launch.sequence();
+  const float* __restrict__ q = sequence.q;
+  float* __restrict__ partialAcc = sequence.partialAcc;
+  float* __restrict__ partialMax = sequence.partialMax;
+  float* __restrict__ partialSum = sequence.partialSum;
+  const DecodeSplits& splits = sequence.splits;
+  const int group = launch.group;
+  const float scale = launch.scale;
   using Tile = DecodeTile<T, D>;
   constexpr int kVec = Vec16<T>::kCount;
   constexpr int kChannels = D >= 32 ? D / 32 : 1;
@@ -84,7 +128,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
   __shared__ float stateMax[kDecodeWarps][MAXG];
   __shared__ float stateSum[kDecodeWarps][MAXG];
   extern __shared__ __align__(16) unsigned char tiles[];
-  const DecodeWork<T> work = decodeWork<T, kQuant>(k, v, capacity, keyLength, D, lengthFrom, layout, quant, splits);
+  const DecodeWork<T> work = decodeWork<T, kQuant>(sequence, D);
   const int kvHead = work.kvHead;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   T* keyTile = reinterpret_cast<T*>(tiles + warp * Tile::kBytesPerWarp);
@@ -220,13 +264,17 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const float* __re
 // remainder so the scores keep about 16 mantissa bits; P is rounded to 16 bits for P·V, as FlashAttention does.
 // kScheme: 0 for a plain cache, else the quantized cache's KvQuant. int8 and int4 tiles hold exact codes (kExact:
 // scales applied around the products); fp8 tiles hold dequantized values.
-template <typename T, int D, int kScheme>
-__global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* __restrict__ q, const void* __restrict__ k,
-                                                                  const void* __restrict__ v, int64_t capacity, int64_t keyLength,
-                                                                  int group, float scale, const int32_t* __restrict__ lengthFrom,
-                                                                  StreamingLayout layout, KvQuantPlanes quant, DecodeSplits splits,
-                                                                  float* __restrict__ partialAcc, float* __restrict__ partialMax,
-                                                                  float* __restrict__ partialSum) {
+template <typename T, int D, int kScheme, int N>
+__global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_constant__ DecodeLaunch<N> launch) {
+  if (launch.idle()) return;
+  const DecodeSequence& sequence = launch.sequence();
+  const float* __restrict__ q = sequence.q;
+  float* __restrict__ partialAcc = sequence.partialAcc;
+  float* __restrict__ partialMax = sequence.partialMax;
+  float* __restrict__ partialSum = sequence.partialSum;
+  const DecodeSplits& splits = sequence.splits;
+  const int group = launch.group;
+  const float scale = launch.scale;
   constexpr int kStride = D + 8;       // padded rows: conflict-free fragment loads and ldmatrix
   constexpr int kSteps = D / 16;       // k-steps of Q·Kᵀ
   constexpr int kOutTiles = D / 8;     // n-tiles of P·V
@@ -244,7 +292,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const float* _
   // The key count (positions) is only written between steps, and the cached keys other than the newest one are not
   // written by the kernel before this one (RoPE + cache write): a warp whose first tile ends before the newest key
   // stages it before waiting for that kernel, so its first cache read overlaps it (chained launches).
-  const DecodeWork<T> work = decodeWork<T, kQuant>(k, v, capacity, keyLength, D, lengthFrom, layout, quant, splits);
+  const DecodeWork<T> work = decodeWork<T, kQuant>(sequence, D);
   const int kvHead = work.kvHead;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
   KeyT* keyTile = reinterpret_cast<KeyT*>(tiles) + static_cast<int64_t>(warp) * 2 * 32 * kStride;
@@ -452,10 +500,16 @@ constexpr int kHeldSplits = 12;           // per warp, values held in registers 
 constexpr int kHeldChannels = 4;          // per lane: head dims up to 128
 constexpr int kSplitsPerThread = kMaxSplits / kCombineThreads;
 
-__global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const float* partialAcc, const float* partialMax,
-                                                                        const float* partialSum, DecodeSplits layout, int group,
-                                                                        int headDim, float* out) {
+template <int N>
+__global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const __grid_constant__ DecodeLaunch<N> launch) {
   dependOnPrevious();
+  const DecodeSequence& sequence = launch.sequence();
+  const float* partialAcc = sequence.partialAcc;
+  const float* partialMax = sequence.partialMax;
+  const float* partialSum = sequence.partialSum;
+  const DecodeSplits& layout = sequence.splits;
+  const int group = launch.group, headDim = launch.headDim;
+  float* out = sequence.out;
   __shared__ float weights[kMaxSplits];
   __shared__ float reduce[kCombineWarps];
   __shared__ float partial[kCombineWarps][256];
@@ -547,19 +601,112 @@ int maxGroupFor(int group) {
 }  // namespace
 
 namespace {
-// Splits of `keyCount` keys for `heads` heads: enough blocks for one wave (each block loops over its split, so more
-// would only add a tail), at least 128 keys each, in whole 32-key tiles.
-int splitsFor(int64_t keyCount, int heads, int64_t resident, int multiprocessors) {
-  const int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors) * resident / std::max(1, heads));
+// Splits of `keyCount` keys for `heads` heads: enough blocks for `share` of one wave (each block loops over its split,
+// so more would only add a tail), at least 128 keys each, in whole 32-key tiles.
+int splitsFor(int64_t keyCount, int heads, int64_t resident, int multiprocessors, double share) {
+  const double wave = static_cast<double>(multiprocessors) * static_cast<double>(resident) * share;
+  const int64_t wanted = std::max<int64_t>(1, static_cast<int64_t>(wave / std::max(1, heads)));
   const int64_t most = std::max<int64_t>(1, (keyCount + 127) / 128);
   const int64_t splits = std::min({wanted, most, static_cast<int64_t>(kMaxSplits)});
   int64_t chunk = (keyCount + splits - 1) / splits;
   chunk = std::max<int64_t>(32, (chunk + 31) / 32 * 32);
   return static_cast<int>(std::max<int64_t>(1, (keyCount + chunk - 1) / chunk));
 }
+
+// The dynamic shared memory of a decode kernel; T: its tiles' element type (tileBytes).
+template <typename T, int D, bool kQuant>
+size_t decodeShared(const AttentionArgs& args) {
+  if constexpr (decodeKernelFor(static_cast<int>(sizeof(T)), D, kQuant) == AttentionKernel::TensorCores) {
+    // Quantized: each warp's raw code buffer (keys and values of 32 rows) after the 16-bit tiles.
+    const size_t raw = kQuant ? static_cast<size_t>(kDecodeWarps) * 2 * 32 * args.quant.codeBytes : 0;
+    return static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T) + raw;
+  } else {
+    return kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
+  }
+}
+
+// Launches the decode kernel of `args` (its tiles, head dim, scheme and group; not PrefillRow) over `sequences`
+// sequences of up to `blocks` blocks each, then the combine.
+template <int N>
+void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks, const AttentionArgs& args, DType cacheType,
+                  cudaStream_t stream) {
+  const int maxGroup = maxGroupFor(launch.group);
+  const dim3 grid(blocks, static_cast<unsigned>(sequences));
+  auto start = [&](auto kernel, size_t shared) {
+    allowSharedMemory(kernel, shared);
+    launchChained(kernel, grid, dim3(kDecodeThreads), shared, stream, launch);
+  };
+  // T: the cache's element type, or for a quantized cache (kQuant) the type of its staged tiles.
+  dispatchTile(args, cacheType, [&](auto t, auto quantized) {
+    // Decayed: in a generic lambda of a template, GCC takes decltype of the parameter in the nested lambda as a reference.
+    using T = std::decay_t<decltype(t)>;
+    constexpr bool kQuant = std::decay_t<decltype(quantized)>::value;
+    dispatchHeadDim(args.headDim, [&](auto dim) {
+      constexpr int D = std::decay_t<decltype(dim)>::value;
+      constexpr AttentionKernel kKernel = decodeKernelFor(static_cast<int>(sizeof(T)), D, kQuant);
+      if constexpr (kQuant && tileBytes(true, D, 0) != static_cast<int>(sizeof(T))) {
+        throw Error("DUO_ARG", "internal: quantized decode stages 16-bit tiles only for the tensor-core kernel");
+      } else if constexpr (kKernel == AttentionKernel::TensorCores) {
+        // Tensor cores: any G ≤ 8 shares one kernel (rows past G are zero).
+        const size_t shared = decodeShared<T, D, kQuant>(args);
+        if constexpr (!kQuant) {
+          start(decodeMmaKernel<T, D, 0, N>, shared);
+        } else {
+          switch (static_cast<KvQuant>(args.quant.scheme)) {
+            case KvQuant::Int8: start(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Int8), N>, shared); break;
+            case KvQuant::Int4: start(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Int4), N>, shared); break;
+            default: start(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Fp8), N>, shared); break;
+          }
+        }
+      } else if constexpr (kKernel == AttentionKernel::CudaCores) {
+        static_assert(Vec16<T>::kCount == 16 / static_cast<int>(sizeof(T)), "decodeKernelFor assumes 16-byte rows");
+        const size_t shared = decodeShared<T, D, kQuant>(args);
+        if (maxGroup == 1) start(decodeKernel<T, D, 1, kQuant, N>, shared);
+        else if (maxGroup == 4) start(decodeKernel<T, D, 4, kQuant, N>, shared);
+        else start(decodeKernel<T, D, 8, kQuant, N>, shared);
+      } else {
+        throw Error("DUO_ARG", "internal: head dim " + std::to_string(D) + " has no decode kernel");
+      }
+    });
+  });
+  checkLaunch("attentionDecode");
+  launchChained(decodeCombineKernel<N>, dim3(static_cast<unsigned>(args.heads), static_cast<unsigned>(sequences)),
+                dim3(kCombineThreads), 0, stream, launch);
+  checkLaunch("attentionDecodeCombine");
+}
+
+// The descriptor of one sequence whose partials start at `scratch` (attentionDecodeScratch's layout).
+DecodeSequence decodeSequence(const float* q, const void* k, const void* v, int64_t capacity, float* out, const AttentionArgs& args,
+                              const DecodeSplits& splits, float* scratch) {
+  DecodeSequence sequence{};
+  sequence.q = q;
+  sequence.k = k;
+  sequence.v = v;
+  sequence.capacity = capacity;
+  sequence.keyLength = args.keyLength;
+  sequence.lengthFrom = args.lengthFrom;
+  sequence.layout = args.streaming;
+  sequence.quant = args.quant;
+  sequence.splits = splits;
+  sequence.partialAcc = scratch;
+  sequence.partialMax = scratch + static_cast<int64_t>(args.heads) * splits.stride * args.headDim;
+  sequence.partialSum = sequence.partialMax + static_cast<int64_t>(args.heads) * splits.stride;
+  sequence.out = out;
+  sequence.blocks = splits.blocks(args.kvHeads);
+  return sequence;
+}
+
+template <int N>
+DecodeLaunch<N> decodeLaunchFor(const AttentionArgs& args) {
+  DecodeLaunch<N> launch;
+  launch.group = args.heads / args.kvHeads;
+  launch.headDim = args.headDim;
+  launch.scale = args.scale;
+  return launch;
+}
 }  // namespace
 
-DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors) {
+DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors, double share) {
   // The tensor-core kernel keeps two 4-warp blocks per multiprocessor (registers), the CUDA-core one three (shared memory).
   const bool tensorCores = decodeKernelFor(args, cacheType) == AttentionKernel::TensorCores;
   const int64_t resident = tensorCores ? 2 : 3;
@@ -571,11 +718,12 @@ DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, i
     splits.streamingHeads = layout.streamingHeads;
   }
   const int streamingHeads = args.kvHeads - splits.retrievalKvHeads;
-  if (splits.retrievalKvHeads > 0) splits.full = splitsFor(args.keyLength, splits.retrievalKvHeads, resident, multiprocessors);
+  if (splits.retrievalKvHeads > 0)
+    splits.full = splitsFor(args.keyLength, splits.retrievalKvHeads, resident, multiprocessors, share);
   if (streamingHeads > 0) {
     // A streaming head sees its sinks and at most recent + 1 window keys (the chunked mask's extra one included).
     const int64_t window = std::min<int64_t>(args.keyLength, layout.sink + layout.recent + 1);
-    splits.stream = splitsFor(window, args.kvHeads, resident, multiprocessors);
+    splits.stream = splitsFor(window, args.kvHeads, resident, multiprocessors, share);
   }
   splits.stride = std::max(splits.full, splits.stream);
   return splits;
@@ -587,63 +735,89 @@ size_t attentionDecodeScratch(const AttentionArgs& args, const DecodeSplits& spl
 
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
                            const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream) {
-  int group = args.heads / args.kvHeads;
-  float* partialAcc = scratch;
-  float* partialMax = partialAcc + static_cast<int64_t>(args.heads) * splits.stride * args.headDim;
-  float* partialSum = partialMax + static_cast<int64_t>(args.heads) * splits.stride;
-  const unsigned blocks = static_cast<unsigned>(splits.blocks(args.kvHeads));
-  bool combine = true;
-  int maxGroup = maxGroupFor(group);
-  auto launch = [&](auto kernel, size_t shared) {
-    allowSharedMemory(kernel, shared);
-    launchChained(kernel, dim3(blocks), dim3(kDecodeThreads), shared, stream, q, k, v, capacity, args.keyLength, group, args.scale,
-                  args.lengthFrom, args.streaming, args.quant, splits, partialAcc, partialMax, partialSum);
-  };
-  // T: the cache's element type, or for a quantized cache (kQuant) the type of its staged tiles.
-  auto body = [&](auto t, auto quantized) {
-    using T = decltype(t);
-    constexpr bool kQuant = decltype(quantized)::value;
-    dispatchHeadDim(args.headDim, [&](auto dim) {
-      constexpr int D = decltype(dim)::value;
-      constexpr AttentionKernel kKernel = decodeKernelFor(static_cast<int>(sizeof(T)), D, kQuant);
-      if constexpr (kQuant && tileBytes(true, D, 0) != static_cast<int>(sizeof(T))) {
-        throw Error("DUO_ARG", "internal: quantized decode stages 16-bit tiles only for the tensor-core kernel");
-      } else if constexpr (kKernel == AttentionKernel::TensorCores) {
-        // Tensor cores: any G ≤ 8 shares one kernel (rows past G are zero).
-        // Quantized: each warp's raw code buffer (keys and values of 32 rows) after the 16-bit tiles.
-        const size_t raw = kQuant ? static_cast<size_t>(kDecodeWarps) * 2 * 32 * args.quant.codeBytes : 0;
-        const size_t shared = static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T) + raw;
-        if constexpr (!kQuant) {
-          launch(decodeMmaKernel<T, D, 0>, shared);
-        } else {
-          switch (static_cast<KvQuant>(args.quant.scheme)) {
-            case KvQuant::Int8: launch(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Int8)>, shared); break;
-            case KvQuant::Int4: launch(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Int4)>, shared); break;
-            default: launch(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Fp8)>, shared); break;
-          }
-        }
-      } else if constexpr (kKernel == AttentionKernel::CudaCores) {
-        static_assert(Vec16<T>::kCount == 16 / static_cast<int>(sizeof(T)), "decodeKernelFor assumes 16-byte rows");
-        const size_t shared = kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
-        if (maxGroup == 1) launch(decodeKernel<T, D, 1, kQuant>, shared);
-        else if (maxGroup == 4) launch(decodeKernel<T, D, 4, kQuant>, shared);
-        else launch(decodeKernel<T, D, 8, kQuant>, shared);
-      } else {
-        // Head dims past 128 (or too small for 16-byte rows) take the tiled prefill kernel with one query row.
-        if (args.lengthFrom) throw Error("DUO_ARG", "graph-captured decode needs head dim 8-128");
-        AttentionArgs single = args;
-        single.queryStart = args.keyLength - 1;
-        launchAttentionPrefill(q, static_cast<int64_t>(args.heads) * args.headDim, k, v, cacheType, capacity, out, 1, single, stream);
-        combine = false;
-      }
+  if (decodeKernelFor(args, cacheType) == AttentionKernel::PrefillRow) {
+    // Head dims past 128 (or too small for 16-byte rows) take the tiled prefill kernel with one query row.
+    dispatchHeadDim(args.headDim, [](auto) {});  // an unsupported head dim fails with its own message
+    if (args.lengthFrom) throw Error("DUO_ARG", "graph-captured decode needs head dim 8-128");
+    AttentionArgs single = args;
+    single.queryStart = args.keyLength - 1;
+    launchAttentionPrefill(q, static_cast<int64_t>(args.heads) * args.headDim, k, v, cacheType, capacity, out, 1, single, stream);
+    return;
+  }
+  DecodeLaunch<1> launch = decodeLaunchFor<1>(args);
+  launch.sequences[0] = decodeSequence(q, k, v, capacity, out, args, splits, scratch);
+  launchDecode(launch, 1, static_cast<unsigned>(launch.sequences[0].blocks), args, cacheType, stream);
+}
+
+bool decodeBatchable(const AttentionArgs& args, DType cacheType) {
+  return decodeKernelFor(args, cacheType) != AttentionKernel::PrefillRow;
+}
+
+size_t attentionDecodeBatchScratch(const DecodeSlice* slices, int count) {
+  size_t bytes = 0;
+  for (int i = 0; i < count; i++) bytes += attentionDecodeScratch(slices[i].args, slices[i].splits);
+  return bytes;
+}
+
+void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cacheType, float* scratch, cudaStream_t stream) {
+  if (count == 0) return;
+  const AttentionArgs& shape = slices[0].args;
+  // About 17 KB: off the stack of the JS thread.
+  auto launch = std::make_unique<DecodeLaunch<kBatchSequences>>(decodeLaunchFor<kBatchSequences>(shape));
+  for (int first = 0; first < count; first += kBatchSequences) {
+    // Consecutive launches run in stream order, so every chunk's partials may start at the same scratch.
+    const int sequences = std::min(kBatchSequences, count - first);
+    float* partials = scratch;
+    int widest = 1;
+    for (int i = 0; i < sequences; i++) {
+      const DecodeSlice& slice = slices[first + i];
+      launch->sequences[i] = decodeSequence(slice.q, slice.k, slice.v, slice.capacity, slice.out, slice.args, slice.splits, partials);
+      partials += attentionDecodeScratch(slice.args, slice.splits) / sizeof(float);
+      widest = std::max(widest, launch->sequences[i].blocks);
+    }
+    launchDecode(*launch, sequences, static_cast<unsigned>(widest), shape, cacheType, stream);
+  }
+}
+
+DecodeBatchPlan planDecodeBatch(const Tensor& q, Tensor& out, const AttentionArgs& shape, const std::vector<BatchSlice>& slices,
+                                int multiprocessors) {
+  DecodeBatchPlan plan;
+  const int64_t rowWidth = static_cast<int64_t>(shape.heads) * shape.headDim;
+  for (const BatchSlice& slice : slices) {
+    if (slice.rows == 0) continue;
+    AttentionArgs args = shape;
+    args.keyLength = slice.queryStart + slice.rows;
+    args.queryStart = slice.queryStart;
+    args.lengthFrom = nullptr;
+    args.streaming = slice.streaming;
+    args.quant = slice.quant;
+    const DType cacheType = slice.keyCache->dtype;
+    if (slice.rows != 1 || !decodeBatchable(args, cacheType)) {
+      plan.rest.push_back(slice);
+      continue;
+    }
+    auto group = std::find_if(plan.groups.begin(), plan.groups.end(), [&](const DecodeBatchPlan::Group& candidate) {
+      return candidate.cacheType == cacheType && candidate.scheme == args.quant.scheme;
     });
-  };
-  dispatchTile(args, cacheType, body);
-  checkLaunch("attentionDecode");
-  if (!combine) return;
-  launchChained(decodeCombineKernel, dim3(args.heads), dim3(kCombineThreads), 0, stream, partialAcc, partialMax, partialSum, splits,
-                group, args.headDim, out);
-  checkLaunch("attentionDecodeCombine");
+    if (group == plan.groups.end()) group = plan.groups.insert(plan.groups.end(), DecodeBatchPlan::Group{cacheType, args.quant.scheme, {}});
+    DecodeSlice decode{};
+    decode.q = q.as<float>() + slice.rowStart * rowWidth;
+    decode.out = out.as<float>() + slice.rowStart * rowWidth;
+    decode.k = slice.keyCache->data;
+    decode.v = slice.valueCache->data;
+    decode.capacity = slice.keyCache->shape[1];
+    decode.args = args;
+    group->slices.push_back(decode);
+  }
+  // Each group's launch has the GPU to itself: its sequences share one wave of blocks, in proportion to their keys.
+  for (DecodeBatchPlan::Group& group : plan.groups) {
+    double keys = 0;
+    for (const DecodeSlice& slice : group.slices) keys += static_cast<double>(slice.args.keyLength);
+    for (DecodeSlice& slice : group.slices)
+      slice.splits = attentionDecodeSplits(slice.args, group.cacheType, multiprocessors, static_cast<double>(slice.args.keyLength) / keys);
+    plan.scratchBytes = std::max(plan.scratchBytes, attentionDecodeBatchScratch(group.slices.data(), static_cast<int>(group.slices.size())));
+  }
+  return plan;
 }
 
 }  // namespace cuda

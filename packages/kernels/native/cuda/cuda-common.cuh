@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <string>
+#include <vector>
 
 #include "../common.h"
 
@@ -192,6 +193,8 @@ void launchWriteCache(const float* source, int64_t rows, int64_t sourceStride, v
                       int64_t capacity, int64_t headDim, int64_t start, cudaStream_t stream);
 size_t argmaxScratch(int64_t rows);
 void launchArgmax(const float* logits, int32_t* out, int64_t rows, int64_t vocab, void* scratch, cudaStream_t stream);
+// One token per row by Device::sample's rule (sample.cu); settings [rows, 4]: temperature, topK, topP, u.
+void launchSample(const float* logits, const float* settings, int32_t* out, int64_t rows, int64_t vocab, cudaStream_t stream);
 void launchSoftmax(const float* logits, float* out, int64_t rows, int64_t vocab, float temperature, cudaStream_t stream);
 // out[r, j] = x[r] · W[j] (+ bias[j]) (+ residual[r, j]) for any r count; weight-streaming kernel for few rows.
 void launchGemv(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,
@@ -234,9 +237,39 @@ struct DecodeSplits {
 };
 // Needs scratch of attentionDecodeScratch(...) bytes.
 size_t attentionDecodeScratch(const AttentionArgs& args, const DecodeSplits& splits);
-DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors);
+// `share`: the part of one wave of blocks the op may fill (a batch divides the wave among its sequences).
+DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors, double share = 1.0);
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
                            const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream);
+// Batched decode (attentionBatch's one-row slices): sequences that share the cache dtype, KV scheme, heads and head dim
+// run in one launch (plus its combine) per 64, each with its own caches, layout, quantization and length.
+struct DecodeSlice {
+  const float* q;  // the sequence's query row
+  float* out;
+  const void* k;
+  const void* v;
+  int64_t capacity;
+  AttentionArgs args;  // keyLength, streaming and quant of this sequence (lengthFrom unused)
+  DecodeSplits splits;
+};
+// Whether a decode of `args` has a split-K kernel to batch (not the one-row prefill fallback).
+bool decodeBatchable(const AttentionArgs& args, DType cacheType);
+size_t attentionDecodeBatchScratch(const DecodeSlice* slices, int count);
+void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cacheType, float* scratch, cudaStream_t stream);
+// attentionBatch's slices sorted for launching: the one-row slices with a split-K kernel grouped by cache dtype and KV
+// scheme (one batched launch each, all sized by scratchBytes), and the rest (prefill chunks, other head dims).
+struct DecodeBatchPlan {
+  struct Group {
+    DType cacheType;
+    int scheme;
+    std::vector<DecodeSlice> slices;
+  };
+  std::vector<Group> groups;
+  std::vector<BatchSlice> rest;
+  size_t scratchBytes = 0;
+};
+DecodeBatchPlan planDecodeBatch(const Tensor& q, Tensor& out, const AttentionArgs& shape, const std::vector<BatchSlice>& slices,
+                                int multiprocessors);
 
 // Quantized KV-cache writes (quantize.cu; one warp per row and KV head, codes equal to quant.h's quantizeKvRow).
 void launchWriteCacheQuantized(const float* source, int64_t rows, int64_t stride, int64_t kvHeads, int headDim, uint8_t* codes,
@@ -246,6 +279,10 @@ void launchRopeWriteCacheQuantized(float* q, float* k, const float* v, const int
                                    int64_t rows, int heads, int kvHeads, int headDim, bool interleaved, void* keyCodes,
                                    void* valueCodes, int64_t capacity, const StreamingLayout& streaming, const KvQuantPlanes& quant,
                                    cudaStream_t stream);
+// launchRopeWriteCache / launchRopeWriteCacheQuantized for every slice of a batched step in one launch (per 64
+// slices): each row finds its slice, and writes its own caches by their layout and scheme.
+void launchRopeWriteCacheBatch(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int heads,
+                               int kvHeads, int headDim, bool interleaved, const std::vector<BatchSlice>& slices, cudaStream_t stream);
 
 // Input gradients (backward.cu).
 void launchRmsNormBackward(const float* x, const void* weight, DType weightType, const float* gradOut, float* gradInput,

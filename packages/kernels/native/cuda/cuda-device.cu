@@ -218,6 +218,16 @@ class CudaDevice final : public Device {
     launchAttentionDecode(q.as<float>(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), args, splits, partial, stream_);
     profiler_.mark("attentionDecode", stream_);
   }
+  // Every decode slice of one cache dtype and KV scheme in one launch (and its combine); prefill chunks (and head
+  // dims without a split-K kernel) slice by slice.
+  void attentionBatch(const Tensor& q, Tensor& out, const AttentionArgs& shape, const std::vector<BatchSlice>& slices) override {
+    const DecodeBatchPlan plan = planDecodeBatch(q, out, shape, slices, properties_.multiProcessorCount);
+    float* partial = plan.groups.empty() ? nullptr : static_cast<float*>(scratch(plan.scratchBytes));
+    for (const DecodeBatchPlan::Group& group : plan.groups)
+      launchAttentionDecodeBatch(group.slices.data(), static_cast<int>(group.slices.size()), group.cacheType, partial, stream_);
+    if (!plan.groups.empty()) profiler_.mark("attentionBatch", stream_);
+    Device::attentionBatch(q, out, shape, plan.rest);
+  }
   void matmulGroup(const Tensor& x, const Tensor* const* weights, Tensor* const* outs, const Tensor* const* biases,
                    int count) override {
     bool sameType = true;
@@ -279,6 +289,12 @@ class CudaDevice final : public Device {
                          keyCache.shape[1], streaming, stream_);
     profiler_.mark("ropeWriteCache", stream_);
   }
+  void ropeWriteCacheBatch(Tensor& q, Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& frequencies,
+                           const RopeArgs& args, int kvHeads, const std::vector<BatchSlice>& slices) override {
+    launchRopeWriteCacheBatch(q.as<float>(), k.as<float>(), v.as<float>(), positions.as<int32_t>(), frequencies.as<float>(), args.heads,
+                              kvHeads, args.headDim, args.interleaved, slices, stream_);
+    profiler_.mark("ropeWriteCacheBatch", stream_);
+  }
   void decodeAdvance(const Tensor& next, Tensor& ids, Tensor& positions) override {
     launchDecodeAdvance(next.as<int32_t>(), ids.as<int32_t>(), positions.as<int32_t>(), stream_);
     profiler_.mark("decodeAdvance", stream_);
@@ -313,6 +329,10 @@ class CudaDevice final : public Device {
   void argmax(const Tensor& logits, Tensor& out) override {
     launchArgmax(logits.as<float>(), out.as<int32_t>(), logits.rows(), logits.cols(), scratch(argmaxScratch(logits.rows())), stream_);
     profiler_.mark("argmax", stream_);
+  }
+  void sample(const Tensor& logits, const Tensor& settings, Tensor& out) override {
+    launchSample(logits.as<float>(), settings.as<float>(), out.as<int32_t>(), logits.rows(), logits.cols(), stream_);
+    profiler_.mark("sample", stream_);
   }
   void softmax(const Tensor& logits, Tensor& out, float temperature) override {
     launchSoftmax(logits.as<float>(), out.as<float>(), logits.rows(), logits.cols(), temperature, stream_);
