@@ -54,7 +54,13 @@ export class NativeCacheBatch implements CacheBatch {
       return perLayer.map((layer: BatchCacheLayer, l: number) => {
         const keyCache = layer.keyCache as Tensor;
         const attributes = { kvHeads, headDim, streaming: layer.streaming, quant: layer.quant };
-        const [keyId, valueId] = cacheIds(device, keyCache, layer.valueCache as Tensor, attributes, `sequences[${s}][${l}].`);
+        const [keyId, valueId] = cacheIds(
+          device,
+          keyCache,
+          layer.valueCache as Tensor,
+          attributes,
+          `sequences[${s}][${l}].`,
+        );
         return {
           keyCache: keyId,
           valueCache: valueId,

@@ -1,7 +1,6 @@
 // The batch engine in a worker thread: the same tokens as in-process, cancellation through an AbortSignal, refused
 // requests keep their error class, a model that cannot load rejects the start, and close() ends the thread.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { DuoArgumentError, DuoCapacityError, DuoError, readEnvironment } from '@duoattn/core';
