@@ -8,8 +8,9 @@ import { loadPattern, planHeads } from '@duoattn/dual-cache';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BatchEngine, BatchEngineOptions, BatchRequest, BatchResult, BatchToken } from '../batch/batch-engine.js';
 import { LlamaModel } from '../llama-model.js';
+import { demoModelDirectory } from './demo-suite.js';
 
-export const DEMO = join(import.meta.dirname, '..', '..', '..', '..', 'models', 'duo-demo');
+export const DEMO = demoModelDirectory();
 let model: LlamaModel;
 let policies: Record<string, AttentionPolicy>;
 
