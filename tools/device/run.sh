@@ -69,6 +69,19 @@ for step in "${steps[@]}"; do
                 --sparsity 0.5 --sink 128 --recent 256 --contexts ${DUO_AB_CONTEXTS:-32k,256k} --prefill none --steps 48 --warmup 8 \
                 --out "$OUT/ab-${label// /-}.json" | grep -E "decode @|speed" || status=1
             done ;;
+    # Continuous batching (issue 16): step time and tokens/s versus batch size at 4K and 32K (Llama-3-8B shape, random
+    # bf16 weights) for full and duo 50 %, with each step's bytes floor; then the running sequences' inter-token latency
+    # while a 128K prompt is admitted into a batch of 16 at 32K (DUO_ADMIT_CHUNK tokens per prefill chunk).
+    batch) node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention ${DUO_BATCH_ATTENTION:-full,duo} \
+             --sparsity 0.5 --sink 128 --recent 256 --kv-quant ${DUO_BATCH_QUANTS:-none} --batch ${DUO_BATCHES:-1,4,16,64} \
+             --contexts ${DUO_BATCH_CONTEXTS:-4k,32k} --steps 32 --warmup 4 --bandwidth ${DUO_BANDWIDTH:-3.0} \
+             --out "$OUT/batch-llama-3-8b.json" --plot "$OUT/batch-llama-3-8b.svg" || status=1 ;;
+    batch-admit) node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
+             --sink 128 --recent 256 --batch 16 --contexts 32k --steps 16 --warmup 4 --admit ${DUO_ADMIT:-128k} \
+             --admit-batch 16 --admit-context 32k --admit-chunk ${DUO_ADMIT_CHUNK:-1024} --out "$OUT/batch-admit.json" || status=1 ;;
+    # The llama.cpp peer (node-llama-cpp's CUDA prebuilt) decoding 16 sequences at 4K and 32K; its kit (.peer/) came with
+    # an earlier call on this machine (tools/device/llamacpp/README.md).
+    llamacpp) bash tools/device/llamacpp/run.sh || status=1 ;;
     # Per-op device time of the decode step (no graphs, CUDA events between ops) for several bundles side by side:
     # DUO_PROFILE_BUNDLES="base new" (new: this bundle), at DUO_AB_CONTEXTS (default 32k), full and duo 50 %.
     profile-ab) for file in .device/*-duo-bench.mjs.xz .device/*-duoattn.node.xz; do
