@@ -94,6 +94,31 @@ describe('requests, limits and the stream', () => {
     await engine.close();
   });
 
+  it('returns log-probabilities: the chosen token and the most likely ones, as log-softmax of the logits', async () => {
+    const engine = model.createBatchEngine();
+    const run = await drain(
+      engine.submit({ prompt: prompt(30, 5), maxTokens: 4, logprobs: 5, logits: true, stopTokens: [] }),
+    );
+    for (const token of run.tokens) {
+      const logits = token.logits as Float32Array;
+      const maximum = Math.max(...logits);
+      const normalizer = maximum + Math.log(logits.reduce((sum, value) => sum + Math.exp(value - maximum), 0));
+      expect(token.logprob).toBeCloseTo((logits[token.id] as number) - normalizer, 10);
+      const top = token.topLogprobs ?? [];
+      expect(top).toHaveLength(5);
+      // Greedy: the chosen token is the most likely one.
+      expect(top[0]?.id).toBe(token.id);
+      for (let i = 1; i < top.length; i++)
+        expect(top[i - 1]?.logprob).toBeGreaterThanOrEqual(top[i]?.logprob as number);
+      const sorted = [...logits].sort((a, b) => b - a);
+      expect(top.map((entry) => entry.logprob + normalizer)).toEqual(
+        sorted.slice(0, 5).map((value) => expect.closeTo(value, 9)),
+      );
+    }
+    expect(() => engine.submit({ prompt: [1], logprobs: 21 })).toThrow(/logprobs/);
+    await engine.close();
+  });
+
   it('close() aborts what is running and waiting', async () => {
     const engine = model.createBatchEngine({ maxSequences: 1, stepTokens: 64 });
     const running = engine.submit({ prompt: prompt(300, 2), maxTokens: 50 });

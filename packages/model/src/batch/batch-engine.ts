@@ -42,6 +42,11 @@ export interface BatchRequest {
   /** Return each token's logits row (for tests and analyses; reads the vocabulary's logits per token). Default false. */
   readonly logits?: boolean;
   /**
+   * Return each token's log-probability under the model (the softmax of its logits, before temperature and truncation)
+   * and the `logprobs` most likely tokens' (0 … 20; 0: the chosen token's only). Default: none.
+   */
+  readonly logprobs?: number;
+  /**
    * For benchmarks: this many synthetic positions come before the prompt. When the sequence starts, its cache is
    * filled with random keys and values (seeded, on the device) as if they had run, so decode at long contexts is timed
    * without prefilling them. What such a sequence generates is not text. Default 0.
@@ -59,6 +64,10 @@ export interface BatchToken {
   readonly text: string;
   /** The logits it was sampled from, when the request asked for them. */
   readonly logits?: Float32Array;
+  /** Its log-probability, when the request asked for logprobs. */
+  readonly logprob?: number;
+  /** The most likely tokens and their log-probabilities, most likely first, when the request asked for logprobs. */
+  readonly topLogprobs?: readonly { readonly id: number; readonly logprob: number }[];
 }
 
 /** Tokens a request used. */
@@ -373,6 +382,13 @@ export class BatchEngine {
     const policy = resolvePolicy(request.policy, plan);
     positiveInteger('policy.prefillChunk', policy.prefillChunk);
     const sampling = checkSampling(request.sampling ?? {});
+    const top = request.logprobs;
+    if (top !== undefined && !(Number.isInteger(top) && top >= 0 && top <= 20)) {
+      throw new DuoArgumentError(
+        'logprobs',
+        `Expected \`logprobs\` to be an integer in [0, 20] but received ${String(top)}`,
+      );
+    }
     if (request.stopStrings !== undefined && !Array.isArray(request.stopStrings)) {
       throw new DuoArgumentError('stopStrings', 'Expected `stopStrings` to be an array of strings');
     }
@@ -514,7 +530,9 @@ export class BatchEngine {
     });
     b.write(s.settings, settings);
     b.sample(s.logits, s.settings, s.tokens);
-    const wantsLogits = samplers.some(({ sequence }) => sequence.request.logits);
+    const wantsLogits = samplers.some(
+      ({ sequence }) => sequence.request.logits || sequence.request.logprobs !== undefined,
+    );
     const [tokens, logits] = await Promise.all([
       b.read(s.tokens) as Promise<Int32Array>,
       wantsLogits ? (b.read(s.logits) as Promise<Float32Array>) : undefined,
@@ -522,18 +540,22 @@ export class BatchEngine {
     const vocab = this.#model.config.vocabSize;
     samplers.forEach(({ sequence }, index) => {
       const token = tokens[index] ?? 0;
-      const row = sequence.request.logits && logits ? logits.slice(index * vocab, (index + 1) * vocab) : undefined;
-      this.#emit(sequence, token, row);
+      const row = logits?.subarray(index * vocab, (index + 1) * vocab);
+      const extra: { logits?: Float32Array; logprob?: number; topLogprobs?: { id: number; logprob: number }[] } = {};
+      if (row && sequence.request.logits) extra.logits = row.slice();
+      if (row && sequence.request.logprobs !== undefined)
+        Object.assign(extra, logprobsOf(row, token, sequence.request.logprobs));
+      this.#emit(sequence, token, extra);
     });
   }
 
-  #emit(sequence: Sequence, token: number, logits: Float32Array | undefined): void {
+  #emit(sequence: Sequence, token: number, extra: Omit<BatchToken, 'id' | 'text'>): void {
     if (sequence.firstTokenAt === 0) sequence.firstTokenAt = performance.now();
     sequence.generated.push(token);
     sequence.tokens.push(token);
     const text = sequence.decoder ? sequence.decoder.push(token) : '';
     sequence.text += text;
-    sequence.queue.push(logits ? { id: token, text, logits } : { id: token, text });
+    sequence.queue.push({ id: token, text, ...extra });
     const stopped =
       sequence.stopTokens.has(token) ||
       (sequence.request.stopStrings?.some((needle) => sequence.text.includes(needle)) ?? false);
@@ -705,6 +727,35 @@ export class BatchEngine {
       preemptions: sequence.preemptions,
     });
   }
+}
+
+/** The chosen token's log-probability and the `top` most likely tokens' (log-softmax of the logits, in float64). */
+function logprobsOf(
+  logits: Float32Array,
+  token: number,
+  top: number,
+): { logprob: number; topLogprobs: { id: number; logprob: number }[] } {
+  let maximum = Number.NEGATIVE_INFINITY;
+  for (const value of logits) if (value > maximum) maximum = value;
+  let sum = 0;
+  for (const value of logits) sum += Math.exp(value - maximum);
+  const normalizer = maximum + Math.log(sum);
+  const best: { id: number; logprob: number }[] = [];
+  if (top > 0) {
+    // The `top` largest, kept sorted (most likely first; the lower id first on ties).
+    for (let id = 0; id < logits.length; id++) {
+      const value = logits[id] as number;
+      if (best.length === top && value <= (best[top - 1] as { logprob: number }).logprob) continue;
+      let at = best.length;
+      while (at > 0 && (best[at - 1] as { logprob: number }).logprob < value) at--;
+      best.splice(at, 0, { id, logprob: value });
+      if (best.length > top) best.pop();
+    }
+  }
+  return {
+    logprob: (logits[token] ?? Number.NEGATIVE_INFINITY) - normalizer,
+    topLogprobs: best.map(({ id, logprob }) => ({ id, logprob: logprob - normalizer })),
+  };
 }
 
 function defaultBudget(backend: Backend): number {
