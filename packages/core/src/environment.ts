@@ -84,6 +84,12 @@ export const ENVIRONMENT_VARIABLES = [
     meaning: 'the checkout whose models/ tests read (bundles that run elsewhere)',
     usedBy: 'tests (demo-model fixtures)',
   },
+  {
+    name: 'DUO_API_KEYS',
+    kind: 'text',
+    meaning: 'comma-separated bearer keys duo-serve accepts (instead of --api-key on the command line, where ps shows it)',
+    usedBy: 'duo-serve → createServer({ apiKeys })',
+  },
 ] as const satisfies readonly EnvironmentVariable[];
 
 /** The names of the run-time variables. */
@@ -103,6 +109,7 @@ export interface DuoEnvironment {
   readonly printJson: boolean;
   readonly sharedDir?: string;
   readonly repoDir?: string;
+  readonly apiKeys?: readonly string[];
 }
 
 type Environment = Readonly<Record<string, string | undefined>>;
@@ -144,5 +151,9 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     printJson: flag('DUO_PRINT_JSON'),
     sharedDir: text('DUO_SHARED_DIR'),
     repoDir: text('DUO_REPO_DIR'),
+    apiKeys: text('DUO_API_KEYS')
+      ?.split(',')
+      .map((key) => key.trim())
+      .filter((key) => key !== ''),
   };
 }

@@ -1,0 +1,198 @@
+// duo-serve: the OpenAI-compatible server. Listens at once (health says "loading"), loads the model into a batch engine
+// in a worker thread, serves; SIGTERM / SIGINT drain: no new requests, running streams finish, then the engine closes.
+// Exit status: 0 after a drain, 1 when the model cannot be loaded or the server cannot listen, 2 for bad flags.
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  attentionPolicies,
+  choiceOption,
+  integerOption,
+  numberOption,
+  POLICY_HELP,
+  POLICY_OPTIONS,
+  parseOptions,
+  policySettings,
+  UsageError,
+} from '@duoattn/app-kit';
+import { readEnvironment } from '@duoattn/core';
+import { openCheckpoint, startEngineWorker } from '@duoattn/model';
+import { inWorker } from './engine-host.js';
+import { PolicyResolver } from './policies.js';
+import { createServer } from './server.js';
+
+const repositoryRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+
+export const serveHelp = `duo-serve [--model PATH] [--device auto|cpu|cuda] [--host 127.0.0.1] [--port 8000] [--served-model-name NAME]
+          [--attention full|streaming|duo] [--pattern DIR] [--sparsity S] [--kv-quant none|int8|int4|fp8] …
+          [--max-tokens N] [--max-sequences N] [--step-tokens N] [--max-waiting N] [--kv-budget GB]
+          [--admission reserve|optimistic] [--max-concurrent N] [--max-body MB] [--api-key KEY] [--cors ORIGINS]
+          [--chat-template FILE] [--log-level info|warn|error|silent]
+  An OpenAI-compatible server over duoattn's batch engine: POST /v1/chat/completions and /v1/completions (streamed as
+  server-sent events or whole), GET /v1/models, POST /tokenize and /detokenize, GET /health (503 while loading or
+  after an engine failure), GET /metrics (Prometheus), GET /v1/stats (live JSON), and the playground at /.
+  Requests choose their policy with the extensions attention, sparsity, kv_quant, sink and recent; these flags set
+  the defaults. --model defaults to the embedded demo model (models/duo-demo); --pattern to the model's pattern/
+  folder when it has one. --max-tokens: max_tokens when a request gives none (default 1024). --kv-budget: GB of KV
+  cache all requests share (default: 85 % of free GPU memory, 2 on the CPU). --max-waiting: requests queued for
+  memory before 429 (default 256). --api-key (repeatable; or DUO_API_KEYS=k1,k2) requires "Authorization: Bearer
+  KEY" on /v1, /tokenize and /detokenize. --cors: comma-separated allowed origins, or '*'.
+${POLICY_HELP}`;
+
+async function main(argv: string[]): Promise<number> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`usage: ${serveHelp}\n`);
+    return 0;
+  }
+  const options = parseOptions(argv, {
+    ...POLICY_OPTIONS,
+    model: { type: 'string' },
+    device: { type: 'string' },
+    host: { type: 'string' },
+    port: { type: 'string' },
+    'served-model-name': { type: 'string' },
+    'max-tokens': { type: 'string' },
+    'max-sequences': { type: 'string' },
+    'step-tokens': { type: 'string' },
+    'max-waiting': { type: 'string' },
+    'kv-budget': { type: 'string' },
+    admission: { type: 'string' },
+    'max-concurrent': { type: 'string' },
+    'max-body': { type: 'string' },
+    'api-key': { type: 'string', multiple: true } as unknown as { type: 'string' },
+    cors: { type: 'string' },
+    'chat-template': { type: 'string' },
+    'log-level': { type: 'string' },
+  });
+  const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
+  const host = typeof options.host === 'string' ? options.host : '127.0.0.1';
+  const port = integerOption('port', options.port, 8000, 0, 65535);
+  const maxTokens = integerOption('max-tokens', options['max-tokens'], 1024, 1);
+  const maxSequences = integerOption('max-sequences', options['max-sequences'], 64, 1, 4096);
+  const stepTokens = integerOption('step-tokens', options['step-tokens'], Math.max(1024, maxSequences), maxSequences);
+  const maxWaiting = integerOption('max-waiting', options['max-waiting'], 256, 1);
+  const kvBudget =
+    options['kv-budget'] === undefined ? undefined : numberOption('kv-budget', options['kv-budget'], 0, 0.001) * 1e9;
+  const admission = choiceOption('admission', options.admission, ['reserve', 'optimistic'] as const, 'reserve');
+  const maxConcurrent = integerOption('max-concurrent', options['max-concurrent'], 256, 1);
+  const maxBody = numberOption('max-body', options['max-body'], 32, 0.001, 4096) * 1024 * 1024;
+  const logLevel = choiceOption(
+    'log-level',
+    options['log-level'],
+    ['info', 'warn', 'error', 'silent'] as const,
+    'info',
+  );
+  const attention = attentionPolicies(options.attention, ['full'])[0] ?? 'full';
+  const modelPath = typeof options.model === 'string' ? options.model : join(repositoryRoot, 'models', 'duo-demo');
+  if (!existsSync(modelPath))
+    throw new UsageError(`--model: "${modelPath}" does not exist`, { option: 'model', received: modelPath });
+  // The model's own pattern (models/duo-demo/pattern) when duo may be asked for and none is given.
+  const ownPattern = statSync(modelPath).isDirectory() ? join(modelPath, 'pattern') : undefined;
+  const pattern = options.pattern ?? (ownPattern && existsSync(ownPattern) ? ownPattern : undefined);
+  const settings = policySettings({ ...options, pattern });
+  const template = typeof options['chat-template'] === 'string' ? readTemplate(options['chat-template']) : undefined;
+  const apiKeys = [
+    ...((options['api-key'] as unknown as string[] | undefined) ?? []),
+    ...(readEnvironment().apiKeys ?? []),
+  ];
+  const cors =
+    typeof options.cors === 'string'
+      ? options.cors
+          .split(',')
+          .map((origin) => origin.trim())
+          .filter(Boolean)
+      : [];
+
+  // The tokenizer and config here (tokenize, chat templates, context checks); the weights load in the worker.
+  const checkpoint = await openCheckpoint(modelPath);
+  if (!checkpoint.tokenizer) throw new UsageError(`--model: "${modelPath}" has no tokenizer; duo-serve needs one`);
+  const id = typeof options['served-model-name'] === 'string' ? options['served-model-name'] : defaultName(modelPath);
+  const server = createServer({
+    model: {
+      id,
+      config: checkpoint.config,
+      tokenizer: checkpoint.tokenizer,
+      chatTemplate: template ?? checkpoint.chatTemplate,
+    },
+    resolver: new PolicyResolver(checkpoint.config, { ...settings, attention }),
+    defaultMaxTokens: maxTokens,
+    apiKeys,
+    corsOrigins: cors,
+    bodyLimit: Math.round(maxBody),
+    maxConcurrentRequests: maxConcurrent,
+    logger: logLevel === 'silent' ? false : { level: logLevel },
+  });
+  const { app } = server;
+  await app.listen({ host, port });
+  app.log.info(`duo-serve: loading ${modelPath} (${device}); /health says "loading" until it is ready`);
+
+  let draining = false;
+  const drain = async (signal: string) => {
+    if (draining) return;
+    draining = true;
+    app.log.info(`duo-serve: ${signal}: draining (no new requests; running streams finish)`);
+    await app.close();
+    await server.engine?.close();
+    app.log.info('duo-serve: drained');
+  };
+  const stopped = new Promise<void>((resolveStop) => {
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      process.once(signal, () => void drain(signal).then(resolveStop));
+    }
+  });
+
+  try {
+    const worker = await startEngineWorker({
+      model: { path: modelPath, device },
+      engine: {
+        maxSequences,
+        stepTokens,
+        maxWaiting,
+        admission,
+        ...(kvBudget === undefined ? {} : { kvBudgetBytes: kvBudget }),
+      },
+    });
+    server.attach(inWorker(worker));
+    app.log.info(
+      `duo-serve: ready on http://${host}:${(app.server.address() as { port: number }).port} — ${id} on ${worker.info.deviceName}, ${attention} attention by default`,
+    );
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    server.fail(reason);
+    app.log.error(`duo-serve: the model could not be loaded: ${reason}`);
+    await app.close();
+    return 1;
+  }
+  await stopped;
+  return 0;
+}
+
+function readTemplate(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new UsageError(`--chat-template: cannot read "${path}": ${(error as Error).message}`, {
+      option: 'chat-template',
+    });
+  }
+}
+
+function defaultName(path: string): string {
+  const parts = resolve(path).split('/').filter(Boolean);
+  return parts[parts.length - 1] ?? 'model';
+}
+
+main(process.argv.slice(2)).then(
+  (status) => {
+    process.exitCode = status;
+  },
+  (error: unknown) => {
+    if (UsageError.isInstance(error)) {
+      process.stderr.write(`duo-serve: ${(error as Error).message}\n\nusage: ${serveHelp}\n`);
+      process.exitCode = 2;
+      return;
+    }
+    process.stderr.write(`duo-serve: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,35 @@
+// What the server needs of an engine: the batch engine in a worker thread (duo-serve's default) or in this thread (the
+// tests, and a CUDA engine whose steps are device work anyway), behind one interface.
+import type { BatchEngine, BatchEngineStats, BatchRequest, BatchStream, EngineWorker } from '@duoattn/model';
+
+export interface ServeEngine {
+  submit(request: BatchRequest): BatchStream;
+  stats(): Promise<BatchEngineStats>;
+  close(): Promise<void>;
+  /** Why the engine stopped, once a step failed; then every request is refused. */
+  readonly failure: unknown;
+}
+
+/** A batch engine running in this thread. */
+export function inThread(engine: BatchEngine): ServeEngine {
+  return {
+    submit: (request) => engine.submit(request),
+    stats: async () => engine.stats(),
+    close: () => engine.close(),
+    get failure() {
+      return engine.failure;
+    },
+  };
+}
+
+/** A batch engine in a worker thread (`startEngineWorker`). */
+export function inWorker(worker: EngineWorker): ServeEngine {
+  return {
+    submit: (request) => worker.submit(request),
+    stats: () => worker.stats(),
+    close: () => worker.close(),
+    get failure() {
+      return worker.failure;
+    },
+  };
+}
