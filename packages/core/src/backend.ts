@@ -191,6 +191,16 @@ export interface Backend {
   allocPaged(dtype: DType, shape: readonly [number, number, number]): TensorHandle;
   /** Maps memory for rows `0 … rows − 1` of every span of a paged tensor (whole pages; never shrinks); returns the rows now backed. */
   commitPaged(tensor: TensorHandle, rows: number): number;
+  /**
+   * Gives `target` (a paged tensor with nothing committed) rows `0 … rows − 1` of every span of `source` (a paged tensor
+   * of the same dtype, span count and width, those rows committed): the pages wholly inside them are the source's own
+   * physical pages, mapped at the same offsets (a prefix cache's shared KV; a write through either tensor shows in
+   * both), and the last partial page is a fresh page holding a copy (copy on write: both may write past `rows`). A
+   * page is freed when the last tensor mapping it is disposed, and `memory()` counts it once. Callers must not write
+   * below `rows` in either tensor afterwards. Returns the rows of `target` now backed (whole pages, so ≥ rows). After a
+   * failure the target may only be disposed.
+   */
+  sharePaged(target: TensorHandle, source: TensorHandle, rows: number): number;
   /** Allocates a tensor and fills it from host memory (length must equal the element count). */
   upload(dtype: DType, shape: readonly number[], data: HostArray): TensorHandle;
   /** Overwrites `tensor` from host memory, starting at element `offset` (default 0). */

@@ -58,7 +58,10 @@ struct Tensor {
   bool paged = false;
   int64_t spans = 0;
   size_t spanBytes = 0, committedPerSpan = 0;
-  std::vector<unsigned long long> pageHandles;  // the backend's handles of the mapped pieces
+  // Per span, the backend's handle of each mapped page in order (a page shared by several tensors has one handle).
+  std::vector<std::vector<unsigned long long>> spanPages;
+  unsigned long long backing = 0;  // the backend's id of the memory reserved for it (the CPU's shmem object)
+  bool sharesPages = false;        // some of its pages were mapped into, or from, another tensor (sharePaged)
 
   int64_t cols() const { return shape.empty() ? 1 : shape.back(); }
   int64_t rows() const { return cols() == 0 ? 0 : size / cols(); }
@@ -286,9 +289,15 @@ class Device {
   // Paged tensors. pageBytes: the unit memory is mapped in. reservePaged sets tensor.data to address space for
   // tensor.bytes (spans × spanBytes, spanBytes a multiple of pageBytes) with nothing mapped; commitPaged maps each
   // span's first `bytesPerSpan` (rounded up to pages; never shrinks); releasePaged unmaps and frees everything.
+  // sharePaged maps into each span of `target` (nothing committed yet) the pages of the same span of `source` that lie
+  // wholly inside its first `bytesPerSpan` — the same physical pages at the same offsets, so a write through either
+  // tensor shows in both — and gives the last partial page, if any, a fresh page holding a copy of those bytes (copy on
+  // write: both may write past `bytesPerSpan`). A page is freed when the last tensor mapping it is released; memory()
+  // counts it once. The caller keeps both tensors from writing below `bytesPerSpan` once shared.
   virtual size_t pageBytes() const = 0;
   virtual void reservePaged(Tensor& tensor) = 0;
   virtual void commitPaged(Tensor& tensor, size_t bytesPerSpan) = 0;
+  virtual void sharePaged(Tensor& target, Tensor& source, size_t bytesPerSpan) = 0;
   virtual void releasePaged(Tensor& tensor) = 0;
   // Per-op device time since the last call (op name → {count, milliseconds}); empty unless the backend profiles.
   struct OpTime { std::string name; int count; double milliseconds; };

@@ -145,6 +145,36 @@ export class NativeBackend implements Backend {
     return tensor.committedRows;
   }
 
+  sharePaged(target: Tensor, source: Tensor, rows: number): number {
+    const targetId = expectTensor('target', target, this.device);
+    const sourceId = expectTensor('source', source, this.device);
+    for (const [name, tensor] of [
+      ['target', target],
+      ['source', source],
+    ] as const) {
+      if (tensor.committedRows === undefined) {
+        throw new DuoArgumentError(name, `Expected a paged tensor (from allocPaged) but received ${tensor.describe()}`);
+      }
+    }
+    if (target === source)
+      throw new DuoArgumentError('target', 'Expected `target` and `source` to be different tensors');
+    if (target.dtype !== source.dtype || target.shape[0] !== source.shape[0] || target.shape[2] !== source.shape[2]) {
+      throw new DuoArgumentError(
+        'target',
+        `Expected \`target\` of \`source\`'s dtype, spans and width (${source.describe()}) but received ${target.describe()}`,
+      );
+    }
+    if (target.committedRows !== 0) {
+      throw new DuoArgumentError(
+        'target',
+        `Expected a \`target\` with nothing committed but it backs ${target.committedRows} rows`,
+      );
+    }
+    expectInteger('rows', rows, 0, Math.min(target.shape[1] ?? 0, source.committedRows ?? 0));
+    target.committedRows = callNative(() => this.#native.sharePaged(targetId, sourceId, rows));
+    return target.committedRows;
+  }
+
   alloc(dtype: DType, shape: readonly number[]): Tensor {
     if (!isDType(dtype)) {
       throw new DuoArgumentError(

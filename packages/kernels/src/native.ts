@@ -76,6 +76,7 @@ export interface NativeAddon extends ElementwiseNatives {
   resetPeak(device: DeviceKind): void;
   allocPaged(device: DeviceKind, dtype: DType, shape: readonly number[]): number;
   commitPaged(tensor: number, rows: number): number;
+  sharePaged(target: number, source: number, rows: number): number;
   pageBytes(device: DeviceKind): number;
   memory(device: DeviceKind): {
     allocatedBytes: number;

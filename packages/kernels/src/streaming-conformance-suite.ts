@@ -233,6 +233,64 @@ export function streamingConformanceSuite(
       plain.dispose();
     });
 
+    it('paged tensors share whole pages (a write shows through both), copy the partial one, free each page once', async () => {
+      const page = b().pageBytes;
+      const width = 64;
+      const rowBytes = width * 4;
+      const pageRows = page / gcd(page, rowBytes);
+      const before = b().memory().allocatedBytes;
+      const source = b().allocPaged('f32', [2, 4 * pageRows, width]);
+      b().commitPaged(source, 4 * pageRows);
+      b().fillRandom(source, 3);
+      const original = (await b().read(source)) as Float32Array;
+      const shared = 2 * pageRows + pageRows / 2;
+      const target = b().allocPaged('f32', [2, 3 * pageRows, width]);
+      expect(b().sharePaged(target, source, shared)).toBe(3 * pageRows);
+      // Two whole pages per span are the source's; the third (partial) page is the target's own.
+      expect(b().memory().allocatedBytes - before).toBe(2 * 4 * pageRows * rowBytes + 2 * pageRows * rowBytes);
+      const seen = (await b().read(target)) as Float32Array;
+      const spanValues = (tensor: Float32Array, span: number, rows: number, length: number) =>
+        Array.from(tensor.subarray(span * length * width, (span * length + rows) * width));
+      for (const span of [0, 1]) {
+        expect(spanValues(seen, span, shared, 3 * pageRows)).toEqual(spanValues(original, span, shared, 4 * pageRows));
+      }
+      // A write to a shared page shows in the source; one past the shared rows (the copied page) does not.
+      const row = new Float32Array(width).fill(42);
+      b().write(target, row, (3 * pageRows + 1) * width);
+      b().write(target, row, (3 * pageRows + shared) * width);
+      const after = (await b().read(source)) as Float32Array;
+      expect(Array.from(after.subarray((4 * pageRows + 1) * width, (4 * pageRows + 2) * width))).toEqual(
+        Array.from(row),
+      );
+      expect(after[(4 * pageRows + shared) * width]).toBe(original[(4 * pageRows + shared) * width]);
+      // Sharing on from the target (a chain), then freeing in any order: each page once.
+      const third = b().allocPaged('f32', [2, 2 * pageRows, width]);
+      expect(b().sharePaged(third, target, pageRows)).toBe(pageRows);
+      expect(b().memory().allocatedBytes - before).toBe(2 * 4 * pageRows * rowBytes + 2 * pageRows * rowBytes);
+      source.dispose();
+      expect(b().memory().allocatedBytes - before).toBe(2 * 3 * pageRows * rowBytes);
+      b().commitPaged(third, 2 * pageRows);
+      const kept = (await b().read(third)) as Float32Array;
+      // Span 1, row 1 of the chain's end is the page written through `target` (span 1 starts at 2 · pageRows rows).
+      expect(Array.from(kept.subarray((2 * pageRows + 1) * width, (2 * pageRows + 2) * width))).toEqual(
+        Array.from(row),
+      );
+      expect(kept[0]).toBe(original[0]);
+      target.dispose();
+      expect(b().memory().allocatedBytes - before).toBe(2 * 2 * pageRows * rowBytes);
+      third.dispose();
+      expect(b().memory().allocatedBytes).toBe(before);
+      const plain = b().allocPaged('f32', [2, pageRows, width]);
+      b().commitPaged(plain, 1);
+      const other = b().allocPaged('f32', [2, pageRows, width]);
+      expect(() => b().sharePaged(other, plain, pageRows + 1)).toThrow(DuoArgumentError);
+      expect(() => b().sharePaged(plain, other, 0)).toThrow('nothing committed');
+      const wrongWidth = b().allocPaged('f32', [2, 2 * pageRows, width / 2]);
+      expect(() => b().sharePaged(wrongWidth, plain, 1)).toThrow(DuoArgumentError);
+      for (const tensor of [plain, other, wrongWidth]) tensor.dispose();
+      expect(b().memory().allocatedBytes).toBe(before);
+    });
+
     // The CPU maps lazily (no out-of-memory point to reach), so this runs on CUDA only.
     (label === 'cuda' ? it : it.skip)(
       'a commit the device cannot back fails as out of memory and leaves the tensor as it was',

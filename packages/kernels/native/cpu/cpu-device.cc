@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 
 
@@ -47,31 +49,119 @@ void CpuDevice::release(void* pointer, size_t bytes) {
   allocated_ -= bytes;
 }
 
-// Paged tensors on the CPU: one anonymous mapping the OS backs page by page on first touch, so memory that was never
-// committed costs nothing; commits are accounted here.
+// Paged tensors on the CPU: one shared anonymous mapping (its own shmem object) per tensor, which the OS backs page by
+// page on first touch, so memory that was never committed costs nothing; commits are accounted here. Shared, not
+// private, so that sharePaged can map the same physical pages at a second address (mremap with old size 0 duplicates a
+// shared mapping); each page's record counts the tensors that map it, and a page whose last mapping goes is punched
+// out of its shmem object (MADV_REMOVE) even while that object lives on through another tensor's mappings.
 size_t CpuDevice::pageBytes() const { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
 
 void CpuDevice::reservePaged(Tensor& tensor) {
   void* pointer = tensor.bytes == 0 ? nullptr
-                                    : mmap(nullptr, tensor.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                                    : mmap(nullptr, tensor.bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (pointer == MAP_FAILED) throw Error("DUO_OOM", "CPU reservation of " + std::to_string(tensor.bytes) + " bytes failed");
   tensor.data = pointer;
+  tensor.backing = nextBacking_++;
+  tensor.spanPages.assign(static_cast<size_t>(tensor.spans), {});
+}
+
+unsigned long long CpuDevice::newPage(unsigned long long backing, unsigned long long backingPage) {
+  unsigned long long record;
+  if (freeRecords_.empty()) {
+    record = pages_.size();
+    pages_.emplace_back();
+  } else {
+    record = freeRecords_.back();
+    freeRecords_.pop_back();
+  }
+  pages_[record] = PageRecord{backing, backingPage, 1};
+  return record;
 }
 
 void CpuDevice::commitPaged(Tensor& tensor, size_t bytesPerSpan) {
   const size_t page = pageBytes();
   const size_t wanted = std::min(tensor.spanBytes, (bytesPerSpan + page - 1) / page * page);
   if (wanted <= tensor.committedPerSpan) return;
+  for (int64_t span = 0; span < tensor.spans; span++) {
+    for (size_t offset = tensor.committedPerSpan; offset < wanted; offset += page)
+      tensor.spanPages[span].push_back(newPage(tensor.backing, (span * tensor.spanBytes + offset) / page));
+  }
   allocated_ += static_cast<size_t>(tensor.spans) * (wanted - tensor.committedPerSpan);
   peak_ = std::max(peak_, allocated_);
   tensor.committedPerSpan = wanted;
 }
 
+void CpuDevice::sharePaged(Tensor& target, Tensor& source, size_t bytesPerSpan) {
+  const size_t page = pageBytes();
+  const size_t whole = bytesPerSpan / page, total = (bytesPerSpan + page - 1) / page;
+  for (int64_t span = 0; span < target.spans; span++) {
+    char* from = static_cast<char*>(source.data) + span * source.spanBytes;
+    char* to = static_cast<char*>(target.data) + span * target.spanBytes;
+    const std::vector<unsigned long long>& sourcePages = source.spanPages[span];
+    std::vector<unsigned long long>& targetPages = target.spanPages[span];
+    // Runs of pages that are consecutive pages of one shmem object: one duplicated mapping each.
+    for (size_t first = 0; first < whole;) {
+      const PageRecord& start = pages_[sourcePages[first]];
+      size_t run = 1;
+      while (first + run < whole && pages_[sourcePages[first + run]].backing == start.backing &&
+             pages_[sourcePages[first + run]].backingPage == start.backingPage + run)
+        run++;
+      void* mapped = mremap(from + first * page, 0, run * page, MREMAP_MAYMOVE | MREMAP_FIXED, to + first * page);
+      if (mapped == MAP_FAILED) {
+        // What is mapped so far stays recorded, so releasing the target frees exactly that; it is unusable otherwise.
+        target.committedPerSpan = 0;
+        target.sharesPages = source.sharesPages = true;
+        throw Error("DUO_OOM", "mapping shared pages failed: " + std::string(std::strerror(errno)));
+      }
+      for (size_t i = first; i < first + run; i++) {
+        pages_[sourcePages[i]].mappings++;
+        targetPages.push_back(sourcePages[i]);
+      }
+      first += run;
+    }
+    if (total > whole) {  // the last partial page: a fresh page of the target's own, holding a copy
+      targetPages.push_back(newPage(target.backing, (span * target.spanBytes + whole * page) / page));
+      std::memcpy(to + whole * page, from + whole * page, bytesPerSpan - whole * page);
+      allocated_ += page;
+    }
+  }
+  peak_ = std::max(peak_, allocated_);
+  target.committedPerSpan = total * page;
+  target.sharesPages = source.sharesPages = true;
+}
+
 void CpuDevice::releasePaged(Tensor& tensor) {
-  if (tensor.data) munmap(tensor.data, tensor.bytes);
-  allocated_ -= static_cast<size_t>(tensor.spans) * tensor.committedPerSpan;
+  if (!tensor.data) return;
+  const size_t page = pageBytes();
+  size_t freed = 0;
+  for (int64_t span = 0; span < tensor.spans; span++) {
+    char* base = static_cast<char*>(tensor.data) + span * tensor.spanBytes;
+    const std::vector<unsigned long long>& pages = tensor.spanPages[span];
+    // Pages of this span that no other tensor maps: punched out in runs (a shmem object other tensors still map
+    // would otherwise keep them), unless no page of this tensor was ever shared, when unmapping frees them all.
+    size_t runStart = 0, runLength = 0;
+    const auto punch = [&] {
+      if (runLength > 0 && tensor.sharesPages) madvise(base + runStart * page, runLength * page, MADV_REMOVE);
+      runLength = 0;
+    };
+    for (size_t i = 0; i < pages.size(); i++) {
+      PageRecord& record = pages_[pages[i]];
+      if (--record.mappings > 0) {
+        punch();
+        continue;
+      }
+      freeRecords_.push_back(pages[i]);
+      freed++;
+      if (runLength == 0) runStart = i;
+      runLength++;
+    }
+    punch();
+  }
+  munmap(tensor.data, tensor.bytes);
+  allocated_ -= freed * page;
   tensor.data = nullptr;
   tensor.committedPerSpan = 0;
+  tensor.spanPages.clear();
 }
 
 void CpuDevice::write(Tensor& tensor, const void* host, size_t byteOffset, size_t bytes) {

@@ -22,6 +22,7 @@ class CpuDevice final : public Device {
   size_t pageBytes() const override;
   void reservePaged(Tensor& tensor) override;
   void commitPaged(Tensor& tensor, size_t bytesPerSpan) override;
+  void sharePaged(Tensor& target, Tensor& source, size_t bytesPerSpan) override;
   void releasePaged(Tensor& tensor) override;
 
   void copyRows(const Tensor& source, Tensor& target, int64_t sourceRow, int64_t targetRow, int64_t rows) override;
@@ -60,8 +61,18 @@ class CpuDevice final : public Device {
   // (cpu/quantize.cc).
   void writeQuantizedRows(const Tensor& k, const Tensor& v, const int32_t* positions, int kvHeads, int headDim, Tensor& keyCodes,
                           Tensor& valueCodes, const StreamingLayout& streaming, const KvQuantPlanes& quant);
+  // Every page a paged tensor maps: the shmem object and page it lives in, and how many tensors map it. A tensor's
+  // spanPages hold indices into pages_; freed records are reused.
+  struct PageRecord {
+    unsigned long long backing = 0, backingPage = 0;
+    uint32_t mappings = 0;
+  };
+  unsigned long long newPage(unsigned long long backing, unsigned long long backingPage);
   ThreadPool pool_;
   size_t allocated_ = 0, peak_ = 0;
+  std::vector<PageRecord> pages_;
+  std::vector<unsigned long long> freeRecords_;
+  unsigned long long nextBacking_ = 1;
 };
 
 // Element i of a tensor whose storage is `dtype`, as f32.

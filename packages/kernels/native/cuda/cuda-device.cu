@@ -73,6 +73,10 @@ class CudaDevice final : public Device {
     allocated_ += paged_.commit(tensor, bytesPerSpan, stream_);
     peak_ = std::max(peak_, allocated_);
   }
+  void sharePaged(Tensor& target, Tensor& source, size_t bytesPerSpan) override {
+    allocated_ += paged_.share(target, source, bytesPerSpan, stream_);
+    peak_ = std::max(peak_, allocated_);
+  }
   void releasePaged(Tensor& tensor) override { allocated_ -= paged_.release(tensor, stream_); }
 
   void release(void* pointer, size_t bytes) override {

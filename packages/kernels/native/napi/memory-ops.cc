@@ -136,6 +136,26 @@ Napi::Value commitPaged(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(tensor.committedPerSpan / (tensor.shape[2] * dtypeBytes(tensor.dtype))));
 }
 
+// Maps the pages of `source` that hold rows 0 … rows − 1 of each span into `target` (nothing committed yet), copying
+// the last partial page; returns the rows of `target` now backed.
+Napi::Value sharePaged(const Napi::CallbackInfo& info) {
+  Tensor& target = tensorAt(info[0]);
+  Tensor& source = tensorAt(info[1]);
+  const int64_t rows = integer(info, 2);
+  sameDevice({&target, &source});
+  if (!target.paged || !source.paged) throw Error("DUO_ARG", "sharePaged needs two paged tensors");
+  if (&target == &source) throw Error("DUO_ARG", "sharePaged needs two different tensors");
+  if (target.dtype != source.dtype || target.spans != source.spans || target.shape[2] != source.shape[2])
+    throw Error("DUO_ARG", "sharePaged needs tensors of one dtype, span count and width");
+  const size_t rowBytes = static_cast<size_t>(target.shape[2]) * dtypeBytes(target.dtype);
+  const size_t bytes = static_cast<size_t>(rows) * rowBytes;
+  if (rows < 0 || rows > target.shape[1] || bytes > source.committedPerSpan)
+    throw Error("DUO_ARG", "sharePaged: rows must be committed in the source and fit the target");
+  if (target.committedPerSpan != 0) throw Error("DUO_ARG", "sharePaged needs a target with nothing committed");
+  if (rows > 0) target.device->sharePaged(target, source, bytes);
+  return Napi::Number::New(info.Env(), static_cast<double>(target.committedPerSpan / std::max<size_t>(rowBytes, 1)));
+}
+
 Napi::Value pageBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(deviceOf(info[0])->pageBytes()));
 }
