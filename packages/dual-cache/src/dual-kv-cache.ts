@@ -15,6 +15,7 @@ import {
 } from '@duoattn/core';
 import { type KvPlane, kvPlanes, kvRowBytes } from '@duoattn/kv-quant';
 import type { KvPagePool } from './page-pool.js';
+import { type RingGeometry, SharedPages, StreamingSnapshot } from './shared-pages.js';
 
 /** The attention inputs of one layer: the full region and, when some heads stream, the streaming region. */
 export interface CacheLayer {
@@ -53,6 +54,18 @@ export interface DualKvCacheOptions {
    * DuoOutOfMemoryError with nothing mapped. Default none: only the device's memory limits the cache.
    */
   readonly pool?: KvPagePool;
+}
+
+/**
+ * A cached prefix as a cache adopts it: per layer its full-region planes (in `DualKvCache.fullPlanes` order) holding at
+ * least the adopted rows, the shared pages of each of its prefill chunks, and the streaming snapshot at a boundary.
+ */
+export interface PrefixSource {
+  fullPlanes(): readonly (readonly TensorHandle[])[];
+  /** Per prefill chunk of the prefix, its shared pages. */
+  readonly blocks: readonly SharedPages[];
+  /** The streaming heads' snapshot with `rows` tokens in the cache (undefined: none, or no streaming heads). */
+  snapshotAt(rows: number): StreamingSnapshot | undefined;
 }
 
 /** Tokens the full regions grow by so that every plane maps whole pages. */
@@ -134,6 +147,9 @@ export class DualKvCache {
   readonly #layers: CacheLayer[] = [];
   readonly #pool: KvPagePool | undefined;
   readonly #pages = { full: 0, streaming: 0 };
+  readonly #planes: readonly KvPlane[];
+  /** Per prefill chunk from position 0, the pages this cache maps together with cached prefixes (counted there). */
+  readonly #shared: SharedPages[] = [];
   #capacity = 0;
   #disposed = false;
 
@@ -153,6 +169,7 @@ export class DualKvCache {
     this.dtype = dtype;
     this.kvQuant = options.kvQuant ?? 'none';
     const planes = kvPlanes(config.headDim, dtype, this.kvQuant);
+    this.#planes = planes;
     this.maxTokens = maxTokens;
     this.chunkTokens = chunkTokens;
     this.blockTokens = Math.min(maxTokens, options.blockTokens ?? 4096);
@@ -274,7 +291,7 @@ export class DualKvCache {
     const wanted = Math.min(this.maxTokens, Math.max(tokens, this.#capacity + this.blockTokens));
     if (this.#pool) {
       // The pages first: a pool that cannot give them leaves the cache as it was.
-      const pages = this.#pool.pagesFor(this.#regionBytes(wanted).full) - this.#pages.full;
+      const pages = this.#pool.pagesFor(this.#regionBytes(wanted).full) - this.#sharedPages() - this.#pages.full;
       if (pages > 0) {
         this.#pool.take(pages, 'full');
         this.#pages.full += pages;
@@ -287,6 +304,147 @@ export class DualKvCache {
     }
     this.#capacity = Math.min(backed, this.maxTokens);
     return true;
+  }
+
+  /**
+   * What makes two caches' contents interchangeable for the same tokens: the plan's heads (and window when some heads
+   * stream), the storage (dtype, KV scheme), the streaming mask and the prefill chunk. A cached prefix serves only caches
+   * with its key.
+   */
+  get prefixKey(): string {
+    const { retrievalHeads, kvHeads, sink, recent } = this.plan;
+    const streams = retrievalHeads.some((heads) => heads.length < kvHeads);
+    return JSON.stringify([
+      retrievalHeads,
+      kvHeads,
+      streams ? [sink, recent, this.#mask] : [],
+      this.dtype,
+      this.kvQuant,
+      this.chunkTokens,
+    ]);
+  }
+
+  /** @internal Per layer, the full region's planes: keys, values, then their scales when quantized. */
+  fullPlanes(): readonly (readonly TensorHandle[])[] {
+    return this.#layers.map(({ keyCache, valueCache, quant }) =>
+      quant ? [keyCache, valueCache, quant.keyScales, quant.valueScales] : [keyCache, valueCache],
+    );
+  }
+
+  /** @internal Per layer, the streaming region's planes in `fullPlanes` order (undefined where no head streams). */
+  streamingPlanes(): readonly (readonly TensorHandle[] | undefined)[] {
+    return this.#layers.map(({ streaming, quant }) => {
+      if (!streaming) return undefined;
+      const { keyCache, valueCache } = streaming;
+      return quant?.streamKeyScales && quant.streamValueScales
+        ? [keyCache, valueCache, quant.streamKeyScales, quant.streamValueScales]
+        : [keyCache, valueCache];
+    });
+  }
+
+  /** Whether some head of some layer streams (a prefix then needs a streaming snapshot). */
+  get hasStreamingHeads(): boolean {
+    return this.#layers.some((layer) => layer.streaming !== undefined);
+  }
+
+  /** Rows from position 0 whose whole pages this cache shares with cached prefixes. */
+  get sharedRows(): number {
+    return this.#shared.length * this.chunkTokens;
+  }
+
+  /**
+   * Pages of the full regions over rows `0 … rows − 1`: those any of the rows touch ('ceil': what the cache maps) or
+   * those wholly inside them ('floor': what can be shared).
+   */
+  fullPages(rows: number, rounding: 'floor' | 'ceil'): number {
+    const round = rounding === 'floor' ? Math.floor : Math.ceil;
+    const page = this.#backend.pageBytes;
+    let pages = 0;
+    for (const { retrievalHeads } of this.#layers) {
+      for (const plane of this.#planes) {
+        // Keys and values.
+        pages += 2 * retrievalHeads.length * round((rows * plane.width * dtypeBytes(plane.dtype)) / page);
+      }
+    }
+    return pages;
+  }
+
+  /**
+   * Makes this fresh cache (nothing reserved: `initialTokens: 0`) start with a cached prefix's first `rows` tokens (a
+   * multiple of the prefill chunk): the full regions map the prefix's pages wholly inside those rows and copy the last
+   * partial page (its own, taken from the pool first), and the streaming regions get the prefix's snapshot at `rows`.
+   * The shared pages stay counted once, by the prefix's chunks, which this cache now also holds.
+   */
+  adoptPrefix(source: PrefixSource, rows: number): void {
+    this.#checkLive();
+    const chunks = rows / this.chunkTokens;
+    if (!Number.isInteger(chunks) || chunks < 1 || rows > this.maxTokens || chunks > source.blocks.length) {
+      throw new DuoArgumentError(
+        'rows',
+        `Expected \`rows\` to be a positive multiple of the ${this.chunkTokens}-token chunk within the prefix (${source.blocks.length} chunks) and maxTokens ${this.maxTokens} but received ${rows}`,
+      );
+    }
+    if (this.#capacity !== 0 || this.#shared.length > 0) {
+      throw new DuoArgumentError('rows', 'Expected a fresh cache (initialTokens: 0) to adopt a prefix');
+    }
+    const snapshot = this.hasStreamingHeads ? source.snapshotAt(rows) : undefined;
+    if (this.hasStreamingHeads && !snapshot) {
+      throw new DuoArgumentError('rows', `The prefix holds no streaming snapshot at ${rows} tokens`);
+    }
+    const own = this.fullPages(rows, 'ceil') - this.fullPages(rows, 'floor');
+    this.#pool?.take(own, 'full');
+    this.#pages.full += own;
+    for (const block of source.blocks.slice(0, chunks)) this.#shared.push(block.retain());
+    const theirs = source.fullPlanes();
+    let backed = Number.POSITIVE_INFINITY;
+    this.fullPlanes().forEach((planes, layer) => {
+      planes.forEach((plane, index) => {
+        const from = theirs[layer]?.[index];
+        if (!from) throw new DuoArgumentError('source', `The prefix has no plane ${index} in layer ${layer}`);
+        backed = Math.min(backed, this.#backend.sharePaged(plane, from, rows));
+      });
+    });
+    this.#capacity = Math.min(backed, this.maxTokens);
+    snapshot?.restore(this.streamingPlanes());
+  }
+
+  /**
+   * Turns the pages of the full regions wholly inside rows `0 … rows − 1` (a multiple of the prefill chunk, within
+   * capacity) into shared pages, one set per chunk, and returns every chunk's set: a cached prefix made of these rows
+   * holds them, so they stay counted once however many caches map them. The cache must not write below `rows` after.
+   */
+  shareRows(rows: number): readonly SharedPages[] {
+    this.#checkLive();
+    const chunks = rows / this.chunkTokens;
+    if (!Number.isInteger(chunks) || rows > this.#capacity) {
+      throw new DuoArgumentError(
+        'rows',
+        `Expected \`rows\` to be a multiple of the ${this.chunkTokens}-token chunk within capacity ${this.#capacity} but received ${rows}`,
+      );
+    }
+    for (let chunk = this.#shared.length; chunk < chunks; chunk++) {
+      const pages =
+        this.fullPages((chunk + 1) * this.chunkTokens, 'floor') - this.fullPages(chunk * this.chunkTokens, 'floor');
+      this.#pages.full -= pages;
+      this.#shared.push(new SharedPages(pages, this.#pool));
+    }
+    return this.#shared.slice(0, chunks);
+  }
+
+  /** The streaming heads' live rows with `position` tokens in the cache (undefined without streaming heads). */
+  snapshotStreaming(position: number): StreamingSnapshot | undefined {
+    this.#checkLive();
+    if (!this.hasStreamingHeads) return undefined;
+    return StreamingSnapshot.take(this.#backend, this.streamingPlanes(), this.ringGeometry, position, this.#pool);
+  }
+
+  /** The streaming regions' layout: sinks, the window later queries see, the ring's slots. */
+  get ringGeometry(): RingGeometry {
+    return { sink: this.plan.sink, recent: this.plan.recent, ring: this.plan.recent + this.chunkTokens };
+  }
+
+  #sharedPages(): number {
+    return this.#shared.reduce((sum, block) => sum + block.pages, 0);
   }
 
   /**
@@ -361,6 +519,7 @@ export class DualKvCache {
   }
 
   #givePages(): void {
+    for (const block of this.#shared.splice(0)) block.release();
     if (!this.#pool) return;
     this.#pool.give(this.#pages.full, 'full');
     this.#pool.give(this.#pages.streaming, 'streaming');

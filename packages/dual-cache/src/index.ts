@@ -1,4 +1,5 @@
-// Public surface of @duoattn/dual-cache: head patterns, plans, the dual KV cache and the memory planner.
+// Public surface of @duoattn/dual-cache: head patterns, plans, the dual KV cache, the page pool, the prefix cache and
+// the memory planner.
 export {
   type BinarizeOptions,
   checkPlan,
@@ -14,6 +15,7 @@ export {
   type DualKvCacheOptions,
   dualCacheBytes,
   kvPageTokens,
+  type PrefixSource,
   pageTokens,
   streamingSlots,
 } from './dual-kv-cache.js';
@@ -41,3 +43,10 @@ export {
   weightBytes,
 } from './planner.js';
 export { policyPlan } from './policy-plan.js';
+export {
+  CachedPrefix,
+  PrefixCache,
+  type PrefixCacheStats,
+  type PrefixMatch,
+} from './prefix-cache.js';
+export { type RingGeometry, SharedPages, type StreamingPlanes, StreamingSnapshot } from './shared-pages.js';
