@@ -128,6 +128,56 @@ export function dualCacheBytes(
 }
 
 /**
+ * The prefix-cache key of a cache: what makes two caches' contents interchangeable for the same tokens on one model —
+ * the plan's retrieval heads (and, when some heads stream, the window and the streaming mask), the storage (dtype, KV
+ * scheme) and the prefill chunk (a prefix's rows run in its chunks).
+ */
+export function prefixKey(
+  plan: HeadPlan,
+  storage: {
+    readonly dtype: DType;
+    readonly kvQuant: KvQuantScheme;
+    readonly prefillMask: PrefillMask;
+    readonly chunkTokens: number;
+  },
+): string {
+  const { retrievalHeads, kvHeads, sink, recent } = plan;
+  const streams = retrievalHeads.some((heads) => heads.length < kvHeads);
+  const sorted = retrievalHeads.map((heads) => [...heads].sort((a, b) => a - b));
+  return JSON.stringify([
+    sorted,
+    kvHeads,
+    streams ? [sink, recent, storage.prefillMask] : [],
+    storage.dtype,
+    storage.kvQuant,
+    storage.chunkTokens,
+  ]);
+}
+
+/**
+ * Pages of the full regions (keys and values, every plane and retrieval head) over rows `0 … rows − 1`: those any of the
+ * rows touch ('ceil': what a cache maps for them) or those wholly inside them ('floor': what a cached prefix of `rows`
+ * tokens shares with the caches that adopt it).
+ */
+export function fullRegionPages(
+  config: Pick<ModelConfig, 'numKvHeads' | 'headDim'>,
+  plan: HeadPlan,
+  dtype: DType,
+  rows: number,
+  pageBytes: number,
+  rounding: 'floor' | 'ceil',
+  kvQuant: KvQuantScheme = 'none',
+): number {
+  const round = rounding === 'floor' ? Math.floor : Math.ceil;
+  let pages = 0;
+  for (const plane of kvPlanes(config.headDim, dtype, kvQuant)) {
+    const planePages = round((rows * plane.width * dtypeBytes(plane.dtype)) / pageBytes);
+    for (const heads of plan.retrievalHeads) pages += 2 * heads.length * planePages;
+  }
+  return pages;
+}
+
+/**
  * One sequence's DuoAttention cache. Per layer, retrieval heads keep every key (post-RoPE) in a full region: address
  * space for `maxTokens` positions, memory mapped page by page as the sequence grows (a paged tensor: nothing moves, so
  * kernels and captured graphs keep their addresses). Streaming heads keep `sink` slots and a ring of
@@ -312,16 +362,12 @@ export class DualKvCache {
    * with its key.
    */
   get prefixKey(): string {
-    const { retrievalHeads, kvHeads, sink, recent } = this.plan;
-    const streams = retrievalHeads.some((heads) => heads.length < kvHeads);
-    return JSON.stringify([
-      retrievalHeads,
-      kvHeads,
-      streams ? [sink, recent, this.#mask] : [],
-      this.dtype,
-      this.kvQuant,
-      this.chunkTokens,
-    ]);
+    return prefixKey(this.plan, {
+      dtype: this.dtype,
+      kvQuant: this.kvQuant,
+      prefillMask: this.#mask,
+      chunkTokens: this.chunkTokens,
+    });
   }
 
   /** @internal Per layer, the full region's planes: keys, values, then their scales when quantized. */
@@ -357,16 +403,8 @@ export class DualKvCache {
    * those wholly inside them ('floor': what can be shared).
    */
   fullPages(rows: number, rounding: 'floor' | 'ceil'): number {
-    const round = rounding === 'floor' ? Math.floor : Math.ceil;
-    const page = this.#backend.pageBytes;
-    let pages = 0;
-    for (const { retrievalHeads } of this.#layers) {
-      for (const plane of this.#planes) {
-        // Keys and values.
-        pages += 2 * retrievalHeads.length * round((rows * plane.width * dtypeBytes(plane.dtype)) / page);
-      }
-    }
-    return pages;
+    const config = { numKvHeads: this.plan.kvHeads, headDim: this.#headDim };
+    return fullRegionPages(config, this.plan, this.dtype, rows, this.#backend.pageBytes, rounding, this.kvQuant);
   }
 
   /**

@@ -14,9 +14,11 @@ export {
   DualKvCache,
   type DualKvCacheOptions,
   dualCacheBytes,
+  fullRegionPages,
   kvPageTokens,
   type PrefixSource,
   pageTokens,
+  prefixKey,
   streamingSlots,
 } from './dual-kv-cache.js';
 export { KvPagePool, type KvPoolUsage, type KvRegion } from './page-pool.js';

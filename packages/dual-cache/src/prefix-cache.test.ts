@@ -60,6 +60,8 @@ describe('PrefixCache', () => {
       expect(prefixes.lookup('another policy', ask, ask.length - 1)).toBeUndefined();
       const match = prefixes.lookup(source.prefixKey, ask, ask.length - 1);
       expect(match?.rows).toBe(rows);
+      prefixes.record(match);
+      prefixes.record(undefined);
       const target = openCache(pool, 0, kvQuant);
       target.adoptPrefix(match?.prefix as CachedPrefix, rows);
       expect(target.sharedRows).toBe(rows);
@@ -147,7 +149,9 @@ describe('PrefixCache', () => {
     expect(prefixes.insert(made[1] as CachedPrefix)).toBe(true);
     // Using the first makes the second the least recent: the third evicts it.
     const first = [...tokens(2 * chunkTokens, 1), 0];
-    expect(prefixes.lookup(caches[0]?.prefixKey as string, first, first.length - 1)?.rows).toBe(2 * chunkTokens);
+    const match = prefixes.lookup(caches[0]?.prefixKey as string, first, first.length - 1);
+    expect(match?.rows).toBe(2 * chunkTokens);
+    prefixes.record(match);
     expect(prefixes.insert(made[2] as CachedPrefix)).toBe(true);
     expect(prefixes.stats()).toMatchObject({ entries: 2, evictions: 1, pages: 2 * one });
     const second = [...tokens(2 * chunkTokens, 2), 0];

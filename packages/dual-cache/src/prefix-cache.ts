@@ -213,10 +213,9 @@ export class PrefixCache {
 
   /**
    * The entry of policy `key` whose chunk-aligned common prefix with `tokens` is longest (within `limit` tokens: leave
-   * at least one prompt token to run), or undefined. A hit counts and makes the entry the most recently used.
+   * at least one prompt token to run), or undefined. Counts nothing: `record` what was used.
    */
   lookup(key: string, tokens: readonly number[], limit: number): PrefixMatch | undefined {
-    this.#lookups++;
     let best: PrefixMatch | undefined;
     for (const prefix of this.#entries) {
       if (prefix.key !== key) continue;
@@ -225,11 +224,16 @@ export class PrefixCache {
         best = { prefix, rows };
       }
     }
-    if (!best) return undefined;
-    this.#hits++;
-    this.#hitTokens += best.rows;
-    best.prefix.lastUsed = ++this.#clock;
     return best;
+  }
+
+  /** Counts a lookup whose match (if any) was used; a used entry becomes the most recently used. */
+  record(match: PrefixMatch | undefined): void {
+    this.#lookups++;
+    if (!match) return;
+    this.#hits++;
+    this.#hitTokens += match.rows;
+    match.prefix.lastUsed = ++this.#clock;
   }
 
   /** Whether an entry of `key` already serves every chunk boundary of `tokens` (a new entry would add nothing). */

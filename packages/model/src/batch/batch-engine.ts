@@ -15,7 +15,20 @@ import {
   type ModelConfig,
   type TensorHandle,
 } from '@duoattn/core';
-import { DualKvCache, dualCacheBytes, KvPagePool, type KvPoolUsage, policyPlan } from '@duoattn/dual-cache';
+import {
+  CachedPrefix,
+  DualKvCache,
+  dualCacheBytes,
+  fullRegionPages,
+  KvPagePool,
+  type KvPoolUsage,
+  PrefixCache,
+  type PrefixCacheStats,
+  type PrefixMatch,
+  policyPlan,
+  prefixKey,
+  type StreamingSnapshot,
+} from '@duoattn/dual-cache';
 import type { LlamaBlocks } from '../llama-blocks.js';
 import { checkSampling, type SamplingOptions, seededRandom } from '../sampling.js';
 import { checkPolicyShape, type ResolvedPolicy, resolvePolicy } from '../session.js';
@@ -77,6 +90,11 @@ export interface BatchUsage {
   readonly totalTokens: number;
   /** Tokens prefilled again after the sequence was preempted (0 unless it was). */
   readonly recomputedTokens: number;
+  /**
+   * Prompt tokens whose KV came from the prefix cache when the sequence was (last) admitted, not prefilled (OpenAI's
+   * `prompt_tokens_details.cached_tokens`).
+   */
+  readonly cachedTokens: number;
 }
 
 /** How a request ended. */
@@ -125,6 +143,15 @@ export interface BatchEngineOptions {
   cacheDtype?: 'auto' | 'f32' | 'f16' | 'bf16';
   /** With 'optimistic' admission: the full regions grow by at least this many tokens. Default 1024. */
   cacheBlockTokens?: number;
+  /**
+   * Prefix caching (default on, `maxBytes` half of `kvBudgetBytes`): a prompt's KV stays after its request ends — the
+   * retrieval heads' pages and the streaming heads' window at each prefill-chunk boundary — so a request under the same
+   * policy (plan, window, KV scheme, mask, chunk; the cache dtype) whose prompt starts with the same tokens maps those
+   * pages (shared, copy on write at the last partial page), restores the window and prefills only the rest, in the
+   * chunks a cold run uses (so its results are the cold run's). Cached prefixes hold at most `maxBytes` of the pool and
+   * are evicted least recently used first, and before any request waits or is preempted for pages. `false`: off.
+   */
+  prefixCache?: { readonly maxBytes?: number } | false;
 }
 
 /** Live counters of an engine. */
@@ -136,6 +163,8 @@ export interface BatchEngineStats {
   readonly preemptions: number;
   /** Tokens the last step ran (decode rows + prefill rows). */
   readonly lastStepRows: number;
+  /** The prefix cache: entries, pool pages (and bytes) they hold, lookups at admission, hits, tokens served, evictions. */
+  readonly prefixCache: PrefixCacheStats & { readonly bytes: number };
   /** Why the engine stopped, when a step failed (it then takes no requests). */
   readonly failure?: string;
 }
@@ -174,6 +203,14 @@ class Sequence {
   cancelled = false;
   preemptions = 0;
   recomputed = 0;
+  /** Tokens in the cache when it was last preempted (recomputed unless a cached prefix serves them). */
+  lost = 0;
+  /** Prompt tokens the prefix cache served at the last admission. */
+  cachedTokens = 0;
+  /** Streaming snapshots at the prompt's chunk boundaries, for the prefix this sequence will leave in the cache. */
+  readonly snapshots = new Map<number, StreamingSnapshot>();
+  /** Whether its prompt's prefix was offered to the prefix cache (once per admission). */
+  offered = false;
   /** Admission order: the highest is the newest (preempted first). */
   order = 0;
 
@@ -232,6 +269,7 @@ export class BatchEngine {
   #lastStepRows = 0;
   #failure: unknown;
   #closed = false;
+  readonly #prefixes: PrefixCache | undefined;
 
   /** @internal Use `LlamaModel.createBatchEngine`. */
   constructor(model: EngineModel, options: BatchEngineOptions = {}) {
@@ -265,6 +303,17 @@ export class BatchEngine {
     const backend = model.backend;
     const budget = options.kvBudgetBytes ?? defaultBudget(backend);
     this.pool = new KvPagePool({ budgetBytes: budget, pageBytes: backend.pageBytes });
+    const prefixOptions = options.prefixCache ?? {};
+    if (prefixOptions !== false) {
+      const maxBytes = prefixOptions.maxBytes ?? budget / 2;
+      if (!(Number.isFinite(maxBytes) && maxBytes >= 0)) {
+        throw new DuoArgumentError(
+          'prefixCache.maxBytes',
+          `Expected \`prefixCache.maxBytes\` to be a finite number ≥ 0 but received ${String(maxBytes)}`,
+        );
+      }
+      this.#prefixes = new PrefixCache({ maxPages: Math.floor(maxBytes / this.pool.pageBytes) });
+    }
     this.#workspaces = new StepWorkspaces(backend, model.config);
   }
 
@@ -281,6 +330,7 @@ export class BatchEngine {
       steps: this.#steps,
       preemptions: this.#preemptions,
       lastStepRows: this.#lastStepRows,
+      prefixCache: this.#prefixStats(),
       ...(this.#failure === undefined ? {} : { failure: describe(this.#failure) }),
     };
   }
@@ -326,6 +376,26 @@ export class BatchEngine {
     };
   }
 
+  /**
+   * Evicts every cached prefix: their pages go back to the pool at once, or when the last running sequence that maps
+   * them ends.
+   */
+  clearPrefixCache(): void {
+    this.#prefixes?.clear();
+  }
+
+  #prefixStats(): PrefixCacheStats & { bytes: number } {
+    const stats = this.#prefixes?.stats() ?? {
+      entries: 0,
+      pages: 0,
+      lookups: 0,
+      hits: 0,
+      hitTokens: 0,
+      evictions: 0,
+    };
+    return { ...stats, bytes: stats.pages * this.pool.pageBytes };
+  }
+
   /** Cancels every request, waits for the step in flight, and frees the engine's memory. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -335,6 +405,7 @@ export class BatchEngine {
     for (const sequence of this.#waiting.splice(0)) this.#finish(sequence, 'abort');
     this.#batch?.cache.dispose();
     this.#batch = undefined;
+    this.#prefixes?.clear();
     this.#workspaces.dispose();
   }
 
@@ -454,6 +525,7 @@ export class BatchEngine {
     } catch (error) {
       this.#failure = error;
       for (const sequence of [...this.#running.splice(0), ...this.#waiting.splice(0)]) {
+        this.#dropSnapshots(sequence);
         sequence.cache?.dispose();
         sequence.cache = undefined;
         sequence.queue.fail(error);
@@ -508,7 +580,10 @@ export class BatchEngine {
       blocks.mlp(layer, w.hidden, w.normed, w.gate);
     }
     members.forEach((sequence, s) => {
-      sequence.cached += rows[s] ?? 0;
+      const count = rows[s] ?? 0;
+      const prefill = count > 0 && sequence.cached < sequence.prompt.length;
+      sequence.cached += count;
+      if (prefill) this.#atChunkEnd(sequence);
     });
     this.#steps++;
     this.#lastStepRows = total;
@@ -573,15 +648,23 @@ export class BatchEngine {
     }
   }
 
-  /** Starts waiting sequences, first come first served, while there is room and (by the admission policy) pages. */
+  /**
+   * Starts waiting sequences, first come first served, while there is room and (by the admission policy) pages. A
+   * sequence whose prompt starts with a cached prefix adopts it and needs pages only past its shared pages; cached
+   * prefixes are evicted (least recently used first) before a sequence is left waiting for pages.
+   */
   #admit(): void {
     while (this.#waiting.length > 0 && this.#running.length < this.maxSequences) {
       const sequence = this.#waiting[0] as Sequence;
       const reserve = this.admission === 'reserve';
       const tokens = reserve ? sequence.capacity : Math.min(sequence.capacity, sequence.tokens.length);
-      if (!this.pool.fits(this.#pagesToAdmit(sequence, tokens))) {
+      let match = this.#match(sequence);
+      const pages = (used: PrefixMatch | undefined) =>
+        this.#pagesToAdmit(sequence, tokens) - (used ? this.#sharedPages(sequence, used.rows) : 0);
+      if (!this.#makeRoom(pages(match), match?.prefix)) {
         // Nothing running will free pages: only a lone sequence that cannot fit would wait forever, and submit refuses those.
-        break;
+        if (!match || !this.#makeRoom(pages(undefined))) break;
+        match = undefined;
       }
       this.#waiting.shift();
       const { config, backend } = this.#model;
@@ -593,12 +676,21 @@ export class BatchEngine {
         maxTokens: sequence.capacity,
         chunkTokens: sequence.policy.prefillChunk,
         blockTokens: reserve ? sequence.capacity : (this.#options.cacheBlockTokens ?? 1024),
-        initialTokens: tokens,
+        initialTokens: match ? 0 : tokens,
         prefillMask: sequence.policy.prefillMask,
         kvQuant: sequence.policy.kvQuant,
         pool: this.pool,
       });
       sequence.cached = 0;
+      sequence.offered = false;
+      if (this.#prefixes && sequence.request.syntheticContext === undefined) this.#prefixes.record(match);
+      if (match) {
+        sequence.cache.adoptPrefix(match.prefix, match.rows);
+        sequence.cache.reserve(tokens);
+        sequence.cached = match.rows;
+        sequence.recomputed -= Math.min(match.rows, sequence.lost);
+      }
+      sequence.cachedTokens = match?.rows ?? 0;
       const synthetic = sequence.request.syntheticContext ?? 0;
       if (synthetic > 0) {
         sequence.cache.reserve(synthetic);
@@ -611,6 +703,89 @@ export class BatchEngine {
       this.#batch?.cache.dispose();
       this.#batch = undefined;
     }
+  }
+
+  /** The longest cached prefix of the sequence's prompt under its policy, leaving at least one prompt token to run. */
+  #match(sequence: Sequence): PrefixMatch | undefined {
+    if (!this.#prefixes || sequence.request.syntheticContext) return undefined;
+    return this.#prefixes.lookup(this.#prefixKey(sequence), sequence.prompt, sequence.prompt.length - 1);
+  }
+
+  /** The prefix-cache key of a sequence's policy (as its cache will report it). */
+  #prefixKey(sequence: Sequence): string {
+    const plan = policyPlan(this.#model.config, sequence.request.policy ?? FULL_ATTENTION);
+    const { kvQuant, prefillMask, prefillChunk } = sequence.policy;
+    return prefixKey(plan, { dtype: this.cacheDtype, kvQuant, prefillMask, chunkTokens: prefillChunk });
+  }
+
+  /** Pool pages a cache of the sequence's policy shares with a cached prefix of `rows` tokens. */
+  #sharedPages(sequence: Sequence, rows: number): number {
+    const { config, backend } = this.#model;
+    const plan = policyPlan(config, sequence.request.policy ?? FULL_ATTENTION);
+    return fullRegionPages(config, plan, this.cacheDtype, rows, backend.pageBytes, 'floor', sequence.policy.kvQuant);
+  }
+
+  /** Evicts cached prefixes (least recently used first, `keep` last of all: never) until `pages` are free. */
+  #makeRoom(pages: number, keep?: CachedPrefix): boolean {
+    while (!this.pool.fits(pages)) if (!this.#prefixes?.evictOne(keep)) return false;
+    return true;
+  }
+
+  /**
+   * After a prefill chunk: at a chunk boundary of the prompt, a snapshot of the streaming heads (for the prefix the
+   * sequence leaves in the cache; skipped when the pool has no room); once the prompt is in, its prefix is offered.
+   */
+  #atChunkEnd(sequence: Sequence): void {
+    const cache = sequence.cache;
+    if (!this.#prefixes || !cache || sequence.request.syntheticContext || sequence.offered) return;
+    const position = sequence.cached;
+    if (position % cache.chunkTokens === 0 && position <= sequence.prompt.length && cache.hasStreamingHeads) {
+      try {
+        const snapshot = cache.snapshotStreaming(position);
+        if (snapshot) sequence.snapshots.set(position, snapshot);
+      } catch (error) {
+        if (!(error instanceof DuoOutOfMemoryError)) throw error;
+      }
+    }
+    if (position >= sequence.prompt.length) this.#offerPrefix(sequence);
+  }
+
+  /**
+   * Leaves the sequence's longest prompt prefix at a chunk boundary (with its streaming snapshot, when the policy has
+   * streaming heads) in the prefix cache, unless the cache already serves it or has no room.
+   */
+  #offerPrefix(sequence: Sequence): void {
+    const cache = sequence.cache;
+    if (!this.#prefixes || !cache || sequence.offered) return;
+    sequence.offered = true;
+    const chunk = cache.chunkTokens;
+    let rows = Math.floor(Math.min(sequence.cached, sequence.prompt.length) / chunk) * chunk;
+    while (rows > cache.sharedRows && cache.hasStreamingHeads && !sequence.snapshots.has(rows)) rows -= chunk;
+    const tokens = sequence.prompt.slice(0, rows);
+    const snapshots = new Map([...sequence.snapshots].filter(([position]) => position <= rows));
+    for (const [position, snapshot] of sequence.snapshots) if (position > rows) snapshot.dispose();
+    sequence.snapshots.clear();
+    const discard = () => {
+      for (const snapshot of snapshots.values()) snapshot.dispose();
+    };
+    if (rows <= cache.sharedRows || this.#prefixes.covers(cache.prefixKey, tokens)) {
+      discard();
+      return;
+    }
+    let prefix: CachedPrefix;
+    try {
+      prefix = CachedPrefix.fromCache(this.#model.backend, cache, tokens, snapshots, this.pool);
+    } catch (error) {
+      discard();
+      if (error instanceof DuoOutOfMemoryError) return;
+      throw error;
+    }
+    this.#prefixes.insert(prefix);
+  }
+
+  #dropSnapshots(sequence: Sequence): void {
+    for (const snapshot of sequence.snapshots.values()) snapshot.dispose();
+    sequence.snapshots.clear();
   }
 
   /**
@@ -639,7 +814,8 @@ export class BatchEngine {
       }
       const starved = this.#reserve(spans);
       if (starved === undefined) return spans;
-      this.#preempt(starved);
+      // Cached prefixes go before any running sequence does.
+      if (!this.#prefixes?.evictOne()) this.#preempt(starved);
     }
   }
 
@@ -659,8 +835,12 @@ export class BatchEngine {
   /** Evicts `sequence`: its pages go back to the pool and it waits first in line, to be recomputed from its tokens. */
   #preempt(sequence: Sequence): void {
     this.#running.splice(this.#running.indexOf(sequence), 1);
+    // What it computed of its prompt stays cached: its readmission (or another request) may adopt it.
+    this.#offerPrefix(sequence);
+    this.#dropSnapshots(sequence);
     sequence.cache?.dispose();
     sequence.cache = undefined;
+    sequence.lost = sequence.cached;
     sequence.recomputed += sequence.cached;
     sequence.cached = 0;
     sequence.preemptions++;
@@ -701,6 +881,8 @@ export class BatchEngine {
     // The cache batch names this sequence's caches: it goes first.
     this.#batch?.cache.dispose();
     this.#batch = undefined;
+    this.#offerPrefix(sequence);
+    this.#dropSnapshots(sequence);
     sequence.cache?.dispose();
     sequence.cache = undefined;
     this.#finish(sequence, reason);
@@ -718,6 +900,7 @@ export class BatchEngine {
         completionTokens: sequence.generated.length,
         totalTokens: sequence.prompt.length + sequence.generated.length,
         recomputedTokens: sequence.recomputed,
+        cachedTokens: sequence.cachedTokens,
       },
       timings: {
         admittedMs: since(sequence.admittedAt),

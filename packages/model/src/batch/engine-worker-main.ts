@@ -73,6 +73,9 @@ port.on('message', async (message: ToWorker) => {
     case 'cancel':
       streams.get(message.id)?.cancel();
       break;
+    case 'clearPrefixCache':
+      engine?.clearPrefixCache();
+      break;
     case 'stats':
       if (engine) post({ type: 'stats', id: message.id, stats: engine.stats() });
       break;

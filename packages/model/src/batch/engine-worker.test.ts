@@ -90,6 +90,7 @@ describe('the batch engine in a worker thread', () => {
     await engine.close();
     model.dispose();
     expect(remote).toEqual(local);
+    worker.clearPrefixCache();
     const stats = await worker.stats();
     expect(stats.pool.usedPages).toEqual({ full: 0, streaming: 0 });
     expect(stats.running + stats.waiting).toBe(0);

@@ -61,6 +61,7 @@ export type ToWorker =
   | { readonly type: 'submit'; readonly id: number; readonly request: Omit<BatchRequest, 'signal'> }
   | { readonly type: 'cancel'; readonly id: number }
   | { readonly type: 'stats'; readonly id: number }
+  | { readonly type: 'clearPrefixCache' }
   | { readonly type: 'close' };
 
 /** An error as it crosses the thread boundary. */
@@ -170,6 +171,11 @@ export class EngineWorker {
       this.#statsWaiters.set(id, resolve);
       this.#worker.postMessage({ type: 'stats', id } satisfies ToWorker);
     });
+  }
+
+  /** Evicts every cached prefix (`BatchEngine.clearPrefixCache`); the next `stats()` sees it. */
+  clearPrefixCache(): void {
+    this.#worker.postMessage({ type: 'clearPrefixCache' } satisfies ToWorker);
   }
 
   /** Cancels every request, frees the engine and the model, and ends the worker. */
