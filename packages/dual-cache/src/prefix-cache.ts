@@ -268,9 +268,15 @@ export class PrefixCache {
     return true;
   }
 
-  /** Evicts the least recently used entry (other than `keep`); returns whether there was one. */
-  evictOne(keep?: CachedPrefix): boolean {
-    const oldest = this.#leastRecent(keep);
+  /**
+   * Evicts the least recently used entry that no cache outside this one maps (other than `keep`), so that its pages go
+   * back to the pool now; returns whether there was one. An entry that running sequences share stays: evicting it would
+   * free next to nothing and lose the prefix.
+   */
+  evictUnreferenced(keep?: CachedPrefix): boolean {
+    const oldest = this.#leastRecent(keep, (prefix) =>
+      prefix.blocks.every((block) => block.holders === this.#heldBlocks.get(block)),
+    );
     if (!oldest) return false;
     this.#remove(oldest);
     return true;
@@ -292,10 +298,14 @@ export class PrefixCache {
     };
   }
 
-  #leastRecent(keep?: CachedPrefix): CachedPrefix | undefined {
+  #leastRecent(
+    keep?: CachedPrefix,
+    eligible: (prefix: CachedPrefix) => boolean = () => true,
+  ): CachedPrefix | undefined {
     let oldest: CachedPrefix | undefined;
     for (const prefix of this.#entries) {
-      if (prefix !== keep && (!oldest || prefix.lastUsed < oldest.lastUsed)) oldest = prefix;
+      if (prefix === keep || !eligible(prefix)) continue;
+      if (!oldest || prefix.lastUsed < oldest.lastUsed) oldest = prefix;
     }
     return oldest;
   }

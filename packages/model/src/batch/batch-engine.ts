@@ -725,9 +725,9 @@ export class BatchEngine {
     return fullRegionPages(config, plan, this.cacheDtype, rows, backend.pageBytes, 'floor', sequence.policy.kvQuant);
   }
 
-  /** Evicts cached prefixes (least recently used first, `keep` last of all: never) until `pages` are free. */
+  /** Evicts cached prefixes no sequence shares (least recently used first; never `keep`) until `pages` are free. */
   #makeRoom(pages: number, keep?: CachedPrefix): boolean {
-    while (!this.pool.fits(pages)) if (!this.#prefixes?.evictOne(keep)) return false;
+    while (!this.pool.fits(pages)) if (!this.#prefixes?.evictUnreferenced(keep)) return false;
     return true;
   }
 
@@ -759,8 +759,19 @@ export class BatchEngine {
     if (!this.#prefixes || !cache || sequence.offered) return;
     sequence.offered = true;
     const chunk = cache.chunkTokens;
+    // The longest prefix with its snapshot (when the policy needs one) that fits the cache's budget.
+    const pagesAt = (rows: number) => {
+      let pages = cache.fullPages(rows, 'ceil');
+      for (const [position, snapshot] of sequence.snapshots) if (position <= rows) pages += snapshot.pages;
+      return pages;
+    };
     let rows = Math.floor(Math.min(sequence.cached, sequence.prompt.length) / chunk) * chunk;
-    while (rows > cache.sharedRows && cache.hasStreamingHeads && !sequence.snapshots.has(rows)) rows -= chunk;
+    while (
+      rows > cache.sharedRows &&
+      ((cache.hasStreamingHeads && !sequence.snapshots.has(rows)) || pagesAt(rows) > this.#prefixes.maxPages)
+    ) {
+      rows -= chunk;
+    }
     const tokens = sequence.prompt.slice(0, rows);
     const snapshots = new Map([...sequence.snapshots].filter(([position]) => position <= rows));
     for (const [position, snapshot] of sequence.snapshots) if (position > rows) snapshot.dispose();
@@ -814,8 +825,8 @@ export class BatchEngine {
       }
       const starved = this.#reserve(spans);
       if (starved === undefined) return spans;
-      // Cached prefixes go before any running sequence does.
-      if (!this.#prefixes?.evictOne()) this.#preempt(starved);
+      // Cached prefixes no sequence shares go before any running sequence does.
+      if (!this.#prefixes?.evictUnreferenced()) this.#preempt(starved);
     }
   }
 
