@@ -197,7 +197,6 @@ export class DualKvCache {
   readonly #layers: CacheLayer[] = [];
   readonly #pool: KvPagePool | undefined;
   readonly #pages = { full: 0, streaming: 0 };
-  readonly #planes: readonly KvPlane[];
   /** Per prefill chunk from position 0, the pages this cache maps together with cached prefixes (counted there). */
   readonly #shared: SharedPages[] = [];
   #capacity = 0;
@@ -219,7 +218,6 @@ export class DualKvCache {
     this.dtype = dtype;
     this.kvQuant = options.kvQuant ?? 'none';
     const planes = kvPlanes(config.headDim, dtype, this.kvQuant);
-    this.#planes = planes;
     this.maxTokens = maxTokens;
     this.chunkTokens = chunkTokens;
     this.blockTokens = Math.min(maxTokens, options.blockTokens ?? 4096);
