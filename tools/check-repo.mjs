@@ -15,7 +15,7 @@ const LAYERS = [
   ['@duoattn/dual-cache'],
   ['@duoattn/model'],
   ['@duoattn/gate-trainer', '@duoattn/accs', '@duoattn/app-kit'],
-  ['duo-bench'],
+  ['duo-bench', 'duo-serve'],
 ];
 const layerOf = new Map(LAYERS.flatMap((names, layer) => names.map((name) => [name, layer])));
 

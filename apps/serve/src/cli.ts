@@ -27,7 +27,7 @@ export const serveHelp = `duo-serve [--model PATH] [--device auto|cpu|cuda] [--h
           [--attention full|streaming|duo] [--pattern DIR] [--sparsity S] [--kv-quant none|int8|int4|fp8] …
           [--max-tokens N] [--max-sequences N] [--step-tokens N] [--max-waiting N] [--kv-budget GB]
           [--admission reserve|optimistic] [--max-concurrent N] [--max-body MB] [--api-key KEY] [--cors ORIGINS]
-          [--chat-template FILE] [--log-level info|warn|error|silent]
+          [--chat-template FILE] [--prefix-cache GB] [--log-level info|warn|error|silent]
   An OpenAI-compatible server over duoattn's batch engine: POST /v1/chat/completions and /v1/completions (streamed as
   server-sent events or whole), GET /v1/models, POST /tokenize and /detokenize, GET /health (503 while loading or
   after an engine failure), GET /metrics (Prometheus), GET /v1/stats (live JSON), and the playground at /.
@@ -36,7 +36,9 @@ export const serveHelp = `duo-serve [--model PATH] [--device auto|cpu|cuda] [--h
   folder when it has one. --max-tokens: max_tokens when a request gives none (default 1024). --kv-budget: GB of KV
   cache all requests share (default: 85 % of free GPU memory, 2 on the CPU). --max-waiting: requests queued for
   memory before 429 (default 256). --api-key (repeatable; or DUO_API_KEYS=k1,k2) requires "Authorization: Bearer
-  KEY" on /v1, /tokenize and /detokenize. --cors: comma-separated allowed origins, or '*'.
+  KEY" on /v1, /tokenize and /detokenize. --cors: comma-separated allowed origins, or '*'. --prefix-cache: GB of
+  KV the cache of prompt prefixes may keep (a second question about a document reuses its pages; 0: off; default
+  half the KV budget).
 ${POLICY_HELP}`;
 
 async function main(argv: string[]): Promise<number> {
@@ -62,6 +64,7 @@ async function main(argv: string[]): Promise<number> {
     'api-key': { type: 'string', multiple: true } as unknown as { type: 'string' },
     cors: { type: 'string' },
     'chat-template': { type: 'string' },
+    'prefix-cache': { type: 'string' },
     'log-level': { type: 'string' },
   });
   const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
@@ -74,6 +77,11 @@ async function main(argv: string[]): Promise<number> {
   const kvBudget =
     options['kv-budget'] === undefined ? undefined : numberOption('kv-budget', options['kv-budget'], 0, 0.001) * 1e9;
   const admission = choiceOption('admission', options.admission, ['reserve', 'optimistic'] as const, 'reserve');
+  // GB the prefix cache may hold (0: off); default half the KV budget.
+  const prefixCache =
+    options['prefix-cache'] === undefined
+      ? undefined
+      : numberOption('prefix-cache', options['prefix-cache'], 0, 0) * 1e9;
   const maxConcurrent = integerOption('max-concurrent', options['max-concurrent'], 256, 1);
   const maxBody = numberOption('max-body', options['max-body'], 32, 0.001, 4096) * 1024 * 1024;
   const logLevel = choiceOption(
@@ -150,11 +158,13 @@ async function main(argv: string[]): Promise<number> {
         maxWaiting,
         admission,
         ...(kvBudget === undefined ? {} : { kvBudgetBytes: kvBudget }),
+        ...(prefixCache === undefined ? {} : { prefixCache: prefixCache === 0 ? false : { maxBytes: prefixCache } }),
       },
     });
     server.attach(inWorker(worker));
-    app.log.info(
-      `duo-serve: ready on http://${host}:${(app.server.address() as { port: number }).port} — ${id} on ${worker.info.deviceName}, ${attention} attention by default`,
+    // Always said (whatever --log-level): scripts wait for this line.
+    process.stderr.write(
+      `duo-serve: ready on http://${host}:${(app.server.address() as { port: number }).port} — ${id} on ${worker.info.deviceName}, ${attention} attention by default\n`,
     );
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);

@@ -133,7 +133,7 @@ export function startGeneration(
 }
 
 function cachedTokensOf(result: BatchResult): number {
-  return (result.usage as { cachedTokens?: number }).cachedTokens ?? 0;
+  return result.usage.cachedTokens;
 }
 
 function recordFinished(

@@ -74,7 +74,7 @@ export class ServeMetrics {
     });
     this.#kvPages = new Gauge({
       name: 'duoattn_kv_pages',
-      help: 'KV pool pages per state: in use by each region, or free',
+      help: 'KV pool pages per state: in use by each region (full, streaming), free, held by the prefix cache (prefix_cache), in use by requests beside it (requests)',
       labelNames: [...labels, 'state'],
       registers: [registry],
     });
@@ -133,6 +133,13 @@ export class ServeMetrics {
       this.#kvPages.set({ ...model, state: 'full' }, pool.usedPages.full);
       this.#kvPages.set({ ...model, state: 'streaming' }, pool.usedPages.streaming);
       this.#kvPages.set({ ...model, state: 'free' }, pool.freePages);
+      // Pages the prefix cache holds, and what the requests hold beside it (0 when nothing runs).
+      const cached = stats.prefixCache?.pages ?? 0;
+      this.#kvPages.set({ ...model, state: 'prefix_cache' }, cached);
+      this.#kvPages.set(
+        { ...model, state: 'requests' },
+        Math.max(0, pool.usedPages.full + pool.usedPages.streaming - cached),
+      );
       this.#preemptions.set(model, stats.preemptions);
     }
     return this.registry.metrics();

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { ModelConfig } from '@duoattn/core';
 import { applyChatTemplate, type BatchToken, type ChatMessage, type Tokenizer } from '@duoattn/model';
 import cors from '@fastify/cors';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { ZodType } from 'zod';
 import type { ServeEngine } from './engine-host.js';
 import { ApiError, RETRY_AFTER_SECONDS, toApiError } from './errors.js';
@@ -249,6 +249,9 @@ export function createServer(options: ServerOptions): DuoServer {
         : undefined,
       tokensPerSecond: tokensPerSecond.rate(),
       cachedTokens: cachedTokensTotal,
+      prefixCache: stats?.prefixCache
+        ? { entries: stats.prefixCache.entries, bytes: stats.prefixCache.bytes, hits: stats.prefixCache.hits }
+        : undefined,
       policy: {
         attention: resolver.defaults.attention,
         sparsity: resolver.defaults.sparsity,
@@ -305,7 +308,6 @@ export function createServer(options: ServerOptions): DuoServer {
     const id = `chatcmpl-${randomUUID()}`;
     const shape = chatShape(id, model.id, model.tokenizer, Boolean(body.logprobs));
     return respond(
-      request,
       reply,
       [generation],
       shape,
@@ -348,7 +350,6 @@ export function createServer(options: ServerOptions): DuoServer {
     const id = `cmpl-${randomUUID()}`;
     const shape = completionShape(id, model.id, model.tokenizer, body.logprobs ?? undefined);
     return respond(
-      request,
       reply,
       generations,
       shape,
@@ -376,7 +377,6 @@ export function createServer(options: ServerOptions): DuoServer {
 
   /** Sends a generation's result as JSON or server-sent events; cancels it when the client goes away. */
   async function respond(
-    request: FastifyRequest,
     reply: FastifyReply,
     generations: Generation[],
     shape: ResponseShape,

@@ -87,7 +87,8 @@ export const ENVIRONMENT_VARIABLES = [
   {
     name: 'DUO_API_KEYS',
     kind: 'text',
-    meaning: 'comma-separated bearer keys duo-serve accepts (instead of --api-key on the command line, where ps shows it)',
+    meaning:
+      'comma-separated bearer keys duo-serve accepts (instead of --api-key on the command line, where ps shows it)',
     usedBy: 'duo-serve → createServer({ apiKeys })',
   },
 ] as const satisfies readonly EnvironmentVariable[];
