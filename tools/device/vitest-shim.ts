@@ -105,6 +105,25 @@ export function expect(actual: unknown, label?: string) {
       }
       return fail('expected a throw');
     },
+    toContain: (item: unknown) =>
+      (typeof actual === 'string' ? actual.includes(String(item)) : (actual as unknown[]).includes(item)) ||
+      fail(`expected ${JSON.stringify(actual)?.slice(0, 200)} to contain ${JSON.stringify(item)}`),
+    toHaveLength: (length: number) =>
+      (actual as { length: number }).length === length ||
+      fail(`expected length ${length} but it is ${(actual as { length: number }).length}`),
+    toBeInstanceOf: (type: new (...args: never[]) => unknown) =>
+      actual instanceof type || fail(`expected an instance of ${type.name}`),
+    not: {
+      toThrow: () => {
+        try {
+          (actual as () => unknown)();
+        } catch (error) {
+          return fail(`expected no throw but it threw "${(error as Error).message}"`);
+        }
+        return true;
+      },
+      toBe: (expected: unknown) => !Object.is(actual, expected) || fail(`expected ${String(actual)} not to be it`),
+    },
   };
 }
 

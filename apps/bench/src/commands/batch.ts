@@ -1,6 +1,7 @@
 // duo-bench batch: continuous batching. Decode step time and aggregate tokens/s versus batch size at given contexts,
 // for each policy and KV scheme, beside the bytes-moved floor of the step (the weights once, every sequence's KV);
 // and, with --admit, the running sequences' inter-token latency while a long prompt is admitted and prefilled.
+import { readFileSync } from 'node:fs';
 import {
   attentionPolicies,
   buildPolicy,
@@ -21,6 +22,7 @@ import {
   policySettings,
   quantile,
   runLabel,
+  UsageError,
   writeFigure,
   writeResult,
 } from '@duoattn/app-kit';
@@ -37,6 +39,7 @@ export const batchHelp = `duo-bench batch [--shape NAME | --model PATH] [--devic
                 [--attention full,duo] [--kv-quant none,int8,int4] [--batch 1,4,16,64] [--contexts 4k,32k]
                 [--steps N] [--warmup N] [--bandwidth TBps] [--admit 128k|none] [--admit-batch N]
                 [--admit-context N] [--admit-chunk N] [--out FILE] [--plot FILE.svg|FILE.png]
+       duo-bench batch --from FILE --plot FILE.svg|FILE.png
   Continuous batching: for each policy, KV scheme, context and batch size, that many sequences decode together (their
   caches filled with synthetic K/V to the context; the JSON says so); reports the median step time, aggregate
   tokens/s and the step's bytes-moved floor (the weights once plus every sequence's KV, at --bandwidth TB/s).
@@ -72,9 +75,11 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
     'admit-chunk': { type: 'string' },
     out: { type: 'string' },
     plot: { type: 'string' },
+    from: { type: 'string' },
   });
   if (options.plot !== undefined) outputOption('plot', figurePath('plot', String(options.plot)));
   outputOption('out', options.out);
+  if (options.from !== undefined) return redraw(String(options.from), options.plot as string | undefined, log);
   const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
   const dtype = choiceOption('dtype', options.dtype, ['bf16', 'f16', 'f32'] as const, 'bf16');
   const policies = attentionPolicies(options.attention, ['full', 'duo'], true);
@@ -151,10 +156,6 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
       const policy = buildPolicy(attention, { ...settings, kvQuant: quants[0] ?? 'none' }, model.config, duo);
       latency = await admissionLatency(model, policy, admitBatch, admitContext, admit, admitChunk, log);
     }
-    if (options.plot) {
-      await writeFigure(String(options.plot), lineChart({ panels: panels(rows), legendTitle: 'policy @ context' }));
-      log(`wrote ${String(options.plot)}`);
-    }
     const runSettings = {
       model: label,
       device: backend.device,
@@ -176,8 +177,15 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
         'weights once (without the embedding table) + every sequence’s K/V read at the middle of the measured steps',
     };
     const figures = { decode: rows, speedups: speedups.table, ...(latency ? { admission: latency } : {}) };
-    if (options.out) return writeResult(String(options.out), backend.deviceName, runSettings, figures);
-    return { card: backend.deviceName, settings: runSettings, ...figures };
+    // The record first: a figure that cannot be drawn must not lose the measurements.
+    const record = options.out
+      ? writeResult(String(options.out), backend.deviceName, runSettings, figures)
+      : { card: backend.deviceName, settings: runSettings, ...figures };
+    if (options.plot) {
+      await writeFigure(String(options.plot), lineChart({ panels: panels(rows), legendTitle: 'policy @ context' }));
+      log(`wrote ${String(options.plot)}`);
+    }
+    return record;
   } finally {
     model.dispose();
   }
@@ -321,6 +329,24 @@ async function admissionLatency(
     `admitting ${length} tokens (chunks of ${chunk}) into ${batch} sequences @${context}: prefill ${result.prefillSeconds.toFixed(2)} s; inter-token latency before ${result.before.medianMs.toFixed(2)} ms median, during ${result.during.medianMs.toFixed(2)} ms median, ${result.during.p99Ms.toFixed(2)} ms p99 (${ratio.toFixed(2)}× the median)`,
   );
   return { ...result, p99ToMedian: ratio };
+}
+
+/** --from FILE: draws an earlier run's figure (runs on the GPU machine write JSON; figures are drawn here). */
+async function redraw(file: string, plot: string | undefined, log: (line: string) => void): Promise<object> {
+  let record: { decode?: Row[] };
+  try {
+    record = JSON.parse(readFileSync(file, 'utf8')) as { decode?: Row[] };
+  } catch (error) {
+    throw new UsageError(`--from: cannot read "${file}": ${(error as Error).message}`);
+  }
+  if (!Array.isArray(record.decode))
+    throw new UsageError(`--from: "${file}" has no decode rows (not a duo-bench batch record)`);
+  for (const line of batchSpeedups(record.decode).lines) log(line);
+  if (plot) {
+    await writeFigure(plot, lineChart({ panels: panels(record.decode), legendTitle: 'policy @ context' }));
+    log(`wrote ${plot}`);
+  }
+  return record;
 }
 
 /** Aggregate tokens/s of each batch size over batch 1's, per policy, scheme and context. */

@@ -396,7 +396,8 @@ class CudaDevice final : public Device {
   }
 
  private:
-  static constexpr int64_t kGemvRows = 8;
+  // More rows take cuBLAS: its small-M GEMM reads the weights once at the bandwidth, the streaming GEMV does not.
+  static constexpr int64_t kGemvRows = 1;
   static constexpr size_t kSmallWrite = 64 * 1024;
   static constexpr int kSmallSlots = 16;
   struct SmallSlot { void* data = nullptr; cudaEvent_t done = nullptr; };

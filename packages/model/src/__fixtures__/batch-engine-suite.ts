@@ -192,33 +192,40 @@ export function batchEngineSuite(device: 'cpu' | 'cuda', skipReason?: string): v
       await engine.close();
     }, 120_000);
 
-    it('preemption: with optimistic admission and a small pool the newest sequence is evicted and recomputed', async () => {
-      // Short prompts and long answers: every prompt fits the pool at once, their answers do not.
-      const list: BatchRequest[] = requests().map((request, i) => ({
-        ...request,
-        prompt: prompt(60 + 40 * i, 20 + i),
-        maxTokens: 40,
-        stopTokens: [],
-      }));
-      const sizing = model.createBatchEngine({ cacheBlockTokens: 16 });
-      const pageBytes = sizing.pool.pageBytes;
-      const starts = list.reduce((sum, request) => sum + sizing.pagesFor(request).start, 0);
-      const largest = Math.max(...list.map((request) => sizing.pagesFor(request).most));
-      await sizing.close();
-      const options: BatchEngineOptions = {
-        admission: 'optimistic',
-        kvBudgetBytes: (Math.max(starts, largest) + 2) * pageBytes,
-        cacheBlockTokens: 16,
-      };
-      const expected = await alone(list, options);
-      const engine = model.createBatchEngine(options);
-      const runs = await Promise.all(list.map((request) => drain(engine.submit(request))));
-      expect(engine.stats().preemptions).toBeGreaterThan(0);
-      expect(runs.some((run) => run.result.preemptions > 0 && run.result.usage.recomputedTokens > 0)).toBe(true);
-      for (const [i, run] of runs.entries()) expectSameRun(run, expected[i] as Run, `request ${i}`, !list[i]?.sampling);
-      expectAllFree(engine);
-      await engine.close();
-    }, 120_000);
+    // CUDA maps 2 MiB pages: one holds the demo model's whole context per plane, so its sequences never grow into a
+    // second page and cannot be made to preempt (the CPU's 4 KiB pages can).
+    (device === 'cuda' ? it.skip : it)(
+      'preemption: with optimistic admission and a small pool the newest sequence is evicted and recomputed (CPU pages)',
+      async () => {
+        // Short prompts and long answers: every prompt fits the pool at once, their answers do not.
+        const list: BatchRequest[] = requests().map((request, i) => ({
+          ...request,
+          prompt: prompt(60 + 40 * i, 20 + i),
+          maxTokens: 40,
+          stopTokens: [],
+        }));
+        const sizing = model.createBatchEngine({ cacheBlockTokens: 16 });
+        const pageBytes = sizing.pool.pageBytes;
+        const starts = list.reduce((sum, request) => sum + sizing.pagesFor(request).start, 0);
+        const largest = Math.max(...list.map((request) => sizing.pagesFor(request).most));
+        await sizing.close();
+        const options: BatchEngineOptions = {
+          admission: 'optimistic',
+          kvBudgetBytes: (Math.max(starts, largest) + 2) * pageBytes,
+          cacheBlockTokens: 16,
+        };
+        const expected = await alone(list, options);
+        const engine = model.createBatchEngine(options);
+        const runs = await Promise.all(list.map((request) => drain(engine.submit(request))));
+        expect(engine.stats().preemptions).toBeGreaterThan(0);
+        expect(runs.some((run) => run.result.preemptions > 0 && run.result.usage.recomputedTokens > 0)).toBe(true);
+        for (const [i, run] of runs.entries())
+          expectSameRun(run, expected[i] as Run, `request ${i}`, !list[i]?.sampling);
+        expectAllFree(engine);
+        await engine.close();
+      },
+      120_000,
+    );
 
     it('the engine gives the greedy tokens of generate() for a full and a duo policy', async () => {
       for (const policy of [policies.full, policies.duo75] as AttentionPolicy[]) {
