@@ -208,6 +208,18 @@ struct BatchSlice {
   int64_t rowStart = 0, rows = 0, queryStart = 0;
 };
 
+// The attention arguments of one slice: the op's shape (heads, kvHeads, headDim, scale) with the slice's keys,
+// position, layout and quantization.
+inline AttentionArgs sliceArgs(const AttentionArgs& shape, const BatchSlice& slice) {
+  AttentionArgs args = shape;
+  args.keyLength = slice.queryStart + slice.rows;
+  args.queryStart = slice.queryStart;
+  args.lengthFrom = nullptr;
+  args.streaming = slice.streaming;
+  args.quant = slice.quant;
+  return args;
+}
+
 // Rows first … first + count − 1 of a row-major tensor, as a tensor sharing its memory (never paged). The rows of a
 // one-dimensional tensor (positions [n]) are its elements.
 inline Tensor rowView(const Tensor& tensor, int64_t first, int64_t count) {
@@ -388,12 +400,7 @@ class Device {
   virtual void attentionBatch(const Tensor& q, Tensor& out, const AttentionArgs& shape, const std::vector<BatchSlice>& slices) {
     for (const BatchSlice& slice : slices) {
       if (slice.rows == 0) continue;
-      AttentionArgs args = shape;
-      args.keyLength = slice.queryStart + slice.rows;
-      args.queryStart = slice.queryStart;
-      args.lengthFrom = nullptr;
-      args.streaming = slice.streaming;
-      args.quant = slice.quant;
+      const AttentionArgs args = sliceArgs(shape, slice);
       const Tensor qRows = rowView(q, slice.rowStart, slice.rows);
       Tensor outRows = rowView(out, slice.rowStart, slice.rows);
       if (slice.rows == 1) attentionDecode(qRows, *slice.keyCache, *slice.valueCache, outRows, args);

@@ -785,12 +785,7 @@ DecodeBatchPlan planDecodeBatch(const Tensor& q, Tensor& out, const AttentionArg
   const int64_t rowWidth = static_cast<int64_t>(shape.heads) * shape.headDim;
   for (const BatchSlice& slice : slices) {
     if (slice.rows == 0) continue;
-    AttentionArgs args = shape;
-    args.keyLength = slice.queryStart + slice.rows;
-    args.queryStart = slice.queryStart;
-    args.lengthFrom = nullptr;
-    args.streaming = slice.streaming;
-    args.quant = slice.quant;
+    const AttentionArgs args = sliceArgs(shape, slice);
     const DType cacheType = slice.keyCache->dtype;
     if (slice.rows != 1 || !decodeBatchable(args, cacheType)) {
       plan.rest.push_back(slice);
