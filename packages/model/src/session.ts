@@ -17,6 +17,7 @@ import {
   type TensorHandle,
 } from '@duoattn/core';
 import { type CacheLayer, DualKvCache, policyPlan } from '@duoattn/dual-cache';
+import { type StepWorkspace, stepWorkspace } from './batch/workspaces.js';
 import type { LlamaBlocks } from './llama-blocks.js';
 
 /** Which hidden states to return: layer 0 is the embedding output, layer l the residual stream after layer l. */
@@ -96,17 +97,8 @@ export function resolvePolicy(policy: AttentionPolicy | undefined, plan: HeadPla
   return { ...given, ...common, plan, sink: plan.sink, recent: plan.recent };
 }
 
-interface Workspace {
+interface Workspace extends StepWorkspace {
   rows: number;
-  ids: TensorHandle;
-  positions: TensorHandle;
-  hidden: TensorHandle;
-  normed: TensorHandle;
-  query: TensorHandle;
-  key: TensorHandle;
-  value: TensorHandle;
-  attention: TensorHandle;
-  gate: TensorHandle;
 }
 
 /** Holds one sequence's cache. Not safe for concurrent use; create one session per sequence. */
@@ -386,27 +378,14 @@ export class Session {
         }
       }
     }
-    const b = this.#backend;
-    const c = this.#config;
     const made: TensorHandle[] = [];
-    const alloc = (dtype: 'f32' | 'i32', shape: number[]) => {
-      const tensor = b.alloc(dtype, shape);
+    const alloc = (dtype: DType, shape: number[]) => {
+      const tensor = this.#backend.alloc(dtype, shape);
       made.push(tensor);
       return tensor;
     };
     try {
-      const workspace: Workspace = {
-        rows,
-        ids: alloc('i32', [rows]),
-        positions: alloc('i32', [rows]),
-        hidden: alloc('f32', [rows, c.hiddenSize]),
-        normed: alloc('f32', [rows, c.hiddenSize]),
-        query: alloc('f32', [rows, c.numHeads * c.headDim]),
-        key: alloc('f32', [rows, c.numKvHeads * c.headDim]),
-        value: alloc('f32', [rows, c.numKvHeads * c.headDim]),
-        attention: alloc('f32', [rows, c.numHeads * c.headDim]),
-        gate: alloc('f32', [rows, c.intermediateSize]),
-      };
+      const workspace: Workspace = { rows, ...stepWorkspace(alloc, this.#config, rows) };
       this.#workspaces.set(rows, workspace);
       return workspace;
     } catch (error) {

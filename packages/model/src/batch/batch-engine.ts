@@ -12,6 +12,7 @@ import {
   DuoError,
   DuoOutOfMemoryError,
   FULL_ATTENTION,
+  type HeadPlan,
   type ModelConfig,
   type TensorHandle,
 } from '@duoattn/core';
@@ -218,6 +219,8 @@ class Sequence {
     readonly id: number,
     readonly request: BatchRequest,
     readonly prompt: readonly number[],
+    /** The head plan its policy runs (the cache's, the planner's and the prefix cache's). */
+    readonly plan: HeadPlan,
     readonly policy: ResolvedPolicy,
     readonly maxNew: number,
     readonly sampling: Required<SamplingOptions>,
@@ -468,6 +471,7 @@ export class BatchEngine {
       this.#nextId++,
       request,
       [...prompt],
+      plan,
       policy,
       maxNew,
       sampling,
@@ -499,7 +503,7 @@ export class BatchEngine {
   /** Pages a sequence holds when its full regions back `tokens` positions (streaming regions included). */
   #pagesToAdmit(sequence: Sequence, tokens: number): number {
     const { config, backend } = this.#model;
-    const plan = policyPlan(config, sequence.request.policy ?? FULL_ATTENTION);
+    const { plan } = sequence;
     const bytes = dualCacheBytes(
       config,
       plan,
@@ -668,7 +672,7 @@ export class BatchEngine {
       }
       this.#waiting.shift();
       const { config, backend } = this.#model;
-      const plan = policyPlan(config, sequence.request.policy ?? FULL_ATTENTION);
+      const { plan } = sequence;
       sequence.cache = new DualKvCache(backend, {
         config,
         plan,
@@ -713,7 +717,7 @@ export class BatchEngine {
 
   /** The prefix-cache key of a sequence's policy (as its cache will report it). */
   #prefixKey(sequence: Sequence): string {
-    const plan = policyPlan(this.#model.config, sequence.request.policy ?? FULL_ATTENTION);
+    const { plan } = sequence;
     const { kvQuant, prefillMask, prefillChunk } = sequence.policy;
     return prefixKey(plan, { dtype: this.cacheDtype, kvQuant, prefillMask, chunkTokens: prefillChunk });
   }
@@ -721,7 +725,7 @@ export class BatchEngine {
   /** Pool pages a cache of the sequence's policy shares with a cached prefix of `rows` tokens. */
   #sharedPages(sequence: Sequence, rows: number): number {
     const { config, backend } = this.#model;
-    const plan = policyPlan(config, sequence.request.policy ?? FULL_ATTENTION);
+    const { plan } = sequence;
     return fullRegionPages(config, plan, this.cacheDtype, rows, backend.pageBytes, 'floor', sequence.policy.kvQuant);
   }
 

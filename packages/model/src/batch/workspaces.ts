@@ -23,6 +23,25 @@ export interface SampleWorkspace {
   readonly tokens: TensorHandle;
 }
 
+/** The activations of `rows` rows of the forward (a session's chunk or a batch's step), made with `alloc`. */
+export function stepWorkspace(
+  alloc: (dtype: DType, shape: number[]) => TensorHandle,
+  c: ModelConfig,
+  rows: number,
+): StepWorkspace {
+  return {
+    ids: alloc('i32', [rows]),
+    positions: alloc('i32', [rows]),
+    hidden: alloc('f32', [rows, c.hiddenSize]),
+    normed: alloc('f32', [rows, c.hiddenSize]),
+    query: alloc('f32', [rows, c.numHeads * c.headDim]),
+    key: alloc('f32', [rows, c.numKvHeads * c.headDim]),
+    value: alloc('f32', [rows, c.numKvHeads * c.headDim]),
+    attention: alloc('f32', [rows, c.numHeads * c.headDim]),
+    gate: alloc('f32', [rows, c.intermediateSize]),
+  };
+}
+
 /** Workspaces kept per size (the most recently used few): a decode-only batch reuses its set every step. */
 const KEPT = 4;
 
@@ -38,18 +57,7 @@ export class StepWorkspaces {
   }
 
   rows(rows: number): StepWorkspace {
-    const c = this.#config;
-    return this.#take(this.#steps, rows, (alloc) => ({
-      ids: alloc('i32', [rows]),
-      positions: alloc('i32', [rows]),
-      hidden: alloc('f32', [rows, c.hiddenSize]),
-      normed: alloc('f32', [rows, c.hiddenSize]),
-      query: alloc('f32', [rows, c.numHeads * c.headDim]),
-      key: alloc('f32', [rows, c.numKvHeads * c.headDim]),
-      value: alloc('f32', [rows, c.numKvHeads * c.headDim]),
-      attention: alloc('f32', [rows, c.numHeads * c.headDim]),
-      gate: alloc('f32', [rows, c.intermediateSize]),
-    }));
+    return this.#take(this.#steps, rows, (alloc) => stepWorkspace(alloc, this.#config, rows));
   }
 
   samples(count: number): SampleWorkspace {
