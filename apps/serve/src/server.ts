@@ -92,6 +92,21 @@ export function createServer(options: ServerOptions): DuoServer {
     return503OnClosing: true,
   });
   const metrics = new ServeMetrics(model.config, model.id, async () => (engine ? engine.stats() : undefined));
+  // A client that sends "Expect: 100-continue" with a body over the limit is refused before it uploads (413 in
+  // OpenAI's shape); any other is told to continue, as Node does by default.
+  const bodyLimit = options.bodyLimit ?? 32 * 1024 * 1024;
+  app.server.on('checkContinue', (request, response) => {
+    if (Number(request.headers['content-length'] ?? 0) > bodyLimit) {
+      const api = new ApiError(413, `The request body exceeds the server's limit of ${bodyLimit} bytes`, {
+        code: 'request_too_large',
+      });
+      response.writeHead(413, { 'content-type': 'application/json; charset=utf-8', connection: 'close' });
+      response.end(JSON.stringify(api.body()));
+      return;
+    }
+    response.writeContinue();
+    app.server.emit('request', request, response);
+  });
 
   if (options.corsOrigins && options.corsOrigins.length > 0) {
     const origins = options.corsOrigins;
