@@ -37,6 +37,13 @@ export const ENVIRONMENT_VARIABLES = [
     usedBy: 'duo-bench → BackendTuning.profile',
   },
   {
+    name: 'DUO_BATCH_INVARIANT',
+    kind: 'flag',
+    meaning:
+      "CUDA's batch-invariant mode: a sequence gets the same bits in a batch as alone (single rows leave the f32 GEMV)",
+    usedBy: 'duo-bench → BackendTuning.batchInvariant',
+  },
+  {
     name: 'DUO_NO_PDL',
     kind: 'flag',
     meaning: 'launch CUDA kernels without programmatic dependent launch (A/B runs)',
@@ -103,6 +110,7 @@ export interface DuoEnvironment {
   readonly noGraphs: boolean;
   readonly cudaProfile: boolean;
   readonly noPdl: boolean;
+  readonly batchInvariant: boolean;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
   readonly gemvSplit?: string;
@@ -145,6 +153,7 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     noGraphs: flag('DUO_NO_GRAPHS'),
     cudaProfile: flag('DUO_CUDA_PROFILE'),
     noPdl: flag('DUO_NO_PDL'),
+    batchInvariant: flag('DUO_BATCH_INVARIANT'),
     gemvMinSlice: integer('DUO_GEMV_MIN_SLICE', 1),
     gemvWaves: integer('DUO_GEMV_WAVES', 0, 2),
     gemvSplit: text('DUO_GEMV_SPLIT'),

@@ -322,6 +322,7 @@ class Device {
     int64_t gemvMinSlice = 1024;   // smallest split-K slice of the decode GEMV
     int gemvWaveRule = 2;          // 0: fill rule alone, 1: wave rule, 2: chained-launch rule when chaining
     std::string gemvPinnedSplits;  // "rowsxk:split,…" pins the split of a shape
+    bool batchInvariant = false;   // a row's results never depend on the other rows of a call (batch engine)
   };
   virtual void tune(const Tuning&) {}
 

@@ -134,6 +134,9 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       [3, 100, 70],
       [17, 300, 130],
       [64, 256, 96],
+      // 2–64 rows of half weights: the CUDA few-rows tensor-core kernel (token tiles of 8, split k).
+      [33, 1024, 200],
+      [9, 2048, 24],
       // Deep rows: the CUDA weight-streaming kernel splits k over 2, 4 and 8 warps per output.
       [1, 2048, 48],
       [2, 4096, 24],
@@ -216,6 +219,69 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
       for (const t of [xs, gate, up, out]) t.dispose();
     });
+
+    it.each(['f32', 'bf16', 'f16'] as const)(
+      'batch invariance (%s weights): a row gets the same bits from matmul, matmulGroup and matmulSwiglu whatever rows share the call',
+      async (dtype) => {
+        const [n, k, m] = [37, 512, 80];
+        const x = randomArray(n * k, 90, 1);
+        const [weight] = uploadAs(b(), dtype, [m, k], randomArray(m * k, 91, 0.5));
+        const [second] = uploadAs(b(), dtype, [24, k], randomArray(24 * k, 92, 0.5));
+        const bias = b().upload('f32', [m], randomArray(m, 93));
+        const residualValues = randomArray(n * m, 94);
+        // Each op over `rows` rows of x starting at `first`, read back per op.
+        const run = async (first: number, rows: number) => {
+          const xs = b().upload('f32', [rows, k], x.subarray(first * k, (first + rows) * k));
+          const plain = b().alloc('f32', [rows, m]);
+          const residual = b().upload('f32', [rows, m], residualValues.subarray(first * m, (first + rows) * m));
+          const group = [b().alloc('f32', [rows, m]), b().alloc('f32', [rows, 24])];
+          const swiglu = b().alloc('f32', [rows, 24]);
+          b().matmul(xs, weight, plain, { bias });
+          b().matmul(xs, weight, residual, { residual });
+          b().matmulGroup(xs, [weight, second], group, [bias, undefined]);
+          b().matmulSwiglu(xs, second, second, swiglu);
+          const outs = [plain, residual, ...group, swiglu];
+          const values = await Promise.all(outs.map((t) => readF32(b(), t)));
+          for (const t of [xs, ...outs]) t.dispose();
+          return values;
+        };
+        // The rows of [first, first + rows) inside a run over all n rows, against that run alone.
+        const expectSameRows = (all: Float32Array[], part: Float32Array[], first: number, label: string) => {
+          part.forEach((values, op) => {
+            const columns = (all[op]?.length ?? 0) / n;
+            const rows = values.length / columns;
+            const slice = all[op]?.subarray(first * columns, (first + rows) * columns);
+            expect(Array.from(values), `${label}, op ${op}`).toEqual(Array.from(slice ?? []));
+          });
+        };
+        try {
+          b().tune({ batchInvariant: true });
+          const all = await run(0, n);
+          for (const [first, rows] of [
+            [0, 1],
+            [5, 1],
+            [3, 2],
+            [20, 9],
+          ] as const) {
+            expectSameRows(
+              all,
+              await run(first, rows),
+              first,
+              `batch-invariant, rows ${first}…${first + rows - 1} of ${n}`,
+            );
+          }
+          // Without the mode, 2–64 rows keep each row's bits among themselves (the few-rows kernel; CPU: always).
+          b().tune({});
+          if (dtype !== 'f32') {
+            const shared = await run(0, n);
+            expectSameRows(shared, await run(7, 2), 7, `default mode, rows 7…8 of ${n}`);
+          }
+        } finally {
+          b().tune({});
+          for (const t of [weight, second, bias]) t.dispose();
+        }
+      },
+    );
 
     it.each([
       [true, 'f32'],

@@ -56,6 +56,13 @@ export interface BackendTuning {
   readonly gemvWaveRule?: number;
   /** Pins the decode GEMV's split for shapes: "rowsxk:split,…", e.g. "6144x4096:4". Default none. */
   readonly gemvPinnedSplits?: string;
+  /**
+   * Batch invariance: a row's results never depend on the other rows of a call, so a sequence decoded in a batch gets
+   * the bits it gets alone (single rows take the tensor-core few-rows matmul instead of the f32 GEMV; a batch's decode
+   * attention splits each sequence as if alone; f32 weights take a row-tiled matmul up to 64 rows). The CPU backend
+   * always is. Holds up to 64 rows per call. Default false.
+   */
+  readonly batchInvariant?: boolean;
 }
 
 /**

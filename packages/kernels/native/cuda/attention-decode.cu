@@ -780,7 +780,7 @@ void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cach
 }
 
 DecodeBatchPlan planDecodeBatch(const Tensor& q, Tensor& out, const AttentionArgs& shape, const std::vector<BatchSlice>& slices,
-                                int multiprocessors) {
+                                int multiprocessors, bool alone) {
   DecodeBatchPlan plan;
   const int64_t rowWidth = static_cast<int64_t>(shape.heads) * shape.headDim;
   for (const BatchSlice& slice : slices) {
@@ -804,12 +804,14 @@ DecodeBatchPlan planDecodeBatch(const Tensor& q, Tensor& out, const AttentionArg
     decode.args = args;
     group->slices.push_back(decode);
   }
-  // Each group's launch has the GPU to itself: its sequences share one wave of blocks, in proportion to their keys.
+  // Each group's launch has the GPU to itself: its sequences share one wave of blocks, in proportion to their keys —
+  // or, when `alone` (the batch-invariant mode), each is split as if it ran alone, so its sums do not depend on the others.
   for (DecodeBatchPlan::Group& group : plan.groups) {
     double keys = 0;
     for (const DecodeSlice& slice : group.slices) keys += static_cast<double>(slice.args.keyLength);
     for (DecodeSlice& slice : group.slices)
-      slice.splits = attentionDecodeSplits(slice.args, group.cacheType, multiprocessors, static_cast<double>(slice.args.keyLength) / keys);
+      slice.splits = attentionDecodeSplits(slice.args, group.cacheType, multiprocessors,
+                                           alone ? 1.0 : static_cast<double>(slice.args.keyLength) / keys);
     plan.scratchBytes = std::max(plan.scratchBytes, attentionDecodeBatchScratch(group.slices.data(), static_cast<int>(group.slices.size())));
   }
   return plan;

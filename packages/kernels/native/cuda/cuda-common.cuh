@@ -207,6 +207,19 @@ void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, 
 void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
                       float* out, cudaStream_t stream);
 bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x);
+// Row-tiled matmul (8 rows a launch pass) whose result for a row does not depend on the row count: f32 weights in the
+// batch-invariant mode.
+void launchGemvRowTiles(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,
+                        const float* bias, const float* residual, cudaStream_t stream);
+// Tensor-core matmul of up to kFewRowsMax rows a pass (gemm-few-rows.cu): bf16 / f16 weights streamed once per pass,
+// x rounded to the weight dtype; a row's result does not depend on the other rows. Up to three targets of the same x
+// (q/k/v); `residual` is added to target 0's output.
+constexpr int64_t kFewRowsMax = 64;
+bool fewRowsSupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count);
+void launchFewRows(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, const float* residual,
+                   int count, cudaStream_t stream);
+void launchFewRowsSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
+                         float* out, cudaStream_t stream);
 void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int64_t rows,
                           int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,
                           int64_t capacity, const StreamingLayout& streaming, cudaStream_t stream);
@@ -269,7 +282,7 @@ struct DecodeBatchPlan {
   size_t scratchBytes = 0;
 };
 DecodeBatchPlan planDecodeBatch(const Tensor& q, Tensor& out, const AttentionArgs& shape, const std::vector<BatchSlice>& slices,
-                                int multiprocessors);
+                                int multiprocessors, bool alone);
 
 // Quantized KV-cache writes (quantize.cu; one warp per row and KV head, codes equal to quant.h's quantizeKvRow).
 void launchWriteCacheQuantized(const float* source, int64_t rows, int64_t stride, int64_t kvHeads, int headDim, uint8_t* codes,

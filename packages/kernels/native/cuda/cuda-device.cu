@@ -165,6 +165,17 @@ class CudaDevice final : public Device {
     int64_t n = x.rows(), k = x.cols(), m = weight.rows();
     const float* biasData = bias ? bias->as<float>() : nullptr;
     const float* residualData = residual ? residual->as<float>() : nullptr;
+    if (fewRows(x, weight.dtype, {weight.data})) {
+      const GemvTarget target{weight.data, out.as<float>(), biasData, m};
+      launchFewRows(x.as<float>(), n, k, weight.dtype, &target, residualData, 1, stream_);
+      profiler_.mark("matmul", stream_);
+      return;
+    }
+    if (invariant_ && n <= kFewRowsMax && weight.dtype == DType::F32) {
+      launchGemvRowTiles(x.as<float>(), n, k, weight.data, weight.dtype, m, out.as<float>(), biasData, residualData, stream_);
+      profiler_.mark("matmul", stream_);
+      return;
+    }
     CublasLibrary& blas = CublasLibrary::instance();
     if (n <= kGemvRows || !blas.available()) {
       launchGemv(x.as<float>(), n, k, weight.data, weight.dtype, m, out.as<float>(), biasData, residualData, stream_);
@@ -225,7 +236,7 @@ class CudaDevice final : public Device {
   // Every decode slice of one cache dtype and KV scheme in one launch (and its combine); prefill chunks (and head
   // dims without a split-K kernel) slice by slice.
   void attentionBatch(const Tensor& q, Tensor& out, const AttentionArgs& shape, const std::vector<BatchSlice>& slices) override {
-    const DecodeBatchPlan plan = planDecodeBatch(q, out, shape, slices, properties_.multiProcessorCount);
+    const DecodeBatchPlan plan = planDecodeBatch(q, out, shape, slices, properties_.multiProcessorCount, invariant_);
     float* partial = plan.groups.empty() ? nullptr : static_cast<float*>(scratch(plan.scratchBytes));
     for (const DecodeBatchPlan::Group& group : plan.groups)
       launchAttentionDecodeBatch(group.slices.data(), static_cast<int>(group.slices.size()), group.cacheType, partial, stream_);
@@ -236,6 +247,21 @@ class CudaDevice final : public Device {
                    int count) override {
     bool sameType = true;
     for (int i = 0; i < count; i++) sameType = sameType && weights[i]->dtype == weights[0]->dtype;
+    std::vector<const void*> data;
+    for (int i = 0; i < count; i++) data.push_back(weights[i]->data);
+    if (sameType && count <= 3 && fewRows(x, weights[0]->dtype, data)) {
+      GemvTarget targets[3];
+      for (int i = 0; i < count; i++)
+        targets[i] = GemvTarget{weights[i]->data, outs[i]->as<float>(), biases[i] ? biases[i]->as<float>() : nullptr, weights[i]->rows()};
+      launchFewRows(x.as<float>(), x.rows(), x.cols(), weights[0]->dtype, targets, nullptr, count, stream_);
+      profiler_.mark("matmulGroup", stream_);
+      return;
+    }
+    if (invariant_ && weights[0]->dtype == DType::F32) {
+      Device::matmulGroup(x, weights, outs, biases, count);  // one row-tiled matmul each
+      profiler_.mark("matmulGroup", stream_);
+      return;
+    }
     if (sameType && x.rows() > kGemvRows && weights[0]->dtype != DType::F32 && CublasLibrary::instance().available()) {
       // Many rows: round x to the weight dtype once for the whole group, then one GEMM per matrix.
       const void* operand = convertedInput(x, weights[0]->dtype);
@@ -259,6 +285,16 @@ class CudaDevice final : public Device {
   }
   void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) override {
     bool aligned = reinterpret_cast<uintptr_t>(gate.data) % 16 == 0 && reinterpret_cast<uintptr_t>(up.data) % 16 == 0;
+    if (gate.dtype == up.dtype && fewRows(x, gate.dtype, {gate.data, up.data})) {
+      launchFewRowsSwiglu(x.as<float>(), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(), out.as<float>(), stream_);
+      profiler_.mark("matmulSwiglu", stream_);
+      return;
+    }
+    if (invariant_ && gate.dtype == DType::F32) {
+      Device::matmulSwiglu(x, gate, up, out);  // row-tiled matmuls, then the SwiGLU
+      profiler_.mark("matmulSwiglu", stream_);
+      return;
+    }
     if (gate.dtype == up.dtype && x.rows() > kGemvRows && gate.dtype != DType::F32 && CublasLibrary::instance().available()) {
       // Many rows: x rounded once, two GEMMs, then silu(gate) · up in place.
       const void* operand = convertedInput(x, gate.dtype);
@@ -396,8 +432,19 @@ class CudaDevice final : public Device {
   }
 
  private:
-  // More rows take cuBLAS: its small-M GEMM reads the weights once at the bandwidth, the streaming GEMV does not.
+  // The f32-activation GEMV serves single rows; 2–64 rows of half weights take the few-rows tensor-core kernel, more
+  // rows (and f32 weights) cuBLAS.
   static constexpr int64_t kGemvRows = 1;
+  // Tuning::batchInvariant: a row's results do not depend on the other rows of the call (single rows, too, take the
+  // few-rows kernels; a batch's decode attention splits each sequence as if it ran alone).
+  bool invariant_ = false;
+  // Whether a matmul of x's rows takes the few-rows tensor-core kernel: 2–64 rows (1 too in the batch-invariant mode)
+  // of bf16 / f16 weights with k a multiple of 32 and 16-byte aligned operands.
+  bool fewRows(const Tensor& x, DType weightType, std::vector<const void*> weights) const {
+    const int64_t n = x.rows();
+    if (n > kFewRowsMax || n < (invariant_ ? 1 : 2)) return false;
+    return fewRowsSupported(x.cols(), weightType, x.data, weights.data(), static_cast<int>(weights.size()));
+  }
   static constexpr size_t kSmallWrite = 64 * 1024;
   static constexpr int kSmallSlots = 16;
   struct SmallSlot { void* data = nullptr; cudaEvent_t done = nullptr; };
@@ -446,6 +493,7 @@ class CudaDevice final : public Device {
   std::vector<OpTime> takeProfile() override { return profiler_.take(stream_); }
   void tune(const Tuning& tuning) override {
     profiler_.enable(tuning.profile);
+    invariant_ = tuning.batchInvariant;
     setChainLaunches(tuning.chainLaunches);
     setGemvTuning(tuning);
   }

@@ -312,7 +312,7 @@ int multiprocessorCount() {
 
 template <typename T, int ROWS>
 void launchTyped(const float* x, int64_t totalRows, int64_t k, const T* weight, int64_t m, float* out, const float* bias,
-                 const float* residual, cudaStream_t stream) {
+                 const float* residual, cudaStream_t stream, bool streamFewRows = true) {
   constexpr int kVec = Vec16<T>::kCount;
   bool vector = k % kVec == 0 && reinterpret_cast<uintptr_t>(weight) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   size_t shared = static_cast<size_t>(std::min<int64_t>(ROWS, totalRows)) * k * sizeof(float);
@@ -325,7 +325,7 @@ void launchTyped(const float* x, int64_t totalRows, int64_t k, const T* weight, 
     if (bytes > 48 * 1024) check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "cudaFuncSetAttribute");
     kernel<<<grid, kWarps * 32, bytes, stream>>>(x, totalRows, k, weight, m, out, bias, residual);
   };
-  if (vector && totalRows <= 2) {
+  if (streamFewRows && vector && totalRows <= 2) {
     StreamJob<T> job{};
     job.weight[0] = weight;
     job.out[0] = out;
@@ -370,6 +370,15 @@ void launchGemv(const float* x, int64_t rows, int64_t k, const void* weight, DTy
     else if (rows == 2) launchTyped<T, 2>(x, rows, k, w, m, out, bias, residual, stream);
     else if (rows <= 4) launchTyped<T, 4>(x, rows, k, w, m, out, bias, residual, stream);
     else launchTyped<T, 8>(x, rows, k, w, m, out, bias, residual, stream);
+  });
+}
+
+void launchGemvRowTiles(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,
+                        const float* bias, const float* residual, cudaStream_t stream) {
+  if (rows == 0 || m == 0) return;
+  dispatchFloat(weightType, [&](auto t) {
+    using T = decltype(t);
+    launchTyped<T, 8>(x, rows, k, static_cast<const T*>(weight), m, out, bias, residual, stream, false);
   });
 }
 
