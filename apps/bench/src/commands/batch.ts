@@ -38,14 +38,15 @@ import { decodeBytesFloor, SHAPES } from '../shapes.js';
 export const batchHelp = `duo-bench batch [--shape NAME | --model PATH] [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
                 [--attention full,duo] [--kv-quant none,int8,int4] [--batch 1,4,16,64] [--contexts 4k,32k]
                 [--steps N] [--warmup N] [--bandwidth TBps] [--admit 128k|none] [--admit-batch N]
-                [--admit-context N] [--admit-chunk N] [--out FILE] [--plot FILE.svg|FILE.png]
+                [--admit-context N] [--admit-chunk N] [--out FILE] [--plot FILE.svg|FILE.png] [--profile]
        duo-bench batch --from FILE --plot FILE.svg|FILE.png
   Continuous batching: for each policy, KV scheme, context and batch size, that many sequences decode together (their
   caches filled with synthetic K/V to the context; the JSON says so); reports the median step time, aggregate
   tokens/s and the step's bytes-moved floor (the weights once plus every sequence's KV, at --bandwidth TB/s).
   --admit LENGTH: then --admit-batch sequences decode at --admit-context while a prompt of LENGTH random tokens is
   admitted and prefilled in --admit-chunk chunks between their steps; reports their inter-token latency (median, p90,
-  p99, max) before and during the prefill. Defaults: on CUDA batch 1,4,16,64 at 4k,32k; on the CPU (the demo model)
+  p99, max) before and during the prefill. --profile: device time per op and step (CUDA with DUO_CUDA_PROFILE=1; each
+  op timed with events, so steps run slower than unprofiled ones), beside the step's wall time. Defaults: on CUDA batch 1,4,16,64 at 4k,32k; on the CPU (the demo model)
   batch 1,2,4,8,16 at 256,1k. Shapes: ${Object.keys(SHAPES).join(', ')}. Ctrl-C stops after the measurement in flight.
 ${POLICY_HELP}`;
 
@@ -76,6 +77,7 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
     out: { type: 'string' },
     plot: { type: 'string' },
     from: { type: 'string' },
+    profile: { type: 'boolean' },
   });
   if (options.plot !== undefined) outputOption('plot', figurePath('plot', String(options.plot)));
   outputOption('out', options.out);
@@ -129,7 +131,21 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
           const kvPerSequence = decodeBytesFloor(model.config, weightBytes, middle, rowBytes, plan) - weightsOnly;
           row.floorBytes = weightsOnly + batch * kvPerSequence;
           if (withFloor(backend)) row.floorMs = ((row.floorBytes as number) / (bandwidthTBps * 1e12)) * 1000;
+          if (options.profile) backend.takeProfile();
           Object.assign(row, await measureSteps(model, policy, context, batch, warmup, steps));
+          if (options.profile && typeof row.stepMs === 'number') {
+            // Device time per op over every step of the run (warm-up and the last token included).
+            const total = warmup + steps + 1;
+            const profile = backend.takeProfile().sort((a, b) => b.milliseconds - a.milliseconds);
+            row.profile = profile.map((entry) => ({ ...entry, msPerStep: entry.milliseconds / total }));
+            const device = profile.reduce((sum, entry) => sum + entry.milliseconds, 0) / total;
+            log(`  device ${device.toFixed(3)} ms/step over ${profile.length} ops:`);
+            for (const entry of profile.slice(0, 12)) {
+              log(
+                `  ${entry.name.padEnd(20)} ${(entry.milliseconds / total).toFixed(4)} ms/step over ${(entry.count / total).toFixed(1)} launches`,
+              );
+            }
+          }
           if (typeof row.stepMs === 'number') {
             row.tokensPerSecond = (batch * 1000) / row.stepMs;
             const floor = typeof row.floorMs === 'number' ? row.floorMs : undefined;

@@ -1,6 +1,6 @@
 // Test support: the batch engine with the embedded demo model on one backend — a batch mixing policies, KV schemes,
 // prompt lengths and sampling settings gives every sequence the tokens it gets alone (on the CPU also the logits, within
-// 1e-5: its kernels are batch-invariant); joining and leaving mid-run, cancellation and preemption keep that; the
+// 1e-5: its kernels are batch-invariant; CUDA runs in its batch-invariant mode); joining and leaving mid-run, cancellation and preemption keep that; the
 // pool's pages are all free after every run. Used by the CPU and CUDA tests.
 import { join } from 'node:path';
 import type { AttentionPolicy } from '@duoattn/core';
@@ -16,6 +16,9 @@ let policies: Record<string, AttentionPolicy>;
 
 async function setUp(device: 'cpu' | 'cuda'): Promise<void> {
   model = await LlamaModel.load(DEMO, { device });
+  // CUDA's batch-invariant mode (the CPU always is): a sequence's rows get the same bits whatever shares its steps.
+  if (device === 'cuda')
+    (model.backend as { tune?(tuning: { batchInvariant: boolean }): void }).tune?.({ batchInvariant: true });
   const pattern = loadPattern(join(DEMO, 'pattern', 'pattern.json'));
   const duo = (sparsity: number): AttentionPolicy => ({
     attention: 'duo',

@@ -35,7 +35,7 @@ import { checkSampling, type SamplingOptions, seededRandom } from '../sampling.j
 import { checkPolicyShape, type ResolvedPolicy, resolvePolicy } from '../session.js';
 import type { StreamDecoder, Tokenizer } from '../tokenizers/tokenizer.js';
 import { TokenQueue } from './token-stream.js';
-import { StepWorkspaces } from './workspaces.js';
+import { type SampleWorkspace, StepWorkspaces } from './workspaces.js';
 
 /** One request to the engine. */
 export interface BatchRequest {
@@ -546,25 +546,63 @@ export class BatchEngine {
     if (spans.size === 0) return;
     const members = this.#running;
     const rows = members.map((sequence) => spans.get(sequence) ?? 0);
-    const total = rows.reduce((sum, count) => sum + count, 0);
+    // Which sequences give a next token: those whose span reaches the end of their tokens (its last row is sampled).
+    const sampled = members.filter((sequence, s) => {
+      const count = rows[s] ?? 0;
+      return count > 0 && sequence.cached + count === sequence.tokens.length;
+    });
+    const samples = sampled.length > 0 ? this.#workspaces.samples(sampled.length) : undefined;
+    // The single rows (decode) in one pass, then each prefill chunk in a pass of its own: a chunk's matrix products
+    // then have the shape they have alone, so on every backend a sequence's rows do not depend on its step-mates.
+    const passes: number[][] = [];
+    const singles = members.flatMap((_, s) => (rows[s] === 1 ? [s] : []));
+    if (singles.length > 0) passes.push(singles);
+    members.forEach((_, s) => {
+      if ((rows[s] ?? 0) > 1) passes.push([s]);
+    });
+    for (const pass of passes) this.#forward(pass, rows, sampled, samples);
+    members.forEach((sequence, s) => {
+      const count = rows[s] ?? 0;
+      const prefill = count > 0 && sequence.cached < sequence.prompt.length;
+      sequence.cached += count;
+      if (prefill) this.#atChunkEnd(sequence);
+    });
+    this.#steps++;
+    this.#lastStepRows = rows.reduce((sum, count) => sum + count, 0);
+    if (samples) await this.#sample(samples, sampled);
+  }
+
+  /**
+   * Enqueues one forward pass over the rows of the running sequences at `pass` (indices into the running list; each
+   * runs `rows[s]` rows from its cached position), and copies the last row of each of them in `sampled` into its
+   * slot of `samples.hidden`.
+   */
+  #forward(
+    pass: readonly number[],
+    rows: readonly number[],
+    sampled: readonly Sequence[],
+    samples?: SampleWorkspace,
+  ): void {
+    const members = this.#running;
+    const inPass = new Set(pass);
+    const spanOf = (s: number) => (inPass.has(s) ? (rows[s] ?? 0) : 0);
+    const total = pass.reduce((sum, s) => sum + (rows[s] ?? 0), 0);
     const batch = this.#cacheBatch();
-    batch.setSpans(members.map((sequence, s) => ({ rows: rows[s] ?? 0, start: sequence.cached })));
+    batch.setSpans(members.map((sequence, s) => ({ rows: spanOf(s), start: sequence.cached })));
     const { backend: b, config: c, blocks } = this.#model;
     const w = this.#workspaces.rows(total);
     const ids = new Int32Array(total);
     const positions = new Int32Array(total);
-    // Which rows give a next token: the last row of each sequence whose span reaches the end of its tokens.
-    const samplers: { sequence: Sequence; row: number }[] = [];
+    const copies: { row: number; index: number }[] = [];
     let row = 0;
     members.forEach((sequence, s) => {
-      const count = rows[s] ?? 0;
+      const count = spanOf(s);
       for (let i = 0; i < count; i++) {
         ids[row + i] = sequence.tokens[sequence.cached + i] ?? 0;
         positions[row + i] = sequence.cached + i;
       }
-      if (count > 0 && sequence.cached + count === sequence.tokens.length) {
-        samplers.push({ sequence, row: row + count - 1 });
-      }
+      const index = count > 0 ? sampled.indexOf(sequence) : -1;
+      if (index >= 0) copies.push({ row: row + count - 1, index });
       row += count;
     });
     b.write(w.ids, ids);
@@ -583,41 +621,28 @@ export class BatchEngine {
       blocks.attentionOutput(layer, w.attention, w.hidden);
       blocks.mlp(layer, w.hidden, w.normed, w.gate);
     }
-    members.forEach((sequence, s) => {
-      const count = rows[s] ?? 0;
-      const prefill = count > 0 && sequence.cached < sequence.prompt.length;
-      sequence.cached += count;
-      if (prefill) this.#atChunkEnd(sequence);
-    });
-    this.#steps++;
-    this.#lastStepRows = total;
-    if (samplers.length > 0) await this.#sample(w.hidden, samplers);
+    // Before a later pass of the same size reuses this workspace.
+    if (samples) for (const { row: from, index } of copies) b.copyRows(w.hidden, samples.hidden, from, index, 1);
   }
 
-  /** Draws the next token of every sequence in `samplers` on the device, then emits it and ends finished sequences. */
-  async #sample(hidden: TensorHandle, samplers: readonly { sequence: Sequence; row: number }[]): Promise<void> {
+  /** Draws the next token of every sequence in `sampled` (hidden rows in `s.hidden`) on the device, then emits it. */
+  async #sample(s: SampleWorkspace, sampled: readonly Sequence[]): Promise<void> {
     const { backend: b, blocks } = this.#model;
-    const s = this.#workspaces.samples(samplers.length);
-    samplers.forEach(({ row }, index) => {
-      b.copyRows(hidden, s.hidden, row, index, 1);
-    });
     blocks.logits(s.hidden, s.normed, s.logits);
-    const settings = new Float32Array(4 * samplers.length);
-    samplers.forEach(({ sequence }, index) => {
+    const settings = new Float32Array(4 * sampled.length);
+    sampled.forEach((sequence, index) => {
       const { temperature, topK, topP } = sequence.sampling;
       settings.set([temperature, topK, topP, temperature > 0 ? sequence.random() : 0], 4 * index);
     });
     b.write(s.settings, settings);
     b.sample(s.logits, s.settings, s.tokens);
-    const wantsLogits = samplers.some(
-      ({ sequence }) => sequence.request.logits || sequence.request.logprobs !== undefined,
-    );
+    const wantsLogits = sampled.some((sequence) => sequence.request.logits || sequence.request.logprobs !== undefined);
     const [tokens, logits] = await Promise.all([
       b.read(s.tokens) as Promise<Int32Array>,
       wantsLogits ? (b.read(s.logits) as Promise<Float32Array>) : undefined,
     ]);
     const vocab = this.#model.config.vocabSize;
-    samplers.forEach(({ sequence }, index) => {
+    sampled.forEach((sequence, index) => {
       const token = tokens[index] ?? 0;
       const row = logits?.subarray(index * vocab, (index + 1) * vocab);
       const extra: { logits?: Float32Array; logprob?: number; topLogprobs?: { id: number; logprob: number }[] } = {};
