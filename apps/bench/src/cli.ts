@@ -12,6 +12,7 @@ import { niahCommand, niahHelp } from './commands/niah.js';
 import { passkeyCommand, passkeyHelp } from './commands/passkey.js';
 import { perplexityCommand, perplexityHelp } from './commands/perplexity.js';
 import { planCommand, planHelp } from './commands/plan.js';
+import { serveLoadCommand, serveLoadHelp } from './commands/serve-load.js';
 import { speedCommand, speedHelp } from './commands/speed.js';
 import { trainGatesCommand, trainGatesHelp } from './commands/train-gates.js';
 import { describeFailure } from './failure.js';
@@ -37,6 +38,11 @@ const commands: Record<string, Command> = {
     help: batchHelp,
     stops: 'after this measurement',
     run: (argv, signal) => batchCommand(argv, log, signal),
+  },
+  'serve-load': {
+    help: serveLoadHelp,
+    stops: 'after the level in flight',
+    run: (argv, signal) => serveLoadCommand(argv, log, signal),
   },
   plan: { help: planHelp, run: (argv) => planCommand(argv, log) },
   chart: { help: chartHelp, run: (argv) => chartCommand(argv, log) },

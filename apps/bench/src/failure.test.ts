@@ -2,7 +2,7 @@
 import { UsageError } from '@duoattn/app-kit';
 import { DuoArgumentError, DuoCheckpointError, DuoError, DuoOutOfMemoryError, DuoTokenizerError } from '@duoattn/core';
 import { describe, expect, it } from 'vitest';
-import { describeFailure, ISSUES_URL } from './failure.js';
+import { describeFailure, ISSUES_URL, RunFailure } from './failure.js';
 import { InterruptedError } from './interrupt.js';
 
 describe('describeFailure', () => {
@@ -54,5 +54,13 @@ describe('describeFailure', () => {
     expect(verbose.text).toMatch(/^ {4}at /m);
     expect(describeFailure('x', 'a thrown string', false).text).toContain('internal error (a thrown string)');
     expect(describeFailure('x', new DuoError('DUO_NATIVE', 'kernel failed'), true).text).toMatch(/^ {4}at /m);
+  });
+
+  it('exits 1 for a run-time failure the command explains (RunFailure), without calling it a bug', () => {
+    const error = new RunFailure('cannot reach duo-serve at http://127.0.0.1:8000/ (connect ECONNREFUSED)');
+    expect(describeFailure('serve-load', error, false)).toEqual({
+      status: 1,
+      text: `duo-bench serve-load: ${error.message}\n`,
+    });
   });
 });

@@ -7,6 +7,25 @@ import { INTERRUPTED_STATUS, InterruptedError } from './interrupt.js';
 /** Where an internal error should be reported. */
 export const ISSUES_URL = 'https://github.com/duoattn/duoattn/issues';
 
+const runFailureMarker = Symbol.for('duoattn.bench.run-failure');
+
+/**
+ * A failure at run time that the command explains in full (a server that cannot be reached, requests that failed):
+ * reported as its message with status 1, not as an internal error.
+ */
+export class RunFailure extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'RunFailure';
+    Object.defineProperty(this, runFailureMarker, { value: true });
+  }
+
+  /** True for a RunFailure, even from another copy of this module. */
+  static isInstance(error: unknown): error is RunFailure {
+    return typeof error === 'object' && error !== null && runFailureMarker in error;
+  }
+}
+
 /** Codes of errors about what the user gave: an argument, a checkpoint or pattern file, a tokenizer file. */
 const BAD_INPUT_CODES = new Set(['DUO_ARG', 'DUO_CHECKPOINT', 'DUO_TOKENIZER']);
 
@@ -26,6 +45,7 @@ export function describeFailure(
       text: `${prefix} ${error.message} [${error.code}]\n${stack}`,
     };
   }
+  if (RunFailure.isInstance(error)) return { status: 1, text: `${prefix} ${error.message}\n${stack}` };
   if (isSystemError(error)) return { status: 1, text: `${prefix} ${error.message}\n${stack}` };
   const what = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
   return {

@@ -1,11 +1,10 @@
 // The options every model-running command shares: --model, --device and --weight-dtype, and loading the model.
-import { choiceOption, UsageError } from '@duoattn/app-kit';
-import { type Backend, type ModelConfig, readEnvironment } from '@duoattn/core';
+import { choiceOption, namedShape, RANDOM_WEIGHTS_SEED, randomModelLabel } from '@duoattn/app-kit';
+import { type Backend, readEnvironment } from '@duoattn/core';
 import { type BackendRequest, type BackendTuning, type NativeBackend, resolveBackend } from '@duoattn/kernels';
 import { LlamaModel, type ModelRuntimeOptions } from '@duoattn/model';
 import { defaultModelPath } from './default-model.js';
 import { loadingProgress } from './progress.js';
-import { SHAPES } from './shapes.js';
 
 /** Option specs to spread into a command's parseOptions call. */
 export const MODEL_OPTIONS = {
@@ -32,6 +31,7 @@ export function benchBackend(device: BackendRequest): NativeBackend {
   const tuning: BackendTuning = {
     profile: environment.cudaProfile,
     chainLaunches: !environment.noPdl,
+    batchInvariant: environment.batchInvariant,
     ...(environment.gemvMinSlice === undefined ? {} : { gemvMinSlice: environment.gemvMinSlice }),
     ...(environment.gemvWaves === undefined ? {} : { gemvWaveRule: environment.gemvWaves }),
     ...(environment.gemvSplit === undefined ? {} : { gemvPinnedSplits: environment.gemvSplit }),
@@ -57,14 +57,6 @@ export async function loadModel(options: Record<string, unknown>): Promise<{ mod
   return { model, path };
 }
 
-/** The config of --shape NAME, with a message listing the names when it is unknown. */
-export function namedShape(name: string): ModelConfig {
-  const config = SHAPES[name];
-  if (!config)
-    throw new UsageError(`--shape: expected one of ${Object.keys(SHAPES).join(', ')} but received "${name}"`);
-  return config;
-}
-
 /**
  * For benchmarks: --shape NAME (random weights of `dtype` made on the device) or --model PATH (default: the demo
  * model). Returns the model and how to name it in a report.
@@ -77,8 +69,13 @@ export async function benchmarkModel(
   if (options.shape !== undefined) {
     const name = String(options.shape);
     return {
-      model: LlamaModel.random(namedShape(name), { ...runtimeOptions(), device: backend, dtype, seed: 1 }),
-      label: `${name} (random ${dtype} weights made on the device)`,
+      model: LlamaModel.random(namedShape(name), {
+        ...runtimeOptions(),
+        device: backend,
+        dtype,
+        seed: RANDOM_WEIGHTS_SEED,
+      }),
+      label: randomModelLabel(name, dtype),
     };
   }
   const path = (options.model as string | undefined) ?? defaultModelPath();

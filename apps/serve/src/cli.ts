@@ -1,9 +1,6 @@
 // duo-serve: the OpenAI-compatible server. Listens at once (health says "loading"), loads the model into a batch engine
 // in a worker thread, serves; SIGTERM / SIGINT drain: no new requests, running streams finish, then the engine closes.
 // Exit status: 0 after a drain, 1 when the model cannot be loaded or the server cannot listen, 2 for bad flags.
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   attentionPolicies,
   choiceOption,
@@ -15,30 +12,32 @@ import {
   policySettings,
   UsageError,
 } from '@duoattn/app-kit';
-import { readEnvironment } from '@duoattn/core';
-import { openCheckpoint, startEngineWorker } from '@duoattn/model';
+import { readEnvironment, SHAPES } from '@duoattn/core';
+import { startEngineWorker } from '@duoattn/model';
 import { inWorker } from './engine-host.js';
+import { modelSource } from './model-source.js';
 import { PolicyResolver } from './policies.js';
 import { createServer } from './server.js';
 
-const repositoryRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-
-export const serveHelp = `duo-serve [--model PATH] [--device auto|cpu|cuda] [--host 127.0.0.1] [--port 8000] [--served-model-name NAME]
-          [--attention full|streaming|duo] [--pattern DIR] [--sparsity S] [--kv-quant none|int8|int4|fp8] …
-          [--max-tokens N] [--max-sequences N] [--step-tokens N] [--max-waiting N] [--kv-budget GB]
-          [--admission reserve|optimistic] [--max-concurrent N] [--max-body MB] [--api-key KEY] [--cors ORIGINS]
-          [--chat-template FILE] [--prefix-cache GB] [--log-level info|warn|error|silent]
+export const serveHelp = `duo-serve [--model PATH | --shape NAME [--dtype bf16|f16|f32]] [--device auto|cpu|cuda] [--host 127.0.0.1]
+          [--port 8000] [--served-model-name NAME] [--attention full|streaming|duo] [--pattern DIR] [--sparsity S]
+          [--kv-quant none|int8|int4|fp8] … [--max-tokens N] [--max-sequences N] [--step-tokens N] [--max-waiting N]
+          [--kv-budget GB] [--admission reserve|optimistic] [--max-concurrent N] [--max-body MB] [--api-key KEY]
+          [--cors ORIGINS] [--chat-template FILE] [--prefix-cache GB] [--log-level info|warn|error|silent]
   An OpenAI-compatible server over duoattn's batch engine: POST /v1/chat/completions and /v1/completions (streamed as
   server-sent events or whole), GET /v1/models, POST /tokenize and /detokenize, GET /health (503 while loading or
   after an engine failure), GET /metrics (Prometheus), GET /v1/stats (live JSON), and the playground at /.
   Requests choose their policy with the extensions attention, sparsity, kv_quant, sink and recent; these flags set
   the defaults. --model defaults to the embedded demo model (models/duo-demo); --pattern to the model's pattern/
-  folder when it has one. --max-tokens: max_tokens when a request gives none (default 1024). --kv-budget: GB of KV
-  cache all requests share (default: 85 % of free GPU memory, 2 on the CPU). --max-waiting: requests queued for
-  memory before 429 (default 256). --api-key (repeatable; or DUO_API_KEYS=k1,k2) requires "Authorization: Bearer
-  KEY" on /v1, /tokenize and /detokenize. --cors: comma-separated allowed origins, or '*'. --prefix-cache: GB of
-  KV the cache of prompt prefixes may keep (a second question about a document reuses its pages; 0: off; default
-  half the KV budget).
+  folder when it has one. --shape NAME serves random weights made on the device (--dtype, default bf16) at a named
+  shape (${Object.keys(SHAPES).join(', ')}), for benchmarks: it has no tokenizer, so requests go to
+  /v1/completions with token-id prompts (return_token_ids: true streams every token's id, ignore_eos: true makes
+  max_tokens exact). --max-tokens: max_tokens when a request gives none (default 1024). --kv-budget: GB of KV cache
+  all requests share (default: 85 % of free GPU memory, 2 on the CPU). --max-waiting: requests queued for memory
+  before 429 (default 256). --api-key (repeatable; or DUO_API_KEYS=k1,k2) requires "Authorization: Bearer KEY" on
+  /v1, /tokenize and /detokenize. --cors: comma-separated allowed origins, or '*'. --prefix-cache: GB of KV the cache
+  of prompt prefixes may keep (a second question about a document reuses its pages; 0: off; default half the KV
+  budget).
 ${POLICY_HELP}`;
 
 async function main(argv: string[]): Promise<number> {
@@ -49,6 +48,8 @@ async function main(argv: string[]): Promise<number> {
   const options = parseOptions(argv, {
     ...POLICY_OPTIONS,
     model: { type: 'string' },
+    shape: { type: 'string' },
+    dtype: { type: 'string' },
     device: { type: 'string' },
     host: { type: 'string' },
     port: { type: 'string' },
@@ -91,14 +92,9 @@ async function main(argv: string[]): Promise<number> {
     'info',
   );
   const attention = attentionPolicies(options.attention, ['full'])[0] ?? 'full';
-  const modelPath = typeof options.model === 'string' ? options.model : join(repositoryRoot, 'models', 'duo-demo');
-  if (!existsSync(modelPath))
-    throw new UsageError(`--model: "${modelPath}" does not exist`, { option: 'model', received: modelPath });
-  // The model's own pattern (models/duo-demo/pattern) when duo may be asked for and none is given.
-  const ownPattern = statSync(modelPath).isDirectory() ? join(modelPath, 'pattern') : undefined;
-  const pattern = options.pattern ?? (ownPattern && existsSync(ownPattern) ? ownPattern : undefined);
+  const source = await modelSource(options, device);
+  const pattern = options.pattern ?? source.ownPattern;
   const settings = policySettings({ ...options, pattern });
-  const template = typeof options['chat-template'] === 'string' ? readTemplate(options['chat-template']) : undefined;
   const apiKeys = [
     ...((options['api-key'] as unknown as string[] | undefined) ?? []),
     ...(readEnvironment().apiKeys ?? []),
@@ -111,28 +107,47 @@ async function main(argv: string[]): Promise<number> {
           .filter(Boolean)
       : [];
 
-  // The tokenizer and config here (tokenize, chat templates, context checks); the weights load in the worker.
-  const checkpoint = await openCheckpoint(modelPath);
-  if (!checkpoint.tokenizer) throw new UsageError(`--model: "${modelPath}" has no tokenizer; duo-serve needs one`);
-  const id = typeof options['served-model-name'] === 'string' ? options['served-model-name'] : defaultName(modelPath);
+  const id = typeof options['served-model-name'] === 'string' ? options['served-model-name'] : source.defaultId;
+  const engineOptions = {
+    maxSequences,
+    stepTokens,
+    maxWaiting,
+    admission,
+    ...(kvBudget === undefined ? {} : { kvBudgetBytes: kvBudget }),
+    ...(prefixCache === undefined
+      ? {}
+      : { prefixCache: prefixCache === 0 ? (false as const) : { maxBytes: prefixCache } }),
+  };
   const server = createServer({
-    model: {
-      id,
-      config: checkpoint.config,
-      tokenizer: checkpoint.tokenizer,
-      chatTemplate: template ?? checkpoint.chatTemplate,
-    },
-    resolver: new PolicyResolver(checkpoint.config, { ...settings, attention }),
+    model: { id, config: source.config, tokenizer: source.tokenizer, chatTemplate: source.chatTemplate },
+    resolver: new PolicyResolver(source.config, { ...settings, attention }),
     defaultMaxTokens: maxTokens,
     apiKeys,
     corsOrigins: cors,
     bodyLimit: Math.round(maxBody),
     maxConcurrentRequests: maxConcurrent,
     logger: logLevel === 'silent' ? false : { level: logLevel },
+    // What /v1/stats reports of how the server was started (load generators record it beside their figures).
+    settings: {
+      model: source.description,
+      tokenizer: source.tokenizer !== undefined,
+      maxSequences,
+      stepTokens,
+      maxWaiting,
+      admission,
+      kvBudget: kvBudget === undefined ? 'default (85 % of free GPU memory, 2 GB on the CPU)' : `${kvBudget / 1e9} GB`,
+      prefixCache:
+        prefixCache === undefined
+          ? 'default (half the KV budget)'
+          : prefixCache === 0
+            ? 'off'
+            : `${prefixCache / 1e9} GB`,
+      prefillChunk: settings.prefillChunk,
+    },
   });
   const { app } = server;
   await app.listen({ host, port });
-  app.log.info(`duo-serve: loading ${modelPath} (${device}); /health says "loading" until it is ready`);
+  app.log.info(`duo-serve: loading ${source.description} (${device}); /health says "loading" until it is ready`);
 
   let draining = false;
   const drain = async (signal: string) => {
@@ -150,21 +165,11 @@ async function main(argv: string[]): Promise<number> {
   });
 
   try {
-    const worker = await startEngineWorker({
-      model: { path: modelPath, device },
-      engine: {
-        maxSequences,
-        stepTokens,
-        maxWaiting,
-        admission,
-        ...(kvBudget === undefined ? {} : { kvBudgetBytes: kvBudget }),
-        ...(prefixCache === undefined ? {} : { prefixCache: prefixCache === 0 ? false : { maxBytes: prefixCache } }),
-      },
-    });
+    const worker = await startEngineWorker({ model: source.worker, engine: engineOptions });
     server.attach(inWorker(worker));
     // Always said (whatever --log-level): scripts wait for this line.
     process.stderr.write(
-      `duo-serve: ready on http://${host}:${(app.server.address() as { port: number }).port} — ${id} on ${worker.info.deviceName}, ${attention} attention by default\n`,
+      `duo-serve: ready on http://${host}:${(app.server.address() as { port: number }).port} — ${id} on ${worker.info.deviceName}, ${attention} attention by default${source.tokenizer ? '' : '; no tokenizer: token-id prompts only'}\n`,
     );
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);
@@ -175,21 +180,6 @@ async function main(argv: string[]): Promise<number> {
   }
   await stopped;
   return 0;
-}
-
-function readTemplate(path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch (error) {
-    throw new UsageError(`--chat-template: cannot read "${path}": ${(error as Error).message}`, {
-      option: 'chat-template',
-    });
-  }
-}
-
-function defaultName(path: string): string {
-  const parts = resolve(path).split('/').filter(Boolean);
-  return parts[parts.length - 1] ?? 'model';
 }
 
 main(process.argv.slice(2)).then(

@@ -8,11 +8,14 @@ export interface ServeEngine {
   close(): Promise<void>;
   /** Why the engine stopped, once a step failed; then every request is refused. */
   readonly failure: unknown;
+  /** The device it runs on, e.g. "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)", when known (/v1/stats reports it). */
+  readonly deviceName?: string;
 }
 
-/** A batch engine running in this thread. */
-export function inThread(engine: BatchEngine): ServeEngine {
+/** A batch engine running in this thread (`deviceName`: its model's `backend.deviceName`, for /v1/stats). */
+export function inThread(engine: BatchEngine, deviceName?: string): ServeEngine {
   return {
+    ...(deviceName === undefined ? {} : { deviceName }),
     submit: (request) => engine.submit(request),
     stats: async () => engine.stats(),
     close: () => engine.close(),
@@ -25,6 +28,7 @@ export function inThread(engine: BatchEngine): ServeEngine {
 /** A batch engine in a worker thread (`startEngineWorker`). */
 export function inWorker(worker: EngineWorker): ServeEngine {
   return {
+    deviceName: worker.info.deviceName,
     submit: (request) => worker.submit(request),
     stats: () => worker.stats(),
     close: () => worker.close(),

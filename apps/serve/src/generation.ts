@@ -2,7 +2,7 @@
 // context check, the policy, sampling, n choices, stop strings held back from the stream, logprobs, usage, and
 // cancellation when the client goes away.
 import type { AttentionPolicy } from '@duoattn/core';
-import type { BatchRequest, BatchResult, BatchStream, BatchToken, Tokenizer } from '@duoattn/model';
+import type { BatchRequest, BatchResult, BatchStream, BatchToken } from '@duoattn/model';
 import type { ServeEngine } from './engine-host.js';
 import { ApiError } from './errors.js';
 import type { ServeMetrics } from './metrics.js';
@@ -11,7 +11,6 @@ import type { PolicyRequest, PolicyResolver } from './policies.js';
 /** What generation needs of the server. */
 export interface GenerationContext {
   readonly engine: ServeEngine;
-  readonly tokenizer: Tokenizer;
   readonly eosTokenIds: readonly number[];
   readonly contextLength: number;
   /** max_tokens when a request gives none (at most what fits the context). */
@@ -64,7 +63,7 @@ export function startGeneration(
   body: GenerationBody,
   prompt: readonly number[],
   choiceBase: number,
-  extra: { logprobs?: number; maxTokens?: number | null },
+  extra: { logprobs?: number; maxTokens?: number | null; everyToken?: boolean },
 ): Generation {
   const promptTokens = prompt.length;
   const room = context.contextLength - promptTokens;
@@ -108,7 +107,9 @@ export function startGeneration(
     throw error;
   }
   const started = performance.now();
-  const queue = merge(streams.map((stream, i) => choiceEvents(stream, choiceBase + i, stops)));
+  const queue = merge(
+    streams.map((stream, i) => choiceEvents(stream, choiceBase + i, stops, extra.everyToken ?? false)),
+  );
   const usage = Promise.all(streams.map((stream) => stream.result)).then((results) => {
     const completion = results.reduce((sum, result) => sum + result.usage.completionTokens, 0);
     const cached = Math.max(...results.map((result) => cachedTokensOf(result)));
@@ -159,11 +160,16 @@ function recordFinished(
   });
 }
 
-/** A choice's events: text deltas with any stop string (and what could begin one) held back, then its end. */
+/**
+ * A choice's events: text deltas with any stop string (and what could begin one) held back, then its end. With
+ * `everyToken` each token goes out as it comes, its text empty while held back (or without a tokenizer): clients that
+ * count tokens or time them (`return_token_ids`) see each one when the engine made it.
+ */
 async function* choiceEvents(
   stream: BatchStream,
   index: number,
   stops: readonly string[],
+  everyToken: boolean,
 ): AsyncGenerator<ChoiceEvent> {
   const longest = stops.reduce((most, stop) => Math.max(most, stop.length), 0);
   let text = '';
@@ -185,7 +191,7 @@ async function* choiceEvents(
       continue;
     }
     const safe = Math.max(sent, text.length - (longest > 0 ? longest - 1 : 0));
-    if (safe > sent) {
+    if (safe > sent || everyToken) {
       yield { index, text: text.slice(sent, safe), tokens: pending };
       sent = safe;
       pending = [];

@@ -105,6 +105,8 @@ export const completionRequest = z.strictObject({
   /** The legacy API's logprobs: how many alternatives per token (0 … 20). */
   logprobs: z.number().int().min(0).max(20).nullish(),
   echo: z.literal(false).optional(),
+  /** vLLM's extension: each choice and each streamed chunk carries its tokens' ids (`token_ids`), a chunk per token. */
+  return_token_ids: z.boolean().optional(),
   best_of: z.number().int().min(1).max(16).nullish(),
 });
 export type CompletionRequest = z.infer<typeof completionRequest>;

@@ -11,14 +11,7 @@ import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { ZodType } from 'zod';
 import type { ServeEngine } from './engine-host.js';
 import { ApiError, RETRY_AFTER_SECONDS, toApiError } from './errors.js';
-import {
-  type ChoiceEvent,
-  type Generation,
-  type GenerationContext,
-  merge,
-  startGeneration,
-  type Usage,
-} from './generation.js';
+import { type Generation, type GenerationContext, merge, startGeneration, type Usage } from './generation.js';
 import { ServeMetrics } from './metrics.js';
 import {
   type ChatRequest,
@@ -30,6 +23,7 @@ import {
   tokenizeRequest,
 } from './openai-schema.js';
 import type { PolicyResolver } from './policies.js';
+import { chatShape, completionShape, type ResponseShape } from './response-shapes.js';
 
 /** A chat template for models without one: each message on a line as "role: content", then "assistant:". */
 export const PLAIN_CHAT_TEMPLATE =
@@ -39,7 +33,8 @@ export const PLAIN_CHAT_TEMPLATE =
 export interface ServedModel {
   readonly id: string;
   readonly config: ModelConfig;
-  readonly tokenizer: Tokenizer;
+  /** Absent: the server takes token-id prompts only (/v1/completions), e.g. random weights at a named shape. */
+  readonly tokenizer: Tokenizer | undefined;
   readonly chatTemplate: string | undefined;
 }
 
@@ -60,6 +55,8 @@ export interface ServerOptions {
   readonly logger?: boolean | object;
   /** The playground's folder (index.html and its assets). Default: ../public beside this module. */
   readonly publicDirectory?: string;
+  /** How the server was started (model, engine limits, …), reported as is by /v1/stats for load generators' records. */
+  readonly settings?: Readonly<Record<string, unknown>>;
 }
 
 /** The server and its lifecycle: `attach` the engine once loaded, `fail` if it could not be. */
@@ -176,10 +173,21 @@ export function createServer(options: ServerOptions): DuoServer {
     }
     return engine;
   };
+  // A model without a tokenizer serves token-id prompts only: what needs text is a 400 naming the field.
+  const tokenizerFor = (param: string): Tokenizer => {
+    if (model.tokenizer) return model.tokenizer;
+    throw new ApiError(
+      400,
+      `The model '${model.id}' has no tokenizer: send /v1/completions a \`prompt\` of token ids (without \`${param}\`)`,
+      { param, code: 'no_tokenizer' },
+    );
+  };
   const context = (): GenerationContext => ({
     engine: ready(),
-    tokenizer: model.tokenizer,
-    eosTokenIds: model.tokenizer.eosTokenIds.length > 0 ? model.tokenizer.eosTokenIds : model.config.eosTokenIds,
+    eosTokenIds:
+      model.tokenizer && model.tokenizer.eosTokenIds.length > 0
+        ? model.tokenizer.eosTokenIds
+        : model.config.eosTokenIds,
     contextLength: model.config.maxPositionEmbeddings,
     defaultMaxTokens,
     resolver,
@@ -250,7 +258,10 @@ export function createServer(options: ServerOptions): DuoServer {
     return {
       model: model.id,
       state: failure !== undefined ? 'failed' : engine ? 'ready' : 'loading',
+      device: engine?.deviceName,
       contextLength: model.config.maxPositionEmbeddings,
+      vocabSize: model.config.vocabSize,
+      tokenizer: model.tokenizer !== undefined,
       running: stats?.running ?? 0,
       waiting: stats?.waiting ?? 0,
       kv: stats
@@ -272,6 +283,7 @@ export function createServer(options: ServerOptions): DuoServer {
         sparsity: resolver.defaults.sparsity,
         kv_quant: resolver.defaults.kvQuant,
       },
+      settings: options.settings ?? {},
     };
   });
 
@@ -280,8 +292,8 @@ export function createServer(options: ServerOptions): DuoServer {
     checkModel(body.model);
     const tokens =
       'prompt' in body
-        ? model.tokenizer.encode(body.prompt, { addBos: body.add_special_tokens ?? true })
-        : model.tokenizer.encode(render(body.messages));
+        ? tokenizerFor('prompt').encode(body.prompt, { addBos: body.add_special_tokens ?? true })
+        : tokenizerFor('messages').encode(render(body.messages));
     return { tokens, count: tokens.length, max_model_len: model.config.maxPositionEmbeddings };
   });
 
@@ -296,7 +308,7 @@ export function createServer(options: ServerOptions): DuoServer {
         code: 'invalid_value',
       });
     }
-    return { prompt: model.tokenizer.decode(body.tokens) };
+    return { prompt: tokenizerFor('tokens').decode(body.tokens) };
   });
 
   app.post('/v1/chat/completions', async (request, reply) => {
@@ -308,7 +320,8 @@ export function createServer(options: ServerOptions): DuoServer {
         code: 'invalid_value',
       });
     }
-    const prompt = model.tokenizer.encode(render(body.messages));
+    const tokenizer = tokenizerFor('messages');
+    const prompt = tokenizer.encode(render(body.messages));
     const release = admit();
     let generation: Generation;
     try {
@@ -321,7 +334,7 @@ export function createServer(options: ServerOptions): DuoServer {
       throw error;
     }
     const id = `chatcmpl-${randomUUID()}`;
-    const shape = chatShape(id, model.id, model.tokenizer, Boolean(body.logprobs));
+    const shape = chatShape(id, model.id, tokenizer, Boolean(body.logprobs));
     return respond(
       reply,
       [generation],
@@ -341,9 +354,15 @@ export function createServer(options: ServerOptions): DuoServer {
         code: 'unsupported_value',
       });
     }
+    if (!model.tokenizer) {
+      if (body.stop !== undefined && body.stop !== null) tokenizerFor('stop');
+      if (body.logprobs !== undefined && body.logprobs !== null) tokenizerFor('logprobs');
+    }
     const prompts = promptList(body.prompt).map((prompt) =>
-      typeof prompt === 'string' ? model.tokenizer.encode(prompt) : checkIds(prompt, model.config.vocabSize),
+      typeof prompt === 'string' ? tokenizerFor('prompt').encode(prompt) : checkIds(prompt, model.config.vocabSize),
     );
+    // Without a tokenizer the ids are all a client gets (every text is empty): they come whether asked for or not.
+    const tokenIds = Boolean(body.return_token_ids) || !model.tokenizer;
     const release = admit();
     const generations: Generation[] = [];
     try {
@@ -354,6 +373,7 @@ export function createServer(options: ServerOptions): DuoServer {
           startGeneration(shared, body, prompt, i * n, {
             logprobs: body.logprobs ?? undefined,
             maxTokens: body.max_tokens,
+            everyToken: tokenIds,
           }),
         );
       });
@@ -363,7 +383,7 @@ export function createServer(options: ServerOptions): DuoServer {
       throw error;
     }
     const id = `cmpl-${randomUUID()}`;
-    const shape = completionShape(id, model.id, model.tokenizer, body.logprobs ?? undefined);
+    const shape = completionShape(id, model.id, model.tokenizer, { logprobs: body.logprobs ?? undefined, tokenIds });
     return respond(
       reply,
       generations,
@@ -451,6 +471,9 @@ export function createServer(options: ServerOptions): DuoServer {
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
     });
+    // Headers now, not with the first token: a client learns at once that the request was taken (a long prompt's
+    // first token can be minutes away under load, past many clients' header timeouts).
+    reply.raw.flushHeaders();
     const send = (data: unknown) => {
       if (!reply.raw.writableEnded && !reply.raw.destroyed) reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
     };
@@ -485,125 +508,6 @@ export function createServer(options: ServerOptions): DuoServer {
     get engine() {
       return engine;
     },
-  };
-}
-
-/** How a response is shaped for its endpoint: the whole JSON, or the stream's chunks. */
-interface ResponseShape {
-  whole(
-    choices: { index: number; text: string; tokens: BatchToken[]; finishReason: string | null }[],
-    usage: Usage,
-  ): object;
-  opening(choices: number): object[];
-  chunk(event: ChoiceEvent): object | undefined;
-  usageChunk(usage: Usage): object;
-}
-
-function chatShape(id: string, model: string, tokenizer: Tokenizer, logprobs: boolean): ResponseShape {
-  const created = Math.floor(Date.now() / 1000);
-  const base = { id, object: 'chat.completion.chunk', created, model };
-  const logprobsOf = (tokens: readonly BatchToken[]) => ({
-    content: tokens.map((token) => {
-      const text = tokenizer.decode([token.id]);
-      return {
-        token: text,
-        logprob: token.logprob ?? 0,
-        bytes: [...Buffer.from(text, 'utf8')],
-        top_logprobs: (token.topLogprobs ?? []).map((entry) => {
-          const alternative = tokenizer.decode([entry.id]);
-          return { token: alternative, logprob: entry.logprob, bytes: [...Buffer.from(alternative, 'utf8')] };
-        }),
-      };
-    }),
-  });
-  return {
-    whole: (choices, usage) => ({
-      id,
-      object: 'chat.completion',
-      created,
-      model,
-      choices: choices.map((choice) => ({
-        index: choice.index,
-        message: { role: 'assistant', content: choice.text },
-        logprobs: logprobs ? logprobsOf(choice.tokens) : null,
-        finish_reason: choice.finishReason,
-      })),
-      usage,
-    }),
-    opening: (choices) =>
-      Array.from({ length: choices }, (_, index) => ({
-        ...base,
-        choices: [{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }],
-      })),
-    chunk: (event) => {
-      if (event.text === '' && event.finishReason === undefined && !(logprobs && event.tokens.length > 0))
-        return undefined;
-      return {
-        ...base,
-        choices: [
-          {
-            index: event.index,
-            delta: event.text === '' && event.finishReason ? {} : { content: event.text },
-            logprobs: logprobs && event.tokens.length > 0 ? logprobsOf(event.tokens) : null,
-            finish_reason: event.finishReason ?? null,
-          },
-        ],
-      };
-    },
-    usageChunk: (usage) => ({ ...base, choices: [], usage }),
-  };
-}
-
-function completionShape(id: string, model: string, tokenizer: Tokenizer, logprobs: number | undefined): ResponseShape {
-  const created = Math.floor(Date.now() / 1000);
-  const base = { id, object: 'text_completion', created, model };
-  const logprobsOf = (tokens: readonly BatchToken[], offset: number) => {
-    const texts = tokens.map((token) => tokenizer.decode([token.id]));
-    const offsets: number[] = [];
-    let at = offset;
-    for (const text of texts) {
-      offsets.push(at);
-      at += text.length;
-    }
-    return {
-      tokens: texts,
-      token_logprobs: tokens.map((token) => token.logprob ?? 0),
-      top_logprobs: tokens.map((token) =>
-        Object.fromEntries((token.topLogprobs ?? []).map((entry) => [tokenizer.decode([entry.id]), entry.logprob])),
-      ),
-      text_offset: offsets,
-    };
-  };
-  const sentLength = new Map<number, number>();
-  return {
-    whole: (choices, usage) => ({
-      ...base,
-      choices: choices.map((choice) => ({
-        index: choice.index,
-        text: choice.text,
-        logprobs: logprobs === undefined ? null : logprobsOf(choice.tokens, 0),
-        finish_reason: choice.finishReason,
-      })),
-      usage,
-    }),
-    opening: () => [],
-    chunk: (event) => {
-      if (event.text === '' && event.finishReason === undefined) return undefined;
-      const offset = sentLength.get(event.index) ?? 0;
-      sentLength.set(event.index, offset + event.text.length);
-      return {
-        ...base,
-        choices: [
-          {
-            index: event.index,
-            text: event.text,
-            logprobs: logprobs === undefined ? null : logprobsOf(event.tokens, offset),
-            finish_reason: event.finishReason ?? null,
-          },
-        ],
-      };
-    },
-    usageChunk: (usage) => ({ ...base, choices: [], usage }),
   };
 }
 

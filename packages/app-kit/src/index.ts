@@ -1,5 +1,5 @@
 // Public surface of @duoattn/app-kit: what duoattn's apps share — command-line options and usage errors, the attention
-// policy options and the policy they build, result records and their writer, figures (SVG or PNG).
+// policy options and the policy they build, named model shapes, result records and their writer, figures (SVG or PNG).
 export {
   checkContext,
   choiceOption,
@@ -25,6 +25,7 @@ export {
   wrapTitle,
 } from './figures.js';
 export { FIGURE_FONT, textWidthEm } from './font-metrics.js';
+export { namedShape, RANDOM_WEIGHT_DTYPES, RANDOM_WEIGHTS_SEED, randomModelLabel } from './model-shapes.js';
 export {
   attentionPolicies,
   buildPolicy,

@@ -5,6 +5,7 @@ import {
   choiceOption,
   duoPlanFor,
   integerOption,
+  namedShape,
   numberOption,
   outputOption,
   POLICY_HELP,
@@ -18,7 +19,6 @@ import type { DType } from '@duoattn/core';
 import { maxContext, planMemory, policyPlan } from '@duoattn/dual-cache';
 import { openCheckpoint } from '@duoattn/model';
 import { defaultModelPath } from '../default-model.js';
-import { namedShape } from '../model-options.js';
 import { SHAPES } from '../shapes.js';
 
 export const planHelp = `duo-bench plan [--shape NAME | --model PATH] [--kv-dtype bf16|f16|f32] [--kv-quant none|int8|int4|fp8]

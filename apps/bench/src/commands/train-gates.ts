@@ -7,9 +7,11 @@ import {
   choiceOption,
   integerListOption,
   integerOption,
+  namedShape,
   numberOption,
   outputOption,
   parseOptions,
+  RANDOM_WEIGHTS_SEED,
   writeFigure,
   writeResult,
 } from '@duoattn/app-kit';
@@ -28,7 +30,7 @@ import { LlamaModel } from '@duoattn/model';
 import { readTexts, sharedBooks, textFiles } from '../default-model.js';
 import { encodeInPieces } from '../encode.js';
 import { gateHistoryFigure, trainingFigure } from '../gate-plots.js';
-import { benchBackend, loadModel, MODEL_OPTIONS, modelChoices, namedShape } from '../model-options.js';
+import { benchBackend, loadModel, MODEL_OPTIONS, modelChoices } from '../model-options.js';
 import { trainingProgress } from '../progress.js';
 import { checkSamplesFit, contextMaxFor, sampleOverhead } from '../training-contexts.js';
 import { measureStepTimes } from './step-times.js';
@@ -265,7 +267,11 @@ async function trainingModel(
   if (options.shape !== undefined) {
     const name = String(options.shape);
     const { device } = modelChoices(options);
-    const model = LlamaModel.random(namedShape(name), { device: benchBackend(device), dtype: 'bf16', seed: 1 });
+    const model = LlamaModel.random(namedShape(name), {
+      device: benchBackend(device),
+      dtype: 'bf16',
+      seed: RANDOM_WEIGHTS_SEED,
+    });
     return { model, label: `${name} (random bf16 weights, seed 1)`, hash: `random:${name}:1` };
   }
   const { model, path } = await loadModel(options);

@@ -1,0 +1,476 @@
+// duo-bench serve-load: load on a running duo-serve, as its users see it. For each policy and concurrency level, N
+// streamed completions of fixed-length random token-id prompts and a fixed output length (ignore_eos); per request
+// the time to first token, every inter-token gap and the end-to-end latency; per level their p50 / p99 and the
+// aggregate throughput. JSON (with the server's card and settings) and a figure, or a figure redrawn from the JSON.
+import { readFileSync } from 'node:fs';
+import {
+  attentionPolicies,
+  type FigurePanel,
+  figurePath,
+  integerListOption,
+  integerOption,
+  lineChart,
+  numberOption,
+  outputOption,
+  parseOptions,
+  policySettings,
+  quantile,
+  resultRecord,
+  runLabel,
+  UsageError,
+  writeFigure,
+  writeResult,
+} from '@duoattn/app-kit';
+import { type AttentionPolicyName, DEFAULT_SPARSITY } from '@duoattn/core';
+import { RunFailure } from '../failure.js';
+import { interruptionPoint } from '../interrupt.js';
+import {
+  connectionPool,
+  readyServer,
+  type ServerStats,
+  type StreamedCompletion,
+  serverStats,
+  streamCompletion,
+} from '../serve-client.js';
+
+export const serveLoadHelp = `duo-bench serve-load [--url http://127.0.0.1:8000] [--attention full,duo] [--sparsity 0.5] [--sink N]
+                     [--recent N] [--concurrency 1,8,32] [--requests N] [--prompt-tokens 32k] [--output-tokens 64]
+                     [--warmup 1] [--timeout 900] [--seed 1] [--card NAME] [--out FILE] [--plot FILE.svg|FILE.png]
+       duo-bench serve-load --from FILE --plot FILE.svg|FILE.png
+  Load on a running duo-serve (start it first; duo-serve --shape NAME serves random weights): for each policy (sent
+  per request as duoattn's extensions, so one server runs them all; duo at --sparsity) and each concurrency level,
+  --requests streamed /v1/completions (default max(2, concurrency)) with at most that many in flight, each a distinct
+  random token-id prompt of --prompt-tokens (its first tokens differ from every other request's, so no prompt reuses
+  another's cached prefix) and exactly --output-tokens tokens (ignore_eos). Per request: time to first token, every
+  inter-token gap, end-to-end latency; per level: their p50 and p99, output tokens/s and requests/s over the level's
+  wall time. --warmup requests per policy first (not measured). --timeout: seconds one request may take. The record
+  holds the server's device, model and settings (/v1/stats) and the commit (DUO_COMMIT); a request that fails fails
+  the command (status 1) after the record is written.`;
+
+/** The most requests in flight a level may ask for, and the most requests a level may send. */
+const MOST_CONCURRENCY = 1024;
+const MOST_REQUESTS = 4096;
+
+/** One policy as the requests carry it. */
+interface LoadPolicy {
+  readonly label: string;
+  readonly extensions: Readonly<Record<string, unknown>>;
+}
+
+/** One request's figures (ms). */
+interface RequestFigures {
+  readonly ttftMs: number;
+  readonly e2eMs: number;
+  readonly outputTokens: number;
+  readonly cachedTokens: number;
+  readonly itlMs: readonly number[];
+}
+
+/** p50 / p99 / mean / max of a list of ms. */
+interface Summary {
+  readonly p50: number;
+  readonly p99: number;
+  readonly mean: number;
+  readonly max: number;
+  readonly count: number;
+}
+
+/** One policy × concurrency level. */
+export interface LoadLevel {
+  readonly policy: string;
+  readonly concurrency: number;
+  readonly requests: number;
+  readonly completed: number;
+  readonly failed: number;
+  readonly errors: readonly string[];
+  readonly wallSeconds: number;
+  readonly ttftMs: Summary;
+  readonly itlMs: Summary;
+  readonly e2eMs: Summary;
+  /** Per request: (e2e − ttft) / (output tokens − 1). */
+  readonly tpotMs: Summary;
+  readonly outputTokensPerSecond: number;
+  readonly promptTokensPerSecond: number;
+  readonly requestsPerSecond: number;
+  /** Prompt tokens the server served from its prefix cache (usage.prompt_tokens_details.cached_tokens): 0 expected. */
+  readonly cachedPromptTokens: number;
+  readonly prefixCacheHits: number;
+  readonly perRequest: readonly RequestFigures[];
+}
+
+export async function serveLoadCommand(
+  argv: string[],
+  log: (line: string) => void,
+  signal?: AbortSignal,
+): Promise<object> {
+  const options = parseOptions(argv, {
+    url: { type: 'string' },
+    attention: { type: 'string' },
+    sparsity: { type: 'string' },
+    sink: { type: 'string' },
+    recent: { type: 'string' },
+    concurrency: { type: 'string' },
+    requests: { type: 'string' },
+    'prompt-tokens': { type: 'string' },
+    'output-tokens': { type: 'string' },
+    warmup: { type: 'string' },
+    timeout: { type: 'string' },
+    seed: { type: 'string' },
+    card: { type: 'string' },
+    out: { type: 'string' },
+    plot: { type: 'string' },
+    from: { type: 'string' },
+  });
+  if (options.plot !== undefined) outputOption('plot', figurePath('plot', String(options.plot)));
+  outputOption('out', options.out);
+  if (options.from !== undefined) return redraw(String(options.from), options.plot as string | undefined, log);
+  const base = serverUrl(options.url);
+  const attentions = attentionPolicies(options.attention, ['full', 'duo'], true);
+  const policies = loadPolicies(attentions, policySettings(options, attentions));
+  const levels = integerListOption('concurrency', options.concurrency, [1, 8, 32]);
+  for (const level of levels) {
+    if (level < 1 || level > MOST_CONCURRENCY)
+      throw UsageError.invalid('concurrency', `levels in [1, ${MOST_CONCURRENCY}]`, options.concurrency);
+  }
+  const requestsOption =
+    options.requests === undefined ? undefined : integerOption('requests', options.requests, 0, 1, MOST_REQUESTS);
+  const promptTokens = integerOption('prompt-tokens', options['prompt-tokens'], 32768, 2, 1 << 24);
+  const outputTokens = integerOption('output-tokens', options['output-tokens'], 64, 2, 1 << 20);
+  const warmup = integerOption('warmup', options.warmup, 1, 0, 16);
+  const timeoutMs = numberOption('timeout', options.timeout, 900, 1, 24 * 3600) * 1000;
+  const seed = integerOption('seed', options.seed, 1, 0, 2 ** 31 - 1);
+
+  const server = await readyServer(base);
+  if (promptTokens + outputTokens > server.contextLength) {
+    throw new UsageError(
+      `--prompt-tokens: ${promptTokens} prompt + ${outputTokens} output tokens per request but ${server.model} holds ${server.contextLength} tokens (its max_position_embeddings); serve a shape with a longer context (e.g. duo-serve --shape llama-3-8b-1048k) or ask for fewer`,
+      { option: 'prompt-tokens', received: String(promptTokens), expected: `at most ${server.contextLength} in all` },
+    );
+  }
+  const prompts = new PromptMaker(server.vocabSize, promptTokens, seed);
+  const totalRequests =
+    policies.length * (warmup + levels.reduce((sum, level) => sum + (requestsOption ?? Math.max(2, level)), 0));
+  if (totalRequests > server.vocabSize ** 2) {
+    throw new UsageError(`--requests: ${totalRequests} requests in all cannot all start differently`, {
+      option: 'requests',
+    });
+  }
+  log(
+    `serve-load: ${server.model} on ${server.device ?? 'an unnamed device'} at ${base.href}: ${policies.map((policy) => policy.label).join(', ')} × concurrency ${levels.join(', ')}; ${promptTokens}-token prompts, ${outputTokens} output tokens`,
+  );
+  const results: LoadLevel[] = [];
+  for (const policy of policies) {
+    const body = (prompt: readonly number[]) => ({
+      prompt,
+      max_tokens: outputTokens,
+      ignore_eos: true,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+      return_token_ids: true,
+      ...policy.extensions,
+    });
+    if (warmup > 0) {
+      await interruptionPoint(signal, `${policy.label} warm-up`);
+      const warm = await runLevel(base, 1, warmup, () => body(prompts.next()), timeoutMs);
+      const problem = warm.find((request) => check(request, outputTokens) !== undefined);
+      if (problem) {
+        throw new RunFailure(`the ${policy.label} warm-up request failed: ${check(problem, outputTokens)}`);
+      }
+    }
+    for (const concurrency of levels) {
+      await interruptionPoint(signal, `${policy.label} at concurrency ${concurrency}`);
+      const count = requestsOption ?? Math.max(2, concurrency);
+      const before = await serverStats(base);
+      const started = performance.now();
+      const streamed = await runLevel(base, concurrency, count, () => body(prompts.next()), timeoutMs);
+      const wallSeconds = (performance.now() - started) / 1000;
+      const after = await idleServer(base);
+      const level = summarize(policy.label, concurrency, streamed, outputTokens, promptTokens, wallSeconds);
+      const hits = (after.prefixCache?.hits ?? 0) - (before.prefixCache?.hits ?? 0);
+      const row = { ...level, prefixCacheHits: hits };
+      results.push(row);
+      log(levelLine(row));
+    }
+  }
+  const settings = {
+    url: base.href,
+    model: server.model,
+    server: server.settings,
+    serverPolicyDefaults: server.policy,
+    kvPoolBytes: server.kv?.totalBytes,
+    policies: policies.map((policy) => ({ label: policy.label, ...policy.extensions })),
+    concurrency: levels,
+    requestsPerLevel: requestsOption ?? 'max(2, concurrency)',
+    promptTokens,
+    outputTokens,
+    warmupPerPolicy: warmup,
+    timeoutSeconds: timeoutMs / 1000,
+    seed,
+    prompts:
+      'random token ids, distinct per request: the first two tokens number the request, so no prompt shares a cached prefix with another',
+    requests:
+      'POST /v1/completions, stream with include_usage, ignore_eos, temperature 0, return_token_ids (each token timed on arrival)',
+    timing:
+      'client wall clock on the load generator: TTFT = send → first token; ITL = gaps between consecutive tokens; e2e = send → end of stream; throughput over the level’s wall time (first send → last end)',
+  };
+  const card = typeof options.card === 'string' ? options.card : (server.device ?? 'unknown');
+  const figures = { levels: results };
+  const record = options.out
+    ? writeResult(String(options.out), card, settings, figures)
+    : resultRecord(card, settings, figures);
+  if (options.out) log(`wrote ${String(options.out)}`);
+  if (options.plot) {
+    await writeFigure(String(options.plot), loadFigure(results));
+    log(`wrote ${String(options.plot)}`);
+  }
+  const failed = results.reduce((sum, level) => sum + level.failed, 0);
+  if (failed > 0) {
+    const first = results.find((level) => level.errors.length > 0);
+    throw new RunFailure(
+      `${failed} of ${results.reduce((sum, level) => sum + level.requests, 0)} requests failed (first, ${first?.policy} at concurrency ${first?.concurrency}: ${first?.errors[0]})${options.out ? `; the record (${String(options.out)}) lists them` : ''}`,
+    );
+  }
+  return record;
+}
+
+/** --url: duo-serve's base URL (an OpenAI-style ".../v1" is taken too). */
+function serverUrl(value: unknown): URL {
+  const text = value === undefined ? 'http://127.0.0.1:8000' : String(value);
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw UsageError.invalid('url', 'an http(s) URL such as http://127.0.0.1:8000', text);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw UsageError.invalid('url', 'an http(s) URL such as http://127.0.0.1:8000', text);
+  url.pathname = `${url.pathname.replace(/\/v1\/?$/, '').replace(/\/$/, '')}/`;
+  url.search = '';
+  url.hash = '';
+  return url;
+}
+
+/** The policies as request extensions: duo at --sparsity (labelled by its share of retrieval heads, "duo 50 %"). */
+function loadPolicies(
+  attentions: readonly AttentionPolicyName[],
+  settings: ReturnType<typeof policySettings>,
+): LoadPolicy[] {
+  const sparsity = settings.sparsity ?? DEFAULT_SPARSITY;
+  return attentions.map((attention) => {
+    const window = attention === 'full' ? {} : settings.window;
+    const label = attention === 'duo' ? `duo ${Math.round((1 - sparsity) * 100)} %` : attention;
+    return {
+      label: runLabel(label, settings.kvQuant),
+      extensions: { attention, ...(attention === 'duo' ? { sparsity } : {}), ...window },
+    };
+  });
+}
+
+/** Runs `count` requests with at most `concurrency` in flight (each slot sends its next as its last one ends). */
+async function runLevel(
+  base: URL,
+  concurrency: number,
+  count: number,
+  body: () => object,
+  timeoutMs: number,
+): Promise<StreamedCompletion[]> {
+  // Bodies are made first: the clock of each request starts at its send, not while its prompt is drawn.
+  const bodies = Array.from({ length: count }, body);
+  const pool = connectionPool(base, concurrency);
+  const results: StreamedCompletion[] = new Array(count);
+  let next = 0;
+  const slot = async () => {
+    for (let index = next++; index < count; index = next++) {
+      results[index] = await streamCompletion(base, bodies[index] as object, pool, timeoutMs);
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.min(concurrency, count) }, slot));
+  } finally {
+    pool.destroy();
+  }
+  return results;
+}
+
+/** What is wrong with a streamed request that should have completed with exactly `outputTokens` tokens, if anything. */
+function check(request: StreamedCompletion, outputTokens: number): string | undefined {
+  if (request.error) return request.error;
+  if (request.tokenTimes.length !== outputTokens || request.finishReason !== 'length') {
+    return `${request.tokenTimes.length} tokens (finish_reason ${request.finishReason}) where ${outputTokens} were asked for with ignore_eos`;
+  }
+  if (request.usage && request.usage.completion_tokens !== outputTokens) {
+    return `usage says ${request.usage.completion_tokens} completion tokens where ${outputTokens} streamed`;
+  }
+  return undefined;
+}
+
+/** The figures of one level from its requests; failed requests are counted, not measured. */
+function summarize(
+  policy: string,
+  concurrency: number,
+  streamed: readonly StreamedCompletion[],
+  outputTokens: number,
+  promptTokens: number,
+  wallSeconds: number,
+): Omit<LoadLevel, 'prefixCacheHits'> {
+  const errors = streamed.map((request) => check(request, outputTokens)).filter((error) => error !== undefined);
+  const complete = streamed.filter((request) => check(request, outputTokens) === undefined);
+  const perRequest = complete.map((request): RequestFigures => {
+    const times = request.tokenTimes;
+    return {
+      ttftMs: round(times[0] as number),
+      e2eMs: round(request.endMs),
+      outputTokens: times.length,
+      cachedTokens: request.usage?.prompt_tokens_details?.cached_tokens ?? 0,
+      itlMs: times.slice(1).map((time, i) => round(time - (times[i] as number))),
+    };
+  });
+  const output = perRequest.reduce((sum, request) => sum + request.outputTokens, 0);
+  return {
+    policy,
+    concurrency,
+    requests: streamed.length,
+    completed: complete.length,
+    failed: errors.length,
+    errors: [...new Set(errors)].slice(0, 5),
+    wallSeconds,
+    ttftMs: summary(perRequest.map((request) => request.ttftMs)),
+    itlMs: summary(perRequest.flatMap((request) => request.itlMs)),
+    e2eMs: summary(perRequest.map((request) => request.e2eMs)),
+    tpotMs: summary(perRequest.map((request) => (request.e2eMs - request.ttftMs) / (request.outputTokens - 1))),
+    outputTokensPerSecond: output / wallSeconds,
+    promptTokensPerSecond: (complete.length * promptTokens) / wallSeconds,
+    requestsPerSecond: complete.length / wallSeconds,
+    cachedPromptTokens: perRequest.reduce((sum, request) => sum + request.cachedTokens, 0),
+    perRequest,
+  };
+}
+
+function summary(values: readonly number[]): Summary {
+  const mean = values.length === 0 ? 0 : values.reduce((sum, value) => sum + value, 0) / values.length;
+  return {
+    p50: round(quantile(values, 0.5)),
+    p99: round(quantile(values, 0.99)),
+    mean: round(mean),
+    max: round(values.length === 0 ? 0 : Math.max(...values)),
+    count: values.length,
+  };
+}
+
+const round = (ms: number) => Math.round(ms * 1000) / 1000;
+
+/** Waits (up to a minute) until the server runs and queues nothing, so levels do not overlap; returns its stats. */
+async function idleServer(base: URL): Promise<ServerStats> {
+  for (let waited = 0; ; waited += 100) {
+    const stats = await serverStats(base);
+    if (stats.running + stats.waiting === 0) return stats;
+    if (waited >= 60_000) {
+      throw new RunFailure(
+        `the server still runs ${stats.running} and queues ${stats.waiting} requests a minute after the level's last one ended`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+function levelLine(level: LoadLevel): string {
+  const failed = level.failed > 0 ? `; ${level.failed} FAILED (${level.errors[0]})` : '';
+  return `${level.policy.padEnd(12)} × ${String(level.concurrency).padStart(3)}: TTFT p50 ${(level.ttftMs.p50 / 1000).toFixed(3)} s, p99 ${(level.ttftMs.p99 / 1000).toFixed(3)} s; ITL p50 ${level.itlMs.p50.toFixed(2)} ms, p99 ${level.itlMs.p99.toFixed(2)} ms; ${level.outputTokensPerSecond.toFixed(1)} output tokens/s, ${level.requestsPerSecond.toFixed(3)} requests/s (${level.completed}/${level.requests} in ${level.wallSeconds.toFixed(1)} s)${failed}`;
+}
+
+/**
+ * Random token ids for prompts, distinct per request: the first two tokens number the request (base `vocabSize`), the
+ * rest come from a seeded generator, so a run is the same run again and no prompt starts like another.
+ */
+class PromptMaker {
+  readonly #vocabSize: number;
+  readonly #length: number;
+  readonly #seed: number;
+  #index = 0;
+
+  constructor(vocabSize: number, length: number, seed: number) {
+    this.#vocabSize = vocabSize;
+    this.#length = length;
+    this.#seed = seed;
+  }
+
+  next(): number[] {
+    const index = this.#index++;
+    const vocab = this.#vocabSize;
+    let state = (Math.imul(this.#seed, 0x9e3779b1) + Math.imul(index, 0x85ebca6b)) >>> 0;
+    const prompt = new Array<number>(this.#length);
+    prompt[0] = index % vocab;
+    prompt[1] = Math.floor(index / vocab) % vocab;
+    for (let i = 2; i < this.#length; i++) {
+      // mulberry32
+      state = (state + 0x6d2b79f5) >>> 0;
+      let t = state;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      prompt[i] = Math.floor((((t ^ (t >>> 14)) >>> 0) / 2 ** 32) * vocab);
+    }
+    return prompt;
+  }
+}
+
+/** TTFT, inter-token latency, output throughput and request throughput against concurrency, one line per policy. */
+function loadFigure(levels: readonly LoadLevel[]) {
+  const policies = [...new Set(levels.map((level) => level.policy))];
+  const series = (value: (level: LoadLevel) => number, suffix = '') =>
+    policies.map((policy) => ({
+      label: `${policy}${suffix}`,
+      points: levels
+        .filter((level) => level.policy === policy && level.completed > 0)
+        .map((level) => ({ x: level.concurrency, y: value(level) })),
+    }));
+  const panel = (title: string, yTitle: string, lines: FigurePanel['series']): FigurePanel => ({
+    title,
+    xTitle: 'concurrent requests',
+    yTitle,
+    xScale: 'log2',
+    series: lines,
+  });
+  return lineChart({
+    panels: [
+      panel('Time to first token', 'seconds', [
+        ...series((level) => level.ttftMs.p50 / 1000, ' p50'),
+        ...series((level) => level.ttftMs.p99 / 1000, ' p99'),
+      ]),
+      panel('Inter-token latency', 'ms', [
+        ...series((level) => level.itlMs.p50, ' p50'),
+        ...series((level) => level.itlMs.p99, ' p99'),
+      ]),
+      panel(
+        'Output throughput',
+        'output tokens per second',
+        series((level) => level.outputTokensPerSecond),
+      ),
+      panel(
+        'Request throughput',
+        'requests per second',
+        series((level) => level.requestsPerSecond),
+      ),
+    ],
+    columns: 2,
+    legendTitle: 'policy',
+  });
+}
+
+/** --from FILE: draws an earlier run's figure (runs on the GPU machine write JSON; figures are drawn here). */
+async function redraw(file: string, plot: string | undefined, log: (line: string) => void): Promise<object> {
+  let record: { levels?: LoadLevel[] };
+  try {
+    record = JSON.parse(readFileSync(file, 'utf8')) as { levels?: LoadLevel[] };
+  } catch (error) {
+    throw new UsageError(`--from: cannot read "${file}": ${(error as Error).message}`, { option: 'from' });
+  }
+  if (!Array.isArray(record.levels) || record.levels.some((level) => typeof level?.ttftMs?.p50 !== 'number'))
+    throw new UsageError(`--from: "${file}" has no levels (not a duo-bench serve-load record)`, { option: 'from' });
+  for (const level of record.levels) log(levelLine(level));
+  if (plot) {
+    await writeFigure(plot, loadFigure(record.levels));
+    log(`wrote ${plot}`);
+  }
+  return record;
+}
