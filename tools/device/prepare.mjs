@@ -1,6 +1,8 @@
 // Fills the git-ignored .device/ folder that travels to the GPU machine (name it in the device tool's `carry`):
-// a Node binary, the CUDA-enabled addon, esbuild bundles of the device tests and duo-bench, the ../shared files the
-// runs read, the peer PyTorch script, and the commit. Run from the repository root: `pnpm device:prepare`.
+// a Node binary, the CUDA-enabled addon, esbuild bundles of the device tests, duo-bench and duo-serve (with its engine
+// worker), the ../shared files the runs read, the peer PyTorch script, and the commit. Run from the repository root:
+// `pnpm device:prepare`. `--bundles-only` makes only the bundles and the commit (no addon build, Node or ../shared
+// files): a quick check that the bundles build and start (`node .device/duo-serve.mjs --help` after unpacking).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -10,6 +12,7 @@ import { build } from 'esbuild';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const out = join(root, '.device');
 const shared = join(root, '..', 'shared');
+const bundlesOnly = process.argv.includes('--bundles-only');
 mkdirSync(out, { recursive: true });
 
 function run(command, args, env = {}) {
@@ -18,8 +21,10 @@ function run(command, args, env = {}) {
 }
 
 // 1. The addon with the CUDA path compiled (sm_90a + sm_80 + PTX unless DUO_CUDA_ARCHS narrows it).
-run('pnpm', ['--filter', '@duoattn/kernels', 'build:native'], { DUO_CUDA: '1' });
-copyFileSync(join(root, 'packages/kernels/native/build/Release/duoattn.node'), join(out, 'duoattn.node'));
+if (!bundlesOnly) {
+  run('pnpm', ['--filter', '@duoattn/kernels', 'build:native'], { DUO_CUDA: '1' });
+  copyFileSync(join(root, 'packages/kernels/native/build/Release/duoattn.node'), join(out, 'duoattn.node'));
+}
 
 // 2. Bundles: no node_modules travel, so tests run through a vitest shim.
 const common = {
@@ -64,29 +69,36 @@ writeFileSync(
 console.log(`[device] ${cudaTests.length} CUDA test files: ${cudaTests.join(', ')}`);
 await build({ ...common, entryPoints: [entry], outfile: join(out, 'device-tests.mjs') });
 await build({ ...common, entryPoints: [join(root, 'apps/bench/src/cli.ts')], outfile: join(out, 'duo-bench.mjs') });
+// duo-serve runs its engine in a worker thread whose script startEngineWorker looks for beside the bundle, as
+// engine-worker-main.js (run.sh unpacks both into one folder with a package.json that makes .js files ES modules).
+// The playground page (apps/serve/public) stays here: the server answers / without it, and the runs need only the API.
+await build({ ...common, entryPoints: [join(root, 'apps/serve/src/cli.ts')], outfile: join(out, 'duo-serve.mjs') });
+await build({
+  ...common,
+  entryPoints: [join(root, 'packages/model/src/batch/engine-worker-main.ts')],
+  outfile: join(out, 'engine-worker-main.js'),
+});
+const bundles = ['device-tests.mjs', 'duo-bench.mjs', 'duo-serve.mjs', 'engine-worker-main.js'];
 
 // 3. Node itself (the GPU machine has none): without its symbols and at xz's strongest setting (21.9 MB instead of 24.2,
 // room in the 64 MiB a device call carries for a second bundle); made once per Node binary.
 const nodeArchive = join(out, 'node.xz');
-if (!existsSync(nodeArchive) || statSync(nodeArchive).mtimeMs < statSync(process.execPath).mtimeMs) {
+const nodeStale = !existsSync(nodeArchive) || statSync(nodeArchive).mtimeMs < statSync(process.execPath).mtimeMs;
+if (!bundlesOnly && nodeStale) {
   const stripped = join(out, 'node.stripped');
   execFileSync('strip', ['-o', stripped, process.execPath]);
   execFileSync('sh', ['-c', `xz -T2 -9e -c "${stripped}" > "${nodeArchive}" && rm "${stripped}"`]);
 }
 
 // 4. What the runs read from ../shared (it does not travel by itself).
-for (const part of [
-  'models/stories260K',
-  'golden/stories260K',
-  'peer',
-  'reference-patterns',
-  'data/gutenberg/1342.txt',
-]) {
+for (const part of bundlesOnly
+  ? []
+  : ['models/stories260K', 'golden/stories260K', 'peer', 'reference-patterns', 'data/gutenberg/1342.txt']) {
   if (existsSync(join(shared, part))) cpSync(join(shared, part), join(out, 'shared', part), { recursive: true });
 }
 
 // The gate trainer's haystack: every Gutenberg book, as one xz archive (run.sh unpacks it).
-if (existsSync(join(shared, 'data/gutenberg'))) {
+if (!bundlesOnly && existsSync(join(shared, 'data/gutenberg'))) {
   execFileSync('sh', [
     '-c',
     `tar -C "${join(shared, 'data')}" -cf - gutenberg | xz -T2 -6 > "${join(out, 'gutenberg.tar.xz')}"`,
@@ -94,7 +106,7 @@ if (existsSync(join(shared, 'data/gutenberg'))) {
 }
 
 // 5. Compress what is large (the tree that travels, repository included, must stay under 64 MiB); run.sh unpacks.
-for (const file of ['duoattn.node', 'device-tests.mjs', 'duo-bench.mjs']) {
+for (const file of bundlesOnly ? bundles : ['duoattn.node', ...bundles]) {
   execFileSync('sh', ['-c', `xz -T2 -6 -f "${join(out, file)}"`]);
 }
 

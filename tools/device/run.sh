@@ -9,12 +9,48 @@ set -uo pipefail
 OUT=${OUT:-/tmp/duo-out}
 mkdir -p "$OUT" /tmp/duo-node
 xz -dc .device/node.xz > /tmp/duo-node/node && chmod +x /tmp/duo-node/node
-for file in duoattn.node device-tests.mjs duo-bench.mjs; do xz -dc ".device/$file.xz" > "/tmp/duo-node/$file"; done
+for file in duoattn.node device-tests.mjs duo-bench.mjs duo-serve.mjs engine-worker-main.js; do
+  [ -f ".device/$file.xz" ] && xz -dc ".device/$file.xz" > "/tmp/duo-node/$file"
+done
+# duo-serve's engine worker (engine-worker-main.js beside duo-serve.mjs) is an ES module: .js files here are ESM.
+echo '{ "type": "module" }' > /tmp/duo-node/package.json
 [ -f .device/gutenberg.tar.xz ] && mkdir -p .device/shared/data && tar -xJf .device/gutenberg.tar.xz -C .device/shared/data
 export PATH=/tmp/duo-node:$PATH
 export DUO_NATIVE_PATH=/tmp/duo-node/duoattn.node DUO_SHARED_DIR=$PWD/.device/shared DUO_REPO_DIR=$PWD
 export DUO_COMMIT=$(cat .device/commit.txt) PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+# The serving benchmark (step `serve`): duo-serve in the background on loopback (random bf16 weights at
+# DUO_SERVE_SHAPE, default llama-3-8b-1048k: Llama-3-8B's matrices with a context that holds 32K prompts; the prefix
+# cache off, and every prompt distinct anyway), /health polled until it says ok (600 s at most; a server that exits
+# first fails the step with its log's tail), then duo-bench serve-load against it, then SIGTERM (SIGKILL after 60 s).
+serve_load() {
+  local port=${DUO_SERVE_PORT:-8765} log=$OUT/serve-llama-3-8b.server.log ready= pid result
+  local url=http://127.0.0.1:$port
+  # shellcheck disable=SC2086 # DUO_SERVE_FLAGS is a list of flags
+  node /tmp/duo-node/duo-serve.mjs --shape "${DUO_SERVE_SHAPE:-llama-3-8b-1048k}" --device cuda --dtype bf16 \
+    --host 127.0.0.1 --port "$port" --prefix-cache 0 --log-level warn ${DUO_SERVE_FLAGS:-} > "$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do
+    if ! kill -0 "$pid" 2>/dev/null; then echo "serve: duo-serve exited before it was ready:"; tail -20 "$log"; return 1; fi
+    if node -e "fetch('$url/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"; then ready=1; break; fi
+    sleep 1
+  done
+  if [ -z "$ready" ]; then echo "serve: duo-serve not ready after 600 s:"; tail -20 "$log"; kill -KILL "$pid"; return 1; fi
+  echo "serve: $(grep 'ready on' "$log")"
+  # shellcheck disable=SC2086
+  node /tmp/duo-node/duo-bench.mjs serve-load --url "$url" --attention full,duo --sparsity 0.5 --sink 128 --recent 256 \
+    --concurrency "${DUO_SERVE_CONCURRENCY:-1,8,32}" --prompt-tokens "${DUO_SERVE_PROMPT:-32k}" \
+    --output-tokens "${DUO_SERVE_OUTPUT:-64}" ${DUO_SERVE_REQUESTS:+--requests $DUO_SERVE_REQUESTS} \
+    --out "$OUT/serve-llama-3-8b.json" 2>&1 | tee "$OUT/serve-llama-3-8b.log"
+  result=${PIPESTATUS[0]}
+  kill -TERM "$pid"
+  for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  if kill -0 "$pid" 2>/dev/null; then echo "serve: duo-serve did not drain in 60 s; killed"; kill -KILL "$pid"; result=1; fi
+  wait "$pid" 2>/dev/null
+  [ "$result" -eq 0 ] || echo "serve: serve-load failed (status $result); the server's log: $log"
+  return "$result"
+}
+
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(tests engine torch peer)
 status=0
@@ -79,6 +115,14 @@ for step in "${steps[@]}"; do
     batch-admit) node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
              --sink 128 --recent 256 --batch 16 --contexts 32k --steps 16 --warmup 4 --admit ${DUO_ADMIT:-128k} \
              --admit-batch 16 --admit-context 32k --admit-chunk ${DUO_ADMIT_CHUNK:-1024} --out "$OUT/batch-admit.json" || status=1 ;;
+    # Serving (issue 17): TTFT, ITL p50/p99 and throughput at concurrency 1, 8, 32 with 32K-token prompts and 64 output
+    # tokens (ignore_eos), full and duo 50 % (sink 128, recent 256) per request on one duo-serve: serve-llama-3-8b.json
+    # (+ .log, .server.log); draw it here: duo-bench serve-load --from FILE --plot FILE.svg. Knobs: DUO_SERVE_SHAPE,
+    # DUO_SERVE_CONCURRENCY (1,8,32), DUO_SERVE_PROMPT (32k), DUO_SERVE_OUTPUT (64), DUO_SERVE_REQUESTS (per level;
+    # default max(2, concurrency)), DUO_SERVE_FLAGS (more duo-serve flags, e.g. --step-tokens 2048), DUO_SERVE_PORT.
+    # About 6 minutes on an H100 at the defaults (32K prompts prefill at ~8-10K tokens/s; the level of 32 is ~2 minutes
+    # per policy).
+    serve) serve_load || status=1 ;;
     # The llama.cpp peer (node-llama-cpp's CUDA prebuilt) decoding 16 sequences at 4K and 32K; its kit (.peer/) came with
     # an earlier call on this machine (tools/device/llamacpp/README.md).
     llamacpp) bash tools/device/llamacpp/run.sh || status=1 ;;
