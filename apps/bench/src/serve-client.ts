@@ -72,7 +72,9 @@ export async function readyServer(base: URL, timeoutMs = 10_000): Promise<Server
 
 /** duo-serve's /v1/stats (live counters, the model, the server's settings). */
 export async function serverStats(base: URL, timeoutMs = 10_000): Promise<ServerStats> {
-  const stats = await getJson(base, '/v1/stats', timeoutMs);
+  const stats = await getJson(base, '/v1/stats', timeoutMs).catch((error: Error) => {
+    throw new RunFailure(`lost duo-serve at ${base.href}: ${base.href}v1/stats: ${error.message}`, { cause: error });
+  });
   if (stats.status !== 200 || typeof stats.body !== 'object' || stats.body === null) {
     throw new RunFailure(`${base.href}v1/stats answered HTTP ${stats.status}: is this duo-serve?`);
   }

@@ -2,7 +2,7 @@
 // server that cannot be reached, or is not ready, is a run-time failure (exit 1) that says what to do. The load itself
 // is tested against a real duo-serve in apps/serve (serve-load.test.ts, token-ids.test.ts).
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -22,11 +22,16 @@ async function serveLoad(args: string[]): Promise<{ code: number; stdout: string
   );
 }
 
-/** A loopback HTTP server answering every request with `status` and `body`; resolves with it and its URL. */
-async function fakeServer(status: number, body: object): Promise<{ server: Server; url: string }> {
-  const server = createServer((_request, response) => {
-    response.writeHead(status, { 'content-type': 'application/json' });
-    response.end(JSON.stringify(body));
+/** A loopback HTTP server answering every request with `status` and `body` (or as `answer` says, by path). */
+async function fakeServer(
+  status: number,
+  body: object,
+  answer: (path: string) => [number, object] = () => [status, body],
+): Promise<{ server: Server; url: string }> {
+  const server = createServer((request, response) => {
+    const [code, json] = answer(request.url ?? '/');
+    response.writeHead(code, { 'content-type': 'application/json' });
+    response.end(JSON.stringify(json));
   });
   await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
   return { server, url: `http://127.0.0.1:${(server.address() as { port: number }).port}` };
@@ -89,6 +94,44 @@ describe('duo-bench serve-load refuses', () => {
       expect(result.stderr).toContain('does not give vocabSize and contextLength: is this duo-serve');
     } finally {
       await new Promise((done) => other.server.close(done));
+    }
+  });
+
+  it('a server whose requests fail: the record keeps what was measured and why, then exit 1', async () => {
+    const stats = { model: 'm', state: 'ready', contextLength: 4096, vocabSize: 100, tokenizer: false, running: 0 };
+    const fake = await fakeServer(200, {}, (path) => {
+      if (path === '/health') return [200, { status: 'ok' }];
+      if (path === '/v1/stats') return [200, { ...stats, waiting: 0, policy: {}, settings: {} }];
+      return [500, { error: { message: 'The engine failed: CUDA error' } }];
+    });
+    try {
+      const file = join(out, 'failed.json');
+      const warm = await serveLoad(['--url', fake.url, '--prompt-tokens', '64', '--out', file]);
+      expect(warm.code).toBe(1);
+      expect(warm.stderr).toContain(
+        'stopped after 0 levels: the full warm-up request failed: HTTP 500: The engine failed: CUDA error',
+      );
+      expect(JSON.parse(readFileSync(file, 'utf8'))).toMatchObject({ levels: [], stopped: expect.any(String) });
+      const cold = await serveLoad([
+        '--url',
+        fake.url,
+        '--prompt-tokens',
+        '64',
+        '--warmup',
+        '0',
+        '--concurrency',
+        '2',
+        '--out',
+        file,
+      ]);
+      expect(cold.code).toBe(1);
+      expect(cold.stderr).toContain(
+        '4 of 4 requests failed (first, full at concurrency 2: HTTP 500: The engine failed',
+      );
+      const record = JSON.parse(readFileSync(file, 'utf8'));
+      expect(record.levels.map((level: { failed: number }) => level.failed)).toEqual([2, 2]);
+    } finally {
+      await new Promise((done) => fake.server.close(done));
     }
   });
 });

@@ -42,8 +42,9 @@ export const serveLoadHelp = `duo-bench serve-load [--url http://127.0.0.1:8000]
   another's cached prefix) and exactly --output-tokens tokens (ignore_eos). Per request: time to first token, every
   inter-token gap, end-to-end latency; per level: their p50 and p99, output tokens/s and requests/s over the level's
   wall time. --warmup requests per policy first (not measured). --timeout: seconds one request may take. The record
-  holds the server's device, model and settings (/v1/stats) and the commit (DUO_COMMIT); a request that fails fails
-  the command (status 1) after the record is written.`;
+  holds the server's device, model and settings (/v1/stats) and the commit (DUO_COMMIT); a request that fails, or a
+  run that stops part way (a failed warm-up, a server gone), fails the command (status 1) after the record (with
+  what was measured) is written.`;
 
 /** The most requests in flight a level may ask for, and the most requests a level may send. */
 const MOST_CONCURRENCY = 1024;
@@ -104,7 +105,6 @@ export async function serveLoadCommand(
       { option: 'prompt-tokens', received: String(promptTokens), expected: `at most ${server.contextLength} in all` },
     );
   }
-  const prompts = new PromptMaker(server.vocabSize, promptTokens, seed);
   const totalRequests =
     policies.length * (warmup + levels.reduce((sum, level) => sum + (requestsOption ?? Math.max(2, level)), 0));
   if (totalRequests > server.vocabSize ** 2) {
@@ -115,41 +115,14 @@ export async function serveLoadCommand(
   log(
     `serve-load: ${server.model} on ${server.device ?? 'an unnamed device'} at ${base.href}: ${policies.map((policy) => policy.label).join(', ')} × concurrency ${levels.join(', ')}; ${promptTokens}-token prompts, ${outputTokens} output tokens`,
   );
-  const results: LoadLevel[] = [];
-  for (const policy of policies) {
-    const body = (prompt: readonly number[]) => ({
-      prompt,
-      max_tokens: outputTokens,
-      ignore_eos: true,
-      temperature: 0,
-      stream: true,
-      stream_options: { include_usage: true },
-      return_token_ids: true,
-      ...policy.extensions,
-    });
-    if (warmup > 0) {
-      await interruptionPoint(signal, `${policy.label} warm-up`);
-      const warm = await runLevel(base, 1, warmup, () => body(prompts.next()), timeoutMs);
-      const problem = warm.find((request) => check(request, outputTokens) !== undefined);
-      if (problem) {
-        throw new RunFailure(`the ${policy.label} warm-up request failed: ${check(problem, outputTokens)}`);
-      }
-    }
-    for (const concurrency of levels) {
-      await interruptionPoint(signal, `${policy.label} at concurrency ${concurrency}`);
-      const count = requestsOption ?? Math.max(2, concurrency);
-      const before = await serverStats(base);
-      const started = performance.now();
-      const streamed = await runLevel(base, concurrency, count, () => body(prompts.next()), timeoutMs);
-      const wallSeconds = (performance.now() - started) / 1000;
-      const after = await idleServer(base);
-      const level = summarize(policy.label, concurrency, streamed, outputTokens, promptTokens, wallSeconds);
-      const hits = (after.prefixCache?.hits ?? 0) - (before.prefixCache?.hits ?? 0);
-      const row = { ...level, prefixCacheHits: hits };
-      results.push(row);
-      log(levelLine(row));
-    }
-  }
+  const plan: LoadPlan = { policies, levels, requests: requestsOption, promptTokens, outputTokens, warmup, timeoutMs };
+  const { results, stopped } = await measure(
+    base,
+    plan,
+    new PromptMaker(server.vocabSize, promptTokens, seed),
+    log,
+    signal,
+  );
   const settings = {
     url: base.href,
     model: server.model,
@@ -172,7 +145,7 @@ export async function serveLoadCommand(
       'client wall clock on the load generator: TTFT = send → first token; ITL = gaps between consecutive tokens; e2e = send → end of stream; throughput over the level’s wall time (first send → last end)',
   };
   const card = typeof options.card === 'string' ? options.card : (server.device ?? 'unknown');
-  const figures = { levels: results };
+  const figures = { levels: results, ...(stopped === undefined ? {} : { stopped }) };
   const record = options.out
     ? writeResult(String(options.out), card, settings, figures)
     : resultRecord(card, settings, figures);
@@ -181,6 +154,8 @@ export async function serveLoadCommand(
     await writeFigure(String(options.plot), loadFigure(results));
     log(`wrote ${String(options.plot)}`);
   }
+  const written = options.out ? `; the record (${String(options.out)}) holds what was measured` : '';
+  if (stopped !== undefined) throw new RunFailure(`stopped after ${results.length} levels: ${stopped}${written}`);
   const failed = results.reduce((sum, level) => sum + level.failed, 0);
   if (failed > 0) {
     const first = results.find((level) => level.errors.length > 0);
@@ -189,6 +164,73 @@ export async function serveLoadCommand(
     );
   }
   return record;
+}
+
+/** What one run measures: the policies × concurrency levels, the requests' shape and their bounds. */
+interface LoadPlan {
+  readonly policies: readonly LoadPolicy[];
+  readonly levels: readonly number[];
+  /** Requests per level; absent: max(2, concurrency). */
+  readonly requests: number | undefined;
+  readonly promptTokens: number;
+  readonly outputTokens: number;
+  readonly warmup: number;
+  readonly timeoutMs: number;
+}
+
+/**
+ * Runs the plan: per policy its warm-up, then each level with the server idle before the next. A run that stops part
+ * way (a failed warm-up, a server that went away: a RunFailure) keeps what it measured, with the reason.
+ */
+async function measure(
+  base: URL,
+  plan: LoadPlan,
+  prompts: PromptMaker,
+  log: (line: string) => void,
+  signal: AbortSignal | undefined,
+): Promise<{ results: LoadLevel[]; stopped?: string }> {
+  const { policies, levels, promptTokens, outputTokens, warmup, timeoutMs } = plan;
+  const results: LoadLevel[] = [];
+  try {
+    for (const policy of policies) {
+      const body = (prompt: readonly number[]) => ({
+        prompt,
+        max_tokens: outputTokens,
+        ignore_eos: true,
+        temperature: 0,
+        stream: true,
+        stream_options: { include_usage: true },
+        return_token_ids: true,
+        ...policy.extensions,
+      });
+      if (warmup > 0) {
+        await interruptionPoint(signal, `${policy.label} warm-up`);
+        const warm = await runLevel(base, 1, warmup, () => body(prompts.next()), timeoutMs);
+        const problem = warm.find((request) => check(request, outputTokens) !== undefined);
+        if (problem) {
+          throw new RunFailure(`the ${policy.label} warm-up request failed: ${check(problem, outputTokens)}`);
+        }
+      }
+      for (const concurrency of levels) {
+        await interruptionPoint(signal, `${policy.label} at concurrency ${concurrency}`);
+        const count = plan.requests ?? Math.max(2, concurrency);
+        const before = await serverStats(base);
+        const started = performance.now();
+        const streamed = await runLevel(base, concurrency, count, () => body(prompts.next()), timeoutMs);
+        const wallSeconds = (performance.now() - started) / 1000;
+        const after = await idleServer(base);
+        const level = summarize(policy.label, concurrency, streamed, outputTokens, promptTokens, wallSeconds);
+        const hits = (after.prefixCache?.hits ?? 0) - (before.prefixCache?.hits ?? 0);
+        const row = { ...level, prefixCacheHits: hits };
+        results.push(row);
+        log(levelLine(row));
+      }
+    }
+  } catch (error) {
+    if (!RunFailure.isInstance(error)) throw error;
+    return { results, stopped: error.message };
+  }
+  return { results };
 }
 
 /** --url: duo-serve's base URL (an OpenAI-style ".../v1" is taken too). */
