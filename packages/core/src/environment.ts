@@ -44,6 +44,13 @@ export const ENVIRONMENT_VARIABLES = [
     usedBy: 'duo-bench → BackendTuning.batchInvariant',
   },
   {
+    name: 'DUO_FEW_ROWS_MAX',
+    kind: 'integer',
+    meaning:
+      'most rows (0–64) the CUDA few-rows tensor-core matmul takes, more go to cuBLAS (default 64; a tuning knob)',
+    usedBy: 'duo-bench → BackendTuning.fewRowsMax',
+  },
+  {
     name: 'DUO_NO_PDL',
     kind: 'flag',
     meaning: 'launch CUDA kernels without programmatic dependent launch (A/B runs)',
@@ -111,6 +118,7 @@ export interface DuoEnvironment {
   readonly cudaProfile: boolean;
   readonly noPdl: boolean;
   readonly batchInvariant: boolean;
+  readonly fewRowsMax?: number;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
   readonly gemvSplit?: string;
@@ -154,6 +162,7 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     cudaProfile: flag('DUO_CUDA_PROFILE'),
     noPdl: flag('DUO_NO_PDL'),
     batchInvariant: flag('DUO_BATCH_INVARIANT'),
+    fewRowsMax: integer('DUO_FEW_ROWS_MAX', 0, 64),
     gemvMinSlice: integer('DUO_GEMV_MIN_SLICE', 1),
     gemvWaves: integer('DUO_GEMV_WAVES', 0, 2),
     gemvSplit: text('DUO_GEMV_SPLIT'),

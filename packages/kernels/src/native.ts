@@ -63,6 +63,8 @@ export interface BackendTuning {
    * always is. Holds up to 64 rows per call. Default false.
    */
   readonly batchInvariant?: boolean;
+  /** Most rows (2 … 64) the few-rows tensor-core matmul takes outside the batch-invariant mode; 0: cuBLAS. Default 64. */
+  readonly fewRowsMax?: number;
 }
 
 /**

@@ -438,11 +438,12 @@ class CudaDevice final : public Device {
   // Tuning::batchInvariant: a row's results do not depend on the other rows of the call (single rows, too, take the
   // few-rows kernels; a batch's decode attention splits each sequence as if it ran alone).
   bool invariant_ = false;
-  // Whether a matmul of x's rows takes the few-rows tensor-core kernel: 2–64 rows (1 too in the batch-invariant mode)
-  // of bf16 / f16 weights with k a multiple of 32 and 16-byte aligned operands.
+  int64_t fewRowsMax_ = 64;  // Tuning::fewRowsMax
+  // Whether a matmul of x's rows takes the few-rows tensor-core kernel: 2 to Tuning::fewRowsMax rows (1–64 in the
+  // batch-invariant mode) of bf16 / f16 weights with k a multiple of 32 and 16-byte aligned operands.
   bool fewRows(const Tensor& x, DType weightType, std::vector<const void*> weights) const {
     const int64_t n = x.rows();
-    if (n > kFewRowsMax || n < (invariant_ ? 1 : 2)) return false;
+    if (n > (invariant_ ? kFewRowsMax : fewRowsMax_) || n < (invariant_ ? 1 : 2)) return false;
     return fewRowsSupported(x.cols(), weightType, x.data, weights.data(), static_cast<int>(weights.size()));
   }
   static constexpr size_t kSmallWrite = 64 * 1024;
@@ -494,6 +495,7 @@ class CudaDevice final : public Device {
   void tune(const Tuning& tuning) override {
     profiler_.enable(tuning.profile);
     invariant_ = tuning.batchInvariant;
+    fewRowsMax_ = tuning.fewRowsMax;
     setChainLaunches(tuning.chainLaunches);
     setGemvTuning(tuning);
   }

@@ -44,8 +44,12 @@ __device__ __forceinline__ void packTokens(const float* x, uint32_t (&b)[4]) {
   b[3] = packPair<T>(high.z, high.w);
 }
 
+// Resident blocks per multiprocessor the register budget is set for: three where one token tile of one matrix leaves
+// registers to spare.
+constexpr int residentBlocks(int tiles, bool swiglu) { return tiles == 1 && !swiglu ? 3 : 2; }
+
 template <typename T, int TILES, bool SWIGLU, int SPLIT>
-__global__ void __launch_bounds__(kWarps * 32, 2) fewRowsKernel(const float* __restrict__ x, int rows, int64_t k, FewRowsJob<T> job) {
+__global__ void __launch_bounds__(kWarps * 32, residentBlocks(TILES, SWIGLU)) fewRowsKernel(const float* __restrict__ x, int rows, int64_t k, FewRowsJob<T> job) {
   constexpr int kMatrices = SWIGLU ? 2 : 1;
   // Loads in flight per warp, within the register budget of two blocks per multiprocessor.
   constexpr int kU = TILES * kMatrices >= 8 ? 2 : kUnroll;
@@ -167,12 +171,13 @@ int multiprocessors() {
   return count;
 }
 
-// The k split of a matrix shape (never of the row count, so results do not depend on it): slices of at least 512
-// elements, split further only while the slabs alone leave warp slots (two 8-warp blocks per multiprocessor) empty.
+// The k split of a matrix shape (never of the row count, so results do not depend on it): a warp streams 16 weight
+// rows, so a matrix has few of them per multiprocessor; k is split (slices of at least 4 steps) until about 24 warps
+// per multiprocessor stream (o_proj and down of Llama-3-8B: 8, q/k/v 8, gate+up 4, the head 1).
 int splitFor(int64_t slabs, int64_t k) {
-  const int64_t slots = static_cast<int64_t>(multiprocessors()) * 2 * kWarps;
+  const int64_t target = static_cast<int64_t>(multiprocessors()) * 24;
   int split = 1;
-  while (split < kMaxSplit && k / kStep / (split * 2) >= 16 && slabs * split * 2 <= slots * 2) split *= 2;
+  while (split < kMaxSplit && k / kStep / (split * 2) >= 4 && slabs * split < target) split *= 2;
   return split;
 }
 
