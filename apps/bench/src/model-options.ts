@@ -32,6 +32,7 @@ export function benchBackend(device: BackendRequest): NativeBackend {
     profile: environment.cudaProfile,
     chainLaunches: !environment.noPdl,
     batchInvariant: environment.batchInvariant,
+    ...(environment.fewRowsMax === undefined ? {} : { fewRowsMax: environment.fewRowsMax }),
     ...(environment.gemvMinSlice === undefined ? {} : { gemvMinSlice: environment.gemvMinSlice }),
     ...(environment.gemvWaves === undefined ? {} : { gemvWaveRule: environment.gemvWaves }),
     ...(environment.gemvSplit === undefined ? {} : { gemvPinnedSplits: environment.gemvSplit }),
