@@ -1,7 +1,7 @@
 // The options every model-running command shares: --model, --device and --weight-dtype, and loading the model.
 import { choiceOption, namedShape, RANDOM_WEIGHTS_SEED, randomModelLabel } from '@duoattn/app-kit';
 import { type Backend, readEnvironment } from '@duoattn/core';
-import { type BackendRequest, type BackendTuning, type NativeBackend, resolveBackend } from '@duoattn/kernels';
+import { type BackendRequest, environmentTuning, type NativeBackend, resolveBackend } from '@duoattn/kernels';
 import { LlamaModel, type ModelRuntimeOptions } from '@duoattn/model';
 import { defaultModelPath } from './default-model.js';
 import { loadingProgress } from './progress.js';
@@ -28,15 +28,7 @@ export function modelChoices(options: Record<string, unknown>) {
 export function benchBackend(device: BackendRequest): NativeBackend {
   const environment = readEnvironment();
   const log = environment.verbose ? (message: string) => process.stderr.write(`${message}\n`) : undefined;
-  const tuning: BackendTuning = {
-    profile: environment.cudaProfile,
-    chainLaunches: !environment.noPdl,
-    batchInvariant: environment.batchInvariant,
-    ...(environment.fewRowsMax === undefined ? {} : { fewRowsMax: environment.fewRowsMax }),
-    ...(environment.gemvMinSlice === undefined ? {} : { gemvMinSlice: environment.gemvMinSlice }),
-    ...(environment.gemvWaves === undefined ? {} : { gemvWaveRule: environment.gemvWaves }),
-    ...(environment.gemvSplit === undefined ? {} : { gemvPinnedSplits: environment.gemvSplit }),
-  };
+  const tuning = environmentTuning(environment);
   return resolveBackend(device, { ...(log ? { log } : {}), tuning });
 }
 

@@ -13,6 +13,7 @@ import {
   UsageError,
 } from '@duoattn/app-kit';
 import { readEnvironment, SHAPES } from '@duoattn/core';
+import { environmentTuning } from '@duoattn/kernels';
 import { startEngineWorker } from '@duoattn/model';
 import { inWorker } from './engine-host.js';
 import { modelSource } from './model-source.js';
@@ -165,7 +166,9 @@ async function main(argv: string[]): Promise<number> {
   });
 
   try {
-    const worker = await startEngineWorker({ model: source.worker, engine: engineOptions });
+    // DUO_BATCH_INVARIANT and the CUDA knobs of the environment reach the worker's backend.
+    const tuning = environmentTuning(readEnvironment());
+    const worker = await startEngineWorker({ model: { ...source.worker, tuning }, engine: engineOptions });
     server.attach(inWorker(worker));
     // Always said (whatever --log-level): scripts wait for this line.
     process.stderr.write(

@@ -34,45 +34,45 @@ export const ENVIRONMENT_VARIABLES = [
     name: 'DUO_CUDA_PROFILE',
     kind: 'flag',
     meaning: 'time every CUDA op with events and print a per-op table (slows decode)',
-    usedBy: 'duo-bench → BackendTuning.profile',
+    usedBy: 'duo-bench, duo-serve → BackendTuning.profile',
   },
   {
     name: 'DUO_BATCH_INVARIANT',
     kind: 'flag',
     meaning:
       "CUDA's batch-invariant mode: a sequence gets the same bits in a batch as alone (single rows leave the f32 GEMV)",
-    usedBy: 'duo-bench → BackendTuning.batchInvariant',
+    usedBy: 'duo-bench, duo-serve → BackendTuning.batchInvariant',
   },
   {
     name: 'DUO_FEW_ROWS_MAX',
     kind: 'integer',
     meaning:
       'most rows (0–64) the CUDA few-rows tensor-core matmul takes, more go to cuBLAS (default 64; a tuning knob)',
-    usedBy: 'duo-bench → BackendTuning.fewRowsMax',
+    usedBy: 'duo-bench, duo-serve → BackendTuning.fewRowsMax',
   },
   {
     name: 'DUO_NO_PDL',
     kind: 'flag',
     meaning: 'launch CUDA kernels without programmatic dependent launch (A/B runs)',
-    usedBy: 'duo-bench → BackendTuning.chainLaunches',
+    usedBy: 'duo-bench, duo-serve → BackendTuning.chainLaunches',
   },
   {
     name: 'DUO_GEMV_MIN_SLICE',
     kind: 'integer',
     meaning: 'smallest split-K slice of the decode GEMV, in elements (default 1024; a tuning knob)',
-    usedBy: 'duo-bench → BackendTuning.gemvMinSlice',
+    usedBy: 'duo-bench, duo-serve → BackendTuning.gemvMinSlice',
   },
   {
     name: 'DUO_GEMV_WAVES',
     kind: 'integer',
     meaning: "the decode GEMV's split rule: 0 fill, 1 waves, 2 (default) the chained-launch rule (a tuning knob)",
-    usedBy: 'duo-bench → BackendTuning.gemvWaveRule',
+    usedBy: 'duo-bench, duo-serve → BackendTuning.gemvWaveRule',
   },
   {
     name: 'DUO_GEMV_SPLIT',
     kind: 'text',
     meaning: 'pins the decode GEMV split-K factor per shape, "rowsxk:split,…" e.g. "6144x4096:4" (a tuning knob)',
-    usedBy: 'duo-bench → BackendTuning.gemvPinnedSplits',
+    usedBy: 'duo-bench, duo-serve → BackendTuning.gemvPinnedSplits',
   },
   {
     name: 'DUO_COMMIT',

@@ -7,6 +7,7 @@ export {
   type BackendRequest,
   createBackend,
   cudaUnavailableReason,
+  environmentTuning,
   type ResolveOptions,
   resolveBackend,
 } from './resolve-backend.js';

@@ -1,5 +1,5 @@
 // Backend selection: an explicit request is honoured or throws; 'auto' walks a priority list and logs each skip.
-import { type DeviceKind, DuoArgumentError, DuoBackendUnavailableError } from '@duoattn/core';
+import { type DeviceKind, DuoArgumentError, DuoBackendUnavailableError, type DuoEnvironment } from '@duoattn/core';
 import { type BackendTuning, loadNative } from './native.js';
 import { NativeBackend } from './native-backend.js';
 import { describeValue } from './validate.js';
@@ -67,4 +67,17 @@ export function resolveBackend(request: BackendRequest = 'auto', options: Resolv
   const backend = createBackend('cpu');
   log(`[duoattn] backend: cpu (${backend.deviceName})`);
   return tuned(backend);
+}
+
+/** The backend tuning the DUO_* environment asks for (profiling, batch invariance, launch and GEMV knobs). */
+export function environmentTuning(environment: DuoEnvironment): BackendTuning {
+  return {
+    profile: environment.cudaProfile,
+    chainLaunches: !environment.noPdl,
+    batchInvariant: environment.batchInvariant,
+    ...(environment.fewRowsMax === undefined ? {} : { fewRowsMax: environment.fewRowsMax }),
+    ...(environment.gemvMinSlice === undefined ? {} : { gemvMinSlice: environment.gemvMinSlice }),
+    ...(environment.gemvWaves === undefined ? {} : { gemvWaveRule: environment.gemvWaves }),
+    ...(environment.gemvSplit === undefined ? {} : { gemvPinnedSplits: environment.gemvSplit }),
+  };
 }

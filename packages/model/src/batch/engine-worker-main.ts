@@ -1,6 +1,7 @@
 // The worker thread's side of `startEngineWorker`: loads the model, runs a batch engine over it and answers the
 // caller's messages (engine-worker.ts has the protocol).
 import { parentPort } from 'node:worker_threads';
+import { resolveBackend } from '@duoattn/kernels';
 import { LlamaModel } from '../llama-model.js';
 import type { BatchEngine, BatchStream } from './batch-engine.js';
 import { type FromWorker, type ToWorker, toWire, type WorkerModel } from './engine-worker.js';
@@ -19,12 +20,18 @@ function post(message: FromWorker): void {
 async function load(spec: WorkerModel): Promise<LlamaModel> {
   if ('path' in spec) {
     return LlamaModel.load(spec.path, {
-      device: spec.device ?? 'auto',
+      device: backendFor(spec),
       weightDtype: spec.weightDtype,
       tokenizerPath: spec.tokenizerPath,
     });
   }
-  return LlamaModel.random(spec.random, { device: spec.device ?? 'auto', dtype: spec.dtype, seed: spec.seed });
+  return LlamaModel.random(spec.random, { device: backendFor(spec), dtype: spec.dtype, seed: spec.seed });
+}
+
+/** The device as asked, tuned when the spec says how. */
+function backendFor(spec: WorkerModel) {
+  const device = spec.device ?? 'auto';
+  return spec.tuning ? resolveBackend(device, { tuning: spec.tuning }) : device;
 }
 
 async function relay(id: number, stream: BatchStream): Promise<void> {

@@ -10,6 +10,7 @@ import {
   DuoOutOfMemoryError,
   type ModelConfig,
 } from '@duoattn/core';
+import type { BackendTuning } from '@duoattn/kernels';
 import type {
   BatchEngineOptions,
   BatchEngineStats,
@@ -27,12 +28,15 @@ export type WorkerModel =
       readonly device?: 'auto' | 'cpu' | 'cuda';
       readonly weightDtype?: 'auto' | 'f32' | 'f16' | 'bf16';
       readonly tokenizerPath?: string;
+      /** The worker's backend tuning (e.g. `environmentTuning(readEnvironment())`: DUO_BATCH_INVARIANT and the knobs). */
+      readonly tuning?: BackendTuning;
     }
   | {
       readonly random: ModelConfig;
       readonly device?: 'auto' | 'cpu' | 'cuda';
       readonly dtype?: 'f32' | 'f16' | 'bf16';
       readonly seed?: number;
+      readonly tuning?: BackendTuning;
     };
 
 /** Options of `startEngineWorker`. */
