@@ -51,6 +51,12 @@ export const ENVIRONMENT_VARIABLES = [
     usedBy: 'duo-bench, duo-serve → BackendTuning.fewRowsMax',
   },
   {
+    name: 'DUO_FEW_ROWS_PREFETCH',
+    kind: 'flag',
+    meaning: 'the CUDA few-rows matmul loads x a group of steps ahead with the weights (a tuning knob)',
+    usedBy: 'duo-bench, duo-serve → BackendTuning.fewRowsPrefetch',
+  },
+  {
     name: 'DUO_NO_PDL',
     kind: 'flag',
     meaning: 'launch CUDA kernels without programmatic dependent launch (A/B runs)',
@@ -119,6 +125,7 @@ export interface DuoEnvironment {
   readonly noPdl: boolean;
   readonly batchInvariant: boolean;
   readonly fewRowsMax?: number;
+  readonly fewRowsPrefetch: boolean;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
   readonly gemvSplit?: string;
@@ -163,6 +170,7 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     noPdl: flag('DUO_NO_PDL'),
     batchInvariant: flag('DUO_BATCH_INVARIANT'),
     fewRowsMax: integer('DUO_FEW_ROWS_MAX', 0, 64),
+    fewRowsPrefetch: flag('DUO_FEW_ROWS_PREFETCH'),
     gemvMinSlice: integer('DUO_GEMV_MIN_SLICE', 1),
     gemvWaves: integer('DUO_GEMV_WAVES', 0, 2),
     gemvSplit: text('DUO_GEMV_SPLIT'),

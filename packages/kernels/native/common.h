@@ -324,6 +324,7 @@ class Device {
     std::string gemvPinnedSplits;  // "rowsxk:split,…" pins the split of a shape
     bool batchInvariant = false;   // a row's results never depend on the other rows of a call (batch engine)
     int64_t fewRowsMax = 64;       // most rows the few-rows tensor-core matmul takes outside that mode (0: cuBLAS)
+    bool fewRowsPrefetch = false;  // the few-rows matmul loads x a group of steps ahead (up to 16 rows)
   };
   virtual void tune(const Tuning&) {}
 

@@ -275,6 +275,10 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
           if (dtype !== 'f32') {
             const shared = await run(0, n);
             expectSameRows(shared, await run(7, 2), 7, `default mode, rows 7…8 of ${n}`);
+            // Loading x ahead (a tuning knob) changes no bit either.
+            b().tune({ fewRowsPrefetch: true });
+            expectSameRows(shared, await run(7, 2), 7, `x loaded ahead, rows 7…8 of ${n}`);
+            expectSameRows(shared, await run(20, 9), 20, `x loaded ahead, rows 20…28 of ${n}`);
           }
         } finally {
           b().tune({});

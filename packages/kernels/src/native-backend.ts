@@ -268,7 +268,16 @@ export class NativeBackend implements Backend {
    */
   /** Sets the backend's benchmark knobs (`BackendTuning`); the CPU backend has none and ignores them. */
   tune(tuning: BackendTuning): void {
-    const { profile, chainLaunches, gemvMinSlice, gemvWaveRule, gemvPinnedSplits, batchInvariant, fewRowsMax } = tuning;
+    const {
+      profile,
+      chainLaunches,
+      gemvMinSlice,
+      gemvWaveRule,
+      gemvPinnedSplits,
+      batchInvariant,
+      fewRowsMax,
+      fewRowsPrefetch,
+    } = tuning;
     if (fewRowsMax !== undefined) expectInteger('tuning.fewRowsMax', fewRowsMax, 0, 64);
     if (gemvMinSlice !== undefined) expectInteger('tuning.gemvMinSlice', gemvMinSlice, 1);
     if (gemvWaveRule !== undefined) expectInteger('tuning.gemvWaveRule', gemvWaveRule, 0, 2);
@@ -278,7 +287,16 @@ export class NativeBackend implements Backend {
         `Expected \`tuning.gemvPinnedSplits\` like "6144x4096:4,4096x14336:2" but received ${JSON.stringify(gemvPinnedSplits)}`,
       );
     }
-    const fields = { profile, chainLaunches, gemvMinSlice, gemvWaveRule, gemvPinnedSplits, batchInvariant, fewRowsMax };
+    const fields = {
+      profile,
+      chainLaunches,
+      gemvMinSlice,
+      gemvWaveRule,
+      gemvPinnedSplits,
+      batchInvariant,
+      fewRowsMax,
+      fewRowsPrefetch,
+    };
     callNative(() => this.#native.tune(this.device, fields));
   }
 

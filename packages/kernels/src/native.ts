@@ -65,6 +65,8 @@ export interface BackendTuning {
   readonly batchInvariant?: boolean;
   /** Most rows (2 … 64) the few-rows tensor-core matmul takes outside the batch-invariant mode; 0: cuBLAS. Default 64. */
   readonly fewRowsMax?: number;
+  /** The few-rows matmul loads x a group of steps ahead with the weights (up to 16 rows). Default false. */
+  readonly fewRowsPrefetch?: boolean;
 }
 
 /**

@@ -75,6 +75,7 @@ export function environmentTuning(environment: DuoEnvironment): BackendTuning {
     profile: environment.cudaProfile,
     chainLaunches: !environment.noPdl,
     batchInvariant: environment.batchInvariant,
+    fewRowsPrefetch: environment.fewRowsPrefetch,
     ...(environment.fewRowsMax === undefined ? {} : { fewRowsMax: environment.fewRowsMax }),
     ...(environment.gemvMinSlice === undefined ? {} : { gemvMinSlice: environment.gemvMinSlice }),
     ...(environment.gemvWaves === undefined ? {} : { gemvWaveRule: environment.gemvWaves }),

@@ -216,6 +216,7 @@ void launchGemvRowTiles(const float* x, int64_t rows, int64_t k, const void* wei
 // (q/k/v); `residual` is added to target 0's output.
 constexpr int64_t kFewRowsMax = 64;
 bool fewRowsSupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count);
+void setFewRowsPrefetch(bool prefetch);  // Tuning::fewRowsPrefetch
 void launchFewRows(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, const float* residual,
                    int count, cudaStream_t stream);
 void launchFewRowsSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,

@@ -496,6 +496,7 @@ class CudaDevice final : public Device {
     profiler_.enable(tuning.profile);
     invariant_ = tuning.batchInvariant;
     fewRowsMax_ = tuning.fewRowsMax;
+    setFewRowsPrefetch(tuning.fewRowsPrefetch);
     setChainLaunches(tuning.chainLaunches);
     setGemvTuning(tuning);
   }

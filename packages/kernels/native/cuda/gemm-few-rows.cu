@@ -4,6 +4,7 @@
 // is the same sequence of products over the same k order (the k split depends on the matrix shape only), so a
 // sequence decoded in a batch gets the bits it gets alone (the batch-invariant mode routes single rows here too).
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "cuda-common.cuh"
@@ -46,13 +47,16 @@ __device__ __forceinline__ void packTokens(const float* x, uint32_t (&b)[4]) {
 
 // Resident blocks per multiprocessor the register budget is set for: three where one token tile of one matrix leaves
 // registers to spare.
-constexpr int residentBlocks(int tiles, bool swiglu) { return tiles == 1 && !swiglu ? 3 : 2; }
+constexpr int residentBlocks(int tiles, bool swiglu, bool prefetch) { return tiles == 1 && !swiglu && !prefetch ? 3 : 2; }
 
-template <typename T, int TILES, bool SWIGLU, int SPLIT>
-__global__ void __launch_bounds__(kWarps * 32, residentBlocks(TILES, SWIGLU)) fewRowsKernel(const float* __restrict__ x, int rows, int64_t k, FewRowsJob<T> job) {
+// PREFETCH (Tuning::fewRowsPrefetch, up to two token tiles): x is loaded with the weights a group of steps ahead
+// instead of at its use; the same values meet the same products, so the bits do not change.
+template <typename T, int TILES, bool SWIGLU, int SPLIT, bool PREFETCH>
+__global__ void __launch_bounds__(kWarps * 32, residentBlocks(TILES, SWIGLU, PREFETCH))
+    fewRowsKernel(const float* __restrict__ x, int rows, int64_t k, FewRowsJob<T> job) {
   constexpr int kMatrices = SWIGLU ? 2 : 1;
   // Loads in flight per warp, within the register budget of two blocks per multiprocessor.
-  constexpr int kU = TILES * kMatrices >= 8 ? 2 : kUnroll;
+  constexpr int kU = TILES * kMatrices >= 8 || (PREFETCH && SWIGLU) ? 2 : kUnroll;
   constexpr int kSlabsPerBlock = kWarps / SPLIT;
   __shared__ float partial[kWarps][TILES * 4][32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -93,10 +97,27 @@ __global__ void __launch_bounds__(kWarps * 32, residentBlocks(TILES, SWIGLU)) fe
           for (int half = 0; half < 2; half++)
             raw[u][mat][half] = __ldg(reinterpret_cast<const uint4*>(weights[mat][half] + (from + u) * kStep));
   };
+  float4 staged[PREFETCH ? kU : 1][PREFETCH ? TILES : 1][2];
+  auto fetchTokens = [&](int64_t from) {
+    if constexpr (PREFETCH) {
+#pragma unroll
+      for (int u = 0; u < kU; u++)
+#pragma unroll
+        for (int tile = 0; tile < TILES; tile++) {
+          const int token = tile * 8 + g;
+          if (active && from + u < end && token < rows) {
+            const float* p = x + token * k + (from + u) * kStep + 8 * t;
+            staged[u][tile][0] = __ldg(reinterpret_cast<const float4*>(p));
+            staged[u][tile][1] = __ldg(reinterpret_cast<const float4*>(p + 4));
+          }
+        }
+    }
+  };
   int64_t step = begin;
   fetch(step);
   // Weights are never written during a step: their first loads overlap the previous kernel's tail.
   dependOnPrevious();
+  fetchTokens(step);
   for (; step < end; step += kU) {
 #pragma unroll
     for (int u = 0; u < kU; u++) {
@@ -106,7 +127,17 @@ __global__ void __launch_bounds__(kWarps * 32, residentBlocks(TILES, SWIGLU)) fe
       for (int tile = 0; tile < TILES; tile++) {
         const int token = tile * 8 + g;
         uint32_t b[4] = {0, 0, 0, 0};
-        if (token < rows) packTokens<T>(x + token * k + kk, b);
+        if constexpr (PREFETCH) {
+          if (token < rows) {
+            const float4 low = staged[u][tile][0], high = staged[u][tile][1];
+            b[0] = packPair<T>(low.x, low.y);
+            b[1] = packPair<T>(low.z, low.w);
+            b[2] = packPair<T>(high.x, high.y);
+            b[3] = packPair<T>(high.z, high.w);
+          }
+        } else if (token < rows) {
+          packTokens<T>(x + token * k + kk, b);
+        }
 #pragma unroll
         for (int mat = 0; mat < kMatrices; mat++) {
           const uint4 a0 = raw[u][mat][0], a1 = raw[u][mat][1];
@@ -116,6 +147,7 @@ __global__ void __launch_bounds__(kWarps * 32, residentBlocks(TILES, SWIGLU)) fe
       }
     }
     fetch(step + kU);
+    fetchTokens(step + kU);
   }
   // The SPLIT warps of a slab add their slices in slice order through shared memory (one matrix at a time); the
   // sums replace the first slice's accumulators.
@@ -181,19 +213,32 @@ int splitFor(int64_t slabs, int64_t k) {
   return split;
 }
 
-template <typename T, int TILES, bool SWIGLU>
-void launchTiles(const float* x, int rows, int64_t k, const FewRowsJob<T>& job, cudaStream_t stream) {
+std::atomic<bool> prefetchKnob{false};
+
+template <typename T, int TILES, bool SWIGLU, bool PREFETCH>
+void launchSplit(const float* x, int rows, int64_t k, const FewRowsJob<T>& job, cudaStream_t stream) {
   const int64_t slabs = job.firstSlab[job.count];
   const int split = splitFor(slabs, k);
   auto grid = [&](int s) { return dim3(static_cast<unsigned>((slabs + kWarps / s - 1) / (kWarps / s))); };
   const dim3 threads(kWarps * 32);
   switch (split) {
-    case 8: launchChained(fewRowsKernel<T, TILES, SWIGLU, 8>, grid(8), threads, 0, stream, x, rows, k, job); break;
-    case 4: launchChained(fewRowsKernel<T, TILES, SWIGLU, 4>, grid(4), threads, 0, stream, x, rows, k, job); break;
-    case 2: launchChained(fewRowsKernel<T, TILES, SWIGLU, 2>, grid(2), threads, 0, stream, x, rows, k, job); break;
-    default: launchChained(fewRowsKernel<T, TILES, SWIGLU, 1>, grid(1), threads, 0, stream, x, rows, k, job); break;
+    case 8: launchChained(fewRowsKernel<T, TILES, SWIGLU, 8, PREFETCH>, grid(8), threads, 0, stream, x, rows, k, job); break;
+    case 4: launchChained(fewRowsKernel<T, TILES, SWIGLU, 4, PREFETCH>, grid(4), threads, 0, stream, x, rows, k, job); break;
+    case 2: launchChained(fewRowsKernel<T, TILES, SWIGLU, 2, PREFETCH>, grid(2), threads, 0, stream, x, rows, k, job); break;
+    default: launchChained(fewRowsKernel<T, TILES, SWIGLU, 1, PREFETCH>, grid(1), threads, 0, stream, x, rows, k, job); break;
   }
   checkLaunch("fewRows");
+}
+
+template <typename T, int TILES, bool SWIGLU>
+void launchTiles(const float* x, int rows, int64_t k, const FewRowsJob<T>& job, cudaStream_t stream) {
+  if constexpr (TILES <= 2) {
+    if (prefetchKnob.load(std::memory_order_relaxed)) {
+      launchSplit<T, TILES, SWIGLU, true>(x, rows, k, job, stream);
+      return;
+    }
+  }
+  launchSplit<T, TILES, SWIGLU, false>(x, rows, k, job, stream);
 }
 
 template <typename T, bool SWIGLU>
@@ -225,6 +270,8 @@ void dispatchHalf(DType type, F&& body) {
 }
 
 }  // namespace
+
+void setFewRowsPrefetch(bool prefetch) { prefetchKnob.store(prefetch, std::memory_order_relaxed); }
 
 bool fewRowsSupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count) {
   if (weightType != DType::BF16 && weightType != DType::F16) return false;
