@@ -47,7 +47,7 @@ export const ENVIRONMENT_VARIABLES = [
     name: 'DUO_FEW_ROWS_MAX',
     kind: 'integer',
     meaning:
-      'most rows (0–64) the CUDA few-rows tensor-core matmul takes, more go to cuBLAS (default 64; a tuning knob)',
+      'most rows (0–64) the CUDA few-rows tensor-core matmul takes, more go to cuBLAS (default 0: all to cuBLAS; a tuning knob)',
     usedBy: 'duo-bench, duo-serve → BackendTuning.fewRowsMax',
   },
   {

@@ -134,7 +134,7 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       [3, 100, 70],
       [17, 300, 130],
       [64, 256, 96],
-      // 2–64 rows of half weights: the CUDA few-rows tensor-core kernel (token tiles of 8, split k).
+      // 2–64 rows of half weights: also through the CUDA few-rows tensor-core kernel (token tiles of 8, split k).
       [33, 1024, 200],
       [9, 2048, 24],
       // Deep rows: the CUDA weight-streaming kernel splits k over 2, 4 and 8 warps per output.
@@ -153,14 +153,24 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
           const xs = b().upload('f32', [n, k], x);
           const biasTensor = b().upload('f32', [m], bias);
           const out = b().upload('f32', [n, m], residual);
-          b().matmul(xs, weight, out, { bias: biasTensor, residual: out });
           const expected = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k), bias, toMatrix(residual, n, m));
-          expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
-          const plain = b().alloc('f32', [n, m]);
-          b().matmul(xs, weight, plain);
           const expectedPlain = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k));
-          expect(relativeError(await readF32(b(), plain), expectedPlain)).toBeLessThan(TOLERANCE.matmul[dtype]);
-          for (const t of [xs, weight, biasTensor, out, plain]) t.dispose();
+          const plain = b().alloc('f32', [n, m]);
+          // Default routing, then (half weights, 2–64 rows) the few-rows kernel (BackendTuning.fewRowsMax).
+          const routes = dtype !== 'f32' && n >= 2 && n <= 64 ? [{}, { fewRowsMax: 64 }] : [{}];
+          try {
+            for (const tuning of routes) {
+              b().tune(tuning);
+              b().write(out, residual);
+              b().matmul(xs, weight, out, { bias: biasTensor, residual: out });
+              expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
+              b().matmul(xs, weight, plain);
+              expect(relativeError(await readF32(b(), plain), expectedPlain)).toBeLessThan(TOLERANCE.matmul[dtype]);
+            }
+          } finally {
+            b().tune({});
+            for (const t of [xs, weight, biasTensor, out, plain]) t.dispose();
+          }
         },
       );
     }
@@ -180,17 +190,27 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       const biases = shapes.map((m, i) => (i < 2 ? randomArray(m, 60 + i) : undefined));
       const biasTensors = biases.map((bias, i) => (bias ? b().upload('f32', [shapes[i] ?? 0], bias) : undefined));
       const outs = shapes.map((m) => b().alloc('f32', [n, m]));
-      b().matmulGroup(
-        xs,
-        uploaded.map(([w]) => w),
-        outs,
-        biasTensors,
-      );
-      for (const [i, m] of shapes.entries()) {
-        const expected = referenceMatmul(toMatrix(x, n, k), toMatrix(uploaded[i]?.[1] ?? [], m, k), biases[i]);
-        expect(relativeError(await readF32(b(), outs[i] as Tensor), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
+      try {
+        // Default routing, then (half weights, 2–64 rows) the few-rows kernel.
+        for (const tuning of dtype !== 'f32' && n >= 2 ? [{}, { fewRowsMax: 64 }] : [{}]) {
+          b().tune(tuning);
+          b().matmulGroup(
+            xs,
+            uploaded.map(([w]) => w),
+            outs,
+            biasTensors,
+          );
+          for (const [i, m] of shapes.entries()) {
+            const expected = referenceMatmul(toMatrix(x, n, k), toMatrix(uploaded[i]?.[1] ?? [], m, k), biases[i]);
+            expect(relativeError(await readF32(b(), outs[i] as Tensor), expected)).toBeLessThan(
+              TOLERANCE.matmul[dtype],
+            );
+          }
+        }
+      } finally {
+        b().tune({});
+        for (const t of [xs, ...uploaded.map(([w]) => w), ...outs, ...biasTensors]) t?.dispose();
       }
-      for (const t of [xs, ...uploaded.map(([w]) => w), ...outs, ...biasTensors]) t?.dispose();
     });
 
     it.each([
@@ -210,14 +230,22 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       const [gate, gateHeld] = uploadAs(b(), dtype, [m, k], randomArray(m * k, 71, 0.5));
       const [up, upHeld] = uploadAs(b(), dtype, [m, k], randomArray(m * k, 72, 0.5));
       const out = b().alloc('f32', [n, m]);
-      b().matmulSwiglu(xs, gate, up, out);
       const xm = toMatrix(x, n, k);
       const expected = referenceSwiglu(
         referenceMatmul(xm, toMatrix(gateHeld, m, k)),
         referenceMatmul(xm, toMatrix(upHeld, m, k)),
       );
-      expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
-      for (const t of [xs, gate, up, out]) t.dispose();
+      try {
+        // Default routing, then (half weights, 2–64 rows) the few-rows kernel.
+        for (const tuning of dtype !== 'f32' && n >= 2 ? [{}, { fewRowsMax: 64 }] : [{}]) {
+          b().tune(tuning);
+          b().matmulSwiglu(xs, gate, up, out);
+          expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
+        }
+      } finally {
+        b().tune({});
+        for (const t of [xs, gate, up, out]) t.dispose();
+      }
     });
 
     it.each(['f32', 'bf16', 'f16'] as const)(
@@ -270,13 +298,13 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
               `batch-invariant, rows ${first}…${first + rows - 1} of ${n}`,
             );
           }
-          // Without the mode, 2–64 rows keep each row's bits among themselves (the few-rows kernel; CPU: always).
-          b().tune({});
+          // Without the mode, the few-rows kernel (up to Tuning.fewRowsMax rows) keeps each row's bits among its rows;
+          // loading x ahead (a tuning knob) changes no bit either (CPU: always the same bits).
           if (dtype !== 'f32') {
+            b().tune({ fewRowsMax: 64 });
             const shared = await run(0, n);
-            expectSameRows(shared, await run(7, 2), 7, `default mode, rows 7…8 of ${n}`);
-            // Loading x ahead (a tuning knob) changes no bit either.
-            b().tune({ fewRowsPrefetch: true });
+            expectSameRows(shared, await run(7, 2), 7, `few-rows kernel, rows 7…8 of ${n}`);
+            b().tune({ fewRowsMax: 64, fewRowsPrefetch: true });
             expectSameRows(shared, await run(7, 2), 7, `x loaded ahead, rows 7…8 of ${n}`);
             expectSameRows(shared, await run(20, 9), 20, `x loaded ahead, rows 20…28 of ${n}`);
           }

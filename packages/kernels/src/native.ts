@@ -63,7 +63,10 @@ export interface BackendTuning {
    * always is. Holds up to 64 rows per call. Default false.
    */
   readonly batchInvariant?: boolean;
-  /** Most rows (2 … 64) the few-rows tensor-core matmul takes outside the batch-invariant mode; 0: cuBLAS. Default 64. */
+  /**
+   * Most rows (2 … 64) the few-rows tensor-core matmul takes outside the batch-invariant mode; 0 (default): cuBLAS,
+   * which the H100 runs measured faster so far (bench/results/2026-12-06-h100-batch/).
+   */
   readonly fewRowsMax?: number;
   /** The few-rows matmul loads x a group of steps ahead with the weights (up to 16 rows). Default false. */
   readonly fewRowsPrefetch?: boolean;

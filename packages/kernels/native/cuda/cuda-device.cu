@@ -432,13 +432,13 @@ class CudaDevice final : public Device {
   }
 
  private:
-  // The f32-activation GEMV serves single rows; 2–64 rows of half weights take the few-rows tensor-core kernel, more
-  // rows (and f32 weights) cuBLAS.
+  // The f32-activation GEMV serves single rows, cuBLAS more rows — or, up to Tuning::fewRowsMax rows of half weights,
+  // the few-rows tensor-core kernel (always in the batch-invariant mode).
   static constexpr int64_t kGemvRows = 1;
   // Tuning::batchInvariant: a row's results do not depend on the other rows of the call (single rows, too, take the
   // few-rows kernels; a batch's decode attention splits each sequence as if it ran alone).
   bool invariant_ = false;
-  int64_t fewRowsMax_ = 64;  // Tuning::fewRowsMax
+  int64_t fewRowsMax_ = 0;  // Tuning::fewRowsMax
   // Whether a matmul of x's rows takes the few-rows tensor-core kernel: 2 to Tuning::fewRowsMax rows (1–64 in the
   // batch-invariant mode) of bf16 / f16 weights with k a multiple of 32 and 16-byte aligned operands.
   bool fewRows(const Tensor& x, DType weightType, std::vector<const void*> weights) const {
