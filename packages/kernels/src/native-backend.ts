@@ -262,22 +262,9 @@ export class NativeBackend implements Backend {
     });
   }
 
-  /**
-   * Device time per op name since the last call (launch gaps included), when the CUDA backend runs with
-   * DUO_CUDA_PROFILE=1; an empty list otherwise. Synchronises.
-   */
   /** Sets the backend's benchmark knobs (`BackendTuning`); the CPU backend has none and ignores them. */
   tune(tuning: BackendTuning): void {
-    const {
-      profile,
-      chainLaunches,
-      gemvMinSlice,
-      gemvWaveRule,
-      gemvPinnedSplits,
-      batchInvariant,
-      fewRowsMax,
-      fewRowsPrefetch,
-    } = tuning;
+    const { gemvMinSlice, gemvWaveRule, gemvPinnedSplits, fewRowsMax } = tuning;
     if (fewRowsMax !== undefined) expectInteger('tuning.fewRowsMax', fewRowsMax, 0, 64);
     if (gemvMinSlice !== undefined) expectInteger('tuning.gemvMinSlice', gemvMinSlice, 1);
     if (gemvWaveRule !== undefined) expectInteger('tuning.gemvWaveRule', gemvWaveRule, 0, 2);
@@ -287,19 +274,14 @@ export class NativeBackend implements Backend {
         `Expected \`tuning.gemvPinnedSplits\` like "6144x4096:4,4096x14336:2" but received ${JSON.stringify(gemvPinnedSplits)}`,
       );
     }
-    const fields = {
-      profile,
-      chainLaunches,
-      gemvMinSlice,
-      gemvWaveRule,
-      gemvPinnedSplits,
-      batchInvariant,
-      fewRowsMax,
-      fewRowsPrefetch,
-    };
-    callNative(() => this.#native.tune(this.device, fields));
+    // The addon reads the fields it knows by name (absent ones keep their defaults).
+    callNative(() => this.#native.tune(this.device, tuning));
   }
 
+  /**
+   * Device time per op name since the last call (launch gaps included), when the CUDA backend runs with
+   * DUO_CUDA_PROFILE=1; an empty list otherwise. Synchronises.
+   */
   takeProfile(): { name: string; count: number; milliseconds: number }[] {
     return callNative(() => this.#native.takeProfile(this.device));
   }

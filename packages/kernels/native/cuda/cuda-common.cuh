@@ -207,6 +207,24 @@ void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, 
 void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
                       float* out, cudaStream_t stream);
 bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x);
+// The multiprocessors of the current device (read once).
+int multiprocessorCount();
+
+// The weight-streaming matmuls' work (gemv.cu, gemm-few-rows.cu): up to three matrices share x (q/k/v), each cut into
+// units of columns (a kernel's own width: GEMV column groups, few-rows slabs of 16); unit u of the launch belongs to
+// matrix i where first[i] <= u < first[i + 1]. In SwiGLU mode weight 0 is gate and weight 1 up, and out[0] gets
+// silu(gate)·up.
+template <typename T>
+struct WeightJob {
+  const T* weight[3];
+  float* out[3];
+  const float* bias[3];
+  const float* residual[3];
+  int64_t m[3];
+  int64_t first[4];
+  int count;
+};
+
 // Row-tiled matmul (8 rows a launch pass) whose result for a row does not depend on the row count: f32 weights in the
 // batch-invariant mode.
 void launchGemvRowTiles(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,

@@ -1,6 +1,7 @@
 // The CUDA backend: one stream, stream-ordered allocations, pinned staging for transfers (pinned-pool.cuh), paged
 // tensors (paged-memory.cu), per-op profiles (op-profiler.cuh), and every op enqueued without waiting.
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -165,7 +166,7 @@ class CudaDevice final : public Device {
     int64_t n = x.rows(), k = x.cols(), m = weight.rows();
     const float* biasData = bias ? bias->as<float>() : nullptr;
     const float* residualData = residual ? residual->as<float>() : nullptr;
-    if (fewRows(x, weight.dtype, {weight.data})) {
+    if (fewRows(x, weight.dtype, {weight.data}, 1)) {
       const GemvTarget target{weight.data, out.as<float>(), biasData, m};
       launchFewRows(x.as<float>(), n, k, weight.dtype, &target, residualData, 1, stream_);
       profiler_.mark("matmul", stream_);
@@ -247,9 +248,9 @@ class CudaDevice final : public Device {
                    int count) override {
     bool sameType = true;
     for (int i = 0; i < count; i++) sameType = sameType && weights[i]->dtype == weights[0]->dtype;
-    std::vector<const void*> data;
-    for (int i = 0; i < count; i++) data.push_back(weights[i]->data);
-    if (sameType && count <= 3 && fewRows(x, weights[0]->dtype, data)) {
+    std::array<const void*, 3> data = {};
+    for (int i = 0; i < count && i < 3; i++) data[i] = weights[i]->data;
+    if (sameType && count <= 3 && fewRows(x, weights[0]->dtype, data, count)) {
       GemvTarget targets[3];
       for (int i = 0; i < count; i++)
         targets[i] = GemvTarget{weights[i]->data, outs[i]->as<float>(), biases[i] ? biases[i]->as<float>() : nullptr, weights[i]->rows()};
@@ -285,7 +286,7 @@ class CudaDevice final : public Device {
   }
   void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) override {
     bool aligned = reinterpret_cast<uintptr_t>(gate.data) % 16 == 0 && reinterpret_cast<uintptr_t>(up.data) % 16 == 0;
-    if (gate.dtype == up.dtype && fewRows(x, gate.dtype, {gate.data, up.data})) {
+    if (gate.dtype == up.dtype && fewRows(x, gate.dtype, {gate.data, up.data}, 2)) {
       launchFewRowsSwiglu(x.as<float>(), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(), out.as<float>(), stream_);
       profiler_.mark("matmulSwiglu", stream_);
       return;
@@ -441,10 +442,10 @@ class CudaDevice final : public Device {
   int64_t fewRowsMax_ = 0;  // Tuning::fewRowsMax
   // Whether a matmul of x's rows takes the few-rows tensor-core kernel: 2 to Tuning::fewRowsMax rows (1–64 in the
   // batch-invariant mode) of bf16 / f16 weights with k a multiple of 32 and 16-byte aligned operands.
-  bool fewRows(const Tensor& x, DType weightType, std::vector<const void*> weights) const {
+  bool fewRows(const Tensor& x, DType weightType, const std::array<const void*, 3>& weights, int count) const {
     const int64_t n = x.rows();
     if (n > (invariant_ ? kFewRowsMax : fewRowsMax_) || n < (invariant_ ? 1 : 2)) return false;
-    return fewRowsSupported(x.cols(), weightType, x.data, weights.data(), static_cast<int>(weights.size()));
+    return fewRowsSupported(x.cols(), weightType, x.data, weights.data(), count);
   }
   static constexpr size_t kSmallWrite = 64 * 1024;
   static constexpr int kSmallSlots = 16;

@@ -22,23 +22,13 @@ constexpr int kStep = 32;   // k per step: two m16n8k16 products over a permuted
 
 // A warp's 16 columns: `slab` of one matrix (or of gate and up together in SwiGLU mode).
 template <typename T>
-struct FewRowsJob {
-  const T* weight[3];
-  float* out[3];
-  const float* bias[3];
-  const float* residual[3];
-  int64_t m[3];
-  int64_t firstSlab[4];
-  int count;
-};
+using FewRowsJob = WeightJob<T>;
 
 // Thread (g = lane / 4, t = lane % 4) holds weight rows g and g + 8 of its slab at k = 8t … 8t + 7 of each 32-step and
 // token g of each 8-token tile at the same k: logical k 2t, 2t + 1 / 2t + 8, 2t + 9 of the first product are physical
 // 8t + 0, 1 / 8t + 2, 3, of the second 8t + 4, 5 / 8t + 6, 7 (the same permutation on both operands).
 template <typename T>
-__device__ __forceinline__ void packTokens(const float* x, uint32_t (&b)[4]) {
-  const float4 low = __ldg(reinterpret_cast<const float4*>(x));
-  const float4 high = __ldg(reinterpret_cast<const float4*>(x + 4));
+__device__ __forceinline__ void packTokens(float4 low, float4 high, uint32_t (&b)[4]) {
   b[0] = packPair<T>(low.x, low.y);
   b[1] = packPair<T>(low.z, low.w);
   b[2] = packPair<T>(high.x, high.y);
@@ -64,10 +54,10 @@ __global__ void __launch_bounds__(kWarps * 32, residentBlocks(TILES, SWIGLU, PRE
   const int slot = warp / SPLIT, slice = warp % SPLIT;
   const int64_t slab = static_cast<int64_t>(blockIdx.x) * kSlabsPerBlock + slot;
   int which = 0;
-  while (which + 1 < job.count && slab >= job.firstSlab[which + 1]) which++;
-  const bool active = slab < job.firstSlab[job.count];
+  while (which + 1 < job.count && slab >= job.first[which + 1]) which++;
+  const bool active = slab < job.first[job.count];
   const int64_t m = job.m[which];
-  const int64_t column0 = (slab - job.firstSlab[which]) * 16;
+  const int64_t column0 = (slab - job.first[which]) * 16;
   // Rows past m read row 0 (their products are never stored).
   const int64_t rowA = active && column0 + g < m ? column0 + g : 0, rowB = active && column0 + g + 8 < m ? column0 + g + 8 : 0;
   const T* weights[kMatrices][2];
@@ -128,15 +118,10 @@ __global__ void __launch_bounds__(kWarps * 32, residentBlocks(TILES, SWIGLU, PRE
         const int token = tile * 8 + g;
         uint32_t b[4] = {0, 0, 0, 0};
         if constexpr (PREFETCH) {
-          if (token < rows) {
-            const float4 low = staged[u][tile][0], high = staged[u][tile][1];
-            b[0] = packPair<T>(low.x, low.y);
-            b[1] = packPair<T>(low.z, low.w);
-            b[2] = packPair<T>(high.x, high.y);
-            b[3] = packPair<T>(high.z, high.w);
-          }
+          if (token < rows) packTokens<T>(staged[u][tile][0], staged[u][tile][1], b);
         } else if (token < rows) {
-          packTokens<T>(x + token * k + kk, b);
+          const float* p = x + token * k + kk;
+          packTokens<T>(__ldg(reinterpret_cast<const float4*>(p)), __ldg(reinterpret_cast<const float4*>(p + 4)), b);
         }
 #pragma unroll
         for (int mat = 0; mat < kMatrices; mat++) {
@@ -193,21 +178,11 @@ __global__ void __launch_bounds__(kWarps * 32, residentBlocks(TILES, SWIGLU, PRE
     }
 }
 
-int multiprocessors() {
-  static const int count = [] {
-    int device = 0, value = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&value, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    return value;
-  }();
-  return count;
-}
-
 // The k split of a matrix shape (never of the row count, so results do not depend on it): a warp streams 16 weight
 // rows, so a matrix has few of them per multiprocessor; k is split (slices of at least 4 steps) until about 24 warps
 // per multiprocessor stream (o_proj and down of Llama-3-8B: 8, q/k/v 8, gate+up 4, the head 1).
 int splitFor(int64_t slabs, int64_t k) {
-  const int64_t target = static_cast<int64_t>(multiprocessors()) * 24;
+  const int64_t target = static_cast<int64_t>(multiprocessorCount()) * 24;
   int split = 1;
   while (split < kMaxSplit && k / kStep / (split * 2) >= 4 && slabs * split < target) split *= 2;
   return split;
@@ -217,7 +192,7 @@ std::atomic<bool> prefetchKnob{false};
 
 template <typename T, int TILES, bool SWIGLU, bool PREFETCH>
 void launchSplit(const float* x, int rows, int64_t k, const FewRowsJob<T>& job, cudaStream_t stream) {
-  const int64_t slabs = job.firstSlab[job.count];
+  const int64_t slabs = job.first[job.count];
   const int split = splitFor(slabs, k);
   auto grid = [&](int s) { return dim3(static_cast<unsigned>((slabs + kWarps / s - 1) / (kWarps / s))); };
   const dim3 threads(kWarps * 32);
@@ -243,9 +218,9 @@ void launchTiles(const float* x, int rows, int64_t k, const FewRowsJob<T>& job, 
 
 template <typename T, bool SWIGLU>
 void launchJob(const float* x, int64_t rows, int64_t k, FewRowsJob<T>& job, cudaStream_t stream) {
-  job.firstSlab[0] = 0;
-  for (int i = 0; i < job.count; i++) job.firstSlab[i + 1] = job.firstSlab[i] + (job.m[i] + 15) / 16;
-  if (job.firstSlab[job.count] == 0 || rows == 0) return;
+  job.first[0] = 0;
+  for (int i = 0; i < job.count; i++) job.first[i + 1] = job.first[i] + (job.m[i] + 15) / 16;
+  if (job.first[job.count] == 0 || rows == 0) return;
   // More than kFewRowsMax rows: tiles of kFewRowsMax, each streaming the weights again (results stay per row).
   for (int64_t first = 0; first < rows; first += kFewRowsMax) {
     const int count = static_cast<int>(std::min<int64_t>(kFewRowsMax, rows - first));

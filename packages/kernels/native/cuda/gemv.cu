@@ -33,20 +33,9 @@ constexpr int kMaxSplit = kWarps < 8 ? kWarps : 8;  // warps of one column group
 constexpr int kUnroll = DUO_GEMV_UNROLL;
 constexpr size_t kSharedLimit = 64 * 1024;
 constexpr int kColumnsPerWarp = 2;
-int multiprocessorCount();
-
-// The weight rows one column group streams: up to three matrices share x (q/k/v), each cut into groups of
-// kColumnsPerWarp rows; in SwiGLU mode slot 0 reads gate row j and slot 1 up row j, and the group writes silu(gate)·up.
+// A column group streams kColumnsPerWarp weight rows (in SwiGLU mode gate row j and up row j).
 template <typename T>
-struct StreamJob {
-  const T* weight[3];
-  float* out[3];
-  const float* bias[3];
-  const float* residual[3];
-  int64_t m[3];
-  int64_t firstGroup[4];
-  int count;
-};
+using StreamJob = WeightJob<T>;
 
 // A block of 8 warps serves 8/SPLIT column groups; the SPLIT warps of a group each stream one slice of k (16-byte
 // loads, kUnroll in flight per column) and are summed through shared memory, so tall-k matrices still fill the GPU.
@@ -61,10 +50,10 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
   const int group = warp / SPLIT, slice = warp % SPLIT;
   const int64_t global = static_cast<int64_t>(blockIdx.x) * kGroups + group;
   int which = 0;
-  while (which + 1 < job.count && global >= job.firstGroup[which + 1]) which++;
-  const bool active = global < job.firstGroup[job.count];
+  while (which + 1 < job.count && global >= job.first[which + 1]) which++;
+  const bool active = global < job.first[job.count];
   const int64_t m = job.m[which];
-  const int64_t column0 = SWIGLU ? global - job.firstGroup[which] : (global - job.firstGroup[which]) * kColumnsPerWarp;
+  const int64_t column0 = SWIGLU ? global - job.first[which] : (global - job.first[which]) * kColumnsPerWarp;
   const T* rows[kColumnsPerWarp];
   bool live[kColumnsPerWarp];
 #pragma unroll
@@ -161,7 +150,7 @@ __global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStrea
 
 template <typename T, int ROWS, bool SWIGLU>
 void launchSplit(const float* x, int64_t k, const StreamJob<T>& job, int split, cudaStream_t stream) {
-  const int64_t groups = job.firstGroup[job.count];
+  const int64_t groups = job.first[job.count];
   auto blocks = [&](int groupsPerBlock) { return static_cast<unsigned>((groups + groupsPerBlock - 1) / groupsPerBlock); };
   // SPLIT warps per column group, so a block serves kWarps / SPLIT groups.
   const dim3 threads(kWarps * 32);
@@ -184,12 +173,12 @@ std::shared_ptr<const PinnedSplits> pinnedSplits = std::make_shared<const Pinned
 
 template <typename T>
 void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bool swiglu, cudaStream_t stream) {
-  job.firstGroup[0] = 0;
+  job.first[0] = 0;
   for (int i = 0; i < job.count; i++)
-    job.firstGroup[i + 1] = job.firstGroup[i] + (swiglu ? job.m[i] : (job.m[i] + kColumnsPerWarp - 1) / kColumnsPerWarp);
-  if (job.firstGroup[job.count] == 0) return;
+    job.first[i + 1] = job.first[i] + (swiglu ? job.m[i] : (job.m[i] + kColumnsPerWarp - 1) / kColumnsPerWarp);
+  if (job.first[job.count] == 0) return;
   // Split k so each warp streams at least ~1K elements per column, and only while columns alone leave SMs idle.
-  const int64_t groups = job.firstGroup[job.count];
+  const int64_t groups = job.first[job.count];
   const int64_t minimumSlice = std::max<int64_t>(64, minimumSliceKnob.load(std::memory_order_relaxed));
   int split = 1;
   while (split < kMaxSplit && k / (split * 2) >= minimumSlice && groups * split < static_cast<int64_t>(multiprocessorCount()) * 64) split *= 2;
@@ -300,16 +289,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemvKernel(const float* __restric
   }
 }
 
-int multiprocessorCount() {
-  static int count = [] {
-    int device = 0, value = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&value, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    return value;
-  }();
-  return count;
-}
-
 template <typename T, int ROWS>
 void launchTyped(const float* x, int64_t totalRows, int64_t k, const T* weight, int64_t m, float* out, const float* bias,
                  const float* residual, cudaStream_t stream, bool streamFewRows = true) {
@@ -343,6 +322,16 @@ void launchTyped(const float* x, int64_t totalRows, int64_t k, const T* weight, 
 }
 
 }  // namespace
+
+int multiprocessorCount() {
+  static int count = [] {
+    int device = 0, value = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&value, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    return value;
+  }();
+  return count;
+}
 
 void setGemvTuning(const Device::Tuning& tuning) {
   minimumSliceKnob.store(tuning.gemvMinSlice, std::memory_order_relaxed);
