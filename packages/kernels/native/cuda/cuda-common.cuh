@@ -233,6 +233,16 @@ void launchGemvRowTiles(const float* x, int64_t rows, int64_t k, const void* wei
 // x rounded to the weight dtype; a row's result does not depend on the other rows. Up to three targets of the same x
 // (q/k/v); `residual` is added to target 0's output.
 constexpr int64_t kFewRowsMax = 64;
+// Skinny matmul on tensor cores (gemm-skinny.cu, sm_90 and later): 1 to kSkinnyRowsMax rows a pass, bf16 / f16 weights
+// streamed once per pass through a cp.async pipeline, k split across a thread-block cluster by the matrix shape only;
+// x rounded to the weight dtype; a row's result does not depend on the other rows. Up to three targets of the same x
+// (q/k/v); `residual` is added to target 0's output. forcedSlices > 0 pins the cluster size (benchmarks).
+constexpr int64_t kSkinnyRowsMax = 64;
+bool skinnySupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count);
+void launchSkinny(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, const float* residual,
+                  int count, cudaStream_t stream, int forcedSlices = 0);
+void launchSkinnySwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
+                        float* out, cudaStream_t stream, int forcedSlices = 0);
 bool fewRowsSupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count);
 void setFewRowsPrefetch(bool prefetch);  // Tuning::fewRowsPrefetch
 void launchFewRows(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, const float* residual,

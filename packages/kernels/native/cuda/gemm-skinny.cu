@@ -1,0 +1,330 @@
+// Skinny matmul on tensor cores (a batch's decode step, 1–64 rows of x): the weights stream through shared memory
+// once for every row, in a cp.async pipeline deep enough to keep HBM busy; a block owns 128 weight rows and one slice
+// of k, and the k slices of the same rows form a thread-block cluster that sums its partial products through
+// distributed shared memory in slice order. A row's result does not depend on how many rows share the launch, nor on
+// its place among them: each output is the same sequence of products over the same k order (the k split depends on the
+// matrix shape only), so a sequence decoded in a batch gets the bits it gets alone. Hopper (sm_90) and later: clusters.
+#include <cooperative_groups.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "cuda-common.cuh"
+#include "mma.cuh"
+
+namespace duo {
+namespace cuda {
+
+namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kThreads = 256;           // eight warps, each 16 weight rows
+constexpr int kRows = 128;              // weight rows a block streams (SwiGLU: 64 gate rows, then the same 64 up rows)
+constexpr int kDepth = 64;              // k per pipeline stage: a 128-byte run of each weight row
+constexpr int kTokenStride = kDepth + 4;  // floats per staged x row (16 bytes of padding: conflict-free fragments)
+constexpr int kPartialStride = kRows + 4;
+constexpr int kMaxCluster = 8;
+
+template <int TILES>
+constexpr int stagesFor() { return TILES >= 8 ? 3 : 4; }
+template <int TILES>
+constexpr int stageBytes() { return kRows * kDepth * 2 + TILES * 8 * kTokenStride * 4; }
+template <int TILES>
+constexpr int sharedBytes() {
+  const int pipeline = stagesFor<TILES>() * stageBytes<TILES>();
+  const int partial = TILES * 8 * kPartialStride * 4;
+  return pipeline > partial ? pipeline : partial;
+}
+
+// 16-byte cp.async that writes zeros where the source is outside the matrix (`valid` false: nothing is read).
+__device__ __forceinline__ void copyOrZero16(void* shared, const void* global, bool valid) {
+  const unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  const int bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(target), "l"(global), "r"(bytes));
+}
+__device__ __forceinline__ void commitGroup() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void waitGroups() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// A block's 128 weight rows: unit u of the launch (SkinnyJob::first) is matrix `which`'s rows from `row0`.
+template <typename T>
+using SkinnyJob = WeightJob<T>;
+
+// Staged weight row r keeps its 16-byte chunk c at chunk c ^ 4·(r & 1): a fragment load of rows g and g + 1 by the eight
+// lanes of one shared-memory phase then touches every bank once.
+__device__ __forceinline__ int swizzled(int row, int chunk) { return row * kDepth * 2 + ((chunk ^ ((row & 1) << 2)) << 4); }
+
+template <typename T, int TILES, bool SWIGLU>
+__global__ void __launch_bounds__(kThreads, 1) skinnyKernel(const float* __restrict__ x, int rows, int64_t k, SkinnyJob<T> job) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int kStages = stagesFor<TILES>();
+  constexpr int kTokens = TILES * 8;
+  constexpr int kStageBytes = stageBytes<TILES>();
+  extern __shared__ __align__(128) unsigned char shared[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int slices = gridDim.x, slice = blockIdx.x;
+  const int64_t unit = blockIdx.y;
+  int which = 0;
+  while (which + 1 < job.count && unit >= job.first[which + 1]) which++;
+  const int64_t m = job.m[which];
+  const int64_t row0 = (unit - job.first[which]) * (SWIGLU ? kRows / 2 : kRows);
+  const int64_t depth = k / slices, begin = depth * slice;
+  const int stages = static_cast<int>(depth / kDepth);
+
+  // This thread's four weight chunks of a stage: staged rows (threadIdx.x >> 3) + 32·i, chunk threadIdx.x & 7.
+  const int chunk = threadIdx.x & 7;
+  const T* source[4];
+  bool valid[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int r = (threadIdx.x >> 3) + 32 * i;
+    const int64_t row = row0 + (SWIGLU ? r % (kRows / 2) : r);
+    valid[i] = row < m;
+    const T* base = SWIGLU ? job.weight[r < kRows / 2 ? 0 : 1] : job.weight[which];
+    source[i] = base + (valid[i] ? row : 0) * k + begin + chunk * 8;
+  }
+  auto stageWeights = [&](int stage) {
+    unsigned char* target = shared + (stage % kStages) * kStageBytes;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const int r = (threadIdx.x >> 3) + 32 * i;
+      copyOrZero16(target + swizzled(r, chunk), source[i] + static_cast<int64_t>(stage) * kDepth, valid[i]);
+    }
+  };
+  // x: kTokens rows of kDepth floats a stage, 16 chunks a row; rows past `rows` are zeros.
+  auto stageTokens = [&](int stage) {
+    float* target = reinterpret_cast<float*>(shared + (stage % kStages) * kStageBytes + kRows * kDepth * 2);
+    for (int piece = threadIdx.x; piece < kTokens * 16; piece += kThreads) {
+      const int token = piece >> 4, part = piece & 15;
+      const bool live = token < rows;
+      const float* from = x + (live ? token : 0) * k + begin + static_cast<int64_t>(stage) * kDepth + part * 4;
+      copyOrZero16(target + token * kTokenStride + part * 4, from, live);
+    }
+  };
+
+  // Weights are never written during a step: the first stages load while the previous kernel finishes.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; s++)
+    if (s < stages) stageWeights(s);
+  dependOnPrevious();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; s++)
+    if (s < stages) stageTokens(s);
+  commitGroup();
+
+  float acc[TILES][4];
+#pragma unroll
+  for (int tile = 0; tile < TILES; tile++)
+#pragma unroll
+    for (int i = 0; i < 4; i++) acc[tile][i] = 0.0f;
+  const int rowA = 16 * warp + g;
+  for (int s = 0; s < stages; s++) {
+    if (s == 0) waitGroups<0>();
+    else waitGroups<kStages - 2>();
+    __syncthreads();
+    // The buffer of stage s − 1 is free: every thread has passed the barrier after computing it.
+    if (s + kStages - 1 < stages) {
+      stageWeights(s + kStages - 1);
+      stageTokens(s + kStages - 1);
+    }
+    commitGroup();
+    const unsigned char* weights = shared + (s % kStages) * kStageBytes;
+    const float* tokens = reinterpret_cast<const float*>(weights + kRows * kDepth * 2);
+    // Two 32-wide steps of k. Lane (g, t) holds weight rows g and g + 8 of its warp at k 8t … 8t + 7 of the step and
+    // token g of each 8-token tile at the same k: logical k 2t, 2t + 1 / 2t + 8, 2t + 9 of the first product are
+    // physical 8t + 0, 1 / 8t + 2, 3, of the second 8t + 4, 5 / 8t + 6, 7 (one permutation on both operands).
+#pragma unroll
+    for (int step = 0; step < 2; step++) {
+      const int c = 4 * step + t;
+      const uint4 a0 = *reinterpret_cast<const uint4*>(weights + swizzled(rowA, c));
+      const uint4 a1 = *reinterpret_cast<const uint4*>(weights + swizzled(rowA + 8, c));
+#pragma unroll
+      for (int tile = 0; tile < TILES; tile++) {
+        const float* p = tokens + (tile * 8 + g) * kTokenStride + 32 * step + 8 * t;
+        const float4 low = *reinterpret_cast<const float4*>(p), high = *reinterpret_cast<const float4*>(p + 4);
+        const uint32_t b0 = packPair<T>(low.x, low.y), b1 = packPair<T>(low.z, low.w);
+        const uint32_t b2 = packPair<T>(high.x, high.y), b3 = packPair<T>(high.z, high.w);
+        mma16816<T>(acc[tile], a0.x, a1.x, a0.y, a1.y, b0, b1);
+        mma16816<T>(acc[tile], a0.z, a1.z, a0.w, a1.w, b2, b3);
+      }
+    }
+  }
+  waitGroups<0>();
+  __syncthreads();
+
+  // Partial products, [token][staged row]: c0, c1 are row g of the warp, tokens 2t and 2t + 1 of the tile; c2, c3 row g + 8.
+  float* partial = reinterpret_cast<float*>(shared);
+#pragma unroll
+  for (int tile = 0; tile < TILES; tile++)
+#pragma unroll
+    for (int i = 0; i < 4; i++) partial[(tile * 8 + 2 * t + (i & 1)) * kPartialStride + rowA + (i >> 1) * 8] = acc[tile][i];
+  cg::cluster_group cluster = cg::this_cluster();
+  if (slices > 1) cluster.sync();
+  else __syncthreads();
+
+  // Each block of the cluster finishes a share of the outputs, summing the slices' partials in slice order.
+  constexpr int kColumns = SWIGLU ? kRows / 2 : kRows;
+  const int outputs = rows * kColumns;
+  const int share = (outputs + slices - 1) / slices;
+  const int from = share * slice, to = min(outputs, from + share);
+  for (int e = from + threadIdx.x; e < to; e += kThreads) {
+    const int token = e / kColumns, column = e % kColumns;
+    const int64_t col = row0 + column;
+    if (col >= m) continue;
+    float sums[2];
+#pragma unroll
+    for (int half = 0; half < (SWIGLU ? 2 : 1); half++) {
+      const int index = token * kPartialStride + column + half * (kRows / 2);
+      float total = 0.0f;
+      for (int q = 0; q < slices; q++) {
+        const float* remote = slices > 1 ? cluster.map_shared_rank(partial, q) : partial;
+        total += remote[index];
+      }
+      sums[half] = total;
+    }
+    const int64_t index = token * m + col;
+    if (SWIGLU) {
+      job.out[0][index] = sums[0] / (1.0f + __expf(-sums[0])) * sums[1];
+    } else {
+      job.out[which][index] = sums[0] + (job.bias[which] ? job.bias[which][col] : 0.0f) +
+                              (job.residual[which] ? job.residual[which][index] : 0.0f);
+    }
+  }
+  // No block may leave while another still reads its shared memory.
+  if (slices > 1) cluster.sync();
+#endif
+}
+
+// The k split of a matrix shape (never of the row count, so results do not depend on it): a cluster of 1, 2, 4 or 8
+// slices, chosen so the blocks fill the resident slots best (ties: fewer slices, less to sum).
+int slicesFor(int64_t units, int64_t k, int slots) {
+  int best = 1;
+  double bestFill = 0.0;
+  for (int s = 1; s <= kMaxCluster; s *= 2) {
+    if (k % (static_cast<int64_t>(s) * kDepth) != 0 || k / s < 4 * kDepth) break;
+    const double blocks = static_cast<double>(units * s);
+    const double fill = blocks / (std::ceil(blocks / slots) * slots);
+    if (fill > bestFill + 0.02) {
+      best = s;
+      bestFill = fill;
+    }
+  }
+  return best;
+}
+
+template <typename T, int TILES, bool SWIGLU>
+void launchTiles(const float* x, int rows, int64_t k, const SkinnyJob<T>& job, int forcedSlices, cudaStream_t stream) {
+  auto kernel = skinnyKernel<T, TILES, SWIGLU>;
+  constexpr int kShared = sharedBytes<TILES>();
+  static const int residentPerSm = [&] {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kShared), "cudaFuncSetAttribute");
+    int blocks = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, kShared), "cudaOccupancy");
+    return std::max(blocks, 1);
+  }();
+  const int64_t units = job.first[job.count];
+  const int slices = forcedSlices > 0 ? forcedSlices : slicesFor(units, k, multiprocessorCount() * residentPerSm);
+  if (k % (static_cast<int64_t>(slices) * kDepth) != 0) throw Error("DUO_ARG", "skinny matmul: k does not split into the slices");
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(slices), static_cast<unsigned>(units));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kShared;
+  config.stream = stream;
+  cudaLaunchAttribute attributes[2];
+  int count = 0;
+  attributes[count].id = cudaLaunchAttributeClusterDimension;
+  attributes[count].val.clusterDim.x = static_cast<unsigned>(slices);
+  attributes[count].val.clusterDim.y = 1;
+  attributes[count].val.clusterDim.z = 1;
+  count++;
+  if (chainLaunches()) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count].val.programmaticStreamSerializationAllowed = 1;
+    count++;
+  }
+  config.attrs = attributes;
+  config.numAttrs = count;
+  check(cudaLaunchKernelEx(&config, kernel, x, rows, k, job), "cudaLaunchKernelEx (skinny matmul)");
+}
+
+template <typename T, bool SWIGLU>
+void launchJob(const float* x, int64_t rows, int64_t k, SkinnyJob<T>& job, int forcedSlices, cudaStream_t stream) {
+  const int64_t width = SWIGLU ? kRows / 2 : kRows;
+  job.first[0] = 0;
+  for (int i = 0; i < job.count; i++) job.first[i + 1] = job.first[i] + (job.m[i] + width - 1) / width;
+  if (job.first[job.count] == 0 || rows == 0) return;
+  // More than kSkinnyRowsMax rows: passes of kSkinnyRowsMax, each streaming the weights again (results stay per row).
+  for (int64_t first = 0; first < rows; first += kSkinnyRowsMax) {
+    const int count = static_cast<int>(std::min<int64_t>(kSkinnyRowsMax, rows - first));
+    SkinnyJob<T> pass = job;
+    for (int i = 0; i < job.count; i++) {
+      pass.out[i] = job.out[i] ? job.out[i] + first * job.m[i] : nullptr;
+      pass.residual[i] = job.residual[i] ? job.residual[i] + first * job.m[i] : nullptr;
+    }
+    const float* xs = x + first * k;
+    if (count <= 8) launchTiles<T, 1, SWIGLU>(xs, count, k, pass, forcedSlices, stream);
+    else if (count <= 16) launchTiles<T, 2, SWIGLU>(xs, count, k, pass, forcedSlices, stream);
+    else if (count <= 32) launchTiles<T, 4, SWIGLU>(xs, count, k, pass, forcedSlices, stream);
+    else launchTiles<T, 8, SWIGLU>(xs, count, k, pass, forcedSlices, stream);
+  }
+}
+
+template <typename F>
+void dispatchHalf(DType type, F&& body) {
+  if (type == DType::BF16) body(__nv_bfloat16{});
+  else if (type == DType::F16) body(__half{});
+  else throw Error("DUO_ARG", "the skinny matmul takes bf16 or f16 weights");
+}
+
+}  // namespace
+
+bool skinnySupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count) {
+  static const bool hopper = [] {
+    int device = 0, major = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    return major >= 9;
+  }();
+  if (!hopper || (weightType != DType::BF16 && weightType != DType::F16)) return false;
+  if (k % kDepth != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0 || count > 3) return false;
+  for (int i = 0; i < count; i++)
+    if (reinterpret_cast<uintptr_t>(weights[i]) % 16 != 0) return false;
+  return true;
+}
+
+void launchSkinny(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, const float* residual,
+                  int count, cudaStream_t stream, int forcedSlices) {
+  dispatchHalf(weightType, [&](auto type) {
+    using T = decltype(type);
+    SkinnyJob<T> job{};
+    job.count = count;
+    for (int i = 0; i < count; i++) {
+      job.weight[i] = static_cast<const T*>(targets[i].weight);
+      job.out[i] = targets[i].out;
+      job.bias[i] = targets[i].bias;
+      job.residual[i] = i == 0 ? residual : nullptr;
+      job.m[i] = targets[i].m;
+    }
+    launchJob<T, false>(x, rows, k, job, forcedSlices, stream);
+  });
+}
+
+void launchSkinnySwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
+                        float* out, cudaStream_t stream, int forcedSlices) {
+  dispatchHalf(weightType, [&](auto type) {
+    using T = decltype(type);
+    SkinnyJob<T> job{};
+    job.count = 1;
+    job.weight[0] = static_cast<const T*>(gate);
+    job.weight[1] = static_cast<const T*>(up);
+    job.out[0] = out;
+    job.m[0] = m;
+    launchJob<T, true>(x, rows, k, job, forcedSlices, stream);
+  });
+}
+
+}  // namespace cuda
+}  // namespace duo
