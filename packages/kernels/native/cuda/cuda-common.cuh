@@ -234,15 +234,20 @@ void launchGemvRowTiles(const float* x, int64_t rows, int64_t k, const void* wei
 // (q/k/v); `residual` is added to target 0's output.
 constexpr int64_t kFewRowsMax = 64;
 // Skinny matmul on tensor cores (gemm-skinny.cu, sm_90 and later): 1 to kSkinnyRowsMax rows a pass, bf16 / f16 weights
-// streamed once per pass through a cp.async pipeline, k split across a thread-block cluster by the matrix shape only;
-// x rounded to the weight dtype; a row's result does not depend on the other rows. Up to three targets of the same x
-// (q/k/v); `residual` is added to target 0's output. forcedSlices > 0 pins the cluster size (benchmarks).
+// streamed once per pass through a cp.async pipeline, k split across a thread-block cluster; x rounded to the weight
+// dtype (`rounded`, when given, already holds it so: wide token tiles then stage half the bytes). Up to three targets of
+// the same x (q/k/v); `residual` is added to target 0's output. In the invariant mode the k split depends on the matrix
+// shape alone, so a row's result does not depend on the other rows; `slices` > 0 pins the split (benchmarks).
 constexpr int64_t kSkinnyRowsMax = 64;
+struct SkinnyOptions {
+  bool invariant = false;
+  int slices = 0;
+};
 bool skinnySupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count);
-void launchSkinny(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, const float* residual,
-                  int count, cudaStream_t stream, int forcedSlices = 0);
-void launchSkinnySwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
-                        float* out, cudaStream_t stream, int forcedSlices = 0);
+void launchSkinny(const float* x, const void* rounded, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets,
+                  const float* residual, int count, const SkinnyOptions& options, cudaStream_t stream);
+void launchSkinnySwiglu(const float* x, const void* rounded, int64_t rows, int64_t k, const void* gate, const void* up,
+                        DType weightType, int64_t m, float* out, const SkinnyOptions& options, cudaStream_t stream);
 bool fewRowsSupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count);
 void setFewRowsPrefetch(bool prefetch);  // Tuning::fewRowsPrefetch
 void launchFewRows(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, const float* residual,

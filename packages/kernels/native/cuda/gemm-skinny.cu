@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 #include "cuda-common.cuh"
 #include "mma.cuh"
@@ -20,23 +21,28 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-constexpr int kThreads = 256;           // eight warps, each 16 weight rows
 constexpr int kRows = 128;              // weight rows a block streams (SwiGLU: 64 gate rows, then the same 64 up rows)
 constexpr int kDepth = 64;              // k per pipeline stage: a 128-byte run of each weight row
-constexpr int kTokenStride = kDepth + 4;  // floats per staged x row (16 bytes of padding: conflict-free fragments)
+constexpr int kTokenStride = kDepth + 4;  // floats per staged f32 x row (16 bytes of padding: conflict-free fragments)
 constexpr int kPartialStride = kRows + 4;
 constexpr int kMaxCluster = 8;
 
-template <int TILES>
-constexpr int stagesFor() { return TILES >= 8 ? 3 : 4; }
-template <int TILES>
-constexpr int stageBytes() { return kRows * kDepth * 2 + TILES * 8 * kTokenStride * 4; }
-template <int TILES>
-constexpr int sharedBytes() {
-  const int pipeline = stagesFor<TILES>() * stageBytes<TILES>();
-  const int partial = TILES * 8 * kPartialStride * 4;
-  return pipeline > partial ? pipeline : partial;
-}
+// The shape of a launch: TILES tiles of 8 tokens; x staged as f32 (rounded per fragment) or already rounded to the
+// weight dtype (ROUNDED: half the shared memory and no conversions, for wide token tiles); a warp owns 16 or 32
+// weight rows (two row tiles share every x fragment, halving the shared-memory reads of wide token tiles).
+template <int TILES, bool ROUNDED>
+struct Plan {
+  static constexpr int kRowTiles = TILES >= 4 ? 2 : 1;
+  static constexpr int kWarps = kRows / (16 * kRowTiles);
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kTokens = TILES * 8;
+  static constexpr int kTokenBytes = ROUNDED ? kTokens * kDepth * 2 : kTokens * kTokenStride * 4;
+  static constexpr int kStageBytes = kRows * kDepth * 2 + kTokenBytes;
+  static constexpr int kStages = kStageBytes > 24 * 1024 ? 3 : 4;
+  static constexpr int kPipelineBytes = kStages * kStageBytes;
+  static constexpr int kPartialBytes = kTokens * kPartialStride * 4;
+  static constexpr int kSharedBytes = kPipelineBytes > kPartialBytes ? kPipelineBytes : kPartialBytes;
+};
 
 // 16-byte cp.async that writes zeros where the source is outside the matrix (`valid` false: nothing is read).
 __device__ __forceinline__ void copyOrZero16(void* shared, const void* global, bool valid) {
@@ -56,12 +62,14 @@ using SkinnyJob = WeightJob<T>;
 // lanes of one shared-memory phase then touches every bank once.
 __device__ __forceinline__ int swizzled(int row, int chunk) { return row * kDepth * 2 + ((chunk ^ ((row & 1) << 2)) << 4); }
 
-template <typename T, int TILES, bool SWIGLU>
-__global__ void __launch_bounds__(kThreads, 1) skinnyKernel(const float* __restrict__ x, int rows, int64_t k, SkinnyJob<T> job) {
+// x: f32 rows, or (ROUNDED) rows already rounded to T.
+template <typename T, int TILES, bool SWIGLU, bool ROUNDED>
+__global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
+    skinnyKernel(const void* __restrict__ xData, int rows, int64_t k, SkinnyJob<T> job) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr int kStages = stagesFor<TILES>();
-  constexpr int kTokens = TILES * 8;
-  constexpr int kStageBytes = stageBytes<TILES>();
+  using P = Plan<TILES, ROUNDED>;
+  constexpr int kStages = P::kStages, kTokens = P::kTokens, kStageBytes = P::kStageBytes, kThreads = P::kThreads;
+  constexpr int kChunks = kRows * 8 / kThreads;  // 16-byte weight chunks a thread stages per stage
   extern __shared__ __align__(128) unsigned char shared[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -74,13 +82,13 @@ __global__ void __launch_bounds__(kThreads, 1) skinnyKernel(const float* __restr
   const int64_t depth = k / slices, begin = depth * slice;
   const int stages = static_cast<int>(depth / kDepth);
 
-  // This thread's four weight chunks of a stage: staged rows (threadIdx.x >> 3) + 32·i, chunk threadIdx.x & 7.
+  // This thread's weight chunks of a stage: staged rows (threadIdx.x >> 3) + (kThreads / 8)·i, chunk threadIdx.x & 7.
   const int chunk = threadIdx.x & 7;
-  const T* source[4];
-  bool valid[4];
+  const T* source[kChunks];
+  bool valid[kChunks];
 #pragma unroll
-  for (int i = 0; i < 4; i++) {
-    const int r = (threadIdx.x >> 3) + 32 * i;
+  for (int i = 0; i < kChunks; i++) {
+    const int r = (threadIdx.x >> 3) + (kThreads / 8) * i;
     const int64_t row = row0 + (SWIGLU ? r % (kRows / 2) : r);
     valid[i] = row < m;
     const T* base = SWIGLU ? job.weight[r < kRows / 2 ? 0 : 1] : job.weight[which];
@@ -89,19 +97,25 @@ __global__ void __launch_bounds__(kThreads, 1) skinnyKernel(const float* __restr
   auto stageWeights = [&](int stage) {
     unsigned char* target = shared + (stage % kStages) * kStageBytes;
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const int r = (threadIdx.x >> 3) + 32 * i;
+    for (int i = 0; i < kChunks; i++) {
+      const int r = (threadIdx.x >> 3) + (kThreads / 8) * i;
       copyOrZero16(target + swizzled(r, chunk), source[i] + static_cast<int64_t>(stage) * kDepth, valid[i]);
     }
   };
-  // x: kTokens rows of kDepth floats a stage, 16 chunks a row; rows past `rows` are zeros.
+  // x: kTokens rows of kDepth values a stage (f32: 16 chunks a row, padded; rounded: 8 chunks, swizzled like the
+  // weights); rows past `rows` are zeros.
   auto stageTokens = [&](int stage) {
-    float* target = reinterpret_cast<float*>(shared + (stage % kStages) * kStageBytes + kRows * kDepth * 2);
-    for (int piece = threadIdx.x; piece < kTokens * 16; piece += kThreads) {
-      const int token = piece >> 4, part = piece & 15;
+    unsigned char* target = shared + (stage % kStages) * kStageBytes + kRows * kDepth * 2;
+    constexpr int kParts = ROUNDED ? 8 : 16;
+    for (int piece = threadIdx.x; piece < kTokens * kParts; piece += kThreads) {
+      const int token = piece / kParts, part = piece % kParts;
       const bool live = token < rows;
-      const float* from = x + (live ? token : 0) * k + begin + static_cast<int64_t>(stage) * kDepth + part * 4;
-      copyOrZero16(target + token * kTokenStride + part * 4, from, live);
+      const int64_t offset = (live ? token : 0) * k + begin + static_cast<int64_t>(stage) * kDepth;
+      if constexpr (ROUNDED) {
+        copyOrZero16(target + swizzled(token, part), static_cast<const T*>(xData) + offset + part * 8, live);
+      } else {
+        copyOrZero16(target + (token * kTokenStride + part * 4) * 4, static_cast<const float*>(xData) + offset + part * 4, live);
+      }
     }
   };
 
@@ -115,12 +129,15 @@ __global__ void __launch_bounds__(kThreads, 1) skinnyKernel(const float* __restr
     if (s < stages) stageTokens(s);
   commitGroup();
 
-  float acc[TILES][4];
+  constexpr int kRowTiles = P::kRowTiles;
+  float acc[kRowTiles][TILES][4];
 #pragma unroll
-  for (int tile = 0; tile < TILES; tile++)
+  for (int rt = 0; rt < kRowTiles; rt++)
 #pragma unroll
-    for (int i = 0; i < 4; i++) acc[tile][i] = 0.0f;
-  const int rowA = 16 * warp + g;
+    for (int tile = 0; tile < TILES; tile++)
+#pragma unroll
+      for (int i = 0; i < 4; i++) acc[rt][tile][i] = 0.0f;
+  const int rowA = 16 * kRowTiles * warp + g;
   for (int s = 0; s < stages; s++) {
     if (s == 0) waitGroups<0>();
     else waitGroups<kStages - 2>();
@@ -132,35 +149,50 @@ __global__ void __launch_bounds__(kThreads, 1) skinnyKernel(const float* __restr
     }
     commitGroup();
     const unsigned char* weights = shared + (s % kStages) * kStageBytes;
-    const float* tokens = reinterpret_cast<const float*>(weights + kRows * kDepth * 2);
+    const unsigned char* tokens = weights + kRows * kDepth * 2;
     // Two 32-wide steps of k. Lane (g, t) holds weight rows g and g + 8 of its warp at k 8t … 8t + 7 of the step and
     // token g of each 8-token tile at the same k: logical k 2t, 2t + 1 / 2t + 8, 2t + 9 of the first product are
     // physical 8t + 0, 1 / 8t + 2, 3, of the second 8t + 4, 5 / 8t + 6, 7 (one permutation on both operands).
 #pragma unroll
     for (int step = 0; step < 2; step++) {
       const int c = 4 * step + t;
-      const uint4 a0 = *reinterpret_cast<const uint4*>(weights + swizzled(rowA, c));
-      const uint4 a1 = *reinterpret_cast<const uint4*>(weights + swizzled(rowA + 8, c));
+      uint4 a0[kRowTiles], a1[kRowTiles];
+#pragma unroll
+      for (int rt = 0; rt < kRowTiles; rt++) {
+        a0[rt] = *reinterpret_cast<const uint4*>(weights + swizzled(rowA + 16 * rt, c));
+        a1[rt] = *reinterpret_cast<const uint4*>(weights + swizzled(rowA + 16 * rt + 8, c));
+      }
 #pragma unroll
       for (int tile = 0; tile < TILES; tile++) {
-        const float* p = tokens + (tile * 8 + g) * kTokenStride + 32 * step + 8 * t;
-        const float4 low = *reinterpret_cast<const float4*>(p), high = *reinterpret_cast<const float4*>(p + 4);
-        const uint32_t b0 = packPair<T>(low.x, low.y), b1 = packPair<T>(low.z, low.w);
-        const uint32_t b2 = packPair<T>(high.x, high.y), b3 = packPair<T>(high.z, high.w);
-        mma16816<T>(acc[tile], a0.x, a1.x, a0.y, a1.y, b0, b1);
-        mma16816<T>(acc[tile], a0.z, a1.z, a0.w, a1.w, b2, b3);
+        uint4 b;
+        if constexpr (ROUNDED) {
+          b = *reinterpret_cast<const uint4*>(tokens + swizzled(tile * 8 + g, c));
+        } else {
+          const float* p = reinterpret_cast<const float*>(tokens) + (tile * 8 + g) * kTokenStride + 32 * step + 8 * t;
+          const float4 low = *reinterpret_cast<const float4*>(p), high = *reinterpret_cast<const float4*>(p + 4);
+          b = make_uint4(packPair<T>(low.x, low.y), packPair<T>(low.z, low.w), packPair<T>(high.x, high.y), packPair<T>(high.z, high.w));
+        }
+#pragma unroll
+        for (int rt = 0; rt < kRowTiles; rt++) {
+          mma16816<T>(acc[rt][tile], a0[rt].x, a1[rt].x, a0[rt].y, a1[rt].y, b.x, b.y);
+          mma16816<T>(acc[rt][tile], a0[rt].z, a1[rt].z, a0[rt].w, a1[rt].w, b.z, b.w);
+        }
       }
     }
   }
   waitGroups<0>();
   __syncthreads();
 
-  // Partial products, [token][staged row]: c0, c1 are row g of the warp, tokens 2t and 2t + 1 of the tile; c2, c3 row g + 8.
+  // Partial products, [token][staged row]: c0, c1 are row g of the row tile, tokens 2t and 2t + 1 of the token tile;
+  // c2, c3 row g + 8.
   float* partial = reinterpret_cast<float*>(shared);
 #pragma unroll
-  for (int tile = 0; tile < TILES; tile++)
+  for (int rt = 0; rt < kRowTiles; rt++)
 #pragma unroll
-    for (int i = 0; i < 4; i++) partial[(tile * 8 + 2 * t + (i & 1)) * kPartialStride + rowA + (i >> 1) * 8] = acc[tile][i];
+    for (int tile = 0; tile < TILES; tile++)
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+        partial[(tile * 8 + 2 * t + (i & 1)) * kPartialStride + rowA + 16 * rt + (i >> 1) * 8] = acc[rt][tile][i];
   cg::cluster_group cluster = cg::this_cluster();
   if (slices > 1) cluster.sync();
   else __syncthreads();
@@ -198,13 +230,25 @@ __global__ void __launch_bounds__(kThreads, 1) skinnyKernel(const float* __restr
 #endif
 }
 
-// The k split of a matrix shape (never of the row count, so results do not depend on it): a cluster of 1, 2, 4 or 8
-// slices, chosen so the blocks fill the resident slots best (ties: fewer slices, less to sum).
-int slicesFor(int64_t units, int64_t k, int slots) {
+// The k split: a cluster of 1, 2, 4 or 8 slices. Batch-invariant launches take the split of the matrix shape alone
+// (never of the row count, so a row's bits do not depend on it): the one whose blocks fill two per multiprocessor best
+// (ties: fewer slices, less to sum). Otherwise the split also weighs the row count, from the H100 sweep of
+// tools/device/skinny-bench.cu (bench/results/2026-12-06-h100-skinny/): up to 16 rows many small blocks balance best
+// (slices until each streams 512 of k), wider token tiles pay more for the cluster sum and take fewer.
+int slicesFor(int64_t units, int64_t k, int rows, bool invariant) {
+  auto valid = [&](int s) { return k % (static_cast<int64_t>(s) * kDepth) == 0 && k / s >= 4 * kDepth; };
+  if (!invariant) {
+    const int64_t depth = rows <= 16 ? 512 : 1024;
+    int best = 1;
+    for (int s = 2; s <= kMaxCluster; s *= 2)
+      if (valid(s) && k / s >= depth && units * s <= 16LL * multiprocessorCount()) best = s;
+    return best;
+  }
+  const double slots = 2.0 * multiprocessorCount();
   int best = 1;
   double bestFill = 0.0;
   for (int s = 1; s <= kMaxCluster; s *= 2) {
-    if (k % (static_cast<int64_t>(s) * kDepth) != 0 || k / s < 4 * kDepth) break;
+    if (!valid(s)) break;
     const double blocks = static_cast<double>(units * s);
     const double fill = blocks / (std::ceil(blocks / slots) * slots);
     if (fill > bestFill + 0.02) {
@@ -215,23 +259,19 @@ int slicesFor(int64_t units, int64_t k, int slots) {
   return best;
 }
 
-template <typename T, int TILES, bool SWIGLU>
-void launchTiles(const float* x, int rows, int64_t k, const SkinnyJob<T>& job, int forcedSlices, cudaStream_t stream) {
-  auto kernel = skinnyKernel<T, TILES, SWIGLU>;
-  constexpr int kShared = sharedBytes<TILES>();
-  static const int residentPerSm = [&] {
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kShared), "cudaFuncSetAttribute");
-    int blocks = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, kShared), "cudaOccupancy");
-    return std::max(blocks, 1);
+template <typename T, int TILES, bool SWIGLU, bool ROUNDED>
+void launchTiles(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, int slices, cudaStream_t stream) {
+  using P = Plan<TILES, ROUNDED>;
+  auto kernel = skinnyKernel<T, TILES, SWIGLU, ROUNDED>;
+  static const bool configured = [&] {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, P::kSharedBytes), "cudaFuncSetAttribute");
+    return true;
   }();
-  const int64_t units = job.first[job.count];
-  const int slices = forcedSlices > 0 ? forcedSlices : slicesFor(units, k, multiprocessorCount() * residentPerSm);
-  if (k % (static_cast<int64_t>(slices) * kDepth) != 0) throw Error("DUO_ARG", "skinny matmul: k does not split into the slices");
+  (void)configured;
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(slices), static_cast<unsigned>(units));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kShared;
+  config.gridDim = dim3(static_cast<unsigned>(slices), static_cast<unsigned>(job.first[job.count]));
+  config.blockDim = dim3(P::kThreads);
+  config.dynamicSmemBytes = P::kSharedBytes;
   config.stream = stream;
   cudaLaunchAttribute attributes[2];
   int count = 0;
@@ -250,8 +290,15 @@ void launchTiles(const float* x, int rows, int64_t k, const SkinnyJob<T>& job, i
   check(cudaLaunchKernelEx(&config, kernel, x, rows, k, job), "cudaLaunchKernelEx (skinny matmul)");
 }
 
+template <typename T, int TILES, bool SWIGLU>
+void launchRounding(const float* x, const T* rounded, int rows, int64_t k, const SkinnyJob<T>& job, int slices, cudaStream_t stream) {
+  if (rounded) launchTiles<T, TILES, SWIGLU, true>(rounded, rows, k, job, slices, stream);
+  else launchTiles<T, TILES, SWIGLU, false>(x, rows, k, job, slices, stream);
+}
+
 template <typename T, bool SWIGLU>
-void launchJob(const float* x, int64_t rows, int64_t k, SkinnyJob<T>& job, int forcedSlices, cudaStream_t stream) {
+void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, SkinnyJob<T>& job, const SkinnyOptions& options,
+               cudaStream_t stream) {
   const int64_t width = SWIGLU ? kRows / 2 : kRows;
   job.first[0] = 0;
   for (int i = 0; i < job.count; i++) job.first[i + 1] = job.first[i] + (job.m[i] + width - 1) / width;
@@ -259,16 +306,21 @@ void launchJob(const float* x, int64_t rows, int64_t k, SkinnyJob<T>& job, int f
   // More than kSkinnyRowsMax rows: passes of kSkinnyRowsMax, each streaming the weights again (results stay per row).
   for (int64_t first = 0; first < rows; first += kSkinnyRowsMax) {
     const int count = static_cast<int>(std::min<int64_t>(kSkinnyRowsMax, rows - first));
+    const int slices = options.slices > 0 ? options.slices : slicesFor(job.first[job.count], k, count, options.invariant);
+    if (k % (static_cast<int64_t>(slices) * kDepth) != 0 || slices > kMaxCluster)
+      throw Error("DUO_ARG", "skinny matmul: k = " + std::to_string(k) + " does not split into " + std::to_string(slices) + " slices");
     SkinnyJob<T> pass = job;
     for (int i = 0; i < job.count; i++) {
       pass.out[i] = job.out[i] ? job.out[i] + first * job.m[i] : nullptr;
       pass.residual[i] = job.residual[i] ? job.residual[i] + first * job.m[i] : nullptr;
     }
     const float* xs = x + first * k;
-    if (count <= 8) launchTiles<T, 1, SWIGLU>(xs, count, k, pass, forcedSlices, stream);
-    else if (count <= 16) launchTiles<T, 2, SWIGLU>(xs, count, k, pass, forcedSlices, stream);
-    else if (count <= 32) launchTiles<T, 4, SWIGLU>(xs, count, k, pass, forcedSlices, stream);
-    else launchTiles<T, 8, SWIGLU>(xs, count, k, pass, forcedSlices, stream);
+    // Up to 8 rows stage f32 x (no rounding pass needed); wider tiles take x rounded beforehand when it is given.
+    const T* rs = rounded && count > 8 ? rounded + first * k : nullptr;
+    if (count <= 8) launchRounding<T, 1, SWIGLU>(xs, nullptr, count, k, pass, slices, stream);
+    else if (count <= 16) launchRounding<T, 2, SWIGLU>(xs, rs, count, k, pass, slices, stream);
+    else if (count <= 32) launchRounding<T, 4, SWIGLU>(xs, rs, count, k, pass, slices, stream);
+    else launchRounding<T, 8, SWIGLU>(xs, rs, count, k, pass, slices, stream);
   }
 }
 
@@ -295,8 +347,8 @@ bool skinnySupported(int64_t k, DType weightType, const void* x, const void* con
   return true;
 }
 
-void launchSkinny(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, const float* residual,
-                  int count, cudaStream_t stream, int forcedSlices) {
+void launchSkinny(const float* x, const void* rounded, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets,
+                  const float* residual, int count, const SkinnyOptions& options, cudaStream_t stream) {
   dispatchHalf(weightType, [&](auto type) {
     using T = decltype(type);
     SkinnyJob<T> job{};
@@ -308,12 +360,12 @@ void launchSkinny(const float* x, int64_t rows, int64_t k, DType weightType, con
       job.residual[i] = i == 0 ? residual : nullptr;
       job.m[i] = targets[i].m;
     }
-    launchJob<T, false>(x, rows, k, job, forcedSlices, stream);
+    launchJob<T, false>(x, static_cast<const T*>(rounded), rows, k, job, options, stream);
   });
 }
 
-void launchSkinnySwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
-                        float* out, cudaStream_t stream, int forcedSlices) {
+void launchSkinnySwiglu(const float* x, const void* rounded, int64_t rows, int64_t k, const void* gate, const void* up,
+                        DType weightType, int64_t m, float* out, const SkinnyOptions& options, cudaStream_t stream) {
   dispatchHalf(weightType, [&](auto type) {
     using T = decltype(type);
     SkinnyJob<T> job{};
@@ -322,7 +374,7 @@ void launchSkinnySwiglu(const float* x, int64_t rows, int64_t k, const void* gat
     job.weight[1] = static_cast<const T*>(up);
     job.out[0] = out;
     job.m[0] = m;
-    launchJob<T, true>(x, rows, k, job, forcedSlices, stream);
+    launchJob<T, true>(x, static_cast<const T*>(rounded), rows, k, job, options, stream);
   });
 }
 
