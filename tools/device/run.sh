@@ -58,10 +58,10 @@ for step in "${steps[@]}"; do
   echo "=== $step"
   case "$step" in
     skinny)
-      # Decode projections at 1-64 rows: skinny tensor-core matmul (every cluster size), few-rows, GEMV, cuBLAS.
+      # Decode projections at 1-64 rows: skinny tensor-core matmul (every cluster size), GEMV, cuBLAS.
       N=packages/kernels/native
       nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -I$N -I$N/cuda \
-        tools/device/skinny-bench.cu $N/cuda/gemm-skinny.cu $N/cuda/gemm-few-rows.cu $N/cuda/gemv.cu $N/cuda/elementwise.cu \
+        tools/device/skinny-bench.cu $N/cuda/gemm-skinny.cu $N/cuda/gemv.cu $N/cuda/elementwise.cu \
         $N/cuda/cublas-loader.cc -ldl -o /tmp/skinny-bench &&
         /tmp/skinny-bench "${DUO_COMMIT:-unknown}" > "$OUT/skinny.json" 2> >(tee "$OUT/skinny.log" >&2) || status=1 ;;
     tests) DUO_TEST_JSON=$OUT/device-tests.json node /tmp/duo-node/device-tests.mjs 2>&1 | tee "$OUT/device-tests.log" || status=1 ;;

@@ -1,12 +1,12 @@
-// Decode-projection bandwidth at Llama-3-8B shapes for 1–64 rows of x: the skinny tensor-core matmul (gemm-skinny.cu,
-// every cluster size), the few-rows kernel it replaces, the single-row GEMV and cuBLAS as the engine calls it (x
-// rounded once, one GemmEx per matrix, SwiGLU / bias passes). Weights rotate through copies larger than L2 together;
+// Decode-projection bandwidth at Llama-3-8B shapes for 1–64 rows of x: the skinny tensor-core matmul (gemm-skinny.cu:
+// its default split, the batch-invariant one and every cluster size), the single-row GEMV and cuBLAS as the engine
+// calls it (x rounded once, one GemmEx per matrix, the SwiGLU pass). Weights rotate through copies larger than L2 together;
 // CUDA events around 20 launches, the median of 9 such runs after a warm-up. Each variant's output is checked against
 // a float64 reference (x rounded to bf16 as the tensor-core paths round it; the GEMV keeps f32 x), and the skinny
 // kernel's row 0 must have the same bits at every row count.
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -Ipackages/kernels/native
 //        -Ipackages/kernels/native/cuda tools/device/skinny-bench.cu packages/kernels/native/cuda/{gemm-skinny,
-//        gemm-few-rows,gemv,elementwise}.cu packages/kernels/native/cuda/cublas-loader.cc -ldl -o skinny-bench
+//        gemv,elementwise}.cu packages/kernels/native/cuda/cublas-loader.cc -ldl -o skinny-bench
 //   ./skinny-bench COMMIT > skinny.json   (bash tools/device/run.sh skinny)
 #include <algorithm>
 #include <cmath>
@@ -132,7 +132,6 @@ int main(int argc, char** argv) {
       std::vector<Variant> variants;
       if (rows <= 2) variants.push_back({"gemv", -1});
       if (blas.available()) variants.push_back({"cublas", -1});
-      variants.push_back({"few-rows", -1});
       variants.push_back({"skinny", 0});
       variants.push_back({"skinny-invariant", 0});
       for (int s = 1; s <= 8; s *= 2)
@@ -175,25 +174,22 @@ int main(int argc, char** argv) {
               }
             }
           } else {
-            const bool skinny = variant.name != "few-rows";
             SkinnyOptions options;
             options.invariant = variant.name == "skinny-invariant";
             options.slices = variant.slices;
             // The engine rounds x once for more than 8 rows (the rounding launch is timed with the matmul).
             const void* round = nullptr;
-            if (skinny && rows > 8) {
+            if (rows > 8) {
               launchConvert(x, DType::F32, rounded, DType::BF16, rows * shape.k, stream);
               round = rounded;
             }
             if (shape.swiglu) {
-              if (skinny) launchSkinnySwiglu(x, round, rows, shape.k, weightOf(copy, 0), weightOf(copy, 1), DType::BF16, shape.m[0], out, options, stream);
-              else launchFewRowsSwiglu(x, rows, shape.k, weightOf(copy, 0), weightOf(copy, 1), DType::BF16, shape.m[0], out, stream);
+              launchSkinnySwiglu(x, round, rows, shape.k, weightOf(copy, 0), weightOf(copy, 1), DType::BF16, shape.m[0], out, options, stream);
             } else {
               GemvTarget targets[3];
               for (size_t i = 0; i < shape.m.size(); i++) targets[i] = {weightOf(copy, i), outOf(i, rows), nullptr, shape.m[i]};
               const int count = static_cast<int>(shape.m.size());
-              if (skinny) launchSkinny(x, round, rows, shape.k, DType::BF16, targets, nullptr, count, options, stream);
-              else launchFewRows(x, rows, shape.k, DType::BF16, targets, nullptr, count, stream);
+              launchSkinny(x, round, rows, shape.k, DType::BF16, targets, nullptr, count, options, stream);
             }
           }
         };

@@ -44,17 +44,11 @@ export const ENVIRONMENT_VARIABLES = [
     usedBy: 'duo-bench, duo-serve → BackendTuning.batchInvariant',
   },
   {
-    name: 'DUO_FEW_ROWS_MAX',
+    name: 'DUO_SKINNY_ROWS_MAX',
     kind: 'integer',
     meaning:
-      'most rows (0–64) the CUDA few-rows tensor-core matmul takes, more go to cuBLAS (default 0: all to cuBLAS; a tuning knob)',
-    usedBy: 'duo-bench, duo-serve → BackendTuning.fewRowsMax',
-  },
-  {
-    name: 'DUO_FEW_ROWS_PREFETCH',
-    kind: 'flag',
-    meaning: 'the CUDA few-rows matmul loads x a group of steps ahead with the weights (a tuning knob)',
-    usedBy: 'duo-bench, duo-serve → BackendTuning.fewRowsPrefetch',
+      'most rows (0–64) the CUDA skinny tensor-core matmul takes where it beats cuBLAS (default 64; 0: all to cuBLAS; a tuning knob)',
+    usedBy: 'duo-bench, duo-serve → BackendTuning.skinnyRowsMax',
   },
   {
     name: 'DUO_NO_PDL',
@@ -124,8 +118,7 @@ export interface DuoEnvironment {
   readonly cudaProfile: boolean;
   readonly noPdl: boolean;
   readonly batchInvariant: boolean;
-  readonly fewRowsMax?: number;
-  readonly fewRowsPrefetch: boolean;
+  readonly skinnyRowsMax?: number;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
   readonly gemvSplit?: string;
@@ -169,8 +162,7 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     cudaProfile: flag('DUO_CUDA_PROFILE'),
     noPdl: flag('DUO_NO_PDL'),
     batchInvariant: flag('DUO_BATCH_INVARIANT'),
-    fewRowsMax: integer('DUO_FEW_ROWS_MAX', 0, 64),
-    fewRowsPrefetch: flag('DUO_FEW_ROWS_PREFETCH'),
+    skinnyRowsMax: integer('DUO_SKINNY_ROWS_MAX', 0, 64),
     gemvMinSlice: integer('DUO_GEMV_MIN_SLICE', 1),
     gemvWaves: integer('DUO_GEMV_WAVES', 0, 2),
     gemvSplit: text('DUO_GEMV_SPLIT'),

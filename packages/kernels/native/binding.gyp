@@ -48,7 +48,7 @@
             'cuda/quantize.cu',
             'cuda/sample.cu',
             'cuda/gemv.cu',
-            'cuda/gemm-few-rows.cu',
+            'cuda/gemm-skinny.cu',
             'cuda/attention-decode.cu',
             'cuda/attention-prefill.cu',
             'cuda/backward.cu',

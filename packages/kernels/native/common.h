@@ -323,8 +323,7 @@ class Device {
     int gemvWaveRule = 2;          // 0: fill rule alone, 1: wave rule, 2: chained-launch rule when chaining
     std::string gemvPinnedSplits;  // "rowsxk:split,…" pins the split of a shape
     bool batchInvariant = false;   // a row's results never depend on the other rows of a call (batch engine)
-    int64_t fewRowsMax = 0;        // most rows the few-rows tensor-core matmul takes outside that mode (0: cuBLAS)
-    bool fewRowsPrefetch = false;  // the few-rows matmul loads x a group of steps ahead (up to 16 rows)
+    int64_t skinnyRowsMax = 64;    // most rows the skinny tensor-core matmul takes outside that mode (0: cuBLAS)
   };
   virtual void tune(const Tuning&) {}
 

@@ -134,7 +134,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       [3, 100, 70],
       [17, 300, 130],
       [64, 256, 96],
-      // 2–64 rows of half weights: also through the CUDA few-rows tensor-core kernel (token tiles of 8, split k).
+      // 2–64 rows of half weights: the CUDA skinny tensor-core matmul (token tiles of 8, x rounded beforehand past 8
+      // rows, k split over a cluster of up to 8 blocks), and cuBLAS (BackendTuning.skinnyRowsMax 0).
       [33, 1024, 200],
       [9, 2048, 24],
       // Deep rows: the CUDA weight-streaming kernel splits k over 2, 4 and 8 warps per output.
@@ -156,8 +157,10 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
           const expected = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k), bias, toMatrix(residual, n, m));
           const expectedPlain = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k));
           const plain = b().alloc('f32', [n, m]);
-          // Default routing, then (half weights, 2–64 rows) the few-rows kernel (BackendTuning.fewRowsMax).
-          const routes = dtype !== 'f32' && n >= 2 && n <= 64 ? [{}, { fewRowsMax: 64 }] : [{}];
+          // Default routing (skinny matmul up to 16 rows of half weights), then cuBLAS for every 2+ rows, then the
+          // batch-invariant mode (skinny matmul for every row count up to 64).
+          const routes =
+            dtype !== 'f32' && n >= 2 && n <= 64 ? [{}, { skinnyRowsMax: 0 }, { batchInvariant: true }] : [{}];
           try {
             for (const tuning of routes) {
               b().tune(tuning);
@@ -191,8 +194,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       const biasTensors = biases.map((bias, i) => (bias ? b().upload('f32', [shapes[i] ?? 0], bias) : undefined));
       const outs = shapes.map((m) => b().alloc('f32', [n, m]));
       try {
-        // Default routing, then (half weights, 2–64 rows) the few-rows kernel.
-        for (const tuning of dtype !== 'f32' && n >= 2 ? [{}, { fewRowsMax: 64 }] : [{}]) {
+        // Default routing (skinny matmul up to 64 rows of half weights), then cuBLAS.
+        for (const tuning of dtype !== 'f32' && n >= 2 ? [{}, { skinnyRowsMax: 0 }] : [{}]) {
           b().tune(tuning);
           b().matmulGroup(
             xs,
@@ -236,8 +239,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         referenceMatmul(xm, toMatrix(upHeld, m, k)),
       );
       try {
-        // Default routing, then (half weights, 2–64 rows) the few-rows kernel.
-        for (const tuning of dtype !== 'f32' && n >= 2 ? [{}, { fewRowsMax: 64 }] : [{}]) {
+        // Default routing (skinny matmul up to 32 rows of half weights), then cuBLAS.
+        for (const tuning of dtype !== 'f32' && n >= 2 ? [{}, { skinnyRowsMax: 0 }] : [{}]) {
           b().tune(tuning);
           b().matmulSwiglu(xs, gate, up, out);
           expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);
@@ -297,16 +300,6 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
               first,
               `batch-invariant, rows ${first}…${first + rows - 1} of ${n}`,
             );
-          }
-          // Without the mode, the few-rows kernel (up to Tuning.fewRowsMax rows) keeps each row's bits among its rows;
-          // loading x ahead (a tuning knob) changes no bit either (CPU: always the same bits).
-          if (dtype !== 'f32') {
-            b().tune({ fewRowsMax: 64 });
-            const shared = await run(0, n);
-            expectSameRows(shared, await run(7, 2), 7, `few-rows kernel, rows 7…8 of ${n}`);
-            b().tune({ fewRowsMax: 64, fewRowsPrefetch: true });
-            expectSameRows(shared, await run(7, 2), 7, `x loaded ahead, rows 7…8 of ${n}`);
-            expectSameRows(shared, await run(20, 9), 20, `x loaded ahead, rows 20…28 of ${n}`);
           }
         } finally {
           b().tune({});

@@ -264,8 +264,8 @@ export class NativeBackend implements Backend {
 
   /** Sets the backend's benchmark knobs (`BackendTuning`); the CPU backend has none and ignores them. */
   tune(tuning: BackendTuning): void {
-    const { gemvMinSlice, gemvWaveRule, gemvPinnedSplits, fewRowsMax } = tuning;
-    if (fewRowsMax !== undefined) expectInteger('tuning.fewRowsMax', fewRowsMax, 0, 64);
+    const { gemvMinSlice, gemvWaveRule, gemvPinnedSplits, skinnyRowsMax } = tuning;
+    if (skinnyRowsMax !== undefined) expectInteger('tuning.skinnyRowsMax', skinnyRowsMax, 0, 64);
     if (gemvMinSlice !== undefined) expectInteger('tuning.gemvMinSlice', gemvMinSlice, 1);
     if (gemvWaveRule !== undefined) expectInteger('tuning.gemvWaveRule', gemvWaveRule, 0, 2);
     if (gemvPinnedSplits !== undefined && !/^(\d+x\d+:\d+)(,\d+x\d+:\d+)*$/.test(gemvPinnedSplits)) {

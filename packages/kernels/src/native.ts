@@ -58,18 +58,18 @@ export interface BackendTuning {
   readonly gemvPinnedSplits?: string;
   /**
    * Batch invariance: a row's results never depend on the other rows of a call, so a sequence decoded in a batch gets
-   * the bits it gets alone (single rows take the tensor-core few-rows matmul instead of the f32 GEMV; a batch's decode
-   * attention splits each sequence as if alone; f32 weights take a row-tiled matmul up to 64 rows). The CPU backend
+   * the bits it gets alone (single rows take the skinny tensor-core matmul instead of the f32 GEMV, its k split fixed by
+   * the matrix shape; a batch's decode attention splits each sequence as if alone; f32 weights take a row-tiled matmul
+   * up to 64 rows). The CPU backend
    * always is. Holds up to 64 rows per call. Default false.
    */
   readonly batchInvariant?: boolean;
   /**
-   * Most rows (2 … 64) the few-rows tensor-core matmul takes outside the batch-invariant mode; 0 (default): cuBLAS,
-   * which the H100 runs measured faster so far (bench/results/2026-12-06-h100-batch/).
+   * Most rows (0 … 64) the skinny tensor-core matmul takes outside the batch-invariant mode, where it beats cuBLAS
+   * (a single matrix up to 16 rows, gate+up up to 32, q/k/v up to 64: bench/results/2026-12-06-h100-skinny/);
+   * 0: cuBLAS for every 2+ rows. Default 64.
    */
-  readonly fewRowsMax?: number;
-  /** The few-rows matmul loads x a group of steps ahead with the weights (up to 16 rows). Default false. */
-  readonly fewRowsPrefetch?: boolean;
+  readonly skinnyRowsMax?: number;
 }
 
 /**

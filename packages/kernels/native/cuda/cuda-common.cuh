@@ -210,8 +210,8 @@ bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x);
 // The multiprocessors of the current device (read once).
 int multiprocessorCount();
 
-// The weight-streaming matmuls' work (gemv.cu, gemm-few-rows.cu): up to three matrices share x (q/k/v), each cut into
-// units of columns (a kernel's own width: GEMV column groups, few-rows slabs of 16); unit u of the launch belongs to
+// The weight-streaming matmuls' work (gemv.cu, gemm-skinny.cu): up to three matrices share x (q/k/v), each cut into
+// units of columns (a kernel's own width: GEMV column groups, skinny blocks of 128 rows); unit u of the launch belongs to
 // matrix i where first[i] <= u < first[i + 1]. In SwiGLU mode weight 0 is gate and weight 1 up, and out[0] gets
 // silu(gate)·up.
 template <typename T>
@@ -229,15 +229,12 @@ struct WeightJob {
 // batch-invariant mode.
 void launchGemvRowTiles(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,
                         const float* bias, const float* residual, cudaStream_t stream);
-// Tensor-core matmul of up to kFewRowsMax rows a pass (gemm-few-rows.cu): bf16 / f16 weights streamed once per pass,
-// x rounded to the weight dtype; a row's result does not depend on the other rows. Up to three targets of the same x
-// (q/k/v); `residual` is added to target 0's output.
-constexpr int64_t kFewRowsMax = 64;
-// Skinny matmul on tensor cores (gemm-skinny.cu, sm_90 and later): 1 to kSkinnyRowsMax rows a pass, bf16 / f16 weights
-// streamed once per pass through a cp.async pipeline, k split across a thread-block cluster; x rounded to the weight
-// dtype (`rounded`, when given, already holds it so: wide token tiles then stage half the bytes). Up to three targets of
-// the same x (q/k/v); `residual` is added to target 0's output. In the invariant mode the k split depends on the matrix
-// shape alone, so a row's result does not depend on the other rows; `slices` > 0 pins the split (benchmarks).
+// Skinny matmul on tensor cores (gemm-skinny.cu, sm_80 and later): 1 to kSkinnyRowsMax rows a pass, bf16 / f16
+// weights streamed once per pass through a cp.async pipeline, k split across a thread-block cluster (Hopper); x rounded
+// to the weight dtype (`rounded`, when given, already holds it so: wide token tiles then stage half the bytes). Up to
+// three targets of the same x (q/k/v); `residual` is added to target 0's output. In the invariant mode the k split
+// depends on the matrix shape alone, so a row's result does not depend on the other rows; `slices` > 0 pins the split
+// (benchmarks).
 constexpr int64_t kSkinnyRowsMax = 64;
 struct SkinnyOptions {
   bool invariant = false;
@@ -248,12 +245,6 @@ void launchSkinny(const float* x, const void* rounded, int64_t rows, int64_t k, 
                   const float* residual, int count, const SkinnyOptions& options, cudaStream_t stream);
 void launchSkinnySwiglu(const float* x, const void* rounded, int64_t rows, int64_t k, const void* gate, const void* up,
                         DType weightType, int64_t m, float* out, const SkinnyOptions& options, cudaStream_t stream);
-bool fewRowsSupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count);
-void setFewRowsPrefetch(bool prefetch);  // Tuning::fewRowsPrefetch
-void launchFewRows(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, const float* residual,
-                   int count, cudaStream_t stream);
-void launchFewRowsSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
-                         float* out, cudaStream_t stream);
 void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* positions, const float* frequencies, int64_t rows,
                           int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,
                           int64_t capacity, const StreamingLayout& streaming, cudaStream_t stream);

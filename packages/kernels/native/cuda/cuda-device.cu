@@ -166,13 +166,13 @@ class CudaDevice final : public Device {
     int64_t n = x.rows(), k = x.cols(), m = weight.rows();
     const float* biasData = bias ? bias->as<float>() : nullptr;
     const float* residualData = residual ? residual->as<float>() : nullptr;
-    if (fewRows(x, weight.dtype, {weight.data}, 1)) {
+    if (skinny(x, weight.dtype, {weight.data}, 1)) {
       const GemvTarget target{weight.data, out.as<float>(), biasData, m};
-      launchFewRows(x.as<float>(), n, k, weight.dtype, &target, residualData, 1, stream_);
+      launchSkinny(x.as<float>(), roundedInput(x, weight.dtype), n, k, weight.dtype, &target, residualData, 1, skinnyOptions(), stream_);
       profiler_.mark("matmul", stream_);
       return;
     }
-    if (invariant_ && n <= kFewRowsMax && weight.dtype == DType::F32) {
+    if (invariant_ && n <= kSkinnyRowsMax && weight.dtype == DType::F32) {
       launchGemvRowTiles(x.as<float>(), n, k, weight.data, weight.dtype, m, out.as<float>(), biasData, residualData, stream_);
       profiler_.mark("matmul", stream_);
       return;
@@ -250,11 +250,12 @@ class CudaDevice final : public Device {
     for (int i = 0; i < count; i++) sameType = sameType && weights[i]->dtype == weights[0]->dtype;
     std::array<const void*, 3> data = {};
     for (int i = 0; i < count && i < 3; i++) data[i] = weights[i]->data;
-    if (sameType && count <= 3 && fewRows(x, weights[0]->dtype, data, count)) {
+    if (sameType && count <= 3 && skinny(x, weights[0]->dtype, data, count)) {
       GemvTarget targets[3];
       for (int i = 0; i < count; i++)
         targets[i] = GemvTarget{weights[i]->data, outs[i]->as<float>(), biases[i] ? biases[i]->as<float>() : nullptr, weights[i]->rows()};
-      launchFewRows(x.as<float>(), x.rows(), x.cols(), weights[0]->dtype, targets, nullptr, count, stream_);
+      launchSkinny(x.as<float>(), roundedInput(x, weights[0]->dtype), x.rows(), x.cols(), weights[0]->dtype, targets, nullptr, count,
+                   skinnyOptions(), stream_);
       profiler_.mark("matmulGroup", stream_);
       return;
     }
@@ -286,8 +287,9 @@ class CudaDevice final : public Device {
   }
   void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) override {
     bool aligned = reinterpret_cast<uintptr_t>(gate.data) % 16 == 0 && reinterpret_cast<uintptr_t>(up.data) % 16 == 0;
-    if (gate.dtype == up.dtype && fewRows(x, gate.dtype, {gate.data, up.data}, 2)) {
-      launchFewRowsSwiglu(x.as<float>(), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(), out.as<float>(), stream_);
+    if (gate.dtype == up.dtype && skinny(x, gate.dtype, {gate.data, up.data}, 2)) {
+      launchSkinnySwiglu(x.as<float>(), roundedInput(x, gate.dtype), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(),
+                         out.as<float>(), skinnyOptions(), stream_);
       profiler_.mark("matmulSwiglu", stream_);
       return;
     }
@@ -433,20 +435,33 @@ class CudaDevice final : public Device {
   }
 
  private:
-  // The f32-activation GEMV serves single rows, cuBLAS more rows — or, up to Tuning::fewRowsMax rows of half weights,
-  // the few-rows tensor-core kernel (always in the batch-invariant mode).
+  // The f32-activation GEMV serves single rows; 2–64 rows of half weights take the skinny tensor-core matmul where it
+  // beats cuBLAS on the H100 (tools/device/skinny-bench.cu: a single matrix up to 16 rows, gate+up up to 32, q/k/v
+  // up to 64; at most Tuning::skinnyRowsMax rows), cuBLAS the rest; always the skinny matmul in the batch-invariant mode.
   static constexpr int64_t kGemvRows = 1;
   // Tuning::batchInvariant: a row's results do not depend on the other rows of the call (single rows, too, take the
-  // few-rows kernels; a batch's decode attention splits each sequence as if it ran alone).
+  // skinny matmul, its k split fixed by the matrix shape; a batch's decode attention splits each sequence as if alone).
   bool invariant_ = false;
-  int64_t fewRowsMax_ = 0;  // Tuning::fewRowsMax
-  // Whether a matmul of x's rows takes the few-rows tensor-core kernel: 2 to Tuning::fewRowsMax rows (1–64 in the
-  // batch-invariant mode) of bf16 / f16 weights with k a multiple of 32 and 16-byte aligned operands.
-  bool fewRows(const Tensor& x, DType weightType, const std::array<const void*, 3>& weights, int count) const {
+  int64_t skinnyRowsMax_ = kSkinnyRowsMax;  // Tuning::skinnyRowsMax
+  // Whether a matmul of x's rows (`count` matrices sharing x; gate and up count 2) takes the skinny matmul: bf16 / f16
+  // weights, k a multiple of 64, 16-byte aligned operands.
+  bool skinny(const Tensor& x, DType weightType, const std::array<const void*, 3>& weights, int count) const {
     const int64_t n = x.rows();
-    if (n > (invariant_ ? kFewRowsMax : fewRowsMax_) || n < (invariant_ ? 1 : 2)) return false;
-    return fewRowsSupported(x.cols(), weightType, x.data, weights.data(), count);
+    if (invariant_) {
+      if (n < 1 || n > kSkinnyRowsMax) return false;
+    } else {
+      const int64_t widest = count >= 3 ? 64 : (count == 2 ? 32 : 16);
+      if (n < 2 || n > std::min(widest, skinnyRowsMax_)) return false;
+    }
+    return skinnySupported(x.cols(), weightType, x.data, weights.data(), count);
   }
+  SkinnyOptions skinnyOptions() const {
+    SkinnyOptions options;
+    options.invariant = invariant_;
+    return options;
+  }
+  // More than 8 rows: x rounded once for the skinny matmul's wide token tiles (none for fewer: it rounds as it loads).
+  const void* roundedInput(const Tensor& x, DType dtype) { return x.rows() > 8 ? convertedInput(x, dtype) : nullptr; }
   static constexpr size_t kSmallWrite = 64 * 1024;
   static constexpr int kSmallSlots = 16;
   struct SmallSlot { void* data = nullptr; cudaEvent_t done = nullptr; };
@@ -496,8 +511,7 @@ class CudaDevice final : public Device {
   void tune(const Tuning& tuning) override {
     profiler_.enable(tuning.profile);
     invariant_ = tuning.batchInvariant;
-    fewRowsMax_ = tuning.fewRowsMax;
-    setFewRowsPrefetch(tuning.fewRowsPrefetch);
+    skinnyRowsMax_ = tuning.skinnyRowsMax;
     setChainLaunches(tuning.chainLaunches);
     setGemvTuning(tuning);
   }

@@ -1,9 +1,9 @@
 // Skinny matmul on tensor cores (a batch's decode step, 1–64 rows of x): the weights stream through shared memory
 // once for every row, in a cp.async pipeline deep enough to keep HBM busy; a block owns 128 weight rows and one slice
 // of k, and the k slices of the same rows form a thread-block cluster that sums its partial products through
-// distributed shared memory in slice order. A row's result does not depend on how many rows share the launch, nor on
+// distributed shared memory in slice order (Hopper and later; before it, one slice). A row's result does not depend on how many rows share the launch, nor on
 // its place among them: each output is the same sequence of products over the same k order (the k split depends on the
-// matrix shape only), so a sequence decoded in a batch gets the bits it gets alone. Hopper (sm_90) and later: clusters.
+// matrix shape only, in the batch-invariant mode), so a sequence decoded in a batch gets the bits it gets alone.
 #include <cooperative_groups.h>
 
 #include <algorithm>
@@ -66,7 +66,7 @@ __device__ __forceinline__ int swizzled(int row, int chunk) { return row * kDept
 template <typename T, int TILES, bool SWIGLU, bool ROUNDED>
 __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
     skinnyKernel(const void* __restrict__ xData, int rows, int64_t k, SkinnyJob<T> job) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using P = Plan<TILES, ROUNDED>;
   constexpr int kStages = P::kStages, kTokens = P::kTokens, kStageBytes = P::kStageBytes, kThreads = P::kThreads;
   constexpr int kChunks = kRows * 8 / kThreads;  // 16-byte weight chunks a thread stages per stage
@@ -193,9 +193,13 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
 #pragma unroll
       for (int i = 0; i < 4; i++)
         partial[(tile * 8 + 2 * t + (i & 1)) * kPartialStride + rowA + 16 * rt + (i >> 1) * 8] = acc[rt][tile][i];
+#if __CUDA_ARCH__ >= 900
   cg::cluster_group cluster = cg::this_cluster();
   if (slices > 1) cluster.sync();
   else __syncthreads();
+#else
+  __syncthreads();  // one slice: no cluster before Hopper
+#endif
 
   // Each block of the cluster finishes a share of the outputs, summing the slices' partials in slice order.
   constexpr int kColumns = SWIGLU ? kRows / 2 : kRows;
@@ -212,7 +216,11 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
       const int index = token * kPartialStride + column + half * (kRows / 2);
       float total = 0.0f;
       for (int q = 0; q < slices; q++) {
+#if __CUDA_ARCH__ >= 900
         const float* remote = slices > 1 ? cluster.map_shared_rank(partial, q) : partial;
+#else
+        const float* remote = partial;
+#endif
         total += remote[index];
       }
       sums[half] = total;
@@ -226,7 +234,9 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
     }
   }
   // No block may leave while another still reads its shared memory.
+#if __CUDA_ARCH__ >= 900
   if (slices > 1) cluster.sync();
+#endif
 #endif
 }
 
@@ -235,13 +245,28 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
 // (ties: fewer slices, less to sum). Otherwise the split also weighs the row count, from the H100 sweep of
 // tools/device/skinny-bench.cu (bench/results/2026-12-06-h100-skinny/): up to 16 rows many small blocks balance best
 // (slices until each streams 512 of k), wider token tiles pay more for the cluster sum and take fewer.
+int computeMajor() {
+  static const int value = [] {
+    int device = 0, major = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    return major;
+  }();
+  return value;
+}
+bool hopper() { return computeMajor() >= 9; }
+
 int slicesFor(int64_t units, int64_t k, int rows, bool invariant) {
+  if (!hopper()) return 1;
   auto valid = [&](int s) { return k % (static_cast<int64_t>(s) * kDepth) == 0 && k / s >= 4 * kDepth; };
   if (!invariant) {
-    const int64_t depth = rows <= 16 ? 512 : 1024;
+    // Up to 8 rows: slices until each streams 512 of k (many small blocks balance best); wider token tiles pay more
+    // for the cluster sum: slices only while the blocks stay within 1.5 per multiprocessor.
     int best = 1;
-    for (int s = 2; s <= kMaxCluster; s *= 2)
-      if (valid(s) && k / s >= depth && units * s <= 16LL * multiprocessorCount()) best = s;
+    for (int s = 2; s <= kMaxCluster; s *= 2) {
+      if (!valid(s)) break;
+      if (rows <= 8 ? k / s >= 512 && units * s <= 16LL * multiprocessorCount() : 2 * units * s <= 3LL * multiprocessorCount()) best = s;
+    }
     return best;
   }
   const double slots = 2.0 * multiprocessorCount();
@@ -275,11 +300,13 @@ void launchTiles(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, in
   config.stream = stream;
   cudaLaunchAttribute attributes[2];
   int count = 0;
-  attributes[count].id = cudaLaunchAttributeClusterDimension;
-  attributes[count].val.clusterDim.x = static_cast<unsigned>(slices);
-  attributes[count].val.clusterDim.y = 1;
-  attributes[count].val.clusterDim.z = 1;
-  count++;
+  if (slices > 1) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count].val.clusterDim.x = static_cast<unsigned>(slices);
+    attributes[count].val.clusterDim.y = 1;
+    attributes[count].val.clusterDim.z = 1;
+    count++;
+  }
   if (chainLaunches()) {
     attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attributes[count].val.programmaticStreamSerializationAllowed = 1;
@@ -307,7 +334,7 @@ void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, Skinny
   for (int64_t first = 0; first < rows; first += kSkinnyRowsMax) {
     const int count = static_cast<int>(std::min<int64_t>(kSkinnyRowsMax, rows - first));
     const int slices = options.slices > 0 ? options.slices : slicesFor(job.first[job.count], k, count, options.invariant);
-    if (k % (static_cast<int64_t>(slices) * kDepth) != 0 || slices > kMaxCluster)
+    if (k % (static_cast<int64_t>(slices) * kDepth) != 0 || slices > kMaxCluster || (slices > 1 && !hopper()))
       throw Error("DUO_ARG", "skinny matmul: k = " + std::to_string(k) + " does not split into " + std::to_string(slices) + " slices");
     SkinnyJob<T> pass = job;
     for (int i = 0; i < job.count; i++) {
@@ -334,13 +361,7 @@ void dispatchHalf(DType type, F&& body) {
 }  // namespace
 
 bool skinnySupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count) {
-  static const bool hopper = [] {
-    int device = 0, major = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    return major >= 9;
-  }();
-  if (!hopper || (weightType != DType::BF16 && weightType != DType::F16)) return false;
+  if (computeMajor() < 8 || (weightType != DType::BF16 && weightType != DType::F16)) return false;
   if (k % kDepth != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0 || count > 3) return false;
   for (int i = 0; i < count; i++)
     if (reinterpret_cast<uintptr_t>(weights[i]) % 16 != 0) return false;

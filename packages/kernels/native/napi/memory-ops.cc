@@ -246,7 +246,7 @@ Napi::Value takeProfile(const Napi::CallbackInfo& info) {
 }
 
 // Device::Tuning from { profile, chainLaunches, gemvMinSlice, gemvWaveRule, gemvPinnedSplits, batchInvariant,
-// fewRowsMax, fewRowsPrefetch } (all optional).
+// skinnyRowsMax } (all optional).
 Napi::Value tune(const Napi::CallbackInfo& info) {
   const Attributes attributes(info[1], "the backend's tuning");
   Device::Tuning tuning;
@@ -256,8 +256,7 @@ Napi::Value tune(const Napi::CallbackInfo& info) {
   if (!absent(attributes.optional("gemvWaveRule"))) tuning.gemvWaveRule = static_cast<int>(attributes.integer("gemvWaveRule"));
   if (!absent(attributes.optional("gemvPinnedSplits"))) tuning.gemvPinnedSplits = attributes.text("gemvPinnedSplits");
   tuning.batchInvariant = attributes.flag("batchInvariant");
-  if (!absent(attributes.optional("fewRowsMax"))) tuning.fewRowsMax = attributes.integer("fewRowsMax");
-  tuning.fewRowsPrefetch = attributes.flag("fewRowsPrefetch");
+  if (!absent(attributes.optional("skinnyRowsMax"))) tuning.skinnyRowsMax = attributes.integer("skinnyRowsMax");
   deviceOf(info[0])->tune(tuning);
   return info.Env().Undefined();
 }
