@@ -424,6 +424,43 @@ describe('duo-bench', () => {
     expect(gif.stderr).toContain('--out: expected a figure file ending in .svg or .png but received');
   });
 
+  it('batch on the demo model: step time and tokens/s per batch size, with and without running ahead', async () => {
+    for (const runAhead of ['on', 'off']) {
+      const file = join(out, `batch-${runAhead}.json`);
+      const result = await bench([
+        'batch',
+        '--device',
+        'cpu',
+        '--attention',
+        'duo',
+        '--batch',
+        '1,3',
+        '--contexts',
+        '64',
+        '--steps',
+        '3',
+        '--warmup',
+        '1',
+        '--run-ahead',
+        runAhead,
+        '--out',
+        file,
+      ]);
+      expect(result.code, result.stderr).toBe(0);
+      const document = JSON.parse(readFileSync(file, 'utf8'));
+      expect(document.settings.runAhead).toBe(runAhead === 'on');
+      const rows = document.decode as { batch: number; stepMs: number; tokensPerSecond: number }[];
+      expect(rows.map((row) => row.batch)).toEqual([1, 3]);
+      for (const row of rows) {
+        expect(row.stepMs).toBeGreaterThan(0);
+        expect(row.tokensPerSecond).toBeCloseTo((row.batch * 1000) / row.stepMs, 6);
+      }
+    }
+    const bad = await bench(['batch', '--device', 'cpu', '--run-ahead', 'maybe']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--run-ahead: expected one of on, off but received "maybe"');
+  });
+
   it('rejects bad input with a message naming the option and exits 2', async () => {
     const unknown = await bench(['speed', '--shape', 'llama-9', '--device', 'cpu']);
     expect(unknown.code).toBe(2);

@@ -38,14 +38,16 @@ import { decodeBytesFloor, SHAPES } from '../shapes.js';
 export const batchHelp = `duo-bench batch [--shape NAME | --model PATH] [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
                 [--attention full,duo] [--kv-quant none,int8,int4] [--batch 1,4,16,64] [--contexts 4k,32k]
                 [--steps N] [--warmup N] [--bandwidth TBps] [--admit 128k|none] [--admit-batch N]
-                [--admit-context N] [--admit-chunk N] [--out FILE] [--plot FILE.svg|FILE.png] [--profile]
+                [--admit-context N] [--admit-chunk N] [--run-ahead on|off] [--out FILE] [--plot FILE.svg|FILE.png]
+                [--profile]
        duo-bench batch --from FILE --plot FILE.svg|FILE.png
   Continuous batching: for each policy, KV scheme, context and batch size, that many sequences decode together (their
   caches filled with synthetic K/V to the context; the JSON says so); reports the median step time, aggregate
   tokens/s and the step's bytes-moved floor (the weights once plus every sequence's KV, at --bandwidth TB/s).
   --admit LENGTH: then --admit-batch sequences decode at --admit-context while a prompt of LENGTH random tokens is
   admitted and prefilled in --admit-chunk chunks between their steps; reports their inter-token latency (median, p90,
-  p99, max) before and during the prefill. --profile: device time per op and step (CUDA with DUO_CUDA_PROFILE=1; each
+  p99, max) before and during the prefill. --run-ahead off: the engine reads every step's tokens before it enqueues the
+  next (default on: a decode step is enqueued while the previous one's tokens are read). --profile: device time per op and step (CUDA with DUO_CUDA_PROFILE=1; each
   op timed with events, so steps run slower than unprofiled ones), beside the step's wall time. Defaults: on CUDA batch 1,4,16,64 at 4k,32k; on the CPU (the demo model)
   batch 1,2,4,8,16 at 256,1k. Shapes: ${Object.keys(SHAPES).join(', ')}. Ctrl-C stops after the measurement in flight.
 ${POLICY_HELP}`;
@@ -78,6 +80,7 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
     plot: { type: 'string' },
     from: { type: 'string' },
     profile: { type: 'boolean' },
+    'run-ahead': { type: 'string' },
   });
   if (options.plot !== undefined) outputOption('plot', figurePath('plot', String(options.plot)));
   outputOption('out', options.out);
@@ -89,6 +92,7 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
   const steps = integerOption('steps', options.steps, 32, 2);
   const warmup = integerOption('warmup', options.warmup, 4, 1);
   const bandwidthTBps = numberOption('bandwidth', options.bandwidth, 3.0, 0.001);
+  const runAhead = choiceOption('run-ahead', options['run-ahead'], ['on', 'off'] as const, 'on') === 'on';
   // The floor is a GPU figure (HBM bandwidth); on the CPU it is reported only when --bandwidth is given.
   const withFloor = (backend: { device: string }) => backend.device === 'cuda' || options.bandwidth !== undefined;
   const settings = policySettings({ ...options, 'kv-quant': undefined }, policies);
@@ -132,7 +136,7 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
           row.floorBytes = weightsOnly + batch * kvPerSequence;
           if (withFloor(backend)) row.floorMs = ((row.floorBytes as number) / (bandwidthTBps * 1e12)) * 1000;
           if (options.profile) backend.takeProfile();
-          Object.assign(row, await measureSteps(model, policy, context, batch, warmup, steps));
+          Object.assign(row, await measureSteps(model, policy, context, batch, warmup, steps, runAhead));
           if (options.profile && typeof row.stepMs === 'number') {
             // Device time per op over every step of the run (warm-up and the last token included).
             const total = warmup + steps + 1;
@@ -187,8 +191,9 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
       bandwidthTBps,
       admit: admit > 0 ? { length: admit, batch: admitBatch, context: admitContext, chunk: admitChunk } : undefined,
       decodeCache: 'synthetic K/V written directly to reach each context (quantized: random rows quantized into them)',
+      runAhead,
       timing:
-        'step: host wall clock between consecutive tokens of the batch (the engine reads every step’s tokens), median over --steps after --warmup; every measured step holds the whole batch',
+        'step: host wall clock between consecutive tokens of the batch, median over --steps after --warmup; every measured step holds the whole batch',
       floor:
         'weights once (without the embedding table) + every sequence’s K/V read at the middle of the measured steps',
     };
@@ -215,11 +220,13 @@ async function measureSteps(
   batch: number,
   warmup: number,
   steps: number,
+  runAhead: boolean,
 ): Promise<Record<string, unknown>> {
   const engine = model.createBatchEngine({
     maxSequences: batch,
     stepTokens: Math.max(batch, 64),
     allowBeyondContext: true,
+    runAhead,
   });
   try {
     const request = { prompt: [1], policy, syntheticContext: context, maxTokens: warmup + steps + 1, stopTokens: [] };

@@ -122,6 +122,44 @@ describe('requests, limits and the stream', () => {
     await engine.close();
   });
 
+  it('runs ahead: the tokens, logits and usage of reading every step; a stop drops its extra row', async () => {
+    const requests = (stopAt?: number) => [
+      { prompt: prompt(40, 1), maxTokens: 12, stopTokens: [], logits: true },
+      { prompt: prompt(25, 2), maxTokens: 12, stopTokens: stopAt === undefined ? [] : [stopAt] },
+      { prompt: prompt(60, 3), maxTokens: 9, stopTokens: [], sampling: { temperature: 0.8, topK: 20, seed: 7 } },
+      { prompt: prompt(10, 4), maxTokens: 12, stopTokens: [], sampling: { temperature: 1, topP: 0.9, seed: 3 } },
+    ];
+    const run = async (runAhead: boolean, stopAt?: number) => {
+      const engine = model.createBatchEngine({ runAhead, stepTokens: 64 });
+      const runs = await Promise.all(requests(stopAt).map((request) => drain(engine.submit(request))));
+      const stats = engine.stats();
+      expectAllFree(engine);
+      await engine.close();
+      return { runs, stats };
+    };
+    const free = await run(false);
+    // Stop the second sequence on its fifth token: the others run on, ahead, past it.
+    const stopAt = free.runs[1]?.tokens[4]?.id as number;
+    const firstStop = free.runs[1]?.tokens.findIndex((t) => t.id === stopAt) as number;
+    const reading = await run(false, stopAt);
+    const ahead = await run(true, stopAt);
+    expect(reading.stats.stepsRunAhead).toBe(0);
+    expect(ahead.stats.stepsRunAhead).toBeGreaterThan(4);
+    expect(ahead.runs[1]?.tokens.map((t) => t.id)).toEqual(
+      free.runs[1]?.tokens.slice(0, firstStop + 1).map((t) => t.id),
+    );
+    ahead.runs.forEach((got, i) => {
+      const want = reading.runs[i];
+      expect(got.tokens.map((t) => t.id)).toEqual(want?.tokens.map((t) => t.id));
+      expect(got.result.finishReason).toBe(want?.result.finishReason);
+      expect(got.result.usage).toEqual(want?.result.usage);
+      got.tokens.forEach((token, t) => {
+        if (token.logits) expect(Array.from(token.logits)).toEqual(Array.from(want?.tokens[t]?.logits ?? []));
+      });
+    });
+    expect(ahead.runs[0]?.tokens[0]?.logits).toBeDefined();
+  });
+
   it('close() aborts what is running and waiting', async () => {
     const engine = model.createBatchEngine({ maxSequences: 1, stepTokens: 64 });
     const running = engine.submit({ prompt: prompt(300, 2), maxTokens: 50 });

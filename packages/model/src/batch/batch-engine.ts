@@ -153,6 +153,20 @@ export interface BatchEngineOptions {
    * are evicted least recently used first, and before any request waits or is preempted for pages. `false`: off.
    */
   prefixCache?: { readonly maxBytes?: number } | false;
+  /**
+   * Runs ahead (default true): when a step only decodes and nothing joins, leaves or is cancelled before the next one,
+   * the next step is enqueued — its tokens taken from the device — before this step's tokens are read, so the device
+   * never waits for the host between steps. A sequence that stops on a token gets one row computed and dropped.
+   * `false`: every step reads its tokens first (A/B runs).
+   */
+  runAhead?: boolean;
+}
+
+/** A step's sampling: enqueued on the device, its tokens (and logits, where asked) being read. */
+interface InflightSample {
+  readonly samples: SampleWorkspace;
+  readonly sampled: readonly Sequence[];
+  readonly read: Promise<[Int32Array, Float32Array | undefined]>;
 }
 
 /** Live counters of an engine. */
@@ -161,6 +175,8 @@ export interface BatchEngineStats {
   readonly waiting: number;
   readonly pool: KvPoolUsage;
   readonly steps: number;
+  /** Steps enqueued before the previous step's tokens were read (`runAhead`). */
+  readonly stepsRunAhead: number;
   readonly preemptions: number;
   /** Tokens the last step ran (decode rows + prefill rows). */
   readonly lastStepRows: number;
@@ -269,6 +285,10 @@ export class BatchEngine {
   #loop: Promise<void> | undefined;
   #steps = 0;
   #preemptions = 0;
+  /** The last step's sampling, enqueued and not yet read. */
+  #inflight: InflightSample | undefined;
+  #stepsRunAhead = 0;
+  readonly #runAhead: boolean;
   #lastStepRows = 0;
   #failure: unknown;
   #closed = false;
@@ -286,6 +306,7 @@ export class BatchEngine {
         `Expected \`stepTokens\` (${this.stepTokens}) to be at least \`maxSequences\` (${this.maxSequences}): every running sequence decodes one token per step`,
       );
     }
+    this.#runAhead = options.runAhead ?? true;
     this.admission = options.admission ?? 'reserve';
     if (this.admission !== 'reserve' && this.admission !== 'optimistic') {
       throw new DuoArgumentError(
@@ -331,6 +352,7 @@ export class BatchEngine {
       waiting: this.#waiting.length,
       pool: this.pool.usage(),
       steps: this.#steps,
+      stepsRunAhead: this.#stepsRunAhead,
       preemptions: this.#preemptions,
       lastStepRows: this.#lastStepRows,
       prefixCache: this.#prefixStats(),
@@ -521,13 +543,16 @@ export class BatchEngine {
     try {
       // submit() returns before the first step runs.
       await new Promise<void>((resolve) => setImmediate(resolve));
-      while (this.#running.length > 0 || this.#waiting.length > 0) {
+      while (this.#running.length > 0 || this.#waiting.length > 0 || this.#inflight) {
         await this.#step();
         // Let the caller's event loop run between steps (new requests, cancellations, stream consumers).
         await new Promise<void>((resolve) => setImmediate(resolve));
       }
     } catch (error) {
       this.#failure = error;
+      // A sampling still in flight fails with the step; nothing reads it any more.
+      this.#inflight?.read.catch(() => undefined);
+      this.#inflight = undefined;
       for (const sequence of [...this.#running.splice(0), ...this.#waiting.splice(0)]) {
         this.#dropSnapshots(sequence);
         sequence.cache?.dispose();
@@ -540,6 +565,13 @@ export class BatchEngine {
   }
 
   async #step(): Promise<void> {
+    const previous = this.#inflight;
+    if (previous) {
+      // The last step's tokens: first enqueue the next decode step where it needs none of them on the host.
+      this.#inflight = this.#canRunAhead(previous) ? this.#decodeAhead(previous) : undefined;
+      await this.#emitSampled(previous);
+      return;
+    }
     this.#retireCancelled();
     this.#admit();
     const spans = this.#schedule();
@@ -569,7 +601,52 @@ export class BatchEngine {
     });
     this.#steps++;
     this.#lastStepRows = rows.reduce((sum, count) => sum + count, 0);
-    if (samples) await this.#sample(samples, sampled);
+    if (samples) this.#inflight = this.#sample(samples, sampled);
+  }
+
+  /**
+   * Whether the next step can be enqueued before `previous` is read: it would decode exactly the sequences `previous`
+   * samples, in the same order, each from the token being sampled (nothing waits, none is cancelled or reaches its
+   * token limit with it), and every cache has room for one more row.
+   */
+  #canRunAhead(previous: InflightSample): boolean {
+    const members = this.#running;
+    if (!this.#runAhead || this.#waiting.length > 0 || previous.sampled.length !== members.length) return false;
+    const ready = members.every(
+      (sequence, s) =>
+        previous.sampled[s] === sequence &&
+        !sequence.cancelled &&
+        sequence.cached === sequence.tokens.length &&
+        sequence.generated.length + 1 < sequence.maxNew,
+    );
+    if (!ready) return false;
+    try {
+      for (const sequence of members) sequence.cache?.reserve(sequence.cached + 1);
+    } catch (error) {
+      if (error instanceof DuoOutOfMemoryError) return false;
+      throw error;
+    }
+    return true;
+  }
+
+  /** Enqueues the decode step after `previous`, its ids the tokens `previous` samples on the device. */
+  #decodeAhead(previous: InflightSample): InflightSample {
+    const members = this.#running;
+    const rows = members.map(() => 1);
+    const sampled = [...members];
+    const samples = this.#workspaces.samples(sampled.length);
+    this.#forward(
+      members.map((_, s) => s),
+      rows,
+      sampled,
+      samples,
+      previous.samples.tokens,
+    );
+    for (const sequence of members) sequence.cached += 1;
+    this.#steps++;
+    this.#stepsRunAhead++;
+    this.#lastStepRows = members.length;
+    return this.#sample(samples, sampled);
   }
 
   /**
@@ -582,6 +659,7 @@ export class BatchEngine {
     rows: readonly number[],
     sampled: readonly Sequence[],
     samples?: SampleWorkspace,
+    deviceIds?: TensorHandle,
   ): void {
     const members = this.#running;
     const inPass = new Set(pass);
@@ -605,7 +683,9 @@ export class BatchEngine {
       if (index >= 0) copies.push({ row: row + count - 1, index });
       row += count;
     });
-    b.write(w.ids, ids);
+    // Run ahead: the ids are the tokens the previous step samples, still on the device (one per row, in row order).
+    if (deviceIds) b.copyRows(deviceIds, w.ids);
+    else b.write(w.ids, ids);
     b.write(w.positions, positions);
     blocks.embed(w.ids, w.hidden);
     const attention = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim };
@@ -625,8 +705,11 @@ export class BatchEngine {
     if (samples) for (const { row: from, index } of copies) b.copyRows(w.hidden, samples.hidden, from, index, 1);
   }
 
-  /** Draws the next token of every sequence in `sampled` (hidden rows in `s.hidden`) on the device, then emits it. */
-  async #sample(s: SampleWorkspace, sampled: readonly Sequence[]): Promise<void> {
+  /**
+   * Enqueues drawing the next token of every sequence in `sampled` (hidden rows in `s.hidden`) on the device, and the
+   * reads of the tokens (and logits, where asked) that `#emitSampled` awaits.
+   */
+  #sample(s: SampleWorkspace, sampled: readonly Sequence[]): InflightSample {
     const { backend: b, blocks } = this.#model;
     blocks.logits(s.hidden, s.normed, s.logits);
     const settings = new Float32Array(4 * sampled.length);
@@ -637,12 +720,19 @@ export class BatchEngine {
     b.write(s.settings, settings);
     b.sample(s.logits, s.settings, s.tokens);
     const wantsLogits = sampled.some((sequence) => sequence.request.logits || sequence.request.logprobs !== undefined);
-    const [tokens, logits] = await Promise.all([
+    const read = Promise.all([
       b.read(s.tokens) as Promise<Int32Array>,
       wantsLogits ? (b.read(s.logits) as Promise<Float32Array>) : undefined,
     ]);
+    return { samples: s, sampled, read };
+  }
+
+  /** Emits the tokens of a sampling once read; a sequence that ended meanwhile (a run-ahead row) gets nothing. */
+  async #emitSampled({ sampled, read }: InflightSample): Promise<void> {
+    const [tokens, logits] = await read;
     const vocab = this.#model.config.vocabSize;
     sampled.forEach((sequence, index) => {
+      if (!this.#running.includes(sequence)) return;
       const token = tokens[index] ?? 0;
       const row = logits?.subarray(index * vocab, (index + 1) * vocab);
       const extra: { logits?: Float32Array; logprob?: number; topLogprobs?: { id: number; logprob: number }[] } = {};
