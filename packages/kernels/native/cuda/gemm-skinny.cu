@@ -22,7 +22,15 @@ namespace {
 namespace cg = cooperative_groups;
 
 constexpr int kRows = 128;              // weight rows a block streams (SwiGLU: 64 gate rows, then the same 64 up rows)
-constexpr int kDepth = 64;              // k per pipeline stage: a 128-byte run of each weight row
+#ifndef DUO_SKINNY_DEPTH
+#define DUO_SKINNY_DEPTH 64
+#endif
+#ifndef DUO_SKINNY_STAGES
+#define DUO_SKINNY_STAGES 0
+#endif
+// Tuning knobs at build time (tools/device/skinny-bench.cu sweeps them): k per stage, and stages (0: the rule below).
+constexpr int kDepth = DUO_SKINNY_DEPTH;  // k per pipeline stage: a run of 2·kDepth bytes of each weight row
+constexpr int kChunksPerRow = kDepth / 8;  // 16-byte chunks of a staged row
 constexpr int kTokenStride = kDepth + 4;  // floats per staged f32 x row (16 bytes of padding: conflict-free fragments)
 constexpr int kPartialStride = kRows + 4;
 constexpr int kMaxCluster = 8;
@@ -38,7 +46,7 @@ struct Plan {
   static constexpr int kTokens = TILES * 8;
   static constexpr int kTokenBytes = ROUNDED ? kTokens * kDepth * 2 : kTokens * kTokenStride * 4;
   static constexpr int kStageBytes = kRows * kDepth * 2 + kTokenBytes;
-  static constexpr int kStages = kStageBytes > 24 * 1024 ? 3 : 4;
+  static constexpr int kStages = DUO_SKINNY_STAGES > 0 ? DUO_SKINNY_STAGES : (kStageBytes > 24 * 1024 ? 3 : 4);
   static constexpr int kPipelineBytes = kStages * kStageBytes;
   static constexpr int kPartialBytes = kTokens * kPartialStride * 4;
   static constexpr int kSharedBytes = kPipelineBytes > kPartialBytes ? kPipelineBytes : kPartialBytes;
@@ -69,7 +77,8 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using P = Plan<TILES, ROUNDED>;
   constexpr int kStages = P::kStages, kTokens = P::kTokens, kStageBytes = P::kStageBytes, kThreads = P::kThreads;
-  constexpr int kChunks = kRows * 8 / kThreads;  // 16-byte weight chunks a thread stages per stage
+  constexpr int kChunks = kRows * kChunksPerRow / kThreads;  // 16-byte weight chunks a thread stages per stage
+  constexpr int kRowsPerPass = kThreads / kChunksPerRow;
   extern __shared__ __align__(128) unsigned char shared[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -82,13 +91,13 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
   const int64_t depth = k / slices, begin = depth * slice;
   const int stages = static_cast<int>(depth / kDepth);
 
-  // This thread's weight chunks of a stage: staged rows (threadIdx.x >> 3) + (kThreads / 8)·i, chunk threadIdx.x & 7.
-  const int chunk = threadIdx.x & 7;
+  // This thread's weight chunks of a stage: staged rows threadIdx.x / kChunksPerRow + kRowsPerPass·i, one chunk.
+  const int chunk = threadIdx.x % kChunksPerRow;
   const T* source[kChunks];
   bool valid[kChunks];
 #pragma unroll
   for (int i = 0; i < kChunks; i++) {
-    const int r = (threadIdx.x >> 3) + (kThreads / 8) * i;
+    const int r = threadIdx.x / kChunksPerRow + kRowsPerPass * i;
     const int64_t row = row0 + (SWIGLU ? r % (kRows / 2) : r);
     valid[i] = row < m;
     const T* base = SWIGLU ? job.weight[r < kRows / 2 ? 0 : 1] : job.weight[which];
@@ -98,15 +107,15 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
     unsigned char* target = shared + (stage % kStages) * kStageBytes;
 #pragma unroll
     for (int i = 0; i < kChunks; i++) {
-      const int r = (threadIdx.x >> 3) + (kThreads / 8) * i;
+      const int r = threadIdx.x / kChunksPerRow + kRowsPerPass * i;
       copyOrZero16(target + swizzled(r, chunk), source[i] + static_cast<int64_t>(stage) * kDepth, valid[i]);
     }
   };
-  // x: kTokens rows of kDepth values a stage (f32: 16 chunks a row, padded; rounded: 8 chunks, swizzled like the
-  // weights); rows past `rows` are zeros.
+  // x: kTokens rows of kDepth values a stage (f32: kDepth / 4 chunks a row, padded; rounded: kDepth / 8 chunks,
+  // swizzled like the weights); rows past `rows` are zeros.
   auto stageTokens = [&](int stage) {
     unsigned char* target = shared + (stage % kStages) * kStageBytes + kRows * kDepth * 2;
-    constexpr int kParts = ROUNDED ? 8 : 16;
+    constexpr int kParts = ROUNDED ? kDepth / 8 : kDepth / 4;
     for (int piece = threadIdx.x; piece < kTokens * kParts; piece += kThreads) {
       const int token = piece / kParts, part = piece % kParts;
       const bool live = token < rows;
@@ -150,11 +159,11 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
     commitGroup();
     const unsigned char* weights = shared + (s % kStages) * kStageBytes;
     const unsigned char* tokens = weights + kRows * kDepth * 2;
-    // Two 32-wide steps of k. Lane (g, t) holds weight rows g and g + 8 of its warp at k 8t … 8t + 7 of the step and
+    // 32-wide steps of k. Lane (g, t) holds weight rows g and g + 8 of its warp at k 8t … 8t + 7 of the step and
     // token g of each 8-token tile at the same k: logical k 2t, 2t + 1 / 2t + 8, 2t + 9 of the first product are
     // physical 8t + 0, 1 / 8t + 2, 3, of the second 8t + 4, 5 / 8t + 6, 7 (one permutation on both operands).
 #pragma unroll
-    for (int step = 0; step < 2; step++) {
+    for (int step = 0; step < kDepth / 32; step++) {
       const int c = 4 * step + t;
       uint4 a0[kRowTiles], a1[kRowTiles];
 #pragma unroll
