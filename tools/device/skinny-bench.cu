@@ -1,5 +1,5 @@
 // Decode-projection bandwidth at Llama-3-8B shapes for 1–64 rows of x: the skinny tensor-core matmul (gemm-skinny.cu:
-// its default split, the batch-invariant one and every cluster size), the single-row GEMV and cuBLAS as the engine
+// its default streaming, the batch-invariant one and every cluster size at stage depths 64 and 128), the single-row GEMV and cuBLAS as the engine
 // calls it (x rounded once, one GemmEx per matrix, the SwiGLU pass). Weights rotate through copies larger than L2 together;
 // CUDA events around 20 launches, the median of 9 such runs after a warm-up. Each variant's output is checked against
 // a float64 reference (x rounded to bf16 as the tensor-core paths round it; the GEMV keeps f32 x), and the skinny
@@ -128,14 +128,15 @@ int main(int argc, char** argv) {
     };
     for (int rows : rowCounts) {
       // Variants: name, cluster size (-1 when not the skinny kernel), launcher.
-      struct Variant { std::string name; int slices; };
+      struct Variant { std::string name; int slices; int depth = 0; };
       std::vector<Variant> variants;
       if (rows <= 2) variants.push_back({"gemv", -1});
       if (blas.available()) variants.push_back({"cublas", -1});
       variants.push_back({"skinny", 0});
       variants.push_back({"skinny-invariant", 0});
-      for (int s = 1; s <= 8; s *= 2)
-        if (shape.k % (s * 64) == 0 && shape.k / s >= 256) variants.push_back({"skinny", s});
+      for (int depth : {64, 128})
+        for (int s = 1; s <= 8; s *= 2)
+          if (shape.k % (s * depth) == 0 && shape.k / s >= 256 && (depth == 64 || rows <= 16)) variants.push_back({"skinny", s, depth});
       // Float64 references of this row count: x rounded (tensor cores) and not (GEMV).
       std::vector<std::vector<double>> references[2];
       for (int round = 0; round < 2; round++)
@@ -177,6 +178,7 @@ int main(int argc, char** argv) {
             SkinnyOptions options;
             options.invariant = variant.name == "skinny-invariant";
             options.slices = variant.slices;
+            options.depth = variant.depth;
             // The engine rounds x once for more than 8 rows (the rounding launch is timed with the matmul).
             const void* round = nullptr;
             if (rows > 8) {
@@ -246,14 +248,14 @@ int main(int argc, char** argv) {
           error = failure.what();
           cudaGetLastError();
         }
-        std::printf("%s    {\"shape\": \"%s\", \"m\": %lld, \"k\": %lld, \"rows\": %d, \"variant\": \"%s\", \"slices\": %d, \"us\": %.2f, "
-                    "\"TBps\": %.3f, \"maxError\": %.3g, \"rowZeroAlone\": %s%s%s%s}",
+        std::printf("%s    {\"shape\": \"%s\", \"m\": %lld, \"k\": %lld, \"rows\": %d, \"variant\": \"%s\", \"slices\": %d, \"depth\": %d, "
+                    "\"us\": %.2f, \"TBps\": %.3f, \"maxError\": %.3g, \"rowZeroAlone\": %s%s%s%s}",
                     firstRow ? "" : ",\n", shape.name, static_cast<long long>(totalRows), static_cast<long long>(shape.k), rows,
-                    variant.name.c_str(), variant.slices, us, us > 0 ? matrixBytes / (us * 1e-6) / 1e12 : 0.0, worst,
+                    variant.name.c_str(), variant.slices, variant.depth, us, us > 0 ? matrixBytes / (us * 1e-6) / 1e12 : 0.0, worst,
                     variant.name == "skinny-invariant" ? (invariant ? "\"same bits\"" : "\"DIFFERENT\"") : "null", error.empty() ? "" : ", \"error\": \"", error.c_str(), error.empty() ? "" : "\"");
         std::fflush(stdout);
-        std::fprintf(stderr, "%-18s rows %2d %-9s slices %2d: %8.1f us %6.3f TB/s err %.2g%s %s\n", shape.name, rows, variant.name.c_str(),
-                     variant.slices, us, us > 0 ? matrixBytes / (us * 1e-6) / 1e12 : 0.0, worst, invariant ? "" : " NOT INVARIANT",
+        std::fprintf(stderr, "%-18s rows %2d %-9s slices %2d depth %3d: %8.1f us %6.3f TB/s err %.2g%s %s\n", shape.name, rows, variant.name.c_str(),
+                     variant.slices, variant.depth, us, us > 0 ? matrixBytes / (us * 1e-6) / 1e12 : 0.0, worst, invariant ? "" : " NOT INVARIANT",
                      error.c_str());
         firstRow = false;
       }

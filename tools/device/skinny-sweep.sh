@@ -23,7 +23,7 @@ for f in sorted(glob.glob(out + '/skinny-*.json')):
         if r['maxError'] > 1e-3: print(name, r['shape'], r['rows'], r['variant'], 'ERROR', r['maxError'])
         key = (r['shape'], r['rows'])
         best.setdefault(key, {})
-        v = r['variant'] + ('' if r['slices'] <= 0 else str(r['slices']))
+        v = r['variant'] + ('' if r['slices'] <= 0 else str(r['slices'])) + ('' if r.get('depth', 0) <= 0 else 'd' + str(r['depth']))
         best[key][name + ':' + v] = r['us']
 for (shape, rows), d in best.items():
     if rows not in (1, 4, 8, 16, 32, 64): continue

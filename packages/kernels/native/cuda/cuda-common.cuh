@@ -238,7 +238,8 @@ void launchGemvRowTiles(const float* x, int64_t rows, int64_t k, const void* wei
 constexpr int64_t kSkinnyRowsMax = 64;
 struct SkinnyOptions {
   bool invariant = false;
-  int slices = 0;
+  int slices = 0;  // > 0: pins the k split (benchmarks)
+  int depth = 0;   // 64 or 128: pins k per pipeline stage (benchmarks; never changes a result)
 };
 bool skinnySupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count);
 void launchSkinny(const float* x, const void* rounded, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets,

@@ -22,24 +22,24 @@ namespace {
 namespace cg = cooperative_groups;
 
 constexpr int kRows = 128;              // weight rows a block streams (SwiGLU: 64 gate rows, then the same 64 up rows)
-#ifndef DUO_SKINNY_DEPTH
-#define DUO_SKINNY_DEPTH 64
-#endif
 #ifndef DUO_SKINNY_STAGES
 #define DUO_SKINNY_STAGES 0
 #endif
-// Tuning knobs at build time (tools/device/skinny-bench.cu sweeps them): k per stage, and stages (0: the rule below).
-constexpr int kDepth = DUO_SKINNY_DEPTH;  // k per pipeline stage: a run of 2·kDepth bytes of each weight row
-constexpr int kChunksPerRow = kDepth / 8;  // 16-byte chunks of a staged row
-constexpr int kTokenStride = kDepth + 4;  // floats per staged f32 x row (16 bytes of padding: conflict-free fragments)
+// A tuning knob at build time (tools/device/skinny-sweep.sh): pipeline stages (0: the rule in Plan).
 constexpr int kPartialStride = kRows + 4;
+constexpr int kMinDepth = 64;  // k of the shorter stage (DEPTH 64 or 128): k must be a multiple of it
 constexpr int kMaxCluster = 8;
 
 // The shape of a launch: TILES tiles of 8 tokens; x staged as f32 (rounded per fragment) or already rounded to the
 // weight dtype (ROUNDED: half the shared memory and no conversions, for wide token tiles); a warp owns 16 or 32
-// weight rows (two row tiles share every x fragment, halving the shared-memory reads of wide token tiles).
-template <int TILES, bool ROUNDED>
+// weight rows (two row tiles share every x fragment, halving the shared-memory reads of wide token tiles); DEPTH k a
+// stage (64 or 128: a run of 128 or 256 bytes of each weight row). The depth never changes a result: every output
+// sums its k in the same 32-wide steps in the same order.
+template <int TILES, bool ROUNDED, int DEPTH>
 struct Plan {
+  static constexpr int kDepth = DEPTH;
+  static constexpr int kChunksPerRow = DEPTH / 8;  // 16-byte chunks of a staged row
+  static constexpr int kTokenStride = DEPTH + 4;   // floats per staged f32 x row (16 bytes of padding: conflict-free)
   static constexpr int kRowTiles = TILES >= 4 ? 2 : 1;
   static constexpr int kWarps = kRows / (16 * kRowTiles);
   static constexpr int kThreads = kWarps * 32;
@@ -68,15 +68,17 @@ using SkinnyJob = WeightJob<T>;
 
 // Staged weight row r keeps its 16-byte chunk c at chunk c ^ 4·(r & 1): a fragment load of rows g and g + 1 by the eight
 // lanes of one shared-memory phase then touches every bank once.
-__device__ __forceinline__ int swizzled(int row, int chunk) { return row * kDepth * 2 + ((chunk ^ ((row & 1) << 2)) << 4); }
+template <int DEPTH>
+__device__ __forceinline__ int swizzled(int row, int chunk) { return row * DEPTH * 2 + ((chunk ^ ((row & 1) << 2)) << 4); }
 
 // x: f32 rows, or (ROUNDED) rows already rounded to T.
-template <typename T, int TILES, bool SWIGLU, bool ROUNDED>
-__global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
+template <typename T, int TILES, bool SWIGLU, bool ROUNDED, int DEPTH>
+__global__ void __launch_bounds__(Plan<TILES, ROUNDED, DEPTH>::kThreads, 1)
     skinnyKernel(const void* __restrict__ xData, int rows, int64_t k, SkinnyJob<T> job) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  using P = Plan<TILES, ROUNDED>;
+  using P = Plan<TILES, ROUNDED, DEPTH>;
   constexpr int kStages = P::kStages, kTokens = P::kTokens, kStageBytes = P::kStageBytes, kThreads = P::kThreads;
+  constexpr int kDepth = DEPTH, kChunksPerRow = P::kChunksPerRow, kTokenStride = P::kTokenStride;
   constexpr int kChunks = kRows * kChunksPerRow / kThreads;  // 16-byte weight chunks a thread stages per stage
   constexpr int kRowsPerPass = kThreads / kChunksPerRow;
   extern __shared__ __align__(128) unsigned char shared[];
@@ -108,7 +110,7 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < kChunks; i++) {
       const int r = threadIdx.x / kChunksPerRow + kRowsPerPass * i;
-      copyOrZero16(target + swizzled(r, chunk), source[i] + static_cast<int64_t>(stage) * kDepth, valid[i]);
+      copyOrZero16(target + swizzled<kDepth>(r, chunk), source[i] + static_cast<int64_t>(stage) * kDepth, valid[i]);
     }
   };
   // x: kTokens rows of kDepth values a stage (f32: kDepth / 4 chunks a row, padded; rounded: kDepth / 8 chunks,
@@ -121,7 +123,7 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
       const bool live = token < rows;
       const int64_t offset = (live ? token : 0) * k + begin + static_cast<int64_t>(stage) * kDepth;
       if constexpr (ROUNDED) {
-        copyOrZero16(target + swizzled(token, part), static_cast<const T*>(xData) + offset + part * 8, live);
+        copyOrZero16(target + swizzled<kDepth>(token, part), static_cast<const T*>(xData) + offset + part * 8, live);
       } else {
         copyOrZero16(target + (token * kTokenStride + part * 4) * 4, static_cast<const float*>(xData) + offset + part * 4, live);
       }
@@ -168,14 +170,14 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED>::kThreads, 1)
       uint4 a0[kRowTiles], a1[kRowTiles];
 #pragma unroll
       for (int rt = 0; rt < kRowTiles; rt++) {
-        a0[rt] = *reinterpret_cast<const uint4*>(weights + swizzled(rowA + 16 * rt, c));
-        a1[rt] = *reinterpret_cast<const uint4*>(weights + swizzled(rowA + 16 * rt + 8, c));
+        a0[rt] = *reinterpret_cast<const uint4*>(weights + swizzled<kDepth>(rowA + 16 * rt, c));
+        a1[rt] = *reinterpret_cast<const uint4*>(weights + swizzled<kDepth>(rowA + 16 * rt + 8, c));
       }
 #pragma unroll
       for (int tile = 0; tile < TILES; tile++) {
         uint4 b;
         if constexpr (ROUNDED) {
-          b = *reinterpret_cast<const uint4*>(tokens + swizzled(tile * 8 + g, c));
+          b = *reinterpret_cast<const uint4*>(tokens + swizzled<kDepth>(tile * 8 + g, c));
         } else {
           const float* p = reinterpret_cast<const float*>(tokens) + (tile * 8 + g) * kTokenStride + 32 * step + 8 * t;
           const float4 low = *reinterpret_cast<const float4*>(p), high = *reinterpret_cast<const float4*>(p + 4);
@@ -265,38 +267,88 @@ int computeMajor() {
 }
 bool hopper() { return computeMajor() >= 9; }
 
-int slicesFor(int64_t units, int64_t k, int rows, bool invariant) {
-  if (!hopper()) return 1;
-  auto valid = [&](int s) { return k % (static_cast<int64_t>(s) * kDepth) == 0 && k / s >= 4 * kDepth; };
-  if (!invariant) {
-    // Up to 8 rows: slices until each streams 512 of k (many small blocks balance best); wider token tiles pay more
-    // for the cluster sum: slices only while the blocks stay within 1.5 per multiprocessor.
-    int best = 1;
+// How a launch streams its weights: the k split (a cluster of 1, 2, 4 or 8 slices) and the stage depth.
+struct Streaming {
+  int slices = 1;
+  int depth = kMinDepth;
+};
+
+// Measured on the H100 (tools/device/skinny-bench.cu, bench/results/2026-12-06-h100-skinny/) for the Llama-3-8B
+// projections at up to 8 rows, where the rule below is a few µs off: {rows over the launch's matrices, k, matrices},
+// then the depth and slices that streamed fastest.
+struct Tuned {
+  int64_t rows, k;
+  int count;
+  Streaming streaming;
+};
+constexpr Tuned kTuned[] = {
+    {4096 + 1024 + 1024, 4096, 3, {4, 128}},  // q/k/v
+    {4096, 4096, 1, {8, 64}},                 // o_proj
+    {2 * 14336, 4096, 2, {2, 128}},           // gate + up
+    {4096, 14336, 1, {4, 64}},                // down
+    {128256, 4096, 1, {4, 128}},              // lm_head
+};
+
+// The split: batch-invariant launches take that of the matrix shape alone (never of the row count, so a row's bits do
+// not depend on it): the one whose blocks fill two per multiprocessor best (ties: fewer slices, less to sum). Otherwise
+// it weighs the row count too (H100 sweep): up to 8 rows many small blocks balance best (slices until each streams 512
+// of k), wider token tiles pay more for the cluster sum (slices only while the blocks stay within 1.5 per
+// multiprocessor). The depth never changes a result: 128 (longer runs of each row) where a launch has many blocks of
+// rows and at most 16 rows, else 64.
+template <typename T>
+Streaming streamingFor(const SkinnyJob<T>& job, bool swiglu, int64_t k, int rows, const SkinnyOptions& options) {
+  const int64_t units = job.first[job.count];
+  Streaming chosen;
+  chosen.depth = rows <= 16 && units >= 128 && k % 128 == 0 ? 128 : kMinDepth;
+  int64_t totalRows = 0;
+  for (int i = 0; i < job.count; i++) totalRows += job.m[i];
+  const int matrices = swiglu ? 2 : job.count;
+  if (rows <= 8) {
+    for (const Tuned& tuned : kTuned)
+      if (tuned.rows == (swiglu ? 2 * totalRows : totalRows) && tuned.k == k && tuned.count == matrices)
+        chosen.depth = tuned.streaming.depth;
+  }
+  auto valid = [&](int s) { return k % (static_cast<int64_t>(s) * chosen.depth) == 0 && k / s >= 4 * kMinDepth; };
+  if (!hopper()) {
+    chosen.slices = 1;
+  } else if (!options.invariant) {
+    chosen.slices = 1;
     for (int s = 2; s <= kMaxCluster; s *= 2) {
       if (!valid(s)) break;
-      if (rows <= 8 ? k / s >= 512 && units * s <= 16LL * multiprocessorCount() : 2 * units * s <= 3LL * multiprocessorCount()) best = s;
+      const bool fits = rows <= 8 ? k / s >= 512 && units * s <= 16LL * multiprocessorCount()
+                                  : 2 * units * s <= 3LL * multiprocessorCount();
+      if (fits) chosen.slices = s;
     }
-    return best;
-  }
-  const double slots = 2.0 * multiprocessorCount();
-  int best = 1;
-  double bestFill = 0.0;
-  for (int s = 1; s <= kMaxCluster; s *= 2) {
-    if (!valid(s)) break;
-    const double blocks = static_cast<double>(units * s);
-    const double fill = blocks / (std::ceil(blocks / slots) * slots);
-    if (fill > bestFill + 0.02) {
-      best = s;
-      bestFill = fill;
+    if (rows <= 8) {
+      for (const Tuned& tuned : kTuned)
+        if (tuned.rows == (swiglu ? 2 * totalRows : totalRows) && tuned.k == k && tuned.count == matrices &&
+            valid(tuned.streaming.slices))
+          chosen.slices = tuned.streaming.slices;
     }
+  } else {
+    const double slots = 2.0 * multiprocessorCount();
+    double bestFill = 0.0;
+    for (int s = 1; s <= kMaxCluster; s *= 2) {
+      if (k % (static_cast<int64_t>(s) * kMinDepth) != 0 || k / s < 4 * kMinDepth) break;
+      const double blocks = static_cast<double>(units * s);
+      const double fill = blocks / (std::ceil(blocks / slots) * slots);
+      if (fill > bestFill + 0.02) {
+        chosen.slices = s;
+        bestFill = fill;
+      }
+    }
+    // A slice must hold whole stages of the chosen depth.
+    if ((k / chosen.slices) % chosen.depth != 0) chosen.depth = kMinDepth;
   }
-  return best;
+  if (options.slices > 0) chosen.slices = options.slices;
+  if (options.depth > 0) chosen.depth = options.depth;
+  return chosen;
 }
 
-template <typename T, int TILES, bool SWIGLU, bool ROUNDED>
+template <typename T, int TILES, bool SWIGLU, bool ROUNDED, int DEPTH>
 void launchTiles(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, int slices, cudaStream_t stream) {
-  using P = Plan<TILES, ROUNDED>;
-  auto kernel = skinnyKernel<T, TILES, SWIGLU, ROUNDED>;
+  using P = Plan<TILES, ROUNDED, DEPTH>;
+  auto kernel = skinnyKernel<T, TILES, SWIGLU, ROUNDED, DEPTH>;
   static const bool configured = [&] {
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, P::kSharedBytes), "cudaFuncSetAttribute");
     return true;
@@ -326,10 +378,20 @@ void launchTiles(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, in
   check(cudaLaunchKernelEx(&config, kernel, x, rows, k, job), "cudaLaunchKernelEx (skinny matmul)");
 }
 
+// Token tiles of up to 16 rows stream 64 or 128 of k a stage; wider ones 64 (their tiles fill the shared memory).
 template <typename T, int TILES, bool SWIGLU>
-void launchRounding(const float* x, const T* rounded, int rows, int64_t k, const SkinnyJob<T>& job, int slices, cudaStream_t stream) {
-  if (rounded) launchTiles<T, TILES, SWIGLU, true>(rounded, rows, k, job, slices, stream);
-  else launchTiles<T, TILES, SWIGLU, false>(x, rows, k, job, slices, stream);
+void launchRounding(const float* x, const T* rounded, int rows, int64_t k, const SkinnyJob<T>& job, const Streaming& streaming,
+                    cudaStream_t stream) {
+  const void* xs = rounded ? static_cast<const void*>(rounded) : static_cast<const void*>(x);
+  if constexpr (TILES <= 2) {
+    if (streaming.depth == 128) {
+      if (rounded) launchTiles<T, TILES, SWIGLU, true, 128>(xs, rows, k, job, streaming.slices, stream);
+      else launchTiles<T, TILES, SWIGLU, false, 128>(xs, rows, k, job, streaming.slices, stream);
+      return;
+    }
+  }
+  if (rounded) launchTiles<T, TILES, SWIGLU, true, 64>(xs, rows, k, job, streaming.slices, stream);
+  else launchTiles<T, TILES, SWIGLU, false, 64>(xs, rows, k, job, streaming.slices, stream);
 }
 
 template <typename T, bool SWIGLU>
@@ -342,9 +404,13 @@ void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, Skinny
   // More than kSkinnyRowsMax rows: passes of kSkinnyRowsMax, each streaming the weights again (results stay per row).
   for (int64_t first = 0; first < rows; first += kSkinnyRowsMax) {
     const int count = static_cast<int>(std::min<int64_t>(kSkinnyRowsMax, rows - first));
-    const int slices = options.slices > 0 ? options.slices : slicesFor(job.first[job.count], k, count, options.invariant);
-    if (k % (static_cast<int64_t>(slices) * kDepth) != 0 || slices > kMaxCluster || (slices > 1 && !hopper()))
-      throw Error("DUO_ARG", "skinny matmul: k = " + std::to_string(k) + " does not split into " + std::to_string(slices) + " slices");
+    Streaming streaming = streamingFor(job, SWIGLU, k, count, options);
+    if (count > 16) streaming.depth = kMinDepth;
+    const int slices = streaming.slices;
+    if ((streaming.depth != 64 && streaming.depth != 128) || slices < 1 || slices > kMaxCluster || (slices > 1 && !hopper()) ||
+        k % (static_cast<int64_t>(slices) * streaming.depth) != 0)
+      throw Error("DUO_ARG", "skinny matmul: k = " + std::to_string(k) + " does not split into " + std::to_string(slices) +
+                                 " slices of whole " + std::to_string(streaming.depth) + "-deep stages");
     SkinnyJob<T> pass = job;
     for (int i = 0; i < job.count; i++) {
       pass.out[i] = job.out[i] ? job.out[i] + first * job.m[i] : nullptr;
@@ -353,10 +419,10 @@ void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, Skinny
     const float* xs = x + first * k;
     // Up to 8 rows stage f32 x (no rounding pass needed); wider tiles take x rounded beforehand when it is given.
     const T* rs = rounded && count > 8 ? rounded + first * k : nullptr;
-    if (count <= 8) launchRounding<T, 1, SWIGLU>(xs, nullptr, count, k, pass, slices, stream);
-    else if (count <= 16) launchRounding<T, 2, SWIGLU>(xs, rs, count, k, pass, slices, stream);
-    else if (count <= 32) launchRounding<T, 4, SWIGLU>(xs, rs, count, k, pass, slices, stream);
-    else launchRounding<T, 8, SWIGLU>(xs, rs, count, k, pass, slices, stream);
+    if (count <= 8) launchRounding<T, 1, SWIGLU>(xs, nullptr, count, k, pass, streaming, stream);
+    else if (count <= 16) launchRounding<T, 2, SWIGLU>(xs, rs, count, k, pass, streaming, stream);
+    else if (count <= 32) launchRounding<T, 4, SWIGLU>(xs, rs, count, k, pass, streaming, stream);
+    else launchRounding<T, 8, SWIGLU>(xs, rs, count, k, pass, streaming, stream);
   }
 }
 
@@ -371,7 +437,7 @@ void dispatchHalf(DType type, F&& body) {
 
 bool skinnySupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count) {
   if (computeMajor() < 8 || (weightType != DType::BF16 && weightType != DType::F16)) return false;
-  if (k % kDepth != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0 || count > 3) return false;
+  if (k % kMinDepth != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0 || count > 3) return false;
   for (int i = 0; i < count; i++)
     if (reinterpret_cast<uintptr_t>(weights[i]) % 16 != 0) return false;
   return true;
