@@ -422,6 +422,39 @@ describe('duo-bench', () => {
     const gif = await bench([...fields, '--out', join(out, 'loss.gif')]);
     expect(gif.code).toBe(2);
     expect(gif.stderr).toContain('--out: expected a figure file ending in .svg or .png but received');
+    // A benchmark's rows: one panel per shape, one line per variant, some rows left out.
+    const rows = ['q/k/v', 'down'].flatMap((shape) =>
+      ['skinny', 'cublas', 'gemv'].flatMap((variant) =>
+        [1, 4, 16].map((n) => ({ shape, variant, rows: n, us: n + variant.length })),
+      ),
+    );
+    writeFileSync(json, JSON.stringify({ rows }));
+    const grouped = [
+      ...['chart', '--json', json, '--list', 'rows', '--x', 'rows', '--y', 'us', '--series', 'variant'],
+      ...['--panel', 'shape', '--log-x', '--out', join(out, 'rows.svg')],
+    ];
+    const panels = await bench(grouped);
+    expect(panels.code, panels.stderr).toBe(0);
+    expect(panels.stdout).toContain('18 points, us from 7 to 22 (the first line; 2 panel(s), 6 lines)');
+    const figure = readFileSync(join(out, 'rows.svg'), 'utf8');
+    for (const label of ['>q/k/v<', '>down<', '>skinny<', '>cublas<', '>variant<']) expect(figure).toContain(label);
+    const some = await bench([
+      ...grouped.slice(0, -2),
+      '--where',
+      'variant=cublas|gemv',
+      '--out',
+      join(out, 'some.svg'),
+    ]);
+    expect(some.code, some.stderr).toBe(0);
+    expect(some.stdout).toContain('12 points, us from 7 to 22 (the first line; 2 panel(s), 4 lines)');
+    const none = await bench([...grouped.slice(0, -2), '--where', 'variant=tpu', '--out', join(out, 'none.svg')]);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain('--where: no entry of "rows" matches variant=tpu');
+    const malformed = await bench([...grouped.slice(0, -2), '--where', 'variant', '--out', join(out, 'none.svg')]);
+    expect(malformed.code).toBe(2);
+    expect(malformed.stderr).toContain(
+      '--where: expected FIELD=VALUE pairs separated by commas but received "variant"',
+    );
   });
 
   it('batch on the demo model: step time and tokens/s per batch size, with and without running ahead', async () => {
