@@ -68,7 +68,7 @@
             'action': [
               '<(cuda_path)/bin/nvcc', '-c', '-O3', '-std=c++17', '-Xcompiler', '-fPIC',
               '--expt-relaxed-constexpr', '-lineinfo', '<@(cuda_gencode)',
-              '-o', '<@(_outputs)', '<@(_inputs)',
+              '-o', '<@(_outputs)', '<(RULE_INPUT_PATH)',
             ],
           }],
         }, {
