@@ -57,6 +57,8 @@ status=0
 for step in "${steps[@]}"; do
   echo "=== $step"
   case "$step" in
+    attention) node /tmp/duo-node/duo-bench.mjs attention --device cuda --lengths ${DUO_ATTENTION_LENGTHS:-16k,64k} \
+             --streaming 0,0.5 --sink 128 --recent 256 --out "$OUT/attention.json" --plot "$OUT/attention.svg" || status=1 ;;
     skinny)
       # Decode projections at 1-64 rows: skinny tensor-core matmul (every cluster size), GEMV, cuBLAS.
       N=packages/kernels/native

@@ -494,6 +494,38 @@ describe('duo-bench', () => {
     expect(bad.stderr).toContain('--run-ahead: expected one of on, off but received "maybe"');
   });
 
+  it('attention times causal prefill attention, full and with streaming heads, and checks its options', async () => {
+    const file = join(out, 'attention.json');
+    const figure = join(out, 'attention.svg');
+    const shape = ['--heads', '4', '--kv-heads', '2', '--head-dim', '64', '--sink', '16', '--recent', '32'];
+    const result = await bench([
+      ...['attention', '--device', 'cpu', '--lengths', '128,512', '--streaming', '0,0.5', '--repeats', '2'],
+      ...[...shape, '--peer', 'none', '--out', file, '--plot', figure],
+    ]);
+    expect(result.code, result.stderr).toBe(0);
+    const document = JSON.parse(readFileSync(file, 'utf8'));
+    const rows = document.attention as { length: number; streaming: number; ms: number; visibleShare: number }[];
+    expect(rows.map((row) => [row.length, row.streaming])).toEqual([
+      [128, 0],
+      [128, 0.5],
+      [512, 0],
+      [512, 0.5],
+    ]);
+    for (const row of rows) expect(row.ms).toBeGreaterThan(0);
+    // Half the heads stream over 16 sinks + 32 recent keys: their share of the causal pairs shrinks with the length.
+    expect(rows[0]?.visibleShare).toBe(1);
+    expect(rows[1]?.visibleShare).toBeLessThan(1);
+    expect(rows[3]?.visibleShare).toBeLessThan(rows[1]?.visibleShare as number);
+    expect(document.settings.peer).toBe('none');
+    expect(readFileSync(figure, 'utf8')).toContain('Prefill attention, one call');
+    const uneven = await bench(['attention', '--device', 'cpu', '--heads', '6', '--kv-heads', '4']);
+    expect(uneven.code).toBe(2);
+    expect(uneven.stderr).toContain('--heads: expected a multiple of --kv-heads (4) but received 6');
+    const share = await bench(['attention', '--device', 'cpu', '--streaming', '0,2']);
+    expect(share.code).toBe(2);
+    expect(share.stderr).toContain('--streaming');
+  });
+
   it('rejects bad input with a message naming the option and exits 2', async () => {
     const unknown = await bench(['speed', '--shape', 'llama-9', '--device', 'cpu']);
     expect(unknown.code).toBe(2);

@@ -2,6 +2,7 @@
 // 130 stopped by Ctrl-C.
 import { readEnvironment } from '@duoattn/core';
 import { accsCommand, accsHelp } from './commands/accs.js';
+import { attentionCommand, attentionHelp } from './commands/attention.js';
 import { batchCommand, batchHelp } from './commands/batch.js';
 import { chartCommand, chartHelp } from './commands/chart.js';
 import { efficiencyCommand, efficiencyHelp } from './commands/efficiency.js';
@@ -46,6 +47,7 @@ const commands: Record<string, Command> = {
   },
   plan: { help: planHelp, run: (argv) => planCommand(argv, log) },
   chart: { help: chartHelp, run: (argv) => chartCommand(argv, log) },
+  attention: { help: attentionHelp, run: (argv) => attentionCommand(argv, log) },
   gemm: { help: gemmHelp, run: (argv) => gemmCommand(argv, log) },
   kernels: { help: kernelsHelp, run: (argv) => kernelsCommand(argv, log) },
   passkey: { help: passkeyHelp, stops: 'at the next trial', run: (argv, signal) => passkeyCommand(argv, log, signal) },

@@ -1,0 +1,267 @@
+// duo-bench attention: the prefill attention kernel alone — causal attention over S tokens in one call — in TFLOP/s as
+// FlashAttention counts it, for full attention and for a share of streaming heads (Λ mask: their work is linear in S),
+// beside PyTorch's scaled_dot_product_attention at the same shapes when python3 has torch with CUDA.
+import { execFileSync } from 'node:child_process';
+import {
+  choiceOption,
+  figurePath,
+  integerListOption,
+  integerOption,
+  lineChart,
+  median,
+  numberOption,
+  outputOption,
+  parseOptions,
+  UsageError,
+  writeFigure,
+  writeResult,
+} from '@duoattn/app-kit';
+import type { Backend, StreamingHeads, TensorHandle } from '@duoattn/core';
+import { causalFlops, visibleFlops } from '../attention-work.js';
+import { benchBackend } from '../model-options.js';
+
+export const attentionHelp = `duo-bench attention [--device auto|cpu|cuda] [--lengths 16k,64k] [--streaming 0,0.5]
+                    [--heads 32] [--kv-heads 8] [--head-dim 128] [--dtype bf16|f16] [--sink 128] [--recent 256]
+                    [--repeats N] [--peer torch|none] [--out FILE] [--plot FILE.svg|FILE.png]
+  Causal prefill attention over S tokens in one call (queries and keys 0 … S − 1, the cache in --dtype), for each
+  length and each share of streaming KV heads (0: full attention; DuoAttention's Λ mask with --sink and --recent for
+  the rest). Reports ms, TFLOP/s counted as FlashAttention counts causal attention (4·S²·D·heads / 2) and TFLOP/s of
+  the pairs the masks leave visible; --peer torch: PyTorch's scaled_dot_product_attention (is_causal, GQA) at the same
+  shapes in the same run (python3 with torch and CUDA). Defaults: 16k,64k on CUDA, 256,1k on the CPU; Llama-3-8B heads.`;
+
+const TORCH = `
+import json, sys
+out = {"torch": None, "device": None, "ms": {}}
+try:
+    import torch
+    import torch.nn.functional as F
+    out["torch"] = torch.__version__
+    if not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device")
+    out["device"] = torch.cuda.get_device_name()
+    lengths, heads, kv_heads, dim, dtype, repeats = json.loads(sys.argv[1])
+    dt = {"bf16": torch.bfloat16, "f16": torch.float16}[dtype]
+    for s in lengths:
+        q = torch.randn(1, heads, s, dim, device="cuda", dtype=dt)
+        k = torch.randn(1, kv_heads, s, dim, device="cuda", dtype=dt)
+        v = torch.randn(1, kv_heads, s, dim, device="cuda", dtype=dt)
+        run = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        for _ in range(3):
+            run()
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(); run(); end.record(); torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        times.sort()
+        out["ms"][str(s)] = times[len(times) // 2]
+        del q, k, v
+except Exception as error:
+    out["error"] = f"{type(error).__name__}: {error}"
+print(json.dumps(out))
+`;
+
+interface PeerFigures {
+  torch?: string | null;
+  device?: string | null;
+  ms: Record<string, number>;
+  error?: string;
+}
+
+function torchFigures(lengths: number[], shape: Shape, dtype: string, repeats: number): PeerFigures {
+  try {
+    const args = JSON.stringify([lengths, shape.heads, shape.kvHeads, shape.headDim, dtype, repeats]);
+    return JSON.parse(execFileSync('python3', ['-c', TORCH, args], { encoding: 'utf8', maxBuffer: 1 << 20 }));
+  } catch (error) {
+    return { ms: {}, error: `python3 failed: ${(error as Error).message.split('\n')[0]}` };
+  }
+}
+
+interface AttentionRow {
+  length: number;
+  streaming: number;
+  ms: number;
+  tflops: number;
+  visibleTflops: number;
+  visibleShare: number;
+}
+
+/** Three significant digits: TFLOP/s of a CPU run are small. */
+const figure = (value: number) => (value >= 100 ? value.toFixed(0) : value.toPrecision(3));
+
+interface Shape {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+}
+
+/** One call of causal attention over `length` tokens, `streamingKvHeads` of the KV heads streaming; ms per call. */
+async function measure(
+  backend: Backend,
+  shape: Shape,
+  dtype: 'bf16' | 'f16',
+  length: number,
+  streamingKvHeads: number,
+  window: { sink: number; recent: number },
+  repeats: number,
+): Promise<number> {
+  const made: TensorHandle[] = [];
+  const make = (type: 'f32' | 'bf16' | 'f16', dims: number[], seed: number) => {
+    const tensor = backend.alloc(type, dims);
+    backend.fillRandom(tensor, seed, 0.5);
+    made.push(tensor);
+    return tensor;
+  };
+  try {
+    const { heads, kvHeads, headDim } = shape;
+    const retrieval = kvHeads - streamingKvHeads;
+    const q = make('f32', [length, heads * headDim], 1);
+    const out = make('f32', [length, heads * headDim], 2);
+    // Retrieval heads keep every key in the main caches; streaming heads keep sinks + a ring of recent + length slots.
+    const keys = make(dtype, [Math.max(1, retrieval), length, headDim], 3);
+    const values = make(dtype, [Math.max(1, retrieval), length, headDim], 4);
+    let streaming: StreamingHeads | undefined;
+    if (streamingKvHeads > 0) {
+      const slots = window.sink + window.recent + length;
+      streaming = {
+        retrievalHeads: Array.from({ length: retrieval }, (_, h) => h),
+        keyCache: make(dtype, [streamingKvHeads, slots, headDim], 5),
+        valueCache: make(dtype, [streamingKvHeads, slots, headDim], 6),
+        sink: window.sink,
+        recent: window.recent,
+      };
+    }
+    const attributes = {
+      heads,
+      kvHeads,
+      headDim,
+      scale: 1 / Math.sqrt(headDim),
+      keyLength: length,
+      queryStart: 0,
+      ...(streaming ? { streaming } : {}),
+    };
+    const run = () => backend.attentionPrefill(q, keys, values, out, attributes);
+    run();
+    await backend.synchronize();
+    const times: number[] = [];
+    for (let i = 0; i < repeats; i++) {
+      const start = performance.now();
+      run();
+      await backend.synchronize();
+      times.push(performance.now() - start);
+    }
+    return median(times);
+  } finally {
+    for (const tensor of made) tensor.dispose();
+  }
+}
+
+export async function attentionCommand(argv: string[], log: (line: string) => void): Promise<object> {
+  const options = parseOptions(argv, {
+    device: { type: 'string' },
+    lengths: { type: 'string' },
+    streaming: { type: 'string' },
+    heads: { type: 'string' },
+    'kv-heads': { type: 'string' },
+    'head-dim': { type: 'string' },
+    dtype: { type: 'string' },
+    sink: { type: 'string' },
+    recent: { type: 'string' },
+    repeats: { type: 'string' },
+    peer: { type: 'string' },
+    out: { type: 'string' },
+    plot: { type: 'string' },
+  });
+  outputOption('out', options.out);
+  if (options.plot !== undefined) outputOption('plot', figurePath('plot', String(options.plot)));
+  const dtype = choiceOption('dtype', options.dtype, ['bf16', 'f16'] as const, 'bf16');
+  const shape: Shape = {
+    heads: integerOption('heads', options.heads, 32, 1, 256),
+    kvHeads: integerOption('kv-heads', options['kv-heads'], 8, 1, 128),
+    headDim: integerOption('head-dim', options['head-dim'], 128, 8, 256),
+  };
+  if (shape.heads % shape.kvHeads !== 0) {
+    throw new UsageError(`--heads: expected a multiple of --kv-heads (${shape.kvHeads}) but received ${shape.heads}`);
+  }
+  const shares =
+    options.streaming === undefined
+      ? [0, 0.5]
+      : String(options.streaming)
+          .split(',')
+          .map((value) => numberOption('streaming', value, 0, 0, 1));
+  const window = {
+    sink: integerOption('sink', options.sink, 128, 0),
+    recent: integerOption('recent', options.recent, 256, 1),
+  };
+  const peer = choiceOption('peer', options.peer, ['torch', 'none'] as const, 'torch');
+  const backend = benchBackend(choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto'));
+  const gpu = backend.device === 'cuda';
+  const lengths = integerListOption('lengths', options.lengths, gpu ? [16384, 65536] : [256, 1024]);
+  const repeats = integerOption('repeats', options.repeats, gpu ? 9 : 3, 1);
+  const rows: AttentionRow[] = [];
+  for (const length of lengths) {
+    for (const share of shares) {
+      const streamingKvHeads = Math.round(share * shape.kvHeads);
+      const group = shape.heads / shape.kvHeads;
+      const ms = await measure(backend, shape, dtype, length, streamingKvHeads, window, repeats);
+      const counted = causalFlops(length, shape.headDim, shape.heads);
+      const visible = visibleFlops(
+        length,
+        shape.headDim,
+        { full: (shape.kvHeads - streamingKvHeads) * group, streaming: streamingKvHeads * group },
+        window,
+      );
+      const row = {
+        length,
+        streaming: streamingKvHeads / shape.kvHeads,
+        ms,
+        tflops: counted / (ms / 1000) / 1e12,
+        visibleTflops: visible / (ms / 1000) / 1e12,
+        visibleShare: visible / (4 * shape.headDim * shape.heads * ((length * (length + 1)) / 2)),
+      };
+      rows.push(row);
+      log(
+        `attention ${length} tokens, ${(row.streaming * 100).toFixed(0)} % streaming: ${ms.toFixed(2)} ms, ` +
+          `${figure(row.tflops)} TFLOP/s (causal count), ${figure(row.visibleTflops)} TFLOP/s of visible pairs ` +
+          `(${(row.visibleShare * 100).toFixed(1)} % of full)`,
+      );
+    }
+  }
+  const torch = peer === 'torch' ? torchFigures(lengths, shape, dtype, repeats) : undefined;
+  if (torch?.error) log(`peer: ${torch.error}`);
+  const peerRows = Object.entries(torch?.ms ?? {}).map(([length, ms]) => {
+    const tflops = causalFlops(Number(length), shape.headDim, shape.heads) / (ms / 1000) / 1e12;
+    log(`PyTorch SDPA ${length} tokens (full): ${ms.toFixed(2)} ms, ${figure(tflops)} TFLOP/s`);
+    return { length: Number(length), ms, tflops };
+  });
+  const settings = {
+    shape,
+    dtype,
+    window,
+    repeats,
+    timing: 'one call between synchronisations, host clock, median of --repeats after one warm-up call',
+    flops:
+      'tflops: 4·S²·D·heads / 2 (FlashAttention’s causal count) over the time; visibleTflops: 4·D per visible (query, key) pair',
+    peer: torch ? { torch: torch.torch ?? null, device: torch.device ?? null, error: torch.error } : 'none',
+  };
+  const figures = { attention: rows, peer: peerRows };
+  if (options.plot) {
+    const series = shares.map((share) => ({
+      label: share === 0 ? 'full' : `${(share * 100).toFixed(0)} % streaming`,
+      points: rows
+        .filter((row) => row.streaming === Math.round(share * shape.kvHeads) / shape.kvHeads)
+        .map((row) => ({ x: row.length, y: row.ms })),
+    }));
+    if (peerRows.length > 0)
+      series.push({ label: 'PyTorch SDPA (full)', points: peerRows.map((r) => ({ x: r.length, y: r.ms })) });
+    await writeFigure(
+      String(options.plot),
+      lineChart({
+        panels: [{ title: 'Prefill attention, one call', xTitle: 'tokens', yTitle: 'ms', series, xScale: 'log2' }],
+        legendTitle: 'heads',
+      }),
+    );
+    log(`wrote ${String(options.plot)}`);
+  }
+  return options.out ? writeResult(String(options.out), backend.deviceName, settings, figures) : figures;
+}
