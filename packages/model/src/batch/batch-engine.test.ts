@@ -160,6 +160,65 @@ describe('requests, limits and the stream', () => {
     expect(ahead.runs[0]?.tokens[0]?.logits).toBeDefined();
   });
 
+  it('runs ahead with requests waiting for a slot, and a cancelled sequence gets no token after the cancel', async () => {
+    const run = async (runAhead: boolean) => {
+      // Two slots for four requests: two wait while two decode, so running ahead must not wait for them.
+      const engine = model.createBatchEngine({ runAhead, maxSequences: 2, stepTokens: 64 });
+      const streams = [1, 2, 3, 4].map((seed) =>
+        engine.submit({ prompt: prompt(20, seed), maxTokens: 10, stopTokens: [] }),
+      );
+      const runs = await Promise.all(streams.map((stream) => drain(stream)));
+      const ahead = engine.stats().stepsRunAhead;
+      // Cancelled on its fifth token: no sixth, whether or not a step ran ahead past it.
+      const controller = new AbortController();
+      const cancelled = engine.submit({
+        prompt: prompt(30, 9),
+        maxTokens: 20,
+        stopTokens: [],
+        signal: controller.signal,
+      });
+      const seen: number[] = [];
+      for await (const token of cancelled) {
+        seen.push(token.id);
+        if (seen.length === 5) controller.abort();
+      }
+      const result = await cancelled.result;
+      expectAllFree(engine);
+      await engine.close();
+      return { runs, ahead, seen, result };
+    };
+    const reading = await run(false);
+    const ahead = await run(true);
+    expect(reading.ahead).toBe(0);
+    expect(ahead.ahead).toBeGreaterThan(4);
+    expect(ahead.runs.map((r) => r.tokens.map((t) => t.id))).toEqual(
+      reading.runs.map((r) => r.tokens.map((t) => t.id)),
+    );
+    expect(ahead.seen).toEqual(reading.seen);
+    expect(ahead.seen).toHaveLength(5);
+    expect(ahead.result.finishReason).toBe('abort');
+    expect(reading.result.finishReason).toBe('abort');
+  });
+
+  it('a failed read fails the requests through the engine, running ahead or not', async () => {
+    const backend = model.backend;
+    const read = backend.read.bind(backend);
+    for (const runAhead of [true, false]) {
+      let reads = 0;
+      backend.read = ((...args: Parameters<typeof read>) =>
+        ++reads === 6 ? Promise.reject(new Error('injected read failure')) : read(...args)) as typeof backend.read;
+      try {
+        const engine = model.createBatchEngine({ runAhead, stepTokens: 64 });
+        const stream = engine.submit({ prompt: prompt(12, 5), maxTokens: 20, stopTokens: [] });
+        await expect(drain(stream)).rejects.toThrow('injected read failure');
+        expect(engine.stats().failure).toContain('injected read failure');
+        await engine.close();
+      } finally {
+        backend.read = read;
+      }
+    }
+  });
+
   it('close() aborts what is running and waiting', async () => {
     const engine = model.createBatchEngine({ maxSequences: 1, stepTokens: 64 });
     const running = engine.submit({ prompt: prompt(300, 2), maxTokens: 50 });

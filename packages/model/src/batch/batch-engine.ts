@@ -156,8 +156,10 @@ export interface BatchEngineOptions {
   /**
    * Runs ahead (default true): when a step only decodes and nothing joins, leaves or is cancelled before the next one,
    * the next step is enqueued — its tokens taken from the device — before this step's tokens are read, so the device
-   * never waits for the host between steps. A sequence that stops on a token gets one row computed and dropped.
-   * `false`: every step reads its tokens first (A/B runs).
+   * never waits for the host between steps. A sequence that stops on a token gets one row computed and dropped; one
+   * cancelled meanwhile gets no more tokens and frees its pages a step later. Default: on for GPU backends, off on the
+   * CPU (its ops run as they are enqueued: running ahead would only delay each token by a step). `false`: every step
+   * reads its tokens first (A/B runs).
    */
   runAhead?: boolean;
 }
@@ -306,7 +308,7 @@ export class BatchEngine {
         `Expected \`stepTokens\` (${this.stepTokens}) to be at least \`maxSequences\` (${this.maxSequences}): every running sequence decodes one token per step`,
       );
     }
-    this.#runAhead = options.runAhead ?? true;
+    this.#runAhead = options.runAhead ?? model.backend.device !== 'cpu';
     this.admission = options.admission ?? 'reserve';
     if (this.admission !== 'reserve' && this.admission !== 'optimistic') {
       throw new DuoArgumentError(
@@ -570,7 +572,8 @@ export class BatchEngine {
       // The last step's tokens: first enqueue the next decode step where it needs none of them on the host.
       this.#inflight = this.#canRunAhead(previous) ? this.#decodeAhead(previous) : undefined;
       await this.#emitSampled(previous);
-      return;
+      // A step ran ahead: its tokens come next. Else this is a step boundary: schedule the next step now.
+      if (this.#inflight) return;
     }
     this.#retireCancelled();
     this.#admit();
@@ -611,7 +614,9 @@ export class BatchEngine {
    */
   #canRunAhead(previous: InflightSample): boolean {
     const members = this.#running;
-    if (!this.#runAhead || this.#waiting.length > 0 || previous.sampled.length !== members.length) return false;
+    // A waiting request could be admitted at the next boundary, unless every sequence slot is taken.
+    const admitting = this.#waiting.length > 0 && members.length < this.maxSequences;
+    if (!this.#runAhead || admitting || previous.sampled.length !== members.length) return false;
     const ready = members.every(
       (sequence, s) =>
         previous.sampled[s] === sequence &&
@@ -724,15 +729,20 @@ export class BatchEngine {
       b.read(s.tokens) as Promise<Int32Array>,
       wantsLogits ? (b.read(s.logits) as Promise<Float32Array>) : undefined,
     ]);
+    // Read later (after the next step is enqueued): a failed read must fail the engine through #run, not go unhandled.
+    read.catch(() => undefined);
     return { samples: s, sampled, read };
   }
 
-  /** Emits the tokens of a sampling once read; a sequence that ended meanwhile (a run-ahead row) gets nothing. */
+  /**
+   * Emits the tokens of a sampling once read; a sequence that ended meanwhile (a run-ahead row) or was cancelled gets
+   * nothing.
+   */
   async #emitSampled({ sampled, read }: InflightSample): Promise<void> {
     const [tokens, logits] = await read;
     const vocab = this.#model.config.vocabSize;
     sampled.forEach((sequence, index) => {
-      if (!this.#running.includes(sequence)) return;
+      if (sequence.cancelled || !this.#running.includes(sequence)) return;
       const token = tokens[index] ?? 0;
       const row = logits?.subarray(index * vocab, (index + 1) * vocab);
       const extra: { logits?: Float32Array; logprob?: number; topLogprobs?: { id: number; logprob: number }[] } = {};
