@@ -1,6 +1,6 @@
 // The work counts of duo-bench attention against brute force over the masks.
 import { describe, expect, it } from 'vitest';
-import { causalFlops, visibleFlops, visiblePairs } from './attention-work.js';
+import { causalFlops, visibleFlops, visiblePairs, visitedTiles } from './attention-work.js';
 
 /** Visible pairs by enumeration: query i sees key j iff j ≤ i and (full, or j < sink, or i − j < recent). */
 function bruteForce(length: number, window?: { sink: number; recent: number }): number {
@@ -41,5 +41,36 @@ describe('attention work', () => {
     expect(visibleFlops(100, 64, { full: 3, streaming: 5 }, window)).toBe(
       4 * 64 * (3 * bruteForce(100) + 5 * bruteForce(100, window)),
     );
+  });
+
+  it('walks key tiles as the kernels do: every visible pair in a visited tile, the tiles of a streaming head bounded', () => {
+    const tiles = { queryRows: 8, keyTile: 4 };
+    for (const length of [5, 33, 100]) {
+      for (const window of [undefined, { sink: 3, recent: 5 }, { sink: 0, recent: 9 }]) {
+        // Each block's keys as the kernels take them: the sinks, then the window of its first query up to its last.
+        for (let first = 0; first < length; first += tiles.queryRows) {
+          const keyEnd = Math.min(length, first + tiles.queryRows);
+          const windowFirst = window ? Math.max(window.sink, first - window.recent + 1) : 0;
+          const walked = (key: number) =>
+            window ? key < Math.min(window.sink, keyEnd) || (key >= windowFirst && key < keyEnd) : key < keyEnd;
+          for (let i = first; i < keyEnd; i++)
+            for (let j = 0; j <= i; j++)
+              if (!window || j < window.sink || i - j < window.recent)
+                expect(walked(j), `${length} ${i} ${j}`).toBe(true);
+        }
+        expect(visitedTiles(length, tiles, window)).toBeLessThanOrEqual(visitedTiles(length, tiles));
+      }
+    }
+    // Full heads: the causal triangle of 64 × 64 tiles; streaming heads: at most (sink + recent + 64) / 64 + 1 a block.
+    const kernel = { queryRows: 64, keyTile: 64 };
+    expect(visitedTiles(64 * 100, kernel)).toBe((100 * 101) / 2);
+    const window = { sink: 128, recent: 256 };
+    const blocks = 1024;
+    const streaming = visitedTiles(64 * blocks, kernel, window);
+    expect(streaming).toBeLessThanOrEqual(blocks * (Math.ceil((128 + 256 + 64) / 64) + 1));
+    // Linear: doubling the length doubles the tiles (past the first blocks).
+    const twice = visitedTiles(64 * 2 * blocks, kernel, window);
+    expect(twice / streaming).toBeGreaterThan(1.99);
+    expect(twice / streaming).toBeLessThan(2.01);
   });
 });

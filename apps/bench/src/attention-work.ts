@@ -30,3 +30,34 @@ export function visibleFlops(
 ): number {
   return 4 * headDim * (heads.full * visiblePairs(length) + heads.streaming * visiblePairs(length, window));
 }
+
+/** The tiles of a blocked prefill kernel: query rows per block and keys per tile (the CUDA tensor-core kernel: 64, 64). */
+export interface AttentionTiles {
+  queryRows: number;
+  keyTile: number;
+}
+
+/**
+ * Key tiles one head's query blocks visit over `length` tokens (queries and keys 0 … length − 1), the way the kernels
+ * walk them (`keyRangeFor`): a full head's block visits every key up to its last query; a streaming head's block the
+ * sinks, then the window from its first query's oldest visible key to its last query, as one run of logical keys cut
+ * into tiles — so a streaming head's tiles per block stay bounded and the rest are skipped, not masked.
+ */
+export function visitedTiles(
+  length: number,
+  tiles: AttentionTiles,
+  streaming?: { sink: number; recent: number },
+): number {
+  let visited = 0;
+  for (let first = 0; first < length; first += tiles.queryRows) {
+    const keyEnd = Math.min(length, first + tiles.queryRows);
+    let keys = keyEnd;
+    if (streaming) {
+      const sinks = Math.min(keyEnd, streaming.sink);
+      const windowFirst = Math.max(streaming.sink, first - streaming.recent + 1);
+      keys = sinks + Math.max(0, keyEnd - windowFirst);
+    }
+    visited += Math.ceil(keys / tiles.keyTile);
+  }
+  return visited;
+}

@@ -504,7 +504,13 @@ describe('duo-bench', () => {
     ]);
     expect(result.code, result.stderr).toBe(0);
     const document = JSON.parse(readFileSync(file, 'utf8'));
-    const rows = document.attention as { length: number; streaming: number; ms: number; visibleShare: number }[];
+    const rows = document.attention as {
+      length: number;
+      streaming: number;
+      ms: number;
+      visibleShare: number;
+      tileShare: number;
+    }[];
     expect(rows.map((row) => [row.length, row.streaming])).toEqual([
       [128, 0],
       [128, 0.5],
@@ -516,6 +522,11 @@ describe('duo-bench', () => {
     expect(rows[0]?.visibleShare).toBe(1);
     expect(rows[1]?.visibleShare).toBeLessThan(1);
     expect(rows[3]?.visibleShare).toBeLessThan(rows[1]?.visibleShare as number);
+    // Streaming rows: the tiles the heads skip against full attention, and the time they save.
+    expect(rows[0]?.tileShare).toBe(1);
+    expect(rows[3]?.tileShare).toBeLessThan(1);
+    expect(rows[0]).not.toHaveProperty('saving');
+    expect(typeof (rows[3] as { saving?: number }).saving).toBe('number');
     expect(document.settings.peer).toBe('none');
     expect(readFileSync(figure, 'utf8')).toContain('Prefill attention, one call');
     const uneven = await bench(['attention', '--device', 'cpu', '--heads', '6', '--kv-heads', '4']);

@@ -17,7 +17,7 @@ import {
   writeResult,
 } from '@duoattn/app-kit';
 import type { Backend, StreamingHeads, TensorHandle } from '@duoattn/core';
-import { causalFlops, visibleFlops } from '../attention-work.js';
+import { causalFlops, visibleFlops, visitedTiles } from '../attention-work.js';
 import { benchBackend } from '../model-options.js';
 
 export const attentionHelp = `duo-bench attention [--device auto|cpu|cuda] [--lengths 16k,64k] [--streaming 0,0.5]
@@ -84,7 +84,13 @@ interface AttentionRow {
   tflops: number;
   visibleTflops: number;
   visibleShare: number;
+  /** Key tiles the heads visit against full attention's (64 × 64 tiles, as the CUDA tensor-core kernel walks them). */
+  tileShare: number;
+  /** 1 − ms / the full row's ms at this length (streaming rows). */
+  saving?: number;
 }
+
+const KERNEL_TILES = { queryRows: 64, keyTile: 64 };
 
 /** Three significant digits: TFLOP/s of a CPU run are small. */
 const figure = (value: number) => (value >= 100 ? value.toFixed(0) : value.toPrecision(3));
@@ -211,19 +217,29 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
         { full: (shape.kvHeads - streamingKvHeads) * group, streaming: streamingKvHeads * group },
         window,
       );
-      const row = {
+      const row: AttentionRow = {
         length,
         streaming: streamingKvHeads / shape.kvHeads,
         ms,
         tflops: counted / (ms / 1000) / 1e12,
         visibleTflops: visible / (ms / 1000) / 1e12,
         visibleShare: visible / (4 * shape.headDim * shape.heads * ((length * (length + 1)) / 2)),
+        tileShare:
+          (shape.kvHeads -
+            streamingKvHeads +
+            (streamingKvHeads * visitedTiles(length, KERNEL_TILES, window)) / visitedTiles(length, KERNEL_TILES)) /
+          shape.kvHeads,
       };
+      const full = rows.find((other) => other.length === length && other.streaming === 0);
+      if (full && streamingKvHeads > 0) row.saving = 1 - ms / full.ms;
       rows.push(row);
       log(
         `attention ${length} tokens, ${(row.streaming * 100).toFixed(0)} % streaming: ${ms.toFixed(2)} ms, ` +
           `${figure(row.tflops)} TFLOP/s (causal count), ${figure(row.visibleTflops)} TFLOP/s of visible pairs ` +
-          `(${(row.visibleShare * 100).toFixed(1)} % of full)`,
+          `(${(row.visibleShare * 100).toFixed(1)} % of full)` +
+          (row.saving === undefined
+            ? ''
+            : `; saves ${(row.saving * 100).toFixed(1)} % of full's time, the skipped tiles ${((1 - row.tileShare) * 100).toFixed(1)} %`),
       );
     }
   }
@@ -242,6 +258,8 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
     timing: 'one call between synchronisations, host clock, median of --repeats after one warm-up call',
     flops:
       'tflops: 4·S²·D·heads / 2 (FlashAttention’s causal count) over the time; visibleTflops: 4·D per visible (query, key) pair',
+    tiles:
+      'tileShare: key tiles of 64 visited by blocks of 64 queries (sinks, then the window of the block’s first query) against full attention’s; saving: 1 − ms / the full row’s ms',
     peer: torch ? { torch: torch.torch ?? null, device: torch.device ?? null, error: torch.error } : 'none',
   };
   const figures = { attention: rows, peer: peerRows };
