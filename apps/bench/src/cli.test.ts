@@ -492,6 +492,25 @@ describe('duo-bench', () => {
     const bad = await bench(['batch', '--device', 'cpu', '--run-ahead', 'maybe']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('--run-ahead: expected one of on, off but received "maybe"');
+    // A pool too small for the batch: the row says so instead of running.
+    const small = join(out, 'batch-small.json');
+    const tight = await bench([
+      ...['batch', '--device', 'cpu', '--attention', 'duo', '--batch', '1,3', '--contexts', '64'],
+      ...['--steps', '2', '--warmup', '1', '--kv-budget', '0.004', '--out', small],
+    ]);
+    expect(tight.code, tight.stderr).toBe(0);
+    const tightRows = JSON.parse(readFileSync(small, 'utf8')).decode as {
+      batch: number;
+      stepMs?: number;
+      error?: string;
+    }[];
+    expect(tightRows[0]?.stepMs).toBeGreaterThan(0);
+    expect(tightRows[1]?.error).toMatch(
+      /^does not fit: 3 sequences need [\d.]+ GB of KV, the pool holds 0\.00[1-9]\d* GB$/,
+    );
+    const budget = await bench(['batch', '--device', 'cpu', '--kv-budget', 'lots']);
+    expect(budget.code).toBe(2);
+    expect(budget.stderr).toContain('--kv-budget');
   });
 
   it('attention times causal prefill attention, full and with streaming heads, and checks its options', async () => {

@@ -38,8 +38,8 @@ import { decodeBytesFloor, SHAPES } from '../shapes.js';
 export const batchHelp = `duo-bench batch [--shape NAME | --model PATH] [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
                 [--attention full,duo] [--kv-quant none,int8,int4] [--batch 1,4,16,64] [--contexts 4k,32k]
                 [--steps N] [--warmup N] [--bandwidth TBps] [--admit 128k|none] [--admit-batch N]
-                [--admit-context N] [--admit-chunk N] [--run-ahead on|off] [--out FILE] [--plot FILE.svg|FILE.png]
-                [--profile]
+                [--admit-context N] [--admit-chunk N] [--run-ahead on|off] [--kv-budget GB] [--out FILE]
+                [--plot FILE.svg|FILE.png] [--profile]
        duo-bench batch --from FILE --plot FILE.svg|FILE.png
   Continuous batching: for each policy, KV scheme, context and batch size, that many sequences decode together (their
   caches filled with synthetic K/V to the context; the JSON says so); reports the median step time, aggregate
@@ -47,7 +47,9 @@ export const batchHelp = `duo-bench batch [--shape NAME | --model PATH] [--devic
   --admit LENGTH: then --admit-batch sequences decode at --admit-context while a prompt of LENGTH random tokens is
   admitted and prefilled in --admit-chunk chunks between their steps; reports their inter-token latency (median, p90,
   p99, max) before and during the prefill. --run-ahead off: the engine reads every step's tokens before it enqueues the
-  next (default on: a decode step is enqueued while the previous one's tokens are read). --profile: device time per op and step (CUDA with DUO_CUDA_PROFILE=1; each
+  next (default on: a decode step is enqueued while the previous one's tokens are read). --kv-budget: the page pool's
+  size in GB (default the engine's: 85 % of free GPU memory), e.g. small enough for a profiler's kernel replay, which
+  saves and restores device memory. --profile: device time per op and step (CUDA with DUO_CUDA_PROFILE=1; each
   op timed with events, so steps run slower than unprofiled ones), beside the step's wall time. Defaults: on CUDA batch 1,4,16,64 at 4k,32k; on the CPU (the demo model)
   batch 1,2,4,8,16 at 256,1k. Shapes: ${Object.keys(SHAPES).join(', ')}. Ctrl-C stops after the measurement in flight.
 ${POLICY_HELP}`;
@@ -81,6 +83,7 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
     from: { type: 'string' },
     profile: { type: 'boolean' },
     'run-ahead': { type: 'string' },
+    'kv-budget': { type: 'string' },
   });
   if (options.plot !== undefined) outputOption('plot', figurePath('plot', String(options.plot)));
   outputOption('out', options.out);
@@ -93,6 +96,8 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
   const warmup = integerOption('warmup', options.warmup, 4, 1);
   const bandwidthTBps = numberOption('bandwidth', options.bandwidth, 3.0, 0.001);
   const runAhead = choiceOption('run-ahead', options['run-ahead'], ['on', 'off'] as const, 'on') === 'on';
+  const kvBudgetBytes =
+    options['kv-budget'] === undefined ? undefined : numberOption('kv-budget', options['kv-budget'], 0, 1e-6) * 1e9;
   // The floor is a GPU figure (HBM bandwidth); on the CPU it is reported only when --bandwidth is given.
   const withFloor = (backend: { device: string }) => backend.device === 'cuda' || options.bandwidth !== undefined;
   const settings = policySettings({ ...options, 'kv-quant': undefined }, policies);
@@ -136,7 +141,10 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
           row.floorBytes = weightsOnly + batch * kvPerSequence;
           if (withFloor(backend)) row.floorMs = ((row.floorBytes as number) / (bandwidthTBps * 1e12)) * 1000;
           if (options.profile) backend.takeProfile();
-          Object.assign(row, await measureSteps(model, policy, context, batch, warmup, steps, runAhead));
+          Object.assign(
+            row,
+            await measureSteps(model, policy, context, batch, warmup, steps, { runAhead, kvBudgetBytes }),
+          );
           if (options.profile && typeof row.stepMs === 'number') {
             // Device time per op over every step of the run (warm-up and the last token included).
             const total = warmup + steps + 1;
@@ -192,6 +200,7 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
       admit: admit > 0 ? { length: admit, batch: admitBatch, context: admitContext, chunk: admitChunk } : undefined,
       decodeCache: 'synthetic K/V written directly to reach each context (quantized: random rows quantized into them)',
       runAhead,
+      kvBudgetBytes: kvBudgetBytes ?? 'the engine’s default',
       timing:
         'step: host wall clock between consecutive tokens of the batch, median over --steps after --warmup; every measured step holds the whole batch',
       floor:
@@ -212,6 +221,12 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
   }
 }
 
+/** Bytes in GB with three significant digits (a small pool reads 0.00332 GB, not 0.00 GB). */
+function gigabytes(bytes: number): string {
+  const value = bytes / 1e9;
+  return `${value >= 100 ? value.toFixed(0) : value.toPrecision(3)} GB`;
+}
+
 /** `batch` sequences at `context` decoding together: the median step time over `steps` after `warmup`. */
 async function measureSteps(
   model: LlamaModel,
@@ -220,20 +235,21 @@ async function measureSteps(
   batch: number,
   warmup: number,
   steps: number,
-  runAhead: boolean,
+  engineOptions: { runAhead: boolean; kvBudgetBytes: number | undefined },
 ): Promise<Record<string, unknown>> {
   const engine = model.createBatchEngine({
     maxSequences: batch,
     stepTokens: Math.max(batch, 64),
     allowBeyondContext: true,
-    runAhead,
+    runAhead: engineOptions.runAhead,
+    ...(engineOptions.kvBudgetBytes === undefined ? {} : { kvBudgetBytes: engineOptions.kvBudgetBytes }),
   });
   try {
     const request = { prompt: [1], policy, syntheticContext: context, maxTokens: warmup + steps + 1, stopTokens: [] };
     const pages = engine.pagesFor(request).most * batch;
     if (pages > engine.pool.totalPages) {
       return {
-        error: `does not fit: ${batch} sequences need ${((pages * engine.pool.pageBytes) / 1e9).toFixed(2)} GB of KV, the pool holds ${((engine.pool.totalPages * engine.pool.pageBytes) / 1e9).toFixed(2)} GB`,
+        error: `does not fit: ${batch} sequences need ${gigabytes(pages * engine.pool.pageBytes)} of KV, the pool holds ${gigabytes(engine.pool.totalPages * engine.pool.pageBytes)}`,
       };
     }
     const streams = Array.from({ length: batch }, () => engine.submit(request));
