@@ -207,8 +207,9 @@ void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, 
 void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
                       float* out, cudaStream_t stream);
 bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x);
-// The multiprocessors of the current device (read once).
+// The multiprocessors of the current device, and its compute capability's major number (each read once).
 int multiprocessorCount();
+int computeCapabilityMajor();
 
 // The weight-streaming matmuls' work (gemv.cu, gemm-skinny.cu): up to three matrices share x (q/k/v), each cut into
 // units of columns (a kernel's own width: GEMV column groups, skinny blocks of 128 rows); unit u of the launch belongs to
@@ -224,6 +225,19 @@ struct WeightJob {
   int64_t first[4];
   int count;
 };
+// The job of `count` targets (weights, outputs, biases, rows) of one x; no residuals.
+template <typename T>
+WeightJob<T> weightJobFor(const GemvTarget* targets, int count) {
+  WeightJob<T> job{};
+  job.count = count;
+  for (int i = 0; i < count; i++) {
+    job.weight[i] = static_cast<const T*>(targets[i].weight);
+    job.out[i] = targets[i].out;
+    job.bias[i] = targets[i].bias;
+    job.m[i] = targets[i].m;
+  }
+  return job;
+}
 
 // Row-tiled matmul (8 rows a launch pass) whose result for a row does not depend on the row count: f32 weights in the
 // batch-invariant mode.

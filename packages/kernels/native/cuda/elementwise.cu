@@ -279,13 +279,7 @@ std::atomic<bool> chainingAllowed{true};  // Device::Tuning::chainLaunches
 void setChainLaunches(bool allowed) { chainingAllowed.store(allowed, std::memory_order_relaxed); }
 
 bool chainLaunches() {
-  static const bool hopper = [] {
-    int device = 0, major = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    return major >= 9;
-  }();
-  return hopper && chainingAllowed.load(std::memory_order_relaxed);
+  return computeCapabilityMajor() >= 9 && chainingAllowed.load(std::memory_order_relaxed);
 }
 
 void launchRmsNorm(const float* x, const void* weight, DType weightType, float* out, int64_t rows, int64_t dim, float eps,

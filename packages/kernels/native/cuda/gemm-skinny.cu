@@ -256,16 +256,7 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED, DEPTH>::kThreads, 1)
 // (ties: fewer slices, less to sum). Otherwise the split also weighs the row count, from the H100 sweep of
 // tools/device/skinny-bench.cu (bench/results/2026-12-06-h100-skinny/): up to 16 rows many small blocks balance best
 // (slices until each streams 512 of k), wider token tiles pay more for the cluster sum and take fewer.
-int computeMajor() {
-  static const int value = [] {
-    int device = 0, major = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    return major;
-  }();
-  return value;
-}
-bool hopper() { return computeMajor() >= 9; }
+bool hopper() { return computeCapabilityMajor() >= 9; }
 
 // How a launch streams its weights: the k split (a cluster of 1, 2, 4 or 8 slices) and the stage depth.
 struct Streaming {
@@ -301,13 +292,13 @@ Streaming streamingFor(const SkinnyJob<T>& job, bool swiglu, int64_t k, int rows
   Streaming chosen;
   chosen.depth = rows <= 16 && units >= 128 && k % 128 == 0 ? 128 : kMinDepth;
   int64_t totalRows = 0;
-  for (int i = 0; i < job.count; i++) totalRows += job.m[i];
+  for (int i = 0; i < job.count; i++) totalRows += job.m[i] * (swiglu ? 2 : 1);
   const int matrices = swiglu ? 2 : job.count;
-  if (rows <= 8) {
-    for (const Tuned& tuned : kTuned)
-      if (tuned.rows == (swiglu ? 2 * totalRows : totalRows) && tuned.k == k && tuned.count == matrices)
-        chosen.depth = tuned.streaming.depth;
-  }
+  const Tuned* tuned = nullptr;
+  if (rows <= 8)
+    for (const Tuned& entry : kTuned)
+      if (entry.rows == totalRows && entry.k == k && entry.count == matrices) tuned = &entry;
+  if (tuned) chosen.depth = tuned->streaming.depth;
   auto valid = [&](int s) { return k % (static_cast<int64_t>(s) * chosen.depth) == 0 && k / s >= 4 * kMinDepth; };
   if (!hopper()) {
     chosen.slices = 1;
@@ -319,12 +310,7 @@ Streaming streamingFor(const SkinnyJob<T>& job, bool swiglu, int64_t k, int rows
                                   : 2 * units * s <= 3LL * multiprocessorCount();
       if (fits) chosen.slices = s;
     }
-    if (rows <= 8) {
-      for (const Tuned& tuned : kTuned)
-        if (tuned.rows == (swiglu ? 2 * totalRows : totalRows) && tuned.k == k && tuned.count == matrices &&
-            valid(tuned.streaming.slices))
-          chosen.slices = tuned.streaming.slices;
-    }
+    if (tuned && valid(tuned->streaming.slices)) chosen.slices = tuned->streaming.slices;
   } else {
     const double slots = 2.0 * multiprocessorCount();
     double bestFill = 0.0;
@@ -342,6 +328,8 @@ Streaming streamingFor(const SkinnyJob<T>& job, bool swiglu, int64_t k, int rows
   }
   if (options.slices > 0) chosen.slices = options.slices;
   if (options.depth > 0) chosen.depth = options.depth;
+  // Wider token tiles fill the shared memory with 64-deep stages already.
+  if (rows > 16) chosen.depth = kMinDepth;
   return chosen;
 }
 
@@ -404,8 +392,7 @@ void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, Skinny
   // More than kSkinnyRowsMax rows: passes of kSkinnyRowsMax, each streaming the weights again (results stay per row).
   for (int64_t first = 0; first < rows; first += kSkinnyRowsMax) {
     const int count = static_cast<int>(std::min<int64_t>(kSkinnyRowsMax, rows - first));
-    Streaming streaming = streamingFor(job, SWIGLU, k, count, options);
-    if (count > 16) streaming.depth = kMinDepth;
+    const Streaming streaming = streamingFor(job, SWIGLU, k, count, options);
     const int slices = streaming.slices;
     if ((streaming.depth != 64 && streaming.depth != 128) || slices < 1 || slices > kMaxCluster || (slices > 1 && !hopper()) ||
         k % (static_cast<int64_t>(slices) * streaming.depth) != 0)
@@ -436,7 +423,7 @@ void dispatchHalf(DType type, F&& body) {
 }  // namespace
 
 bool skinnySupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count) {
-  if (computeMajor() < 8 || (weightType != DType::BF16 && weightType != DType::F16)) return false;
+  if (computeCapabilityMajor() < 8 || (weightType != DType::BF16 && weightType != DType::F16)) return false;
   if (k % kMinDepth != 0 || reinterpret_cast<uintptr_t>(x) % 16 != 0 || count > 3) return false;
   for (int i = 0; i < count; i++)
     if (reinterpret_cast<uintptr_t>(weights[i]) % 16 != 0) return false;
@@ -447,15 +434,8 @@ void launchSkinny(const float* x, const void* rounded, int64_t rows, int64_t k, 
                   const float* residual, int count, const SkinnyOptions& options, cudaStream_t stream) {
   dispatchHalf(weightType, [&](auto type) {
     using T = decltype(type);
-    SkinnyJob<T> job{};
-    job.count = count;
-    for (int i = 0; i < count; i++) {
-      job.weight[i] = static_cast<const T*>(targets[i].weight);
-      job.out[i] = targets[i].out;
-      job.bias[i] = targets[i].bias;
-      job.residual[i] = i == 0 ? residual : nullptr;
-      job.m[i] = targets[i].m;
-    }
+    SkinnyJob<T> job = weightJobFor<T>(targets, count);
+    job.residual[0] = residual;
     launchJob<T, false>(x, static_cast<const T*>(rounded), rows, k, job, options, stream);
   });
 }

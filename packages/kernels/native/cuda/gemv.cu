@@ -323,6 +323,16 @@ void launchTyped(const float* x, int64_t totalRows, int64_t k, const T* weight, 
 
 }  // namespace
 
+int computeCapabilityMajor() {
+  static int major = [] {
+    int device = 0, value = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&value, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    return value;
+  }();
+  return major;
+}
+
 int multiprocessorCount() {
   static int count = [] {
     int device = 0, value = 0;
@@ -387,14 +397,7 @@ void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, 
   }
   dispatchFloat(weightType, [&](auto t) {
     using T = decltype(t);
-    StreamJob<T> job{};
-    job.count = count;
-    for (int i = 0; i < count; i++) {
-      job.weight[i] = static_cast<const T*>(targets[i].weight);
-      job.out[i] = targets[i].out;
-      job.bias[i] = targets[i].bias;
-      job.m[i] = targets[i].m;
-    }
+    StreamJob<T> job = weightJobFor<T>(targets, count);
     launchStream(x, rows, k, job, false, stream);
   });
 }

@@ -154,7 +154,7 @@ export interface BatchEngineOptions {
    */
   prefixCache?: { readonly maxBytes?: number } | false;
   /**
-   * Runs ahead (default true): when a step only decodes and nothing joins, leaves or is cancelled before the next one,
+   * Runs ahead: when a step only decodes and nothing joins, leaves or is cancelled before the next one,
    * the next step is enqueued — its tokens taken from the device — before this step's tokens are read, so the device
    * never waits for the host between steps. A sequence that stops on a token gets one row computed and dropped; one
    * cancelled meanwhile gets no more tokens and frees its pages a step later. Default: on for GPU backends, off on the
@@ -552,8 +552,7 @@ export class BatchEngine {
       }
     } catch (error) {
       this.#failure = error;
-      // A sampling still in flight fails with the step; nothing reads it any more.
-      this.#inflight?.read.catch(() => undefined);
+      // A sampling still in flight fails with the step (its read is marked handled when made); nothing reads it.
       this.#inflight = undefined;
       for (const sequence of [...this.#running.splice(0), ...this.#waiting.splice(0)]) {
         this.#dropSnapshots(sequence);
