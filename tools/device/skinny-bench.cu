@@ -1,5 +1,6 @@
 // Decode-projection bandwidth at Llama-3-8B shapes for 1–64 rows of x: the skinny tensor-core matmul (gemm-skinny.cu:
-// its default streaming, the batch-invariant one and every cluster size at stage depths 64 and 128), the single-row GEMV and cuBLAS as the engine
+// the engine's rule, the batch-invariant launch, the warp-MMA kernel at every cluster size and stage depths 64 and
+// 128, the warpgroup kernel at every cluster size past 8 rows), the single-row GEMV and cuBLAS as the engine
 // calls it (x rounded once, one GemmEx per matrix, the SwiGLU pass). Weights rotate through copies larger than L2 together;
 // CUDA events around 20 launches, the median of 9 such runs after a warm-up. Each variant's output is checked against
 // a float64 reference (x rounded to bf16 as the tensor-core paths round it; the GEMV keeps f32 x), and the skinny
@@ -128,15 +129,22 @@ int main(int argc, char** argv) {
     };
     for (int rows : rowCounts) {
       // Variants: name, cluster size (-1 when not the skinny kernel), launcher.
-      struct Variant { std::string name; int slices; int depth = 0; };
+      // "skinny" is the engine's rule; "warp" the warp-MMA kernel at a pinned split and depth; "wide" the warpgroup
+      // kernel (Hopper, more than 8 rows) at a pinned split.
+      struct Variant { std::string name; int slices; int depth = 0; int kernel = SkinnyOptions::kRule; };
       std::vector<Variant> variants;
       if (rows <= 2) variants.push_back({"gemv", -1});
       if (blas.available()) variants.push_back({"cublas", -1});
       variants.push_back({"skinny", 0});
       variants.push_back({"skinny-invariant", 0});
+      if (rows > 8) variants.push_back({"warp", 0, 0, SkinnyOptions::kWarp});
       for (int depth : {64, 128})
         for (int s = 1; s <= 8; s *= 2)
-          if (shape.k % (s * depth) == 0 && shape.k / s >= 256 && (depth == 64 || rows <= 16)) variants.push_back({"skinny", s, depth});
+          if (shape.k % (s * depth) == 0 && shape.k / s >= 256 && (depth == 64 || rows <= 16))
+            variants.push_back({"warp", s, depth, SkinnyOptions::kWarp});
+      if (rows > 8 && wideCompiled())
+        for (int s = 1; s <= 8; s *= 2)
+          if (shape.k % (s * 64) == 0 && shape.k / s >= 256) variants.push_back({"wide", s, 0, SkinnyOptions::kWarpgroup});
       // Float64 references of this row count: x rounded (tensor cores) and not (GEMV).
       std::vector<std::vector<double>> references[2];
       for (int round = 0; round < 2; round++)
@@ -179,6 +187,7 @@ int main(int argc, char** argv) {
             options.invariant = variant.name == "skinny-invariant";
             options.slices = variant.slices;
             options.depth = variant.depth;
+            options.kernel = variant.kernel;
             // The engine rounds x once for more than 8 rows (the rounding launch is timed with the matmul).
             const void* round = nullptr;
             if (rows > 8) {

@@ -27,10 +27,10 @@ for f in sorted(glob.glob(out + '/skinny-*.json')):
         best[key][name + ':' + v] = r['us']
 for (shape, rows), d in best.items():
     if rows not in (1, 4, 8, 16, 32, 64): continue
-    line = ' '.join(f'{k}={v:.1f}' for k, v in d.items() if k.split(':')[1] in ('skinny', 'cublas', 'gemv'))
+    line = ' '.join(f'{k}={v:.1f}' for k, v in d.items() if k.split(':')[1] in ('skinny', 'warp', 'cublas', 'gemv'))
     bests = {}
     for k, v in d.items():
         n, var = k.split(':')
-        if var.startswith('skinny') and var != 'skinny-invariant': bests[n] = min(bests.get(n, 1e9), v)
+        if (var.startswith('skinny') or var.startswith('warp') or var.startswith('wide')) and var != 'skinny-invariant': bests[n] = min(bests.get(n, 1e9), v)
     print(f'{shape[:8]:8s} {rows:2d} | {line} | best ' + ' '.join(f'{n}={v:.1f}' for n, v in bests.items()))
 PY

@@ -135,9 +135,11 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       [17, 300, 130],
       [64, 256, 96],
       // 2–64 rows of half weights: the CUDA skinny tensor-core matmul (token tiles of 8, x rounded beforehand past 8
-      // rows, k split over a cluster of up to 8 blocks), and cuBLAS (BackendTuning.skinnyRowsMax 0).
+      // rows, k split over a cluster of up to 8 blocks; on Hopper past 8 rows its warpgroup kernel, tokens as N = 16,
+      // 32 or 64), and cuBLAS (BackendTuning.skinnyRowsMax 0).
       [33, 1024, 200],
       [9, 2048, 24],
+      [24, 512, 136],
       // Deep rows: the CUDA weight-streaming kernel splits k over 2, 4 and 8 warps per output.
       [1, 2048, 48],
       [2, 4096, 24],
@@ -157,8 +159,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
           const expected = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k), bias, toMatrix(residual, n, m));
           const expectedPlain = referenceMatmul(toMatrix(x, n, k), toMatrix(held, m, k));
           const plain = b().alloc('f32', [n, m]);
-          // Default routing (skinny matmul up to 16 rows of half weights), then cuBLAS for every 2+ rows, then the
-          // batch-invariant mode (skinny matmul for every row count up to 64).
+          // Default routing (skinny matmul up to 64 rows of half weights), then cuBLAS for every 2+ rows, then the
+          // batch-invariant mode (the skinny matmul's warp-MMA kernel for every row count up to 64).
           const routes =
             dtype !== 'f32' && n >= 2 && n <= 64 ? [{}, { skinnyRowsMax: 0 }, { batchInvariant: true }] : [{}];
           try {
@@ -183,6 +185,7 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       ['bf16', 2],
       ['bf16', 5],
       ['bf16', 17],
+      ['bf16', 48],
       ['f16', 1],
     ] as const)('matmulGroup over %s q/k/v weights, %i rows, biases on two', async (dtype, n) => {
       const k = 64;
@@ -222,6 +225,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       ['bf16', 2, 96],
       ['bf16', 7, 96],
       ['f16', 17, 96],
+      ['bf16', 40, 1024],
+      ['f16', 12, 512],
       // Deep enough that the CUDA weight-streaming kernel splits k over 2, 4 and 8 warps per output.
       ['bf16', 1, 2048],
       ['bf16', 2, 4096],
@@ -239,7 +244,7 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         referenceMatmul(xm, toMatrix(upHeld, m, k)),
       );
       try {
-        // Default routing (skinny matmul up to 32 rows of half weights), then cuBLAS.
+        // Default routing (skinny matmul up to 64 rows of half weights on Hopper, 32 before it), then cuBLAS.
         for (const tuning of dtype !== 'f32' && n >= 2 ? [{}, { skinnyRowsMax: 0 }] : [{}]) {
           b().tune(tuning);
           b().matmulSwiglu(xs, gate, up, out);

@@ -65,9 +65,10 @@ export interface BackendTuning {
    */
   readonly batchInvariant?: boolean;
   /**
-   * Most rows (0 … 64) the skinny tensor-core matmul takes outside the batch-invariant mode, where it beats cuBLAS
-   * (a single matrix up to 16 rows, gate+up up to 32, q/k/v up to 64: bench/results/2026-12-06-h100-skinny/);
-   * 0: cuBLAS for every 2+ rows. Default 64.
+   * Most rows (0 … 64) the skinny tensor-core matmul takes outside the batch-invariant mode: on Hopper (its
+   * warpgroup kernel past 8 rows) every projection; before it, where its warp-MMA kernel beats cuBLAS (a single
+   * matrix up to 16 rows, gate+up up to 32, q/k/v up to 64: bench/results/2026-12-06-h100-skinny/); 0: cuBLAS for
+   * every 2+ rows. Default 64.
    */
   readonly skinnyRowsMax?: number;
 }

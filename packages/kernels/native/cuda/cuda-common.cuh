@@ -254,7 +254,13 @@ struct SkinnyOptions {
   bool invariant = false;
   int slices = 0;  // > 0: pins the k split (benchmarks)
   int depth = 0;   // 64 or 128: pins k per pipeline stage (benchmarks; never changes a result)
+  // Which kernel (benchmarks): the rule (Hopper with more than 8 rows rounded beforehand: warpgroup MMAs), the warp
+  // MMAs, or the warpgroup MMAs (an error where they cannot run).
+  enum Kernel { kRule = 0, kWarp = 1, kWarpgroup = 2 };
+  int kernel = kRule;
 };
+// Whether the skinny matmul's warpgroup kernel can run here (Hopper and sm_90a machine code); probes once.
+bool wideCompiled();
 bool skinnySupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count);
 void launchSkinny(const float* x, const void* rounded, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets,
                   const float* residual, int count, const SkinnyOptions& options, cudaStream_t stream);

@@ -26,6 +26,7 @@ class CudaDevice final : public Device {
     paged_ = PagedMemory(device_);
     check(cudaGetDeviceProperties(&properties_, device_), "cudaGetDeviceProperties");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    wide_ = wideCompiled();  // a probe launch: before any graph capture
     // Keep freed blocks in the pool instead of returning them to the driver at each synchronisation.
     cudaMemPool_t pool;
     check(cudaDeviceGetDefaultMemPool(&pool, device_), "cudaDeviceGetDefaultMemPool");
@@ -436,13 +437,15 @@ class CudaDevice final : public Device {
 
  private:
   // The f32-activation GEMV serves single rows; 2–64 rows of half weights take the skinny tensor-core matmul where it
-  // beats cuBLAS on the H100 (tools/device/skinny-bench.cu: a single matrix up to 16 rows, gate+up up to 32, q/k/v
-  // up to 64; at most Tuning::skinnyRowsMax rows), cuBLAS the rest; always the skinny matmul in the batch-invariant mode.
+  // beats cuBLAS on the H100 (tools/device/skinny-bench.cu: with its warpgroup kernel, every projection up to 64 rows;
+  // with warp MMAs alone, a single matrix up to 16 rows, gate+up up to 32, q/k/v up to 64; at most
+  // Tuning::skinnyRowsMax rows), cuBLAS the rest; always the skinny matmul in the batch-invariant mode.
   static constexpr int64_t kGemvRows = 1;
   // Tuning::batchInvariant: a row's results do not depend on the other rows of the call (single rows, too, take the
   // skinny matmul, its k split fixed by the matrix shape; a batch's decode attention splits each sequence as if alone).
   bool invariant_ = false;
   int64_t skinnyRowsMax_ = kSkinnyRowsMax;  // Tuning::skinnyRowsMax
+  bool wide_ = false;                        // the skinny matmul's warpgroup kernel runs here (probed at construction)
   // Whether a matmul of x's rows (`count` matrices sharing x; gate and up count 2) takes the skinny matmul: bf16 / f16
   // weights, k a multiple of 64, 16-byte aligned operands.
   bool skinny(const Tensor& x, DType weightType, const std::array<const void*, 3>& weights, int count) const {
@@ -450,7 +453,7 @@ class CudaDevice final : public Device {
     if (invariant_) {
       if (n < 1 || n > kSkinnyRowsMax) return false;
     } else {
-      const int64_t widest = count >= 3 ? 64 : (count == 2 ? 32 : 16);
+      const int64_t widest = wide_ || count >= 3 ? 64 : (count == 2 ? 32 : 16);
       if (n < 2 || n > std::min(widest, skinnyRowsMax_)) return false;
     }
     return skinnySupported(x.cols(), weightType, x.data, weights.data(), count);

@@ -13,6 +13,7 @@
 
 #include "cuda-common.cuh"
 #include "mma.cuh"
+#include "wgmma.cuh"
 
 namespace duo {
 namespace cuda {
@@ -70,6 +71,58 @@ using SkinnyJob = WeightJob<T>;
 // lanes of one shared-memory phase then touches every bank once.
 template <int DEPTH>
 __device__ __forceinline__ int swizzled(int row, int chunk) { return row * DEPTH * 2 + ((chunk ^ ((row & 1) << 2)) << 4); }
+
+// The end of a launch: a block's partial products, [token][staged row] in shared memory, summed over the k slices of
+// its cluster in slice order (each block of the cluster finishes a share of the outputs), then SwiGLU or bias and
+// residual, written to the outputs.
+template <typename T, bool SWIGLU, int THREADS>
+__device__ __forceinline__ void finishSlices(float* partial, int rows, int slices, int slice, int64_t row0, int64_t m, int which,
+                                             const SkinnyJob<T>& job) {
+#if __CUDA_ARCH__ >= 900
+  cg::cluster_group cluster = cg::this_cluster();
+  if (slices > 1) cluster.sync();
+  else __syncthreads();
+#else
+  __syncthreads();  // one slice: no cluster before Hopper
+#endif
+
+  // Each block of the cluster finishes a share of the outputs, summing the slices' partials in slice order.
+  constexpr int kColumns = SWIGLU ? kRows / 2 : kRows;
+  const int outputs = rows * kColumns;
+  const int share = (outputs + slices - 1) / slices;
+  const int from = share * slice, to = min(outputs, from + share);
+  for (int e = from + threadIdx.x; e < to; e += THREADS) {
+    const int token = e / kColumns, column = e % kColumns;
+    const int64_t col = row0 + column;
+    if (col >= m) continue;
+    float sums[2];
+#pragma unroll
+    for (int half = 0; half < (SWIGLU ? 2 : 1); half++) {
+      const int index = token * kPartialStride + column + half * (kRows / 2);
+      float total = 0.0f;
+      for (int q = 0; q < slices; q++) {
+#if __CUDA_ARCH__ >= 900
+        const float* remote = slices > 1 ? cluster.map_shared_rank(partial, q) : partial;
+#else
+        const float* remote = partial;
+#endif
+        total += remote[index];
+      }
+      sums[half] = total;
+    }
+    const int64_t index = token * m + col;
+    if (SWIGLU) {
+      job.out[0][index] = sums[0] / (1.0f + __expf(-sums[0])) * sums[1];
+    } else {
+      job.out[which][index] = sums[0] + (job.bias[which] ? job.bias[which][col] : 0.0f) +
+                              (job.residual[which] ? job.residual[which][index] : 0.0f);
+    }
+  }
+  // No block may leave while another still reads its shared memory.
+#if __CUDA_ARCH__ >= 900
+  if (slices > 1) cluster.sync();
+#endif
+}
 
 // x: f32 rows, or (ROUNDED) rows already rounded to T.
 template <typename T, int TILES, bool SWIGLU, bool ROUNDED, int DEPTH>
@@ -204,50 +257,140 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED, DEPTH>::kThreads, 1)
 #pragma unroll
       for (int i = 0; i < 4; i++)
         partial[(tile * 8 + 2 * t + (i & 1)) * kPartialStride + rowA + 16 * rt + (i >> 1) * 8] = acc[rt][tile][i];
-#if __CUDA_ARCH__ >= 900
-  cg::cluster_group cluster = cg::this_cluster();
-  if (slices > 1) cluster.sync();
-  else __syncthreads();
-#else
-  __syncthreads();  // one slice: no cluster before Hopper
+  finishSlices<T, SWIGLU, kThreads>(partial, rows, slices, slice, row0, m, which, job);
 #endif
+}
 
-  // Each block of the cluster finishes a share of the outputs, summing the slices' partials in slice order.
-  constexpr int kColumns = SWIGLU ? kRows / 2 : kRows;
-  const int outputs = rows * kColumns;
-  const int share = (outputs + slices - 1) / slices;
-  const int from = share * slice, to = min(outputs, from + share);
-  for (int e = from + threadIdx.x; e < to; e += kThreads) {
-    const int token = e / kColumns, column = e % kColumns;
-    const int64_t col = row0 + column;
-    if (col >= m) continue;
-    float sums[2];
+// The wide kernel (Hopper, 9–64 rows of x rounded beforehand): the same 128 weight rows a block and the same cluster
+// split of k, but the products are warpgroup MMAs that read both operands from shared memory (weight rows 0–63 and
+// 64–127 as two m64 products, the tokens as N), so no warp loads fragments into registers: the mma.sync kernel's x
+// fragment loads grow with the token count and made it shared-memory bound past 16 rows. Stages are 64 of k (one
+// 128-byte swizzled row of each operand); N tokens (16, 32 or 64), rows past `rows` zeros.
+template <int N>
+struct WidePlan {
+  static constexpr int kThreads = 128;
+  static constexpr int kWeightBytes = kRows * 128;
+  static constexpr int kStageBytes = kWeightBytes + N * 128;
+  // As many stages as leave room for two blocks a multiprocessor (about 113 KB each).
+  static constexpr int kStages = (112 * 1024) / kStageBytes > 8 ? 8 : (112 * 1024) / kStageBytes;
+  static constexpr int kPipelineBytes = kStages * kStageBytes;
+  static constexpr int kPartialBytes = N * kPartialStride * 4;
+  // 1 KB of slack: the swizzled tiles must start on 1024-byte boundaries.
+  static constexpr int kSharedBytes = (kPipelineBytes > kPartialBytes ? kPipelineBytes : kPartialBytes) + 1024;
+};
+
+template <typename T, int N, bool SWIGLU>
+__global__ void __launch_bounds__(WidePlan<N>::kThreads, 1)
+    skinnyWideKernel(const T* __restrict__ x, int rows, int64_t k, SkinnyJob<T> job) {
+#if defined(DUO_WGMMA)
+  using P = WidePlan<N>;
+  constexpr int kStages = P::kStages, kStageBytes = P::kStageBytes, kThreads = P::kThreads;
+  constexpr int kChunks = kRows * 8 / kThreads;  // 16-byte weight chunks a thread stages per stage
+  constexpr int kRowsPerPass = kThreads / 8;
+  extern __shared__ __align__(1024) unsigned char raw[];
+  unsigned char* shared = raw + ((1024 - static_cast<unsigned>(__cvta_generic_to_shared(raw)) % 1024) % 1024);
+  const int slices = gridDim.x, slice = blockIdx.x;
+  const int64_t unit = blockIdx.y;
+  int which = 0;
+  while (which + 1 < job.count && unit >= job.first[which + 1]) which++;
+  const int64_t m = job.m[which];
+  const int64_t row0 = (unit - job.first[which]) * (SWIGLU ? kRows / 2 : kRows);
+  const int64_t depth = k / slices, begin = depth * slice;
+  const int stages = static_cast<int>(depth / 64);
+
+  const int chunk = threadIdx.x % 8;
+  const T* source[kChunks];
+  bool valid[kChunks];
 #pragma unroll
-    for (int half = 0; half < (SWIGLU ? 2 : 1); half++) {
-      const int index = token * kPartialStride + column + half * (kRows / 2);
-      float total = 0.0f;
-      for (int q = 0; q < slices; q++) {
-#if __CUDA_ARCH__ >= 900
-        const float* remote = slices > 1 ? cluster.map_shared_rank(partial, q) : partial;
-#else
-        const float* remote = partial;
-#endif
-        total += remote[index];
-      }
-      sums[half] = total;
-    }
-    const int64_t index = token * m + col;
-    if (SWIGLU) {
-      job.out[0][index] = sums[0] / (1.0f + __expf(-sums[0])) * sums[1];
-    } else {
-      job.out[which][index] = sums[0] + (job.bias[which] ? job.bias[which][col] : 0.0f) +
-                              (job.residual[which] ? job.residual[which][index] : 0.0f);
-    }
+  for (int i = 0; i < kChunks; i++) {
+    const int r = threadIdx.x / 8 + kRowsPerPass * i;
+    const int64_t row = row0 + (SWIGLU ? r % (kRows / 2) : r);
+    valid[i] = row < m;
+    const T* base = SWIGLU ? job.weight[r < kRows / 2 ? 0 : 1] : job.weight[which];
+    source[i] = base + (valid[i] ? row : 0) * k + begin + chunk * 8;
   }
-  // No block may leave while another still reads its shared memory.
-#if __CUDA_ARCH__ >= 900
-  if (slices > 1) cluster.sync();
+  auto stageWeights = [&](int stage) {
+    unsigned char* target = shared + (stage % kStages) * kStageBytes;
+#pragma unroll
+    for (int i = 0; i < kChunks; i++)
+      copyOrZero16(target + swizzle128(threadIdx.x / 8 + kRowsPerPass * i, chunk), source[i] + static_cast<int64_t>(stage) * 64, valid[i]);
+  };
+  auto stageTokens = [&](int stage) {
+    unsigned char* target = shared + (stage % kStages) * kStageBytes + P::kWeightBytes;
+#pragma unroll
+    for (int piece = threadIdx.x; piece < N * 8; piece += kThreads) {
+      const int token = piece / 8, part = piece % 8;
+      const bool live = token < rows;
+      const int64_t offset = (live ? token : 0) * k + begin + static_cast<int64_t>(stage) * 64 + part * 8;
+      copyOrZero16(target + swizzle128(token, part), x + offset, live);
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; s++)
+    if (s < stages) stageWeights(s);
+  dependOnPrevious();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; s++)
+    if (s < stages) stageTokens(s);
+  commitGroup();
+
+  float acc[2][N / 2];
+#pragma unroll
+  for (int half = 0; half < 2; half++)
+#pragma unroll
+    for (int i = 0; i < N / 2; i++) acc[half][i] = 0.0f;
+  for (int s = 0; s < stages; s++) {
+    if (s == 0) waitGroups<0>();
+    else waitGroups<kStages - 2>();
+    fenceProxyAsync();
+    __syncthreads();
+    // Every thread has waited for the products of stage s − 1: its buffer is free.
+    if (s + kStages - 1 < stages) {
+      stageWeights(s + kStages - 1);
+      stageTokens(s + kStages - 1);
+    }
+    commitGroup();
+    const unsigned char* weights = shared + (s % kStages) * kStageBytes;
+    const uint64_t a0 = sharedTileDescriptor(weights), a1 = sharedTileDescriptor(weights + 64 * 128);
+    const uint64_t b = sharedTileDescriptor(weights + P::kWeightBytes);
+    pinRegisters(acc[0]);
+    pinRegisters(acc[1]);
+    wgmmaFence();
+#pragma unroll
+    for (int step = 0; step < 4; step++) {
+      Wgmma<T, N>::run(acc[0], a0 + 2 * step, b + 2 * step);
+      Wgmma<T, N>::run(acc[1], a1 + 2 * step, b + 2 * step);
+    }
+    wgmmaCommit();
+    wgmmaWait<0>();
+    pinRegisters(acc[0]);
+    pinRegisters(acc[1]);
+  }
+  waitGroups<0>();
+  __syncthreads();
+
+  // Thread t holds rows 16·(t / 32) + (t % 32) / 4 (+ 8) of each 64-row half, tokens 8·(i / 4) + 2·(t % 4) (+ 1).
+  float* partial = reinterpret_cast<float*>(shared);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int half = 0; half < 2; half++)
+#pragma unroll
+    for (int i = 0; i < N / 2; i++) {
+      const int row = 64 * half + 16 * warp + (lane >> 2) + 8 * ((i >> 1) & 1);
+      const int token = 8 * (i >> 2) + 2 * (lane & 3) + (i & 1);
+      partial[token * kPartialStride + row] = acc[half][i];
+    }
+  finishSlices<T, SWIGLU, kThreads>(partial, rows, slices, slice, row0, m, which, job);
 #endif
+}
+
+// Whether this build's device code has the wide kernel's products (sm_90a machine code): a probe launch, once.
+__global__ void wgmmaProbe(int* compiled) {
+#if defined(DUO_WGMMA)
+  *compiled = 1;
+#else
+  *compiled = 0;
 #endif
 }
 
@@ -257,6 +400,7 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED, DEPTH>::kThreads, 1)
 // tools/device/skinny-bench.cu (bench/results/2026-12-06-h100-skinny/): up to 16 rows many small blocks balance best
 // (slices until each streams 512 of k), wider token tiles pay more for the cluster sum and take fewer.
 bool hopper() { return computeCapabilityMajor() >= 9; }
+
 
 // How a launch streams its weights: the k split (a cluster of 1, 2, 4 or 8 slices) and the stage depth.
 struct Streaming {
@@ -333,19 +477,13 @@ Streaming streamingFor(const SkinnyJob<T>& job, bool swiglu, int64_t k, int rows
   return chosen;
 }
 
-template <typename T, int TILES, bool SWIGLU, bool ROUNDED, int DEPTH>
-void launchTiles(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, int slices, cudaStream_t stream) {
-  using P = Plan<TILES, ROUNDED, DEPTH>;
-  auto kernel = skinnyKernel<T, TILES, SWIGLU, ROUNDED, DEPTH>;
-  static const bool configured = [&] {
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, P::kSharedBytes), "cudaFuncSetAttribute");
-    return true;
-  }();
-  (void)configured;
+// One launch of `slices`-block clusters along x (one slice: no cluster), chained to the previous kernel where allowed.
+template <typename Kernel, typename... Args>
+void launchClusters(Kernel kernel, dim3 grid, int threads, int shared, int slices, cudaStream_t stream, Args... args) {
   cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(slices), static_cast<unsigned>(job.first[job.count]));
-  config.blockDim = dim3(P::kThreads);
-  config.dynamicSmemBytes = P::kSharedBytes;
+  config.gridDim = grid;
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = static_cast<size_t>(shared);
   config.stream = stream;
   cudaLaunchAttribute attributes[2];
   int count = 0;
@@ -363,7 +501,51 @@ void launchTiles(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, in
   }
   config.attrs = attributes;
   config.numAttrs = count;
-  check(cudaLaunchKernelEx(&config, kernel, x, rows, k, job), "cudaLaunchKernelEx (skinny matmul)");
+  check(cudaLaunchKernelEx(&config, kernel, args...), "cudaLaunchKernelEx (skinny matmul)");
+}
+
+template <typename T, int TILES, bool SWIGLU, bool ROUNDED, int DEPTH>
+void launchTiles(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, int slices, cudaStream_t stream) {
+  using P = Plan<TILES, ROUNDED, DEPTH>;
+  auto kernel = skinnyKernel<T, TILES, SWIGLU, ROUNDED, DEPTH>;
+  static const bool configured = [&] {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, P::kSharedBytes), "cudaFuncSetAttribute");
+    return true;
+  }();
+  (void)configured;
+  launchClusters(kernel, dim3(static_cast<unsigned>(slices), static_cast<unsigned>(job.first[job.count])), P::kThreads, P::kSharedBytes,
+                 slices, stream, x, rows, k, job);
+}
+
+template <typename T, int N, bool SWIGLU>
+void launchWide(const T* x, int rows, int64_t k, const SkinnyJob<T>& job, int slices, cudaStream_t stream) {
+  using P = WidePlan<N>;
+  auto kernel = skinnyWideKernel<T, N, SWIGLU>;
+  static const bool configured = [&] {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, P::kSharedBytes), "cudaFuncSetAttribute");
+    return true;
+  }();
+  (void)configured;
+  launchClusters(kernel, dim3(static_cast<unsigned>(slices), static_cast<unsigned>(job.first[job.count])), P::kThreads, P::kSharedBytes,
+                 slices, stream, x, rows, k, job);
+}
+
+// The wide kernel's k split: the one whose busiest multiprocessor streams the fewest bytes (blocks spread evenly,
+// whole blocks per multiprocessor; ties: fewer slices, less to sum).
+template <typename T>
+int wideSlices(const SkinnyJob<T>& job, int64_t k) {
+  const int64_t units = job.first[job.count], processors = multiprocessorCount();
+  int best = 1;
+  int64_t bestLoad = INT64_MAX;
+  for (int s = 1; s <= kMaxCluster; s *= 2) {
+    if (k % (static_cast<int64_t>(s) * 64) != 0 || k / s < 256) break;
+    const int64_t load = (units * s + processors - 1) / processors * (k / s);
+    if (load < bestLoad) {
+      best = s;
+      bestLoad = load;
+    }
+  }
+  return best;
 }
 
 // Token tiles of up to 16 rows stream 64 or 128 of k a stage; wider ones 64 (their tiles fill the shared memory).
@@ -406,6 +588,20 @@ void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, Skinny
     const float* xs = x + first * k;
     // Up to 8 rows stage f32 x (no rounding pass needed); wider tiles take x rounded beforehand when it is given.
     const T* rs = rounded && count > 8 ? rounded + first * k : nullptr;
+    // 9–64 rows rounded beforehand on Hopper: the warpgroup-MMA kernel (unless pinned to the warp MMAs); the
+    // batch-invariant mode keeps the warp MMAs at every row count (one kernel, one summation order).
+    const bool wide = rs && !options.invariant && options.kernel != SkinnyOptions::kWarp && wideCompiled();
+    if (options.kernel == SkinnyOptions::kWarpgroup && !wide)
+      throw Error("DUO_ARG", "skinny matmul: the warpgroup kernel needs Hopper machine code (sm_90a), more than 8 rows and x rounded");
+    if (wide) {
+      const int split = options.slices > 0 ? options.slices : wideSlices(pass, k);
+      if (k % (static_cast<int64_t>(split) * 64) != 0 || split > kMaxCluster)
+        throw Error("DUO_ARG", "skinny matmul: k = " + std::to_string(k) + " does not split into " + std::to_string(split) + " slices of 64");
+      if (count <= 16) launchWide<T, 16, SWIGLU>(rs, count, k, pass, split, stream);
+      else if (count <= 32) launchWide<T, 32, SWIGLU>(rs, count, k, pass, split, stream);
+      else launchWide<T, 64, SWIGLU>(rs, count, k, pass, split, stream);
+      continue;
+    }
     if (count <= 8) launchRounding<T, 1, SWIGLU>(xs, nullptr, count, k, pass, streaming, stream);
     else if (count <= 16) launchRounding<T, 2, SWIGLU>(xs, rs, count, k, pass, streaming, stream);
     else if (count <= 32) launchRounding<T, 4, SWIGLU>(xs, rs, count, k, pass, streaming, stream);
@@ -421,6 +617,23 @@ void dispatchHalf(DType type, F&& body) {
 }
 
 }  // namespace
+
+// Whether the wide kernel can run: Hopper, and this build's machine code for it has the warpgroup MMAs (a PTX-only or
+// sm_90 build does not). The probe runs once, before any graph capture (CudaDevice asks at construction).
+bool wideCompiled() {
+  static const bool compiled = [] {
+    if (computeCapabilityMajor() < 9) return false;
+    int* flag = nullptr;
+    int value = 0;
+    check(cudaMalloc(&flag, sizeof(int)), "cudaMalloc (wgmma probe)");
+    wgmmaProbe<<<1, 1>>>(flag);
+    check(cudaGetLastError(), "wgmma probe");
+    check(cudaMemcpy(&value, flag, sizeof(int), cudaMemcpyDeviceToHost), "cudaMemcpy (wgmma probe)");
+    check(cudaFree(flag), "cudaFree (wgmma probe)");
+    return value == 1;
+  }();
+  return compiled;
+}
 
 bool skinnySupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count) {
   if (computeCapabilityMajor() < 8 || (weightType != DType::BF16 && weightType != DType::F16)) return false;
