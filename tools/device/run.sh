@@ -121,6 +121,10 @@ for step in "${steps[@]}"; do
              --sparsity 0.5 --sink 128 --recent 256 --kv-quant ${DUO_BATCH_QUANTS:-none} --batch ${DUO_BATCHES:-1,4,16,64} \
              --contexts ${DUO_BATCH_CONTEXTS:-4k,32k} --steps 32 --warmup 4 --bandwidth ${DUO_BANDWIDTH:-3.0} \
              --out "$OUT/batch-llama-3-8b.json" || status=1 ;;
+    # Device time per op of the batch engine's steps (events after every op, so slower than unprofiled steps).
+    batch-profile) DUO_CUDA_PROFILE=1 node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention duo \
+             --sparsity 0.5 --sink 128 --recent 256 --batch ${DUO_BATCHES:-16,64} --contexts ${DUO_BATCH_CONTEXTS:-4k} \
+             --steps 8 --warmup 2 --profile --out "$OUT/batch-profile.json" || status=1 ;;
     batch-admit) node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
              --sink 128 --recent 256 --batch 16 --contexts 32k --steps 16 --warmup 4 --admit ${DUO_ADMIT:-128k} \
              --admit-batch 16 --admit-context 32k --admit-chunk ${DUO_ADMIT_CHUNK:-1024} --out "$OUT/batch-admit.json" || status=1 ;;

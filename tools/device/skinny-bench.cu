@@ -1,6 +1,7 @@
 // Decode-projection bandwidth at Llama-3-8B shapes for 1–64 rows of x: the skinny tensor-core matmul (gemm-skinny.cu:
 // the engine's rule, the batch-invariant launch, the warp-MMA kernel at every cluster size and stage depths 64 and
-// 128, the warpgroup kernel at every cluster size past 8 rows), the single-row GEMV and cuBLAS as the engine
+// 128, the warpgroup kernel at every cluster size past 8 rows: "wide" with x rounded by a launch before it, "wide-f32"
+// rounding x itself), the single-row GEMV and cuBLAS as the engine
 // calls it (x rounded once, one GemmEx per matrix, the SwiGLU pass). Weights rotate through copies larger than L2 together;
 // CUDA events around 20 launches, the median of 9 such runs after a warm-up. Each variant's output is checked against
 // a float64 reference (x rounded to bf16 as the tensor-core paths round it; the GEMV keeps f32 x), and the skinny
@@ -144,7 +145,10 @@ int main(int argc, char** argv) {
             variants.push_back({"warp", s, depth, SkinnyOptions::kWarp});
       if (rows > 8 && wideCompiled())
         for (int s = 1; s <= 8; s *= 2)
-          if (shape.k % (s * 64) == 0 && shape.k / s >= 256) variants.push_back({"wide", s, 0, SkinnyOptions::kWarpgroup});
+          if (shape.k % (s * 64) == 0 && shape.k / s >= 256) {
+            variants.push_back({"wide", s, 0, SkinnyOptions::kWarpgroup});
+            variants.push_back({"wide-f32", s, 0, SkinnyOptions::kWarpgroup});
+          }
       // Float64 references of this row count: x rounded (tensor cores) and not (GEMV).
       std::vector<std::vector<double>> references[2];
       for (int round = 0; round < 2; round++)
@@ -190,7 +194,7 @@ int main(int argc, char** argv) {
             options.kernel = variant.kernel;
             // The engine rounds x once for more than 8 rows (the rounding launch is timed with the matmul).
             const void* round = nullptr;
-            if (rows > 8) {
+            if (rows > 8 && variant.name != "wide-f32") {
               launchConvert(x, DType::F32, rounded, DType::BF16, rows * shape.k, stream);
               round = rounded;
             }

@@ -165,7 +165,7 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
             const versus =
               floor === undefined ? '' : ` (floor ${floor.toFixed(3)}, ${(row.stepMs / floor).toFixed(3)}×)`;
             log(
-              `${run.padEnd(12)} batch ${String(batch).padStart(3)} @${context}: ${row.stepMs.toFixed(3)} ms/step${versus}, ${(row.tokensPerSecond as number).toFixed(1)} tokens/s`,
+              `${run.padEnd(12)} batch ${String(batch).padStart(3)} @${context}: ${row.stepMs.toFixed(3)} ms/step${versus}, ${(row.tokensPerSecond as number).toFixed(1)} tokens/s, host ${(row.hostMs as number).toFixed(3)} ms/step`,
             );
           } else {
             log(`${run.padEnd(12)} batch ${String(batch).padStart(3)} @${context}: ${String(row.error)}`);
@@ -202,7 +202,7 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
       runAhead,
       kvBudgetBytes: kvBudgetBytes ?? 'the engine’s default',
       timing:
-        'step: host wall clock between consecutive tokens of the batch, median over --steps after --warmup; every measured step holds the whole batch',
+        'step: host wall clock between consecutive tokens of the batch, median over --steps after --warmup; every measured step holds the whole batch; hostMs: the engine’s host-busy time per step (BatchEngineStats.hostMs), median over the same steps',
       floor:
         'weights once (without the embedding table) + every sequence’s K/V read at the middle of the measured steps',
     };
@@ -255,6 +255,7 @@ async function measureSteps(
     const streams = Array.from({ length: batch }, () => engine.submit(request));
     const times: number[] = [];
     const rowsPerStep: number[] = [];
+    const hostTimes: number[] = [];
     const first = streams[0] as BatchStream;
     const others = streams.slice(1).map(async (stream) => {
       for await (const _token of stream) {
@@ -263,16 +264,20 @@ async function measureSteps(
     });
     for await (const _token of first) {
       times.push(performance.now());
-      rowsPerStep.push(engine.stats().lastStepRows);
+      const stats = engine.stats();
+      rowsPerStep.push(stats.lastStepRows);
+      hostTimes.push(stats.hostMs);
     }
     await Promise.all(others);
     const intervals = times.slice(warmup + 1).map((time, i) => time - (times[warmup + i] as number));
+    const hostIntervals = hostTimes.slice(warmup + 1).map((time, i) => time - (hostTimes[warmup + i] as number));
     const partial = rowsPerStep.slice(warmup + 1).filter((rows) => rows !== batch).length;
     if (partial > 0) return { error: `${partial} measured steps did not hold the whole batch` };
     const peak = model.backend.memory();
     return {
       stepMs: median(intervals),
       stepP90Ms: quantile(intervals, 0.9),
+      hostMs: median(hostIntervals),
       kvBytes: pages * engine.pool.pageBytes,
       peakBytes: peak.peakBytes,
     };

@@ -3,7 +3,8 @@
 // merges the splits. Reads f32 / f16 / bf16 caches [kvHeads, capacity, headDim], or quantized ones dequantized in
 // registers while a tile is staged (quant-rows.cuh), and accumulates in f32. The kernel for an op is
 // decodeKernelFor's (attention-common.cuh). One launch serves one sequence (attentionDecode) or many, each with its
-// own caches, layout, quantization and length (attentionBatch's decode rows): blockIdx.y picks the sequence.
+// own caches, layout, quantization and length (attentionBatch's decode rows): blockIdx.x picks the sequence (y the
+// combine's).
 #include <algorithm>
 #include <cfloat>
 #include <memory>
@@ -43,7 +44,7 @@ struct DecodeSequence {
   int blocks;  // splits.blocks(kvHeads): the blocks of a launch's row past them exit
 };
 
-// What a decode launch and its combine take: up to N sequences (blockIdx.y: which one), passed by value as one
+// What a decode launch and its combine take: up to N sequences (see decoding() and sequence()), passed by value as one
 // __grid_constant__ parameter, so a block reads its sequence's descriptor where it lies (no copy to local memory, no
 // upload: launches stay capture-safe). N = 1 is the single-sequence op.
 template <int N>
@@ -51,9 +52,15 @@ struct DecodeLaunch {
   int group, headDim;
   float scale;
   DecodeSequence sequences[N];
+  // The combine's grid: (heads, sequences).
   __device__ __forceinline__ const DecodeSequence& sequence() const { return sequences[N == 1 ? 0 : blockIdx.y]; }
+  // The decode kernel's grid: (blocks, 1) for one sequence; (sequences, blocks) for a batch, so that every sequence's
+  // first blocks — the full heads' long splits — are scheduled before any sequence's later ones, and the short
+  // streaming splits fill the tail.
+  __device__ __forceinline__ const DecodeSequence& decoding() const { return sequences[N == 1 ? 0 : blockIdx.x]; }
+  __device__ __forceinline__ int block() const { return static_cast<int>(N == 1 ? blockIdx.x : blockIdx.y); }
   // Blocks past the sequence's splits (a batch's grid is as wide as its widest sequence) have nothing to do.
-  __device__ __forceinline__ bool idle() const { return N > 1 && static_cast<int>(blockIdx.x) >= sequence().blocks; }
+  __device__ __forceinline__ bool idle() const { return N > 1 && block() >= decoding().blocks; }
 };
 // Sequences per batched launch: 64 descriptors are about 17 KB, within the 32 KB of kernel parameters CUDA 12.1
 // allows from Volta on; a larger batch takes several launches.
@@ -83,7 +90,7 @@ struct DecodeWork {
 };
 
 template <typename T, bool kQuant>
-__device__ __forceinline__ DecodeWork<T> decodeWork(const DecodeSequence& sequence, int headDim) {
+__device__ __forceinline__ DecodeWork<T> decodeWork(const DecodeSequence& sequence, int block, int headDim) {
   const void* k = sequence.k;
   const void* v = sequence.v;
   const int64_t capacity = sequence.capacity;
@@ -91,7 +98,7 @@ __device__ __forceinline__ DecodeWork<T> decodeWork(const DecodeSequence& sequen
   const StreamingLayout& layout = sequence.layout;
   DecodeWork<T> work;
   work.layout = layout;
-  sequence.splits.locate(static_cast<int>(blockIdx.x), layout, work.kvHead, work.split, work.splits);
+  sequence.splits.locate(block, layout, work.kvHead, work.split, work.splits);
   if (sequence.lengthFrom) keyLength = static_cast<int64_t>(sequence.lengthFrom[0]) + 1;
   work.streams = layout.streams(work.kvHead);
   work.range = keyRangeFor(layout, work.streams, keyLength, keyLength - 1, keyLength - 1);
@@ -111,7 +118,7 @@ template <typename T, int D, int MAXG, bool kQuant, int N>
 __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const __grid_constant__ DecodeLaunch<N> launch) {
   if (launch.idle()) return;
   dependOnPrevious();
-  const DecodeSequence& sequence = launch.sequence();
+  const DecodeSequence& sequence = launch.decoding();
   const float* __restrict__ q = sequence.q;
   float* __restrict__ partialAcc = sequence.partialAcc;
   float* __restrict__ partialMax = sequence.partialMax;
@@ -128,7 +135,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const __grid_cons
   __shared__ float stateMax[kDecodeWarps][MAXG];
   __shared__ float stateSum[kDecodeWarps][MAXG];
   extern __shared__ __align__(16) unsigned char tiles[];
-  const DecodeWork<T> work = decodeWork<T, kQuant>(sequence, D);
+  const DecodeWork<T> work = decodeWork<T, kQuant>(sequence, launch.block(), D);
   const int kvHead = work.kvHead;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   T* keyTile = reinterpret_cast<T*>(tiles + warp * Tile::kBytesPerWarp);
@@ -267,7 +274,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const __grid_cons
 template <typename T, int D, int kScheme, int N>
 __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_constant__ DecodeLaunch<N> launch) {
   if (launch.idle()) return;
-  const DecodeSequence& sequence = launch.sequence();
+  const DecodeSequence& sequence = launch.decoding();
   const float* __restrict__ q = sequence.q;
   float* __restrict__ partialAcc = sequence.partialAcc;
   float* __restrict__ partialMax = sequence.partialMax;
@@ -292,7 +299,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_c
   // The key count (positions) is only written between steps, and the cached keys other than the newest one are not
   // written by the kernel before this one (RoPE + cache write): a warp whose first tile ends before the newest key
   // stages it before waiting for that kernel, so its first cache read overlaps it (chained launches).
-  const DecodeWork<T> work = decodeWork<T, kQuant>(sequence, D);
+  const DecodeWork<T> work = decodeWork<T, kQuant>(sequence, launch.block(), D);
   const int kvHead = work.kvHead;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
   KeyT* keyTile = reinterpret_cast<KeyT*>(tiles) + static_cast<int64_t>(warp) * 2 * 32 * kStride;
@@ -631,7 +638,7 @@ template <int N>
 void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks, const AttentionArgs& args, DType cacheType,
                   cudaStream_t stream) {
   const int maxGroup = maxGroupFor(launch.group);
-  const dim3 grid(blocks, static_cast<unsigned>(sequences));
+  const dim3 grid = sequences == 1 && N == 1 ? dim3(blocks) : dim3(static_cast<unsigned>(sequences), blocks);
   auto start = [&](auto kernel, size_t shared) {
     allowSharedMemory(kernel, shared);
     launchChained(kernel, grid, dim3(kDecodeThreads), shared, stream, launch);

@@ -437,8 +437,8 @@ class CudaDevice final : public Device {
 
  private:
   // The f32-activation GEMV serves single rows; 2–64 rows of half weights take the skinny tensor-core matmul where it
-  // beats cuBLAS on the H100 (tools/device/skinny-bench.cu: with its warpgroup kernel, every projection up to 64 rows;
-  // with warp MMAs alone, a single matrix up to 16 rows, gate+up up to 32, q/k/v up to 64; at most
+  // beats cuBLAS on the H100 (tools/device/skinny-bench.cu, bench/results/2026-12-06-h100-skinny/: a single matrix up
+  // to 16 rows, q/k/v up to 64, gate+up up to 64 with the warpgroup kernel and 32 without; at most
   // Tuning::skinnyRowsMax rows), cuBLAS the rest; always the skinny matmul in the batch-invariant mode.
   static constexpr int64_t kGemvRows = 1;
   // Tuning::batchInvariant: a row's results do not depend on the other rows of the call (single rows, too, take the
@@ -453,7 +453,7 @@ class CudaDevice final : public Device {
     if (invariant_) {
       if (n < 1 || n > kSkinnyRowsMax) return false;
     } else {
-      const int64_t widest = wide_ || count >= 3 ? 64 : (count == 2 ? 32 : 16);
+      const int64_t widest = count >= 3 || (wide_ && count == 2) ? 64 : (count == 2 ? 32 : 16);
       if (n < 2 || n > std::min(widest, skinnyRowsMax_)) return false;
     }
     return skinnySupported(x.cols(), weightType, x.data, weights.data(), count);
@@ -463,8 +463,11 @@ class CudaDevice final : public Device {
     options.invariant = invariant_;
     return options;
   }
-  // More than 8 rows: x rounded once for the skinny matmul's wide token tiles (none for fewer: it rounds as it loads).
-  const void* roundedInput(const Tensor& x, DType dtype) { return x.rows() > 8 ? convertedInput(x, dtype) : nullptr; }
+  // More than 8 rows: x rounded once for the warp-MMA kernel's wide token tiles (none for fewer: it rounds as it loads;
+  // nor for the warpgroup kernel, which rounds each stage's x itself: a launch less, measured faster).
+  const void* roundedInput(const Tensor& x, DType dtype) {
+    return x.rows() > 8 && (!wide_ || invariant_) ? convertedInput(x, dtype) : nullptr;
+  }
   static constexpr size_t kSmallWrite = 64 * 1024;
   static constexpr int kSmallSlots = 16;
   struct SmallSlot { void* data = nullptr; cudaEvent_t done = nullptr; };

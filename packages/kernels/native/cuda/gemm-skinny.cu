@@ -261,34 +261,40 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED, DEPTH>::kThreads, 1)
 #endif
 }
 
-// The wide kernel (Hopper, 9–64 rows of x rounded beforehand): the same 128 weight rows a block and the same cluster
-// split of k, but the products are warpgroup MMAs that read both operands from shared memory (weight rows 0–63 and
-// 64–127 as two m64 products, the tokens as N), so no warp loads fragments into registers: the mma.sync kernel's x
-// fragment loads grow with the token count and made it shared-memory bound past 16 rows. Stages are 64 of k (one
-// 128-byte swizzled row of each operand); N tokens (16, 32 or 64), rows past `rows` zeros.
-template <int N>
+// The wide kernel (Hopper, 9–64 rows): the same 128 weight rows a block and the same cluster split of k, but the
+// products are warpgroup MMAs that read both operands from shared memory (weight rows 0–63 and 64–127 as two m64
+// products, the tokens as N), so no warp loads fragments into registers: the mma.sync kernel's x fragment loads grow
+// with the token count and made it shared-memory bound past 16 rows. Stages are 64 of k (one 128-byte swizzled row of
+// each operand); N tokens (16, 32 or 64), rows past `rows` zeros. x comes rounded to T beforehand (staged like the
+// weights), or (X_F32) as f32 rows that each stage stages as they are and the block rounds into one swizzled tile
+// just before its products — no rounding launch, at the cost of a second barrier a stage.
+template <int N, bool X_F32>
 struct WidePlan {
   static constexpr int kThreads = 128;
   static constexpr int kWeightBytes = kRows * 128;
-  static constexpr int kStageBytes = kWeightBytes + N * 128;
+  static constexpr int kTileBytes = N * 128;                      // the x tile the products read (T, swizzled)
+  static constexpr int kStageBytes = kWeightBytes + (X_F32 ? N * 64 * 4 : kTileBytes);
+  static constexpr int kFixedBytes = X_F32 ? kTileBytes : 0;      // the rounded tile, after the stages
   // As many stages as leave room for two blocks a multiprocessor (about 113 KB each).
-  static constexpr int kStages = (112 * 1024) / kStageBytes > 8 ? 8 : (112 * 1024) / kStageBytes;
-  static constexpr int kPipelineBytes = kStages * kStageBytes;
+  static constexpr int kFit = (112 * 1024 - kFixedBytes) / kStageBytes;
+  static constexpr int kStages = kFit > 8 ? 8 : kFit;
+  static constexpr int kPipelineBytes = kStages * kStageBytes + kFixedBytes;
   static constexpr int kPartialBytes = N * kPartialStride * 4;
   // 1 KB of slack: the swizzled tiles must start on 1024-byte boundaries.
   static constexpr int kSharedBytes = (kPipelineBytes > kPartialBytes ? kPipelineBytes : kPartialBytes) + 1024;
 };
 
-template <typename T, int N, bool SWIGLU>
-__global__ void __launch_bounds__(WidePlan<N>::kThreads, 1)
-    skinnyWideKernel(const T* __restrict__ x, int rows, int64_t k, SkinnyJob<T> job) {
+template <typename T, int N, bool SWIGLU, bool X_F32>
+__global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
+    skinnyWideKernel(const void* __restrict__ xData, int rows, int64_t k, SkinnyJob<T> job) {
 #if defined(DUO_WGMMA)
-  using P = WidePlan<N>;
+  using P = WidePlan<N, X_F32>;
   constexpr int kStages = P::kStages, kStageBytes = P::kStageBytes, kThreads = P::kThreads;
   constexpr int kChunks = kRows * 8 / kThreads;  // 16-byte weight chunks a thread stages per stage
   constexpr int kRowsPerPass = kThreads / 8;
   extern __shared__ __align__(1024) unsigned char raw[];
   unsigned char* shared = raw + ((1024 - static_cast<unsigned>(__cvta_generic_to_shared(raw)) % 1024) % 1024);
+  unsigned char* tile = shared + kStages * kStageBytes;  // X_F32: the rounded x tile of the current stage
   const int slices = gridDim.x, slice = blockIdx.x;
   const int64_t unit = blockIdx.y;
   int which = 0;
@@ -315,14 +321,20 @@ __global__ void __launch_bounds__(WidePlan<N>::kThreads, 1)
     for (int i = 0; i < kChunks; i++)
       copyOrZero16(target + swizzle128(threadIdx.x / 8 + kRowsPerPass * i, chunk), source[i] + static_cast<int64_t>(stage) * 64, valid[i]);
   };
+  // x: rounded rows swizzled like the weights, or f32 rows of 256 bytes (16 chunks) as they are.
   auto stageTokens = [&](int stage) {
     unsigned char* target = shared + (stage % kStages) * kStageBytes + P::kWeightBytes;
+    constexpr int kParts = X_F32 ? 16 : 8;
 #pragma unroll
-    for (int piece = threadIdx.x; piece < N * 8; piece += kThreads) {
-      const int token = piece / 8, part = piece % 8;
+    for (int piece = threadIdx.x; piece < N * kParts; piece += kThreads) {
+      const int token = piece / kParts, part = piece % kParts;
       const bool live = token < rows;
-      const int64_t offset = (live ? token : 0) * k + begin + static_cast<int64_t>(stage) * 64 + part * 8;
-      copyOrZero16(target + swizzle128(token, part), x + offset, live);
+      const int64_t offset = (live ? token : 0) * k + begin + static_cast<int64_t>(stage) * 64;
+      if constexpr (X_F32) {
+        copyOrZero16(target + token * 256 + part * 16, static_cast<const float*>(xData) + offset + part * 4, live);
+      } else {
+        copyOrZero16(target + swizzle128(token, part), static_cast<const T*>(xData) + offset + part * 8, live);
+      }
     }
   };
 
@@ -345,15 +357,30 @@ __global__ void __launch_bounds__(WidePlan<N>::kThreads, 1)
     else waitGroups<kStages - 2>();
     fenceProxyAsync();
     __syncthreads();
-    // Every thread has waited for the products of stage s − 1: its buffer is free.
+    // Every thread has waited for the products of stage s − 1: its buffer (and the rounded tile) is free.
     if (s + kStages - 1 < stages) {
       stageWeights(s + kStages - 1);
       stageTokens(s + kStages - 1);
     }
     commitGroup();
     const unsigned char* weights = shared + (s % kStages) * kStageBytes;
+    const unsigned char* tokens = weights + P::kWeightBytes;
+    if constexpr (X_F32) {
+      // Round this stage's f32 rows into the swizzled tile: 8 values (one 16-byte chunk) at a time.
+#pragma unroll
+      for (int piece = threadIdx.x; piece < N * 8; piece += kThreads) {
+        const int token = piece / 8, part = piece % 8;
+        const float4 low = *reinterpret_cast<const float4*>(tokens + token * 256 + part * 32);
+        const float4 high = *reinterpret_cast<const float4*>(tokens + token * 256 + part * 32 + 16);
+        *reinterpret_cast<uint4*>(tile + swizzle128(token, part)) =
+            make_uint4(packPair<T>(low.x, low.y), packPair<T>(low.z, low.w), packPair<T>(high.x, high.y), packPair<T>(high.z, high.w));
+      }
+      fenceProxyAsync();
+      __syncthreads();
+      tokens = tile;
+    }
     const uint64_t a0 = sharedTileDescriptor(weights), a1 = sharedTileDescriptor(weights + 64 * 128);
-    const uint64_t b = sharedTileDescriptor(weights + P::kWeightBytes);
+    const uint64_t b = sharedTileDescriptor(tokens);
     pinRegisters(acc[0]);
     pinRegisters(acc[1]);
     wgmmaFence();
@@ -517,10 +544,10 @@ void launchTiles(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, in
                  slices, stream, x, rows, k, job);
 }
 
-template <typename T, int N, bool SWIGLU>
-void launchWide(const T* x, int rows, int64_t k, const SkinnyJob<T>& job, int slices, cudaStream_t stream) {
-  using P = WidePlan<N>;
-  auto kernel = skinnyWideKernel<T, N, SWIGLU>;
+template <typename T, int N, bool SWIGLU, bool X_F32>
+void launchWide(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, int slices, cudaStream_t stream) {
+  using P = WidePlan<N, X_F32>;
+  auto kernel = skinnyWideKernel<T, N, SWIGLU, X_F32>;
   static const bool configured = [&] {
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, P::kSharedBytes), "cudaFuncSetAttribute");
     return true;
@@ -530,20 +557,24 @@ void launchWide(const T* x, int rows, int64_t k, const SkinnyJob<T>& job, int sl
                  slices, stream, x, rows, k, job);
 }
 
-// The wide kernel's k split: the one whose busiest multiprocessor streams the fewest bytes (blocks spread evenly,
-// whole blocks per multiprocessor; ties: fewer slices, less to sum).
+template <typename T, bool SWIGLU, bool X_F32>
+void launchWideTokens(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, int slices, cudaStream_t stream) {
+  if (rows <= 16) launchWide<T, 16, SWIGLU, X_F32>(x, rows, k, job, slices, stream);
+  else if (rows <= 32) launchWide<T, 32, SWIGLU, X_F32>(x, rows, k, job, slices, stream);
+  else launchWide<T, 64, SWIGLU, X_F32>(x, rows, k, job, slices, stream);
+}
+
+// The wide kernel's k split: the most slices (up to a cluster of 8, whole 64-deep stages, at least 256 of k each)
+// that keep the blocks within 1.5 per multiprocessor. The H100 sweep (bench/results/2026-12-06-h100-skinny/) at 16–64
+// rows: q/k/v 48 units → 4 slices, o_proj and down 32 → 4, gate+up 224 → 1, the LM head 1002 → 1; one slice more or
+// less cost 2–30 %.
 template <typename T>
 int wideSlices(const SkinnyJob<T>& job, int64_t k) {
-  const int64_t units = job.first[job.count], processors = multiprocessorCount();
+  const int64_t units = job.first[job.count], room = 3LL * multiprocessorCount() / 2;
   int best = 1;
-  int64_t bestLoad = INT64_MAX;
-  for (int s = 1; s <= kMaxCluster; s *= 2) {
-    if (k % (static_cast<int64_t>(s) * 64) != 0 || k / s < 256) break;
-    const int64_t load = (units * s + processors - 1) / processors * (k / s);
-    if (load < bestLoad) {
-      best = s;
-      bestLoad = load;
-    }
+  for (int s = 2; s <= kMaxCluster; s *= 2) {
+    if (k % (static_cast<int64_t>(s) * 64) != 0 || k / s < 256 || units * s > room) break;
+    best = s;
   }
   return best;
 }
@@ -588,18 +619,18 @@ void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, Skinny
     const float* xs = x + first * k;
     // Up to 8 rows stage f32 x (no rounding pass needed); wider tiles take x rounded beforehand when it is given.
     const T* rs = rounded && count > 8 ? rounded + first * k : nullptr;
-    // 9–64 rows rounded beforehand on Hopper: the warpgroup-MMA kernel (unless pinned to the warp MMAs); the
-    // batch-invariant mode keeps the warp MMAs at every row count (one kernel, one summation order).
-    const bool wide = rs && !options.invariant && options.kernel != SkinnyOptions::kWarp && wideCompiled();
+    // 9–64 rows on Hopper: the warpgroup-MMA kernel (unless pinned to the warp MMAs), with x rounded beforehand where
+    // it is given, else rounding it itself; the batch-invariant mode keeps the warp MMAs at every row count (one
+    // kernel, one summation order).
+    const bool wide = count > 8 && !options.invariant && options.kernel != SkinnyOptions::kWarp && wideCompiled();
     if (options.kernel == SkinnyOptions::kWarpgroup && !wide)
-      throw Error("DUO_ARG", "skinny matmul: the warpgroup kernel needs Hopper machine code (sm_90a), more than 8 rows and x rounded");
+      throw Error("DUO_ARG", "skinny matmul: the warpgroup kernel needs Hopper machine code (sm_90a) and more than 8 rows");
     if (wide) {
       const int split = options.slices > 0 ? options.slices : wideSlices(pass, k);
       if (k % (static_cast<int64_t>(split) * 64) != 0 || split > kMaxCluster)
         throw Error("DUO_ARG", "skinny matmul: k = " + std::to_string(k) + " does not split into " + std::to_string(split) + " slices of 64");
-      if (count <= 16) launchWide<T, 16, SWIGLU>(rs, count, k, pass, split, stream);
-      else if (count <= 32) launchWide<T, 32, SWIGLU>(rs, count, k, pass, split, stream);
-      else launchWide<T, 64, SWIGLU>(rs, count, k, pass, split, stream);
+      if (rs) launchWideTokens<T, SWIGLU, false>(rs, count, k, pass, split, stream);
+      else launchWideTokens<T, SWIGLU, true>(xs, count, k, pass, split, stream);
       continue;
     }
     if (count <= 8) launchRounding<T, 1, SWIGLU>(xs, nullptr, count, k, pass, streaming, stream);

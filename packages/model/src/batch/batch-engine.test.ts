@@ -131,8 +131,13 @@ describe('requests, limits and the stream', () => {
     ];
     const run = async (runAhead: boolean, stopAt?: number) => {
       const engine = model.createBatchEngine({ runAhead, stepTokens: 64 });
+      const started = performance.now();
       const runs = await Promise.all(requests(stopAt).map((request) => drain(engine.submit(request))));
+      const elapsed = performance.now() - started;
       const stats = engine.stats();
+      // The CPU backend computes as it enqueues: the step loop's host time is most of the run, never more.
+      expect(stats.hostMs).toBeGreaterThan(0.5 * elapsed);
+      expect(stats.hostMs).toBeLessThanOrEqual(elapsed);
       expectAllFree(engine);
       await engine.close();
       return { runs, stats };

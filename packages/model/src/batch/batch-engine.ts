@@ -180,6 +180,11 @@ export interface BatchEngineStats {
   /** Steps enqueued before the previous step's tokens were read (`runAhead`). */
   readonly stepsRunAhead: number;
   readonly preemptions: number;
+  /**
+   * Milliseconds the step loop kept the host busy (scheduling, enqueueing the device's work, emitting tokens), not
+   * counting the waits for the device's reads: where it approaches the step time, the host, not the device, sets the pace.
+   */
+  readonly hostMs: number;
   /** Tokens the last step ran (decode rows + prefill rows). */
   readonly lastStepRows: number;
   /** The prefix cache: entries, pool pages (and bytes) they hold, lookups at admission, hits, tokens served, evictions. */
@@ -290,6 +295,7 @@ export class BatchEngine {
   /** The last step's sampling, enqueued and not yet read. */
   #inflight: InflightSample | undefined;
   #stepsRunAhead = 0;
+  #hostMs = 0;
   readonly #runAhead: boolean;
   #lastStepRows = 0;
   #failure: unknown;
@@ -356,6 +362,7 @@ export class BatchEngine {
       steps: this.#steps,
       stepsRunAhead: this.#stepsRunAhead,
       preemptions: this.#preemptions,
+      hostMs: this.#hostMs,
       lastStepRows: this.#lastStepRows,
       prefixCache: this.#prefixStats(),
       ...(this.#failure === undefined ? {} : { failure: describe(this.#failure) }),
@@ -569,11 +576,23 @@ export class BatchEngine {
     const previous = this.#inflight;
     if (previous) {
       // The last step's tokens: first enqueue the next decode step where it needs none of them on the host.
+      const started = performance.now();
       this.#inflight = this.#canRunAhead(previous) ? this.#decodeAhead(previous) : undefined;
+      this.#hostMs += performance.now() - started;
       await this.#emitSampled(previous);
       // A step ran ahead: its tokens come next. Else this is a step boundary: schedule the next step now.
       if (this.#inflight) return;
     }
+    const started = performance.now();
+    try {
+      this.#boundary();
+    } finally {
+      this.#hostMs += performance.now() - started;
+    }
+  }
+
+  /** A step boundary: retire, admit, schedule, and enqueue the step's passes and sampling. */
+  #boundary(): void {
     this.#retireCancelled();
     this.#admit();
     const spans = this.#schedule();
@@ -739,6 +758,12 @@ export class BatchEngine {
    */
   async #emitSampled({ sampled, read }: InflightSample): Promise<void> {
     const [tokens, logits] = await read;
+    const started = performance.now();
+    this.#emitTokens(sampled, tokens, logits);
+    this.#hostMs += performance.now() - started;
+  }
+
+  #emitTokens(sampled: readonly Sequence[], tokens: Int32Array, logits: Float32Array | undefined): void {
     const vocab = this.#model.config.vocabSize;
     sampled.forEach((sequence, index) => {
       if (sequence.cancelled || !this.#running.includes(sequence)) return;
