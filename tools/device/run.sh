@@ -121,6 +121,15 @@ for step in "${steps[@]}"; do
              --sparsity 0.5 --sink 128 --recent 256 --kv-quant ${DUO_BATCH_QUANTS:-none} --batch ${DUO_BATCHES:-1,4,16,64} \
              --contexts ${DUO_BATCH_CONTEXTS:-4k,32k} --steps 32 --warmup 4 --bandwidth ${DUO_BANDWIDTH:-3.0} \
              --out "$OUT/batch-llama-3-8b.json" || status=1 ;;
+    # The batch benchmark once per `label|knobs` of DUO_BATCH_AB (run-time knobs, e.g. "lsf|DUO_LONG_SPLITS_FIRST=1;
+    # seq|DUO_LONG_SPLITS_FIRST=0"), duo 50 % at DUO_BATCHES × DUO_BATCH_CONTEXTS, one JSON each.
+    batch-ab) IFS=';' read -ra variants <<< "${DUO_BATCH_AB:?DUO_BATCH_AB lists label|knobs;…}"
+              for variant in "${variants[@]}"; do
+                label=${variant%%|*}; knobs=${variant#*|}; echo "--- $label: $knobs"
+                env $knobs node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
+                  --sink 128 --recent 256 --batch ${DUO_BATCHES:-4,16,64} --contexts ${DUO_BATCH_CONTEXTS:-4k,32k} --steps 32 \
+                  --warmup 4 --out "$OUT/batch-ab-$label.json" || status=1
+              done ;;
     # Device time per op of the batch engine's steps (events after every op, so slower than unprofiled steps).
     batch-profile) DUO_CUDA_PROFILE=1 node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention duo \
              --sparsity 0.5 --sink 128 --recent 256 --batch ${DUO_BATCHES:-16,64} --contexts ${DUO_BATCH_CONTEXTS:-4k} \

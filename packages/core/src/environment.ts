@@ -51,6 +51,13 @@ export const ENVIRONMENT_VARIABLES = [
     usedBy: 'duo-bench, duo-serve → BackendTuning.skinnyRowsMax',
   },
   {
+    name: 'DUO_LONG_SPLITS_FIRST',
+    kind: 'integer',
+    meaning:
+      "1 (default): a batch's CUDA decode attention starts every sequence's full-head splits before streaming ones; 0: sequence after sequence (a tuning knob)",
+    usedBy: 'duo-bench, duo-serve → BackendTuning.longSplitsFirst',
+  },
+  {
     name: 'DUO_NO_PDL',
     kind: 'flag',
     meaning: 'launch CUDA kernels without programmatic dependent launch (A/B runs)',
@@ -119,6 +126,7 @@ export interface DuoEnvironment {
   readonly noPdl: boolean;
   readonly batchInvariant: boolean;
   readonly skinnyRowsMax?: number;
+  readonly longSplitsFirst?: boolean;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
   readonly gemvSplit?: string;
@@ -155,6 +163,7 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     }
     return parsed;
   };
+  const longSplits = integer('DUO_LONG_SPLITS_FIRST', 0, 1);
   return {
     nativePath: text('DUO_NATIVE_PATH'),
     verbose: flag('DUO_VERBOSE'),
@@ -163,6 +172,7 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     noPdl: flag('DUO_NO_PDL'),
     batchInvariant: flag('DUO_BATCH_INVARIANT'),
     skinnyRowsMax: integer('DUO_SKINNY_ROWS_MAX', 0, 64),
+    longSplitsFirst: longSplits === undefined ? undefined : longSplits === 1,
     gemvMinSlice: integer('DUO_GEMV_MIN_SLICE', 1),
     gemvWaves: integer('DUO_GEMV_WAVES', 0, 2),
     gemvSplit: text('DUO_GEMV_SPLIT'),

@@ -324,6 +324,7 @@ class Device {
     std::string gemvPinnedSplits;  // "rowsxk:split,…" pins the split of a shape
     bool batchInvariant = false;   // a row's results never depend on the other rows of a call (batch engine)
     int64_t skinnyRowsMax = 64;    // most rows the skinny tensor-core matmul takes outside that mode (0: cuBLAS)
+    bool longSplitsFirst = true;   // a batch's decode attention starts every sequence's full-head splits first
   };
   virtual void tune(const Tuning&) {}
 

@@ -71,6 +71,11 @@ export interface BackendTuning {
    * every 2+ rows. Default 64.
    */
   readonly skinnyRowsMax?: number;
+  /**
+   * A batch's CUDA decode attention schedules every sequence's full-head splits (the long ones) before any streaming
+   * split, so the short ones fill the tail; false: sequence after sequence (an A/B knob). Default true.
+   */
+  readonly longSplitsFirst?: boolean;
 }
 
 /**

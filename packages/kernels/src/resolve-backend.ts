@@ -76,6 +76,7 @@ export function environmentTuning(environment: DuoEnvironment): BackendTuning {
     chainLaunches: !environment.noPdl,
     batchInvariant: environment.batchInvariant,
     ...(environment.skinnyRowsMax === undefined ? {} : { skinnyRowsMax: environment.skinnyRowsMax }),
+    ...(environment.longSplitsFirst === undefined ? {} : { longSplitsFirst: environment.longSplitsFirst }),
     ...(environment.gemvMinSlice === undefined ? {} : { gemvMinSlice: environment.gemvMinSlice }),
     ...(environment.gemvWaves === undefined ? {} : { gemvWaveRule: environment.gemvWaves }),
     ...(environment.gemvSplit === undefined ? {} : { gemvPinnedSplits: environment.gemvSplit }),

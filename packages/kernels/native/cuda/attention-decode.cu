@@ -51,14 +51,19 @@ template <int N>
 struct DecodeLaunch {
   int group, headDim;
   float scale;
+  bool longSplitsFirst;  // a batch's decode grid is (sequences, blocks), else (blocks, sequences)
   DecodeSequence sequences[N];
   // The combine's grid: (heads, sequences).
   __device__ __forceinline__ const DecodeSequence& sequence() const { return sequences[N == 1 ? 0 : blockIdx.y]; }
-  // The decode kernel's grid: (blocks, 1) for one sequence; (sequences, blocks) for a batch, so that every sequence's
-  // first blocks — the full heads' long splits — are scheduled before any sequence's later ones, and the short
-  // streaming splits fill the tail.
-  __device__ __forceinline__ const DecodeSequence& decoding() const { return sequences[N == 1 ? 0 : blockIdx.x]; }
-  __device__ __forceinline__ int block() const { return static_cast<int>(N == 1 ? blockIdx.x : blockIdx.y); }
+  // The decode kernel's grid: (blocks, 1) for one sequence; for a batch (sequences, blocks) when longSplitsFirst — every
+  // sequence's first blocks, the full heads' long splits, are scheduled before any sequence's later ones and the short
+  // streaming splits fill the tail — else (blocks, sequences).
+  __device__ __forceinline__ const DecodeSequence& decoding() const {
+    return sequences[N == 1 ? 0 : (longSplitsFirst ? blockIdx.x : blockIdx.y)];
+  }
+  __device__ __forceinline__ int block() const {
+    return static_cast<int>(N == 1 || !longSplitsFirst ? blockIdx.x : blockIdx.y);
+  }
   // Blocks past the sequence's splits (a batch's grid is as wide as its widest sequence) have nothing to do.
   __device__ __forceinline__ bool idle() const { return N > 1 && block() >= decoding().blocks; }
 };
@@ -638,7 +643,9 @@ template <int N>
 void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks, const AttentionArgs& args, DType cacheType,
                   cudaStream_t stream) {
   const int maxGroup = maxGroupFor(launch.group);
-  const dim3 grid = sequences == 1 && N == 1 ? dim3(blocks) : dim3(static_cast<unsigned>(sequences), blocks);
+  const dim3 grid = N == 1 ? dim3(blocks)
+                   : launch.longSplitsFirst ? dim3(static_cast<unsigned>(sequences), blocks)
+                                            : dim3(blocks, static_cast<unsigned>(sequences));
   auto start = [&](auto kernel, size_t shared) {
     allowSharedMemory(kernel, shared);
     launchChained(kernel, grid, dim3(kDecodeThreads), shared, stream, launch);
@@ -709,6 +716,7 @@ DecodeLaunch<N> decodeLaunchFor(const AttentionArgs& args) {
   launch.group = args.heads / args.kvHeads;
   launch.headDim = args.headDim;
   launch.scale = args.scale;
+  launch.longSplitsFirst = false;
   return launch;
 }
 }  // namespace
@@ -766,11 +774,13 @@ size_t attentionDecodeBatchScratch(const DecodeSlice* slices, int count) {
   return bytes;
 }
 
-void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cacheType, float* scratch, cudaStream_t stream) {
+void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cacheType, float* scratch, bool longSplitsFirst,
+                                cudaStream_t stream) {
   if (count == 0) return;
   const AttentionArgs& shape = slices[0].args;
   // About 17 KB: off the stack of the JS thread.
   auto launch = std::make_unique<DecodeLaunch<kBatchSequences>>(decodeLaunchFor<kBatchSequences>(shape));
+  launch->longSplitsFirst = longSplitsFirst;
   for (int first = 0; first < count; first += kBatchSequences) {
     // Consecutive launches run in stream order, so every chunk's partials may start at the same scratch.
     const int sequences = std::min(kBatchSequences, count - first);

@@ -314,7 +314,10 @@ struct DecodeSlice {
 // Whether a decode of `args` has a split-K kernel to batch (not the one-row prefill fallback).
 bool decodeBatchable(const AttentionArgs& args, DType cacheType);
 size_t attentionDecodeBatchScratch(const DecodeSlice* slices, int count);
-void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cacheType, float* scratch, cudaStream_t stream);
+// longSplitsFirst: the grid is (sequences, blocks), so every sequence's first blocks (the full heads' long splits) are
+// scheduled before any sequence's later ones; else (blocks, sequences), sequence after sequence.
+void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cacheType, float* scratch, bool longSplitsFirst,
+                                cudaStream_t stream);
 // attentionBatch's slices sorted for launching: the one-row slices with a split-K kernel grouped by cache dtype and KV
 // scheme (one batched launch each, all sized by scratchBytes), and the rest (prefill chunks, other head dims).
 struct DecodeBatchPlan {

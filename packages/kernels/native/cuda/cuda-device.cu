@@ -241,7 +241,8 @@ class CudaDevice final : public Device {
     const DecodeBatchPlan plan = planDecodeBatch(q, out, shape, slices, properties_.multiProcessorCount, invariant_);
     float* partial = plan.groups.empty() ? nullptr : static_cast<float*>(scratch(plan.scratchBytes));
     for (const DecodeBatchPlan::Group& group : plan.groups)
-      launchAttentionDecodeBatch(group.slices.data(), static_cast<int>(group.slices.size()), group.cacheType, partial, stream_);
+      launchAttentionDecodeBatch(group.slices.data(), static_cast<int>(group.slices.size()), group.cacheType, partial, longSplitsFirst_,
+                                 stream_);
     if (!plan.groups.empty()) profiler_.mark("attentionBatch", stream_);
     Device::attentionBatch(q, out, shape, plan.rest);
   }
@@ -445,6 +446,7 @@ class CudaDevice final : public Device {
   // skinny matmul, its k split fixed by the matrix shape; a batch's decode attention splits each sequence as if alone).
   bool invariant_ = false;
   int64_t skinnyRowsMax_ = kSkinnyRowsMax;  // Tuning::skinnyRowsMax
+  bool longSplitsFirst_ = true;              // Tuning::longSplitsFirst
   bool wide_ = false;                        // the skinny matmul's warpgroup kernel runs here (probed at construction)
   // Whether a matmul of x's rows (`count` matrices sharing x; gate and up count 2) takes the skinny matmul: bf16 / f16
   // weights, k a multiple of 64, 16-byte aligned operands.
@@ -518,6 +520,7 @@ class CudaDevice final : public Device {
     profiler_.enable(tuning.profile);
     invariant_ = tuning.batchInvariant;
     skinnyRowsMax_ = tuning.skinnyRowsMax;
+    longSplitsFirst_ = tuning.longSplitsFirst;
     setChainLaunches(tuning.chainLaunches);
     setGemvTuning(tuning);
   }

@@ -246,7 +246,7 @@ Napi::Value takeProfile(const Napi::CallbackInfo& info) {
 }
 
 // Device::Tuning from { profile, chainLaunches, gemvMinSlice, gemvWaveRule, gemvPinnedSplits, batchInvariant,
-// skinnyRowsMax } (all optional).
+// skinnyRowsMax, longSplitsFirst } (all optional).
 Napi::Value tune(const Napi::CallbackInfo& info) {
   const Attributes attributes(info[1], "the backend's tuning");
   Device::Tuning tuning;
@@ -257,6 +257,7 @@ Napi::Value tune(const Napi::CallbackInfo& info) {
   if (!absent(attributes.optional("gemvPinnedSplits"))) tuning.gemvPinnedSplits = attributes.text("gemvPinnedSplits");
   tuning.batchInvariant = attributes.flag("batchInvariant");
   if (!absent(attributes.optional("skinnyRowsMax"))) tuning.skinnyRowsMax = attributes.integer("skinnyRowsMax");
+  if (!absent(attributes.optional("longSplitsFirst"))) tuning.longSplitsFirst = attributes.flag("longSplitsFirst");
   deviceOf(info[0])->tune(tuning);
   return info.Env().Undefined();
 }
