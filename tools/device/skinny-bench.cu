@@ -195,7 +195,8 @@ int main(int argc, char** argv) {
             // The engine rounds x once for more than 8 rows (the rounding launch is timed with the matmul), unless the
             // warpgroup kernel takes them (it rounds x itself).
             const void* round = nullptr;
-            const bool engineRounds = variant.name != "skinny" || !wideCompiled() || options.invariant;
+            const bool engineRounds =
+                variant.name != "skinny" || !wideCompiled() || options.invariant || (shape.m.size() == 1 && !shape.swiglu);
             if (rows > 8 && variant.name != "wide-f32" && engineRounds) {
               launchConvert(x, DType::F32, rounded, DType::BF16, rows * shape.k, stream);
               round = rounded;

@@ -135,8 +135,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       [17, 300, 130],
       [64, 256, 96],
       // 2–64 rows of half weights: the CUDA skinny tensor-core matmul (token tiles of 8, x rounded beforehand past 8
-      // rows, k split over a cluster of up to 8 blocks; on Hopper past 8 rows its warpgroup kernel, tokens as N = 16,
-      // 32 or 64), and cuBLAS (BackendTuning.skinnyRowsMax 0).
+      // rows, k split over a cluster of up to 8 blocks; on Hopper matmulGroup and matmulSwiglu past 8 rows take its
+      // warpgroup kernel, tokens as N = 16, 32 or 64), and cuBLAS (BackendTuning.skinnyRowsMax 0).
       [33, 1024, 200],
       [9, 2048, 24],
       [24, 512, 136],

@@ -169,7 +169,9 @@ class CudaDevice final : public Device {
     const float* residualData = residual ? residual->as<float>() : nullptr;
     if (skinny(x, weight.dtype, {weight.data}, 1)) {
       const GemvTarget target{weight.data, out.as<float>(), biasData, m};
-      launchSkinny(x.as<float>(), roundedInput(x, weight.dtype), n, k, weight.dtype, &target, residualData, 1, skinnyOptions(), stream_);
+      // A single matrix takes the warp-MMA kernel, which wants x rounded beforehand past 8 rows.
+      const void* rounded = n > 8 ? convertedInput(x, weight.dtype) : nullptr;
+      launchSkinny(x.as<float>(), rounded, n, k, weight.dtype, &target, residualData, 1, skinnyOptions(), stream_);
       profiler_.mark("matmul", stream_);
       return;
     }
@@ -465,8 +467,9 @@ class CudaDevice final : public Device {
     options.invariant = invariant_;
     return options;
   }
-  // More than 8 rows: x rounded once for the warp-MMA kernel's wide token tiles (none for fewer: it rounds as it loads;
-  // nor for the warpgroup kernel, which rounds each stage's x itself: a launch less, measured faster).
+  // More than 8 rows of x shared by several matrices: rounded once for the warp-MMA kernel's wide token tiles (none for
+  // fewer: it rounds as it loads; nor for the warpgroup kernel, which rounds each stage's x itself: a launch less,
+  // measured faster).
   const void* roundedInput(const Tensor& x, DType dtype) {
     return x.rows() > 8 && (!wide_ || invariant_) ? convertedInput(x, dtype) : nullptr;
   }

@@ -619,10 +619,12 @@ void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, Skinny
     const float* xs = x + first * k;
     // Up to 8 rows stage f32 x (no rounding pass needed); wider tiles take x rounded beforehand when it is given.
     const T* rs = rounded && count > 8 ? rounded + first * k : nullptr;
-    // 9–64 rows on Hopper: the warpgroup-MMA kernel (unless pinned to the warp MMAs), with x rounded beforehand where
-    // it is given, else rounding it itself; the batch-invariant mode keeps the warp MMAs at every row count (one
-    // kernel, one summation order).
-    const bool wide = count > 8 && !options.invariant && options.kernel != SkinnyOptions::kWarp && wideCompiled();
+    // 9–64 rows of q/k/v or gate+up on Hopper: the warpgroup-MMA kernel (unless pinned to the warp MMAs), with x
+    // rounded beforehand where it is given, else rounding it itself. A single matrix keeps the warp MMAs (measured
+    // faster there in sum: o_proj gains 2 µs at 16 rows, down and the LM head lose 2 and 23), and so does the
+    // batch-invariant mode at every row count (one kernel, one summation order).
+    const bool shared = SWIGLU || job.count > 1 || options.kernel == SkinnyOptions::kWarpgroup;
+    const bool wide = count > 8 && shared && !options.invariant && options.kernel != SkinnyOptions::kWarp && wideCompiled();
     if (options.kernel == SkinnyOptions::kWarpgroup && !wide)
       throw Error("DUO_ARG", "skinny matmul: the warpgroup kernel needs Hopper machine code (sm_90a) and more than 8 rows");
     if (wide) {
