@@ -278,6 +278,8 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
       : 'none',
   };
   const figures = { attention: rows, peer: peerRows };
+  // The record first: a figure that cannot be drawn must not lose the measurements.
+  const record = options.out ? writeResult(String(options.out), backend.deviceName, settings, figures) : figures;
   if (options.plot) {
     const series = shares.map((share) => ({
       label: share === 0 ? 'full' : `${(share * 100).toFixed(0)} % streaming`,
@@ -296,5 +298,5 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
     );
     log(`wrote ${String(options.plot)}`);
   }
-  return options.out ? writeResult(String(options.out), backend.deviceName, settings, figures) : figures;
+  return record;
 }
