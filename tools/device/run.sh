@@ -57,6 +57,8 @@ status=0
 for step in "${steps[@]}"; do
   echo "=== $step"
   case "$step" in
+    # The prefill attention kernels alone (no bundle needed): tools/device/prefill-bench.cu via prefill-sweep.sh.
+    prefill) bash tools/device/prefill-sweep.sh || status=1 ;;
     attention) node /tmp/duo-node/duo-bench.mjs attention --device cuda --lengths ${DUO_ATTENTION_LENGTHS:-16k,64k} \
              --streaming 0,0.5 --sink 128 --recent 256 --out "$OUT/attention.json" --plot "$OUT/attention.svg" || status=1 ;;
     skinny)

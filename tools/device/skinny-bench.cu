@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
         for (int s = 1; s <= 8; s *= 2)
           if (shape.k % (s * depth) == 0 && shape.k / s >= 256 && (depth == 64 || rows <= 16))
             variants.push_back({"warp", s, depth, SkinnyOptions::kWarp});
-      if (rows > 8 && wideCompiled())
+      if (rows > 8 && wgmmaCompiled())
         for (int s = 1; s <= 8; s *= 2)
           if (shape.k % (s * 64) == 0 && shape.k / s >= 256) {
             variants.push_back({"wide", s, 0, SkinnyOptions::kWarpgroup});
@@ -196,7 +196,7 @@ int main(int argc, char** argv) {
             // warpgroup kernel takes them (it rounds x itself).
             const void* round = nullptr;
             const bool engineRounds =
-                variant.name != "skinny" || !wideCompiled() || options.invariant || (shape.m.size() == 1 && !shape.swiglu);
+                variant.name != "skinny" || !wgmmaCompiled() || options.invariant || (shape.m.size() == 1 && !shape.swiglu);
             if (rows > 8 && variant.name != "wide-f32" && engineRounds) {
               launchConvert(x, DType::F32, rounded, DType::BF16, rows * shape.k, stream);
               round = rounded;

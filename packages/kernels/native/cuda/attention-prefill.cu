@@ -3,6 +3,7 @@
 // and quantized tiles at head dims 64 and 128 (FlashAttention-2 style). GQA-aware, f32 accumulation; quantized caches
 // are dequantized while a tile is staged (quant-rows.cuh).
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <type_traits>
 
@@ -277,9 +278,19 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
 
 }  // namespace
 
+namespace {
+std::atomic<bool> prefillWgmmaAllowed{true};
+}  // namespace
+
+void setPrefillWgmma(bool allowed) { prefillWgmmaAllowed.store(allowed, std::memory_order_relaxed); }
+
 void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream) {
   if (rows == 0) return;
+  if (prefillWgmmaAllowed.load(std::memory_order_relaxed) && prefillWgmmaServes(args, cacheType)) {
+    launchAttentionPrefillWgmma(q, qStride, k, v, cacheType, capacity, out, rows, args, stream);
+    return;
+  }
   int group = args.heads / args.kvHeads;
   auto body = [&](auto t, auto quantized) {
     using T = decltype(t);

@@ -259,8 +259,9 @@ struct SkinnyOptions {
   enum Kernel { kRule = 0, kWarp = 1, kWarpgroup = 2 };
   int kernel = kRule;
 };
-// Whether the skinny matmul's warpgroup kernel can run here (Hopper and sm_90a machine code); probes once.
-bool wideCompiled();
+// Whether the warpgroup-MMA kernels (the skinny matmul's wide kernel, the Hopper prefill attention) can run here:
+// Hopper, and this build's machine code for them (sm_90a); probes once.
+bool wgmmaCompiled();
 bool skinnySupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count);
 void launchSkinny(const float* x, const void* rounded, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets,
                   const float* residual, int count, const SkinnyOptions& options, cudaStream_t stream);
@@ -270,6 +271,12 @@ void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* pos
                           int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,
                           int64_t capacity, const StreamingLayout& streaming, cudaStream_t stream);
 void launchDecodeAdvance(const int32_t* next, int32_t* ids, int32_t* positions, cudaStream_t stream);
+// Hopper prefill attention on warpgroup MMAs (attention-prefill-wgmma.cu): 16-bit caches, head dims 64 and 128, not
+// quantized, where the build has sm_90a code; launchAttentionPrefill routes there unless setPrefillWgmma(false).
+bool prefillWgmmaServes(const AttentionArgs& args, DType cacheType);
+void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
+                                 float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
+void setPrefillWgmma(bool allowed);
 void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
 // How one decode launch spreads over the KV heads: full heads get `full` splits of their keys each, streaming heads (a

@@ -26,7 +26,7 @@ class CudaDevice final : public Device {
     paged_ = PagedMemory(device_);
     check(cudaGetDeviceProperties(&properties_, device_), "cudaGetDeviceProperties");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    wide_ = wideCompiled();  // a probe launch: before any graph capture
+    wide_ = wgmmaCompiled();  // a probe launch: before any graph capture
     // Keep freed blocks in the pool instead of returning them to the driver at each synchronisation.
     cudaMemPool_t pool;
     check(cudaDeviceGetDefaultMemPool(&pool, device_), "cudaDeviceGetDefaultMemPool");

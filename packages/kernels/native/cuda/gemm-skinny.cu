@@ -53,16 +53,6 @@ struct Plan {
   static constexpr int kSharedBytes = kPipelineBytes > kPartialBytes ? kPipelineBytes : kPartialBytes;
 };
 
-// 16-byte cp.async that writes zeros where the source is outside the matrix (`valid` false: nothing is read).
-__device__ __forceinline__ void copyOrZero16(void* shared, const void* global, bool valid) {
-  const unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  const int bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(target), "l"(global), "r"(bytes));
-}
-__device__ __forceinline__ void commitGroup() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void waitGroups() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 // A block's 128 weight rows: unit u of the launch (SkinnyJob::first) is matrix `which`'s rows from `row0`.
 template <typename T>
 using SkinnyJob = WeightJob<T>;
@@ -624,7 +614,7 @@ void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, Skinny
     // faster there in sum: o_proj gains 2 µs at 16 rows, down and the LM head lose 2 and 23), and so does the
     // batch-invariant mode at every row count (one kernel, one summation order).
     const bool shared = SWIGLU || job.count > 1 || options.kernel == SkinnyOptions::kWarpgroup;
-    const bool wide = count > 8 && shared && !options.invariant && options.kernel != SkinnyOptions::kWarp && wideCompiled();
+    const bool wide = count > 8 && shared && !options.invariant && options.kernel != SkinnyOptions::kWarp && wgmmaCompiled();
     if (options.kernel == SkinnyOptions::kWarpgroup && !wide)
       throw Error("DUO_ARG", "skinny matmul: the warpgroup kernel needs Hopper machine code (sm_90a) and more than 8 rows");
     if (wide) {
@@ -653,7 +643,7 @@ void dispatchHalf(DType type, F&& body) {
 
 // Whether the wide kernel can run: Hopper, and this build's machine code for it has the warpgroup MMAs (a PTX-only or
 // sm_90 build does not). The probe runs once, before any graph capture (CudaDevice asks at construction).
-bool wideCompiled() {
+bool wgmmaCompiled() {
   static const bool compiled = [] {
     if (computeCapabilityMajor() < 9) return false;
     int* flag = nullptr;
