@@ -7,6 +7,7 @@
 // the A fragment of P·V) and V read MN-major. q is rounded to 16 bits once, scaled by log2(e) so the softmax uses exp2;
 // P is rounded to 16 bits for P·V; sums and O stay f32 — the numerics of prefillMmaKernel.
 #include <cstdint>
+#include <type_traits>
 
 #include "attention-common.cuh"
 #include "mma.cuh"
@@ -208,6 +209,216 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
+// The warp-specialized version (FlashAttention-3's ping-pong): warpgroup 0 copies keys and values into two stages
+// with cp.async, each stage's completion counted on its `full` mbarrier; warpgroups 1 and 2 take 64 query rows each
+// and take turns issuing their products (named barriers 1 and 2), so one warpgroup's softmax runs under the other's
+// matrix products. A turn issues S = Q·Kᵀ of this tile and O += P·V of the previous one; a consumer releases a stage
+// (`empty`) once the P·V that read it has completed. Registers move from the copying warpgroup to the computing ones.
+constexpr int kPingPongThreads = 384;
+constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+
+template <int D>
+struct PingPongPlan {
+  static constexpr int kQueryBytes = kQueryRows * D * 2;
+  static constexpr int kKeyBytes = kKeyRows * D * 2;
+  static constexpr int kStageBytes = 2 * kKeyBytes;
+  static constexpr int kSharedBytes = kQueryBytes + 2 * kStageBytes + 64 + 1024;
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kPingPongThreads, 1)
+    prefillPingPongKernel(const float* __restrict__ q, int64_t qStride, const void* __restrict__ k, const void* __restrict__ v,
+                          int64_t capacity, float* __restrict__ out, int64_t rows, int64_t keyLength, int64_t queryStart, int group,
+                          float scale, StreamingLayout layout) {
+#if defined(DUO_WGMMA)
+  using P = PingPongPlan<D>;
+  constexpr int kChunks = D / 8;
+  extern __shared__ __align__(1024) unsigned char raw[];
+  unsigned char* const queryTile = alignTo1024(raw);
+  unsigned char* const stages = queryTile + P::kQueryBytes;
+  uint64_t* const full = reinterpret_cast<uint64_t*>(stages + 2 * P::kStageBytes);
+  uint64_t* const empty = full + 2;
+  const int64_t rowTile = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;  // the longest row tiles first
+  const int head = blockIdx.y, kvHead = head / group;
+  const int64_t blockRow0 = rowTile * kQueryRows;
+  const int64_t blockLastRow = lesser(rows, blockRow0 + kQueryRows) - 1;
+  const int64_t keyEnd = lesser(keyLength, queryStart + blockLastRow + 1);
+  const bool streams = layout.streams(kvHead);
+  const KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + blockRow0, queryStart);
+  const int tiles = static_cast<int>((range.count + kKeyRows - 1) / kKeyRows);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < 2; s++) {
+      barrierInit(&full[s], 128);
+      barrierInit(&empty[s], 256);
+    }
+  }
+  __syncthreads();
+
+  if (threadIdx.x < 128) {
+    // The copying warpgroup: tile j into stage j % 2 once the consumers have released its previous tile.
+    releaseRegisters<kProducerRegisters>();
+    const T* keys = headRows<T>(k, layout.key, capacity, layout, streams, kvHead, D);
+    const T* values = headRows<T>(v, layout.value, capacity, layout, streams, kvHead, D);
+    const int c = threadIdx.x % kChunks;
+    for (int j = 0; j < tiles; j++) {
+      const int s = j & 1;
+      if (j >= 2) barrierWait(&empty[s], ((j >> 1) - 1) & 1);
+      unsigned char* keyStage = stages + s * P::kStageBytes;
+      unsigned char* valueStage = keyStage + P::kKeyBytes;
+      for (int r = threadIdx.x / kChunks; r < kKeyRows; r += 128 / kChunks) {
+        const int64_t index = static_cast<int64_t>(j) * kKeyRows + r;
+        const bool valid = index < range.count;
+        const int64_t element = (valid ? (streams ? layout.slot(range.position(index)) : index) : 0) * D + c * 8;
+        const int offset = tileOffset(kKeyRows, r, c);
+        copyOrZero16(keyStage + offset, keys + element, valid);
+        copyOrZero16(valueStage + offset, values + element, valid);
+      }
+      copiesArrive(&full[s]);
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    return;
+  }
+
+  claimRegisters<kConsumerRegisters>();
+  const int consumer = (threadIdx.x >> 7) - 1;
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  // This warpgroup's 64 query rows, scaled by log2(e) and rounded once; rows past the chunk are zeros.
+  const float qScale = scale * 1.4426950408889634f;
+  for (int piece = threadIdx.x & 127; piece < 64 * kChunks; piece += 128) {
+    const int r = 64 * consumer + piece / kChunks, c = piece % kChunks;
+    const int64_t row = blockRow0 + r;
+    uint4 packed = make_uint4(0, 0, 0, 0);
+    if (row < rows) {
+      const float4* source = reinterpret_cast<const float4*>(q + row * qStride + static_cast<int64_t>(head) * D + c * 8);
+      const float4 low = source[0], high = source[1];
+      packed = make_uint4(packPair<T>(low.x * qScale, low.y * qScale), packPair<T>(low.z * qScale, low.w * qScale),
+                          packPair<T>(high.x * qScale, high.y * qScale), packPair<T>(high.z * qScale, high.w * qScale));
+    }
+    *reinterpret_cast<uint4*>(queryTile + tileOffset(kQueryRows, r, c)) = packed;
+  }
+  fenceProxyAsync();
+  namedSync(3 + consumer, 128);
+  // Consumer 0 takes the first turn.
+  if (consumer == 1) namedArrive(1, 256);
+
+  const int64_t groupRow0 = blockRow0 + 64 * consumer;
+  const int64_t groupLast = queryStart + lesser(rows - 1, groupRow0 + 63);
+  const int64_t groupFirst = queryStart + groupRow0;
+  int64_t position[2];
+  position[0] = queryStart + groupRow0 + 16 * warp + g;
+  position[1] = position[0] + 8;
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; i++) o[i] = 0.0f;
+  float rowMax[2] = {-INFINITY, -INFINITY}, rowSum[2] = {0.0f, 0.0f};
+  uint32_t p[kKeyRows / 16][4];
+  const unsigned char* queryRows = queryTile + consumer * 64 * 128;
+
+  // One tile; kPrevious: the turn also issues the previous tile's P·V (every tile but the first: two instantiations, so
+  // no product is issued under a branch, which would make the compiler serialize them).
+  auto step = [&](int j, auto previous) {
+    constexpr bool kPrevious = decltype(previous)::value;
+    const int s = j & 1;
+    barrierWait(&full[s], (j >> 1) & 1);
+    fenceProxyAsync();
+    const unsigned char* keyStage = stages + s * P::kStageBytes;
+    float sc[kKeyRows / 2];
+    namedSync(1 + consumer, 256);
+    pinRegisters(o);
+    wgmmaFence();
+#pragma unroll
+    for (int step = 0; step < D / 16; step++) {
+      const uint64_t a = sharedTileDescriptor(queryRows + (step >> 2) * kQueryRows * 128) + 2 * (step & 3);
+      const uint64_t b = sharedTileDescriptor(keyStage + (step >> 2) * kKeyRows * 128) + 2 * (step & 3);
+      Wgmma<T, kKeyRows>::run(sc, a, b, step > 0);
+    }
+    if constexpr (kPrevious) {
+      const unsigned char* previousValues = stages + ((j - 1) & 1) * P::kStageBytes + P::kKeyBytes;
+#pragma unroll
+      for (int i = 0; i < kKeyRows / 16; i++)
+        WgmmaRegisterA<T, D>::run(o, p[i], mnMajorDescriptor(previousValues + i * 16 * 128, kKeyRows * 128));
+    }
+    wgmmaCommit();
+    if (consumer == 0 || j + 1 < tiles) namedArrive(2 - consumer, 256);
+    wgmmaWait<0>();
+    pinRegisters(sc);
+    pinRegisters(o);
+    if constexpr (kPrevious) barrierArrive(&empty[(j - 1) & 1]);
+
+    const int64_t tile = static_cast<int64_t>(j) * kKeyRows;
+    const int64_t firstKey = range.position(tile);
+    const int64_t lastIndex = lesser(range.count, tile + kKeyRows) - 1;
+    const int64_t lastKey = range.position(lastIndex);
+    const bool whole = lastIndex == tile + kKeyRows - 1 && lastKey <= groupFirst &&
+                       (!streams || lastKey < layout.sink || firstKey >= layout.windowStart(groupLast, queryStart));
+    if (!whole) {
+#pragma unroll
+      for (int i = 0; i < kKeyRows / 2; i++) {
+        const int64_t index = tile + 8 * (i >> 2) + 2 * t + (i & 1);
+        const bool visible = index < range.count && keyVisible(layout, streams, position[(i >> 1) & 1], range.position(index), queryStart);
+        if (!visible) sc[i] = -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+      float tileMax = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < kKeyRows / 2; i++)
+        if (((i >> 1) & 1) == half) tileMax = fmaxf(tileMax, sc[i]);
+      tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
+      tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 2));
+      const float updated = fmaxf(rowMax[half], tileMax);
+      const float base = updated == -INFINITY ? 0.0f : updated;
+      const float correction = exp2Fast(rowMax[half] - base);
+      float partial = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kKeyRows / 2; i++)
+        if (((i >> 1) & 1) == half) {
+          sc[i] = exp2Fast(sc[i] - base);
+          partial += sc[i];
+        }
+      rowSum[half] = rowSum[half] * correction + partial;
+      rowMax[half] = updated;
+#pragma unroll
+      for (int i = 0; i < D / 2; i++)
+        if (((i >> 1) & 1) == half) o[i] *= correction;
+    }
+#pragma unroll
+    for (int i = 0; i < kKeyRows / 16; i++) {
+      p[i][0] = packPair<T>(sc[8 * i + 0], sc[8 * i + 1]);
+      p[i][1] = packPair<T>(sc[8 * i + 2], sc[8 * i + 3]);
+      p[i][2] = packPair<T>(sc[8 * i + 4], sc[8 * i + 5]);
+      p[i][3] = packPair<T>(sc[8 * i + 6], sc[8 * i + 7]);
+    }
+  };
+  if (tiles > 0) step(0, std::false_type{});
+  for (int j = 1; j < tiles; j++) step(j, std::true_type{});
+  if (tiles > 0) {
+    const unsigned char* lastValues = stages + ((tiles - 1) & 1) * P::kStageBytes + P::kKeyBytes;
+    pinRegisters(o);
+    wgmmaFence();
+#pragma unroll
+    for (int i = 0; i < kKeyRows / 16; i++) WgmmaRegisterA<T, D>::run(o, p[i], mnMajorDescriptor(lastValues + i * 16 * 128, kKeyRows * 128));
+    wgmmaCommit();
+    wgmmaWait<0>();
+    pinRegisters(o);
+  }
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    float total = rowSum[half];
+    total += __shfl_xor_sync(0xffffffffu, total, 1);
+    total += __shfl_xor_sync(0xffffffffu, total, 2);
+    const int64_t row = position[half] - queryStart;
+    if (row >= rows) continue;
+    const float inverse = total > 0.0f ? 1.0f / total : 0.0f;
+    float* target = out + row * qStride + static_cast<int64_t>(head) * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; j++)
+      *reinterpret_cast<float2*>(target + 8 * j + 2 * t) = make_float2(o[4 * j + 2 * half] * inverse, o[4 * j + 2 * half + 1] * inverse);
+  }
+#endif
+}
+
 }  // namespace
 
 bool prefillWgmmaServes(const AttentionArgs& args, DType cacheType) {
@@ -219,14 +430,21 @@ void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k,
                                  float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream) {
   if (rows == 0) return;
   const int group = args.heads / args.kvHeads;
+  const dim3 grid(static_cast<unsigned>((rows + kQueryRows - 1) / kQueryRows), static_cast<unsigned>(args.heads));
   auto launch = [&](auto type, auto dim) {
     using T = decltype(type);
     constexpr int D = decltype(dim)::value;
-    auto kernel = prefillWgmmaKernel<T, D>;
-    allowSharedMemory(kernel, PrefillPlan<D>::kSharedBytes);
-    const dim3 grid(static_cast<unsigned>((rows + kQueryRows - 1) / kQueryRows), static_cast<unsigned>(args.heads));
-    kernel<<<grid, kThreads, PrefillPlan<D>::kSharedBytes, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength,
-                                                                      args.queryStart, group, args.scale, args.streaming);
+    if (prefillWgmmaMode() == 2) {
+      auto kernel = prefillPingPongKernel<T, D>;
+      allowSharedMemory(kernel, PingPongPlan<D>::kSharedBytes);
+      kernel<<<grid, kPingPongThreads, PingPongPlan<D>::kSharedBytes, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength,
+                                                                                 args.queryStart, group, args.scale, args.streaming);
+    } else {
+      auto kernel = prefillWgmmaKernel<T, D>;
+      allowSharedMemory(kernel, PrefillPlan<D>::kSharedBytes);
+      kernel<<<grid, kThreads, PrefillPlan<D>::kSharedBytes, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength,
+                                                                        args.queryStart, group, args.scale, args.streaming);
+    }
   };
   const bool bf16 = cacheType == DType::BF16;
   if (args.headDim == 128) {

@@ -279,15 +279,16 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
 }  // namespace
 
 namespace {
-std::atomic<bool> prefillWgmmaAllowed{true};
+std::atomic<int> prefillWgmma{2};
 }  // namespace
 
-void setPrefillWgmma(bool allowed) { prefillWgmmaAllowed.store(allowed, std::memory_order_relaxed); }
+void setPrefillWgmma(int mode) { prefillWgmma.store(mode, std::memory_order_relaxed); }
+int prefillWgmmaMode() { return prefillWgmma.load(std::memory_order_relaxed); }
 
 void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream) {
   if (rows == 0) return;
-  if (prefillWgmmaAllowed.load(std::memory_order_relaxed) && prefillWgmmaServes(args, cacheType)) {
+  if (prefillWgmmaMode() != 0 && prefillWgmmaServes(args, cacheType)) {
     launchAttentionPrefillWgmma(q, qStride, k, v, cacheType, capacity, out, rows, args, stream);
     return;
   }

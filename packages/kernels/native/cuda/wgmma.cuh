@@ -70,6 +70,46 @@ __device__ __forceinline__ void wgmmaWait() {
 }
 // Makes shared-memory writes of the generic proxy (plain stores, cp.async) visible to the async proxy wgmma reads through.
 __device__ __forceinline__ void fenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// mbarriers in shared memory (a producer's copies completing, a consumer releasing a buffer).
+__device__ __forceinline__ uint32_t sharedAddress(const void* pointer) { return static_cast<uint32_t>(__cvta_generic_to_shared(pointer)); }
+__device__ __forceinline__ void barrierInit(uint64_t* barrier, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(sharedAddress(barrier)), "r"(count) : "memory");
+}
+// Waits until the barrier's phase `phase` (0 or 1) has completed.
+__device__ __forceinline__ void barrierWait(uint64_t* barrier, int phase) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait;\n}\n" ::"r"(sharedAddress(barrier)),
+      "r"(phase)
+      : "memory");
+}
+__device__ __forceinline__ void barrierArrive(uint64_t* barrier) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(sharedAddress(barrier)) : "memory");
+}
+// Arrives on the barrier once this thread's earlier cp.async copies have landed (counted in the barrier's expected
+// arrivals).
+__device__ __forceinline__ void copiesArrive(uint64_t* barrier) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(sharedAddress(barrier)) : "memory");
+}
+// Named barriers (ids 1–15; 0 is __syncthreads): `threads` of the block meet, or only announce themselves.
+__device__ __forceinline__ void namedSync(int id, int threads) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
+__device__ __forceinline__ void namedArrive(int id, int threads) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
+// Moves registers between warpgroups (every warp of the warpgroup executes it with the same count).
+template <int REGISTERS>
+__device__ __forceinline__ void releaseRegisters() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(REGISTERS));
+}
+template <int REGISTERS>
+__device__ __forceinline__ void claimRegisters() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(REGISTERS));
+}
+// 2^x on the special-function unit (FlashAttention's softmax runs on it); −∞ gives 0.
+__device__ __forceinline__ float exp2Fast(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
 // Keeps the compiler from moving accesses of the accumulators across the asynchronous products.
 template <int R>
 __device__ __forceinline__ void pinRegisters(float (&d)[R]) {
