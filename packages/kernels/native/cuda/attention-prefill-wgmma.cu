@@ -212,8 +212,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 // The warp-specialized version (FlashAttention-3's ping-pong): warpgroup 0 copies keys and values into two stages
 // with cp.async, each stage's completion counted on its `full` mbarrier; warpgroups 1 and 2 take 64 query rows each
 // and take turns issuing their products (named barriers 1 and 2), so one warpgroup's softmax runs under the other's
-// matrix products. A turn issues S = Q·Kᵀ of this tile and O += P·V of the previous one; a consumer releases a stage
-// (`empty`) once the P·V that read it has completed. Registers move from the copying warpgroup to the computing ones.
+// matrix products. A turn issues S = Q·Kᵀ of this tile and O += P·V of the previous one; a stage's keys are released
+// once S has been computed from them, its values once the P·V that read them has completed, so both have two turns
+// of lead in two stages. Registers move from the copying warpgroup to the computing ones.
 constexpr int kPingPongThreads = 384;
 constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
 
@@ -222,7 +223,7 @@ struct PingPongPlan {
   static constexpr int kQueryBytes = kQueryRows * D * 2;
   static constexpr int kKeyBytes = kKeyRows * D * 2;
   static constexpr int kStageBytes = 2 * kKeyBytes;
-  static constexpr int kSharedBytes = kQueryBytes + 2 * kStageBytes + 64 + 1024;
+  static constexpr int kSharedBytes = kQueryBytes + 2 * kStageBytes + 8 * 8 + 1024;
 };
 
 template <typename T, int D>
@@ -236,8 +237,12 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   extern __shared__ __align__(1024) unsigned char raw[];
   unsigned char* const queryTile = alignTo1024(raw);
   unsigned char* const stages = queryTile + P::kQueryBytes;
-  uint64_t* const full = reinterpret_cast<uint64_t*>(stages + 2 * P::kStageBytes);
-  uint64_t* const empty = full + 2;
+  // Per stage: its keys / values have landed (fullK, fullV), its keys / values are free again (emptyK, emptyV). Keys
+  // are released once S is computed, values once the next turn's P·V has read them.
+  uint64_t* const fullK = reinterpret_cast<uint64_t*>(stages + 2 * P::kStageBytes);
+  uint64_t* const fullV = fullK + 2;
+  uint64_t* const emptyK = fullK + 4;
+  uint64_t* const emptyV = fullK + 6;
   const int64_t rowTile = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;  // the longest row tiles first
   const int head = blockIdx.y, kvHead = head / group;
   const int64_t blockRow0 = rowTile * kQueryRows;
@@ -248,8 +253,10 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   const int tiles = static_cast<int>((range.count + kKeyRows - 1) / kKeyRows);
   if (threadIdx.x == 0) {
     for (int s = 0; s < 2; s++) {
-      barrierInit(&full[s], 128);
-      barrierInit(&empty[s], 256);
+      barrierInit(&fullK[s], 128);
+      barrierInit(&fullV[s], 128);
+      barrierInit(&emptyK[s], 256);
+      barrierInit(&emptyV[s], 256);
     }
   }
   __syncthreads();
@@ -260,20 +267,23 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
     const T* keys = headRows<T>(k, layout.key, capacity, layout, streams, kvHead, D);
     const T* values = headRows<T>(v, layout.value, capacity, layout, streams, kvHead, D);
     const int c = threadIdx.x % kChunks;
-    for (int j = 0; j < tiles; j++) {
-      const int s = j & 1;
-      if (j >= 2) barrierWait(&empty[s], ((j >> 1) - 1) & 1);
-      unsigned char* keyStage = stages + s * P::kStageBytes;
-      unsigned char* valueStage = keyStage + P::kKeyBytes;
+    auto copyRows = [&](unsigned char* target, const T* source, int j) {
       for (int r = threadIdx.x / kChunks; r < kKeyRows; r += 128 / kChunks) {
         const int64_t index = static_cast<int64_t>(j) * kKeyRows + r;
         const bool valid = index < range.count;
         const int64_t element = (valid ? (streams ? layout.slot(range.position(index)) : index) : 0) * D + c * 8;
-        const int offset = tileOffset(kKeyRows, r, c);
-        copyOrZero16(keyStage + offset, keys + element, valid);
-        copyOrZero16(valueStage + offset, values + element, valid);
+        copyOrZero16(target + tileOffset(kKeyRows, r, c), source + element, valid);
       }
-      copiesArrive(&full[s]);
+    };
+    for (int j = 0; j < tiles; j++) {
+      const int s = j & 1;
+      unsigned char* keyStage = stages + s * P::kStageBytes;
+      if (j >= 2) barrierWait(&emptyK[s], ((j >> 1) - 1) & 1);
+      copyRows(keyStage, keys, j);
+      copiesArrive(&fullK[s]);
+      if (j >= 2) barrierWait(&emptyV[s], ((j >> 1) - 1) & 1);
+      copyRows(keyStage + P::kKeyBytes, values, j);
+      copiesArrive(&fullV[s]);
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     return;
@@ -319,7 +329,8 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   auto step = [&](int j, auto previous) {
     constexpr bool kPrevious = decltype(previous)::value;
     const int s = j & 1;
-    barrierWait(&full[s], (j >> 1) & 1);
+    barrierWait(&fullK[s], (j >> 1) & 1);
+    if constexpr (kPrevious) barrierWait(&fullV[(j - 1) & 1], ((j - 1) >> 1) & 1);
     fenceProxyAsync();
     const unsigned char* keyStage = stages + s * P::kStageBytes;
     float sc[kKeyRows / 2];
@@ -343,7 +354,8 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
     wgmmaWait<0>();
     pinRegisters(sc);
     pinRegisters(o);
-    if constexpr (kPrevious) barrierArrive(&empty[(j - 1) & 1]);
+    barrierArrive(&emptyK[s]);
+    if constexpr (kPrevious) barrierArrive(&emptyV[(j - 1) & 1]);
 
     const int64_t tile = static_cast<int64_t>(j) * kKeyRows;
     const int64_t firstKey = range.position(tile);
@@ -395,6 +407,8 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   for (int j = 1; j < tiles; j++) step(j, std::true_type{});
   if (tiles > 0) {
     const unsigned char* lastValues = stages + ((tiles - 1) & 1) * P::kStageBytes + P::kKeyBytes;
+    barrierWait(&fullV[(tiles - 1) & 1], ((tiles - 1) >> 1) & 1);
+    fenceProxyAsync();
     pinRegisters(o);
     wgmmaFence();
 #pragma unroll
