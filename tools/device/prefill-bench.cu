@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -155,7 +157,9 @@ int main(int argc, char** argv) {
       check(cudaMemcpyAsync(expected.data(), reference, expected.size() * 8, cudaMemcpyDeviceToHost, stream), "copy reference");
       check(cudaStreamSynchronize(stream), "reference");
       const char* names[] = {"mma.sync", "wgmma", "pingpong"};
+      const char* only = std::getenv("PREFILL_KERNELS");  // e.g. "2": the ping-pong kernel alone
       for (int kernel = 2; kernel >= 0; kernel--) {
+        if (only && !std::strchr(only, '0' + kernel)) continue;
         const bool wgmma = kernel > 0;
         if (wgmma && !prefillWgmmaServes(args, DType::BF16)) continue;
         setPrefillWgmma(kernel);

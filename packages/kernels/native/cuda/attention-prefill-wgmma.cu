@@ -216,6 +216,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 // once S has been computed from them, its values once the P·V that read them has completed, so both have two turns
 // of lead in two stages. Registers move from the copying warpgroup to the computing ones.
 constexpr int kPingPongThreads = 384;
+// Build-time knobs for the sweep (tools/device/prefill-sweep.sh): stages of keys and values in flight; diagnostic
+// builds that skip the copies (products over whatever the stages hold) or the exponentials.
+#ifndef DUO_PREFILL_STAGES
+#define DUO_PREFILL_STAGES 2
+#endif
+constexpr int kPingPongStages = DUO_PREFILL_STAGES;
 constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
 
 template <int D>
@@ -223,7 +229,7 @@ struct PingPongPlan {
   static constexpr int kQueryBytes = kQueryRows * D * 2;
   static constexpr int kKeyBytes = kKeyRows * D * 2;
   static constexpr int kStageBytes = 2 * kKeyBytes;
-  static constexpr int kSharedBytes = kQueryBytes + 2 * kStageBytes + 8 * 8 + 1024;
+  static constexpr int kSharedBytes = kQueryBytes + kPingPongStages * kStageBytes + 4 * kPingPongStages * 8 + 1024;
 };
 
 template <typename T, int D>
@@ -239,10 +245,11 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   unsigned char* const stages = queryTile + P::kQueryBytes;
   // Per stage: its keys / values have landed (fullK, fullV), its keys / values are free again (emptyK, emptyV). Keys
   // are released once S is computed, values once the next turn's P·V has read them.
-  uint64_t* const fullK = reinterpret_cast<uint64_t*>(stages + 2 * P::kStageBytes);
-  uint64_t* const fullV = fullK + 2;
-  uint64_t* const emptyK = fullK + 4;
-  uint64_t* const emptyV = fullK + 6;
+  constexpr int kStages = kPingPongStages;
+  uint64_t* const fullK = reinterpret_cast<uint64_t*>(stages + kStages * P::kStageBytes);
+  uint64_t* const fullV = fullK + kStages;
+  uint64_t* const emptyK = fullK + 2 * kStages;
+  uint64_t* const emptyV = fullK + 3 * kStages;
   const int64_t rowTile = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;  // the longest row tiles first
   const int head = blockIdx.y, kvHead = head / group;
   const int64_t blockRow0 = rowTile * kQueryRows;
@@ -252,7 +259,7 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   const KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + blockRow0, queryStart);
   const int tiles = static_cast<int>((range.count + kKeyRows - 1) / kKeyRows);
   if (threadIdx.x == 0) {
-    for (int s = 0; s < 2; s++) {
+    for (int s = 0; s < kStages; s++) {
       barrierInit(&fullK[s], 128);
       barrierInit(&fullV[s], 128);
       barrierInit(&emptyK[s], 256);
@@ -268,6 +275,9 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
     const T* values = headRows<T>(v, layout.value, capacity, layout, streams, kvHead, D);
     const int c = threadIdx.x % kChunks;
     auto copyRows = [&](unsigned char* target, const T* source, int j) {
+#if defined(DUO_PREFILL_NO_LOADS)
+      if (j >= kStages) return;
+#endif
       for (int r = threadIdx.x / kChunks; r < kKeyRows; r += 128 / kChunks) {
         const int64_t index = static_cast<int64_t>(j) * kKeyRows + r;
         const bool valid = index < range.count;
@@ -276,12 +286,12 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
       }
     };
     for (int j = 0; j < tiles; j++) {
-      const int s = j & 1;
+      const int s = j % kStages;
       unsigned char* keyStage = stages + s * P::kStageBytes;
-      if (j >= 2) barrierWait(&emptyK[s], ((j >> 1) - 1) & 1);
+      if (j >= kStages) barrierWait(&emptyK[s], (j / kStages - 1) & 1);
       copyRows(keyStage, keys, j);
       copiesArrive(&fullK[s]);
-      if (j >= 2) barrierWait(&emptyV[s], ((j >> 1) - 1) & 1);
+      if (j >= kStages) barrierWait(&emptyV[s], (j / kStages - 1) & 1);
       copyRows(keyStage + P::kKeyBytes, values, j);
       copiesArrive(&fullV[s]);
     }
@@ -328,9 +338,9 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   // no product is issued under a branch, which would make the compiler serialize them).
   auto step = [&](int j, auto previous) {
     constexpr bool kPrevious = decltype(previous)::value;
-    const int s = j & 1;
-    barrierWait(&fullK[s], (j >> 1) & 1);
-    if constexpr (kPrevious) barrierWait(&fullV[(j - 1) & 1], ((j - 1) >> 1) & 1);
+    const int s = j % kStages, previousStage = (j + kStages - 1) % kStages;
+    barrierWait(&fullK[s], (j / kStages) & 1);
+    if constexpr (kPrevious) barrierWait(&fullV[previousStage], ((j - 1) / kStages) & 1);
     fenceProxyAsync();
     const unsigned char* keyStage = stages + s * P::kStageBytes;
     float sc[kKeyRows / 2];
@@ -344,7 +354,7 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
       Wgmma<T, kKeyRows>::run(sc, a, b, step > 0);
     }
     if constexpr (kPrevious) {
-      const unsigned char* previousValues = stages + ((j - 1) & 1) * P::kStageBytes + P::kKeyBytes;
+      const unsigned char* previousValues = stages + previousStage * P::kStageBytes + P::kKeyBytes;
 #pragma unroll
       for (int i = 0; i < kKeyRows / 16; i++)
         WgmmaRegisterA<T, D>::run(o, p[i], mnMajorDescriptor(previousValues + i * 16 * 128, kKeyRows * 128));
@@ -355,7 +365,7 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
     pinRegisters(sc);
     pinRegisters(o);
     barrierArrive(&emptyK[s]);
-    if constexpr (kPrevious) barrierArrive(&emptyV[(j - 1) & 1]);
+    if constexpr (kPrevious) barrierArrive(&emptyV[previousStage]);
 
     const int64_t tile = static_cast<int64_t>(j) * kKeyRows;
     const int64_t firstKey = range.position(tile);
@@ -386,7 +396,11 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
 #pragma unroll
       for (int i = 0; i < kKeyRows / 2; i++)
         if (((i >> 1) & 1) == half) {
+#if defined(DUO_PREFILL_NO_SOFTMAX)
+          sc[i] = sc[i] - base;
+#else
           sc[i] = exp2Fast(sc[i] - base);
+#endif
           partial += sc[i];
         }
       rowSum[half] = rowSum[half] * correction + partial;
@@ -406,8 +420,8 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   if (tiles > 0) step(0, std::false_type{});
   for (int j = 1; j < tiles; j++) step(j, std::true_type{});
   if (tiles > 0) {
-    const unsigned char* lastValues = stages + ((tiles - 1) & 1) * P::kStageBytes + P::kKeyBytes;
-    barrierWait(&fullV[(tiles - 1) & 1], ((tiles - 1) >> 1) & 1);
+    const unsigned char* lastValues = stages + ((tiles - 1) % kStages) * P::kStageBytes + P::kKeyBytes;
+    barrierWait(&fullV[(tiles - 1) % kStages], ((tiles - 1) / kStages) & 1);
     fenceProxyAsync();
     pinRegisters(o);
     wgmmaFence();
