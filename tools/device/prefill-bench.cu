@@ -156,9 +156,9 @@ int main(int argc, char** argv) {
       std::vector<double> expected(samples.size() * heads * D);
       check(cudaMemcpyAsync(expected.data(), reference, expected.size() * 8, cudaMemcpyDeviceToHost, stream), "copy reference");
       check(cudaStreamSynchronize(stream), "reference");
-      const char* names[] = {"mma.sync", "wgmma", "pingpong"};
+      const char* names[] = {"mma.sync", "wgmma", "pingpong", "pingpong-cp"};
       const char* only = std::getenv("PREFILL_KERNELS");  // e.g. "2": the ping-pong kernel alone
-      for (int kernel = 2; kernel >= 0; kernel--) {
+      for (int kernel = 3; kernel >= 0; kernel--) {
         if (only && !std::strchr(only, '0' + kernel)) continue;
         const bool wgmma = kernel > 0;
         if (wgmma && !prefillWgmmaServes(args, DType::BF16)) continue;

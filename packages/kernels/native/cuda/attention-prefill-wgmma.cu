@@ -6,6 +6,8 @@
 // online softmax on S in registers, and accumulates O += P·V with P from registers (the accumulator fragment of S is
 // the A fragment of P·V) and V read MN-major. q is rounded to 16 bits once, scaled by log2(e) so the softmax uses exp2;
 // P is rounded to 16 bits for P·V; sums and O stay f32 — the numerics of prefillMmaKernel.
+#include <cuda.h>
+
 #include <cstdint>
 #include <type_traits>
 
@@ -232,11 +234,15 @@ struct PingPongPlan {
   static constexpr int kSharedBytes = kQueryBytes + kPingPongStages * kStageBytes + 4 * kPingPongStages * 8 + 1024;
 };
 
+// A full head's keys and values come by the tensor memory accelerator when the launcher could describe the main caches
+// (`maps`: keyMap / valueMap, [full heads][keyLength][D] in boxes of 128 rows × 64 values, 128-byte swizzle, rows past
+// keyLength zeros); a streaming head's (sinks, then a ring) by cp.async row by row.
 template <typename T, int D>
 __global__ void __launch_bounds__(kPingPongThreads, 1)
     prefillPingPongKernel(const float* __restrict__ q, int64_t qStride, const void* __restrict__ k, const void* __restrict__ v,
                           int64_t capacity, float* __restrict__ out, int64_t rows, int64_t keyLength, int64_t queryStart, int group,
-                          float scale, StreamingLayout layout) {
+                          float scale, StreamingLayout layout, const __grid_constant__ CUtensorMap keyMap,
+                          const __grid_constant__ CUtensorMap valueMap, bool maps) {
 #if defined(DUO_WGMMA)
   using P = PingPongPlan<D>;
   constexpr int kChunks = D / 8;
@@ -258,10 +264,11 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   const bool streams = layout.streams(kvHead);
   const KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + blockRow0, queryStart);
   const int tiles = static_cast<int>((range.count + kKeyRows - 1) / kKeyRows);
+  const bool tensorCopies = maps && !streams;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; s++) {
-      barrierInit(&fullK[s], 128);
-      barrierInit(&fullV[s], 128);
+      barrierInit(&fullK[s], tensorCopies ? 1 : 128);
+      barrierInit(&fullV[s], tensorCopies ? 1 : 128);
       barrierInit(&emptyK[s], 256);
       barrierInit(&emptyV[s], 256);
     }
@@ -271,6 +278,26 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   if (threadIdx.x < 128) {
     // The copying warpgroup: tile j into stage j % 2 once the consumers have released its previous tile.
     releaseRegisters<kProducerRegisters>();
+    if (tensorCopies) {
+      // One thread issues every copy: per tile and operand, D / 64 boxes of 128 rows.
+      if (threadIdx.x == 0) {
+        const int fullRow = static_cast<int>(layout.fullRow(kvHead));
+        for (int j = 0; j < tiles; j++) {
+          const int s = j % kStages;
+          unsigned char* keyStage = stages + s * P::kStageBytes;
+          if (j >= kStages) barrierWait(&emptyK[s], (j / kStages - 1) & 1);
+          barrierExpect(&fullK[s], P::kKeyBytes);
+#pragma unroll
+          for (int c = 0; c < D / 64; c++) tensorLoad3d(keyStage + c * kKeyRows * 128, &keyMap, 64 * c, j * kKeyRows, fullRow, &fullK[s]);
+          if (j >= kStages) barrierWait(&emptyV[s], (j / kStages - 1) & 1);
+          barrierExpect(&fullV[s], P::kKeyBytes);
+#pragma unroll
+          for (int c = 0; c < D / 64; c++)
+            tensorLoad3d(keyStage + P::kKeyBytes + c * kKeyRows * 128, &valueMap, 64 * c, j * kKeyRows, fullRow, &fullV[s]);
+        }
+      }
+      return;
+    }
     const T* keys = headRows<T>(k, layout.key, capacity, layout, streams, kvHead, D);
     const T* values = headRows<T>(v, layout.value, capacity, layout, streams, kvHead, D);
     const int c = threadIdx.x % kChunks;
@@ -447,6 +474,38 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
 #endif
 }
 
+// cuTensorMapEncodeTiled from the driver, found once through the runtime (the build links no driver library).
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                                 const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiled encodeTiled() {
+  static const EncodeTiled function = [] {
+    void* pointer = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &pointer, 12000, cudaEnableDefault, &status) != cudaSuccess ||
+        status != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<EncodeTiled>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiled>(pointer);
+  }();
+  return function;
+}
+
+// A cache [heads][capacity][D] of 16-bit values as a tensor map of its first `rows` rows per head, in boxes of 128 rows ×
+// 64 values with the 128-byte swizzle; false where the driver cannot (the kernel then copies with cp.async).
+bool encodeRows(CUtensorMap& map, const void* cache, DType type, int D, int64_t rows, int64_t capacity, int heads) {
+  const EncodeTiled encode = encodeTiled();
+  if (!encode || rows < 1 || reinterpret_cast<uintptr_t>(cache) % 16 != 0) return false;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(rows), static_cast<cuuint64_t>(heads)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(D) * 2, static_cast<cuuint64_t>(capacity) * D * 2};
+  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(kKeyRows), 1};
+  const cuuint32_t elementStrides[3] = {1, 1, 1};
+  return encode(&map, type == DType::BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3, const_cast<void*>(cache),
+                dims, strides, box, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 }  // namespace
 
 bool prefillWgmmaServes(const AttentionArgs& args, DType cacheType) {
@@ -462,11 +521,17 @@ void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k,
   auto launch = [&](auto type, auto dim) {
     using T = decltype(type);
     constexpr int D = decltype(dim)::value;
-    if (prefillWgmmaMode() == 2) {
+    if (prefillWgmmaMode() >= 2) {
+      // The main caches as tensor maps (mode 3: cp.async for every head, to compare).
+      const int fullHeads = args.streaming.active() ? args.streaming.retrievalKvHeads : args.kvHeads;
+      CUtensorMap keyMap{}, valueMap{};
+      const bool maps = prefillWgmmaMode() == 2 && fullHeads > 0 && encodeRows(keyMap, k, cacheType, D, args.keyLength, capacity, fullHeads) &&
+                        encodeRows(valueMap, v, cacheType, D, args.keyLength, capacity, fullHeads);
       auto kernel = prefillPingPongKernel<T, D>;
       allowSharedMemory(kernel, PingPongPlan<D>::kSharedBytes);
       kernel<<<grid, kPingPongThreads, PingPongPlan<D>::kSharedBytes, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength,
-                                                                                 args.queryStart, group, args.scale, args.streaming);
+                                                                                 args.queryStart, group, args.scale, args.streaming,
+                                                                                 keyMap, valueMap, maps);
     } else {
       auto kernel = prefillWgmmaKernel<T, D>;
       allowSharedMemory(kernel, PrefillPlan<D>::kSharedBytes);

@@ -273,7 +273,8 @@ void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* pos
 void launchDecodeAdvance(const int32_t* next, int32_t* ids, int32_t* positions, cudaStream_t stream);
 // Hopper prefill attention on warpgroup MMAs (attention-prefill-wgmma.cu): 16-bit caches, head dims 64 and 128, not
 // quantized, where the build has sm_90a code; launchAttentionPrefill routes there unless setPrefillWgmma(0) (1: the
-// single-role kernel, 2: the warp-specialized ping-pong one, the default).
+// single-role kernel, 2: the warp-specialized ping-pong one with tensor-memory copies of full heads, the default; 3:
+// the same copying every head with cp.async).
 bool prefillWgmmaServes(const AttentionArgs& args, DType cacheType);
 void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                                  float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);

@@ -92,6 +92,19 @@ __device__ __forceinline__ void barrierArrive(uint64_t* barrier) {
 __device__ __forceinline__ void copiesArrive(uint64_t* barrier) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(sharedAddress(barrier)) : "memory");
 }
+// Arrives on the barrier and adds `bytes` to the transaction count its phase waits for (tensor-memory copies).
+__device__ __forceinline__ void barrierExpect(uint64_t* barrier, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(sharedAddress(barrier)), "r"(bytes) : "memory");
+}
+// A tensor-memory-accelerator copy of one box of a 3-D tensor map (coordinates innermost first) into shared memory,
+// its bytes counted on `barrier`; the map's swizzle lays the box out (128-byte swizzle: as swizzle128).
+__device__ __forceinline__ void tensorLoad3d(void* shared, const void* map, int x, int y, int z, uint64_t* barrier) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          sharedAddress(shared)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(x), "r"(y), "r"(z), "r"(sharedAddress(barrier))
+      : "memory");
+}
 // Named barriers (ids 1–15; 0 is __syncthreads): `threads` of the block meet, or only announce themselves.
 __device__ __forceinline__ void namedSync(int id, int threads) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
 __device__ __forceinline__ void namedArrive(int id, int threads) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
