@@ -256,8 +256,17 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   uint64_t* const fullV = fullK + kStages;
   uint64_t* const emptyK = fullK + 2 * kStages;
   uint64_t* const emptyV = fullK + 3 * kStages;
-  const int64_t rowTile = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;  // the longest row tiles first
+  // Blocks in launch order: the query heads of one KV head side by side (they read the same keys and values at the
+  // same time, so each tile comes from memory once for all of them), row tiles from the longest, KV heads last.
+#if defined(DUO_PREFILL_HEAD_MAJOR)
+  const int64_t rowTile = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
   const int head = blockIdx.y, kvHead = head / group;
+#else
+  const int64_t linear = blockIdx.x + static_cast<int64_t>(gridDim.x) * blockIdx.y;
+  const int64_t rest = linear / group;
+  const int64_t rowTile = static_cast<int64_t>(gridDim.x) - 1 - rest % gridDim.x;
+  const int kvHead = static_cast<int>(rest / gridDim.x), head = kvHead * group + static_cast<int>(linear % group);
+#endif
   const int64_t blockRow0 = rowTile * kQueryRows;
   const int64_t blockLastRow = lesser(rows, blockRow0 + kQueryRows) - 1;
   const int64_t keyEnd = lesser(keyLength, queryStart + blockLastRow + 1);
