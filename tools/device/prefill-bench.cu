@@ -1,5 +1,5 @@
-// Prefill attention alone, both CUDA kernels side by side: the warpgroup-MMA kernel (attention-prefill-wgmma.cu) and
-// the mma.sync one (prefillMmaKernel), causal over S tokens in one call at Llama-3-8B heads (32 query / 8 KV heads,
+// Prefill attention alone, the CUDA kernels side by side: the warpgroup-MMA kernel (attention-prefill-wgmma.cu; with
+// tensor-memory copies, and with cp.async for every head) and the mma.sync one (prefillMmaKernel), causal over S tokens in one call at Llama-3-8B heads (32 query / 8 KV heads,
 // head dim 128, bf16 caches), full attention and with half the KV heads streaming (sink 128, recent 256). Each
 // kernel's output is checked against a float64 reference on sampled rows of every head; timed with CUDA events,
 // median of 5 after a warm-up; TFLOP/s as FlashAttention counts causal attention (4·S²·D·heads / 2).
@@ -156,9 +156,9 @@ int main(int argc, char** argv) {
       std::vector<double> expected(samples.size() * heads * D);
       check(cudaMemcpyAsync(expected.data(), reference, expected.size() * 8, cudaMemcpyDeviceToHost, stream), "copy reference");
       check(cudaStreamSynchronize(stream), "reference");
-      const char* names[] = {"mma.sync", "wgmma", "pingpong", "pingpong-cp"};
-      const char* only = std::getenv("PREFILL_KERNELS");  // e.g. "2": the ping-pong kernel alone
-      for (int kernel = 3; kernel >= 0; kernel--) {
+      const char* names[] = {"mma.sync", "wgmma", "wgmma-cp.async"};
+      const char* only = std::getenv("PREFILL_KERNELS");  // e.g. "1": the default warpgroup kernel alone
+      for (int kernel = 2; kernel >= 0; kernel--) {
         if (only && !std::strchr(only, '0' + kernel)) continue;
         const bool wgmma = kernel > 0;
         if (wgmma && !prefillWgmmaServes(args, DType::BF16)) continue;

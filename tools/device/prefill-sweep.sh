@@ -1,7 +1,7 @@
 # Runs on the device (bash tools/device/run.sh prefill): builds tools/device/prefill-bench.cu with the prefill kernels
 # straight from the tree (no bundle needed) and writes $OUT/prefill[-VARIANT].json. PREFILL_LENGTHS overrides
 # 4096 16384 65536; PREFILL_VARIANTS="name:-DFLAG,-DFLAG …" adds builds of attention-prefill-wgmma.cu with those flags
-# (PREFILL_KERNELS=2 times only the ping-pong kernel in them).
+# (PREFILL_KERNELS=1 times only the default warpgroup kernel in them).
 N=packages/kernels/native; F="-O3 -std=c++17 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -I$N -I$N/cuda"
 mkdir -p "$OUT" /tmp/p
 for f in attention-prefill attention-prefill-wgmma gemm-skinny gemv elementwise; do nvcc -c $F $N/cuda/$f.cu -o /tmp/p/$f.o & done
@@ -14,6 +14,6 @@ nvcc -o /tmp/prefill-bench $common /tmp/p/attention-prefill-wgmma.o -lcudart &&
   /tmp/prefill-bench "${DUO_COMMIT:-unknown}" ${PREFILL_LENGTHS:-} > "$OUT/prefill.json" 2> >(tee "$OUT/prefill.log" >&2)
 for v in ${PREFILL_VARIANTS:-}; do name=${v%%:*}; echo "--- variant $name: ${v#*:}"
   nvcc -o /tmp/prefill-$name $common /tmp/p/variant-$name.o -lcudart &&
-    PREFILL_KERNELS=${PREFILL_KERNELS:-2} /tmp/prefill-$name "${DUO_COMMIT:-unknown} $name" ${PREFILL_LENGTHS:-} > "$OUT/prefill-$name.json" \
+    PREFILL_KERNELS=${PREFILL_KERNELS:-1} /tmp/prefill-$name "${DUO_COMMIT:-unknown} $name" ${PREFILL_LENGTHS:-} > "$OUT/prefill-$name.json" \
       2> >(tee "$OUT/prefill-$name.log" >&2)
 done

@@ -165,6 +165,9 @@ for step in "${steps[@]}"; do
                 done ;;
     duo-prefill) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
               --sink 128 --recent 256 --contexts none --prefill 128k --prefill-chunk 32768 --out "$OUT/efficiency-prefill.json" || status=1 ;;
+    # The PyTorch reference method's 128K prefill in 32K chunks alone (issue 18's peer), full and duo 50 %.
+    prefill-torch) python3 tools/device/torch_duo_bench.py --contexts '' --prefill 131072 --chunk 32768 --sink 128 --recent 256 \
+              --retrieval 4 --out "$OUT/torch-prefill.json" || status=1 ;;
     duo-torch) maxima=$(node -e "const d = require('$OUT/efficiency-decode.json'); \
                  console.log(d.decode.filter((r) => r.maxContext).map((r) => r.policy + '=' + r.context).join(','))")
               python3 tools/device/torch_duo_bench.py --contexts 32768,131072,262144 --max-context "$maxima" --prefill 131072 \

@@ -179,7 +179,7 @@ policies = args.policies.split(',')
 maxima = dict(pair.split('=') for pair in args.max_context.split(',') if pair)
 decode = []
 for policy in policies:
-    contexts = [int(c) for c in args.contexts.split(',')] + ([int(maxima[policy])] if policy in maxima else [])
+    contexts = [int(c) for c in args.contexts.split(',') if c] + ([int(maxima[policy])] if policy in maxima else [])
     for context in contexts:
         try:
             ms, peak = decode_ms(policy, context)

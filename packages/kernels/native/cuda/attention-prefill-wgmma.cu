@@ -1,8 +1,8 @@
-// Hopper prefill attention (sm_90a): FlashAttention-2's schedule on warpgroup MMAs. A block takes 128 query rows of one
-// head — two warpgroups of 64 — and walks its KV head's keys in tiles of 128 (the KeyRange's logical order: a
-// streaming head visits only its sinks and the window of the block's first query, so its cost is linear in the
-// chunk). Each tile's keys and values are copied into 128-byte-swizzled shared memory with cp.async one tile ahead;
-// each warpgroup computes S = Q·Kᵀ with both operands in shared memory, masks the diagonal and window edges, runs the
+// Hopper prefill attention (sm_90a) on warpgroup MMAs, FlashAttention-3's schedule. A block takes 128 query rows of
+// one head — two computing warpgroups of 64 — and walks its KV head's keys in tiles of 128 (the KeyRange's logical
+// order: a streaming head visits only its sinks and the window of the block's first query, so its cost is linear in
+// the chunk). A third warpgroup copies each tile's keys and values into 128-byte-swizzled shared memory; each computing
+// warpgroup computes S = Q·Kᵀ with both operands in shared memory, masks the diagonal and window edges, runs the
 // online softmax on S in registers, and accumulates O += P·V with P from registers (the accumulator fragment of S is
 // the A fragment of P·V) and V read MN-major. q is rounded to 16 bits once, scaled by log2(e) so the softmax uses exp2;
 // P is rounded to 16 bits for P·V; sums and O stay f32 — the numerics of prefillMmaKernel.
@@ -22,194 +22,14 @@ namespace {
 
 constexpr int kQueryRows = 128;  // a block's query rows: two warpgroups of 64
 constexpr int kKeyRows = 128;    // keys a tile
-constexpr int kThreads = 256;
 
-// Shared memory: Q, then two stages of K and V. A [rows × D] tile is D / 64 column tiles of [rows × 64] 16-bit values,
-// 128 bytes a row, swizzled (swizzle128); column tile c of a tile of `rows` rows starts c · rows · 128 bytes in.
-template <int D>
-struct PrefillPlan {
-  static constexpr int kQueryBytes = kQueryRows * D * 2;
-  static constexpr int kKeyBytes = kKeyRows * D * 2;
-  static constexpr int kStageBytes = 2 * kKeyBytes;
-  static constexpr int kSharedBytes = kQueryBytes + 2 * kStageBytes + 1024;
-};
-
+// A [rows × D] tile of 16-bit values in shared memory is D / 64 column tiles of [rows × 64], 128 bytes a row, swizzled
+// (swizzle128); column tile c of a tile of `rows` rows starts c · rows · 128 bytes in.
+#if defined(DUO_WGMMA)
 __device__ __forceinline__ int tileOffset(int rows, int row, int chunk) {
   return (chunk >> 3) * rows * 128 + swizzle128(row, chunk & 7);
 }
-
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, 1)
-    prefillWgmmaKernel(const float* __restrict__ q, int64_t qStride, const void* __restrict__ k, const void* __restrict__ v,
-                       int64_t capacity, float* __restrict__ out, int64_t rows, int64_t keyLength, int64_t queryStart, int group,
-                       float scale, StreamingLayout layout) {
-#if defined(DUO_WGMMA)
-  using P = PrefillPlan<D>;
-  constexpr int kChunks = D / 8;  // 16-byte chunks of a row
-  extern __shared__ __align__(1024) unsigned char raw[];
-  unsigned char* const queryTile = alignTo1024(raw);
-  unsigned char* const stages = queryTile + P::kQueryBytes;
-  // The longest row tiles (the last rows, which see the most keys) start first.
-  const int64_t rowTile = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
-  const int head = blockIdx.y, kvHead = head / group;
-  const int warpgroup = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-  const int g = lane >> 2, t = lane & 3;
-  const int64_t blockRow0 = rowTile * kQueryRows;
-  const int64_t blockLastRow = lesser(rows, blockRow0 + kQueryRows) - 1;
-  const int64_t keyEnd = lesser(keyLength, queryStart + blockLastRow + 1);
-  const bool streams = layout.streams(kvHead);
-  const KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + blockRow0, queryStart);
-  const T* keys = headRows<T>(k, layout.key, capacity, layout, streams, kvHead, D);
-  const T* values = headRows<T>(v, layout.value, capacity, layout, streams, kvHead, D);
-  auto slotOf = [&](int64_t index) { return streams ? layout.slot(range.position(index)) : index; };
-
-  // Keys and values of logical indices tile … tile + 127 into stage `buffer`; rows past the range are zeros (a zero
-  // probability times garbage could be NaN).
-  auto stage = [&](int64_t tile, int buffer) {
-    unsigned char* keyStage = stages + buffer * P::kStageBytes;
-    unsigned char* valueStage = keyStage + P::kKeyBytes;
-#pragma unroll 4
-    for (int piece = threadIdx.x; piece < kKeyRows * kChunks; piece += kThreads) {
-      const int r = piece / kChunks, c = piece % kChunks;
-      const int64_t index = tile + r;
-      const bool valid = index < range.count;
-      const int64_t element = (valid ? slotOf(index) : 0) * D + c * 8;
-      const int offset = tileOffset(kKeyRows, r, c);
-      copyOrZero16(keyStage + offset, keys + element, valid);
-      copyOrZero16(valueStage + offset, values + element, valid);
-    }
-    commitGroup();
-  };
-  if (range.count > 0) stage(0, 0);
-
-  // Q, scaled and rounded once; rows past the chunk are zeros.
-  const float qScale = scale * 1.4426950408889634f;
-  for (int piece = threadIdx.x; piece < kQueryRows * kChunks; piece += kThreads) {
-    const int r = piece / kChunks, c = piece % kChunks;
-    const int64_t row = blockRow0 + r;
-    uint4 packed = make_uint4(0, 0, 0, 0);
-    if (row < rows) {
-      const float4* source = reinterpret_cast<const float4*>(q + row * qStride + static_cast<int64_t>(head) * D + c * 8);
-      const float4 low = source[0], high = source[1];
-      packed = make_uint4(packPair<T>(low.x * qScale, low.y * qScale), packPair<T>(low.z * qScale, low.w * qScale),
-                          packPair<T>(high.x * qScale, high.y * qScale), packPair<T>(high.z * qScale, high.w * qScale));
-    }
-    *reinterpret_cast<uint4*>(queryTile + tileOffset(kQueryRows, r, c)) = packed;
-  }
-
-  // This thread's rows: g and g + 8 of its warp's 16 in its warpgroup's 64.
-  const int64_t groupRow0 = blockRow0 + 64 * warpgroup;
-  const int64_t groupLast = queryStart + lesser(rows - 1, groupRow0 + 63);
-  const int64_t groupFirst = queryStart + groupRow0;
-  int64_t position[2];
-  position[0] = queryStart + groupRow0 + 16 * warp + g;
-  position[1] = position[0] + 8;
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; i++) o[i] = 0.0f;
-  float rowMax[2] = {-INFINITY, -INFINITY}, rowSum[2] = {0.0f, 0.0f};
-
-  int buffer = 0;
-  for (int64_t tile = 0; tile < range.count; tile += kKeyRows, buffer ^= 1) {
-    if (tile + kKeyRows < range.count) {
-      stage(tile + kKeyRows, buffer ^ 1);
-      waitGroups<1>();
-    } else {
-      waitGroups<0>();
-    }
-    fenceProxyAsync();  // this thread's copies (and, the first time, its Q stores) are visible to the products
-    __syncthreads();
-    const unsigned char* keyStage = stages + buffer * P::kStageBytes;
-    const unsigned char* valueStage = keyStage + P::kKeyBytes;
-    const int64_t firstKey = range.position(tile);
-    // Warpgroup-uniform: rows past the chunk, or a tile wholly after the warpgroup's last position, have nothing to do.
-    if (groupRow0 < rows && firstKey <= groupLast) {
-      float s[kKeyRows / 2];
-      wgmmaFence();
-#pragma unroll
-      for (int step = 0; step < D / 16; step++) {
-        const uint64_t a = sharedTileDescriptor(queryTile + (step >> 2) * kQueryRows * 128 + warpgroup * 64 * 128) + 2 * (step & 3);
-        const uint64_t b = sharedTileDescriptor(keyStage + (step >> 2) * kKeyRows * 128) + 2 * (step & 3);
-        Wgmma<T, kKeyRows>::run(s, a, b, step > 0);
-      }
-      wgmmaCommit();
-      wgmmaWait<0>();
-      pinRegisters(s);
-
-      // Every key of the tile visible to every row of the warpgroup: no masking. Else each score checks its key.
-      const int64_t lastIndex = lesser(range.count, tile + kKeyRows) - 1;
-      const int64_t lastKey = range.position(lastIndex);
-      const bool whole = lastIndex == tile + kKeyRows - 1 && lastKey <= groupFirst &&
-                         (!streams || lastKey < layout.sink || firstKey >= layout.windowStart(groupLast, queryStart));
-      if (!whole) {
-#pragma unroll
-        for (int i = 0; i < kKeyRows / 2; i++) {
-          const int64_t index = tile + 8 * (i >> 2) + 2 * t + (i & 1);
-          const bool visible = index < range.count && keyVisible(layout, streams, position[(i >> 1) & 1], range.position(index), queryStart);
-          if (!visible) s[i] = -INFINITY;
-        }
-      }
-      // Online softmax per row (the four lanes of a row share its maximum; sums stay per lane until the end).
-#pragma unroll
-      for (int half = 0; half < 2; half++) {
-        float tileMax = -INFINITY;
-#pragma unroll
-        for (int i = 0; i < kKeyRows / 2; i++)
-          if (((i >> 1) & 1) == half) tileMax = fmaxf(tileMax, s[i]);
-        tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
-        tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 2));
-        const float updated = fmaxf(rowMax[half], tileMax);
-        const float base = updated == -INFINITY ? 0.0f : updated;
-        const float correction = exp2f(rowMax[half] - base);
-        float partial = 0.0f;
-#pragma unroll
-        for (int i = 0; i < kKeyRows / 2; i++)
-          if (((i >> 1) & 1) == half) {
-            s[i] = exp2f(s[i] - base);
-            partial += s[i];
-          }
-        rowSum[half] = rowSum[half] * correction + partial;
-        rowMax[half] = updated;
-#pragma unroll
-        for (int i = 0; i < D / 2; i++)
-          if (((i >> 1) & 1) == half) o[i] *= correction;
-      }
-      // P as the A fragments of 16-key steps: step j holds S's columns 16j … 16j + 15.
-      uint32_t p[kKeyRows / 16][4];
-#pragma unroll
-      for (int j = 0; j < kKeyRows / 16; j++) {
-        p[j][0] = packPair<T>(s[8 * j + 0], s[8 * j + 1]);
-        p[j][1] = packPair<T>(s[8 * j + 2], s[8 * j + 3]);
-        p[j][2] = packPair<T>(s[8 * j + 4], s[8 * j + 5]);
-        p[j][3] = packPair<T>(s[8 * j + 6], s[8 * j + 7]);
-      }
-      pinRegisters(o);
-      wgmmaFence();
-#pragma unroll
-      for (int j = 0; j < kKeyRows / 16; j++)
-        WgmmaRegisterA<T, D>::run(o, p[j], mnMajorDescriptor(valueStage + j * 16 * 128, kKeyRows * 128));
-      wgmmaCommit();
-      wgmmaWait<0>();
-      pinRegisters(o);
-    }
-    __syncthreads();  // the other buffer is refilled at the next tile
-  }
-
-#pragma unroll
-  for (int half = 0; half < 2; half++) {
-    float total = rowSum[half];
-    total += __shfl_xor_sync(0xffffffffu, total, 1);
-    total += __shfl_xor_sync(0xffffffffu, total, 2);
-    const int64_t row = position[half] - queryStart;
-    if (row >= rows) continue;
-    const float inverse = total > 0.0f ? 1.0f / total : 0.0f;
-    float* target = out + row * qStride + static_cast<int64_t>(head) * D;
-#pragma unroll
-    for (int j = 0; j < D / 8; j++)
-      *reinterpret_cast<float2*>(target + 8 * j + 2 * t) = make_float2(o[4 * j + 2 * half] * inverse, o[4 * j + 2 * half + 1] * inverse);
-  }
 #endif
-}
 
 // The warp-specialized version (FlashAttention-3's ping-pong): warpgroup 0 copies keys and values into two stages
 // with cp.async, each stage's completion counted on its `full` mbarrier; warpgroups 1 and 2 take 64 query rows each
@@ -530,23 +350,16 @@ void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k,
   auto launch = [&](auto type, auto dim) {
     using T = decltype(type);
     constexpr int D = decltype(dim)::value;
-    if (prefillWgmmaMode() >= 2) {
-      // The main caches as tensor maps (mode 3: cp.async for every head, to compare).
-      const int fullHeads = args.streaming.active() ? args.streaming.retrievalKvHeads : args.kvHeads;
-      CUtensorMap keyMap{}, valueMap{};
-      const bool maps = prefillWgmmaMode() == 2 && fullHeads > 0 && encodeRows(keyMap, k, cacheType, D, args.keyLength, capacity, fullHeads) &&
-                        encodeRows(valueMap, v, cacheType, D, args.keyLength, capacity, fullHeads);
-      auto kernel = prefillPingPongKernel<T, D>;
-      allowSharedMemory(kernel, PingPongPlan<D>::kSharedBytes);
-      kernel<<<grid, kPingPongThreads, PingPongPlan<D>::kSharedBytes, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength,
-                                                                                 args.queryStart, group, args.scale, args.streaming,
-                                                                                 keyMap, valueMap, maps);
-    } else {
-      auto kernel = prefillWgmmaKernel<T, D>;
-      allowSharedMemory(kernel, PrefillPlan<D>::kSharedBytes);
-      kernel<<<grid, kThreads, PrefillPlan<D>::kSharedBytes, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength,
-                                                                        args.queryStart, group, args.scale, args.streaming);
-    }
+    // The main caches as tensor maps (mode 2: cp.async for every head, to compare).
+    const int fullHeads = args.streaming.active() ? args.streaming.retrievalKvHeads : args.kvHeads;
+    CUtensorMap keyMap{}, valueMap{};
+    const bool maps = prefillWgmmaMode() == 1 && fullHeads > 0 && encodeRows(keyMap, k, cacheType, D, args.keyLength, capacity, fullHeads) &&
+                      encodeRows(valueMap, v, cacheType, D, args.keyLength, capacity, fullHeads);
+    auto kernel = prefillPingPongKernel<T, D>;
+    allowSharedMemory(kernel, PingPongPlan<D>::kSharedBytes);
+    kernel<<<grid, kPingPongThreads, PingPongPlan<D>::kSharedBytes, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength,
+                                                                               args.queryStart, group, args.scale, args.streaming, keyMap,
+                                                                               valueMap, maps);
   };
   const bool bf16 = cacheType == DType::BF16;
   if (args.headDim == 128) {

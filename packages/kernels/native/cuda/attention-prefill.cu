@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(kPrefillMmaWarps * 32) prefillMmaKernel(const 
 }  // namespace
 
 namespace {
-std::atomic<int> prefillWgmma{2};
+std::atomic<int> prefillWgmma{1};
 }  // namespace
 
 void setPrefillWgmma(int mode) { prefillWgmma.store(mode, std::memory_order_relaxed); }

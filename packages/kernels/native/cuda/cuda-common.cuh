@@ -272,9 +272,9 @@ void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* pos
                           int64_t capacity, const StreamingLayout& streaming, cudaStream_t stream);
 void launchDecodeAdvance(const int32_t* next, int32_t* ids, int32_t* positions, cudaStream_t stream);
 // Hopper prefill attention on warpgroup MMAs (attention-prefill-wgmma.cu): 16-bit caches, head dims 64 and 128, not
-// quantized, where the build has sm_90a code; launchAttentionPrefill routes there unless setPrefillWgmma(0) (1: the
-// single-role kernel, 2: the warp-specialized ping-pong one with tensor-memory copies of full heads, the default; 3:
-// the same copying every head with cp.async).
+// quantized, where the build has sm_90a code. launchAttentionPrefill routes there by setPrefillWgmma's mode: 1 (the
+// default) full heads' tiles by the tensor memory accelerator, 2 every tile by cp.async (to compare), 0 never (the
+// mma.sync kernel).
 bool prefillWgmmaServes(const AttentionArgs& args, DType cacheType);
 void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                                  float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
