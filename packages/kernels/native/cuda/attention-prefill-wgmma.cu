@@ -44,7 +44,7 @@ constexpr int kPingPongThreads = 384;
 #define DUO_PREFILL_STAGES 2
 #endif
 constexpr int kPingPongStages = DUO_PREFILL_STAGES;
-constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+[[maybe_unused]] constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
 
 template <int D>
 struct PingPongPlan {
