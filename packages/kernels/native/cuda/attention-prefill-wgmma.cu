@@ -34,7 +34,8 @@ __device__ __forceinline__ int tileOffset(int rows, int row, int chunk) {
 // The warp-specialized version (FlashAttention-3's ping-pong): warpgroup 0 copies keys and values into two stages
 // with cp.async, each stage's completion counted on its `full` mbarrier; warpgroups 1 and 2 take 64 query rows each
 // and take turns issuing their products (named barriers 1 and 2), so one warpgroup's softmax runs under the other's
-// matrix products. A turn issues S = Q·Kᵀ of this tile and O += P·V of the previous one; a stage's keys are released
+// matrix products. A turn issues S = Q·Kᵀ of this tile and O += P·V of the previous one, and the softmax of this tile
+// runs while that P·V is still on the tensor cores (it rescales O once the P·V is done); a stage's keys are released
 // once S has been computed from them, its values once the P·V that read them has completed, so both have two turns
 // of lead in two stages. Registers move from the copying warpgroup to the computing ones.
 constexpr int kPingPongThreads = 384;
@@ -195,6 +196,7 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   auto step = [&](int j, auto previous) {
     constexpr bool kPrevious = decltype(previous)::value;
     const int s = j % kStages, previousStage = (j + kStages - 1) % kStages;
+    float corrections[2];
     barrierWait(&fullK[s], (j / kStages) & 1);
     if constexpr (kPrevious) barrierWait(&fullV[previousStage], ((j - 1) / kStages) & 1);
     fenceProxyAsync();
@@ -209,19 +211,27 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
       const uint64_t b = sharedTileDescriptor(keyStage + (step >> 2) * kKeyRows * 128) + 2 * (step & 3);
       Wgmma<T, kKeyRows>::run(sc, a, b, step > 0);
     }
+    wgmmaCommit();
     if constexpr (kPrevious) {
       const unsigned char* previousValues = stages + previousStage * P::kStageBytes + P::kKeyBytes;
 #pragma unroll
       for (int i = 0; i < kKeyRows / 16; i++)
         WgmmaRegisterA<T, D>::run(o, p[i], mnMajorDescriptor(previousValues + i * 16 * 128, kKeyRows * 128));
+      wgmmaCommit();
     }
-    wgmmaCommit();
     if (consumer == 0 || j + 1 < tiles) namedArrive(2 - consumer, 256);
+#if defined(DUO_PREFILL_NO_OVERLAP)
     wgmmaWait<0>();
-    pinRegisters(sc);
+    pinRegisters(p);
     pinRegisters(o);
-    barrierArrive(&emptyK[s]);
     if constexpr (kPrevious) barrierArrive(&emptyV[previousStage]);
+#else
+    // S first: the softmax below runs while the previous tile's P·V is still on the tensor cores.
+    if constexpr (kPrevious) wgmmaWait<1>();
+    else wgmmaWait<0>();
+#endif
+    pinRegisters(sc);
+    barrierArrive(&emptyK[s]);
 
     const int64_t tile = static_cast<int64_t>(j) * kKeyRows;
     const int64_t firstKey = range.position(tile);
@@ -261,10 +271,19 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
         }
       rowSum[half] = rowSum[half] * correction + partial;
       rowMax[half] = updated;
-#pragma unroll
-      for (int i = 0; i < D / 2; i++)
-        if (((i >> 1) & 1) == half) o[i] *= correction;
+      corrections[half] = correction;
     }
+#if !defined(DUO_PREFILL_NO_OVERLAP)
+    if constexpr (kPrevious) {
+      // The previous P·V is done: O and the previous P's registers are free again.
+      wgmmaWait<0>();
+      pinRegisters(p);
+      pinRegisters(o);
+      barrierArrive(&emptyV[previousStage]);
+    }
+#endif
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] *= corrections[(i >> 1) & 1];
 #pragma unroll
     for (int i = 0; i < kKeyRows / 16; i++) {
       p[i][0] = packPair<T>(sc[8 * i + 0], sc[8 * i + 1]);

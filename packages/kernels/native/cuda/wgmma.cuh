@@ -129,6 +129,14 @@ __device__ __forceinline__ void pinRegisters(float (&d)[R]) {
 #pragma unroll
   for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
+// The same for A fragments in registers: an asynchronous product still reads them until its wait.
+template <int R, int C>
+__device__ __forceinline__ void pinRegisters(uint32_t (&a)[R][C]) {
+#pragma unroll
+  for (int i = 0; i < R; i++)
+#pragma unroll
+    for (int j = 0; j < C; j++) asm volatile("" : "+r"(a[i][j])::"memory");
+}
 
 // D (64 × N, f32) = A (64 × 16) · B (N × 16)ᵀ (+ D unless `accumulate` is 0), A and B given by descriptors of K-major
 // tiles. Thread t of the warpgroup holds, for i < N / 2, D[16·(t / 32) + (t % 32) / 4 + 8·((i / 2) % 2)][8·(i / 4) +
