@@ -131,6 +131,15 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
     const T* keys = headRows<T>(k, layout.key, capacity, layout, streams, kvHead, D);
     const T* values = headRows<T>(v, layout.value, capacity, layout, streams, kvHead, D);
     const int c = threadIdx.x % kChunks;
+    // A streaming head's slots: the sinks, then the window's positions around the ring — one modulo per block (the
+    // window is never longer than the ring), so the rows need no 64-bit division each.
+    const int64_t windowBase = streams ? (range.windowFirst - layout.sink) % layout.ring : 0;
+    auto slotOf = [&](int64_t index) {
+      if (!streams) return index;
+      if (index < range.sinkCount) return index;
+      const int64_t around = windowBase + (index - range.sinkCount);
+      return layout.sink + (around >= layout.ring ? around - layout.ring : around);
+    };
     auto copyRows = [&](unsigned char* target, const T* source, int j) {
 #if defined(DUO_PREFILL_NO_LOADS)
       if (j >= kStages) return;
@@ -138,7 +147,7 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
       for (int r = threadIdx.x / kChunks; r < kKeyRows; r += 128 / kChunks) {
         const int64_t index = static_cast<int64_t>(j) * kKeyRows + r;
         const bool valid = index < range.count;
-        const int64_t element = (valid ? (streams ? layout.slot(range.position(index)) : index) : 0) * D + c * 8;
+        const int64_t element = (valid ? slotOf(index) : 0) * D + c * 8;
         copyOrZero16(target + tileOffset(kKeyRows, r, c), source + element, valid);
       }
     };
