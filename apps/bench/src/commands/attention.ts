@@ -2,6 +2,7 @@
 // FlashAttention counts it, for full attention and for a share of streaming heads (Λ mask: their work is linear in S),
 // beside PyTorch's scaled_dot_product_attention at the same shapes when python3 has torch with CUDA.
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import {
   choiceOption,
   figurePath,
@@ -23,11 +24,14 @@ import { benchBackend } from '../model-options.js';
 export const attentionHelp = `duo-bench attention [--device auto|cpu|cuda] [--lengths 16k,64k] [--streaming 0,0.5]
                     [--heads 32] [--kv-heads 8] [--head-dim 128] [--dtype bf16|f16] [--sink 128] [--recent 256]
                     [--repeats N] [--peer torch|none] [--out FILE] [--plot FILE.svg|FILE.png]
+       duo-bench attention --from FILE --plot FILE.svg|FILE.png
   Causal prefill attention over S tokens in one call (queries and keys 0 … S − 1, the cache in --dtype), for each
   length and each share of streaming KV heads (0: full attention; DuoAttention's Λ mask with --sink and --recent for
   the rest). Reports ms, TFLOP/s counted as FlashAttention counts causal attention (4·S²·D·heads / 2) and TFLOP/s of
   the pairs the masks leave visible; --peer torch: PyTorch's scaled_dot_product_attention (is_causal; the faster of
-  GQA and K/V expanded to every head) at the same shapes in the same run (python3 with torch and CUDA). Defaults: 16k,64k on CUDA, 256,1k on the CPU; Llama-3-8B heads.`;
+  GQA and K/V expanded to every head) at the same shapes in the same run (python3 with torch and CUDA). Defaults:
+  16k,64k on CUDA, 256,1k on the CPU; Llama-3-8B heads. --from: draws an earlier run's record (the GPU machine writes
+  JSON; figures are drawn where the fonts are).`;
 
 const TORCH = `
 import json, sys
@@ -190,7 +194,9 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
     peer: { type: 'string' },
     out: { type: 'string' },
     plot: { type: 'string' },
+    from: { type: 'string' },
   });
+  if (options.from !== undefined) return redraw(String(options.from), options.plot as string | undefined, log);
   outputOption('out', options.out);
   if (options.plot !== undefined) outputOption('plot', figurePath('plot', String(options.plot)));
   const dtype = choiceOption('dtype', options.dtype, ['bf16', 'f16'] as const, 'bf16');
@@ -281,22 +287,52 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
   // The record first: a figure that cannot be drawn must not lose the measurements.
   const record = options.out ? writeResult(String(options.out), backend.deviceName, settings, figures) : figures;
   if (options.plot) {
-    const series = shares.map((share) => ({
-      label: share === 0 ? 'full' : `${(share * 100).toFixed(0)} % streaming`,
-      points: rows
-        .filter((row) => row.streaming === Math.round(share * shape.kvHeads) / shape.kvHeads)
-        .map((row) => ({ x: row.length, y: row.ms })),
-    }));
-    if (peerRows.length > 0)
-      series.push({ label: 'PyTorch SDPA (full)', points: peerRows.map((r) => ({ x: r.length, y: r.ms })) });
-    await writeFigure(
-      String(options.plot),
-      lineChart({
-        panels: [{ title: 'Prefill attention, one call', xTitle: 'tokens', yTitle: 'ms', series, xScale: 'log2' }],
-        legendTitle: 'heads',
-      }),
-    );
+    await drawAttention(String(options.plot), rows, peerRows);
     log(`wrote ${String(options.plot)}`);
+  }
+  return record;
+}
+
+/**
+ * TFLOP/s against tokens: one line per share of streaming heads (full attention as FlashAttention counts it, streaming
+ * shares over the pairs their masks leave visible) and PyTorch's SDPA.
+ */
+async function drawAttention(
+  plot: string,
+  rows: readonly AttentionRow[],
+  peerRows: readonly { length: number; tflops: number }[],
+): Promise<void> {
+  const shares = [...new Set(rows.map((row) => row.streaming))].sort((a, b) => a - b);
+  const series = shares.map((share) => ({
+    label: share === 0 ? 'full' : `${(share * 100).toFixed(0)} % streaming (visible pairs)`,
+    points: rows
+      .filter((row) => row.streaming === share)
+      .map((row) => ({ x: row.length, y: share === 0 ? row.tflops : row.visibleTflops })),
+  }));
+  if (peerRows.length > 0)
+    series.push({ label: 'PyTorch SDPA (full)', points: peerRows.map((r) => ({ x: r.length, y: r.tflops })) });
+  await writeFigure(
+    plot,
+    lineChart({
+      panels: [{ title: 'Prefill attention, one call', xTitle: 'tokens', yTitle: 'TFLOP/s', series, xScale: 'log2' }],
+      legendTitle: 'heads',
+    }),
+  );
+}
+
+/** --from FILE: draws an earlier run's figure. */
+async function redraw(file: string, plot: string | undefined, log: (line: string) => void): Promise<object> {
+  let record: { attention?: AttentionRow[]; peer?: { length: number; tflops: number }[] };
+  try {
+    record = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw new UsageError(`--from: cannot read "${file}": ${(error as Error).message}`);
+  }
+  if (!Array.isArray(record.attention))
+    throw new UsageError(`--from: "${file}" has no attention rows (not a duo-bench attention record)`);
+  if (plot) {
+    await drawAttention(plot, record.attention, record.peer ?? []);
+    log(`wrote ${plot}`);
   }
   return record;
 }
