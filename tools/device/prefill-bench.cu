@@ -1,9 +1,10 @@
 // Prefill attention alone, the CUDA kernels side by side: the warpgroup-MMA kernel (attention-prefill-wgmma.cu; with
-// tensor-memory copies, and with cp.async for every head) and the mma.sync one (prefillMmaKernel), causal over S tokens in one call at Llama-3-8B heads (32 query / 8 KV heads,
-// head dim 128, bf16 caches), full attention and with half the KV heads streaming (sink 128, recent 256). Each
-// kernel's output is checked against a float64 reference on sampled rows of every head; timed with CUDA events,
-// median of 5 after a warm-up; TFLOP/s as FlashAttention counts causal attention (4·S²·D·heads / 2).
-//   bash tools/device/prefill-sweep.sh   (on the device; writes $OUT/prefill.json)
+// tensor-memory copies, and with cp.async for every head) and the mma.sync one (prefillMmaKernel), causal over S tokens
+// in one call at Llama-3-8B heads (32 query / 8 KV heads, head dim 128, bf16 caches), full attention and with half the
+// KV heads streaming (sink 128, recent 256). Each kernel's output is checked against a float64 reference on sampled
+// rows of every head; timed with CUDA events, median of 5 after a warm-up; TFLOP/s as FlashAttention counts causal
+// attention (4·S²·D·heads / 2).
+//   bash tools/device/run.sh prefill   (tools/device/prefill-sweep.sh; writes $OUT/prefill.json)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -12,27 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "bench-fill.cuh"
 #include "cuda-common.cuh"
 
 using namespace duo;
 using namespace duo::cuda;
 
 namespace {
-
-__global__ void fillHalf(__nv_bfloat16* w, int64_t n, uint32_t seed, float scale) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
-    w[i] = __float2bfloat16((static_cast<float>(h) / 4294967296.0f - 0.5f) * scale);
-  }
-}
-__global__ void fillFloat(float* x, int64_t n, uint32_t seed, float scale) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2246822519u ^ seed;
-    h ^= h >> 15; h *= 2654435761u; h ^= h >> 13;
-    x[i] = (static_cast<float>(h) / 4294967296.0f - 0.5f) * scale;
-  }
-}
 
 // out[r][h] for the sampled rows, in float64 from f32 q and the 16-bit caches, with the layout's mask. One block per
 // (sample, head); 128 threads over keys.

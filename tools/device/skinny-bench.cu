@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cublas-loader.h"
+#include "bench-fill.cuh"
 #include "cuda-common.cuh"
 
 using namespace duo;
@@ -25,20 +26,6 @@ using namespace duo::cuda;
 
 namespace {
 
-__global__ void fillKernel(__nv_bfloat16* w, int64_t n, uint32_t seed, float scale) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
-    w[i] = __float2bfloat16((static_cast<float>(h) / 4294967296.0f - 0.5f) * scale);
-  }
-}
-__global__ void fillFloatKernel(float* x, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2246822519u ^ seed;
-    h ^= h >> 15; h *= 2654435761u; h ^= h >> 13;
-    x[i] = static_cast<float>(h) / 4294967296.0f * 2.0f - 1.0f;
-  }
-}
 // out[t][j] = Σ x[t][i] W[j][i] in float64; x rounded to bf16 first when `round`.
 __global__ void referenceKernel(const float* x, const __nv_bfloat16* w, double* out, int rows, int64_t k, int64_t m, bool round) {
   const int64_t j = blockIdx.x, t = blockIdx.y;
@@ -89,7 +76,7 @@ int main(int argc, char** argv) {
   constexpr int64_t kPoolBytes = 3LL << 30;  // weight copies rotate through 3 GB (L2: 50 MB)
   __nv_bfloat16* pool = nullptr;
   check(cudaMalloc(&pool, kPoolBytes), "cudaMalloc pool");
-  fillKernel<<<4096, 256, 0, stream>>>(pool, kPoolBytes / 2, 17u, 0.1f);
+  fillHalf<<<4096, 256, 0, stream>>>(pool, kPoolBytes / 2, 17u, 0.1f);
   const int64_t maxK = 14336, maxM = 128256;
   float *x = nullptr, *out = nullptr, *product = nullptr, *residual = nullptr;
   __nv_bfloat16* rounded = nullptr;
@@ -100,7 +87,7 @@ int main(int argc, char** argv) {
   check(cudaMalloc(&product, 64 * maxM * 4), "cudaMalloc product");
   check(cudaMalloc(&residual, 64 * maxM * 4), "cudaMalloc residual");
   check(cudaMalloc(&reference, 64 * maxM * 8), "cudaMalloc reference");
-  fillFloatKernel<<<1024, 256, 0, stream>>>(x, 64 * maxK, 5u);
+  fillFloat<<<1024, 256, 0, stream>>>(x, 64 * maxK, 5u, 2.0f);
   check(cudaMemsetAsync(residual, 0, 64 * maxM * 4, stream), "memset");
   check(cudaStreamSynchronize(stream), "fill");
 
