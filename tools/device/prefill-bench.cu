@@ -148,7 +148,7 @@ int main(int argc, char** argv) {
       for (int kernel = 2; kernel >= 0; kernel--) {
         if (only && !std::strchr(only, '0' + kernel)) continue;
         const bool wgmma = kernel > 0;
-        if (wgmma && !prefillWgmmaServes(args, DType::BF16)) continue;
+        if (wgmma && !prefillWgmmaServes(q, qStride, S, args, DType::BF16)) continue;
         setPrefillWgmma(kernel);
         std::string error;
         double worst = 0.0, scaleOf = 0.0, ms = 0.0;

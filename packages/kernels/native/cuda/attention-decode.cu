@@ -643,6 +643,8 @@ template <int N>
 void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks, const AttentionArgs& args, DType cacheType,
                   cudaStream_t stream) {
   const int maxGroup = maxGroupFor(launch.group);
+  if (N > 1 && launch.longSplitsFirst && blocks > 65535)
+    throw Error("DUO_ARG", "decode attention: " + std::to_string(blocks) + " blocks per sequence exceed a grid's 65535 rows");
   const dim3 grid = N == 1 ? dim3(blocks)
                    : launch.longSplitsFirst ? dim3(static_cast<unsigned>(sequences), blocks)
                                             : dim3(blocks, static_cast<unsigned>(sequences));

@@ -4,8 +4,10 @@
 // the chunk). A third warpgroup copies each tile's keys and values into 128-byte-swizzled shared memory; each computing
 // warpgroup computes S = Q·Kᵀ with both operands in shared memory, masks the diagonal and window edges, runs the
 // online softmax on S in registers, and accumulates O += P·V with P from registers (the accumulator fragment of S is
-// the A fragment of P·V) and V read MN-major. q is rounded to 16 bits once, scaled by log2(e) so the softmax uses exp2;
-// P is rounded to 16 bits for P·V; sums and O stay f32 — the numerics of prefillMmaKernel.
+// the A fragment of P·V) and V read MN-major. q is scaled by the softmax scale times log2(e) and rounded to 16 bits once
+// (the softmax uses the SFU's exp2); P is rounded to 16 bits for P·V; sums and O stay f32 — the numerics of
+// prefillMmaKernel up to those roundings, not bit for bit. The tensor-memory copies read the cache rows up to the
+// call's keyLength (written before the call); rows a block's mask hides get probability 0.
 #include <cuda.h>
 
 #include <cstdint>
@@ -102,6 +104,7 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
       barrierInit(&emptyK[s], 256);
       barrierInit(&emptyV[s], 256);
     }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // the barriers, before the copies use them
   }
   __syncthreads();
 
@@ -185,7 +188,7 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   fenceProxyAsync();
   namedSync(3 + consumer, 128);
   // Consumer 0 takes the first turn.
-  if (consumer == 1) namedArrive(1, 256);
+  if (consumer == 1 && tiles > 0) namedArrive(1, 256);
 
   const int64_t groupRow0 = blockRow0 + 64 * consumer;
   const int64_t groupLast = queryStart + lesser(rows - 1, groupRow0 + 63);
@@ -365,9 +368,13 @@ bool encodeRows(CUtensorMap& map, const void* cache, DType type, int D, int64_t 
 
 }  // namespace
 
-bool prefillWgmmaServes(const AttentionArgs& args, DType cacheType) {
+bool prefillWgmmaServes(const float* q, int64_t qStride, int64_t rows, const AttentionArgs& args, DType cacheType) {
+  // q read 16 bytes at a time; a streaming head's window (recent + the call's rows at most) within its ring, as the
+  // copies walk it with one wrap.
+  const bool aligned = reinterpret_cast<uintptr_t>(q) % 16 == 0 && qStride % 4 == 0;
+  const bool windowFits = !args.streaming.active() || args.streaming.recent + rows <= args.streaming.ring;
   return args.quant.scheme == 0 && (cacheType == DType::BF16 || cacheType == DType::F16) && (args.headDim == 64 || args.headDim == 128) &&
-         wgmmaCompiled();
+         aligned && windowFits && wgmmaCompiled();
 }
 
 void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,

@@ -288,7 +288,7 @@ int prefillWgmmaMode() { return prefillWgmma.load(std::memory_order_relaxed); }
 void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream) {
   if (rows == 0) return;
-  if (prefillWgmmaMode() != 0 && prefillWgmmaServes(args, cacheType)) {
+  if (prefillWgmmaMode() != 0 && prefillWgmmaServes(q, qStride, rows, args, cacheType)) {
     launchAttentionPrefillWgmma(q, qStride, k, v, cacheType, capacity, out, rows, args, stream);
     return;
   }

@@ -275,7 +275,7 @@ void launchDecodeAdvance(const int32_t* next, int32_t* ids, int32_t* positions, 
 // quantized, where the build has sm_90a code. launchAttentionPrefill routes there by setPrefillWgmma's mode: 1 (the
 // default) full heads' tiles by the tensor memory accelerator, 2 every tile by cp.async (to compare), 0 never (the
 // mma.sync kernel).
-bool prefillWgmmaServes(const AttentionArgs& args, DType cacheType);
+bool prefillWgmmaServes(const float* q, int64_t qStride, int64_t rows, const AttentionArgs& args, DType cacheType);
 void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                                  float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
 void setPrefillWgmma(int mode);

@@ -258,7 +258,7 @@ class CudaDevice final : public Device {
       GemvTarget targets[3];
       for (int i = 0; i < count; i++)
         targets[i] = GemvTarget{weights[i]->data, outs[i]->as<float>(), biases[i] ? biases[i]->as<float>() : nullptr, weights[i]->rows()};
-      launchSkinny(x.as<float>(), roundedInput(x, weights[0]->dtype), x.rows(), x.cols(), weights[0]->dtype, targets, nullptr, count,
+      launchSkinny(x.as<float>(), roundedInput(x, weights[0]->dtype, count), x.rows(), x.cols(), weights[0]->dtype, targets, nullptr, count,
                    skinnyOptions(), stream_);
       profiler_.mark("matmulGroup", stream_);
       return;
@@ -292,7 +292,7 @@ class CudaDevice final : public Device {
   void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) override {
     bool aligned = reinterpret_cast<uintptr_t>(gate.data) % 16 == 0 && reinterpret_cast<uintptr_t>(up.data) % 16 == 0;
     if (gate.dtype == up.dtype && skinny(x, gate.dtype, {gate.data, up.data}, 2)) {
-      launchSkinnySwiglu(x.as<float>(), roundedInput(x, gate.dtype), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(),
+      launchSkinnySwiglu(x.as<float>(), roundedInput(x, gate.dtype, 2), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(),
                          out.as<float>(), skinnyOptions(), stream_);
       profiler_.mark("matmulSwiglu", stream_);
       return;
@@ -470,8 +470,9 @@ class CudaDevice final : public Device {
   // More than 8 rows of x shared by several matrices: rounded once for the warp-MMA kernel's wide token tiles (none for
   // fewer: it rounds as it loads; nor for the warpgroup kernel, which rounds each stage's x itself: a launch less,
   // measured faster).
-  const void* roundedInput(const Tensor& x, DType dtype) {
-    return x.rows() > 8 && (!wide_ || invariant_) ? convertedInput(x, dtype) : nullptr;
+  // `matrices`: how many share x (SwiGLU's gate and up count 2); one takes the warp-MMA kernel.
+  const void* roundedInput(const Tensor& x, DType dtype, int matrices) {
+    return x.rows() > 8 && (!wide_ || invariant_ || matrices == 1) ? convertedInput(x, dtype) : nullptr;
   }
   static constexpr size_t kSmallWrite = 64 * 1024;
   static constexpr int kSmallSlots = 16;
