@@ -59,8 +59,10 @@ for step in "${steps[@]}"; do
   case "$step" in
     # The prefill attention kernels alone (no bundle needed): tools/device/prefill-bench.cu via prefill-sweep.sh.
     prefill) bash tools/device/prefill-sweep.sh || status=1 ;;
-    attention) node /tmp/duo-node/duo-bench.mjs attention --device cuda --lengths ${DUO_ATTENTION_LENGTHS:-16k,64k} \
-             --streaming 0,0.5 --sink 128 --recent 256 --out "$OUT/attention.json" --plot "$OUT/attention.svg" || status=1 ;;
+    # The prefill attention kernel through the engine's op, with PyTorch's SDPA in the same run (issue 18's lengths; the
+    # figure is drawn off the device: duo-bench attention --from attention.json --plot attention.svg).
+    attention) node /tmp/duo-node/duo-bench.mjs attention --device cuda --lengths ${DUO_ATTENTION_LENGTHS:-16k,32k,64k,128k,512k} \
+             --streaming 0,0.5 --sink 128 --recent 256 --repeats ${DUO_ATTENTION_REPEATS:-3} --out "$OUT/attention.json" || status=1 ;;
     skinny)
       # Decode projections at 1-64 rows: skinny tensor-core matmul (every cluster size), GEMV, cuBLAS.
       N=packages/kernels/native
