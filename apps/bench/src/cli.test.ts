@@ -548,6 +548,14 @@ describe('duo-bench', () => {
     expect(typeof (rows[3] as { saving?: number }).saving).toBe('number');
     expect(document.settings.peer).toBe('none');
     expect(readFileSync(figure, 'utf8')).toContain('Prefill attention, one call');
+    // --from redraws the record (a GPU run writes JSON; the figure is drawn where the fonts are).
+    const redrawn = join(out, 'attention-again.svg');
+    const again = await bench(['attention', '--from', file, '--plot', redrawn]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(readFileSync(redrawn, 'utf8')).toContain('Prefill attention, one call');
+    const missing = await bench(['attention', '--from', join(out, 'nothing.json'), '--plot', redrawn]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('--from: cannot read');
     const uneven = await bench(['attention', '--device', 'cpu', '--heads', '6', '--kv-heads', '4']);
     expect(uneven.code).toBe(2);
     expect(uneven.stderr).toContain('--heads: expected a multiple of --kv-heads (4) but received 6');
