@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "bench-fill.cuh"
+#include "bench-common.cuh"
 #include "cuda-common.cuh"
 
 using namespace duo;
@@ -67,11 +67,6 @@ __global__ void referenceKernel(const float* q, int64_t qStride, const __nv_bflo
     if (threadIdx.x < D) numerator += p * __bfloat162float(values[slot(key) * D + threadIdx.x]);
   }
   if (threadIdx.x < D) out[(blockIdx.x * heads + head) * D + threadIdx.x] = numerator / total;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 }  // namespace

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "cublas-loader.h"
-#include "bench-fill.cuh"
+#include "bench-common.cuh"
 #include "cuda-common.cuh"
 
 using namespace duo;
@@ -50,11 +50,6 @@ struct Shape {
   int64_t k;
   bool swiglu;
 };
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 }  // namespace
 
