@@ -114,6 +114,38 @@ __device__ __forceinline__ void finishSlices(float* partial, int rows, int slice
 #endif
 }
 
+// Where a block's share of a launch lies: unit blockIdx.y is matrix `which`'s weight rows from `row0` (SwiGLU: 64 gate
+// rows, then the same 64 up rows), slice blockIdx.x of gridDim.x holds k from `begin`, in `stages` stages of `depth`.
+template <typename T, bool SWIGLU>
+struct BlockShare {
+  int which = 0, stages = 0;
+  int64_t m = 0, row0 = 0, begin = 0;
+  __device__ __forceinline__ BlockShare(const SkinnyJob<T>& job, int64_t k, int depth) {
+    const int64_t unit = blockIdx.y;
+    while (which + 1 < job.count && unit >= job.first[which + 1]) which++;
+    m = job.m[which];
+    row0 = (unit - job.first[which]) * (SWIGLU ? kRows / 2 : kRows);
+    const int64_t sliceDepth = k / gridDim.x;
+    begin = sliceDepth * blockIdx.x;
+    stages = static_cast<int>(sliceDepth / depth);
+  }
+};
+
+// This thread's staged weight rows (threadIdx.x / CHUNKS_PER_ROW + THREADS / CHUNKS_PER_ROW · i, at chunk `chunk` of
+// each): where each starts in its matrix, and whether it lies inside it.
+template <typename T, bool SWIGLU, int CHUNKS_PER_ROW, int THREADS, int CHUNKS>
+__device__ __forceinline__ void weightSources(const SkinnyJob<T>& job, const BlockShare<T, SWIGLU>& share, int64_t k, int chunk,
+                                              const T* (&source)[CHUNKS], bool (&valid)[CHUNKS]) {
+#pragma unroll
+  for (int i = 0; i < CHUNKS; i++) {
+    const int r = threadIdx.x / CHUNKS_PER_ROW + (THREADS / CHUNKS_PER_ROW) * i;
+    const int64_t row = share.row0 + (SWIGLU ? r % (kRows / 2) : r);
+    valid[i] = row < share.m;
+    const T* base = SWIGLU ? job.weight[r < kRows / 2 ? 0 : 1] : job.weight[share.which];
+    source[i] = base + (valid[i] ? row : 0) * k + share.begin + chunk * 8;
+  }
+}
+
 // x: f32 rows, or (ROUNDED) rows already rounded to T.
 template <typename T, int TILES, bool SWIGLU, bool ROUNDED, int DEPTH>
 __global__ void __launch_bounds__(Plan<TILES, ROUNDED, DEPTH>::kThreads, 1)
@@ -128,26 +160,14 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED, DEPTH>::kThreads, 1)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   const int slices = gridDim.x, slice = blockIdx.x;
-  const int64_t unit = blockIdx.y;
-  int which = 0;
-  while (which + 1 < job.count && unit >= job.first[which + 1]) which++;
-  const int64_t m = job.m[which];
-  const int64_t row0 = (unit - job.first[which]) * (SWIGLU ? kRows / 2 : kRows);
-  const int64_t depth = k / slices, begin = depth * slice;
-  const int stages = static_cast<int>(depth / kDepth);
-
+  const BlockShare<T, SWIGLU> share(job, k, kDepth);
+  const int which = share.which, stages = share.stages;
+  const int64_t m = share.m, row0 = share.row0, begin = share.begin;
   // This thread's weight chunks of a stage: staged rows threadIdx.x / kChunksPerRow + kRowsPerPass·i, one chunk.
   const int chunk = threadIdx.x % kChunksPerRow;
   const T* source[kChunks];
   bool valid[kChunks];
-#pragma unroll
-  for (int i = 0; i < kChunks; i++) {
-    const int r = threadIdx.x / kChunksPerRow + kRowsPerPass * i;
-    const int64_t row = row0 + (SWIGLU ? r % (kRows / 2) : r);
-    valid[i] = row < m;
-    const T* base = SWIGLU ? job.weight[r < kRows / 2 ? 0 : 1] : job.weight[which];
-    source[i] = base + (valid[i] ? row : 0) * k + begin + chunk * 8;
-  }
+  weightSources<T, SWIGLU, kChunksPerRow, kThreads>(job, share, k, chunk, source, valid);
   auto stageWeights = [&](int stage) {
     unsigned char* target = shared + (stage % kStages) * kStageBytes;
 #pragma unroll
@@ -286,25 +306,13 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
   unsigned char* shared = raw + ((1024 - static_cast<unsigned>(__cvta_generic_to_shared(raw)) % 1024) % 1024);
   unsigned char* tile = shared + kStages * kStageBytes;  // X_F32: the rounded x tile of the current stage
   const int slices = gridDim.x, slice = blockIdx.x;
-  const int64_t unit = blockIdx.y;
-  int which = 0;
-  while (which + 1 < job.count && unit >= job.first[which + 1]) which++;
-  const int64_t m = job.m[which];
-  const int64_t row0 = (unit - job.first[which]) * (SWIGLU ? kRows / 2 : kRows);
-  const int64_t depth = k / slices, begin = depth * slice;
-  const int stages = static_cast<int>(depth / 64);
-
+  const BlockShare<T, SWIGLU> share(job, k, 64);
+  const int which = share.which, stages = share.stages;
+  const int64_t m = share.m, row0 = share.row0, begin = share.begin;
   const int chunk = threadIdx.x % 8;
   const T* source[kChunks];
   bool valid[kChunks];
-#pragma unroll
-  for (int i = 0; i < kChunks; i++) {
-    const int r = threadIdx.x / 8 + kRowsPerPass * i;
-    const int64_t row = row0 + (SWIGLU ? r % (kRows / 2) : r);
-    valid[i] = row < m;
-    const T* base = SWIGLU ? job.weight[r < kRows / 2 ? 0 : 1] : job.weight[which];
-    source[i] = base + (valid[i] ? row : 0) * k + begin + chunk * 8;
-  }
+  weightSources<T, SWIGLU, 8, kThreads>(job, share, k, chunk, source, valid);
   auto stageWeights = [&](int stage) {
     unsigned char* target = shared + (stage % kStages) * kStageBytes;
 #pragma unroll
