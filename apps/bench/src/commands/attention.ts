@@ -2,7 +2,6 @@
 // FlashAttention counts it, for full attention and for a share of streaming heads (Λ mask: their work is linear in S),
 // beside PyTorch's scaled_dot_product_attention at the same shapes when python3 has torch with CUDA.
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import {
   choiceOption,
   figurePath,
@@ -20,6 +19,7 @@ import {
 import type { Backend, StreamingHeads, TensorHandle } from '@duoattn/core';
 import { causalFlops, visibleFlops, visitedTiles } from '../attention-work.js';
 import { benchBackend } from '../model-options.js';
+import { readJsonOption } from '../read-json.js';
 
 export const attentionHelp = `duo-bench attention [--device auto|cpu|cuda] [--lengths 16k,64k] [--streaming 0,0.5]
                     [--heads 32] [--kv-heads 8] [--head-dim 128] [--dtype bf16|f16] [--sink 128] [--recent 256]
@@ -322,12 +322,10 @@ async function drawAttention(
 
 /** --from FILE: draws an earlier run's figure. */
 async function redraw(file: string, plot: string | undefined, log: (line: string) => void): Promise<object> {
-  let record: { attention?: AttentionRow[]; peer?: { length: number; tflops: number }[] };
-  try {
-    record = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (error) {
-    throw new UsageError(`--from: cannot read "${file}": ${(error as Error).message}`);
-  }
+  const record = readJsonOption<{ attention?: AttentionRow[]; peer?: { length: number; tflops: number }[] }>(
+    'from',
+    file,
+  );
   if (!Array.isArray(record.attention))
     throw new UsageError(`--from: "${file}" has no attention rows (not a duo-bench attention record)`);
   if (plot) {

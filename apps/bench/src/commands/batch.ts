@@ -1,7 +1,3 @@
-// duo-bench batch: continuous batching. Decode step time and aggregate tokens/s versus batch size at given contexts,
-// for each policy and KV scheme, beside the bytes-moved floor of the step (the weights once, every sequence's KV);
-// and, with --admit, the running sequences' inter-token latency while a long prompt is admitted and prefilled.
-import { readFileSync } from 'node:fs';
 import {
   attentionPolicies,
   buildPolicy,
@@ -33,6 +29,7 @@ import type { BatchStream, LlamaModel } from '@duoattn/model';
 import { interruptionPoint } from '../interrupt.js';
 import { benchmarkTokens } from '../measure.js';
 import { benchBackend, benchmarkModel } from '../model-options.js';
+import { readJsonOption } from '../read-json.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
 export const batchHelp = `duo-bench batch [--shape NAME | --model PATH] [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
@@ -377,12 +374,7 @@ async function admissionLatency(
 
 /** --from FILE: draws an earlier run's figure (runs on the GPU machine write JSON; figures are drawn here). */
 async function redraw(file: string, plot: string | undefined, log: (line: string) => void): Promise<object> {
-  let record: { decode?: Row[] };
-  try {
-    record = JSON.parse(readFileSync(file, 'utf8')) as { decode?: Row[] };
-  } catch (error) {
-    throw new UsageError(`--from: cannot read "${file}": ${(error as Error).message}`);
-  }
+  const record = readJsonOption<{ decode?: Row[] }>('from', file);
   if (!Array.isArray(record.decode))
     throw new UsageError(`--from: "${file}" has no decode rows (not a duo-bench batch record)`);
   for (const line of batchSpeedups(record.decode).lines) log(line);

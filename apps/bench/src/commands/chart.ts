@@ -1,6 +1,3 @@
-// duo-bench chart: a line chart (PNG or SVG) of two fields of a list in a JSON file, e.g. a training loss curve, or
-// one line per value of some fields and one panel per value of another (a benchmark's figures by variant and shape).
-import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import {
   type FigurePanel,
@@ -12,6 +9,7 @@ import {
   UsageError,
   writeFigure,
 } from '@duoattn/app-kit';
+import { readJsonOption } from '../read-json.js';
 
 export const chartHelp = `duo-bench chart --json FILE --list KEY --x FIELD --y FIELD --out FILE.png|FILE.svg [--title TEXT]
                 [--series FIELD,...] [--panel FIELD] [--where FIELD=VALUE,...] [--log-x]
@@ -50,12 +48,7 @@ export async function chartCommand(argv: string[], log: (line: string) => void):
   }
   const out = outputOption('out', figurePath('out', String(options.out))) as string;
   const where = filters(options.where as string | undefined);
-  let document: Record<string, unknown>;
-  try {
-    document = JSON.parse(readFileSync(String(options.json), 'utf8'));
-  } catch (error) {
-    throw new UsageError(`--json: cannot read "${String(options.json)}": ${(error as Error).message}`);
-  }
+  const document = readJsonOption<Record<string, unknown>>('json', String(options.json));
   const list = document[String(options.list)];
   if (!Array.isArray(list) || list.length < 2) {
     throw new UsageError(

@@ -1,7 +1,3 @@
-// duo-bench efficiency: decode latency, prefill time and peak memory versus context length for full, duo and
-// streaming attention, with the bytes-moved floor of each decode figure, the planner's bytes beside the measured ones,
-// and an SVG plot; a PyTorch peer's JSON (tools/device/torch_duo_bench.py) can be drawn in the same figure.
-import { readFileSync } from 'node:fs';
 import {
   attentionPolicies,
   buildPolicy,
@@ -32,6 +28,7 @@ import type { LlamaModel } from '@duoattn/model';
 import { interruptionPoint } from '../interrupt.js';
 import { benchmarkTokens, decodeLatency, prefillSeconds, TIMING_ONLY } from '../measure.js';
 import { benchBackend, benchmarkModel } from '../model-options.js';
+import { readJsonOption } from '../read-json.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
 export const efficiencyHelp = `duo-bench efficiency [--shape NAME | --model PATH] [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
@@ -275,21 +272,10 @@ async function redraw(
   options: Record<string, unknown>,
   log: (line: string) => void,
 ): Promise<object> {
-  const runs = files.split(',').map((file) => {
-    try {
-      return {
-        file,
-        ...(JSON.parse(readFileSync(file, 'utf8')) as {
-          card?: string;
-          decode?: Row[];
-          prefill?: Row[];
-          settings?: object;
-        }),
-      };
-    } catch (error) {
-      throw new UsageError(`--from: cannot read "${file}": ${(error as Error).message}`);
-    }
-  });
+  const runs = files.split(',').map((file) => ({
+    file,
+    ...readJsonOption<{ card?: string; decode?: Row[]; prefill?: Row[]; settings?: object }>('from', file),
+  }));
   const decode = runs.flatMap((run) => run.decode ?? []);
   const prefill = runs.flatMap((run) => run.prefill ?? []);
   const comparisons = await report(decode, prefill, peer, options, log);
@@ -373,11 +359,7 @@ interface PeerDocument {
 }
 
 function readPeer(path: string): PeerDocument {
-  try {
-    return JSON.parse(readFileSync(path, 'utf8')) as PeerDocument;
-  } catch (error) {
-    throw new UsageError(`--peer: cannot read "${path}": ${(error as Error).message}`);
-  }
+  return readJsonOption<PeerDocument>('peer', path);
 }
 
 /** Duo/full speed-ups and, with a peer, our time against the peer's at each shared point. */

@@ -1,8 +1,3 @@
-// duo-bench serve-load: load on a running duo-serve, as its users see it. For each policy and concurrency level, N
-// streamed completions of fixed-length random token-id prompts and a fixed output length (ignore_eos); per request
-// the time to first token, every inter-token gap and the end-to-end latency; per level their p50 / p99 and the
-// aggregate throughput. JSON (with the server's card and settings) and a figure, or a figure redrawn from the JSON.
-import { readFileSync } from 'node:fs';
 import {
   attentionPolicies,
   figurePath,
@@ -21,6 +16,7 @@ import {
 import { type AttentionPolicyName, DEFAULT_SPARSITY } from '@duoattn/core';
 import { RunFailure } from '../failure.js';
 import { interruptionPoint } from '../interrupt.js';
+import { readJsonOption } from '../read-json.js';
 import {
   connectionPool,
   readyServer,
@@ -343,12 +339,7 @@ class PromptMaker {
 
 /** --from FILE: draws an earlier run's figure (runs on the GPU machine write JSON; figures are drawn here). */
 async function redraw(file: string, plot: string | undefined, log: (line: string) => void): Promise<object> {
-  let record: { levels?: LoadLevel[] };
-  try {
-    record = JSON.parse(readFileSync(file, 'utf8')) as { levels?: LoadLevel[] };
-  } catch (error) {
-    throw new UsageError(`--from: cannot read "${file}": ${(error as Error).message}`, { option: 'from' });
-  }
+  const record = readJsonOption<{ levels?: LoadLevel[] }>('from', file);
   if (!Array.isArray(record.levels) || record.levels.some((level) => typeof level?.ttftMs?.p50 !== 'number'))
     throw new UsageError(`--from: "${file}" has no levels (not a duo-bench serve-load record)`, { option: 'from' });
   for (const level of record.levels) log(levelLine(level));
