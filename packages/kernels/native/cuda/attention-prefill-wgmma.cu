@@ -41,8 +41,9 @@ __device__ __forceinline__ int tileOffset(int rows, int row, int chunk) {
 // once S has been computed from them, its values once the P·V that read them has completed, so both have two turns
 // of lead in two stages. Registers move from the copying warpgroup to the computing ones.
 constexpr int kPingPongThreads = 384;
-// Build-time knobs for the sweep (tools/device/prefill-sweep.sh): stages of keys and values in flight; diagnostic
-// builds that skip the copies (products over whatever the stages hold) or the exponentials.
+// Build-time knobs for the sweep (tools/device/prefill-sweep.sh): stages of keys and values in flight
+// (DUO_PREFILL_STAGES); DUO_PREFILL_NO_OVERLAP waits for the previous P·V before the softmax; DUO_PREFILL_NO_LOADS, a
+// diagnostic, skips the copies past the first stages (products over whatever the stages hold).
 #ifndef DUO_PREFILL_STAGES
 #define DUO_PREFILL_STAGES 2
 #endif
@@ -81,15 +82,10 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   uint64_t* const emptyV = fullK + 3 * kStages;
   // Blocks in launch order: the query heads of one KV head side by side (they read the same keys and values at the
   // same time, so each tile comes from memory once for all of them), row tiles from the longest, KV heads last.
-#if defined(DUO_PREFILL_HEAD_MAJOR)
-  const int64_t rowTile = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
-  const int head = blockIdx.y, kvHead = head / group;
-#else
   const int64_t linear = blockIdx.x + static_cast<int64_t>(gridDim.x) * blockIdx.y;
   const int64_t rest = linear / group;
   const int64_t rowTile = static_cast<int64_t>(gridDim.x) - 1 - rest % gridDim.x;
   const int kvHead = static_cast<int>(rest / gridDim.x), head = kvHead * group + static_cast<int>(linear % group);
-#endif
   const int64_t blockRow0 = rowTile * kQueryRows;
   const int64_t blockLastRow = lesser(rows, blockRow0 + kQueryRows) - 1;
   const int64_t keyEnd = lesser(keyLength, queryStart + blockLastRow + 1);
@@ -274,11 +270,7 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
 #pragma unroll
       for (int i = 0; i < kKeyRows / 2; i++)
         if (((i >> 1) & 1) == half) {
-#if defined(DUO_PREFILL_NO_SOFTMAX)
-          sc[i] = sc[i] - base;
-#else
           sc[i] = exp2Fast(sc[i] - base);
-#endif
           partial += sc[i];
         }
       rowSum[half] = rowSum[half] * correction + partial;

@@ -71,6 +71,18 @@ __device__ __forceinline__ void copyAsync16(void* shared, const void* global) {
   unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(shared));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(target), "l"(global));
 }
+// The same, writing zeros where the source is outside the operand (`valid` false: nothing is read).
+__device__ __forceinline__ void copyOrZero16(void* shared, const void* global, bool valid) {
+  const unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  const int bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(target), "l"(global), "r"(bytes));
+}
+// Closes this thread's copies so far into a group; waits until at most N groups are still in flight.
+__device__ __forceinline__ void commitGroup() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void waitGroups() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
 
 __device__ __forceinline__ float toFloat(float v) { return v; }
 __device__ __forceinline__ float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }

@@ -26,7 +26,7 @@ class CudaDevice final : public Device {
     paged_ = PagedMemory(device_);
     check(cudaGetDeviceProperties(&properties_, device_), "cudaGetDeviceProperties");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    wide_ = wgmmaCompiled();  // a probe launch: before any graph capture
+    wgmmaCompiled();  // its probe launch runs now, before any graph capture
     // Keep freed blocks in the pool instead of returning them to the driver at each synchronisation.
     cudaMemPool_t pool;
     check(cudaDeviceGetDefaultMemPool(&pool, device_), "cudaDeviceGetDefaultMemPool");
@@ -169,9 +169,8 @@ class CudaDevice final : public Device {
     const float* residualData = residual ? residual->as<float>() : nullptr;
     if (skinny(x, weight.dtype, {weight.data}, 1)) {
       const GemvTarget target{weight.data, out.as<float>(), biasData, m};
-      // A single matrix takes the warp-MMA kernel, which wants x rounded beforehand past 8 rows.
-      const void* rounded = n > 8 ? convertedInput(x, weight.dtype) : nullptr;
-      launchSkinny(x.as<float>(), rounded, n, k, weight.dtype, &target, residualData, 1, skinnyOptions(), stream_);
+      launchSkinny(x.as<float>(), roundedInput(x, weight.dtype, 1), n, k, weight.dtype, &target, residualData, 1, skinnyOptions(),
+                   stream_);
       profiler_.mark("matmul", stream_);
       return;
     }
@@ -449,7 +448,6 @@ class CudaDevice final : public Device {
   bool invariant_ = false;
   int64_t skinnyRowsMax_ = kSkinnyRowsMax;  // Tuning::skinnyRowsMax
   bool longSplitsFirst_ = true;              // Tuning::longSplitsFirst
-  bool wide_ = false;                        // the skinny matmul's warpgroup kernel runs here (probed at construction)
   // Whether a matmul of x's rows (`count` matrices sharing x; gate and up count 2) takes the skinny matmul: bf16 / f16
   // weights, k a multiple of 64, 16-byte aligned operands.
   bool skinny(const Tensor& x, DType weightType, const std::array<const void*, 3>& weights, int count) const {
@@ -457,7 +455,7 @@ class CudaDevice final : public Device {
     if (invariant_) {
       if (n < 1 || n > kSkinnyRowsMax) return false;
     } else {
-      const int64_t widest = count >= 3 || (wide_ && count == 2) ? 64 : (count == 2 ? 32 : 16);
+      const int64_t widest = count >= 3 || (count == 2 && wgmmaCompiled()) ? 64 : (count == 2 ? 32 : 16);
       if (n < 2 || n > std::min(widest, skinnyRowsMax_)) return false;
     }
     return skinnySupported(x.cols(), weightType, x.data, weights.data(), count);
@@ -472,7 +470,7 @@ class CudaDevice final : public Device {
   // measured faster).
   // `matrices`: how many share x (SwiGLU's gate and up count 2); one takes the warp-MMA kernel.
   const void* roundedInput(const Tensor& x, DType dtype, int matrices) {
-    return x.rows() > 8 && (!wide_ || invariant_ || matrices == 1) ? convertedInput(x, dtype) : nullptr;
+    return x.rows() > 8 && (invariant_ || matrices == 1 || !wgmmaCompiled()) ? convertedInput(x, dtype) : nullptr;
   }
   static constexpr size_t kSmallWrite = 64 * 1024;
   static constexpr int kSmallSlots = 16;

@@ -146,6 +146,20 @@ __device__ __forceinline__ void weightSources(const SkinnyJob<T>& job, const Blo
   }
 }
 
+// A pipeline's first STAGES − 1 stages, as one copy group: weights are never written during a step, so they load
+// while the previous kernel finishes; x only after it.
+template <int STAGES, typename StageWeights, typename StageTokens>
+__device__ __forceinline__ void stagePrologue(int stages, const StageWeights& stageWeights, const StageTokens& stageTokens) {
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; s++)
+    if (s < stages) stageWeights(s);
+  dependOnPrevious();
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; s++)
+    if (s < stages) stageTokens(s);
+  commitGroup();
+}
+
 // x: f32 rows, or (ROUNDED) rows already rounded to T.
 template <typename T, int TILES, bool SWIGLU, bool ROUNDED, int DEPTH>
 __global__ void __launch_bounds__(Plan<TILES, ROUNDED, DEPTH>::kThreads, 1)
@@ -193,15 +207,7 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED, DEPTH>::kThreads, 1)
     }
   };
 
-  // Weights are never written during a step: the first stages load while the previous kernel finishes.
-#pragma unroll
-  for (int s = 0; s < kStages - 1; s++)
-    if (s < stages) stageWeights(s);
-  dependOnPrevious();
-#pragma unroll
-  for (int s = 0; s < kStages - 1; s++)
-    if (s < stages) stageTokens(s);
-  commitGroup();
+  stagePrologue<kStages>(stages, stageWeights, stageTokens);
 
   constexpr int kRowTiles = P::kRowTiles;
   float acc[kRowTiles][TILES][4];
@@ -336,14 +342,7 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
     }
   };
 
-#pragma unroll
-  for (int s = 0; s < kStages - 1; s++)
-    if (s < stages) stageWeights(s);
-  dependOnPrevious();
-#pragma unroll
-  for (int s = 0; s < kStages - 1; s++)
-    if (s < stages) stageTokens(s);
-  commitGroup();
+  stagePrologue<kStages>(stages, stageWeights, stageTokens);
 
   float acc[2][N / 2];
 #pragma unroll

@@ -44,17 +44,6 @@ __device__ __forceinline__ uint64_t mnMajorDescriptor(const void* tile, uint32_t
   return descriptor;
 }
 
-// 16-byte cp.async that writes zeros where the source is outside the operand (`valid` false: nothing is read).
-__device__ __forceinline__ void copyOrZero16(void* shared, const void* global, bool valid) {
-  const unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  const int bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(target), "l"(global), "r"(bytes));
-}
-__device__ __forceinline__ void commitGroup() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void waitGroups() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 // The first 1024-byte boundary at or after `raw` (dynamic shared memory given 1 KB of slack).
 __device__ __forceinline__ unsigned char* alignTo1024(unsigned char* raw) {
   return raw + ((1024 - static_cast<unsigned>(__cvta_generic_to_shared(raw)) % 1024) % 1024);
