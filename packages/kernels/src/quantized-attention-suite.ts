@@ -10,15 +10,18 @@ import { randomArray, referenceAttention, relativeError, toMatrix } from './test
 
 const SCHEMES: Exclude<KvQuantScheme, 'none'>[] = ['int8', 'int4', 'fp8'];
 // Head dim 16 takes the CUDA-core kernels (f32 tiles), 64 and 128 the tensor-core ones (bf16 tiles); 600 keys split.
+// The long chunks give Hopper's warpgroup prefill several 128-row blocks (the last one partial) and 128-key tiles past
+// the keys' end, with the streaming head's window crossing tiles.
 const SHAPES = [
-  { headDim: 16, length: 50 },
-  { headDim: 64, length: 600 },
-  { headDim: 128, length: 200 },
+  { headDim: 16, length: 50, queryRows: 6 },
+  { headDim: 64, length: 600, queryRows: 6 },
+  { headDim: 128, length: 200, queryRows: 6 },
+  { headDim: 64, length: 700, queryRows: 200 },
+  { headDim: 128, length: 900, queryRows: 260 },
 ];
 const CASES = SCHEMES.flatMap((scheme) => SHAPES.map((shape) => ({ scheme, ...shape })));
 const heads = 8;
 const kvHeads = 2;
-const queryRows = 6;
 const sink = 4;
 const recent = 9;
 
@@ -35,8 +38,8 @@ export function quantizedAttentionSuite(
   const suite = skipReason ? describe.skip : describe;
   suite(`attention over quantized caches: ${label}${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
     it.each(CASES)(
-      '$scheme, head dim $headDim, $length keys: full heads, then one streaming head under the Λ mask',
-      async ({ scheme, headDim, length }) => {
+      '$scheme, head dim $headDim, $length keys, $queryRows query rows: full heads, then one streaming head under the Λ mask',
+      async ({ scheme, headDim, length, queryRows }) => {
         const b = backend() as NativeBackend;
         const scale = 1 / Math.sqrt(headDim);
         const limit = tolerance(headDim);

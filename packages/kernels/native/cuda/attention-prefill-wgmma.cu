@@ -7,7 +7,9 @@
 // the A fragment of P·V) and V read MN-major. q is scaled by the softmax scale times log2(e) and rounded to 16 bits once
 // (the softmax uses the SFU's exp2); P is rounded to 16 bits for P·V; sums and O stay f32 — the numerics of
 // prefillMmaKernel up to those roundings, not bit for bit. The tensor-memory copies read the cache rows up to the
-// call's keyLength (written before the call); rows a block's mask hides get probability 0.
+// call's keyLength (written before the call); rows a block's mask hides get probability 0. Quantized caches (int8,
+// int4, fp8) take the same schedule: the copying warpgroup brings each tile's codes in by cp.async and dequantizes them
+// into the bf16 stages (quant-rows.cuh's dequantizePiece), so the products never see a code.
 #include <cuda.h>
 
 #include <cstdint>
@@ -15,6 +17,7 @@
 
 #include "attention-common.cuh"
 #include "mma.cuh"
+#include "quant-rows.cuh"
 #include "wgmma.cuh"
 
 namespace duo {
@@ -50,25 +53,95 @@ constexpr int kPingPongThreads = 384;
 constexpr int kPingPongStages = DUO_PREFILL_STAGES;
 [[maybe_unused]] constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
 
-template <int D>
+// A quantized cache's codes land in one raw buffer per operand first — a tile's rows, each padded by 16 bytes so the
+// copying threads (one row each) read them without bank conflicts — and are dequantized from there into a stage.
+template <int D, bool kQuant>
 struct PingPongPlan {
   static constexpr int kQueryBytes = kQueryRows * D * 2;
   static constexpr int kKeyBytes = kKeyRows * D * 2;
   static constexpr int kStageBytes = 2 * kKeyBytes;
-  static constexpr int kSharedBytes = kQueryBytes + kPingPongStages * kStageBytes + 4 * kPingPongStages * 8 + 1024;
+  static constexpr int kBarrierBytes = 128;  // 4 × kPingPongStages mbarriers, rounded up
+  static constexpr int kRawStride = D + 16;  // int8 / fp8 codes of a row (int4 use half), padded
+  static constexpr int kRawBytes = kQuant ? 2 * kKeyRows * kRawStride : 0;
+  static constexpr int kSharedBytes = kQueryBytes + kPingPongStages * kStageBytes + kBarrierBytes + kRawBytes + 1024;
+  static_assert(4 * kPingPongStages * 8 <= kBarrierBytes, "the mbarriers fit their space");
 };
+
+// The copying warpgroup for a quantized cache: thread r takes row r of every tile — cp.async of its codes into the raw
+// buffers (the next tile's, as soon as this tile's are dequantized) and its scale bits by a plain load — and writes its
+// row of the stage as bf16, swizzled as the products read it. Keys and values each have one raw buffer and their own
+// cp.async group, so the next tile's codes are in flight while the consumers still need both stages.
+template <int D, KvQuant kScheme, typename Slot>
+__device__ __forceinline__ void produceQuantTiles(const QuantHead& head, int tiles, int64_t count, const Slot& slotOf,
+                                                  unsigned char* stages, unsigned char* raw, uint64_t* fullK, uint64_t* fullV,
+                                                  uint64_t* emptyK, uint64_t* emptyV) {
+#if defined(DUO_WGMMA)
+  using P = PingPongPlan<D, true>;
+  constexpr int kStages = kPingPongStages;
+  constexpr int kCodeBytes = kScheme == KvQuant::Int4 ? D / 2 : D;
+  const int r = threadIdx.x;
+  unsigned char* rawKeys = raw + r * P::kRawStride;
+  unsigned char* rawValues = rawKeys + kKeyRows * P::kRawStride;
+  // Starts tile j's copy of this row's codes (one cp.async group, empty past the keys) and returns its scale bits.
+  auto fetch = [&](int j, const uint8_t* codes, const uint16_t* scales, unsigned char* target) {
+    const int64_t index = static_cast<int64_t>(j) * kKeyRows + r;
+    uint32_t bits = 0;
+    if (index < count) {
+      const int64_t slot = slotOf(index);
+      const uint8_t* row = codes + slot * kCodeBytes;
+#pragma unroll
+      for (int c = 0; c < kCodeBytes / 16; c++) copyAsync16(target + 16 * c, row + 16 * c);
+      bits = kScheme == KvQuant::Int4 ? __ldg(reinterpret_cast<const uint32_t*>(scales + slot * 2)) : __ldg(scales + slot);
+    }
+    commitGroup();
+    return bits;
+  };
+  // Rows past the keys become zeros (their raw bytes are stale, and an fp8 NaN code times a zero scale stays NaN).
+  auto convert = [&](int j, const unsigned char* source, uint32_t bits, unsigned char* tile) {
+    const bool valid = static_cast<int64_t>(j) * kKeyRows + r < count;
+#pragma unroll
+    for (int c = 0; c < kCodeBytes / 16; c++) {
+      uint4 chunks[kPieceChunks<kScheme>];
+      dequantizePiece<kScheme>(valid ? *reinterpret_cast<const uint4*>(source + 16 * c) : make_uint4(0, 0, 0, 0), bits, chunks);
+#pragma unroll
+      for (int i = 0; i < kPieceChunks<kScheme>; i++) {
+        const int chunk = kPieceChunks<kScheme> * c + i;
+        *reinterpret_cast<uint4*>(tile + tileOffset(kKeyRows, r, chunk)) = chunks[i];
+      }
+    }
+    fenceProxyAsync();  // the generic stores, before the products read the stage through the async proxy
+  };
+  uint32_t keyBits = fetch(0, head.keyCodes, head.keyScales, rawKeys);
+  uint32_t valueBits = fetch(0, head.valueCodes, head.valueScales, rawValues);
+  for (int j = 0; j < tiles; j++) {
+    const int s = j % kStages;
+    unsigned char* keyStage = stages + s * P::kStageBytes;
+    waitGroups<1>();  // this tile's keys (its values may still be in flight)
+    if (j >= kStages) barrierWait(&emptyK[s], (j / kStages - 1) & 1);
+    convert(j, rawKeys, keyBits, keyStage);
+    barrierArrive(&fullK[s]);
+    keyBits = fetch(j + 1, head.keyCodes, head.keyScales, rawKeys);
+    waitGroups<1>();  // this tile's values
+    if (j >= kStages) barrierWait(&emptyV[s], (j / kStages - 1) & 1);
+    convert(j, rawValues, valueBits, keyStage + P::kKeyBytes);
+    barrierArrive(&fullV[s]);
+    valueBits = fetch(j + 1, head.valueCodes, head.valueScales, rawValues);
+  }
+  waitGroups<0>();
+#endif
+}
 
 // A full head's keys and values come by the tensor memory accelerator when the launcher could describe the main caches
 // (`maps`: keyMap / valueMap, [full heads][keyLength][D] in boxes of 128 rows × 64 values, 128-byte swizzle, rows past
 // keyLength zeros); a streaming head's (sinks, then a ring) by cp.async row by row.
-template <typename T, int D>
+template <typename T, int D, bool kQuant>
 __global__ void __launch_bounds__(kPingPongThreads, 1)
     prefillPingPongKernel(const float* __restrict__ q, int64_t qStride, const void* __restrict__ k, const void* __restrict__ v,
                           int64_t capacity, float* __restrict__ out, int64_t rows, int64_t keyLength, int64_t queryStart, int group,
                           float scale, StreamingLayout layout, const __grid_constant__ CUtensorMap keyMap,
-                          const __grid_constant__ CUtensorMap valueMap, bool maps) {
+                          const __grid_constant__ CUtensorMap valueMap, bool maps, KvQuantPlanes quant) {
 #if defined(DUO_WGMMA)
-  using P = PingPongPlan<D>;
+  using P = PingPongPlan<D, kQuant>;
   constexpr int kChunks = D / 8;
   extern __shared__ __align__(1024) unsigned char raw[];
   unsigned char* const queryTile = alignTo1024(raw);
@@ -92,7 +165,7 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   const bool streams = layout.streams(kvHead);
   const KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + blockRow0, queryStart);
   const int tiles = static_cast<int>((range.count + kKeyRows - 1) / kKeyRows);
-  const bool tensorCopies = maps && !streams;
+  const bool tensorCopies = maps && !streams && !kQuant;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; s++) {
       barrierInit(&fullK[s], tensorCopies ? 1 : 128);
@@ -107,6 +180,24 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   if (threadIdx.x < 128) {
     // The copying warpgroup: tile j into stage j % 2 once the consumers have released its previous tile.
     releaseRegisters<kProducerRegisters>();
+    // A streaming head's slots: the sinks, then the window's positions around the ring — one modulo per block (the
+    // window is never longer than the ring), so the rows need no 64-bit division each.
+    const int64_t windowBase = streams ? (range.windowFirst - layout.sink) % layout.ring : 0;
+    const auto slotOf = [&](int64_t index) {
+      if (!streams || index < range.sinkCount) return index;
+      const int64_t around = windowBase + (index - range.sinkCount);
+      return layout.sink + (around >= layout.ring ? around - layout.ring : around);
+    };
+    if constexpr (kQuant) {
+      const QuantHead head = quantHead(k, v, capacity, layout, quant, streams, kvHead, D);
+      unsigned char* raw = stages + kStages * P::kStageBytes + P::kBarrierBytes;
+      switch (head.scheme) {
+        case KvQuant::Int8: produceQuantTiles<D, KvQuant::Int8>(head, tiles, range.count, slotOf, stages, raw, fullK, fullV, emptyK, emptyV); break;
+        case KvQuant::Int4: produceQuantTiles<D, KvQuant::Int4>(head, tiles, range.count, slotOf, stages, raw, fullK, fullV, emptyK, emptyV); break;
+        default: produceQuantTiles<D, KvQuant::Fp8>(head, tiles, range.count, slotOf, stages, raw, fullK, fullV, emptyK, emptyV); break;
+      }
+      return;
+    }
     if (tensorCopies) {
       // One thread issues every copy: per tile and operand, D / 64 boxes of 128 rows.
       if (threadIdx.x == 0) {
@@ -130,15 +221,6 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
     const T* keys = headRows<T>(k, layout.key, capacity, layout, streams, kvHead, D);
     const T* values = headRows<T>(v, layout.value, capacity, layout, streams, kvHead, D);
     const int c = threadIdx.x % kChunks;
-    // A streaming head's slots: the sinks, then the window's positions around the ring — one modulo per block (the
-    // window is never longer than the ring), so the rows need no 64-bit division each.
-    const int64_t windowBase = streams ? (range.windowFirst - layout.sink) % layout.ring : 0;
-    auto slotOf = [&](int64_t index) {
-      if (!streams) return index;
-      if (index < range.sinkCount) return index;
-      const int64_t around = windowBase + (index - range.sinkCount);
-      return layout.sink + (around >= layout.ring ? around - layout.ring : around);
-    };
     auto copyRows = [&](unsigned char* target, const T* source, int j) {
 #if defined(DUO_PREFILL_NO_LOADS)
       if (j >= kStages) return;
@@ -167,8 +249,12 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   claimRegisters<kConsumerRegisters>();
   const int consumer = (threadIdx.x >> 7) - 1;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  // This warpgroup's 64 query rows, scaled by log2(e) and rounded once; rows past the chunk are zeros.
+  // This warpgroup's 64 query rows, scaled by log2(e) and rounded once; rows past the chunk are zeros. Every load is
+  // issued before the first store: a block that visits few tiles (a streaming head's) would otherwise wait out one
+  // memory latency per piece.
   const float qScale = scale * 1.4426950408889634f;
+#if defined(DUO_PREFILL_SERIAL_QUERY)
+  // Diagnostic (the sweep's A/B): one piece at a time, as before.
   for (int piece = threadIdx.x & 127; piece < 64 * kChunks; piece += 128) {
     const int r = 64 * consumer + piece / kChunks, c = piece % kChunks;
     const int64_t row = blockRow0 + r;
@@ -181,6 +267,29 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
     }
     *reinterpret_cast<uint4*>(queryTile + tileOffset(kQueryRows, r, c)) = packed;
   }
+#else
+  constexpr int kQueryPieces = 64 * kChunks / 128;
+  float4 queryLoads[kQueryPieces][2];
+#pragma unroll
+  for (int i = 0; i < kQueryPieces; i++) {
+    const int piece = (threadIdx.x & 127) + 128 * i;
+    const int64_t row = blockRow0 + 64 * consumer + piece / kChunks;
+    queryLoads[i][0] = queryLoads[i][1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (row < rows) {
+      const float4* source = reinterpret_cast<const float4*>(q + row * qStride + static_cast<int64_t>(head) * D + (piece % kChunks) * 8);
+      queryLoads[i][0] = __ldg(source);
+      queryLoads[i][1] = __ldg(source + 1);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kQueryPieces; i++) {
+    const int piece = (threadIdx.x & 127) + 128 * i;
+    const float4 low = queryLoads[i][0], high = queryLoads[i][1];
+    const uint4 packed = make_uint4(packPair<T>(low.x * qScale, low.y * qScale), packPair<T>(low.z * qScale, low.w * qScale),
+                                    packPair<T>(high.x * qScale, high.y * qScale), packPair<T>(high.z * qScale, high.w * qScale));
+    *reinterpret_cast<uint4*>(queryTile + tileOffset(kQueryRows, 64 * consumer + piece / kChunks, piece % kChunks)) = packed;
+  }
+#endif
   fenceProxyAsync();
   namedSync(3 + consumer, 128);
   // Consumer 0 takes the first turn.
@@ -365,8 +474,9 @@ bool prefillWgmmaServes(const float* q, int64_t qStride, int64_t rows, const Att
   // copies walk it with one wrap.
   const bool aligned = reinterpret_cast<uintptr_t>(q) % 16 == 0 && qStride % 4 == 0;
   const bool windowFits = !args.streaming.active() || args.streaming.recent + rows <= args.streaming.ring;
-  return args.quant.scheme == 0 && (cacheType == DType::BF16 || cacheType == DType::F16) && (args.headDim == 64 || args.headDim == 128) &&
-         aligned && windowFits && wgmmaCompiled();
+  // Quantized caches of any scheme: their tiles are dequantized into bf16 stages (tileBytes).
+  const bool tiles16 = args.quant.scheme != 0 || cacheType == DType::BF16 || cacheType == DType::F16;
+  return tiles16 && (args.headDim == 64 || args.headDim == 128) && aligned && windowFits && wgmmaCompiled();
 }
 
 void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
@@ -374,28 +484,30 @@ void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k,
   if (rows == 0) return;
   const int group = args.heads / args.kvHeads;
   const dim3 grid(static_cast<unsigned>((rows + kQueryRows - 1) / kQueryRows), static_cast<unsigned>(args.heads));
-  auto launch = [&](auto type, auto dim) {
+  auto launch = [&](auto type, auto dim, auto quantized) {
     using T = decltype(type);
     constexpr int D = decltype(dim)::value;
-    // The main caches as tensor maps (mode 2: cp.async for every head, to compare).
+    constexpr bool kQuant = decltype(quantized)::value;
+    using P = PingPongPlan<D, kQuant>;
+    // The main caches as tensor maps (mode 2: cp.async for every head, to compare); quantized caches are dequantized by
+    // the copying threads instead.
     const int fullHeads = args.streaming.active() ? args.streaming.retrievalKvHeads : args.kvHeads;
     CUtensorMap keyMap{}, valueMap{};
-    const bool maps = prefillWgmmaMode() == 1 && fullHeads > 0 && encodeRows(keyMap, k, cacheType, D, args.keyLength, capacity, fullHeads) &&
+    const bool maps = !kQuant && prefillWgmmaMode() == 1 && fullHeads > 0 &&
+                      encodeRows(keyMap, k, cacheType, D, args.keyLength, capacity, fullHeads) &&
                       encodeRows(valueMap, v, cacheType, D, args.keyLength, capacity, fullHeads);
-    auto kernel = prefillPingPongKernel<T, D>;
-    allowSharedMemory(kernel, PingPongPlan<D>::kSharedBytes);
-    kernel<<<grid, kPingPongThreads, PingPongPlan<D>::kSharedBytes, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength,
-                                                                               args.queryStart, group, args.scale, args.streaming, keyMap,
-                                                                               valueMap, maps);
+    auto kernel = prefillPingPongKernel<T, D, kQuant>;
+    allowSharedMemory(kernel, P::kSharedBytes);
+    kernel<<<grid, kPingPongThreads, P::kSharedBytes, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength, args.queryStart,
+                                                                 group, args.scale, args.streaming, keyMap, valueMap, maps, args.quant);
   };
-  const bool bf16 = cacheType == DType::BF16;
-  if (args.headDim == 128) {
-    if (bf16) launch(__nv_bfloat16{}, std::integral_constant<int, 128>{});
-    else launch(__half{}, std::integral_constant<int, 128>{});
-  } else {
-    if (bf16) launch(__nv_bfloat16{}, std::integral_constant<int, 64>{});
-    else launch(__half{}, std::integral_constant<int, 64>{});
-  }
+  auto forHeadDim = [&](auto type, auto quantized) {
+    if (args.headDim == 128) launch(type, std::integral_constant<int, 128>{}, quantized);
+    else launch(type, std::integral_constant<int, 64>{}, quantized);
+  };
+  if (args.quant.scheme != 0) forHeadDim(__nv_bfloat16{}, std::true_type{});
+  else if (cacheType == DType::BF16) forHeadDim(__nv_bfloat16{}, std::false_type{});
+  else forHeadDim(__half{}, std::false_type{});
   checkLaunch("attentionPrefill (warpgroup)");
 }
 

@@ -283,8 +283,8 @@ void launchRopeWriteCache(float* q, float* k, const float* v, const int32_t* pos
                           int heads, int kvHeads, int headDim, bool interleaved, void* keyCache, void* valueCache, DType cacheType,
                           int64_t capacity, const StreamingLayout& streaming, cudaStream_t stream);
 void launchDecodeAdvance(const int32_t* next, int32_t* ids, int32_t* positions, cudaStream_t stream);
-// Hopper prefill attention on warpgroup MMAs (attention-prefill-wgmma.cu): 16-bit caches, head dims 64 and 128, not
-// quantized, where the build has sm_90a code. launchAttentionPrefill routes there by setPrefillWgmma's mode: 1 (the
+// Hopper prefill attention on warpgroup MMAs (attention-prefill-wgmma.cu): 16-bit and quantized caches, head dims 64
+// and 128, where the build has sm_90a code. launchAttentionPrefill routes there by setPrefillWgmma's mode: 1 (the
 // default) full heads' tiles by the tensor memory accelerator, 2 every tile by cp.async (to compare), 0 never (the
 // mma.sync kernel).
 bool prefillWgmmaServes(const float* q, int64_t qStride, int64_t rows, const AttentionArgs& args, DType cacheType);

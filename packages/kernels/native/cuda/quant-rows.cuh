@@ -2,8 +2,11 @@
 // a time from the u8 code plane and the fp16 scale plane, dequantized in registers and stored into the kernel's shared
 // tile as it would store a plain row. No copy of the cache is ever made; a tile of 32 or 64 rows is all that exists.
 #pragma once
+#include <cuda_fp8.h>
+
 #include "../quant.h"
 #include "cuda-common.cuh"
+#include "mma.cuh"
 
 namespace duo {
 namespace cuda {
@@ -66,6 +69,57 @@ __device__ __forceinline__ void dequantize8(const QuantHead& head, const uint8_t
     const float value = fp8 ? e4m3Value(code) : static_cast<float>(static_cast<int8_t>(code));
     out[i] = value * scale;
   }
+}
+
+// Sixteen bytes of one row's codes, dequantized to bf16 pairs for a warpgroup-MMA tile: int8 and fp8 give 16 channels
+// (two 8-channel chunks), int4 32 (four chunks; the row's one group, head dims up to 128). `scaleBits` is the row's
+// f16 scale (int4: scale | zero << 16); zero bits make every value 0, as rows past a tile's keys need. Codes reach
+// f32 by byte permutes (int8: 2²³ + 128 + b, minus 2²³ + 128; int4: 2²³ + n, minus 2²³) rather than the conversion
+// unit, and fp8 pairs by the hardware's e4m3x2 conversion (codes 0x7f / 0xff, written only for NaN inputs, read as NaN
+// here and as 480 by dequantize8).
+template <KvQuant kScheme>
+constexpr int kPieceChunks = kScheme == KvQuant::Int4 ? 4 : 2;
+
+template <KvQuant kScheme>
+__device__ __forceinline__ void dequantizePiece(uint4 raw, uint32_t scaleBits, uint4 (&chunks)[kPieceChunks<kScheme>]) {
+  const float scale = halfBits(static_cast<uint16_t>(scaleBits & 0xffff));
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+  uint32_t out[4 * kPieceChunks<kScheme>];
+  if constexpr (kScheme == KvQuant::Int4) {
+    const float zero = halfBits(static_cast<uint16_t>(scaleBits >> 16));
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+      const uint32_t even = words[w] & 0x0f0f0f0fu, odd = (words[w] >> 4) & 0x0f0f0f0fu;  // channels 2i and 2i + 1
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const float low = __uint_as_float(__byte_perm(even, 0x4b000000u, 0x7540 + i)) - 8388608.0f;
+        const float high = __uint_as_float(__byte_perm(odd, 0x4b000000u, 0x7540 + i)) - 8388608.0f;
+        out[4 * w + i] = packPair<__nv_bfloat16>(fmaf(low, scale, zero), fmaf(high, scale, zero));
+      }
+    }
+  } else if constexpr (kScheme == KvQuant::Int8) {
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+      const uint32_t biased = words[w] ^ 0x80808080u;
+#pragma unroll
+      for (int i = 0; i < 2; i++) {
+        const float low = __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7540 + 2 * i)) - 8388736.0f;
+        const float high = __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7540 + 2 * i + 1)) - 8388736.0f;
+        out[2 * w + i] = packPair<__nv_bfloat16>(low * scale, high * scale);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int w = 0; w < 4; w++)
+#pragma unroll
+      for (int i = 0; i < 2; i++) {
+        const __half2_raw pair = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(words[w] >> (16 * i)), __NV_E4M3);
+        const float2 values = __half22float2(*reinterpret_cast<const __half2*>(&pair));
+        out[2 * w + i] = packPair<__nv_bfloat16>(values.x * scale, values.y * scale);
+      }
+  }
+#pragma unroll
+  for (int c = 0; c < kPieceChunks<kScheme>; c++) chunks[c] = make_uint4(out[4 * c], out[4 * c + 1], out[4 * c + 2], out[4 * c + 3]);
 }
 
 // Eight values as T at a 16-byte aligned `target`.
