@@ -61,8 +61,10 @@ for step in "${steps[@]}"; do
     prefill) bash tools/device/prefill-sweep.sh || status=1 ;;
     # The prefill attention kernel through the engine's op, with PyTorch's SDPA in the same run (issue 18's lengths; the
     # figure is drawn off the device: duo-bench attention --from attention.json --plot attention.svg).
+    # DUO_ATTENTION_QUANT=none,int8,int4,fp8 adds quantized caches (the same kernel dequantizing its tiles).
     attention) node /tmp/duo-node/duo-bench.mjs attention --device cuda --lengths ${DUO_ATTENTION_LENGTHS:-16k,32k,64k,128k,512k} \
-             --streaming 0,0.5 --sink 128 --recent 256 --repeats ${DUO_ATTENTION_REPEATS:-3} --out "$OUT/attention.json" || status=1 ;;
+             --streaming 0,0.5 --sink 128 --recent 256 --kv-quant ${DUO_ATTENTION_QUANT:-none} --repeats ${DUO_ATTENTION_REPEATS:-3} \
+             --out "$OUT/attention.json" || status=1 ;;
     skinny)
       # Decode projections at 1-64 rows: skinny tensor-core matmul (every cluster size), GEMV, cuBLAS.
       N=packages/kernels/native
@@ -167,6 +169,11 @@ for step in "${steps[@]}"; do
                 done ;;
     duo-prefill) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
               --sink 128 --recent 256 --contexts none --prefill 128k --prefill-chunk 32768 --out "$OUT/efficiency-prefill.json" || status=1 ;;
+    # A million-token prompt (1m = 1 048 576; the 1048K model's shape) with duo 50 % and int4 KV in 32K chunks: time and
+    # the allocator's peak (issue 18; about 5 minutes on an H100, one timed run after a one-chunk warm-up).
+    prefill-1m) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b-1048k --device cuda --attention duo --sparsity 0.5 \
+              --sink 128 --recent 256 --kv-quant int4 --contexts none --prefill ${DUO_LONG_PREFILL:-1m} --prefill-chunk 32768 \
+              --out "$OUT/efficiency-prefill-1m.json" || status=1 ;;
     # The PyTorch reference method's 128K prefill in 32K chunks alone (issue 18's peer), full and duo 50 %.
     prefill-torch) python3 tools/device/torch_duo_bench.py --contexts '' --prefill 131072 --chunk 32768 --sink 128 --recent 256 \
               --retrieval 4 --out "$OUT/torch-prefill.json" || status=1 ;;

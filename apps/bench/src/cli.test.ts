@@ -564,6 +564,32 @@ describe('duo-bench', () => {
     expect(share.stderr).toContain('--streaming');
   });
 
+  it('attention runs over quantized caches with --kv-quant, each scheme saving against its own full row', async () => {
+    const file = join(out, 'attention-quant.json');
+    const shape = ['--heads', '4', '--kv-heads', '2', '--head-dim', '64', '--sink', '16', '--recent', '32'];
+    const result = await bench([
+      ...['attention', '--device', 'cpu', '--lengths', '256', '--streaming', '0,0.5', '--repeats', '1'],
+      ...[...shape, '--kv-quant', 'none,int4', '--peer', 'none', '--out', file],
+    ]);
+    expect(result.code, result.stderr).toBe(0);
+    const document = JSON.parse(readFileSync(file, 'utf8'));
+    const rows = document.attention as { kvQuant: string; streaming: number; ms: number; saving?: number }[];
+    expect(rows.map((row) => [row.kvQuant, row.streaming])).toEqual([
+      ['none', 0],
+      ['none', 0.5],
+      ['int4', 0],
+      ['int4', 0.5],
+    ]);
+    const [bf16Full, , int4Full, int4Streaming] = rows;
+    expect(int4Streaming?.saving).toBeCloseTo(1 - (int4Streaming?.ms as number) / (int4Full?.ms as number), 10);
+    expect(int4Full?.ms).not.toBe(bf16Full?.ms);
+    expect(document.settings.kvQuant).toEqual(['none', 'int4']);
+    expect(result.stdout + result.stderr).toContain('50 % streaming, int4 KV');
+    const unknown = await bench(['attention', '--device', 'cpu', '--kv-quant', 'int3']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('--kv-quant');
+  });
+
   it('rejects bad input with a message naming the option and exits 2', async () => {
     const unknown = await bench(['speed', '--shape', 'llama-9', '--device', 'cpu']);
     expect(unknown.code).toBe(2);

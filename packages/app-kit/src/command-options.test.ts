@@ -26,6 +26,8 @@ describe('command options', () => {
 
   it('reads integers (with a k suffix), numbers and choices, and falls back when absent', () => {
     expect(integerOption('tokens', '16k', 1)).toBe(16384);
+    expect(integerOption('tokens', '1m', 1)).toBe(1048576);
+    expect(integerOption('tokens', '2M', 1)).toBe(2097152);
     expect(integerOption('tokens', '12', 1)).toBe(12);
     expect(integerOption('tokens', undefined, 7)).toBe(7);
     expect(numberOption('sparsity', '0.75', 0, 0, 1)).toBe(0.75);
@@ -33,6 +35,7 @@ describe('command options', () => {
     expect(choiceOption('device', 'cpu', ['auto', 'cpu', 'cuda'] as const, 'auto')).toBe('cpu');
     expect(choiceOption('device', undefined, ['auto', 'cpu', 'cuda'] as const, 'auto')).toBe('auto');
     expect(integerListOption('contexts', '4k, 32K,100', [])).toEqual([4096, 32768, 100]);
+    expect(integerListOption('contexts', '128k,1m', [])).toEqual([131072, 1048576]);
   });
 
   it.each([
@@ -48,7 +51,7 @@ describe('command options', () => {
       () => integerListOption('contexts', '4k,lots', []),
       'contexts',
       '4k,lots',
-      'comma-separated integers (e.g. 4k,32k)',
+      'comma-separated integers (e.g. 4k,32k,1m)',
     ],
   ])('rejects a bad value with option, value and expectation (%#)', (run, option, received, expected) => {
     const error = usageError(run);

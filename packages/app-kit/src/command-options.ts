@@ -21,7 +21,15 @@ export function parseOptions<S extends OptionSpec>(
   }
 }
 
-/** An integer option in [min, max] (`fallback` when absent; "16k" = 16384, as in lists). */
+/** Token counts as people write them: "16k" = 16 × 1024, "1m" = 1024 × 1024 (either case); undefined if not one. */
+function suffixedInteger(text: string): number | undefined {
+  const match = /^\s*(\d+)\s*([kKmM]?)\s*$/.exec(text);
+  if (!match) return undefined;
+  const unit = { '': 1, k: 1024, m: 1024 * 1024 }[(match[2] as string).toLowerCase() as '' | 'k' | 'm'];
+  return Number(match[1]) * unit;
+}
+
+/** An integer option in [min, max] (`fallback` when absent; "16k" = 16384 and "1m" = 1048576, as in lists). */
 export function integerOption(
   name: string,
   value: unknown,
@@ -30,8 +38,7 @@ export function integerOption(
   max = Number.MAX_SAFE_INTEGER,
 ): number {
   if (value === undefined) return fallback;
-  const kilo = /^\s*(\d+)\s*[kK]\s*$/.exec(String(value));
-  const parsed = kilo ? Number(kilo[1]) * 1024 : Number(value);
+  const parsed = suffixedInteger(String(value)) ?? Number(value);
   // Number('') is 0: an empty value is not a number.
   if (String(value).trim() === '' || !Number.isInteger(parsed) || parsed < min || parsed > max) {
     throw UsageError.invalid(name, `an integer in [${min}, ${max}]`, value);
@@ -57,15 +64,15 @@ export function choiceOption<T extends string>(name: string, value: unknown, cho
   return value as T;
 }
 
-/** A comma-separated list of integers, e.g. "4096,32768" (k and K suffixes allowed: "4k", "32K"). */
+/** A comma-separated list of integers, e.g. "4096,32768" (k and m suffixes allowed: "4k", "32K", "1m"). */
 export function integerListOption(name: string, value: unknown, fallback: number[]): number[] {
   if (value === undefined) return fallback;
   return String(value)
     .split(',')
     .map((item) => {
-      const match = /^\s*(\d+)\s*([kK]?)\s*$/.exec(item);
-      if (!match) throw UsageError.invalid(name, 'comma-separated integers (e.g. 4k,32k)', value);
-      return Number(match[1]) * (match[2] ? 1024 : 1);
+      const parsed = suffixedInteger(item);
+      if (parsed === undefined) throw UsageError.invalid(name, 'comma-separated integers (e.g. 4k,32k,1m)', value);
+      return parsed;
     });
 }
 

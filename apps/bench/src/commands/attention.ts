@@ -7,6 +7,7 @@ import {
   figurePath,
   integerListOption,
   integerOption,
+  kvQuantList,
   lineChart,
   median,
   numberOption,
@@ -16,21 +17,23 @@ import {
   writeFigure,
   writeResult,
 } from '@duoattn/app-kit';
-import type { Backend, StreamingHeads, TensorHandle } from '@duoattn/core';
+import type { Backend, KvQuantScheme, QuantizedKv, StreamingHeads, TensorHandle } from '@duoattn/core';
+import { kvQuantLayout } from '@duoattn/kv-quant';
 import { causalFlops, visibleFlops, visitedTiles } from '../attention-work.js';
 import { benchBackend } from '../model-options.js';
 import { readJsonOption } from '../read-json.js';
 
 export const attentionHelp = `duo-bench attention [--device auto|cpu|cuda] [--lengths 16k,64k] [--streaming 0,0.5]
-                    [--heads 32] [--kv-heads 8] [--head-dim 128] [--dtype bf16|f16] [--sink 128] [--recent 256]
-                    [--repeats N] [--peer torch|none] [--out FILE] [--plot FILE.svg|FILE.png]
+                    [--heads 32] [--kv-heads 8] [--head-dim 128] [--dtype bf16|f16] [--kv-quant none,int8,int4,fp8]
+                    [--sink 128] [--recent 256] [--repeats N] [--peer torch|none] [--out FILE] [--plot FILE.svg|FILE.png]
        duo-bench attention --from FILE --plot FILE.svg|FILE.png
   Causal prefill attention over S tokens in one call (queries and keys 0 … S − 1, the cache in --dtype), for each
   length and each share of streaming KV heads (0: full attention; DuoAttention's Λ mask with --sink and --recent for
   the rest). Reports ms, TFLOP/s counted as FlashAttention counts causal attention (4·S²·D·heads / 2) and TFLOP/s of
   the pairs the masks leave visible; --peer torch: PyTorch's scaled_dot_product_attention (is_causal; the faster of
   GQA and K/V expanded to every head) at the same shapes in the same run (python3 with torch and CUDA). Defaults:
-  16k,64k on CUDA, 256,1k on the CPU; Llama-3-8B heads. --from: draws an earlier run's record (the GPU machine writes
+  16k,64k on CUDA, 256,1k on the CPU; Llama-3-8B heads. --kv-quant: each scheme in turn (the caches hold codes and
+  scales of random keys and values; the peer stays bf16). --from: draws an earlier run's record (the GPU machine writes
   JSON; figures are drawn where the fonts are).`;
 
 const TORCH = `
@@ -97,6 +100,8 @@ function torchFigures(lengths: number[], shape: Shape, dtype: string, repeats: n
 interface AttentionRow {
   length: number;
   streaming: number;
+  /** The caches' KV quantization (absent in records written before the option). */
+  kvQuant?: KvQuantScheme;
   ms: number;
   tflops: number;
   visibleTflops: number;
@@ -118,20 +123,27 @@ interface Shape {
   headDim: number;
 }
 
+/** A cache as the op takes it: the values (or a quantized cache's codes) and, quantized, the scales. */
+interface CacheTensors {
+  codes: TensorHandle;
+  scales?: TensorHandle;
+}
+
 /** One call of causal attention over `length` tokens, `streamingKvHeads` of the KV heads streaming; ms per call. */
 async function measure(
   backend: Backend,
   shape: Shape,
   dtype: 'bf16' | 'f16',
+  kvQuant: KvQuantScheme,
   length: number,
   streamingKvHeads: number,
   window: { sink: number; recent: number },
   repeats: number,
 ): Promise<number> {
   const made: TensorHandle[] = [];
-  const make = (type: 'f32' | 'bf16' | 'f16', dims: number[], seed: number) => {
+  const make = (type: 'f32' | 'bf16' | 'f16' | 'u8', dims: number[], seed?: number) => {
     const tensor = backend.alloc(type, dims);
-    backend.fillRandom(tensor, seed, 0.5);
+    if (seed !== undefined) backend.fillRandom(tensor, seed, 0.5);
     made.push(tensor);
     return tensor;
   };
@@ -140,18 +152,47 @@ async function measure(
     const retrieval = kvHeads - streamingKvHeads;
     const q = make('f32', [length, heads * headDim], 1);
     const out = make('f32', [length, heads * headDim], 2);
+    // A cache of `count` KV heads and `slots` rows: random values in --dtype, or the codes and scales of random values
+    // (the first `length` slots written; a streaming ring of recent + length slots never wraps here).
+    const cache = (count: number, slots: number, seed: number): CacheTensors => {
+      if (kvQuant === 'none') return { codes: make(dtype, [count, slots, headDim], seed) };
+      const { codeBytes, scaleHalves } = kvQuantLayout(kvQuant, headDim);
+      const codes = make('u8', [count, slots, codeBytes]);
+      const scales = make('f16', [count, slots, scaleHalves]);
+      const source = backend.alloc('f32', [length, count * headDim]);
+      try {
+        backend.fillRandom(source, seed, 0.5);
+        backend.writeCacheQuantized(source, codes, scales, 0, kvQuant);
+      } finally {
+        source.dispose();
+      }
+      return { codes, scales };
+    };
     // Retrieval heads keep every key in the main caches; streaming heads keep sinks + a ring of recent + length slots.
-    const keys = make(dtype, [Math.max(1, retrieval), length, headDim], 3);
-    const values = make(dtype, [Math.max(1, retrieval), length, headDim], 4);
+    const keys = cache(Math.max(1, retrieval), length, 3);
+    const values = cache(Math.max(1, retrieval), length, 4);
     let streaming: StreamingHeads | undefined;
+    let region: { keys: CacheTensors; values: CacheTensors } | undefined;
     if (streamingKvHeads > 0) {
       const slots = window.sink + window.recent + length;
+      region = { keys: cache(streamingKvHeads, slots, 5), values: cache(streamingKvHeads, slots, 6) };
       streaming = {
         retrievalHeads: Array.from({ length: retrieval }, (_, h) => h),
-        keyCache: make(dtype, [streamingKvHeads, slots, headDim], 5),
-        valueCache: make(dtype, [streamingKvHeads, slots, headDim], 6),
+        keyCache: region.keys.codes,
+        valueCache: region.values.codes,
         sink: window.sink,
         recent: window.recent,
+      };
+    }
+    let quant: QuantizedKv | undefined;
+    if (kvQuant !== 'none' && keys.scales && values.scales) {
+      quant = {
+        scheme: kvQuant,
+        keyScales: keys.scales,
+        valueScales: values.scales,
+        ...(region?.keys.scales && region.values.scales
+          ? { streamKeyScales: region.keys.scales, streamValueScales: region.values.scales }
+          : {}),
       };
     }
     const attributes = {
@@ -162,8 +203,9 @@ async function measure(
       keyLength: length,
       queryStart: 0,
       ...(streaming ? { streaming } : {}),
+      ...(quant ? { quant } : {}),
     };
-    const run = () => backend.attentionPrefill(q, keys, values, out, attributes);
+    const run = () => backend.attentionPrefill(q, keys.codes, values.codes, out, attributes);
     run();
     await backend.synchronize();
     const times: number[] = [];
@@ -188,6 +230,7 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
     'kv-heads': { type: 'string' },
     'head-dim': { type: 'string' },
     dtype: { type: 'string' },
+    'kv-quant': { type: 'string' },
     sink: { type: 'string' },
     recent: { type: 'string' },
     repeats: { type: 'string' },
@@ -200,6 +243,7 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
   outputOption('out', options.out);
   if (options.plot !== undefined) outputOption('plot', figurePath('plot', String(options.plot)));
   const dtype = choiceOption('dtype', options.dtype, ['bf16', 'f16'] as const, 'bf16');
+  const schemes = kvQuantList(options['kv-quant']);
   const shape: Shape = {
     heads: integerOption('heads', options.heads, 32, 1, 256),
     kvHeads: integerOption('kv-heads', options['kv-heads'], 8, 1, 128),
@@ -225,10 +269,10 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
   const repeats = integerOption('repeats', options.repeats, gpu ? 9 : 3, 1);
   const rows: AttentionRow[] = [];
   for (const length of lengths) {
-    for (const share of shares) {
+    for (const [kvQuant, share] of schemes.flatMap((scheme) => shares.map((share) => [scheme, share] as const))) {
       const streamingKvHeads = Math.round(share * shape.kvHeads);
       const group = shape.heads / shape.kvHeads;
-      const ms = await measure(backend, shape, dtype, length, streamingKvHeads, window, repeats);
+      const ms = await measure(backend, shape, dtype, kvQuant, length, streamingKvHeads, window, repeats);
       const counted = causalFlops(length, shape.headDim, shape.heads);
       const visible = visibleFlops(
         length,
@@ -239,6 +283,7 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
       const row: AttentionRow = {
         length,
         streaming: streamingKvHeads / shape.kvHeads,
+        kvQuant,
         ms,
         tflops: counted / (ms / 1000) / 1e12,
         visibleTflops: visible / (ms / 1000) / 1e12,
@@ -249,11 +294,12 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
             (streamingKvHeads * visitedTiles(length, KERNEL_TILES, window)) / visitedTiles(length, KERNEL_TILES)) /
           shape.kvHeads,
       };
-      const full = rows.find((other) => other.length === length && other.streaming === 0);
+      const full = rows.find((other) => other.length === length && other.streaming === 0 && other.kvQuant === kvQuant);
       if (full && streamingKvHeads > 0) row.saving = 1 - ms / full.ms;
       rows.push(row);
       log(
-        `attention ${length} tokens, ${(row.streaming * 100).toFixed(0)} % streaming: ${ms.toFixed(2)} ms, ` +
+        `attention ${length} tokens, ${(row.streaming * 100).toFixed(0)} % streaming` +
+          `${kvQuant === 'none' ? '' : `, ${kvQuant} KV`}: ${ms.toFixed(2)} ms, ` +
           `${figure(row.tflops)} TFLOP/s (causal count), ${figure(row.visibleTflops)} TFLOP/s of visible pairs ` +
           `(${(row.visibleShare * 100).toFixed(1)} % of full)` +
           (row.saving === undefined
@@ -272,6 +318,7 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
   const settings = {
     shape,
     dtype,
+    kvQuant: schemes,
     window,
     repeats,
     timing: 'one call between synchronisations, host clock, median of --repeats after one warm-up call',
@@ -302,11 +349,16 @@ async function drawAttention(
   rows: readonly AttentionRow[],
   peerRows: readonly { length: number; tflops: number }[],
 ): Promise<void> {
-  const shares = [...new Set(rows.map((row) => row.streaming))].sort((a, b) => a - b);
-  const series = shares.map((share) => ({
-    label: share === 0 ? 'full' : `${(share * 100).toFixed(0)} % streaming (visible pairs)`,
+  const runs = [...new Map(rows.map((row) => [`${row.kvQuant ?? 'none'}|${row.streaming}`, row])).values()].sort(
+    (a, b) => a.streaming - b.streaming,
+  );
+  const quantized = runs.some((row) => (row.kvQuant ?? 'none') !== 'none');
+  const series = runs.map(({ kvQuant = 'none', streaming: share }) => ({
+    label:
+      (share === 0 ? 'full' : `${(share * 100).toFixed(0)} % streaming (visible pairs)`) +
+      (quantized ? `, ${kvQuant === 'none' ? 'bf16' : kvQuant} KV` : ''),
     points: rows
-      .filter((row) => row.streaming === share)
+      .filter((row) => row.streaming === share && (row.kvQuant ?? 'none') === kvQuant)
       .map((row) => ({ x: row.length, y: share === 0 ? row.tflops : row.visibleTflops })),
   }));
   if (peerRows.length > 0)

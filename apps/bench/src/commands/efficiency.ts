@@ -327,11 +327,13 @@ async function measurePrefill(model: LlamaModel, { attention, kvQuant, policy }:
   let session: ReturnType<LlamaModel['createSession']> | undefined;
   try {
     session = model.createSession({ policy, maxTokens: length, cacheBlockTokens: length, ...TIMING_ONLY });
+    // One timed run after a one-chunk warm-up: these prompts are 128K to millions of tokens.
     const { seconds, runs } = await prefillSeconds(
       backend,
       session,
       benchmarkTokens(length, model.config.vocabSize),
       1,
+      session.policy.prefillChunk,
     );
     return {
       policy: attention,
