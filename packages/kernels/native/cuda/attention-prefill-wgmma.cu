@@ -65,6 +65,7 @@ struct BlockWork {
   int kvHead, head;
 };
 
+#if defined(DUO_WGMMA)
 __device__ __forceinline__ BlockWork blockWork(int64_t linear, int64_t rowTiles, int kvHeads, int group, const StreamingLayout& layout) {
   const int64_t perKvHead = rowTiles * group;
 #if defined(DUO_PREFILL_GROUPED_ORDER)
@@ -86,6 +87,7 @@ __device__ __forceinline__ BlockWork blockWork(int64_t linear, int64_t rowTiles,
 #endif
   return {rowTiles - 1 - rest % rowTiles, kvHead, kvHead * group + static_cast<int>(index % group)};
 }
+#endif
 
 // A quantized cache's codes land in one raw buffer per operand first — a tile's rows, each padded by 16 bytes so the
 // copying threads (one row each) read them without bank conflicts — and are dequantized from there into a stage.
