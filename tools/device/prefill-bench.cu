@@ -71,12 +71,6 @@ __global__ void referenceKernel(const float* q, int64_t qStride, const __nv_bflo
 
 }  // namespace
 
-// Which KV heads stream: "odd" (the default) or "last" (PREFILL_STREAMING_HEADS=last).
-const char* placementName() {
-  const char* placement = std::getenv("PREFILL_STREAMING_HEADS");
-  return placement && std::strcmp(placement, "last") == 0 ? "last" : "odd";
-}
-
 int main(int argc, char** argv) {
   const std::string commit = argc > 1 ? argv[1] : "unknown";
   std::vector<int64_t> lengths = {4096, 16384, 65536};
@@ -92,9 +86,9 @@ int main(int argc, char** argv) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::printf("{\n  \"card\": \"%s (sm_%d%d, %d SMs)\",\n  \"commit\": \"%s\",\n", properties.name, properties.major, properties.minor,
               properties.multiProcessorCount, commit.c_str());
-  std::printf("  \"settings\": {\"heads\": %d, \"kvHeads\": %d, \"headDim\": %d, \"cache\": \"bf16\", \"streaming\": \"sink 128, recent 256, %s KV heads\", "
+  std::printf("  \"settings\": {\"heads\": %d, \"kvHeads\": %d, \"headDim\": %d, \"cache\": \"bf16\", \"streaming\": \"sink 128, recent 256, odd KV heads\", "
               "\"timing\": \"CUDA events around one call, median of 5 after a warm-up\", \"flops\": \"4*S^2*D*heads/2\"},\n  \"rows\": [\n",
-              heads, kvHeads, D, placementName());
+              heads, kvHeads, D);
   bool first = true;
   for (const int64_t S : lengths) {
     float *q = nullptr, *out = nullptr;
@@ -107,16 +101,13 @@ int main(int argc, char** argv) {
     fillFloat<<<1024, 256, 0, stream>>>(q, S * qStride, 3u, 4.0f);
     fillHalf<<<1024, 256, 0, stream>>>(k, static_cast<int64_t>(kvHeads) * S * D, 5u, 2.0f);
     fillHalf<<<1024, 256, 0, stream>>>(v, static_cast<int64_t>(kvHeads) * S * D, 7u, 2.0f);
-    // The streaming layout: odd KV heads stream (PREFILL_STREAMING_HEADS=last: the last half, as duo-bench attention
-    // lays them out); their region holds the sinks and a ring as long as the chunk plus the window (so one call's keys
-    // all fit), filled from the same random rows.
+    // The streaming layout: odd KV heads stream; their region holds the sinks and a ring as long as the chunk plus
+    // the window (so one call's keys all fit), filled from the same random rows.
     StreamingLayout streaming;
     streaming.sink = 128;
     streaming.recent = 256;
     streaming.ring = S + 256;
-    const bool last = std::strcmp(placementName(), "last") == 0;
-    for (int h = 0; h < kvHeads; h++)
-      if (last ? h >= kvHeads / 2 : h % 2 == 1) streaming.streamingHeads.add(h);
+    for (int h = 1; h < kvHeads; h += 2) streaming.streamingHeads.add(h);
     streaming.retrievalKvHeads = kvHeads / 2;
     const int64_t regionElements = static_cast<int64_t>(kvHeads / 2) * streaming.slots() * D;
     check(cudaMalloc(&regionK, regionElements * 2), "cudaMalloc region");

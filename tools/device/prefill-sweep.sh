@@ -1,8 +1,7 @@
 # Runs on the device (bash tools/device/run.sh prefill): builds tools/device/prefill-bench.cu with the prefill kernels
 # straight from the tree (no bundle needed) and writes $OUT/prefill[-VARIANT].json. PREFILL_LENGTHS overrides
 # 4096 16384 65536; PREFILL_VARIANTS="name:-DFLAG,-DFLAG …" adds builds of attention-prefill-wgmma.cu with those flags
-# (PREFILL_KERNELS=1 times only the default warpgroup kernel in them); PREFILL_STREAMING_HEADS=last streams the last
-# half of the KV heads instead of the odd ones.
+# (PREFILL_KERNELS=1 times only the default warpgroup kernel in them).
 N=packages/kernels/native; F="-O3 -std=c++17 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -I$N -I$N/cuda"
 mkdir -p "$OUT" /tmp/p
 for f in attention-prefill attention-prefill-wgmma gemm-skinny gemv elementwise; do nvcc -c $F $N/cuda/$f.cu -o /tmp/p/$f.o & done

@@ -53,42 +53,6 @@ constexpr int kPingPongThreads = 384;
 constexpr int kPingPongStages = DUO_PREFILL_STAGES;
 [[maybe_unused]] constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
 
-// The work of a block: one row tile of one query head. Blocks in launch order: the full heads' and the streaming
-// heads' blocks interleaved evenly — a streaming head's block visits a handful of tiles and is mostly memory traffic
-// (its f32 queries and outputs, its keys and values), so spread among the full heads' long, compute-bound blocks it
-// overlaps them, where all of them at once would contend for memory; within each kind, the query heads of one KV head
-// side by side (they read the same keys and values at the same time, so each tile comes from memory once for all of
-// them), row tiles from the longest, KV heads in order. DUO_PREFILL_GROUPED_ORDER (the sweep's A/B) keeps KV heads in
-// order without interleaving.
-struct BlockWork {
-  int64_t rowTile;
-  int kvHead, head;
-};
-
-#if defined(DUO_WGMMA)
-__device__ __forceinline__ BlockWork blockWork(int64_t linear, int64_t rowTiles, int kvHeads, int group, const StreamingLayout& layout) {
-  const int64_t perKvHead = rowTiles * group;
-#if defined(DUO_PREFILL_GROUPED_ORDER)
-  const int64_t fullUnits = kvHeads * perKvHead;
-#else
-  const int64_t fullUnits = (layout.active() ? layout.retrievalKvHeads : kvHeads) * perKvHead;
-#endif
-  const int64_t total = kvHeads * perKvHead;
-  // Block `linear` is a full head's iff the count of full blocks among the first blocks steps at it.
-  const int64_t fullBefore = linear * fullUnits / total;
-  const bool full = (linear + 1) * fullUnits / total > fullBefore;
-  const int64_t index = full ? fullBefore : linear - fullBefore;
-  const int64_t rest = index / group;
-  const int ordinal = static_cast<int>(rest / rowTiles);
-#if defined(DUO_PREFILL_GROUPED_ORDER)
-  const int kvHead = ordinal;
-#else
-  const int kvHead = layout.headAt(full ? ordinal : layout.retrievalKvHeads + ordinal, kvHeads);
-#endif
-  return {rowTiles - 1 - rest % rowTiles, kvHead, kvHead * group + static_cast<int>(index % group)};
-}
-#endif
-
 // A quantized cache's codes land in one raw buffer per operand first — a tile's rows, each padded by 16 bytes so the
 // copying threads (one row each) read them without bank conflicts — and are dequantized from there into a stage.
 template <int D, bool kQuant>
@@ -189,10 +153,12 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   uint64_t* const fullV = fullK + kStages;
   uint64_t* const emptyK = fullK + 2 * kStages;
   uint64_t* const emptyV = fullK + 3 * kStages;
+  // Blocks in launch order: the query heads of one KV head side by side (they read the same keys and values at the
+  // same time, so each tile comes from memory once for all of them), row tiles from the longest, KV heads last.
   const int64_t linear = blockIdx.x + static_cast<int64_t>(gridDim.x) * blockIdx.y;
-  const BlockWork work = blockWork(linear, gridDim.x, static_cast<int>(gridDim.y) / group, group, layout);
-  const int64_t rowTile = work.rowTile;
-  const int kvHead = work.kvHead, head = work.head;
+  const int64_t rest = linear / group;
+  const int64_t rowTile = static_cast<int64_t>(gridDim.x) - 1 - rest % gridDim.x;
+  const int kvHead = static_cast<int>(rest / gridDim.x), head = kvHead * group + static_cast<int>(linear % group);
   const int64_t blockRow0 = rowTile * kQueryRows;
   const int64_t blockLastRow = lesser(rows, blockRow0 + kQueryRows) - 1;
   const int64_t keyEnd = lesser(keyLength, queryStart + blockLastRow + 1);
