@@ -129,17 +129,26 @@ interface CacheTensors {
   scales?: TensorHandle;
 }
 
-/** One call of causal attention over `length` tokens, `streamingKvHeads` of the KV heads streaming; ms per call. */
-async function measure(
+/** One configuration of a length: the caches' scheme and how many KV heads stream. */
+interface Variant {
+  kvQuant: KvQuantScheme;
+  streamingKvHeads: number;
+}
+
+/**
+ * Causal attention over `length` tokens for each variant; ms per call, median of `repeats`. The variants take turns
+ * within each repeat (one warm-up call each first), so a drift of the card's clock over the run moves them alike and
+ * their ratios — the saving of streaming heads — hold.
+ */
+async function measureLength(
   backend: Backend,
   shape: Shape,
   dtype: 'bf16' | 'f16',
-  kvQuant: KvQuantScheme,
   length: number,
-  streamingKvHeads: number,
+  variants: readonly Variant[],
   window: { sink: number; recent: number },
   repeats: number,
-): Promise<number> {
+): Promise<number[]> {
   const made: TensorHandle[] = [];
   const make = (type: 'f32' | 'bf16' | 'f16' | 'u8', dims: number[], seed?: number) => {
     const tensor = backend.alloc(type, dims);
@@ -149,73 +158,78 @@ async function measure(
   };
   try {
     const { heads, kvHeads, headDim } = shape;
-    const retrieval = kvHeads - streamingKvHeads;
+    // Queries and outputs are shared by every variant.
     const q = make('f32', [length, heads * headDim], 1);
     const out = make('f32', [length, heads * headDim], 2);
-    // A cache of `count` KV heads and `slots` rows: random values in --dtype, or the codes and scales of random values
-    // (the first `length` slots written; a streaming ring of recent + length slots never wraps here).
-    const cache = (count: number, slots: number, seed: number): CacheTensors => {
-      if (kvQuant === 'none') return { codes: make(dtype, [count, slots, headDim], seed) };
-      const { codeBytes, scaleHalves } = kvQuantLayout(kvQuant, headDim);
-      const codes = make('u8', [count, slots, codeBytes]);
-      const scales = make('f16', [count, slots, scaleHalves]);
-      const source = backend.alloc('f32', [length, count * headDim]);
-      try {
-        backend.fillRandom(source, seed, 0.5);
-        backend.writeCacheQuantized(source, codes, scales, 0, kvQuant);
-      } finally {
-        source.dispose();
+    const runs = variants.map(({ kvQuant, streamingKvHeads }) => {
+      const retrieval = kvHeads - streamingKvHeads;
+      // A cache of `count` KV heads and `slots` rows: random values in --dtype, or the codes and scales of random
+      // values (the first `length` slots written; a streaming ring of recent + length slots never wraps here).
+      const cache = (count: number, slots: number, seed: number): CacheTensors => {
+        if (kvQuant === 'none') return { codes: make(dtype, [count, slots, headDim], seed) };
+        const { codeBytes, scaleHalves } = kvQuantLayout(kvQuant, headDim);
+        const codes = make('u8', [count, slots, codeBytes]);
+        const scales = make('f16', [count, slots, scaleHalves]);
+        const source = backend.alloc('f32', [length, count * headDim]);
+        try {
+          backend.fillRandom(source, seed, 0.5);
+          backend.writeCacheQuantized(source, codes, scales, 0, kvQuant);
+        } finally {
+          source.dispose();
+        }
+        return { codes, scales };
+      };
+      // Retrieval heads keep every key in the main caches; streaming heads keep sinks + a ring of recent + length slots.
+      const keys = cache(Math.max(1, retrieval), length, 3);
+      const values = cache(Math.max(1, retrieval), length, 4);
+      let streaming: StreamingHeads | undefined;
+      let region: { keys: CacheTensors; values: CacheTensors } | undefined;
+      if (streamingKvHeads > 0) {
+        const slots = window.sink + window.recent + length;
+        region = { keys: cache(streamingKvHeads, slots, 5), values: cache(streamingKvHeads, slots, 6) };
+        streaming = {
+          retrievalHeads: Array.from({ length: retrieval }, (_, h) => h),
+          keyCache: region.keys.codes,
+          valueCache: region.values.codes,
+          sink: window.sink,
+          recent: window.recent,
+        };
       }
-      return { codes, scales };
-    };
-    // Retrieval heads keep every key in the main caches; streaming heads keep sinks + a ring of recent + length slots.
-    const keys = cache(Math.max(1, retrieval), length, 3);
-    const values = cache(Math.max(1, retrieval), length, 4);
-    let streaming: StreamingHeads | undefined;
-    let region: { keys: CacheTensors; values: CacheTensors } | undefined;
-    if (streamingKvHeads > 0) {
-      const slots = window.sink + window.recent + length;
-      region = { keys: cache(streamingKvHeads, slots, 5), values: cache(streamingKvHeads, slots, 6) };
-      streaming = {
-        retrievalHeads: Array.from({ length: retrieval }, (_, h) => h),
-        keyCache: region.keys.codes,
-        valueCache: region.values.codes,
-        sink: window.sink,
-        recent: window.recent,
+      let quant: QuantizedKv | undefined;
+      if (kvQuant !== 'none' && keys.scales && values.scales) {
+        quant = {
+          scheme: kvQuant,
+          keyScales: keys.scales,
+          valueScales: values.scales,
+          ...(region?.keys.scales && region.values.scales
+            ? { streamKeyScales: region.keys.scales, streamValueScales: region.values.scales }
+            : {}),
+        };
+      }
+      const attributes = {
+        heads,
+        kvHeads,
+        headDim,
+        scale: 1 / Math.sqrt(headDim),
+        keyLength: length,
+        queryStart: 0,
+        ...(streaming ? { streaming } : {}),
+        ...(quant ? { quant } : {}),
       };
-    }
-    let quant: QuantizedKv | undefined;
-    if (kvQuant !== 'none' && keys.scales && values.scales) {
-      quant = {
-        scheme: kvQuant,
-        keyScales: keys.scales,
-        valueScales: values.scales,
-        ...(region?.keys.scales && region.values.scales
-          ? { streamKeyScales: region.keys.scales, streamValueScales: region.values.scales }
-          : {}),
-      };
-    }
-    const attributes = {
-      heads,
-      kvHeads,
-      headDim,
-      scale: 1 / Math.sqrt(headDim),
-      keyLength: length,
-      queryStart: 0,
-      ...(streaming ? { streaming } : {}),
-      ...(quant ? { quant } : {}),
-    };
-    const run = () => backend.attentionPrefill(q, keys.codes, values.codes, out, attributes);
-    run();
+      return () => backend.attentionPrefill(q, keys.codes, values.codes, out, attributes);
+    });
+    for (const run of runs) run();
     await backend.synchronize();
-    const times: number[] = [];
+    const times: number[][] = runs.map(() => []);
     for (let i = 0; i < repeats; i++) {
-      const start = performance.now();
-      run();
-      await backend.synchronize();
-      times.push(performance.now() - start);
+      for (const [index, run] of runs.entries()) {
+        const start = performance.now();
+        run();
+        await backend.synchronize();
+        times[index]?.push(performance.now() - start);
+      }
     }
-    return median(times);
+    return times.map(median);
   } finally {
     for (const tensor of made) tensor.dispose();
   }
@@ -269,10 +283,13 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
   const repeats = integerOption('repeats', options.repeats, gpu ? 9 : 3, 1);
   const rows: AttentionRow[] = [];
   for (const length of lengths) {
-    for (const [kvQuant, share] of schemes.flatMap((scheme) => shares.map((share) => [scheme, share] as const))) {
-      const streamingKvHeads = Math.round(share * shape.kvHeads);
+    const variants = schemes.flatMap((kvQuant) =>
+      shares.map((share) => ({ kvQuant, streamingKvHeads: Math.round(share * shape.kvHeads) })),
+    );
+    const times = await measureLength(backend, shape, dtype, length, variants, window, repeats);
+    for (const [index, { kvQuant, streamingKvHeads }] of variants.entries()) {
       const group = shape.heads / shape.kvHeads;
-      const ms = await measure(backend, shape, dtype, kvQuant, length, streamingKvHeads, window, repeats);
+      const ms = times[index] as number;
       const counted = causalFlops(length, shape.headDim, shape.heads);
       const visible = visibleFlops(
         length,
@@ -321,7 +338,8 @@ export async function attentionCommand(argv: string[], log: (line: string) => vo
     kvQuant: schemes,
     window,
     repeats,
-    timing: 'one call between synchronisations, host clock, median of --repeats after one warm-up call',
+    timing:
+      'one call between synchronisations, host clock, median of --repeats after one warm-up call; the variants of a length take turns in each repeat',
     flops:
       'tflops: 4·S²·D·heads / 2 (FlashAttention’s causal count) over the time; visibleTflops: 4·D per visible (query, key) pair',
     tiles:
