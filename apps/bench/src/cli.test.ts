@@ -231,6 +231,33 @@ describe('duo-bench', () => {
   );
 
   (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
+    'efficiency draws a prefill-only record (prefill time and peak memory, no empty decode panels)',
+    async () => {
+      const file = join(out, 'efficiency-prefill.json');
+      const plot = join(out, 'efficiency-prefill.svg');
+      const args = [
+        'efficiency',
+        '--device',
+        'cpu',
+        '--attention',
+        'full,duo',
+        '--contexts',
+        'none',
+        '--prefill',
+        '256',
+      ];
+      const result = await bench([...args, '--out', file]);
+      expect(result.code, result.stderr).toBe(0);
+      const redraw = await bench(['efficiency', '--from', file, '--plot', plot]);
+      expect(redraw.code, redraw.stderr).toBe(0);
+      const figure = readFileSync(plot, 'utf8');
+      expect(figure).toContain('Prefill time');
+      expect(figure).toContain('Peak memory during prefill');
+      expect(figure).not.toContain('Decode latency');
+    },
+  );
+
+  (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
     'efficiency --kv-quant runs each policy per scheme: planner exact, a lower floor and a speed-up line per scheme',
     async () => {
       const file = join(out, 'efficiency-quant.json');

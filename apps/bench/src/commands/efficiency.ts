@@ -237,7 +237,7 @@ export async function efficiencyCommand(
       decodeCache:
         'synthetic K/V written directly to reach each context (quantized caches: random normal rows quantized into them)',
       timing:
-        'decode: host wall clock between consecutive greedy tokens (CUDA: replayed graph, one step in flight), median; prefill: wall clock of a whole chunked prefill, median of 2 after a warm-up',
+        'decode: host wall clock between consecutive greedy tokens (CUDA: replayed graph, one step in flight), median; prefill: wall clock of a whole chunked prefill, one run after a warm-up on its first chunk',
       peer: options.peer,
     };
     const figures = { decode, prefill, comparisons };
@@ -259,8 +259,13 @@ async function report(
   const comparisons = compare(decode, prefill, peer);
   for (const line of comparisons.lines) log(line);
   if (options.plot) {
-    await writeFigure(String(options.plot), lineChart({ panels: panels(decode, prefill, peer) }));
-    log(`wrote ${String(options.plot)}`);
+    const figure = panels(decode, prefill, peer);
+    if (figure.length === 0)
+      log(`--plot: no decode or prefill figure was measured; ${String(options.plot)} not written`);
+    else {
+      await writeFigure(String(options.plot), lineChart({ panels: figure }));
+      log(`wrote ${String(options.plot)}`);
+    }
   }
   return comparisons.table;
 }
@@ -413,46 +418,80 @@ function compare(decode: Row[], prefill: Row[], peer: PeerDocument | undefined):
   return { lines, table };
 }
 
+/**
+ * The figure's panels: decode latency and peak memory where the runs decoded, prefill time and peak memory where they
+ * prefilled (a record may hold either alone), each with the peer's figures beside ours.
+ */
 function panels(decode: Row[], prefill: Row[], peer: PeerDocument | undefined): FigurePanel[] {
   const labelOf = (row: Row) => runLabel(row.policy, row.kvQuant ?? 'none');
-  const runs = [...new Set(decode.map(labelOf))];
-  const series = (rows: readonly Row[], field: string, scale = 1, suffix = '') =>
-    runs.map((run) => ({
-      label: `${run}${suffix}`,
+  const series = (rows: readonly Row[], field: string, scale = 1) =>
+    [...new Set(rows.map(labelOf))].map((run) => ({
+      label: run,
       points: rows
         .filter((row) => labelOf(row) === run && typeof row[field] === 'number')
         .map((row) => ({ x: row.context, y: (row[field] as number) * scale })),
     }));
-  const peerDecode = [...new Set((peer?.decode ?? []).map((row) => row.policy))].map((policy) => ({
-    label: `${policy} (PyTorch reference method)`,
-    points: (peer?.decode ?? [])
-      .filter((row) => row.policy === policy && typeof row.msPerToken === 'number')
-      .map((row) => ({ x: row.context, y: row.msPerToken as number })),
-  }));
-  const result: FigurePanel[] = [
-    {
-      title: 'Decode latency',
-      xTitle: 'context (tokens)',
-      yTitle: 'ms / token',
-      series: [...series(decode, 'msPerToken'), ...peerDecode],
-      xScale: 'log2',
-    },
-    {
-      title: 'Peak memory during decode',
-      xTitle: 'context (tokens)',
-      yTitle: 'GB',
-      series: series(decode, 'peakBytes', 1 / GB),
-      xScale: 'log2',
-    },
-  ];
+  const peerSeries = <R extends { policy: string }>(
+    rows: readonly R[],
+    x: (row: R) => number,
+    y: (row: R) => unknown,
+  ) =>
+    [...new Set(rows.map((row) => row.policy))].map((policy) => ({
+      label: `${policy} (PyTorch reference method)`,
+      points: rows
+        .filter((row) => row.policy === policy && typeof y(row) === 'number')
+        .map((row) => ({ x: x(row), y: y(row) as number })),
+    }));
+  const result: FigurePanel[] = [];
+  if (decode.some((row) => typeof row.msPerToken === 'number')) {
+    result.push(
+      {
+        title: 'Decode latency',
+        xTitle: 'context (tokens)',
+        yTitle: 'ms / token',
+        series: [
+          ...series(decode, 'msPerToken'),
+          ...peerSeries(
+            peer?.decode ?? [],
+            (row) => row.context,
+            (row) => row.msPerToken,
+          ),
+        ],
+        xScale: 'log2',
+      },
+      {
+        title: 'Peak memory during decode',
+        xTitle: 'context (tokens)',
+        yTitle: 'GB',
+        series: series(decode, 'peakBytes', 1 / GB),
+        xScale: 'log2',
+      },
+    );
+  }
   if (prefill.some((row) => typeof row.seconds === 'number')) {
-    result.push({
-      title: 'Prefill time',
-      xTitle: 'prompt (tokens)',
-      yTitle: 'seconds',
-      series: series(prefill, 'seconds'),
-      xScale: 'log2',
-    });
+    result.push(
+      {
+        title: 'Prefill time',
+        xTitle: 'prompt (tokens)',
+        yTitle: 'seconds',
+        series: [
+          ...series(prefill, 'seconds'),
+          ...peerSeries(
+            peer?.prefill ?? [],
+            (row) => row.tokens,
+            (row) => row.seconds,
+          ),
+        ],
+        xScale: 'log2',
+      },
+      {
+        title: 'Peak memory during prefill',
+        xTitle: 'prompt (tokens)',
+        yTitle: 'GB',
+        series: series(prefill, 'peakBytes', 1 / GB),
+        xScale: 'log2',
+      },
+    );
   }
   return result;
 }
