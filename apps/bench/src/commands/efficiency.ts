@@ -442,56 +442,45 @@ function panels(decode: Row[], prefill: Row[], peer: PeerDocument | undefined): 
         .filter((row) => row.policy === policy && typeof y(row) === 'number')
         .map((row) => ({ x: x(row), y: y(row) as number })),
     }));
-  const result: FigurePanel[] = [];
-  if (decode.some((row) => typeof row.msPerToken === 'number')) {
-    result.push(
+  // Per phase that was measured: a time panel (ours and the peer's) and a peak-memory panel over the same axis.
+  const phases = [
+    {
+      phase: 'decode',
+      rows: decode,
+      field: 'msPerToken',
+      title: 'Decode latency',
+      xTitle: 'context (tokens)',
+      yTitle: 'ms / token',
+      peer: peerSeries(
+        peer?.decode ?? [],
+        (row) => row.context,
+        (row) => row.msPerToken,
+      ),
+    },
+    {
+      phase: 'prefill',
+      rows: prefill,
+      field: 'seconds',
+      title: 'Prefill time',
+      xTitle: 'prompt (tokens)',
+      yTitle: 'seconds',
+      peer: peerSeries(
+        peer?.prefill ?? [],
+        (row) => row.tokens,
+        (row) => row.seconds,
+      ),
+    },
+  ];
+  return phases
+    .filter(({ rows, field }) => rows.some((row) => typeof row[field] === 'number'))
+    .flatMap(({ phase, rows, field, title, xTitle, yTitle, peer: peerPoints }): FigurePanel[] => [
+      { title, xTitle, yTitle, series: [...series(rows, field), ...peerPoints], xScale: 'log2' },
       {
-        title: 'Decode latency',
-        xTitle: 'context (tokens)',
-        yTitle: 'ms / token',
-        series: [
-          ...series(decode, 'msPerToken'),
-          ...peerSeries(
-            peer?.decode ?? [],
-            (row) => row.context,
-            (row) => row.msPerToken,
-          ),
-        ],
-        xScale: 'log2',
-      },
-      {
-        title: 'Peak memory during decode',
-        xTitle: 'context (tokens)',
+        title: `Peak memory during ${phase}`,
+        xTitle,
         yTitle: 'GB',
-        series: series(decode, 'peakBytes', 1 / GB),
+        series: series(rows, 'peakBytes', 1 / GB),
         xScale: 'log2',
       },
-    );
-  }
-  if (prefill.some((row) => typeof row.seconds === 'number')) {
-    result.push(
-      {
-        title: 'Prefill time',
-        xTitle: 'prompt (tokens)',
-        yTitle: 'seconds',
-        series: [
-          ...series(prefill, 'seconds'),
-          ...peerSeries(
-            peer?.prefill ?? [],
-            (row) => row.tokens,
-            (row) => row.seconds,
-          ),
-        ],
-        xScale: 'log2',
-      },
-      {
-        title: 'Peak memory during prefill',
-        xTitle: 'prompt (tokens)',
-        yTitle: 'GB',
-        series: series(prefill, 'peakBytes', 1 / GB),
-        xScale: 'log2',
-      },
-    );
-  }
-  return result;
+    ]);
 }
