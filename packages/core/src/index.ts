@@ -77,3 +77,11 @@ export {
 } from './policy.js';
 export { randomArray } from './random.js';
 export { SHAPES } from './shapes.js';
+export {
+  dequantizeWeights,
+  quantizeWeights,
+  WEIGHT_FORMATS,
+  type WeightFormat,
+  type WeightFormatLayout,
+  weightFormatBytes,
+} from './weight-formats.js';

@@ -301,7 +301,7 @@ describe('GGUF', () => {
       ),
     });
     await fuzz('GGUF fixture metadata', RUNS.ggufMetadata, input, async ({ values, offsets }, tally) => {
-      const overrides: Record<string, [number, Buffer] | null> = { ...vocabulary };
+      const overrides: Record<string, readonly [number, Buffer] | null> = { ...vocabulary };
       for (const { key, type, number, float, text, drop } of values) {
         overrides[key] = drop ? null : [type, ggufValue(type, number, float, text)];
       }

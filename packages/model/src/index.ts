@@ -38,6 +38,23 @@ export {
   type StoredTensor,
 } from './loaders/checkpoint.js';
 export { openGguf } from './loaders/gguf.js';
+export {
+  encodeGgufTensor,
+  fillerVocabulary,
+  GGML_TYPE_IDS,
+  type GgufMetadataValue,
+  type GgufTensorEntry,
+  type GgufTensorType,
+  ggufBlockValues,
+  ggufTensorName,
+  ggufValue,
+  ggufVocabularyMetadata,
+  llamaMetadata,
+  type RandomGgufOptions,
+  storedType,
+  writeGgufFile,
+  writeRandomGguf,
+} from './loaders/gguf-writer.js';
 export { configFromHf, openHf, readSafetensorsHeader } from './loaders/hf.js';
 export { type Llama2cOptions, openLlama2c } from './loaders/llama2c.js';
 export { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames } from './loaders/names.js';

@@ -2,8 +2,19 @@
 // and rewrites the headers of real ones, for the hostile-file tests.
 import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { dequantizeWeights, quantizeWeights } from '@duoattn/core';
 import { numberToBf16, numberToF16 } from '@duoattn/kernels';
 import { randomArray } from '@duoattn/kernels/testing';
+import {
+  encodeGgufTensor,
+  type GgufMetadataValue,
+  type GgufTensorType,
+  ggufValue,
+  ggufVocabularyMetadata as libraryVocabularyMetadata,
+  llamaMetadata,
+  writeGgufFile,
+} from '../loaders/gguf-writer.js';
+import { configFromHf } from '../loaders/hf.js';
 import { LLAMA2C_HEADER_FIELDS } from '../loaders/llama2c.js';
 
 export interface FixtureTensor {
@@ -148,97 +159,39 @@ export function writeHfModel(
   );
 }
 
-/** GGUF tensor encodings this writer supports (ggml type ids). */
-const GGML = { F32: 0, F16: 1, Q8_0: 8, BF16: 30 } as const;
-
 /** The values a Q8_0 round trip gives (blocks of 32 with an f16 scale). */
 export function q8Rounded(data: Float32Array): Float32Array {
-  const out = new Float32Array(data.length);
-  for (let block = 0; block < data.length; block += 32) {
-    const values = data.subarray(block, block + 32);
-    const amax = values.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-    const scale = rounded(Float32Array.of(amax / 127), 'F16')[0] ?? 0;
-    for (let i = 0; i < values.length; i++)
-      out[block + i] = scale === 0 ? 0 : Math.round((values[i] ?? 0) / scale) * scale;
-  }
-  return out;
+  return Float32Array.from(dequantizeWeights('q8_0', quantizeWeights('q8_0', data), data.length));
 }
 
 /** Encoded tensors by data and type: the fuzz suite rewrites one GGUF's metadata a thousand times. */
-const ggufEncodings = new WeakMap<Float32Array, Map<keyof typeof GGML, Buffer>>();
+const ggufEncodings = new WeakMap<Float32Array, Map<GgufTensorType, Uint8Array>>();
 
-function encodeGguf(data: Float32Array, type: keyof typeof GGML): Buffer {
-  const cached = ggufEncodings.get(data) ?? new Map<keyof typeof GGML, Buffer>();
+function encodeGguf(data: Float32Array, type: GgufTensorType): Uint8Array {
+  const cached = ggufEncodings.get(data) ?? new Map<GgufTensorType, Uint8Array>();
   ggufEncodings.set(data, cached);
-  const bytes = cached.get(type) ?? encodeGgufData(data, type);
+  const bytes = cached.get(type) ?? encodeGgufTensor(type, data);
   cached.set(type, bytes);
   return bytes;
 }
 
-function encodeGgufData(data: Float32Array, type: keyof typeof GGML): Buffer {
-  if (type !== 'Q8_0') return encode(data, type === 'F16' ? 'F16' : type === 'BF16' ? 'BF16' : 'F32');
-  const out = Buffer.alloc((data.length / 32) * 34);
-  for (let block = 0; block < data.length / 32; block++) {
-    const values = data.subarray(block * 32, block * 32 + 32);
-    const amax = values.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-    const scaleBits = numberToF16(amax / 127);
-    const scale = rounded(Float32Array.of(amax / 127), 'F16')[0] ?? 0;
-    out.writeUInt16LE(scaleBits, block * 34);
-    for (let i = 0; i < 32; i++)
-      out.writeInt8(scale === 0 ? 0 : Math.round((values[i] ?? 0) / scale), block * 34 + 2 + i);
-  }
-  return out;
-}
-
-/** Encoders of GGUF metadata values (little-endian, v3), for fixtures that add or corrupt entries. */
+/** Encoders of GGUF metadata values (the library's, as bare bytes), for fixtures that add or corrupt entries. */
 export const GGUF_VALUE = {
-  u32(value: number): Buffer {
-    const bytes = Buffer.alloc(4);
-    bytes.writeUInt32LE(value);
-    return bytes;
-  },
-  u64(value: number | bigint): Buffer {
-    const bytes = Buffer.alloc(8);
-    bytes.writeBigUInt64LE(BigInt(value));
-    return bytes;
-  },
-  f32(value: number): Buffer {
-    const bytes = Buffer.alloc(4);
-    bytes.writeFloatLE(value);
-    return bytes;
-  },
-  string(text: string): Buffer {
-    return Buffer.concat([GGUF_VALUE.u64(Buffer.byteLength(text)), Buffer.from(text)]);
-  },
+  u32: (value: number): Buffer => ggufValue.u32(value)[1],
+  u64: (value: number | bigint): Buffer => ggufValue.u64(value)[1],
+  f32: (value: number): Buffer => ggufValue.f32(value)[1],
+  string: (text: string): Buffer => ggufValue.string(text)[1],
   /** An array (type 9) of values of `elementType`, each already encoded. */
-  array(elementType: number, values: readonly Buffer[]): Buffer {
-    return Buffer.concat([GGUF_VALUE.u32(elementType), GGUF_VALUE.u64(values.length), ...values]);
-  },
+  array: (elementType: number, values: readonly Buffer[]): Buffer =>
+    ggufValue.array(
+      values.map((bytes) => [elementType, bytes] as const),
+      elementType,
+    )[1],
 };
 
-/** GGUF metadata of a llama-model vocabulary: `pieces` with descending scores, `<0xNN>` pieces typed as bytes. */
-export function ggufVocabularyMetadata(pieces: readonly string[]): Record<string, [number, Buffer]> {
-  const { array, f32, string, u32 } = GGUF_VALUE;
-  return {
-    'tokenizer.ggml.model': [8, string('llama')],
-    'tokenizer.ggml.tokens': [9, array(8, pieces.map(string))],
-    'tokenizer.ggml.scores': [
-      9,
-      array(
-        6,
-        pieces.map((_, id) => f32(-id)),
-      ),
-    ],
-    'tokenizer.ggml.token_type': [
-      9,
-      array(
-        5,
-        pieces.map((piece) => u32(/^<0x[0-9A-F]{2}>$/.test(piece) ? 6 : 1)),
-      ),
-    ],
-    'tokenizer.ggml.bos_token_id': [4, u32(1)],
-    'tokenizer.ggml.eos_token_id': [4, u32(2)],
-  };
+/** GGUF metadata of a llama-model vocabulary (the library's), keyed by name. */
+export function ggufVocabularyMetadata(pieces: readonly string[]): Record<string, readonly [number, Buffer]> {
+  return Object.fromEntries(libraryVocabularyMetadata(pieces));
 }
 
 /** A tensor `writeGguf` writes; `offset` overrides the data offset its info declares (the data stays in place). */
@@ -246,7 +199,7 @@ export interface GgufFixtureTensor {
   name: string;
   shape: number[];
   data: Float32Array;
-  type: keyof typeof GGML;
+  type: GgufTensorType;
   offset?: number;
 }
 
@@ -258,43 +211,25 @@ export function writeGguf(
   path: string,
   config: ReturnType<typeof tinyConfig>,
   tensors: GgufFixtureTensor[],
-  metadataOverrides: Record<string, [number, Buffer] | null> = {},
+  metadataOverrides: Record<string, readonly [number, Buffer] | null> = {},
 ): void {
-  const chunks: Buffer[] = [];
-  const { u32, u64, f32, string: str } = GGUF_VALUE;
-  const metadata: [string, number, Buffer][] = [
-    ['general.architecture', 8, str('llama')],
-    ['llama.context_length', 4, u32(config.max_position_embeddings)],
-    ['llama.embedding_length', 4, u32(config.hidden_size)],
-    ['llama.feed_forward_length', 4, u32(config.intermediate_size)],
-    ['llama.block_count', 4, u32(config.num_hidden_layers)],
-    ['llama.attention.head_count', 4, u32(config.num_attention_heads)],
-    ['llama.attention.head_count_kv', 4, u32(config.num_key_value_heads)],
-    ['llama.attention.layer_norm_rms_epsilon', 6, f32(config.rms_norm_eps)],
-    ['llama.rope.freq_base', 6, f32(config.rope_theta)],
-  ];
+  const metadata: [string, GgufMetadataValue][] = llamaMetadata(configFromHf(config));
   for (const [key, override] of Object.entries(metadataOverrides)) {
     const index = metadata.findIndex(([name]) => name === key);
     if (index >= 0) metadata.splice(index, 1);
-    if (override) metadata.push([key, ...override]);
+    if (override) metadata.push([key, override]);
   }
-  chunks.push(Buffer.from('GGUF'), u32(3), u64(tensors.length), u64(metadata.length));
-  for (const [key, type, value] of metadata) chunks.push(str(key), u32(type), value);
-  const alignment = 32;
-  let offset = 0;
-  const data: Buffer[] = [];
-  for (const tensor of tensors) {
-    const dims = [...tensor.shape].reverse();
-    const declared = u64(tensor.offset ?? offset);
-    chunks.push(str(tensor.name), u32(dims.length), ...dims.map((d) => u64(d)), u32(GGML[tensor.type]), declared);
-    const bytes = encodeGguf(tensor.data, tensor.type);
-    const padded = Buffer.concat([bytes, Buffer.alloc((alignment - (bytes.length % alignment)) % alignment)]);
-    data.push(padded);
-    offset += padded.length;
-  }
-  let head = Buffer.concat(chunks);
-  head = Buffer.concat([head, Buffer.alloc((alignment - (head.length % alignment)) % alignment)]);
-  writeFileSync(path, Buffer.concat([head, ...data]));
+  writeGgufFile(
+    path,
+    metadata,
+    tensors.map((tensor) => ({
+      name: tensor.name,
+      shape: tensor.shape,
+      type: tensor.type,
+      bytes: encodeGguf(tensor.data, tensor.type),
+      ...(tensor.offset === undefined ? {} : { declaredOffset: tensor.offset }),
+    })),
+  );
 }
 
 /** GGUF names of the HF-named weights of `randomWeights`. */
@@ -320,7 +255,7 @@ export function ggufName(name: string): string {
 }
 
 /** The weights of `randomWeights` as GGUF tensors: matrices as `type`, vectors as F32. */
-export function ggufTensors(weights: Map<string, FixtureTensor>, type: keyof typeof GGML): GgufFixtureTensor[] {
+export function ggufTensors(weights: Map<string, FixtureTensor>, type: GgufTensorType): GgufFixtureTensor[] {
   return [...weights].map(([name, tensor]) => ({
     name: ggufName(name),
     shape: tensor.shape,

@@ -1,0 +1,314 @@
+// Writes GGUF v3 files: llama metadata from a ModelConfig, a SentencePiece-style vocabulary, and tensors in F32, F16,
+// BF16 or a block format (Q8_0, Q4_K, Q5_K, Q6_K; @duoattn/core's weight-formats). Tests write small models with it,
+// and the benchmarks one random-weight file of a named shape that both engines load. Files stream to disk, so an 8B
+// model is never held whole.
+import { closeSync, openSync, writeSync } from 'node:fs';
+import {
+  type ModelConfig,
+  numberToBf16,
+  numberToF16,
+  quantizeWeights,
+  WEIGHT_FORMATS,
+  type WeightFormat,
+} from '@duoattn/core';
+import { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames } from './names.js';
+
+/** Tensor encodings the writer stores. */
+export type GgufTensorType = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_K' | 'Q5_K' | 'Q6_K';
+
+const BLOCK_FORMATS: Partial<Record<GgufTensorType, WeightFormat>> = {
+  Q8_0: 'q8_0',
+  Q4_K: 'q4_k',
+  Q5_K: 'q5_k',
+  Q6_K: 'q6_k',
+};
+
+/** GGML type ids (ggml.h). */
+export const GGML_TYPE_IDS: Readonly<Record<GgufTensorType, number>> = {
+  F32: 0,
+  F16: 1,
+  BF16: 30,
+  Q8_0: 8,
+  Q4_K: 12,
+  Q5_K: 13,
+  Q6_K: 14,
+};
+
+/** Values along a row that one block of `type` holds (1 for the plain types). */
+export function ggufBlockValues(type: GgufTensorType): number {
+  const format = BLOCK_FORMATS[type];
+  return format ? WEIGHT_FORMATS[format].blockValues : 1;
+}
+
+/** `values` encoded as `type` (little-endian; block types need whole blocks). */
+export function encodeGgufTensor(type: GgufTensorType, values: ArrayLike<number>): Uint8Array {
+  const format = BLOCK_FORMATS[type];
+  if (format) return quantizeWeights(format, values);
+  if (type === 'F32') return new Uint8Array(Float32Array.from(values).buffer);
+  const convert = type === 'BF16' ? numberToBf16 : numberToF16;
+  return new Uint8Array(Uint16Array.from(Array.from(values, convert)).buffer);
+}
+
+/** A metadata value as GGUF stores it: its value type id and its encoded bytes. */
+export type GgufMetadataValue = readonly [type: number, bytes: Buffer];
+
+/** Encoders of GGUF metadata values (v3, little-endian). */
+export const ggufValue = {
+  u32(value: number): GgufMetadataValue {
+    const bytes = Buffer.alloc(4);
+    bytes.writeUInt32LE(value);
+    return [4, bytes];
+  },
+  u64(value: number | bigint): GgufMetadataValue {
+    const bytes = Buffer.alloc(8);
+    bytes.writeBigUInt64LE(BigInt(value));
+    return [10, bytes];
+  },
+  i32(value: number): GgufMetadataValue {
+    const bytes = Buffer.alloc(4);
+    bytes.writeInt32LE(value);
+    return [5, bytes];
+  },
+  f32(value: number): GgufMetadataValue {
+    const bytes = Buffer.alloc(4);
+    bytes.writeFloatLE(value);
+    return [6, bytes];
+  },
+  string(text: string): GgufMetadataValue {
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(Buffer.byteLength(text)));
+    return [8, Buffer.concat([length, Buffer.from(text)])];
+  },
+  /** An array of values of one type. */
+  array(values: readonly GgufMetadataValue[], elementType = values[0]?.[0] ?? 4): GgufMetadataValue {
+    const head = Buffer.alloc(12);
+    head.writeUInt32LE(elementType, 0);
+    head.writeBigUInt64LE(BigInt(values.length), 4);
+    return [9, Buffer.concat([head, ...values.map(([, bytes]) => bytes)])];
+  },
+};
+
+/** One tensor of a file: GGUF name, shape outermost first (as our tensors are), type and its encoded bytes. */
+export interface GgufTensorEntry {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly type: GgufTensorType;
+  /** The bytes, whole or as pieces written one after another (a large tensor need not exist in one buffer). */
+  readonly bytes: Uint8Array | (() => Iterable<Uint8Array>);
+  /** Bytes the pieces add up to (required with a function). */
+  readonly byteLength?: number;
+  /** The data offset the tensor info declares, where a test wants it to lie; the data stays in place. */
+  readonly declaredOffset?: number;
+}
+
+/** Writes a GGUF v3 file: the header, then each tensor's bytes padded to `alignment`. */
+export function writeGgufFile(
+  path: string,
+  metadata: readonly (readonly [string, GgufMetadataValue])[],
+  tensors: readonly GgufTensorEntry[],
+  alignment = 32,
+): void {
+  const padding = (length: number) => (alignment - (length % alignment)) % alignment;
+  const { u32, u64, string } = ggufValue;
+  const head: Buffer[] = [Buffer.from('GGUF'), u32(3)[1], u64(tensors.length)[1], u64(metadata.length)[1]];
+  for (const [key, [type, bytes]] of metadata) head.push(string(key)[1], u32(type)[1], bytes);
+  let offset = 0;
+  for (const tensor of tensors) {
+    const length = tensor.bytes instanceof Uint8Array ? tensor.bytes.length : (tensor.byteLength ?? 0);
+    const dims = [...tensor.shape].reverse();
+    head.push(string(tensor.name)[1], u32(dims.length)[1], ...dims.map((d) => u64(d)[1]));
+    head.push(u32(GGML_TYPE_IDS[tensor.type])[1], u64(tensor.declaredOffset ?? offset)[1]);
+    offset += length + padding(length);
+  }
+  const header = Buffer.concat(head);
+  const fd = openSync(path, 'w');
+  try {
+    writeSync(fd, Buffer.concat([header, Buffer.alloc(padding(header.length))]));
+    for (const tensor of tensors) {
+      let written = 0;
+      for (const piece of tensor.bytes instanceof Uint8Array ? [tensor.bytes] : tensor.bytes()) {
+        writeSync(fd, piece);
+        written += piece.length;
+      }
+      const declared = tensor.bytes instanceof Uint8Array ? written : tensor.byteLength;
+      if (written !== declared)
+        throw new RangeError(`GGUF tensor ${tensor.name}: wrote ${written} bytes of ${declared}`);
+      writeSync(fd, Buffer.alloc(padding(written)));
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * A SentencePiece-style ("llama") vocabulary of `size` pieces that llama.cpp and our loader both accept: `<unk>`,
+ * `<s>`, `</s>`, the 256 byte pieces `<0x00>` … `<0xFF>`, then filler pieces `▁w<N>`.
+ */
+export function fillerVocabulary(size: number): string[] {
+  const bytes = Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`);
+  const pieces = ['<unk>', '<s>', '</s>', ...bytes];
+  for (let n = 0; pieces.length < size; n++) pieces.push(`\u2581w${n}`);
+  return pieces.slice(0, size);
+}
+
+/**
+ * GGUF metadata of a llama-model vocabulary: `pieces` with descending scores, `<0xNN>` pieces typed as bytes; with
+ * `markSpecial`, `<unk>` as unknown and `<s>`, `</s>` as control tokens (else every other piece is normal).
+ */
+export function ggufVocabularyMetadata(pieces: readonly string[], markSpecial = false): [string, GgufMetadataValue][] {
+  const { array, f32, string, u32 } = ggufValue;
+  const typed = (piece: string) => {
+    if (/^<0x[0-9A-F]{2}>$/.test(piece)) return 6;
+    if (markSpecial && piece === '<unk>') return 2;
+    return markSpecial && /^<\/?s>$/.test(piece) ? 3 : 1;
+  };
+  return [
+    ['tokenizer.ggml.model', string('llama')],
+    ['tokenizer.ggml.tokens', array(pieces.map(string))],
+    ['tokenizer.ggml.scores', array(pieces.map((_, id) => f32(-id)))],
+    ['tokenizer.ggml.token_type', array(pieces.map((piece) => ggufValue.i32(typed(piece))))],
+    ['tokenizer.ggml.bos_token_id', u32(1)],
+    ['tokenizer.ggml.eos_token_id', u32(2)],
+  ];
+}
+
+/** llama metadata for `config` (architecture, sizes, RoPE, norm epsilon) — what the loaders read back as a config. */
+export function llamaMetadata(config: ModelConfig): [string, GgufMetadataValue][] {
+  const { f32, string, u32 } = ggufValue;
+  return [
+    ['general.architecture', string('llama')],
+    ['llama.context_length', u32(config.maxPositionEmbeddings)],
+    ['llama.embedding_length', u32(config.hiddenSize)],
+    ['llama.feed_forward_length', u32(config.intermediateSize)],
+    ['llama.block_count', u32(config.numLayers)],
+    ['llama.attention.head_count', u32(config.numHeads)],
+    ['llama.attention.head_count_kv', u32(config.numKvHeads)],
+    ['llama.attention.layer_norm_rms_epsilon', f32(config.rmsNormEps)],
+    ['llama.rope.freq_base', f32(config.ropeTheta)],
+  ];
+}
+
+/** The GGUF name of one of our canonical (HF) tensor names. */
+export function ggufTensorName(name: string): string {
+  if (name === EMBEDDING) return 'token_embd.weight';
+  if (name === FINAL_NORM) return 'output_norm.weight';
+  if (name === LM_HEAD) return 'output.weight';
+  const match = /^model\.layers\.(\d+)\./.exec(name);
+  if (!match) return name;
+  const layer = Number(match[1]);
+  const names = layerNames(layer) as Record<string, string>;
+  const field = Object.entries(names).find(([, canonical]) => canonical === name)?.[0];
+  return field && GGUF_FIELDS[field]
+    ? `blk.${layer}.${GGUF_FIELDS[field]}.${name.endsWith('bias') ? 'bias' : 'weight'}`
+    : name;
+}
+
+const GGUF_FIELDS: Record<string, string> = {
+  attentionNorm: 'attn_norm',
+  query: 'attn_q',
+  key: 'attn_k',
+  value: 'attn_v',
+  output: 'attn_output',
+  mlpNorm: 'ffn_norm',
+  gate: 'ffn_gate',
+  up: 'ffn_up',
+  down: 'ffn_down',
+  queryBias: 'attn_q',
+  keyBias: 'attn_k',
+  valueBias: 'attn_v',
+};
+
+/**
+ * The type a matrix is stored as when `type` is asked for: a block format needs rows of whole blocks, so a matrix
+ * whose rows are not falls back as llama.cpp's quantizer does — to Q8_0 where rows hold blocks of 32, else F16.
+ */
+export function storedType(type: GgufTensorType, shape: readonly number[]): GgufTensorType {
+  const row = shape[shape.length - 1] ?? 0;
+  if (row % ggufBlockValues(type) === 0) return type;
+  return row % 32 === 0 ? 'Q8_0' : 'F16';
+}
+
+/** Options of `writeRandomGguf`. */
+export interface RandomGgufOptions {
+  /** The matrices' type (vectors stay F32; matrices whose rows a block format cannot split fall back: storedType). */
+  readonly type: GgufTensorType;
+  /** Seed of the random values (default 1). */
+  readonly seed?: number;
+  /** Standard deviation of the matrices' values (default 0.02); norms are 1. */
+  readonly std?: number;
+  /** Distinct random values the matrices are windows into (default 2²⁰): encoded once, so writing runs at disk speed. */
+  readonly poolValues?: number;
+}
+
+/**
+ * Writes a llama model of `config`'s shape with random weights as GGUF: the filler vocabulary, norms of 1, and each
+ * matrix a run of block-aligned windows into one pool of normal values encoded once per stored type.
+ */
+export function writeRandomGguf(path: string, config: ModelConfig, options: RandomGgufOptions): void {
+  const { type, seed = 1, std = 0.02, poolValues = 1 << 20 } = options;
+  if (config.headDim * config.numHeads !== config.hiddenSize) {
+    // GGUF readers (ours, and llama.cpp without key_length) take the head dim as hidden / heads.
+    throw new RangeError(
+      `writeRandomGguf: head dim ${config.headDim} × ${config.numHeads} heads must equal the hidden size ${config.hiddenSize}`,
+    );
+  }
+  let state = seed >>> 0 || 1;
+  const uniform = () => {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    return (state + 0.5) / 2 ** 32;
+  };
+  const pool = Float32Array.from(
+    { length: poolValues },
+    () => std * Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform()),
+  );
+  const encodedPools = new Map<GgufTensorType, Uint8Array>();
+  const matrix = (name: string, rows: number, columns: number): GgufTensorEntry => {
+    const stored = storedType(type, [rows, columns]);
+    const encoded = encodedPools.get(stored) ?? encodeGgufTensor(stored, pool);
+    encodedPools.set(stored, encoded);
+    const blockValues = ggufBlockValues(stored);
+    const blockBytes = encoded.length / (poolValues / blockValues);
+    const blocks = (rows * columns) / blockValues;
+    const poolBlocks = poolValues / blockValues;
+    return {
+      name,
+      shape: [rows, columns],
+      type: stored,
+      byteLength: blocks * blockBytes,
+      *bytes() {
+        for (let done = 0; done < blocks; ) {
+          const start = Math.floor(uniform() * poolBlocks);
+          const count = Math.min(blocks - done, poolBlocks - start);
+          yield encoded.subarray(start * blockBytes, (start + count) * blockBytes);
+          done += count;
+        }
+      },
+    };
+  };
+  const norm = (name: string): GgufTensorEntry => ({
+    name,
+    shape: [config.hiddenSize],
+    type: 'F32',
+    bytes: encodeGgufTensor('F32', new Float32Array(config.hiddenSize).fill(1)),
+  });
+  const { hiddenSize: hidden, headDim, numHeads, numKvHeads, intermediateSize: ffn, vocabSize } = config;
+  const tensors: GgufTensorEntry[] = [matrix('token_embd.weight', vocabSize, hidden)];
+  for (let layer = 0; layer < config.numLayers; layer++) {
+    const blk = `blk.${layer}`;
+    tensors.push(
+      norm(`${blk}.attn_norm.weight`),
+      matrix(`${blk}.attn_q.weight`, numHeads * headDim, hidden),
+      matrix(`${blk}.attn_k.weight`, numKvHeads * headDim, hidden),
+      matrix(`${blk}.attn_v.weight`, numKvHeads * headDim, hidden),
+      matrix(`${blk}.attn_output.weight`, hidden, numHeads * headDim),
+      norm(`${blk}.ffn_norm.weight`),
+      matrix(`${blk}.ffn_gate.weight`, ffn, hidden),
+      matrix(`${blk}.ffn_up.weight`, ffn, hidden),
+      matrix(`${blk}.ffn_down.weight`, hidden, ffn),
+    );
+  }
+  tensors.push(norm('output_norm.weight'));
+  if (!config.tieWordEmbeddings) tensors.push(matrix('output.weight', vocabSize, hidden));
+  const metadata = [...llamaMetadata(config), ...ggufVocabularyMetadata(fillerVocabulary(vocabSize), true)];
+  writeGgufFile(path, metadata, tensors);
+}
