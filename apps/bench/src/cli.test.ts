@@ -197,6 +197,25 @@ describe('duo-bench', () => {
     expect(bad.stderr).toContain('--kv-quant');
   });
 
+  it('plan --weight-quant counts matrices in GGUF block formats (int8 = Q8_0, int4 = Q4_K) and lengthens the context', async () => {
+    const file = join(out, 'plan-weights.json');
+    const args = ['plan', '--shape', 'llama-3-8b', '--attention', 'duo', '--sparsity', '0.5', '--kv-quant', 'int4'];
+    expect((await bench([...args, '--out', file])).code).toBe(0);
+    const plain = JSON.parse(readFileSync(file, 'utf8'));
+    const int8 = await bench([...args, '--weight-quant', 'int8', '--out', file]);
+    expect(int8.code, int8.stderr).toBe(0);
+    expect(int8.stdout).toContain('(q8_0 for int8)');
+    const document = JSON.parse(readFileSync(file, 'utf8'));
+    expect(document.settings.weightQuant).toBe('q8_0');
+    const norms = 65 * 4096;
+    const weights = document.settings.policies[0].memory.weights;
+    expect(weights).toBe(((8_030_261_248 - norms) * 34) / 32 + 4 * norms + 4 * 64);
+    expect(document.settings.policies[0].maxContext).toBeGreaterThan(plain.settings.policies[0].maxContext);
+    const bad = await bench(['plan', '--shape', 'llama-3-8b', '--weight-quant', 'int3']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--weight-quant: expected one of none, int8, int4, q8_0, q4_k, q5_k, q6_k');
+  });
+
   (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
     'efficiency measures full, duo and streaming on the demo model, with the planner exact, JSON and an SVG plot',
     async () => {

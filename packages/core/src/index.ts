@@ -80,8 +80,13 @@ export { SHAPES } from './shapes.js';
 export {
   dequantizeWeights,
   quantizeWeights,
+  storedWeightBytes,
+  storedWeightFormat,
   WEIGHT_FORMATS,
+  WEIGHT_QUANT_CHOICES,
   type WeightFormat,
   type WeightFormatLayout,
+  type WeightQuantChoice,
   weightFormatBytes,
+  weightQuantFormat,
 } from './weight-formats.js';

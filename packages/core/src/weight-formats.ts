@@ -27,6 +27,18 @@ export const WEIGHT_FORMATS: Readonly<Record<WeightFormat, WeightFormatLayout>> 
   q6_k: { blockValues: 256, blockBytes: 210, ggmlType: 14, ggmlName: 'Q6_K' },
 };
 
+/** What `--weight-quant` accepts: none, the block formats, and int8 / int4 — Q8_0 and Q4_K under their plain names. */
+export const WEIGHT_QUANT_CHOICES = ['none', 'int8', 'int4', 'q8_0', 'q4_k', 'q5_k', 'q6_k'] as const;
+export type WeightQuantChoice = (typeof WEIGHT_QUANT_CHOICES)[number];
+
+/** The block format a `--weight-quant` choice keeps matrices in (undefined for none). */
+export function weightQuantFormat(choice: WeightQuantChoice): WeightFormat | undefined {
+  if (choice === 'none') return undefined;
+  if (choice === 'int8') return 'q8_0';
+  if (choice === 'int4') return 'q4_k';
+  return choice;
+}
+
 /** Bytes of `values` values in `format` (a whole number of blocks; throws otherwise, naming the format). */
 export function weightFormatBytes(format: WeightFormat, values: number): number {
   const { blockValues, blockBytes, ggmlName } = WEIGHT_FORMATS[format];
@@ -34,6 +46,22 @@ export function weightFormatBytes(format: WeightFormat, values: number): number 
     throw new RangeError(`${ggmlName} holds whole blocks of ${blockValues} values, not ${values}`);
   }
   return (values / blockValues) * blockBytes;
+}
+
+/**
+ * The format a matrix with rows of `rowLength` values is stored in when `format` is asked for: a block format needs
+ * rows of whole blocks, so others fall back as llama.cpp's quantizer does — to Q8_0 where rows hold blocks of 32, else
+ * to f16 (undefined).
+ */
+export function storedWeightFormat(format: WeightFormat, rowLength: number): WeightFormat | undefined {
+  if (rowLength % WEIGHT_FORMATS[format].blockValues === 0) return format;
+  return rowLength % WEIGHT_FORMATS.q8_0.blockValues === 0 ? 'q8_0' : undefined;
+}
+
+/** Bytes of a `[rows, rowLength]` matrix stored as `format` asks (storedWeightFormat; the f16 fallback 2 a value). */
+export function storedWeightBytes(format: WeightFormat, rows: number, rowLength: number): number {
+  const stored = storedWeightFormat(format, rowLength);
+  return stored ? weightFormatBytes(stored, rows * rowLength) : rows * rowLength * 2;
 }
 
 /** `values` quantized into `format`'s blocks (its length a multiple of the block). */

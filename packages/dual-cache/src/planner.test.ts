@@ -27,6 +27,13 @@ describe('memory planner', () => {
     // 8.03 B parameters: the matrices in bf16, the 65 norms in f32, and the RoPE frequencies.
     const norms = 65 * 4096;
     expect(weightBytes(llama3, 'bf16')).toBe(2 * (8_030_261_248 - norms) + 4 * norms + 4 * 64);
+    // Kept quantized (ADR 0010): every row of Llama-3-8B splits into 32- and 256-value blocks, so each matrix value
+    // costs 34 / 32 bytes in Q8_0, 144 / 256 in Q4_K, 210 / 256 in Q6_K.
+    const matrices = 8_030_261_248 - norms;
+    expect(weightBytes(llama3, 'bf16', 'q8_0')).toBe((matrices * 34) / 32 + 4 * norms + 4 * 64);
+    expect(weightBytes(llama3, 'bf16', 'q4_k')).toBe((matrices * 144) / 256 + 4 * norms + 4 * 64);
+    expect(weightBytes(llama3, 'bf16', 'q6_k')).toBe((matrices * 210) / 256 + 4 * norms + 4 * 64);
+    expect(planMemory({ ...base, weightQuant: 'q4_k' }).weights).toBe(weightBytes(llama3, 'bf16', 'q4_k'));
   });
 
   it('inverts: the longest context fits the budget and one more token does not', () => {

@@ -8,6 +8,8 @@ import {
   type HeadPlan,
   type KvQuantScheme,
   type ModelConfig,
+  storedWeightBytes,
+  type WeightFormat,
 } from '@duoattn/core';
 import { kvPlanes } from '@duoattn/kv-quant';
 import { dualCacheBytes, kvPageTokens } from './dual-kv-cache.js';
@@ -19,6 +21,11 @@ export interface MemoryPlanInput {
   readonly plan: HeadPlan;
   /** Dtype of the matrices (norms and biases are always f32). */
   readonly weightDtype: DType;
+  /**
+   * Matrices kept in a block format instead (ADR 0010): every matrix — embedding, projections, LM head — in it, or
+   * in its fallback where rows cannot be split into its blocks. Default: none (`weightDtype`).
+   */
+  readonly weightQuant?: WeightFormat;
   /** Dtype of the KV cache. */
   readonly kvDtype: DType;
   /** Quantized KV storage (codes + fp16 scales, ADR 0006); `kvDtype` then only names the model's dtype. Default 'none'. */
@@ -45,17 +52,26 @@ export interface MemoryPlan {
   readonly bytesPerToken: number;
 }
 
-/** Bytes of the model's tensors as the loaders and `randomWeights` allocate them. */
-export function weightBytes(config: ModelConfig, dtype: DType): number {
+/**
+ * Bytes of the model's tensors as the loaders and `randomWeights` allocate them: matrices in `dtype`, or in the block
+ * format `quant` (storedWeightBytes: its fallback where rows cannot split into its blocks).
+ */
+export function weightBytes(config: ModelConfig, dtype: DType, quant?: WeightFormat): number {
   const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: f, vocabSize, numLayers } = config;
   const element = dtypeBytes(dtype);
+  const matrix = (rows: number, rowLength: number) =>
+    quant ? storedWeightBytes(quant, rows, rowLength) : rows * rowLength * element;
   const queryRows = numHeads * headDim;
   const keyRows = numKvHeads * headDim;
   const perLayer =
-    (queryRows * h + 2 * keyRows * h + h * queryRows + 3 * f * h) * element +
+    matrix(queryRows, h) +
+    2 * matrix(keyRows, h) +
+    matrix(h, queryRows) +
+    2 * matrix(f, h) +
+    matrix(h, f) +
     2 * h * 4 +
     (config.attentionBias ? (queryRows + 2 * keyRows) * 4 : 0);
-  const embedding = vocabSize * h * element;
+  const embedding = matrix(vocabSize, h);
   const head = config.tieWordEmbeddings ? 0 : embedding;
   const frequencies = (headDim / 2) * 4;
   return embedding + head + numLayers * perLayer + h * 4 + frequencies;
@@ -84,7 +100,7 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   }
   const cache = dualCacheBytes(config, plan, kvDtype, tokens, chunk, input.pageBytes, input.kvQuant);
   const perToken = dualCacheBytes(config, plan, kvDtype, 1, chunk, 1, input.kvQuant).full; // before rounding to pages
-  const weights = weightBytes(config, weightDtype);
+  const weights = weightBytes(config, weightDtype, input.weightQuant);
   const scratch = sessionScratchBytes(config, input.decodeOnly ? 1 : chunk);
   return {
     weights,

@@ -15,19 +15,22 @@ import {
   UsageError,
   writeResult,
 } from '@duoattn/app-kit';
-import type { DType } from '@duoattn/core';
+import { type DType, WEIGHT_QUANT_CHOICES, weightQuantFormat } from '@duoattn/core';
 import { maxContext, planMemory, policyPlan } from '@duoattn/dual-cache';
 import { openCheckpoint } from '@duoattn/model';
 import { defaultModelPath } from '../default-model.js';
 import { SHAPES } from '../shapes.js';
 
 export const planHelp = `duo-bench plan [--shape NAME | --model PATH] [--kv-dtype bf16|f16|f32] [--kv-quant none|int8|int4|fp8]
-               [--weight-dtype bf16|f16|f32] [--gpu-memory GB] [--reserve GB] [--tokens N] [--pattern DIR|FILE]
+               [--weight-dtype bf16|f16|f32] [--weight-quant none|int8|int4|q8_0|q4_k|q5_k|q6_k] [--gpu-memory GB]
+               [--reserve GB] [--tokens N] [--pattern DIR|FILE]
                [--sparsity S] [--attention full,duo,streaming] [--out FILE]
   Exact bytes of weights, full and streaming cache regions and scratch for each policy (default all three), the
   bytes each token adds, and the longest context that fits --gpu-memory (default 80 GB, less --reserve, default 1.5 GB,
   for the backend's scratch). --kv-quant stores the cache as codes with fp16 scales (int8, fp8: head dim + 2 bytes per
-  token and head; int4: head dim / 2 + 4 per group of 128 channels). Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
+  token and head; int4: head dim / 2 + 4 per group of 128 channels). --weight-quant keeps every matrix in a GGUF block
+  format (int8 = Q8_0, 34 bytes per 32 values; int4 = Q4_K, 144 per 256; Q5_K 176, Q6_K 210; rows a format cannot
+  split fall back to Q8_0, else f16; docs/decisions/0010-weight-quantization.md). Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
 ${POLICY_HELP}`;
 
 const GB = 1e9;
@@ -39,6 +42,7 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     model: { type: 'string' },
     'kv-dtype': { type: 'string' },
     'weight-dtype': { type: 'string' },
+    'weight-quant': { type: 'string' },
     'gpu-memory': { type: 'string' },
     reserve: { type: 'string' },
     tokens: { type: 'string' },
@@ -48,6 +52,8 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
   const dtypes = ['bf16', 'f16', 'f32'] as const;
   const kvDtype: DType = choiceOption('kv-dtype', options['kv-dtype'], dtypes, 'bf16');
   const weightDtype: DType = choiceOption('weight-dtype', options['weight-dtype'], dtypes, 'bf16');
+  const weightChoice = choiceOption('weight-quant', options['weight-quant'], WEIGHT_QUANT_CHOICES, 'none');
+  const weightQuant = weightQuantFormat(weightChoice);
   const budget = numberOption('gpu-memory', options['gpu-memory'], 80, 0.001) * GB;
   const reserve = numberOption('reserve', options.reserve, 1.5, 0) * GB;
   const policies = attentionPolicies(options.attention, ['full', 'duo', 'streaming'], true);
@@ -76,13 +82,24 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     policies.map((policy) => [policy, policyPlan(config, buildPolicy(policy, settings, config, duo))]),
   );
   const rows = Object.entries(plans).map(([policy, plan]) => {
-    const input = { config, plan, weightDtype, kvDtype, kvQuant, prefillChunk: settings.prefillChunk };
+    const input = {
+      config,
+      plan,
+      weightDtype,
+      ...(weightQuant ? { weightQuant } : {}),
+      kvDtype,
+      kvQuant,
+      prefillChunk: settings.prefillChunk,
+    };
     const memory = planMemory({ ...input, tokens });
     const longest = maxContext(input, budget, reserve);
     return { policy, sparsity: plan.sparsity, sink: plan.sink, recent: plan.recent, memory, maxContext: longest };
   });
   const cacheLabel = kvQuant === 'none' ? kvDtype : `${kvQuant} codes with fp16 scales`;
-  log(`${label}: weights ${(rows[0]?.memory.weights ?? 0) / GB} GB (${weightDtype}), KV cache ${cacheLabel}`);
+  const weightLabel = weightQuant
+    ? `${weightQuant}${weightChoice === weightQuant ? '' : ` for ${weightChoice}`}`
+    : weightDtype;
+  log(`${label}: weights ${(rows[0]?.memory.weights ?? 0) / GB} GB (${weightLabel}), KV cache ${cacheLabel}`);
   log(
     'policy     sparsity  KiB/token  streaming GB  total @%s GB  max context in %s GB'
       .replace('%s', String(tokens))
@@ -97,6 +114,7 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
   const document = {
     model: label,
     weightDtype,
+    weightQuant: weightQuant ?? 'none',
     kvDtype,
     kvQuant,
     tokens,

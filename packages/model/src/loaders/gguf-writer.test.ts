@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dequantizeWeights, type ModelConfig, SHAPES } from '@duoattn/core';
+import { weightBytes } from '@duoattn/dual-cache';
 import { gguf } from '@huggingface/gguf';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readTensorF32 } from './checkpoint.js';
@@ -73,6 +74,12 @@ describe('GGUF writer', () => {
       expected += bytes + ((32 - (bytes % 32)) % 32);
     }
     expect(statSync(path).size).toBe(Number(tensorDataOffset) + expected);
+    // The planner counts the same bytes (beside the RoPE frequencies the loader adds), fallbacks included.
+    const data = tensorInfos.reduce((sum, info) => {
+      const values = info.shape.reduce((a, b) => a * Number(b), 1);
+      return sum + ({ 0: values * 4, 8: (values / 32) * 34, 12: (values / 256) * 144 }[info.dtype as number] as number);
+    }, 0);
+    expect(weightBytes(config, 'bf16', 'q4_k')).toBe(data + (config.headDim / 2) * 4);
     // Our loader does not keep k-quants yet: it refuses the file by the tensor's type.
     await expect(openCheckpoint(path)).rejects.toThrow(/unsupported tensor type Q4_K/);
   });

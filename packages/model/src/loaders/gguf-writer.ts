@@ -8,6 +8,7 @@ import {
   numberToBf16,
   numberToF16,
   quantizeWeights,
+  storedWeightFormat,
   WEIGHT_FORMATS,
   type WeightFormat,
 } from '@duoattn/core';
@@ -218,14 +219,12 @@ const GGUF_FIELDS: Record<string, string> = {
   valueBias: 'attn_v',
 };
 
-/**
- * The type a matrix is stored as when `type` is asked for: a block format needs rows of whole blocks, so a matrix
- * whose rows are not falls back as llama.cpp's quantizer does — to Q8_0 where rows hold blocks of 32, else F16.
- */
+/** The type a matrix is stored as when `type` is asked for (core's storedWeightFormat: llama.cpp's fallbacks). */
 export function storedType(type: GgufTensorType, shape: readonly number[]): GgufTensorType {
-  const row = shape[shape.length - 1] ?? 0;
-  if (row % ggufBlockValues(type) === 0) return type;
-  return row % 32 === 0 ? 'Q8_0' : 'F16';
+  const format = BLOCK_FORMATS[type];
+  if (!format) return type;
+  const stored = storedWeightFormat(format, shape[shape.length - 1] ?? 0);
+  return stored ? (WEIGHT_FORMATS[stored].ggmlName as GgufTensorType) : 'F16';
 }
 
 /** Options of `writeRandomGguf`. */
