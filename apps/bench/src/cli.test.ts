@@ -197,6 +197,37 @@ describe('duo-bench', () => {
     expect(bad.stderr).toContain('--kv-quant');
   });
 
+  (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
+    'gguf writes a random model of the demo shape that our loader reads back, and checks its options',
+    async () => {
+      const file = join(out, 'demo-q8.gguf');
+      const result = await bench(['gguf', '--model', join(root, 'models/duo-demo'), '--type', 'q8_0', '--out', file]);
+      expect(result.code, result.stderr).toBe(0);
+      expect(result.stdout).toMatch(/wrote .*demo-q8\.gguf: .*6 layers, q8_0/);
+      const { openCheckpoint } = await import('@duoattn/model');
+      const demo = await openCheckpoint(join(root, 'models/duo-demo'));
+      const written = await openCheckpoint(file);
+      for (const field of [
+        'hiddenSize',
+        'intermediateSize',
+        'numLayers',
+        'numHeads',
+        'numKvHeads',
+        'vocabSize',
+      ] as const)
+        expect(written.config[field]).toBe(demo.config[field]);
+      const oneLayer = await bench(['gguf', '--model', join(root, 'models/duo-demo'), '--layers', '1', '--out', file]);
+      expect(oneLayer.code, oneLayer.stderr).toBe(0);
+      expect((await openCheckpoint(file)).config.numLayers).toBe(1);
+      const both = await bench(['gguf', '--shape', 'llama-3-8b', '--model', 'x', '--out', file]);
+      expect(both.code).toBe(2);
+      expect(both.stderr).toContain('--shape or --model: give exactly one');
+      const type = await bench(['gguf', '--shape', 'llama-3-8b', '--type', 'q3_k', '--out', file]);
+      expect(type.code).toBe(2);
+      expect(type.stderr).toContain('--type: expected one of f32, f16, bf16, q8_0, q4_k, q5_k, q6_k');
+    },
+  );
+
   it('plan --weight-quant counts matrices in GGUF block formats (int8 = Q8_0, int4 = Q4_K) and lengthens the context', async () => {
     const file = join(out, 'plan-weights.json');
     const args = ['plan', '--shape', 'llama-3-8b', '--attention', 'duo', '--sparsity', '0.5', '--kv-quant', 'int4'];

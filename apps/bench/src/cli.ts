@@ -8,6 +8,7 @@ import { chartCommand, chartHelp } from './commands/chart.js';
 import { efficiencyCommand, efficiencyHelp } from './commands/efficiency.js';
 import { gemmCommand, gemmHelp } from './commands/gemm.js';
 import { generateCommand, generateHelp } from './commands/generate.js';
+import { ggufCommand, ggufHelp } from './commands/gguf.js';
 import { kernelsCommand, kernelsHelp } from './commands/kernels.js';
 import { niahCommand, niahHelp } from './commands/niah.js';
 import { passkeyCommand, passkeyHelp } from './commands/passkey.js';
@@ -46,6 +47,7 @@ const commands: Record<string, Command> = {
     run: (argv, signal) => serveLoadCommand(argv, log, signal),
   },
   plan: { help: planHelp, run: (argv) => planCommand(argv, log) },
+  gguf: { help: ggufHelp, run: (argv) => ggufCommand(argv, log) },
   chart: { help: chartHelp, run: (argv) => chartCommand(argv, log) },
   attention: { help: attentionHelp, run: (argv) => attentionCommand(argv, log) },
   gemm: { help: gemmHelp, run: (argv) => gemmCommand(argv, log) },

@@ -102,13 +102,17 @@ export interface GgufTensorEntry {
   readonly declaredOffset?: number;
 }
 
-/** Writes a GGUF v3 file: the header, then each tensor's bytes padded to `alignment`. */
+/**
+ * Writes a GGUF v3 file: the header, then each tensor's bytes padded to `alignment`; `onTensor(done, total)` after
+ * each tensor (progress on large files).
+ */
 export function writeGgufFile(
   path: string,
   metadata: readonly (readonly [string, GgufMetadataValue])[],
   tensors: readonly GgufTensorEntry[],
-  alignment = 32,
+  options: { alignment?: number; onTensor?: (done: number, total: number) => void } = {},
 ): void {
+  const alignment = options.alignment ?? 32;
   const padding = (length: number) => (alignment - (length % alignment)) % alignment;
   const { u32, u64, string } = ggufValue;
   const head: Buffer[] = [Buffer.from('GGUF'), u32(3)[1], u64(tensors.length)[1], u64(metadata.length)[1]];
@@ -125,7 +129,7 @@ export function writeGgufFile(
   const fd = openSync(path, 'w');
   try {
     writeSync(fd, Buffer.concat([header, Buffer.alloc(padding(header.length))]));
-    for (const tensor of tensors) {
+    for (const [index, tensor] of tensors.entries()) {
       let written = 0;
       for (const piece of tensor.bytes instanceof Uint8Array ? [tensor.bytes] : tensor.bytes()) {
         writeSync(fd, piece);
@@ -135,6 +139,7 @@ export function writeGgufFile(
       if (written !== declared)
         throw new RangeError(`GGUF tensor ${tensor.name}: wrote ${written} bytes of ${declared}`);
       writeSync(fd, Buffer.alloc(padding(written)));
+      options.onTensor?.(index + 1, tensors.length);
     }
   } finally {
     closeSync(fd);
@@ -237,6 +242,8 @@ export interface RandomGgufOptions {
   readonly std?: number;
   /** Distinct random values the matrices are windows into (default 2²⁰): encoded once, so writing runs at disk speed. */
   readonly poolValues?: number;
+  /** Called after each tensor is written: tensors done, and of how many. */
+  readonly onTensor?: (done: number, total: number) => void;
 }
 
 /**
@@ -309,5 +316,5 @@ export function writeRandomGguf(path: string, config: ModelConfig, options: Rand
   tensors.push(norm('output_norm.weight'));
   if (!config.tieWordEmbeddings) tensors.push(matrix('output.weight', vocabSize, hidden));
   const metadata = [...llamaMetadata(config), ...ggufVocabularyMetadata(fillerVocabulary(vocabSize), true)];
-  writeGgufFile(path, metadata, tensors);
+  writeGgufFile(path, metadata, tensors, options.onTensor ? { onTensor: options.onTensor } : {});
 }
