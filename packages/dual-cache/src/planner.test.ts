@@ -33,7 +33,9 @@ describe('memory planner', () => {
     expect(weightBytes(llama3, 'bf16', 'q8_0')).toBe((matrices * 34) / 32 + 4 * norms + 4 * 64);
     expect(weightBytes(llama3, 'bf16', 'q4_k')).toBe((matrices * 144) / 256 + 4 * norms + 4 * 64);
     expect(weightBytes(llama3, 'bf16', 'q6_k')).toBe((matrices * 210) / 256 + 4 * norms + 4 * 64);
-    expect(planMemory({ ...base, weightQuant: 'q4_k' }).weights).toBe(weightBytes(llama3, 'bf16', 'q4_k'));
+    expect(planMemory({ ...base, plan: halfPlan, weightQuant: 'q4_k' }).weights).toBe(
+      weightBytes(llama3, 'bf16', 'q4_k'),
+    );
   });
 
   it('inverts: the longest context fits the budget and one more token does not', () => {
