@@ -65,6 +65,8 @@ struct PingPongPlan {
   static constexpr int kRawBytes = kQuant ? 2 * kKeyRows * kRawStride : 0;
   static constexpr int kSharedBytes = kQueryBytes + kPingPongStages * kStageBytes + kBarrierBytes + kRawBytes + 1024;
   static_assert(4 * kPingPongStages * 8 <= kBarrierBytes, "the mbarriers fit their space");
+  // A build with more stages must still fit an SM's shared memory (the quantized D = 128 plan is the largest).
+  static_assert(kSharedBytes <= 227 * 1024, "a block's shared memory fits the SM (fewer DUO_PREFILL_STAGES)");
 };
 
 // The copying warpgroup for a quantized cache: thread r takes row r of every tile — cp.async of its codes into the raw

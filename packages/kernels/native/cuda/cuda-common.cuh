@@ -78,10 +78,12 @@ __device__ __forceinline__ void copyOrZero16(void* shared, const void* global, b
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(target), "l"(global), "r"(bytes));
 }
 // Closes this thread's copies so far into a group; waits until at most N groups are still in flight.
-__device__ __forceinline__ void commitGroup() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void commitGroup() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// The "memory" clobbers keep the compiler from moving shared-memory reads above the wait (a reader that has no barrier
+// after it — the quantized prefill's copying threads — relies on that).
 template <int N>
 __device__ __forceinline__ void waitGroups() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 __device__ __forceinline__ float toFloat(float v) { return v; }
