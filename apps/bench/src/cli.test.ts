@@ -221,7 +221,9 @@ describe('duo-bench', () => {
       expect((await openCheckpoint(file)).config.numLayers).toBe(1);
       const both = await bench(['gguf', '--shape', 'llama-3-8b', '--model', 'x', '--out', file]);
       expect(both.code).toBe(2);
-      expect(both.stderr).toContain('--shape or --model: give exactly one');
+      expect(both.stderr).toContain(
+        '--shape / --model: expected exactly one of --shape NAME and --model PATH but received --shape "llama-3-8b" and --model "x"',
+      );
       const type = await bench(['gguf', '--shape', 'llama-3-8b', '--type', 'q3_k', '--out', file]);
       expect(type.code).toBe(2);
       expect(type.stderr).toContain('--type: expected one of f32, f16, bf16, q8_0, q4_k, q5_k, q6_k');

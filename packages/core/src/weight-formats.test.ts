@@ -123,6 +123,14 @@ describe('weight formats', () => {
     },
   );
 
+  it('refuses values a block cannot hold (non-finite, or past its f16 scales), naming the value', () => {
+    const row = new Float64Array(256);
+    row[7] = Number.NaN;
+    expect(() => quantizeWeights('q4_k', row)).toThrow('Q4_K: value 7 is NaN; expected a finite value within ±4000000');
+    row[7] = 1e7;
+    expect(() => quantizeWeights('q8_0', row)).toThrow('Q8_0: value 7 is 10000000');
+  });
+
   it('Q8_0 rounds each value to its block step (|error| ≤ d / 2), all-zero blocks stay zero', () => {
     const values = gaussian(256, 3);
     values.fill(0, 32, 64);

@@ -49,12 +49,14 @@ export function weightFormatBytes(format: WeightFormat, values: number): number 
 }
 
 /**
- * The format a matrix with rows of `rowLength` values is stored in when `format` is asked for: a block format needs
- * rows of whole blocks, so others fall back as llama.cpp's quantizer does — to Q8_0 where rows hold blocks of 32, else
- * to f16 (undefined).
+ * The format a matrix with rows of `rowLength` values is stored in when `format` is asked for. A block format needs
+ * rows of whole blocks; for the others our writer and planner fall back to Q8_0 where rows hold blocks of 32, else to
+ * f16 (undefined). (llama.cpp's quantizer falls back to Q5_0 / Q5_1 for Q4_K / Q5_K, formats we do not read yet, so a
+ * file it made from such rows does not load here, and the planner's bytes are ours, not its.)
  */
 export function storedWeightFormat(format: WeightFormat, rowLength: number): WeightFormat | undefined {
-  if (rowLength % WEIGHT_FORMATS[format].blockValues === 0) return format;
+  if (rowLength > 0 && rowLength % WEIGHT_FORMATS[format].blockValues === 0) return format;
+  if (rowLength <= 0) return undefined;
   return rowLength % WEIGHT_FORMATS.q8_0.blockValues === 0 ? 'q8_0' : undefined;
 }
 
@@ -64,9 +66,20 @@ export function storedWeightBytes(format: WeightFormat, rows: number, rowLength:
   return stored ? weightFormatBytes(stored, rows * rowLength) : rows * rowLength * 2;
 }
 
-/** `values` quantized into `format`'s blocks (its length a multiple of the block). */
+/**
+ * `values` quantized into `format`'s blocks (its length a multiple of the block). Non-finite values, and values whose
+ * f16 scales would overflow (|x| past about 8 · 10⁶), are refused: they would decode as whole blocks of NaN.
+ */
 export function quantizeWeights(format: WeightFormat, values: ArrayLike<number>): Uint8Array {
   const out = new Uint8Array(weightFormatBytes(format, values.length));
+  for (let i = 0; i < values.length; i++) {
+    const value = values[i] as number;
+    if (!Number.isFinite(value) || Math.abs(value) > MAX_ENCODABLE) {
+      throw new RangeError(
+        `${WEIGHT_FORMATS[format].ggmlName}: value ${i} is ${value}; expected a finite value within ±${MAX_ENCODABLE}`,
+      );
+    }
+  }
   const { blockValues, blockBytes } = WEIGHT_FORMATS[format];
   const encode = ENCODERS[format];
   for (let block = 0; block * blockValues < values.length; block++) {
@@ -93,6 +106,12 @@ export function dequantizeWeights(format: WeightFormat, bytes: Uint8Array, value
     decode(bytes, block * blockBytes, out, block * blockValues);
   return out;
 }
+
+/**
+ * The largest magnitude every encoder stores without its f16 scales overflowing: Q4_K / Q5_K keep a sub-block's min
+ * as 63 steps of an f16 `dmin` (≤ 65504), so |x| ≤ 63 · 65504 ≈ 4.1 · 10⁶ always fits.
+ */
+const MAX_ENCODABLE = 4e6;
 
 type Encoder = (block: Float64Array, out: Uint8Array, at: number) => void;
 type Decoder = (bytes: Uint8Array, at: number, out: Float64Array, start: number) => void;

@@ -53,8 +53,9 @@ export interface MemoryPlan {
 }
 
 /**
- * Bytes of the model's tensors as the loaders and `randomWeights` allocate them: matrices in `dtype`, or in the block
- * format `quant` (storedWeightBytes: its fallback where rows cannot split into its blocks).
+ * Bytes of the model's tensors as the loaders and `randomWeights` allocate them: matrices in `dtype`; with `quant`, as
+ * a model whose every matrix is kept in that block format would take them (storedWeightBytes: our fallback where rows
+ * cannot split into its blocks; ADR 0010).
  */
 export function weightBytes(config: ModelConfig, dtype: DType, quant?: WeightFormat): number {
   const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: f, vocabSize, numLayers } = config;

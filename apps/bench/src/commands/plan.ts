@@ -28,9 +28,10 @@ export const planHelp = `duo-bench plan [--shape NAME | --model PATH] [--kv-dtyp
   Exact bytes of weights, full and streaming cache regions and scratch for each policy (default all three), the
   bytes each token adds, and the longest context that fits --gpu-memory (default 80 GB, less --reserve, default 1.5 GB,
   for the backend's scratch). --kv-quant stores the cache as codes with fp16 scales (int8, fp8: head dim + 2 bytes per
-  token and head; int4: head dim / 2 + 4 per group of 128 channels). --weight-quant keeps every matrix in a GGUF block
-  format (int8 = Q8_0, 34 bytes per 32 values; int4 = Q4_K, 144 per 256; Q5_K 176, Q6_K 210; rows a format cannot
-  split fall back to Q8_0, else f16; docs/decisions/0010-weight-quantization.md). Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
+  token and head; int4: head dim / 2 + 4 per group of 128 channels). --weight-quant counts every matrix in a GGUF
+  block format, as a model kept quantized takes it (int8 = Q8_0, 34 bytes per 32 values; int4 = Q4_K, 144 per 256;
+  Q5_K 176, Q6_K 210; rows a format cannot split fall back to Q8_0, else f16; --weight-dtype then only names the
+  activations' source; docs/decisions/0010-weight-quantization.md). Shapes: ${Object.keys(SHAPES).join(', ')}; default --model is the demo model.
 ${POLICY_HELP}`;
 
 const GB = 1e9;

@@ -1,6 +1,6 @@
 // The GGUF writer: random-weight models that our loader reads back (config, vocabulary, values), block formats laid
 // out at the offsets the header declares, and the fallbacks a block format takes on rows it cannot split.
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dequantizeWeights, type ModelConfig, SHAPES } from '@duoattn/core';
@@ -8,7 +8,7 @@ import { weightBytes } from '@duoattn/dual-cache';
 import { gguf } from '@huggingface/gguf';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readTensorF32 } from './checkpoint.js';
-import { encodeGgufTensor, storedType, writeRandomGguf } from './gguf-writer.js';
+import { encodeGgufTensor, ggufValue, storedType, writeGgufFile, writeRandomGguf } from './gguf-writer.js';
 import { openCheckpoint } from './open-checkpoint.js';
 
 const root = mkdtempSync(join(tmpdir(), 'duo-gguf-writer-'));
@@ -82,6 +82,35 @@ describe('GGUF writer', () => {
     expect(weightBytes(config, 'bf16', 'q4_k')).toBe(data + (config.headDim / 2) * 4);
     // Our loader does not keep k-quants yet: it refuses the file by the tensor's type.
     await expect(openCheckpoint(path)).rejects.toThrow(/unsupported tensor type Q4_K/);
+  });
+
+  it('declares a non-default alignment, refuses byte counts its shapes do not take, and leaves no partial file', async () => {
+    const path = join(root, 'aligned.gguf');
+    const seven = { name: 'x', shape: [1], type: 'F32' as const, bytes: encodeGgufTensor('F32', [7]) };
+    writeGgufFile(path, [['general.name', ggufValue.string('aligned')]], [seven], { alignment: 64 });
+    const parsed = await gguf(path, { allowLocalFile: true });
+    expect((parsed.metadata as Record<string, unknown>)['general.alignment']).toBe(64);
+    expect(Number(parsed.tensorDataOffset) % 64).toBe(0);
+    const bad = join(root, 'short.gguf');
+    expect(() => writeGgufFile(bad, [], [{ ...seven, shape: [2] }])).toThrow(
+      'GGUF tensor x: F32 [2] takes 8 bytes but 4 were given',
+    );
+    expect(existsSync(bad)).toBe(false);
+    const pieces = { name: 'y', shape: [2], type: 'F32' as const, byteLength: 8, bytes: () => [seven.bytes] };
+    expect(() => writeGgufFile(bad, [], [pieces])).toThrow('its pieces held 4 bytes of 8');
+    expect(existsSync(bad)).toBe(false);
+  });
+
+  it('refuses shapes a llama GGUF cannot say here, and gives every seed its own values', () => {
+    expect(() => writeRandomGguf(join(root, 'bias.gguf'), { ...config, attentionBias: true }, { type: 'F16' })).toThrow(
+      'q/k/v biases are not written',
+    );
+    const [zero, one] = [0, 1].map((seed) => {
+      const path = join(root, `seed-${seed}.gguf`);
+      writeRandomGguf(path, { ...config, numLayers: 1 }, { type: 'F32', seed });
+      return readFileSync(path);
+    });
+    expect(Buffer.compare(zero as Buffer, one as Buffer)).not.toBe(0);
   });
 
   it('encodes plain types little-endian and block types by the reference encoder; falls back on rows it cannot split', () => {

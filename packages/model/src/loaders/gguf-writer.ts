@@ -2,7 +2,7 @@
 // BF16 or a block format (Q8_0, Q4_K, Q5_K, Q6_K; @duoattn/core's weight-formats). Tests write small models with it,
 // and the benchmarks one random-weight file of a named shape that both engines load. Files stream to disk, so an 8B
 // model is never held whole.
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, openSync, rmSync, writeSync } from 'node:fs';
 import {
   type ModelConfig,
   numberToBf16,
@@ -102,9 +102,35 @@ export interface GgufTensorEntry {
   readonly declaredOffset?: number;
 }
 
+/** Bytes a tensor of `type` and `shape` takes (a block type's rows hold whole blocks). */
+export function ggufTensorBytes(type: GgufTensorType, shape: readonly number[]): number {
+  const values = shape.reduce((a, b) => a * b, 1);
+  const format = BLOCK_FORMATS[type];
+  if (format) {
+    const row = shape[shape.length - 1] ?? 0;
+    if (row % WEIGHT_FORMATS[format].blockValues !== 0) {
+      throw new RangeError(
+        `${type} rows hold whole blocks of ${WEIGHT_FORMATS[format].blockValues} values, not ${row}`,
+      );
+    }
+    return (values / WEIGHT_FORMATS[format].blockValues) * WEIGHT_FORMATS[format].blockBytes;
+  }
+  return values * (type === 'F32' ? 4 : 2);
+}
+
+/** Writes all of `bytes` (one write(2) may take fewer than asked: a full disk, or past 2 GiB). */
+function writeAll(fd: number, bytes: Uint8Array): void {
+  for (let done = 0; done < bytes.length; ) {
+    const wrote = writeSync(fd, bytes, done, bytes.length - done);
+    if (wrote <= 0) throw new Error(`short write: ${done} of ${bytes.length} bytes`);
+    done += wrote;
+  }
+}
+
 /**
- * Writes a GGUF v3 file: the header, then each tensor's bytes padded to `alignment`; `onTensor(done, total)` after
- * each tensor (progress on large files).
+ * Writes a GGUF v3 file: the header, then each tensor's bytes padded to `alignment` (declared as general.alignment when
+ * not GGUF's default 32); `onTensor(done, total)` after each tensor (progress on large files). Every tensor's byte
+ * count is checked against its shape and type before anything is written; a file that fails midway is removed.
  */
 export function writeGgufFile(
   path: string,
@@ -115,11 +141,18 @@ export function writeGgufFile(
   const alignment = options.alignment ?? 32;
   const padding = (length: number) => (alignment - (length % alignment)) % alignment;
   const { u32, u64, string } = ggufValue;
-  const head: Buffer[] = [Buffer.from('GGUF'), u32(3)[1], u64(tensors.length)[1], u64(metadata.length)[1]];
-  for (const [key, [type, bytes]] of metadata) head.push(string(key)[1], u32(type)[1], bytes);
+  const entries = alignment === 32 ? metadata : [...metadata, ['general.alignment', u32(alignment)] as const];
+  const head: Buffer[] = [Buffer.from('GGUF'), u32(3)[1], u64(tensors.length)[1], u64(entries.length)[1]];
+  for (const [key, [type, bytes]] of entries) head.push(string(key)[1], u32(type)[1], bytes);
   let offset = 0;
   for (const tensor of tensors) {
-    const length = tensor.bytes instanceof Uint8Array ? tensor.bytes.length : (tensor.byteLength ?? 0);
+    const length = tensor.bytes instanceof Uint8Array ? tensor.bytes.length : tensor.byteLength;
+    const expected = ggufTensorBytes(tensor.type, tensor.shape);
+    if (length !== expected) {
+      throw new RangeError(
+        `GGUF tensor ${tensor.name}: ${tensor.type} [${tensor.shape.join(', ')}] takes ${expected} bytes but ${length ?? 'no byteLength'} were given`,
+      );
+    }
     const dims = [...tensor.shape].reverse();
     head.push(string(tensor.name)[1], u32(dims.length)[1], ...dims.map((d) => u64(d)[1]));
     head.push(u32(GGML_TYPE_IDS[tensor.type])[1], u64(tensor.declaredOffset ?? offset)[1]);
@@ -127,22 +160,24 @@ export function writeGgufFile(
   }
   const header = Buffer.concat(head);
   const fd = openSync(path, 'w');
+  let complete = false;
   try {
-    writeSync(fd, Buffer.concat([header, Buffer.alloc(padding(header.length))]));
+    writeAll(fd, Buffer.concat([header, Buffer.alloc(padding(header.length))]));
     for (const [index, tensor] of tensors.entries()) {
       let written = 0;
       for (const piece of tensor.bytes instanceof Uint8Array ? [tensor.bytes] : tensor.bytes()) {
-        writeSync(fd, piece);
+        writeAll(fd, piece);
         written += piece.length;
       }
-      const declared = tensor.bytes instanceof Uint8Array ? written : tensor.byteLength;
-      if (written !== declared)
-        throw new RangeError(`GGUF tensor ${tensor.name}: wrote ${written} bytes of ${declared}`);
-      writeSync(fd, Buffer.alloc(padding(written)));
+      if (written !== tensor.byteLength && !(tensor.bytes instanceof Uint8Array))
+        throw new RangeError(`GGUF tensor ${tensor.name}: its pieces held ${written} bytes of ${tensor.byteLength}`);
+      writeAll(fd, Buffer.alloc(padding(written)));
       options.onTensor?.(index + 1, tensors.length);
     }
+    complete = true;
   } finally {
     closeSync(fd);
+    if (!complete) rmSync(path, { force: true });
   }
 }
 
@@ -178,7 +213,10 @@ export function ggufVocabularyMetadata(pieces: readonly string[], markSpecial = 
   ];
 }
 
-/** llama metadata for `config` (architecture, sizes, RoPE, norm epsilon) — what the loaders read back as a config. */
+/**
+ * llama metadata for `config` (architecture, sizes, RoPE base, norm epsilon, a head dim other than hidden / heads) —
+ * what the loaders read back as a config. RoPE scaling and biases are not written (writeRandomGguf refuses them).
+ */
 export function llamaMetadata(config: ModelConfig): [string, GgufMetadataValue][] {
   const { f32, string, u32 } = ggufValue;
   return [
@@ -191,6 +229,13 @@ export function llamaMetadata(config: ModelConfig): [string, GgufMetadataValue][
     ['llama.attention.head_count_kv', u32(config.numKvHeads)],
     ['llama.attention.layer_norm_rms_epsilon', f32(config.rmsNormEps)],
     ['llama.rope.freq_base', f32(config.ropeTheta)],
+    // A head dim other than hidden / heads (both readers take key_length / value_length when given).
+    ...(config.headDim * config.numHeads === config.hiddenSize
+      ? []
+      : ([
+          ['llama.attention.key_length', u32(config.headDim)],
+          ['llama.attention.value_length', u32(config.headDim)],
+        ] as [string, GgufMetadataValue][])),
   ];
 }
 
@@ -224,7 +269,7 @@ const GGUF_FIELDS: Record<string, string> = {
   valueBias: 'attn_v',
 };
 
-/** The type a matrix is stored as when `type` is asked for (core's storedWeightFormat: llama.cpp's fallbacks). */
+/** The type a matrix is stored as when `type` is asked for (core's storedWeightFormat: our Q8_0 / F16 fallbacks). */
 export function storedType(type: GgufTensorType, shape: readonly number[]): GgufTensorType {
   const format = BLOCK_FORMATS[type];
   if (!format) return type;
@@ -252,13 +297,17 @@ export interface RandomGgufOptions {
  */
 export function writeRandomGguf(path: string, config: ModelConfig, options: RandomGgufOptions): void {
   const { type, seed = 1, std = 0.02, poolValues = 1 << 20 } = options;
-  if (config.headDim * config.numHeads !== config.hiddenSize) {
-    // GGUF readers (ours, and llama.cpp without key_length) take the head dim as hidden / heads.
-    throw new RangeError(
-      `writeRandomGguf: head dim ${config.headDim} × ${config.numHeads} heads must equal the hidden size ${config.hiddenSize}`,
-    );
+  // The file is a llama of this shape: what a llama GGUF here cannot say is refused rather than dropped.
+  if (config.attentionBias)
+    throw new RangeError('writeRandomGguf: q/k/v biases are not written (a llama GGUF has none here)');
+  if (config.ropeScaling.type !== 'none') {
+    throw new RangeError(`writeRandomGguf: RoPE scaling '${config.ropeScaling.type}' is not written (expected none)`);
   }
-  let state = seed >>> 0 || 1;
+  if (!Number.isInteger(poolValues) || poolValues < 256 || poolValues % 256 !== 0) {
+    throw new RangeError(`writeRandomGguf: poolValues must be a positive multiple of 256, not ${poolValues}`);
+  }
+  // Every seed its own stream (seed 0 too).
+  let state = (Math.imul(seed >>> 0, 2654435761) + 0x9e3779b9) >>> 0 || 1;
   const uniform = () => {
     state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
     return (state + 0.5) / 2 ** 32;
