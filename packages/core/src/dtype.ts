@@ -1,15 +1,43 @@
 // Element types the backends store, with their sizes and the tolerances the conformance suite uses.
+import { WEIGHT_FORMATS, type WeightFormat, weightFormatBytes } from './weight-formats.js';
 
-/** Element type of a tensor. Weights keep their checkpoint dtype; activations are f32; u8 holds quantized KV codes. */
-export type DType = 'f32' | 'f16' | 'bf16' | 'i32' | 'u8';
+/** A dtype with a whole number of bytes per element. */
+export type ElementDType = 'f32' | 'f16' | 'bf16' | 'i32' | 'u8';
 
-/** Every dtype, in a stable order (the native addon uses these indices). */
-export const DTYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'i32', 'u8'];
+/**
+ * Element type of a tensor. Weights keep their checkpoint dtype — a float, or a GGUF block format kept quantized
+ * (`q8_0`, `q4_k`, `q5_k`, `q6_k`: rows of whole blocks, ADR 0010); activations are f32; u8 holds quantized KV codes.
+ */
+export type DType = ElementDType | WeightFormat;
 
-/** Bytes per element of `dtype`. */
+/** Every dtype, in a stable order. */
+export const DTYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'i32', 'u8', 'q8_0', 'q4_k', 'q5_k', 'q6_k'];
+
+/** Whether `dtype` is a block format (bytes come by whole blocks of a row, not per element). */
+export function isBlockDType(dtype: DType): dtype is WeightFormat {
+  return dtype in WEIGHT_FORMATS;
+}
+
+/** Bytes per element of `dtype` (a block format has none: tensorByteLength and bytesPerValue count its blocks). */
 export function dtypeBytes(dtype: DType): number {
+  if (isBlockDType(dtype)) {
+    throw new RangeError(`${dtype} stores whole blocks, not elements: count its bytes with tensorByteLength`);
+  }
   if (dtype === 'u8') return 1;
   return dtype === 'f16' || dtype === 'bf16' ? 2 : 4;
+}
+
+/** Bytes per value on average: a block format's block bytes over its values (Q8_0: 34 / 32). For bandwidth floors. */
+export function bytesPerValue(dtype: DType): number {
+  if (!isBlockDType(dtype)) return dtypeBytes(dtype);
+  const { blockBytes, blockValues } = WEIGHT_FORMATS[dtype];
+  return blockBytes / blockValues;
+}
+
+/** Bytes of a tensor of `dtype` and `shape` (a block format's rows — the last dimension — hold whole blocks). */
+export function tensorByteLength(dtype: DType, shape: readonly number[]): number {
+  const size = shape.reduce((a, b) => a * b, 1);
+  return isBlockDType(dtype) ? weightFormatBytes(dtype, size) : size * dtypeBytes(dtype);
 }
 
 /** Whether `value` names a dtype. */

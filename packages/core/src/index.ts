@@ -27,12 +27,16 @@ export {
   DEFAULT_SPARSITY,
 } from './defaults.js';
 export {
+  bytesPerValue,
   type DeviceKind,
   DTYPES,
   type DType,
   dtypeBytes,
+  type ElementDType,
+  isBlockDType,
   isDType,
   type KvQuantScheme,
+  tensorByteLength,
 } from './dtype.js';
 export {
   type DuoEnvironment,

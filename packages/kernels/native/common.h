@@ -13,12 +13,34 @@
 
 namespace duo {
 
-// The dtypes of @duoattn/core; they cross the native boundary by name (dtypeName / dtypeNamed).
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3, U8 = 4 };
+// The dtypes of @duoattn/core; they cross the native boundary by name (dtypeName / dtypeNamed). Q8_0 … Q6_K are GGUF's
+// block formats kept quantized (docs/decisions/0010-weight-quantization.md): a row holds whole blocks, and a tensor's
+// bytes come by blocks (tensorBytes), not elements.
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3, U8 = 4, Q8_0 = 5, Q4_K = 6, Q5_K = 7, Q6_K = 8 };
 
-inline size_t dtypeBytes(DType dtype) {
-  if (dtype == DType::U8) return 1;
-  return (dtype == DType::F16 || dtype == DType::BF16) ? 2 : 4;
+inline bool isBlockType(DType dtype) { return static_cast<int>(dtype) >= static_cast<int>(DType::Q8_0); }
+// Values and bytes of one block (1 and the element size for the other dtypes).
+inline int blockValues(DType dtype) {
+  if (!isBlockType(dtype)) return 1;
+  return dtype == DType::Q8_0 ? 32 : 256;
+}
+inline size_t blockBytes(DType dtype) {
+  switch (dtype) {
+    case DType::Q8_0: return 34;
+    case DType::Q4_K: return 144;
+    case DType::Q5_K: return 176;
+    case DType::Q6_K: return 210;
+    case DType::U8: return 1;
+    case DType::F16:
+    case DType::BF16: return 2;
+    default: return 4;
+  }
+}
+// Bytes per addressable unit: an element, or a byte of a block format (reads and writes of one address bytes).
+inline size_t dtypeBytes(DType dtype) { return isBlockType(dtype) ? 1 : blockBytes(dtype); }
+// Bytes of `size` values (whole blocks for a block format).
+inline size_t tensorBytes(DType dtype, int64_t size) {
+  return static_cast<size_t>(size / blockValues(dtype)) * blockBytes(dtype);
 }
 inline const char* dtypeName(DType dtype) {
   switch (dtype) {
@@ -27,6 +49,10 @@ inline const char* dtypeName(DType dtype) {
     case DType::BF16: return "bf16";
     case DType::I32: return "i32";
     case DType::U8: return "u8";
+    case DType::Q8_0: return "q8_0";
+    case DType::Q4_K: return "q4_k";
+    case DType::Q5_K: return "q5_k";
+    case DType::Q6_K: return "q6_k";
   }
   return "?";
 }
@@ -39,7 +65,7 @@ struct Error : std::runtime_error {
 
 // The dtype TypeScript calls `name` ('f32', 'bf16', …).
 inline DType dtypeNamed(const std::string& name) {
-  for (DType dtype : {DType::F32, DType::F16, DType::BF16, DType::I32, DType::U8})
+  for (DType dtype : {DType::F32, DType::F16, DType::BF16, DType::I32, DType::U8, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K})
     if (name == dtypeName(dtype)) return dtype;
   throw Error("DUO_ARG", "unknown dtype '" + name + "'");
 }

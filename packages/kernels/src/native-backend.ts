@@ -14,12 +14,15 @@ import {
   dtypeBytes,
   type GateMixAttributes,
   type HostArray,
+  isBlockDType,
   isDType,
   type KvQuantScheme,
   type PrefillAttentionAttributes,
   type QuantizedKv,
   type RopeAttributes,
   type StreamingHeads,
+  tensorByteLength,
+  WEIGHT_FORMATS,
 } from '@duoattn/core';
 import { kvQuantLayout } from '@duoattn/kv-quant';
 import {
@@ -47,19 +50,31 @@ import {
   I32,
 } from './validate.js';
 
-/** Host array type that holds a dtype's raw elements. */
+/** Dtypes with per-element storage (copies and conversions work element by element). */
+const ELEMENT_TYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'i32', 'u8'];
+
+/** Weight dtypes of the CPU backend: the floats and the block formats it reads in place. */
+const WEIGHT_TYPES: readonly DType[] = [...FLOAT_TYPES, 'q8_0', 'q4_k', 'q5_k', 'q6_k'];
+
+/** Host array type that holds a dtype's raw elements (a block format's raw bytes). */
 export function hostArrayFor(dtype: DType, buffer: ArrayBuffer): HostArray {
   if (dtype === 'f32') return new Float32Array(buffer);
   if (dtype === 'i32') return new Int32Array(buffer);
-  if (dtype === 'u8') return new Uint8Array(buffer);
+  if (dtype === 'u8' || isBlockDType(dtype)) return new Uint8Array(buffer);
   return new Uint16Array(buffer);
 }
 
+/** The units `write` and `read` address in a tensor: its elements, or a block format's bytes. */
+function storageLength(tensor: Tensor): number {
+  return isBlockDType(tensor.dtype) ? tensorByteLength(tensor.dtype, tensor.shape) : tensor.size;
+}
+
 function expectHostArray(argument: string, dtype: DType, data: unknown): HostArray {
+  const bytes = dtype === 'u8' || isBlockDType(dtype);
   const ok =
     (dtype === 'f32' && data instanceof Float32Array) ||
     (dtype === 'i32' && data instanceof Int32Array) ||
-    (dtype === 'u8' && data instanceof Uint8Array) ||
+    (bytes && data instanceof Uint8Array) ||
     ((dtype === 'f16' || dtype === 'bf16') && data instanceof Uint16Array);
   if (!ok) {
     const wanted =
@@ -67,7 +82,7 @@ function expectHostArray(argument: string, dtype: DType, data: unknown): HostArr
         ? 'Float32Array'
         : dtype === 'i32'
           ? 'Int32Array'
-          : dtype === 'u8'
+          : bytes
             ? 'Uint8Array'
             : 'Uint16Array (raw bits)';
     throw new DuoArgumentError(
@@ -189,6 +204,13 @@ export class NativeBackend implements Backend {
       );
     }
     for (const [i, extent] of shape.entries()) expectInteger(`shape[${i}]`, extent, 0);
+    if (isBlockDType(dtype) && (shape[shape.length - 1] as number) % WEIGHT_FORMATS[dtype].blockValues !== 0) {
+      const values = WEIGHT_FORMATS[dtype].blockValues;
+      throw new DuoArgumentError(
+        'shape',
+        `Expected rows of whole ${values}-value blocks for a ${dtype} tensor but received shape [${shape.join(', ')}]`,
+      );
+    }
     const id = callNative(() => this.#native.alloc(this.device, dtype, shape));
     return new Tensor(this.#native, id, dtype, shape, this.device);
   }
@@ -207,15 +229,15 @@ export class NativeBackend implements Backend {
   write(tensor: Tensor, data: HostArray, offset = 0): void {
     const id = expectTensor('tensor', tensor, this.device);
     const array = expectHostArray('data', tensor.dtype, data);
-    expectInteger('offset', offset, 0, tensor.size - array.length);
+    expectInteger('offset', offset, 0, storageLength(tensor) - array.length);
     callNative(() => this.#native.write(id, array, offset));
   }
 
   async read(tensor: Tensor, offset = 0, count?: number): Promise<HostArray> {
     const id = expectTensor('tensor', tensor, this.device);
-    expectInteger('offset', offset, 0, tensor.size);
-    const length = count ?? tensor.size - offset;
-    expectInteger('count', length, 0, tensor.size - offset);
+    expectInteger('offset', offset, 0, storageLength(tensor));
+    const length = count ?? storageLength(tensor) - offset;
+    expectInteger('count', length, 0, storageLength(tensor) - offset);
     try {
       return hostArrayFor(tensor.dtype, await callNative(() => this.#native.read(id, offset, length)));
     } catch (error) {
@@ -224,7 +246,7 @@ export class NativeBackend implements Backend {
   }
 
   copyRows(source: Tensor, target: Tensor, sourceRow = 0, targetRow = 0, rows?: number): void {
-    const sourceId = expectTensor('source', source, this.device);
+    const sourceId = expectTensor('source', source, this.device, { dtypes: ELEMENT_TYPES });
     const targetId = expectTensor('target', target, this.device, { dtypes: [source.dtype] });
     if (target.cols !== source.cols) {
       throw new DuoArgumentError(
@@ -240,8 +262,8 @@ export class NativeBackend implements Backend {
   }
 
   convert(source: Tensor, target: Tensor): void {
-    const sourceId = expectTensor('source', source, this.device);
-    const targetId = expectTensor('target', target, this.device, { size: source.size });
+    const sourceId = expectTensor('source', source, this.device, { dtypes: ELEMENT_TYPES });
+    const targetId = expectTensor('target', target, this.device, { size: source.size, dtypes: ELEMENT_TYPES });
     callNative(() => this.#native.convert(sourceId, targetId));
   }
 
@@ -295,8 +317,27 @@ export class NativeBackend implements Backend {
     return this.device === 'cpu' ? { allocatedBytes: memory.allocatedBytes, peakBytes: memory.peakBytes } : memory;
   }
 
+  /**
+   * The dtypes a weight may have here: the floats, and on the CPU the block formats kept quantized (ADR 0010). A
+   * block-format weight on CUDA, whose kernels do not read blocks yet, is refused by name with the way out.
+   */
+  #weightTypes(argument: string, weight: unknown): readonly DType[] {
+    if (this.device === 'cpu') return WEIGHT_TYPES;
+    const dtype = (weight as { dtype?: unknown } | undefined)?.dtype;
+    if (typeof dtype === 'string' && isDType(dtype) && isBlockDType(dtype)) {
+      throw new DuoArgumentError(
+        argument,
+        `Expected a f32/f16/bf16 tensor for \`${argument}\` but received ${dtype}: the CUDA kernels do not read ${dtype} blocks yet — load the model with weightDtype 'bf16' (or run on the CPU)`,
+      );
+    }
+    return FLOAT_TYPES;
+  }
+
   embedding(table: Tensor, ids: Tensor, out: Tensor): void {
-    const tableId = expectTensor('table', table, this.device, { dtypes: FLOAT_TYPES, shape: [null, null] });
+    const tableId = expectTensor('table', table, this.device, {
+      dtypes: this.#weightTypes('table', table),
+      shape: [null, null],
+    });
     const idsId = expectTensor('ids', ids, this.device, { dtypes: I32, shape: [null] });
     const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: [ids.size, table.cols] });
     callNative(() => this.#native.embedding(tableId, idsId, outId));
@@ -311,7 +352,10 @@ export class NativeBackend implements Backend {
   }
 
   matmul(x: Tensor, weight: Tensor, out: Tensor, options: { bias?: Tensor; residual?: Tensor } = {}): void {
-    const weightId = expectTensor('weight', weight, this.device, { dtypes: FLOAT_TYPES, shape: [null, null] });
+    const weightId = expectTensor('weight', weight, this.device, {
+      dtypes: this.#weightTypes('weight', weight),
+      shape: [null, null],
+    });
     const [outputs = 0, inner = 0] = weight.shape;
     const xId = expectTensor('x', x, this.device, { dtypes: F32, shape: [null, inner] });
     const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: [x.rows, outputs] });
@@ -343,7 +387,8 @@ export class NativeBackend implements Backend {
     const outIds: number[] = [];
     const biasIds: number[] = [];
     weights.forEach((weight, i) => {
-      weightIds.push(expectTensor(`weights[${i}]`, weight, this.device, { dtypes: FLOAT_TYPES, shape: [null, inner] }));
+      const dtypes = this.#weightTypes(`weights[${i}]`, weight);
+      weightIds.push(expectTensor(`weights[${i}]`, weight, this.device, { dtypes, shape: [null, inner] }));
       const outputs = weight.shape[0] ?? 0;
       outIds.push(expectTensor(`outs[${i}]`, outs[i], this.device, { dtypes: F32, shape: [x.rows, outputs] }));
       const bias = biases[i];
@@ -353,7 +398,10 @@ export class NativeBackend implements Backend {
   }
 
   matmulSwiglu(x: Tensor, gate: Tensor, up: Tensor, out: Tensor): void {
-    const gateId = expectTensor('gate', gate, this.device, { dtypes: FLOAT_TYPES, shape: [null, null] });
+    const gateId = expectTensor('gate', gate, this.device, {
+      dtypes: this.#weightTypes('gate', gate),
+      shape: [null, null],
+    });
     const upId = expectTensor('up', up, this.device, { dtypes: [gate.dtype], shape: gate.shape });
     const xId = expectTensor('x', x, this.device, { dtypes: F32, shape: [null, gate.shape[1] ?? 0] });
     const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: [x.rows, gate.shape[0] ?? 0] });
@@ -664,7 +712,10 @@ export class NativeBackend implements Backend {
   }
 
   matmulBackward(gradOut: Tensor, weight: Tensor, gradInput: Tensor, options: { accumulate?: boolean } = {}): void {
-    const weightId = expectTensor('weight', weight, this.device, { dtypes: FLOAT_TYPES, shape: [null, null] });
+    const weightId = expectTensor('weight', weight, this.device, {
+      dtypes: this.#weightTypes('weight', weight),
+      shape: [null, null],
+    });
     const gradOutId = expectTensor('gradOut', gradOut, this.device, {
       dtypes: F32,
       shape: [null, weight.shape[0] ?? 0],

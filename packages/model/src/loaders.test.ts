@@ -3,13 +3,13 @@
 import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DuoCheckpointError } from '@duoattn/core';
+import { DuoCheckpointError, type WeightFormat } from '@duoattn/core';
 import { relativeError } from '@duoattn/kernels/testing';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
+  blockRounded,
   type FixtureTensor,
   ggufName,
-  q8Rounded,
   randomWeights,
   rounded,
   tinyConfig,
@@ -77,20 +77,23 @@ describe('HF safetensors checkpoints', () => {
 });
 
 describe('GGUF checkpoints', () => {
-  it.each(['F32', 'F16', 'BF16', 'Q8_0'] as const)(
-    '%s tensors load and run against the float64 forward pass',
+  it.each(['F32', 'F16', 'BF16', 'Q8_0', 'Q4_K', 'Q5_K', 'Q6_K'] as const)(
+    '%s tensors load and run against the float64 forward pass (block formats kept as they are on the CPU)',
     async (type) => {
-      // Rows of 64 and 96 values: Q8_0 needs whole 32-value blocks per row.
-      const config = tinyConfig('llama', { hidden_size: 64, intermediate_size: 96, num_attention_heads: 8 });
+      // Rows of 64 and 96 values: Q8_0 needs whole 32-value blocks per row; the k-quants rows of 256.
+      const kQuant = type.endsWith('_K');
+      const config = kQuant
+        ? tinyConfig('llama', { hidden_size: 256, intermediate_size: 256, num_attention_heads: 8, head_dim: 32 })
+        : tinyConfig('llama', { hidden_size: 64, intermediate_size: 96, num_attention_heads: 8 });
       const weights = randomWeights(config, 400);
       const held = new Map<string, FixtureTensor>();
       const tensors = [...weights].map(([name, tensor]) => {
         const isVector = tensor.shape.length === 1;
         const tensorType = isVector ? 'F32' : type;
         const data =
-          tensorType === 'Q8_0'
-            ? q8Rounded(tensor.data)
-            : rounded(tensor.data, tensorType === 'F32' ? 'F32' : tensorType);
+          tensorType === 'F32' || tensorType === 'F16' || tensorType === 'BF16'
+            ? rounded(tensor.data, tensorType)
+            : blockRounded(tensor.data, tensorType.toLowerCase() as WeightFormat);
         held.set(name, { shape: tensor.shape, data });
         return { name: ggufName(name), shape: tensor.shape, data: tensor.data, type: tensorType };
       });
@@ -100,6 +103,12 @@ describe('GGUF checkpoints', () => {
       expect(checkpoint.config.ropeStyle).toBe('interleaved');
       const expected = referenceLogits(checkpoint.config, held, tokens);
       expect(relativeError(await logitsOf(path), expected)).toBeLessThan(1e-5);
+      // The CPU keeps a block format as it is: the gate matrix loads as that dtype, at the file's bytes.
+      if (type !== 'F32' && type !== 'F16' && type !== 'BF16') {
+        const model = await LlamaModel.load(path, { device: 'cpu' });
+        expect(model.weightDtype).toBe(type.toLowerCase());
+        model.dispose();
+      }
     },
   );
 });

@@ -74,7 +74,7 @@ export function loadWeights(
   let done = 0;
   const matrix = (name: string, expected: number[]): TensorHandle => {
     const stored = requireTensor(checkpoint, name, expected);
-    const tensor = loadTensor(backend, stored, dtype === 'auto' ? nativeDtype(stored.encoding) : dtype);
+    const tensor = loadTensor(backend, stored, dtype === 'auto' ? nativeDtype(stored.encoding, backend.device) : dtype);
     made.push(tensor);
     onProgress?.(++done, total);
     return tensor;

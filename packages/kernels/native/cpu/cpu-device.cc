@@ -1,5 +1,6 @@
 // CPU backend: memory, conversions, normalisation, RoPE and the cache writes.
 #include "cpu-device.h"
+#include "weight-blocks.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -174,6 +175,14 @@ Device::PendingRead* CpuDevice::read(const Tensor& tensor, void* host, size_t by
 }
 
 void loadFloats(const void* base, DType dtype, int64_t offset, int64_t count, float* out) {
+  if (isBlockType(dtype)) {
+    // Whole blocks only: the matmul's k-blocks (256) and the embedding's rows start and end on block boundaries.
+    const int values = blockValues(dtype);
+    if (offset % values != 0 || count % values != 0)
+      throw Error("DUO_ARG", std::string("internal: ") + dtypeName(dtype) + " read off its block boundaries");
+    decodeBlocks(static_cast<const uint8_t*>(base) + (offset / values) * blockBytes(dtype), dtype, count / values, out);
+    return;
+  }
   if (dtype == DType::F32) {
     std::memcpy(out, static_cast<const float*>(base) + offset, count * sizeof(float));
   } else if (dtype == DType::BF16) {

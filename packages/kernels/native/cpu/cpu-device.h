@@ -83,6 +83,7 @@ inline float loadFloat(const void* base, DType dtype, int64_t i) {
     case DType::F16: return f16ToFloat(static_cast<const uint16_t*>(base)[i]);
     case DType::I32: return static_cast<float>(static_cast<const int32_t*>(base)[i]);
     case DType::U8: return static_cast<float>(static_cast<const uint8_t*>(base)[i]);
+    default: break;  // block formats are read by whole blocks (loadFloats)
   }
   return 0;
 }
@@ -93,6 +94,7 @@ inline void storeFloat(void* base, DType dtype, int64_t i, float value) {
     case DType::F16: static_cast<uint16_t*>(base)[i] = floatToF16(value); break;
     case DType::I32: static_cast<int32_t*>(base)[i] = static_cast<int32_t>(value); break;
     case DType::U8: static_cast<uint8_t*>(base)[i] = static_cast<uint8_t>(value); break;
+    default: break;  // block formats are never written element by element
   }
 }
 // Converts `count` elements starting at element `offset` of `base` to f32.

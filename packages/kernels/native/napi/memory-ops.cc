@@ -23,7 +23,10 @@ std::unique_ptr<Tensor> describedTensor(const Napi::CallbackInfo& info) {
     tensor->shape.push_back(extent);
     tensor->size *= extent;
   }
-  tensor->bytes = static_cast<size_t>(tensor->size) * dtypeBytes(tensor->dtype);
+  if (isBlockType(tensor->dtype) && (tensor->shape.empty() || tensor->shape.back() % blockValues(tensor->dtype) != 0))
+    throw Error("DUO_ARG", std::string(dtypeName(tensor->dtype)) + " tensors need rows of whole " +
+                               std::to_string(blockValues(tensor->dtype)) + "-value blocks");
+  tensor->bytes = tensorBytes(tensor->dtype, tensor->size);
   return tensor;
 }
 

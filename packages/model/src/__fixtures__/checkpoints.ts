@@ -2,7 +2,7 @@
 // and rewrites the headers of real ones, for the hostile-file tests.
 import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { dequantizeWeights, quantizeWeights } from '@duoattn/core';
+import { dequantizeWeights, quantizeWeights, type WeightFormat } from '@duoattn/core';
 import { numberToBf16, numberToF16 } from '@duoattn/kernels';
 import { randomArray } from '@duoattn/kernels/testing';
 import {
@@ -159,9 +159,9 @@ export function writeHfModel(
   );
 }
 
-/** The values a Q8_0 round trip gives (blocks of 32 with an f16 scale). */
-export function q8Rounded(data: Float32Array): Float32Array {
-  return Float32Array.from(dequantizeWeights('q8_0', quantizeWeights('q8_0', data), data.length));
+/** The values a round trip through a block format gives (what a GGUF file of that type holds). */
+export function blockRounded(data: Float32Array, format: WeightFormat): Float32Array {
+  return Float32Array.from(dequantizeWeights(format, quantizeWeights(format, data), data.length));
 }
 
 /** Encoded tensors by data and type: the fuzz suite rewrites one GGUF's metadata a thousand times. */

@@ -1,12 +1,27 @@
 // The checkpoint abstraction every loader produces: a config, tensors stored somewhere on disk, and a tokenizer.
 import { closeSync, openSync, readSync } from 'node:fs';
-import { type Backend, type DType, DuoCheckpointError, type ModelConfig, type TensorHandle } from '@duoattn/core';
+import {
+  type Backend,
+  type DeviceKind,
+  type DType,
+  DuoCheckpointError,
+  dequantizeWeights,
+  isBlockDType,
+  type ModelConfig,
+  type TensorHandle,
+  WEIGHT_FORMATS,
+  type WeightFormat,
+  weightFormatBytes,
+} from '@duoattn/core';
 import { f16ToNumber, numberToBf16, numberToF16 } from '@duoattn/kernels';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import { expectedTensors } from './names.js';
 
-/** How a tensor's bytes are laid out on disk. `q8_0` is GGUF's 32-value blocks of an f16 scale and 32 int8. */
-export type StoredEncoding = 'f32' | 'f16' | 'bf16' | 'q8_0';
+/**
+ * How a tensor's bytes are laid out on disk: a float, or one of GGUF's block formats (`q8_0`: 32-value blocks of an
+ * f16 scale and 32 int8; the k-quants `q4_k`, `q5_k`, `q6_k`: ADR 0010).
+ */
+export type StoredEncoding = 'f32' | 'f16' | 'bf16' | WeightFormat;
 
 /** One tensor in a checkpoint file: where it is and how it is stored. Shapes are row-major. */
 export interface StoredTensor {
@@ -31,13 +46,14 @@ export interface Checkpoint {
 
 /** Bytes a stored tensor occupies. */
 export function storedBytes(encoding: StoredEncoding, elements: number): number {
-  if (encoding === 'q8_0') return (elements / 32) * 34;
+  if (isBlockDType(encoding)) return weightFormatBytes(encoding, elements);
   return elements * (encoding === 'f32' ? 4 : 2);
 }
 
 /** The dtype a stored tensor keeps on the backend when the caller asks for 'auto'. */
-export function nativeDtype(encoding: StoredEncoding): DType {
-  return encoding === 'q8_0' ? 'f32' : encoding;
+export function nativeDtype(encoding: StoredEncoding, device: DeviceKind = 'cpu'): DType {
+  // The CPU reads block formats in place; CUDA's kernels do not yet, so there they load as f32 (ADR 0010).
+  return isBlockDType(encoding) && device === 'cuda' ? 'f32' : encoding;
 }
 
 /** Elements of a tensor of `shape`. */
@@ -74,10 +90,13 @@ export function checkCheckpointTensors(checkpoint: Checkpoint): Checkpoint {
 
 const CHUNK_BYTES = 64 << 20;
 
-/** Converts stored bytes to the raw elements of `dtype` (f16/bf16 as bit patterns). */
-function decodeChunk(bytes: Buffer, encoding: StoredEncoding, dtype: DType): Float32Array | Uint16Array {
+/** Converts stored bytes to the raw elements of `dtype` (f16/bf16 as bit patterns; a block format's own bytes). */
+function decodeChunk(bytes: Buffer, encoding: StoredEncoding, dtype: DType): Float32Array | Uint16Array | Uint8Array {
   const aligned = new Uint8Array(bytes).buffer;
-  if (encoding === dtype) return dtype === 'f32' ? new Float32Array(aligned) : new Uint16Array(aligned);
+  if (encoding === dtype) {
+    if (isBlockDType(dtype)) return new Uint8Array(aligned);
+    return dtype === 'f32' ? new Float32Array(aligned) : new Uint16Array(aligned);
+  }
   const values = toFloat32(aligned, encoding);
   if (dtype === 'f32') return values;
   const out = new Uint16Array(values.length);
@@ -95,15 +114,10 @@ function toFloat32(buffer: ArrayBuffer, encoding: StoredEncoding): Float32Array 
     return new Float32Array(out.buffer);
   }
   if (encoding === 'f16') return Float32Array.from(new Uint16Array(buffer), f16ToNumber);
-  // q8_0: blocks of [f16 scale][32 × int8]
-  const view = new DataView(buffer);
-  const blocks = buffer.byteLength / 34;
-  const out = new Float32Array(blocks * 32);
-  for (let b = 0; b < blocks; b++) {
-    const scale = f16ToNumber(view.getUint16(b * 34, true));
-    for (let i = 0; i < 32; i++) out[b * 32 + i] = scale * view.getInt8(b * 34 + 2 + i);
-  }
-  return out;
+  // A block format: its reference decoder (whole blocks).
+  const { blockBytes, blockValues } = WEIGHT_FORMATS[encoding];
+  const values = (buffer.byteLength / blockBytes) * blockValues;
+  return Float32Array.from(dequantizeWeights(encoding, new Uint8Array(buffer), values));
 }
 
 /**
@@ -112,7 +126,9 @@ function toFloat32(buffer: ArrayBuffer, encoding: StoredEncoding): Float32Array 
  */
 export function loadTensor(backend: Backend, stored: StoredTensor, dtype: DType): TensorHandle {
   const elements = elementCount(stored.shape);
-  const blockElements = stored.encoding === 'q8_0' ? 32 : 1;
+  const blockElements = isBlockDType(stored.encoding) ? WEIGHT_FORMATS[stored.encoding].blockValues : 1;
+  // write() addresses a block-format tensor by bytes, any other by elements.
+  const unitsPerBlock = isBlockDType(dtype) ? storedBytes(stored.encoding, blockElements) : blockElements;
   const bytesPerBlock = storedBytes(stored.encoding, blockElements);
   const blocksPerChunk = Math.max(1, Math.floor(CHUNK_BYTES / bytesPerBlock));
   const tensor = backend.alloc(dtype, stored.shape);
@@ -126,7 +142,7 @@ export function loadTensor(backend: Backend, stored: StoredTensor, dtype: DType)
       if (got !== bytes.length) {
         throw new DuoCheckpointError(stored.file, stored.name, `short read: wanted ${bytes.length} bytes, got ${got}`);
       }
-      backend.write(tensor, decodeChunk(bytes, stored.encoding, dtype), block * blockElements);
+      backend.write(tensor, decodeChunk(bytes, stored.encoding, dtype), block * unitsPerBlock);
     }
     return tensor;
   } catch (error) {

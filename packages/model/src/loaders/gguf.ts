@@ -19,7 +19,15 @@ import {
 } from './validate.js';
 
 // GGML type ids (ggml.h) for the encodings we read.
-const GGML_TYPES: Record<number, StoredEncoding> = { 0: 'f32', 1: 'f16', 8: 'q8_0', 30: 'bf16' };
+const GGML_TYPES: Record<number, StoredEncoding> = {
+  0: 'f32',
+  1: 'f16',
+  8: 'q8_0',
+  12: 'q4_k',
+  13: 'q5_k',
+  14: 'q6_k',
+  30: 'bf16',
+};
 const GGML_TYPE_NAMES: Record<number, string> = {
   2: 'Q4_0',
   3: 'Q4_1',
@@ -178,7 +186,7 @@ function ggufTensors(path: string, infos: TensorInfo[], area: DataArea): Map<str
       throw new DuoCheckpointError(
         path,
         info.name,
-        `unsupported tensor type ${typeName} (supported: F32, F16, BF16, Q8_0)`,
+        `unsupported tensor type ${typeName} (supported: F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K)`,
       );
     }
     // GGUF lists dimensions fastest first; our shapes are row-major.

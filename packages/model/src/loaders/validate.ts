@@ -1,7 +1,7 @@
 // The checks every loader applies to an untrusted file before it allocates or reads: numbers, tensor spans, paths.
 import { closeSync, existsSync, fstatSync, openSync, readSync, realpathSync, statSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
-import { DuoCheckpointError, type ModelConfig, validateModelConfig } from '@duoattn/core';
+import { DuoCheckpointError, isBlockDType, type ModelConfig, validateModelConfig, WEIGHT_FORMATS } from '@duoattn/core';
 import { elementCount, type StoredEncoding, type StoredTensor, storedBytes } from './checkpoint.js';
 
 /** What a number read from a file must be. Every rule also requires a finite number. */
@@ -226,7 +226,7 @@ export function checkShape(file: string, tensor: string, shape: unknown): number
 
 /**
  * Bytes a tensor of `shape` takes in `encoding`, refused when larger than `limit` (the file's size) before the product
- * can overflow; Q8_0 rows must hold whole 32-value blocks.
+ * can overflow; a block format's rows must hold whole blocks (Q8_0: 32 values, the k-quants: 256).
  */
 export function tensorBytes(
   file: string,
@@ -238,8 +238,8 @@ export function tensorBytes(
   let elements = 1;
   for (const extent of shape) {
     elements *= extent;
-    // One byte per element is the least any encoding takes: past `limit` elements the tensor cannot fit.
-    if (elements > limit) {
+    // Half a byte per element is the least any encoding takes (Q4_K: 4.5 bits): past 2 · `limit` it cannot fit.
+    if (elements > 2 * limit) {
       throw new DuoCheckpointError(
         file,
         tensor,
@@ -247,11 +247,19 @@ export function tensorBytes(
       );
     }
   }
-  if (encoding === 'q8_0' && (shape[shape.length - 1] ?? 0) % 32 !== 0) {
+  if (isBlockDType(encoding) && (shape[shape.length - 1] ?? 0) % WEIGHT_FORMATS[encoding].blockValues !== 0) {
+    const { ggmlName, blockValues } = WEIGHT_FORMATS[encoding];
     throw new DuoCheckpointError(
       file,
       tensor,
-      `a Q8_0 tensor's rows must hold whole blocks of 32 values but shape [${shape.join(', ')}] has rows of ${shape[shape.length - 1]}`,
+      `a ${ggmlName} tensor's rows must hold whole blocks of ${blockValues} values but shape [${shape.join(', ')}] has rows of ${shape[shape.length - 1]}`,
+    );
+  }
+  if (storedBytes(encoding, elements) > limit) {
+    throw new DuoCheckpointError(
+      file,
+      tensor,
+      `shape [${shape.join(', ')}] needs more bytes than the whole file holds (${limit})`,
     );
   }
   return storedBytes(encoding, elements);
