@@ -6,6 +6,7 @@ import {
   DuoArgumentError,
   dtypeBytes,
   type HeadPlan,
+  isBlockDType,
   type KvQuantScheme,
   type ModelConfig,
   storedWeightBytes,
@@ -59,6 +60,8 @@ export interface MemoryPlan {
  */
 export function weightBytes(config: ModelConfig, dtype: DType, quant?: WeightFormat): number {
   const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: f, vocabSize, numLayers } = config;
+  // A model loaded in a block format (a GGUF kept quantized on the CPU) counts as that format.
+  if (!quant && isBlockDType(dtype)) return weightBytes(config, 'f16', dtype);
   const element = dtypeBytes(dtype);
   const matrix = (rows: number, rowLength: number) =>
     quant ? storedWeightBytes(quant, rows, rowLength) : rows * rowLength * element;

@@ -606,7 +606,7 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         'Expected a f32 tensor of shape [n, 7] for `x` but received f32 [2, 8]',
       );
       expect(() => b().alloc('f64' as DType, [2])).toThrow(
-        'Expected `dtype` to be one of f32, f16, bf16, i32, u8 but received "f64"',
+        'Expected `dtype` to be one of f32, f16, bf16, i32, u8, q8_0, q4_k, q5_k, q6_k but received "f64"',
       );
       w.dispose();
       expect(() => b().matmul(x, w, out)).toThrow(DuoDisposedError);

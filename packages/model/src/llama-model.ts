@@ -38,7 +38,10 @@ export interface ModelRuntimeOptions {
 export interface LoadModelOptions extends ModelRuntimeOptions {
   /** Where to run: 'auto' (default: CUDA when usable, else CPU), 'cpu', 'cuda', or a backend. */
   device?: BackendRequest | Backend;
-  /** Weight dtype on the device. Default 'auto' (the checkpoint's; Q8_0 becomes f32). */
+  /**
+   * Weight dtype on the device. Default 'auto': the checkpoint's — GGUF block formats (Q8_0, Q4_K, Q5_K, Q6_K) stay as
+   * they are on the CPU, which reads them in place, and load as f32 on CUDA until its kernels read blocks (ADR 0010).
+   */
   weightDtype?: WeightDtypeOption;
   /** llama2.c tokenizer file, when it is not beside the checkpoint. */
   tokenizerPath?: string;

@@ -22,7 +22,7 @@ import {
   writeFigure,
   writeResult,
 } from '@duoattn/app-kit';
-import { type AttentionPolicy, DuoCapacityError, dtypeBytes, type KvQuantScheme } from '@duoattn/core';
+import { type AttentionPolicy, bytesPerValue, DuoCapacityError, type KvQuantScheme } from '@duoattn/core';
 import { policyPlan } from '@duoattn/dual-cache';
 import { kvPlanes, kvRowBytes } from '@duoattn/kv-quant';
 import type { BatchStream, LlamaModel } from '@duoattn/model';
@@ -112,7 +112,7 @@ export async function batchCommand(argv: string[], log: (line: string) => void, 
   const { model, label } = await benchmarkModel(options, backend, dtype);
   try {
     const duo = duoPlanFor(policies, settings, model.config);
-    const weightBytes = dtypeBytes(model.weightDtype);
+    const weightBytes = bytesPerValue(model.weightDtype);
     const kvDtype = model.defaultCacheDtype;
     const rows: Row[] = [];
     const runs = policies.flatMap((attention) => quants.map((kvQuant) => ({ attention, kvQuant })));

@@ -21,7 +21,7 @@ import {
   writeResult,
 } from '@duoattn/app-kit';
 import type { AttentionPolicy, AttentionPolicyName, KvQuantScheme } from '@duoattn/core';
-import { DuoOutOfMemoryError, dtypeBytes } from '@duoattn/core';
+import { bytesPerValue, DuoOutOfMemoryError } from '@duoattn/core';
 import { maxContext, planMemory, policyPlan } from '@duoattn/dual-cache';
 import { kvPlanes, kvRowBytes } from '@duoattn/kv-quant';
 import type { LlamaModel } from '@duoattn/model';
@@ -109,7 +109,7 @@ export async function efficiencyCommand(
   const { model, label } = await benchmarkModel(options, backend, dtype);
   try {
     const duo = duoPlanFor(policies, settings, model.config);
-    const weightBytes = dtypeBytes(model.weightDtype);
+    const weightBytes = bytesPerValue(model.weightDtype);
     const kvDtype = model.defaultCacheDtype;
     const budget = backend.memory().deviceTotalBytes;
     const decode: Row[] = [];

@@ -11,7 +11,7 @@ import {
   UsageError,
   writeResult,
 } from '@duoattn/app-kit';
-import { dtypeBytes, readEnvironment } from '@duoattn/core';
+import { bytesPerValue, dtypeBytes, readEnvironment } from '@duoattn/core';
 import { benchmarkTokens, decodeLatency, prefillSeconds, TIMING_ONLY } from '../measure.js';
 import { benchBackend, benchmarkModel } from '../model-options.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
@@ -48,7 +48,7 @@ export async function speedCommand(argv: string[], log: (line: string) => void):
     throw new UsageError('speed needs --shape NAME or --model PATH');
   const { model, label } = await benchmarkModel(options, backend, dtype);
   const config = model.config;
-  const weightBytes = dtypeBytes(model.weightDtype);
+  const weightBytes = bytesPerValue(model.weightDtype);
   const capacity = Math.max(prefillTokens, ...contexts) + warmup + steps + 2;
   let session: ReturnType<typeof model.createSession> | undefined;
   try {
