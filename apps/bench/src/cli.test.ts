@@ -343,6 +343,29 @@ describe('duo-bench', () => {
   (existsSync(join(root, 'models/duo-demo/config.json')) &&
     existsSync(resolve(root, '..', 'shared', 'data', 'gutenberg', '1342.txt'))
     ? it
+    : it.skip)(
+    '--weight-quant int8 / int4 keep the demo model within 0.5 % / 5 % of its perplexity on the held-out book (CPU)',
+    async () => {
+      const perplexity = async (quant: string) => {
+        const file = join(out, `perplexity-weights-${quant}.json`);
+        const args = ['perplexity', '--device', 'cpu', '--length', '2k', '--windows', '2', '--weight-quant', quant];
+        const result = await bench([...args, '--out', file]);
+        expect(result.code, result.stderr).toBe(0);
+        return (JSON.parse(readFileSync(file, 'utf8')).perplexity as { perplexity: number }[])[0]?.perplexity as number;
+      };
+      const [plain, int8, int4] = [await perplexity('none'), await perplexity('int8'), await perplexity('int4')];
+      expect(Math.abs(int8 / plain - 1)).toBeLessThan(0.005);
+      expect(Math.abs(int4 / plain - 1)).toBeLessThan(0.05);
+      expect(int4).not.toBe(int8); // the weights really are quantized, differently
+      const gpu = await bench(['perplexity', '--device', 'cuda', '--weight-quant', 'int8']);
+      expect(gpu.code).toBe(2);
+      expect(gpu.stderr).toContain('--weight-quant int8: expected --device cpu');
+    },
+  );
+
+  (existsSync(join(root, 'models/duo-demo/config.json')) &&
+    existsSync(resolve(root, '..', 'shared', 'data', 'gutenberg', '1342.txt'))
+    ? it
     : it.skip)('perplexity compares KV schemes on a held-out book; passkey takes --kv-quant', async () => {
     const file = join(out, 'perplexity.json');
     const result = await bench([

@@ -1,6 +1,7 @@
-// The options every model-running command shares: --model, --device and --weight-dtype, and loading the model.
-import { choiceOption, namedShape, RANDOM_WEIGHTS_SEED, randomModelLabel } from '@duoattn/app-kit';
-import { type Backend, readEnvironment } from '@duoattn/core';
+// The options every model-running command shares: --model, --device, --weight-dtype and --weight-quant, and loading
+// the model.
+import { choiceOption, namedShape, RANDOM_WEIGHTS_SEED, randomModelLabel, UsageError } from '@duoattn/app-kit';
+import { type Backend, readEnvironment, WEIGHT_QUANT_CHOICES } from '@duoattn/core';
 import { type BackendRequest, environmentTuning, type NativeBackend, resolveBackend } from '@duoattn/kernels';
 import { LlamaModel, type ModelRuntimeOptions } from '@duoattn/model';
 import { defaultModelPath } from './default-model.js';
@@ -11,13 +12,25 @@ export const MODEL_OPTIONS = {
   model: { type: 'string' },
   device: { type: 'string' },
   'weight-dtype': { type: 'string' },
+  'weight-quant': { type: 'string' },
 } as const;
 
-/** Validates --device and --weight-dtype. */
+/** Validates --device, --weight-dtype and --weight-quant (block formats at load need the CPU, so they ask for it). */
 export function modelChoices(options: Record<string, unknown>) {
+  const weightQuant = choiceOption('weight-quant', options['weight-quant'], WEIGHT_QUANT_CHOICES, 'none');
+  const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
+  if (weightQuant !== 'none' && device !== 'cpu') {
+    const expected = '--device cpu (only the CPU kernels read block-format weights yet)';
+    throw new UsageError(`--weight-quant ${weightQuant}: expected ${expected} but received --device ${device}`, {
+      option: 'weight-quant',
+      received: weightQuant,
+      expected,
+    });
+  }
   return {
-    device: choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto'),
+    device,
     weightDtype: choiceOption('weight-dtype', options['weight-dtype'], ['auto', 'f32', 'f16', 'bf16'] as const, 'auto'),
+    weightQuant,
   };
 }
 
@@ -39,12 +52,13 @@ export function runtimeOptions(): ModelRuntimeOptions {
 
 /** Loads --model (default: the embedded demo model) with a progress line; call after validating the other options. */
 export async function loadModel(options: Record<string, unknown>): Promise<{ model: LlamaModel; path: string }> {
-  const { device, weightDtype } = modelChoices(options);
+  const { device, weightDtype, weightQuant } = modelChoices(options);
   const path = (options.model as string | undefined) ?? defaultModelPath();
   const model = await LlamaModel.load(path, {
     ...runtimeOptions(),
     device: benchBackend(device),
     weightDtype,
+    weightQuant,
     onProgress: loadingProgress(path),
   });
   return { model, path };

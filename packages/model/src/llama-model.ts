@@ -8,6 +8,9 @@ import {
   type ModelConfig,
   type TensorHandle,
   validateModelConfig,
+  WEIGHT_QUANT_CHOICES,
+  type WeightQuantChoice,
+  weightQuantFormat,
 } from '@duoattn/core';
 import { type BackendRequest, resolveBackend } from '@duoattn/kernels';
 import { BatchEngine, type BatchEngineOptions } from './batch/batch-engine.js';
@@ -43,6 +46,11 @@ export interface LoadModelOptions extends ModelRuntimeOptions {
    * they are on the CPU, which reads them in place, and load as f32 on CUDA until its kernels read blocks (ADR 0010).
    */
   weightDtype?: WeightDtypeOption;
+  /**
+   * Quantize every matrix into a GGUF block format as it loads (`int8` = Q8_0, `int4` = Q4_K, or a format by name;
+   * ADR 0010) — on the CPU, whose kernels read blocks; CUDA refuses it until its kernels do. Default none.
+   */
+  weightQuant?: WeightQuantChoice;
   /** llama2.c tokenizer file, when it is not beside the checkpoint. */
   tokenizerPath?: string;
   /** Called after each weight tensor is loaded. */
@@ -166,7 +174,21 @@ export class LlamaModel {
         `Expected \`weightDtype\` to be auto, f32, f16 or bf16 but received ${String(dtype)}`,
       );
     }
-    const weights = loadWeights(checkpoint, backend, dtype, options.onProgress);
+    const choice = options.weightQuant ?? 'none';
+    if (!(WEIGHT_QUANT_CHOICES as readonly string[]).includes(choice)) {
+      throw new DuoArgumentError(
+        'weightQuant',
+        `Expected \`weightQuant\` to be one of ${WEIGHT_QUANT_CHOICES.join(', ')} but received ${String(choice)}`,
+      );
+    }
+    const quant = weightQuantFormat(choice);
+    if (quant && backend.device !== 'cpu') {
+      throw new DuoArgumentError(
+        'weightQuant',
+        `Expected no \`weightQuant\` on ${backend.device} but received ${choice}: only the CPU kernels read block-format weights yet (ADR 0010)`,
+      );
+    }
+    const weights = loadWeights(checkpoint, backend, dtype, options.onProgress, quant);
     return new LlamaModel(
       checkpoint.config,
       backend,

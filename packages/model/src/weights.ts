@@ -1,5 +1,13 @@
 // The model's weights on a backend: loaded from a checkpoint, or random (made on the device) for benchmarks.
-import type { Backend, DType, ModelConfig, TensorHandle } from '@duoattn/core';
+import {
+  type Backend,
+  type DType,
+  type ModelConfig,
+  quantizeWeights,
+  storedWeightFormat,
+  type TensorHandle,
+  type WeightFormat,
+} from '@duoattn/core';
 import { type Checkpoint, loadTensor, nativeDtype, readTensorF32, requireTensor } from './loaders/checkpoint.js';
 import { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames, weightShapes } from './loaders/names.js';
 
@@ -60,12 +68,17 @@ export function weightByName(weights: ModelWeights, name: string): TensorHandle 
   return field === undefined ? undefined : layerWeights[field];
 }
 
-/** Loads every weight of `checkpoint` onto `backend`, checking names and shapes; frees what it made on failure. */
+/**
+ * Loads every weight of `checkpoint` onto `backend`, checking names and shapes; frees what it made on failure. With
+ * `quant`, every matrix is quantized into that block format as it loads (our fallback, Q8_0 or f16, for rows the
+ * format cannot split; ADR 0010) — on a backend that reads blocks (the CPU).
+ */
 export function loadWeights(
   checkpoint: Checkpoint,
   backend: Backend,
   dtype: WeightDtypeOption,
   onProgress?: (done: number, total: number) => void,
+  quant?: WeightFormat,
 ): ModelWeights {
   const { config } = checkpoint;
   const shape = weightShapes(config);
@@ -74,7 +87,14 @@ export function loadWeights(
   let done = 0;
   const matrix = (name: string, expected: number[]): TensorHandle => {
     const stored = requireTensor(checkpoint, name, expected);
-    const tensor = loadTensor(backend, stored, dtype === 'auto' ? nativeDtype(stored.encoding, backend.device) : dtype);
+    const format = quant ? storedWeightFormat(quant, expected[expected.length - 1] ?? 0) : undefined;
+    const tensor = format
+      ? backend.upload(format, expected, quantizeWeights(format, readTensorF32(stored)))
+      : loadTensor(
+          backend,
+          stored,
+          quant ? 'f16' : dtype === 'auto' ? nativeDtype(stored.encoding, backend.device) : dtype,
+        );
     made.push(tensor);
     onProgress?.(++done, total);
     return tensor;
