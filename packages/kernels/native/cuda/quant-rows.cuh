@@ -13,6 +13,12 @@ namespace cuda {
 
 __device__ __forceinline__ float halfBits(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
 
+// Byte `index` of `biased` (int8 codes XOR 0x80: b + 128) as the f32 code b, by a byte permute rather than the
+// conversion unit: the bits 2²³ + 128 + b, minus 2²³ + 128.
+__device__ __forceinline__ float int8Code(uint32_t biased, int index) {
+  return __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7540 + index)) - 8388736.0f;
+}
+
 // The value of an e4m3 code, built from its bits (quant.h's decodeE4m3 without ldexpf).
 __device__ __forceinline__ float e4m3Value(uint32_t code) {
   const uint32_t exponent = (code >> 3) & 0x0f, mantissa = code & 0x07;
@@ -103,9 +109,7 @@ __device__ __forceinline__ void dequantizePiece(uint4 raw, uint32_t scaleBits, u
       const uint32_t biased = words[w] ^ 0x80808080u;
 #pragma unroll
       for (int i = 0; i < 2; i++) {
-        const float low = __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7540 + 2 * i)) - 8388736.0f;
-        const float high = __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7540 + 2 * i + 1)) - 8388736.0f;
-        out[2 * w + i] = packPair<__nv_bfloat16>(low * scale, high * scale);
+        out[2 * w + i] = packPair<__nv_bfloat16>(int8Code(biased, 2 * i) * scale, int8Code(biased, 2 * i + 1) * scale);
       }
     }
   } else {
@@ -253,8 +257,7 @@ __device__ __forceinline__ void convertRawTile(T* keyTile, T* valueTile, int str
 constexpr float kInt4Offset = 128.0f, kInt8KeyOffset = 1152.0f;
 
 __device__ __forceinline__ uint32_t int8PairBf16(uint32_t biased, int first) {
-  const float low = __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7540 + first)) - 8388736.0f;
-  const float high = __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7540 + first + 1)) - 8388736.0f;
+  const float low = int8Code(biased, first), high = int8Code(biased, first + 1);
   return __byte_perm(__float_as_uint(low), __float_as_uint(high), 0x7632);
 }
 
