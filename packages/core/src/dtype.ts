@@ -34,10 +34,12 @@ export function bytesPerValue(dtype: DType): number {
   return blockBytes / blockValues;
 }
 
-/** Bytes of a tensor of `dtype` and `shape` (a block format's rows — the last dimension — hold whole blocks). */
+/** Bytes of a tensor of `dtype` and `shape` (a block format's rows — the last dimension — must hold whole blocks). */
 export function tensorByteLength(dtype: DType, shape: readonly number[]): number {
   const size = shape.reduce((a, b) => a * b, 1);
-  return isBlockDType(dtype) ? weightFormatBytes(dtype, size) : size * dtypeBytes(dtype);
+  if (!isBlockDType(dtype)) return size * dtypeBytes(dtype);
+  weightFormatBytes(dtype, shape[shape.length - 1] ?? 0); // refuses a row of partial blocks
+  return weightFormatBytes(dtype, size);
 }
 
 /** Whether `value` names a dtype. */

@@ -79,7 +79,7 @@ export {
   type FullAttentionPolicy,
   type StreamingAttentionPolicy,
 } from './policy.js';
-export { randomArray } from './random.js';
+export { randomArray, randomNormal, seededUniform } from './random.js';
 export { SHAPES } from './shapes.js';
 export {
   dequantizeWeights,

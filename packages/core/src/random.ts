@@ -13,3 +13,23 @@ export function randomArray(length: number, seed: number, scale = 1): Float32Arr
   }
   return out;
 }
+
+/**
+ * A seeded generator of uniform numbers in (0, 1) (a 32-bit LCG; every seed, 0 included, its own stream), for random
+ * weights and test rows that must be the same on every run.
+ */
+export function seededUniform(seed: number): () => number {
+  let state = (Math.imul(seed >>> 0, 2654435761) + 0x9e3779b9) >>> 0 || 1;
+  return () => {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    return (state + 0.5) / 2 ** 32;
+  };
+}
+
+/** `length` normal values of standard deviation `std` (Box–Muller) drawn from `uniform`. */
+export function randomNormal(length: number, std: number, uniform: () => number): Float32Array {
+  return Float32Array.from(
+    { length },
+    () => std * Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform()),
+  );
+}

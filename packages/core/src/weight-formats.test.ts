@@ -2,6 +2,7 @@
 // reference encoder's error on Gaussian rows.
 import { describe, expect, it } from 'vitest';
 import { numberToF16 } from './half.js';
+import { randomNormal, seededUniform } from './random.js';
 import {
   dequantizeWeights,
   quantizeWeights,
@@ -10,18 +11,9 @@ import {
   weightFormatBytes,
 } from './weight-formats.js';
 
-/** Seeded normal values (Box–Muller over a 32-bit LCG), so failures reproduce. */
-function gaussian(count: number, seed: number, std = 1): Float64Array {
-  let state = seed >>> 0;
-  const uniform = () => {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    return (state + 0.5) / 2 ** 32;
-  };
-  return Float64Array.from(
-    { length: count },
-    () => std * Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform()),
-  );
-}
+/** Seeded normal values, so failures reproduce. */
+const gaussian = (count: number, seed: number, std = 1) =>
+  Float64Array.from(randomNormal(count, std, seededUniform(seed)));
 
 const setHalf = (bytes: Uint8Array, at: number, value: number) => {
   const bits = numberToF16(value);

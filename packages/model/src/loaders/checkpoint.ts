@@ -9,9 +9,9 @@ import {
   isBlockDType,
   type ModelConfig,
   type TensorHandle,
+  tensorByteLength,
   WEIGHT_FORMATS,
   type WeightFormat,
-  weightFormatBytes,
 } from '@duoattn/core';
 import { f16ToNumber, numberToBf16, numberToF16 } from '@duoattn/kernels';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
@@ -46,8 +46,7 @@ export interface Checkpoint {
 
 /** Bytes a stored tensor occupies. */
 export function storedBytes(encoding: StoredEncoding, elements: number): number {
-  if (isBlockDType(encoding)) return weightFormatBytes(encoding, elements);
-  return elements * (encoding === 'f32' ? 4 : 2);
+  return tensorByteLength(encoding, [elements]);
 }
 
 /** The dtype a stored tensor keeps on the backend when the caller asks for 'auto'. */

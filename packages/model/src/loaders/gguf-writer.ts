@@ -4,47 +4,47 @@
 // model is never held whole.
 import { closeSync, openSync, rmSync, writeSync } from 'node:fs';
 import {
+  type DType,
+  isBlockDType,
   type ModelConfig,
   numberToBf16,
   numberToF16,
   quantizeWeights,
+  randomNormal,
+  seededUniform,
   storedWeightFormat,
+  tensorByteLength,
   WEIGHT_FORMATS,
-  type WeightFormat,
 } from '@duoattn/core';
 import { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames } from './names.js';
 
 /** Tensor encodings the writer stores. */
 export type GgufTensorType = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_K' | 'Q5_K' | 'Q6_K';
 
-const BLOCK_FORMATS: Partial<Record<GgufTensorType, WeightFormat>> = {
-  Q8_0: 'q8_0',
-  Q4_K: 'q4_k',
-  Q5_K: 'q5_k',
-  Q6_K: 'q6_k',
-};
+/** Our dtype of a GGUF type: the same name in lower case. */
+const dtypeOf = (type: GgufTensorType) => type.toLowerCase() as DType;
 
-/** GGML type ids (ggml.h). */
+/** GGML type ids (ggml.h): the plain types', and the block formats' from core's WEIGHT_FORMATS. */
 export const GGML_TYPE_IDS: Readonly<Record<GgufTensorType, number>> = {
   F32: 0,
   F16: 1,
   BF16: 30,
-  Q8_0: 8,
-  Q4_K: 12,
-  Q5_K: 13,
-  Q6_K: 14,
+  Q8_0: WEIGHT_FORMATS.q8_0.ggmlType,
+  Q4_K: WEIGHT_FORMATS.q4_k.ggmlType,
+  Q5_K: WEIGHT_FORMATS.q5_k.ggmlType,
+  Q6_K: WEIGHT_FORMATS.q6_k.ggmlType,
 };
 
 /** Values along a row that one block of `type` holds (1 for the plain types). */
 export function ggufBlockValues(type: GgufTensorType): number {
-  const format = BLOCK_FORMATS[type];
-  return format ? WEIGHT_FORMATS[format].blockValues : 1;
+  const dtype = dtypeOf(type);
+  return isBlockDType(dtype) ? WEIGHT_FORMATS[dtype].blockValues : 1;
 }
 
 /** `values` encoded as `type` (little-endian; block types need whole blocks). */
 export function encodeGgufTensor(type: GgufTensorType, values: ArrayLike<number>): Uint8Array {
-  const format = BLOCK_FORMATS[type];
-  if (format) return quantizeWeights(format, values);
+  const dtype = dtypeOf(type);
+  if (isBlockDType(dtype)) return quantizeWeights(dtype, values);
   if (type === 'F32') return new Uint8Array(Float32Array.from(values).buffer);
   const convert = type === 'BF16' ? numberToBf16 : numberToF16;
   return new Uint8Array(Uint16Array.from(Array.from(values, convert)).buffer);
@@ -104,18 +104,7 @@ export interface GgufTensorEntry {
 
 /** Bytes a tensor of `type` and `shape` takes (a block type's rows hold whole blocks). */
 export function ggufTensorBytes(type: GgufTensorType, shape: readonly number[]): number {
-  const values = shape.reduce((a, b) => a * b, 1);
-  const format = BLOCK_FORMATS[type];
-  if (format) {
-    const row = shape[shape.length - 1] ?? 0;
-    if (row % WEIGHT_FORMATS[format].blockValues !== 0) {
-      throw new RangeError(
-        `${type} rows hold whole blocks of ${WEIGHT_FORMATS[format].blockValues} values, not ${row}`,
-      );
-    }
-    return (values / WEIGHT_FORMATS[format].blockValues) * WEIGHT_FORMATS[format].blockBytes;
-  }
-  return values * (type === 'F32' ? 4 : 2);
+  return tensorByteLength(dtypeOf(type), shape);
 }
 
 /** Writes all of `bytes` (one write(2) may take fewer than asked: a full disk, or past 2 GiB). */
@@ -271,9 +260,9 @@ const GGUF_FIELDS: Record<string, string> = {
 
 /** The type a matrix is stored as when `type` is asked for (core's storedWeightFormat: our Q8_0 / F16 fallbacks). */
 export function storedType(type: GgufTensorType, shape: readonly number[]): GgufTensorType {
-  const format = BLOCK_FORMATS[type];
-  if (!format) return type;
-  const stored = storedWeightFormat(format, shape[shape.length - 1] ?? 0);
+  const dtype = dtypeOf(type);
+  if (!isBlockDType(dtype)) return type;
+  const stored = storedWeightFormat(dtype, shape[shape.length - 1] ?? 0);
   return stored ? (WEIGHT_FORMATS[stored].ggmlName as GgufTensorType) : 'F16';
 }
 
@@ -306,16 +295,9 @@ export function writeRandomGguf(path: string, config: ModelConfig, options: Rand
   if (!Number.isInteger(poolValues) || poolValues < 256 || poolValues % 256 !== 0) {
     throw new RangeError(`writeRandomGguf: poolValues must be a positive multiple of 256, not ${poolValues}`);
   }
-  // Every seed its own stream (seed 0 too).
-  let state = (Math.imul(seed >>> 0, 2654435761) + 0x9e3779b9) >>> 0 || 1;
-  const uniform = () => {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    return (state + 0.5) / 2 ** 32;
-  };
-  const pool = Float32Array.from(
-    { length: poolValues },
-    () => std * Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform()),
-  );
+  // One stream for the pool and the windows, so a seed gives one file.
+  const uniform = seededUniform(seed);
+  const pool = randomNormal(poolValues, std, uniform);
   const encodedPools = new Map<GgufTensorType, Uint8Array>();
   const matrix = (name: string, rows: number, columns: number): GgufTensorEntry => {
     const stored = storedType(type, [rows, columns]);
