@@ -154,6 +154,29 @@ for step in "${steps[@]}"; do
     # The llama.cpp peer (node-llama-cpp's CUDA prebuilt) decoding 16 sequences at 4K and 32K; its kit (.peer/) came with
     # an earlier call on this machine (tools/device/llamacpp/README.md).
     llamacpp) bash tools/device/llamacpp/run.sh || status=1 ;;
+    # Issue 19: decode ms/token at DUO_WQ_CONTEXTS (default 4096,32768) for random bf16 weights and for GGUF files of
+    # the Llama-3-8B shape (1048k context) in each of DUO_WQ_TYPES (default "f16 q8_0 q4_k"), written by duo-bench gguf
+    # into DUO_WQ_DIR (default /tmp/duo-gguf, kept for reruns and for weights-peer: ~29 GB for the three). Floors at
+    # DUO_BANDWIDTH TB/s (default 3.0; the `peer` step measures the card's copy bandwidth).
+    weights-decode)
+      dir=${DUO_WQ_DIR:-/tmp/duo-gguf}; contexts=${DUO_WQ_CONTEXTS:-4096,32768}; mkdir -p "$dir"
+      node /tmp/duo-node/duo-bench.mjs speed --shape llama-3-8b-1048k --device cuda --dtype bf16 --prefill 0 \
+        --contexts "$contexts" --steps 64 --warmup 8 --bandwidth "${DUO_BANDWIDTH:-3.0}" --out "$OUT/weights-bf16.json" || status=1
+      for type in ${DUO_WQ_TYPES:-f16 q8_0 q4_k}; do
+        file=$dir/llama-3-8b-$type.gguf
+        [ -s "$file" ] || node /tmp/duo-node/duo-bench.mjs gguf --shape llama-3-8b-1048k --type "$type" --out "$file" \
+          || { status=1; continue; }
+        node /tmp/duo-node/duo-bench.mjs speed --model "$file" --device cuda --prefill 0 --contexts "$contexts" --steps 64 \
+          --warmup 8 --bandwidth "${DUO_BANDWIDTH:-3.0}" --out "$OUT/weights-$type.json" || status=1
+      done ;;
+    # llama.cpp (node-llama-cpp's CUDA build, flash attention, f16 KV, one sequence) on the files weights-decode wrote:
+    # run `bash tools/device/llamacpp/run.sh prepare` with .peer carried first, on the same warm machine.
+    weights-peer)
+      dir=${DUO_WQ_DIR:-/tmp/duo-gguf}
+      for type in ${DUO_WQ_TYPES:-f16 q8_0 q4_k}; do
+        OUT=$OUT/llamacpp-$type GGUF=$dir/llama-3-8b-$type.gguf SEQUENCES=1 FALLBACK_SEQUENCES= KV=f16 \
+          CONTEXTS=${DUO_WQ_CONTEXTS:-4096,32768} bash tools/device/llamacpp/run.sh || status=1
+      done ;;
     # Per-op device time of the decode step (no graphs, CUDA events between ops) for several bundles side by side:
     # DUO_PROFILE_BUNDLES="base new" (new: this bundle), at DUO_AB_CONTEXTS (default 32k), full and duo 50 %.
     profile-ab) for file in .device/*-duo-bench.mjs.xz .device/*-duoattn.node.xz; do

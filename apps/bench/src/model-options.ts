@@ -1,6 +1,6 @@
 // The options every model-running command shares: --model, --device, --weight-dtype and --weight-quant, and loading
 // the model.
-import { choiceOption, namedShape, RANDOM_WEIGHTS_SEED, randomModelLabel, UsageError } from '@duoattn/app-kit';
+import { choiceOption, namedShape, RANDOM_WEIGHTS_SEED, randomModelLabel } from '@duoattn/app-kit';
 import { type Backend, readEnvironment, WEIGHT_QUANT_CHOICES } from '@duoattn/core';
 import { type BackendRequest, environmentTuning, type NativeBackend, resolveBackend } from '@duoattn/kernels';
 import { LlamaModel, type ModelRuntimeOptions } from '@duoattn/model';
@@ -15,18 +15,10 @@ export const MODEL_OPTIONS = {
   'weight-quant': { type: 'string' },
 } as const;
 
-/** Validates --device, --weight-dtype and --weight-quant (block formats at load need the CPU, so they ask for it). */
+/** Validates --device, --weight-dtype and --weight-quant. */
 export function modelChoices(options: Record<string, unknown>) {
   const weightQuant = choiceOption('weight-quant', options['weight-quant'], WEIGHT_QUANT_CHOICES, 'none');
   const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
-  if (weightQuant !== 'none' && device !== 'cpu') {
-    const expected = '--device cpu (only the CPU kernels read block-format weights yet)';
-    throw new UsageError(`--weight-quant ${weightQuant}: expected ${expected} but received --device ${device}`, {
-      option: 'weight-quant',
-      received: weightQuant,
-      expected,
-    });
-  }
   return {
     device,
     weightDtype: choiceOption('weight-dtype', options['weight-dtype'], ['auto', 'f32', 'f16', 'bf16'] as const, 'auto'),

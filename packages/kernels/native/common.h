@@ -11,6 +11,12 @@
 #include <cuda_fp16.h>  // f16ToFloat / floatToF16 below use its intrinsics in device code
 #endif
 
+#if defined(__CUDACC__)
+#define DUO_HD __host__ __device__ inline
+#else
+#define DUO_HD inline
+#endif
+
 namespace duo {
 
 // The dtypes of @duoattn/core; they cross the native boundary by name (dtypeName / dtypeNamed). Q8_0 … Q6_K are GGUF's
@@ -18,13 +24,13 @@ namespace duo {
 // bytes come by blocks (tensorBytes), not elements.
 enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3, U8 = 4, Q8_0 = 5, Q4_K = 6, Q5_K = 7, Q6_K = 8 };
 
-inline bool isBlockType(DType dtype) { return static_cast<int>(dtype) >= static_cast<int>(DType::Q8_0); }
+DUO_HD bool isBlockType(DType dtype) { return static_cast<int>(dtype) >= static_cast<int>(DType::Q8_0); }
 // Values and bytes of one block (1 and the element size for the other dtypes).
-inline int blockValues(DType dtype) {
+DUO_HD int blockValues(DType dtype) {
   if (!isBlockType(dtype)) return 1;
   return dtype == DType::Q8_0 ? 32 : 256;
 }
-inline size_t blockBytes(DType dtype) {
+DUO_HD size_t blockBytes(DType dtype) {
   switch (dtype) {
     case DType::Q8_0: return 34;
     case DType::Q4_K: return 144;
@@ -96,12 +102,6 @@ struct Tensor {
 
 // `inverse` rotates back by the same angles: RoPE's gradient (the rotation's transpose).
 struct RopeArgs { int heads, headDim; bool interleaved; bool inverse = false; };
-
-#if defined(__CUDACC__)
-#define DUO_HD __host__ __device__ inline
-#else
-#define DUO_HD inline
-#endif
 
 // Population count of a 64-bit word, on the host and on the device.
 DUO_HD int popcount64(uint64_t bits) {

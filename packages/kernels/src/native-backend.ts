@@ -318,16 +318,17 @@ export class NativeBackend implements Backend {
   }
 
   /**
-   * The dtypes a weight may have here: the floats, and on the CPU the block formats kept quantized (ADR 0010). A
-   * block-format weight on CUDA, whose kernels do not read blocks yet, is refused by name with the way out.
+   * The dtypes a weight may have: the floats and the block formats kept quantized (ADR 0010), read in place by both
+   * backends' forward ops. The matmul's backward on CUDA reads floats only (gate training keeps f32/bf16 weights):
+   * a block-format weight there is refused by name with the way out.
    */
-  #weightTypes(argument: string, weight: unknown): readonly DType[] {
-    if (this.device === 'cpu') return WEIGHT_TYPES;
+  #weightTypes(argument: string, weight: unknown, backward = false): readonly DType[] {
+    if (!backward || this.device === 'cpu') return WEIGHT_TYPES;
     const dtype = (weight as { dtype?: unknown } | undefined)?.dtype;
     if (typeof dtype === 'string' && isDType(dtype) && isBlockDType(dtype)) {
       throw new DuoArgumentError(
         argument,
-        `Expected a f32/f16/bf16 tensor for \`${argument}\` but received ${dtype}: the CUDA kernels do not read ${dtype} blocks yet — load the model with weightDtype 'bf16' (or run on the CPU)`,
+        `Expected a f32/f16/bf16 tensor for \`${argument}\` but received ${dtype}: the CUDA matmul backward does not read ${dtype} blocks — load the model with weightDtype 'bf16' for gate training (or run on the CPU)`,
       );
     }
     return FLOAT_TYPES;
@@ -713,7 +714,7 @@ export class NativeBackend implements Backend {
 
   matmulBackward(gradOut: Tensor, weight: Tensor, gradInput: Tensor, options: { accumulate?: boolean } = {}): void {
     const weightId = expectTensor('weight', weight, this.device, {
-      dtypes: this.#weightTypes('weight', weight),
+      dtypes: this.#weightTypes('weight', weight, true),
       shape: [null, null],
     });
     const gradOutId = expectTensor('gradOut', gradOut, this.device, {

@@ -1,4 +1,4 @@
-// Weights in GGUF block formats on CUDA: refused by name until the kernels read blocks; skips visibly without a GPU.
+// Weights in GGUF block formats on CUDA, read in place by its kernels; skips visibly without a GPU.
 import { createBackend, cudaUnavailableReason } from './resolve-backend.js';
 import { weightBlocksSuite } from './weight-blocks-suite.js';
 

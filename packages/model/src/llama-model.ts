@@ -43,7 +43,7 @@ export interface LoadModelOptions extends ModelRuntimeOptions {
   device?: BackendRequest | Backend;
   /**
    * Weight dtype on the device. Default 'auto': the checkpoint's — GGUF block formats (Q8_0, Q4_K, Q5_K, Q6_K) stay as
-   * they are on the CPU, which reads them in place, and load as f32 on CUDA until its kernels read blocks (ADR 0010).
+   * they are on both backends, whose kernels read them in place (ADR 0010).
    */
   weightDtype?: WeightDtypeOption;
   /**
@@ -182,12 +182,6 @@ export class LlamaModel {
       );
     }
     const quant = weightQuantFormat(choice);
-    if (quant && backend.device !== 'cpu') {
-      throw new DuoArgumentError(
-        'weightQuant',
-        `Expected no \`weightQuant\` on ${backend.device} but received ${choice}: only the CPU kernels read block-format weights yet (ADR 0010)`,
-      );
-    }
     const weights = loadWeights(checkpoint, backend, dtype, options.onProgress, quant);
     return new LlamaModel(
       checkpoint.config,

@@ -90,11 +90,7 @@ export function loadWeights(
     const format = quant ? storedWeightFormat(quant, expected[expected.length - 1] ?? 0) : undefined;
     const tensor = format
       ? backend.upload(format, expected, quantizeWeights(format, readTensorF32(stored)))
-      : loadTensor(
-          backend,
-          stored,
-          quant ? 'f16' : dtype === 'auto' ? nativeDtype(stored.encoding, backend.device) : dtype,
-        );
+      : loadTensor(backend, stored, quant ? 'f16' : dtype === 'auto' ? nativeDtype(stored.encoding) : dtype);
     made.push(tensor);
     onProgress?.(++done, total);
     return tensor;

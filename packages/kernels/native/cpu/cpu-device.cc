@@ -1,6 +1,6 @@
 // CPU backend: memory, conversions, normalisation, RoPE and the cache writes.
 #include "cpu-device.h"
-#include "weight-blocks.h"
+#include "../weight-blocks.h"
 
 #include <sys/mman.h>
 #include <unistd.h>

@@ -98,9 +98,9 @@ void CublasLibrary::forget(cudaStream_t stream) {
 }
 
 void CublasLibrary::gemm(cudaStream_t stream, int m, int n, int k, const void* weight, const void* x, cudaDataType type,
-                         float* out, float beta) {
+                         float* out, float beta, int outLead) {
   // Column-major view: outᵀ[m, n] = W[m, k] · xᵀ[k, n]; W is stored row-major [m, k], i.e. column-major [k, m].
-  run(stream, kOpT, m, n, k, weight, k, x, k, type, out, m, beta);
+  run(stream, kOpT, m, n, k, weight, k, x, k, type, out, outLead > 0 ? outLead : m, beta);
 }
 
 void CublasLibrary::gemmBackward(cudaStream_t stream, int m, int n, int k, const void* weight, const void* gradOut,

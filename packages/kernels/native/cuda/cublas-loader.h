@@ -19,9 +19,10 @@ class CublasLibrary {
   static CublasLibrary& instance();
   bool available() const { return available_; }
   const std::string& reason() const { return reason_; }
-  // Row-major out[n, m] = beta·out + x[n, k] · weight[m, k]ᵀ, with x and weight of `type`, out f32, f32 accumulation.
+  // Row-major out[n, m] = beta·out + x[n, k] · weight[m, k]ᵀ, with x and weight of `type`, out f32, f32 accumulation;
+  // out's rows `outLead` apart (0: m; a slice of a wider output's columns).
   void gemm(cudaStream_t stream, int m, int n, int k, const void* weight, const void* x, cudaDataType type, float* out,
-            float beta);
+            float beta, int outLead = 0);
   // Row-major out[n, k] = beta·out + gradOut[n, m] · weight[m, k] (a matmul's input gradient), f32 accumulation.
   void gemmBackward(cudaStream_t stream, int m, int n, int k, const void* weight, const void* gradOut, cudaDataType type,
                     float* out, float beta);

@@ -253,6 +253,20 @@ WeightJob<T> weightJobFor(const GemvTarget* targets, int count) {
   return job;
 }
 
+// Matrix products over block-format weights (gemv-blocks.cu, ADR 0010): up to blockGemvRowsMax() rows of x, each
+// weight row streamed once per 8 rows and dequantized in registers; `count` ≤ 3 matrices of one dtype share x (the
+// residual applies to the first). SwiGLU: out = silu(x · gateᵀ) ⊙ (x · upᵀ).
+int64_t blockGemvRowsMax();
+void launchBlockGemv(const float* x, int64_t rows, int64_t k, DType dtype, const GemvTarget* targets, int count,
+                     const float* residual, cudaStream_t stream);
+void launchBlockGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType dtype, int64_t m,
+                           float* out, cudaStream_t stream);
+// Rows rowBegin … rowBegin + rows − 1 of a block-format [*, k] matrix decoded to bf16 `out` [rows, k] (prefill's slice).
+void launchDecodeBlockRows(const void* weight, DType dtype, int64_t k, int64_t rowBegin, int64_t rows, void* out,
+                           cudaStream_t stream);
+// Rows `ids` of a block-format table decoded to f32.
+void launchBlockEmbedding(const void* table, DType dtype, const int32_t* ids, float* out, int64_t rows, int64_t dim,
+                          cudaStream_t stream);
 // Row-tiled matmul (8 rows a launch pass) whose result for a row does not depend on the row count: f32 weights in the
 // batch-invariant mode.
 void launchGemvRowTiles(const float* x, int64_t rows, int64_t k, const void* weight, DType weightType, int64_t m, float* out,

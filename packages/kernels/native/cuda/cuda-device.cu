@@ -156,6 +156,11 @@ class CudaDevice final : public Device {
     profiler_.mark("fillRandom", stream_);
   }
   void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    if (isBlockType(table.dtype)) {
+      launchBlockEmbedding(table.data, table.dtype, ids.as<int32_t>(), out.as<float>(), ids.size, table.cols(), stream_);
+      profiler_.mark("embedding", stream_);
+      return;
+    }
     launchEmbedding(table.data, table.dtype, ids.as<int32_t>(), out.as<float>(), ids.size, table.cols(), stream_);
     profiler_.mark("embedding", stream_);
   }
@@ -167,6 +172,11 @@ class CudaDevice final : public Device {
     int64_t n = x.rows(), k = x.cols(), m = weight.rows();
     const float* biasData = bias ? bias->as<float>() : nullptr;
     const float* residualData = residual ? residual->as<float>() : nullptr;
+    if (isBlockType(weight.dtype)) {
+      blockMatmul(x, weight, out.as<float>(), biasData, residualData);
+      profiler_.mark("matmul", stream_);
+      return;
+    }
     if (skinny(x, weight.dtype, {weight.data}, 1)) {
       const GemvTarget target{weight.data, out.as<float>(), biasData, m};
       launchSkinny(x.as<float>(), roundedInput(x, weight.dtype, 1), n, k, weight.dtype, &target, residualData, 1, skinnyOptions(),
@@ -249,8 +259,25 @@ class CudaDevice final : public Device {
   }
   void matmulGroup(const Tensor& x, const Tensor* const* weights, Tensor* const* outs, const Tensor* const* biases,
                    int count) override {
-    bool sameType = true;
-    for (int i = 0; i < count; i++) sameType = sameType && weights[i]->dtype == weights[0]->dtype;
+    bool sameType = true, blocks = false;
+    for (int i = 0; i < count; i++) {
+      sameType = sameType && weights[i]->dtype == weights[0]->dtype;
+      blocks = blocks || isBlockType(weights[i]->dtype);
+    }
+    if (blocks) {
+      // Block-format weights: one streaming launch for matrices of one format (a Q4_K_M file mixes Q4_K and Q6_K
+      // within a layer: those go one by one).
+      if (sameType && count <= 3 && x.rows() <= blockGemvRowsMax()) {
+        GemvTarget targets[3];
+        for (int i = 0; i < count; i++)
+          targets[i] = GemvTarget{weights[i]->data, outs[i]->as<float>(), biases[i] ? biases[i]->as<float>() : nullptr, weights[i]->rows()};
+        launchBlockGemv(x.as<float>(), x.rows(), x.cols(), weights[0]->dtype, targets, count, nullptr, stream_);
+      } else {
+        for (int i = 0; i < count; i++) matmul(x, *weights[i], *outs[i], biases[i], nullptr);
+      }
+      profiler_.mark("matmulGroup", stream_);
+      return;
+    }
     std::array<const void*, 3> data = {};
     for (int i = 0; i < count && i < 3; i++) data[i] = weights[i]->data;
     if (sameType && count <= 3 && skinny(x, weights[0]->dtype, data, count)) {
@@ -289,6 +316,14 @@ class CudaDevice final : public Device {
     profiler_.mark("matmulGroup", stream_);
   }
   void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) override {
+    if (isBlockType(gate.dtype) || isBlockType(up.dtype)) {
+      if (gate.dtype == up.dtype && x.rows() <= blockGemvRowsMax())
+        launchBlockGemvSwiglu(x.as<float>(), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(), out.as<float>(), stream_);
+      else
+        Device::matmulSwiglu(x, gate, up, out);  // two matmuls (each of its own format), then the SwiGLU
+      profiler_.mark("matmulSwiglu", stream_);
+      return;
+    }
     bool aligned = reinterpret_cast<uintptr_t>(gate.data) % 16 == 0 && reinterpret_cast<uintptr_t>(up.data) % 16 == 0;
     if (gate.dtype == up.dtype && skinny(x, gate.dtype, {gate.data, up.data}, 2)) {
       launchSkinnySwiglu(x.as<float>(), roundedInput(x, gate.dtype, 2), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(),
@@ -491,6 +526,38 @@ class CudaDevice final : public Device {
         weight.dtype == DType::F32 ? CUDA_R_32F : (weight.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F);
     CublasLibrary::instance().gemm(stream_, static_cast<int>(weight.rows()), static_cast<int>(n), static_cast<int>(k), weight.data,
                                    operand, type, out, beta);
+  }
+
+  // Block-format weights (ADR 0010). Decode rows: each weight row streamed once per 8 rows, dequantized in registers.
+  // More rows (prefill): x rounded to bf16 and a slice of at most kDecodedSliceBytes of weight rows decoded to bf16 at a
+  // time for a cuBLAS GEMM into that slice of out's columns: the matrix itself is never decoded whole.
+  static constexpr int64_t kDecodedSliceBytes = 64 << 20;
+  void blockMatmul(const Tensor& x, const Tensor& weight, float* out, const float* bias, const float* residual) {
+    const int64_t n = x.rows(), k = x.cols(), m = weight.rows();
+    CublasLibrary& blas = CublasLibrary::instance();
+    if (n <= blockGemvRowsMax() || !blas.available()) {
+      const GemvTarget target{weight.data, out, bias, m};
+      launchBlockGemv(x.as<float>(), n, k, weight.dtype, &target, 1, residual, stream_);
+      return;
+    }
+    float beta = 0.0f;
+    if (residual) {
+      if (residual != out)
+        check(cudaMemcpyAsync(out, residual, static_cast<size_t>(n * m) * sizeof(float), cudaMemcpyDeviceToDevice, stream_),
+              "matmul residual copy");
+      beta = 1.0f;
+    }
+    const int64_t sliceRows = std::max<int64_t>(1, std::min<int64_t>(m, kDecodedSliceBytes / (k * 2)));
+    const size_t inputBytes = (static_cast<size_t>(n * k) * 2 + 255) / 256 * 256;
+    auto* buffer = static_cast<unsigned char*>(scratch(inputBytes + static_cast<size_t>(sliceRows * k) * 2));
+    launchConvert(x.data, DType::F32, buffer, DType::BF16, x.size, stream_);
+    for (int64_t first = 0; first < m; first += sliceRows) {
+      const int64_t rows = std::min(sliceRows, m - first);
+      launchDecodeBlockRows(weight.data, weight.dtype, k, first, rows, buffer + inputBytes, stream_);
+      blas.gemm(stream_, static_cast<int>(rows), static_cast<int>(n), static_cast<int>(k), buffer + inputBytes, buffer, CUDA_R_16BF,
+                out + first, beta, static_cast<int>(m));
+    }
+    launchBiasResidual(out, bias, nullptr, n, m, stream_);
   }
 
   // A growing scratch buffer; stream order makes reuse by consecutive ops safe.

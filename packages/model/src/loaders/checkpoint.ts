@@ -2,7 +2,6 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import {
   type Backend,
-  type DeviceKind,
   type DType,
   DuoCheckpointError,
   dequantizeWeights,
@@ -50,9 +49,9 @@ export function storedBytes(encoding: StoredEncoding, elements: number): number 
 }
 
 /** The dtype a stored tensor keeps on the backend when the caller asks for 'auto'. */
-export function nativeDtype(encoding: StoredEncoding, device: DeviceKind = 'cpu'): DType {
-  // The CPU reads block formats in place; CUDA's kernels do not yet, so there they load as f32 (ADR 0010).
-  return isBlockDType(encoding) && device === 'cuda' ? 'f32' : encoding;
+export function nativeDtype(encoding: StoredEncoding): DType {
+  // Both backends read the block formats in place (ADR 0010): every encoding stays as stored.
+  return encoding;
 }
 
 /** Elements of a tensor of `shape`. */

@@ -1,0 +1,328 @@
+// Matrix products over GGUF block-format weights (Q8_0, Q4_K, Q5_K, Q6_K; ADR 0010), dequantized in registers.
+// Decode (1–64 rows of x): each warp streams one weight row (SwiGLU: a gate row and its up row) through a cp.async ring
+// in shared memory, a chunk of whole blocks a stage, and each of its 32 lanes decodes one 32-value piece of the chunk
+// with word loads and byte permutes into exact small-integer floats (no int→float conversion instructions: they run at
+// a quarter of the FMA rate), then applies the piece's scales once. Staging through shared memory is what lets the
+// unaligned layouts (Q8_0's 34-byte and Q6_K's 210-byte blocks) load as aligned 16-byte copies. Prefill (more rows):
+// a bounded slice of rows at a time is decoded to bf16 for cuBLAS, never the whole matrix. And block-format embeddings.
+#include <algorithm>
+#include <cstdint>
+
+#include "../weight-blocks.h"
+#include "cuda-common.cuh"
+
+namespace duo {
+namespace cuda {
+
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kStages = 4;  // chunks in flight per weight row: 3 × ~0.6–1.1 KB per warp keeps HBM busy
+constexpr int kPieceValues = 32;
+
+// A chunk is 32 pieces of 32 values (one per lane) of whole blocks; its shared-memory slot holds the chunk's bytes
+// from the 16-byte boundary below its first block (a chunk of Q8_0 or Q6_K starts anywhere even), plus slack for that
+// and for the word loads that reach a few bytes past a piece (wordsAt).
+template <DType F>
+struct Format {
+  static constexpr int kValues = F == DType::Q8_0 ? 32 : 256;
+  static constexpr int kBytes = F == DType::Q8_0 ? 34 : (F == DType::Q4_K ? 144 : (F == DType::Q5_K ? 176 : 210));
+  static constexpr int kPieces = kValues / kPieceValues;
+  static constexpr int kBlocks = 32 / kPieces;
+  static constexpr int kSlot = (kBlocks * kBytes + 15) / 16 * 16 + 32;
+  static constexpr bool kOffset = F == DType::Q4_K || F == DType::Q5_K;  // values carry a min (− offset)
+};
+
+// N little-endian words of the bytes at `p` in shared memory, any alignment: N + 1 aligned loads, funnel-shifted (the
+// last may reach 4 bytes past the N words).
+template <int N>
+__device__ __forceinline__ void wordsAt(const uint8_t* p, uint32_t (&words)[N]) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(p);
+  const uint32_t* base = reinterpret_cast<const uint32_t*>(address & ~uintptr_t{3});
+  const unsigned shift = static_cast<unsigned>(address & 3) * 8;
+  uint32_t previous = base[0];
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+    const uint32_t next = base[i + 1];
+    words[i] = __funnelshift_r(previous, next, shift);
+    previous = next;
+  }
+}
+
+// Byte j of `word` as the float 2^23 + byte (exact), by placing it in the mantissa of 2^23.
+template <int J>
+__device__ __forceinline__ float biasedByte(uint32_t word) {
+  return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | J));
+}
+
+// Four bytes of `word` as floats, each minus `bias` (2^23 plus the format's code offset): exact small integers.
+__device__ __forceinline__ void unpackBytes(uint32_t word, float bias, float* out) {
+  out[0] = biasedByte<0>(word) - bias;
+  out[1] = biasedByte<1>(word) - bias;
+  out[2] = biasedByte<2>(word) - bias;
+  out[3] = biasedByte<3>(word) - bias;
+}
+
+__device__ __forceinline__ float halfAtShared(const uint8_t* at) {
+  return __half2float(__ushort_as_half(*reinterpret_cast<const uint16_t*>(at)));  // blocks start at even addresses
+}
+
+// Piece `piece` of the block at `block`: its 32 codes as exact floats `w`, and the affine map to the values:
+// value[l] = (l < 16 ? scaleLow : scaleHigh) · w[l] − offset.
+struct Piece {
+  float w[32];
+  float scaleLow, scaleHigh, offset;
+};
+
+template <DType F>
+__device__ __forceinline__ void decodeShared(const uint8_t* block, int piece, Piece& out) {
+  constexpr float kMagic = 8388608.0f;  // 2^23
+  uint32_t words[8];
+  if constexpr (F == DType::Q8_0) {
+    wordsAt<8>(block + 2, words);
+#pragma unroll
+    for (int i = 0; i < 8; i++) unpackBytes(words[i] ^ 0x80808080u, kMagic + 128.0f, out.w + 4 * i);  // int8 → +128
+    out.scaleLow = out.scaleHigh = halfAtShared(block);
+    out.offset = 0.0f;
+  } else if constexpr (F == DType::Q4_K || F == DType::Q5_K) {
+    constexpr bool kFifth = F == DType::Q5_K;
+    wordsAt<8>(block + (kFifth ? 48 : 16) + 32 * (piece >> 1), words);
+    uint32_t high[8];
+    if constexpr (kFifth) wordsAt<8>(block + 16, high);
+    const unsigned shift = 4 * (piece & 1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      uint32_t codes = (words[i] >> shift) & 0x0F0F0F0Fu;
+      if constexpr (kFifth) codes |= ((high[i] >> piece) & 0x01010101u) << 4;
+      unpackBytes(codes, kMagic, out.w + 4 * i);
+    }
+    int scale, min;
+    scaleAndMin(block + 4, piece, scale, min);
+    out.scaleLow = out.scaleHigh = halfAtShared(block) * static_cast<float>(scale);
+    out.offset = halfAtShared(block + 2) * static_cast<float>(min);
+  } else {  // Q6_K
+    const int h = piece >> 2, q = piece & 3;
+    uint32_t high[8];
+    wordsAt<8>(block + 64 * h + 32 * (q & 1), words);
+    wordsAt<8>(block + 128 + 32 * h, high);
+    const unsigned lowShift = 4 * (q >> 1), highShift = 2 * q;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      const uint32_t codes = ((words[i] >> lowShift) & 0x0F0F0F0Fu) | (((high[i] >> highShift) & 0x03030303u) << 4);
+      unpackBytes(codes, kMagic + 32.0f, out.w + 4 * i);
+    }
+    const int8_t* scales = reinterpret_cast<const int8_t*>(block + 192) + 8 * h + 2 * q;
+    const float d = halfAtShared(block + 208);
+    out.scaleLow = d * static_cast<float>(scales[0]);
+    out.scaleHigh = d * static_cast<float>(scales[1]);
+    out.offset = 0.0f;
+  }
+}
+
+// One warp per output column (SwiGLU: gate row j and up row j), ROWS rows of x per launch row (blockIdx.y tiles the
+// rest). Chained launch: the first chunks' copies go out before waiting for the previous kernel (weights are never
+// written during a step); x is read only after.
+template <DType F, int ROWS, bool SWIGLU>
+__global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __restrict__ x, int64_t rows, int64_t k,
+                                                               WeightJob<uint8_t> job) {
+  using Fmt = Format<F>;
+  constexpr int kColumns = SWIGLU ? 2 : 1;
+  extern __shared__ __align__(16) uint8_t shared[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  int which = 0;
+  while (which + 1 < job.count && unit >= job.first[which + 1]) which++;
+  const bool active = unit < job.first[job.count];
+  const int64_t column = active ? unit - job.first[which] : 0;
+  const int64_t m = job.m[which];
+  const int64_t blocks = k / Fmt::kValues;
+  const int64_t chunks = active ? (blocks + Fmt::kBlocks - 1) / Fmt::kBlocks : 0;
+  const uint8_t* row[kColumns];
+#pragma unroll
+  for (int c = 0; c < kColumns; c++) row[c] = (SWIGLU ? job.weight[c] : job.weight[which]) + column * blocks * Fmt::kBytes;
+  uint8_t* ring = shared + static_cast<size_t>(warp) * kStages * kColumns * Fmt::kSlot;
+  // The chunk's bytes, from the 16-byte boundary at or below its first block, into its slot.
+  auto stage = [&](int64_t chunk) {
+    if (chunk < chunks) {
+      const int64_t firstBlock = chunk * Fmt::kBlocks;
+      const int64_t count = lesser(Fmt::kBlocks, blocks - firstBlock);
+#pragma unroll
+      for (int c = 0; c < kColumns; c++) {
+        const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
+        const uint8_t* aligned = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(start) & ~uintptr_t{15});
+        const int copies = static_cast<int>((start - aligned + count * Fmt::kBytes + 15) / 16);
+        uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
+        for (int i = lane; i < copies; i += 32) copyAsync16(slot + 16 * i, aligned + 16 * i);
+      }
+    }
+    commitGroup();
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; s++) stage(s);
+  dependOnPrevious();
+
+  const int64_t rowBase = static_cast<int64_t>(blockIdx.y) * ROWS;
+  const int rowsHere = static_cast<int>(lesser(ROWS, rows - rowBase));
+  float acc[ROWS][kColumns];
+#pragma unroll
+  for (int r = 0; r < ROWS; r++)
+#pragma unroll
+    for (int c = 0; c < kColumns; c++) acc[r][c] = 0.0f;
+  const int blockInChunk = lane / Fmt::kPieces, piece = lane % Fmt::kPieces;
+  for (int64_t chunk = 0; chunk < chunks; chunk++) {
+    waitGroups<kStages - 2>();
+    __syncwarp();  // every lane's copies of this chunk have landed, and every lane is done with the slot refilled next
+    stage(chunk + kStages - 1);
+    const int64_t firstBlock = chunk * Fmt::kBlocks;
+    if (firstBlock + blockInChunk >= blocks) continue;
+    Piece pieces[kColumns];
+#pragma unroll
+    for (int c = 0; c < kColumns; c++) {
+      const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
+      const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
+      const uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
+      decodeShared<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, pieces[c]);
+    }
+    const float* xs = x + rowBase * k + (firstBlock + blockInChunk) * Fmt::kValues + kPieceValues * piece;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+      if (r >= rowsHere) break;
+      float low[kColumns] = {}, high[kColumns] = {}, sum = 0.0f;
+#pragma unroll
+      for (int v = 0; v < kPieceValues; v += 4) {
+        const float4 xv = __ldg(reinterpret_cast<const float4*>(xs + r * k + v));
+        const float values[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          if (Fmt::kOffset) sum += values[i];
+#pragma unroll
+          for (int c = 0; c < kColumns; c++) {
+            float& part = v < 16 ? low[c] : high[c];
+            part += pieces[c].w[v + i] * values[i];
+          }
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < kColumns; c++)
+        acc[r][c] += pieces[c].scaleLow * low[c] + pieces[c].scaleHigh * high[c] - (Fmt::kOffset ? pieces[c].offset * sum : 0.0f);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; r++) {
+    if (r >= rowsHere) break;
+    float totals[kColumns];
+#pragma unroll
+    for (int c = 0; c < kColumns; c++) totals[c] = warpSum(acc[r][c]);
+    if (!active || lane != 0) continue;
+    const int64_t index = (rowBase + r) * m + column;
+    if (SWIGLU) {
+      job.out[0][index] = totals[0] / (1.0f + __expf(-totals[0])) * totals[kColumns - 1];
+    } else {
+      job.out[which][index] = totals[0] + (job.bias[which] ? job.bias[which][column] : 0.0f) +
+                              (job.residual[which] ? job.residual[which][index] : 0.0f);
+    }
+  }
+}
+
+template <DType F, int ROWS, bool SWIGLU>
+void launchBlockRows(const float* x, int64_t rows, int64_t k, const WeightJob<uint8_t>& job, cudaStream_t stream) {
+  auto kernel = blockGemvKernel<F, ROWS, SWIGLU>;
+  const size_t shared = static_cast<size_t>(kWarps) * kStages * (SWIGLU ? 2 : 1) * Format<F>::kSlot;
+  static const bool raised = [&] {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
+    return true;
+  }();
+  (void)raised;
+  const int64_t units = job.first[job.count];
+  const dim3 grid(blocksFor(units, kWarps), static_cast<unsigned>((rows + ROWS - 1) / ROWS));
+  launchChained(kernel, grid, dim3(kWarps * 32), shared, stream, x, rows, k, job);
+}
+
+template <DType F, bool SWIGLU>
+void launchBlockFormat(const float* x, int64_t rows, int64_t k, const WeightJob<uint8_t>& job, cudaStream_t stream) {
+  if (rows == 1) launchBlockRows<F, 1, SWIGLU>(x, rows, k, job, stream);
+  else if (rows == 2) launchBlockRows<F, 2, SWIGLU>(x, rows, k, job, stream);
+  else if (rows <= 4) launchBlockRows<F, 4, SWIGLU>(x, rows, k, job, stream);
+  else launchBlockRows<F, 8, SWIGLU>(x, rows, k, job, stream);
+}
+
+template <bool SWIGLU>
+void launchBlockJob(const float* x, int64_t rows, int64_t k, DType dtype, const WeightJob<uint8_t>& job, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::Q8_0: launchBlockFormat<DType::Q8_0, SWIGLU>(x, rows, k, job, stream); break;
+    case DType::Q4_K: launchBlockFormat<DType::Q4_K, SWIGLU>(x, rows, k, job, stream); break;
+    case DType::Q5_K: launchBlockFormat<DType::Q5_K, SWIGLU>(x, rows, k, job, stream); break;
+    case DType::Q6_K: launchBlockFormat<DType::Q6_K, SWIGLU>(x, rows, k, job, stream); break;
+    default: throw Error("DUO_ARG", std::string("expected a block-format weight but received ") + dtypeName(dtype));
+  }
+}
+
+// One thread per 32-value piece: rows rowBegin … of the block-format matrix decoded to bf16 (prefill's slice) or f32.
+template <typename T>
+__global__ void decodeRowsKernel(const uint8_t* __restrict__ weight, DType dtype, int64_t k, const int32_t* ids, int64_t rowBegin,
+                                 int64_t rows, T* out) {
+  const int64_t piecesPerRow = k / kPieceValues;
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (index >= rows * piecesPerRow) return;
+  const int64_t row = index / piecesPerRow, pieceInRow = index % piecesPerRow;
+  const int pieces = blockPieces(dtype);
+  const int64_t source = ids ? ids[row] : rowBegin + row;
+  const uint8_t* block = weight + (source * (k / blockValues(dtype)) + pieceInRow / pieces) * blockBytes(dtype);
+  float values[kPieceValues];
+  decodePiece(block, dtype, static_cast<int>(pieceInRow % pieces), values);
+  T* target = out + row * k + pieceInRow * kPieceValues;
+#pragma unroll
+  for (int i = 0; i < kPieceValues; i++) target[i] = fromFloat<T>(values[i]);
+}
+
+}  // namespace
+
+int64_t blockGemvRowsMax() { return 64; }
+
+void launchBlockGemv(const float* x, int64_t rows, int64_t k, DType dtype, const GemvTarget* targets, int count,
+                     const float* residual, cudaStream_t stream) {
+  if (rows == 0) return;
+  WeightJob<uint8_t> job = weightJobFor<uint8_t>(targets, count);
+  job.residual[0] = residual;
+  job.first[0] = 0;
+  for (int i = 0; i < count; i++) job.first[i + 1] = job.first[i] + job.m[i];
+  if (job.first[count] == 0) return;
+  launchBlockJob<false>(x, rows, k, dtype, job, stream);
+  checkLaunch("blockGemv");
+}
+
+void launchBlockGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType dtype, int64_t m,
+                           float* out, cudaStream_t stream) {
+  if (rows == 0 || m == 0) return;
+  WeightJob<uint8_t> job{};
+  job.count = 1;
+  job.weight[0] = static_cast<const uint8_t*>(gate);
+  job.weight[1] = static_cast<const uint8_t*>(up);
+  job.out[0] = out;
+  job.m[0] = m;
+  job.first[0] = 0;
+  job.first[1] = m;
+  launchBlockJob<true>(x, rows, k, dtype, job, stream);
+  checkLaunch("blockGemvSwiglu");
+}
+
+void launchDecodeBlockRows(const void* weight, DType dtype, int64_t k, int64_t rowBegin, int64_t rows, void* out,
+                           cudaStream_t stream) {
+  if (rows == 0) return;
+  constexpr unsigned kThreads = 256;
+  decodeRowsKernel<__nv_bfloat16><<<blocksFor(rows * (k / kPieceValues), kThreads), kThreads, 0, stream>>>(
+      static_cast<const uint8_t*>(weight), dtype, k, nullptr, rowBegin, rows, static_cast<__nv_bfloat16*>(out));
+  checkLaunch("decodeBlockRows");
+}
+
+void launchBlockEmbedding(const void* table, DType dtype, const int32_t* ids, float* out, int64_t rows, int64_t dim,
+                          cudaStream_t stream) {
+  if (rows == 0) return;
+  constexpr unsigned kThreads = 256;
+  decodeRowsKernel<float><<<blocksFor(rows * (dim / kPieceValues), kThreads), kThreads, 0, stream>>>(
+      static_cast<const uint8_t*>(table), dtype, dim, ids, 0, rows, out);
+  checkLaunch("blockEmbedding");
+}
+
+}  // namespace cuda
+}  // namespace duo
