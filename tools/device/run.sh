@@ -169,6 +169,15 @@ for step in "${steps[@]}"; do
         node /tmp/duo-node/duo-bench.mjs speed --model "$file" --device cuda --prefill 0 --contexts "$contexts" --steps 64 \
           --warmup 8 --bandwidth "${DUO_BANDWIDTH:-3.0}" --out "$OUT/weights-$type.json" || status=1
       done ;;
+    # Issue 19's capacity: duo 50 % + int4 KV at the longest context the planner fits, for the files weights-decode
+    # wrote in DUO_WQ_CAPACITY_TYPES (default "q8_0 q4_k"): cache filled, 32 decode steps, peak against the planner.
+    weights-capacity)
+      dir=${DUO_WQ_DIR:-/tmp/duo-gguf}
+      for type in ${DUO_WQ_CAPACITY_TYPES:-q8_0 q4_k}; do
+        node /tmp/duo-node/duo-bench.mjs efficiency --model "$dir/llama-3-8b-$type.gguf" --device cuda --attention duo \
+          --sparsity 0.5 --sink 128 --recent 256 --kv-quant int4 --contexts none --max-context --prefill none --steps 32 \
+          --warmup 4 --bandwidth "${DUO_BANDWIDTH:-3.0}" --out "$OUT/weights-capacity-$type.json" || status=1
+      done ;;
     # llama.cpp (node-llama-cpp's CUDA build, flash attention, f16 KV, one sequence) on the files weights-decode wrote:
     # run `bash tools/device/llamacpp/run.sh prepare` with .peer carried first, on the same warm machine.
     weights-peer)
