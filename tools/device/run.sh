@@ -157,26 +157,30 @@ for step in "${steps[@]}"; do
     # Issue 19: decode ms/token at DUO_WQ_CONTEXTS (default 4096,32768) for random bf16 weights and for GGUF files of
     # the Llama-3-8B shape (1048k context) in each of DUO_WQ_TYPES (default "f16 q8_0 q4_k"), written by duo-bench gguf
     # into DUO_WQ_DIR (default /tmp/duo-gguf, kept for reruns and for weights-peer: ~29 GB for the three). Floors at
-    # DUO_BANDWIDTH TB/s (default 3.0; the `peer` step measures the card's copy bandwidth).
+    # DUO_BANDWIDTH TB/s (default: the card's copy bandwidth, measured first by tools/device/copy_bandwidth.py).
     weights-decode)
       dir=${DUO_WQ_DIR:-/tmp/duo-gguf}; contexts=${DUO_WQ_CONTEXTS:-4096,32768}; mkdir -p "$dir"
+      python3 tools/device/copy_bandwidth.py --json | tee "$OUT/copy-bandwidth.json"
+      bandwidth=${DUO_BANDWIDTH:-$(python3 -c "import json; print(json.load(open('$OUT/copy-bandwidth.json'))['copyTBps'])")}
       node /tmp/duo-node/duo-bench.mjs speed --shape llama-3-8b-1048k --device cuda --dtype bf16 --prefill 0 \
-        --contexts "$contexts" --steps 64 --warmup 8 --bandwidth "${DUO_BANDWIDTH:-3.0}" --out "$OUT/weights-bf16.json" || status=1
+        --contexts "$contexts" --steps 64 --warmup 8 --bandwidth "$bandwidth" --out "$OUT/weights-bf16.json" || status=1
       for type in ${DUO_WQ_TYPES:-f16 q8_0 q4_k}; do
         file=$dir/llama-3-8b-$type.gguf
         [ -s "$file" ] || node /tmp/duo-node/duo-bench.mjs gguf --shape llama-3-8b-1048k --type "$type" --out "$file" \
           || { status=1; continue; }
         node /tmp/duo-node/duo-bench.mjs speed --model "$file" --device cuda --prefill 0 --contexts "$contexts" --steps 64 \
-          --warmup 8 --bandwidth "${DUO_BANDWIDTH:-3.0}" --out "$OUT/weights-$type.json" || status=1
+          --warmup 8 --bandwidth "$bandwidth" --out "$OUT/weights-$type.json" || status=1
       done ;;
     # Issue 19's capacity: duo 50 % + int4 KV at the longest context the planner fits, for the files weights-decode
     # wrote in DUO_WQ_CAPACITY_TYPES (default "q8_0 q4_k"): cache filled, 32 decode steps, peak against the planner.
     weights-capacity)
       dir=${DUO_WQ_DIR:-/tmp/duo-gguf}
+      [ -s "$OUT/copy-bandwidth.json" ] || python3 tools/device/copy_bandwidth.py --json > "$OUT/copy-bandwidth.json"
+      bandwidth=${DUO_BANDWIDTH:-$(python3 -c "import json; print(json.load(open('$OUT/copy-bandwidth.json'))['copyTBps'])")}
       for type in ${DUO_WQ_CAPACITY_TYPES:-q8_0 q4_k}; do
         node /tmp/duo-node/duo-bench.mjs efficiency --model "$dir/llama-3-8b-$type.gguf" --device cuda --attention duo \
           --sparsity 0.5 --sink 128 --recent 256 --kv-quant int4 --contexts none --max-context --prefill none --steps 32 \
-          --warmup 4 --bandwidth "${DUO_BANDWIDTH:-3.0}" --out "$OUT/weights-capacity-$type.json" || status=1
+          --warmup 4 --bandwidth "$bandwidth" --out "$OUT/weights-capacity-$type.json" || status=1
       done ;;
     # llama.cpp (node-llama-cpp's CUDA build, flash attention, f16 KV, one sequence) on the files weights-decode wrote:
     # run `bash tools/device/llamacpp/run.sh prepare` with .peer carried first, on the same warm machine.
