@@ -1,10 +1,18 @@
-// CPU matmul: x · Wᵀ, a packed-panel GEMM (6 × 32 register tiles) for any number of rows. Batch-invariant: each row's
-// result is bitwise the same whatever rows share the call (decode alone or in a batch).
-// The vector code uses GCC vector extensions and target_clones, so one binary runs AVX-512, AVX2 or SSE.
+// CPU matmul: out = x · Wᵀ (+ residual, + bias). Every output is one dot product over k in one fixed order — sixteen
+// lane sums over k in steps of 16, folded by a fixed tree, then the tail, the residual and the bias — so a row's result
+// is bitwise the same whatever rows share the call (decode alone or in a batch) and however the threads split the work.
+// Weights are read where they lie, converted in registers (f16 by F16C, bf16 by a shift, block formats a 32-value
+// piece at a time through weight-blocks.h): no packed copy, no per-call allocation. Tiles of 4 rows × 4 columns share
+// every load (1 row × 8 columns for decode); threads own column ranges, walked in blocks whose weights stay in L2
+// while every row passes. The tiles (gemm-tiles.inc) are compiled for AVX-512, AVX2 + F16C and baseline x86-64; the
+// dot products and helpers below use target_clones.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
+#include <immintrin.h>
+
+#include "../weight-blocks.h"
 #include "cpu-device.h"
 
 namespace duo {
@@ -12,10 +20,8 @@ namespace duo {
 namespace {
 
 typedef float Vec16 __attribute__((vector_size(64)));
-
-constexpr int kTileRows = 6;     // rows of x per micro-tile
-constexpr int kPanelWidth = 32;  // output columns per packed weight panel (two vectors)
-constexpr int kDepth = 256;      // k per packed block
+typedef uint16_t Short16 __attribute__((vector_size(32)));
+typedef uint32_t Word16 __attribute__((vector_size(64)));
 
 inline Vec16 loadVec(const float* p) {
   Vec16 v;
@@ -24,113 +30,83 @@ inline Vec16 loadVec(const float* p) {
 }
 inline void storeVec(float* p, Vec16 v) { std::memcpy(p, &v, sizeof v); }
 
-// Packs W[col0 … col0+31, kb … kb+depth) transposed into panel[kk][c], converting to f32, zero-padding past m.
-void packPanel(const void* weight, DType type, int64_t k, int64_t m, int64_t col0, int64_t kb, int depth, float* panel,
-               float* row) {
-  int width = static_cast<int>(std::min<int64_t>(kPanelWidth, m - col0));
-  for (int c = 0; c < kPanelWidth; c++) {
-    if (c < width) {
-      loadFloats(weight, type, (col0 + c) * k + kb, depth, row);
-      for (int kk = 0; kk < depth; kk++) panel[kk * kPanelWidth + c] = row[kk];
-    } else {
-      for (int kk = 0; kk < depth; kk++) panel[kk * kPanelWidth + c] = 0.0f;
-    }
-  }
+struct MatmulArgs {
+  const float* x;
+  int64_t n, k;
+  const void* weight;
+  DType dtype;
+  int64_t m;
+  float* out;
+  const float* bias;
+  const float* residual;
+};
+
+using Tile = void (*)(const MatmulArgs&, int64_t, int64_t);
+// The tiles of one weight kind: [0] 1 × 8, [r] r × 4 rows for r = 1 … 4.
+struct Tiles {
+  Tile wide, rows[5];
+};
+
+// The tile sets: AVX-512 (x86-64-v4), AVX2 + F16C + FMA (x86-64-v3), and baseline x86-64.
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's _mm512_cvtph_ps (a known false positive)
+#define DUO_TILE_ISA 4
+namespace v4 {
+#include "gemm-tiles.inc"
+}  // namespace v4
+#undef DUO_TILE_ISA
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#define DUO_TILE_ISA 3
+namespace v3 {
+#include "gemm-tiles.inc"
+}  // namespace v3
+#undef DUO_TILE_ISA
+#pragma GCC pop_options
+#define DUO_TILE_ISA 1
+namespace base {
+#include "gemm-tiles.inc"
+}  // namespace base
+#undef DUO_TILE_ISA
+
+// The best tile set this CPU runs, for a weight dtype (the check runs once).
+Tiles tilesFor(DType dtype) {
+  static const int level = __builtin_cpu_supports("x86-64-v4") ? 4 : (__builtin_cpu_supports("x86-64-v3") ? 3 : 1);
+  return level == 4 ? v4::tilesFor(dtype) : (level == 3 ? v3::tilesFor(dtype) : base::tilesFor(dtype));
 }
 
-// acc[kRows][32] = Σ_kk x[r][kk] · panel[kk][:]. Each row is its own chain of FMAs in kk order, so a row's result does
-// not depend on how many rows share the tile (kernels for 1 … 6 rows give bitwise the same row).
-template <int kRows>
-__attribute__((always_inline)) inline void microTileBody(const float* const* rowPointers, int depth, const float* panel,
-                                                         float* tile) {
-  Vec16 acc[kRows][2] = {};
-  for (int kk = 0; kk < depth; kk++) {
-    Vec16 b0 = loadVec(panel + kk * kPanelWidth);
-    Vec16 b1 = loadVec(panel + kk * kPanelWidth + 16);
-#pragma GCC unroll 6
-    for (int r = 0; r < kRows; r++) {
-      float a = rowPointers[r][kk];
-      acc[r][0] += a * b0;
-      acc[r][1] += a * b1;
-    }
-  }
-  for (int r = 0; r < kRows; r++) {
-    storeVec(tile + r * kPanelWidth, acc[r][0]);
-    storeVec(tile + r * kPanelWidth + 16, acc[r][1]);
-  }
-}
+constexpr int64_t kColumnGroup = 8;            // columns a thread's range is cut in (both tile widths divide it)
+constexpr size_t kBlockWeightBytes = 256 << 10;  // weights of one column block: L2-resident while every row passes
 
-#define DUO_MICRO_TILE(rows)                                                                                   \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void microTile##rows(        \
-      const float* const* rowPointers, int depth, const float* panel, float* tile) {                          \
-    microTileBody<rows>(rowPointers, depth, panel, tile);                                                      \
-  }
-DUO_MICRO_TILE(1)
-DUO_MICRO_TILE(2)
-DUO_MICRO_TILE(3)
-DUO_MICRO_TILE(4)
-DUO_MICRO_TILE(5)
-DUO_MICRO_TILE(6)
-#undef DUO_MICRO_TILE
-
-// The tile of `rows` (1 … 6) rows.
-void microTile(int rows, const float* const* rowPointers, int depth, const float* panel, float* tile) {
-  switch (rows) {
-    case 1: microTile1(rowPointers, depth, panel, tile); break;
-    case 2: microTile2(rowPointers, depth, panel, tile); break;
-    case 3: microTile3(rowPointers, depth, panel, tile); break;
-    case 4: microTile4(rowPointers, depth, panel, tile); break;
-    case 5: microTile5(rowPointers, depth, panel, tile); break;
-    default: microTile6(rowPointers, depth, panel, tile); break;
-  }
-}
-
-constexpr int64_t kRowBlock = 144;  // rows of x per block: 144 × 256 floats stay in L2 while every panel passes
-
-// Each thread owns a contiguous range of output panels. Per k block it packs its panels once, then sweeps x in
-// row blocks that stay cache-resident, so x is read from memory about once per k block rather than once per panel.
-void gemm(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType type, int64_t m, float* out,
-          const float* bias, const float* residual) {
-  int64_t panels = (m + kPanelWidth - 1) / kPanelWidth;
-  int64_t threads = pool.size();
-  int64_t perThread = (panels + threads - 1) / threads;
-  pool.parallelFor(panels, perThread, [&](int64_t begin, int64_t end) {
-    int64_t owned = end - begin;
-    float* packed = static_cast<float*>(std::aligned_alloc(64, owned * kDepth * kPanelWidth * sizeof(float)));
-    std::vector<float> row(kDepth);
-    float tile[kTileRows * kPanelWidth];
-    for (int64_t kb = 0; kb < k; kb += kDepth) {
-      int depth = static_cast<int>(std::min<int64_t>(kDepth, k - kb));
-      for (int64_t p = begin; p < end; p++)
-        packPanel(weight, type, k, m, p * kPanelWidth, kb, depth, packed + (p - begin) * kDepth * kPanelWidth, row.data());
-      for (int64_t ib = 0; ib < n; ib += kRowBlock) {
-        int64_t rowEnd = std::min(n, ib + kRowBlock);
-        for (int64_t p = begin; p < end; p++) {
-          const float* panel = packed + (p - begin) * kDepth * kPanelWidth;
-          int64_t col0 = p * kPanelWidth;
-          int width = static_cast<int>(std::min<int64_t>(kPanelWidth, m - col0));
-          for (int64_t i0 = ib; i0 < rowEnd; i0 += kTileRows) {
-            int rows = static_cast<int>(std::min<int64_t>(kTileRows, rowEnd - i0));
-            const float* rowPointers[kTileRows];
-            for (int r = 0; r < rows; r++) rowPointers[r] = x + (i0 + r) * k + kb;
-            microTile(rows, rowPointers, depth, panel, tile);
-            for (int r = 0; r < rows; r++) {
-              float* target = out + (i0 + r) * m + col0;
-              const float* add = tile + r * kPanelWidth;
-              if (kb == 0) {
-                // First block: the residual is read before this tile of `out` is written, so out may alias it.
-                const float* res = residual ? residual + (i0 + r) * m + col0 : nullptr;
-                for (int c = 0; c < width; c++)
-                  target[c] = add[c] + (res ? res[c] : 0.0f) + (bias ? bias[col0 + c] : 0.0f);
-              } else {
-                for (int c = 0; c < width; c++) target[c] += add[c];
-              }
-            }
-          }
+void gemm(ThreadPool& pool, const MatmulArgs& a) {
+  if (a.n == 0 || a.m == 0) return;
+  const Tiles tiles = tilesFor(a.dtype);
+  const int64_t groups = (a.m + kColumnGroup - 1) / kColumnGroup;
+  const int64_t threads = pool.size();
+  // Column blocks: as many groups as keep their weights in L2, at least one.
+  const int64_t blockGroups =
+      std::max<int64_t>(1, static_cast<int64_t>(kBlockWeightBytes / std::max<size_t>(1, tensorBytes(a.dtype, a.k) * kColumnGroup)));
+  // One piece per thread for decode (each streams a contiguous share of the weights); finer pieces when rows are many.
+  const int64_t grain = a.n <= 4 ? (groups + threads - 1) / threads : std::min(blockGroups, (groups + threads - 1) / threads);
+  pool.parallelFor(groups, std::max<int64_t>(1, grain), [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; block += blockGroups) {
+      const int64_t blockEnd = std::min(end, block + blockGroups);
+      if (a.n == 1) {
+        for (int64_t g = block; g < blockEnd; g++) tiles.wide(a, 0, g * kColumnGroup);
+        continue;
+      }
+      for (int64_t row0 = 0; row0 < a.n; row0 += 4) {
+        const int rows = static_cast<int>(std::min<int64_t>(4, a.n - row0));
+        for (int64_t g = block; g < blockEnd; g++) {
+          tiles.rows[rows](a, row0, g * kColumnGroup);
+          tiles.rows[rows](a, row0, g * kColumnGroup + 4);
         }
       }
     }
-    std::free(packed);
   });
 }
 
@@ -162,7 +138,7 @@ void addScaled(float scale, const float* x, float* y, int64_t count) {
 void cpuMatmul(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType weightType, int64_t m,
                float* out, const float* bias, const float* residual) {
   // One path for every row count: a row's result is the same whether it runs alone (decode) or in a batch.
-  gemm(pool, x, n, k, weight, weightType, m, out, bias, residual);
+  gemm(pool, MatmulArgs{x, n, k, weight, weightType, m, out, bias, residual});
 }
 
 }  // namespace duo
