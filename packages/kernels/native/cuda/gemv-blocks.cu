@@ -119,10 +119,18 @@ __device__ __forceinline__ void decodeShared(const uint8_t* block, int piece, Pi
   }
 }
 
+// x staged in shared memory: each 32-value piece padded to 36 floats, so the eight lanes of a phase, reading 16 bytes
+// each of pieces 36 floats apart, touch every bank once (straight from global memory, a warp's 8 loads of its lanes'
+// pieces touched 32 lines each: the x reads, not the weights, bounded the first version).
+constexpr int kPaddedPiece = kPieceValues + 4;
+inline size_t stagedInputBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k / kPieceValues) * kPaddedPiece * 4; }
+template <DType F, bool SWIGLU>
+constexpr size_t ringBytes() { return static_cast<size_t>(kWarps) * kStages * (SWIGLU ? 2 : 1) * Format<F>::kSlot; }
+
 // One warp per output column (SwiGLU: gate row j and up row j), ROWS rows of x per launch row (blockIdx.y tiles the
 // rest). Chained launch: the first chunks' copies go out before waiting for the previous kernel (weights are never
-// written during a step); x is read only after.
-template <DType F, int ROWS, bool SWIGLU>
+// written during a step); x is read only after. STAGED: x is copied into shared memory first (when it fits).
+template <DType F, int ROWS, bool SWIGLU, bool STAGED>
 __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __restrict__ x, int64_t rows, int64_t k,
                                                                WeightJob<uint8_t> job) {
   using Fmt = Format<F>;
@@ -163,6 +171,17 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
 
   const int64_t rowBase = static_cast<int64_t>(blockIdx.y) * ROWS;
   const int rowsHere = static_cast<int>(lesser(ROWS, rows - rowBase));
+  const int64_t paddedRow = k / kPieceValues * kPaddedPiece;
+  float* staged = reinterpret_cast<float*>(shared + ringBytes<F, SWIGLU>());
+  if constexpr (STAGED) {
+    const int64_t count = rowsHere * k;
+    for (int64_t i = static_cast<int64_t>(threadIdx.x) * 4; i < count; i += kWarps * 32 * 4) {
+      const int64_t r = i / k, c = i % k;
+      const float4 value = __ldg(reinterpret_cast<const float4*>(x + rowBase * k + i));
+      *reinterpret_cast<float4*>(staged + r * paddedRow + c / kPieceValues * kPaddedPiece + c % kPieceValues) = value;
+    }
+    __syncthreads();
+  }
   float acc[ROWS][kColumns];
 #pragma unroll
   for (int r = 0; r < ROWS; r++)
@@ -183,14 +202,17 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
       const uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
       decodeShared<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, pieces[c]);
     }
-    const float* xs = x + rowBase * k + (firstBlock + blockInChunk) * Fmt::kValues + kPieceValues * piece;
+    const int64_t value0 = (firstBlock + blockInChunk) * Fmt::kValues + kPieceValues * piece;
+    const float* xs = STAGED ? staged + value0 / kPieceValues * kPaddedPiece : x + rowBase * k + value0;
+    const int64_t rowStride = STAGED ? paddedRow : k;
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
       if (r >= rowsHere) break;
       float low[kColumns] = {}, high[kColumns] = {}, sum = 0.0f;
 #pragma unroll
       for (int v = 0; v < kPieceValues; v += 4) {
-        const float4 xv = __ldg(reinterpret_cast<const float4*>(xs + r * k + v));
+        const float4 xv = STAGED ? *reinterpret_cast<const float4*>(xs + r * rowStride + v)
+                                 : __ldg(reinterpret_cast<const float4*>(xs + r * rowStride + v));
         const float values[4] = {xv.x, xv.y, xv.z, xv.w};
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -224,18 +246,26 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
   }
 }
 
+// Shared memory a block may take for x beside its ring (two blocks of the largest still fit an SM).
+constexpr size_t kStagedLimit = 96 * 1024;
+
 template <DType F, int ROWS, bool SWIGLU>
 void launchBlockRows(const float* x, int64_t rows, int64_t k, const WeightJob<uint8_t>& job, cudaStream_t stream) {
-  auto kernel = blockGemvKernel<F, ROWS, SWIGLU>;
-  const size_t shared = static_cast<size_t>(kWarps) * kStages * (SWIGLU ? 2 : 1) * Format<F>::kSlot;
-  static const bool raised = [&] {
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)), "cudaFuncSetAttribute");
-    return true;
-  }();
-  (void)raised;
+  const size_t staged = stagedInputBytes(static_cast<int>(std::min<int64_t>(ROWS, rows)), k);
   const int64_t units = job.first[job.count];
   const dim3 grid(blocksFor(units, kWarps), static_cast<unsigned>((rows + ROWS - 1) / ROWS));
-  launchChained(kernel, grid, dim3(kWarps * 32), shared, stream, x, rows, k, job);
+  auto launch = [&](auto kernel, size_t shared, size_t most) {
+    static const bool raised = [&] {
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)), "cudaFuncSetAttribute");
+      return true;
+    }();
+    (void)raised;
+    launchChained(kernel, grid, dim3(kWarps * 32), shared, stream, x, rows, k, job);
+  };
+  if (staged <= kStagedLimit)
+    launch(blockGemvKernel<F, ROWS, SWIGLU, true>, ringBytes<F, SWIGLU>() + staged, ringBytes<F, SWIGLU>() + kStagedLimit);
+  else
+    launch(blockGemvKernel<F, ROWS, SWIGLU, false>, ringBytes<F, SWIGLU>(), ringBytes<F, SWIGLU>());
 }
 
 template <DType F, bool SWIGLU>
