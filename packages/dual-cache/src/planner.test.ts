@@ -55,6 +55,14 @@ describe('memory planner', () => {
     expect(longest % 8192).toBe(0);
     expect(planMemory({ ...paged, tokens: longest }).total).toBeLessThanOrEqual(budget);
     expect(planMemory({ ...paged, tokens: longest + 1 }).total).toBeGreaterThan(budget);
+    // int4's planes (64-byte codes, 4-byte scales) round to their own pages: 32768- and 524288-token units. The longest
+    // context is each plane's own boundary, not a multiple of the common unit (which would lose up to half a million
+    // tokens: issue 19's capacity runs stopped at 4 194 304 for Q8_0 and Q4_K weights alike).
+    const int4 = { ...paged, kvQuant: 'int4', weightDtype: 'q4_k' } as const;
+    const most = maxContext(int4, budget);
+    expect(most % 524288).not.toBe(0);
+    expect(planMemory({ ...int4, tokens: most }).total).toBeLessThanOrEqual(budget);
+    expect(planMemory({ ...int4, tokens: most + 1 }).total).toBeGreaterThan(budget);
   });
 
   it('counts quantized KV bytes per token exactly for every scheme and policy (Llama-3-8B: int4 68 B per head)', () => {

@@ -124,7 +124,18 @@ export function maxContext(input: Omit<MemoryPlanInput, 'tokens'>, budgetBytes: 
   const fixed = planMemory({ ...input, tokens: 1, pageBytes: 1 });
   const available = budgetBytes - reserveBytes - (fixed.total - fixed.fullRegion);
   if (fixed.bytesPerToken === 0) return available >= 0 ? Number.POSITIVE_INFINITY : 0;
-  // Full regions map whole pages: the longest context is the last page boundary that fits.
+  // Full regions map whole pages, each plane its own (codes and scales round up separately): a context at a boundary
+  // of every plane's pages fits exactly as estimated; past it, the planes' own page boundaries decide, so the longest
+  // context is searched up to the next common boundary (that unit is half a million tokens for int4 on 2 MiB pages).
   const unit = kvPageTokens(kvPlanes(input.config.headDim, input.kvDtype, input.kvQuant), input.pageBytes ?? 1);
-  return Math.max(0, Math.floor(Math.floor(available / fixed.bytesPerToken) / unit) * unit);
+  const lower = Math.max(0, Math.floor(Math.floor(available / fixed.bytesPerToken) / unit) * unit);
+  const fits = (tokens: number) => planMemory({ ...input, tokens }).total <= budgetBytes - reserveBytes;
+  if (lower === 0 && !fits(1)) return 0;
+  let [good, bad] = [Math.max(lower, 1), lower + unit];
+  while (bad - good > 1) {
+    const middle = Math.floor((good + bad) / 2);
+    if (fits(middle)) good = middle;
+    else bad = middle;
+  }
+  return good;
 }
