@@ -17,7 +17,6 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kStages = 4;  // chunks in flight per weight row: 3 × ~0.6–1.1 KB per warp keeps HBM busy
 constexpr int kPieceValues = 32;
 
 // A chunk is 32 pieces of 32 values (one per lane) of whole blocks; its shared-memory slot holds the chunk's bytes
@@ -31,6 +30,8 @@ struct Format {
   static constexpr int kBlocks = 32 / kPieces;
   static constexpr int kSlot = (kBlocks * kBytes + 15) / 16 * 16 + 32;
   static constexpr bool kOffset = F == DType::Q4_K || F == DType::Q5_K;  // values carry a min (− offset)
+  // Chunks in a warp's ring (all but one in flight): ~3 KB of weights per warp in flight for the short k-quant chunks.
+  static constexpr int kStages = F == DType::Q8_0 ? 4 : 6;
 };
 
 // N little-endian words of the bytes at `p` in shared memory, any alignment: N + 1 aligned loads, funnel-shifted (the
@@ -125,7 +126,9 @@ __device__ __forceinline__ void decodeShared(const uint8_t* block, int piece, Pi
 constexpr int kPaddedPiece = kPieceValues + 4;
 inline size_t stagedInputBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k / kPieceValues) * kPaddedPiece * 4; }
 template <DType F, bool SWIGLU>
-constexpr size_t ringBytes() { return static_cast<size_t>(kWarps) * kStages * (SWIGLU ? 2 : 1) * Format<F>::kSlot; }
+constexpr size_t ringBytes() { return static_cast<size_t>(kWarps) * Format<F>::kStages * (SWIGLU ? 2 : 1) * Format<F>::kSlot; }
+// After the staged x: each row's piece sums (the k-quants' mins multiply them), rows × k / 32 floats.
+inline size_t pieceSumBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k / kPieceValues) * 4; }
 
 // One warp per output column (SwiGLU: gate row j and up row j), ROWS rows of x per launch row (blockIdx.y tiles the
 // rest). Chained launch: the first chunks' copies go out before waiting for the previous kernel (weights are never
@@ -148,7 +151,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
   const uint8_t* row[kColumns];
 #pragma unroll
   for (int c = 0; c < kColumns; c++) row[c] = (SWIGLU ? job.weight[c] : job.weight[which]) + column * blocks * Fmt::kBytes;
-  uint8_t* ring = shared + static_cast<size_t>(warp) * kStages * kColumns * Fmt::kSlot;
+  uint8_t* ring = shared + static_cast<size_t>(warp) * Fmt::kStages * kColumns * Fmt::kSlot;
   // The chunk's bytes, from the 16-byte boundary at or below its first block, into its slot.
   auto stage = [&](int64_t chunk) {
     if (chunk < chunks) {
@@ -159,28 +162,46 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
         const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
         const uint8_t* aligned = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(start) & ~uintptr_t{15});
         const int copies = static_cast<int>((start - aligned + count * Fmt::kBytes + 15) / 16);
-        uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
+        uint8_t* slot = ring + ((chunk % Fmt::kStages) * kColumns + c) * Fmt::kSlot;
         for (int i = lane; i < copies; i += 32) copyAsync16(slot + 16 * i, aligned + 16 * i);
       }
     }
     commitGroup();
   };
 #pragma unroll
-  for (int s = 0; s < kStages - 1; s++) stage(s);
+  for (int s = 0; s < Fmt::kStages - 1; s++) stage(s);
   dependOnPrevious();
 
   const int64_t rowBase = static_cast<int64_t>(blockIdx.y) * ROWS;
   const int rowsHere = static_cast<int>(lesser(ROWS, rows - rowBase));
   const int64_t paddedRow = k / kPieceValues * kPaddedPiece;
   float* staged = reinterpret_cast<float*>(shared + ringBytes<F, SWIGLU>());
+  // Piece sums of the staged rows (k-quants), rows × k / 32, after them.
+  float* pieceSums = staged + static_cast<int64_t>(rowsHere) * paddedRow;
   if constexpr (STAGED) {
-    const int64_t count = rowsHere * k;
-    for (int64_t i = static_cast<int64_t>(threadIdx.x) * 4; i < count; i += kWarps * 32 * 4) {
-      const int64_t r = i / k, c = i % k;
-      const float4 value = __ldg(reinterpret_cast<const float4*>(x + rowBase * k + i));
-      *reinterpret_cast<float4*>(staged + r * paddedRow + c / kPieceValues * kPaddedPiece + c % kPieceValues) = value;
+    // One copy group for all of x (the weights' first groups, committed before it, land first anyway).
+    const int64_t vectors = rowsHere * k / 4;
+    for (int64_t i = threadIdx.x; i < vectors; i += kWarps * 32) {
+      const int64_t e = i * 4, r = e / k, c = e % k;
+      copyAsync16(staged + r * paddedRow + c / kPieceValues * kPaddedPiece + c % kPieceValues, x + rowBase * k + e);
     }
+    commitGroup();
+    waitGroups<0>();
     __syncthreads();
+    if constexpr (Fmt::kOffset) {
+      const int64_t pieces = rowsHere * (k / kPieceValues);
+      for (int64_t i = threadIdx.x; i < pieces; i += kWarps * 32) {
+        const float* values = staged + i * kPaddedPiece;  // row r's piece p sits at r · paddedRow + p · 36 = i · 36
+        float total = 0.0f;
+#pragma unroll
+        for (int v = 0; v < kPieceValues; v += 4) {
+          const float4 four = *reinterpret_cast<const float4*>(values + v);
+          total += (four.x + four.y) + (four.z + four.w);
+        }
+        pieceSums[i] = total;
+      }
+      __syncthreads();
+    }
   }
   float acc[ROWS][kColumns];
 #pragma unroll
@@ -189,9 +210,9 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
     for (int c = 0; c < kColumns; c++) acc[r][c] = 0.0f;
   const int blockInChunk = lane / Fmt::kPieces, piece = lane % Fmt::kPieces;
   for (int64_t chunk = 0; chunk < chunks; chunk++) {
-    waitGroups<kStages - 2>();
+    waitGroups<Fmt::kStages - 2>();
     __syncwarp();  // every lane's copies of this chunk have landed, and every lane is done with the slot refilled next
-    stage(chunk + kStages - 1);
+    stage(chunk + Fmt::kStages - 1);
     const int64_t firstBlock = chunk * Fmt::kBlocks;
     if (firstBlock + blockInChunk >= blocks) continue;
     Piece pieces[kColumns];
@@ -199,16 +220,18 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
     for (int c = 0; c < kColumns; c++) {
       const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
       const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
-      const uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
+      const uint8_t* slot = ring + ((chunk % Fmt::kStages) * kColumns + c) * Fmt::kSlot;
       decodeShared<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, pieces[c]);
     }
     const int64_t value0 = (firstBlock + blockInChunk) * Fmt::kValues + kPieceValues * piece;
     const float* xs = STAGED ? staged + value0 / kPieceValues * kPaddedPiece : x + rowBase * k + value0;
     const int64_t rowStride = STAGED ? paddedRow : k;
+    const int64_t pieceIndex = value0 / kPieceValues;
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
       if (r >= rowsHere) break;
       float low[kColumns] = {}, high[kColumns] = {}, sum = 0.0f;
+      constexpr bool kSummed = STAGED && Fmt::kOffset;  // the piece's sum was taken at staging
 #pragma unroll
       for (int v = 0; v < kPieceValues; v += 4) {
         const float4 xv = STAGED ? *reinterpret_cast<const float4*>(xs + r * rowStride + v)
@@ -216,7 +239,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
         const float values[4] = {xv.x, xv.y, xv.z, xv.w};
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-          if (Fmt::kOffset) sum += values[i];
+          if (Fmt::kOffset && !kSummed) sum += values[i];
 #pragma unroll
           for (int c = 0; c < kColumns; c++) {
             float& part = v < 16 ? low[c] : high[c];
@@ -224,6 +247,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
           }
         }
       }
+      if constexpr (kSummed) sum = pieceSums[r * (k / kPieceValues) + pieceIndex];
 #pragma unroll
       for (int c = 0; c < kColumns; c++)
         acc[r][c] += pieces[c].scaleLow * low[c] + pieces[c].scaleHigh * high[c] - (Fmt::kOffset ? pieces[c].offset * sum : 0.0f);
@@ -247,11 +271,12 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
 }
 
 // Shared memory a block may take for x beside its ring (two blocks of the largest still fit an SM).
-constexpr size_t kStagedLimit = 96 * 1024;
+constexpr size_t kStagedLimit = 108 * 1024;
 
 template <DType F, int ROWS, bool SWIGLU>
 void launchBlockRows(const float* x, int64_t rows, int64_t k, const WeightJob<uint8_t>& job, cudaStream_t stream) {
-  const size_t staged = stagedInputBytes(static_cast<int>(std::min<int64_t>(ROWS, rows)), k);
+  const int rowsStaged = static_cast<int>(std::min<int64_t>(ROWS, rows));
+  const size_t staged = stagedInputBytes(rowsStaged, k) + (Format<F>::kOffset ? pieceSumBytes(rowsStaged, k) : 0);
   const int64_t units = job.first[job.count];
   const dim3 grid(blocksFor(units, kWarps), static_cast<unsigned>((rows + ROWS - 1) / ROWS));
   auto launch = [&](auto kernel, size_t shared, size_t most) {
