@@ -13,6 +13,7 @@ import { createRequire } from 'node:module';
 import { availableParallelism, cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { decodeLatency } from '../packages/app-kit/dist/index.js';
 import { LlamaModel } from '../packages/model/dist/index.js';
 
 const { values: options, positionals } = parseArgs({
@@ -76,16 +77,8 @@ async function measureOurs(context) {
     const start = performance.now();
     await session.forward(Int32Array.from(tokensFor(context, vocabulary)), { logits: 'last' });
     const prefillSeconds = (performance.now() - start) / 1000;
-    const times = [];
-    let last = performance.now();
-    let count = 0;
-    for await (const _token of session.greedyTokens(1, warmup + steps)) {
-      const now = performance.now();
-      if (count >= warmup) times.push(now - last);
-      last = now;
-      count++;
-    }
-    return { prefillTokensPerSecond: context / prefillSeconds, decodeMsPerToken: median(times) };
+    const timing = await decodeLatency(session, warmup, steps);
+    return { prefillTokensPerSecond: context / prefillSeconds, decodeMsPerToken: timing.msPerToken };
   } finally {
     session.dispose();
   }

@@ -1,5 +1,5 @@
 // Timing helpers shared by the benchmarks: steady-state decode latency and prefill time of a session.
-import { median, quantile } from '@duoattn/app-kit';
+import { median } from '@duoattn/app-kit';
 import type { Backend } from '@duoattn/core';
 import type { Session } from '@duoattn/model';
 
@@ -10,29 +10,7 @@ import type { Session } from '@duoattn/model';
  */
 export const TIMING_ONLY = { allowBeyondContext: true } as const;
 
-/** Decode latency in the steady state: ms between consecutive tokens of one greedy run after `warmup` tokens. */
-export interface DecodeTiming {
-  msPerToken: number;
-  p10: number;
-  p90: number;
-}
-
-/**
- * Times `steps` greedy tokens after `warmup` from the session's current position (on CUDA a replayed graph with one
- * step in flight, as generate() runs). The host wall clock between consecutive tokens is the latency a user sees.
- */
-export async function decodeLatency(session: Session, warmup: number, steps: number): Promise<DecodeTiming> {
-  const times: number[] = [];
-  let last = performance.now();
-  let count = 0;
-  for await (const _token of session.greedyTokens(1, warmup + steps)) {
-    const now = performance.now();
-    if (count >= warmup) times.push(now - last);
-    last = now;
-    count++;
-  }
-  return { msPerToken: median(times), p10: quantile(times, 0.1), p90: quantile(times, 0.9) };
-}
+export { type DecodeTiming, decodeLatency } from '@duoattn/app-kit';
 
 /**
  * Seconds to prefill `tokens` from position 0 (chunked as the session is), median of `runs` timed runs after one

@@ -41,5 +41,5 @@ export {
   runLabel,
 } from './policy-options.js';
 export { currentCommit, type ResultRecord, resultRecord, writeResult, writeText } from './result-records.js';
-export { median, quantile } from './statistics.js';
+export { type DecodeTiming, decodeLatency, type GreedyDecoder, median, quantile } from './statistics.js';
 export { UsageError, type UsageErrorDetails } from './usage-error.js';
