@@ -237,9 +237,10 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
         const float4 xv = STAGED ? *reinterpret_cast<const float4*>(xs + r * rowStride + v)
                                  : __ldg(reinterpret_cast<const float4*>(xs + r * rowStride + v));
         const float values[4] = {xv.x, xv.y, xv.z, xv.w};
+        // The piece's sum in the staging's order, so a row gets the same bits whichever path its launch takes.
+        if (Fmt::kOffset && !kSummed) sum += (xv.x + xv.y) + (xv.z + xv.w);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-          if (Fmt::kOffset && !kSummed) sum += values[i];
 #pragma unroll
           for (int c = 0; c < kColumns; c++) {
             float& part = v < 16 ? low[c] : high[c];
