@@ -8,7 +8,7 @@ import {
   type TensorHandle,
   type WeightFormat,
 } from '@duoattn/core';
-import { type Checkpoint, loadTensor, nativeDtype, readTensorF32, requireTensor } from './loaders/checkpoint.js';
+import { type Checkpoint, loadTensor, readTensorF32, requireTensor } from './loaders/checkpoint.js';
 import { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames, weightShapes } from './loaders/names.js';
 
 /** One decoder layer's tensors. Norms and biases are f32; matrices keep the chosen weight dtype. */
@@ -90,7 +90,7 @@ export function loadWeights(
     const format = quant ? storedWeightFormat(quant, expected[expected.length - 1] ?? 0) : undefined;
     const tensor = format
       ? backend.upload(format, expected, quantizeWeights(format, readTensorF32(stored)))
-      : loadTensor(backend, stored, quant ? 'f16' : dtype === 'auto' ? nativeDtype(stored.encoding) : dtype);
+      : loadTensor(backend, stored, quant ? 'f16' : dtype === 'auto' ? stored.encoding : dtype);
     made.push(tensor);
     onProgress?.(++done, total);
     return tensor;

@@ -48,12 +48,6 @@ export function storedBytes(encoding: StoredEncoding, elements: number): number 
   return tensorByteLength(encoding, [elements]);
 }
 
-/** The dtype a stored tensor keeps on the backend when the caller asks for 'auto'. */
-export function nativeDtype(encoding: StoredEncoding): DType {
-  // Both backends read the block formats in place (ADR 0010): every encoding stays as stored.
-  return encoding;
-}
-
 /** Elements of a tensor of `shape`. */
 export function elementCount(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
