@@ -271,7 +271,8 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
   }
 }
 
-// Shared memory a block may take for x beside its ring (two blocks of the largest still fit an SM).
+// Shared memory a block may take for x beside its ring. At the limit an SM holds a single such block (8 warps); x of one
+// row at k = 14 336 (65 KB) leaves room for two. Past the limit x is read from global memory (slower, see above).
 constexpr size_t kStagedLimit = 108 * 1024;
 
 template <DType F, int ROWS, bool SWIGLU>
