@@ -20,6 +20,31 @@ function product(x: ArrayLike<number>, weights: ArrayLike<number>, n: number, k:
   return out;
 }
 
+/** Rounds half to even, as CUDA's __float2int_rn. */
+function roundHalfEven(value: number): number {
+  const rounded = Math.round(value);
+  return Math.abs(value % 1) === 0.5 && rounded % 2 !== 0 ? rounded - 1 : rounded;
+}
+
+/**
+ * x as CUDA's integer products read it (Q8_0 and Q4_K decode, cuda/gemv-blocks.cu; ADR 0010): every 32-value piece
+ * rounded to int8 steps of max|x| / 127, each step and code computed in f32 as the kernel does.
+ */
+function int8Pieces(x: Float32Array): Float64Array {
+  const out = new Float64Array(x.length);
+  for (let start = 0; start < x.length; start += 32) {
+    let largest = 0;
+    for (let i = start; i < start + 32; i++) largest = Math.max(largest, Math.abs(x[i] as number));
+    const step = Math.fround(largest / 127);
+    const inverse = largest > 0 ? Math.fround(127 / largest) : 0;
+    for (let i = start; i < start + 32; i++) out[i] = roundHalfEven(Math.fround((x[i] as number) * inverse)) * step;
+  }
+  return out;
+}
+
+/** Formats whose CUDA decode quantizes x to int8 pieces (integer products). */
+const INTEGER_X = new Set<WeightFormat>(['q8_0', 'q4_k']);
+
 /**
  * The shapes each format runs: [rows of x, k, rows of W]. 7 × 512 × 40 crosses the CPU's 256-value k-blocks and
  * 32-column panels; 9 rows take two of CUDA's 8-row passes; 70 rows take CUDA's prefill path (x and a slice of decoded
@@ -56,7 +81,10 @@ export function weightBlocksSuite(label: string, backend: () => NativeBackend | 
           ];
           const x = b.upload('f32', [n, k], input);
           const outs = [b.alloc('f32', [n, m]), b.alloc('f32', [n, m])];
-          const expected = decoded.map((w) => product(input, w, n, k, m));
+          // CUDA's decode path for Q8_0 / Q4_K multiplies x rounded to int8 pieces: the reference rounds it the same way.
+          const integerX = b.device === 'cuda' && !bf16Input && INTEGER_X.has(format);
+          const seen = integerX ? int8Pieces(input) : input;
+          const expected = decoded.map((w) => product(seen, w, n, k, m));
           const shape = `${format} [${n}, ${k}] · [${m}, ${k}]ᵀ`;
           b.matmul(x, first, outs[0] as never);
           expect(

@@ -30,8 +30,12 @@ struct Format {
   static constexpr int kBlocks = 32 / kPieces;
   static constexpr int kSlot = (kBlocks * kBytes + 15) / 16 * 16 + 32;
   static constexpr bool kOffset = F == DType::Q4_K || F == DType::Q5_K;  // values carry a min (− offset)
-  // Chunks in a warp's ring (all but one in flight): ~3 KB of weights per warp in flight for the short k-quant chunks.
-  static constexpr int kStages = F == DType::Q8_0 ? 4 : 6;
+  // Integer products: x is quantized to int8 pieces and each piece's dot product is four-way byte dot products (dp4a)
+  // of its codes; the others decode into floats (see decodeShared).
+  static constexpr bool kIntegerX = F == DType::Q8_0 || F == DType::Q4_K;
+  // Chunks in a warp's ring (all but one in flight); a power of two, so a chunk's slot is a mask. Six for the short
+  // k-quant chunks measured slower on the H100 than four (shared memory took resident blocks).
+  static constexpr int kStages = 4;
 };
 
 // N little-endian words of the bytes at `p` in shared memory, any alignment: N + 1 aligned loads, funnel-shifted (the
@@ -120,6 +124,43 @@ __device__ __forceinline__ void decodeShared(const uint8_t* block, int piece, Pi
   }
 }
 
+// Piece `piece` of the block at `block` as 32 small signed integers, four to a word (Q8_0: its int8 codes; Q4_K: the
+// sub-block's nibbles, 0 … 15), and the affine map to the values: value = scale · code − minimum. `aligned`: the block
+// starts on a 16-byte boundary (Q4_K's 144-byte blocks always do when the row does), so words load as two vectors.
+template <DType F>
+__device__ __forceinline__ void pieceCodes(const uint8_t* block, int piece, bool aligned, uint32_t (&codes)[8], float& scale,
+                                           float& minimum) {
+  if constexpr (F == DType::Q8_0) {
+    wordsAt<8>(block + 2, codes);
+    scale = halfAtShared(block);
+    minimum = 0.0f;
+  } else {
+    static_assert(F == DType::Q4_K, "integer products read Q8_0 and Q4_K");
+    const uint8_t* nibbles = block + 16 + 32 * (piece >> 1);
+    if (aligned) {
+      const uint4 low = reinterpret_cast<const uint4*>(nibbles)[0], high = reinterpret_cast<const uint4*>(nibbles)[1];
+      codes[0] = low.x, codes[1] = low.y, codes[2] = low.z, codes[3] = low.w;
+      codes[4] = high.x, codes[5] = high.y, codes[6] = high.z, codes[7] = high.w;
+    } else {
+      wordsAt<8>(nibbles, codes);
+    }
+    const unsigned shift = 4 * (piece & 1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) codes[i] = (codes[i] >> shift) & 0x0F0F0F0Fu;
+    int sub, min;
+    scaleAndMin(block + 4, piece, sub, min);
+    scale = halfAtShared(block) * static_cast<float>(sub);
+    minimum = halfAtShared(block + 2) * static_cast<float>(min);
+  }
+}
+
+// x as int8 pieces (the integer products' input, quantized by each block into shared memory): per row of x, k codes,
+// then per 32-value piece its scale d = max|x| / 127 (codes round(x / d)) and the sum of its dequantized values
+// d · Σ codes (Q4_K's mins multiply it). llama.cpp's CUDA decode quantizes x the same way (its q8_1 blocks): the
+// products of the codes are exact integers, and x's rounding, below half a step of 1/127 of each piece's largest value,
+// is far under the weights' own.
+inline size_t quantizedInputBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k + 2 * (k / kPieceValues) * 4); }
+
 // x staged in shared memory: each 32-value piece padded to 36 floats, so the eight lanes of a phase, reading 16 bytes
 // each of pieces 36 floats apart, touch every bank once (straight from global memory, a warp's 8 loads of its lanes'
 // pieces touched 32 lines each: the x reads, not the weights, bounded the first version).
@@ -178,7 +219,39 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
   float* staged = reinterpret_cast<float*>(shared + ringBytes<F, SWIGLU>());
   // Piece sums of the staged rows (k-quants), rows × k / 32, after them.
   float* pieceSums = staged + static_cast<int64_t>(rowsHere) * paddedRow;
-  if constexpr (STAGED) {
+  // Integer products: the rows of x quantized into shared memory (codes, then scales, then sums), a piece a thread.
+  const int64_t piecesPerRow = k / kPieceValues;
+  int8_t* xCodes = reinterpret_cast<int8_t*>(shared + ringBytes<F, SWIGLU>());
+  float* xScales = reinterpret_cast<float*>(xCodes + static_cast<int64_t>(rowsHere) * k);
+  float* xSums = xScales + static_cast<int64_t>(rowsHere) * piecesPerRow;
+  if constexpr (Fmt::kIntegerX) {
+    for (int64_t i = threadIdx.x; i < rowsHere * piecesPerRow; i += kWarps * 32) {
+      const float4* source = reinterpret_cast<const float4*>(x + (rowBase + i / piecesPerRow) * k + i % piecesPerRow * kPieceValues);
+      float4 values[8];
+      float largest = 0.0f;
+#pragma unroll
+      for (int v = 0; v < 8; v++) {
+        values[v] = __ldg(source + v);
+        largest = fmaxf(largest, fmaxf(fmaxf(fabsf(values[v].x), fabsf(values[v].y)), fmaxf(fabsf(values[v].z), fabsf(values[v].w))));
+      }
+      const float step = largest / 127.0f, inverse = largest > 0.0f ? 127.0f / largest : 0.0f;
+      uint32_t words[8];
+      int total = 0;
+#pragma unroll
+      for (int v = 0; v < 8; v++) {
+        const int a = __float2int_rn(values[v].x * inverse), b = __float2int_rn(values[v].y * inverse);
+        const int c = __float2int_rn(values[v].z * inverse), d = __float2int_rn(values[v].w * inverse);
+        total += (a + b) + (c + d);
+        words[v] = __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
+      }
+      uint4* target = reinterpret_cast<uint4*>(xCodes + i * kPieceValues);  // row r's piece p sits at (r · k + 32 p)
+      target[0] = make_uint4(words[0], words[1], words[2], words[3]);
+      target[1] = make_uint4(words[4], words[5], words[6], words[7]);
+      xScales[i] = step;
+      xSums[i] = step * static_cast<float>(total);
+    }
+    __syncthreads();
+  } else if constexpr (STAGED) {
     // One copy group for all of x (the weights' first groups, committed before it, land first anyway).
     const int64_t vectors = rowsHere * k / 4;
     for (int64_t i = threadIdx.x; i < vectors; i += kWarps * 32) {
@@ -215,43 +288,72 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
     stage(chunk + Fmt::kStages - 1);
     const int64_t firstBlock = chunk * Fmt::kBlocks;
     if (firstBlock + blockInChunk >= blocks) continue;
-    Piece pieces[kColumns];
+    if constexpr (Fmt::kIntegerX) {
+      uint32_t codes[kColumns][8];
+      float scale[kColumns], minimum[kColumns];
 #pragma unroll
-    for (int c = 0; c < kColumns; c++) {
-      const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
-      const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
-      const uint8_t* slot = ring + ((chunk % Fmt::kStages) * kColumns + c) * Fmt::kSlot;
-      decodeShared<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, pieces[c]);
-    }
-    const int64_t value0 = (firstBlock + blockInChunk) * Fmt::kValues + kPieceValues * piece;
-    const float* xs = STAGED ? staged + value0 / kPieceValues * kPaddedPiece : x + rowBase * k + value0;
-    const int64_t rowStride = STAGED ? paddedRow : k;
-    const int64_t pieceIndex = value0 / kPieceValues;
+      for (int c = 0; c < kColumns; c++) {
+        const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
+        const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
+        const uint8_t* slot = ring + ((chunk % Fmt::kStages) * kColumns + c) * Fmt::kSlot;
+        pieceCodes<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, offset == 0, codes[c], scale[c], minimum[c]);
+      }
+      const int64_t pieceIndex = ((firstBlock + blockInChunk) * Fmt::kValues) / kPieceValues + piece;
 #pragma unroll
-    for (int r = 0; r < ROWS; r++) {
-      if (r >= rowsHere) break;
-      float low[kColumns] = {}, high[kColumns] = {}, sum = 0.0f;
-      constexpr bool kSummed = STAGED && Fmt::kOffset;  // the piece's sum was taken at staging
+      for (int r = 0; r < ROWS; r++) {
+        if (r >= rowsHere) break;
+        const uint4* words = reinterpret_cast<const uint4*>(xCodes + r * k + pieceIndex * kPieceValues);
+        const uint4 low = words[0], high = words[1];
+        const uint32_t xw[8] = {low.x, low.y, low.z, low.w, high.x, high.y, high.z, high.w};
+        const float step = xScales[r * piecesPerRow + pieceIndex];
 #pragma unroll
-      for (int v = 0; v < kPieceValues; v += 4) {
-        const float4 xv = STAGED ? *reinterpret_cast<const float4*>(xs + r * rowStride + v)
-                                 : __ldg(reinterpret_cast<const float4*>(xs + r * rowStride + v));
-        const float values[4] = {xv.x, xv.y, xv.z, xv.w};
-        // The piece's sum in the staging's order, so a row gets the same bits whichever path its launch takes.
-        if (Fmt::kOffset && !kSummed) sum += (xv.x + xv.y) + (xv.z + xv.w);
+        for (int c = 0; c < kColumns; c++) {
+          int dot = 0;
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-#pragma unroll
-          for (int c = 0; c < kColumns; c++) {
-            float& part = v < 16 ? low[c] : high[c];
-            part += pieces[c].w[v + i] * values[i];
-          }
+          for (int i = 0; i < 8; i++) dot = __dp4a(static_cast<int>(codes[c][i]), static_cast<int>(xw[i]), dot);
+          acc[r][c] += scale[c] * step * static_cast<float>(dot);
+          if constexpr (Fmt::kOffset) acc[r][c] -= minimum[c] * xSums[r * piecesPerRow + pieceIndex];
         }
       }
-      if constexpr (kSummed) sum = pieceSums[r * (k / kPieceValues) + pieceIndex];
+    } else {
+      Piece pieces[kColumns];
 #pragma unroll
-      for (int c = 0; c < kColumns; c++)
-        acc[r][c] += pieces[c].scaleLow * low[c] + pieces[c].scaleHigh * high[c] - (Fmt::kOffset ? pieces[c].offset * sum : 0.0f);
+      for (int c = 0; c < kColumns; c++) {
+        const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
+        const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
+        const uint8_t* slot = ring + ((chunk % Fmt::kStages) * kColumns + c) * Fmt::kSlot;
+        decodeShared<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, pieces[c]);
+      }
+      const int64_t value0 = (firstBlock + blockInChunk) * Fmt::kValues + kPieceValues * piece;
+      const float* xs = STAGED ? staged + value0 / kPieceValues * kPaddedPiece : x + rowBase * k + value0;
+      const int64_t rowStride = STAGED ? paddedRow : k;
+      const int64_t pieceIndex = value0 / kPieceValues;
+#pragma unroll
+      for (int r = 0; r < ROWS; r++) {
+        if (r >= rowsHere) break;
+        float low[kColumns] = {}, high[kColumns] = {}, sum = 0.0f;
+        constexpr bool kSummed = STAGED && Fmt::kOffset;  // the piece's sum was taken at staging
+#pragma unroll
+        for (int v = 0; v < kPieceValues; v += 4) {
+          const float4 xv = STAGED ? *reinterpret_cast<const float4*>(xs + r * rowStride + v)
+                                   : __ldg(reinterpret_cast<const float4*>(xs + r * rowStride + v));
+          const float values[4] = {xv.x, xv.y, xv.z, xv.w};
+          // The piece's sum in the staging's order, so a row gets the same bits whichever path its launch takes.
+          if (Fmt::kOffset && !kSummed) sum += (xv.x + xv.y) + (xv.z + xv.w);
+#pragma unroll
+          for (int i = 0; i < 4; i++) {
+#pragma unroll
+            for (int c = 0; c < kColumns; c++) {
+              float& part = v < 16 ? low[c] : high[c];
+              part += pieces[c].w[v + i] * values[i];
+            }
+          }
+        }
+        if constexpr (kSummed) sum = pieceSums[r * (k / kPieceValues) + pieceIndex];
+#pragma unroll
+        for (int c = 0; c < kColumns; c++)
+          acc[r][c] += pieces[c].scaleLow * low[c] + pieces[c].scaleHigh * high[c] - (Fmt::kOffset ? pieces[c].offset * sum : 0.0f);
+      }
     }
   }
 #pragma unroll
@@ -278,7 +380,8 @@ constexpr size_t kStagedLimit = 108 * 1024;
 template <DType F, int ROWS, bool SWIGLU>
 void launchBlockRows(const float* x, int64_t rows, int64_t k, const WeightJob<uint8_t>& job, cudaStream_t stream) {
   const int rowsStaged = static_cast<int>(std::min<int64_t>(ROWS, rows));
-  const size_t staged = stagedInputBytes(rowsStaged, k) + (Format<F>::kOffset ? pieceSumBytes(rowsStaged, k) : 0);
+  const size_t staged = Format<F>::kIntegerX ? quantizedInputBytes(rowsStaged, k)
+                                             : stagedInputBytes(rowsStaged, k) + (Format<F>::kOffset ? pieceSumBytes(rowsStaged, k) : 0);
   const int64_t units = job.first[job.count];
   const dim3 grid(blocksFor(units, kWarps), static_cast<unsigned>((rows + ROWS - 1) / ROWS));
   auto launch = [&](auto kernel, size_t shared, size_t most) {
@@ -297,6 +400,22 @@ void launchBlockRows(const float* x, int64_t rows, int64_t k, const WeightJob<ui
 
 template <DType F, bool SWIGLU>
 void launchBlockFormat(const float* x, int64_t rows, int64_t k, const WeightJob<uint8_t>& job, cudaStream_t stream) {
+  if constexpr (Format<F>::kIntegerX) {
+    // Integer products need x quantized in shared memory: passes of fewer rows where 8 would not fit.
+    if (quantizedInputBytes(1, k) > kStagedLimit)
+      throw Error("DUO_ARG", "block-format decode: k = " + std::to_string(k) + " is past what a block stages (" +
+                                 std::to_string(kStagedLimit / 1280 * 1024) + ")");
+    const bool eight = quantizedInputBytes(8, k) <= kStagedLimit, four = quantizedInputBytes(4, k) <= kStagedLimit;
+    if (rows > 4 && !eight) {
+      if (four) launchBlockRows<F, 4, SWIGLU>(x, rows, k, job, stream);
+      else launchBlockRows<F, 1, SWIGLU>(x, rows, k, job, stream);
+      return;
+    }
+    if (rows > 1 && !four) {
+      launchBlockRows<F, 1, SWIGLU>(x, rows, k, job, stream);
+      return;
+    }
+  }
   if (rows == 1) launchBlockRows<F, 1, SWIGLU>(x, rows, k, job, stream);
   else if (rows == 2) launchBlockRows<F, 2, SWIGLU>(x, rows, k, job, stream);
   else if (rows <= 4) launchBlockRows<F, 4, SWIGLU>(x, rows, k, job, stream);
