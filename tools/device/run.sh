@@ -184,6 +184,18 @@ for step in "${steps[@]}"; do
           --prefill none --steps 32 \
           --warmup 4 --bandwidth "$bandwidth" --out "$OUT/weights-capacity-$type.json" || status=1
       done ;;
+    # Where the block-format decode spends its time: Nsight Compute on four block matmuls of a 4K decode step (no graphs)
+    # for each file weights-decode wrote in DUO_WQ_PROFILE_TYPES (default "q8_0 q4_k").
+    weights-profile)
+      dir=${DUO_WQ_DIR:-/tmp/duo-gguf}; NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      for type in ${DUO_WQ_PROFILE_TYPES:-q8_0 q4_k}; do
+        DUO_NO_GRAPHS=1 timeout 150 "$NCU" --target-processes all -k "regex:blockGemvKernel" -s ${DUO_WQ_PROFILE_SKIP:-40} -c 4 \
+          --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
+          --section SchedulerStats --section ComputeWorkloadAnalysis node /tmp/duo-node/duo-bench.mjs speed --model "$dir/llama-3-8b-$type.gguf" \
+          --device cuda --prefill 0 --contexts 4096 --steps 2 --warmup 2 > "$OUT/ncu-weights-$type.txt" 2>&1 || status=1
+        echo "--- $type"; grep -E "blockGemvKernel|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Grid Size|Dynamic Shared|Stall" \
+          "$OUT/ncu-weights-$type.txt" | head -70
+      done ;;
     # llama.cpp (node-llama-cpp's CUDA build, flash attention, f16 KV, one sequence) on the files weights-decode wrote:
     # run `bash tools/device/llamacpp/run.sh prepare` with .peer carried first, on the same warm machine.
     weights-peer)
@@ -252,8 +264,16 @@ for step in "${steps[@]}"; do
     # capacity run (duo 50 % + int4 at the longest context the planner fits beside bf16 weights, 32 decode steps);
     # passkey at 16K and perplexity on the held-out book on the demo model with its trained pattern.
     quant-decode) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
-              --sink 128 --recent 256 --kv-quant none,int8,int4 --contexts ${DUO_QUANT_CONTEXTS:-128k,512k} --prefill none \
+              --sink 128 --recent 256 --kv-quant ${DUO_QUANT_SCHEMES:-none,int8,int4,fp8} --contexts ${DUO_QUANT_CONTEXTS:-128k,512k} --prefill none \
               --steps 32 --warmup 8 --bandwidth ${DUO_BANDWIDTH:-3.0} --out "$OUT/quant-decode.json" --plot "$OUT/quant-decode.svg" || status=1 ;;
+    # The decode attention's L2 prefetch distance (DUO_DECODE_PREFETCH) swept over DUO_PREFETCH_SWEEP (default "0 1 2 4
+    # 8") at DUO_QUANT_CONTEXTS (default 128k): full and duo 50 % over bf16, int8 and int4 caches.
+    quant-prefetch) for ahead in ${DUO_PREFETCH_SWEEP:-0 1 2 4 8}; do
+              echo "--- prefetch $ahead"
+              DUO_DECODE_PREFETCH=$ahead node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo \
+                --sparsity 0.5 --sink 128 --recent 256 --kv-quant ${DUO_QUANT_SCHEMES:-none,int8,int4} --contexts ${DUO_QUANT_CONTEXTS:-128k} \
+                --prefill none --steps 32 --warmup 8 --bandwidth ${DUO_BANDWIDTH:-3.0} --out "$OUT/quant-prefetch-$ahead.json" | grep "decode @" || status=1
+            done ;;
     quant-capacity) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
               --sink 128 --recent 256 --kv-quant int4 --contexts none --max-context --prefill none --steps 32 --warmup 4 \
               --out "$OUT/quant-capacity.json" || status=1 ;;
@@ -268,7 +288,7 @@ for step in "${steps[@]}"; do
               --sparsity 0.5 --kv-quant none,int8,int4,fp8 --out "$OUT/quant-perplexity.json" || status=1 ;;
     # Nsight Compute on the decode attention kernel at 128K (duo 50 %), per --kv-quant scheme in DUO_PROFILE_QUANTS.
     quant-profile) NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-             for scheme in ${DUO_PROFILE_QUANTS:-none int8}; do
+             for scheme in ${DUO_PROFILE_QUANTS:-none int8 int4}; do
                DUO_NO_GRAPHS=1 "$NCU" --target-processes all -k "regex:decodeMmaKernel" -s 64 -c 1 --section SpeedOfLight \
                  --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
                  node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 --sink 128 \
