@@ -266,14 +266,6 @@ for step in "${steps[@]}"; do
     quant-decode) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
               --sink 128 --recent 256 --kv-quant ${DUO_QUANT_SCHEMES:-none,int8,int4,fp8} --contexts ${DUO_QUANT_CONTEXTS:-128k,512k} --prefill none \
               --steps 32 --warmup 8 --bandwidth ${DUO_BANDWIDTH:-3.0} --out "$OUT/quant-decode.json" --plot "$OUT/quant-decode.svg" || status=1 ;;
-    # The decode attention's L2 prefetch distance (DUO_DECODE_PREFETCH) swept over DUO_PREFETCH_SWEEP (default "0 1 2 4
-    # 8") at DUO_QUANT_CONTEXTS (default 128k): full and duo 50 % over bf16, int8 and int4 caches.
-    quant-prefetch) for ahead in ${DUO_PREFETCH_SWEEP:-0 1 2 4 8}; do
-              echo "--- prefetch $ahead"
-              DUO_DECODE_PREFETCH=$ahead node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo \
-                --sparsity 0.5 --sink 128 --recent 256 --kv-quant ${DUO_QUANT_SCHEMES:-none,int8,int4} --contexts ${DUO_QUANT_CONTEXTS:-128k} \
-                --prefill none --steps 32 --warmup 8 --bandwidth ${DUO_BANDWIDTH:-3.0} --out "$OUT/quant-prefetch-$ahead.json" | grep "decode @" || status=1
-            done ;;
     quant-capacity) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
               --sink 128 --recent 256 --kv-quant int4 --contexts none --max-context --prefill none --steps 32 --warmup 4 \
               --out "$OUT/quant-capacity.json" || status=1 ;;

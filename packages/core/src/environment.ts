@@ -58,13 +58,6 @@ export const ENVIRONMENT_VARIABLES = [
     usedBy: 'duo-bench, duo-serve → BackendTuning.longSplitsFirst',
   },
   {
-    name: 'DUO_DECODE_PREFETCH',
-    kind: 'integer',
-    meaning:
-      'tiles of keys each warp of the CUDA decode attention asks L2 for ahead of the one it stages (default: 4 for quantized caches, 1 for 16-bit ones; a tuning knob)',
-    usedBy: 'duo-bench, duo-serve → BackendTuning.decodePrefetch',
-  },
-  {
     name: 'DUO_NO_PDL',
     kind: 'flag',
     meaning: 'launch CUDA kernels without programmatic dependent launch (A/B runs)',
@@ -134,7 +127,6 @@ export interface DuoEnvironment {
   readonly batchInvariant: boolean;
   readonly skinnyRowsMax?: number;
   readonly longSplitsFirst?: boolean;
-  readonly decodePrefetch?: number;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
   readonly gemvSplit?: string;
@@ -181,7 +173,6 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     batchInvariant: flag('DUO_BATCH_INVARIANT'),
     skinnyRowsMax: integer('DUO_SKINNY_ROWS_MAX', 0, 64),
     longSplitsFirst: longSplits === undefined ? undefined : longSplits === 1,
-    decodePrefetch: integer('DUO_DECODE_PREFETCH', 0, 64),
     gemvMinSlice: integer('DUO_GEMV_MIN_SLICE', 1),
     gemvWaves: integer('DUO_GEMV_WAVES', 0, 2),
     gemvSplit: text('DUO_GEMV_SPLIT'),

@@ -351,7 +351,6 @@ class Device {
     bool batchInvariant = false;   // a row's results never depend on the other rows of a call (batch engine)
     int64_t skinnyRowsMax = 64;    // most rows the skinny tensor-core matmul takes outside that mode (0: cuBLAS)
     bool longSplitsFirst = true;   // a batch's decode attention starts every sequence's full-head splits first
-    int decodePrefetch = -1;       // tiles a decode warp asks L2 for ahead (−1: the kernel's rule per cache type)
   };
   virtual void tune(const Tuning&) {}
 

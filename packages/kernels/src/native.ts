@@ -76,11 +76,6 @@ export interface BackendTuning {
    * split, so the short ones fill the tail; false: sequence after sequence (an A/B knob). Default true.
    */
   readonly longSplitsFirst?: boolean;
-  /**
-   * Tiles of 32 keys each warp of the CUDA decode attention asks L2 for ahead of the tile it stages (full heads; 0 … 64):
-   * more bytes in flight than one shared-memory tile per warp holds. Default: 4 for quantized caches, 1 for 16-bit ones.
-   */
-  readonly decodePrefetch?: number;
 }
 
 /**

@@ -77,7 +77,6 @@ export function environmentTuning(environment: DuoEnvironment): BackendTuning {
     batchInvariant: environment.batchInvariant,
     ...(environment.skinnyRowsMax === undefined ? {} : { skinnyRowsMax: environment.skinnyRowsMax }),
     ...(environment.longSplitsFirst === undefined ? {} : { longSplitsFirst: environment.longSplitsFirst }),
-    ...(environment.decodePrefetch === undefined ? {} : { decodePrefetch: environment.decodePrefetch }),
     ...(environment.gemvMinSlice === undefined ? {} : { gemvMinSlice: environment.gemvMinSlice }),
     ...(environment.gemvWaves === undefined ? {} : { gemvWaveRule: environment.gemvWaves }),
     ...(environment.gemvSplit === undefined ? {} : { gemvPinnedSplits: environment.gemvSplit }),

@@ -6,7 +6,6 @@
 // own caches, layout, quantization and length (attentionBatch's decode rows): blockIdx.x picks the sequence (y the
 // combine's).
 #include <algorithm>
-#include <atomic>
 #include <cfloat>
 #include <memory>
 #include <type_traits>
@@ -26,14 +25,6 @@ constexpr int kDecodeThreads = 128;
 // conflict-free); then each lane scores one key against all G query heads of the KV head, the warp does one
 // online-softmax update per tile, and lanes that own D/32 value channels accumulate with the probabilities broadcast.
 constexpr int kDecodeWarps = kDecodeThreads / 32;
-
-// Tiles a warp prefetches: the knob's, else kQuantPrefetch for quantized caches — their 32-key tiles are a quarter to
-// a half of a 16-bit one's bytes, too few in flight with one tile per warp (ncu at 128K: int4 at 20 % of DRAM
-// bandwidth where bf16 reached 78 %) — and kPlainPrefetch for 16-bit ones.
-constexpr int kQuantPrefetch = 4, kPlainPrefetch = 1;
-__device__ __forceinline__ int decodePrefetchTiles(int knob, bool quantized) {
-  return knob >= 0 ? knob : quantized ? kQuantPrefetch : kPlainPrefetch;
-}
 
 // One sequence of a decode launch, as its blocks read it: its query row, caches, layout, key count, splits and the
 // partials (and, for the combine, the output row) of its heads.
@@ -61,7 +52,6 @@ struct DecodeLaunch {
   int group, headDim;
   float scale;
   bool longSplitsFirst;  // a batch's decode grid is (sequences, blocks), else (blocks, sequences)
-  int prefetchTiles;     // tiles a warp asks L2 for ahead of the ones it stages (−1: decodePrefetchTiles' rule)
   DecodeSequence sequences[N];
   // The combine's grid: (heads, sequences).
   __device__ __forceinline__ const DecodeSequence& sequence() const { return sequences[N == 1 ? 0 : blockIdx.y]; }
@@ -333,26 +323,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_c
     else stageTile<T, D>(keyTile, valueTile, work.keys, work.values, tile, count, 32, lane, 32, slotOf);
   };
   if (early) stage(firstTile, static_cast<int>(lesser(32, work.end - firstTile)));
-  // A full head's rows are contiguous: a warp asks L2 for `ahead` of its tiles past the one it stages (a quantized one
-  // stages the next tile while it multiplies the current one), so more than a tile per warp is on its way from DRAM.
-  constexpr int kTileStride = kDecodeWarps * 32;  // keys between a warp's consecutive tiles
-  const int ahead = decodePrefetchTiles(launch.prefetchTiles, kQuant);
-  const int64_t prefetchFrom = static_cast<int64_t>(kQuant ? 2 : 1) * kTileStride;
-  auto prefetch = [&](int64_t tile) {
-    if (work.streams || tile >= work.end || lane >= (kQuant ? 4 : 2)) return;
-    const int64_t count = lesser(int64_t{32}, work.end - tile);
-    if constexpr (kQuant) {
-      const QuantHead& head = work.quant;
-      const int64_t scaleBytes = static_cast<int64_t>(head.scaleHalves) * 2;
-      const uint8_t* codes = lane == 0 ? head.keyCodes : head.valueCodes;
-      const uint16_t* scales = lane == 2 ? head.keyScales : head.valueScales;
-      if (lane < 2) prefetchL2(codes + tile * head.codeBytes, count * head.codeBytes);
-      else prefetchL2(scales + tile * head.scaleHalves, count * scaleBytes);
-    } else {
-      prefetchL2((lane == 0 ? work.keys : work.values) + tile * D, count * D * static_cast<int64_t>(sizeof(T)));
-    }
-  };
-  for (int j = 0; j < ahead; j++) prefetch(firstTile + prefetchFrom + static_cast<int64_t>(j) * kTileStride);
   dependOnPrevious();
   // A fragments of Q for this lane: row `row` (a query head), columns 16s + 2·pair (+1) and 16s + 8 + 2·pair (+1).
   // int8 / int4 tiles hold offset codes: the scores then need the sum of the query as the products see it (high +
@@ -388,9 +358,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_c
 #pragma unroll
   for (int t = 0; t < kOutTiles; t++) out[t][0] = out[t][1] = out[t][2] = out[t][3] = 0.0f;
 
-  for (int64_t tile = firstTile; tile < end; tile += kTileStride) {
+  for (int64_t tile = firstTile; tile < end; tile += kDecodeWarps * 32) {
     const int count = static_cast<int>(lesser(32, end - tile));
-    if (ahead > 0 && tile != firstTile) prefetch(tile + prefetchFrom + static_cast<int64_t>(ahead - 1) * kTileStride);
     if (kQuant ? tile == firstTile && !early : tile != firstTile || !early) stage(tile, count);
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncwarp();
@@ -633,9 +602,6 @@ __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const __g
   }
 }
 
-// The L2 prefetch distance of the tensor-core decode (Device::Tuning::decodePrefetch, for A/B runs; −1: the rule).
-std::atomic<int> decodePrefetchKnob{-1};
-
 int maxGroupFor(int group) {
   if (group == 1) return 1;
   if (group <= 4) return 4;
@@ -753,7 +719,6 @@ DecodeLaunch<N> decodeLaunchFor(const AttentionArgs& args) {
   launch.headDim = args.headDim;
   launch.scale = args.scale;
   launch.longSplitsFirst = false;
-  launch.prefetchTiles = decodePrefetchKnob.load(std::memory_order_relaxed);
   return launch;
 }
 }  // namespace
@@ -800,8 +765,6 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
   launch.sequences[0] = decodeSequence(q, k, v, capacity, out, args, splits, scratch);
   launchDecode(launch, 1, static_cast<unsigned>(launch.sequences[0].blocks), args, cacheType, stream);
 }
-
-void setDecodeTuning(const Device::Tuning& tuning) { decodePrefetchKnob.store(tuning.decodePrefetch, std::memory_order_relaxed); }
 
 bool decodeBatchable(const AttentionArgs& args, DType cacheType) {
   return decodeKernelFor(args, cacheType) != AttentionKernel::PrefillRow;

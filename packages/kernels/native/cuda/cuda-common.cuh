@@ -44,8 +44,6 @@ __device__ __forceinline__ void dependOnPrevious() {
 // functions that every environment's device shares; parsed once here, read without locks on every launch.
 void setChainLaunches(bool allowed);
 void setGemvTuning(const Device::Tuning& tuning);
-// The decode attention's knobs (Device::Tuning::decodePrefetch).
-void setDecodeTuning(const Device::Tuning& tuning);
 // Whether chained launches may overlap: compute capability 9.0 or later, unless the tuning turns it off (A/B runs).
 bool chainLaunches();
 
@@ -68,19 +66,6 @@ void launchChained(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shar
   check(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), "cudaLaunchKernelEx");
 }
 
-// Asks L2 to fetch `bytes` of global memory from `start` (one bulk request, Hopper on; a hint, nothing waits for it):
-// how a kernel whose shared memory holds one tile per warp keeps more of DRAM's latency covered. The range is widened to
-// 16-byte boundaries, which stay inside the allocation (it is made of whole pages).
-__device__ __forceinline__ void prefetchL2(const void* start, int64_t bytes) {
-#if __CUDA_ARCH__ >= 900
-  const uintptr_t first = reinterpret_cast<uintptr_t>(start) & ~uintptr_t{15};
-  const uintptr_t last = (reinterpret_cast<uintptr_t>(start) + static_cast<uintptr_t>(bytes) + 15) & ~uintptr_t{15};
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(first), "r"(static_cast<uint32_t>(last - first)) : "memory");
-#else
-  (void)start;
-  (void)bytes;
-#endif
-}
 // Starts a 16-byte copy from global to shared memory (cp.async; completes at the next wait_group).
 __device__ __forceinline__ void copyAsync16(void* shared, const void* global) {
   unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(shared));

@@ -592,7 +592,6 @@ class CudaDevice final : public Device {
     longSplitsFirst_ = tuning.longSplitsFirst;
     setChainLaunches(tuning.chainLaunches);
     setGemvTuning(tuning);
-    setDecodeTuning(tuning);
   }
 };
 

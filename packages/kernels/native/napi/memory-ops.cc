@@ -249,7 +249,7 @@ Napi::Value takeProfile(const Napi::CallbackInfo& info) {
 }
 
 // Device::Tuning from { profile, chainLaunches, gemvMinSlice, gemvWaveRule, gemvPinnedSplits, batchInvariant,
-// skinnyRowsMax, longSplitsFirst, decodePrefetch } (all optional).
+// skinnyRowsMax, longSplitsFirst } (all optional).
 Napi::Value tune(const Napi::CallbackInfo& info) {
   const Attributes attributes(info[1], "the backend's tuning");
   Device::Tuning tuning;
@@ -261,7 +261,6 @@ Napi::Value tune(const Napi::CallbackInfo& info) {
   tuning.batchInvariant = attributes.flag("batchInvariant");
   if (!absent(attributes.optional("skinnyRowsMax"))) tuning.skinnyRowsMax = attributes.integer("skinnyRowsMax");
   if (!absent(attributes.optional("longSplitsFirst"))) tuning.longSplitsFirst = attributes.flag("longSplitsFirst");
-  if (!absent(attributes.optional("decodePrefetch"))) tuning.decodePrefetch = static_cast<int>(attributes.integer("decodePrefetch"));
   deviceOf(info[0])->tune(tuning);
   return info.Env().Undefined();
 }
