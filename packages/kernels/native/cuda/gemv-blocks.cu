@@ -33,13 +33,9 @@ struct Format {
   // Integer products: x is quantized to int8 pieces and each piece's dot product is four-way byte dot products (dp4a)
   // of its codes; the others decode into floats (see decodeShared).
   static constexpr bool kIntegerX = F == DType::Q8_0 || F == DType::Q4_K;
-  // Chunks in a warp's ring (all but one in flight): eight of Q4_K / Q5_K's short chunks (a 4096-value row is four
-  // of them, all in flight at once), six of Q8_0's; SwiGLU rings hold two rows and take fewer, so as many blocks stay
-  // resident (registers allow four of 8 warps an SM). Q6_K's float path keeps four.
-  template <bool SWIGLU>
-  static constexpr int stages() {
-    return F == DType::Q6_K ? 4 : F == DType::Q8_0 ? (SWIGLU ? 4 : 6) : (SWIGLU ? 6 : 8);
-  }
+  // Chunks in a warp's ring (all but one in flight); a power of two, so a chunk's slot is a mask. Six for the short
+  // k-quant chunks measured slower on the H100 than four (shared memory took resident blocks).
+  static constexpr int kStages = 4;
 };
 
 // N little-endian words of the bytes at `p` in shared memory, any alignment: N + 1 aligned loads, funnel-shifted (the
@@ -171,9 +167,7 @@ inline size_t quantizedInputBytes(int rows, int64_t k) { return static_cast<size
 constexpr int kPaddedPiece = kPieceValues + 4;
 inline size_t stagedInputBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k / kPieceValues) * kPaddedPiece * 4; }
 template <DType F, bool SWIGLU>
-constexpr size_t ringBytes() {
-  return static_cast<size_t>(kWarps) * Format<F>::template stages<SWIGLU>() * (SWIGLU ? 2 : 1) * Format<F>::kSlot;
-}
+constexpr size_t ringBytes() { return static_cast<size_t>(kWarps) * Format<F>::kStages * (SWIGLU ? 2 : 1) * Format<F>::kSlot; }
 // After the staged x: each row's piece sums (the k-quants' mins multiply them), rows × k / 32 floats.
 inline size_t pieceSumBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k / kPieceValues) * 4; }
 
@@ -185,7 +179,6 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
                                                                WeightJob<uint8_t> job) {
   using Fmt = Format<F>;
   constexpr int kColumns = SWIGLU ? 2 : 1;
-  constexpr int kStages = Fmt::template stages<SWIGLU>();
   extern __shared__ __align__(16) uint8_t shared[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t unit = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
@@ -199,7 +192,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
   const uint8_t* row[kColumns];
 #pragma unroll
   for (int c = 0; c < kColumns; c++) row[c] = (SWIGLU ? job.weight[c] : job.weight[which]) + column * blocks * Fmt::kBytes;
-  uint8_t* ring = shared + static_cast<size_t>(warp) * kStages * kColumns * Fmt::kSlot;
+  uint8_t* ring = shared + static_cast<size_t>(warp) * Fmt::kStages * kColumns * Fmt::kSlot;
   // The chunk's bytes, from the 16-byte boundary at or below its first block, into its slot.
   auto stage = [&](int64_t chunk) {
     if (chunk < chunks) {
@@ -210,14 +203,14 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
         const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
         const uint8_t* aligned = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(start) & ~uintptr_t{15});
         const int copies = static_cast<int>((start - aligned + count * Fmt::kBytes + 15) / 16);
-        uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
+        uint8_t* slot = ring + ((chunk % Fmt::kStages) * kColumns + c) * Fmt::kSlot;
         for (int i = lane; i < copies; i += 32) copyAsync16(slot + 16 * i, aligned + 16 * i);
       }
     }
     commitGroup();
   };
 #pragma unroll
-  for (int s = 0; s < kStages - 1; s++) stage(s);
+  for (int s = 0; s < Fmt::kStages - 1; s++) stage(s);
   dependOnPrevious();
 
   const int64_t rowBase = static_cast<int64_t>(blockIdx.y) * ROWS;
@@ -290,9 +283,9 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
     for (int c = 0; c < kColumns; c++) acc[r][c] = 0.0f;
   const int blockInChunk = lane / Fmt::kPieces, piece = lane % Fmt::kPieces;
   for (int64_t chunk = 0; chunk < chunks; chunk++) {
-    waitGroups<kStages - 2>();
+    waitGroups<Fmt::kStages - 2>();
     __syncwarp();  // every lane's copies of this chunk have landed, and every lane is done with the slot refilled next
-    stage(chunk + kStages - 1);
+    stage(chunk + Fmt::kStages - 1);
     const int64_t firstBlock = chunk * Fmt::kBlocks;
     if (firstBlock + blockInChunk >= blocks) continue;
     if constexpr (Fmt::kIntegerX) {
@@ -302,7 +295,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
       for (int c = 0; c < kColumns; c++) {
         const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
         const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
-        const uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
+        const uint8_t* slot = ring + ((chunk % Fmt::kStages) * kColumns + c) * Fmt::kSlot;
         pieceCodes<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, offset == 0, codes[c], scale[c], minimum[c]);
       }
       const int64_t pieceIndex = ((firstBlock + blockInChunk) * Fmt::kValues) / kPieceValues + piece;
@@ -328,7 +321,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
       for (int c = 0; c < kColumns; c++) {
         const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
         const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
-        const uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
+        const uint8_t* slot = ring + ((chunk % Fmt::kStages) * kColumns + c) * Fmt::kSlot;
         decodeShared<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, pieces[c]);
       }
       const int64_t value0 = (firstBlock + blockInChunk) * Fmt::kValues + kPieceValues * piece;
