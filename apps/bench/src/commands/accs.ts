@@ -211,13 +211,6 @@ export async function accsCommand(argv: string[], log: (line: string) => void, s
     writeText(csv, accsCsv(runs));
     log(`wrote ${csv}`);
   }
-  if (plots) {
-    const figures = accsFigures(runs);
-    for (const [name, file] of Object.entries(plots)) {
-      await writeFigure(file, figures[name] as FigureSpec);
-      log(`wrote ${file}`);
-    }
-  }
   const runSettings = {
     model: path,
     data: dataPath,
@@ -240,7 +233,16 @@ export async function accsCommand(argv: string[], log: (line: string) => void, s
       'SelfSim: mean cosine at matching suffix positions; anisotropy: exact grouped estimator over the clean runs (float64); intervals: 2.5–97.5 % bootstrap over documents',
   };
   const figures = { runs };
-  return out ? writeResult(out, card, runSettings, figures) : { card, settings: runSettings, ...figures };
+  // The record first: a figure that cannot be drawn must not cost the measurements.
+  const result = out ? writeResult(out, card, runSettings, figures) : { card, settings: runSettings, ...figures };
+  if (plots) {
+    const drawn = accsFigures(runs);
+    for (const [name, file] of Object.entries(plots)) {
+      await writeFigure(file, drawn[name] as FigureSpec);
+      log(`wrote ${file}`);
+    }
+  }
+  return result;
 }
 
 /** --plots PREFIX[.svg|.png]: the file of each figure, checked before the run. */

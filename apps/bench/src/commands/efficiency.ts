@@ -209,7 +209,7 @@ export async function efficiencyCommand(
       }
     }
     if (process.stderr.isTTY) process.stderr.write('\n');
-    const comparisons = await report(decode, prefill, peer, options, log);
+    const comparisons = report(decode, prefill, peer, log);
     const runSettings = {
       model: label,
       device: backend.device,
@@ -241,23 +241,32 @@ export async function efficiencyCommand(
       peer: options.peer,
     };
     const figures = { decode, prefill, comparisons };
-    if (options.out) return writeResult(String(options.out), backend.deviceName, runSettings, figures);
-    return { card: backend.deviceName, settings: runSettings, ...figures };
+    // The record first: a figure that cannot be drawn must not cost the measurements.
+    const result = options.out
+      ? writeResult(String(options.out), backend.deviceName, runSettings, figures)
+      : { card: backend.deviceName, settings: runSettings, ...figures };
+    await plot(decode, prefill, peer, options, log);
+    return result;
   } finally {
     model.dispose();
   }
 }
 
-/** Comparisons (logged) and the plot, from measured or reloaded rows. */
-async function report(
+/** Comparisons (logged), from measured or reloaded rows. */
+function report(decode: Row[], prefill: Row[], peer: PeerDocument | undefined, log: (line: string) => void): object[] {
+  const comparisons = compare(decode, prefill, peer);
+  for (const line of comparisons.lines) log(line);
+  return comparisons.table;
+}
+
+/** --plot: the decode and prefill figure of measured or reloaded rows. */
+async function plot(
   decode: Row[],
   prefill: Row[],
   peer: PeerDocument | undefined,
   options: Record<string, unknown>,
   log: (line: string) => void,
-): Promise<object[]> {
-  const comparisons = compare(decode, prefill, peer);
-  for (const line of comparisons.lines) log(line);
+): Promise<void> {
   if (options.plot) {
     const figure = panels(decode, prefill, peer);
     if (figure.length === 0)
@@ -267,7 +276,6 @@ async function report(
       log(`wrote ${String(options.plot)}`);
     }
   }
-  return comparisons.table;
 }
 
 /** --from FILE[,FILE…]: merges earlier runs (e.g. a decode run and a prefill run), compares with --peer, redraws. */
@@ -283,11 +291,15 @@ async function redraw(
   }));
   const decode = runs.flatMap((run) => run.decode ?? []);
   const prefill = runs.flatMap((run) => run.prefill ?? []);
-  const comparisons = await report(decode, prefill, peer, options, log);
+  const comparisons = report(decode, prefill, peer, log);
   const card = runs[0]?.card ?? 'unknown';
   const settings = { mergedFrom: runs.map((run) => ({ file: run.file, settings: run.settings })), peer: options.peer };
   const figures = { decode, prefill, comparisons, ...(peer ? { peer } : {}) };
-  return options.out ? writeResult(String(options.out), card, settings, figures) : { card, settings, ...figures };
+  const result = options.out
+    ? writeResult(String(options.out), card, settings, figures)
+    : { card, settings, ...figures };
+  await plot(decode, prefill, peer, options, log);
+  return result;
 }
 
 /** Decode at `context`: a fresh session sized for the run, synthetic K/V, timed greedy steps, memory. */
