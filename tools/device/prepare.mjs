@@ -5,6 +5,7 @@
 // files): a quick check that the bundles build and start (`node .device/duo-serve.mjs --help` after unpacking).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
@@ -102,6 +103,18 @@ if (!bundlesOnly && existsSync(join(shared, 'data/gutenberg'))) {
   execFileSync('sh', [
     '-c',
     `tar -C "${join(shared, 'data')}" -cf - gutenberg | xz -T2 -6 > "${join(out, 'gutenberg.tar.xz')}"`,
+  ]);
+}
+
+// The figures' font (app-kit's figureFontFiles resolves it as a package beside the bundle: run.sh unpacks it into
+// /tmp/duo-node/node_modules), so --plot, --heatmap and --plots draw on the GPU machine too.
+if (!bundlesOnly) {
+  const fonts = dirname(
+    createRequire(join(root, 'packages/app-kit/package.json')).resolve('dejavu-fonts-ttf/ttf/DejaVuSans.ttf'),
+  );
+  execFileSync('sh', [
+    '-c',
+    `tar -C "${fonts}" -cf - DejaVuSans.ttf DejaVuSans-Bold.ttf | xz -T2 -9 > "${join(out, 'fonts.tar.xz')}"`,
   ]);
 }
 

@@ -15,6 +15,9 @@ done
 # duo-serve's engine worker (engine-worker-main.js beside duo-serve.mjs) is an ES module: .js files here are ESM.
 echo '{ "type": "module" }' > /tmp/duo-node/package.json
 [ -f .device/gutenberg.tar.xz ] && mkdir -p .device/shared/data && tar -xJf .device/gutenberg.tar.xz -C .device/shared/data
+# The figures' font where the bundles' require finds the dejavu-fonts-ttf package.
+[ -f .device/fonts.tar.xz ] && mkdir -p /tmp/duo-node/node_modules/dejavu-fonts-ttf/ttf &&
+  tar -xJf .device/fonts.tar.xz -C /tmp/duo-node/node_modules/dejavu-fonts-ttf/ttf
 export PATH=/tmp/duo-node:$PATH
 export DUO_NATIVE_PATH=/tmp/duo-node/duoattn.node DUO_SHARED_DIR=$PWD/.device/shared DUO_REPO_DIR=$PWD
 export DUO_COMMIT=$(cat .device/commit.txt) PYTHONUNBUFFERED=1
