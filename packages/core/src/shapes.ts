@@ -1,4 +1,5 @@
-// Named model shapes (configs only) for benchmarks, the planner and tests: the DuoAttention paper's models.
+// Named model shapes (configs only) for benchmarks, the planner and tests: the DuoAttention paper's models, and a
+// 1B-class one for the CPU comparisons.
 import type { ModelConfig } from './model-config.js';
 
 const llama3Base = {
@@ -34,6 +35,16 @@ export const SHAPES: Record<string, ModelConfig> = {
     maxPositionEmbeddings: 32768,
     bosTokenId: 1,
     eosTokenIds: [2],
+  },
+  // Llama-3.2-1B's matrices (tied embeddings; its RoPE scaling left out: the shape is for speed, not text).
+  'llama-3.2-1b': {
+    ...llama3Base,
+    hiddenSize: 2048,
+    intermediateSize: 8192,
+    numLayers: 16,
+    headDim: 64,
+    maxPositionEmbeddings: 131072,
+    tieWordEmbeddings: true,
   },
   'mistral-7b': {
     ...llama3Base,
