@@ -55,6 +55,17 @@ describe('GGUF writer', () => {
     }
   });
 
+  it('refuses a type GGUF does not name before writing anything (a lower-case one would write a lying header)', () => {
+    const path = join(root, 'refused.gguf');
+    expect(() => writeRandomGguf(path, config, { type: 'f16' as never })).toThrow(
+      'writeRandomGguf: options.type: expected a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K) but received "f16"',
+    );
+    expect(existsSync(path)).toBe(false);
+    const tensor = { name: 'x', shape: [2], type: 'q8' as never, bytes: new Uint8Array(8) };
+    expect(() => writeGgufFile(path, [], [tensor])).toThrow('writeGgufFile: tensor x: expected a GGUF tensor type');
+    expect(existsSync(path)).toBe(false);
+  });
+
   it('lays block formats out where the header says: Q4_K matrices, a Q8_0 fallback, the whole file accounted for', async () => {
     const path = join(root, 'random-Q4_K.gguf');
     writeRandomGguf(path, config, { type: 'Q4_K', seed: 5 });

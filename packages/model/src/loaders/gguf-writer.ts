@@ -35,6 +35,15 @@ export const GGML_TYPE_IDS: Readonly<Record<GgufTensorType, number>> = {
   Q6_K: WEIGHT_FORMATS.q6_k.ggmlType,
 };
 
+/** Throws unless `type` is one of GgufTensorType's names (a JavaScript caller's 'f16' would write a header that lies). */
+function expectTensorType(what: string, type: string): void {
+  if (!Object.hasOwn(GGML_TYPE_IDS, type)) {
+    throw new RangeError(
+      `${what}: expected a GGUF tensor type (${Object.keys(GGML_TYPE_IDS).join(', ')}) but received ${JSON.stringify(type)}`,
+    );
+  }
+}
+
 /** Values along a row that one block of `type` holds (1 for the plain types). */
 export function ggufBlockValues(type: GgufTensorType): number {
   const dtype = dtypeOf(type);
@@ -133,6 +142,7 @@ export function writeGgufFile(
   const entries = alignment === 32 ? metadata : [...metadata, ['general.alignment', u32(alignment)] as const];
   const head: Buffer[] = [Buffer.from('GGUF'), u32(3)[1], u64(tensors.length)[1], u64(entries.length)[1]];
   for (const [key, [type, bytes]] of entries) head.push(string(key)[1], u32(type)[1], bytes);
+  for (const tensor of tensors) expectTensorType(`writeGgufFile: tensor ${tensor.name}`, tensor.type);
   let offset = 0;
   for (const tensor of tensors) {
     const length = tensor.bytes instanceof Uint8Array ? tensor.bytes.length : tensor.byteLength;
@@ -286,6 +296,7 @@ export interface RandomGgufOptions {
  */
 export function writeRandomGguf(path: string, config: ModelConfig, options: RandomGgufOptions): void {
   const { type, seed = 1, std = 0.02, poolValues = 1 << 20 } = options;
+  expectTensorType('writeRandomGguf: options.type', type);
   // The file is a llama of this shape: what a llama GGUF here cannot say is refused rather than dropped.
   if (config.attentionBias)
     throw new RangeError('writeRandomGguf: q/k/v biases are not written (a llama GGUF has none here)');
