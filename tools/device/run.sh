@@ -54,6 +54,8 @@ serve_load() {
   return "$result"
 }
 
+# Nsight Compute: on PATH, or where the toolkit installs it (the profiling steps).
+ncuPath() { command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1; }
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(tests engine torch peer)
 status=0
@@ -93,7 +95,7 @@ for step in "${steps[@]}"; do
               --device cuda --lengths 2k,4k,8k,16k --depths 10 --trials 20 --out "$OUT/passkey-duo-demo.json" || status=1 ;;
     torch) python3 tools/device/torch_llama_bench.py --prefill 4096 --contexts 4096,32768 --steps 64 --warmup 8 \
               --out "$OUT/torch-llama-3-8b.json" || status=1 ;;
-    profile) NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    profile) NCU=$(ncuPath)
              "$NCU" --target-processes all -s "${DUO_PROFILE_SKIP:-0}" -k "regex:${DUO_PROFILE_KERNEL:-decodeKernel|gemvStream|Combine}" -c "${DUO_PROFILE_COUNT:-6}" \
                --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
                --section WarpStateStats node /tmp/duo-node/duo-bench.mjs kernels --device cuda --repeats 1 > "$OUT/ncu.txt" 2>&1 || status=1
@@ -190,7 +192,7 @@ for step in "${steps[@]}"; do
     # Where the block-format decode spends its time: Nsight Compute on four block matmuls of a 4K decode step (no graphs)
     # for each file weights-decode wrote in DUO_WQ_PROFILE_TYPES (default "q8_0 q4_k").
     weights-profile)
-      dir=${DUO_WQ_DIR:-/tmp/duo-gguf}; NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      dir=${DUO_WQ_DIR:-/tmp/duo-gguf}; NCU=$(ncuPath)
       for type in ${DUO_WQ_PROFILE_TYPES:-q8_0 q4_k}; do
         DUO_NO_GRAPHS=1 timeout 150 "$NCU" --target-processes all -k "regex:blockGemvKernel" -s ${DUO_WQ_PROFILE_SKIP:-40} -c 4 \
           --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
@@ -282,7 +284,7 @@ for step in "${steps[@]}"; do
               --device cuda --length 16k --windows ${DUO_PPL_WINDOWS:-4} --attention full,duo --pattern models/duo-demo/pattern \
               --sparsity 0.5 --kv-quant none,int8,int4,fp8 --out "$OUT/quant-perplexity.json" || status=1 ;;
     # Nsight Compute on the decode attention kernel at 128K (duo 50 %), per --kv-quant scheme in DUO_PROFILE_QUANTS.
-    quant-profile) NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    quant-profile) NCU=$(ncuPath)
              for scheme in ${DUO_PROFILE_QUANTS:-none int8 int4}; do
                DUO_NO_GRAPHS=1 "$NCU" --target-processes all -k "regex:decodeMmaKernel" -s 64 -c 1 --section SpeedOfLight \
                  --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \

@@ -17,6 +17,9 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = 8;
+// Chunks in a warp's ring (all but one in flight): 3 × ~0.6–1.1 KB per warp. Deeper rings measured slower on the H100
+// (shared memory took resident blocks: bench/results/2026-12-06-h100-weight-formats/c91be34).
+constexpr int kStages = 4;
 constexpr int kPieceValues = 32;
 
 // A chunk is 32 pieces of 32 values (one per lane) of whole blocks; its shared-memory slot holds the chunk's bytes
@@ -33,9 +36,6 @@ struct Format {
   // Integer products: x is quantized to int8 pieces and each piece's dot product is four-way byte dot products (dp4a)
   // of its codes; the others decode into floats (see decodeShared).
   static constexpr bool kIntegerX = F == DType::Q8_0 || F == DType::Q4_K;
-  // Chunks in a warp's ring (all but one in flight); a power of two, so a chunk's slot is a mask. Six for the short
-  // k-quant chunks measured slower on the H100 than four (shared memory took resident blocks).
-  static constexpr int kStages = 4;
 };
 
 // N little-endian words of the bytes at `p` in shared memory, any alignment: N + 1 aligned loads, funnel-shifted (the
@@ -167,7 +167,7 @@ inline size_t quantizedInputBytes(int rows, int64_t k) { return static_cast<size
 constexpr int kPaddedPiece = kPieceValues + 4;
 inline size_t stagedInputBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k / kPieceValues) * kPaddedPiece * 4; }
 template <DType F, bool SWIGLU>
-constexpr size_t ringBytes() { return static_cast<size_t>(kWarps) * Format<F>::kStages * (SWIGLU ? 2 : 1) * Format<F>::kSlot; }
+constexpr size_t ringBytes() { return static_cast<size_t>(kWarps) * kStages * (SWIGLU ? 2 : 1) * Format<F>::kSlot; }
 // After the staged x: each row's piece sums (the k-quants' mins multiply them), rows × k / 32 floats.
 inline size_t pieceSumBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k / kPieceValues) * 4; }
 
@@ -192,7 +192,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
   const uint8_t* row[kColumns];
 #pragma unroll
   for (int c = 0; c < kColumns; c++) row[c] = (SWIGLU ? job.weight[c] : job.weight[which]) + column * blocks * Fmt::kBytes;
-  uint8_t* ring = shared + static_cast<size_t>(warp) * Fmt::kStages * kColumns * Fmt::kSlot;
+  uint8_t* ring = shared + static_cast<size_t>(warp) * kStages * kColumns * Fmt::kSlot;
   // The chunk's bytes, from the 16-byte boundary at or below its first block, into its slot.
   auto stage = [&](int64_t chunk) {
     if (chunk < chunks) {
@@ -203,14 +203,14 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
         const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
         const uint8_t* aligned = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(start) & ~uintptr_t{15});
         const int copies = static_cast<int>((start - aligned + count * Fmt::kBytes + 15) / 16);
-        uint8_t* slot = ring + ((chunk % Fmt::kStages) * kColumns + c) * Fmt::kSlot;
+        uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
         for (int i = lane; i < copies; i += 32) copyAsync16(slot + 16 * i, aligned + 16 * i);
       }
     }
     commitGroup();
   };
 #pragma unroll
-  for (int s = 0; s < Fmt::kStages - 1; s++) stage(s);
+  for (int s = 0; s < kStages - 1; s++) stage(s);
   dependOnPrevious();
 
   const int64_t rowBase = static_cast<int64_t>(blockIdx.y) * ROWS;
@@ -248,7 +248,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
       target[0] = make_uint4(words[0], words[1], words[2], words[3]);
       target[1] = make_uint4(words[4], words[5], words[6], words[7]);
       xScales[i] = step;
-      xSums[i] = step * static_cast<float>(total);
+      if constexpr (Fmt::kOffset) xSums[i] = step * static_cast<float>(total);
     }
     __syncthreads();
   } else if constexpr (STAGED) {
@@ -283,9 +283,9 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
     for (int c = 0; c < kColumns; c++) acc[r][c] = 0.0f;
   const int blockInChunk = lane / Fmt::kPieces, piece = lane % Fmt::kPieces;
   for (int64_t chunk = 0; chunk < chunks; chunk++) {
-    waitGroups<Fmt::kStages - 2>();
+    waitGroups<kStages - 2>();
     __syncwarp();  // every lane's copies of this chunk have landed, and every lane is done with the slot refilled next
-    stage(chunk + Fmt::kStages - 1);
+    stage(chunk + kStages - 1);
     const int64_t firstBlock = chunk * Fmt::kBlocks;
     if (firstBlock + blockInChunk >= blocks) continue;
     if constexpr (Fmt::kIntegerX) {
@@ -295,7 +295,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
       for (int c = 0; c < kColumns; c++) {
         const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
         const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
-        const uint8_t* slot = ring + ((chunk % Fmt::kStages) * kColumns + c) * Fmt::kSlot;
+        const uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
         pieceCodes<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, offset == 0, codes[c], scale[c], minimum[c]);
       }
       const int64_t pieceIndex = ((firstBlock + blockInChunk) * Fmt::kValues) / kPieceValues + piece;
@@ -321,7 +321,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
       for (int c = 0; c < kColumns; c++) {
         const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
         const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
-        const uint8_t* slot = ring + ((chunk % Fmt::kStages) * kColumns + c) * Fmt::kSlot;
+        const uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
         decodeShared<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, pieces[c]);
       }
       const int64_t value0 = (firstBlock + blockInChunk) * Fmt::kValues + kPieceValues * piece;
@@ -392,33 +392,24 @@ void launchBlockRows(const float* x, int64_t rows, int64_t k, const WeightJob<ui
     (void)raised;
     launchChained(kernel, grid, dim3(kWarps * 32), shared, stream, x, rows, k, job);
   };
-  if (staged <= kStagedLimit)
+  // Integer products always stage x (launchBlockFormat picked ROWS so it fits); the float path reads it from global
+  // memory past the limit.
+  if (Format<F>::kIntegerX || staged <= kStagedLimit)
     launch(blockGemvKernel<F, ROWS, SWIGLU, true>, ringBytes<F, SWIGLU>() + staged, ringBytes<F, SWIGLU>() + kStagedLimit);
-  else
+  else if constexpr (!Format<F>::kIntegerX)
     launch(blockGemvKernel<F, ROWS, SWIGLU, false>, ringBytes<F, SWIGLU>(), ringBytes<F, SWIGLU>());
 }
 
 template <DType F, bool SWIGLU>
 void launchBlockFormat(const float* x, int64_t rows, int64_t k, const WeightJob<uint8_t>& job, cudaStream_t stream) {
-  if constexpr (Format<F>::kIntegerX) {
-    // Integer products need x quantized in shared memory: passes of fewer rows where 8 would not fit.
-    if (quantizedInputBytes(1, k) > kStagedLimit)
-      throw Error("DUO_ARG", "block-format decode: k = " + std::to_string(k) + " is past what a block stages (" +
-                                 std::to_string(kStagedLimit / 1280 * 1024) + ")");
-    const bool eight = quantizedInputBytes(8, k) <= kStagedLimit, four = quantizedInputBytes(4, k) <= kStagedLimit;
-    if (rows > 4 && !eight) {
-      if (four) launchBlockRows<F, 4, SWIGLU>(x, rows, k, job, stream);
-      else launchBlockRows<F, 1, SWIGLU>(x, rows, k, job, stream);
-      return;
-    }
-    if (rows > 1 && !four) {
-      launchBlockRows<F, 1, SWIGLU>(x, rows, k, job, stream);
-      return;
-    }
-  }
-  if (rows == 1) launchBlockRows<F, 1, SWIGLU>(x, rows, k, job, stream);
-  else if (rows == 2) launchBlockRows<F, 2, SWIGLU>(x, rows, k, job, stream);
-  else if (rows <= 4) launchBlockRows<F, 4, SWIGLU>(x, rows, k, job, stream);
+  // Rows of x a pass takes: as many as the call has (up to 8), fewer where integer products' quantized x would not fit.
+  const auto fits = [&](int passRows) { return !Format<F>::kIntegerX || quantizedInputBytes(passRows, k) <= kStagedLimit; };
+  if (!fits(1))
+    throw Error("DUO_ARG", std::string("Expected k ≤ ") + std::to_string(kStagedLimit * kPieceValues / (kPieceValues + 8)) +
+                               " for a " + dtypeName(F) + " decode matmul but received k = " + std::to_string(k));
+  if (rows == 1 || !fits(2)) launchBlockRows<F, 1, SWIGLU>(x, rows, k, job, stream);
+  else if (rows == 2 || !fits(4)) launchBlockRows<F, 2, SWIGLU>(x, rows, k, job, stream);
+  else if (rows <= 4 || !fits(8)) launchBlockRows<F, 4, SWIGLU>(x, rows, k, job, stream);
   else launchBlockRows<F, 8, SWIGLU>(x, rows, k, job, stream);
 }
 
