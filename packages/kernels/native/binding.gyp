@@ -63,7 +63,7 @@
             'rule_name': 'nvcc',
             'extension': 'cu',
             # Every header too: a changed declaration rebuilds each .cu (a stale object would disagree with the others).
-            'inputs': ['<(RULE_INPUT_PATH)', 'common.h', 'cuda/attention-common.cuh', 'cuda/cublas-loader.h', 'cuda/cuda-common.cuh', 'cuda/cuda-device.h', 'cuda/mma.cuh', 'cuda/op-profiler.cuh', 'cuda/paged-memory.cuh', 'cuda/pinned-pool.cuh', 'cuda/quant-rows.cuh', 'cuda/rope-write.cuh', 'cuda/wgmma.cuh', 'elementwise.h', 'quant.h', 'weight-blocks.h'],
+            'inputs': ['<(RULE_INPUT_PATH)', 'common.h', 'cuda/attention-common.cuh', 'cuda/attention-decode-codes.cuh', 'cuda/cublas-loader.h', 'cuda/cuda-common.cuh', 'cuda/cuda-device.h', 'cuda/mma.cuh', 'cuda/op-profiler.cuh', 'cuda/paged-memory.cuh', 'cuda/pinned-pool.cuh', 'cuda/quant-rows.cuh', 'cuda/rope-write.cuh', 'cuda/wgmma.cuh', 'elementwise.h', 'quant.h', 'weight-blocks.h'],
             'outputs': ['<(INTERMEDIATE_DIR)/<(RULE_INPUT_ROOT).o'],
             'process_outputs_as_sources': 1,
             'message': 'nvcc <(RULE_INPUT_PATH)',

@@ -1,13 +1,16 @@
 // CUDA decode attention, split-K (flash-decoding): each block takes one split of one KV head's keys for all of its
-// query heads (GQA) — decodeKernel on the CUDA cores, decodeMmaKernel on the tensor cores — and decodeCombineKernel
-// merges the splits. Reads f32 / f16 / bf16 caches [kvHeads, capacity, headDim], or quantized ones dequantized in
-// registers while a tile is staged (quant-rows.cuh), and accumulates in f32. The kernel for an op is
-// decodeKernelFor's (attention-common.cuh). One launch serves one sequence (attentionDecode) or many, each with its
-// own caches, layout, quantization and length (attentionBatch's decode rows): blockIdx.x picks the sequence (y the
-// combine's).
+// query heads (GQA) — decodeKernel on the CUDA cores, decodeMmaKernel on the tensor cores, decodeCodesKernel on the
+// tensor cores over quantized caches (attention-decode-codes.cuh) — and decodeCombineKernel merges the splits. Reads
+// f32 / f16 / bf16 caches [kvHeads, capacity, headDim], or quantized ones (the CUDA-core kernel dequantizes its tiles
+// while staging them, quant-rows.cuh; the tensor-core one multiplies the codes), and accumulates in f32. The kernel
+// for an op is decodeKernelFor's (attention-common.cuh). One launch serves one sequence (attentionDecode) or many,
+// each with its own caches, layout, quantization and length (attentionBatch's decode rows): blockIdx.x picks the
+// sequence (y the combine's).
 #include <algorithm>
 #include <cfloat>
+#include <cstdlib>
 #include <memory>
+#include <string>
 #include <type_traits>
 
 #include "attention-common.cuh"
@@ -119,16 +122,41 @@ __device__ __forceinline__ DecodeWork<T> decodeWork(const DecodeSequence& sequen
   return work;
 }
 
+// The end of a decode block: each warp left its running max and sum per query head in stateMax / stateSum and its
+// unnormalised output rows in stateAcc ([warp][head][channel], MAXG heads a warp); the block merges the warps and
+// writes its split's partials for the combine.
+template <int D, int MAXG, typename T>
+__device__ __forceinline__ void mergeWarpStates(const float (&stateMax)[kDecodeWarps][MAXG], const float (&stateSum)[kDecodeWarps][MAXG],
+                                                const float* stateAcc, const DecodeSequence& sequence, const DecodeWork<T>& work,
+                                                int group) {
+  for (int t = threadIdx.x; t < group * D; t += blockDim.x) {
+    const int g = t / D, channel = t % D;
+    float overall = -INFINITY;
+    for (int w = 0; w < kDecodeWarps; w++) overall = fmaxf(overall, stateMax[w][g]);
+    float total = 0.0f, value = 0.0f;
+    if (overall != -INFINITY) {
+      for (int w = 0; w < kDecodeWarps; w++) {
+        const float weight = __expf(stateMax[w][g] - overall);
+        total += stateSum[w][g] * weight;
+        value += stateAcc[(w * MAXG + g) * D + channel] * weight;
+      }
+    }
+    const int64_t head = static_cast<int64_t>(work.kvHead) * group + g;
+    const int64_t index = head * sequence.splits.stride + work.split;
+    sequence.partialAcc[index * D + channel] = value;
+    if (channel == 0) {
+      sequence.partialMax[index] = overall;
+      sequence.partialSum[index] = total;
+    }
+  }
+}
+
 template <typename T, int D, int MAXG, bool kQuant, int N>
 __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const __grid_constant__ DecodeLaunch<N> launch) {
   if (launch.idle()) return;
   dependOnPrevious();
   const DecodeSequence& sequence = launch.decoding();
   const float* __restrict__ q = sequence.q;
-  float* __restrict__ partialAcc = sequence.partialAcc;
-  float* __restrict__ partialMax = sequence.partialMax;
-  float* __restrict__ partialSum = sequence.partialSum;
-  const DecodeSplits& splits = sequence.splits;
   const int group = launch.group;
   const float scale = launch.scale;
   using Tile = DecodeTile<T, D>;
@@ -248,87 +276,46 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const __grid_cons
     }
   }
   __syncthreads();
-  for (int t = threadIdx.x; t < group * D; t += blockDim.x) {
-    int g = t / D, channel = t % D;
-    float overall = -INFINITY;
-    for (int w = 0; w < kDecodeWarps; w++) overall = fmaxf(overall, stateMax[w][g]);
-    float total = 0.0f, value = 0.0f;
-    if (overall != -INFINITY) {
-      for (int w = 0; w < kDecodeWarps; w++) {
-        float weight = __expf(stateMax[w][g] - overall);
-        total += stateSum[w][g] * weight;
-        value += stateAcc[(w * MAXG + g) * D + channel] * weight;
-      }
-    }
-    int64_t head = static_cast<int64_t>(kvHead) * group + g;
-    const int64_t index = head * splits.stride + work.split;
-    partialAcc[index * D + channel] = value;
-    if (channel == 0) {
-      partialMax[index] = overall;
-      partialSum[index] = total;
-    }
-  }
+  mergeWarpStates<D, MAXG>(stateMax, stateSum, stateAcc, sequence, work, group);
 }
 
 // Tensor-core decode for 16-bit caches, head dim 64 or 128, up to 8 query heads per KV head (GQA). Same grid, tiles
 // and merge as decodeKernel, but per 32-key tile the scores Q·Kᵀ and the update P·V are mma.sync m16n8k16 products:
 // the G query heads are the rows of A (rows G…15 are zero); q is split into a 16-bit high part and a 16-bit
 // remainder so the scores keep about 16 mantissa bits; P is rounded to 16 bits for P·V, as FlashAttention does.
-// kScheme: 0 for a plain cache, else the quantized cache's KvQuant. int8 and int4 tiles hold exact codes (kExact:
-// scales applied around the products); fp8 tiles hold dequantized values.
-template <typename T, int D, int kScheme, int N>
+// Quantized caches take decodeCodesKernel (attention-decode-codes.cuh).
+template <typename T, int D, int N>
 __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_constant__ DecodeLaunch<N> launch) {
   if (launch.idle()) return;
   const DecodeSequence& sequence = launch.decoding();
   const float* __restrict__ q = sequence.q;
-  float* __restrict__ partialAcc = sequence.partialAcc;
-  float* __restrict__ partialMax = sequence.partialMax;
-  float* __restrict__ partialSum = sequence.partialSum;
-  const DecodeSplits& splits = sequence.splits;
   const int group = launch.group;
   const float scale = launch.scale;
   constexpr int kStride = D + 8;       // padded rows: conflict-free fragment loads and ldmatrix
   constexpr int kSteps = D / 16;       // k-steps of Q·Kᵀ
   constexpr int kOutTiles = D / 8;     // n-tiles of P·V
   constexpr int kMaxHeads = 8;
-  constexpr bool kQuant = kScheme != 0;
-  constexpr bool kInt4 = kScheme == static_cast<int>(KvQuant::Int4);
-  constexpr bool kInt8 = kScheme == static_cast<int>(KvQuant::Int8);
-  constexpr bool kExact = kInt4 || kInt8;
-  // int8 keys are f16 in the tile (see exactCodes8); everything else is T.
-  using KeyT = std::conditional_t<kInt8, __half, T>;
-  constexpr float kKeyOffset = kInt4 ? kInt4Offset : kInt8KeyOffset;
   __shared__ float stateMax[kDecodeWarps][kMaxHeads];
   __shared__ float stateSum[kDecodeWarps][kMaxHeads];
   extern __shared__ __align__(16) unsigned char tiles[];
   // The key count (positions) is only written between steps, and the cached keys other than the newest one are not
   // written by the kernel before this one (RoPE + cache write): a warp whose first tile ends before the newest key
   // stages it before waiting for that kernel, so its first cache read overlaps it (chained launches).
-  const DecodeWork<T> work = decodeWork<T, kQuant>(sequence, launch.block(), D);
+  const DecodeWork<T> work = decodeWork<T, false>(sequence, launch.block(), D);
   const int kvHead = work.kvHead;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
-  KeyT* keyTile = reinterpret_cast<KeyT*>(tiles) + static_cast<int64_t>(warp) * 2 * 32 * kStride;
-  T* valueTile = reinterpret_cast<T*>(keyTile + 32 * kStride);
+  T* keyTile = reinterpret_cast<T*>(tiles) + static_cast<int64_t>(warp) * 2 * 32 * kStride;
+  T* valueTile = keyTile + 32 * kStride;
   const int64_t firstTile = work.begin + static_cast<int64_t>(warp) * 32;
   const bool early = firstTile + 32 < work.range.count && firstTile < work.end;
   auto slotOf = [&](int64_t index) { return work.slot(index); };
-  // Quantized caches: the codes of the warp's next tile are fetched raw (after the 16-bit tiles of all warps) while it
-  // multiplies the current one, then dequantized into the 16-bit tiles (fetchRawTile / convertRawTile).
-  uint8_t* rawKeys = tiles + static_cast<size_t>(kDecodeWarps) * 2 * 32 * kStride * sizeof(T) +
-                     static_cast<size_t>(warp) * 2 * 32 * (kQuant ? work.quant.codeBytes : 0);
-  uint8_t* rawValues = rawKeys + 32 * (kQuant ? work.quant.codeBytes : 0);
-  RawScales rawScales;
   auto stage = [&](int64_t tile, int count) {
-    if constexpr (kQuant) fetchRawTile(rawKeys, rawValues, work.quant, tile, count, lane, slotOf, rawScales);
-    else stageTile<T, D>(keyTile, valueTile, work.keys, work.values, tile, count, 32, lane, 32, slotOf);
+    stageTile<T, D>(keyTile, valueTile, work.keys, work.values, tile, count, 32, lane, 32, slotOf);
   };
   if (early) stage(firstTile, static_cast<int>(lesser(32, work.end - firstTile)));
   dependOnPrevious();
   // A fragments of Q for this lane: row `row` (a query head), columns 16s + 2·pair (+1) and 16s + 8 + 2·pair (+1).
-  // int8 / int4 tiles hold offset codes: the scores then need the sum of the query as the products see it (high +
-  // low parts).
   uint32_t qHigh[kSteps][2], qLow[kSteps][2];
-  float querySum = 0.0f;
 #pragma unroll
   for (int step = 0; step < kSteps; step++)
 #pragma unroll
@@ -340,41 +327,19 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_c
         x0 = source[0] * scale;
         x1 = source[1] * scale;
       }
-      splitQuery<KeyT>(x0, x1, qHigh[step][half], qLow[step][half]);
-      if constexpr (kExact) {
-        const KeyT high0 = fromFloat<KeyT>(x0), high1 = fromFloat<KeyT>(x1);
-        querySum += toFloat(high0) + toFloat(fromFloat<KeyT>(x0 - toFloat(high0))) + toFloat(high1) +
-                    toFloat(fromFloat<KeyT>(x1 - toFloat(high1)));
-      }
+      splitQuery<T>(x0, x1, qHigh[step][half], qLow[step][half]);
     }
-  if constexpr (kExact) {
-    querySum += __shfl_xor_sync(0xffffffffu, querySum, 1);
-    querySum += __shfl_xor_sync(0xffffffffu, querySum, 2);
-  }
-  const int64_t begin = work.begin, end = work.end;
+  const int64_t end = work.end;
   float maximum = -INFINITY, sum = 0.0f;
-  float zeroTerm = 0.0f;  // int4: Σ p · (value zero − 128 · value scale) of this lane's keys, as `sum` is kept
   float out[kOutTiles][4];
 #pragma unroll
   for (int t = 0; t < kOutTiles; t++) out[t][0] = out[t][1] = out[t][2] = out[t][3] = 0.0f;
 
   for (int64_t tile = firstTile; tile < end; tile += kDecodeWarps * 32) {
     const int count = static_cast<int>(lesser(32, end - tile));
-    if (kQuant ? tile == firstTile && !early : tile != firstTile || !early) stage(tile, count);
+    if (tile != firstTile || !early) stage(tile, count);
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncwarp();
-    RawScales tileScales;
-    if constexpr (kQuant) {
-      if constexpr (kExact) {
-        convertExactTile<D, kScheme>(keyTile, valueTile, kStride, rawKeys, rawValues, work.quant.codeBytes, count, lane);
-      } else {
-        convertRawTile<T, D>(keyTile, valueTile, kStride, rawKeys, rawValues, work.quant, count, rawScales, lane);
-      }
-      tileScales = rawScales;
-      __syncwarp();  // the raw buffer is free and the 16-bit tiles are written
-      const int64_t next = tile + kDecodeWarps * 32;
-      if (next < end) stage(next, static_cast<int>(lesser(32, end - next)));
-    }
     // Scores of 32 keys: n-tile t holds keys 8t + 2·pair (+1) for query head `row`.
     float score[4][4];
 #pragma unroll
@@ -382,24 +347,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_c
       score[t][0] = score[t][1] = score[t][2] = score[t][3] = 0.0f;
 #pragma unroll
       for (int step = 0; step < kSteps; step++) {
-        const KeyT* key = keyTile + (8 * t + row) * kStride + 16 * step + 2 * pair;
+        const T* key = keyTile + (8 * t + row) * kStride + 16 * step + 2 * pair;
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key);
         const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + 8);
-        mma16816<KeyT>(score[t], qHigh[step][0], 0u, qHigh[step][1], 0u, b0, b1);
-        mma16816<KeyT>(score[t], qLow[step][0], 0u, qLow[step][1], 0u, b0, b1);
+        mma16816<T>(score[t], qHigh[step][0], 0u, qHigh[step][1], 0u, b0, b1);
+        mma16816<T>(score[t], qLow[step][0], 0u, qLow[step][1], 0u, b0, b1);
       }
-    }
-    if constexpr (kExact) {
-      // Key k's scale (and int4 zero) from lane k: score = scale · (q · tile − offset · Σq) (+ zero · Σq for int4).
-#pragma unroll
-      for (int t = 0; t < 4; t++)
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-          const uint32_t bits = __shfl_sync(0xffffffffu, tileScales.key, 8 * t + 2 * pair + j);
-          const float keyScale = halfBits(static_cast<uint16_t>(bits & 0xffff));
-          score[t][j] = keyScale * (score[t][j] - kKeyOffset * querySum);
-          if constexpr (kInt4) score[t][j] += halfBits(static_cast<uint16_t>(bits >> 16)) * querySum;
-        }
     }
     float tileMax = -INFINITY;
 #pragma unroll
@@ -427,23 +380,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_c
     rowSum += __shfl_xor_sync(0xffffffffu, rowSum, 2);
     sum = sum * correction + rowSum;
     maximum = updated;
-    if constexpr (kExact) {
-      // P · value scale goes into the products (rounded to bf16 as P is); int4 keeps the zero and −128 terms aside.
-      float tileZeroTerm = 0.0f;
-#pragma unroll
-      for (int t = 0; t < 4; t++)
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-          const uint32_t bits = __shfl_sync(0xffffffffu, tileScales.value, 8 * t + 2 * pair + j);
-          const float scaled = probability[t][j] * halfBits(static_cast<uint16_t>(bits & 0xffff));
-          if constexpr (kInt4) {
-            const float rounded = toFloat(fromFloat<T>(scaled));
-            tileZeroTerm += probability[t][j] * halfBits(static_cast<uint16_t>(bits >> 16)) - kInt4Offset * rounded;
-          }
-          probability[t][j] = scaled;
-        }
-      zeroTerm = zeroTerm * correction + tileZeroTerm;
-    }
 #pragma unroll
     for (int t = 0; t < kOutTiles; t++) {
       out[t][0] *= correction;
@@ -456,15 +392,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_c
                              packPair<T>(probability[2 * step + 1][0], probability[2 * step + 1][1]), 0u, valueTile, step, lane);
     }
     __syncwarp();
-  }
-  if constexpr (kInt4) {
-    zeroTerm += __shfl_xor_sync(0xffffffffu, zeroTerm, 1);
-    zeroTerm += __shfl_xor_sync(0xffffffffu, zeroTerm, 2);
-#pragma unroll
-    for (int t = 0; t < kOutTiles; t++) {
-      out[t][0] += zeroTerm;
-      out[t][1] += zeroTerm;
-    }
   }
   __syncthreads();
   float* stateAcc = reinterpret_cast<float*>(tiles);  // [warp][head][channel], over the finished tiles
@@ -480,27 +407,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_c
     }
   }
   __syncthreads();
-  for (int t = threadIdx.x; t < group * D; t += blockDim.x) {
-    const int g = t / D, channel = t % D;
-    float overall = -INFINITY;
-    for (int w = 0; w < kDecodeWarps; w++) overall = fmaxf(overall, stateMax[w][g]);
-    float total = 0.0f, value = 0.0f;
-    if (overall != -INFINITY) {
-      for (int w = 0; w < kDecodeWarps; w++) {
-        const float weight = __expf(stateMax[w][g] - overall);
-        total += stateSum[w][g] * weight;
-        value += stateAcc[(w * kMaxHeads + g) * D + channel] * weight;
-      }
-    }
-    const int64_t head = static_cast<int64_t>(kvHead) * group + g;
-    const int64_t index = head * splits.stride + work.split;
-    partialAcc[index * D + channel] = value;
-    if (channel == 0) {
-      partialMax[index] = overall;
-      partialSum[index] = total;
-    }
-  }
+  mergeWarpStates<D, kMaxHeads>(stateMax, stateSum, stateAcc, sequence, work, group);
 }
+
+#include "attention-decode-codes.cuh"
 
 // grid (heads), 256 threads: the split weights exp(m_s − M) are computed once into shared memory, then the 8 warps
 // each sum a strided subset of the splits (lanes over channels) and the block adds the 8 partial sums. Every load of
@@ -629,9 +539,14 @@ int splitsFor(int64_t keyCount, int heads, int64_t resident, int multiprocessors
 template <typename T, int D, bool kQuant>
 size_t decodeShared(const AttentionArgs& args) {
   if constexpr (decodeKernelFor(static_cast<int>(sizeof(T)), D, kQuant) == AttentionKernel::TensorCores) {
-    // Quantized: each warp's raw code buffer (keys and values of 32 rows) after the 16-bit tiles.
-    const size_t raw = kQuant ? static_cast<size_t>(kDecodeWarps) * 2 * 32 * args.quant.codeBytes : 0;
-    return static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T) + raw;
+    if constexpr (kQuant) {
+      switch (static_cast<KvQuant>(args.quant.scheme)) {
+        case KvQuant::Int4: return CodeRing<D, static_cast<int>(KvQuant::Int4)>::kSharedBytes;
+        case KvQuant::Int8: return CodeRing<D, static_cast<int>(KvQuant::Int8)>::kSharedBytes;
+        default: return CodeRing<D, static_cast<int>(KvQuant::Fp8)>::kSharedBytes;
+      }
+    }
+    return static_cast<size_t>(kDecodeWarps) * 2 * 32 * (D + 8) * sizeof(T);
   } else {
     return kDecodeWarps * DecodeTile<T, D>::kBytesPerWarp;
   }
@@ -652,6 +567,10 @@ void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks,
     allowSharedMemory(kernel, shared);
     launchChained(kernel, grid, dim3(kDecodeThreads), shared, stream, launch);
   };
+  auto startCodes = [&](auto twoBlocks, auto threeBlocks, size_t shared) {
+    if (codesBlocks() == 3) start(threeBlocks, shared);
+    else start(twoBlocks, shared);
+  };
   // T: the cache's element type, or for a quantized cache (kQuant) the type of its staged tiles.
   dispatchTile(args, cacheType, [&](auto t, auto quantized) {
     // Decayed: in a generic lambda of a template, GCC takes decltype of the parameter in the nested lambda as a reference.
@@ -663,15 +582,18 @@ void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks,
       if constexpr (kQuant && tileBytes(true, D, 0) != static_cast<int>(sizeof(T))) {
         throw Error("DUO_ARG", "internal: quantized decode stages 16-bit tiles only for the tensor-core kernel");
       } else if constexpr (kKernel == AttentionKernel::TensorCores) {
-        // Tensor cores: any G ≤ 8 shares one kernel (rows past G are zero).
+        // Tensor cores: any G ≤ 8 shares one kernel (rows past G are zero); quantized caches read their codes.
         const size_t shared = decodeShared<T, D, kQuant>(args);
         if constexpr (!kQuant) {
-          start(decodeMmaKernel<T, D, 0, N>, shared);
+          start(decodeMmaKernel<T, D, N>, shared);
         } else {
           switch (static_cast<KvQuant>(args.quant.scheme)) {
-            case KvQuant::Int8: start(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Int8), N>, shared); break;
-            case KvQuant::Int4: start(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Int4), N>, shared); break;
-            default: start(decodeMmaKernel<T, D, static_cast<int>(KvQuant::Fp8), N>, shared); break;
+            case KvQuant::Int8: startCodes(decodeCodesKernel<D, static_cast<int>(KvQuant::Int8), 2, N>,
+                                           decodeCodesKernel<D, static_cast<int>(KvQuant::Int8), 3, N>, shared); break;
+            case KvQuant::Int4: startCodes(decodeCodesKernel<D, static_cast<int>(KvQuant::Int4), 2, N>,
+                                           decodeCodesKernel<D, static_cast<int>(KvQuant::Int4), 3, N>, shared); break;
+            default: startCodes(decodeCodesKernel<D, static_cast<int>(KvQuant::Fp8), 2, N>,
+                                decodeCodesKernel<D, static_cast<int>(KvQuant::Fp8), 3, N>, shared); break;
           }
         }
       } else if constexpr (kKernel == AttentionKernel::CudaCores) {
@@ -724,9 +646,11 @@ DecodeLaunch<N> decodeLaunchFor(const AttentionArgs& args) {
 }  // namespace
 
 DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors, double share) {
-  // The tensor-core kernel keeps two 4-warp blocks per multiprocessor (registers), the CUDA-core one three (shared memory).
+  // 4-warp blocks resident per multiprocessor: the tensor-core kernel keeps two (registers), its quantized form
+  // codesBlocks() (its launch bounds), the CUDA-core one three (shared memory).
   const bool tensorCores = decodeKernelFor(args, cacheType) == AttentionKernel::TensorCores;
-  const int64_t resident = tensorCores ? 2 : 3;
+  const bool quantized = args.quant.scheme != 0;
+  const int64_t resident = !tensorCores ? 3 : quantized ? codesBlocks() : 2;
   const StreamingLayout& layout = args.streaming;
   DecodeSplits splits;
   splits.retrievalKvHeads = layout.active() ? layout.retrievalKvHeads : args.kvHeads;

@@ -1,0 +1,397 @@
+// Tensor-core decode over quantized caches (int8, int4, fp8 at head dims 64 and 128) that builds its MMA fragments
+// straight from the codes: a warp streams its tiles' raw code rows and scale words into a ring of shared stages with
+// cp.async (kStages − 1 tiles in flight while it multiplies one), and each lane turns the bytes it loads from a stage
+// into 16-bit fragments in registers — no dequantized tile is ever written, so a block needs a third of the shared
+// memory and three blocks stay resident on a multiprocessor.
+//
+// The products see exact codes, the scales are applied around them (ADR 0006):
+// - Scores S = Q·Kᵀ, query heads as the rows of A (rows G…15 zero), q split into a 16-bit high part and a remainder.
+//   The dot product's channel order is free, so step s of lane pair p takes channels (D/4)·p + 4s … + 3: a lane's
+//   B fragments for one key are one contiguous run of its row's codes (16 or 32 bytes at D = 128). Keys are int4
+//   nibble n → bf16 128 + n, int8 byte b → f16 1152 + b, fp8 → f16 (exact); score = key scale · (q·code − offset·Σq)
+//   (+ zero·Σq for int4).
+// - Values O += P·V with P as A: B's column g of n-tile j is channel (D/8)·g + j, so a lane's value codes for one key
+//   are again one run (8 or 16 bytes). Values are f16 codes (int4 1024 + n, int8 1152 + b, fp8 exact) and A holds
+//   p · value scale / S, S the tile's largest value scale: below 1 and far from f16's underflow, with 11 bits of p.
+//   The accumulator is kept in units of S (rescaled with the softmax correction); the offsets come off with the sum of
+//   A as rounded (int4's zeros with p), so they cancel exactly.
+// Included by attention-decode.cu inside its anonymous namespace (DecodeLaunch, decodeWork, mergeWarpStates).
+#pragma once
+
+// One warp's ring of stages for a scheme and head dim: each stage holds 32 key rows and 32 value rows of codes
+// (rows padded by 16 bytes: the lanes' fragment loads are conflict-free), then the rows' scale words (int4: scale |
+// zero << 16; int8 / fp8: the aligned 32-bit word holding the row's f16 scale) and two masks of which rows' scales sit
+// in the word's upper half.
+template <int D, int kScheme>
+struct CodeRing {
+  static constexpr bool kInt4 = kScheme == static_cast<int>(KvQuant::Int4);
+  static constexpr int kCodeBytes = kInt4 ? D / 2 : D;
+  static constexpr int kRowStride = kCodeBytes + 16;
+  static constexpr int kScaleOffset = 2 * 32 * kRowStride;
+  static constexpr int kStageBytes = kScaleOffset + 2 * 32 * 4 + 16;
+  // int4 tiles are half the bytes of int8 ones: one stage more in flight at the same residency.
+  static constexpr int kStages = kInt4 ? 3 : 2;
+  static constexpr size_t kSharedBytes = static_cast<size_t>(kDecodeWarps) * kStages * kStageBytes;
+  static constexpr int kKeyLaneBytes = kCodeBytes / 4;    // D/4 channels of one key
+  static constexpr int kValueLaneBytes = kCodeBytes / 8;  // D/8 channels of one value
+  static_assert(kSharedBytes >= static_cast<size_t>(kDecodeWarps) * 8 * D * sizeof(float), "the block merge reuses the ring");
+};
+
+// `W` 32-bit words from shared memory at `source` (aligned to the load's width).
+template <int W>
+__device__ __forceinline__ void loadWords(const uint8_t* source, uint32_t (&words)[W]) {
+  if constexpr (W % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < W / 4; i++) {
+      const uint4 chunk = reinterpret_cast<const uint4*>(source)[i];
+      words[4 * i] = chunk.x, words[4 * i + 1] = chunk.y, words[4 * i + 2] = chunk.z, words[4 * i + 3] = chunk.w;
+    }
+  } else if constexpr (W == 2) {
+    const uint2 chunk = *reinterpret_cast<const uint2*>(source);
+    words[0] = chunk.x, words[1] = chunk.y;
+  } else {
+    static_assert(W == 1, "loadWords reads 4, 8 or a multiple of 16 bytes");
+    words[0] = *reinterpret_cast<const uint32_t*>(source);
+  }
+}
+
+// A 4-byte cp.async (cached at all levels, as the 4- and 8-byte sizes require).
+__device__ __forceinline__ void copyAsync4(void* shared, const void* global) {
+  const unsigned target = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(target), "l"(global));
+}
+
+// Two fp8 codes (the low 16 bits of `codes`) as an f16 pair, exactly.
+__device__ __forceinline__ uint32_t fp8PairHalf(uint32_t codes) {
+  const __half2_raw pair = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(codes & 0xffffu), __NV_E4M3);
+  return static_cast<uint32_t>(pair.x) | (static_cast<uint32_t>(pair.y) << 16);
+}
+
+// Bytes `byte` of x and y side by side as f16 1024 + x, 1024 + y (x low): the value pairs of int4 nibbles (spread to
+// bytes) and of int8 codes (biased by 128).
+__device__ __forceinline__ uint32_t bytePairHalf(uint32_t x, uint32_t y, int byte) {
+  return __byte_perm(__byte_perm(x, y, byte | ((4 + byte) << 4)), 0x6464u, 0x5140);
+}
+
+// The B fragments of score step `s` from a lane's key words (channels 4s … 4s + 3 of its run).
+template <int kScheme, int W>
+__device__ __forceinline__ void keyFragments(const uint32_t (&words)[W], int s, uint32_t& b0, uint32_t& b1) {
+  if constexpr (kScheme == static_cast<int>(KvQuant::Int4)) {
+    const uint32_t word = words[s / 2];
+    const uint32_t even = word & 0x0f0f0f0fu, odd = (word >> 4) & 0x0f0f0f0fu;  // nibbles 2i and 2i + 1 in byte i
+    const int first = 2 * (s & 1);
+    b0 = __byte_perm(__byte_perm(even, odd, first | ((4 + first) << 4)), 0x4343u, 0x5140);
+    b1 = __byte_perm(__byte_perm(even, odd, (first + 1) | ((5 + first) << 4)), 0x4343u, 0x5140);
+  } else if constexpr (kScheme == static_cast<int>(KvQuant::Int8)) {
+    const uint32_t biased = words[s] ^ 0x80808080u;
+    b0 = __byte_perm(biased, 0x6464u, 0x5140);
+    b1 = __byte_perm(biased, 0x6464u, 0x5342);
+  } else {
+    b0 = fp8PairHalf(words[s]);
+    b1 = fp8PairHalf(words[s] >> 16);
+  }
+}
+
+// A lane's value codes of one key, spread so that valueFragment can pair two keys' channel j with two byte permutes:
+// int4 nibbles → bytes (even channels in the first W words, odd in the next), int8 codes biased by 128, fp8 as read.
+template <int kScheme, int W>
+struct ValueRun {
+  static constexpr bool kInt4 = kScheme == static_cast<int>(KvQuant::Int4);
+  uint32_t words[kInt4 ? 2 * W : W];
+  __device__ __forceinline__ void load(const uint8_t* source) {
+    uint32_t raw[W];
+    loadWords<W>(source, raw);
+#pragma unroll
+    for (int w = 0; w < W; w++) {
+      if constexpr (kInt4) {
+        words[w] = raw[w] & 0x0f0f0f0fu;
+        words[W + w] = (raw[w] >> 4) & 0x0f0f0f0fu;
+      } else if constexpr (kScheme == static_cast<int>(KvQuant::Int8)) {
+        words[w] = raw[w] ^ 0x80808080u;
+      } else {
+        words[w] = raw[w];
+      }
+    }
+  }
+};
+
+// Channel j of keys x (low) and y (high) as an f16 pair: the B register of n-tile j.
+template <int kScheme, int W>
+__device__ __forceinline__ uint32_t valueFragment(const ValueRun<kScheme, W>& x, const ValueRun<kScheme, W>& y, int j) {
+  if constexpr (kScheme == static_cast<int>(KvQuant::Int4)) {
+    const int word = (j & 1) * W + j / 8, byte = (j % 8) / 2;
+    return bytePairHalf(x.words[word], y.words[word], byte);
+  } else if constexpr (kScheme == static_cast<int>(KvQuant::Int8)) {
+    return bytePairHalf(x.words[j / 4], y.words[j / 4], j % 4);
+  } else {
+    const int shift = 16 * ((j % 4) / 2);
+    const uint32_t hx = fp8PairHalf(x.words[j / 4] >> shift), hy = fp8PairHalf(y.words[j / 4] >> shift);
+    return __byte_perm(hx, hy, (j & 1) ? 0x7632 : 0x5410);
+  }
+}
+
+// Blocks a multiprocessor keeps of decodeCodesKernel: 2 (about 200 registers, no spills) or 3 (168, a few spilled);
+// DUO_CODES_BLOCKS picks one for an A/B run (read once), 2 by default.
+inline int codesBlocks() {
+  static const int blocks = [] {
+    const char* value = std::getenv("DUO_CODES_BLOCKS");
+    return value && std::string(value) == "3" ? 3 : 2;
+  }();
+  return blocks;
+}
+
+template <int D, int kScheme, int kBlocks, int N>
+__global__ void __launch_bounds__(kDecodeThreads, kBlocks) decodeCodesKernel(const __grid_constant__ DecodeLaunch<N> launch) {
+  if (launch.idle()) return;
+  using Ring = CodeRing<D, kScheme>;
+  constexpr bool kInt4 = kScheme == static_cast<int>(KvQuant::Int4);
+  constexpr bool kInt8 = kScheme == static_cast<int>(KvQuant::Int8);
+  constexpr bool kFp8 = kScheme == static_cast<int>(KvQuant::Fp8);
+  using KeyT = std::conditional_t<kInt4, __nv_bfloat16, __half>;
+  constexpr float kKeyOffset = kInt4 ? 128.0f : (kInt8 ? 1152.0f : 0.0f);
+  constexpr float kValueOffset = kInt4 ? 1024.0f : (kInt8 ? 1152.0f : 0.0f);
+  constexpr int kSteps = D / 16, kOutTiles = D / 8, kStages = Ring::kStages, kRowStride = Ring::kRowStride;
+  constexpr int kKeyWords = Ring::kKeyLaneBytes / 4, kValueWords = Ring::kValueLaneBytes / 4;
+  constexpr int kMaxHeads = 8;
+  extern __shared__ __align__(16) unsigned char tiles[];
+  const DecodeSequence& sequence = launch.decoding();
+  const DecodeWork<__nv_bfloat16> work = decodeWork<__nv_bfloat16, true>(sequence, launch.block(), D);
+  const QuantHead& head = work.quant;
+  const int group = launch.group, kvHead = work.kvHead;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row = lane >> 2, pair = lane & 3;
+  uint8_t* ring = tiles + static_cast<size_t>(warp) * kStages * Ring::kStageBytes;
+
+  // Stages tile `tile` (its first `count` keys) into ring stage `into`: rows past `count` and their scales are zeros.
+  auto stage = [&](int64_t tile, int count, int into) {
+    uint8_t* keys = ring + into * Ring::kStageBytes;
+    uint8_t* values = keys + 32 * kRowStride;
+    uint32_t* scales = reinterpret_cast<uint32_t*>(keys + Ring::kScaleOffset);
+    constexpr int kChunks = Ring::kCodeBytes / 16;
+#pragma unroll
+    for (int i = 0; i < kChunks; i++) {
+      const int piece = lane + 32 * i, r = piece / kChunks, chunk = piece % kChunks;
+      uint8_t* keyTarget = keys + r * kRowStride + 16 * chunk;
+      uint8_t* valueTarget = values + r * kRowStride + 16 * chunk;
+      if (r < count) {
+        const int64_t at = work.slot(tile + r) * Ring::kCodeBytes + 16 * chunk;
+        copyAsync16(keyTarget, head.keyCodes + at);
+        copyAsync16(valueTarget, head.valueCodes + at);
+      } else {
+        *reinterpret_cast<uint4*>(keyTarget) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(valueTarget) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    bool keyHigh = false, valueHigh = false;
+    if (lane < count) {
+      const int64_t slot = work.slot(tile + lane);
+      if constexpr (kInt4) {
+        copyAsync4(scales + lane, head.keyScales + 2 * slot);
+        copyAsync4(scales + 32 + lane, head.valueScales + 2 * slot);
+      } else {
+        // cp.async moves 4 bytes at least: the aligned word holding the f16 scale, and which half it is.
+        const uintptr_t keyAt = reinterpret_cast<uintptr_t>(head.keyScales + slot);
+        const uintptr_t valueAt = reinterpret_cast<uintptr_t>(head.valueScales + slot);
+        keyHigh = (keyAt & 2) != 0;
+        valueHigh = (valueAt & 2) != 0;
+        copyAsync4(scales + lane, reinterpret_cast<const void*>(keyAt & ~uintptr_t{3}));
+        copyAsync4(scales + 32 + lane, reinterpret_cast<const void*>(valueAt & ~uintptr_t{3}));
+      }
+    } else {
+      scales[lane] = 0;
+      scales[32 + lane] = 0;
+    }
+    if constexpr (!kInt4) {
+      const unsigned keyMask = __ballot_sync(0xffffffffu, keyHigh), valueMask = __ballot_sync(0xffffffffu, valueHigh);
+      if (lane == 0) scales[64] = keyMask, scales[65] = valueMask;
+    }
+    commitGroup();
+  };
+
+  // This warp's tiles: begin + 32·warp, then every kDecodeWarps·32 keys.
+  const int64_t firstTile = work.begin + 32 * warp, end = work.end;
+  constexpr int64_t kTileStep = kDecodeWarps * 32;
+  const int tileCount = firstTile < end ? static_cast<int>((end - firstTile + kTileStep - 1) / kTileStep) : 0;
+  auto tileAt = [&](int i) { return firstTile + i * kTileStep; };
+  auto countAt = [&](int i) { return static_cast<int>(lesser(32, end - tileAt(i))); };
+  // Cached keys other than the newest one are not written by the kernel before this one (RoPE + cache write): tiles
+  // that end before it are staged before waiting for that kernel, so their reads overlap its tail (chained launches).
+  bool waited = false;
+#pragma unroll
+  for (int i = 0; i < kStages - 1; i++) {
+    if (i < tileCount) {
+      if (!waited && tileAt(i) + 32 >= work.range.count) {
+        dependOnPrevious();
+        waited = true;
+      }
+      stage(tileAt(i), countAt(i), i);
+    } else {
+      commitGroup();
+    }
+  }
+  if (!waited) dependOnPrevious();
+
+  // A fragments of Q: row `row` (a query head); k positions 2·pair (+1) and 2·pair + 8 (+1) of step s are channels
+  // (D/4)·pair + 4s (+1) and + 2 (+3). Offset codes need the query's sum as the products see it (high + low parts).
+  uint32_t qHigh[kSteps][2], qLow[kSteps][2];
+  float querySum = 0.0f;
+#pragma unroll
+  for (int s = 0; s < kSteps; s++)
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+      const int channel = (D / 4) * pair + 4 * s + 2 * half;
+      float x0 = 0.0f, x1 = 0.0f;
+      if (row < group) {
+        const float* source = sequence.q + (static_cast<int64_t>(kvHead) * group + row) * D + channel;
+        x0 = source[0] * launch.scale;
+        x1 = source[1] * launch.scale;
+      }
+      splitQuery<KeyT>(x0, x1, qHigh[s][half], qLow[s][half]);
+      const KeyT high0 = fromFloat<KeyT>(x0), high1 = fromFloat<KeyT>(x1);
+      querySum += toFloat(high0) + toFloat(fromFloat<KeyT>(x0 - toFloat(high0))) + toFloat(high1) +
+                  toFloat(fromFloat<KeyT>(x1 - toFloat(high1)));
+    }
+  querySum += __shfl_xor_sync(0xffffffffu, querySum, 1);
+  querySum += __shfl_xor_sync(0xffffffffu, querySum, 2);
+
+  float maximum = -INFINITY, sum = 0.0f;
+  float unit = 1.0f;      // out holds the products in units of the last tile's S
+  float offsetTerm = 0.0f;  // Σ p · zero − offset · S · Σ A over this lane's keys, in true units
+  float out[kOutTiles][4];
+#pragma unroll
+  for (int j = 0; j < kOutTiles; j++) out[j][0] = out[j][1] = out[j][2] = out[j][3] = 0.0f;
+
+  for (int i = 0; i < tileCount; i++) {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
+    __syncwarp();  // tile i is in its stage, and every lane is done with the stage the refill below overwrites
+    const int refill = i + kStages - 1;
+    if (refill < tileCount) stage(tileAt(refill), countAt(refill), refill % kStages);
+    else commitGroup();
+    const uint8_t* keys = ring + (i % kStages) * Ring::kStageBytes;
+    const uint8_t* values = keys + 32 * kRowStride;
+    const uint32_t* scales = reinterpret_cast<const uint32_t*>(keys + Ring::kScaleOffset);
+    const int count = countAt(i);
+
+    // Scores of 32 keys: n-tile t holds keys 8t + 2·pair (+1) for query head `row`; its B fragments are key 8t + row.
+    float score[4][4];
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+      score[t][0] = score[t][1] = score[t][2] = score[t][3] = 0.0f;
+      uint32_t words[kKeyWords];
+      loadWords<kKeyWords>(keys + (8 * t + row) * kRowStride + pair * Ring::kKeyLaneBytes, words);
+#pragma unroll
+      for (int s = 0; s < kSteps; s++) {
+        uint32_t b0, b1;
+        keyFragments<kScheme>(words, s, b0, b1);
+        mma16816<KeyT>(score[t], qHigh[s][0], 0u, qHigh[s][1], 0u, b0, b1);
+        mma16816<KeyT>(score[t], qLow[s][0], 0u, qLow[s][1], 0u, b0, b1);
+      }
+    }
+    // This lane's keys' scales (key 8t + 2·pair + j).
+    float keyScale[4][2], valueScale[4][2], valueZero[4][2];
+    const uint32_t keyHigh = kInt4 ? 0u : scales[64], valueHigh = kInt4 ? 0u : scales[65];
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+      const int key = 8 * t + 2 * pair;
+      const uint2 keyWords = *reinterpret_cast<const uint2*>(scales + key);
+      const uint2 valueWords = *reinterpret_cast<const uint2*>(scales + 32 + key);
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const uint32_t keyBits = j ? keyWords.y : keyWords.x, valueBits = j ? valueWords.y : valueWords.x;
+        if constexpr (kInt4) {
+          keyScale[t][j] = halfBits(static_cast<uint16_t>(keyBits & 0xffff));
+          score[t][j] = keyScale[t][j] * (score[t][j] - kKeyOffset * querySum) + halfBits(static_cast<uint16_t>(keyBits >> 16)) * querySum;
+          valueScale[t][j] = halfBits(static_cast<uint16_t>(valueBits & 0xffff));
+          valueZero[t][j] = halfBits(static_cast<uint16_t>(valueBits >> 16));
+        } else {
+          keyScale[t][j] = halfBits(static_cast<uint16_t>(keyBits >> (((keyHigh >> (key + j)) & 1) * 16)));
+          score[t][j] = keyScale[t][j] * (score[t][j] - kKeyOffset * querySum);
+          valueScale[t][j] = halfBits(static_cast<uint16_t>(valueBits >> (((valueHigh >> (key + j)) & 1) * 16)));
+          valueZero[t][j] = 0.0f;
+        }
+      }
+    }
+    float tileMax = -INFINITY, largestScale = 0.0f;
+#pragma unroll
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const bool valid = 8 * t + 2 * pair + j < count;
+        score[t][j] = valid ? score[t][j] : -INFINITY;
+        tileMax = fmaxf(tileMax, score[t][j]);
+        largestScale = fmaxf(largestScale, valueScale[t][j]);
+      }
+    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 1));
+    tileMax = fmaxf(tileMax, __shfl_xor_sync(0xffffffffu, tileMax, 2));
+    largestScale = fmaxf(largestScale, __shfl_xor_sync(0xffffffffu, largestScale, 1));
+    largestScale = fmaxf(largestScale, __shfl_xor_sync(0xffffffffu, largestScale, 2));
+    const float tileUnit = largestScale > 0.0f ? largestScale : 1.0f, inverseUnit = 1.0f / tileUnit;
+    const float updated = fmaxf(maximum, tileMax);
+    const float correction = __expf(maximum - updated);
+    float weight[4][2];  // A: p · value scale / S, as f16 rounds it
+    float rowSum = 0.0f, tileOffset = 0.0f;
+#pragma unroll
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const float p = score[t][j] == -INFINITY ? 0.0f : __expf(score[t][j] - updated);
+        rowSum += p;
+        weight[t][j] = __half2float(__float2half_rn(p * valueScale[t][j] * inverseUnit));
+        tileOffset += p * valueZero[t][j] - kValueOffset * tileUnit * weight[t][j];
+      }
+    rowSum += __shfl_xor_sync(0xffffffffu, rowSum, 1);
+    rowSum += __shfl_xor_sync(0xffffffffu, rowSum, 2);
+    sum = sum * correction + rowSum;
+    maximum = updated;
+    if constexpr (!kFp8) offsetTerm = offsetTerm * correction + tileOffset;
+    const float rescale = correction * unit / tileUnit;
+    unit = tileUnit;
+#pragma unroll
+    for (int j = 0; j < kOutTiles; j++) {
+      out[j][0] *= rescale;
+      out[j][1] *= rescale;
+    }
+    // P·V over two 16-key steps: keys 16u + 2·pair (+1) and 16u + 8 + 2·pair (+1); rows 8–15 of P are zero.
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+      const uint32_t a0 = packPair<__half>(weight[2 * u][0], weight[2 * u][1]);
+      const uint32_t a2 = packPair<__half>(weight[2 * u + 1][0], weight[2 * u + 1][1]);
+      ValueRun<kScheme, kValueWords> x0, x1, y0, y1;
+      const uint8_t* run = values + row * Ring::kValueLaneBytes;
+      x0.load(run + (16 * u + 2 * pair) * kRowStride);
+      x1.load(run + (16 * u + 2 * pair + 1) * kRowStride);
+      y0.load(run + (16 * u + 8 + 2 * pair) * kRowStride);
+      y1.load(run + (16 * u + 9 + 2 * pair) * kRowStride);
+#pragma unroll
+      for (int j = 0; j < kOutTiles; j++)
+        mma16816<__half>(out[j], a0, 0u, a2, 0u, valueFragment(x0, x1, j), valueFragment(y0, y1, j));
+    }
+  }
+  if constexpr (!kFp8) {
+    offsetTerm += __shfl_xor_sync(0xffffffffu, offsetTerm, 1);
+    offsetTerm += __shfl_xor_sync(0xffffffffu, offsetTerm, 2);
+  }
+#pragma unroll
+  for (int j = 0; j < kOutTiles; j++) {
+    out[j][0] = out[j][0] * unit + offsetTerm;
+    out[j][1] = out[j][1] * unit + offsetTerm;
+  }
+  // The block merge: column 2·pair (+1) of n-tile j is channel (D/8)·(2·pair (+1)) + j.
+  __shared__ float stateMax[kDecodeWarps][kMaxHeads];
+  __shared__ float stateSum[kDecodeWarps][kMaxHeads];
+  __syncthreads();
+  float* stateAcc = reinterpret_cast<float*>(tiles);  // [warp][head][channel]: the ring is no longer needed
+  if (row < group) {
+    if (pair == 0) {
+      stateMax[warp][row] = maximum;
+      stateSum[warp][row] = sum;
+    }
+    float* state = stateAcc + (warp * kMaxHeads + row) * D;
+#pragma unroll
+    for (int j = 0; j < kOutTiles; j++) {
+      state[(D / 8) * (2 * pair) + j] = out[j][0];
+      state[(D / 8) * (2 * pair + 1) + j] = out[j][1];
+    }
+  }
+  __syncthreads();
+  mergeWarpStates<D, kMaxHeads>(stateMax, stateSum, stateAcc, sequence, work, group);
+}
