@@ -10,11 +10,13 @@
 //   B fragments for one key are one contiguous run of its row's codes (16 or 32 bytes at D = 128). Keys are int4
 //   nibble n → bf16 128 + n, int8 byte b → f16 1152 + b, fp8 → f16 (exact); score = key scale · (q·code − offset·Σq)
 //   (+ zero·Σq for int4).
-// - Values O += P·V with P as A: B's column g of n-tile j is channel (D/8)·g + j, so a lane's value codes for one key
-//   are again one run (8 or 16 bytes). Values are f16 codes (int4 1024 + n, int8 1152 + b, fp8 exact) and A holds
-//   p · value scale / S, S the tile's largest value scale: below 1 and far from f16's underflow, with 11 bits of p.
-//   The accumulator is kept in units of S (rescaled with the softmax correction); the offsets come off with the sum of
-//   A as rounded (int4's zeros with p), so they cancel exactly.
+// - Values: Oᵀ = Vᵀ·Pᵀ, channels as the rows of A and query heads as the columns of B, so every accumulator holds a
+//   head's channel (P as A would keep rows G…15 of zeros: twice the accumulators). Pᵀ's B fragments are a lane's own
+//   probabilities from the scores; row r of m-tile i is channel (D/16)·r + i, so a lane's value codes for one key are
+//   two runs of D/16 channels. Values are f16 codes (int4 1024 + n, int8 1152 + b, fp8 exact) and B holds p · value
+//   scale / S, S the tile's largest value scale: below 1 and far from f16's underflow, with 11 bits of p. The
+//   accumulator is kept in units of S (rescaled with the softmax correction); the offsets come off with the sum of B as
+//   rounded (int4's zeros with p), so they cancel exactly.
 // Included by attention-decode.cu inside its anonymous namespace (DecodeLaunch, decodeWork, mergeWarpStates).
 #pragma once
 
@@ -33,7 +35,7 @@ struct CodeRing {
   static constexpr int kStages = kInt4 ? 3 : 2;
   static constexpr size_t kSharedBytes = static_cast<size_t>(kDecodeWarps) * kStages * kStageBytes;
   static constexpr int kKeyLaneBytes = kCodeBytes / 4;    // D/4 channels of one key
-  static constexpr int kValueLaneBytes = kCodeBytes / 8;  // D/8 channels of one value
+  static constexpr int kValueRunBytes = kCodeBytes / 16;  // D/16 channels of one value (a lane reads two runs)
   static_assert(kSharedBytes >= static_cast<size_t>(kDecodeWarps) * 8 * D * sizeof(float), "the block merge reuses the ring");
 };
 
@@ -92,41 +94,50 @@ __device__ __forceinline__ void keyFragments(const uint32_t (&words)[W], int s, 
   }
 }
 
-// A lane's value codes of one key, spread so that valueFragment can pair two keys' channel j with two byte permutes:
-// int4 nibbles → bytes (even channels in the first W words, odd in the next), int8 codes biased by 128, fp8 as read.
-template <int kScheme, int W>
-struct ValueRun {
+// A lane's value codes of one key — two runs of D/16 channels, at channels (D/16)·row and (D/16)·(row + 8) — spread
+// so that valueFragment pairs two keys' channel with two byte permutes: int4 nibbles → bytes (even channels, then odd),
+// int8 codes biased by 128, fp8 as read.
+template <int kScheme, int kRunBytes>
+struct ValueRuns {
   static constexpr bool kInt4 = kScheme == static_cast<int>(KvQuant::Int4);
-  uint32_t words[kInt4 ? 2 * W : W];
-  __device__ __forceinline__ void load(const uint8_t* source) {
-    uint32_t raw[W];
-    loadWords<W>(source, raw);
+  static constexpr int kWords = kRunBytes >= 4 ? kRunBytes / 4 : 1;  // a 2-byte run (int4, head dim 64) in one word
+  uint32_t words[2][kInt4 ? 2 * kWords : kWords];
+  __device__ __forceinline__ void load(const uint8_t* low, const uint8_t* high) {
 #pragma unroll
-    for (int w = 0; w < W; w++) {
-      if constexpr (kInt4) {
-        words[w] = raw[w] & 0x0f0f0f0fu;
-        words[W + w] = (raw[w] >> 4) & 0x0f0f0f0fu;
-      } else if constexpr (kScheme == static_cast<int>(KvQuant::Int8)) {
-        words[w] = raw[w] ^ 0x80808080u;
-      } else {
-        words[w] = raw[w];
+    for (int run = 0; run < 2; run++) {
+      const uint8_t* source = run ? high : low;
+      uint32_t raw[kWords];
+      if constexpr (kRunBytes == 2) raw[0] = *reinterpret_cast<const uint16_t*>(source);
+      else loadWords<kWords>(source, raw);
+#pragma unroll
+      for (int w = 0; w < kWords; w++) {
+        if constexpr (kInt4) {
+          words[run][w] = raw[w] & 0x0f0f0f0fu;
+          words[run][kWords + w] = (raw[w] >> 4) & 0x0f0f0f0fu;
+        } else if constexpr (kScheme == static_cast<int>(KvQuant::Int8)) {
+          words[run][w] = raw[w] ^ 0x80808080u;
+        } else {
+          words[run][w] = raw[w];
+        }
       }
     }
   }
 };
 
-// Channel j of keys x (low) and y (high) as an f16 pair: the B register of n-tile j.
-template <int kScheme, int W>
-__device__ __forceinline__ uint32_t valueFragment(const ValueRun<kScheme, W>& x, const ValueRun<kScheme, W>& y, int j) {
+// Channel i of run `run` of keys x (low) and y (high) as an f16 pair: an A register of P·V's m-tile i.
+template <int kScheme, int kRunBytes>
+__device__ __forceinline__ uint32_t valueFragment(const ValueRuns<kScheme, kRunBytes>& x, const ValueRuns<kScheme, kRunBytes>& y,
+                                                  int run, int i) {
+  constexpr int kWords = ValueRuns<kScheme, kRunBytes>::kWords;
   if constexpr (kScheme == static_cast<int>(KvQuant::Int4)) {
-    const int word = (j & 1) * W + j / 8, byte = (j % 8) / 2;
-    return bytePairHalf(x.words[word], y.words[word], byte);
+    const int word = (i & 1) * kWords + i / 8, byte = (i % 8) / 2;
+    return bytePairHalf(x.words[run][word], y.words[run][word], byte);
   } else if constexpr (kScheme == static_cast<int>(KvQuant::Int8)) {
-    return bytePairHalf(x.words[j / 4], y.words[j / 4], j % 4);
+    return bytePairHalf(x.words[run][i / 4], y.words[run][i / 4], i % 4);
   } else {
-    const int shift = 16 * ((j % 4) / 2);
-    const uint32_t hx = fp8PairHalf(x.words[j / 4] >> shift), hy = fp8PairHalf(y.words[j / 4] >> shift);
-    return __byte_perm(hx, hy, (j & 1) ? 0x7632 : 0x5410);
+    const int shift = 16 * ((i % 4) / 2);
+    const uint32_t hx = fp8PairHalf(x.words[run][i / 4] >> shift), hy = fp8PairHalf(y.words[run][i / 4] >> shift);
+    return __byte_perm(hx, hy, (i & 1) ? 0x7632 : 0x5410);
   }
 }
 
@@ -150,8 +161,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kBlocks) decodeCodesKernel(con
   using KeyT = std::conditional_t<kInt4, __nv_bfloat16, __half>;
   constexpr float kKeyOffset = kInt4 ? 128.0f : (kInt8 ? 1152.0f : 0.0f);
   constexpr float kValueOffset = kInt4 ? 1024.0f : (kInt8 ? 1152.0f : 0.0f);
-  constexpr int kSteps = D / 16, kOutTiles = D / 8, kStages = Ring::kStages, kRowStride = Ring::kRowStride;
-  constexpr int kKeyWords = Ring::kKeyLaneBytes / 4, kValueWords = Ring::kValueLaneBytes / 4;
+  constexpr int kSteps = D / 16, kOutTiles = D / 16, kStages = Ring::kStages, kRowStride = Ring::kRowStride;
+  constexpr int kKeyWords = Ring::kKeyLaneBytes / 4, kRunBytes = Ring::kValueRunBytes;
   constexpr int kMaxHeads = 8;
   extern __shared__ __align__(16) unsigned char tiles[];
   const DecodeSequence& sequence = launch.decoding();
@@ -256,6 +267,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kBlocks) decodeCodesKernel(con
   float maximum = -INFINITY, sum = 0.0f;
   float unit = 1.0f;      // out holds the products in units of the last tile's S
   float offsetTerm = 0.0f;  // Σ p · zero − offset · S · Σ A over this lane's keys, in true units
+  // Oᵀ = Vᵀ·Pᵀ: m-tile i's rows are channels (D/16)·row + i and (D/16)·(row + 8) + i, its columns the query heads
+  // 2·pair and 2·pair + 1 — every accumulator holds a head's channel (rows G…7 of the scores are zero columns here).
   float out[kOutTiles][4];
 #pragma unroll
   for (int j = 0; j < kOutTiles; j++) out[j][0] = out[j][1] = out[j][2] = out[j][3] = 0.0f;
@@ -327,7 +340,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kBlocks) decodeCodesKernel(con
     const float tileUnit = largestScale > 0.0f ? largestScale : 1.0f, inverseUnit = 1.0f / tileUnit;
     const float updated = fmaxf(maximum, tileMax);
     const float correction = __expf(maximum - updated);
-    float weight[4][2];  // A: p · value scale / S, as f16 rounds it
+    float weight[4][2];  // Pᵀ: p · value scale / S, as f16 rounds it
     float rowSum = 0.0f, tileOffset = 0.0f;
 #pragma unroll
     for (int t = 0; t < 4; t++)
@@ -343,53 +356,70 @@ __global__ void __launch_bounds__(kDecodeThreads, kBlocks) decodeCodesKernel(con
     sum = sum * correction + rowSum;
     maximum = updated;
     if constexpr (!kFp8) offsetTerm = offsetTerm * correction + tileOffset;
-    const float rescale = correction * unit / tileUnit;
+    // The columns' heads are rows 2·pair and 2·pair + 1 of the scores: their corrections from those lanes.
+    const float ratio = unit / tileUnit;
+    const float rescaleLow = __shfl_sync(0xffffffffu, correction, 8 * pair) * ratio;
+    const float rescaleHigh = __shfl_sync(0xffffffffu, correction, 8 * pair + 4) * ratio;
     unit = tileUnit;
 #pragma unroll
-    for (int j = 0; j < kOutTiles; j++) {
-      out[j][0] *= rescale;
-      out[j][1] *= rescale;
+    for (int m = 0; m < kOutTiles; m++) {
+      out[m][0] *= rescaleLow;
+      out[m][1] *= rescaleHigh;
+      out[m][2] *= rescaleLow;
+      out[m][3] *= rescaleHigh;
     }
-    // P·V over two 16-key steps: keys 16u + 2·pair (+1) and 16u + 8 + 2·pair (+1); rows 8–15 of P are zero.
+    // P·V over two 16-key steps: keys 16u + 2·pair (+1) and 16u + 8 + 2·pair (+1). Pᵀ's B fragments are this lane's
+    // own probabilities (head `row`), Vᵀ's A fragments pair two keys' codes of one channel.
 #pragma unroll
     for (int u = 0; u < 2; u++) {
-      const uint32_t a0 = packPair<__half>(weight[2 * u][0], weight[2 * u][1]);
-      const uint32_t a2 = packPair<__half>(weight[2 * u + 1][0], weight[2 * u + 1][1]);
-      ValueRun<kScheme, kValueWords> x0, x1, y0, y1;
-      const uint8_t* run = values + row * Ring::kValueLaneBytes;
-      x0.load(run + (16 * u + 2 * pair) * kRowStride);
-      x1.load(run + (16 * u + 2 * pair + 1) * kRowStride);
-      y0.load(run + (16 * u + 8 + 2 * pair) * kRowStride);
-      y1.load(run + (16 * u + 9 + 2 * pair) * kRowStride);
+      const uint32_t b0 = packPair<__half>(weight[2 * u][0], weight[2 * u][1]);
+      const uint32_t b1 = packPair<__half>(weight[2 * u + 1][0], weight[2 * u + 1][1]);
+      ValueRuns<kScheme, kRunBytes> x0, x1, y0, y1;
+      const uint8_t* low = values + row * kRunBytes;
+      const uint8_t* high = values + (row + 8) * kRunBytes;
+      auto load = [&](ValueRuns<kScheme, kRunBytes>& runs, int key) { runs.load(low + key * kRowStride, high + key * kRowStride); };
+      load(x0, 16 * u + 2 * pair);
+      load(x1, 16 * u + 2 * pair + 1);
+      load(y0, 16 * u + 8 + 2 * pair);
+      load(y1, 16 * u + 9 + 2 * pair);
 #pragma unroll
-      for (int j = 0; j < kOutTiles; j++)
-        mma16816<__half>(out[j], a0, 0u, a2, 0u, valueFragment(x0, x1, j), valueFragment(y0, y1, j));
+      for (int m = 0; m < kOutTiles; m++)
+        mma16816<__half>(out[m], valueFragment(x0, x1, 0, m), valueFragment(x0, x1, 1, m), valueFragment(y0, y1, 0, m),
+                         valueFragment(y0, y1, 1, m), b0, b1);
     }
   }
   if constexpr (!kFp8) {
     offsetTerm += __shfl_xor_sync(0xffffffffu, offsetTerm, 1);
     offsetTerm += __shfl_xor_sync(0xffffffffu, offsetTerm, 2);
   }
+  const float offsetLow = __shfl_sync(0xffffffffu, offsetTerm, 8 * pair);
+  const float offsetHigh = __shfl_sync(0xffffffffu, offsetTerm, 8 * pair + 4);
 #pragma unroll
-  for (int j = 0; j < kOutTiles; j++) {
-    out[j][0] = out[j][0] * unit + offsetTerm;
-    out[j][1] = out[j][1] * unit + offsetTerm;
+  for (int m = 0; m < kOutTiles; m++) {
+    out[m][0] = out[m][0] * unit + offsetLow;
+    out[m][1] = out[m][1] * unit + offsetHigh;
+    out[m][2] = out[m][2] * unit + offsetLow;
+    out[m][3] = out[m][3] * unit + offsetHigh;
   }
-  // The block merge: column 2·pair (+1) of n-tile j is channel (D/8)·(2·pair (+1)) + j.
+  // The block merge: stateAcc[warp][head][channel] takes each column of Oᵀ (heads 2·pair and 2·pair + 1 below G).
   __shared__ float stateMax[kDecodeWarps][kMaxHeads];
   __shared__ float stateSum[kDecodeWarps][kMaxHeads];
   __syncthreads();
-  float* stateAcc = reinterpret_cast<float*>(tiles);  // [warp][head][channel]: the ring is no longer needed
-  if (row < group) {
-    if (pair == 0) {
-      stateMax[warp][row] = maximum;
-      stateSum[warp][row] = sum;
-    }
-    float* state = stateAcc + (warp * kMaxHeads + row) * D;
+  float* stateAcc = reinterpret_cast<float*>(tiles);  // the ring is no longer needed
+  if (row < group && pair == 0) {
+    stateMax[warp][row] = maximum;
+    stateSum[warp][row] = sum;
+  }
 #pragma unroll
-    for (int j = 0; j < kOutTiles; j++) {
-      state[(D / 8) * (2 * pair) + j] = out[j][0];
-      state[(D / 8) * (2 * pair + 1) + j] = out[j][1];
+  for (int column = 0; column < 2; column++) {
+    const int head = 2 * pair + column;
+    if (head < group) {
+      float* state = stateAcc + (warp * kMaxHeads + head) * D;
+#pragma unroll
+      for (int m = 0; m < kOutTiles; m++) {
+        state[(D / 16) * row + m] = out[m][column];
+        state[(D / 16) * (row + 8) + m] = out[m][2 + column];
+      }
     }
   }
   __syncthreads();
