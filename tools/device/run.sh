@@ -106,7 +106,8 @@ for step in "${steps[@]}"; do
     duo-decode) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
               --sink 128 --recent 256 --contexts 32k,128k,256k --max-context --prefill none --steps 32 --warmup 8 \
               --out "$OUT/efficiency-decode.json" || status=1 ;;
-    # A/B of decode variants in one call: "label|knobs" in DUO_AB (knobs are env settings). DUO_BUNDLE=name runs the
+    # A/B of decode variants in one call: "label|knobs" in DUO_AB (knobs are env settings); DUO_AB_QUANTS the
+    # --kv-quant schemes (default none), DUO_AB_CONTEXTS, DUO_AB_STEPS (default 48). DUO_BUNDLE=name runs the
     # bundle .device/name-duo-bench.mjs.xz with its addon .device/name-duoattn.node.xz (an earlier build; DUO_BASE=1 is
     # DUO_BUNDLE=base); DUO_VARIANT=name the addon .device/variant-name.node.xz with this bundle; decode only.
     duo-ab) IFS=';' read -ra variants <<< "${DUO_AB:-base|DUO_BASE=1;new|;base again|DUO_BASE=1}"
@@ -122,7 +123,8 @@ for step in "${steps[@]}"; do
               commit=$DUO_COMMIT; [ -n "$bundle" ] && [ -f ".device/$bundle-commit.txt" ] && commit=$(cat ".device/$bundle-commit.txt")
               case " $knobs " in *" DUO_VARIANT="*) variant=${knobs##*DUO_VARIANT=}; native=/tmp/duo-node/variant-${variant%% *}.node ;; esac
               env $knobs DUO_COMMIT=$commit DUO_NATIVE_PATH=$native node $bench efficiency --shape llama-3-8b --device cuda --attention full,duo \
-                --sparsity 0.5 --sink 128 --recent 256 --contexts ${DUO_AB_CONTEXTS:-32k,256k} --prefill none --steps 48 --warmup 8 \
+                --sparsity 0.5 --sink 128 --recent 256 --contexts ${DUO_AB_CONTEXTS:-32k,256k} --kv-quant ${DUO_AB_QUANTS:-none} \
+                --prefill none --steps ${DUO_AB_STEPS:-48} --warmup 8 \
                 --out "$OUT/ab-${label// /-}.json" | grep -E "decode @|speed" || status=1
             done ;;
     # Continuous batching (issue 16): step time and tokens/s versus batch size at 4K and 32K (Llama-3-8B shape, random

@@ -1,8 +1,8 @@
 // Tensor-core decode over quantized caches (int8, int4, fp8 at head dims 64 and 128) that builds its MMA fragments
 // straight from the codes: a warp streams its tiles' raw code rows and scale words into a ring of shared stages with
 // cp.async (kStages − 1 tiles in flight while it multiplies one), and each lane turns the bytes it loads from a stage
-// into 16-bit fragments in registers — no dequantized tile is ever written, so a block needs a third of the shared
-// memory and three blocks stay resident on a multiprocessor.
+// into 16-bit fragments in registers — no dequantized tile is ever written, so a block needs less shared memory than
+// one 16-bit tile a warp, and three int4 blocks (two int8 or fp8 ones) stay resident on a multiprocessor.
 //
 // The products see exact codes, the scales are applied around them (ADR 0006):
 // - Scores S = Q·Kᵀ, query heads as the rows of A (rows G…15 zero), q split into a 16-bit high part and a remainder.
@@ -31,8 +31,10 @@ struct CodeRing {
   static constexpr int kRowStride = kCodeBytes + 16;
   static constexpr int kScaleOffset = 2 * 32 * kRowStride;
   static constexpr int kStageBytes = kScaleOffset + 2 * 32 * 4 + 16;
-  // int4 tiles are half the bytes of int8 ones: one stage more in flight at the same residency.
+  // int4 tiles are half the bytes of int8 ones: one stage more in flight, and three blocks a multiprocessor (168
+  // registers, a few bytes spilled); int8 and fp8 stages leave room for two blocks (about 175 registers, none spilled).
   static constexpr int kStages = kInt4 ? 3 : 2;
+  static constexpr int kBlocks = kInt4 ? 3 : 2;
   static constexpr size_t kSharedBytes = static_cast<size_t>(kDecodeWarps) * kStages * kStageBytes;
   static constexpr int kKeyLaneBytes = kCodeBytes / 4;    // D/4 channels of one key
   static constexpr int kValueRunBytes = kCodeBytes / 16;  // D/16 channels of one value (a lane reads two runs)
@@ -141,18 +143,8 @@ __device__ __forceinline__ uint32_t valueFragment(const ValueRuns<kScheme, kRunB
   }
 }
 
-// Blocks a multiprocessor keeps of decodeCodesKernel: 2 (about 200 registers, no spills) or 3 (168, a few spilled);
-// DUO_CODES_BLOCKS picks one for an A/B run (read once), 2 by default.
-inline int codesBlocks() {
-  static const int blocks = [] {
-    const char* value = std::getenv("DUO_CODES_BLOCKS");
-    return value && std::string(value) == "3" ? 3 : 2;
-  }();
-  return blocks;
-}
-
-template <int D, int kScheme, int kBlocks, int N>
-__global__ void __launch_bounds__(kDecodeThreads, kBlocks) decodeCodesKernel(const __grid_constant__ DecodeLaunch<N> launch) {
+template <int D, int kScheme, int N>
+__global__ void __launch_bounds__(kDecodeThreads, CodeRing<D, kScheme>::kBlocks) decodeCodesKernel(const __grid_constant__ DecodeLaunch<N> launch) {
   if (launch.idle()) return;
   using Ring = CodeRing<D, kScheme>;
   constexpr bool kInt4 = kScheme == static_cast<int>(KvQuant::Int4);

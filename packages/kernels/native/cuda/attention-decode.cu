@@ -8,9 +8,7 @@
 // sequence (y the combine's).
 #include <algorithm>
 #include <cfloat>
-#include <cstdlib>
 #include <memory>
-#include <string>
 #include <type_traits>
 
 #include "attention-common.cuh"
@@ -567,10 +565,6 @@ void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks,
     allowSharedMemory(kernel, shared);
     launchChained(kernel, grid, dim3(kDecodeThreads), shared, stream, launch);
   };
-  auto startCodes = [&](auto twoBlocks, auto threeBlocks, size_t shared) {
-    if (codesBlocks() == 3) start(threeBlocks, shared);
-    else start(twoBlocks, shared);
-  };
   // T: the cache's element type, or for a quantized cache (kQuant) the type of its staged tiles.
   dispatchTile(args, cacheType, [&](auto t, auto quantized) {
     // Decayed: in a generic lambda of a template, GCC takes decltype of the parameter in the nested lambda as a reference.
@@ -588,12 +582,9 @@ void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks,
           start(decodeMmaKernel<T, D, N>, shared);
         } else {
           switch (static_cast<KvQuant>(args.quant.scheme)) {
-            case KvQuant::Int8: startCodes(decodeCodesKernel<D, static_cast<int>(KvQuant::Int8), 2, N>,
-                                           decodeCodesKernel<D, static_cast<int>(KvQuant::Int8), 3, N>, shared); break;
-            case KvQuant::Int4: startCodes(decodeCodesKernel<D, static_cast<int>(KvQuant::Int4), 2, N>,
-                                           decodeCodesKernel<D, static_cast<int>(KvQuant::Int4), 3, N>, shared); break;
-            default: startCodes(decodeCodesKernel<D, static_cast<int>(KvQuant::Fp8), 2, N>,
-                                decodeCodesKernel<D, static_cast<int>(KvQuant::Fp8), 3, N>, shared); break;
+            case KvQuant::Int8: start(decodeCodesKernel<D, static_cast<int>(KvQuant::Int8), N>, shared); break;
+            case KvQuant::Int4: start(decodeCodesKernel<D, static_cast<int>(KvQuant::Int4), N>, shared); break;
+            default: start(decodeCodesKernel<D, static_cast<int>(KvQuant::Fp8), N>, shared); break;
           }
         }
       } else if constexpr (kKernel == AttentionKernel::CudaCores) {
@@ -646,11 +637,11 @@ DecodeLaunch<N> decodeLaunchFor(const AttentionArgs& args) {
 }  // namespace
 
 DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors, double share) {
-  // 4-warp blocks resident per multiprocessor: the tensor-core kernel keeps two (registers), its quantized form
-  // codesBlocks() (its launch bounds), the CUDA-core one three (shared memory).
+  // 4-warp blocks resident per multiprocessor: the tensor-core kernel keeps two (registers), its quantized form three
+  // for int4 and two for int8 / fp8 (CodeRing::kBlocks), the CUDA-core one three (shared memory).
   const bool tensorCores = decodeKernelFor(args, cacheType) == AttentionKernel::TensorCores;
   const bool quantized = args.quant.scheme != 0;
-  const int64_t resident = !tensorCores ? 3 : quantized ? codesBlocks() : 2;
+  const int64_t resident = !tensorCores ? 3 : !quantized ? 2 : args.quant.scheme == static_cast<int>(KvQuant::Int4) ? 3 : 2;
   const StreamingLayout& layout = args.streaming;
   DecodeSplits splits;
   splits.retrievalKvHeads = layout.active() ? layout.retrievalKvHeads : args.kvHeads;
