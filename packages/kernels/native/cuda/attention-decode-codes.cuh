@@ -266,7 +266,7 @@ __global__ void __launch_bounds__(kDecodeThreads, CodeRing<D, kScheme>::kBlocks)
   for (int j = 0; j < kOutTiles; j++) out[j][0] = out[j][1] = out[j][2] = out[j][3] = 0.0f;
 
   for (int i = 0; i < tileCount; i++) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
+    waitGroups<kStages - 2>();
     __syncwarp();  // tile i is in its stage, and every lane is done with the stage the refill below overwrites
     const int refill = i + kStages - 1;
     if (refill < tileCount) stage(tileAt(refill), countAt(refill), refill % kStages);
