@@ -2,7 +2,8 @@
 // lane sums over k in steps of 16, folded by a fixed tree, then the tail, the residual and the bias — so a row's result
 // is bitwise the same whatever rows share the call (decode alone or in a batch) and however the threads split the work.
 // Weights are read where they lie, converted in registers (f16 by F16C, bf16 by a shift, block formats a 32-value
-// piece at a time through weight-blocks.h): no packed copy, no per-call allocation. Tiles of 4 rows × 4 columns share
+// piece at a time through weight-blocks.h): no packed copy, no per-call allocation. Tiles of 4 rows × 6 columns (float
+// weights, half a 32-value step at a time so 24 sums fit the registers) or 4 × 4 (block formats, and fewer rows) share
 // every load (1 row × 8 columns for decode); threads own column ranges, walked in blocks whose weights stay in L2
 // while every row passes. The tiles (gemm-tiles.inc) are compiled for AVX-512, AVX2 + F16C and baseline x86-64; the
 // dot products and helpers below use target_clones.
@@ -42,9 +43,9 @@ struct MatmulArgs {
 };
 
 using Tile = void (*)(const MatmulArgs&, int64_t, int64_t);
-// The tiles of one weight kind: [0] 1 × 8, [r] r × 4 rows for r = 1 … 4.
+// The tiles of one weight kind: 1 × 8 (decode), r × 4 for r = 1 … 4, and 4 × 6 for the float kinds (else null).
 struct Tiles {
-  Tile wide, rows[5];
+  Tile wide, rows[5], fourBySix;
 };
 
 // The tile sets: AVX-512 (x86-64-v4), AVX2 + F16C + FMA (x86-64-v3), and baseline x86-64.
@@ -79,7 +80,7 @@ Tiles tilesFor(DType dtype) {
   return level == 4 ? v4::tilesFor(dtype) : (level == 3 ? v3::tilesFor(dtype) : base::tilesFor(dtype));
 }
 
-constexpr int64_t kColumnGroup = 8;            // columns a thread's range is cut in (both tile widths divide it)
+constexpr int64_t kColumnGroup = 24;           // columns a thread's range is cut in (every tile width divides it)
 // Weights of one column block, L2-resident while every row passes: 1 MB (a Zen 5 core's L2; 256 KB blocks held 8
 // columns of a k = 14 336 matrix, and every block streamed all of x again: 153 against 203 GFLOPS, 512 rows, two cores).
 constexpr size_t kBlockWeightBytes = 1024 << 10;
@@ -98,15 +99,14 @@ void gemm(ThreadPool& pool, const MatmulArgs& a) {
     for (int64_t block = begin; block < end; block += blockGroups) {
       const int64_t blockEnd = std::min(end, block + blockGroups);
       if (a.n == 1) {
-        for (int64_t g = block; g < blockEnd; g++) tiles.wide(a, 0, g * kColumnGroup);
+        for (int64_t c = block * kColumnGroup; c < blockEnd * kColumnGroup; c += 8) tiles.wide(a, 0, c);
         continue;
       }
       for (int64_t row0 = 0; row0 < a.n; row0 += 4) {
         const int rows = static_cast<int>(std::min<int64_t>(4, a.n - row0));
-        for (int64_t g = block; g < blockEnd; g++) {
-          tiles.rows[rows](a, row0, g * kColumnGroup);
-          tiles.rows[rows](a, row0, g * kColumnGroup + 4);
-        }
+        const bool six = rows == 4 && tiles.fourBySix;
+        const Tile tile = six ? tiles.fourBySix : tiles.rows[rows];
+        for (int64_t c = block * kColumnGroup; c < blockEnd * kColumnGroup; c += six ? 6 : 4) tile(a, row0, c);
       }
     }
   });
