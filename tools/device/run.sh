@@ -285,14 +285,15 @@ for step in "${steps[@]}"; do
     quant-ppl) node /tmp/duo-node/duo-bench.mjs perplexity --model models/duo-demo --text .device/shared/data/gutenberg/1342.txt \
               --device cuda --length 16k --windows ${DUO_PPL_WINDOWS:-4} --attention full,duo --pattern models/duo-demo/pattern \
               --sparsity 0.5 --kv-quant none,int8,int4,fp8 --out "$OUT/quant-perplexity.json" || status=1 ;;
-    # Nsight Compute on the decode attention kernel at 128K (duo 50 %), per --kv-quant scheme in DUO_PROFILE_QUANTS.
+    # Nsight Compute on the decode attention kernel at 128K (duo 50 %), per --kv-quant scheme in DUO_PROFILE_QUANTS
+    # (bf16 caches run decodeMmaKernel, quantized ones decodeCodesKernel).
     quant-profile) NCU=$(ncuPath)
              for scheme in ${DUO_PROFILE_QUANTS:-none int8 int4}; do
-               DUO_NO_GRAPHS=1 "$NCU" --target-processes all -k "regex:decodeMmaKernel" -s 64 -c 1 --section SpeedOfLight \
+               DUO_NO_GRAPHS=1 "$NCU" --target-processes all -k "regex:decodeMmaKernel|decodeCodesKernel" -s 64 -c 1 --section SpeedOfLight \
                  --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
                  node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 --sink 128 \
                  --recent 256 --kv-quant $scheme --contexts 128k --prefill none --steps 2 --warmup 2 > "$OUT/ncu-$scheme.txt" 2>&1 || status=1
-               echo "--- $scheme"; grep -E "decodeMmaKernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|Issued Ipc|No Eligible|Stall|Warp Cycles Per Issued|Dynamic Shared" "$OUT/ncu-$scheme.txt" | head -30
+               echo "--- $scheme"; grep -E "decodeMmaKernel|decodeCodesKernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|Issued Ipc|No Eligible|Stall|Warp Cycles Per Issued|Dynamic Shared" "$OUT/ncu-$scheme.txt" | head -30
              done ;;
     # ACCS (issue 7): the demo model on the held-out book for full, duo (its pattern at 50 % and 25 %) and streaming;
     # stories260K (512-token context) the same way with an even duo split; the demo model on synthetic sequences whose
