@@ -6,10 +6,11 @@
 //
 // The products see exact codes, the scales are applied around them (ADR 0006):
 // - Scores S = Q·Kᵀ, query heads as the rows of A (rows G…15 zero), q split into a 16-bit high part and a remainder.
-//   The dot product's channel order is free, so step s of lane pair p takes channels (D/4)·p + 4s … + 3: a lane's
-//   B fragments for one key are one contiguous run of its row's codes (16 or 32 bytes at D = 128). Keys are int4
-//   nibble n → bf16 128 + n, int8 byte b → f16 1152 + b, fp8 → f16 (exact); score = key scale · (q·code − offset·Σq)
-//   (+ zero·Σq for int4).
+//   The dot product's channel order is free, so step s of lane pair p takes four channels of the pair's run of D/4
+//   (int8 / fp8: 4s … 4s + 3; int4: two pairs j, j + 4 of a word of eight nibbles, int4Channel): a lane's B
+//   fragments for one key are one contiguous run of its row's codes (16 or 32 bytes at D = 128). Keys are int4
+//   nibble n → bf16 128 + n (a shift and a lop3 per register), int8 byte b → f16 1152 + b, fp8 → f16 (exact);
+//   score = key scale · (q·code − offset·Σq) (+ zero·Σq for int4).
 // - Values: Oᵀ = Vᵀ·Pᵀ, channels as the rows of A and query heads as the columns of B, so every accumulator holds a
 //   head's channel (P as A would keep rows G…15 of zeros: twice the accumulators). Pᵀ's B fragments are a lane's own
 //   probabilities from the scores; row r of m-tile i is channel (D/16)·r + i, so a lane's value codes for one key are
@@ -65,14 +66,22 @@ __device__ __forceinline__ void copyAsync4(void* shared, const void* global) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(target), "l"(global));
 }
 
+// int4 keys: the first channel of A register `half` of score step `s` for lane pair `pair` (its second is 4 on). The
+// pair's run of D/4 channels is words of eight nibbles; step s takes word s / 2 and, in it, channels j and j + 4
+// (half 0) and j + 1 and j + 5 (half 1) for j = 2 · (s % 2) — the pairs one lop3 makes from a shifted word.
+template <int D>
+__device__ __forceinline__ int int4Channel(int pair, int s, int half) {
+  return (D / 4) * pair + 8 * (s / 2) + 2 * (s & 1) + half;
+}
+
 // Two fp8 codes (the low 16 bits of `codes`) as an f16 pair, exactly.
 __device__ __forceinline__ uint32_t fp8PairHalf(uint32_t codes) {
   const __half2_raw pair = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(codes & 0xffffu), __NV_E4M3);
   return static_cast<uint32_t>(pair.x) | (static_cast<uint32_t>(pair.y) << 16);
 }
 
-// Bytes `byte` of x and y side by side as f16 1024 + x, 1024 + y (x low): the value pairs of int4 nibbles (spread to
-// bytes) and of int8 codes (biased by 128).
+// Bytes `byte` of x and y side by side as f16 1024 + x, 1024 + y (x low): the value pairs of int8 codes (biased by
+// 128).
 __device__ __forceinline__ uint32_t bytePairHalf(uint32_t x, uint32_t y, int byte) {
   return __byte_perm(__byte_perm(x, y, byte | ((4 + byte) << 4)), 0x6464u, 0x5140);
 }
@@ -81,11 +90,11 @@ __device__ __forceinline__ uint32_t bytePairHalf(uint32_t x, uint32_t y, int byt
 template <int kScheme, int W>
 __device__ __forceinline__ void keyFragments(const uint32_t (&words)[W], int s, uint32_t& b0, uint32_t& b1) {
   if constexpr (kScheme == static_cast<int>(KvQuant::Int4)) {
-    const uint32_t word = words[s / 2];
-    const uint32_t even = word & 0x0f0f0f0fu, odd = (word >> 4) & 0x0f0f0f0fu;  // nibbles 2i and 2i + 1 in byte i
-    const int first = 2 * (s & 1);
-    b0 = __byte_perm(__byte_perm(even, odd, first | ((4 + first) << 4)), 0x4343u, 0x5140);
-    b1 = __byte_perm(__byte_perm(even, odd, (first + 1) | ((5 + first) << 4)), 0x4343u, 0x5140);
+    // Nibble j of a word is channel j of its eight: one shift and one lop3 make the bf16 pair 128 + channel j,
+    // 128 + channel j + 4 (int4Channel's order).
+    const uint32_t word = words[s / 2] >> (8 * (s & 1));
+    b0 = (word & 0x000f000fu) | 0x43004300u;
+    b1 = ((word >> 4) & 0x000f000fu) | 0x43004300u;
   } else if constexpr (kScheme == static_cast<int>(KvQuant::Int8)) {
     const uint32_t biased = words[s] ^ 0x80808080u;
     b0 = __byte_perm(biased, 0x6464u, 0x5140);
@@ -96,14 +105,12 @@ __device__ __forceinline__ void keyFragments(const uint32_t (&words)[W], int s, 
   }
 }
 
-// A lane's value codes of one key — two runs of D/16 channels, at channels (D/16)·row and (D/16)·(row + 8) — spread
-// so that valueFragment pairs two keys' channel with two byte permutes: int4 nibbles → bytes (even channels, then odd),
-// int8 codes biased by 128, fp8 as read.
+// A lane's value codes of one key — two runs of D/16 channels, at channels (D/16)·row and (D/16)·(row + 8) — ready
+// for valueFragment to pair two keys' channel: int4 as read, int8 codes biased by 128, fp8 as read.
 template <int kScheme, int kRunBytes>
 struct ValueRuns {
-  static constexpr bool kInt4 = kScheme == static_cast<int>(KvQuant::Int4);
   static constexpr int kWords = kRunBytes >= 4 ? kRunBytes / 4 : 1;  // a 2-byte run (int4, head dim 64) in one word
-  uint32_t words[2][kInt4 ? 2 * kWords : kWords];
+  uint32_t words[2][kWords];
   __device__ __forceinline__ void load(const uint8_t* low, const uint8_t* high) {
 #pragma unroll
     for (int run = 0; run < 2; run++) {
@@ -113,10 +120,7 @@ struct ValueRuns {
       else loadWords<kWords>(source, raw);
 #pragma unroll
       for (int w = 0; w < kWords; w++) {
-        if constexpr (kInt4) {
-          words[run][w] = raw[w] & 0x0f0f0f0fu;
-          words[run][kWords + w] = (raw[w] >> 4) & 0x0f0f0f0fu;
-        } else if constexpr (kScheme == static_cast<int>(KvQuant::Int8)) {
+        if constexpr (kScheme == static_cast<int>(KvQuant::Int8)) {
           words[run][w] = raw[w] ^ 0x80808080u;
         } else {
           words[run][w] = raw[w];
@@ -130,10 +134,12 @@ struct ValueRuns {
 template <int kScheme, int kRunBytes>
 __device__ __forceinline__ uint32_t valueFragment(const ValueRuns<kScheme, kRunBytes>& x, const ValueRuns<kScheme, kRunBytes>& y,
                                                   int run, int i) {
-  constexpr int kWords = ValueRuns<kScheme, kRunBytes>::kWords;
   if constexpr (kScheme == static_cast<int>(KvQuant::Int4)) {
-    const int word = (i & 1) * kWords + i / 8, byte = (i % 8) / 2;
-    return bytePairHalf(x.words[run][word], y.words[run][word], byte);
+    // Channel i is nibble i % 8 of word i / 8: one permute brings its byte of x and y to bytes 0 and 2, then a shift
+    // for an odd channel and one lop3 make f16 1024 + n.
+    const int byte = (i % 8) / 2;
+    const uint32_t both = __byte_perm(x.words[run][i / 8], y.words[run][i / 8], byte | ((4 + byte) << 8));
+    return (((i & 1) ? both >> 4 : both) & 0x000f000fu) | 0x64006400u;
   } else if constexpr (kScheme == static_cast<int>(KvQuant::Int8)) {
     return bytePairHalf(x.words[run][i / 4], y.words[run][i / 4], i % 4);
   } else {
@@ -241,12 +247,13 @@ __global__ void __launch_bounds__(kDecodeThreads, CodeRing<D, kScheme>::kBlocks)
   for (int s = 0; s < kSteps; s++)
 #pragma unroll
     for (int half = 0; half < 2; half++) {
-      const int channel = (D / 4) * pair + 4 * s + 2 * half;
+      const int channel = kInt4 ? int4Channel<D>(pair, s, half) : (D / 4) * pair + 4 * s + 2 * half;
+      const int next = kInt4 ? 4 : 1;  // the register's second channel
       float x0 = 0.0f, x1 = 0.0f;
       if (row < group) {
         const float* source = sequence.q + (static_cast<int64_t>(kvHead) * group + row) * D + channel;
         x0 = source[0] * launch.scale;
-        x1 = source[1] * launch.scale;
+        x1 = source[next] * launch.scale;
       }
       splitQuery<KeyT>(x0, x1, qHigh[s][half], qLow[s][half]);
       const KeyT high0 = fromFloat<KeyT>(x0), high1 = fromFloat<KeyT>(x1);
