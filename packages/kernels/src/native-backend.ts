@@ -286,8 +286,10 @@ export class NativeBackend implements Backend {
 
   /** Sets the backend's benchmark knobs (`BackendTuning`); the CPU backend has none and ignores them. */
   tune(tuning: BackendTuning): void {
-    const { gemvMinSlice, gemvWaveRule, gemvPinnedSplits, skinnyRowsMax } = tuning;
+    const { gemvMinSlice, gemvWaveRule, gemvPinnedSplits, skinnyRowsMax, decodeWaves, decodeMmaBlocks } = tuning;
     if (skinnyRowsMax !== undefined) expectInteger('tuning.skinnyRowsMax', skinnyRowsMax, 0, 64);
+    if (decodeWaves !== undefined) expectInteger('tuning.decodeWaves', decodeWaves, 1, 8);
+    if (decodeMmaBlocks !== undefined) expectInteger('tuning.decodeMmaBlocks', decodeMmaBlocks, 2, 3);
     if (gemvMinSlice !== undefined) expectInteger('tuning.gemvMinSlice', gemvMinSlice, 1);
     if (gemvWaveRule !== undefined) expectInteger('tuning.gemvWaveRule', gemvWaveRule, 0, 2);
     if (gemvPinnedSplits !== undefined && !/^(\d+x\d+:\d+)(,\d+x\d+:\d+)*$/.test(gemvPinnedSplits)) {

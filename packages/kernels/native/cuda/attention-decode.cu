@@ -7,6 +7,7 @@
 // each with its own caches, layout, quantization and length (attentionBatch's decode rows): blockIdx.x picks the
 // sequence (y the combine's).
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <memory>
 #include <type_traits>
@@ -277,13 +278,42 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const __grid_cons
   mergeWarpStates<D, MAXG>(stateMax, stateSum, stateAcc, sequence, work, group);
 }
 
+// Blocks of the tensor-core decode kernel a multiprocessor holds (its template's BLOCKS, the launch bound): three by
+// default (168 registers a thread, shared memory 3 × 68 KB at D = 128: its P·V accumulates Oᵀ, 32 accumulators a
+// lane instead of 64), or two (Tuning::decodeMmaBlocks). decodeWaves: the waves a batch's launch is split for.
+std::atomic<int> decodeMmaBlocksKnob{3};
+std::atomic<int> decodeWavesKnob{1};
+
+// Oᵀ += Vᵀ · Pᵀ for one 16-key step of a staged value tile: m-tile m is channels 16m … 16m + 15 (the rows of A, from
+// the value rows through ldmatrix.trans), the columns the query heads 2·pair and 2·pair + 1 (B: b0, b1, a lane's own
+// probabilities of the step's keys 2·pair (+1) and 8 + 2·pair (+1) for head lane / 4).
+template <typename T, int D>
+__device__ __forceinline__ void accumulateValuesTransposed(float (&out)[D / 16][4], uint32_t b0, uint32_t b1, const T* valueTile, int step,
+                                                           int lane) {
+  constexpr int kStride = D + 8;
+  const int matrix = lane >> 3, matrixRow = lane & 7;
+  // Matrix j of the x4 load is A register j: keys 8 · (j / 2) on, channels 8 · (j % 2) on.
+  const T* row = valueTile + (16 * step + 8 * (matrix >> 1) + matrixRow) * kStride + 8 * (matrix & 1);
+#pragma unroll
+  for (int m = 0; m < D / 16; m++) {
+    const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(row + 16 * m));
+    uint32_t a0, a1, a2, a3;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(a0), "=r"(a1), "=r"(a2), "=r"(a3)
+                 : "r"(shared));
+    mma16816<T>(out[m], a0, a1, a2, a3, b0, b1);
+  }
+}
+
 // Tensor-core decode for 16-bit caches, head dim 64 or 128, up to 8 query heads per KV head (GQA). Same grid, tiles
-// and merge as decodeKernel, but per 32-key tile the scores Q·Kᵀ and the update P·V are mma.sync m16n8k16 products:
+// and merge as decodeKernel, but per 32-key tile the scores Q·Kᵀ and the update are mma.sync m16n8k16 products:
 // the G query heads are the rows of A (rows G…15 are zero); q is split into a 16-bit high part and a 16-bit
-// remainder so the scores keep about 16 mantissa bits; P is rounded to 16 bits for P·V, as FlashAttention does.
-// Quantized caches take decodeCodesKernel (attention-decode-codes.cuh).
-template <typename T, int D, int N>
-__global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_constant__ DecodeLaunch<N> launch) {
+// remainder so the scores keep about 16 mantissa bits; P is rounded to 16 bits for the update, as FlashAttention
+// does, which runs as Oᵀ = Vᵀ·Pᵀ (query heads as N: a lane's probabilities are already the B fragments, and half the
+// accumulators of P·V, whose rows 8…15 would be zero). Quantized caches take decodeCodesKernel
+// (attention-decode-codes.cuh).
+template <typename T, int D, int N, int BLOCKS>
+__global__ void __launch_bounds__(kDecodeThreads, BLOCKS) decodeMmaKernel(const __grid_constant__ DecodeLaunch<N> launch) {
   if (launch.idle()) return;
   const DecodeSequence& sequence = launch.decoding();
   const float* __restrict__ q = sequence.q;
@@ -291,7 +321,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_c
   const float scale = launch.scale;
   constexpr int kStride = D + 8;       // padded rows: conflict-free fragment loads and ldmatrix
   constexpr int kSteps = D / 16;       // k-steps of Q·Kᵀ
-  constexpr int kOutTiles = D / 8;     // n-tiles of P·V
+  constexpr int kOutTiles = D / 16;    // m-tiles of Oᵀ
   constexpr int kMaxHeads = 8;
   __shared__ float stateMax[kDecodeWarps][kMaxHeads];
   __shared__ float stateSum[kDecodeWarps][kMaxHeads];
@@ -378,30 +408,40 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeMmaKernel(const __grid_c
     rowSum += __shfl_xor_sync(0xffffffffu, rowSum, 2);
     sum = sum * correction + rowSum;
     maximum = updated;
+    // Oᵀ's columns are the heads 2·pair and 2·pair + 1, rows 2·pair and 2·pair + 1 of the scores: their corrections.
+    const float correctionLow = __shfl_sync(0xffffffffu, correction, 8 * pair);
+    const float correctionHigh = __shfl_sync(0xffffffffu, correction, 8 * pair + 4);
 #pragma unroll
-    for (int t = 0; t < kOutTiles; t++) {
-      out[t][0] *= correction;
-      out[t][1] *= correction;
+    for (int m = 0; m < kOutTiles; m++) {
+      out[m][0] *= correctionLow;
+      out[m][1] *= correctionHigh;
+      out[m][2] *= correctionLow;
+      out[m][3] *= correctionHigh;
     }
-    // P·V over two 16-key steps (rows 8–15 of P are zero).
+    // Oᵀ += Vᵀ·Pᵀ over two 16-key steps.
 #pragma unroll
     for (int step = 0; step < 2; step++) {
-      accumulateValues<T, D>(out, packPair<T>(probability[2 * step][0], probability[2 * step][1]), 0u,
-                             packPair<T>(probability[2 * step + 1][0], probability[2 * step + 1][1]), 0u, valueTile, step, lane);
+      accumulateValuesTransposed<T, D>(out, packPair<T>(probability[2 * step][0], probability[2 * step][1]),
+                                       packPair<T>(probability[2 * step + 1][0], probability[2 * step + 1][1]), valueTile, step, lane);
     }
     __syncwarp();
   }
   __syncthreads();
   float* stateAcc = reinterpret_cast<float*>(tiles);  // [warp][head][channel], over the finished tiles
-  if (row < group) {
-    if (pair == 0) {
-      stateMax[warp][row] = maximum;
-      stateSum[warp][row] = sum;
-    }
+  if (row < group && pair == 0) {
+    stateMax[warp][row] = maximum;
+    stateSum[warp][row] = sum;
+  }
 #pragma unroll
-    for (int t = 0; t < kOutTiles; t++) {
-      stateAcc[(warp * kMaxHeads + row) * D + 8 * t + 2 * pair] = out[t][0];
-      stateAcc[(warp * kMaxHeads + row) * D + 8 * t + 2 * pair + 1] = out[t][1];
+  for (int column = 0; column < 2; column++) {
+    const int head = 2 * pair + column;
+    if (head < group) {
+      float* state = stateAcc + (warp * kMaxHeads + head) * D;
+#pragma unroll
+      for (int m = 0; m < kOutTiles; m++) {
+        state[16 * m + row] = out[m][column];
+        state[16 * m + 8 + row] = out[m][2 + column];
+      }
     }
   }
   __syncthreads();
@@ -579,7 +619,8 @@ void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks,
         // Tensor cores: any G ≤ 8 shares one kernel (rows past G are zero); quantized caches read their codes.
         const size_t shared = decodeShared<T, D, kQuant>(args);
         if constexpr (!kQuant) {
-          start(decodeMmaKernel<T, D, N>, shared);
+          if (decodeMmaBlocksKnob.load(std::memory_order_relaxed) == 2) start(decodeMmaKernel<T, D, N, 2>, shared);
+          else start(decodeMmaKernel<T, D, N, 3>, shared);
         } else {
           switch (static_cast<KvQuant>(args.quant.scheme)) {
             case KvQuant::Int8: start(decodeCodesKernel<D, static_cast<int>(KvQuant::Int8), N>, shared); break;
@@ -636,12 +677,23 @@ DecodeLaunch<N> decodeLaunchFor(const AttentionArgs& args) {
 }
 }  // namespace
 
+void setDecodeTuning(const Device::Tuning& tuning) {
+  if (tuning.decodeMmaBlocks != 2 && tuning.decodeMmaBlocks != 3)
+    throw Error("DUO_ARG", "tuning.decodeMmaBlocks: expected 2 or 3 but received " + std::to_string(tuning.decodeMmaBlocks));
+  if (tuning.decodeWaves < 1 || tuning.decodeWaves > 8)
+    throw Error("DUO_ARG", "tuning.decodeWaves: expected an integer in [1, 8] but received " + std::to_string(tuning.decodeWaves));
+  decodeMmaBlocksKnob.store(tuning.decodeMmaBlocks, std::memory_order_relaxed);
+  decodeWavesKnob.store(tuning.decodeWaves, std::memory_order_relaxed);
+}
+
 DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors, double share) {
-  // 4-warp blocks resident per multiprocessor: the tensor-core kernel keeps two (registers), its quantized form three
+  // 4-warp blocks resident per multiprocessor: the tensor-core kernel keeps decodeMmaBlocks, its quantized form three
   // for int4 and two for int8 / fp8 (CodeRing::kBlocks), the CUDA-core one three (shared memory).
   const bool tensorCores = decodeKernelFor(args, cacheType) == AttentionKernel::TensorCores;
   const bool quantized = args.quant.scheme != 0;
-  const int64_t resident = !tensorCores ? 3 : !quantized ? 2 : args.quant.scheme == static_cast<int>(KvQuant::Int4) ? 3 : 2;
+  const int64_t resident = !tensorCores ? 3
+                           : !quantized ? decodeMmaBlocksKnob.load(std::memory_order_relaxed)
+                           : args.quant.scheme == static_cast<int>(KvQuant::Int4) ? 3 : 2;
   const StreamingLayout& layout = args.streaming;
   DecodeSplits splits;
   splits.retrievalKvHeads = layout.active() ? layout.retrievalKvHeads : args.kvHeads;
@@ -738,14 +790,16 @@ DecodeBatchPlan planDecodeBatch(const Tensor& q, Tensor& out, const AttentionArg
     decode.args = args;
     group->slices.push_back(decode);
   }
-  // Each group's launch has the GPU to itself: its sequences share one wave of blocks, in proportion to their keys —
-  // or, when `alone` (the batch-invariant mode), each is split as if it ran alone, so its sums do not depend on the others.
+  // Each group's launch has the GPU to itself: its sequences share decodeWaves waves of blocks, in proportion to their
+  // keys — or, when `alone` (the batch-invariant mode), each is split as if it ran alone, so its sums do not depend on
+  // the others.
+  const double waves = decodeWavesKnob.load(std::memory_order_relaxed);
   for (DecodeBatchPlan::Group& group : plan.groups) {
     double keys = 0;
     for (const DecodeSlice& slice : group.slices) keys += static_cast<double>(slice.args.keyLength);
     for (DecodeSlice& slice : group.slices)
       slice.splits = attentionDecodeSplits(slice.args, group.cacheType, multiprocessors,
-                                           alone ? 1.0 : static_cast<double>(slice.args.keyLength) / keys);
+                                           alone ? 1.0 : waves * static_cast<double>(slice.args.keyLength) / keys);
     plan.scratchBytes = std::max(plan.scratchBytes, attentionDecodeBatchScratch(group.slices.data(), static_cast<int>(group.slices.size())));
   }
   return plan;

@@ -592,6 +592,7 @@ class CudaDevice final : public Device {
     longSplitsFirst_ = tuning.longSplitsFirst;
     setChainLaunches(tuning.chainLaunches);
     setGemvTuning(tuning);
+    setDecodeTuning(tuning);
   }
 };
 
