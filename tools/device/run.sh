@@ -143,6 +143,17 @@ for step in "${steps[@]}"; do
                   --sink 128 --recent 256 --batch ${DUO_BATCHES:-4,16,64} --contexts ${DUO_BATCH_CONTEXTS:-4k,32k} --steps 32 \
                   --warmup 4 --out "$OUT/batch-ab-$label.json" || status=1
               done ;;
+    # Device time and DRAM bytes of every kernel of batch decode steps (Nsight Compute: kernels serialized, caches kept,
+    # clocks as they are), duo 50 % at DUO_BATCHES (default 16) × DUO_BATCH_CONTEXTS (4K), no graphs: batch-ncu-B.csv.
+    batch-ncu) NCU=$(ncuPath)
+             for batch in ${DUO_BATCHES:-16}; do
+               DUO_NO_GRAPHS=1 "$NCU" --clock-control none --cache-control none --target-processes all \
+                 -k "regex:decode|skinny|gemv|rmsNorm|rope|embedding|argmax|sample|convert|biasResidual|gemm|sm90|nvjet|cutlass|elementwise" \
+                 -s "${DUO_NCU_SKIP:-400}" -c "${DUO_NCU_COUNT:-400}" --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+                 --csv --page raw node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
+                 --sink 128 --recent 256 --batch "$batch" --contexts "${DUO_BATCH_CONTEXTS:-4k}" --steps 2 --warmup 1 \
+                 > "$OUT/batch-ncu-$batch.csv" 2>&1 || status=1
+             done ;;
     # Device time per op of the batch engine's steps (events after every op, so slower than unprofiled steps).
     batch-profile) DUO_CUDA_PROFILE=1 node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention duo \
              --sparsity 0.5 --sink 128 --recent 256 --batch ${DUO_BATCHES:-16,64} --contexts ${DUO_BATCH_CONTEXTS:-4k} \
@@ -289,7 +300,7 @@ for step in "${steps[@]}"; do
     # (bf16 caches run decodeMmaKernel, quantized ones decodeCodesKernel).
     quant-profile) NCU=$(ncuPath)
              for scheme in ${DUO_PROFILE_QUANTS:-none int8 int4}; do
-               DUO_NO_GRAPHS=1 "$NCU" --target-processes all -k "regex:decodeMmaKernel|decodeCodesKernel" -s 64 -c 1 --section SpeedOfLight \
+               DUO_NO_GRAPHS=1 "$NCU" --clock-control none --target-processes all -k "regex:decodeMmaKernel|decodeCodesKernel" -s 64 -c 1 --section SpeedOfLight \
                  --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
                  node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 --sink 128 \
                  --recent 256 --kv-quant $scheme --contexts 128k --prefill none --steps 2 --warmup 2 > "$OUT/ncu-$scheme.txt" 2>&1 || status=1

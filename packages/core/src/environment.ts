@@ -58,17 +58,10 @@ export const ENVIRONMENT_VARIABLES = [
     usedBy: 'duo-bench, duo-serve → BackendTuning.longSplitsFirst',
   },
   {
-    name: 'DUO_DECODE_WAVES',
-    kind: 'integer',
-    meaning:
-      "waves of blocks (1–8) a batch's CUDA decode attention splits its sequences for (default 1; more: shorter splits, a shorter tail; a tuning knob)",
-    usedBy: 'duo-bench, duo-serve → BackendTuning.decodeWaves',
-  },
-  {
     name: 'DUO_DECODE_MMA_BLOCKS',
     kind: 'integer',
     meaning:
-      'blocks a multiprocessor holds of the CUDA tensor-core decode attention over 16-bit caches: 2 (up to 255 registers) or 3 (default: 168); a tuning knob',
+      'blocks a multiprocessor holds of the CUDA tensor-core decode attention over 16-bit caches: 2 or 3 (default; 168 registers a thread); a tuning knob',
     usedBy: 'duo-bench, duo-serve → BackendTuning.decodeMmaBlocks',
   },
   {
@@ -141,7 +134,6 @@ export interface DuoEnvironment {
   readonly batchInvariant: boolean;
   readonly skinnyRowsMax?: number;
   readonly longSplitsFirst?: boolean;
-  readonly decodeWaves?: number;
   readonly decodeMmaBlocks?: number;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
@@ -189,7 +181,6 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     batchInvariant: flag('DUO_BATCH_INVARIANT'),
     skinnyRowsMax: integer('DUO_SKINNY_ROWS_MAX', 0, 64),
     longSplitsFirst: longSplits === undefined ? undefined : longSplits === 1,
-    decodeWaves: integer('DUO_DECODE_WAVES', 1, 8),
     decodeMmaBlocks: integer('DUO_DECODE_MMA_BLOCKS', 2, 3),
     gemvMinSlice: integer('DUO_GEMV_MIN_SLICE', 1),
     gemvWaves: integer('DUO_GEMV_WAVES', 0, 2),

@@ -286,9 +286,8 @@ export class NativeBackend implements Backend {
 
   /** Sets the backend's benchmark knobs (`BackendTuning`); the CPU backend has none and ignores them. */
   tune(tuning: BackendTuning): void {
-    const { gemvMinSlice, gemvWaveRule, gemvPinnedSplits, skinnyRowsMax, decodeWaves, decodeMmaBlocks } = tuning;
+    const { gemvMinSlice, gemvWaveRule, gemvPinnedSplits, skinnyRowsMax, decodeMmaBlocks } = tuning;
     if (skinnyRowsMax !== undefined) expectInteger('tuning.skinnyRowsMax', skinnyRowsMax, 0, 64);
-    if (decodeWaves !== undefined) expectInteger('tuning.decodeWaves', decodeWaves, 1, 8);
     if (decodeMmaBlocks !== undefined) expectInteger('tuning.decodeMmaBlocks', decodeMmaBlocks, 2, 3);
     if (gemvMinSlice !== undefined) expectInteger('tuning.gemvMinSlice', gemvMinSlice, 1);
     if (gemvWaveRule !== undefined) expectInteger('tuning.gemvWaveRule', gemvWaveRule, 0, 2);

@@ -77,13 +77,8 @@ export interface BackendTuning {
    */
   readonly longSplitsFirst?: boolean;
   /**
-   * Waves of resident blocks (1 … 8) a batch's CUDA decode attention splits its sequences for: more make shorter
-   * splits, so the last wave's tail is shorter, for more partials to combine. Default 1.
-   */
-  readonly decodeWaves?: number;
-  /**
    * Blocks of the CUDA tensor-core decode attention over 16-bit caches a multiprocessor holds: 3 (168 registers a
-   * thread) or 2 (up to 255). Default 3.
+   * thread) or 2 (an A/B knob). Default 3.
    */
   readonly decodeMmaBlocks?: number;
 }

@@ -54,8 +54,7 @@ describe('resolveBackend', () => {
     expect(() => cpu.tune({ gemvPinnedSplits: '6144x4096' })).toThrow(DuoArgumentError);
     expect(() => cpu.tune({ gemvPinnedSplits: '6144x4096' })).toThrow('`tuning.gemvPinnedSplits` like "6144x4096:4');
     expect(() => cpu.tune({ gemvWaveRule: 3 })).toThrow('`tuning.gemvWaveRule`');
-    expect(() => cpu.tune({ decodeWaves: 0 })).toThrow('`tuning.decodeWaves`');
     expect(() => cpu.tune({ decodeMmaBlocks: 4 })).toThrow('`tuning.decodeMmaBlocks`');
-    cpu.tune({ decodeWaves: 2, decodeMmaBlocks: 2 });
+    cpu.tune({ decodeMmaBlocks: 2 });
   });
 });

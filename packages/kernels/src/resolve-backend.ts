@@ -77,7 +77,6 @@ export function environmentTuning(environment: DuoEnvironment): BackendTuning {
     batchInvariant: environment.batchInvariant,
     ...(environment.skinnyRowsMax === undefined ? {} : { skinnyRowsMax: environment.skinnyRowsMax }),
     ...(environment.longSplitsFirst === undefined ? {} : { longSplitsFirst: environment.longSplitsFirst }),
-    ...(environment.decodeWaves === undefined ? {} : { decodeWaves: environment.decodeWaves }),
     ...(environment.decodeMmaBlocks === undefined ? {} : { decodeMmaBlocks: environment.decodeMmaBlocks }),
     ...(environment.gemvMinSlice === undefined ? {} : { gemvMinSlice: environment.gemvMinSlice }),
     ...(environment.gemvWaves === undefined ? {} : { gemvWaveRule: environment.gemvWaves }),

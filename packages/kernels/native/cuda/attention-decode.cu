@@ -141,6 +141,10 @@ __device__ __forceinline__ void mergeWarpStates(const float (&stateMax)[kDecodeW
       }
     }
     const int64_t head = static_cast<int64_t>(work.kvHead) * group + g;
+    if (work.splits == 1) {  // the block holds the head's whole sum: its output, no combine
+      sequence.out[head * D + channel] = total > 0.0f ? value / total : 0.0f;
+      continue;
+    }
     const int64_t index = head * sequence.splits.stride + work.split;
     sequence.partialAcc[index * D + channel] = value;
     if (channel == 0) {
@@ -279,10 +283,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const __grid_cons
 }
 
 // Blocks of the tensor-core decode kernel a multiprocessor holds (its template's BLOCKS, the launch bound): three by
-// default (168 registers a thread, shared memory 3 × 68 KB at D = 128: its P·V accumulates Oᵀ, 32 accumulators a
-// lane instead of 64), or two (Tuning::decodeMmaBlocks). decodeWaves: the waves a batch's launch is split for.
+// default (at most 168 registers a thread, shared memory 3 × 68 KB at D = 128), or two (Tuning::decodeMmaBlocks).
 std::atomic<int> decodeMmaBlocksKnob{3};
-std::atomic<int> decodeWavesKnob{1};
 
 // Oᵀ += Vᵀ · Pᵀ for one 16-key step of a staged value tile: m-tile m is channels 16m … 16m + 15 (the rows of A, from
 // the value rows through ldmatrix.trans), the columns the query heads 2·pair and 2·pair + 1 (B: b0, b1, a lane's own
@@ -307,8 +309,9 @@ __device__ __forceinline__ void accumulateValuesTransposed(float (&out)[D / 16][
 
 // Tensor-core decode for 16-bit caches, head dim 64 or 128, up to 8 query heads per KV head (GQA). Same grid, tiles
 // and merge as decodeKernel, but per 32-key tile the scores Q·Kᵀ and the update are mma.sync m16n8k16 products:
-// the G query heads are the rows of A (rows G…15 are zero); q is split into a 16-bit high part and a 16-bit
-// remainder so the scores keep about 16 mantissa bits; P is rounded to 16 bits for the update, as FlashAttention
+// q is split into a 16-bit high part and a 16-bit remainder so the scores keep about 16 mantissa bits, the high parts
+// rows 0…7 of A (the G query heads; rows past G zero) and the remainders rows 8…15, so one product a k-step serves
+// both (its row halves added); P is rounded to 16 bits for the update, as FlashAttention
 // does, which runs as Oᵀ = Vᵀ·Pᵀ (query heads as N: a lane's probabilities are already the B fragments, and half the
 // accumulators of P·V, whose rows 8…15 would be zero). Quantized caches take decodeCodesKernel
 // (attention-decode-codes.cuh).
@@ -378,9 +381,10 @@ __global__ void __launch_bounds__(kDecodeThreads, BLOCKS) decodeMmaKernel(const 
         const T* key = keyTile + (8 * t + row) * kStride + 16 * step + 2 * pair;
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key);
         const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + 8);
-        mma16816<T>(score[t], qHigh[step][0], 0u, qHigh[step][1], 0u, b0, b1);
-        mma16816<T>(score[t], qLow[step][0], 0u, qLow[step][1], 0u, b0, b1);
+        mma16816<T>(score[t], qHigh[step][0], qLow[step][0], qHigh[step][1], qLow[step][1], b0, b1);
       }
+      score[t][0] += score[t][2];  // the high parts' products (rows 0–7) and the remainders' (rows 8–15)
+      score[t][1] += score[t][3];
     }
     float tileMax = -INFINITY;
 #pragma unroll
@@ -450,15 +454,45 @@ __global__ void __launch_bounds__(kDecodeThreads, BLOCKS) decodeMmaKernel(const 
 
 #include "attention-decode-codes.cuh"
 
-// grid (heads), 256 threads: the split weights exp(m_s − M) are computed once into shared memory, then the 8 warps
-// each sum a strided subset of the splits (lanes over channels) and the block adds the 8 partial sums. Every load of
-// the first kHeldSplits splits per warp is issued at once at the start (one round trip to L2 instead of three).
+// grid (heads, sequences). A head of one split was written by the decode kernel. A head of at most 32 splits is merged
+// by one warp (a lane a split: shuffles, no shared memory, no barrier); the launch then has 32 threads a block unless
+// another head needs the block path, whose other warps leave — the same arithmetic either way, so a head's result does
+// not depend on the other sequences of a batch. Past 32 splits, 256 threads: the split weights exp(m_s − M) are
+// computed once into shared memory, then the 8 warps each sum a strided subset of the splits (lanes over channels) and
+// the block adds the 8 partial sums. Every load of the first kHeldSplits splits per warp is issued at once at the start
+// (one round trip to L2 instead of three).
 constexpr int kCombineThreads = 256;
 constexpr int kMaxSplits = 1024;
 constexpr int kCombineWarps = kCombineThreads / 32;
 constexpr int kHeldSplits = 12;           // per warp, values held in registers (96 splits per head)
 constexpr int kHeldChannels = 4;          // per lane: head dims up to 128
 constexpr int kSplitsPerThread = kMaxSplits / kCombineThreads;
+
+// One warp merges head `head`'s `splits` (≤ 32) partials into its output row: lane s holds split s's max and sum.
+__device__ __forceinline__ void combineInWarp(const DecodeSequence& sequence, int head, int splits, int headDim, int lane) {
+  constexpr int kChannels = 256 / 32;  // the widest head dim
+  const int64_t base = static_cast<int64_t>(head) * sequence.splits.stride;
+  const float maximum = lane < splits ? sequence.partialMax[base + lane] : -INFINITY;
+  const float sum = lane < splits ? sequence.partialSum[base + lane] : 0.0f;
+  const float overall = warpMax(maximum);
+  const float weight = maximum == -INFINITY ? 0.0f : __expf(maximum - overall);
+  const float total = warpSum(weight * sum);
+  const float* acc = sequence.partialAcc + base * headDim;
+  float value[kChannels] = {};
+  for (int split = 0; split < splits; split++) {
+    const float share = __shfl_sync(0xffffffffu, weight, split);
+#pragma unroll
+    for (int c = 0; c < kChannels; c++) {
+      const int channel = lane + 32 * c;
+      if (channel < headDim) value[c] += acc[static_cast<int64_t>(split) * headDim + channel] * share;
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kChannels; c++) {
+    const int channel = lane + 32 * c;
+    if (channel < headDim) sequence.out[static_cast<int64_t>(head) * headDim + channel] = total > 0.0f ? value[c] / total : 0.0f;
+  }
+}
 
 template <int N>
 __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const __grid_constant__ DecodeLaunch<N> launch) {
@@ -475,6 +509,11 @@ __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const __g
   __shared__ float partial[kCombineWarps][256];
   const int head = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int splits = layout.of(head / group);
+  if (splits == 1) return;
+  if (splits <= 32) {
+    if (warp == 0) combineInWarp(sequence, head, splits, headDim, lane);
+    return;
+  }
   partialAcc += static_cast<int64_t>(head) * layout.stride * headDim;
   partialMax += static_cast<int64_t>(head) * layout.stride;
   partialSum += static_cast<int64_t>(head) * layout.stride;
@@ -640,8 +679,16 @@ void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks,
     });
   });
   checkLaunch("attentionDecode");
+  // Heads of one split were written by the decode kernel; a launch whose heads all fit a warp's merge takes 32 threads.
+  bool combines = false, wide = false;
+  for (int i = 0; i < sequences; i++) {
+    const DecodeSplits& splits = launch.sequences[i].splits;
+    combines = combines || splits.stride > 1;
+    wide = wide || splits.stride > 32;
+  }
+  if (!combines) return;
   launchChained(decodeCombineKernel<N>, dim3(static_cast<unsigned>(args.heads), static_cast<unsigned>(sequences)),
-                dim3(kCombineThreads), 0, stream, launch);
+                dim3(wide ? kCombineThreads : 32), 0, stream, launch);
   checkLaunch("attentionDecodeCombine");
 }
 
@@ -680,10 +727,7 @@ DecodeLaunch<N> decodeLaunchFor(const AttentionArgs& args) {
 void setDecodeTuning(const Device::Tuning& tuning) {
   if (tuning.decodeMmaBlocks != 2 && tuning.decodeMmaBlocks != 3)
     throw Error("DUO_ARG", "tuning.decodeMmaBlocks: expected 2 or 3 but received " + std::to_string(tuning.decodeMmaBlocks));
-  if (tuning.decodeWaves < 1 || tuning.decodeWaves > 8)
-    throw Error("DUO_ARG", "tuning.decodeWaves: expected an integer in [1, 8] but received " + std::to_string(tuning.decodeWaves));
   decodeMmaBlocksKnob.store(tuning.decodeMmaBlocks, std::memory_order_relaxed);
-  decodeWavesKnob.store(tuning.decodeWaves, std::memory_order_relaxed);
 }
 
 DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors, double share) {
@@ -790,16 +834,15 @@ DecodeBatchPlan planDecodeBatch(const Tensor& q, Tensor& out, const AttentionArg
     decode.args = args;
     group->slices.push_back(decode);
   }
-  // Each group's launch has the GPU to itself: its sequences share decodeWaves waves of blocks, in proportion to their
-  // keys — or, when `alone` (the batch-invariant mode), each is split as if it ran alone, so its sums do not depend on
-  // the others.
-  const double waves = decodeWavesKnob.load(std::memory_order_relaxed);
+  // Each group's launch has the GPU to itself: its sequences share one wave of blocks, in proportion to their keys —
+  // or, when `alone` (the batch-invariant mode), each is split as if it ran alone, so its sums do not depend on the
+  // others. (Splitting for two or four waves, a shorter tail for more partials, measured slower at 4K: f9f0145.)
   for (DecodeBatchPlan::Group& group : plan.groups) {
     double keys = 0;
     for (const DecodeSlice& slice : group.slices) keys += static_cast<double>(slice.args.keyLength);
     for (DecodeSlice& slice : group.slices)
       slice.splits = attentionDecodeSplits(slice.args, group.cacheType, multiprocessors,
-                                           alone ? 1.0 : waves * static_cast<double>(slice.args.keyLength) / keys);
+                                           alone ? 1.0 : static_cast<double>(slice.args.keyLength) / keys);
     plan.scratchBytes = std::max(plan.scratchBytes, attentionDecodeBatchScratch(group.slices.data(), static_cast<int>(group.slices.size())));
   }
   return plan;

@@ -44,8 +44,8 @@ __device__ __forceinline__ void dependOnPrevious() {
 // functions that every environment's device shares; parsed once here, read without locks on every launch.
 void setChainLaunches(bool allowed);
 void setGemvTuning(const Device::Tuning& tuning);
-// The decode attention's knobs: decodeMmaBlocks (resident blocks of the tensor-core kernel over 16-bit caches, 2 or 3)
-// and decodeWaves (waves a batch's launch is split for, 1–8; planDecodeBatch). Throws DUO_ARG out of range.
+// The decode attention's knob decodeMmaBlocks (resident blocks of the tensor-core kernel over 16-bit caches, 2 or 3).
+// Throws DUO_ARG out of range.
 void setDecodeTuning(const Device::Tuning& tuning);
 // Whether chained launches may overlap: compute capability 9.0 or later, unless the tuning turns it off (A/B runs).
 bool chainLaunches();
