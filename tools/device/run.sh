@@ -135,11 +135,15 @@ for step in "${steps[@]}"; do
              --contexts ${DUO_BATCH_CONTEXTS:-4k,32k} --steps 32 --warmup 4 --bandwidth ${DUO_BANDWIDTH:-3.0} \
              --out "$OUT/batch-llama-3-8b.json" || status=1 ;;
     # The batch benchmark once per `label|knobs` of DUO_BATCH_AB (run-time knobs, e.g. "lsf|DUO_LONG_SPLITS_FIRST=1;
-    # seq|DUO_LONG_SPLITS_FIRST=0"), duo 50 % at DUO_BATCHES × DUO_BATCH_CONTEXTS, one JSON each.
+    # seq|DUO_LONG_SPLITS_FIRST=0", or DUO_VARIANT=name for the addon .device/variant-name.node.xz), duo 50 % at
+    # DUO_BATCHES × DUO_BATCH_CONTEXTS, one JSON each.
     batch-ab) IFS=';' read -ra variants <<< "${DUO_BATCH_AB:?DUO_BATCH_AB lists label|knobs;…}"
+              for file in .device/variant-*.node.xz; do [ -f "$file" ] && xz -dc "$file" > "/tmp/duo-node/$(basename "$file" .xz)"; done
               for variant in "${variants[@]}"; do
                 label=${variant%%|*}; knobs=${variant#*|}; echo "--- $label: $knobs"
-                env $knobs node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
+                native=/tmp/duo-node/duoattn.node  # DUO_VARIANT=name: the addon .device/variant-name.node.xz
+                case " $knobs " in *" DUO_VARIANT="*) name=${knobs##*DUO_VARIANT=}; native=/tmp/duo-node/variant-${name%% *}.node ;; esac
+                env $knobs DUO_NATIVE_PATH=$native node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
                   --sink 128 --recent 256 --batch ${DUO_BATCHES:-4,16,64} --contexts ${DUO_BATCH_CONTEXTS:-4k,32k} --steps 32 \
                   --warmup 4 --out "$OUT/batch-ab-$label.json" || status=1
               done ;;
