@@ -78,6 +78,31 @@ describe('capture', () => {
     session.dispose();
   });
 
+  it("logits 'last' runs the last layer for the last row alone: the logits and cache of a full pass", async () => {
+    const policies = [
+      { attention: 'full', prefillChunk: 3 },
+      { attention: 'streaming', prefillChunk: 3, sink: 1, recent: 2 },
+      { attention: 'streaming', prefillChunk: 3, sink: 1, recent: 2, prefillMask: 'chunked' },
+    ] as const;
+    for (const policy of policies) {
+      const run = async (logits: 'last' | 'all') => {
+        const session = model.createSession({ maxTokens: 32, policy });
+        const result = (await session.forward(prompt, { logits })).logits as Float32Array;
+        const next = (await session.forward([5])).logits as Float32Array;
+        session.dispose();
+        return { last: result.subarray(result.length - model.config.vocabSize), next };
+      };
+      const trimmed = await run('last');
+      const whole = await run('all');
+      for (const key of ['last', 'next'] as const) {
+        expect(trimmed[key].length).toBe(model.config.vocabSize);
+        for (let i = 0; i < model.config.vocabSize; i++) {
+          expect(Math.abs((trimmed[key][i] ?? 0) - (whole[key][i] ?? 0))).toBeLessThan(1e-5);
+        }
+      }
+    }
+  });
+
   it('rejects layers and positions outside the call', async () => {
     const session = model.createSession({ maxTokens: 32 });
     await expect(session.forward(prompt, { capture: { layers: [3], positions: [0] } })).rejects.toThrow(

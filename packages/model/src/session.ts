@@ -116,6 +116,10 @@ export class Session {
   readonly #graphs: boolean;
   readonly #cache: DualKvCache;
   readonly #workspaces = new Map<number, Workspace>();
+  // One row for the last layer of a chunk whose only read output is its last row (#lastRowOnly), and the chunk's
+  // workspace it last served (its hidden rows then stop one layer short).
+  #tail: Workspace | undefined;
+  #tailHolds: Workspace | undefined;
   readonly #lastRow: TensorHandle;
   readonly #lastNormed: TensorHandle;
   readonly #lastLogits: TensorHandle;
@@ -236,7 +240,7 @@ export class Session {
     this.#checkTokens(tokens);
     const mode = options.logits ?? 'last';
     const start = this.#position;
-    const outputsFrom = this.#checkOutputsFrom(options, start, tokens.length);
+    const outputsFrom = this.#finalRowsFrom(options, mode, start, tokens.length);
     const capture = options.capture ? this.#prepareCapture(options.capture, start, tokens.length) : undefined;
     const logitRows: Promise<Float32Array>[] = [];
     try {
@@ -244,8 +248,9 @@ export class Session {
         const count = Math.min(this.prefillChunk, tokens.length - offset);
         const chunk = Int32Array.from(tokens.slice(offset, offset + count) as ArrayLike<number>);
         const isLast = offset + count === tokens.length;
-        const skipFinal = start + offset + count <= outputsFrom;
-        const workspace = this.#runChunk(chunk, start + offset, capture, skipFinal);
+        // Rows of this chunk before outputsFrom need no last-layer output (count: none of them).
+        const finalFrom = Math.min(count, Math.max(0, outputsFrom - start - offset));
+        const workspace = this.#runChunk(chunk, start + offset, capture, finalFrom);
         if (mode === 'all') logitRows.push(this.#allLogits(workspace));
         if (mode === 'last' && isLast) logitRows.push(this.#lastLogitsOf(workspace));
       }
@@ -340,6 +345,7 @@ export class Session {
     }
     for (const workspace of this.#workspaces.values()) disposeWorkspace(workspace);
     this.#workspaces.clear();
+    if (this.#tail) disposeWorkspace(this.#tail);
   }
 
   [Symbol.dispose](): void {
@@ -395,7 +401,7 @@ export class Session {
   }
 
   /** Enqueues the whole network for one chunk and advances the position. */
-  #runChunk(ids: Int32Array, start: number, capture: PreparedCapture | undefined, skipFinal = false): Workspace {
+  #runChunk(ids: Int32Array, start: number, capture: PreparedCapture | undefined, finalFrom = 0): Workspace {
     const n = ids.length;
     this.#cache.reserve(start + n);
     const s = this.#workspace(n);
@@ -404,7 +410,7 @@ export class Session {
       s.positions,
       Int32Array.from({ length: n }, (_, i) => start + i),
     );
-    this.#layers(s, start, capture, false, skipFinal);
+    this.#layers(s, start, capture, false, finalFrom);
     this.#position = start + n;
     return s;
   }
@@ -412,18 +418,22 @@ export class Session {
   /**
    * Enqueues embedding and every layer for the tokens already in `s.ids` / `s.positions`. With `deviceLength` (one row,
    * graph capture) the attention reads its key count from `s.positions` on the device, so the ops serve any step.
+   * `finalFrom`: the first row whose last-layer output is read (rows before it only write their keys and values
+   * there); when it is the last row, the last layer's attention, projection and MLP run for that row alone, into the
+   * tail workspace, whose hidden row then holds the chunk's last output (see #lastLogitTensor).
    */
   #layers(
     s: Workspace,
     start: number,
     capture: PreparedCapture | undefined,
     deviceLength: boolean,
-    skipFinal = false,
+    finalFrom = 0,
   ): void {
     const b = this.#backend;
     const c = this.#config;
     const blocks = this.#blocks;
     const n = s.rows;
+    if (this.#tailHolds === s) this.#tailHolds = undefined;
     blocks.embed(s.ids, s.hidden);
     capture?.take(0, s.hidden, start, n);
     const scale = 1 / Math.sqrt(c.headDim);
@@ -441,8 +451,16 @@ export class Session {
         streaming,
         quant,
       });
-      // Nothing reads the last layer's output for these rows (outputsFrom): their keys and values are cached above.
-      if (skipFinal && layer === c.numLayers - 1) break;
+      if (layer === c.numLayers - 1 && finalFrom > 0) {
+        // Nothing reads the last layer's output for rows before finalFrom: their keys and values are cached above.
+        if (finalFrom >= n) break;
+        // One row's attention equals that row of the chunk's under the exact mask (the chunked one depends on the
+        // op's first query).
+        if (finalFrom === n - 1 && (this.policy.prefillMask === 'exact' || this.policy.attention === 'full')) {
+          this.#lastRowOnly(s, layer, start);
+          break;
+        }
+      }
       if (n === 1) {
         b.attentionDecode(s.query, keyCache, valueCache, s.attention, {
           ...attention,
@@ -464,8 +482,39 @@ export class Session {
     }
   }
 
+  /**
+   * The last layer for the chunk's last row alone (`s` holds the chunk after its keys and values are cached): its
+   * query and residual rows into the tail workspace, then attention over every key so far, the output projection and
+   * the MLP there. A prefill whose logits are only the last row's does a layer's attention, projection and MLP work
+   * for one row instead of the chunk's (as llama.cpp does past its last layer's attention).
+   */
+  #lastRowOnly(s: Workspace, layer: number, start: number): void {
+    const b = this.#backend;
+    const c = this.#config;
+    this.#tail ??= { rows: 1, ...stepWorkspace((dtype, shape) => b.alloc(dtype, shape), c, 1) };
+    const t = this.#tail;
+    const { keyCache, valueCache, streaming, quant } = this.#cache.layers[layer] as CacheLayer;
+    b.copyRows(s.query, t.query, s.rows - 1, 0, 1);
+    b.copyRows(s.hidden, t.hidden, s.rows - 1, 0, 1);
+    b.attentionPrefill(t.query, keyCache, valueCache, t.attention, {
+      heads: c.numHeads,
+      kvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      scale: 1 / Math.sqrt(c.headDim),
+      keyLength: start + s.rows,
+      streaming,
+      quant,
+      queryStart: start + s.rows - 1,
+    });
+    this.#blocks.attentionOutput(layer, t.attention, t.hidden);
+    this.#blocks.mlp(layer, t.hidden, t.normed, t.gate);
+    this.#tailHolds = s;
+  }
+
   #lastLogitTensor(workspace: Workspace): void {
-    this.#backend.copyRows(workspace.hidden, this.#lastRow, workspace.rows - 1, 0, 1);
+    // The chunk's last output is the tail's row when #lastRowOnly ran for this workspace's chunk.
+    if (this.#tailHolds === workspace && this.#tail) this.#backend.copyRows(this.#tail.hidden, this.#lastRow, 0, 0, 1);
+    else this.#backend.copyRows(workspace.hidden, this.#lastRow, workspace.rows - 1, 0, 1);
     this.#blocks.logits(this.#lastRow, this.#lastNormed, this.#lastLogits);
   }
 
@@ -485,10 +534,17 @@ export class Session {
     }
   }
 
-  /** outputsFrom, checked against the options; when absent, the call's first position (so no chunk skips anything). */
-  #checkOutputsFrom(options: ForwardOptions, start: number, count: number): number {
+  /**
+   * The first position whose last-layer output the call reads: outputsFrom, checked against the options; when absent,
+   * the last position for logits 'last' and none ('none': past the end) unless a capture takes the last layer, else
+   * the call's first position.
+   */
+  #finalRowsFrom(options: ForwardOptions, mode: 'last' | 'all' | 'none', start: number, count: number): number {
     const from = options.outputsFrom;
-    if (from === undefined) return start;
+    if (from === undefined) {
+      if (mode === 'all' || options.capture?.layers.includes(this.#config.numLayers)) return start;
+      return mode === 'last' ? start + count - 1 : start + count;
+    }
     if (!Number.isInteger(from) || from < start || from >= start + count) {
       throw new DuoArgumentError(
         'outputsFrom',
