@@ -84,7 +84,9 @@ describe('readEnvironment', () => {
     );
     expect(() => readEnvironment({ DUO_GEMV_MIN_SLICE: '0' })).toThrow('to be an integer ≥ 1');
     expect(readEnvironment({ DUO_DECODE_MMA_BLOCKS: '2' }).decodeMmaBlocks).toBe(2);
-    expect(() => readEnvironment({ DUO_DECODE_MMA_BLOCKS: '4' })).toThrow('DUO_DECODE_MMA_BLOCKS to be an integer in [2, 3]');
+    expect(() => readEnvironment({ DUO_DECODE_MMA_BLOCKS: '4' })).toThrow(
+      'DUO_DECODE_MMA_BLOCKS to be an integer in [2, 3]',
+    );
   });
 
   it('documents every variable it reads', () => {
