@@ -29,7 +29,10 @@ export interface CaptureRequest {
 
 /** Options of `forward`. */
 export interface ForwardOptions {
-  /** Which logits to return. Default 'last'. */
+  /**
+   * Which logits to return. Default 'last'. With 'last' or 'none' (and no capture of the last layer, no outputsFrom)
+   * the last layer runs only for the rows read: the last row, or none.
+   */
   logits?: 'last' | 'all' | 'none';
   capture?: CaptureRequest;
   /**
