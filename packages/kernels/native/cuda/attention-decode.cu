@@ -124,6 +124,31 @@ __device__ __forceinline__ DecodeWork<T> decodeWork(const DecodeSequence& sequen
   return work;
 }
 
+// A lane's part of its warp's state for the block merge, from the tensor-core kernels' Oᵀ accumulators: its head's max
+// and sum (the lanes of pair 0) and its columns of Oᵀ — heads 2·pair and 2·pair + 1, those below G — into
+// stateAcc[warp][head][channel], where `channel(m, r)` is the channel of row r of m-tile m.
+template <int D, int MAXG, int TILES, typename Channel>
+__device__ __forceinline__ void storeWarpState(float (&stateMax)[kDecodeWarps][MAXG], float (&stateSum)[kDecodeWarps][MAXG],
+                                               float* stateAcc, const float (&out)[TILES][4], float maximum, float sum, int group,
+                                               int warp, int row, int pair, const Channel& channel) {
+  if (row < group && pair == 0) {
+    stateMax[warp][row] = maximum;
+    stateSum[warp][row] = sum;
+  }
+#pragma unroll
+  for (int column = 0; column < 2; column++) {
+    const int head = 2 * pair + column;
+    if (head < group) {
+      float* state = stateAcc + (warp * MAXG + head) * D;
+#pragma unroll
+      for (int m = 0; m < TILES; m++) {
+        state[channel(m, row)] = out[m][column];
+        state[channel(m, row + 8)] = out[m][2 + column];
+      }
+    }
+  }
+}
+
 // Heads of at most this many splits are merged by the decode kernel's last block to finish (a batch's short
 // sequences: no combine launch per layer); more, by decodeCombineKernel, which spreads a head's reads over 256
 // threads (one block merging four heads' 66 splits at 32K measured 1 ms a token slower: docs/performance-notes.md).
@@ -494,22 +519,8 @@ __global__ void __launch_bounds__(kDecodeThreads, BLOCKS) decodeMmaKernel(const 
   }
   __syncthreads();
   float* stateAcc = reinterpret_cast<float*>(tiles);  // [warp][head][channel], over the finished tiles
-  if (row < group && pair == 0) {
-    stateMax[warp][row] = maximum;
-    stateSum[warp][row] = sum;
-  }
-#pragma unroll
-  for (int column = 0; column < 2; column++) {
-    const int head = 2 * pair + column;
-    if (head < group) {
-      float* state = stateAcc + (warp * kMaxHeads + head) * D;
-#pragma unroll
-      for (int m = 0; m < kOutTiles; m++) {
-        state[16 * m + row] = out[m][column];
-        state[16 * m + 8 + row] = out[m][2 + column];
-      }
-    }
-  }
+  storeWarpState<D>(stateMax, stateSum, stateAcc, out, maximum, sum, group, warp, row, pair,
+                    [](int m, int r) { return 16 * m + r; });
   __syncthreads();
   mergeWarpStates<D, kMaxHeads>(stateMax, stateSum, stateAcc, sequence, work, group);
 }
