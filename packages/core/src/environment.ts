@@ -61,7 +61,7 @@ export const ENVIRONMENT_VARIABLES = [
     name: 'DUO_DECODE_MMA_BLOCKS',
     kind: 'integer',
     meaning:
-      'blocks a multiprocessor holds of the CUDA tensor-core decode attention over 16-bit caches: 2 or 3 (default; 168 registers a thread); a tuning knob',
+      'blocks a multiprocessor holds of the CUDA tensor-core decode attention over 16-bit caches: 2 (default) or 3 (168 registers a thread); a tuning knob',
     usedBy: 'duo-bench, duo-serve → BackendTuning.decodeMmaBlocks',
   },
   {

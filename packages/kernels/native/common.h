@@ -351,7 +351,7 @@ class Device {
     bool batchInvariant = false;   // a row's results never depend on the other rows of a call (batch engine)
     int64_t skinnyRowsMax = 64;    // most rows the skinny tensor-core matmul takes outside that mode (0: cuBLAS)
     bool longSplitsFirst = true;   // a batch's decode attention starts every sequence's full-head splits first
-    int decodeMmaBlocks = 3;       // resident blocks of the tensor-core decode over 16-bit caches (2 or 3)
+    int decodeMmaBlocks = 2;       // resident blocks of the tensor-core decode over 16-bit caches (2 or 3)
   };
   virtual void tune(const Tuning&) {}
 

@@ -77,8 +77,8 @@ export interface BackendTuning {
    */
   readonly longSplitsFirst?: boolean;
   /**
-   * Blocks of the CUDA tensor-core decode attention over 16-bit caches a multiprocessor holds: 3 (168 registers a
-   * thread) or 2 (an A/B knob). Default 3.
+   * Blocks of the CUDA tensor-core decode attention over 16-bit caches a multiprocessor holds: 2, or 3 (168
+   * registers a thread, a few spilled: measured slower; an A/B knob). Default 2.
    */
   readonly decodeMmaBlocks?: number;
 }

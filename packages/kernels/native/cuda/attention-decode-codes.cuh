@@ -5,8 +5,7 @@
 // one 16-bit tile a warp, and three int4 blocks (two int8 or fp8 ones) stay resident on a multiprocessor.
 //
 // The products see exact codes, the scales are applied around them (ADR 0006):
-// - Scores S = Q·Kᵀ, q split into a 16-bit high part (rows 0…7 of A: the query heads, rows past G zero) and the
-//   remainder (rows 8…15): one product a k-step, its two row halves added.
+// - Scores S = Q·Kᵀ, query heads as the rows of A (rows G…15 zero), q split into a 16-bit high part and a remainder.
 //   The dot product's channel order is free, so step s of lane pair p takes four channels of the pair's run of D/4
 //   (int8 / fp8: 4s … 4s + 3; int4: two pairs j, j + 4 of a word of eight nibbles, int4Channel): a lane's B
 //   fragments for one key are one contiguous run of its row's codes (16 or 32 bytes at D = 128). Keys are int4
@@ -19,8 +18,7 @@
 //   scale / S, S the tile's largest value scale: below 1 and far from f16's underflow, with 11 bits of p. The
 //   accumulator is kept in units of S (rescaled with the softmax correction); the offsets come off with the sum of B as
 //   rounded (int4's zeros with p), so they cancel exactly.
-// Included by attention-decode.cu inside its anonymous namespace (DecodeLaunch, decodeWork, storeWarpState,
-// mergeWarpStates).
+// Included by attention-decode.cu inside its anonymous namespace (DecodeLaunch, decodeWork, mergeWarpStates).
 #pragma once
 
 // One warp's ring of stages for a scheme and head dim: each stage holds 32 key rows and 32 value rows of codes
@@ -296,10 +294,9 @@ __global__ void __launch_bounds__(kDecodeThreads, CodeRing<D, kScheme>::kBlocks)
       for (int s = 0; s < kSteps; s++) {
         uint32_t b0, b1;
         keyFragments<kScheme>(words, s, b0, b1);
-        mma16816<KeyT>(score[t], qHigh[s][0], qLow[s][0], qHigh[s][1], qLow[s][1], b0, b1);
+        mma16816<KeyT>(score[t], qHigh[s][0], 0u, qHigh[s][1], 0u, b0, b1);
+        mma16816<KeyT>(score[t], qLow[s][0], 0u, qLow[s][1], 0u, b0, b1);
       }
-      score[t][0] += score[t][2];  // the high parts' products (rows 0–7) and the remainders' (rows 8–15)
-      score[t][1] += score[t][3];
     }
     // This lane's keys' scales (key 8t + 2·pair + j).
     float keyScale[4][2], valueScale[4][2], valueZero[4][2];
@@ -408,8 +405,22 @@ __global__ void __launch_bounds__(kDecodeThreads, CodeRing<D, kScheme>::kBlocks)
   __shared__ float stateSum[kDecodeWarps][kMaxHeads];
   __syncthreads();
   float* stateAcc = reinterpret_cast<float*>(tiles);  // the ring is no longer needed
-  storeWarpState<D>(stateMax, stateSum, stateAcc, out, maximum, sum, group, warp, row, pair,
-                    [](int m, int r) { return (D / 16) * r + m; });
+  if (row < group && pair == 0) {
+    stateMax[warp][row] = maximum;
+    stateSum[warp][row] = sum;
+  }
+#pragma unroll
+  for (int column = 0; column < 2; column++) {
+    const int head = 2 * pair + column;
+    if (head < group) {
+      float* state = stateAcc + (warp * kMaxHeads + head) * D;
+#pragma unroll
+      for (int m = 0; m < kOutTiles; m++) {
+        state[(D / 16) * row + m] = out[m][column];
+        state[(D / 16) * (row + 8) + m] = out[m][2 + column];
+      }
+    }
+  }
   __syncthreads();
   mergeWarpStates<D, kMaxHeads>(stateMax, stateSum, stateAcc, sequence, work, group);
 }
