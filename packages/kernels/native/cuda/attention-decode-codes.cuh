@@ -18,7 +18,8 @@
 //   scale / S, S the tile's largest value scale: below 1 and far from f16's underflow, with 11 bits of p. The
 //   accumulator is kept in units of S (rescaled with the softmax correction); the offsets come off with the sum of B as
 //   rounded (int4's zeros with p), so they cancel exactly.
-// Included by attention-decode.cu inside its anonymous namespace (DecodeLaunch, decodeWork, mergeWarpStates).
+// Included by attention-decode.cu inside its anonymous namespace (DecodeLaunch, decodeWork, storeWarpState,
+// mergeWarpStates).
 #pragma once
 
 // One warp's ring of stages for a scheme and head dim: each stage holds 32 key rows and 32 value rows of codes
@@ -405,22 +406,8 @@ __global__ void __launch_bounds__(kDecodeThreads, CodeRing<D, kScheme>::kBlocks)
   __shared__ float stateSum[kDecodeWarps][kMaxHeads];
   __syncthreads();
   float* stateAcc = reinterpret_cast<float*>(tiles);  // the ring is no longer needed
-  if (row < group && pair == 0) {
-    stateMax[warp][row] = maximum;
-    stateSum[warp][row] = sum;
-  }
-#pragma unroll
-  for (int column = 0; column < 2; column++) {
-    const int head = 2 * pair + column;
-    if (head < group) {
-      float* state = stateAcc + (warp * kMaxHeads + head) * D;
-#pragma unroll
-      for (int m = 0; m < kOutTiles; m++) {
-        state[(D / 16) * row + m] = out[m][column];
-        state[(D / 16) * (row + 8) + m] = out[m][2 + column];
-      }
-    }
-  }
+  storeWarpState<D>(stateMax, stateSum, stateAcc, out, maximum, sum, group, warp, row, pair,
+                    [](int m, int r) { return (D / 16) * r + m; });
   __syncthreads();
   mergeWarpStates<D, kMaxHeads>(stateMax, stateSum, stateAcc, sequence, work, group);
 }

@@ -150,6 +150,31 @@ __device__ __forceinline__ void mergeWarpStates(const float (&stateMax)[kDecodeW
   }
 }
 
+// A lane's part of its warp's state for the block merge, from the tensor-core kernels' Oᵀ accumulators: its head's max
+// and sum (the lanes of pair 0) and its columns of Oᵀ — heads 2·pair and 2·pair + 1, those below G — into
+// stateAcc[warp][head][channel], where `channel(m, r)` is the channel of row r of m-tile m.
+template <int D, int MAXG, int TILES, typename Channel>
+__device__ __forceinline__ void storeWarpState(float (&stateMax)[kDecodeWarps][MAXG], float (&stateSum)[kDecodeWarps][MAXG],
+                                               float* stateAcc, const float (&out)[TILES][4], float maximum, float sum, int group,
+                                               int warp, int row, int pair, const Channel& channel) {
+  if (row < group && pair == 0) {
+    stateMax[warp][row] = maximum;
+    stateSum[warp][row] = sum;
+  }
+#pragma unroll
+  for (int column = 0; column < 2; column++) {
+    const int head = 2 * pair + column;
+    if (head < group) {
+      float* state = stateAcc + (warp * MAXG + head) * D;
+#pragma unroll
+      for (int m = 0; m < TILES; m++) {
+        state[channel(m, row)] = out[m][column];
+        state[channel(m, row + 8)] = out[m][2 + column];
+      }
+    }
+  }
+}
+
 template <typename T, int D, int MAXG, bool kQuant, int N>
 __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const __grid_constant__ DecodeLaunch<N> launch) {
   if (launch.idle()) return;
@@ -427,22 +452,8 @@ __global__ void __launch_bounds__(kDecodeThreads, BLOCKS) decodeMmaKernel(const 
   }
   __syncthreads();
   float* stateAcc = reinterpret_cast<float*>(tiles);  // [warp][head][channel], over the finished tiles
-  if (row < group && pair == 0) {
-    stateMax[warp][row] = maximum;
-    stateSum[warp][row] = sum;
-  }
-#pragma unroll
-  for (int column = 0; column < 2; column++) {
-    const int head = 2 * pair + column;
-    if (head < group) {
-      float* state = stateAcc + (warp * kMaxHeads + head) * D;
-#pragma unroll
-      for (int m = 0; m < kOutTiles; m++) {
-        state[16 * m + row] = out[m][column];
-        state[16 * m + 8 + row] = out[m][2 + column];
-      }
-    }
-  }
+  storeWarpState<D>(stateMax, stateSum, stateAcc, out, maximum, sum, group, warp, row, pair,
+                    [](int m, int r) { return 16 * m + r; });
   __syncthreads();
   mergeWarpStates<D, kMaxHeads>(stateMax, stateSum, stateAcc, sequence, work, group);
 }
