@@ -78,6 +78,23 @@ describe('capture', () => {
     session.dispose();
   });
 
+  it('captures the last layer from the last row alone when outputsFrom is the last position', async () => {
+    const capture = async (outputsFrom?: number) => {
+      const session = model.createSession({ maxTokens: 32, policy: { attention: 'full', prefillChunk: 3 } });
+      const { captured } = await session.forward(prompt, {
+        logits: 'last',
+        capture: { layers: [2], positions: [7] },
+        ...(outputsFrom === undefined ? {} : { outputsFrom }),
+      });
+      session.dispose();
+      return captured?.get(2) as Float32Array;
+    };
+    const whole = await capture();
+    const trimmed = await capture(7);
+    expect(trimmed.length).toBe(whole.length);
+    for (let i = 0; i < whole.length; i++) expect(Math.abs((trimmed[i] ?? 0) - (whole[i] ?? 0))).toBeLessThan(1e-5);
+  });
+
   it("logits 'last' runs the last layer for the last row alone: the logits and cache of a full pass", async () => {
     const policies = [
       { attention: 'full', prefillChunk: 3 },

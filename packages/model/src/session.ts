@@ -104,6 +104,12 @@ interface Workspace extends StepWorkspace {
   rows: number;
 }
 
+/** Where a chunk's last output row lies after its layers: the chunk's workspace, or the tail (#layers). */
+interface LastOutput {
+  hidden: TensorHandle;
+  row: number;
+}
+
 /** Holds one sequence's cache. Not safe for concurrent use; create one session per sequence. */
 export class Session {
   readonly capacity: number;
@@ -119,10 +125,8 @@ export class Session {
   readonly #graphs: boolean;
   readonly #cache: DualKvCache;
   readonly #workspaces = new Map<number, Workspace>();
-  // One row for the last layer of a chunk whose only read output is its last row (#lastRowOnly), and the chunk's
-  // workspace it last served (its hidden rows then stop one layer short).
+  // One row: the last layer of a chunk whose only read output is its last row (#layers).
   #tail: Workspace | undefined;
-  #tailHolds: Workspace | undefined;
   readonly #lastRow: TensorHandle;
   readonly #lastNormed: TensorHandle;
   readonly #lastLogits: TensorHandle;
@@ -253,9 +257,9 @@ export class Session {
         const isLast = offset + count === tokens.length;
         // Rows of this chunk before outputsFrom need no last-layer output (count: none of them).
         const finalFrom = Math.min(count, Math.max(0, outputsFrom - start - offset));
-        const workspace = this.#runChunk(chunk, start + offset, capture, finalFrom);
+        const { workspace, last } = this.#runChunk(chunk, start + offset, capture, finalFrom);
         if (mode === 'all') logitRows.push(this.#allLogits(workspace));
-        if (mode === 'last' && isLast) logitRows.push(this.#lastLogitsOf(workspace));
+        if (mode === 'last' && isLast) logitRows.push(this.#lastLogitsOf(last));
       }
       const result: ForwardResult = {};
       if (logitRows.length > 0) result.logits = concat(await Promise.all(logitRows));
@@ -269,8 +273,7 @@ export class Session {
   /** Feeds one token and returns the argmax of the next-token logits (computed on the device). */
   async greedyStep(token: number): Promise<number> {
     this.#checkTokens([token]);
-    const workspace = this.#runChunk(Int32Array.of(token), this.#position, undefined);
-    this.#lastLogitTensor(workspace);
+    this.#lastLogitTensor(this.#runChunk(Int32Array.of(token), this.#position, undefined).last);
     this.#backend.argmax(this.#lastLogits, this.#nextToken);
     const [next] = (await this.#backend.read(this.#nextToken)) as Int32Array;
     return next ?? 0;
@@ -309,8 +312,7 @@ export class Session {
     // The cache grows in place (paged), so one graph serves the session; memory for every step is mapped first.
     this.#cache.reserve(this.#position + steps - 1);
     this.#decodeGraph ??= b.captureGraph(() => {
-      this.#layers(s, this.#position, undefined, true);
-      this.#lastLogitTensor(s);
+      this.#lastLogitTensor(this.#layers(s, this.#position, undefined, true));
       b.argmax(this.#lastLogits, this.#nextToken);
       b.decodeAdvance(this.#nextToken, s.ids, s.positions);
     });
@@ -404,7 +406,12 @@ export class Session {
   }
 
   /** Enqueues the whole network for one chunk and advances the position. */
-  #runChunk(ids: Int32Array, start: number, capture: PreparedCapture | undefined, finalFrom = 0): Workspace {
+  #runChunk(
+    ids: Int32Array,
+    start: number,
+    capture: PreparedCapture | undefined,
+    finalFrom = 0,
+  ): { workspace: Workspace; last: LastOutput } {
     const n = ids.length;
     this.#cache.reserve(start + n);
     const s = this.#workspace(n);
@@ -413,17 +420,17 @@ export class Session {
       s.positions,
       Int32Array.from({ length: n }, (_, i) => start + i),
     );
-    this.#layers(s, start, capture, false, finalFrom);
+    const last = this.#layers(s, start, capture, false, finalFrom);
     this.#position = start + n;
-    return s;
+    return { workspace: s, last };
   }
 
   /**
    * Enqueues embedding and every layer for the tokens already in `s.ids` / `s.positions`. With `deviceLength` (one row,
    * graph capture) the attention reads its key count from `s.positions` on the device, so the ops serve any step.
    * `finalFrom`: the first row whose last-layer output is read (rows before it only write their keys and values
-   * there); when it is the last row, the last layer's attention, projection and MLP run for that row alone, into the
-   * tail workspace, whose hidden row then holds the chunk's last output (see #lastLogitTensor).
+   * there); when it is the last row, the last layer's attention, projection and MLP run for that row alone, in the
+   * tail workspace (as llama.cpp does past its last layer's attention). Returns where the last output row lies.
    */
   #layers(
     s: Workspace,
@@ -431,12 +438,13 @@ export class Session {
     capture: PreparedCapture | undefined,
     deviceLength: boolean,
     finalFrom = 0,
-  ): void {
+  ): LastOutput {
     const b = this.#backend;
     const c = this.#config;
     const blocks = this.#blocks;
     const n = s.rows;
-    if (this.#tailHolds === s) this.#tailHolds = undefined;
+    let w = s; // the rows a layer's attention and MLP run for: the chunk's, or its last row alone
+    let queryStart = start;
     blocks.embed(s.ids, s.hidden);
     capture?.take(0, s.hidden, start, n);
     const scale = 1 / Math.sqrt(c.headDim);
@@ -460,8 +468,8 @@ export class Session {
         // One row's attention equals that row of the chunk's under the exact mask (the chunked one depends on the
         // op's first query).
         if (finalFrom === n - 1 && (this.policy.prefillMask === 'exact' || this.policy.attention === 'full')) {
-          this.#lastRowOnly(s, layer, start);
-          break;
+          w = this.#tailRow(s);
+          queryStart = start + n - 1;
         }
       }
       if (n === 1) {
@@ -472,57 +480,31 @@ export class Session {
           lengthFrom: deviceLength ? s.positions : undefined,
         });
       } else {
-        b.attentionPrefill(s.query, keyCache, valueCache, s.attention, {
-          ...attention,
-          streaming,
-          quant,
-          queryStart: start,
-        });
+        b.attentionPrefill(w.query, keyCache, valueCache, w.attention, { ...attention, streaming, quant, queryStart });
       }
-      blocks.attentionOutput(layer, s.attention, s.hidden);
-      blocks.mlp(layer, s.hidden, s.normed, s.gate);
-      capture?.take(layer + 1, s.hidden, start, n);
+      blocks.attentionOutput(layer, w.attention, w.hidden);
+      blocks.mlp(layer, w.hidden, w.normed, w.gate);
+      capture?.take(layer + 1, w.hidden, queryStart, w.rows);
     }
+    return { hidden: w.hidden, row: w.rows - 1 };
   }
 
-  /**
-   * The last layer for the chunk's last row alone (`s` holds the chunk after its keys and values are cached): its
-   * query and residual rows into the tail workspace, then attention over every key so far, the output projection and
-   * the MLP there. A prefill whose logits are only the last row's does a layer's attention, projection and MLP work
-   * for one row instead of the chunk's (as llama.cpp does past its last layer's attention).
-   */
-  #lastRowOnly(s: Workspace, layer: number, start: number): void {
+  /** The tail workspace holding the chunk's last query and residual rows (`s`, after its keys and values are cached). */
+  #tailRow(s: Workspace): Workspace {
     const b = this.#backend;
-    const c = this.#config;
-    this.#tail ??= { rows: 1, ...stepWorkspace((dtype, shape) => b.alloc(dtype, shape), c, 1) };
-    const t = this.#tail;
-    const { keyCache, valueCache, streaming, quant } = this.#cache.layers[layer] as CacheLayer;
-    b.copyRows(s.query, t.query, s.rows - 1, 0, 1);
-    b.copyRows(s.hidden, t.hidden, s.rows - 1, 0, 1);
-    b.attentionPrefill(t.query, keyCache, valueCache, t.attention, {
-      heads: c.numHeads,
-      kvHeads: c.numKvHeads,
-      headDim: c.headDim,
-      scale: 1 / Math.sqrt(c.headDim),
-      keyLength: start + s.rows,
-      streaming,
-      quant,
-      queryStart: start + s.rows - 1,
-    });
-    this.#blocks.attentionOutput(layer, t.attention, t.hidden);
-    this.#blocks.mlp(layer, t.hidden, t.normed, t.gate);
-    this.#tailHolds = s;
+    this.#tail ??= { rows: 1, ...stepWorkspace((dtype, shape) => b.alloc(dtype, shape), this.#config, 1) };
+    b.copyRows(s.query, this.#tail.query, s.rows - 1, 0, 1);
+    b.copyRows(s.hidden, this.#tail.hidden, s.rows - 1, 0, 1);
+    return this.#tail;
   }
 
-  #lastLogitTensor(workspace: Workspace): void {
-    // The chunk's last output is the tail's row when #lastRowOnly ran for this workspace's chunk.
-    if (this.#tailHolds === workspace && this.#tail) this.#backend.copyRows(this.#tail.hidden, this.#lastRow, 0, 0, 1);
-    else this.#backend.copyRows(workspace.hidden, this.#lastRow, workspace.rows - 1, 0, 1);
+  #lastLogitTensor(last: LastOutput): void {
+    this.#backend.copyRows(last.hidden, this.#lastRow, last.row, 0, 1);
     this.#blocks.logits(this.#lastRow, this.#lastNormed, this.#lastLogits);
   }
 
-  async #lastLogitsOf(workspace: Workspace): Promise<Float32Array> {
-    this.#lastLogitTensor(workspace);
+  async #lastLogitsOf(last: LastOutput): Promise<Float32Array> {
+    this.#lastLogitTensor(last);
     return (await this.#backend.read(this.#lastLogits)) as Float32Array;
   }
 
