@@ -8,13 +8,12 @@
 // Each repeat and context: prefill the context's tokens from an empty cache (a fresh llama.cpp context each time, so
 // nothing is reused from an earlier prompt), then decode `steps` greedy tokens after 2 warm-up tokens; prefill in
 // tokens/s, decode in ms/token (median over the steps). Needs the packages built (pnpm build).
-import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism, cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { decodeLatency } from '../packages/app-kit/dist/index.js';
+import { currentCommit, decodeLatency } from '../packages/app-kit/dist/index.js';
 import { LlamaModel } from '../packages/model/dist/index.js';
 
 const { values: options, positionals } = parseArgs({
@@ -57,18 +56,6 @@ try {
   process.exit(2);
 }
 const { getLlama, LlamaLogLevel } = peerPackage;
-/** The checkout's commit (with "+dirty" when files differ from it), or null outside a git checkout. */
-function checkoutCommit() {
-  try {
-    const run = (...args) =>
-      execFileSync('git', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    return (
-      run('rev-parse', '--short=12', 'HEAD') + (run('status', '--porcelain', '--untracked-files=no') ? '+dirty' : '')
-    );
-  } catch {
-    return null;
-  }
-}
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 const log = (text) => console.error(`[cpu-peer ${new Date().toISOString().slice(11, 19)}] ${text}`);
 const tokensFor = (count, vocabulary) => Array.from({ length: count }, (_, i) => (i * 7919 + 13) % vocabulary);
@@ -145,7 +132,7 @@ const result = {
   weights: ours.weightDtype,
   threads,
   cpu: cpus()[0]?.model ?? 'unknown',
-  commit: process.env.DUO_COMMIT ?? checkoutCommit(),
+  commit: currentCommit(),
   peer: 'llama.cpp via node-llama-cpp (CPU prebuilt, flash attention)',
   steps,
   warmup,
