@@ -308,27 +308,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const __grid_cons
 // registers, and measured 1–6 % slower on the H100: bench/results/2026-12-06-h100-decode/f9f0145).
 std::atomic<int> decodeMmaBlocksKnob{2};
 
-// Oᵀ += Vᵀ · Pᵀ for one 16-key step of a staged value tile: m-tile m is channels 16m … 16m + 15 (the rows of A, from
-// the value rows through ldmatrix.trans), the columns the query heads 2·pair and 2·pair + 1 (B: b0, b1, a lane's own
-// probabilities of the step's keys 2·pair (+1) and 8 + 2·pair (+1) for head lane / 4).
-template <typename T, int D>
-__device__ __forceinline__ void accumulateValuesTransposed(float (&out)[D / 16][4], uint32_t b0, uint32_t b1, const T* valueTile, int step,
-                                                           int lane) {
-  constexpr int kStride = D + 8;
-  const int matrix = lane >> 3, matrixRow = lane & 7;
-  // Matrix j of the x4 load is A register j: keys 8 · (j / 2) on, channels 8 · (j % 2) on.
-  const T* row = valueTile + (16 * step + 8 * (matrix >> 1) + matrixRow) * kStride + 8 * (matrix & 1);
-#pragma unroll
-  for (int m = 0; m < D / 16; m++) {
-    const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(row + 16 * m));
-    uint32_t a0, a1, a2, a3;
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(a0), "=r"(a1), "=r"(a2), "=r"(a3)
-                 : "r"(shared));
-    mma16816<T>(out[m], a0, a1, a2, a3, b0, b1);
-  }
-}
-
 // Tensor-core decode for 16-bit caches, head dim 64 or 128, up to 8 query heads per KV head (GQA). Same grid, tiles
 // and merge as decodeKernel, but per 32-key tile the scores Q·Kᵀ and the update are mma.sync m16n8k16 products:
 // the G query heads are the rows of A (rows G…15 are zero); q is split into a 16-bit high part and a 16-bit

@@ -1,6 +1,6 @@
 // MMA helpers of the tensor-core attention kernels (decode and prefill): 16-bit fragment packing, the m16n8k16
 // product with f32 accumulation, the query split into a high and a low part, cp.async staging of key and value tiles
-// into padded shared rows, and P·V with V fragments through ldmatrix.
+// into padded shared rows, and P·V (or Oᵀ = Vᵀ·Pᵀ) with V fragments through ldmatrix.
 #pragma once
 #include <type_traits>
 
@@ -75,6 +75,27 @@ __device__ __forceinline__ void accumulateValues(float (&acc)[D / 8][4], uint32_
                  : "r"(shared));
     mma16816<T>(acc[t], a0, a1, a2, a3, b0, b1);
     mma16816<T>(acc[t + 1], a0, a1, a2, a3, b2, b3);
+  }
+}
+
+// Oᵀ += Vᵀ · Pᵀ for one 16-key step of a staged value tile: m-tile m is channels 16m … 16m + 15 (the rows of A, from
+// the value rows through ldmatrix.trans), the columns the query heads 2·pair and 2·pair + 1 (B: b0, b1, a lane's own
+// probabilities of the step's keys 2·pair (+1) and 8 + 2·pair (+1) for head lane / 4).
+template <typename T, int D>
+__device__ __forceinline__ void accumulateValuesTransposed(float (&out)[D / 16][4], uint32_t b0, uint32_t b1, const T* valueTile, int step,
+                                                           int lane) {
+  constexpr int kStride = D + 8;
+  const int matrix = lane >> 3, matrixRow = lane & 7;
+  // Matrix j of the x4 load is A register j: keys 8 · (j / 2) on, channels 8 · (j % 2) on.
+  const T* row = valueTile + (16 * step + 8 * (matrix >> 1) + matrixRow) * kStride + 8 * (matrix & 1);
+#pragma unroll
+  for (int m = 0; m < D / 16; m++) {
+    const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(row + 16 * m));
+    uint32_t a0, a1, a2, a3;
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(a0), "=r"(a1), "=r"(a2), "=r"(a3)
+                 : "r"(shared));
+    mma16816<T>(out[m], a0, a1, a2, a3, b0, b1);
   }
 }
 
