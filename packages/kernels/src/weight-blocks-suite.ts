@@ -4,7 +4,7 @@
 import { dequantizeWeights, quantizeWeights, type WeightFormat } from '@duoattn/core';
 import { describe, expect, it } from 'vitest';
 import type { NativeBackend } from './native-backend.js';
-import { randomArray, relativeError } from './testing/reference.js';
+import { int8Pieces, randomArray, relativeError } from './testing/reference.js';
 
 const FORMATS: WeightFormat[] = ['q8_0', 'q4_k', 'q5_k', 'q6_k'];
 
@@ -20,29 +20,7 @@ function product(x: ArrayLike<number>, weights: ArrayLike<number>, n: number, k:
   return out;
 }
 
-/** Rounds half to even, as CUDA's __float2int_rn. */
-function roundHalfEven(value: number): number {
-  const rounded = Math.round(value);
-  return Math.abs(value % 1) === 0.5 && rounded % 2 !== 0 ? rounded - 1 : rounded;
-}
-
-/**
- * x as CUDA's integer products read it (Q8_0 and Q4_K decode, cuda/gemv-blocks.cu; ADR 0010): every 32-value piece
- * rounded to int8 steps of max|x| / 127, each step and code computed in f32 as the kernel does.
- */
-function int8Pieces(x: Float32Array): Float64Array {
-  const out = new Float64Array(x.length);
-  for (let start = 0; start < x.length; start += 32) {
-    let largest = 0;
-    for (let i = start; i < start + 32; i++) largest = Math.max(largest, Math.abs(x[i] as number));
-    const step = Math.fround(largest / 127);
-    const inverse = largest > 0 ? Math.fround(127 / largest) : 0;
-    for (let i = start; i < start + 32; i++) out[i] = roundHalfEven(Math.fround((x[i] as number) * inverse)) * step;
-  }
-  return out;
-}
-
-/** Formats whose CUDA decode quantizes x to int8 pieces (integer products). */
+/** Formats whose CUDA decode quantizes x to int8 pieces (integer products; on the CPU, Q8_0 alone). */
 const INTEGER_X = new Set<WeightFormat>(['q8_0', 'q4_k']);
 
 /**
@@ -81,8 +59,9 @@ export function weightBlocksSuite(label: string, backend: () => NativeBackend | 
           ];
           const x = b.upload('f32', [n, k], input);
           const outs = [b.alloc('f32', [n, m]), b.alloc('f32', [n, m])];
-          // CUDA's decode path for Q8_0 / Q4_K multiplies x rounded to int8 pieces: the reference rounds it the same way.
-          const integerX = b.device === 'cuda' && !bf16Input && INTEGER_X.has(format);
+          // Integer products over x rounded to int8 pieces (CUDA's decode path for Q8_0 / Q4_K, the CPU's Q8_0 product):
+          // the reference rounds x the same way.
+          const integerX = b.device === 'cuda' ? !bf16Input && INTEGER_X.has(format) : format === 'q8_0';
           const seen = integerX ? int8Pieces(input) : input;
           const expected = decoded.map((w) => product(seen, w, n, k, m));
           const shape = `${format} [${n}, ${k}] · [${m}, ${k}]ᵀ`;

@@ -1,15 +1,19 @@
 // CPU matmul: out = x · Wᵀ (+ residual, + bias). Every output is one dot product over k in one fixed order — sixteen
 // lane sums over k in steps of 16, folded by a fixed tree, then the tail, the residual and the bias — so a row's result
 // is bitwise the same whatever rows share the call (decode alone or in a batch) and however the threads split the work.
-// Weights are read where they lie, converted in registers (f16 by F16C, bf16 by a shift, block formats a 32-value
-// piece at a time through weight-blocks.h): no packed copy, no per-call allocation. Tiles of 4 rows × 6 columns (float
+// Weights are read where they lie, converted in registers (f16 by F16C, bf16 by a shift, k-quants a 32-value piece
+// at a time through weight-blocks.h): no packed copy. Q8_0 multiplies integers, as CUDA's decode and llama.cpp do: x
+// rounded to int8 pieces once per call (into buffers of the calling thread that only grow), then exact int32 lane sums
+// of codes (AVX-512 VNNI) scaled per block. Tiles of 4 rows × 6 columns (float
 // weights, half a 32-value step at a time so 24 sums fit the registers) or 4 × 4 (block formats, and fewer rows) share
 // every load (1 row × 8 columns for decode); threads own column ranges, walked in blocks whose weights stay in L2
-// while every row passes. The tiles (gemm-tiles.inc) are compiled for AVX-512, AVX2 + F16C and baseline x86-64; the
-// dot products and helpers below use target_clones.
+// while every row passes. The tiles (gemm-tiles.inc) are compiled for AVX-512 with VNNI, AVX2 + F16C and baseline
+// x86-64; the dot products and helpers below use target_clones.
 #include <algorithm>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
+#include <vector>
 
 #include <immintrin.h>
 
@@ -40,17 +44,23 @@ struct MatmulArgs {
   float* out;
   const float* bias;
   const float* residual;
+  // Q8_0: x rounded to int8 pieces (k codes and k / 32 steps a row), else null.
+  const int8_t* codes;
+  const float* steps;
 };
 
 using Tile = void (*)(const MatmulArgs&, int64_t, int64_t);
-// The tiles of one weight kind: 1 × 8 (decode), r × 4 for r = 1 … 4, and 4 × 6 for the float kinds (else null).
+// The tiles of one weight kind: 1 × 8 (decode), r × 4 for r = 1 … 4, and 4 × 6 for the float kinds (else null); and
+// the set's rounding of x to int8 pieces (Q8_0's integer products).
 struct Tiles {
   Tile wide, rows[5], fourBySix;
+  void (*quantize)(const float* x, int64_t pieces, int8_t* codes, float* steps);
 };
 
-// The tile sets: AVX-512 (x86-64-v4), AVX2 + F16C + FMA (x86-64-v3), and baseline x86-64.
+// The tile sets: AVX-512 with VNNI (x86-64-v4 and the byte dot products Ice Lake and Zen 4 added), AVX2 + F16C + FMA
+// (x86-64-v3), and baseline x86-64.
 #pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
+#pragma GCC target("arch=x86-64-v4,avx512vnni")
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's _mm512_cvtph_ps (a known false positive)
 #define DUO_TILE_ISA 4
@@ -76,7 +86,9 @@ namespace base {
 
 // The best tile set this CPU runs, for a weight dtype (the check runs once).
 Tiles tilesFor(DType dtype) {
-  static const int level = __builtin_cpu_supports("x86-64-v4") ? 4 : (__builtin_cpu_supports("x86-64-v3") ? 3 : 1);
+  static const int level = __builtin_cpu_supports("x86-64-v4") && __builtin_cpu_supports("avx512vnni")
+                               ? 4
+                               : (__builtin_cpu_supports("x86-64-v3") ? 3 : 1);
   return level == 4 ? v4::tilesFor(dtype) : (level == 3 ? v3::tilesFor(dtype) : base::tilesFor(dtype));
 }
 
@@ -85,9 +97,25 @@ constexpr int64_t kColumnGroup = 24;           // columns a thread's range is cu
 // columns of a k = 14 336 matrix, and every block streamed all of x again: 153 against 203 GFLOPS, 512 rows, two cores).
 constexpr size_t kBlockWeightBytes = 1024 << 10;
 
-void gemm(ThreadPool& pool, const MatmulArgs& a) {
+void gemm(ThreadPool& pool, MatmulArgs a) {
   if (a.n == 0 || a.m == 0) return;
   const Tiles tiles = tilesFor(a.dtype);
+  if (a.dtype == DType::Q8_0) {
+    // x's codes and steps, in buffers of the calling thread that grow to the largest x seen (a quarter of x's bytes).
+    thread_local std::vector<int8_t> codes;
+    thread_local std::vector<float> steps;
+    const int64_t pieces = a.k / 32;
+    if (codes.size() < static_cast<size_t>(a.n * a.k)) codes.resize(a.n * a.k);
+    if (steps.size() < static_cast<size_t>(a.n * pieces)) steps.resize(a.n * pieces);
+    // The pool's threads see their own thread_locals: they get the pointers.
+    int8_t* const codeData = codes.data();
+    float* const stepData = steps.data();
+    pool.parallelFor(a.n, 1, [&](int64_t begin, int64_t end) {
+      tiles.quantize(a.x + begin * a.k, (end - begin) * pieces, codeData + begin * a.k, stepData + begin * pieces);
+    });
+    a.codes = codeData;
+    a.steps = stepData;
+  }
   const int64_t groups = (a.m + kColumnGroup - 1) / kColumnGroup;
   const int64_t threads = pool.size();
   // Column blocks: as many groups as keep their weights in L2, at least one.
@@ -140,7 +168,7 @@ void addScaled(float scale, const float* x, float* y, int64_t count) {
 void cpuMatmul(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType weightType, int64_t m,
                float* out, const float* bias, const float* residual) {
   // One path for every row count: a row's result is the same whether it runs alone (decode) or in a batch.
-  gemm(pool, MatmulArgs{x, n, k, weight, weightType, m, out, bias, residual});
+  gemm(pool, MatmulArgs{x, n, k, weight, weightType, m, out, bias, residual, nullptr, nullptr});
 }
 
 }  // namespace duo

@@ -21,6 +21,29 @@ export function referenceRmsNorm(x: Matrix, weight: ArrayLike<number>, eps: numb
   });
 }
 
+/** Rounds half to even, as CUDA's __float2int_rn. */
+function roundHalfEven(value: number): number {
+  const rounded = Math.round(value);
+  return Math.abs(value % 1) === 0.5 && rounded % 2 !== 0 ? rounded - 1 : rounded;
+}
+
+/**
+ * x as integer products read it (CUDA's Q8_0 and Q4_K decode, cuda/gemv-blocks.cu; the CPU's Q8_0 matmul,
+ * cpu/gemm-tiles.inc; ADR 0010): every 32-value piece of f32 values
+ * rounded to int8 steps of max|x| / 127, each step and code computed in f32 as the kernel does.
+ */
+export function int8Pieces(x: ArrayLike<number>): Float64Array {
+  const out = new Float64Array(x.length);
+  for (let start = 0; start < x.length; start += 32) {
+    let largest = 0;
+    for (let i = start; i < start + 32; i++) largest = Math.max(largest, Math.abs(x[i] as number));
+    const step = Math.fround(largest / 127);
+    const inverse = largest > 0 ? Math.fround(127 / largest) : 0;
+    for (let i = start; i < start + 32; i++) out[i] = roundHalfEven(Math.fround((x[i] as number) * inverse)) * step;
+  }
+  return out;
+}
+
 export function referenceMatmul(x: Matrix, weight: Matrix, bias?: ArrayLike<number>, residual?: Matrix): Matrix {
   return x.map((row, r) =>
     Float64Array.from(weight, (w, j) => {
