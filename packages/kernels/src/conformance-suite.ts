@@ -426,6 +426,15 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       ['bf16', 8, 2, 64],
       ['f16', 4, 4, 32],
       ['bf16', 32, 8, 128],
+      // The CPU's passes of four, two and one query heads and of 8, 4, 2 and 1 vectors of channels, and its 8-lane
+      // body for head dims that are not whole 16-lane vectors (CUDA's kernels take other head dims).
+      ...(label === 'cpu'
+        ? ([
+            ['f32', 6, 2, 48],
+            ['f32', 14, 2, 16],
+            ['f32', 4, 2, 24],
+          ] as [DType, number, number, number][])
+        : []),
     ];
     it.each(attentionCases)(
       'attention over a %s cache: %i heads, %i kv heads, head dim %i',

@@ -51,22 +51,41 @@ class RowReader {
 };
 
 // The kernel takes query rows kQueryBlock at a time with every query head of one KV head (GQA), and keys kKeyTile at a
-// time: a tile's keys are transposed once into [channel][key] so a query's 8 scores at a time are FMAs of a broadcast
-// query channel with a key row, and the value rows are read once per block rather than once per query row and head.
-// The softmax runs online (running maximum and sum, as FlashAttention does). The body is compiled twice — for AVX2 +
-// FMA and for the baseline — and picked once per process by what the CPU supports.
-constexpr int64_t kQueryBlock = 16;
+// time: a tile's keys are transposed once into [channel][key] so a query's scores are FMAs of a broadcast query
+// channel with a key row, and the value rows are read once per block rather than once per query row and head. The
+// softmax runs online (running maximum and sum, as FlashAttention does). The body is compiled for AVX-512 (16 lanes,
+// up to four query heads at a time: sixteen independent FMA chains that share each key and value load), for AVX2 +
+// FMA (8 lanes, one head at a time) and for the baseline, and picked once per process by what the CPU supports.
+constexpr int64_t kQueryBlock = 64;
 constexpr int64_t kKeyTile = 64;
 constexpr int64_t kMaxHeadDim = 256;
 
-typedef float Vec8 __attribute__((vector_size(32)));
+// The vector types of a lane width, and how many query heads share a pass over a tile.
+template <int W>
+struct Width;
+template <>
+struct Width<8> {
+  typedef float Vec __attribute__((vector_size(32)));
+  typedef int32_t Ints __attribute__((vector_size(32)));
+  static constexpr int kHeads = 1;
+};
+template <>
+struct Width<16> {
+  typedef float Vec __attribute__((vector_size(64)));
+  typedef int32_t Ints __attribute__((vector_size(64)));
+  static constexpr int kHeads = 4;
+};
 
-inline Vec8 load8(const float* p) {
-  Vec8 v;
+template <int W>
+inline typename Width<W>::Vec loadVec(const float* p) {
+  typename Width<W>::Vec v;
   memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void store8(float* p, Vec8 v) { memcpy(p, &v, sizeof(v)); }
+template <int W>
+inline void storeVec(float* p, typename Width<W>::Vec v) {
+  memcpy(p, &v, sizeof(v));
+}
 
 // What every block of one attention call shares.
 struct AttentionCall {
@@ -78,45 +97,140 @@ struct AttentionCall {
   int64_t rows, headDim, group;
 };
 
-// Per-thread scratch of one call's blocks.
+// Per-thread scratch of one call's blocks (scores: a tile's row for each of up to four heads of a pass).
 struct BlockScratch {
   std::vector<float> keyBuffer, valueBuffer, transposed, scores, accumulator, maxima, sums;
   std::vector<const float*> keyRows, valueRows;
   std::vector<int64_t> keyPositions;
   BlockScratch(int64_t headDim, int64_t group)
-      : keyBuffer(kKeyTile * headDim), valueBuffer(kKeyTile * headDim), transposed(headDim * kKeyTile), scores(kKeyTile),
-        accumulator(kQueryBlock * group * headDim), maxima(kQueryBlock * group), sums(kQueryBlock * group),
-        keyRows(kKeyTile), valueRows(kKeyTile), keyPositions(kKeyTile) {}
+      : keyBuffer(kKeyTile * headDim), valueBuffer(kKeyTile * headDim), transposed(headDim * kKeyTile),
+        scores(4 * kKeyTile), accumulator(kQueryBlock * group * headDim), maxima(kQueryBlock * group),
+        sums(kQueryBlock * group), keyRows(kKeyTile), valueRows(kKeyTile), keyPositions(kKeyTile) {}
 };
 
-// e^x for `count` (a multiple of 8) values in place: x = n·ln2 + r with |r| ≤ ln2/2, a degree-6 polynomial for e^r
-// (relative error about 2e-7) and 2^n from the exponent bits; −∞ (a masked score) gives exactly 0.
-__attribute__((always_inline)) inline void expInPlace(float* values, int64_t count) {
-  typedef int32_t IVec8 __attribute__((vector_size(32)));
-  for (int64_t i = 0; i < count; i += 8) {
-    const Vec8 x = load8(values + i);
-    Vec8 c = x < -87.0f ? Vec8{} - 87.0f : x;
-    const Vec8 t = c * 1.44269504f + 0.5f;
-    IVec8 n = __builtin_convertvector(t, IVec8);  // truncates: one less where t < 0 and not whole
-    const Vec8 truncated = __builtin_convertvector(n, Vec8);
-    n = truncated > t ? n - 1 : n;
-    const Vec8 fn = __builtin_convertvector(n, Vec8);
-    const Vec8 r = (c - fn * 0.693145752f) - fn * 1.42860677e-6f;
-    const Vec8 p =
-        1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666679f + r * (0.00833333377f + r * 0.00138888892f)))));
-    const IVec8 bits = (n + 127) << 23;
-    Vec8 scale;
-    memcpy(&scale, &bits, sizeof(scale));
-    const Vec8 result = p * scale;
-    store8(values + i, x < -87.0f ? Vec8{} : result);
+// e^x lane by lane: x = n·ln2 + r with |r| ≤ ln2/2, a degree-6 polynomial for e^r (relative error about 2e-7) and 2^n
+// from the exponent bits; −∞ (a masked score) gives exactly 0.
+template <int W>
+__attribute__((always_inline)) inline typename Width<W>::Vec expLanes(typename Width<W>::Vec x) {
+  using Vec = typename Width<W>::Vec;
+  using Ints = typename Width<W>::Ints;
+  const Vec c = x < -87.0f ? Vec{} - 87.0f : x;
+  const Vec t = c * 1.44269504f + 0.5f;
+  Ints n = __builtin_convertvector(t, Ints);  // truncates: one less where t < 0 and not whole
+  const Vec truncated = __builtin_convertvector(n, Vec);
+  n = truncated > t ? n - 1 : n;
+  const Vec fn = __builtin_convertvector(n, Vec);
+  const Vec r = (c - fn * 0.693145752f) - fn * 1.42860677e-6f;
+  const Vec p =
+      1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666679f + r * (0.00833333377f + r * 0.00138888892f)))));
+  const Ints bits = (n + 127) << 23;
+  Vec scale;
+  memcpy(&scale, &bits, sizeof(scale));
+  const Vec result = p * scale;
+  return x < -87.0f ? Vec{} : result;
+}
+
+// acc[h] = acc[h] · correction[h] + Σ_j p[h][j] · v_j over LANES vectors of W channels from channel `base`, for the H
+// heads of a pass: H · LANES chains in registers, each value load shared by the heads.
+template <int W, int H, int LANES>
+__attribute__((always_inline)) inline void accumulateValues(float* const (&acc)[H], const float* const (&p)[H],
+                                                            const float (&correction)[H], const float* const* valueRows,
+                                                            int64_t count, int64_t base) {
+  using Vec = typename Width<W>::Vec;
+  Vec value[H][LANES];
+  for (int h = 0; h < H; h++)
+    for (int l = 0; l < LANES; l++) value[h][l] = loadVec<W>(acc[h] + base + l * W) * correction[h];
+  for (int64_t j = 0; j < count; j++) {
+    const float* row = valueRows[j] + base;
+    for (int l = 0; l < LANES; l++) {
+      const Vec v = loadVec<W>(row + l * W);
+      for (int h = 0; h < H; h++) value[h][l] += p[h][j] * v;
+    }
   }
+  for (int h = 0; h < H; h++)
+    for (int l = 0; l < LANES; l++) storeVec<W>(acc[h] + base + l * W, value[h][l]);
+}
+
+// One tile for query heads g … g + H − 1 of row r: scores, the online softmax's update, and the values.
+template <int W, int H>
+__attribute__((always_inline)) inline void attendHeads(const AttentionCall& call, BlockScratch& scratch, int64_t first,
+                                                       int64_t r, int64_t g, int kvHead, bool streams, bool allVisible,
+                                                       int64_t count) {
+  using Vec = typename Width<W>::Vec;
+  constexpr int kChunks = kKeyTile / W;
+  const AttentionArgs& args = call.args;
+  const int64_t headDim = call.headDim, position = args.queryStart + r;
+  const float* query[H];
+  for (int h = 0; h < H; h++) query[h] = call.q.as<float>() + r * call.q.cols() + (kvHead * call.group + g + h) * headDim;
+  // H · kChunks independent chains of FMAs, so the latency of each hides behind the others.
+  Vec sums[H][kChunks] = {};
+  const float* transposed = scratch.transposed.data();
+  for (int64_t c = 0; c < headDim; c++) {
+    for (int chunk = 0; chunk < kChunks; chunk++) {
+      const Vec keys = loadVec<W>(transposed + c * kKeyTile + chunk * W);
+      for (int h = 0; h < H; h++) sums[h][chunk] += query[h][c] * keys;
+    }
+  }
+  float* acc[H];
+  const float* p[H];
+  float correction[H];
+  for (int h = 0; h < H; h++) {
+    const int64_t vector = (r - first) * call.group + g + h;
+    float* scores = scratch.scores.data() + h * kKeyTile;
+    for (int chunk = 0; chunk < kChunks; chunk++) storeVec<W>(scores + chunk * W, sums[h][chunk] * args.scale);
+    if (!allVisible) {
+      for (int64_t j = 0; j < kKeyTile; j++)
+        if (j >= count || !keyVisible(args.streaming, streams, position, scratch.keyPositions[j], args.queryStart))
+          scores[j] = -INFINITY;
+    }
+    Vec largest = loadVec<W>(scores);
+    for (int chunk = 1; chunk < kChunks; chunk++) {
+      const Vec next = loadVec<W>(scores + chunk * W);
+      largest = next > largest ? next : largest;
+    }
+    float tileMax = largest[0];
+    for (int i = 1; i < W; i++) tileMax = std::max(tileMax, largest[i]);
+    acc[h] = scratch.accumulator.data() + vector * headDim;
+    p[h] = scores;
+    if (tileMax == -INFINITY) {  // nothing visible: the head's state stays as it is
+      std::fill(scores, scores + kKeyTile, 0.0f);
+      correction[h] = 1.0f;
+      continue;
+    }
+    float& maximum = scratch.maxima[vector];
+    const float updated = std::max(maximum, tileMax);
+    correction[h] = maximum == -INFINITY ? 0.0f : std::exp(maximum - updated);
+    maximum = updated;
+    Vec total = {};
+    for (int chunk = 0; chunk < kChunks; chunk++) {
+      const Vec weights = expLanes<W>(loadVec<W>(scores + chunk * W) - updated);
+      storeVec<W>(scores + chunk * W, weights);
+      total += weights;
+    }
+    float tileSum = 0.0f;
+    for (int i = 0; i < W; i++) tileSum += total[i];
+    scratch.sums[vector] = scratch.sums[vector] * correction[h] + tileSum;
+  }
+  // Channels in passes of 8 (for one or two heads), 4, 2 and 1 vectors of W: at most 16 sums in registers.
+  const int64_t lanes = headDim / W;
+  const float* const* valueRows = scratch.valueRows.data();
+  int64_t lane = 0;
+  if constexpr (H <= 2)
+    for (; lane + 8 <= lanes; lane += 8) accumulateValues<W, H, 8>(acc, p, correction, valueRows, count, lane * W);
+  for (; lane + 4 <= lanes; lane += 4) accumulateValues<W, H, 4>(acc, p, correction, valueRows, count, lane * W);
+  if (lane + 2 <= lanes) {
+    accumulateValues<W, H, 2>(acc, p, correction, valueRows, count, lane * W);
+    lane += 2;
+  }
+  if (lane < lanes) accumulateValues<W, H, 1>(acc, p, correction, valueRows, count, lane * W);
 }
 
 // One (query block, KV head) task.
+template <int W>
 __attribute__((always_inline)) inline void attendBlockBody(const AttentionCall& call, int64_t task, BlockScratch& scratch) {
   const AttentionArgs& args = call.args;
   const StreamingLayout& layout = args.streaming;
-  const int64_t headDim = call.headDim, group = call.group, lanes = headDim / 8;
+  const int64_t headDim = call.headDim, group = call.group;
   const int64_t block = task / args.kvHeads;
   const int kvHead = static_cast<int>(task % args.kvHeads);
   const int64_t first = block * kQueryBlock, last = std::min(call.rows, first + kQueryBlock);
@@ -124,7 +238,6 @@ __attribute__((always_inline)) inline void attendBlockBody(const AttentionCall& 
   const int64_t keyEnd = std::min(args.keyLength, lastPosition + 1);
   const bool streams = layout.streams(kvHead);
   const KeyRange range = keyRangeFor(layout, streams, keyEnd, firstPosition, args.queryStart);
-  float* scores = scratch.scores.data();
   float* transposed = scratch.transposed.data();
   std::fill(scratch.accumulator.begin(), scratch.accumulator.end(), 0.0f);
   std::fill(scratch.maxima.begin(), scratch.maxima.end(), -INFINITY);
@@ -150,60 +263,13 @@ __attribute__((always_inline)) inline void attendBlockBody(const AttentionCall& 
       // Full heads see every key of a tile that ends at or before the row; otherwise (the row's own tile, or a
       // streaming head's Λ mask) each key is checked.
       const bool allVisible = !streams && tileLast <= position && count == kKeyTile;
-      for (int64_t g = 0; g < group; g++) {
-        const int64_t vector = (r - first) * group + g;
-        const float* query = call.q.as<float>() + r * call.q.cols() + (kvHead * group + g) * headDim;
-        // Eight independent chains of FMAs (one per 8 keys), so the latency of each hides behind the others.
-        Vec8 sums[kKeyTile / 8] = {};
-        for (int64_t c = 0; c < headDim; c++) {
-          const float channel = query[c];
-          for (int64_t chunk = 0; chunk < kKeyTile / 8; chunk++)
-            sums[chunk] += channel * load8(transposed + c * kKeyTile + chunk * 8);
-        }
-        for (int64_t chunk = 0; chunk < kKeyTile / 8; chunk++) store8(scores + chunk * 8, sums[chunk] * args.scale);
-        float tileMax = -INFINITY;
-        for (int64_t j = 0; j < kKeyTile; j++) {
-          if (!allVisible &&
-              (j >= count || !keyVisible(layout, streams, position, scratch.keyPositions[j], args.queryStart))) {
-            scores[j] = -INFINITY;
-          }
-          tileMax = std::max(tileMax, scores[j]);
-        }
-        if (tileMax == -INFINITY) continue;
-        float& maximum = scratch.maxima[vector];
-        const float updated = std::max(maximum, tileMax);
-        const float correction = maximum == -INFINITY ? 0.0f : std::exp(maximum - updated);
-        maximum = updated;
-        for (int64_t j = 0; j < kKeyTile; j++) scores[j] -= updated;
-        expInPlace(scores, kKeyTile);
-        float tileSum = 0.0f;
-        for (int64_t j = 0; j < count; j++) tileSum += scores[j];
-        scratch.sums[vector] = scratch.sums[vector] * correction + tileSum;
-        float* acc = scratch.accumulator.data() + vector * headDim;
-        // acc = acc · correction + Σ_j p_j · v_j, in groups of eight 8-channel chains held in registers.
-        for (int64_t lane = 0; lane < lanes; lane += 8) {
-          const int64_t width = lanes - lane >= 8 ? 8 : lanes - lane;
-          if (width == 8) {  // the common case, unrolled: eight chains in registers
-            Vec8 value[8];
-            for (int64_t l = 0; l < 8; l++) value[l] = load8(acc + (lane + l) * 8) * correction;
-            for (int64_t j = 0; j < count; j++) {
-              const float weight = scores[j];
-              const float* row = scratch.valueRows[j] + lane * 8;
-              for (int64_t l = 0; l < 8; l++) value[l] += weight * load8(row + l * 8);
-            }
-            for (int64_t l = 0; l < 8; l++) store8(acc + (lane + l) * 8, value[l]);
-            continue;
-          }
-          Vec8 value[8];
-          for (int64_t l = 0; l < width; l++) value[l] = load8(acc + (lane + l) * 8) * correction;
-          for (int64_t j = 0; j < count; j++) {
-            const float weight = scores[j];
-            const float* row = scratch.valueRows[j] + lane * 8;
-            for (int64_t l = 0; l < width; l++) value[l] += weight * load8(row + l * 8);
-          }
-          for (int64_t l = 0; l < width; l++) store8(acc + (lane + l) * 8, value[l]);
-        }
-      }
+      int64_t g = 0;
+      constexpr int kHeads = Width<W>::kHeads;
+      for (; g + kHeads <= group; g += kHeads)
+        attendHeads<W, kHeads>(call, scratch, first, r, g, kvHead, streams, allVisible, count);
+      if constexpr (kHeads > 2)
+        for (; g + 2 <= group; g += 2) attendHeads<W, 2>(call, scratch, first, r, g, kvHead, streams, allVisible, count);
+      for (; g < group; g++) attendHeads<W, 1>(call, scratch, first, r, g, kvHead, streams, allVisible, count);
     }
   }
   for (int64_t r = first; r < last; r++) {
@@ -217,14 +283,23 @@ __attribute__((always_inline)) inline void attendBlockBody(const AttentionCall& 
   }
 }
 
-__attribute__((target("avx2,fma"))) void attendBlockWide(const AttentionCall& call, int64_t task, BlockScratch& scratch) {
-  attendBlockBody(call, task, scratch);
+__attribute__((target("arch=x86-64-v4"))) void attendBlockWidest(const AttentionCall& call, int64_t task,
+                                                                 BlockScratch& scratch) {
+  attendBlockBody<16>(call, task, scratch);
 }
-void attendBlockBaseline(const AttentionCall& call, int64_t task, BlockScratch& scratch) { attendBlockBody(call, task, scratch); }
+__attribute__((target("avx2,fma"))) void attendBlockWide(const AttentionCall& call, int64_t task, BlockScratch& scratch) {
+  attendBlockBody<8>(call, task, scratch);
+}
+void attendBlockBaseline(const AttentionCall& call, int64_t task, BlockScratch& scratch) {
+  attendBlockBody<8>(call, task, scratch);
+}
 
-bool wideUnits() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
+// 16 (AVX-512), 8 (AVX2 + FMA) or 1 (baseline): the widest body this CPU runs (checked once).
+int unitWidth() {
+  static const int width = __builtin_cpu_supports("x86-64-v4")                                  ? 16
+                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 8
+                                                                                                : 1;
+  return width;
 }
 
 void attend(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) {
@@ -241,11 +316,13 @@ void attend(ThreadPool& pool, const Tensor& q, const Tensor& k, const Tensor& v,
   const int64_t rows = q.rows(), group = args.heads / args.kvHeads;
   const AttentionCall call{q, out, args, keys, values, rows, args.headDim, group};
   const int64_t blocks = (rows + kQueryBlock - 1) / kQueryBlock;
-  const bool wide = wideUnits();
+  // The 16-lane body needs whole vectors of channels.
+  const int width = unitWidth() == 16 && args.headDim % 16 != 0 ? 8 : unitWidth();
   pool.parallelFor(blocks * args.kvHeads, 1, [&](int64_t begin, int64_t end) {
     BlockScratch scratch(args.headDim, group);
     for (int64_t task = begin; task < end; task++) {
-      if (wide) attendBlockWide(call, task, scratch);
+      if (width == 16) attendBlockWidest(call, task, scratch);
+      else if (width == 8) attendBlockWide(call, task, scratch);
       else attendBlockBaseline(call, task, scratch);
     }
   });
