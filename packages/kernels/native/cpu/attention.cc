@@ -87,6 +87,22 @@ inline void storeVec(float* p, typename Width<W>::Vec v) {
   memcpy(p, &v, sizeof(v));
 }
 
+// The sum of a vector's lanes, halves first.
+template <int W>
+__attribute__((always_inline)) inline float sumLanes(typename Width<W>::Vec v) {
+  typedef float Vec4 __attribute__((vector_size(16)));
+  Vec4 four;
+  if constexpr (W == 16) {
+    typedef float Vec8 __attribute__((vector_size(32)));
+    const Vec8 eight = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                       __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    four = __builtin_shufflevector(eight, eight, 0, 1, 2, 3) + __builtin_shufflevector(eight, eight, 4, 5, 6, 7);
+  } else {
+    four = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+  }
+  return (four[0] + four[2]) + (four[1] + four[3]);
+}
+
 // What every block of one attention call shares.
 struct AttentionCall {
   const Tensor& q;
@@ -151,25 +167,42 @@ __attribute__((always_inline)) inline void accumulateValues(float* const (&acc)[
     for (int l = 0; l < LANES; l++) storeVec<W>(acc[h] + base + l * W, value[h][l]);
 }
 
-// One tile for query heads g … g + H − 1 of row r: scores, the online softmax's update, and the values.
+// One tile for query heads g … g + H − 1 of row r: scores (from the transposed keys, or `direct`ly from the key rows),
+// the online softmax's update, and the values.
 template <int W, int H>
 __attribute__((always_inline)) inline void attendHeads(const AttentionCall& call, BlockScratch& scratch, int64_t first,
                                                        int64_t r, int64_t g, int kvHead, bool streams, bool allVisible,
-                                                       int64_t count) {
+                                                       bool direct, int64_t count) {
   using Vec = typename Width<W>::Vec;
   constexpr int kChunks = kKeyTile / W;
   const AttentionArgs& args = call.args;
   const int64_t headDim = call.headDim, position = args.queryStart + r;
   const float* query[H];
   for (int h = 0; h < H; h++) query[h] = call.q.as<float>() + r * call.q.cols() + (kvHead * call.group + g + h) * headDim;
-  // H · kChunks independent chains of FMAs, so the latency of each hides behind the others.
-  Vec sums[H][kChunks] = {};
-  const float* transposed = scratch.transposed.data();
-  for (int64_t c = 0; c < headDim; c++) {
-    for (int chunk = 0; chunk < kChunks; chunk++) {
-      const Vec keys = loadVec<W>(transposed + c * kKeyTile + chunk * W);
-      for (int h = 0; h < H; h++) sums[h][chunk] += query[h][c] * keys;
+  if (direct) {
+    // Few rows share the tile: each key's dot products directly (lanes over channels, then summed), no transposition.
+    for (int64_t j = 0; j < count; j++) {
+      const float* key = scratch.keyRows[j];
+      Vec parts[H] = {};
+      for (int64_t c = 0; c < headDim; c += W) {
+        const Vec keys = loadVec<W>(key + c);
+        for (int h = 0; h < H; h++) parts[h] += loadVec<W>(query[h] + c) * keys;
+      }
+      for (int h = 0; h < H; h++) scratch.scores[h * kKeyTile + j] = sumLanes<W>(parts[h]) * args.scale;
     }
+  } else {
+    // H · kChunks independent chains of FMAs, so the latency of each hides behind the others.
+    Vec sums[H][kChunks] = {};
+    const float* transposed = scratch.transposed.data();
+    for (int64_t c = 0; c < headDim; c++) {
+      for (int chunk = 0; chunk < kChunks; chunk++) {
+        const Vec keys = loadVec<W>(transposed + c * kKeyTile + chunk * W);
+        for (int h = 0; h < H; h++) sums[h][chunk] += query[h][c] * keys;
+      }
+    }
+    for (int h = 0; h < H; h++)
+      for (int chunk = 0; chunk < kChunks; chunk++)
+        storeVec<W>(scratch.scores.data() + h * kKeyTile + chunk * W, sums[h][chunk] * args.scale);
   }
   float* acc[H];
   const float* p[H];
@@ -177,7 +210,6 @@ __attribute__((always_inline)) inline void attendHeads(const AttentionCall& call
   for (int h = 0; h < H; h++) {
     const int64_t vector = (r - first) * call.group + g + h;
     float* scores = scratch.scores.data() + h * kKeyTile;
-    for (int chunk = 0; chunk < kChunks; chunk++) storeVec<W>(scores + chunk * W, sums[h][chunk] * args.scale);
     if (!allVisible) {
       for (int64_t j = 0; j < kKeyTile; j++)
         if (j >= count || !keyVisible(args.streaming, streams, position, scratch.keyPositions[j], args.queryStart))
@@ -238,6 +270,8 @@ __attribute__((always_inline)) inline void attendBlockBody(const AttentionCall& 
   const int64_t keyEnd = std::min(args.keyLength, lastPosition + 1);
   const bool streams = layout.streams(kvHead);
   const KeyRange range = keyRangeFor(layout, streams, keyEnd, firstPosition, args.queryStart);
+  // A decode row (or two) scores each key directly: transposing a tile costs more than the few rows it would serve.
+  const bool direct = last - first <= 2;
   float* transposed = scratch.transposed.data();
   std::fill(scratch.accumulator.begin(), scratch.accumulator.end(), 0.0f);
   std::fill(scratch.maxima.begin(), scratch.maxima.end(), -INFINITY);
@@ -250,11 +284,13 @@ __attribute__((always_inline)) inline void attendBlockBody(const AttentionCall& 
       scratch.keyRows[j] = call.keys.row(streams, kvHead, slot, scratch.keyBuffer.data() + j * headDim);
       scratch.valueRows[j] = call.values.row(streams, kvHead, slot, scratch.valueBuffer.data() + j * headDim);
     }
-    // Keys as [channel][kKeyTile]; missing keys are zeros (their scores are masked).
-    for (int64_t c = 0; c < headDim; c++) {
-      float* column = transposed + c * kKeyTile;
-      for (int64_t j = 0; j < count; j++) column[j] = scratch.keyRows[j][c];
-      for (int64_t j = count; j < kKeyTile; j++) column[j] = 0.0f;
+    // Keys as [channel][kKeyTile] when enough rows share them; missing keys are zeros (their scores are masked).
+    if (!direct) {
+      for (int64_t c = 0; c < headDim; c++) {
+        float* column = transposed + c * kKeyTile;
+        for (int64_t j = 0; j < count; j++) column[j] = scratch.keyRows[j][c];
+        for (int64_t j = count; j < kKeyTile; j++) column[j] = 0.0f;
+      }
     }
     const int64_t tileLast = scratch.keyPositions[count - 1];
     for (int64_t r = first; r < last; r++) {
@@ -266,10 +302,11 @@ __attribute__((always_inline)) inline void attendBlockBody(const AttentionCall& 
       int64_t g = 0;
       constexpr int kHeads = Width<W>::kHeads;
       for (; g + kHeads <= group; g += kHeads)
-        attendHeads<W, kHeads>(call, scratch, first, r, g, kvHead, streams, allVisible, count);
+        attendHeads<W, kHeads>(call, scratch, first, r, g, kvHead, streams, allVisible, direct, count);
       if constexpr (kHeads > 2)
-        for (; g + 2 <= group; g += 2) attendHeads<W, 2>(call, scratch, first, r, g, kvHead, streams, allVisible, count);
-      for (; g < group; g++) attendHeads<W, 1>(call, scratch, first, r, g, kvHead, streams, allVisible, count);
+        for (; g + 2 <= group; g += 2)
+          attendHeads<W, 2>(call, scratch, first, r, g, kvHead, streams, allVisible, direct, count);
+      for (; g < group; g++) attendHeads<W, 1>(call, scratch, first, r, g, kvHead, streams, allVisible, direct, count);
     }
   }
   for (int64_t r = first; r < last; r++) {
