@@ -65,6 +65,13 @@ export const ENVIRONMENT_VARIABLES = [
     usedBy: 'duo-bench, duo-serve → BackendTuning.decodeMmaBlocks',
   },
   {
+    name: 'DUO_CPU_INTEGER_Q8',
+    kind: 'flag',
+    meaning:
+      "the CPU's Q8_0 products multiply x rounded to int8 pieces (llama.cpp's and CUDA's decode numerics, faster); default exact x",
+    usedBy: 'duo-bench, duo-serve, tools/cpu-peer → BackendTuning.cpuIntegerQ8',
+  },
+  {
     name: 'DUO_NO_PDL',
     kind: 'flag',
     meaning: 'launch CUDA kernels without programmatic dependent launch (A/B runs)',
@@ -135,6 +142,7 @@ export interface DuoEnvironment {
   readonly skinnyRowsMax?: number;
   readonly longSplitsFirst?: boolean;
   readonly decodeMmaBlocks?: number;
+  readonly cpuIntegerQ8: boolean;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
   readonly gemvSplit?: string;
@@ -178,6 +186,7 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     noGraphs: flag('DUO_NO_GRAPHS'),
     cudaProfile: flag('DUO_CUDA_PROFILE'),
     noPdl: flag('DUO_NO_PDL'),
+    cpuIntegerQ8: flag('DUO_CPU_INTEGER_Q8'),
     batchInvariant: flag('DUO_BATCH_INVARIANT'),
     skinnyRowsMax: integer('DUO_SKINNY_ROWS_MAX', 0, 64),
     longSplitsFirst: longSplits === undefined ? undefined : longSplits === 1,

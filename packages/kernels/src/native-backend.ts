@@ -284,7 +284,7 @@ export class NativeBackend implements Backend {
     });
   }
 
-  /** Sets the backend's benchmark knobs (`BackendTuning`); the CPU backend has none and ignores them. */
+  /** Sets the backend's knobs (`BackendTuning`); each backend reads its own (the CPU: `cpuIntegerQ8`). */
   tune(tuning: BackendTuning): void {
     const { gemvMinSlice, gemvWaveRule, gemvPinnedSplits, skinnyRowsMax, decodeMmaBlocks } = tuning;
     if (skinnyRowsMax !== undefined) expectInteger('tuning.skinnyRowsMax', skinnyRowsMax, 0, 64);

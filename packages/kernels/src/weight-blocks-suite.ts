@@ -38,8 +38,16 @@ function shapes(format: WeightFormat): { n: number; k: number; m: number; bf16In
   ];
 }
 
-/** Registers the suite; `backend()` is undefined when it is absent (the tests then skip visibly). */
-export function weightBlocksSuite(label: string, backend: () => NativeBackend | undefined, skipReason?: string): void {
+/**
+ * Registers the suite; `backend()` is undefined when it is absent (the tests then skip visibly). `integerQ8`: the CPU
+ * backend is tuned with `cpuIntegerQ8` (its Q8_0 products then read x rounded to int8 pieces).
+ */
+export function weightBlocksSuite(
+  label: string,
+  backend: () => NativeBackend | undefined,
+  skipReason?: string,
+  integerQ8 = false,
+): void {
   const suite = skipReason ? describe.skip : describe;
   suite(`weights in block formats: ${label}${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
     it.each(FORMATS)(
@@ -59,9 +67,9 @@ export function weightBlocksSuite(label: string, backend: () => NativeBackend | 
           ];
           const x = b.upload('f32', [n, k], input);
           const outs = [b.alloc('f32', [n, m]), b.alloc('f32', [n, m])];
-          // Integer products over x rounded to int8 pieces (CUDA's decode path for Q8_0 / Q4_K, the CPU's Q8_0 product):
-          // the reference rounds x the same way.
-          const integerX = b.device === 'cuda' ? !bf16Input && INTEGER_X.has(format) : format === 'q8_0';
+          // Integer products over x rounded to int8 pieces (CUDA's decode path for Q8_0 / Q4_K; the CPU's Q8_0 product
+          // under `cpuIntegerQ8`): the reference rounds x the same way.
+          const integerX = b.device === 'cuda' ? !bf16Input && INTEGER_X.has(format) : integerQ8 && format === 'q8_0';
           const seen = integerX ? int8Pieces(input) : input;
           const expected = decoded.map((w) => product(seen, w, n, k, m));
           const shape = `${format} [${n}, ${k}] · [${m}, ${k}]ᵀ`;

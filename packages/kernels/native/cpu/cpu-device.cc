@@ -238,7 +238,7 @@ void CpuDevice::rmsNorm(const Tensor& x, const Tensor& weight, Tensor& out, floa
 
 void CpuDevice::matmul(const Tensor& x, const Tensor& weight, Tensor& out, const Tensor* bias, const Tensor* residual) {
   cpuMatmul(pool_, x.as<float>(), x.rows(), x.cols(), weight.data, weight.dtype, weight.rows(), out.as<float>(),
-            bias ? bias->as<float>() : nullptr, residual ? residual->as<float>() : nullptr);
+            bias ? bias->as<float>() : nullptr, residual ? residual->as<float>() : nullptr, integerQ8_);
 }
 
 void CpuDevice::rope(Tensor& x, const Tensor& positions, const Tensor& inverseFrequencies, const RopeArgs& args) {

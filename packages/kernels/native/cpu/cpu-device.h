@@ -19,6 +19,7 @@ class CpuDevice final : public Device {
   void synchronize() override {}
   MemoryInfo memory() const override { return {allocated_, peak_, 0, 0}; }
   void resetPeak() override { peak_ = allocated_; }
+  void tune(const Tuning& tuning) override { integerQ8_ = tuning.integerQ8; }
   size_t pageBytes() const override;
   void reservePaged(Tensor& tensor) override;
   void commitPaged(Tensor& tensor, size_t bytesPerSpan) override;
@@ -70,6 +71,7 @@ class CpuDevice final : public Device {
   unsigned long long newPage(unsigned long long backing, unsigned long long backingPage);
   ThreadPool pool_;
   size_t allocated_ = 0, peak_ = 0;
+  bool integerQ8_ = false;
   std::vector<PageRecord> pages_;
   std::vector<unsigned long long> freeRecords_;
   unsigned long long nextBacking_ = 1;
@@ -104,8 +106,9 @@ void loadFloats(const void* base, DType dtype, int64_t offset, int64_t count, fl
 float dotProduct(const float* a, const float* b, int64_t count);
 void addScaled(float scale, const float* x, float* y, int64_t count);
 
-// x · Wᵀ for f32 x [n, k] and W [m, k] (any float dtype) into out [n, m], plus optional bias and residual.
+// x · Wᵀ for f32 x [n, k] and W [m, k] (any float dtype or block format) into out [n, m], plus optional bias and
+// residual; `integerQ8`: Q8_0 weights multiply x rounded to int8 pieces (Tuning::integerQ8), else exact x.
 void cpuMatmul(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType weightType, int64_t m,
-               float* out, const float* bias, const float* residual);
+               float* out, const float* bias, const float* residual, bool integerQ8 = false);
 
 }  // namespace duo

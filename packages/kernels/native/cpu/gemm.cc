@@ -1,10 +1,11 @@
 // CPU matmul: out = x · Wᵀ (+ residual, + bias). Every output is one dot product over k in one fixed order — sixteen
 // lane sums over k in steps of 16, folded by a fixed tree, then the tail, the residual and the bias — so a row's result
 // is bitwise the same whatever rows share the call (decode alone or in a batch) and however the threads split the work.
-// Weights are read where they lie, converted in registers (f16 by F16C, bf16 by a shift, k-quants a 32-value piece
-// at a time through weight-blocks.h): no packed copy. Q8_0 multiplies integers, as CUDA's decode and llama.cpp do: x
-// rounded to int8 pieces once per call (into buffers of the calling thread that only grow), then exact int32 lane sums
-// of codes (AVX-512 VNNI) scaled per block. Tiles of 4 rows × 6 columns (float
+// Weights are read where they lie, converted in registers (f16 by F16C, bf16 by a shift, block formats a 32-value
+// piece at a time, Q8_0 by vector conversions): no packed copy. With Tuning::integerQ8, Q8_0 multiplies integers
+// instead, as CUDA's decode and llama.cpp do: x rounded to int8 pieces once per call (into buffers of the calling
+// thread that only grow), then exact int32 lane sums of codes (AVX-512 VNNI) scaled per block. Tiles of 4 rows × 6
+// columns (float
 // weights, half a 32-value step at a time so 24 sums fit the registers) or 4 × 4 (block formats, and fewer rows) share
 // every load (1 row × 8 columns for decode); threads own column ranges, walked in blocks whose weights stay in L2
 // while every row passes. The tiles (gemm-tiles.inc) are compiled for AVX-512 with VNNI, AVX2 + F16C and baseline
@@ -84,12 +85,13 @@ namespace base {
 }  // namespace base
 #undef DUO_TILE_ISA
 
-// The best tile set this CPU runs, for a weight dtype (the check runs once).
-Tiles tilesFor(DType dtype) {
+// The best tile set this CPU runs, for a weight dtype (Q8_0: the integer products' or the exact float ones; the check
+// runs once).
+Tiles tilesFor(DType dtype, bool integer) {
   static const int level = __builtin_cpu_supports("x86-64-v4") && __builtin_cpu_supports("avx512vnni")
                                ? 4
                                : (__builtin_cpu_supports("x86-64-v3") ? 3 : 1);
-  return level == 4 ? v4::tilesFor(dtype) : (level == 3 ? v3::tilesFor(dtype) : base::tilesFor(dtype));
+  return level == 4 ? v4::tilesFor(dtype, integer) : (level == 3 ? v3::tilesFor(dtype, integer) : base::tilesFor(dtype, integer));
 }
 
 constexpr int64_t kColumnGroup = 24;           // columns a thread's range is cut in (every tile width divides it)
@@ -97,10 +99,11 @@ constexpr int64_t kColumnGroup = 24;           // columns a thread's range is cu
 // columns of a k = 14 336 matrix, and every block streamed all of x again: 153 against 203 GFLOPS, 512 rows, two cores).
 constexpr size_t kBlockWeightBytes = 1024 << 10;
 
-void gemm(ThreadPool& pool, MatmulArgs a) {
+void gemm(ThreadPool& pool, MatmulArgs a, bool integerQ8) {
   if (a.n == 0 || a.m == 0) return;
-  const Tiles tiles = tilesFor(a.dtype);
-  if (a.dtype == DType::Q8_0) {
+  const bool integer = integerQ8 && a.dtype == DType::Q8_0;
+  const Tiles tiles = tilesFor(a.dtype, integer);
+  if (integer) {
     // x's codes and steps, in buffers of the calling thread that grow to the largest x seen (a quarter of x's bytes).
     thread_local std::vector<int8_t> codes;
     thread_local std::vector<float> steps;
@@ -166,9 +169,9 @@ void addScaled(float scale, const float* x, float* y, int64_t count) {
 }
 
 void cpuMatmul(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType weightType, int64_t m,
-               float* out, const float* bias, const float* residual) {
+               float* out, const float* bias, const float* residual, bool integerQ8) {
   // One path for every row count: a row's result is the same whether it runs alone (decode) or in a batch.
-  gemm(pool, MatmulArgs{x, n, k, weight, weightType, m, out, bias, residual, nullptr, nullptr});
+  gemm(pool, MatmulArgs{x, n, k, weight, weightType, m, out, bias, residual, nullptr, nullptr}, integerQ8);
 }
 
 }  // namespace duo

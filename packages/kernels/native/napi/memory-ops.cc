@@ -249,7 +249,7 @@ Napi::Value takeProfile(const Napi::CallbackInfo& info) {
 }
 
 // Device::Tuning from { profile, chainLaunches, gemvMinSlice, gemvWaveRule, gemvPinnedSplits, batchInvariant,
-// skinnyRowsMax, longSplitsFirst, decodeMmaBlocks } (all optional).
+// skinnyRowsMax, longSplitsFirst, decodeMmaBlocks, cpuIntegerQ8 } (all optional).
 Napi::Value tune(const Napi::CallbackInfo& info) {
   const Attributes attributes(info[1], "the backend's tuning");
   Device::Tuning tuning;
@@ -262,6 +262,7 @@ Napi::Value tune(const Napi::CallbackInfo& info) {
   if (!absent(attributes.optional("skinnyRowsMax"))) tuning.skinnyRowsMax = attributes.integer("skinnyRowsMax");
   if (!absent(attributes.optional("longSplitsFirst"))) tuning.longSplitsFirst = attributes.flag("longSplitsFirst");
   if (!absent(attributes.optional("decodeMmaBlocks"))) tuning.decodeMmaBlocks = static_cast<int>(attributes.integer("decodeMmaBlocks"));
+  tuning.integerQ8 = attributes.flag("cpuIntegerQ8");
   deviceOf(info[0])->tune(tuning);
   return info.Env().Undefined();
 }

@@ -2,7 +2,6 @@
 
 import type { ModelConfig } from '@duoattn/core';
 import {
-  int8Pieces,
   type Matrix,
   referenceAttention,
   referenceEmbedding,
@@ -29,8 +28,6 @@ export function referenceLogits(
   mask?: ReferenceMask,
   /** What the cache holds of a key (after RoPE) or value row of one KV head — a quantizer's round trip, say. */
   cached?: (row: Float64Array) => Float64Array,
-  /** The matrices whose products read x rounded to int8 pieces, as f32 (the CPU's Q8_0 matmul; ADR 0010). */
-  integerInput?: (weight: string) => boolean,
 ): Float64Array {
   const matrix = (name: string): Matrix => {
     const tensor = weights.get(name);
@@ -38,12 +35,6 @@ export function referenceLogits(
     return toMatrix(tensor.data, tensor.shape[0] ?? 1, tensor.shape[1] ?? tensor.data.length);
   };
   const vector = (name: string) => weights.get(name)?.data;
-  const product = (input: Matrix, name: string, bias?: ArrayLike<number>): Matrix =>
-    referenceMatmul(
-      integerInput?.(name) ? input.map((row) => int8Pieces(Float32Array.from(row))) : input,
-      matrix(name),
-      bias,
-    );
   let x = referenceEmbedding(matrix('model.embed_tokens.weight'), tokens);
   const positions = tokens.map((_, i) => i);
   const frequencies = ropeInverseFrequencies(config);
@@ -53,7 +44,7 @@ export function referenceLogits(
     const p = `model.layers.${layer}`;
     const h = referenceRmsNorm(x, vector(`${p}.input_layernorm.weight`) ?? [], config.rmsNormEps);
     const q = referenceRope(
-      product(h, `${p}.self_attn.q_proj.weight`, vector(`${p}.self_attn.q_proj.bias`)),
+      referenceMatmul(h, matrix(`${p}.self_attn.q_proj.weight`), vector(`${p}.self_attn.q_proj.bias`)),
       positions,
       frequencies,
       config.numHeads,
@@ -61,14 +52,14 @@ export function referenceLogits(
       interleaved,
     );
     const k = referenceRope(
-      product(h, `${p}.self_attn.k_proj.weight`, vector(`${p}.self_attn.k_proj.bias`)),
+      referenceMatmul(h, matrix(`${p}.self_attn.k_proj.weight`), vector(`${p}.self_attn.k_proj.bias`)),
       positions,
       frequencies,
       config.numKvHeads,
       config.headDim,
       interleaved,
     );
-    const v = product(h, `${p}.self_attn.v_proj.weight`, vector(`${p}.self_attn.v_proj.bias`));
+    const v = referenceMatmul(h, matrix(`${p}.self_attn.v_proj.weight`), vector(`${p}.self_attn.v_proj.bias`));
     const perHead = (m: Matrix) =>
       Array.from({ length: config.numKvHeads }, (_, head) =>
         m.map((row) => {
@@ -87,14 +78,16 @@ export function referenceLogits(
         key <= position &&
         (mask?.(layer, Math.floor(head / (config.numHeads / config.numKvHeads)), position, key) ?? true),
     });
-    x = add(x, product(attention, `${p}.self_attn.o_proj.weight`));
+    x = add(x, referenceMatmul(attention, matrix(`${p}.self_attn.o_proj.weight`)));
     const h2 = referenceRmsNorm(x, vector(`${p}.post_attention_layernorm.weight`) ?? [], config.rmsNormEps);
-    const mlp = referenceSwiglu(product(h2, `${p}.mlp.gate_proj.weight`), product(h2, `${p}.mlp.up_proj.weight`));
-    x = add(x, product(mlp, `${p}.mlp.down_proj.weight`));
+    const mlp = referenceSwiglu(
+      referenceMatmul(h2, matrix(`${p}.mlp.gate_proj.weight`)),
+      referenceMatmul(h2, matrix(`${p}.mlp.up_proj.weight`)),
+    );
+    x = add(x, referenceMatmul(mlp, matrix(`${p}.mlp.down_proj.weight`)));
   }
-  const headName = weights.has('lm_head.weight') ? 'lm_head.weight' : 'model.embed_tokens.weight';
-  const head = matrix(headName);
-  const logits = product(referenceRmsNorm(x, vector('model.norm.weight') ?? [], config.rmsNormEps), headName);
+  const head = weights.has('lm_head.weight') ? matrix('lm_head.weight') : matrix('model.embed_tokens.weight');
+  const logits = referenceMatmul(referenceRmsNorm(x, vector('model.norm.weight') ?? [], config.rmsNormEps), head);
   const out = new Float64Array(tokens.length * (head.length ?? 0));
   for (const [r, row] of logits.entries()) out.set(row, r * head.length);
   return out;
