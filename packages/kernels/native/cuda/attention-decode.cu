@@ -1,11 +1,12 @@
 // CUDA decode attention, split-K (flash-decoding): each block takes one split of one KV head's keys for all of its
 // query heads (GQA) — decodeKernel on the CUDA cores, decodeMmaKernel on the tensor cores, decodeCodesKernel on the
-// tensor cores over quantized caches (attention-decode-codes.cuh) — and decodeCombineKernel merges the splits. Reads
+// tensor cores over quantized caches (attention-decode-codes.cuh) — and the last split of a head to finish merges
+// them all (mergeWarpStates), or past kMergeInKernel splits decodeCombineKernel does. Reads
 // f32 / f16 / bf16 caches [kvHeads, capacity, headDim], or quantized ones (the CUDA-core kernel dequantizes its tiles
 // while staging them, quant-rows.cuh; the tensor-core one multiplies the codes), and accumulates in f32. The kernel
 // for an op is decodeKernelFor's (attention-common.cuh). One launch serves one sequence (attentionDecode) or many,
-// each with its own caches, layout, quantization and length (attentionBatch's decode rows): blockIdx.x picks the
-// sequence (y the combine's).
+// each with its own caches, layout, quantization and length (attentionBatch's decode rows): a grid coordinate picks
+// the sequence (y the combine's).
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
@@ -28,8 +29,8 @@ constexpr int kDecodeThreads = 128;
 // online-softmax update per tile, and lanes that own D/32 value channels accumulate with the probabilities broadcast.
 constexpr int kDecodeWarps = kDecodeThreads / 32;
 
-// One sequence of a decode launch, as its blocks read it: its query row, caches, layout, key count, splits and the
-// partials (and, for the combine, the output row) of its heads.
+// One sequence of a decode launch, as its blocks read it: its query row, caches, layout, key count, splits, the
+// partials and arrival counts of its heads and its output row.
 struct DecodeSequence {
   const float* q;
   const void* k;
@@ -43,7 +44,8 @@ struct DecodeSequence {
   float* partialMax;
   float* partialSum;
   float* out;
-  int blocks;  // splits.blocks(kvHeads): the blocks of a launch's row past them exit
+  int* arrivals;  // per KV head: the splits done so far (zero between launches; the last split resets it)
+  int blocks;     // splits.blocks(kvHeads): the blocks of a launch's row past them exit
 };
 
 // What a decode launch and its combine take: up to N sequences (see decoding() and sequence()), passed by value as one
@@ -73,6 +75,7 @@ struct DecodeLaunch {
 // allows from Volta on; a larger batch takes several launches.
 constexpr int kBatchSequences = 64;
 static_assert(sizeof(DecodeLaunch<kBatchSequences>) <= 32764, "a batched decode launch's parameters must fit 32 KB");
+static_assert(kBatchSequences * kDecodeArrivalsPerSequence <= kDecodeArrivals, "every sequence of a launch has its arrival counts");
 
 template <typename T, int D>
 struct DecodeTile {
@@ -121,35 +124,6 @@ __device__ __forceinline__ DecodeWork<T> decodeWork(const DecodeSequence& sequen
   return work;
 }
 
-// The end of a decode block: each warp left its running max and sum per query head in stateMax / stateSum and its
-// unnormalised output rows in stateAcc ([warp][head][channel], MAXG heads a warp); the block merges the warps and
-// writes its split's partials for the combine.
-template <int D, int MAXG, typename T>
-__device__ __forceinline__ void mergeWarpStates(const float (&stateMax)[kDecodeWarps][MAXG], const float (&stateSum)[kDecodeWarps][MAXG],
-                                                const float* stateAcc, const DecodeSequence& sequence, const DecodeWork<T>& work,
-                                                int group) {
-  for (int t = threadIdx.x; t < group * D; t += blockDim.x) {
-    const int g = t / D, channel = t % D;
-    float overall = -INFINITY;
-    for (int w = 0; w < kDecodeWarps; w++) overall = fmaxf(overall, stateMax[w][g]);
-    float total = 0.0f, value = 0.0f;
-    if (overall != -INFINITY) {
-      for (int w = 0; w < kDecodeWarps; w++) {
-        const float weight = __expf(stateMax[w][g] - overall);
-        total += stateSum[w][g] * weight;
-        value += stateAcc[(w * MAXG + g) * D + channel] * weight;
-      }
-    }
-    const int64_t head = static_cast<int64_t>(work.kvHead) * group + g;
-    const int64_t index = head * sequence.splits.stride + work.split;
-    sequence.partialAcc[index * D + channel] = value;
-    if (channel == 0) {
-      sequence.partialMax[index] = overall;
-      sequence.partialSum[index] = total;
-    }
-  }
-}
-
 // A lane's part of its warp's state for the block merge, from the tensor-core kernels' Oᵀ accumulators: its head's max
 // and sum (the lanes of pair 0) and its columns of Oᵀ — heads 2·pair and 2·pair + 1, those below G — into
 // stateAcc[warp][head][channel], where `channel(m, r)` is the channel of row r of m-tile m.
@@ -173,6 +147,100 @@ __device__ __forceinline__ void storeWarpState(float (&stateMax)[kDecodeWarps][M
       }
     }
   }
+}
+
+// Heads of at most this many splits are merged by the decode kernel's last block to finish (a batch's short
+// sequences: no combine launch per layer); more, by decodeCombineKernel, which spreads a head's reads over 256
+// threads (one block merging four heads' 66 splits at 32K measured 1 ms a token slower: docs/performance-notes.md).
+// At 32 the int8 / fp8 caches' heads at 128K and 512K (up to 32 splits) decoded 5–12 % slower than with the combine
+// kernel (bench/results/2026-12-07-h100-decode), so only short heads merge in the kernel.
+constexpr int kMergeInKernel = 8;
+
+// Warp `warp` … of the last split's block to arrive merges head `head`'s `splits` partials into its output row: the
+// maxima and sums with lanes over the splits, then the rows split after split (lanes over channels). The partials are
+// read through L2 (other blocks wrote them).
+template <int D>
+__device__ __forceinline__ void mergeSplits(const DecodeSequence& sequence, int64_t head, int splits, int lane) {
+  constexpr int kChannels = D >= 32 ? D / 32 : 1;
+  const int64_t base = head * sequence.splits.stride;
+  const float* maxima = sequence.partialMax + base;
+  const float* sums = sequence.partialSum + base;
+  const float* acc = sequence.partialAcc + base * D;
+  float largest = -INFINITY;
+  for (int split = lane; split < splits; split += 32) largest = fmaxf(largest, __ldcg(maxima + split));
+  const float overall = warpMax(largest);
+  float total = 0.0f;
+  for (int split = lane; split < splits; split += 32) {
+    const float maximum = __ldcg(maxima + split);
+    total += maximum == -INFINITY ? 0.0f : __expf(maximum - overall) * __ldcg(sums + split);
+  }
+  total = warpSum(total);
+  float value[kChannels] = {};
+#pragma unroll 8
+  for (int split = 0; split < splits; split++) {
+    const float maximum = __ldcg(maxima + split);
+    const float weight = maximum == -INFINITY ? 0.0f : __expf(maximum - overall);
+#pragma unroll
+    for (int c = 0; c < kChannels; c++) {
+      const int channel = lane + 32 * c;
+      if (channel < D) value[c] += __ldcg(acc + static_cast<int64_t>(split) * D + channel) * weight;
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kChannels; c++) {
+    const int channel = lane + 32 * c;
+    if (channel < D) sequence.out[head * D + channel] = total > 0.0f ? value[c] / total : 0.0f;
+  }
+}
+
+// The end of a decode block: each warp left its running max and sum per query head in stateMax / stateSum and its
+// unnormalised output rows in stateAcc ([warp][head][channel], MAXG heads a warp); the block merges the warps. A head
+// of one split is then done: its output is written. Otherwise the block writes its split's partials and, up to
+// kMergeInKernel splits, counts itself in: the last split of the KV head to arrive merges them all (split-K in one
+// launch), in a fixed order, so a head's result depends only on its own splits.
+template <int D, int MAXG, typename T>
+__device__ __forceinline__ void mergeWarpStates(const float (&stateMax)[kDecodeWarps][MAXG], const float (&stateSum)[kDecodeWarps][MAXG],
+                                                const float* stateAcc, const DecodeSequence& sequence, const DecodeWork<T>& work,
+                                                int group) {
+  for (int t = threadIdx.x; t < group * D; t += blockDim.x) {
+    const int g = t / D, channel = t % D;
+    float overall = -INFINITY;
+    for (int w = 0; w < kDecodeWarps; w++) overall = fmaxf(overall, stateMax[w][g]);
+    float total = 0.0f, value = 0.0f;
+    if (overall != -INFINITY) {
+      for (int w = 0; w < kDecodeWarps; w++) {
+        const float weight = __expf(stateMax[w][g] - overall);
+        total += stateSum[w][g] * weight;
+        value += stateAcc[(w * MAXG + g) * D + channel] * weight;
+      }
+    }
+    const int64_t head = static_cast<int64_t>(work.kvHead) * group + g;
+    if (work.splits == 1) {
+      sequence.out[head * D + channel] = total > 0.0f ? value / total : 0.0f;
+      continue;
+    }
+    const int64_t index = head * sequence.splits.stride + work.split;
+    sequence.partialAcc[index * D + channel] = value;
+    if (channel == 0) {
+      sequence.partialMax[index] = overall;
+      sequence.partialSum[index] = total;
+    }
+  }
+  if (work.splits == 1 || work.splits > kMergeInKernel) return;
+  __shared__ bool last;
+  __threadfence();  // this block's partials are visible device-wide before it counts itself in
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* arrivals = sequence.arrivals + work.kvHead;
+    last = atomicAdd(arrivals, 1) == work.splits - 1;
+    if (last) atomicExch(arrivals, 0);  // ready for the next launch
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int g = warp; g < group; g += kDecodeWarps)
+    mergeSplits<D>(sequence, static_cast<int64_t>(work.kvHead) * group + g, work.splits, lane);
 }
 
 template <typename T, int D, int MAXG, bool kQuant, int N>
@@ -304,14 +372,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decodeKernel(const __grid_cons
 }
 
 // Blocks of the tensor-core decode kernel a multiprocessor holds (its template's BLOCKS, the launch bound): two by
-// default, or three (Tuning::decodeMmaBlocks: Oᵀ's 32 accumulators fit a 168-register bound, with a few spilled
-// registers, and measured 1–6 % slower on the H100: bench/results/2026-12-06-h100-decode/f9f0145).
+// default (Tuning::decodeMmaBlocks), or three (at most 168 registers a thread, shared memory 3 × 68 KB at D = 128;
+// 1–6 % slower before the query's two parts shared one product, not measured since).
 std::atomic<int> decodeMmaBlocksKnob{2};
 
 // Tensor-core decode for 16-bit caches, head dim 64 or 128, up to 8 query heads per KV head (GQA). Same grid, tiles
 // and merge as decodeKernel, but per 32-key tile the scores Q·Kᵀ and the update are mma.sync m16n8k16 products:
-// the G query heads are the rows of A (rows G…15 are zero); q is split into a 16-bit high part and a 16-bit
-// remainder so the scores keep about 16 mantissa bits; P is rounded to 16 bits for the update, as FlashAttention
+// q is split into a 16-bit high part and a 16-bit remainder so the scores keep about 16 mantissa bits, the high parts
+// rows 0…7 of A (the G query heads; rows past G zero) and the remainders rows 8…15, so one product a k-step serves
+// both (its row halves added); P is rounded to 16 bits for the update, as FlashAttention
 // does, which runs as Oᵀ = Vᵀ·Pᵀ (query heads as N: a lane's probabilities are already the B fragments, and half the
 // accumulators of P·V, whose rows 8…15 would be zero). Quantized caches take decodeCodesKernel
 // (attention-decode-codes.cuh).
@@ -381,9 +450,10 @@ __global__ void __launch_bounds__(kDecodeThreads, BLOCKS) decodeMmaKernel(const 
         const T* key = keyTile + (8 * t + row) * kStride + 16 * step + 2 * pair;
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(key);
         const uint32_t b1 = *reinterpret_cast<const uint32_t*>(key + 8);
-        mma16816<T>(score[t], qHigh[step][0], 0u, qHigh[step][1], 0u, b0, b1);
-        mma16816<T>(score[t], qLow[step][0], 0u, qLow[step][1], 0u, b0, b1);
+        mma16816<T>(score[t], qHigh[step][0], qLow[step][0], qHigh[step][1], qLow[step][1], b0, b1);
       }
+      score[t][0] += score[t][2];  // the high parts' products (rows 0–7) and the remainders' (rows 8–15)
+      score[t][1] += score[t][3];
     }
     float tileMax = -INFINITY;
 #pragma unroll
@@ -439,9 +509,10 @@ __global__ void __launch_bounds__(kDecodeThreads, BLOCKS) decodeMmaKernel(const 
 
 #include "attention-decode-codes.cuh"
 
-// grid (heads), 256 threads: the split weights exp(m_s − M) are computed once into shared memory, then the 8 warps
-// each sum a strided subset of the splits (lanes over channels) and the block adds the 8 partial sums. Every load of
-// the first kHeldSplits splits per warp is issued at once at the start (one round trip to L2 instead of three).
+// grid (heads, sequences), 256 threads, for heads of more than kMergeInKernel splits (the decode kernel merged the
+// others): the split weights exp(m_s − M) are computed once into shared memory, then the 8 warps each sum a strided
+// subset of the splits (lanes over channels) and the block adds the 8 partial sums. Every load of the first
+// kHeldSplits splits per warp is issued at once at the start (one round trip to L2 instead of three).
 constexpr int kCombineThreads = 256;
 constexpr int kMaxSplits = 1024;
 constexpr int kCombineWarps = kCombineThreads / 32;
@@ -464,6 +535,7 @@ __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const __g
   __shared__ float partial[kCombineWarps][256];
   const int head = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int splits = layout.of(head / group);
+  if (splits <= kMergeInKernel) return;  // merged by the decode kernel
   partialAcc += static_cast<int64_t>(head) * layout.stride * headDim;
   partialMax += static_cast<int64_t>(head) * layout.stride;
   partialSum += static_cast<int64_t>(head) * layout.stride;
@@ -580,7 +652,7 @@ size_t decodeShared(const AttentionArgs& args) {
 }
 
 // Launches the decode kernel of `args` (its tiles, head dim, scheme and group; not PrefillRow) over `sequences`
-// sequences of up to `blocks` blocks each, then the combine.
+// sequences of up to `blocks` blocks each, then the combine where a head has more than kMergeInKernel splits.
 template <int N>
 void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks, const AttentionArgs& args, DType cacheType,
                   cudaStream_t stream) {
@@ -629,6 +701,10 @@ void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks,
     });
   });
   checkLaunch("attentionDecode");
+  // Heads of at most kMergeInKernel splits were merged by the decode kernel.
+  bool combines = false;
+  for (int i = 0; i < sequences; i++) combines = combines || launch.sequences[i].splits.stride > kMergeInKernel;
+  if (!combines) return;
   launchChained(decodeCombineKernel<N>, dim3(static_cast<unsigned>(args.heads), static_cast<unsigned>(sequences)),
                 dim3(kCombineThreads), 0, stream, launch);
   checkLaunch("attentionDecodeCombine");
@@ -636,7 +712,7 @@ void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks,
 
 // The descriptor of one sequence whose partials start at `scratch` (attentionDecodeScratch's layout).
 DecodeSequence decodeSequence(const float* q, const void* k, const void* v, int64_t capacity, float* out, const AttentionArgs& args,
-                              const DecodeSplits& splits, float* scratch) {
+                              const DecodeSplits& splits, float* scratch, int* arrivals) {
   DecodeSequence sequence{};
   sequence.q = q;
   sequence.k = k;
@@ -651,6 +727,7 @@ DecodeSequence decodeSequence(const float* q, const void* k, const void* v, int6
   sequence.partialMax = scratch + static_cast<int64_t>(args.heads) * splits.stride * args.headDim;
   sequence.partialSum = sequence.partialMax + static_cast<int64_t>(args.heads) * splits.stride;
   sequence.out = out;
+  sequence.arrivals = arrivals;
   sequence.blocks = splits.blocks(args.kvHeads);
   return sequence;
 }
@@ -704,7 +781,8 @@ size_t attentionDecodeScratch(const AttentionArgs& args, const DecodeSplits& spl
 }
 
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
-                           const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream) {
+                           const AttentionArgs& args, const DecodeSplits& splits, float* scratch, int* arrivals,
+                           cudaStream_t stream) {
   if (decodeKernelFor(args, cacheType) == AttentionKernel::PrefillRow) {
     // Head dims past 128 (or too small for 16-byte rows) take the tiled prefill kernel with one query row.
     dispatchHeadDim(args.headDim, [](auto) {});  // an unsupported head dim fails with its own message
@@ -715,7 +793,7 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
     return;
   }
   DecodeLaunch<1> launch = decodeLaunchFor<1>(args);
-  launch.sequences[0] = decodeSequence(q, k, v, capacity, out, args, splits, scratch);
+  launch.sequences[0] = decodeSequence(q, k, v, capacity, out, args, splits, scratch, arrivals);
   launchDecode(launch, 1, static_cast<unsigned>(launch.sequences[0].blocks), args, cacheType, stream);
 }
 
@@ -729,8 +807,8 @@ size_t attentionDecodeBatchScratch(const DecodeSlice* slices, int count) {
   return bytes;
 }
 
-void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cacheType, float* scratch, bool longSplitsFirst,
-                                cudaStream_t stream) {
+void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cacheType, float* scratch, int* arrivals,
+                                bool longSplitsFirst, cudaStream_t stream) {
   if (count == 0) return;
   const AttentionArgs& shape = slices[0].args;
   // About 17 KB: off the stack of the JS thread.
@@ -743,7 +821,8 @@ void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cach
     int widest = 1;
     for (int i = 0; i < sequences; i++) {
       const DecodeSlice& slice = slices[first + i];
-      launch->sequences[i] = decodeSequence(slice.q, slice.k, slice.v, slice.capacity, slice.out, slice.args, slice.splits, partials);
+      launch->sequences[i] = decodeSequence(slice.q, slice.k, slice.v, slice.capacity, slice.out, slice.args, slice.splits, partials,
+                                            arrivals + i * kDecodeArrivalsPerSequence);
       partials += attentionDecodeScratch(slice.args, slice.splits) / sizeof(float);
       widest = std::max(widest, launch->sequences[i].blocks);
     }

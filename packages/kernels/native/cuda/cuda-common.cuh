@@ -339,8 +339,12 @@ struct DecodeSplits {
 size_t attentionDecodeScratch(const AttentionArgs& args, const DecodeSplits& splits);
 // `share`: the part of one wave of blocks the op may fill (a batch divides the wave among its sequences).
 DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors, double share = 1.0);
+// `arrivals`: kDecodeArrivals ints, zero before the first launch on the stream (the kernels leave them zero): each
+// head's splits count themselves in there and the last one merges them.
+constexpr int kDecodeArrivalsPerSequence = 128;  // one per KV head (HeadMask's most)
+constexpr int kDecodeArrivals = 64 * kDecodeArrivalsPerSequence;  // a batched launch's 64 sequences
 void launchAttentionDecode(const float* q, const void* k, const void* v, DType cacheType, int64_t capacity, float* out,
-                           const AttentionArgs& args, const DecodeSplits& splits, float* scratch, cudaStream_t stream);
+                           const AttentionArgs& args, const DecodeSplits& splits, float* scratch, int* arrivals, cudaStream_t stream);
 // Batched decode (attentionBatch's one-row slices): sequences that share the cache dtype, KV scheme, heads and head dim
 // run in one launch (plus its combine) per 64, each with its own caches, layout, quantization and length.
 struct DecodeSlice {
@@ -357,8 +361,8 @@ bool decodeBatchable(const AttentionArgs& args, DType cacheType);
 size_t attentionDecodeBatchScratch(const DecodeSlice* slices, int count);
 // longSplitsFirst: the grid is (sequences, blocks), so every sequence's first blocks (the full heads' long splits) are
 // scheduled before any sequence's later ones; else (blocks, sequences), sequence after sequence.
-void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cacheType, float* scratch, bool longSplitsFirst,
-                                cudaStream_t stream);
+void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cacheType, float* scratch, int* arrivals,
+                                bool longSplitsFirst, cudaStream_t stream);
 // attentionBatch's slices sorted for launching: the one-row slices with a split-K kernel grouped by cache dtype and KV
 // scheme (one batched launch each, all sized by scratchBytes), and the rest (prefill chunks, other head dims).
 struct DecodeBatchPlan {

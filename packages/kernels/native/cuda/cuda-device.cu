@@ -27,6 +27,9 @@ class CudaDevice final : public Device {
     check(cudaGetDeviceProperties(&properties_, device_), "cudaGetDeviceProperties");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     wgmmaCompiled();  // its probe launch runs now, before any graph capture
+    // The decode attention's arrival counts: zeroed once, left zero by every launch (attentionDecode's splits).
+    check(cudaMalloc(&arrivals_, kDecodeArrivals * sizeof(int)), "cudaMalloc (decode arrivals)");
+    check(cudaMemset(arrivals_, 0, kDecodeArrivals * sizeof(int)), "cudaMemset (decode arrivals)");
     // Keep freed blocks in the pool instead of returning them to the driver at each synchronisation.
     cudaMemPool_t pool;
     check(cudaDeviceGetDefaultMemPool(&pool, device_), "cudaDeviceGetDefaultMemPool");
@@ -36,6 +39,7 @@ class CudaDevice final : public Device {
   ~CudaDevice() override {
     if (scratch_) cudaFreeAsync(scratch_, stream_);
     cudaStreamSynchronize(stream_);
+    cudaFree(arrivals_);
     if (CublasLibrary::instance().available()) CublasLibrary::instance().forget(stream_);
     for (cudaGraphExec_t graph : graphs_)
       if (graph) cudaGraphExecDestroy(graph);
@@ -243,16 +247,16 @@ class CudaDevice final : public Device {
     const DecodeSplits mostSplits = attentionDecodeSplits(sizing, k.dtype, properties_.multiProcessorCount);
     const DecodeSplits splits = args.lengthFrom ? mostSplits : attentionDecodeSplits(args, k.dtype, properties_.multiProcessorCount);
     float* partial = static_cast<float*>(scratch(attentionDecodeScratch(args, mostSplits)));
-    launchAttentionDecode(q.as<float>(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), args, splits, partial, stream_);
+    launchAttentionDecode(q.as<float>(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), args, splits, partial, arrivals_, stream_);
     profiler_.mark("attentionDecode", stream_);
   }
-  // Every decode slice of one cache dtype and KV scheme in one launch (and its combine); prefill chunks (and head
+  // Every decode slice of one cache dtype and KV scheme in one launch; prefill chunks (and head
   // dims without a split-K kernel) slice by slice.
   void attentionBatch(const Tensor& q, Tensor& out, const AttentionArgs& shape, const std::vector<BatchSlice>& slices) override {
     const DecodeBatchPlan plan = planDecodeBatch(q, out, shape, slices, properties_.multiProcessorCount, invariant_);
     float* partial = plan.groups.empty() ? nullptr : static_cast<float*>(scratch(plan.scratchBytes));
     for (const DecodeBatchPlan::Group& group : plan.groups)
-      launchAttentionDecodeBatch(group.slices.data(), static_cast<int>(group.slices.size()), group.cacheType, partial, longSplitsFirst_,
+      launchAttentionDecodeBatch(group.slices.data(), static_cast<int>(group.slices.size()), group.cacheType, partial, arrivals_, longSplitsFirst_,
                                  stream_);
     if (!plan.groups.empty()) profiler_.mark("attentionBatch", stream_);
     Device::attentionBatch(q, out, shape, plan.rest);
@@ -577,6 +581,7 @@ class CudaDevice final : public Device {
   cudaStream_t stream_ = nullptr;
   size_t allocated_ = 0, peak_ = 0;
   void* scratch_ = nullptr;
+  int* arrivals_ = nullptr;  // the decode attention's (kDecodeArrivals)
   size_t scratchBytes_ = 0;
   PagedMemory paged_;
   PinnedPool pinned_;
