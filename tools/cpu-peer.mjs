@@ -2,8 +2,10 @@
 // node-llama-cpp's CPU build measured in turns (ours, then llama.cpp, per repeat), median of the repeats.
 //
 //   node tools/cpu-peer.mjs NODE_LLAMA_CPP_DIR FILE.gguf [--contexts 512,4096] [--steps 16] [--repeats 3]
-//                           [--threads N] [--out FILE.json]
+//                           [--threads N] [--integer-q8] [--out FILE.json]
 //
+// --integer-q8: our Q8_0 products over x rounded to int8 pieces (BackendTuning.cpuIntegerQ8, what llama.cpp's CPU
+// build does with Q8_0); without it, exact x.
 // NODE_LLAMA_CPP_DIR: a directory where `npm i node-llama-cpp` ran (its CPU prebuilt comes from the npm registry).
 // Each repeat and context: prefill the context's tokens from an empty cache (a fresh llama.cpp context each time, so
 // nothing is reused from an earlier prompt), then decode `steps` greedy tokens after 2 warm-up tokens; prefill in
@@ -14,6 +16,7 @@ import { availableParallelism, cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { currentCommit, decodeLatency } from '../packages/app-kit/dist/index.js';
+import { resolveBackend } from '../packages/kernels/dist/index.js';
 import { LlamaModel } from '../packages/model/dist/index.js';
 
 const { values: options, positionals } = parseArgs({
@@ -23,6 +26,7 @@ const { values: options, positionals } = parseArgs({
     steps: { type: 'string', default: '16' },
     repeats: { type: 'string', default: '3' },
     threads: { type: 'string' },
+    'integer-q8': { type: 'boolean', default: false },
     out: { type: 'string' },
   },
 });
@@ -61,7 +65,8 @@ const log = (text) => console.error(`[cpu-peer ${new Date().toISOString().slice(
 const tokensFor = (count, vocabulary) => Array.from({ length: count }, (_, i) => (i * 7919 + 13) % vocabulary);
 
 log(`loading ${file} in both engines (${threads} threads)`);
-const ours = await LlamaModel.load(file, { device: 'cpu' });
+const integerQ8 = options['integer-q8'];
+const ours = await LlamaModel.load(file, { device: resolveBackend('cpu', { tuning: { cpuIntegerQ8: integerQ8 } }) });
 const llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
 const peerModel = await llama.loadModel({ modelPath: file, gpuLayers: 0 });
 const vocabulary = ours.config.vocabSize;
@@ -130,6 +135,7 @@ for (const context of contexts) {
 const result = {
   file,
   weights: ours.weightDtype,
+  cpuIntegerQ8: integerQ8,
   threads,
   cpu: cpus()[0]?.model ?? 'unknown',
   commit: currentCommit(),
