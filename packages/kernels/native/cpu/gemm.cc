@@ -2,7 +2,8 @@
 // lane sums over k in steps of 16, folded by a fixed tree, then the tail, the residual and the bias — so a row's result
 // is bitwise the same whatever rows share the call (decode alone or in a batch) and however the threads split the work.
 // Weights are read where they lie, converted in registers (f16 by F16C, bf16 by a shift, block formats a 32-value
-// piece at a time, Q8_0 by vector conversions): no packed copy. With Tuning::integerQ8, Q8_0 multiplies integers
+// piece at a time, Q8_0 by vector conversions); from 16 rows up a block format's column block is first decoded into a
+// per-thread f32 panel (panelGemm) for the float tiles. With Tuning::integerQ8, Q8_0 multiplies integers
 // instead, as CUDA's decode and llama.cpp do: x rounded to int8 pieces once per call (into buffers of the calling
 // thread that only grow), then exact int32 lane sums of codes (AVX-512 VNNI) scaled per block. Tiles of 4 rows × 6
 // columns (float
@@ -48,6 +49,8 @@ struct MatmulArgs {
   // Q8_0: x rounded to int8 pieces (k codes and k / 32 steps a row), else null.
   const int8_t* codes;
   const float* steps;
+  // The weight row `weight` points at (a decoded panel's first column; else 0).
+  int64_t firstRow;
 };
 
 using Tile = void (*)(const MatmulArgs&, int64_t, int64_t);
@@ -56,6 +59,8 @@ using Tile = void (*)(const MatmulArgs&, int64_t, int64_t);
 struct Tiles {
   Tile wide, rows[5], fourBySix;
   void (*quantize)(const float* x, int64_t pieces, int8_t* codes, float* steps);
+  // Block formats: rows [first, first + count) of a weight as f32 rows of k (what the tiles' products read).
+  void (*decodeRows)(const void* weight, DType dtype, int64_t k, int64_t first, int64_t count, float* out);
 };
 
 // The tile sets: AVX-512 with VNNI (x86-64-v4 and the byte dot products Ice Lake and Zen 4 added), AVX2 + F16C + FMA
@@ -99,6 +104,45 @@ constexpr int64_t kColumnGroup = 24;           // columns a thread's range is cu
 // columns of a k = 14 336 matrix, and every block streamed all of x again: 153 against 203 GFLOPS, 512 rows, two cores).
 constexpr size_t kBlockWeightBytes = 1024 << 10;
 
+// Rows of x from which a block-format product decodes each column block into an f32 panel first, so the float tiles
+// (4 × 6) run over it and a block's decoding serves every row rather than each tile's four.
+constexpr int64_t kPanelRows = 16;
+
+// A panel's f32 weights: half an L2, so x's rows streaming past stay there too (1 MB panels: 150–160 GFLOPS at
+// k = 4096 and 512 rows, 512 KB: 170–200, two Zen 5 cores).
+constexpr size_t kPanelBytes = 512 << 10;
+
+bool isBlockFormat(DType dtype) { return blockValues(dtype) > 1; }
+
+// A block-format product of many rows: each thread decodes its column blocks, one at a time, into a panel of f32 rows
+// (its own buffer, grown to the largest block and kept; L2-sized) with the values the block tiles would compute, and
+// the float tiles multiply it — so a row's products and their order are those of the block tiles, alone or in a batch.
+void panelGemm(ThreadPool& pool, const MatmulArgs& a, int64_t groups) {
+  const Tiles blocks = tilesFor(a.dtype, false), floats = tilesFor(DType::F32, false);
+  const int64_t threads = pool.size();
+  const int64_t blockGroups = std::max<int64_t>(1, static_cast<int64_t>(kPanelBytes / (a.k * sizeof(float) * kColumnGroup)));
+  const int64_t grain = std::min(blockGroups, (groups + threads - 1) / threads);
+  pool.parallelFor(groups, std::max<int64_t>(1, grain), [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> panel;  // this pool thread's
+    for (int64_t block = begin; block < end; block += blockGroups) {
+      const int64_t blockEnd = std::min(end, block + blockGroups);
+      const int64_t first = block * kColumnGroup, last = std::min(a.m, blockEnd * kColumnGroup);
+      if (panel.size() < static_cast<size_t>((last - first) * a.k)) panel.resize((last - first) * a.k);
+      blocks.decodeRows(a.weight, a.dtype, a.k, first, last - first, panel.data());
+      MatmulArgs p = a;
+      p.weight = panel.data();
+      p.dtype = DType::F32;
+      p.firstRow = first;
+      for (int64_t row0 = 0; row0 < a.n; row0 += 4) {
+        const int rows = static_cast<int>(std::min<int64_t>(4, a.n - row0));
+        const bool six = rows == 4;
+        const Tile tile = six ? floats.fourBySix : floats.rows[rows];
+        for (int64_t c = first; c < blockEnd * kColumnGroup; c += six ? 6 : 4) tile(p, row0, c);
+      }
+    }
+  });
+}
+
 void gemm(ThreadPool& pool, MatmulArgs a, bool integerQ8) {
   if (a.n == 0 || a.m == 0) return;
   const bool integer = integerQ8 && a.dtype == DType::Q8_0;
@@ -121,6 +165,10 @@ void gemm(ThreadPool& pool, MatmulArgs a, bool integerQ8) {
   }
   const int64_t groups = (a.m + kColumnGroup - 1) / kColumnGroup;
   const int64_t threads = pool.size();
+  if (!integer && isBlockFormat(a.dtype) && a.n >= kPanelRows) {
+    panelGemm(pool, a, groups);
+    return;
+  }
   // Column blocks: as many groups as keep their weights in L2, at least one.
   const int64_t blockGroups =
       std::max<int64_t>(1, static_cast<int64_t>(kBlockWeightBytes / std::max<size_t>(1, tensorBytes(a.dtype, a.k) * kColumnGroup)));
@@ -171,7 +219,7 @@ void addScaled(float scale, const float* x, float* y, int64_t count) {
 void cpuMatmul(ThreadPool& pool, const float* x, int64_t n, int64_t k, const void* weight, DType weightType, int64_t m,
                float* out, const float* bias, const float* residual, bool integerQ8) {
   // One path for every row count: a row's result is the same whether it runs alone (decode) or in a batch.
-  gemm(pool, MatmulArgs{x, n, k, weight, weightType, m, out, bias, residual, nullptr, nullptr}, integerQ8);
+  gemm(pool, MatmulArgs{x, n, k, weight, weightType, m, out, bias, residual, nullptr, nullptr, 0}, integerQ8);
 }
 
 }  // namespace duo
