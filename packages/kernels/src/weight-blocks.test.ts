@@ -25,7 +25,8 @@ it.each(['q8_0', 'q4_k', 'q6_k'] as const)(
       return values;
     };
     const all = await product(0, n);
-    for (const row of [0, 7, 19]) expect(await product(row, 1), `row ${row}`).toEqual(all.slice(row * m, (row + 1) * m));
+    for (const row of [0, 7, 19])
+      expect(await product(row, 1), `row ${row}`).toEqual(all.slice(row * m, (row + 1) * m));
     weight.dispose();
   },
 );
