@@ -8,7 +8,7 @@
 // thread that only grow), then exact int32 lane sums of codes (AVX-512 VNNI) scaled per block. Tiles of 4 rows × 6
 // columns (float
 // weights, half a 32-value step at a time so 24 sums fit the registers) or 4 × 4 (block formats, and fewer rows) share
-// every load (1 row × 8 columns for decode); threads own column ranges, walked in blocks whose weights stay in L2
+// every load (1 row × 8 columns for decode, which prefetches the next tile's rows); threads own column ranges, walked in blocks whose weights stay in L2
 // while every row passes. The tiles (gemm-tiles.inc) are compiled for AVX-512 with VNNI, AVX2 + F16C and baseline
 // x86-64; the dot products and helpers below use target_clones.
 #include <algorithm>
