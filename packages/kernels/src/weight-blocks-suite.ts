@@ -121,28 +121,50 @@ export function weightBlocksSuite(
 
     it.each(FORMATS)('%s: a row gets the same bits alone as among the rows of its call', async (format) => {
       const b = backend() as NativeBackend;
-      // 9 rows: CUDA's 8-row pass plus one; the CPU's 4-row tiles and a row alone.
-      const [n, k, m] = [9, format === 'q8_0' ? 1312 : 1280, 9];
-      const weight = b.upload(format, [m, k], quantizeWeights(format, randomArray(m * k, 21, 0.1)));
-      const input = randomArray(n * k, 22, 1);
-      const product = async (first: number, rows: number) => {
-        const x = b.upload('f32', [rows, k], input.subarray(first * k, (first + rows) * k));
-        const out = b.alloc('f32', [rows, m]);
-        b.matmul(x, weight, out);
-        const values = Array.from((await b.read(out)) as Float32Array);
-        for (const tensor of [x, out]) tensor.dispose();
-        return values;
-      };
-      const all = await product(0, n);
-      for (const [first, rows] of [
-        [0, 1],
-        [5, 1],
-        [3, 4],
-      ] as const)
-        expect(await product(first, rows), `rows ${first}…${first + rows - 1}`).toEqual(
-          all.slice(first * m, (first + rows) * m),
-        );
-      weight.dispose();
+      // 9 rows: CUDA's 8-row pass plus one; the CPU's 4-row tiles and a row alone. On the CPU also 20 rows over 50
+      // columns, which it decodes into f32 panels (two column groups of 24 and a tail) for its float tiles.
+      const cases = [
+        {
+          n: 9,
+          k: format === 'q8_0' ? 1312 : 1280,
+          m: 9,
+          checks: [
+            [0, 1],
+            [5, 1],
+            [3, 4],
+          ],
+        },
+      ];
+      if (b.device === 'cpu')
+        cases.push({
+          n: 20,
+          k: 512,
+          m: 50,
+          checks: [
+            [0, 1],
+            [7, 1],
+            [19, 1],
+            [4, 4],
+          ],
+        });
+      for (const { n, k, m, checks } of cases) {
+        const weight = b.upload(format, [m, k], quantizeWeights(format, randomArray(m * k, 21, 0.1)));
+        const input = randomArray(n * k, 22, 1);
+        const product = async (first: number, rows: number) => {
+          const x = b.upload('f32', [rows, k], input.subarray(first * k, (first + rows) * k));
+          const out = b.alloc('f32', [rows, m]);
+          b.matmul(x, weight, out);
+          const values = Array.from((await b.read(out)) as Float32Array);
+          for (const tensor of [x, out]) tensor.dispose();
+          return values;
+        };
+        const all = await product(0, n);
+        for (const [first, rows] of checks as [number, number][])
+          expect(await product(first, rows), `${n} rows: ${first}…${first + rows - 1}`).toEqual(
+            all.slice(first * m, (first + rows) * m),
+          );
+        weight.dispose();
+      }
     });
 
     it('refuses rows of partial blocks and element-wise ops on blocks, by name', () => {

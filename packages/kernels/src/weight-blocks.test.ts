@@ -9,28 +9,6 @@ import { weightBlocksSuite } from './weight-blocks-suite.js';
 const cpu = createBackend('cpu');
 weightBlocksSuite('cpu', () => cpu);
 
-it.each(['q8_0', 'q4_k', 'q6_k'] as const)(
-  '%s: 20 rows (decoded into f32 panels for the float tiles) give each row the bits it gets alone',
-  async (format) => {
-    // m = 50 columns: two column groups of 24 and a tail; 20 rows: five 4-row tiles over each panel.
-    const [n, k, m] = [20, 512, 50];
-    const weight = cpu.upload(format, [m, k], quantizeWeights(format, randomArray(m * k, 41, 0.1)));
-    const input = randomArray(n * k, 42, 1);
-    const product = async (first: number, rows: number) => {
-      const x = cpu.upload('f32', [rows, k], input.subarray(first * k, (first + rows) * k));
-      const out = cpu.alloc('f32', [rows, m]);
-      cpu.matmul(x, weight, out);
-      const values = Array.from((await cpu.read(out)) as Float32Array);
-      for (const tensor of [x, out]) tensor.dispose();
-      return values;
-    };
-    const all = await product(0, n);
-    for (const row of [0, 7, 19])
-      expect(await product(row, 1), `row ${row}`).toEqual(all.slice(row * m, (row + 1) * m));
-    weight.dispose();
-  },
-);
-
 describe('cpuIntegerQ8', () => {
   beforeAll(() => cpu.tune({ cpuIntegerQ8: true }));
   afterAll(() => cpu.tune({}));
