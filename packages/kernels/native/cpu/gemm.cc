@@ -114,6 +114,14 @@ constexpr size_t kPanelBytes = 512 << 10;
 
 bool isBlockFormat(DType dtype) { return blockValues(dtype) > 1; }
 
+// Column groups a piece of many-row work takes: at most `blockGroups` (its weights fit the cache), in as few rounds as
+// that allows, spread evenly over the threads — capping pieces at blockGroups alone left 22 groups as 10 + 10 + 2
+// (one thread doing 12, the other 10) and 32 as 10 + 10 + 10 + 2 (20 against 12).
+int64_t balancedGrain(int64_t groups, int64_t threads, int64_t blockGroups) {
+  const int64_t rounds = (groups + threads * blockGroups - 1) / (threads * blockGroups);
+  return std::max<int64_t>(1, (groups + threads * rounds - 1) / (threads * rounds));
+}
+
 // A block-format product of many rows: each thread decodes its column blocks, one at a time, into a panel of f32 rows
 // (its own buffer, grown to the largest block and kept; L2-sized) with the values the block tiles would compute, and
 // the float tiles multiply it — so a row's products and their order are those of the block tiles, alone or in a batch.
@@ -121,8 +129,7 @@ void panelGemm(ThreadPool& pool, const MatmulArgs& a, int64_t groups) {
   const Tiles blocks = tilesFor(a.dtype, false), floats = tilesFor(DType::F32, false);
   const int64_t threads = pool.size();
   const int64_t blockGroups = std::max<int64_t>(1, static_cast<int64_t>(kPanelBytes / (a.k * sizeof(float) * kColumnGroup)));
-  const int64_t grain = std::min(blockGroups, (groups + threads - 1) / threads);
-  pool.parallelFor(groups, std::max<int64_t>(1, grain), [&](int64_t begin, int64_t end) {
+  pool.parallelFor(groups, balancedGrain(groups, threads, blockGroups), [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> panel;  // this pool thread's
     for (int64_t block = begin; block < end; block += blockGroups) {
       const int64_t blockEnd = std::min(end, block + blockGroups);
@@ -173,7 +180,7 @@ void gemm(ThreadPool& pool, MatmulArgs a, bool integerQ8) {
   const int64_t blockGroups =
       std::max<int64_t>(1, static_cast<int64_t>(kBlockWeightBytes / std::max<size_t>(1, tensorBytes(a.dtype, a.k) * kColumnGroup)));
   // One piece per thread for decode (each streams a contiguous share of the weights); finer pieces when rows are many.
-  const int64_t grain = a.n <= 4 ? (groups + threads - 1) / threads : std::min(blockGroups, (groups + threads - 1) / threads);
+  const int64_t grain = a.n <= 4 ? (groups + threads - 1) / threads : balancedGrain(groups, threads, blockGroups);
   pool.parallelFor(groups, std::max<int64_t>(1, grain), [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; block += blockGroups) {
       const int64_t blockEnd = std::min(end, block + blockGroups);
