@@ -239,9 +239,7 @@ __attribute__((always_inline)) inline void attendHeads(const AttentionCall& call
       storeVec<W>(scores + chunk * W, weights);
       total += weights;
     }
-    float tileSum = 0.0f;
-    for (int i = 0; i < W; i++) tileSum += total[i];
-    scratch.sums[vector] = scratch.sums[vector] * correction[h] + tileSum;
+    scratch.sums[vector] = scratch.sums[vector] * correction[h] + sumLanes<W>(total);
   }
   // Channels in passes of 8 (for one or two heads), 4, 2 and 1 vectors of W: at most 16 sums in registers.
   const int64_t lanes = headDim / W;

@@ -3,14 +3,13 @@
 // is bitwise the same whatever rows share the call (decode alone or in a batch) and however the threads split the work.
 // Weights are read where they lie, converted in registers (f16 by F16C, bf16 by a shift, block formats a 32-value
 // piece at a time, Q8_0 by vector conversions); from 16 rows up a block format's column block is first decoded into a
-// per-thread f32 panel (panelGemm) for the float tiles. With Tuning::integerQ8, Q8_0 multiplies integers
-// instead, as CUDA's decode and llama.cpp do: x rounded to int8 pieces once per call (into buffers of the calling
-// thread that only grow), then exact int32 lane sums of codes (AVX-512 VNNI) scaled per block. Tiles of 4 rows × 6
-// columns (float
+// per-thread f32 panel (panelGemm) for the float tiles. With Tuning::integerQ8, Q8_0 multiplies integers instead, as
+// CUDA's decode and llama.cpp do: x rounded to int8 pieces once per call (into buffers of the calling thread that only
+// grow), then exact int32 lane sums of codes (AVX-512 VNNI) scaled per block. Tiles of 4 rows × 6 columns (float
 // weights, half a 32-value step at a time so 24 sums fit the registers) or 4 × 4 (block formats, and fewer rows) share
-// every load (1 row × 8 columns for decode, which prefetches the next tile's rows); threads own column ranges, walked in blocks whose weights stay in L2
-// while every row passes. The tiles (gemm-tiles.inc) are compiled for AVX-512 with VNNI, AVX2 + F16C and baseline
-// x86-64; the dot products and helpers below use target_clones.
+// every load (1 row × 8 columns for decode, which prefetches the next tile's rows); threads own column ranges, walked
+// in blocks whose weights stay in L2 while every row passes. The tiles (gemm-tiles.inc) are compiled for AVX-512 with
+// VNNI, AVX2 + F16C and baseline x86-64; the dot products and helpers below use target_clones.
 #include <algorithm>
 #include <cstdlib>
 #include <cmath>
@@ -122,11 +121,21 @@ int64_t balancedGrain(int64_t groups, int64_t threads, int64_t blockGroups) {
   return std::max<int64_t>(1, (groups + threads * rounds - 1) / (threads * rounds));
 }
 
+// Every row of x against columns [first, end): 4 × 6 tiles where the set has them, else r × 4.
+void multiplyRows(const Tiles& tiles, const MatmulArgs& a, int64_t first, int64_t end) {
+  for (int64_t row0 = 0; row0 < a.n; row0 += 4) {
+    const int rows = static_cast<int>(std::min<int64_t>(4, a.n - row0));
+    const bool six = rows == 4 && tiles.fourBySix;
+    const Tile tile = six ? tiles.fourBySix : tiles.rows[rows];
+    for (int64_t c = first; c < end; c += six ? 6 : 4) tile(a, row0, c);
+  }
+}
+
 // A block-format product of many rows: each thread decodes its column blocks, one at a time, into a panel of f32 rows
 // (its own buffer, grown to the largest block and kept; L2-sized) with the values the block tiles would compute, and
 // the float tiles multiply it — so a row's products and their order are those of the block tiles, alone or in a batch.
-void panelGemm(ThreadPool& pool, const MatmulArgs& a, int64_t groups) {
-  const Tiles blocks = tilesFor(a.dtype, false), floats = tilesFor(DType::F32, false);
+void panelGemm(ThreadPool& pool, const MatmulArgs& a, const Tiles& blocks, int64_t groups) {
+  const Tiles floats = tilesFor(DType::F32, false);
   const int64_t threads = pool.size();
   const int64_t blockGroups = std::max<int64_t>(1, static_cast<int64_t>(kPanelBytes / (a.k * sizeof(float) * kColumnGroup)));
   pool.parallelFor(groups, balancedGrain(groups, threads, blockGroups), [&](int64_t begin, int64_t end) {
@@ -140,12 +149,7 @@ void panelGemm(ThreadPool& pool, const MatmulArgs& a, int64_t groups) {
       p.weight = panel.data();
       p.dtype = DType::F32;
       p.firstRow = first;
-      for (int64_t row0 = 0; row0 < a.n; row0 += 4) {
-        const int rows = static_cast<int>(std::min<int64_t>(4, a.n - row0));
-        const bool six = rows == 4;
-        const Tile tile = six ? floats.fourBySix : floats.rows[rows];
-        for (int64_t c = first; c < blockEnd * kColumnGroup; c += six ? 6 : 4) tile(p, row0, c);
-      }
+      multiplyRows(floats, p, first, blockEnd * kColumnGroup);
     }
   });
 }
@@ -173,7 +177,7 @@ void gemm(ThreadPool& pool, MatmulArgs a, bool integerQ8) {
   const int64_t groups = (a.m + kColumnGroup - 1) / kColumnGroup;
   const int64_t threads = pool.size();
   if (!integer && isBlockFormat(a.dtype) && a.n >= kPanelRows) {
-    panelGemm(pool, a, groups);
+    panelGemm(pool, a, tiles, groups);
     return;
   }
   // Column blocks: as many groups as keep their weights in L2, at least one.
@@ -188,12 +192,7 @@ void gemm(ThreadPool& pool, MatmulArgs a, bool integerQ8) {
         for (int64_t c = block * kColumnGroup; c < blockEnd * kColumnGroup; c += 8) tiles.wide(a, 0, c);
         continue;
       }
-      for (int64_t row0 = 0; row0 < a.n; row0 += 4) {
-        const int rows = static_cast<int>(std::min<int64_t>(4, a.n - row0));
-        const bool six = rows == 4 && tiles.fourBySix;
-        const Tile tile = six ? tiles.fourBySix : tiles.rows[rows];
-        for (int64_t c = block * kColumnGroup; c < blockEnd * kColumnGroup; c += six ? 6 : 4) tile(a, row0, c);
-      }
+      multiplyRows(tiles, a, block * kColumnGroup, blockEnd * kColumnGroup);
     }
   });
 }
