@@ -121,8 +121,9 @@ export function weightBlocksSuite(
 
     it.each(FORMATS)('%s: a row gets the same bits alone as among the rows of its call', async (format) => {
       const b = backend() as NativeBackend;
-      // 9 rows: CUDA's 8-row pass plus one; the CPU's 4-row tiles and a row alone. On the CPU also 20 rows over 50
-      // columns, which it decodes into f32 panels (two column groups of 24 and a tail) for its float tiles.
+      // 9 rows: CUDA's 8-row pass plus one; the CPU's 4-row tiles and a row alone. On the CPU also 21 and 19 rows over
+      // 50 columns, which it decodes into panels (two column groups of 24 and a tail; f32 for the float tiles, or the
+      // integer panel under cpuIntegerQ8) with a remainder of one or three rows, k of 17 blocks (a lone last pair).
       const cases = [
         {
           n: 9,
@@ -136,17 +137,29 @@ export function weightBlocksSuite(
         },
       ];
       if (b.device === 'cpu')
-        cases.push({
-          n: 20,
-          k: 512,
-          m: 50,
-          checks: [
-            [0, 1],
-            [7, 1],
-            [19, 1],
-            [4, 4],
-          ],
-        });
+        cases.push(
+          {
+            n: 21,
+            k: format === 'q8_0' ? 544 : 512,
+            m: 50,
+            checks: [
+              [0, 1],
+              [7, 1],
+              [20, 1],
+              [4, 4],
+            ],
+          },
+          {
+            n: 19,
+            k: 512,
+            m: 50,
+            checks: [
+              [0, 1],
+              [17, 2],
+              [16, 3],
+            ],
+          },
+        );
       for (const { n, k, m, checks } of cases) {
         const weight = b.upload(format, [m, k], quantizeWeights(format, randomArray(m * k, 21, 0.1)));
         const input = randomArray(n * k, 22, 1);

@@ -52,6 +52,9 @@ struct MatmulArgs {
   int64_t firstRow;
 };
 
+// Bytes of a block pair in the integer panel (gemm-tiles.inc, buildIntPanel): 64 codes, 16 lane starts, 16 scales.
+constexpr int64_t kIntPairBytes = 192;
+
 using Tile = void (*)(const MatmulArgs&, int64_t, int64_t);
 // The tiles of one weight kind: 1 × 8 (decode), r × 4 for r = 1 … 4, and 4 × 6 for the float kinds (else null); and
 // the set's rounding of x to int8 pieces (Q8_0's integer products).
@@ -60,6 +63,8 @@ struct Tiles {
   void (*quantize)(const float* x, int64_t pieces, int8_t* codes, float* steps);
   // Block formats: rows [first, first + count) of a weight as f32 rows of k (what the tiles' products read).
   void (*decodeRows)(const void* weight, DType dtype, int64_t k, int64_t first, int64_t count, float* out);
+  // The integer panel's set (intPanelTiles): Q8_0 columns [first, first + count) re-laid for its tiles, else null.
+  void (*buildPanel)(const void* weight, int64_t k, int64_t first, int64_t count, uint8_t* out);
 };
 
 // The tile sets: AVX-512 with VNNI (x86-64-v4 and the byte dot products Ice Lake and Zen 4 added), AVX2 + F16C + FMA
@@ -113,6 +118,12 @@ constexpr size_t kPanelBytes = 512 << 10;
 
 bool isBlockFormat(DType dtype) { return blockValues(dtype) > 1; }
 
+// The integer products' panel tiles for this CPU (empty where the CPU lacks AVX-512 VNNI).
+Tiles intPanelTilesFor() {
+  static const bool vnni = __builtin_cpu_supports("x86-64-v4") && __builtin_cpu_supports("avx512vnni");
+  return vnni ? v4::intPanelTiles() : Tiles{};
+}
+
 // Column groups a piece of many-row work takes: at most `blockGroups` (its weights fit the cache), in as few rounds as
 // that allows, spread evenly over the threads — capping pieces at blockGroups alone left 22 groups as 10 + 10 + 2
 // (one thread doing 12, the other 10) and 32 as 10 + 10 + 10 + 2 (20 against 12).
@@ -154,6 +165,28 @@ void panelGemm(ThreadPool& pool, const MatmulArgs& a, const Tiles& blocks, int64
   });
 }
 
+// Integer Q8_0 products of many rows: each thread re-lays its column blocks, one at a time, as the integer panel (its
+// own buffer, grown and kept; L2-sized) and the panel tiles multiply it — the same lanes and float operations as the
+// block tiles, so a row's bits do not depend on the rows beside it.
+void intPanelGemm(ThreadPool& pool, const MatmulArgs& a, const Tiles& panelTiles, int64_t groups) {
+  const int64_t threads = pool.size();
+  const int64_t columnBytes = (a.k / 32 + 1) / 2 * kIntPairBytes;
+  const int64_t blockGroups = std::max<int64_t>(1, static_cast<int64_t>(kPanelBytes / (columnBytes * kColumnGroup)));
+  pool.parallelFor(groups, balancedGrain(groups, threads, blockGroups), [&](int64_t begin, int64_t end) {
+    thread_local std::vector<uint8_t> panel;  // this pool thread's
+    for (int64_t block = begin; block < end; block += blockGroups) {
+      const int64_t blockEnd = std::min(end, block + blockGroups);
+      const int64_t first = block * kColumnGroup, last = std::min(a.m, blockEnd * kColumnGroup);
+      if (panel.size() < static_cast<size_t>((last - first) * columnBytes)) panel.resize((last - first) * columnBytes);
+      panelTiles.buildPanel(a.weight, a.k, first, last - first, panel.data());
+      MatmulArgs p = a;
+      p.weight = panel.data();
+      p.firstRow = first;
+      multiplyRows(panelTiles, p, first, blockEnd * kColumnGroup);
+    }
+  });
+}
+
 void gemm(ThreadPool& pool, MatmulArgs a, bool integerQ8) {
   if (a.n == 0 || a.m == 0) return;
   const bool integer = integerQ8 && a.dtype == DType::Q8_0;
@@ -179,6 +212,13 @@ void gemm(ThreadPool& pool, MatmulArgs a, bool integerQ8) {
   if (!integer && isBlockFormat(a.dtype) && a.n >= kPanelRows) {
     panelGemm(pool, a, tiles, groups);
     return;
+  }
+  if (integer && a.n >= kPanelRows) {
+    const Tiles panelTiles = intPanelTilesFor();
+    if (panelTiles.buildPanel) {
+      intPanelGemm(pool, a, panelTiles, groups);
+      return;
+    }
   }
   // Column blocks: as many groups as keep their weights in L2, at least one.
   const int64_t blockGroups =
