@@ -2,8 +2,19 @@
 #include "thread-pool.h"
 
 #include <algorithm>
+#include <chrono>
 
 namespace duo {
+
+namespace {
+
+// How long a worker that finished a job watches for the next before it sleeps. A decode step is a few hundred small
+// jobs a few microseconds apart; a sleeping worker took long enough to wake (a futex and the scheduler) that the
+// calling thread often ran a small matrix's pieces alone. The watch costs one core for at most this long after the
+// last job.
+constexpr auto kSpin = std::chrono::microseconds(200);
+
+}  // namespace
 
 ThreadPool::ThreadPool(unsigned threads) {
   unsigned extra = threads > 1 ? threads - 1 : 0;
@@ -29,9 +40,21 @@ void ThreadPool::runPieces() {
   }
 }
 
+bool ThreadPool::spinForJob(uint64_t seen) const {
+  const auto start = std::chrono::steady_clock::now();
+  for (int round = 0;; round++) {
+    if (stop_.load(std::memory_order_relaxed)) return false;
+    if (open_.load(std::memory_order_acquire) && generation_.load(std::memory_order_acquire) != seen) return true;
+    if ((round & 15) == 15 && std::chrono::steady_clock::now() - start > kSpin) return false;
+    // Yield rather than pause: where other processes want the core (tests in parallel), they get it.
+    std::this_thread::yield();
+  }
+}
+
 void ThreadPool::workerLoop() {
   uint64_t seen = 0;
   for (;;) {
+    spinForJob(seen);  // either way the wait below decides, under the lock
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stop_ || (open_ && generation_ != seen); });

@@ -21,6 +21,8 @@ class ThreadPool {
  private:
   void workerLoop();
   void runPieces();
+  // Watches for the next job for a short while before sleeping (true: one is open).
+  bool spinForJob(uint64_t seen) const;
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
@@ -30,9 +32,10 @@ class ThreadPool {
   std::atomic<int64_t> next_{0};
   std::atomic<int64_t> remaining_{0};  // elements not yet processed in the open job
   std::atomic<int> inside_{0};         // workers currently inside the open job
-  uint64_t generation_ = 0;
-  bool open_ = false;                  // a job is accepting workers
-  bool stop_ = false;
+  // Written under mutex_; atomic so that spinning workers may read them without it.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> open_{false};  // a job is accepting workers
+  std::atomic<bool> stop_{false};
   std::mutex callMutex_;  // one parallelFor at a time
 };
 
