@@ -1,15 +1,17 @@
 // CPU matmul: out = x · Wᵀ (+ residual, + bias). Every output is one dot product over k in one fixed order — sixteen
 // lane sums over k in steps of 16, folded by a fixed tree, then the tail, the residual and the bias — so a row's result
 // is bitwise the same whatever rows share the call (decode alone or in a batch) and however the threads split the work.
-// Weights are read where they lie, converted in registers (f16 by F16C, bf16 by a shift, block formats a 32-value
-// piece at a time, Q8_0 by vector conversions); from 16 rows up a block format's column block is first decoded into a
+// Weights are read where they lie, converted in registers (f16 by F16C, bf16 by a shift, block formats a 32-value piece
+// at a time, Q8_0 by vector conversions); from 16 rows up a block format's column block is first decoded into a
 // per-thread f32 panel (panelGemm) for the float tiles. With Tuning::integerQ8, Q8_0 multiplies integers instead, as
 // CUDA's decode and llama.cpp do: x rounded to int8 pieces once per call (into buffers of the calling thread that only
-// grow), then exact int32 lane sums of codes (AVX-512 VNNI) scaled per block. Tiles of 4 rows × 6 columns (float
-// weights, half a 32-value step at a time so 24 sums fit the registers) or 4 × 4 (block formats, and fewer rows) share
-// every load (1 row × 8 columns for decode, which prefetches the next tile's rows); threads own column ranges, walked
-// in blocks whose weights stay in L2 while every row passes. The tiles (gemm-tiles.inc) are compiled for AVX-512 with
-// VNNI, AVX2 + F16C and baseline x86-64; the dot products and helpers below use target_clones.
+// grow), then exact int32 lane sums of codes (AVX-512 VNNI) scaled per block; from 16 rows up through a per-thread
+// integer panel (intPanelGemm: each block pair's codes, lane starts and scales laid out once). Tiles of 4 rows × 6
+// columns (float weights, half a 32-value step at a time so 24 sums fit the registers) or 4 × 4 (block formats, and
+// fewer rows) share every load (1 row × 8 columns for decode, which prefetches the next tile's rows); threads own
+// column ranges, walked in blocks whose weights stay in L2 while every row passes. The tiles (gemm-tiles.inc) are
+// compiled for AVX-512 with VNNI, AVX2 + F16C and baseline x86-64; the dot products and helpers below use
+// target_clones.
 #include <algorithm>
 #include <cstdlib>
 #include <cmath>
@@ -142,48 +144,44 @@ void multiplyRows(const Tiles& tiles, const MatmulArgs& a, int64_t first, int64_
   }
 }
 
-// A block-format product of many rows: each thread decodes its column blocks, one at a time, into a panel of f32 rows
-// (its own buffer, grown to the largest block and kept; L2-sized) with the values the block tiles would compute, and
-// the float tiles multiply it — so a row's products and their order are those of the block tiles, alone or in a batch.
-void panelGemm(ThreadPool& pool, const MatmulArgs& a, const Tiles& blocks, int64_t groups) {
-  const Tiles floats = tilesFor(DType::F32, false);
+// Many rows over panels: each thread re-lays its column blocks, one at a time, into a panel (its own buffer, grown to
+// the largest block and kept; L2-sized) with `build(first, count, out)`, and `tiles` multiply it as weights of
+// `panelType` whose rows start at the block's first column.
+template <typename Build>
+void overPanels(ThreadPool& pool, const MatmulArgs& a, int64_t columnBytes, DType panelType, const Tiles& tiles, int64_t groups,
+                const Build& build) {
   const int64_t threads = pool.size();
-  const int64_t blockGroups = std::max<int64_t>(1, static_cast<int64_t>(kPanelBytes / (a.k * sizeof(float) * kColumnGroup)));
+  const int64_t blockGroups = std::max<int64_t>(1, static_cast<int64_t>(kPanelBytes / (columnBytes * kColumnGroup)));
   pool.parallelFor(groups, balancedGrain(groups, threads, blockGroups), [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> panel;  // this pool thread's
+    thread_local std::vector<float> panel;  // this pool thread's (floats: aligned for either kind)
     for (int64_t block = begin; block < end; block += blockGroups) {
       const int64_t blockEnd = std::min(end, block + blockGroups);
       const int64_t first = block * kColumnGroup, last = std::min(a.m, blockEnd * kColumnGroup);
-      if (panel.size() < static_cast<size_t>((last - first) * a.k)) panel.resize((last - first) * a.k);
-      blocks.decodeRows(a.weight, a.dtype, a.k, first, last - first, panel.data());
+      const size_t floats = static_cast<size_t>(((last - first) * columnBytes + 3) / 4);
+      if (panel.size() < floats) panel.resize(floats);
+      build(first, last - first, panel.data());
       MatmulArgs p = a;
       p.weight = panel.data();
-      p.dtype = DType::F32;
+      p.dtype = panelType;
       p.firstRow = first;
-      multiplyRows(floats, p, first, blockEnd * kColumnGroup);
+      multiplyRows(tiles, p, first, blockEnd * kColumnGroup);
     }
   });
 }
 
-// Integer Q8_0 products of many rows: each thread re-lays its column blocks, one at a time, as the integer panel (its
-// own buffer, grown and kept; L2-sized) and the panel tiles multiply it — the same lanes and float operations as the
-// block tiles, so a row's bits do not depend on the rows beside it.
+// A block-format product of many rows over f32 panels: each column block decoded once into f32 rows with the values
+// the block tiles would compute, for the float tiles — so a row's products and their order are those of the block
+// tiles, alone or in a batch.
+void panelGemm(ThreadPool& pool, const MatmulArgs& a, const Tiles& blocks, int64_t groups) {
+  overPanels(pool, a, a.k * static_cast<int64_t>(sizeof(float)), DType::F32, tilesFor(DType::F32, false), groups,
+             [&](int64_t first, int64_t count, float* out) { blocks.decodeRows(a.weight, a.dtype, a.k, first, count, out); });
+}
+
+// Integer Q8_0 products of many rows over integer panels (each block pair's codes, lane starts and scales laid out
+// once): the same lanes and float operations as the block tiles, so a row's bits do not depend on the rows beside it.
 void intPanelGemm(ThreadPool& pool, const MatmulArgs& a, const Tiles& panelTiles, int64_t groups) {
-  const int64_t threads = pool.size();
-  const int64_t columnBytes = (a.k / 32 + 1) / 2 * kIntPairBytes;
-  const int64_t blockGroups = std::max<int64_t>(1, static_cast<int64_t>(kPanelBytes / (columnBytes * kColumnGroup)));
-  pool.parallelFor(groups, balancedGrain(groups, threads, blockGroups), [&](int64_t begin, int64_t end) {
-    thread_local std::vector<uint8_t> panel;  // this pool thread's
-    for (int64_t block = begin; block < end; block += blockGroups) {
-      const int64_t blockEnd = std::min(end, block + blockGroups);
-      const int64_t first = block * kColumnGroup, last = std::min(a.m, blockEnd * kColumnGroup);
-      if (panel.size() < static_cast<size_t>((last - first) * columnBytes)) panel.resize((last - first) * columnBytes);
-      panelTiles.buildPanel(a.weight, a.k, first, last - first, panel.data());
-      MatmulArgs p = a;
-      p.weight = panel.data();
-      p.firstRow = first;
-      multiplyRows(panelTiles, p, first, blockEnd * kColumnGroup);
-    }
+  overPanels(pool, a, (a.k / 32 + 1) / 2 * kIntPairBytes, DType::Q8_0, panelTiles, groups, [&](int64_t first, int64_t count, float* out) {
+    panelTiles.buildPanel(a.weight, a.k, first, count, reinterpret_cast<uint8_t*>(out));
   });
 }
 
