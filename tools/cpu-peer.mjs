@@ -1,5 +1,5 @@
 // The CPU side by side with llama.cpp (issue 21): one GGUF file, the same thread count, our CPU backend and
-// node-llama-cpp's CPU build measured in turns (ours, then llama.cpp, per repeat), median of the repeats.
+// node-llama-cpp's CPU build measured in turns (the order flipped each repeat), median of the repeats.
 //
 //   node tools/cpu-peer.mjs NODE_LLAMA_CPP_DIR FILE.gguf [--contexts 512,4096] [--steps 16] [--repeats 3]
 //                           [--threads N] [--integer-q8] [--out FILE.json]
@@ -117,8 +117,15 @@ const rows = [];
 for (const context of contexts) {
   const runs = { ours: [], llamacpp: [] };
   for (let repeat = 0; repeat < repeats; repeat++) {
-    runs.ours.push(await measureOurs(context));
-    runs.llamacpp.push(await measurePeer(context));
+    // Engines in turns, the order flipped each repeat (ours first, then llama.cpp first, …), so the machine's drift
+    // within a repeat favours neither.
+    if (repeat % 2 === 0) {
+      runs.ours.push(await measureOurs(context));
+      runs.llamacpp.push(await measurePeer(context));
+    } else {
+      runs.llamacpp.push(await measurePeer(context));
+      runs.ours.push(await measureOurs(context));
+    }
     const [a, b] = [runs.ours.at(-1), runs.llamacpp.at(-1)];
     log(
       `@${context} repeat ${repeat + 1}/${repeats}: ours ${a.decodeMsPerToken.toFixed(2)} ms/token, ${a.prefillTokensPerSecond.toFixed(0)} tok/s prefill; llama.cpp ${b.decodeMsPerToken.toFixed(2)} ms/token, ${b.prefillTokensPerSecond.toFixed(0)} tok/s`,
