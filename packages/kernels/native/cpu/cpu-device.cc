@@ -2,6 +2,7 @@
 #include "cpu-device.h"
 #include "../weight-blocks.h"
 
+#include <immintrin.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -174,6 +175,18 @@ Device::PendingRead* CpuDevice::read(const Tensor& tensor, void* host, size_t by
   return new ReadyRead();
 }
 
+namespace {
+
+// f16 values widened eight at a time by F16C (exact, as f16ToFloat is); f16 KV rows pass through here once per read.
+__attribute__((target("avx,f16c"))) void widenHalvesF16c(const uint16_t* source, int64_t count, float* out) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(source + i))));
+  for (; i < count; i++) out[i] = f16ToFloat(source[i]);
+}
+
+}  // namespace
+
 void loadFloats(const void* base, DType dtype, int64_t offset, int64_t count, float* out) {
   if (isBlockType(dtype)) {
     // Whole blocks only: the matmul's k-blocks (256) and the embedding's rows start and end on block boundaries.
@@ -188,6 +201,8 @@ void loadFloats(const void* base, DType dtype, int64_t offset, int64_t count, fl
   } else if (dtype == DType::BF16) {
     const uint16_t* source = static_cast<const uint16_t*>(base) + offset;
     for (int64_t i = 0; i < count; i++) out[i] = bf16ToFloat(source[i]);
+  } else if (dtype == DType::F16 && __builtin_cpu_supports("f16c")) {
+    widenHalvesF16c(static_cast<const uint16_t*>(base) + offset, count, out);
   } else {
     for (int64_t i = 0; i < count; i++) out[i] = loadFloat(base, dtype, offset + i);
   }
