@@ -201,7 +201,7 @@ void loadFloats(const void* base, DType dtype, int64_t offset, int64_t count, fl
   } else if (dtype == DType::BF16) {
     const uint16_t* source = static_cast<const uint16_t*>(base) + offset;
     for (int64_t i = 0; i < count; i++) out[i] = bf16ToFloat(source[i]);
-  } else if (dtype == DType::F16 && __builtin_cpu_supports("f16c")) {
+  } else if (static const bool f16c = __builtin_cpu_supports("f16c"); dtype == DType::F16 && f16c) {
     widenHalvesF16c(static_cast<const uint16_t*>(base) + offset, count, out);
   } else {
     for (int64_t i = 0; i < count; i++) out[i] = loadFloat(base, dtype, offset + i);

@@ -40,12 +40,12 @@ void ThreadPool::runPieces() {
   }
 }
 
-bool ThreadPool::spinForJob(uint64_t seen) const {
+void ThreadPool::spinForJob(uint64_t seen) const {
   const auto start = std::chrono::steady_clock::now();
   for (int round = 0;; round++) {
-    if (stop_.load(std::memory_order_relaxed)) return false;
-    if (open_.load(std::memory_order_acquire) && generation_.load(std::memory_order_acquire) != seen) return true;
-    if ((round & 15) == 15 && std::chrono::steady_clock::now() - start > kSpin) return false;
+    if (stop_.load(std::memory_order_relaxed)) return;
+    if (open_.load(std::memory_order_acquire) && generation_.load(std::memory_order_acquire) != seen) return;
+    if ((round & 15) == 15 && std::chrono::steady_clock::now() - start > kSpin) return;
     // Yield rather than pause: where other processes want the core (tests in parallel), they get it.
     std::this_thread::yield();
   }
@@ -54,7 +54,7 @@ bool ThreadPool::spinForJob(uint64_t seen) const {
 void ThreadPool::workerLoop() {
   uint64_t seen = 0;
   for (;;) {
-    spinForJob(seen);  // either way the wait below decides, under the lock
+    spinForJob(seen);
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stop_ || (open_ && generation_ != seen); });

@@ -21,8 +21,8 @@ class ThreadPool {
  private:
   void workerLoop();
   void runPieces();
-  // Watches for the next job for a short while before sleeping (true: one is open).
-  bool spinForJob(uint64_t seen) const;
+  // Watches for the next job (a generation after `seen`) for a short while; the caller's wait then decides.
+  void spinForJob(uint64_t seen) const;
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
