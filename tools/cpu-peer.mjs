@@ -2,10 +2,12 @@
 // node-llama-cpp's CPU build measured in turns (the order flipped each repeat), median of the repeats.
 //
 //   node tools/cpu-peer.mjs NODE_LLAMA_CPP_DIR FILE.gguf [--contexts 512,4096] [--steps 16] [--repeats 3]
-//                           [--threads N] [--integer-q8] [--out FILE.json]
+//                           [--threads N] [--integer-q8] [--cache-dtype f16|f32] [--out FILE.json]
 //
 // --integer-q8: our Q8_0 products over x rounded to int8 pieces (BackendTuning.cpuIntegerQ8, what llama.cpp's CPU
 // build does with Q8_0); without it, exact x.
+// --cache-dtype: the KV cache's element type in both engines (default f16, llama.cpp's own default; our CPU sessions
+// keep f32 unless asked, which reads twice the cache bytes per decoded token).
 // NODE_LLAMA_CPP_DIR: a directory where `npm i node-llama-cpp` ran (its CPU prebuilt comes from the npm registry).
 // Each repeat and context: prefill the context's tokens from an empty cache (a fresh llama.cpp context each time, so
 // nothing is reused from an earlier prompt), then decode `steps` greedy tokens after 2 warm-up tokens; prefill in
@@ -27,6 +29,7 @@ const { values: options, positionals } = parseArgs({
     repeats: { type: 'string', default: '3' },
     threads: { type: 'string' },
     'integer-q8': { type: 'boolean', default: false },
+    'cache-dtype': { type: 'string', default: 'f16' },
     out: { type: 'string' },
   },
 });
@@ -50,6 +53,11 @@ const steps = positive('steps', options.steps);
 const repeats = positive('repeats', options.repeats);
 const threads = options.threads ? positive('threads', options.threads) : availableParallelism();
 const warmup = 2;
+const cacheDtype = options['cache-dtype'];
+if (cacheDtype !== 'f16' && cacheDtype !== 'f32') {
+  console.error(`--cache-dtype: expected f16 or f32 but received ${cacheDtype}`);
+  process.exit(2);
+}
 
 const require = createRequire(join(resolve(peerDirectory), 'package.json'));
 let peerPackage;
@@ -64,7 +72,7 @@ const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.l
 const log = (text) => console.error(`[cpu-peer ${new Date().toISOString().slice(11, 19)}] ${text}`);
 const tokensFor = (count, vocabulary) => Array.from({ length: count }, (_, i) => (i * 7919 + 13) % vocabulary);
 
-log(`loading ${file} in both engines (${threads} threads)`);
+log(`loading ${file} in both engines (${threads} threads, ${cacheDtype} KV cache)`);
 const integerQ8 = options['integer-q8'];
 const ours = await LlamaModel.load(file, { device: resolveBackend('cpu', { tuning: { cpuIntegerQ8: integerQ8 } }) });
 const llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
@@ -77,6 +85,7 @@ async function measureOurs(context) {
     policy: { attention: 'full', prefillChunk: context },
     maxTokens: context + warmup + steps + 4,
     allowBeyondContext: true,
+    cacheDtype,
   });
   try {
     const start = performance.now();
@@ -92,7 +101,15 @@ async function measureOurs(context) {
 /** llama.cpp: a fresh context (nothing cached), the same tokens, then greedy decode. */
 async function measurePeer(context) {
   const contextSize = Math.ceil((context + warmup + steps + 16) / 256) * 256;
-  const llamaContext = await peerModel.createContext({ contextSize, sequences: 1, threads, flashAttention: true });
+  const kvType = cacheDtype.toUpperCase();
+  const llamaContext = await peerModel.createContext({
+    contextSize,
+    sequences: 1,
+    threads,
+    flashAttention: true,
+    experimentalKvCacheKeyType: kvType,
+    experimentalKvCacheValueType: kvType,
+  });
   try {
     const sequence = llamaContext.getSequence();
     const start = performance.now();
@@ -143,6 +160,7 @@ const result = {
   file,
   weights: ours.weightDtype,
   cpuIntegerQ8: integerQ8,
+  cacheDtype,
   threads,
   cpu: cpus()[0]?.model ?? 'unknown',
   commit: currentCommit(),

@@ -433,6 +433,9 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
             ['f32', 6, 2, 48],
             ['f32', 14, 2, 16],
             ['f32', 4, 2, 24],
+            ['f16', 4, 2, 24],
+            ['bf16', 6, 2, 48],
+            ['f16', 8, 2, 128],
           ] as [DType, number, number, number][])
         : []),
     ];
