@@ -1,23 +1,24 @@
 // The CPU side by side with llama.cpp (issue 21): one GGUF file, the same thread count, our CPU backend and
-// node-llama-cpp's CPU build measured in turns (the order flipped each repeat), median of the repeats.
+// node-llama-cpp's CPU build measured in turns, median of the repeats.
 //
-//   node tools/cpu-peer.mjs NODE_LLAMA_CPP_DIR FILE.gguf [--contexts 512,4096] [--steps 16] [--repeats 3]
-//                           [--threads N] [--integer-q8] [--cache-dtype f16|f32] [--out FILE.json]
+//   node tools/cpu-peer.mjs NODE_LLAMA_CPP_DIR FILE.gguf [--contexts 512,4096] [--steps 16] [--burst 4]
+//                           [--repeats 3] [--threads N] [--integer-q8] [--cache-dtype f16|f32] [--out FILE.json]
 //
 // --integer-q8: our Q8_0 products over x rounded to int8 pieces (BackendTuning.cpuIntegerQ8, what llama.cpp's CPU
 // build does with Q8_0); without it, exact x.
 // --cache-dtype: the KV cache's element type in both engines (default f16, llama.cpp's own default; our CPU sessions
 // keep f32 unless asked, which reads twice the cache bytes per decoded token).
 // NODE_LLAMA_CPP_DIR: a directory where `npm i node-llama-cpp` ran (its CPU prebuilt comes from the npm registry).
-// Each repeat and context: prefill the context's tokens from an empty cache (a fresh llama.cpp context each time, so
-// nothing is reused from an earlier prompt), then decode `steps` greedy tokens after 2 warm-up tokens; prefill in
+// Each repeat and context: both engines prefill the context's tokens from an empty cache (a fresh llama.cpp context
+// each time, so nothing is reused from an earlier prompt; the order flips each repeat), then, after 2 warm-up tokens
+// each, decode `steps` greedy tokens in alternating bursts of `burst` (each burst after one untimed step); prefill in
 // tokens/s, decode in ms/token (median over the steps). Needs the packages built (pnpm build).
 import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism, cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { currentCommit, decodeLatency } from '../packages/app-kit/dist/index.js';
+import { currentCommit } from '../packages/app-kit/dist/index.js';
 import { resolveBackend } from '../packages/kernels/dist/index.js';
 import { LlamaModel } from '../packages/model/dist/index.js';
 
@@ -26,6 +27,7 @@ const { values: options, positionals } = parseArgs({
   options: {
     contexts: { type: 'string', default: '512,4096' },
     steps: { type: 'string', default: '16' },
+    burst: { type: 'string', default: '4' },
     repeats: { type: 'string', default: '3' },
     threads: { type: 'string' },
     'integer-q8': { type: 'boolean', default: false },
@@ -50,6 +52,7 @@ const positive = (name, text) => {
 };
 const contexts = options.contexts.split(',').map((text) => positive('contexts', text));
 const steps = positive('steps', options.steps);
+const burst = positive('burst', options.burst);
 const repeats = positive('repeats', options.repeats);
 const threads = options.threads ? positive('threads', options.threads) : availableParallelism();
 const warmup = 2;
@@ -79,28 +82,27 @@ const llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLev
 const peerModel = await llama.loadModel({ modelPath: file, gpuLayers: 0 });
 const vocabulary = ours.config.vocabSize;
 
-/** Our CPU backend: prefill `context` tokens in one chunk, then greedy decode. */
-async function measureOurs(context) {
+/** Our CPU backend: a session that prefills the context in one chunk, then decodes one greedy token a step. */
+async function openOurs(context, room) {
   const session = ours.createSession({
     policy: { attention: 'full', prefillChunk: context },
-    maxTokens: context + warmup + steps + 4,
+    maxTokens: context + room,
     allowBeyondContext: true,
     cacheDtype,
   });
-  try {
-    const start = performance.now();
-    await session.forward(Int32Array.from(tokensFor(context, vocabulary)), { logits: 'last' });
-    const prefillSeconds = (performance.now() - start) / 1000;
-    const timing = await decodeLatency(session, warmup, steps);
-    return { prefillTokensPerSecond: context / prefillSeconds, decodeMsPerToken: timing.msPerToken };
-  } finally {
-    session.dispose();
-  }
+  let token = 13;
+  return {
+    prefill: (tokens) => session.forward(Int32Array.from(tokens), { logits: 'last' }),
+    step: async () => {
+      token = await session.greedyStep(token);
+    },
+    close: async () => session.dispose(),
+  };
 }
 
-/** llama.cpp: a fresh context (nothing cached), the same tokens, then greedy decode. */
-async function measurePeer(context) {
-  const contextSize = Math.ceil((context + warmup + steps + 16) / 256) * 256;
+/** llama.cpp: a fresh context (nothing cached from an earlier prompt), then one greedy token a step. */
+async function openPeer(context, room) {
+  const contextSize = Math.ceil((context + room) / 256) * 256;
   const kvType = cacheDtype.toUpperCase();
   const llamaContext = await peerModel.createContext({
     contextSize,
@@ -110,40 +112,75 @@ async function measurePeer(context) {
     experimentalKvCacheKeyType: kvType,
     experimentalKvCacheValueType: kvType,
   });
-  try {
-    const sequence = llamaContext.getSequence();
-    const start = performance.now();
-    await sequence.evaluateWithoutGeneratingNewTokens(tokensFor(context, vocabulary));
-    const prefillSeconds = (performance.now() - start) / 1000;
-    const generator = sequence.evaluate([13], { temperature: 0, yieldEogToken: true });
-    const times = [];
-    for (let step = 0; step < warmup + steps; step++) {
-      const begin = performance.now();
+  const sequence = llamaContext.getSequence();
+  let generator;
+  let produced = 0;
+  return {
+    prefill: async (tokens) => {
+      await sequence.evaluateWithoutGeneratingNewTokens(tokens);
+      generator = sequence.evaluate([13], { temperature: 0, yieldEogToken: true });
+    },
+    step: async () => {
       const outcome = await generator.next();
-      if (outcome.done) throw new Error(`llama.cpp stopped generating at step ${step}`);
-      if (step >= warmup) times.push(performance.now() - begin);
+      if (outcome.done) throw new Error(`llama.cpp stopped generating after ${produced} tokens`);
+      produced++;
+    },
+    close: async () => {
+      await generator?.return();
+      await llamaContext.dispose();
+    },
+  };
+}
+
+const openers = { ours: openOurs, llamacpp: openPeer };
+
+/**
+ * One repeat at one context: both engines prefill the same tokens (in `order`), then decode in alternating bursts —
+ * one untimed step (caches warm again after the other engine ran) and `burst` timed steps each — so the machine's
+ * drift, ±25 % over tens of seconds here, reaches both engines' steps alike.
+ */
+async function measurePair(context, order) {
+  const bursts = Math.ceil(steps / burst);
+  const room = warmup + bursts * (burst + 1) + 16;
+  const engines = {};
+  const result = {};
+  try {
+    for (const name of order) {
+      engines[name] = await openers[name](context, room);
+      const start = performance.now();
+      await engines[name].prefill(tokensFor(context, vocabulary));
+      result[name] = { prefillTokensPerSecond: context / ((performance.now() - start) / 1000), times: [] };
     }
-    await generator.return();
-    return { prefillTokensPerSecond: context / prefillSeconds, decodeMsPerToken: median(times) };
+    for (const name of order) for (let step = 0; step < warmup; step++) await engines[name].step();
+    for (let round = 0; round < bursts; round++) {
+      for (const name of round % 2 === 0 ? order : [...order].reverse()) {
+        await engines[name].step();
+        for (let step = 0; step < burst; step++) {
+          const begin = performance.now();
+          await engines[name].step();
+          result[name].times.push(performance.now() - begin);
+        }
+      }
+    }
   } finally {
-    await llamaContext.dispose();
+    for (const name of Object.keys(engines)) await engines[name].close();
   }
+  for (const name of order) {
+    result[name].decodeMsPerToken = median(result[name].times);
+    delete result[name].times;
+  }
+  return result;
 }
 
 const rows = [];
 for (const context of contexts) {
   const runs = { ours: [], llamacpp: [] };
   for (let repeat = 0; repeat < repeats; repeat++) {
-    // Engines in turns, the order flipped each repeat (ours first, then llama.cpp first, …), so the machine's drift
-    // within a repeat favours neither.
-    if (repeat % 2 === 0) {
-      runs.ours.push(await measureOurs(context));
-      runs.llamacpp.push(await measurePeer(context));
-    } else {
-      runs.llamacpp.push(await measurePeer(context));
-      runs.ours.push(await measureOurs(context));
-    }
-    const [a, b] = [runs.ours.at(-1), runs.llamacpp.at(-1)];
+    // The prefill order flips each repeat (ours first, then llama.cpp first, …).
+    const pair = await measurePair(context, repeat % 2 === 0 ? ['ours', 'llamacpp'] : ['llamacpp', 'ours']);
+    runs.ours.push(pair.ours);
+    runs.llamacpp.push(pair.llamacpp);
+    const [a, b] = [pair.ours, pair.llamacpp];
     log(
       `@${context} repeat ${repeat + 1}/${repeats}: ours ${a.decodeMsPerToken.toFixed(2)} ms/token, ${a.prefillTokensPerSecond.toFixed(0)} tok/s prefill; llama.cpp ${b.decodeMsPerToken.toFixed(2)} ms/token, ${b.prefillTokensPerSecond.toFixed(0)} tok/s`,
     );
@@ -166,6 +203,7 @@ const result = {
   commit: currentCommit(),
   peer: 'llama.cpp via node-llama-cpp (CPU prebuilt, flash attention)',
   steps,
+  burst,
   warmup,
   repeats,
   rows,
