@@ -5,8 +5,10 @@
 // one 16-bit tile a warp, and three int4 blocks (two int8 or fp8 ones) stay resident on a multiprocessor.
 //
 // The products see exact codes, the scales are applied around them (ADR 0006):
-// - Scores S = Q·Kᵀ, q split into a 16-bit high part (rows 0…7 of A: the query heads, rows past G zero) and the
-//   remainder (rows 8…15): one product a k-step, its two row halves added.
+// - Scores S = Q·Kᵀ, q split into a 16-bit high part and a remainder. int4: the high parts are rows 0…7 of A (the
+//   query heads, rows past G zero) and the remainders rows 8…15, one product a k-step, its two row halves added (1.28
+//   → 1.25× of the floor at 128K and 512K); int8 / fp8: two products, the heads as rows 0…G − 1 of each (the shared
+//   product made them 6–12 % slower: bench/results/2026-12-07-h100-decode).
 //   The dot product's channel order is free, so step s of lane pair p takes four channels of the pair's run of D/4
 //   (int8 / fp8: 4s … 4s + 3; int4: two pairs j, j + 4 of a word of eight nibbles, int4Channel): a lane's B
 //   fragments for one key are one contiguous run of its row's codes (16 or 32 bytes at D = 128). Keys are int4
@@ -296,10 +298,17 @@ __global__ void __launch_bounds__(kDecodeThreads, CodeRing<D, kScheme>::kBlocks)
       for (int s = 0; s < kSteps; s++) {
         uint32_t b0, b1;
         keyFragments<kScheme>(words, s, b0, b1);
-        mma16816<KeyT>(score[t], qHigh[s][0], qLow[s][0], qHigh[s][1], qLow[s][1], b0, b1);
+        if constexpr (kInt4) {
+          mma16816<KeyT>(score[t], qHigh[s][0], qLow[s][0], qHigh[s][1], qLow[s][1], b0, b1);
+        } else {
+          mma16816<KeyT>(score[t], qHigh[s][0], 0u, qHigh[s][1], 0u, b0, b1);
+          mma16816<KeyT>(score[t], qLow[s][0], 0u, qLow[s][1], 0u, b0, b1);
+        }
       }
-      score[t][0] += score[t][2];  // the high parts' products (rows 0–7) and the remainders' (rows 8–15)
-      score[t][1] += score[t][3];
+      if constexpr (kInt4) {
+        score[t][0] += score[t][2];  // the high parts' products (rows 0–7) and the remainders' (rows 8–15)
+        score[t][1] += score[t][3];
+      }
     }
     // This lane's keys' scales (key 8t + 2·pair + j).
     float keyScale[4][2], valueScale[4][2], valueZero[4][2];
