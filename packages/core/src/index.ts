@@ -17,6 +17,7 @@ export type {
   StreamingHeads,
   TensorHandle,
 } from './backend.js';
+export type { Communicator } from './communicator.js';
 export {
   DEFAULT_CACHE_BLOCK_TOKENS,
   DEFAULT_MAX_NEW_TOKENS,

@@ -1,0 +1,24 @@
+// The collective operations that ranks of one job use to share tensors (ADR 0011: context parallelism); the
+// in-process group for tests and NCCL implement it.
+import type { TensorHandle } from './backend.js';
+
+/**
+ * One rank's end of a group of `size` ranks. Collectives are matched by order: the k-th collective a rank calls meets
+ * the k-th collective of every other rank, and each must be the same operation with matching tensors, or every rank's
+ * call fails with a message naming the ranks and what each passed. A call's promise resolves when its output may be
+ * read on this rank's backend.
+ */
+export interface Communicator {
+  readonly specificationVersion: 'v1';
+  /** This rank, 0 … size − 1. */
+  readonly rank: number;
+  /** Ranks in the group. */
+  readonly size: number;
+  /**
+   * Every rank's `input` (the same dtype and shape on each), concatenated along the first dimension in rank order into
+   * `output`: shape `[size · input.shape[0], ...input.shape.slice(1)]`, the same dtype.
+   */
+  allGather(input: TensorHandle, output: TensorHandle): Promise<void>;
+  /** Rank `root`'s `tensor` copied into every rank's `tensor` (the same dtype and shape on each). */
+  broadcast(tensor: TensorHandle, root: number): Promise<void>;
+}

@@ -1,0 +1,192 @@
+// A group of ranks inside one process (ADR 0011): each rank has a backend (several may share one) and collectives meet
+// in host memory, so context parallelism's sharding and merge run in CI without NCCL or a second GPU.
+import { type Backend, type Communicator, DuoArgumentError, type HostArray, type TensorHandle } from '@duoattn/core';
+
+type Operation = 'allGather' | 'broadcast';
+
+/** What one rank brought to a collective: its host copy, or the reason its own arguments were refused. */
+interface Arrival {
+  readonly operation: Operation;
+  /** The arguments as a message shows them, e.g. `allGather f32 [2, 8] → [4, 8]`. */
+  readonly description: string;
+  /** What must match on every rank (the operation, dtype, input shape, root). */
+  readonly signature: string;
+  readonly data?: HostArray;
+  readonly refusal?: string;
+  /** Writes the collective's result on this rank. */
+  readonly deliver: (result: HostArray[]) => void;
+}
+
+/** The k-th collective of the group: ranks arrive in any order; the last to arrive settles every rank's call. */
+class Meeting {
+  readonly arrivals: (Arrival | undefined)[];
+  readonly settlers: { resolve: () => void; reject: (error: Error) => void }[] = [];
+  count = 0;
+  constructor(size: number) {
+    this.arrivals = new Array(size).fill(undefined);
+  }
+}
+
+function shapeText(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+function describeTensor(tensor: TensorHandle): string {
+  return `${tensor.dtype} ${shapeText(tensor.shape)}`;
+}
+
+/** The arguments' refusal on this rank, or undefined when they are fine. */
+function liveTensorProblem(argument: string, tensor: unknown): string | undefined {
+  const handle = tensor as TensorHandle | undefined;
+  if (!handle || typeof handle !== 'object' || !Array.isArray(handle.shape)) return `\`${argument}\` is not a tensor`;
+  if (handle.disposed) return `\`${argument}\` was disposed`;
+  return undefined;
+}
+
+class InProcessRank implements Communicator {
+  readonly specificationVersion = 'v1' as const;
+  #calls = 0;
+  constructor(
+    readonly rank: number,
+    readonly size: number,
+    private readonly backend: Backend,
+    private readonly meetings: Map<number, Meeting>,
+  ) {}
+
+  allGather(input: TensorHandle, output: TensorHandle): Promise<void> {
+    const problem = liveTensorProblem('input', input) ?? liveTensorProblem('output', output);
+    if (problem)
+      return this.#join({
+        operation: 'allGather',
+        description: 'allGather',
+        signature: '',
+        refusal: problem,
+        deliver() {},
+      });
+    const [first = 1, ...rest] = input.shape;
+    const expected = [this.size * first, ...rest];
+    const description = `allGather ${describeTensor(input)} → ${describeTensor(output)}`;
+    const refusal =
+      output.dtype !== input.dtype || shapeText(output.shape) !== shapeText(expected)
+        ? `\`output\` must be ${input.dtype} ${shapeText(expected)} (${this.size} ranks × ${shapeText(input.shape)}) but is ${describeTensor(output)}`
+        : undefined;
+    return this.#join(
+      {
+        operation: 'allGather',
+        description,
+        signature: `allGather ${describeTensor(input)}`,
+        ...(refusal ? { refusal } : {}),
+        deliver: (parts) => {
+          // The parts are one typed-array kind (one dtype on every rank): its constructor makes the whole.
+          const kind = (parts[0] as HostArray).constructor as new (length: number) => HostArray;
+          const whole = new kind(parts.reduce((total, part) => total + part.length, 0));
+          let offset = 0;
+          for (const part of parts) {
+            whole.set(part as never, offset);
+            offset += part.length;
+          }
+          this.backend.write(output, whole);
+        },
+      },
+      refusal ? undefined : input,
+    );
+  }
+
+  broadcast(tensor: TensorHandle, root: number): Promise<void> {
+    const problem =
+      liveTensorProblem('tensor', tensor) ??
+      (Number.isInteger(root) && root >= 0 && root < this.size
+        ? undefined
+        : `\`root\` must be an integer in [0, ${this.size - 1}] but is ${String(root)}`);
+    if (problem)
+      return this.#join({
+        operation: 'broadcast',
+        description: 'broadcast',
+        signature: '',
+        refusal: problem,
+        deliver() {},
+      });
+    return this.#join(
+      {
+        operation: 'broadcast',
+        description: `broadcast ${describeTensor(tensor)} from rank ${root}`,
+        signature: `broadcast ${describeTensor(tensor)} from rank ${root}`,
+        deliver: (parts) => {
+          if (this.rank !== root) this.backend.write(tensor, parts[root] as HostArray);
+        },
+      },
+      this.rank === root ? tensor : undefined,
+    );
+  }
+
+  /** Brings this rank's arrival (with a host copy of `source`) to its next meeting; settles the meeting when last. */
+  async #join(arrival: Arrival, source?: TensorHandle): Promise<void> {
+    const index = this.#calls++;
+    let meeting = this.meetings.get(index);
+    if (!meeting) {
+      meeting = new Meeting(this.size);
+      this.meetings.set(index, meeting);
+    }
+    let arrived = arrival;
+    if (source) {
+      try {
+        arrived = { ...arrival, data: await this.backend.read(source) };
+      } catch (error) {
+        arrived = { ...arrival, refusal: `reading its tensor failed: ${(error as Error).message}` };
+      }
+    }
+    const settled = new Promise<void>((resolve, reject) => {
+      (meeting as Meeting).settlers.push({ resolve, reject });
+    });
+    meeting.arrivals[this.rank] = arrived;
+    if (++meeting.count === this.size) {
+      this.meetings.delete(index);
+      settle(meeting, index);
+    }
+    return settled;
+  }
+}
+
+/** Every rank's call of one meeting succeeds (outputs written) or fails with one message naming each rank's part. */
+function settle(meeting: Meeting, index: number): void {
+  const arrivals = meeting.arrivals as Arrival[];
+  const refused = arrivals.some((arrival) => arrival.refusal !== undefined);
+  const first = arrivals[0] as Arrival;
+  const mismatched = arrivals.some((arrival) => arrival.signature !== first.signature);
+  if (refused || mismatched) {
+    const lines = arrivals.map(
+      (arrival, rank) => `rank ${rank}: ${arrival.description}${arrival.refusal ? ` (${arrival.refusal})` : ''}`,
+    );
+    const what = refused ? 'a rank refused its arguments' : 'the ranks called different collectives or tensors';
+    const error = new DuoArgumentError(
+      'communicator',
+      `Collective ${index} of the group failed on every rank: ${what}. ${lines.join('; ')}`,
+    );
+    for (const settler of meeting.settlers) settler.reject(error);
+    return;
+  }
+  const parts = arrivals.map((arrival) => arrival.data as HostArray);
+  try {
+    for (const arrival of arrivals) arrival.deliver(parts);
+  } catch (error) {
+    for (const settler of meeting.settlers) settler.reject(error as Error);
+    return;
+  }
+  for (const settler of meeting.settlers) settler.resolve();
+}
+
+/**
+ * A group of `backends.length` ranks in this process: rank r works on `backends[r]` (the same backend may serve every
+ * rank). Ranks run as concurrent async tasks (e.g. `Promise.all` over each rank's step); collectives match by call
+ * order, as NCCL's do.
+ */
+export function createInProcessGroup(backends: readonly Backend[]): Communicator[] {
+  if (!Array.isArray(backends) || backends.length === 0) {
+    throw new DuoArgumentError(
+      'backends',
+      `Expected one backend per rank (at least one) but received ${String(backends)}`,
+    );
+  }
+  const meetings = new Map<number, Meeting>();
+  return backends.map((backend, rank) => new InProcessRank(rank, backends.length, backend, meetings));
+}
