@@ -55,14 +55,7 @@ class InProcessRank implements Communicator {
 
   allGather(input: TensorHandle, output: TensorHandle): Promise<void> {
     const problem = liveTensorProblem('input', input) ?? liveTensorProblem('output', output);
-    if (problem)
-      return this.#join({
-        operation: 'allGather',
-        description: 'allGather',
-        signature: '',
-        refusal: problem,
-        deliver() {},
-      });
+    if (problem) return this.#refuse('allGather', problem);
     const [first = 1, ...rest] = input.shape;
     const expected = [this.size * first, ...rest];
     const description = `allGather ${describeTensor(input)} → ${describeTensor(output)}`;
@@ -98,14 +91,7 @@ class InProcessRank implements Communicator {
       (Number.isInteger(root) && root >= 0 && root < this.size
         ? undefined
         : `\`root\` must be an integer in [0, ${this.size - 1}] but is ${String(root)}`);
-    if (problem)
-      return this.#join({
-        operation: 'broadcast',
-        description: 'broadcast',
-        signature: '',
-        refusal: problem,
-        deliver() {},
-      });
+    if (problem) return this.#refuse('broadcast', problem);
     return this.#join(
       {
         operation: 'broadcast',
@@ -117,6 +103,11 @@ class InProcessRank implements Communicator {
       },
       this.rank === root ? tensor : undefined,
     );
+  }
+
+  /** Joins the next meeting with arguments this rank refused, so every rank's call fails rather than waits. */
+  #refuse(operation: Operation, refusal: string): Promise<void> {
+    return this.#join({ operation, description: operation, signature: '', refusal, deliver() {} });
   }
 
   /** Brings this rank's arrival (with a host copy of `source`) to its next meeting; settles the meeting when last. */
