@@ -1,12 +1,12 @@
 // A group of ranks inside one process (ADR 0011): each rank has a backend (several may share one) and collectives meet
 // in host memory, so context parallelism's sharding and merge run in CI without NCCL or a second GPU.
 import { type Backend, type Communicator, DuoArgumentError, type HostArray, type TensorHandle } from '@duoattn/core';
+import { expectTensor } from './validate.js';
 
 type Operation = 'allGather' | 'broadcast';
 
 /** What one rank brought to a collective: its host copy, or the reason its own arguments were refused. */
 interface Arrival {
-  readonly operation: Operation;
   /** The arguments as a message shows them, e.g. `allGather f32 [2, 8] → [4, 8]`. */
   readonly description: string;
   /** What must match on every rank (the operation, dtype, input shape, root). */
@@ -35,12 +35,14 @@ function describeTensor(tensor: TensorHandle): string {
   return `${tensor.dtype} ${shapeText(tensor.shape)}`;
 }
 
-/** The arguments' refusal on this rank, or undefined when they are fine. */
-function liveTensorProblem(argument: string, tensor: unknown): string | undefined {
-  const handle = tensor as TensorHandle | undefined;
-  if (!handle || typeof handle !== 'object' || !Array.isArray(handle.shape)) return `\`${argument}\` is not a tensor`;
-  if (handle.disposed) return `\`${argument}\` was disposed`;
-  return undefined;
+/** The message of the check's error (a refusal of this rank's arguments), or undefined when it passes. */
+function refusalOf(check: () => unknown): string | undefined {
+  try {
+    check();
+    return undefined;
+  } catch (error) {
+    return (error as Error).message;
+  }
 }
 
 class InProcessRank implements Communicator {
@@ -54,7 +56,10 @@ class InProcessRank implements Communicator {
   ) {}
 
   allGather(input: TensorHandle, output: TensorHandle): Promise<void> {
-    const problem = liveTensorProblem('input', input) ?? liveTensorProblem('output', output);
+    const problem = refusalOf(() => {
+      expectTensor('input', input, this.backend.device);
+      expectTensor('output', output, this.backend.device);
+    });
     if (problem) return this.#refuse('allGather', problem);
     const [first = 1, ...rest] = input.shape;
     const expected = [this.size * first, ...rest];
@@ -65,7 +70,6 @@ class InProcessRank implements Communicator {
         : undefined;
     return this.#join(
       {
-        operation: 'allGather',
         description,
         signature: `allGather ${describeTensor(input)}`,
         ...(refusal ? { refusal } : {}),
@@ -87,14 +91,13 @@ class InProcessRank implements Communicator {
 
   broadcast(tensor: TensorHandle, root: number): Promise<void> {
     const problem =
-      liveTensorProblem('tensor', tensor) ??
+      refusalOf(() => expectTensor('tensor', tensor, this.backend.device)) ??
       (Number.isInteger(root) && root >= 0 && root < this.size
         ? undefined
         : `\`root\` must be an integer in [0, ${this.size - 1}] but is ${String(root)}`);
     if (problem) return this.#refuse('broadcast', problem);
     return this.#join(
       {
-        operation: 'broadcast',
         description: `broadcast ${describeTensor(tensor)} from rank ${root}`,
         signature: `broadcast ${describeTensor(tensor)} from rank ${root}`,
         deliver: (parts) => {
@@ -107,7 +110,7 @@ class InProcessRank implements Communicator {
 
   /** Joins the next meeting with arguments this rank refused, so every rank's call fails rather than waits. */
   #refuse(operation: Operation, refusal: string): Promise<void> {
-    return this.#join({ operation, description: operation, signature: '', refusal, deliver() {} });
+    return this.#join({ description: operation, signature: '', refusal, deliver() {} });
   }
 
   /** Brings this rank's arrival (with a host copy of `source`) to its next meeting; settles the meeting when last. */

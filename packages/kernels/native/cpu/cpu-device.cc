@@ -177,7 +177,8 @@ Device::PendingRead* CpuDevice::read(const Tensor& tensor, void* host, size_t by
 
 namespace {
 
-// f16 values widened eight at a time by F16C (exact, as f16ToFloat is); f16 KV rows pass through here once per read.
+// f16 values widened eight at a time by F16C (exact, as f16ToFloat is): f16 embedding rows, norm gains and the backward
+// pass's cache rows (the attention widens its rows in registers, attention-body.inc).
 __attribute__((target("avx,f16c"))) void widenHalvesF16c(const uint16_t* source, int64_t count, float* out) {
   int64_t i = 0;
   for (; i + 8 <= count; i += 8)
