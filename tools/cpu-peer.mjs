@@ -2,10 +2,10 @@
 // node-llama-cpp's CPU build measured in turns, median of the repeats.
 //
 //   node tools/cpu-peer.mjs NODE_LLAMA_CPP_DIR FILE.gguf [--contexts 512,4096] [--steps 16] [--burst 4]
-//                           [--repeats 3] [--threads N] [--integer-q8] [--cache-dtype f16|f32] [--out FILE.json]
+//                           [--repeats 3] [--threads N] [--exact-q8] [--cache-dtype f16|f32] [--out FILE.json]
 //
-// --integer-q8: our Q8_0 products over x rounded to int8 pieces (BackendTuning.cpuIntegerQ8, what llama.cpp's CPU
-// build does with Q8_0); without it, exact x.
+// --exact-q8: our Q8_0 products over exact f32 x (BackendTuning.cpuIntegerQ8 false); by default x is rounded to int8
+// pieces, as llama.cpp's CPU build does with Q8_0 (ADR 0012).
 // --cache-dtype: the KV cache's element type in both engines (default f16, llama.cpp's own default; our CPU sessions
 // keep f32 unless asked, which reads twice the cache bytes per decoded token).
 // NODE_LLAMA_CPP_DIR: a directory where `npm i node-llama-cpp` ran (its CPU prebuilt comes from the npm registry).
@@ -30,7 +30,7 @@ const { values: options, positionals } = parseArgs({
     burst: { type: 'string', default: '4' },
     repeats: { type: 'string', default: '3' },
     threads: { type: 'string' },
-    'integer-q8': { type: 'boolean', default: false },
+    'exact-q8': { type: 'boolean', default: false },
     'cache-dtype': { type: 'string', default: 'f16' },
     out: { type: 'string' },
   },
@@ -76,7 +76,7 @@ const log = (text) => console.error(`[cpu-peer ${new Date().toISOString().slice(
 const tokensFor = (count, vocabulary) => Array.from({ length: count }, (_, i) => (i * 7919 + 13) % vocabulary);
 
 log(`loading ${file} in both engines (${threads} threads, ${cacheDtype} KV cache)`);
-const integerQ8 = options['integer-q8'];
+const integerQ8 = !options['exact-q8'];
 const ours = await LlamaModel.load(file, { device: resolveBackend('cpu', { tuning: { cpuIntegerQ8: integerQ8 } }) });
 const llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
 const peerModel = await llama.loadModel({ modelPath: file, gpuLayers: 0 });

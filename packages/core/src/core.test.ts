@@ -77,6 +77,10 @@ describe('readEnvironment', () => {
     expect(environment.commit).toBe('abc');
     expect(environment.nativePath).toBeUndefined();
     expect(readEnvironment({}).verbose).toBe(false);
+    // An unset optional flag stays undefined, so the backend keeps its own default (the CPU's integer Q8_0 products).
+    expect(readEnvironment({}).cpuIntegerQ8).toBeUndefined();
+    expect(readEnvironment({ DUO_CPU_INTEGER_Q8: '0' }).cpuIntegerQ8).toBe(false);
+    expect(readEnvironment({ DUO_CPU_INTEGER_Q8: '1' }).cpuIntegerQ8).toBe(true);
     expect(readEnvironment({ DUO_GEMV_WAVES: '0' }).gemvWaves).toBe(0);
     expect(() => readEnvironment({ DUO_GEMV_WAVES: 'two' })).toThrow(DuoArgumentError);
     expect(() => readEnvironment({ DUO_GEMV_WAVES: '3' })).toThrow(

@@ -68,7 +68,7 @@ export const ENVIRONMENT_VARIABLES = [
     name: 'DUO_CPU_INTEGER_Q8',
     kind: 'flag',
     meaning:
-      "the CPU's Q8_0 products multiply x rounded to int8 pieces (llama.cpp's and CUDA's decode numerics, faster); default exact x",
+      "0: the CPU's Q8_0 products multiply x exactly (f32, slower) instead of x rounded to int8 pieces of 32 values (the default: llama.cpp's and CUDA's numerics)",
     usedBy: 'duo-bench, duo-serve, tools/cpu-peer → BackendTuning.cpuIntegerQ8',
   },
   {
@@ -142,7 +142,7 @@ export interface DuoEnvironment {
   readonly skinnyRowsMax?: number;
   readonly longSplitsFirst?: boolean;
   readonly decodeMmaBlocks?: number;
-  readonly cpuIntegerQ8: boolean;
+  readonly cpuIntegerQ8?: boolean;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
   readonly gemvSplit?: string;
@@ -169,6 +169,8 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     const value = text(name);
     return value !== undefined && value !== '0' && value.toLowerCase() !== 'false';
   };
+  /** A flag that is unset (undefined) unless given: its default lives with the code that reads it. */
+  const optionalFlag = (name: EnvironmentVariableName) => (text(name) === undefined ? undefined : flag(name));
   const integer = (name: EnvironmentVariableName, least: number, most = Number.MAX_SAFE_INTEGER) => {
     const value = text(name);
     if (value === undefined) return undefined;
@@ -186,7 +188,7 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     noGraphs: flag('DUO_NO_GRAPHS'),
     cudaProfile: flag('DUO_CUDA_PROFILE'),
     noPdl: flag('DUO_NO_PDL'),
-    cpuIntegerQ8: flag('DUO_CPU_INTEGER_Q8'),
+    cpuIntegerQ8: optionalFlag('DUO_CPU_INTEGER_Q8'),
     batchInvariant: flag('DUO_BATCH_INVARIANT'),
     skinnyRowsMax: integer('DUO_SKINNY_ROWS_MAX', 0, 64),
     longSplitsFirst: longSplits === undefined ? undefined : longSplits === 1,

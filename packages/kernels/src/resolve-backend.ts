@@ -78,7 +78,7 @@ export function environmentTuning(environment: DuoEnvironment): BackendTuning {
     ...(environment.skinnyRowsMax === undefined ? {} : { skinnyRowsMax: environment.skinnyRowsMax }),
     ...(environment.longSplitsFirst === undefined ? {} : { longSplitsFirst: environment.longSplitsFirst }),
     ...(environment.decodeMmaBlocks === undefined ? {} : { decodeMmaBlocks: environment.decodeMmaBlocks }),
-    ...(environment.cpuIntegerQ8 ? { cpuIntegerQ8: true } : {}),
+    ...(environment.cpuIntegerQ8 === undefined ? {} : { cpuIntegerQ8: environment.cpuIntegerQ8 }),
     ...(environment.gemvMinSlice === undefined ? {} : { gemvMinSlice: environment.gemvMinSlice }),
     ...(environment.gemvWaves === undefined ? {} : { gemvWaveRule: environment.gemvWaves }),
     ...(environment.gemvSplit === undefined ? {} : { gemvPinnedSplits: environment.gemvSplit }),

@@ -40,7 +40,8 @@ function shapes(format: WeightFormat): { n: number; k: number; m: number; bf16In
 
 /**
  * Registers the suite; `backend()` is undefined when it is absent (the tests then skip visibly). `integerQ8`: the CPU
- * backend is tuned with `cpuIntegerQ8` (its Q8_0 products then read x rounded to int8 pieces).
+ * backend runs with `cpuIntegerQ8` on (its default: Q8_0 products read x rounded to int8 pieces); false: it was tuned
+ * with `cpuIntegerQ8: false` (exact x).
  */
 export function weightBlocksSuite(
   label: string,

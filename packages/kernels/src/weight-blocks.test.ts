@@ -1,5 +1,5 @@
-// Weights kept in GGUF block formats on the CPU backend, against float64 over the decoded values: exact x by default,
-// and Q8_0 by integer products over x rounded to int8 pieces under `cpuIntegerQ8`.
+// Weights kept in GGUF block formats on the CPU backend, against float64 over the decoded values: Q8_0 by integer
+// products over x rounded to int8 pieces (the default, ADR 0012) and with exact x (`cpuIntegerQ8: false`).
 import { quantizeWeights } from '@duoattn/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBackend } from './resolve-backend.js';
@@ -7,13 +7,15 @@ import { randomArray } from './testing/reference.js';
 import { weightBlocksSuite } from './weight-blocks-suite.js';
 
 const cpu = createBackend('cpu');
-weightBlocksSuite('cpu', () => cpu);
+weightBlocksSuite('cpu', () => cpu, undefined, true);
 
-describe('cpuIntegerQ8', () => {
-  beforeAll(() => cpu.tune({ cpuIntegerQ8: true }));
+describe('cpuIntegerQ8: false (exact x)', () => {
+  beforeAll(() => cpu.tune({ cpuIntegerQ8: false }));
   afterAll(() => cpu.tune({}));
-  weightBlocksSuite('cpu with cpuIntegerQ8', () => cpu, undefined, true);
+  weightBlocksSuite('cpu with exact x', () => cpu);
+});
 
+describe('integer Q8_0 products (the default)', () => {
   it("Q8_0: x's infinities and NaNs reach the products as NaN, zero rows give zeros, other rows unchanged", async () => {
     // k = 96: a block pair and a lone last block; rows 1 and 3 hold a NaN and an infinity in different pieces.
     const [n, k, m] = [4, 96, 10];

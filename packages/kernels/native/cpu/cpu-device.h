@@ -71,7 +71,7 @@ class CpuDevice final : public Device {
   unsigned long long newPage(unsigned long long backing, unsigned long long backingPage);
   ThreadPool pool_;
   size_t allocated_ = 0, peak_ = 0;
-  bool integerQ8_ = false;
+  bool integerQ8_ = true;
   std::vector<PageRecord> pages_;
   std::vector<unsigned long long> freeRecords_;
   unsigned long long nextBacking_ = 1;

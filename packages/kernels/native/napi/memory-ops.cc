@@ -262,7 +262,7 @@ Napi::Value tune(const Napi::CallbackInfo& info) {
   if (!absent(attributes.optional("skinnyRowsMax"))) tuning.skinnyRowsMax = attributes.integer("skinnyRowsMax");
   if (!absent(attributes.optional("longSplitsFirst"))) tuning.longSplitsFirst = attributes.flag("longSplitsFirst");
   if (!absent(attributes.optional("decodeMmaBlocks"))) tuning.decodeMmaBlocks = static_cast<int>(attributes.integer("decodeMmaBlocks"));
-  tuning.integerQ8 = attributes.flag("cpuIntegerQ8");
+  if (!absent(attributes.optional("cpuIntegerQ8"))) tuning.integerQ8 = attributes.flag("cpuIntegerQ8");
   deviceOf(info[0])->tune(tuning);
   return info.Env().Undefined();
 }
