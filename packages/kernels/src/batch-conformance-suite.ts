@@ -11,8 +11,9 @@ import {
   type StreamingHeads,
 } from '@duoattn/core';
 import { kvQuantLayout } from '@duoattn/kv-quant';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { uploadAs } from './conformance-helpers.js';
+import type { BackendTuning } from './native.js';
 import type { NativeBackend } from './native-backend.js';
 import type { Tensor } from './tensor.js';
 import { randomArray, relativeError } from './testing/reference.js';
@@ -43,6 +44,9 @@ const SEQUENCES: readonly SequenceSpec[] = [
   { cache: 'fp8', streaming: 'some', start: 257, rows: 1 },
   { cache: 'f32', streaming: 'all', start: 0, rows: 12 },
   { cache: 'int4', streaming: 'some', start: 611, rows: 1 },
+  // Long enough for more than 8 splits per head on CUDA (merged in the decode kernel or by the combine launch, as
+  // BackendTuning.decodeBatchMerge says).
+  { cache: 'bf16', streaming: 'some', start: 2600, rows: 1 },
 ];
 // Head dim 16 takes the CUDA-core kernels, 64 and 128 the tensor-core ones.
 const SHAPES = [
@@ -70,6 +74,8 @@ export interface BatchSuiteOptions {
    * summation order near a boundary of the cumulative weights); 0 demands the reference's token.
    */
   readonly sampleSlack: number;
+  /** Knobs set on the backend before the suite's tests and reset after (another route through the same ops). */
+  readonly tuning?: BackendTuning;
 }
 
 /** Registers the suite for one backend; `backend()` returns undefined when it is absent (tests then skip visibly). */
@@ -82,6 +88,11 @@ export function batchConformanceSuite(
   const suite = skipReason ? describe.skip : describe;
   suite(`continuous batching: ${label}${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
     const b = () => backend() as NativeBackend;
+    if (options.tuning) {
+      const tuning = options.tuning;
+      beforeAll(() => b().tune(tuning));
+      afterAll(() => b().tune({}));
+    }
 
     it.each(SHAPES)(
       'heads $heads / KV heads $kvHeads, head dim $headDim: the batched ops equal the single-sequence ops per sequence',

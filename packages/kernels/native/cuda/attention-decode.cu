@@ -46,6 +46,7 @@ struct DecodeSequence {
   float* out;
   int* arrivals;  // per KV head: the splits done so far (zero between launches; the last split resets it)
   int blocks;     // splits.blocks(kvHeads): the blocks of a launch's row past them exit
+  int mergeInKernel;  // heads of at most this many splits are merged by the decode kernel, the rest by the combine
 };
 
 // What a decode launch and its combine take: up to N sequences (see decoding() and sequence()), passed by value as one
@@ -153,8 +154,10 @@ __device__ __forceinline__ void storeWarpState(float (&stateMax)[kDecodeWarps][M
 // sequences: no combine launch per layer); more, by decodeCombineKernel, which spreads a head's reads over 256
 // threads (one block merging four heads' 66 splits at 32K measured 1 ms a token slower: docs/performance-notes.md).
 // At 32 the int8 / fp8 caches' heads at 128K and 512K (up to 32 splits) decoded 5–12 % slower than with the combine
-// kernel (bench/results/2026-12-07-h100-decode), so only short heads merge in the kernel.
+// kernel (bench/results/2026-12-07-h100-decode), so only short heads merge in the kernel. A batch's sequences take
+// Tuning::decodeBatchMerge instead (its short heads at 4K have 16 splits at batch 4: a combine launch per layer).
 constexpr int kMergeInKernel = 8;
+std::atomic<int> batchMergeKnob{kMergeInKernel};
 
 // Warp `warp` … of the last split's block to arrive merges head `head`'s `splits` partials into its output row: the
 // maxima and sums with lanes over the splits, then the rows split after split (lanes over channels). The partials are
@@ -226,7 +229,7 @@ __device__ __forceinline__ void mergeWarpStates(const float (&stateMax)[kDecodeW
       sequence.partialSum[index] = total;
     }
   }
-  if (work.splits == 1 || work.splits > kMergeInKernel) return;
+  if (work.splits == 1 || work.splits > sequence.mergeInKernel) return;
   __shared__ bool last;
   __threadfence();  // this block's partials are visible device-wide before it counts itself in
   __syncthreads();
@@ -535,7 +538,7 @@ __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const __g
   __shared__ float partial[kCombineWarps][256];
   const int head = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int splits = layout.of(head / group);
-  if (splits <= kMergeInKernel) return;  // merged by the decode kernel
+  if (splits <= sequence.mergeInKernel) return;  // merged by the decode kernel
   partialAcc += static_cast<int64_t>(head) * layout.stride * headDim;
   partialMax += static_cast<int64_t>(head) * layout.stride;
   partialSum += static_cast<int64_t>(head) * layout.stride;
@@ -703,7 +706,7 @@ void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks,
   checkLaunch("attentionDecode");
   // Heads of at most kMergeInKernel splits were merged by the decode kernel.
   bool combines = false;
-  for (int i = 0; i < sequences; i++) combines = combines || launch.sequences[i].splits.stride > kMergeInKernel;
+  for (int i = 0; i < sequences; i++) combines = combines || launch.sequences[i].splits.stride > launch.sequences[i].mergeInKernel;
   if (!combines) return;
   launchChained(decodeCombineKernel<N>, dim3(static_cast<unsigned>(args.heads), static_cast<unsigned>(sequences)),
                 dim3(kCombineThreads), 0, stream, launch);
@@ -712,8 +715,9 @@ void launchDecode(const DecodeLaunch<N>& launch, int sequences, unsigned blocks,
 
 // The descriptor of one sequence whose partials start at `scratch` (attentionDecodeScratch's layout).
 DecodeSequence decodeSequence(const float* q, const void* k, const void* v, int64_t capacity, float* out, const AttentionArgs& args,
-                              const DecodeSplits& splits, float* scratch, int* arrivals) {
+                              const DecodeSplits& splits, float* scratch, int* arrivals, int mergeInKernel) {
   DecodeSequence sequence{};
+  sequence.mergeInKernel = mergeInKernel;
   sequence.q = q;
   sequence.k = k;
   sequence.v = v;
@@ -747,6 +751,9 @@ void setDecodeTuning(const Device::Tuning& tuning) {
   if (tuning.decodeMmaBlocks != 2 && tuning.decodeMmaBlocks != 3)
     throw Error("DUO_ARG", "tuning.decodeMmaBlocks: expected 2 or 3 but received " + std::to_string(tuning.decodeMmaBlocks));
   decodeMmaBlocksKnob.store(tuning.decodeMmaBlocks, std::memory_order_relaxed);
+  if (tuning.decodeBatchMerge < 1 || tuning.decodeBatchMerge > 64)
+    throw Error("DUO_ARG", "tuning.decodeBatchMerge: expected 1 to 64 but received " + std::to_string(tuning.decodeBatchMerge));
+  batchMergeKnob.store(tuning.decodeBatchMerge, std::memory_order_relaxed);
 }
 
 DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, int multiprocessors, double share) {
@@ -793,7 +800,7 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
     return;
   }
   DecodeLaunch<1> launch = decodeLaunchFor<1>(args);
-  launch.sequences[0] = decodeSequence(q, k, v, capacity, out, args, splits, scratch, arrivals);
+  launch.sequences[0] = decodeSequence(q, k, v, capacity, out, args, splits, scratch, arrivals, kMergeInKernel);
   launchDecode(launch, 1, static_cast<unsigned>(launch.sequences[0].blocks), args, cacheType, stream);
 }
 
@@ -814,6 +821,7 @@ void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cach
   // About 17 KB: off the stack of the JS thread.
   auto launch = std::make_unique<DecodeLaunch<kBatchSequences>>(decodeLaunchFor<kBatchSequences>(shape));
   launch->longSplitsFirst = longSplitsFirst;
+  const int mergeInKernel = batchMergeKnob.load(std::memory_order_relaxed);
   for (int first = 0; first < count; first += kBatchSequences) {
     // Consecutive launches run in stream order, so every chunk's partials may start at the same scratch.
     const int sequences = std::min(kBatchSequences, count - first);
@@ -822,7 +830,7 @@ void launchAttentionDecodeBatch(const DecodeSlice* slices, int count, DType cach
     for (int i = 0; i < sequences; i++) {
       const DecodeSlice& slice = slices[first + i];
       launch->sequences[i] = decodeSequence(slice.q, slice.k, slice.v, slice.capacity, slice.out, slice.args, slice.splits, partials,
-                                            arrivals + i * kDecodeArrivalsPerSequence);
+                                            arrivals + i * kDecodeArrivalsPerSequence, mergeInKernel);
       partials += attentionDecodeScratch(slice.args, slice.splits) / sizeof(float);
       widest = std::max(widest, launch->sequences[i].blocks);
     }
