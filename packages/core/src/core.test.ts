@@ -88,11 +88,8 @@ describe('readEnvironment', () => {
     );
     expect(() => readEnvironment({ DUO_GEMV_MIN_SLICE: '0' })).toThrow('to be an integer ≥ 1');
     expect(readEnvironment({ DUO_DECODE_MMA_BLOCKS: '2' }).decodeMmaBlocks).toBe(2);
-    expect(readEnvironment({ DUO_DECODE_BATCH_MERGE: '16', DUO_GEMV_ROWS_MAX: '4' })).toMatchObject({
-      decodeBatchMerge: 16,
-      gemvRowsMax: 4,
-    });
-    expect(() => readEnvironment({ DUO_GEMV_ROWS_MAX: '5' })).toThrow('DUO_GEMV_ROWS_MAX');
+    expect(readEnvironment({ DUO_DECODE_BATCH_MERGE: '16' }).decodeBatchMerge).toBe(16);
+    expect(() => readEnvironment({ DUO_DECODE_BATCH_MERGE: '65' })).toThrow('DUO_DECODE_BATCH_MERGE');
     expect(() => readEnvironment({ DUO_DECODE_MMA_BLOCKS: '4' })).toThrow(
       'DUO_DECODE_MMA_BLOCKS to be an integer in [2, 3]',
     );

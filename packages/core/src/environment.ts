@@ -68,16 +68,10 @@ export const ENVIRONMENT_VARIABLES = [
     name: 'DUO_DECODE_BATCH_MERGE',
     kind: 'integer',
     meaning:
-      "a batch's CUDA decode attention merges heads of at most this many splits in the kernel (1–64, default 8), longer ones in a combine launch; a tuning knob",
+      "a batch's CUDA decode attention merges heads of at most this many splits in the kernel (1–64, default 16), longer ones in a combine launch; a tuning knob",
     usedBy: 'duo-bench, duo-serve → BackendTuning.decodeBatchMerge',
   },
-  {
-    name: 'DUO_GEMV_ROWS_MAX',
-    kind: 'integer',
-    meaning:
-      'up to this many rows of x (1–4, default 1) take the CUDA f32 weight-streaming GEMV rather than the tensor-core skinny matmul; a tuning knob',
-    usedBy: 'duo-bench, duo-serve → BackendTuning.gemvRowsMax',
-  },
+
   {
     name: 'DUO_CPU_INTEGER_Q8',
     kind: 'flag',
@@ -157,7 +151,6 @@ export interface DuoEnvironment {
   readonly longSplitsFirst?: boolean;
   readonly decodeMmaBlocks?: number;
   readonly decodeBatchMerge?: number;
-  readonly gemvRowsMax?: number;
   readonly cpuIntegerQ8?: boolean;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
@@ -210,7 +203,6 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     longSplitsFirst: longSplits === undefined ? undefined : longSplits === 1,
     decodeMmaBlocks: integer('DUO_DECODE_MMA_BLOCKS', 2, 3),
     decodeBatchMerge: integer('DUO_DECODE_BATCH_MERGE', 1, 64),
-    gemvRowsMax: integer('DUO_GEMV_ROWS_MAX', 1, 4),
     gemvMinSlice: integer('DUO_GEMV_MIN_SLICE', 1),
     gemvWaves: integer('DUO_GEMV_WAVES', 0, 2),
     gemvSplit: text('DUO_GEMV_SPLIT'),

@@ -352,8 +352,7 @@ class Device {
     int64_t skinnyRowsMax = 64;    // most rows the skinny tensor-core matmul takes outside that mode (0: cuBLAS)
     bool longSplitsFirst = true;   // a batch's decode attention starts every sequence's full-head splits first
     int decodeMmaBlocks = 2;       // resident blocks of the tensor-core decode over 16-bit caches (2 or 3)
-    int decodeBatchMerge = 8;      // a batch's decode heads of at most this many splits merge in the kernel (1–64)
-    int gemvRowsMax = 1;           // CUDA: 16-bit weights stream through the f32 GEMV for up to this many rows (1–4)
+    int decodeBatchMerge = 16;     // a batch's decode heads of at most this many splits merge in the kernel (1–64)
     bool integerQ8 = true;         // CPU: Q8_0 products over x rounded to int8 pieces (as CUDA, llama.cpp); false: exact x
   };
   virtual void tune(const Tuning&) {}

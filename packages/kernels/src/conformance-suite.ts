@@ -144,9 +144,6 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       [1, 2048, 48],
       [2, 4096, 24],
       [1, 8192, 16],
-      // 3 and 4 rows through the CUDA weight-streaming kernel too (BackendTuning.gemvRowsMax).
-      [3, 1024, 24],
-      [4, 512, 40],
     ];
     for (const dtype of ['f32', 'bf16', 'f16'] as const) {
       it.each(matmulShapes)(
@@ -164,11 +161,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
           const plain = b().alloc('f32', [n, m]);
           // Default routing (skinny matmul up to 64 rows of half weights), then cuBLAS for every 2+ rows, then the
           // batch-invariant mode (the skinny matmul's warp-MMA kernel for every row count up to 64).
-          // Up to 4 rows, also the f32 weight-streaming GEMV (gemvRowsMax).
           const routes =
-            dtype !== 'f32' && n >= 2 && n <= 64
-              ? [{}, { skinnyRowsMax: 0 }, { batchInvariant: true }, ...(n <= 4 ? [{ gemvRowsMax: 4 }] : [])]
-              : [{}];
+            dtype !== 'f32' && n >= 2 && n <= 64 ? [{}, { skinnyRowsMax: 0 }, { batchInvariant: true }] : [{}];
           try {
             for (const tuning of routes) {
               b().tune(tuning);
@@ -189,9 +183,6 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
     it.each([
       ['f32', 1],
       ['bf16', 2],
-      ['bf16', 3],
-      ['bf16', 4],
-      ['f32', 4],
       ['bf16', 5],
       ['bf16', 17],
       ['bf16', 48],
@@ -206,8 +197,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       const biasTensors = biases.map((bias, i) => (bias ? b().upload('f32', [shapes[i] ?? 0], bias) : undefined));
       const outs = shapes.map((m) => b().alloc('f32', [n, m]));
       try {
-        // Default routing (skinny matmul up to 64 rows of half weights), then cuBLAS, then up to 4 rows the f32 GEMV.
-        for (const tuning of dtype !== 'f32' && n >= 2 ? [{}, { skinnyRowsMax: 0 }, { gemvRowsMax: 4 }] : [{}]) {
+        // Default routing (skinny matmul up to 64 rows of half weights), then cuBLAS.
+        for (const tuning of dtype !== 'f32' && n >= 2 ? [{}, { skinnyRowsMax: 0 }] : [{}]) {
           b().tune(tuning);
           b().matmulGroup(
             xs,
@@ -240,9 +231,6 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
       ['bf16', 1, 2048],
       ['bf16', 2, 4096],
       ['f16', 1, 8192],
-      ['bf16', 3, 4096],
-      ['f16', 4, 96],
-      ['f32', 4, 512],
     ] as const)('matmulSwiglu with %s weights, %i rows, k=%i', async (dtype, n, k) => {
       const m = 40;
       const x = randomArray(n * k, 70 + n, 1);
@@ -256,9 +244,8 @@ export function conformanceSuite(label: string, backend: () => NativeBackend | u
         referenceMatmul(xm, toMatrix(upHeld, m, k)),
       );
       try {
-        // Default routing (skinny matmul up to 64 rows of half weights on Hopper, 32 before it), then cuBLAS, then up to
-        // 4 rows the f32 GEMV (gemvRowsMax).
-        for (const tuning of dtype !== 'f32' && n >= 2 ? [{}, { skinnyRowsMax: 0 }, { gemvRowsMax: 4 }] : [{}]) {
+        // Default routing (skinny matmul up to 64 rows of half weights on Hopper, 32 before it), then cuBLAS.
+        for (const tuning of dtype !== 'f32' && n >= 2 ? [{}, { skinnyRowsMax: 0 }] : [{}]) {
           b().tune(tuning);
           b().matmulSwiglu(xs, gate, up, out);
           expect(relativeError(await readF32(b(), out), expected)).toBeLessThan(TOLERANCE.matmul[dtype]);

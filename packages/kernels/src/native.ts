@@ -83,14 +83,10 @@ export interface BackendTuning {
   readonly decodeMmaBlocks?: number;
   /**
    * CUDA: a batch's decode attention merges each head's split partials in the decode kernel (its last block to finish)
-   * when the head has at most this many splits, else in a combine launch (1–64). Default 8.
+   * when the head has at most this many splits, else in a combine launch (1–64). Default 16 (a single sequence's
+   * decode keeps 8: its long heads' merges are faster spread over the combine's threads).
    */
   readonly decodeBatchMerge?: number;
-  /**
-   * CUDA: up to this many rows of x stream 16-bit weights through the f32 GEMV (every weight vector meets each row from
-   * registers) rather than the tensor-core skinny matmul (1–4). Default 1.
-   */
-  readonly gemvRowsMax?: number;
   /**
    * CPU: Q8_0 weights multiply x rounded to int8 pieces of 32 values (step max|x| / 127, ties to even), as CUDA's
    * decode and llama.cpp's CPU build do: byte dot products, about 1.7× the exact path's rate from cache, at a relative

@@ -155,9 +155,10 @@ __device__ __forceinline__ void storeWarpState(float (&stateMax)[kDecodeWarps][M
 // threads (one block merging four heads' 66 splits at 32K measured 1 ms a token slower: docs/performance-notes.md).
 // At 32 the int8 / fp8 caches' heads at 128K and 512K (up to 32 splits) decoded 5–12 % slower than with the combine
 // kernel (bench/results/2026-12-07-h100-decode), so only short heads merge in the kernel. A batch's sequences take
-// Tuning::decodeBatchMerge instead (its short heads at 4K have 16 splits at batch 4: a combine launch per layer).
+// Tuning::decodeBatchMerge instead, 16 by default: at 4K a batch of 4 splits its heads 16 ways, and merging them in
+// the kernel rather than a combine launch a layer took 0.4–1.5 % off its step (bench/results/2026-12-07-h100-batch-merge).
 constexpr int kMergeInKernel = 8;
-std::atomic<int> batchMergeKnob{kMergeInKernel};
+std::atomic<int> batchMergeKnob{16};
 
 // Warp `warp` … of the last split's block to arrive merges head `head`'s `splits` partials into its output row: the
 // maxima and sums with lanes over the splits, then the rows split after split (lanes over channels). The partials are

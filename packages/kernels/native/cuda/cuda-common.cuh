@@ -220,9 +220,7 @@ void launchGemv(const float* x, int64_t rows, int64_t k, const void* weight, DTy
 struct GemvTarget { const void* weight; float* out; const float* bias; int64_t m; };
 void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, int count,
                      cudaStream_t stream);
-// The most rows of x the weight-streaming GEMV (launchGemvGroup, launchGemvSwiglu) takes in one pass.
-constexpr int64_t kGemvStreamRowsMax = 4;
-// out = silu(x · gateᵀ) ⊙ (x · upᵀ) for 1–kGemvStreamRowsMax rows in one weight-streaming pass.
+// out = silu(x · gateᵀ) ⊙ (x · upᵀ) for 1–2 rows in one weight-streaming pass.
 void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType weightType, int64_t m,
                       float* out, cudaStream_t stream);
 bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x);

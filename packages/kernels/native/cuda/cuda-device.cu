@@ -194,7 +194,7 @@ class CudaDevice final : public Device {
       return;
     }
     CublasLibrary& blas = CublasLibrary::instance();
-    if (n <= gemvRowsMax_ || !blas.available()) {
+    if (n <= kGemvRows || !blas.available()) {
       launchGemv(x.as<float>(), n, k, weight.data, weight.dtype, m, out.as<float>(), biasData, residualData, stream_);
       profiler_.mark("matmul", stream_);
       return;
@@ -298,7 +298,7 @@ class CudaDevice final : public Device {
       profiler_.mark("matmulGroup", stream_);
       return;
     }
-    if (sameType && x.rows() > gemvRowsMax_ && weights[0]->dtype != DType::F32 && CublasLibrary::instance().available()) {
+    if (sameType && x.rows() > kGemvRows && weights[0]->dtype != DType::F32 && CublasLibrary::instance().available()) {
       // Many rows: round x to the weight dtype once for the whole group, then one GEMM per matrix.
       const void* operand = convertedInput(x, weights[0]->dtype);
       for (int i = 0; i < count; i++) {
@@ -340,7 +340,7 @@ class CudaDevice final : public Device {
       profiler_.mark("matmulSwiglu", stream_);
       return;
     }
-    if (gate.dtype == up.dtype && x.rows() > gemvRowsMax_ && gate.dtype != DType::F32 && CublasLibrary::instance().available()) {
+    if (gate.dtype == up.dtype && x.rows() > kGemvRows && gate.dtype != DType::F32 && CublasLibrary::instance().available()) {
       // Many rows: x rounded once, two GEMMs, then silu(gate) · up in place.
       const void* operand = convertedInput(x, gate.dtype);
       Temporary product(*this, out);
@@ -480,9 +480,8 @@ class CudaDevice final : public Device {
   // The f32-activation GEMV serves single rows; 2–64 rows of half weights take the skinny tensor-core matmul where it
   // beats cuBLAS on the H100 (tools/device/skinny-bench.cu, bench/results/2026-12-06-h100-skinny/: a single matrix up
   // to 16 rows, q/k/v up to 64, gate+up up to 64 with the warpgroup kernel and 32 without; at most
-  // Tuning::skinnyRowsMax rows), cuBLAS the rest; always the skinny matmul in the batch-invariant mode. Up to
-  // Tuning::gemvRowsMax rows (1–4, default 1) stream through the f32 GEMV instead (outside that mode).
-  int64_t gemvRowsMax_ = 1;
+  // Tuning::skinnyRowsMax rows), cuBLAS the rest; always the skinny matmul in the batch-invariant mode.
+  static constexpr int64_t kGemvRows = 1;
   // Tuning::batchInvariant: a row's results do not depend on the other rows of the call (single rows, too, take the
   // skinny matmul, its k split fixed by the matrix shape; a batch's decode attention splits each sequence as if alone).
   bool invariant_ = false;
@@ -496,7 +495,7 @@ class CudaDevice final : public Device {
       if (n < 1 || n > kSkinnyRowsMax) return false;
     } else {
       const int64_t widest = count >= 3 || (count == 2 && wgmmaCompiled()) ? 64 : (count == 2 ? 32 : 16);
-      if (n <= gemvRowsMax_ || n > std::min(widest, skinnyRowsMax_)) return false;
+      if (n < 2 || n > std::min(widest, skinnyRowsMax_)) return false;
     }
     return skinnySupported(x.cols(), weightType, x.data, weights.data(), count);
   }
@@ -595,10 +594,6 @@ class CudaDevice final : public Device {
     profiler_.enable(tuning.profile);
     invariant_ = tuning.batchInvariant;
     skinnyRowsMax_ = tuning.skinnyRowsMax;
-    if (tuning.gemvRowsMax < 1 || tuning.gemvRowsMax > kGemvStreamRowsMax)
-      throw Error("DUO_ARG", "tuning.gemvRowsMax: expected 1 to " + std::to_string(kGemvStreamRowsMax) + " but received " +
-                                 std::to_string(tuning.gemvRowsMax));
-    gemvRowsMax_ = tuning.gemvRowsMax;
     longSplitsFirst_ = tuning.longSplitsFirst;
     setChainLaunches(tuning.chainLaunches);
     setGemvTuning(tuning);

@@ -8,7 +8,6 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -32,9 +31,6 @@ constexpr int kMaxSplit = kWarps < 8 ? kWarps : 8;  // warps of one column group
 #endif
 // 16-byte loads in flight per weight row and lane, and the residency the register budget is set for (tuning knobs).
 constexpr int kUnroll = DUO_GEMV_UNROLL;
-// Three or four rows of x hold more accumulators than 64 registers a thread allow (ptxas spilled at four): their
-// kernels keep two blocks a multiprocessor, 16 warps that still have 64 KB of weight loads in flight.
-constexpr int streamBlocksPerSm(int rows) { return rows <= 2 ? DUO_GEMV_BLOCKS_PER_SM : 2; }
 constexpr size_t kSharedLimit = 64 * 1024;
 constexpr int kColumnsPerWarp = 2;
 // A column group streams kColumnsPerWarp weight rows (in SwiGLU mode gate row j and up row j).
@@ -46,7 +42,7 @@ using StreamJob = WeightJob<T>;
 // Chained launch: the block issues its first weight loads (weights are never written during a step) before it waits
 // for the previous kernel, so a step's weight streaming continues while the small kernels between matmuls run.
 template <typename T, int ROWS, bool SWIGLU, int SPLIT>
-__global__ void __launch_bounds__(kWarps * 32, streamBlocksPerSm(ROWS)) gemvStreamKernel(const float* __restrict__ x, int64_t k, StreamJob<T> job) {
+__global__ void __launch_bounds__(kWarps * 32, DUO_GEMV_BLOCKS_PER_SM) gemvStreamKernel(const float* __restrict__ x, int64_t k, StreamJob<T> job) {
   constexpr int kVec = Vec16<T>::kCount;
   constexpr int kGroups = kWarps / SPLIT;
   __shared__ float partial[kWarps][ROWS][kColumnsPerWarp];
@@ -192,7 +188,7 @@ void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bo
   // chained-launch rule when launches are chained, else the wave rule.
   const int waveRule = waveRuleKnob.load(std::memory_order_relaxed);
   // Waves of resident blocks that split s makes.
-  const double slots = static_cast<double>(multiprocessorCount()) * streamBlocksPerSm(static_cast<int>(rows));
+  const double slots = static_cast<double>(multiprocessorCount()) * DUO_GEMV_BLOCKS_PER_SM;
   auto waves = [&](int s) { return std::ceil(static_cast<double>(groups) / (kWarps / s)) / slots; };
   if (waveRule == 2 && chainLaunches()) {
     // Chained launches: small blocks (slices down to half the minimum), so one matmul's tail is fine-grained and the
@@ -219,16 +215,13 @@ void launchStream(const float* x, int64_t rows, int64_t k, StreamJob<T>& job, bo
   for (const auto& pin : *pinned)
     if (pin[0] == totalRows && pin[1] == k && (pin[2] & (pin[2] - 1)) == 0 && pin[2] >= 1 && pin[2] <= kMaxSplit)
       split = static_cast<int>(pin[2]);
-  // x's rows are a template parameter (each weight vector meets every row from registers).
-  auto launchRows = [&](auto swigluTag) {
-    constexpr bool kSwiglu = decltype(swigluTag)::value;
-    if (rows == 1) launchSplit<T, 1, kSwiglu>(x, k, job, split, stream);
-    else if (rows == 2) launchSplit<T, 2, kSwiglu>(x, k, job, split, stream);
-    else if (rows == 3) launchSplit<T, 3, kSwiglu>(x, k, job, split, stream);
-    else launchSplit<T, 4, kSwiglu>(x, k, job, split, stream);
-  };
-  if (swiglu) launchRows(std::true_type{});
-  else launchRows(std::false_type{});
+  if (swiglu) {
+    if (rows == 1) launchSplit<T, 1, true>(x, k, job, split, stream);
+    else launchSplit<T, 2, true>(x, k, job, split, stream);
+  } else {
+    if (rows == 1) launchSplit<T, 1, false>(x, k, job, split, stream);
+    else launchSplit<T, 2, false>(x, k, job, split, stream);
+  }
   checkLaunch("gemvStream");
 }
 
@@ -311,7 +304,7 @@ void launchTyped(const float* x, int64_t totalRows, int64_t k, const T* weight, 
     if (bytes > 48 * 1024) check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "cudaFuncSetAttribute");
     kernel<<<grid, kWarps * 32, bytes, stream>>>(x, totalRows, k, weight, m, out, bias, residual);
   };
-  if (streamFewRows && vector && totalRows <= kGemvStreamRowsMax) {
+  if (streamFewRows && vector && totalRows <= 2) {
     StreamJob<T> job{};
     job.weight[0] = weight;
     job.out[0] = out;
@@ -390,7 +383,7 @@ void launchGemvRowTiles(const float* x, int64_t rows, int64_t k, const void* wei
 
 bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x) {
   int vec = weightType == DType::F32 ? 4 : 8;
-  return rows >= 1 && rows <= kGemvStreamRowsMax && k % vec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  return rows >= 1 && rows <= 2 && k % vec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
 void launchGemvGroup(const float* x, int64_t rows, int64_t k, DType weightType, const GemvTarget* targets, int count,
