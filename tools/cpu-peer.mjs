@@ -2,7 +2,8 @@
 // node-llama-cpp's CPU build measured in turns, median of the repeats.
 //
 //   node tools/cpu-peer.mjs NODE_LLAMA_CPP_DIR FILE.gguf [--contexts 512,4096] [--steps 16] [--burst 4]
-//                           [--repeats 3] [--threads N] [--exact-q8] [--cache-dtype f16|f32] [--out FILE.json]
+//                           [--repeats 3] [--prefills 1] [--threads N] [--exact-q8] [--cache-dtype f16|f32]
+//                           [--out FILE.json]
 //
 // --exact-q8: our Q8_0 products over exact f32 x (BackendTuning.cpuIntegerQ8 false); by default x is rounded to int8
 // pieces, as llama.cpp's CPU build does with Q8_0 (ADR 0012).
@@ -12,7 +13,9 @@
 // Each repeat and context: both engines prefill the context's tokens from an empty cache (a fresh llama.cpp context
 // each time, so nothing is reused from an earlier prompt; the order flips each repeat), then, after 2 warm-up tokens
 // each, decode `steps` greedy tokens in alternating bursts of `burst` (each burst after one untimed step); prefill in
-// tokens/s, decode in ms/token (median over the steps). Needs the packages built (pnpm build).
+// tokens/s, decode in ms/token (median over the steps). --prefills N: N timed prefills per engine and repeat,
+// alternating between the engines, their median kept (small models prefill in tens of ms, where one run is noise).
+// Needs the packages built (pnpm build).
 import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism, cpus } from 'node:os';
@@ -29,6 +32,7 @@ const { values: options, positionals } = parseArgs({
     steps: { type: 'string', default: '16' },
     burst: { type: 'string', default: '4' },
     repeats: { type: 'string', default: '3' },
+    prefills: { type: 'string', default: '1' },
     threads: { type: 'string' },
     'exact-q8': { type: 'boolean', default: false },
     'cache-dtype': { type: 'string', default: 'f16' },
@@ -54,6 +58,7 @@ const contexts = options.contexts.split(',').map((text) => positive('contexts', 
 const steps = positive('steps', options.steps);
 const burst = positive('burst', options.burst);
 const repeats = positive('repeats', options.repeats);
+const prefills = positive('prefills', options.prefills);
 const threads = options.threads ? positive('threads', options.threads) : availableParallelism();
 const warmup = 2;
 const cacheDtype = options['cache-dtype'];
@@ -145,12 +150,19 @@ async function measurePair(context, order) {
   const engines = {};
   const result = {};
   try {
-    for (const name of order) {
-      engines[name] = await openers[name](context, room);
-      const start = performance.now();
-      await engines[name].prefill(tokensFor(context, vocabulary));
-      result[name] = { prefillTokensPerSecond: context / ((performance.now() - start) / 1000), times: [] };
+    // `prefills` timed prefills per engine, alternating (each from a fresh session or context, opened untimed); the
+    // last one's session decodes.
+    const rates = Object.fromEntries(order.map((name) => [name, []]));
+    for (let pass = 0; pass < prefills; pass++) {
+      for (const name of pass % 2 === 0 ? order : [...order].reverse()) {
+        if (engines[name]) await engines[name].close();
+        engines[name] = await openers[name](context, room);
+        const start = performance.now();
+        await engines[name].prefill(tokensFor(context, vocabulary));
+        rates[name].push(context / ((performance.now() - start) / 1000));
+      }
     }
+    for (const name of order) result[name] = { prefillTokensPerSecond: median(rates[name]), times: [] };
     for (const name of order) for (let step = 0; step < warmup; step++) await engines[name].step();
     for (let round = 0; round < bursts; round++) {
       for (const name of round % 2 === 0 ? order : [...order].reverse()) {
@@ -206,6 +218,7 @@ const result = {
   burst,
   warmup,
   repeats,
+  prefills,
   rows,
 };
 console.log('context  decode ms/token (ours / llama.cpp)  prefill tok/s (ours / llama.cpp)');
