@@ -97,6 +97,34 @@ export interface PrefillAttentionAttributes extends AttentionAttributes {
   readonly queryStart: number;
 }
 
+/**
+ * Context parallelism (ADR 0011): a sequence's positions dealt to `ranks` ranks in chunks of `chunk` tokens — chunk
+ * c = ⌊p / chunk⌋ belongs to rank c mod ranks — and this rank's main caches (the retrieval heads') holding its
+ * chunks' keys in position order: position p at slot ⌊c / ranks⌋ · chunk + p mod chunk. The streaming region is not
+ * sharded: every rank writes every position there.
+ */
+export interface ContextShard {
+  readonly ranks: number;
+  /** 0 … ranks − 1. */
+  readonly rank: number;
+  readonly chunk: number;
+}
+
+/**
+ * Attributes of `attentionPartial`: `attentionPrefill`'s (positions absolute; `keyLength` the whole sequence's key
+ * count, not this rank's) with the rank's `shard` of the main caches (absent: they hold every position).
+ */
+export interface PartialAttentionAttributes extends PrefillAttentionAttributes {
+  readonly shard?: ContextShard;
+}
+
+/** Attributes of `mergeAttention`: how many parts (ranks) the rows come from, and the heads' shape. */
+export interface MergeAttentionAttributes {
+  readonly parts: number;
+  readonly heads: number;
+  readonly headDim: number;
+}
+
 /** One layer of one sequence of a `CacheBatch`: the caches its attention reads and its cache write fills. */
 export interface BatchCacheLayer {
   readonly keyCache: TensorHandle;
@@ -279,6 +307,27 @@ export interface Backend {
     out: TensorHandle,
     attributes: PrefillAttentionAttributes,
   ): void;
+  /**
+   * Context parallelism: `attentionPrefill` over the keys this rank holds, in a form ranks can merge. Row r of
+   * `partial` (f32 `[n, heads · headDim + heads]`) holds the heads' outputs over those keys (normalised by their own
+   * weights), then each head's log-sum-exp of its scaled scores (−∞ where the head saw no key). With `shard` on a rank
+   * past 0 the streaming heads are left to rank 0 (zeros and −∞): every rank holds them, one must count them.
+   * `mergeAttention` of every rank's rows is the whole attention. CPU only so far (CUDA refuses it by name).
+   */
+  attentionPartial(
+    query: TensorHandle,
+    keyCache: TensorHandle,
+    valueCache: TensorHandle,
+    partial: TensorHandle,
+    attributes: PartialAttentionAttributes,
+  ): void;
+  /**
+   * `out` (f32 `[n, heads · headDim]`) = the merge of `parts` (f32 `[parts · n, heads · headDim + heads]`: each part's
+   * `attentionPartial` rows, part after part, as `Communicator.allGather` lays them out): per row and head,
+   * Σ_p e^(lse_p − m) · o_p / Σ_p e^(lse_p − m) with m the largest lse, summed in part order (zeros where no part saw a
+   * key).
+   */
+  mergeAttention(parts: TensorHandle, out: TensorHandle, attributes: MergeAttentionAttributes): void;
   /** One query row per sequence at position `keyLength − 1`, split over the keys so long contexts fill the device. */
   attentionDecode(
     query: TensorHandle,
@@ -301,7 +350,8 @@ export interface Backend {
    * row r of `key` and `value` into the caches at slot `positions[r]` — `rope` twice and `writeCache` twice, fused.
    * Positions must be consecutive, as a chunk of one sequence is. With `streaming`, the streaming KV heads are written
    * to their region instead (see `StreamingHeads`). With `quant`, the caches (and the streaming region) are code planes
-   * and each rotated key and value row is quantized into them (codes equal to `writeCacheQuantized`'s).
+   * and each rotated key and value row is quantized into them (codes equal to `writeCacheQuantized`'s). With `shard`,
+   * a retrieval head's row goes to the main caches only on the rank that holds its position, at its slot there.
    */
   ropeWriteCache(
     query: TensorHandle,
@@ -311,7 +361,13 @@ export interface Backend {
     inverseFrequencies: TensorHandle,
     keyCache: TensorHandle,
     valueCache: TensorHandle,
-    attributes: RopeAttributes & { kvHeads: number; streaming?: StreamingHeads; quant?: QuantizedKv },
+    attributes: RopeAttributes & {
+      kvHeads: number;
+      streaming?: StreamingHeads;
+      quant?: QuantizedKv;
+      /** Context parallelism: the main caches hold this rank's shard (rows of other ranks' chunks are not written). */
+      shard?: ContextShard;
+    },
   ): void;
   /** `ids[0] = next[0]; positions[0] += 1` (i32 `[1]` tensors): ends a decode step on the device. */
   decodeAdvance(next: TensorHandle, ids: TensorHandle, positions: TensorHandle): void;

@@ -130,6 +130,30 @@ struct HeadMask {
   }
 };
 
+// Context parallelism (ADR 0011): a sequence's positions dealt to `ranks` ranks in chunks of `chunk` tokens (chunk c =
+// ⌊p / chunk⌋ to rank c mod ranks). A rank's main caches hold the keys of its own chunks in position order: position p
+// at slot ⌊c / ranks⌋ · chunk + p mod chunk. One rank (the default) holds every position at slot = position.
+struct ContextShard {
+  int ranks = 1, rank = 0;
+  int64_t chunk = 1;
+  DUO_HD bool active() const { return ranks > 1; }
+  DUO_HD bool owns(int64_t position) const { return !active() || (position / chunk) % ranks == rank; }
+  DUO_HD int64_t slot(int64_t position) const {
+    return active() ? (position / chunk / ranks) * chunk + position % chunk : position;
+  }
+  // How many positions below `end` this rank holds.
+  DUO_HD int64_t ownedBelow(int64_t end) const {
+    if (!active()) return end;
+    const int64_t whole = end / chunk;
+    const int64_t mine = whole / ranks + (whole % ranks > rank ? 1 : 0);
+    return mine * chunk + (whole % ranks == rank ? end % chunk : 0);
+  }
+  // The position of this rank's key number `index` (in position order).
+  DUO_HD int64_t positionAt(int64_t index) const {
+    return active() ? ((index / chunk) * ranks + rank) * chunk + index % chunk : index;
+  }
+};
+
 // DuoAttention's streaming heads. The weights keep the checkpoint's KV head order; a session's plan is a map instead:
 // `streamingHeads` holds the KV heads that stream. The other (retrieval) heads keep every key in the op's main caches
 // at slot = position, in ascending head order; the streaming heads keep `sink` slots (positions 0 … sink − 1) and then
@@ -143,6 +167,7 @@ struct StreamingLayout {
   HeadMask streamingHeads;   // KV heads 0 … 127 that stream
   int64_t sink = 0, recent = 0, ring = 1;
   bool chunked = false;  // the reference's chunk-wise mask: the window starts `recent` keys before the call's first query
+  ContextShard shard;    // which positions the main caches hold, and where (the streaming region is never sharded)
 
   DUO_HD bool active() const { return key != nullptr; }
   DUO_HD bool streams(int kvHead) const { return active() && streamingHeads.has(kvHead); }
@@ -170,7 +195,7 @@ struct StreamingLayout {
   }
   // Element offset of `position`'s row of KV head `kvHead` in a main cache of `capacity` slots.
   DUO_HD int64_t fullElement(int kvHead, int64_t position, int64_t capacity, int64_t headDim) const {
-    return (fullRow(kvHead) * capacity + position) * headDim;
+    return (fullRow(kvHead) * capacity + shard.slot(position)) * headDim;
   }
   // The oldest non-sink key a query at `position` sees; `firstQuery` is the position of the call's first query.
   DUO_HD int64_t windowStart(int64_t position, int64_t firstQuery) const {
@@ -220,6 +245,10 @@ struct AttentionArgs {
   const int32_t* lengthFrom = nullptr;
   StreamingLayout streaming;
   KvQuantPlanes quant;
+  // attentionPartial (context parallelism): each output row also carries, after its heads · headDim values, the heads'
+  // log-sum-exp of their scaled scores (−∞ where nothing is visible), and with a shard on rank r > 0 the streaming
+  // heads are left to rank 0 (zeros, −∞).
+  bool partial = false;
 };
 
 // One sequence of a batched step (continuous batching), for the layer an op runs: its rows of the step's q / k / v /
@@ -369,6 +398,9 @@ class Device {
   virtual void writeCache(const Tensor& source, Tensor& cache, int64_t start) = 0;
   virtual void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) = 0;
   virtual void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) = 0;
+  // Context parallelism: out[r] = the rank-ordered log-sum-exp merge of `parts` ([partCount · n, heads · headDim +
+  // heads]: each part's attentionPartial rows, then its heads' log-sum-exps) into out ([n, heads · headDim]).
+  virtual void mergeAttention(const Tensor& parts, Tensor& out, int partCount, int heads, int headDim) = 0;
   virtual void argmax(const Tensor& logits, Tensor& out) = 0;
   virtual void softmax(const Tensor& logits, Tensor& out, float temperature) = 0;
 

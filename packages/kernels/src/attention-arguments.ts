@@ -2,9 +2,11 @@
 // a quantized cache's scale planes. Each returns what the addon takes (ids, NativeFields) or throws DuoArgumentError.
 import {
   type AttentionAttributes,
+  type ContextShard,
   type DeviceKind,
   DuoArgumentError,
   type KvQuantScheme,
+  type PartialAttentionAttributes,
   type QuantizedKv,
   type StreamingHeads,
 } from '@duoattn/core';
@@ -188,4 +190,61 @@ function retrievalHeads(streaming: StreamingHeads, kvHeads: number): readonly nu
     );
   }
   return heads;
+}
+
+/** Checks a `ContextShard` (ranks 1 … 1024, rank below ranks, chunk ≥ 1); returns its fields for the addon. */
+export function shardFields(shard: ContextShard | undefined): ContextShard | undefined {
+  if (shard === undefined) return undefined;
+  if (typeof shard !== 'object' || shard === null)
+    throw new DuoArgumentError(
+      'shard',
+      `Expected \`shard\` to be { ranks, rank, chunk } but received ${describeValue(shard)}`,
+    );
+  expectInteger('shard.ranks', shard.ranks, 1, 1024);
+  expectInteger('shard.rank', shard.rank, 0, shard.ranks - 1);
+  expectInteger('shard.chunk', shard.chunk, 1);
+  return { ranks: shard.ranks, rank: shard.rank, chunk: shard.chunk };
+}
+
+/** How many of the positions below `end` a rank of `shard` holds (all of them without a shard). */
+export function positionsHeld(shard: ContextShard | undefined, end: number): number {
+  if (!shard || shard.ranks === 1) return end;
+  const whole = Math.floor(end / shard.chunk);
+  const mine = Math.floor(whole / shard.ranks) + (whole % shard.ranks > shard.rank ? 1 : 0);
+  return mine * shard.chunk + (whole % shard.ranks === shard.rank ? end % shard.chunk : 0);
+}
+
+/**
+ * `attentionPartial`'s checks: the attention's shape and caches, `keyLength` (the sequence's keys) of which the rank's
+ * share fits its caches, query rows inside the keys, and `partial` (f32 `[n, heads · (headDim + 1)]`).
+ */
+export function partialAttentionIds(
+  device: DeviceKind,
+  query: Tensor,
+  keyCache: Tensor,
+  valueCache: Tensor,
+  partial: Tensor,
+  attributes: PartialAttentionAttributes,
+): [number, number, number, number] {
+  const { heads, kvHeads, headDim, scale, keyLength, queryStart, shard } = attributes;
+  expectHeads(heads, kvHeads);
+  expectInteger('headDim', headDim, 1);
+  expectPositive('scale', scale);
+  const [keyId, valueId] = cacheIds(device, keyCache, valueCache, attributes);
+  expectInteger('keyLength', keyLength, 0);
+  const held = positionsHeld(shardFields(shard), keyLength);
+  const capacity = keyCache.committedRows ?? keyCache.shape[1] ?? 0;
+  if (held > capacity) {
+    throw new DuoArgumentError(
+      'keyLength',
+      `Expected this rank's keys to fit its caches: ${held} of ${keyLength} keys for ${capacity} slots`,
+    );
+  }
+  const queryId = expectTensor('query', query, device, { dtypes: F32, shape: [null, heads * headDim] });
+  expectInteger('queryStart', queryStart, 0, Math.max(0, keyLength - query.rows));
+  const partialId = expectTensor('partial', partial, device, {
+    dtypes: F32,
+    shape: [query.rows, heads * (headDim + 1)],
+  });
+  return [queryId, keyId, valueId, partialId];
 }

@@ -6,6 +6,7 @@ import {
   type BatchAttentionAttributes,
   type BatchCacheLayer,
   type CacheBatch,
+  type ContextShard,
   type DecodeAttentionAttributes,
   type DeviceKind,
   DTYPES,
@@ -17,6 +18,8 @@ import {
   isBlockDType,
   isDType,
   type KvQuantScheme,
+  type MergeAttentionAttributes,
+  type PartialAttentionAttributes,
   type PrefillAttentionAttributes,
   type QuantizedKv,
   type RopeAttributes,
@@ -31,7 +34,9 @@ import {
   expectHeads,
   expectScheme,
   mainCacheHeads,
+  partialAttentionIds,
   quantFields,
+  shardFields,
   streamingFields,
 } from './attention-arguments.js';
 import { expectCacheBatch, NativeCacheBatch } from './cache-batch.js';
@@ -419,7 +424,12 @@ export class NativeBackend implements Backend {
     inverseFrequencies: Tensor,
     keyCache: Tensor,
     valueCache: Tensor,
-    attributes: RopeAttributes & { kvHeads: number; streaming?: StreamingHeads; quant?: QuantizedKv },
+    attributes: RopeAttributes & {
+      kvHeads: number;
+      streaming?: StreamingHeads;
+      quant?: QuantizedKv;
+      shard?: ContextShard;
+    },
   ): void {
     const { heads, kvHeads, headDim, interleaved, quant } = attributes;
     expectInteger('heads', heads, 1);
@@ -445,6 +455,7 @@ export class NativeBackend implements Backend {
     });
     const streaming = streamingFields(this.device, attributes.streaming, kvHeads, keyCache, 0);
     const nativeQuant = quantFields(this.device, attributes, keyCache);
+    const shard = shardFields(attributes.shard);
     callNative(() =>
       this.#native.ropeWriteCache(queryId, keyId, valueId, positionsId, frequencyId, keyCacheId, valueCacheId, {
         heads,
@@ -453,6 +464,7 @@ export class NativeBackend implements Backend {
         interleaved: Boolean(interleaved),
         streaming,
         quant: nativeQuant,
+        ...(shard ? { shard } : {}),
       }),
     );
   }
@@ -534,6 +546,46 @@ export class NativeBackend implements Backend {
         quant,
       }),
     );
+  }
+
+  attentionPartial(
+    query: Tensor,
+    keyCache: Tensor,
+    valueCache: Tensor,
+    partial: Tensor,
+    attributes: PartialAttentionAttributes,
+  ): void {
+    const ids = partialAttentionIds(this.device, query, keyCache, valueCache, partial, attributes);
+    const { heads, kvHeads, headDim, scale, keyLength, queryStart } = attributes;
+    const streaming = streamingFields(this.device, attributes.streaming, kvHeads, keyCache, query.rows);
+    const quant = quantFields(this.device, attributes, keyCache);
+    const shard = shardFields(attributes.shard);
+    callNative(() =>
+      this.#native.attentionPartial(...ids, {
+        heads,
+        kvHeads,
+        headDim,
+        scale,
+        keyLength,
+        queryStart,
+        streaming,
+        quant,
+        ...(shard ? { shard } : {}),
+      }),
+    );
+  }
+
+  mergeAttention(parts: Tensor, out: Tensor, attributes: MergeAttentionAttributes): void {
+    const { parts: count, heads, headDim } = attributes;
+    expectInteger('parts', count, 1);
+    expectInteger('heads', heads, 1);
+    expectInteger('headDim', headDim, 1);
+    const outId = expectTensor('out', out, this.device, { dtypes: F32, shape: [null, heads * headDim] });
+    const partsId = expectTensor('parts', parts, this.device, {
+      dtypes: F32,
+      shape: [count * out.rows, heads * (headDim + 1)],
+    });
+    callNative(() => this.#native.mergeAttention(partsId, outId, { parts: count, heads, headDim }));
   }
 
   attentionDecode(

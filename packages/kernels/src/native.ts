@@ -14,6 +14,8 @@ import {
   DuoBackendUnavailableError,
   type GateMixAttributes,
   type KvQuantScheme,
+  type MergeAttentionAttributes,
+  type PartialAttentionAttributes,
   type PrefillAttentionAttributes,
   type RopeAttributes,
   readEnvironment,
@@ -156,6 +158,14 @@ export interface NativeAddon extends ElementwiseNatives {
     out: number,
     attributes: NativeFields<DecodeAttentionAttributes>,
   ): void;
+  attentionPartial(
+    query: number,
+    keyCache: number,
+    valueCache: number,
+    partial: number,
+    attributes: NativeFields<PartialAttentionAttributes>,
+  ): void;
+  mergeAttention(parts: number, out: number, attributes: MergeAttentionAttributes): void;
   matmulGroup(x: number, weights: readonly number[], outs: readonly number[], biases: readonly number[]): void;
   matmulSwiglu(x: number, gate: number, up: number, out: number): void;
   ropeWriteCache(

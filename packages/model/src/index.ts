@@ -63,6 +63,7 @@ export { ropeInverseFrequencies } from './rope.js';
 export { argmax, checkSampling, type SamplingOptions, sampleToken, seededRandom } from './sampling.js';
 export {
   type CaptureRequest,
+  type ContextParallelOptions,
   type ForwardOptions,
   type ForwardResult,
   type ResolvedPolicy,

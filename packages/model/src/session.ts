@@ -3,6 +3,8 @@ import {
   type AttentionPolicy,
   type AttentionPolicyName,
   type Backend,
+  type Communicator,
+  type ContextShard,
   DEFAULT_PREFILL_CHUNK,
   DEFAULT_SESSION_TOKENS,
   type DType,
@@ -50,6 +52,20 @@ export interface ForwardResult {
   captured?: Map<number, Float32Array>;
 }
 
+/**
+ * Context parallelism (ADR 0011): the session is one rank's part of a sequence that the ranks of `communicator` run
+ * together, every rank calling the same `forward` / `greedyStep` with the same tokens. Each rank runs the dense part
+ * of every token; the retrieval heads' keys are dealt to the ranks in chunks of `chunk` positions (chunk c to rank
+ * c mod ranks), each rank attends over its own and the ranks' partial results are merged in rank order after one
+ * all-gather a layer; the streaming heads' small regions are kept by every rank and attended by rank 0. Every rank
+ * computes the same logits, equal to one device's within float rounding.
+ */
+export interface ContextParallelOptions {
+  readonly communicator: Communicator;
+  /** Positions per shard chunk. Default: the policy's prefill chunk. */
+  readonly chunk?: number;
+}
+
 /** Options of `createSession`. */
 export interface SessionOptions {
   /**
@@ -78,6 +94,8 @@ export interface SessionOptions {
    * (`LoadModelOptions.graphs`, true). False enqueues every step's ops (profiling, A/B runs).
    */
   graphs?: boolean;
+  /** Runs the session as one rank of a context-parallel group (see `ContextParallelOptions`). Default: alone. */
+  contextParallel?: ContextParallelOptions;
 }
 
 /** A policy with every default filled in, as a session runs it. */
@@ -134,6 +152,9 @@ export class Session {
   #position = 0;
   #disposed = false;
   #decodeGraph: number | undefined;
+  // Context parallelism: this rank's shard of the retrieval heads' keys and its group (undefined: alone).
+  readonly #shard: ContextShard | undefined;
+  readonly #communicator: Communicator | undefined;
 
   /** @internal Use `LlamaModel.createSession`. */
   constructor(
@@ -147,7 +168,8 @@ export class Session {
     this.#config = config;
     this.#blocks = blocks;
     this.#inverseFrequencies = inverseFrequencies;
-    this.#graphs = options.graphs ?? true;
+    const parallel = options.contextParallel;
+    this.#graphs = parallel === undefined && (options.graphs ?? true);
     const capacity = options.maxTokens ?? Math.min(config.maxPositionEmbeddings, DEFAULT_SESSION_TOKENS);
     if (!Number.isInteger(capacity) || capacity < 1) {
       throw new DuoArgumentError(
@@ -181,11 +203,13 @@ export class Session {
     }
     this.capacity = capacity;
     this.cacheDtype = cacheDtype;
+    this.#shard = parallel ? contextShard(parallel, chunk) : undefined;
+    this.#communicator = parallel?.communicator;
     this.#cache = new DualKvCache(backend, {
       config,
       plan: this.plan,
       dtype: cacheDtype,
-      maxTokens: capacity,
+      maxTokens: this.#held(capacity),
       chunkTokens: chunk,
       blockTokens: options.cacheBlockTokens,
       prefillMask: this.policy.prefillMask,
@@ -230,7 +254,7 @@ export class Session {
     if (!Number.isInteger(tokens) || tokens < 0 || tokens > this.capacity) {
       throw new DuoArgumentError('tokens', `Expected \`tokens\` in [0, ${this.capacity}] but received ${tokens}`);
     }
-    this.#cache.reserve(tokens);
+    this.#cache.reserve(this.#held(tokens));
     this.#cache.fillRandom(seed);
     this.#position = tokens;
   }
@@ -257,7 +281,7 @@ export class Session {
         const isLast = offset + count === tokens.length;
         // Rows of this chunk before outputsFrom need no last-layer output (count: none of them).
         const finalFrom = Math.min(count, Math.max(0, outputsFrom - start - offset));
-        const { workspace, last } = this.#runChunk(chunk, start + offset, capture, finalFrom);
+        const { workspace, last } = await this.#runChunk(chunk, start + offset, capture, finalFrom);
         if (mode === 'all') logitRows.push(this.#allLogits(workspace));
         if (mode === 'last' && isLast) logitRows.push(this.#lastLogitsOf(last));
       }
@@ -273,7 +297,7 @@ export class Session {
   /** Feeds one token and returns the argmax of the next-token logits (computed on the device). */
   async greedyStep(token: number): Promise<number> {
     this.#checkTokens([token]);
-    this.#lastLogitTensor(this.#runChunk(Int32Array.of(token), this.#position, undefined).last);
+    this.#lastLogitTensor((await this.#runChunk(Int32Array.of(token), this.#position, undefined)).last);
     this.#backend.argmax(this.#lastLogits, this.#nextToken);
     const [next] = (await this.#backend.read(this.#nextToken)) as Int32Array;
     return next ?? 0;
@@ -405,24 +429,95 @@ export class Session {
     }
   }
 
-  /** Enqueues the whole network for one chunk and advances the position. */
-  #runChunk(
+  /**
+   * Enqueues the whole network for one chunk and advances the position (alone, the ops are enqueued before the first
+   * await; a rank of a context-parallel group meets the others once a layer).
+   */
+  async #runChunk(
     ids: Int32Array,
     start: number,
     capture: PreparedCapture | undefined,
     finalFrom = 0,
-  ): { workspace: Workspace; last: LastOutput } {
+  ): Promise<{ workspace: Workspace; last: LastOutput }> {
     const n = ids.length;
-    this.#cache.reserve(start + n);
+    this.#cache.reserve(this.#held(start + n));
     const s = this.#workspace(n);
     this.#backend.write(s.ids, ids);
     this.#backend.write(
       s.positions,
       Int32Array.from({ length: n }, (_, i) => start + i),
     );
-    const last = this.#layers(s, start, capture, false, finalFrom);
+    const last = this.#shard
+      ? await this.#shardedLayers(s, start, capture, this.#shard)
+      : this.#layers(s, start, capture, false, finalFrom);
     this.#position = start + n;
     return { workspace: s, last };
+  }
+
+  /** Slots this rank's full regions need for positions 0 … tokens − 1 (all of them alone). */
+  #held(tokens: number): number {
+    const shard = this.#shard;
+    if (!shard || shard.ranks === 1) return tokens;
+    const whole = Math.floor(tokens / shard.chunk);
+    const mine = Math.floor(whole / shard.ranks) + (whole % shard.ranks > shard.rank ? 1 : 0);
+    return Math.max(1, mine * shard.chunk + (whole % shard.ranks === shard.rank ? tokens % shard.chunk : 0));
+  }
+
+  /**
+   * `#layers` for a rank of a context-parallel group: the same dense steps, the retrieval heads' keys written only
+   * where this rank holds them, and each layer's attention as this rank's partial, gathered from every rank and
+   * merged in rank order (the same bits on every rank). Every row runs every layer (no `finalFrom` shortcut).
+   */
+  async #shardedLayers(
+    s: Workspace,
+    start: number,
+    capture: PreparedCapture | undefined,
+    shard: ContextShard,
+  ): Promise<LastOutput> {
+    const b = this.#backend;
+    const c = this.#config;
+    const blocks = this.#blocks;
+    const communicator = this.#communicator as Communicator;
+    const n = s.rows;
+    const width = c.numHeads * (c.headDim + 1);
+    const partial = b.alloc('f32', [n, width]);
+    const gathered = b.alloc('f32', [shard.ranks * n, width]);
+    try {
+      blocks.embed(s.ids, s.hidden);
+      capture?.take(0, s.hidden, start, n);
+      const attention = {
+        heads: c.numHeads,
+        kvHeads: c.numKvHeads,
+        headDim: c.headDim,
+        scale: 1 / Math.sqrt(c.headDim),
+        keyLength: start + n,
+        queryStart: start,
+        shard,
+      };
+      for (let layer = 0; layer < c.numLayers; layer++) {
+        const { keyCache, valueCache, streaming, quant } = this.#cache.layers[layer] as CacheLayer;
+        blocks.attentionInput(layer, s.hidden, s.normed, s.query, s.key, s.value);
+        b.ropeWriteCache(s.query, s.key, s.value, s.positions, this.#inverseFrequencies, keyCache, valueCache, {
+          heads: c.numHeads,
+          kvHeads: c.numKvHeads,
+          headDim: c.headDim,
+          interleaved: c.ropeStyle === 'interleaved',
+          streaming,
+          quant,
+          shard,
+        });
+        b.attentionPartial(s.query, keyCache, valueCache, partial, { ...attention, streaming, quant });
+        await communicator.allGather(partial, gathered);
+        b.mergeAttention(gathered, s.attention, { parts: shard.ranks, heads: c.numHeads, headDim: c.headDim });
+        blocks.attentionOutput(layer, s.attention, s.hidden);
+        blocks.mlp(layer, s.hidden, s.normed, s.gate);
+        capture?.take(layer + 1, s.hidden, start, n);
+      }
+      return { hidden: s.hidden, row: n - 1 };
+    } finally {
+      partial.dispose();
+      gathered.dispose();
+    }
   }
 
   /**
@@ -629,4 +724,23 @@ export function checkPolicyShape(policy: unknown): void {
       `Expected \`policy\` to be an AttentionPolicy ({ attention: 'full' | 'streaming' | 'duo', … }) but received ${JSON.stringify(policy)}`,
     );
   }
+}
+
+/** This rank's shard of a context-parallel session: its group's size and rank, chunks of `chunk` positions. */
+function contextShard(options: ContextParallelOptions, prefillChunk: number): ContextShard {
+  const { communicator } = options;
+  if (typeof communicator !== 'object' || communicator === null || communicator.specificationVersion !== 'v1') {
+    throw new DuoArgumentError(
+      'contextParallel.communicator',
+      'Expected `contextParallel.communicator` to be a Communicator (specificationVersion v1)',
+    );
+  }
+  const chunk = options.chunk ?? prefillChunk;
+  if (!Number.isInteger(chunk) || chunk < 1) {
+    throw new DuoArgumentError(
+      'contextParallel.chunk',
+      `Expected \`contextParallel.chunk\` to be a positive integer but received ${String(chunk)}`,
+    );
+  }
+  return { ranks: communicator.size, rank: communicator.rank, chunk };
 }

@@ -157,4 +157,29 @@ void CpuDevice::attentionDecode(const Tensor& q, const Tensor& k, const Tensor& 
   attend(pool_, q, k, v, out, decode);
 }
 
+void CpuDevice::mergeAttention(const Tensor& parts, Tensor& out, int partCount, int heads, int headDim) {
+  const int64_t rows = out.rows(), width = parts.cols();
+  pool_.parallelFor(rows * heads, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; task++) {
+      const int64_t r = task / heads, head = task % heads;
+      const auto lse = [&](int part) { return parts.as<float>()[(part * rows + r) * width + heads * headDim + head]; };
+      float largest = -INFINITY;
+      for (int part = 0; part < partCount; part++) largest = std::max(largest, lse(part));
+      float* target = out.as<float>() + r * out.cols() + head * headDim;
+      std::fill(target, target + headDim, 0.0f);
+      if (largest == -INFINITY) continue;  // no part saw a key
+      float total = 0.0f;
+      for (int part = 0; part < partCount; part++) {
+        const float weight = lse(part) == -INFINITY ? 0.0f : std::exp(lse(part) - largest);
+        if (weight == 0.0f) continue;
+        const float* source = parts.as<float>() + (part * rows + r) * width + head * headDim;
+        for (int64_t i = 0; i < headDim; i++) target[i] += weight * source[i];
+        total += weight;
+      }
+      const float inverse = 1.0f / total;
+      for (int64_t i = 0; i < headDim; i++) target[i] *= inverse;
+    }
+  });
+}
+
 }  // namespace duo

@@ -308,6 +308,7 @@ void CpuDevice::ropeWriteCache(Tensor& q, Tensor& k, const Tensor& v, const Tens
     for (int64_t t = begin; t < end; t++) {
       const int64_t head = t / rows, r = t % rows;
       const bool streams = streaming.streams(static_cast<int>(head));
+      if (!streams && !streaming.shard.owns(position[r])) continue;  // another rank's chunk (context parallelism)
       void* keys = streams ? streaming.key : keyCache.data;
       void* values = streams ? streaming.value : valueCache.data;
       const int64_t base = streams ? streaming.element(static_cast<int>(head), position[r], headDim)

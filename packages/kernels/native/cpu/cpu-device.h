@@ -40,6 +40,7 @@ class CpuDevice final : public Device {
                       const StreamingLayout& streaming, const KvQuantPlanes& quant) override;
   void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override;
+  void mergeAttention(const Tensor& parts, Tensor& out, int partCount, int heads, int headDim) override;
   void argmax(const Tensor& logits, Tensor& out) override;
   void softmax(const Tensor& logits, Tensor& out, float temperature) override;
   void sample(const Tensor& logits, const Tensor& settings, Tensor& out) override;

@@ -30,6 +30,7 @@ void CpuDevice::writeQuantizedRows(const Tensor& k, const Tensor& v, const int32
       const int head = static_cast<int>(task / rows);
       const int64_t r = task % rows, position = positions[r];
       const bool streams = streaming.streams(head);
+      if (!streams && !streaming.shard.owns(position)) continue;  // another rank's chunk (context parallelism)
       const int64_t codeAt = streams ? streaming.element(head, position, codeBytes)
                                      : streaming.fullElement(head, position, capacity, codeBytes);
       const int64_t scaleAt = streams ? streaming.element(head, position, scaleHalves)

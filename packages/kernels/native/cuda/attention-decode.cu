@@ -748,6 +748,43 @@ DecodeLaunch<N> decodeLaunchFor(const AttentionArgs& args) {
 }
 }  // namespace
 
+namespace {
+// One block a (row, head): the parts' weights exp(lse − max) in rank order, then channel by channel (threads over
+// channels) the weighted sum over the parts, divided by the weights' sum — the CPU's order, part after part.
+__global__ void mergeAttentionKernel(const float* __restrict__ parts, float* __restrict__ out, int64_t rows, int partCount,
+                                     int heads, int headDim) {
+  dependOnPrevious();
+  const int64_t r = blockIdx.x;
+  const int head = blockIdx.y;
+  const int64_t width = static_cast<int64_t>(heads) * headDim + heads;
+  float largest = -INFINITY;
+  for (int part = 0; part < partCount; part++)
+    largest = fmaxf(largest, parts[(part * rows + r) * width + static_cast<int64_t>(heads) * headDim + head]);
+  float* target = out + r * static_cast<int64_t>(heads) * headDim + static_cast<int64_t>(head) * headDim;
+  for (int channel = threadIdx.x; channel < headDim; channel += blockDim.x) {
+    float value = 0.0f, total = 0.0f;
+    if (largest != -INFINITY) {
+      for (int part = 0; part < partCount; part++) {
+        const float* row = parts + (part * rows + r) * width;
+        const float lse = row[static_cast<int64_t>(heads) * headDim + head];
+        const float weight = lse == -INFINITY ? 0.0f : __expf(lse - largest);
+        if (weight == 0.0f) continue;
+        value += weight * row[static_cast<int64_t>(head) * headDim + channel];
+        total += weight;
+      }
+    }
+    target[channel] = total > 0.0f ? value * (1.0f / total) : 0.0f;
+  }
+}
+}  // namespace
+
+void launchMergeAttention(const float* parts, float* out, int64_t rows, int partCount, int heads, int headDim, cudaStream_t stream) {
+  if (rows == 0) return;
+  launchChained(mergeAttentionKernel, dim3(static_cast<unsigned>(rows), static_cast<unsigned>(heads)), dim3(128), 0, stream, parts, out,
+                rows, partCount, heads, headDim);
+  checkLaunch("mergeAttention");
+}
+
 void setDecodeTuning(const Device::Tuning& tuning) {
   if (tuning.decodeMmaBlocks != 2 && tuning.decodeMmaBlocks != 3)
     throw Error("DUO_ARG", "tuning.decodeMmaBlocks: expected 2 or 3 but received " + std::to_string(tuning.decodeMmaBlocks));

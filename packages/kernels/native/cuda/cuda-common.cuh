@@ -311,6 +311,8 @@ void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k,
                                  float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
 void setPrefillWgmma(int mode);
 int prefillWgmmaMode();
+// Context parallelism: the rank-ordered log-sum-exp merge of attentionPartial rows (Device::mergeAttention).
+void launchMergeAttention(const float* parts, float* out, int64_t rows, int partCount, int heads, int headDim, cudaStream_t stream);
 void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
 // How one decode launch spreads over the KV heads: full heads get `full` splits of their keys each, streaming heads (a

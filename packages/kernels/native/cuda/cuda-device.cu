@@ -227,11 +227,17 @@ class CudaDevice final : public Device {
                      cache.shape[2], start, stream_);
     profiler_.mark("writeCache", stream_);
   }
+  void mergeAttention(const Tensor& parts, Tensor& out, int partCount, int heads, int headDim) override {
+    launchMergeAttention(parts.as<float>(), out.as<float>(), out.rows(), partCount, heads, headDim, stream_);
+    profiler_.mark("mergeAttention", stream_);
+  }
   void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
+    refuseContextParallel(args);
     launchAttentionPrefill(q.as<float>(), q.cols(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), q.rows(), args, stream_);
     profiler_.mark("attentionPrefill", stream_);
   }
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
+    refuseContextParallel(args);
     if (q.rows() != 1) {
       // Several query rows at the last position: the prefill kernel computes the same thing.
       AttentionArgs prefill = args;
@@ -498,6 +504,12 @@ class CudaDevice final : public Device {
       if (n < 2 || n > std::min(widest, skinnyRowsMax_)) return false;
     }
     return skinnySupported(x.cols(), weightType, x.data, weights.data(), count);
+  }
+  // Partial attention over a rank's shard of the keys (ADR 0011) runs on the CPU backend only so far: the CUDA kernels
+  // enumerate keys as slot = position.
+  static void refuseContextParallel(const AttentionArgs& args) {
+    if (args.partial || args.streaming.shard.active())
+      throw Error("DUO_ARG", "attentionPartial and sharded caches (context parallelism) run on the CPU backend only so far");
   }
   SkinnyOptions skinnyOptions() const {
     SkinnyOptions options;

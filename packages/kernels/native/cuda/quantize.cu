@@ -213,6 +213,7 @@ __device__ __forceinline__ void ropeQuantizeBlock(float* q, float* k, const floa
   if (warp == 0) rotatePairs(key, position, frequencies, headDim, interleaved, lane);
   __syncthreads();  // the rotated key is in memory for every warp
   const bool streams = layout.streams(head);
+  if (!streams && !layout.shard.owns(position)) return;  // another rank's chunk (the whole block leaves together)
   const auto target = [&](const QuantTarget& planes, uint8_t*& codes, uint16_t*& scales) {
     codes = streams ? planes.streamCodes + layout.element(head, position, codeBytes)
                     : planes.codes + layout.fullElement(head, position, capacity, codeBytes);

@@ -39,6 +39,7 @@ __device__ __forceinline__ void ropeWriteCacheBlock(float* q, float* k, const fl
     base[b] = rotatedB;
     if (!isQuery) {
       const bool streams = streaming.streams(h);
+      if (!streams && !streaming.shard.owns(positions[row])) continue;  // another rank's chunk (context parallelism)
       T* keys = streams ? static_cast<T*>(streaming.key) : keyCache;
       T* values = streams ? static_cast<T*>(streaming.value) : valueCache;
       const int64_t slot = streams ? streaming.element(h, positions[row], headDim)

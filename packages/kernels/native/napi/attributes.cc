@@ -78,6 +78,20 @@ KvQuantPlanes quantPlanes(const Napi::Value& value, int headDim, const Tensor& c
   return planes;
 }
 
+// The spec's ContextShard { ranks, rank, chunk } (absent: one rank holds every position).
+ContextShard contextShard(const Napi::Value& value) {
+  ContextShard shard;
+  if (absent(value)) return shard;
+  const Attributes fields(value, "shard");
+  const int64_t ranks = fields.integer("ranks"), rank = fields.integer("rank"), chunk = fields.integer("chunk");
+  if (ranks < 1 || ranks > 1024 || rank < 0 || rank >= ranks || chunk < 1)
+    throw Error("DUO_ARG", "shard: expected 1 ≤ ranks ≤ 1024, 0 ≤ rank < ranks and chunk ≥ 1");
+  shard.ranks = static_cast<int>(ranks);
+  shard.rank = static_cast<int>(rank);
+  shard.chunk = chunk;
+  return shard;
+}
+
 // The spec's AttentionAttributes (heads, kvHeads, headDim, scale, keyLength, streaming?, quant?) for caches k.
 AttentionArgs attentionArgs(const Attributes& attributes, const Tensor& k) {
   AttentionArgs args{};
@@ -89,6 +103,7 @@ AttentionArgs attentionArgs(const Attributes& attributes, const Tensor& k) {
   args.queryStart = args.keyLength - 1;
   args.streaming = streamingLayout(attributes.optional("streaming"), k, args.kvHeads);
   args.quant = quantPlanes(attributes.optional("quant"), args.headDim, k);
+  args.streaming.shard = contextShard(attributes.optional("shard"));
   return args;
 }
 

@@ -131,7 +131,8 @@ Napi::Value ropeWriteCache(const Napi::CallbackInfo& info) {
   const Attributes attributes(info[7], "ropeWriteCache's attributes");
   const RopeArgs args = ropeArgs(attributes);
   const int kvHeads = static_cast<int>(attributes.integer("kvHeads"));
-  const StreamingLayout streaming = streamingLayout(attributes.optional("streaming"), keyCache, kvHeads);
+  StreamingLayout streaming = streamingLayout(attributes.optional("streaming"), keyCache, kvHeads);
+  streaming.shard = contextShard(attributes.optional("shard"));
   const KvQuantPlanes quant = quantPlanes(attributes.optional("quant"), args.headDim, keyCache);
   q.device->ropeWriteCache(q, k, v, positions, frequencies, args, kvHeads, keyCache, valueCache, streaming, quant);
   return info.Env().Undefined();
@@ -144,6 +145,32 @@ Napi::Value attentionPrefill(const Napi::CallbackInfo& info) {
   AttentionArgs args = attentionArgs(attributes, k);
   args.queryStart = attributes.integer("queryStart");
   q.device->attentionPrefill(q, k, v, out, args);
+  return info.Env().Undefined();
+}
+
+// attentionPrefill's arithmetic with each row's heads' log-sum-exps after its outputs, over a rank's shard of the keys.
+Napi::Value attentionPartial(const Napi::CallbackInfo& info) {
+  Tensor &q = tensorAt(info[0]), &k = tensorAt(info[1]), &v = tensorAt(info[2]), &partial = tensorAt(info[3]);
+  sameDevice({&q, &k, &v, &partial});
+  const Attributes attributes(info[4], "attentionPartial's attributes");
+  AttentionArgs args = attentionArgs(attributes, k);
+  args.queryStart = attributes.integer("queryStart");
+  args.partial = true;
+  if (partial.dtype != DType::F32 || partial.rows() != q.rows() || partial.cols() != static_cast<int64_t>(args.heads) * (args.headDim + 1))
+    throw Error("DUO_ARG", "attentionPartial: expected an f32 partial of [n, heads · (headDim + 1)]");
+  q.device->attentionPrefill(q, k, v, partial, args);
+  return info.Env().Undefined();
+}
+
+Napi::Value mergeAttention(const Napi::CallbackInfo& info) {
+  Tensor &parts = tensorAt(info[0]), &out = tensorAt(info[1]);
+  sameDevice({&parts, &out});
+  const Attributes attributes(info[2], "mergeAttention's attributes");
+  const int64_t count = attributes.integer("parts"), heads = attributes.integer("heads"), headDim = attributes.integer("headDim");
+  if (parts.dtype != DType::F32 || out.dtype != DType::F32 || count < 1 || out.cols() != heads * headDim ||
+      parts.cols() != heads * headDim + heads || parts.rows() != count * out.rows())
+    throw Error("DUO_ARG", "mergeAttention: expected f32 parts [parts · n, heads · (headDim + 1)] and out [n, heads · headDim]");
+  out.device->mergeAttention(parts, out, static_cast<int>(count), static_cast<int>(heads), static_cast<int>(headDim));
   return info.Env().Undefined();
 }
 
