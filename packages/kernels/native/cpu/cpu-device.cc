@@ -37,10 +37,18 @@ CpuDevice::CpuDevice(unsigned threads) : pool_(threads) {}
 
 std::string CpuDevice::name() const { return cpuModelName() + " (" + std::to_string(pool_.size()) + " threads)"; }
 
+// Tensors from this size up (weights, caches) start on a 2 MB boundary and ask for transparent huge pages: a decode
+// step streams every weight once, and with 4 KB pages its reads walk the page tables for every 4 KB of them.
+constexpr size_t kHugePage = 2u << 20;
+constexpr size_t kHugeFrom = 4u << 20;
+
 void* CpuDevice::allocate(size_t bytes) {
-  size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
-  void* pointer = std::aligned_alloc(64, rounded);
+  const bool huge = bytes >= kHugeFrom;
+  const size_t alignment = huge ? kHugePage : 64;
+  size_t rounded = (std::max<size_t>(bytes, 1) + alignment - 1) / alignment * alignment;
+  void* pointer = std::aligned_alloc(alignment, rounded);
   if (!pointer) throw Error("DUO_OOM", "CPU allocation of " + std::to_string(bytes) + " bytes failed");
+  if (huge) madvise(pointer, rounded, MADV_HUGEPAGE);  // advice only: where huge pages are off it changes nothing
   allocated_ += bytes;
   peak_ = std::max(peak_, allocated_);
   return pointer;
