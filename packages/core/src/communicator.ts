@@ -1,6 +1,6 @@
 // The collective operations that ranks of one job use to share tensors (ADR 0011: context parallelism); the
 // in-process group for tests and NCCL implement it.
-import type { TensorHandle } from './backend.js';
+import type { ContextShard, TensorHandle } from './backend.js';
 
 /**
  * One rank's end of a group of `size` ranks. Collectives are matched by order: the k-th collective a rank calls meets
@@ -21,4 +21,15 @@ export interface Communicator {
   allGather(input: TensorHandle, output: TensorHandle): Promise<void>;
   /** Rank `root`'s `tensor` copied into every rank's `tensor` (the same dtype and shape on each). */
   broadcast(tensor: TensorHandle, root: number): Promise<void>;
+}
+
+/**
+ * How many of positions 0 … end − 1 a rank of `shard` holds in its main caches (all of them without a shard): its
+ * whole chunks below `end`, and the part of the chunk `end` falls in when that chunk is its own.
+ */
+export function heldPositions(shard: ContextShard | undefined, end: number): number {
+  if (!shard || shard.ranks === 1) return end;
+  const whole = Math.floor(end / shard.chunk);
+  const mine = Math.floor(whole / shard.ranks) + (whole % shard.ranks > shard.rank ? 1 : 0);
+  return mine * shard.chunk + (whole % shard.ranks === shard.rank ? end % shard.chunk : 0);
 }

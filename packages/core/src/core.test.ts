@@ -6,6 +6,7 @@ import {
   DuoError,
   dtypeBytes,
   ENVIRONMENT_VARIABLES,
+  heldPositions,
   isDType,
   type ModelConfig,
   readEnvironment,
@@ -99,5 +100,23 @@ describe('readEnvironment', () => {
     const names = ENVIRONMENT_VARIABLES.map((variable) => variable.name);
     expect(new Set(names).size).toBe(names.length);
     for (const variable of ENVIRONMENT_VARIABLES) expect(variable.meaning.length).toBeGreaterThan(10);
+  });
+});
+
+describe('heldPositions', () => {
+  it('counts the positions below an end that a rank holds, as dealing chunks one by one does', () => {
+    for (const ranks of [1, 2, 3, 4])
+      for (const chunk of [1, 5, 16])
+        for (let rank = 0; rank < ranks; rank++) {
+          let held = 0;
+          for (let end = 0; end <= 100; end++) {
+            expect(
+              heldPositions({ ranks, rank, chunk }, end),
+              `${ranks} ranks, chunk ${chunk}, rank ${rank}, end ${end}`,
+            ).toBe(held);
+            if (Math.floor(end / chunk) % ranks === rank) held++;
+          }
+        }
+    expect(heldPositions(undefined, 37)).toBe(37);
   });
 });

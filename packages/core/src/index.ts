@@ -20,7 +20,7 @@ export type {
   StreamingHeads,
   TensorHandle,
 } from './backend.js';
-export type { Communicator } from './communicator.js';
+export { type Communicator, heldPositions } from './communicator.js';
 export {
   DEFAULT_CACHE_BLOCK_TOKENS,
   DEFAULT_MAX_NEW_TOKENS,

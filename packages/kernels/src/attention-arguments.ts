@@ -5,6 +5,7 @@ import {
   type ContextShard,
   type DeviceKind,
   DuoArgumentError,
+  heldPositions,
   type KvQuantScheme,
   type PartialAttentionAttributes,
   type QuantizedKv,
@@ -206,14 +207,6 @@ export function shardFields(shard: ContextShard | undefined): ContextShard | und
   return { ranks: shard.ranks, rank: shard.rank, chunk: shard.chunk };
 }
 
-/** How many of the positions below `end` a rank of `shard` holds (all of them without a shard). */
-export function positionsHeld(shard: ContextShard | undefined, end: number): number {
-  if (!shard || shard.ranks === 1) return end;
-  const whole = Math.floor(end / shard.chunk);
-  const mine = Math.floor(whole / shard.ranks) + (whole % shard.ranks > shard.rank ? 1 : 0);
-  return mine * shard.chunk + (whole % shard.ranks === shard.rank ? end % shard.chunk : 0);
-}
-
 /**
  * `attentionPartial`'s checks: the attention's shape and caches, `keyLength` (the sequence's keys) of which the rank's
  * share fits its caches, query rows inside the keys, and `partial` (f32 `[n, heads · (headDim + 1)]`).
@@ -232,7 +225,7 @@ export function partialAttentionIds(
   expectPositive('scale', scale);
   const [keyId, valueId] = cacheIds(device, keyCache, valueCache, attributes);
   expectInteger('keyLength', keyLength, 0);
-  const held = positionsHeld(shardFields(shard), keyLength);
+  const held = heldPositions(shardFields(shard), keyLength);
   const capacity = keyCache.committedRows ?? keyCache.shape[1] ?? 0;
   if (held > capacity) {
     throw new DuoArgumentError(

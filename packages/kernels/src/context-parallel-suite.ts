@@ -211,24 +211,30 @@ export function contextParallelSuite(
               keyLength: start + rows,
               queryStart: start,
             };
+            // This step's rows rotated and written into `target` (with `shard`: the rows its rank holds).
+            const write = (target: Caches, shard?: ContextShard) => {
+              const rotated = upload(values.query, HEADS * HEAD_DIM, rows);
+              const cacheAttributes = {
+                ...(target.streaming ? { streaming: target.streaming } : {}),
+                ...(target.quant ? { quant: target.quant } : {}),
+                ...(shard ? { shard } : {}),
+              };
+              b().ropeWriteCache(
+                rotated,
+                upload(values.key, KV_HEADS * HEAD_DIM, rows),
+                upload(values.value, KV_HEADS * HEAD_DIM, rows),
+                positions,
+                frequencies,
+                target.keyCache,
+                target.valueCache,
+                { ...ROPE, ...cacheAttributes },
+              );
+              return { query: rotated, cacheAttributes };
+            };
             // The single device.
-            const query = upload(values.query, HEADS * HEAD_DIM, rows);
+            const { query, cacheAttributes } = write(single);
             const expectedOut = b().alloc('f32', [rows, HEADS * HEAD_DIM]);
             made.push(expectedOut);
-            const cacheAttributes = {
-              ...(single.streaming ? { streaming: single.streaming } : {}),
-              ...(single.quant ? { quant: single.quant } : {}),
-            };
-            b().ropeWriteCache(
-              query,
-              upload(values.key, KV_HEADS * HEAD_DIM, rows),
-              upload(values.value, KV_HEADS * HEAD_DIM, rows),
-              positions,
-              frequencies,
-              single.keyCache,
-              single.valueCache,
-              { ...ROPE, ...cacheAttributes },
-            );
             b().attentionPrefill(query, single.keyCache, single.valueCache, expectedOut, {
               ...attention,
               ...cacheAttributes,
@@ -237,23 +243,7 @@ export function contextParallelSuite(
             const width = HEADS * (HEAD_DIM + 1);
             const gathered = new Float32Array(ranks * rows * width);
             for (const [rank, caches] of rankCaches.entries()) {
-              const shard = shards[rank] as ContextShard;
-              const rankQuery = upload(values.query, HEADS * HEAD_DIM, rows);
-              const rankAttributes = {
-                ...(caches.streaming ? { streaming: caches.streaming } : {}),
-                ...(caches.quant ? { quant: caches.quant } : {}),
-                shard,
-              };
-              b().ropeWriteCache(
-                rankQuery,
-                upload(values.key, KV_HEADS * HEAD_DIM, rows),
-                upload(values.value, KV_HEADS * HEAD_DIM, rows),
-                positions,
-                frequencies,
-                caches.keyCache,
-                caches.valueCache,
-                { ...ROPE, ...rankAttributes },
-              );
+              const { query: rankQuery, cacheAttributes: rankAttributes } = write(caches, shards[rank]);
               const partialOut = b().alloc('f32', [rows, width]);
               made.push(partialOut);
               b().attentionPartial(rankQuery, caches.keyCache, caches.valueCache, partialOut, {

@@ -530,22 +530,17 @@ export class NativeBackend implements Backend {
     attributes: PrefillAttentionAttributes,
   ): void {
     const ids = attentionIds(this.device, query, keyCache, valueCache, out, attributes);
+    expectInteger('queryStart', attributes.queryStart, 0);
+    const fields = this.#prefillFields(attributes, keyCache, query.rows);
+    callNative(() => this.#native.attentionPrefill(...ids, fields));
+  }
+
+  /** A prefill-shaped attention's fields for the addon (the caller checked its tensors). */
+  #prefillFields(attributes: PrefillAttentionAttributes, keyCache: Tensor, rows: number) {
     const { heads, kvHeads, headDim, scale, keyLength, queryStart } = attributes;
-    expectInteger('queryStart', queryStart, 0);
-    const streaming = streamingFields(this.device, attributes.streaming, kvHeads, keyCache, query.rows);
+    const streaming = streamingFields(this.device, attributes.streaming, kvHeads, keyCache, rows);
     const quant = quantFields(this.device, attributes, keyCache);
-    callNative(() =>
-      this.#native.attentionPrefill(...ids, {
-        heads,
-        kvHeads,
-        headDim,
-        scale,
-        keyLength,
-        queryStart,
-        streaming,
-        quant,
-      }),
-    );
+    return { heads, kvHeads, headDim, scale, keyLength, queryStart, streaming, quant };
   }
 
   attentionPartial(
@@ -556,23 +551,9 @@ export class NativeBackend implements Backend {
     attributes: PartialAttentionAttributes,
   ): void {
     const ids = partialAttentionIds(this.device, query, keyCache, valueCache, partial, attributes);
-    const { heads, kvHeads, headDim, scale, keyLength, queryStart } = attributes;
-    const streaming = streamingFields(this.device, attributes.streaming, kvHeads, keyCache, query.rows);
-    const quant = quantFields(this.device, attributes, keyCache);
+    const fields = this.#prefillFields(attributes, keyCache, query.rows);
     const shard = shardFields(attributes.shard);
-    callNative(() =>
-      this.#native.attentionPartial(...ids, {
-        heads,
-        kvHeads,
-        headDim,
-        scale,
-        keyLength,
-        queryStart,
-        streaming,
-        quant,
-        ...(shard ? { shard } : {}),
-      }),
-    );
+    callNative(() => this.#native.attentionPartial(...ids, { ...fields, ...(shard ? { shard } : {}) }));
   }
 
   mergeAttention(parts: Tensor, out: Tensor, attributes: MergeAttentionAttributes): void {

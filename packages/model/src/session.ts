@@ -13,6 +13,7 @@ import {
   FULL_ATTENTION,
   type HeadPlan,
   type HostArray,
+  heldPositions,
   type KvQuantScheme,
   type ModelConfig,
   type PrefillMask,
@@ -454,13 +455,9 @@ export class Session {
     return { workspace: s, last };
   }
 
-  /** Slots this rank's full regions need for positions 0 … tokens − 1 (all of them alone). */
+  /** Slots this rank's full regions need for positions 0 … tokens − 1 (all of them alone; at least one). */
   #held(tokens: number): number {
-    const shard = this.#shard;
-    if (!shard || shard.ranks === 1) return tokens;
-    const whole = Math.floor(tokens / shard.chunk);
-    const mine = Math.floor(whole / shard.ranks) + (whole % shard.ranks > shard.rank ? 1 : 0);
-    return Math.max(1, mine * shard.chunk + (whole % shard.ranks === shard.rank ? tokens % shard.chunk : 0));
+    return Math.max(1, heldPositions(this.#shard, tokens));
   }
 
   /**
@@ -495,17 +492,7 @@ export class Session {
         shard,
       };
       for (let layer = 0; layer < c.numLayers; layer++) {
-        const { keyCache, valueCache, streaming, quant } = this.#cache.layers[layer] as CacheLayer;
-        blocks.attentionInput(layer, s.hidden, s.normed, s.query, s.key, s.value);
-        b.ropeWriteCache(s.query, s.key, s.value, s.positions, this.#inverseFrequencies, keyCache, valueCache, {
-          heads: c.numHeads,
-          kvHeads: c.numKvHeads,
-          headDim: c.headDim,
-          interleaved: c.ropeStyle === 'interleaved',
-          streaming,
-          quant,
-          shard,
-        });
+        const { keyCache, valueCache, streaming, quant } = this.#attentionInput(s, layer, shard);
         b.attentionPartial(s.query, keyCache, valueCache, partial, { ...attention, streaming, quant });
         await communicator.allGather(partial, gathered);
         b.mergeAttention(gathered, s.attention, { parts: shard.ranks, heads: c.numHeads, headDim: c.headDim });
@@ -543,20 +530,9 @@ export class Session {
     blocks.embed(s.ids, s.hidden);
     capture?.take(0, s.hidden, start, n);
     const scale = 1 / Math.sqrt(c.headDim);
-    const interleaved = c.ropeStyle === 'interleaved';
     const attention = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim, scale, keyLength: start + n };
     for (let layer = 0; layer < c.numLayers; layer++) {
-      // The cache has one entry per layer by construction (DualKvCache checks the plan against the config).
-      const { keyCache, valueCache, streaming, quant } = this.#cache.layers[layer] as CacheLayer;
-      blocks.attentionInput(layer, s.hidden, s.normed, s.query, s.key, s.value);
-      b.ropeWriteCache(s.query, s.key, s.value, s.positions, this.#inverseFrequencies, keyCache, valueCache, {
-        heads: c.numHeads,
-        kvHeads: c.numKvHeads,
-        headDim: c.headDim,
-        interleaved,
-        streaming,
-        quant,
-      });
+      const { keyCache, valueCache, streaming, quant } = this.#attentionInput(s, layer);
       if (layer === c.numLayers - 1 && finalFrom > 0) {
         // Nothing reads the last layer's output for rows before finalFrom: their keys and values are cached above.
         if (finalFrom >= n) break;
@@ -582,6 +558,28 @@ export class Session {
       capture?.take(layer + 1, w.hidden, queryStart, w.rows);
     }
     return { hidden: w.hidden, row: w.rows - 1 };
+  }
+
+  /**
+   * Layer `layer`'s attention input for the rows of `s`: RMSNorm and q/k/v, then RoPE and the cache write (with
+   * `shard`, of the retrieval heads' rows this rank holds). Returns the layer's caches.
+   */
+  #attentionInput(s: Workspace, layer: number, shard?: ContextShard): CacheLayer {
+    const c = this.#config;
+    // The cache has one entry per layer by construction (DualKvCache checks the plan against the config).
+    const caches = this.#cache.layers[layer] as CacheLayer;
+    const { keyCache, valueCache, streaming, quant } = caches;
+    this.#blocks.attentionInput(layer, s.hidden, s.normed, s.query, s.key, s.value);
+    this.#backend.ropeWriteCache(s.query, s.key, s.value, s.positions, this.#inverseFrequencies, keyCache, valueCache, {
+      heads: c.numHeads,
+      kvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      interleaved: c.ropeStyle === 'interleaved',
+      streaming,
+      quant,
+      ...(shard ? { shard } : {}),
+    });
+    return caches;
   }
 
   /** The tail workspace holding the chunk's last query and residual rows (`s`, after its keys and values are cached). */
