@@ -312,7 +312,7 @@ export interface Backend {
    * `partial` (f32 `[n, heads · headDim + heads]`) holds the heads' outputs over those keys (normalised by their own
    * weights), then each head's log-sum-exp of its scaled scores (−∞ where the head saw no key). With `shard` on a rank
    * past 0 the streaming heads are left to rank 0 (zeros and −∞): every rank holds them, one must count them.
-   * `mergeAttention` of every rank's rows is the whole attention. CPU only so far (CUDA refuses it by name).
+   * `mergeAttention` of every rank's rows is the whole attention. CUDA takes one query row (decode) so far.
    */
   attentionPartial(
     query: TensorHandle,

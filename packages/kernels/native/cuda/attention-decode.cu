@@ -47,6 +47,8 @@ struct DecodeSequence {
   int* arrivals;  // per KV head: the splits done so far (zero between launches; the last split resets it)
   int blocks;     // splits.blocks(kvHeads): the blocks of a launch's row past them exit
   int mergeInKernel;  // heads of at most this many splits are merged by the decode kernel, the rest by the combine
+  // attentionPartial: where the heads' log-sum-exps start in the output row (after heads · headDim outputs); −1: none.
+  int64_t lseAt;
 };
 
 // What a decode launch and its combine take: up to N sequences (see decoding() and sequence()), passed by value as one
@@ -113,6 +115,13 @@ __device__ __forceinline__ DecodeWork<T> decodeWork(const DecodeSequence& sequen
   if (sequence.lengthFrom) keyLength = static_cast<int64_t>(sequence.lengthFrom[0]) + 1;
   work.streams = layout.streams(work.kvHead);
   work.range = keyRangeFor(layout, work.streams, keyLength, keyLength - 1, keyLength - 1);
+  // A rank's shard (context parallelism): a decode row sees every key the rank holds, at slots 0 … held − 1; a partial
+  // call on a rank past 0 leaves the streaming heads to rank 0.
+  if (!work.streams && layout.shard.active()) {
+    const int64_t held = layout.shard.ownedBelow(keyLength);
+    work.range = KeyRange{held, held, held};
+  }
+  if (work.streams && sequence.lseAt >= 0 && layout.shard.rank != 0) work.range.count = 0;
   const int64_t chunk = ((work.range.count + work.splits - 1) / work.splits + 31) / 32 * 32;
   work.begin = static_cast<int64_t>(work.split) * chunk;
   work.end = lesser(work.range.count, work.begin + chunk);
@@ -195,6 +204,7 @@ __device__ __forceinline__ void mergeSplits(const DecodeSequence& sequence, int6
     const int channel = lane + 32 * c;
     if (channel < D) sequence.out[head * D + channel] = total > 0.0f ? value[c] / total : 0.0f;
   }
+  if (sequence.lseAt >= 0 && lane == 0) sequence.out[sequence.lseAt + head] = total > 0.0f ? overall + logf(total) : -INFINITY;
 }
 
 // The end of a decode block: each warp left its running max and sum per query head in stateMax / stateSum and its
@@ -221,6 +231,7 @@ __device__ __forceinline__ void mergeWarpStates(const float (&stateMax)[kDecodeW
     const int64_t head = static_cast<int64_t>(work.kvHead) * group + g;
     if (work.splits == 1) {
       sequence.out[head * D + channel] = total > 0.0f ? value / total : 0.0f;
+      if (sequence.lseAt >= 0 && channel == 0) sequence.out[sequence.lseAt + head] = total > 0.0f ? overall + logf(total) : -INFINITY;
       continue;
     }
     const int64_t index = head * sequence.splits.stride + work.split;
@@ -613,6 +624,7 @@ __global__ void __launch_bounds__(kCombineThreads) decodeCombineKernel(const __g
     for (int w = 0; w < kCombineWarps; w++) value += partial[w][channel];
     out[static_cast<int64_t>(head) * headDim + channel] = total > 0.0f ? value / total : 0.0f;
   }
+  if (sequence.lseAt >= 0 && threadIdx.x == 0) out[sequence.lseAt + head] = total > 0.0f ? overall + logf(total) : -INFINITY;
 }
 
 int maxGroupFor(int group) {
@@ -719,6 +731,7 @@ DecodeSequence decodeSequence(const float* q, const void* k, const void* v, int6
                               const DecodeSplits& splits, float* scratch, int* arrivals, int mergeInKernel) {
   DecodeSequence sequence{};
   sequence.mergeInKernel = mergeInKernel;
+  sequence.lseAt = args.partial ? static_cast<int64_t>(args.heads) * args.headDim : -1;
   sequence.q = q;
   sequence.k = k;
   sequence.v = v;
@@ -810,8 +823,9 @@ DecodeSplits attentionDecodeSplits(const AttentionArgs& args, DType cacheType, i
     splits.streamingHeads = layout.streamingHeads;
   }
   const int streamingHeads = args.kvHeads - splits.retrievalKvHeads;
+  // A rank's shard holds only its chunks' keys (context parallelism).
   if (splits.retrievalKvHeads > 0)
-    splits.full = splitsFor(args.keyLength, splits.retrievalKvHeads, resident, multiprocessors, share);
+    splits.full = splitsFor(layout.shard.ownedBelow(args.keyLength), splits.retrievalKvHeads, resident, multiprocessors, share);
   if (streamingHeads > 0) {
     // A streaming head sees its sinks and at most recent + 1 window keys (the chunked mask's extra one included).
     const int64_t window = std::min<int64_t>(args.keyLength, layout.sink + layout.recent + 1);
@@ -832,6 +846,8 @@ void launchAttentionDecode(const float* q, const void* k, const void* v, DType c
     // Head dims past 128 (or too small for 16-byte rows) take the tiled prefill kernel with one query row.
     dispatchHeadDim(args.headDim, [](auto) {});  // an unsupported head dim fails with its own message
     if (args.lengthFrom) throw Error("DUO_ARG", "graph-captured decode needs head dim 8-128");
+    if (args.partial || args.streaming.shard.active())
+      throw Error("DUO_ARG", "CUDA attentionPartial needs head dim 8-128 (the split-K decode kernels)");
     AttentionArgs single = args;
     single.queryStart = args.keyLength - 1;
     launchAttentionPrefill(q, static_cast<int64_t>(args.heads) * args.headDim, k, v, cacheType, capacity, out, 1, single, stream);

@@ -232,13 +232,17 @@ class CudaDevice final : public Device {
     profiler_.mark("mergeAttention", stream_);
   }
   void attentionPrefill(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
+    if (args.partial && q.rows() == 1) {
+      attentionDecode(q, k, v, out, args);  // a decode row's partial: the decode kernels write it
+      return;
+    }
     refuseContextParallel(args);
     launchAttentionPrefill(q.as<float>(), q.cols(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), q.rows(), args, stream_);
     profiler_.mark("attentionPrefill", stream_);
   }
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
-    refuseContextParallel(args);
     if (q.rows() != 1) {
+      refuseContextParallel(args);
       // Several query rows at the last position: the prefill kernel computes the same thing.
       AttentionArgs prefill = args;
       prefill.queryStart = args.keyLength - 1;
@@ -505,11 +509,11 @@ class CudaDevice final : public Device {
     }
     return skinnySupported(x.cols(), weightType, x.data, weights.data(), count);
   }
-  // Partial attention over a rank's shard of the keys (ADR 0011) runs on the CPU backend only so far: the CUDA kernels
-  // enumerate keys as slot = position.
+  // Partial attention over a rank's shard of the keys (ADR 0011): the decode kernels take one query row (every key the
+  // rank holds is visible to it); prefill chunks run on the CPU backend only so far.
   static void refuseContextParallel(const AttentionArgs& args) {
     if (args.partial || args.streaming.shard.active())
-      throw Error("DUO_ARG", "attentionPartial and sharded caches (context parallelism) run on the CPU backend only so far");
+      throw Error("DUO_ARG", "CUDA attentionPartial and sharded caches take one query row (decode) so far; prefill chunks run on the CPU backend");
   }
   SkinnyOptions skinnyOptions() const {
     SkinnyOptions options;

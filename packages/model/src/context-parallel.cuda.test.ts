@@ -1,0 +1,77 @@
+// Context parallelism through the model on CUDA, where a rank's partial attention takes decode rows: 2 and 4
+// in-process ranks, each a session holding its chunks of the retrieval heads' keys, fed one token at a time, against
+// one CUDA session — full and duo, every KV scheme. Split-K decode partitions a rank's keys otherwise than one device's,
+// so the logits may differ by what the CUDA decode's own tests allow (1e-4 over f32 caches, 1e-2 where quantized
+// caches stage 16-bit tiles for the tensor cores); every rank gets the same bits. Skips visibly without a GPU.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { HeadPlan, KvQuantScheme } from '@duoattn/core';
+import { createInProcessGroup, cudaUnavailableReason, resolveBackend } from '@duoattn/kernels';
+import { randomArray, relativeError } from '@duoattn/kernels/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomWeights, tinyConfig, writeHfModel } from './__fixtures__/checkpoints.js';
+import { LlamaModel } from './llama-model.js';
+import type { Session, SessionOptions } from './session.js';
+
+const TOKENS = 48;
+const reason = cudaUnavailableReason();
+const config = tinyConfig('llama', { num_key_value_heads: 2, head_dim: 16, max_position_embeddings: 512 });
+const tokens = Array.from(randomArray(TOKENS, 43), (v) => Math.floor((v + 1) * 48) % 97);
+const plan: HeadPlan = { retrievalHeads: [[1], [0]], kvHeads: 2, sink: 4, recent: 8, sparsity: 0.5 };
+
+(reason ? describe.skip : describe)(`context parallelism on cuda${reason ? ` (skipped: ${reason})` : ''}`, () => {
+  let directory: string;
+  let model: LlamaModel;
+  beforeAll(async () => {
+    directory = mkdtempSync(join(tmpdir(), 'duoattn-cp-cuda-'));
+    writeHfModel(directory, config, randomWeights(config, 4343));
+    model = await LlamaModel.load(directory, { device: resolveBackend('cuda'), weightDtype: 'f32' });
+  });
+  afterAll(() => {
+    model?.dispose();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  /** Every token as its own forward call (a decode row), all sessions together; each session's logits in order. */
+  async function decodeTogether(sessions: Session[]): Promise<Float32Array[]> {
+    const rows: Float32Array[][] = sessions.map(() => []);
+    for (const token of tokens) {
+      const results = await Promise.all(sessions.map((session) => session.forward([token])));
+      results.forEach((result, i) => rows[i]?.push(result.logits as Float32Array));
+    }
+    return rows.map((list) => Float32Array.from(list.flatMap((row) => Array.from(row))));
+  }
+
+  const cases: [number, 'full' | 'duo', KvQuantScheme][] = [];
+  for (const ranks of [2, 4])
+    for (const attention of ['full', 'duo'] as const)
+      for (const kvQuant of ['none', 'int8', 'int4', 'fp8'] as const) cases.push([ranks, attention, kvQuant]);
+
+  it.each(cases)(
+    '%i ranks, %s attention, %s KV: one CUDA session’s logits, token by token',
+    async (ranks, attention, kvQuant) => {
+      const policy = attention === 'full' ? { attention, kvQuant } : { attention, plan, kvQuant };
+      const options: SessionOptions = { policy, maxTokens: TOKENS, cacheDtype: 'f32' };
+      const alone = model.createSession(options);
+      const backend = resolveBackend('cuda');
+      const group = createInProcessGroup(Array.from({ length: ranks }, () => backend));
+      const sessions = group.map((communicator) =>
+        model.createSession({ ...options, contextParallel: { communicator, chunk: 8 } }),
+      );
+      try {
+        const [expected] = await decodeTogether([alone]);
+        const actual = await decodeTogether(sessions);
+        for (const [rank, logits] of actual.entries()) {
+          expect(relativeError(logits, expected as Float32Array), `rank ${rank}`).toBeLessThan(
+            kvQuant === 'none' ? 1e-4 : 1e-2,
+          );
+          expect(Array.from(logits)).toEqual(Array.from(actual[0] as Float32Array));
+        }
+      } finally {
+        alone.dispose();
+        for (const session of sessions) session.dispose();
+      }
+    },
+  );
+});
