@@ -38,7 +38,7 @@ const plan: HeadPlan = { retrievalHeads: [[1], [0]], kvHeads: 2, sink: 4, recent
     const rows: Float32Array[][] = sessions.map(() => []);
     for (const token of tokens) {
       const results = await Promise.all(sessions.map((session) => session.forward([token])));
-      results.forEach((result, i) => rows[i]?.push(result.logits as Float32Array));
+      for (const [i, result] of results.entries()) rows[i]?.push(result.logits as Float32Array);
     }
     return rows.map((list) => Float32Array.from(list.flatMap((row) => Array.from(row))));
   }
