@@ -107,15 +107,25 @@ export function attentionIds(
   out: Tensor,
   attributes: AttentionAttributes,
 ): [number, number, number, number] {
-  const { heads, kvHeads, headDim, scale, keyLength } = attributes;
-  expectHeads(heads, kvHeads);
-  expectInteger('headDim', headDim, 1);
-  expectPositive('scale', scale);
-  const [keyId, valueId] = cacheIds(device, keyCache, valueCache, attributes);
+  const { heads, headDim, keyLength } = attributes;
+  const [keyId, valueId] = headsAndCacheIds(device, keyCache, valueCache, attributes);
   expectInteger('keyLength', keyLength, 0, keyCache.committedRows ?? keyCache.shape[1]);
   const queryId = expectTensor('query', query, device, { dtypes: F32, shape: [null, heads * headDim] });
   const outId = expectTensor('out', out, device, { dtypes: F32, shape: query.shape });
   return [queryId, keyId, valueId, outId];
+}
+
+/** An attention op's heads, head dim and scale, then its caches; returns the key and value caches' ids. */
+function headsAndCacheIds(
+  device: DeviceKind,
+  keyCache: Tensor,
+  valueCache: Tensor,
+  attributes: AttentionAttributes,
+): [number, number] {
+  expectHeads(attributes.heads, attributes.kvHeads);
+  expectInteger('headDim', attributes.headDim, 1);
+  expectPositive('scale', attributes.scale);
+  return cacheIds(device, keyCache, valueCache, attributes);
 }
 
 /** Checks a layer's main caches against its streaming heads and scheme; returns the key and value caches' ids. */
@@ -219,11 +229,8 @@ export function partialAttentionIds(
   partial: Tensor,
   attributes: PartialAttentionAttributes,
 ): [number, number, number, number] {
-  const { heads, kvHeads, headDim, scale, keyLength, queryStart, shard } = attributes;
-  expectHeads(heads, kvHeads);
-  expectInteger('headDim', headDim, 1);
-  expectPositive('scale', scale);
-  const [keyId, valueId] = cacheIds(device, keyCache, valueCache, attributes);
+  const { heads, headDim, keyLength, queryStart, shard } = attributes;
+  const [keyId, valueId] = headsAndCacheIds(device, keyCache, valueCache, attributes);
   expectInteger('keyLength', keyLength, 0);
   const held = heldPositions(shardFields(shard), keyLength);
   const capacity = keyCache.committedRows ?? keyCache.shape[1] ?? 0;

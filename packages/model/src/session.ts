@@ -121,6 +121,15 @@ export function resolvePolicy(policy: AttentionPolicy | undefined, plan: HeadPla
 
 interface Workspace extends StepWorkspace {
   rows: number;
+  // Context parallelism: this rank's partial attention rows, and every rank's gathered (made on first use).
+  partial?: TensorHandle;
+  gathered?: TensorHandle;
+}
+
+/** A context-parallel session's place in its group: its shard of the keys and the group's communicator. */
+interface ParallelRank {
+  readonly shard: ContextShard;
+  readonly communicator: Communicator;
 }
 
 /** Where a chunk's last output row lies after its layers: the chunk's workspace, or the tail (#layers). */
@@ -154,8 +163,7 @@ export class Session {
   #disposed = false;
   #decodeGraph: number | undefined;
   // Context parallelism: this rank's shard of the retrieval heads' keys and its group (undefined: alone).
-  readonly #shard: ContextShard | undefined;
-  readonly #communicator: Communicator | undefined;
+  readonly #parallel: ParallelRank | undefined;
 
   /** @internal Use `LlamaModel.createSession`. */
   constructor(
@@ -204,13 +212,14 @@ export class Session {
     }
     this.capacity = capacity;
     this.cacheDtype = cacheDtype;
-    this.#shard = parallel ? contextShard(parallel, chunk) : undefined;
-    this.#communicator = parallel?.communicator;
+    this.#parallel = parallel
+      ? { shard: contextShard(parallel, chunk), communicator: parallel.communicator }
+      : undefined;
     this.#cache = new DualKvCache(backend, {
       config,
       plan: this.plan,
       dtype: cacheDtype,
-      maxTokens: this.#held(capacity),
+      maxTokens: Math.max(1, this.#held(capacity)),
       chunkTokens: chunk,
       blockTokens: options.cacheBlockTokens,
       prefillMask: this.policy.prefillMask,
@@ -448,16 +457,16 @@ export class Session {
       s.positions,
       Int32Array.from({ length: n }, (_, i) => start + i),
     );
-    const last = this.#shard
-      ? await this.#shardedLayers(s, start, capture, this.#shard)
+    const last = this.#parallel
+      ? await this.#shardedLayers(s, start, capture, this.#parallel)
       : this.#layers(s, start, capture, false, finalFrom);
     this.#position = start + n;
     return { workspace: s, last };
   }
 
-  /** Slots this rank's full regions need for positions 0 … tokens − 1 (all of them alone; at least one). */
+  /** Slots this rank's full regions need for positions 0 … tokens − 1 (all of them alone). */
   #held(tokens: number): number {
-    return Math.max(1, heldPositions(this.#shard, tokens));
+    return heldPositions(this.#parallel?.shard, tokens);
   }
 
   /**
@@ -469,42 +478,37 @@ export class Session {
     s: Workspace,
     start: number,
     capture: PreparedCapture | undefined,
-    shard: ContextShard,
+    { shard, communicator }: ParallelRank,
   ): Promise<LastOutput> {
     const b = this.#backend;
     const c = this.#config;
     const blocks = this.#blocks;
-    const communicator = this.#communicator as Communicator;
     const n = s.rows;
     const width = c.numHeads * (c.headDim + 1);
-    const partial = b.alloc('f32', [n, width]);
-    const gathered = b.alloc('f32', [shard.ranks * n, width]);
-    try {
-      blocks.embed(s.ids, s.hidden);
-      capture?.take(0, s.hidden, start, n);
-      const attention = {
-        heads: c.numHeads,
-        kvHeads: c.numKvHeads,
-        headDim: c.headDim,
-        scale: 1 / Math.sqrt(c.headDim),
-        keyLength: start + n,
-        queryStart: start,
-        shard,
-      };
-      for (let layer = 0; layer < c.numLayers; layer++) {
-        const { keyCache, valueCache, streaming, quant } = this.#attentionInput(s, layer, shard);
-        b.attentionPartial(s.query, keyCache, valueCache, partial, { ...attention, streaming, quant });
-        await communicator.allGather(partial, gathered);
-        b.mergeAttention(gathered, s.attention, { parts: shard.ranks, heads: c.numHeads, headDim: c.headDim });
-        blocks.attentionOutput(layer, s.attention, s.hidden);
-        blocks.mlp(layer, s.hidden, s.normed, s.gate);
-        capture?.take(layer + 1, s.hidden, start, n);
-      }
-      return { hidden: s.hidden, row: n - 1 };
-    } finally {
-      partial.dispose();
-      gathered.dispose();
+    s.partial ??= b.alloc('f32', [n, width]);
+    s.gathered ??= b.alloc('f32', [shard.ranks * n, width]);
+    const { partial, gathered } = s;
+    blocks.embed(s.ids, s.hidden);
+    capture?.take(0, s.hidden, start, n);
+    const attention = {
+      heads: c.numHeads,
+      kvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      scale: 1 / Math.sqrt(c.headDim),
+      keyLength: start + n,
+      queryStart: start,
+      shard,
+    };
+    for (let layer = 0; layer < c.numLayers; layer++) {
+      const { keyCache, valueCache, streaming, quant } = this.#attentionInput(s, layer, shard);
+      b.attentionPartial(s.query, keyCache, valueCache, partial, { ...attention, streaming, quant });
+      await communicator.allGather(partial, gathered);
+      b.mergeAttention(gathered, s.attention, { parts: shard.ranks, heads: c.numHeads, headDim: c.headDim });
+      blocks.attentionOutput(layer, s.attention, s.hidden);
+      blocks.mlp(layer, s.hidden, s.normed, s.gate);
+      capture?.take(layer + 1, s.hidden, start, n);
     }
+    return { hidden: s.hidden, row: n - 1 };
   }
 
   /**

@@ -57,9 +57,10 @@ inline bool absent(const Napi::Value& value) { return value.IsUndefined() || val
 
 // RopeAttributes (rope, ropeWriteCache): heads, headDim, interleaved.
 RopeArgs ropeArgs(const Attributes& attributes);
+// ContextShard { ranks, rank, chunk }; absent: one rank holds every position.
+ContextShard contextShard(const Napi::Value& value);
 // StreamingHeads { retrievalHeads, keyCache, valueCache, sink, recent, mask? } beside the main cache `alongside`;
 // absent: every head is full.
-ContextShard contextShard(const Napi::Value& value);
 StreamingLayout streamingLayout(const Napi::Value& value, const Tensor& alongside, int kvHeads);
 // QuantizedKv { scheme, keyScales, valueScales, streamKeyScales?, streamValueScales? }; absent: not quantized.
 KvQuantPlanes quantPlanes(const Napi::Value& value, int headDim, const Tensor& cache);
