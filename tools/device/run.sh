@@ -21,6 +21,11 @@ echo '{ "type": "module" }' > /tmp/duo-node/package.json
 export PATH=/tmp/duo-node:$PATH
 export DUO_NATIVE_PATH=/tmp/duo-node/duoattn.node DUO_SHARED_DIR=$PWD/.device/shared DUO_REPO_DIR=$PWD
 export DUO_COMMIT=$(cat .device/commit.txt) PYTHONUNBUFFERED=1
+# NCCL for the communicator tests and multi-GPU runs: PyTorch's wheel (nvidia-nccl) when the machine has no other;
+# NVLink multicast stays off (the machines' rule).
+[ -z "${DUO_NCCL_PATH:-}" ] && DUO_NCCL_PATH=$(python3 -c "import nvidia.nccl as n, os; print(os.path.join(list(n.__path__)[0], 'lib'))" 2>/dev/null) &&
+  export DUO_NCCL_PATH
+export NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 # The serving benchmark (step `serve`): duo-serve in the background on loopback (random bf16 weights at
 # DUO_SERVE_SHAPE, default llama-3-8b-1048k: Llama-3-8B's matrices with a context that holds 32K prompts; the prefix

@@ -19,6 +19,13 @@ export const ENVIRONMENT_VARIABLES = [
     usedBy: '@duoattn/kernels loader',
   },
   {
+    name: 'DUO_NCCL_PATH',
+    kind: 'path',
+    meaning:
+      'a directory holding libnccl.so.2, tried before the CUDA library directories and the dynamic loader’s search when an NCCL communicator is first asked for',
+    usedBy: 'the addon’s NCCL loader (native/cuda/nccl-loader.cc) → openNcclCommunicator',
+  },
+  {
     name: 'DUO_VERBOSE',
     kind: 'flag',
     meaning: 'log why a backend was or was not chosen; print the stack of a failure',

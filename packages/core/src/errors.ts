@@ -2,7 +2,7 @@
 
 const marker = Symbol.for('duoattn.error');
 
-/** Stable error codes. `DUO_CUDA_<name>` codes carry the CUDA error's name. */
+/** Stable error codes. `DUO_CUDA_<name>` codes carry the CUDA error's name, `DUO_NCCL_<name>` NCCL's result. */
 export type DuoErrorCode =
   | 'DUO_ARG'
   | 'DUO_OOM'
@@ -13,7 +13,8 @@ export type DuoErrorCode =
   | 'DUO_NATIVE'
   | 'DUO_NUMERIC'
   | 'DUO_CAPACITY'
-  | `DUO_CUDA_${string}`;
+  | `DUO_CUDA_${string}`
+  | `DUO_NCCL_${string}`;
 
 /** Base class of every duoattn error; `DuoError.isInstance` works across package copies. */
 export class DuoError extends Error {
@@ -74,6 +75,17 @@ export class DuoCudaError extends DuoError {
   constructor(code: `DUO_CUDA_${string}`, message: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = 'DuoCudaError';
+  }
+}
+
+/**
+ * An NCCL call failed, or NCCL could not be loaded (`DUO_NCCL_UNAVAILABLE`, with every path tried); otherwise `code` is
+ * `DUO_NCCL_<ncclResult_t name>`.
+ */
+export class DuoNcclError extends DuoError {
+  constructor(code: `DUO_NCCL_${string}`, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'DuoNcclError';
   }
 }
 

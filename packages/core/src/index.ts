@@ -58,6 +58,7 @@ export {
   DuoDisposedError,
   DuoError,
   type DuoErrorCode,
+  DuoNcclError,
   DuoOutOfMemoryError,
   DuoTokenizerError,
 } from './errors.js';

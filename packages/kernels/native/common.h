@@ -488,8 +488,21 @@ class Device {
   virtual int endCapture() { throw Error("DUO_ARG", std::string("the ") + kind() + " backend cannot capture graphs"); }
   virtual void launchGraph(int) { throw Error("DUO_ARG", std::string("the ") + kind() + " backend cannot capture graphs"); }
   virtual void freeGraph(int) {}
+  // Communicators of ranks in several processes (NCCL, loaded at run time; ADR 0011); backends without them throw.
+  // communicatorId: a new unique id (256 hex digits) that rank 0 makes and every rank opens with; openCommunicator
+  // blocks until all `size` ranks have joined and returns this device's handle of it (≥ 1). The collectives are
+  // enqueued on the device's stream and move bytes: allGather every rank's `input` into `output` in rank order,
+  // broadcast rank `root`'s `tensor` into every rank's.
+  virtual std::string communicatorId() { refuseCommunicators(); }
+  virtual int openCommunicator(const std::string&, int, int) { refuseCommunicators(); }
+  virtual void allGather(int, const Tensor&, Tensor&) { refuseCommunicators(); }
+  virtual void broadcast(int, Tensor&, int) { refuseCommunicators(); }
+  virtual void closeCommunicator(int) {}
 
  protected:
+  [[noreturn]] void refuseCommunicators() const {
+    throw Error("DUO_ARG", std::string("the ") + kind() + " backend has no NCCL communicators (ranks on the CPU use createInProcessGroup)");
+  }
   // An f32 scratch tensor shaped like `like`, freed (stream-ordered on CUDA) when it goes out of scope.
   struct Temporary {
     Device& device;

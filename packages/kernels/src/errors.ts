@@ -5,6 +5,7 @@ import {
   DuoCudaError,
   DuoDisposedError,
   DuoError,
+  DuoNcclError,
   DuoOutOfMemoryError,
 } from '@duoattn/core';
 
@@ -18,6 +19,7 @@ export function mapNativeError(error: unknown): unknown {
   if (code === 'DUO_DISPOSED') return new DuoDisposedError(error.message, options);
   if (code === 'DUO_NO_BACKEND') return new DuoBackendUnavailableError(error.message, [error.message], options);
   if (code?.startsWith('DUO_CUDA_')) return new DuoCudaError(code as `DUO_CUDA_${string}`, error.message, options);
+  if (code?.startsWith('DUO_NCCL_')) return new DuoNcclError(code as `DUO_NCCL_${string}`, error.message, options);
   if (code === 'DUO_NATIVE') return new DuoError('DUO_NATIVE', error.message, options);
   return error;
 }

@@ -5,6 +5,12 @@ export { createInProcessGroup } from './in-process-group.js';
 export { type BackendTuning, loadNative, type NativeAddon } from './native.js';
 export { hostArrayFor, NativeBackend } from './native-backend.js';
 export {
+  NcclCommunicator,
+  type NcclCommunicatorOptions,
+  ncclUniqueId,
+  openNcclCommunicator,
+} from './nccl-communicator.js';
+export {
   type BackendRequest,
   createBackend,
   cudaUnavailableReason,

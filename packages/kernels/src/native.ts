@@ -195,6 +195,15 @@ export interface NativeAddon extends ElementwiseNatives {
   graphEnd(device: DeviceKind): number;
   graphLaunch(device: DeviceKind, graph: number): void;
   graphFree(device: DeviceKind, graph: number): void;
+  /** A new NCCL unique id (256 hex digits) for rank 0 to hand to every rank; CUDA only. */
+  communicatorId(device: DeviceKind): string;
+  /** This rank's NCCL communicator of `size` ranks (blocks until all have joined); its handle. */
+  communicatorOpen(device: DeviceKind, uniqueId: string, rank: number, size: number): number;
+  communicatorClose(device: DeviceKind, communicator: number): void;
+  /** Enqueued on the device's stream: every rank's `input` bytes into `output` in rank order. */
+  allGather(device: DeviceKind, communicator: number, input: number, output: number): void;
+  /** Enqueued on the device's stream: rank `root`'s `tensor` bytes into every rank's. */
+  broadcast(device: DeviceKind, communicator: number, tensor: number, root: number): void;
   argmax(logits: number, out: number): void;
   cacheBatchCreate(
     device: DeviceKind,

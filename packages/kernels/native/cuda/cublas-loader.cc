@@ -3,10 +3,10 @@
 
 #include <dlfcn.h>
 
-#include <cstdlib>
 #include <vector>
 
 #include "../common.h"
+#include "shared-library.h"
 
 namespace duo {
 namespace cuda {
@@ -16,27 +16,6 @@ constexpr int kOpN = 0;               // CUBLAS_OP_N
 constexpr int kOpT = 1;               // CUBLAS_OP_T
 constexpr int kCompute32F = 68;       // CUBLAS_COMPUTE_32F: f32 accumulation, no TF32 down-conversion
 constexpr int kGemmDefault = -1;      // CUBLAS_GEMM_DEFAULT
-
-std::vector<std::string> candidates(const char* name) {
-  std::vector<std::string> out;
-  for (const char* variable : {"CUDA_PATH", "CUDA_HOME"}) {
-    if (const char* root = std::getenv(variable)) out.push_back(std::string(root) + "/lib64/" + name);
-  }
-  out.push_back(std::string("/usr/local/cuda/lib64/") + name);
-  out.push_back(name);  // the dynamic loader's own search (LD_LIBRARY_PATH, ldconfig)
-  return out;
-}
-
-void* openFirst(const std::vector<const char*>& names, std::string& tried) {
-  for (const char* name : names) {
-    for (const std::string& path : candidates(name)) {
-      void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL);
-      if (library) return library;
-      tried += "\n    " + path + ": " + dlerror();
-    }
-  }
-  return nullptr;
-}
 }  // namespace
 
 CublasLibrary& CublasLibrary::instance() {
@@ -47,8 +26,8 @@ CublasLibrary& CublasLibrary::instance() {
 CublasLibrary::CublasLibrary() {
   std::string tried;
   // cublasLt first, with RTLD_GLOBAL, so libcublas finds it even without an rpath.
-  openFirst({"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"}, tried);
-  library_ = openFirst({"libcublas.so.13", "libcublas.so.12", "libcublas.so"}, tried);
+  openFirstLibrary({"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"}, tried);
+  library_ = openFirstLibrary({"libcublas.so.13", "libcublas.so.12", "libcublas.so"}, tried);
   if (!library_) {
     reason_ = "libcublas could not be loaded:" + tried;
     return;

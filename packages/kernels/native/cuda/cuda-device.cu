@@ -11,6 +11,7 @@
 #include "cublas-loader.h"
 #include "cuda-common.cuh"
 #include "cuda-device.h"
+#include "nccl-loader.h"
 #include "op-profiler.cuh"
 #include "paged-memory.cuh"
 #include "pinned-pool.cuh"
@@ -45,6 +46,7 @@ class CudaDevice final : public Device {
     if (CublasLibrary::instance().available()) CublasLibrary::instance().forget(stream_);
     for (cudaGraphExec_t graph : graphs_)
       if (graph) cudaGraphExecDestroy(graph);
+    for (void* communicator : communicators_) NcclLibrary::instance().close(communicator);
     for (SmallSlot& slot : smallSlots_) {
       if (slot.data) cudaFreeHost(slot.data);
       if (slot.done) cudaEventDestroy(slot.done);
@@ -423,6 +425,28 @@ class CudaDevice final : public Device {
     cudaGraphExecDestroy(graphs_[id - 1]);
     graphs_[id - 1] = nullptr;
   }
+  std::string communicatorId() override { return NcclLibrary::instance().uniqueId(); }
+  int openCommunicator(const std::string& uniqueId, int rank, int size) override {
+    if (size < 1 || rank < 0 || rank >= size)
+      throw Error("DUO_ARG", "a communicator's rank must lie in [0, " + std::to_string(size) + ") but is " + std::to_string(rank));
+    check(cudaSetDevice(device_), "cudaSetDevice");
+    communicators_.push_back(NcclLibrary::instance().open(uniqueId, rank, size));
+    return static_cast<int>(communicators_.size());
+  }
+  void allGather(int communicator, const Tensor& input, Tensor& output) override {
+    NcclLibrary::instance().allGather(communicatorAt(communicator), input.data, output.data, input.bytes, stream_);
+    profiler_.mark("allGather", stream_);
+  }
+  void broadcast(int communicator, Tensor& tensor, int root) override {
+    NcclLibrary::instance().broadcast(communicatorAt(communicator), tensor.data, tensor.bytes, root, stream_);
+    profiler_.mark("broadcast", stream_);
+  }
+  void closeCommunicator(int communicator) override {
+    if (communicator < 1 || communicator > static_cast<int>(communicators_.size()) || !communicators_[communicator - 1]) return;
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    NcclLibrary::instance().close(communicators_[communicator - 1]);
+    communicators_[communicator - 1] = nullptr;
+  }
   void argmax(const Tensor& logits, Tensor& out) override {
     launchArgmax(logits.as<float>(), out.as<int32_t>(), logits.rows(), logits.cols(), scratch(argmaxScratch(logits.rows())), stream_);
     profiler_.mark("argmax", stream_);
@@ -626,6 +650,12 @@ class CudaDevice final : public Device {
   PinnedPool pinned_;
   OpProfiler profiler_;
   std::vector<cudaGraphExec_t> graphs_;
+  std::vector<void*> communicators_;  // NCCL's, by handle − 1 (null once closed)
+  void* communicatorAt(int handle) const {
+    if (handle < 1 || handle > static_cast<int>(communicators_.size()) || !communicators_[handle - 1])
+      throw Error("DUO_DISPOSED", "communicator " + std::to_string(handle) + " is closed or was never opened on this device");
+    return communicators_[handle - 1];
+  }
 
  public:
   std::vector<OpTime> takeProfile() override { return profiler_.take(stream_); }
