@@ -83,17 +83,13 @@ function rankCapacity(ranks: number, tokens: number): number {
   return Math.ceil(Math.ceil(tokens / CHUNK) / ranks) * CHUNK;
 }
 
-/** What a backend runs of context parallelism: `rows` 'all' (prefill chunks and decode rows) or 'decode' (one row). */
+/** How close a backend's merged partials must come to its single-device attention. */
 export interface ContextParallelSupport {
-  readonly rows: 'all' | 'decode';
   /** Relative error allowed between the merged partials and the single-device op, by cache kind. */
   readonly tolerance: (kind: CacheKind) => number;
 }
 
-/**
- * Registers the suite for one backend; `backend()` is undefined when it is absent (the tests then skip visibly). With
- * `rows: 'decode'` the prefill chunks are only written (sharded) and their partial attention must be refused by name.
- */
+/** Registers the suite for one backend; `backend()` is undefined when it is absent (the tests then skip visibly). */
 export function contextParallelSuite(
   label: string,
   backend: () => NativeBackend | undefined,
@@ -149,36 +145,13 @@ export function contextParallelSuite(
       }
     });
 
-    if (support.rows === 'decode') {
-      it('refuses the partial attention of a prefill chunk by name', () => {
-        const caches = makeCaches(b(), 'bf16', false, 16);
-        const query = b().alloc('f32', [2, HEADS * HEAD_DIM]);
-        const out = b().alloc('f32', [2, HEADS * (HEAD_DIM + 1)]);
-        try {
-          const attributes = {
-            heads: HEADS,
-            kvHeads: KV_HEADS,
-            headDim: HEAD_DIM,
-            scale: 0.125,
-            keyLength: 4,
-            queryStart: 2,
-          };
-          expect(() => b().attentionPartial(query, caches.keyCache, caches.valueCache, out, attributes)).toThrow(
-            /attentionPartial .* take one query row/,
-          );
-        } finally {
-          for (const tensor of [query, out, ...caches.owned]) tensor.dispose();
-        }
-      });
-    }
-
     const cases: [number, CacheKind, boolean][] = [];
     for (const ranks of [2, 3, 4])
       for (const kind of ['f32', 'bf16', 'int8', 'int4', 'fp8'] as const)
         for (const duo of [false, true]) cases.push([ranks, kind, duo]);
 
     it.each(cases)(
-      `%i ranks, %s caches, duo %s: merged partials equal the single-device attention (${support.rows === 'all' ? 'prefill and decode' : 'decode rows; prefill chunks written'})`,
+      `%i ranks, %s caches, duo %s: merged partials equal the single-device attention (prefill chunks and decode rows)`,
       async (ranks, kind, duo) => {
         const single = makeCaches(b(), kind, duo, TOTAL);
         const shards: ContextShard[] = Array.from({ length: ranks }, (_, rank) => ({ ranks, rank, chunk: CHUNK }));
@@ -238,12 +211,6 @@ export function contextParallelSuite(
             };
             // The single device.
             const { query, cacheAttributes } = write(single);
-            if (support.rows === 'decode' && rows > 1) {
-              // Prefill chunks are only written, sharded, on a backend whose partial attention takes decode rows.
-              for (const [rank, caches] of rankCaches.entries()) write(caches, shards[rank]);
-              start += rows;
-              continue;
-            }
             const expectedOut = b().alloc('f32', [rows, HEADS * HEAD_DIM]);
             made.push(expectedOut);
             b().attentionPrefill(query, single.keyCache, single.valueCache, expectedOut, {

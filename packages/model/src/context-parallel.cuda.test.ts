@@ -1,8 +1,8 @@
-// Context parallelism through the model on CUDA, where a rank's partial attention takes decode rows: 2 and 4
-// in-process ranks, each a session holding its chunks of the retrieval heads' keys, fed one token at a time, against
-// one CUDA session — full and duo, every KV scheme. Split-K decode partitions a rank's keys otherwise than one device's,
-// so the logits may differ by what the CUDA decode's own tests allow (1e-4 over f32 caches, 1e-2 where quantized
-// caches stage 16-bit tiles for the tensor cores); every rank gets the same bits. Skips visibly without a GPU.
+// Context parallelism through the model on CUDA: 2 and 4 in-process ranks, each a session holding its chunks of the
+// retrieval heads' keys, against one CUDA session — a 30-token prefill in chunks of 13, then 18 decode steps, full and
+// duo, every KV scheme. A rank's keys are tiled and split otherwise than one device's (whose prefill may take the tensor
+// cores), so the logits may differ by what the CUDA attention's own tests allow (1e-4 over f32 caches, 1e-2 where
+// quantized caches stage 16-bit tiles for the tensor cores); every rank gets the same bits. Skips visibly without a GPU.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,7 @@ import { LlamaModel } from './llama-model.js';
 import type { Session, SessionOptions } from './session.js';
 
 const TOKENS = 48;
+const PREFILL = 30;
 const reason = cudaUnavailableReason();
 const config = tinyConfig('llama', { num_key_value_heads: 2, head_dim: 16, max_position_embeddings: 512 });
 const tokens = Array.from(randomArray(TOKENS, 43), (v) => Math.floor((v + 1) * 48) % 97);
@@ -33,10 +34,14 @@ const plan: HeadPlan = { retrievalHeads: [[1], [0]], kvHeads: 2, sink: 4, recent
     rmSync(directory, { recursive: true, force: true });
   });
 
-  /** Every token as its own forward call (a decode row), all sessions together; each session's logits in order. */
-  async function decodeTogether(sessions: Session[]): Promise<Float32Array[]> {
+  /** The prefill (every row's logits), then each later token as its own call, all sessions together; their logits. */
+  async function runTogether(sessions: Session[]): Promise<Float32Array[]> {
     const rows: Float32Array[][] = sessions.map(() => []);
-    for (const token of tokens) {
+    const prefill = await Promise.all(
+      sessions.map((session) => session.forward(tokens.slice(0, PREFILL), { logits: 'all' })),
+    );
+    for (const [i, result] of prefill.entries()) rows[i]?.push(result.logits as Float32Array);
+    for (const token of tokens.slice(PREFILL)) {
       const results = await Promise.all(sessions.map((session) => session.forward([token])));
       for (const [i, result] of results.entries()) rows[i]?.push(result.logits as Float32Array);
     }
@@ -49,10 +54,10 @@ const plan: HeadPlan = { retrievalHeads: [[1], [0]], kvHeads: 2, sink: 4, recent
       for (const kvQuant of ['none', 'int8', 'int4', 'fp8'] as const) cases.push([ranks, attention, kvQuant]);
 
   it.each(cases)(
-    '%i ranks, %s attention, %s KV: one CUDA session’s logits, token by token',
+    '%i ranks, %s attention, %s KV: one CUDA session’s logits, chunked prefill then decode',
     async (ranks, attention, kvQuant) => {
       const policy = attention === 'full' ? { attention, kvQuant } : { attention, plan, kvQuant };
-      const options: SessionOptions = { policy, maxTokens: TOKENS, cacheDtype: 'f32' };
+      const options: SessionOptions = { policy: { ...policy, prefillChunk: 13 }, maxTokens: TOKENS, cacheDtype: 'f32' };
       const alone = model.createSession(options);
       const backend = resolveBackend('cuda');
       const group = createInProcessGroup(Array.from({ length: ranks }, () => backend));
@@ -60,8 +65,8 @@ const plan: HeadPlan = { retrievalHeads: [[1], [0]], kvHeads: 2, sink: 4, recent
         model.createSession({ ...options, contextParallel: { communicator, chunk: 8 } }),
       );
       try {
-        const [expected] = await decodeTogether([alone]);
-        const actual = await decodeTogether(sessions);
+        const [expected] = await runTogether([alone]);
+        const actual = await runTogether(sessions);
         for (const [rank, logits] of actual.entries()) {
           expect(relativeError(logits, expected as Float32Array), `rank ${rank}`).toBeLessThan(
             kvQuant === 'none' ? 1e-4 : 1e-2,

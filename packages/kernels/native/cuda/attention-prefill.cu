@@ -18,12 +18,16 @@ namespace {
 
 constexpr int kPrefillThreads = 128;
 
-// grid (row tiles, heads). Each query row is served by TPR threads that own interleaved groups of 4 channels.
+// grid (row tiles, heads). Each query row is served by TPR threads that own interleaved groups of 4 channels. It is
+// also context parallelism's prefill (ADR 0011): a sharded full head visits this rank's keys (positions from the
+// shard, masked in absolute positions as on the CPU), and a partial call writes each head's log-sum-exp after the
+// row's outputs (rows `outStride` apart; a rank past 0 leaves the streaming heads to rank 0).
 template <typename T, int D, bool kQuant>
 __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __restrict__ q, int64_t qStride, const void* __restrict__ k,
                                                                  const void* __restrict__ v, int64_t capacity, float* __restrict__ out,
-                                                                 int64_t rows, int64_t keyLength, int64_t queryStart, int group,
-                                                                 float scale, StreamingLayout layout, KvQuantPlanes quant) {
+                                                                 int64_t outStride, bool partial, int heads, int64_t rows,
+                                                                 int64_t keyLength, int64_t queryStart, int group, float scale,
+                                                                 StreamingLayout layout, KvQuantPlanes quant) {
   constexpr int kThreadsPerRow = D / 4 < 8 ? D / 4 : 8;
   constexpr int kRowsPerBlock = kPrefillThreads / kThreadsPerRow;
   constexpr int kChunks = D / (4 * kThreadsPerRow);  // float4 chunks per thread
@@ -38,7 +42,13 @@ __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __
   const int64_t lastRow = lesser(rows, static_cast<int64_t>(blockIdx.x + 1) * kRowsPerBlock) - 1;
   const int64_t keyEnd = lesser(keyLength, queryStart + lastRow + 1);
   const bool streams = layout.streams(kvHead);
-  const KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + static_cast<int64_t>(blockIdx.x) * kRowsPerBlock, queryStart);
+  const ContextShard& shard = layout.shard;
+  const bool sharded = !streams && shard.active();
+  KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + static_cast<int64_t>(blockIdx.x) * kRowsPerBlock, queryStart);
+  if (sharded) range.count = shard.ownedBelow(keyEnd);
+  if (partial && streams && shard.rank != 0) range.count = 0;
+  // Key j's position (its local slot is j for a full head, sharded or not).
+  auto keyPosition = [&](int64_t j) { return sharded ? shard.positionAt(j) : range.position(j); };
   const T* keys = kQuant ? nullptr : headRows<T>(k, layout.key, capacity, layout, streams, kvHead, D);
   const T* values = kQuant ? nullptr : headRows<T>(v, layout.value, capacity, layout, streams, kvHead, D);
   QuantHead quantRows{};
@@ -83,7 +93,7 @@ __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __
 #pragma unroll
       for (int offset = kThreadsPerRow / 2; offset > 0; offset >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
       int64_t j = tile + key;
-      scores[key] = (active && j < range.count && keyVisible(layout, streams, position, range.position(j), queryStart)) ? dot : -INFINITY;
+      scores[key] = (active && j < range.count && keyVisible(layout, streams, position, keyPosition(j), queryStart)) ? dot : -INFINITY;
       tileMax = fmaxf(tileMax, scores[key]);
     }
     float updated = fmaxf(maximum, tileMax);
@@ -115,7 +125,9 @@ __global__ void __launch_bounds__(kPrefillThreads) prefillKernel(const float* __
   for (int c = 0; c < kChunks; c++)
 #pragma unroll
     for (int i = 0; i < 4; i++)
-      out[row * qStride + static_cast<int64_t>(head) * D + (c * kThreadsPerRow + lane) * 4 + i] = acc[c][i] * inverse;
+      out[row * outStride + static_cast<int64_t>(head) * D + (c * kThreadsPerRow + lane) * 4 + i] = acc[c][i] * inverse;
+  // The head's log-sum-exp (of the scaled scores), after the row's heads · D outputs (attentionPartial's layout).
+  if (partial && lane == 0) out[row * outStride + static_cast<int64_t>(heads) * D + head] = sum > 0.0f ? maximum + logf(sum) : -INFINITY;
 }
 
 // Tensor-core causal prefill for 16-bit caches at head dim 64 or 128 (FlashAttention-2 style). grid (row tiles of
@@ -286,9 +298,12 @@ void setPrefillWgmma(int mode) { prefillWgmma.store(mode, std::memory_order_rela
 int prefillWgmmaMode() { return prefillWgmma.load(std::memory_order_relaxed); }
 
 void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
-                            float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream) {
+                            float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream, int64_t outStride) {
   if (rows == 0) return;
-  if (prefillWgmmaMode() != 0 && prefillWgmmaServes(q, qStride, rows, args, cacheType)) {
+  if (outStride == 0) outStride = qStride;
+  // Context parallelism's chunks (a shard, or partial rows) take the CUDA-core kernel, which knows both.
+  const bool parallel = args.partial || args.streaming.shard.active();
+  if (!parallel && prefillWgmmaMode() != 0 && prefillWgmmaServes(q, qStride, rows, args, cacheType)) {
     launchAttentionPrefillWgmma(q, qStride, k, v, cacheType, capacity, out, rows, args, stream);
     return;
   }
@@ -299,9 +314,21 @@ void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, cons
     dispatchHeadDim(args.headDim, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       constexpr bool kTensorCores = usesTensorCores(static_cast<int>(sizeof(T)), D);
+      auto cudaCores = [&] {
+        constexpr int kThreadsPerRow = D / 4 < 8 ? D / 4 : 8;
+        constexpr int kRowsPerBlock = kPrefillThreads / kThreadsPerRow;
+        dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), args.heads);
+        prefillKernel<T, D, kQuant><<<grid, kPrefillThreads, 0, stream>>>(q, qStride, k, v, capacity, out, outStride, args.partial,
+                                                                           args.heads, rows, args.keyLength, args.queryStart, group,
+                                                                           args.scale, args.streaming, args.quant);
+      };
       if constexpr (kQuant && tileBytes(true, D, 0) != static_cast<int>(sizeof(T))) {
         throw Error("DUO_ARG", "internal: quantized prefill stages bf16 tiles exactly for head dims 64 and 128");
       } else if constexpr (kTensorCores) {
+        if (parallel) {
+          cudaCores();
+          return;
+        }
         // Tensor cores for 16-bit (and quantized) caches.
         auto kernel = prefillMmaKernel<T, D, kQuant>;
         const size_t shared = static_cast<size_t>(4) * kPrefillKeys * (D + 8) * sizeof(T);
@@ -310,12 +337,7 @@ void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, cons
         kernel<<<grid, kPrefillMmaWarps * 32, shared, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength, args.queryStart,
                                                                 group, args.scale, args.streaming, args.quant);
       } else {
-        constexpr int kThreadsPerRow = D / 4 < 8 ? D / 4 : 8;
-        constexpr int kRowsPerBlock = kPrefillThreads / kThreadsPerRow;
-        dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock), args.heads);
-        prefillKernel<T, D, kQuant><<<grid, kPrefillThreads, 0, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength,
-                                                                           args.queryStart, group, args.scale, args.streaming,
-                                                                           args.quant);
+        cudaCores();
       }
     });
   };

@@ -322,8 +322,10 @@ void setPrefillWgmma(int mode);
 int prefillWgmmaMode();
 // Context parallelism: the rank-ordered log-sum-exp merge of attentionPartial rows (Device::mergeAttention).
 void launchMergeAttention(const float* parts, float* out, int64_t rows, int partCount, int heads, int headDim, cudaStream_t stream);
+// `outStride`: floats between out's rows (0: qStride); context parallelism's chunks (args.partial, a shard) take the
+// CUDA-core kernel, partial rows with each head's log-sum-exp after its outputs.
 void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
-                            float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
+                            float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream, int64_t outStride = 0);
 // How one decode launch spreads over the KV heads: full heads get `full` splits of their keys each, streaming heads (a
 // short window) `stream` each; one block per (head, split), the full heads' blocks first (region order, see
 // StreamingLayout::headAt); partials laid out [query head][stride]. `streamingHeads` is the layout's head map.

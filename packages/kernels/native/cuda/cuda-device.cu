@@ -240,13 +240,14 @@ class CudaDevice final : public Device {
       attentionDecode(q, k, v, out, args);  // a decode row's partial: the decode kernels write it
       return;
     }
-    refuseContextParallel(args);
-    launchAttentionPrefill(q.as<float>(), q.cols(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), q.rows(), args, stream_);
+    // Context parallelism's chunks: out's rows hold the heads' log-sum-exp too (partial) and are out.cols() apart.
+    const bool parallel = args.partial || args.streaming.shard.active();
+    launchAttentionPrefill(q.as<float>(), q.cols(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), q.rows(), args, stream_,
+                           parallel ? out.cols() : 0);
     profiler_.mark("attentionPrefill", stream_);
   }
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
     if (q.rows() != 1) {
-      refuseContextParallel(args);
       // Several query rows at the last position: the prefill kernel computes the same thing.
       AttentionArgs prefill = args;
       prefill.queryStart = args.keyLength - 1;
@@ -538,12 +539,6 @@ class CudaDevice final : public Device {
       if (n < 2 || n > std::min(widest, skinnyRowsMax_)) return false;
     }
     return skinnySupported(x.cols(), weightType, x.data, weights.data(), count);
-  }
-  // Partial attention over a rank's shard of the keys (ADR 0011): the decode kernels take one query row (every key the
-  // rank holds is visible to it); prefill chunks run on the CPU backend only so far.
-  static void refuseContextParallel(const AttentionArgs& args) {
-    if (args.partial || args.streaming.shard.active())
-      throw Error("DUO_ARG", "CUDA attentionPartial and sharded caches take one query row (decode) so far; prefill chunks run on the CPU backend");
   }
   SkinnyOptions skinnyOptions() const {
     SkinnyOptions options;
