@@ -23,7 +23,7 @@ export const ENVIRONMENT_VARIABLES = [
     kind: 'path',
     meaning:
       'a directory holding libnccl.so.2, tried before the CUDA library directories and the dynamic loader’s search when an NCCL communicator is first asked for',
-    usedBy: 'the addon’s NCCL loader (native/cuda/nccl-loader.cc) → openNcclCommunicator',
+    usedBy: '@duoattn/kernels ncclUniqueId / openNcclCommunicator → the addon’s NCCL loader',
   },
   {
     name: 'DUO_VERBOSE',
@@ -163,6 +163,7 @@ export type EnvironmentVariableName = (typeof ENVIRONMENT_VARIABLES)[number]['na
 /** The run-time DUO_* settings, parsed. Absent variables are undefined (flags false). */
 export interface DuoEnvironment {
   readonly nativePath?: string;
+  readonly ncclPath?: string;
   readonly verbose: boolean;
   readonly noGraphs: boolean;
   readonly cudaProfile: boolean;
@@ -216,6 +217,7 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
   const longSplits = integer('DUO_LONG_SPLITS_FIRST', 0, 1);
   return {
     nativePath: text('DUO_NATIVE_PATH'),
+    ncclPath: text('DUO_NCCL_PATH'),
     verbose: flag('DUO_VERBOSE'),
     noGraphs: flag('DUO_NO_GRAPHS'),
     cudaProfile: flag('DUO_CUDA_PROFILE'),

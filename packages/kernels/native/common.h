@@ -490,11 +490,12 @@ class Device {
   virtual void freeGraph(int) {}
   // Communicators of ranks in several processes (NCCL, loaded at run time; ADR 0011); backends without them throw.
   // communicatorId: a new unique id (256 hex digits) that rank 0 makes and every rank opens with; openCommunicator
-  // blocks until all `size` ranks have joined and returns this device's handle of it (≥ 1). The collectives are
+  // blocks until all `size` ranks have joined and returns this device's handle of it (≥ 1). Both load the library
+  // first, from `libraryDirectory` when it is not empty (DUO_NCCL_PATH). The collectives are
   // enqueued on the device's stream and move bytes: allGather every rank's `input` into `output` in rank order,
   // broadcast rank `root`'s `tensor` into every rank's.
-  virtual std::string communicatorId() { refuseCommunicators(); }
-  virtual int openCommunicator(const std::string&, int, int) { refuseCommunicators(); }
+  virtual std::string communicatorId(const std::string&) { refuseCommunicators(); }
+  virtual int openCommunicator(const std::string&, const std::string&, int, int) { refuseCommunicators(); }
   virtual void allGather(int, const Tensor&, Tensor&) { refuseCommunicators(); }
   virtual void broadcast(int, Tensor&, int) { refuseCommunicators(); }
   virtual void closeCommunicator(int) {}

@@ -195,10 +195,13 @@ export interface NativeAddon extends ElementwiseNatives {
   graphEnd(device: DeviceKind): number;
   graphLaunch(device: DeviceKind, graph: number): void;
   graphFree(device: DeviceKind, graph: number): void;
-  /** A new NCCL unique id (256 hex digits) for rank 0 to hand to every rank; CUDA only. */
-  communicatorId(device: DeviceKind): string;
+  /**
+   * A new NCCL unique id (256 hex digits) for rank 0 to hand to every rank; CUDA only. `libraryDirectory` (or '') is
+   * where NCCL is looked for first (DUO_NCCL_PATH).
+   */
+  communicatorId(device: DeviceKind, libraryDirectory: string): string;
   /** This rank's NCCL communicator of `size` ranks (blocks until all have joined); its handle. */
-  communicatorOpen(device: DeviceKind, uniqueId: string, rank: number, size: number): number;
+  communicatorOpen(device: DeviceKind, libraryDirectory: string, uniqueId: string, rank: number, size: number): number;
   communicatorClose(device: DeviceKind, communicator: number): void;
   /** Enqueued on the device's stream: every rank's `input` bytes into `output` in rank order. */
   allGather(device: DeviceKind, communicator: number, input: number, output: number): void;

@@ -34,7 +34,7 @@ describe('NCCL communicator (CPU build, arguments)', () => {
     const { loadNative, mapNativeError } = await import('./index.js');
     let caught: unknown;
     try {
-      loadNative().communicatorId('cpu');
+      loadNative().communicatorId('cpu', '');
     } catch (error) {
       caught = mapNativeError(error);
     }

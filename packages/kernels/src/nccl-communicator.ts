@@ -1,7 +1,13 @@
 // NCCL communicators (ADR 0011): one rank a process, one GPU each, collectives enqueued on the rank's CUDA stream. NCCL
 // is loaded at run time like cuBLAS, so the addon builds and loads without it; asking for a communicator where it is
 // missing fails with every path tried.
-import { type Communicator, DuoArgumentError, DuoDisposedError, type TensorHandle } from '@duoattn/core';
+import {
+  type Communicator,
+  DuoArgumentError,
+  DuoDisposedError,
+  readEnvironment,
+  type TensorHandle,
+} from '@duoattn/core';
 import { callNative } from './errors.js';
 import { loadNative } from './native.js';
 import type { NativeBackend } from './native-backend.js';
@@ -17,6 +23,11 @@ export interface NcclCommunicatorOptions {
   readonly size: number;
 }
 
+/** Where NCCL is looked for first (DUO_NCCL_PATH), or '' for the CUDA library directories and the loader's search. */
+function ncclDirectory(): string {
+  return readEnvironment().ncclPath ?? '';
+}
+
 function expectCuda(backend: NativeBackend, what: string): void {
   if (backend.device !== 'cuda') {
     throw new DuoArgumentError(
@@ -29,7 +40,7 @@ function expectCuda(backend: NativeBackend, what: string): void {
 /** A new NCCL unique id (256 hex digits): rank 0 makes it and hands it to every rank of the group. */
 export function ncclUniqueId(backend: NativeBackend): string {
   expectCuda(backend, 'ncclUniqueId');
-  return callNative(() => loadNative().communicatorId(backend.device));
+  return callNative(() => loadNative().communicatorId(backend.device, ncclDirectory()));
 }
 
 /**
@@ -54,7 +65,7 @@ export function openNcclCommunicator(backend: NativeBackend, options: NcclCommun
     );
   }
   expectCuda(backend, 'openNcclCommunicator');
-  const handle = callNative(() => loadNative().communicatorOpen(backend.device, uniqueId, rank, size));
+  const handle = callNative(() => loadNative().communicatorOpen(backend.device, ncclDirectory(), uniqueId, rank, size));
   return new NcclCommunicator(backend, handle, rank, size);
 }
 

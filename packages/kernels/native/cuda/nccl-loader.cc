@@ -4,7 +4,6 @@
 
 #include <dlfcn.h>
 
-#include <cstdlib>
 #include <vector>
 
 #include "../common.h"
@@ -19,15 +18,15 @@ const char* const kResultNames[] = {"ncclSuccess",         "ncclUnhandledCudaErr
                                     "ncclInvalidArgument", "ncclInvalidUsage",       "ncclRemoteError", "ncclInProgress"};
 }  // namespace
 
-NcclLibrary& NcclLibrary::instance() {
-  static NcclLibrary library;
+NcclLibrary& NcclLibrary::instance(const std::string& directory) {
+  static NcclLibrary library(directory);
   return library;
 }
 
-NcclLibrary::NcclLibrary() {
+NcclLibrary::NcclLibrary(const std::string& directory) {
   std::string tried;
   std::vector<std::string> directories;
-  if (const char* path = std::getenv("DUO_NCCL_PATH")) directories.emplace_back(path);
+  if (!directory.empty()) directories.push_back(directory);
   library_ = openFirstLibrary({"libnccl.so.2", "libnccl.so"}, tried, directories);
   if (!library_) {
     reason_ = "libnccl could not be loaded (install NCCL, or set DUO_NCCL_PATH to the directory of libnccl.so.2):" + tried;

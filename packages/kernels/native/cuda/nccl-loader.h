@@ -11,8 +11,9 @@ namespace cuda {
 
 class NcclLibrary {
  public:
-  // Loads libnccl once (DUO_NCCL_PATH, a directory, first; then the CUDA library directories and the loader's search).
-  static NcclLibrary& instance();
+  // Loads libnccl once: from `directory` first (DUO_NCCL_PATH, passed down by the TypeScript side; the first call's
+  // decides), then the CUDA library directories and the loader's search.
+  static NcclLibrary& instance(const std::string& directory);
   bool available() const { return available_; }
   const std::string& reason() const { return reason_; }
   // The library's version, e.g. 22703 for 2.27.3.
@@ -28,7 +29,7 @@ class NcclLibrary {
   void close(void* communicator);
 
  private:
-  NcclLibrary();
+  explicit NcclLibrary(const std::string& directory);
   // Throws DUO_NCCL_<name> with the library's text for a failed call.
   void check(int result, const char* what) const;
   void* library_ = nullptr;

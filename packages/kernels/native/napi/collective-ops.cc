@@ -18,13 +18,16 @@ Tensor& tensorOn(const Napi::CallbackInfo& info, size_t i, const Device* device,
 }
 }  // namespace
 
+// (device, library directory or ''): the directory is where NCCL is looked for first (DUO_NCCL_PATH).
 Napi::Value communicatorId(const Napi::CallbackInfo& info) {
-  return Napi::String::New(info.Env(), deviceOf(info[0])->communicatorId());
+  return Napi::String::New(info.Env(), deviceOf(info[0])->communicatorId(info[1].As<Napi::String>().Utf8Value()));
 }
 
+// (device, library directory or '', unique id, rank, size).
 Napi::Value communicatorOpen(const Napi::CallbackInfo& info) {
-  const std::string id = info[1].As<Napi::String>().Utf8Value();
-  const int handle = deviceOf(info[0])->openCommunicator(id, static_cast<int>(integer(info, 2)), static_cast<int>(integer(info, 3)));
+  const std::string directory = info[1].As<Napi::String>().Utf8Value(), id = info[2].As<Napi::String>().Utf8Value();
+  const int handle =
+      deviceOf(info[0])->openCommunicator(directory, id, static_cast<int>(integer(info, 3)), static_cast<int>(integer(info, 4)));
   return Napi::Number::New(info.Env(), handle);
 }
 
