@@ -5,6 +5,7 @@ import { accsCommand, accsHelp } from './commands/accs.js';
 import { attentionCommand, attentionHelp } from './commands/attention.js';
 import { batchCommand, batchHelp } from './commands/batch.js';
 import { chartCommand, chartHelp } from './commands/chart.js';
+import { contextParallelCommand, contextParallelHelp } from './commands/context-parallel.js';
 import { efficiencyCommand, efficiencyHelp } from './commands/efficiency.js';
 import { gemmCommand, gemmHelp } from './commands/gemm.js';
 import { generateCommand, generateHelp } from './commands/generate.js';
@@ -46,6 +47,7 @@ const commands: Record<string, Command> = {
     stops: 'after the level in flight',
     run: (argv, signal) => serveLoadCommand(argv, log, signal),
   },
+  'context-parallel': { help: contextParallelHelp, run: (argv) => contextParallelCommand(argv, log) },
   plan: { help: planHelp, run: (argv) => planCommand(argv, log) },
   gguf: { help: ggufHelp, run: (argv) => ggufCommand(argv, log) },
   chart: { help: chartHelp, run: (argv) => chartCommand(argv, log) },
