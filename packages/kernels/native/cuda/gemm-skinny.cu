@@ -421,7 +421,9 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
 // block: an 8B model's 224 gate+up units are 1.7 blocks a multiprocessor, so the multiprocessors with one unit wait on
 // those with two. A unit a run holds whole is finished from the registers; the pieces of a unit that runs share go to
 // global memory, and the last of its blocks to arrive sums them in block order (a fixed order: the bits depend on the
-// matrix shape and the card's multiprocessor count, never on timing) and writes the unit's outputs.
+// matrix shape and the card's multiprocessor count, never on timing) and writes the unit's outputs. Its stage loop is
+// the wide kernel's, repeated while the two are compared on the card (a knob, off by default): whichever loses goes,
+// or the loop moves into shared helpers — not before a GPU run can check the default path after the move.
 struct BalancePlan {
   float* pieces;  // two a block ([2 · blocks][kBalancePieceFloats]): its first unit's, its last unit's
   int* arrivals;  // per unit: the blocks done with it so far (zero between launches; the last block resets it)
