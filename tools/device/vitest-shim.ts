@@ -105,6 +105,9 @@ export function expect(actual: unknown, label?: string) {
       }
       return fail('expected a throw');
     },
+    toMatch: (pattern: RegExp | string) =>
+      (typeof pattern === 'string' ? String(actual).includes(pattern) : pattern.test(String(actual))) ||
+      fail(`expected ${JSON.stringify(actual)?.slice(0, 200)} to match ${String(pattern)}`),
     toContain: (item: unknown) =>
       (typeof actual === 'string' ? actual.includes(String(item)) : (actual as unknown[]).includes(item)) ||
       fail(`expected ${JSON.stringify(actual)?.slice(0, 200)} to contain ${JSON.stringify(item)}`),
