@@ -466,12 +466,31 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
     while (which + 1 < job.count && unit >= job.first[which + 1]) which++;
     row0 = (unit - job.first[which]) * kColumns;
   };
+  // Where the stages stand, advanced one stage a call (64-bit division per stage cost as much as the stage's copies):
+  // the weights' and x's loaders and the products each keep their own (unit, stage), starting at the run's first.
+  const int64_t firstUnit = lo / stagesPerUnit;
+  struct Cursor {
+    int64_t unit, stage;
+  };
+  const Cursor start{firstUnit, lo - firstUnit * stagesPerUnit};
+  auto advance = [&](Cursor& cursor) {
+    if (++cursor.stage == stagesPerUnit) {
+      cursor.stage = 0;
+      cursor.unit++;
+    }
+  };
+  Cursor weightCursor = start, tokenCursor = start, productCursor = start;
+  int weightWhich = 0;
+  int64_t weightRow0 = 0, weightUnit = -1;
   auto stageWeights = [&](int t) {
-    const int64_t item = lo + t, unit = item / stagesPerUnit, stage = item % stagesPerUnit;
-    int which;
-    int64_t row0;
-    locate(unit, which, row0);
-    const int64_t m = job.m[which];
+    const int64_t unit = weightCursor.unit, stage = weightCursor.stage;
+    advance(weightCursor);
+    if (unit != weightUnit) {
+      locate(unit, weightWhich, weightRow0);
+      weightUnit = unit;
+    }
+    const int which = weightWhich;
+    const int64_t row0 = weightRow0, m = job.m[which];
     unsigned char* target = shared + (t % kStages) * kStageBytes;
 #pragma unroll
     for (int i = 0; i < kChunks; i++) {
@@ -483,7 +502,8 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
     }
   };
   auto stageTokens = [&](int t) {
-    const int64_t stage = (lo + t) % stagesPerUnit;
+    const int64_t stage = tokenCursor.stage;
+    advance(tokenCursor);
     unsigned char* target = shared + (t % kStages) * kStageBytes + P::kWeightBytes;
     constexpr int kParts = X_F32 ? 16 : 8;
 #pragma unroll
@@ -498,8 +518,6 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
       }
     }
   };
-  // The piece slot of block b's share of `unit`: its first unit's, else its last unit's.
-  auto slotOf = [&](int64_t b, int64_t unit) { return 2 * b + (runStart(b, plan) / stagesPerUnit == unit ? 0 : 1); };
 
   stagePrologue<kStages>(count, stageWeights, stageTokens);
 
@@ -550,11 +568,12 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
     pinRegisters(acc[0]);
     pinRegisters(acc[1]);
 
-    const int64_t item = lo + t;
-    if (item % stagesPerUnit != stagesPerUnit - 1 && t != count - 1) continue;
+    const Cursor at = productCursor;
+    advance(productCursor);
+    if (at.stage != stagesPerUnit - 1 && t != count - 1) continue;
     // The end of this block's share of a unit. Thread t holds rows 16·(t / 32) + (t % 32) / 4 (+ 8) of each 64-row
     // half, tokens 8·(i / 4) + 2·(t % 4) (+ 1) (SwiGLU: half 0 the gate rows, half 1 the same up rows).
-    const int64_t unit = item / stagesPerUnit;
+    const int64_t unit = at.unit;
     int which;
     int64_t row0;
     locate(unit, which, row0);
@@ -579,7 +598,8 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
         }
       }
     } else {
-      float* piece = plan.pieces + slotOf(block, unit) * kBalancePieceFloats;
+      // Two slots a block: its first unit's piece, then its last unit's.
+      float* piece = plan.pieces + (2 * block + (unit == firstUnit ? 0 : 1)) * kBalancePieceFloats;
 #pragma unroll
       for (int half = 0; half < 2; half++)
 #pragma unroll
@@ -598,12 +618,16 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
       __syncthreads();
       if (lastToArrive) {
         __threadfence();
+        // Block `first` holds the unit's first stage: its first unit's slot when its run starts there, else its last
+        // unit's; every later block's run starts inside the unit, which is then its first.
+        const int64_t firstSlot = 2 * first + (runStart(first, plan) < unit * stagesPerUnit ? 1 : 0);
         for (int e = threadIdx.x; e < rows * kColumns; e += kThreads) {
           const int token = e / kColumns, column = e % kColumns;
           if (row0 + column >= m) continue;
           float sums[2] = {0.0f, 0.0f};
           for (int64_t b = first; b <= last; b++) {
-            const float* share = plan.pieces + slotOf(b, unit) * kBalancePieceFloats + token * kPartialStride + column;
+            const int64_t slot = b == first ? firstSlot : 2 * b;
+            const float* share = plan.pieces + slot * kBalancePieceFloats + token * kPartialStride + column;
             sums[0] += __ldcg(share);
             if (SWIGLU) sums[1] += __ldcg(share + kRows / 2);
           }
