@@ -15,6 +15,14 @@ export const MODEL_OPTIONS = {
   'weight-quant': { type: 'string' },
 } as const;
 
+/** Option specs of the benchmarks that run a named shape or a checkpoint (`benchmarkModel`): spread into parseOptions. */
+export const BENCHMARK_MODEL_OPTIONS = {
+  shape: { type: 'string' },
+  model: { type: 'string' },
+  device: { type: 'string' },
+  dtype: { type: 'string' },
+} as const;
+
 /** Validates --device, --weight-dtype and --weight-quant. */
 export function modelChoices(options: Record<string, unknown>) {
   const weightQuant = choiceOption('weight-quant', options['weight-quant'], WEIGHT_QUANT_CHOICES, 'none');

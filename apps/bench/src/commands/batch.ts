@@ -28,7 +28,7 @@ import { kvPlanes, kvRowBytes } from '@duoattn/kv-quant';
 import type { BatchStream, LlamaModel } from '@duoattn/model';
 import { interruptionPoint } from '../interrupt.js';
 import { benchmarkTokens } from '../measure.js';
-import { benchBackend, benchmarkModel } from '../model-options.js';
+import { BENCHMARK_MODEL_OPTIONS, benchBackend, benchmarkModel } from '../model-options.js';
 import { readJsonOption } from '../read-json.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
@@ -62,10 +62,7 @@ interface Row {
 export async function batchCommand(argv: string[], log: (line: string) => void, signal?: AbortSignal): Promise<object> {
   const options = parseOptions(argv, {
     ...POLICY_OPTIONS,
-    shape: { type: 'string' },
-    model: { type: 'string' },
-    device: { type: 'string' },
-    dtype: { type: 'string' },
+    ...BENCHMARK_MODEL_OPTIONS,
     batch: { type: 'string' },
     contexts: { type: 'string' },
     steps: { type: 'string' },

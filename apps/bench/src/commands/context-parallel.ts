@@ -24,7 +24,7 @@ import type { AttentionPolicy, Communicator } from '@duoattn/core';
 import { createInProcessGroup, ncclUniqueId, openNcclCommunicator } from '@duoattn/kernels';
 import type { LlamaModel, SessionOptions } from '@duoattn/model';
 import { benchmarkTokens, decodeLatency, TIMING_ONLY } from '../measure.js';
-import { benchBackend, benchmarkModel } from '../model-options.js';
+import { BENCHMARK_MODEL_OPTIONS, benchBackend, benchmarkModel } from '../model-options.js';
 
 export const contextParallelHelp = `duo-bench context-parallel (--gpus 1,2,4,8 | --ranks 1,2,4) [--shape NAME | --model PATH] [--device cpu|cuda]
                      [--dtype bf16|f16|f32] [--context N | --context-per-rank N] [--steps N] [--warmup N]
@@ -62,10 +62,7 @@ const CHILD_FLAG = '--rank-of-launch';
 export async function contextParallelCommand(argv: string[], log: (line: string) => void): Promise<object> {
   const options = parseOptions(argv, {
     ...POLICY_OPTIONS,
-    shape: { type: 'string' },
-    model: { type: 'string' },
-    device: { type: 'string' },
-    dtype: { type: 'string' },
+    ...BENCHMARK_MODEL_OPTIONS,
     gpus: { type: 'string' },
     ranks: { type: 'string' },
     context: { type: 'string' },

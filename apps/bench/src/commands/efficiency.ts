@@ -27,7 +27,7 @@ import { kvPlanes, kvRowBytes } from '@duoattn/kv-quant';
 import type { LlamaModel } from '@duoattn/model';
 import { interruptionPoint } from '../interrupt.js';
 import { benchmarkTokens, decodeLatency, prefillSeconds, TIMING_ONLY } from '../measure.js';
-import { benchBackend, benchmarkModel } from '../model-options.js';
+import { BENCHMARK_MODEL_OPTIONS, benchBackend, benchmarkModel } from '../model-options.js';
 import { readJsonOption } from '../read-json.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
@@ -70,10 +70,7 @@ export async function efficiencyCommand(
 ): Promise<object> {
   const options = parseOptions(argv, {
     ...POLICY_OPTIONS,
-    shape: { type: 'string' },
-    model: { type: 'string' },
-    device: { type: 'string' },
-    dtype: { type: 'string' },
+    ...BENCHMARK_MODEL_OPTIONS,
     contexts: { type: 'string' },
     'max-context': { type: 'boolean' },
     prefill: { type: 'string' },

@@ -13,7 +13,7 @@ import {
 } from '@duoattn/app-kit';
 import { bytesPerValue, dtypeBytes, readEnvironment } from '@duoattn/core';
 import { benchmarkTokens, decodeLatency, prefillSeconds, TIMING_ONLY } from '../measure.js';
-import { benchBackend, benchmarkModel } from '../model-options.js';
+import { BENCHMARK_MODEL_OPTIONS, benchBackend, benchmarkModel } from '../model-options.js';
 import { decodeBytesFloor, SHAPES } from '../shapes.js';
 
 export const speedHelp = `duo-bench speed (--shape NAME | --model PATH) [--device auto|cpu|cuda] [--dtype bf16|f16|f32]
@@ -23,10 +23,7 @@ export const speedHelp = `duo-bench speed (--shape NAME | --model PATH) [--devic
 
 export async function speedCommand(argv: string[], log: (line: string) => void): Promise<object> {
   const options = parseOptions(argv, {
-    shape: { type: 'string' },
-    model: { type: 'string' },
-    device: { type: 'string' },
-    dtype: { type: 'string' },
+    ...BENCHMARK_MODEL_OPTIONS,
     prefill: { type: 'string' },
     contexts: { type: 'string' },
     steps: { type: 'string' },
