@@ -14,16 +14,17 @@ import {
   outputOption,
   POLICY_HELP,
   POLICY_OPTIONS,
+  type PolicySettings,
   parseOptions,
   policySettings,
   UsageError,
   writeFigure,
   writeResult,
 } from '@duoattn/app-kit';
-import type { AttentionPolicy, Communicator } from '@duoattn/core';
+import type { AttentionPolicy, AttentionPolicyName, Communicator } from '@duoattn/core';
 import { createInProcessGroup, ncclUniqueId, openNcclCommunicator } from '@duoattn/kernels';
 import type { LlamaModel, SessionOptions } from '@duoattn/model';
-import { benchmarkTokens, decodeLatency, TIMING_ONLY } from '../measure.js';
+import { benchmarkTokens, decodeLatency, prefillSeconds, TIMING_ONLY } from '../measure.js';
 import { BENCHMARK_MODEL_OPTIONS, benchBackend, benchmarkModel } from '../model-options.js';
 
 export const contextParallelHelp = `duo-bench context-parallel (--gpus 1,2,4,8 | --ranks 1,2,4) [--shape NAME | --model PATH] [--device cpu|cuda]
@@ -48,6 +49,9 @@ interface RankResult {
 /** The settings every rank runs with (sent to the processes of --gpus as their arguments). */
 interface Plan {
   readonly options: Record<string, unknown>;
+  /** The policy options, checked before any work (the policy itself needs the model's config). */
+  readonly attention: AttentionPolicyName;
+  readonly settings: PolicySettings;
   readonly dtype: 'bf16' | 'f16' | 'f32';
   readonly contextPerRank?: number;
   readonly context?: number;
@@ -119,7 +123,7 @@ export async function contextParallelCommand(argv: string[], log: (line: string)
     device,
     model: options.shape ?? options.model ?? 'the demo model',
     dtype: plan.dtype,
-    attention: options.attention ?? 'duo',
+    attention: plan.attention,
     steps: plan.steps,
     warmup: plan.warmup,
     chunk: plan.chunk ?? 'the prefill chunk',
@@ -176,8 +180,11 @@ function planOf(options: Record<string, unknown>): Plan {
     options.prefill === undefined || options.prefill === 'none'
       ? undefined
       : integerOption('prefill', options.prefill, 0, 1);
+  const attention = attentionPolicies(options.attention, ['duo'])[0] ?? 'duo';
   return {
     options,
+    attention,
+    settings: policySettings(options, [attention]),
     dtype: choiceOption('dtype', options.dtype, ['bf16', 'f16', 'f32'] as const, 'bf16'),
     ...(options['context-per-rank'] !== undefined
       ? { contextPerRank: integerOption('context-per-rank', options['context-per-rank'], 0, 1) }
@@ -189,18 +196,24 @@ function planOf(options: Record<string, unknown>): Plan {
   };
 }
 
+/** The value with the largest `time` (undefined when there is none). */
+function slowest<T>(values: readonly (T | undefined)[], time: (value: T) => number): T | undefined {
+  let worst: T | undefined;
+  for (const value of values)
+    if (value !== undefined && (worst === undefined || time(value) > time(worst))) worst = value;
+  return worst;
+}
+
 /** The slowest rank's figures (the ranks step together, so they differ by little). */
 function summary(results: readonly RankResult[]): Omit<RankResult, 'rank'> {
-  const slowest = <T extends { [key: string]: unknown }>(pick: (result: RankResult) => T | undefined, key: keyof T) =>
-    results
-      .map(pick)
-      .filter((value): value is T => value !== undefined)
-      .reduce<T | undefined>(
-        (worst, value) => (worst === undefined || (value[key] as number) > (worst[key] as number) ? value : worst),
-        undefined,
-      );
-  const decode = slowest((result) => result.decode, 'msPerToken');
-  const prefill = slowest((result) => result.prefill, 'seconds');
+  const decode = slowest(
+    results.map((result) => result.decode),
+    (value) => value.msPerToken,
+  );
+  const prefill = slowest(
+    results.map((result) => result.prefill),
+    (value) => value.seconds,
+  );
   return {
     ...(decode ? { decode } : {}),
     ...(prefill ? { prefill } : {}),
@@ -210,14 +223,12 @@ function summary(results: readonly RankResult[]): Omit<RankResult, 'rank'> {
 
 /** The policy and session options of one rank of `ranks` (`communicator` undefined: a plain session). */
 function sessionOptions(model: LlamaModel, plan: Plan, tokens: number, communicator?: Communicator): SessionOptions {
-  const attentions = attentionPolicies(plan.options.attention, ['duo']);
-  const settings = policySettings(plan.options, attentions);
-  const attention = attentions[0] ?? 'duo';
+  const { attention, settings } = plan;
   const policy: AttentionPolicy = buildPolicy(
     attention,
     settings,
     model.config,
-    duoPlanFor(attentions, settings, model.config),
+    duoPlanFor([attention], settings, model.config),
   );
   return {
     policy,
@@ -255,12 +266,10 @@ async function measureRank(
   if (plan.prefill !== undefined) {
     const session = model.createSession(sessionOptions(model, plan, plan.prefill, communicator));
     try {
+      // One timed run after a one-chunk warm-up, as efficiency times its long prompts.
       const tokens = benchmarkTokens(plan.prefill, model.config.vocabSize);
-      await backend.synchronize();
-      const start = performance.now();
-      await session.forward(tokens, { logits: 'last' });
-      await backend.synchronize();
-      prefill = { tokens: plan.prefill, seconds: (performance.now() - start) / 1000 };
+      const { seconds } = await prefillSeconds(backend, session, tokens, 1, session.policy.prefillChunk);
+      prefill = { tokens: plan.prefill, seconds };
     } finally {
       session.dispose();
     }
@@ -334,18 +343,18 @@ async function runChild(which: string, plan: Plan): Promise<object> {
   if (!match || !process.send) throw new UsageError(`${CHILD_FLAG} is the launcher's own option (rank/ranks)`);
   const rank = Number(match[1]);
   const ranks = Number(match[2]);
+  // Listening from the start: the launcher may forward rank 0's id before this rank has its backend, and a message
+  // with no listener is dropped.
+  const forwardedId = new Promise<string>((resolve) =>
+    process.once('message', (message: Message) => {
+      if (message.kind === 'unique-id') resolve(message.uniqueId);
+    }),
+  );
   try {
     const backend = benchBackend('cuda');
     let communicator: ReturnType<typeof openNcclCommunicator> | undefined;
     if (ranks > 1) {
-      const uniqueId =
-        rank === 0
-          ? ncclUniqueId(backend)
-          : await new Promise<string>((resolve) =>
-              process.once('message', (message: Message) => {
-                if (message.kind === 'unique-id') resolve(message.uniqueId);
-              }),
-            );
+      const uniqueId = rank === 0 ? ncclUniqueId(backend) : await forwardedId;
       if (rank === 0) send({ kind: 'unique-id', uniqueId });
       communicator = openNcclCommunicator(backend, { uniqueId, rank, size: ranks });
     }
