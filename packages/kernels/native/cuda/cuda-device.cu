@@ -240,10 +240,9 @@ class CudaDevice final : public Device {
       attentionDecode(q, k, v, out, args);  // a decode row's partial: the decode kernels write it
       return;
     }
-    // Context parallelism's chunks: out's rows hold the heads' log-sum-exp too (partial) and are out.cols() apart.
-    const bool parallel = args.partial || args.streaming.shard.active();
+    // out's rows are out.cols() apart: q's width, or (partial) that and every head's log-sum-exp.
     launchAttentionPrefill(q.as<float>(), q.cols(), k.data, v.data, k.dtype, k.shape[1], out.as<float>(), q.rows(), args, stream_,
-                           parallel ? out.cols() : 0);
+                           out.cols());
     profiler_.mark("attentionPrefill", stream_);
   }
   void attentionDecode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, const AttentionArgs& args) override {
