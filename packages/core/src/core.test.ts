@@ -91,11 +91,6 @@ describe('readEnvironment', () => {
     expect(readEnvironment({ DUO_DECODE_MMA_BLOCKS: '2' }).decodeMmaBlocks).toBe(2);
     expect(readEnvironment({ DUO_DECODE_BATCH_MERGE: '16' }).decodeBatchMerge).toBe(16);
     expect(() => readEnvironment({ DUO_DECODE_BATCH_MERGE: '65' })).toThrow('DUO_DECODE_BATCH_MERGE');
-    expect(readEnvironment({ DUO_SKINNY_F32_ROWS: '16' }).skinnyF32Rows).toBe(16);
-    expect(() => readEnvironment({ DUO_SKINNY_F32_ROWS: '12' })).not.toThrow();
-    expect(() => readEnvironment({ DUO_SKINNY_F32_ROWS: '17' })).toThrow('DUO_SKINNY_F32_ROWS');
-    expect(readEnvironment({ DUO_SKINNY_BALANCE: '1' }).skinnyBalance).toBe(1);
-    expect(() => readEnvironment({ DUO_SKINNY_BALANCE: '3' })).toThrow('DUO_SKINNY_BALANCE');
     expect(() => readEnvironment({ DUO_DECODE_MMA_BLOCKS: '4' })).toThrow(
       'DUO_DECODE_MMA_BLOCKS to be an integer in [2, 3]',
     );

@@ -72,20 +72,6 @@ export const ENVIRONMENT_VARIABLES = [
     usedBy: 'duo-bench, duo-serve → BackendTuning.decodeMmaBlocks',
   },
   {
-    name: 'DUO_SKINNY_F32_ROWS',
-    kind: 'integer',
-    meaning:
-      'a single CUDA skinny matmul of up to this many rows (8, default, to 16) stages x as f32 and rounds it as it loads, instead of rounding it in a launch before; a tuning knob',
-    usedBy: 'duo-bench, duo-serve → BackendTuning.skinnyF32Rows',
-  },
-  {
-    name: 'DUO_SKINNY_BALANCE',
-    kind: 'integer',
-    meaning:
-      "the CUDA skinny matmul's warpgroup kernel (9–64 rows of q/k/v or gate+up) in equal runs of work a block, two a multiprocessor, instead of whole units: 0 (default) never, 1 where a launch's units outnumber the multiprocessors, 2 always; a tuning knob",
-    usedBy: 'duo-bench, duo-serve → BackendTuning.skinnyBalance',
-  },
-  {
     name: 'DUO_DECODE_BATCH_MERGE',
     kind: 'integer',
     meaning:
@@ -173,8 +159,6 @@ export interface DuoEnvironment {
   readonly longSplitsFirst?: boolean;
   readonly decodeMmaBlocks?: number;
   readonly decodeBatchMerge?: number;
-  readonly skinnyF32Rows?: number;
-  readonly skinnyBalance?: number;
   readonly cpuIntegerQ8?: boolean;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
@@ -228,8 +212,6 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     longSplitsFirst: longSplits === undefined ? undefined : longSplits === 1,
     decodeMmaBlocks: integer('DUO_DECODE_MMA_BLOCKS', 2, 3),
     decodeBatchMerge: integer('DUO_DECODE_BATCH_MERGE', 1, 64),
-    skinnyF32Rows: integer('DUO_SKINNY_F32_ROWS', 8, 16),
-    skinnyBalance: integer('DUO_SKINNY_BALANCE', 0, 2),
     gemvMinSlice: integer('DUO_GEMV_MIN_SLICE', 1),
     gemvWaves: integer('DUO_GEMV_WAVES', 0, 2),
     gemvSplit: text('DUO_GEMV_SPLIT'),

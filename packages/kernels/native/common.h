@@ -382,9 +382,6 @@ class Device {
     bool longSplitsFirst = true;   // a batch's decode attention starts every sequence's full-head splits first
     int decodeMmaBlocks = 2;       // resident blocks of the tensor-core decode over 16-bit caches (2 or 3)
     int decodeBatchMerge = 16;     // a batch's decode heads of at most this many splits merge in the kernel (1–64)
-    int skinnyBalance = 0;         // the wide skinny matmul in equal runs of work a block: 0 never, 1 where its units
-                                   // outnumber the multiprocessors, 2 always
-    int skinnyF32Rows = 8;         // a single matrix's skinny matmul stages f32 x up to this many rows (8–16)
     bool integerQ8 = true;         // CPU: Q8_0 products over x rounded to int8 pieces (as CUDA, llama.cpp); false: exact x
   };
   virtual void tune(const Tuning&) {}

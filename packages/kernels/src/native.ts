@@ -90,18 +90,6 @@ export interface BackendTuning {
    */
   readonly decodeBatchMerge?: number;
   /**
-   * CUDA: a single matrix's skinny matmul of up to this many rows (8–16; default 8) stages x as f32 and rounds it
-   * to the weight dtype as it loads; more rows take x rounded by a launch before (the same bits either way).
-   */
-  readonly skinnyF32Rows?: number;
-  /**
-   * CUDA (Hopper): the skinny matmul's warpgroup kernel (9–64 rows of q/k/v or gate+up) cuts its work into equal runs,
-   * two blocks a multiprocessor, instead of whole 128-row units a block (224 gate+up units of an 8B model are 1.7 a
-   * multiprocessor); units shared by runs are summed in a fixed order. 0 (default) never, 1 where a launch's units
-   * outnumber the multiprocessors, 2 for every such launch.
-   */
-  readonly skinnyBalance?: number;
-  /**
    * CPU: Q8_0 weights multiply x rounded to int8 pieces of 32 values (step max|x| / 127, ties to even), as CUDA's
    * decode and llama.cpp's CPU build do: byte dot products, about 1.7× the exact path's rate from cache, at a relative
    * error near 10⁻³ in each dot product (ADR 0012). Default true; false: exact f32 x (products equal float64 over the

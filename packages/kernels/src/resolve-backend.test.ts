@@ -56,8 +56,6 @@ describe('resolveBackend', () => {
     expect(() => cpu.tune({ gemvWaveRule: 3 })).toThrow('`tuning.gemvWaveRule`');
     expect(() => cpu.tune({ decodeMmaBlocks: 4 })).toThrow('`tuning.decodeMmaBlocks`');
     expect(() => cpu.tune({ decodeBatchMerge: 0 })).toThrow('`tuning.decodeBatchMerge`');
-    expect(() => cpu.tune({ skinnyF32Rows: 17 })).toThrow('`tuning.skinnyF32Rows`');
-    expect(() => cpu.tune({ skinnyBalance: 3 })).toThrow('`tuning.skinnyBalance`');
     cpu.tune({ decodeMmaBlocks: 2 });
   });
 });

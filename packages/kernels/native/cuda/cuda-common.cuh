@@ -289,16 +289,7 @@ struct SkinnyOptions {
   // MMAs, or the warpgroup MMAs (an error where they cannot run).
   enum Kernel { kRule = 0, kWarp = 1, kWarpgroup = 2 };
   int kernel = kRule;
-  // The balanced wide kernel (Tuning::skinnyBalance): equal runs of (unit, stage) work a block, units shared by runs
-  // summed through these pieces (skinnyBalancePieceBytes()) and per-unit arrival counters (kBalanceUnitsMax, zeroed).
-  float* balancePieces = nullptr;
-  int* balanceArrivals = nullptr;
-  bool balanceAll = false;  // every wide launch, not only those whose units outnumber the multiprocessors
 };
-constexpr int kBalanceBlocksPerMultiprocessor = 2;
-constexpr int64_t kBalanceUnitsMax = 8192;
-// The bytes of the balanced wide kernel's pieces for `multiprocessors`.
-size_t skinnyBalancePieceBytes(int multiprocessors);
 // Whether the warpgroup-MMA kernels (the skinny matmul's wide kernel, the Hopper prefill attention) can run here:
 // Hopper, and this build's machine code for them (sm_90a); probes once.
 bool wgmmaCompiled();

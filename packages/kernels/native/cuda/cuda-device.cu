@@ -41,8 +41,6 @@ class CudaDevice final : public Device {
     if (scratch_) cudaFreeAsync(scratch_, stream_);
     cudaStreamSynchronize(stream_);
     cudaFree(arrivals_);
-    cudaFree(balancePieces_);
-    cudaFree(balanceArrivals_);
     if (CublasLibrary::instance().available()) CublasLibrary::instance().forget(stream_);
     for (cudaGraphExec_t graph : graphs_)
       if (graph) cudaGraphExecDestroy(graph);
@@ -524,10 +522,6 @@ class CudaDevice final : public Device {
   // skinny matmul, its k split fixed by the matrix shape; a batch's decode attention splits each sequence as if alone).
   bool invariant_ = false;
   int64_t skinnyRowsMax_ = kSkinnyRowsMax;  // Tuning::skinnyRowsMax
-  int skinnyF32Rows_ = 8;                   // Tuning::skinnyF32Rows
-  int balance_ = 0;                         // Tuning::skinnyBalance
-  float* balancePieces_ = nullptr;
-  int* balanceArrivals_ = nullptr;
   bool longSplitsFirst_ = true;              // Tuning::longSplitsFirst
   // Whether a matmul of x's rows (`count` matrices sharing x; gate and up count 2) takes the skinny matmul: bf16 / f16
   // weights, k a multiple of 64, 16-byte aligned operands.
@@ -544,31 +538,14 @@ class CudaDevice final : public Device {
   SkinnyOptions skinnyOptions() const {
     SkinnyOptions options;
     options.invariant = invariant_;
-    if (balance_ > 0) {
-      options.balancePieces = balancePieces_;
-      options.balanceArrivals = balanceArrivals_;
-      options.balanceAll = balance_ == 2;
-    }
     return options;
   }
-  // The balanced wide kernel's pieces and arrival counters: allocated (arrivals zeroed) the first time it is asked
-  // for, outside any capture (tune).
-  void enableBalance(int mode) {
-    if (mode < 0 || mode > 2) throw Error("DUO_ARG", "tuning.skinnyBalance: expected 0, 1 or 2 but received " + std::to_string(mode));
-    balance_ = mode;
-    if (mode == 0 || balancePieces_) return;
-    check(cudaMalloc(&balancePieces_, skinnyBalancePieceBytes(properties_.multiProcessorCount)), "cudaMalloc (balanced matmul pieces)");
-    check(cudaMalloc(&balanceArrivals_, kBalanceUnitsMax * sizeof(int)), "cudaMalloc (balanced matmul arrivals)");
-    check(cudaMemset(balanceArrivals_, 0, kBalanceUnitsMax * sizeof(int)), "cudaMemset (balanced matmul arrivals)");
-  }
-  // More than 8 rows of x shared by several matrices: rounded once for the warp-MMA kernel's wide token tiles (none for
-  // fewer: it rounds as it loads; nor for the warpgroup kernel, which rounds each stage's x itself: a launch less,
-  // measured faster). A single matrix (o_proj, down) takes the warp-MMA kernel, rounded x past skinnyF32Rows_ rows.
-  // `matrices`: how many share x (SwiGLU's gate and up count 2). Rounding before or while loading gives the same bits.
+  // More than 8 rows of x: rounded once for the warp-MMA kernel's wide token tiles (none for fewer: it rounds as it
+  // loads; nor for the warpgroup kernel that several matrices sharing x take, which rounds each stage's x itself: a
+  // launch less, measured faster). `matrices`: how many share x (SwiGLU's gate and up count 2); one (o_proj, down)
+  // takes the warp-MMA kernel. Staging f32 x in it to 16 rows measured slower than this launch (issue 16, H100).
   const void* roundedInput(const Tensor& x, DType dtype, int matrices) {
-    if (x.rows() <= 8) return nullptr;
-    if (matrices == 1 && !invariant_) return x.rows() > skinnyF32Rows_ ? convertedInput(x, dtype) : nullptr;
-    return invariant_ || !wgmmaCompiled() ? convertedInput(x, dtype) : nullptr;
+    return x.rows() > 8 && (invariant_ || matrices == 1 || !wgmmaCompiled()) ? convertedInput(x, dtype) : nullptr;
   }
   static constexpr size_t kSmallWrite = 64 * 1024;
   static constexpr int kSmallSlots = 16;
@@ -659,10 +636,6 @@ class CudaDevice final : public Device {
     profiler_.enable(tuning.profile);
     invariant_ = tuning.batchInvariant;
     skinnyRowsMax_ = tuning.skinnyRowsMax;
-    if (tuning.skinnyF32Rows < 8 || tuning.skinnyF32Rows > 16)
-      throw Error("DUO_ARG", "tuning.skinnyF32Rows: expected 8 to 16 but received " + std::to_string(tuning.skinnyF32Rows));
-    skinnyF32Rows_ = tuning.skinnyF32Rows;
-    enableBalance(tuning.skinnyBalance);
     longSplitsFirst_ = tuning.longSplitsFirst;
     setChainLaunches(tuning.chainLaunches);
     setGemvTuning(tuning);

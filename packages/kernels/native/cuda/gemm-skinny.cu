@@ -62,19 +62,6 @@ using SkinnyJob = WeightJob<T>;
 template <int DEPTH>
 __device__ __forceinline__ int swizzled(int row, int chunk) { return row * DEPTH * 2 + ((chunk ^ ((row & 1) << 2)) << 4); }
 
-// Output (token, column) of unit rows from `row0` of matrix `which`: SwiGLU of the gate and up sums, or the sum plus
-// bias and residual.
-template <typename T, bool SWIGLU>
-__device__ __forceinline__ void storeOutput(const SkinnyJob<T>& job, int which, int64_t col, int64_t m, int token, const float (&sums)[2]) {
-  const int64_t index = token * m + col;
-  if (SWIGLU) {
-    job.out[0][index] = sums[0] / (1.0f + __expf(-sums[0])) * sums[1];
-  } else {
-    job.out[which][index] = sums[0] + (job.bias[which] ? job.bias[which][col] : 0.0f) +
-                            (job.residual[which] ? job.residual[which][index] : 0.0f);
-  }
-}
-
 // The end of a launch: a block's partial products, [token][staged row] in shared memory, summed over the k slices of
 // its cluster in slice order (each block of the cluster finishes a share of the outputs), then SwiGLU or bias and
 // residual, written to the outputs.
@@ -113,7 +100,13 @@ __device__ __forceinline__ void finishSlices(float* partial, int rows, int slice
       }
       sums[half] = total;
     }
-    storeOutput<T, SWIGLU>(job, which, col, m, token, sums);
+    const int64_t index = token * m + col;
+    if (SWIGLU) {
+      job.out[0][index] = sums[0] / (1.0f + __expf(-sums[0])) * sums[1];
+    } else {
+      job.out[which][index] = sums[0] + (job.bias[which] ? job.bias[which][col] : 0.0f) +
+                              (job.residual[which] ? job.residual[which][index] : 0.0f);
+    }
   }
   // No block may leave while another still reads its shared memory.
 #if __CUDA_ARCH__ >= 900
@@ -416,234 +409,6 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
 #endif
 }
 
-// The balanced form of the wide kernel (SkinnyOptions::balancePieces): a launch's work, its units' 64-deep stages in
-// (unit, stage) order, is cut into equal runs, one a block, two blocks a multiprocessor, instead of one whole unit a
-// block: an 8B model's 224 gate+up units are 1.7 blocks a multiprocessor, so the multiprocessors with one unit wait on
-// those with two. A unit a run holds whole is finished from the registers; the pieces of a unit that runs share go to
-// global memory, and the last of its blocks to arrive sums them in block order (a fixed order: the bits depend on the
-// matrix shape and the card's multiprocessor count, never on timing) and writes the unit's outputs. Its stage loop is
-// the wide kernel's, repeated while the two are compared on the card (a knob, off by default): whichever loses goes,
-// or the loop moves into shared helpers — not before a GPU run can check the default path after the move.
-struct BalancePlan {
-  float* pieces;  // two a block ([2 · blocks][kBalancePieceFloats]): its first unit's, its last unit's
-  int* arrivals;  // per unit: the blocks done with it so far (zero between launches; the last block resets it)
-  int64_t stagesPerUnit;
-  int64_t work;  // units · stagesPerUnit
-};
-constexpr int kBalancePieceFloats = 64 * kPartialStride;
-constexpr int kBalanceSharedExtra = 16;  // the block's "last to arrive" flag, past the pipeline's bytes
-
-__device__ __forceinline__ int64_t runStart(int64_t block, const BalancePlan& plan) { return block * plan.work / gridDim.y; }
-// The block whose run holds work item `item`.
-__device__ __forceinline__ int64_t runOf(int64_t item, const BalancePlan& plan) {
-  const int64_t blocks = gridDim.y;
-  int64_t b = item * blocks / plan.work;
-  while (b + 1 < blocks && runStart(b + 1, plan) <= item) b++;
-  while (b > 0 && runStart(b, plan) > item) b--;
-  return b;
-}
-
-template <typename T, int N, bool SWIGLU, bool X_F32>
-__global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
-    skinnyBalancedKernel(const void* __restrict__ xData, int rows, int64_t k, SkinnyJob<T> job, BalancePlan plan) {
-#if defined(DUO_WGMMA)
-  using P = WidePlan<N, X_F32>;
-  constexpr int kStages = P::kStages, kStageBytes = P::kStageBytes, kThreads = P::kThreads;
-  constexpr int kChunks = kRows * 8 / kThreads;  // 16-byte weight chunks a thread stages per stage
-  constexpr int kRowsPerPass = kThreads / 8;
-  constexpr int kColumns = SWIGLU ? kRows / 2 : kRows;
-  extern __shared__ __align__(1024) unsigned char raw[];
-  unsigned char* shared = raw + ((1024 - static_cast<unsigned>(__cvta_generic_to_shared(raw)) % 1024) % 1024);
-  unsigned char* tile = shared + kStages * kStageBytes;  // X_F32: the rounded x tile of the current stage
-  int& lastToArrive = *reinterpret_cast<int*>(shared + P::kPipelineBytes);  // past the pipeline (kBalanceSharedExtra)
-  const int64_t block = blockIdx.y, stagesPerUnit = plan.stagesPerUnit;
-  const int64_t lo = runStart(block, plan);
-  const int count = static_cast<int>(runStart(block + 1, plan) - lo);
-  const int chunk = threadIdx.x % 8;
-  // Unit u is matrix `which`'s rows from `row0` (SwiGLU: 64 gate rows, then the same 64 up rows).
-  auto locate = [&](int64_t unit, int& which, int64_t& row0) {
-    which = 0;
-    while (which + 1 < job.count && unit >= job.first[which + 1]) which++;
-    row0 = (unit - job.first[which]) * kColumns;
-  };
-  // Where the stages stand, advanced one stage a call (64-bit division per stage cost as much as the stage's copies):
-  // the weights' and x's loaders and the products each keep their own (unit, stage), starting at the run's first.
-  const int64_t firstUnit = lo / stagesPerUnit;
-  struct Cursor {
-    int64_t unit, stage;
-  };
-  const Cursor start{firstUnit, lo - firstUnit * stagesPerUnit};
-  auto advance = [&](Cursor& cursor) {
-    if (++cursor.stage == stagesPerUnit) {
-      cursor.stage = 0;
-      cursor.unit++;
-    }
-  };
-  Cursor weightCursor = start, tokenCursor = start, productCursor = start;
-  int weightWhich = 0;
-  int64_t weightRow0 = 0, weightUnit = -1;
-  auto stageWeights = [&](int t) {
-    const int64_t unit = weightCursor.unit, stage = weightCursor.stage;
-    advance(weightCursor);
-    if (unit != weightUnit) {
-      locate(unit, weightWhich, weightRow0);
-      weightUnit = unit;
-    }
-    const int which = weightWhich;
-    const int64_t row0 = weightRow0, m = job.m[which];
-    unsigned char* target = shared + (t % kStages) * kStageBytes;
-#pragma unroll
-    for (int i = 0; i < kChunks; i++) {
-      const int r = threadIdx.x / 8 + kRowsPerPass * i;
-      const int64_t row = row0 + (SWIGLU ? r % (kRows / 2) : r);
-      const bool valid = row < m;
-      const T* base = SWIGLU ? job.weight[r < kRows / 2 ? 0 : 1] : job.weight[which];
-      copyOrZero16(target + swizzle128(r, chunk), base + (valid ? row : 0) * k + stage * 64 + chunk * 8, valid);
-    }
-  };
-  auto stageTokens = [&](int t) {
-    const int64_t stage = tokenCursor.stage;
-    advance(tokenCursor);
-    unsigned char* target = shared + (t % kStages) * kStageBytes + P::kWeightBytes;
-    constexpr int kParts = X_F32 ? 16 : 8;
-#pragma unroll
-    for (int piece = threadIdx.x; piece < N * kParts; piece += kThreads) {
-      const int token = piece / kParts, part = piece % kParts;
-      const bool live = token < rows;
-      const int64_t offset = (live ? token : 0) * k + stage * 64;
-      if constexpr (X_F32) {
-        copyOrZero16(target + token * 256 + part * 16, static_cast<const float*>(xData) + offset + part * 4, live);
-      } else {
-        copyOrZero16(target + swizzle128(token, part), static_cast<const T*>(xData) + offset + part * 8, live);
-      }
-    }
-  };
-
-  stagePrologue<kStages>(count, stageWeights, stageTokens);
-
-  float acc[2][N / 2];
-#pragma unroll
-  for (int half = 0; half < 2; half++)
-#pragma unroll
-    for (int i = 0; i < N / 2; i++) acc[half][i] = 0.0f;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int t = 0; t < count; t++) {
-    if (t == 0) waitGroups<0>();
-    else waitGroups<kStages - 2>();
-    fenceProxyAsync();
-    __syncthreads();
-    // Every thread has waited for the products of stage t − 1: its buffer (and the rounded tile) is free.
-    if (t + kStages - 1 < count) {
-      stageWeights(t + kStages - 1);
-      stageTokens(t + kStages - 1);
-    }
-    commitGroup();
-    const unsigned char* weights = shared + (t % kStages) * kStageBytes;
-    const unsigned char* tokens = weights + P::kWeightBytes;
-    if constexpr (X_F32) {
-#pragma unroll
-      for (int piece = threadIdx.x; piece < N * 8; piece += kThreads) {
-        const int token = piece / 8, part = piece % 8;
-        const float4 low = *reinterpret_cast<const float4*>(tokens + token * 256 + part * 32);
-        const float4 high = *reinterpret_cast<const float4*>(tokens + token * 256 + part * 32 + 16);
-        *reinterpret_cast<uint4*>(tile + swizzle128(token, part)) =
-            make_uint4(packPair<T>(low.x, low.y), packPair<T>(low.z, low.w), packPair<T>(high.x, high.y), packPair<T>(high.z, high.w));
-      }
-      fenceProxyAsync();
-      __syncthreads();
-      tokens = tile;
-    }
-    const uint64_t a0 = sharedTileDescriptor(weights), a1 = sharedTileDescriptor(weights + 64 * 128);
-    const uint64_t b = sharedTileDescriptor(tokens);
-    pinRegisters(acc[0]);
-    pinRegisters(acc[1]);
-    wgmmaFence();
-#pragma unroll
-    for (int step = 0; step < 4; step++) {
-      Wgmma<T, N>::run(acc[0], a0 + 2 * step, b + 2 * step);
-      Wgmma<T, N>::run(acc[1], a1 + 2 * step, b + 2 * step);
-    }
-    wgmmaCommit();
-    wgmmaWait<0>();
-    pinRegisters(acc[0]);
-    pinRegisters(acc[1]);
-
-    const Cursor at = productCursor;
-    advance(productCursor);
-    if (at.stage != stagesPerUnit - 1 && t != count - 1) continue;
-    // The end of this block's share of a unit. Thread t holds rows 16·(t / 32) + (t % 32) / 4 (+ 8) of each 64-row
-    // half, tokens 8·(i / 4) + 2·(t % 4) (+ 1) (SwiGLU: half 0 the gate rows, half 1 the same up rows).
-    const int64_t unit = at.unit;
-    int which;
-    int64_t row0;
-    locate(unit, which, row0);
-    const int64_t m = job.m[which];
-    const int64_t first = runOf(unit * stagesPerUnit, plan), last = runOf(unit * stagesPerUnit + stagesPerUnit - 1, plan);
-    if (first == last) {
-      // The whole unit: its outputs straight from the registers.
-#pragma unroll
-      for (int i = 0; i < N / 2; i++) {
-        const int token = 8 * (i >> 2) + 2 * (lane & 3) + (i & 1);
-        const int row = 16 * warp + (lane >> 2) + 8 * ((i >> 1) & 1);
-        if (token >= rows) continue;
-        if (SWIGLU) {
-          const float sums[2] = {acc[0][i], acc[1][i]};
-          if (row0 + row < m) storeOutput<T, SWIGLU>(job, which, row0 + row, m, token, sums);
-        } else {
-#pragma unroll
-          for (int half = 0; half < 2; half++) {
-            const float sums[2] = {acc[half][i], 0.0f};
-            if (row0 + 64 * half + row < m) storeOutput<T, SWIGLU>(job, which, row0 + 64 * half + row, m, token, sums);
-          }
-        }
-      }
-    } else {
-      // Two slots a block: its first unit's piece, then its last unit's.
-      float* piece = plan.pieces + (2 * block + (unit == firstUnit ? 0 : 1)) * kBalancePieceFloats;
-#pragma unroll
-      for (int half = 0; half < 2; half++)
-#pragma unroll
-        for (int i = 0; i < N / 2; i++) {
-          const int token = 8 * (i >> 2) + 2 * (lane & 3) + (i & 1);
-          const int row = 64 * half + 16 * warp + (lane >> 2) + 8 * ((i >> 1) & 1);
-          if (token < rows) __stcg(piece + token * kPartialStride + row, acc[half][i]);
-        }
-      __threadfence();
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        const int arrived = atomicAdd(plan.arrivals + unit, 1);
-        lastToArrive = arrived == static_cast<int>(last - first);
-        if (lastToArrive) plan.arrivals[unit] = 0;  // every share has arrived: ready for the next launch
-      }
-      __syncthreads();
-      if (lastToArrive) {
-        __threadfence();
-        // Block `first` holds the unit's first stage: its first unit's slot when its run starts there, else its last
-        // unit's; every later block's run starts inside the unit, which is then its first.
-        const int64_t firstSlot = 2 * first + (runStart(first, plan) < unit * stagesPerUnit ? 1 : 0);
-        for (int e = threadIdx.x; e < rows * kColumns; e += kThreads) {
-          const int token = e / kColumns, column = e % kColumns;
-          if (row0 + column >= m) continue;
-          float sums[2] = {0.0f, 0.0f};
-          for (int64_t b = first; b <= last; b++) {
-            const int64_t slot = b == first ? firstSlot : 2 * b;
-            const float* share = plan.pieces + slot * kBalancePieceFloats + token * kPartialStride + column;
-            sums[0] += __ldcg(share);
-            if (SWIGLU) sums[1] += __ldcg(share + kRows / 2);
-          }
-          storeOutput<T, SWIGLU>(job, which, row0 + column, m, token, sums);
-        }
-      }
-    }
-#pragma unroll
-    for (int half = 0; half < 2; half++)
-#pragma unroll
-      for (int i = 0; i < N / 2; i++) acc[half][i] = 0.0f;
-  }
-  waitGroups<0>();
-#endif
-}
-
 // Whether this build's device code has the wide kernel's products (sm_90a machine code): a probe launch, once.
 __global__ void wgmmaProbe(int* compiled) {
 #if defined(DUO_WGMMA)
@@ -796,34 +561,6 @@ void launchWideTokens(const void* x, int rows, int64_t k, const SkinnyJob<T>& jo
   else launchWide<T, 64, SWIGLU, X_F32>(x, rows, k, job, slices, stream);
 }
 
-template <typename T, int N, bool SWIGLU, bool X_F32>
-void launchBalanced(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, const BalancePlan& plan, int blocks, cudaStream_t stream) {
-  using P = WidePlan<N, X_F32>;
-  auto kernel = skinnyBalancedKernel<T, N, SWIGLU, X_F32>;
-  constexpr int kShared = P::kSharedBytes + kBalanceSharedExtra;
-  static const bool configured = [&] {
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kShared), "cudaFuncSetAttribute");
-    return true;
-  }();
-  (void)configured;
-  launchClusters(kernel, dim3(1, static_cast<unsigned>(blocks)), P::kThreads, kShared, 1, stream, x, rows, k, job, plan);
-}
-
-// The balanced wide kernel (SkinnyOptions::balancePieces): two blocks a multiprocessor, fewer where the launch has
-// fewer stages than that.
-template <typename T, bool SWIGLU, bool X_F32>
-void launchBalancedTokens(const void* x, int rows, int64_t k, const SkinnyJob<T>& job, const SkinnyOptions& options, cudaStream_t stream) {
-  BalancePlan plan{};
-  plan.pieces = options.balancePieces;
-  plan.arrivals = options.balanceArrivals;
-  plan.stagesPerUnit = k / 64;
-  plan.work = job.first[job.count] * plan.stagesPerUnit;
-  const int blocks = static_cast<int>(std::min<int64_t>(plan.work, kBalanceBlocksPerMultiprocessor * multiprocessorCount()));
-  if (rows <= 16) launchBalanced<T, 16, SWIGLU, X_F32>(x, rows, k, job, plan, blocks, stream);
-  else if (rows <= 32) launchBalanced<T, 32, SWIGLU, X_F32>(x, rows, k, job, plan, blocks, stream);
-  else launchBalanced<T, 64, SWIGLU, X_F32>(x, rows, k, job, plan, blocks, stream);
-}
-
 // The wide kernel's k split: the most slices (up to a cluster of 8, whole 64-deep stages, at least 256 of k each)
 // that keep the blocks within 1.5 per multiprocessor. The H100 sweep (bench/results/2026-12-06-h100-skinny/) at 16–64
 // rows: q/k/v 48 units → 4 slices, o_proj and down 32 → 4, gate+up 224 → 1, the LM head 1002 → 1; one slice more or
@@ -887,12 +624,6 @@ void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, Skinny
     const bool wide = count > 8 && shared && !options.invariant && options.kernel != SkinnyOptions::kWarp && wgmmaCompiled();
     if (options.kernel == SkinnyOptions::kWarpgroup && !wide)
       throw Error("DUO_ARG", "skinny matmul: the warpgroup kernel needs Hopper machine code (sm_90a) and more than 8 rows");
-    const int64_t units = job.first[job.count];
-    if (wide && options.balancePieces && units <= kBalanceUnitsMax && (options.balanceAll || units > multiprocessorCount())) {
-      if (rs) launchBalancedTokens<T, SWIGLU, false>(rs, count, k, pass, options, stream);
-      else launchBalancedTokens<T, SWIGLU, true>(xs, count, k, pass, options, stream);
-      continue;
-    }
     if (wide) {
       const int split = options.slices > 0 ? options.slices : wideSlices(pass, k);
       if (k % (static_cast<int64_t>(split) * 64) != 0 || split > kMaxCluster)
@@ -932,10 +663,6 @@ bool wgmmaCompiled() {
     return value == 1;
   }();
   return compiled;
-}
-
-size_t skinnyBalancePieceBytes(int multiprocessors) {
-  return static_cast<size_t>(2 * kBalanceBlocksPerMultiprocessor) * multiprocessors * kBalancePieceFloats * sizeof(float);
 }
 
 bool skinnySupported(int64_t k, DType weightType, const void* x, const void* const* weights, int count) {

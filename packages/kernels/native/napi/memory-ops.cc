@@ -249,8 +249,7 @@ Napi::Value takeProfile(const Napi::CallbackInfo& info) {
 }
 
 // Device::Tuning from { profile, chainLaunches, gemvMinSlice, gemvWaveRule, gemvPinnedSplits, batchInvariant,
-// skinnyRowsMax, longSplitsFirst, decodeMmaBlocks, decodeBatchMerge, skinnyF32Rows, skinnyBalance,
-// cpuIntegerQ8 } (all optional).
+// skinnyRowsMax, longSplitsFirst, decodeMmaBlocks, decodeBatchMerge, cpuIntegerQ8 } (all optional).
 Napi::Value tune(const Napi::CallbackInfo& info) {
   const Attributes attributes(info[1], "the backend's tuning");
   Device::Tuning tuning;
@@ -264,8 +263,6 @@ Napi::Value tune(const Napi::CallbackInfo& info) {
   if (!absent(attributes.optional("longSplitsFirst"))) tuning.longSplitsFirst = attributes.flag("longSplitsFirst");
   if (!absent(attributes.optional("decodeMmaBlocks"))) tuning.decodeMmaBlocks = static_cast<int>(attributes.integer("decodeMmaBlocks"));
   if (!absent(attributes.optional("decodeBatchMerge"))) tuning.decodeBatchMerge = static_cast<int>(attributes.integer("decodeBatchMerge"));
-  if (!absent(attributes.optional("skinnyF32Rows"))) tuning.skinnyF32Rows = static_cast<int>(attributes.integer("skinnyF32Rows"));
-  if (!absent(attributes.optional("skinnyBalance"))) tuning.skinnyBalance = static_cast<int>(attributes.integer("skinnyBalance"));
   if (!absent(attributes.optional("cpuIntegerQ8"))) tuning.integerQ8 = attributes.flag("cpuIntegerQ8");
   deviceOf(info[0])->tune(tuning);
   return info.Env().Undefined();
