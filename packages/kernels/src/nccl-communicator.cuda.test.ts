@@ -34,7 +34,7 @@ describe.skipIf(reason !== undefined)(`NCCL communicator, one rank${reason ? ` (
       const f32 = Float32Array.from({ length: 15 }, (_, i) => i * 0.25 - 1);
       const cases = [
         ['f32', f32],
-        ['bf16', f32],
+        ['bf16', Uint16Array.from(new Uint32Array(f32.buffer), (bits) => bits >>> 16)],
         ['u8', Uint8Array.from({ length: 15 }, (_, i) => 3 * i + 1)],
       ] as const;
       for (const [dtype, values] of cases) {
