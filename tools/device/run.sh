@@ -199,13 +199,29 @@ for step in "${steps[@]}"; do
       bandwidth=${DUO_BANDWIDTH:-$(python3 -c "import json; print(json.load(open('$OUT/copy-bandwidth.json'))['copyTBps'])")}
       node /tmp/duo-node/duo-bench.mjs speed --shape llama-3-8b-1048k --device cuda --dtype bf16 --prefill 0 \
         --contexts "$contexts" --steps 64 --warmup 8 --bandwidth "$bandwidth" --out "$OUT/weights-bf16.json" || status=1
+      # DUO_WQ_AB="label|knobs;…" (knobs as batch-ab's, DUO_VARIANT=name included) runs each file once per variant,
+      # in turn; the records go into one file, weights-decode.json ({type: {label: record}}): a call brings back eight.
+      IFS=';' read -ra variants <<< "${DUO_WQ_AB:-|}"; mkdir -p "$OUT/weights"
+      for file in .device/variant-*.node.xz; do [ -f "$file" ] && xz -dc "$file" > "/tmp/duo-node/$(basename "$file" .xz)"; done
       for type in ${DUO_WQ_TYPES:-f16 q8_0 q4_k}; do
         file=$dir/llama-3-8b-$type.gguf
         [ -s "$file" ] || node /tmp/duo-node/duo-bench.mjs gguf --shape llama-3-8b-1048k --type "$type" --out "$file" \
           || { status=1; continue; }
-        node /tmp/duo-node/duo-bench.mjs speed --model "$file" --device cuda --prefill 0 --contexts "$contexts" --steps 64 \
-          --warmup 8 --bandwidth "$bandwidth" --out "$OUT/weights-$type.json" || status=1
-      done ;;
+        for variant in "${variants[@]}"; do
+          label=${variant%%|*}; knobs=${variant#*|}; native=/tmp/duo-node/duoattn.node
+          case " $knobs " in *" DUO_VARIANT="*) name=${knobs##*DUO_VARIANT=}; native=/tmp/duo-node/variant-${name%% *}.node ;; esac
+          echo "--- $type ${label:-default}: $knobs"
+          env $knobs DUO_NATIVE_PATH=$native node /tmp/duo-node/duo-bench.mjs speed --model "$file" --device cuda --prefill 0 \
+            --contexts "$contexts" --steps 64 --warmup 8 --bandwidth "$bandwidth" --out "$OUT/weights/$type${label:+-$label}.json" || status=1
+        done
+      done
+      python3 -c "
+import glob, json, os
+merged = {}
+for path in sorted(glob.glob('$OUT/weights/*.json')):
+    type, _, label = os.path.basename(path)[:-5].partition('-')
+    merged.setdefault(type, {})[label or 'default'] = json.load(open(path))
+json.dump(merged, open('$OUT/weights-decode.json', 'w'), indent=1)" && rm -r "$OUT/weights" ;;
     # Issue 19's capacity: duo 50 % + int4 KV at the longest context the planner fits, for the files weights-decode
     # wrote in DUO_WQ_CAPACITY_TYPES (default "q8_0 q4_k"): cache filled, 32 decode steps, peak against the planner;
     # DUO_WQ_RESERVE GB (default 2.5) kept free beside the planner's bytes.
@@ -226,10 +242,11 @@ for step in "${steps[@]}"; do
       for type in ${DUO_WQ_PROFILE_TYPES:-q8_0 q4_k}; do
         DUO_NO_GRAPHS=1 timeout 150 "$NCU" --target-processes all -k "regex:blockGemvKernel" -s ${DUO_WQ_PROFILE_SKIP:-40} -c 4 \
           --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
-          --section SchedulerStats --section ComputeWorkloadAnalysis node /tmp/duo-node/duo-bench.mjs speed --model "$dir/llama-3-8b-$type.gguf" \
+          --section SchedulerStats --section ComputeWorkloadAnalysis --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+          node /tmp/duo-node/duo-bench.mjs speed --model "$dir/llama-3-8b-$type.gguf" \
           --device cuda --prefill 0 --contexts 4096 --steps 2 --warmup 2 > "$OUT/ncu-weights-$type.txt" 2>&1 || status=1
-        echo "--- $type"; grep -E "blockGemvKernel|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Grid Size|Dynamic Shared|Stall" \
-          "$OUT/ncu-weights-$type.txt" | head -70
+        echo "--- $type"; grep -E "blockGemvKernel|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Grid Size|Dynamic Shared|issue_stalled" \
+          "$OUT/ncu-weights-$type.txt" | awk '!/issue_stalled/ || $NF + 0 >= 0.5' | head -90
       done ;;
     # llama.cpp (node-llama-cpp's CUDA build, flash attention, f16 KV, one sequence) on the files weights-decode wrote:
     # run `bash tools/device/llamacpp/run.sh prepare` with .peer carried first, on the same warm machine.

@@ -120,6 +120,54 @@ export function weightBlocksSuite(
       },
     );
 
+    it.each(FORMATS)('%s: many more output columns than resident warps, two chunks a column', async (format) => {
+      // CUDA's decode warps are persistent: each streams several columns' chunks through one ring, the next column's
+      // first chunks in flight while the last one's partial chunk finishes. 9 001 rows (18 002 columns in a group of
+      // two) outnumber the warps an H100 or H200 holds; rows repeat 97 distinct quantized rows (a prime, so no warp
+      // stride maps a column onto a twin), which keeps the quantization in JavaScript quick.
+      const b = backend() as NativeBackend;
+      const k = format === 'q8_0' ? 1312 : 1280;
+      const [n, m, distinct] = [2, 9001, 97];
+      const bases = [21, 22].map((seed) => quantizeWeights(format, randomArray(distinct * k, seed, 0.1)));
+      const rowBytes = (bases[0] as Uint8Array).length / distinct;
+      const tiled = bases.map((base) => {
+        const bytes = new Uint8Array(rowBytes * m);
+        for (let r = 0; r < m; r++)
+          bytes.set(base.subarray((r % distinct) * rowBytes, ((r % distinct) + 1) * rowBytes), r * rowBytes);
+        return bytes;
+      });
+      const input = randomArray(n * k, 23, 1);
+      const integerX = b.device === 'cuda' ? INTEGER_X.has(format) : integerQ8 && format === 'q8_0';
+      const seen = integerX ? int8Pieces(input) : input;
+      const expected = bases.map((base) => {
+        const distinctProduct = product(seen, dequantizeWeights(format, base, distinct * k), n, k, distinct);
+        return Float64Array.from(
+          { length: n * m },
+          (_, i) => distinctProduct[Math.floor(i / m) * distinct + ((i % m) % distinct)] as number,
+        );
+      });
+      const [first, second] = tiled.map((bytes) => b.upload(format, [m, k], bytes)) as [
+        ReturnType<typeof b.upload>,
+        ReturnType<typeof b.upload>,
+      ];
+      const x = b.upload('f32', [n, k], input);
+      const outs = [b.alloc('f32', [n, m]), b.alloc('f32', [n, m])];
+      b.matmulGroup(x, [first, second], outs as never);
+      for (const i of [0, 1])
+        expect(
+          relativeError((await b.read(outs[i] as never)) as Float32Array, expected[i] as Float64Array),
+          `${format} group ${i}`,
+        ).toBeLessThan(1e-5);
+      b.matmulSwiglu(x, first, second, outs[0] as never);
+      const swiglu = (expected[0] as Float64Array).map(
+        (g, i) => (g / (1 + Math.exp(-g))) * ((expected[1] as Float64Array)[i] as number),
+      );
+      expect(relativeError((await b.read(outs[0] as never)) as Float32Array, swiglu), `${format} SwiGLU`).toBeLessThan(
+        1e-5,
+      );
+      for (const tensor of [first, second, x, ...outs]) tensor.dispose();
+    });
+
     it.each(FORMATS)('%s: a row gets the same bits alone as among the rows of its call', async (format) => {
       const b = backend() as NativeBackend;
       // 9 rows: CUDA's 8-row pass plus one; the CPU's 4-row tiles and a row alone. On the CPU also 21 and 19 rows over

@@ -226,6 +226,9 @@ void launchGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate,
 bool gemvFusable(int64_t rows, int64_t k, DType weightType, const void* x);
 // The multiprocessors of the current device, and its compute capability's major number (each read once).
 int multiprocessorCount();
+// Blocks of `kernel` (with `threads` threads and `shared` bytes of dynamic shared memory) an SM holds at once, at least
+// 1 (cudaOccupancyMaxActiveBlocksPerMultiprocessor, asked once per kernel and size).
+int residentBlocks(const void* kernel, int threads, size_t shared);
 int computeCapabilityMajor();
 
 // The weight-streaming matmuls' work (gemv.cu, gemm-skinny.cu): up to three matrices share x (q/k/v), each cut into

@@ -171,9 +171,30 @@ constexpr size_t ringBytes() { return static_cast<size_t>(kWarps) * kStages * (S
 // After the staged x: each row's piece sums (the k-quants' mins multiply them), rows × k / 32 floats.
 inline size_t pieceSumBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k / kPieceValues) * 4; }
 
-// One warp per output column (SwiGLU: gate row j and up row j), ROWS rows of x per launch row (blockIdx.y tiles the
-// rest). Chained launch: the first chunks' copies go out before waiting for the previous kernel (weights are never
-// written during a step); x is read only after. STAGED: x is copied into shared memory first (when it fits).
+// Where a unit's weight rows start (SwiGLU: gate row j and up row j; else row j of the job's matrix `which`).
+template <DType F, bool SWIGLU>
+struct UnitRows {
+  static constexpr int kColumns = SWIGLU ? 2 : 1;
+  const uint8_t* row[kColumns];
+  int which;
+  int64_t column;
+  __device__ __forceinline__ void locate(const WeightJob<uint8_t>& job, int64_t unit, int64_t blocks) {
+    which = 0;
+    while (which + 1 < job.count && unit >= job.first[which + 1]) which++;
+    column = unit - job.first[which];
+#pragma unroll
+    for (int c = 0; c < kColumns; c++)
+      row[c] = (SWIGLU ? job.weight[c] : job.weight[which]) + column * blocks * Format<F>::kBytes;
+  }
+};
+
+// Persistent warps (the grid is what fits at once): warp g of W takes output columns (units; SwiGLU: gate row j and
+// up row j) g, g + W, g + 2W … and streams their chunks as one sequence through its ring, so the next column's first
+// chunks are in flight while the current one finishes and x is staged once per block, not once per 8 columns. (One
+// block per 8 columns ran 1.16 waves of short-lived blocks at q/k/v and read DRAM at 38–74 %: its time went to each
+// block's start — x quantized, the ring's first copies — not to streaming.) ROWS rows of x per launch row (blockIdx.y
+// tiles the rest). Chained launch: the first chunks' copies go out before waiting for the previous kernel (weights are
+// never written during a step); x is read only after. STAGED: x is copied into shared memory first (when it fits).
 template <DType F, int ROWS, bool SWIGLU, bool STAGED>
 __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __restrict__ x, int64_t rows, int64_t k,
                                                                WeightJob<uint8_t> job) {
@@ -181,36 +202,43 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
   constexpr int kColumns = SWIGLU ? 2 : 1;
   extern __shared__ __align__(16) uint8_t shared[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
-  int which = 0;
-  while (which + 1 < job.count && unit >= job.first[which + 1]) which++;
-  const bool active = unit < job.first[job.count];
-  const int64_t column = active ? unit - job.first[which] : 0;
-  const int64_t m = job.m[which];
+  const int64_t units = job.first[job.count];
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  const int64_t firstUnit = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
   const int64_t blocks = k / Fmt::kValues;
-  const int64_t chunks = active ? (blocks + Fmt::kBlocks - 1) / Fmt::kBlocks : 0;
-  const uint8_t* row[kColumns];
-#pragma unroll
-  for (int c = 0; c < kColumns; c++) row[c] = (SWIGLU ? job.weight[c] : job.weight[which]) + column * blocks * Fmt::kBytes;
+  const int64_t chunks = (blocks + Fmt::kBlocks - 1) / Fmt::kBlocks;  // of each column
+  const int64_t items = firstUnit < units ? ((units - 1 - firstUnit) / warps + 1) * chunks : 0;
   uint8_t* ring = shared + static_cast<size_t>(warp) * kStages * kColumns * Fmt::kSlot;
-  // The chunk's bytes, from the 16-byte boundary at or below its first block, into its slot.
-  auto stage = [&](int64_t chunk) {
-    if (chunk < chunks) {
-      const int64_t firstBlock = chunk * Fmt::kBlocks;
+  // The copying cursor runs kStages − 1 items ahead of the products' cursor: (unit, chunk) of the next item to stage.
+  UnitRows<F, SWIGLU> staging;
+  staging.locate(job, firstUnit, blocks);
+  int64_t stagingUnit = firstUnit, stagingChunk = 0, stagedItems = 0;
+  int stagingSlot = 0;
+  // The next item's bytes, from the 16-byte boundary at or below its first block, into its slot.
+  auto stage = [&]() {
+    if (stagedItems < items) {
+      const int64_t firstBlock = stagingChunk * Fmt::kBlocks;
       const int64_t count = lesser(Fmt::kBlocks, blocks - firstBlock);
 #pragma unroll
       for (int c = 0; c < kColumns; c++) {
-        const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
+        const uint8_t* start = staging.row[c] + firstBlock * Fmt::kBytes;
         const uint8_t* aligned = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(start) & ~uintptr_t{15});
         const int copies = static_cast<int>((start - aligned + count * Fmt::kBytes + 15) / 16);
-        uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
+        uint8_t* slot = ring + (stagingSlot * kColumns + c) * Fmt::kSlot;
         for (int i = lane; i < copies; i += 32) copyAsync16(slot + 16 * i, aligned + 16 * i);
+      }
+      stagedItems++;
+      stagingSlot = stagingSlot + 1 == kStages ? 0 : stagingSlot + 1;
+      if (++stagingChunk == chunks && stagedItems < items) {
+        stagingChunk = 0;
+        stagingUnit += warps;
+        staging.locate(job, stagingUnit, blocks);
       }
     }
     commitGroup();
   };
 #pragma unroll
-  for (int s = 0; s < kStages - 1; s++) stage(s);
+  for (int s = 0; s < kStages - 1; s++) stage();
   dependOnPrevious();
 
   const int64_t rowBase = static_cast<int64_t>(blockIdx.y) * ROWS;
@@ -282,20 +310,26 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
 #pragma unroll
     for (int c = 0; c < kColumns; c++) acc[r][c] = 0.0f;
   const int blockInChunk = lane / Fmt::kPieces, piece = lane % Fmt::kPieces;
-  for (int64_t chunk = 0; chunk < chunks; chunk++) {
+  UnitRows<F, SWIGLU> current;
+  current.locate(job, firstUnit, blocks);
+  int64_t unit = firstUnit, chunk = 0;
+  int slotIndex = 0;
+  for (int64_t item = 0; item < items; item++) {
     waitGroups<kStages - 2>();
-    __syncwarp();  // every lane's copies of this chunk have landed, and every lane is done with the slot refilled next
-    stage(chunk + kStages - 1);
+    __syncwarp();  // every lane's copies of this item have landed, and every lane is done with the slot refilled next
+    stage();
     const int64_t firstBlock = chunk * Fmt::kBlocks;
-    if (firstBlock + blockInChunk >= blocks) continue;
-    if constexpr (Fmt::kIntegerX) {
+    const uint8_t* const* row = current.row;
+    if (firstBlock + blockInChunk >= blocks) {
+      // This lane's block is past the row's end (its last chunk is partial): no products.
+    } else if constexpr (Fmt::kIntegerX) {
       uint32_t codes[kColumns][8];
       float scale[kColumns], minimum[kColumns];
 #pragma unroll
       for (int c = 0; c < kColumns; c++) {
         const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
         const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
-        const uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
+        const uint8_t* slot = ring + (slotIndex * kColumns + c) * Fmt::kSlot;
         pieceCodes<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, offset == 0, codes[c], scale[c], minimum[c]);
       }
       const int64_t pieceIndex = ((firstBlock + blockInChunk) * Fmt::kValues) / kPieceValues + piece;
@@ -321,7 +355,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
       for (int c = 0; c < kColumns; c++) {
         const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
         const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
-        const uint8_t* slot = ring + ((chunk % kStages) * kColumns + c) * Fmt::kSlot;
+        const uint8_t* slot = ring + (slotIndex * kColumns + c) * Fmt::kSlot;
         decodeShared<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, pieces[c]);
       }
       const int64_t value0 = (firstBlock + blockInChunk) * Fmt::kValues + kPieceValues * piece;
@@ -355,21 +389,32 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
           acc[r][c] += pieces[c].scaleLow * low[c] + pieces[c].scaleHigh * high[c] - (Fmt::kOffset ? pieces[c].offset * sum : 0.0f);
       }
     }
-  }
+    slotIndex = slotIndex + 1 == kStages ? 0 : slotIndex + 1;
+    if (++chunk < chunks) continue;
+    // The column's last chunk: its sums out, then the next column.
+    const int which = current.which;
+    const int64_t m = job.m[which], column = current.column;
 #pragma unroll
-  for (int r = 0; r < ROWS; r++) {
-    if (r >= rowsHere) break;
-    float totals[kColumns];
+    for (int r = 0; r < ROWS; r++) {
+      if (r >= rowsHere) break;
+      float totals[kColumns];
 #pragma unroll
-    for (int c = 0; c < kColumns; c++) totals[c] = warpSum(acc[r][c]);
-    if (!active || lane != 0) continue;
-    const int64_t index = (rowBase + r) * m + column;
-    if (SWIGLU) {
-      job.out[0][index] = totals[0] / (1.0f + __expf(-totals[0])) * totals[kColumns - 1];
-    } else {
-      job.out[which][index] = totals[0] + (job.bias[which] ? job.bias[which][column] : 0.0f) +
-                              (job.residual[which] ? job.residual[which][index] : 0.0f);
+      for (int c = 0; c < kColumns; c++) {
+        totals[c] = warpSum(acc[r][c]);
+        acc[r][c] = 0.0f;
+      }
+      if (lane != 0) continue;
+      const int64_t index = (rowBase + r) * m + column;
+      if (SWIGLU) {
+        job.out[0][index] = totals[0] / (1.0f + __expf(-totals[0])) * totals[kColumns - 1];
+      } else {
+        job.out[which][index] = totals[0] + (job.bias[which] ? job.bias[which][column] : 0.0f) +
+                                (job.residual[which] ? job.residual[which][index] : 0.0f);
+      }
     }
+    chunk = 0;
+    unit += warps;
+    if (item + 1 < items) current.locate(job, unit, blocks);
   }
 }
 
@@ -383,13 +428,19 @@ void launchBlockRows(const float* x, int64_t rows, int64_t k, const WeightJob<ui
   const size_t staged = Format<F>::kIntegerX ? quantizedInputBytes(rowsStaged, k)
                                              : stagedInputBytes(rowsStaged, k) + (Format<F>::kOffset ? pieceSumBytes(rowsStaged, k) : 0);
   const int64_t units = job.first[job.count];
-  const dim3 grid(blocksFor(units, kWarps), static_cast<unsigned>((rows + ROWS - 1) / ROWS));
+  const unsigned rowTiles = static_cast<unsigned>((rows + ROWS - 1) / ROWS);
   auto launch = [&](auto kernel, size_t shared, size_t most) {
     static const bool raised = [&] {
       check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most)), "cudaFuncSetAttribute");
       return true;
     }();
     (void)raised;
+    // As many blocks as are resident at once, shared by the row tiles (which then stream the same columns together,
+    // so the tiles after the first find the weights in L2); never more than the columns need.
+    const int64_t resident = static_cast<int64_t>(residentBlocks(reinterpret_cast<const void*>(kernel), kWarps * 32, shared)) *
+                             multiprocessorCount();
+    const int64_t columnBlocks = std::max<int64_t>(1, std::min<int64_t>(blocksFor(units, kWarps), resident / rowTiles));
+    const dim3 grid(static_cast<unsigned>(columnBlocks), rowTiles);
     launchChained(kernel, grid, dim3(kWarps * 32), shared, stream, x, rows, k, job);
   };
   // Integer products always stage x (launchBlockFormat picked ROWS so it fits); the float path reads it from global

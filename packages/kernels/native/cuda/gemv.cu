@@ -6,6 +6,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <memory>
 #include <string>
 #include <utility>
@@ -341,6 +344,18 @@ int multiprocessorCount() {
     return value;
   }();
   return count;
+}
+
+int residentBlocks(const void* kernel, int threads, size_t shared) {
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, size_t>, int> known;
+  const auto key = std::make_tuple(kernel, threads, shared);
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto found = known.find(key);
+  if (found != known.end()) return found->second;
+  int blocks = 0;
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, shared), "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  return known[key] = std::max(blocks, 1);
 }
 
 void setGemvTuning(const Device::Tuning& tuning) {
