@@ -3,9 +3,12 @@
 import { writeFileSync } from 'node:fs';
 import { runRegistered } from './vitest-shim.ts';
 
-const outcomes = await runRegistered((line) => console.log(line));
+// DUO_TEST_ONLY (a regular expression): run just the tests whose full name it matches, e.g. for a call that carries
+// no demo model; the summary says so.
+const only = process.env.DUO_TEST_ONLY ? new RegExp(process.env.DUO_TEST_ONLY) : undefined;
+const outcomes = await runRegistered((line) => console.log(line), only);
 const count = (status: string) => outcomes.filter((o) => o.status === status).length;
-const summary = `${count('passed')} passed, ${count('failed')} failed, ${count('skipped')} skipped`;
+const summary = `${count('passed')} passed, ${count('failed')} failed, ${count('skipped')} skipped${only ? ` (only ${only})` : ''}`;
 console.log(summary);
 if (process.env.DUO_TEST_JSON)
   writeFileSync(process.env.DUO_TEST_JSON, `${JSON.stringify({ summary, outcomes }, null, 1)}\n`);

@@ -130,10 +130,14 @@ export function expect(actual: unknown, label?: string) {
   };
 }
 
-/** Runs every registered test in order; returns the per-test outcomes. */
-export async function runRegistered(log: (line: string) => void) {
+/**
+ * Runs every registered test in order; returns the per-test outcomes. `only`: run just the tests and hooks whose full
+ * name (describe path included) it matches; the others are left out of the outcomes.
+ */
+export async function runRegistered(log: (line: string) => void, only?: RegExp) {
   const outcomes: { name: string; status: 'passed' | 'failed' | 'skipped'; ms: number; error?: string }[] = [];
   for (const test of tests) {
+    if (only && !only.test(test.name)) continue;
     if (test.hook) {
       if (test.skip) continue;
       try {
