@@ -263,10 +263,13 @@ WeightJob<T> weightJobFor(const GemvTarget* targets, int count) {
 // weight row streamed once per 8 rows and dequantized in registers; `count` ≤ 3 matrices of one dtype share x (the
 // residual applies to the first). SwiGLU: out = silu(x · gateᵀ) ⊙ (x · upᵀ).
 int64_t blockGemvRowsMax();
-void launchBlockGemv(const float* x, int64_t rows, int64_t k, DType dtype, const GemvTarget* targets, int count,
+// `workspace`: blockGemvWorkspaceBytes(dtype, rows, k) bytes of device memory (x quantized once for the integer
+// products of Q8_0 and Q4_K; 0 bytes, and null allowed, for the others), free until the launch's kernels have run.
+size_t blockGemvWorkspaceBytes(DType dtype, int64_t rows, int64_t k);
+void launchBlockGemv(const float* x, void* workspace, int64_t rows, int64_t k, DType dtype, const GemvTarget* targets, int count,
                      const float* residual, cudaStream_t stream);
-void launchBlockGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType dtype, int64_t m,
-                           float* out, cudaStream_t stream);
+void launchBlockGemvSwiglu(const float* x, void* workspace, int64_t rows, int64_t k, const void* gate, const void* up, DType dtype,
+                           int64_t m, float* out, cudaStream_t stream);
 // Rows rowBegin … rowBegin + rows − 1 of a block-format [*, k] matrix decoded to bf16 `out` [rows, k] (prefill's slice).
 void launchDecodeBlockRows(const void* weight, DType dtype, int64_t k, int64_t rowBegin, int64_t rows, void* out,
                            cudaStream_t stream);

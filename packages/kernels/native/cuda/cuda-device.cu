@@ -287,7 +287,8 @@ class CudaDevice final : public Device {
         GemvTarget targets[3];
         for (int i = 0; i < count; i++)
           targets[i] = GemvTarget{weights[i]->data, outs[i]->as<float>(), biases[i] ? biases[i]->as<float>() : nullptr, weights[i]->rows()};
-        launchBlockGemv(x.as<float>(), x.rows(), x.cols(), weights[0]->dtype, targets, count, nullptr, stream_);
+        launchBlockGemv(x.as<float>(), blockWorkspace(x, weights[0]->dtype), x.rows(), x.cols(), weights[0]->dtype, targets, count,
+                        nullptr, stream_);
       } else {
         for (int i = 0; i < count; i++) matmul(x, *weights[i], *outs[i], biases[i], nullptr);
       }
@@ -334,7 +335,8 @@ class CudaDevice final : public Device {
   void matmulSwiglu(const Tensor& x, const Tensor& gate, const Tensor& up, Tensor& out) override {
     if (isBlockType(gate.dtype) || isBlockType(up.dtype)) {
       if (gate.dtype == up.dtype && x.rows() <= blockGemvRowsMax())
-        launchBlockGemvSwiglu(x.as<float>(), x.rows(), x.cols(), gate.data, up.data, gate.dtype, gate.rows(), out.as<float>(), stream_);
+        launchBlockGemvSwiglu(x.as<float>(), blockWorkspace(x, gate.dtype), x.rows(), x.cols(), gate.data, up.data, gate.dtype,
+                              gate.rows(), out.as<float>(), stream_);
       else
         Device::matmulSwiglu(x, gate, up, out);  // two matmuls (each of its own format), then the SwiGLU
       profiler_.mark("matmulSwiglu", stream_);
@@ -577,7 +579,7 @@ class CudaDevice final : public Device {
     CublasLibrary& blas = CublasLibrary::instance();
     if (n <= blockGemvRowsMax() || !blas.available()) {
       const GemvTarget target{weight.data, out, bias, m};
-      launchBlockGemv(x.as<float>(), n, k, weight.dtype, &target, 1, residual, stream_);
+      launchBlockGemv(x.as<float>(), blockWorkspace(x, weight.dtype), n, k, weight.dtype, &target, 1, residual, stream_);
       return;
     }
     float beta = 0.0f;
@@ -600,6 +602,11 @@ class CudaDevice final : public Device {
     launchBiasResidual(out, bias, nullptr, n, m, stream_);
   }
 
+  // The block-format decode matmul's workspace for x's rows (scratch; null where the format needs none).
+  void* blockWorkspace(const Tensor& x, DType dtype) {
+    const size_t bytes = blockGemvWorkspaceBytes(dtype, x.rows(), x.cols());
+    return bytes > 0 ? scratch(bytes) : nullptr;
+  }
   // A growing scratch buffer; stream order makes reuse by consecutive ops safe.
   void* scratch(size_t bytes) {
     if (bytes > scratchBytes_) {

@@ -1,8 +1,9 @@
 // Matrix products over GGUF block-format weights (Q8_0, Q4_K, Q5_K, Q6_K; ADR 0010), dequantized in registers.
-// Decode (1–64 rows of x): each warp streams one weight row (SwiGLU: a gate row and its up row) through a cp.async ring
-// in shared memory, a chunk of whole blocks a stage, and each of its 32 lanes decodes one 32-value piece of the chunk
-// with word loads and byte permutes into exact small-integer floats (no int→float conversion instructions: they run at
-// a quarter of the FMA rate), then applies the piece's scales once. Staging through shared memory is what lets the
+// Decode (1–64 rows of x): each warp streams weight rows (SwiGLU: a gate row and its up row) through a cp.async ring
+// in shared memory, a chunk of whole blocks a stage, and each of its 32 lanes decodes one 32-value piece of the chunk:
+// Q8_0 and Q4_K as integer dot products with x quantized to int8 pieces once per launch, the others with word loads
+// and byte permutes into exact small-integer floats (no int→float conversion instructions: they run at a quarter of
+// the FMA rate); then it applies the piece's scales once. Staging through shared memory is what lets the
 // unaligned layouts (Q8_0's 34-byte and Q6_K's 210-byte blocks) load as aligned 16-byte copies. Prefill (more rows):
 // a bounded slice of rows at a time is decoded to bf16 for cuBLAS, never the whole matrix. And block-format embeddings.
 #include <algorithm>
@@ -171,6 +172,42 @@ constexpr size_t ringBytes() { return static_cast<size_t>(kWarps) * kStages * (S
 // After the staged x: each row's piece sums (the k-quants' mins multiply them), rows × k / 32 floats.
 inline size_t pieceSumBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k / kPieceValues) * 4; }
 
+// x quantized for the integer products, once per launch (every block used to quantize all of it behind a barrier at
+// its start: a quarter of the q/k/v kernel's warp cycles on the H100, with every block reading the same 16 KB at once).
+// One thread a 32-value piece; `out`: codes (rows × k), then the pieces' scales, then their sums (rows × k / 32 each).
+__global__ void quantizeInputKernel(const float* __restrict__ x, int64_t rows, int64_t k, uint8_t* __restrict__ out) {
+  dependOnPrevious();
+  const int64_t piecesPerRow = k / kPieceValues;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * piecesPerRow) return;
+  int8_t* xCodes = reinterpret_cast<int8_t*>(out);
+  float* xScales = reinterpret_cast<float*>(out + rows * k);
+  float* xSums = xScales + rows * piecesPerRow;
+  const float4* source = reinterpret_cast<const float4*>(x + i * kPieceValues);
+  float4 values[8];
+  float largest = 0.0f;
+#pragma unroll
+  for (int v = 0; v < 8; v++) {
+    values[v] = __ldg(source + v);
+    largest = fmaxf(largest, fmaxf(fmaxf(fabsf(values[v].x), fabsf(values[v].y)), fmaxf(fabsf(values[v].z), fabsf(values[v].w))));
+  }
+  const float step = largest / 127.0f, inverse = largest > 0.0f ? 127.0f / largest : 0.0f;
+  uint32_t words[8];
+  int total = 0;
+#pragma unroll
+  for (int v = 0; v < 8; v++) {
+    const int a = __float2int_rn(values[v].x * inverse), b = __float2int_rn(values[v].y * inverse);
+    const int c = __float2int_rn(values[v].z * inverse), d = __float2int_rn(values[v].w * inverse);
+    total += (a + b) + (c + d);
+    words[v] = __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
+  }
+  uint4* target = reinterpret_cast<uint4*>(xCodes + i * kPieceValues);  // row r's piece p sits at (r · k + 32 p)
+  target[0] = make_uint4(words[0], words[1], words[2], words[3]);
+  target[1] = make_uint4(words[4], words[5], words[6], words[7]);
+  xScales[i] = step;
+  xSums[i] = step * static_cast<float>(total);
+}
+
 // Where a unit's weight rows start (SwiGLU: gate row j and up row j; else row j of the job's matrix `which`).
 template <DType F, bool SWIGLU>
 struct UnitRows {
@@ -196,8 +233,8 @@ struct UnitRows {
 // tiles the rest). Chained launch: the first chunks' copies go out before waiting for the previous kernel (weights are
 // never written during a step); x is read only after. STAGED: x is copied into shared memory first (when it fits).
 template <DType F, int ROWS, bool SWIGLU, bool STAGED>
-__global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __restrict__ x, int64_t rows, int64_t k,
-                                                               WeightJob<uint8_t> job) {
+__global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __restrict__ x, const uint8_t* __restrict__ quantized,
+                                                               int64_t rows, int64_t k, WeightJob<uint8_t> job) {
   using Fmt = Format<F>;
   constexpr int kColumns = SWIGLU ? 2 : 1;
   extern __shared__ __align__(16) uint8_t shared[];
@@ -247,37 +284,23 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
   float* staged = reinterpret_cast<float*>(shared + ringBytes<F, SWIGLU>());
   // Piece sums of the staged rows (k-quants), rows × k / 32, after them.
   float* pieceSums = staged + static_cast<int64_t>(rowsHere) * paddedRow;
-  // Integer products: the rows of x quantized into shared memory (codes, then scales, then sums), a piece a thread.
+  // Integer products: the block's rows of the quantized x in shared memory (codes, then scales, then sums).
   const int64_t piecesPerRow = k / kPieceValues;
   int8_t* xCodes = reinterpret_cast<int8_t*>(shared + ringBytes<F, SWIGLU>());
   float* xScales = reinterpret_cast<float*>(xCodes + static_cast<int64_t>(rowsHere) * k);
   float* xSums = xScales + static_cast<int64_t>(rowsHere) * piecesPerRow;
   if constexpr (Fmt::kIntegerX) {
+    // Rows rowBase … of the launch's quantized x (quantizeInputKernel): codes with 16-byte copies, scales and sums
+    // (rows × k / 32 floats each, not 16-byte aligned for every k) with word loads.
+    const int64_t codeVectors = rowsHere * k / 16;
+    for (int64_t i = threadIdx.x; i < codeVectors; i += kWarps * 32) copyAsync16(xCodes + 16 * i, quantized + rowBase * k + 16 * i);
+    commitGroup();
+    const float* scales = reinterpret_cast<const float*>(quantized + rows * k);
     for (int64_t i = threadIdx.x; i < rowsHere * piecesPerRow; i += kWarps * 32) {
-      const float4* source = reinterpret_cast<const float4*>(x + (rowBase + i / piecesPerRow) * k + i % piecesPerRow * kPieceValues);
-      float4 values[8];
-      float largest = 0.0f;
-#pragma unroll
-      for (int v = 0; v < 8; v++) {
-        values[v] = __ldg(source + v);
-        largest = fmaxf(largest, fmaxf(fmaxf(fabsf(values[v].x), fabsf(values[v].y)), fmaxf(fabsf(values[v].z), fabsf(values[v].w))));
-      }
-      const float step = largest / 127.0f, inverse = largest > 0.0f ? 127.0f / largest : 0.0f;
-      uint32_t words[8];
-      int total = 0;
-#pragma unroll
-      for (int v = 0; v < 8; v++) {
-        const int a = __float2int_rn(values[v].x * inverse), b = __float2int_rn(values[v].y * inverse);
-        const int c = __float2int_rn(values[v].z * inverse), d = __float2int_rn(values[v].w * inverse);
-        total += (a + b) + (c + d);
-        words[v] = __byte_perm(__byte_perm(a, b, 0x0040), __byte_perm(c, d, 0x0040), 0x5410);
-      }
-      uint4* target = reinterpret_cast<uint4*>(xCodes + i * kPieceValues);  // row r's piece p sits at (r · k + 32 p)
-      target[0] = make_uint4(words[0], words[1], words[2], words[3]);
-      target[1] = make_uint4(words[4], words[5], words[6], words[7]);
-      xScales[i] = step;
-      if constexpr (Fmt::kOffset) xSums[i] = step * static_cast<float>(total);
+      xScales[i] = scales[rowBase * piecesPerRow + i];
+      if constexpr (Fmt::kOffset) xSums[i] = scales[(rows + rowBase) * piecesPerRow + i];
     }
+    waitGroups<0>();
     __syncthreads();
   } else if constexpr (STAGED) {
     // One copy group for all of x (the weights' first groups, committed before it, land first anyway).
@@ -423,7 +446,8 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
 constexpr size_t kStagedLimit = 108 * 1024;
 
 template <DType F, int ROWS, bool SWIGLU>
-void launchBlockRows(const float* x, int64_t rows, int64_t k, const WeightJob<uint8_t>& job, cudaStream_t stream) {
+void launchBlockRows(const float* x, const uint8_t* quantized, int64_t rows, int64_t k, const WeightJob<uint8_t>& job,
+                     cudaStream_t stream) {
   const int rowsStaged = static_cast<int>(std::min<int64_t>(ROWS, rows));
   const size_t staged = Format<F>::kIntegerX ? quantizedInputBytes(rowsStaged, k)
                                              : stagedInputBytes(rowsStaged, k) + (Format<F>::kOffset ? pieceSumBytes(rowsStaged, k) : 0);
@@ -441,7 +465,7 @@ void launchBlockRows(const float* x, int64_t rows, int64_t k, const WeightJob<ui
                              multiprocessorCount();
     const int64_t columnBlocks = std::max<int64_t>(1, std::min<int64_t>(blocksFor(units, kWarps), resident / rowTiles));
     const dim3 grid(static_cast<unsigned>(columnBlocks), rowTiles);
-    launchChained(kernel, grid, dim3(kWarps * 32), shared, stream, x, rows, k, job);
+    launchChained(kernel, grid, dim3(kWarps * 32), shared, stream, x, quantized, rows, k, job);
   };
   // Integer products always stage x (launchBlockFormat picked ROWS so it fits); the float path reads it from global
   // memory past the limit.
@@ -452,25 +476,34 @@ void launchBlockRows(const float* x, int64_t rows, int64_t k, const WeightJob<ui
 }
 
 template <DType F, bool SWIGLU>
-void launchBlockFormat(const float* x, int64_t rows, int64_t k, const WeightJob<uint8_t>& job, cudaStream_t stream) {
+void launchBlockFormat(const float* x, uint8_t* workspace, int64_t rows, int64_t k, const WeightJob<uint8_t>& job,
+                       cudaStream_t stream) {
   // Rows of x a pass takes: as many as the call has (up to 8), fewer where integer products' quantized x would not fit.
   const auto fits = [&](int passRows) { return !Format<F>::kIntegerX || quantizedInputBytes(passRows, k) <= kStagedLimit; };
   if (!fits(1))
     throw Error("DUO_ARG", std::string("Expected k ≤ ") + std::to_string(kStagedLimit * kPieceValues / (kPieceValues + 8)) +
                                " for a " + dtypeName(F) + " decode matmul but received k = " + std::to_string(k));
-  if (rows == 1 || !fits(2)) launchBlockRows<F, 1, SWIGLU>(x, rows, k, job, stream);
-  else if (rows == 2 || !fits(4)) launchBlockRows<F, 2, SWIGLU>(x, rows, k, job, stream);
-  else if (rows <= 4 || !fits(8)) launchBlockRows<F, 4, SWIGLU>(x, rows, k, job, stream);
-  else launchBlockRows<F, 8, SWIGLU>(x, rows, k, job, stream);
+  if (rows == 1 || !fits(2)) launchBlockRows<F, 1, SWIGLU>(x, workspace, rows, k, job, stream);
+  else if (rows == 2 || !fits(4)) launchBlockRows<F, 2, SWIGLU>(x, workspace, rows, k, job, stream);
+  else if (rows <= 4 || !fits(8)) launchBlockRows<F, 4, SWIGLU>(x, workspace, rows, k, job, stream);
+  else launchBlockRows<F, 8, SWIGLU>(x, workspace, rows, k, job, stream);
 }
 
 template <bool SWIGLU>
-void launchBlockJob(const float* x, int64_t rows, int64_t k, DType dtype, const WeightJob<uint8_t>& job, cudaStream_t stream) {
+void launchBlockJob(const float* x, void* workspace, int64_t rows, int64_t k, DType dtype, const WeightJob<uint8_t>& job,
+                    cudaStream_t stream) {
+  if (blockGemvWorkspaceBytes(dtype, rows, k) > 0) {
+    if (!workspace) throw Error("DUO_ARG", "a block-format decode matmul over integer products needs its workspace");
+    constexpr unsigned kThreads = 256;
+    launchChained(quantizeInputKernel, dim3(blocksFor(rows * (k / kPieceValues), kThreads)), dim3(kThreads), 0, stream, x, rows, k,
+                  static_cast<uint8_t*>(workspace));
+  }
+  uint8_t* quantized = static_cast<uint8_t*>(workspace);
   switch (dtype) {
-    case DType::Q8_0: launchBlockFormat<DType::Q8_0, SWIGLU>(x, rows, k, job, stream); break;
-    case DType::Q4_K: launchBlockFormat<DType::Q4_K, SWIGLU>(x, rows, k, job, stream); break;
-    case DType::Q5_K: launchBlockFormat<DType::Q5_K, SWIGLU>(x, rows, k, job, stream); break;
-    case DType::Q6_K: launchBlockFormat<DType::Q6_K, SWIGLU>(x, rows, k, job, stream); break;
+    case DType::Q8_0: launchBlockFormat<DType::Q8_0, SWIGLU>(x, quantized, rows, k, job, stream); break;
+    case DType::Q4_K: launchBlockFormat<DType::Q4_K, SWIGLU>(x, quantized, rows, k, job, stream); break;
+    case DType::Q5_K: launchBlockFormat<DType::Q5_K, SWIGLU>(x, quantized, rows, k, job, stream); break;
+    case DType::Q6_K: launchBlockFormat<DType::Q6_K, SWIGLU>(x, quantized, rows, k, job, stream); break;
     default: throw Error("DUO_ARG", std::string("expected a block-format weight but received ") + dtypeName(dtype));
   }
 }
@@ -497,7 +530,12 @@ __global__ void decodeRowsKernel(const uint8_t* __restrict__ weight, DType dtype
 
 int64_t blockGemvRowsMax() { return 64; }
 
-void launchBlockGemv(const float* x, int64_t rows, int64_t k, DType dtype, const GemvTarget* targets, int count,
+size_t blockGemvWorkspaceBytes(DType dtype, int64_t rows, int64_t k) {
+  const bool integer = dtype == DType::Q8_0 || dtype == DType::Q4_K;  // Format<F>::kIntegerX
+  return integer && rows > 0 ? quantizedInputBytes(static_cast<int>(rows), k) : 0;
+}
+
+void launchBlockGemv(const float* x, void* workspace, int64_t rows, int64_t k, DType dtype, const GemvTarget* targets, int count,
                      const float* residual, cudaStream_t stream) {
   if (rows == 0) return;
   WeightJob<uint8_t> job = weightJobFor<uint8_t>(targets, count);
@@ -505,12 +543,12 @@ void launchBlockGemv(const float* x, int64_t rows, int64_t k, DType dtype, const
   job.first[0] = 0;
   for (int i = 0; i < count; i++) job.first[i + 1] = job.first[i] + job.m[i];
   if (job.first[count] == 0) return;
-  launchBlockJob<false>(x, rows, k, dtype, job, stream);
+  launchBlockJob<false>(x, workspace, rows, k, dtype, job, stream);
   checkLaunch("blockGemv");
 }
 
-void launchBlockGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* gate, const void* up, DType dtype, int64_t m,
-                           float* out, cudaStream_t stream) {
+void launchBlockGemvSwiglu(const float* x, void* workspace, int64_t rows, int64_t k, const void* gate, const void* up, DType dtype,
+                           int64_t m, float* out, cudaStream_t stream) {
   if (rows == 0 || m == 0) return;
   WeightJob<uint8_t> job{};
   job.count = 1;
@@ -520,7 +558,7 @@ void launchBlockGemvSwiglu(const float* x, int64_t rows, int64_t k, const void* 
   job.m[0] = m;
   job.first[0] = 0;
   job.first[1] = m;
-  launchBlockJob<true>(x, rows, k, dtype, job, stream);
+  launchBlockJob<true>(x, workspace, rows, k, dtype, job, stream);
   checkLaunch("blockGemvSwiglu");
 }
 
