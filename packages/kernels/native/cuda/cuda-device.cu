@@ -647,6 +647,7 @@ class CudaDevice final : public Device {
     setChainLaunches(tuning.chainLaunches);
     setGemvTuning(tuning);
     setDecodeTuning(tuning);
+    setBlockGemvTuning(tuning);
   }
 };
 
