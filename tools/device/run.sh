@@ -361,4 +361,10 @@ json.dump(merged, open('$OUT/weights-decode.json', 'w'), indent=1)" && rm -r "$O
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
+# The device tool brings back at most eight files (16 MiB each, two folders deep): more are packed into one archive.
+count=$(find "$OUT" -type f | wc -l)
+if [ "$count" -gt 8 ]; then
+  tar -C "$OUT" -cJf /tmp/duo-results.tar.xz . && find "$OUT" -mindepth 1 -delete && mv /tmp/duo-results.tar.xz "$OUT/results.tar.xz"
+  echo "[run.sh] $count files packed into results.tar.xz (unpack with tar -xJf under bench/results/DATE-CARD-WHAT/)"
+fi
 exit $status
