@@ -249,6 +249,37 @@ describe('duo-bench', () => {
     expect(bad.stderr).toContain('--weight-quant: expected one of none, int8, int4, q8_0, q4_k, q5_k, q6_k');
   });
 
+  it("plan --page stops the context at the full regions' page boundaries, as the CUDA backend maps them", async () => {
+    // An H100 80GB (85.02 GB as CUDA reports it) with Q8_0 weights, duo 50 % + int4 KV and 2.5 GB reserved held
+    // 4 194 304 tokens (bench/results/2026-12-07-h100-blocks-persistent … -quantize-once): every plane's 2 MiB pages
+    // full, the next token a page more in each. Counted in bytes, the planner would promise more.
+    const args = [
+      'plan',
+      '--shape',
+      'llama-3-8b-1048k',
+      '--weight-quant',
+      'q8_0',
+      '--attention',
+      'duo',
+      '--sparsity',
+      '0.5',
+    ];
+    const device = [...args, '--kv-quant', 'int4', '--gpu-memory', '85.0178', '--reserve', '2.5'];
+    const file = join(out, 'plan-pages.json');
+    const paged = await bench([...device, '--out', file]);
+    expect(paged.code, paged.stderr).toBe(0);
+    expect(paged.stdout).toContain('(2048 KiB pages)');
+    const document = JSON.parse(readFileSync(file, 'utf8'));
+    expect(document.settings.pageBytes).toBe(2 << 20);
+    expect(document.settings.policies[0].maxContext).toBe(4_194_304);
+    const exact = await bench([...device, '--page', '0', '--out', file]);
+    expect(exact.stdout).toContain('(exact bytes)');
+    expect(JSON.parse(readFileSync(file, 'utf8')).settings.policies[0].maxContext).toBeGreaterThan(4_194_304);
+    const bad = await bench([...args, '--page', '2 MiB']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--page: expected an integer in [0, 1048576] but received "2 MiB"');
+  });
+
   (existsSync(join(root, 'models/duo-demo/config.json')) ? it : it.skip)(
     'efficiency measures full, duo and streaming on the demo model, with the planner exact, JSON and an SVG plot',
     async () => {

@@ -23,11 +23,13 @@ import { SHAPES } from '../shapes.js';
 
 export const planHelp = `duo-bench plan [--shape NAME | --model PATH] [--kv-dtype bf16|f16|f32] [--kv-quant none|int8|int4|fp8]
                [--weight-dtype bf16|f16|f32] [--weight-quant none|int8|int4|q8_0|q4_k|q5_k|q6_k] [--gpu-memory GB]
-               [--reserve GB] [--tokens N] [--pattern DIR|FILE]
+               [--reserve GB] [--page KiB] [--tokens N] [--pattern DIR|FILE]
                [--sparsity S] [--attention full,duo,streaming] [--out FILE]
   Exact bytes of weights, full and streaming cache regions and scratch for each policy (default all three), the
   bytes each token adds, and the longest context that fits --gpu-memory (default 80 GB, less --reserve, default 1.5 GB,
-  for the backend's scratch). --kv-quant stores the cache as codes with fp16 scales (int8, fp8: head dim + 2 bytes per
+  for the backend's scratch). --page: the full regions map whole pages of this many KiB, each plane its own (default
+  2048, the CUDA backend's on Hopper; 0 counts bytes exactly), so the context stops at the pages' boundaries as on the
+  device. --kv-quant stores the cache as codes with fp16 scales (int8, fp8: head dim + 2 bytes per
   token and head; int4: head dim / 2 + 4 per group of 128 channels). --weight-quant counts every matrix in a GGUF
   block format, as a model kept quantized takes it (int8 = Q8_0, 34 bytes per 32 values; int4 = Q4_K, 144 per 256;
   Q5_K 176, Q6_K 210; rows a format cannot split fall back to Q8_0, else f16; --weight-dtype then only names the
@@ -46,6 +48,7 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     'weight-quant': { type: 'string' },
     'gpu-memory': { type: 'string' },
     reserve: { type: 'string' },
+    page: { type: 'string' },
     tokens: { type: 'string' },
     out: { type: 'string' },
   });
@@ -56,6 +59,7 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
   const weightChoice = choiceOption('weight-quant', options['weight-quant'], WEIGHT_QUANT_CHOICES, 'none');
   const weightQuant = weightQuantFormat(weightChoice);
   const budget = numberOption('gpu-memory', options['gpu-memory'], 80, 0.001) * GB;
+  const pageBytes = Math.max(1, integerOption('page', options.page, 2048, 0, 1 << 20) * 1024);
   const reserve = numberOption('reserve', options.reserve, 1.5, 0) * GB;
   const policies = attentionPolicies(options.attention, ['full', 'duo', 'streaming'], true);
   const settings = policySettings(options, policies);
@@ -91,6 +95,7 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
       kvDtype,
       kvQuant,
       prefillChunk: settings.prefillChunk,
+      pageBytes,
     };
     const memory = planMemory({ ...input, tokens });
     const longest = maxContext(input, budget, reserve);
@@ -102,9 +107,10 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     : weightDtype;
   log(`${label}: weights ${(rows[0]?.memory.weights ?? 0) / GB} GB (${weightLabel}), KV cache ${cacheLabel}`);
   log(
-    'policy     sparsity  KiB/token  streaming GB  total @%s GB  max context in %s GB'
+    'policy     sparsity  KiB/token  streaming GB  total @%s GB  max context in %s GB (%s)'
       .replace('%s', String(tokens))
-      .replace('%s', String(budget / GB)),
+      .replace('%s', String(budget / GB))
+      .replace('%s', pageBytes > 1 ? `${pageBytes / 1024} KiB pages` : 'exact bytes'),
   );
   for (const row of rows) {
     const max = Number.isFinite(row.maxContext) ? String(row.maxContext) : 'unbounded';
@@ -121,6 +127,7 @@ export async function planCommand(argv: string[], log: (line: string) => void): 
     tokens,
     budgetBytes: budget,
     reserveBytes: reserve,
+    pageBytes,
     policies: rows,
   };
   return options.out
