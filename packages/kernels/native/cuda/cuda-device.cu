@@ -44,7 +44,7 @@ class CudaDevice final : public Device {
     if (CublasLibrary::instance().available()) CublasLibrary::instance().forget(stream_);
     for (cudaGraphExec_t graph : graphs_)
       if (graph) cudaGraphExecDestroy(graph);
-    for (void* communicator : communicators_) NcclLibrary::instance({}).close(communicator);
+    for (void* communicator : communicators_) NcclLibrary::instance().close(communicator);
     for (SmallSlot& slot : smallSlots_) {
       if (slot.data) cudaFreeHost(slot.data);
       if (slot.done) cudaEventDestroy(slot.done);
@@ -436,17 +436,17 @@ class CudaDevice final : public Device {
     return static_cast<int>(communicators_.size());
   }
   void allGather(int communicator, const Tensor& input, Tensor& output) override {
-    NcclLibrary::instance({}).allGather(communicatorAt(communicator), input.data, output.data, input.bytes, stream_);
+    NcclLibrary::instance().allGather(communicatorAt(communicator), input.data, output.data, input.bytes, stream_);
     profiler_.mark("allGather", stream_);
   }
   void broadcast(int communicator, Tensor& tensor, int root) override {
-    NcclLibrary::instance({}).broadcast(communicatorAt(communicator), tensor.data, tensor.bytes, root, stream_);
+    NcclLibrary::instance().broadcast(communicatorAt(communicator), tensor.data, tensor.bytes, root, stream_);
     profiler_.mark("broadcast", stream_);
   }
   void closeCommunicator(int communicator) override {
     if (communicator < 1 || communicator > static_cast<int>(communicators_.size()) || !communicators_[communicator - 1]) return;
     check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
-    NcclLibrary::instance({}).close(communicators_[communicator - 1]);
+    NcclLibrary::instance().close(communicators_[communicator - 1]);
     communicators_[communicator - 1] = nullptr;
   }
   void argmax(const Tensor& logits, Tensor& out) override {

@@ -12,8 +12,8 @@ namespace cuda {
 class NcclLibrary {
  public:
   // Loads libnccl once: from `directory` first (DUO_NCCL_PATH, passed down by the TypeScript side; the first call's
-  // decides), then the CUDA library directories and the loader's search.
-  static NcclLibrary& instance(const std::string& directory);
+  // decides, so calls on an open communicator pass none), then the CUDA library directories and the loader's search.
+  static NcclLibrary& instance(const std::string& directory = {});
   bool available() const { return available_; }
   const std::string& reason() const { return reason_; }
   // The library's version, e.g. 22703 for 2.27.3.
