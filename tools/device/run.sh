@@ -59,6 +59,14 @@ serve_load() {
   return "$result"
 }
 
+# The floors' bandwidth in TB/s: DUO_BANDWIDTH, else the card's copy bandwidth (tools/device/copy_bandwidth.py, measured
+# once a call into $OUT/copy-bandwidth.json; an H100 80GB HBM3 copied at 3.01 TB/s).
+cardBandwidth() {
+  if [ -n "${DUO_BANDWIDTH:-}" ]; then echo "$DUO_BANDWIDTH"; return; fi
+  [ -s "$OUT/copy-bandwidth.json" ] || python3 tools/device/copy_bandwidth.py --json > "$OUT/copy-bandwidth.json"
+  python3 -c "import json; print(json.load(open('$OUT/copy-bandwidth.json'))['copyTBps'])"
+}
+
 # Nsight Compute: on PATH, or where the toolkit installs it (the profiling steps).
 ncuPath() { command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1; }
 steps=("$@")
@@ -137,7 +145,7 @@ for step in "${steps[@]}"; do
     # while a 128K prompt is admitted into a batch of 16 at 32K (DUO_ADMIT_CHUNK tokens per prefill chunk).
     batch) node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention ${DUO_BATCH_ATTENTION:-full,duo} \
              --sparsity 0.5 --sink 128 --recent 256 --kv-quant ${DUO_BATCH_QUANTS:-none} --batch ${DUO_BATCHES:-1,4,16,64} \
-             --contexts ${DUO_BATCH_CONTEXTS:-4k,32k} --steps 32 --warmup 4 --bandwidth ${DUO_BANDWIDTH:-3.0} \
+             --contexts ${DUO_BATCH_CONTEXTS:-4k,32k} --steps 32 --warmup 4 --bandwidth $(cardBandwidth) \
              --out "$OUT/batch-llama-3-8b.json" || status=1 ;;
     # The batch benchmark once per `label|knobs` of DUO_BATCH_AB (run-time knobs, e.g. "lsf|DUO_LONG_SPLITS_FIRST=1;
     # seq|DUO_LONG_SPLITS_FIRST=0", or DUO_VARIANT=name for the addon .device/variant-name.node.xz), duo 50 % at
@@ -195,8 +203,7 @@ for step in "${steps[@]}"; do
     # DUO_BANDWIDTH TB/s (default: the card's copy bandwidth, measured first by tools/device/copy_bandwidth.py).
     weights-decode)
       dir=${DUO_WQ_DIR:-/tmp/duo-gguf}; contexts=${DUO_WQ_CONTEXTS:-4096,32768}; mkdir -p "$dir"
-      python3 tools/device/copy_bandwidth.py --json | tee "$OUT/copy-bandwidth.json"
-      bandwidth=${DUO_BANDWIDTH:-$(python3 -c "import json; print(json.load(open('$OUT/copy-bandwidth.json'))['copyTBps'])")}
+      bandwidth=$(cardBandwidth); echo "bandwidth: $bandwidth TB/s"
       node /tmp/duo-node/duo-bench.mjs speed --shape llama-3-8b-1048k --device cuda --dtype bf16 --prefill 0 \
         --contexts "$contexts" --steps 64 --warmup 8 --bandwidth "$bandwidth" --out "$OUT/weights-bf16.json" || status=1
       # DUO_WQ_AB="label|knobs;…" (knobs as batch-ab's, DUO_VARIANT=name included) runs each file once per variant,
@@ -228,8 +235,7 @@ json.dump(merged, open('$OUT/weights-decode.json', 'w'), indent=1)" && rm -r "$O
     # planner's bytes.
     weights-capacity)
       dir=${DUO_WQ_DIR:-/tmp/duo-gguf}
-      [ -s "$OUT/copy-bandwidth.json" ] || python3 tools/device/copy_bandwidth.py --json > "$OUT/copy-bandwidth.json"
-      bandwidth=${DUO_BANDWIDTH:-$(python3 -c "import json; print(json.load(open('$OUT/copy-bandwidth.json'))['copyTBps'])")}
+      bandwidth=$(cardBandwidth)
       for type in ${DUO_WQ_CAPACITY_TYPES:-q8_0 q4_k}; do
         node /tmp/duo-node/duo-bench.mjs efficiency --model "$dir/llama-3-8b-$type.gguf" --device cuda --attention duo \
           --sparsity 0.5 --sink 128 --recent 256 --kv-quant int4 --contexts none --max-context --reserve "${DUO_WQ_RESERVE:-2.0}" \
@@ -318,7 +324,7 @@ json.dump(merged, open('$OUT/weights-decode.json', 'w'), indent=1)" && rm -r "$O
     # passkey at 16K and perplexity on the held-out book on the demo model with its trained pattern.
     quant-decode) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention full,duo --sparsity 0.5 \
               --sink 128 --recent 256 --kv-quant ${DUO_QUANT_SCHEMES:-none,int8,int4,fp8} --contexts ${DUO_QUANT_CONTEXTS:-128k,512k} --prefill none \
-              --steps 32 --warmup 8 --bandwidth ${DUO_BANDWIDTH:-3.0} --out "$OUT/quant-decode.json" --plot "$OUT/quant-decode.svg" || status=1 ;;
+              --steps 32 --warmup 8 --bandwidth $(cardBandwidth) --out "$OUT/quant-decode.json" --plot "$OUT/quant-decode.svg" || status=1 ;;
     quant-capacity) node /tmp/duo-node/duo-bench.mjs efficiency --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
               --sink 128 --recent 256 --kv-quant int4 --contexts none --max-context --prefill none --steps 32 --warmup 4 \
               --out "$OUT/quant-capacity.json" || status=1 ;;
@@ -358,6 +364,13 @@ json.dump(merged, open('$OUT/weights-decode.json', 'w'), indent=1)" && rm -r "$O
     accs-speed) start=$SECONDS; node /tmp/duo-node/duo-bench.mjs accs --model models/duo-demo --device cuda \
               --data .device/shared/data/gutenberg/1342.txt --prefix 4k --suffix 512 --samples 100 --attention full \
               --out "$OUT/accs/speed-h100.json" || status=1; echo "accs-speed wall $((SECONDS - start)) s (model load included)" ;;
+    # The machine code of the addon's kernels whose names match DUO_SASS_KERNELS (default blockGemvKernel), for
+    # counting a loop's instructions (the toolkit's cuobjdump; this machine's has none): sass.txt.xz.
+    sass) tool=$(command -v cuobjdump || ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)
+          if [ -z "$tool" ]; then echo "sass: no cuobjdump"; status=1; else
+            "$tool" -sass /tmp/duo-node/duoattn.node | awk -v pattern="${DUO_SASS_KERNELS:-blockGemvKernel}" \
+              '/Function :/ { keep = ($0 ~ pattern) } keep' | xz -6 > "$OUT/sass.txt.xz" || status=1
+          fi ;;
     *) echo "unknown step $step"; status=2 ;;
   esac
 done
