@@ -1,6 +1,6 @@
 // Matrix products over GGUF block-format weights (Q8_0, Q4_K, Q5_K, Q6_K; ADR 0010), dequantized in registers.
 // Decode (1–64 rows of x): each warp streams weight rows (SwiGLU: a gate row and its up row) through a cp.async ring
-// in shared memory, a chunk of whole blocks a stage, and each of its 32 lanes decodes one 32-value piece of the chunk:
+// in shared memory, a chunk of whole blocks a stage, and each of its 32 lanes decodes two 32-value pieces of the chunk:
 // Q8_0 and Q4_K as integer dot products with x quantized to int8 pieces once per launch, the others with word loads
 // and byte permutes into exact small-integer floats (no int→float conversion instructions: they run at a quarter of
 // the FMA rate); then it applies the piece's scales once. Staging through shared memory is what lets the
@@ -19,20 +19,22 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = 8;
-// Chunks in a warp's ring (all but one in flight): 3 × ~0.6–1.1 KB per warp. Deeper rings measured slower on the H100
-// (shared memory took resident blocks: bench/results/2026-12-06-h100-weight-formats/c91be34).
-constexpr int kStages = 4;
 constexpr int kPieceValues = 32;
+// Pieces a lane decodes from each chunk of a warp's ring: two make a chunk of Q8_0 2 176 bytes and of Q4_K 1 152, so
+// the ring's wait, copies and bookkeeping are paid half as often. On the H100 two took 5 % off Q4_K's decode and left
+// Q8_0's as it was; four were slower for Q4_K and leave no room for Q8_0's SwiGLU ring
+// (bench/results/2026-12-07-h100-blocks-lane-pieces).
+constexpr int kLanePieces = 2;
 
-// A chunk is 32 pieces of 32 values (one per lane) of whole blocks; its shared-memory slot holds the chunk's bytes
-// from the 16-byte boundary below its first block (a chunk of Q8_0 or Q6_K starts anywhere even), plus slack for that
-// and for the word loads that reach a few bytes past a piece (wordsAt).
+// A chunk is 32 · kLanePieces pieces of 32 values (kLanePieces a lane) of whole blocks; its shared-memory slot holds
+// the chunk's bytes from the 16-byte boundary below its first block (a chunk of Q8_0 or Q6_K starts anywhere even),
+// plus slack for that and for the word loads that reach a few bytes past a piece (wordsAt).
 template <DType F>
 struct Format {
   static constexpr int kValues = F == DType::Q8_0 ? 32 : 256;
   static constexpr int kBytes = F == DType::Q8_0 ? 34 : (F == DType::Q4_K ? 144 : (F == DType::Q5_K ? 176 : 210));
   static constexpr int kPieces = kValues / kPieceValues;
-  static constexpr int kBlocks = 32 / kPieces;
+  static constexpr int kBlocks = 32 * kLanePieces / kPieces;  // a chunk's
   static constexpr int kSlot = (kBlocks * kBytes + 15) / 16 * 16 + 32;
   static constexpr bool kOffset = F == DType::Q4_K || F == DType::Q5_K;  // values carry a min (− offset)
   // Integer products: x is quantized to int8 pieces and each piece's dot product is four-way byte dot products (dp4a)
@@ -168,8 +170,13 @@ inline size_t quantizedInputBytes(int rows, int64_t k) { return static_cast<size
 // pieces touched 32 lines each: the x reads, not the weights, bounded the first version).
 constexpr int kPaddedPiece = kPieceValues + 4;
 inline size_t stagedInputBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k / kPieceValues) * kPaddedPiece * 4; }
+// Chunks in a warp's ring (all but one in flight): four, or three where four would leave room for a single block an SM
+// (more than 110 KB a block). Deeper rings measured slower on the H100: shared memory took resident blocks
+// (bench/results/2026-12-06-h100-weight-formats/c91be34).
 template <DType F, bool SWIGLU>
-constexpr size_t ringBytes() { return static_cast<size_t>(kWarps) * kStages * (SWIGLU ? 2 : 1) * Format<F>::kSlot; }
+constexpr int stagesOf() { return static_cast<size_t>(kWarps) * 4 * (SWIGLU ? 2 : 1) * Format<F>::kSlot <= 110 * 1024 ? 4 : 3; }
+template <DType F, bool SWIGLU>
+constexpr size_t ringBytes() { return static_cast<size_t>(kWarps) * stagesOf<F, SWIGLU>() * (SWIGLU ? 2 : 1) * Format<F>::kSlot; }
 // After the staged x: each row's piece sums (the k-quants' mins multiply them), rows × k / 32 floats.
 inline size_t pieceSumBytes(int rows, int64_t k) { return static_cast<size_t>(rows) * (k / kPieceValues) * 4; }
 
@@ -238,6 +245,7 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
                                                                int64_t rows, int64_t k, WeightJob<uint8_t> job) {
   using Fmt = Format<F>;
   constexpr int kColumns = SWIGLU ? 2 : 1;
+  constexpr int kStages = stagesOf<F, SWIGLU>();
   extern __shared__ __align__(16) uint8_t shared[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t units = job.first[job.count];
@@ -333,7 +341,10 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
   for (int r = 0; r < ROWS; r++)
 #pragma unroll
     for (int c = 0; c < kColumns; c++) acc[r][c] = 0.0f;
-  const int blockInChunk = lane / Fmt::kPieces, piece = lane % Fmt::kPieces;
+  // The lane's pieces of a chunk: lane, lane + 32, … (32 is a whole number of blocks' pieces, so the same piece of
+  // blocks kBlocks / kLanePieces apart).
+  const int laneBlock = lane / Fmt::kPieces, piece = lane % Fmt::kPieces;
+  constexpr int kBlockStride = Fmt::kBlocks / kLanePieces;
   UnitRows<F, SWIGLU> current;
   current.locate(job, firstUnit, blocks);
   int64_t unit = firstUnit, chunk = 0;
@@ -344,73 +355,77 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
     stage();
     const int64_t firstBlock = chunk * Fmt::kBlocks;
     const uint8_t* const* row = current.row;
-    if (firstBlock + blockInChunk >= blocks) {
-      // This lane's block is past the row's end (its last chunk is partial): no products.
-    } else if constexpr (Fmt::kIntegerX) {
-      uint32_t codes[kColumns][8];
-      float scale[kColumns], minimum[kColumns];
 #pragma unroll
-      for (int c = 0; c < kColumns; c++) {
-        const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
-        const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
-        const uint8_t* slot = ring + (slotIndex * kColumns + c) * Fmt::kSlot;
-        pieceCodes<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, offset == 0, codes[c], scale[c], minimum[c]);
-      }
-      const int64_t pieceIndex = ((firstBlock + blockInChunk) * Fmt::kValues) / kPieceValues + piece;
-#pragma unroll
-      for (int r = 0; r < ROWS; r++) {
-        if (r >= rowsHere) break;
-        const uint4* words = reinterpret_cast<const uint4*>(xCodes + r * k + pieceIndex * kPieceValues);
-        const uint4 low = words[0], high = words[1];
-        const uint32_t xw[8] = {low.x, low.y, low.z, low.w, high.x, high.y, high.z, high.w};
-        const float step = xScales[r * piecesPerRow + pieceIndex];
+    for (int lanePiece = 0; lanePiece < kLanePieces; lanePiece++) {
+      const int blockInChunk = laneBlock + lanePiece * kBlockStride;
+      if (firstBlock + blockInChunk >= blocks) {
+        // This piece's block is past the row's end (its last chunk is partial): no products.
+      } else if constexpr (Fmt::kIntegerX) {
+        uint32_t codes[kColumns][8];
+        float scale[kColumns], minimum[kColumns];
 #pragma unroll
         for (int c = 0; c < kColumns; c++) {
-          int dot = 0;
-#pragma unroll
-          for (int i = 0; i < 8; i++) dot = __dp4a(static_cast<int>(codes[c][i]), static_cast<int>(xw[i]), dot);
-          acc[r][c] += scale[c] * step * static_cast<float>(dot);
-          if constexpr (Fmt::kOffset) acc[r][c] -= minimum[c] * xSums[r * piecesPerRow + pieceIndex];
+          const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
+          const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
+          const uint8_t* slot = ring + (slotIndex * kColumns + c) * Fmt::kSlot;
+          pieceCodes<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, offset == 0, codes[c], scale[c], minimum[c]);
         }
-      }
-    } else {
-      Piece pieces[kColumns];
+        const int64_t pieceIndex = ((firstBlock + blockInChunk) * Fmt::kValues) / kPieceValues + piece;
 #pragma unroll
-      for (int c = 0; c < kColumns; c++) {
-        const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
-        const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
-        const uint8_t* slot = ring + (slotIndex * kColumns + c) * Fmt::kSlot;
-        decodeShared<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, pieces[c]);
-      }
-      const int64_t value0 = (firstBlock + blockInChunk) * Fmt::kValues + kPieceValues * piece;
-      const float* xs = STAGED ? staged + value0 / kPieceValues * kPaddedPiece : x + rowBase * k + value0;
-      const int64_t rowStride = STAGED ? paddedRow : k;
-      const int64_t pieceIndex = value0 / kPieceValues;
+        for (int r = 0; r < ROWS; r++) {
+          if (r >= rowsHere) break;
+          const uint4* words = reinterpret_cast<const uint4*>(xCodes + r * k + pieceIndex * kPieceValues);
+          const uint4 low = words[0], high = words[1];
+          const uint32_t xw[8] = {low.x, low.y, low.z, low.w, high.x, high.y, high.z, high.w};
+          const float step = xScales[r * piecesPerRow + pieceIndex];
 #pragma unroll
-      for (int r = 0; r < ROWS; r++) {
-        if (r >= rowsHere) break;
-        float low[kColumns] = {}, high[kColumns] = {}, sum = 0.0f;
-        constexpr bool kSummed = STAGED && Fmt::kOffset;  // the piece's sum was taken at staging
+          for (int c = 0; c < kColumns; c++) {
+            int dot = 0;
 #pragma unroll
-        for (int v = 0; v < kPieceValues; v += 4) {
-          const float4 xv = STAGED ? *reinterpret_cast<const float4*>(xs + r * rowStride + v)
-                                   : __ldg(reinterpret_cast<const float4*>(xs + r * rowStride + v));
-          const float values[4] = {xv.x, xv.y, xv.z, xv.w};
-          // The piece's sum in the staging's order, so a row gets the same bits whichever path its launch takes.
-          if (Fmt::kOffset && !kSummed) sum += (xv.x + xv.y) + (xv.z + xv.w);
-#pragma unroll
-          for (int i = 0; i < 4; i++) {
-#pragma unroll
-            for (int c = 0; c < kColumns; c++) {
-              float& part = v < 16 ? low[c] : high[c];
-              part += pieces[c].w[v + i] * values[i];
-            }
+            for (int i = 0; i < 8; i++) dot = __dp4a(static_cast<int>(codes[c][i]), static_cast<int>(xw[i]), dot);
+            acc[r][c] += scale[c] * step * static_cast<float>(dot);
+            if constexpr (Fmt::kOffset) acc[r][c] -= minimum[c] * xSums[r * piecesPerRow + pieceIndex];
           }
         }
-        if constexpr (kSummed) sum = pieceSums[r * (k / kPieceValues) + pieceIndex];
+      } else {
+        Piece pieces[kColumns];
 #pragma unroll
-        for (int c = 0; c < kColumns; c++)
-          acc[r][c] += pieces[c].scaleLow * low[c] + pieces[c].scaleHigh * high[c] - (Fmt::kOffset ? pieces[c].offset * sum : 0.0f);
+        for (int c = 0; c < kColumns; c++) {
+          const uint8_t* start = row[c] + firstBlock * Fmt::kBytes;
+          const int offset = static_cast<int>(reinterpret_cast<uintptr_t>(start) & 15);
+          const uint8_t* slot = ring + (slotIndex * kColumns + c) * Fmt::kSlot;
+          decodeShared<F>(slot + offset + blockInChunk * Fmt::kBytes, piece, pieces[c]);
+        }
+        const int64_t value0 = (firstBlock + blockInChunk) * Fmt::kValues + kPieceValues * piece;
+        const float* xs = STAGED ? staged + value0 / kPieceValues * kPaddedPiece : x + rowBase * k + value0;
+        const int64_t rowStride = STAGED ? paddedRow : k;
+        const int64_t pieceIndex = value0 / kPieceValues;
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+          if (r >= rowsHere) break;
+          float low[kColumns] = {}, high[kColumns] = {}, sum = 0.0f;
+          constexpr bool kSummed = STAGED && Fmt::kOffset;  // the piece's sum was taken at staging
+#pragma unroll
+          for (int v = 0; v < kPieceValues; v += 4) {
+            const float4 xv = STAGED ? *reinterpret_cast<const float4*>(xs + r * rowStride + v)
+                                     : __ldg(reinterpret_cast<const float4*>(xs + r * rowStride + v));
+            const float values[4] = {xv.x, xv.y, xv.z, xv.w};
+            // The piece's sum in the staging's order, so a row gets the same bits whichever path its launch takes.
+            if (Fmt::kOffset && !kSummed) sum += (xv.x + xv.y) + (xv.z + xv.w);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+#pragma unroll
+              for (int c = 0; c < kColumns; c++) {
+                float& part = v < 16 ? low[c] : high[c];
+                part += pieces[c].w[v + i] * values[i];
+              }
+            }
+          }
+          if constexpr (kSummed) sum = pieceSums[r * (k / kPieceValues) + pieceIndex];
+#pragma unroll
+          for (int c = 0; c < kColumns; c++)
+            acc[r][c] += pieces[c].scaleLow * low[c] + pieces[c].scaleHigh * high[c] - (Fmt::kOffset ? pieces[c].offset * sum : 0.0f);
+        }
       }
     }
     slotIndex = slotIndex + 1 == kStages ? 0 : slotIndex + 1;
