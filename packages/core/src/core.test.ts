@@ -91,8 +91,6 @@ describe('readEnvironment', () => {
     expect(readEnvironment({ DUO_DECODE_MMA_BLOCKS: '2' }).decodeMmaBlocks).toBe(2);
     expect(readEnvironment({ DUO_DECODE_BATCH_MERGE: '16' }).decodeBatchMerge).toBe(16);
     expect(() => readEnvironment({ DUO_DECODE_BATCH_MERGE: '65' })).toThrow('DUO_DECODE_BATCH_MERGE');
-    expect(readEnvironment({ DUO_BLOCK_GEMV_GRID: '1' }).blockGemvGrid).toBe(1);
-    expect(() => readEnvironment({ DUO_BLOCK_GEMV_GRID: '2' })).toThrow('DUO_BLOCK_GEMV_GRID');
     expect(() => readEnvironment({ DUO_DECODE_MMA_BLOCKS: '4' })).toThrow(
       'DUO_DECODE_MMA_BLOCKS to be an integer in [2, 3]',
     );

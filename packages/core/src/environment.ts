@@ -78,13 +78,6 @@ export const ENVIRONMENT_VARIABLES = [
       "a batch's CUDA decode attention merges heads of at most this many splits in the kernel (1–64, default 16), longer ones in a combine launch; a tuning knob",
     usedBy: 'duo-bench, duo-serve → BackendTuning.decodeBatchMerge',
   },
-  {
-    name: 'DUO_BLOCK_GEMV_GRID',
-    kind: 'integer',
-    meaning:
-      'the grid of the CUDA decode matmul over block-format weights: 0 (default) as many blocks as the device holds at once, 1 just enough that every warp streams the same number of columns; a tuning knob',
-    usedBy: 'duo-bench, duo-serve → BackendTuning.blockGemvGrid',
-  },
 
   {
     name: 'DUO_CPU_INTEGER_Q8',
@@ -166,7 +159,6 @@ export interface DuoEnvironment {
   readonly longSplitsFirst?: boolean;
   readonly decodeMmaBlocks?: number;
   readonly decodeBatchMerge?: number;
-  readonly blockGemvGrid?: number;
   readonly cpuIntegerQ8?: boolean;
   readonly gemvMinSlice?: number;
   readonly gemvWaves?: number;
@@ -220,7 +212,6 @@ export function readEnvironment(environment: Environment = process.env): DuoEnvi
     longSplitsFirst: longSplits === undefined ? undefined : longSplits === 1,
     decodeMmaBlocks: integer('DUO_DECODE_MMA_BLOCKS', 2, 3),
     decodeBatchMerge: integer('DUO_DECODE_BATCH_MERGE', 1, 64),
-    blockGemvGrid: integer('DUO_BLOCK_GEMV_GRID', 0, 1),
     gemvMinSlice: integer('DUO_GEMV_MIN_SLICE', 1),
     gemvWaves: integer('DUO_GEMV_WAVES', 0, 2),
     gemvSplit: text('DUO_GEMV_SPLIT'),

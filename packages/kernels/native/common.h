@@ -382,7 +382,6 @@ class Device {
     bool longSplitsFirst = true;   // a batch's decode attention starts every sequence's full-head splits first
     int decodeMmaBlocks = 2;       // resident blocks of the tensor-core decode over 16-bit caches (2 or 3)
     int decodeBatchMerge = 16;     // a batch's decode heads of at most this many splits merge in the kernel (1–64)
-    int blockGemvGrid = 0;         // block-format decode grid: 0 all resident blocks, 1 even columns a warp
     bool integerQ8 = true;         // CPU: Q8_0 products over x rounded to int8 pieces (as CUDA, llama.cpp); false: exact x
   };
   virtual void tune(const Tuning&) {}

@@ -291,19 +291,10 @@ export class NativeBackend implements Backend {
 
   /** Sets the backend's knobs (`BackendTuning`); each backend reads its own (the CPU: `cpuIntegerQ8`). */
   tune(tuning: BackendTuning): void {
-    const {
-      gemvMinSlice,
-      gemvWaveRule,
-      gemvPinnedSplits,
-      skinnyRowsMax,
-      decodeMmaBlocks,
-      decodeBatchMerge,
-      blockGemvGrid,
-    } = tuning;
+    const { gemvMinSlice, gemvWaveRule, gemvPinnedSplits, skinnyRowsMax, decodeMmaBlocks, decodeBatchMerge } = tuning;
     if (skinnyRowsMax !== undefined) expectInteger('tuning.skinnyRowsMax', skinnyRowsMax, 0, 64);
     if (decodeMmaBlocks !== undefined) expectInteger('tuning.decodeMmaBlocks', decodeMmaBlocks, 2, 3);
     if (decodeBatchMerge !== undefined) expectInteger('tuning.decodeBatchMerge', decodeBatchMerge, 1, 64);
-    if (blockGemvGrid !== undefined) expectInteger('tuning.blockGemvGrid', blockGemvGrid, 0, 1);
     if (gemvMinSlice !== undefined) expectInteger('tuning.gemvMinSlice', gemvMinSlice, 1);
     if (gemvWaveRule !== undefined) expectInteger('tuning.gemvWaveRule', gemvWaveRule, 0, 2);
     if (gemvPinnedSplits !== undefined && !/^(\d+x\d+:\d+)(,\d+x\d+:\d+)*$/.test(gemvPinnedSplits)) {

@@ -90,12 +90,6 @@ export interface BackendTuning {
    */
   readonly decodeBatchMerge?: number;
   /**
-   * CUDA: the grid of the decode matmul over block-format weights (Q8_0, Q4_K, Q5_K, Q6_K), whose warps each stream
-   * several output columns: 0 (default) as many blocks as the device holds at once; 1 just enough of them that every
-   * warp takes the same number of columns. A tuning knob.
-   */
-  readonly blockGemvGrid?: number;
-  /**
    * CPU: Q8_0 weights multiply x rounded to int8 pieces of 32 values (step max|x| / 127, ties to even), as CUDA's
    * decode and llama.cpp's CPU build do: byte dot products, about 1.7× the exact path's rate from cache, at a relative
    * error near 10⁻³ in each dot product (ADR 0012). Default true; false: exact f32 x (products equal float64 over the

@@ -56,7 +56,6 @@ describe('resolveBackend', () => {
     expect(() => cpu.tune({ gemvWaveRule: 3 })).toThrow('`tuning.gemvWaveRule`');
     expect(() => cpu.tune({ decodeMmaBlocks: 4 })).toThrow('`tuning.decodeMmaBlocks`');
     expect(() => cpu.tune({ decodeBatchMerge: 0 })).toThrow('`tuning.decodeBatchMerge`');
-    expect(() => cpu.tune({ blockGemvGrid: 2 })).toThrow('`tuning.blockGemvGrid`');
     cpu.tune({ decodeMmaBlocks: 2 });
   });
 });

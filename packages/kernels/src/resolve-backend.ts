@@ -79,7 +79,6 @@ export function environmentTuning(environment: DuoEnvironment): BackendTuning {
     ...(environment.longSplitsFirst === undefined ? {} : { longSplitsFirst: environment.longSplitsFirst }),
     ...(environment.decodeMmaBlocks === undefined ? {} : { decodeMmaBlocks: environment.decodeMmaBlocks }),
     ...(environment.decodeBatchMerge === undefined ? {} : { decodeBatchMerge: environment.decodeBatchMerge }),
-    ...(environment.blockGemvGrid === undefined ? {} : { blockGemvGrid: environment.blockGemvGrid }),
     ...(environment.cpuIntegerQ8 === undefined ? {} : { cpuIntegerQ8: environment.cpuIntegerQ8 }),
     ...(environment.gemvMinSlice === undefined ? {} : { gemvMinSlice: environment.gemvMinSlice }),
     ...(environment.gemvWaves === undefined ? {} : { gemvWaveRule: environment.gemvWaves }),

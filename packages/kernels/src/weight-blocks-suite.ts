@@ -2,8 +2,7 @@
 // (ADR 0010), against float64 over the values the reference decoder reads from the same bytes. Run by the CPU tests and
 // the CUDA ones: both backends read blocks in place.
 import { dequantizeWeights, quantizeWeights, type WeightFormat } from '@duoattn/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { BackendTuning } from './native.js';
+import { describe, expect, it } from 'vitest';
 import type { NativeBackend } from './native-backend.js';
 import { int8Pieces, randomArray, relativeError } from './testing/reference.js';
 
@@ -42,21 +41,16 @@ function shapes(format: WeightFormat): { n: number; k: number; m: number; bf16In
 /**
  * Registers the suite; `backend()` is undefined when it is absent (the tests then skip visibly). `integerQ8`: the CPU
  * backend runs with `cpuIntegerQ8` on (its default: Q8_0 products read x rounded to int8 pieces); false: it was tuned
- * with `cpuIntegerQ8: false` (exact x). `tuning`: knobs set for the suite's tests, then reset.
+ * with `cpuIntegerQ8: false` (exact x).
  */
 export function weightBlocksSuite(
   label: string,
   backend: () => NativeBackend | undefined,
   skipReason?: string,
   integerQ8 = false,
-  tuning?: BackendTuning,
 ): void {
   const suite = skipReason ? describe.skip : describe;
   suite(`weights in block formats: ${label}${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
-    if (tuning) {
-      beforeAll(() => backend()?.tune(tuning));
-      afterAll(() => backend()?.tune({}));
-    }
     it.each(FORMATS)(
       '%s: matmul, matmulGroup, matmulSwiglu and embedding equal float64 over the decoded values',
       async (format) => {

@@ -47,8 +47,6 @@ void setGemvTuning(const Device::Tuning& tuning);
 // The decode attention's knob decodeMmaBlocks (resident blocks of the tensor-core kernel over 16-bit caches, 2 or 3).
 // Throws DUO_ARG out of range.
 void setDecodeTuning(const Device::Tuning& tuning);
-// The block-format decode's grid rule (Tuning::blockGemvGrid, 0 or 1). Throws DUO_ARG out of range.
-void setBlockGemvTuning(const Device::Tuning& tuning);
 // Whether chained launches may overlap: compute capability 9.0 or later, unless the tuning turns it off (A/B runs).
 bool chainLaunches();
 

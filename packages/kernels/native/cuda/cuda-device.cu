@@ -647,7 +647,6 @@ class CudaDevice final : public Device {
     setChainLaunches(tuning.chainLaunches);
     setGemvTuning(tuning);
     setDecodeTuning(tuning);
-    setBlockGemvTuning(tuning);
   }
 };
 

@@ -7,7 +7,6 @@
 // unaligned layouts (Q8_0's 34-byte and Q6_K's 210-byte blocks) load as aligned 16-byte copies. Prefill (more rows):
 // a bounded slice of rows at a time is decoded to bf16 for cuBLAS, never the whole matrix. And block-format embeddings.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 
 #include "../weight-blocks.h"
@@ -457,9 +456,6 @@ __global__ void __launch_bounds__(kWarps * 32) blockGemvKernel(const float* __re
   }
 }
 
-// Tuning::blockGemvGrid, read on every launch.
-std::atomic<int> gridKnob{0};
-
 // Shared memory a block may take for x beside its ring. At the limit an SM holds a single such block (8 warps); x of one
 // row at k = 14 336 (65 KB) leaves room for two. Past the limit x is read from global memory (slower, see above).
 constexpr size_t kStagedLimit = 108 * 1024;
@@ -478,17 +474,11 @@ void launchBlockRows(const float* x, const uint8_t* quantized, int64_t rows, int
       return true;
     }();
     (void)raised;
-    // At most the blocks resident at once, shared by the row tiles (which then stream the same columns together, so
-    // the tiles after the first find the weights in L2). Tuning::blockGemvGrid 1: of those, just enough warps that
-    // every one takes the same number of columns (6 144 q/k/v columns over the 5 280 warps an H100 holds leave 864
-    // warps streaming a second column alone at the end, with few bytes in flight; 3 072 warps of two columns do not).
+    // As many blocks as are resident at once, shared by the row tiles (which then stream the same columns together,
+    // so the tiles after the first find the weights in L2); never more than the columns need.
     const int64_t resident = static_cast<int64_t>(residentBlocks(reinterpret_cast<const void*>(kernel), kWarps * 32, shared)) *
                              multiprocessorCount();
-    const int64_t mostWarps = std::max<int64_t>(1, resident / rowTiles) * kWarps;
-    const int64_t columnsPerWarp = (units + mostWarps - 1) / mostWarps;
-    const int64_t warps = gridKnob.load(std::memory_order_relaxed) == 1 ? (units + columnsPerWarp - 1) / columnsPerWarp
-                                                                         : std::min(units, mostWarps);
-    const int64_t columnBlocks = blocksFor(warps, kWarps);
+    const int64_t columnBlocks = std::max<int64_t>(1, std::min<int64_t>(blocksFor(units, kWarps), resident / rowTiles));
     const dim3 grid(static_cast<unsigned>(columnBlocks), rowTiles);
     launchChained(kernel, grid, dim3(kWarps * 32), shared, stream, x, quantized, rows, k, job);
   };
@@ -554,12 +544,6 @@ __global__ void decodeRowsKernel(const uint8_t* __restrict__ weight, DType dtype
 }  // namespace
 
 int64_t blockGemvRowsMax() { return 64; }
-
-void setBlockGemvTuning(const Device::Tuning& tuning) {
-  if (tuning.blockGemvGrid < 0 || tuning.blockGemvGrid > 1)
-    throw Error("DUO_ARG", "tuning.blockGemvGrid: expected 0 or 1 but received " + std::to_string(tuning.blockGemvGrid));
-  gridKnob.store(tuning.blockGemvGrid, std::memory_order_relaxed);
-}
 
 size_t blockGemvWorkspaceBytes(DType dtype, int64_t rows, int64_t k) {
   const bool integer = dtype == DType::Q8_0 || dtype == DType::Q4_K;  // Format<F>::kIntegerX

@@ -249,7 +249,7 @@ Napi::Value takeProfile(const Napi::CallbackInfo& info) {
 }
 
 // Device::Tuning from { profile, chainLaunches, gemvMinSlice, gemvWaveRule, gemvPinnedSplits, batchInvariant,
-// skinnyRowsMax, longSplitsFirst, decodeMmaBlocks, decodeBatchMerge, blockGemvGrid, cpuIntegerQ8 } (all optional).
+// skinnyRowsMax, longSplitsFirst, decodeMmaBlocks, decodeBatchMerge, cpuIntegerQ8 } (all optional).
 Napi::Value tune(const Napi::CallbackInfo& info) {
   const Attributes attributes(info[1], "the backend's tuning");
   Device::Tuning tuning;
@@ -263,7 +263,6 @@ Napi::Value tune(const Napi::CallbackInfo& info) {
   if (!absent(attributes.optional("longSplitsFirst"))) tuning.longSplitsFirst = attributes.flag("longSplitsFirst");
   if (!absent(attributes.optional("decodeMmaBlocks"))) tuning.decodeMmaBlocks = static_cast<int>(attributes.integer("decodeMmaBlocks"));
   if (!absent(attributes.optional("decodeBatchMerge"))) tuning.decodeBatchMerge = static_cast<int>(attributes.integer("decodeBatchMerge"));
-  if (!absent(attributes.optional("blockGemvGrid"))) tuning.blockGemvGrid = static_cast<int>(attributes.integer("blockGemvGrid"));
   if (!absent(attributes.optional("cpuIntegerQ8"))) tuning.integerQ8 = attributes.flag("cpuIntegerQ8");
   deviceOf(info[0])->tune(tuning);
   return info.Env().Undefined();
