@@ -12,6 +12,8 @@ xz -dc .device/node.xz > /tmp/duo-node/node && chmod +x /tmp/duo-node/node
 for file in duoattn.node device-tests.mjs duo-bench.mjs duo-serve.mjs engine-worker-main.js; do
   [ -f ".device/$file.xz" ] && xz -dc ".device/$file.xz" > "/tmp/duo-node/$file"
 done
+# Addon variants for A/Bs (.device/variant-NAME.node.xz; a step's knobs pick one with DUO_VARIANT=NAME, variantAddon).
+for file in .device/variant-*.node.xz; do [ -f "$file" ] && xz -dc "$file" > "/tmp/duo-node/$(basename "$file" .xz)"; done
 # duo-serve's engine worker (engine-worker-main.js beside duo-serve.mjs) is an ES module: .js files here are ESM.
 echo '{ "type": "module" }' > /tmp/duo-node/package.json
 [ -f .device/gutenberg.tar.xz ] && mkdir -p .device/shared/data && tar -xJf .device/gutenberg.tar.xz -C .device/shared/data
@@ -65,6 +67,14 @@ cardBandwidth() {
   if [ -n "${DUO_BANDWIDTH:-}" ]; then echo "$DUO_BANDWIDTH"; return; fi
   [ -s "$OUT/copy-bandwidth.json" ] || python3 tools/device/copy_bandwidth.py --json > "$OUT/copy-bandwidth.json"
   python3 -c "import json; print(json.load(open('$OUT/copy-bandwidth.json'))['copyTBps'])"
+}
+
+# The addon a variant's knobs name with DUO_VARIANT=NAME (unpacked above), else $2.
+variantAddon() {
+  case " $1 " in
+    *" DUO_VARIANT="*) local name=${1##*DUO_VARIANT=}; echo "/tmp/duo-node/variant-${name%% *}.node" ;;
+    *) echo "$2" ;;
+  esac
 }
 
 # Nsight Compute: on PATH, or where the toolkit installs it (the profiling steps).
@@ -124,7 +134,7 @@ for step in "${steps[@]}"; do
     # bundle .device/name-duo-bench.mjs.xz with its addon .device/name-duoattn.node.xz (an earlier build; DUO_BASE=1 is
     # DUO_BUNDLE=base); DUO_VARIANT=name the addon .device/variant-name.node.xz with this bundle; decode only.
     duo-ab) IFS=';' read -ra variants <<< "${DUO_AB:-base|DUO_BASE=1;new|;base again|DUO_BASE=1}"
-            for file in .device/*-duo-bench.mjs.xz .device/*-duoattn.node.xz .device/variant-*.node.xz; do
+            for file in .device/*-duo-bench.mjs.xz .device/*-duoattn.node.xz; do
               [ -f "$file" ] && name=$(basename "$file" .xz) && xz -dc "$file" > "/tmp/duo-node/$name"
             done
             for variant in "${variants[@]}"; do
@@ -134,7 +144,7 @@ for step in "${steps[@]}"; do
               [ -n "$bundle" ] && bench=/tmp/duo-node/$bundle-duo-bench.mjs native=/tmp/duo-node/$bundle-duoattn.node
               # The bundle's own commit (.device/NAME-commit.txt) goes into its records, not this bundle's.
               commit=$DUO_COMMIT; [ -n "$bundle" ] && [ -f ".device/$bundle-commit.txt" ] && commit=$(cat ".device/$bundle-commit.txt")
-              case " $knobs " in *" DUO_VARIANT="*) variant=${knobs##*DUO_VARIANT=}; native=/tmp/duo-node/variant-${variant%% *}.node ;; esac
+              native=$(variantAddon "$knobs" "$native")
               env $knobs DUO_COMMIT=$commit DUO_NATIVE_PATH=$native node $bench efficiency --shape llama-3-8b --device cuda --attention full,duo \
                 --sparsity 0.5 --sink 128 --recent 256 --contexts ${DUO_AB_CONTEXTS:-32k,256k} --kv-quant ${DUO_AB_QUANTS:-none} \
                 --prefill none --steps ${DUO_AB_STEPS:-48} --warmup 8 \
@@ -151,11 +161,9 @@ for step in "${steps[@]}"; do
     # seq|DUO_LONG_SPLITS_FIRST=0", or DUO_VARIANT=name for the addon .device/variant-name.node.xz), duo 50 % at
     # DUO_BATCHES × DUO_BATCH_CONTEXTS, one JSON each.
     batch-ab) IFS=';' read -ra variants <<< "${DUO_BATCH_AB:?DUO_BATCH_AB lists label|knobs;…}"
-              for file in .device/variant-*.node.xz; do [ -f "$file" ] && xz -dc "$file" > "/tmp/duo-node/$(basename "$file" .xz)"; done
               for variant in "${variants[@]}"; do
                 label=${variant%%|*}; knobs=${variant#*|}; echo "--- $label: $knobs"
-                native=/tmp/duo-node/duoattn.node  # DUO_VARIANT=name: the addon .device/variant-name.node.xz
-                case " $knobs " in *" DUO_VARIANT="*) name=${knobs##*DUO_VARIANT=}; native=/tmp/duo-node/variant-${name%% *}.node ;; esac
+                native=$(variantAddon "$knobs" /tmp/duo-node/duoattn.node)
                 env $knobs DUO_NATIVE_PATH=$native node /tmp/duo-node/duo-bench.mjs batch --shape llama-3-8b --device cuda --attention duo --sparsity 0.5 \
                   --sink 128 --recent 256 --batch ${DUO_BATCHES:-4,16,64} --contexts ${DUO_BATCH_CONTEXTS:-4k,32k} --steps 32 \
                   --warmup 4 --out "$OUT/batch-ab-$label.json" || status=1
@@ -209,14 +217,12 @@ for step in "${steps[@]}"; do
       # DUO_WQ_AB="label|knobs;…" (knobs as batch-ab's, DUO_VARIANT=name included) runs each file once per variant,
       # in turn; the records go into one file, weights-decode.json ({type: {label: record}}): a call brings back eight.
       IFS=';' read -ra variants <<< "${DUO_WQ_AB:-|}"; mkdir -p "$OUT/weights"
-      for file in .device/variant-*.node.xz; do [ -f "$file" ] && xz -dc "$file" > "/tmp/duo-node/$(basename "$file" .xz)"; done
       for type in ${DUO_WQ_TYPES:-f16 q8_0 q4_k}; do
         file=$dir/llama-3-8b-$type.gguf
         [ -s "$file" ] || node /tmp/duo-node/duo-bench.mjs gguf --shape llama-3-8b-1048k --type "$type" --out "$file" \
           || { status=1; continue; }
         for variant in "${variants[@]}"; do
-          label=${variant%%|*}; knobs=${variant#*|}; native=/tmp/duo-node/duoattn.node
-          case " $knobs " in *" DUO_VARIANT="*) name=${knobs##*DUO_VARIANT=}; native=/tmp/duo-node/variant-${name%% *}.node ;; esac
+          label=${variant%%|*}; knobs=${variant#*|}; native=$(variantAddon "$knobs" /tmp/duo-node/duoattn.node)
           echo "--- $type ${label:-default}: $knobs"
           env $knobs DUO_NATIVE_PATH=$native node /tmp/duo-node/duo-bench.mjs speed --model "$file" --device cuda --prefill 0 \
             --contexts "$contexts" --steps 64 --warmup 8 --bandwidth "$bandwidth" --out "$OUT/weights/$type${label:+-$label}.json" || status=1
