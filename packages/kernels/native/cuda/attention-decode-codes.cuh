@@ -180,6 +180,24 @@ __global__ void __launch_bounds__(kDecodeThreads, CodeRing<D, kScheme>::kBlocks)
     uint8_t* values = keys + 32 * kRowStride;
     uint32_t* scales = reinterpret_cast<uint32_t*>(keys + Ring::kScaleOffset);
     constexpr int kChunks = Ring::kCodeBytes / 16;
+    if (kInt4 && !work.streams && count == 32) {
+      // A whole int4 tile of a full head (most of the bytes at long contexts): a full head's slots are its key indices,
+      // so its 32 rows are one run of codes and one of scale words, copied without a slot lookup or a bound a row (the
+      // tile loop, 1 275 instructions a warp, was bound by issue: bench/results/2026-12-07-h100-blocks-lane-pieces;
+      // 2–5 % faster at 128K–512K: bench/results/2026-12-07-h100-int4-tiles).
+      const int64_t first = work.slot(tile);
+#pragma unroll
+      for (int i = 0; i < kChunks; i++) {
+        const int piece = lane + 32 * i, r = piece / kChunks, chunk = piece % kChunks;
+        const int64_t at = first * Ring::kCodeBytes + 16 * piece;
+        copyAsync16(keys + r * kRowStride + 16 * chunk, head.keyCodes + at);
+        copyAsync16(values + r * kRowStride + 16 * chunk, head.valueCodes + at);
+      }
+      copyAsync4(scales + lane, head.keyScales + 2 * (first + lane));
+      copyAsync4(scales + 32 + lane, head.valueScales + 2 * (first + lane));
+      commitGroup();
+      return;
+    }
 #pragma unroll
     for (int i = 0; i < kChunks; i++) {
       const int piece = lane + 32 * i, r = piece / kChunks, chunk = piece % kChunks;
