@@ -21,7 +21,10 @@ echo '{ "type": "module" }' > /tmp/duo-node/package.json
 [ -f .device/fonts.tar.xz ] && mkdir -p /tmp/duo-node/node_modules/dejavu-fonts-ttf/ttf &&
   tar -xJf .device/fonts.tar.xz -C /tmp/duo-node/node_modules/dejavu-fonts-ttf/ttf
 export PATH=/tmp/duo-node:$PATH
-export DUO_NATIVE_PATH=/tmp/duo-node/duoattn.node DUO_SHARED_DIR=$PWD/.device/shared DUO_REPO_DIR=$PWD
+# DUO_VARIANT=NAME (set for the whole script) runs every step on that addon variant instead of the bundle's; the A/B
+# steps' own knobs still pick theirs.
+native=duoattn; [ -n "${DUO_VARIANT:-}" ] && native=variant-$DUO_VARIANT
+export DUO_NATIVE_PATH=/tmp/duo-node/$native.node DUO_SHARED_DIR=$PWD/.device/shared DUO_REPO_DIR=$PWD
 export DUO_COMMIT=$(cat .device/commit.txt) PYTHONUNBUFFERED=1
 # NCCL for the communicator tests and multi-GPU runs: PyTorch's wheel (nvidia-nccl) when the machine has no other;
 # NVLink multicast stays off (the machines' rule).
@@ -100,7 +103,9 @@ for step in "${steps[@]}"; do
         tools/device/skinny-bench.cu $N/cuda/gemm-skinny.cu $N/cuda/gemv.cu $N/cuda/elementwise.cu \
         $N/cuda/cublas-loader.cc -ldl -o /tmp/skinny-bench &&
         /tmp/skinny-bench "${DUO_COMMIT:-unknown}" > "$OUT/skinny.json" 2> >(tee "$OUT/skinny.log" >&2) || status=1 ;;
-    tests) DUO_TEST_JSON=$OUT/device-tests.json node /tmp/duo-node/device-tests.mjs 2>&1 | tee "$OUT/device-tests.log" || status=1 ;;
+    # Under DUO_VARIANT=NAME the records are named for the variant (device-tests-NAME.json).
+    tests) tag=${DUO_VARIANT:+-$DUO_VARIANT}
+           DUO_TEST_JSON=$OUT/device-tests$tag.json node /tmp/duo-node/device-tests.mjs 2>&1 | tee "$OUT/device-tests$tag.log" || status=1 ;;
     tune-unroll) for variant in /tmp/duo-node/duoattn.node $PWD/.device/duoattn-variant.node; do echo "binary $variant"; \
                  DUO_NATIVE_PATH=$variant DUO_CUDA_PROFILE=1 node /tmp/duo-node/duo-bench.mjs kernels --device cuda | grep -E "gemv|matmul"; \
                  DUO_NATIVE_PATH=$variant node /tmp/duo-node/duo-bench.mjs speed --shape llama-3-8b --device cuda --prefill 0 \

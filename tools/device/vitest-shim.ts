@@ -9,6 +9,8 @@ interface TestCase {
   skip: boolean;
   /** beforeAll / afterAll: run in order like a test, not counted unless they fail. */
   hook?: boolean;
+  /** A hook's describe path (its tests' names start with it). */
+  scope?: string;
 }
 
 const tests: TestCase[] = [];
@@ -38,7 +40,7 @@ function describeImpl(name: string, body: () => void, skip: boolean): void {
 }
 
 function hook(name: string, body: Body): TestCase {
-  return { name: [...prefix, name].join(' > '), body, skip: skipDepth > 0, hook: true };
+  return { name: [...prefix, name].join(' > '), body, skip: skipDepth > 0, hook: true, scope: prefix.join(' > ') };
 }
 
 export function beforeAll(body: Body): void {
@@ -131,13 +133,17 @@ export function expect(actual: unknown, label?: string) {
 }
 
 /**
- * Runs every registered test in order; returns the per-test outcomes. `only`: run just the tests and hooks whose full
- * name (describe path included) it matches; the others are left out of the outcomes.
+ * Runs every registered test in order; returns the per-test outcomes. `only`: run just the tests whose full name
+ * (describe path included) it matches, and the hooks of their describes (a suite's beforeAll loads what its tests
+ * use); the others are left out of the outcomes.
  */
 export async function runRegistered(log: (line: string) => void, only?: RegExp) {
   const outcomes: { name: string; status: 'passed' | 'failed' | 'skipped'; ms: number; error?: string }[] = [];
+  const inScope = (hook: TestCase, test: TestCase) => !hook.scope || test.name.startsWith(`${hook.scope} > `);
+  const selected = (test: TestCase) =>
+    !only || only.test(test.name) || (test.hook === true && tests.some((other) => !other.hook && inScope(test, other) && only.test(other.name)));
   for (const test of tests) {
-    if (only && !only.test(test.name)) continue;
+    if (!selected(test)) continue;
     if (test.hook) {
       if (test.skip) continue;
       try {
