@@ -141,7 +141,9 @@ export async function runRegistered(log: (line: string) => void, only?: RegExp) 
   const outcomes: { name: string; status: 'passed' | 'failed' | 'skipped'; ms: number; error?: string }[] = [];
   const inScope = (hook: TestCase, test: TestCase) => !hook.scope || test.name.startsWith(`${hook.scope} > `);
   const selected = (test: TestCase) =>
-    !only || only.test(test.name) || (test.hook === true && tests.some((other) => !other.hook && inScope(test, other) && only.test(other.name)));
+    !only ||
+    only.test(test.name) ||
+    (test.hook === true && tests.some((other) => !other.hook && inScope(test, other) && only.test(other.name)));
   for (const test of tests) {
     if (!selected(test)) continue;
     if (test.hook) {
