@@ -292,10 +292,11 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED, DEPTH>::kThreads, 1)
 #endif
 // Build-time knobs for tools/device/skinny-sweep.sh: 64-deep sub-tiles a stage (2: runs of 256 bytes of each weight
 // row), and the shared memory a block's stages may fill (112 KB: two blocks a multiprocessor; 224: one).
+constexpr int kWideDepth = 64 * DUO_WIDE_SUBTILES;  // k a stage of the wide kernel: a slice holds whole stages
 template <int N, bool X_F32>
 struct WidePlan {
   static constexpr int kSubtiles = DUO_WIDE_SUBTILES;
-  static constexpr int kDepth = 64 * kSubtiles;                   // k a stage
+  static constexpr int kDepth = kWideDepth;
   static constexpr int kThreads = 128;
   static constexpr int kWeightTileBytes = kRows * 128;            // one 64-deep sub-tile of the weights
   static constexpr int kWeightBytes = kSubtiles * kWeightTileBytes;
@@ -381,7 +382,6 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
     commitGroup();
     const unsigned char* weights = shared + (s % kStages) * kStageBytes;
     const unsigned char* tokens = weights + P::kWeightBytes;
-    int tokenTileBytes = P::kTokenTileBytes;
     if constexpr (X_F32) {
       // Round this stage's f32 rows into the swizzled tiles: 8 values (one 16-byte chunk) at a time.
 #pragma unroll
@@ -398,7 +398,6 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
       fenceProxyAsync();
       __syncthreads();
       tokens = tile;
-      tokenTileBytes = P::kTileBytes;
     }
     pinRegisters(acc[0]);
     pinRegisters(acc[1]);
@@ -407,7 +406,7 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
     for (int sub = 0; sub < kSubtiles; sub++) {
       const unsigned char* weightTile = weights + sub * P::kWeightTileBytes;
       const uint64_t a0 = sharedTileDescriptor(weightTile), a1 = sharedTileDescriptor(weightTile + 64 * 128);
-      const uint64_t b = sharedTileDescriptor(tokens + sub * tokenTileBytes);
+      const uint64_t b = sharedTileDescriptor(tokens + sub * P::kTileBytes);  // rounded sub-tiles, staged or rounded here
 #pragma unroll
       for (int step = 0; step < 4; step++) {
         Wgmma<T, N>::run(acc[0], a0 + 2 * step, b + 2 * step);
@@ -598,7 +597,7 @@ int wideSlices(const SkinnyJob<T>& job, int64_t k) {
   const int64_t units = job.first[job.count], room = 3LL * multiprocessorCount() / 2;
   int best = 1;
   for (int s = 2; s <= kMaxCluster; s *= 2) {
-    if (k % (static_cast<int64_t>(s) * 64 * DUO_WIDE_SUBTILES) != 0 || k / s < 256 || units * s > room) break;
+    if (k % (static_cast<int64_t>(s) * kWideDepth) != 0 || k / s < 256 || units * s > room) break;
     best = s;
   }
   return best;
@@ -654,9 +653,9 @@ void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, Skinny
       throw Error("DUO_ARG", "skinny matmul: the warpgroup kernel needs Hopper machine code (sm_90a) and more than 8 rows");
     if (wide) {
       const int split = options.slices > 0 ? options.slices : wideSlices(pass, k);
-      if (k % (static_cast<int64_t>(split) * 64 * DUO_WIDE_SUBTILES) != 0 || split > kMaxCluster)
+      if (k % (static_cast<int64_t>(split) * kWideDepth) != 0 || split > kMaxCluster)
         throw Error("DUO_ARG", "skinny matmul: k = " + std::to_string(k) + " does not split into " + std::to_string(split) + " slices of " +
-                                   std::to_string(64 * DUO_WIDE_SUBTILES));
+                                   std::to_string(kWideDepth));
       if (rs) launchWideTokens<T, SWIGLU, false>(rs, count, k, pass, split, stream);
       else launchWideTokens<T, SWIGLU, true>(xs, count, k, pass, split, stream);
       continue;
