@@ -21,6 +21,11 @@ export interface Communicator {
   allGather(input: TensorHandle, output: TensorHandle): Promise<void>;
   /** Rank `root`'s `tensor` copied into every rank's `tensor` (the same dtype and shape on each). */
   broadcast(tensor: TensorHandle, root: number): Promise<void>;
+  /**
+   * Every rank's f32 `tensor` (the same shape on each) replaced in place by the element-wise sum over the ranks, the
+   * same bits on every rank (tensor parallelism's reduction after a row-parallel product).
+   */
+  allReduceSum(tensor: TensorHandle): Promise<void>;
 }
 
 /**

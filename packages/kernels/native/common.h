@@ -490,11 +490,13 @@ class Device {
   // blocks until all `size` ranks have joined and returns this device's handle of it (≥ 1). Both load the library
   // first, from `libraryDirectory` when it is not empty (DUO_NCCL_PATH). The collectives are
   // enqueued on the device's stream and move bytes: allGather every rank's `input` into `output` in rank order,
-  // broadcast rank `root`'s `tensor` into every rank's.
+  // broadcast rank `root`'s `tensor` into every rank's; allReduceSum replaces every rank's f32 `tensor` with the sum
+  // over the ranks (the same bits on each; tensor parallelism's reduction after a row-parallel product).
   virtual std::string communicatorId(const std::string&) { refuseCommunicators(); }
   virtual int openCommunicator(const std::string&, const std::string&, int, int) { refuseCommunicators(); }
   virtual void allGather(int, const Tensor&, Tensor&) { refuseCommunicators(); }
   virtual void broadcast(int, Tensor&, int) { refuseCommunicators(); }
+  virtual void allReduceSum(int, Tensor&) { refuseCommunicators(); }
   virtual void closeCommunicator(int) {}
 
  protected:

@@ -55,6 +55,31 @@ describe('in-process communicator', () => {
     for (const tensor of tensors) tensor.dispose();
   });
 
+  it.each([2, 3, 4])(
+    'allReduceSum across %i ranks leaves the same f32 sums, in rank order, on every rank',
+    async (size) => {
+      const group = createInProcessGroup(Array.from({ length: size }, () => backend));
+      // Values whose sum depends on the order: rank r adds 1e8 · (−1)^r and a small part, so only rank order is exact.
+      const values = (rank: number) =>
+        Float32Array.from({ length: 6 }, (_, i) => (rank % 2 ? -1e8 : 1e8) + rank + i / 8);
+      const tensors = group.map((rank) => backend.upload('f32', [2, 3], values(rank.rank)));
+      await Promise.all([...group].reverse().map((rank) => rank.allReduceSum(tensors[rank.rank]!)));
+      const expected = values(0).map((_, i) => {
+        let sum = values(0)[i] as number;
+        for (let r = 1; r < size; r++) sum = Math.fround(sum + (values(r)[i] as number));
+        return sum;
+      });
+      for (const tensor of tensors) expect([...((await backend.read(tensor)) as Float32Array)]).toEqual([...expected]);
+      const half = backend.alloc('f16', [2]);
+      const other = backend.alloc('f32', [2]);
+      const [first, second] = createInProcessGroup([backend, backend]);
+      const calls = [first!.allReduceSum(half), second!.allReduceSum(other)];
+      await expect(calls[0]).rejects.toThrow('rank 0: allReduceSum');
+      await expect(calls[1]).rejects.toThrow(DuoArgumentError);
+      for (const tensor of [...tensors, half, other]) tensor.dispose();
+    },
+  );
+
   it('fails every rank’s call, naming each rank’s part, when the ranks call different collectives', async () => {
     const group = createInProcessGroup([backend, backend]);
     const input = group.map(() => backend.upload('f32', [1, 2], Float32Array.of(1, 2)));

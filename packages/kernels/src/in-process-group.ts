@@ -3,7 +3,7 @@
 import { type Backend, type Communicator, DuoArgumentError, type HostArray, type TensorHandle } from '@duoattn/core';
 import { expectTensor } from './validate.js';
 
-type Operation = 'allGather' | 'broadcast';
+type Operation = 'allGather' | 'broadcast' | 'allReduceSum';
 
 /** What one rank brought to a collective: its host copy, or the reason its own arguments were refused. */
 interface Arrival {
@@ -105,6 +105,26 @@ class InProcessRank implements Communicator {
         },
       },
       this.rank === root ? tensor : undefined,
+    );
+  }
+
+  allReduceSum(tensor: TensorHandle): Promise<void> {
+    const problem = refusalOf(() => expectTensor('tensor', tensor, this.backend.device, { dtypes: ['f32'] }));
+    if (problem) return this.#refuse('allReduceSum', problem);
+    return this.#join(
+      {
+        description: `allReduceSum ${describeTensor(tensor)}`,
+        signature: `allReduceSum ${describeTensor(tensor)}`,
+        deliver: (parts) => {
+          // Summed in rank order, in f32 as NCCL sums: every rank receives the same bits.
+          const sum = Float32Array.from(parts[0] as Float32Array);
+          for (const part of parts.slice(1)) {
+            for (let i = 0; i < sum.length; i++) sum[i] = Math.fround((sum[i] as number) + (part[i] as number));
+          }
+          this.backend.write(tensor, sum);
+        },
+      },
+      tensor,
     );
   }
 

@@ -195,6 +195,8 @@ export interface NativeAddon extends ElementwiseNatives {
   allGather(device: DeviceKind, communicator: number, input: number, output: number): void;
   /** Enqueued on the device's stream: rank `root`'s `tensor` bytes into every rank's. */
   broadcast(device: DeviceKind, communicator: number, tensor: number, root: number): void;
+  /** Enqueued on the device's stream: every rank's f32 `tensor` replaced by the sum over the ranks. */
+  allReduceSum(device: DeviceKind, communicator: number, tensor: number): void;
   argmax(logits: number, out: number): void;
   cacheBatchCreate(
     device: DeviceKind,

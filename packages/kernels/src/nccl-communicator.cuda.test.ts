@@ -22,7 +22,7 @@ function ncclUnavailableReason(): string | undefined {
 
 const reason = ncclUnavailableReason();
 describe.skipIf(reason !== undefined)(`NCCL communicator, one rank${reason ? ` (skipped: ${reason})` : ''}`, () => {
-  it('gathers and broadcasts f32, bf16 and u8 tensors; checks shapes; refuses once closed', async () => {
+  it('gathers and broadcasts f32, bf16 and u8 tensors, sums f32; checks shapes; refuses once closed', async () => {
     const cuda = createBackend('cuda');
     const uniqueId = ncclUniqueId(cuda);
     expect(uniqueId).toMatch(/^[0-9a-f]{256}$/);
@@ -46,6 +46,12 @@ describe.skipIf(reason !== undefined)(`NCCL communicator, one rank${reason ? ` (
         await communicator.broadcast(input, 0);
         expect(await cuda.read(input)).toEqual(await cuda.read(output));
       }
+      // A group of one sums to itself; a 16-bit tensor is refused before NCCL.
+      const summed = cuda.upload('f32', [3, 5], f32);
+      made.push(summed);
+      await communicator.allReduceSum(summed);
+      expect(await cuda.read(summed)).toEqual(f32);
+      expect(() => communicator.allReduceSum(made[2] as Tensor)).toThrow(DuoArgumentError);
       const wrong = cuda.alloc('f32', [4, 5]);
       made.push(wrong);
       expect(() => communicator.allGather(made[0] as Tensor, wrong)).toThrow(DuoArgumentError);

@@ -111,6 +111,14 @@ export class NcclCommunicator implements Communicator, Disposable {
     return Promise.resolve();
   }
 
+  /** Enqueues the sum over the ranks of the f32 `tensor`, in place, on this rank's stream. */
+  allReduceSum(tensor: TensorHandle): Promise<void> {
+    const handle = this.#live('allReduceSum');
+    const id = expectTensor('tensor', tensor, this.backend.device, { dtypes: ['f32'] });
+    callNative(() => loadNative().allReduceSum(this.backend.device, handle, id));
+    return Promise.resolve();
+  }
+
   /** Waits for this rank's queued work, then frees the communicator (every rank should close its own). */
   close(): void {
     if (this.#handle === 0) return;

@@ -443,6 +443,10 @@ class CudaDevice final : public Device {
     NcclLibrary::instance().broadcast(communicatorAt(communicator), tensor.data, tensor.bytes, root, stream_);
     profiler_.mark("broadcast", stream_);
   }
+  void allReduceSum(int communicator, Tensor& tensor) override {
+    NcclLibrary::instance().allReduceSum(communicatorAt(communicator), tensor.as<float>(), static_cast<size_t>(tensor.size), stream_);
+    profiler_.mark("allReduceSum", stream_);
+  }
   void closeCommunicator(int communicator) override {
     if (communicator < 1 || communicator > static_cast<int>(communicators_.size()) || !communicators_[communicator - 1]) return;
     check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");

@@ -14,6 +14,8 @@ namespace cuda {
 
 namespace {
 constexpr int kUint8 = 1;  // ncclUint8: gathers move bytes, whatever the tensor's dtype
+constexpr int kFloat32 = 7;  // ncclFloat32
+constexpr int kSum = 0;      // ncclSum
 const char* const kResultNames[] = {"ncclSuccess",         "ncclUnhandledCudaError", "ncclSystemError", "ncclInternalError",
                                     "ncclInvalidArgument", "ncclInvalidUsage",       "ncclRemoteError", "ncclInProgress"};
 }  // namespace
@@ -38,10 +40,12 @@ NcclLibrary::NcclLibrary(const std::string& directory) {
   commDestroy_ = reinterpret_cast<CommDestroy>(dlsym(library_, "ncclCommDestroy"));
   allGather_ = reinterpret_cast<AllGather>(dlsym(library_, "ncclAllGather"));
   broadcast_ = reinterpret_cast<Broadcast>(dlsym(library_, "ncclBroadcast"));
+  allReduce_ = reinterpret_cast<AllReduce>(dlsym(library_, "ncclAllReduce"));
   errorString_ = reinterpret_cast<ErrorString>(dlsym(library_, "ncclGetErrorString"));
-  if (!getVersion_ || !getUniqueId_ || !commInitRank_ || !commDestroy_ || !allGather_ || !broadcast_ || !errorString_) {
+  if (!getVersion_ || !getUniqueId_ || !commInitRank_ || !commDestroy_ || !allGather_ || !broadcast_ || !allReduce_ ||
+      !errorString_) {
     reason_ = "libnccl lacks one of ncclGetVersion, ncclGetUniqueId, ncclCommInitRank, ncclCommDestroy, ncclAllGather, "
-              "ncclBroadcast, ncclGetErrorString (NCCL 2.7 or later is needed)";
+              "ncclBroadcast, ncclAllReduce, ncclGetErrorString (NCCL 2.7 or later is needed)";
     return;
   }
   if (getVersion_(&version_) != 0) {
@@ -96,6 +100,10 @@ void NcclLibrary::allGather(void* communicator, const void* input, void* output,
 
 void NcclLibrary::broadcast(void* communicator, void* data, size_t bytes, int root, cudaStream_t stream) {
   check(broadcast_(data, data, bytes, kUint8, root, communicator, stream), "ncclBroadcast");
+}
+
+void NcclLibrary::allReduceSum(void* communicator, float* data, size_t count, cudaStream_t stream) {
+  check(allReduce_(data, data, count, kFloat32, kSum, communicator, stream), "ncclAllReduce");
 }
 
 void NcclLibrary::close(void* communicator) {

@@ -26,6 +26,8 @@ class NcclLibrary {
   void allGather(void* communicator, const void* input, void* output, size_t bytes, cudaStream_t stream);
   // Enqueued on `stream`: rank `root`'s `bytes` at `data` into every rank's `data`.
   void broadcast(void* communicator, void* data, size_t bytes, int root, cudaStream_t stream);
+  // Enqueued on `stream`: every rank's `count` floats at `data` replaced in place by their sum over the ranks.
+  void allReduceSum(void* communicator, float* data, size_t count, cudaStream_t stream);
   void close(void* communicator);
 
  private:
@@ -45,6 +47,7 @@ class NcclLibrary {
   using CommDestroy = int (*)(void*);
   using AllGather = int (*)(const void*, void*, size_t, int, void*, cudaStream_t);
   using Broadcast = int (*)(const void*, void*, size_t, int, int, void*, cudaStream_t);
+  using AllReduce = int (*)(const void*, void*, size_t, int, int, void*, cudaStream_t);
   using ErrorString = const char* (*)(int);
   GetVersion getVersion_ = nullptr;
   GetUniqueId getUniqueId_ = nullptr;
@@ -52,6 +55,7 @@ class NcclLibrary {
   CommDestroy commDestroy_ = nullptr;
   AllGather allGather_ = nullptr;
   Broadcast broadcast_ = nullptr;
+  AllReduce allReduce_ = nullptr;
   ErrorString errorString_ = nullptr;
 };
 

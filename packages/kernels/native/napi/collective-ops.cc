@@ -1,5 +1,5 @@
 // Op wrappers for the communicators of ranks in several processes (NCCL on CUDA; ADR 0011): a unique id, opening and
-// closing a communicator, all-gather and broadcast of device tensors.
+// closing a communicator, all-gather, broadcast and all-reduce (sum) of device tensors.
 #include <string>
 
 #include "ops.h"
@@ -48,6 +48,14 @@ Napi::Value broadcast(const Napi::CallbackInfo& info) {
   Device* device = deviceOf(info[0]);
   Tensor& tensor = tensorOn(info, 2, device, "broadcast");
   device->broadcast(static_cast<int>(integer(info, 1)), tensor, static_cast<int>(integer(info, 3)));
+  return info.Env().Undefined();
+}
+
+Napi::Value allReduceSum(const Napi::CallbackInfo& info) {
+  Device* device = deviceOf(info[0]);
+  Tensor& tensor = tensorOn(info, 2, device, "allReduceSum");
+  if (tensor.dtype != DType::F32) throw Error("DUO_ARG", "allReduceSum: expected an f32 tensor");
+  device->allReduceSum(static_cast<int>(integer(info, 1)), tensor);
   return info.Env().Undefined();
 }
 
