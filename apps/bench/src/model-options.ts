@@ -66,18 +66,20 @@ export async function loadModel(options: Record<string, unknown>): Promise<{ mod
 
 /**
  * For benchmarks: --shape NAME (random weights of `dtype` made on the device) or --model PATH (default: the demo
- * model). Returns the model and how to name it in a report.
+ * model). Returns the model and how to name it in a report. `parallel.tensorParallel`: load it as one rank's slice.
  */
 export async function benchmarkModel(
   options: Record<string, unknown>,
   backend: Backend,
   dtype: 'bf16' | 'f16' | 'f32',
+  parallel: Pick<ModelRuntimeOptions, 'tensorParallel'> = {},
 ): Promise<{ model: LlamaModel; label: string }> {
   if (options.shape !== undefined) {
     const name = String(options.shape);
     return {
       model: LlamaModel.random(namedShape(name), {
         ...runtimeOptions(),
+        ...parallel,
         device: backend,
         dtype,
         seed: RANDOM_WEIGHTS_SEED,
@@ -88,6 +90,7 @@ export async function benchmarkModel(
   const path = (options.model as string | undefined) ?? defaultModelPath();
   const model = await LlamaModel.load(path, {
     ...runtimeOptions(),
+    ...parallel,
     device: backend,
     onProgress: loadingProgress(path),
   });

@@ -71,6 +71,12 @@ export {
   Session,
   type SessionOptions,
 } from './session.js';
+export {
+  rankConfig,
+  rankPlan,
+  type TensorParallelOptions,
+  type TensorParallelRank,
+} from './tensor-parallel.js';
 export { HfTokenizer, type HfTokenizerOptions } from './tokenizers/hf-tokenizer.js';
 export { ggufVocabularyTokenizer, loadLlama2cTokenizer, ScoreBpeTokenizer } from './tokenizers/score-bpe.js';
 export type { StreamDecoder, Tokenizer } from './tokenizers/tokenizer.js';

@@ -1,6 +1,7 @@
 // The Llama block, written once: each step that reads a weight (embedding, attention input and output, MLP, final
 // norm and head, and their backward), composed by sessions, the gate trainer and analyses around their own attention.
 import { type Backend, DuoArgumentError, type ModelConfig, type TensorHandle } from '@duoattn/core';
+import type { TensorParallelRank } from './tensor-parallel.js';
 import type { LayerWeights, ModelWeights } from './weights.js';
 
 /**
@@ -8,17 +9,32 @@ import type { LayerWeights, ModelWeights } from './weights.js';
  * step enqueues backend ops into tensors the caller owns, so a caller keeps its own buffers, its own attention (cache
  * writes, prefill or decode, DuoAttention's gate mix) and, on CUDA, can capture the same ops in a graph. The weights
  * themselves never leave the model. Activations are f32; `n` below is the number of rows (tokens).
+ *
+ * On a rank of a tensor-parallel group (`tensorParallel`), `config` is the rank's share (its heads, its part of the
+ * MLP's width) and the two row-parallel products leave a partial residual stream: after `attentionOutput` and after
+ * `mlp` the caller awaits `reduce` on the same tensor, which sums it over the ranks (rank 0 alone adds the residual).
  */
 export class LlamaBlocks {
   readonly config: ModelConfig;
   readonly backend: Backend;
+  /** The model's place in a tensor-parallel group, or undefined when it holds every weight whole. */
+  readonly tensorParallel: TensorParallelRank | undefined;
   readonly #weights: ModelWeights;
 
   /** @internal Made by `LlamaModel`; use `model.blocks`. */
-  constructor(backend: Backend, config: ModelConfig, weights: ModelWeights) {
+  constructor(backend: Backend, config: ModelConfig, weights: ModelWeights, tensorParallel?: TensorParallelRank) {
     this.backend = backend;
     this.config = config;
+    this.tensorParallel = tensorParallel;
     this.#weights = weights;
+  }
+
+  /**
+   * Tensor parallelism: sums `hidden` over the ranks after `attentionOutput` or `mlp` (every rank then holds the whole
+   * residual stream, the same bits on each). Alone: nothing to do.
+   */
+  async reduce(hidden: TensorHandle): Promise<void> {
+    if (this.tensorParallel) await this.tensorParallel.communicator.allReduceSum(hidden);
   }
 
   /** `out` (f32 `[n, hiddenSize]`) = the embedding rows of `ids` (i32 `[n]`). */
@@ -49,20 +65,29 @@ export class LlamaBlocks {
     );
   }
 
-  /** `out` = `hidden` + o_proj(`attention`): the attention's output projection and the residual (in place by default). */
+  /**
+   * `out` = `hidden` + o_proj(`attention`): the attention's output projection and the residual (in place by default).
+   * Tensor parallelism: this rank's partial product (rank 0's with the residual); `reduce(out)` completes it.
+   */
   attentionOutput(layer: number, attention: TensorHandle, hidden: TensorHandle, out: TensorHandle = hidden): void {
-    this.backend.matmul(attention, this.#layer(layer).output, out, { residual: hidden });
+    this.backend.matmul(attention, this.#layer(layer).output, out, this.#residual(hidden));
   }
 
   /**
    * `hidden` += down(silu(gate(x)) ⊙ up(x)) with x = RMSNorm(`hidden`): the MLP half of layer `layer`, in place.
-   * `normed` (f32 `[n, hiddenSize]`) and `activation` (f32 `[n, intermediateSize]`) are work buffers.
+   * `normed` (f32 `[n, hiddenSize]`) and `activation` (f32 `[n, intermediateSize]`) are work buffers. Tensor
+   * parallelism: `hidden` becomes this rank's partial sum; `reduce(hidden)` completes it.
    */
   mlp(layer: number, hidden: TensorHandle, normed: TensorHandle, activation: TensorHandle): void {
     const weights = this.#layer(layer);
     this.backend.rmsNorm(hidden, weights.mlpNorm, normed, this.config.rmsNormEps);
     this.backend.matmulSwiglu(normed, weights.gate, weights.up, activation);
-    this.backend.matmul(activation, weights.down, hidden, { residual: hidden });
+    this.backend.matmul(activation, weights.down, hidden, this.#residual(hidden));
+  }
+
+  /** The residual a row-parallel product adds: always alone, only on rank 0 of a tensor-parallel group. */
+  #residual(hidden: TensorHandle): { residual?: TensorHandle } {
+    return !this.tensorParallel || this.tensorParallel.rank === 0 ? { residual: hidden } : {};
   }
 
   /** `out` = the final RMSNorm of `hidden` (both f32 `[n, hiddenSize]`). */
@@ -78,6 +103,7 @@ export class LlamaBlocks {
 
   /** `gradHidden` = ∂loss/∂`hidden` of the final norm, given `gradNormed` = ∂loss/∂(its output). */
   finalNormBackward(hidden: TensorHandle, gradNormed: TensorHandle, gradHidden: TensorHandle): void {
+    this.#whole('finalNormBackward');
     this.backend.rmsNormBackward(hidden, this.#weights.finalNorm, gradNormed, gradHidden, this.config.rmsNormEps);
   }
 
@@ -93,6 +119,7 @@ export class LlamaBlocks {
     normed: TensorHandle,
     activation: TensorHandle,
   ): void {
+    this.#whole('mlpBackward');
     const b = this.backend;
     const weights = this.#layer(layer);
     const rows = hidden.shape[0] ?? 0;
@@ -126,6 +153,7 @@ export class LlamaBlocks {
 
   /** `gradAttention` = ∂loss/∂(the attention output) through o_proj, given `gradient` = ∂loss/∂(the layer's sum). */
   attentionOutputBackward(layer: number, gradient: TensorHandle, gradAttention: TensorHandle): void {
+    this.#whole('attentionOutputBackward');
     this.backend.matmulBackward(gradient, this.#layer(layer).output, gradAttention);
   }
 
@@ -141,6 +169,7 @@ export class LlamaBlocks {
     gradValue: TensorHandle,
     gradient: TensorHandle,
   ): void {
+    this.#whole('attentionInputBackward');
     const b = this.backend;
     const weights = this.#layer(layer);
     const gradNormed = b.alloc('f32', [hidden.shape[0] ?? 0, this.config.hiddenSize]);
@@ -153,6 +182,16 @@ export class LlamaBlocks {
       });
     } finally {
       gradNormed.dispose();
+    }
+  }
+
+  /** The backward steps need every weight whole: a tensor-parallel rank holds slices. */
+  #whole(step: string): void {
+    if (this.tensorParallel) {
+      throw new DuoArgumentError(
+        'model',
+        `${step} needs a model that holds every weight whole, but this one is rank ${this.tensorParallel.rank} of a tensor-parallel group of ${this.tensorParallel.size} (load it without tensorParallel to train gates)`,
+      );
     }
   }
 

@@ -20,6 +20,12 @@ import { openCheckpoint } from './loaders/open-checkpoint.js';
 import { ropeInverseFrequencies } from './rope.js';
 import { checkSampling, type SamplingOptions, sampleToken, seededRandom } from './sampling.js';
 import { Session, type SessionOptions } from './session.js';
+import {
+  rankConfig,
+  type TensorParallelOptions,
+  type TensorParallelRank,
+  tensorParallelRank,
+} from './tensor-parallel.js';
 import type { Tokenizer } from './tokenizers/tokenizer.js';
 import {
   disposeWeights,
@@ -35,6 +41,13 @@ import {
 export interface ModelRuntimeOptions {
   /** Sessions replay a captured CUDA graph per greedy decode step where the backend can (`SessionOptions.graphs`). Default true. */
   graphs?: boolean;
+  /**
+   * Load this model as one rank of a tensor-parallel group (ADR 0011): only the rank's slice of each layer's matrices
+   * (its KV heads with their query groups, 1/R of the MLP) is read and kept; every rank loads the same weights with
+   * its own communicator and runs the same session calls. The KV heads and the MLP's width must divide by the ranks.
+   * Sessions run alone on such a model (not the batch engine, not context parallelism; no graphs). Default: whole.
+   */
+  tensorParallel?: TensorParallelOptions;
 }
 
 /** Options of `LlamaModel.load`. */
@@ -130,7 +143,7 @@ export class LlamaModel {
   /** Never handed out: sessions and `blocks` use them, so the model stays as loaded. */
   readonly #weights: ModelWeights;
   readonly #inverseFrequencies: TensorHandle;
-  readonly #runtime: ModelRuntimeOptions;
+  readonly #runtime: { graphs: boolean };
   #disposed = false;
 
   private constructor(
@@ -139,6 +152,7 @@ export class LlamaModel {
     weights: ModelWeights,
     source: string,
     runtime: ModelRuntimeOptions,
+    part: TensorParallelRank | undefined,
     tokenizer?: Tokenizer,
     chatTemplate?: string,
   ) {
@@ -146,7 +160,7 @@ export class LlamaModel {
     this.config = config;
     this.backend = backend;
     this.#weights = weights;
-    this.blocks = new LlamaBlocks(backend, config, weights);
+    this.blocks = new LlamaBlocks(backend, part ? rankConfig(config, part.size) : config, weights, part);
     this.source = source;
     this.tokenizer = tokenizer;
     this.chatTemplate = chatTemplate;
@@ -182,13 +196,21 @@ export class LlamaModel {
       );
     }
     const quant = weightQuantFormat(choice);
-    const weights = loadWeights(checkpoint, backend, dtype, options.onProgress, quant);
+    const part = options.tensorParallel ? tensorParallelRank(options.tensorParallel, checkpoint.config) : undefined;
+    if (part && quant) {
+      throw new DuoArgumentError(
+        'weightQuant',
+        `Expected no \`weightQuant\` with \`tensorParallel\` (quantize the checkpoint to GGUF first, whose blocks load sliced) but received ${choice}`,
+      );
+    }
+    const weights = loadWeights(checkpoint, backend, dtype, options.onProgress, quant, part);
     return new LlamaModel(
       checkpoint.config,
       backend,
       weights,
       checkpoint.source,
       options,
+      part,
       checkpoint.tokenizer,
       checkpoint.chatTemplate,
     );
@@ -197,9 +219,20 @@ export class LlamaModel {
   /** A model with random weights generated on the device (norms are ones), for benchmarks at real shapes and tests. */
   static random(config: ModelConfig, options: RandomModelOptions = {}): LlamaModel {
     const backend = resolveDevice(options.device);
-    const random: RandomWeightOptions = { dtype: options.dtype ?? 'bf16', seed: options.seed, std: options.std };
+    const part = options.tensorParallel ? tensorParallelRank(options.tensorParallel, config) : undefined;
+    const random: RandomWeightOptions = {
+      dtype: options.dtype ?? 'bf16',
+      seed: options.seed,
+      std: options.std,
+      ...(part ? { part } : {}),
+    };
     const weights = randomWeights(validateModelConfig(config), backend, random);
-    return new LlamaModel(config, backend, weights, 'random', options);
+    return new LlamaModel(config, backend, weights, 'random', options, part);
+  }
+
+  /** The model's place in a tensor-parallel group (`LoadModelOptions.tensorParallel`), or undefined when whole. */
+  get tensorParallel(): TensorParallelRank | undefined {
+    return this.blocks.tensorParallel;
   }
 
   /** The KV-cache dtype sessions use by default. */
@@ -214,6 +247,13 @@ export class LlamaModel {
    */
   createBatchEngine(options: BatchEngineOptions = {}): BatchEngine {
     this.#checkLive();
+    const part = this.blocks.tensorParallel;
+    if (part) {
+      throw new DuoArgumentError(
+        'model',
+        `The batch engine runs a model that holds every weight whole, but this one is rank ${part.rank} of a tensor-parallel group of ${part.size}: run sessions on it`,
+      );
+    }
     return new BatchEngine(
       {
         config: this.config,

@@ -22,6 +22,7 @@ import {
 import { type CacheLayer, DualKvCache, policyPlan } from '@duoattn/dual-cache';
 import { type StepWorkspace, stepWorkspace } from './batch/workspaces.js';
 import type { LlamaBlocks } from './llama-blocks.js';
+import { rankPlan } from './tensor-parallel.js';
 
 /** Which hidden states to return: layer 0 is the embedding output, layer l the residual stream after layer l. */
 export interface CaptureRequest {
@@ -178,7 +179,15 @@ export class Session {
     this.#blocks = blocks;
     this.#inverseFrequencies = inverseFrequencies;
     const parallel = options.contextParallel;
-    this.#graphs = parallel === undefined && (options.graphs ?? true);
+    const part = blocks.tensorParallel;
+    if (parallel && part) {
+      throw new DuoArgumentError(
+        'contextParallel',
+        `Expected no \`contextParallel\` on a model loaded with \`tensorParallel\` (rank ${part.rank} of ${part.size}): a session runs one kind of parallelism`,
+      );
+    }
+    // Ranks of a group meet at collectives between layers, so their steps run uncaptured.
+    this.#graphs = parallel === undefined && part === undefined && (options.graphs ?? true);
     const capacity = options.maxTokens ?? Math.min(config.maxPositionEmbeddings, DEFAULT_SESSION_TOKENS);
     if (!Number.isInteger(capacity) || capacity < 1) {
       throw new DuoArgumentError(
@@ -193,7 +202,10 @@ export class Session {
       );
     }
     checkPolicyShape(options.policy);
-    this.plan = policyPlan(config, options.policy ?? FULL_ATTENTION);
+    // A tensor-parallel rank's plan: the whole model's, checked against its config, then the rank's KV heads of it.
+    this.plan = part
+      ? rankPlan(policyPlan(part.modelConfig, options.policy ?? FULL_ATTENTION), part)
+      : policyPlan(config, options.policy ?? FULL_ATTENTION);
     this.policy = resolvePolicy(options.policy, this.plan);
     const chunk = this.policy.prefillChunk;
     if (!Number.isInteger(chunk) || chunk < 1) {
@@ -459,7 +471,9 @@ export class Session {
     );
     const last = this.#parallel
       ? await this.#shardedLayers(s, start, capture, this.#parallel)
-      : this.#layers(s, start, capture, false, finalFrom);
+      : this.#blocks.tensorParallel
+        ? await this.#tensorParallelLayers(s, start, capture)
+        : this.#layers(s, start, capture, false, finalFrom);
     this.#position = start + n;
     return { workspace: s, last };
   }
@@ -512,6 +526,61 @@ export class Session {
   }
 
   /**
+   * `#layers` for a rank of a tensor-parallel group: the rank's heads attend over its own caches, and the two
+   * row-parallel products of each layer are summed over the ranks before the next step reads the residual stream.
+   * Every row runs every layer (no `finalFrom` shortcut).
+   */
+  async #tensorParallelLayers(s: Workspace, start: number, capture: PreparedCapture | undefined): Promise<LastOutput> {
+    const blocks = this.#blocks;
+    const n = s.rows;
+    blocks.embed(s.ids, s.hidden);
+    capture?.take(0, s.hidden, start, n);
+    for (let layer = 0; layer < this.#config.numLayers; layer++) {
+      this.#attend(s, this.#attentionInput(s, layer), start + n, start, n === 1 ? 'decode' : 'prefill');
+      blocks.attentionOutput(layer, s.attention, s.hidden);
+      await blocks.reduce(s.hidden);
+      blocks.mlp(layer, s.hidden, s.normed, s.gate);
+      await blocks.reduce(s.hidden);
+      capture?.take(layer + 1, s.hidden, start, n);
+    }
+    return { hidden: s.hidden, row: n - 1 };
+  }
+
+  /**
+   * The attention of `w`'s query rows (the first at `queryStart`) over `caches` holding `keyLength` positions: 'decode'
+   * for a one-token chunk, 'prefill' otherwise; 'device-decode' (graph capture) reads the key count from `w.positions`
+   * on the device, so the ops serve any step.
+   */
+  #attend(
+    w: Workspace,
+    caches: CacheLayer,
+    keyLength: number,
+    queryStart: number,
+    op: 'decode' | 'device-decode' | 'prefill',
+  ): void {
+    const c = this.#config;
+    const { keyCache, valueCache, streaming, quant } = caches;
+    const scale = 1 / Math.sqrt(c.headDim);
+    const attention = {
+      heads: c.numHeads,
+      kvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      scale,
+      keyLength,
+      streaming,
+      quant,
+    };
+    if (op !== 'prefill') {
+      this.#backend.attentionDecode(w.query, keyCache, valueCache, w.attention, {
+        ...attention,
+        lengthFrom: op === 'device-decode' ? w.positions : undefined,
+      });
+    } else {
+      this.#backend.attentionPrefill(w.query, keyCache, valueCache, w.attention, { ...attention, queryStart });
+    }
+  }
+
+  /**
    * Enqueues embedding and every layer for the tokens already in `s.ids` / `s.positions`. With `deviceLength` (one row,
    * graph capture) the attention reads its key count from `s.positions` on the device, so the ops serve any step.
    * `finalFrom`: the first row whose last-layer output is read (rows before it only write their keys and values
@@ -525,7 +594,6 @@ export class Session {
     deviceLength: boolean,
     finalFrom = 0,
   ): LastOutput {
-    const b = this.#backend;
     const c = this.#config;
     const blocks = this.#blocks;
     const n = s.rows;
@@ -533,10 +601,8 @@ export class Session {
     let queryStart = start;
     blocks.embed(s.ids, s.hidden);
     capture?.take(0, s.hidden, start, n);
-    const scale = 1 / Math.sqrt(c.headDim);
-    const attention = { heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim, scale, keyLength: start + n };
     for (let layer = 0; layer < c.numLayers; layer++) {
-      const { keyCache, valueCache, streaming, quant } = this.#attentionInput(s, layer);
+      const caches = this.#attentionInput(s, layer);
       if (layer === c.numLayers - 1 && finalFrom > 0) {
         // Nothing reads the last layer's output for rows before finalFrom: their keys and values are cached above.
         if (finalFrom >= n) break;
@@ -547,16 +613,8 @@ export class Session {
           queryStart = start + n - 1;
         }
       }
-      if (n === 1) {
-        b.attentionDecode(s.query, keyCache, valueCache, s.attention, {
-          ...attention,
-          streaming,
-          quant,
-          lengthFrom: deviceLength ? s.positions : undefined,
-        });
-      } else {
-        b.attentionPrefill(w.query, keyCache, valueCache, w.attention, { ...attention, streaming, quant, queryStart });
-      }
+      const op = n > 1 ? 'prefill' : deviceLength ? 'device-decode' : 'decode';
+      this.#attend(w, caches, start + n, queryStart, op);
       blocks.attentionOutput(layer, w.attention, w.hidden);
       blocks.mlp(layer, w.hidden, w.normed, w.gate);
       capture?.take(layer + 1, w.hidden, queryStart, w.rows);

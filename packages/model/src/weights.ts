@@ -8,8 +8,16 @@ import {
   type TensorHandle,
   type WeightFormat,
 } from '@duoattn/core';
-import { type Checkpoint, loadTensor, readTensorF32, requireTensor } from './loaders/checkpoint.js';
+import {
+  type Checkpoint,
+  loadTensor,
+  loadTensorColumns,
+  readTensorF32,
+  requireTensor,
+  storedRows,
+} from './loaders/checkpoint.js';
 import { EMBEDDING, FINAL_NORM, LM_HEAD, layerNames, weightShapes } from './loaders/names.js';
+import { rankConfig, type SplitWeight, type TensorParallelRank, weightSlice } from './tensor-parallel.js';
 
 /** One decoder layer's tensors. Norms and biases are f32; matrices keep the chosen weight dtype. */
 export interface LayerWeights {
@@ -71,7 +79,8 @@ export function weightByName(weights: ModelWeights, name: string): TensorHandle 
 /**
  * Loads every weight of `checkpoint` onto `backend`, checking names and shapes; frees what it made on failure. With
  * `quant`, every matrix is quantized into that block format as it loads (our fallback, Q8_0 or f16, for rows the
- * format cannot split; ADR 0010) — on a backend that reads blocks (the CPU).
+ * format cannot split; ADR 0010) — on a backend that reads blocks (the CPU). With `part` (tensor parallelism, not with
+ * `quant`), only the rank's slice of each split matrix is read and uploaded; the rest stays on disk.
  */
 export function loadWeights(
   checkpoint: Checkpoint,
@@ -79,25 +88,32 @@ export function loadWeights(
   dtype: WeightDtypeOption,
   onProgress?: (done: number, total: number) => void,
   quant?: WeightFormat,
+  part?: TensorParallelRank,
 ): ModelWeights {
   const { config } = checkpoint;
   const shape = weightShapes(config);
   const made: TensorHandle[] = [];
   const total = 3 + config.numLayers * 9;
   let done = 0;
-  const matrix = (name: string, expected: number[]): TensorHandle => {
+  const matrix = (name: string, expected: number[], split?: SplitWeight): TensorHandle => {
     const stored = requireTensor(checkpoint, name, expected);
     const format = quant ? storedWeightFormat(quant, expected[expected.length - 1] ?? 0) : undefined;
+    const target = quant ? 'f16' : dtype === 'auto' ? stored.encoding : dtype;
+    const slice = part && split ? weightSlice(split, part) : undefined;
     const tensor = format
       ? backend.upload(format, expected, quantizeWeights(format, readTensorF32(stored)))
-      : loadTensor(backend, stored, quant ? 'f16' : dtype === 'auto' ? stored.encoding : dtype);
+      : slice?.dimension === 'columns'
+        ? loadTensorColumns(backend, stored, target, slice.start, slice.count)
+        : loadTensor(backend, slice ? storedRows(stored, slice.start, slice.count) : stored, target);
     made.push(tensor);
     onProgress?.(++done, total);
     return tensor;
   };
-  const vector = (name: string, length: number): TensorHandle => {
-    const stored = requireTensor(checkpoint, name, [length]);
-    const tensor = backend.upload('f32', [length], readTensorF32(stored));
+  const vector = (name: string, length: number, split?: SplitWeight): TensorHandle => {
+    const whole = requireTensor(checkpoint, name, [length]);
+    const slice = part && split ? weightSlice(split, part) : undefined;
+    const stored = slice ? storedRows(whole, slice.start, slice.count) : whole;
+    const tensor = backend.upload('f32', [stored.shape[0] ?? 0], readTensorF32(stored));
     made.push(tensor);
     return tensor;
   };
@@ -107,24 +123,24 @@ export function loadWeights(
       const names = layerNames(layer);
       const biases = config.attentionBias
         ? {
-            queryBias: vector(names.queryBias, shape.query[0] ?? 0),
-            keyBias: vector(names.keyBias, shape.key[0] ?? 0),
-            valueBias: vector(names.valueBias, shape.value[0] ?? 0),
+            queryBias: vector(names.queryBias, shape.query[0] ?? 0, 'query'),
+            keyBias: vector(names.keyBias, shape.key[0] ?? 0, 'key'),
+            valueBias: vector(names.valueBias, shape.value[0] ?? 0, 'value'),
           }
         : {};
       const attentionNorm = vector(names.attentionNorm, config.hiddenSize);
       onProgress?.(++done, total);
       return {
         attentionNorm,
-        query: matrix(names.query, shape.query),
-        key: matrix(names.key, shape.key),
-        value: matrix(names.value, shape.value),
+        query: matrix(names.query, shape.query, 'query'),
+        key: matrix(names.key, shape.key, 'key'),
+        value: matrix(names.value, shape.value, 'value'),
         ...biases,
-        output: matrix(names.output, shape.output),
+        output: matrix(names.output, shape.output, 'output'),
         mlpNorm: vector(names.mlpNorm, config.hiddenSize),
-        gate: matrix(names.gate, shape.gate),
-        up: matrix(names.up, shape.up),
-        down: matrix(names.down, shape.down),
+        gate: matrix(names.gate, shape.gate, 'gate'),
+        up: matrix(names.up, shape.up, 'up'),
+        down: matrix(names.down, shape.down, 'down'),
       };
     });
     const finalNorm = vector(FINAL_NORM, config.hiddenSize);
@@ -144,6 +160,8 @@ export interface RandomWeightOptions {
   seed?: number;
   /** Standard deviation of matrix entries. Default 0.02, like HF's initializer_range. */
   std?: number;
+  /** A rank of a tensor-parallel group: the matrices are its slices' shapes. Default: the whole model. */
+  part?: TensorParallelRank;
 }
 
 /**
@@ -151,7 +169,9 @@ export interface RandomWeightOptions {
  * Norms are ones; biases small random values.
  */
 export function randomWeights(config: ModelConfig, backend: Backend, options: RandomWeightOptions): ModelWeights {
-  const shape = weightShapes(config);
+  // A rank of a tensor-parallel group: its slices' shapes (random either way); the embedding and head stay whole.
+  const shape = { ...weightShapes(options.part ? rankConfig(config, options.part.size) : config) };
+  shape.embedding = weightShapes(config).embedding;
   let seed = options.seed ?? 1;
   const std = options.std ?? 0.02;
   const made: TensorHandle[] = [];

@@ -55,6 +55,29 @@ describe('duo-bench context-parallel', () => {
     expect(svg).toContain('T₁ / (R · T_R)');
   });
 
+  it('splits the weights instead (tensor parallelism) over 1 and 2 ranks; refuses 3 for the 2 KV heads', async () => {
+    const file = join(out, 'tp.json');
+    const args = ['--device', 'cpu', '--attention', 'duo', '--sparsity', '0.5', '--sink', '8', '--recent', '16'];
+    const result = await bench([
+      ...['context-parallel', '--split', 'weights', '--ranks', '1,2', ...args, '--context', '120', '--steps', '3'],
+      ...['--warmup', '1', '--prefill', '64', '--prefill-chunk', '32', '--out', file],
+    ]);
+    expect(result.code, result.stderr).toBe(0);
+    const document = JSON.parse(readFileSync(file, 'utf8'));
+    expect(document.settings.split).toContain('tensor parallelism');
+    expect(document.rows.map((row: { ranks: number }) => row.ranks)).toEqual([1, 2]);
+    for (const row of document.rows) {
+      expect(row.decode.msPerToken).toBeGreaterThan(0);
+      expect(row.prefill.seconds).toBeGreaterThan(0);
+    }
+    const three = await bench(['context-parallel', '--split', 'weights', '--ranks', '3', ...args, '--context', '64']);
+    expect(three.code).not.toBe(0);
+    expect(three.stderr).toContain("the model's `numKvHeads` (2) to divide by the group's 3 ranks");
+    const split = await bench(['context-parallel', '--split', 'heads', '--ranks', '2']);
+    expect(split.code).toBe(2);
+    expect(split.stderr).toContain('--split');
+  });
+
   it('rejects bad input before any work, naming the option', async () => {
     const cpuGpus = await bench(['context-parallel', '--gpus', '2', '--device', 'cpu']);
     expect(cpuGpus.code).toBe(2);

@@ -1,4 +1,5 @@
-// duo-bench context-parallel: one long sequence over several ranks (issue 20, ADR 0011). With --gpus the command is a
+// duo-bench context-parallel: one long sequence over several ranks (issue 20, ADR 0011), its keys split across them
+// (context parallelism) or, with --split weights, its layers' matrices (tensor parallelism). With --gpus the command is a
 // launcher: one process per GPU (CUDA_VISIBLE_DEVICES), an NCCL group set up through it (rank 0 makes the id, the
 // launcher hands it on); with --ranks the ranks are simulated in this process (the in-process group), on any device.
 import { type ChildProcess, fork } from 'node:child_process';
@@ -21,7 +22,7 @@ import {
   writeFigure,
   writeResult,
 } from '@duoattn/app-kit';
-import type { AttentionPolicy, AttentionPolicyName, Communicator } from '@duoattn/core';
+import type { AttentionPolicy, AttentionPolicyName, Backend, Communicator } from '@duoattn/core';
 import { createInProcessGroup, ncclUniqueId, openNcclCommunicator } from '@duoattn/kernels';
 import type { LlamaModel, SessionOptions } from '@duoattn/model';
 import { benchmarkTokens, decodeLatency, prefillSeconds, TIMING_ONLY } from '../measure.js';
@@ -29,9 +30,10 @@ import { BENCHMARK_MODEL_OPTIONS, benchBackend, benchmarkModel } from '../model-
 
 export const contextParallelHelp = `duo-bench context-parallel (--gpus 1,2,4,8 | --ranks 1,2,4) [--shape NAME | --model PATH] [--device cpu|cuda]
                      [--dtype bf16|f16|f32] [--context N | --context-per-rank N] [--steps N] [--warmup N]
-                     [--prefill N|none] [--chunk N] [--out FILE] [--plot FILE.svg|FILE.png]
-  One sequence over several ranks (context parallelism: the retrieval heads' keys dealt to the ranks in chunks of
-  --chunk, default the prefill chunk). For each rank count: decode ms/token at the context (cache filled with synthetic
+                     [--prefill N|none] [--chunk N] [--split keys|weights] [--out FILE] [--plot FILE.svg|FILE.png]
+  One sequence over several ranks: --split keys (default; context parallelism: the retrieval heads' keys dealt to the
+  ranks in chunks of --chunk, default the prefill chunk) or --split weights (tensor parallelism: each rank holds its KV
+  heads' q/k/v/o and 1/R of the MLP, and the ranks sum o and down with an all-reduce). For each rank count: decode ms/token at the context (cache filled with synthetic
   K/V, --context or --context-per-rank × ranks) and, with --prefill, the seconds of a real prefill of that many tokens
   and its scaling efficiency against one rank (T₁ / (R · T_R)). --gpus runs one process per GPU over NCCL (CUDA;
   NCCL_NVLS_ENABLE=0, DUO_NCCL_PATH where libnccl.so.2 is not found by itself); --ranks runs the ranks in this
@@ -59,6 +61,8 @@ interface Plan {
   readonly warmup: number;
   readonly prefill?: number;
   readonly chunk?: number;
+  /** What the ranks divide: the retrieval heads' keys (context parallelism) or the layers' matrices (tensor). */
+  readonly split: 'keys' | 'weights';
 }
 
 const CHILD_FLAG = '--rank-of-launch';
@@ -75,6 +79,7 @@ export async function contextParallelCommand(argv: string[], log: (line: string)
     warmup: { type: 'string' },
     prefill: { type: 'string' },
     chunk: { type: 'string' },
+    split: { type: 'string' },
     out: { type: 'string' },
     plot: { type: 'string' },
     'rank-of-launch': { type: 'string' },
@@ -120,6 +125,10 @@ export async function contextParallelCommand(argv: string[], log: (line: string)
   }));
   const settings = {
     mode: overGpus ? 'one process per GPU, NCCL (NCCL_NVLS_ENABLE=0)' : 'ranks in one process (in-process group)',
+    split:
+      plan.split === 'keys'
+        ? 'keys: the retrieval heads’ keys by chunk (context parallelism)'
+        : 'weights: each rank’s KV heads and 1/R of the MLP, o and down summed by all-reduce (tensor parallelism)',
     device,
     model: options.shape ?? options.model ?? 'the demo model',
     dtype: plan.dtype,
@@ -193,6 +202,7 @@ function planOf(options: Record<string, unknown>): Plan {
     warmup: integerOption('warmup', options.warmup, 4, 1),
     ...(prefill === undefined ? {} : { prefill }),
     ...(options.chunk === undefined ? {} : { chunk: integerOption('chunk', options.chunk, 0, 1) }),
+    split: choiceOption('split', options.split, ['keys', 'weights'] as const, 'keys'),
   };
 }
 
@@ -235,7 +245,7 @@ function sessionOptions(model: LlamaModel, plan: Plan, tokens: number, communica
     maxTokens: tokens,
     cacheBlockTokens: tokens,
     ...TIMING_ONLY,
-    ...(communicator && communicator.size > 1
+    ...(communicator && communicator.size > 1 && plan.split === 'keys'
       ? { contextParallel: { communicator, chunk: plan.chunk ?? settings.prefillChunk } }
       : {}),
   };
@@ -277,16 +287,32 @@ async function measureRank(
   return { rank, decode, ...(prefill ? { prefill } : {}), peakBytes: backend.memory().peakBytes };
 }
 
-/** --ranks: every rank a session of one model in this process, meeting in the in-process group. */
+/** The model a rank runs: whole (one rank, or keys split), or its slice of the weights (--split weights). */
+async function rankModel(plan: Plan, backend: Backend, communicator?: Communicator): Promise<LlamaModel> {
+  const tensorParallel =
+    plan.split === 'weights' && communicator && communicator.size > 1 ? { communicator } : undefined;
+  return (await benchmarkModel(plan.options, backend, plan.dtype, tensorParallel ? { tensorParallel } : {})).model;
+}
+
+/**
+ * --ranks: every rank a session in this process, meeting in the in-process group; keys split: one model for all,
+ * weights split: a model slice each.
+ */
 async function inProcess(plan: Plan, device: 'cpu' | 'cuda', ranks: number): Promise<RankResult[]> {
   const backend = benchBackend(device);
-  const { model } = await benchmarkModel(plan.options, backend, plan.dtype);
+  const group = ranks === 1 ? [undefined] : createInProcessGroup(Array.from({ length: ranks }, () => backend));
+  const models: LlamaModel[] = [];
   try {
-    if (ranks === 1) return [await measureRank(model, plan, 1, 0)];
-    const group = createInProcessGroup(Array.from({ length: ranks }, () => backend));
-    return await Promise.all(group.map((communicator, rank) => measureRank(model, plan, ranks, rank, communicator)));
+    if (plan.split === 'weights') {
+      for (const communicator of group) models.push(await rankModel(plan, backend, communicator));
+    } else models.push(await rankModel(plan, backend));
+    return await Promise.all(
+      group.map((communicator, rank) =>
+        measureRank((models[rank] ?? models[0]) as LlamaModel, plan, ranks, rank, communicator),
+      ),
+    );
   } finally {
-    model.dispose();
+    for (const model of models) model.dispose();
   }
 }
 
@@ -358,7 +384,7 @@ async function runChild(which: string, plan: Plan): Promise<object> {
       if (rank === 0) send({ kind: 'unique-id', uniqueId });
       communicator = openNcclCommunicator(backend, { uniqueId, rank, size: ranks });
     }
-    const { model } = await benchmarkModel(plan.options, backend, plan.dtype);
+    const model = await rankModel(plan, backend, communicator);
     try {
       send({ kind: 'result', result: await measureRank(model, plan, ranks, rank, communicator) });
     } finally {

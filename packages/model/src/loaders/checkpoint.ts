@@ -145,6 +145,82 @@ export function loadTensor(backend: Backend, stored: StoredTensor, dtype: DType)
   }
 }
 
+/**
+ * Rows `start` … `start + count − 1` of a stored matrix (entries, of a vector): the same file from a later offset. A
+ * block format's rows hold whole blocks, so any row starts at a block.
+ */
+export function storedRows(stored: StoredTensor, start: number, count: number): StoredTensor {
+  const [rows = 0, ...rest] = stored.shape;
+  if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 1 || start + count > rows) {
+    throw new DuoCheckpointError(
+      stored.file,
+      stored.name,
+      `rows ${start} … ${start + count - 1} asked of a tensor of ${rows} rows`,
+    );
+  }
+  const width = elementCount(rest);
+  const offset = stored.offset + storedBytes(stored.encoding, start * width);
+  return { ...stored, offset, shape: [count, ...rest] };
+}
+
+/**
+ * Loads columns `start` … `start + count − 1` of a stored matrix as a `[rows, count]` tensor of `dtype`, reading bands
+ * of whole rows and keeping each row's slice. In a block format the slice must start and end on block boundaries.
+ */
+export function loadTensorColumns(
+  backend: Backend,
+  stored: StoredTensor,
+  dtype: DType,
+  start: number,
+  count: number,
+): TensorHandle {
+  const [rows = 0, width = 0] = stored.shape;
+  const blockElements = isBlockDType(stored.encoding) ? WEIGHT_FORMATS[stored.encoding].blockValues : 1;
+  if (stored.shape.length !== 2 || start < 0 || count < 1 || start + count > width) {
+    throw new DuoCheckpointError(
+      stored.file,
+      stored.name,
+      `columns ${start} … ${start + count - 1} asked of a tensor of shape [${stored.shape.join(', ')}]`,
+    );
+  }
+  if (start % blockElements !== 0 || count % blockElements !== 0) {
+    throw new DuoCheckpointError(
+      stored.file,
+      stored.name,
+      `columns ${start} … ${start + count - 1} split the ${blockElements}-value blocks of ${stored.encoding}: a rank's share of this matrix's ${width} columns must be a whole number of blocks (fewer ranks, or another weight type)`,
+    );
+  }
+  const rowBytes = storedBytes(stored.encoding, width);
+  const sliceBytes = storedBytes(stored.encoding, count);
+  const skipBytes = storedBytes(stored.encoding, start);
+  const band = Math.max(1, Math.floor(CHUNK_BYTES / rowBytes));
+  // write() addresses a block-format tensor by bytes, any other by elements.
+  const unitsPerRow = isBlockDType(dtype) ? sliceBytes : count;
+  const tensor = backend.alloc(dtype, [rows, count]);
+  let fd: number | undefined;
+  try {
+    fd = openSync(stored.file, 'r');
+    for (let row = 0; row < rows; row += band) {
+      const bandRows = Math.min(band, rows - row);
+      const bytes = Buffer.alloc(bandRows * rowBytes);
+      const got = readSync(fd, bytes, 0, bytes.length, stored.offset + row * rowBytes);
+      if (got !== bytes.length) {
+        throw new DuoCheckpointError(stored.file, stored.name, `short read: wanted ${bytes.length} bytes, got ${got}`);
+      }
+      const kept = Buffer.alloc(bandRows * sliceBytes);
+      for (let r = 0; r < bandRows; r++)
+        bytes.copy(kept, r * sliceBytes, r * rowBytes + skipBytes, r * rowBytes + skipBytes + sliceBytes);
+      backend.write(tensor, decodeChunk(kept, stored.encoding, dtype), row * unitsPerRow);
+    }
+    return tensor;
+  } catch (error) {
+    tensor.dispose();
+    throw error;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
 /** Reads a stored tensor into host f32 (for small tensors such as norms and biases). */
 export function readTensorF32(stored: StoredTensor): Float32Array {
   const bytes = Buffer.alloc(storedBytes(stored.encoding, elementCount(stored.shape)));

@@ -1,0 +1,93 @@
+// Tensor parallelism through the model on CUDA: 2 in-process ranks on one GPU, each a model holding its slice of every
+// layer (f32 and bf16 weights), against the whole model on the same GPU — a 30-token prefill in chunks of 13, then 18
+// decode steps, full and duo, with and without int4 KV. A rank's projections are narrower matrices than the whole
+// model's (other kernels, other sums), so the logits may differ by what the CUDA conformance suites allow (1e-4 with f32
+// weights and caches, 1e-2 with bf16 weights or quantized caches); every rank gets the same bits. Skips visibly
+// without a GPU.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { HeadPlan, KvQuantScheme } from '@duoattn/core';
+import { createInProcessGroup, cudaUnavailableReason, resolveBackend } from '@duoattn/kernels';
+import { randomArray, relativeError } from '@duoattn/kernels/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomWeights, tinyConfig, writeHfModel } from './__fixtures__/checkpoints.js';
+import { LlamaModel } from './llama-model.js';
+import type { SessionOptions } from './session.js';
+
+const TOKENS = 48;
+const PREFILL = 30;
+const reason = cudaUnavailableReason();
+const config = tinyConfig('llama', {
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  hidden_size: 128,
+  intermediate_size: 256,
+  head_dim: 16,
+  max_position_embeddings: 512,
+});
+const tokens = Array.from(randomArray(TOKENS, 47), (v) => Math.floor((v + 1) * 48) % 97);
+const plan: HeadPlan = { retrievalHeads: [[0, 3], [2]], kvHeads: 4, sink: 4, recent: 8, sparsity: 0.625 };
+
+(reason ? describe.skip : describe)(`tensor parallelism on cuda${reason ? ` (skipped: ${reason})` : ''}`, () => {
+  let directory: string;
+  beforeAll(() => {
+    directory = mkdtempSync(join(tmpdir(), 'duoattn-tp-cuda-'));
+    writeHfModel(directory, config, randomWeights(config, 4949));
+  });
+  afterAll(() => rmSync(directory, { recursive: true, force: true }));
+
+  /** The prefill's logits (every row), then each decode step's, of one session per model run together. */
+  async function runTogether(models: LlamaModel[], options: SessionOptions): Promise<Float32Array[]> {
+    const sessions = models.map((model) => model.createSession(options));
+    try {
+      const rows: Float32Array[][] = sessions.map(() => []);
+      const prefill = await Promise.all(sessions.map((s) => s.forward(tokens.slice(0, PREFILL), { logits: 'all' })));
+      for (const [i, result] of prefill.entries()) rows[i]?.push(result.logits as Float32Array);
+      for (const token of tokens.slice(PREFILL)) {
+        const results = await Promise.all(sessions.map((session) => session.forward([token])));
+        for (const [i, result] of results.entries()) rows[i]?.push(result.logits as Float32Array);
+      }
+      return rows.map((list) => Float32Array.from(list.flatMap((row) => Array.from(row))));
+    } finally {
+      for (const session of sessions) session.dispose();
+    }
+  }
+
+  const cases: ['f32' | 'bf16', 'full' | 'duo', KvQuantScheme][] = [];
+  for (const weightDtype of ['f32', 'bf16'] as const)
+    for (const attention of ['full', 'duo'] as const)
+      for (const kvQuant of ['none', 'int4'] as const) cases.push([weightDtype, attention, kvQuant]);
+
+  it.each(cases)(
+    '%s weights, %s attention, %s KV: the whole model’s logits on 2 ranks',
+    async (weightDtype, attention, kvQuant) => {
+      const backend = resolveBackend('cuda');
+      const whole = await LlamaModel.load(directory, { device: backend, weightDtype });
+      const group = createInProcessGroup([backend, backend]);
+      const ranks = await Promise.all(
+        group.map((communicator) =>
+          LlamaModel.load(directory, { device: backend, weightDtype, tensorParallel: { communicator } }),
+        ),
+      );
+      try {
+        const policy = attention === 'full' ? { attention, kvQuant } : { attention, plan, kvQuant };
+        const options: SessionOptions = {
+          policy: { ...policy, prefillChunk: 13 },
+          maxTokens: TOKENS,
+          cacheDtype: 'f32',
+        };
+        const [expected] = await runTogether([whole], options);
+        const actual = await runTogether(ranks, options);
+        const tolerance = weightDtype === 'f32' && kvQuant === 'none' ? 1e-4 : 1e-2;
+        for (const [rank, logits] of actual.entries()) {
+          expect(relativeError(logits, expected as Float32Array), `rank ${rank}`).toBeLessThan(tolerance);
+          expect(Array.from(logits)).toEqual(Array.from(actual[0] as Float32Array));
+        }
+      } finally {
+        whole.dispose();
+        for (const model of ranks) model.dispose();
+      }
+    },
+  );
+});
