@@ -10,6 +10,11 @@ import type { ContextShard, TensorHandle } from './backend.js';
  */
 export interface Communicator {
   readonly specificationVersion: 'v1';
+  /**
+   * True when every collective is enqueued on the rank's device stream by the call itself (its promise already
+   * settled), as NCCL's are: then a captured CUDA graph may hold it. False or absent: the result arrives later.
+   */
+  readonly streamOrdered?: boolean;
   /** This rank, 0 … size − 1. */
   readonly rank: number;
   /** Ranks in the group. */

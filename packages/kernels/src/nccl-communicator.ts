@@ -72,6 +72,8 @@ export function openNcclCommunicator(backend: NativeBackend, options: NcclCommun
 /** One rank's end of an NCCL group; collectives move bytes, so any dtype (quantized caches included) travels. */
 export class NcclCommunicator implements Communicator, Disposable {
   readonly specificationVersion = 'v1' as const;
+  /** Each collective is enqueued on the rank's stream when called: a decode step's graph can capture it. */
+  readonly streamOrdered = true;
   #handle: number;
 
   /** @internal Made by `openNcclCommunicator`. */

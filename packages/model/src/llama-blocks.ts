@@ -31,10 +31,11 @@ export class LlamaBlocks {
 
   /**
    * Tensor parallelism: sums `hidden` over the ranks after `attentionOutput` or `mlp` (every rank then holds the whole
-   * residual stream, the same bits on each). Alone: nothing to do.
+   * residual stream, the same bits on each). Alone: nothing to do. The collective is called synchronously (a refused
+   * argument throws here), so a stream-ordered one is enqueued when this returns.
    */
-  async reduce(hidden: TensorHandle): Promise<void> {
-    if (this.tensorParallel) await this.tensorParallel.communicator.allReduceSum(hidden);
+  reduce(hidden: TensorHandle): Promise<void> {
+    return this.tensorParallel ? this.tensorParallel.communicator.allReduceSum(hidden) : Promise.resolve();
   }
 
   /** `out` (f32 `[n, hiddenSize]`) = the embedding rows of `ids` (i32 `[n]`). */

@@ -45,7 +45,8 @@ export interface ModelRuntimeOptions {
    * Load this model as one rank of a tensor-parallel group (ADR 0011): only the rank's slice of each layer's matrices
    * (its KV heads with their query groups, 1/R of the MLP) is read and kept; every rank loads the same weights with
    * its own communicator and runs the same session calls. The KV heads and the MLP's width must divide by the ranks.
-   * Sessions run alone on such a model (not the batch engine, not context parallelism; no graphs). Default: whole.
+   * Sessions run on such a model (not the batch engine, not context parallelism; their greedy steps are captured as a
+   * CUDA graph only with a `streamOrdered` communicator such as NCCL's). Default: whole.
    */
   tensorParallel?: TensorParallelOptions;
 }

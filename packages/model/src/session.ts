@@ -186,8 +186,10 @@ export class Session {
         `Expected no \`contextParallel\` on a model loaded with \`tensorParallel\` (rank ${part.rank} of ${part.size}): a session runs one kind of parallelism`,
       );
     }
-    // Ranks of a group meet at collectives between layers, so their steps run uncaptured.
-    this.#graphs = parallel === undefined && part === undefined && (options.graphs ?? true);
+    // Ranks of a group meet at collectives between layers: their steps are captured only where every collective is
+    // enqueued on the device's stream (NCCL) and the step's attention reads its key count on the device (not a shard's).
+    const capturable = part === undefined || part.communicator.streamOrdered === true;
+    this.#graphs = parallel === undefined && capturable && (options.graphs ?? true);
     const capacity = options.maxTokens ?? Math.min(config.maxPositionEmbeddings, DEFAULT_SESSION_TOKENS);
     if (!Number.isInteger(capacity) || capacity < 1) {
       throw new DuoArgumentError(
@@ -358,7 +360,10 @@ export class Session {
     // The cache grows in place (paged), so one graph serves the session; memory for every step is mapped first.
     this.#cache.reserve(this.#position + steps - 1);
     this.#decodeGraph ??= b.captureGraph(() => {
-      this.#lastLogitTensor(this.#layers(s, this.#position, undefined, true));
+      const last = this.#blocks.tensorParallel
+        ? enqueued(this.#tensorParallelLayers(s, this.#position, undefined, 'device-decode'))
+        : this.#layers(s, this.#position, undefined, true);
+      this.#lastLogitTensor(last);
       b.argmax(this.#lastLogits, this.#nextToken);
       b.decodeAdvance(this.#nextToken, s.ids, s.positions);
     });
@@ -472,7 +477,7 @@ export class Session {
     const last = this.#parallel
       ? await this.#shardedLayers(s, start, capture, this.#parallel)
       : this.#blocks.tensorParallel
-        ? await this.#tensorParallelLayers(s, start, capture)
+        ? await settled(this.#tensorParallelLayers(s, start, capture, n === 1 ? 'decode' : 'prefill'))
         : this.#layers(s, start, capture, false, finalFrom);
     this.#position = start + n;
     return { workspace: s, last };
@@ -528,19 +533,25 @@ export class Session {
   /**
    * `#layers` for a rank of a tensor-parallel group: the rank's heads attend over its own caches, and the two
    * row-parallel products of each layer are summed over the ranks before the next step reads the residual stream.
-   * Every row runs every layer (no `finalFrom` shortcut).
+   * Every row runs every layer (no `finalFrom` shortcut). Yields each sum's promise where the ops after it must wait:
+   * `settled` awaits them, `enqueued` (graph capture, stream-ordered collectives) runs straight through.
    */
-  async #tensorParallelLayers(s: Workspace, start: number, capture: PreparedCapture | undefined): Promise<LastOutput> {
+  *#tensorParallelLayers(
+    s: Workspace,
+    start: number,
+    capture: PreparedCapture | undefined,
+    op: 'decode' | 'device-decode' | 'prefill',
+  ): Generator<Promise<void>, LastOutput> {
     const blocks = this.#blocks;
     const n = s.rows;
     blocks.embed(s.ids, s.hidden);
     capture?.take(0, s.hidden, start, n);
     for (let layer = 0; layer < this.#config.numLayers; layer++) {
-      this.#attend(s, this.#attentionInput(s, layer), start + n, start, n === 1 ? 'decode' : 'prefill');
+      this.#attend(s, this.#attentionInput(s, layer), start + n, start, op);
       blocks.attentionOutput(layer, s.attention, s.hidden);
-      await blocks.reduce(s.hidden);
+      yield blocks.reduce(s.hidden);
       blocks.mlp(layer, s.hidden, s.normed, s.gate);
-      await blocks.reduce(s.hidden);
+      yield blocks.reduce(s.hidden);
       capture?.take(layer + 1, s.hidden, start, n);
     }
     return { hidden: s.hidden, row: n - 1 };
@@ -758,6 +769,26 @@ class PreparedCapture {
       if (from < to) this.#backend.copyRows(hidden, target, from - start, run.index + (from - run.position), to - from);
     }
   }
+}
+
+/** Runs a layer loop that yields collectives' promises, awaiting each before the ops that read its result. */
+async function settled<T>(steps: Generator<Promise<void>, T>): Promise<T> {
+  let next = steps.next();
+  while (!next.done) {
+    await next.value;
+    next = steps.next();
+  }
+  return next.value;
+}
+
+/**
+ * Runs a layer loop straight through, for graph capture: only with stream-ordered collectives (NCCL), which are on the
+ * device's stream once called, so the ops after them wait there. A collective that failed throws here.
+ */
+function enqueued<T>(steps: Generator<Promise<void>, T>): T {
+  let next = steps.next();
+  while (!next.done) next = steps.next();
+  return next.value;
 }
 
 function disposeWorkspace(workspace: Workspace): void {

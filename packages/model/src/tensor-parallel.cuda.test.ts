@@ -2,13 +2,21 @@
 // layer (f32 and bf16 weights), against the whole model on the same GPU — a 30-token prefill in chunks of 13, then 18
 // decode steps, full and duo, with and without int4 KV. A rank's projections are narrower matrices than the whole
 // model's (other kernels, other sums), so the logits may differ by what the CUDA conformance suites allow (1e-4 with f32
-// weights and caches, 1e-2 with bf16 weights or quantized caches); every rank gets the same bits. Skips visibly
-// without a GPU.
+// weights and caches, 1e-2 with bf16 weights or quantized caches); every rank gets the same bits. And a rank over NCCL
+// (a group of one: NCCL takes one rank a GPU) captures its greedy steps, all-reduce included, in a CUDA graph that
+// decodes the whole model's tokens. Skips visibly without a GPU (the NCCL case also without NCCL).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { HeadPlan, KvQuantScheme } from '@duoattn/core';
-import { createInProcessGroup, cudaUnavailableReason, resolveBackend } from '@duoattn/kernels';
+import {
+  createInProcessGroup,
+  cudaUnavailableReason,
+  type NativeBackend,
+  ncclUniqueId,
+  openNcclCommunicator,
+  resolveBackend,
+} from '@duoattn/kernels';
 import { randomArray, relativeError } from '@duoattn/kernels/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomWeights, tinyConfig, writeHfModel } from './__fixtures__/checkpoints.js';
@@ -90,4 +98,43 @@ const plan: HeadPlan = { retrievalHeads: [[0, 3], [2]], kvHeads: 4, sink: 4, rec
       }
     },
   );
+
+  it('a rank over NCCL replays its greedy step as a CUDA graph, all-reduce included, with the whole model’s tokens', async (context) => {
+    const backend = resolveBackend('cuda') as NativeBackend;
+    let uniqueId: string;
+    try {
+      uniqueId = ncclUniqueId(backend);
+    } catch (error) {
+      context.skip(`NCCL unavailable: ${(error as Error).message}`);
+      return;
+    }
+    const communicator = openNcclCommunicator(backend, { uniqueId, rank: 0, size: 1 });
+    const whole = await LlamaModel.load(directory, { device: backend, weightDtype: 'bf16' });
+    const rank = await LlamaModel.load(directory, {
+      device: backend,
+      weightDtype: 'bf16',
+      tensorParallel: { communicator },
+    });
+    const greedy = async (model: LlamaModel, graphs: boolean) => {
+      const session = model.createSession({ policy: { attention: 'duo', plan }, maxTokens: TOKENS, graphs });
+      try {
+        await session.forward(tokens.slice(0, PREFILL), { logits: 'none' });
+        const out: number[] = [];
+        for await (const token of session.greedyTokens(tokens[PREFILL] as number, 12)) out.push(token);
+        return out;
+      } finally {
+        session.dispose();
+      }
+    };
+    try {
+      expect(communicator.streamOrdered).toBe(true);
+      const expected = await greedy(whole, false);
+      expect(await greedy(rank, true)).toEqual(expected);
+      expect(await greedy(rank, false)).toEqual(expected);
+    } finally {
+      whole.dispose();
+      rank.dispose();
+      communicator.close();
+    }
+  });
 });
