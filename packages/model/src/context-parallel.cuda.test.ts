@@ -11,8 +11,9 @@ import { createInProcessGroup, cudaUnavailableReason, resolveBackend } from '@du
 import { randomArray, relativeError } from '@duoattn/kernels/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomWeights, tinyConfig, writeHfModel } from './__fixtures__/checkpoints.js';
+import { logitsTogether } from './__fixtures__/parallel-runs.js';
 import { LlamaModel } from './llama-model.js';
-import type { Session, SessionOptions } from './session.js';
+import type { SessionOptions } from './session.js';
 
 const TOKENS = 48;
 const PREFILL = 30;
@@ -34,20 +35,6 @@ const plan: HeadPlan = { retrievalHeads: [[1], [0]], kvHeads: 2, sink: 4, recent
     rmSync(directory, { recursive: true, force: true });
   });
 
-  /** The prefill (every row's logits), then each later token as its own call, all sessions together; their logits. */
-  async function runTogether(sessions: Session[]): Promise<Float32Array[]> {
-    const rows: Float32Array[][] = sessions.map(() => []);
-    const prefill = await Promise.all(
-      sessions.map((session) => session.forward(tokens.slice(0, PREFILL), { logits: 'all' })),
-    );
-    for (const [i, result] of prefill.entries()) rows[i]?.push(result.logits as Float32Array);
-    for (const token of tokens.slice(PREFILL)) {
-      const results = await Promise.all(sessions.map((session) => session.forward([token])));
-      for (const [i, result] of results.entries()) rows[i]?.push(result.logits as Float32Array);
-    }
-    return rows.map((list) => Float32Array.from(list.flatMap((row) => Array.from(row))));
-  }
-
   const cases: [number, 'full' | 'duo', KvQuantScheme][] = [];
   for (const ranks of [2, 4])
     for (const attention of ['full', 'duo'] as const)
@@ -65,8 +52,8 @@ const plan: HeadPlan = { retrievalHeads: [[1], [0]], kvHeads: 2, sink: 4, recent
         model.createSession({ ...options, contextParallel: { communicator, chunk: 8 } }),
       );
       try {
-        const [expected] = await runTogether([alone]);
-        const actual = await runTogether(sessions);
+        const [expected] = await logitsTogether([alone], tokens, PREFILL);
+        const actual = await logitsTogether(sessions, tokens, PREFILL);
         for (const [rank, logits] of actual.entries()) {
           expect(relativeError(logits, expected as Float32Array), `rank ${rank}`).toBeLessThan(
             kvQuant === 'none' ? 1e-4 : 1e-2,

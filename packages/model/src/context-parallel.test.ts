@@ -9,8 +9,9 @@ import { createInProcessGroup, resolveBackend } from '@duoattn/kernels';
 import { randomArray, relativeError } from '@duoattn/kernels/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomWeights, tinyConfig, writeHfModel } from './__fixtures__/checkpoints.js';
+import { logitsTogether } from './__fixtures__/parallel-runs.js';
 import { LlamaModel } from './llama-model.js';
-import type { Session, SessionOptions } from './session.js';
+import type { SessionOptions } from './session.js';
 
 const PREFILL = 90;
 const DECODE = 50;
@@ -32,20 +33,6 @@ afterAll(() => {
   rmSync(directory, { recursive: true, force: true });
 });
 
-/** Each step's logits (the prefill's rows, then one row a decode step) of sessions run together, one per rank. */
-async function logitsTogether(sessions: Session[]): Promise<Float32Array[][]> {
-  const steps: Float32Array[][] = [];
-  const prefill = await Promise.all(sessions.map((s) => s.forward(tokens.slice(0, PREFILL), { logits: 'all' })));
-  steps.push(prefill.map((result) => result.logits as Float32Array));
-  for (const token of tokens.slice(PREFILL)) {
-    const step = await Promise.all(sessions.map((s) => s.forward([token])));
-    steps.push(step.map((result) => result.logits as Float32Array));
-  }
-  return steps;
-}
-
-const flatten = (rows: Float32Array[]) => Float32Array.from(rows.flatMap((row) => Array.from(row)));
-
 describe('context parallelism on the CPU: in-process ranks against one device', () => {
   const cases: [number, 'full' | 'duo', KvQuantScheme][] = [];
   for (const ranks of [2, 3, 4])
@@ -66,14 +53,12 @@ describe('context parallelism on the CPU: in-process ranks against one device', 
         model.createSession({ ...options, contextParallel: { communicator, chunk: CHUNK } }),
       );
       try {
-        const expected = flatten((await logitsTogether([alone])).map(([row]) => row as Float32Array));
-        const steps = await logitsTogether(sessions);
-        for (let rank = 0; rank < ranks; rank++) {
-          const actual = flatten(steps.map((rows) => rows[rank] as Float32Array));
-          expect(relativeError(actual, expected), `rank ${rank}`).toBeLessThan(1e-5);
+        const [expected] = await logitsTogether([alone], tokens, PREFILL);
+        const perRank = await logitsTogether(sessions, tokens, PREFILL);
+        for (const [rank, actual] of perRank.entries()) {
+          expect(relativeError(actual, expected as Float32Array), `rank ${rank}`).toBeLessThan(1e-5);
           // Every rank merges the same partials in the same order: the same bits.
-          if (rank > 0)
-            expect(Array.from(actual)).toEqual(Array.from(flatten(steps.map((rows) => rows[0] as Float32Array))));
+          if (rank > 0) expect(Array.from(actual)).toEqual(Array.from(perRank[0] as Float32Array));
         }
         // Each rank's full regions hold its share of the keys, not the sequence (quantized regions grow a page of many
         // tokens at a time, which 140 tokens do not fill: there only no more than one device's).

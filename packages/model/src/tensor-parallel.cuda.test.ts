@@ -20,6 +20,7 @@ import {
 import { randomArray, relativeError } from '@duoattn/kernels/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomWeights, tinyConfig, writeHfModel } from './__fixtures__/checkpoints.js';
+import { modelLogitsTogether } from './__fixtures__/parallel-runs.js';
 import { LlamaModel } from './llama-model.js';
 import type { SessionOptions } from './session.js';
 
@@ -35,6 +36,7 @@ const config = tinyConfig('llama', {
   max_position_embeddings: 512,
 });
 const tokens = Array.from(randomArray(TOKENS, 47), (v) => Math.floor((v + 1) * 48) % 97);
+const run = (models: LlamaModel[], options: SessionOptions) => modelLogitsTogether(models, options, tokens, PREFILL);
 const plan: HeadPlan = { retrievalHeads: [[0, 3], [2]], kvHeads: 4, sink: 4, recent: 8, sparsity: 0.625 };
 
 (reason ? describe.skip : describe)(`tensor parallelism on cuda${reason ? ` (skipped: ${reason})` : ''}`, () => {
@@ -44,23 +46,6 @@ const plan: HeadPlan = { retrievalHeads: [[0, 3], [2]], kvHeads: 4, sink: 4, rec
     writeHfModel(directory, config, randomWeights(config, 4949));
   });
   afterAll(() => rmSync(directory, { recursive: true, force: true }));
-
-  /** The prefill's logits (every row), then each decode step's, of one session per model run together. */
-  async function runTogether(models: LlamaModel[], options: SessionOptions): Promise<Float32Array[]> {
-    const sessions = models.map((model) => model.createSession(options));
-    try {
-      const rows: Float32Array[][] = sessions.map(() => []);
-      const prefill = await Promise.all(sessions.map((s) => s.forward(tokens.slice(0, PREFILL), { logits: 'all' })));
-      for (const [i, result] of prefill.entries()) rows[i]?.push(result.logits as Float32Array);
-      for (const token of tokens.slice(PREFILL)) {
-        const results = await Promise.all(sessions.map((session) => session.forward([token])));
-        for (const [i, result] of results.entries()) rows[i]?.push(result.logits as Float32Array);
-      }
-      return rows.map((list) => Float32Array.from(list.flatMap((row) => Array.from(row))));
-    } finally {
-      for (const session of sessions) session.dispose();
-    }
-  }
 
   const cases: ['f32' | 'bf16', 'full' | 'duo', KvQuantScheme][] = [];
   for (const weightDtype of ['f32', 'bf16'] as const)
@@ -85,8 +70,8 @@ const plan: HeadPlan = { retrievalHeads: [[0, 3], [2]], kvHeads: 4, sink: 4, rec
           maxTokens: TOKENS,
           cacheDtype: 'f32',
         };
-        const [expected] = await runTogether([whole], options);
-        const actual = await runTogether(ranks, options);
+        const [expected] = await run([whole], options);
+        const actual = await run(ranks, options);
         const tolerance = weightDtype === 'f32' && kvQuant === 'none' ? 1e-4 : 1e-2;
         for (const [rank, logits] of actual.entries()) {
           expect(relativeError(logits, expected as Float32Array), `rank ${rank}`).toBeLessThan(tolerance);

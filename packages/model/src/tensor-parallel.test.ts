@@ -16,6 +16,7 @@ import { createInProcessGroup, resolveBackend } from '@duoattn/kernels';
 import { randomArray, relativeError } from '@duoattn/kernels/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomWeights, tinyConfig, writeHfModel } from './__fixtures__/checkpoints.js';
+import { modelLogitsTogether } from './__fixtures__/parallel-runs.js';
 import { LlamaModel } from './llama-model.js';
 import { writeRandomGguf } from './loaders/gguf-writer.js';
 import { configFromHf } from './loaders/hf.js';
@@ -30,6 +31,7 @@ const shape = { num_attention_heads: 8, num_key_value_heads: 4, hidden_size: 64,
 const config = tinyConfig('llama', { ...shape, max_position_embeddings: 512 });
 const qwen = tinyConfig('qwen2', { ...shape, max_position_embeddings: 512 });
 const tokens = Array.from(randomArray(PREFILL + DECODE, 43), (v) => Math.floor((v + 1) * 48) % 97);
+const run = (models: LlamaModel[], options: SessionOptions) => modelLogitsTogether(models, options, tokens, PREFILL);
 // Retrieval heads spread unevenly over the ranks' KV heads (layer 1 keeps none on rank 0 of 2).
 const plan: HeadPlan = { retrievalHeads: [[0, 3], [2]], kvHeads: 4, sink: 4, recent: 8, sparsity: 0.625 };
 let directory: string;
@@ -57,23 +59,6 @@ async function loadRanks(path: string, ranks: number, weightDtype: 'f32' | 'auto
   return Promise.all(
     group.map((communicator) => LlamaModel.load(path, { device: cpu, weightDtype, tensorParallel: { communicator } })),
   );
-}
-
-/** The prefill's logits (every row), then each decode step's, of sessions run together (one per rank). */
-async function logitsTogether(models: LlamaModel[], options: SessionOptions): Promise<Float32Array[]> {
-  const sessions = models.map((model) => model.createSession(options));
-  try {
-    const perRank: Float32Array[][] = sessions.map(() => []);
-    const prefill = await Promise.all(sessions.map((s) => s.forward(tokens.slice(0, PREFILL), { logits: 'all' })));
-    for (const [rank, result] of prefill.entries()) perRank[rank]?.push(result.logits as Float32Array);
-    for (const token of tokens.slice(PREFILL)) {
-      const step = await Promise.all(sessions.map((s) => s.forward([token])));
-      for (const [rank, result] of step.entries()) perRank[rank]?.push(result.logits as Float32Array);
-    }
-    return perRank.map((rows) => Float32Array.from(rows.flatMap((row) => Array.from(row))));
-  } finally {
-    for (const session of sessions) session.dispose();
-  }
 }
 
 /**
@@ -107,9 +92,9 @@ describe('tensor parallelism on the CPU: in-process ranks against the whole mode
       const options: SessionOptions = { policy, maxTokens: PREFILL + DECODE, cacheDtype: 'f32' };
       const models = await loadRanks(directory, ranks);
       try {
-        const [expected] = await logitsTogether([whole], options);
+        const [expected] = await run([whole], options);
         const tolerance = kvQuant === 'none' ? 1e-5 : 1e-3;
-        expectLikeWhole(await logitsTogether(models, options), expected as Float32Array, tolerance);
+        expectLikeWhole(await run(models, options), expected as Float32Array, tolerance);
         // Each rank caches only its KV heads: the ranks' streaming regions together are the whole model's.
         const alone = whole.createSession(options);
         const sessions = models.map((model) => model.createSession(options));
@@ -132,8 +117,8 @@ describe('tensor parallelism on the CPU: in-process ranks against the whole mode
     const models = await loadRanks(qwenDirectory, 2);
     try {
       const options: SessionOptions = { policy: { attention: 'full', prefillChunk: 32 }, maxTokens: PREFILL + DECODE };
-      const [expected] = await logitsTogether([alone], options);
-      expectLikeWhole(await logitsTogether(models, options), expected as Float32Array);
+      const [expected] = await run([alone], options);
+      expectLikeWhole(await run(models, options), expected as Float32Array);
     } finally {
       alone.dispose();
       for (const model of models) model.dispose();
@@ -147,9 +132,9 @@ describe('tensor parallelism on the CPU: in-process ranks against the whole mode
       expect(alone.weightDtype).toBe('q8_0');
       expect((models[0] as LlamaModel).weightDtype).toBe('q8_0');
       const options: SessionOptions = { policy: { attention: 'full', prefillChunk: 32 }, maxTokens: PREFILL + DECODE };
-      const [expected] = await logitsTogether([alone], options);
+      const [expected] = await run([alone], options);
       // Q8_0 products round x to int8 pieces (as llama.cpp does): a residual one bit apart can move a piece's code.
-      expectLikeWhole(await logitsTogether(models, options), expected as Float32Array, 1e-3);
+      expectLikeWhole(await run(models, options), expected as Float32Array, 1e-3);
     } finally {
       alone.dispose();
       for (const model of models) model.dispose();

@@ -123,19 +123,39 @@ export function loadTensor(backend: Backend, stored: StoredTensor, dtype: DType)
   const unitsPerBlock = isBlockDType(dtype) ? storedBytes(stored.encoding, blockElements) : blockElements;
   const bytesPerBlock = storedBytes(stored.encoding, blockElements);
   const blocksPerChunk = Math.max(1, Math.floor(CHUNK_BYTES / bytesPerBlock));
-  const tensor = backend.alloc(dtype, stored.shape);
-  let fd: number | undefined;
-  try {
-    fd = openSync(stored.file, 'r');
+  return loadInto(backend, stored, dtype, stored.shape, (tensor, read) => {
     for (let block = 0; block * blockElements < elements; block += blocksPerChunk) {
       const blocks = Math.min(blocksPerChunk, elements / blockElements - block);
-      const bytes = Buffer.alloc(blocks * bytesPerBlock);
-      const got = readSync(fd, bytes, 0, bytes.length, stored.offset + block * bytesPerBlock);
-      if (got !== bytes.length) {
-        throw new DuoCheckpointError(stored.file, stored.name, `short read: wanted ${bytes.length} bytes, got ${got}`);
-      }
+      const bytes = read(blocks * bytesPerBlock, stored.offset + block * bytesPerBlock);
       backend.write(tensor, decodeChunk(bytes, stored.encoding, dtype), block * unitsPerBlock);
     }
+  });
+}
+
+/**
+ * A new `shape` tensor of `dtype` that `fill` writes from the stored tensor's file (`read(length, position)`: exactly
+ * that many bytes, or a DuoCheckpointError naming the file and tensor); freed again if filling fails.
+ */
+function loadInto(
+  backend: Backend,
+  stored: StoredTensor,
+  dtype: DType,
+  shape: readonly number[],
+  fill: (tensor: TensorHandle, read: (length: number, position: number) => Buffer) => void,
+): TensorHandle {
+  const tensor = backend.alloc(dtype, shape);
+  let fd: number | undefined;
+  try {
+    const file = openSync(stored.file, 'r');
+    fd = file;
+    fill(tensor, (length, position) => {
+      const bytes = Buffer.alloc(length);
+      const got = readSync(file, bytes, 0, length, position);
+      if (got !== length) {
+        throw new DuoCheckpointError(stored.file, stored.name, `short read: wanted ${length} bytes, got ${got}`);
+      }
+      return bytes;
+    });
     return tensor;
   } catch (error) {
     tensor.dispose();
@@ -196,29 +216,16 @@ export function loadTensorColumns(
   const band = Math.max(1, Math.floor(CHUNK_BYTES / rowBytes));
   // write() addresses a block-format tensor by bytes, any other by elements.
   const unitsPerRow = isBlockDType(dtype) ? sliceBytes : count;
-  const tensor = backend.alloc(dtype, [rows, count]);
-  let fd: number | undefined;
-  try {
-    fd = openSync(stored.file, 'r');
+  return loadInto(backend, stored, dtype, [rows, count], (tensor, read) => {
     for (let row = 0; row < rows; row += band) {
       const bandRows = Math.min(band, rows - row);
-      const bytes = Buffer.alloc(bandRows * rowBytes);
-      const got = readSync(fd, bytes, 0, bytes.length, stored.offset + row * rowBytes);
-      if (got !== bytes.length) {
-        throw new DuoCheckpointError(stored.file, stored.name, `short read: wanted ${bytes.length} bytes, got ${got}`);
-      }
+      const bytes = read(bandRows * rowBytes, stored.offset + row * rowBytes);
       const kept = Buffer.alloc(bandRows * sliceBytes);
       for (let r = 0; r < bandRows; r++)
         bytes.copy(kept, r * sliceBytes, r * rowBytes + skipBytes, r * rowBytes + skipBytes + sliceBytes);
       backend.write(tensor, decodeChunk(kept, stored.encoding, dtype), row * unitsPerRow);
     }
-    return tensor;
-  } catch (error) {
-    tensor.dispose();
-    throw error;
-  } finally {
-    if (fd !== undefined) closeSync(fd);
-  }
+  });
 }
 
 /** Reads a stored tensor into host f32 (for small tensors such as norms and biases). */
