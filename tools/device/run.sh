@@ -176,11 +176,13 @@ for step in "${steps[@]}"; do
     # Issue 20 on a kind of several GPUs: duo-bench context-parallel --gpus (one process per GPU over NCCL), Llama-3-8B
     # shape, duo 50 % + int4 KV: decode at DUO_CP_CONTEXT_PER_GPU (default 3.5m) × GPUs, 32 steps, and a DUO_CP_PREFILL
     # (default 1m) prefill, on DUO_CP_GPUS (default 1,2,4,8 up to the GPUs present): context-parallel.json + .svg.
+    # DUO_CP_SPLIT=weights splits the weights instead (tensor parallelism; set DUO_CP_CONTEXT_PER_GPU to what fits).
     context-parallel)
       present=$(nvidia-smi -L | wc -l); gpus=${DUO_CP_GPUS:-$(for n in 1 2 4 8; do [ "$n" -le "$present" ] && echo -n "$n,"; done | sed 's/,$//')}
       node /tmp/duo-node/duo-bench.mjs context-parallel --gpus "$gpus" --shape llama-3-8b-1048k --device cuda --attention duo \
         --sparsity 0.5 --sink 128 --recent 256 --kv-quant int4 --context-per-rank "${DUO_CP_CONTEXT_PER_GPU:-3.5m}" --steps 32 \
-        --warmup 4 --prefill "${DUO_CP_PREFILL:-1m}" --out "$OUT/context-parallel.json" --plot "$OUT/context-parallel.svg" || status=1 ;;
+        --warmup 4 --prefill "${DUO_CP_PREFILL:-1m}" --split "${DUO_CP_SPLIT:-keys}" --out "$OUT/context-parallel.json" \
+        --plot "$OUT/context-parallel.svg" || status=1 ;;
     # Device time and DRAM bytes of every kernel of batch decode steps (Nsight Compute: kernels serialized, caches kept,
     # clocks as they are), duo 50 % at DUO_BATCHES (default 16) × DUO_BATCH_CONTEXTS (4K), no graphs: batch-ncu-B.csv.
     batch-ncu) NCU=$(ncuPath)
