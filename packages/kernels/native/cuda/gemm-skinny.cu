@@ -284,29 +284,16 @@ __global__ void __launch_bounds__(Plan<TILES, ROUNDED, DEPTH>::kThreads, 1)
 // each operand); N tokens (16, 32 or 64), rows past `rows` zeros. x comes rounded to T beforehand (staged like the
 // weights), or (X_F32) as f32 rows that each stage stages as they are and the block rounds into one swizzled tile
 // just before its products — no rounding launch, at the cost of a second barrier a stage.
-#ifndef DUO_WIDE_SUBTILES
-#define DUO_WIDE_SUBTILES 1
-#endif
-#ifndef DUO_WIDE_BUDGET_KB
-#define DUO_WIDE_BUDGET_KB 112
-#endif
-// Build-time knobs for tools/device/skinny-sweep.sh: 64-deep sub-tiles a stage (2: runs of 256 bytes of each weight
-// row), and the shared memory a block's stages may fill (112 KB: two blocks a multiprocessor; 224: one).
-constexpr int kWideDepth = 64 * DUO_WIDE_SUBTILES;  // k a stage of the wide kernel: a slice holds whole stages
 template <int N, bool X_F32>
 struct WidePlan {
-  static constexpr int kSubtiles = DUO_WIDE_SUBTILES;
-  static constexpr int kDepth = kWideDepth;
   static constexpr int kThreads = 128;
-  static constexpr int kWeightTileBytes = kRows * 128;            // one 64-deep sub-tile of the weights
-  static constexpr int kWeightBytes = kSubtiles * kWeightTileBytes;
-  static constexpr int kTileBytes = N * 128;                      // an x sub-tile the products read (T, swizzled)
-  static constexpr int kTokenTileBytes = X_F32 ? N * 64 * 4 : kTileBytes;
-  static constexpr int kStageBytes = kWeightBytes + kSubtiles * kTokenTileBytes;
-  static constexpr int kFixedBytes = X_F32 ? kSubtiles * kTileBytes : 0;  // the rounded tiles, after the stages
-  // As many stages as leave room for two blocks a multiprocessor (about 113 KB each), and never fewer than two.
-  static constexpr int kFit = (DUO_WIDE_BUDGET_KB * 1024 - kFixedBytes) / kStageBytes;
-  static constexpr int kStages = kFit > 8 ? 8 : kFit < 2 ? 2 : kFit;
+  static constexpr int kWeightBytes = kRows * 128;
+  static constexpr int kTileBytes = N * 128;                      // the x tile the products read (T, swizzled)
+  static constexpr int kStageBytes = kWeightBytes + (X_F32 ? N * 64 * 4 : kTileBytes);
+  static constexpr int kFixedBytes = X_F32 ? kTileBytes : 0;      // the rounded tile, after the stages
+  // As many stages as leave room for two blocks a multiprocessor (about 113 KB each).
+  static constexpr int kFit = (112 * 1024 - kFixedBytes) / kStageBytes;
+  static constexpr int kStages = kFit > 8 ? 8 : kFit;
   static constexpr int kPipelineBytes = kStages * kStageBytes + kFixedBytes;
   static constexpr int kPartialBytes = N * kPartialStride * 4;
   // 1 KB of slack: the swizzled tiles must start on 1024-byte boundaries.
@@ -319,14 +306,13 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
 #if defined(DUO_WGMMA)
   using P = WidePlan<N, X_F32>;
   constexpr int kStages = P::kStages, kStageBytes = P::kStageBytes, kThreads = P::kThreads;
-  constexpr int kSubtiles = P::kSubtiles, kDepth = P::kDepth;
-  constexpr int kChunks = kRows * 8 / kThreads;  // 16-byte weight chunks a thread stages per sub-tile
+  constexpr int kChunks = kRows * 8 / kThreads;  // 16-byte weight chunks a thread stages per stage
   constexpr int kRowsPerPass = kThreads / 8;
   extern __shared__ __align__(1024) unsigned char raw[];
   unsigned char* shared = raw + ((1024 - static_cast<unsigned>(__cvta_generic_to_shared(raw)) % 1024) % 1024);
   unsigned char* tile = shared + kStages * kStageBytes;  // X_F32: the rounded x tile of the current stage
   const int slices = gridDim.x, slice = blockIdx.x;
-  const BlockShare<T, SWIGLU> share(job, k, kDepth);
+  const BlockShare<T, SWIGLU> share(job, k, 64);
   const int which = share.which, stages = share.stages;
   const int64_t m = share.m, row0 = share.row0, begin = share.begin;
   const int chunk = threadIdx.x % 8;
@@ -336,28 +322,22 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
   auto stageWeights = [&](int stage) {
     unsigned char* target = shared + (stage % kStages) * kStageBytes;
 #pragma unroll
-    for (int sub = 0; sub < kSubtiles; sub++)
-#pragma unroll
-      for (int i = 0; i < kChunks; i++)
-        copyOrZero16(target + sub * P::kWeightTileBytes + swizzle128(threadIdx.x / 8 + kRowsPerPass * i, chunk),
-                     source[i] + static_cast<int64_t>(stage) * kDepth + sub * 64, valid[i]);
+    for (int i = 0; i < kChunks; i++)
+      copyOrZero16(target + swizzle128(threadIdx.x / 8 + kRowsPerPass * i, chunk), source[i] + static_cast<int64_t>(stage) * 64, valid[i]);
   };
   // x: rounded rows swizzled like the weights, or f32 rows of 256 bytes (16 chunks) as they are.
   auto stageTokens = [&](int stage) {
+    unsigned char* target = shared + (stage % kStages) * kStageBytes + P::kWeightBytes;
     constexpr int kParts = X_F32 ? 16 : 8;
 #pragma unroll
-    for (int sub = 0; sub < kSubtiles; sub++) {
-      unsigned char* target = shared + (stage % kStages) * kStageBytes + P::kWeightBytes + sub * P::kTokenTileBytes;
-#pragma unroll
-      for (int piece = threadIdx.x; piece < N * kParts; piece += kThreads) {
-        const int token = piece / kParts, part = piece % kParts;
-        const bool live = token < rows;
-        const int64_t offset = (live ? token : 0) * k + begin + static_cast<int64_t>(stage) * kDepth + sub * 64;
-        if constexpr (X_F32) {
-          copyOrZero16(target + token * 256 + part * 16, static_cast<const float*>(xData) + offset + part * 4, live);
-        } else {
-          copyOrZero16(target + swizzle128(token, part), static_cast<const T*>(xData) + offset + part * 8, live);
-        }
+    for (int piece = threadIdx.x; piece < N * kParts; piece += kThreads) {
+      const int token = piece / kParts, part = piece % kParts;
+      const bool live = token < rows;
+      const int64_t offset = (live ? token : 0) * k + begin + static_cast<int64_t>(stage) * 64;
+      if constexpr (X_F32) {
+        copyOrZero16(target + token * 256 + part * 16, static_cast<const float*>(xData) + offset + part * 4, live);
+      } else {
+        copyOrZero16(target + swizzle128(token, part), static_cast<const T*>(xData) + offset + part * 8, live);
       }
     }
   };
@@ -383,35 +363,28 @@ __global__ void __launch_bounds__(WidePlan<N, X_F32>::kThreads, 1)
     const unsigned char* weights = shared + (s % kStages) * kStageBytes;
     const unsigned char* tokens = weights + P::kWeightBytes;
     if constexpr (X_F32) {
-      // Round this stage's f32 rows into the swizzled tiles: 8 values (one 16-byte chunk) at a time.
+      // Round this stage's f32 rows into the swizzled tile: 8 values (one 16-byte chunk) at a time.
 #pragma unroll
-      for (int sub = 0; sub < kSubtiles; sub++)
-#pragma unroll
-        for (int piece = threadIdx.x; piece < N * 8; piece += kThreads) {
-          const int token = piece / 8, part = piece % 8;
-          const unsigned char* row = tokens + sub * P::kTokenTileBytes + token * 256 + part * 32;
-          const float4 low = *reinterpret_cast<const float4*>(row);
-          const float4 high = *reinterpret_cast<const float4*>(row + 16);
-          *reinterpret_cast<uint4*>(tile + sub * P::kTileBytes + swizzle128(token, part)) =
-              make_uint4(packPair<T>(low.x, low.y), packPair<T>(low.z, low.w), packPair<T>(high.x, high.y), packPair<T>(high.z, high.w));
-        }
+      for (int piece = threadIdx.x; piece < N * 8; piece += kThreads) {
+        const int token = piece / 8, part = piece % 8;
+        const float4 low = *reinterpret_cast<const float4*>(tokens + token * 256 + part * 32);
+        const float4 high = *reinterpret_cast<const float4*>(tokens + token * 256 + part * 32 + 16);
+        *reinterpret_cast<uint4*>(tile + swizzle128(token, part)) =
+            make_uint4(packPair<T>(low.x, low.y), packPair<T>(low.z, low.w), packPair<T>(high.x, high.y), packPair<T>(high.z, high.w));
+      }
       fenceProxyAsync();
       __syncthreads();
       tokens = tile;
     }
+    const uint64_t a0 = sharedTileDescriptor(weights), a1 = sharedTileDescriptor(weights + 64 * 128);
+    const uint64_t b = sharedTileDescriptor(tokens);
     pinRegisters(acc[0]);
     pinRegisters(acc[1]);
     wgmmaFence();
 #pragma unroll
-    for (int sub = 0; sub < kSubtiles; sub++) {
-      const unsigned char* weightTile = weights + sub * P::kWeightTileBytes;
-      const uint64_t a0 = sharedTileDescriptor(weightTile), a1 = sharedTileDescriptor(weightTile + 64 * 128);
-      const uint64_t b = sharedTileDescriptor(tokens + sub * P::kTileBytes);  // rounded sub-tiles, staged or rounded here
-#pragma unroll
-      for (int step = 0; step < 4; step++) {
-        Wgmma<T, N>::run(acc[0], a0 + 2 * step, b + 2 * step);
-        Wgmma<T, N>::run(acc[1], a1 + 2 * step, b + 2 * step);
-      }
+    for (int step = 0; step < 4; step++) {
+      Wgmma<T, N>::run(acc[0], a0 + 2 * step, b + 2 * step);
+      Wgmma<T, N>::run(acc[1], a1 + 2 * step, b + 2 * step);
     }
     wgmmaCommit();
     wgmmaWait<0>();
@@ -597,7 +570,7 @@ int wideSlices(const SkinnyJob<T>& job, int64_t k) {
   const int64_t units = job.first[job.count], room = 3LL * multiprocessorCount() / 2;
   int best = 1;
   for (int s = 2; s <= kMaxCluster; s *= 2) {
-    if (k % (static_cast<int64_t>(s) * kWideDepth) != 0 || k / s < 256 || units * s > room) break;
+    if (k % (static_cast<int64_t>(s) * 64) != 0 || k / s < 256 || units * s > room) break;
     best = s;
   }
   return best;
@@ -653,9 +626,8 @@ void launchJob(const float* x, const T* rounded, int64_t rows, int64_t k, Skinny
       throw Error("DUO_ARG", "skinny matmul: the warpgroup kernel needs Hopper machine code (sm_90a) and more than 8 rows");
     if (wide) {
       const int split = options.slices > 0 ? options.slices : wideSlices(pass, k);
-      if (k % (static_cast<int64_t>(split) * kWideDepth) != 0 || split > kMaxCluster)
-        throw Error("DUO_ARG", "skinny matmul: k = " + std::to_string(k) + " does not split into " + std::to_string(split) + " slices of " +
-                                   std::to_string(kWideDepth));
+      if (k % (static_cast<int64_t>(split) * 64) != 0 || split > kMaxCluster)
+        throw Error("DUO_ARG", "skinny matmul: k = " + std::to_string(k) + " does not split into " + std::to_string(split) + " slices of 64");
       if (rs) launchWideTokens<T, SWIGLU, false>(rs, count, k, pass, split, stream);
       else launchWideTokens<T, SWIGLU, true>(xs, count, k, pass, split, stream);
       continue;
