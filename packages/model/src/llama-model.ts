@@ -276,7 +276,8 @@ export class LlamaModel {
 
   /**
    * A host copy (f32) of one weight by its canonical HF Llama name (`EMBEDDING`, `layerNames(l).query`, …), for
-   * float64 references and inspection: the model's own tensors never leave it, so nothing can change them.
+   * float64 references and inspection: the model's own tensors never leave it, so nothing can change them. On a rank
+   * of a tensor-parallel group, the rank's slice (`tensorParallel`; its shape tells which part).
    */
   async readWeight(name: string): Promise<Float32Array> {
     this.#checkLive();
