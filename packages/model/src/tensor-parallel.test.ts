@@ -54,7 +54,11 @@ afterAll(() => {
 });
 
 /** One model per rank of an in-process group of `ranks`, each holding its slice of the checkpoint at `path`. */
-async function loadRanks(path: string, ranks: number, weightDtype: 'f32' | 'auto' = 'f32'): Promise<LlamaModel[]> {
+async function loadRanks(
+  path: string,
+  ranks: number,
+  weightDtype: 'f32' | 'bf16' | 'auto' = 'f32',
+): Promise<LlamaModel[]> {
   const group = createInProcessGroup(Array.from({ length: ranks }, () => cpu));
   return Promise.all(
     group.map((communicator) => LlamaModel.load(path, { device: cpu, weightDtype, tensorParallel: { communicator } })),
@@ -112,11 +116,16 @@ describe('tensor parallelism on the CPU: in-process ranks against the whole mode
     },
   );
 
-  it('q/k/v biases and a tied head (Qwen2) on 2 ranks', async () => {
-    const alone = await LlamaModel.load(qwenDirectory, { device: cpu, weightDtype: 'f32' });
-    const models = await loadRanks(qwenDirectory, 2);
+  const loads: [string, () => string, 'f32' | 'bf16', AttentionPolicy][] = [
+    ['q/k/v biases and a tied head (Qwen2)', () => qwenDirectory, 'f32', { attention: 'full', prefillChunk: 32 }],
+    ['f32 weights converted to bf16 as each slice loads', () => directory, 'bf16', { attention: 'duo', plan }],
+  ];
+  it.each(loads)('%s, 2 ranks: the whole model’s logits', async (_, path, weightDtype, policy) => {
+    const alone = await LlamaModel.load(path(), { device: cpu, weightDtype });
+    const models = await loadRanks(path(), 2, weightDtype);
     try {
-      const options: SessionOptions = { policy: { attention: 'full', prefillChunk: 32 }, maxTokens: PREFILL + DECODE };
+      expect((models[1] as LlamaModel).weightDtype).toBe(weightDtype);
+      const options: SessionOptions = { policy, maxTokens: PREFILL + DECODE };
       const [expected] = await run([alone], options);
       expectLikeWhole(await run(models, options), expected as Float32Array);
     } finally {
