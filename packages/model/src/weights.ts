@@ -169,9 +169,9 @@ export interface RandomWeightOptions {
  * Norms are ones; biases small random values.
  */
 export function randomWeights(config: ModelConfig, backend: Backend, options: RandomWeightOptions): ModelWeights {
-  // A rank of a tensor-parallel group: its slices' shapes (random either way); the embedding and head stay whole.
-  const shape = { ...weightShapes(options.part ? rankConfig(config, options.part.size) : config) };
-  shape.embedding = weightShapes(config).embedding;
+  // A rank of a tensor-parallel group: its slices' shapes (random either way); rankConfig keeps the vocabulary and
+  // hidden size, so the embedding and head stay whole.
+  const shape = weightShapes(options.part ? rankConfig(config, options.part.size) : config);
   let seed = options.seed ?? 1;
   const std = options.std ?? 0.02;
   const made: TensorHandle[] = [];

@@ -33,11 +33,12 @@ export const contextParallelHelp = `duo-bench context-parallel (--gpus 1,2,4,8 |
                      [--prefill N|none] [--chunk N] [--split keys|weights] [--out FILE] [--plot FILE.svg|FILE.png]
   One sequence over several ranks: --split keys (default; context parallelism: the retrieval heads' keys dealt to the
   ranks in chunks of --chunk, default the prefill chunk) or --split weights (tensor parallelism: each rank holds its KV
-  heads' q/k/v/o and 1/R of the MLP, and the ranks sum o and down with an all-reduce). For each rank count: decode ms/token at the context (cache filled with synthetic
-  K/V, --context or --context-per-rank × ranks) and, with --prefill, the seconds of a real prefill of that many tokens
-  and its scaling efficiency against one rank (T₁ / (R · T_R)). --gpus runs one process per GPU over NCCL (CUDA;
-  NCCL_NVLS_ENABLE=0, DUO_NCCL_PATH where libnccl.so.2 is not found by itself); --ranks runs the ranks in this
-  process (in-process group, any device: what CI checks). One rank runs a plain session.
+  heads' q/k/v/o and 1/R of the MLP, and the ranks sum o and down with an all-reduce). For each rank count: decode
+  ms/token at the context (cache filled with synthetic K/V, --context or --context-per-rank × ranks) and, with
+  --prefill, the seconds of a real prefill of that many tokens and its scaling efficiency against one rank
+  (T₁ / (R · T_R)). --gpus runs one process per GPU over NCCL (CUDA; NCCL_NVLS_ENABLE=0, DUO_NCCL_PATH where
+  libnccl.so.2 is not found by itself); --ranks runs the ranks in this process (in-process group, any device: what CI
+  checks). One rank runs a plain session.
 ${POLICY_HELP}`;
 
 /** What one rank measured. */
