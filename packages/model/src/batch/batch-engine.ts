@@ -1,18 +1,14 @@
 // The batch engine: many sequences, each with its own policy, KV cache, sampling and position, advanced together one
 // step at a time (continuous batching with chunked prefill), over one model's weights and one shared page pool.
 import {
-  type AttentionPolicy,
   type Backend,
   type CacheBatch,
-  DEFAULT_MAX_NEW_TOKENS,
   type DType,
   DuoArgumentError,
   DuoCapacityError,
   DuoDisposedError,
   DuoError,
   DuoOutOfMemoryError,
-  FULL_ATTENTION,
-  type HeadPlan,
   type ModelConfig,
   type TensorHandle,
 } from '@duoattn/core';
@@ -26,97 +22,24 @@ import {
   PrefixCache,
   type PrefixCacheStats,
   type PrefixMatch,
-  policyPlan,
   prefixKey,
   type StreamingSnapshot,
 } from '@duoattn/dual-cache';
 import type { LlamaBlocks } from '../llama-blocks.js';
-import { checkSampling, type SamplingOptions, seededRandom } from '../sampling.js';
-import { checkPolicyShape, type ResolvedPolicy, resolvePolicy } from '../session.js';
-import type { StreamDecoder, Tokenizer } from '../tokenizers/tokenizer.js';
+import type { Tokenizer } from '../tokenizers/tokenizer.js';
+import {
+  type BatchRequest,
+  type BatchResult,
+  type BatchStream,
+  type BatchToken,
+  checkRequest,
+  type FinishReason,
+  Generation,
+} from './request.js';
 import { TokenQueue } from './token-stream.js';
 import { type SampleWorkspace, StepWorkspaces } from './workspaces.js';
 
-/** One request to the engine. */
-export interface BatchRequest {
-  /** Token ids, or text for a model with a tokenizer (BOS added). */
-  readonly prompt: readonly number[] | string;
-  /** How the sequence attends and stores its KV cache (default full attention); any policy, side by side with others. */
-  readonly policy?: AttentionPolicy;
-  /** Most new tokens. Default `DEFAULT_MAX_NEW_TOKENS` (128). */
-  readonly maxTokens?: number;
-  /** Temperature, top-k, top-p and seed; default greedy. Sampling runs on the device. */
-  readonly sampling?: SamplingOptions;
-  /** Tokens that end the answer (included in it). Default the tokenizer's / config's EOS ids. */
-  readonly stopTokens?: readonly number[];
-  /** Strings that end the answer once its text contains one (needs a tokenizer). */
-  readonly stopStrings?: readonly string[];
-  /** Cancels the request: its pages are freed at the next step boundary and it finishes with 'abort'. */
-  readonly signal?: AbortSignal;
-  /** Return each token's logits row (for tests and analyses; reads the vocabulary's logits per token). Default false. */
-  readonly logits?: boolean;
-  /**
-   * Return each token's log-probability under the model (the softmax of its logits, before temperature and truncation)
-   * and the `logprobs` most likely tokens' (0 … 20; 0: the chosen token's only). Default: none.
-   */
-  readonly logprobs?: number;
-  /**
-   * For benchmarks: this many synthetic positions come before the prompt. When the sequence starts, its cache is
-   * filled with random keys and values (seeded, on the device) as if they had run, so decode at long contexts is timed
-   * without prefilling them. What such a sequence generates is not text. Default 0.
-   */
-  readonly syntheticContext?: number;
-}
-
-/** Why a sequence ended: a stop token or string, its token limit, or cancellation. */
-export type FinishReason = 'stop' | 'length' | 'abort';
-
-/** One generated token. */
-export interface BatchToken {
-  readonly id: number;
-  /** The text it completed (empty without a tokenizer, or while a character is incomplete). */
-  readonly text: string;
-  /** The logits it was sampled from, when the request asked for them. */
-  readonly logits?: Float32Array;
-  /** Its log-probability, when the request asked for logprobs. */
-  readonly logprob?: number;
-  /** The most likely tokens and their log-probabilities, most likely first, when the request asked for logprobs. */
-  readonly topLogprobs?: readonly { readonly id: number; readonly logprob: number }[];
-}
-
-/** Tokens a request used. */
-export interface BatchUsage {
-  readonly promptTokens: number;
-  readonly completionTokens: number;
-  readonly totalTokens: number;
-  /** Tokens prefilled again after the sequence was preempted (0 unless it was). */
-  readonly recomputedTokens: number;
-  /**
-   * Prompt tokens whose KV came from the prefix cache when the sequence was (last) admitted, not prefilled (OpenAI's
-   * `prompt_tokens_details.cached_tokens`).
-   */
-  readonly cachedTokens: number;
-}
-
-/** How a request ended. */
-export interface BatchResult {
-  readonly tokens: readonly number[];
-  readonly text: string;
-  readonly finishReason: FinishReason;
-  readonly usage: BatchUsage;
-  /** Times since submission, in milliseconds: admission (first step with the sequence) and first token. */
-  readonly timings: { readonly admittedMs: number; readonly firstTokenMs: number; readonly totalMs: number };
-  /** Times the sequence was preempted (evicted and requeued to be recomputed). */
-  readonly preemptions: number;
-}
-
-/** A submitted request: iterate it for its tokens; `result` resolves when it ends. */
-export interface BatchStream extends AsyncIterable<BatchToken> {
-  readonly id: number;
-  readonly result: Promise<BatchResult>;
-  /** Cancels it (as its signal would). */
-  cancel(): void;
-}
+export type { BatchRequest, BatchResult, BatchStream, BatchToken, BatchUsage, FinishReason } from './request.js';
 
 /**
  * How sequences are admitted. 'reserve' (default): a sequence starts only when the pages its request can grow to
@@ -208,23 +131,11 @@ const DEFAULT_STEP_TOKENS = 1024;
 const DEFAULT_MAX_WAITING = 1024;
 const DEFAULT_CPU_KV_BUDGET = 2 * 1024 ** 3;
 
-/** One request as the engine runs it. */
-class Sequence {
-  readonly queue = new TokenQueue<BatchToken, BatchResult>();
-  /** Prompt, then every generated token: what the cache must hold before the next token is drawn. */
-  readonly tokens: number[];
-  readonly generated: number[] = [];
-  readonly submitted = performance.now();
-  readonly random: () => number;
-  readonly stopTokens: ReadonlySet<number>;
-  readonly decoder: StreamDecoder | undefined;
+/** One request as the engine runs it: its generation and its place in the pool and the batch. */
+class Sequence extends Generation<TokenQueue<BatchToken, BatchResult>> {
   cache: DualKvCache | undefined;
   /** Tokens in the cache. */
   cached = 0;
-  text = '';
-  admittedAt = 0;
-  firstTokenAt = 0;
-  cancelled = false;
   preemptions = 0;
   recomputed = 0;
   /** Tokens in the cache when it was last preempted (recomputed unless a cached prefix serves them). */
@@ -237,29 +148,6 @@ class Sequence {
   offered = false;
   /** Admission order: the highest is the newest (preempted first). */
   order = 0;
-
-  constructor(
-    readonly id: number,
-    readonly request: BatchRequest,
-    readonly prompt: readonly number[],
-    /** The head plan its policy runs (the cache's, the planner's and the prefix cache's). */
-    readonly plan: HeadPlan,
-    readonly policy: ResolvedPolicy,
-    readonly maxNew: number,
-    readonly sampling: Required<SamplingOptions>,
-    stopTokens: readonly number[],
-    tokenizer: Tokenizer | undefined,
-  ) {
-    this.tokens = [...prompt];
-    this.random = seededRandom(sampling.seed);
-    this.stopTokens = new Set(stopTokens);
-    this.decoder = tokenizer?.createStreamDecoder(prompt);
-  }
-
-  /** Tokens the cache may reach: the prompt and every new token but the last (which is never fed back). */
-  get capacity(): number {
-    return this.prompt.length + Math.max(this.maxNew - 1, 0);
-  }
 
   /** Tokens not yet in the cache: 1 when decoding, more while (re)filling. */
   get pending(): number {
@@ -333,7 +221,7 @@ export class BatchEngine {
     }
     this.cacheDtype = dtype === 'auto' ? model.defaultCacheDtype : dtype;
     const backend = model.backend;
-    const budget = options.kvBudgetBytes ?? defaultBudget(backend);
+    const budget = options.kvBudgetBytes ?? defaultKvBudget(backend);
     this.pool = new KvPagePool({ budgetBytes: budget, pageBytes: backend.pageBytes });
     const prefixOptions = options.prefixCache ?? {};
     if (prefixOptions !== false) {
@@ -450,69 +338,12 @@ export class BatchEngine {
   /** Checks a request and makes its sequence (nothing allocated yet). */
   #prepare(request: BatchRequest): Sequence {
     const { config, tokenizer } = this.#model;
-    if (typeof request !== 'object' || request === null) {
-      throw new DuoArgumentError('request', `Expected a request object but received ${String(request)}`);
-    }
-    const given = typeof request.prompt === 'string' ? encode(tokenizer, request.prompt) : request.prompt;
-    if (!Array.isArray(given) || given.length === 0) {
-      throw new DuoArgumentError('prompt', 'Expected a non-empty prompt (token ids or text)');
-    }
-    const synthetic = request.syntheticContext ?? 0;
-    if (!Number.isInteger(synthetic) || synthetic < 0) {
-      throw new DuoArgumentError(
-        'syntheticContext',
-        `Expected \`syntheticContext\` to be an integer ≥ 0 but received ${String(synthetic)}`,
-      );
-    }
-    // Synthetic positions stand before the prompt as token 0; their keys and values are filled at admission.
-    const prompt = synthetic === 0 ? given : [...new Array<number>(synthetic).fill(0), ...given];
-    for (const token of given) {
-      if (!Number.isInteger(token) || token < 0 || token >= config.vocabSize) {
-        throw new DuoArgumentError('prompt', `Expected token ids in [0, ${config.vocabSize}) but received ${token}`);
-      }
-    }
-    const maxNew = request.maxTokens ?? DEFAULT_MAX_NEW_TOKENS;
-    if (!Number.isInteger(maxNew) || maxNew < 1) {
-      throw new DuoArgumentError('maxTokens', `Expected \`maxTokens\` to be an integer ≥ 1 but received ${maxNew}`);
-    }
-    const context = config.maxPositionEmbeddings;
-    if (!this.#options.allowBeyondContext && prompt.length + maxNew > context) {
-      throw new DuoArgumentError(
-        prompt.length > context ? 'prompt' : 'maxTokens',
-        `The prompt's ${prompt.length} tokens + \`maxTokens\` ${maxNew} = ${prompt.length + maxNew} tokens exceed the model's ${context}-token context (max_position_embeddings)`,
-      );
-    }
-    checkPolicyShape(request.policy);
-    const plan = policyPlan(config, request.policy ?? FULL_ATTENTION);
-    const policy = resolvePolicy(request.policy, plan);
-    positiveInteger('policy.prefillChunk', policy.prefillChunk);
-    const sampling = checkSampling(request.sampling ?? {});
-    const top = request.logprobs;
-    if (top !== undefined && !(Number.isInteger(top) && top >= 0 && top <= 20)) {
-      throw new DuoArgumentError(
-        'logprobs',
-        `Expected \`logprobs\` to be an integer in [0, 20] but received ${String(top)}`,
-      );
-    }
-    if (request.stopStrings !== undefined && !Array.isArray(request.stopStrings)) {
-      throw new DuoArgumentError('stopStrings', 'Expected `stopStrings` to be an array of strings');
-    }
-    const stopTokens = request.stopTokens ?? tokenizer?.eosTokenIds ?? config.eosTokenIds;
-    const sequence = new Sequence(
-      this.#nextId++,
-      request,
-      [...prompt],
-      plan,
-      policy,
-      maxNew,
-      sampling,
-      stopTokens,
-      tokenizer,
-    );
+    const checked = checkRequest(request, config, tokenizer, this.#options.allowBeyondContext);
+    const sequence = new Sequence(this.#nextId++, request, checked, tokenizer, new TokenQueue());
     const pages = this.#pagesToAdmit(sequence, sequence.capacity);
     if (pages > this.pool.totalPages) {
       throw new DuoCapacityError(
-        `The request needs ${pages} KV pages of ${this.pool.pageBytes} bytes for ${sequence.capacity} tokens (${request.policy?.attention ?? 'full'} attention, ${policy.kvQuant} KV) but the engine's whole pool has ${this.pool.totalPages}`,
+        `The request needs ${pages} KV pages of ${this.pool.pageBytes} bytes for ${sequence.capacity} tokens (${request.policy?.attention ?? 'full'} attention, ${sequence.policy.kvQuant} KV) but the engine's whole pool has ${this.pool.totalPages}`,
         false,
       );
     }
@@ -767,28 +598,10 @@ export class BatchEngine {
     const vocab = this.#model.config.vocabSize;
     sampled.forEach((sequence, index) => {
       if (sequence.cancelled || !this.#running.includes(sequence)) return;
-      const token = tokens[index] ?? 0;
       const row = logits?.subarray(index * vocab, (index + 1) * vocab);
-      const extra: { logits?: Float32Array; logprob?: number; topLogprobs?: { id: number; logprob: number }[] } = {};
-      if (row && sequence.request.logits) extra.logits = row.slice();
-      if (row && sequence.request.logprobs !== undefined)
-        Object.assign(extra, logprobsOf(row, token, sequence.request.logprobs));
-      this.#emit(sequence, token, extra);
+      const finish = sequence.accept(tokens[index] ?? 0, row);
+      if (finish) this.#retire(sequence, finish);
     });
-  }
-
-  #emit(sequence: Sequence, token: number, extra: Omit<BatchToken, 'id' | 'text'>): void {
-    if (sequence.firstTokenAt === 0) sequence.firstTokenAt = performance.now();
-    sequence.generated.push(token);
-    sequence.tokens.push(token);
-    const text = sequence.decoder ? sequence.decoder.push(token) : '';
-    sequence.text += text;
-    sequence.queue.push({ id: token, text, ...extra });
-    const stopped =
-      sequence.stopTokens.has(token) ||
-      (sequence.request.stopStrings?.some((needle) => sequence.text.includes(needle)) ?? false);
-    if (stopped) this.#retire(sequence, 'stop');
-    else if (sequence.generated.length >= sequence.maxNew) this.#retire(sequence, 'length');
   }
 
   /** Ends cancelled sequences at the step boundary: their pages go back to the pool. */
@@ -1053,67 +866,19 @@ export class BatchEngine {
   }
 
   #finish(sequence: Sequence, reason: FinishReason): void {
-    const now = performance.now();
-    const since = (time: number) => (time === 0 ? 0 : time - sequence.submitted);
-    sequence.queue.end({
-      tokens: [...sequence.generated],
-      text: sequence.text,
-      finishReason: reason,
-      usage: {
-        promptTokens: sequence.prompt.length,
-        completionTokens: sequence.generated.length,
-        totalTokens: sequence.prompt.length + sequence.generated.length,
-        recomputedTokens: sequence.recomputed,
-        cachedTokens: sequence.cachedTokens,
-      },
-      timings: {
-        admittedMs: since(sequence.admittedAt),
-        firstTokenMs: since(sequence.firstTokenAt),
-        totalMs: now - sequence.submitted,
-      },
+    sequence.finish(reason, {
+      recomputed: sequence.recomputed,
+      cachedTokens: sequence.cachedTokens,
       preemptions: sequence.preemptions,
     });
   }
 }
 
-/** The chosen token's log-probability and the `top` most likely tokens' (log-softmax of the logits, in float64). */
-function logprobsOf(
-  logits: Float32Array,
-  token: number,
-  top: number,
-): { logprob: number; topLogprobs: { id: number; logprob: number }[] } {
-  let maximum = Number.NEGATIVE_INFINITY;
-  for (const value of logits) if (value > maximum) maximum = value;
-  let sum = 0;
-  for (const value of logits) sum += Math.exp(value - maximum);
-  const normalizer = maximum + Math.log(sum);
-  const best: { id: number; logprob: number }[] = [];
-  if (top > 0) {
-    // The `top` largest, kept sorted (most likely first; the lower id first on ties).
-    for (let id = 0; id < logits.length; id++) {
-      const value = logits[id] as number;
-      if (best.length === top && value <= (best[top - 1] as { logprob: number }).logprob) continue;
-      let at = best.length;
-      while (at > 0 && (best[at - 1] as { logprob: number }).logprob < value) at--;
-      best.splice(at, 0, { id, logprob: value });
-      if (best.length > top) best.pop();
-    }
-  }
-  return {
-    logprob: (logits[token] ?? Number.NEGATIVE_INFINITY) - normalizer,
-    topLogprobs: best.map(({ id, logprob }) => ({ id, logprob: logprob - normalizer })),
-  };
-}
-
-function defaultBudget(backend: Backend): number {
+/** KV bytes an engine takes when not told: 85 % of the device's free memory now, 2 GiB on the CPU. */
+export function defaultKvBudget(backend: Backend): number {
   if (backend.device === 'cpu') return DEFAULT_CPU_KV_BUDGET;
   const free = backend.memory().deviceFreeBytes ?? 0;
   return Math.floor(free * 0.85);
-}
-
-function encode(tokenizer: Tokenizer | undefined, text: string): number[] {
-  if (!tokenizer) throw new DuoArgumentError('prompt', 'This model has no tokenizer: pass token ids instead of text');
-  return tokenizer.encode(text);
 }
 
 function positiveInteger(name: string, value: number): number {
