@@ -9,6 +9,7 @@ export {
   type BatchStream,
   type BatchToken,
   type BatchUsage,
+  defaultKvBudget,
   type FinishReason,
 } from './batch/batch-engine.js';
 export {
@@ -16,9 +17,21 @@ export {
   type EngineWorkerInfo,
   type EngineWorkerOptions,
   startEngineWorker,
+  type WorkerGroup,
   type WorkerModel,
 } from './batch/engine-worker.js';
+export { type CheckedRequest, checkRequest } from './batch/request.js';
 export { applyChatTemplate, type ChatMessage } from './chat-template.js';
+export {
+  type CacheBytes,
+  GroupEngine,
+  type GroupEngineOptions,
+  type InProcessGroupOptions,
+  inProcessGroup,
+  type RankGroup,
+} from './group/group-engine.js';
+export type { GroupRequest, ParallelSplit } from './group/group-rank.js';
+export { type ProcessGroupOptions, startProcessGroup } from './group/process-group.js';
 export { LlamaBlocks } from './llama-blocks.js';
 export {
   type GeneratedToken,

@@ -19,7 +19,7 @@ import {
   type PrefillMask,
   type TensorHandle,
 } from '@duoattn/core';
-import { type CacheLayer, DualKvCache, policyPlan } from '@duoattn/dual-cache';
+import { type CacheLayer, DualKvCache, dualCacheBytes, policyPlan } from '@duoattn/dual-cache';
 import { type StepWorkspace, stepWorkspace } from './batch/workspaces.js';
 import type { LlamaBlocks } from './llama-blocks.js';
 import { rankPlan } from './tensor-parallel.js';
@@ -263,6 +263,22 @@ export class Session {
   /** Bytes the KV cache holds now: the full regions (they grow with the sequence) and the streaming regions (constant). */
   cacheBytes(): { full: number; streaming: number } {
     return this.#cache.bytes();
+  }
+
+  /**
+   * Bytes the KV cache will hold once positions 0 … tokens − 1 have run (a context-parallel rank's share of them), in
+   * the backend's whole pages: what a caller checks against a memory budget before the work starts.
+   */
+  cacheBytesAt(tokens: number): { full: number; streaming: number } {
+    return dualCacheBytes(
+      this.#config,
+      this.plan,
+      this.cacheDtype,
+      this.#held(tokens),
+      this.prefillChunk,
+      this.#backend.pageBytes,
+      this.kvQuant,
+    );
   }
 
   /** Tokens already in the cache (the absolute position of the next token). */

@@ -1,37 +1,47 @@
 // The worker thread's side of `startEngineWorker`: loads the model, runs a batch engine over it and answers the
 // caller's messages (engine-worker.ts has the protocol).
 import { parentPort } from 'node:worker_threads';
-import { resolveBackend } from '@duoattn/kernels';
-import { LlamaModel } from '../llama-model.js';
-import type { BatchEngine, BatchStream } from './batch-engine.js';
-import { type FromWorker, type ToWorker, toWire, type WorkerModel } from './engine-worker.js';
+import { createInProcessGroup } from '@duoattn/kernels';
+import { GroupEngine, inProcessGroup } from '../group/group-engine.js';
+import type { LlamaModel } from '../llama-model.js';
+import { type BatchEngine, type BatchEngineOptions, type BatchStream, defaultKvBudget } from './batch-engine.js';
+import { type FromWorker, type ToWorker, toWire, type WorkerGroup, type WorkerModel } from './engine-worker.js';
+import { loadWorkerModel, workerBackend } from './worker-model.js';
 
 const port = parentPort;
 if (!port) throw new Error('engine-worker-main runs in a worker thread (startEngineWorker starts it)');
 
-let model: LlamaModel | undefined;
-let engine: BatchEngine | undefined;
+// The models (one, or a tensor-parallel group's slices) and the engine over them.
+let models: LlamaModel[] = [];
+let engine: BatchEngine | GroupEngine | undefined;
 const streams = new Map<number, BatchStream>();
 
 function post(message: FromWorker): void {
   port?.postMessage(message);
 }
 
-async function load(spec: WorkerModel): Promise<LlamaModel> {
-  if ('path' in spec) {
-    return LlamaModel.load(spec.path, {
-      device: backendFor(spec),
-      weightDtype: spec.weightDtype,
-      tokenizerPath: spec.tokenizerPath,
-    });
+/** Loads the model and starts the engine: a batch engine, or a group engine over ranks in this thread. */
+async function start(spec: WorkerModel, options: BatchEngineOptions, group: WorkerGroup | undefined) {
+  const backend = workerBackend(spec);
+  if (!group) {
+    const model = await loadWorkerModel(spec, backend);
+    models = [model];
+    return { model, engine: model.createBatchEngine(options) };
   }
-  return LlamaModel.random(spec.random, { device: backendFor(spec), dtype: spec.dtype, seed: spec.seed });
-}
-
-/** The device as asked, tuned when the spec says how. */
-function backendFor(spec: WorkerModel) {
-  const device = spec.device ?? 'auto';
-  return spec.tuning ? resolveBackend(device, { tuning: spec.tuning }) : device;
+  const communicators = createInProcessGroup(Array.from({ length: group.ranks }, () => backend));
+  if (group.split === 'weights') {
+    for (const communicator of communicators) models.push(await loadWorkerModel(spec, backend, { communicator }));
+  } else models = [await loadWorkerModel(spec, backend)];
+  const model = models[0] as LlamaModel;
+  const kvBudgetBytes = options.kvBudgetBytes ?? defaultKvBudget(model.backend);
+  const ranks = inProcessGroup(models, communicators, {
+    split: group.split,
+    kvBudgetBytes,
+    allowBeyondContext: options.allowBeyondContext ?? false,
+  });
+  const config = model.tensorParallel?.modelConfig ?? model.config;
+  const engine = new GroupEngine(ranks, { config, tokenizer: model.tokenizer }, options);
+  return { model, engine };
 }
 
 async function relay(id: number, stream: BatchStream): Promise<void> {
@@ -49,12 +59,13 @@ port.on('message', async (message: ToWorker) => {
   switch (message.type) {
     case 'start':
       try {
-        model = await load(message.model);
-        engine = model.createBatchEngine(message.engine);
+        const started = await start(message.model, message.engine, message.group);
+        const { model } = started;
+        engine = started.engine;
         post({
           type: 'ready',
           info: {
-            config: model.config,
+            config: model.tensorParallel?.modelConfig ?? model.config,
             device: model.backend.device,
             deviceName: model.backend.deviceName,
             source: model.source,
@@ -88,7 +99,7 @@ port.on('message', async (message: ToWorker) => {
       break;
     case 'close':
       await engine?.close();
-      model?.dispose();
+      for (const model of models) model.dispose();
       post({ type: 'closed' });
       port.close();
       break;

@@ -1,60 +1,27 @@
 // The batch engine in a worker thread: the same tokens as in-process, cancellation through an AbortSignal, refused
 // requests keep their error class, a model that cannot load rejects the start, and close() ends the thread.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { DuoArgumentError, DuoCapacityError, DuoError, readEnvironment } from '@duoattn/core';
-import { build } from 'esbuild';
+import { DuoArgumentError, DuoCapacityError, DuoError } from '@duoattn/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type BundledEntry, bundleEntry } from '../__fixtures__/bundle-entry.js';
 import { LlamaModel } from '../llama-model.js';
 import type { BatchRequest } from './batch-engine.js';
 import { type EngineWorker, startEngineWorker } from './engine-worker.js';
 
-const PACKAGE = join(import.meta.dirname, '..', '..');
-const DEMO = join(PACKAGE, '..', '..', 'models', 'duo-demo');
-let directory = '';
+const DEMO = join(import.meta.dirname, '..', '..', '..', '..', 'models', 'duo-demo');
+let bundled: BundledEntry | undefined;
 let workerUrl: URL;
 let env: NodeJS.ProcessEnv;
 
-// Workers run plain JavaScript: bundle the worker's entry with the workspace packages' sources (as vitest resolves them).
+// Workers run plain JavaScript: bundle the worker's entry with the workspace packages' sources.
 beforeAll(async () => {
-  const { workspaceAliases } = (await import(join(PACKAGE, '..', '..', 'vitest.shared.ts'))) as {
-    workspaceAliases(): { find: RegExp; replacement: string }[];
-  };
-  const aliases = workspaceAliases();
-  const bundle = await build({
-    entryPoints: [join(PACKAGE, 'src', 'batch', 'engine-worker-main.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    write: false,
-    logLevel: 'silent',
-    external: ['@huggingface/*'],
-    plugins: [
-      {
-        name: 'workspace-sources',
-        setup(builder) {
-          builder.onResolve({ filter: /^@duoattn\// }, (args) => {
-            const alias = aliases.find(({ find }) => find.test(args.path));
-            return alias ? { path: alias.replacement } : undefined;
-          });
-        },
-      },
-    ],
-  });
-  // Inside the package, so the worker resolves the package's own dependencies (tokenizers, GGUF) as the tests do.
-  directory = mkdtempSync(join(PACKAGE, 'node_modules', '.engine-worker-'));
-  const file = join(directory, 'engine-worker-main.mjs');
-  writeFileSync(file, bundle.outputFiles[0]?.text ?? '');
-  workerUrl = pathToFileURL(file);
-  const addon =
-    readEnvironment().nativePath ?? join(PACKAGE, '..', 'kernels', 'native', 'build', 'Release', 'duoattn.node');
-  env = { ...process.env, DUO_NATIVE_PATH: addon };
+  bundled = await bundleEntry('batch/engine-worker-main.ts');
+  workerUrl = bundled.url;
+  env = bundled.env;
 });
 
 afterAll(() => {
-  if (directory) rmSync(directory, { recursive: true, force: true });
+  bundled?.remove();
 });
 
 const prompt = (length: number, seed: number) => Array.from({ length }, (_, i) => 32 + ((i * 5 + seed) % 90));
@@ -145,4 +112,38 @@ describe('starting the worker', () => {
     await expect(stream.result).rejects.toMatchObject({ retryable: false });
     await worker.close();
   }, 60_000);
+});
+
+describe('a parallel group in the worker thread', () => {
+  it('two in-process ranks of each split give the batch engine greedy tokens', async () => {
+    const requests: BatchRequest[] = [
+      { prompt: prompt(300, 5), maxTokens: 6, stopTokens: [] },
+      {
+        prompt: 'Once upon a time',
+        maxTokens: 8,
+        stopTokens: [],
+        policy: { attention: 'streaming', sink: 4, recent: 64 },
+      },
+    ];
+    const model = await LlamaModel.load(DEMO, { device: 'cpu' });
+    const engine = model.createBatchEngine();
+    const local = await Promise.all(requests.map((request) => ids(engine.submit(request))));
+    await engine.close();
+    model.dispose();
+    for (const split of ['keys', 'weights'] as const) {
+      const worker = await startEngineWorker({
+        model: { path: DEMO, device: 'cpu' },
+        group: { ranks: 2, split },
+        workerUrl,
+        env,
+      });
+      try {
+        expect(worker.info.config.numKvHeads).toBe(2);
+        const remote = await Promise.all(requests.map((request) => ids(worker.submit(request))));
+        expect(remote, split).toEqual(local);
+      } finally {
+        await worker.close();
+      }
+    }
+  }, 120_000);
 });

@@ -11,6 +11,7 @@ import {
   type ModelConfig,
 } from '@duoattn/core';
 import type { BackendTuning } from '@duoattn/kernels';
+import type { ParallelSplit } from '../group/group-rank.js';
 import type {
   BatchEngineOptions,
   BatchEngineStats,
@@ -39,10 +40,23 @@ export type WorkerModel =
       readonly tuning?: BackendTuning;
     };
 
+/** Ranks of a parallel group, all in the worker thread (`createInProcessGroup`): CPU runs of what GPUs run apart. */
+export interface WorkerGroup {
+  readonly ranks: number;
+  /** 'keys': context parallelism; 'weights': tensor parallelism (each rank loads its slice). */
+  readonly split: ParallelSplit;
+}
+
 /** Options of `startEngineWorker`. */
 export interface EngineWorkerOptions {
   readonly model: WorkerModel;
+  /**
+   * The batch engine's options; with `group`, its `maxWaiting`, `kvBudgetBytes` (each rank's) and
+   * `allowBeyondContext` apply to the group engine.
+   */
   readonly engine?: BatchEngineOptions;
+  /** Run a `GroupEngine` over this many in-process ranks instead of a batch engine. Default: a batch engine. */
+  readonly group?: WorkerGroup;
   /** The worker's script; default the package's own (`engine-worker-main.js` beside this module's build). */
   readonly workerUrl?: URL;
   /** Environment of the worker thread. Default this process's. */
@@ -61,7 +75,12 @@ export interface EngineWorkerInfo {
 
 /** Messages to the worker. */
 export type ToWorker =
-  | { readonly type: 'start'; readonly model: WorkerModel; readonly engine: BatchEngineOptions }
+  | {
+      readonly type: 'start';
+      readonly model: WorkerModel;
+      readonly engine: BatchEngineOptions;
+      readonly group?: WorkerGroup;
+    }
   | { readonly type: 'submit'; readonly id: number; readonly request: Omit<BatchRequest, 'signal'> }
   | { readonly type: 'cancel'; readonly id: number }
   | { readonly type: 'stats'; readonly id: number }
@@ -248,6 +267,11 @@ export function startEngineWorker(options: EngineWorkerOptions): Promise<EngineW
     };
     worker.on('message', onMessage);
     worker.once('error', reject);
-    worker.postMessage({ type: 'start', model: options.model, engine: options.engine ?? {} } satisfies ToWorker);
+    worker.postMessage({
+      type: 'start',
+      model: options.model,
+      engine: options.engine ?? {},
+      ...(options.group ? { group: options.group } : {}),
+    } satisfies ToWorker);
   });
 }
