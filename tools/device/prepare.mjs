@@ -79,7 +79,14 @@ await build({
   entryPoints: [join(root, 'packages/model/src/batch/engine-worker-main.ts')],
   outfile: join(out, 'engine-worker-main.js'),
 });
-const bundles = ['device-tests.mjs', 'duo-bench.mjs', 'duo-serve.mjs', 'engine-worker-main.js'];
+// duo-serve --gpus forks one rank process per GPU running group-rank-main.js, which startProcessGroup also looks for
+// beside the bundle.
+await build({
+  ...common,
+  entryPoints: [join(root, 'packages/model/src/group/group-rank-main.ts')],
+  outfile: join(out, 'group-rank-main.js'),
+});
+const bundles = ['device-tests.mjs', 'duo-bench.mjs', 'duo-serve.mjs', 'engine-worker-main.js', 'group-rank-main.js'];
 
 // 3. Node itself (the GPU machine has none): without its symbols and at xz's strongest setting (21.9 MB instead of 24.2,
 // room in the 64 MiB a device call carries for a second bundle); made once per Node binary.

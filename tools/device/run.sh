@@ -9,7 +9,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/duo-out}
 mkdir -p "$OUT" /tmp/duo-node
 xz -dc .device/node.xz > /tmp/duo-node/node && chmod +x /tmp/duo-node/node
-for file in duoattn.node device-tests.mjs duo-bench.mjs duo-serve.mjs engine-worker-main.js; do
+for file in duoattn.node device-tests.mjs duo-bench.mjs duo-serve.mjs engine-worker-main.js group-rank-main.js; do
   [ -f ".device/$file.xz" ] && xz -dc ".device/$file.xz" > "/tmp/duo-node/$file"
 done
 # Addon variants for A/Bs (.device/variant-NAME.node.xz; a step's knobs pick one with DUO_VARIANT=NAME, variantAddon).
@@ -37,11 +37,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 # cache off, and every prompt distinct anyway), /health polled until it says ok (600 s at most; a server that exits
 # first fails the step with its log's tail), then duo-bench serve-load against it, then SIGTERM (SIGKILL after 60 s).
 serve_load() {
-  local port=${DUO_SERVE_PORT:-8765} log=$OUT/serve-llama-3-8b.server.log ready= pid result
+  # A parallel group (step serve-group: DUO_SERVE_GROUP="--gpus 2 --split keys") keeps no prefixes and runs one request at
+  # a time; its files are named serve-group-*.
+  local name=serve-llama-3-8b cache="--prefix-cache 0"
+  [ -n "${DUO_SERVE_GROUP:-}" ] && name=serve-group-llama-3-8b cache=
+  local port=${DUO_SERVE_PORT:-8765} log=$OUT/$name.server.log ready= pid result
   local url=http://127.0.0.1:$port
-  # shellcheck disable=SC2086 # DUO_SERVE_FLAGS is a list of flags
+  # shellcheck disable=SC2086 # DUO_SERVE_FLAGS and DUO_SERVE_GROUP are lists of flags
   node /tmp/duo-node/duo-serve.mjs --shape "${DUO_SERVE_SHAPE:-llama-3-8b-1048k}" --device cuda --dtype bf16 \
-    --host 127.0.0.1 --port "$port" --prefix-cache 0 --log-level warn ${DUO_SERVE_FLAGS:-} > "$log" 2>&1 &
+    --host 127.0.0.1 --port "$port" $cache --log-level warn ${DUO_SERVE_GROUP:-} ${DUO_SERVE_FLAGS:-} > "$log" 2>&1 &
   pid=$!
   for _ in $(seq 600); do
     if ! kill -0 "$pid" 2>/dev/null; then echo "serve: duo-serve exited before it was ready:"; tail -20 "$log"; return 1; fi
@@ -54,7 +58,7 @@ serve_load() {
   node /tmp/duo-node/duo-bench.mjs serve-load --url "$url" --attention full,duo --sparsity 0.5 --sink 128 --recent 256 \
     --concurrency "${DUO_SERVE_CONCURRENCY:-1,8,32}" --prompt-tokens "${DUO_SERVE_PROMPT:-32k}" \
     --output-tokens "${DUO_SERVE_OUTPUT:-64}" ${DUO_SERVE_REQUESTS:+--requests $DUO_SERVE_REQUESTS} \
-    --out "$OUT/serve-llama-3-8b.json" 2>&1 | tee "$OUT/serve-llama-3-8b.log"
+    --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
   result=${PIPESTATUS[0]}
   kill -TERM "$pid"
   for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
@@ -209,6 +213,13 @@ for step in "${steps[@]}"; do
     # About 6 minutes on an H100 at the defaults (32K prompts prefill at ~8-10K tokens/s; the level of 32 is ~2 minutes
     # per policy).
     serve) serve_load || status=1 ;;
+    # duo-serve over a group of GPUs (a kind of several): one long prompt at a time, context parallelism by default
+    # (DUO_SERVE_GPUS, default every GPU; DUO_SERVE_SPLIT keys|weights), duo 50 % and full at DUO_SERVE_PROMPT (default
+    # 128k) tokens, concurrency 1 (the group serves requests one at a time; more only queue).
+    serve-group)
+      gpus=${DUO_SERVE_GPUS:-$(nvidia-smi -L | wc -l)}
+      DUO_SERVE_GROUP="--gpus $gpus --split ${DUO_SERVE_SPLIT:-keys}" DUO_SERVE_CONCURRENCY=${DUO_SERVE_CONCURRENCY:-1} \
+        DUO_SERVE_PROMPT=${DUO_SERVE_PROMPT:-128k} DUO_SERVE_REQUESTS=${DUO_SERVE_REQUESTS:-2} serve_load || status=1 ;;
     # The llama.cpp peer (node-llama-cpp's CUDA prebuilt) decoding 16 sequences at 4K and 32K; its kit (.peer/) came with
     # an earlier call on this machine (tools/device/llamacpp/README.md).
     llamacpp) bash tools/device/llamacpp/run.sh || status=1 ;;

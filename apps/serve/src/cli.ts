@@ -14,9 +14,15 @@ import {
 } from '@duoattn/app-kit';
 import { readEnvironment, SHAPES } from '@duoattn/core';
 import { environmentTuning } from '@duoattn/kernels';
-import { startEngineWorker } from '@duoattn/model';
-import { inWorker } from './engine-host.js';
-import { modelSource } from './model-source.js';
+import {
+  GroupEngine,
+  type ParallelSplit,
+  startEngineWorker,
+  startProcessGroup,
+  type WorkerModel,
+} from '@duoattn/model';
+import { inThread, inWorker, type ServeEngine } from './engine-host.js';
+import { type ModelSource, modelSource } from './model-source.js';
 import { PolicyResolver } from './policies.js';
 import { createServer } from './server.js';
 
@@ -25,6 +31,7 @@ export const serveHelp = `duo-serve [--model PATH | --shape NAME [--dtype bf16|f
           [--kv-quant none|int8|int4|fp8] … [--max-tokens N] [--max-sequences N] [--step-tokens N] [--max-waiting N]
           [--kv-budget GB] [--admission reserve|optimistic] [--max-concurrent N] [--max-body MB] [--api-key KEY]
           [--cors ORIGINS] [--chat-template FILE] [--prefix-cache GB] [--log-level info|warn|error|silent]
+          [--gpus N | --ranks N] [--split keys|weights]
   An OpenAI-compatible server over duoattn's batch engine: POST /v1/chat/completions and /v1/completions (streamed as
   server-sent events or whole), GET /v1/models, POST /tokenize and /detokenize, GET /health (503 while loading or
   after an engine failure), GET /metrics (Prometheus), GET /v1/stats (live JSON), and the playground at /.
@@ -39,6 +46,11 @@ export const serveHelp = `duo-serve [--model PATH | --shape NAME [--dtype bf16|f
   /v1, /tokenize and /detokenize. --cors: comma-separated allowed origins, or '*'. --prefix-cache: GB of KV the cache
   of prompt prefixes may keep (a second question about a document reuses its pages; 0: off; default half the KV
   budget).
+  --gpus N serves one long sequence at a time over N GPUs (one rank process each, NCCL; CUDA): --split keys (default)
+  shards the retrieval heads' keys by position (context parallelism: N times the context), --split weights each
+  layer's matrices (tensor parallelism: a model too big for one GPU). --ranks N runs such a group's ranks in the engine
+  worker instead (the CPU; tests). A group runs requests one at a time, so --max-sequences, --step-tokens,
+  --admission and --prefix-cache do not apply; --kv-budget is each rank's.
 ${POLICY_HELP}`;
 
 async function main(argv: string[]): Promise<number> {
@@ -68,8 +80,19 @@ async function main(argv: string[]): Promise<number> {
     'chat-template': { type: 'string' },
     'prefix-cache': { type: 'string' },
     'log-level': { type: 'string' },
+    gpus: { type: 'string' },
+    ranks: { type: 'string' },
+    split: { type: 'string' },
   });
+  const group = groupOptions(options);
   const device = choiceOption('device', options.device, ['auto', 'cpu', 'cuda'] as const, 'auto');
+  if (group?.processes && device === 'cpu') {
+    throw new UsageError('--gpus: runs one process per GPU over NCCL: it needs CUDA (--ranks runs ranks on the CPU)', {
+      option: 'device',
+      received: device,
+      expected: 'auto or cuda with --gpus',
+    });
+  }
   const host = typeof options.host === 'string' ? options.host : '127.0.0.1';
   const port = integerOption('port', options.port, 8000, 0, 65535);
   const maxTokens = integerOption('max-tokens', options['max-tokens'], 1024, 1);
@@ -93,7 +116,7 @@ async function main(argv: string[]): Promise<number> {
     'info',
   );
   const attention = attentionPolicies(options.attention, ['full'])[0] ?? 'full';
-  const source = await modelSource(options, device);
+  const source = await modelSource(options, group?.processes ? 'cuda' : device);
   const pattern = options.pattern ?? source.ownPattern;
   const settings = policySettings({ ...options, pattern });
   const apiKeys = [
@@ -144,6 +167,9 @@ async function main(argv: string[]): Promise<number> {
             ? 'off'
             : `${prefixCache / 1e9} GB`,
       prefillChunk: settings.prefillChunk,
+      ...(group
+        ? { group: `${group.ranks} ${group.processes ? 'GPUs' : 'in-process ranks'}, ${group.split} split` }
+        : {}),
     },
   });
   const { app } = server;
@@ -168,11 +194,21 @@ async function main(argv: string[]): Promise<number> {
   try {
     // DUO_BATCH_INVARIANT and the CUDA knobs of the environment reach the worker's backend.
     const tuning = environmentTuning(readEnvironment());
-    const worker = await startEngineWorker({ model: { ...source.worker, tuning }, engine: engineOptions });
-    server.attach(inWorker(worker));
+    const model = { ...source.worker, tuning };
+    const engine = group?.processes
+      ? await startGroupProcesses(model, group, engineOptions, source)
+      : inWorker(
+          await startEngineWorker({
+            model,
+            engine: engineOptions,
+            ...(group ? { group: { ranks: group.ranks, split: group.split } } : {}),
+          }),
+        );
+    server.attach(engine);
+    const where = group ? ` (${group.ranks} ${group.processes ? 'GPUs' : 'ranks'}, ${group.split} split)` : '';
     // Always said (whatever --log-level): scripts wait for this line.
     process.stderr.write(
-      `duo-serve: ready on http://${host}:${(app.server.address() as { port: number }).port} — ${id} on ${worker.info.deviceName}, ${attention} attention by default${source.tokenizer ? '' : '; no tokenizer: token-id prompts only'}\n`,
+      `duo-serve: ready on http://${host}:${(app.server.address() as { port: number }).port} — ${id} on ${engine.deviceName}${where}, ${attention} attention by default${source.tokenizer ? '' : '; no tokenizer: token-id prompts only'}\n`,
     );
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);
@@ -183,6 +219,58 @@ async function main(argv: string[]): Promise<number> {
   }
   await stopped;
   return 0;
+}
+
+/** --gpus / --ranks and --split: a parallel group, or undefined for the batch engine. */
+interface GroupChoice {
+  readonly ranks: number;
+  /** One process per GPU (--gpus) rather than ranks in the engine worker (--ranks). */
+  readonly processes: boolean;
+  readonly split: ParallelSplit;
+}
+
+function groupOptions(options: Record<string, unknown>): GroupChoice | undefined {
+  if (options.gpus !== undefined && options.ranks !== undefined) {
+    throw new UsageError('--gpus and --ranks: give one (processes over NCCL, or ranks in the engine worker)', {
+      option: 'ranks',
+    });
+  }
+  const processes = options.gpus !== undefined;
+  if (!processes && options.ranks === undefined) {
+    if (options.split !== undefined) {
+      throw new UsageError('--split: applies to a parallel group (--gpus N or --ranks N)', { option: 'split' });
+    }
+    return undefined;
+  }
+  const ranks = processes
+    ? integerOption('gpus', options.gpus, 1, 1, 64)
+    : integerOption('ranks', options.ranks, 1, 1, 64);
+  const split = choiceOption('split', options.split, ['keys', 'weights'] as const, 'keys');
+  for (const batchOnly of ['max-sequences', 'step-tokens', 'admission', 'prefix-cache'] as const) {
+    if (options[batchOnly] === undefined) continue;
+    throw new UsageError(
+      `--${batchOnly}: applies to the batch engine; a parallel group (--${processes ? 'gpus' : 'ranks'}) runs one request at a time`,
+      { option: batchOnly, received: String(options[batchOnly]) },
+    );
+  }
+  return { ranks, processes, split };
+}
+
+/** --gpus: the rank processes, started and ready, behind the group engine (in this thread: it only relays). */
+async function startGroupProcesses(
+  model: WorkerModel,
+  group: GroupChoice,
+  engine: { maxWaiting: number; kvBudgetBytes?: number },
+  source: ModelSource,
+): Promise<ServeEngine> {
+  const ranks = await startProcessGroup({
+    model: { ...model, device: 'cuda' },
+    ranks: group.ranks,
+    split: group.split,
+    ...(engine.kvBudgetBytes === undefined ? {} : { kvBudgetBytes: engine.kvBudgetBytes }),
+  });
+  const groupEngine = new GroupEngine(ranks, { config: source.config, tokenizer: source.tokenizer }, engine);
+  return inThread(groupEngine, ranks.deviceName);
 }
 
 main(process.argv.slice(2)).then(

@@ -1,6 +1,6 @@
 // What the server needs of an engine: the batch engine in a worker thread (duo-serve's default) or in this thread (the
-// tests, and a CUDA engine whose steps are device work anyway), behind one interface.
-import type { BatchEngine, BatchEngineStats, BatchRequest, BatchStream, EngineWorker } from '@duoattn/model';
+// tests, and a CUDA engine whose steps are device work anyway), or a parallel group's engine, behind one interface.
+import type { BatchEngineStats, BatchRequest, BatchStream, EngineWorker } from '@duoattn/model';
 
 export interface ServeEngine {
   submit(request: BatchRequest): BatchStream;
@@ -12,8 +12,16 @@ export interface ServeEngine {
   readonly deviceName?: string;
 }
 
-/** A batch engine running in this thread (`deviceName`: its model's `backend.deviceName`, for /v1/stats). */
-export function inThread(engine: BatchEngine, deviceName?: string): ServeEngine {
+/** What an engine in this thread offers: the batch engine's, or a parallel group's (`GroupEngine`). */
+export interface LocalEngine {
+  submit(request: BatchRequest): BatchStream;
+  stats(): BatchEngineStats;
+  close(): Promise<void>;
+  readonly failure: unknown;
+}
+
+/** An engine running in this thread (`deviceName`: its model's `backend.deviceName`, for /v1/stats). */
+export function inThread(engine: LocalEngine, deviceName?: string): ServeEngine {
   return {
     ...(deviceName === undefined ? {} : { deviceName }),
     submit: (request) => engine.submit(request),
