@@ -1,4 +1,4 @@
-// The engine of a parallel group (ADR 0012): requests queue here and run one at a time over every rank of the group
+// The engine of a parallel group (ADR 0011): requests queue here and run one at a time over every rank of the group
 // (in this thread for tests and CPU runs, or one process per GPU), with the batch engine's request interface, so a
 // server drives either the same way.
 import { type Communicator, DuoCapacityError, DuoDisposedError, DuoError, type ModelConfig } from '@duoattn/core';

@@ -1,4 +1,4 @@
-// One rank of a parallel group serving requests one at a time (ADR 0012): every rank runs the same session calls on
+// One rank of a parallel group serving requests one at a time (ADR 0011): every rank runs the same session calls on
 // its part of the sequence (context parallelism: its shard of the keys) or of the weights (tensor parallelism); rank 0
 // samples each token and broadcasts it, so the ranks never disagree about what comes next or when a request ends.
 import { type Communicator, DuoCapacityError, DuoError } from '@duoattn/core';

@@ -1,4 +1,4 @@
-// A parallel group of one process per GPU (ADR 0012): the launcher forks the rank processes (group-rank-main.js), hands
+// A parallel group of one process per GPU (ADR 0011): the launcher forks the rank processes (group-rank-main.js), hands
 // rank 0's NCCL id to the others, and drives them as a RankGroup: each request goes to every rank, rank 0's tokens
 // come back here.
 import { type ChildProcess, fork } from 'node:child_process';
