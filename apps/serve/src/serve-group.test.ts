@@ -3,17 +3,7 @@
 // queue behind each other, /v1/stats names the group; and the flags that do not go with a group are refused.
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BENCH_CLI, post, SERVE_CLI, type ServeProcess, startServe } from './__fixtures__/serve-process.js';
-
-function benchGenerate(prompt: string, maxTokens: number, policy: string[] = []): string {
-  const run = spawnSync(
-    process.execPath,
-    [BENCH_CLI, 'generate', '--device', 'cpu', '--prompt', prompt, '--max-tokens', String(maxTokens), ...policy],
-    { encoding: 'utf8' },
-  );
-  if (run.status !== 0) throw new Error(`duo-bench generate failed: ${run.stderr}`);
-  return run.stdout.replace(/\n$/, '');
-}
+import { benchGenerate, post, SERVE_CLI, type ServeProcess, startServe } from './__fixtures__/serve-process.js';
 
 type Completion = { choices: { text: string; finish_reason: string }[]; usage: { completion_tokens: number } };
 

@@ -1,10 +1,9 @@
 // duo-serve end to end, as users run it (the built CLI, the engine in its worker thread, the demo model on the CPU):
 // the official openai client (chat and completions, streamed and whole, usage) giving duo-bench generate's text at
 // temperature 0; 64 concurrent streams; errors in OpenAI's shape; clients that leave mid-stream; SIGTERM's drain.
-import { spawnSync } from 'node:child_process';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BENCH_CLI, metric, post, type ServeProcess, startServe } from './__fixtures__/serve-process.js';
+import { benchGenerate, metric, post, type ServeProcess, startServe } from './__fixtures__/serve-process.js';
 
 let serve: ServeProcess;
 let client: OpenAI;
@@ -17,17 +16,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await serve?.stop();
 });
-
-/** What `duo-bench generate` prints for a prompt (the prompt, then the continuation). */
-function benchGenerate(prompt: string, maxTokens: number, policy: string[] = []): string {
-  const run = spawnSync(
-    process.execPath,
-    [BENCH_CLI, 'generate', '--device', 'cpu', '--prompt', prompt, '--max-tokens', String(maxTokens), ...policy],
-    { encoding: 'utf8' },
-  );
-  if (run.status !== 0) throw new Error(`duo-bench generate failed: ${run.stderr}`);
-  return run.stdout.replace(/\n$/, '');
-}
 
 async function pagesInUse(): Promise<number> {
   const text = await (await fetch(`${serve.url}/metrics`)).text();

@@ -1,6 +1,6 @@
 // Test support: the built duo-serve CLI as a child process on a free loopback port (the engine in its worker thread,
 // as users run it), and small HTTP helpers.
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -86,4 +86,15 @@ export function metric(text: string, name: string, labels: Record<string, string
     return Number(line.slice(line.lastIndexOf(' ') + 1));
   }
   return undefined;
+}
+
+/** What `duo-bench generate` prints for a prompt on the CPU (the prompt, then the continuation). */
+export function benchGenerate(prompt: string, maxTokens: number, policy: readonly string[] = []): string {
+  const run = spawnSync(
+    process.execPath,
+    [BENCH_CLI, 'generate', '--device', 'cpu', '--prompt', prompt, '--max-tokens', String(maxTokens), ...policy],
+    { encoding: 'utf8' },
+  );
+  if (run.status !== 0) throw new Error(`duo-bench generate failed: ${run.stderr}`);
+  return run.stdout.replace(/\n$/, '');
 }

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomWeights, tinyConfig, writeHfModel } from '../__fixtures__/checkpoints.js';
 import type { BatchRequest, BatchResult, BatchToken } from '../batch/request.js';
 import { LlamaModel } from '../llama-model.js';
-import { GroupEngine, inProcessGroup } from './group-engine.js';
+import { GroupEngine, inProcessGroup, type RankGroup } from './group-engine.js';
 import type { ParallelSplit } from './group-rank.js';
 
 const cpu = resolveBackend('cpu');
@@ -203,5 +203,28 @@ describe('the group engine over in-process CPU ranks', () => {
     } finally {
       await group.close();
     }
+  });
+
+  it('a rank failing mid-request fails that request, the waiting ones and every later submit', async () => {
+    const failing: RankGroup = {
+      size: 2,
+      split: 'keys',
+      kvBudgetBytes: GiB,
+      deviceName: 'test',
+      async run(_id, _request, sink) {
+        sink.push({ id: 5, text: '' });
+        throw new Error('rank 1 of 2 exited (SIGKILL)');
+      },
+      cancel() {},
+      close: async () => {},
+    };
+    const engine = new GroupEngine(failing, whole);
+    const running = engine.submit({ prompt: prompt(10, 1), maxTokens: 4 });
+    const waiting = engine.submit({ prompt: prompt(10, 2), maxTokens: 4 });
+    await expect(running.result).rejects.toThrow(/rank 1 of 2 exited/);
+    await expect(waiting.result).rejects.toThrow(/rank 1 of 2 exited/);
+    expect(engine.stats()).toMatchObject({ running: 0, waiting: 0, steps: 1, failure: 'rank 1 of 2 exited (SIGKILL)' });
+    expect(() => engine.submit({ prompt: prompt(10, 3) })).toThrow(/failed and takes no more requests/);
+    await engine.close();
   });
 });

@@ -196,14 +196,24 @@ export class GroupEngine {
 
   /** Runs the queue; a rank's failure fails the running request, every waiting one and the engine. */
   async #run(): Promise<void> {
+    let job: Job | undefined;
     try {
       await new Promise<void>((resolve) => setImmediate(resolve));
-      for (let job = this.#waiting.shift(); job; job = this.#waiting.shift()) {
+      for (job = this.#waiting.shift(); job; job = this.#waiting.shift()) {
+        const { queue } = job;
         this.#running = job;
-        try {
-          await this.#group.run(job.id, job.request, job.queue, (bytes) => {
-            this.#cache = bytes;
+        // Each token rank 0 streams is one step of the group.
+        const sink: TokenSink = {
+          push: (token) => {
             this.#steps++;
+            queue.push(token);
+          },
+          end: (result) => queue.end(result),
+          fail: (error) => queue.fail(error),
+        };
+        try {
+          await this.#group.run(job.id, job.request, sink, (bytes) => {
+            this.#cache = bytes;
           });
         } finally {
           this.#running = undefined;
@@ -212,7 +222,7 @@ export class GroupEngine {
       }
     } catch (error) {
       this.#failure = error;
-      for (const job of [...(this.#running ? [this.#running] : []), ...this.#waiting.splice(0)]) job.queue.fail(error);
+      for (const failed of [...(job ? [job] : []), ...this.#waiting.splice(0)]) failed.queue.fail(error);
     } finally {
       this.#loop = undefined;
     }
