@@ -12,6 +12,10 @@ import { GroupRank } from './group-rank.js';
 import type { FromRank, ToRank } from './process-group.js';
 
 if (!process.send) throw new Error('group-rank-main runs as a rank process (startProcessGroup forks it)');
+// The launcher ends the ranks (a drain lets the running request finish first): a terminal's Ctrl-C, which reaches the
+// whole process group, must not kill them under it; and a rank never outlives its launcher (its channel closes).
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => {});
+process.on('disconnect', () => process.exit(0));
 
 function post(message: FromRank): void {
   process.send?.(message);
