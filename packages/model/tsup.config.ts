@@ -7,8 +7,8 @@ export default defineConfig(
   packageBuild([], {
     entry: {
       index: 'src/index.ts',
-      'engine-worker-main': 'src/batch/engine-worker-main.ts',
-      'group-rank-main': 'src/group/group-rank-main.ts',
+      'engine-worker-main': 'src/hosts/engine-worker-main.ts',
+      'group-rank-main': 'src/hosts/group-rank-main.ts',
     },
   }),
 );

@@ -76,14 +76,14 @@ await build({ ...common, entryPoints: [join(root, 'apps/bench/src/cli.ts')], out
 await build({ ...common, entryPoints: [join(root, 'apps/serve/src/cli.ts')], outfile: join(out, 'duo-serve.mjs') });
 await build({
   ...common,
-  entryPoints: [join(root, 'packages/model/src/batch/engine-worker-main.ts')],
+  entryPoints: [join(root, 'packages/model/src/hosts/engine-worker-main.ts')],
   outfile: join(out, 'engine-worker-main.js'),
 });
 // duo-serve --gpus forks one rank process per GPU running group-rank-main.js, which startProcessGroup also looks for
 // beside the bundle.
 await build({
   ...common,
-  entryPoints: [join(root, 'packages/model/src/group/group-rank-main.ts')],
+  entryPoints: [join(root, 'packages/model/src/hosts/group-rank-main.ts')],
   outfile: join(out, 'group-rank-main.js'),
 });
 const bundles = ['device-tests.mjs', 'duo-bench.mjs', 'duo-serve.mjs', 'engine-worker-main.js', 'group-rank-main.js'];

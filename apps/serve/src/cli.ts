@@ -174,7 +174,8 @@ async function main(argv: string[]): Promise<number> {
   });
   const { app } = server;
   await app.listen({ host, port });
-  app.log.info(`duo-serve: loading ${source.description} (${device}); /health says "loading" until it is ready`);
+  const on = group?.processes ? `cuda, ${group.ranks} GPUs` : device;
+  app.log.info(`duo-serve: loading ${source.description} (${on}); /health says "loading" until it is ready`);
 
   let draining = false;
   const drain = async (signal: string) => {

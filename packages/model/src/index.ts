@@ -12,14 +12,6 @@ export {
   defaultKvBudget,
   type FinishReason,
 } from './batch/batch-engine.js';
-export {
-  EngineWorker,
-  type EngineWorkerInfo,
-  type EngineWorkerOptions,
-  startEngineWorker,
-  type WorkerGroup,
-  type WorkerModel,
-} from './batch/engine-worker.js';
 export { type CheckedRequest, checkRequest } from './batch/request.js';
 export { applyChatTemplate, type ChatMessage } from './chat-template.js';
 export {
@@ -31,7 +23,15 @@ export {
   type RankGroup,
 } from './group/group-engine.js';
 export type { GroupRequest, ParallelSplit } from './group/group-rank.js';
-export { type ProcessGroupOptions, startProcessGroup } from './group/process-group.js';
+export {
+  EngineWorker,
+  type EngineWorkerInfo,
+  type EngineWorkerOptions,
+  startEngineWorker,
+  type WorkerGroup,
+  type WorkerModel,
+} from './hosts/engine-worker.js';
+export { type ProcessGroupOptions, startProcessGroup } from './hosts/process-group.js';
 export { LlamaBlocks } from './llama-blocks.js';
 export {
   type GeneratedToken,

@@ -20,8 +20,8 @@ import {
   type TensorHandle,
 } from '@duoattn/core';
 import { type CacheLayer, DualKvCache, dualCacheBytes, policyPlan } from '@duoattn/dual-cache';
-import { type StepWorkspace, stepWorkspace } from './batch/workspaces.js';
 import type { LlamaBlocks } from './llama-blocks.js';
+import { type StepWorkspace, stepWorkspace } from './step-workspaces.js';
 import { rankPlan } from './tensor-parallel.js';
 
 /** Which hidden states to return: layer 0 is the embedding output, layer l the residual stream after layer l. */

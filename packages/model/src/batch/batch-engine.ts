@@ -26,6 +26,7 @@ import {
   type StreamingSnapshot,
 } from '@duoattn/dual-cache';
 import type { LlamaBlocks } from '../llama-blocks.js';
+import { type SampleWorkspace, StepWorkspaces } from '../step-workspaces.js';
 import type { Tokenizer } from '../tokenizers/tokenizer.js';
 import {
   type BatchRequest,
@@ -37,7 +38,6 @@ import {
   Generation,
 } from './request.js';
 import { TokenQueue } from './token-stream.js';
-import { type SampleWorkspace, StepWorkspaces } from './workspaces.js';
 
 export type { BatchRequest, BatchResult, BatchStream, BatchToken, BatchUsage, FinishReason } from './request.js';
 

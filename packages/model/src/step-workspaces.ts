@@ -1,4 +1,5 @@
-// The batch engine's activations: one set per step size (rows) and one per number of sampled rows, kept for reuse.
+// A forward step's activations (a session's, and the batch engine's: one set per step size in rows and one per number of
+// sampled rows, kept for reuse).
 import type { Backend, DType, ModelConfig, TensorHandle } from '@duoattn/core';
 
 /** Activations of a step of `rows` rows. */

@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { DuoArgumentError, DuoCapacityError, DuoError } from '@duoattn/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type BundledEntry, bundleEntry } from '../__fixtures__/bundle-entry.js';
+import type { BatchRequest } from '../batch/batch-engine.js';
 import { LlamaModel } from '../llama-model.js';
-import type { BatchRequest } from './batch-engine.js';
 import { type EngineWorker, startEngineWorker } from './engine-worker.js';
 
 const DEMO = join(import.meta.dirname, '..', '..', '..', '..', 'models', 'duo-demo');
@@ -15,7 +15,7 @@ let env: NodeJS.ProcessEnv;
 
 // Workers run plain JavaScript: bundle the worker's entry with the workspace packages' sources.
 beforeAll(async () => {
-  bundled = await bundleEntry('batch/engine-worker-main.ts');
+  bundled = await bundleEntry('hosts/engine-worker-main.ts');
   workerUrl = bundled.url;
   env = bundled.env;
 });

@@ -4,10 +4,10 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { DuoArgumentError, DuoError } from '@duoattn/core';
-import { fromWire, type WireError, type WorkerModel } from '../batch/engine-worker.js';
 import type { BatchResult, BatchToken, TokenSink } from '../batch/request.js';
-import type { CacheBytes, RankGroup } from './group-engine.js';
-import type { GroupRequest, ParallelSplit } from './group-rank.js';
+import type { CacheBytes, RankGroup } from '../group/group-engine.js';
+import type { GroupRequest, ParallelSplit } from '../group/group-rank.js';
+import { fromWire, type WireError, type WorkerModel } from './engine-worker.js';
 
 /** Options of `startProcessGroup`. */
 export interface ProcessGroupOptions {

@@ -4,12 +4,12 @@
 import type { Communicator } from '@duoattn/core';
 import { ncclUniqueId, openNcclCommunicator } from '@duoattn/kernels';
 import { defaultKvBudget } from '../batch/batch-engine.js';
-import { toWire } from '../batch/engine-worker.js';
 import type { TokenSink } from '../batch/request.js';
-import { loadWorkerModel, workerBackend } from '../batch/worker-model.js';
+import { GroupRank } from '../group/group-rank.js';
 import type { LlamaModel } from '../llama-model.js';
-import { GroupRank } from './group-rank.js';
+import { toWire } from './engine-worker.js';
 import type { FromRank, ToRank } from './process-group.js';
+import { loadWorkerModel, workerBackend } from './worker-model.js';
 
 if (!process.send) throw new Error('group-rank-main runs as a rank process (startProcessGroup forks it)');
 // The launcher ends the ranks (a drain lets the running request finish first): a terminal's Ctrl-C, which reaches the

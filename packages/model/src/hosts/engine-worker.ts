@@ -11,7 +11,6 @@ import {
   type ModelConfig,
 } from '@duoattn/core';
 import type { BackendTuning } from '@duoattn/kernels';
-import type { ParallelSplit } from '../group/group-rank.js';
 import type {
   BatchEngineOptions,
   BatchEngineStats,
@@ -19,8 +18,9 @@ import type {
   BatchResult,
   BatchStream,
   BatchToken,
-} from './batch-engine.js';
-import { TokenQueue } from './token-stream.js';
+} from '../batch/batch-engine.js';
+import { TokenQueue } from '../batch/token-stream.js';
+import type { ParallelSplit } from '../group/group-rank.js';
 
 /** Which model the worker loads: a checkpoint path (and its load options), or random weights of a config. */
 export type WorkerModel =

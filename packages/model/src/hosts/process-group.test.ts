@@ -7,15 +7,15 @@ import { resolveBackend } from '@duoattn/kernels';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type BundledEntry, bundleEntry } from '../__fixtures__/bundle-entry.js';
 import type { BatchRequest } from '../batch/request.js';
+import { GroupEngine, inProcessGroup } from '../group/group-engine.js';
 import { LlamaModel } from '../llama-model.js';
-import { GroupEngine, inProcessGroup } from './group-engine.js';
 import { startProcessGroup } from './process-group.js';
 
 const DEMO = join(import.meta.dirname, '..', '..', '..', '..', 'models', 'duo-demo');
 let bundled: BundledEntry | undefined;
 
 beforeAll(async () => {
-  bundled = await bundleEntry('group/group-rank-main.ts');
+  bundled = await bundleEntry('hosts/group-rank-main.ts');
 });
 afterAll(() => {
   bundled?.remove();

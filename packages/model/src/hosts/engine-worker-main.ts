@@ -2,9 +2,9 @@
 // caller's messages (engine-worker.ts has the protocol).
 import { parentPort } from 'node:worker_threads';
 import { createInProcessGroup } from '@duoattn/kernels';
+import { type BatchEngine, type BatchEngineOptions, type BatchStream, defaultKvBudget } from '../batch/batch-engine.js';
 import { GroupEngine, inProcessGroup } from '../group/group-engine.js';
 import type { LlamaModel } from '../llama-model.js';
-import { type BatchEngine, type BatchEngineOptions, type BatchStream, defaultKvBudget } from './batch-engine.js';
 import { type FromWorker, type ToWorker, toWire, type WorkerGroup, type WorkerModel } from './engine-worker.js';
 import { loadWorkerModel, workerBackend } from './worker-model.js';
 
