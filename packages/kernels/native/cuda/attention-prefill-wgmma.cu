@@ -9,7 +9,11 @@
 // prefillMmaKernel up to those roundings, not bit for bit. The tensor-memory copies read the cache rows up to the
 // call's keyLength (written before the call); rows a block's mask hides get probability 0. Quantized caches (int8,
 // int4, fp8) take the same schedule: the copying warpgroup brings each tile's codes in by cp.async and dequantizes them
-// into the bf16 stages (quant-rows.cuh's dequantizePiece), so the products never see a code.
+// into the bf16 stages (quant-rows.cuh's dequantizePiece), so the products never see a code. Context parallelism's
+// chunks (ADR 0011) take it too: a sharded full head walks this rank's keys (its local rows, whose positions come from
+// the shard: whole chunks before the query's, so only the diagonal tile is masked), and a partial call writes each
+// head's log-sum-exp after the row's outputs (rows `outStride` apart; a rank past 0 leaves the streaming heads to rank
+// 0), as the CUDA-core prefill kernel does.
 #include <cuda.h>
 
 #include <cstdint>
@@ -139,9 +143,10 @@ __device__ __forceinline__ void produceQuantTiles(const QuantHead& head, int til
 template <typename T, int D, bool kQuant>
 __global__ void __launch_bounds__(kPingPongThreads, 1)
     prefillPingPongKernel(const float* __restrict__ q, int64_t qStride, const void* __restrict__ k, const void* __restrict__ v,
-                          int64_t capacity, float* __restrict__ out, int64_t rows, int64_t keyLength, int64_t queryStart, int group,
-                          float scale, StreamingLayout layout, const __grid_constant__ CUtensorMap keyMap,
-                          const __grid_constant__ CUtensorMap valueMap, bool maps, KvQuantPlanes quant) {
+                          int64_t capacity, float* __restrict__ out, int64_t outStride, bool partial, int heads, int64_t rows,
+                          int64_t keyLength, int64_t queryStart, int group, float scale, StreamingLayout layout,
+                          const __grid_constant__ CUtensorMap keyMap, const __grid_constant__ CUtensorMap valueMap, bool maps,
+                          KvQuantPlanes quant) {
 #if defined(DUO_WGMMA)
   using P = PingPongPlan<D, kQuant>;
   constexpr int kChunks = D / 8;
@@ -165,7 +170,12 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   const int64_t blockLastRow = lesser(rows, blockRow0 + kQueryRows) - 1;
   const int64_t keyEnd = lesser(keyLength, queryStart + blockLastRow + 1);
   const bool streams = layout.streams(kvHead);
-  const KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + blockRow0, queryStart);
+  KeyRange range = keyRangeFor(layout, streams, keyEnd, queryStart + blockRow0, queryStart);
+  // A sharded full head: this rank's keys below keyEnd, in its local rows (slot = index, as unsharded).
+  const ContextShard& shard = layout.shard;
+  const bool sharded = !streams && shard.active();
+  if (sharded) range.count = shard.ownedBelow(keyEnd);
+  if (partial && streams && shard.rank != 0) range.count = 0;
   const int tiles = static_cast<int>((range.count + kKeyRows - 1) / kKeyRows);
   const bool tensorCopies = maps && !streams && !kQuant;
   if (threadIdx.x == 0) {
@@ -293,6 +303,8 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
   float rowMax[2] = {-INFINITY, -INFINITY}, rowSum[2] = {0.0f, 0.0f};
   uint32_t p[kKeyRows / 16][4];
   const unsigned char* queryRows = queryTile + consumer * 64 * 128;
+  // Key number `index`'s position (a shard's keys are whole chunks of positions, in order).
+  const auto keyPosition = [&](int64_t index) { return sharded ? shard.positionAt(index) : range.position(index); };
 
   // One tile; kPrevious: the turn also issues the previous tile's P·V (every tile but the first: two instantiations, so
   // no product is issued under a branch, which would make the compiler serialize them).
@@ -337,16 +349,16 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
     barrierArrive(&emptyK[s]);
 
     const int64_t tile = static_cast<int64_t>(j) * kKeyRows;
-    const int64_t firstKey = range.position(tile);
+    const int64_t firstKey = keyPosition(tile);
     const int64_t lastIndex = lesser(range.count, tile + kKeyRows) - 1;
-    const int64_t lastKey = range.position(lastIndex);
+    const int64_t lastKey = keyPosition(lastIndex);
     const bool whole = lastIndex == tile + kKeyRows - 1 && lastKey <= groupFirst &&
                        (!streams || lastKey < layout.sink || firstKey >= layout.windowStart(groupLast, queryStart));
     if (!whole) {
 #pragma unroll
       for (int i = 0; i < kKeyRows / 2; i++) {
         const int64_t index = tile + 8 * (i >> 2) + 2 * t + (i & 1);
-        const bool visible = index < range.count && keyVisible(layout, streams, position[(i >> 1) & 1], range.position(index), queryStart);
+        const bool visible = index < range.count && keyVisible(layout, streams, position[(i >> 1) & 1], keyPosition(index), queryStart);
         if (!visible) sc[i] = -INFINITY;
       }
     }
@@ -413,10 +425,16 @@ __global__ void __launch_bounds__(kPingPongThreads, 1)
     const int64_t row = position[half] - queryStart;
     if (row >= rows) continue;
     const float inverse = total > 0.0f ? 1.0f / total : 0.0f;
-    float* target = out + row * qStride + static_cast<int64_t>(head) * D;
+    float* target = out + row * outStride + static_cast<int64_t>(head) * D;
 #pragma unroll
     for (int j = 0; j < D / 8; j++)
       *reinterpret_cast<float2*>(target + 8 * j + 2 * t) = make_float2(o[4 * j + 2 * half] * inverse, o[4 * j + 2 * half + 1] * inverse);
+    // The head's log-sum-exp of the scaled scores (natural log: the row's maximum is in log2 units), after the row's
+    // heads · D outputs; −∞ where the rank sees no key.
+    if (partial && t == 0) {
+      out[row * outStride + static_cast<int64_t>(heads) * D + head] =
+          total > 0.0f ? rowMax[half] * 0.6931471805599453f + logf(total) : -INFINITY;
+    }
   }
 #endif
 }
@@ -466,8 +484,10 @@ bool prefillWgmmaServes(const float* q, int64_t qStride, int64_t rows, const Att
 }
 
 void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
-                                 float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream) {
+                                 float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream, int64_t outStride) {
   if (rows == 0) return;
+  // The main caches' rows the call reads: a shard's, below the whole sequence's keyLength.
+  const int64_t keyRows = args.streaming.shard.ownedBelow(args.keyLength);
   const int group = args.heads / args.kvHeads;
   const dim3 grid(static_cast<unsigned>((rows + kQueryRows - 1) / kQueryRows), static_cast<unsigned>(args.heads));
   auto launch = [&](auto type, auto dim, auto quantized) {
@@ -480,12 +500,13 @@ void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k,
     const int fullHeads = args.streaming.active() ? args.streaming.retrievalKvHeads : args.kvHeads;
     CUtensorMap keyMap{}, valueMap{};
     const bool maps = !kQuant && prefillWgmmaMode() == 1 && fullHeads > 0 &&
-                      encodeRows(keyMap, k, cacheType, D, args.keyLength, capacity, fullHeads) &&
-                      encodeRows(valueMap, v, cacheType, D, args.keyLength, capacity, fullHeads);
+                      encodeRows(keyMap, k, cacheType, D, keyRows, capacity, fullHeads) &&
+                      encodeRows(valueMap, v, cacheType, D, keyRows, capacity, fullHeads);
     auto kernel = prefillPingPongKernel<T, D, kQuant>;
     allowSharedMemory(kernel, P::kSharedBytes);
-    kernel<<<grid, kPingPongThreads, P::kSharedBytes, stream>>>(q, qStride, k, v, capacity, out, rows, args.keyLength, args.queryStart,
-                                                                 group, args.scale, args.streaming, keyMap, valueMap, maps, args.quant);
+    kernel<<<grid, kPingPongThreads, P::kSharedBytes, stream>>>(q, qStride, k, v, capacity, out, outStride, args.partial, args.heads,
+                                                                 rows, args.keyLength, args.queryStart, group, args.scale,
+                                                                 args.streaming, keyMap, valueMap, maps, args.quant);
   };
   auto forHeadDim = [&](auto type, auto quantized) {
     if (args.headDim == 128) launch(type, std::integral_constant<int, 128>{}, quantized);

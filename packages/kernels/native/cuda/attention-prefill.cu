@@ -301,10 +301,11 @@ void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, cons
                             float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream, int64_t outStride) {
   if (rows == 0) return;
   if (outStride == 0) outStride = qStride;
-  // Context parallelism's chunks (a shard, or partial rows) take the CUDA-core kernel, which knows both.
+  // Context parallelism's chunks (a shard, or partial rows) take the warpgroup kernel where it serves, else the
+  // CUDA-core kernel; both know them (the mma.sync kernel below does not).
   const bool parallel = args.partial || args.streaming.shard.active();
-  if (!parallel && prefillWgmmaMode() != 0 && prefillWgmmaServes(q, qStride, rows, args, cacheType)) {
-    launchAttentionPrefillWgmma(q, qStride, k, v, cacheType, capacity, out, rows, args, stream);
+  if (prefillWgmmaMode() != 0 && prefillWgmmaServes(q, qStride, rows, args, cacheType)) {
+    launchAttentionPrefillWgmma(q, qStride, k, v, cacheType, capacity, out, rows, args, stream, outStride);
     return;
   }
   int group = args.heads / args.kvHeads;

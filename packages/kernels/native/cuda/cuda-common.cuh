@@ -314,7 +314,7 @@ void launchDecodeAdvance(const int32_t* next, int32_t* ids, int32_t* positions, 
 // mma.sync kernel).
 bool prefillWgmmaServes(const float* q, int64_t qStride, int64_t rows, const AttentionArgs& args, DType cacheType);
 void launchAttentionPrefillWgmma(const float* q, int64_t qStride, const void* k, const void* v, DType cacheType, int64_t capacity,
-                                 float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream);
+                                 float* out, int64_t rows, const AttentionArgs& args, cudaStream_t stream, int64_t outStride);
 void setPrefillWgmma(int mode);
 int prefillWgmmaMode();
 // Context parallelism: the rank-ordered log-sum-exp merge of attentionPartial rows (Device::mergeAttention).
