@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomWeights, tinyConfig, writeHfModel } from '../__fixtures__/checkpoints.js';
 import type { BatchRequest, BatchResult, BatchToken } from '../batch/request.js';
 import { LlamaModel } from '../llama-model.js';
+import { Session } from '../session.js';
 import { GroupEngine, inProcessGroup, type RankGroup } from './group-engine.js';
 import type { ParallelSplit } from './group-rank.js';
 
@@ -171,6 +172,28 @@ describe('the group engine over in-process CPU ranks', () => {
       expect(await last.result).toMatchObject({ finishReason: 'length' });
       expect((await last.result).tokens).toHaveLength(5);
     } finally {
+      await group.close();
+    }
+  });
+
+  it('cancelling during a long prompt stops the ranks within a chunk', async () => {
+    const group = await groupEngine(2, 'keys');
+    const forward = vi.spyOn(Session.prototype, 'forward');
+    try {
+      const policy = { attention: 'full', prefillChunk: 16 } as const;
+      const stream = group.engine.submit({ prompt: prompt(900, 7), maxTokens: 4, policy });
+      // Cancelled once the prompt is under way (its first chunks are in the cache): 57 chunks a rank, had it run on.
+      while (group.engine.stats().pool.usedPages.full === 0) await new Promise((resolve) => setTimeout(resolve, 0));
+      stream.cancel();
+      expect(await stream.result).toMatchObject({ finishReason: 'abort', tokens: [] });
+      // Prompt tokens the ranks ran: a few chunks each, not the 900.
+      const ran = forward.mock.calls.reduce((sum, [tokens]) => sum + tokens.length, 0);
+      expect(ran).toBeGreaterThanOrEqual(2 * 16);
+      expect(ran).toBeLessThanOrEqual(2 * 10 * 16);
+      const next = await group.engine.submit({ prompt: prompt(20, 8), maxTokens: 3, stopTokens: [] }).result;
+      expect(next.tokens).toHaveLength(3);
+    } finally {
+      forward.mockRestore();
       await group.close();
     }
   });

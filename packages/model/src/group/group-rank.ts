@@ -30,8 +30,10 @@ export interface GroupRankOptions {
   readonly allowBeyondContext?: boolean;
 }
 
-/** Stop, from rank 0: the request is done (any reason); every rank leaves its decode loop. */
+/** Stop, from rank 0: the request is done (any reason); every rank leaves its loop. */
 const STOP = -1;
+/** Go on with the prompt's next chunk, from rank 0. */
+const GO = 0;
 
 /**
  * One rank's side of a parallel group. `run` is called on every rank with the same request (rank 0 with its leader);
@@ -139,21 +141,39 @@ export class GroupRank {
     const generation = this.#generation;
     if (generation) generation.admittedAt = performance.now();
     if (synthetic > 0) session.syntheticFill(synthetic);
-    let logits = (await session.forward(prompt.slice(synthetic))).logits as Float32Array;
     let reported = -1;
-    for (;;) {
+    // Rank 0's cache bytes when they changed, then this thread's events (a cancel arriving from the launcher; on the
+    // CPU a step never yields by itself); true when rank 0's request was cancelled.
+    const between = async () => {
       if (leader) {
         const bytes = session.cacheBytes();
         if (total(bytes) !== reported) leader.cacheBytes?.(bytes);
         reported = total(bytes);
       }
-      // Let this thread's events in (a cancel arriving from the launcher; on the CPU a step never yields by itself).
       await new Promise<void>((resolve) => setImmediate(resolve));
+      return generation !== undefined && this.#cancelled.has(generation.id);
+    };
+    // The prompt a chunk at a time (as one forward call runs it), the ranks agreeing after each whether to go on: a
+    // cancelled request stops within a chunk, not after the whole prompt.
+    const rest = prompt.slice(synthetic);
+    const chunk = session.prefillChunk;
+    let logits: Float32Array | undefined;
+    for (let offset = 0; offset < rest.length; offset += chunk) {
+      const last = offset + chunk >= rest.length;
+      const result = await session.forward(rest.slice(offset, offset + chunk), { logits: last ? 'last' : 'none' });
+      if (last) logits = result.logits;
+      else if ((await this.#agree((await between()) ? STOP : GO)) === STOP) {
+        generation?.finish('abort');
+        return;
+      }
+    }
+    for (;;) {
+      const cancelled = await between();
       let next = STOP;
       if (generation) {
-        if (this.#cancelled.has(generation.id)) generation.finish('abort');
+        if (cancelled) generation.finish('abort');
         else {
-          const { token, finish } = generation.sampleAndAccept(logits);
+          const { token, finish } = generation.sampleAndAccept(logits as Float32Array);
           if (finish) generation.finish(finish);
           else next = token;
         }
