@@ -197,7 +197,7 @@ async function main(argv: string[]): Promise<number> {
     const tuning = environmentTuning(readEnvironment());
     const model = { ...source.worker, tuning };
     const engine = group?.processes
-      ? await startGroupProcesses(model, group, engineOptions, source)
+      ? await startGroupProcesses(model, group, engineOptions, source, (line) => app.log.info(line))
       : inWorker(
           await startEngineWorker({
             model,
@@ -263,11 +263,13 @@ async function startGroupProcesses(
   group: GroupChoice,
   engine: { maxWaiting: number; kvBudgetBytes?: number },
   source: ModelSource,
+  log: (line: string) => void,
 ): Promise<ServeEngine> {
   const ranks = await startProcessGroup({
     model: { ...model, device: 'cuda' },
     ranks: group.ranks,
     split: group.split,
+    progress: (line) => log(`duo-serve: ${line}`),
     ...(engine.kvBudgetBytes === undefined ? {} : { kvBudgetBytes: engine.kvBudgetBytes }),
   });
   const groupEngine = new GroupEngine(ranks, { config: source.config, tokenizer: source.tokenizer }, engine);

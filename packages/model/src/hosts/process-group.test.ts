@@ -35,6 +35,7 @@ describe('a group of rank processes', () => {
     );
     const expected = await Promise.all(requests.map((request) => local.submit(request).result));
     await local.close();
+    const lines: string[] = [];
     const group = await startProcessGroup({
       model: { path: DEMO, device: 'cpu' },
       ranks: 1,
@@ -42,7 +43,9 @@ describe('a group of rank processes', () => {
       kvBudgetBytes: 2 ** 30,
       script: bundled?.url,
       env: bundled?.env,
+      progress: (line) => lines.push(line),
     });
+    expect(lines).toEqual([`rank 0 of 1 ready on ${model.backend.deviceName} (1.0 GiB of KV cache)`]);
     const engine = new GroupEngine(group, model);
     try {
       expect(group.deviceName).toBe(model.backend.deviceName);

@@ -24,6 +24,8 @@ export interface ProcessGroupOptions {
   readonly script?: URL;
   /** Environment of the rank processes. Default this process's (plus each rank's GPU and NCCL_NVLS_ENABLE=0). */
   readonly env?: NodeJS.ProcessEnv;
+  /** Told as each rank becomes ready (loading several GPUs takes a while), e.g. "rank 2 of 8 ready on NVIDIA H100 …". */
+  readonly progress?: (line: string) => void;
 }
 
 /** Messages to a rank process. */
@@ -157,6 +159,9 @@ export function startProcessGroup(options: ProcessGroupOptions): Promise<RankGro
           break;
         case 'ready':
           ready[rank] = { deviceName: message.deviceName, kvBudgetBytes: message.kvBudgetBytes };
+          options.progress?.(
+            `rank ${rank} of ${ranks} ready on ${message.deviceName} (${(message.kvBudgetBytes / 1024 ** 3).toFixed(1)} GiB of KV cache)`,
+          );
           if (ready.filter(Boolean).length === ranks && !started && !failure) {
             started = true;
             resolve(group);
