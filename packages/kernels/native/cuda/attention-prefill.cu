@@ -304,7 +304,9 @@ void launchAttentionPrefill(const float* q, int64_t qStride, const void* k, cons
   // Context parallelism's chunks (a shard, or partial rows) take the warpgroup kernel where it serves, else the
   // CUDA-core kernel; both know them (the mma.sync kernel below does not).
   const bool parallel = args.partial || args.streaming.shard.active();
-  if (prefillWgmmaMode() != 0 && prefillWgmmaServes(q, qStride, rows, args, cacheType)) {
+  // The warpgroup kernel stores outputs in pairs: rows an even number of floats apart (a partial row's log-sum-exps
+  // can make it odd).
+  if (prefillWgmmaMode() != 0 && outStride % 2 == 0 && prefillWgmmaServes(q, qStride, rows, args, cacheType)) {
     launchAttentionPrefillWgmma(q, qStride, k, v, cacheType, capacity, out, rows, args, stream, outStride);
     return;
   }
