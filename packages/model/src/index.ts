@@ -32,6 +32,7 @@ export {
   type WorkerModel,
 } from './hosts/engine-worker.js';
 export { type ProcessGroupOptions, startProcessGroup } from './hosts/process-group.js';
+export { type ForkRanksOptions, forkRanks, type NcclIdMessage, rankRendezvous } from './hosts/rank-launch.js';
 export { LlamaBlocks } from './llama-blocks.js';
 export {
   type GeneratedToken,

@@ -2,7 +2,6 @@
 // (context parallelism) or, with --split weights, its layers' matrices (tensor parallelism). With --gpus the command is a
 // launcher: one process per GPU (CUDA_VISIBLE_DEVICES), an NCCL group set up through it (rank 0 makes the id, the
 // launcher hands it on); with --ranks the ranks are simulated in this process (the in-process group), on any device.
-import { type ChildProcess, fork } from 'node:child_process';
 import {
   attentionPolicies,
   buildPolicy,
@@ -23,8 +22,8 @@ import {
   writeResult,
 } from '@duoattn/app-kit';
 import type { AttentionPolicy, AttentionPolicyName, Backend, Communicator } from '@duoattn/core';
-import { createInProcessGroup, ncclUniqueId, openNcclCommunicator } from '@duoattn/kernels';
-import type { LlamaModel, SessionOptions } from '@duoattn/model';
+import { createInProcessGroup } from '@duoattn/kernels';
+import { forkRanks, type LlamaModel, rankRendezvous, type SessionOptions } from '@duoattn/model';
 import { benchmarkTokens, decodeLatency, prefillSeconds, TIMING_ONLY } from '../measure.js';
 import { BENCHMARK_MODEL_OPTIONS, benchBackend, benchmarkModel } from '../model-options.js';
 
@@ -318,16 +317,12 @@ async function inProcess(plan: Plan, device: 'cpu' | 'cuda', ranks: number): Pro
 }
 
 /** Messages between the launcher and its rank processes. */
-type Message =
-  | { kind: 'unique-id'; uniqueId: string }
-  | { kind: 'result'; result: RankResult }
-  | { kind: 'failure'; message: string };
+type Message = { kind: 'result'; result: RankResult } | { kind: 'failure'; message: string };
 
 /** --gpus: one process per GPU running this command as rank r of `ranks`; resolves with every rank's result. */
 function launch(argv: readonly string[], ranks: number, log: (line: string) => void): Promise<RankResult[]> {
   const script = process.argv[1];
   if (!script) throw new UsageError('--gpus: cannot tell which script to run for the ranks (process.argv[1] is empty)');
-  const children: ChildProcess[] = [];
   const results: RankResult[] = [];
   return new Promise<RankResult[]>((resolve, reject) => {
     let settled = false;
@@ -337,16 +332,16 @@ function launch(argv: readonly string[], ranks: number, log: (line: string) => v
       for (const child of children) child.kill('SIGKILL');
       reject(new Error(message));
     };
-    for (let rank = 0; rank < ranks; rank++) {
-      const child = fork(script, ['context-parallel', ...argv, CHILD_FLAG, `${rank}/${ranks}`], {
-        env: { ...process.env, CUDA_VISIBLE_DEVICES: String(rank), NCCL_NVLS_ENABLE: '0' },
-        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      });
-      children.push(child);
+    const children = forkRanks({
+      script,
+      args: (rank) => ['context-parallel', ...argv, CHILD_FLAG, `${rank}/${ranks}`],
+      ranks,
+      gpus: true,
+    });
+    for (const [rank, child] of children.entries()) {
       child.on('message', (raw) => {
         const message = raw as Message;
-        if (message.kind === 'unique-id') for (const other of children.slice(1)) other.send(message);
-        else if (message.kind === 'failure') fail(`rank ${rank}: ${message.message}`);
+        if (message.kind === 'failure') fail(`rank ${rank}: ${message.message}`);
         else if (message.kind === 'result') {
           results[message.result.rank] = message.result;
           if (results.filter(Boolean).length === ranks && !settled) {
@@ -370,21 +365,11 @@ async function runChild(which: string, plan: Plan): Promise<object> {
   if (!match || !process.send) throw new UsageError(`${CHILD_FLAG} is the launcher's own option (rank/ranks)`);
   const rank = Number(match[1]);
   const ranks = Number(match[2]);
-  // Listening from the start: the launcher may forward rank 0's id before this rank has its backend, and a message
-  // with no listener is dropped.
-  const forwardedId = new Promise<string>((resolve) =>
-    process.once('message', (message: Message) => {
-      if (message.kind === 'unique-id') resolve(message.uniqueId);
-    }),
-  );
+  // Listening from the start: the launcher may hand on rank 0's NCCL id before this rank has its backend.
+  const rendezvous = rankRendezvous();
   try {
     const backend = benchBackend('cuda');
-    let communicator: ReturnType<typeof openNcclCommunicator> | undefined;
-    if (ranks > 1) {
-      const uniqueId = rank === 0 ? ncclUniqueId(backend) : await forwardedId;
-      if (rank === 0) send({ kind: 'unique-id', uniqueId });
-      communicator = openNcclCommunicator(backend, { uniqueId, rank, size: ranks });
-    }
+    const communicator = await rendezvous.join(backend, rank, ranks);
     const model = await rankModel(plan, backend, communicator);
     try {
       send({ kind: 'result', result: await measureRank(model, plan, ranks, rank, communicator) });

@@ -2,13 +2,13 @@
 // the group's NCCL communicator, and runs the requests the launcher sends, one at a time (process-group.ts has the
 // protocol).
 import type { Communicator } from '@duoattn/core';
-import { ncclUniqueId, openNcclCommunicator } from '@duoattn/kernels';
 import { defaultKvBudget } from '../batch/batch-engine.js';
 import type { TokenSink } from '../batch/request.js';
 import { GroupRank } from '../group/group-rank.js';
 import type { LlamaModel } from '../llama-model.js';
 import { toWire } from './engine-worker.js';
 import type { FromRank, ToRank } from './process-group.js';
+import { rankRendezvous } from './rank-launch.js';
 import { loadWorkerModel, workerBackend } from './worker-model.js';
 
 if (!process.send) throw new Error('group-rank-main runs as a rank process (startProcessGroup forks it)');
@@ -27,19 +27,12 @@ let rank: GroupRank | undefined;
 // Requests arrive while the one before may still run: they wait their turn here.
 let queue: Promise<void> = Promise.resolve();
 
-// Listening from the start: the launcher may forward rank 0's id before this rank has its backend.
-let uniqueIdArrived: (id: string) => void = () => {};
-const uniqueId = new Promise<string>((resolve) => {
-  uniqueIdArrived = resolve;
-});
+// Listening from the start: the launcher may hand on rank 0's NCCL id before this rank has its backend.
+const rendezvous = rankRendezvous();
 
 async function start(message: Extract<ToRank, { type: 'start' }>): Promise<void> {
   const backend = workerBackend(message.model);
-  if (message.ranks > 1) {
-    const id = message.rank === 0 ? ncclUniqueId(backend) : await uniqueId;
-    if (message.rank === 0) post({ type: 'unique-id', uniqueId: id });
-    communicator = openNcclCommunicator(backend, { uniqueId: id, rank: message.rank, size: message.ranks });
-  }
+  communicator = await rendezvous.join(backend, message.rank, message.ranks);
   const split = message.split;
   model = await loadWorkerModel(
     message.model,
@@ -87,9 +80,6 @@ process.on('message', (message: ToRank) => {
   switch (message.type) {
     case 'start':
       start(message).catch(fatal);
-      break;
-    case 'unique-id':
-      uniqueIdArrived(message.uniqueId);
       break;
     case 'run':
       queue = queue.then(() => run(message)).catch(fatal);

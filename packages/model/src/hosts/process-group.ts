@@ -1,13 +1,14 @@
 // A parallel group of one process per GPU (ADR 0011): the launcher forks the rank processes (group-rank-main.js), hands
 // rank 0's NCCL id to the others, and drives them as a RankGroup: each request goes to every rank, rank 0's tokens
 // come back here.
-import { type ChildProcess, fork } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { DuoArgumentError, DuoError } from '@duoattn/core';
 import type { BatchResult, BatchToken, TokenSink } from '../batch/request.js';
 import type { CacheBytes, RankGroup } from '../group/group-engine.js';
 import type { GroupRequest, ParallelSplit } from '../group/group-rank.js';
 import { fromWire, type WireError, type WorkerModel } from './engine-worker.js';
+import { forkRanks, type NcclIdMessage } from './rank-launch.js';
 
 /** Options of `startProcessGroup`. */
 export interface ProcessGroupOptions {
@@ -39,14 +40,14 @@ export type ToRank =
       readonly kvBudgetBytes?: number;
       readonly allowBeyondContext: boolean;
     }
-  | { readonly type: 'unique-id'; readonly uniqueId: string }
+  | NcclIdMessage
   | { readonly type: 'run'; readonly id: number; readonly request: GroupRequest }
   | { readonly type: 'cancel'; readonly id: number }
   | { readonly type: 'close' };
 
 /** Messages from a rank process (tokens, results and cache bytes from rank 0 only). */
 export type FromRank =
-  | { readonly type: 'unique-id'; readonly uniqueId: string }
+  | NcclIdMessage
   | { readonly type: 'ready'; readonly deviceName: string; readonly kvBudgetBytes: number }
   | { readonly type: 'token'; readonly id: number; readonly token: BatchToken }
   | { readonly type: 'done'; readonly id: number; readonly result: BatchResult }
@@ -85,7 +86,7 @@ export function startProcessGroup(options: ProcessGroupOptions): Promise<RankGro
     );
   }
   const script = fileURLToPath(options.script ?? new URL('./group-rank-main.js', import.meta.url));
-  const children: ChildProcess[] = [];
+  let children: ChildProcess[] = [];
   let running: Running | undefined;
   let failure: Error | undefined;
   let closing = false;
@@ -154,9 +155,6 @@ export function startProcessGroup(options: ProcessGroupOptions): Promise<RankGro
 
     const receive = (rank: number, message: FromRank) => {
       switch (message.type) {
-        case 'unique-id':
-          for (const other of children.slice(1)) other.send(message satisfies ToRank);
-          break;
         case 'ready':
           ready[rank] = { deviceName: message.deviceName, kvBudgetBytes: message.kvBudgetBytes };
           options.progress?.(
@@ -196,14 +194,14 @@ export function startProcessGroup(options: ProcessGroupOptions): Promise<RankGro
       }
     };
 
-    for (let rank = 0; rank < ranks; rank++) {
-      const gpu = options.model.device === 'cpu' ? {} : { CUDA_VISIBLE_DEVICES: String(rank) };
-      const child = fork(script, [], {
-        env: { ...(options.env ?? process.env), ...gpu, NCCL_NVLS_ENABLE: '0' },
-        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-        serialization: 'advanced',
-      });
-      children.push(child);
+    children = forkRanks({
+      script,
+      ranks,
+      gpus: options.model.device !== 'cpu',
+      serialization: 'advanced',
+      ...(options.env ? { env: options.env } : {}),
+    });
+    for (const [rank, child] of children.entries()) {
       child.on('message', (message: FromRank) => receive(rank, message));
       child.on('error', (error) => fail(error));
       child.on('exit', (code, signal) => {
