@@ -19,7 +19,7 @@ import {
 } from '@duoattn/kernels';
 import { randomArray, relativeError } from '@duoattn/kernels/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomWeights, tinyConfig, writeHfModel } from './__fixtures__/checkpoints.js';
+import { PARALLEL_CUDA_CONFIG, randomWeights, writeHfModel } from './__fixtures__/checkpoints.js';
 import { modelLogitsTogether } from './__fixtures__/parallel-runs.js';
 import { LlamaModel } from './llama-model.js';
 import type { SessionOptions } from './session.js';
@@ -27,14 +27,7 @@ import type { SessionOptions } from './session.js';
 const TOKENS = 48;
 const PREFILL = 30;
 const reason = cudaUnavailableReason();
-const config = tinyConfig('llama', {
-  num_attention_heads: 8,
-  num_key_value_heads: 4,
-  hidden_size: 128,
-  intermediate_size: 256,
-  head_dim: 16,
-  max_position_embeddings: 512,
-});
+const config = PARALLEL_CUDA_CONFIG;
 const tokens = Array.from(randomArray(TOKENS, 47), (v) => Math.floor((v + 1) * 48) % 97);
 const run = (models: LlamaModel[], options: SessionOptions) => modelLogitsTogether(models, options, tokens, PREFILL);
 const plan: HeadPlan = { retrievalHeads: [[0, 3], [2]], kvHeads: 4, sink: 4, recent: 8, sparsity: 0.625 };

@@ -43,6 +43,16 @@ export function tinyConfig(family: 'llama' | 'qwen2', overrides: Partial<Record<
   };
 }
 
+/** A tiny config with four KV heads (two ranks hold two each) and 16-channel heads: the CUDA parallel tests'. */
+export const PARALLEL_CUDA_CONFIG = tinyConfig('llama', {
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  hidden_size: 128,
+  intermediate_size: 256,
+  head_dim: 16,
+  max_position_embeddings: 512,
+});
+
 /** Random weights with HF names for a config from `tinyConfig`. */
 export function randomWeights(config: ReturnType<typeof tinyConfig>, seed: number): Map<string, FixtureTensor> {
   const d = config.hidden_size;

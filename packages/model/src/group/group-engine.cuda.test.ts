@@ -9,20 +9,13 @@ import { DuoCapacityError, type HeadPlan } from '@duoattn/core';
 import { createInProcessGroup, cudaUnavailableReason, resolveBackend } from '@duoattn/kernels';
 import { relativeError } from '@duoattn/kernels/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomWeights, tinyConfig, writeHfModel } from '../__fixtures__/checkpoints.js';
+import { PARALLEL_CUDA_CONFIG, randomWeights, writeHfModel } from '../__fixtures__/checkpoints.js';
 import type { BatchRequest, BatchResult, BatchToken } from '../batch/request.js';
 import { LlamaModel } from '../llama-model.js';
 import { GroupEngine, inProcessGroup } from './group-engine.js';
 
 const reason = cudaUnavailableReason();
-const config = tinyConfig('llama', {
-  num_attention_heads: 8,
-  num_key_value_heads: 4,
-  hidden_size: 128,
-  intermediate_size: 256,
-  head_dim: 16,
-  max_position_embeddings: 1024,
-});
+const config = PARALLEL_CUDA_CONFIG;
 const plan: HeadPlan = { retrievalHeads: [[0, 3], [2]], kvHeads: 4, sink: 4, recent: 8, sparsity: 0.625 };
 const prompt = (length: number, seed: number) => Array.from({ length }, (_, i) => (i * 11 + seed * 5) % 97);
 
@@ -77,7 +70,7 @@ async function collect(stream: AsyncIterable<BatchToken> & { result: Promise<Bat
           expect(error, `request ${index} step ${step}`).toBeLessThan(quantized ? 1e-2 : 1e-4);
         }
       }
-      const refused = engine.submit({ prompt: prompt(900, 4), maxTokens: 100 });
+      const refused = engine.submit({ prompt: prompt(400, 4), maxTokens: 100 });
       const budgetless = new GroupEngine(
         inProcessGroup([model], createInProcessGroup([model.backend, model.backend]), {
           split: 'keys',
@@ -85,7 +78,7 @@ async function collect(stream: AsyncIterable<BatchToken> & { result: Promise<Bat
         }),
         model,
       );
-      const error = await budgetless.submit({ prompt: prompt(900, 4), maxTokens: 100 }).result.catch((e: unknown) => e);
+      const error = await budgetless.submit({ prompt: prompt(400, 4), maxTokens: 100 }).result.catch((e: unknown) => e);
       expect(DuoCapacityError.isInstance(error), String(error)).toBe(true);
       expect((await refused.result).tokens.length).toBeGreaterThan(0);
       await budgetless.close();
