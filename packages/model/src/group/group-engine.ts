@@ -1,7 +1,14 @@
 // The engine of a parallel group (ADR 0011): requests queue here and run one at a time over every rank of the group
 // (in this thread for tests and CPU runs, or one process per GPU), with the batch engine's request interface, so a
 // server drives either the same way.
-import { type Communicator, DuoCapacityError, DuoDisposedError, DuoError, type ModelConfig } from '@duoattn/core';
+import {
+  type Communicator,
+  DuoArgumentError,
+  DuoCapacityError,
+  DuoDisposedError,
+  DuoError,
+  type ModelConfig,
+} from '@duoattn/core';
 import type { BatchEngineStats } from '../batch/batch-engine.js';
 import {
   type BatchRequest,
@@ -88,8 +95,8 @@ export class GroupEngine {
     this.#options = options;
     const maxWaiting = options.maxWaiting ?? DEFAULT_MAX_WAITING;
     if (!Number.isInteger(maxWaiting) || maxWaiting < 1) {
-      throw new DuoError(
-        'DUO_ARG',
+      throw new DuoArgumentError(
+        'maxWaiting',
         `Expected \`maxWaiting\` to be a positive integer but received ${String(maxWaiting)}`,
       );
     }
@@ -266,7 +273,7 @@ export function inProcessGroup(
   options: InProcessGroupOptions,
 ): RankGroup {
   const first = models[0];
-  if (!first) throw new DuoError('DUO_ARG', 'Expected at least one model for the group');
+  if (!first) throw new DuoArgumentError('models', 'Expected at least one model for the group');
   const ranks = communicators.map(
     (communicator, rank) =>
       new GroupRank(

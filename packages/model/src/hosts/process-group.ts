@@ -116,7 +116,11 @@ export function startProcessGroup(options: ProcessGroupOptions): Promise<RankGro
       },
       run(id, request, sink, cacheBytes) {
         if (failure) return Promise.reject(failure);
-        if (running) return Promise.reject(new DuoError('DUO_ARG', 'The group runs one request at a time'));
+        if (running) {
+          return Promise.reject(
+            new DuoArgumentError('id', `The group runs one request at a time (request ${running.id} runs)`),
+          );
+        }
         return new Promise<void>((resolveRun, rejectRun) => {
           running = {
             id,
