@@ -376,10 +376,7 @@ export class Session {
     // The cache grows in place (paged), so one graph serves the session; memory for every step is mapped first.
     this.#cache.reserve(this.#position + steps - 1);
     this.#decodeGraph ??= b.captureGraph(() => {
-      const last = this.#blocks.tensorParallel
-        ? enqueued(this.#tensorParallelLayers(s, this.#position, undefined, 'device-decode'))
-        : this.#layers(s, this.#position, undefined, true);
-      this.#lastLogitTensor(last);
+      this.#lastLogitTensor(enqueued(this.#layers(s, this.#position, undefined, true)));
       b.argmax(this.#lastLogits, this.#nextToken);
       b.decodeAdvance(this.#nextToken, s.ids, s.positions);
     });
@@ -492,9 +489,7 @@ export class Session {
     );
     const last = this.#parallel
       ? await this.#shardedLayers(s, start, capture, this.#parallel)
-      : this.#blocks.tensorParallel
-        ? await settled(this.#tensorParallelLayers(s, start, capture, n === 1 ? 'decode' : 'prefill'))
-        : this.#layers(s, start, capture, false, finalFrom);
+      : await settled(this.#layers(s, start, capture, false, finalFrom));
     this.#position = start + n;
     return { workspace: s, last };
   }
@@ -547,33 +542,6 @@ export class Session {
   }
 
   /**
-   * `#layers` for a rank of a tensor-parallel group: the rank's heads attend over its own caches, and the two
-   * row-parallel products of each layer are summed over the ranks before the next step reads the residual stream.
-   * Every row runs every layer (no `finalFrom` shortcut). Yields each sum's promise where the ops after it must wait:
-   * `settled` awaits them, `enqueued` (graph capture, stream-ordered collectives) runs straight through.
-   */
-  *#tensorParallelLayers(
-    s: Workspace,
-    start: number,
-    capture: PreparedCapture | undefined,
-    op: 'decode' | 'device-decode' | 'prefill',
-  ): Generator<Promise<void>, LastOutput> {
-    const blocks = this.#blocks;
-    const n = s.rows;
-    blocks.embed(s.ids, s.hidden);
-    capture?.take(0, s.hidden, start, n);
-    for (let layer = 0; layer < this.#config.numLayers; layer++) {
-      this.#attend(s, this.#attentionInput(s, layer), start + n, start, op);
-      blocks.attentionOutput(layer, s.attention, s.hidden);
-      yield blocks.reduce(s.hidden);
-      blocks.mlp(layer, s.hidden, s.normed, s.gate);
-      yield blocks.reduce(s.hidden);
-      capture?.take(layer + 1, s.hidden, start, n);
-    }
-    return { hidden: s.hidden, row: n - 1 };
-  }
-
-  /**
    * The attention of `w`'s query rows (the first at `queryStart`) over `caches` holding `keyLength` positions: 'decode'
    * for a one-token chunk, 'prefill' otherwise; 'device-decode' (graph capture) reads the key count from `w.positions`
    * on the device, so the ops serve any step.
@@ -613,16 +581,22 @@ export class Session {
    * `finalFrom`: the first row whose last-layer output is read (rows before it only write their keys and values
    * there); when it is the last row, the last layer's attention, projection and MLP run for that row alone, in the
    * tail workspace (as llama.cpp does past its last layer's attention). Returns where the last output row lies.
+   * On a rank of a tensor-parallel group, the two row-parallel products of each layer are summed over the ranks before
+   * the next step reads the residual stream, and every row runs every layer (no `finalFrom` shortcut): the loop yields
+   * each sum's promise where the ops after it must wait — `settled` awaits them, `enqueued` (graph capture,
+   * stream-ordered collectives) runs straight through. Alone it yields nothing.
    */
-  #layers(
+  *#layers(
     s: Workspace,
     start: number,
     capture: PreparedCapture | undefined,
     deviceLength: boolean,
-    finalFrom = 0,
-  ): LastOutput {
+    finalFromAlone = 0,
+  ): Generator<Promise<void>, LastOutput> {
     const c = this.#config;
     const blocks = this.#blocks;
+    const parallel = blocks.tensorParallel !== undefined;
+    const finalFrom = parallel ? 0 : finalFromAlone;
     const n = s.rows;
     let w = s; // the rows a layer's attention and MLP run for: the chunk's, or its last row alone
     let queryStart = start;
@@ -643,7 +617,9 @@ export class Session {
       const op = n > 1 ? 'prefill' : deviceLength ? 'device-decode' : 'decode';
       this.#attend(w, caches, start + n, queryStart, op);
       blocks.attentionOutput(layer, w.attention, w.hidden);
+      if (parallel) yield blocks.reduce(w.hidden);
       blocks.mlp(layer, w.hidden, w.normed, w.gate);
+      if (parallel) yield blocks.reduce(w.hidden);
       capture?.take(layer + 1, w.hidden, queryStart, w.rows);
     }
     return { hidden: w.hidden, row: w.rows - 1 };
