@@ -36,6 +36,7 @@ import {
   checkRequest,
   type FinishReason,
   Generation,
+  requestStream,
 } from './request.js';
 import { TokenQueue } from './token-stream.js';
 
@@ -287,15 +288,9 @@ export class BatchEngine {
         this.#finish(sequence, 'abort');
       }
     };
-    if (request.signal?.aborted) cancel();
-    else request.signal?.addEventListener('abort', cancel, { once: true });
+    const stream = requestStream(sequence.id, sequence.queue, cancel, request.signal);
     this.#loop ??= this.#run();
-    return {
-      id: sequence.id,
-      result: sequence.queue.result,
-      cancel,
-      [Symbol.asyncIterator]: () => sequence.queue[Symbol.asyncIterator](),
-    };
+    return stream;
   }
 
   /**

@@ -13,6 +13,7 @@ import { policyPlan } from '@duoattn/dual-cache';
 import { checkSampling, type SamplingOptions, sampleToken, seededRandom } from '../sampling.js';
 import { checkPolicyShape, type ResolvedPolicy, resolvePolicy } from '../session.js';
 import type { StreamDecoder, Tokenizer } from '../tokenizers/tokenizer.js';
+import type { TokenQueue } from './token-stream.js';
 
 /** One request to the engine. */
 export interface BatchRequest {
@@ -93,6 +94,21 @@ export interface BatchStream extends AsyncIterable<BatchToken> {
   readonly result: Promise<BatchResult>;
   /** Cancels it (as its signal would). */
   cancel(): void;
+}
+
+/**
+ * The stream `submit` returns for a queued request: its tokens and result come through `queue`; `cancel` runs when
+ * called or when `signal` aborts (at once if it already has).
+ */
+export function requestStream(
+  id: number,
+  queue: TokenQueue<BatchToken, BatchResult>,
+  cancel: () => void,
+  signal: AbortSignal | undefined,
+): BatchStream {
+  if (signal?.aborted) cancel();
+  else signal?.addEventListener('abort', cancel, { once: true });
+  return { id, result: queue.result, cancel, [Symbol.asyncIterator]: () => queue[Symbol.asyncIterator]() };
 }
 
 /** A request as checked against a model: everything its sequence runs, nothing allocated. */

@@ -16,6 +16,7 @@ import {
   type BatchStream,
   type BatchToken,
   checkRequest,
+  requestStream,
   type TokenSink,
 } from '../batch/request.js';
 import { TokenQueue } from '../batch/token-stream.js';
@@ -58,6 +59,7 @@ export interface GroupEngineOptions {
 /** A queued or running request. */
 interface Job {
   readonly id: number;
+  readonly submitted: number;
   readonly request: GroupRequest;
   readonly queue: TokenQueue<BatchToken, BatchResult>;
   cancelled: boolean;
@@ -137,21 +139,15 @@ export class GroupEngine {
     const prompt = checked.prompt.slice(checked.synthetic);
     const job: Job = {
       id: this.#nextId++,
+      submitted: performance.now(),
       request: { ...rest, prompt, ...(syntheticContext === undefined ? {} : { syntheticContext }) },
       queue: new TokenQueue(),
       cancelled: false,
     };
     this.#waiting.push(job);
-    const cancel = () => this.#cancel(job);
-    if (request.signal?.aborted) cancel();
-    else request.signal?.addEventListener('abort', cancel, { once: true });
+    const stream = requestStream(job.id, job.queue, () => this.#cancel(job), request.signal);
     this.#loop ??= this.#run();
-    return {
-      id: job.id,
-      result: job.queue.result,
-      cancel,
-      [Symbol.asyncIterator]: () => job.queue[Symbol.asyncIterator](),
-    };
+    return stream;
   }
 
   /** Live counters in the batch engine's shape: one running at most; the pool figures are rank 0's share. */
@@ -248,7 +244,7 @@ function abort(job: Job): void {
       recomputedTokens: 0,
       cachedTokens: 0,
     },
-    timings: { admittedMs: 0, firstTokenMs: 0, totalMs: 0 },
+    timings: { admittedMs: 0, firstTokenMs: 0, totalMs: performance.now() - job.submitted },
     preemptions: 0,
   });
 }

@@ -19,6 +19,7 @@ import type {
   BatchStream,
   BatchToken,
 } from '../batch/batch-engine.js';
+import { requestStream } from '../batch/request.js';
 import { TokenQueue } from '../batch/token-stream.js';
 import type { ParallelSplit } from '../group/group-rank.js';
 
@@ -177,14 +178,7 @@ export class EngineWorker {
     const { signal, ...rest } = request;
     const cancel = () => this.#worker.postMessage({ type: 'cancel', id } satisfies ToWorker);
     this.#worker.postMessage({ type: 'submit', id, request: rest } satisfies ToWorker);
-    if (signal?.aborted) cancel();
-    else signal?.addEventListener('abort', cancel, { once: true });
-    return {
-      id,
-      result: queue.result,
-      cancel,
-      [Symbol.asyncIterator]: () => queue[Symbol.asyncIterator](),
-    };
+    return requestStream(id, queue, cancel, signal);
   }
 
   /** The engine's live counters. */
